@@ -1,0 +1,205 @@
+"""The `faas-supervisor` command: watchdog | run | controller | service | manifests.
+
+Start-up reads the environment and the config once (config.py) and hands frozen objects
+down; a bad config or script stops here with exit status 2 and one line, before any
+request is served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from faas_supervisor import __version__
+from faas_supervisor.config import (
+    WatchdogSettings,
+    current_environ,
+    load_function_config,
+    load_watchdog_settings,
+    resolve_script,
+    script_environment,
+)
+from faas_supervisor.errors import ConfigError, FaasError
+
+WATCHDOG_FLAGS = (
+    ("exec_timeout", "seconds a script may run, 0 = no limit (10, 10s, 1m)"),
+    ("read_timeout", "seconds to read the request"),
+    ("write_timeout", "seconds to write the response"),
+    ("max_inflight", "concurrent invocations, 0 = no limit"),
+    ("max_body_size", "largest request body, in bytes"),
+    ("healthcheck_interval", "seconds to wait for in-flight work after SIGTERM"),
+    ("mode", "fork (a script per request) or http (proxy to a long-running server)"),
+    ("upstream_port", "http mode: the port the user's server listens on"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="faas-supervisor", description="An in-container runtime for serverless functions."
+    )
+    parser.add_argument("--version", action="version", version=f"faas-supervisor {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    watchdog = commands.add_parser("watchdog", help="serve invocations over HTTP")
+    watchdog.add_argument("--port", type=int, help="TCP port (default 8080, or $port)")
+    watchdog.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    _function_flags(watchdog)
+    for name, text in WATCHDOG_FLAGS:
+        watchdog.add_argument(f"--{name.replace('_', '-')}", dest=name, help=text)
+    for name, text in (("suppress_lock", "don't write /tmp/.lock"),
+                       ("write_debug", "log each response body (truncated)")):
+        watchdog.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_const",
+                              const="true", help=text)
+    watchdog.set_defaults(handler=cmd_watchdog)
+
+    run = commands.add_parser("run", help="one invocation: event in, response out")
+    run.add_argument("--event-file", help="the event (else $EVENT, else standard input)")
+    run.add_argument("--print-response", action="store_true",
+                     help="print the response for storage events too")
+    _function_flags(run)
+    run.set_defaults(handler=cmd_run)
+
+    for name, text in (("controller", "the controller's API server"),
+                       ("service", "a client of the controller"),
+                       ("manifests", "print the Kubernetes objects of an FDL file")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("args", nargs=argparse.REMAINDER)
+        sub.set_defaults(handler=cmd_not_yet)
+    return parser
+
+
+def _function_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--script", help="the user's script (else $SCRIPT, /oscar/config/script.sh)")
+    parser.add_argument("--config", help="function config YAML (else $FUNCTION_CONFIG, "
+                                         "/oscar/config/function_config.yaml)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_not_yet(args: argparse.Namespace) -> int:
+    raise ConfigError(f"'{args.command}' is not available in this version yet")
+
+
+class Startup:
+    """The function's runtime, built once; owns the folder for a script given as text."""
+
+    def __init__(self, args: argparse.Namespace, flags: Mapping[str, Any]) -> None:
+        from faas_supervisor import logs
+        from faas_supervisor.invocation import Runtime
+        from faas_supervisor.storage_providers import build_providers
+
+        environ = current_environ()
+        self.environ = environ
+        config = load_function_config(args.config, environ)
+        logs.configure(config.log_level)
+        self.settings: WatchdogSettings = load_watchdog_settings(environ, flags, config)
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="faas-runtime-", dir=self.settings.tmp_dir))
+        try:
+            script = resolve_script(args.script, environ, config, self.runtime_dir)
+            providers = build_providers(config)
+        except BaseException:
+            self.close()
+            raise
+        self.runtime = Runtime(
+            config=config,
+            script=script,
+            base_env=script_environment(environ),
+            tmp_dir=self.settings.tmp_dir,
+            exec_timeout=self.settings.exec_timeout,
+            providers=providers,
+        )
+
+    def close(self) -> None:
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def cmd_watchdog(args: argparse.Namespace) -> int:
+    from faas_supervisor.watchdog.server import Watchdog
+
+    names = ["port", "suppress_lock", "write_debug"] + [n for n, _ in WATCHDOG_FLAGS]
+    startup = Startup(args, {name: getattr(args, name) for name in names})
+    try:
+        return asyncio.run(Watchdog(startup.runtime, startup.settings, host=args.host).serve())
+    finally:
+        startup.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    startup = Startup(args, {})
+    try:
+        return asyncio.run(_run_once(args, startup))
+    finally:
+        startup.close()
+
+
+async def _run_once(args: argparse.Namespace, startup: Startup) -> int:
+    """SPEC 5: the event in, the response body on stdout, logs on stderr."""
+    from faas_supervisor.invocation import Invocation
+    from faas_supervisor.responses import failure_body, success_body
+
+    job_id = startup.environ.get("JOB_UUID") or str(uuid.uuid4())
+    invocation = Invocation(startup.runtime, job_id)
+    try:
+        try:
+            event = await invocation.read_event(
+                _event_chunks(args.event_file, startup.environ), "", startup.settings.max_body_size
+            )
+        except FaasError as exc:
+            print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
+            return exc.exit_status
+        # A job's script output goes to stderr as it comes (it is the job's log);
+        # for other events it is the response body, on stdout.
+        mirror = _write_stderr if event.kind == "storage" else None
+        outcome = await invocation.execute(event, {"JOB_UUID": job_id}, mirror)
+        out = sys.stdout.buffer
+        if outcome.error is not None:
+            print(f"faas-supervisor: error: {outcome.error.message}", file=sys.stderr)
+            if mirror is None:
+                async for chunk in failure_body(invocation, outcome.error).stream:
+                    sys.stderr.buffer.write(chunk)
+            return outcome.error.exit_status
+        if mirror is None or args.print_response:
+            async for chunk in success_body(invocation, "").stream:
+                out.write(chunk)
+            out.flush()
+        return 0
+    finally:
+        invocation.close()
+
+
+def _write_stderr(data: bytes) -> None:
+    sys.stderr.buffer.write(data)
+    sys.stderr.buffer.flush()
+
+
+async def _event_chunks(event_file: str | None, environ: Mapping[str, str]) -> AsyncIterator[bytes]:
+    if event_file:
+        try:
+            source: BinaryIO = open(event_file, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise ConfigError(f"--event-file {event_file}: {exc.strerror}") from None
+    elif "EVENT" in environ:
+        yield environ["EVENT"].encode()
+        return
+    else:
+        source = sys.stdin.buffer
+    with source:
+        while chunk := await asyncio.to_thread(source.read, 1 << 20):
+            yield chunk

@@ -1,0 +1,455 @@
+"""The function's configuration, read once at start-up into frozen dataclasses.
+
+Every validation lives here, with errors that name the key: nothing below this module
+reads YAML or `os.environ` again. Sources, later ones winning (SPEC 3): the YAML file
+(`--config`, `FUNCTION_CONFIG` base64, `/oscar/config/function_config.yaml`), then the
+environment overrides, then command-line flags for the watchdog settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from faas_supervisor.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/oscar/config/function_config.yaml")
+DEFAULT_SCRIPT_PATH = Path("/oscar/config/script.sh")
+DEFAULT_SECRETS_DIR = Path("/var/run/secrets/providers")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# Keys each provider type must have; the ones in SECRET_KEYS are wrapped in Secret.
+REQUIRED_PROVIDER_KEYS: Mapping[str, tuple[str, ...]] = {
+    "minio": ("endpoint", "access_key", "secret_key"),
+    "s3": ("access_key", "secret_key"),
+    "webdav": ("hostname", "login", "password"),
+    "onedata": ("oneprovider_host", "token", "space"),
+    "local": ("path",),
+}
+SECRET_KEYS = frozenset({"access_key", "secret_key", "password", "token"})
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A credential: its repr and str are masked so it cannot leak into a log line."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One storage provider, `TYPE.ID`, with its settings (secrets wrapped)."""
+
+    type: str
+    id: str
+    settings: Mapping[str, str | bool | Secret]
+
+    @property
+    def name(self) -> str:
+        return f"{self.type}.{self.id}"
+
+    def get(self, key: str, default: str = "") -> str:
+        value = self.settings.get(key, default)
+        if isinstance(value, Secret):
+            return value.value
+        return str(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.settings.get(key, default)
+        return value if isinstance(value, bool) else parse_bool(str(value), key)
+
+
+@dataclass(frozen=True)
+class StoragePath:
+    """An `input` or `output` entry: a provider and `bucket/folder`, with filters."""
+
+    provider: str
+    path: str
+    prefix: tuple[str, ...] = ()
+    suffix: tuple[str, ...] = ()
+
+    @property
+    def bucket(self) -> str:
+        return self.path.split("/", 1)[0]
+
+    @property
+    def folder(self) -> str:
+        parts = self.path.split("/", 1)
+        return parts[1] if len(parts) > 1 else ""
+
+    def matches(self, relative_path: str) -> bool:
+        """Whether an output file is sent here: an empty filter list matches all."""
+        ok_prefix = not self.prefix or any(relative_path.startswith(p) for p in self.prefix)
+        ok_suffix = not self.suffix or any(relative_path.endswith(s) for s in self.suffix)
+        return ok_prefix and ok_suffix
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    name: str = "function"
+    log_level: str = "INFO"
+    file_stage_in: bool = True
+    variables: Mapping[str, str] = field(default_factory=dict)
+    inputs: tuple[StoragePath, ...] = ()
+    outputs: tuple[StoragePath, ...] = ()
+    providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    isolation_level: str = "SERVICE"
+    bucket_list: tuple[str, ...] = ()
+    script_text: str | None = field(default=None, repr=False)
+    exec_timeout: float | None = None  # from EXEC_TIMEOUT; the watchdog settings decide
+
+    def provider(self, name: str) -> ProviderConfig:
+        try:
+            return self.providers[normalize_provider_name(name)]
+        except KeyError:
+            raise ConfigError(f"storage provider {name!r} is not defined") from None
+
+
+@dataclass(frozen=True)
+class WatchdogSettings:
+    """SPEC 4.3, with the classic watchdog's variable names."""
+
+    port: int = 8080
+    exec_timeout: float = 0.0
+    read_timeout: float = 300.0
+    write_timeout: float = 300.0
+    max_inflight: int = 0
+    max_body_size: int = 1 << 30
+    healthcheck_interval: float = 10.0
+    suppress_lock: bool = False
+    write_debug: bool = False
+    mode: str = "fork"
+    upstream_port: int = 0
+    upstream_command: str = ""
+    tmp_dir: Path = Path(tempfile.gettempdir())
+
+
+# ---- parsing helpers -------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_SIZE = re.compile(r"(\d+)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+               "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str, key: str) -> float:
+    """`10`, `10s`, `1m`, `1m30s`, `500ms` -> seconds."""
+    text = text.strip()
+    pos, total = 0, 0.0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if not match or (match.group(2) is None and match.end() != len(text)):
+            raise ConfigError(f"{key}: {text!r} is not a duration (try 10, 10s or 1m)")
+        total += float(match.group(1)) * _SECONDS[match.group(2)]
+        pos = match.end()
+    if not text:
+        raise ConfigError(f"{key}: empty duration")
+    return total
+
+
+def parse_size(text: str, key: str) -> int:
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ConfigError(f"{key}: {text!r} is not a size in bytes (try 1048576 or 1Gi)")
+    unit = (match.group(2) or "").lower().removesuffix("b")
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def parse_bool(text: str, key: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{key}: {text!r} is not true or false")
+
+
+def parse_int(text: str, key: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not a whole number") from None
+    if value < 0:
+        raise ConfigError(f"{key}: must not be negative")
+    return value
+
+
+def normalize_provider_name(name: str) -> str:
+    """`minio` is `minio.default`, as OSCAR's own FDL files write it."""
+    return name if "." in name else f"{name}.default"
+
+
+# ---- the function config ---------------------------------------------------------------
+
+
+def read_config_yaml(config_path: str | None, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The raw YAML mapping from the first source found; {} when there is none."""
+    if config_path:
+        try:
+            text = Path(config_path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"--config {config_path}: {exc.strerror}") from None
+        source = config_path
+    elif environ.get("FUNCTION_CONFIG"):
+        text = _b64_text(environ["FUNCTION_CONFIG"], "FUNCTION_CONFIG")
+        source = "FUNCTION_CONFIG"
+    elif DEFAULT_CONFIG_PATH.is_file():
+        text, source = DEFAULT_CONFIG_PATH.read_text(), str(DEFAULT_CONFIG_PATH)
+    else:
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys")
+    return data
+
+
+def load_function_config(
+    config_path: str | None, environ: Mapping[str, str], secrets_dir: Path | None = None
+) -> FunctionConfig:
+    data = read_config_yaml(config_path, environ)
+    secrets_dir = secrets_dir or Path(environ.get("FAAS_PROVIDER_SECRETS_DIR", DEFAULT_SECRETS_DIR))
+
+    log_level = str(environ.get("LOG_LEVEL") or data.get("log_level") or "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+
+    stage_in_raw = environ.get("FILE_STAGE_IN", data.get("file_stage_in", True))
+    file_stage_in = (
+        stage_in_raw if isinstance(stage_in_raw, bool) else parse_bool(str(stage_in_raw), "file_stage_in")
+    )
+
+    exec_timeout = None
+    if environ.get("EXEC_TIMEOUT"):
+        exec_timeout = parse_duration(environ["EXEC_TIMEOUT"], "EXEC_TIMEOUT")
+
+    environment = _mapping(data.get("environment"), "environment")
+    variables = {
+        str(k): _scalar_text(v, f"environment.variables.{k}")
+        for k, v in _mapping(environment.get("variables"), "environment.variables").items()
+    }
+
+    providers = _providers(data.get("storage_providers"), secrets_dir)
+    inputs = tuple(_storage_paths(data.get("input"), "input"))
+    outputs = tuple(_storage_paths(data.get("output"), "output"))
+    for kind, entries in (("input", inputs), ("output", outputs)):
+        for i, entry in enumerate(entries):
+            if entry.provider not in providers:
+                raise ConfigError(
+                    f"{kind}[{i}].storage_provider: {entry.provider!r} is not defined in storage_providers"
+                )
+
+    isolation = str(data.get("isolation_level") or "SERVICE").upper()
+    if isolation not in ("SERVICE", "USER"):
+        raise ConfigError(f"isolation_level: {isolation!r} is not SERVICE or USER")
+    script = data.get("script")
+    if script is not None and not isinstance(script, str):
+        raise ConfigError("script: must be the text of the script")
+
+    return FunctionConfig(
+        name=str(data.get("name") or "function"),
+        log_level=log_level,
+        file_stage_in=file_stage_in,
+        variables=variables,
+        inputs=inputs,
+        outputs=outputs,
+        providers=providers,
+        isolation_level=isolation,
+        bucket_list=tuple(str(b) for b in _list(data.get("bucket_list"), "bucket_list")),
+        script_text=script,
+        exec_timeout=exec_timeout,
+    )
+
+
+def _providers(raw: Any, secrets_dir: Path) -> dict[str, ProviderConfig]:
+    providers: dict[str, ProviderConfig] = {}
+    for ptype, by_id in _mapping(raw, "storage_providers").items():
+        if ptype not in REQUIRED_PROVIDER_KEYS:
+            raise ConfigError(
+                f"storage_providers.{ptype}: unknown provider type "
+                f"(one of {', '.join(REQUIRED_PROVIDER_KEYS)})"
+            )
+        for pid, settings in _mapping(by_id, f"storage_providers.{ptype}").items():
+            where = f"storage_providers.{ptype}.{pid}"
+            values: dict[str, str | bool | Secret] = {}
+            for key, value in _mapping(settings, where).items():
+                if isinstance(value, bool):
+                    values[str(key)] = value
+                else:
+                    text = _scalar_text(value, f"{where}.{key}")
+                    values[str(key)] = Secret(text) if key in SECRET_KEYS else text
+            if ptype == "minio" and pid == "default":
+                _read_secret_files(values, secrets_dir / "minio.default")
+            for key in REQUIRED_PROVIDER_KEYS[ptype]:
+                value = values.get(key)
+                if value is None or (isinstance(value, Secret) and not value.value) or value == "":
+                    raise ConfigError(f"storage provider {ptype}.{pid} has no {key!r}")
+            providers[f"{ptype}.{pid}"] = ProviderConfig(type=ptype, id=str(pid), settings=values)
+    return providers
+
+
+def _read_secret_files(values: dict[str, str | bool | Secret], folder: Path) -> None:
+    """OSCAR mounts the default MinIO keys as files; they win over the config."""
+    for filename, key in (("accessKey", "access_key"), ("secretKey", "secret_key")):
+        path = folder / filename
+        if path.is_file():
+            values[key] = Secret(path.read_text().strip())
+
+
+def _storage_paths(raw: Any, kind: str) -> list[StoragePath]:
+    entries = []
+    for i, item in enumerate(_list(raw, kind)):
+        where = f"{kind}[{i}]"
+        item = _mapping(item, where)
+        provider = item.get("storage_provider")
+        if not provider or not isinstance(provider, str):
+            raise ConfigError(f"{where}.storage_provider: missing")
+        path = item.get("path")
+        if not path or not isinstance(path, str):
+            raise ConfigError(f"{where}.path: missing")
+        entries.append(
+            StoragePath(
+                provider=normalize_provider_name(provider),
+                path=path.strip("/"),
+                prefix=tuple(str(p) for p in _list(item.get("prefix"), f"{where}.prefix")),
+                suffix=tuple(str(s) for s in _list(item.get("suffix"), f"{where}.suffix")),
+            )
+        )
+    return entries
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: must be a mapping")
+    return value
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str | int | float):
+        return [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list")
+    return value
+
+
+def _scalar_text(value: Any, key: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise ConfigError(f"{key}: must be a string or a number")
+
+
+def _b64_text(value: str, key: str) -> str:
+    try:
+        return base64.b64decode("".join(value.split()), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ConfigError(f"{key}: not valid base64-encoded text") from None
+
+
+# ---- the script ------------------------------------------------------------------------
+
+
+def resolve_script(
+    script_path: str | None, environ: Mapping[str, str], config: FunctionConfig, runtime_dir: Path
+) -> Path:
+    """The script's path, first found (SPEC 3); text sources are written under runtime_dir."""
+    if script_path:
+        path = Path(script_path)
+        if not path.is_file():
+            raise ConfigError(f"--script {script_path}: no such file")
+        return path.resolve()
+    if environ.get("SCRIPT"):
+        return _write_script(_b64_text(environ["SCRIPT"], "SCRIPT"), runtime_dir)
+    if DEFAULT_SCRIPT_PATH.is_file():
+        return DEFAULT_SCRIPT_PATH
+    if config.script_text:
+        return _write_script(config.script_text, runtime_dir)
+    raise ConfigError(
+        "no script: give --script, SCRIPT (base64), /oscar/config/script.sh or the config's script key"
+    )
+
+
+def _write_script(text: str, runtime_dir: Path) -> Path:
+    path = runtime_dir / "script.sh"
+    path.write_text(text)
+    path.chmod(0o700)
+    return path
+
+
+# ---- the watchdog settings -------------------------------------------------------------
+
+
+def load_watchdog_settings(
+    environ: Mapping[str, str], flags: Mapping[str, Any], config: FunctionConfig
+) -> WatchdogSettings:
+    """Environment (classic names), then flags; `exec_timeout` also from `EXEC_TIMEOUT`."""
+
+    def pick(name: str) -> str | None:
+        value = flags.get(name)
+        if value is not None:
+            return str(value)
+        return environ.get(name)
+
+    values: dict[str, Any] = {}
+    if (port := pick("port")) is not None:
+        values["port"] = parse_int(port, "port")
+    timeout = pick("exec_timeout")
+    if timeout is not None:
+        values["exec_timeout"] = parse_duration(timeout, "exec_timeout")
+    elif config.exec_timeout is not None:
+        values["exec_timeout"] = config.exec_timeout
+    for name in ("read_timeout", "write_timeout", "healthcheck_interval"):
+        if (text := pick(name)) is not None:
+            values[name] = parse_duration(text, name)
+    if (text := pick("max_inflight")) is not None:
+        values["max_inflight"] = parse_int(text, "max_inflight")
+    if (text := pick("max_body_size")) is not None:
+        values["max_body_size"] = parse_size(text, "max_body_size")
+    for name in ("suppress_lock", "write_debug"):
+        if (text := pick(name)) is not None:
+            values[name] = parse_bool(text, name)
+    if (text := pick("mode")) is not None:
+        if text not in ("fork", "http"):
+            raise ConfigError(f"mode: {text!r} is not fork or http")
+        values["mode"] = text
+    if (text := pick("upstream_port")) is not None:
+        values["upstream_port"] = parse_int(text, "upstream_port")
+    values["tmp_dir"] = Path(environ.get("TMPDIR") or tempfile.gettempdir())
+    return WatchdogSettings(**values)
+
+
+def script_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The watchdog's own environment as the base of every script's, minus its config."""
+    hidden = {"FUNCTION_CONFIG", "SCRIPT", "EVENT"}
+    return {k: v for k, v in environ.items() if k not in hidden}
+
+
+def current_environ() -> dict[str, str]:
+    """The one place the process environment is read (at start-up)."""
+    return dict(os.environ)

@@ -1,0 +1,77 @@
+"""The one exception hierarchy: each failure carries its HTTP status and exit status.
+
+The watchdog answers `http_status`; `faas-supervisor run` exits with `exit_status`.
+Messages are one line and never hold a secret.
+"""
+
+from __future__ import annotations
+
+
+class FaasError(Exception):
+    """Base of every failure the runtime reports on purpose."""
+
+    http_status = 500
+    exit_status = 1
+
+    def __init__(self, message: str) -> None:
+        # One line, always: the message is the first line of a response body.
+        super().__init__(" ".join(message.split()))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(FaasError):
+    """A bad or missing configuration or script: found at start-up."""
+
+    exit_status = 2
+
+
+class BadEvent(FaasError):
+    """A request body or job event that cannot be read."""
+
+    http_status = 400
+    exit_status = 2
+
+
+class PayloadTooLarge(FaasError):
+    http_status = 413
+    exit_status = 2
+
+
+class TooManyRequests(FaasError):
+    http_status = 429
+
+
+class ShuttingDown(FaasError):
+    http_status = 503
+
+
+class RequestTimeout(FaasError):
+    """The client took longer than `read_timeout` to send the body."""
+
+    http_status = 408
+    exit_status = 2
+
+
+class StorageError(FaasError):
+    """A download or upload that failed after its retries."""
+
+    http_status = 502
+    exit_status = 3
+
+
+class ScriptFailed(FaasError):
+    """The user's script exited non-zero; the exit status is passed on."""
+
+    http_status = 500
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_code
+
+
+class ScriptTimeout(FaasError):
+    http_status = 504
+    exit_status = 124

@@ -1,0 +1,260 @@
+"""One invocation: its folders, its environment, the script, stage in and stage out.
+
+The watchdog and `faas-supervisor run` are thin front ends over `Invocation`. Each
+invocation owns a folder under `$TMPDIR` (input/, output/ and the script's log) and its
+own environment dict; nothing here touches `os.environ` or global state, so concurrent
+invocations never see each other. `close()` removes the folder however things ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from faas_supervisor.config import FunctionConfig, StoragePath
+from faas_supervisor.errors import BadEvent, FaasError, ScriptFailed, ScriptTimeout
+from faas_supervisor.logs import InvocationLog
+from faas_supervisor.parsers.event import Event, StorageObject
+from faas_supervisor.parsers.body import read_body
+from faas_supervisor.storage_providers import StorageProvider
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every invocation shares, built once at start-up."""
+
+    config: FunctionConfig
+    script: Path
+    base_env: Mapping[str, str]  # the watchdog's own environment, less its config
+    tmp_dir: Path
+    exec_timeout: float = 0.0  # seconds; 0 = no limit
+    providers: Mapping[str, StorageProvider] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    path: Path
+    relative: str  # path relative to TMP_OUTPUT_DIR, `/`-separated
+
+
+@dataclass
+class Outcome:
+    """What happened, for the response: set as the invocation goes."""
+
+    error: FaasError | None = None
+    exit_code: int | None = None
+    duration: float = 0.0
+    outputs: list[OutputFile] = field(default_factory=list)
+
+
+# Output callback for `run`, which mirrors the script's output to stderr as it comes.
+OutputMirror = Callable[[bytes], None]
+
+
+class Invocation:
+    def __init__(self, runtime: Runtime, invocation_id: str | None = None) -> None:
+        self.runtime = runtime
+        self.id = invocation_id or str(uuid.uuid4())
+        self.log = InvocationLog(runtime.config.log_level, self.id)
+        self.root = Path(tempfile.mkdtemp(prefix="faas-", dir=runtime.tmp_dir))
+        self.input_dir = self.root / "input"
+        self.output_dir = self.root / "output"
+        self.input_dir.mkdir()
+        self.output_dir.mkdir()
+        # The script's stdout and stderr, interleaved as they came, kept on disk.
+        self.script_log = self.root / "script.log"
+        self.outcome = Outcome()
+        self._started = time.monotonic()
+        self._process: asyncio.subprocess.Process | None = None
+
+    # ---- the steps -----------------------------------------------------------------
+
+    async def read_event(
+        self, chunks: AsyncIterator[bytes], content_type: str, max_size: int
+    ) -> Event:
+        return await read_body(
+            chunks, content_type=content_type, input_dir=self.input_dir, max_size=max_size
+        )
+
+    async def stage_in(self, event: Event) -> Path | None:
+        """The input file's path: the body's file, or the storage object downloaded."""
+        if event.storage is None:
+            return event.input_file
+        obj = event.storage
+        dest = self._input_path(obj)
+        if not self.runtime.config.file_stage_in:
+            self.log.info("file stage-in skipped", key=obj.key)
+            return None
+        provider = self._provider(obj.provider)
+        self.log.info("downloading", provider=provider.name, bucket=obj.bucket, key=obj.key)
+        await provider.download(obj.bucket, obj.key, dest)
+        return dest
+
+    def _input_path(self, obj: StorageObject) -> Path:
+        """`TMP_INPUT_DIR/<base name of the key>`, refusing names that would leave it."""
+        name = obj.name
+        if not name or name in (".", "..") or "\x00" in name or "/" in name:
+            raise BadEvent(f"object key {obj.key!r} does not name a file")
+        return self.input_dir / name
+
+    def _provider(self, name: str) -> StorageProvider:
+        try:
+            return self.runtime.providers[name]
+        except KeyError:
+            raise BadEvent(f"event names storage provider {name!r}, which is not defined") from None
+
+    def environment(
+        self, event: Event, input_file: Path | None, extra: Mapping[str, str]
+    ) -> dict[str, str]:
+        env = dict(self.runtime.base_env)
+        env.update(self.runtime.config.variables)
+        env.update(extra)
+        env["TMP_INPUT_DIR"] = str(self.input_dir)
+        env["TMP_OUTPUT_DIR"] = str(self.output_dir)
+        if input_file is not None:
+            env["INPUT_FILE_PATH"] = str(input_file)
+        if event.text is not None:
+            env["EVENT"] = event.text
+        if event.storage is not None:
+            env["STORAGE_OBJECT_KEY"] = event.storage.key
+            env["STORAGE_BUCKET"] = event.storage.bucket
+            env["EVENT_TIME"] = event.storage.event_time
+        return env
+
+    async def run_script(self, env: Mapping[str, str], mirror: OutputMirror | None = None) -> int:
+        """Run `/bin/sh SCRIPT` in its own process group; raise on failure or timeout."""
+        timeout = self.runtime.exec_timeout or None
+        with open(self.script_log, "wb") as log_file:
+            # With a mirror, output goes through a pipe we copy from; else straight to disk.
+            stdout: int = asyncio.subprocess.PIPE if mirror else log_file.fileno()
+            self._process = await asyncio.create_subprocess_exec(
+                "/bin/sh",
+                str(self.runtime.script),
+                cwd=self.input_dir,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # its own process group, killed as a whole
+            )
+            try:
+                waiting = self._wait(log_file, mirror)
+                code = await asyncio.wait_for(waiting, timeout)
+            except TimeoutError:
+                self.kill()
+                await self._process.wait()
+                raise ScriptTimeout(f"script ran past exec_timeout ({timeout:g} s)") from None
+            finally:
+                # Whatever way it ended (cancelled when the client left), nothing lingers.
+                if self._process.returncode is None:
+                    self.kill()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(self._process.wait())
+                self.kill()  # background children the script left behind
+        self.outcome.exit_code = code
+        if code != 0:
+            raise ScriptFailed(f"script exited with status {_describe(code)}", _exit_status(code))
+        return code
+
+    async def _wait(self, log_file: object, mirror: OutputMirror | None) -> int:
+        assert self._process is not None
+        if mirror is not None and self._process.stdout is not None:
+            while chunk := await self._process.stdout.read(65536):
+                log_file.write(chunk)  # type: ignore[attr-defined]
+                mirror(chunk)
+        return await self._process.wait()
+
+    def kill(self) -> None:
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+
+    def collect_outputs(self) -> list[OutputFile]:
+        """Regular files under TMP_OUTPUT_DIR; links, FIFOs and sockets skipped, warned."""
+        found: list[OutputFile] = []
+        for dirpath, dirnames, filenames in os.walk(self.output_dir):
+            base = Path(dirpath)
+            for name in sorted(dirnames + filenames):
+                path = base / name
+                mode = path.lstat().st_mode
+                relative = path.relative_to(self.output_dir).as_posix()
+                if stat.S_ISDIR(mode):
+                    continue
+                if stat.S_ISREG(mode):
+                    found.append(OutputFile(path, relative))
+                else:
+                    kind = "symbolic link" if stat.S_ISLNK(mode) else "special file"
+                    self.log.warning(f"output {relative} skipped: a {kind}")
+        found.sort(key=lambda f: f.relative)
+        self.outcome.outputs = found
+        return found
+
+    async def stage_out(self, event: Event, outputs: list[OutputFile]) -> None:
+        """Upload each output file to every `output` whose filters it matches (SPEC 6.3)."""
+        for target in self.runtime.config.outputs:
+            bucket = self._output_bucket(target, event)
+            provider = self._provider(target.provider)
+            for output in outputs:
+                if not target.matches(output.relative):
+                    continue
+                key = "/".join(p for p in (target.folder, output.relative) if p)
+                self.log.info("uploading", provider=provider.name, bucket=bucket, key=key)
+                await provider.upload(output.path, bucket, key)
+
+    def _output_bucket(self, target: StoragePath, event: Event) -> str:
+        config = self.runtime.config
+        if (
+            config.isolation_level == "USER"
+            and event.storage is not None
+            and event.storage.bucket in config.bucket_list
+        ):
+            return event.storage.bucket
+        return target.bucket
+
+    # ---- the whole pipeline --------------------------------------------------------
+
+    async def execute(
+        self, event: Event, extra_env: Mapping[str, str], mirror: OutputMirror | None = None
+    ) -> Outcome:
+        """Stage in, run, stage out. Failures are recorded in the outcome, not raised."""
+        try:
+            input_file = await self.stage_in(event)
+            env = self.environment(event, input_file, extra_env)
+            self.log.debug("running script", script=str(self.runtime.script))
+            await self.run_script(env, mirror)
+            outputs = self.collect_outputs()
+            await self.stage_out(event, outputs)
+        except FaasError as exc:
+            self.fail(exc)
+        finally:
+            self.outcome.duration = time.monotonic() - self._started
+        return self.outcome
+
+    def fail(self, error: FaasError) -> Outcome:
+        self.outcome.error = error
+        self.outcome.duration = time.monotonic() - self._started
+        self.log.error(error.message)
+        return self.outcome
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _describe(code: int) -> str:
+    return f"{code} (killed by signal {-code})" if code < 0 else str(code)
+
+
+def _exit_status(code: int) -> int:
+    """A shell's convention: killed by signal N is 128 + N."""
+    return 128 - code if code < 0 else code

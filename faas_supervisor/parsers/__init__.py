@@ -1,0 +1,25 @@
+"""Request bodies and job events -> Event.
+
+`body.read_body` streams a body to disk and classifies it (SPEC 4.1). A JSON body is then
+offered to the recognisers below, one module per event kind (SPEC 6.1), in order: the
+first that claims it wins. A recogniser returns None when the value is not its kind, and
+raises BadEvent when it is its kind but lacks a field it needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faas_supervisor.parsers import s3
+from faas_supervisor.parsers.event import Recognised, Recogniser
+
+RECOGNISERS: list[Recogniser] = [s3.recognise]
+
+
+def recognise(value: Any) -> Recognised | None:
+    """The storage event or envelope in a JSON value, or None for plain JSON."""
+    for recogniser in RECOGNISERS:
+        found = recogniser(value)
+        if found is not None:
+            return found
+    return None

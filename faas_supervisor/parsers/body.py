@@ -1,0 +1,179 @@
+"""Streaming a request body (or a job event) to disk, and deciding what it is (SPEC 4.1).
+
+The body is never held whole in memory: base64 is decoded as it arrives. The first
+non-blank byte decides the path. `{`, `[`, `"` and `-` cannot start base64, so such a
+body is JSON or nothing, and is written as it comes. Any other body is decoded as base64
+on the fly while its first bytes are kept: a short body that parses as JSON (`true`,
+`42`) is JSON, since JSON comes first in the table.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from faas_supervisor.errors import BadEvent, PayloadTooLarge
+from faas_supervisor.parsers import recognise
+from faas_supervisor.parsers.event import Event, GatewayBody, StorageObject
+
+# JSON bodies up to this size are parsed (to validate them and to find storage events,
+# which are a few KiB); larger ones that start like JSON are taken as JSON unparsed, so
+# that memory does not grow with the payload.
+JSON_PARSE_LIMIT = 1 << 20
+# A body that might be either JSON or base64 is kept in memory up to this size.
+AMBIGUOUS_HEAD = 64 << 10
+# EVENT holds the raw event text when it fits in one environment string (Linux allows
+# 128 KiB per string, name included).
+EVENT_TEXT_LIMIT = (128 << 10) - 64
+HEAD_LIMIT = max(AMBIGUOUS_HEAD, EVENT_TEXT_LIMIT)
+WHITESPACE = b" \t\r\n\x0b\x0c"
+JSON_ONLY_STARTS = b'{["-'
+
+
+def input_file_name() -> str:
+    return f"event-file-{uuid.uuid4()}"
+
+
+class _Base64Sink:
+    """Decodes base64 arriving in pieces of any length, strictly, into a file."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.pending = b""
+        self.padded = False
+        self.valid = True
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.valid:
+            return
+        data = self.pending + chunk.translate(None, WHITESPACE)
+        if self.padded and data:
+            self.valid = False  # data after `=` padding
+            return
+        usable = len(data) - len(data) % 4
+        block, self.pending = data[:usable], data[usable:]
+        if not block:
+            return
+        try:
+            self.out.write(binascii.a2b_base64(block, strict_mode=True))
+        except binascii.Error:
+            self.valid = False
+            return
+        self.padded = block.endswith(b"=")
+
+    def finish(self) -> bool:
+        return self.valid and not self.pending
+
+
+async def read_body(
+    chunks: AsyncIterator[bytes],
+    *,
+    content_type: str,
+    input_dir: Path,
+    max_size: int,
+) -> Event:
+    """Stream the body into `input_dir` and return the Event it is."""
+    raw = content_type.split(";", 1)[0].strip().lower() == "application/octet-stream"
+    path = input_dir / input_file_name()
+    total = 0
+    head = bytearray()  # the first bytes, kept for JSON and for EVENT
+    pending = bytearray()  # what came while only blanks had come
+    mode = "raw" if raw else "undecided"
+    sink: _Base64Sink | None = None
+
+    with open(path, "wb") as out:
+        async for chunk in chunks:
+            total += len(chunk)
+            if max_size and total > max_size:
+                raise PayloadTooLarge(f"request body is over max_body_size ({max_size} bytes)")
+            if len(head) < HEAD_LIMIT:
+                head += chunk[: HEAD_LIMIT - len(head)]
+            if mode == "undecided":
+                pending += chunk  # blanks so far, then this chunk
+                first = bytes(pending).lstrip(WHITESPACE)[:1]
+                if not first:
+                    if len(pending) > AMBIGUOUS_HEAD:
+                        raise BadEvent("request body is blank")
+                    continue
+                data, pending = bytes(pending), bytearray()
+                if first in JSON_ONLY_STARTS:
+                    mode = "json"
+                    out.write(data)
+                else:
+                    mode = "ambiguous"
+                    sink = _Base64Sink(out)
+                    sink.feed(data)
+                continue
+            if mode == "ambiguous":
+                assert sink is not None
+                sink.feed(chunk)
+                if not sink.valid and total > AMBIGUOUS_HEAD:
+                    raise BadEvent("request body is not JSON, base64 or application/octet-stream")
+            else:
+                out.write(chunk)
+
+    text = _event_text(head, total)
+    if mode == "raw":
+        return Event(kind="raw", input_file=path, text=text)
+    if mode == "undecided":  # empty, or blanks only
+        path.unlink()
+        return Event(kind="empty")
+    if mode == "ambiguous":
+        assert sink is not None
+        if total <= AMBIGUOUS_HEAD:
+            value = _json_or_none(bytes(head))
+            if value is not _NOT_JSON:
+                path.write_bytes(head)
+                return await _json_event(value, path, text, input_dir, max_size)
+        if sink.finish():
+            return Event(kind="base64", input_file=path, text=text)
+        path.unlink()
+        raise BadEvent("request body is not JSON, base64 or application/octet-stream")
+    # mode == "json"
+    if total > JSON_PARSE_LIMIT:
+        return Event(kind="json", input_file=path, text=None)
+    value = _json_or_none(path.read_bytes())
+    if value is _NOT_JSON:
+        path.unlink()
+        raise BadEvent("request body is not valid JSON")
+    return await _json_event(value, path, text, input_dir, max_size)
+
+
+_NOT_JSON = object()
+
+
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+async def _json_event(value: Any, path: Path, text: str | None, input_dir: Path, max_size: int) -> Event:
+    found = recognise(value)
+    if found is None:
+        return Event(kind="json", input_file=path, text=text)
+    path.unlink()
+    if isinstance(found, StorageObject):
+        return Event(kind="storage", storage=found, text=text)
+    assert isinstance(found, GatewayBody)
+    return await read_body(
+        _one(found.body), content_type=found.content_type, input_dir=input_dir, max_size=max_size
+    )
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _event_text(head: bytearray, total: int) -> str | None:
+    if total > EVENT_TEXT_LIMIT or b"\x00" in head:
+        return None
+    try:
+        return head.decode()
+    except UnicodeDecodeError:
+        return None

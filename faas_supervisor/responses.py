@@ -1,0 +1,148 @@
+"""The response body of an invocation (SPEC 4.1), as an async stream of bytes.
+
+One output file: that file; several: a ZIP of them; none: the logs. Base64-encoded unless
+the client accepts the raw bytes. Everything is read from disk as it is sent: a ZIP is
+written by `zipfile` in a worker thread into a bounded queue, so neither a large file
+nor a large archive is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import zipfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from faas_supervisor.errors import FaasError
+from faas_supervisor.invocation import Invocation, OutputFile
+
+CHUNK = 3 * 64 * 1024  # a multiple of 3, so base64 of each chunk concatenates cleanly
+TEXT = "text/plain; charset=utf-8"
+
+
+@dataclass
+class Body:
+    content_type: str
+    stream: AsyncIterator[bytes]
+    length: int | None  # known for single files and base64 of them; None for ZIP and logs
+    kind: str  # "file", "zip" or "logs", for the X- headers and metrics
+
+
+def success_body(invocation: Invocation, accept: str) -> Body:
+    outputs = invocation.outcome.outputs
+    if len(outputs) == 1:
+        path = outputs[0].path
+        size = os.stat(path).st_size
+        if _accepts(accept, "application/octet-stream"):
+            return Body("application/octet-stream", file_chunks(path), size, "file")
+        return Body(TEXT, base64_chunks(file_chunks(path)), 4 * ((size + 2) // 3), "file")
+    if len(outputs) > 1:
+        if _accepts(accept, "application/zip"):
+            return Body("application/zip", zip_chunks(outputs), None, "zip")
+        return Body(TEXT, base64_chunks(zip_chunks(outputs)), None, "zip")
+    return Body(TEXT, logs_chunks(invocation), None, "logs")
+
+
+def failure_body(invocation: Invocation, error: FaasError) -> Body:
+    """A one-line reason first, then the logs."""
+    return Body(TEXT, logs_chunks(invocation, first_line=error.message), None, "logs")
+
+
+def _accepts(accept: str, media_type: str) -> bool:
+    return any(part.split(";", 1)[0].strip() == media_type for part in accept.split(","))
+
+
+async def file_chunks(path: Path, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+    # O_NOFOLLOW: the file was a regular file when listed; never follow a link now.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(chunk_size):
+            yield chunk
+
+
+async def base64_chunks(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Base64 of a stream, one line, no newlines: whole 3-byte groups per chunk."""
+    rest = b""
+    async for chunk in source:
+        data = rest + chunk if rest else chunk
+        usable = len(data) - len(data) % 3
+        rest = data[usable:]
+        if usable:
+            yield base64.b64encode(data[:usable] if rest else data)
+    if rest:
+        yield base64.b64encode(rest)
+
+
+class _QueueWriter:
+    """A write-only, unseekable file that hands what zipfile writes to the event loop."""
+
+    def __init__(self, queue: asyncio.Queue[bytes | None], loop: asyncio.AbstractEventLoop) -> None:
+        self.queue = queue
+        self.loop = loop
+        self.buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        if len(self.buffer) >= CHUNK:
+            self._send()
+        return len(data)
+
+    def _send(self) -> None:
+        if self.buffer:
+            data, self.buffer = bytes(self.buffer), bytearray()
+            # Blocks the worker thread while the queue is full: back-pressure.
+            asyncio.run_coroutine_threadsafe(self.queue.put(data), self.loop).result()
+
+    def flush(self) -> None:
+        self._send()
+
+
+async def zip_chunks(outputs: Sequence[OutputFile]) -> AsyncIterator[bytes]:
+    """A ZIP of the outputs (paths relative to TMP_OUTPUT_DIR), built as it is sent."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+    writer = _QueueWriter(queue, loop)
+
+    def build() -> None:
+        try:
+            # zipfile sees an unseekable file and writes data descriptors: a streamed ZIP.
+            with zipfile.ZipFile(writer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:  # type: ignore[arg-type]
+                for output in outputs:
+                    info = zipfile.ZipInfo.from_file(output.path, output.relative)
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    fd = os.open(output.path, os.O_RDONLY | os.O_NOFOLLOW)
+                    with os.fdopen(fd, "rb") as src, zf.open(info, "w") as dest:
+                        while chunk := src.read(CHUNK):
+                            dest.write(chunk)
+            writer.flush()
+        finally:
+            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+    task = loop.run_in_executor(None, build)
+    try:
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+        await task  # re-raise what went wrong in the worker
+    finally:
+        if not task.done():
+            # The client left: drain so the worker is not stuck on a full queue.
+            while not task.done():
+                try:
+                    await asyncio.wait_for(queue.get(), 0.1)
+                except TimeoutError:
+                    continue
+
+
+async def logs_chunks(invocation: Invocation, first_line: str | None = None) -> AsyncIterator[bytes]:
+    """The runtime's own lines at or above log_level, then the script's output as it came."""
+    if first_line:
+        yield first_line.encode() + b"\n"
+    runtime_lines = invocation.log.text()
+    if runtime_lines:
+        yield runtime_lines
+    if invocation.script_log.exists():
+        async for chunk in file_chunks(invocation.script_log):
+            yield chunk

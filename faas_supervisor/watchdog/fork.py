@@ -1,0 +1,111 @@
+"""Fork mode: one request, one run of the user's script (SPEC 4.1).
+
+Reads the body to disk as it arrives, runs the Invocation, and streams the response from
+disk. Limits on time (read, write) are applied here; the server applies the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from faas_supervisor.config import WatchdogSettings
+from faas_supervisor.errors import FaasError, RequestTimeout
+from faas_supervisor.invocation import Invocation
+from faas_supervisor.logs import get_logger
+from faas_supervisor.responses import Body, failure_body, success_body
+from faas_supervisor.watchdog.metrics import Metrics
+
+READ_CHUNK = 256 * 1024
+DEBUG_BYTES = 512
+logger = get_logger(component="watchdog")
+
+
+def request_environment(request: web.Request) -> dict[str, str]:
+    """The classic watchdog's request variables: Http_Method, Http_<Header_Name>..."""
+    env: dict[str, str] = {}
+    for name, value in request.headers.items():
+        if name.lower() == "authorization":
+            continue  # credentials never reach the script
+        canonical = "_".join(part.capitalize() for part in name.split("-"))
+        env[f"Http_{canonical}"] = value
+    env["Http_Method"] = request.method
+    env["Http_Path"] = request.path
+    env["Http_Query"] = request.query_string
+    env["Http_Content_Type"] = request.headers.get("Content-Type", "")
+    env["Http_Content_Length"] = request.headers.get("Content-Length", "")
+    return env
+
+
+class ForkRunner:
+    def __init__(self, settings: WatchdogSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+
+    async def invoke(self, request: web.Request, invocation: Invocation) -> web.StreamResponse:
+        outcome = invocation.outcome
+        try:
+            try:
+                async with asyncio.timeout(self.settings.read_timeout or None):
+                    event = await invocation.read_event(
+                        self._body_chunks(request),
+                        request.headers.get("Content-Type", ""),
+                        self.settings.max_body_size,
+                    )
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"request body not received within read_timeout ({self.settings.read_timeout:g} s)"
+                ) from None
+        except FaasError as exc:
+            invocation.fail(exc)
+        else:
+            await invocation.execute(event, request_environment(request))
+
+        if outcome.error is not None:
+            body = failure_body(invocation, outcome.error)
+            status = outcome.error.http_status
+        else:
+            body = success_body(invocation, request.headers.get("Accept", ""))
+            status = 200
+        return await self._send(request, invocation, status, body)
+
+    async def _body_chunks(self, request: web.Request) -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            self.metrics.bytes_in.inc(len(chunk))
+            yield chunk
+
+    async def _send(
+        self, request: web.Request, invocation: Invocation, status: int, body: Body
+    ) -> web.StreamResponse:
+        outcome = invocation.outcome
+        headers = {
+            "Content-Type": body.content_type,
+            "X-Duration-Seconds": f"{outcome.duration:.6f}",
+            "X-Invocation-Id": invocation.id,
+        }
+        if outcome.exit_code is not None:
+            headers["X-Exit-Code"] = str(outcome.exit_code)
+        response = web.StreamResponse(status=status, headers=headers)
+        if body.length is not None:
+            response.content_length = body.length
+        if status >= 400 and request.can_read_body and not request.content.at_eof():
+            # An early answer (413, 400): the rest of the body is not wanted.
+            response.force_close()
+        await response.prepare(request)
+        sent = 0
+        try:
+            async with asyncio.timeout(self.settings.write_timeout or None):
+                async for chunk in body.stream:
+                    if self.settings.write_debug and sent < DEBUG_BYTES:
+                        logger.debug("response body", id=invocation.id, data=chunk[: DEBUG_BYTES - sent])
+                    sent += len(chunk)
+                    await response.write(chunk)
+                await response.write_eof()
+        except TimeoutError:
+            logger.warning("response not sent within write_timeout", id=invocation.id)
+            response.force_close()
+        finally:
+            self.metrics.bytes_out.inc(sent)
+        return response

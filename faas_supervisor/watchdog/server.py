@@ -1,0 +1,162 @@
+"""The watchdog: routes, limits, start-up and graceful shutdown (SPEC 4.2, 4.3).
+
+Start-up, serving and shutdown are one method each. Signals are handled here only:
+SIGTERM or SIGINT stop new work (503), wait up to `healthcheck_interval` for what is in
+flight, kill what is left, remove every invocation folder, and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from faas_supervisor.config import WatchdogSettings
+from faas_supervisor.errors import FaasError, PayloadTooLarge, ShuttingDown, TooManyRequests
+from faas_supervisor.invocation import Invocation, Runtime
+from faas_supervisor.logs import get_logger
+from faas_supervisor.watchdog.fork import ForkRunner
+from faas_supervisor.watchdog.metrics import Metrics
+
+LOCK_FILE = Path("/tmp/.lock")
+RESERVED = ("/_/health", "/_/ready", "/metrics")
+logger = get_logger(component="watchdog")
+
+
+class Watchdog:
+    def __init__(self, runtime: Runtime, settings: WatchdogSettings, host: str = "0.0.0.0") -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.host = host
+        self.metrics = Metrics()
+        self.runner = ForkRunner(settings, self.metrics)
+        self.inflight: set[Invocation] = set()
+        self.ready = False
+        self.shutting_down = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---- routes ----------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_size or 1 << 62)
+        app.router.add_get("/_/health", self.health)
+        app.router.add_get("/_/ready", self.ready_check)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_route("*", "/{tail:.*}", self.invoke)
+        return app
+
+    async def health(self, _request: web.Request) -> web.Response:
+        if self.ready and not self.shutting_down:
+            return web.Response(text="OK\n")
+        return web.Response(status=503, text="shutting down\n" if self.shutting_down else "starting\n")
+
+    async def ready_check(self, _request: web.Request) -> web.Response:
+        if self.ready and not self.shutting_down and not self._at_limit():
+            return web.Response(text="OK\n")
+        return web.Response(status=503, text="busy\n")
+
+    async def metrics_page(self, _request: web.Request) -> web.Response:
+        data, content_type = self.metrics.render()
+        return web.Response(body=data, headers={"Content-Type": content_type})
+
+    def _at_limit(self) -> bool:
+        return bool(self.settings.max_inflight) and len(self.inflight) >= self.settings.max_inflight
+
+    async def invoke(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        status = 500
+        try:
+            response = await self._invoke(request)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        finally:
+            self.metrics.observe(status, time.monotonic() - started)
+
+    async def _invoke(self, request: web.Request) -> web.StreamResponse:
+        if request.path in RESERVED:
+            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+        if request.method not in ("POST", "PUT"):
+            raise web.HTTPMethodNotAllowed(request.method, ["POST", "PUT"])
+        if self.shutting_down:
+            return _refuse(ShuttingDown("the watchdog is shutting down"))
+        if self._at_limit():
+            return _refuse(TooManyRequests(f"max_inflight ({self.settings.max_inflight}) reached"))
+        limit = self.settings.max_body_size
+        if limit and (request.content_length or 0) > limit:
+            return _refuse(PayloadTooLarge(f"request body is over max_body_size ({limit} bytes)"))
+
+        invocation = Invocation(self.runtime)
+        self.inflight.add(invocation)
+        self._idle.clear()
+        self.metrics.inflight.inc()
+        try:
+            return await self.runner.invoke(request, invocation)
+        finally:
+            invocation.close()
+            self.inflight.discard(invocation)
+            self.metrics.inflight.dec()
+            if not self.inflight:
+                self._idle.set()
+            logger.info(
+                "invocation",
+                id=invocation.id,
+                path=request.path,
+                exit_code=invocation.outcome.exit_code,
+                error=invocation.outcome.error.message if invocation.outcome.error else None,
+                seconds=round(invocation.outcome.duration, 4),
+            )
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Start, serve until a signal, shut down gracefully. Returns the exit status."""
+        runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.settings.port, reuse_address=True)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if not self.settings.suppress_lock:
+            LOCK_FILE.touch()
+        self.ready = True
+        logger.info("watchdog ready", port=_bound_port(runner, self.settings.port), mode=self.settings.mode)
+        await stop.wait()
+        await self.shutdown(runner)
+        return 0
+
+    async def shutdown(self, runner: web.AppRunner) -> None:
+        self.shutting_down = True
+        logger.info("shutting down", inflight=len(self.inflight))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.settings.healthcheck_interval)
+        for invocation in list(self.inflight):
+            logger.warning("killing an invocation still running", id=invocation.id)
+            invocation.close()
+        await runner.cleanup()  # cancels handlers still running, closes connections
+        if not self.settings.suppress_lock:
+            LOCK_FILE.unlink(missing_ok=True)
+
+
+def _refuse(error: FaasError) -> web.Response:
+    return web.Response(
+        status=error.http_status,
+        text=error.message + "\n",
+        headers={"Connection": "close"} if isinstance(error, PayloadTooLarge) else None,
+    )
+
+
+def _bound_port(runner: web.AppRunner, default: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    return default
