@@ -1,0 +1,176 @@
+"""Fixtures that start real things: watchdog processes and storage servers, on loopback.
+
+Servers are started by the tests themselves (`make test` installs them); a server that
+cannot start is a failure with its log, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 30.0,
+                  log: Path | None = None) -> None:
+    """Poll until `url` answers 200; fail with the server's log if it dies or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            text = log.read_text() if log and log.exists() else ""
+            pytest.fail(f"server exited with {process.returncode} before {url} answered:\n{text}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)  # polling a socket that has no readiness event to await
+    text = log.read_text() if log and log.exists() else ""
+    pytest.fail(f"{url} did not answer within {timeout} s:\n{text}")
+
+
+def faas_command() -> list[str]:
+    """The installed console script, or the module with this interpreter."""
+    exe = shutil.which("faas-supervisor")
+    return [exe] if exe else [sys.executable, "-m", "faas_supervisor"]
+
+
+@dataclass
+class WatchdogProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    tmpdir: Path
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def invocation_folders(self) -> list[Path]:
+        return sorted(p for p in self.tmpdir.iterdir() if p.name.startswith("faas-") and
+                      not p.name.startswith("faas-runtime-"))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+class WatchdogFactory:
+    """Starts `faas-supervisor watchdog` processes; each gets its own port and TMPDIR."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[WatchdogProcess] = []
+
+    def __call__(
+        self,
+        script: str | Path,
+        config: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        args: list[str] | None = None,
+        wait: bool = True,
+    ) -> WatchdogProcess:
+        n = len(self.started)
+        tmpdir = self.tmp_path / f"wd{n}-tmp"
+        tmpdir.mkdir()
+        if isinstance(script, str) and not Path(script).is_file():
+            path = self.tmp_path / f"wd{n}-script.sh"
+            path.write_text(script)
+            script = path
+        port = free_port()
+        full_env = {k: v for k, v in os.environ.items()
+                    if k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT")}
+        full_env.update({"TMPDIR": str(tmpdir), "suppress_lock": "true"})
+        full_env.update(env or {})
+        cmd = [*faas_command(), "watchdog", "--port", str(port), "--host", "127.0.0.1",
+               "--script", str(script)]
+        if config is not None:
+            if isinstance(config, str) and not Path(config).is_file():
+                path = self.tmp_path / f"wd{n}-config.yaml"
+                path.write_text(config)
+                config = path
+            cmd += ["--config", str(config)]
+        cmd += args or []
+        log = self.tmp_path / f"wd{n}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        wd = WatchdogProcess(process, port, tmpdir, log, full_env)
+        self.started.append(wd)
+        if wait:
+            wait_for_http(f"{wd.url}/_/health", process, log=log)
+        return wd
+
+    def close(self) -> None:
+        for wd in self.started:
+            if wd.process.poll() is None:
+                wd.process.kill()
+                wd.process.wait()
+
+
+@pytest.fixture
+def watchdog(tmp_path: Path) -> Iterator[WatchdogFactory]:
+    factory = WatchdogFactory(tmp_path)
+    yield factory
+    factory.close()
+
+
+def b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+# ---- storage servers -------------------------------------------------------------------
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str = "testing"
+    secret_key: str = "testing"
+    region: str = "us-east-1"
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name=self.region)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's standalone S3 server (it accepts any keys)."""
+    exe = shutil.which("moto_server")
+    if exe is None:
+        pytest.fail("moto_server is not installed: run `make test`, which installs moto[server]")
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/moto-api/", process, log=log)
+        yield S3Server(f"http://127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        process.wait(10)
