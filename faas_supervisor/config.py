@@ -301,12 +301,19 @@ def _providers(raw: Any, secrets_dir: Path) -> dict[str, ProviderConfig]:
                     values[str(key)] = Secret(text) if key in SECRET_KEYS else text
             if ptype == "minio" and pid == "default":
                 _read_secret_files(values, secrets_dir / "minio.default")
-            for key in REQUIRED_PROVIDER_KEYS[ptype]:
+            # A MinIO provider given a `path` is a local folder store: the embedded default
+            # serves OSCAR's FDL files, which name `minio`, from a folder.
+            required = REQUIRED_PROVIDER_KEYS["local" if is_folder_store(ptype, values) else ptype]
+            for key in required:
                 value = values.get(key)
                 if value is None or (isinstance(value, Secret) and not value.value) or value == "":
                     raise ConfigError(f"storage provider {ptype}.{pid} has no {key!r}")
             providers[f"{ptype}.{pid}"] = ProviderConfig(type=ptype, id=str(pid), settings=values)
     return providers
+
+
+def is_folder_store(ptype: str, settings: Mapping[str, object]) -> bool:
+    return ptype == "local" or (ptype == "minio" and "path" in settings and "endpoint" not in settings)
 
 
 def _read_secret_files(values: dict[str, str | bool | Secret], folder: Path) -> None:

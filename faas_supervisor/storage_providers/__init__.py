@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from faas_supervisor.config import FunctionConfig, ProviderConfig
+from faas_supervisor.config import FunctionConfig, ProviderConfig, is_folder_store
 from faas_supervisor.errors import ConfigError
 
 
@@ -27,14 +27,14 @@ class StorageProvider(Protocol):
 
 def build_provider(config: ProviderConfig) -> StorageProvider:
     # Explicit imports, no plugin discovery: the bundled runtime must find every module.
+    if is_folder_store(config.type, config.settings):
+        from faas_supervisor.storage_providers.local import LocalProvider
+
+        return LocalProvider(config)
     if config.type in ("minio", "s3"):
         from faas_supervisor.storage_providers.s3 import S3Provider
 
         return S3Provider(config)
-    if config.type == "local":
-        from faas_supervisor.storage_providers.local import LocalProvider
-
-        return LocalProvider(config)
     if config.type == "webdav":
         from faas_supervisor.storage_providers.webdav import WebDavProvider
 
