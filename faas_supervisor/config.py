@@ -235,9 +235,12 @@ def load_function_config(
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
-    stage_in_raw = environ.get("FILE_STAGE_IN", data.get("file_stage_in", True))
+    # An empty override (a template left blank) is no override, as for LOG_LEVEL.
+    stage_in_raw = environ.get("FILE_STAGE_IN") or data.get("file_stage_in", True)
     file_stage_in = (
-        stage_in_raw if isinstance(stage_in_raw, bool) else parse_bool(str(stage_in_raw), "file_stage_in")
+        stage_in_raw
+        if isinstance(stage_in_raw, bool)
+        else parse_bool(str(stage_in_raw), "file_stage_in")
     )
 
     exec_timeout = None
@@ -257,7 +260,8 @@ def load_function_config(
         for i, entry in enumerate(entries):
             if entry.provider not in providers:
                 raise ConfigError(
-                    f"{kind}[{i}].storage_provider: {entry.provider!r} is not defined in storage_providers"
+                    f"{kind}[{i}].storage_provider: {entry.provider!r} "
+                    "is not defined in storage_providers"
                 )
 
     isolation = str(data.get("isolation_level") or "SERVICE").upper()
@@ -313,7 +317,9 @@ def _providers(raw: Any, secrets_dir: Path) -> dict[str, ProviderConfig]:
 
 
 def is_folder_store(ptype: str, settings: Mapping[str, object]) -> bool:
-    return ptype == "local" or (ptype == "minio" and "path" in settings and "endpoint" not in settings)
+    return ptype == "local" or (
+        ptype == "minio" and "path" in settings and "endpoint" not in settings
+    )
 
 
 def _read_secret_files(values: dict[str, str | bool | Secret], folder: Path) -> None:
@@ -398,7 +404,8 @@ def resolve_script(
     if config.script_text:
         return _write_script(config.script_text, runtime_dir)
     raise ConfigError(
-        "no script: give --script, SCRIPT (base64), /oscar/config/script.sh or the config's script key"
+        "no script: give --script, SCRIPT (base64), /oscar/config/script.sh "
+        "or the config's script key"
     )
 
 

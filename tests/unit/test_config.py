@@ -1,0 +1,470 @@
+"""config.py: every source of the function config and the script, their precedence, the
+environment overrides, the value parsers and the validation of storage providers (SPEC 3,
+4.3). Unit tests: the environment is a plain dict, the default paths are moved into tmp.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from faas_supervisor import config as cfg
+from faas_supervisor.config import (
+    FunctionConfig,
+    Secret,
+    WatchdogSettings,
+    load_function_config,
+    load_watchdog_settings,
+    normalize_provider_name,
+    parse_bool,
+    parse_duration,
+    parse_size,
+    resolve_script,
+    script_environment,
+)
+from faas_supervisor.errors import ConfigError
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture(autouse=True)
+def no_default_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The /oscar and /var/run defaults point into tmp, so the machine's files never count."""
+    monkeypatch.setattr(cfg, "DEFAULT_CONFIG_PATH", tmp_path / "oscar" / "function_config.yaml")
+    monkeypatch.setattr(cfg, "DEFAULT_SCRIPT_PATH", tmp_path / "oscar" / "script.sh")
+    monkeypatch.setattr(cfg, "DEFAULT_SECRETS_DIR", tmp_path / "no-secrets")
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# ---- config sources --------------------------------------------------------------------
+
+
+def test_no_config_at_all_gives_the_defaults() -> None:
+    config = load_function_config(None, {})
+    assert config == FunctionConfig()
+    assert config.log_level == "INFO"
+    assert config.file_stage_in is True
+
+
+def test_config_file_from_flag(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "name: plants\nlog_level: debug\n")
+    config = load_function_config(str(path), {})
+    assert config.name == "plants"
+    assert config.log_level == "DEBUG"
+
+
+def test_config_from_function_config_base64_with_newlines() -> None:
+    text = "name: from-env\nenvironment:\n  variables: {MODEL: small, N: 3, FLAG: true}\n"
+    text += "#" * 200
+    encoded = b64(text)
+    # `base64` wraps at 76 columns; the wrapped form must be read the same.
+    wrapped = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + "\n"
+    config = load_function_config(None, {"FUNCTION_CONFIG": wrapped})
+    assert config.name == "from-env"
+    assert dict(config.variables) == {"MODEL": "small", "N": "3", "FLAG": "true"}
+
+
+def test_default_config_path_is_read(tmp_path: Path) -> None:
+    write(cfg.DEFAULT_CONFIG_PATH, "name: from-default-path\n")
+    assert load_function_config(None, {}).name == "from-default-path"
+
+
+def test_config_sources_precedence(tmp_path: Path) -> None:
+    write(cfg.DEFAULT_CONFIG_PATH, "name: default-path\n")
+    flag = write(tmp_path / "c.yaml", "name: flag\n")
+    env = {"FUNCTION_CONFIG": b64("name: env\n")}
+    assert load_function_config(str(flag), env).name == "flag"
+    assert load_function_config(None, env).name == "env"
+    assert load_function_config(None, {}).name == "default-path"
+
+
+def test_unknown_keys_are_kept_and_ignored(tmp_path: Path) -> None:
+    text = "name: x\nimage: ghcr.io/x\nmemory: 1Gi\nexpose: {api_port: 80}\n"
+    path = write(tmp_path / "c.yaml", text)
+    assert load_function_config(str(path), {}).name == "x"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: [unclosed\n", "not valid YAML at line"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("log_level: LOUD\n", "log_level"),
+        ("environment: [1]\n", "environment"),
+        ("environment: {variables: {A: {nested: 1}}}\n", "environment.variables.A"),
+        ("isolation_level: GROUP\n", "isolation_level"),
+        ("script: [1, 2]\n", "script"),
+        ("file_stage_in: perhaps\n", "file_stage_in"),
+        ("input: [{path: a/b}]\n", "input[0].storage_provider"),
+        ("input: [{storage_provider: minio}]\n", "input[0].path"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path / "c.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(path), {})
+    assert expected in info.value.message
+    assert "\n" not in info.value.message
+
+
+def test_missing_config_file_and_bad_base64_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--config"):
+        load_function_config(str(tmp_path / "absent.yaml"), {})
+    with pytest.raises(ConfigError, match="FUNCTION_CONFIG"):
+        load_function_config(None, {"FUNCTION_CONFIG": "not base64 !!"})
+
+
+def test_empty_config_file_is_the_defaults(tmp_path: Path) -> None:
+    assert load_function_config(str(write(tmp_path / "c.yaml", "")), {}) == FunctionConfig()
+
+
+# ---- environment overrides -------------------------------------------------------------
+
+
+def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "log_level: ERROR\nfile_stage_in: true\n")
+    env = {"LOG_LEVEL": "debug", "FILE_STAGE_IN": "false", "EXEC_TIMEOUT": "1m"}
+    config = load_function_config(str(path), env)
+    assert config.log_level == "DEBUG"
+    assert config.file_stage_in is False
+    assert config.exec_timeout == 60.0
+
+
+def test_file_stage_in_false_from_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "file_stage_in: false\n")
+    assert load_function_config(str(path), {}).file_stage_in is False
+    assert load_function_config(str(path), {"FILE_STAGE_IN": "yes"}).file_stage_in is True
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"LOG_LEVEL": "chatty"}, "log_level"),
+        ({"FILE_STAGE_IN": "maybe"}, "file_stage_in"),
+        ({"EXEC_TIMEOUT": "soon"}, "EXEC_TIMEOUT"),
+    ],
+)
+def test_bad_environment_override_names_it(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_function_config(None, env)
+
+
+def test_exec_timeout_from_environment_reaches_the_watchdog_settings() -> None:
+    config = load_function_config(None, {"EXEC_TIMEOUT": "10s"})
+    assert load_watchdog_settings({}, {}, config).exec_timeout == 10.0
+    # The classic watchdog's own name, and then the flag, win over EXEC_TIMEOUT.
+    assert load_watchdog_settings({"exec_timeout": "3"}, {}, config).exec_timeout == 3.0
+    flagged = load_watchdog_settings({"exec_timeout": "3"}, {"exec_timeout": "1m"}, config)
+    assert flagged.exec_timeout == 60
+
+
+# ---- value parsers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10", 10.0), ("10s", 10.0), ("1m", 60.0), ("1m30s", 90.0), ("500ms", 0.5), ("1.5", 1.5),
+     ("2h", 7200.0), (" 0 ", 0.0)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text, "exec_timeout") == seconds
+
+
+@pytest.mark.parametrize("text", ["", "s", "ten", "10x", "-1", "10 s", "1m-5s"])
+def test_bad_durations_name_the_key(text: str) -> None:
+    with pytest.raises(ConfigError, match="exec_timeout"):
+        parse_duration(text, "exec_timeout")
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1048576", 1 << 20), ("1Gi", 1 << 30), ("1G", 10**9), ("10MiB", 10 << 20), ("2k", 2000),
+     ("2Ki", 2048), ("5b", 5), ("0", 0)],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text, "max_body_size") == size
+
+
+@pytest.mark.parametrize("text", ["", "big", "-5", "1.5G", "10 parsecs"])
+def test_bad_sizes_name_the_key(text: str) -> None:
+    with pytest.raises(ConfigError, match="max_body_size"):
+        parse_size(text, "max_body_size")
+
+
+@pytest.mark.parametrize("text", ["1", "true", "TRUE", "yes", "on", " True "])
+def test_true_bools(text: str) -> None:
+    assert parse_bool(text, "suppress_lock") is True
+
+
+@pytest.mark.parametrize("text", ["0", "false", "False", "no", "off", ""])
+def test_false_bools(text: str) -> None:
+    assert parse_bool(text, "suppress_lock") is False
+
+
+def test_bad_bool_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="write_debug"):
+        parse_bool("sometimes", "write_debug")
+
+
+# ---- watchdog settings -----------------------------------------------------------------
+
+
+def test_watchdog_defaults(tmp_path: Path) -> None:
+    settings = load_watchdog_settings({"TMPDIR": str(tmp_path)}, {}, FunctionConfig())
+    assert settings == WatchdogSettings(tmp_dir=tmp_path)
+    assert (settings.port, settings.exec_timeout, settings.max_inflight) == (8080, 0.0, 0)
+    assert (settings.read_timeout, settings.write_timeout) == (300.0, 300.0)
+    assert settings.max_body_size == 1 << 30
+    assert settings.healthcheck_interval == 10.0
+    assert (settings.suppress_lock, settings.write_debug, settings.mode) == (False, False, "fork")
+
+
+def test_watchdog_settings_from_environment_and_flags_win() -> None:
+    env = {
+        "port": "9000", "exec_timeout": "1m", "read_timeout": "5s", "write_timeout": "6",
+        "max_inflight": "4", "max_body_size": "1Ki", "healthcheck_interval": "2s",
+        "suppress_lock": "true", "write_debug": "1", "mode": "http",
+    }
+    by_env = load_watchdog_settings(env, {}, FunctionConfig())
+    assert by_env.port == 9000
+    assert by_env.exec_timeout == 60.0
+    assert (by_env.read_timeout, by_env.write_timeout) == (5.0, 6.0)
+    assert by_env.max_inflight == 4
+    assert by_env.max_body_size == 1024
+    assert by_env.healthcheck_interval == 2.0
+    assert (by_env.suppress_lock, by_env.write_debug, by_env.mode) == (True, True, "http")
+
+    flags = {
+        "port": 9001, "exec_timeout": "10s", "read_timeout": "1m", "write_timeout": "7s",
+        "max_inflight": "2", "max_body_size": "2048", "healthcheck_interval": "3",
+        "suppress_lock": None, "write_debug": None, "mode": "fork",
+    }
+    by_flag = load_watchdog_settings(env, flags, FunctionConfig())
+    assert by_flag.port == 9001
+    assert by_flag.exec_timeout == 10.0
+    assert (by_flag.read_timeout, by_flag.write_timeout) == (60.0, 7.0)
+    assert by_flag.max_inflight == 2
+    assert by_flag.max_body_size == 2048
+    assert by_flag.healthcheck_interval == 3.0
+    # A flag left unset (None) leaves the environment's value.
+    assert (by_flag.suppress_lock, by_flag.write_debug, by_flag.mode) == (True, True, "fork")
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [({"port": "http"}, "port"), ({"max_inflight": "-1"}, "max_inflight"),
+     ({"mode": "thread"}, "mode"), ({"read_timeout": "forever"}, "read_timeout"),
+     ({"max_body_size": "huge"}, "max_body_size"), ({"suppress_lock": "maybe"}, "suppress_lock")],
+)
+def test_bad_watchdog_setting_names_it(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_watchdog_settings(env, {}, FunctionConfig())
+
+
+def test_script_environment_hides_the_runtime_config() -> None:
+    env = {"PATH": "/bin", "FUNCTION_CONFIG": "x", "SCRIPT": "y", "EVENT": "z", "MINE": "1"}
+    assert script_environment(env) == {"PATH": "/bin", "MINE": "1"}
+
+
+# ---- the script ------------------------------------------------------------------------
+
+
+def test_script_sources_in_order(tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    flag_script = write(tmp_path / "flag.sh", "echo flag\n")
+    write(cfg.DEFAULT_SCRIPT_PATH, "echo default-path\n")
+    config = FunctionConfig(script_text="echo config-key\n")
+    env = {"SCRIPT": b64("echo env\n")}
+
+    assert resolve_script(str(flag_script), env, config, runtime) == flag_script.resolve()
+    from_env = resolve_script(None, env, config, runtime)
+    assert from_env.read_text() == "echo env\n"
+    assert from_env.parent == runtime
+    assert resolve_script(None, {}, config, runtime) == cfg.DEFAULT_SCRIPT_PATH
+    cfg.DEFAULT_SCRIPT_PATH.unlink()
+    from_key = resolve_script(None, {}, config, runtime)
+    assert from_key.read_text() == "echo config-key\n"
+    assert from_key.parent == runtime
+
+
+def test_script_key_of_the_config_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "script: |\n  #!/bin/sh\n  echo from yaml\n")
+    config = load_function_config(str(path), {})
+    script = resolve_script(None, {}, config, tmp_path)
+    assert script.read_text() == "#!/bin/sh\necho from yaml\n"
+    # The script's text is not in the config's repr (it is long, and may hold anything).
+    assert "from yaml" not in repr(config)
+
+
+def test_no_script_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no script"):
+        resolve_script(None, {}, FunctionConfig(), tmp_path)
+
+
+def test_missing_script_file_and_bad_script_base64(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--script"):
+        resolve_script(str(tmp_path / "absent.sh"), {}, FunctionConfig(), tmp_path)
+    with pytest.raises(ConfigError, match="SCRIPT"):
+        resolve_script(None, {"SCRIPT": "@@@"}, FunctionConfig(), tmp_path)
+
+
+# ---- storage providers -----------------------------------------------------------------
+
+PROVIDERS = """
+storage_providers:
+  minio:
+    default: {endpoint: http://minio:9000, verify: false, access_key: AKMINIO, secret_key: SKMINIO}
+  s3:
+    aws1: {access_key: AKS3, secret_key: SKS3, region: eu-west-1}
+  webdav:
+    dcache: {hostname: https://dcache.example.org, login: me, password: PWWEBDAV}
+  onedata:
+    od1: {oneprovider_host: op.example.org, token: TKONEDATA, space: space1}
+  local:
+    files: {path: /srv/files}
+"""
+SECRET_VALUES = ("AKMINIO", "SKMINIO", "AKS3", "SKS3", "PWWEBDAV", "TKONEDATA")
+
+
+def test_every_provider_type_loads(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", PROVIDERS)
+    config = load_function_config(str(path), {})
+    assert set(config.providers) == {
+        "minio.default", "s3.aws1", "webdav.dcache", "onedata.od1", "local.files",
+    }
+    minio = config.provider("minio")  # TYPE alone means TYPE.default
+    assert minio.name == "minio.default"
+    assert minio.get("endpoint") == "http://minio:9000"
+    assert minio.get("secret_key") == "SKMINIO"
+    assert minio.flag("verify", True) is False
+    assert config.provider("webdav.dcache").get("password") == "PWWEBDAV"
+
+
+def test_secrets_never_appear_in_repr_or_str(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", PROVIDERS)
+    config = load_function_config(str(path), {})
+    shown = repr(config) + str(config)
+    for provider in config.providers.values():
+        shown += repr(provider) + str(provider) + repr(dict(provider.settings))
+    for secret in SECRET_VALUES:
+        assert secret not in shown
+    assert repr(Secret("hunter2")) == "Secret('***')"
+    assert "hunter2" not in f"{Secret('hunter2')}"
+
+
+def test_a_type_alone_means_its_default(tmp_path: Path) -> None:
+    assert normalize_provider_name("minio") == "minio.default"
+    assert normalize_provider_name("s3.aws1") == "s3.aws1"
+    text = PROVIDERS + "input:\n  - {storage_provider: minio, path: /plants/input/}\n"
+    text += "output:\n  - {storage_provider: s3.aws1, path: out/x, prefix: result, "
+    text += "suffix: [.png]}\n"
+    config = load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+    assert config.inputs[0].provider == "minio.default"
+    assert (config.inputs[0].bucket, config.inputs[0].folder) == ("plants", "input")
+    assert config.outputs[0].provider == "s3.aws1"
+    assert config.outputs[0].prefix == ("result",)
+    assert config.outputs[0].matches("result-1.png")
+    assert not config.outputs[0].matches("result-1.jpg")
+    assert not config.outputs[0].matches("other.png")
+
+
+@pytest.mark.parametrize("kind", ["input", "output"])
+def test_undefined_provider_is_named(tmp_path: Path, kind: str) -> None:
+    text = PROVIDERS + f"{kind}:\n  - {{storage_provider: minio.elsewhere, path: b/f}}\n"
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+    assert "minio.elsewhere" in info.value.message
+    assert f"{kind}[0]" in info.value.message
+
+
+def test_type_alone_without_a_default_is_named(tmp_path: Path) -> None:
+    text = PROVIDERS + "output:\n  - {storage_provider: s3, path: b/f}\n"
+    with pytest.raises(ConfigError, match=r"s3\.default"):
+        load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+
+
+@pytest.mark.parametrize(
+    ("ptype", "settings", "missing"),
+    [
+        ("minio", "{endpoint: http://m, access_key: A}", "secret_key"),
+        ("minio", "{access_key: A, secret_key: S}", "endpoint"),
+        ("s3", "{secret_key: S}", "access_key"),
+        ("webdav", "{hostname: https://h, login: me}", "password"),
+        ("webdav", "{hostname: https://h, login: me, password: ''}", "password"),
+        ("onedata", "{oneprovider_host: h, token: T}", "space"),
+        ("local", "{}", "path"),
+    ],
+)
+def test_provider_without_a_required_key(
+    tmp_path: Path, ptype: str, settings: str, missing: str
+) -> None:
+    text = f"storage_providers:\n  {ptype}:\n    p1: {settings}\n"
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+    assert f"{ptype}.p1" in info.value.message
+    assert missing in info.value.message
+    for secret in ("S", "T"):
+        assert f"'{secret}'" not in info.value.message
+
+
+def test_unknown_provider_type(tmp_path: Path) -> None:
+    text = "storage_providers:\n  ftp:\n    x: {host: h}\n"
+    with pytest.raises(ConfigError, match=r"storage_providers\.ftp"):
+        load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+
+
+def test_minio_default_keys_from_secret_files(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    write(secrets / "minio.default" / "accessKey", "AKFILE\n")
+    write(secrets / "minio.default" / "secretKey", "SKFILE\n")
+    # Keys absent from the config: the files supply them, so the config is valid.
+    text = "storage_providers:\n  minio:\n    default: {endpoint: http://m:9000}\n"
+    path = write(tmp_path / "c.yaml", text)
+    config = load_function_config(str(path), {"FAAS_PROVIDER_SECRETS_DIR": str(secrets)})
+    minio = config.provider("minio")
+    assert (minio.get("access_key"), minio.get("secret_key")) == ("AKFILE", "SKFILE")
+    assert "AKFILE" not in repr(config) and "SKFILE" not in repr(config)
+    # The files win over keys written in the config.
+    config = load_function_config(
+        str(write(tmp_path / "c2.yaml", PROVIDERS)), {"FAAS_PROVIDER_SECRETS_DIR": str(secrets)}
+    )
+    assert config.provider("minio.default").get("secret_key") == "SKFILE"
+    # ... and only for minio.default.
+    other = "storage_providers:\n  minio:\n    other: {endpoint: http://m:9000}\n"
+    with pytest.raises(ConfigError, match=r"minio\.other"):
+        load_function_config(
+            str(write(tmp_path / "c3.yaml", other)), {"FAAS_PROVIDER_SECRETS_DIR": str(secrets)}
+        )
+
+
+def test_minio_default_without_keys_or_files_names_the_key(tmp_path: Path) -> None:
+    text = "storage_providers:\n  minio:\n    default: {endpoint: http://m:9000}\n"
+    path = write(tmp_path / "c.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(path), {"FAAS_PROVIDER_SECRETS_DIR": str(tmp_path / "none")})
+    assert "minio.default" in info.value.message
+    assert "access_key" in info.value.message
+
+
+def test_isolation_and_bucket_list(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "isolation_level: user\nbucket_list: [a, b]\n")
+    config = load_function_config(str(path), {})
+    assert config.isolation_level == "USER"
+    assert config.bucket_list == ("a", "b")
+
+
+def test_empty_environment_overrides_are_no_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "log_level: ERROR\nfile_stage_in: true\n")
+    blank = {"LOG_LEVEL": "", "FILE_STAGE_IN": "", "EXEC_TIMEOUT": ""}
+    config = load_function_config(str(path), blank)
+    assert (config.log_level, config.file_stage_in, config.exec_timeout) == ("ERROR", True, None)
