@@ -8,12 +8,22 @@ raises BadEvent when it is its kind but lacks a field it needs.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from faas_supervisor.parsers import s3
+from faas_supervisor.parsers import apigateway, dcache, delegated, onedata, s3
 from faas_supervisor.parsers.event import Recognised, Recogniser
 
-RECOGNISERS: list[Recogniser] = [s3.recognise]
+# The events that name an object; a delegated envelope wraps exactly one of these.
+STORAGE_RECOGNISERS: list[Recogniser] = [s3.recognise, onedata.recognise, dcache.recognise]
+
+# Envelopes first: a delegated event's `event` field would otherwise look like dCache's,
+# and OSCAR reads an API-gateway envelope before looking for storage records.
+RECOGNISERS: list[Recogniser] = [
+    apigateway.recognise,
+    functools.partial(delegated.recognise, inner=STORAGE_RECOGNISERS),
+    *STORAGE_RECOGNISERS,
+]
 
 
 def recognise(value: Any) -> Recognised | None:

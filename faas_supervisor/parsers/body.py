@@ -153,7 +153,9 @@ def _json_or_none(data: bytes) -> Any:
         return _NOT_JSON
 
 
-async def _json_event(value: Any, path: Path, text: str | None, input_dir: Path, max_size: int) -> Event:
+async def _json_event(
+    value: Any, path: Path, text: str | None, input_dir: Path, max_size: int
+) -> Event:
     found = recognise(value)
     if found is None:
         return Event(kind="json", input_file=path, text=text)
