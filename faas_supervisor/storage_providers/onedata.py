@@ -1,0 +1,135 @@
+"""Onedata (`onedata.*`) through the Oneprovider REST file API (`/api/v3/oneprovider`).
+
+Paths are relative to the provider's `space`. An output's `bucket/key` is
+`<space>/bucket/key`, as OSCAR writes output paths relative to the space; a Onedata event
+names the space itself as the bucket (its key starts with the space), which is then not
+repeated. Endpoints used, all with the `X-Auth-Token` header:
+
+* `POST /lookup-file-id/{space}[/{path}]`: a path's file id (404 when there is none);
+* `GET /data/{space_dir_id}/path/{path}`: a file's content, streamed;
+* `PUT /data/{space_dir_id}/path/{path}?create_parents=true`: a new regular file, the
+  request body its content (fails if the file exists);
+* `PUT /data/{file_id}/content`: replace an existing file's content;
+* `DELETE /data/{file_id}`: remove what a failed upload left.
+
+`oneprovider_host` is a host name (HTTPS) or a base URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from faas_supervisor.config import ProviderConfig
+from faas_supervisor.errors import StorageError
+from faas_supervisor.storage_providers import http
+from faas_supervisor.storage_providers.http import HttpFailure
+
+
+class OnedataProvider:
+    def __init__(self, config: ProviderConfig) -> None:
+        self.name = config.name
+        host = config.get("oneprovider_host")
+        base = host if "://" in host else f"https://{host}"
+        self._api = f"{base.rstrip('/')}/api/v3/oneprovider"
+        self._token = config.get("token")
+        self.space = config.get("space").strip("/")
+        self._verify = config.flag("verify", True)
+        self._space_dir_id: str | None = None  # stable for the space's life: looked up once
+
+    def _session(self) -> aiohttp.ClientSession:
+        return http.session(headers={"X-Auth-Token": self._token}, verify=self._verify)
+
+    def _path(self, bucket: str, key: str) -> str:
+        parts = [key] if bucket.strip("/") == self.space else [bucket, key]
+        return "/".join(s for p in parts for s in p.split("/") if s)
+
+    def _error(self, verb: str, bucket: str, key: str, exc: HttpFailure) -> StorageError:
+        reason = exc.reason
+        if exc.status in (401, 403):
+            reason = f"the token is refused (HTTP {exc.status})"
+        return StorageError(
+            f"{self.name}: cannot {verb} {bucket}/{key}: {http.scrub(reason, [self._token])}"
+        )
+
+    async def _lookup(self, session: aiohttp.ClientSession, path: str) -> str | None:
+        """The file id of `<space>/<path>`, or None when nothing is there."""
+        url = http.join_url(self._api, "lookup-file-id", self.space, path)
+
+        async def post() -> str | None:
+            async with session.post(url) as response:
+                if response.status == 404:
+                    await response.read()
+                    return None
+                http.expect(response, (200,))
+                body: Any = await response.json(content_type=None)
+            if not isinstance(body, dict) or not isinstance(body.get("fileId"), str):
+                raise HttpFailure("lookup-file-id answered without a fileId", False)
+            return str(body["fileId"])
+
+        return await http.retrying(post)
+
+    async def _space_dir(self, session: aiohttp.ClientSession) -> str:
+        if self._space_dir_id is None:
+            found = await self._lookup(session, "")
+            if found is None:
+                raise HttpFailure(f"no space {self.space!r} (HTTP 404)", False, 404)
+            self._space_dir_id = found
+        return self._space_dir_id
+
+    async def download(self, bucket: str, key: str, dest: Path) -> None:
+        path = self._path(bucket, key)
+
+        async def get() -> None:
+            async with session.get(url) as response:
+                http.expect(response, (200,))
+                await http.save_body(response, dest)
+
+        try:
+            async with self._session() as session:
+                space_dir = await self._space_dir(session)
+                url = http.join_url(self._api, "data", space_dir, "path", path)
+                await http.retrying(get)
+        except HttpFailure as exc:
+            raise self._error("download", bucket, key, exc) from None
+
+    async def upload(self, src: Path, bucket: str, key: str) -> None:
+        path = self._path(bucket, key)
+        headers = {"Content-Type": "application/octet-stream"}
+
+        async def send(url: Any, ok: tuple[int, ...]) -> None:
+            with open(src, "rb") as body:
+                async with session.put(url, data=body, headers=headers) as response:
+                    await response.read()
+                    http.expect(response, ok)
+
+        async with self._session() as session:
+            try:
+                existing = await self._lookup(session, path)
+                if existing is not None:
+                    url = http.join_url(self._api, "data", existing, "content")
+                    await http.retrying(lambda: send(url, (200, 204)))
+                else:
+                    space_dir = await self._space_dir(session)
+                    url = http.join_url(self._api, "data", space_dir, "path", path)
+                    url = url.with_query({"create_parents": "true"})
+                    await http.retrying(lambda: send(url, (200, 201)))
+            except HttpFailure as exc:
+                if exc.transient:
+                    await self._remove_partial(session, path)
+                raise self._error("upload", bucket, key, exc) from None
+            except OSError as exc:
+                raise StorageError(
+                    f"{self.name}: cannot upload {bucket}/{key}: {exc.strerror}"
+                ) from None
+
+    async def _remove_partial(self, session: aiohttp.ClientSession, path: str) -> None:
+        """Best effort: a store that failed the upload may fail this too."""
+        with contextlib.suppress(HttpFailure, aiohttp.ClientError, TimeoutError):
+            file_id = await self._lookup(session, path)
+            if file_id is not None:
+                async with session.delete(http.join_url(self._api, "data", file_id)):
+                    pass

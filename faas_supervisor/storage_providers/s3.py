@@ -1,0 +1,176 @@
+"""MinIO, Ceph RGW and Amazon S3 (`minio.*`, `s3.*`) through boto3's s3transfer.
+
+One boto3 client and one s3transfer `TransferManager` per provider, made at construction
+and shared by every invocation: the manager's own thread pool does the network and disk
+work (multipart both ways, streamed between disk and network), so its size bounds the
+provider's concurrency and the event loop only waits on a future. Failed multipart uploads
+are aborted by s3transfer itself; downloads land in a temporary file renamed at the end.
+
+boto3 is imported inside the constructor, not at module level: importing it costs a few
+hundred milliseconds and a function without an S3 provider should not pay for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from faas_supervisor.config import ProviderConfig
+from faas_supervisor.errors import StorageError
+
+if TYPE_CHECKING:
+    from s3transfer.futures import TransferFuture
+
+MiB = 1 << 20
+
+# At most 3 attempts per request. botocore's `max_attempts` counts *retries* (3 would mean
+# 4 attempts); `total_max_attempts` counts attempts, which is what SPEC 6.2 bounds.
+RETRIES = {"total_max_attempts": 3, "mode": "standard"}
+
+
+class S3Provider:
+    """A bucket store speaking S3. `minio` needs `endpoint`; `s3` (Amazon) may omit it."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        multipart_threshold: int = 8 * MiB,
+        multipart_chunksize: int = 8 * MiB,
+        max_concurrency: int = 8,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 20.0,
+    ) -> None:
+        import boto3.session
+        from botocore.config import Config
+        from s3transfer.manager import TransferConfig, TransferManager
+
+        self.name = config.name
+        self._secrets = tuple(
+            s for s in (config.get("access_key"), config.get("secret_key")) if len(s) >= 4
+        )
+        endpoint = config.get("endpoint") or None
+        if endpoint and "://" not in endpoint:
+            # OSCAR configs sometimes give `minio:9000`; its MinIO speaks HTTP by default.
+            endpoint = f"http://{endpoint}"
+        s3_options: dict[str, Any] = {}
+        if config.type == "minio":
+            # MinIO and Ceph are reached by one host name: buckets cannot be subdomains.
+            s3_options["addressing_style"] = "path"
+        client_config = Config(
+            retries=RETRIES,
+            connect_timeout=connect_timeout,  # a dead store fails in bounded time
+            read_timeout=read_timeout,
+            max_pool_connections=max_concurrency + 2,  # the manager's threads never wait
+            s3=s3_options,
+        )
+        session = boto3.session.Session()
+        self._client = session.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=config.get("region") or "us-east-1",
+            aws_access_key_id=config.get("access_key"),
+            aws_secret_access_key=config.get("secret_key"),
+            verify=config.flag("verify", True),
+            config=client_config,
+        )
+        transfer_config = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_request_concurrency=max_concurrency,
+            # Streaming reads of a download are retried by s3transfer, not botocore: bound
+            # them like the rest.
+            num_download_attempts=3,
+            # Downloaded chunks waiting for the disk: 64 x 256 KiB at most in memory.
+            max_io_queue_size=64,
+        )
+        self._manager = TransferManager(self._client, transfer_config)
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client (for the controller's bucket API and for tests)."""
+        return self._client
+
+    async def download(self, bucket: str, key: str, dest: Path) -> None:
+        # s3transfer writes to a temporary name beside `dest` and renames it when whole.
+        await self._transfer(
+            "download", bucket, key, lambda subs: self._manager.download(
+                bucket, key, str(dest), subscribers=subs)
+        )
+
+    async def upload(self, src: Path, bucket: str, key: str) -> None:
+        await self._transfer(
+            "upload", bucket, key, lambda subs: self._manager.upload(
+                str(src), bucket, key, subscribers=subs)
+        )
+
+    async def _transfer(self, verb: str, bucket: str, key: str, submit: Any) -> None:
+        """Submit to the manager and await its done callback; cancel it if we are cancelled."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        try:
+            future: TransferFuture = submit([_DoneSubscriber(loop, done)])
+        except Exception as exc:  # bad arguments are refused at submission
+            raise self._error(verb, bucket, key, exc) from None
+        try:
+            await done
+        except asyncio.CancelledError:
+            # The client went away: stop the transfer (s3transfer aborts the multipart
+            # upload) without waiting for it here.
+            future.cancel()
+            raise
+        try:
+            future.result()  # done: returns at once, or raises the transfer's error
+        except Exception as exc:
+            raise self._error(verb, bucket, key, exc) from None
+
+    def _error(self, verb: str, bucket: str, key: str, exc: BaseException) -> StorageError:
+        return StorageError(f"{self.name}: cannot {verb} {bucket}/{key}: {self._reason(exc)}")
+
+    def _reason(self, exc: BaseException) -> str:
+        from botocore.exceptions import ClientError
+
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = str(error.get("Code") or "error")
+            if code in ("404", "NoSuchKey"):
+                text = "no such object"
+            elif code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                text = f"access denied ({code})"
+            else:
+                text = f"{code}: {error.get('Message') or 'failed'}"
+            if status:
+                text += f" (HTTP {status})"
+        elif isinstance(exc, OSError) and exc.strerror:
+            text = exc.strerror
+        else:
+            text = str(exc) or type(exc).__name__
+        # A second line of defence: no credential ever leaves in a message.
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text[:300]
+
+    def close(self) -> None:
+        """Stop the manager's threads (the watchdog's shutdown; tests)."""
+        with contextlib.suppress(Exception):
+            self._manager.shutdown(cancel=True)
+
+
+class _DoneSubscriber:
+    """s3transfer calls `on_done` in one of its threads once a transfer has ended, its
+    failure cleanups (the multipart abort) included; this wakes the awaiting coroutine."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None]) -> None:
+        self._loop = loop
+        self._done = done
+
+    def on_done(self, future: TransferFuture, **kwargs: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)

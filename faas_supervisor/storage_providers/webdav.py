@@ -1,0 +1,102 @@
+"""WebDAV (`webdav.*`, dCache's door): GET and PUT streamed with aiohttp, basic auth.
+
+The object `bucket/key` is `<hostname>/bucket/key`. `hostname` is the base URL; without a
+scheme it means HTTPS, as dCache's WebDAV doors serve it. Missing folders are made with
+MKCOL when a PUT answers 409 (RFC 4918: the parent collection does not exist), so the
+common case costs one request. A PUT that fails for good is followed by a DELETE, so that
+no partial file stays behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import aiohttp
+from yarl import URL
+
+from faas_supervisor.config import ProviderConfig
+from faas_supervisor.errors import StorageError
+from faas_supervisor.storage_providers import http
+from faas_supervisor.storage_providers.http import HttpFailure
+
+
+class WebDavProvider:
+    def __init__(self, config: ProviderConfig) -> None:
+        self.name = config.name
+        base = config.get("hostname")
+        self._base = (base if "://" in base else f"https://{base}").rstrip("/")
+        self._login = config.get("login")
+        self._password = config.get("password")
+        self._verify = config.flag("verify", True)
+
+    def _session(self) -> aiohttp.ClientSession:
+        return http.session(auth=aiohttp.BasicAuth(self._login, self._password),
+                            verify=self._verify)
+
+    def _error(self, verb: str, bucket: str, key: str, exc: HttpFailure) -> StorageError:
+        reason = exc.reason
+        if exc.status == 401:
+            reason = "wrong login or password (HTTP 401)"
+        return StorageError(
+            f"{self.name}: cannot {verb} {bucket}/{key}: {http.scrub(reason, [self._password])}"
+        )
+
+    async def download(self, bucket: str, key: str, dest: Path) -> None:
+        async def get() -> None:
+            async with session.get(url) as response:
+                http.expect(response, (200,))
+                await http.save_body(response, dest)
+
+        try:
+            url = http.join_url(self._base, bucket, key)
+            async with self._session() as session:
+                await http.retrying(get)
+        except HttpFailure as exc:
+            raise self._error("download", bucket, key, exc) from None
+
+    async def upload(self, src: Path, bucket: str, key: str) -> None:
+        async def put() -> int:
+            with open(src, "rb") as body:
+                headers = {"Content-Type": "application/octet-stream"}
+                async with session.put(url, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status == 409:  # a parent folder is missing
+                        return response.status
+                    http.expect(response, (200, 201, 204))
+                    return response.status
+
+        try:
+            url = http.join_url(self._base, bucket, key)
+        except HttpFailure as exc:
+            raise self._error("upload", bucket, key, exc) from None
+        async with self._session() as session:
+            try:
+                if await http.retrying(put) == 409:
+                    await self._make_folders(session, bucket, key)
+                    if await http.retrying(put) == 409:
+                        raise HttpFailure("the server refuses the folder (HTTP 409)", False, 409)
+            except HttpFailure as exc:
+                if exc.transient:  # the body may have been cut short: remove what is there
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with session.delete(url):
+                            pass
+                raise self._error("upload", bucket, key, exc) from None
+            except OSError as exc:
+                raise StorageError(
+                    f"{self.name}: cannot upload {bucket}/{key}: {exc.strerror}"
+                ) from None
+
+    async def _make_folders(self, session: aiohttp.ClientSession, bucket: str, key: str) -> None:
+        """MKCOL each ancestor of the object, top down; 405 means it exists already."""
+        segments = [s for s in f"{bucket}/{key}".split("/") if s][:-1]
+        for depth in range(1, len(segments) + 1):
+            url = http.join_url(self._base, *segments[:depth])
+            await http.retrying(functools.partial(self._mkcol, session, url))
+
+    @staticmethod
+    async def _mkcol(session: aiohttp.ClientSession, url: URL) -> None:
+        async with session.request("MKCOL", url) as response:
+            await response.read()
+            http.expect(response, (201, 405))
