@@ -117,9 +117,11 @@ async def read_body(
                 out.write(chunk)
 
     text = _event_text(head, total)
-    if mode == "raw":
+    if mode == "raw" and total:
         return Event(kind="raw", input_file=path, text=text)
-    if mode == "undecided":  # empty, or blanks only
+    # Empty whatever the Content-Type: `empty` is the first row of the table, and a
+    # script must not get an INPUT_FILE_PATH to a file of nothing.
+    if mode == "undecided" or total == 0:  # empty, or blanks only
         path.unlink()
         return Event(kind="empty")
     if mode == "ambiguous":
