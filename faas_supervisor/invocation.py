@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -21,11 +22,17 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faas_supervisor.config import FunctionConfig, StoragePath
-from faas_supervisor.errors import BadEvent, FaasError, ScriptFailed, ScriptTimeout
+from faas_supervisor.config import FunctionConfig, StoragePath, normalize_provider_name
+from faas_supervisor.errors import (
+    BadEvent,
+    FaasError,
+    ScriptFailed,
+    ScriptTimeout,
+    StorageError,
+)
 from faas_supervisor.logs import InvocationLog
-from faas_supervisor.parsers.event import Event, StorageObject
 from faas_supervisor.parsers.body import read_body
+from faas_supervisor.parsers.event import ANY_ID, Event, StorageObject
 from faas_supervisor.storage_providers import StorageProvider
 
 
@@ -86,6 +93,38 @@ class Invocation:
             chunks, content_type=content_type, input_dir=self.input_dir, max_size=max_size
         )
 
+    def locate(self, event: Event) -> Event:
+        """The event with its object's provider, bucket and key made concrete.
+
+        Parsers name what the event says; two kinds need the config to finish the job:
+        Onedata names a space (`onedata.*`: the provider whose `space` it is), dCache a
+        file name (joined to the `input` path configured for its provider).
+        """
+        obj = event.storage
+        if obj is None:
+            return event
+        config = self.runtime.config
+        if obj.provider.endswith(f".{ANY_ID}"):
+            ptype = obj.provider_type
+            serving = [p.name for p in config.providers.values()
+                       if p.type == ptype and p.get("space") == obj.bucket]
+            if not serving:
+                raise BadEvent(f"no {ptype} storage provider is configured for space "
+                               f"{obj.bucket!r}")
+            obj = dataclasses.replace(obj, provider=serving[0])
+        if obj.under_input_path:
+            paths = [p for p in config.inputs if p.provider == obj.provider]
+            if not paths:
+                raise BadEvent(f"a {obj.provider} event, but no input path uses {obj.provider}")
+            folder = paths[0].folder
+            obj = dataclasses.replace(
+                obj,
+                bucket=paths[0].bucket,
+                key=f"{folder}/{obj.key}" if folder else obj.key,
+                under_input_path=False,
+            )
+        return dataclasses.replace(event, storage=obj)
+
     async def stage_in(self, event: Event) -> Path | None:
         """The input file's path: the body's file, or the storage object downloaded."""
         if event.storage is None:
@@ -97,11 +136,16 @@ class Invocation:
             return None
         provider = self._provider(obj.provider)
         self.log.info("downloading", provider=provider.name, bucket=obj.bucket, key=obj.key)
-        await provider.download(obj.bucket, obj.key, dest)
+        async with _storage_errors(provider, "download", obj.bucket, obj.key):
+            await provider.download(obj.bucket, obj.key, dest)
         return dest
 
     def _input_path(self, obj: StorageObject) -> Path:
-        """`TMP_INPUT_DIR/<base name of the key>`, refusing names that would leave it."""
+        """`TMP_INPUT_DIR/<base name of the key>`, refusing names that would leave it.
+
+        StorageObject already refuses such keys when parsed; this is the last guard
+        before a file is written, for objects made by any other path.
+        """
         name = obj.name
         if not name or name in (".", "..") or "\x00" in name or "/" in name:
             raise BadEvent(f"object key {obj.key!r} does not name a file")
@@ -109,7 +153,7 @@ class Invocation:
 
     def _provider(self, name: str) -> StorageProvider:
         try:
-            return self.runtime.providers[name]
+            return self.runtime.providers[normalize_provider_name(name)]
         except KeyError:
             raise BadEvent(f"event names storage provider {name!r}, which is not defined") from None
 
@@ -209,7 +253,8 @@ class Invocation:
                     continue
                 key = "/".join(p for p in (target.folder, output.relative) if p)
                 self.log.info("uploading", provider=provider.name, bucket=bucket, key=key)
-                await provider.upload(output.path, bucket, key)
+                async with _storage_errors(provider, "upload", bucket, key):
+                    await provider.upload(output.path, bucket, key)
 
     def _output_bucket(self, target: StoragePath, event: Event) -> str:
         config = self.runtime.config
@@ -228,6 +273,7 @@ class Invocation:
     ) -> Outcome:
         """Stage in, run, stage out. Failures are recorded in the outcome, not raised."""
         try:
+            event = self.locate(event)
             input_file = await self.stage_in(event)
             env = self.environment(event, input_file, extra_env)
             self.log.debug("running script", script=str(self.runtime.script))
@@ -249,6 +295,26 @@ class Invocation:
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def _storage_errors(
+    provider: StorageProvider, action: str, bucket: str, key: str
+) -> AsyncIterator[None]:
+    """A provider's unexpected exception becomes a StorageError naming it and the object.
+
+    Providers raise StorageError themselves after their retries; anything else (an SDK
+    error they did not foresee) must still be a 502 / exit 3, not a traceback. Only the
+    exception's type is shown: SDK messages can carry endpoints with credentials.
+    """
+    try:
+        yield
+    except (FaasError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        raise StorageError(
+            f"{provider.name}: {action} of {bucket}/{key} failed ({type(exc).__name__})"
+        ) from exc
 
 
 def _describe(code: int) -> str:

@@ -158,7 +158,11 @@ def _json_or_none(data: bytes) -> Any:
 async def _json_event(
     value: Any, path: Path, text: str | None, input_dir: Path, max_size: int
 ) -> Event:
-    found = recognise(value)
+    try:
+        found = recognise(value)
+    except BadEvent:
+        path.unlink()  # as for any refused body: nothing of it stays
+        raise
     if found is None:
         return Event(kind="json", input_file=path, text=text)
     path.unlink()
