@@ -99,6 +99,9 @@ class _QueueWriter:
     def flush(self) -> None:
         self._send()
 
+    def close(self) -> None:
+        """zipfile never closes a file it was given; here for the file protocol."""
+
 
 async def zip_chunks(outputs: Sequence[OutputFile]) -> AsyncIterator[bytes]:
     """A ZIP of the outputs (paths relative to TMP_OUTPUT_DIR), built as it is sent."""
@@ -109,7 +112,9 @@ async def zip_chunks(outputs: Sequence[OutputFile]) -> AsyncIterator[bytes]:
     def build() -> None:
         try:
             # zipfile sees an unseekable file and writes data descriptors: a streamed ZIP.
-            with zipfile.ZipFile(writer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:  # type: ignore[arg-type]
+            with zipfile.ZipFile(
+                writer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1
+            ) as zf:
                 for output in outputs:
                     info = zipfile.ZipInfo.from_file(output.path, output.relative)
                     info.compress_type = zipfile.ZIP_DEFLATED
@@ -136,7 +141,9 @@ async def zip_chunks(outputs: Sequence[OutputFile]) -> AsyncIterator[bytes]:
                     continue
 
 
-async def logs_chunks(invocation: Invocation, first_line: str | None = None) -> AsyncIterator[bytes]:
+async def logs_chunks(
+    invocation: Invocation, first_line: str | None = None
+) -> AsyncIterator[bytes]:
     """The runtime's own lines at or above log_level, then the script's output as it came."""
     if first_line:
         yield first_line.encode() + b"\n"

@@ -1,0 +1,167 @@
+"""responses.py: base64 and ZIP built on the fly must equal what the whole would give."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import zipfile
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from faas_supervisor.config import FunctionConfig
+from faas_supervisor.errors import ScriptFailed
+from faas_supervisor.invocation import Invocation, OutputFile, Runtime
+from faas_supervisor.responses import (
+    CHUNK,
+    TEXT,
+    base64_chunks,
+    failure_body,
+    success_body,
+    zip_chunks,
+)
+
+
+async def _source(pieces: Sequence[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+async def _collect(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in stream])
+
+
+def collect(stream: AsyncIterator[bytes]) -> bytes:
+    return asyncio.run(_collect(stream))
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces=st.lists(st.binary(max_size=50), max_size=20))
+def test_base64_chunks_equals_base64_of_the_whole(pieces: list[bytes]) -> None:
+    encoded = collect(base64_chunks(_source(pieces)))
+    assert encoded == base64.b64encode(b"".join(pieces))
+
+
+def test_base64_chunks_of_large_uneven_pieces() -> None:
+    data = os.urandom(3 * CHUNK + 17)
+    pieces = [data[i : i + 100_001] for i in range(0, len(data), 100_001)]
+    chunks = asyncio.run(_list(base64_chunks(_source(pieces))))
+    assert b"".join(chunks) == base64.b64encode(data)
+    assert all(b"\n" not in c and b"=" not in c for c in chunks[:-1])
+
+
+async def _list(stream: AsyncIterator[bytes]) -> list[bytes]:
+    return [chunk async for chunk in stream]
+
+
+def make_outputs(root: Path, files: dict[str, bytes]) -> list[OutputFile]:
+    outputs = []
+    for relative, data in sorted(files.items()):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        outputs.append(OutputFile(path, relative))
+    return outputs
+
+
+def test_zip_chunks_is_a_valid_zip_with_relative_paths(tmp_path: Path) -> None:
+    files = {
+        "summary.txt": b"3 lines\n",
+        "lines/1.txt": b"one\n",
+        "lines/deeper/2.txt": b"two\n",
+        "empty": b"",
+        "big.bin": os.urandom(3 * CHUNK + 5),  # several chunks, through the bounded queue
+        "caf\u00e9.txt": "\u00e9t\u00e9".encode(),
+    }
+    outputs = make_outputs(tmp_path / "output", files)
+    archive = zipfile.ZipFile(io.BytesIO(collect(zip_chunks(outputs))))
+    assert archive.testzip() is None
+    assert sorted(archive.namelist()) == sorted(files)
+    for name, data in files.items():
+        assert archive.read(name) == data
+    for info in archive.infolist():
+        assert not info.filename.startswith("/")
+        assert ".." not in info.filename.split("/")
+        assert str(tmp_path) not in info.filename
+
+
+def test_zip_chunks_in_base64(tmp_path: Path) -> None:
+    outputs = make_outputs(tmp_path, {"a.txt": b"A" * 1000, "b/b.txt": b"B"})
+    raw = base64.b64decode(collect(base64_chunks(zip_chunks(outputs))), validate=True)
+    archive = zipfile.ZipFile(io.BytesIO(raw))
+    assert {n: archive.read(n) for n in archive.namelist()} == {"a.txt": b"A" * 1000,
+                                                               "b/b.txt": b"B"}
+
+
+def test_zip_stream_abandoned_early_does_not_hang(tmp_path: Path) -> None:
+    """A client that leaves mid-archive: the worker thread must not stay blocked."""
+    outputs = make_outputs(tmp_path, {f"f{i}.bin": os.urandom(2 * CHUNK) for i in range(8)})
+
+    async def leave_after_one_chunk() -> None:
+        stream = zip_chunks(outputs)
+        assert await anext(stream)
+        await stream.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(asyncio.wait_for(leave_after_one_chunk(), 20))
+
+
+# ---- which body for which outcome ------------------------------------------------------
+
+
+@pytest.fixture
+def invocation(tmp_path: Path) -> Invocation:
+    script = tmp_path / "script.sh"
+    script.write_text("true\n")
+    runtime = Runtime(config=FunctionConfig(log_level="INFO"), script=script, base_env={},
+                      tmp_dir=tmp_path)
+    return Invocation(runtime)
+
+
+def _outputs(invocation: Invocation, files: dict[str, bytes]) -> None:
+    make_outputs(invocation.output_dir, files)
+    invocation.collect_outputs()
+
+
+def test_one_file_is_base64_or_raw(invocation: Invocation) -> None:
+    data = os.urandom(1000)
+    _outputs(invocation, {"result.bin": data})
+    body = success_body(invocation, "")
+    assert (body.content_type, body.kind) == (TEXT, "file")
+    encoded = collect(body.stream)
+    assert encoded == base64.b64encode(data)
+    assert body.length == len(encoded)
+    raw = success_body(invocation, "text/html, application/octet-stream;q=0.9")
+    assert raw.content_type == "application/octet-stream"
+    assert collect(raw.stream) == data
+    assert raw.length == len(data)
+
+
+def test_several_files_are_a_zip_base64_or_raw(invocation: Invocation) -> None:
+    _outputs(invocation, {"a.txt": b"a", "sub/b.txt": b"b"})
+    body = success_body(invocation, "application/octet-stream")  # not for several files
+    assert (body.content_type, body.kind) == (TEXT, "zip")
+    archive = zipfile.ZipFile(io.BytesIO(base64.b64decode(collect(body.stream), validate=True)))
+    assert sorted(archive.namelist()) == ["a.txt", "sub/b.txt"]
+    raw = success_body(invocation, "application/zip")
+    assert raw.content_type == "application/zip"
+    assert zipfile.ZipFile(io.BytesIO(collect(raw.stream))).read("sub/b.txt") == b"b"
+
+
+def test_no_file_is_the_logs_and_a_failure_starts_with_its_reason(invocation: Invocation) -> None:
+    invocation.script_log.write_bytes(b"script says hi\n")
+    invocation.log.warning("a warning line")
+    invocation.log.debug("a debug line")  # below INFO: not in the response
+    invocation.collect_outputs()
+    body = collect(success_body(invocation, "").stream).decode()
+    assert body.endswith("script says hi\n")
+    assert "WARNING a warning line" in body
+    assert "a debug line" not in body
+    failed = collect(failure_body(invocation, ScriptFailed("script exited with status 3", 3))
+                     .stream).decode()
+    assert failed.splitlines()[0] == "script exited with status 3"
+    assert failed.endswith("script says hi\n")
