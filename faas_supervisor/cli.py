@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from faas_supervisor import __version__
+from faas_supervisor.client import add_service_parser
 from faas_supervisor.config import (
     WatchdogSettings,
     current_environ,
@@ -66,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     _function_flags(run)
     run.set_defaults(handler=cmd_run)
 
+    add_service_parser(commands)
+
     for name, text in (("controller", "the controller's API server"),
-                       ("service", "a client of the controller"),
                        ("manifests", "print the Kubernetes objects of an FDL file")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("args", nargs=argparse.REMAINDER)

@@ -1,0 +1,189 @@
+"""The controller's HTTP API (SPEC 7.2), as the `service` subcommands call it.
+
+One aiohttp session per command. Every failure becomes one `RequestFailed` line naming
+the request, the HTTP status and the server's own message, which is what a user needs
+to act on; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from faas_supervisor.errors import FaasError
+
+# A `/run` may take as long as its script does; only connecting has a deadline.
+TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, connect=60)
+MESSAGE_LIMIT = 300  # characters of the server's message kept in the one error line
+
+
+class RequestFailed(FaasError):
+    """The controller could not be reached or answered with an error status."""
+
+    exit_status = 1
+
+
+@dataclass(frozen=True)
+class Connection:
+    endpoint: str
+    user: str | None
+    password: str | None
+
+    def basic_auth(self) -> str | None:
+        """The `Authorization` value; UTF-8, as the OSCAR manager (Go) reads it."""
+        if self.user is None and self.password is None:
+            return None
+        pair = f"{self.user or ''}:{self.password or ''}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def service_path(prefix: str, name: str, *rest: str) -> str:
+    # Names come from the command line: quote them so `a/b` cannot reach another route.
+    return "/".join([prefix, *(quote(part, safe="") for part in (name, *rest))])
+
+
+class ControllerClient:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.base = connection.endpoint.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ControllerClient:
+        self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("ControllerClient used outside `async with`")
+        return self._session
+
+    @asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        json_body: Any = None,
+        data: AsyncIterator[bytes] | None = None,
+        params: dict[str, str] | None = None,
+        accept: tuple[int, ...] = (),
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The response, open for streaming; statuses >= 300 not in `accept` raise."""
+        headers: dict[str, str] = {}
+        auth = f"Bearer {token}" if token is not None else self.connection.basic_auth()
+        if auth is not None:
+            headers["Authorization"] = auth
+        what = f"{method} {path}"
+        try:
+            async with self.session.request(
+                method, self.base + path, headers=headers, json=json_body,
+                data=data, params=params,
+            ) as response:
+                if response.status >= 300 and response.status not in accept:
+                    raise await self._failure(what, response)
+                yield response
+        except aiohttp.ClientConnectorError as exc:
+            reason = exc.os_error.strerror or exc.os_error
+            raise RequestFailed(f"{what}: cannot reach {self.base}: {reason}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RequestFailed(f"{what}: {type(exc).__name__}: {exc}") from None
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with self.request(method, path, **kwargs) as response:
+            text = await response.text()
+        try:
+            return json.loads(text) if text.strip() else None
+        except ValueError:
+            raise RequestFailed(f"{method} {path}: the answer is not JSON: "
+                                f"{_first_line(text)}") from None
+
+    async def _failure(self, what: str, response: aiohttp.ClientResponse) -> RequestFailed:
+        body = (await response.content.read(64 << 10)).decode("utf-8", "replace")
+        message = _server_message(body)
+        line = f"{what}: {response.status} {response.reason or ''}".rstrip()
+        if message:
+            line += f": {message}"
+        if response.status == 401 and token_free(response):
+            line += " (set --user and --password, or FAAS_USER and FAAS_PASSWORD)"
+        return RequestFailed(line)
+
+    # The API, one method per call the commands make.
+
+    async def list_services(self) -> list[dict[str, Any]]:
+        value = await self.json("GET", "/system/services")
+        return list(value or [])
+
+    async def get_service(self, name: str) -> dict[str, Any]:
+        value = await self.json("GET", service_path("/system/services", name))
+        if not isinstance(value, dict):
+            raise RequestFailed(f"GET /system/services/{name}: the answer is not a service")
+        return value
+
+    async def apply_service(self, service: dict[str, Any]) -> str:
+        """Create the service, or update it when it exists; says which it did."""
+        async with self.request("POST", "/system/services", json_body=service,
+                                accept=(409,)) as response:
+            if response.status != 409:
+                return "created"
+        async with self.request("PUT", "/system/services", json_body=service):
+            return "updated"
+
+    async def delete_service(self, name: str) -> None:
+        async with self.request("DELETE", service_path("/system/services", name)):
+            pass
+
+    async def list_jobs(self, name: str) -> dict[str, dict[str, Any]]:
+        """All the service's jobs, following OSCAR's `next_page` when the server pages."""
+        jobs: dict[str, dict[str, Any]] = {}
+        params: dict[str, str] | None = None
+        for _ in range(10_000):  # a bound, in case a server keeps sending the same page
+            value = await self.json("GET", service_path("/system/logs", name), params=params)
+            if not isinstance(value, dict):
+                break
+            # Older OSCAR managers answer the job map itself, without the `jobs` key.
+            page = value.get("jobs", value if "jobs" not in value else {})
+            jobs.update({str(k): v for k, v in (page or {}).items() if isinstance(v, dict)})
+            next_page = value.get("next_page")
+            if not next_page:
+                break
+            params = {"page": str(next_page)}
+        return jobs
+
+    async def job_logs(self, name: str, job: str) -> str:
+        async with self.request("GET", service_path("/system/logs", name, job)) as response:
+            return await response.text()
+
+
+def token_free(response: aiohttp.ClientResponse) -> bool:
+    """Whether the failed request was sent with basic auth (or none), not a token."""
+    return not response.request_info.headers.get("Authorization", "").startswith("Bearer ")
+
+
+def _server_message(body: str) -> str:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        value = None
+    if isinstance(value, dict):
+        for key in ("message", "error", "msg", "detail"):
+            if isinstance(value.get(key), str):
+                return _first_line(value[key])
+    return _first_line(body)
+
+
+def _first_line(text: str) -> str:
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 3] + "..."

@@ -1,0 +1,401 @@
+"""`faas-supervisor service ...`: a client of the controller, in oscar-cli's manner (SPEC 7.4).
+
+Each subcommand is one coroutine over `ControllerClient`. Results go to stdout, one
+error line to stderr: exit status 1 when the controller (or the network) said no, 2 for
+bad usage or a bad local file, which argparse and `ConfigError` already mean elsewhere
+in this program. aiohttp is imported only when a subcommand runs, so that building the
+parser (every `faas-supervisor` start, `run` in a job container included) stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import yaml
+
+from faas_supervisor.config import current_environ
+from faas_supervisor.errors import ConfigError, FaasError
+
+if TYPE_CHECKING:
+    from faas_supervisor.api_client import Connection, ControllerClient
+    from faas_supervisor.progress import Progress
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
+RECEIVE_CHUNK = 256 << 10
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+RAW_TYPES = ("application/octet-stream", "application/zip")
+
+Command = Callable[["ControllerClient", argparse.Namespace], Awaitable[int]]
+
+
+def add_service_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The `service` command and its subcommands, under the program's subparsers."""
+    service = commands.add_parser(
+        "service", help="a client of the controller",
+        description="Manage and invoke the services of a controller (or an OSCAR manager).")
+    subs = service.add_subparsers(dest="service_command", required=True, metavar="SUBCOMMAND")
+    # The connection flags go on each subcommand so they may follow it, as users type them.
+    conn = argparse.ArgumentParser(add_help=False)
+    group = conn.add_argument_group("connection")
+    group.add_argument("--endpoint",
+                       help=f"controller URL (else $FAAS_ENDPOINT, else {DEFAULT_ENDPOINT})")
+    group.add_argument("--user", help="basic auth user (else $FAAS_USER)")
+    group.add_argument("--password", help="basic auth password (else $FAAS_PASSWORD)")
+
+    def sub(name: str, text: str, command: Command) -> argparse.ArgumentParser:
+        parser = subs.add_parser(name, help=text, description=text, parents=[conn])
+        parser.set_defaults(handler=cmd_service, service_action=command)
+        return parser
+
+    apply = sub("apply", "create the services of an FDL file, or update them", cmd_apply)
+    apply.add_argument("-f", "--file", required=True, metavar="FDL.yaml", help="the FDL file")
+
+    sub("list", "list the services: name, image, cpu, memory", cmd_list)
+
+    get = sub("get", "print a service's definition (JSON)", cmd_get)
+    get.add_argument("name", metavar="NAME")
+
+    delete = sub("delete", "delete services", cmd_delete)
+    delete.add_argument("names", nargs="+", metavar="NAME")
+
+    for name, text, command in (
+        ("run", "invoke a service synchronously and print or save its result", cmd_run),
+        ("job", "invoke a service asynchronously and print the job's name", cmd_job),
+    ):
+        parser = sub(name, text, command)
+        parser.add_argument("name", metavar="NAME")
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--input", metavar="FILE", help="the input file ('-': stdin)")
+        source.add_argument("--text-input", metavar="TEXT", help="the input, as text")
+        parser.add_argument("--token", help="the service's token (else read from the service)")
+        if name == "run":
+            parser.add_argument("-o", "--output", metavar="FILE",
+                                help="write the result here (else to stdout)")
+
+    logs = sub("logs", "list a service's jobs, or print one job's logs", cmd_logs)
+    logs.add_argument("name", metavar="NAME")
+    logs.add_argument("job", nargs="?", metavar="JOB")
+
+
+def connection(args: argparse.Namespace, environ: Mapping[str, str]) -> Connection:
+    from faas_supervisor.api_client import Connection
+
+    endpoint = args.endpoint or environ.get("FAAS_ENDPOINT") or DEFAULT_ENDPOINT
+    if not re.match(r"https?://", endpoint):
+        raise ConfigError(f"--endpoint {endpoint}: must start with http:// or https://")
+    return Connection(
+        endpoint=endpoint,
+        user=args.user if args.user is not None else environ.get("FAAS_USER"),
+        password=args.password if args.password is not None else environ.get("FAAS_PASSWORD"),
+    )
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    try:
+        conn = connection(args, current_environ())
+        return asyncio.run(_with_client(conn, args))
+    except FaasError as exc:
+        print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
+        return exc.exit_status
+
+
+async def _with_client(conn: Connection, args: argparse.Namespace) -> int:
+    from faas_supervisor.api_client import ControllerClient
+
+    action: Command = args.service_action
+    async with ControllerClient(conn) as client:
+        return await action(client, args)
+
+
+# apply
+
+
+async def cmd_apply(client: ControllerClient, args: argparse.Namespace) -> int:
+    services = read_fdl(Path(args.file))
+    for service in services:
+        done = await client.apply_service(service)
+        print(f"{done.capitalize()} service \"{service['name']}\"")
+    return 0
+
+
+def read_fdl(path: Path) -> list[dict[str, Any]]:
+    """The services of an FDL file, scripts read in, ready to send (SPEC 7.1).
+
+    A top-level `storage_providers` is merged into every service, as oscar-cli does;
+    a service's own provider of the same type and id wins.
+    """
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    functions = document.get("functions") if isinstance(document, dict) else None
+    entries = functions.get("oscar") if isinstance(functions, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: functions.oscar: must be a list of {{CLUSTER_ID: SERVICE}}")
+    shared = document.get("storage_providers")
+    if shared is not None and not isinstance(shared, dict):
+        raise ConfigError(f"{path}: storage_providers: must be a mapping")
+    services = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry:
+            raise ConfigError(f"{path}: functions.oscar[{index}]: must be {{CLUSTER_ID: SERVICE}}")
+        for cluster_id, definition in entry.items():
+            where = f"functions.oscar[{index}].{cluster_id}"
+            if not isinstance(definition, dict):
+                raise ConfigError(f"{path}: {where}: must be a mapping")
+            service = dict(definition)
+            if not isinstance(service.get("name"), str) or not service["name"]:
+                raise ConfigError(f"{path}: {where}.name: missing")
+            if "script" in service:
+                service["script"] = script_text(service["script"], path.parent,
+                                                f"{path}: {where}.script")
+            service["cluster_id"] = str(cluster_id)
+            if shared:
+                service["storage_providers"] = _merge_providers(
+                    shared, service.get("storage_providers") or {})
+            services.append(service)
+    return services
+
+
+def script_text(value: Any, base: Path, where: str) -> str:
+    """`script` is a path relative to the FDL file, or the script's text.
+
+    One line naming an existing file is that file. One line that looks like a path
+    (no blanks; a `/` or a file extension) but names no file is an error rather than
+    a one-word script that would fail at the first invocation.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: must be a path or the script's text")
+    if "\n" in value.strip():
+        return value
+    candidate = base / os.path.expanduser(value.strip())
+    if candidate.is_file():
+        try:
+            return candidate.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: {candidate}: {exc}") from None
+    if re.fullmatch(r"\S*(/\S*|\.\w+)", value.strip()):
+        raise ConfigError(f"{where}: {candidate}: no such file")
+    return value
+
+
+def _merge_providers(shared: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {kind: dict(ids) if isinstance(ids, dict) else ids
+                              for kind, ids in shared.items()}
+    for kind, ids in own.items():
+        if isinstance(ids, dict) and isinstance(merged.get(kind), dict):
+            merged[kind].update(ids)
+        else:
+            merged[kind] = ids
+    return merged
+
+
+# list, get, delete
+
+
+async def cmd_list(client: ControllerClient, args: argparse.Namespace) -> int:
+    services = await client.list_services()
+    if not services:
+        print("There are no services")
+        return 0
+    rows = [[_cell(s.get("name")), _cell(s.get("image")), _cell(s.get("cpu")),
+             _cell(s.get("memory"))] for s in services]
+    print(table(["NAME", "IMAGE", "CPU", "MEMORY"], sorted(rows)))
+    return 0
+
+
+async def cmd_get(client: ControllerClient, args: argparse.Namespace) -> int:
+    service = await client.get_service(args.name)
+    print(json.dumps(service, indent=2, ensure_ascii=False))
+    return 0
+
+
+async def cmd_delete(client: ControllerClient, args: argparse.Namespace) -> int:
+    for name in args.names:
+        await client.delete_service(name)
+        print(f"Deleted service \"{name}\"")
+    return 0
+
+
+# run, job
+
+
+async def cmd_run(client: ControllerClient, args: argparse.Namespace) -> int:
+    from faas_supervisor.api_client import RequestFailed, service_path
+    from faas_supervisor.progress import Progress
+    from faas_supervisor.transfer import NotBase64, write_result
+
+    token = await _token(client, args)
+    path = service_path("/run", args.name)
+    with _input(args) as (source, size):
+        sending = Progress("sending", size)
+        try:
+            async with client.request("POST", path, token=token,
+                                      data=_encoded(source, sending)) as response:
+                sending.close()
+                receiving = Progress("receiving", response.content_length)
+                chunks = _counted(response.content.iter_chunked(RECEIVE_CHUNK), receiving.update)
+                raw = response.content_type in RAW_TYPES
+                try:
+                    if args.output:
+                        await _write_file(Path(args.output), chunks, raw)
+                    else:
+                        await write_result(chunks, sys.stdout.buffer, raw=raw)
+                        sys.stdout.buffer.flush()
+                except NotBase64 as exc:
+                    raise RequestFailed(f"POST {path}: the result is not valid base64: "
+                                        f"{exc}") from None
+                finally:
+                    receiving.close()
+        finally:
+            sending.close()
+    return 0
+
+
+async def cmd_job(client: ControllerClient, args: argparse.Namespace) -> int:
+    from faas_supervisor.api_client import service_path
+    from faas_supervisor.progress import Progress
+
+    token = await _token(client, args)
+    with _input(args) as (source, size):
+        sending = Progress("sending", size)
+        try:
+            value = await client.json("POST", service_path("/job", args.name), token=token,
+                                      data=_encoded(source, sending))
+        finally:
+            sending.close()
+    # SPEC 7.2 answers {"job": NAME}; some OSCAR managers say `jobName` or nothing.
+    name = None
+    if isinstance(value, dict):
+        name = next((value[k] for k in ("job", "jobName", "job_name") if value.get(k)), None)
+    if name:
+        print(name)
+    return 0
+
+
+async def _token(client: ControllerClient, args: argparse.Namespace) -> str | None:
+    """The service's token: `/run` and `/job` take it as OSCAR's clients send it.
+
+    A service JSON without a token (an OSCAR manager with other auth) means basic auth.
+    """
+    if args.token:
+        return str(args.token)
+    token = (await client.get_service(args.name)).get("token")
+    return str(token) if token else None
+
+
+@contextmanager
+def _input(args: argparse.Namespace) -> Iterator[tuple[BinaryIO, int | None]]:
+    """The input file (or stdin, or the text) and its size when known."""
+    if args.text_input is not None:
+        data = args.text_input.encode("utf-8")
+        yield io.BytesIO(data), len(data)
+        return
+    if args.input == "-":
+        yield sys.stdin.buffer, None
+        return
+    try:
+        source = open(args.input, "rb")  # noqa: SIM115 - closed below, after the request
+    except OSError as exc:
+        raise ConfigError(f"--input {args.input}: {exc.strerror}") from None
+    with source:
+        yield source, os.fstat(source.fileno()).st_size
+
+
+async def _encoded(source: BinaryIO, progress: Progress) -> AsyncIterator[bytes]:
+    from faas_supervisor.transfer import encode_base64
+
+    async for chunk in encode_base64(source, progress.update):
+        yield chunk
+    progress.close()  # the bar ends when the last byte is sent, not when the answer comes
+
+
+async def _counted(chunks: AsyncIterator[bytes], count: Callable[[int], None]
+                   ) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        count(len(chunk))
+        yield chunk
+
+
+async def _write_file(path: Path, chunks: AsyncIterator[bytes], raw: bool) -> None:
+    """Into a temporary file beside `path`, renamed at the end: never a partial result."""
+    from faas_supervisor.transfer import write_result
+
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+    except OSError as exc:
+        raise ConfigError(f"--output {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            await write_result(chunks, sink, raw=raw)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+# logs
+
+
+async def cmd_logs(client: ControllerClient, args: argparse.Namespace) -> int:
+    if args.job:
+        text = await client.job_logs(args.name, args.job)
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        return 0
+    jobs = await client.list_jobs(args.name)
+    if not jobs:
+        print(f"Service \"{args.name}\" has no jobs")
+        return 0
+    rows = [[name, _cell(info.get("status")), _time(info.get("creation_time")),
+             _time(info.get("start_time")), _time(info.get("finish_time"))]
+            for name, info in jobs.items()]
+    rows.sort(key=lambda row: (row[2], row[0]))  # oldest first, as they were submitted
+    print(table(["JOB NAME", "STATUS", "CREATION TIME", "START TIME", "FINISH TIME"], rows))
+    return 0
+
+
+def _time(value: Any) -> str:
+    """RFC 3339 (as Go writes times) shown as oscar-cli shows it; anything else as is."""
+    if not value:
+        return ""
+    try:
+        return datetime.fromisoformat(str(value)).strftime(TIME_FORMAT)
+    except ValueError:
+        return str(value)
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Columns two spaces apart, left-aligned, no trailing blanks."""
+    lines = [list(headers), *(list(row) for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
