@@ -3,9 +3,9 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-APT_PKGS := radosgw ceph-mon ceph-osd ceph-common curl
+APT_PKGS := radosgw ceph-mon ceph-osd ceph-common curl docker.io debootstrap busybox-static
 
-.PHONY: all deps system-deps demo test unit integration lint bench clean
+.PHONY: all deps system-deps demo test unit integration lint bench clean dist
 
 all: test
 
@@ -46,3 +46,23 @@ bench: deps
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The self-contained runtime (SPEC 8): dist/faas-supervisor/faas-supervisor, no Python needed.
+# Built in its own venv holding only the runtime's requirements and PyInstaller: what is not
+# installed cannot be bundled, so the controller's docker/kubernetes clients and the test
+# tools of $(VENV) never reach the bundle. The Dockerfile's build stage does the same.
+DIST_VENV  := build/dist-venv
+DIST_STAMP := $(DIST_VENV)/.installed
+
+$(DIST_STAMP): setup.cfg packaging/requirements.py
+	$(PY) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/pip install -q --upgrade pip
+	$(PY) packaging/requirements.py > $(DIST_VENV)/requirements.txt
+	$(DIST_VENV)/bin/pip install -q -r $(DIST_VENV)/requirements.txt 'pyinstaller>=6.10,<7'
+	touch $@
+
+dist: $(DIST_STAMP)
+	rm -rf dist/faas-supervisor
+	$(DIST_VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN \
+	  --distpath dist --workpath build/pyinstaller packaging/faas-supervisor.spec
+	@du -sh dist/faas-supervisor
