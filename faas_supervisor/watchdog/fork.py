@@ -16,6 +16,7 @@ from faas_supervisor.errors import FaasError, RequestTimeout
 from faas_supervisor.invocation import Invocation
 from faas_supervisor.logs import get_logger
 from faas_supervisor.responses import Body, failure_body, success_body
+from faas_supervisor.watchdog.children import use_pidfd_child_watcher
 from faas_supervisor.watchdog.metrics import Metrics
 
 READ_CHUNK = 256 * 1024
@@ -43,6 +44,8 @@ class ForkRunner:
     def __init__(self, settings: WatchdogSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        # A script per request: wait for each in the event loop, not in a new thread.
+        use_pidfd_child_watcher()
 
     async def invoke(self, request: web.Request, invocation: Invocation) -> web.StreamResponse:
         outcome = invocation.outcome
@@ -55,8 +58,9 @@ class ForkRunner:
                         self.settings.max_body_size,
                     )
             except TimeoutError:
+                limit = self.settings.read_timeout
                 raise RequestTimeout(
-                    f"request body not received within read_timeout ({self.settings.read_timeout:g} s)"
+                    f"request body not received within read_timeout ({limit:g} s)"
                 ) from None
         except FaasError as exc:
             invocation.fail(exc)
@@ -99,7 +103,8 @@ class ForkRunner:
             async with asyncio.timeout(self.settings.write_timeout or None):
                 async for chunk in body.stream:
                     if self.settings.write_debug and sent < DEBUG_BYTES:
-                        logger.debug("response body", id=invocation.id, data=chunk[: DEBUG_BYTES - sent])
+                        logger.debug("response body", id=invocation.id,
+                                     data=chunk[: DEBUG_BYTES - sent])
                     sent += len(chunk)
                     await response.write(chunk)
                 await response.write_eof()
