@@ -27,6 +27,7 @@ from faas_supervisor.config import (
     resolve_script,
     script_environment,
 )
+from faas_supervisor.controller.command import add_controller_parser
 from faas_supervisor.errors import ConfigError, FaasError
 
 WATCHDOG_FLAGS = (
@@ -69,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_service_parser(commands)
 
-    for name, text in (("controller", "the controller's API server"),
-                       ("manifests", "print the Kubernetes objects of an FDL file")):
+    add_controller_parser(commands)
+
+    for name, text in (("manifests", "print the Kubernetes objects of an FDL file"),):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("args", nargs=argparse.REMAINDER)
         sub.set_defaults(handler=cmd_not_yet)

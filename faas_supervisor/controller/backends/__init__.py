@@ -1,0 +1,59 @@
+"""Where services and jobs run: one small interface, one module per backend.
+
+The controller keeps the definitions, the jobs' queue, statuses and logs (store.py,
+jobs.py); a backend only makes a service reachable, runs one job to its end, and forgets
+a service. `local` is the embedded default; `docker` and `kubernetes` are names for now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from faas_supervisor.controller.fdl import Service
+from faas_supervisor.errors import ConfigError, FaasError
+
+BACKENDS = ("local", "docker", "kubernetes")
+
+
+class ServiceUnavailable(FaasError):
+    """The service's runtime is not answering (starting, or failing to start)."""
+
+    http_status = 503
+
+
+class Backend(Protocol):
+    name: str
+
+    async def start(self) -> None:
+        """Ready to deploy; called once before anything else."""
+
+    async def close(self) -> None:
+        """Stop every service and job this backend started."""
+
+    async def deploy(self, service: Service) -> None:
+        """Start the service, or restart it with a new definition."""
+
+    async def remove(self, name: str) -> None:
+        """Stop the service and forget its files; unknown names are ignored."""
+
+    async def invoke_url(self, name: str) -> str:
+        """The base URL of the service's watchdog, once it answers (else ServiceUnavailable)."""
+
+    async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
+        """Run one job with `event` as its event, its output into `log`; its exit status.
+
+        Cancelling the call stops the job."""
+
+
+def build_backend(
+    name: str, data_dir: Path, default_provider: Mapping[str, Any], environ: Mapping[str, str]
+) -> Backend:
+    if name == "local":
+        from faas_supervisor.controller.backends.local import LocalBackend
+
+        return LocalBackend(data_dir, default_provider, environ)
+    if name in BACKENDS:
+        raise ConfigError(f"backend {name!r} is not available yet (use --backend local)")
+    raise ConfigError(f"backend {name!r} is unknown (one of {', '.join(BACKENDS)})")

@@ -1,0 +1,274 @@
+"""The embedded default: services as `faas-supervisor watchdog` processes of this machine.
+
+Each service gets a folder `<data-dir>/services/NAME/` (script.sh, function_config.yaml,
+the watchdog's log, its TMPDIR), a watchdog on a free loopback port that is restarted if
+it dies, and its jobs run as `faas-supervisor run` processes. Every process gets its own
+process group, so stopping one stops what its scripts left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from faas_supervisor.controller.backends import ServiceUnavailable
+from faas_supervisor.controller.fdl import Service
+from faas_supervisor.logs import get_logger
+
+HOST = "127.0.0.1"
+READY_TIMEOUT = 60.0  # seconds a new watchdog may take to answer its health check
+STOP_TIMEOUT = 15.0  # seconds a watchdog gets to finish in-flight work when stopped
+EVENT_IN_ENV_MAX = 96 * 1024  # larger events go on stdin: the environment is bounded
+# The controller's own settings and credentials are nobody else's business.
+_HIDDEN_ENV = ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID", "port", "mode", "upstream_port")
+logger = get_logger(component="local-backend")
+
+
+def runtime_command() -> list[str]:
+    """This very program: the frozen build's executable, or the package with this Python."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "faas_supervisor"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def function_config(service: Service, default_provider: Mapping[str, Any]) -> dict[str, Any]:
+    """The FUNCTION config of a service, the cluster's default MinIO provider injected."""
+    providers = {
+        ptype: {pid: dict(v) for pid, v in ids.items()}
+        for ptype, ids in service.storage_providers.items()
+    }
+    providers.setdefault("minio", {})["default"] = dict(default_provider)
+    return {
+        "name": service.name,
+        "log_level": service.log_level,
+        "file_stage_in": service.file_stage_in,
+        "environment": {"variables": dict(service.variables)},
+        "input": [entry.to_json() for entry in service.input],
+        "output": [entry.to_json() for entry in service.output],
+        "storage_providers": providers,
+        "isolation_level": service.isolation_level,
+        "bucket_list": list(service.bucket_list),
+    }
+
+
+class _Watchdog:
+    """One service's watchdog process, kept running until stopped."""
+
+    def __init__(self, name: str, folder: Path, command: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.folder = folder
+        self.command = command
+        self.env = env
+        self.port = 0
+        self.ready = asyncio.Event()
+        self.stopping = False
+        self.process: asyncio.subprocess.Process | None = None
+        self.task = asyncio.create_task(self._supervise(), name=f"watchdog-{name}")
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    async def _supervise(self) -> None:
+        failures = 0
+        while not self.stopping:
+            self.port = free_port()
+            started = time.monotonic()
+            with open(self.folder / "watchdog.log", "ab") as log:
+                self.process = await asyncio.create_subprocess_exec(
+                    *self.command,
+                    "--port",
+                    str(self.port),
+                    "--host",
+                    HOST,
+                    env=self.env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            if await self._healthy():
+                self.ready.set()
+                logger.info("service ready", service=self.name, port=self.port)
+            code = await self.process.wait()
+            self.ready.clear()
+            if self.stopping:
+                return
+            failures = failures + 1 if time.monotonic() - started < 10 else 0
+            delay = min(0.2 * 2**failures, 10.0)
+            logger.warning(
+                "service watchdog exited; restarting",
+                service=self.name,
+                status=code,
+                delay=delay,
+                log=str(self.folder / "watchdog.log"),
+            )
+            await asyncio.sleep(delay)  # back off a watchdog that keeps dying
+
+    async def _healthy(self) -> bool:
+        assert self.process is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while time.monotonic() < deadline and self.process.returncode is None:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(f"{self.url}/_/health") as response:
+                        if response.status == 200:
+                            return True
+                await asyncio.sleep(0.05)  # a port has no readiness event to await
+        if self.process.returncode is None:
+            logger.error("service watchdog never became healthy; killing it", service=self.name)
+            _kill_group(self.process)
+        return False
+
+    async def stop(self) -> None:
+        self.stopping = True
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)  # graceful: in-flight work may finish
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                _kill_group(process)
+                await process.wait()
+        if process is not None:
+            _kill_group(process)  # whatever its scripts left behind
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        default_provider: Mapping[str, Any],
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = data_dir / "services"
+        self.default_provider = dict(default_provider)
+        base = dict(environ if environ is not None else os.environ)
+        self.base_env = {
+            k: v for k, v in base.items() if k not in _HIDDEN_ENV and not k.startswith("FAAS_")
+        }
+        self._watchdogs: dict[str, _Watchdog] = {}
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(w.stop() for w in self._watchdogs.values()))
+        self._watchdogs.clear()
+
+    def _folder(self, name: str) -> Path:
+        return self.root / name
+
+    def _env(self, service: Service) -> dict[str, str]:
+        env = dict(self.base_env)
+        env.update(service.secrets)  # as the manager's Secret mounted with envFrom
+        env["TMPDIR"] = str(self._folder(service.name) / "tmp")
+        env["suppress_lock"] = "true"  # /tmp/.lock is one file for every service here
+        return env
+
+    def _write(self, service: Service) -> Path:
+        folder = self._folder(service.name)
+        (folder / "tmp").mkdir(parents=True, exist_ok=True)
+        script = folder / "script.sh"
+        script.write_text(service.script)
+        script.chmod(0o700)
+        config = folder / "function_config.yaml"
+        config.touch(mode=0o600)  # it holds the storage keys
+        config.write_text(
+            yaml.safe_dump(function_config(service, self.default_provider), sort_keys=False)
+        )
+        return folder
+
+    def _files(self, name: str) -> list[str]:
+        folder = self._folder(name)
+        return [
+            "--script",
+            str(folder / "script.sh"),
+            "--config",
+            str(folder / "function_config.yaml"),
+        ]
+
+    async def deploy(self, service: Service) -> None:
+        old = self._watchdogs.pop(service.name, None)
+        if old is not None:
+            await old.stop()
+        folder = self._write(service)
+        command = [*runtime_command(), "watchdog", *self._files(service.name)]
+        if service.exposed:
+            command += ["--mode", "http", "--upstream-port", str(service.expose.api_port[0])]
+        self._watchdogs[service.name] = _Watchdog(service.name, folder, command, self._env(service))
+
+    async def remove(self, name: str) -> None:
+        watchdog = self._watchdogs.pop(name, None)
+        if watchdog is not None:
+            await watchdog.stop()
+        await asyncio.to_thread(shutil.rmtree, self._folder(name), True)
+
+    async def invoke_url(self, name: str) -> str:
+        watchdog = self._watchdogs.get(name)
+        if watchdog is None:
+            raise ServiceUnavailable(f"service {name} is not running")
+        try:
+            await asyncio.wait_for(watchdog.ready.wait(), READY_TIMEOUT)
+        except TimeoutError:
+            raise ServiceUnavailable(f"service {name} is not answering yet") from None
+        return watchdog.url
+
+    async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
+        env = self._env(service)
+        env["JOB_UUID"] = job
+        data = event.read_bytes() if event.stat().st_size <= EVENT_IN_ENV_MAX else None
+        stdin: Any = asyncio.subprocess.DEVNULL
+        if data is not None and b"\0" not in data:
+            # As OSCAR passes it; surrogateescape gives the child the exact bytes back.
+            env["EVENT"] = data.decode("utf-8", "surrogateescape")
+        with contextlib.ExitStack() as stack:
+            if "EVENT" not in env:
+                stdin = stack.enter_context(open(event, "rb"))
+            out = stack.enter_context(open(log, "ab"))
+            process = await asyncio.create_subprocess_exec(
+                *runtime_command(),
+                "run",
+                *self._files(service.name),
+                env=env,
+                stdin=stdin,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            return await process.wait()
+        finally:
+            if process.returncode is None:  # cancelled: the job is stopped with its children
+                _kill_group(process)
+                await asyncio.shield(process.wait())
+            _kill_group(process)

@@ -1,0 +1,216 @@
+"""The default storage provider as the controller sees it: buckets and their objects.
+
+Either a folder (`<path>/<bucket>/<key>`, the embedded default) or a MinIO/S3 server
+(boto3). The bucket API, service creation (buckets of the input and output paths) and
+the input watcher all go through this one small interface. Calls are blocking; the
+callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    modified: float  # seconds since the epoch
+    etag: str = ""
+
+
+class BucketStore(Protocol):
+    def provider_settings(self) -> dict[str, Any]:
+        """The `minio.default` settings a service's runtime gets (with its keys)."""
+
+    def public_settings(self) -> dict[str, Any]:
+        """The manager's `minio_provider` shape, for `/system/config` and service JSON."""
+
+    def list_buckets(self) -> list[str]: ...
+
+    def bucket_exists(self, bucket: str) -> bool: ...
+
+    def create_bucket(self, bucket: str) -> bool:
+        """False when it already exists."""
+
+    def ensure_path(self, bucket: str, folder: str) -> None:
+        """The bucket, and the folder in it, exist afterwards."""
+
+    def delete_bucket(self, bucket: str) -> None:
+        """The bucket and every object in it."""
+
+    def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]: ...
+
+
+class FolderStore:
+    """A folder of buckets; names starting with `.` (partial uploads) are not objects."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def provider_settings(self) -> dict[str, Any]:
+        return {"path": str(self.root)}
+
+    def public_settings(self) -> dict[str, Any]:
+        # No S3 endpoint and no keys: the store is a folder of this machine.
+        return {"endpoint": "", "verify": False, "access_key": "", "secret_key": "", "region": ""}
+
+    def _bucket(self, bucket: str) -> Path:
+        path = (self.root / bucket).resolve()
+        if path.parent != self.root or bucket.startswith("."):
+            raise ValueError(f"{bucket!r} is not a bucket name")
+        return path
+
+    def list_buckets(self) -> list[str]:
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+
+    def bucket_exists(self, bucket: str) -> bool:
+        return self._bucket(bucket).is_dir()
+
+    def create_bucket(self, bucket: str) -> bool:
+        try:
+            self._bucket(bucket).mkdir()
+        except FileExistsError:
+            return False
+        return True
+
+    def ensure_path(self, bucket: str, folder: str) -> None:
+        path = self._bucket(bucket) / folder if folder else self._bucket(bucket)
+        path.mkdir(parents=True, exist_ok=True)
+
+    def delete_bucket(self, bucket: str) -> None:
+        shutil.rmtree(self._bucket(bucket))
+
+    def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]:
+        base = self._bucket(bucket)
+        # Walk only below the deepest folder the prefix names.
+        start = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base
+        found: list[StoredObject] = []
+        if not start.is_dir():
+            return found
+        for path in start.rglob("*"):
+            relative = path.relative_to(base).as_posix()
+            if any(part.startswith(".") for part in relative.split("/")):
+                continue
+            if not relative.startswith(prefix) or not path.is_file() or path.is_symlink():
+                continue
+            stat = path.stat()
+            found.append(StoredObject(relative, stat.st_size, stat.st_mtime, str(stat.st_mtime_ns)))
+        return sorted(found, key=lambda o: o.key)
+
+
+class S3Store:
+    """A MinIO/S3 server, path-style, as the OSCAR manager talks to its MinIO."""
+
+    def __init__(
+        self, endpoint: str, access_key: str, secret_key: str, region: str, verify: bool = True
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.endpoint = endpoint
+        self.region = region
+        self.verify = verify
+        self._keys = (access_key, secret_key)
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region,
+            verify=verify,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+        )
+
+    def provider_settings(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "verify": self.verify,
+            "access_key": self._keys[0],
+            "secret_key": self._keys[1],
+            "region": self.region,
+        }
+
+    def public_settings(self) -> dict[str, Any]:
+        return self.provider_settings()
+
+    def list_buckets(self) -> list[str]:
+        return sorted(b["Name"] for b in self.client.list_buckets().get("Buckets", []))
+
+    def bucket_exists(self, bucket: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError:
+            return False
+        return True
+
+    def create_bucket(self, bucket: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        if self.bucket_exists(bucket):
+            return False
+        args: dict[str, Any] = {"Bucket": bucket}
+        if self.region and self.region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            self.client.create_bucket(**args)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                return False
+            raise
+        return True
+
+    def ensure_path(self, bucket: str, folder: str) -> None:
+        self.create_bucket(bucket)
+        if folder:  # a folder marker, as the manager (and the MinIO console) make
+            self.client.put_object(Bucket=bucket, Key=folder.rstrip("/") + "/", Body=b"")
+
+    def delete_bucket(self, bucket: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+        self.client.delete_bucket(Bucket=bucket)
+
+    def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]:
+        found = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/"):
+                    continue  # folder markers are not objects a service processes
+                found.append(
+                    StoredObject(
+                        obj["Key"],
+                        int(obj["Size"]),
+                        obj["LastModified"].timestamp(),
+                        obj.get("ETag", "").strip('"'),
+                    )
+                )
+        return found
+
+
+def build_store(data_dir: Path, minio: Mapping[str, str | None]) -> BucketStore:
+    """The folder store under the data folder, or the server given with --minio-endpoint."""
+    endpoint = minio.get("endpoint")
+    if not endpoint:
+        return FolderStore(data_dir / "storage")
+    return S3Store(
+        endpoint,
+        minio.get("access_key") or "",
+        minio.get("secret_key") or "",
+        minio.get("region") or "us-east-1",
+    )

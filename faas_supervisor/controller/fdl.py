@@ -1,0 +1,513 @@
+"""Service definitions: OSCAR FDL files and service JSON -> frozen `Service` objects.
+
+All validation of a definition lives here, with errors that name the field (the API
+answers them with 400). The service JSON written back follows the OSCAR manager's
+service type field for field, in its declaration order, as Go encodes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from faas_supervisor.config import LOG_LEVELS, REQUIRED_PROVIDER_KEYS, SECRET_KEYS
+from faas_supervisor.errors import FaasError
+
+# The OSCAR manager's limits and defaults (its create handler).
+NAME_MAX = 39
+DEFAULT_CPU = "0.2"
+DEFAULT_MEMORY = "256Mi"
+DEFAULT_OWNER = "cluster_admin"
+HIDDEN = "hidden"  # what the manager shows instead of the default provider's keys
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_CPU = re.compile(r"\d+(\.\d+)?m?|\.\d+")
+_MEMORY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|[kmgtpe]|e\d+)?")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# Buckets are checked as the S3 rules write them, which the local store follows too.
+
+
+class InvalidService(FaasError):
+    """A definition that cannot be a service; the message starts with the field."""
+
+    http_status = 400
+    exit_status = 2
+
+
+@dataclass(frozen=True)
+class StorageIO:
+    storage_provider: str  # as written (`minio`, `minio.default`, `s3.aws1`)
+    path: str  # `bucket/folder`, without surrounding slashes
+    prefix: tuple[str, ...] = ()
+    suffix: tuple[str, ...] = ()
+
+    @property
+    def provider(self) -> str:
+        """The normalised `TYPE.ID`."""
+        return (
+            self.storage_provider
+            if "." in self.storage_provider
+            else f"{self.storage_provider}.default"
+        )
+
+    @property
+    def bucket(self) -> str:
+        return self.path.split("/", 1)[0]
+
+    @property
+    def folder(self) -> str:
+        parts = self.path.split("/", 1)
+        return parts[1] if len(parts) > 1 else ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"storage_provider": self.storage_provider, "path": self.path}
+        if self.suffix:
+            out["suffix"] = list(self.suffix)
+        if self.prefix:
+            out["prefix"] = list(self.prefix)
+        return out
+
+
+@dataclass(frozen=True)
+class Expose:
+    min_scale: int = 1
+    max_scale: int = 10
+    api_port: tuple[int, ...] = ()
+    cpu_threshold: int = 80
+    rewrite_target: bool = False
+    default_command: bool = False
+    set_auth: bool = False
+    health_path: str = "/"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    script: str
+    image: str = ""
+    cpu: str = DEFAULT_CPU
+    memory: str = DEFAULT_MEMORY
+    log_level: str = "INFO"
+    file_stage_in: bool = True
+    alpine: bool = False
+    enable_gpu: bool = False
+    input: tuple[StorageIO, ...] = ()
+    output: tuple[StorageIO, ...] = ()
+    # {type: {id: {key: value}}} as given; the default MinIO provider is the cluster's.
+    storage_providers: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    variables: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    expose: Expose = field(default_factory=Expose)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    isolation_level: str = "SERVICE"
+    bucket_list: tuple[str, ...] = ()
+    visibility: str = "private"
+    allowed_users: tuple[str, ...] = ()
+    cluster_id: str = ""
+    token: str = field(default="", repr=False)
+
+    @property
+    def exposed(self) -> bool:
+        return bool(self.expose.api_port)
+
+    def with_token(self, token: str) -> Service:
+        return replace(self, token=token)
+
+
+# ---- parsing ---------------------------------------------------------------------------
+
+
+def parse_service(data: Any, where: str = "") -> Service:
+    """A service from the JSON (or FDL) mapping; `where` prefixes the field in errors."""
+    if not isinstance(data, dict):
+        raise InvalidService(f"{where or 'service'}: must be a mapping of fields")
+
+    def key(name: str) -> str:
+        return f"{where}.{name}" if where else name
+
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidService(f"{key('name')}: missing")
+    if len(name) > NAME_MAX or not _NAME.fullmatch(name):
+        raise InvalidService(
+            f"{key('name')}: {name!r} must be 1 to {NAME_MAX} lower-case letters, digits or '-', "
+            "starting and ending with a letter or digit"
+        )
+    script = data.get("script")
+    if not isinstance(script, str) or not script.strip():
+        raise InvalidService(f"{key('script')}: missing (the text of the script)")
+    image = _text(data.get("image", ""), key("image"))
+
+    cpu = _text(data.get("cpu") or DEFAULT_CPU, key("cpu"))
+    if not _CPU.fullmatch(cpu) or float(cpu.rstrip("m") or 0) <= 0:
+        raise InvalidService(f"{key('cpu')}: {cpu!r} is not a CPU amount (try 0.5, 1 or 500m)")
+    memory = _text(data.get("memory") or DEFAULT_MEMORY, key("memory"))
+    if not _MEMORY.fullmatch(memory):
+        raise InvalidService(
+            f"{key('memory')}: {memory!r} is not a memory amount (try 256Mi or 1Gi)"
+        )
+    log_level = _text(data.get("log_level") or "INFO", key("log_level")).upper()
+    if log_level == "NOTSET":  # the manager accepts it; the runtime's lowest level is DEBUG
+        log_level = "DEBUG"
+    if log_level not in LOG_LEVELS:
+        raise InvalidService(
+            f"{key('log_level')}: {log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+        )
+
+    providers = _providers(data.get("storage_providers"), key("storage_providers"))
+    inputs = _storage_list(data.get("input"), key("input"), name, providers)
+    outputs = _storage_list(data.get("output"), key("output"), name, providers)
+
+    environment = _mapping(data.get("environment"), key("environment"))
+    variables = _string_map(environment.get("variables"), key("environment.variables"))
+    secrets = _string_map(environment.get("secrets"), key("environment.secrets"))
+
+    isolation = _text(data.get("isolation_level") or "SERVICE", key("isolation_level")).upper()
+    if isolation not in ("SERVICE", "USER"):
+        raise InvalidService(f"{key('isolation_level')}: {isolation!r} is not SERVICE or USER")
+    visibility = _text(data.get("visibility") or "private", key("visibility")).lower()
+    if visibility not in ("private", "public", "restricted"):
+        raise InvalidService(
+            f"{key('visibility')}: {visibility!r} is not private, public or restricted"
+        )
+
+    return Service(
+        name=name,
+        script=script.replace("\r\n", "\n"),
+        image=image,
+        cpu=cpu,
+        memory=memory,
+        log_level=log_level,
+        file_stage_in=_bool(data.get("file_stage_in", True), key("file_stage_in")),
+        alpine=_bool(data.get("alpine", False), key("alpine")),
+        enable_gpu=_bool(data.get("enable_gpu", False), key("enable_gpu")),
+        input=inputs,
+        output=outputs,
+        storage_providers=providers,
+        variables=variables,
+        secrets=secrets,
+        expose=_expose(data.get("expose"), key("expose")),
+        annotations=_string_map(data.get("annotations"), key("annotations")),
+        labels=_string_map(data.get("labels"), key("labels")),
+        isolation_level=isolation,
+        bucket_list=tuple(
+            _text(b, key("bucket_list")) for b in _list(data.get("bucket_list"), key("bucket_list"))
+        ),
+        visibility=visibility,
+        allowed_users=tuple(
+            _text(u, key("allowed_users"))
+            for u in _list(data.get("allowed_users"), key("allowed_users"))
+        ),
+        cluster_id=_text(data.get("cluster_id", ""), key("cluster_id")),
+    )
+
+
+def parse_service_json(body: bytes) -> Service:
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidService(
+            f"service: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+        ) from None
+    return parse_service(data)
+
+
+def load_fdl(path: str | Path, cluster_id: str | None = None) -> list[Service]:
+    """The services of an FDL file; `script` is a path relative to the file or the text."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InvalidService(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError:
+        raise InvalidService(f"{path}: not valid YAML") from None
+    return parse_fdl(data, path.parent, cluster_id)
+
+
+def parse_fdl(data: Any, base: Path, cluster_id: str | None = None) -> list[Service]:
+    functions = data.get("functions") if isinstance(data, dict) else None
+    entries = functions.get("oscar") if isinstance(functions, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise InvalidService("functions.oscar: missing (a list of {cluster id: service})")
+    services = []
+    for i, entry in enumerate(entries):
+        where = f"functions.oscar[{i}]"
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise InvalidService(f"{where}: must be one {{cluster id: service}} mapping")
+        ((cluster, raw),) = entry.items()
+        if cluster_id is not None and cluster != cluster_id:
+            continue
+        where = f"{where}.{cluster}"
+        if not isinstance(raw, dict):
+            raise InvalidService(f"{where}: must be a mapping of fields")
+        raw = dict(raw)
+        script = raw.get("script")
+        if isinstance(script, str) and "\n" not in script and (base / script).is_file():
+            raw["script"] = (base / script).read_text()
+        elif isinstance(script, str) and "\n" not in script and script.endswith(".sh"):
+            raise InvalidService(f"{where}.script: {script} is not a file next to the FDL file")
+        raw.setdefault("cluster_id", str(cluster))
+        services.append(parse_service(raw, where))
+    return services
+
+
+def _providers(raw: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
+    providers: dict[str, dict[str, dict[str, Any]]] = {}
+    for ptype, by_id in _mapping(raw, where).items():
+        if ptype not in REQUIRED_PROVIDER_KEYS or ptype == "local":
+            known = ", ".join(t for t in REQUIRED_PROVIDER_KEYS if t != "local")
+            raise InvalidService(f"{where}.{ptype}: unknown provider type (one of {known})")
+        for pid, settings in _mapping(by_id, f"{where}.{ptype}").items():
+            values = _mapping(settings, f"{where}.{ptype}.{pid}")
+            if not (ptype == "minio" and pid == "default"):  # the cluster's: replaced anyway
+                for required in REQUIRED_PROVIDER_KEYS[ptype]:
+                    if values.get(required) in (None, ""):
+                        raise InvalidService(f"{where}.{ptype}.{pid}.{required}: missing")
+            providers.setdefault(str(ptype), {})[str(pid)] = dict(values)
+    return providers
+
+
+def _storage_list(
+    raw: Any, where: str, service: str, providers: Mapping[str, Any]
+) -> tuple[StorageIO, ...]:
+    entries = []
+    for i, item in enumerate(_list(raw, where)):
+        at = f"{where}[{i}]"
+        item = _mapping(item, at)
+        provider = item.get("storage_provider")
+        if not isinstance(provider, str) or not provider:
+            raise InvalidService(f"{at}.storage_provider: missing")
+        ptype, _, pid = provider.partition(".")
+        pid = pid or "default"
+        if not (ptype == "minio" and pid == "default") and pid not in providers.get(ptype, {}):
+            raise InvalidService(
+                f"{at}.storage_provider: {provider!r} is not defined in storage_providers"
+            )
+        path = item.get("path")
+        if not isinstance(path, str) or not path.strip(" /"):
+            raise InvalidService(f"{at}.path: missing")
+        path = path.strip(" /")
+        # As the manager does: a MinIO/S3 path without a folder goes in the service's bucket.
+        if ptype in ("minio", "s3") and "/" not in path:
+            path = f"{service}/{path}"
+        bucket = path.split("/", 1)[0]
+        if ptype in ("minio", "s3") and not _BUCKET.fullmatch(bucket):
+            raise InvalidService(f"{at}.path: {bucket!r} is not a valid bucket name")
+        entries.append(
+            StorageIO(
+                storage_provider=provider,
+                path=path,
+                prefix=tuple(
+                    _text(p, f"{at}.prefix") for p in _list(item.get("prefix"), f"{at}.prefix")
+                ),
+                suffix=tuple(
+                    _text(s, f"{at}.suffix") for s in _list(item.get("suffix"), f"{at}.suffix")
+                ),
+            )
+        )
+    return tuple(entries)
+
+
+def _expose(raw: Any, where: str) -> Expose:
+    data = _mapping(raw, where)
+    ports = data.get("api_port")
+    port_list = [ports] if isinstance(ports, int) else _list(ports, f"{where}.api_port")
+    for port in port_list:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise InvalidService(f"{where}.api_port: {port!r} is not a TCP port")
+    values = {
+        name: _int(data.get(name, default), f"{where}.{name}")
+        for name, default in (("min_scale", 1), ("max_scale", 10), ("cpu_threshold", 80))
+    }
+    if values["max_scale"] < values["min_scale"]:
+        raise InvalidService(f"{where}.max_scale: must not be below min_scale")
+    return Expose(
+        api_port=tuple(port_list),
+        rewrite_target=_bool(data.get("rewrite_target", False), f"{where}.rewrite_target"),
+        default_command=_bool(data.get("default_command", False), f"{where}.default_command"),
+        set_auth=_bool(data.get("set_auth", False), f"{where}.set_auth"),
+        health_path=_text(data.get("health_path") or "/", f"{where}.health_path"),
+        **values,
+    )
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidService(f"{where}: must be a mapping")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidService(f"{where}: must be a list")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise InvalidService(f"{where}: must be a string")
+    return str(value)
+
+
+def _string_map(value: Any, where: str) -> dict[str, str]:
+    out = {}
+    for k, v in _mapping(value, where).items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        out[str(k)] = _text("" if v is None else v, f"{where}.{k}")
+    return out
+
+
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidService(f"{where}: must be true or false")
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidService(f"{where}: must be a whole number")
+    return value
+
+
+# ---- the service JSON ------------------------------------------------------------------
+
+
+def manager_labels(service: Service) -> dict[str, str]:
+    """The labels the OSCAR manager adds to every service."""
+    return {
+        **service.labels,
+        "oscar.grycap/user-service": "true",
+        "oscar_service": service.name,
+        "applicationId": service.name,
+        "queue": f"root.oscar-queue.{service.name}",
+        "owner_name": "oscar",
+    }
+
+
+def service_json(service: Service, default_minio: Mapping[str, Any]) -> dict[str, Any]:
+    """The manager's service JSON: its fields, in its order, secrets replaced by `hidden`."""
+    providers: dict[str, Any] = {}
+    for ptype in ("s3", "minio", "onedata", "webdav"):  # the manager's declaration order
+        by_id = {
+            pid: _masked(settings)
+            for pid, settings in service.storage_providers.get(ptype, {}).items()
+        }
+        if ptype == "minio":
+            by_id["default"] = {**default_minio, "access_key": HIDDEN, "secret_key": HIDDEN}
+        if by_id:
+            providers[ptype] = dict(sorted(by_id.items()))
+    expose: dict[str, Any] = {
+        "min_scale": service.expose.min_scale,
+        "max_scale": service.expose.max_scale,
+    }
+    if service.expose.api_port:
+        expose["api_port"] = list(service.expose.api_port)
+    expose.update(
+        cpu_threshold=service.expose.cpu_threshold,
+        rewrite_target=service.expose.rewrite_target,
+        default_command=service.expose.default_command,
+        set_auth=service.expose.set_auth,
+        health_path=service.expose.health_path,
+    )
+    return {
+        "name": service.name,
+        "cluster_id": service.cluster_id,
+        "memory": service.memory,
+        "cpu": service.cpu,
+        "total_memory": "",
+        "total_cpu": "",
+        "ephemeral_storage_request": "",
+        "enable_gpu": service.enable_gpu,
+        "enable_sgx": False,
+        "image_prefetch": False,
+        "synchronous": {"min_scale": 0, "max_scale": 0},
+        "log_level": service.log_level,
+        "image": service.image,
+        "alpine": service.alpine,
+        "token": service.token,
+        "file_stage_in": service.file_stage_in,
+        "input": [entry.to_json() for entry in service.input],
+        "output": [entry.to_json() for entry in service.output],
+        "script": service.script,
+        "expose": expose,
+        # Secret values live with the backend only; the manager blanks them likewise.
+        "environment": {
+            "variables": dict(sorted(service.variables.items())),
+            "secrets": {k: "" for k in sorted(service.secrets)},
+        },
+        "annotations": dict(sorted(service.annotations.items())),
+        "vo": "",
+        "labels": dict(sorted(manager_labels(service).items())),
+        "storage_providers": providers,
+        "owner": DEFAULT_OWNER,
+        "interlink_node_name": "",
+        "visibility": service.visibility,
+        "allowed_users": list(service.allowed_users),
+        "isolation_level": service.isolation_level,
+        "bucket_list": list(service.bucket_list),
+        "mount": {"storage_provider": "", "path": ""},
+        "volume_status": {"enabled": False},
+    }
+
+
+def _masked(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (HIDDEN if k in SECRET_KEYS and v else v) for k, v in sorted(settings.items())}
+
+
+def unmask(new: Service, old: Service) -> Service:
+    """On update, a provider secret sent back as `hidden` keeps the stored value."""
+    providers: dict[str, dict[str, dict[str, Any]]] = {}
+    for ptype, by_id in new.storage_providers.items():
+        for pid, settings in by_id.items():
+            stored = old.storage_providers.get(ptype, {}).get(pid, {})
+            providers.setdefault(ptype, {})[pid] = {
+                k: (stored.get(k, v) if v == HIDDEN and k in SECRET_KEYS else v)
+                for k, v in settings.items()
+            }
+    secrets = {k: (old.secrets.get(k, v) if v == "" else v) for k, v in new.secrets.items()}
+    return replace(new, storage_providers=providers, secrets=secrets)
+
+
+# ---- storage of a definition (all fields, secrets included; for the store only) ---------
+
+
+def to_record(service: Service) -> str:
+    data = service_json(service, {})
+    data["environment"]["secrets"] = dict(service.secrets)
+    data["storage_providers"] = {t: dict(ids) for t, ids in service.storage_providers.items()}
+    data["labels"] = dict(service.labels)
+    data["annotations"] = dict(service.annotations)
+    return json.dumps(data, separators=(",", ":"))
+
+
+def from_record(text: str) -> Service:
+    data = json.loads(text)
+    return parse_service(data).with_token(data.get("token", ""))
+
+
+def go_json(value: Any) -> bytes:
+    """JSON as Go's encoding/json writes it: compact, UTF-8, `<`, `>`, `&` escaped."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # These characters only ever occur inside JSON strings, so replacing them is safe.
+    for char, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
+        text = text.replace(char, escaped)
+    return text.encode()

@@ -1,0 +1,159 @@
+"""Asynchronous jobs: stored, queued, run at most `max_jobs` at once, and recorded.
+
+A job's life, all in this file: `submit` writes its event to disk and its row (Pending)
+to the store, then queues its name; a worker takes it (Pending -> Running, atomically,
+so no job runs twice), has the backend run it with its output going to a log file,
+and stores the outcome (Succeeded or Failed) with the logs. The queue is fed from the
+store at start-up, so queued jobs survive a restart; jobs that were Running when the
+controller died are Failed with that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from faas_supervisor.controller.backends import Backend
+from faas_supervisor.controller.fdl import Service
+from faas_supervisor.controller.store import FINISHED, Store
+from faas_supervisor.logs import get_logger
+
+DIED = "the controller stopped while the job was running"
+logger = get_logger(component="jobs")
+
+
+def job_name(service: str) -> str:
+    """`<service>-<uuid>`, the service's name cut to 16 characters when long, as OSCAR."""
+    prefix = service[:16] if len(service) >= 25 else service
+    return f"{prefix}-{uuid.uuid4()}"
+
+
+class Jobs:
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        folder: Path,
+        max_jobs: int,
+        services: Callable[[str], Service | None],
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.folder = folder
+        self.max_jobs = max(1, max_jobs)
+        self.services = services
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.running: dict[str, asyncio.Task[int]] = {}
+        self._workers: list[asyncio.Task[None]] = []
+
+    def event_path(self, name: str) -> Path:
+        return self.folder / f"{name}.event"
+
+    def log_path(self, name: str) -> Path:
+        return self.folder / f"{name}.log"
+
+    async def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        died, pending = self.store.unfinished()
+        for name in died:
+            self._finish(name, None, DIED)
+        for name in pending:
+            self.queue.put_nowait(name)
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"job-worker-{i}") for i in range(self.max_jobs)
+        ]
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    # ---- submitting ------------------------------------------------------------------
+
+    async def submit(self, service: Service, body: AsyncIterator[bytes] | bytes) -> str:
+        name = job_name(service.name)
+        path = self.event_path(name)
+        with open(path, "wb") as out:  # streamed to disk, never whole in memory
+            if isinstance(body, bytes):
+                out.write(body)
+            else:
+                async for chunk in body:
+                    out.write(chunk)
+        self.store.add_job(name, service.name)
+        self.queue.put_nowait(name)
+        logger.info("job queued", service=service.name, job=name)
+        return name
+
+    # ---- running ---------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            name = await self.queue.get()
+            job = self.store.job(name)
+            service = self.services(job.service) if job else None
+            if job is None or service is None or not self.store.start_job(name):
+                continue  # deleted while queued, or taken already
+            task = asyncio.create_task(
+                self.backend.run_job(service, name, self.event_path(name), self.log_path(name))
+            )
+            self.running[name] = task
+            try:
+                code: int | None = await asyncio.shield(task)
+                reason = "" if code == 0 else f"exit status {code}"
+            except asyncio.CancelledError:
+                # The job was deleted (its task cancelled), or the controller is stopping.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                self.running.pop(name, None)
+                if self.store.job(name) is not None:
+                    self._finish(name, None, DIED)
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise
+                continue
+            except Exception as exc:  # the backend could not run it: the job failed
+                logger.error("job could not run", job=name, error=str(exc))
+                code, reason = None, f"could not run: {exc}"
+            self.running.pop(name, None)
+            if self.store.job(name) is not None:
+                self._finish(name, code, reason)
+            logger.info("job finished", job=name, status=code)
+
+    def _finish(self, name: str, code: int | None, reason: str) -> None:
+        log = self.log_path(name)
+        logs = log.read_bytes() if log.exists() else b""
+        if code != 0 and reason == DIED:
+            logs += f"faas-supervisor: {reason}\n".encode()
+        self.store.finish_job(name, code, logs, reason)
+        log.unlink(missing_ok=True)
+        self.event_path(name).unlink(missing_ok=True)
+
+    # ---- reading and deleting --------------------------------------------------------
+
+    def logs(self, name: str) -> bytes:
+        """A finished job's stored logs, or what a running job has written so far."""
+        job = self.store.job(name)
+        if job is not None and job.status in FINISHED:
+            return self.store.job_logs(name) or b""
+        log = self.log_path(name)
+        try:
+            return log.read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    async def delete(self, name: str) -> None:
+        """Forget a job; a running one is stopped first."""
+        self.store.remove_job(name)
+        task = self.running.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.log_path(name).unlink(missing_ok=True)
+        self.event_path(name).unlink(missing_ok=True)

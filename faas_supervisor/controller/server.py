@@ -1,0 +1,149 @@
+"""The controller's process: settings, start-up, serving, and graceful shutdown.
+
+Start-up opens the store, restarts the stored services, requeues the stored jobs and
+starts watching input paths; shutdown (SIGTERM or SIGINT) stops taking requests, stops
+the jobs still running (recorded as Failed, with the reason), the watchdogs, and the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from faas_supervisor.controller.api import Api, ApiInfo
+from faas_supervisor.controller.auth import load_credentials
+from faas_supervisor.controller.backends import build_backend
+from faas_supervisor.controller.buckets import build_store
+from faas_supervisor.controller.jobs import Jobs
+from faas_supervisor.controller.store import Store
+from faas_supervisor.controller.watcher import InputWatcher
+from faas_supervisor.errors import ConfigError
+from faas_supervisor.logs import get_logger
+
+logger = get_logger(component="controller")
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    data_dir: Path
+    backend: str = "local"
+    host: str = "0.0.0.0"
+    port: int = 8000
+    user: str = "oscar"
+    password: str | None = field(default=None, repr=False)
+    max_jobs: int = 2
+    external_url: str = ""
+    minio_endpoint: str = ""
+    minio_access_key: str = field(default="", repr=False)
+    minio_secret_key: str = field(default="", repr=False)
+    minio_region: str = "us-east-1"
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def public_url(self) -> str:
+        """Where storage servers reach the controller (the base of push endpoints)."""
+        return self.external_url or f"http://127.0.0.1:{self.port}"
+
+
+class Controller:
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        data_dir = settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.chmod(0o700)  # it holds the admin password and the services' keys
+        self.credentials, made = load_credentials(data_dir, settings.user, settings.password)
+        if made:
+            # Printed once, when made; later starts read it from the data folder.
+            print(
+                f"faas-supervisor controller: user {settings.user!r}, password "
+                f"{self.credentials.password} (kept in {data_dir / 'admin-password'})",
+                flush=True,
+            )
+        self.buckets = build_store(
+            data_dir,
+            {
+                "endpoint": settings.minio_endpoint,
+                "access_key": settings.minio_access_key,
+                "secret_key": settings.minio_secret_key,
+                "region": settings.minio_region,
+            },
+        )
+        self.store = Store(data_dir / "controller.sqlite3")
+        self.backend = build_backend(
+            settings.backend, data_dir, self.buckets.provider_settings(), settings.environ
+        )
+        self.jobs = Jobs(
+            self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service
+        )
+        self.watcher = InputWatcher(self.buckets, self.jobs.submit)
+        self.api = Api(
+            ApiInfo(self.backend.name, time.time(), settings.max_jobs),
+            self.credentials,
+            self.store,
+            self.backend,
+            self.jobs,
+            self.watcher,
+            self.buckets,
+        )
+
+    async def serve(self) -> int:
+        await self.backend.start()
+        for service in self.store.services():
+            await self.backend.deploy(service)
+            await self.watcher.watch(service)
+        await self.jobs.start()
+        self.watcher.start()
+        runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._stop(runner)
+            raise ConfigError(
+                f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}"
+            ) from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        logger.info(
+            "controller ready",
+            port=self.settings.port,
+            backend=self.backend.name,
+            data_dir=str(self.settings.data_dir),
+        )
+        await stop.wait()
+        logger.info("controller stopping")
+        await self._stop(runner)
+        return 0
+
+    async def _stop(self, runner: web.AppRunner) -> None:
+        await runner.cleanup()
+        await self.watcher.close()
+        await self.jobs.close()
+        await self.backend.close()
+        self.store.close()
+
+
+def serve(settings: ControllerSettings) -> int:
+    from faas_supervisor import logs
+
+    level = str(settings.environ.get("LOG_LEVEL") or "INFO").upper()
+    if level not in logs.LEVELS:
+        raise ConfigError(f"LOG_LEVEL: {level!r} is not one of {', '.join(logs.LEVELS)}")
+    logs.configure(level)
+    controller = Controller(settings)
+    try:
+        return asyncio.run(controller.serve())
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        sys.stdout.flush()
