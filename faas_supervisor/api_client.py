@@ -21,6 +21,8 @@ from faas_supervisor.errors import FaasError
 
 # A `/run` may take as long as its script does; only connecting has a deadline.
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, connect=60)
+DEFAULT_USER = "oscar"
+BASE64_TYPE = "text/plain; charset=utf-8"
 MESSAGE_LIMIT = 300  # characters of the server's message kept in the one error line
 
 
@@ -37,10 +39,14 @@ class Connection:
     password: str | None
 
     def basic_auth(self) -> str | None:
-        """The `Authorization` value; UTF-8, as the OSCAR manager (Go) reads it."""
+        """The `Authorization` value; UTF-8, as the OSCAR manager (Go) reads it.
+
+        A password without a user is for the default user, `oscar`, the controller's
+        and the OSCAR manager's.
+        """
         if self.user is None and self.password is None:
             return None
-        pair = f"{self.user or ''}:{self.password or ''}".encode()
+        pair = f"{self.user or DEFAULT_USER}:{self.password or ''}".encode()
         return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
@@ -81,8 +87,15 @@ class ControllerClient:
         params: dict[str, str] | None = None,
         accept: tuple[int, ...] = (),
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """The response, open for streaming; statuses >= 300 not in `accept` raise."""
+        """The response, open for streaming; statuses >= 300 not in `accept` raise.
+
+        `data` is a base64 stream, sent chunked as it is produced.
+        """
         headers: dict[str, str] = {}
+        if data is not None:
+            # Bodies are base64 text. aiohttp would label a stream octet-stream, which the
+            # watchdog takes as raw bytes, not to be decoded (SPEC 4.1).
+            headers["Content-Type"] = BASE64_TYPE
         auth = f"Bearer {token}" if token is not None else self.connection.basic_auth()
         if auth is not None:
             headers["Authorization"] = auth

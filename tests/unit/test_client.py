@@ -417,6 +417,8 @@ def test_run_text_input_uses_the_service_token(faas: Any, fake: FakeController) 
     (run,) = fake.requests("POST", "/run/echo")
     assert run.headers["Authorization"] == f"Bearer {TOKEN}"
     assert run.decoded_sha256 == hashlib.sha256("héllo".encode()).hexdigest()
+    # Not octet-stream: the watchdog would take the base64 text as the raw input.
+    assert run.headers["Content-Type"] == "text/plain; charset=utf-8"
 
 
 def test_run_with_a_given_token_needs_no_credentials(faas: Any, fake: FakeController) -> None:
@@ -557,6 +559,7 @@ def test_job_prints_the_job_name(faas: Any, fake: FakeController, tmp_path: Path
     (job,) = fake.requests("POST", "/job/cowsay")
     assert job.headers["Authorization"] == f"Bearer {TOKEN}"
     assert job.decoded_sha256 == hashlib.sha256(event.read_bytes()).hexdigest()
+    assert job.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert faas("job", "nope", "--input", str(event)).status == 1
 
 
