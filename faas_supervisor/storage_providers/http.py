@@ -44,7 +44,6 @@ class HttpFailure(Exception):
 
 def session(
     headers: dict[str, str] | None = None,
-    auth: aiohttp.BasicAuth | None = None,
     verify: bool = True,
     connect_timeout: float = CONNECT_TIMEOUT,
     read_timeout: float = READ_TIMEOUT,
@@ -54,8 +53,7 @@ def session(
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
                                     sock_read=read_timeout)
     connector = aiohttp.TCPConnector(ssl=verify)  # False: no certificate check
-    return aiohttp.ClientSession(timeout=timeout, headers=headers, auth=auth,
-                                 connector=connector)
+    return aiohttp.ClientSession(timeout=timeout, headers=headers, connector=connector)
 
 
 def join_url(base: str, *parts: str) -> URL:

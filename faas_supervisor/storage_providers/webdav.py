@@ -9,6 +9,7 @@ no partial file stays behind.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 from pathlib import Path
@@ -32,7 +33,8 @@ class WebDavProvider:
         self._verify = config.flag("verify", True)
 
     def _session(self) -> aiohttp.ClientSession:
-        return http.session(auth=aiohttp.BasicAuth(self._login, self._password),
+        credentials = base64.b64encode(f"{self._login}:{self._password}".encode()).decode()
+        return http.session(headers={"Authorization": f"Basic {credentials}"},
                             verify=self._verify)
 
     def _error(self, verb: str, bucket: str, key: str, exc: HttpFailure) -> StorageError:

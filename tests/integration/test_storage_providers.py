@@ -1,0 +1,439 @@
+"""Each storage provider against a real server on loopback: moto for `minio` and `s3`,
+wsgidav for `webdav`, an aiohttp app of the documented Oneprovider endpoints for
+`onedata`. Round trips with awkward keys and multi-megabyte bodies, and the faults:
+a store that is not there, one that stops mid-transfer, wrong credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faas_supervisor.config import ProviderConfig, Secret
+from faas_supervisor.errors import StorageError
+from faas_supervisor.storage_providers import build_provider
+from faas_supervisor.storage_providers.onedata import OnedataProvider
+from faas_supervisor.storage_providers.s3 import S3Provider
+from faas_supervisor.storage_providers.webdav import WebDavProvider
+from tests.integration.conftest import S3Server, free_port
+from tests.integration.servers import (
+    CuttingProxy,
+    DavServer,
+    FakeOneprovider,
+    start_moto,
+    start_wsgidav,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+MiB = 1 << 20
+ACCESS_KEY = "AKIAFAASTESTACCESS"
+SECRET_KEY = "s3cr3t-Key/that+must~never_leak"
+PASSWORD = "dav-pa55word-never-shown"
+TOKEN = "MDAxY-onedata-token-never-shown"
+AWKWARD_KEYS = [
+    "plain.txt",
+    "with space/file name.txt",
+    "plus+sign/a+b.txt",
+    "percent%20/100%.txt",
+    "unicode/été ünï 文件.txt",
+    "deep/er/and/deeper/x.bin",
+]
+# A bound on "fails quickly": 3 attempts with backoff against a refused port take seconds.
+FAIL_FAST_SECONDS = 20
+
+
+def write_random(path: Path, size: int) -> str:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def assert_no_secret(text: str, *secrets: str) -> None:
+    for secret in secrets:
+        assert secret not in text
+
+
+# ---- S3: minio and s3 types against moto -------------------------------------------------
+
+
+def s3_config(kind: str, endpoint: str) -> ProviderConfig:
+    settings: dict[str, str | bool | Secret] = {
+        "access_key": Secret(ACCESS_KEY), "secret_key": Secret(SECRET_KEY),
+        "endpoint": endpoint,
+    }
+    if kind == "minio":
+        settings["verify"] = False
+    else:
+        settings["region"] = "eu-west-1"
+    return ProviderConfig(type=kind, id="default", settings=settings)
+
+
+S3Factory = Callable[..., S3Provider]
+
+
+@pytest.fixture
+def s3_factory() -> Iterator[S3Factory]:
+    made: list[S3Provider] = []
+
+    def make(kind: str, endpoint: str, **options: Any) -> S3Provider:
+        provider = S3Provider(s3_config(kind, endpoint), **options)
+        made.append(provider)
+        return provider
+
+    yield make
+    for provider in made:
+        provider.close()
+
+
+def new_bucket(server: S3Server) -> str:
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    server.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.mark.parametrize("kind", ["minio", "s3"])
+async def test_s3_round_trip_of_awkward_keys(
+    kind: str, moto_server: S3Server, s3_factory: S3Factory, tmp_path: Path
+) -> None:
+    provider = s3_factory(kind, moto_server.endpoint)
+    assert provider.name == f"{kind}.default"
+    bucket = new_bucket(moto_server)
+    for i, key in enumerate(AWKWARD_KEYS):
+        src = tmp_path / f"src{i}"
+        src.write_bytes(f"content of {key}".encode())
+        await provider.upload(src, bucket, key)
+    listed = moto_server.client().list_objects_v2(Bucket=bucket)["Contents"]
+    assert sorted(o["Key"] for o in listed) == sorted(AWKWARD_KEYS)  # stored as given
+    for i, key in enumerate(AWKWARD_KEYS):
+        dest = tmp_path / f"dest{i}"
+        await provider.download(bucket, key, dest)
+        assert dest.read_bytes() == f"content of {key}".encode()
+
+
+async def test_s3_empty_object(moto_server: S3Server, s3_factory: S3Factory,
+                               tmp_path: Path) -> None:
+    provider = s3_factory("minio", moto_server.endpoint)
+    bucket = new_bucket(moto_server)
+    (tmp_path / "empty").write_bytes(b"")
+    await provider.upload(tmp_path / "empty", bucket, "empty")
+    await provider.download(bucket, "empty", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == b""
+
+
+@pytest.mark.parametrize("kind", ["minio", "s3"])
+async def test_s3_multipart_both_ways(
+    kind: str, moto_server: S3Server, s3_factory: S3Factory, tmp_path: Path
+) -> None:
+    provider = s3_factory(kind, moto_server.endpoint, multipart_threshold=5 * MiB,
+                          multipart_chunksize=5 * MiB)
+    ranges: list[str] = []
+
+    def record(params: dict[str, Any], **kwargs: Any) -> None:
+        ranges.append(params.get("Range", ""))
+
+    provider.client.meta.events.register("provide-client-params.s3.GetObject", record)
+    bucket = new_bucket(moto_server)
+    src = tmp_path / "big.bin"
+    digest = write_random(src, 13 * MiB)
+    await provider.upload(src, bucket, "results/big file+1.bin")
+    head = moto_server.client().head_object(Bucket=bucket, Key="results/big file+1.bin")
+    assert head["ContentLength"] == 13 * MiB
+    assert head["ETag"].strip('"').endswith("-3")  # three parts: a multipart upload
+    dest = tmp_path / "back.bin"
+    await provider.download(bucket, "results/big file+1.bin", dest)
+    assert sha256(dest) == digest
+    assert len(ranges) == 3 and all(r.startswith("bytes=") for r in ranges)  # ranged GETs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.bin", "big.bin"]  # no temp
+
+
+async def test_s3_missing_object_and_bucket(moto_server: S3Server, s3_factory: S3Factory,
+                                            tmp_path: Path) -> None:
+    provider = s3_factory("minio", moto_server.endpoint)
+    bucket = new_bucket(moto_server)
+    with pytest.raises(StorageError) as missing:
+        await provider.download(bucket, "in/nothing here.txt", tmp_path / "x")
+    assert str(missing.value).startswith(f"minio.default: cannot download {bucket}/in/nothing")
+    assert "no such object" in str(missing.value)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(StorageError) as no_bucket:
+        await provider.upload(tmp_path / "f", "no-such-bucket", "k")
+    assert "no-such-bucket/k" in str(no_bucket.value)
+    assert StorageError.http_status == 502 and StorageError.exit_status == 3
+
+
+@pytest.mark.parametrize("verb", ["upload", "download"])
+async def test_s3_unreachable_store_fails_quickly(
+    verb: str, s3_factory: S3Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    provider = s3_factory("minio", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    src = tmp_path / "f"
+    src.write_bytes(b"data")
+    started = time.monotonic()
+    with pytest.raises(StorageError) as failure:
+        if verb == "upload":
+            await provider.upload(src, "bucket", "out/f")
+        else:
+            await provider.download("bucket", "in/f", tmp_path / "dest")
+    assert time.monotonic() - started < FAIL_FAST_SECONDS
+    message = str(failure.value)
+    assert message.startswith(f"minio.default: cannot {verb} bucket/")
+    assert "\n" not in message
+    assert_no_secret(message, ACCESS_KEY, SECRET_KEY)
+    # botocore logs at DEBUG here (the runtime keeps libraries at WARNING): even so, the
+    # secret key is never in a line (requests are signed with it, never carry it).
+    assert_no_secret(caplog.text, SECRET_KEY)
+    assert_no_secret("\n".join(r.getMessage() for r in caplog.records
+                               if r.levelno >= logging.INFO), ACCESS_KEY, SECRET_KEY)
+
+
+async def test_s3_upload_cut_mid_transfer_leaves_no_partial_object(
+    moto_server: S3Server, s3_factory: S3Factory, tmp_path: Path
+) -> None:
+    # Every connection that carries more than 1 MiB towards the store is reset, as a store
+    # dying mid-body would; small requests (create, abort, list) still pass, so we see
+    # s3transfer abort the multipart upload after the part's 3 attempts failed.
+    proxy = await CuttingProxy(int(moto_server.endpoint.rsplit(":", 1)[1]), 1 * MiB).start()
+    try:
+        provider = s3_factory("minio", proxy.url, multipart_threshold=5 * MiB,
+                              multipart_chunksize=5 * MiB, max_concurrency=2)
+        bucket = new_bucket(moto_server)
+        src = tmp_path / "big.bin"
+        write_random(src, 12 * MiB)
+        with pytest.raises(StorageError) as failure:
+            await provider.upload(src, bucket, "out/big.bin")
+    finally:
+        await proxy.close()
+    assert f"minio.default: cannot upload {bucket}/out/big.bin" in str(failure.value)
+    assert proxy.cuts >= 3  # retried
+    direct = moto_server.client()
+    assert direct.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert direct.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_s3_store_stopped_mid_upload_fails_in_bounded_time(
+    s3_factory: S3Factory, tmp_path: Path
+) -> None:
+    moto = start_moto(tmp_path)
+    try:
+        port = int(moto.server.endpoint.rsplit(":", 1)[1])
+        proxy = await CuttingProxy(port).start()  # cuts nothing: it tells us when to stop
+        provider = s3_factory("minio", proxy.url, multipart_threshold=5 * MiB,
+                              multipart_chunksize=5 * MiB, read_timeout=1.0,
+                              connect_timeout=1.0)
+        bucket = new_bucket(moto.server)
+        src = tmp_path / "big.bin"
+        write_random(src, 40 * MiB)
+        upload = asyncio.create_task(provider.upload(src, bucket, "out/big.bin"))
+        await proxy.passed(8 * MiB).wait()
+        moto.process.send_signal(signal.SIGSTOP)  # the store hangs: connections stay open
+        started = time.monotonic()
+        with pytest.raises(StorageError) as failure:
+            await upload
+        elapsed = time.monotonic() - started
+        moto.process.send_signal(signal.SIGCONT)
+        await proxy.close()
+        # 1 s read timeouts, 3 attempts with backoff, then the abort's own attempts.
+        assert elapsed < 45, elapsed
+        assert "minio.default: cannot upload" in str(failure.value)
+        head = moto.server.client().list_objects_v2(Bucket=bucket)
+        assert head.get("KeyCount") == 0  # never completed
+    finally:
+        moto.stop()
+
+
+async def test_s3_built_from_config(moto_server: S3Server) -> None:
+    provider = build_provider(s3_config("minio", moto_server.endpoint))
+    assert isinstance(provider, S3Provider)
+    provider.close()
+
+
+# ---- WebDAV against wsgidav --------------------------------------------------------------
+
+
+@pytest.fixture
+def dav(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DavServer]:
+    server = start_wsgidav(tmp_path_factory.mktemp("dav"), login="oscar", password=PASSWORD)
+    yield server
+    server.stop()
+
+
+def dav_provider(url: str, password: str = PASSWORD) -> WebDavProvider:
+    config = ProviderConfig(type="webdav", id="dcache", settings={
+        "hostname": url, "login": Secret("oscar"), "password": Secret(password)})
+    provider = build_provider(config)
+    assert isinstance(provider, WebDavProvider)
+    return provider
+
+
+async def test_webdav_round_trip_with_folders_and_awkward_keys(dav: DavServer,
+                                                               tmp_path: Path) -> None:
+    provider = dav_provider(dav.url)
+    for i, key in enumerate(AWKWARD_KEYS):
+        src = tmp_path / f"src{i}"
+        src.write_bytes(f"content of {key}".encode())
+        await provider.upload(src, "outputs", key)  # folders made with MKCOL
+        assert (dav.root / "outputs" / key).read_bytes() == src.read_bytes()
+        dest = tmp_path / f"dest{i}"
+        await provider.download("outputs", key, dest)
+        assert dest.read_bytes() == src.read_bytes()
+
+
+async def test_webdav_large_file_streams_both_ways(dav: DavServer, tmp_path: Path) -> None:
+    provider = dav_provider(dav.url)
+    src = tmp_path / "big.bin"
+    digest = write_random(src, 24 * MiB)
+    await provider.upload(src, "big", "a/b/big.bin")
+    await provider.upload(src, "big", "a/b/big.bin")  # overwrite
+    assert sha256(dav.root / "big/a/b/big.bin") == digest
+    await provider.download("big", "a/b/big.bin", tmp_path / "back.bin")
+    assert sha256(tmp_path / "back.bin") == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.bin", "big.bin"]
+
+
+async def test_webdav_wrong_password_is_refused(dav: DavServer, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    # moto accepts any keys, so wrong credentials are tested where they are checked.
+    caplog.set_level(logging.DEBUG)
+    wrong = "not-the-right-pa55word"
+    provider = dav_provider(dav.url, password=wrong)
+    (tmp_path / "f").write_bytes(b"x")
+    for attempt in (provider.upload(tmp_path / "f", "out", "f"),
+                    provider.download("out", "f", tmp_path / "g")):
+        with pytest.raises(StorageError) as failure:
+            await attempt
+        assert "webdav.dcache: cannot" in str(failure.value)
+        assert "401" in str(failure.value)
+        assert_no_secret(str(failure.value), wrong, PASSWORD)
+    assert_no_secret(caplog.text, wrong, PASSWORD)
+
+
+async def test_webdav_missing_object(dav: DavServer, tmp_path: Path) -> None:
+    provider = dav_provider(dav.url)
+    with pytest.raises(StorageError, match=r"webdav.dcache: cannot download in/none.txt: no "):
+        await provider.download("in", "none.txt", tmp_path / "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_webdav_unreachable_fails_quickly(tmp_path: Path) -> None:
+    provider = dav_provider(f"http://127.0.0.1:{free_port()}")
+    (tmp_path / "f").write_bytes(b"x")
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"webdav.dcache: cannot upload out/f: cannot conn"):
+        await provider.upload(tmp_path / "f", "out", "f")
+    assert time.monotonic() - started < FAIL_FAST_SECONDS
+
+
+async def test_webdav_upload_cut_mid_transfer_leaves_no_file(dav: DavServer,
+                                                             tmp_path: Path) -> None:
+    proxy = await CuttingProxy(int(dav.url.rsplit(":", 1)[1]), 2 * MiB).start()
+    try:
+        provider = dav_provider(proxy.url)
+        src = tmp_path / "big.bin"
+        write_random(src, 8 * MiB)
+        (dav.root / "out").mkdir()
+        with pytest.raises(StorageError, match=r"webdav\.dcache: cannot upload out/big\.bin"):
+            await provider.upload(src, "out", "big.bin")
+    finally:
+        await proxy.close()
+    assert proxy.cuts >= 3  # aiohttp may also retry a PUT once on a fresh connection
+    assert list((dav.root / "out").iterdir()) == []
+
+
+# ---- Onedata against the documented endpoints --------------------------------------------
+
+
+@pytest.fixture
+async def oneprovider(tmp_path: Path) -> AsyncIterator[FakeOneprovider]:
+    server = await FakeOneprovider(tmp_path / "onedata", TOKEN, "my space").start()
+    yield server
+    await server.close()
+
+
+def onedata_provider(url: str, token: str = TOKEN) -> OnedataProvider:
+    config = ProviderConfig(type="onedata", id="od1", settings={
+        "oneprovider_host": url, "token": Secret(token), "space": "my space"})
+    provider = build_provider(config)
+    assert isinstance(provider, OnedataProvider)
+    return provider
+
+
+async def test_onedata_round_trip(oneprovider: FakeOneprovider, tmp_path: Path) -> None:
+    provider = onedata_provider(oneprovider.url)
+    space = oneprovider.root / "my space"
+    for i, key in enumerate(AWKWARD_KEYS):
+        src = tmp_path / f"src{i}"
+        src.write_bytes(f"content of {key}".encode())
+        # An output path `results/...` is relative to the space, as in OSCAR.
+        await provider.upload(src, "results", key)
+        assert (space / "results" / key).read_bytes() == src.read_bytes()
+        # An event names the space as its bucket: it is not repeated.
+        dest = tmp_path / f"dest{i}"
+        await provider.download("my space", f"results/{key}", dest)
+        assert dest.read_bytes() == src.read_bytes()
+    assert {token for _, _, token in oneprovider.requests} == {TOKEN}
+
+
+async def test_onedata_large_file_and_overwrite(oneprovider: FakeOneprovider,
+                                                tmp_path: Path) -> None:
+    provider = onedata_provider(oneprovider.url)
+    src = tmp_path / "big.bin"
+    write_random(src, 12 * MiB)
+    await provider.upload(src, "out", "big.bin")
+    digest = write_random(src, 9 * MiB)
+    await provider.upload(src, "out", "big.bin")  # exists: its content is replaced
+    assert ("PUT", f"/api/v3/oneprovider/data/{oneprovider._id(oneprovider.root / 'my space/out/big.bin')}/content", TOKEN) in oneprovider.requests  # noqa: E501
+    await provider.download("out", "big.bin", tmp_path / "back.bin")
+    assert sha256(tmp_path / "back.bin") == digest
+
+
+async def test_onedata_transient_errors_are_retried(oneprovider: FakeOneprovider,
+                                                    tmp_path: Path) -> None:
+    provider = onedata_provider(oneprovider.url)
+    (oneprovider.root / "my space" / "in").mkdir()
+    (oneprovider.root / "my space" / "in" / "f.txt").write_bytes(b"hello")
+    oneprovider.fail_next = 2  # two 503s, then the third attempt succeeds
+    await provider.download("my space", "in/f.txt", tmp_path / "f.txt")
+    assert (tmp_path / "f.txt").read_bytes() == b"hello"
+    oneprovider.fail_next = 3  # three in a row: given up
+    with pytest.raises(StorageError, match=r"onedata.od1: cannot download my space/in/f.txt: "
+                                           r"HTTP 503"):
+        await provider.download("my space", "in/f.txt", tmp_path / "g.txt")
+
+
+async def test_onedata_wrong_token(oneprovider: FakeOneprovider, tmp_path: Path) -> None:
+    wrong = "MDAx-wrong-token-value"
+    provider = onedata_provider(oneprovider.url, token=wrong)
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(StorageError) as failure:
+        await provider.upload(tmp_path / "f", "out", "f")
+    expected = "onedata.od1: cannot upload out/f: the token is refused (HTTP 401)"
+    assert str(failure.value) == expected
+    assert_no_secret(str(failure.value), wrong, TOKEN)
+
+
+async def test_onedata_missing_object(oneprovider: FakeOneprovider, tmp_path: Path) -> None:
+    provider = onedata_provider(oneprovider.url)
+    with pytest.raises(StorageError, match="no such object"):
+        await provider.download("my space", "in/none.txt", tmp_path / "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["onedata"]  # nothing left behind
