@@ -38,7 +38,8 @@ WATCHDOG_FLAGS = (
     ("max_body_size", "largest request body, in bytes"),
     ("healthcheck_interval", "seconds to wait for in-flight work after SIGTERM"),
     ("mode", "fork (a script per request) or http (proxy to a long-running server)"),
-    ("upstream_port", "http mode: the port the user's server listens on"),
+    ("upstream_port", "http mode: the port the user's server listens on (default 8081)"),
+    ("upstream_start_timeout", "http mode: seconds the server may take to listen (default 120)"),
 )
 
 

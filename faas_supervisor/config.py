@@ -133,7 +133,8 @@ class WatchdogSettings:
     suppress_lock: bool = False
     write_debug: bool = False
     mode: str = "fork"
-    upstream_port: int = 0
+    upstream_port: int = 8081  # http mode: where the user's server listens (on 127.0.0.1)
+    upstream_start_timeout: float = 120.0  # http mode: seconds it may take to start listening
     upstream_command: str = ""
     tmp_dir: Path = Path(tempfile.gettempdir())
 
@@ -438,7 +439,7 @@ def load_watchdog_settings(
         values["exec_timeout"] = parse_duration(timeout, "exec_timeout")
     elif config.exec_timeout is not None:
         values["exec_timeout"] = config.exec_timeout
-    for name in ("read_timeout", "write_timeout", "healthcheck_interval"):
+    for name in ("read_timeout", "write_timeout", "healthcheck_interval", "upstream_start_timeout"):
         if (text := pick(name)) is not None:
             values[name] = parse_duration(text, name)
     if (text := pick("max_inflight")) is not None:
@@ -454,6 +455,8 @@ def load_watchdog_settings(
         values["mode"] = text
     if (text := pick("upstream_port")) is not None:
         values["upstream_port"] = parse_int(text, "upstream_port")
+        if not 0 < values["upstream_port"] < 65536:
+            raise ConfigError(f"upstream_port: {text!r} is not a TCP port")
     values["tmp_dir"] = Path(environ.get("TMPDIR") or tempfile.gettempdir())
     return WatchdogSettings(**values)
 

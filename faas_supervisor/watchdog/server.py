@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from faas_supervisor.invocation import Invocation, Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.watchdog.fork import ForkRunner
 from faas_supervisor.watchdog.metrics import Metrics
+from faas_supervisor.watchdog.proxy import ProxyRunner
 
 LOCK_FILE = Path("/tmp/.lock")
 RESERVED = ("/_/health", "/_/ready", "/metrics")
@@ -34,7 +36,12 @@ class Watchdog:
         self.host = host
         self.metrics = Metrics()
         self.runner = ForkRunner(settings, self.metrics)
-        self.inflight: set[Invocation] = set()
+        # mode http: every request goes to the user's long-running server (SPEC 4.4).
+        self.proxy = (
+            ProxyRunner(runtime, settings, self.metrics) if settings.mode == "http" else None
+        )
+        # Invocations (fork mode) or the handler tasks forwarding requests (http mode).
+        self.inflight: set[object] = set()
         self.ready = False
         self.shutting_down = False
         self._idle = asyncio.Event()
@@ -83,28 +90,26 @@ class Watchdog:
     async def _invoke(self, request: web.Request) -> web.StreamResponse:
         if request.path in RESERVED:
             raise web.HTTPMethodNotAllowed(request.method, ["GET"])
-        if request.method not in ("POST", "PUT"):
+        if self.proxy is None and request.method not in ("POST", "PUT"):
             raise web.HTTPMethodNotAllowed(request.method, ["POST", "PUT"])
-        if self.shutting_down:
-            return _refuse(ShuttingDown("the watchdog is shutting down"))
+        if self.shutting_down or not self.ready:
+            return _refuse(ShuttingDown("the watchdog is shutting down" if self.ready else
+                                        "the watchdog is starting"))
         if self._at_limit():
             return _refuse(TooManyRequests(f"max_inflight ({self.settings.max_inflight}) reached"))
+        if self.proxy is not None:
+            with self._tracked(asyncio.current_task()):
+                return await self.proxy.forward(request)
         limit = self.settings.max_body_size
         if limit and (request.content_length or 0) > limit:
             return _refuse(PayloadTooLarge(f"request body is over max_body_size ({limit} bytes)"))
 
         invocation = Invocation(self.runtime)
-        self.inflight.add(invocation)
-        self._idle.clear()
-        self.metrics.inflight.inc()
         try:
-            return await self.runner.invoke(request, invocation)
+            with self._tracked(invocation):
+                return await self.runner.invoke(request, invocation)
         finally:
             invocation.close()
-            self.inflight.discard(invocation)
-            self.metrics.inflight.dec()
-            if not self.inflight:
-                self._idle.set()
             logger.info(
                 "invocation",
                 id=invocation.id,
@@ -113,6 +118,20 @@ class Watchdog:
                 error=invocation.outcome.error.message if invocation.outcome.error else None,
                 seconds=round(invocation.outcome.duration, 4),
             )
+
+    @contextlib.contextmanager
+    def _tracked(self, work: object) -> Iterator[None]:
+        """Counts `work` in flight: for max_inflight, the metrics and the drain at shutdown."""
+        self.inflight.add(work)
+        self._idle.clear()
+        self.metrics.inflight.inc()
+        try:
+            yield
+        finally:
+            self.inflight.discard(work)
+            self.metrics.inflight.dec()
+            if not self.inflight:
+                self._idle.set()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -126,23 +145,37 @@ class Watchdog:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if self.proxy is not None:
+            try:
+                await self.proxy.start(stop)  # once ready, the server's exit sets `stop` too
+            except BaseException:
+                await self.proxy.close()
+                await runner.cleanup()
+                raise
         if not self.settings.suppress_lock:
             LOCK_FILE.touch()
         self.ready = True
         logger.info("watchdog ready", port=_bound_port(runner, self.settings.port), mode=self.settings.mode)
         await stop.wait()
         await self.shutdown(runner)
-        return 0
+        # The user's server died: exit non-zero so that the orchestrator restarts us.
+        return 1 if self.proxy is not None and self.proxy.failed else 0
 
     async def shutdown(self, runner: web.AppRunner) -> None:
         self.shutting_down = True
         logger.info("shutting down", inflight=len(self.inflight))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.settings.healthcheck_interval)
-        for invocation in list(self.inflight):
-            logger.warning("killing an invocation still running", id=invocation.id)
-            invocation.close()
+        for work in list(self.inflight):
+            if isinstance(work, Invocation):
+                logger.warning("killing an invocation still running", id=work.id)
+                work.close()
+            elif isinstance(work, asyncio.Task):
+                logger.warning("cutting a proxied request still running")
+                work.cancel()  # else the runner's cleanup would wait for it for a minute
         await runner.cleanup()  # cancels handlers still running, closes connections
+        if self.proxy is not None:
+            await self.proxy.close()  # the user's server, after the requests it was serving
         if not self.settings.suppress_lock:
             LOCK_FILE.unlink(missing_ok=True)
 

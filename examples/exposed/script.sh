@@ -1,0 +1,43 @@
+#!/bin/sh
+# An exposed service (mode: http): the watchdog runs this script once and proxies every
+# request to the server it starts, which must listen on 127.0.0.1:$upstream_port.
+# A real service would load its model here, once, and serve many requests with it.
+# `exec` makes the server the process the watchdog watches: if it dies, the watchdog
+# exits non-zero and the orchestrator restarts the container.
+exec python3 - <<'PY'
+import json
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MODEL = os.environ.get("MODEL", "tiny")  # from environment.variables in the config
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the watchdog reuses its connections
+
+    def _send(self, status, body, content_type):
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/":
+            self._send(200, f"Hello from an exposed service (model {MODEL})\n", "text/plain")
+        else:
+            self._send(404, "not found\n", "text/plain")
+
+    def do_POST(self):
+        if self.path != "/predict":
+            self._send(404, "not found\n", "text/plain")
+            return
+        text = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        result = {"model": MODEL, "length": len(text), "upper": text.upper()}
+        self._send(200, json.dumps(result) + "\n", "application/json")
+
+
+port = int(os.environ.get("upstream_port", "8081"))
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+PY

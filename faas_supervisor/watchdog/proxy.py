@@ -1,0 +1,423 @@
+"""HTTP mode: one long-running user server, every request proxied to it (SPEC 4.4).
+
+For OSCAR's exposed services, which load a model once and serve many requests. The
+user's script (`/bin/sh SCRIPT`) is started once, in its own process group, and must
+listen on `127.0.0.1:upstream_port`. Requests are forwarded as they come: any method,
+bodies streamed both ways through one keep-alive client session, hop-by-hop headers
+dropped, WebSocket upgrades pumped frame by frame. The server (the Watchdog) keeps the
+reserved paths, the limits and the shutdown; this module owns the upstream process and
+the forwarding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from faas_supervisor.config import WatchdogSettings
+from faas_supervisor.errors import ConfigError, FaasError, PayloadTooLarge, RequestTimeout
+from faas_supervisor.invocation import Runtime
+from faas_supervisor.logs import get_logger
+from faas_supervisor.watchdog.metrics import Metrics
+
+UPSTREAM_HOST = "127.0.0.1"
+READ_CHUNK = 256 * 1024
+CONNECT_POLL = 0.05  # seconds between connection attempts while the server starts
+TERM_GRACE = 5.0  # seconds the server gets after SIGTERM before SIGKILL
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded. `Expect` too: our
+# own server already answered `100 Continue`; the upstream gets the body straight away.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    }
+)
+# The WebSocket handshake is negotiated separately on each leg.
+WS_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
+logger = get_logger(component="watchdog")
+
+
+def forwarded_headers(
+    headers: CIMultiDictProxy[str], drop: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    """The end-to-end headers: hop-by-hop ones and those `Connection` names removed."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+    }
+    return CIMultiDict(
+        (name, value)
+        for name, value in headers.items()
+        if name.lower() not in HOP_BY_HOP and name.lower() not in named and name.lower() not in drop
+    )
+
+
+class UpstreamServer:
+    """The user's server process: started once, watched, terminated with its group."""
+
+    def __init__(self, runtime: Runtime, settings: WatchdogSettings) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.process: asyncio.subprocess.Process | None = None
+        self.stopping = False  # set once we terminate it ourselves
+
+    def environment(self) -> dict[str, str]:
+        env = dict(self.runtime.base_env)
+        env.update(self.runtime.config.variables)
+        # Set even when the default was used, so the script can write `--port $upstream_port`.
+        env["upstream_port"] = str(self.settings.upstream_port)
+        return env
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            str(self.runtime.script),
+            env=self.environment(),
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: whatever it forks goes with it
+        )
+        logger.info("upstream server started", pid=self.process.pid)
+
+    async def wait_listening(self, stop: asyncio.Event) -> bool:
+        """True once the port accepts a connection; False if `stop` was set meanwhile.
+
+        A port has no readiness event to await, so it is polled; the process's exit and
+        `stop` are awaited between attempts, so neither waits for the next poll.
+        """
+        assert self.process is not None
+        timeout = self.settings.upstream_start_timeout
+        deadline = time.monotonic() + timeout
+        exited = asyncio.ensure_future(self.process.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                if exited.done():
+                    raise ConfigError(
+                        f"the server exited with status {exited.result()} before listening on "
+                        f"{UPSTREAM_HOST}:{self.settings.upstream_port}"
+                    )
+                if stopped.done():
+                    return False
+                if await _accepts(UPSTREAM_HOST, self.settings.upstream_port):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConfigError(
+                        f"the server did not listen on {UPSTREAM_HOST}:"
+                        f"{self.settings.upstream_port} within upstream_start_timeout "
+                        f"({timeout:g} s)"
+                    )
+                await asyncio.wait({exited, stopped}, timeout=min(CONNECT_POLL, left),
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            stopped.cancel()
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        return await self.process.wait()
+
+    async def terminate(self) -> None:
+        """SIGTERM to the whole group, SIGKILL after TERM_GRACE, and always reap."""
+        self.stopping = True
+        if self.process is None:
+            return
+        _signal_group(self.process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), TERM_GRACE)
+        except TimeoutError:
+            logger.warning("upstream server ignored SIGTERM; killing it", pid=self.process.pid)
+        # SIGKILL the group whatever happened: children the server left behind go too.
+        _signal_group(self.process.pid, signal.SIGKILL)
+        await self.process.wait()
+
+
+class ProxyRunner:
+    """Forwards requests and WebSocket sessions to the upstream server."""
+
+    def __init__(self, runtime: Runtime, settings: WatchdogSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.server = UpstreamServer(runtime, settings)
+        self.failed = False  # the server exited on its own: the watchdog must exit non-zero
+        self._session: aiohttp.ClientSession | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        """Start the server and wait for its port; True when ready, False if stopped first.
+
+        Raises ConfigError (one line) when it exits or never listens. Once ready, its exit
+        sets `failed` and `stop`, so the watchdog drains and exits non-zero.
+        """
+        await self.server.start()
+        if not await self.server.wait_listening(stop):
+            return False
+        self._session = aiohttp.ClientSession(
+            # We enforce max_inflight ourselves; the connector must not queue below it.
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,  # bytes pass through with their Content-Encoding
+            cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies never reach another
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+        self._watcher = asyncio.create_task(self._watch(stop))
+        logger.info("upstream server listening", port=self.settings.upstream_port)
+        return True
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        code = await self.server.wait()
+        if not self.server.stopping:
+            self.failed = True
+            logger.error("upstream server exited; stopping", status=code)
+            stop.set()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.server.terminate()
+        if self._watcher is not None:
+            await self._watcher
+
+    # ---- forwarding ------------------------------------------------------------------
+
+    def _url(self, request: web.Request) -> URL:
+        rel = request.rel_url
+        return URL.build(scheme="http", host=UPSTREAM_HOST, port=self.settings.upstream_port,
+                         path=rel.raw_path, query_string=rel.raw_query_string, encoded=True)
+
+    def _headers(
+        self, request: web.Request, drop: frozenset[str] = frozenset()
+    ) -> CIMultiDict[str]:
+        headers = forwarded_headers(request.headers, drop)
+        # Host is kept as the client sent it (apps build their own URLs from it).
+        peer = request.remote or ""
+        previous = request.headers.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
+        headers.setdefault("X-Forwarded-Host", request.host)
+        headers.setdefault("X-Forwarded-Proto", request.scheme)
+        return headers
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        if _is_websocket(request):
+            return await self._websocket(request)
+        assert self._session is not None
+        body = _RequestBody(request, self.settings, self.metrics) if request.body_exists else None
+        timeout = self.settings.exec_timeout or None
+        try:
+            # exec_timeout bounds the wait for the upstream's answer, not the streaming.
+            async with asyncio.timeout(timeout):
+                upstream = await self._session.request(
+                    request.method,
+                    self._url(request),
+                    headers=self._headers(request),
+                    data=body.chunks() if body else None,
+                    allow_redirects=False,
+                )
+        except TimeoutError:
+            return _error(504, f"the server did not answer within exec_timeout ({timeout:g} s)")
+        except aiohttp.ClientError as exc:
+            if body is not None and body.error is not None:
+                return _error(body.error.http_status, body.error.message, close=True)
+            return _error(502, f"the server did not answer: {exc or type(exc).__name__}")
+        try:
+            return await self._relay(request, upstream)
+        finally:
+            upstream.release()
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(forwarded_headers(upstream.headers))
+        await response.prepare(request)
+        sent = 0
+        try:
+            async for chunk in upstream.content.iter_any():
+                async with asyncio.timeout(self.settings.write_timeout or None):
+                    await response.write(chunk)
+                sent += len(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Headers are gone already: the only honest signal left is a cut connection,
+            # so that the client does not take a truncated body for a whole one.
+            logger.warning("response cut short", path=request.path,
+                           error=str(exc) or type(exc).__name__)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        finally:
+            self.metrics.bytes_out.inc(sent)
+        await response.write_eof()
+        return response
+
+    # ---- WebSockets ------------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        """Connect upstream first, so its answer (refusal, subprotocol) is the client's."""
+        assert self._session is not None
+        offered = [p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", ())
+                   for p in value.split(",") if p.strip()]
+        limit = self.settings.max_body_size  # aiohttp's 4 MiB default would be ours, not theirs
+        try:
+            upstream = await self._session.ws_connect(
+                self._url(request),
+                headers=self._headers(request, drop=WS_HANDSHAKE),
+                protocols=offered,
+                autoclose=False,  # close frames are relayed with their code, not answered
+                max_msg_size=limit,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            return _error(exc.status if exc.status >= 400 else 502,
+                          f"the server refused the WebSocket: {exc.message}")
+        except aiohttp.ClientError as exc:
+            return _error(502, f"the server did not answer: {exc or type(exc).__name__}")
+        client = web.WebSocketResponse(
+            protocols=(upstream.protocol,) if upstream.protocol else (),
+            autoclose=False,
+            max_msg_size=limit,
+        )
+        try:
+            await client.prepare(request)
+            await self._pump_both(client, upstream)
+        finally:
+            await upstream.close()
+        return client
+
+    async def _pump_both(
+        self, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+    ) -> None:
+        """Relay until one side closes, then pass its close code to the other."""
+        inbound = asyncio.create_task(self._pump(client, upstream, self.metrics.bytes_in.inc))
+        outbound = asyncio.create_task(self._pump(upstream, client, self.metrics.bytes_out.inc))
+        try:
+            done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (inbound, outbound):
+                task.cancel()
+            await asyncio.gather(inbound, outbound, return_exceptions=True)
+        code, reason = done.pop().result()
+        # Both at once: the closing side waits for our reply, the other side for our close.
+        await asyncio.gather(client.close(code=code, message=reason),
+                             upstream.close(code=code, message=reason))
+
+    @staticmethod
+    async def _pump(
+        source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        count: Callable[[int], None],
+    ) -> tuple[int, bytes]:
+        """Copy messages until `source` closes; its close code and reason are returned."""
+        while True:
+            msg = await source.receive()
+            if msg.type is WSMsgType.TEXT:
+                count(len(msg.data))
+                await sink.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                count(len(msg.data))
+                await sink.send_bytes(msg.data)
+            elif msg.type is WSMsgType.CLOSE:
+                return _sendable(msg.data), (msg.extra or "").encode()
+            elif msg.type is WSMsgType.ERROR:
+                return aiohttp.WSCloseCode.INTERNAL_ERROR, b""
+            elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return aiohttp.WSCloseCode.GOING_AWAY, b""
+            # PING and PONG are answered by aiohttp on each leg (autoping).
+
+
+class _RequestBody:
+    """The client's body as it arrives, bounded by max_body_size and read_timeout.
+
+    aiohttp wraps whatever the generator raises, so the reason is kept here for the reply.
+    """
+
+    def __init__(self, request: web.Request, settings: WatchdogSettings, metrics: Metrics) -> None:
+        self.request = request
+        self.settings = settings
+        self.metrics = metrics
+        self.error: FaasError | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        limit, total = self.settings.max_body_size, 0
+        read_timeout = self.settings.read_timeout or None
+        while True:
+            try:
+                async with asyncio.timeout(read_timeout):
+                    chunk = await self.request.content.read(READ_CHUNK)
+            except TimeoutError:
+                self.error = RequestTimeout(
+                    f"request body stalled for read_timeout ({self.settings.read_timeout:g} s)")
+                raise
+            if not chunk:
+                return
+            total += len(chunk)
+            if limit and total > limit:
+                self.error = PayloadTooLarge(f"request body is over max_body_size ({limit} bytes)")
+                raise self.error
+            self.metrics.bytes_in.inc(len(chunk))
+            yield chunk
+
+
+def _is_websocket(request: web.Request) -> bool:
+    connection = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
+    return (
+        request.method == "GET"
+        and request.headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in connection
+    )
+
+
+def _sendable(code: object) -> int:
+    """A close code that may go on the wire (1005, 1006 and 1015 are reserved)."""
+    if isinstance(code, int) and (1000 <= code <= 1003 or 1007 <= code <= 1014 or
+                                  3000 <= code <= 4999):
+        return code
+    return int(aiohttp.WSCloseCode.OK)
+
+
+def _error(status: int, message: str, close: bool = False) -> web.Response:
+    return web.Response(status=status, text=message + "\n",
+                        headers={"Connection": "close"} if close else None)
+
+
+async def _accepts(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+

@@ -1,0 +1,128 @@
+"""A user's long-running server for the http-mode tests, started by the user's script.
+
+Listens on 127.0.0.1:$upstream_port. Each route exposes one thing the tests check from
+the far side of the proxy: what arrived (method, path, headers, body digest), streamed
+bodies, a request held open until released, WebSocket echo, and a way to die.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+from aiohttp import WSMsgType, web
+
+BLOCK = 1 << 20
+
+
+def block(i: int) -> bytes:
+    """The i-th MiB of /bytes: distinct per block, so reordering would show."""
+    return hashlib.sha256(str(i).encode()).digest() * (BLOCK // 32)
+
+
+async def echo(request: web.Request) -> web.Response:
+    digest, length = hashlib.sha256(), 0
+    async for chunk in request.content.iter_any():
+        digest.update(chunk)
+        length += len(chunk)
+    response = web.json_response({
+        "method": request.method,
+        "path_qs": request.raw_path,
+        "headers": [[k, v] for k, v in request.headers.items()],
+        "sha256": digest.hexdigest(),
+        "length": length,
+    })
+    response.headers.add("Set-Cookie", "a=1")
+    response.headers.add("Set-Cookie", "b=2")
+    response.headers["X-Upstream"] = "yes"
+    return response
+
+
+async def sized_bytes(request: web.Request) -> web.StreamResponse:
+    n = int(request.query["mib"])
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    if "length" in request.query:
+        response.content_length = n * BLOCK
+    await response.prepare(request)
+    for i in range(n):
+        await response.write(block(i))
+    await response.write_eof()
+    return response
+
+
+async def status(request: web.Request) -> web.Response:
+    code = int(request.match_info["code"])
+    headers = {"Location": "/elsewhere"} if 300 <= code < 400 else None
+    return web.Response(status=code, text=None if code == 204 else f"status {code}\n",
+                        headers=headers)
+
+
+async def hold(request: web.Request) -> web.StreamResponse:
+    """Answer headers and a first line, then wait for POST /release."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(b"started\n")
+    await request.app["release"].wait()
+    await response.write(b"done\n")
+    await response.write_eof()
+    return response
+
+
+async def release(request: web.Request) -> web.Response:
+    request.app["release"].set()
+    return web.Response(text="released\n")
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(protocols=("chat",))
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            if msg.data == "close-me":
+                await ws.close(code=4001, message=b"asked to")
+                break
+            await ws.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    request.app["last_close"] = ws.close_code
+    return ws
+
+
+async def last_close(request: web.Request) -> web.Response:
+    return web.json_response({"code": request.app["last_close"]})
+
+
+async def pids(_request: web.Request) -> web.Response:
+    return web.json_response({"pid": os.getpid(), "ppid": os.getppid()})
+
+
+async def env(_request: web.Request) -> web.Response:
+    return web.json_response({"GREETING": os.environ.get("GREETING")})
+
+
+async def die(_request: web.Request) -> web.Response:
+    os._exit(3)
+
+
+def app() -> web.Application:
+    application = web.Application()
+    application["release"] = asyncio.Event()
+    application["last_close"] = None
+    application.router.add_get("/bytes", sized_bytes)
+    application.router.add_get("/status/{code}", status)
+    application.router.add_get("/hold", hold)
+    application.router.add_post("/release", release)
+    application.router.add_get("/ws", websocket)
+    application.router.add_get("/last-close", last_close)
+    application.router.add_get("/pid", pids)
+    application.router.add_get("/env", env)
+    application.router.add_post("/die", die)
+    application.router.add_route("*", "/echo{tail:.*}", echo)
+    application.router.add_post("/sha256", echo)
+    return application
+
+
+if __name__ == "__main__":
+    port = int(os.environ["upstream_port"])  # noqa: SIM112 - the watchdog's name for it
+    web.run_app(app(), host="127.0.0.1", port=port, print=None)

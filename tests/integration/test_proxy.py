@@ -1,0 +1,337 @@
+"""http mode (SPEC 4.4): a real watchdog proxying to a real user server, over loopback.
+
+The user's script starts `proxy_upstream.py` (an aiohttp app); the tests talk to the
+watchdog and, to release held requests or check what arrived, to the upstream directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import requests
+import urllib3
+
+from tests.integration.conftest import EXAMPLES, WatchdogFactory, WatchdogProcess, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+UPSTREAM_APP = Path(__file__).with_name("proxy_upstream.py")
+MIB = 1 << 20
+# environment.variables reach the server: the script finds Python and the app through them.
+CONFIG = f"""
+name: exposed
+environment:
+  variables:
+    PYTHON: {sys.executable}
+    APP: {UPSTREAM_APP}
+    GREETING: hello from the config
+"""
+SERVER_SCRIPT = 'exec "$PYTHON" "$APP"\n'
+
+
+@dataclass
+class Exposed:
+    wd: WatchdogProcess
+    upstream_port: int
+
+    @property
+    def url(self) -> str:
+        return self.wd.url
+
+    @property
+    def upstream(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}"
+
+    def log(self) -> str:
+        return self.wd.log.read_text(errors="replace")
+
+
+def start_exposed(watchdog: WatchdogFactory, script: str = SERVER_SCRIPT, wait: bool = True,
+                  **settings: str) -> Exposed:
+    port = free_port()
+    env = {"mode": "http", "upstream_port": str(port), **settings}
+    return Exposed(watchdog(script, CONFIG, env=env, wait=wait), port)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Poll another process's state: across processes there is no event to await."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def health(url: str) -> int:
+    try:
+        return requests.get(f"{url}/_/health", timeout=5).status_code
+    except requests.ConnectionError:
+        return -1
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes (its parent may not have reaped it yet).
+    return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def held(url: str) -> requests.Response:
+    """A request the upstream holds open: returns once its first line came through."""
+    response = requests.get(f"{url}/hold", stream=True, timeout=30)
+    assert response.status_code == 200
+    assert response.raw.read(8) == b"started\n"
+    return response
+
+
+@pytest.fixture
+def exposed(watchdog: WatchdogFactory) -> Iterator[Exposed]:
+    yield start_exposed(watchdog)
+
+
+# ---- forwarding ------------------------------------------------------------------------
+
+
+def test_methods_paths_queries_and_headers_pass_through(exposed: Exposed) -> None:
+    response = requests.get(
+        f"{exposed.url}/echo/a%2Fb?x=1&y=%20z&x=2",
+        headers={"X-Custom": "kept", "Connection": "keep-alive, X-Private", "X-Private": "hop"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    seen = response.json()
+    assert seen["method"] == "GET"
+    assert seen["path_qs"] == "/echo/a%2Fb?x=1&y=%20z&x=2"  # not decoded nor re-encoded
+    headers = {k.lower(): v for k, v in seen["headers"]}
+    assert headers["x-custom"] == "kept"
+    assert "x-private" not in headers  # named in Connection: hop-by-hop
+    assert headers["host"] == f"127.0.0.1:{exposed.wd.port}"  # the client's Host, kept
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert response.headers["X-Upstream"] == "yes"
+    assert response.raw.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
+
+    for method in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        body = method.encode() * 1000
+        answer = requests.request(method, f"{exposed.url}/echo/m", data=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["method"] == method
+        assert answer.json()["sha256"] == hashlib.sha256(body).hexdigest()
+
+    head = requests.head(f"{exposed.url}/echo", timeout=10)
+    assert head.status_code == 200 and head.content == b""
+
+    assert requests.get(f"{exposed.url}/env", timeout=10).json() == {
+        "GREETING": "hello from the config"
+    }
+
+
+def test_statuses_are_the_servers_and_redirects_are_not_followed(exposed: Exposed) -> None:
+    teapot = requests.get(f"{exposed.url}/status/418", timeout=10)
+    assert (teapot.status_code, teapot.text) == (418, "status 418\n")
+    assert requests.get(f"{exposed.url}/status/204", timeout=10).status_code == 204
+    moved = requests.get(f"{exposed.url}/status/302", allow_redirects=False, timeout=10)
+    assert (moved.status_code, moved.headers["Location"]) == (302, "/elsewhere")
+    assert requests.get(f"{exposed.url}/nowhere", timeout=10).status_code == 404
+
+
+def test_reserved_paths_stay_the_watchdogs(exposed: Exposed) -> None:
+    assert requests.get(f"{exposed.url}/_/health", timeout=10).text == "OK\n"
+    assert requests.get(f"{exposed.url}/_/ready", timeout=10).status_code == 200
+    requests.get(f"{exposed.url}/echo", timeout=10)
+    metrics = requests.get(f"{exposed.url}/metrics", timeout=10).text
+    assert 'faas_invocations_total{code="200"}' in metrics
+    assert requests.post(f"{exposed.url}/_/health", timeout=10).status_code == 405
+
+
+def test_large_bodies_stream_both_ways_in_small_memory(exposed: Exposed) -> None:
+    size = 64 * MIB
+    chunk = os.urandom(MIB)
+    before = peak_rss(exposed.wd.process.pid)
+
+    def upload() -> Iterator[bytes]:  # chunked: the proxy cannot know the length up front
+        for _ in range(size // MIB):
+            yield chunk
+
+    expected = hashlib.sha256(chunk * (size // MIB)).hexdigest()
+    answer = requests.post(f"{exposed.url}/sha256", data=upload(), timeout=60)
+    assert answer.status_code == 200
+    assert (answer.json()["length"], answer.json()["sha256"]) == (size, expected)
+
+    for query in ("mib=64", "mib=64&length=1"):  # chunked, then with a Content-Length
+        digest, total = hashlib.sha256(), 0
+        with requests.get(f"{exposed.url}/bytes?{query}", stream=True, timeout=60) as download:
+            assert download.status_code == 200
+            for data in download.iter_content(MIB):
+                digest.update(data)
+                total += len(data)
+        reference = hashlib.sha256()
+        for i in range(64):
+            reference.update(hashlib.sha256(str(i).encode()).digest() * (MIB // 32))
+        assert (total, digest.hexdigest()) == (size, reference.hexdigest())
+
+    grown = peak_rss(exposed.wd.process.pid) - before
+    print(f"watchdog peak RSS grew by {grown / MIB:.1f} MiB for 3 x 64 MiB through it")
+    assert grown < 16 * MIB
+
+
+def test_body_over_max_body_size_is_413(watchdog: WatchdogFactory) -> None:
+    exposed = start_exposed(watchdog, max_body_size="1000")
+    assert requests.post(f"{exposed.url}/sha256", data=b"x" * 2000, timeout=10).status_code == 413
+
+    def chunked() -> Iterator[bytes]:
+        yield b"x" * 600
+        yield b"x" * 600
+
+    assert requests.post(f"{exposed.url}/sha256", data=chunked(), timeout=10).status_code == 413
+    assert requests.post(f"{exposed.url}/sha256", data=b"x" * 900, timeout=10).status_code == 200
+
+
+# ---- WebSockets ------------------------------------------------------------------------
+
+
+async def test_websocket_echo_both_ways_with_close_codes(exposed: Exposed) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{exposed.url}/ws", protocols=("x", "chat")) as ws:
+            assert ws.protocol == "chat"  # negotiated with the upstream, passed back
+            await ws.send_str("hello")
+            assert (await ws.receive_str(timeout=10)) == "hello"
+            payload = os.urandom(MIB)
+            await ws.send_bytes(payload)
+            assert (await ws.receive_bytes(timeout=10)) == payload
+            await ws.send_str("close-me")  # the upstream closes with 4001
+            msg = await ws.receive(timeout=10)
+            assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4001, "asked to")
+
+        async with session.ws_connect(f"{exposed.url}/ws") as ws:
+            await ws.send_str("ping?")
+            assert (await ws.receive_str(timeout=10)) == "ping?"
+            await ws.close(code=4002)  # the client closes: the upstream sees 4002
+        async with session.get(f"{exposed.upstream}/last-close") as answer:
+            assert (await answer.json()) == {"code": 4002}
+
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(f"{exposed.url}/no-ws-here")
+        assert refused.value.status == 404
+
+
+# ---- limits and lifecycle --------------------------------------------------------------
+
+
+def test_max_inflight_answers_429(watchdog: WatchdogFactory) -> None:
+    exposed = start_exposed(watchdog, max_inflight="2")
+    first, second = held(exposed.url), held(exposed.url)
+    assert requests.get(f"{exposed.url}/echo", timeout=10).status_code == 429
+    assert requests.get(f"{exposed.url}/_/ready", timeout=10).status_code == 503
+    requests.post(f"{exposed.upstream}/release", timeout=10)  # straight to the upstream
+    assert first.raw.read() == b"done\n" and second.raw.read() == b"done\n"
+    wait_until(lambda: requests.get(f"{exposed.url}/_/ready", timeout=5).status_code == 200,
+               "the watchdog to be ready again")
+    assert requests.get(f"{exposed.url}/echo", timeout=10).status_code == 200
+    metrics = requests.get(f"{exposed.url}/metrics", timeout=10).text
+    assert 'faas_invocations_total{code="429"} 1.0' in metrics
+
+
+def test_sigterm_drains_in_flight_requests_then_stops_the_server(exposed: Exposed) -> None:
+    server_pid = requests.get(f"{exposed.url}/pid", timeout=10).json()["pid"]
+    response = held(exposed.url)
+    exposed.wd.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: health(exposed.url) == 503, "health to turn 503")
+    assert requests.get(f"{exposed.url}/echo", timeout=10).status_code == 503
+    assert is_running(server_pid)  # still serving what is in flight
+    requests.post(f"{exposed.upstream}/release", timeout=10)
+    assert response.raw.read() == b"done\n"
+    assert exposed.wd.process.wait(30) == 0
+    assert not is_running(server_pid)
+
+
+def test_drain_gives_up_after_healthcheck_interval(watchdog: WatchdogFactory) -> None:
+    exposed = start_exposed(watchdog, healthcheck_interval="1s")
+    server_pid = requests.get(f"{exposed.url}/pid", timeout=10).json()["pid"]
+    response = held(exposed.url)  # never released
+    started = time.monotonic()
+    exposed.wd.process.send_signal(signal.SIGTERM)
+    assert exposed.wd.process.wait(30) == 0
+    assert time.monotonic() - started < 15
+    with contextlib.suppress(urllib3.exceptions.HTTPError):  # cut short: never "done"
+        assert b"done" not in response.raw.read()
+    assert not is_running(server_pid)
+
+
+def test_server_exit_stops_the_watchdog_non_zero(exposed: Exposed) -> None:
+    answer = requests.post(f"{exposed.url}/die", timeout=10)  # the server exits with 3
+    assert answer.status_code == 502
+    assert exposed.wd.process.wait(30) == 1
+    assert "upstream server exited" in exposed.log()
+
+
+def test_server_death_turns_health_503_while_draining(watchdog: WatchdogFactory) -> None:
+    # The script stays the watched process; the app is its child, in the same group.
+    exposed = start_exposed(watchdog, script='"$PYTHON" "$APP" &\nwait\n')
+    pids = requests.get(f"{exposed.url}/pid", timeout=10).json()
+    response = held(exposed.url)
+    os.kill(pids["ppid"], signal.SIGKILL)  # the script dies; its server serves on
+    wait_until(lambda: health(exposed.url) == 503, "health to turn 503")
+    requests.post(f"{exposed.upstream}/release", timeout=10)
+    assert response.raw.read() == b"done\n"
+    assert exposed.wd.process.wait(30) == 1
+    assert not is_running(pids["pid"])  # the group went with it
+
+
+def test_server_that_never_listens_fails_start_up(
+    watchdog: WatchdogFactory, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "server.pid"
+    exposed = start_exposed(watchdog, script=f"echo $$ > {pid_file}\nexec sleep 60\n",
+                            wait=False, upstream_start_timeout="1")
+    assert exposed.wd.process.wait(30) == 2
+    lines = exposed.log().strip().splitlines()
+    assert lines[-1] == (
+        f"faas-supervisor: error: the server did not listen on 127.0.0.1:{exposed.upstream_port}"
+        " within upstream_start_timeout (1 s)"
+    )
+    assert "Traceback" not in exposed.log()
+    assert not is_running(int(pid_file.read_text()))
+
+
+def test_server_that_exits_at_start_fails_start_up(watchdog: WatchdogFactory) -> None:
+    exposed = start_exposed(watchdog, script="echo cannot load the model >&2\nexit 3\n",
+                            wait=False)
+    assert exposed.wd.process.wait(30) == 2
+    log = exposed.log()
+    assert "cannot load the model" in log
+    assert log.strip().splitlines()[-1] == (
+        "faas-supervisor: error: the server exited with status 3 before listening on "
+        f"127.0.0.1:{exposed.upstream_port}"
+    )
+
+
+def test_the_exposed_example_serves(watchdog: WatchdogFactory) -> None:
+    port = free_port()
+    example = EXAMPLES / "exposed"
+    wd = watchdog(example / "script.sh", example / "function_config.yaml",
+                  env={"mode": "http", "upstream_port": str(port)})
+    hello = requests.get(f"{wd.url}/", timeout=10)
+    assert hello.status_code == 200 and "exposed" in hello.text
+    answer = requests.post(f"{wd.url}/predict", data="some text", timeout=10)
+    assert answer.status_code == 200
+    assert answer.json()["upper"] == "SOME TEXT"
+    assert wd.stop() == 0
