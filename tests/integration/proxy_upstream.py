@@ -32,6 +32,7 @@ async def echo(request: web.Request) -> web.Response:
         "headers": [[k, v] for k, v in request.headers.items()],
         "sha256": digest.hexdigest(),
         "length": length,
+        "peer_port": request.transport.get_extra_info("peername")[1] if request.transport else 0,
     })
     response.headers.add("Set-Cookie", "a=1")
     response.headers.add("Set-Cookie", "b=2")
@@ -66,6 +67,22 @@ async def hold(request: web.Request) -> web.StreamResponse:
     await request.app["release"].wait()
     await response.write(b"done\n")
     await response.write_eof()
+    return response
+
+
+async def late(request: web.Request) -> web.Response:
+    """No headers at all until POST /release."""
+    await request.app["release"].wait()
+    return web.Response(text="late\n")
+
+
+async def broken(request: web.Request) -> web.StreamResponse:
+    """Half a chunked body, then the connection cut: a truncated response."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(b"partial " * 1000)
+    assert request.transport is not None
+    request.transport.abort()
     return response
 
 
@@ -113,6 +130,8 @@ def app() -> web.Application:
     application.router.add_get("/status/{code}", status)
     application.router.add_get("/hold", hold)
     application.router.add_post("/release", release)
+    application.router.add_get("/late", late)
+    application.router.add_get("/broken", broken)
     application.router.add_get("/ws", websocket)
     application.router.add_get("/last-close", last_close)
     application.router.add_get("/pid", pids)

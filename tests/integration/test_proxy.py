@@ -153,6 +153,29 @@ def test_statuses_are_the_servers_and_redirects_are_not_followed(exposed: Expose
     assert requests.get(f"{exposed.url}/nowhere", timeout=10).status_code == 404
 
 
+def test_connections_to_the_server_are_kept_alive(exposed: Exposed) -> None:
+    ports = {requests.get(f"{exposed.url}/echo", timeout=10).json()["peer_port"]
+             for _ in range(5)}
+    assert len(ports) == 1  # one pooled connection, reused
+
+
+def test_a_response_cut_by_the_server_is_cut_for_the_client(exposed: Exposed) -> None:
+    # Passing the truncated body on as a complete one would hide the server's failure.
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        requests.get(f"{exposed.url}/broken", timeout=10)
+    assert requests.get(f"{exposed.url}/echo", timeout=10).status_code == 200
+
+
+def test_exec_timeout_bounds_the_wait_for_the_servers_answer(watchdog: WatchdogFactory) -> None:
+    exposed = start_exposed(watchdog, exec_timeout="1s")
+    answer = requests.get(f"{exposed.url}/late", timeout=30)
+    assert answer.status_code == 504
+    assert answer.text == "the server did not answer within exec_timeout (1 s)\n"
+    requests.post(f"{exposed.upstream}/release", timeout=10)
+    assert requests.get(f"{exposed.url}/late", timeout=10).text == "late\n"
+    assert requests.get(f"{exposed.url}/hold", timeout=10).text == "started\ndone\n"
+
+
 def test_reserved_paths_stay_the_watchdogs(exposed: Exposed) -> None:
     assert requests.get(f"{exposed.url}/_/health", timeout=10).text == "OK\n"
     assert requests.get(f"{exposed.url}/_/ready", timeout=10).status_code == 200
@@ -309,6 +332,21 @@ def test_server_that_never_listens_fails_start_up(
         " within upstream_start_timeout (1 s)"
     )
     assert "Traceback" not in exposed.log()
+    assert not is_running(int(pid_file.read_text()))
+
+
+def test_sigterm_while_the_server_starts_stops_cleanly(
+    watchdog: WatchdogFactory, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "server.pid"
+    exposed = start_exposed(watchdog, script=f"echo $$ > {pid_file}\nexec sleep 60\n",
+                            wait=False)
+    wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", "the script to start")
+    assert health(exposed.url) == 503  # listening, but not ready while the server starts
+    starting = requests.get(f"{exposed.url}/echo", timeout=10)
+    assert (starting.status_code, starting.text) == (503, "the watchdog is starting\n")
+    exposed.wd.process.send_signal(signal.SIGTERM)
+    assert exposed.wd.process.wait(30) == 0
     assert not is_running(int(pid_file.read_text()))
 
 
