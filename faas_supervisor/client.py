@@ -247,6 +247,11 @@ async def cmd_run(client: ControllerClient, args: argparse.Namespace) -> int:
     from faas_supervisor.progress import Progress
     from faas_supervisor.transfer import NotBase64, write_result
 
+    if args.output:
+        # Found before sending, not after a large upload.
+        target = Path(args.output)
+        if target.is_dir() or not (target.parent if str(target.parent) else Path(".")).is_dir():
+            raise ConfigError(f"--output {target}: not a file in an existing folder")
     token = await _token(client, args)
     path = service_path("/run", args.name)
     with _input(args) as (source, size):

@@ -521,6 +521,9 @@ def test_run_usage_errors(faas: Any, fake: FakeController, tmp_path: Path) -> No
     assert missing.status == 2
     assert missing.err.endswith("No such file or directory\n")
     assert faas("run", "unknown", "--text-input", "x").status == 1
+    for output in (tmp_path, tmp_path / "no" / "such"):
+        bad = faas("run", "x", "--text-input", "x", "-o", str(output))
+        assert bad.status == 2 and "--output" in bad.err
     assert fake.requests("POST", "/run/x") == []
 
 
