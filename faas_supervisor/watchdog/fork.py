@@ -34,7 +34,9 @@ def request_environment(request: web.Request) -> dict[str, str]:
         env[f"Http_{canonical}"] = value
     env["Http_Method"] = request.method
     env["Http_Path"] = request.path
-    env["Http_Query"] = request.query_string
+    # As sent (`%20` stays `%20`), like the classic watchdog's RawQuery: decoding would
+    # make `a=1%26b=2` and `a=1&b=2` the same.
+    env["Http_Query"] = request.rel_url.raw_query_string
     env["Http_Content_Type"] = request.headers.get("Content-Type", "")
     env["Http_Content_Length"] = request.headers.get("Content-Length", "")
     return env
@@ -103,7 +105,8 @@ class ForkRunner:
             async with asyncio.timeout(self.settings.write_timeout or None):
                 async for chunk in body.stream:
                     if self.settings.write_debug and sent < DEBUG_BYTES:
-                        logger.debug("response body", id=invocation.id,
+                        # At info: write_debug is asked for, and must show at any log_level.
+                        logger.info("response body", id=invocation.id,
                                      data=chunk[: DEBUG_BYTES - sent])
                     sent += len(chunk)
                     await response.write(chunk)

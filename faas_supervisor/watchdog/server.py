@@ -17,7 +17,13 @@ from pathlib import Path
 from aiohttp import web
 
 from faas_supervisor.config import WatchdogSettings
-from faas_supervisor.errors import FaasError, PayloadTooLarge, ShuttingDown, TooManyRequests
+from faas_supervisor.errors import (
+    ConfigError,
+    FaasError,
+    PayloadTooLarge,
+    ShuttingDown,
+    TooManyRequests,
+)
 from faas_supervisor.invocation import Invocation, Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.watchdog.fork import ForkRunner
@@ -60,7 +66,8 @@ class Watchdog:
     async def health(self, _request: web.Request) -> web.Response:
         if self.ready and not self.shutting_down:
             return web.Response(text="OK\n")
-        return web.Response(status=503, text="shutting down\n" if self.shutting_down else "starting\n")
+        text = "shutting down\n" if self.shutting_down else "starting\n"
+        return web.Response(status=503, text=text)
 
     async def ready_check(self, _request: web.Request) -> web.Response:
         if self.ready and not self.shutting_down and not self._at_limit():
@@ -81,6 +88,9 @@ class Watchdog:
             response = await self._invoke(request)
             status = response.status
             return response
+        except web.HTTPException as exc:
+            status = exc.status  # a 405 is counted as a 405, not as a failed invocation
+            raise
         except asyncio.CancelledError:
             status = 499  # the client went away
             raise
@@ -140,7 +150,14 @@ class Watchdog:
         runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.settings.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            # A port in use is a start-up error like a bad config: one line, no traceback.
+            raise ConfigError(
+                f"cannot listen on {self.host}:{self.settings.port}: {exc.strerror}"
+            ) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -155,7 +172,8 @@ class Watchdog:
         if not self.settings.suppress_lock:
             LOCK_FILE.touch()
         self.ready = True
-        logger.info("watchdog ready", port=_bound_port(runner, self.settings.port), mode=self.settings.mode)
+        logger.info("watchdog ready", port=_bound_port(runner, self.settings.port),
+                    mode=self.settings.mode)
         await stop.wait()
         await self.shutdown(runner)
         # The user's server died: exit non-zero so that the orchestrator restarts us.

@@ -1,0 +1,903 @@
+"""The watchdog over real HTTP on loopback: real `faas-supervisor watchdog` processes
+running real scripts (SPEC 3, 4.1, 4.2, 4.3).
+
+"The script is running" is an event the script makes (a marker file it writes, or a FIFO
+it opens), never a guess made with sleep. Every test ends with no invocation folder left.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.conftest import (
+    WatchdogFactory,
+    WatchdogProcess,
+    faas_command,
+    free_port,
+    wait_for_http,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+TEXT = "text/plain; charset=utf-8"
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)  # polling the file system or /proc: there is no event to await
+    pytest.fail(f"not within {timeout} s: {what or predicate}")
+
+
+def wait_for_file(path: Path, timeout: float = 15.0) -> str:
+    wait_until(lambda: path.is_file() and path.read_text().endswith("\n"), timeout,
+               f"{path} written")
+    return path.read_text()
+
+
+def process_gone(pid: int) -> bool:
+    """Gone, or a zombie waiting for its reaper (it no longer runs)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return "\nState:\tZ" in status
+
+
+def no_folders_left(wd: WatchdogProcess) -> None:
+    wait_until(lambda: wd.invocation_folders() == [], 15,
+               f"invocation folders removed: {wd.invocation_folders()}")
+
+
+def open_fifo_writer(path: Path, timeout: float = 20.0) -> int:
+    """Open a FIFO for writing once the script has opened it for reading: it is running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+        time.sleep(0.02)  # a FIFO has no readiness event for a writer without a reader
+    pytest.fail(f"no script opened {path} within {timeout} s")
+
+
+def release(fd: int, line: bytes = b"go\n") -> None:
+    os.write(fd, line)
+    os.close(fd)
+
+
+def b64decode(text: str | bytes) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def raw_request(port: int, head: str, body: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    return sock
+
+
+def read_status(sock: socket.socket) -> int:
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    match = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+    assert match, data[:200]
+    return int(match.group(1))
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name + (f"{{{labels}}}" if labels else "")) + r" ([0-9.e+]+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"{name}{{{labels}}} not in /metrics:\n{text}"
+    return float(match.group(1))
+
+
+def start_failure(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("FUNCTION_CONFIG", "SCRIPT")}
+    full_env.update(env)
+    return subprocess.run([*faas_command(), "watchdog", "--host", "127.0.0.1", *args],
+                          env=full_env, capture_output=True, text=True, timeout=30)
+
+
+# ---- one watchdog shared by the tests of the body and response tables ---------------------
+
+SHARED_SCRIPT = r"""#!/bin/sh
+# What to do comes in the request header X-Mode (the script sees it as Http_X_Mode).
+case "$Http_X_Mode" in
+  copy)
+    cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/out" ;;
+  env)
+    { env -0; printf 'PWD_NOW=%s\0INPUT_COUNT=%s\0' "$(pwd)" "$(ls -A "$TMP_INPUT_DIR" | wc -l)"
+    } > "$TMP_OUTPUT_DIR/env" ;;
+  many)
+    mkdir -p "$TMP_OUTPUT_DIR/sub/deeper"
+    echo a > "$TMP_OUTPUT_DIR/a.txt"
+    echo b > "$TMP_OUTPUT_DIR/sub/b.txt"
+    echo c > "$TMP_OUTPUT_DIR/sub/deeper/c.txt" ;;
+  none)
+    echo "out 1"; echo "err 1" >&2; echo "out 2" ;;
+  fail)
+    echo "before failing"; echo "the reason" >&2; exit 3 ;;
+  links|links-only)
+    ln -s /etc/passwd "$TMP_OUTPUT_DIR/passwd"
+    ln -s /etc "$TMP_OUTPUT_DIR/etc"
+    mkfifo "$TMP_OUTPUT_DIR/fifo"
+    "$PYTHON" -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' \
+      "$TMP_OUTPUT_DIR/sock"
+    [ "$Http_X_Mode" = links ] && echo ok > "$TMP_OUTPUT_DIR/ok.txt"
+    echo "made links" ;;
+  touch)
+    touch "$MARKS/ran-$Http_X_Token" ;;
+  *)
+    echo "unknown mode $Http_X_Mode"; exit 9 ;;
+esac
+"""
+SHARED_CONFIG = """
+name: shared
+log_level: INFO
+environment:
+  variables: {MODEL: small, THREADS: 2}
+"""
+
+
+@pytest.fixture(scope="module")
+def shared_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WatchdogFactory]:
+    factory = WatchdogFactory(tmp_path_factory.mktemp("shared"))
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def shared(shared_factory: WatchdogFactory) -> Iterator[WatchdogProcess]:
+    if not shared_factory.started:
+        marks = shared_factory.tmp_path / "marks"
+        marks.mkdir()
+        shared_factory(SHARED_SCRIPT, SHARED_CONFIG,
+                       env={"MARKS": str(marks), "PYTHON": sys.executable, "WD_OWN": "own"})
+    wd = shared_factory.started[0]
+    assert wd.process.poll() is None, wd.log.read_text()
+    yield wd
+    no_folders_left(wd)
+
+
+def post(wd: WatchdogProcess, mode: str, data: bytes | str | None = None, path: str = "/",
+         headers: dict[str, str] | None = None, **kwargs: object) -> requests.Response:
+    return requests.post(wd.url + path, data=data, headers={"X-Mode": mode, **(headers or {})},
+                         timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+# ---- SPEC 4.1: the body table ----------------------------------------------------------
+
+
+def test_empty_body_runs_without_input_file(shared: WatchdogProcess) -> None:
+    response = post(shared, "env", b"")
+    assert response.status_code == 200, response.text
+    env = dict(kv.split("=", 1) for kv in b64decode(response.text).decode().split("\0") if kv)
+    assert "INPUT_FILE_PATH" not in env
+    assert env["INPUT_COUNT"] == "0"
+    assert Path(env["TMP_INPUT_DIR"]).is_relative_to(shared.tmpdir)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"message": "hello"}', b'[1, 2, {"three": 3}]', b'"a JSON string"',
+     b'  {"with": "blanks around"}\n'],
+    ids=["object", "array", "string", "blanks"],
+)
+def test_json_body_is_the_input_file_byte_for_byte(shared: WatchdogProcess, body: bytes) -> None:
+    response = post(shared, "copy", body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert b64decode(response.text) == body
+
+
+def test_base64_body_with_blanks_and_newlines_is_decoded(shared: WatchdogProcess) -> None:
+    data = os.urandom(10_000)
+    encoded = base64.encodebytes(data)  # 76 columns, newline-terminated lines
+    response = post(shared, "copy", b"  " + encoded.replace(b"\n", b"\r\n ") + b"\n")
+    assert response.status_code == 200, response.text
+    assert b64decode(response.text) == data
+
+
+def test_octet_stream_body_is_saved_raw(shared: WatchdogProcess) -> None:
+    for body in (base64.b64encode(b"not to be decoded"), b'{"not": "parsed"}',
+                 os.urandom(5000)):
+        response = post(shared, "copy", body,
+                        headers={"Content-Type": "application/octet-stream"})
+        assert response.status_code == 200, response.text
+        assert b64decode(response.text) == body
+
+
+@pytest.mark.parametrize("body", [b"hello world!", b"{broken json", b"QUJD=", b"\xff\xfe\x00"])
+def test_anything_else_is_400_and_the_script_does_not_run(shared: WatchdogProcess,
+                                                          body: bytes) -> None:
+    token = uuid.uuid4().hex
+    response = post(shared, "touch", body, headers={"X-Token": token})
+    assert response.status_code == 400
+    first, *_ = response.text.splitlines()
+    assert first and "body" in first
+    no_folders_left(shared)
+    assert not (shared.tmpdir.parent / "marks" / f"ran-{token}").exists()
+    # The same request with a valid body does run it: the check above can fail.
+    assert post(shared, "touch", b"{}", headers={"X-Token": token}).status_code == 200
+    assert (shared.tmpdir.parent / "marks" / f"ran-{token}").exists()
+
+
+# ---- SPEC 4.1: the script's environment ------------------------------------------------
+
+
+def env_of(response: requests.Response) -> dict[str, str]:
+    assert response.status_code == 200, response.text
+    return dict(kv.split("=", 1) for kv in b64decode(response.text).decode().split("\0") if kv)
+
+
+def test_the_scripts_environment(shared: WatchdogProcess) -> None:
+    body = json.dumps({"event": "text", "n": 1}).encode()
+    secret = "Bearer SECRET-" + uuid.uuid4().hex
+    response = post(shared, "env", body, path="/some/path?a=1&b=two%20words",
+                    headers={"Content-Type": "application/json", "X-Custom-Header": "value-1",
+                             "Authorization": secret, "user-agent": "tests/1"})
+    env = env_of(response)
+    # The invocation's folders and input file.
+    input_dir, output_dir = Path(env["TMP_INPUT_DIR"]), Path(env["TMP_OUTPUT_DIR"])
+    assert input_dir.is_relative_to(shared.tmpdir) and output_dir.is_relative_to(shared.tmpdir)
+    assert input_dir != output_dir
+    assert Path(env["INPUT_FILE_PATH"]).parent == input_dir
+    assert re.fullmatch(r"event-file-[0-9a-f-]{36}", Path(env["INPUT_FILE_PATH"]).name)
+    assert env["INPUT_COUNT"] == "1"
+    assert env["PWD_NOW"] == str(input_dir)  # the script runs in its input folder
+    assert env["EVENT"] == body.decode()
+    # The config's variables and the watchdog's own environment.
+    assert (env["MODEL"], env["THREADS"], env["WD_OWN"]) == ("small", "2", "own")
+    # The classic watchdog's request variables.
+    assert env["Http_Method"] == "POST"
+    assert env["Http_Path"] == "/some/path"
+    assert env["Http_Query"] == "a=1&b=two%20words"
+    assert env["Http_Content_Type"] == "application/json"
+    assert env["Http_Content_Length"] == str(len(body))
+    assert env["Http_X_Custom_Header"] == "value-1"
+    assert env["Http_User_Agent"] == "tests/1"
+    # Credentials never reach the script.
+    assert not [k for k in env if "authorization" in k.lower()]
+    assert not [k for k, v in env.items() if "SECRET-" in v]
+
+
+def test_each_invocation_has_its_own_environment_and_folders(shared: WatchdogProcess) -> None:
+    first = env_of(post(shared, "env", b"[1]", path="/one", headers={"X-Only-First": "yes"}))
+    second = env_of(requests.put(shared.url + "/two", data=b"[2]", headers={"X-Mode": "env"},
+                                 timeout=30))
+    assert first["Http_X_Only_First"] == "yes"
+    assert "Http_X_Only_First" not in second  # the watchdog's own environment is unchanged
+    assert second["Http_Method"] == "PUT" and second["Http_Path"] == "/two"
+    assert second["EVENT"] == "[2]"
+    assert first["TMP_INPUT_DIR"] != second["TMP_INPUT_DIR"]
+    assert first["TMP_OUTPUT_DIR"] != second["TMP_OUTPUT_DIR"]
+
+
+def test_chunked_request_has_an_empty_content_length(shared: WatchdogProcess) -> None:
+    env = env_of(post(shared, "env", iter([b'{"a":', b' 1}'])))
+    assert env["Http_Content_Length"] == ""
+    assert env["EVENT"] == '{"a": 1}'
+
+
+# ---- SPEC 4.1: the response table ------------------------------------------------------
+
+
+def test_one_output_file_is_base64(shared: WatchdogProcess) -> None:
+    response = post(shared, "copy", b'{"one": 1}')
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == TEXT
+    assert response.text == base64.b64encode(b'{"one": 1}').decode()
+
+
+def test_one_output_file_raw_with_accept_octet_stream(shared: WatchdogProcess) -> None:
+    data = os.urandom(3000)
+    response = post(shared, "copy", data, headers={"Content-Type": "application/octet-stream",
+                                                   "Accept": "application/octet-stream"})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/octet-stream"
+    assert response.content == data
+
+
+MANY = {"a.txt": b"a\n", "sub/b.txt": b"b\n", "sub/deeper/c.txt": b"c\n"}
+
+
+def test_several_output_files_are_a_base64_zip(shared: WatchdogProcess) -> None:
+    response = post(shared, "many", b"{}")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == TEXT
+    archive = zipfile.ZipFile(io.BytesIO(b64decode(response.text)))
+    assert archive.testzip() is None
+    assert {name: archive.read(name) for name in archive.namelist()} == MANY
+
+
+def test_several_output_files_raw_zip_with_accept_zip(shared: WatchdogProcess) -> None:
+    response = post(shared, "many", b"{}", headers={"Accept": "application/zip"})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert {name: archive.read(name) for name in archive.namelist()} == MANY
+
+
+def test_response_headers(shared: WatchdogProcess) -> None:
+    ids = set()
+    for _ in range(2):
+        response = post(shared, "copy", b"[0]")
+        assert response.status_code == 200
+        assert response.headers["X-Exit-Code"] == "0"
+        assert 0 <= float(response.headers["X-Duration-Seconds"]) < 30
+        ids.add(str(uuid.UUID(response.headers["X-Invocation-Id"])))
+    assert len(ids) == 2
+
+
+NONE_OUTPUT = "out 1\nerr 1\nout 2\n"
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "WARNING", "CRITICAL"])
+def test_no_output_file_gives_the_logs_filtered_by_log_level(watchdog: WatchdogFactory,
+                                                             level: str) -> None:
+    # A symbolic link in the output folder: a WARNING line, and still no output file.
+    script = ('#!/bin/sh\nln -s /etc/passwd "$TMP_OUTPUT_DIR/link"\n'
+              'echo "out 1"; echo "err 1" >&2; echo "out 2"\n')
+    wd = watchdog(script, f"log_level: {level}\n")
+    response = requests.post(wd.url, data=b"{}", timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == TEXT
+    text = response.text
+    assert text.endswith(NONE_OUTPUT)  # the script's output, as it came
+    runtime_lines = text[: -len(NONE_OUTPUT)]
+    if level == "CRITICAL":
+        assert text == NONE_OUTPUT  # the script's output alone
+    elif level == "WARNING":
+        assert "WARNING" in runtime_lines and "link" in runtime_lines
+        assert "DEBUG" not in runtime_lines
+    else:
+        assert "DEBUG" in runtime_lines and "WARNING" in runtime_lines
+    assert "root:" not in text
+    assert wd.stop() == 0
+    assert wd.invocation_folders() == []
+
+
+def test_links_fifos_and_sockets_in_the_output_are_skipped(shared: WatchdogProcess) -> None:
+    response = post(shared, "links", b"{}")
+    assert response.status_code == 200, response.text
+    assert b64decode(response.text) == b"ok\n"  # the one regular file
+    only = post(shared, "links-only", b"{}")
+    assert only.status_code == 200
+    assert "root:" not in only.text  # /etc/passwd was not read
+    assert only.text.endswith("made links\n")
+    for name in ("passwd", "etc", "fifo", "sock"):
+        assert re.search(rf"WARNING .*{name}", only.text), only.text
+    raw = post(shared, "links-only", b"{}", headers={"Accept": "application/zip"})
+    assert b"root:" not in raw.content
+
+
+# ---- SPEC 4.1: the failure table -------------------------------------------------------
+
+
+def test_script_failure_is_500_with_its_exit_code(shared: WatchdogProcess) -> None:
+    response = post(shared, "fail", b"{}")
+    assert response.status_code == 500
+    assert response.headers["X-Exit-Code"] == "3"
+    lines = response.text.splitlines()
+    assert "3" in lines[0] and "status" in lines[0]
+    assert "before failing" in lines and "the reason" in lines
+
+
+GRANDCHILD_SCRIPT = """#!/bin/sh
+sleep 1000 &
+echo "$$ $!" > "$MARKS/pids.tmp" && mv "$MARKS/pids.tmp" "$MARKS/pids"
+sleep 1000
+"""
+
+
+def _pids(marks: Path) -> list[int]:
+    return [int(p) for p in wait_for_file(marks / "pids").split()]
+
+
+def test_exec_timeout_is_504_and_kills_the_process_group(watchdog: WatchdogFactory,
+                                                         tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wd = watchdog(GRANDCHILD_SCRIPT, env={"MARKS": str(marks)}, args=["--exec-timeout", "1s"])
+    started = time.monotonic()
+    response = requests.post(wd.url, data=b"{}", timeout=30)
+    assert response.status_code == 504
+    assert "exec_timeout" in response.text.splitlines()[0]
+    assert time.monotonic() - started < 15
+    script_pid, grandchild_pid = _pids(marks)
+    wait_until(lambda: process_gone(script_pid), 10, "the script killed")
+    wait_until(lambda: process_gone(grandchild_pid), 10, "its background child killed")
+    no_folders_left(wd)
+    assert wd.stop() == 0
+
+
+def test_exec_timeout_by_environment(watchdog: WatchdogFactory, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wd = watchdog(GRANDCHILD_SCRIPT, env={"MARKS": str(marks), "exec_timeout": "1s"})
+    assert requests.post(wd.url, data=b"{}", timeout=30).status_code == 504
+    for pid in _pids(marks):
+        wait_until(lambda pid=pid: process_gone(pid), 10, f"process {pid} killed")
+
+
+def test_exec_timeout_flag_wins_over_environment(watchdog: WatchdogFactory) -> None:
+    script = "#!/bin/sh\nsleep 1.5\necho done\n"
+    wd = watchdog(script, env={"exec_timeout": "1s"}, args=["--exec-timeout", "1m"])
+    response = requests.post(wd.url, data=b"{}", timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.text == "done\n"
+
+
+def test_exec_timeout_from_EXEC_TIMEOUT(watchdog: WatchdogFactory, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wd = watchdog(GRANDCHILD_SCRIPT, env={"MARKS": str(marks), "EXEC_TIMEOUT": "1"})
+    assert requests.post(wd.url, data=b"{}", timeout=30).status_code == 504
+
+
+def _max_body_checks(wd: WatchdogProcess, marks: Path, limit: int) -> None:
+    over = b"A" * (4 * (limit // 4) + 4)
+    response = requests.post(wd.url, data=over, timeout=30)  # with Content-Length
+    assert response.status_code == 413
+    assert "max_body_size" in response.text.splitlines()[0]
+    chunked = requests.post(wd.url, data=iter([over[:100], over[100:]]), timeout=30)
+    assert chunked.status_code == 413
+    assert "max_body_size" in chunked.text.splitlines()[0]
+    assert not list(marks.iterdir())  # the script never ran
+    fits = b"A" * (4 * (limit // 4))
+    assert requests.post(wd.url, data=fits, timeout=30).status_code == 200
+    assert requests.post(wd.url, data=iter([fits]), timeout=30).status_code == 200
+    assert len(list(marks.iterdir())) == 2
+    no_folders_left(wd)
+
+
+def test_max_body_size_by_environment(watchdog: WatchdogFactory, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = '#!/bin/sh\ntouch "$MARKS/$$"\n'
+    wd = watchdog(script, env={"MARKS": str(marks), "max_body_size": "1000"})
+    _max_body_checks(wd, marks, 1000)
+
+
+def test_max_body_size_flag_wins(watchdog: WatchdogFactory, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = '#!/bin/sh\ntouch "$MARKS/$$"\n'
+    wd = watchdog(script, env={"MARKS": str(marks), "max_body_size": "10"},
+                  args=["--max-body-size", "2Ki"])
+    _max_body_checks(wd, marks, 2048)
+
+
+HOLD_SCRIPT = """#!/bin/sh
+read line < "$MARKS/fifo"
+echo "released $line" > "$TMP_OUTPUT_DIR/out"
+"""
+
+
+def _hold_watchdog(watchdog: WatchdogFactory, tmp_path: Path, env: dict[str, str] | None = None,
+                   args: list[str] | None = None) -> tuple[WatchdogProcess, Path]:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    os.mkfifo(marks / "fifo")
+    wd = watchdog(HOLD_SCRIPT, env={"MARKS": str(marks), **(env or {})}, args=args)
+    return wd, marks / "fifo"
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_max_inflight_is_429_and_not_ready(watchdog: WatchdogFactory, tmp_path: Path,
+                                           how: str) -> None:
+    if how == "env":
+        wd, fifo = _hold_watchdog(watchdog, tmp_path, env={"max_inflight": "1"})
+    else:
+        wd, fifo = _hold_watchdog(watchdog, tmp_path, env={"max_inflight": "5"},
+                                  args=["--max-inflight", "1"])
+    assert requests.get(wd.url + "/_/ready", timeout=10).status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(requests.post, wd.url, data=b"{}", timeout=30)
+        fd = open_fifo_writer(fifo)  # the first invocation's script is running
+        second = requests.post(wd.url, data=b"{}", timeout=30)
+        assert second.status_code == 429
+        assert "max_inflight" in second.text.splitlines()[0]
+        assert requests.get(wd.url + "/_/ready", timeout=10).status_code == 503
+        assert requests.get(wd.url + "/_/health", timeout=10).status_code == 200
+        release(fd, b"first\n")
+        done = first.result(timeout=30)
+    assert done.status_code == 200
+    assert b64decode(done.text) == b"released first\n"
+    wait_until(lambda: requests.get(wd.url + "/_/ready", timeout=10).status_code == 200, 10,
+               "ready again")
+    no_folders_left(wd)
+
+
+def test_max_inflight_default_is_no_limit(watchdog: WatchdogFactory, tmp_path: Path) -> None:
+    """Twenty invocations at once, each with its own payload, folders and result."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # Each script waits until all twenty are running: they really are concurrent.
+    script = """#!/bin/sh
+touch "$MARKS/$$"
+n=0
+while [ "$(ls "$MARKS" | wc -l)" -lt 20 ]; do
+  n=$((n + 1)); [ $n -gt 600 ] && exit 7
+  sleep 0.05
+done
+outputs=$(ls -A "$TMP_OUTPUT_DIR" | wc -l)
+{ cat "$INPUT_FILE_PATH"; echo; ls -A "$TMP_INPUT_DIR" | wc -l; echo "$outputs"
+} > "$TMP_OUTPUT_DIR/result"
+"""
+    wd = watchdog(script, env={"MARKS": str(marks)})
+    payloads = [json.dumps({"i": i, "nonce": uuid.uuid4().hex}).encode() for i in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(
+            lambda p: requests.post(wd.url, data=p, timeout=50), payloads))
+    for payload, response in zip(payloads, responses, strict=True):
+        assert response.status_code == 200, response.text
+        assert b64decode(response.text) == payload + b"\n1\n0\n"
+    assert len({r.headers["X-Invocation-Id"] for r in responses}) == 20
+    no_folders_left(wd)
+
+
+# ---- SPEC 4.2: reserved paths ----------------------------------------------------------
+
+
+def test_reserved_paths(watchdog: WatchdogFactory, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wd = watchdog('#!/bin/sh\ntouch "$MARKS/$$"\n[ -s "$INPUT_FILE_PATH" ] || exit 4\necho hi\n',
+                  env={"MARKS": str(marks)})
+    health = requests.get(wd.url + "/_/health", timeout=10)
+    assert health.status_code == 200
+    assert requests.get(wd.url + "/_/ready", timeout=10).status_code == 200
+    for path in ("/_/health", "/_/ready", "/metrics"):
+        assert requests.post(wd.url + path, data=b"{}", timeout=10).status_code == 405
+    assert requests.get(wd.url + "/anything", timeout=10).status_code == 405
+    assert not list(marks.iterdir())  # none of these ran the script
+
+    assert requests.post(wd.url, data=b"{}", timeout=10).status_code == 200
+    assert requests.post(wd.url + "/x", data=b"[1, 2]", timeout=10).status_code == 200
+    assert requests.post(wd.url, data=b"", timeout=10).status_code == 500
+    assert requests.post(wd.url, data=b"not an event", timeout=10).status_code == 400
+    metrics = requests.get(wd.url + "/metrics", timeout=10)
+    assert metrics.status_code == 200
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    text = metrics.text
+    assert metric(text, "faas_invocations_total", 'code="200"') == 2
+    assert metric(text, "faas_invocations_total", 'code="500"') == 1
+    assert metric(text, "faas_invocations_total", 'code="400"') == 1
+    assert metric(text, "faas_invocations_total", 'code="405"') == 4  # not counted as 500s
+    assert metric(text, "faas_invocation_duration_seconds_count") == 8
+    assert metric(text, "faas_inflight") == 0
+    assert metric(text, "faas_bytes_in_total") == len(b"{}[1, 2]not an event")
+    assert metric(text, "faas_bytes_out_total") > 0
+    assert wd.stop() == 0
+
+
+# ---- SPEC 4.3: settings by environment and by flag ---------------------------------------
+
+
+def _start_raw(tmp_path: Path, env: dict[str, str], args: list[str]) -> subprocess.Popen[bytes]:
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    full_env = {k: v for k, v in os.environ.items() if k not in ("FUNCTION_CONFIG", "SCRIPT")}
+    full_env.update({"TMPDIR": str(tmp_path / "tmp"), "suppress_lock": "true", **env})
+    log = open(tmp_path / "wd.log", "wb")  # noqa: SIM115 - the child keeps it
+    return subprocess.Popen([*faas_command(), "watchdog", "--host", "127.0.0.1", "--script",
+                             str(script), *args], env=full_env, stdout=log, stderr=log)
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_port(tmp_path: Path, how: str) -> None:
+    port, other = free_port(), free_port()
+    env = {"port": str(port if how == "env" else other)}
+    args = ["--port", str(port)] if how == "flag" else []
+    process = _start_raw(tmp_path, env, args)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/_/health", process, log=tmp_path / "wd.log")
+        assert requests.post(f"http://127.0.0.1:{port}/", data=b"{}", timeout=10).text == "hi\n"
+        if how == "flag":
+            with pytest.raises(requests.ConnectionError):
+                requests.get(f"http://127.0.0.1:{other}/_/health", timeout=5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_read_timeout_is_408(watchdog: WatchdogFactory, tmp_path: Path, how: str) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    if how == "env":
+        wd = watchdog('#!/bin/sh\ntouch "$MARKS/$$"\n', env={"MARKS": str(marks),
+                                                             "read_timeout": "1s"})
+    else:
+        wd = watchdog('#!/bin/sh\ntouch "$MARKS/$$"\n', env={"MARKS": str(marks),
+                                                             "read_timeout": "5m"},
+                      args=["--read-timeout", "1"])
+    started = time.monotonic()
+    sock = raw_request(wd.port, "POST / HTTP/1.1\nHost: x\nContent-Length: 100\n", b"[1, 2, ")
+    with sock:
+        assert read_status(sock) == 408
+    assert 0.9 <= time.monotonic() - started < 15
+    assert not list(marks.iterdir())
+    no_folders_left(wd)
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+@pytest.mark.timeout(90)
+def test_write_timeout_gives_up_on_a_client_that_does_not_read(
+    watchdog: WatchdogFactory, how: str
+) -> None:
+    # Larger than what the loopback socket buffers hold: the writer must block.
+    script = '#!/bin/sh\nhead -c 67108864 /dev/zero > "$TMP_OUTPUT_DIR/big"\n'
+    if how == "env":
+        wd = watchdog(script, env={"write_timeout": "1s"})
+    else:
+        wd = watchdog(script, env={"write_timeout": "5m"}, args=["--write-timeout", "1s"])
+    sock = raw_request(wd.port, "POST / HTTP/1.1\nHost: x\nAccept: application/octet-stream\n"
+                       "Content-Length: 2\n", b"{}")
+    with sock:
+        assert read_status(sock) == 200
+        # Reading nothing more: after write_timeout the watchdog drops the response.
+        wait_until(lambda: "write_timeout" in wd.log.read_text(), 30, "write_timeout logged")
+        no_folders_left(wd)
+    assert requests.get(wd.url + "/_/health", timeout=10).status_code == 200
+    assert wd.stop(timeout=30) == 0
+
+
+@pytest.mark.parametrize("how", ["env", "flag", "none"])
+def test_write_debug_logs_the_response_body(watchdog: WatchdogFactory, how: str) -> None:
+    token = uuid.uuid4().hex
+    script = f"#!/bin/sh\necho 'response {token}'\n"
+    env = {"write_debug": "true" if how == "env" else "false"}
+    wd = watchdog(script, env=env, args=["--write-debug"] if how == "flag" else [])
+    response = requests.post(wd.url, data=b"{}", timeout=10)
+    assert response.text == f"response {token}\n"
+    assert wd.stop() == 0
+    assert (token in wd.log.read_text()) == (how != "none")
+
+
+LOCK = Path("/tmp/.lock")
+
+
+def _lock_mtime() -> float | None:
+    try:
+        return LOCK.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def test_lock_file_written_unless_suppressed(watchdog: WatchdogFactory) -> None:
+    before = time.time()
+    wd = watchdog("#!/bin/sh\necho hi\n", env={"suppress_lock": "false"})
+    mtime = _lock_mtime()
+    assert mtime is not None and mtime >= before - 1, "/tmp/.lock not written at start-up"
+    assert wd.stop() == 0
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_suppress_lock(watchdog: WatchdogFactory, how: str) -> None:
+    # Another watchdog on this machine may write /tmp/.lock meanwhile: compare mtimes.
+    before = _lock_mtime()
+    env = {"suppress_lock": "true" if how == "env" else "false"}
+    wd = watchdog("#!/bin/sh\necho hi\n", env=env,
+                  args=["--suppress-lock"] if how == "flag" else [])
+    assert requests.get(wd.url + "/_/health", timeout=10).status_code == 200
+    assert _lock_mtime() == before, "/tmp/.lock written despite suppress_lock"
+    assert wd.stop() == 0
+
+
+def test_mode_flag_wins_over_environment(watchdog: WatchdogFactory) -> None:
+    wd = watchdog("#!/bin/sh\necho forked\n", env={"mode": "no-such-mode"},
+                  args=["--mode", "fork"])
+    assert requests.post(wd.url, data=b"{}", timeout=10).text == "forked\n"
+
+
+# ---- SPEC 4.3: shutdown ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_shutdown_lets_work_in_flight_finish(watchdog: WatchdogFactory, tmp_path: Path,
+                                             sig: int) -> None:
+    wd, fifo = _hold_watchdog(watchdog, tmp_path, env={"healthcheck_interval": "30s"})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(requests.post, wd.url, data=b"{}", timeout=40)
+        fd = open_fifo_writer(fifo)
+        wd.process.send_signal(sig)
+        wait_until(lambda: requests.get(wd.url + "/_/health", timeout=10).status_code == 503,
+                   10, "health 503 while shutting down")
+        refused = requests.post(wd.url, data=b"{}", timeout=10)
+        assert refused.status_code == 503
+        assert refused.text.strip()
+        assert requests.get(wd.url + "/_/ready", timeout=10).status_code == 503
+        assert wd.process.poll() is None  # still waiting for the invocation in flight
+        release(fd, b"late\n")
+        response = in_flight.result(timeout=30)
+    assert response.status_code == 200
+    assert b64decode(response.text) == b"released late\n"
+    assert wd.process.wait(20) == 0
+    assert wd.invocation_folders() == []
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_shutdown_kills_what_outlives_healthcheck_interval(
+    watchdog: WatchdogFactory, tmp_path: Path, sig: int, how: str
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    if how == "env":
+        wd = watchdog(GRANDCHILD_SCRIPT, env={"MARKS": str(marks), "healthcheck_interval": "1s"})
+    else:
+        wd = watchdog(GRANDCHILD_SCRIPT, env={"MARKS": str(marks), "healthcheck_interval": "5m"},
+                      args=["--healthcheck-interval", "1"])
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(requests.post, wd.url, data=b"{}", timeout=40)
+        pids = _pids(marks)
+        started = time.monotonic()
+        wd.process.send_signal(sig)
+        assert wd.process.wait(20) == 0
+        assert 0.9 <= time.monotonic() - started < 15
+        try:
+            status = in_flight.result(timeout=30).status_code
+        except requests.RequestException:
+            status = 0  # the connection closed with the watchdog: also an answer
+        assert status != 200
+    for pid in pids:
+        wait_until(lambda pid=pid: process_gone(pid), 10, f"process {pid} killed")
+    assert wd.invocation_folders() == []
+
+
+# ---- SPEC 4.1: a client that leaves ----------------------------------------------------
+
+
+def test_client_that_disconnects_kills_the_script(watchdog: WatchdogFactory,
+                                                  tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wd = watchdog(GRANDCHILD_SCRIPT, env={"MARKS": str(marks)})
+    sock = raw_request(wd.port, "POST / HTTP/1.1\nHost: x\nContent-Length: 2\n", b"{}")
+    pids = _pids(marks)
+    assert len(wd.invocation_folders()) == 1
+    sock.close()
+    for pid in pids:
+        wait_until(lambda pid=pid: process_gone(pid), 15, f"process {pid} killed")
+    no_folders_left(wd)
+    # The watchdog carries on.
+    assert requests.get(wd.url + "/_/ready", timeout=10).status_code == 200
+    assert wd.stop() == 0
+
+
+# ---- start-up failures -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "config", "env", "expected"),
+    [
+        ("bad yaml", "name: [unclosed\n", {}, "YAML"),
+        ("undefined provider", "output:\n  - {storage_provider: minio.nowhere, path: b/o}\n",
+         {}, "minio.nowhere"),
+        ("provider key missing",
+         "storage_providers:\n  s3:\n    aws1: {access_key: AK, region: eu-west-1}\n",
+         {}, "secret_key"),
+        ("bad duration", None, {"exec_timeout": "soon"}, "exec_timeout"),
+        ("bad mode", None, {"mode": "threads"}, "mode"),
+        ("bad size", None, {"max_body_size": "lots"}, "max_body_size"),
+        ("bad LOG_LEVEL", None, {"LOG_LEVEL": "LOUD"}, "log_level"),
+        ("bad SCRIPT", None, {"SCRIPT": "!!!"}, "SCRIPT"),
+        ("no script", None, {}, "no script"),
+    ],
+)
+def test_bad_start_up_exits_2_with_one_line(tmp_path: Path, case: str, config: str | None,
+                                            env: dict[str, str], expected: str) -> None:
+    args = ["--port", str(free_port())]
+    if config is not None:
+        path = tmp_path / "config.yaml"
+        path.write_text(config)
+        args += ["--config", str(path)]
+    if case not in ("no script", "bad SCRIPT"):
+        script = tmp_path / "script.sh"
+        script.write_text("#!/bin/sh\necho hi\n")
+        args += ["--script", str(script)]
+    elif Path("/oscar/config/script.sh").exists():
+        pytest.skip("this machine has /oscar/config/script.sh, so a script is always found")
+    result = start_failure(args, {"TMPDIR": str(tmp_path), **env})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("faas-supervisor: error:")
+    assert expected in lines[0]
+    assert "AK" not in lines[0]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("faas-")]
+
+
+def test_port_in_use_exits_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        script = tmp_path / "script.sh"
+        script.write_text("#!/bin/sh\necho hi\n")
+        result = start_failure(["--port", str(port), "--script", str(script)],
+                               {"TMPDIR": str(tmp_path)})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert str(port) in result.stderr
+
+
+# ---- streaming: a 256 MiB round trip in bounded memory --------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_256_mib_round_trip_in_bounded_memory(watchdog: WatchdogFactory) -> None:
+    size = 256 << 20
+    piece = 3 << 20  # a multiple of 3: base64 of each piece concatenates cleanly
+    wd = watchdog('#!/bin/sh\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/result.bin"\n',
+                  env={"max_body_size": "1Gi"})
+    sent_hash = hashlib.sha256()
+    seed = os.urandom(piece)
+
+    def body() -> Iterator[bytes]:
+        for offset in range(0, size, piece):
+            # Distinct pieces (a counter in each), cheap to make.
+            data = (offset.to_bytes(8, "big") + seed[8:])[: min(piece, size - offset)]
+            sent_hash.update(data)
+            yield base64.b64encode(data)
+
+    received_hash = hashlib.sha256()
+    received = 0
+    with requests.post(wd.url, data=body(), stream=True, timeout=120) as response:
+        assert response.status_code == 200
+        pending = b""
+        for chunk in response.iter_content(1 << 20):
+            pending += chunk
+            usable = len(pending) - len(pending) % 4
+            data = base64.b64decode(pending[:usable], validate=True)
+            pending = pending[usable:]
+            received += len(data)
+            received_hash.update(data)
+        assert pending == b""
+    assert received == size
+    assert received_hash.hexdigest() == sent_hash.hexdigest()
+    peak = vm_hwm_kib(wd.process.pid)
+    print(f"watchdog peak RSS (VmHWM): {peak / 1024:.1f} MiB")
+    assert peak < 100 * 1024, f"peak RSS {peak / 1024:.1f} MiB"
+    no_folders_left(wd)
+    assert wd.stop() == 0
