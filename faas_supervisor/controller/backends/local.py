@@ -69,11 +69,40 @@ def function_config(service: Service, default_provider: Mapping[str, Any]) -> di
     }
 
 
+class _Pids:
+    """Process ids kept on disk, so that a controller killed outright leaves no orphans:
+    the next start stops the process groups the last one left (if still this data's)."""
+
+    def __init__(self, folder: Path, data_dir: Path) -> None:
+        self.folder = folder
+        self.marker = str(data_dir).encode()
+
+    def record(self, process: asyncio.subprocess.Process) -> Path:
+        path = self.folder / f"{process.pid}.pid"
+        path.write_text(str(process.pid))
+        return path
+
+    def reap_leftovers(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path in self.folder.glob("*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(path.read_text())
+                # Only a process started for this data folder: pids get reused.
+                if self.marker in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    logger.warning("stopping a process left by the last controller", pid=pid)
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGKILL)
+            path.unlink(missing_ok=True)
+
+
 class _Watchdog:
     """One service's watchdog process, kept running until stopped."""
 
-    def __init__(self, name: str, folder: Path, command: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, folder: Path, command: list[str], env: dict[str, str], pids: _Pids
+    ) -> None:
         self.name = name
+        self.pids = pids
         self.folder = folder
         self.command = command
         self.env = env
@@ -105,10 +134,12 @@ class _Watchdog:
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
                 )
+            pid_file = self.pids.record(self.process)
             if await self._healthy():
                 self.ready.set()
                 logger.info("service ready", service=self.name, port=self.port)
             code = await self.process.wait()
+            pid_file.unlink(missing_ok=True)
             self.ready.clear()
             if self.stopping:
                 return
@@ -177,9 +208,11 @@ class LocalBackend:
             k: v for k, v in base.items() if k not in _HIDDEN_ENV and not k.startswith("FAAS_")
         }
         self._watchdogs: dict[str, _Watchdog] = {}
+        self.pids = _Pids(data_dir / "pids", data_dir)
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.pids.reap_leftovers()
 
     async def close(self) -> None:
         await asyncio.gather(*(w.stop() for w in self._watchdogs.values()))
@@ -225,7 +258,9 @@ class LocalBackend:
         command = [*runtime_command(), "watchdog", *self._files(service.name)]
         if service.exposed:
             command += ["--mode", "http", "--upstream-port", str(service.expose.api_port[0])]
-        self._watchdogs[service.name] = _Watchdog(service.name, folder, command, self._env(service))
+        self._watchdogs[service.name] = _Watchdog(
+            service.name, folder, command, self._env(service), self.pids
+        )
 
     async def remove(self, name: str) -> None:
         watchdog = self._watchdogs.pop(name, None)
@@ -265,9 +300,11 @@ class LocalBackend:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
+        pid_file = self.pids.record(process)
         try:
             return await process.wait()
         finally:
+            pid_file.unlink(missing_ok=True)
             if process.returncode is None:  # cancelled: the job is stopped with its children
                 _kill_group(process)
                 await asyncio.shield(process.wait())

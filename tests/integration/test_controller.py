@@ -1,0 +1,480 @@
+"""The controller against real processes over loopback: its API, the local backend, jobs.
+
+Every test starts a real `faas-supervisor controller` (controller_fixture.py), whose
+services are real watchdog processes and whose jobs are real `faas-supervisor run`
+processes; the storage is the embedded folder store under the data folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.controller_fixture import (
+    ControllerFactory,
+    ControllerProcess,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+COPY_SCRIPT = 'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/result"\necho "copied $JOB_UUID"\n'
+
+
+@pytest.fixture
+def controllers(tmp_path: Path) -> Iterator[ControllerFactory]:
+    factory = ControllerFactory(tmp_path)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def controller(controllers: ControllerFactory) -> ControllerProcess:
+    return controllers()
+
+
+def copier(name: str = "copier", **fields: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": "busybox",
+        "script": COPY_SCRIPT,
+        "input": [{"storage_provider": "minio", "path": f"{name}/input"}],
+        "output": [{"storage_provider": "minio", "path": f"{name}/output"}],
+        **fields,
+    }
+
+
+# ---- auth and system routes -------------------------------------------------------------
+
+
+SYSTEM_ROUTES = [
+    ("GET", "/system/info"),
+    ("GET", "/system/config"),
+    ("GET", "/system/status"),
+    ("GET", "/system/services"),
+    ("POST", "/system/services"),
+    ("PUT", "/system/services"),
+    ("GET", "/system/services/x"),
+    ("DELETE", "/system/services/x"),
+    ("GET", "/system/logs/x"),
+    ("DELETE", "/system/logs/x"),
+    ("GET", "/system/logs/x/j"),
+    ("DELETE", "/system/logs/x/j"),
+    ("GET", "/system/buckets"),
+    ("POST", "/system/buckets"),
+    ("PUT", "/system/buckets"),
+    ("GET", "/system/buckets/x"),
+    ("DELETE", "/system/buckets/x"),
+]
+
+
+@pytest.mark.timeout(120)
+def test_system_routes_need_basic_auth(controller: ControllerProcess) -> None:
+    health = requests.get(controller.url + "/health", timeout=10)
+    assert (health.status_code, health.text) == (200, "Ok")
+    for method, path in SYSTEM_ROUTES:
+        assert controller.request(method, path, auth=None).status_code == 401, (method, path)
+        wrong = controller.request(method, path, auth=("admin", "wrong"))
+        assert wrong.status_code == 401, (method, path)
+    info = controller.request("GET", "/system/info")
+    assert info.status_code == 200
+    assert info.json()["serverless_backend"]["name"] == "local"
+    assert b'":' in info.content and b'": ' not in info.content and b", " not in info.content
+    config = controller.request("GET", "/system/config").json()
+    assert set(config) == {"config", "minio_provider", "allowed_image_repositories"}
+    assert set(config["minio_provider"]) == {
+        "endpoint",
+        "verify",
+        "access_key",
+        "secret_key",
+        "region",
+    }
+    status = controller.request("GET", "/system/status").json()
+    assert status["cluster"]["nodes_count"] == 1
+    assert status["cluster"]["metrics"]["cpu"]["total_schedulable_cores"] > 0
+    assert status["cluster"]["metrics"]["memory"]["total_schedulable_bytes"] > 0
+    assert {"oscar", "minio"} <= set(status)
+
+
+@pytest.mark.timeout(120)
+def test_generated_password_is_printed_once_and_kept(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    data = tmp_path / "gen"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
+    first = subprocess.Popen(
+        [*_faas(), "controller", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert first.stdout is not None
+        line = first.stdout.readline().decode()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)
+    kept = (data / "admin-password").read_text().strip()
+    assert len(kept) >= 24 and kept in line
+    assert (data / "admin-password").stat().st_mode & 0o077 == 0
+    # Started again without a password, it uses the kept one and does not print it.
+    second = subprocess.Popen(
+        [*_faas(), "controller", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert _ready(second), "the second controller did not start"
+    second.send_signal(signal.SIGTERM)
+    out, err = second.communicate(timeout=30)
+    assert kept.encode() not in out + err
+
+
+def _faas() -> list[str]:
+    from tests.integration.conftest import faas_command
+
+    return faas_command()
+
+
+def _ready(process: subprocess.Popen[bytes]) -> bool:
+    """Read the log until the controller says it is ready (or exits)."""
+    assert process.stderr is not None
+    return any(b"controller ready" in line for line in iter(process.stderr.readline, b""))
+
+
+# ---- services ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_service_lifecycle(controller: ControllerProcess) -> None:
+    service = controller.create(copier())
+    assert len(service["token"]) == 64 and int(service["token"], 16) >= 0
+    assert service["labels"]["oscar_service"] == "copier"
+    assert service["input"] == [{"storage_provider": "minio", "path": "copier/input"}]
+    assert service["storage_providers"]["minio"]["default"]["access_key"] == "hidden"
+    # The buckets of its paths exist on the default provider.
+    assert (controller.storage / "copier" / "input").is_dir()
+    assert (controller.storage / "copier" / "output").is_dir()
+
+    duplicate = controller.request("POST", "/system/services", json=copier())
+    assert duplicate.status_code == 409
+
+    listed = controller.request("GET", "/system/services").json()
+    assert [s["name"] for s in listed] == ["copier"]
+
+    updated = controller.request("PUT", "/system/services", json=copier(log_level="DEBUG"))
+    assert updated.status_code == 204
+    again = controller.request("GET", "/system/services/copier").json()
+    assert again["log_level"] == "DEBUG" and again["token"] == service["token"]
+
+    assert controller.request("PUT", "/system/services", json=copier("ghost")).status_code == 404
+    assert controller.request("DELETE", "/system/services/copier").status_code == 204
+    assert controller.request("GET", "/system/services/copier").status_code == 404
+    assert controller.request("DELETE", "/system/services/copier").status_code == 404
+    assert controller.request("GET", "/system/services").json() == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("definition", "field"),
+    [
+        ({"image": "x", "script": "echo"}, "name"),
+        ({"name": "Bad_Name", "script": "echo"}, "name"),
+        ({"name": "ok", "script": "echo", "cpu": "lots"}, "cpu"),
+        (
+            {
+                "name": "ok",
+                "script": "echo",
+                "input": [{"storage_provider": "s3.none", "path": "a/b"}],
+            },
+            "input[0].storage_provider",
+        ),
+        ({"name": "ok"}, "script"),
+    ],
+)
+def test_invalid_definitions_are_400_naming_the_field(
+    controller: ControllerProcess, definition: dict[str, Any], field: str
+) -> None:
+    response = controller.request("POST", "/system/services", json=definition)
+    assert response.status_code == 400
+    assert response.text.startswith(field + ":"), response.text
+    assert controller.request("POST", "/system/services", data=b"{not json").status_code == 400
+
+
+@pytest.mark.timeout(60)
+def test_unknown_service_is_404(controller: ControllerProcess) -> None:
+    for method, path in [
+        ("GET", "/system/services/none"),
+        ("DELETE", "/system/services/none"),
+        ("GET", "/system/logs/none"),
+        ("DELETE", "/system/logs/none"),
+        ("GET", "/system/logs/none/job"),
+        ("DELETE", "/system/logs/none/job"),
+    ]:
+        assert controller.request(method, path).status_code == 404, (method, path)
+    for path in ("/run/none", "/job/none"):
+        assert controller.request("POST", path, data=b"x").status_code == 404, path
+
+
+# ---- synchronous invocations ------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_run_passes_the_body_through_with_curl(
+    controller: ControllerProcess, tmp_path: Path
+) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.fail("curl is not installed (apt-get install -y curl)")
+    token = controller.create(copier())["token"]
+    original = tmp_path / "photo.bin"
+    original.write_bytes(os.urandom(3 << 20) + b"\n\x00end")
+    result = tmp_path / "out.bin"
+    # The recipe from the docs, as a user types it.
+    subprocess.run(
+        f'base64 {original} | {curl} -sS --fail -H "Authorization: Bearer {token}" -d @- '
+        f"{controller.url}/run/copier | base64 -d > {result}",
+        shell=True,
+        check=True,
+        timeout=60,
+    )
+    assert result.read_bytes() == original.read_bytes()
+    # The response passes through with the watchdog's headers.
+    response = requests.post(
+        f"{controller.url}/run/copier",
+        data=base64.b64encode(b"hello"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert base64.b64decode(response.text) == b"hello"
+    assert response.headers["X-Exit-Code"] == "0"
+    # Basic auth works too; a wrong or missing token does not.
+    assert controller.request("POST", "/run/copier", data=base64.b64encode(b"x")).status_code == 200
+    wrong = requests.post(
+        f"{controller.url}/run/copier",
+        data=b"eA==",
+        headers={"Authorization": "Bearer " + "0" * 64},
+        timeout=10,
+    )
+    assert wrong.status_code == 401
+    assert (
+        requests.post(f"{controller.url}/run/copier", data=b"eA==", timeout=10).status_code == 401
+    )
+
+
+@pytest.mark.timeout(120)
+def test_run_passes_failures_back(controller: ControllerProcess) -> None:
+    token = controller.create({"name": "fails", "script": "echo broken >&2\nexit 3\n"})["token"]
+    response = requests.post(
+        f"{controller.url}/run/fails",
+        data=b"aGk=",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert response.status_code == 500
+    assert response.headers["X-Exit-Code"] == "3"
+    assert "broken" in response.text
+
+
+# ---- asynchronous jobs ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_job_runs_and_its_logs_are_kept(controller: ControllerProcess) -> None:
+    token = controller.create(copier())["token"]
+    response = requests.post(
+        f"{controller.url}/job/copier",
+        data=base64.b64encode(b"data"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert response.status_code == 201
+    name = response.json()["job"]
+    assert name.startswith("copier-")
+    jobs = controller.wait_jobs("copier", 1)
+    assert jobs[name]["status"] == "Succeeded", controller.request(
+        "GET", f"/system/logs/copier/{name}"
+    ).text
+    assert {"creation_time", "start_time", "finish_time"} <= set(jobs[name])
+    logs = controller.request("GET", f"/system/logs/copier/{name}")
+    # A job's log is what `run` wrote: its response (the output, base64) and its log lines,
+    # which carry JOB_UUID, the job's name.
+    assert logs.status_code == 200
+    assert base64.b64encode(b"data").decode() in logs.text and name in logs.text
+
+    failing = requests.post(
+        f"{controller.url}/job/copier",
+        data=b"not base64 nor json!",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).json()["job"]
+    jobs = controller.wait_jobs("copier", 2)
+    assert jobs[failing]["status"] == "Failed"
+
+    assert controller.request("GET", "/system/logs/copier/copier-nope").status_code == 404
+    assert controller.request("DELETE", f"/system/logs/copier/{name}").status_code == 204
+    assert controller.request("GET", f"/system/logs/copier/{name}").status_code == 404
+    assert controller.request("DELETE", "/system/logs/copier").status_code == 204
+    assert controller.jobs("copier") == {}
+    assert requests.post(f"{controller.url}/job/copier", data=b"x", timeout=10).status_code == 401
+
+
+@pytest.mark.timeout(120)
+def test_ceph_event_with_the_token_as_opaque_data_is_authenticated(
+    controller: ControllerProcess,
+) -> None:
+    token = controller.create(copier())["token"]
+    (controller.storage / "copier" / "input" / "leaf.txt").write_bytes(b"leaf")
+    event = _ceph_event()
+    record = event["Records"][0]
+    record["s3"]["bucket"]["name"] = "copier"
+    record["s3"]["object"]["key"] = "input/leaf.txt"
+    record["opaqueData"] = "f" * 64
+    assert requests.post(f"{controller.url}/job/copier", json=event, timeout=10).status_code == 401
+    record["opaqueData"] = token
+    accepted = requests.post(f"{controller.url}/job/copier", json=event, timeout=10)
+    assert accepted.status_code == 201
+    controller.wait_jobs("copier", 1)
+    assert (controller.storage / "copier" / "output" / "result").read_bytes() == b"leaf"
+
+
+def _ceph_event() -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "eventSource": "ceph:s3",
+                "eventTime": "2026-01-01T00:00:00Z",
+                "s3": {"bucket": {"name": ""}, "object": {"key": ""}},
+                "opaqueData": "",
+            }
+        ]
+    }
+
+
+@pytest.mark.timeout(120)
+def test_a_file_dropped_in_the_input_folder_starts_a_job(controller: ControllerProcess) -> None:
+    controller.create(copier())
+    incoming = controller.storage / "copier" / "input" / "sub dir"
+    incoming.mkdir()
+    staged = controller.storage / "copier" / ".drop.tmp"
+    staged.write_bytes(b"dropped bytes")
+    staged.rename(incoming / "my photo+1.txt")  # arrives whole, as an upload would
+    result = controller.storage / "copier" / "output" / "result"
+    wait_until(result.exists, 60, "the output of the dropped file", controller)
+    assert result.read_bytes() == b"dropped bytes"
+    (job,) = controller.wait_jobs("copier", 1).values()
+    assert job["status"] == "Succeeded"
+
+
+@pytest.mark.timeout(300)
+def test_twenty_jobs_two_at_a_time_all_run_once(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    controller = controllers(args=["--max-jobs", "2"])
+    record = tmp_path / "record.txt"
+    script = f'echo "start $JOB_UUID" >> {record}\nsleep 0.3\necho "end $JOB_UUID" >> {record}\n'
+    token = controller.create({"name": "counter", "script": script})["token"]
+    names = [
+        requests.post(
+            f"{controller.url}/job/counter",
+            data=b"aGk=",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ).json()["job"]
+        for _ in range(20)
+    ]
+    assert len(set(names)) == 20
+    jobs = controller.wait_jobs("counter", 20, timeout=240)
+    assert all(job["status"] == "Succeeded" for job in jobs.values()), jobs
+    lines = record.read_text().split("\n")[:-1]
+    starts = [line.split()[1] for line in lines if line.startswith("start")]
+    assert sorted(starts) == sorted(names)  # each ran, and none twice
+    running, most = 0, 0
+    for line in lines:
+        running += 1 if line.startswith("start") else -1
+        most = max(most, running)
+    assert most == 2
+
+
+@pytest.mark.timeout(300)
+def test_a_restart_keeps_services_and_jobs(controllers: ControllerFactory) -> None:
+    first = controllers()
+    token = first.create(copier())["token"]
+    sleeper = first.create({"name": "sleeper", "script": "echo started\nsleep 60\n"})
+    done = requests.post(
+        f"{first.url}/job/copier",
+        data=base64.b64encode(b"kept"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).json()["job"]
+    first.wait_jobs("copier", 1)
+    cut = requests.post(
+        f"{first.url}/job/sleeper",
+        data=b"aGk=",
+        headers={"Authorization": f"Bearer {sleeper['token']}"},
+        timeout=30,
+    ).json()["job"]
+    first.wait_jobs("sleeper", 1, done=("Running",))
+    first.stop(signal.SIGKILL)  # dies outright, as a crash would
+
+    second = controllers(data_dir=first.data_dir)
+    names = sorted(s["name"] for s in second.request("GET", "/system/services").json())
+    assert names == ["copier", "sleeper"]
+    assert second.jobs("copier")[done]["status"] == "Succeeded"
+    logs = second.request("GET", f"/system/logs/copier/{done}").text
+    assert base64.b64encode(b"kept").decode() in logs
+    failed = second.jobs("sleeper")[cut]
+    assert failed["status"] == "Failed"
+    reason = second.request("GET", f"/system/logs/sleeper/{cut}").text
+    assert "the controller stopped while the job was running" in reason
+    # The same token still runs the service.
+    response = requests.post(
+        f"{second.url}/run/copier",
+        data=base64.b64encode(b"again"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert base64.b64decode(response.text) == b"again"
+    assert second.stop() == 0
+
+
+# ---- buckets ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_bucket_api(controller: ControllerProcess) -> None:
+    assert controller.request("GET", "/system/buckets").json() == []
+    assert (
+        controller.request("POST", "/system/buckets", json={"bucket_name": "photos"}).status_code
+        == 201
+    )
+    assert (
+        controller.request("POST", "/system/buckets", json={"bucket_name": "photos"}).status_code
+        == 409
+    )
+    assert controller.request("POST", "/system/buckets", json={"nope": 1}).status_code == 400
+    (controller.storage / "photos" / "a.jpg").write_bytes(b"12345")
+    listed = controller.request("GET", "/system/buckets").json()
+    assert [b["bucket_name"] for b in listed] == ["photos"]
+    one = controller.request("GET", "/system/buckets/photos").json()
+    assert [(o["object_name"], o["size_bytes"]) for o in one["objects"]] == [("a.jpg", 5)]
+    assert one["returned_items"] == 1 and one["is_truncated"] is False
+    assert (
+        controller.request(
+            "PUT", "/system/buckets", json={"bucket_name": "photos", "visibility": "public"}
+        ).status_code
+        == 204
+    )
+    assert controller.request("DELETE", "/system/buckets/photos").status_code == 204
+    assert controller.request("GET", "/system/buckets/photos").status_code == 404
+    assert controller.request("DELETE", "/system/buckets/photos").status_code == 404

@@ -1,0 +1,165 @@
+"""Service definitions: FDL files and service JSON, validated with errors naming the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faas_supervisor.controller.fdl import (
+    InvalidService,
+    from_record,
+    go_json,
+    load_fdl,
+    parse_service,
+    parse_service_json,
+    service_json,
+    to_record,
+    unmask,
+)
+
+SCRIPT = "#!/bin/sh\necho hi\n"
+
+
+def base(**fields: Any) -> dict[str, Any]:
+    return {"name": "plants", "image": "grycap/plants", "script": SCRIPT, **fields}
+
+
+def test_defaults_are_the_managers() -> None:
+    service = parse_service(base())
+    assert (service.cpu, service.memory, service.log_level) == ("0.2", "256Mi", "INFO")
+    assert service.file_stage_in is True
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"name": None}, "name: missing"),
+        ({"name": "Plants"}, "name:"),
+        ({"name": "x" * 40}, "name:"),
+        ({"name": "-plants"}, "name:"),
+        ({"script": ""}, "script: missing"),
+        ({"cpu": "lots"}, "cpu:"),
+        ({"cpu": "0"}, "cpu:"),
+        ({"memory": "big"}, "memory:"),
+        ({"log_level": "LOUD"}, "log_level:"),
+        ({"input": {"path": "x"}}, "input: must be a list"),
+        ({"input": [{"path": "plants/in"}]}, "input[0].storage_provider: missing"),
+        ({"input": [{"storage_provider": "minio"}]}, "input[0].path: missing"),
+        (
+            {"output": [{"storage_provider": "s3.aws", "path": "b/out"}]},
+            "output[0].storage_provider:",
+        ),
+        ({"output": [{"storage_provider": "minio", "path": "A_B/out"}]}, "output[0].path:"),
+        ({"storage_providers": {"ftp": {}}}, "storage_providers.ftp: unknown provider type"),
+        (
+            {"storage_providers": {"s3": {"aws": {"access_key": "a"}}}},
+            "storage_providers.s3.aws.secret_key: missing",
+        ),
+        ({"environment": {"variables": {"A": ["x"]}}}, "environment.variables.A:"),
+        ({"environment": []}, "environment: must be a mapping"),
+        ({"expose": {"api_port": 70000}}, "expose.api_port:"),
+        ({"expose": {"min_scale": 3, "max_scale": 1}}, "expose.max_scale:"),
+        ({"file_stage_in": "maybe"}, "file_stage_in:"),
+        ({"isolation_level": "NONE"}, "isolation_level:"),
+        ({"labels": "x"}, "labels: must be a mapping"),
+    ],
+)
+def test_invalid_definitions_name_the_field(fields: dict[str, Any], named: str) -> None:
+    with pytest.raises(InvalidService) as caught:
+        parse_service(base(**fields))
+    assert caught.value.message.startswith(named), caught.value.message
+    assert caught.value.http_status == 400
+
+
+def test_not_json_is_a_400() -> None:
+    with pytest.raises(InvalidService, match="not valid JSON"):
+        parse_service_json(b"{nope")
+    with pytest.raises(InvalidService, match="service: must be a mapping"):
+        parse_service_json(b"[1]")
+
+
+def test_paths_without_a_folder_go_in_the_services_bucket() -> None:
+    service = parse_service(
+        base(
+            input=[{"storage_provider": "minio", "path": "/in/"}],
+            output=[{"storage_provider": "minio.default", "path": "bkt/out/x"}],
+        )
+    )
+    assert service.input[0].path == "plants/in"
+    assert (service.output[0].bucket, service.output[0].folder) == ("bkt", "out/x")
+    assert service.output[0].provider == "minio.default"
+
+
+def test_fdl_file_reads_the_script_next_to_it(tmp_path: Path) -> None:
+    (tmp_path / "script.sh").write_text(SCRIPT)
+    fdl = tmp_path / "plants.yaml"
+    fdl.write_text("""functions:
+  oscar:
+  - my-cluster:
+      name: plants
+      image: grycap/plants
+      cpu: 1
+      memory: 1Gi
+      script: script.sh
+      input:
+      - storage_provider: minio
+        path: plants/input
+""")
+    (service,) = load_fdl(fdl)
+    assert service.script == SCRIPT
+    assert service.cpu == "1"
+    assert service.cluster_id == "my-cluster"
+    assert load_fdl(fdl, cluster_id="other") == []
+
+
+def test_fdl_errors_say_where(tmp_path: Path) -> None:
+    fdl = tmp_path / "bad.yaml"
+    fdl.write_text("functions:\n  oscar:\n  - c1:\n      name: plants\n      script: missing.sh\n")
+    with pytest.raises(InvalidService, match=r"functions\.oscar\[0\]\.c1\.script"):
+        load_fdl(fdl)
+    fdl.write_text("functions: {}\n")
+    with pytest.raises(InvalidService, match=r"functions\.oscar: missing"):
+        load_fdl(fdl)
+
+
+def test_service_json_hides_secrets_and_adds_the_managers_labels() -> None:
+    service = parse_service(
+        base(
+            storage_providers={
+                "s3": {"aws": {"access_key": "AK", "secret_key": "SK", "region": "r"}}
+            },
+            environment={"variables": {"A": "1"}, "secrets": {"PASS": "very-secret"}},
+        )
+    ).with_token("t" * 64)
+    data = service_json(service, {"endpoint": "", "access_key": "", "secret_key": "", "region": ""})
+    text = go_json(data).decode()
+    assert "very-secret" not in text and "SK" not in text and "AK" not in text
+    assert data["token"] == "t" * 64
+    assert data["labels"]["oscar_service"] == "plants"
+    assert data["storage_providers"]["minio"]["default"]["secret_key"] == "hidden"
+    assert data["environment"] == {"variables": {"A": "1"}, "secrets": {"PASS": ""}}
+    # Sent back as it was read, the stored secrets stay.
+    again = unmask(parse_service(data), service)
+    assert again.storage_providers["s3"]["aws"]["secret_key"] == "SK"
+    assert again.secrets == {"PASS": "very-secret"}
+
+
+def test_record_round_trip_keeps_everything() -> None:
+    service = parse_service(
+        base(
+            input=[{"storage_provider": "minio", "path": "plants/in", "suffix": [".jpg"]}],
+            environment={"secrets": {"K": "v"}},
+            labels={"team": "a"},
+            expose={"api_port": 8081},
+        )
+    ).with_token("abc")
+    assert from_record(to_record(service)) == service
+
+
+def test_go_json_is_compact_and_escapes_like_go() -> None:
+    text = go_json({"a": [1, 2], "s": "x > y & <z> é"}).decode()
+    assert text == '{"a":[1,2],"s":"x \\u003e y \\u0026 \\u003cz\\u003e é"}'
+    assert json.loads(text)["s"] == "x > y & <z> é"
