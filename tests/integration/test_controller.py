@@ -478,3 +478,65 @@ def test_bucket_api(controller: ControllerProcess) -> None:
     assert controller.request("DELETE", "/system/buckets/photos").status_code == 204
     assert controller.request("GET", "/system/buckets/photos").status_code == 404
     assert controller.request("DELETE", "/system/buckets/photos").status_code == 404
+
+
+# ---- the OSCAR Python client, unchanged ---------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_the_oscar_python_client_works_unchanged(
+    controller: ControllerProcess, tmp_path: Path
+) -> None:
+    try:
+        from oscar_python.client import Client
+    except ImportError:
+        pytest.fail("oscar-python is not installed: pip install -e '.[test]' installs it")
+    from tests.integration.conftest import EXAMPLES
+    from tests.integration.controller_fixture import PASSWORD, USER
+
+    (tmp_path / "cowsay.sh").write_bytes((EXAMPLES / "cowsay" / "script.sh").read_bytes())
+    fdl = tmp_path / "cowsay.yaml"
+    fdl.write_text(
+        "functions:\n  oscar:\n  - local-cluster:\n      name: cowsay\n"
+        "      image: ghcr.io/grycap/cowsay\n      cpu: '0.5'\n      memory: 256Mi\n"
+        "      log_level: CRITICAL\n      script: cowsay.sh\n"
+    )
+    client = Client(
+        {
+            "cluster_id": "local-cluster",
+            "endpoint": controller.url,
+            "user": USER,
+            "password": PASSWORD,
+            "ssl": False,
+        }
+    )
+    assert client.health_check().text == "Ok"
+    assert client.get_cluster_info().json()["serverless_backend"]["name"] == "local"
+    assert "minio_provider" in client.get_cluster_config().json()
+    assert client.get_cluster_status().json()["cluster"]["nodes_count"] == 1
+
+    assert client.create_service(str(fdl)).status_code == 201
+    with pytest.raises(ValueError, match="already present"):
+        client.create_service(str(fdl))
+    assert [s["name"] for s in client.list_services().json()] == ["cowsay"]
+    assert client.get_service("cowsay").json()["cpu"] == "0.5"
+
+    # Synchronous: the client base64-encodes the input and gets the token itself.
+    sync = client.run_service("cowsay", input='{"message": "hello client"}')
+    assert sync.status_code == 200 and "< hello client >" in sync.text
+
+    started = client.run_service("cowsay", input='{"message": "async hello"}', async_call=True)
+    assert started.status_code == 201
+    job = started.json()["job"]
+    jobs = controller.wait_jobs("cowsay", 1)
+    assert (
+        client.list_jobs("cowsay").json()["jobs"][job]["status"]
+        == jobs[job]["status"]
+        == "Succeeded"
+    )
+    assert "< async hello >" in client.get_job_logs("cowsay", job).text
+    assert client.remove_job("cowsay", job).status_code == 204
+    assert client.list_jobs("cowsay").json()["jobs"] == {}
+    assert client.remove_all_jobs("cowsay").status_code == 204
+    assert client.remove_service("cowsay").status_code == 204
+    assert client.list_services().json() == []
