@@ -270,7 +270,7 @@ def test_a_delegated_event_uses_the_named_provider(
                     "suffix": [".bin"]}],
     })
     inner = storage_event("minio:s3", bucket, key)
-    delegated = {"event": inner, "storage_provider": "minio.replica"}
+    delegated: dict[str, Any] = {"event": inner, "storage_provider": "minio.replica"}
     wd = watchdog(SCRIPT, config)
     response = requests.post(wd.url, json=delegated, timeout=60)
     assert response.status_code == 200, response.text

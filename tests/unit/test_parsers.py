@@ -234,8 +234,9 @@ def test_a_recognised_event_missing_a_field_names_it(event: Any, field: str) -> 
 
 
 def test_plain_json_that_is_not_an_event_is_left_alone() -> None:
-    for value in ({"Records": [{"eventSource": "something:else"}]}, {"Records": []},
-                  {"event": {"name": "x"}}, {"message": "hello"}, [1, 2], "text", None):
+    values: list[Any] = [{"Records": [{"eventSource": "something:else"}]}, {"Records": []},
+                         {"event": {"name": "x"}}, {"message": "hello"}, [1, 2], "text", None]
+    for value in values:
         assert recognise(value) is None
         assert read_json(value).kind == "json"
 
