@@ -1,0 +1,245 @@
+"""`faas-supervisor run`: one invocation from the command line, as a job runs it (SPEC 5).
+
+Real processes: the event comes from --event-file, EVENT or standard input; the response
+goes to standard output, logs to standard error; the exit status is the script's.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import faas_command
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+COPY = '#!/bin/sh\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/out"\n'
+
+
+def run(
+    tmp_path: Path,
+    script: str | None = COPY,
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: bytes = b"",
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[bytes]:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID", "EXEC_TIMEOUT",
+                             "exec_timeout", "LOG_LEVEL")}
+    full_env["TMPDIR"] = str(tmp)
+    full_env.update(env or {})
+    cmd = [*faas_command(), "run"]
+    if script is not None:
+        path = tmp_path / "script.sh"
+        path.write_text(script)
+        cmd += ["--script", str(path)]
+    result = subprocess.run([*cmd, *args], input=stdin, env=full_env, capture_output=True,
+                            timeout=timeout)
+    # Whatever happened, nothing is left in TMPDIR: no invocation folder, no runtime folder.
+    assert list(tmp.iterdir()) == [], result.stderr.decode()
+    return result
+
+
+def event_file(tmp_path: Path, data: bytes) -> str:
+    path = tmp_path / f"event-{uuid.uuid4().hex}.json"
+    path.write_bytes(data)
+    return str(path)
+
+
+# ---- where the event comes from --------------------------------------------------------
+
+
+def test_event_from_event_file(tmp_path: Path) -> None:
+    result = run(tmp_path, COPY, "--event-file", event_file(tmp_path, b'{"from": "file"}'))
+    assert result.returncode == 0, result.stderr
+    assert base64.b64decode(result.stdout, validate=True) == b'{"from": "file"}'
+
+
+def test_event_from_EVENT(tmp_path: Path) -> None:
+    result = run(tmp_path, COPY, env={"EVENT": '{"from": "EVENT"}'})
+    assert result.returncode == 0, result.stderr
+    assert base64.b64decode(result.stdout, validate=True) == b'{"from": "EVENT"}'
+
+
+def test_event_from_standard_input(tmp_path: Path) -> None:
+    data = os.urandom(300_000)  # larger than a pipe's buffer, base64 with newlines
+    result = run(tmp_path, COPY, stdin=base64.encodebytes(data))
+    assert result.returncode == 0, result.stderr
+    assert base64.b64decode(result.stdout, validate=True) == data
+
+
+def test_event_sources_in_order(tmp_path: Path) -> None:
+    both = run(tmp_path, COPY, "--event-file", event_file(tmp_path, b'"file"'),
+               env={"EVENT": '"env"'}, stdin=b'"stdin"')
+    assert base64.b64decode(both.stdout) == b'"file"'
+    env_over_stdin = run(tmp_path, COPY, env={"EVENT": '"env"'}, stdin=b'"stdin"')
+    assert base64.b64decode(env_over_stdin.stdout) == b'"env"'
+
+
+def test_empty_event_has_no_input_file(tmp_path: Path) -> None:
+    script = '#!/bin/sh\necho "input=${INPUT_FILE_PATH-unset}"\n'
+    result = run(tmp_path, script, stdin=b"")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"input=unset\n"  # no output file: the logs, i.e. this line
+
+
+def test_stdout_is_the_response_alone(tmp_path: Path) -> None:
+    """Logs go to standard error, even at DEBUG: standard output is only the response."""
+    script = COPY + 'echo "script chatter"\necho "script errors" >&2\n'
+    result = run(tmp_path, script, env={"LOG_LEVEL": "DEBUG", "EVENT": "[42]"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == base64.b64encode(b"[42]")
+    assert b"running script" in result.stderr  # a DEBUG line of the runtime, on stderr
+
+
+def test_several_outputs_are_a_base64_zip(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    script = ('#!/bin/sh\nmkdir "$TMP_OUTPUT_DIR/d"\necho 1 > "$TMP_OUTPUT_DIR/one"\n'
+              'echo 2 > "$TMP_OUTPUT_DIR/d/two"\n')
+    result = run(tmp_path, script, env={"EVENT": "{}"})
+    archive = zipfile.ZipFile(io.BytesIO(base64.b64decode(result.stdout, validate=True)))
+    assert {n: archive.read(n) for n in archive.namelist()} == {"one": b"1\n", "d/two": b"2\n"}
+
+
+# ---- the script's environment ----------------------------------------------------------
+
+
+def test_job_uuid_is_in_the_scripts_environment(tmp_path: Path) -> None:
+    script = '#!/bin/sh\necho "job=$JOB_UUID event=$EVENT"\n'
+    job = str(uuid.uuid4())
+    given = run(tmp_path, script, env={"JOB_UUID": job, "EVENT": "[1]"})
+    assert given.returncode == 0, given.stderr
+    assert given.stdout == f"job={job} event=[1]\n".encode()
+    made = run(tmp_path, script, env={"EVENT": "[1]"})
+    match = re.fullmatch(rb"job=(\S+) event=\[1\]\n", made.stdout)
+    assert match, made.stdout
+    uuid.UUID(match.group(1).decode())  # one is made when the job has none
+
+
+def test_config_variables_and_script_from_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("environment:\n  variables: {MODEL: tiny}\n"
+                      "script: |\n  #!/bin/sh\n  echo \"model=$MODEL\"\n")
+    result = run(tmp_path, None, "--config", str(config), env={"EVENT": "{}"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"model=tiny\n"
+
+
+def test_script_from_SCRIPT(tmp_path: Path) -> None:
+    script = base64.b64encode(b'#!/bin/sh\necho "from SCRIPT"\n').decode()
+    result = run(tmp_path, None, env={"SCRIPT": script, "EVENT": "{}"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"from SCRIPT\n"
+
+
+# ---- exit statuses ---------------------------------------------------------------------
+
+
+def test_exit_status_is_the_scripts(tmp_path: Path) -> None:
+    script = '#!/bin/sh\necho "some output"\necho "the reason" >&2\nexit 3\n'
+    result = run(tmp_path, script, env={"EVENT": "{}"})
+    assert result.returncode == 3
+    assert result.stdout == b""  # a failed job has no response
+    assert b"status 3" in result.stderr
+    assert b"some output" in result.stderr and b"the reason" in result.stderr
+
+
+def test_success_is_zero_even_without_output(tmp_path: Path) -> None:
+    assert run(tmp_path, "#!/bin/sh\ntrue\n", env={"EVENT": "{}"}).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "env", "stdin"),
+    [
+        ("garbage event", [], {}, b"this is not an event!"),
+        ("broken JSON", [], {"EVENT": '{"a": '}, b""),
+        ("missing event file", ["--event-file", "/nonexistent/event.json"], {}, b""),
+        ("bad config", ["--config", "CONFIG"], {}, b"{}"),
+        ("bad LOG_LEVEL", [], {"LOG_LEVEL": "LOUD", "EVENT": "{}"}, b""),
+        ("bad EXEC_TIMEOUT", [], {"EXEC_TIMEOUT": "later", "EVENT": "{}"}, b""),
+    ],
+)
+def test_bad_config_or_event_is_status_2(tmp_path: Path, case: str, args: list[str],
+                                         env: dict[str, str], stdin: bytes) -> None:
+    marker = tmp_path / "ran"
+    config = tmp_path / "bad.yaml"
+    config.write_text("output:\n  - {storage_provider: minio.nowhere, path: b/o}\n")
+    args = [str(config) if a == "CONFIG" else a for a in args]
+    result = run(tmp_path, f'#!/bin/sh\ntouch "{marker}"\n', *args, env=env, stdin=stdin)
+    assert result.returncode == 2, result.stderr
+    assert b"Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[0].startswith(b"faas-supervisor: error:")
+    assert result.stdout == b""
+    assert not marker.exists()  # the script never ran
+
+
+def test_timeout_is_124_and_kills_the_process_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = f'#!/bin/sh\nsleep 1000 &\necho "$$ $!" > "{pids}"\nsleep 1000\n'
+    started = time.monotonic()
+    result = run(tmp_path, script, env={"EXEC_TIMEOUT": "1s", "EVENT": "{}"})
+    assert result.returncode == 124, result.stderr
+    assert time.monotonic() - started < 20
+    assert b"exec_timeout" in result.stderr
+    for pid in (int(p) for p in pids.read_text().split()):
+        try:
+            state = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        assert "\nState:\tZ" in state, f"process {pid} still runs"
+
+
+def test_no_script_is_status_2(tmp_path: Path) -> None:
+    if Path("/oscar/config/script.sh").exists():
+        pytest.skip("this machine has /oscar/config/script.sh, so a script is always found")
+    result = run(tmp_path, None, env={"EVENT": "{}"})
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "no script" in lines[0], lines
+
+
+# ---- outputs: uploaded on success only (SPEC 5, 6.3) --------------------------------------
+
+
+def _store_config(tmp_path: Path, store: Path) -> Path:
+    config = tmp_path / "store.yaml"
+    config.write_text(f"storage_providers:\n  local:\n    files: {{path: {store}}}\n"
+                      "output:\n  - {storage_provider: local.files, path: results/out}\n")
+    return config
+
+
+def test_outputs_are_uploaded_and_a_failed_job_uploads_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    config = _store_config(tmp_path, store)
+    script = ('#!/bin/sh\nmkdir "$TMP_OUTPUT_DIR/sub"\necho r > "$TMP_OUTPUT_DIR/sub/r.txt"\n'
+              'exit "$(cat "$INPUT_FILE_PATH")"\n')
+    failed = run(tmp_path, script, "--config", str(config), env={"EVENT": "5"})
+    assert failed.returncode == 5
+    assert [p for p in store.rglob("*") if p.is_file()] == []
+    done = run(tmp_path, script, "--config", str(config), env={"EVENT": "0"})
+    assert done.returncode == 0, done.stderr
+    assert (store / "results" / "out" / "sub" / "r.txt").read_text() == "r\n"
+
+
+def test_upload_failure_is_status_3(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.write_text("a file where the store's folder should be\n")
+    config = _store_config(tmp_path, store)
+    script = '#!/bin/sh\necho r > "$TMP_OUTPUT_DIR/r.txt"\n'
+    result = run(tmp_path, script, "--config", str(config), env={"EVENT": "{}"})
+    assert result.returncode == 3, result.stderr
+    assert b"local.files" in result.stderr
+    assert result.stdout == b""
