@@ -540,3 +540,66 @@ def test_the_oscar_python_client_works_unchanged(
     assert client.remove_all_jobs("cowsay").status_code == 204
     assert client.remove_service("cowsay").status_code == 204
     assert client.list_services().json() == []
+
+
+@pytest.mark.timeout(180)
+def test_with_a_minio_endpoint_buckets_and_inputs_are_on_that_server(
+    controllers: ControllerFactory, moto_server: Any
+) -> None:
+    controller = controllers(
+        args=[
+            "--minio-endpoint",
+            moto_server.endpoint,
+            "--minio-access-key",
+            moto_server.access_key,
+            "--minio-secret-key",
+            moto_server.secret_key,
+            "--minio-region",
+            moto_server.region,
+        ]
+    )
+    s3 = moto_server.client()
+    config = controller.request("GET", "/system/config").json()["minio_provider"]
+    assert config["endpoint"] == moto_server.endpoint
+    controller.create(copier("s3copier"))
+    assert "s3copier" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    listed = [b["bucket_name"] for b in controller.request("GET", "/system/buckets").json()]
+    assert "s3copier" in listed
+    # moto sends no webhooks: the controller watches the input path itself.
+    s3.put_object(Bucket="s3copier", Key="input/a b.txt", Body=b"from s3")
+
+    def output() -> bytes | None:
+        try:
+            body: bytes = s3.get_object(Bucket="s3copier", Key="output/result")["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            return None
+        return body
+
+    assert wait_until(output, 90, "the output on the S3 server", controller) == b"from s3"
+    (job,) = controller.wait_jobs("s3copier", 1).values()
+    assert job["status"] == "Succeeded"
+
+
+@pytest.mark.timeout(120)
+def test_an_exposed_service_is_proxied(controller: ControllerProcess) -> None:
+    from tests.integration.conftest import EXAMPLES
+
+    script = (EXAMPLES / "exposed" / "script.sh").read_text()
+    controller.create({"name": "web", "script": script, "expose": {"api_port": 8081}})
+    response = wait_until(
+        lambda: (
+            (
+                r := requests.get(f"{controller.url}/system/services/web/exposed/", timeout=30)
+            ).status_code
+            == 200
+            and r
+        ),
+        60,
+        "the exposed service",
+        controller,
+    )
+    assert "Hello from an exposed service" in response.text
+    assert (
+        requests.get(f"{controller.url}/system/services/nope/exposed/", timeout=10).status_code
+        == 404
+    )

@@ -124,6 +124,7 @@ class _Watchdog:
             with open(self.folder / "watchdog.log", "ab") as log:
                 self.process = await asyncio.create_subprocess_exec(
                     *self.command,
+                    *self._upstream_flags(),
                     "--port",
                     str(self.port),
                     "--host",
@@ -153,6 +154,10 @@ class _Watchdog:
                 log=str(self.folder / "watchdog.log"),
             )
             await asyncio.sleep(delay)  # back off a watchdog that keeps dying
+
+    def _upstream_flags(self) -> list[str]:
+        """In http mode, a fresh free port for the user's server at each start."""
+        return ["--upstream-port", str(free_port())] if "--mode" in self.command else []
 
     async def _healthy(self) -> bool:
         assert self.process is not None
@@ -257,7 +262,9 @@ class LocalBackend:
         folder = self._write(service)
         command = [*runtime_command(), "watchdog", *self._files(service.name)]
         if service.exposed:
-            command += ["--mode", "http", "--upstream-port", str(service.expose.api_port[0])]
+            # Its own free port, not api_port: services of one machine share its ports. The
+            # script gets it as $upstream_port.
+            command += ["--mode", "http"]
         self._watchdogs[service.name] = _Watchdog(
             service.name, folder, command, self._env(service), self.pids
         )
