@@ -215,7 +215,7 @@ RSS, interpreter and imports included) is reported. Medians of {rounds} rounds.
 
 {chr(10).join(lines)}
 
-Our provider: 8 MiB parts, 8 request threads, at most 64 x 256 KiB chunks queued for the
+Our provider: 8 MiB parts, 10 request threads, at most 128 x 256 KiB chunks queued for the
 disk; boto3 with its defaults (8 MiB parts, 10 threads)."""
     write_section("storage", text)
 

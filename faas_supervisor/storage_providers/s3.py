@@ -39,7 +39,7 @@ class S3Provider:
         *,
         multipart_threshold: int = 8 * MiB,
         multipart_chunksize: int = 8 * MiB,
-        max_concurrency: int = 8,
+        max_concurrency: int = 10,
         connect_timeout: float = 5.0,
         read_timeout: float = 20.0,
     ) -> None:
@@ -83,8 +83,8 @@ class S3Provider:
             # Streaming reads of a download are retried by s3transfer, not botocore: bound
             # them like the rest.
             num_download_attempts=3,
-            # Downloaded chunks waiting for the disk: 64 x 256 KiB at most in memory.
-            max_io_queue_size=64,
+            # Downloaded chunks waiting for the disk: 128 x 256 KiB at most in memory.
+            max_io_queue_size=128,
         )
         self._manager = TransferManager(self._client, transfer_config)
 
