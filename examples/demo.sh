@@ -1,61 +1,81 @@
 #!/usr/bin/env bash
-# `make demo`: what a newcomer should see. Starts watchdogs on the examples, on free ports,
-# and sends them the seed's invocations with cURL. Everything started here is stopped here.
+# `make demo`: what a newcomer should see, on the embedded default (no Docker, no cluster).
+# Starts the controller, applies the examples with the client, invokes them synchronously
+# (client and cURL) and asynchronously (a file dropped into a watched input folder), then
+# stops everything. Everything started here is stopped here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work=$(mktemp -d)
-pids=()
+controller_pid=""
 cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$controller_pid" ]; then
+    kill -TERM "$controller_pid" 2>/dev/null || true
+    wait "$controller_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
-show() { printf '$ %s\n' "$*"; }
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '\033[2m$ %s\033[0m\n' "$*"; }
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export FAAS_ENDPOINT="http://127.0.0.1:$port" FAAS_USER=oscar FAAS_PASSWORD=demo-password
+data="$work/data"
 
-start_watchdog() {  # example-name -> prints the port
-  local name=$1 port
-  port=$(free_port)
-  TMPDIR="$work" suppress_lock=true faas-supervisor watchdog --host 127.0.0.1 --port "$port" \
-    --script "examples/$name/script.sh" --config "examples/$name/function_config.yaml" \
-    >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  until curl -fs "http://127.0.0.1:$port/_/health" >/dev/null 2>&1; do
-    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/$name.log"; exit 1; }
-    sleep 0.05
-  done
-  echo "$port"
-}
+say "1. The controller, on this machine alone (the embedded default)"
+show "faas-supervisor controller --port $port --data-dir $data"
+faas-supervisor controller --host 127.0.0.1 --port "$port" --data-dir "$data" >"$work/controller.log" 2>&1 &
+controller_pid=$!
+until curl -fs "$FAAS_ENDPOINT/health" >/dev/null 2>&1; do
+  kill -0 "$controller_pid" 2>/dev/null || { cat "$work/controller.log"; exit 1; }
+  sleep 0.1
+done
+echo "ready at $FAAS_ENDPOINT (user oscar, password from FAAS_PASSWORD)"
 
-say "1. A watchdog serves the cowsay example (JSON in, text out)"
-cow=$(start_watchdog cowsay)
-echo "watchdog on http://127.0.0.1:$cow, ready: $(curl -s "http://127.0.0.1:$cow/_/health")"
-show "curl -d '{\"message\": \"Hello from faas-supervisor\"}' http://127.0.0.1:$cow/run/cowsay"
-curl -s -d '{"message": "Hello from faas-supervisor"}' "http://127.0.0.1:$cow/run/cowsay"
+say "2. Create the example services from an OSCAR FDL file"
+show "faas-supervisor service apply -f examples/fdl.yaml"
+faas-supervisor service apply -f examples/fdl.yaml
+show "faas-supervisor service list"
+faas-supervisor service list
 
-say "2. A file sent base64-encoded, the result decoded to a file"
-split=$(start_watchdog split-lines)
+say "3. A synchronous invocation with the client: JSON in, text out"
+show "faas-supervisor service run cowsay --text-input '{\"message\": \"Hello from faas-supervisor\"}'"
+faas-supervisor service run cowsay --text-input '{"message": "Hello from faas-supervisor"}'
+
+say "4. The same with cURL and the service's token: a file in, the result decoded to a file"
+token=$(curl -s -u "oscar:$FAAS_PASSWORD" "$FAAS_ENDPOINT/system/services/split-lines" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
 printf 'first line\nsecond line\nthird line\n' > "$work/poem.txt"
-show "base64 poem.txt | curl --data-binary @- http://127.0.0.1:$split/run/split-lines | base64 -d > result.zip"
-base64 "$work/poem.txt" | curl -s --data-binary @- "http://127.0.0.1:$split/run/split-lines" \
-  | base64 -d > "$work/result.zip"
-echo "result.zip holds:"
+show "base64 poem.txt | curl -H \"Authorization: Bearer \$TOKEN\" -d @- $FAAS_ENDPOINT/run/split-lines | base64 -d > result.zip"
+base64 "$work/poem.txt" | curl -s -H "Authorization: Bearer $token" -d @- \
+  "$FAAS_ENDPOINT/run/split-lines" | base64 -d > "$work/result.zip"
 python3 -m zipfile -l "$work/result.zip"
-show "the same, asking for the raw bytes: curl -H 'Accept: application/zip' ..."
-base64 "$work/poem.txt" | curl -s -H 'Accept: application/zip' --data-binary @- \
-  "http://127.0.0.1:$split/run/split-lines" -o "$work/raw.zip"
-echo "raw.zip is $(wc -c < "$work/raw.zip") bytes, a $(head -c 2 "$work/raw.zip") archive"
 
-say "3. A failing script: 500, its exit code, the reason first, then the logs"
-fail=$(start_watchdog failing)
-show "curl -i -d '{}' http://127.0.0.1:$fail/run/failing"
-curl -s -i -d '{}' "http://127.0.0.1:$fail/run/failing" | grep -v -E '^(Date|Server):'
+say "5. An asynchronous job: a file dropped into the service's input folder"
+input="$data/storage/split-lines/input"
+output="$data/storage/split-lines/output"
+show "cp poem.txt $input/"
+cp "$work/poem.txt" "$input/poem.txt"
+deadline=$((SECONDS + 30))
+until [ -f "$output/size.txt" ]; do
+  [ $SECONDS -lt $deadline ] || { echo "no output after 30 s"; cat "$work/controller.log"; exit 1; }
+  sleep 0.2
+done
+show "ls -R $output"
+(cd "$output" && find . -type f | sort)
+show "faas-supervisor service logs split-lines"
+until faas-supervisor service logs split-lines | grep -qE 'Succeeded|Failed'; do sleep 0.2; done
+faas-supervisor service logs split-lines
+job=$(faas-supervisor service logs split-lines | awk 'NR > 1 {print $1; exit}')
+show "faas-supervisor service logs split-lines $job"
+faas-supervisor service logs split-lines "$job"
 
-say "4. What the watchdog measured (GET /metrics)"
-curl -s "http://127.0.0.1:$cow/metrics" | grep -E '^faas_invocations_total'
+say "6. A failing script: 500, its exit code, the reason first, then the logs"
+show "curl -i -u oscar:\$FAAS_PASSWORD -d '{}' $FAAS_ENDPOINT/run/failing"
+curl -s -i -u "oscar:$FAAS_PASSWORD" -d '{}' "$FAAS_ENDPOINT/run/failing" \
+  | grep -v -E '^(Date|Server|X-Duration-Seconds|X-Invocation-Id):' || true
 
-say "Stopping the watchdogs (SIGTERM: in-flight work drains, folders are removed)"
+say "7. Stopping: the controller stops its services' watchdogs and exits"
+kill -TERM "$controller_pid"; wait "$controller_pid" && echo "controller stopped cleanly"
+controller_pid=""
