@@ -25,6 +25,7 @@ import yaml
 
 from faas_supervisor.controller.backends import ServiceUnavailable
 from faas_supervisor.controller.fdl import Service
+from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.logs import get_logger
 
 HOST = "127.0.0.1"
@@ -47,26 +48,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
-
-
-def function_config(service: Service, default_provider: Mapping[str, Any]) -> dict[str, Any]:
-    """The FUNCTION config of a service, the cluster's default MinIO provider injected."""
-    providers = {
-        ptype: {pid: dict(v) for pid, v in ids.items()}
-        for ptype, ids in service.storage_providers.items()
-    }
-    providers.setdefault("minio", {})["default"] = dict(default_provider)
-    return {
-        "name": service.name,
-        "log_level": service.log_level,
-        "file_stage_in": service.file_stage_in,
-        "environment": {"variables": dict(service.variables)},
-        "input": [entry.to_json() for entry in service.input],
-        "output": [entry.to_json() for entry in service.output],
-        "storage_providers": providers,
-        "isolation_level": service.isolation_level,
-        "bucket_list": list(service.bucket_list),
-    }
 
 
 class _Pids:
