@@ -322,10 +322,13 @@ class ProxyRunner:
             for task in (inbound, outbound):
                 task.cancel()
             await asyncio.gather(inbound, outbound, return_exceptions=True)
-        code, reason = done.pop().result()
-        # Both at once: the closing side waits for our reply, the other side for our close.
-        await asyncio.gather(client.close(code=code, message=reason),
-                             upstream.close(code=code, message=reason))
+        finished = done.pop()
+        code, reason = finished.result()
+        # The far side first, then the reply that completes the closer's handshake: when
+        # the closer sees its close acknowledged, the other end has seen it too.
+        first, then = (upstream, client) if finished is inbound else (client, upstream)
+        await first.close(code=code, message=reason)
+        await then.close(code=code, message=reason)
 
     @staticmethod
     async def _pump(

@@ -92,17 +92,21 @@ async def release(request: web.Request) -> web.Response:
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(protocols=("chat",))
+    # autoclose off: the peer's close code is recorded before the close is acknowledged.
+    ws = web.WebSocketResponse(protocols=("chat",), autoclose=False)
     await ws.prepare(request)
     async for msg in ws:
         if msg.type is WSMsgType.TEXT:
             if msg.data == "close-me":
+                request.app["last_close"] = 4001
                 await ws.close(code=4001, message=b"asked to")
                 break
             await ws.send_str(msg.data)
         elif msg.type is WSMsgType.BINARY:
             await ws.send_bytes(msg.data)
-    request.app["last_close"] = ws.close_code
+    else:
+        request.app["last_close"] = ws.close_code
+        await ws.close()
     return ws
 
 
