@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -182,7 +183,8 @@ class ProxyRunner:
             return False
         self._session = aiohttp.ClientSession(
             # We enforce max_inflight ourselves; the connector must not queue below it.
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            # Idle connections are dropped before common servers drop theirs (gunicorn 2 s).
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=1.5),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,  # bytes pass through with their Content-Encoding
             cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies never reach another
@@ -230,27 +232,45 @@ class ProxyRunner:
             return await self._websocket(request)
         assert self._session is not None
         body = _RequestBody(request, self.settings, self.metrics) if request.body_exists else None
-        timeout = self.settings.exec_timeout or None
+        timeout = self.settings.exec_timeout
         try:
             # exec_timeout bounds the wait for the upstream's answer, not the streaming.
-            async with asyncio.timeout(timeout):
-                upstream = await self._session.request(
-                    request.method,
-                    self._url(request),
-                    headers=self._headers(request),
-                    data=body.chunks() if body else None,
-                    allow_redirects=False,
-                )
-        except TimeoutError:
-            return _error(504, f"the server did not answer within exec_timeout ({timeout:g} s)")
-        except aiohttp.ClientError as exc:
+            async with asyncio.timeout(timeout or None):
+                upstream = await self._send(request, body)
+        except (TimeoutError, aiohttp.ClientError) as exc:
             if body is not None and body.error is not None:
                 return _error(body.error.http_status, body.error.message, close=True)
+            if isinstance(exc, TimeoutError):
+                return _error(504, f"the server did not answer within exec_timeout ({timeout:g} s)")
             return _error(502, f"the server did not answer: {exc or type(exc).__name__}")
         try:
             return await self._relay(request, upstream)
         finally:
             upstream.release()
+
+    async def _send(
+        self, request: web.Request, body: _RequestBody | None
+    ) -> aiohttp.ClientResponse:
+        """One request upstream; without a body, retried once on a connection gone stale.
+
+        A pooled connection the server closed (its keep-alive ran out) fails as it is
+        reused; a request without a body can safely go again on a fresh one. A streamed
+        body cannot be replayed.
+        """
+        assert self._session is not None
+        send = functools.partial(
+            self._session.request,
+            request.method,
+            self._url(request),
+            headers=self._headers(request),
+            allow_redirects=False,
+        )
+        if body is not None:
+            return await send(data=body.chunks())
+        try:
+            return await send()
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError):
+            return await send()
 
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse
