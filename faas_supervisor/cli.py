@@ -28,6 +28,7 @@ from faas_supervisor.config import (
     script_environment,
 )
 from faas_supervisor.controller.command import add_controller_parser
+from faas_supervisor.controller.manifests_command import add_manifests_parser
 from faas_supervisor.errors import ConfigError, FaasError
 
 WATCHDOG_FLAGS = (
@@ -73,10 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_controller_parser(commands)
 
-    for name, text in (("manifests", "print the Kubernetes objects of an FDL file"),):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("args", nargs=argparse.REMAINDER)
-        sub.set_defaults(handler=cmd_not_yet)
+    add_manifests_parser(commands)
     return parser
 
 
@@ -96,10 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
-
-
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    raise ConfigError(f"'{args.command}' is not available in this version yet")
 
 
 class Startup:

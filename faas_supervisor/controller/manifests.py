@@ -1,0 +1,466 @@
+"""The Kubernetes objects of a service, as OSCAR makes them: plain dicts, no API calls.
+
+The shapes and names follow the OSCAR manager's: the ConfigMap `NAME` (script.sh and
+function_config.yaml, mounted at /oscar/config), the Secret `NAME` of
+environment.secrets (the container's environment), the MinIO keys mounted at
+/var/run/secrets/providers/minio.default, the container `oscar-container`, jobs named
+`<service>-<uuid>` with the event in `EVENT`, and for exposed services `NAME-dpl`,
+`NAME-svc`, `NAME-hpa` and `NAME-ing`. What differs is the runtime: instead of a shared
+volume holding the classic watchdog and the supervisor, an init container of the runtime
+image copies faas-supervisor into an `emptyDir` at /oscar/bin, and the user's image runs
+`/oscar/bin/faas-supervisor watchdog` (services) or `... run` (jobs).
+
+Every object carries `oscar_service: NAME` and `app.kubernetes.io/managed-by:
+faas-supervisor`, so the backend finds all it made for a service by label alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from faas_supervisor import __version__
+from faas_supervisor.controller.fdl import InvalidService, Service, manager_labels
+from faas_supervisor.controller.function_config import function_config
+
+DEFAULT_NAMESPACE = "oscar-svc"  # where the OSCAR manager puts services
+DEFAULT_RUNTIME_IMAGE = f"ghcr.io/faas-supervisor/runtime:{__version__}"
+
+CONTAINER = "oscar-container"  # OSCAR's container name: tools that read pods expect it
+INIT_CONTAINER = "faas-supervisor-runtime"
+RUNTIME_DIR = "/oscar/bin"
+RUNTIME = f"{RUNTIME_DIR}/faas-supervisor"
+CONFIG_DIR = "/oscar/config"
+MINIO_KEYS_DIR = "/var/run/secrets/providers/minio.default"  # read by the runtime (SPEC 3)
+MINIO_KEY_FILES = (("access_key", "accessKey"), ("secret_key", "secretKey"))
+
+SERVICE_LABEL = "oscar_service"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "faas-supervisor"}
+COMPONENT_LABEL = "faas-supervisor/component"  # service | exposed | job: keeps selectors apart
+JOB_LABEL = "faas-supervisor/job"  # on a job's pod, to find it without the Job controller's labels
+
+WATCHDOG_PORT = 8080
+SERVICE_PORT = 80  # the port OSCAR gives an exposed service's Service
+JOB_TTL_SECONDS = 3600  # the controller keeps the logs; the cluster may forget the Job
+EXPOSED_PATH = "/system/services/{name}/exposed"
+MANIFEST_KINDS = (
+    # (apiVersion, kind) in the order they are applied: what a pod mounts exists first.
+    ("v1", "Secret"),
+    ("v1", "ConfigMap"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io/v1", "Ingress"),
+)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where and with what a service's objects are made."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
+    # The cluster's MinIO (`minio.default`) as the runtime needs it. Its keys go in a
+    # Secret, never in the ConfigMap; without an `endpoint` the cluster has no MinIO that
+    # pods could reach (the controller's folder store is not theirs), and it is left out.
+    default_provider: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def minio(self) -> dict[str, Any]:
+        return dict(self.default_provider) if self.default_provider.get("endpoint") else {}
+
+
+# ---- names and labels ------------------------------------------------------------------
+
+
+def minio_secret_name(name: str) -> str:
+    return f"{name}-minio"
+
+
+def exposed_names(name: str) -> dict[str, str]:
+    """OSCAR's names for an exposed service's objects."""
+    return {
+        "Deployment": f"{name}-dpl",
+        "Service": f"{name}-svc",
+        "HorizontalPodAutoscaler": f"{name}-hpa",
+        "Ingress": f"{name}-ing",
+    }
+
+
+def service_selector(name: str) -> str:
+    """The label selector of every object made for the service `name` (jobs included)."""
+    return ",".join(f"{k}={v}" for k, v in _labels(name).items())
+
+
+def _labels(name: str, component: str | None = None) -> dict[str, str]:
+    labels = {SERVICE_LABEL: name, **MANAGED_BY}
+    if component:
+        labels[COMPONENT_LABEL] = component
+    return labels
+
+
+def _metadata(
+    name: str, service: Service, cluster: Cluster, component: str | None = None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": cluster.namespace,
+        "labels": _labels(service.name, component),
+    }
+
+
+def _pod_metadata(
+    service: Service, component: str, extra: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    # The manager's labels (the user's, `oscar_service`, Yunikorn's) and the user's
+    # annotations on pods and jobs, as OSCAR sets them; ours last, so they cannot be undone.
+    meta: dict[str, Any] = {
+        "labels": {**manager_labels(service), **_labels(service.name, component), **(extra or {})}
+    }
+    if service.annotations:
+        meta["annotations"] = dict(service.annotations)
+    return meta
+
+
+def check(service: Service) -> None:
+    """What Kubernetes needs beyond a valid FDL service."""
+    if not service.image:
+        raise InvalidService("image: missing (on Kubernetes a service runs in its image)")
+    if not service.name[0].isalpha():
+        # A Service's name is a DNS-1035 label: it starts with a letter.
+        raise InvalidService(f"name: {service.name!r} must start with a letter on Kubernetes")
+
+
+# ---- configuration and secrets ----------------------------------------------------------
+
+
+def config_map(service: Service, cluster: Cluster) -> dict[str, Any]:
+    """script.sh and function_config.yaml, the same config the local backend writes, minus
+    the cluster MinIO's keys (mounted from their Secret, where the runtime looks first)."""
+    provider = {k: v for k, v in cluster.minio.items() if k not in dict(MINIO_KEY_FILES)}
+    config = function_config(service, provider)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(service.name, service, cluster),
+        "data": {
+            "script.sh": service.script,
+            "function_config.yaml": yaml.safe_dump(config, sort_keys=False),
+        },
+    }
+
+
+def env_secret(service: Service, cluster: Cluster) -> dict[str, Any] | None:
+    """environment.secrets, given to the container as variables (OSCAR's Secret NAME)."""
+    if not service.secrets:
+        return None
+    return _secret(service.name, service, cluster, dict(service.secrets))
+
+
+def minio_secret(service: Service, cluster: Cluster) -> dict[str, Any] | None:
+    """The cluster MinIO's keys, as the files `accessKey` and `secretKey`."""
+    minio = cluster.minio
+    keys = {file: str(minio[key]) for key, file in MINIO_KEY_FILES if minio.get(key)}
+    if not keys:
+        return None
+    return _secret(minio_secret_name(service.name), service, cluster, keys)
+
+
+def _secret(name: str, service: Service, cluster: Cluster, data: dict[str, str]) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(name, service, cluster),
+        "type": "Opaque",
+        "stringData": data,
+    }
+
+
+# ---- pods --------------------------------------------------------------------------------
+
+
+def _pod_spec(
+    service: Service, cluster: Cluster, container: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """The user's image with the runtime copied in by an init container, the config
+    mounted at /oscar/config, the secrets where the runtime reads them."""
+    mounts = [
+        {"name": "oscar-bin", "mountPath": RUNTIME_DIR, "readOnly": True},
+        {"name": "oscar-config", "mountPath": CONFIG_DIR, "readOnly": True},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "oscar-bin", "emptyDir": {}},
+        {"name": "oscar-config", "configMap": {"name": service.name}},
+    ]
+    if minio_secret(service, cluster) is not None:
+        mounts.append({"name": "minio-keys", "mountPath": MINIO_KEYS_DIR, "readOnly": True})
+        volumes.append(
+            {"name": "minio-keys", "secret": {"secretName": minio_secret_name(service.name)}}
+        )
+    env = [{"name": "OSCAR_SERVICE_NAME", "value": service.name}]
+    if service.exposed:
+        env.append(
+            {"name": "OSCAR_SERVICE_BASE_PATH", "value": EXPOSED_PATH.format(name=service.name)}
+        )
+    container = {
+        "name": CONTAINER,
+        "image": service.image,
+        **container,
+        "env": [*env, *container.get("env", [])],
+        "resources": _resources(service),
+        "volumeMounts": mounts,
+    }
+    if service.secrets:
+        container["envFrom"] = [{"secretRef": {"name": service.name}}]
+    return {
+        # The user's code gets no API credentials and no variables of other services.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "initContainers": [
+            {
+                "name": INIT_CONTAINER,
+                "image": cluster.runtime_image,
+                # The image's entry point copies the runtime into this folder (SPEC 8).
+                "args": [RUNTIME_DIR],
+                "volumeMounts": [{"name": "oscar-bin", "mountPath": RUNTIME_DIR}],
+            }
+        ],
+        "containers": [container],
+        "volumes": volumes,
+        **extra,
+    }
+
+
+def _resources(service: Service) -> dict[str, Any]:
+    # OSCAR writes limits only, which Kubernetes copies to requests; written out here,
+    # since the autoscaler's CPU utilisation is a share of the request.
+    amounts: dict[str, str] = {"cpu": service.cpu, "memory": service.memory}
+    limits = dict(amounts)
+    if service.enable_gpu:
+        limits["nvidia.com/gpu"] = "1"
+    return {"requests": amounts, "limits": limits}
+
+
+def _health_probe(port: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": "/_/health", "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def watchdog_port(service: Service) -> int:
+    """8080, unless the user's server of an exposed service wants it."""
+    port = WATCHDOG_PORT
+    while port in service.expose.api_port:
+        port += 1
+    return port
+
+
+def _watchdog_container(service: Service) -> dict[str, Any]:
+    port = watchdog_port(service)
+    command = [RUNTIME, "watchdog", "--port", str(port)]
+    ports = [{"name": "http", "containerPort": port}]
+    if service.exposed:
+        # The script is the user's server, on the first api_port; the watchdog in front of
+        # it keeps health, metrics and graceful shutdown. Other ports go to it directly.
+        command += ["--mode", "http", "--upstream-port", str(service.expose.api_port[0])]
+        ports += [
+            {"name": f"api-{i}", "containerPort": p}
+            for i, p in enumerate(service.expose.api_port)
+            if i > 0
+        ]
+    container: dict[str, Any] = {
+        "command": command,
+        "ports": ports,
+        "readinessProbe": _health_probe("http", 5, 3),
+        "livenessProbe": _health_probe("http", 10, 3),
+    }
+    if service.exposed:
+        # A server may load a model for minutes before it listens (OSCAR allows 180 s).
+        container["startupProbe"] = _health_probe("http", 10, 18)
+    return container
+
+
+# ---- synchronous services ------------------------------------------------------------------
+
+
+def deployment(service: Service, cluster: Cluster) -> dict[str, Any]:
+    """The watchdog serving `/run/NAME` (exposed services: the autoscaled `NAME-dpl`)."""
+    component = "exposed" if service.exposed else "service"
+    name = exposed_names(service.name)["Deployment"] if service.exposed else service.name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name, service, cluster, component),
+        "spec": {
+            "replicas": max(service.expose.min_scale, 1) if service.exposed else 1,
+            "selector": {"matchLabels": _labels(service.name, component)},
+            "template": {
+                "metadata": _pod_metadata(service, component),
+                "spec": _pod_spec(service, cluster, _watchdog_container(service)),
+            },
+        },
+    }
+
+
+def service_object(service: Service, cluster: Cluster) -> dict[str, Any]:
+    """The watchdog's stable address: port 80 (and 81, 82... for further api_port)."""
+    component = "exposed" if service.exposed else "service"
+    name = exposed_names(service.name)["Service"] if service.exposed else service.name
+    ports = [{"name": "http", "port": SERVICE_PORT, "targetPort": "http"}]
+    ports += [
+        {"name": f"api-{i}", "port": SERVICE_PORT + i, "targetPort": f"api-{i}"}
+        for i in range(1, len(service.expose.api_port))
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, service, cluster, component),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _labels(service.name, component),
+            "ports": ports,
+        },
+    }
+
+
+def service_url(service: Service, cluster: Cluster, domain: str = "cluster.local") -> str:
+    """The Service's cluster DNS name: where the controller sends invocations."""
+    name = service_object(service, cluster)["metadata"]["name"]
+    return f"http://{name}.{cluster.namespace}.svc.{domain}:{SERVICE_PORT}"
+
+
+# ---- exposed services --------------------------------------------------------------------
+
+
+def autoscaler(service: Service, cluster: Cluster) -> dict[str, Any]:
+    names = exposed_names(service.name)
+    # An autoscaler never goes below one replica (zero needs an alpha feature gate), and
+    # its maximum is at least its minimum.
+    low = max(service.expose.min_scale, 1)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(names["HorizontalPodAutoscaler"], service, cluster, "exposed"),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": names["Deployment"],
+            },
+            "minReplicas": low,
+            "maxReplicas": max(service.expose.max_scale, low),
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": max(service.expose.cpu_threshold, 1),
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def ingress(service: Service, cluster: Cluster) -> dict[str, Any]:
+    """`/system/services/NAME/exposed/...` to the exposed Service, with OSCAR's
+    ingress-nginx annotations (the prefix cut off unless `rewrite_target`)."""
+    names = exposed_names(service.name)
+    base = EXPOSED_PATH.format(name=service.name)
+    meta = _metadata(names["Ingress"], service, cluster, "exposed")
+    meta["annotations"] = {
+        "nginx.ingress.kubernetes.io/use-regex": "true",
+        "nginx.ingress.kubernetes.io/rewrite-target": (
+            f"{base}/$1" if service.expose.rewrite_target else "/$1"
+        ),
+        "nginx.ingress.kubernetes.io/proxy-body-size": "0",
+    }
+    path = {
+        "path": f"{base}/?(.*)",
+        "pathType": "ImplementationSpecific",
+        "backend": {"service": {"name": names["Service"], "port": {"number": SERVICE_PORT}}},
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": meta,
+        "spec": {"rules": [{"http": {"paths": [path]}}]},
+    }
+
+
+# ---- all of a service, and its jobs -------------------------------------------------------
+
+
+def service_objects(service: Service, cluster: Cluster) -> list[dict[str, Any]]:
+    """Everything a service is made of, in the order to apply it (MANIFEST_KINDS)."""
+    check(service)
+    objects = [
+        minio_secret(service, cluster),
+        env_secret(service, cluster),
+        config_map(service, cluster),
+        deployment(service, cluster),
+        service_object(service, cluster),
+    ]
+    if service.exposed:
+        objects += [autoscaler(service, cluster), ingress(service, cluster)]
+    return [o for o in objects if o is not None]
+
+
+def job(service: Service, cluster: Cluster, name: str, event: str) -> dict[str, Any]:
+    """One asynchronous invocation: `faas-supervisor run` with the event in `EVENT`."""
+    check(service)
+    container = {
+        "command": [RUNTIME, "run"],
+        "env": [{"name": "EVENT", "value": event}, {"name": "JOB_UUID", "value": name}],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": cluster.namespace,
+            **_pod_metadata(service, "job", {JOB_LABEL: name}),
+        },
+        "spec": {
+            "backoffLimit": 0,  # as OSCAR: an event runs once; a failure is the job's outcome
+            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
+            "template": {
+                "metadata": _pod_metadata(service, "job", {JOB_LABEL: name}),
+                "spec": _pod_spec(service, cluster, container, restartPolicy="Never"),
+            },
+        },
+    }
+
+
+# ---- YAML ------------------------------------------------------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line text (scripts, configs) as literal blocks: readable in `kubectl get -o`."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # `&id001` anchors are valid YAML but not what anyone writes by hand
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
+def to_yaml(objects: Iterable[Mapping[str, Any]]) -> str:
+    """A multi-document YAML stream for `kubectl apply -f -`."""
+    return yaml.dump_all(
+        [dict(o) for o in objects], Dumper=_Dumper, sort_keys=False, explicit_start=True
+    )

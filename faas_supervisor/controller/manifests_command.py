@@ -1,0 +1,68 @@
+"""`faas-supervisor manifests -f FDL.yaml`: the Kubernetes objects of an FDL file's
+services, as YAML for `kubectl apply -f -` (the same objects the kubernetes backend makes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from faas_supervisor.config import current_environ
+
+
+def add_manifests_parser(commands: Any) -> None:
+    from faas_supervisor.controller.manifests import DEFAULT_NAMESPACE, DEFAULT_RUNTIME_IMAGE
+
+    sub: argparse.ArgumentParser = commands.add_parser(
+        "manifests",
+        help="print the Kubernetes objects of an FDL file",
+        description="Print the Kubernetes objects of the services of an FDL file as YAML, "
+        "for `kubectl apply -f -`.",
+    )
+    sub.add_argument("-f", "--file", required=True, help="the FDL file")
+    sub.add_argument("--cluster-id", help="only the services of this cluster id")
+    sub.add_argument(
+        "--namespace", default=DEFAULT_NAMESPACE, help=f"(default {DEFAULT_NAMESPACE})"
+    )
+    sub.add_argument(
+        "--runtime-image",
+        default=DEFAULT_RUNTIME_IMAGE,
+        help=f"the init container's image, holding the runtime (default {DEFAULT_RUNTIME_IMAGE})",
+    )
+    sub.add_argument(
+        "--minio-endpoint", help="the cluster's MinIO, as pods reach it (default: none)"
+    )
+    sub.add_argument("--minio-access-key", help="its access key (default $MINIO_ACCESS_KEY)")
+    sub.add_argument("--minio-secret-key", help="its secret key (default $MINIO_SECRET_KEY)")
+    sub.add_argument("--minio-region", help="its region (default us-east-1)")
+    sub.set_defaults(handler=cmd_manifests)
+
+
+def cmd_manifests(args: argparse.Namespace) -> int:
+    from faas_supervisor.controller.fdl import InvalidService, load_fdl
+    from faas_supervisor.controller.manifests import Cluster, service_objects, to_yaml
+    from faas_supervisor.errors import ConfigError
+
+    environ = current_environ()
+    provider: dict[str, Any] = {}
+    if args.minio_endpoint:
+        provider = {
+            "endpoint": args.minio_endpoint,
+            "verify": True,
+            "access_key": args.minio_access_key or environ.get("MINIO_ACCESS_KEY", ""),
+            "secret_key": args.minio_secret_key or environ.get("MINIO_SECRET_KEY", ""),
+            "region": args.minio_region or environ.get("MINIO_REGION") or "us-east-1",
+        }
+        if not (provider["access_key"] and provider["secret_key"]):
+            raise ConfigError("--minio-endpoint needs --minio-access-key and --minio-secret-key")
+    cluster = Cluster(args.namespace, args.runtime_image, provider)
+    try:
+        services = load_fdl(args.file, args.cluster_id)
+        objects = [o for service in services for o in service_objects(service, cluster)]
+    except InvalidService as exc:  # a bad file is a one-line usage error, exit status 2
+        raise ConfigError(exc.message) from None
+    if not objects:
+        raise ConfigError(f"{args.file}: no services for cluster id {args.cluster_id!r}")
+    sys.stdout.write(to_yaml(objects))
+    return 0

@@ -1,0 +1,419 @@
+"""The Kubernetes objects of a service: each one the code can make validates against the
+Kubernetes 1.30 API schema (kubernetes-validate, strict: no unknown fields), carries the
+labels the backend finds it by, and runs the runtime the way SPEC 7.3 says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from faas_supervisor.cli import main
+from faas_supervisor.controller import manifests
+from faas_supervisor.controller.fdl import InvalidService, Service, load_fdl, parse_service
+from faas_supervisor.controller.function_config import function_config
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parents[2]
+K8S_VERSION = "1.30"
+MINIO = {
+    "endpoint": "http://minio.minio:9000",
+    "verify": True,
+    "access_key": "minio-ak",
+    "secret_key": "minio-sk",
+    "region": "us-east-1",
+}
+WITH_MINIO = manifests.Cluster("oscar-svc", "registry.example/runtime:1", MINIO)
+WITHOUT_MINIO = manifests.Cluster()
+
+SERVICES: dict[str, dict[str, Any]] = {
+    "sync": {"name": "cowsay", "image": "ghcr.io/grycap/cowsay", "script": "echo hi\n"},
+    "sync-secrets-resources": {
+        "name": "plants",
+        "image": "registry.example/plants:2",
+        "script": "#!/bin/sh\npredict \"$INPUT_FILE_PATH\"\n",
+        "cpu": "1.5",
+        "memory": "2Gi",
+        "enable_gpu": True,
+        "environment": {"variables": {"MODEL": "small"}, "secrets": {"API_KEY": "s3cr3t"}},
+        "annotations": {"example.org/owner": "team-a"},
+        "labels": {"team": "a"},
+        "input": [{"storage_provider": "minio", "path": "plants/in"}],
+        "output": [{"storage_provider": "s3.aws", "path": "results/out", "suffix": [".png"]}],
+        "storage_providers": {
+            "s3": {"aws": {"access_key": "AK", "secret_key": "SK", "region": "eu-west-1"}}
+        },
+    },
+    "exposed": {
+        "name": "exposed",
+        "image": "python:3.11-slim",
+        "script": "exec python3 -m http.server $upstream_port\n",
+        "expose": {"api_port": 5000, "min_scale": 2, "max_scale": 4, "cpu_threshold": 70},
+    },
+    "exposed-ports-secrets": {
+        "name": "notebook",
+        "image": "jupyter/base",
+        "script": "exec start-notebook\n",
+        "memory": "1Gi",
+        "environment": {"secrets": {"TOKEN": "t"}},
+        "expose": {"api_port": [8080, 9000], "min_scale": 0, "max_scale": 0,
+                   "cpu_threshold": 0, "rewrite_target": True},
+    },
+}
+
+
+def service(kind: str) -> Service:
+    return parse_service(SERVICES[kind])
+
+
+def validate(obj: dict[str, Any]) -> None:
+    """Strict: a field the schema does not know is an error, as `kubectl --validate=strict`."""
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for obj in objects:
+        key = obj["kind"] if obj["kind"] != "Secret" else f"Secret/{obj['metadata']['name']}"
+        found[key] = obj
+    return found
+
+
+def containers(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(pod spec, init container, the user's container) of a Deployment or Job."""
+    spec = obj["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    (main_container,) = spec["containers"]
+    return spec, init, main_container
+
+
+# ---- every object validates --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cluster", [WITH_MINIO, WITHOUT_MINIO], ids=["minio", "no-minio"])
+@pytest.mark.parametrize("kind", list(SERVICES))
+def test_every_object_validates_and_is_labelled(kind: str, cluster: manifests.Cluster) -> None:
+    svc = service(kind)
+    objects = [*manifests.service_objects(svc, cluster), manifests.job(svc, cluster, "j-1", "{}")]
+    for obj in objects:
+        validate(obj)
+        meta = obj["metadata"]
+        assert meta["namespace"] == cluster.namespace
+        assert meta["labels"]["oscar_service"] == svc.name
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "faas-supervisor"
+    # ... and survives the YAML the `manifests` command prints.
+    for obj in yaml.safe_load_all(manifests.to_yaml(objects)):
+        validate(obj)
+
+
+def test_kinds_of_a_sync_and_an_exposed_service() -> None:
+    sync = [o["kind"] for o in manifests.service_objects(service("sync"), WITHOUT_MINIO)]
+    assert sync == ["ConfigMap", "Deployment", "Service"]
+    exposed = manifests.service_objects(service("exposed-ports-secrets"), WITH_MINIO)
+    assert [(o["kind"], o["metadata"]["name"]) for o in exposed] == [
+        ("Secret", "notebook-minio"),
+        ("Secret", "notebook"),
+        ("ConfigMap", "notebook"),
+        ("Deployment", "notebook-dpl"),
+        ("Service", "notebook-svc"),
+        ("HorizontalPodAutoscaler", "notebook-hpa"),
+        ("Ingress", "notebook-ing"),
+    ]
+    order = [k for _, k in manifests.MANIFEST_KINDS]
+    kinds = [o["kind"] for o in exposed]
+    assert kinds == sorted(kinds, key=order.index)
+
+
+# ---- the ConfigMap and the Secrets ---------------------------------------------------------
+
+
+def test_config_map_is_the_local_backends_config_without_the_minio_keys() -> None:
+    svc = service("sync-secrets-resources")
+    cm = manifests.config_map(svc, WITH_MINIO)
+    assert cm["metadata"]["name"] == "plants"
+    assert cm["data"]["script.sh"] == svc.script
+    config = yaml.safe_load(cm["data"]["function_config.yaml"])
+    local = function_config(svc, MINIO)
+    local["storage_providers"]["minio"]["default"] = {
+        k: v for k, v in MINIO.items() if k not in ("access_key", "secret_key")
+    }
+    assert config == local
+    assert "minio-sk" not in cm["data"]["function_config.yaml"]
+
+
+def test_without_a_cluster_minio_the_config_has_no_default_provider() -> None:
+    svc = service("sync")
+    text = manifests.config_map(svc, WITHOUT_MINIO)["data"]["function_config.yaml"]
+    config = yaml.safe_load(text)
+    assert config["storage_providers"] == {}
+    # The controller's folder store is not reachable from pods: left out likewise.
+    folder = manifests.Cluster(default_provider={"path": "/data/buckets"})
+    config = yaml.safe_load(manifests.config_map(svc, folder)["data"]["function_config.yaml"])
+    assert config["storage_providers"] == {}
+    # The local backend keeps injecting whatever it is given.
+    assert function_config(svc, {"path": "/x"})["storage_providers"] == {
+        "minio": {"default": {"path": "/x"}}
+    }
+
+
+def test_secrets_env_from_and_minio_keys_mounted_where_the_runtime_reads_them() -> None:
+    svc = service("sync-secrets-resources")
+    objects = by_kind(manifests.service_objects(svc, WITH_MINIO))
+    assert objects["Secret/plants"]["stringData"] == {"API_KEY": "s3cr3t"}
+    assert objects["Secret/plants-minio"]["stringData"] == {
+        "accessKey": "minio-ak",
+        "secretKey": "minio-sk",
+    }
+    for obj in (objects["Deployment"], manifests.job(svc, WITH_MINIO, "plants-1", "{}")):
+        spec, _, container = containers(obj)
+        assert container["envFrom"] == [{"secretRef": {"name": "plants"}}]
+        mount = {m["name"]: m for m in container["volumeMounts"]}["minio-keys"]
+        assert mount["mountPath"] == "/var/run/secrets/providers/minio.default"
+        volume = {v["name"]: v for v in spec["volumes"]}["minio-keys"]
+        assert volume["secret"]["secretName"] == "plants-minio"
+
+
+def test_no_secret_objects_or_references_without_secrets() -> None:
+    svc = service("sync")
+    objects = manifests.service_objects(svc, WITHOUT_MINIO)
+    assert all(o["kind"] != "Secret" for o in objects)
+    _, _, container = containers(by_kind(objects)["Deployment"])
+    assert "envFrom" not in container
+    assert {m["name"] for m in container["volumeMounts"]} == {"oscar-bin", "oscar-config"}
+
+
+# ---- the pods: runtime injected, config mounted, resources -----------------------------------
+
+
+def test_sync_deployment_runs_the_watchdog_from_the_injected_runtime() -> None:
+    svc = service("sync")
+    deployment = by_kind(manifests.service_objects(svc, WITH_MINIO))["Deployment"]
+    spec, init, container = containers(deployment)
+    assert init["image"] == "registry.example/runtime:1"
+    assert init["args"] == ["/oscar/bin"]
+    assert container["name"] == "oscar-container"
+    assert container["image"] == "ghcr.io/grycap/cowsay"
+    assert container["command"] == ["/oscar/bin/faas-supervisor", "watchdog", "--port", "8080"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["oscar-bin"] == {"name": "oscar-bin", "emptyDir": {}}
+    assert volumes["oscar-config"]["configMap"]["name"] == "cowsay"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts == {
+        "/oscar/bin": "oscar-bin",
+        "/oscar/config": "oscar-config",
+        "/var/run/secrets/providers/minio.default": "minio-keys",
+    }
+    assert [m["mountPath"] for m in init["volumeMounts"]] == ["/oscar/bin"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/_/health", "port": "http"}
+    assert container["resources"]["limits"] == {"cpu": "0.2", "memory": "256Mi"}
+    assert spec["automountServiceAccountToken"] is False
+
+
+def test_resources_from_cpu_memory_and_gpu() -> None:
+    deployment = manifests.deployment(service("sync-secrets-resources"), WITH_MINIO)
+    _, _, container = containers(deployment)
+    assert container["resources"] == {
+        "requests": {"cpu": "1.5", "memory": "2Gi"},
+        "limits": {"cpu": "1.5", "memory": "2Gi", "nvidia.com/gpu": "1"},
+    }
+
+
+def test_pods_carry_the_managers_labels_and_the_users_annotations() -> None:
+    svc = service("sync-secrets-resources")
+    deployment = manifests.deployment(svc, WITH_MINIO)
+    template = deployment["spec"]["template"]["metadata"]
+    assert template["labels"]["team"] == "a"
+    assert template["labels"]["oscar.grycap/user-service"] == "true"
+    assert template["annotations"] == {"example.org/owner": "team-a"}
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= template["labels"].items()
+    # The service's selector never takes a job's pod in.
+    job = manifests.job(svc, WITH_MINIO, "plants-1", "{}")
+    assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    service_obj = manifests.service_object(svc, WITH_MINIO)
+    assert service_obj["spec"]["selector"] == selector
+
+
+def test_service_url_is_the_cluster_dns_name() -> None:
+    assert manifests.service_url(service("sync"), WITH_MINIO) == (
+        "http://cowsay.oscar-svc.svc.cluster.local:80"
+    )
+    assert manifests.service_url(service("exposed"), WITH_MINIO) == (
+        "http://exposed-svc.oscar-svc.svc.cluster.local:80"
+    )
+
+
+# ---- jobs ---------------------------------------------------------------------------------
+
+
+def test_job_runs_once_with_the_event_in_EVENT_and_its_name_in_JOB_UUID() -> None:
+    event = '{"Records": [{"eventSource": "minio:s3"}]}'
+    job = manifests.job(service("sync"), WITH_MINIO, "cowsay-1234", event)
+    validate(job)
+    assert job["metadata"]["name"] == "cowsay-1234"
+    assert job["spec"]["backoffLimit"] == 0
+    spec, init, container = containers(job)
+    assert spec["restartPolicy"] == "Never"
+    assert init["image"] == WITH_MINIO.runtime_image
+    assert container["command"] == ["/oscar/bin/faas-supervisor", "run"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["EVENT"] == event
+    assert env["JOB_UUID"] == "cowsay-1234"
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels[manifests.JOB_LABEL] == "cowsay-1234"
+    assert labels["oscar_service"] == "cowsay"
+    assert "readinessProbe" not in container
+
+
+# ---- exposed services -------------------------------------------------------------------------
+
+
+def test_exposed_service_deployment_service_autoscaler_ingress() -> None:
+    svc = service("exposed")
+    objects = by_kind(manifests.service_objects(svc, WITH_MINIO))
+    deployment = objects["Deployment"]
+    assert deployment["metadata"]["name"] == "exposed-dpl"
+    assert deployment["spec"]["replicas"] == 2
+    _, _, container = containers(deployment)
+    assert container["command"] == [
+        "/oscar/bin/faas-supervisor", "watchdog", "--port", "8080",
+        "--mode", "http", "--upstream-port", "5000",
+    ]
+    assert "startupProbe" in container
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["OSCAR_SERVICE_BASE_PATH"] == "/system/services/exposed/exposed"
+    svc_obj = objects["Service"]
+    assert svc_obj["metadata"]["name"] == "exposed-svc"
+    assert svc_obj["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+    hpa = objects["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "exposed-dpl"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+    target = hpa["spec"]["metrics"][0]["resource"]["target"]
+    assert target == {"type": "Utilization", "averageUtilization": 70}
+    ingress = objects["Ingress"]
+    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["path"] == "/system/services/exposed/exposed/?(.*)"
+    assert path["backend"]["service"] == {"name": "exposed-svc", "port": {"number": 80}}
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/rewrite-target"] == "/$1"
+
+
+def test_exposed_edge_values_stay_valid() -> None:
+    """api_port 8080 moves the watchdog; scale 0 and threshold 0 become what an
+    autoscaler accepts; further ports are published beside the watchdog's."""
+    svc = service("exposed-ports-secrets")
+    objects = by_kind(manifests.service_objects(svc, WITH_MINIO))
+    _, _, container = containers(objects["Deployment"])
+    assert container["command"][2:4] == ["--port", "8081"]
+    assert container["command"][-2:] == ["--upstream-port", "8080"]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8081},
+        {"name": "api-1", "containerPort": 9000},
+    ]
+    assert [p["port"] for p in objects["Service"]["spec"]["ports"]] == [80, 81]
+    hpa = objects["HorizontalPodAutoscaler"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 1)
+    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 1
+    annotations = objects["Ingress"]["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/rewrite-target"] == (
+        "/system/services/notebook/exposed/$1"
+    )
+
+
+# ---- what Kubernetes refuses, said before asking it ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [({"image": ""}, "image"), ({"name": "1st"}, "name")],
+)
+def test_kubernetes_requirements_name_the_field(fields: dict[str, Any], field: str) -> None:
+    svc = parse_service({**SERVICES["sync"], **fields})
+    with pytest.raises(InvalidService, match=f"^{field}:"):
+        manifests.service_objects(svc, WITH_MINIO)
+
+
+# ---- `faas-supervisor manifests -f` ---------------------------------------------------------
+
+FDL_FILES = sorted({*REPO.glob("examples/fdl.yaml"), *REPO.glob("examples/*/fdl.yaml")})
+
+
+def test_there_are_example_fdl_files() -> None:
+    assert FDL_FILES, "no FDL file under examples/"
+
+
+@pytest.mark.parametrize("fdl", FDL_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_manifests_command_prints_valid_yaml(
+    fdl: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["manifests", "-f", str(fdl), "--minio-endpoint", "http://minio:9000",
+                 "--minio-access-key", "ak", "--minio-secret-key", "sk"]) == 0
+    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    names = {s.name for s in load_fdl(fdl)}
+    assert {d["metadata"]["labels"]["oscar_service"] for d in docs} == names
+    for doc in docs:
+        validate(doc)
+
+
+def test_manifests_command_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    fdl = REPO / "examples" / "fdl.yaml"
+    assert main(["manifests", "-f", str(fdl), "--namespace", "team-a",
+                 "--runtime-image", "local/runtime:dev"]) == 0
+    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert {d["metadata"]["namespace"] for d in docs} == {"team-a"}
+    inits = [d["spec"]["template"]["spec"]["initContainers"][0]["image"]
+             for d in docs if d["kind"] == "Deployment"]
+    assert inits and set(inits) == {"local/runtime:dev"}
+    assert all(d["kind"] != "Secret" for d in docs)  # no MinIO given, no keys to keep
+
+
+def test_manifests_command_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["manifests", "-f", str(tmp_path / "absent.yaml")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    bad = tmp_path / "fdl.yaml"
+    bad.write_text("functions: {oscar: [{c: {name: x, script: 'echo'}}]}\n")
+    assert main(["manifests", "-f", str(bad)]) == 2
+    assert "image: missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["manifests"])  # -f is required
+
+
+# ---- the controller's own objects ---------------------------------------------------------------
+
+DEPLOY_FILES = sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
+
+
+def test_deploy_folder_is_there() -> None:
+    kinds = {d["kind"] for f in DEPLOY_FILES for d in yaml.safe_load_all(f.read_text()) if d}
+    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Deployment",
+            "Service"} <= kinds
+
+
+@pytest.mark.parametrize("path", DEPLOY_FILES, ids=lambda p: p.name)
+def test_deploy_files_validate(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    for doc in docs:
+        validate(doc)
+
+
+def test_controller_runs_the_kubernetes_backend_in_the_roles_namespace() -> None:
+    docs = [d for f in DEPLOY_FILES for d in yaml.safe_load_all(f.read_text()) if d]
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+    (controller,) = [d for d in docs if d["kind"] == "Deployment"]
+    pod = controller["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert binding["subjects"][0]["namespace"] == account["metadata"]["namespace"]
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+    args = pod["containers"][0]["args"]
+    assert "--backend=kubernetes" in args
+    assert f"--namespace={role['metadata']['namespace']}" in args
