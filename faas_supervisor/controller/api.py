@@ -33,9 +33,9 @@ from faas_supervisor.controller.fdl import (
     service_json,
     unmask,
 )
+from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.store import FINISHED, Job, Store
-from faas_supervisor.controller.watcher import InputWatcher
 from faas_supervisor.errors import FaasError
 from faas_supervisor.logs import get_logger
 
@@ -88,7 +88,7 @@ class Api:
         store: Store,
         backend: Backend,
         jobs: Jobs,
-        watcher: InputWatcher,
+        intake: Intake,
         buckets: BucketStore,
     ) -> None:
         self.info = info
@@ -96,7 +96,7 @@ class Api:
         self.store = store
         self.backend = backend
         self.jobs = jobs
-        self.watcher = watcher
+        self.intake = intake
         self.buckets = buckets
         self._session: aiohttp.ClientSession | None = None
 
@@ -288,10 +288,11 @@ class Api:
         if self.store.service(service.name) is not None:
             return text_response("A service with the provided name already exists", 409)
         await self._make_buckets(service)
+        await self._attach(service)
         if not self.store.add_service(service):
+            await self.intake.detach(service)
             return text_response("A service with the provided name already exists", 409)
         await self.backend.deploy(service)
-        await self.watcher.watch(service)
         logger.info("service created", service=service.name)
         return web.Response(status=201)
 
@@ -302,15 +303,20 @@ class Api:
             raise web.HTTPNotFound()
         service = unmask(new, old).with_token(old.token)
         await self._make_buckets(service)
+        await self.intake.detach(old)  # its input paths may be other ones
+        try:
+            await self._attach(service)
+        except _StorageFailed:
+            await self.intake.attach(old, fallback=True)
+            raise
         self.store.update_service(service)
         await self.backend.deploy(service)
-        await self.watcher.watch(service)
         logger.info("service updated", service=service.name)
         return web.Response(status=204)
 
     async def delete_service(self, request: web.Request) -> web.Response:
         service = self._service(request)
-        self.watcher.unwatch(service.name)
+        await self.intake.detach(service)
         for job in self.store.jobs(service.name):
             await self.jobs.delete(job.name)
         await self.backend.remove(service.name)
@@ -331,6 +337,15 @@ class Api:
         except Exception as exc:
             raise _StorageFailed(
                 f"cannot create the buckets of service {service.name}: {exc}"
+            ) from None
+
+    async def _attach(self, service: Service) -> None:
+        """The storage server told to announce the service's new inputs (or watched)."""
+        try:
+            await self.intake.attach(service)
+        except Exception as exc:
+            raise _StorageFailed(
+                f"cannot set up the input notifications of service {service.name}: {exc}"
             ) from None
 
     async def exposed(self, request: web.Request) -> web.StreamResponse:

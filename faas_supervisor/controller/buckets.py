@@ -129,6 +129,26 @@ class S3Store:
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
         )
 
+    @property
+    def keys(self) -> tuple[str, str]:
+        """The access key and secret key, for the other APIs of the same server."""
+        return self._keys
+
+    def other_client(self, service: str) -> Any:
+        """A boto3 client of another API (SNS, SQS) of the same server, with the same keys."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self._keys[0],
+            aws_secret_access_key=self._keys[1],
+            region_name=self.region,
+            verify=self.verify,
+            config=Config(retries={"max_attempts": 3}),
+        )
+
     def provider_settings(self) -> dict[str, Any]:
         return {
             "endpoint": self.endpoint,
@@ -173,9 +193,22 @@ class S3Store:
         return True
 
     def ensure_path(self, bucket: str, folder: str) -> None:
-        self.create_bucket(bucket)
-        if folder:  # a folder marker, as the manager (and the MinIO console) make
-            self.client.put_object(Bucket=bucket, Key=folder.rstrip("/") + "/", Body=b"")
+        from botocore.exceptions import ClientError
+
+        created = self.create_bucket(bucket)
+        if not folder:
+            return
+        marker = folder.rstrip("/") + "/"
+        if not created:
+            # Made once: a marker put again on update would be a new object in a watched
+            # path, an event the service's notification sends.
+            try:
+                self.client.head_object(Bucket=bucket, Key=marker)
+                return
+            except ClientError:
+                pass
+        # A folder marker, as the manager (and the MinIO console) make.
+        self.client.put_object(Bucket=bucket, Key=marker, Body=b"")
 
     def delete_bucket(self, bucket: str) -> None:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -61,6 +61,12 @@ def add_controller_parser(commands: Any) -> None:
     sub.add_argument("--minio-access-key", help="its access key (default $MINIO_ACCESS_KEY)")
     sub.add_argument("--minio-secret-key", help="its secret key (default $MINIO_SECRET_KEY)")
     sub.add_argument("--minio-region", help="its region (default us-east-1)")
+    sub.add_argument(
+        "--events-queue",
+        metavar="NAME_OR_URL",
+        help="an SQS queue of the --minio-endpoint server (made if missing) that its bucket "
+        "notifications go to and the controller reads (for servers that notify by queue)",
+    )
     sub.set_defaults(handler=cmd_controller)
 
 
@@ -79,6 +85,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
     secret_key = args.minio_secret_key or environ.get("MINIO_SECRET_KEY", "")
     if endpoint and not (access_key and secret_key):
         raise ConfigError("--minio-endpoint needs --minio-access-key and --minio-secret-key")
+    if args.events_queue and not endpoint:
+        raise ConfigError("--events-queue needs --minio-endpoint (the queue is on that server)")
     data_dir = args.data_dir or environ.get("FAAS_DATA_DIR") or default_data_dir(environ)
     settings = ControllerSettings(
         data_dir=Path(data_dir).expanduser().resolve(),
@@ -93,6 +101,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         minio_access_key=access_key,
         minio_secret_key=secret_key,
         minio_region=args.minio_region or environ.get("MINIO_REGION") or "us-east-1",
+        events_queue=args.events_queue or "",
         environ=environ,
     )
     return serve(settings)

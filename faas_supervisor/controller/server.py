@@ -21,9 +21,9 @@ from faas_supervisor.controller.api import Api, ApiInfo
 from faas_supervisor.controller.auth import load_credentials
 from faas_supervisor.controller.backends import build_backend
 from faas_supervisor.controller.buckets import build_store
+from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.store import Store
-from faas_supervisor.controller.watcher import InputWatcher
 from faas_supervisor.errors import ConfigError
 from faas_supervisor.logs import get_logger
 
@@ -44,6 +44,7 @@ class ControllerSettings:
     minio_access_key: str = field(default="", repr=False)
     minio_secret_key: str = field(default="", repr=False)
     minio_region: str = "us-east-1"
+    events_queue: str = ""
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -82,24 +83,28 @@ class Controller:
         self.jobs = Jobs(
             self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service
         )
-        self.watcher = InputWatcher(self.buckets, self.jobs.submit)
+        self.intake = Intake(
+            self.buckets, self.jobs.submit, settings.public_url, settings.events_queue
+        )
         self.api = Api(
             ApiInfo(self.backend.name, time.time(), settings.max_jobs),
             self.credentials,
             self.store,
             self.backend,
             self.jobs,
-            self.watcher,
+            self.intake,
             self.buckets,
         )
 
     async def serve(self) -> int:
+        await self.intake.open()  # first: a queue that cannot be opened is a usage error
         await self.backend.start()
         for service in self.store.services():
             await self.backend.deploy(service)
-            await self.watcher.watch(service)
+            # Again at each start: the external URL may have changed, or the server.
+            await self.intake.attach(service, fallback=True)
         await self.jobs.start()
-        self.watcher.start()
+        self.intake.start()
         runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
@@ -127,7 +132,7 @@ class Controller:
 
     async def _stop(self, runner: web.AppRunner) -> None:
         await runner.cleanup()
-        await self.watcher.close()
+        await self.intake.close()
         await self.jobs.close()
         await self.backend.close()
         self.store.close()

@@ -17,12 +17,16 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
+
+if TYPE_CHECKING:
+    from tests.integration.ceph import CephRgw
 
 
 def free_port() -> int:
@@ -174,3 +178,15 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def ceph_rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephRgw]:
+    """One real Ceph RGW for the session (about 15 s to start), shared by every module."""
+    from tests.integration.ceph import start_ceph_rgw  # ceph.py imports this module
+
+    rgw = start_ceph_rgw(tmp_path_factory.mktemp("ceph"))
+    try:
+        yield rgw
+    finally:
+        rgw.stop()

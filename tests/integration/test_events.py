@@ -18,7 +18,6 @@ import os
 import subprocess
 import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -27,7 +26,7 @@ import pytest
 import requests
 import yaml
 
-from tests.integration.ceph import CephRgw, start_ceph_rgw
+from tests.integration.ceph import CephRgw
 from tests.integration.conftest import S3Server, WatchdogFactory, faas_command, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -368,15 +367,6 @@ def test_a_bad_storage_event_is_a_400_or_exit_2(
 
 # Keys RGW must deliver literally: spaces, `+`, `%` and what looks like an escape.
 CEPH_KEYS = ["input/my dog.txt", "input/a+b c.txt", "input/100% p%2Fq é+%20.txt"]
-
-
-@pytest.fixture(scope="session")
-def ceph_rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephRgw]:
-    rgw = start_ceph_rgw(tmp_path_factory.mktemp("ceph"))
-    try:
-        yield rgw
-    finally:
-        rgw.stop()
 
 
 @pytest.mark.timeout(420)  # the first test also starts the cluster

@@ -1,0 +1,133 @@
+"""How a service's new input objects become its jobs: the one place where that is chosen.
+
+For the inputs of a service on the default provider (`minio.default`), in this order:
+
+1. the embedded folder store: the controller watches the input folders (watcher.py);
+2. an S3 server and `--events-queue`: the server notifies an SQS queue the controller
+   reads (queue.py), since the operator said this server notifies that way;
+3. an S3 server that keeps a push endpoint on an SNS topic (Ceph RGW): the server
+   pushes each event to `/job/{name}`, the service token as the topic's `OpaqueData`;
+4. any other S3 server (MinIO, Amazon S3 without a queue, moto): watched, as 1.
+
+Rule 3 is found by trying (notifications.py): nothing in an S3 server's answers says
+more reliably whether it will push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from urllib.parse import quote
+
+from faas_supervisor.controller.buckets import BucketStore, S3Store
+from faas_supervisor.controller.fdl import Service
+from faas_supervisor.controller.notifications import S3Notifications, input_paths
+from faas_supervisor.controller.queue import QueuePoller, Submit
+from faas_supervisor.controller.watcher import InputWatcher
+from faas_supervisor.errors import ConfigError
+from faas_supervisor.logs import get_logger
+
+NONE, WATCH, QUEUE, PUSH = "none", "watch", "queue", "push"
+logger = get_logger(component="intake")
+
+
+class Intake:
+    def __init__(
+        self, buckets: BucketStore, submit: Submit, public_url: str, events_queue: str = ""
+    ) -> None:
+        self.public_url = public_url.rstrip("/")
+        self.watcher = InputWatcher(buckets, submit)
+        self.notifications = S3Notifications(buckets) if isinstance(buckets, S3Store) else None
+        self.queue: QueuePoller | None = None
+        if events_queue:
+            if not isinstance(buckets, S3Store):
+                raise ConfigError("--events-queue needs --minio-endpoint (an S3 server)")
+            self.queue = QueuePoller(buckets, events_queue, submit)
+        self.modes: dict[str, str] = {}
+
+    async def open(self) -> None:
+        """Before any service is attached: the events queue, made if missing."""
+        if self.queue is not None:
+            try:
+                await asyncio.to_thread(self.queue.open)
+            except Exception as exc:
+                raise ConfigError(
+                    f"--events-queue: cannot open {self.queue.queue}: {exc}"
+                ) from None
+
+    def start(self) -> None:
+        self.watcher.start()
+        if self.queue is not None:
+            self.queue.start()
+
+    async def close(self) -> None:
+        if self.queue is not None:
+            self.queue.close()
+        await self.watcher.close()
+
+    def mode(self, name: str) -> str:
+        return self.modes.get(name, NONE)
+
+    async def attach(self, service: Service, fallback: bool = False) -> str:
+        """Have the service's new input objects start its jobs; the way chosen.
+
+        A storage server that fails to set up its notifications fails the call, unless
+        `fallback` (at start-up, where the controller must come up): then it is watched.
+        """
+        try:
+            mode = await self._attach(service)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self.detach(service)
+            if not fallback:
+                raise
+            logger.warning(
+                "cannot set up the storage server's notifications; watching instead",
+                service=service.name,
+                error=str(exc),
+            )
+            await self.watcher.watch(service)
+            mode = WATCH
+        self.modes[service.name] = mode
+        logger.info("service events", service=service.name, intake=mode)
+        return mode
+
+    async def _attach(self, service: Service) -> str:
+        self.modes[service.name] = NONE
+        if not input_paths(service):
+            return NONE
+        if self.notifications is None:
+            self.modes[service.name] = WATCH
+            await self.watcher.watch(service)
+            return WATCH
+        if self.queue is not None:
+            self.modes[service.name] = QUEUE
+            self.queue.add(service)
+            await asyncio.to_thread(self.notifications.notify_queue, service, self.queue.arn)
+            return QUEUE
+        url = f"{self.public_url}/job/{quote(service.name)}"
+        arn = await asyncio.to_thread(self.notifications.make_push_topic, service, url)
+        if arn is not None:
+            self.modes[service.name] = PUSH
+            await asyncio.to_thread(self.notifications.push_to_topic, service, arn)
+            return PUSH
+        self.modes[service.name] = WATCH
+        await self.watcher.watch(service)
+        return WATCH
+
+    async def detach(self, service: Service) -> None:
+        """Undo `attach`; a storage server that fails here is logged, not raised: the
+        service is going away either way."""
+        mode = self.modes.pop(service.name, NONE)
+        self.watcher.unwatch(service.name)
+        if self.queue is not None:
+            self.queue.remove(service.name)
+        if self.notifications is None or mode not in (QUEUE, PUSH):
+            return
+        undo = self.notifications.remove_queue if mode == QUEUE else self.notifications.remove_push
+        try:
+            await asyncio.to_thread(undo, service)
+        except Exception as exc:
+            logger.warning(
+                "cannot remove the service's notifications", service=service.name, error=str(exc)
+            )

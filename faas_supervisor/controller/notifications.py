@@ -1,0 +1,195 @@
+"""Asking an S3-compatible server to announce a service's new input objects.
+
+Two ways, both set up through the server's own API:
+
+* Ceph RGW pushes: an SNS topic whose `push-endpoint` is the controller's `/job/{name}`
+  and whose `OpaqueData` is the service token, and a bucket notification to it.
+* A queue: a bucket notification to an SQS queue the controller reads (queue.py).
+
+A service's bucket notifications are named `faas-supervisor.<service>.<n>`: service
+names have no dots, so the prefix `faas-supervisor.<service>.` is that service's alone,
+and the entries of other services (or of other tools) on the same bucket are kept.
+Calls are blocking; the callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from faas_supervisor.controller.buckets import S3Store
+from faas_supervisor.controller.fdl import Service
+from faas_supervisor.logs import get_logger
+
+EVENTS = ["s3:ObjectCreated:*"]
+ID_PREFIX = "faas-supervisor"
+logger = get_logger(component="notifications")
+
+
+@dataclass(frozen=True)
+class InputPath:
+    """Where a service's events come from: a bucket of the default provider and a prefix."""
+
+    bucket: str
+    prefix: str  # "folder/", or "" for the whole bucket
+
+    def matches(self, bucket: str, key: str) -> bool:
+        return bucket == self.bucket and key.startswith(self.prefix)
+
+
+def input_paths(service: Service) -> list[InputPath]:
+    """The service's inputs on the default provider: the only ones the controller serves."""
+    return [
+        InputPath(e.bucket, f"{e.folder}/" if e.folder else "")
+        for e in service.input
+        if e.provider == "minio.default"
+    ]
+
+
+def topic_name(service: str) -> str:
+    return f"{ID_PREFIX}-{service}"
+
+
+def _ids_of(service: str) -> str:
+    return f"{ID_PREFIX}.{service}."
+
+
+def _by_bucket(paths: Iterable[InputPath]) -> dict[str, list[InputPath]]:
+    grouped: dict[str, list[InputPath]] = {}
+    for path in paths:
+        grouped.setdefault(path.bucket, []).append(path)
+    return grouped
+
+
+def _entry(service: str, n: int, path: InputPath, target: dict[str, str]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"Id": f"{_ids_of(service)}{n}", **target, "Events": EVENTS}
+    if path.prefix:
+        entry["Filter"] = {"Key": {"FilterRules": [{"Name": "prefix", "Value": path.prefix}]}}
+    return entry
+
+
+class S3Notifications:
+    """Bucket notifications (and RGW topics) on the default provider's server."""
+
+    def __init__(self, store: S3Store) -> None:
+        self.store = store
+        self.s3: Any = store.client
+        self._sns: Any = None
+
+    @property
+    def sns(self) -> Any:
+        if self._sns is None:  # botocore's SNS model is only loaded when a push is tried
+            self._sns = self.store.other_client("sns")
+        return self._sns
+
+    # ---- Ceph RGW: push to /job/{name} -------------------------------------------------
+
+    def make_push_topic(self, service: Service, push_url: str) -> str | None:
+        """RGW's topic for the service; None when the server keeps no push endpoint.
+
+        RGW returns a topic's push endpoint in its attributes (`EndPoint`, JSON with
+        `EndpointAddress`). MinIO and Amazon S3 refuse the call or its attributes, and
+        moto makes the topic but drops them: those servers cannot push, and a topic
+        made by trying is deleted again.
+        """
+        from botocore.exceptions import ClientError
+
+        try:
+            arn: str = self.sns.create_topic(
+                Name=topic_name(service.name),
+                Attributes={"push-endpoint": push_url, "OpaqueData": service.token},
+            )["TopicArn"]
+        except ClientError as exc:
+            logger.info("the storage server has no push topics", error=str(exc))
+            return None
+        attributes = self.sns.get_topic_attributes(TopicArn=arn).get("Attributes", {})
+        try:
+            address = json.loads(attributes.get("EndPoint") or "{}").get("EndpointAddress")
+        except (json.JSONDecodeError, AttributeError):
+            address = None
+        if address != push_url:
+            self.sns.delete_topic(TopicArn=arn)
+            logger.info("the storage server keeps no push endpoint on its topics")
+            return None
+        return arn
+
+    def push_to_topic(self, service: Service, arn: str) -> None:
+        """RGW adds (or replaces, by id) the notifications it is sent, keeping the others."""
+        for bucket, paths in _by_bucket(input_paths(service)).items():
+            entries = [_entry(service.name, n, p, {"TopicArn": arn}) for n, p in enumerate(paths)]
+            self.s3.put_bucket_notification_configuration(
+                Bucket=bucket, NotificationConfiguration={"TopicConfigurations": entries}
+            )
+
+    def remove_push(self, service: Service) -> None:
+        """The service's notifications and its topic. RGW keeps a notification that a
+        PUT leaves out, so each is deleted by id (RGW's `DELETE /bucket?notification=id`,
+        which boto3 has no call for)."""
+        for bucket in _by_bucket(input_paths(service)):
+            for entry in self._entries(bucket, "TopicConfigurations"):
+                if entry.get("Id", "").startswith(_ids_of(service.name)):
+                    self._delete_notification(bucket, entry["Id"])
+        for topic in self.sns.list_topics().get("Topics", []):
+            arn = topic.get("TopicArn", "")
+            if arn.rsplit(":", 1)[-1] == topic_name(service.name):
+                self.sns.delete_topic(TopicArn=arn)
+                break
+
+    def _delete_notification(self, bucket: str, notification: str) -> None:
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        url = (
+            f"{self.store.endpoint.rstrip('/')}/{quote(bucket)}"
+            f"?notification={quote(notification, safe='')}"
+        )
+        request = AWSRequest(method="DELETE", url=url)
+        from botocore.credentials import Credentials
+
+        S3SigV4Auth(Credentials(*self.store.keys), "s3", self.store.region).add_auth(request)
+        prepared = request.prepare()
+        with urllib.request.urlopen(
+            urllib.request.Request(prepared.url, method="DELETE", headers=dict(prepared.headers)),
+            timeout=30,
+        ):
+            pass
+
+    # ---- a queue -----------------------------------------------------------------------
+
+    def notify_queue(self, service: Service, queue_arn: str) -> None:
+        """Amazon S3 (and moto) replace a bucket's whole configuration with what they are
+        sent: the entries of others are read first and sent back."""
+        for bucket, paths in _by_bucket(input_paths(service)).items():
+            mine = [
+                _entry(service.name, n, p, {"QueueArn": queue_arn}) for n, p in enumerate(paths)
+            ]
+            self._replace(bucket, service.name, mine)
+
+    def remove_queue(self, service: Service) -> None:
+        for bucket in _by_bucket(input_paths(service)):
+            self._replace(bucket, service.name, [])
+
+    def _replace(self, bucket: str, service: str, mine: list[dict[str, Any]]) -> None:
+        current = self.s3.get_bucket_notification_configuration(Bucket=bucket)
+        config: dict[str, Any] = {}
+        for kind in ("TopicConfigurations", "QueueConfigurations", "LambdaFunctionConfigurations"):
+            kept = [
+                e for e in current.get(kind, []) if not e.get("Id", "").startswith(_ids_of(service))
+            ]
+            if kept:
+                config[kind] = kept
+        if "EventBridgeConfiguration" in current:  # present (even empty) means enabled
+            config["EventBridgeConfiguration"] = current["EventBridgeConfiguration"]
+        if mine:
+            config["QueueConfigurations"] = [*config.get("QueueConfigurations", []), *mine]
+        self.s3.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration=config
+        )
+
+    def _entries(self, bucket: str, kind: str) -> list[dict[str, Any]]:
+        found = self.s3.get_bucket_notification_configuration(Bucket=bucket).get(kind)
+        return list(found) if isinstance(found, list) else []
