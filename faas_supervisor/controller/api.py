@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from faas_supervisor import __version__
 from faas_supervisor.controller.auth import Credentials, bearer, token_matches
@@ -40,6 +41,7 @@ from faas_supervisor.errors import FaasError
 from faas_supervisor.logs import get_logger
 
 MAX_DEFINITION = 64 << 20  # a service JSON carries its script; bodies of /run stream
+WHOLE_BODY_MAX = 64 << 10  # proxied answers up to this size are read, then sent whole
 CEPH_EVENT_MAX = 1 << 20  # an unauthenticated body is read only to find its token
 # Hop-by-hop headers (RFC 9110 7.6.1) are the proxy's own, never passed on.
 HOP_BY_HOP = frozenset(
@@ -392,10 +394,25 @@ class Api:
                 data=body,
                 skip_auto_headers=("Content-Type", "User-Agent", "Accept-Encoding"),
             ) as upstream:
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for key, value in upstream.headers.items():
-                    if key.lower() not in HOP_BY_HOP and key.lower() not in ("server", "date"):
-                        response.headers.add(key, value)
+                answer_headers = CIMultiDict(
+                    (k, v)
+                    for k, v in upstream.headers.items()
+                    if k.lower() not in HOP_BY_HOP and k.lower() not in ("server", "date")
+                )
+                length = upstream.content_length
+                if request.method != "HEAD" and length is not None and length <= WHOLE_BODY_MAX:
+                    # Small and of known length: sent with its headers in one write. A
+                    # streamed response sends its headers alone first, a second
+                    # syscall and wake-up that was most of what the proxy added.
+                    return web.Response(
+                        status=upstream.status,
+                        reason=upstream.reason,
+                        body=await upstream.read(),
+                        headers=answer_headers,
+                    )
+                response = web.StreamResponse(
+                    status=upstream.status, reason=upstream.reason, headers=answer_headers
+                )
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)

@@ -61,6 +61,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        # Parsed definitions by name: every /run and /job looks its service up, and
+        # parsing the stored JSON cost more than the rest of the lookup. This object is
+        # the only writer of the services table, so it knows when an entry goes stale.
+        self._services: dict[str, Service] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -86,22 +90,31 @@ class Store:
             )
         except sqlite3.IntegrityError:
             return False
+        self._services.pop(service.name, None)
         return True
 
     def update_service(self, service: Service) -> None:
         self.db.execute(
             "UPDATE services SET definition = ? WHERE name = ?", (to_record(service), service.name)
         )
+        self._services.pop(service.name, None)
 
     def service(self, name: str) -> Service | None:
+        found = self._services.get(name)
+        if found is not None:
+            return found
         row = self.db.execute("SELECT definition FROM services WHERE name = ?", (name,)).fetchone()
-        return from_record(row[0]) if row else None
+        if row is None:
+            return None
+        found = self._services[name] = from_record(row[0])
+        return found
 
     def services(self) -> list[Service]:
         rows = self.db.execute("SELECT definition FROM services ORDER BY created").fetchall()
         return [from_record(row[0]) for row in rows]
 
     def remove_service(self, name: str) -> None:
+        self._services.pop(name, None)
         with self._transaction() as db:
             db.execute("DELETE FROM services WHERE name = ?", (name,))
             db.execute("DELETE FROM jobs WHERE service = ?", (name,))

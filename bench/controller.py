@@ -1,0 +1,307 @@
+"""The controller: what its proxy adds to a synchronous invocation, and a queue of jobs.
+
+* Sync: `POST /run/NAME` through the controller against the same request sent straight
+  to the service's watchdog, alternating request by request on two keep-alive
+  connections, so that the machine's noise hits both alike. Target: the controller adds
+  at most 1 ms to the median.
+* Jobs: 1 000 `POST /job/NAME` at once, drained by `--max-jobs 4`; the script appends
+  its `JOB_UUID` to a file. Every job must be in the store as Succeeded and in the file
+  exactly once: none lost, none run twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import _common as c
+
+USER, PASSWORD = "bench", "bench-password"
+BODY = b"aGkK"  # base64 of "hi\n", as in latency.py
+SYNC_SCRIPT = "echo hi\n"
+TARGET_ADDED = 0.001  # seconds
+
+
+@dataclass
+class Controller:
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log: Path
+
+    def conn(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+
+    def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        conn = self.conn()
+        auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        conn.request(method, path, body=body, headers={"Authorization": f"Basic {auth}"})
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, data
+
+    def create(self, name: str, script: str) -> str:
+        status, data = self.call(
+            "POST", "/system/services", json.dumps({"name": name, "script": script}).encode()
+        )
+        if status != 201:
+            raise RuntimeError(f"creating {name}: {status} {data[:300]!r}")
+        status, data = self.call("GET", f"/system/services/{name}")
+        token: str = json.loads(data)["token"]
+        return token
+
+    def jobs(self, name: str) -> dict[str, dict[str, str]]:
+        status, data = self.call("GET", f"/system/logs/{name}")
+        if status != 200:
+            raise RuntimeError(f"listing jobs: {status} {data[:300]!r}")
+        jobs: dict[str, dict[str, str]] = json.loads(data)["jobs"]
+        return jobs
+
+    def watchdog_port(self, name: str, timeout: float = 60) -> int:
+        """The service's own watchdog, from its log (the local backend picks the port)."""
+        log = self.data_dir / "services" / name / "watchdog.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if log.exists():
+                found = re.findall(rb"watchdog ready.*?port=(\d+)", log.read_bytes())
+                if found:
+                    return int(found[-1])
+            time.sleep(0.05)  # a log file has no event to await
+        raise RuntimeError(f"{name}'s watchdog did not start: {self.log.read_text()[-2000:]}")
+
+
+@contextmanager
+def controller(workdir: Path, max_jobs: int) -> Iterator[Controller]:
+    port = c.free_port()
+    data_dir = workdir / "data"
+    log = workdir / "controller.log"
+    command = [*c.faas_command(), "controller", "--host", "127.0.0.1", "--port", str(port),
+               "--data-dir", str(data_dir), "--user", USER, "--password", PASSWORD,
+               "--max-jobs", str(max_jobs)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    ctl = Controller(process, port, data_dir, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the controller exited: {log.read_text()[-2000:]}")
+            try:
+                if ctl.call("GET", "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the controller did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)  # a port has no readiness event to await
+        yield ctl
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# ---- sync ---------------------------------------------------------------------------------
+
+
+def one(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> float:
+    started = time.perf_counter()
+    conn.request("POST", path, body=BODY, headers=headers)
+    response = conn.getresponse()
+    data = response.read()
+    elapsed = time.perf_counter() - started
+    if response.status != 200 or not data.endswith(b"hi\n"):
+        raise RuntimeError(f"{path} answered {response.status}: {data[:200]!r}")
+    return elapsed
+
+
+def sync(ctl: Controller, n: int) -> dict[str, list[float]]:
+    token = ctl.create("bench-sync", SYNC_SCRIPT)
+    port = ctl.watchdog_port("bench-sync")
+    through = ctl.conn()
+    direct = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    via = {"Content-Type": "text/plain", "Authorization": f"Bearer {token}"}
+    plain = {"Content-Type": "text/plain"}
+    for _ in range(20):  # warm both paths: connections, the controller's pool
+        one(through, "/run/bench-sync", via)
+        one(direct, "/", plain)
+    samples: dict[str, list[float]] = {"controller": [], "direct": [], "paired": []}
+    for i in range(n):
+        # Alternate which goes first, so neither always follows the other.
+        if i % 2:
+            t_direct = one(direct, "/", plain)
+            t_through = one(through, "/run/bench-sync", via)
+        else:
+            t_through = one(through, "/run/bench-sync", via)
+            t_direct = one(direct, "/", plain)
+        samples["controller"].append(t_through)
+        samples["direct"].append(t_direct)
+        samples["paired"].append(t_through - t_direct)
+    through.close()
+    direct.close()
+    return samples
+
+
+# ---- jobs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Drain:
+    jobs: int
+    max_jobs: int
+    submit_seconds: float
+    drain_seconds: float
+    succeeded: int
+    failed: int
+    stored: int
+    ran_lines: int
+    ran_unique: int
+    ran_twice: int
+    lost: int
+    unknown: int
+    peak_running: int
+
+
+def drain(ctl: Controller, workdir: Path, n: int, max_jobs: int, timeout: float) -> Drain:
+    ran = workdir / "ran.txt"
+    ran.touch()
+    # O_APPEND writes of one short line are atomic: concurrent jobs do not interleave.
+    token = ctl.create("bench-jobs", f'echo "$JOB_UUID" >> {ran}\n')
+    conn = ctl.conn()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
+    names = []
+    started = time.perf_counter()
+    for _ in range(n):
+        conn.request("POST", "/job/bench-jobs", body=b"aGkK", headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 201:
+            raise RuntimeError(f"/job answered {response.status}: {data[:200]!r}")
+        names.append(json.loads(data)["job"])
+    submitted = time.perf_counter() - started
+    conn.close()
+    deadline = time.monotonic() + timeout
+    peak = 0
+    while True:
+        jobs = ctl.jobs("bench-jobs")
+        statuses = Counter(job["status"] for job in jobs.values())
+        peak = max(peak, statuses["Running"])
+        if statuses["Succeeded"] + statuses["Failed"] >= n or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)  # the API has no push channel to await
+    drained = time.perf_counter() - started
+    lines = ran.read_text().split()
+    counts = Counter(lines)
+    return Drain(
+        jobs=n,
+        max_jobs=max_jobs,
+        submit_seconds=submitted,
+        drain_seconds=drained,
+        succeeded=statuses["Succeeded"],
+        failed=statuses["Failed"],
+        stored=len(jobs),
+        ran_lines=len(lines),
+        ran_unique=len(counts),
+        ran_twice=sum(1 for v in counts.values() if v > 1),
+        lost=len(set(names) - set(counts)),
+        unknown=len(set(counts) - set(names)),
+        peak_running=peak,
+    )
+
+
+# ---- report -------------------------------------------------------------------------------
+
+
+def report(machine: str, s: dict[str, list[float]], d: Drain | None, notes: str) -> str:
+    added = c.median(s["controller"]) - c.median(s["direct"])
+    paired = c.median(s["paired"])
+    rows = [
+        ["straight to the watchdog, keep-alive `POST /`", str(len(s["direct"])),
+         c.ms(c.median(s["direct"])), c.ms(c.percentile(s["direct"], 90))],
+        ["through the controller, keep-alive `POST /run/NAME`", str(len(s["controller"])),
+         c.ms(c.median(s["controller"])), c.ms(c.percentile(s["controller"], 90))],
+    ]
+    met = c.verdict(max(added, paired) <= TARGET_ADDED)
+    text = f"""## Controller: the proxy's cost and a queue of jobs (`bench/controller.py`)
+
+Run {machine}.
+
+Synchronous `echo hi` (body `aGkK`), the two paths alternated request by request:
+
+{c.table(["path", "runs", "median", "p90"], rows)}
+
+* added by the controller: difference of the medians **{c.ms(added)}**, median of the
+  per-pair differences {c.ms(paired)} (target <= 1 ms): {met}
+"""
+    if d is not None:
+        ok = d.succeeded == d.jobs and d.lost == 0 and d.ran_twice == 0 and d.unknown == 0
+        header = ["submitted in", "drained in (from the first submit)", "jobs/s",
+                  "Succeeded / Failed in the store", "lines in the file", "unique",
+                  "run twice", "lost", "peak Running seen"]
+        row = [f"{d.submit_seconds:.1f} s", f"{d.drain_seconds:.1f} s",
+               f"{d.jobs / d.drain_seconds:.1f}", f"{d.succeeded} / {d.failed}",
+               str(d.ran_lines), str(d.ran_unique), str(d.ran_twice), str(d.lost),
+               str(d.peak_running)]
+        text += f"""
+{d.jobs} jobs (`POST /job/NAME`, one keep-alive connection) drained with
+`--max-jobs {d.max_jobs}`; the script appends its `JOB_UUID` to a file:
+
+{c.table(header, [row])}
+
+* none lost, none run twice: {c.verdict(ok)}
+"""
+    return text + notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--requests", type=int, default=1000, help="sync pairs (default 1000)")
+    parser.add_argument("--jobs", type=int, default=1000, help="queued jobs (default 1000)")
+    parser.add_argument("--max-jobs", type=int, default=4)
+    parser.add_argument("--drain-timeout", type=float, default=1800)
+    parser.add_argument("--no-write", action="store_true", help="print, leave RESULTS.md")
+    args = parser.parse_args()
+    machine = c.machine()
+    with tempfile.TemporaryDirectory(prefix="faas-bench-controller-") as tmp:
+        workdir = Path(tmp)
+        with controller(workdir, args.max_jobs) as ctl:
+            samples = sync(ctl, args.requests)
+            result = None
+            if args.jobs:
+                result = drain(ctl, workdir, args.jobs, args.max_jobs, args.drain_timeout)
+    notes = NOTES
+    text = report(machine, samples, result, notes)
+    if args.no_write:
+        print(text)
+    else:
+        c.write_section("controller", text)
+
+
+NOTES = """
+The controller's data folder is on disk (a temporary folder); both paths reach the same
+watchdog process, so its own cost cancels out and the difference is the controller's:
+one more HTTP hop on loopback (aiohttp server and client), the token check, and the
+service lookup in SQLite.
+"""
+
+
+if __name__ == "__main__":
+    main()
