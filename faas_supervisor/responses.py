@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import threading
 import zipfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,10 @@ async def base64_chunks(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield base64.b64encode(rest)
 
 
+class _Abandoned(Exception):
+    """Raised in the ZIP worker once the consumer has gone, to stop building the archive."""
+
+
 class _QueueWriter:
     """A write-only, unseekable file that hands what zipfile writes to the event loop."""
 
@@ -83,6 +88,8 @@ class _QueueWriter:
         self.queue = queue
         self.loop = loop
         self.buffer = bytearray()
+        # Set by the consumer when the client leaves: the rest of the archive is not wanted.
+        self.abandoned = threading.Event()
 
     def write(self, data: bytes) -> int:
         self.buffer += data
@@ -91,6 +98,8 @@ class _QueueWriter:
         return len(data)
 
     def _send(self) -> None:
+        if self.abandoned.is_set():
+            raise _Abandoned
         if self.buffer:
             data, self.buffer = bytes(self.buffer), bytearray()
             # Blocks the worker thread while the queue is full: back-pressure.
@@ -121,10 +130,17 @@ async def zip_chunks(outputs: Sequence[OutputFile]) -> AsyncIterator[bytes]:
                     fd = os.open(output.path, os.O_RDONLY | os.O_NOFOLLOW)
                     with os.fdopen(fd, "rb") as src, zf.open(info, "w") as dest:
                         while chunk := src.read(CHUNK):
+                            if writer.abandoned.is_set():  # compressible data writes rarely
+                                raise _Abandoned
                             dest.write(chunk)
             writer.flush()
+        except Exception:
+            if not writer.abandoned.is_set():
+                raise
+            # The client left (and the folder may be gone already): nothing is owed.
         finally:
-            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+            if not writer.abandoned.is_set():
+                asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
 
     task = loop.run_in_executor(None, build)
     try:
@@ -133,12 +149,12 @@ async def zip_chunks(outputs: Sequence[OutputFile]) -> AsyncIterator[bytes]:
         await task  # re-raise what went wrong in the worker
     finally:
         if not task.done():
-            # The client left: drain so the worker is not stuck on a full queue.
-            while not task.done():
-                try:
-                    await asyncio.wait_for(queue.get(), 0.1)
-                except TimeoutError:
-                    continue
+            # The client left. Stop the worker rather than build the rest of the archive
+            # for no one (it would hold the invocation's folder that long), and free the
+            # queue so the one put it may be blocked on completes; it puts nothing more.
+            writer.abandoned.set()
+            while not queue.empty():
+                queue.get_nowait()
 
 
 async def logs_chunks(

@@ -901,3 +901,103 @@ def test_256_mib_round_trip_in_bounded_memory(watchdog: WatchdogFactory) -> None
     assert peak < 100 * 1024, f"peak RSS {peak / 1024:.1f} MiB"
     no_folders_left(wd)
     assert wd.stop() == 0
+
+
+# ---- SPEC 3: script sources, secrets; SPEC 4.1: a failed upload -------------------------
+
+
+@pytest.mark.parametrize("source", ["SCRIPT", "config key"])
+def test_script_from_SCRIPT_or_the_config(tmp_path: Path, source: str) -> None:
+    text = '#!/bin/sh\necho "script from here"\n'
+    if source == "SCRIPT":
+        env = {"SCRIPT": base64.b64encode(text.encode()).decode()}
+    else:
+        config = "script: |\n" + "".join(f"  {line}\n" for line in text.splitlines())
+        env = {"FUNCTION_CONFIG": base64.b64encode(config.encode()).decode()}
+    port = free_port()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    full_env = {k: v for k, v in os.environ.items() if k not in ("FUNCTION_CONFIG", "SCRIPT")}
+    full_env.update({"TMPDIR": str(tmp), "suppress_lock": "true", **env})
+    log = tmp_path / "wd.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([*faas_command(), "watchdog", "--host", "127.0.0.1",
+                                    "--port", str(port)], env=full_env, stdout=out, stderr=out)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/_/health", process, log=log)
+        response = requests.post(f"http://127.0.0.1:{port}/", data=b"{}", timeout=10)
+        assert response.text == "script from here\n"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    assert list(tmp.iterdir()) == []  # the script's text was written in a folder now gone
+
+
+def test_secrets_never_appear_in_logs_or_responses(watchdog: WatchdogFactory,
+                                                   tmp_path: Path) -> None:
+    secret = "SECRET" + uuid.uuid4().hex
+    config = f"""
+log_level: DEBUG
+storage_providers:
+  minio:
+    default: {{endpoint: "http://127.0.0.1:9", access_key: AK{secret}, secret_key: SK{secret}}}
+  webdav:
+    dc: {{hostname: "http://127.0.0.1:9", login: me, password: PW{secret}}}
+"""
+    wd = watchdog('#!/bin/sh\necho "ran"\nexit "$(cat "$INPUT_FILE_PATH")"\n', config,
+                  env={"LOG_LEVEL": "DEBUG"}, args=["--write-debug"])
+    ok = requests.post(wd.url, data=b"0", timeout=10)
+    failed = requests.post(wd.url, data=b"1", timeout=10)
+    assert (ok.status_code, failed.status_code) == (200, 500)
+    assert wd.stop() == 0
+    for text in (ok.text, failed.text, wd.log.read_text()):
+        assert secret not in text
+
+
+def test_failed_upload_is_502(watchdog: WatchdogFactory, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.write_text("a file where the store's folder should be\n")
+    config = (f"storage_providers:\n  local:\n    files: {{path: {store}}}\n"
+              "output:\n  - {storage_provider: local.files, path: results/out}\n")
+    wd = watchdog('#!/bin/sh\necho r > "$TMP_OUTPUT_DIR/r.txt"\n', config)
+    response = requests.post(wd.url, data=b"{}", timeout=10)
+    assert response.status_code == 502
+    assert "local.files" in response.text.splitlines()[0]
+    no_folders_left(wd)
+
+
+def test_client_that_leaves_mid_body_leaves_no_folder(watchdog: WatchdogFactory,
+                                                      tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wd = watchdog('#!/bin/sh\ntouch "$MARKS/$$"\n', env={"MARKS": str(marks)})
+    sock = raw_request(wd.port, "POST / HTTP/1.1\nHost: x\nContent-Length: 100000\n",
+                       b"QUJD" * 1000)
+    wait_until(lambda: len(wd.invocation_folders()) == 1, 10, "the body being read")
+    sock.close()
+    no_folders_left(wd)
+    assert not list(marks.iterdir())  # half a body is no event: the script never ran
+    assert requests.post(wd.url, data=b"{}", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("accept", ["application/zip", "application/octet-stream"])
+def test_client_that_leaves_mid_response(watchdog: WatchdogFactory, accept: str) -> None:
+    """A large ZIP (built by a worker thread) or file, and a client that reads the status
+    line only: the folder goes, and the watchdog still shuts down cleanly."""
+    files = 2 if accept == "application/zip" else 1
+    # The request says how large the outputs are: 16 GiB of zeros (a sparse file: no
+    # disk used), minutes of work to send or compress, or 10 bytes.
+    script = "#!/bin/sh\n" + "".join(
+        f'truncate -s "$Http_X_Size" "$TMP_OUTPUT_DIR/f{i}"\n' for i in range(files))
+    wd = watchdog(script)
+    sock = raw_request(wd.port, f"POST / HTTP/1.1\nHost: x\nAccept: {accept}\n"
+                       "X-Size: 16G\nContent-Length: 2\n", b"{}")
+    assert read_status(sock) == 200
+    sock.close()
+    no_folders_left(wd)
+    small = requests.post(wd.url, data=b"{}", headers={"X-Size": "10", "Accept": accept},
+                          timeout=30)
+    assert small.status_code == 200 and len(small.content) >= 10
+    started = time.monotonic()
+    assert wd.stop(timeout=20) == 0
+    assert time.monotonic() - started < 5  # nothing was left in flight
