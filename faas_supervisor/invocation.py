@@ -83,6 +83,9 @@ class Invocation:
         self.outcome = Outcome()
         self._started = time.monotonic()
         self._process: asyncio.subprocess.Process | None = None
+        # Whether the script's process group may still have members to kill. Once it is
+        # killed and reaped its id is free for reuse, by another invocation's script even.
+        self._group_alive = False
 
     # ---- the steps -----------------------------------------------------------------
 
@@ -194,6 +197,7 @@ class Invocation:
                 # setpgid() lets it vfork(), about 5x cheaper per invocation here.
                 process_group=0,
             )
+            self._group_alive = True
             try:
                 waiting = self._wait(log_file, mirror)
                 code = await asyncio.wait_for(waiting, timeout)
@@ -208,6 +212,8 @@ class Invocation:
                     with contextlib.suppress(asyncio.CancelledError):
                         await asyncio.shield(self._process.wait())
                 self.kill()  # background children the script left behind
+                # Now the group is gone: a later close() must not kill whoever reuses its id.
+                self._group_alive = False
         self.outcome.exit_code = code
         if code != 0:
             raise ScriptFailed(f"script exited with status {_describe(code)}", _exit_status(code))
@@ -222,7 +228,7 @@ class Invocation:
         return await self._process.wait()
 
     def kill(self) -> None:
-        if self._process is not None:
+        if self._process is not None and self._group_alive:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._process.pid, signal.SIGKILL)
 
