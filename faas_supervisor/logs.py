@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -18,7 +19,7 @@ LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _REDACTED_KEYS = frozenset({"access_key", "secret_key", "password", "token", "authorization"})
 
 
-def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A second line of defence: values of credential-named keys never reach a log line."""
     for key in event.keys() & _REDACTED_KEYS:
         event[key] = "***"
