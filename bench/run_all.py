@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ("latency.py", "throughput.py", "payload.py", "coldstart.py")
+BENCHMARKS = ("latency.py", "throughput.py", "payload.py", "coldstart.py", "controller.py")
 
 
 def main() -> int:
