@@ -67,6 +67,18 @@ def add_controller_parser(commands: Any) -> None:
         help="an SQS queue of the --minio-endpoint server (made if missing) that its bucket "
         "notifications go to and the controller reads (for servers that notify by queue)",
     )
+    kube = sub.add_argument_group("kubernetes backend")
+    kube.add_argument("--namespace", help="where services go (default oscar-svc)")
+    kube.add_argument(
+        "--runtime-image",
+        help="the init container's image, which copies the runtime into /oscar/bin "
+        "(default ghcr.io/faas-supervisor/runtime:VERSION)",
+    )
+    kube.add_argument(
+        "--kubeconfig",
+        help="the API server's kubeconfig (default $KUBECONFIG, else the in-cluster "
+        "service account, else ~/.kube/config)",
+    )
     sub.set_defaults(handler=cmd_controller)
 
 
@@ -74,7 +86,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from faas_supervisor.controller.server import ControllerSettings, serve
 
     environ = current_environ()
-    if args.backend != "local":
+    if args.backend == "docker":
         raise ConfigError(f"backend {args.backend!r} is not available yet (use --backend local)")
     if args.max_jobs < 1:
         raise ConfigError("--max-jobs: must be 1 or more")
@@ -102,6 +114,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
         minio_secret_key=secret_key,
         minio_region=args.minio_region or environ.get("MINIO_REGION") or "us-east-1",
         events_queue=args.events_queue or "",
+        namespace=args.namespace or "",
+        runtime_image=args.runtime_image or "",
+        kubeconfig=args.kubeconfig or "",
         environ=environ,
     )
     return serve(settings)

@@ -45,6 +45,9 @@ class ControllerSettings:
     minio_secret_key: str = field(default="", repr=False)
     minio_region: str = "us-east-1"
     events_queue: str = ""
+    namespace: str = ""  # kubernetes: where services go (default oscar-svc)
+    runtime_image: str = ""  # kubernetes: the init container's image
+    kubeconfig: str = ""  # kubernetes: else $KUBECONFIG, in-cluster, ~/.kube/config
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -78,7 +81,13 @@ class Controller:
         )
         self.store = Store(data_dir / "controller.sqlite3")
         self.backend = build_backend(
-            settings.backend, data_dir, self.buckets.provider_settings(), settings.environ
+            settings.backend,
+            data_dir,
+            self.buckets.provider_settings(),
+            settings.environ,
+            namespace=settings.namespace,
+            runtime_image=settings.runtime_image,
+            kubeconfig=settings.kubeconfig,
         )
         self.jobs = Jobs(
             self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service

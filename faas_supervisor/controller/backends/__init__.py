@@ -2,7 +2,8 @@
 
 The controller keeps the definitions, the jobs' queue, statuses and logs (store.py,
 jobs.py); a backend only makes a service reachable, runs one job to its end, and forgets
-a service. `local` is the embedded default; `docker` and `kubernetes` are names for now.
+a service. `local` is the embedded default; `kubernetes` makes OSCAR's objects; `docker` is
+a name for now.
 """
 
 from __future__ import annotations
@@ -48,12 +49,31 @@ class Backend(Protocol):
 
 
 def build_backend(
-    name: str, data_dir: Path, default_provider: Mapping[str, Any], environ: Mapping[str, str]
+    name: str,
+    data_dir: Path,
+    default_provider: Mapping[str, Any],
+    environ: Mapping[str, str],
+    *,
+    namespace: str = "",
+    runtime_image: str = "",
+    kubeconfig: str = "",
 ) -> Backend:
     if name == "local":
         from faas_supervisor.controller.backends.local import LocalBackend
 
         return LocalBackend(data_dir, default_provider, environ)
+    if name == "kubernetes":
+        from faas_supervisor.controller.backends.kubernetes import KubernetesBackend
+        from faas_supervisor.controller.manifests import (
+            DEFAULT_NAMESPACE,
+            DEFAULT_RUNTIME_IMAGE,
+            Cluster,
+        )
+
+        cluster = Cluster(
+            namespace or DEFAULT_NAMESPACE, runtime_image or DEFAULT_RUNTIME_IMAGE, default_provider
+        )
+        return KubernetesBackend(cluster, kubeconfig, environ)
     if name in BACKENDS:
         raise ConfigError(f"backend {name!r} is not available yet (use --backend local)")
     raise ConfigError(f"backend {name!r} is unknown (one of {', '.join(BACKENDS)})")
