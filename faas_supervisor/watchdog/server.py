@@ -32,6 +32,7 @@ from faas_supervisor.watchdog.proxy import ProxyRunner
 
 LOCK_FILE = Path("/tmp/.lock")
 RESERVED = ("/_/health", "/_/ready", "/metrics")
+SHUTDOWN_TIMEOUT = 2.0  # seconds, after healthcheck_interval: see serve()
 logger = get_logger(component="watchdog")
 
 
@@ -147,7 +148,13 @@ class Watchdog:
 
     async def serve(self) -> int:
         """Start, serve until a signal, shut down gracefully. Returns the exit status."""
-        runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        runner = web.AppRunner(
+            self.app(), handler_cancellation=True, access_log=None,
+            # healthcheck_interval is the grace period; once it is over and what was left
+            # is killed, handlers get this long to send their last answers, then are
+            # cancelled (aiohttp's default, 60 s, would hold a stalled upload that long).
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.settings.port, reuse_address=True)
         try:

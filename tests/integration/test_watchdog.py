@@ -1001,3 +1001,16 @@ def test_client_that_leaves_mid_response(watchdog: WatchdogFactory, accept: str)
     started = time.monotonic()
     assert wd.stop(timeout=20) == 0
     assert time.monotonic() - started < 5  # nothing was left in flight
+
+
+def test_shutdown_does_not_wait_for_a_stalled_upload(watchdog: WatchdogFactory) -> None:
+    """A client that stopped sending its body is work in flight like any other: after
+    healthcheck_interval it is dropped and the watchdog exits (not a minute later)."""
+    wd = watchdog("#!/bin/sh\necho hi\n", env={"healthcheck_interval": "1s"})
+    sock = raw_request(wd.port, "POST / HTTP/1.1\nHost: x\nContent-Length: 100000\n",
+                       b"QUJD" * 100)
+    with sock:
+        wait_until(lambda: len(wd.invocation_folders()) == 1, 10, "the body being read")
+        wd.process.send_signal(signal.SIGTERM)
+        assert wd.process.wait(15) == 0
+    assert wd.invocation_folders() == []
