@@ -338,3 +338,50 @@ async def test_a_missing_kubeconfig_is_a_one_line_config_error(tmp_path: Path) -
     backend = KubernetesBackend(CLUSTER, str(tmp_path / "absent"), {})
     with pytest.raises(ConfigError, match=r"^kubernetes: cannot load"):
         await backend.start()
+
+
+# ---- the controller, end to end ------------------------------------------------------------
+
+
+async def test_the_controller_on_the_kubernetes_backend(kube: Kube, tmp_path: Path) -> None:
+    """`faas-supervisor controller --backend kubernetes`: the OSCAR API makes, runs and
+    removes Kubernetes objects. The calls are async: the API stand-in shares this loop."""
+    import aiohttp
+
+    from tests.integration.controller_fixture import PASSWORD, USER, ControllerFactory
+
+    factory = ControllerFactory(tmp_path)
+    try:
+        controller = await asyncio.to_thread(
+            factory,
+            None,
+            ["--backend", "kubernetes", "--kubeconfig", str(kube.kubeconfig),
+             "--runtime-image", "registry.example/runtime:1"],
+        )
+        auth = {"Authorization": aiohttp.encode_basic_auth(USER, PASSWORD)}
+        async with aiohttp.ClientSession(controller.url, headers=auth) as http:
+            async with http.post("/system/services", json=COWSAY) as response:
+                assert response.status == 201, await response.text()
+            assert kube.api.names("configmaps", NS) == {"cowsay"}
+            assert kube.api.names("deployments", NS) == {"cowsay"}
+            async with http.post("/job/cowsay", data=b'{"message": "hi"}') as response:
+                assert response.status == 201, await response.text()
+                job = (await response.json())["job"]
+            created = await asyncio.wait_for(kube.api.wait_for("jobs", NS, job), 30)
+            env = created["spec"]["template"]["spec"]["containers"][0]["env"]
+            assert {"name": "EVENT", "value": '{"message": "hi"}'} in env
+            kube.api.finish_job(job, NS, 0, b"< hi >\n")
+            status = ""
+            while status != "Succeeded":
+                # The controller's API has no event to await: polled, briefly.
+                await asyncio.sleep(0.05)
+                async with http.get("/system/logs/cowsay") as response:
+                    status = (await response.json())["jobs"][job]["status"]
+            async with http.get(f"/system/logs/cowsay/{job}") as response:
+                assert await response.text() == "< hi >\n"
+            async with http.delete("/system/services/cowsay") as response:
+                assert response.status == 204
+        assert stored(kube.api) == {}
+    finally:
+        await asyncio.to_thread(factory.close)
+    assert_within_role(kube.api)
