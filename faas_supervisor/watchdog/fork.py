@@ -21,6 +21,7 @@ from faas_supervisor.watchdog.metrics import Metrics
 
 READ_CHUNK = 256 * 1024
 DEBUG_BYTES = 512
+SMALL_BODY = 64 * 1024  # sent from memory in one write; larger ones are streamed
 logger = get_logger(component="watchdog")
 
 
@@ -93,11 +94,22 @@ class ForkRunner:
         }
         if outcome.exit_code is not None:
             headers["X-Exit-Code"] = str(outcome.exit_code)
+        # An early answer (413, 400) while the body still comes: the rest is not wanted.
+        unread = status >= 400 and request.can_read_body and not request.content.at_eof()
+        if body.length is not None and body.length <= SMALL_BODY:
+            # Most answers are small: one write for headers and body, no chunk loop.
+            data = b"".join([chunk async for chunk in body.stream])
+            self.metrics.bytes_out.inc(len(data))
+            if self.settings.write_debug:
+                logger.info("response body", id=invocation.id, data=data[:DEBUG_BYTES])
+            small = web.Response(status=status, headers=headers, body=data)
+            if unread:
+                small.force_close()
+            return small
         response = web.StreamResponse(status=status, headers=headers)
         if body.length is not None:
             response.content_length = body.length
-        if status >= 400 and request.can_read_body and not request.content.at_eof():
-            # An early answer (413, 400): the rest of the body is not wanted.
+        if unread:
             response.force_close()
         await response.prepare(request)
         sent = 0
