@@ -235,6 +235,17 @@ class Invocation:
     def collect_outputs(self) -> list[OutputFile]:
         """Regular files under TMP_OUTPUT_DIR; links, FIFOs and sockets skipped, warned."""
         found: list[OutputFile] = []
+        # os.walk follows a top folder that is a link: a script that replaced its output
+        # folder (or the invocation's) by a link to elsewhere would have us read there.
+        for folder in (self.root, self.output_dir):
+            try:
+                is_dir = stat.S_ISDIR(folder.lstat().st_mode)
+            except FileNotFoundError:
+                is_dir = False
+            if not is_dir:
+                self.log.warning(f"outputs skipped: {folder.name} is no longer a folder")
+                self.outcome.outputs = found
+                return found
         for dirpath, dirnames, filenames in os.walk(self.output_dir):
             base = Path(dirpath)
             for name in sorted(dirnames + filenames):

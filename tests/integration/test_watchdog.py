@@ -163,6 +163,8 @@ case "$Http_X_Mode" in
     echo "made links" ;;
   touch)
     touch "$MARKS/ran-$Http_X_Token" ;;
+  swap-output)
+    rm -rf "$TMP_OUTPUT_DIR"; ln -s "$MARKS/outside" "$TMP_OUTPUT_DIR"; echo "swapped" ;;
   *)
     echo "unknown mode $Http_X_Mode"; exit 9 ;;
 esac
@@ -404,6 +406,18 @@ def test_links_fifos_and_sockets_in_the_output_are_skipped(shared: WatchdogProce
         assert re.search(rf"WARNING .*{name}", only.text), only.text
     raw = post(shared, "links-only", b"{}", headers={"Accept": "application/zip"})
     assert b"root:" not in raw.content
+
+
+def test_an_output_folder_replaced_by_a_link_is_not_read(shared: WatchdogProcess) -> None:
+    outside = shared.tmpdir.parent / "marks" / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "secret.txt").write_text("outside secret\n")
+    response = post(shared, "swap-output", b"{}")
+    assert response.status_code == 200
+    assert "outside secret" not in response.text
+    assert response.text.endswith("swapped\n")  # no output file: the logs
+    assert "WARNING" in response.text
+    assert (outside / "secret.txt").exists()  # and nothing was removed through the link
 
 
 # ---- SPEC 4.1: the failure table -------------------------------------------------------
