@@ -32,7 +32,8 @@ import requests
 
 from tests.integration.conftest import EXAMPLES, REPO, free_port
 
-pytestmark = pytest.mark.integration
+# Generous: a first run on a new machine builds the bases and the image (about 5 min).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 # Bumping a version rebuilds that base on the next run.
 BUILD_BASE = "faas-supervisor-test/bookworm-minbase:1"
