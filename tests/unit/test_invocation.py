@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from faas_supervisor.config import FunctionConfig
 from faas_supervisor.invocation import Invocation, Runtime
+
+pytestmark = pytest.mark.timeout(60)  # real child processes
 
 
 def make_invocation(tmp_path: Path, script: str) -> Invocation:
@@ -49,8 +52,15 @@ def test_close_while_the_script_runs_kills_its_group(tmp_path: Path) -> None:
 
     assert asyncio.run(close_while_running()) == 128 + 9
     for pid in (int(p) for p in pids.read_text().split()):
-        try:
-            state = Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            continue
-        assert "\nState:\tZ" in state, f"process {pid} still runs"
+        # SIGKILL is sent; the process may take a moment to be gone (or a zombie).
+        deadline = time.monotonic() + 10
+        while not _gone(pid):
+            assert time.monotonic() < deadline, f"process {pid} still runs"
+            time.sleep(0.02)  # /proc has no event to await
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
