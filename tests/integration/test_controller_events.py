@@ -244,3 +244,51 @@ def test_moto_cannot_push_so_its_inputs_are_watched(
     )
     arns = [t["TopicArn"] for t in sns.list_topics().get("Topics", [])]
     assert not [a for a in arns if a.endswith(f":faas-supervisor-{name}")]
+
+
+# ---- restarts -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(600)
+def test_queued_events_wait_for_a_stopped_controller(
+    controllers: ControllerFactory, moto_server: S3Server
+) -> None:
+    """An object put while the controller is down is on the queue when it comes back."""
+    name = f"later-{uuid.uuid4().hex[:8]}"
+    args = [
+        *minio_args(
+            moto_server.endpoint, moto_server.access_key, moto_server.secret_key, "us-east-1"
+        ),
+        "--events-queue",
+        f"events-{name}",
+    ]
+    first = controllers(args=args)
+    first.create(service(name))
+    assert first.stop() == 0
+    s3 = moto_server.client()
+    blobs = {KEYS[1]: b"put while the controller was down"}
+    s3.put_object(Bucket=name, Key=KEYS[1], Body=blobs[KEYS[1]])
+    second = controllers(data_dir=first.data_dir, args=args)
+    assert intake_of(second, name) == "queue"
+    await_outputs(s3, name, blobs, second)
+    await_succeeded(second, name, 1)
+
+
+@pytest.mark.timeout(900)
+def test_a_restarted_controller_points_rgw_at_its_new_address(
+    controllers: ControllerFactory, ceph_rgw: CephRgw
+) -> None:
+    """Each start sets the topic's push endpoint again (here the port changes)."""
+    name = f"moved-{uuid.uuid4().hex[:8]}"
+    args = minio_args(ceph_rgw.endpoint, ceph_rgw.access_key, ceph_rgw.secret_key, "default")
+    first = controllers(args=args)
+    first.create(service(name))
+    assert first.stop() == 0
+    second = controllers(data_dir=first.data_dir, args=args)
+    assert second.port != first.port
+    assert intake_of(second, name) == "push"
+    s3 = ceph_rgw.client()
+    blobs = {KEYS[2]: b"pushed to the new address"}
+    s3.put_object(Bucket=name, Key=KEYS[2], Body=blobs[KEYS[2]])
+    await_outputs(s3, name, blobs, second)
+    await_succeeded(second, name, 1)
