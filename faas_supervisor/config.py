@@ -457,7 +457,10 @@ def load_watchdog_settings(
         values["upstream_port"] = parse_int(text, "upstream_port")
         if not 0 < values["upstream_port"] < 65536:
             raise ConfigError(f"upstream_port: {text!r} is not a TCP port")
-    values["tmp_dir"] = Path(environ.get("TMPDIR") or tempfile.gettempdir())
+    tmp_dir = Path(environ.get("TMPDIR") or tempfile.gettempdir())
+    if not tmp_dir.is_dir():  # found now, not as a traceback at the first mkdtemp
+        raise ConfigError(f"TMPDIR: {str(tmp_dir)!r} is not a folder")
+    values["tmp_dir"] = tmp_dir
     return WatchdogSettings(**values)
 
 

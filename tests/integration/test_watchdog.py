@@ -835,6 +835,7 @@ def test_client_that_disconnects_kills_the_script(watchdog: WatchdogFactory,
         ("bad LOG_LEVEL", None, {"LOG_LEVEL": "LOUD"}, "log_level"),
         ("bad SCRIPT", None, {"SCRIPT": "!!!"}, "SCRIPT"),
         ("no script", None, {}, "no script"),
+        ("missing TMPDIR", None, {"TMPDIR": "/nonexistent/tmp"}, "TMPDIR"),
     ],
 )
 def test_bad_start_up_exits_2_with_one_line(tmp_path: Path, case: str, config: str | None,

@@ -468,3 +468,8 @@ def test_empty_environment_overrides_are_no_overrides(tmp_path: Path) -> None:
     blank = {"LOG_LEVEL": "", "FILE_STAGE_IN": "", "EXEC_TIMEOUT": ""}
     config = load_function_config(str(path), blank)
     assert (config.log_level, config.file_stage_in, config.exec_timeout) == ("ERROR", True, None)
+
+
+def test_tmpdir_must_be_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TMPDIR"):
+        load_watchdog_settings({"TMPDIR": str(tmp_path / "absent")}, {}, FunctionConfig())
