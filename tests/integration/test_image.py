@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import EXAMPLES, REPO, free_port
+from tests.integration.conftest import EXAMPLES, REPO, faas_command, free_port
 
 # Generous: a first run on a new machine builds the bases and the image (about 5 min).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -324,6 +324,23 @@ def test_image_holds_the_runtime_under_oscar_bin(docker_client: Any, init_image:
         init_image, ["--version"], entrypoint=["/oscar/bin/faas-supervisor"], remove=True,
         network_mode="none", labels={LABEL: "1"})
     assert out.decode().startswith("faas-supervisor ")
+
+
+def test_same_commands_and_flags_as_the_package(docker_client: Any,
+                                                runtime_volume: str) -> None:
+    """Every subcommand's --help, from the volume in the user image, equals the package's."""
+    commands = ["", "watchdog", "run", "controller", "service", "manifests"]
+    loop = "; ".join(f"/oscar/bin/faas-supervisor {c} --help; echo '<<end>>'" for c in commands)
+    bundled = docker_client.containers.run(
+        GLIBC_BASE, ["/bin/sh", "-c", loop], remove=True, network_mode="none",
+        environment={"COLUMNS": "100"}, labels={LABEL: "1"},
+        volumes={runtime_volume: {"bind": "/oscar/bin", "mode": "ro"}}).decode()
+    env = {**os.environ, "COLUMNS": "100"}
+    installed = "".join(
+        subprocess.run([*faas_command(), *([c] if c else []), "--help"], env=env,
+                       capture_output=True, text=True, check=True).stdout + "<<end>>\n"
+        for c in commands)
+    assert bundled == installed
 
 
 def test_init_container_is_idempotent(docker_client: Any, init_image: str,
