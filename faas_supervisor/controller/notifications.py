@@ -14,6 +14,7 @@ Calls are blocking; the callers run them in a thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
 from collections.abc import Iterable
@@ -96,23 +97,28 @@ class S3Notifications:
         moto makes the topic but drops them: those servers cannot push, and a topic
         made by trying is deleted again.
         """
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.parsers import ResponseParserError
 
+        # Servers without the SNS API answer it in many ways (S3 error documents, HTML,
+        # 404s): any refusal or unreadable answer means no push.
+        refused = (ClientError, BotoCoreError, ResponseParserError)
         try:
             arn: str = self.sns.create_topic(
                 Name=topic_name(service.name),
                 Attributes={"push-endpoint": push_url, "OpaqueData": service.token},
             )["TopicArn"]
-        except ClientError as exc:
+        except refused as exc:
             logger.info("the storage server has no push topics", error=str(exc))
             return None
-        attributes = self.sns.get_topic_attributes(TopicArn=arn).get("Attributes", {})
         try:
+            attributes = self.sns.get_topic_attributes(TopicArn=arn).get("Attributes", {})
             address = json.loads(attributes.get("EndPoint") or "{}").get("EndpointAddress")
-        except (json.JSONDecodeError, AttributeError):
+        except (*refused, json.JSONDecodeError, AttributeError):
             address = None
         if address != push_url:
-            self.sns.delete_topic(TopicArn=arn)
+            with contextlib.suppress(*refused):
+                self.sns.delete_topic(TopicArn=arn)
             logger.info("the storage server keeps no push endpoint on its topics")
             return None
         return arn
