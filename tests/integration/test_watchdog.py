@@ -923,7 +923,8 @@ def test_256_mib_round_trip_in_bounded_memory(watchdog: WatchdogFactory) -> None
 
 @pytest.mark.parametrize("source", ["SCRIPT", "config key"])
 def test_script_from_SCRIPT_or_the_config(tmp_path: Path, source: str) -> None:
-    text = '#!/bin/sh\necho "script from here"\n'
+    # The runtime's own config (secrets included) is not in the script's environment.
+    text = '#!/bin/sh\necho "script from here ${FUNCTION_CONFIG:-none} ${SCRIPT:-none}"\n'
     if source == "SCRIPT":
         env = {"SCRIPT": base64.b64encode(text.encode()).decode()}
     else:
@@ -941,7 +942,7 @@ def test_script_from_SCRIPT_or_the_config(tmp_path: Path, source: str) -> None:
     try:
         wait_for_http(f"http://127.0.0.1:{port}/_/health", process, log=log)
         response = requests.post(f"http://127.0.0.1:{port}/", data=b"{}", timeout=10)
-        assert response.text == "script from here\n"
+        assert response.text == "script from here none none\n"
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
