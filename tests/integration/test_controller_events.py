@@ -292,3 +292,42 @@ def test_a_restarted_controller_points_rgw_at_its_new_address(
     s3.put_object(Bucket=name, Key=KEYS[2], Body=blobs[KEYS[2]])
     await_outputs(s3, name, blobs, second)
     await_succeeded(second, name, 1)
+
+
+@pytest.mark.timeout(600)
+def test_services_sharing_a_bucket_share_its_notifications(
+    controllers: ControllerFactory, moto_server: S3Server
+) -> None:
+    """Two services, two folders of one bucket: each gets its own objects' events, and
+    deleting one leaves the other's notification in place."""
+    bucket = f"shared-{uuid.uuid4().hex[:8]}"
+    controller = controllers(
+        args=[
+            *minio_args(
+                moto_server.endpoint, moto_server.access_key, moto_server.secret_key, "us-east-1"
+            ),
+            "--events-queue",
+            f"events-{bucket}",
+        ]
+    )
+    s3 = moto_server.client()
+    names = [f"{bucket}-a", f"{bucket}-b"]
+    for name in names:
+        definition = service(name)
+        definition["input"] = [{"storage_provider": "minio", "path": f"{bucket}/{name}"}]
+        controller.create(definition)
+    entries = s3.get_bucket_notification_configuration(Bucket=bucket)["QueueConfigurations"]
+    prefixes = sorted(e["Filter"]["Key"]["FilterRules"][0]["Value"] for e in entries)
+    assert prefixes == [f"{name}/" for name in names]
+
+    for name in names:
+        key = f"{name}/only for {name}.txt"
+        s3.put_object(Bucket=bucket, Key=key, Body=name.encode())
+    for name in names:
+        key = f"{name}/only for {name}.txt"
+        await_outputs(s3, name, {key: name.encode()}, controller)
+        await_succeeded(controller, name, 1)
+
+    assert controller.request("DELETE", f"/system/services/{names[0]}").status_code == 204
+    (left,) = s3.get_bucket_notification_configuration(Bucket=bucket)["QueueConfigurations"]
+    assert left["Filter"]["Key"]["FilterRules"][0]["Value"] == f"{names[1]}/"
