@@ -250,3 +250,30 @@ def _gone(pid: int) -> bool:
         return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return True
+
+
+# ---- a storage event: the job's output is its log (SPEC 5) --------------------------------
+
+MINIO_EVENT = Path("/work/shared/fixtures/events/minio.json")
+
+
+@pytest.mark.parametrize("print_response", [False, True])
+def test_storage_event_prints_nothing_unless_asked(tmp_path: Path, print_response: bool) -> None:
+    if not MINIO_EVENT.is_file():
+        pytest.fail(f"{MINIO_EVENT} is missing: the shared event fixtures are needed")
+    store = tmp_path / "store"
+    obj = store / "plants" / "input" / "rose+red.jpg"
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(b"the rose\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n")
+    script = ('#!/bin/sh\necho "job log line: $STORAGE_OBJECT_KEY"\n'
+              'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/out"\n')
+    args = ["--config", str(config), "--event-file", str(MINIO_EVENT)]
+    result = run(tmp_path, script, *args, *(["--print-response"] if print_response else []))
+    assert result.returncode == 0, result.stderr
+    assert b"job log line: input/rose+red.jpg" in result.stderr  # the script's output
+    if print_response:
+        assert base64.b64decode(result.stdout, validate=True) == b"the rose\n"
+    else:
+        assert result.stdout == b""

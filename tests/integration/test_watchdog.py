@@ -1030,3 +1030,49 @@ def test_shutdown_does_not_wait_for_a_stalled_upload(watchdog: WatchdogFactory) 
         wd.process.send_signal(signal.SIGTERM)
         assert wd.process.wait(15) == 0
     assert wd.invocation_folders() == []
+
+
+# ---- SPEC 4.1: a storage event (MinIO's, on a folder store standing for MinIO) ----------
+
+MINIO_EVENT = Path("/work/shared/fixtures/events/minio.json")
+STORAGE_SCRIPT = r"""#!/bin/sh
+printf '%s\n' "key=$STORAGE_OBJECT_KEY" "bucket=$STORAGE_BUCKET" "time=$EVENT_TIME" \
+  "input=${INPUT_FILE_PATH-unset}" > "$TMP_OUTPUT_DIR/env.txt"
+[ -n "$INPUT_FILE_PATH" ] && cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/copy"
+exit 0
+"""
+
+
+def _minio_event() -> bytes:
+    if not MINIO_EVENT.is_file():
+        pytest.fail(f"{MINIO_EVENT} is missing: the shared event fixtures are needed")
+    return MINIO_EVENT.read_bytes()
+
+
+@pytest.mark.parametrize("stage_in", [True, False])
+def test_storage_event_downloads_the_object(watchdog: WatchdogFactory, tmp_path: Path,
+                                            stage_in: bool) -> None:
+    store = tmp_path / "store"
+    obj = store / "plants" / "input" / "rose+red.jpg"  # the event's key, URL-decoded
+    obj.parent.mkdir(parents=True)
+    data = os.urandom(5000)
+    obj.write_bytes(data)
+    config = (f"file_stage_in: {str(stage_in).lower()}\n"
+              f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n")
+    wd = watchdog(STORAGE_SCRIPT, config)
+    response = requests.post(wd.url, data=_minio_event(), timeout=30,
+                             headers={"Accept": "application/zip, application/octet-stream"})
+    assert response.status_code == 200, response.text
+    if stage_in:  # two outputs: a ZIP
+        archive = zipfile.ZipFile(io.BytesIO(response.content))
+        lines = archive.read("env.txt").decode().splitlines()
+    else:  # one: the file itself
+        lines = response.content.decode().splitlines()
+    assert lines[:3] == ["key=input/rose+red.jpg", "bucket=plants",
+                         "time=2026-11-24T10:23:44.000Z"]
+    if stage_in:
+        assert Path(lines[3].removeprefix("input=")).name == "rose+red.jpg"
+        assert archive.read("copy") == data
+    else:
+        assert lines[3] == "input=unset"
+    no_folders_left(wd)
