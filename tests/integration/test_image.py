@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import EXAMPLES, REPO, faas_command, free_port
+from tests.integration.conftest import EXAMPLES, REPO, S3Server, faas_command, free_port
 
 # Generous: a first run on a new machine builds the bases and the image (about 5 min).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -410,6 +411,33 @@ def test_failing_script_is_a_500(user_container: Any) -> None:
     # SIGTERM from `docker stop` reaches the watchdog (PID 1), which exits 0.
     user.container.stop(timeout=20)
     assert user.container.wait(timeout=30)["StatusCode"] == 0
+
+
+def test_s3_round_trip_with_the_trimmed_models(docker_client: Any, runtime_volume: str,
+                                               moto_server: S3Server, tmp_path: Path) -> None:
+    """botocore keeps only a few service models in the bundle: S3 still works, both ways."""
+    s3 = moto_server.client()
+    s3.create_bucket(Bucket="plants")
+    s3.put_object(Bucket="plants", Key="input/a b.txt", Body=b"hello s3\n")
+    event = {"Records": [{"eventSource": "minio:s3", "eventTime": "2026-11-24T10:23:44.000Z",
+                          "s3": {"bucket": {"name": "plants"},
+                                 "object": {"key": "input/a+b.txt", "size": 9}}}]}
+    (tmp_path / "event.json").write_text(json.dumps(event))
+    (tmp_path / "script.sh").write_text(
+        '#!/bin/sh\ntr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/out.txt"\n')
+    provider = (f"{{endpoint: {moto_server.endpoint}, access_key: {moto_server.access_key}, "
+                f"secret_key: {moto_server.secret_key}, region: {moto_server.region}}}")
+    (tmp_path / "function_config.yaml").write_text(
+        f"storage_providers:\n  minio:\n    default: {provider}\n"
+        "input:\n  - {storage_provider: minio.default, path: plants/input}\n"
+        "output:\n  - {storage_provider: minio.default, path: plants/output}\n")
+    docker_client.containers.run(
+        GLIBC_BASE, ["/oscar/bin/faas-supervisor", "run", "--config", "/app/function_config.yaml",
+                     "--script", "/app/script.sh", "--event-file", "/app/event.json"],
+        remove=True, network_mode="host", labels={LABEL: "1"},
+        volumes={runtime_volume: {"bind": "/oscar/bin", "mode": "ro"},
+                 str(tmp_path): {"bind": "/app", "mode": "ro"}})
+    assert s3.get_object(Bucket="plants", Key="output/out.txt")["Body"].read() == b"HELLO S3\n"
 
 
 def test_bundle_tree_is_small_and_clean(docker_client: Any, runtime_volume: str) -> None:
