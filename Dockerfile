@@ -3,7 +3,7 @@
 # (argument: the folder, default /oscar/bin) and exits 0.
 #
 #   docker build -t faas-supervisor-init .
-#   docker run --rm -v oscar-bin:/oscar/bin faas-supervisor-init
+#   docker run --rm -v oscar-bin:/oscar/bin faas-supervisor-init       # the init container
 #   docker run -v oscar-bin:/oscar/bin USER_IMAGE /oscar/bin/faas-supervisor watchdog --script ...
 #
 # Both bases are build arguments so that the image can be built from local bases where
@@ -13,8 +13,9 @@ ARG BUILD_BASE=python:3.11-slim-bookworm
 ARG RUNTIME_BASE=busybox:stable-glibc
 
 FROM ${BUILD_BASE} AS build
-# binutils: PyInstaller strips the bundled libraries; ca-certificates: pip's trust store. Debian's Python (with its shared
-# libpython, which PyInstaller bundles) only when the base has no Python of its own.
+# binutils: PyInstaller strips the bundled libraries; ca-certificates: pip's trust store.
+# Debian's Python (with its shared libpython, which PyInstaller bundles) only when the base
+# has no Python of its own.
 RUN set -eu; \
     pkgs="binutils ca-certificates"; \
     command -v python3 >/dev/null 2>&1 || pkgs="$pkgs python3 python3-venv libpython3.11"; \
