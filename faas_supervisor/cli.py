@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _function_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--script", help="the user's script (else $SCRIPT, /oscar/config/script.sh)")
+    parser.add_argument(
+        "--script", help="the user's script (else $SCRIPT, /oscar/config/script.sh)"
+    )
     parser.add_argument("--config", help="function config YAML (else $FUNCTION_CONFIG, "
                                          "/oscar/config/function_config.yaml)")
 

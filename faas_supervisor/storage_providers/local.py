@@ -44,4 +44,6 @@ class LocalProvider:
         try:
             await asyncio.to_thread(copy)
         except OSError as exc:
-            raise StorageError(f"{self.name}: cannot write {bucket}/{key}: {exc.strerror}") from None
+            raise StorageError(
+                f"{self.name}: cannot write {bucket}/{key}: {exc.strerror}"
+            ) from None
