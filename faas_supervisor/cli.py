@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import signal
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -145,9 +146,36 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     startup = Startup(args, {})
     try:
-        return asyncio.run(_run_once(args, startup))
+        return asyncio.run(_until_signalled(_run_once(args, startup)))
     finally:
         startup.close()
+
+
+async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
+    """Run `work` until done or until SIGTERM/SIGINT (a job deleted, Ctrl-C).
+
+    A signal cancels it, so its cleanup runs: the script's process group is killed and
+    the invocation's folders removed (Python's default for SIGTERM would exit at once and
+    leave the script running). The status is then 128 + the signal's number, as a shell's.
+    """
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def stop(sig: int) -> None:
+        received.append(sig)
+        task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        name = signal.Signals(received[0]).name
+        print(f"faas-supervisor: error: stopped by {name}", file=sys.stderr)
+        return 128 + received[0]
 
 
 async def _run_once(args: argparse.Namespace, startup: Startup) -> int:

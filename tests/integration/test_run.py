@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -277,3 +278,42 @@ def test_storage_event_prints_nothing_unless_asked(tmp_path: Path, print_respons
         assert base64.b64decode(result.stdout, validate=True) == b"the rose\n"
     else:
         assert result.stdout == b""
+
+
+# ---- a job stopped from outside ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_job_kills_its_script_and_leaves_no_folder(tmp_path: Path, sig: int) -> None:
+    """`run` stopped (a job deleted, Ctrl-C): the script's group dies with it, and the
+    invocation's folders go; it exits 128 + the signal's number, as a shell would."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    pids = tmp_path / "pids"
+    script = tmp_path / "script.sh"
+    script.write_text(f'#!/bin/sh\nsleep 1000 &\necho "$$ $!" > "{pids}.tmp"\n'
+                      f'mv "{pids}.tmp" "{pids}"\nsleep 1000\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("EVENT", "EXEC_TIMEOUT")}
+    env.update({"TMPDIR": str(tmp), "EVENT": "{}"})
+    process = subprocess.Popen([*faas_command(), "run", "--script", str(script)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not pids.exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the script did not start"
+            time.sleep(0.02)  # the script's marker file: no event to await
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + sig, stderr
+    assert b"Traceback" not in stderr
+    for pid in (int(p) for p in pids.read_text().split()):
+        deadline = time.monotonic() + 10
+        while not _gone(pid):
+            assert time.monotonic() < deadline, f"process {pid} still runs"
+            time.sleep(0.02)  # /proc has no event to await
+    assert list(tmp.iterdir()) == []
