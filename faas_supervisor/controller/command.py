@@ -67,7 +67,7 @@ def add_controller_parser(commands: Any) -> None:
         help="an SQS queue of the --minio-endpoint server (made if missing) that its bucket "
         "notifications go to and the controller reads (for servers that notify by queue)",
     )
-    kube = sub.add_argument_group("kubernetes backend")
+    kube = sub.add_argument_group("kubernetes and docker backends")
     kube.add_argument("--namespace", help="where services go (default oscar-svc)")
     kube.add_argument(
         "--runtime-image",
@@ -86,8 +86,6 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from faas_supervisor.controller.server import ControllerSettings, serve
 
     environ = current_environ()
-    if args.backend == "docker":
-        raise ConfigError(f"backend {args.backend!r} is not available yet (use --backend local)")
     if args.max_jobs < 1:
         raise ConfigError("--max-jobs: must be 1 or more")
     if not 0 <= args.port < 65536:

@@ -2,8 +2,8 @@
 
 The controller keeps the definitions, the jobs' queue, statuses and logs (store.py,
 jobs.py); a backend only makes a service reachable, runs one job to its end, and forgets
-a service. `local` is the embedded default; `kubernetes` makes OSCAR's objects; `docker` is
-a name for now.
+a service. `local` is the embedded default; `docker` runs containers of the service's image;
+`kubernetes` makes OSCAR's objects.
 """
 
 from __future__ import annotations
@@ -74,6 +74,13 @@ def build_backend(
             namespace or DEFAULT_NAMESPACE, runtime_image or DEFAULT_RUNTIME_IMAGE, default_provider
         )
         return KubernetesBackend(cluster, kubeconfig, environ)
+    if name == "docker":
+        from faas_supervisor.controller.backends.docker import DockerBackend
+        from faas_supervisor.controller.manifests import DEFAULT_RUNTIME_IMAGE
+
+        return DockerBackend(
+            data_dir, default_provider, runtime_image or DEFAULT_RUNTIME_IMAGE, environ
+        )
     if name in BACKENDS:
         raise ConfigError(f"backend {name!r} is not available yet (use --backend local)")
     raise ConfigError(f"backend {name!r} is unknown (one of {', '.join(BACKENDS)})")

@@ -1,0 +1,543 @@
+"""Services and jobs as containers of the service's image, through the `docker` SDK (SPEC 7.3).
+
+Each service gets:
+
+* the volume `faas-supervisor-bin-NAME`, filled by the runtime image's entry point (it
+  copies the runtime in, and leaves an identical build alone), mounted read-only at
+  /oscar/bin: the Docker counterpart of the Kubernetes init container and its emptyDir;
+* the folder `<data-dir>/services/NAME/` (script.sh, function_config.yaml) bind-mounted
+  read-only at /oscar/config, where the runtime looks by default;
+* one container (exposed services: `min_scale`) running `/oscar/bin/faas-supervisor
+  watchdog` on the host's network, on a port the controller chose and wrote in a label,
+  restarted by the engine when it dies.
+
+Containers carry `oscar_service: NAME` and `app.kubernetes.io/managed-by: faas-supervisor`,
+and a hash of what made them: a restarted controller deploying its stored services again
+finds the containers it made by label, keeps those of the same definition and starts no
+duplicates. Services keep running when the controller stops.
+
+A job is a container of the same image running `/oscar/bin/faas-supervisor run`, the
+event in `EVENT` (or, when it cannot travel in a variable, a mounted file); its output is
+followed into the job's log file, its exit status is the container's.
+
+The SDK is synchronous: every call runs in a thread of this backend's own pool, since
+following a job's logs holds a thread for the job's whole life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import secrets
+import shutil
+import socket
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import yaml
+
+from faas_supervisor.controller.backends import ServiceUnavailable
+from faas_supervisor.controller.fdl import InvalidService, Service, manager_labels, to_record
+from faas_supervisor.controller.function_config import function_config
+from faas_supervisor.controller.manifests import (
+    COMPONENT_LABEL,
+    CONFIG_DIR,
+    EXPOSED_PATH,
+    JOB_LABEL,
+    MANAGED_BY,
+    RUNTIME,
+    RUNTIME_DIR,
+    SERVICE_LABEL,
+)
+from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
+from faas_supervisor.errors import ConfigError, FaasError
+from faas_supervisor.logs import get_logger
+
+HOST = "127.0.0.1"  # host network: the watchdog listens on the controller's loopback
+PORT_LABEL = "faas-supervisor/port"
+CONFIG_LABEL = "faas-supervisor/config"  # hash of what made the container: keep or replace
+EVENT_DIR = "/oscar/event"
+EVENT_IN_ENV_MAX = 96 * 1024  # Linux refuses one variable over 128 KiB at exec
+READY_TIMEOUT = 60.0  # seconds invoke_url waits for a watchdog to answer its health check
+STOP_TIMEOUT = 15  # seconds a container gets after SIGTERM when a service is replaced
+_T = TypeVar("_T")
+logger = get_logger(component="docker-backend")
+
+
+class DockerError(FaasError):
+    """The engine refused or failed a request; the message says which and why."""
+
+    http_status = 502
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def volume_name(service: str) -> str:
+    return f"faas-supervisor-bin-{service}"
+
+
+def _labels(name: str, component: str) -> dict[str, str]:
+    return {SERVICE_LABEL: name, **MANAGED_BY, COMPONENT_LABEL: component}
+
+
+def _selector(name: str | None = None, component: str | None = None) -> dict[str, list[str]]:
+    """A `filters` argument: the containers (or volumes) made for a service."""
+    labels = [f"{k}={v}" for k, v in MANAGED_BY.items()]
+    if name is not None:
+        labels.append(f"{SERVICE_LABEL}={name}")
+    if component is not None:
+        labels.append(f"{COMPONENT_LABEL}={component}")
+    return {"label": labels}
+
+
+@dataclass
+class _Replica:
+    """One watchdog container, reachable at its port once its health check answers."""
+
+    id: str
+    port: int
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    checking: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        default_provider: Mapping[str, Any],
+        runtime_image: str,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = data_dir / "services"
+        self.default_provider = dict(default_provider)
+        self.runtime_image = runtime_image
+        self.environ = dict(environ or {})
+        self._client: Any = None
+        # Job log streams each hold a thread until their job ends: a pool of their own,
+        # so that they never starve the loop's default executor.
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="docker")
+        self._replicas: dict[str, list[_Replica]] = {}
+        self._by_id: dict[str, _Replica] = {}
+        self._turn: dict[str, itertools.count[int]] = {}
+        self._events: Any = None
+        self._events_task: asyncio.Future[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _run(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: function(*args, **kwargs))
+
+    # ---- the engine ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._loop = asyncio.get_running_loop()
+        self._client = await self._run(self._connect)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+        # The engine tells when a container dies or starts again: a replica is taken out
+        # of rotation at once, and checked again when the engine has restarted it.
+        self._events = await self._run(
+            self._client.events,
+            decode=True,
+            filters={**_selector(), "type": ["container"], "event": ["die", "start"]},
+        )
+        self._events_task = asyncio.ensure_future(self._run(self._follow_events))
+        # Jobs of an earlier controller are recorded as Failed by now: their containers go.
+        left = await self._run(
+            self._client.containers.list, all=True, filters=_selector(component="job")
+        )
+        for container in left:
+            logger.warning("removing a job container left by the last controller",
+                           container=container.name)
+            await self._run(self._remove_container, container.id)
+        logger.info("docker backend ready", runtime_image=self.runtime_image)
+
+    def _connect(self) -> Any:
+        import docker
+
+        try:
+            # DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as the docker CLI reads them.
+            client = docker.DockerClient.from_env(environment=self.environ, max_pool_size=32)
+            client.ping()
+        except docker.errors.DockerException as exc:
+            raise ConfigError(f"docker: the engine does not answer: {exc}") from None
+        return client
+
+    async def close(self) -> None:
+        # Services stay up: a restarted controller finds them again by their labels.
+        if self._events is not None:
+            self._events.close()
+        if self._events_task is not None:
+            with contextlib.suppress(Exception):
+                await self._events_task
+        for replicas in self._replicas.values():
+            for replica in replicas:
+                if replica.checking is not None:
+                    replica.checking.cancel()
+        if self._session is not None:
+            await self._session.close()
+        if self._client is not None:
+            await self._run(self._client.close)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _follow_events(self) -> None:
+        assert self._loop is not None
+        call = self._loop.call_soon_threadsafe
+        with contextlib.suppress(Exception):  # the stream ends with an error when closed
+            for event in self._events:
+                actor = event.get("Actor") or {}
+                call(self._on_event, event.get("Action", ""), actor.get("ID") or event.get("id"))
+
+    def _on_event(self, action: str, container_id: str) -> None:
+        replica = self._by_id.get(container_id)
+        if replica is None:
+            return
+        if action == "die":
+            replica.ready.clear()
+            if replica.checking is not None:
+                replica.checking.cancel()
+                replica.checking = None
+        elif action == "start":
+            self._check(replica)
+
+    # ---- services -----------------------------------------------------------------------
+
+    async def deploy(self, service: Service) -> None:
+        if not service.image:
+            raise InvalidService("image: missing (on Docker a service runs in its image)")
+        await self._run(self._ensure_image, service.image)
+        await self._run(self._ensure_image, self.runtime_image)
+        folder = self._write(service)
+        await self._run(self._fill_volume, service.name, folder)
+        digest = self._digest(service)
+        wanted = max(1, service.expose.min_scale) if service.exposed else 1
+        ids = await self._run(self._reconcile, service, folder, digest, wanted)
+        self._forget(service.name)
+        containers = await self._run(
+            lambda: [self._client.containers.get(i) for i in ids]
+        )
+        replicas = [_Replica(c.id, int(c.labels[PORT_LABEL])) for c in containers]
+        self._replicas[service.name] = replicas
+        self._turn[service.name] = itertools.count()
+        for replica in replicas:
+            self._by_id[replica.id] = replica
+            self._check(replica)
+        logger.info("service deployed", service=service.name, containers=len(replicas))
+
+    def _ensure_image(self, image: str) -> None:
+        import docker.errors
+
+        try:
+            self._client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.APIError as exc:
+            raise DockerError(f"docker: inspect image {image}: {exc.explanation}") from None
+        try:
+            logger.info("pulling image", image=image)
+            self._client.images.pull(image)
+        except docker.errors.APIError as exc:
+            raise DockerError(f"docker: image {image} is not here and cannot be pulled: "
+                              f"{exc.explanation}") from None
+
+    def _write(self, service: Service) -> Path:
+        """The files mounted at /oscar/config.
+
+        Readable by all: the image may run as any user. The data folder above them is
+        the controller's alone (0700), so nobody else on the host reaches them."""
+        folder = self.root / service.name
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+        script = folder / "script.sh"
+        script.write_text(service.script)
+        script.chmod(0o755)
+        config = folder / "function_config.yaml"
+        config.write_text(
+            yaml.safe_dump(function_config(service, self.default_provider), sort_keys=False)
+        )
+        config.chmod(0o644)
+        return folder
+
+    def _fill_volume(self, name: str, folder: Path) -> None:
+        """The runtime copied into the service's volume by the runtime image's entry point.
+
+        Skipped when the volume was filled from this very image (its id kept beside the
+        config): a container start costs seconds on some storage drivers, and a restarted
+        controller deploys every service again."""
+        import docker.errors
+        from docker.types import Mount
+
+        volume = volume_name(name)
+        marker = folder / ".runtime-image-id"
+        image_id = str(self._client.images.get(self.runtime_image).id)
+        try:
+            self._client.volumes.get(volume)
+            if marker.is_file() and marker.read_text() == image_id:
+                return
+        except docker.errors.NotFound:
+            self._client.volumes.create(volume, labels=_labels(name, "runtime"))
+        # no_copy: else Docker fills an empty volume from the image's own /oscar/bin by
+        # itself, bypassing the entry point that keeps a filled volume's build current.
+        mount = Mount(RUNTIME_DIR, volume, type="volume", no_copy=True)
+        try:
+            self._client.containers.run(
+                self.runtime_image, [RUNTIME_DIR], mounts=[mount], remove=True,
+                network_mode="none", labels=_labels(name, "init"),
+            )
+        except docker.errors.ContainerError as exc:
+            raise DockerError(f"docker: the runtime image {self.runtime_image} could not fill "
+                              f"{volume}: {exc.stderr!r}") from None
+        except docker.errors.APIError as exc:
+            raise DockerError(f"docker: fill {volume}: {exc.explanation}") from None
+        marker.write_text(image_id)
+
+    def _digest(self, service: Service) -> str:
+        """What a container is made from: the same digest, the same container."""
+        made_of = [to_record(service), self.runtime_image, json.dumps(self.default_provider,
+                                                                      sort_keys=True)]
+        return hashlib.sha256("\0".join(made_of).encode()).hexdigest()[:32]
+
+    def _reconcile(self, service: Service, folder: Path, digest: str, wanted: int) -> list[str]:
+        """The service's containers: those of this definition kept, others removed, the
+        count made up; their ids."""
+        found = self._client.containers.list(all=True, filters=_selector(service.name))
+        keep: list[Any] = []
+        for container in found:
+            component = container.labels.get(COMPONENT_LABEL)
+            if component == "job":
+                continue
+            if container.labels.get(CONFIG_LABEL) == digest and len(keep) < wanted:
+                keep.append(container)
+            else:
+                logger.info("removing a container of an earlier definition",
+                            service=service.name, container=container.name)
+                self._remove_container(container.id, graceful=True)
+        for container in keep:
+            if container.status in ("created", "exited"):  # stopped by hand: wanted up
+                container.start()
+        made = [self._create_watchdog(service, folder, digest) for _ in range(wanted - len(keep))]
+        return [c.id for c in keep] + made
+
+    def _create_watchdog(self, service: Service, folder: Path, digest: str) -> str:
+        import docker.errors
+
+        port = free_port()
+        command = [RUNTIME, "watchdog", "--port", str(port), "--host", HOST]
+        component = "service"
+        if service.exposed:
+            # On the host's network api_port would be shared by every replica (and
+            # service): each gets a free port, which the script reads as $upstream_port.
+            command += ["--mode", "http", "--upstream-port", str(free_port())]
+            component = "exposed"
+        labels = {
+            **manager_labels(service),
+            **_labels(service.name, component),
+            PORT_LABEL: str(port),
+            CONFIG_LABEL: digest,
+        }
+        try:
+            container = self._client.containers.run(
+                service.image,
+                command[1:],
+                name=f"{service.name}-{secrets.token_hex(4)}",
+                detach=True,
+                entrypoint=command[:1],  # not the image's, which would wrap the runtime
+                environment=self._env(service),
+                labels=labels,
+                network_mode="host",
+                restart_policy={"Name": "unless-stopped"},
+                mounts=self._mounts(service.name, folder),
+                **self._limits(service),
+            )
+        except docker.errors.APIError as exc:
+            raise DockerError(
+                f"docker: start a container of {service.image} for {service.name}: "
+                f"{exc.explanation}"
+            ) from None
+        logger.info("service container started", service=service.name,
+                    container=container.name, port=port)
+        return str(container.id)
+
+    def _mounts(self, name: str, folder: Path) -> list[Any]:
+        from docker.types import Mount
+
+        mounts = [
+            Mount(RUNTIME_DIR, volume_name(name), type="volume", read_only=True, no_copy=True),
+            Mount(CONFIG_DIR, str(folder), type="bind", read_only=True),
+        ]
+        store = self.default_provider.get("path")
+        if store and not self.default_provider.get("endpoint"):
+            # The embedded folder store, at the same path inside: the config names it so.
+            mounts.append(Mount(str(store), str(store), type="bind"))
+        return mounts
+
+    def _env(self, service: Service) -> dict[str, str]:
+        env = {**service.secrets, "OSCAR_SERVICE_NAME": service.name}
+        if service.exposed:
+            env["OSCAR_SERVICE_BASE_PATH"] = EXPOSED_PATH.format(name=service.name)
+        return env
+
+    def _limits(self, service: Service) -> dict[str, Any]:
+        try:
+            return {"nano_cpus": cpu_nanos(service.cpu), "mem_limit": memory_bytes(service.memory)}
+        except ValueError as exc:
+            raise InvalidService(str(exc)) from None
+
+    def _remove_container(self, container_id: str, graceful: bool = False) -> None:
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):
+            container = self._client.containers.get(container_id)
+            if graceful:
+                # In-flight invocations may finish (the watchdog drains on SIGTERM).
+                with contextlib.suppress(docker.errors.APIError):
+                    container.stop(timeout=STOP_TIMEOUT)
+            container.remove(force=True, v=False)
+
+    def _check(self, replica: _Replica) -> None:
+        if replica.checking is None or replica.checking.done():
+            replica.checking = asyncio.create_task(self._wait_healthy(replica))
+
+    async def _wait_healthy(self, replica: _Replica) -> None:
+        assert self._session is not None
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with self._session.get(f"{replica.url}/_/health") as response:
+                    if response.status == 200:
+                        replica.ready.set()
+                        return
+            await asyncio.sleep(0.05)  # a port opening has no event to await
+
+    def _forget(self, name: str) -> None:
+        for replica in self._replicas.pop(name, []):
+            self._by_id.pop(replica.id, None)
+            if replica.checking is not None:
+                replica.checking.cancel()
+        self._turn.pop(name, None)
+
+    async def remove(self, name: str) -> None:
+        self._forget(name)
+        await self._run(self._remove_all, name)
+        await asyncio.to_thread(shutil.rmtree, self.root / name, True)
+        logger.info("service removed", service=name)
+
+    def _remove_all(self, name: str) -> None:
+        import docker.errors
+
+        for container in self._client.containers.list(all=True, filters=_selector(name)):
+            self._remove_container(container.id)
+        with contextlib.suppress(docker.errors.NotFound):
+            self._client.volumes.get(volume_name(name)).remove(force=True)
+
+    async def invoke_url(self, name: str) -> str:
+        replicas = self._replicas.get(name)
+        if not replicas:
+            raise ServiceUnavailable(f"service {name} is not running")
+        ready = [r for r in replicas if r.ready.is_set()]
+        if not ready:
+            waits = [asyncio.ensure_future(r.ready.wait()) for r in replicas]
+            try:
+                await asyncio.wait(waits, timeout=READY_TIMEOUT,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            ready = [r for r in replicas if r.ready.is_set()]
+            if not ready:
+                raise ServiceUnavailable(f"service {name} is not answering yet")
+        # Round robin over the replicas that answer: the exposed proxy spreads its load.
+        return ready[next(self._turn[name]) % len(ready)].url
+
+    # ---- jobs -----------------------------------------------------------------------------
+
+    async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
+        folder = self.root / service.name
+        create = asyncio.ensure_future(self._run(self._create_job, service, folder, job, event))
+        try:
+            container_id = await asyncio.shield(create)
+            return await self._run(self._follow_job, container_id, log)
+        except asyncio.CancelledError:
+            # Deleted, or the controller is stopping: the container goes once its creation
+            # has been answered (else the removal could overtake it); the thread following
+            # its logs then sees the stream end.
+            with contextlib.suppress(Exception):
+                container_id = await create
+                await asyncio.shield(self._run(self._remove_container, container_id))
+            raise
+
+    def _create_job(self, service: Service, folder: Path, job: str, event: Path) -> str:
+        import docker.errors
+        from docker.types import Mount
+
+        env = {**self._env(service), "JOB_UUID": job}
+        command = [RUNTIME, "run"]
+        mounts = self._mounts(service.name, folder)
+        text = _event_text(event)
+        if text is not None:
+            env["EVENT"] = text  # as OSCAR passes it
+        else:
+            # Too large, or bytes that no variable can hold: the file itself, read-only.
+            mounts.append(Mount(f"{EVENT_DIR}/event", str(event), type="bind", read_only=True))
+            command += ["--event-file", f"{EVENT_DIR}/event"]
+        labels = {**manager_labels(service), **_labels(service.name, "job"), JOB_LABEL: job}
+        try:
+            container = self._client.containers.create(
+                service.image, command[1:], name=job, entrypoint=command[:1], environment=env,
+                labels=labels, network_mode="host", mounts=mounts, **self._limits(service),
+            )
+            container.start()
+        except docker.errors.APIError as exc:
+            raise DockerError(f"docker: start job {job} in {service.image}: "
+                              f"{exc.explanation}") from None
+        return str(container.id)
+
+    def _follow_job(self, container_id: str, log: Path) -> int:
+        """The job's output into its log file as it comes, then its exit status."""
+        import docker.errors
+
+        container = self._client.containers.get(container_id)
+        try:
+            with open(log, "ab") as out:
+                for chunk in container.logs(stream=True, follow=True):
+                    out.write(chunk)
+                    out.flush()  # the logs of a running job are read from this file
+            result = container.wait()
+        except docker.errors.NotFound:
+            raise DockerError(f"docker: job container {container.name} was removed") from None
+        finally:
+            self._remove_container(container_id)
+        code = int(result.get("StatusCode", 1))
+        error = (result.get("Error") or {}).get("Message")
+        if error:
+            raise DockerError(f"docker: job container {container.name}: {error}")
+        return code
+
+
+def _event_text(event: Path) -> str | None:
+    """The event as `EVENT` can carry it (UTF-8, no NUL, small enough), else None."""
+    if event.stat().st_size > EVENT_IN_ENV_MAX:
+        return None
+    try:
+        text = event.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if "\0" in text else text

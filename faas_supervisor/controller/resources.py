@@ -1,0 +1,48 @@
+"""A service's `cpu` and `memory`, written as Kubernetes quantities, as numbers for engines
+that want plain units (Docker's nano-CPUs and bytes).
+
+fdl.py has already checked their shape; what is left to refuse here is an amount that
+comes out as zero.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+            "E": 10**18}
+_QUANTITY = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([A-Za-z]i?|e\d+)?")
+
+
+def cpu_nanos(cpu: str) -> int:
+    """`0.5` or `500m` as billionths of a CPU."""
+    millis = cpu.endswith("m")
+    value = float(cpu[:-1] if millis else cpu) * (10**6 if millis else 10**9)
+    if int(value) < 1:
+        raise ValueError(f"cpu: {cpu!r} is less than a billionth of a CPU")
+    return int(value)
+
+
+def memory_bytes(memory: str) -> int:
+    """`256Mi`, `1G`, `1e9` or `500000` as bytes (`m` is a thousandth, as Kubernetes has it)."""
+    match = _QUANTITY.fullmatch(memory)
+    if match is None:
+        raise ValueError(f"memory: {memory!r} is not a memory amount (try 256Mi or 1Gi)")
+    number, suffix = float(match.group(1)), match.group(2) or ""
+    if suffix.startswith("e"):
+        factor: float = 10 ** int(suffix[1:])
+    elif suffix == "m":
+        factor = 1e-3
+    elif suffix in _BINARY:
+        factor = _BINARY[suffix]
+    elif suffix in _DECIMAL or suffix.upper() in _DECIMAL:
+        factor = _DECIMAL.get(suffix, _DECIMAL[suffix.upper()])
+    elif suffix:
+        raise ValueError(f"memory: {memory!r} has an unknown unit {suffix!r}")
+    else:
+        factor = 1
+    value = int(number * factor)
+    if value < 1:
+        raise ValueError(f"memory: {memory!r} is less than a byte")
+    return value
