@@ -1078,23 +1078,23 @@ def test_storage_event_downloads_the_object(watchdog: WatchdogFactory, tmp_path:
     no_folders_left(wd)
 
 
-@pytest.mark.parametrize("key", ["..", "input%2F..", "input%2F%2E%2E%2F", "evil%00name",
-                                 "%2Fetc%2Fpasswd", "..%2F..%2F..%2Fetc%2Fpasswd", "."])
-def test_storage_key_that_would_leave_the_folders_is_400(watchdog: WatchdogFactory,
-                                                        tmp_path: Path, key: str) -> None:
+def test_storage_keys_that_would_leave_the_folders_are_400(watchdog: WatchdogFactory,
+                                                          tmp_path: Path) -> None:
     store = tmp_path / "store"
     (store / "plants").mkdir(parents=True)
     config = f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n"
     marks = tmp_path / "marks"
     marks.mkdir()
     wd = watchdog('#!/bin/sh\ntouch "$MARKS/ran"\n', config, env={"MARKS": str(marks)})
-    event = json.loads(_minio_event())
-    event["Records"][0]["s3"]["object"]["key"] = key
     before = sorted(p for p in tmp_path.rglob("*") if "wd" not in p.name)
-    response = requests.post(wd.url, json=event, timeout=30)
-    assert response.status_code == 400, response.text
-    assert len(response.text.splitlines()[0]) > 0
-    assert not (marks / "ran").exists()
-    no_folders_left(wd)
-    after = sorted(p for p in tmp_path.rglob("*") if "wd" not in p.name)
-    assert after == before  # nothing written anywhere
+    for key in ("..", "input%2F..", "input%2F%2E%2E%2F", "evil%00name", "%2Fetc%2Fpasswd",
+                "..%2F..%2F..%2Fetc%2Fpasswd", "."):
+        event = json.loads(_minio_event())
+        event["Records"][0]["s3"]["object"]["key"] = key
+        response = requests.post(wd.url, json=event, timeout=30)
+        assert response.status_code == 400, (key, response.text)
+        assert response.text.splitlines()[0], key
+        assert not (marks / "ran").exists(), key
+        no_folders_left(wd)
+        after = sorted(p for p in tmp_path.rglob("*") if "wd" not in p.name)
+        assert after == before, key  # nothing written anywhere
