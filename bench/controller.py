@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -117,6 +118,9 @@ def controller(workdir: Path, max_jobs: int) -> Iterator[Controller]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        # Kept after the temporary folder is gone, to look into a run that went wrong.
+        c.WORK_DIR.mkdir(exist_ok=True)
+        shutil.copyfile(log, c.WORK_DIR / "controller.log")
 
 
 # ---- sync ---------------------------------------------------------------------------------
@@ -188,6 +192,7 @@ class Drain:
     lost: int
     unknown: int
     peak_running: int
+    failures: list[str]
 
 
 def drain(ctl: Controller, workdir: Path, n: int, max_jobs: int, timeout: float) -> Drain:
@@ -219,6 +224,11 @@ def drain(ctl: Controller, workdir: Path, n: int, max_jobs: int, timeout: float)
         time.sleep(0.5)  # the API has no push channel to await
     drained = time.perf_counter() - started
     lines = ran.read_text().split()
+    failures: list[str] = []
+    for job, info in jobs.items():
+        if info["status"] != "Succeeded" and len(failures) < 3:
+            _status, log = ctl.call("GET", f"/system/logs/bench-jobs/{job}")
+            failures.append(f"{job} {info['status']}: {log.decode(errors='replace')[-1500:]}")
     counts = Counter(lines)
     return Drain(
         jobs=n,
@@ -234,6 +244,7 @@ def drain(ctl: Controller, workdir: Path, n: int, max_jobs: int, timeout: float)
         lost=len(set(names) - set(counts)),
         unknown=len(set(counts) - set(names)),
         peak_running=peak,
+        failures=failures,
     )
 
 
@@ -279,6 +290,8 @@ Synchronous `echo hi` (body `aGkK`), the two paths alternated request by request
 
 * none lost, none run twice: {c.verdict(ok)}
 """
+        for failure in d.failures:
+            text += f"\nA job that did not succeed, and its log:\n\n```\n{failure.strip()}\n```\n"
     return text + notes
 
 
