@@ -7,7 +7,7 @@ the image the image test makes), mounted read-only at /oscar/bin, on the host ne
 * invocation: sequential `POST /` of `echo hi` on one keep-alive connection;
 * cold start: exec (or `docker run -d`) to the first 200 on `GET /_/health`.
 
-Needs a running Docker engine (tests/integration/test_image.py starts one).
+Needs a running Docker engine (tests/integration/docker_fixtures.py starts one).
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ def _client() -> Any:
         client.ping()
     except Exception as exc:
         raise SystemExit(f"no Docker engine: {exc}; start one as tests/integration/"
-                         "test_image.py does (dockerd --storage-driver=vfs ...)") from None
+                         "docker_fixtures.py does (dockerd --storage-driver=vfs ...)") from None
     return client
 
 
 def user_image(client: Any) -> str:
     sys.path.insert(0, str(REPO))
-    from tests.integration.test_image import GLIBC_BASE, _make_glibc_base
+    from tests.integration.docker_fixtures import GLIBC_BASE, _make_glibc_base
 
     _make_glibc_base(client)  # a no-op when the image test made it already
     return GLIBC_BASE

@@ -22,6 +22,14 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 
+# The Docker engine and the locally built images: one of each for the whole session,
+# whichever test modules use them (fixtures found in a module are that module's own).
+from tests.integration.docker_fixtures import (  # noqa: F401
+    docker_client,
+    init_image,
+    runtime_volume,
+)
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 

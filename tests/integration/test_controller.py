@@ -487,6 +487,14 @@ def test_bucket_api(controller: ControllerProcess) -> None:
 def test_the_oscar_python_client_works_unchanged(
     controller: ControllerProcess, tmp_path: Path
 ) -> None:
+    oscar_python_round_trip(controller, tmp_path, "ghcr.io/grycap/cowsay", "local")
+
+
+def oscar_python_round_trip(
+    controller: ControllerProcess, tmp_path: Path, image: str, backend: str
+) -> None:
+    """Every call of oscar-python's Client against the controller (the docker backend's
+    tests run it too, with an image of their own)."""
     try:
         from oscar_python.client import Client
     except ImportError:
@@ -498,7 +506,7 @@ def test_the_oscar_python_client_works_unchanged(
     fdl = tmp_path / "cowsay.yaml"
     fdl.write_text(
         "functions:\n  oscar:\n  - local-cluster:\n      name: cowsay\n"
-        "      image: ghcr.io/grycap/cowsay\n      cpu: '0.5'\n      memory: 256Mi\n"
+        f"      image: {image}\n      cpu: '0.5'\n      memory: 256Mi\n"
         "      log_level: CRITICAL\n      script: cowsay.sh\n"
     )
     client = Client(
@@ -511,7 +519,7 @@ def test_the_oscar_python_client_works_unchanged(
         }
     )
     assert client.health_check().text == "Ok"
-    assert client.get_cluster_info().json()["serverless_backend"]["name"] == "local"
+    assert client.get_cluster_info().json()["serverless_backend"]["name"] == backend
     assert "minio_provider" in client.get_cluster_config().json()
     assert client.get_cluster_status().json()["cluster"]["nodes_count"] == 1
 
