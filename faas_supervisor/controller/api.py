@@ -384,7 +384,13 @@ class Api:
             for k, v in request.headers.items()
             if k.lower() not in HOP_BY_HOP and k.lower() != "authorization"
         }
-        body = request.content if request.body_exists else None
+        body: bytes | aiohttp.StreamReader | None = None
+        if request.body_exists:
+            length = request.content_length
+            # A small body of known length is read first and goes out with the headers;
+            # a stream is written by a task of its own, loop iterations on every request.
+            small = length is not None and length <= WHOLE_BODY_MAX
+            body = await request.read() if small else request.content
         url = f"{base}{path}" + (f"?{request.query_string}" if request.query_string else "")
         try:
             async with self._session.request(
