@@ -1,0 +1,242 @@
+"""The controller on the docker backend, against a real Docker engine.
+
+A real `faas-supervisor controller --backend docker` (controller_fixture.py) runs services
+in containers of a user image that has no Python (busybox and glibc alone), with the
+runtime copied in from the Dockerfile's image, both built locally (docker_fixtures.py;
+shared with test_image.py, and cached across runs).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.conftest import EXAMPLES
+from tests.integration.controller_fixture import ControllerFactory, ControllerProcess, wait_until
+from tests.integration.docker_fixtures import GLIBC_BASE
+from tests.integration.test_controller import COPY_SCRIPT, oscar_python_round_trip
+
+# Generous: the first test of a new machine waits for the images to be built (minutes).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+
+MANAGED = "app.kubernetes.io/managed-by=faas-supervisor"
+USER_IMAGE = GLIBC_BASE
+RUNTIME_IMAGE = "faas-supervisor-test/runtime-of-docker-backend:latest"
+
+
+@pytest.fixture(scope="session")
+def runtime_image(docker_client: Any, init_image: str) -> str:
+    """The session's build under a tag of its own: another build tagged INIT_IMAGE meanwhile
+    (another test session on the same engine) leaves it in place."""
+    docker_client.images.get(init_image).tag(RUNTIME_IMAGE)
+    return RUNTIME_IMAGE
+
+
+@pytest.fixture
+def controllers(tmp_path: Path, docker_client: Any, runtime_image: str) -> Iterator[Any]:
+    """Controllers on the docker backend; what they left in the engine goes at the end."""
+    factory = ControllerFactory(tmp_path)
+
+    def start(data_dir: Path | None = None) -> ControllerProcess:
+        return factory(data_dir, args=["--backend", "docker", "--runtime-image", runtime_image])
+
+    yield start
+    factory.close()
+    names = set()
+    for container in docker_client.containers.list(all=True, filters={"label": MANAGED}):
+        if any(m.get("Source", "").startswith(str(tmp_path)) for m in container.attrs["Mounts"]):
+            names.add(container.labels["oscar_service"])
+            container.remove(force=True)
+    for volume in docker_client.volumes.list(filters={"label": MANAGED}):
+        if (volume.attrs.get("Labels") or {}).get("oscar_service") in names:
+            volume.remove(force=True)
+
+
+def containers(client: Any, service: str, component: str = "service") -> list[Any]:
+    labels = [MANAGED, f"oscar_service={service}", f"faas-supervisor/component={component}"]
+    return list(client.containers.list(all=True, filters={"label": labels}))
+
+
+def finished(controller: ControllerProcess, job: str) -> tuple[int | None, str]:
+    """The job's exit status and reason, as the store keeps them."""
+    path = controller.data_dir / "controller.sqlite3"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT exit_code, reason FROM jobs WHERE name = ?", (job,)).fetchone()
+    return row[0], row[1]
+
+
+def job(controller: ControllerProcess, service: str, body: bytes) -> str:
+    response = controller.request("POST", f"/job/{service}", data=body)
+    assert response.status_code == 201, response.text
+    name: str = response.json()["job"]
+    return name
+
+
+def job_status(controller: ControllerProcess, service: str, name: str) -> str:
+    status: str = controller.jobs(service)[name]["status"]
+    return status
+
+
+def wait_job(controller: ControllerProcess, service: str, name: str) -> str:
+    return str(wait_until(
+        lambda: (s := job_status(controller, service, name)) in ("Succeeded", "Failed") and s,
+        120, f"job {name}", controller,
+    ))
+
+
+def test_services_run_jobs_and_go(controllers: Any, docker_client: Any) -> None:
+    controller = controllers()
+    cowsay = (EXAMPLES / "cowsay" / "script.sh").read_text()
+    controller.create({"name": "cowsay", "image": USER_IMAGE, "script": cowsay,
+                       "log_level": "CRITICAL", "cpu": "0.5", "memory": "128Mi"})
+
+    (container,) = containers(docker_client, "cowsay")
+    config = container.attrs["HostConfig"]
+    assert config["NetworkMode"] == "host"
+    assert config["NanoCpus"] == 500_000_000 and config["Memory"] == 128 * 2**20
+    assert config["RestartPolicy"]["Name"] == "unless-stopped"
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+    assert mounts["/oscar/bin"]["Name"] == "faas-supervisor-bin-cowsay"
+    assert not mounts["/oscar/bin"]["RW"] and not mounts["/oscar/config"]["RW"]
+    assert mounts["/oscar/config"]["Source"] == str(controller.data_dir / "services" / "cowsay")
+
+    # Synchronous, through the controller (which waits for the watchdog's health).
+    answer = controller.request("POST", "/run/cowsay", data=b'{"message": "hello docker"}')
+    assert answer.status_code == 200, answer.text
+    assert "< hello docker >" in answer.text and answer.headers["X-Exit-Code"] == "0"
+    port = int(container.labels["faas-supervisor/port"])  # on the host's loopback
+    assert requests.get(f"http://127.0.0.1:{port}/_/health", timeout=10).status_code == 200
+
+    # A job, its event in EVENT: status and logs.
+    name = job(controller, "cowsay", b'{"message": "a job in a container"}')
+    assert wait_job(controller, "cowsay", name) == "Succeeded"
+    assert finished(controller, name) == (0, "")
+    logs = controller.request("GET", f"/system/logs/cowsay/{name}")
+    assert logs.status_code == 200 and "< a job in a container >" in logs.text
+    assert not docker_client.containers.list(
+        all=True, filters={"label": f"faas-supervisor/job={name}"})  # removed once read
+
+    # Files: one dropped in the input folder of the embedded store (mounted at its own
+    # path), and an event too large for a variable (mounted as a file).
+    controller.create({"name": "copier", "image": USER_IMAGE, "script": COPY_SCRIPT,
+                       "input": [{"storage_provider": "minio", "path": "copier/input"}],
+                       "output": [{"storage_provider": "minio", "path": "copier/output"}]})
+    staged = controller.storage / "copier" / ".drop.tmp"
+    staged.write_bytes(b"dropped bytes")
+    staged.rename(controller.storage / "copier" / "input" / "photo.txt")
+    result = controller.storage / "copier" / "output" / "result"
+    wait_until(result.exists, 120, "the output of the dropped file", controller)
+    assert result.read_bytes() == b"dropped bytes"
+    big = os.urandom(150 * 1024)
+    name = job(controller, "copier", base64.b64encode(big))
+    assert wait_job(controller, "copier", name) == "Succeeded", controller.request(
+        "GET", f"/system/logs/copier/{name}").text
+    assert result.read_bytes() == big
+
+    # Deleting a service takes its containers, its volume and its files.
+    for service in ("cowsay", "copier"):
+        assert controller.request("DELETE", f"/system/services/{service}").status_code == 204
+        assert not docker_client.containers.list(
+            all=True, filters={"label": [MANAGED, f"oscar_service={service}"]})
+        assert not docker_client.volumes.list(filters={"name": f"faas-supervisor-bin-{service}"})
+        assert not (controller.data_dir / "services" / service).exists()
+
+
+FLAKY = """#!/bin/sh
+read -r what < "$INPUT_FILE_PATH"
+case "$what" in
+  sleep) echo "sleeping"; exec sleep 300 ;;
+  *) echo "failing now" >&2; exit 3 ;;
+esac
+"""
+
+
+def test_failures_crashes_and_restarts(controllers: Any, docker_client: Any) -> None:
+    controller = controllers()
+    controller.create({"name": "flaky", "image": USER_IMAGE, "script": FLAKY})
+    fail = base64.b64encode(b"fail\n")
+
+    answer = controller.request("POST", "/run/flaky", data=fail)
+    assert answer.status_code == 500 and answer.headers["X-Exit-Code"] == "3"
+    name = job(controller, "flaky", fail)
+    assert wait_job(controller, "flaky", name) == "Failed"
+    assert finished(controller, name) == (3, "exit status 3")
+    assert "failing now" in controller.request("GET", f"/system/logs/flaky/{name}").text
+
+    # A job container that dies: Failed, with the container's exit status (SIGKILL: 137).
+    name = job(controller, "flaky", base64.b64encode(b"sleep\n"))
+    (running,) = wait_until(
+        lambda: docker_client.containers.list(filters={"label": f"faas-supervisor/job={name}"}),
+        120, "the job's running container", controller)
+    assert job_status(controller, "flaky", name) == "Running"
+    running.kill()
+    assert wait_job(controller, "flaky", name) == "Failed"
+    assert finished(controller, name) == (137, "exit status 137")
+
+    # The service's container dies (its process killed, as the OOM killer would): the
+    # engine starts it again, on the same port, and the controller sends requests to it.
+    (container,) = containers(docker_client, "flaky")
+    os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
+    wait_until(lambda: container.reload() or container.attrs["RestartCount"] >= 1, 60,
+               "the engine's restart", controller)
+    wait_until(lambda: controller.request("POST", "/run/flaky", data=fail).status_code == 500,
+               60, "the restarted service", controller)
+    assert [c.id for c in containers(docker_client, "flaky")] == [container.id]
+
+
+# An exposed service's server without Python: busybox's httpd, saying which replica it is.
+SERVER = """#!/bin/sh
+mkdir -p /tmp/www && echo "replica on $upstream_port" > /tmp/www/index.html
+exec httpd -f -p "127.0.0.1:$upstream_port" -h /tmp/www
+"""
+
+
+def test_a_restarted_controller_finds_its_containers(
+    controllers: Any, docker_client: Any
+) -> None:
+    first = controllers()
+    cowsay = (EXAMPLES / "cowsay" / "script.sh").read_text()
+    first.create({"name": "cowsay", "image": USER_IMAGE, "script": cowsay,
+                  "log_level": "CRITICAL"})
+    first.create({"name": "web", "image": USER_IMAGE, "script": SERVER,
+                  "expose": {"api_port": 8081, "min_scale": 2}})
+    made = {s: sorted(c.id for c in containers(docker_client, s, k))
+            for s, k in (("cowsay", "service"), ("web", "exposed"))}
+    assert len(made["cowsay"]) == 1 and len(made["web"]) == 2
+    ports = {c.labels["faas-supervisor/port"] for c in containers(docker_client, "web", "exposed")}
+    assert len(ports) == 2
+
+    def replicas(controller: ControllerProcess) -> set[str]:
+        seen = set()
+        for _ in range(6):
+            answer = requests.get(f"{controller.url}/system/services/web/exposed/", timeout=30)
+            assert answer.status_code == 200, answer.text
+            seen.add(answer.text.strip())
+        return seen
+
+    assert len(wait_until(lambda: len(r := replicas(first)) == 2 and r, 60, "both replicas",
+                          first)) == 2
+
+    assert first.stop() == 0
+    for ids in made.values():
+        for container_id in ids:
+            assert docker_client.containers.get(container_id).status == "running"
+    second = controllers(first.data_dir)
+    assert {s: sorted(c.id for c in containers(docker_client, s, k))
+            for s, k in (("cowsay", "service"), ("web", "exposed"))} == made
+    answer = second.request("POST", "/run/cowsay", data=b'{"message": "still here"}')
+    assert answer.status_code == 200 and "< still here >" in answer.text
+    assert len(replicas(second)) == 2
+
+
+@pytest.mark.timeout(1800)
+def test_the_oscar_python_client_works_on_docker(controllers: Any, tmp_path: Path) -> None:
+    oscar_python_round_trip(controllers(), tmp_path, USER_IMAGE, "docker")
