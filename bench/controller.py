@@ -323,19 +323,20 @@ NOTES = """
 Both paths reach the same watchdog process, so its own cost cancels out and the
 difference is the controller's: one more HTTP hop on loopback (aiohttp server and
 client), the token check and the service lookup. On this shared machine the difference
-moves by about ±0.5 ms from run to run with the load (0.6 to 1.6 ms seen for the same
-code); the paired median is the steadier of the two figures.
+moves with the load from run to run (0.6 to 1.6 ms seen for the same code, load averages
+2 to 7); the controller's CPU time per request moves less, and is the figure to watch.
 
-Profiled (cProfile of the controller, 2 000 `/run` calls), two small things dominated
+Profiled (cProfile of the controller, 2 000 `/run` calls), three small things dominated
 the controller's own time and were fixed: the service's definition was parsed from its
 stored JSON at every request (about a quarter of the handler's time; the store now keeps
-parsed services, dropped when a service changes), and a streamed answer sent its headers
-in a write of their own (three `send` syscalls per request instead of two; answers of
-known length up to 64 KiB now go out whole, larger ones still stream). What remains is
-the hop itself, about 0.8 ms of the controller's CPU per request on this machine when it
-is quiet (more under load): aiohttp's server and client objects for each request, two
-`send`s, two `recv`s and about ten event-loop iterations. uvloop, tried outside the
-project (0.96 ms against 0.9 to 1.3 ms of CPU per request, same run), made no clear
+parsed services, dropped when a service changes); a streamed answer sent its headers in
+a write of their own (three `send` syscalls per request instead of two; answers of known
+length up to 64 KiB now go out whole, larger ones still stream); and the request body
+was written by a task of its own (a small body of known length is now read first and
+sent with the headers: 0.70 against 0.86 ms of CPU per request, alternated runs). What
+remains is the hop itself, 0.6 to 1 ms of the controller's CPU per request on this
+machine: aiohttp's server and client objects for each request, two `send`s, two `recv`s
+and about ten event-loop iterations. uvloop, tried outside the project, made no clear
 difference; cutting it further means forwarding bytes on pooled connections below
 aiohttp's request objects, a larger change than this benchmark's fixes.
 """
