@@ -9,6 +9,7 @@ no partial file stays behind.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import functools
@@ -21,6 +22,9 @@ from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import StorageError
 from faas_supervisor.storage_providers import http
 from faas_supervisor.storage_providers.http import HttpFailure
+
+# A cut PUT may land after our DELETE: check, and delete again, for about 3 s at most.
+PARTIAL_CLEANUP_ATTEMPTS = 5
 
 
 class WebDavProvider:
@@ -81,14 +85,25 @@ class WebDavProvider:
                         raise HttpFailure("the server refuses the folder (HTTP 409)", False, 409)
             except HttpFailure as exc:
                 if exc.transient:  # the body may have been cut short: remove what is there
-                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                        async with session.delete(url):
-                            pass
+                    await self._remove_partial(session, url)
                 raise self._error("upload", bucket, key, exc) from None
             except OSError as exc:
                 raise StorageError(
                     f"{self.name}: cannot upload {bucket}/{key}: {exc.strerror}"
                 ) from None
+
+    @staticmethod
+    async def _remove_partial(session: aiohttp.ClientSession, url: URL) -> None:
+        """DELETE until the object is gone: the server may still be finishing the cut PUT
+        (and writing what it got) when the DELETE arrives, so one DELETE is not enough."""
+        for attempt in range(PARTIAL_CLEANUP_ATTEMPTS):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.delete(url) as response:
+                    await response.read()
+                async with session.head(url) as response:
+                    if response.status == 404:
+                        return
+            await asyncio.sleep(0.1 * 2**attempt)  # backoff while the server settles
 
     async def _make_folders(self, session: aiohttp.ClientSession, bucket: str, key: str) -> None:
         """MKCOL each ancestor of the object, top down; 405 means it exists already."""
