@@ -611,3 +611,42 @@ def test_an_exposed_service_is_proxied(controller: ControllerProcess) -> None:
         requests.get(f"{controller.url}/system/services/nope/exposed/", timeout=10).status_code
         == 404
     )
+
+
+PID_SERVER = """#!/bin/sh
+exec python3 - <<'PY'
+import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = str(os.getpid()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+HTTPServer(("127.0.0.1", int(os.environ["upstream_port"])), Handler).serve_forever()
+PY
+"""
+
+
+@pytest.mark.timeout(180)
+def test_an_exposed_service_runs_min_scale_instances(controller: ControllerProcess) -> None:
+    """min_scale: 2 is two watchdogs with a server each; the proxy takes turns over them."""
+    controller.create(
+        {"name": "twice", "script": PID_SERVER, "expose": {"api_port": 8081, "min_scale": 2}}
+    )
+    url = f"{controller.url}/system/services/twice/exposed/"
+    wait_until(lambda: requests.get(url, timeout=30).status_code == 200, 60,
+               "the exposed service", controller)
+    seen: set[str] = set()
+
+    def both_answered() -> bool:
+        response = requests.get(url, timeout=30)
+        if response.status_code == 200:
+            seen.add(response.text)
+        return len(seen) == 2
+
+    wait_until(both_answered, 60, "answers from two server processes", controller)
+    assert all(pid.isdigit() for pid in seen)

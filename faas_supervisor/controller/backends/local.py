@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -193,7 +194,9 @@ class LocalBackend:
         self.base_env = {
             k: v for k, v in base.items() if k not in _HIDDEN_ENV and not k.startswith("FAAS_")
         }
-        self._watchdogs: dict[str, _Watchdog] = {}
+        # A service's watchdogs: one, or `min_scale` for an exposed service.
+        self._watchdogs: dict[str, list[_Watchdog]] = {}
+        self._turn = itertools.count()  # round robin over a service's watchdogs
         self.pids = _Pids(data_dir / "pids", data_dir)
 
     async def start(self) -> None:
@@ -201,7 +204,7 @@ class LocalBackend:
         self.pids.reap_leftovers()
 
     async def close(self) -> None:
-        await asyncio.gather(*(w.stop() for w in self._watchdogs.values()))
+        await asyncio.gather(*(w.stop() for ws in self._watchdogs.values() for w in ws))
         self._watchdogs.clear()
 
     def _folder(self, name: str) -> Path:
@@ -237,34 +240,43 @@ class LocalBackend:
         ]
 
     async def deploy(self, service: Service) -> None:
-        old = self._watchdogs.pop(service.name, None)
-        if old is not None:
-            await old.stop()
+        await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(service.name, [])))
         folder = self._write(service)
         command = [*runtime_command(), "watchdog", *self._files(service.name)]
         if service.exposed:
             # Its own free port, not api_port: services of one machine share its ports. The
             # script gets it as $upstream_port.
             command += ["--mode", "http"]
-        self._watchdogs[service.name] = _Watchdog(
-            service.name, folder, command, self._env(service), self.pids
-        )
+        instances = max(1, service.expose.min_scale) if service.exposed else 1
+        self._watchdogs[service.name] = [
+            _Watchdog(service.name, folder, command, self._env(service), self.pids)
+            for _ in range(instances)
+        ]
 
     async def remove(self, name: str) -> None:
-        watchdog = self._watchdogs.pop(name, None)
-        if watchdog is not None:
-            await watchdog.stop()
+        await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(name, [])))
         await asyncio.to_thread(shutil.rmtree, self._folder(name), True)
 
     async def invoke_url(self, name: str) -> str:
-        watchdog = self._watchdogs.get(name)
-        if watchdog is None:
+        watchdogs = self._watchdogs.get(name)
+        if not watchdogs:
             raise ServiceUnavailable(f"service {name} is not running")
+        # Round robin from the next in turn, over those answering now.
+        start = next(self._turn)
+        ordered = [watchdogs[(start + i) % len(watchdogs)] for i in range(len(watchdogs))]
+        for watchdog in ordered:
+            if watchdog.ready.is_set():
+                return watchdog.url
+        waits = [asyncio.ensure_future(w.ready.wait()) for w in ordered]
         try:
-            await asyncio.wait_for(watchdog.ready.wait(), READY_TIMEOUT)
-        except TimeoutError:
-            raise ServiceUnavailable(f"service {name} is not answering yet") from None
-        return watchdog.url
+            await asyncio.wait(waits, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        for watchdog in ordered:
+            if watchdog.ready.is_set():
+                return watchdog.url
+        raise ServiceUnavailable(f"service {name} is not answering yet")
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
         env = self._env(service)
