@@ -34,6 +34,7 @@ import json
 import secrets
 import shutil
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -138,6 +139,7 @@ class DockerBackend:
         self._turn: dict[str, itertools.count[int]] = {}
         self._events: Any = None
         self._events_task: asyncio.Future[None] | None = None
+        self._closing = threading.Event()
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -154,11 +156,7 @@ class DockerBackend:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         # The engine tells when a container dies or starts again: a replica is taken out
         # of rotation at once, and checked again when the engine has restarted it.
-        self._events = await self._run(
-            self._client.events,
-            decode=True,
-            filters={**_selector(), "type": ["container"], "event": ["die", "start"]},
-        )
+        self._events = await self._run(self._subscribe, None)
         self._events_task = asyncio.ensure_future(self._run(self._follow_events))
         # Jobs of an earlier controller are recorded as Failed by now: their containers go.
         left = await self._run(
@@ -183,11 +181,12 @@ class DockerBackend:
 
     async def close(self) -> None:
         # Services stay up: a restarted controller finds them again by their labels.
+        self._closing.set()
         if self._events is not None:
             self._events.close()
         if self._events_task is not None:
             with contextlib.suppress(Exception):
-                await self._events_task
+                await asyncio.wait_for(self._events_task, 10)
         for replicas in self._replicas.values():
             for replica in replicas:
                 if replica.checking is not None:
@@ -198,13 +197,35 @@ class DockerBackend:
             await self._run(self._client.close)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def _subscribe(self, since: int | None) -> Any:
+        filters = {**_selector(), "type": ["container"], "event": ["die", "start"]}
+        return self._client.events(decode=True, filters=filters, since=since)
+
     def _follow_events(self) -> None:
+        """Events passed to the loop until close(); a stream the engine ends (a restart of
+        the engine) is opened again from the last event's second, so none is missed (one
+        seen twice is harmless: a die or start handled again)."""
+        import docker.errors
+
         assert self._loop is not None
         call = self._loop.call_soon_threadsafe
-        with contextlib.suppress(Exception):  # the stream ends with an error when closed
-            for event in self._events:
-                actor = event.get("Actor") or {}
-                call(self._on_event, event.get("Action", ""), actor.get("ID") or event.get("id"))
+        since: int | None = None
+        while not self._closing.is_set():
+            if self._events is None:
+                try:
+                    self._events = self._subscribe(since)
+                except docker.errors.DockerException:
+                    self._closing.wait(1.0)  # the engine is away: ask again in a second
+                    continue
+                if self._closing.is_set():  # close() came while subscribing
+                    self._events.close()
+                    return
+            with contextlib.suppress(Exception):  # the stream ends with an error when closed
+                for event in self._events:
+                    since = event.get("time", since)
+                    actor = (event.get("Actor") or {}).get("ID") or event.get("id")
+                    call(self._on_event, event.get("Action", ""), actor)
+            self._events = None
 
     def _on_event(self, action: str, container_id: str) -> None:
         replica = self._by_id.get(container_id)

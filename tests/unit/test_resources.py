@@ -1,0 +1,44 @@
+"""Kubernetes quantities as the plain numbers Docker takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
+
+
+@pytest.mark.parametrize(
+    ("cpu", "nanos"),
+    [("1", 10**9), ("0.5", 5 * 10**8), ("500m", 5 * 10**8), ("2.25", 2_250_000_000), (".1", 10**8)],
+)
+def test_cpu(cpu: str, nanos: int) -> None:
+    assert cpu_nanos(cpu) == nanos
+
+
+@pytest.mark.parametrize(
+    ("memory", "size"),
+    [
+        ("256Mi", 256 * 2**20),
+        ("1Gi", 2**30),
+        ("1.5Gi", 3 * 2**29),
+        ("128974848", 128974848),
+        ("129M", 129 * 10**6),
+        ("1g", 10**9),
+        ("123k", 123_000),
+        ("1e9", 10**9),
+        ("2000m", 2),
+    ],
+)
+def test_memory(memory: str, size: int) -> None:
+    assert memory_bytes(memory) == size
+
+
+@pytest.mark.parametrize("memory", ["", "1Xi", "abc", "1m"])
+def test_memory_refused(memory: str) -> None:
+    with pytest.raises(ValueError, match="memory"):
+        memory_bytes(memory)
+
+
+def test_cpu_refused() -> None:
+    with pytest.raises(ValueError, match="cpu"):
+        cpu_nanos("0.0000000001")
