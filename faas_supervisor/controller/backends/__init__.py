@@ -81,6 +81,4 @@ def build_backend(
         return DockerBackend(
             data_dir, default_provider, runtime_image or DEFAULT_RUNTIME_IMAGE, environ
         )
-    if name in BACKENDS:
-        raise ConfigError(f"backend {name!r} is not available yet (use --backend local)")
     raise ConfigError(f"backend {name!r} is unknown (one of {', '.join(BACKENDS)})")
