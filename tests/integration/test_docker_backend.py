@@ -236,6 +236,16 @@ def test_a_restarted_controller_finds_its_containers(
     assert answer.status_code == 200 and "< still here >" in answer.text
     assert len(replicas(second)) == 2
 
+    # A new definition replaces the container; the old one goes.
+    updated = second.request("PUT", "/system/services", json={
+        "name": "cowsay", "image": USER_IMAGE, "script": "echo new script", "log_level":
+        "CRITICAL"})
+    assert updated.status_code == 204
+    (replaced,) = containers(docker_client, "cowsay")
+    assert [replaced.id] != made["cowsay"]
+    answer = second.request("POST", "/run/cowsay", data=b"")
+    assert answer.status_code == 200 and answer.text.strip() == "new script"
+
 
 @pytest.mark.timeout(1800)
 def test_the_oscar_python_client_works_on_docker(controllers: Any, tmp_path: Path) -> None:
