@@ -15,13 +15,16 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, BinaryIO
 
+from faas_supervisor import processes
 from faas_supervisor.config import FunctionConfig, StoragePath, normalize_provider_name
 from faas_supervisor.errors import (
     BadEvent,
@@ -82,7 +85,7 @@ class Invocation:
         self.script_log = self.root / "script.log"
         self.outcome = Outcome()
         self._started = time.monotonic()
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         # Whether the script's process group may still have members to kill. Once it is
         # killed and reaped its id is free for reuse, by another invocation's script even.
         self._group_alive = False
@@ -183,15 +186,13 @@ class Invocation:
         timeout = self.runtime.exec_timeout or None
         with open(self.script_log, "wb") as log_file:
             # With a mirror, output goes through a pipe we copy from; else straight to disk.
-            stdout: int = asyncio.subprocess.PIPE if mirror else log_file.fileno()
-            self._process = await asyncio.create_subprocess_exec(
-                "/bin/sh",
-                str(self.runtime.script),
+            self._process = process = subprocess.Popen(
+                ["/bin/sh", str(self.runtime.script)],
                 cwd=self.input_dir,
                 env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=asyncio.subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if mirror else log_file,
+                stderr=subprocess.STDOUT,
                 # Its own process group, killed as a whole. process_group=0 rather than
                 # start_new_session: setsid() makes CPython fork() the whole watchdog,
                 # setpgid() lets it vfork(), about 5x cheaper per invocation here.
@@ -199,33 +200,35 @@ class Invocation:
             )
             self._group_alive = True
             try:
-                waiting = self._wait(log_file, mirror)
-                code = await asyncio.wait_for(waiting, timeout)
+                code = await asyncio.wait_for(self._finish(process, log_file, mirror), timeout)
             except TimeoutError:
                 self.kill()
-                await self._process.wait()
+                await processes.exited(process)
                 raise ScriptTimeout(f"script ran past exec_timeout ({timeout:g} s)") from None
             finally:
                 # Whatever way it ended (cancelled when the client left), nothing lingers.
-                if self._process.returncode is None:
+                if process.returncode is None:
                     self.kill()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.shield(self._process.wait())
+                        await asyncio.shield(processes.exited(process))
                 self.kill()  # background children the script left behind
                 # Now the group is gone: a later close() must not kill whoever reuses its id.
                 self._group_alive = False
+                if process.stdout is not None:
+                    process.stdout.close()
         self.outcome.exit_code = code
         if code != 0:
             raise ScriptFailed(f"script exited with status {_describe(code)}", _exit_status(code))
         return code
 
-    async def _wait(self, log_file: object, mirror: OutputMirror | None) -> int:
-        assert self._process is not None
-        if mirror is not None and self._process.stdout is not None:
-            while chunk := await self._process.stdout.read(65536):
-                log_file.write(chunk)  # type: ignore[attr-defined]
-                mirror(chunk)
-        return await self._process.wait()
+    @staticmethod
+    async def _finish(
+        process: subprocess.Popen[bytes], log_file: BinaryIO, mirror: OutputMirror | None
+    ) -> int:
+        if mirror is not None and process.stdout is not None:
+            # Blocking reads in a worker thread, until every writer has closed the pipe.
+            await asyncio.to_thread(_copy_output, process.stdout, log_file, mirror)
+        return await processes.exited(process)
 
     def kill(self) -> None:
         if self._process is not None and self._group_alive:
@@ -335,6 +338,13 @@ async def _storage_errors(
         raise StorageError(
             f"{provider.name}: {action} of {bucket}/{key} failed ({type(exc).__name__})"
         ) from exc
+
+
+def _copy_output(pipe: IO[bytes], log_file: BinaryIO, mirror: OutputMirror) -> None:
+    # os.read returns what has come, so the mirror shows the output as it comes.
+    while chunk := os.read(pipe.fileno(), 65536):
+        log_file.write(chunk)
+        mirror(chunk)
 
 
 def _describe(code: int) -> str:
