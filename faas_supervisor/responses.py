@@ -9,7 +9,6 @@ nor a large archive is ever held in memory.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import threading
 import zipfile
@@ -17,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from faas_supervisor.base64_stream import encode_chunks
 from faas_supervisor.errors import FaasError
 from faas_supervisor.invocation import Invocation, OutputFile
 
@@ -39,11 +39,11 @@ def success_body(invocation: Invocation, accept: str) -> Body:
         size = os.stat(path).st_size
         if _accepts(accept, "application/octet-stream"):
             return Body("application/octet-stream", file_chunks(path), size, "file")
-        return Body(TEXT, base64_chunks(file_chunks(path)), 4 * ((size + 2) // 3), "file")
+        return Body(TEXT, encode_chunks(file_chunks(path)), 4 * ((size + 2) // 3), "file")
     if len(outputs) > 1:
         if _accepts(accept, "application/zip"):
             return Body("application/zip", zip_chunks(outputs), None, "zip")
-        return Body(TEXT, base64_chunks(zip_chunks(outputs)), None, "zip")
+        return Body(TEXT, encode_chunks(zip_chunks(outputs)), None, "zip")
     return Body(TEXT, logs_chunks(invocation), None, "logs")
 
 
@@ -62,19 +62,6 @@ async def file_chunks(path: Path, chunk_size: int = CHUNK) -> AsyncIterator[byte
     with os.fdopen(fd, "rb") as f:
         while chunk := f.read(chunk_size):
             yield chunk
-
-
-async def base64_chunks(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Base64 of a stream, one line, no newlines: whole 3-byte groups per chunk."""
-    rest = b""
-    async for chunk in source:
-        data = rest + chunk if rest else chunk
-        usable = len(data) - len(data) % 3
-        rest = data[usable:]
-        if usable:
-            yield base64.b64encode(data[:usable] if rest else data)
-    if rest:
-        yield base64.b64encode(rest)
 
 
 class _Abandoned(Exception):

@@ -14,37 +14,29 @@ mixed output.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO
 
+from faas_supervisor.base64_stream import WHITESPACE, Base64Decoder, encode_chunks
+
 # A multiple of 3, so each chunk's base64 concatenates into one valid base64 text.
 CHUNK = 3 * 256 * 1024
 SNIFF = 1 << 20
-WHITESPACE = b" \t\r\n\x0b\x0c"
 _COMPLETE = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _PARTIAL = re.compile(rb"[A-Za-z0-9+/]*")
 
 
-class NotBase64(ValueError):
-    """The response stopped being base64 after its head was."""
-
-
 async def encode_base64(source: BinaryIO, progress: Callable[[int], None]) -> AsyncIterator[bytes]:
     """Base64 of `source`, read in chunks off the event loop; `progress` gets raw byte counts."""
-    rest = b""
+    async for encoded in encode_chunks(_read_chunks(source, progress)):
+        yield encoded
+
+
+async def _read_chunks(source: BinaryIO, progress: Callable[[int], None]) -> AsyncIterator[bytes]:
     while chunk := await asyncio.to_thread(source.read, CHUNK):
         progress(len(chunk))
-        data = rest + chunk if rest else chunk
-        # A pipe may return short reads: keep the bytes beyond a whole 3-byte group.
-        usable = len(data) - len(data) % 3
-        rest = data[usable:]
-        if usable:
-            yield base64.b64encode(data[:usable])
-    if rest:
-        yield base64.b64encode(rest)
+        yield chunk
 
 
 def looks_like_base64(head: bytes, complete: bool) -> bool:
@@ -55,35 +47,6 @@ def looks_like_base64(head: bytes, complete: bool) -> bool:
     if complete:
         return _COMPLETE.fullmatch(text) is not None
     return _PARTIAL.fullmatch(text) is not None
-
-
-class Base64Decoder:
-    """Strict base64 in pieces of any length; whitespace between pieces is allowed."""
-
-    def __init__(self) -> None:
-        self.pending = b""
-        self.padded = False
-        self.offset = 0  # characters consumed, for the error message
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self.pending + chunk.translate(None, WHITESPACE)
-        if self.padded and data:
-            raise NotBase64(f"data after the end of base64 at character {self.offset}")
-        usable = len(data) - len(data) % 4
-        block, self.pending = data[:usable], data[usable:]
-        if not block:
-            return b""
-        try:
-            decoded = binascii.a2b_base64(block, strict_mode=True)
-        except binascii.Error as exc:
-            raise NotBase64(f"not base64 near character {self.offset}: {exc}") from None
-        self.offset += len(block)
-        self.padded = block.endswith(b"=")
-        return decoded
-
-    def finish(self) -> None:
-        if self.pending:
-            raise NotBase64(f"base64 cut short after character {self.offset}")
 
 
 async def write_result(chunks: AsyncIterator[bytes], sink: BinaryIO, *, raw: bool = False) -> None:

@@ -9,13 +9,13 @@ on the fly while its first bytes are kept: a short body that parses as JSON (`tr
 
 from __future__ import annotations
 
-import binascii
 import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from faas_supervisor.base64_stream import WHITESPACE, Base64Decoder, NotBase64
 from faas_supervisor.errors import BadEvent, PayloadTooLarge
 from faas_supervisor.parsers import recognise
 from faas_supervisor.parsers.event import Event, GatewayBody, StorageObject
@@ -30,7 +30,6 @@ AMBIGUOUS_HEAD = 64 << 10
 # 128 KiB per string, name included).
 EVENT_TEXT_LIMIT = (128 << 10) - 64
 HEAD_LIMIT = max(AMBIGUOUS_HEAD, EVENT_TEXT_LIMIT)
-WHITESPACE = b" \t\r\n\x0b\x0c"
 JSON_ONLY_STARTS = b'{["-'
 
 
@@ -39,34 +38,24 @@ def input_file_name() -> str:
 
 
 class _Base64Sink:
-    """Decodes base64 arriving in pieces of any length, strictly, into a file."""
+    """Decodes base64 arriving in pieces into a file; remembers, not raises, bad input
+    (a short body that is not base64 may still be JSON)."""
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
-        self.pending = b""
-        self.padded = False
+        self.decoder = Base64Decoder()
         self.valid = True
 
     def feed(self, chunk: bytes) -> None:
         if not self.valid:
             return
-        data = self.pending + chunk.translate(None, WHITESPACE)
-        if self.padded and data:
-            self.valid = False  # data after `=` padding
-            return
-        usable = len(data) - len(data) % 4
-        block, self.pending = data[:usable], data[usable:]
-        if not block:
-            return
         try:
-            self.out.write(binascii.a2b_base64(block, strict_mode=True))
-        except binascii.Error:
+            self.out.write(self.decoder.feed(chunk))
+        except NotBase64:
             self.valid = False
-            return
-        self.padded = block.endswith(b"=")
 
     def finish(self) -> bool:
-        return self.valid and not self.pending
+        return self.valid and not self.decoder.pending
 
 
 async def read_body(

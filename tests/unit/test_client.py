@@ -26,10 +26,11 @@ import pytest
 from aiohttp import web
 
 from faas_supervisor import cli
+from faas_supervisor.base64_stream import Base64Decoder, NotBase64
 from faas_supervisor.client import read_fdl, script_text, table
 from faas_supervisor.errors import ConfigError
 from faas_supervisor.progress import Progress
-from faas_supervisor.transfer import Base64Decoder, NotBase64, looks_like_base64
+from faas_supervisor.transfer import looks_like_base64
 
 USER, PASSWORD = "oscar", "s3cret"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from faas_supervisor.base64_stream import encode_chunks as base64_chunks
 from faas_supervisor.config import FunctionConfig
 from faas_supervisor.errors import ScriptFailed
 from faas_supervisor.invocation import Invocation, OutputFile, Runtime
 from faas_supervisor.responses import (
     CHUNK,
     TEXT,
-    base64_chunks,
     failure_body,
     success_body,
     zip_chunks,
