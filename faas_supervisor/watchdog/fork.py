@@ -16,7 +16,6 @@ from faas_supervisor.errors import FaasError, RequestTimeout
 from faas_supervisor.invocation import Invocation
 from faas_supervisor.logs import get_logger
 from faas_supervisor.responses import Body, failure_body, success_body
-from faas_supervisor.watchdog.children import use_pidfd_child_watcher
 from faas_supervisor.watchdog.metrics import Metrics
 
 READ_CHUNK = 256 * 1024
@@ -47,8 +46,6 @@ class ForkRunner:
     def __init__(self, settings: WatchdogSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        # A script per request: wait for each in the event loop, not in a new thread.
-        use_pidfd_child_watcher()
 
     async def invoke(self, request: web.Request, invocation: Invocation) -> web.StreamResponse:
         outcome = invocation.outcome
