@@ -28,7 +28,7 @@ TEXT = "text/plain; charset=utf-8"
 class Body:
     content_type: str
     stream: AsyncIterator[bytes]
-    length: int | None  # known for single files and base64 of them; None for ZIP and logs
+    length: int | None  # known for everything but ZIPs, which are built as they are sent
     kind: str  # "file", "zip" or "logs", for the X- headers and metrics
 
 
@@ -44,12 +44,24 @@ def success_body(invocation: Invocation, accept: str) -> Body:
         if _accepts(accept, "application/zip"):
             return Body("application/zip", zip_chunks(outputs), None, "zip")
         return Body(TEXT, encode_chunks(zip_chunks(outputs)), None, "zip")
-    return Body(TEXT, logs_chunks(invocation), None, "logs")
+    return logs_body(invocation, None)
 
 
 def failure_body(invocation: Invocation, error: FaasError) -> Body:
     """A one-line reason first, then the logs."""
-    return Body(TEXT, logs_chunks(invocation, first_line=error.message), None, "logs")
+    return logs_body(invocation, error.message)
+
+
+def logs_body(invocation: Invocation, first_line: str | None) -> Body:
+    """The logs; their length is known, since the script and its group are gone."""
+    head = (first_line.encode() + b"\n" if first_line else b"") + invocation.log.text()
+    try:
+        script_bytes = os.stat(invocation.script_log).st_size
+    except FileNotFoundError:  # the script never ran
+        script_bytes = 0
+    return Body(
+        TEXT, logs_chunks(invocation, head, script_bytes), len(head) + script_bytes, "logs"
+    )
 
 
 def _accepts(accept: str, media_type: str) -> bool:
@@ -145,14 +157,15 @@ async def zip_chunks(outputs: Sequence[OutputFile]) -> AsyncIterator[bytes]:
 
 
 async def logs_chunks(
-    invocation: Invocation, first_line: str | None = None
+    invocation: Invocation, head: bytes, script_bytes: int
 ) -> AsyncIterator[bytes]:
-    """The runtime's own lines at or above log_level, then the script's output as it came."""
-    if first_line:
-        yield first_line.encode() + b"\n"
-    runtime_lines = invocation.log.text()
-    if runtime_lines:
-        yield runtime_lines
-    if invocation.script_log.exists():
+    """The reason and runtime lines at or above log_level, then the script's output: no
+    more of it than the Content-Length announced, whatever a straggler still wrote."""
+    if head:
+        yield head
+    if script_bytes:
         async for chunk in file_chunks(invocation.script_log):
-            yield chunk
+            yield chunk[:script_bytes]
+            script_bytes -= len(chunk)
+            if script_bytes <= 0:
+                break
