@@ -20,7 +20,9 @@ def add_manifests_parser(commands: Any) -> None:
         description="Print the Kubernetes objects of the services of an FDL file as YAML, "
         "for `kubectl apply -f -`.",
     )
-    sub.add_argument("-f", "--file", required=True, help="the FDL file")
+    # `-f FILE` as kubectl and oscar-cli write it; a bare FILE works too.
+    sub.add_argument("-f", "--file", help="the FDL file")
+    sub.add_argument("fdl", nargs="?", metavar="FILE", help="the FDL file (same as -f)")
     sub.add_argument("--cluster-id", help="only the services of this cluster id")
     sub.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help=f"(default {DEFAULT_NAMESPACE})"
@@ -43,6 +45,10 @@ def cmd_manifests(args: argparse.Namespace) -> int:
     from faas_supervisor.controller.fdl import InvalidService, load_fdl
     from faas_supervisor.controller.manifests import Cluster, service_objects, to_yaml
     from faas_supervisor.errors import ConfigError
+
+    if bool(args.file) == bool(args.fdl):
+        raise ConfigError("manifests: give the FDL file once, as -f FILE or FILE")
+    args.file = args.file or args.fdl
 
     environ = current_environ()
     provider: dict[str, Any] = {}

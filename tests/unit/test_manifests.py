@@ -381,8 +381,19 @@ def test_manifests_command_errors_are_one_line(
     bad.write_text("functions: {oscar: [{c: {name: x, script: 'echo'}}]}\n")
     assert main(["manifests", "-f", str(bad)]) == 2
     assert "image: missing" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["manifests"])  # -f is required
+    assert main(["manifests"]) == 2  # no FDL file
+    assert "give the FDL file" in capsys.readouterr().err
+    assert main(["manifests", "-f", str(bad), str(bad)]) == 2  # two
+    capsys.readouterr()
+
+
+def test_manifests_takes_the_file_with_or_without_f(capsys: pytest.CaptureFixture[str]) -> None:
+    fdl = str(REPO / "examples" / "fdl.yaml")
+    assert main(["manifests", fdl]) == 0
+    bare = capsys.readouterr().out
+    assert main(["manifests", "-f", fdl]) == 0
+    assert capsys.readouterr().out == bare
+    assert "kind: ConfigMap" in bare
 
 
 # ---- the controller's own objects ---------------------------------------------------------------
