@@ -17,7 +17,8 @@ $(STAMP): setup.cfg pyproject.toml
 
 deps: $(STAMP)
 
-# Debian packages the integration tests need (Ceph RGW). Installed once, only if missing.
+# Debian packages the integration tests need (Ceph RGW, Docker, image bases). Installed
+# once, only if missing.
 system-deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -26,6 +27,7 @@ system-deps:
 	fi
 
 demo: deps
+	@command -v curl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
 lint: deps
