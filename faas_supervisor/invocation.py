@@ -67,6 +67,8 @@ class Outcome:
     outputs: list[OutputFile] = field(default_factory=list)
 
 
+COPIER_GRACE = 5.0  # seconds to let the mirror's copy finish once the script's group is dead
+
 # Output callback for `run`, which mirrors the script's output to stderr as it comes.
 OutputMirror = Callable[[bytes], None]
 
@@ -199,8 +201,17 @@ class Invocation:
                 process_group=0,
             )
             self._group_alive = True
+            # The mirror's copy runs in a worker thread (blocking reads) until every
+            # writer has closed the pipe; it is awaited before log_file closes.
+            copier = (
+                asyncio.ensure_future(
+                    asyncio.to_thread(_copy_output, process.stdout, log_file, mirror)
+                )
+                if mirror is not None and process.stdout is not None
+                else None
+            )
             try:
-                code = await asyncio.wait_for(self._finish(process, log_file, mirror), timeout)
+                code = await asyncio.wait_for(self._finish(process, copier), timeout)
             except TimeoutError:
                 self.kill()
                 await processes.exited(process)
@@ -214,20 +225,20 @@ class Invocation:
                 self.kill()  # background children the script left behind
                 # Now the group is gone: a later close() must not kill whoever reuses its id.
                 self._group_alive = False
-                if process.stdout is not None:
-                    process.stdout.close()
+                if copier is not None:
+                    # The group is dead, so the pipe ends; a child that left the group
+                    # and holds it open is not waited for long.
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await asyncio.wait_for(asyncio.shield(copier), COPIER_GRACE)
         self.outcome.exit_code = code
         if code != 0:
             raise ScriptFailed(f"script exited with status {_describe(code)}", _exit_status(code))
         return code
 
     @staticmethod
-    async def _finish(
-        process: subprocess.Popen[bytes], log_file: BinaryIO, mirror: OutputMirror | None
-    ) -> int:
-        if mirror is not None and process.stdout is not None:
-            # Blocking reads in a worker thread, until every writer has closed the pipe.
-            await asyncio.to_thread(_copy_output, process.stdout, log_file, mirror)
+    async def _finish(process: subprocess.Popen[bytes], copier: asyncio.Future[None] | None) -> int:
+        if copier is not None:
+            await asyncio.shield(copier)  # all the output, then the exit status
         return await processes.exited(process)
 
     def kill(self) -> None:
@@ -341,10 +352,19 @@ async def _storage_errors(
 
 
 def _copy_output(pipe: IO[bytes], log_file: BinaryIO, mirror: OutputMirror) -> None:
-    # os.read returns what has come, so the mirror shows the output as it comes.
-    while chunk := os.read(pipe.fileno(), 65536):
-        log_file.write(chunk)
-        mirror(chunk)
+    # The thread owns the pipe: closed here, at its end, never under a read in progress.
+    with pipe:
+        # os.read returns what has come, so the mirror shows the output as it comes.
+        while chunk := os.read(pipe.fileno(), 65536):
+            log_file.write(chunk)
+            try:
+                mirror(chunk)
+            except OSError:  # stderr gone (a closed pipe): keep capturing, stop mirroring
+                mirror = _ignore
+
+
+def _ignore(_chunk: bytes) -> None:
+    pass
 
 
 def _describe(code: int) -> str:

@@ -255,7 +255,7 @@ def _gone(pid: int) -> bool:
 
 # ---- a storage event: the job's output is its log (SPEC 5) --------------------------------
 
-MINIO_EVENT = Path("/work/shared/fixtures/events/minio.json")
+MINIO_EVENT = Path(__file__).resolve().parents[1] / "fixtures" / "events" / "minio.json"
 
 
 @pytest.mark.parametrize("print_response", [False, True])
@@ -278,6 +278,25 @@ def test_storage_event_prints_nothing_unless_asked(tmp_path: Path, print_respons
         assert base64.b64decode(result.stdout, validate=True) == b"the rose\n"
     else:
         assert result.stdout == b""
+
+
+def test_a_storage_job_past_its_timeout_is_124_with_its_log(tmp_path: Path) -> None:
+    """A job's output is mirrored through a pipe: on timeout the copy ends with the
+    script's group, its lines so far are on stderr, and nothing is left behind."""
+    store = tmp_path / "store"
+    obj = store / "plants" / "input" / "rose+red.jpg"
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(b"the rose\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n")
+    script = '#!/bin/sh\necho "before the wait"\nsleep 1000 &\nsleep 1000\n'
+    started = time.monotonic()
+    result = run(tmp_path, script, "--config", str(config), "--event-file", str(MINIO_EVENT),
+                 env={"EXEC_TIMEOUT": "1s"})
+    assert result.returncode == 124, result.stderr
+    assert time.monotonic() - started < 20
+    assert b"before the wait" in result.stderr
+    assert b"Traceback" not in result.stderr
 
 
 # ---- a job stopped from outside ---------------------------------------------------------

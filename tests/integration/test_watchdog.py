@@ -1034,7 +1034,7 @@ def test_shutdown_does_not_wait_for_a_stalled_upload(watchdog: WatchdogFactory) 
 
 # ---- SPEC 4.1: a storage event (MinIO's, on a folder store standing for MinIO) ----------
 
-MINIO_EVENT = Path("/work/shared/fixtures/events/minio.json")
+MINIO_EVENT = Path(__file__).resolve().parents[1] / "fixtures" / "events" / "minio.json"
 STORAGE_SCRIPT = r"""#!/bin/sh
 printf '%s\n' "key=$STORAGE_OBJECT_KEY" "bucket=$STORAGE_BUCKET" "time=$EVENT_TIME" \
   "input=${INPUT_FILE_PATH-unset}" > "$TMP_OUTPUT_DIR/env.txt"
