@@ -20,7 +20,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from faas_supervisor import __version__
 from faas_supervisor.controller.auth import Credentials, bearer, token_matches
@@ -38,25 +37,12 @@ from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.store import FINISHED, Job, Store
 from faas_supervisor.errors import FaasError
+from faas_supervisor.http_headers import forwarded_headers
 from faas_supervisor.logs import get_logger
 
 MAX_DEFINITION = 64 << 20  # a service JSON carries its script; bodies of /run stream
 WHOLE_BODY_MAX = 64 << 10  # proxied answers up to this size are read, then sent whole
 CEPH_EVENT_MAX = 1 << 20  # an unauthenticated body is read only to find its token
-# Hop-by-hop headers (RFC 9110 7.6.1) are the proxy's own, never passed on.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-    }
-)
 logger = get_logger(component="api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -379,11 +365,8 @@ class Api:
         """The request to the service's watchdog and its answer back, both streamed."""
         assert self._session is not None
         base = await self.backend.invoke_url(service.name)
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower() not in HOP_BY_HOP and k.lower() != "authorization"
-        }
+        # The service's watchdog never sees the caller's credentials; aiohttp sets Host.
+        headers = forwarded_headers(request.headers, drop=("authorization", "host"))
         body: bytes | aiohttp.StreamReader | None = None
         if request.body_exists:
             length = request.content_length
@@ -400,11 +383,7 @@ class Api:
                 data=body,
                 skip_auto_headers=("Content-Type", "User-Agent", "Accept-Encoding"),
             ) as upstream:
-                answer_headers = CIMultiDict(
-                    (k, v)
-                    for k, v in upstream.headers.items()
-                    if k.lower() not in HOP_BY_HOP and k.lower() not in ("server", "date")
-                )
+                answer_headers = forwarded_headers(upstream.headers, drop=("server", "date"))
                 length = upstream.content_length
                 if request.method != "HEAD" and length is not None and length <= WHOLE_BODY_MAX:
                     # Small and of known length: sent with its headers in one write. A

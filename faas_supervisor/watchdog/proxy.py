@@ -21,11 +21,12 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from faas_supervisor.config import WatchdogSettings
 from faas_supervisor.errors import ConfigError, FaasError, PayloadTooLarge, RequestTimeout
+from faas_supervisor.http_headers import forwarded_headers
 from faas_supervisor.invocation import Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.watchdog.metrics import Metrics
@@ -34,22 +35,6 @@ UPSTREAM_HOST = "127.0.0.1"
 READ_CHUNK = 256 * 1024
 CONNECT_POLL = 0.05  # seconds between connection attempts while the server starts
 TERM_GRACE = 5.0  # seconds the server gets after SIGTERM before SIGKILL
-# RFC 9110 7.6.1: meaningful for one connection only, never forwarded. `Expect` too: our
-# own server already answered `100 Continue`; the upstream gets the body straight away.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-    }
-)
 # The WebSocket handshake is negotiated separately on each leg.
 WS_HANDSHAKE = frozenset(
     {
@@ -61,22 +46,6 @@ WS_HANDSHAKE = frozenset(
     }
 )
 logger = get_logger(component="watchdog")
-
-
-def forwarded_headers(
-    headers: CIMultiDictProxy[str], drop: frozenset[str] = frozenset()
-) -> CIMultiDict[str]:
-    """The end-to-end headers: hop-by-hop ones and those `Connection` names removed."""
-    named = {
-        token.strip().lower()
-        for value in headers.getall("Connection", ())
-        for token in value.split(",")
-    }
-    return CIMultiDict(
-        (name, value)
-        for name, value in headers.items()
-        if name.lower() not in HOP_BY_HOP and name.lower() not in named and name.lower() not in drop
-    )
 
 
 class UpstreamServer:
