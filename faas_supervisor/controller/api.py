@@ -9,6 +9,7 @@ token as its `opaqueData`, since RGW sends no Authorization header.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -280,7 +281,16 @@ class Api:
         if not self.store.add_service(service):
             await self.intake.detach(service)
             return text_response("A service with the provided name already exists", 409)
-        await self.backend.deploy(service)
+        try:
+            await self.backend.deploy(service)
+        except Exception:
+            # Refused by the backend (an image it cannot pull, an object the API server
+            # rejects): the answer says why, and no half-made service is left stored.
+            self.store.remove_service(service.name)
+            await self.intake.detach(service)
+            with contextlib.suppress(Exception):
+                await self.backend.remove(service.name)
+            raise
         logger.info("service created", service=service.name)
         return web.Response(status=201)
 

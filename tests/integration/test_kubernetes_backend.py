@@ -381,6 +381,14 @@ async def test_the_controller_on_the_kubernetes_backend(kube: Kube, tmp_path: Pa
                 assert await response.text() == "< hi >\n"
             async with http.delete("/system/services/cowsay") as response:
                 assert response.status == 204
+            # A definition the backend refuses (no image, which a pod needs) is answered
+            # with why, and leaves nothing stored: not in the API, not in the cluster.
+            imageless = {k: v for k, v in COWSAY.items() if k != "image"} | {"name": "noimage"}
+            async with http.post("/system/services", json=imageless) as response:
+                assert response.status == 400, await response.text()
+                assert "image" in await response.text()
+            async with http.get("/system/services/noimage") as response:
+                assert response.status == 404
         assert stored(kube.api) == {}
     finally:
         await asyncio.to_thread(factory.close)
