@@ -102,6 +102,10 @@ class ForkRunner:
             small = web.Response(status=status, headers=headers, body=data)
             if unread:
                 small.force_close()
+            # Sent now, not when the handler returns: the client has its answer while
+            # the invocation's folder is being removed.
+            await small.prepare(request)
+            await small.write_eof()
             return small
         response = web.StreamResponse(status=status, headers=headers)
         if body.length is not None:
