@@ -43,7 +43,7 @@ integration: deps system-deps
 test: deps system-deps lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q tests
 
-bench: deps
+bench: deps dist
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py
 
 clean:
