@@ -25,6 +25,7 @@ from typing import Any
 
 import _common as c
 from bundle import BUNDLE, REPO
+from latency import time_watchdog
 
 BODY = b"aGkK"  # base64 of "hi\n"
 
@@ -110,19 +111,10 @@ def in_container(client: Any, image: str, app: Path,
 
 def invocations(port: int, n: int) -> list[float]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    samples = []
     try:
-        for _ in range(n):
-            started = time.perf_counter()
-            conn.request("POST", "/", body=BODY, headers={"Content-Type": "text/plain"})
-            response = conn.getresponse()
-            data = response.read()
-            samples.append(time.perf_counter() - started)
-            if response.status != 200 or not data.endswith(b"hi\n"):
-                raise RuntimeError(f"answered {response.status}: {data[:200]!r}")
+        return time_watchdog(conn, n)  # the same requests as bench/latency.py
     finally:
         conn.close()
-    return samples
 
 
 def main() -> None:
