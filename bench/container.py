@@ -27,8 +27,6 @@ import _common as c
 from bundle import BUNDLE, REPO
 from latency import time_watchdog
 
-BODY = b"aGkK"  # base64 of "hi\n"
-
 
 def _client() -> Any:
     import docker
