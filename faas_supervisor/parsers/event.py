@@ -118,3 +118,14 @@ def shown(value: str, limit: int = 200) -> str:
     """A value quoted for a one-line message, cut short: events come from anyone."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}...'"
+
+
+def first_record(value: Any) -> dict[str, Any] | None:
+    """`value["Records"][0]` when the value has the S3-notification shape, else None:
+    the events that share it (S3 family, Onedata) are told apart by its eventSource."""
+    if not isinstance(value, dict):
+        return None
+    records = value.get("Records")
+    if not isinstance(records, list) or not records or not isinstance(records[0], dict):
+        return None
+    return records[0]

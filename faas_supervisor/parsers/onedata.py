@@ -10,24 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 from faas_supervisor.errors import BadEvent
-from faas_supervisor.parsers.event import ANY_ID, StorageObject, require_text, shown
+from faas_supervisor.parsers.event import ANY_ID, StorageObject, first_record, require_text, shown
 
 SOURCE = "OneTrigger"
 
 
 def recognise(value: Any) -> StorageObject | None:
-    if not isinstance(value, dict):
+    record = first_record(value)
+    if record is None:
         return None
-    records = value.get("Records")
-    if not isinstance(records, list) or not records or not isinstance(records[0], dict):
-        return None
-    if records[0].get("eventSource") != SOURCE:
+    if record.get("eventSource") != SOURCE:
         return None
     path = require_text(value, "Key")
     space, _, key = path.lstrip("/").partition("/")
     if not space or not key:
         raise BadEvent(f"event field Key {shown(path)} is not /<space>/<path of the file>")
-    event_time = records[0].get("eventTime")
+    event_time = record.get("eventTime")
     return StorageObject(
         provider=f"onedata.{ANY_ID}",
         bucket=space,

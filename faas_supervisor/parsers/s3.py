@@ -11,25 +11,23 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_plus
 
-from faas_supervisor.parsers.event import StorageObject, require_text
+from faas_supervisor.parsers.event import StorageObject, first_record, require_text
 
 # eventSource -> (provider type, whether the key is URL-encoded)
 SOURCES = {"minio:s3": ("minio", True), "aws:s3": ("s3", True), "ceph:s3": ("minio", False)}
 
 
 def recognise(value: Any) -> StorageObject | None:
-    if not isinstance(value, dict):
+    record = first_record(value)
+    if record is None:
         return None
-    records = value.get("Records")
-    if not isinstance(records, list) or not records or not isinstance(records[0], dict):
-        return None
-    source = records[0].get("eventSource")
+    source = record.get("eventSource")
     if not isinstance(source, str) or source not in SOURCES:
         return None
     provider_type, encoded = SOURCES[source]
     bucket = require_text(value, "Records", 0, "s3", "bucket", "name")
     key = require_text(value, "Records", 0, "s3", "object", "key")
-    event_time = records[0].get("eventTime")
+    event_time = record.get("eventTime")
     return StorageObject(
         provider=f"{provider_type}.default",
         bucket=bucket,
