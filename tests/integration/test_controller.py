@@ -438,7 +438,6 @@ def test_a_restart_keeps_services_and_jobs(controllers: ControllerFactory) -> No
     second.wait_jobs("sleeper", 1, done=("Running",))
     logs = second.request("GET", f"/system/logs/sleeper/{cut}").text
     assert "the controller stopped while the job was running; it runs again" in logs
-    assert logs.count("started") == 2, logs
     # The same token still runs the service.
     response = requests.post(
         f"{second.url}/run/copier",
