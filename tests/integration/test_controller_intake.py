@@ -12,7 +12,9 @@ Real controller processes on loopback, moto's S3 server for the S3 cases.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import uuid
 from collections import Counter
@@ -149,6 +151,45 @@ def test_a_controller_killed_among_50_jobs_runs_each_input_once_after_restart(
     for job in jobs:
         logs = second.request("GET", f"/system/logs/fifty/{job}").text
         assert "Traceback" not in logs
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.timeout(120)
+def test_a_restart_stops_the_scripts_a_killed_controller_left_before_running_again(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    first = controllers()
+    token = first.create({"name": "lingering", "script": f"echo $$ >> {pids}\nexec sleep 300\n"})[
+        "token"
+    ]
+    job = requests.post(
+        f"{first.url}/job/lingering",
+        data=b"aGk=",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).json()["job"]
+    wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), DEADLINE, "the script")
+    (script,) = map(int, pids.read_text().split())
+    first.stop(signal.SIGKILL)
+    assert alive(script)  # its own process group: the controller's death leaves it
+
+    second = controllers(data_dir=first.data_dir)  # answers once leftovers are stopped
+    assert not alive(script)
+    wait_until(lambda: len(pids.read_text().split()) == 2, DEADLINE, "the job's second run")
+    assert list(second.jobs("lingering")) == [job]
+    assert second.jobs("lingering")[job]["status"] == "Running"
+    second.stop()
+    for pid in map(int, pids.read_text().split()):  # whatever stopping a job leaves
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 # ---- S3: events delivered twice ---------------------------------------------------------

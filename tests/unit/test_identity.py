@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -121,3 +122,17 @@ def test_running_jobs_are_pending_again_at_start(tmp_path: Path) -> None:
     assert [j.status for j in store.jobs("svc")] == [PENDING] * 3
     assert store.start_job("a") and store.job("a").status == RUNNING  # type: ignore[union-attr]
     assert store.requeue_job("a") and not store.requeue_job("c")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_a_reconcile_interval_that_is_not_a_positive_time_is_refused(
+    value: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from faas_supervisor.cli import main
+
+    with pytest.raises(SystemExit) if value == "soon" else contextlib.nullcontext():
+        status = main(["controller", "--data-dir", str(tmp_path), "--reconcile-interval", value])
+        assert status == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--reconcile-interval" in err
+    assert not (tmp_path / "controller.sqlite3").exists()
