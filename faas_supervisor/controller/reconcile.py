@@ -36,9 +36,7 @@ logger = get_logger(component="reconcile")
 
 
 class Reconciler:
-    def __init__(
-        self, buckets: BucketStore, store: Store, submit: Submit, interval: float
-    ) -> None:
+    def __init__(self, buckets: BucketStore, store: Store, submit: Submit, interval: float) -> None:
         self.buckets = buckets
         self.store = store
         self.submit = submit

@@ -213,6 +213,14 @@ class Store:
         )
         return cursor.rowcount == 1
 
+    def requeue_running(self) -> list[str]:
+        """At start-up: the jobs a stopped controller left Running are Pending again."""
+        running = [job.name for job in self.jobs(status=RUNNING)]
+        self.db.execute(
+            "UPDATE jobs SET status = ?, start_time = NULL WHERE status = ?", (PENDING, RUNNING)
+        )
+        return running
+
     # ---- input objects -------------------------------------------------------------
 
     def has_object(self, service: str, obj: ObjectId) -> bool:
@@ -275,14 +283,6 @@ class Store:
                 f"DELETE FROM objects WHERE {_OBJECT_KEY} AND recorded < ?",
                 [(service, *_fields(obj), before) for obj in objects],
             )
-
-    def requeue_running(self) -> list[str]:
-        """At start-up: the jobs a stopped controller left Running are Pending again."""
-        running = [job.name for job in self.jobs(status=RUNNING)]
-        self.db.execute(
-            "UPDATE jobs SET status = ?, start_time = NULL WHERE status = ?", (PENDING, RUNNING)
-        )
-        return running
 
 
 _OBJECT_KEY = "service = ? AND provider = ? AND bucket = ? AND key = ? AND version = ?"

@@ -125,9 +125,10 @@ def test_a_controller_killed_among_50_jobs_runs_each_input_once_after_restart(
         drop(inputs, name, f"bytes of {name}".encode())
     # Killed while some jobs are done, two run, and the rest are queued or not yet seen.
     wait_until(
-        lambda: "Running" in statuses(first, "fifty") and statuses(first, "fifty").count(
-            "Succeeded"
-        ) >= 4,
+        lambda: (
+            "Running" in statuses(first, "fifty")
+            and statuses(first, "fifty").count("Succeeded") >= 4
+        ),
         DEADLINE,
         "jobs running after some succeeded",
         first,
@@ -235,7 +236,7 @@ def test_an_sqs_message_delivered_twice_gives_one_job(
 
     wait_until(queue_empty, 60, "the redelivered events to be handled", controller)
     assert len(controller.jobs(name)) == 1
-    assert controller.log_text().count("the object has a job already") == 2
+    assert controller.log_text().count("the object has a job already") >= 2
 
 
 @pytest.mark.timeout(300)

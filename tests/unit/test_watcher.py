@@ -30,7 +30,11 @@ async def test_an_object_is_offered_once_settled_and_forgotten_once_gone() -> No
 
     watcher = InputWatcher(bucket, offer)  # type: ignore[arg-type]
     service = parse_service(
-        {"name": "w", "script": "true", "input": [{"storage_provider": "minio", "path": "bucket/in"}]}
+        {
+            "name": "w",
+            "script": "true",
+            "input": [{"storage_provider": "minio", "path": "bucket/in"}],
+        }
     )
     await watcher.watch(service)
     (path,) = watcher._offered
