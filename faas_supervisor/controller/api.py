@@ -420,15 +420,17 @@ class Api:
     async def job(self, request: web.Request) -> web.Response:
         service = self._service(request)
         if self._authorised(request, service):
-            name = await self.jobs.submit(service, request.content.iter_chunked(1 << 16))
+            name, new = await self.jobs.submit(service, request.content.iter_chunked(1 << 16))
         elif "Authorization" not in request.headers:
             body = await request.content.read(CEPH_EVENT_MAX + 1)
             if len(body) > CEPH_EVENT_MAX or not _ceph_token_ok(body, service.token):
                 raise web.HTTPUnauthorized()
-            name = await self.jobs.submit(service, body)
+            name, new = await self.jobs.submit(service, body)
         else:
             raise web.HTTPUnauthorized()
-        return json_response({"job": name}, status=201)
+        # An event naming an object that has a job already (a redelivery): that job,
+        # and nothing made (200, not 201).
+        return json_response({"job": name}, status=201 if new else 200)
 
     # ---- jobs ------------------------------------------------------------------------
 

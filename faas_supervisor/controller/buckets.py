@@ -102,7 +102,9 @@ class FolderStore:
             if not relative.startswith(prefix) or not path.is_file() or path.is_symlink():
                 continue
             stat = path.stat()
-            found.append(StoredObject(relative, stat.st_size, stat.st_mtime, str(stat.st_mtime_ns)))
+            # The ETag: size and time, which any rewrite changes (identity.py).
+            etag = f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
+            found.append(StoredObject(relative, stat.st_size, stat.st_mtime, etag))
         return sorted(found, key=lambda o: o.key)
 
 

@@ -67,6 +67,14 @@ def add_controller_parser(commands: Any) -> None:
         help="an SQS queue of the --minio-endpoint server (made if missing) that its bucket "
         "notifications go to and the controller reads (for servers that notify by queue)",
     )
+    sub.add_argument(
+        "--reconcile-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between listings of every input path for objects that have no job "
+        "yet, as when their event was lost (default 60; also at start)",
+    )
     kube = sub.add_argument_group("kubernetes and docker backends")
     kube.add_argument("--namespace", help="where services go (default oscar-svc)")
     kube.add_argument(
@@ -90,6 +98,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         raise ConfigError("--max-jobs: must be 1 or more")
     if not 0 <= args.port < 65536:
         raise ConfigError(f"--port: {args.port} is not a TCP port")
+    if not 0 < args.reconcile_interval < float("inf"):
+        raise ConfigError("--reconcile-interval: must be a number of seconds above 0")
     endpoint = args.minio_endpoint or ""
     access_key = args.minio_access_key or environ.get("MINIO_ACCESS_KEY", "")
     secret_key = args.minio_secret_key or environ.get("MINIO_SECRET_KEY", "")
@@ -112,6 +122,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         minio_secret_key=secret_key,
         minio_region=args.minio_region or environ.get("MINIO_REGION") or "us-east-1",
         events_queue=args.events_queue or "",
+        reconcile_interval=args.reconcile_interval,
         namespace=args.namespace or "",
         runtime_image=args.runtime_image or "",
         kubeconfig=args.kubeconfig or "",

@@ -11,6 +11,11 @@ For the inputs of a service on the default provider (`minio.default`), in this o
 
 Rule 3 is found by trying (notifications.py): nothing in an S3 server's answers says
 more reliably whether it will push.
+
+Whichever way, the input paths are also listed at start and every `--reconcile-interval`
+(reconcile.py): an object whose event was lost still gets its job, and the objects
+already in a path when the service got it get none. Each object gets one job however
+many times its event arrives (jobs.py, identity.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from faas_supervisor.controller.buckets import BucketStore, S3Store
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.notifications import S3Notifications, input_paths
 from faas_supervisor.controller.queue import QueuePoller, Submit
+from faas_supervisor.controller.reconcile import DEFAULT_INTERVAL, Reconciler
+from faas_supervisor.controller.store import Store
 from faas_supervisor.controller.watcher import InputWatcher
 from faas_supervisor.errors import ConfigError
 from faas_supervisor.logs import get_logger
@@ -33,10 +40,17 @@ logger = get_logger(component="intake")
 
 class Intake:
     def __init__(
-        self, buckets: BucketStore, submit: Submit, public_url: str, events_queue: str = ""
+        self,
+        buckets: BucketStore,
+        store: Store,
+        submit: Submit,
+        public_url: str,
+        events_queue: str = "",
+        reconcile_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self.public_url = public_url.rstrip("/")
-        self.watcher = InputWatcher(buckets, submit)
+        self.reconciler = Reconciler(buckets, store, submit, reconcile_interval)
+        self.watcher = InputWatcher(buckets, self.reconciler.offer)
         self.notifications = S3Notifications(buckets) if isinstance(buckets, S3Store) else None
         self.queue: QueuePoller | None = None
         if events_queue:
@@ -59,10 +73,12 @@ class Intake:
         self.watcher.start()
         if self.queue is not None:
             self.queue.start()
+        self.reconciler.start()
 
     async def close(self) -> None:
         if self.queue is not None:
             self.queue.close()
+        await self.reconciler.close()
         await self.watcher.close()
 
     def mode(self, name: str) -> str:
@@ -89,6 +105,8 @@ class Intake:
             await self.watcher.watch(service)
             mode = WATCH
         self.modes[service.name] = mode
+        if mode != NONE:
+            self.reconciler.add(service, watched=mode == WATCH)
         logger.info("service events", service=service.name, intake=mode)
         return mode
 
@@ -96,6 +114,8 @@ class Intake:
         self.modes[service.name] = NONE
         if not input_paths(service):
             return NONE
+        # First, before any event can come: what is there now is old.
+        await self.reconciler.baseline(service)
         if self.notifications is None:
             self.modes[service.name] = WATCH
             await self.watcher.watch(service)
@@ -119,6 +139,7 @@ class Intake:
         """Undo `attach`; a storage server that fails here is logged, not raised: the
         service is going away either way."""
         mode = self.modes.pop(service.name, NONE)
+        self.reconciler.remove(service.name)
         self.watcher.unwatch(service.name)
         if self.queue is not None:
             self.queue.remove(service.name)

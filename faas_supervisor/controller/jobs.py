@@ -4,8 +4,15 @@ A job's life, all in this file: `submit` writes its event to disk and its row (P
 to the store, then queues its name; a worker takes it (Pending -> Running, atomically,
 so no job runs twice), has the backend run it with its output going to a log file,
 and stores the outcome (Succeeded or Failed) with the logs. The queue is fed from the
-store at start-up, so queued jobs survive a restart; jobs that were Running when the
-controller died are Failed with that reason.
+store at start-up, so queued jobs survive a restart.
+
+A job whose run the controller's stopping interrupts (SIGTERM, or `kill -9` and found
+Running at the next start, after the backend has stopped what the last controller left)
+goes back to Pending and runs again under the same name: one job record per event, its
+script run at least once. The log keeps both runs, with a line between them.
+
+An event naming a stored object (identity.py) that has a job already starts none:
+`submit` answers with that job instead.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from pathlib import Path
 
 from faas_supervisor.controller.backends import Backend
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.controller.store import FINISHED, Store
+from faas_supervisor.controller.identity import EVENT_MAX, object_id
+from faas_supervisor.controller.store import FINISHED, PENDING, Store
 from faas_supervisor.logs import get_logger
 
-DIED = "the controller stopped while the job was running"
+INTERRUPTED = "the controller stopped while the job was running; it runs again"
 logger = get_logger(component="jobs")
 
 
@@ -57,11 +65,11 @@ class Jobs:
 
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        died, pending = self.store.unfinished()
-        for name in died:
-            self._finish(name, None, DIED)
-        for name in pending:
-            self.queue.put_nowait(name)
+        # The backend has started, so what the last controller's jobs left is stopped.
+        for name in self.store.requeue_running():
+            self._note_interrupted(name)
+        for job in self.store.jobs(status=PENDING):
+            self.queue.put_nowait(job.name)
         self._workers = [
             asyncio.create_task(self._work(), name=f"job-worker-{i}") for i in range(self.max_jobs)
         ]
@@ -75,7 +83,11 @@ class Jobs:
 
     # ---- submitting ------------------------------------------------------------------
 
-    async def submit(self, service: Service, body: AsyncIterator[bytes] | bytes) -> str:
+    async def submit(
+        self, service: Service, body: AsyncIterator[bytes] | bytes
+    ) -> tuple[str, bool]:
+        """The job for this event, and whether it is new: False when the event names a
+        stored object that has a job already (that job's name is returned)."""
         name = job_name(service.name)
         path = self.event_path(name)
         with open(path, "wb") as out:  # streamed to disk, never whole in memory
@@ -84,10 +96,17 @@ class Jobs:
             else:
                 async for chunk in body:
                     out.write(chunk)
-        self.store.add_job(name, service.name)
+        if not isinstance(body, bytes):
+            body = path.read_bytes() if path.stat().st_size <= EVENT_MAX else b""
+        obj = object_id(body)
+        existing = self.store.add_job(name, service.name, obj)
+        if existing is not None:
+            path.unlink(missing_ok=True)
+            logger.info("the object has a job already", service=service.name, job=existing)
+            return existing, False
         self.queue.put_nowait(name)
         logger.info("job queued", service=service.name, job=name)
-        return name
+        return name, True
 
     # ---- running ---------------------------------------------------------------------
 
@@ -111,8 +130,8 @@ class Jobs:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
                 self.running.pop(name, None)
-                if self.store.job(name) is not None:
-                    self._finish(name, None, DIED)
+                if self.store.requeue_job(name):  # not deleted: the controller is stopping
+                    self._note_interrupted(name)
                 me = asyncio.current_task()
                 if me is not None and me.cancelling():
                     raise
@@ -125,11 +144,14 @@ class Jobs:
                 self._finish(name, code, reason)
             logger.info("job finished", job=name, status=code)
 
+    def _note_interrupted(self, name: str) -> None:
+        logger.warning("job interrupted; it runs again", job=name)
+        with open(self.log_path(name), "ab") as log:
+            log.write(f"faas-supervisor: {INTERRUPTED}\n".encode())
+
     def _finish(self, name: str, code: int | None, reason: str) -> None:
         log = self.log_path(name)
         logs = log.read_bytes() if log.exists() else b""
-        if code != 0 and reason == DIED:
-            logs += f"faas-supervisor: {reason}\n".encode()
         self.store.finish_job(name, code, logs, reason)
         log.unlink(missing_ok=True)
         self.event_path(name).unlink(missing_ok=True)

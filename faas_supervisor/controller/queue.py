@@ -4,8 +4,8 @@ For S3 servers that notify through a queue rather than by pushing (Amazon S3, mo
 storage server puts an `aws:s3` event on the queue for each new object, and this poller
 long-polls the queue in a thread of its own, hands each message to the event loop, and
 deletes it once its jobs are stored. A controller that stops between the two leaves the
-message on the queue, to be delivered again: events are not lost, at the cost of a
-possible second job.
+message on the queue, to be delivered again: events are not lost, and the redelivery
+starts no second job (the object's identity is stored with its job: jobs.py).
 
 Each record is routed to every service with an input path holding its bucket and key,
 and given to the job as a delegated event for `minio.default`: the record says `aws:s3`,

@@ -1,8 +1,10 @@
 """The controller's process: settings, start-up, serving, and graceful shutdown.
 
-Start-up opens the store, restarts the stored services, requeues the stored jobs and
-starts watching input paths; shutdown (SIGTERM or SIGINT) stops taking requests, stops
-the jobs still running (recorded as Failed, with the reason), the watchdogs, and the store.
+Start-up opens the store, stops what a controller killed outright left running (the
+backend's start), restarts the stored services, requeues the stored jobs (those left
+Running too) and starts watching and reconciling input paths; shutdown (SIGTERM or
+SIGINT) stops taking requests, stops the jobs still running (Pending again, to run at
+the next start), the watchdogs, and the store.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class ControllerSettings:
     minio_secret_key: str = field(default="", repr=False)
     minio_region: str = "us-east-1"
     events_queue: str = ""
+    reconcile_interval: float = 60.0  # seconds between listings of every input path
     namespace: str = ""  # kubernetes: where services go (default oscar-svc)
     runtime_image: str = ""  # kubernetes: the init container's image
     kubeconfig: str = ""  # kubernetes: else $KUBECONFIG, in-cluster, ~/.kube/config
@@ -93,7 +96,12 @@ class Controller:
             self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service
         )
         self.intake = Intake(
-            self.buckets, self.jobs.submit, settings.public_url, settings.events_queue
+            self.buckets,
+            self.store,
+            self.jobs.submit,
+            settings.public_url,
+            settings.events_queue,
+            settings.reconcile_interval,
         )
         self.api = Api(
             ApiInfo(self.backend.name, time.time(), settings.max_jobs),
@@ -107,6 +115,8 @@ class Controller:
 
     async def serve(self) -> int:
         await self.intake.open()  # first: a queue that cannot be opened is a usage error
+        # Before jobs are judged: the last controller's leftovers are stopped, so a job
+        # found Running is not running any more when it is queued again.
         await self.backend.start()
         for service in self.store.services():
             await self.backend.deploy(service)

@@ -1,10 +1,14 @@
 """Watches the input paths of services, for stores that send no notifications themselves.
 
 The folder store (and an S3 server the controller could not ask for notifications) is
-polled every half second; a new object is announced once, with a MinIO-shaped event
-(`eventSource: minio:s3`, the key URL-encoded as MinIO writes it), when two polls in a row
-saw the same size and time: a file still being written does not start a job.
-Objects present when watching starts are not events, as with MinIO.
+polled every half second; an object is offered (reconcile.py: a job unless it has one,
+or was there before the service) when two polls in a row saw the same size and time: a
+file still being written does not start a job. Nothing is taken as old here: the store
+knows which objects have jobs, so an object that came while the controller was stopped
+gets its job at the next start.
+
+Memory: per path, the objects the last poll listed (offered, or still changing), and
+nothing of those since gone.
 """
 
 from __future__ import annotations
@@ -19,47 +23,41 @@ from urllib.parse import quote_plus
 
 from faas_supervisor.controller.buckets import BucketStore, StoredObject
 from faas_supervisor.controller.fdl import Service
+from faas_supervisor.controller.notifications import InputPath, input_paths
 from faas_supervisor.logs import get_logger
 
 POLL_SECONDS = 0.5
 logger = get_logger(component="watcher")
 
-Submit = Callable[[Service, bytes], Awaitable[object]]
-Target = tuple[str, str]  # (bucket, key prefix)
+Offer = Callable[[Service, InputPath, StoredObject], Awaitable[None]]
 Seen = dict[str, tuple[int, float]]  # key -> (size, modified)
 
 
 class InputWatcher:
-    def __init__(self, store: BucketStore, submit: Submit) -> None:
+    def __init__(self, store: BucketStore, offer: Offer) -> None:
         self.store = store
-        self.submit = submit
-        self._services: dict[str, tuple[Service, list[Target]]] = {}
-        self._announced: dict[tuple[str, Target], set[tuple[str, int, float]]] = {}
-        self._pending: dict[tuple[str, Target], Seen] = {}
+        self.offer = offer
+        self._services: dict[str, Service] = {}
+        # (service, path) -> objects offered, and objects seen once (maybe still changing)
+        self._offered: dict[tuple[str, InputPath], Seen] = {}
+        self._pending: dict[tuple[str, InputPath], Seen] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def watch(self, service: Service) -> None:
-        targets = [
-            (entry.bucket, f"{entry.folder}/" if entry.folder else "")
-            for entry in service.input
-            if entry.provider == "minio.default"
-        ]
         self.unwatch(service.name)
-        if not targets:
+        paths = input_paths(service)
+        if not paths:
             return
-        for target in targets:
-            existing = await asyncio.to_thread(self._list, target)
-            self._announced[(service.name, target)] = {
-                (o.key, o.size, o.modified) for o in existing
-            }
-            self._pending[(service.name, target)] = {}
-        self._services[service.name] = (service, targets)
+        for path in paths:
+            self._offered[(service.name, path)] = {}
+            self._pending[(service.name, path)] = {}
+        self._services[service.name] = service
 
     def unwatch(self, name: str) -> None:
-        entry = self._services.pop(name, None)
-        for target in entry[1] if entry else []:
-            self._announced.pop((name, target), None)
-            self._pending.pop((name, target), None)
+        service = self._services.pop(name, None)
+        for path in input_paths(service) if service else []:
+            self._offered.pop((name, path), None)
+            self._pending.pop((name, path), None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="input-watcher")
@@ -70,45 +68,46 @@ class InputWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _list(self, target: Target) -> list[StoredObject]:
-        bucket, prefix = target
-        if not self.store.bucket_exists(bucket):
+    def _list(self, path: InputPath) -> list[StoredObject]:
+        if not self.store.bucket_exists(path.bucket):
             return []
-        return self.store.list_objects(bucket, prefix)
+        return self.store.list_objects(path.bucket, path.prefix)
 
     async def _run(self) -> None:
         while True:
-            for name, (service, targets) in list(self._services.items()):
-                for target in targets:
+            for name, service in list(self._services.items()):
+                for path in input_paths(service):
                     try:
-                        await self._poll(service, target)
+                        await self._poll(service, path)
                     except Exception as exc:  # a store hiccup must not stop the watching
                         logger.warning(
                             "cannot list an input path",
                             service=name,
-                            path="/".join(target),
+                            path=f"{path.bucket}/{path.prefix}",
                             error=str(exc),
                         )
             await asyncio.sleep(POLL_SECONDS)  # polling: the folder store has no events
 
-    async def _poll(self, service: Service, target: Target) -> None:
-        objects = await asyncio.to_thread(self._list, target)
-        slot = (service.name, target)
-        if slot not in self._announced:
-            return  # unwatched while listing
-        announced, pending = self._announced[slot], self._pending[slot]
-        now: Seen = {}
+    async def _poll(self, service: Service, path: InputPath) -> None:
+        objects = await asyncio.to_thread(self._list, path)
+        slot = (service.name, path)
+        if self._services.get(service.name) is not service:
+            return  # unwatched (or watched anew) while listing
+        offered, pending = self._offered[slot], self._pending[slot]
+        now_offered: Seen = {}
+        now_pending: Seen = {}
         for obj in objects:
-            version = (obj.key, obj.size, obj.modified)
-            if version in announced:
-                continue
-            if pending.get(obj.key) == (obj.size, obj.modified):
-                announced.add(version)
-                logger.info("new input object", service=service.name, bucket=target[0], key=obj.key)
-                await self.submit(service, minio_event(target[0], obj))
+            stat = (obj.size, obj.modified)
+            if offered.get(obj.key) == stat:
+                now_offered[obj.key] = stat
+            elif pending.get(obj.key) == stat:
+                await self.offer(service, path, obj)
+                now_offered[obj.key] = stat
             else:
-                now[obj.key] = (obj.size, obj.modified)
-        self._pending[slot] = now
+                now_pending[obj.key] = stat
+        if self._services.get(service.name) is service:
+            # Only what this listing holds: an object deleted is forgotten.
+            self._offered[slot], self._pending[slot] = now_offered, now_pending
 
 
 def minio_event(bucket: str, obj: StoredObject) -> bytes:

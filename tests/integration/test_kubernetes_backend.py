@@ -232,6 +232,31 @@ async def test_a_job_that_fails_gives_the_scripts_exit_code(
     assert log.read_bytes() == b"faas-supervisor: error: storage\n"
 
 
+async def test_a_job_run_again_after_a_restart_follows_its_existing_job(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    """A controller killed during a job: the next one re-runs it under the same name,
+    which finds the Job still there and waits for it rather than failing or running
+    the script twice."""
+    await backend.deploy(service())
+    first, _, _ = await start_job(kube, backend, tmp_path, "cowsay-5555", b"{}")
+    again = KubernetesBackend(CLUSTER, str(kube.kubeconfig), {})
+    await again.start()
+    try:
+        event_file = tmp_path / "again.event"
+        event_file.write_bytes(b"{}")
+        log = tmp_path / "again.log"
+        task = asyncio.create_task(again.run_job(service(), "cowsay-5555", event_file, log))
+        kube.api.finish_job("cowsay-5555", NS, 0, b"ran once\n")
+        assert await asyncio.wait_for(task, 20) == 0
+        assert log.read_bytes() == b"ran once\n"
+    finally:
+        await again.close()
+    assert await asyncio.wait_for(first, 20) == 0
+    creates = [r for r in kube.api.requests if r.resource == "jobs" and r.verb == "create"]
+    assert len(creates) == 2  # the second answered 409, and was followed
+
+
 async def test_the_pod_finishing_after_the_job_is_waited_for(
     kube: Kube, backend: KubernetesBackend, tmp_path: Path
 ) -> None:

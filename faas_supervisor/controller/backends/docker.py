@@ -158,7 +158,7 @@ class DockerBackend:
         # of rotation at once, and checked again when the engine has restarted it.
         self._events = await self._run(self._subscribe, None)
         self._events_task = asyncio.ensure_future(self._run(self._follow_events))
-        # Jobs of an earlier controller are recorded as Failed by now: their containers go.
+        # Before the jobs of an earlier controller are queued again: their containers go.
         left = await self._run(
             self._client.containers.list, all=True, filters=_selector(component="job")
         )

@@ -190,13 +190,11 @@ class KubernetesBackend:
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
         body = manifests.job(service, self.cluster, job, _event_text(event))
-        create = asyncio.ensure_future(asyncio.to_thread(self._call, "create", "Job", body=body))
+        create = asyncio.ensure_future(asyncio.to_thread(self._create_job, body))
         stop = threading.Event()
         try:
-            created = await asyncio.shield(create)
-            return await asyncio.to_thread(
-                self._follow, job, created.metadata.resource_version, log, stop
-            )
+            version = await asyncio.shield(create)
+            return await asyncio.to_thread(self._follow, job, version, log, stop)
         except asyncio.CancelledError:
             # Deleted, or the controller is stopping: the Job goes with its pod, once its
             # creation has been answered (else the delete could overtake it). The
@@ -208,7 +206,21 @@ class KubernetesBackend:
                 await asyncio.shield(asyncio.to_thread(self._delete, "Job", job))
             raise
 
-    def _follow(self, job: str, version: str, log: Path, stop: threading.Event) -> int:
+    def _create_job(self, body: dict[str, Any]) -> str | None:
+        """The Job made; the resource version to watch it from (None: its current state).
+
+        A Job of that name exists when a controller stopped during the job, which now
+        runs again: that Job is followed to its end rather than its script run twice."""
+        try:
+            created = self._call("create", "Job", body=body)
+        except KubernetesError as exc:
+            if exc.status != 409:
+                raise
+            logger.info("following the Job of an interrupted job", job=body["metadata"]["name"])
+            return None
+        return str(created.metadata.resource_version)
+
+    def _follow(self, job: str, version: str | None, log: Path, stop: threading.Event) -> int:
         condition = self._wait_for_job(job, version, stop)
         pods = self._call("list", "Pod", label_selector=f"{manifests.JOB_LABEL}={job}")
         if not pods.items:
@@ -259,7 +271,7 @@ class KubernetesBackend:
                 watcher.stop()
         raise _Stopped()
 
-    def _wait_for_job(self, job: str, version: str, stop: threading.Event) -> str:
+    def _wait_for_job(self, job: str, version: str | None, stop: threading.Event) -> str:
         """`Complete` or `Failed`, and why."""
         raw = self._watch("Job", job, version, stop, lambda o: _job_condition(o) is not None)
         return _job_condition(raw) or ""

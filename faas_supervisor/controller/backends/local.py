@@ -53,11 +53,17 @@ def free_port() -> int:
 
 class _Pids:
     """Process ids kept on disk, so that a controller killed outright leaves no orphans:
-    the next start stops the process groups the last one left (if still this data's)."""
+    the next start stops the process groups the last one left (if still this data's).
+
+    A script runs in a process group of its own, which the `run` or watchdog group
+    killed does not hold: those groups are found by the environment every process this
+    backend starts passes on, `TMPDIR` in the data folder's `services/` (a script that
+    sets another TMPDIR, or clears its environment, is not found that way)."""
 
     def __init__(self, folder: Path, data_dir: Path) -> None:
         self.folder = folder
         self.marker = str(data_dir).encode()
+        self.env_marker = f"TMPDIR={data_dir / 'services'}/".encode()
 
     def record(self, process: asyncio.subprocess.Process) -> Path:
         path = self.folder / f"{process.pid}.pid"
@@ -75,6 +81,22 @@ class _Pids:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(pid, signal.SIGKILL)
             path.unlink(missing_ok=True)
+        self._reap_scripts()
+
+    def _reap_scripts(self) -> None:
+        """The groups of processes still carrying this data folder's environment."""
+        own = os.getpgrp()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                environ = (entry / "environ").read_bytes()
+                if not any(v.startswith(self.env_marker) for v in environ.split(b"\0")):
+                    continue
+                group = os.getpgid(int(entry.name))
+                if group != own:
+                    logger.warning("stopping a script left by the last controller", pid=group)
+                    os.killpg(group, signal.SIGKILL)
 
 
 class _Watchdog:

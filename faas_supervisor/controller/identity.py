@@ -1,0 +1,79 @@
+"""Which stored object an event names: the one place where that is decided.
+
+Every intake path (the `/job/{name}` webhook, the events queue, the folder watch, a Ceph
+RGW push, reconciliation) records, with the job it starts, the identity of the object
+the job is for: provider, bucket, key and version. An event naming an object that has a
+job already starts none, so a redelivered or reconciled event runs once.
+
+The version is the object's ETag, which S3-family servers put both in their events
+(`s3.object.eTag`) and in their listings, so an event and a listing of one object agree.
+Without an ETag, the event's `versionId` is used; an event with neither is not
+deduplicated (a second event for the same key may be a new object: running it twice is
+safer than never). On the folder store, the ETag is the file's size and modification
+time in nanoseconds (buckets.py): rewriting a file makes it a new object.
+
+Bodies that name no stored object (plain JSON, base64, an API-gateway envelope) have no
+identity: each is a job of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from faas_supervisor.controller.buckets import StoredObject
+from faas_supervisor.errors import BadEvent
+from faas_supervisor.parsers import recognise
+from faas_supervisor.parsers.event import StorageObject, first_record
+
+DEFAULT_PROVIDER = "minio.default"
+EVENT_MAX = 1 << 20  # storage events are small; a larger body is a job's data, not one
+
+
+@dataclass(frozen=True)
+class ObjectId:
+    provider: str  # `TYPE.ID`, as the event's parser names it
+    bucket: str
+    key: str
+    version: str  # the ETag (quotes dropped), else the version id
+
+
+def object_id(body: bytes) -> ObjectId | None:
+    """The object a job's event names, or None when it names none (or no version)."""
+    if len(body) > EVENT_MAX:
+        return None
+    try:
+        value = json.loads(body)
+        found = recognise(value)
+    except (ValueError, RecursionError, BadEvent):
+        return None  # not an event the runtime would read as one: not deduplicated
+    if not isinstance(found, StorageObject):
+        return None
+    version = _version(value.get("event") if "storage_provider" in value else value)
+    if not version:
+        return None
+    return ObjectId(found.provider, found.bucket, found.key, version)
+
+
+def listed_id(bucket: str, obj: StoredObject) -> ObjectId:
+    """The identity of an object seen in a listing of the default provider: the one its
+    event gives (the watcher's event for it, watcher.minio_event, carries its ETag)."""
+    return ObjectId(DEFAULT_PROVIDER, bucket, obj.key, _etag(obj.etag))
+
+
+def _version(event: Any) -> str:
+    record = first_record(event)
+    s3 = record.get("s3") if record else None
+    obj = s3.get("object") if isinstance(s3, dict) else None
+    if not isinstance(obj, dict):
+        return ""
+    for field in ("eTag", "versionId"):
+        value = obj.get(field)
+        if isinstance(value, str) and _etag(value):
+            return _etag(value)
+    return ""
+
+
+def _etag(value: str) -> str:
+    return value.strip().strip('"')

@@ -1,0 +1,132 @@
+"""Listing a service's input paths: the baseline a path starts from, and reconciliation.
+
+Events get lost: a webhook target down while the storage server fires, a Ceph RGW topic
+that stalls after a failed delivery, a controller that was stopped. So on start and every
+`--reconcile-interval` seconds, each input path of each service (on the default provider)
+is listed, and
+
+* a path listed for the first time (a new service, or a path an update added) records
+  the objects in it as a baseline, with no jobs: as with OSCAR and MinIO, objects there
+  before the service are not its events;
+* each object without an identity (identity.py) gets a job, with the event MinIO would
+  have sent. A watched path is left to the watcher, which lists it at every poll and
+  waits until a file stops changing (a file being copied into the folder store is not
+  complete): for it, the listing only does the other two;
+* identities of objects no longer there are forgotten, so the store holds as many as
+  the paths hold objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from faas_supervisor.controller.buckets import BucketStore, StoredObject
+from faas_supervisor.controller.fdl import Service
+from faas_supervisor.controller.identity import DEFAULT_PROVIDER, listed_id
+from faas_supervisor.controller.notifications import InputPath, input_paths
+from faas_supervisor.controller.queue import Submit
+from faas_supervisor.controller.store import Store
+from faas_supervisor.controller.watcher import minio_event
+from faas_supervisor.logs import get_logger
+
+DEFAULT_INTERVAL = 60.0
+logger = get_logger(component="reconcile")
+
+
+class Reconciler:
+    def __init__(self, buckets: BucketStore, store: Store, submit: Submit, interval: float) -> None:
+        self.buckets = buckets
+        self.store = store
+        self.submit = submit
+        self.interval = interval
+        # name -> (service, whether its missing objects are submitted here, not watched)
+        self._services: dict[str, tuple[Service, bool]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, service: Service, watched: bool) -> None:
+        self._services[service.name] = (service, not watched)
+
+    def remove(self, name: str) -> None:
+        self._services.pop(name, None)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="reconcile")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _list(self, path: InputPath) -> list[StoredObject]:
+        if not self.buckets.bucket_exists(path.bucket):
+            return []
+        return self.buckets.list_objects(path.bucket, path.prefix)
+
+    async def baseline(self, service: Service) -> None:
+        """The objects already in the service's new input paths are old: no jobs.
+        Raises when the storage cannot be listed."""
+        paths = input_paths(service)
+        self.store.keep_paths(service.name, {(p.bucket, p.prefix) for p in paths})
+        for path in paths:
+            if not self.store.path_listed(service.name, path.bucket, path.prefix):
+                objects = await asyncio.to_thread(self._list, path)
+                self._record_baseline(service, path, objects)
+
+    def _record_baseline(
+        self, service: Service, path: InputPath, objects: list[StoredObject]
+    ) -> None:
+        self.store.record_baseline(
+            service.name, path.bucket, path.prefix, [listed_id(path.bucket, o) for o in objects]
+        )
+        logger.info(
+            "input path listed: its objects are taken as old",
+            service=service.name,
+            path=f"{path.bucket}/{path.prefix}",
+            objects=len(objects),
+        )
+
+    async def offer(self, service: Service, path: InputPath, obj: StoredObject) -> None:
+        """A complete object in one of the service's input paths: a job, unless it has
+        one (or was there first). Until the path's baseline is recorded, nothing."""
+        if not self.store.path_listed(service.name, path.bucket, path.prefix):
+            return
+        if self.store.has_object(service.name, listed_id(path.bucket, obj)):
+            return
+        logger.info("new input object", service=service.name, bucket=path.bucket, key=obj.key)
+        await self.submit(service, minio_event(path.bucket, obj))
+
+    async def reconcile(self, service: Service) -> None:
+        for path in input_paths(service):
+            started = time.time()
+            objects = await asyncio.to_thread(self._list, path)
+            entry = self._services.get(service.name)
+            if entry is None or entry[0] is not service:
+                return  # detached (deleted or updated) while listing
+            if not self.store.path_listed(service.name, path.bucket, path.prefix):
+                self._record_baseline(service, path, objects)
+                continue
+            listed = {listed_id(path.bucket, obj): obj for obj in objects}
+            known = self.store.objects_in(service.name, DEFAULT_PROVIDER, path.bucket, path.prefix)
+            if entry[1]:
+                for identity, obj in listed.items():
+                    if identity not in known:
+                        logger.info(
+                            "an input object without a job (its event was lost)",
+                            service=service.name,
+                            bucket=path.bucket,
+                            key=obj.key,
+                        )
+                        await self.submit(service, minio_event(path.bucket, obj))
+            self.store.forget_older(service.name, known - listed.keys(), started)
+
+    async def _run(self) -> None:
+        while True:
+            for name, (service, _) in list(self._services.items()):
+                try:
+                    await self.reconcile(service)
+                except Exception as exc:  # the store is down: the next round tries again
+                    logger.warning("cannot list the input paths", service=name, error=str(exc))
+            await asyncio.sleep(self.interval)  # a period: there is no event to await

@@ -1,0 +1,138 @@
+"""The object an event names (identity.py), and the store's one-job-per-object rule."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+
+from faas_supervisor.controller.buckets import StoredObject
+from faas_supervisor.controller.identity import ObjectId, listed_id, object_id
+from faas_supervisor.controller.store import PENDING, RUNNING, Store
+from faas_supervisor.controller.watcher import minio_event
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def test_each_s3_family_event_names_its_object_and_etag() -> None:
+    assert object_id(fixture("minio.json")) == ObjectId(
+        "minio.default", "plants", "input/rose+red.jpg", "dd20b7e4b74467ff16ce2d901c054419"
+    )
+    assert object_id(fixture("s3.json")) == ObjectId(
+        "s3.default", "darknet-bucket", "input/my dog.jpg", "0123456789abcdef0123456789abcdef"
+    )
+    assert object_id(fixture("ceph.json")) == ObjectId(
+        "minio.default", "plants", "input/leaf.png", "9e107d9d372bb6826bd81d3542a419d6"
+    )
+
+
+def test_a_delegated_event_names_its_provider_and_a_quoted_etag_is_unquoted() -> None:
+    record = json.loads(fixture("s3.json"))
+    record["Records"][0]["s3"]["object"]["eTag"] = '"abc"'
+    body = json.dumps({"event": record, "storage_provider": "minio.default"}).encode()
+    assert object_id(body) == ObjectId("minio.default", "darknet-bucket", "input/my dog.jpg", "abc")
+
+
+def test_a_version_id_stands_in_for_a_missing_etag() -> None:
+    record = json.loads(fixture("ceph.json"))
+    del record["Records"][0]["s3"]["object"]["eTag"]
+    record["Records"][0]["s3"]["object"]["versionId"] = "v7"
+    found = object_id(json.dumps(record).encode())
+    assert found is not None and found.version == "v7"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": 1}',  # plain JSON
+        b"aGVsbG8=",  # base64
+        b"\xff\xfe not text",
+        b"[" * 100_000 + b"]" * 100_000,  # too deep for the parser
+        fixture("apigateway.json"),
+        fixture("delegated.json"),  # no ETag, no version id: a second event may be new
+        fixture("onedata.json"),
+        b'{"Records": [{"eventSource": "minio:s3", "s3": {"bucket": {"name": "b"}}}]}',
+    ],
+)
+def test_bodies_naming_no_versioned_object_have_no_identity(body: bytes) -> None:
+    assert object_id(body) is None
+
+
+@pytest.mark.parametrize("key", ["in/plain.txt", "in/my dog+cat 100%.txt", "in/p%2Fq é.txt"])
+def test_a_listed_object_and_its_event_agree(key: str) -> None:
+    obj = StoredObject(key, 12, 1700000000.5, '"0123abcd-2"')
+    assert object_id(minio_event("photos", obj)) == listed_id("photos", obj)
+
+
+def test_one_object_gives_one_job(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    obj = ObjectId("minio.default", "b", "in/x", "e1")
+    assert store.add_job("svc-1", "svc", obj) is None
+    assert store.add_job("svc-2", "svc", obj) == "svc-1"
+    assert [j.name for j in store.jobs("svc")] == ["svc-1"]
+    # Another version, another service, or a body naming no object: new jobs.
+    assert store.add_job("svc-3", "svc", ObjectId("minio.default", "b", "in/x", "e2")) is None
+    assert store.add_job("other-1", "other", obj) is None
+    assert store.add_job("svc-4", "svc") is None
+    assert store.add_job("svc-5", "svc") is None
+    # Deleting the job does not forget the object: a redelivery still runs nothing.
+    store.remove_job("svc-1")
+    assert store.add_job("svc-6", "svc", obj) == "svc-1"
+    # Deleting the service does.
+    store.remove_service("svc")
+    assert not store.has_object("svc", obj)
+    assert store.has_object("other", obj)
+
+
+def test_a_baseline_object_is_known_but_its_first_event_runs(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    old = ObjectId("minio.default", "b", "in/old", "e")
+    assert not store.path_listed("svc", "b", "in/")
+    store.record_baseline("svc", "b", "in/", [old])
+    assert store.path_listed("svc", "b", "in/")
+    assert store.has_object("svc", old)  # listings pass it by
+    assert store.add_job("svc-1", "svc", old) is None  # an event for it runs it, once
+    assert store.add_job("svc-2", "svc", old) == "svc-1"
+
+
+def test_gone_objects_recorded_before_a_listing_are_forgotten(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    gone = ObjectId("minio.default", "b", "in/gone", "e")
+    store.add_job("svc-1", "svc", gone)
+    store.forget_older("svc", {gone}, before=0.0)  # recorded after the listing began: kept
+    assert store.has_object("svc", gone)
+    store.forget_older("svc", {gone}, before=float("inf"))
+    assert not store.has_object("svc", gone)
+    assert store.objects_in("svc", "minio.default", "b", "in/") == set()
+
+
+def test_running_jobs_are_pending_again_at_start(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    for name in ("a", "b", "c"):
+        store.add_job(name, "svc")
+    store.start_job("a")
+    store.start_job("b")
+    assert store.requeue_running() == ["a", "b"]
+    assert [j.status for j in store.jobs("svc")] == [PENDING] * 3
+    assert store.start_job("a") and store.job("a").status == RUNNING  # type: ignore[union-attr]
+    assert store.requeue_job("a") and not store.requeue_job("c")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_a_reconcile_interval_that_is_not_a_positive_time_is_refused(
+    value: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from faas_supervisor.cli import main
+
+    with pytest.raises(SystemExit) if value == "soon" else contextlib.nullcontext():
+        status = main(["controller", "--data-dir", str(tmp_path), "--reconcile-interval", value])
+        assert status == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--reconcile-interval" in err
+    assert not (tmp_path / "controller.sqlite3").exists()
