@@ -30,7 +30,7 @@ from faas_supervisor.config import (
 )
 from faas_supervisor.controller.command import add_controller_parser
 from faas_supervisor.controller.manifests_command import add_manifests_parser
-from faas_supervisor.errors import ConfigError, FaasError
+from faas_supervisor.errors import ConfigError, FaasError, writing
 
 WATCHDOG_FLAGS = (
     ("exec_timeout", "seconds a script may run, 0 = no limit (10, 10s, 1m)"),
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except ConfigError as exc:
+    except FaasError as exc:  # a bad config, or a failure before an invocation could start
         print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
@@ -112,9 +112,13 @@ class Startup:
         config = load_function_config(args.config, environ)
         logs.configure(config.log_level)
         self.settings: WatchdogSettings = load_watchdog_settings(environ, flags, config)
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="faas-runtime-", dir=self.settings.tmp_dir))
+        with writing("the runtime's folder"):
+            self.runtime_dir = Path(
+                tempfile.mkdtemp(prefix="faas-runtime-", dir=self.settings.tmp_dir)
+            )
         try:
-            script = resolve_script(args.script, environ, config, self.runtime_dir)
+            with writing("the script"):
+                script = resolve_script(args.script, environ, config, self.runtime_dir)
             providers = build_providers(config)
         except BaseException:
             self.close()
