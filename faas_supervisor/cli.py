@@ -195,6 +195,8 @@ async def _run_once(args: argparse.Namespace, startup: Startup) -> int:
                 _event_chunks(args.event_file, startup.environ), "", startup.settings.max_body_size
             )
         except FaasError as exc:
+            # The folder first: on a full disk its space lets this line reach the job's log.
+            invocation.close()
             print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
             return exc.exit_status
         # A job's script output goes to stderr as it comes (it is the job's log);
@@ -203,6 +205,8 @@ async def _run_once(args: argparse.Namespace, startup: Startup) -> int:
         outcome = await invocation.execute(event, {"JOB_UUID": job_id}, mirror)
         out = sys.stdout.buffer
         if outcome.error is not None:
+            if mirror is not None:  # no failure body to send: free the folder's space first
+                invocation.close()
             print(f"faas-supervisor: error: {outcome.error.message}", file=sys.stderr)
             if mirror is None:
                 async for chunk in failure_body(invocation, outcome.error).stream:

@@ -19,6 +19,7 @@ from pathlib import Path
 from faas_supervisor.controller.backends import Backend
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.store import FINISHED, Store
+from faas_supervisor.errors import writing
 from faas_supervisor.logs import get_logger
 
 DIED = "the controller stopped while the job was running"
@@ -78,13 +79,19 @@ class Jobs:
     async def submit(self, service: Service, body: AsyncIterator[bytes] | bytes) -> str:
         name = job_name(service.name)
         path = self.event_path(name)
-        with open(path, "wb") as out:  # streamed to disk, never whole in memory
-            if isinstance(body, bytes):
-                out.write(body)
-            else:
-                async for chunk in body:
-                    out.write(chunk)
-        self.store.add_job(name, service.name)
+        # The event file and the job's row exist together or not at all: a full disk
+        # (507) or a client gone leaves neither behind.
+        try:
+            with writing("the job's event"), open(path, "wb") as out:  # streamed to disk
+                if isinstance(body, bytes):
+                    out.write(body)
+                else:
+                    async for chunk in body:
+                        out.write(chunk)
+            self.store.add_job(name, service.name)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         self.queue.put_nowait(name)
         logger.info("job queued", service=service.name, job=name)
         return name
@@ -148,7 +155,12 @@ class Jobs:
             return b""
 
     async def delete(self, name: str) -> None:
-        """Forget a job; a running one is stopped first."""
+        """Forget a job; a running one is stopped first.
+
+        Its files go first: on a full disk the store may need their space to delete.
+        """
+        self.log_path(name).unlink(missing_ok=True)
+        self.event_path(name).unlink(missing_ok=True)
         self.store.remove_job(name)
         task = self.running.pop(name, None)
         if task is not None:

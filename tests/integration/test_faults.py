@@ -6,7 +6,9 @@ tmpfs, a controller whose --data-dir is one, moto's server stopped and started a
 from __future__ import annotations
 
 import errno
+import json
 import os
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -18,13 +20,13 @@ import pytest
 import requests
 
 from tests.integration.conftest import WatchdogFactory, faas_command
+from tests.integration.controller_fixture import ControllerFactory, ControllerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 KiB = 1 << 10
 MiB = 1 << 20
 MINIO_EVENT = Path(__file__).resolve().parents[1] / "fixtures" / "events" / "minio.json"
-NO_SPACE = b"no space left on device"
 
 
 # ---- a tiny disk -------------------------------------------------------------------------
@@ -37,14 +39,12 @@ class TinyDisk:
     def fill(self) -> Path:
         """Take every free byte with one file (another user of the disk, say)."""
         filler = self.path / f"filler-{uuid.uuid4().hex}"
-        with open(filler, "wb") as out:
+        with open(filler, "wb", buffering=0) as out:
             try:
-                while True:
-                    out.write(b"\0" * 4096)
-                    out.flush()
+                while out.write(b"\0" * 4096):
+                    pass
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC, exc
-        # What a partial page left: a write of one byte more no longer fits.
         return filler
 
     def use_every_inode(self) -> list[Path]:
@@ -80,6 +80,14 @@ def tiny_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TinyDi
     finally:
         # Lazily: a process the test left (it fails the test elsewhere) must not hide why.
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def controllers(tmp_path: Path) -> Iterator[ControllerFactory]:
+    """Asked for after tiny_disk: stopped before the disk is unmounted."""
+    factory = ControllerFactory(tmp_path)
+    yield factory
+    factory.close()
 
 
 def invocation_folders(folder: Path, timeout: float = 10) -> list[str]:
@@ -188,3 +196,99 @@ def test_a_job_whose_object_does_not_fit_fails_naming_it(
     ok = run(tmp_path, tiny_disk.path, *args)
     assert ok.returncode == 0, ok.stderr
     assert b"read 9 bytes" in ok.stderr
+
+
+# ---- a full --data-dir: the controller ---------------------------------------------------
+
+# Prints as many bytes as the event's number says: the job's log, kept in the store.
+PRINTER = 'head -c "$(cat "$INPUT_FILE_PATH")" /dev/zero | tr "\\0" x\necho\n'
+
+
+def job_files(controller: ControllerProcess) -> dict[str, set[str]]:
+    folder = controller.data_dir / "jobs"
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    return {ext: {n[: -len(ext)] for n in names if n.endswith(ext)} for ext in (".event", ".log")}
+
+
+def assert_store_consistent(controller: ControllerProcess, service: str) -> None:
+    """SQLite's own check passes, and every job's event file has its row and every job
+    waiting to run has its event file."""
+    db = sqlite3.connect(f"file:{controller.data_dir / 'controller.sqlite3'}?mode=ro", uri=True)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        db.close()
+    jobs = controller.jobs(service)
+    events = job_files(controller)[".event"]
+    assert events <= set(jobs), f"event files without a job: {events - set(jobs)}"
+    pending = {name for name, job in jobs.items() if job["status"] == "Pending"}
+    assert pending <= events, f"jobs without their event file: {pending - events}"
+
+
+def submit(controller: ControllerProcess, service: str, body: bytes) -> requests.Response:
+    return controller.request("POST", f"/job/{service}", data=body)
+
+
+@pytest.mark.parametrize("tiny_disk", ["size=16m"], indirect=True)
+def test_a_full_data_dir_refuses_jobs_with_507_and_space_is_freed_through_the_api(
+    tiny_disk: TinyDisk, controllers: ControllerFactory
+) -> None:
+    controller = controllers(data_dir=tiny_disk.path / "data")
+    controller.create({"name": "printer", "script": PRINTER})
+    for _ in range(4):  # 4 x 600 KB of logs, kept in the store
+        assert submit(controller, "printer", b"600000").status_code == 201
+    jobs = controller.wait_jobs("printer", 4)
+    assert {job["status"] for job in jobs.values()} == {"Succeeded"}
+
+    filler = tiny_disk.fill()  # another user takes every byte left
+    refused = submit(controller, "printer", b"10")
+    assert refused.status_code == 507, refused.text
+    assert refused.text.strip() == "no space left on device writing the job's event"
+    assert_store_consistent(controller, "printer")
+    assert len(controller.jobs("printer")) == 4
+
+    # Deleting works on the full disk: one job, then the service's finished jobs.
+    first, *_ = jobs
+    deleted = controller.request("DELETE", f"/system/logs/printer/{first}")
+    assert deleted.status_code == 204, deleted.text
+    deleted = controller.request("DELETE", "/system/logs/printer")
+    assert deleted.status_code == 204, deleted.text
+    assert controller.jobs("printer") == {}
+    assert_store_consistent(controller, "printer")
+
+    # The logs' space went back to the file system: jobs run again, the filler still there.
+    assert filler.exists()
+    accepted = submit(controller, "printer", b"10")
+    assert accepted.status_code == 201, accepted.text
+    (job,) = controller.wait_jobs("printer", 1).values()
+    assert job["status"] == "Succeeded", controller.log_text()
+    assert_store_consistent(controller, "printer")
+    assert b"Traceback" not in controller.log.read_bytes()
+
+
+@pytest.mark.parametrize("tiny_disk", ["size=8m"], indirect=True)
+def test_a_job_that_fills_the_data_dir_fails_naming_the_cause_and_resumes(
+    tiny_disk: TinyDisk, controllers: ControllerFactory
+) -> None:
+    controller = controllers(data_dir=tiny_disk.path / "data")
+    controller.create({"name": "counter", "script": 'wc -c < "$INPUT_FILE_PATH"\n'})
+    # Room for the event once (the controller keeps it) but not twice (the job copies it).
+    filler = tiny_disk.fill()
+    size = 3 * MiB
+    with open(filler, "r+b") as f:
+        f.truncate(max(0, f.seek(0, os.SEEK_END) - (size + size // 2)))
+    event = json.dumps({"data": "x" * size}).encode()
+    assert submit(controller, "counter", event).status_code == 201
+    (job,) = controller.wait_jobs("counter", 1).values()
+    assert job["status"] == "Failed"
+    name = next(iter(controller.jobs("counter")))
+    logs = controller.request("GET", f"/system/logs/counter/{name}").text
+    assert "faas-supervisor: error: no space left on device writing the input" in logs, logs
+    assert_store_consistent(controller, "counter")
+    assert invocation_folders(controller.data_dir / "services" / "counter" / "tmp") == []
+
+    filler.unlink()  # space comes back: the same job succeeds
+    assert submit(controller, "counter", event).status_code == 201
+    jobs = controller.wait_jobs("counter", 2)
+    assert sorted(job["status"] for job in jobs.values()) == ["Failed", "Succeeded"]
+    assert_store_consistent(controller, "counter")
