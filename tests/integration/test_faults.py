@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -19,8 +20,19 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import WatchdogFactory, faas_command
-from tests.integration.controller_fixture import ControllerFactory, ControllerProcess
+from tests.integration.conftest import (
+    S3Server,
+    WatchdogFactory,
+    faas_command,
+    free_port,
+    wait_for_http,
+)
+from tests.integration.controller_fixture import (
+    ControllerFactory,
+    ControllerProcess,
+    wait_until,
+)
+from tests.integration.servers import MotoProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -292,3 +304,125 @@ def test_a_job_that_fills_the_data_dir_fails_naming_the_cause_and_resumes(
     jobs = controller.wait_jobs("counter", 2)
     assert sorted(job["status"] for job in jobs.values()) == ["Failed", "Succeeded"]
     assert_store_consistent(controller, "counter")
+
+
+# ---- a store down, a service's watchdog killed -------------------------------------------
+
+
+def moto_on(port: int, log: Path) -> MotoProcess:
+    """moto's server on `port`, stopped again if it never answers (no orphan left)."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        # Generous: moto takes seconds to import on a busy machine.
+        wait_for_http(f"http://127.0.0.1:{port}/moto-api/", process, timeout=120, log=log)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return MotoProcess(process, S3Server(f"http://127.0.0.1:{port}"), log)
+
+
+def s3_event(bucket: str, key: str) -> bytes:
+    record = {"eventSource": "aws:s3", "eventTime": "2026-11-30T12:00:00.000Z",
+              "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}
+    return json.dumps({"Records": [record]}).encode()
+
+
+def job_logs(controller: ControllerProcess, service: str, job: str) -> str:
+    return controller.request("GET", f"/system/logs/{service}/{job}").text
+
+
+def test_a_store_down_during_stage_in_fails_the_job_naming_it_and_the_next_succeeds(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    port = free_port()
+    motos = [moto_on(port, tmp_path / "moto.log")]
+    try:
+        server = motos[0].server
+        server.client().create_bucket(Bucket="faults")
+        server.client().put_object(Bucket="faults", Key="in/obj.bin", Body=b"x" * 1000)
+        controller = controllers()
+        # Its own S3 provider: the controller watches only the default one's inputs, so
+        # the jobs here are the two this test submits.
+        provider = {"endpoint": server.endpoint, "region": server.region,
+                    "access_key": server.access_key, "secret_key": server.secret_key}
+        controller.create({
+            "name": "fetcher", "script": 'echo "got $(wc -c < "$INPUT_FILE_PATH") bytes"\n',
+            "storage_providers": {"s3": {"default": provider}},
+            "input": [{"storage_provider": "s3.default", "path": "faults/in"}],
+        })
+        motos[0].process.send_signal(signal.SIGSTOP)  # the store hangs...
+        response = submit(controller, "fetcher", s3_event("faults", "in/obj.bin"))
+        assert response.status_code == 201, response.text
+        job = response.json()["job"]
+        wait_until(lambda: "downloading" in job_logs(controller, "fetcher", job), 60,
+                   "the job's stage-in", controller)
+        motos[0].process.kill()  # ...then is gone, mid-download
+        motos[0].process.wait(10)
+        stopped = time.monotonic()
+        jobs = controller.wait_jobs("fetcher", 1, timeout=120)
+        elapsed = time.monotonic() - stopped
+        assert jobs[job]["status"] == "Failed"
+        # Reset, then refused: 3 attempts with backoff, far below the 20 s read timeout.
+        assert elapsed < 60, elapsed
+        logs = job_logs(controller, "fetcher", job)
+        assert "s3.default: cannot download faults/in/obj.bin" in logs, logs
+        assert "Traceback" not in logs
+
+        # The store is back, on the same port (empty: moto keeps objects in memory).
+        motos.append(moto_on(port, tmp_path / "moto-again.log"))
+        server.client().create_bucket(Bucket="faults")
+        server.client().put_object(Bucket="faults", Key="in/obj.bin", Body=b"y" * 1234)
+        again = submit(controller, "fetcher", s3_event("faults", "in/obj.bin"))
+        assert again.status_code == 201, again.text
+        jobs = controller.wait_jobs("fetcher", 2, timeout=120)
+        second = again.json()["job"]
+        assert jobs[second]["status"] == "Succeeded", job_logs(controller, "fetcher", second)
+        assert "got 1234 bytes" in job_logs(controller, "fetcher", second)
+    finally:
+        for moto in motos:
+            if moto.process.poll() is None:
+                moto.process.send_signal(signal.SIGCONT)
+            moto.stop()
+
+
+def service_watchdogs(controller: ControllerProcess, service: str) -> list[int]:
+    """The pids the local backend recorded under the data folder's pids/ that are this
+    service's watchdog (its command line names the service's folder)."""
+    found = []
+    folder = str(controller.data_dir / "services" / service).encode()
+    for path in (controller.data_dir / "pids").glob("*.pid"):
+        pid = int(path.stem)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"\0watchdog\0" in cmdline and folder in cmdline:
+            found.append(pid)
+    return found
+
+
+def test_a_killed_service_watchdog_is_restarted_and_later_calls_succeed(
+    controllers: ControllerFactory,
+) -> None:
+    controller = controllers()
+    controller.create({"name": "echo", "script": 'echo "hello $(cat "$INPUT_FILE_PATH")"\n'})
+
+    def run() -> requests.Response:
+        return controller.request("POST", "/run/echo", data=b"world",
+                                  headers={"Content-Type": "application/octet-stream"})
+
+    first = wait_until(lambda: (r := run()).status_code == 200 and r, 60, "a first /run",
+                       controller)
+    assert "hello world" in first.text
+    (pid,) = service_watchdogs(controller, "echo")
+    os.kill(pid, signal.SIGKILL)
+    # A call soon after may find it gone (502/503); a later one succeeds, on a new process.
+    later = wait_until(lambda: (r := run()).status_code == 200 and r, 60,
+                       "a /run after the watchdog was killed", controller)
+    assert "hello world" in later.text
+    (new_pid,) = service_watchdogs(controller, "echo")
+    assert new_pid != pid
+    assert "service watchdog exited; restarting" in controller.log_text()
