@@ -82,13 +82,14 @@ class Store:
         self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self._page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        self._vacuums = self.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
         # The journal's content soon moves into the database (a checkpoint never needs
         # more room than this), and the journal keeps up to this much of its file when it
         # starts again from its beginning: room already held, for deletions on a full disk.
-        self.db.execute(f"PRAGMA wal_autocheckpoint={RESERVE // 4096}")
+        self.db.execute(f"PRAGMA wal_autocheckpoint={RESERVE // self._page_size}")
         self.db.execute(f"PRAGMA journal_size_limit={RESERVE}")
-        self.db.executescript(_SCHEMA)
-        self._page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
         self._keep_reserve()
         # Parsed definitions by name: every /run and /job looks its service up, and
         # parsing the stored JSON cost more than the rest of the lookup. This object is
@@ -153,31 +154,27 @@ class Store:
 
     def _give_back(self) -> None:
         """After a deletion: when the reserve is spent or much is free, the free pages go
-        back to the file system (the journal applied and emptied, the file cut), then
+        back to the file system (moved to the end, the file cut at a checkpoint), then
         the reserve is made again if it can be. Else nothing: this costs a few syncs."""
         step = VACUUM_STEP // self._page_size
-        free = self._free_pages()
-        if self.reserve.exists() and free < step:
+        if self.reserve.exists() and (not self._vacuums or self._free_pages() < step):
             return
         # A few pages at a time, each step checkpointed: the journal reuses its own
         # file, so this works on a full disk too. Never TRUNCATE: that file is the room.
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            free = self._free_pages() if self._vacuums else 0
             while free > 0:
                 # fetchall: the pragma frees one page per step of its statement.
                 self.db.execute(f"PRAGMA incremental_vacuum({step})").fetchall()
                 self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 free, before = self._free_pages(), free
                 if free >= before:
-                    break  # auto_vacuum is off (a store made before): nothing to cut
+                    break  # no progress (the disk too full even for this): next time
         self._keep_reserve()
 
     def _free_pages(self) -> int:
         return int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
-
-    def integrity(self) -> str:
-        row = self.db.execute("PRAGMA integrity_check").fetchone()
-        return str(row[0])
 
     # ---- services ----------------------------------------------------------------
 

@@ -426,3 +426,33 @@ def test_a_killed_service_watchdog_is_restarted_and_later_calls_succeed(
     (new_pid,) = service_watchdogs(controller, "echo")
     assert new_pid != pid
     assert "service watchdog exited; restarting" in controller.log_text()
+
+
+@pytest.mark.parametrize("tiny_disk", ["size=4m"], indirect=True)
+def test_the_store_on_a_full_disk_refuses_new_rows_and_still_deletes(tiny_disk: TinyDisk) -> None:
+    """The worst case for a deletion: the journal holds no room of its own (truncated),
+    so only the reserve lets SQLite write it. The file stays intact throughout."""
+    from faas_supervisor.controller.store import RESERVE, Store
+    from faas_supervisor.errors import InsufficientStorage
+
+    store = Store(tiny_disk.path / "controller.sqlite3")
+    try:
+        for n in range(3):
+            store.add_job(f"job-{n}", "svc")
+            store.finish_job(f"job-{n}", 0, b"x" * 300_000)
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        assert store.reserve.stat().st_size == RESERVE
+        filler = tiny_disk.fill()
+        with pytest.raises(InsufficientStorage, match="^no space left on device writing the job"):
+            store.add_job("job-new", "svc")
+        store.remove_job("job-0")  # with the reserve's room
+        assert [job.name for job in store.jobs()] == ["job-1", "job-2"]
+        store.remove_job("job-1")
+        store.remove_job("job-2")
+        assert store.jobs() == []
+        assert store.db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        # The logs' pages went back to the file system: new rows fit, the filler still there.
+        store.add_job("job-new", "svc")
+        assert filler.exists() and store.job("job-new") is not None
+    finally:
+        store.close()
