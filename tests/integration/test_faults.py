@@ -443,7 +443,7 @@ def test_the_store_on_a_full_disk_refuses_new_rows_and_still_deletes(tiny_disk: 
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         assert store.reserve.stat().st_size == RESERVE
         filler = tiny_disk.fill()
-        with pytest.raises(InsufficientStorage, match="^no space left on device writing the job"):
+        with pytest.raises(InsufficientStorage, match=r"^no space left on device writing the job"):
             store.add_job("job-new", "svc")
         store.remove_job("job-0")  # with the reserve's room
         assert [job.name for job in store.jobs()] == ["job-1", "job-2"]
