@@ -58,6 +58,7 @@ class Jobs:
 
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._remove_strays()
         died, pending = self.store.unfinished()
         for name in died:
             self._finish(name, None, DIED)
@@ -66,6 +67,17 @@ class Jobs:
         self._workers = [
             asyncio.create_task(self._work(), name=f"job-worker-{i}") for i in range(self.max_jobs)
         ]
+
+    def _remove_strays(self) -> None:
+        """Files with no job to own them (a controller stopped between writing a job's
+        event and storing its row, or a finished job's files): their space back."""
+        for path in self.folder.iterdir():
+            if path.suffix not in (".event", ".log"):
+                continue
+            job = self.store.job(path.stem)
+            if job is None or job.status in FINISHED:
+                logger.warning("removing a file with no job to run", file=path.name)
+                path.unlink(missing_ok=True)
 
     async def close(self) -> None:
         for worker in self._workers:

@@ -456,3 +456,20 @@ def test_the_store_on_a_full_disk_refuses_new_rows_and_still_deletes(tiny_disk: 
         assert filler.exists() and store.job("job-new") is not None
     finally:
         store.close()
+
+
+def test_files_with_no_job_are_removed_at_start(controllers: ControllerFactory) -> None:
+    """A controller stopped between writing a job's event and storing its row leaves an
+    event file no job owns: the next start gives its space back."""
+    controller = controllers()
+    controller.create({"name": "echo", "script": "echo hi\n"})
+    assert submit(controller, "echo", b"{}").status_code == 201
+    controller.wait_jobs("echo", 1)
+    assert controller.stop() == 0
+    jobs = controller.data_dir / "jobs"
+    stray = jobs / f"echo-{uuid.uuid4()}.event"
+    stray.write_bytes(b"{}")
+    (jobs / f"{stray.stem}.log").write_bytes(b"half a log\n")
+    again = controllers(data_dir=controller.data_dir)
+    assert job_files(again) == {".event": set(), ".log": set()}
+    assert len(again.jobs("echo")) == 1  # the real job is kept
