@@ -258,6 +258,11 @@ def test_a_full_data_dir_refuses_jobs_with_507_and_space_is_freed_through_the_ap
     assert refused.text.strip() == "no space left on device writing the job's event"
     assert_store_consistent(controller, "printer")
     assert len(controller.jobs("printer")) == 4
+    # The service's watchdog keeps its invocations under the data folder too.
+    run = controller.request("POST", "/run/printer", data=b"10",
+                             headers={"Content-Type": "application/octet-stream"})
+    assert run.status_code == 507, run.text
+    assert run.text.splitlines()[0] == "no space left on device writing the input"
 
     # Deleting works on the full disk: one job, then the service's finished jobs.
     first, *_ = jobs
