@@ -478,3 +478,26 @@ def test_files_with_no_job_are_removed_at_start(controllers: ControllerFactory) 
     again = controllers(data_dir=controller.data_dir)
     assert job_files(again) == {".event": set(), ".log": set()}
     assert len(again.jobs("echo")) == 1  # the real job is kept
+
+
+def test_an_s3_download_that_fills_tmpdir_fails_naming_the_object(
+    tmp_path: Path, tiny_disk: TinyDisk, moto_server: S3Server
+) -> None:
+    """s3transfer's own writes (a temporary name, renamed when whole) hit the full disk."""
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    moto_server.client().create_bucket(Bucket=bucket)
+    moto_server.client().put_object(Bucket=bucket, Key="in/big.bin", Body=os.urandom(MiB))
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({
+        "storage_providers": {"s3": {"default": {
+            "endpoint": moto_server.endpoint, "region": moto_server.region,
+            "access_key": moto_server.access_key, "secret_key": moto_server.secret_key}}},
+        "input": [{"storage_provider": "s3.default", "path": f"{bucket}/in"}],
+    }))
+    event = tmp_path / "event.json"
+    event.write_bytes(s3_event(bucket, "in/big.bin"))
+    result = run(tmp_path, tiny_disk.path, "--config", str(config), "--event-file", str(event))
+    assert result.returncode == 4, result.stderr
+    assert (b"faas-supervisor: error: no space left on device writing the download of "
+            + f"{bucket}/in/big.bin (s3.default)".encode()) in result.stderr
+    assert list(tiny_disk.path.iterdir()) == []
