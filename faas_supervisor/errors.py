@@ -94,8 +94,8 @@ def writing(what: str) -> Iterator[None]:
     """Local writes inside become `local_write_error(exc, what)`; FaasErrors pass."""
     try:
         yield
-    except ConnectionError:
-        raise  # a peer gone while we read from it: not a local write
+    except (ConnectionError, TimeoutError):
+        raise  # a peer gone or too slow while we read from it: not a local write
     except OSError as exc:
         raise local_write_error(exc, what) from exc
 
