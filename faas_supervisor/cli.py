@@ -30,7 +30,7 @@ from faas_supervisor.config import (
 )
 from faas_supervisor.controller.command import add_controller_parser
 from faas_supervisor.controller.manifests_command import add_manifests_parser
-from faas_supervisor.errors import ConfigError, FaasError
+from faas_supervisor.errors import ConfigError, FaasError, writing
 
 WATCHDOG_FLAGS = (
     ("exec_timeout", "seconds a script may run, 0 = no limit (10, 10s, 1m)"),
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except ConfigError as exc:
+    except FaasError as exc:  # a bad config, or a failure before an invocation could start
         print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
@@ -112,9 +112,13 @@ class Startup:
         config = load_function_config(args.config, environ)
         logs.configure(config.log_level)
         self.settings: WatchdogSettings = load_watchdog_settings(environ, flags, config)
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="faas-runtime-", dir=self.settings.tmp_dir))
+        with writing("the runtime's folder"):
+            self.runtime_dir = Path(
+                tempfile.mkdtemp(prefix="faas-runtime-", dir=self.settings.tmp_dir)
+            )
         try:
-            script = resolve_script(args.script, environ, config, self.runtime_dir)
+            with writing("the script"):
+                script = resolve_script(args.script, environ, config, self.runtime_dir)
             providers = build_providers(config)
         except BaseException:
             self.close()
@@ -191,6 +195,8 @@ async def _run_once(args: argparse.Namespace, startup: Startup) -> int:
                 _event_chunks(args.event_file, startup.environ), "", startup.settings.max_body_size
             )
         except FaasError as exc:
+            # The folder first: on a full disk its space lets this line reach the job's log.
+            invocation.close()
             print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
             return exc.exit_status
         # A job's script output goes to stderr as it comes (it is the job's log);
@@ -199,6 +205,8 @@ async def _run_once(args: argparse.Namespace, startup: Startup) -> int:
         outcome = await invocation.execute(event, {"JOB_UUID": job_id}, mirror)
         out = sys.stdout.buffer
         if outcome.error is not None:
+            if mirror is not None:  # no failure body to send: free the folder's space first
+                invocation.close()
             print(f"faas-supervisor: error: {outcome.error.message}", file=sys.stderr)
             if mirror is None:
                 async for chunk in failure_body(invocation, outcome.error).stream:

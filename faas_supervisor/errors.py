@@ -6,6 +6,10 @@ Messages are one line and never hold a secret.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
+
 
 class FaasError(Exception):
     """Base of every failure the runtime reports on purpose."""
@@ -60,6 +64,40 @@ class StorageError(FaasError):
 
     http_status = 502
     exit_status = 3
+
+
+class InsufficientStorage(FaasError):
+    """No space left (ENOSPC, or a quota: EDQUOT) for the invocation's or the store's files.
+
+    507, as WebDAV defines it: the server cannot store what the request needs. `run`
+    exits 4, the next free status after 3 (storage): the job may succeed once space is
+    freed, so it is told apart from a bad event (2) and a script's own failure.
+    """
+
+    http_status = 507
+    exit_status = 4
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def local_write_error(exc: OSError, what: str) -> FaasError:
+    """The one mapping of a failed local write: 507 when the disk is full, else a 500 that
+    names what could not be written (never a traceback, never aiohttp's generic page)."""
+    if exc.errno in NO_SPACE:
+        return InsufficientStorage(f"no space left on device writing {what}")
+    return FaasError(f"cannot write {what}: {exc.strerror or type(exc).__name__}")
+
+
+@contextlib.contextmanager
+def writing(what: str) -> Iterator[None]:
+    """Local writes inside become `local_write_error(exc, what)`; FaasErrors pass."""
+    try:
+        yield
+    except (ConnectionError, TimeoutError):
+        raise  # a peer gone or too slow while we read from it: not a local write
+    except OSError as exc:
+        raise local_write_error(exc, what) from exc
 
 
 class ScriptFailed(FaasError):

@@ -27,11 +27,14 @@ from typing import IO, BinaryIO
 from faas_supervisor import processes
 from faas_supervisor.config import FunctionConfig, StoragePath, normalize_provider_name
 from faas_supervisor.errors import (
+    NO_SPACE,
     BadEvent,
     FaasError,
     ScriptFailed,
     ScriptTimeout,
     StorageError,
+    local_write_error,
+    writing,
 )
 from faas_supervisor.logs import InvocationLog
 from faas_supervisor.parsers.body import read_body
@@ -78,13 +81,22 @@ class Invocation:
         self.runtime = runtime
         self.id = invocation_id or str(uuid.uuid4())
         self.log = InvocationLog(runtime.config.log_level, self.id)
-        self.root = Path(tempfile.mkdtemp(prefix="faas-", dir=runtime.tmp_dir))
+        with writing("the invocation's folder"):
+            self.root = Path(tempfile.mkdtemp(prefix="faas-", dir=runtime.tmp_dir))
         self.input_dir = self.root / "input"
         self.output_dir = self.root / "output"
-        self.input_dir.mkdir()
-        self.output_dir.mkdir()
         # The script's stdout and stderr, interleaved as they came, kept on disk.
         self.script_log = self.root / "script.log"
+        try:
+            with writing("the invocation's folder"):
+                self.input_dir.mkdir()
+                self.output_dir.mkdir()
+                # Made now, so that a disk without a free inode fails here, before the
+                # body is read, and run_script's open() needs no new inode.
+                self.script_log.touch()
+        except FaasError:
+            shutil.rmtree(self.root, ignore_errors=True)  # no partial folder left behind
+            raise
         self.outcome = Outcome()
         self._started = time.monotonic()
         self._process: subprocess.Popen[bytes] | None = None
@@ -345,6 +357,14 @@ async def _storage_errors(
         yield
     except (FaasError, asyncio.CancelledError):
         raise
+    except OSError as exc:
+        if exc.errno in NO_SPACE:  # our disk, not the store: a 507 naming the object
+            raise local_write_error(
+                exc, f"the {action} of {bucket}/{key} ({provider.name})"
+            ) from exc
+        raise StorageError(
+            f"{provider.name}: {action} of {bucket}/{key} failed ({type(exc).__name__})"
+        ) from exc
     except Exception as exc:
         raise StorageError(
             f"{provider.name}: {action} of {bucket}/{key} failed ({type(exc).__name__})"
@@ -356,7 +376,9 @@ def _copy_output(pipe: IO[bytes], log_file: BinaryIO, mirror: OutputMirror) -> N
     with pipe:
         # os.read returns what has come, so the mirror shows the output as it comes.
         while chunk := os.read(pipe.fileno(), 65536):
-            log_file.write(chunk)
+            with writing("the script's log"):  # a full disk fails the invocation, named
+                log_file.write(chunk)
+                log_file.flush()  # here, not at close(), where an error would be unnamed
             try:
                 mirror(chunk)
             except OSError:  # stderr gone (a closed pipe): keep capturing, stop mirroring

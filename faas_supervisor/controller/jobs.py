@@ -27,6 +27,7 @@ from faas_supervisor.controller.backends import Backend
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import EVENT_MAX, object_id
 from faas_supervisor.controller.store import FINISHED, PENDING, Store
+from faas_supervisor.errors import writing
 from faas_supervisor.logs import get_logger
 
 INTERRUPTED = "the controller stopped while the job was running; it runs again"
@@ -65,6 +66,7 @@ class Jobs:
 
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._remove_strays()
         # The backend has started, so what the last controller's jobs left is stopped.
         for name in self.store.requeue_running():
             self._note_interrupted(name)
@@ -73,6 +75,17 @@ class Jobs:
         self._workers = [
             asyncio.create_task(self._work(), name=f"job-worker-{i}") for i in range(self.max_jobs)
         ]
+
+    def _remove_strays(self) -> None:
+        """Files with no job to own them (a controller stopped between writing a job's
+        event and storing its row, or a finished job's files): their space back."""
+        for path in self.folder.iterdir():
+            if path.suffix not in (".event", ".log"):
+                continue
+            job = self.store.job(path.stem)
+            if job is None or job.status in FINISHED:
+                logger.warning("removing a file with no job to run", file=path.name)
+                path.unlink(missing_ok=True)
 
     async def close(self) -> None:
         for worker in self._workers:
@@ -90,16 +103,21 @@ class Jobs:
         stored object that has a job already (that job's name is returned)."""
         name = job_name(service.name)
         path = self.event_path(name)
-        with open(path, "wb") as out:  # streamed to disk, never whole in memory
-            if isinstance(body, bytes):
-                out.write(body)
-            else:
-                async for chunk in body:
-                    out.write(chunk)
-        if not isinstance(body, bytes):
-            body = path.read_bytes() if path.stat().st_size <= EVENT_MAX else b""
-        obj = object_id(body)
-        existing = self.store.add_job(name, service.name, obj)
+        # The event file and the job's row exist together or not at all: a full disk
+        # (507) or a client gone leaves neither behind.
+        try:
+            with writing("the job's event"), open(path, "wb") as out:  # streamed to disk
+                if isinstance(body, bytes):
+                    out.write(body)
+                else:
+                    async for chunk in body:
+                        out.write(chunk)
+            if not isinstance(body, bytes):
+                body = path.read_bytes() if path.stat().st_size <= EVENT_MAX else b""
+            existing = self.store.add_job(name, service.name, object_id(body))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         if existing is not None:
             path.unlink(missing_ok=True)
             logger.info("the object has a job already", service=service.name, job=existing)
@@ -170,7 +188,12 @@ class Jobs:
             return b""
 
     async def delete(self, name: str) -> None:
-        """Forget a job; a running one is stopped first."""
+        """Forget a job; a running one is stopped first.
+
+        Its files go first: on a full disk the store may need their space to delete.
+        """
+        self.log_path(name).unlink(missing_ok=True)
+        self.event_path(name).unlink(missing_ok=True)
         self.store.remove_job(name)
         task = self.running.pop(name, None)
         if task is not None:

@@ -9,19 +9,38 @@ Besides services and jobs: the identity of every input object a job was started 
 (identity.py), so that an object gets one job however often its event arrives, and the
 input paths already listed once, whose objects then present were taken as old (a
 baseline, without jobs).
+
+A full disk: new rows (a service, a job) are refused with a 507, and SQLite's journal
+keeps the file intact. Writes that end or remove work (a job started or finished, a job
+or a service deleted) must still succeed, or the space could never be freed through the
+API: beside the database a reserve file holds `RESERVE` bytes, released when such a
+write finds the disk full, and made again once deletions have given space back. Deleted
+rows give their pages back to the file system (`auto_vacuum=INCREMENTAL`, on stores made
+by this version) rather than only to SQLite.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from faas_supervisor.controller.fdl import Service, from_record, to_record
 from faas_supervisor.controller.identity import ObjectId
+from faas_supervisor.errors import InsufficientStorage
+from faas_supervisor.logs import get_logger
+
+T = TypeVar("T")
+# Room for the journal of a few deletions on a full disk (SQLite writes to delete).
+RESERVE = 1 << 20
+VACUUM_STEP = 256 << 10  # bytes of free pages given back per step
+logger = get_logger(component="store")
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 FINISHED = (SUCCEEDED, FAILED)
@@ -79,10 +98,21 @@ class Job:
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.reserve = path.with_name(path.name + ".reserve")
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Before the first table, or it has no effect: then deleted rows can shrink the file.
+        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self._page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        self._vacuums = self.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+        # The journal's content soon moves into the database (a checkpoint never needs
+        # more room than this), and the journal keeps up to this much of its file when it
+        # starts again from its beginning: room already held, for deletions on a full disk.
+        self.db.execute(f"PRAGMA wal_autocheckpoint={RESERVE // self._page_size}")
+        self.db.execute(f"PRAGMA journal_size_limit={RESERVE}")
+        self._keep_reserve()
         # Parsed definitions by name: every /run and /job looks its service up, and
         # parsing the stored JSON cost more than the rest of the lookup. This object is
         # the only writer of the services table, so it knows when an entry goes stale.
@@ -97,28 +127,95 @@ class Store:
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may have rolled back itself (disk full)
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    # ---- a full disk ---------------------------------------------------------------
+
+    def _write(self, what: str, work: Callable[[], T], essential: bool = False) -> T:
+        """`work()`, a write; a full disk is a 507 naming `what`. An `essential` write
+        (one that ends or removes work) is tried again with the reserve's space."""
+        try:
+            return work()
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+            if not (essential and self._release_reserve()):
+                raise InsufficientStorage(f"no space left on device writing {what}") from None
+        try:
+            return work()
+        except sqlite3.OperationalError as exc:
+            if _is_full(exc):
+                raise InsufficientStorage(f"no space left on device writing {what}") from None
+            raise
+
+    def _release_reserve(self) -> bool:
+        try:
+            self.reserve.unlink()
+        except FileNotFoundError:
+            return False
+        logger.warning("the disk is full: the store's reserve is released", path=str(self.path))
+        return True
+
+    def _keep_reserve(self) -> None:
+        """Make the reserve if it is missing; with no room for it, leave it for later."""
+        if self.reserve.exists():
+            return
+        try:
+            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, RESERVE)
+        except OSError:
+            self.reserve.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+    def _give_back(self) -> None:
+        """After a deletion: when the reserve is spent or much is free, the free pages go
+        back to the file system (moved to the end, the file cut at a checkpoint), then
+        the reserve is made again if it can be. Else nothing: this costs a few syncs."""
+        step = VACUUM_STEP // self._page_size
+        if self.reserve.exists() and (not self._vacuums or self._free_pages() < step):
+            return
+        # A few pages at a time, each step checkpointed: the journal reuses its own
+        # file, so this works on a full disk too. Never TRUNCATE: that file is the room.
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            free = self._free_pages() if self._vacuums else 0
+            while free > 0:
+                # fetchall: the pragma frees one page per step of its statement.
+                self.db.execute(f"PRAGMA incremental_vacuum({step})").fetchall()
+                self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                free, before = self._free_pages(), free
+                if free >= before:
+                    break  # no progress (the disk too full even for this): next time
+        self._keep_reserve()
+
+    def _free_pages(self) -> int:
+        return int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
 
     # ---- services ----------------------------------------------------------------
 
     def add_service(self, service: Service) -> bool:
         """False when the name is taken."""
         try:
-            self.db.execute(
+            self._write("the service to the store", lambda: self.db.execute(
                 "INSERT INTO services (name, definition, created) VALUES (?, ?, ?)",
                 (service.name, to_record(service), time.time()),
-            )
+            ))
         except sqlite3.IntegrityError:
             return False
         self._services.pop(service.name, None)
         return True
 
     def update_service(self, service: Service) -> None:
-        self.db.execute(
+        self._write("the service to the store", lambda: self.db.execute(
             "UPDATE services SET definition = ? WHERE name = ?", (to_record(service), service.name)
-        )
+        ))
         self._services.pop(service.name, None)
 
     def service(self, name: str) -> Service | None:
@@ -137,11 +234,16 @@ class Store:
 
     def remove_service(self, name: str) -> None:
         self._services.pop(name, None)
-        with self._transaction() as db:
-            db.execute("DELETE FROM services WHERE name = ?", (name,))
-            db.execute("DELETE FROM jobs WHERE service = ?", (name,))
-            db.execute("DELETE FROM objects WHERE service = ?", (name,))
-            db.execute("DELETE FROM listed_paths WHERE service = ?", (name,))
+
+        def delete() -> None:
+            with self._transaction() as db:
+                db.execute("DELETE FROM services WHERE name = ?", (name,))
+                db.execute("DELETE FROM jobs WHERE service = ?", (name,))
+                db.execute("DELETE FROM objects WHERE service = ?", (name,))
+                db.execute("DELETE FROM listed_paths WHERE service = ?", (name,))
+
+        self._write("the service's deletion to the store", delete, essential=True)
+        self._give_back()
 
     # ---- jobs --------------------------------------------------------------------
 
@@ -149,24 +251,28 @@ class Store:
         """A new Pending job for the object `obj` (if any); None when added, else the
         name of the job the object already has (and nothing is added). A baseline
         object (no job yet) gets this one."""
-        with self._transaction() as db:
-            if obj is not None:
-                found = db.execute(
-                    f"SELECT job FROM objects WHERE {_OBJECT_KEY}", (service, *_fields(obj))
-                ).fetchone()
-                if found is not None and found[0] is not None:
-                    return str(found[0])
+
+        def add() -> str | None:
+            with self._transaction() as db:
+                if obj is not None:
+                    found = db.execute(
+                        f"SELECT job FROM objects WHERE {_OBJECT_KEY}", (service, *_fields(obj))
+                    ).fetchone()
+                    if found is not None and found[0] is not None:
+                        return str(found[0])
+                    db.execute(
+                        "INSERT OR REPLACE INTO objects "
+                        "(service, provider, bucket, key, version, job, recorded) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (service, *_fields(obj), name, time.time()),
+                    )
                 db.execute(
-                    "INSERT OR REPLACE INTO objects "
-                    "(service, provider, bucket, key, version, job, recorded) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (service, *_fields(obj), name, time.time()),
+                    "INSERT INTO jobs (name, service, status, creation_time) VALUES (?, ?, ?, ?)",
+                    (name, service, PENDING, time.time()),
                 )
-            db.execute(
-                "INSERT INTO jobs (name, service, status, creation_time) VALUES (?, ?, ?, ?)",
-                (name, service, PENDING, time.time()),
-            )
-        return None
+            return None
+
+        return self._write("the job to the store", add)
 
     def job(self, name: str) -> Job | None:
         row = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE name = ?", (name,)).fetchone()
@@ -183,27 +289,48 @@ class Store:
         return [Job(*row) for row in self.db.execute(query + " ORDER BY seq", args).fetchall()]
 
     def start_job(self, name: str) -> bool:
-        """Pending -> Running; False if the job is gone or was already taken."""
-        cursor = self.db.execute(
-            "UPDATE jobs SET status = ?, start_time = ? WHERE name = ? AND status = ?",
-            (RUNNING, time.time(), name, PENDING),
-        )
+        """Pending -> Running; False if the job is gone or was already taken, or if not
+        even the reserve leaves room to record it (it stays Pending, for a restart)."""
+        try:
+            cursor = self._write("the job's start to the store", lambda: self.db.execute(
+                "UPDATE jobs SET status = ?, start_time = ? WHERE name = ? AND status = ?",
+                (RUNNING, time.time(), name, PENDING),
+            ), essential=True)
+        except InsufficientStorage as exc:
+            logger.error("job not started", job=name, error=exc.message)
+            return False
         return cursor.rowcount == 1
 
     def finish_job(self, name: str, exit_code: int | None, logs: bytes, reason: str = "") -> None:
+        """Record the outcome; when not even the reserve holds the logs, the outcome alone,
+        with a reason that says so (a job is never left Running for want of space)."""
         status = SUCCEEDED if exit_code == 0 else FAILED
-        self.db.execute(
-            "UPDATE jobs SET status = ?, finish_time = ?, exit_code = ?, logs = ?, reason = ? "
-            "WHERE name = ?",
-            (status, time.time(), exit_code, logs, reason, name),
-        )
+
+        def record(logs: bytes, reason: str) -> None:
+            self._write("the job's outcome to the store", lambda: self.db.execute(
+                "UPDATE jobs SET status = ?, finish_time = ?, exit_code = ?, logs = ?, "
+                "reason = ? WHERE name = ?",
+                (status, time.time(), exit_code, logs, reason, name),
+            ), essential=True)
+
+        try:
+            record(logs, reason)
+        except InsufficientStorage:
+            note = "logs not kept: no space left on device"
+            try:
+                record(b"", f"{reason}; {note}" if reason else note)
+            except InsufficientStorage as exc:  # left Running: a restart marks it Failed
+                logger.error("job outcome not recorded", job=name, error=exc.message)
 
     def job_logs(self, name: str) -> bytes | None:
         row = self.db.execute("SELECT logs FROM jobs WHERE name = ?", (name,)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
 
     def remove_job(self, name: str) -> None:
-        self.db.execute("DELETE FROM jobs WHERE name = ?", (name,))
+        self._write("the job's deletion to the store", lambda: self.db.execute(
+            "DELETE FROM jobs WHERE name = ?", (name,)
+        ), essential=True)
+        self._give_back()
 
     def requeue_job(self, name: str) -> bool:
         """Running -> Pending, to run again (its run was interrupted); False if not Running."""
@@ -290,6 +417,10 @@ _OBJECT_KEY = "service = ? AND provider = ? AND bucket = ? AND key = ? AND versi
 
 def _fields(obj: ObjectId) -> tuple[str, str, str, str]:
     return (obj.provider, obj.bucket, obj.key, obj.version)
+
+
+def _is_full(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 _JOB_COLUMNS = "name, service, status, creation_time, start_time, finish_time, exit_code, reason"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from faas_supervisor.base64_stream import WHITESPACE, Base64Decoder, NotBase64
-from faas_supervisor.errors import BadEvent, PayloadTooLarge
+from faas_supervisor.errors import BadEvent, PayloadTooLarge, writing
 from faas_supervisor.parsers import recognise
 from faas_supervisor.parsers.event import Event, GatewayBody, StorageObject
 
@@ -65,7 +65,18 @@ async def read_body(
     input_dir: Path,
     max_size: int,
 ) -> Event:
-    """Stream the body into `input_dir` and return the Event it is."""
+    """Stream the body into `input_dir` and return the Event it is.
+
+    A full disk is a 507 naming the input (and the other write errors a 500 naming it),
+    never a traceback; the caller removes the folder and what it holds.
+    """
+    with writing("the input"):
+        return await _read_body(chunks, content_type, input_dir, max_size)
+
+
+async def _read_body(
+    chunks: AsyncIterator[bytes], content_type: str, input_dir: Path, max_size: int
+) -> Event:
     raw = content_type.split(";", 1)[0].strip().lower() == "application/octet-stream"
     path = input_dir / input_file_name()
     total = 0

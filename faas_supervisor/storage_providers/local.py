@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from faas_supervisor.config import ProviderConfig
-from faas_supervisor.errors import BadEvent, StorageError
+from faas_supervisor.errors import NO_SPACE, BadEvent, StorageError, local_write_error
 
 
 class LocalProvider:
@@ -27,6 +27,10 @@ class LocalProvider:
         try:
             await asyncio.to_thread(shutil.copyfile, src, dest)
         except OSError as exc:
+            if exc.errno in NO_SPACE:  # our disk, not the store
+                raise local_write_error(
+                    exc, f"the download of {bucket}/{key} ({self.name})"
+                ) from None
             raise StorageError(f"{self.name}: cannot read {bucket}/{key}: {exc.strerror}") from None
 
     async def upload(self, src: Path, bucket: str, key: str) -> None:

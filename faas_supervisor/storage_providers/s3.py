@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faas_supervisor.config import ProviderConfig
-from faas_supervisor.errors import StorageError
+from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error
 
 if TYPE_CHECKING:
     from s3transfer.futures import TransferFuture
@@ -126,7 +126,9 @@ class S3Provider:
         except Exception as exc:
             raise self._error(verb, bucket, key, exc) from None
 
-    def _error(self, verb: str, bucket: str, key: str, exc: BaseException) -> StorageError:
+    def _error(self, verb: str, bucket: str, key: str, exc: BaseException) -> FaasError:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:  # our disk, not the store
+            return local_write_error(exc, f"the {verb} of {bucket}/{key} ({self.name})")
         return StorageError(f"{self.name}: cannot {verb} {bucket}/{key}: {self._reason(exc)}")
 
     def _reason(self, exc: BaseException) -> str:

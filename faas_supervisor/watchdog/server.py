@@ -115,7 +115,11 @@ class Watchdog:
         if limit and (request.content_length or 0) > limit:
             return _refuse(PayloadTooLarge(f"request body is over max_body_size ({limit} bytes)"))
 
-        invocation = Invocation(self.runtime)
+        try:
+            invocation = Invocation(self.runtime)
+        except FaasError as exc:  # its folder cannot be made: a full TMPDIR is a 507
+            logger.error("invocation refused", error=exc.message)
+            return _refuse(exc)
         try:
             with self._tracked(invocation):
                 return await self.runner.invoke(request, invocation)

@@ -1,0 +1,68 @@
+"""The mapping of a failed local write (a full disk above all) to a status, in one place."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from faas_supervisor.errors import (
+    FaasError,
+    InsufficientStorage,
+    StorageError,
+    local_write_error,
+    writing,
+)
+from faas_supervisor.invocation import _storage_errors
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_or_quota_is_507_exit_4(code: int) -> None:
+    error = local_write_error(OSError(code, "full"), "the input")
+    assert isinstance(error, InsufficientStorage)
+    assert (error.http_status, error.exit_status) == (507, 4)
+    assert error.message == "no space left on device writing the input"
+
+
+def test_other_write_errors_are_a_500_naming_the_write() -> None:
+    error = local_write_error(OSError(errno.EIO, "Input/output error"), "the input")
+    assert type(error) is FaasError
+    assert (error.http_status, error.message) == (500, "cannot write the input: Input/output error")
+
+
+def test_writing_maps_os_errors_and_lets_the_rest_pass() -> None:
+    with pytest.raises(InsufficientStorage), writing("the script's log"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    # A peer gone while its body is read is not a local write.
+    with pytest.raises(ConnectionResetError), writing("the input"):
+        raise ConnectionResetError(errno.ECONNRESET, "reset")
+    with pytest.raises(StorageError), writing("the input"):
+        raise StorageError("minio.default: cannot download b/k")
+
+
+class _Provider:
+    name = "webdav.dcache"
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+    async def download(self, bucket: str, key: str, dest: Path) -> None:
+        raise self.error
+
+    async def upload(self, src: Path, bucket: str, key: str) -> None:
+        raise self.error
+
+
+async def test_a_download_that_fills_the_disk_is_507_naming_the_object() -> None:
+    provider = _Provider(OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(InsufficientStorage) as failure:
+        async with _storage_errors(provider, "download", "bucket", "in/a.bin"):
+            await provider.download("bucket", "in/a.bin", Path("/nowhere"))
+    assert failure.value.message == (
+        "no space left on device writing the download of bucket/in/a.bin (webdav.dcache)"
+    )
+    other = _Provider(OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(StorageError):
+        async with _storage_errors(other, "download", "bucket", "in/a.bin"):
+            await other.download("bucket", "in/a.bin", Path("/nowhere"))
