@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from faas_supervisor import processes
+from faas_supervisor.access import authorize
 from faas_supervisor.config import FunctionConfig, StoragePath, normalize_provider_name
 from faas_supervisor.errors import (
     BadEvent,
     FaasError,
+    Forbidden,
     ScriptFailed,
     ScriptTimeout,
     StorageError,
@@ -102,11 +104,14 @@ class Invocation:
         )
 
     def locate(self, event: Event) -> Event:
-        """The event with its object's provider, bucket and key made concrete.
+        """The event with its object's provider, bucket and key made concrete, once the
+        object is known to be the service's own (access.py); else BadEvent or Forbidden.
 
         Parsers name what the event says; two kinds need the config to finish the job:
         Onedata names a space (`onedata.*`: the provider whose `space` it is), dCache a
-        file name (joined to the `input` path configured for its provider).
+        file name (joined to the `input` path configured for its provider). This runs
+        whether or not the file is staged in: an event that is not the service's is
+        refused either way, before anything is read.
         """
         obj = event.storage
         if obj is None:
@@ -120,10 +125,12 @@ class Invocation:
                 raise BadEvent(f"no {ptype} storage provider is configured for space "
                                f"{obj.bucket!r}")
             obj = dataclasses.replace(obj, provider=serving[0])
+        self._provider(obj.provider)  # an undefined provider is named as such (400)
         if obj.under_input_path:
             paths = [p for p in config.inputs if p.provider == obj.provider]
             if not paths:
-                raise BadEvent(f"a {obj.provider} event, but no input path uses {obj.provider}")
+                raise Forbidden(f"a {obj.provider} event, but no input path of this service "
+                                f"uses {obj.provider}")
             folder = paths[0].folder
             obj = dataclasses.replace(
                 obj,
@@ -131,6 +138,7 @@ class Invocation:
                 key=f"{folder}/{obj.key}" if folder else obj.key,
                 under_input_path=False,
             )
+        authorize(config, obj)
         return dataclasses.replace(event, storage=obj)
 
     async def stage_in(self, event: Event) -> Path | None:

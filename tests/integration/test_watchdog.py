@@ -1058,7 +1058,8 @@ def test_storage_event_downloads_the_object(watchdog: WatchdogFactory, tmp_path:
     data = os.urandom(5000)
     obj.write_bytes(data)
     config = (f"file_stage_in: {str(stage_in).lower()}\n"
-              f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n")
+              f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n"
+              "input: [{storage_provider: minio, path: plants/input}]\n")
     wd = watchdog(STORAGE_SCRIPT, config)
     response = requests.post(wd.url, data=_minio_event(), timeout=30,
                              headers={"Accept": "application/zip, application/octet-stream"})
@@ -1078,21 +1079,26 @@ def test_storage_event_downloads_the_object(watchdog: WatchdogFactory, tmp_path:
     no_folders_left(wd)
 
 
-def test_storage_keys_that_would_leave_the_folders_are_400(watchdog: WatchdogFactory,
-                                                          tmp_path: Path) -> None:
+def test_storage_keys_that_would_leave_the_folders_are_refused(watchdog: WatchdogFactory,
+                                                              tmp_path: Path) -> None:
+    """Keys that cannot name a file in the input folder are a 400; a well-formed key
+    outside the service's input path is a 403 (SPEC 6.1). Neither writes anything."""
     store = tmp_path / "store"
     (store / "plants").mkdir(parents=True)
-    config = f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n"
+    config = (f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n"
+              "input: [{storage_provider: minio, path: plants/input}]\n")
     marks = tmp_path / "marks"
     marks.mkdir()
     wd = watchdog('#!/bin/sh\ntouch "$MARKS/ran"\n', config, env={"MARKS": str(marks)})
     before = sorted(p for p in tmp_path.rglob("*") if "wd" not in p.name)
-    for key in ("..", "input%2F..", "input%2F%2E%2E%2F", "evil%00name", "%2Fetc%2Fpasswd",
-                "..%2F..%2F..%2Fetc%2Fpasswd", "."):
+    for key, status in (("..", 400), ("input%2F..", 400), ("input%2F%2E%2E%2F", 400),
+                        ("evil%00name", 400), ("%2Fetc%2Fpasswd", 403),
+                        ("..%2F..%2F..%2Fetc%2Fpasswd", 400), (".", 400),
+                        ("input%2F..%2F..%2Fetc%2Fpasswd", 400), ("input%2F..%2Fx", 400)):
         event = json.loads(_minio_event())
         event["Records"][0]["s3"]["object"]["key"] = key
         response = requests.post(wd.url, json=event, timeout=30)
-        assert response.status_code == 400, (key, response.text)
+        assert response.status_code == status, (key, response.text)
         assert response.text.splitlines()[0], key
         assert not (marks / "ran").exists(), key
         no_folders_left(wd)
