@@ -40,6 +40,18 @@ from faas_supervisor.parsers.body import read_body
 from faas_supervisor.parsers.event import ANY_ID, Event, StorageObject
 from faas_supervisor.storage_providers import StorageProvider
 
+# The variables the runtime sets for each invocation, and only it: unset when they do not
+# apply (INPUT_FILE_PATH with no input, the storage ones for other events).
+RUNTIME_VARIABLES = (
+    "TMP_INPUT_DIR",
+    "TMP_OUTPUT_DIR",
+    "INPUT_FILE_PATH",
+    "EVENT",
+    "STORAGE_OBJECT_KEY",
+    "STORAGE_BUCKET",
+    "EVENT_TIME",
+)
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -51,6 +63,16 @@ class Runtime:
     tmp_dir: Path
     exec_timeout: float = 0.0  # seconds; 0 = no limit
     providers: Mapping[str, StorageProvider] = field(default_factory=dict)
+
+    def script_environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The base of the script's environment: the watchdog's own, the config's
+        variables, `extra`; less the runtime's variables, which only an invocation sets
+        (a same-named variable would pass for the runtime's: an INPUT_FILE_PATH with no
+        input, a forged EVENT)."""
+        env = {**self.base_env, **self.config.variables, **(extra or {})}
+        for name in RUNTIME_VARIABLES:
+            env.pop(name, None)
+        return env
 
 
 @dataclass(frozen=True)
@@ -176,9 +198,7 @@ class Invocation:
     def environment(
         self, event: Event, input_file: Path | None, extra: Mapping[str, str]
     ) -> dict[str, str]:
-        env = dict(self.runtime.base_env)
-        env.update(self.runtime.config.variables)
-        env.update(extra)
+        env = self.runtime.script_environment(extra)
         env["TMP_INPUT_DIR"] = str(self.input_dir)
         env["TMP_OUTPUT_DIR"] = str(self.output_dir)
         if input_file is not None:

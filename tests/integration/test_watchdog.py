@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.integration.conftest import (
     WatchdogFactory,
@@ -213,6 +214,35 @@ def test_empty_body_runs_without_input_file(shared: WatchdogProcess) -> None:
     assert "INPUT_FILE_PATH" not in env
     assert env["INPUT_COUNT"] == "0"
     assert Path(env["TMP_INPUT_DIR"]).is_relative_to(shared.tmpdir)
+
+
+RUNTIME_NAMES = ("INPUT_FILE_PATH", "TMP_INPUT_DIR", "TMP_OUTPUT_DIR", "EVENT",
+                 "STORAGE_OBJECT_KEY", "STORAGE_BUCKET", "EVENT_TIME")
+
+
+def test_the_runtimes_variables_cannot_be_set_by_the_config_or_the_environment(
+    watchdog: WatchdogFactory, tmp_path: Path
+) -> None:
+    """An empty body has no input: whatever the config's environment.variables or the
+    watchdog's own environment say, INPUT_FILE_PATH and the storage variables are unset,
+    and the folders are the invocation's."""
+    forged = {name: f"/forged/{name}" for name in RUNTIME_NAMES}
+    config = tmp_path / "forging.yaml"
+    config.write_text(yaml.safe_dump({"environment": {"variables": {**forged, "MINE": "kept"}}}))
+    script = tmp_path / "print-env.sh"
+    script.write_text("".join(f'echo "{n}=${{{n}-unset}}"\n'
+                              for n in (*RUNTIME_NAMES, "MINE", "WD")))
+    wd = watchdog(script, config, env={**{n: f"/wd/{n}" for n in RUNTIME_NAMES}, "WD": "own"})
+    response = requests.post(wd.url, data=b"", timeout=30)
+    assert response.status_code == 200, response.text
+    seen = dict(line.split("=", 1) for line in response.text.splitlines() if "=" in line)
+    for name in ("INPUT_FILE_PATH", "EVENT", "STORAGE_OBJECT_KEY", "STORAGE_BUCKET",
+                 "EVENT_TIME"):
+        assert seen[name] == "unset", (name, seen[name])
+    for name in ("TMP_INPUT_DIR", "TMP_OUTPUT_DIR"):
+        assert Path(seen[name]).is_relative_to(wd.tmpdir), (name, seen[name])
+    assert (seen["MINE"], seen["WD"]) == ("kept", "own")  # other variables still reach it
+    no_folders_left(wd)
 
 
 @pytest.mark.parametrize(
