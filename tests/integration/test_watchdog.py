@@ -274,7 +274,8 @@ def test_octet_stream_body_is_saved_raw(shared: WatchdogProcess) -> None:
         assert b64decode(response.text) == body
 
 
-@pytest.mark.parametrize("body", [b"hello world!", b"{broken json", b"QUJD=", b"\xff\xfe\x00"])
+@pytest.mark.parametrize("body", [b"hello world!", b"{broken json", b"QUJD=", b"\xff\xfe\x00",
+                                  b'{"a": NaN}', b"[1, -Infinity]"])
 def test_anything_else_is_400_and_the_script_does_not_run(shared: WatchdogProcess,
                                                           body: bytes) -> None:
     token = uuid.uuid4().hex
