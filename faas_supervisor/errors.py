@@ -39,6 +39,13 @@ class BadEvent(FaasError):
     exit_status = 2
 
 
+class Forbidden(FaasError):
+    """An event naming an object outside the service's `input` paths: not its data."""
+
+    http_status = 403
+    exit_status = 2
+
+
 class PayloadTooLarge(FaasError):
     http_status = 413
     exit_status = 2

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from faas_supervisor import processes
+from faas_supervisor.access import authorize
 from faas_supervisor.config import FunctionConfig, StoragePath, normalize_provider_name
 from faas_supervisor.errors import (
     NO_SPACE,
     BadEvent,
     FaasError,
+    Forbidden,
     ScriptFailed,
     ScriptTimeout,
     StorageError,
@@ -40,6 +42,18 @@ from faas_supervisor.logs import InvocationLog
 from faas_supervisor.parsers.body import read_body
 from faas_supervisor.parsers.event import ANY_ID, Event, StorageObject
 from faas_supervisor.storage_providers import StorageProvider
+
+# The variables the runtime sets for each invocation, and only it: unset when they do not
+# apply (INPUT_FILE_PATH with no input, the storage ones for other events).
+RUNTIME_VARIABLES = (
+    "TMP_INPUT_DIR",
+    "TMP_OUTPUT_DIR",
+    "INPUT_FILE_PATH",
+    "EVENT",
+    "STORAGE_OBJECT_KEY",
+    "STORAGE_BUCKET",
+    "EVENT_TIME",
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,16 @@ class Runtime:
     tmp_dir: Path
     exec_timeout: float = 0.0  # seconds; 0 = no limit
     providers: Mapping[str, StorageProvider] = field(default_factory=dict)
+
+    def script_environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The base of the script's environment: the watchdog's own, the config's
+        variables, `extra`; less the runtime's variables, which only an invocation sets
+        (a same-named variable would pass for the runtime's: an INPUT_FILE_PATH with no
+        input, a forged EVENT)."""
+        env = {**self.base_env, **self.config.variables, **(extra or {})}
+        for name in RUNTIME_VARIABLES:
+            env.pop(name, None)
+        return env
 
 
 @dataclass(frozen=True)
@@ -114,11 +138,14 @@ class Invocation:
         )
 
     def locate(self, event: Event) -> Event:
-        """The event with its object's provider, bucket and key made concrete.
+        """The event with its object's provider, bucket and key made concrete, once the
+        object is known to be the service's own (access.py); else BadEvent or Forbidden.
 
         Parsers name what the event says; two kinds need the config to finish the job:
         Onedata names a space (`onedata.*`: the provider whose `space` it is), dCache a
-        file name (joined to the `input` path configured for its provider).
+        file name (joined to the `input` path configured for its provider). This runs
+        whether or not the file is staged in: an event that is not the service's is
+        refused either way, before anything is read.
         """
         obj = event.storage
         if obj is None:
@@ -132,10 +159,12 @@ class Invocation:
                 raise BadEvent(f"no {ptype} storage provider is configured for space "
                                f"{obj.bucket!r}")
             obj = dataclasses.replace(obj, provider=serving[0])
+        self._provider(obj.provider)  # an undefined provider is named as such (400)
         if obj.under_input_path:
             paths = [p for p in config.inputs if p.provider == obj.provider]
             if not paths:
-                raise BadEvent(f"a {obj.provider} event, but no input path uses {obj.provider}")
+                raise Forbidden(f"a {obj.provider} event, but no input path of this service "
+                                f"uses {obj.provider}")
             folder = paths[0].folder
             obj = dataclasses.replace(
                 obj,
@@ -143,6 +172,7 @@ class Invocation:
                 key=f"{folder}/{obj.key}" if folder else obj.key,
                 under_input_path=False,
             )
+        authorize(config, obj)
         return dataclasses.replace(event, storage=obj)
 
     async def stage_in(self, event: Event) -> Path | None:
@@ -180,9 +210,7 @@ class Invocation:
     def environment(
         self, event: Event, input_file: Path | None, extra: Mapping[str, str]
     ) -> dict[str, str]:
-        env = dict(self.runtime.base_env)
-        env.update(self.runtime.config.variables)
-        env.update(extra)
+        env = self.runtime.script_environment(extra)
         env["TMP_INPUT_DIR"] = str(self.input_dir)
         env["TMP_OUTPUT_DIR"] = str(self.output_dir)
         if input_file is not None:

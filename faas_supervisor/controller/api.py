@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import socket
@@ -22,7 +21,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from faas_supervisor import __version__
+from faas_supervisor import __version__, strict_json
 from faas_supervisor.controller.auth import Credentials, bearer, token_matches
 from faas_supervisor.controller.backends import Backend
 from faas_supervisor.controller.buckets import BucketStore
@@ -473,8 +472,8 @@ class Api:
 
     async def _bucket_body(self, request: web.Request) -> tuple[str, dict[str, Any]]:
         try:
-            data = json.loads(await request.read())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = strict_json.loads(await request.read())
+        except strict_json.NotJson:
             data = None
         if not isinstance(data, dict) or not isinstance(data.get("bucket_name"), str):
             raise InvalidService("bucket_name: missing")
@@ -573,8 +572,8 @@ def _job_info(job: Job) -> dict[str, Any]:
 def _ceph_token_ok(body: bytes, token: str) -> bool:
     """A Ceph RGW event whose every record carries the service token as `opaqueData`."""
     try:
-        records = json.loads(body).get("Records")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        records = strict_json.loads(body).get("Records")
+    except (strict_json.NotJson, AttributeError):
         return False
     if not isinstance(records, list) or not records:
         return False

@@ -8,6 +8,7 @@ service type field for field, in its declaration order, as Go encodes it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from faas_supervisor import strict_json
 from faas_supervisor.config import LOG_LEVELS, REQUIRED_PROVIDER_KEYS, SECRET_KEYS
 from faas_supervisor.errors import FaasError
 
@@ -123,8 +125,14 @@ class Service:
 # ---- parsing ---------------------------------------------------------------------------
 
 
-def parse_service(data: Any, where: str = "") -> Service:
-    """A service from the JSON (or FDL) mapping; `where` prefixes the field in errors."""
+def parse_service(data: Any, where: str = "", *, yaml_scalars: bool = False) -> Service:
+    """A service from the JSON (or FDL) mapping; `where` prefixes the field in errors.
+
+    Types are the OSCAR manager's: its string fields (`cpu`, `memory`, `image`...) take
+    JSON strings only, as Go's decoder refuses a number for a string. An FDL file is read
+    as oscar-cli reads it (`yaml_scalars`): a YAML number in a string field is its text
+    (`cpu: 1` is "1"), except for `memory`, whose unit-less number would be bytes.
+    """
     if not isinstance(data, dict):
         raise InvalidService(f"{where or 'service'}: must be a mapping of fields")
 
@@ -142,17 +150,26 @@ def parse_service(data: Any, where: str = "") -> Service:
     script = data.get("script")
     if not isinstance(script, str) or not script.strip():
         raise InvalidService(f"{key('script')}: missing (the text of the script)")
-    image = _text(data.get("image", ""), key("image"))
+    def text(value: Any, where: str) -> str:
+        return _text(value, where, yaml_scalars)
 
-    cpu = _text(data.get("cpu") or DEFAULT_CPU, key("cpu"))
+    image = text(_or_default(data.get("image"), ""), key("image"))
+
+    cpu = text(_or_default(data.get("cpu"), DEFAULT_CPU), key("cpu"))
     if not _CPU.fullmatch(cpu) or float(cpu.rstrip("m") or 0) <= 0:
         raise InvalidService(f"{key('cpu')}: {cpu!r} is not a CPU amount (try 0.5, 1 or 500m)")
-    memory = _text(data.get("memory") or DEFAULT_MEMORY, key("memory"))
+    memory = _or_default(data.get("memory"), DEFAULT_MEMORY)
+    if isinstance(memory, int | float) and not isinstance(memory, bool):
+        raise InvalidService(
+            f"{key('memory')}: {memory!r} is a number: write a string with its unit "
+            "(256Mi, 1Gi)"
+        )
+    memory = text(memory, key("memory"))
     if not _MEMORY.fullmatch(memory):
         raise InvalidService(
             f"{key('memory')}: {memory!r} is not a memory amount (try 256Mi or 1Gi)"
         )
-    log_level = _text(data.get("log_level") or "INFO", key("log_level")).upper()
+    log_level = text(_or_default(data.get("log_level"), "INFO"), key("log_level")).upper()
     if log_level == "NOTSET":  # the manager accepts it; the runtime's lowest level is DEBUG
         log_level = "DEBUG"
     if log_level not in LOG_LEVELS:
@@ -161,17 +178,19 @@ def parse_service(data: Any, where: str = "") -> Service:
         )
 
     providers = _providers(data.get("storage_providers"), key("storage_providers"))
-    inputs = _storage_list(data.get("input"), key("input"), name, providers)
-    outputs = _storage_list(data.get("output"), key("output"), name, providers)
+    inputs = _storage_list(data.get("input"), key("input"), name, providers, yaml_scalars)
+    outputs = _storage_list(data.get("output"), key("output"), name, providers, yaml_scalars)
 
     environment = _mapping(data.get("environment"), key("environment"))
-    variables = _string_map(environment.get("variables"), key("environment.variables"))
-    secrets = _string_map(environment.get("secrets"), key("environment.secrets"))
+    variables = _string_map(environment.get("variables"), key("environment.variables"),
+                            yaml_scalars)
+    secrets = _string_map(environment.get("secrets"), key("environment.secrets"), yaml_scalars)
 
-    isolation = _text(data.get("isolation_level") or "SERVICE", key("isolation_level")).upper()
+    isolation = text(_or_default(data.get("isolation_level"), "SERVICE"),
+                     key("isolation_level")).upper()
     if isolation not in ("SERVICE", "USER"):
         raise InvalidService(f"{key('isolation_level')}: {isolation!r} is not SERVICE or USER")
-    visibility = _text(data.get("visibility") or "private", key("visibility")).lower()
+    visibility = text(_or_default(data.get("visibility"), "private"), key("visibility")).lower()
     if visibility not in ("private", "public", "restricted"):
         raise InvalidService(
             f"{key('visibility')}: {visibility!r} is not private, public or restricted"
@@ -192,29 +211,27 @@ def parse_service(data: Any, where: str = "") -> Service:
         storage_providers=providers,
         variables=variables,
         secrets=secrets,
-        expose=_expose(data.get("expose"), key("expose")),
-        annotations=_string_map(data.get("annotations"), key("annotations")),
-        labels=_string_map(data.get("labels"), key("labels")),
+        expose=_expose(data.get("expose"), key("expose"), yaml_scalars),
+        annotations=_string_map(data.get("annotations"), key("annotations"), yaml_scalars),
+        labels=_string_map(data.get("labels"), key("labels"), yaml_scalars),
         isolation_level=isolation,
         bucket_list=tuple(
-            _text(b, key("bucket_list")) for b in _list(data.get("bucket_list"), key("bucket_list"))
+            text(b, key("bucket_list")) for b in _list(data.get("bucket_list"), key("bucket_list"))
         ),
         visibility=visibility,
         allowed_users=tuple(
-            _text(u, key("allowed_users"))
+            text(u, key("allowed_users"))
             for u in _list(data.get("allowed_users"), key("allowed_users"))
         ),
-        cluster_id=_text(data.get("cluster_id", ""), key("cluster_id")),
+        cluster_id=text(_or_default(data.get("cluster_id"), ""), key("cluster_id")),
     )
 
 
 def parse_service_json(body: bytes) -> Service:
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidService(
-            f"service: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
-        ) from None
+        data = strict_json.loads(body)
+    except strict_json.NotJson as exc:
+        raise InvalidService(f"service: not valid JSON ({exc})") from None
     return parse_service(data)
 
 
@@ -253,7 +270,7 @@ def parse_fdl(data: Any, base: Path, cluster_id: str | None = None) -> list[Serv
         elif isinstance(script, str) and "\n" not in script and script.endswith(".sh"):
             raise InvalidService(f"{where}.script: {script} is not a file next to the FDL file")
         raw.setdefault("cluster_id", str(cluster))
-        services.append(parse_service(raw, where))
+        services.append(parse_service(raw, where, yaml_scalars=True))
     return services
 
 
@@ -274,7 +291,7 @@ def _providers(raw: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def _storage_list(
-    raw: Any, where: str, service: str, providers: Mapping[str, Any]
+    raw: Any, where: str, service: str, providers: Mapping[str, Any], scalars: bool
 ) -> tuple[StorageIO, ...]:
     entries = []
     for i, item in enumerate(_list(raw, where)):
@@ -304,17 +321,19 @@ def _storage_list(
                 storage_provider=provider,
                 path=path,
                 prefix=tuple(
-                    _text(p, f"{at}.prefix") for p in _list(item.get("prefix"), f"{at}.prefix")
+                    _text(p, f"{at}.prefix", scalars)
+                    for p in _list(item.get("prefix"), f"{at}.prefix")
                 ),
                 suffix=tuple(
-                    _text(s, f"{at}.suffix") for s in _list(item.get("suffix"), f"{at}.suffix")
+                    _text(s, f"{at}.suffix", scalars)
+                    for s in _list(item.get("suffix"), f"{at}.suffix")
                 ),
             )
         )
     return tuple(entries)
 
 
-def _expose(raw: Any, where: str) -> Expose:
+def _expose(raw: Any, where: str, scalars: bool) -> Expose:
     data = _mapping(raw, where)
     ports = data.get("api_port")
     port_list = [ports] if isinstance(ports, int) else _list(ports, f"{where}.api_port")
@@ -332,7 +351,8 @@ def _expose(raw: Any, where: str) -> Expose:
         rewrite_target=_bool(data.get("rewrite_target", False), f"{where}.rewrite_target"),
         default_command=_bool(data.get("default_command", False), f"{where}.default_command"),
         set_auth=_bool(data.get("set_auth", False), f"{where}.set_auth"),
-        health_path=_text(data.get("health_path") or "/", f"{where}.health_path"),
+        health_path=_text(_or_default(data.get("health_path"), "/"), f"{where}.health_path",
+                          scalars),
         **values,
     )
 
@@ -353,18 +373,30 @@ def _list(value: Any, where: str) -> list[Any]:
     return value
 
 
-def _text(value: Any, where: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise InvalidService(f"{where}: must be a string")
-    return str(value)
+def _or_default(value: Any, default: str) -> Any:
+    """The manager's default for an absent, null or empty field; `0` is not absent."""
+    return default if value is None or value == "" else value
 
 
-def _string_map(value: Any, where: str) -> dict[str, str]:
+def _text(value: Any, where: str, scalars: bool = False) -> str:
+    """A string field. With `scalars` (YAML, as oscar-cli decodes it), a finite number
+    is its text too; `.nan` and `.inf` are refused as JSON has no such numbers."""
+    if isinstance(value, str):
+        return value
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if scalars and number and math.isfinite(value):
+        return str(value)
+    raise InvalidService(f"{where}: must be a string")
+
+
+def _string_map(value: Any, where: str, scalars: bool) -> dict[str, str]:
+    """A map of strings (`map[string]string` in the manager): null is "" as in Go; in
+    YAML a true/false or a number is its text, as oscar-cli reads it."""
     out = {}
     for k, v in _mapping(value, where).items():
-        if isinstance(v, bool):
+        if scalars and isinstance(v, bool):
             v = "true" if v else "false"
-        out[str(k)] = _text("" if v is None else v, f"{where}.{k}")
+        out[str(k)] = _text("" if v is None else v, f"{where}.{k}", scalars)
     return out
 
 
@@ -494,7 +526,7 @@ def to_record(service: Service) -> str:
 
 
 def from_record(text: str) -> Service:
-    data = json.loads(text)
+    data = strict_json.loads(text)
     return parse_service(data).with_token(data.get("token", ""))
 
 

@@ -15,13 +15,13 @@ Calls are blocking; the callers run them in a thread.
 from __future__ import annotations
 
 import contextlib
-import json
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from faas_supervisor import strict_json
 from faas_supervisor.controller.buckets import S3Store
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.logs import get_logger
@@ -113,8 +113,8 @@ class S3Notifications:
             return None
         try:
             attributes = self.sns.get_topic_attributes(TopicArn=arn).get("Attributes", {})
-            address = json.loads(attributes.get("EndPoint") or "{}").get("EndpointAddress")
-        except (*refused, json.JSONDecodeError, AttributeError):
+            address = strict_json.loads(attributes.get("EndPoint") or "{}").get("EndpointAddress")
+        except (*refused, strict_json.NotJson, AttributeError):
             address = None
         if address != push_url:
             with contextlib.suppress(*refused):

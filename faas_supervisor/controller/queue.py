@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote_plus
 
+from faas_supervisor import strict_json
 from faas_supervisor.controller.buckets import S3Store
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.notifications import input_paths
@@ -116,8 +117,8 @@ class QueuePoller:
 
     async def _handle(self, body: str) -> None:
         try:
-            message = json.loads(body)
-        except json.JSONDecodeError:
+            message = strict_json.loads(body)
+        except strict_json.NotJson:
             logger.warning("not an event on the events queue", body=body[:200])
             return
         records = message.get("Records") if isinstance(message, dict) else None

@@ -9,12 +9,12 @@ on the fly while its first bytes are kept: a short body that parses as JSON (`tr
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from faas_supervisor import strict_json
 from faas_supervisor.base64_stream import WHITESPACE, Base64Decoder, NotBase64
 from faas_supervisor.errors import BadEvent, PayloadTooLarge, writing
 from faas_supervisor.parsers import recognise
@@ -138,10 +138,11 @@ async def _read_body(
     # mode == "json"
     if total > JSON_PARSE_LIMIT:
         return Event(kind="json", input_file=path, text=None)
-    value = _json_or_none(path.read_bytes())
-    if value is _NOT_JSON:
+    try:
+        value = strict_json.loads(path.read_bytes())
+    except strict_json.NotJson as exc:
         path.unlink()
-        raise BadEvent("request body is not valid JSON")
+        raise BadEvent(f"request body is not valid JSON: {exc}") from None
     return await _json_event(value, path, text, input_dir, max_size)
 
 
@@ -150,8 +151,8 @@ _NOT_JSON = object()
 
 def _json_or_none(data: bytes) -> Any:
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
+        return strict_json.loads(data)
+    except strict_json.NotJson:
         return _NOT_JSON
 
 

@@ -27,5 +27,7 @@ def recognise(value: Any, inner: Sequence[Recogniser]) -> StorageObject | None:
     for recogniser in inner:
         found = recogniser(event)
         if isinstance(found, StorageObject):
-            return dataclasses.replace(found, provider=normalize_provider_name(provider))
+            return dataclasses.replace(
+                found, provider=normalize_provider_name(provider), delegated=True
+            )
     raise BadEvent("event field event is not a storage event")

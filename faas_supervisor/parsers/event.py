@@ -32,6 +32,9 @@ class StorageObject:
     # dCache sends only a file name: the key is relative to the config's `input` path
     # for this provider, which stage-in joins in front of it.
     under_input_path: bool = False
+    # Wrapped by OSCAR in a delegated envelope: the provider was named by the envelope, so
+    # any input path's bucket and folder may hold it, whichever its provider (SPEC 6.1).
+    delegated: bool = False
 
     def __post_init__(self) -> None:
         for label, value in (("object key", self.key), ("bucket", self.bucket),
@@ -40,6 +43,9 @@ class StorageObject:
         name = self.name
         if name in ("", ".", ".."):
             raise BadEvent(f"object key {shown(self.key)} does not name a file")
+        if any(segment in (".", "..") for segment in self.key.split("/")):
+            # A server or proxy may resolve them: the object would not be the one named.
+            raise BadEvent(f"object key {shown(self.key)} has a '.' or '..' segment")
         if len(name.encode()) > NAME_MAX:
             raise BadEvent(f"object key {shown(self.key)}: its base name is over {NAME_MAX} bytes")
 

@@ -58,8 +58,7 @@ class UpstreamServer:
         self.stopping = False  # set once we terminate it ourselves
 
     def environment(self) -> dict[str, str]:
-        env = dict(self.runtime.base_env)
-        env.update(self.runtime.config.variables)
+        env = self.runtime.script_environment()
         # Set even when the default was used, so the script can write `--port $upstream_port`.
         env["upstream_port"] = str(self.settings.upstream_port)
         return env

@@ -190,6 +190,9 @@ def test_service_lifecycle(controller: ControllerProcess) -> None:
         ({"image": "x", "script": "echo"}, "name"),
         ({"name": "Bad_Name", "script": "echo"}, "name"),
         ({"name": "ok", "script": "echo", "cpu": "lots"}, "cpu"),
+        # The manager's types: strings, as Go's decoder takes them (issue 8).
+        ({"name": "ok", "script": "echo", "memory": 12}, "memory"),
+        ({"name": "ok", "script": "echo", "cpu": 1}, "cpu"),
         (
             {
                 "name": "ok",
@@ -208,6 +211,11 @@ def test_invalid_definitions_are_400_naming_the_field(
     assert response.status_code == 400
     assert response.text.startswith(field + ":"), response.text
     assert controller.request("POST", "/system/services", data=b"{not json").status_code == 400
+    # RFC 8259 has no NaN: not JSON, whatever Python's json reads.
+    nan = controller.request("POST", "/system/services",
+                             data=b'{"name": "ok", "script": "echo", "expose": {"min_scale": NaN}}')
+    assert nan.status_code == 400
+    assert nan.text.startswith("service: not valid JSON"), nan.text
 
 
 @pytest.mark.timeout(60)

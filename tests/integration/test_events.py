@@ -89,7 +89,10 @@ def config_for(server: S3Server | CephRgw, bucket: str, out_bucket: str, **extra
         "log_level": "INFO",
         "storage_providers": {"minio": {"default": provider(server)},
                               "s3": {"default": provider(server)}},
-        "input": [{"storage_provider": "minio", "path": f"{bucket}/input"}],
+        # Both providers are the same server: MinIO/Ceph events name minio.default, Amazon
+        # S3 events s3.default, and a service serves only its inputs' provider (SPEC 6.1).
+        "input": [{"storage_provider": "minio", "path": f"{bucket}/input"},
+                  {"storage_provider": "s3", "path": f"{bucket}/input"}],
         "output": [
             {"storage_provider": "minio", "path": f"{out_bucket}/records",
              "prefix": ["result/"], "suffix": [".txt", ".sha256", ".json"]},
@@ -263,6 +266,8 @@ def test_a_delegated_event_uses_the_named_provider(
             "secret_key": "testing"}
     config = yaml.safe_dump({
         "storage_providers": {"minio": {"default": dead, "replica": provider(moto_server)}},
+        # The delegated event names minio.replica; its object is under this path.
+        "input": [{"storage_provider": "minio", "path": f"{bucket}/input"}],
         "output": [{"storage_provider": "minio.replica", "path": f"{bucket}/records",
                     "prefix": ["result/"]},
                    {"storage_provider": "minio.replica", "path": f"{bucket}/copies",
@@ -298,15 +303,149 @@ def test_isolation_user_writes_to_the_events_own_bucket(
     put(client, eve, KEYS[0], b"eve's")
     config = config_for(moto_server, service, service, isolation_level="USER",
                         bucket_list=[alice])
-    for user in (alice, eve):
-        event = json.dumps(storage_event("minio:s3", user, KEYS[0])).encode()
-        done = run_cli(tmp_path, config, event)
-        assert done.returncode == 0, done.stderr.decode()
+    event = json.dumps(storage_event("minio:s3", alice, KEYS[0])).encode()
+    done = run_cli(tmp_path, config, event)
+    assert done.returncode == 0, done.stderr.decode()
     assert keys(client, alice) == {KEYS[0]} | expected_outputs(KEYS[0])
     check_processed(client, alice, KEYS[0], alice, b"alice's")
-    # eve is not in bucket_list: her outputs go to the service's bucket.
+    # eve is not in bucket_list, nor is her bucket an input's: not the service's data.
+    done = run_cli(tmp_path, config, json.dumps(storage_event("minio:s3", eve, KEYS[0])).encode())
+    assert done.returncode == 2, done.stderr.decode()
+    assert b"is not under an input path" in done.stderr
+    assert b"downloading" not in done.stderr
     assert keys(client, eve) == {KEYS[0]}
-    check_processed(client, service, KEYS[0], eve, b"eve's")
+    assert keys(client, service) == set()
+
+
+# ---- authorization: a service serves only objects under its input paths (SPEC 6.1) -------
+
+# Per event kind: events for objects that are not the service's, then one that is. The
+# service's inputs: `<own>/input` on minio.default, `<own>/s3in` on s3.default. Every
+# object exists: a 403 instead of a 200 is the refusal, not a missing object.
+AUTHZ_CASES: dict[str, tuple[list[tuple[str, str]], tuple[str, str]]] = {
+    "minio:s3": ([("other", "input/secret.bin"), ("own", "private/secret.bin"),
+                  ("own", "input2/secret.bin"), ("own", "s3in/secret.bin")],
+                 ("own", "input/ok.bin")),
+    "aws:s3": ([("other", "s3in/secret.bin"), ("own", "input/secret.bin"),
+                ("own", "s3in2/secret.bin")],
+               ("own", "s3in/ok.bin")),
+    "ceph:s3": ([("other", "input/secret.bin"), ("own", "private/secret.bin"),
+                 ("own", "s3in/secret.bin")],
+                ("own", "input/ok.bin")),
+    # Named by the envelope (s3.default): any input path's bucket and folder may hold it.
+    "delegated": ([("other", "input/secret.bin"), ("own", "private/secret.bin")],
+                  ("own", "input/ok.bin")),
+}
+
+
+def authz_event(source: str, bucket: str, key: str) -> dict[str, Any]:
+    if source == "delegated":
+        return {"event": storage_event("minio:s3", bucket, key), "storage_provider": "s3.default"}
+    return storage_event(source, bucket, key)
+
+
+@pytest.mark.parametrize("source", list(AUTHZ_CASES))
+def test_an_event_outside_the_input_paths_is_403_or_exit_2_before_any_download(
+    watchdog: WatchdogFactory, tmp_path: Path, moto_server: S3Server, source: str
+) -> None:
+    client = moto_server.client()
+    names = {"own": new_bucket(), "other": new_bucket(), "out": new_bucket()}
+    for name in names.values():
+        client.create_bucket(Bucket=name)
+    foreign, allowed = AUTHZ_CASES[source]
+    for role, key in [*foreign, allowed]:
+        put(client, names[role], key, b"the bytes of " + key.encode())
+    config = config_for(moto_server, names["own"], names["out"], input=[
+        {"storage_provider": "minio", "path": f"{names['own']}/input"},
+        {"storage_provider": "s3.default", "path": f"{names['own']}/s3in/"}])
+    wd = watchdog(SCRIPT, config)
+    for role, key in foreign:
+        event = authz_event(source, names[role], key)
+        response = requests.post(f"{wd.url}/run/events", json=event, timeout=60)
+        assert response.status_code == 403, (role, key, response.text)
+        first = response.text.splitlines()[0]
+        assert first.endswith("is not under an input path of this service"), first
+        assert f"{names[role]}/{key}" in first
+        assert "X-Exit-Code" not in response.headers  # the script never ran
+        done = run_cli(tmp_path, config, json.dumps(event).encode())
+        assert done.returncode == 2, (role, key, done.stderr.decode())
+        assert f"{names[role]}/{key}".encode() in done.stderr
+        assert b"downloading" not in done.stderr
+    assert "downloading" not in wd.log.read_text()  # nothing was read
+    assert keys(client, names["out"]) == set()  # nor written
+
+    # The service's own object, same kind of event: served by both.
+    role, key = allowed
+    event = authz_event(source, names[role], key)
+    response = requests.post(f"{wd.url}/run/events", json=event, timeout=60)
+    assert response.status_code == 200, response.text
+    check_processed(client, names["out"], key, names[role], b"the bytes of " + key.encode())
+    client.delete_objects(Bucket=names["out"], Delete={"Objects": [
+        {"Key": k} for k in expected_outputs(key)]})
+    done = run_cli(tmp_path, config, json.dumps(event).encode())
+    assert done.returncode == 0, done.stderr.decode()
+    check_processed(client, names["out"], key, names[role], b"the bytes of " + key.encode())
+    assert wd.stop() == 0
+    assert wd.invocation_folders() == []
+
+
+def test_a_service_without_input_paths_serves_no_storage_event(
+    watchdog: WatchdogFactory, tmp_path: Path, moto_server: S3Server
+) -> None:
+    client = moto_server.client()
+    bucket = new_bucket()
+    client.create_bucket(Bucket=bucket)
+    put(client, bucket, KEYS[0], b"someone's data")
+    config = yaml.safe_dump({"storage_providers": {"minio": {"default": provider(moto_server)}}})
+    event = storage_event("minio:s3", bucket, KEYS[0])
+    wd = watchdog(SCRIPT, config)
+    response = requests.post(wd.url, json=event, timeout=30)
+    assert response.status_code == 403
+    assert "has no input paths" in response.text.splitlines()[0]
+    done = run_cli(tmp_path, config, json.dumps(event).encode())
+    assert done.returncode == 2
+    assert b"has no input paths" in done.stderr
+    assert keys(client, bucket) == {KEYS[0]}
+    assert "downloading" not in wd.log.read_text()
+
+
+def test_onedata_and_dcache_events_outside_the_input_paths_are_refused_unread(
+    watchdog: WatchdogFactory, tmp_path: Path
+) -> None:
+    """No Onedata or dCache server runs here: both providers point at a closed port. A
+    refused event is a 403 (exit 2) at once; an event the service serves is tried, and
+    fails as a 502 (exit 3) naming the provider: the refusal came before any read."""
+    dead = f"127.0.0.1:{free_port()}"
+    config = yaml.safe_dump({
+        "storage_providers": {
+            "onedata": {"od": {"oneprovider_host": f"http://{dead}", "token": "t",
+                               "space": "my-space"}},
+            "webdav": {"dcache": {"hostname": f"http://{dead}", "login": "u",
+                                  "password": "p"}}},
+        "input": [{"storage_provider": "onedata.od", "path": "files"}],
+    })
+    onedata = {"Key": "", "Records": [{"objectKey": "x.txt", "eventSource": "OneTrigger",
+                                       "eventTime": "2026-11-24T09:51:04.347823"}]}
+    dcache = {"event": {"name": "x.txt", "mask": ["IN_CREATE"]},
+              "subscription": f"http://{dead}/api/v1/events/channels/c/s"}
+    refused = [dict(onedata, Key="/my-space/private/x.txt"),
+               dict(onedata, Key="/my-space/filesX/x.txt"),
+               dcache]  # no input path on webdav.dcache
+    wd = watchdog(SCRIPT, config)
+    for event in refused:
+        response = requests.post(wd.url, json=event, timeout=60)
+        assert response.status_code == 403, (event, response.text)
+        done = run_cli(tmp_path, config, json.dumps(event).encode())
+        assert done.returncode == 2, done.stderr.decode()
+        assert b"downloading" not in done.stderr
+    assert "downloading" not in wd.log.read_text()
+    served = dict(onedata, Key="/my-space/files/x.txt")
+    response = requests.post(wd.url, json=served, timeout=60)
+    assert response.status_code == 502, response.text
+    assert "onedata.od" in response.text.splitlines()[0]
+    done = run_cli(tmp_path, config, json.dumps(served).encode())
+    assert done.returncode == 3, done.stderr.decode()
+    assert wd.stop() == 0
 
 
 def test_a_failed_script_uploads_nothing(tmp_path: Path, moto_server: S3Server) -> None:

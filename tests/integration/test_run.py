@@ -256,6 +256,8 @@ def _gone(pid: int) -> bool:
 # ---- a storage event: the job's output is its log (SPEC 5) --------------------------------
 
 MINIO_EVENT = Path(__file__).resolve().parents[1] / "fixtures" / "events" / "minio.json"
+# The fixture's object is under this input path: a service serves only its own inputs.
+PLANTS_INPUT = "input: [{storage_provider: minio, path: plants/input}]\n"
 
 
 @pytest.mark.parametrize("print_response", [False, True])
@@ -267,7 +269,8 @@ def test_storage_event_prints_nothing_unless_asked(tmp_path: Path, print_respons
     obj.parent.mkdir(parents=True)
     obj.write_bytes(b"the rose\n")
     config = tmp_path / "config.yaml"
-    config.write_text(f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n")
+    config.write_text(f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n"
+                      f"{PLANTS_INPUT}")
     script = ('#!/bin/sh\necho "job log line: $STORAGE_OBJECT_KEY"\n'
               'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/out"\n')
     args = ["--config", str(config), "--event-file", str(MINIO_EVENT)]
@@ -288,7 +291,8 @@ def test_a_storage_job_past_its_timeout_is_124_with_its_log(tmp_path: Path) -> N
     obj.parent.mkdir(parents=True)
     obj.write_bytes(b"the rose\n")
     config = tmp_path / "config.yaml"
-    config.write_text(f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n")
+    config.write_text(f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n"
+                      f"{PLANTS_INPUT}")
     script = '#!/bin/sh\necho "before the wait"\nsleep 1000 &\nsleep 1000\n'
     started = time.monotonic()
     result = run(tmp_path, script, "--config", str(config), "--event-file", str(MINIO_EVENT),

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.integration.conftest import (
     WatchdogFactory,
@@ -215,6 +216,35 @@ def test_empty_body_runs_without_input_file(shared: WatchdogProcess) -> None:
     assert Path(env["TMP_INPUT_DIR"]).is_relative_to(shared.tmpdir)
 
 
+RUNTIME_NAMES = ("INPUT_FILE_PATH", "TMP_INPUT_DIR", "TMP_OUTPUT_DIR", "EVENT",
+                 "STORAGE_OBJECT_KEY", "STORAGE_BUCKET", "EVENT_TIME")
+
+
+def test_the_runtimes_variables_cannot_be_set_by_the_config_or_the_environment(
+    watchdog: WatchdogFactory, tmp_path: Path
+) -> None:
+    """An empty body has no input: whatever the config's environment.variables or the
+    watchdog's own environment say, INPUT_FILE_PATH and the storage variables are unset,
+    and the folders are the invocation's."""
+    forged = {name: f"/forged/{name}" for name in RUNTIME_NAMES}
+    config = tmp_path / "forging.yaml"
+    config.write_text(yaml.safe_dump({"environment": {"variables": {**forged, "MINE": "kept"}}}))
+    script = tmp_path / "print-env.sh"
+    script.write_text("".join(f'echo "{n}=${{{n}-unset}}"\n'
+                              for n in (*RUNTIME_NAMES, "MINE", "WD")))
+    wd = watchdog(script, config, env={**{n: f"/wd/{n}" for n in RUNTIME_NAMES}, "WD": "own"})
+    response = requests.post(wd.url, data=b"", timeout=30)
+    assert response.status_code == 200, response.text
+    seen = dict(line.split("=", 1) for line in response.text.splitlines() if "=" in line)
+    for name in ("INPUT_FILE_PATH", "EVENT", "STORAGE_OBJECT_KEY", "STORAGE_BUCKET",
+                 "EVENT_TIME"):
+        assert seen[name] == "unset", (name, seen[name])
+    for name in ("TMP_INPUT_DIR", "TMP_OUTPUT_DIR"):
+        assert Path(seen[name]).is_relative_to(wd.tmpdir), (name, seen[name])
+    assert (seen["MINE"], seen["WD"]) == ("kept", "own")  # other variables still reach it
+    no_folders_left(wd)
+
+
 @pytest.mark.parametrize(
     "body",
     [b'{"message": "hello"}', b'[1, 2, {"three": 3}]', b'"a JSON string"',
@@ -244,7 +274,8 @@ def test_octet_stream_body_is_saved_raw(shared: WatchdogProcess) -> None:
         assert b64decode(response.text) == body
 
 
-@pytest.mark.parametrize("body", [b"hello world!", b"{broken json", b"QUJD=", b"\xff\xfe\x00"])
+@pytest.mark.parametrize("body", [b"hello world!", b"{broken json", b"QUJD=", b"\xff\xfe\x00",
+                                  b'{"a": NaN}', b"[1, -Infinity]"])
 def test_anything_else_is_400_and_the_script_does_not_run(shared: WatchdogProcess,
                                                           body: bytes) -> None:
     token = uuid.uuid4().hex
@@ -1058,7 +1089,8 @@ def test_storage_event_downloads_the_object(watchdog: WatchdogFactory, tmp_path:
     data = os.urandom(5000)
     obj.write_bytes(data)
     config = (f"file_stage_in: {str(stage_in).lower()}\n"
-              f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n")
+              f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n"
+              "input: [{storage_provider: minio, path: plants/input}]\n")
     wd = watchdog(STORAGE_SCRIPT, config)
     response = requests.post(wd.url, data=_minio_event(), timeout=30,
                              headers={"Accept": "application/zip, application/octet-stream"})
@@ -1078,21 +1110,26 @@ def test_storage_event_downloads_the_object(watchdog: WatchdogFactory, tmp_path:
     no_folders_left(wd)
 
 
-def test_storage_keys_that_would_leave_the_folders_are_400(watchdog: WatchdogFactory,
-                                                          tmp_path: Path) -> None:
+def test_storage_keys_that_would_leave_the_folders_are_refused(watchdog: WatchdogFactory,
+                                                              tmp_path: Path) -> None:
+    """Keys that cannot name a file in the input folder are a 400; a well-formed key
+    outside the service's input path is a 403 (SPEC 6.1). Neither writes anything."""
     store = tmp_path / "store"
     (store / "plants").mkdir(parents=True)
-    config = f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n"
+    config = (f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n"
+              "input: [{storage_provider: minio, path: plants/input}]\n")
     marks = tmp_path / "marks"
     marks.mkdir()
     wd = watchdog('#!/bin/sh\ntouch "$MARKS/ran"\n', config, env={"MARKS": str(marks)})
     before = sorted(p for p in tmp_path.rglob("*") if "wd" not in p.name)
-    for key in ("..", "input%2F..", "input%2F%2E%2E%2F", "evil%00name", "%2Fetc%2Fpasswd",
-                "..%2F..%2F..%2Fetc%2Fpasswd", "."):
+    for key, status in (("..", 400), ("input%2F..", 400), ("input%2F%2E%2E%2F", 400),
+                        ("evil%00name", 400), ("%2Fetc%2Fpasswd", 403),
+                        ("..%2F..%2F..%2Fetc%2Fpasswd", 400), (".", 400),
+                        ("input%2F..%2F..%2Fetc%2Fpasswd", 400), ("input%2F..%2Fx", 400)):
         event = json.loads(_minio_event())
         event["Records"][0]["s3"]["object"]["key"] = key
         response = requests.post(wd.url, json=event, timeout=30)
-        assert response.status_code == 400, (key, response.text)
+        assert response.status_code == status, (key, response.text)
         assert response.text.splitlines()[0], key
         assert not (marks / "ran").exists(), key
         no_folders_left(wd)

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from faas_supervisor import strict_json
 from faas_supervisor.errors import BadEvent, PayloadTooLarge
 from faas_supervisor.parsers.body import AMBIGUOUS_HEAD, EVENT_TEXT_LIMIT, read_body
 from faas_supervisor.parsers.event import Event
@@ -168,6 +169,15 @@ def test_octet_stream_is_saved_raw(tmp_path: Path, body: bytes) -> None:
         b"-not-a-number",
         b"<xml>not this</xml>",
         b"key=value&other=1",
+        # RFC 8259 has no NaN or Infinity, which Python's json reads (issue 8).
+        b'{"a": NaN}',
+        b"[Infinity]",
+        b"-Infinity",
+        b'{"a": [1, {"b": -Infinity}]}',
+        b"NaN",
+        b'{"Records": [{"eventSource": "minio:s3", "s3": {"bucket": {"name": "b"}, '
+        b'"object": {"key": "in/k", "size": NaN}}}]}',
+        b'"utf-16"'.decode().encode("utf-16"),  # JSON between systems is UTF-8
     ],
 )
 def test_anything_else_is_a_bad_event(tmp_path: Path, body: bytes) -> None:
@@ -241,7 +251,7 @@ cuts = st.lists(st.integers(min_value=0, max_value=12_000), max_size=12)
 
 def _is_json(text: bytes) -> bool:
     try:
-        json.loads(text)
+        strict_json.loads(text)
     except ValueError:
         return False
     return True

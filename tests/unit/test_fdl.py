@@ -74,6 +74,73 @@ def test_invalid_definitions_name_the_field(fields: dict[str, Any], named: str) 
     assert caught.value.http_status == 400
 
 
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        # Go's decoder refuses a number for the manager's string fields; a number for
+        # memory would be bytes (`12` is 12 bytes), never what was meant (issue 8).
+        ({"memory": 12}, "memory: 12 is a number"),
+        ({"memory": 1.5}, "memory: 1.5 is a number"),
+        ({"cpu": 1}, "cpu: must be a string"),
+        ({"cpu": 0.5}, "cpu: must be a string"),
+        ({"cpu": 0}, "cpu: must be a string"),  # not taken as "absent", as `or` would
+        ({"image": 7}, "image: must be a string"),
+        ({"log_level": 10}, "log_level: must be a string"),
+        ({"environment": {"variables": {"A": 1}}}, "environment.variables.A: must be a string"),
+        ({"environment": {"variables": {"A": True}}}, "environment.variables.A: must be a"),
+        ({"bucket_list": [1]}, "bucket_list: must be a string"),
+    ],
+)
+def test_service_json_takes_the_managers_types(fields: dict[str, Any], named: str) -> None:
+    with pytest.raises(InvalidService) as caught:
+        parse_service_json(json.dumps(base(**fields)).encode())
+    assert caught.value.message.startswith(named), caught.value.message
+    assert caught.value.http_status == 400
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_service_json_with_nan_or_infinity_is_not_json(constant: str) -> None:
+    body = json.dumps(base(expose={"min_scale": 1})).replace('"min_scale": 1',
+                                                            f'"min_scale": {constant}')
+    with pytest.raises(InvalidService, match=f"service: not valid JSON .*{constant}") as caught:
+        parse_service_json(body.encode())
+    assert caught.value.http_status == 400
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("memory: 12", "memory: 12 is a number"),
+        ("memory: 0.5", "memory: 0.5 is a number"),
+        ("cpu: .inf", "cpu: must be a string"),
+        ("cpu: .nan", "cpu: must be a string"),
+        ("environment: {variables: {A: .nan}}", "environment.variables.A: must be a string"),
+        ("image: -.inf", "image: must be a string"),
+    ],
+)
+def test_fdl_numbers_where_the_manager_wants_strings(tmp_path: Path, line: str,
+                                                     named: str) -> None:
+    """An FDL file is read as oscar-cli reads it: a YAML number in a string field is its
+    text (`cpu: 1` is "1"), but not a unit-less memory, nor YAML's NaN and infinities."""
+    fdl = tmp_path / "plants.yaml"
+    fdl.write_text(f"functions:\n  oscar:\n  - c1:\n      name: plants\n"
+                   f"      script: 'echo hi\n\n'\n      {line}\n")
+    with pytest.raises(InvalidService) as caught:
+        load_fdl(fdl)
+    assert caught.value.message.startswith(f"functions.oscar[0].c1.{named}"), \
+        caught.value.message
+
+
+def test_fdl_scalars_in_string_fields_are_their_text(tmp_path: Path) -> None:
+    fdl = tmp_path / "plants.yaml"
+    fdl.write_text("functions:\n  oscar:\n  - c1:\n      name: plants\n"
+                   "      script: 'echo hi\n\n'\n      cpu: 0.5\n      memory: 1Gi\n"
+                   "      environment: {variables: {THREADS: 4, DEBUG: true, EMPTY: null}}\n")
+    (service,) = load_fdl(fdl)
+    assert (service.cpu, service.memory) == ("0.5", "1Gi")
+    assert service.variables == {"THREADS": "4", "DEBUG": "true", "EMPTY": ""}
+
+
 def test_not_json_is_a_400() -> None:
     with pytest.raises(InvalidService, match="not valid JSON"):
         parse_service_json(b"{nope")

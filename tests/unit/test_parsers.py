@@ -304,7 +304,7 @@ def test_fixture_dcache() -> None:
 def test_fixture_delegated() -> None:
     event = read_json(fixture("delegated.json"))
     assert event.storage == StorageObject("minio.replica1", "plants", "input/fern.jpg",
-                                          "2026-11-24T13:05:00.000Z")
+                                          "2026-11-24T13:05:00.000Z", delegated=True)
 
 
 def test_fixture_apigateway() -> None:

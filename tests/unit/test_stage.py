@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from faas_supervisor.config import ProviderConfig, load_function_config
-from faas_supervisor.errors import BadEvent, ScriptFailed, StorageError
+from faas_supervisor.errors import BadEvent, Forbidden, ScriptFailed, StorageError
 from faas_supervisor.invocation import Invocation, Outcome, Runtime
 from faas_supervisor.storage_providers import StorageProvider, build_providers
 from faas_supervisor.storage_providers.local import LocalProvider
@@ -189,6 +189,8 @@ async def test_an_onedata_event_uses_the_provider_of_its_space(
     config["storage_providers"]["onedata"] = {
         pid: {"oneprovider_host": "op.example", "token": "t", "space": space}
         for pid, space in (("one", "space-one"), ("two", "space-two"))}
+    # Relative to the space, as OSCAR writes Onedata paths.
+    config["input"].append({"storage_provider": "onedata.two", "path": "files"})
     providers = dict(build_providers(load_function_config(None, {})))
     providers["minio.default"] = LocalProvider(ProviderConfig("minio", "default",
                                                               {"path": str(store.root)}))
@@ -208,6 +210,16 @@ async def test_an_onedata_event_uses_the_provider_of_its_space(
     outcome, _ = await invoke(runtime, event)
     assert isinstance(outcome.error, BadEvent)
     assert "space-three" in outcome.error.message
+
+    # A space that is served, but not under an input path: not the service's data.
+    one.put("space-one", "files/sample.txt", b"in space one")
+    two.put("space-two", "private/sample.txt", b"private")
+    for key in ("/space-one/files/sample.txt", "/space-two/private/sample.txt"):
+        event["Key"] = key
+        outcome, _ = await invoke(runtime, event)
+        assert isinstance(outcome.error, Forbidden), outcome.error
+        assert key.lstrip("/") in outcome.error.message
+        assert outcome.exit_code is None  # the script never ran
 
 
 async def test_a_dcache_event_is_read_from_the_input_path(tmp_path: Path, store: Store) -> None:
@@ -229,10 +241,11 @@ async def test_a_dcache_event_is_read_from_the_input_path(tmp_path: Path, store:
     seen = recorded(store, "plants", "output/out/sub/result-env.json")
     assert (seen["bucket"], seen["key"]) == ("home", "tester/in/image2.jpg")
 
+    # No input path on webdav.dcache: the file is none of the service's.
     config["input"] = [{"storage_provider": "minio", "path": "plants/input"}]
     runtime = make_runtime(tmp_path, config, providers=providers)
     outcome, _ = await invoke(runtime, event)
-    assert isinstance(outcome.error, BadEvent)
+    assert isinstance(outcome.error, Forbidden)
     assert "webdav.dcache" in outcome.error.message
 
 
@@ -271,6 +284,51 @@ async def test_a_key_leaving_the_input_folder_is_refused_before_any_download(
         assert list(invocation.input_dir.iterdir()) == []
     finally:
         invocation.close()
+
+
+FOREIGN_EVENTS = {
+    "another bucket": s3_event("minio:s3", "secrets", "input/a.txt"),
+    "another folder": s3_event("ceph:s3", "plants", "private/a.txt"),
+    "a folder that starts alike": s3_event("minio:s3", "plants", "input2%2Fa.txt"),
+    "the input folder's marker": s3_event("ceph:s3", "plants", "input"),
+    "a provider with no input path": s3_event("aws:s3", "plants", "input/a.txt"),
+    "delegated, outside the input paths": {
+        "storage_provider": "minio.replica1",
+        "event": s3_event("minio:s3", "secrets", "input/a.txt")},
+}
+
+
+@pytest.mark.parametrize("stage_in", [True, False])
+@pytest.mark.parametrize("what", list(FOREIGN_EVENTS))
+async def test_an_event_outside_the_input_paths_is_forbidden_before_any_download(
+    tmp_path: Path, store: Store, what: str, stage_in: bool
+) -> None:
+    """SPEC 6.1: a service's token never reads another's data, staged in or not."""
+    recorders = {name: Recording(name) for name in
+                 ("minio.default", "minio.replica1", "s3.default")}
+    config = minio_config(store, file_stage_in=stage_in)
+    config["storage_providers"]["minio"]["replica1"] = {"path": str(store.root)}
+    config["storage_providers"]["s3"] = {"default": {"access_key": "a", "secret_key": "s"}}
+    runtime = make_runtime(tmp_path, config, providers=recorders)
+    outcome, _ = await invoke(runtime, FOREIGN_EVENTS[what])
+    assert isinstance(outcome.error, Forbidden), outcome.error
+    assert (outcome.error.http_status, outcome.error.exit_status) == (403, 2)
+    assert "is not under an input path" in outcome.error.message
+    assert outcome.exit_code is None  # the script never ran
+    assert all(r.calls == [] for r in recorders.values())  # nothing read, nothing written
+
+
+async def test_no_input_paths_means_no_storage_event_is_served(
+    tmp_path: Path, store: Store
+) -> None:
+    provider = Recording("minio.default")
+    config = minio_config(store)
+    del config["input"]
+    runtime = make_runtime(tmp_path, config, providers={"minio.default": provider})
+    outcome, _ = await invoke(runtime, s3_event("minio:s3", "plants", "input/a.txt"))
+    assert isinstance(outcome.error, Forbidden)
+    assert "no input paths" in outcome.error.message
+    assert provider.calls == []
 
 
 async def test_a_missing_object_is_a_storage_error_naming_provider_and_object(
@@ -339,11 +397,12 @@ async def test_isolation_user_sends_outputs_to_the_events_bucket(
     outcome, _ = await invoke(runtime, s3_event("minio:s3", "alice", "input/a.txt"))
     assert outcome.error is None, outcome.error
     assert "output/notes.txt" in store.keys("alice")
-    # Not in bucket_list: the configured bucket, as with SERVICE.
+    # Not in bucket_list: not the service's bucket either, so not its data (SPEC 6.1).
     outcome, _ = await invoke(runtime, s3_event("minio:s3", "mallory", "input/m.txt"))
-    assert outcome.error is None, outcome.error
+    assert isinstance(outcome.error, Forbidden)
+    assert outcome.exit_code is None
     assert store.keys("mallory") == {"input/m.txt"}
-    assert "output/notes.txt" in store.keys("plants")
+    assert "plants" not in [p.name for p in store.root.iterdir()]
 
 
 async def test_a_failed_script_uploads_nothing(tmp_path: Path, store: Store) -> None:
