@@ -18,10 +18,10 @@ identity: each is a job of its own.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from faas_supervisor import strict_json
 from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.errors import BadEvent
 from faas_supervisor.parsers import recognise
@@ -44,9 +44,9 @@ def object_id(body: bytes) -> ObjectId | None:
     if len(body) > EVENT_MAX:
         return None
     try:
-        value = json.loads(body)
+        value = strict_json.loads(body)
         found = recognise(value)
-    except (ValueError, RecursionError, BadEvent):
+    except (strict_json.NotJson, BadEvent):
         return None  # not an event the runtime would read as one: not deduplicated
     if not isinstance(found, StorageObject):
         return None
