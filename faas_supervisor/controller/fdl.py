@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from faas_supervisor.config import LOG_LEVELS, REQUIRED_PROVIDER_KEYS, SECRET_KEYS
+from faas_supervisor.controller.names import bucket_problem, path_problem
 from faas_supervisor.errors import FaasError
 
 # The OSCAR manager's limits and defaults (its create handler).
@@ -28,8 +29,6 @@ HIDDEN = "hidden"  # what the manager shows instead of the default provider's ke
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _CPU = re.compile(r"\d+(\.\d+)?m?|\.\d+")
 _MEMORY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|[kmgtpe]|e\d+)?")
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-# Buckets are checked as the S3 rules write them, which the local store follows too.
 
 
 class InvalidService(FaasError):
@@ -196,9 +195,7 @@ def parse_service(data: Any, where: str = "") -> Service:
         annotations=_string_map(data.get("annotations"), key("annotations")),
         labels=_string_map(data.get("labels"), key("labels")),
         isolation_level=isolation,
-        bucket_list=tuple(
-            _text(b, key("bucket_list")) for b in _list(data.get("bucket_list"), key("bucket_list"))
-        ),
+        bucket_list=_buckets(data.get("bucket_list"), key("bucket_list")),
         visibility=visibility,
         allowed_users=tuple(
             _text(u, key("allowed_users"))
@@ -211,10 +208,12 @@ def parse_service(data: Any, where: str = "") -> Service:
 def parse_service_json(body: bytes) -> Service:
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8
         raise InvalidService(
             f"service: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
         ) from None
+    except RecursionError:
+        raise InvalidService("service: JSON nested too deeply") from None
     return parse_service(data)
 
 
@@ -296,9 +295,13 @@ def _storage_list(
         # As the manager does: a MinIO/S3 path without a folder goes in the service's bucket.
         if ptype in ("minio", "s3") and "/" not in path:
             path = f"{service}/{path}"
+        problem = path_problem(path)
+        if problem is not None:
+            raise InvalidService(f"{at}.path: {path!r} {problem}")
         bucket = path.split("/", 1)[0]
-        if ptype in ("minio", "s3") and not _BUCKET.fullmatch(bucket):
-            raise InvalidService(f"{at}.path: {bucket!r} is not a valid bucket name")
+        problem = bucket_problem(bucket) if ptype in ("minio", "s3") else None
+        if problem is not None:
+            raise InvalidService(f"{at}.path: bucket {bucket!r} {problem}")
         entries.append(
             StorageIO(
                 storage_provider=provider,
@@ -312,6 +315,15 @@ def _storage_list(
             )
         )
     return tuple(entries)
+
+
+def _buckets(raw: Any, where: str) -> tuple[str, ...]:
+    names = tuple(_text(b, where) for b in _list(raw, where))
+    for name in names:
+        problem = bucket_problem(name)
+        if problem is not None:
+            raise InvalidService(f"{where}: bucket {name!r} {problem}")
+    return names
 
 
 def _expose(raw: Any, where: str) -> Expose:
