@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from faas_supervisor.config import WatchdogSettings
-from faas_supervisor.errors import FaasError, RequestTimeout
+from faas_supervisor.errors import FaasError, RequestTimeout, unreadable_body
+from faas_supervisor.http_timeouts import request_started
 from faas_supervisor.invocation import Invocation
 from faas_supervisor.logs import get_logger
 from faas_supervisor.responses import Body, failure_body, success_body
@@ -50,17 +51,19 @@ class ForkRunner:
     async def invoke(self, request: web.Request, invocation: Invocation) -> web.StreamResponse:
         outcome = invocation.outcome
         try:
+            limit = self.settings.read_timeout
+            # From the request's first byte: its head counts (see http_timeouts.py).
+            deadline = request_started(request) + limit if limit else None
             try:
-                async with asyncio.timeout(self.settings.read_timeout or None):
+                async with asyncio.timeout_at(deadline):
                     event = await invocation.read_event(
                         self._body_chunks(request),
                         request.headers.get("Content-Type", ""),
                         self.settings.max_body_size,
                     )
             except TimeoutError:
-                limit = self.settings.read_timeout
                 raise RequestTimeout(
-                    f"request body not received within read_timeout ({limit:g} s)"
+                    f"request not received within read_timeout ({limit:g} s)"
                 ) from None
         except FaasError as exc:
             invocation.fail(exc)
@@ -76,9 +79,12 @@ class ForkRunner:
         return await self._send(request, invocation, status, body)
 
     async def _body_chunks(self, request: web.Request) -> AsyncIterator[bytes]:
-        async for chunk in request.content.iter_chunked(READ_CHUNK):
-            self.metrics.bytes_in.inc(len(chunk))
-            yield chunk
+        try:
+            async for chunk in request.content.iter_chunked(READ_CHUNK):
+                self.metrics.bytes_in.inc(len(chunk))
+                yield chunk
+        except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode
+            raise unreadable_body(exc) from None
 
     async def _send(
         self, request: web.Request, invocation: Invocation, status: int, body: Body

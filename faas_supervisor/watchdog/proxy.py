@@ -25,7 +25,13 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from faas_supervisor.config import WatchdogSettings
-from faas_supervisor.errors import ConfigError, FaasError, PayloadTooLarge, RequestTimeout
+from faas_supervisor.errors import (
+    ConfigError,
+    FaasError,
+    PayloadTooLarge,
+    RequestTimeout,
+    unreadable_body,
+)
 from faas_supervisor.http_headers import forwarded_headers
 from faas_supervisor.invocation import Runtime
 from faas_supervisor.logs import get_logger
@@ -366,6 +372,9 @@ class _RequestBody:
                 self.error = RequestTimeout(
                     f"request body stalled for read_timeout ({self.settings.read_timeout:g} s)")
                 raise
+            except web.RequestPayloadError as exc:  # a broken chunked encoding, say
+                self.error = unreadable_body(exc)
+                raise self.error from None
             if not chunk:
                 return
             total += len(chunk)
