@@ -117,7 +117,7 @@ class QueuePoller:
     async def _handle(self, body: str) -> None:
         try:
             message = json.loads(body)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep
             logger.warning("not an event on the events queue", body=body[:200])
             return
         records = message.get("Records") if isinstance(message, dict) else None
