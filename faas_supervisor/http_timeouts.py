@@ -18,6 +18,7 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
 _408 = b"the request head was not received in time\n"
@@ -45,12 +46,13 @@ class _Connection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         heads = self._request_count
         super().data_received(data)
-        if self._request_count != heads:  # a head is complete
+        if self._request_count != heads:  # a head is complete, or the parser failed
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
             else:
                 self.head_started = None
+            self._fail_body_in_progress()
         elif (
             self._head_timer is None
             and self._head_timeout > 0
@@ -62,6 +64,23 @@ class _Connection(RequestHandler):
             self._head_timer = self._loop.call_at(
                 self.head_started + self._head_timeout, self._head_late
             )
+
+    def _fail_body_in_progress(self) -> None:
+        """A parse error in the middle of a body reaches the handler reading it.
+
+        aiohttp's C parser, failing there (a bad chunk size, say), queues an error
+        answer but leaves the body's stream open: the handler would wait on it for ever.
+        """
+        request = self._current_request
+        message = self._messages[-1][0] if self._messages else None
+        if request is None or message is None or isinstance(message, RawRequestMessage):
+            return
+        body = request.content
+        if body.exception() is None and not body.is_eof():
+            reason = str(getattr(message, "message", "") or "bad request")
+            error = web.RequestPayloadError(reason)
+            error.__cause__ = getattr(message, "exc", None)
+            body.set_exception(error)
 
     def _head_late(self) -> None:
         self._head_timer = None

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from faas_supervisor import __version__
 from faas_supervisor.controller.auth import Credentials, bearer, token_matches
@@ -147,8 +148,8 @@ class Api:
             return await handler(request)
         except FaasError as exc:
             return text_response(exc.message, exc.http_status)
-        except web.RequestPayloadError as exc:  # a body aiohttp could not read
-            return text_response(unreadable_body(exc).message, 400)
+        except (web.RequestPayloadError, HttpProcessingError) as exc:  # an unreadable body
+            return _unreadable(request, exc)
         except RecursionError:
             # Input nested deeper than Python recurses, wherever it is walked.
             return text_response("the request is nested too deeply", 400)
@@ -453,6 +454,9 @@ class Api:
                 await response.write_eof()
                 return response
         except aiohttp.ClientError as exc:
+            unread = request.content.exception()
+            if unread is not None:  # the client's body broke, not the service
+                return _unreadable(request, unread)
             logger.warning("service did not answer", service=service.name, error=str(exc))
             return text_response(f"service {service.name} did not answer: {exc}", 502)
 
@@ -580,6 +584,14 @@ class Api:
 
 class _StorageFailed(FaasError):
     http_status = 502
+
+
+def _unreadable(request: web.Request, exc: BaseException) -> web.Response:
+    """The 400 for a body that broke while it was read (a bad chunk, a bad encoding)."""
+    answer = text_response(unreadable_body(exc).message, 400)
+    answer.force_close()  # where the next request would start is unknown
+    request.content.feed_eof()  # nothing left to drain (aiohttp would log it again)
+    return answer
 
 
 def _check_bucket(name: str) -> str:

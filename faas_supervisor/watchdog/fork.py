@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from faas_supervisor.config import WatchdogSettings
 from faas_supervisor.errors import FaasError, RequestTimeout, unreadable_body
@@ -83,7 +84,8 @@ class ForkRunner:
             async for chunk in request.content.iter_chunked(READ_CHUNK):
                 self.metrics.bytes_in.inc(len(chunk))
                 yield chunk
-        except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode
+        except (web.RequestPayloadError, HttpProcessingError) as exc:  # a bad gzip, chunk...
+            request.content.feed_eof()  # nothing left to drain (aiohttp would log it)
             raise unreadable_body(exc) from None
 
     async def _send(
@@ -98,7 +100,10 @@ class ForkRunner:
         if outcome.exit_code is not None:
             headers["X-Exit-Code"] = str(outcome.exit_code)
         # An early answer (413, 400) while the body still comes: the rest is not wanted.
-        unread = status >= 400 and request.can_read_body and not request.content.at_eof()
+        # (or one that broke: where the next request would start is unknown).
+        unread = status >= 400 and (
+            not request.content.at_eof() or request.content.exception() is not None
+        )
         if body.length is not None and body.length <= SMALL_BODY:
             # Most answers are small: one write for headers and body, no chunk loop.
             data = b"".join([chunk async for chunk in body.stream])

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -372,8 +373,9 @@ class _RequestBody:
                 self.error = RequestTimeout(
                     f"request body stalled for read_timeout ({self.settings.read_timeout:g} s)")
                 raise
-            except web.RequestPayloadError as exc:  # a broken chunked encoding, say
+            except (web.RequestPayloadError, HttpProcessingError) as exc:  # a bad chunk, say
                 self.error = unreadable_body(exc)
+                self.request.content.feed_eof()  # nothing left to drain (aiohttp would log it)
                 raise self.error from None
             if not chunk:
                 return

@@ -731,7 +731,29 @@ def test_no_input_gives_a_5xx(controller: ControllerProcess) -> None:
                         headers=auth, timeout=60)
     assert bad.status_code == 400, bad.text
     assert bad.text.startswith("request body cannot be read: "), bad.text
+    # A chunked body that breaks after its first chunk, on every route that reads one.
+    basic = "Basic " + base64.b64encode(":".join(controller.auth).encode()).decode()
+    for path in ("/system/services", "/run/copier", "/job/copier"):
+        answer = broken_chunked(controller.port, path, basic)
+        assert answer.startswith(b"HTTP/1.1 400 "), (path, answer[:300])
+        assert b"request body cannot be read: " in answer, answer
     assert "Traceback" not in controller.log_text()
+
+
+def broken_chunked(port: int, path: str, authorization: str) -> bytes:
+    """A request whose chunked body breaks once its handler is reading it."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\na\r\neyJhIjoxfQ\r\n".encode())
+        time.sleep(0.3)  # the client's pace is what is tested: the handler reads by now
+        sock.sendall(b"zz\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
 
 
 def post_all(calls: list[tuple[str, str, dict[str, Any] | None]],

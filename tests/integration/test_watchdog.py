@@ -732,7 +732,7 @@ def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data)
 
 
-def test_content_encoding_gzip_is_decoded_and_a_broken_one_is_400(
+def test_content_encoding_gzip_is_decoded_and_a_broken_body_is_400(
     shared: WatchdogProcess,
 ) -> None:
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
@@ -744,6 +744,17 @@ def test_content_encoding_gzip_is_decoded_and_a_broken_one_is_400(
         assert bad.status_code == 400, bad.text
         first, *_ = bad.text.splitlines()  # then the invocation's log, as for any 400
         assert first == "request body cannot be read: Can not decode content-encoding: gzip"
+    # A chunked body that breaks once the watchdog is reading it.
+    with socket.create_connection(("127.0.0.1", shared.port), timeout=30) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Mode: copy\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
+        time.sleep(0.3)  # the client's pace is what is tested: the body is being read
+        sock.sendall(b"zz\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"\r\n\r\nrequest body cannot be read: " in answer, answer[:300]
 
 
 @pytest.mark.parametrize("how", ["env", "flag"])

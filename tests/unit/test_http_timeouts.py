@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from faas_supervisor.http_timeouts import TimedAppRunner, request_started
 
@@ -14,7 +15,10 @@ HEAD_TIMEOUT = 0.5
 
 
 async def echo(request: web.Request) -> web.Response:
-    body = await request.read()
+    try:
+        body = await request.read()
+    except (web.RequestPayloadError, HttpProcessingError) as exc:  # as the parser raises it
+        return web.Response(status=400, text=f"unreadable: {exc.__cause__ or exc}")
     waited = asyncio.get_running_loop().time() - request_started(request)
     return web.Response(body=body, headers={"X-Head-Waited": f"{waited:.3f}"})
 
@@ -96,4 +100,17 @@ async def test_a_slow_body_is_not_cut_by_the_head_timer(server: int) -> None:
     await trickle(writer, body, HEAD_TIMEOUT * 2 / len(body) * 1.5)  # 1.5 head_timeouts
     answer = await asyncio.wait_for(reader.readuntil(body), 10)
     assert answer.startswith(b"HTTP/1.1 200")
+    writer.close()
+
+
+async def test_a_body_that_breaks_midway_fails_its_reader_instead_of_hanging(server: int) -> None:
+    """aiohttp's C parser left the handler waiting for ever on a bad chunk size."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the handler is reading the body when the bad chunk comes
+    writer.write(b"zz\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"unreadable: " in answer
     writer.close()
