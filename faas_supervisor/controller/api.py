@@ -303,8 +303,8 @@ class Api:
                 return text_response("A service with the provided name already exists", 409)
             await self._make_buckets(service)
             await self._attach(service)
-            self.store.add_service(service)  # the name is ours: held, and not stored
             try:
+                self.store.add_service(service)  # the name is ours: held, and not stored
                 await self.backend.deploy(service)
             except Exception:
                 # Refused by the backend (an image it cannot pull, an object the API server
@@ -331,8 +331,8 @@ class Api:
             except _StorageFailed:
                 await self.intake.attach(old, fallback=True)
                 raise
-            self.store.update_service(service)
             try:
+                self.store.update_service(service)
                 await self.backend.deploy(service)
             except Exception:
                 # As a failed create: the service is left as it was, old definition
