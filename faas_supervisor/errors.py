@@ -46,6 +46,16 @@ class Forbidden(FaasError):
     exit_status = 2
 
 
+def unreadable_body(exc: BaseException) -> BadEvent:
+    """A body the HTTP server could not decode (its Content-Encoding, its chunks) as a 400.
+
+    aiohttp raises its own exception with the parser's as the cause; the cause has the words.
+    """
+    cause = exc.__cause__ or exc
+    reason = getattr(cause, "message", None) or str(cause) or type(cause).__name__
+    return BadEvent(f"request body cannot be read: {reason}")
+
+
 class PayloadTooLarge(FaasError):
     http_status = 413
     exit_status = 2

@@ -14,12 +14,13 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from faas_supervisor import __version__, strict_json
 from faas_supervisor.controller.auth import Credentials, bearer, token_matches
@@ -35,14 +36,19 @@ from faas_supervisor.controller.fdl import (
 )
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
+from faas_supervisor.controller.names import bucket_problem, path_problem
 from faas_supervisor.controller.store import FINISHED, Job, Store
-from faas_supervisor.errors import FaasError
+from faas_supervisor.errors import FaasError, unreadable_body
 from faas_supervisor.http_headers import forwarded_headers
 from faas_supervisor.logs import get_logger
 
 MAX_DEFINITION = 64 << 20  # a service JSON carries its script; bodies of /run stream
 WHOLE_BODY_MAX = 64 << 10  # proxied answers up to this size are read, then sent whole
 CEPH_EVENT_MAX = 1 << 20  # an unauthenticated body is read only to find its token
+# Idle connections kept open to each service's watchdog for the next request. In-flight
+# requests are not limited (a synchronous call lasts as long as its script, and a cap
+# would queue, or deadlock, calls behind slow ones); only what is kept afterwards is.
+IDLE_UPSTREAM_PER_HOST = 32
 logger = get_logger(component="api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -87,6 +93,7 @@ class Api:
         self.intake = intake
         self.buckets = buckets
         self._session: aiohttp.ClientSession | None = None
+        self._names = _NameLocks()
 
     # ---- the application -------------------------------------------------------------
 
@@ -125,7 +132,7 @@ class Api:
         # No overall timeout: a synchronous invocation lasts as long as its script.
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=_UpstreamConnector(IDLE_UPSTREAM_PER_HOST),
             auto_decompress=False,  # bodies pass through byte for byte
         )
 
@@ -135,10 +142,22 @@ class Api:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Failures as one-line answers: the request's fault is a 4xx, never a 5xx."""
         try:
             return await handler(request)
         except FaasError as exc:
             return text_response(exc.message, exc.http_status)
+        except (web.RequestPayloadError, HttpProcessingError) as exc:  # an unreadable body
+            return _unreadable(request, exc)
+        except RecursionError:
+            # Input nested deeper than Python recurses, wherever it is walked.
+            return text_response("the request is nested too deeply", 400)
+        except web.HTTPException:
+            raise  # answers aiohttp makes (401, 404, 413...)
+        except Exception:
+            # A fault of ours, not of the request: logged whole, answered in one line.
+            logger.exception("request failed", method=request.method, path=request.path)
+            return text_response("internal error (see the controller's log)", 500)
 
     @web.middleware
     async def _system_auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -269,55 +288,74 @@ class Api:
     async def _definition(self, request: web.Request) -> Service:
         return parse_service_json(await request.read())
 
+    # Create, update and delete of one service name run one at a time (`self._names`):
+    # each checks the store, then changes the intake, the store and the backend, and
+    # undoes its own changes on failure. Undoing is by name (the intake, the backend), so
+    # two of them interleaved would undo each other's work.
+
     async def create_service(self, request: web.Request) -> web.Response:
         from faas_supervisor.controller.auth import new_token
 
         service = (await self._definition(request)).with_token(new_token())
-        if self.store.service(service.name) is not None:
-            return text_response("A service with the provided name already exists", 409)
-        await self._make_buckets(service)
-        await self._attach(service)
-        if not self.store.add_service(service):
-            await self.intake.detach(service)
-            return text_response("A service with the provided name already exists", 409)
-        try:
-            await self.backend.deploy(service)
-        except Exception:
-            # Refused by the backend (an image it cannot pull, an object the API server
-            # rejects): the answer says why, and no half-made service is left stored.
-            self.store.remove_service(service.name)
-            await self.intake.detach(service)
-            with contextlib.suppress(Exception):
-                await self.backend.remove(service.name)
-            raise
+        async with self._names.hold(service.name):
+            if self.store.service(service.name) is not None:
+                return text_response("A service with the provided name already exists", 409)
+            await self._make_buckets(service)
+            await self._attach(service)
+            try:
+                self.store.add_service(service)  # the name is ours: held, and not stored
+                await self.backend.deploy(service)
+            except Exception:
+                # Refused by the backend (an image it cannot pull, an object the API server
+                # rejects): the answer says why, and no half-made service is left stored.
+                self.store.remove_service(service.name)
+                await self.intake.detach(service)
+                with contextlib.suppress(Exception):
+                    await self.backend.remove(service.name)
+                raise
         logger.info("service created", service=service.name)
         return web.Response(status=201)
 
     async def update_service(self, request: web.Request) -> web.Response:
         new = await self._definition(request)
-        old = self.store.service(new.name)
-        if old is None:
-            raise web.HTTPNotFound()
-        service = unmask(new, old).with_token(old.token)
-        await self._make_buckets(service)
-        await self.intake.detach(old)  # its input paths may be other ones
-        try:
-            await self._attach(service)
-        except _StorageFailed:
-            await self.intake.attach(old, fallback=True)
-            raise
-        self.store.update_service(service)
-        await self.backend.deploy(service)
+        async with self._names.hold(new.name):
+            old = self.store.service(new.name)
+            if old is None:
+                raise web.HTTPNotFound()
+            service = unmask(new, old).with_token(old.token)
+            await self._make_buckets(service)
+            await self.intake.detach(old)  # its input paths may be other ones
+            try:
+                await self._attach(service)
+            except _StorageFailed:
+                await self.intake.attach(old, fallback=True)
+                raise
+            try:
+                self.store.update_service(service)
+                await self.backend.deploy(service)
+            except Exception:
+                # As a failed create: the service is left as it was, old definition
+                # stored, running and attached.
+                self.store.update_service(old)
+                await self.intake.detach(service)
+                try:
+                    await self.backend.deploy(old)
+                except Exception as exc:
+                    logger.warning("cannot deploy the previous definition again",
+                                   service=old.name, error=str(exc))
+                await self.intake.attach(old, fallback=True)
+                raise
         logger.info("service updated", service=service.name)
         return web.Response(status=204)
 
     async def delete_service(self, request: web.Request) -> web.Response:
-        service = self._service(request)
-        await self.intake.detach(service)
-        for job in self.store.jobs(service.name):
-            await self.jobs.delete(job.name)
-        await self.backend.remove(service.name)
-        self.store.remove_service(service.name)
+        async with self._names.hold(request.match_info["name"]):
+            service = self._service(request)
+            await self.intake.detach(service)
+            for job in self.store.jobs(service.name):
+                await self.jobs.delete(job.name)
+            await self.backend.remove(service.name)
+            self.store.remove_service(service.name)
         logger.info("service deleted", service=service.name)
         return web.Response(status=204)
 
@@ -331,6 +369,8 @@ class Api:
         try:
             for bucket, folder in sorted(paths):
                 await asyncio.to_thread(self.buckets.ensure_path, bucket, folder)
+        except ValueError as exc:  # a path the store refuses (see FolderStore)
+            raise InvalidService(f"path: {exc}") from None
         except Exception as exc:
             raise _StorageFailed(
                 f"cannot create the buckets of service {service.name}: {exc}"
@@ -413,6 +453,9 @@ class Api:
                 await response.write_eof()
                 return response
         except aiohttp.ClientError as exc:
+            unread = request.content.exception()
+            if unread is not None:  # the client's body broke, not the service
+                return _unreadable(request, unread)
             logger.warning("service did not answer", service=service.name, error=str(exc))
             return text_response(f"service {service.name} did not answer: {exc}", 502)
 
@@ -470,21 +513,23 @@ class Api:
         names = await self._storage(self.buckets.list_buckets)
         return json_response([_bucket_json(name) for name in names])
 
-    async def _bucket_body(self, request: web.Request) -> tuple[str, dict[str, Any]]:
+    async def _bucket_body(self, request: web.Request) -> tuple[str, str]:
+        """The bucket and the folder in it that `bucket_name` names (`photos/2024`)."""
         try:
             data = strict_json.loads(await request.read())
         except strict_json.NotJson:
             data = None
         if not isinstance(data, dict) or not isinstance(data.get("bucket_name"), str):
             raise InvalidService("bucket_name: missing")
-        name = data["bucket_name"].strip(" /").split("/", 1)[0]
-        if not name or name.startswith("."):
-            raise InvalidService(f"bucket_name: {name!r} is not a bucket name")
-        return name, data
+        name, _, folder = data["bucket_name"].strip(" /").partition("/")
+        _check_bucket(name)
+        problem = path_problem(folder) if folder else None
+        if problem is not None:
+            raise InvalidService(f"bucket_name: folder {folder!r} {problem}")
+        return name, folder
 
     async def create_bucket(self, request: web.Request) -> web.Response:
-        name, data = await self._bucket_body(request)
-        folder = data["bucket_name"].strip(" /").partition("/")[2]
+        name, folder = await self._bucket_body(request)
         if not await self._storage(self.buckets.create_bucket, name):
             return text_response(f"The bucket '{name}' already exists", 409)
         if folder:
@@ -499,8 +544,8 @@ class Api:
         return web.Response(status=204)
 
     async def read_bucket(self, request: web.Request) -> web.Response:
-        name = request.match_info["bucket"]
-        if not await self._bucket_exists(name):
+        name = _check_bucket(request.match_info["bucket"])
+        if not await self._storage(self.buckets.bucket_exists, name):
             return text_response(f"The bucket '{name}' does not exist", 404)
         objects = await self._storage(self.buckets.list_objects, name)
         listing = [
@@ -523,31 +568,78 @@ class Api:
         )
 
     async def delete_bucket(self, request: web.Request) -> web.Response:
-        name = request.match_info["bucket"]
-        if not await self._bucket_exists(name):
+        name = _check_bucket(request.match_info["bucket"])
+        if not await self._storage(self.buckets.bucket_exists, name):
             return text_response(f"The bucket '{name}' does not exist", 404)
         await self._storage(self.buckets.delete_bucket, name)
         return web.Response(status=204)
 
-    async def _bucket_exists(self, name: str) -> bool:
-        try:
-            return bool(await self._storage(self.buckets.bucket_exists, name))
-        except _StorageFailed:
-            raise
-        except ValueError:
-            return False
-
     async def _storage(self, call: Callable[..., Any], *args: Any) -> Any:
         try:
             return await asyncio.to_thread(call, *args)
-        except ValueError:
-            raise InvalidService(f"bucket_name: {args[0]!r} is not a bucket name") from None
+        except ValueError as exc:  # a name or path the store refuses (see FolderStore)
+            raise InvalidService(f"bucket_name: {exc}") from None
         except Exception as exc:
             raise _StorageFailed(f"the storage provider failed: {exc}") from None
 
 
 class _StorageFailed(FaasError):
     http_status = 502
+
+
+def _unreadable(request: web.Request, exc: BaseException) -> web.Response:
+    """The 400 for a body that broke while it was read (a bad chunk, a bad encoding)."""
+    answer = text_response(unreadable_body(exc).message, 400)
+    answer.force_close()  # where the next request would start is unknown
+    request.content.feed_eof()  # nothing left to drain (aiohttp would log it again)
+    return answer
+
+
+def _check_bucket(name: str) -> str:
+    problem = bucket_problem(name)
+    if problem is not None:
+        raise InvalidService(f"bucket_name: {name!r} {problem}")
+    return name
+
+
+class _NameLocks:
+    """One asyncio lock per name, forgotten once nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(name, (asyncio.Lock(), 0))
+        self._locks[name] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[name]
+            if users == 1:
+                del self._locks[name]
+            else:
+                self._locks[name] = (lock, users - 1)
+
+
+class _UpstreamConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, keeping at most `max_idle` idle connections per host.
+
+    aiohttp keeps every connection released after a request for `keepalive_timeout`
+    (15 s), however many a burst opened; `limit_per_host` would bound those in flight
+    too. Past `max_idle`, a released connection is closed instead of kept.
+    """
+
+    def __init__(self, max_idle: int) -> None:
+        super().__init__(limit=0)
+        self.max_idle = max_idle
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        idle = self._conns.get(key)
+        if idle is not None and len(idle) >= self.max_idle:
+            should_close = True
+        super()._release(key, protocol, should_close=should_close)
 
 
 def _bucket_json(name: str) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from faas_supervisor.controller.names import bucket_problem, path_problem
+
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -47,7 +49,11 @@ class BucketStore(Protocol):
 
 
 class FolderStore:
-    """A folder of buckets; names starting with `.` (partial uploads) are not objects."""
+    """A folder of buckets; names starting with `.` (partial uploads) are not objects.
+
+    Every path it touches is resolved and must be inside its root: a bad name raises
+    `ValueError` (a 400 in the API), never a folder made elsewhere.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -61,9 +67,31 @@ class FolderStore:
         return {"endpoint": "", "verify": False, "access_key": "", "secret_key": "", "region": ""}
 
     def _bucket(self, bucket: str) -> Path:
-        path = (self.root / bucket).resolve()
-        if path.parent != self.root or bucket.startswith("."):
-            raise ValueError(f"{bucket!r} is not a bucket name")
+        problem = bucket_problem(bucket)
+        if problem is not None:
+            raise ValueError(f"bucket {bucket!r} {problem}")
+        return self._inside(self.root, bucket)
+
+    def _folder(self, bucket: str, folder: str) -> Path:
+        """A folder of a bucket, which must stay in it: see `_inside`."""
+        base = self._bucket(bucket)
+        if not folder:
+            return base
+        problem = path_problem(folder)
+        if problem is not None:
+            raise ValueError(f"path {folder!r} {problem}")
+        return self._inside(base, folder)
+
+    @staticmethod
+    def _inside(base: Path, relative: str) -> Path:
+        """`base/relative`, resolved (symbolic links too); refused unless below `base`.
+
+        Names are checked by the callers already; this is what makes an escape impossible
+        whatever a name or a link on disk says.
+        """
+        path = (base / relative).resolve()
+        if path == base or not path.is_relative_to(base):
+            raise ValueError(f"{relative!r} is outside the storage folder")
         return path
 
     def list_buckets(self) -> list[str]:
@@ -82,8 +110,7 @@ class FolderStore:
         return True
 
     def ensure_path(self, bucket: str, folder: str) -> None:
-        path = self._bucket(bucket) / folder if folder else self._bucket(bucket)
-        path.mkdir(parents=True, exist_ok=True)
+        self._folder(bucket, folder).mkdir(parents=True, exist_ok=True)
 
     def delete_bucket(self, bucket: str) -> None:
         shutil.rmtree(self._bucket(bucket))
@@ -91,7 +118,7 @@ class FolderStore:
     def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]:
         base = self._bucket(bucket)
         # Walk only below the deepest folder the prefix names.
-        start = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base
+        start = self._folder(bucket, prefix.rsplit("/", 1)[0]) if "/" in prefix else base
         found: list[StoredObject] = []
         if not start.is_dir():
             return found

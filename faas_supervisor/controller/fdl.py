@@ -19,6 +19,7 @@ import yaml
 
 from faas_supervisor import strict_json
 from faas_supervisor.config import LOG_LEVELS, REQUIRED_PROVIDER_KEYS, SECRET_KEYS
+from faas_supervisor.controller.names import bucket_problem, path_problem
 from faas_supervisor.errors import FaasError
 
 # The OSCAR manager's limits and defaults (its create handler).
@@ -30,8 +31,6 @@ HIDDEN = "hidden"  # what the manager shows instead of the default provider's ke
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _CPU = re.compile(r"\d+(\.\d+)?m?|\.\d+")
 _MEMORY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|[kmgtpe]|e\d+)?")
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-# Buckets are checked as the S3 rules write them, which the local store follows too.
 
 
 class InvalidService(FaasError):
@@ -196,6 +195,7 @@ def parse_service(data: Any, where: str = "", *, yaml_scalars: bool = False) -> 
             f"{key('visibility')}: {visibility!r} is not private, public or restricted"
         )
 
+    buckets = key("bucket_list")
     return Service(
         name=name,
         script=script.replace("\r\n", "\n"),
@@ -215,8 +215,9 @@ def parse_service(data: Any, where: str = "", *, yaml_scalars: bool = False) -> 
         annotations=_string_map(data.get("annotations"), key("annotations"), yaml_scalars),
         labels=_string_map(data.get("labels"), key("labels"), yaml_scalars),
         isolation_level=isolation,
-        bucket_list=tuple(
-            text(b, key("bucket_list")) for b in _list(data.get("bucket_list"), key("bucket_list"))
+        bucket_list=_buckets(
+            [text(b, buckets) for b in _list(data.get("bucket_list"), buckets)],
+            buckets,
         ),
         visibility=visibility,
         allowed_users=tuple(
@@ -313,9 +314,13 @@ def _storage_list(
         # As the manager does: a MinIO/S3 path without a folder goes in the service's bucket.
         if ptype in ("minio", "s3") and "/" not in path:
             path = f"{service}/{path}"
+        problem = path_problem(path)
+        if problem is not None:
+            raise InvalidService(f"{at}.path: {path!r} {problem}")
         bucket = path.split("/", 1)[0]
-        if ptype in ("minio", "s3") and not _BUCKET.fullmatch(bucket):
-            raise InvalidService(f"{at}.path: {bucket!r} is not a valid bucket name")
+        problem = bucket_problem(bucket) if ptype in ("minio", "s3") else None
+        if problem is not None:
+            raise InvalidService(f"{at}.path: bucket {bucket!r} {problem}")
         entries.append(
             StorageIO(
                 storage_provider=provider,
@@ -331,6 +336,14 @@ def _storage_list(
             )
         )
     return tuple(entries)
+
+
+def _buckets(names: list[str], where: str) -> tuple[str, ...]:
+    for name in names:
+        problem = bucket_problem(name)
+        if problem is not None:
+            raise InvalidService(f"{where}: bucket {name!r} {problem}")
+    return tuple(names)
 
 
 def _expose(raw: Any, where: str, scalars: bool) -> Expose:

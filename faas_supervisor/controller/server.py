@@ -27,9 +27,16 @@ from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import ConfigError
+from faas_supervisor.http_timeouts import TimedAppRunner
 from faas_supervisor.logs import get_logger
 
 logger = get_logger(component="controller")
+# A request head must be complete this long after its first byte (else 408), and a
+# connection waiting for a request is closed after KEEPALIVE_TIMEOUT: nginx's defaults
+# (client_header_timeout, keepalive_timeout). Bodies are not timed here: those of /run
+# stream to the service's watchdog, whose read_timeout bounds them.
+HEAD_TIMEOUT = 60.0
+KEEPALIVE_TIMEOUT = 75.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,16 @@ class Controller:
             await self.intake.attach(service, fallback=True)
         await self.jobs.start()
         self.intake.start()
-        runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        runner = TimedAppRunner(
+            self.api.app(),
+            access_log=None,
+            handle_signals=False,
+            head_timeout=HEAD_TIMEOUT,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            # Bodies pass through as sent (a gzip body to /run reaches the service's
+            # watchdog gzipped, with its Content-Encoding), as the OSCAR manager does.
+            auto_decompress=False,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
         try:

@@ -10,9 +10,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from faas_supervisor.config import WatchdogSettings
-from faas_supervisor.errors import FaasError, RequestTimeout
+from faas_supervisor.errors import FaasError, RequestTimeout, unreadable_body
+from faas_supervisor.http_timeouts import request_started
 from faas_supervisor.invocation import Invocation
 from faas_supervisor.logs import get_logger
 from faas_supervisor.responses import Body, failure_body, success_body
@@ -50,17 +52,19 @@ class ForkRunner:
     async def invoke(self, request: web.Request, invocation: Invocation) -> web.StreamResponse:
         outcome = invocation.outcome
         try:
+            limit = self.settings.read_timeout
+            # From the request's first byte: its head counts (see http_timeouts.py).
+            deadline = request_started(request) + limit if limit else None
             try:
-                async with asyncio.timeout(self.settings.read_timeout or None):
+                async with asyncio.timeout_at(deadline):
                     event = await invocation.read_event(
                         self._body_chunks(request),
                         request.headers.get("Content-Type", ""),
                         self.settings.max_body_size,
                     )
             except TimeoutError:
-                limit = self.settings.read_timeout
                 raise RequestTimeout(
-                    f"request body not received within read_timeout ({limit:g} s)"
+                    f"request not received within read_timeout ({limit:g} s)"
                 ) from None
         except FaasError as exc:
             invocation.fail(exc)
@@ -76,9 +80,13 @@ class ForkRunner:
         return await self._send(request, invocation, status, body)
 
     async def _body_chunks(self, request: web.Request) -> AsyncIterator[bytes]:
-        async for chunk in request.content.iter_chunked(READ_CHUNK):
-            self.metrics.bytes_in.inc(len(chunk))
-            yield chunk
+        try:
+            async for chunk in request.content.iter_chunked(READ_CHUNK):
+                self.metrics.bytes_in.inc(len(chunk))
+                yield chunk
+        except (web.RequestPayloadError, HttpProcessingError) as exc:  # a bad gzip, chunk...
+            request.content.feed_eof()  # nothing left to drain (aiohttp would log it)
+            raise unreadable_body(exc) from None
 
     async def _send(
         self, request: web.Request, invocation: Invocation, status: int, body: Body
@@ -92,7 +100,10 @@ class ForkRunner:
         if outcome.exit_code is not None:
             headers["X-Exit-Code"] = str(outcome.exit_code)
         # An early answer (413, 400) while the body still comes: the rest is not wanted.
-        unread = status >= 400 and request.can_read_body and not request.content.at_eof()
+        # (or one that broke: where the next request would start is unknown).
+        unread = status >= 400 and (
+            not request.content.at_eof() or request.content.exception() is not None
+        )
         if body.length is not None and body.length <= SMALL_BODY:
             # Most answers are small: one write for headers and body, no chunk loop.
             data = b"".join([chunk async for chunk in body.stream])

@@ -21,11 +21,18 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
 from faas_supervisor.config import WatchdogSettings
-from faas_supervisor.errors import ConfigError, FaasError, PayloadTooLarge, RequestTimeout
+from faas_supervisor.errors import (
+    ConfigError,
+    FaasError,
+    PayloadTooLarge,
+    RequestTimeout,
+    unreadable_body,
+)
 from faas_supervisor.http_headers import forwarded_headers
 from faas_supervisor.invocation import Runtime
 from faas_supervisor.logs import get_logger
@@ -365,6 +372,10 @@ class _RequestBody:
                 self.error = RequestTimeout(
                     f"request body stalled for read_timeout ({self.settings.read_timeout:g} s)")
                 raise
+            except (web.RequestPayloadError, HttpProcessingError) as exc:  # a bad chunk, say
+                self.error = unreadable_body(exc)
+                self.request.content.feed_eof()  # nothing left to drain (aiohttp would log it)
+                raise self.error from None
             if not chunk:
                 return
             total += len(chunk)

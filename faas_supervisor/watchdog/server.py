@@ -24,6 +24,7 @@ from faas_supervisor.errors import (
     ShuttingDown,
     TooManyRequests,
 )
+from faas_supervisor.http_timeouts import TimedAppRunner
 from faas_supervisor.invocation import Invocation, Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.watchdog.fork import ForkRunner
@@ -33,6 +34,10 @@ from faas_supervisor.watchdog.proxy import ProxyRunner
 LOCK_FILE = Path("/tmp/.lock")
 RESERVED = ("/_/health", "/_/ready", "/metrics")
 SHUTDOWN_TIMEOUT = 2.0  # seconds, after healthcheck_interval: see serve()
+# A connection waiting for a request this long (since it opened or had its last answer)
+# is closed: nginx's default keep-alive. Callers' pools close theirs sooner (aiohttp's
+# client after 15 s), so a pooled connection is not reused just as it is closed here.
+KEEPALIVE_TIMEOUT = 75.0
 logger = get_logger(component="watchdog")
 
 
@@ -152,8 +157,14 @@ class Watchdog:
 
     async def serve(self) -> int:
         """Start, serve until a signal, shut down gracefully. Returns the exit status."""
-        runner = web.AppRunner(
+        runner = TimedAppRunner(
             self.app(), handler_cancellation=True, access_log=None,
+            # read_timeout bounds the request from its first byte: its head here, its
+            # body in the runners (fork.py, proxy.py).
+            head_timeout=self.settings.read_timeout, keepalive_timeout=KEEPALIVE_TIMEOUT,
+            # http mode passes bodies on as sent, Content-Encoding and all; fork mode
+            # gives the script the decoded bytes.
+            auto_decompress=self.proxy is None,
             # healthcheck_interval is the grace period; once it is over and what was left
             # is killed, handlers get this long to send their last answers, then are
             # cancelled (aiohttp's default, 60 s, would hold a stalled upload that long).

@@ -659,3 +659,188 @@ def test_an_exposed_service_runs_min_scale_instances(controller: ControllerProce
 
     wait_until(both_answered, 60, "answers from two server processes", controller)
     assert all(pid.isdigit() for pid in seen)
+
+
+# ---- hostile input: paths, nesting, encodings (issue 8) ----------------------------------
+
+
+def drop(controller: ControllerProcess, bucket: str, folder: str, name: str, data: bytes) -> None:
+    """A file arriving whole in a watched folder, as an upload would."""
+    staged = controller.storage / bucket / f".{name}.tmp"
+    staged.write_bytes(data)
+    staged.rename(controller.storage / bucket / folder / name)
+
+
+@pytest.mark.timeout(120)
+def test_paths_and_bucket_names_that_leave_the_data_folder_are_400(
+    controller: ControllerProcess, tmp_path: Path
+) -> None:
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for field, path in [
+        ("input", "copier/../../../escaped"),
+        ("output", "copier/out/../../../../escaped"),
+        ("input", "../escaped/in"),
+        ("input", "copier/./in"),
+        ("output", "a..b/out"),
+        ("output", "192.168.1.20/out"),
+    ]:
+        definition = copier(**{field: [{"storage_provider": "minio", "path": path}]})
+        response = controller.request("POST", "/system/services", json=definition)
+        assert response.status_code == 400, (path, response.text)
+        assert response.text.startswith(f"{field}[0].path: "), response.text
+        assert "\n" not in response.text
+    for name in ["../escaped", "escaped/../../x", "photos/../../../x", "ab", "a..b", "UPPER",
+                 "10.0.0.1", "photos//x", "photos/x\\..\\y"]:
+        response = controller.request("POST", "/system/buckets", json={"bucket_name": name})
+        assert response.status_code == 400, (name, response.text)
+        assert response.text.startswith("bucket_name: ") and "\n" not in response.text
+    for method in ("GET", "DELETE"):
+        response = controller.request(method, "/system/buckets/UPPER")
+        assert response.status_code == 400 and response.text.startswith("bucket_name: 'UPPER'")
+    assert controller.request("GET", "/system/services").json() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert list(controller.storage.iterdir()) == []
+    # The same API still makes what is valid.
+    assert controller.request(
+        "POST", "/system/buckets", json={"bucket_name": "photos/2024/june"}
+    ).status_code == 201
+    assert (controller.storage / "photos" / "2024" / "june").is_dir()
+
+
+@pytest.mark.timeout(120)
+def test_no_input_gives_a_5xx(controller: ControllerProcess) -> None:
+    token = controller.create(copier())["token"]
+    deep = b"[" * 200_000 + b"]" * 200_000
+    deep_object = b'{"Records": ' + b"[" * 400_000 + b"]" * 400_000 + b"}"
+    cases: list[tuple[str, str, Any, dict[str, str], int]] = [
+        ("POST", "/system/services", "admin", {}, 400),
+        ("PUT", "/system/services", "admin", {}, 400),
+        ("POST", "/system/buckets", "admin", {}, 400),
+        ("PUT", "/system/buckets", "admin", {}, 400),
+    ]
+    for method, path, auth, headers, status in cases:
+        for body in (deep, b"\x1f\x8b\x08\x00garbage"):
+            response = controller.request(
+                method, path, auth=auth, data=body, headers={**headers, "Content-Encoding": "gzip"}
+                if body.startswith(b"\x1f") else headers
+            )
+            assert response.status_code == status, (method, path, response.text[:200])
+            assert "\n" not in response.text.strip(), response.text[:200]
+    # /job without credentials reads the body only to find a Ceph event's token.
+    unauthenticated = requests.post(f"{controller.url}/job/copier", data=deep_object, timeout=30)
+    assert unauthenticated.status_code == 401
+    # /run passes the body on as sent: the service's watchdog decodes it, or says why not.
+    auth = {"Authorization": f"Bearer {token}", "Content-Encoding": "gzip"}
+    import gzip
+
+    good = requests.post(f"{controller.url}/run/copier", timeout=60, headers=auth,
+                         data=gzip.compress(base64.b64encode(b"zipped")))
+    assert good.status_code == 200 and base64.b64decode(good.text) == b"zipped", good.text
+    bad = requests.post(f"{controller.url}/run/copier", data=b"\x1f\x8b\x08\x00garbage" * 10,
+                        headers=auth, timeout=60)
+    assert bad.status_code == 400, bad.text
+    assert bad.text.startswith("request body cannot be read: "), bad.text
+    # A chunked body that breaks after its first chunk, on every route that reads one.
+    basic = "Basic " + base64.b64encode(":".join(controller.auth).encode()).decode()
+    for path in ("/system/services", "/run/copier", "/job/copier"):
+        answer = broken_chunked(controller.port, path, basic)
+        assert answer.startswith(b"HTTP/1.1 400 "), (path, answer[:300])
+        assert b"request body cannot be read: " in answer, answer
+    assert "Traceback" not in controller.log_text()
+
+
+def broken_chunked(port: int, path: str, authorization: str) -> bytes:
+    """A request whose chunked body breaks once its handler is reading it."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\na\r\neyJhIjoxfQ\r\n".encode())
+        time.sleep(0.3)  # the client's pace is what is tested: the handler reads by now
+        sock.sendall(b"zz\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def post_all(calls: list[tuple[str, str, dict[str, Any] | None]],
+             controller: ControllerProcess) -> list[int]:
+    """The calls at once: each from its own thread, released together."""
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+
+    def one(call: tuple[str, str, dict[str, Any] | None]) -> int:
+        method, path, body = call
+        barrier.wait(10)
+        return controller.request(method, path, json=body).status_code
+
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(one, calls))
+
+
+@pytest.mark.timeout(240)
+def test_creating_one_service_twice_at_once_leaves_it_whole(
+    controller: ControllerProcess,
+) -> None:
+    names = [f"twice{i}" for i in range(4)]
+    statuses = post_all([("POST", "/system/services", copier(n)) for n in names for _ in (1, 2)],
+                        controller)
+    for i, name in enumerate(names):
+        assert sorted(statuses[2 * i: 2 * i + 2]) == [201, 409], (name, statuses)
+    # The winner's input is still watched: a file dropped there gives its job.
+    for name in names:
+        drop(controller, name, "input", "in.txt", name.encode())
+    for name in names:
+        (job,) = controller.wait_jobs(name, 1).values()
+        assert job["status"] == "Succeeded"
+        assert (controller.storage / name / "output" / "result").read_bytes() == name.encode()
+
+
+@pytest.mark.timeout(240)
+def test_concurrent_updates_and_deletes_leave_what_is_stored_watched(
+    controller: ControllerProcess,
+) -> None:
+    controller.create(copier())
+
+    def moved(folder: str) -> dict[str, Any]:
+        return copier(input=[{"storage_provider": "minio", "path": f"copier/{folder}"}])
+
+    statuses = post_all([("PUT", "/system/services", moved(f"in{i}")) for i in range(4)],
+                        controller)
+    assert statuses == [204] * 4
+    (entry,) = controller.request("GET", "/system/services/copier").json()["input"]
+    folder = entry["path"].split("/", 1)[1]
+    drop(controller, "copier", folder, "a.txt", b"after updates")
+    (job,) = controller.wait_jobs("copier", 1).values()
+    assert job["status"] == "Succeeded"
+
+    # An update racing a delete: either order, but once the service is gone nothing of it
+    # runs (an update finishing after the delete started its watchdog again).
+    statuses = post_all([("PUT", "/system/services", moved("late")),
+                         ("DELETE", "/system/services/copier", None)], controller)
+    assert statuses[1] == 204 and statuses[0] in (204, 404), statuses
+    assert controller.request("GET", "/system/services/copier").status_code == 404
+    folder_mark = str(controller.data_dir / "services" / "copier").encode()
+    wait_until(lambda: not any(folder_mark in cmdline for cmdline in _cmdlines()), 30,
+               "no process of the deleted service", controller)
+    # Made again, one file gives one job.
+    controller.create(copier())
+    drop(controller, "copier", "input", "b.txt", b"made again")
+    (job,) = controller.wait_jobs("copier", 1).values()
+    assert job["status"] == "Succeeded"
+
+
+def _cmdlines() -> list[bytes]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((entry / "cmdline").read_bytes())
+            except OSError:
+                continue
+    return found

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zipfile
@@ -701,6 +702,90 @@ def test_read_timeout_is_408(watchdog: WatchdogFactory, tmp_path: Path, how: str
     assert 0.9 <= time.monotonic() - started < 15
     assert not list(marks.iterdir())
     no_folders_left(wd)
+
+
+def trickle(sock: socket.socket, data: bytes, every: float) -> threading.Thread:
+    """A slow client: one byte at a time from a thread, until the server closes."""
+    def send() -> None:
+        for byte in data:
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                return
+            time.sleep(every)  # the client's pace is what is tested
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_request_head_sent_byte_by_byte_is_408_within_read_timeout(
+    watchdog: WatchdogFactory, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wd = watchdog('#!/bin/sh\ntouch "$MARKS/$$"\n', env={"MARKS": str(marks)},
+                  args=["--read-timeout", "1"])
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", wd.port), timeout=30) as sock:
+        sender = trickle(sock, b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000, 0.05)
+        assert read_status(sock) == 408
+        assert 0.9 <= time.monotonic() - started < 15
+        sender.join(15)
+    # A connection that sends nothing at all is left to keepalive_timeout (75 s; tested
+    # in tests/unit/test_http_timeouts.py); the watchdog serves on meanwhile.
+    assert requests.post(wd.url, data=b"{}", timeout=10).status_code == 200
+    assert len(list(marks.iterdir())) == 1
+    no_folders_left(wd)
+
+
+def test_read_timeout_counts_from_the_first_byte_of_the_head(
+    watchdog: WatchdogFactory, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wd = watchdog('#!/bin/sh\ntouch "$MARKS/$$"\n', env={"MARKS": str(marks)},
+                  args=["--read-timeout", "2"])
+    with socket.create_connection(("127.0.0.1", wd.port), timeout=30) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(1.5)  # a slow client's head, inside read_timeout
+        sock.sendall(b"Content-Length: 100\r\n\r\n[1, 2, ")
+        assert read_status(sock) == 408
+        # 2 s from the first byte, not 2 s more once the head was in (3.5 s).
+        assert 1.9 <= time.monotonic() - started < 3.2
+    assert not list(marks.iterdir())
+    no_folders_left(wd)
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    import gzip
+    return gzip.compress(data)
+
+
+def test_content_encoding_gzip_is_decoded_and_a_broken_body_is_400(
+    shared: WatchdogProcess,
+) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    good = post(shared, "copy", gzip_bytes(b'{"zipped": true}'), headers=headers)
+    assert good.status_code == 200, good.text
+    assert b64decode(good.text) == b'{"zipped": true}'
+    for body in (b'{"not": "gzip"}', b"\x1f\x8b\x08\x00" + b"not deflate data" * 10):
+        bad = post(shared, "copy", body, headers=headers)
+        assert bad.status_code == 400, bad.text
+        first, *_ = bad.text.splitlines()  # then the invocation's log, as for any 400
+        assert first == "request body cannot be read: Can not decode content-encoding: gzip"
+    # A chunked body that breaks once the watchdog is reading it.
+    with socket.create_connection(("127.0.0.1", shared.port), timeout=30) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Mode: copy\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
+        time.sleep(0.3)  # the client's pace is what is tested: the body is being read
+        sock.sendall(b"zz\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"\r\n\r\nrequest body cannot be read: " in answer, answer[:300]
 
 
 @pytest.mark.parametrize("how", ["env", "flag"])

@@ -1,0 +1,134 @@
+"""Time limits on the connections of our HTTP servers (the watchdog's and the controller's).
+
+aiohttp closes a connection that waits for a request longer than `keepalive_timeout`
+(counted from its opening or its last answer), but sets no limit of its own on a request
+head that has started to arrive: a client sending it a byte at a time holds the
+connection for as long as that timer allows, and a handler's limits start only once the
+head is complete. Here a request head must be complete within `head_timeout` of its
+first byte, else the client gets `408` and the connection is closed.
+
+The hook is aiohttp's connection class (`RequestHandler`, its protocol): one timer per
+request whose head comes in more than one piece; a head read whole (nearly all of them)
+costs a counter comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.web_protocol import RequestHandler
+
+_408 = b"the request head was not received in time\n"
+_408_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: " + str(len(_408)).encode() + b"\r\n"
+    b"Connection: close\r\n\r\n" + _408
+)
+
+
+class _Connection(RequestHandler):
+    """aiohttp's connection, with a timer from a request head's first byte to its last."""
+
+    __slots__ = ("_head_timeout", "_head_timer", "head_started")
+
+    def __init__(self, manager: web.Server, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        # When the head being read (or the last one read) began to arrive; None when it
+        # arrived in one piece, so that "now" is as good.
+        self.head_started: float | None = None
+
+    def data_received(self, data: bytes) -> None:
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads:  # a head is complete, or the parser failed
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            else:
+                self.head_started = None
+            self._fail_body_in_progress()
+        elif (
+            self._head_timer is None
+            and self._head_timeout > 0
+            and self._current_request is None  # not the body of a request being served
+            and not self._messages
+            and not self._upgraded
+        ):
+            self.head_started = self._loop.time()
+            self._head_timer = self._loop.call_at(
+                self.head_started + self._head_timeout, self._head_late
+            )
+
+    def _fail_body_in_progress(self) -> None:
+        """A parse error in the middle of a body reaches the handler reading it.
+
+        aiohttp's C parser, failing there (a bad chunk size, say), queues an error
+        answer but leaves the body's stream open: the handler would wait on it for ever.
+        """
+        request = self._current_request
+        message = self._messages[-1][0] if self._messages else None
+        if request is None or message is None or isinstance(message, RawRequestMessage):
+            return
+        body = request.content
+        if body.exception() is None and not body.is_eof():
+            reason = str(getattr(message, "message", "") or "bad request")
+            error = web.RequestPayloadError(reason)
+            error.__cause__ = getattr(message, "exc", None)
+            body.set_exception(error)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._waiter is None or self._waiter.done():
+            return  # a request is being served after all: its handler's limits apply
+        if self.transport is not None:  # between requests: an answer can be sent
+            self.transport.write(_408_ANSWER)
+        self.force_close()  # the transport sends what it was given, then closes
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+
+class _Server(web.Server):
+    """aiohttp's server, whose connections are `_Connection`s."""
+
+    def __init__(self, made: web.Server, head_timeout: float) -> None:
+        super().__init__(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            **made._kwargs,
+        )
+        self.head_timeout = head_timeout
+
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, self.head_timeout, loop=self._loop, **self._kwargs)
+
+
+class TimedAppRunner(web.AppRunner):
+    """`web.AppRunner` whose connections bound the time to receive a request head.
+
+    `head_timeout` (seconds, 0 for none) is counted from the head's first byte; pass
+    aiohttp's `keepalive_timeout` as well for connections that send nothing.
+    """
+
+    def __init__(self, app: web.Application, *, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._head_timeout = head_timeout
+
+    async def _make_server(self) -> web.Server:
+        return _Server(await super()._make_server(), self._head_timeout)
+
+
+def request_started(request: web.BaseRequest) -> float:
+    """When the request began to arrive (event loop time), for limits on the whole request."""
+    started = getattr(request.protocol, "head_started", None)
+    return started if started is not None else asyncio.get_running_loop().time()

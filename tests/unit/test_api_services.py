@@ -1,0 +1,209 @@
+"""The controller's API over real HTTP on loopback, with a fake backend that can fail.
+
+The real store (SQLite), folder store and intake; only the backend is a fake, so that a
+deploy can be made to fail (the local backend never refuses one) or to wait, and what it
+was asked recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from faas_supervisor.controller.api import Api, ApiInfo, _UpstreamConnector
+from faas_supervisor.controller.auth import Credentials
+from faas_supervisor.controller.buckets import FolderStore
+from faas_supervisor.controller.fdl import InvalidService, Service
+from faas_supervisor.controller.intake import Intake
+from faas_supervisor.controller.jobs import Jobs
+from faas_supervisor.controller.store import Store
+
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()}
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.running: dict[str, Service] = {}
+        self.refuse: set[str] = set()  # images whose deploy fails
+        self.gate: asyncio.Event | None = None  # when set, deploys wait for it
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def deploy(self, service: Service) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if service.image in self.refuse:
+            raise InvalidService(f"image: cannot pull {service.image}")
+        self.running[service.name] = service
+
+    async def remove(self, name: str) -> None:
+        self.running.pop(name, None)
+
+    async def invoke_url(self, name: str) -> str:
+        raise NotImplementedError
+
+    async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
+        return 0
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Api, FakeBackend]]:
+    buckets = FolderStore(tmp_path / "storage")
+    store = Store(tmp_path / "store.sqlite3")
+    backend = FakeBackend()
+    jobs = Jobs(store, backend, tmp_path / "jobs", 1, store.service)  # type: ignore[arg-type]
+    intake = Intake(buckets, jobs.submit, "http://127.0.0.1:1")
+    the_api = Api(ApiInfo("fake", 0, 1), Credentials("admin", "secret"), store,
+                  backend, jobs, intake, buckets)  # type: ignore[arg-type]
+    client = TestClient(TestServer(the_api.app()))
+    await client.start_server()
+    yield client, the_api, backend
+    await client.close()
+    await intake.close()
+    store.close()
+
+
+def definition(name: str = "svc", image: str = "ok", folder: str = "in") -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "script": "echo\n",
+        "input": [{"storage_provider": "minio", "path": f"{name}/{folder}"}],
+    }
+
+
+def watched(the_api: Api, name: str) -> list[tuple[str, str]]:
+    entry = the_api.intake.watcher._services.get(name)
+    return entry[1] if entry else []
+
+
+async def test_a_failed_update_leaves_the_service_as_it_was(
+    api: tuple[TestClient, Api, FakeBackend],
+) -> None:
+    client, the_api, backend = api
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    old = the_api.store.service("svc")
+    assert old is not None and watched(the_api, "svc") == [("svc", "in/")]
+
+    backend.refuse.add("broken")
+    answer = await client.put("/system/services", headers=AUTH,
+                              json=definition(image="broken", folder="elsewhere"))
+    assert answer.status == 400
+    assert (await answer.text()) == "image: cannot pull broken"
+    # The old definition stored, deployed and attached again, the token kept.
+    assert the_api.store.service("svc") == old
+    assert backend.running["svc"] == old
+    assert watched(the_api, "svc") == [("svc", "in/")]
+
+    assert (await client.put("/system/services", json=definition(folder="new"),
+                             headers=AUTH)).status == 204
+    assert watched(the_api, "svc") == [("svc", "new/")]
+
+
+async def test_creates_of_one_name_run_one_at_a_time(
+    api: tuple[TestClient, Api, FakeBackend],
+) -> None:
+    client, the_api, backend = api
+    backend.gate = asyncio.Event()  # both requests are in the handler before either deploys
+    first = asyncio.create_task(client.post("/system/services", json=definition(), headers=AUTH))
+    second = asyncio.create_task(client.post("/system/services", json=definition(), headers=AUTH))
+    # Both requests in their handlers: no event tells that a request waits on a lock.
+    await asyncio.sleep(0.5)
+    backend.gate.set()
+    statuses = sorted([(await first).status, (await second).status])
+    assert statuses == [201, 409]
+    assert watched(the_api, "svc") == [("svc", "in/")]
+    assert the_api._names._locks == {}  # forgotten once nobody holds them
+
+
+async def test_a_failed_create_frees_the_name(api: tuple[TestClient, Api, FakeBackend]) -> None:
+    client, the_api, backend = api
+    backend.refuse.add("broken")
+    answer = await client.post("/system/services", json=definition(image="broken"), headers=AUTH)
+    assert answer.status == 400
+    assert the_api.store.service("svc") is None and watched(the_api, "svc") == []
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+
+
+@pytest.mark.parametrize("path", ["/system/services", "/system/buckets"])
+async def test_deep_json_on_the_admin_routes_is_400(
+    api: tuple[TestClient, Api, FakeBackend], path: str
+) -> None:
+    client, _, _ = api
+    answer = await client.post(path, data=b"[" * 100_000 + b"]" * 100_000, headers=AUTH)
+    assert answer.status == 400
+    assert "\n" not in (await answer.text())
+
+
+async def test_an_input_fault_deep_in_a_handler_is_400_and_a_bug_is_a_logged_500(
+    api: tuple[TestClient, Api, FakeBackend], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, the_api, _ = api
+
+    async def nested(_request: web.Request) -> web.Response:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    async def broken(_request: web.Request) -> web.Response:
+        raise KeyError("a bug")
+
+    # Handlers of this Api's own middleware, on a fresh app (the test server's is frozen).
+    app = web.Application(middlewares=[the_api._errors])
+    app.router.add_get("/nested", nested)
+    app.router.add_get("/broken", broken)
+    async with TestClient(TestServer(app)) as other:
+        answer = await other.get("/nested")
+        assert (answer.status, await answer.text()) == (400, "the request is nested too deeply")
+        answer = await other.get("/broken")
+        assert answer.status == 500
+        assert "\n" not in (await answer.text())
+    logged = capsys.readouterr()
+    assert "a bug" in logged.out + logged.err  # structlog's stream: stdout unless configured
+
+
+async def test_idle_upstream_connections_are_capped_per_host() -> None:
+    """64 requests at once all get through; afterwards at most 8 connections stay open."""
+    arrived = 0
+    all_in = asyncio.Event()
+    open_now: set[object] = set()
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal arrived
+        open_now.add(request.transport)
+        arrived += 1
+        if arrived == 64:
+            all_in.set()
+        await all_in.wait()  # every request in flight at once: none waits for another
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", slow)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession(connector=_UpstreamConnector(8)) as session:
+
+            async def one() -> str:
+                async with session.get(server.make_url("/")) as answer:
+                    return await answer.text()
+
+            assert await asyncio.gather(*(one() for _ in range(64))) == ["ok"] * 64
+            for _ in range(200):  # the server sees the closes a moment later
+                still = sum(1 for t in open_now if t is not None and not t.is_closing())
+                if still <= 8:
+                    break
+                await asyncio.sleep(0.02)
+            assert still == 8, still
+    finally:
+        await server.close()
