@@ -24,6 +24,7 @@ from faas_supervisor.controller.buckets import FolderStore
 from faas_supervisor.controller.fdl import InvalidService, Service
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
+from faas_supervisor.controller.notifications import input_paths
 from faas_supervisor.controller.store import Store
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()}
@@ -64,7 +65,7 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Api, FakeBacken
     store = Store(tmp_path / "store.sqlite3")
     backend = FakeBackend()
     jobs = Jobs(store, backend, tmp_path / "jobs", 1, store.service)  # type: ignore[arg-type]
-    intake = Intake(buckets, jobs.submit, "http://127.0.0.1:1")
+    intake = Intake(buckets, store, jobs.submit, "http://127.0.0.1:1")
     the_api = Api(ApiInfo("fake", 0, 1), Credentials("admin", "secret"), store,
                   backend, jobs, intake, buckets)  # type: ignore[arg-type]
     client = TestClient(TestServer(the_api.app()))
@@ -85,8 +86,8 @@ def definition(name: str = "svc", image: str = "ok", folder: str = "in") -> dict
 
 
 def watched(the_api: Api, name: str) -> list[tuple[str, str]]:
-    entry = the_api.intake.watcher._services.get(name)
-    return entry[1] if entry else []
+    service = the_api.intake.watcher._services.get(name)
+    return [(p.bucket, p.prefix) for p in input_paths(service)] if service else []
 
 
 async def test_a_failed_update_leaves_the_service_as_it_was(

@@ -83,7 +83,7 @@ def test_bucket_list_names_are_checked() -> None:
 
 def test_deeply_nested_service_json_is_a_400() -> None:
     body = b"[" * 100_000 + b"]" * 100_000
-    with pytest.raises(InvalidService, match=r"^service: JSON nested too deeply"):
+    with pytest.raises(InvalidService, match=r"^service: not valid JSON \(nested too deeply\)"):
         parse_service_json(body)
 
 
