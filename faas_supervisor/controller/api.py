@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from faas_supervisor import __version__
+from faas_supervisor.controller import openapi
 from faas_supervisor.controller.auth import Credentials, bearer, token_matches
 from faas_supervisor.controller.backends import Backend
 from faas_supervisor.controller.buckets import BucketStore
@@ -97,6 +98,7 @@ class Api:
         )
         r = app.router
         r.add_get("/health", self.health)
+        r.add_get("/openapi.json", self.openapi)
         r.add_get("/system/info", self.system_info)
         r.add_get("/system/config", self.system_config)
         r.add_get("/system/status", self.system_status)
@@ -168,6 +170,9 @@ class Api:
 
     async def health(self, _request: web.Request) -> web.Response:
         return text_response("Ok", 200)
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        return json_response(openapi.document())
 
     async def system_info(self, _request: web.Request) -> web.Response:
         return json_response(
