@@ -25,6 +25,9 @@ DEFAULT_CPU = "0.2"
 DEFAULT_MEMORY = "256Mi"
 DEFAULT_OWNER = "cluster_admin"
 HIDDEN = "hidden"  # what the manager shows instead of the default provider's keys
+# Replicas of an exposed service: the local and docker backends start `min_scale` of them
+# at once, so one request must not be able to ask for thousands of processes.
+MAX_SCALE = 100
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _CPU = re.compile(r"\d+(\.\d+)?m?|\.\d+")
 _MEMORY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|[kmgtpe]|e\d+)?")
@@ -325,6 +328,11 @@ def _expose(raw: Any, where: str) -> Expose:
         name: _int(data.get(name, default), f"{where}.{name}")
         for name, default in (("min_scale", 1), ("max_scale", 10), ("cpu_threshold", 80))
     }
+    for name in ("min_scale", "max_scale"):
+        if values[name] > MAX_SCALE:
+            raise InvalidService(f"{where}.{name}: must be at most {MAX_SCALE}")
+    if values["cpu_threshold"] > 100:
+        raise InvalidService(f"{where}.cpu_threshold: must be a percentage, at most 100")
     if values["max_scale"] < values["min_scale"]:
         raise InvalidService(f"{where}.max_scale: must not be below min_scale")
     return Expose(
