@@ -479,6 +479,7 @@ class Api:
             data = json.loads(await request.read())
         except (json.JSONDecodeError, UnicodeDecodeError):
             data = None
+        _check_bucket_fields(data)
         if not isinstance(data, dict) or not isinstance(data.get("bucket_name"), str):
             raise InvalidService("bucket_name: missing")
         name = data["bucket_name"].strip(" /").split("/", 1)[0]
@@ -562,6 +563,26 @@ def _bucket_json(name: str) -> dict[str, Any]:
         "owner": "cluster_admin",
         "metadata": {},
     }
+
+
+def _check_bucket_fields(data: Any) -> None:
+    """The other fields of a bucket body have the manager's types (null: absent), as Go's
+    decoder would have them, though they are not kept: a wrong one is a mistake to report."""
+    if not isinstance(data, dict):
+        return
+    for key in ("visibility", "owner"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise InvalidService(f"{key}: must be a string")
+    users = data.get("allowed_users")
+    if users is not None and not (
+        isinstance(users, list) and all(isinstance(u, str) for u in users)
+    ):
+        raise InvalidService("allowed_users: must be a list of strings")
+    metadata = data.get("metadata")
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise InvalidService("metadata: must be a mapping of strings")
 
 
 def _job_info(job: Job) -> dict[str, Any]:
