@@ -130,10 +130,11 @@ def test_a_bucket_body_with_nulls_is_taken(live: ControllerProcess) -> None:
 @schema.parametrize()
 @settings(
     # Beyond these, the coverage phase (boundaries, wrong types, missing fields) runs in
-    # full; FUZZ_EXAMPLES=100 fuzzes harder by hand (about 2 minutes).
+    # full. By hand: FUZZ_EXAMPLES=100 fuzzes harder (about 2 minutes), FUZZ_RANDOM=1
+    # with a new seed each run.
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "10")),
     deadline=None,
-    derandomize=True,
+    derandomize=not os.environ.get("FUZZ_RANDOM"),
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -149,6 +150,10 @@ def test_every_answer_conforms(
     if "/exposed" in case.path:
         # Proxied whatever the method, QUERY included, which OpenAPI 3.1 cannot name.
         checks = [c for c in CHECKS if c is not unsupported_method]
+    if case.path == "/run/{name}" and case.path_parameters["name"] != SERVICE:
+        # A service the fuzzer made has a fuzzed script: its failure is a documented 500
+        # passed on from its watchdog, not the controller's.
+        checks = [c for c in checks if c is not not_a_server_error]
     if case.path == "/system/services" and case.method in ("POST", "PUT"):
         # A number where the manager takes a string (`"cluster_id": 0`) is accepted until
         # branch i8-authz ("the OSCAR manager's types for a service") is merged: then
