@@ -64,8 +64,10 @@ schema = schemathesis.openapi.from_dict(
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
     factory = ControllerFactory(tmp_path_factory.mktemp("fuzz"))
-    yield factory()
-    factory.close()
+    try:  # a controller that never answered is stopped too
+        yield factory()
+    finally:
+        factory.close()
 
 
 @dataclass
