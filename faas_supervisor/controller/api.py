@@ -23,7 +23,6 @@ import aiohttp
 from aiohttp import web
 
 from faas_supervisor import __version__
-from faas_supervisor.controller import openapi
 from faas_supervisor.controller.auth import Credentials, bearer, token_matches
 from faas_supervisor.controller.backends import Backend
 from faas_supervisor.controller.buckets import BucketStore
@@ -37,6 +36,7 @@ from faas_supervisor.controller.fdl import (
 )
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
+from faas_supervisor.controller.openapi import document as openapi_document
 from faas_supervisor.controller.store import FINISHED, Job, Store
 from faas_supervisor.errors import FaasError
 from faas_supervisor.http_headers import forwarded_headers
@@ -172,7 +172,7 @@ class Api:
         return text_response("Ok", 200)
 
     async def openapi(self, _request: web.Request) -> web.Response:
-        return json_response(openapi.document())
+        return json_response(openapi_document())
 
     async def system_info(self, _request: web.Request) -> web.Response:
         return json_response(
