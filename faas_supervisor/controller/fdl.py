@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from faas_supervisor.config import LOG_LEVELS, REQUIRED_PROVIDER_KEYS, SECRET_KEYS
+from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
 from faas_supervisor.errors import FaasError
 
 # The OSCAR manager's limits and defaults (its create handler).
@@ -162,6 +163,10 @@ def parse_service(data: Any, where: str = "") -> Service:
         raise InvalidService(
             f"{key('log_level')}: {log_level!r} is not one of {', '.join(LOG_LEVELS)}"
         )
+    try:  # amounts every backend can hold, refused here rather than at deploy time
+        cpu_nanos(cpu), memory_bytes(memory)
+    except ValueError as exc:
+        raise InvalidService(f"{where}.{exc}" if where else str(exc)) from None
 
     providers = _providers(data.get("storage_providers"), key("storage_providers"))
     inputs = _storage_list(data.get("input"), key("input"), name, providers)
