@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonschema
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -43,8 +44,46 @@ DEFINITION: dict[str, Any] = {
     "script": "echo ok\n",  # succeeds whatever the body: /run's answers are the controller's
     "input": [{"storage_provider": "minio", "path": f"{BUCKET}/in"}],
 }
+
+
+def text_conformance(ctx: Any, response: Any, case: schemathesis.Case) -> bool | None:
+    """A `text/plain` answer against its documented schema (schemathesis validates JSON
+    bodies only), and a 4xx from the controller is a one-line reason."""
+    if not response.headers.get("content-type", [""])[0].startswith("text/plain"):
+        return None
+    documented = document()["paths"][case.operation.path].get(case.method.lower(), {})
+    answer = _resolve(documented.get("responses", {}).get(str(response.status_code), {}))
+    schema = answer.get("content", {}).get("text/plain", {}).get("schema")
+    text = response.content.decode()
+    if schema is not None:
+        jsonschema.validate(text, schema)
+    # A watchdog's error (passed on by /run) is its reason, then the invocation's logs.
+    passed_on = case.operation.path == "/run/{name}" or "/exposed" in case.operation.path
+    # "The bucket '<name with a newline>' does not exist" is two lines until branch
+    # i8-api (bucket names by S3's rules, a 400 quoting the name) is merged: then this
+    # exclusion goes.
+    bucket = str((case.path_parameters or {}).get("bucket", ""))
+    unchecked_bucket = case.operation.path == "/system/buckets/{bucket}" and not (
+        bucket.isprintable()
+    )
+    one_line = not (passed_on or unchecked_bucket or case.method == "HEAD")
+    if 400 <= response.status_code < 500 and one_line:
+        assert text and "\n" not in text.rstrip("\n"), f"not one line: {text!r}"
+    return None
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        target: Any = document()
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
 CHECKS = [
     not_a_server_error,
+    text_conformance,
     status_code_conformance,
     content_type_conformance,
     ignored_auth,
