@@ -37,6 +37,7 @@ from faas_supervisor.controller.fdl import (
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.controller.openapi import document as openapi_document
 from faas_supervisor.controller.store import FINISHED, Job, Store
 from faas_supervisor.errors import FaasError, unreadable_body
 from faas_supervisor.http_headers import forwarded_headers
@@ -103,6 +104,7 @@ class Api:
         )
         r = app.router
         r.add_get("/health", self.health)
+        r.add_get("/openapi.json", self.openapi)
         r.add_get("/system/info", self.system_info)
         r.add_get("/system/config", self.system_config)
         r.add_get("/system/status", self.system_status)
@@ -186,6 +188,9 @@ class Api:
 
     async def health(self, _request: web.Request) -> web.Response:
         return text_response("Ok", 200)
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        return json_response(openapi_document())
 
     async def system_info(self, _request: web.Request) -> web.Response:
         return json_response(
@@ -519,6 +524,7 @@ class Api:
             data = strict_json.loads(await request.read())
         except strict_json.NotJson:
             data = None
+        _check_bucket_fields(data)
         if not isinstance(data, dict) or not isinstance(data.get("bucket_name"), str):
             raise InvalidService("bucket_name: missing")
         name, _, folder = data["bucket_name"].strip(" /").partition("/")
@@ -650,6 +656,26 @@ def _bucket_json(name: str) -> dict[str, Any]:
         "owner": "cluster_admin",
         "metadata": {},
     }
+
+
+def _check_bucket_fields(data: Any) -> None:
+    """The other fields of a bucket body have the manager's types (null: absent), as Go's
+    decoder would have them, though they are not kept: a wrong one is a mistake to report."""
+    if not isinstance(data, dict):
+        return
+    for key in ("visibility", "owner"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise InvalidService(f"{key}: must be a string")
+    users = data.get("allowed_users")
+    if users is not None and not (
+        isinstance(users, list) and all(isinstance(u, str) for u in users)
+    ):
+        raise InvalidService("allowed_users: must be a list of strings")
+    metadata = data.get("metadata")
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise InvalidService("metadata: must be a mapping of strings")
 
 
 def _job_info(job: Job) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import yaml
 from faas_supervisor import strict_json
 from faas_supervisor.config import LOG_LEVELS, REQUIRED_PROVIDER_KEYS, SECRET_KEYS
 from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
 from faas_supervisor.errors import FaasError
 
 # The OSCAR manager's limits and defaults (its create handler).
@@ -28,6 +29,9 @@ DEFAULT_CPU = "0.2"
 DEFAULT_MEMORY = "256Mi"
 DEFAULT_OWNER = "cluster_admin"
 HIDDEN = "hidden"  # what the manager shows instead of the default provider's keys
+# Replicas of an exposed service: the local and docker backends start `min_scale` of them
+# at once, so one request must not be able to ask for thousands of processes.
+MAX_SCALE = 100
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _CPU = re.compile(r"\d+(\.\d+)?m?|\.\d+")
 _MEMORY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|[kmgtpe]|e\d+)?")
@@ -175,6 +179,10 @@ def parse_service(data: Any, where: str = "", *, yaml_scalars: bool = False) -> 
         raise InvalidService(
             f"{key('log_level')}: {log_level!r} is not one of {', '.join(LOG_LEVELS)}"
         )
+    try:  # amounts every backend can hold, refused here rather than at deploy time
+        cpu_nanos(cpu), memory_bytes(memory)
+    except ValueError as exc:
+        raise InvalidService(f"{where}.{exc}" if where else str(exc)) from None
 
     providers = _providers(data.get("storage_providers"), key("storage_providers"))
     inputs = _storage_list(data.get("input"), key("input"), name, providers, yaml_scalars)
@@ -357,6 +365,11 @@ def _expose(raw: Any, where: str, scalars: bool) -> Expose:
         name: _int(data.get(name, default), f"{where}.{name}")
         for name, default in (("min_scale", 1), ("max_scale", 10), ("cpu_threshold", 80))
     }
+    for name in ("min_scale", "max_scale"):
+        if values[name] > MAX_SCALE:
+            raise InvalidService(f"{where}.{name}: must be at most {MAX_SCALE}")
+    if values["cpu_threshold"] > 100:
+        raise InvalidService(f"{where}.cpu_threshold: must be a percentage, at most 100")
     if values["max_scale"] < values["min_scale"]:
         raise InvalidService(f"{where}.max_scale: must not be below min_scale")
     return Expose(

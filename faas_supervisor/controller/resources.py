@@ -12,6 +12,7 @@ import re
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
             "E": 10**18}
+MAX_AMOUNT = 2**63 - 1  # what Docker and Kubernetes hold (int64)
 _QUANTITY = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([A-Za-z]i?|e\d+)?")
 
 
@@ -19,6 +20,8 @@ def cpu_nanos(cpu: str) -> int:
     """`0.5` or `500m` as billionths of a CPU."""
     millis = cpu.endswith("m")
     value = float(cpu[:-1] if millis else cpu) * (10**6 if millis else 10**9)
+    if not value <= MAX_AMOUNT:  # an infinite float too (a number of 400 digits)
+        raise ValueError(f"cpu: {cpu!r} is more than any machine has")
     if int(value) < 1:
         raise ValueError(f"cpu: {cpu!r} is less than a billionth of a CPU")
     return int(value)
@@ -31,6 +34,9 @@ def memory_bytes(memory: str) -> int:
         raise ValueError(f"memory: {memory!r} is not a memory amount (try 256Mi or 1Gi)")
     number, suffix = float(match.group(1)), match.group(2) or ""
     if suffix.startswith("e"):
+        # 10**exponent is a big integer: an exponent in the millions would take minutes.
+        if int(suffix[1:]) > 18:
+            raise ValueError(f"memory: {memory!r} is more than {MAX_AMOUNT} bytes")
         factor: float = 10 ** int(suffix[1:])
     elif suffix == "m":
         factor = 1e-3
@@ -42,6 +48,8 @@ def memory_bytes(memory: str) -> int:
         raise ValueError(f"memory: {memory!r} has an unknown unit {suffix!r}")
     else:
         factor = 1
+    if not number * factor <= MAX_AMOUNT:
+        raise ValueError(f"memory: {memory!r} is more than {MAX_AMOUNT} bytes")
     value = int(number * factor)
     if value < 1:
         raise ValueError(f"memory: {memory!r} is less than a byte")

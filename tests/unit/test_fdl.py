@@ -62,6 +62,14 @@ def test_defaults_are_the_managers() -> None:
         ({"environment": []}, "environment: must be a mapping"),
         ({"expose": {"api_port": 70000}}, "expose.api_port:"),
         ({"expose": {"min_scale": 3, "max_scale": 1}}, "expose.max_scale:"),
+        # Found by reading the fuzzed schema: min_scale 3000 started 3000 watchdogs.
+        ({"expose": {"api_port": 80, "min_scale": 101, "max_scale": 101}}, "expose.min_scale:"),
+        ({"expose": {"api_port": 80, "max_scale": 10**9}}, "expose.max_scale: must be at most"),
+        ({"expose": {"cpu_threshold": 101}}, "expose.cpu_threshold:"),
+        # Accepted, then an OverflowError (500) or minutes of CPU on the docker backend.
+        ({"memory": "1e400"}, "memory: '1e400' is more than"),
+        ({"memory": "1e99999999"}, "memory:"),
+        ({"cpu": "9" * 400}, "cpu:"),
         ({"file_stage_in": "maybe"}, "file_stage_in:"),
         ({"isolation_level": "NONE"}, "isolation_level:"),
         ({"labels": "x"}, "labels: must be a mapping"),

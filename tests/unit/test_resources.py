@@ -39,6 +39,14 @@ def test_memory_refused(memory: str) -> None:
         memory_bytes(memory)
 
 
-def test_cpu_refused() -> None:
+@pytest.mark.parametrize("cpu", ["0.0000000001", "9" * 400, "9223372036.9"])
+def test_cpu_refused(cpu: str) -> None:
     with pytest.raises(ValueError, match="cpu"):
-        cpu_nanos("0.0000000001")
+        cpu_nanos(cpu)
+
+
+# Were an OverflowError (a 500 on the docker backend), and 1e99999999 minutes of CPU.
+@pytest.mark.parametrize("memory", ["1e400", "1e99999999", "9" * 400, "9" * 30 + "Ei", "8Ei"])
+def test_memory_beyond_int64_refused(memory: str) -> None:
+    with pytest.raises(ValueError, match=r"memory: .* is more than"):
+        memory_bytes(memory)
