@@ -59,13 +59,7 @@ def text_conformance(ctx: Any, response: Any, case: schemathesis.Case) -> bool |
         jsonschema.validate(text, schema)
     # A watchdog's error (passed on by /run) is its reason, then the invocation's logs.
     passed_on = case.operation.path == "/run/{name}" or "/exposed" in case.operation.path
-    # "The bucket '<name with a newline>' does not exist" (or "already exists") is two
-    # lines until branch i8-api (bucket names by S3's rules, a 400 quoting the name) is
-    # merged: then this exclusion goes.
-    body = case.body if isinstance(case.body, dict) else {}
-    bucket = (case.path_parameters or {}).get("bucket", body.get("bucket_name", ""))
-    unchecked_bucket = "/system/buckets" in case.operation.path and not (str(bucket).isprintable())
-    one_line = not (passed_on or unchecked_bucket or case.method == "HEAD")
+    one_line = not (passed_on or case.method == "HEAD")
     if 400 <= response.status_code < 500 and one_line:
         assert text and "\n" not in text.rstrip("\n"), f"not one line: {text!r}"
     return None
@@ -194,9 +188,4 @@ def test_every_answer_conforms(
         # A service the fuzzer made has a fuzzed script: its failure is a documented 500
         # passed on from its watchdog, not the controller's.
         checks = [c for c in checks if c is not not_a_server_error]
-    if case.path == "/system/services" and case.method in ("POST", "PUT"):
-        # A number where the manager takes a string (`"cluster_id": 0`) is accepted until
-        # branch i8-authz ("the OSCAR manager's types for a service") is merged: then
-        # this exclusion goes (a trial merge with i8-authz passes without it).
-        checks = [c for c in checks if c is not negative_data_rejection]
     case.call_and_validate(base_url=live.url, auth=live.auth, checks=checks, timeout=60)
