@@ -144,10 +144,16 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from faas_supervisor.processes import Orphans
+
+    # A subreaper: whatever the script started and left (`setsid cmd &`) comes back to
+    # us instead of PID 1, and is killed with the rest once the invocation is over.
+    orphans = Orphans()
     startup = Startup(args, {})
     try:
         return asyncio.run(_until_signalled(_run_once(args, startup)))
     finally:
+        orphans.kill_all_now()  # every descendant left is this one invocation's
         startup.close()
 
 
