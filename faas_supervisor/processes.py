@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
@@ -50,7 +49,9 @@ _spawned: set[int] = set()
 def _prctl(option: int, arg: int) -> bool:
     """prctl(2) through libc; False where there is none (not Linux) or it refuses."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The interpreter's own symbols: libc is linked in. (find_library would run
+        # ldconfig in a child process.)
+        libc = ctypes.CDLL(None, use_errno=True)
         return int(libc.prctl(option, arg, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
