@@ -103,7 +103,8 @@ def test_a_stopped_run_kills_its_script_and_what_left_its_group(
             process.kill()
             process.wait()
     assert process.returncode == 128 + sig, stderr
-    assert stderr.decode().splitlines()[-1] == f"faas-supervisor: error: stopped by {signal.Signals(sig).name}"
+    name = signal.Signals(sig).name
+    assert stderr.decode().splitlines()[-1] == f"faas-supervisor: error: stopped by {name}"
     wait_until(gone(marker), "no process left", timeout=20)
     assert list(tmp.iterdir()) == []
 
