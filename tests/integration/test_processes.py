@@ -232,7 +232,7 @@ def test_a_service_watchdog_killed_outright_leaves_nothing_of_its_invocations(
         wait_until(lambda: running_with(f"{marker}-script") and running_with(f"{marker}-setsid"),
                    "the invocation's script to run", timeout=60)
         watchdogs = [p for p in running_with(str(controller.data_dir / "services" / "slow"))
-                     if b"watchdog" in p.cmdline]
+                     if b"\0watchdog\0" in p.cmdline]
         assert len(watchdogs) == 1, watchdogs
         os.kill(watchdogs[0].pid, signal.SIGKILL)
         with pytest.raises(requests.RequestException):
