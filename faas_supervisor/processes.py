@@ -29,7 +29,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -243,9 +243,31 @@ async def _readable(fd: int) -> None:
 # ---- orphans re-parented to a subreaper ----------------------------------------------------
 
 
-def _adopted() -> Iterator[tuple[int, str, int]]:
-    """(pid, state, process group) of each child of ours not spawned here."""
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent, state, process group) of `pid`, None if it is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        stat = os.read(fd, 1024)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+    fields = stat[stat.rfind(b")") + 2:].split(maxsplit=3)
+    if len(fields) < 3:
+        return None
+    return int(fields[1]), fields[0].decode(), int(fields[2])
+
+
+def _adopted() -> list[int]:
+    """Children of ours not spawned here: a read of every /proc/PID/stat (the kernel
+    lists a process's children only with CONFIG_PROC_CHILDREN), so it may run in a
+    worker thread; what it finds is checked again before anything is done to it."""
     me = os.getpid()
+    found = []
     with os.scandir("/proc") as entries:
         for entry in entries:
             if not entry.name.isdigit():
@@ -253,15 +275,10 @@ def _adopted() -> Iterator[tuple[int, str, int]]:
             pid = int(entry.name)
             if pid in _spawned:
                 continue
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-            fields = stat[stat.rfind(b")") + 2:].split()
-            if len(fields) >= 3 and int(fields[1]) == me:
-                yield pid, fields[0].decode(), int(fields[2])
+            stat = _stat(pid)
+            if stat is not None and stat[0] == me:
+                found.append(pid)
+    return found
 
 
 def environ_value(pid: int, name: str) -> str | None:
@@ -277,23 +294,35 @@ def environ_value(pid: int, name: str) -> str | None:
     return None
 
 
+def _nobody(_pid: int) -> bool:
+    return False
+
+
 class Orphans:
     """Processes re-parented to this subreaper: reaped, and killed when not wanted.
 
     `sweep(wanted)` reaps the zombies and SIGKILLs each live orphan (and the group it
     leads) for which `wanted(pid)` is False. Killing our own unreaped child is safe from
-    pid reuse; its group too while it leads it. Only the loop's thread sweeps (see spawn).
+    pid reuse; its group too while it leads it. Only the loop's thread acts (see spawn
+    and _act).
     """
 
     def __init__(self) -> None:
         self.enabled = become_subreaper()
 
-    def sweep(self, wanted: Callable[[int], bool] = lambda pid: False) -> int:
-        """One pass; returns how many orphans it killed or reaped (0: nothing happened)."""
-        if not self.enabled:
-            return 0
+    def _act(self, pids: list[int], wanted: Callable[[int], bool]) -> int:
+        """Reap or kill each of `pids` still an orphan of ours; how many it reaped or killed.
+
+        In the loop's thread, the only one that reaps: a pid found by a scan in another
+        thread may have been reaped and reused since, so it is checked again here, and
+        nothing can reap it between this check and the signal."""
+        me = os.getpid()
         done = 0
-        for pid, state, pgrp in list(_adopted()):
+        for pid in pids:
+            stat = _stat(pid)
+            if pid in _spawned or stat is None or stat[0] != me:
+                continue
+            _, state, pgrp = stat
             if state in ("Z", "X"):
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
@@ -304,17 +333,26 @@ class Orphans:
             done += 1
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if pgrp == pid:
-                    os.killpg(pid, signal.SIGKILL)
+                    os.killpg(pid, signal.SIGKILL)  # it leads its group: the id is its own
                 os.kill(pid, signal.SIGKILL)
         return done
 
-    async def kill_all(self, wanted: Callable[[int], bool] = lambda pid: False) -> None:
+    def sweep(self, wanted: Callable[[int], bool] = _nobody) -> int:
+        """One pass; returns how many orphans it killed or reaped (0: nothing happened)."""
+        return self._act(_adopted(), wanted) if self.enabled else 0
+
+    async def kill_all(self, wanted: Callable[[int], bool] = _nobody) -> None:
         """Sweep until a pass kills and reaps nothing: a killed orphan's own children come
-        to us in their turn, once it is dead. Bounded in time; what is still
-        there then is left for a later sweep."""
+        to us in their turn, once it is dead. Bounded in time; what is still there then
+        is left for a later sweep. /proc is read in a worker thread: with hundreds of
+        processes on the machine that is milliseconds the loop keeps for requests."""
+        if not self.enabled:
+            return
         deadline = time.monotonic() + KILL_ROUNDS_DEADLINE
         delay = 0.001
-        while self.sweep(wanted) and time.monotonic() < deadline:
+        while self._act(await asyncio.to_thread(_adopted), wanted):
+            if time.monotonic() > deadline:
+                return
             # A killed process becomes a zombie a moment later: no event tells us when.
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
