@@ -48,6 +48,10 @@ class Runtime:
     tmp_dir: Path
     exec_timeout: float = 0.0  # seconds; 0 = no limit
     providers: Mapping[str, StorageProvider] = field(default_factory=dict)
+    # `run`'s subreaper, where every orphan is its one invocation's: killed as soon as
+    # the script ends (one could hold the script's output pipe open). The watchdog's
+    # invocations share theirs: it sorts them out itself (watchdog/server.py).
+    orphans: processes.Orphans | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,9 @@ class Invocation:
                     child.kill_group()
                     with contextlib.suppress(asyncio.CancelledError):
                         await asyncio.shield(child.wait())
+                if self.runtime.orphans is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(self.runtime.orphans.kill_all())
                 if copier is not None:
                     # The group is dead, so the pipe ends; a child that left the group
                     # and holds it open is not waited for long.

@@ -52,13 +52,22 @@ def gone(marker: str) -> Callable[[], bool]:
     return lambda: not running_with(marker)
 
 
+def leaving(start: str, name: str, word: str, shell: str = "sh", double: bool = False) -> str:
+    """Script lines: `start` a shell that leaves the group and sleeps on, carrying `word`
+    (`double`: from a subshell that exits at once); wait until it has (it writes `.name`
+    in the folder it shares, the input folder): a script that exited first would have its
+    group killed with it still inside."""
+    line = f"{start} {shell} -c ': > .{name}; sleep 300; true' {word} &"
+    return (f"({line})" if double else line) + f"\nuntil [ -e .{name} ]; do sleep 0.01; done\n"
+
+
 def orphans_script(marker: str) -> str:
     """Three ways out of the script's process group, each a process that sleeps on."""
     return (
-        f"setsid sh -c 'sleep 300; true' {marker}-setsid &\n"  # a session of its own
-        f"(setsid sh -c 'sleep 300; true' {marker}-double &)\n"  # and re-parented at once
-        f"setsid env -i /bin/sh -c 'sleep 300; true' {marker}-noenv &\n"  # no marker env
-        "echo done\n"
+        leaving("setsid", "setsid", f"{marker}-setsid")  # a session of its own
+        + leaving("setsid", "double", f"{marker}-double", double=True)  # re-parented at once
+        + leaving("setsid env -i", "noenv", f"{marker}-noenv", shell="/bin/sh")
+        + "echo done\n"
     )
 
 
@@ -80,6 +89,37 @@ def test_run_leaves_nothing_that_left_the_scripts_group(tmp_path: Path, marker: 
     assert result.stdout == b"done\n"
     # `run` killed them before it exited; being killed may take the kernel a moment.
     wait_until(gone(marker), "no process left", timeout=20)
+
+
+MINIO_EVENT = Path(__file__).resolve().parents[1] / "fixtures" / "events" / "minio.json"
+
+
+def test_a_job_whose_orphan_holds_its_output_ends_with_its_script(
+    tmp_path: Path, marker: str
+) -> None:
+    """A storage job's output is copied from a pipe until every writer closed it: an
+    orphan holding it must not keep the job running (it is killed when the script ends)."""
+    store = tmp_path / "store"
+    obj = store / "plants" / "input" / "rose+red.jpg"
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(b"the rose\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n")
+    script = tmp_path / "script.sh"
+    script.write_text(leaving("setsid", "left", marker) + "echo started\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = run_env(tmp)
+    del env["EVENT"]
+    started = time.monotonic()
+    result = subprocess.run([*faas_command(), "run", "--script", str(script), "--config",
+                             str(config), "--event-file", str(MINIO_EVENT)],
+                            env=env, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert b"started" in result.stderr
+    assert time.monotonic() - started < 30  # not the orphan's 300 s
+    wait_until(gone(marker), "no process left", timeout=20)
+    assert list(tmp.iterdir()) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -112,10 +152,16 @@ def test_a_stopped_run_kills_its_script_and_what_left_its_group(
 # ---- the watchdog --------------------------------------------------------------------------
 
 
+def script_file(folder: Path, text: str) -> Path:
+    path = folder / "script.sh"
+    path.write_text(text)
+    return path
+
+
 def test_the_watchdog_kills_what_an_invocation_left_outside_its_group(
-    watchdog: WatchdogFactory, marker: str
+    watchdog: WatchdogFactory, tmp_path: Path, marker: str
 ) -> None:
-    wd = watchdog(orphans_script(marker))
+    wd = watchdog(script_file(tmp_path, orphans_script(marker)))
     response = requests.post(wd.url, data=b"{}", timeout=30)
     assert response.status_code == 200, response.text
     # The two the watchdog can attribute (they carry the invocation's TMP_INPUT_DIR) go
@@ -132,10 +178,10 @@ def test_an_orphan_lives_as_long_as_its_invocation(
     the one that ends first loses its own, the other keeps its own until it ends."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    script = (f"(setsid sh -c 'sleep 300; true' {marker}$Http_Path &)\n"
+    script = (leaving("setsid", "left", f"{marker}$Http_Path", double=True) +
               f'if [ "$Http_Path" = /held ]; then read line < "{fifo}"; fi\n'
               "echo done\n")
-    wd = watchdog(script)
+    wd = watchdog(script_file(tmp_path, script))
     held_marker, quick_marker = f"{marker}/held", f"{marker}/quick"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         held = pool.submit(requests.post, f"{wd.url}/held", data=b"{}", timeout=60)
