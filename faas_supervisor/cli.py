@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from faas_supervisor import __version__
 from faas_supervisor.client import add_service_parser
@@ -31,6 +31,9 @@ from faas_supervisor.config import (
 from faas_supervisor.controller.command import add_controller_parser
 from faas_supervisor.controller.manifests_command import add_manifests_parser
 from faas_supervisor.errors import ConfigError, FaasError, writing
+
+if TYPE_CHECKING:
+    from faas_supervisor.processes import Orphans
 
 WATCHDOG_FLAGS = (
     ("exec_timeout", "seconds a script may run, 0 = no limit (10, 10s, 1m)"),
@@ -102,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 class Startup:
     """The function's runtime, built once; owns the folder for a script given as text."""
 
-    def __init__(self, args: argparse.Namespace, flags: Mapping[str, Any]) -> None:
+    def __init__(self, args: argparse.Namespace, flags: Mapping[str, Any],
+                 orphans: Orphans | None = None) -> None:
         from faas_supervisor import logs
         from faas_supervisor.invocation import Runtime
         from faas_supervisor.storage_providers import build_providers
@@ -130,6 +134,7 @@ class Startup:
             tmp_dir=self.settings.tmp_dir,
             exec_timeout=self.settings.exec_timeout,
             providers=providers,
+            orphans=orphans,
         )
 
     def close(self) -> None:
@@ -148,10 +153,16 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    startup = Startup(args, {})
+    from faas_supervisor.processes import Orphans
+
+    # A subreaper: whatever the script started and left (`setsid cmd &`) comes back to
+    # us instead of PID 1, and is killed when the script ends (invocation.py).
+    orphans = Orphans()
+    startup = Startup(args, {}, orphans)
     try:
         return asyncio.run(_until_signalled(_run_once(args, startup)))
     finally:
+        orphans.kill_all_now()  # and any left since (stage-out is over): all are its own
         startup.close()
 
 

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import tempfile
@@ -66,6 +65,10 @@ class Runtime:
     tmp_dir: Path
     exec_timeout: float = 0.0  # seconds; 0 = no limit
     providers: Mapping[str, StorageProvider] = field(default_factory=dict)
+    # `run`'s subreaper, where every orphan is its one invocation's: killed as soon as
+    # the script ends (one could hold the script's output pipe open). The watchdog's
+    # invocations share theirs: it sorts them out itself (watchdog/server.py).
+    orphans: processes.Orphans | None = None
 
     def script_environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The base of the script's environment: the watchdog's own, the config's
@@ -123,10 +126,8 @@ class Invocation:
             raise
         self.outcome = Outcome()
         self._started = time.monotonic()
-        self._process: subprocess.Popen[bytes] | None = None
-        # Whether the script's process group may still have members to kill. Once it is
-        # killed and reaped its id is free for reuse, by another invocation's script even.
-        self._group_alive = False
+        self._child: processes.Child | None = None
+        self._aborted: FaasError | None = None  # set by abort(): the answer to give
 
     # ---- the steps -----------------------------------------------------------------
 
@@ -224,67 +225,68 @@ class Invocation:
         return env
 
     async def run_script(self, env: Mapping[str, str], mirror: OutputMirror | None = None) -> int:
-        """Run `/bin/sh SCRIPT` in its own process group; raise on failure or timeout."""
+        """Run `/bin/sh SCRIPT` in its own process group; raise on failure or timeout.
+
+        When the script exits, what is left of its group (background children) is killed
+        before the script is reaped; what left the group is the subreaper's (processes.py).
+        """
+        if self._aborted is not None:
+            raise self._aborted
         timeout = self.runtime.exec_timeout or None
         with open(self.script_log, "wb") as log_file:
             # With a mirror, output goes through a pipe we copy from; else straight to disk.
-            self._process = process = subprocess.Popen(
+            # No preexec_fn and no setsid: the spawn stays a vfork (processes.spawn).
+            self._child = child = processes.spawn(
                 ["/bin/sh", str(self.runtime.script)],
                 cwd=self.input_dir,
                 env=env,
-                stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if mirror else log_file,
                 stderr=subprocess.STDOUT,
-                # Its own process group, killed as a whole. process_group=0 rather than
-                # start_new_session: setsid() makes CPython fork() the whole watchdog,
-                # setpgid() lets it vfork(), about 5x cheaper per invocation here.
-                process_group=0,
             )
-            self._group_alive = True
+            stdout = child.popen.stdout
             # The mirror's copy runs in a worker thread (blocking reads) until every
             # writer has closed the pipe; it is awaited before log_file closes.
             copier = (
-                asyncio.ensure_future(
-                    asyncio.to_thread(_copy_output, process.stdout, log_file, mirror)
-                )
-                if mirror is not None and process.stdout is not None
+                asyncio.ensure_future(asyncio.to_thread(_copy_output, stdout, log_file, mirror))
+                if mirror is not None and stdout is not None
                 else None
             )
             try:
-                code = await asyncio.wait_for(self._finish(process, copier), timeout)
+                code = await asyncio.wait_for(child.wait(), timeout)
             except TimeoutError:
-                self.kill()
-                await processes.exited(process)
+                child.kill_group()
+                await child.wait()
                 raise ScriptTimeout(f"script ran past exec_timeout ({timeout:g} s)") from None
             finally:
                 # Whatever way it ended (cancelled when the client left), nothing lingers.
-                if process.returncode is None:
-                    self.kill()
+                if child.returncode is None:
+                    child.kill_group()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.shield(processes.exited(process))
-                self.kill()  # background children the script left behind
-                # Now the group is gone: a later close() must not kill whoever reuses its id.
-                self._group_alive = False
+                        await asyncio.shield(child.wait())
+                if self.runtime.orphans is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(self.runtime.orphans.kill_all())
                 if copier is not None:
                     # The group is dead, so the pipe ends; a child that left the group
                     # and holds it open is not waited for long.
                     with contextlib.suppress(Exception, asyncio.CancelledError):
                         await asyncio.wait_for(asyncio.shield(copier), COPIER_GRACE)
         self.outcome.exit_code = code
+        if self._aborted is not None:
+            raise self._aborted  # killed on purpose: say why, not "killed by signal 9"
         if code != 0:
             raise ScriptFailed(f"script exited with status {_describe(code)}", _exit_status(code))
         return code
 
-    @staticmethod
-    async def _finish(process: subprocess.Popen[bytes], copier: asyncio.Future[None] | None) -> int:
-        if copier is not None:
-            await asyncio.shield(copier)  # all the output, then the exit status
-        return await processes.exited(process)
-
     def kill(self) -> None:
-        if self._process is not None and self._group_alive:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._process.pid, signal.SIGKILL)
+        """SIGKILL the script's group, if the script is still running."""
+        if self._child is not None:
+            self._child.kill_group()
+
+    def abort(self, error: FaasError) -> None:
+        """Stop the script now and answer `error` for it (the watchdog shutting down)."""
+        self._aborted = error
+        self.kill()
 
     def collect_outputs(self) -> list[OutputFile]:
         """Regular files under TMP_OUTPUT_DIR; links, FIFOs and sockets skipped, warned."""

@@ -1,27 +1,232 @@
-"""Waiting for a child process from the event loop, without a thread per child.
+"""Child processes: spawned in their own process group, awaited from the event loop, stopped.
+
+The one place that starts a child and stops it (the invocation's script, the http-mode
+server, the local backend's watchdogs and jobs). The rules it keeps:
+
+* Each child leads its own process group (`process_group=0`, a setpgid: CPython can still
+  vfork; the fork that setsid or a preexec_fn forces costs 11 ms instead of about 1 ms
+  per spawn from a process of the watchdog's size, README "Processes"). Stopping a child
+  stops its group: what the child forked goes too.
+* A group is signalled only while its leader is unreaped: a zombie leader keeps the
+  group's id taken, so `killpg` cannot reach a stranger that reused it. `exited()` gives
+  a hook between "has exited" (its pidfd turns readable) and "reaped".
+* What leaves the group (`setsid cmd &`) is caught by making the long-lived supervisors
+  child subreapers (Linux): orphaned descendants are re-parented to them instead of
+  PID 1, and `Orphans` reaps them and kills those that are not wanted any more.
 
 A pidfd (Linux 5.3+) turns readable when its process exits, so the loop waits for it like
-for a socket; elsewhere a worker thread waits. Scripts are started with plain
-`subprocess.Popen` (which can vfork) rather than asyncio's subprocess machinery: that
-skips the transport, protocol and child watcher asyncio sets up for every child, a
-measurable share of an `echo` invocation (bench/RESULTS.md).
+for a socket; elsewhere a worker thread waits. Children are started with plain
+`subprocess.Popen` rather than asyncio's subprocess machinery: that skips the transport,
+protocol and child watcher asyncio sets up for every child, a measurable share of an
+`echo` invocation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
+import signal
 import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+STOP_GRACE = 5.0  # seconds a stopped child gets after SIGTERM before SIGKILL
+KILL_ROUNDS_DEADLINE = 5.0  # seconds to chase orphans that keep re-parenting to us
+
+# Pids of the children spawned here and not reaped yet: `Orphans` leaves them alone (they
+# are reaped by whoever waits for them) and takes every other child for an adopted orphan.
+_spawned: set[int] = set()
 
 
-async def exited(process: subprocess.Popen[bytes]) -> int:
-    """The process's exit status, once it has exited (and been reaped)."""
+# ---- prctl ---------------------------------------------------------------------------------
+
+
+def _prctl(option: int, arg: int) -> bool:
+    """prctl(2) through libc; False where there is none (not Linux) or it refuses."""
+    try:
+        # The interpreter's own symbols: libc is linked in. (find_library would run
+        # ldconfig in a child process.)
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(option, arg, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants come to this process instead of PID 1 (Linux 3.4+).
+
+    False where the kernel offers no such thing: then what leaves a child's process
+    group is not caught (the README says where that is the case)."""
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the thread that spawned it dies, however.
+
+    A preexec_fn makes CPython fork instead of vfork: only for children spawned once (the
+    http-mode server), never per invocation. The parent may have died before the prctl:
+    then there is nobody left to serve.
+    """
+    parent = os.getppid()
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+# ---- one child -----------------------------------------------------------------------------
+
+
+class Child:
+    """A child leading its own process group."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def signal_group(self, sig: int) -> None:
+        """`sig` to the child's group, as long as the child is not reaped (see above)."""
+        if self.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+
+    def kill_group(self) -> None:
+        self.signal_group(signal.SIGKILL)
+
+    async def wait(self, kill_group: bool = True) -> int:
+        """Its exit status once it exited; first, by default, SIGKILL to what is left of
+        its group (background children), while the exited leader still holds the id."""
+        return await exited(self.popen, self.kill_group if kill_group else None)
+
+    async def exit_status(self) -> int:
+        """Its exit status once it exited, leaving it unreaped: its group can still be
+        signalled (by stop()) after this returns, and the exit only watched."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        await _exited_unreaped(self.pid)
+        if self.popen.returncode is not None:  # reaped meanwhile
+            return self.popen.returncode
+        info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        if info is None:  # cannot be: it has exited
+            return await self.wait()
+        return -info.si_status if info.si_code != os.CLD_EXITED else info.si_status
+
+    async def stop(self, grace: float = STOP_GRACE) -> int:
+        """SIGTERM to the group, SIGKILL to the group after `grace`; reaped."""
+        self.signal_group(signal.SIGTERM)
+        waiting = asyncio.ensure_future(self.wait())
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting), grace)
+        except TimeoutError:
+            self.kill_group()
+            return await waiting
+        finally:
+            if not waiting.done():  # we were cancelled: the child still goes
+                self.kill_group()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(waiting)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | Path | None = None,
+    stdin: int | IO[Any] | None = subprocess.DEVNULL,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+    die_with_parent: bool = False,
+) -> Child:
+    """Start `argv` leading a new process group. Call it from the event loop's thread:
+    `Orphans` (same thread) must never see a child that is not registered yet.
+
+    `die_with_parent`: SIGKILLed if this process dies, even by SIGKILL (PR_SET_PDEATHSIG;
+    forces a fork, so only for children started once; the parent's thread must live as long
+    as the child: the loop's thread does).
+    """
+    popen = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=dict(env),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        process_group=0,
+        preexec_fn=_die_with_parent if die_with_parent else None,
+    )
+    _spawned.add(popen.pid)
+    return Child(popen)
+
+
+async def exited(
+    process: subprocess.Popen[bytes], before_reap: Callable[[], None] | None = None
+) -> int:
+    """The process's exit status, once it has exited and been reaped.
+
+    `before_reap` runs after it exited and before it is reaped: the moment its process
+    group can still be signalled safely.
+    """
     if process.returncode is not None:
         return process.returncode
+    await _exited_unreaped(process.pid)
+    if before_reap is not None and process.returncode is None:
+        before_reap()
+    code = process.wait()  # it has exited: this only reaps it
+    _spawned.discard(process.pid)
+    return code
+
+
+async def _exited_unreaped(pid: int) -> None:
+    """Returns once `pid` (a child) has exited; it is left a zombie, not reaped."""
     try:
-        pidfd = os.pidfd_open(process.pid)
+        pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):  # no pidfd here: a thread waits instead
-        return await asyncio.to_thread(process.wait)
+        await asyncio.to_thread(os.waitid, os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        return
+    try:
+        await _readable(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+async def stop_stranger(pid: int, marker: bytes, grace: float = STOP_GRACE) -> None:
+    """Stop a process that is not our child (one a killed controller left), and its group.
+
+    Only if `marker` is in its command line (pids get reused); a pidfd, opened first, pins
+    the process read and tells when it exits. SIGTERM to its group, SIGKILL to the group
+    after `grace` if it is still alive (once it is gone, its group id may be reused).
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # gone already (or no pidfd here: then nothing safe can be done)
+        return
+    try:
+        try:
+            if marker not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return
+        except OSError:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(_readable(pidfd), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+    finally:
+        os.close(pidfd)
+
+
+async def _readable(fd: int) -> None:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
@@ -29,12 +234,134 @@ async def exited(process: subprocess.Popen[bytes]) -> int:
         if not ready.done():
             ready.set_result(None)
 
+    loop.add_reader(fd, readable)
     try:
-        loop.add_reader(pidfd, readable)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(pidfd)
+        await ready
     finally:
-        os.close(pidfd)
-    return process.wait()  # it has exited: this only reaps it
+        loop.remove_reader(fd)
+
+
+# ---- orphans re-parented to a subreaper ----------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent, state, process group) of `pid`, None if it is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        stat = os.read(fd, 1024)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+    fields = stat[stat.rfind(b")") + 2:].split(maxsplit=3)
+    if len(fields) < 3:
+        return None
+    return int(fields[1]), fields[0].decode(), int(fields[2])
+
+
+def _adopted() -> list[int]:
+    """Children of ours not spawned here: a read of every /proc/PID/stat (the kernel
+    lists a process's children only with CONFIG_PROC_CHILDREN), so it may run in a
+    worker thread; what it finds is checked again before anything is done to it."""
+    me = os.getpid()
+    found = []
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            if pid in _spawned:
+                continue
+            stat = _stat(pid)
+            if stat is not None and stat[0] == me:
+                found.append(pid)
+    return found
+
+
+def environ_value(pid: int, name: str) -> str | None:
+    """A variable of the environment `pid` was started with; None if unreadable or unset."""
+    try:
+        data = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    prefix = name.encode() + b"="
+    for item in data.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix):].decode("utf-8", "surrogateescape")
+    return None
+
+
+def _nobody(_pid: int) -> bool:
+    return False
+
+
+class Orphans:
+    """Processes re-parented to this subreaper: reaped, and killed when not wanted.
+
+    `sweep(wanted)` reaps the zombies and SIGKILLs each live orphan (and the group it
+    leads) for which `wanted(pid)` is False. Killing our own unreaped child is safe from
+    pid reuse; its group too while it leads it. Only the loop's thread acts (see spawn
+    and _act).
+    """
+
+    def __init__(self) -> None:
+        self.enabled = become_subreaper()
+
+    def _act(self, pids: list[int], wanted: Callable[[int], bool]) -> int:
+        """Reap or kill each of `pids` still an orphan of ours; how many it reaped or killed.
+
+        In the loop's thread, the only one that reaps: a pid found by a scan in another
+        thread may have been reaped and reused since, so it is checked again here, and
+        nothing can reap it between this check and the signal."""
+        me = os.getpid()
+        done = 0
+        for pid in pids:
+            stat = _stat(pid)
+            if pid in _spawned or stat is None or stat[0] != me:
+                continue
+            _, state, pgrp = stat
+            if state in ("Z", "X"):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                    done += 1
+                continue
+            if wanted(pid):
+                continue
+            done += 1
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if pgrp == pid:
+                    os.killpg(pid, signal.SIGKILL)  # it leads its group: the id is its own
+                os.kill(pid, signal.SIGKILL)
+        return done
+
+    def sweep(self, wanted: Callable[[int], bool] = _nobody) -> int:
+        """One pass; returns how many orphans it killed or reaped (0: nothing happened)."""
+        return self._act(_adopted(), wanted) if self.enabled else 0
+
+    async def kill_all(self, wanted: Callable[[int], bool] = _nobody) -> None:
+        """Sweep until a pass kills and reaps nothing: a killed orphan's own children come
+        to us in their turn, once it is dead. Bounded in time; what is still there then
+        is left for a later sweep. /proc is read in a worker thread: with hundreds of
+        processes on the machine that is milliseconds the loop keeps for requests."""
+        if not self.enabled:
+            return
+        deadline = time.monotonic() + KILL_ROUNDS_DEADLINE
+        delay = 0.001
+        while self._act(await asyncio.to_thread(_adopted), wanted):
+            if time.monotonic() > deadline:
+                return
+            # A killed process becomes a zombie a moment later: no event tells us when.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def kill_all_now(self) -> None:
+        """kill_all for code outside an event loop (the end of `run`)."""
+        deadline = time.monotonic() + KILL_ROUNDS_DEADLINE
+        delay = 0.001
+        while self.sweep() and time.monotonic() < deadline:
+            time.sleep(delay)  # see kill_all
+            delay = min(delay * 2, 0.05)

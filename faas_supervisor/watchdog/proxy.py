@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -25,6 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
+from faas_supervisor import processes
 from faas_supervisor.config import WatchdogSettings
 from faas_supervisor.errors import (
     ConfigError,
@@ -61,7 +60,7 @@ class UpstreamServer:
     def __init__(self, runtime: Runtime, settings: WatchdogSettings) -> None:
         self.runtime = runtime
         self.settings = settings
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: processes.Child | None = None
         self.stopping = False  # set once we terminate it ourselves
 
     def environment(self) -> dict[str, str]:
@@ -71,12 +70,13 @@ class UpstreamServer:
         return env
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            str(self.runtime.script),
+        self.process = processes.spawn(
+            ["/bin/sh", str(self.runtime.script)],
             env=self.environment(),
-            stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: whatever it forks goes with it
+            # Killed if the watchdog dies, even by SIGKILL: it must not hold the port for
+            # the watchdog that replaces this one. Spawned once, so the fork this costs
+            # (no vfork with a preexec_fn) does not matter.
+            die_with_parent=True,
         )
         logger.info("upstream server started", pid=self.process.pid)
 
@@ -89,7 +89,7 @@ class UpstreamServer:
         assert self.process is not None
         timeout = self.settings.upstream_start_timeout
         deadline = time.monotonic() + timeout
-        exited = asyncio.ensure_future(self.process.wait())
+        exited = asyncio.ensure_future(self.process.exit_status())
         stopped = asyncio.ensure_future(stop.wait())
         try:
             while True:
@@ -116,22 +116,16 @@ class UpstreamServer:
             stopped.cancel()
 
     async def wait(self) -> int:
+        """Its exit status once it exits; left unreaped, so that terminate() can still
+        reach what it leaves in its group (its server, when the script was a wrapper)."""
         assert self.process is not None
-        return await self.process.wait()
+        return await self.process.exit_status()
 
     async def terminate(self) -> None:
-        """SIGTERM to the whole group, SIGKILL after TERM_GRACE, and always reap."""
+        """SIGTERM to the whole group, SIGKILL to it after TERM_GRACE, and reaped."""
         self.stopping = True
-        if self.process is None:
-            return
-        _signal_group(self.process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), TERM_GRACE)
-        except TimeoutError:
-            logger.warning("upstream server ignored SIGTERM; killing it", pid=self.process.pid)
-        # SIGKILL the group whatever happened: children the server left behind go too.
-        _signal_group(self.process.pid, signal.SIGKILL)
-        await self.process.wait()
+        if self.process is not None:
+            await self.process.stop(TERM_GRACE)
 
 
 class ProxyRunner:
@@ -417,9 +411,4 @@ async def _accepts(host: str, port: int) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 

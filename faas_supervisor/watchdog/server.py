@@ -2,7 +2,11 @@
 
 Start-up, serving and shutdown are one method each. Signals are handled here only:
 SIGTERM or SIGINT stop new work (503), wait up to `healthcheck_interval` for what is in
-flight, kill what is left, remove every invocation folder, and exit 0.
+flight, stop what is left (its answer: 503, the watchdog is shutting down), remove every
+invocation folder, and exit 0.
+
+The watchdog is a child subreaper (processes.Orphans): what a script started outside its
+process group comes back to it when orphaned, and is killed once its invocation is over.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from faas_supervisor.errors import (
 from faas_supervisor.http_timeouts import TimedAppRunner
 from faas_supervisor.invocation import Invocation, Runtime
 from faas_supervisor.logs import get_logger
+from faas_supervisor.processes import Orphans, environ_value
 from faas_supervisor.watchdog.fork import ForkRunner
 from faas_supervisor.watchdog.metrics import Metrics
 from faas_supervisor.watchdog.proxy import ProxyRunner
@@ -38,6 +43,9 @@ SHUTDOWN_TIMEOUT = 2.0  # seconds, after healthcheck_interval: see serve()
 # is closed: nginx's default keep-alive. Callers' pools close theirs sooner (aiohttp's
 # client after 15 s), so a pooled connection is not reused just as it is closed here.
 KEEPALIVE_TIMEOUT = 75.0
+SWEEP_INTERVAL = 1.0  # seconds between sweeps of orphans when nothing asks for one sooner
+SWEEP_SPACING = 0.1  # seconds at least between two sweeps: each one reads /proc
+STOPPED = "the watchdog is shutting down"
 logger = get_logger(component="watchdog")
 
 
@@ -58,6 +66,8 @@ class Watchdog:
         self.shutting_down = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self.orphans: Orphans | None = None  # set by serve(): a subreaper from then on
+        self._sweep_wanted = asyncio.Event()
 
     # ---- routes ----------------------------------------------------------------------
 
@@ -130,6 +140,7 @@ class Watchdog:
                 return await self.runner.invoke(request, invocation)
         finally:
             invocation.close()
+            self._sweep_wanted.set()  # what it left outside its group goes now
             logger.info(
                 "invocation",
                 id=invocation.id,
@@ -170,6 +181,7 @@ class Watchdog:
             # cancelled (aiohttp's default, 60 s, would hold a stalled upload that long).
             shutdown_timeout=SHUTDOWN_TIMEOUT,
         )
+        self.orphans = Orphans()
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.settings.port, reuse_address=True)
         try:
@@ -194,9 +206,11 @@ class Watchdog:
         if not self.settings.suppress_lock:
             LOCK_FILE.touch()
         self.ready = True
+        sweeper = asyncio.create_task(self._sweep_orphans(self.orphans))
         logger.info("watchdog ready", port=_bound_port(runner, self.settings.port),
                     mode=self.settings.mode)
         await stop.wait()
+        sweeper.cancel()
         await self.shutdown(runner)
         # The user's server died: exit non-zero so that the orchestrator restarts us.
         return 1 if self.proxy is not None and self.proxy.failed else 0
@@ -208,16 +222,46 @@ class Watchdog:
             await asyncio.wait_for(self._idle.wait(), self.settings.healthcheck_interval)
         for work in list(self.inflight):
             if isinstance(work, Invocation):
-                logger.warning("killing an invocation still running", id=work.id)
-                work.close()
+                logger.warning("stopping an invocation still running", id=work.id)
+                work.abort(ShuttingDown(STOPPED))  # its answer says why: 503
             elif isinstance(work, asyncio.Task):
                 logger.warning("cutting a proxied request still running")
                 work.cancel()  # else the runner's cleanup would wait for it for a minute
         await runner.cleanup()  # cancels handlers still running, closes connections
         if self.proxy is not None:
             await self.proxy.close()  # the user's server, after the requests it was serving
+        if self.orphans is not None:
+            await self.orphans.kill_all()  # nothing we adopted outlives us
         if not self.settings.suppress_lock:
             LOCK_FILE.unlink(missing_ok=True)
+
+
+    # ---- orphans ---------------------------------------------------------------------
+
+    async def _sweep_orphans(self, orphans: Orphans) -> None:
+        """Reap orphans re-parented to us; kill those whose invocation is over.
+
+        Runs after each invocation (coalesced) and every SWEEP_INTERVAL, in the loop's
+        thread (see processes.spawn)."""
+        if not orphans.enabled:
+            return
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sweep_wanted.wait(), SWEEP_INTERVAL)
+            self._sweep_wanted.clear()
+            await orphans.kill_all(self._orphan_wanted)
+            await asyncio.sleep(SWEEP_SPACING)
+
+    def _orphan_wanted(self, pid: int) -> bool:
+        """Whether an orphan may live on: its invocation still runs (http mode: always,
+        it is the server's). An invocation's processes carry its TMP_INPUT_DIR in their
+        environment; one started without (cleared) may be any running invocation's, and
+        lives until no invocation is in flight."""
+        if self.proxy is not None:
+            return True
+        folder = environ_value(pid, "TMP_INPUT_DIR")
+        running = {str(w.input_dir) for w in self.inflight if isinstance(w, Invocation)}
+        return bool(running) if folder is None else folder in running
 
 
 def _refuse(error: FaasError) -> web.Response:

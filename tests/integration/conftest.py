@@ -31,6 +31,7 @@ from tests.integration.docker_fixtures import (  # noqa: F401
 )
 
 REPO = Path(__file__).resolve().parents[2]
+STOP_GRACE = 15.0  # seconds the watchdogs a test left running get to stop at its end
 EXAMPLES = REPO / "examples"
 
 if TYPE_CHECKING:
@@ -135,8 +136,16 @@ class WatchdogFactory:
         return wd
 
     def close(self) -> None:
-        for wd in self.started:
-            if wd.process.poll() is None:
+        """SIGTERM, so that each stops its scripts and its server (a watchdog started by
+        hand and killed outright cannot: README, Processes); SIGKILL after a while."""
+        running = [wd for wd in self.started if wd.process.poll() is None]
+        for wd in running:
+            wd.process.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        for wd in running:
+            try:
+                wd.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 wd.process.kill()
                 wd.process.wait()
 

@@ -7,6 +7,7 @@ outright left behind (found by the data folder in their command lines).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import faas_command, free_port, wait_for_http
+from tests.leftovers import kill, processes
 
 USER, PASSWORD = "admin", "controller-test-password"
 
@@ -162,13 +164,18 @@ class ControllerFactory:
 
 
 def kill_leftovers(data_dir: Path) -> None:
-    """Process groups still running for this data folder (after a SIGKILLed controller)."""
+    """Process groups still running for this data folder (after a SIGKILLed controller):
+    SIGTERM first, so that a watchdog or a `run` stops what it started; SIGKILL after."""
     marker = str(data_dir).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker in (entry / "cmdline").read_bytes():
-                os.killpg(int(entry.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            continue
+    found = [p for p in processes().values() if marker in p.cmdline and p.state != "Z"]
+    for proc in found:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = processes()
+        left = [p for p in found if (q := now.get(p.pid)) and q.start == p.start and q.state != "Z"]
+        if not left:
+            return
+        time.sleep(0.1)  # not our children: /proc has no event to await
+    kill(left)

@@ -68,6 +68,9 @@ EVENT_DIR = "/oscar/event"
 EVENT_IN_ENV_MAX = 96 * 1024  # Linux refuses one variable over 128 KiB at exec
 READY_TIMEOUT = 60.0  # seconds invoke_url waits for a watchdog to answer its health check
 STOP_TIMEOUT = 15  # seconds a container gets after SIGTERM when a service is replaced
+# Seconds a stopped job's container gets after SIGTERM (to its PID 1, `faas-supervisor
+# run`, which kills its script and removes its folders) before SIGKILL.
+JOB_STOP_TIMEOUT = 10
 _T = TypeVar("_T")
 logger = get_logger(component="docker-backend")
 
@@ -423,15 +426,17 @@ class DockerBackend:
         except ValueError as exc:
             raise InvalidService(str(exc)) from None
 
-    def _remove_container(self, container_id: str, graceful: bool = False) -> None:
+    def _remove_container(self, container_id: str, graceful: bool = False,
+                          timeout: int = STOP_TIMEOUT) -> None:
         import docker.errors
 
         with contextlib.suppress(docker.errors.NotFound):
             container = self._client.containers.get(container_id)
             if graceful:
-                # In-flight invocations may finish (the watchdog drains on SIGTERM).
+                # SIGTERM to PID 1, SIGKILL after `timeout`: in-flight invocations may
+                # finish (the watchdog drains), a job's `run` cleans up.
                 with contextlib.suppress(docker.errors.APIError):
-                    container.stop(timeout=STOP_TIMEOUT)
+                    container.stop(timeout=timeout)
             container.remove(force=True, v=False)
 
     def _check(self, replica: _Replica) -> None:
@@ -497,12 +502,14 @@ class DockerBackend:
             container_id = await asyncio.shield(create)
             return await self._run(self._follow_job, container_id, log)
         except asyncio.CancelledError:
-            # Deleted, or the controller is stopping: the container goes once its creation
-            # has been answered (else the removal could overtake it); the thread following
+            # Deleted, or the controller is stopping: the container is stopped (SIGTERM
+            # to `run`, SIGKILL after JOB_STOP_TIMEOUT) and removed once its creation has
+            # been answered (else the removal could overtake it); the thread following
             # its logs then sees the stream end.
             with contextlib.suppress(Exception):
                 container_id = await create
-                await asyncio.shield(self._run(self._remove_container, container_id))
+                await asyncio.shield(self._run(self._remove_container, container_id, True,
+                                               JOB_STOP_TIMEOUT))
             raise
 
     def _create_job(self, service: Service, folder: Path, job: str, event: Path) -> str:

@@ -3,7 +3,11 @@
 Each service gets a folder `<data-dir>/services/NAME/` (script.sh, function_config.yaml,
 the watchdog's log, its TMPDIR), a watchdog on a free loopback port that is restarted if
 it dies, and its jobs run as `faas-supervisor run` processes. Every process gets its own
-process group, so stopping one stops what its scripts left behind.
+process group and is stopped through processes.Child: SIGTERM (a watchdog drains, `run`
+kills its script and removes its folders), SIGKILL to the group after a grace period.
+The controller is a child subreaper while this backend runs: what a watchdog or a job
+leaves when it dies (even by SIGKILL: its scripts, their children) comes back to it and
+is killed before the watchdog is restarted or the job is reported.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -24,6 +29,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from faas_supervisor import processes
 from faas_supervisor.controller.backends import ServiceUnavailable
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
@@ -32,6 +38,7 @@ from faas_supervisor.logs import get_logger
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0  # seconds a new watchdog may take to answer its health check
 STOP_TIMEOUT = 15.0  # seconds a watchdog gets to finish in-flight work when stopped
+JOB_STOP_GRACE = 10.0  # seconds a stopped job's `run` gets to kill its script and clean up
 EVENT_IN_ENV_MAX = 96 * 1024  # larger events go on stdin: the environment is bounded
 # The controller's own settings and credentials are nobody else's business.
 _HIDDEN_ENV = ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID", "port", "mode", "upstream_port")
@@ -65,23 +72,22 @@ class _Pids:
         self.marker = str(data_dir).encode()
         self.env_marker = f"TMPDIR={data_dir / 'services'}/".encode()
 
-    def record(self, process: asyncio.subprocess.Process) -> Path:
-        path = self.folder / f"{process.pid}.pid"
-        path.write_text(str(process.pid))
+    def record(self, child: processes.Child) -> Path:
+        path = self.folder / f"{child.pid}.pid"
+        path.write_text(str(child.pid))
         return path
 
-    def reap_leftovers(self) -> None:
+    async def reap_leftovers(self) -> None:
+        """Stop what the last controller left (killed outright): watchdogs and jobs."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        stops = []
         for path in self.folder.glob("*.pid"):
             with contextlib.suppress(ValueError, OSError):
-                pid = int(path.read_text())
-                # Only a process started for this data folder: pids get reused.
-                if self.marker in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    logger.warning("stopping a process left by the last controller", pid=pid)
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pid, signal.SIGKILL)
+                stops.append(processes.stop_stranger(int(path.read_text()), self.marker,
+                                                     STOP_TIMEOUT))
             path.unlink(missing_ok=True)
-        self._reap_scripts()
+        await asyncio.gather(*stops)
+        self._reap_scripts()  # what is left: scripts whose `run` could not stop them
 
     def _reap_scripts(self) -> None:
         """The groups of processes still carrying this data folder's environment."""
@@ -103,17 +109,19 @@ class _Watchdog:
     """One service's watchdog process, kept running until stopped."""
 
     def __init__(
-        self, name: str, folder: Path, command: list[str], env: dict[str, str], pids: _Pids
+        self, name: str, folder: Path, command: list[str], env: dict[str, str], pids: _Pids,
+        orphans: processes.Orphans,
     ) -> None:
         self.name = name
         self.pids = pids
+        self.orphans = orphans
         self.folder = folder
         self.command = command
         self.env = env
         self.port = 0
         self.ready = asyncio.Event()
         self.stopping = False
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: processes.Child | None = None
         self.task = asyncio.create_task(self._supervise(), name=f"watchdog-{name}")
 
     @property
@@ -126,18 +134,12 @@ class _Watchdog:
             self.port = free_port()
             started = time.monotonic()
             with open(self.folder / "watchdog.log", "ab") as log:
-                self.process = await asyncio.create_subprocess_exec(
-                    *self.command,
-                    *self._upstream_flags(),
-                    "--port",
-                    str(self.port),
-                    "--host",
-                    HOST,
+                self.process = processes.spawn(
+                    [*self.command, *self._upstream_flags(), "--port", str(self.port),
+                     "--host", HOST],
                     env=self.env,
-                    stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
+                    stderr=subprocess.STDOUT,
                 )
             pid_file = self.pids.record(self.process)
             if await self._healthy():
@@ -146,6 +148,9 @@ class _Watchdog:
             code = await self.process.wait()
             pid_file.unlink(missing_ok=True)
             self.ready.clear()
+            # What it left (killed outright: its scripts, its server's children) came to
+            # us: killed before a new one starts, so that no port or file is held.
+            await self.orphans.kill_all()
             if self.stopping:
                 return
             failures = failures + 1 if time.monotonic() - started < 10 else 0
@@ -176,29 +181,18 @@ class _Watchdog:
                 await asyncio.sleep(0.05)  # a port has no readiness event to await
         if self.process.returncode is None:
             logger.error("service watchdog never became healthy; killing it", service=self.name)
-            _kill_group(self.process)
+            self.process.kill_group()
         return False
 
     async def stop(self) -> None:
         self.stopping = True
-        process = self.process
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGTERM)  # graceful: in-flight work may finish
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                _kill_group(process)
-                await process.wait()
-        if process is not None:
-            _kill_group(process)  # whatever its scripts left behind
+        if self.process is not None:
+            # Graceful: in-flight work may finish (the watchdog drains on SIGTERM).
+            await asyncio.shield(self.process.stop(STOP_TIMEOUT))
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+        await self.orphans.kill_all()
 
 
 class LocalBackend:
@@ -220,14 +214,22 @@ class LocalBackend:
         self._watchdogs: dict[str, list[_Watchdog]] = {}
         self._turn = itertools.count()  # round robin over a service's watchdogs
         self.pids = _Pids(data_dir / "pids", data_dir)
+        self.orphans: processes.Orphans | None = None
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.pids.reap_leftovers()
+        # From here on, what our watchdogs and jobs leave when they die comes to us.
+        self.orphans = processes.Orphans()
+        await self.pids.reap_leftovers()
+
+    def _orphans(self) -> processes.Orphans:
+        assert self.orphans is not None, "start() first"
+        return self.orphans
 
     async def close(self) -> None:
         await asyncio.gather(*(w.stop() for ws in self._watchdogs.values() for w in ws))
         self._watchdogs.clear()
+        await self._orphans().kill_all()
 
     def _folder(self, name: str) -> Path:
         return self.root / name
@@ -271,7 +273,8 @@ class LocalBackend:
             command += ["--mode", "http"]
         instances = max(1, service.expose.min_scale) if service.exposed else 1
         self._watchdogs[service.name] = [
-            _Watchdog(service.name, folder, command, self._env(service), self.pids)
+            _Watchdog(service.name, folder, command, self._env(service), self.pids,
+                      self._orphans())
             for _ in range(instances)
         ]
 
@@ -304,7 +307,7 @@ class LocalBackend:
         env = self._env(service)
         env["JOB_UUID"] = job
         data = event.read_bytes() if event.stat().st_size <= EVENT_IN_ENV_MAX else None
-        stdin: Any = asyncio.subprocess.DEVNULL
+        stdin: Any = subprocess.DEVNULL
         if data is not None and b"\0" not in data:
             # As OSCAR passes it; surrogateescape gives the child the exact bytes back.
             env["EVENT"] = data.decode("utf-8", "surrogateescape")
@@ -312,22 +315,21 @@ class LocalBackend:
             if "EVENT" not in env:
                 stdin = stack.enter_context(open(event, "rb"))
             out = stack.enter_context(open(log, "ab"))
-            process = await asyncio.create_subprocess_exec(
-                *runtime_command(),
-                "run",
-                *self._files(service.name),
+            child = processes.spawn(
+                [*runtime_command(), "run", *self._files(service.name)],
                 env=env,
                 stdin=stdin,
                 stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
+                stderr=subprocess.STDOUT,
             )
-        pid_file = self.pids.record(process)
+        pid_file = self.pids.record(child)
         try:
-            return await process.wait()
+            return await child.wait()
         finally:
+            if child.returncode is None:
+                # Cancelled (the job or its service deleted, the controller stopping):
+                # SIGTERM lets `run` kill its script's group and remove its folders.
+                await asyncio.shield(child.stop(JOB_STOP_GRACE))
             pid_file.unlink(missing_ok=True)
-            if process.returncode is None:  # cancelled: the job is stopped with its children
-                _kill_group(process)
-                await asyncio.shield(process.wait())
-            _kill_group(process)
+            # A `run` killed outright left its script to us: it goes now.
+            await asyncio.shield(self._orphans().kill_all())
