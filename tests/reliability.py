@@ -17,7 +17,6 @@ import datetime as dt
 import os
 import platform
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ FAULTS = (
     "missed events reconciled",
     "kill -9 with 50 jobs",
     "SQS message delivered twice",
+    "watchdog killed outright",
 )
 
 
@@ -59,8 +59,7 @@ class FaultRow:
     outcome: str = "not run"
 
 
-HOSTILE = pytest.StashKey[list[HostileRow]]()
-FAULT_ROWS = pytest.StashKey[dict[str, FaultRow]]()
+PLUGIN = "reliability-tables"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -73,65 +72,56 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "reliability(fault, promise): the test joins the faults table of docs/RELIABILITY.md",
     )
-    config.stash[HOSTILE] = []
-    config.stash[FAULT_ROWS] = {}
+    config.pluginmanager.register(Tables(config), PLUGIN)
 
 
 def record_hostile(config: pytest.Config, row: HostileRow) -> None:
-    config.stash[HOSTILE].append(row)
+    """Called by the catalogue's test for each case it ran."""
+    tables = config.pluginmanager.get_plugin(PLUGIN)
+    assert isinstance(tables, Tables)
+    tables.hostile.append(row)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rows = config.stash[FAULT_ROWS]
-    for item in items:
-        marker = item.get_closest_marker("reliability")
-        if marker is None or "fault" not in marker.kwargs:
-            continue
-        rows[item.nodeid] = FaultRow(str(marker.kwargs["fault"]),
-                                     str(marker.kwargs.get("promise", "")), item.nodeid)
+class Tables:
+    """The session's rows, and the hooks that fill and write them."""
 
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.hostile: list[HostileRow] = []
+        self.faults: dict[str, FaultRow] = {}  # by node id
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    # The stash is reached through the session's config, which a report does not carry:
-    # the rows are found by node id in the plugin's own hook below instead.
-    _REPORTS.append(report)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            marker = item.get_closest_marker("reliability")
+            if marker is not None and "fault" in marker.kwargs:
+                self.faults[item.nodeid] = FaultRow(
+                    str(marker.kwargs["fault"]), str(marker.kwargs.get("promise", "")),
+                    item.nodeid)
 
-
-_REPORTS: list[pytest.TestReport] = []
-
-
-def _outcomes() -> dict[str, str]:
-    """A test's outcome: failed if any phase failed, else what its call phase said."""
-    found: dict[str, str] = {}
-    for report in _REPORTS:
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        row = self.faults.get(report.nodeid)
+        if row is None:
+            return
         if report.failed:
-            found[report.nodeid] = "xpassed (strict): failed" if hasattr(report, "wasxfail") \
-                else "failed"
-        elif report.when == "call" or report.skipped:
-            if found.get(report.nodeid, "").startswith("failed"):
-                continue
-            if hasattr(report, "wasxfail"):
-                found[report.nodeid] = "xfail: " + str(report.wasxfail)
-            else:
-                found[report.nodeid] = "skipped" if report.skipped else "passed"
-    return found
+            row.outcome = "XPASS (strict): failed" if hasattr(report, "wasxfail") else "failed"
+        elif row.outcome.startswith(("failed", "XPASS")):
+            return  # a teardown that passed does not undo a failed call
+        elif hasattr(report, "wasxfail"):
+            row.outcome = f"xfail ({report.wasxfail})"
+        elif report.skipped:
+            row.outcome = "skipped"
+        elif report.when == "call":
+            row.outcome = "passed"
 
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    if not (config.getoption("--write-reliability") or os.environ.get(ENV) == "1"):
-        return
-    outcomes = _outcomes()
-    faults = config.stash[FAULT_ROWS]
-    for nodeid, row in faults.items():
-        row.outcome = outcomes.get(nodeid, "not run")
-    text = DOC.read_text() if DOC.exists() else ""
-    hostile = config.stash[HOSTILE]
-    if hostile:
-        text = replace_block(text, "hostile", hostile_table(hostile))
-    text = replace_block(text, "faults", faults_table(list(faults.values())))
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(text)
+    def pytest_sessionfinish(self) -> None:
+        if not (self.config.getoption("--write-reliability") or os.environ.get(ENV) == "1"):
+            return
+        text = DOC.read_text() if DOC.exists() else ""
+        if self.hostile:
+            text = replace_block(text, "hostile", hostile_table(self.hostile))
+        text = replace_block(text, "faults", faults_table(list(self.faults.values())))
+        DOC.parent.mkdir(exist_ok=True)
+        DOC.write_text(text)
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -182,7 +172,7 @@ def hostile_table(rows: list[HostileRow]) -> str:
 
 
 def faults_table(rows: list[FaultRow]) -> str:
-    named = Counter(row.fault for row in rows)
+    named = {row.fault for row in rows}
     lines = ["| fault | promise | test | outcome |", "|---|---|---|---|"]
     order = list(FAULTS) + sorted(set(named) - set(FAULTS))
     for fault in order:
