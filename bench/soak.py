@@ -58,6 +58,17 @@ class Probe:
         return Snapshot(c.proc_status(self.pid, "VmRSS"), len(os.listdir(f"/proc/{self.pid}/fd")),
                         len(descendants(self.pid)), folders)
 
+    def quiet(self, still: float = 1.0, timeout: float = 15.0) -> Snapshot:
+        """The baseline: a snapshot once nothing has changed for `still` seconds (the
+        warm-up's last connections closed, its last folder removed)."""
+        last, since, deadline = self.snapshot(), time.monotonic(), time.monotonic() + timeout
+        while time.monotonic() - since < still and time.monotonic() < deadline:
+            time.sleep(0.1)  # /proc has no event to await
+            now = self.snapshot()
+            if (now.fds, now.children, now.folders) != (last.fds, last.children, last.folders):
+                last, since = now, time.monotonic()
+        return last
+
     def settle(self, baseline: Snapshot) -> tuple[Snapshot, float]:
         """Poll until back to the baseline, or SETTLE seconds: the state and the time."""
         started = time.monotonic()
@@ -93,41 +104,44 @@ class Phase:
     requests: int
     level: Level
     seconds: float
-    rss_curve: list[tuple[int, int]]  # (requests done, RSS of the process measured)
+    rss: dict[str, list[tuple[int, int]]]  # by process: (requests done, its RSS)
     probes: dict[str, tuple[Snapshot, Snapshot, float]]  # name: before, after, settled in
 
-    def growth(self) -> int:
-        at_from = next(rss for done, rss in self.rss_curve if done >= FROM)
-        return self.rss_curve[-1][1] - at_from
+    def at_from(self, name: str) -> int:
+        return next(rss for done, rss in self.rss[name] if done >= FROM)
+
+    def growth(self, name: str) -> int:
+        return self.rss[name][-1][1] - self.at_from(name)
 
     def back(self) -> bool:
         return all(after.at_most(before) for before, after, _ in self.probes.values())
 
     def ok(self) -> bool:
-        return self.level.errors == 0 and self.growth() < RSS_LIMIT and self.back()
+        return (self.level.errors == 0 and self.back()
+                and all(self.growth(name) < RSS_LIMIT for name in self.rss))
 
 
-def soak(name: str, port: int, total: int, concurrency: int, measured: Probe,
-         probes: dict[str, Probe], path: str = "/", headers: dict[str, str] | None = None
-         ) -> Phase:
-    """Warm up, take the baselines, run `total` requests in segments sampling the RSS of
-    `measured`, then wait for every probe to settle."""
+def soak(name: str, port: int, total: int, concurrency: int, probes: dict[str, Probe],
+         path: str = "/", headers: dict[str, str] | None = None) -> Phase:
+    """Warm up, take the baselines, run `total` requests in segments sampling every
+    probe's RSS, then wait for every probe to settle."""
     asyncio.run(load(port, concurrency, 200, Level(), path, headers))
-    before = {key: probe.settle(probe.snapshot())[0] for key, probe in probes.items()}
+    before = {key: probe.quiet() for key, probe in probes.items()}
     level = Level()
-    curve = []
+    rss: dict[str, list[tuple[int, int]]] = {key: [] for key in probes}
     done = 0
     started = time.perf_counter()
     while done < total:
         n = min(SEGMENT, total - done)
         asyncio.run(load(port, concurrency, n, level, path, headers))
         done += n
-        curve.append((done, measured.snapshot().rss))
-        print(f"  {name}: {done}/{total}, errors {level.errors}, "
-              f"RSS {curve[-1][1] / MiB:.1f} MiB", flush=True)
+        for key, probe in probes.items():
+            rss[key].append((done, probe.snapshot().rss))
+        sizes = ", ".join(f"{key} {r[-1][1] / MiB:.1f} MiB" for key, r in rss.items())
+        print(f"  {name}: {done}/{total}, errors {level.errors}, RSS: {sizes}", flush=True)
     seconds = time.perf_counter() - started
     settled = {key: (before[key], *probe.settle(before[key])) for key, probe in probes.items()}
-    return Phase(name, total, level, seconds, curve, settled)
+    return Phase(name, total, level, seconds, rss, settled)
 
 
 def watchdog_phase(total: int, concurrency: int) -> Phase:
@@ -138,7 +152,7 @@ def watchdog_phase(total: int, concurrency: int) -> Phase:
         script = c.write_script(workdir / "script.sh", "echo hi\n")
         with c.watchdog(script, workdir, env={"TMPDIR": str(tmpdir)}) as wd:
             probe = Probe(wd.pid, tmpdir)
-            return soak("watchdog", wd.port, total, concurrency, probe, {"watchdog": probe})
+            return soak("watchdog", wd.port, total, concurrency, {"watchdog": probe})
 
 
 def controller_phase(total: int, concurrency: int) -> Phase:
@@ -152,51 +166,52 @@ def controller_phase(total: int, concurrency: int) -> Phase:
                        if b"watchdog" in Path(f"/proc/{pid}/cmdline").read_bytes())
         probes = {"controller": Probe(ctl.process.pid, None),
                   "service's watchdog": Probe(service, tmpdir)}
-        return soak("controller", ctl.port, total, concurrency, probes["controller"], probes,
-                    "/run/soak", {"Authorization": f"Bearer {token}"})
+        return soak("controller", ctl.port, total, concurrency, probes, "/run/soak",
+                    {"Authorization": f"Bearer {token}"})
 
 
 def report(machine: str, phases: list[Phase], concurrency: int) -> str:
+    load_rows = [[f"{p.name} (`{'POST /run/NAME' if p.name == 'controller' else 'POST /'}`)",
+                  str(p.requests), f"{p.requests / p.seconds:.0f}/s", str(p.level.errors),
+                  c.ms(c.median(p.level.latencies)), c.ms(c.percentile(p.level.latencies, 99))]
+                 for p in phases]
     rows = []
     for p in phases:
-        rows.append([
-            f"{p.name} (`{'POST /run/NAME' if p.name == 'controller' else 'POST /'}`)",
-            str(p.requests), f"{p.requests / p.seconds:.0f}/s", str(p.level.errors),
-            c.ms(c.median(p.level.latencies)), c.ms(c.percentile(p.level.latencies, 99)),
-            f"{next(r for d, r in p.rss_curve if d >= FROM) / MiB:.1f} MiB",
-            f"{p.rss_curve[-1][1] / MiB:.1f} MiB", f"{p.growth() / MiB:+.2f} MiB",
-        ])
-    leftovers = []
-    for p in phases:
         for name, (before, after, waited) in p.probes.items():
-            leftovers.append([f"{name} ({p.name} phase)", f"{before.fds} / {after.fds}",
-                              f"{before.folders} / {after.folders}" if name != "controller"
-                              else "-",
-                              f"{before.children} / {after.children}", f"{waited:.1f} s"])
+            rows.append([f"{name} ({p.name} phase)", f"{p.at_from(name) / MiB:.1f} MiB",
+                         f"{p.rss[name][-1][1] / MiB:.1f} MiB",
+                         f"{p.growth(name) / MiB:+.2f} MiB", f"{before.fds} / {after.fds}",
+                         "-" if name == "controller"
+                         else f"{before.folders} / {after.folders}",
+                         f"{before.children} / {after.children}", f"{waited:.1f} s"])
     verdicts = "\n".join(
-        f"* {p.name}: {p.level.errors} errors, RSS {p.growth() / MiB:+.2f} MiB from request "
-        f"{FROM} to {p.requests} (target under 10 MiB), descriptors, folders and children "
-        f"back to the baseline: {'yes' if p.back() else '**no**'}: {c.verdict(p.ok())}"
+        f"* {p.name} phase: {p.level.errors} errors; RSS growth from request {FROM} to "
+        f"{p.requests}: " + ", ".join(f"{n} {p.growth(n) / MiB:+.2f} MiB" for n in p.rss)
+        + f" (target under 10 MiB); descriptors, folders and children back to the baseline: "
+        f"{'yes' if p.back() else '**no**'}: {c.verdict(p.ok())}"
         for p in phases)
     curves = "\n".join(
-        f"* {p.name}: " + ", ".join(f"{d}: {r / MiB:.1f}" for d, r in p.rss_curve)
-        for p in phases)
+        f"* {name} ({p.name} phase): " + ", ".join(f"{d}: {r / MiB:.1f}" for d, r in curve)
+        for p in phases for name, curve in p.rss.items())
     return f"""## Soak: nothing grows, nothing is left (`bench/soak.py`)
 
 Run {machine}. `echo hi` (body `aGkK`) at concurrency {concurrency}, aiohttp client on the
-same machine; 200 warm-up requests first, then the baselines are taken.
+same machine; 200 warm-up requests first, then the baselines are taken once the processes
+are quiet. The machine is shared: rates and latencies here say little (`throughput.py`
+measures those); growth and leftovers are the figures.
 
-{c.table(["path", "requests", "rate", "errors", "median", "p99", f"RSS at request {FROM}",
-          "RSS at the last", "growth"], rows)}
+{c.table(["path", "requests", "rate", "errors", "median", "p99"], load_rows)}
 
-After the load (before / after; "settled in": how long until back, at most {SETTLE:g} s):
+Each process: RSS at request {FROM} and at the last; then, before the load / after it,
+open file descriptors, folders in its TMPDIR and descendant processes, and how long they
+took to come back (at most {SETTLE:g} s):
 
-{c.table(["process", "open FDs", "folders in TMPDIR", "descendant processes", "settled in"],
-         leftovers)}
+{c.table(["process", f"RSS at {FROM}", "RSS at the last", "growth", "open FDs",
+          "folders in TMPDIR", "descendants", "settled in"], rows)}
 
 {verdicts}
 
-RSS (MiB) by requests done, of the process measured (the watchdog; the controller):
+RSS (MiB) by requests done:
 
 {curves}
 """
