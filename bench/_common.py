@@ -92,7 +92,8 @@ def write_section(name: str, text: str, path: Path = RESULTS, echo: bool = True)
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{text.strip()}\n{end}"
     current = path.read_text() if path.exists() else RESULTS_HEADER
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    # Markers are lines of their own: the same text quoted in a sentence is not one.
+    pattern = re.compile(f"^{re.escape(start)}$.*?^{re.escape(end)}$", re.S | re.M)
     if pattern.search(current):
         updated = pattern.sub(lambda _m: block, current)
     else:

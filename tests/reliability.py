@@ -125,9 +125,11 @@ class Tables:
 
 
 def replace_block(text: str, name: str, body: str) -> str:
+    """Replace what is between the block's markers, each a line of its own (the same text
+    quoted in a sentence is not a marker)."""
     start, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body.strip()}\n{end}"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    pattern = re.compile(f"^{re.escape(start)}$.*?^{re.escape(end)}$", re.S | re.M)
     if pattern.search(text):
         return pattern.sub(lambda _m: block, text)
     return text.rstrip("\n") + "\n\n" + block + "\n"

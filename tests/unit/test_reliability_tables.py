@@ -26,8 +26,10 @@ def test_the_faults_table_lists_promised_faults_without_a_test() -> None:
 
 
 def test_a_block_replaces_only_its_markers_or_is_appended() -> None:
-    doc = "intro\n<!-- hostile:begin -->\nold\n<!-- hostile:end -->\nrest\n"
+    doc = ("quoted: `<!-- hostile:begin -->`\n<!-- hostile:begin -->\nold\n"
+           "<!-- hostile:end -->\nrest\n")
     assert replace_block(doc, "hostile", "new") == (
-        "intro\n<!-- hostile:begin -->\nnew\n<!-- hostile:end -->\nrest\n")
+        "quoted: `<!-- hostile:begin -->`\n<!-- hostile:begin -->\nnew\n"
+        "<!-- hostile:end -->\nrest\n")
     assert replace_block("intro\n", "faults", "t").endswith(
         "intro\n\n<!-- faults:begin -->\nt\n<!-- faults:end -->\n")
