@@ -668,8 +668,13 @@ def job_flood(t: ControllerTarget) -> str:
         headers={"Authorization": f"Bearer {token}"}, timeout=CASE_TIMEOUT).status_code)
     jobs = t.ctl.wait_jobs(name, 8, timeout=60)
     done = sum(j["status"] == "Succeeded" for j in jobs.values())
+    failed = [job for job, j in jobs.items() if j["status"] != "Succeeded"]
+    why = ""
+    if failed:  # the end of the first failed job's log says why
+        log = t.ctl.request("GET", f"/system/logs/{name}/{failed[0]}").text
+        why = f" ({log.strip().splitlines()[-1][:120] if log.strip() else 'no log'})"
     t.ctl.request("DELETE", f"/system/services/{name}")
-    return f"{tally(statuses)}; {done} Succeeded of {len(jobs)}"
+    return f"{tally(statuses)}; {done} Succeeded of {len(jobs)}{why}"
 
 
 def parallel_invocations(t: WatchdogTarget) -> str:
