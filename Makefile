@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 APT_PKGS := radosgw ceph-mon ceph-osd ceph-common curl docker.io debootstrap busybox-static
 
-.PHONY: all deps system-deps demo test unit integration lint bench clean dist
+.PHONY: all deps system-deps demo test unit integration lint bench reliability clean dist
 
 all: test
 
@@ -45,6 +45,14 @@ test: deps system-deps lint
 
 bench: deps dist
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py
+
+# The tables and figures of docs/RELIABILITY.md: the hostile-inputs catalogue and every
+# test marked `reliability` (the faults), then the soak (a few minutes; SOAK_ARGS to
+# shrink it, e.g. SOAK_ARGS="--requests 2000 --controller-requests 2000").
+SOAK_ARGS ?=
+reliability: deps system-deps
+	PATH="$(CURDIR)/$(BIN):$$PATH" FAAS_WRITE_RELIABILITY=1 $(BIN)/pytest -q -m reliability tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -86,18 +86,21 @@ def verdict(ok: bool) -> str:
 # ---- RESULTS.md -------------------------------------------------------------------------
 
 
-def write_section(name: str, text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md, keeping the rest as it is."""
+def write_section(name: str, text: str, path: Path = RESULTS, echo: bool = True) -> None:
+    """Replace this benchmark's section of RESULTS.md (or of another document that keeps
+    the same markers, such as docs/RELIABILITY.md), keeping the rest as it is."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{text.strip()}\n{end}"
-    current = RESULTS.read_text() if RESULTS.exists() else RESULTS_HEADER
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    current = path.read_text() if path.exists() else RESULTS_HEADER
+    # Markers are lines of their own: the same text quoted in a sentence is not one.
+    pattern = re.compile(f"^{re.escape(start)}$.*?^{re.escape(end)}$", re.S | re.M)
     if pattern.search(current):
         updated = pattern.sub(lambda _m: block, current)
     else:
         updated = current.rstrip("\n") + "\n\n" + block + "\n"
-    RESULTS.write_text(updated)
-    print(text.strip() + "\n")
+    path.write_text(updated)
+    if echo:
+        print(text.strip() + "\n")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -133,10 +136,15 @@ class Watchdog:
 
     def status(self, field: str) -> int:
         """A `/proc/PID/status` size field (VmHWM, VmRSS), in bytes."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(field)
+        return proc_status(self.pid, field)
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A `/proc/PID/status` size field (VmHWM, VmRSS) of any process, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from pathlib import Path
 # (`python bench/container.py` runs it alone). bundle.py needs `make dist` first, which
 # `make bench` does.
 BENCHMARKS = ("latency.py", "throughput.py", "payload.py", "coldstart.py", "controller.py",
-              "storage.py", "bundle.py")
+              "storage.py", "bundle.py", "soak.py")
 
 
 def main() -> int:

@@ -47,8 +47,10 @@ def floor_rate(script: Path, n: int, workers: int = 2) -> float:
     return (n // workers * workers) / (time.perf_counter() - started)
 
 
-async def load(port: int, concurrency: int, total: int, level: Level) -> None:
-    url = f"http://127.0.0.1:{port}/"
+async def load(port: int, concurrency: int, total: int, level: Level, path: str = "/",
+               headers: dict[str, str] | None = None) -> None:
+    url = f"http://127.0.0.1:{port}{path}"
+    headers = {"Content-Type": "text/plain", **(headers or {})}
     left = total
     latencies: list[float] = []
     errors = 0
@@ -59,8 +61,7 @@ async def load(port: int, concurrency: int, total: int, level: Level) -> None:
             left -= 1
             started = time.perf_counter()
             try:
-                async with session.post(url, data=BODY,
-                                        headers={"Content-Type": "text/plain"}) as response:
+                async with session.post(url, data=BODY, headers=headers) as response:
                     data = await response.read()
                     ok = response.status == 200 and data.endswith(b"hi\n")
             except aiohttp.ClientError:

@@ -310,6 +310,11 @@ class Invocation:
                 relative = path.relative_to(self.output_dir).as_posix()
                 if stat.S_ISDIR(mode):
                     continue
+                if not _utf8(relative):
+                    # No ZIP entry nor object key can carry it (both are UTF-8 text).
+                    shown = relative.encode("utf-8", "surrogateescape")
+                    self.log.warning(f"output {shown!r} skipped: its name is not UTF-8")
+                    continue
                 if stat.S_ISREG(mode):
                     found.append(OutputFile(path, relative))
                 else:
@@ -426,3 +431,12 @@ def _describe(code: int) -> str:
 def _exit_status(code: int) -> int:
     """A shell's convention: killed by signal N is 128 + N."""
     return 128 - code if code < 0 else code
+
+
+def _utf8(name: str) -> bool:
+    """A file name decoded by os.walk holds surrogates where its bytes were not UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

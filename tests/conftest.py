@@ -1,4 +1,6 @@
-"""The test run leaves no process behind (issue 8): checked when the session ends.
+"""The whole suite: it leaves no process behind, and it can write docs/RELIABILITY.md's tables.
+
+The test run leaves no process behind (issue 8): checked when the session ends.
 
 A process counts as this session's when it was not there at the start and is a
 descendant of pytest, carries this session's marker variable in its environment (every
@@ -18,6 +20,9 @@ import uuid
 import pytest
 
 from tests.leftovers import Proc, descendants, kill, processes
+
+# The reliability tables of docs/RELIABILITY.md (`make reliability`).
+pytest_plugins = ["tests.reliability"]
 
 SESSION_VAR = "TESTRUN_SESSION_ID"  # not FAAS_*: the controllers drop those
 GRACE = 10.0  # seconds for processes being stopped at the end to be gone

@@ -65,4 +65,6 @@ def bearer(header: str) -> str | None:
 def token_matches(given: str | None, expected: str) -> bool:
     if not given or not expected:
         return False
-    return secrets.compare_digest(given.encode(), expected.encode())
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates: encoded back the
+    # same way, such a token is merely wrong (401), never an error (500).
+    return secrets.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())

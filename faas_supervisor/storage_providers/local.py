@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from faas_supervisor.config import ProviderConfig
@@ -38,7 +39,8 @@ class LocalProvider:
 
         def copy() -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            partial = dest.with_name(f".{dest.name}.partial")
+            # A partial file of its own: jobs of one service may write one key at once.
+            partial = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.partial")
             try:
                 shutil.copyfile(src, partial)
                 os.replace(partial, dest)  # readers never see half an object
