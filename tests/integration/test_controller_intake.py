@@ -93,6 +93,10 @@ def counting(name: str, counter: Path) -> dict[str, Any]:
     }
 
 
+@pytest.mark.reliability(
+    fault="missed events reconciled",
+    promise="a file dropped just before kill -9 gets its job after the restart",
+)
 @pytest.mark.timeout(120)
 def test_a_file_dropped_just_before_a_kill_gets_its_job_and_old_files_none(
     controllers: ControllerFactory, tmp_path: Path
@@ -112,6 +116,10 @@ def test_a_file_dropped_just_before_a_kill_gets_its_job_and_old_files_none(
     assert not (second.storage / "late" / "output" / "there before.txt").exists()
 
 
+@pytest.mark.reliability(
+    fault="kill -9 with 50 jobs",
+    promise="every input ends in exactly one Succeeded job, none left Running",
+)
 @pytest.mark.timeout(120)
 def test_a_controller_killed_among_50_jobs_runs_each_input_once_after_restart(
     controllers: ControllerFactory, tmp_path: Path
@@ -162,6 +170,10 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+@pytest.mark.reliability(
+    fault="kill -9 with 50 jobs",
+    promise="leftover scripts are stopped before the interrupted job runs again",
+)
 @pytest.mark.timeout(120)
 def test_a_restart_stops_the_scripts_a_killed_controller_left_before_running_again(
     controllers: ControllerFactory, tmp_path: Path
@@ -196,6 +208,10 @@ def test_a_restart_stops_the_scripts_a_killed_controller_left_before_running_aga
 # ---- S3: events delivered twice ---------------------------------------------------------
 
 
+@pytest.mark.reliability(
+    fault="SQS message delivered twice",
+    promise="a redelivered SQS message gives one job",
+)
 @pytest.mark.timeout(300)
 def test_an_sqs_message_delivered_twice_gives_one_job(
     controllers: ControllerFactory, moto_server: S3Server
@@ -239,6 +255,10 @@ def test_an_sqs_message_delivered_twice_gives_one_job(
     assert controller.log_text().count("the object has a job already") >= 2
 
 
+@pytest.mark.reliability(
+    fault="SQS message delivered twice",
+    promise="the same MinIO event posted twice to /job gives one job",
+)
 @pytest.mark.timeout(300)
 def test_the_same_minio_event_posted_twice_gives_one_job(
     controllers: ControllerFactory, moto_server: S3Server
@@ -285,6 +305,13 @@ def test_the_same_minio_event_posted_twice_gives_one_job(
 # ---- S3: events lost --------------------------------------------------------------------
 
 
+@pytest.mark.reliability(
+    fault="missed events reconciled",
+    promise=(
+        "objects whose events were lost get their jobs (at start and by the periodic "
+        "listing)"
+    ),
+)
 @pytest.mark.timeout(300)
 def test_objects_whose_events_were_lost_get_their_jobs(
     controllers: ControllerFactory, moto_server: S3Server

@@ -119,6 +119,13 @@ def invocation_folders(folder: Path, timeout: float = 10) -> list[str]:
 ECHO = '#!/bin/sh\ncat "$INPUT_FILE_PATH"\n'
 
 
+@pytest.mark.reliability(
+    fault="disk full",
+    promise=(
+        "a full TMPDIR is a 507 naming what did not fit; the next call works once space "
+        "is back"
+    ),
+)
 def test_watchdog_answers_507_when_the_input_does_not_fit_and_resumes(
     watchdog: WatchdogFactory, tiny_disk: TinyDisk
 ) -> None:
@@ -139,6 +146,10 @@ def test_watchdog_answers_507_when_the_input_does_not_fit_and_resumes(
     assert b"Traceback" not in wd.log.read_bytes()
 
 
+@pytest.mark.reliability(
+    fault="disk full",
+    promise="no free inodes for the invocation folder: 507, nothing left behind",
+)
 @pytest.mark.parametrize("tiny_disk", ["size=1m,nr_inodes=64"], indirect=True)
 def test_watchdog_answers_507_when_its_folder_cannot_be_made(
     watchdog: WatchdogFactory, tiny_disk: TinyDisk
@@ -174,6 +185,10 @@ def run(tmp_path: Path, tmpdir: Path, *args: str, stdin: bytes = b"",
                           input=stdin, env=full_env, capture_output=True, timeout=60)
 
 
+@pytest.mark.reliability(
+    fault="disk full",
+    promise="`run` exits 4 with one line when the event does not fit",
+)
 def test_run_exits_4_with_one_line_when_the_event_does_not_fit(
     tmp_path: Path, tiny_disk: TinyDisk
 ) -> None:
@@ -185,6 +200,10 @@ def test_run_exits_4_with_one_line_when_the_event_does_not_fit(
     assert ok.returncode == 0, ok.stderr
 
 
+@pytest.mark.reliability(
+    fault="disk full",
+    promise="a job whose download does not fit is Failed naming it",
+)
 def test_a_job_whose_object_does_not_fit_fails_naming_it(
     tmp_path: Path, tiny_disk: TinyDisk
 ) -> None:
@@ -241,6 +260,13 @@ def submit(controller: ControllerProcess, service: str, body: bytes) -> requests
     return controller.request("POST", f"/job/{service}", data=body)
 
 
+@pytest.mark.reliability(
+    fault="disk full",
+    promise=(
+        "a full --data-dir: /job is a 507, no event file without its row, jobs deletable "
+        "to free space"
+    ),
+)
 @pytest.mark.parametrize("tiny_disk", ["size=16m"], indirect=True)
 def test_a_full_data_dir_refuses_jobs_with_507_and_space_is_freed_through_the_api(
     tiny_disk: TinyDisk, controllers: ControllerFactory
@@ -283,6 +309,13 @@ def test_a_full_data_dir_refuses_jobs_with_507_and_space_is_freed_through_the_ap
     assert b"Traceback" not in controller.log.read_bytes()
 
 
+@pytest.mark.reliability(
+    fault="disk full",
+    promise=(
+        "a job that fills --data-dir fails naming the cause; the store stays intact and "
+        "service resumes"
+    ),
+)
 @pytest.mark.parametrize("tiny_disk", ["size=8m"], indirect=True)
 def test_a_job_that_fills_the_data_dir_fails_naming_the_cause_and_resumes(
     tiny_disk: TinyDisk, controllers: ControllerFactory
@@ -339,6 +372,13 @@ def job_logs(controller: ControllerProcess, service: str, job: str) -> str:
     return controller.request("GET", f"/system/logs/{service}/{job}").text
 
 
+@pytest.mark.reliability(
+    fault="store down",
+    promise=(
+        "a store stopped during stage-in fails the job in bounded time naming provider "
+        "and object; the next job succeeds"
+    ),
+)
 def test_a_store_down_during_stage_in_fails_the_job_naming_it_and_the_next_succeeds(
     controllers: ControllerFactory, tmp_path: Path
 ) -> None:
@@ -409,6 +449,10 @@ def service_watchdogs(controller: ControllerProcess, service: str) -> list[int]:
     return found
 
 
+@pytest.mark.reliability(
+    fault="killed watchdog restarted",
+    promise="a SIGKILLed service watchdog is restarted and later calls succeed",
+)
 def test_a_killed_service_watchdog_is_restarted_and_later_calls_succeed(
     controllers: ControllerFactory,
 ) -> None:
@@ -433,6 +477,13 @@ def test_a_killed_service_watchdog_is_restarted_and_later_calls_succeed(
     assert "service watchdog exited; restarting" in controller.log_text()
 
 
+@pytest.mark.reliability(
+    fault="disk full",
+    promise=(
+        "SQLite on a full disk: new rows 507, deletions still work (the reserve), "
+        "integrity_check ok"
+    ),
+)
 @pytest.mark.parametrize("tiny_disk", ["size=4m"], indirect=True)
 def test_the_store_on_a_full_disk_refuses_new_rows_and_still_deletes(tiny_disk: TinyDisk) -> None:
     """The worst case for a deletion: the journal holds no room of its own (truncated),
@@ -480,6 +531,10 @@ def test_files_with_no_job_are_removed_at_start(controllers: ControllerFactory) 
     assert len(again.jobs("echo")) == 1  # the real job is kept
 
 
+@pytest.mark.reliability(
+    fault="disk full",
+    promise="an S3 download that fills TMPDIR fails naming the object",
+)
 def test_an_s3_download_that_fills_tmpdir_fails_naming_the_object(
     tmp_path: Path, tiny_disk: TinyDisk, moto_server: S3Server
 ) -> None:

@@ -197,6 +197,10 @@ def test_an_orphan_lives_as_long_as_its_invocation(
     assert wd.stop() == 0
 
 
+@pytest.mark.reliability(
+    fault="watchdog killed outright",
+    promise="a SIGKILLed http-mode watchdog takes its upstream server along",
+)
 def test_a_watchdog_killed_outright_takes_its_upstream_server_along(
     watchdog: WatchdogFactory, tmp_path: Path
 ) -> None:
@@ -265,6 +269,10 @@ def test_a_stopped_job_leaves_no_process_and_no_folder(
     assert invocation_folders(controller, "sleeper") == []
 
 
+@pytest.mark.reliability(
+    fault="watchdog killed outright",
+    promise="a SIGKILLed service watchdog leaves nothing of its invocations",
+)
 def test_a_service_watchdog_killed_outright_leaves_nothing_of_its_invocations(
     controllers: ControllerFactory, marker: str
 ) -> None:
