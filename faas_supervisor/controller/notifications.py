@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from faas_supervisor import strict_json
-from faas_supervisor.controller.buckets import S3Store
+from faas_supervisor.controller.buckets import BucketStore, S3Store, StoredObject
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.logs import get_logger
 
@@ -49,6 +49,14 @@ def input_paths(service: Service) -> list[InputPath]:
         for e in service.input
         if e.provider == "minio.default"
     ]
+
+
+def list_input(store: BucketStore, path: InputPath) -> list[StoredObject]:
+    """The objects under an input path now (none while its bucket does not exist).
+    Blocking: callers run it in a thread."""
+    if not store.bucket_exists(path.bucket):
+        return []
+    return store.list_objects(path.bucket, path.prefix)
 
 
 def topic_name(service: str) -> str:

@@ -25,7 +25,7 @@ import time
 from faas_supervisor.controller.buckets import BucketStore, StoredObject
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import DEFAULT_PROVIDER, listed_id
-from faas_supervisor.controller.notifications import InputPath, input_paths
+from faas_supervisor.controller.notifications import InputPath, input_paths, list_input
 from faas_supervisor.controller.queue import Submit
 from faas_supervisor.controller.store import Store
 from faas_supervisor.controller.watcher import minio_event
@@ -60,11 +60,6 @@ class Reconciler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _list(self, path: InputPath) -> list[StoredObject]:
-        if not self.buckets.bucket_exists(path.bucket):
-            return []
-        return self.buckets.list_objects(path.bucket, path.prefix)
-
     async def baseline(self, service: Service) -> None:
         """The objects already in the service's new input paths are old: no jobs.
         Raises when the storage cannot be listed."""
@@ -72,7 +67,7 @@ class Reconciler:
         self.store.keep_paths(service.name, {(p.bucket, p.prefix) for p in paths})
         for path in paths:
             if not self.store.path_listed(service.name, path.bucket, path.prefix):
-                objects = await asyncio.to_thread(self._list, path)
+                objects = await asyncio.to_thread(list_input, self.buckets, path)
                 self._record_baseline(service, path, objects)
 
     def _record_baseline(
@@ -101,7 +96,7 @@ class Reconciler:
     async def reconcile(self, service: Service) -> None:
         for path in input_paths(service):
             started = time.time()
-            objects = await asyncio.to_thread(self._list, path)
+            objects = await asyncio.to_thread(list_input, self.buckets, path)
             entry = self._services.get(service.name)
             if entry is None or entry[0] is not service:
                 return  # detached (deleted or updated) while listing

@@ -23,7 +23,7 @@ from urllib.parse import quote_plus
 
 from faas_supervisor.controller.buckets import BucketStore, StoredObject
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.controller.notifications import InputPath, input_paths
+from faas_supervisor.controller.notifications import InputPath, input_paths, list_input
 from faas_supervisor.logs import get_logger
 
 POLL_SECONDS = 0.5
@@ -68,11 +68,6 @@ class InputWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _list(self, path: InputPath) -> list[StoredObject]:
-        if not self.store.bucket_exists(path.bucket):
-            return []
-        return self.store.list_objects(path.bucket, path.prefix)
-
     async def _run(self) -> None:
         while True:
             for name, service in list(self._services.items()):
@@ -89,7 +84,7 @@ class InputWatcher:
             await asyncio.sleep(POLL_SECONDS)  # polling: the folder store has no events
 
     async def _poll(self, service: Service, path: InputPath) -> None:
-        objects = await asyncio.to_thread(self._list, path)
+        objects = await asyncio.to_thread(list_input, self.store, path)
         slot = (service.name, path)
         if self._services.get(service.name) is not service:
             return  # unwatched (or watched anew) while listing
