@@ -104,7 +104,8 @@ def test_a_job_whose_orphan_holds_its_output_ends_with_its_script(
     obj.parent.mkdir(parents=True)
     obj.write_bytes(b"the rose\n")
     config = tmp_path / "config.yaml"
-    config.write_text(f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n")
+    config.write_text(f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n"
+                      "input:\n  - {storage_provider: minio, path: plants/input}\n")
     script = tmp_path / "script.sh"
     script.write_text(leaving("setsid", "left", marker) + "echo started\n")
     tmp = tmp_path / "tmp"
@@ -266,7 +267,9 @@ def test_a_stopped_job_leaves_no_process_and_no_folder(
     else:
         assert controller.stop() == 0
     wait_until(gone(marker), "no process left")
-    assert invocation_folders(controller, "sleeper") == []
+    # `run` removes its folders once its script is dead: after the processes, not with them.
+    wait_until(lambda: invocation_folders(controller, "sleeper") == [], "no folder left",
+               timeout=30)
 
 
 @pytest.mark.reliability(
