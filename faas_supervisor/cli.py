@@ -16,14 +16,17 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
 
 from faas_supervisor import __version__
 from faas_supervisor.client import add_service_parser
 from faas_supervisor.config import (
+    FunctionConfig,
+    RunSettings,
     WatchdogSettings,
     current_environ,
     load_function_config,
+    load_run_settings,
     load_watchdog_settings,
     resolve_script,
     script_environment,
@@ -102,11 +105,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-class Startup:
+# The settings a command reads: the watchdog's, or only those of one invocation (`run`).
+_Settings = TypeVar("_Settings", RunSettings, WatchdogSettings)
+
+
+class Startup(Generic[_Settings]):
     """The function's runtime, built once; owns the folder for a script given as text."""
 
-    def __init__(self, args: argparse.Namespace, flags: Mapping[str, Any],
-                 orphans: Orphans | None = None) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        load_settings: Callable[[Mapping[str, str], FunctionConfig], _Settings],
+        orphans: Orphans | None = None,
+    ) -> None:
         from faas_supervisor import logs
         from faas_supervisor.invocation import Runtime
         from faas_supervisor.storage_providers import build_providers
@@ -115,7 +126,7 @@ class Startup:
         self.environ = environ
         config = load_function_config(args.config, environ)
         logs.configure(config.log_level)
-        self.settings: WatchdogSettings = load_watchdog_settings(environ, flags, config)
+        self.settings: _Settings = load_settings(environ, config)
         with writing("the runtime's folder"):
             self.runtime_dir = Path(
                 tempfile.mkdtemp(prefix="faas-runtime-", dir=self.settings.tmp_dir)
@@ -145,7 +156,8 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     from faas_supervisor.watchdog.server import Watchdog
 
     names = ["port", "suppress_lock", "write_debug"] + [n for n, _ in WATCHDOG_FLAGS]
-    startup = Startup(args, {name: getattr(args, name) for name in names})
+    flags = {name: getattr(args, name) for name in names}
+    startup = Startup(args, lambda environ, config: load_watchdog_settings(environ, flags, config))
     try:
         return asyncio.run(Watchdog(startup.runtime, startup.settings, host=args.host).serve())
     finally:
@@ -158,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A subreaper: whatever the script started and left (`setsid cmd &`) comes back to
     # us instead of PID 1, and is killed when the script ends (invocation.py).
     orphans = Orphans()
-    startup = Startup(args, {}, orphans)
+    startup = Startup(args, load_run_settings, orphans)
     try:
         return asyncio.run(_until_signalled(_run_once(args, startup)))
     finally:
@@ -193,7 +205,7 @@ async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
         return 128 + received[0]
 
 
-async def _run_once(args: argparse.Namespace, startup: Startup) -> int:
+async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> int:
     """SPEC 5: the event in, the response body on stdout, logs on stderr."""
     from faas_supervisor.invocation import Invocation
     from faas_supervisor.responses import failure_body, success_body

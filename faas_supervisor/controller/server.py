@@ -1,4 +1,4 @@
-"""The controller's process: settings, start-up, serving, and graceful shutdown.
+"""The controller's process: start-up, serving, and graceful shutdown.
 
 Start-up opens the store, stops what a controller killed outright left running (the
 backend's start), restarts the stored services, requeues the stored jobs (those left
@@ -13,9 +13,6 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiohttp import web
 
@@ -25,6 +22,7 @@ from faas_supervisor.controller.backends import build_backend
 from faas_supervisor.controller.buckets import build_store
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
+from faas_supervisor.controller.settings import ControllerSettings
 from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import ConfigError
 from faas_supervisor.http_timeouts import TimedAppRunner
@@ -37,33 +35,6 @@ logger = get_logger(component="controller")
 # stream to the service's watchdog, whose read_timeout bounds them.
 HEAD_TIMEOUT = 60.0
 KEEPALIVE_TIMEOUT = 75.0
-
-
-@dataclass(frozen=True)
-class ControllerSettings:
-    data_dir: Path
-    backend: str = "local"
-    host: str = "0.0.0.0"
-    port: int = 8000
-    user: str = "oscar"
-    password: str | None = field(default=None, repr=False)
-    max_jobs: int = 2
-    external_url: str = ""
-    minio_endpoint: str = ""
-    minio_access_key: str = field(default="", repr=False)
-    minio_secret_key: str = field(default="", repr=False)
-    minio_region: str = "us-east-1"
-    events_queue: str = ""
-    reconcile_interval: float = 60.0  # seconds between listings of every input path
-    namespace: str = ""  # kubernetes: where services go (default oscar-svc)
-    runtime_image: str = ""  # kubernetes: the init container's image
-    kubeconfig: str = ""  # kubernetes: else $KUBECONFIG, in-cluster, ~/.kube/config
-    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
-
-    @property
-    def public_url(self) -> str:
-        """Where storage servers reach the controller (the base of push endpoints)."""
-        return self.external_url or f"http://127.0.0.1:{self.port}"
 
 
 class Controller:
@@ -90,15 +61,7 @@ class Controller:
             },
         )
         self.store = Store(data_dir / "controller.sqlite3")
-        self.backend = build_backend(
-            settings.backend,
-            data_dir,
-            self.buckets.provider_settings(),
-            settings.environ,
-            namespace=settings.namespace,
-            runtime_image=settings.runtime_image,
-            kubeconfig=settings.kubeconfig,
-        )
+        self.backend = build_backend(settings.backend, data_dir, self.buckets.provider_settings())
         self.jobs = Jobs(
             self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service
         )
@@ -176,10 +139,7 @@ class Controller:
 def serve(settings: ControllerSettings) -> int:
     from faas_supervisor import logs
 
-    level = str(settings.environ.get("LOG_LEVEL") or "INFO").upper()
-    if level not in logs.LEVELS:
-        raise ConfigError(f"LOG_LEVEL: {level!r} is not one of {', '.join(logs.LEVELS)}")
-    logs.configure(level)
+    logs.configure(settings.log_level)
     controller = Controller(settings)
     try:
         return asyncio.run(controller.serve())

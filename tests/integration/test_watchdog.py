@@ -978,6 +978,17 @@ def test_bad_start_up_exits_2_with_one_line(tmp_path: Path, case: str, config: s
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("faas-")]
 
 
+def test_a_bad_port_in_the_environment_stops_the_watchdog(tmp_path: Path) -> None:
+    """The counterpart of test_run's: the watchdog does read `port`, and says so."""
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    result = start_failure(["--script", str(script)], {"TMPDIR": str(tmp_path), "port": "notaport"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "faas-supervisor: error: port: 'notaport' is not a whole number"
+    ]
+
+
 def test_port_in_use_exits_with_one_line(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
