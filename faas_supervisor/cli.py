@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import signal
 import sys
@@ -153,13 +154,19 @@ class Startup(Generic[_Settings]):
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
+    from faas_supervisor.processes import captured_signals
     from faas_supervisor.watchdog.server import Watchdog
 
     names = ["port", "suppress_lock", "write_debug"] + [n for n, _ in WATCHDOG_FLAGS]
     flags = {name: getattr(args, name) for name in names}
     startup = Startup(args, lambda environ, config: load_watchdog_settings(environ, flags, config))
+
+    async def serve() -> int:
+        with captured_signals() as stop:
+            return await Watchdog(startup.runtime, startup.settings, host=args.host).serve(stop)
+
     try:
-        return asyncio.run(Watchdog(startup.runtime, startup.settings, host=args.host).serve())
+        return asyncio.run(serve())
     finally:
         startup.close()
 
@@ -184,25 +191,25 @@ async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
     A signal cancels it, so its cleanup runs: the script's process group is killed and
     the invocation's folders removed (Python's default for SIGTERM would exit at once and
     leave the script running). The status is then 128 + the signal's number, as a shell's.
+    A second signal changes nothing: there is no drain to skip, the first stopped the
+    script at once.
     """
-    task = asyncio.ensure_future(work)
-    loop = asyncio.get_running_loop()
-    received: list[int] = []
+    from faas_supervisor.processes import captured_signals
 
-    def stop(sig: int) -> None:
-        received.append(sig)
-        task.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, sig)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        name = signal.Signals(received[0]).name
-        print(f"faas-supervisor: error: stopped by {name}", file=sys.stderr)
-        return 128 + received[0]
+    with captured_signals() as stop:
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(stop.requested.wait())
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if stop.signal is None or not task.cancelled():
+            return task.result()
+    name = signal.Signals(stop.signal).name
+    print(f"faas-supervisor: error: stopped by {name}", file=sys.stderr)
+    return 128 + stop.signal
 
 
 async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> int:

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
+FORCED_SHUTDOWN_TIMEOUT = 0.01  # seconds: see TimedAppRunner.stop_waiting
 _408 = b"the request head was not received in time\n"
 _408_ANSWER = (
     b"HTTP/1.1 408 Request Timeout\r\n"
@@ -158,6 +159,18 @@ class TimedAppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         return _Server(await super()._make_server(), self._head_timeout)
+
+    def stop_waiting(self) -> None:
+        """A forced exit: cleanup() waits no longer for the requests in flight, it cancels
+        them. aiohttp gives them `shutdown_timeout` from when cleanup() reaches them: the
+        waits under way end now, and those not begun yet are made near nothing (0 would
+        mean no limit to aiohttp)."""
+        self._shutdown_timeout = FORCED_SHUTDOWN_TIMEOUT
+        server = self.server
+        for connection in server._connections if server is not None else ():
+            waiter = connection._handler_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
 
 def request_started(request: web.BaseRequest) -> float:

@@ -4,13 +4,13 @@ Start-up opens the store, stops what a controller killed outright left running (
 backend's start), restarts the stored services, requeues the stored jobs (those left
 Running too) and starts watching and reconciling input paths; shutdown (SIGTERM or
 SIGINT) stops taking requests, stops the jobs still running (Pending again, to run at
-the next start), the watchdogs, and the store.
+the next start), the watchdogs, and the store. A second signal forces it: requests in
+flight are cancelled, and the watchdogs told to skip their drain.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import time
 
@@ -27,6 +27,7 @@ from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import ConfigError
 from faas_supervisor.http_timeouts import TimedAppRunner
 from faas_supervisor.logs import get_logger
+from faas_supervisor.processes import Stop, captured_signals
 
 logger = get_logger(component="controller")
 # A request head must be complete this long after its first byte (else 408), and a
@@ -83,7 +84,7 @@ class Controller:
             self.buckets,
         )
 
-    async def serve(self) -> int:
+    async def serve(self, stop: Stop) -> int:
         await self.intake.open()  # first: a queue that cannot be opened is a usage error
         # Before jobs are judged: the last controller's leftovers are stopped, so a job
         # found Running is not running any more when it is queued again.
@@ -113,20 +114,28 @@ class Controller:
             raise ConfigError(
                 f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}"
             ) from None
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         logger.info(
             "controller ready",
             port=self.settings.port,
             backend=self.backend.name,
             data_dir=str(self.settings.data_dir),
         )
-        await stop.wait()
+        await stop.requested.wait()
         logger.info("controller stopping")
-        await self._stop(runner)
+        forcing = asyncio.ensure_future(self._forced(stop, runner))
+        try:
+            await self._stop(runner)
+        finally:
+            forcing.cancel()
         return 0
+
+    async def _forced(self, stop: Stop, runner: TimedAppRunner) -> None:
+        """A second signal: requests in flight are cancelled rather than awaited; the
+        watchdogs and jobs being stopped get it too (processes.Child.stop), and drain no
+        longer either."""
+        await stop.forced.wait()
+        logger.warning("forced to stop: not waiting for work in flight")
+        runner.stop_waiting()
 
     async def _stop(self, runner: web.AppRunner) -> None:
         await runner.cleanup()
@@ -141,8 +150,13 @@ def serve(settings: ControllerSettings) -> int:
 
     logs.configure(settings.log_level)
     controller = Controller(settings)
+
+    async def main() -> int:
+        with captured_signals() as stop:
+            return await controller.serve(stop)
+
     try:
-        return asyncio.run(controller.serve())
+        return asyncio.run(main())
     except KeyboardInterrupt:
         return 130
     finally:

@@ -913,6 +913,33 @@ def test_shutdown_kills_what_outlives_healthcheck_interval(
     assert wd.invocation_folders() == []
 
 
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_second_signal_skips_the_drain(
+    watchdog: WatchdogFactory, tmp_path: Path, second: int
+) -> None:
+    """SIGTERM starts the drain (healthcheck_interval: 5 minutes); a second signal ends it:
+    what is in flight is killed and answered 503, and nothing is left."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wd = watchdog(GRANDCHILD_SCRIPT, env={"MARKS": str(marks), "healthcheck_interval": "5m"})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(requests.post, wd.url, data=b"{}", timeout=60)
+        pids = _pids(marks)
+        wd.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: requests.get(wd.url + "/_/health", timeout=10).status_code == 503,
+                   10, "health 503 while draining")
+        assert wd.process.poll() is None  # draining: the invocation is still in flight
+        started = time.monotonic()
+        wd.process.send_signal(second)
+        assert wd.process.wait(20) == 0
+        assert time.monotonic() - started < 10  # not the 5 minutes of the drain
+        answer = in_flight.result(timeout=30)
+        assert answer.status_code == 503, answer.text
+    for pid in pids:
+        wait_until(lambda pid=pid: process_gone(pid), 10, f"process {pid} killed")
+    assert [p for p in wd.tmpdir.iterdir() if p.name.startswith("faas-")] == []
+
+
 # ---- SPEC 4.1: a client that leaves ----------------------------------------------------
 
 
