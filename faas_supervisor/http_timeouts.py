@@ -161,16 +161,16 @@ class TimedAppRunner(web.AppRunner):
         return _Server(await super()._make_server(), self._head_timeout)
 
     def stop_waiting(self) -> None:
-        """A forced exit: cleanup() waits no longer for the requests in flight, it cancels
-        them. aiohttp gives them `shutdown_timeout` from when cleanup() reaches them: the
-        waits under way end now, and those not begun yet are made near nothing (0 would
-        mean no limit to aiohttp)."""
+        """A forced exit: cleanup() waits no longer for the requests in flight, they are
+        cancelled now (as when their client goes). aiohttp gives them `shutdown_timeout`
+        from when cleanup() reaches them: those it has not reached yet get near nothing
+        (0 would mean no limit to aiohttp)."""
         self._shutdown_timeout = FORCED_SHUTDOWN_TIMEOUT
         server = self.server
         for connection in server._connections if server is not None else ():
-            waiter = connection._handler_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            task = connection._task_handler
+            if task is not None and not task.done():
+                task.cancel()
 
 
 def request_started(request: web.BaseRequest) -> float:
