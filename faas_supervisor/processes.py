@@ -33,7 +33,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -284,7 +284,9 @@ class Stop:
         for child in list(_stopping):  # stops under way; later ones send it themselves
             child.signal_group(FORCE_SIGNAL)
 
-    async def unless_forced(self, waiting: Callable[[], Any], timeout: float) -> None:
+    async def unless_forced(
+        self, waiting: Callable[[], Awaitable[object]], timeout: float
+    ) -> None:
         """Await `waiting()` (a graceful drain) at most `timeout` seconds, and no longer
         than until the exit is forced."""
         drain = asyncio.ensure_future(waiting())
