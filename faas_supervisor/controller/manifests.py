@@ -23,8 +23,9 @@ from typing import Any
 import yaml
 
 from faas_supervisor import __version__
-from faas_supervisor.controller.fdl import InvalidService, Service, manager_labels
+from faas_supervisor.controller.fdl import Service, manager_labels
 from faas_supervisor.controller.function_config import function_config
+from faas_supervisor.errors import InvalidService
 
 DEFAULT_NAMESPACE = "oscar-svc"  # where the OSCAR manager puts services
 DEFAULT_RUNTIME_IMAGE = f"ghcr.io/faas-supervisor/runtime:{__version__}"

@@ -18,14 +18,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from faas_supervisor.controller.api import Api, ApiInfo, _UpstreamConnector
+from faas_supervisor.controller.api import Api, ApiInfo
 from faas_supervisor.controller.auth import Credentials
 from faas_supervisor.controller.buckets import FolderStore
-from faas_supervisor.controller.fdl import InvalidService, Service
+from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.notifications import input_paths
+from faas_supervisor.controller.routes.answers import errors
+from faas_supervisor.controller.routes.invocations import UpstreamConnector
 from faas_supervisor.controller.store import Store
+from faas_supervisor.errors import InvalidService
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()}
 
@@ -126,7 +129,7 @@ async def test_creates_of_one_name_run_one_at_a_time(
     statuses = sorted([(await first).status, (await second).status])
     assert statuses == [201, 409]
     assert watched(the_api, "svc") == [("svc", "in/")]
-    assert the_api._names._locks == {}  # forgotten once nobody holds them
+    assert the_api.services.names._locks == {}  # forgotten once nobody holds them
 
 
 async def test_a_failed_create_frees_the_name(api: tuple[TestClient, Api, FakeBackend]) -> None:
@@ -149,18 +152,16 @@ async def test_deep_json_on_the_admin_routes_is_400(
 
 
 async def test_an_input_fault_deep_in_a_handler_is_400_and_a_bug_is_a_logged_500(
-    api: tuple[TestClient, Api, FakeBackend], capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, the_api, _ = api
-
     async def nested(_request: web.Request) -> web.Response:
         raise RecursionError("maximum recursion depth exceeded")
 
     async def broken(_request: web.Request) -> web.Response:
         raise KeyError("a bug")
 
-    # Handlers of this Api's own middleware, on a fresh app (the test server's is frozen).
-    app = web.Application(middlewares=[the_api._errors])
+    # The controller's error middleware, on a fresh app (the test server's is frozen).
+    app = web.Application(middlewares=[errors])
     app.router.add_get("/nested", nested)
     app.router.add_get("/broken", broken)
     async with TestClient(TestServer(app)) as other:
@@ -193,7 +194,7 @@ async def test_idle_upstream_connections_are_capped_per_host() -> None:
     server = TestServer(app)
     await server.start_server()
     try:
-        async with aiohttp.ClientSession(connector=_UpstreamConnector(8)) as session:
+        async with aiohttp.ClientSession(connector=UpstreamConnector(8)) as session:
 
             async def one() -> str:
                 async with session.get(server.make_url("/")) as answer:

@@ -26,9 +26,9 @@ import pytest
 from aiohttp import web
 
 from faas_supervisor import cli
-from faas_supervisor.base64_stream import Base64Decoder, NotBase64
+from faas_supervisor.base64_stream import Base64Decoder
 from faas_supervisor.client import read_fdl, script_text, table
-from faas_supervisor.errors import ConfigError
+from faas_supervisor.errors import ConfigError, NotBase64
 from faas_supervisor.progress import Progress
 from faas_supervisor.transfer import looks_like_base64
 

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from faas_supervisor.controller.fdl import (
-    InvalidService,
     from_record,
     go_json,
     load_fdl,
@@ -19,6 +18,7 @@ from faas_supervisor.controller.fdl import (
     to_record,
     unmask,
 )
+from faas_supervisor.errors import InvalidService
 
 SCRIPT = "#!/bin/sh\necho hi\n"
 

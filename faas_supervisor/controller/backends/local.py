@@ -30,9 +30,9 @@ import aiohttp
 import yaml
 
 from faas_supervisor import processes
-from faas_supervisor.controller.backends import ServiceUnavailable
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
+from faas_supervisor.errors import ServiceUnavailable
 from faas_supervisor.logs import get_logger
 
 HOST = "127.0.0.1"
