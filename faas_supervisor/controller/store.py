@@ -28,8 +28,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from faas_supervisor.controller.fdl import Service, from_record, to_record
 from faas_supervisor.controller.identity import ObjectId
@@ -42,7 +43,20 @@ RESERVE = 1 << 20
 VACUUM_STEP = 256 << 10  # bytes of free pages given back per step
 logger = get_logger(component="store")
 
-PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+
+
+class JobStatus(StrEnum):
+    """A job's status: stored as its value, and shown as it (the OSCAR manager's names)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+# Short names, for the queries below and the jobs' queue.
+PENDING, RUNNING = JobStatus.PENDING, JobStatus.RUNNING
+SUCCEEDED, FAILED = JobStatus.SUCCEEDED, JobStatus.FAILED
 FINISHED = (SUCCEEDED, FAILED)
 
 _SCHEMA = """
@@ -87,7 +101,7 @@ CREATE TABLE IF NOT EXISTS listed_paths (
 class Job:
     name: str
     service: str
-    status: str
+    status: JobStatus
     creation_time: float
     start_time: float | None
     finish_time: float | None
@@ -276,9 +290,9 @@ class Store:
 
     def job(self, name: str) -> Job | None:
         row = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE name = ?", (name,)).fetchone()
-        return Job(*row) if row else None
+        return _job(row) if row else None
 
-    def jobs(self, service: str | None = None, status: str | None = None) -> list[Job]:
+    def jobs(self, service: str | None = None, status: JobStatus | None = None) -> list[Job]:
         query, args = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE 1", []
         if service is not None:
             query += " AND service = ?"
@@ -286,7 +300,7 @@ class Store:
         if status is not None:
             query += " AND status = ?"
             args.append(status)
-        return [Job(*row) for row in self.db.execute(query + " ORDER BY seq", args).fetchall()]
+        return [_job(row) for row in self.db.execute(query + " ORDER BY seq", args).fetchall()]
 
     def start_job(self, name: str) -> bool:
         """Pending -> Running; False if the job is gone or was already taken, or if not
@@ -424,3 +438,8 @@ def _is_full(exc: sqlite3.OperationalError) -> bool:
 
 
 _JOB_COLUMNS = "name, service, status, creation_time, start_time, finish_time, exit_code, reason"
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    name, service, status, *times = row
+    return Job(name, service, JobStatus(status), *times)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from faas_supervisor.config import WatchdogSettings
+from faas_supervisor.config import Mode, WatchdogSettings
 from faas_supervisor.errors import (
     ConfigError,
     FaasError,
@@ -58,7 +58,7 @@ class Watchdog:
         self.runner = ForkRunner(settings, self.metrics)
         # mode http: every request goes to the user's long-running server (SPEC 4.4).
         self.proxy = (
-            ProxyRunner(runtime, settings, self.metrics) if settings.mode == "http" else None
+            ProxyRunner(runtime, settings, self.metrics) if settings.mode == Mode.HTTP else None
         )
         # Invocations (fork mode) or the handler tasks forwarding requests (http mode).
         self.inflight: set[object] = set()
@@ -208,7 +208,7 @@ class Watchdog:
         self.ready = True
         sweeper = asyncio.create_task(self._sweep_orphans(self.orphans))
         logger.info("watchdog ready", port=_bound_port(runner, self.settings.port),
-                    mode=self.settings.mode)
+                    mode=self.settings.mode.value)
         await stop.wait()
         sweeper.cancel()
         await self.shutdown(runner)

@@ -209,3 +209,59 @@ async def test_idle_upstream_connections_are_capped_per_host() -> None:
             assert still == 8, still
     finally:
         await server.close()
+
+
+SECRET = "http://AKIAKEY:s3cr3t@minio.internal:9000 refused"
+
+
+def _fail(*_args: Any) -> Any:
+    raise ConnectionError(SECRET)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "call", "shown"),
+    [
+        ("GET", "/system/buckets", None, "list_buckets", "listing of the buckets"),
+        ("GET", "/system/buckets/bkt", None, "bucket_exists", "lookup of bucket bkt"),
+        ("POST", "/system/buckets", {"bucket_name": "bkt"}, "create_bucket",
+         "creation of bucket bkt"),
+        ("POST", "/system/services", definition(), "ensure_path",
+         "creation of the buckets of service svc"),
+    ],
+)
+async def test_a_failing_storage_server_is_a_502_that_never_shows_its_message(
+    api: tuple[TestClient, Api, FakeBackend],
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    path: str,
+    body: Any,
+    call: str,
+    shown: str,
+) -> None:
+    # The runtime's policy (errors.storage_failure): what failed and the exception's type.
+    # These routes used to forward the SDK's message, which can carry endpoints and keys.
+    client, the_api, _ = api
+    monkeypatch.setattr(the_api.buckets, call, _fail)
+    answer = await client.request(method, path, json=body, headers=AUTH)
+    assert answer.status == 502
+    assert (await answer.text()) == f"minio.default: {shown} failed (ConnectionError)"
+
+
+async def test_route_failures_are_answered_by_the_error_table(
+    api: tuple[TestClient, Api, FakeBackend],
+) -> None:
+    client, _, _ = api
+    # The admin's routes ask for basic auth, as the manager's do; /run answers aiohttp's text.
+    refused = await client.get("/system/services")
+    assert (refused.status, await refused.text()) == (401, "401 Unauthorized")
+    assert refused.headers["WWW-Authenticate"] == 'Basic realm="Authorization Required"'
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    run = await client.post("/run/svc", data=b"x")
+    assert (run.status, await run.text()) == (401, "401: Unauthorized")
+    assert "WWW-Authenticate" not in run.headers
+    missing = await client.get("/system/services/nope", headers=AUTH)
+    assert (missing.status, await missing.text()) == (404, "404: Not Found")
+    again = await client.post("/system/buckets", json={"bucket_name": "svc"}, headers=AUTH)
+    assert (again.status, await again.text()) == (409, "The bucket 'svc' already exists")
+    gone = await client.delete("/system/buckets/other", headers=AUTH)
+    assert (gone.status, await gone.text()) == (404, "The bucket 'other' does not exist")

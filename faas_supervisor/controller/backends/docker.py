@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import aiohttp
 import yaml
 
+from faas_supervisor.config import Mode
 from faas_supervisor.controller.fdl import Service, manager_labels, to_record
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.controller.manifests import (
@@ -368,7 +369,7 @@ class DockerBackend:
         if service.exposed:
             # On the host's network api_port would be shared by every replica (and
             # service): each gets a free port, which the script reads as $upstream_port.
-            command += ["--mode", "http", "--upstream-port", str(free_port())]
+            command += ["--mode", Mode.HTTP.value, "--upstream-port", str(free_port())]
             component = "exposed"
         labels = {
             **manager_labels(service),
