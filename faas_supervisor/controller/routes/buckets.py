@@ -10,32 +10,19 @@ import asyncio
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from faas_supervisor import strict_json
 from faas_supervisor.controller.identity import DEFAULT_PROVIDER
 from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
 from faas_supervisor.errors import Conflict, InvalidService, NotFound, storage_failure
 
-if TYPE_CHECKING:
-    from faas_supervisor.controller.api import Api
 
-
-class BucketRoutes:
-    def __init__(self, api: Api) -> None:
-        self.api = api
-
-    def add_to(self, app: web.Application) -> None:
-        r = app.router
-        r.add_get("/system/buckets", self.list_buckets)
-        r.add_post("/system/buckets", self.create_bucket)
-        r.add_put("/system/buckets", self.update_bucket)
-        r.add_get("/system/buckets/{bucket}", self.read_bucket)
-        r.add_delete("/system/buckets/{bucket}", self.delete_bucket)
-
+class BucketRoutes(Routes):
     async def list_buckets(self, _request: web.Request) -> web.Response:
         names = await self._storage("listing of the buckets", self.api.buckets.list_buckets)
         return json_response([_bucket_json(name) for name in names])

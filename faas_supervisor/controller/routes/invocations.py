@@ -17,6 +17,7 @@ from aiohttp import web
 from faas_supervisor import strict_json
 from faas_supervisor.controller.auth import token_matches
 from faas_supervisor.controller.fdl import Service
+from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
 from faas_supervisor.errors import NotFound, Unauthorized, UpstreamFailed, unreadable_body
 from faas_supervisor.http_headers import forwarded_headers
@@ -34,21 +35,12 @@ IDLE_UPSTREAM_PER_HOST = 32
 logger = get_logger(component="api")
 
 
-class InvocationRoutes:
+class InvocationRoutes(Routes):
     def __init__(self, api: Api) -> None:
-        self.api = api
+        super().__init__(api)
         self._session: aiohttp.ClientSession | None = None
 
-    def add_to(self, app: web.Application) -> None:
-        r = app.router
-        r.add_route("*", "/system/services/{name}/exposed/{tail:.*}", self.exposed)
-        r.add_route("*", "/system/services/{name}/exposed", self.exposed)
-        r.add_post("/run/{name}", self.run)
-        r.add_post("/job/{name}", self.job)
-        app.on_startup.append(self._open_session)
-        app.on_cleanup.append(self._close_session)
-
-    async def _open_session(self, _app: web.Application) -> None:
+    async def open_session(self, _app: web.Application) -> None:
         # No overall timeout: a synchronous invocation lasts as long as its script.
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
@@ -56,7 +48,7 @@ class InvocationRoutes:
             auto_decompress=False,  # bodies pass through byte for byte
         )
 
-    async def _close_session(self, _app: web.Application) -> None:
+    async def close_session(self, _app: web.Application) -> None:
         if self._session is not None:
             await self._session.close()
 

@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response, rfc3339
 from faas_supervisor.controller.store import FINISHED, Job
 from faas_supervisor.errors import NotFound
 
-if TYPE_CHECKING:
-    from faas_supervisor.controller.api import Api
 
-
-class JobRoutes:
-    def __init__(self, api: Api) -> None:
-        self.api = api
-
-    def add_to(self, app: web.Application) -> None:
-        r = app.router
-        r.add_get("/system/logs/{name}", self.list_jobs)
-        r.add_delete("/system/logs/{name}", self.delete_jobs)
-        r.add_get("/system/logs/{name}/{job}", self.job_logs)
-        r.add_delete("/system/logs/{name}/{job}", self.delete_job)
-
+class JobRoutes(Routes):
     async def list_jobs(self, request: web.Request) -> web.Response:
         service = self.api.service(request)
         return json_response(

@@ -13,6 +13,7 @@ from aiohttp import web
 from faas_supervisor.controller.auth import new_token
 from faas_supervisor.controller.fdl import Service, parse_service_json, service_json, unmask
 from faas_supervisor.controller.identity import DEFAULT_PROVIDER
+from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
 from faas_supervisor.errors import Conflict, InvalidService, NotFound, storage_failure
 from faas_supervisor.logs import get_logger
@@ -23,23 +24,15 @@ if TYPE_CHECKING:
 logger = get_logger(component="api")
 
 
-class ServiceRoutes:
+class ServiceRoutes(Routes):
     # Create, update and delete of one service name run one at a time (`self.names`):
     # each checks the store, then changes the intake, the store and the backend, and
     # undoes its own changes on failure. Undoing is by name (the intake, the backend), so
     # two of them interleaved would undo each other's work.
 
     def __init__(self, api: Api) -> None:
-        self.api = api
+        super().__init__(api)
         self.names = NameLocks()
-
-    def add_to(self, app: web.Application) -> None:
-        r = app.router
-        r.add_get("/system/services", self.list_services)
-        r.add_post("/system/services", self.create_service)
-        r.add_put("/system/services", self.update_service)
-        r.add_get("/system/services/{name}", self.read_service)
-        r.add_delete("/system/services/{name}", self.delete_service)
 
     async def list_services(self, _request: web.Request) -> web.Response:
         settings = self.api.buckets.public_settings()

@@ -6,30 +6,17 @@ import asyncio
 import os
 import platform
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from faas_supervisor import __version__
 from faas_supervisor.controller.openapi import document as openapi_document
+from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response, rfc3339, text_response
 
-if TYPE_CHECKING:
-    from faas_supervisor.controller.api import Api
 
-
-class SystemRoutes:
-    def __init__(self, api: Api) -> None:
-        self.api = api
-
-    def add_to(self, app: web.Application) -> None:
-        r = app.router
-        r.add_get("/health", self.health)
-        r.add_get("/openapi.json", self.openapi)
-        r.add_get("/system/info", self.system_info)
-        r.add_get("/system/config", self.system_config)
-        r.add_get("/system/status", self.system_status)
-
+class SystemRoutes(Routes):
     async def health(self, _request: web.Request) -> web.Response:
         return text_response("Ok")
 
