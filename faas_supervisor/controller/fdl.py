@@ -19,7 +19,14 @@ from typing import Any
 import yaml
 
 from faas_supervisor import strict_json
-from faas_supervisor.config import LOG_LEVELS, REQUIRED_PROVIDER_KEYS, SECRET_KEYS
+from faas_supervisor.config import (
+    DEFAULT_PROVIDER,
+    LOG_LEVELS,
+    REQUIRED_PROVIDER_KEYS,
+    SECRET_KEYS,
+    StoragePath,
+    normalize_provider_name,
+)
 from faas_supervisor.controller.names import bucket_problem, path_problem
 from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
 from faas_supervisor.errors import FaasError
@@ -46,40 +53,6 @@ class InvalidService(FaasError):
 
 
 @dataclass(frozen=True)
-class StorageIO:
-    storage_provider: str  # as written (`minio`, `minio.default`, `s3.aws1`)
-    path: str  # `bucket/folder`, without surrounding slashes
-    prefix: tuple[str, ...] = ()
-    suffix: tuple[str, ...] = ()
-
-    @property
-    def provider(self) -> str:
-        """The normalised `TYPE.ID`."""
-        return (
-            self.storage_provider
-            if "." in self.storage_provider
-            else f"{self.storage_provider}.default"
-        )
-
-    @property
-    def bucket(self) -> str:
-        return self.path.split("/", 1)[0]
-
-    @property
-    def folder(self) -> str:
-        parts = self.path.split("/", 1)
-        return parts[1] if len(parts) > 1 else ""
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"storage_provider": self.storage_provider, "path": self.path}
-        if self.suffix:
-            out["suffix"] = list(self.suffix)
-        if self.prefix:
-            out["prefix"] = list(self.prefix)
-        return out
-
-
-@dataclass(frozen=True)
 class Expose:
     min_scale: int = 1
     max_scale: int = 10
@@ -102,8 +75,8 @@ class Service:
     file_stage_in: bool = True
     alpine: bool = False
     enable_gpu: bool = False
-    input: tuple[StorageIO, ...] = ()
-    output: tuple[StorageIO, ...] = ()
+    input: tuple[StoragePath, ...] = ()
+    output: tuple[StoragePath, ...] = ()
     # {type: {id: {key: value}}} as given; the default MinIO provider is the cluster's.
     storage_providers: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     variables: Mapping[str, str] = field(default_factory=dict)
@@ -351,7 +324,7 @@ def _providers(raw: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
             raise InvalidService(f"{where}.{ptype}: unknown provider type (one of {known})")
         for pid, settings in _mapping(by_id, f"{where}.{ptype}").items():
             values = _mapping(settings, f"{where}.{ptype}.{pid}")
-            if not (ptype == "minio" and pid == "default"):  # the cluster's: replaced anyway
+            if f"{ptype}.{pid}" != DEFAULT_PROVIDER:  # the cluster's: replaced anyway
                 for required in REQUIRED_PROVIDER_KEYS[ptype]:
                     if values.get(required) in (None, ""):
                         raise InvalidService(f"{where}.{ptype}.{pid}.{required}: missing")
@@ -361,7 +334,7 @@ def _providers(raw: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
 
 def _storage_list(
     raw: Any, where: str, service: str, providers: Mapping[str, Any], scalars: bool
-) -> tuple[StorageIO, ...]:
+) -> tuple[StoragePath, ...]:
     entries = []
     for i, item in enumerate(_list(raw, where)):
         at = f"{where}[{i}]"
@@ -369,9 +342,8 @@ def _storage_list(
         provider = item.get("storage_provider")
         if not isinstance(provider, str) or not provider:
             raise InvalidService(f"{at}.storage_provider: missing")
-        ptype, _, pid = provider.partition(".")
-        pid = pid or "default"
-        if not (ptype == "minio" and pid == "default") and pid not in providers.get(ptype, {}):
+        ptype, _, pid = normalize_provider_name(provider).partition(".")
+        if f"{ptype}.{pid}" != DEFAULT_PROVIDER and pid not in providers.get(ptype, {}):
             raise InvalidService(
                 f"{at}.storage_provider: {provider!r} is not defined in storage_providers"
             )
@@ -390,7 +362,7 @@ def _storage_list(
         if problem is not None:
             raise InvalidService(f"{at}.path: bucket {bucket!r} {problem}")
         entries.append(
-            StorageIO(
+            StoragePath(
                 storage_provider=provider,
                 path=path,
                 prefix=tuple(
