@@ -342,7 +342,7 @@ def _providers(raw: Any, secrets_dir: Path) -> dict[str, ProviderConfig]:
                 else:
                     text = _scalar_text(value, f"{where}.{key}")
                     values[str(key)] = Secret(text) if key in SECRET_KEYS else text
-            if ptype == "minio" and pid == "default":
+            if f"{ptype}.{pid}" == DEFAULT_PROVIDER:
                 _read_secret_files(values, secrets_dir / DEFAULT_PROVIDER)
             # A MinIO provider given a `path` is a local folder store: the embedded default
             # serves OSCAR's FDL files, which name `minio`, from a folder.
