@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from faas_supervisor import __version__, strict_json
+from faas_supervisor.config import on_default_provider
 from faas_supervisor.controller.auth import Credentials, bearer, token_matches
 from faas_supervisor.controller.backends import Backend
 from faas_supervisor.controller.buckets import BucketStore
@@ -366,14 +367,10 @@ class Api:
 
     async def _make_buckets(self, service: Service) -> None:
         """The buckets (and folders) of the service's paths on the default provider."""
-        paths = {
-            (e.bucket, e.folder)
-            for e in (*service.input, *service.output)
-            if e.provider == "minio.default"
-        }
+        paths = on_default_provider((*service.input, *service.output))
         try:
-            for bucket, folder in sorted(paths):
-                await asyncio.to_thread(self.buckets.ensure_path, bucket, folder)
+            for path in sorted(paths, key=lambda p: (p.bucket, p.folder)):
+                await asyncio.to_thread(self.buckets.ensure_path, path.bucket, path.folder)
         except ValueError as exc:  # a path the store refuses (see FolderStore)
             raise InvalidService(f"path: {exc}") from None
         except Exception as exc:

@@ -21,15 +21,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote_plus
 
+from faas_supervisor.config import StoragePath
 from faas_supervisor.controller.buckets import BucketStore, StoredObject
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.controller.notifications import InputPath, input_paths, list_input
+from faas_supervisor.controller.notifications import input_paths, list_input
 from faas_supervisor.logs import get_logger
 
 POLL_SECONDS = 0.5
 logger = get_logger(component="watcher")
 
-Offer = Callable[[Service, InputPath, StoredObject], Awaitable[None]]
+Offer = Callable[[Service, StoragePath, StoredObject], Awaitable[None]]
 Seen = dict[str, tuple[int, float]]  # key -> (size, modified)
 
 
@@ -39,8 +40,8 @@ class InputWatcher:
         self.offer = offer
         self._services: dict[str, Service] = {}
         # (service, path) -> objects offered, and objects seen once (maybe still changing)
-        self._offered: dict[tuple[str, InputPath], Seen] = {}
-        self._pending: dict[tuple[str, InputPath], Seen] = {}
+        self._offered: dict[tuple[str, StoragePath], Seen] = {}
+        self._pending: dict[tuple[str, StoragePath], Seen] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def watch(self, service: Service) -> None:
@@ -78,12 +79,12 @@ class InputWatcher:
                         logger.warning(
                             "cannot list an input path",
                             service=name,
-                            path=f"{path.bucket}/{path.prefix}",
+                            path=f"{path.bucket}/{path.key_prefix}",
                             error=str(exc),
                         )
             await asyncio.sleep(POLL_SECONDS)  # polling: the folder store has no events
 
-    async def _poll(self, service: Service, path: InputPath) -> None:
+    async def _poll(self, service: Service, path: StoragePath) -> None:
         objects = await asyncio.to_thread(list_input, self.store, path)
         slot = (service.name, path)
         if self._services.get(service.name) is not service:

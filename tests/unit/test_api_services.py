@@ -87,7 +87,7 @@ def definition(name: str = "svc", image: str = "ok", folder: str = "in") -> dict
 
 def watched(the_api: Api, name: str) -> list[tuple[str, str]]:
     service = the_api.intake.watcher._services.get(name)
-    return [(p.bucket, p.prefix) for p in input_paths(service)] if service else []
+    return [(p.bucket, p.key_prefix) for p in input_paths(service)] if service else []
 
 
 async def test_a_failed_update_leaves_the_service_as_it_was(

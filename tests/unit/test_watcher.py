@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from faas_supervisor.config import StoragePath
 from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.controller.fdl import Service, parse_service
-from faas_supervisor.controller.notifications import InputPath
 from faas_supervisor.controller.watcher import InputWatcher
 
 
@@ -25,7 +25,7 @@ async def test_an_object_is_offered_once_settled_and_forgotten_once_gone() -> No
     bucket = ListedBucket()
     offered: list[str] = []
 
-    async def offer(service: Service, path: InputPath, obj: StoredObject) -> None:
+    async def offer(service: Service, path: StoragePath, obj: StoredObject) -> None:
         offered.append(obj.key)
 
     watcher = InputWatcher(bucket, offer)  # type: ignore[arg-type]
