@@ -116,7 +116,8 @@ class KubernetesBackend:
 
     def _method(self, verb: str, kind: str) -> Callable[..., Any]:
         api, noun = _KINDS[kind]
-        return getattr(self._apis[api], f"{verb}_namespaced_{noun}")
+        method: Callable[..., Any] = getattr(self._apis[api], f"{verb}_namespaced_{noun}")
+        return method
 
     def _call(self, verb: str, kind: str, name: str = "", **kwargs: Any) -> Any:
         """One request, its failure turned into a KubernetesError naming it."""
@@ -253,7 +254,7 @@ class KubernetesBackend:
                     resource_version=version,
                     timeout_seconds=WATCH_SECONDS,
                 ):
-                    raw = event["raw_object"]
+                    raw: dict[str, Any] = event["raw_object"]
                     if event["type"] == "DELETED" or stop.is_set():
                         raise _Stopped() if stop.is_set() else KubernetesError(
                             f"{kind} {name} was deleted before it finished"
