@@ -190,7 +190,8 @@ class KubernetesBackend:
     # ---- jobs ---------------------------------------------------------------------------
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
-        body = manifests.job(service, self.cluster, job, _event_text(event))
+        text = await asyncio.to_thread(_event_text, event)
+        body = manifests.job(service, self.cluster, job, text)
         create = asyncio.ensure_future(asyncio.to_thread(self._create_job, body))
         stop = threading.Event()
         try:
@@ -307,12 +308,14 @@ class KubernetesBackend:
 
 
 def _event_text(event: Path) -> str:
-    data = event.read_bytes()
-    if len(data) > EVENT_MAX:
+    """Blocking (a file read): run in a thread. The size first: a large event is not read."""
+    size = event.stat().st_size
+    if size > EVENT_MAX:
         raise KubernetesError(
-            f"the event is {len(data)} bytes; a Kubernetes job takes at most {EVENT_MAX} "
+            f"the event is {size} bytes; a Kubernetes job takes at most {EVENT_MAX} "
             "(it travels in the EVENT variable)"
         )
+    data = event.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

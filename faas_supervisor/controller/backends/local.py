@@ -295,7 +295,7 @@ class LocalBackend:
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
         env = self._env(service)
         env["JOB_UUID"] = job
-        data = event.read_bytes() if event.stat().st_size <= EVENT_IN_ENV_MAX else None
+        data = await asyncio.to_thread(_small_event, event)
         stdin: Any = subprocess.DEVNULL
         if data is not None and b"\0" not in data:
             # As OSCAR passes it; surrogateescape gives the child the exact bytes back.
@@ -322,3 +322,8 @@ class LocalBackend:
             pid_file.unlink(missing_ok=True)
             # A `run` killed outright left its script to us: it goes now.
             await asyncio.shield(self._orphans().kill_all())
+
+
+def _small_event(event: Path) -> bytes | None:
+    """The event if the environment can hold it, else None. Blocking: run in a thread."""
+    return event.read_bytes() if event.stat().st_size <= EVENT_IN_ENV_MAX else None
