@@ -118,8 +118,8 @@ class InputWatcher:
         failing = self._failing.get(slot)
         if failing is None:
             name, path = slot
-            if name not in self._services:
-                return  # unwatched while listing
+            if slot not in self._offered:
+                return  # unwatched (or watched with other paths) while listing
             logger.warning("cannot list an input path; trying again less and less often",
                            service=name, path=_shown(path), error=str(exc))
             failing = self._failing[slot] = _Failing(0, 0.0)

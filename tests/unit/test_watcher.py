@@ -133,3 +133,9 @@ async def test_a_store_down_is_listed_less_and_less_often_and_logged_once(
     await run_for(5)  # and polled every half second again
     assert bucket.listings - listed == 10
     assert not watcher._failing
+
+    bucket.down = True  # failing paths are forgotten with their service
+    await run_for(1)
+    assert watcher._failing
+    watcher.unwatch("w")
+    assert not watcher._failing
