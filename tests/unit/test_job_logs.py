@@ -10,24 +10,18 @@ asked: the loop must never be held for long.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from faas_supervisor.controller.api import Api, ApiInfo
-from faas_supervisor.controller.auth import Credentials
-from faas_supervisor.controller.buckets import FolderStore
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.controller.intake import Intake
-from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.store import Store
+from tests.unit.test_api_services import AUTH, serving
 
-AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()}
 LINE = b"".join(b"%06d the job says something\n" % n for n in range(1000))  # 34 KB
 LOG_SIZE = (50 << 20) // len(LINE) * len(LINE)  # about 50 MiB
 # The longest the loop may be held. A whole 50 MiB log read or written at once takes
@@ -98,21 +92,10 @@ class LagProbe:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient, LoggingBackend, Store]]:
-    buckets = FolderStore(tmp_path / "storage")
-    store = Store(tmp_path / "store.sqlite3")
     backend = LoggingBackend()
-    jobs = Jobs(store, backend, tmp_path / "jobs", 1, store.service)  # type: ignore[arg-type]
-    intake = Intake(buckets, store, jobs.submit, "http://127.0.0.1:1")
-    the_api = Api(ApiInfo("fake", 0, 1), Credentials("admin", "secret"), store,
-                  backend, jobs, intake, buckets)  # type: ignore[arg-type]
-    client = TestClient(TestServer(the_api.app()))
-    await client.start_server()
-    await jobs.start()
-    yield client, backend, store
-    await jobs.close()
-    await client.close()
-    await intake.close()
-    store.close()
+    async with serving(tmp_path, backend) as (client, the_api):
+        await the_api.jobs.start()
+        yield client, backend, the_api.store
 
 
 async def read_logs(client: TestClient, job: str) -> tuple[int, str, float]:
