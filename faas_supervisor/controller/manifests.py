@@ -169,7 +169,9 @@ def minio_secret(service: Service, cluster: Cluster) -> dict[str, Any] | None:
     return _secret(minio_secret_name(service.name), service, cluster, keys)
 
 
-def _secret(name: str, service: Service, cluster: Cluster, data: dict[str, str]) -> dict[str, Any]:
+def _secret(
+    name: str, service: Service, cluster: Cluster, data: dict[str, str]
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
