@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -62,21 +63,31 @@ class FakeBackend:
         return 0
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Api, FakeBackend]]:
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, backend: object) -> AsyncIterator[tuple[TestClient, Api]]:
+    """The API with the real store, jobs and intake in front of `backend`, on loopback."""
     buckets = FolderStore(tmp_path / "storage")
     store = Store(tmp_path / "store.sqlite3")
-    backend = FakeBackend()
     jobs = Jobs(store, backend, tmp_path / "jobs", 1, store.service)  # type: ignore[arg-type]
     intake = Intake(buckets, store, jobs.submit, "http://127.0.0.1:1")
     the_api = Api(ApiInfo("fake", 0, 1), Credentials("admin", "secret"), store,
                   backend, jobs, intake, buckets)  # type: ignore[arg-type]
     client = TestClient(TestServer(the_api.app()))
     await client.start_server()
-    yield client, the_api, backend
-    await client.close()
-    await intake.close()
-    store.close()
+    try:
+        yield client, the_api
+    finally:
+        await jobs.close()
+        await client.close()
+        await intake.close()
+        store.close()
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Api, FakeBackend]]:
+    backend = FakeBackend()
+    async with serving(tmp_path, backend) as (client, the_api):
+        yield client, the_api, backend
 
 
 def definition(name: str = "svc", image: str = "ok", folder: str = "in") -> dict[str, Any]:
@@ -90,7 +101,7 @@ def definition(name: str = "svc", image: str = "ok", folder: str = "in") -> dict
 
 def watched(the_api: Api, name: str) -> list[tuple[str, str]]:
     service = the_api.intake.watcher._services.get(name)
-    return [(p.bucket, p.prefix) for p in input_paths(service)] if service else []
+    return [(p.bucket, p.key_prefix) for p in input_paths(service)] if service else []
 
 
 async def test_a_failed_update_leaves_the_service_as_it_was(

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from faas_supervisor import strict_json
-from faas_supervisor.controller.identity import DEFAULT_PROVIDER
+from faas_supervisor.config import DEFAULT_PROVIDER
 from faas_supervisor.controller.names import bucket_problem, path_problem
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response

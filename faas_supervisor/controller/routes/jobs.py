@@ -35,11 +35,15 @@ class JobRoutes(Routes):
             raise NotFound()
         return job
 
-    async def job_logs(self, request: web.Request) -> web.Response:
+    async def job_logs(self, request: web.Request) -> web.StreamResponse:
         job = self._job(request)
-        return web.Response(
-            body=self.api.jobs.logs(job.name), content_type="text/plain", charset="utf-8"
-        )
+        response = web.StreamResponse()  # streamed: a job's log can be large
+        response.content_type, response.charset = "text/plain", "utf-8"
+        await response.prepare(request)
+        async for chunk in self.api.jobs.logs(job.name):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
     async def delete_job(self, request: web.Request) -> web.Response:
         await self.api.jobs.delete(self._job(request).name)

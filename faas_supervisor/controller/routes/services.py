@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from faas_supervisor.config import DEFAULT_PROVIDER, on_default_provider
 from faas_supervisor.controller.auth import new_token
 from faas_supervisor.controller.fdl import Service, parse_service_json, service_json, unmask
-from faas_supervisor.controller.identity import DEFAULT_PROVIDER
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
 from faas_supervisor.errors import Conflict, InvalidService, NotFound, storage_failure
@@ -111,14 +111,10 @@ class ServiceRoutes(Routes):
 
     async def _make_buckets(self, service: Service) -> None:
         """The buckets (and folders) of the service's paths on the default provider."""
-        paths = {
-            (e.bucket, e.folder)
-            for e in (*service.input, *service.output)
-            if e.provider == DEFAULT_PROVIDER
-        }
+        paths = on_default_provider((*service.input, *service.output))
         try:
-            for bucket, folder in sorted(paths):
-                await asyncio.to_thread(self.api.buckets.ensure_path, bucket, folder)
+            for path in sorted(paths, key=lambda p: (p.bucket, p.folder)):
+                await asyncio.to_thread(self.api.buckets.ensure_path, path.bucket, path.folder)
         except ValueError as exc:  # a path the store refuses (see FolderStore)
             raise InvalidService(f"path: {exc}") from None
         except Exception as exc:
