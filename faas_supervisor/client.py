@@ -170,8 +170,8 @@ async def cmd_delete(client: ControllerClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_run(client: ControllerClient, args: argparse.Namespace) -> int:
-    from faas_supervisor.api_client import RequestFailed, service_path
-    from faas_supervisor.base64_stream import NotBase64
+    from faas_supervisor.api_client import service_path
+    from faas_supervisor.errors import NotBase64, RequestFailed
     from faas_supervisor.progress import Progress
     from faas_supervisor.transfer import write_result
 

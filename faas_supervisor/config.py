@@ -15,6 +15,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,13 @@ class FunctionConfig:
             raise ConfigError(f"storage provider {name!r} is not defined") from None
 
 
+class Mode(StrEnum):
+    """How the watchdog serves (SPEC 4.4); the value is the `mode` setting's."""
+
+    FORK = "fork"  # one run of the script per request
+    HTTP = "http"  # every request proxied to one long-running server of the user's
+
+
 @dataclass(frozen=True)
 class WatchdogSettings:
     """SPEC 4.3, with the classic watchdog's variable names."""
@@ -170,7 +178,7 @@ class WatchdogSettings:
     healthcheck_interval: float = 10.0
     suppress_lock: bool = False
     write_debug: bool = False
-    mode: str = "fork"
+    mode: Mode = Mode.FORK
     upstream_port: int = 8081  # http mode: where the user's server listens (on 127.0.0.1)
     upstream_start_timeout: float = 120.0  # http mode: seconds it may take to start listening
     upstream_command: str = ""
@@ -488,9 +496,9 @@ def load_watchdog_settings(
         if (text := pick(name)) is not None:
             values[name] = parse_bool(text, name)
     if (text := pick("mode")) is not None:
-        if text not in ("fork", "http"):
+        if text not in set(Mode):
             raise ConfigError(f"mode: {text!r} is not fork or http")
-        values["mode"] = text
+        values["mode"] = Mode(text)
     if (text := pick("upstream_port")) is not None:
         values["upstream_port"] = parse_int(text, "upstream_port")
         if not 0 < values["upstream_port"] < 65536:

@@ -29,7 +29,7 @@ from faas_supervisor.config import (
 )
 from faas_supervisor.controller.names import bucket_problem, path_problem
 from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
-from faas_supervisor.errors import FaasError
+from faas_supervisor.errors import InvalidService
 
 # The OSCAR manager's limits and defaults (its create handler).
 NAME_MAX = 39
@@ -43,13 +43,6 @@ MAX_SCALE = 100
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _CPU = re.compile(r"\d+(\.\d+)?m?|\.\d+")
 _MEMORY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|[kmgtpe]|e\d+)?")
-
-
-class InvalidService(FaasError):
-    """A definition that cannot be a service; the message starts with the field."""
-
-    http_status = 400
-    exit_status = 2
 
 
 @dataclass(frozen=True)

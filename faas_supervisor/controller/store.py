@@ -35,8 +35,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from faas_supervisor.controller.fdl import Service, from_record, to_record
 from faas_supervisor.controller.identity import ObjectId
@@ -50,7 +51,20 @@ RESERVE = 1 << 20
 VACUUM_STEP = 256 << 10  # bytes of free pages given back per step
 logger = get_logger(component="store")
 
-PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+
+
+class JobStatus(StrEnum):
+    """A job's status: stored as its value, and shown as it (the OSCAR manager's names)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+# Short names, for the queries below and the jobs' queue.
+PENDING, RUNNING = JobStatus.PENDING, JobStatus.RUNNING
+SUCCEEDED, FAILED = JobStatus.SUCCEEDED, JobStatus.FAILED
 FINISHED = (SUCCEEDED, FAILED)
 
 _SCHEMA = """
@@ -95,7 +109,7 @@ CREATE TABLE IF NOT EXISTS listed_paths (
 class Job:
     name: str
     service: str
-    status: str
+    status: JobStatus
     creation_time: float
     start_time: float | None
     finish_time: float | None
@@ -304,10 +318,10 @@ class Store:
     @_serialized
     def job(self, name: str) -> Job | None:
         row = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE name = ?", (name,)).fetchone()
-        return Job(*row) if row else None
+        return _job(row) if row else None
 
     @_serialized
-    def jobs(self, service: str | None = None, status: str | None = None) -> list[Job]:
+    def jobs(self, service: str | None = None, status: JobStatus | None = None) -> list[Job]:
         query, args = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE 1", []
         if service is not None:
             query += " AND service = ?"
@@ -315,7 +329,7 @@ class Store:
         if status is not None:
             query += " AND status = ?"
             args.append(status)
-        return [Job(*row) for row in self.db.execute(query + " ORDER BY seq", args).fetchall()]
+        return [_job(row) for row in self.db.execute(query + " ORDER BY seq", args).fetchall()]
 
     @_serialized
     def start_job(self, name: str) -> bool:
@@ -473,3 +487,8 @@ def _is_full(exc: sqlite3.OperationalError) -> bool:
 
 
 _JOB_COLUMNS = "name, service, status, creation_time, start_time, finish_time, exit_code, reason"
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    name, service, status, *times = row
+    return Job(name, service, JobStatus(status), *times)

@@ -26,15 +26,15 @@ import pytest
 from aiohttp import web
 
 from faas_supervisor import cli
-from faas_supervisor.base64_stream import Base64Decoder, NotBase64
+from faas_supervisor.base64_stream import Base64Decoder
 from faas_supervisor.client import table
 from faas_supervisor.controller.fdl import (
-    InvalidService,
     fdl_definitions,
     load_fdl,
     parse_service,
     script_text,
 )
+from faas_supervisor.errors import InvalidService, NotBase64
 from faas_supervisor.progress import Progress
 from faas_supervisor.transfer import looks_like_base64
 

@@ -10,7 +10,6 @@ import pytest
 
 from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath, on_default_provider
 from faas_supervisor.controller.fdl import (
-    InvalidService,
     from_record,
     go_json,
     load_fdl,
@@ -21,6 +20,7 @@ from faas_supervisor.controller.fdl import (
     unmask,
 )
 from faas_supervisor.controller.notifications import input_paths
+from faas_supervisor.errors import InvalidService
 
 SCRIPT = "#!/bin/sh\necho hi\n"
 

@@ -13,8 +13,9 @@ import yaml
 
 from faas_supervisor.cli import main
 from faas_supervisor.controller import manifests
-from faas_supervisor.controller.fdl import InvalidService, Service, load_fdl, parse_service
+from faas_supervisor.controller.fdl import Service, load_fdl, parse_service
 from faas_supervisor.controller.function_config import function_config
+from faas_supervisor.errors import InvalidService
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.errors import ConfigError, FaasError
+from faas_supervisor.errors import ConfigError
 
 BACKENDS = ("local", "docker", "kubernetes")
-
-
-class ServiceUnavailable(FaasError):
-    """The service's runtime is not answering (starting, or failing to start)."""
-
-    http_status = 503
 
 
 class Backend(Protocol):

@@ -23,9 +23,8 @@ from typing import Any
 from urllib3.exceptions import HTTPError
 
 from faas_supervisor.controller import manifests
-from faas_supervisor.controller.backends import ServiceUnavailable
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.errors import ConfigError, FaasError
+from faas_supervisor.errors import ConfigError, KubernetesError, ServiceUnavailable
 from faas_supervisor.logs import get_logger
 
 # An event travels in the `EVENT` variable, as OSCAR passes it; Linux refuses a single
@@ -47,13 +46,6 @@ _KINDS: dict[str, tuple[str, str]] = {
 }
 _SERVICE_KINDS = [kind for _, kind in manifests.MANIFEST_KINDS]
 logger = get_logger(component="kubernetes-backend")
-
-
-class KubernetesError(FaasError):
-    """The API server refused or failed a request; the message says which and why."""
-
-    http_status = 502
-    status: int | None = None  # the API's status code, when it answered
 
 
 class _Stopped(Exception):

@@ -29,9 +29,10 @@ import aiohttp
 import yaml
 
 from faas_supervisor import processes
-from faas_supervisor.controller.backends import ServiceUnavailable
+from faas_supervisor.config import Mode
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
+from faas_supervisor.errors import ServiceUnavailable
 from faas_supervisor.logs import get_logger
 
 HOST = "127.0.0.1"
@@ -259,7 +260,7 @@ class LocalBackend:
         if service.exposed:
             # Its own free port, not api_port: services of one machine share its ports. The
             # script gets it as $upstream_port.
-            command += ["--mode", "http"]
+            command += ["--mode", Mode.HTTP.value]
         instances = max(1, service.expose.min_scale) if service.exposed else 1
         self._watchdogs[service.name] = [
             _Watchdog(service.name, folder, command, self._env(service), self.pids,
