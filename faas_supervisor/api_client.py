@@ -17,19 +17,13 @@ from urllib.parse import quote
 
 import aiohttp
 
-from faas_supervisor.errors import FaasError
+from faas_supervisor.errors import RequestFailed
 
 # A `/run` may take as long as its script does; only connecting has a deadline.
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, connect=60)
 DEFAULT_USER = "oscar"
 BASE64_TYPE = "text/plain; charset=utf-8"
 MESSAGE_LIMIT = 300  # characters of the server's message kept in the one error line
-
-
-class RequestFailed(FaasError):
-    """The controller could not be reached or answered with an error status."""
-
-    exit_status = 1
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,9 @@ from collections.abc import AsyncIterator
 
 import pybase64
 
+from faas_supervisor.errors import NotBase64
+
 WHITESPACE = b" \t\r\n\x0b\x0c"
-
-
-class NotBase64(ValueError):
-    """The text is not strict, padded base64 (blanks and newlines aside)."""
 
 
 class Base64Decoder:

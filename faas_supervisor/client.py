@@ -31,8 +31,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import yaml
-
 from faas_supervisor.config import current_environ
 from faas_supervisor.errors import ConfigError, FaasError
 
@@ -131,85 +129,14 @@ async def _with_client(conn: Connection, args: argparse.Namespace) -> int:
 
 
 async def cmd_apply(client: ControllerClient, args: argparse.Namespace) -> int:
-    services = read_fdl(Path(args.file))
-    for service in services:
+    # The controller's own reader (read as `manifests -f` reads it), sent as written:
+    # the server validates, be it this controller or an OSCAR manager.
+    from faas_supervisor.controller.fdl import fdl_definitions
+
+    for _, service in fdl_definitions(Path(args.file)):
         done = await client.apply_service(service)
         print(f"{done.capitalize()} service \"{service['name']}\"")
     return 0
-
-
-def read_fdl(path: Path) -> list[dict[str, Any]]:
-    """The services of an FDL file, scripts read in, ready to send (SPEC 7.1).
-
-    A top-level `storage_providers` is merged into every service, as oscar-cli does;
-    a service's own provider of the same type and id wins.
-    """
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    functions = document.get("functions") if isinstance(document, dict) else None
-    entries = functions.get("oscar") if isinstance(functions, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{path}: functions.oscar: must be a list of {{CLUSTER_ID: SERVICE}}")
-    shared = document.get("storage_providers")
-    if shared is not None and not isinstance(shared, dict):
-        raise ConfigError(f"{path}: storage_providers: must be a mapping")
-    services = []
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not entry:
-            raise ConfigError(f"{path}: functions.oscar[{index}]: must be {{CLUSTER_ID: SERVICE}}")
-        for cluster_id, definition in entry.items():
-            where = f"functions.oscar[{index}].{cluster_id}"
-            if not isinstance(definition, dict):
-                raise ConfigError(f"{path}: {where}: must be a mapping")
-            service = dict(definition)
-            if not isinstance(service.get("name"), str) or not service["name"]:
-                raise ConfigError(f"{path}: {where}.name: missing")
-            if "script" in service:
-                service["script"] = script_text(service["script"], path.parent,
-                                                f"{path}: {where}.script")
-            service["cluster_id"] = str(cluster_id)
-            if shared:
-                service["storage_providers"] = _merge_providers(
-                    shared, service.get("storage_providers") or {})
-            services.append(service)
-    return services
-
-
-def script_text(value: Any, base: Path, where: str) -> str:
-    """`script` is a path relative to the FDL file, or the script's text.
-
-    One line naming an existing file is that file. One line that looks like a path
-    (no blanks; a `/` or a file extension) but names no file is an error rather than
-    a one-word script that would fail at the first invocation.
-    """
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: must be a path or the script's text")
-    if "\n" in value.strip():
-        return value
-    candidate = base / os.path.expanduser(value.strip())
-    if candidate.is_file():
-        try:
-            return candidate.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{where}: {candidate}: {exc}") from None
-    if re.fullmatch(r"\S*(/\S*|\.\w+)", value.strip()):
-        raise ConfigError(f"{where}: {candidate}: no such file")
-    return value
-
-
-def _merge_providers(shared: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
-    merged: dict[str, Any] = {kind: dict(ids) if isinstance(ids, dict) else ids
-                              for kind, ids in shared.items()}
-    for kind, ids in own.items():
-        if isinstance(ids, dict) and isinstance(merged.get(kind), dict):
-            merged[kind].update(ids)
-        else:
-            merged[kind] = ids
-    return merged
 
 
 # list, get, delete
@@ -243,8 +170,8 @@ async def cmd_delete(client: ControllerClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_run(client: ControllerClient, args: argparse.Namespace) -> int:
-    from faas_supervisor.api_client import RequestFailed, service_path
-    from faas_supervisor.base64_stream import NotBase64
+    from faas_supervisor.api_client import service_path
+    from faas_supervisor.errors import NotBase64, RequestFailed
     from faas_supervisor.progress import Progress
     from faas_supervisor.transfer import write_result
 

@@ -13,8 +13,9 @@ import binascii
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ DEFAULT_CONFIG_PATH = Path("/oscar/config/function_config.yaml")
 DEFAULT_SCRIPT_PATH = Path("/oscar/config/script.sh")
 DEFAULT_SECRETS_DIR = Path("/var/run/secrets/providers")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_PROVIDER = "minio.default"  # the cluster's MinIO, as OSCAR names it
 
 # Keys each provider type must have; the ones in SECRET_KEYS are wrapped in Secret.
 REQUIRED_PROVIDER_KEYS: Mapping[str, tuple[str, ...]] = {
@@ -75,12 +77,19 @@ class ProviderConfig:
 
 @dataclass(frozen=True)
 class StoragePath:
-    """An `input` or `output` entry: a provider and `bucket/folder`, with filters."""
+    """A provider and a `bucket/folder` path: an `input` or `output` entry, for the
+    runtime's config and the controller's services alike. `prefix` and `suffix` are an
+    output's filters (OSCAR's names: they filter file names, not keys)."""
 
-    provider: str
-    path: str
+    storage_provider: str  # as written (`minio`, `minio.default`, `s3.aws1`)
+    path: str  # `bucket/folder`, without surrounding slashes
     prefix: tuple[str, ...] = ()
     suffix: tuple[str, ...] = ()
+
+    @property
+    def provider(self) -> str:
+        """The normalised `TYPE.ID`."""
+        return normalize_provider_name(self.storage_provider)
 
     @property
     def bucket(self) -> str:
@@ -91,11 +100,41 @@ class StoragePath:
         parts = self.path.split("/", 1)
         return parts[1] if len(parts) > 1 else ""
 
+    @property
+    def key_prefix(self) -> str:
+        """The keys under the folder start with this: `folder/`, or "" for a whole bucket."""
+        return f"{self.folder}/" if self.folder else ""
+
+    def holds(self, bucket: str, key: str) -> bool:
+        """Whether an object is under this path."""
+        return bucket == self.bucket and key.startswith(self.key_prefix)
+
     def matches(self, relative_path: str) -> bool:
         """Whether an output file is sent here: an empty filter list matches all."""
         ok_prefix = not self.prefix or any(relative_path.startswith(p) for p in self.prefix)
         ok_suffix = not self.suffix or any(relative_path.endswith(s) for s in self.suffix)
         return ok_prefix and ok_suffix
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as the OSCAR manager writes it (its field order; no empty filters)."""
+        out: dict[str, Any] = {"storage_provider": self.storage_provider, "path": self.path}
+        if self.suffix:
+            out["suffix"] = list(self.suffix)
+        if self.prefix:
+            out["prefix"] = list(self.prefix)
+        return out
+
+
+def on_default_provider(paths: Iterable[StoragePath]) -> list[StoragePath]:
+    """The paths on the cluster's MinIO (`minio.default`, however written): the only ones
+    the controller makes buckets for and announces objects of. Each once, in order, as
+    `StoragePath(DEFAULT_PROVIDER, path)`: filters and spelling do not make two paths."""
+    found = {
+        StoragePath(DEFAULT_PROVIDER, p.path): None
+        for p in paths
+        if p.provider == DEFAULT_PROVIDER
+    }
+    return list(found)
 
 
 @dataclass(frozen=True)
@@ -117,6 +156,13 @@ class FunctionConfig:
             return self.providers[normalize_provider_name(name)]
         except KeyError:
             raise ConfigError(f"storage provider {name!r} is not defined") from None
+
+
+class Mode(StrEnum):
+    """How the watchdog serves (SPEC 4.4); the value is the `mode` setting's."""
+
+    FORK = "fork"  # one run of the script per request
+    HTTP = "http"  # every request proxied to one long-running server of the user's
 
 
 @dataclass(frozen=True)
@@ -141,7 +187,7 @@ class WatchdogSettings:
     healthcheck_interval: float = 10.0
     suppress_lock: bool = False
     write_debug: bool = False
-    mode: str = "fork"
+    mode: Mode = Mode.FORK
     upstream_port: int = 8081  # http mode: where the user's server listens (on 127.0.0.1)
     upstream_start_timeout: float = 120.0  # http mode: seconds it may take to start listening
     upstream_command: str = ""
@@ -313,8 +359,8 @@ def _providers(raw: Any, secrets_dir: Path) -> dict[str, ProviderConfig]:
                 else:
                     text = _scalar_text(value, f"{where}.{key}")
                     values[str(key)] = Secret(text) if key in SECRET_KEYS else text
-            if ptype == "minio" and pid == "default":
-                _read_secret_files(values, secrets_dir / "minio.default")
+            if f"{ptype}.{pid}" == DEFAULT_PROVIDER:
+                _read_secret_files(values, secrets_dir / DEFAULT_PROVIDER)
             # A MinIO provider given a `path` is a local folder store: the embedded default
             # serves OSCAR's FDL files, which name `minio`, from a folder.
             required = REQUIRED_PROVIDER_KEYS["local" if is_folder_store(ptype, values) else ptype]
@@ -353,7 +399,7 @@ def _storage_paths(raw: Any, kind: str) -> list[StoragePath]:
             raise ConfigError(f"{where}.path: missing")
         entries.append(
             StoragePath(
-                provider=normalize_provider_name(provider),
+                storage_provider=provider,
                 path=path.strip("/"),
                 prefix=tuple(str(p) for p in _list(item.get("prefix"), f"{where}.prefix")),
                 suffix=tuple(str(s) for s in _list(item.get("suffix"), f"{where}.suffix")),
@@ -485,9 +531,9 @@ def load_watchdog_settings(
         if (text := pick(name)) is not None:
             values[name] = parse_bool(text, name)
     if (text := pick("mode")) is not None:
-        if text not in ("fork", "http"):
+        if text not in set(Mode):
             raise ConfigError(f"mode: {text!r} is not fork or http")
-        values["mode"] = text
+        values["mode"] = Mode(text)
     if (text := pick("upstream_port")) is not None:
         values["upstream_port"] = parse_int(text, "upstream_port")
         if not 0 < values["upstream_port"] < 65536:

@@ -1,7 +1,10 @@
 """The one exception hierarchy: each failure carries its HTTP status and exit status.
 
-The watchdog answers `http_status`; `faas-supervisor run` exits with `exit_status`.
-Messages are one line and never hold a secret.
+The watchdog and the controller answer `http_status` (each app has one middleware that
+turns these into answers); `faas-supervisor run` and the CLI exit with `exit_status`.
+Messages are one line and never hold a secret. Every error type of the package is here;
+the only other exceptions are control flow private to one module (a worker told to stop,
+one failed HTTP attempt that is retried), never shown to a client.
 """
 
 from __future__ import annotations
@@ -46,14 +49,69 @@ class Forbidden(FaasError):
     exit_status = 2
 
 
-def unreadable_body(exc: BaseException) -> BadEvent:
+class UnreadableBody(BadEvent):
+    """A body that broke while it was read: where the next request starts is unknown, so
+    the answer closes the connection."""
+
+
+def unreadable_body(exc: BaseException) -> UnreadableBody:
     """A body the HTTP server could not decode (its Content-Encoding, its chunks) as a 400.
 
     aiohttp raises its own exception with the parser's as the cause; the cause has the words.
     """
     cause = exc.__cause__ or exc
     reason = getattr(cause, "message", None) or str(cause) or type(cause).__name__
-    return BadEvent(f"request body cannot be read: {reason}")
+    return UnreadableBody(f"request body cannot be read: {reason}")
+
+
+class NotJson(BadEvent, ValueError):
+    """Text that is not RFC 8259 JSON; the message is one line, without the text.
+
+    Callers usually say what was not JSON (a service's definition, an event) with an
+    error of their own; one that escapes is still the request's fault, a 400. Also a
+    ValueError, as `json`'s own error is.
+    """
+
+
+class NotBase64(BadEvent, ValueError):
+    """The text is not strict, padded base64 (blanks and newlines aside)."""
+
+
+class InvalidService(FaasError):
+    """A definition (of a service, a bucket) that cannot be; the message starts with the
+    field."""
+
+    http_status = 400
+    exit_status = 2
+
+
+class Unauthorized(FaasError):
+    """No credentials, or not the right ones. `challenge`: the answer asks for basic auth
+    (the admin's routes), as the OSCAR manager's does."""
+
+    http_status = 401
+    exit_status = 2
+
+    def __init__(self, message: str = "401: Unauthorized", *, challenge: bool = False) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+
+class NotFound(FaasError):
+    """No such service, job or bucket. The default text is aiohttp's own 404's."""
+
+    http_status = 404
+    exit_status = 2
+
+    def __init__(self, message: str = "404: Not Found") -> None:
+        super().__init__(message)
+
+
+class Conflict(FaasError):
+    """The thing to create exists already."""
+
+    http_status = 409
+    exit_status = 2
 
 
 class PayloadTooLarge(FaasError):
@@ -77,10 +135,42 @@ class RequestTimeout(FaasError):
 
 
 class StorageError(FaasError):
-    """A download or upload that failed after its retries."""
+    """A download or upload that failed after its retries; a storage server that failed
+    a bucket operation of the controller."""
 
     http_status = 502
     exit_status = 3
+
+
+class UpstreamFailed(FaasError):
+    """A service's watchdog, or the engine a backend drives (Docker, the Kubernetes API
+    server), refused or failed a request; the message says which and why."""
+
+    http_status = 502
+
+
+class DockerError(UpstreamFailed):
+    """The Docker engine refused or failed a request."""
+
+
+class KubernetesError(UpstreamFailed):
+    """The Kubernetes API server refused or failed a request."""
+
+    status: int | None = None  # the API's status code, when it answered
+
+
+class ServiceUnavailable(FaasError):
+    """The service's runtime is not answering (starting, or failing to start)."""
+
+    http_status = 503
+
+
+class RequestFailed(FaasError):
+    """Client side (`faas-supervisor service ...`): the controller could not be reached or
+    answered with an error status. Never answered over HTTP (the http_status is unused);
+    the CLI exits 1 with its one line."""
+
+    exit_status = 1
 
 
 class InsufficientStorage(FaasError):
@@ -104,6 +194,15 @@ def local_write_error(exc: OSError, what: str) -> FaasError:
     if exc.errno in NO_SPACE:
         return InsufficientStorage(f"no space left on device writing {what}")
     return FaasError(f"cannot write {what}: {exc.strerror or type(exc).__name__}")
+
+
+def storage_failure(provider: str, what: str, exc: BaseException) -> FaasError:
+    """The one policy for what a storage server's failure shows to a client: the provider,
+    what failed and the exception's type, never the SDK's message (it can carry endpoints
+    with credentials). Our own full disk is a 507 naming the same."""
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        return local_write_error(exc, f"the {what} ({provider})")
+    return StorageError(f"{provider}: {what} failed ({type(exc).__name__})")
 
 
 @contextlib.contextmanager

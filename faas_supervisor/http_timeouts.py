@@ -15,6 +15,7 @@ costs a counter comparison.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -114,7 +115,10 @@ def _unknown_coding(request: web.BaseRequest) -> str | None:
     return None
 
 
-def _refusing_unknown_codings(handler: Any) -> Any:
+_Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def _refusing_unknown_codings(handler: _Handler) -> _Handler:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         if "Transfer-Encoding" in request.headers:
             coding = _unknown_coding(request)

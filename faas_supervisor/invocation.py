@@ -27,14 +27,12 @@ from faas_supervisor import processes
 from faas_supervisor.access import authorize
 from faas_supervisor.config import FunctionConfig, StoragePath, normalize_provider_name
 from faas_supervisor.errors import (
-    NO_SPACE,
     BadEvent,
     FaasError,
     Forbidden,
     ScriptFailed,
     ScriptTimeout,
-    StorageError,
-    local_write_error,
+    storage_failure,
     writing,
 )
 from faas_supervisor.logs import InvocationLog
@@ -385,25 +383,15 @@ async def _storage_errors(
     """A provider's unexpected exception becomes a StorageError naming it and the object.
 
     Providers raise StorageError themselves after their retries; anything else (an SDK
-    error they did not foresee) must still be a 502 / exit 3, not a traceback. Only the
-    exception's type is shown: SDK messages can carry endpoints with credentials.
+    error they did not foresee) must still be a 502 / exit 3, not a traceback, shown as
+    `storage_failure` shows every storage failure.
     """
     try:
         yield
     except (FaasError, asyncio.CancelledError):
         raise
-    except OSError as exc:
-        if exc.errno in NO_SPACE:  # our disk, not the store: a 507 naming the object
-            raise local_write_error(
-                exc, f"the {action} of {bucket}/{key} ({provider.name})"
-            ) from exc
-        raise StorageError(
-            f"{provider.name}: {action} of {bucket}/{key} failed ({type(exc).__name__})"
-        ) from exc
     except Exception as exc:
-        raise StorageError(
-            f"{provider.name}: {action} of {bucket}/{key} failed ({type(exc).__name__})"
-        ) from exc
+        raise storage_failure(provider.name, f"{action} of {bucket}/{key}", exc) from exc
 
 
 def _copy_output(pipe: IO[bytes], log_file: BinaryIO, mirror: OutputMirror) -> None:

@@ -10,6 +10,9 @@ server, the local backend's watchdogs and jobs). The rules it keeps:
 * A group is signalled only while its leader is unreaped: a zombie leader keeps the
   group's id taken, so `killpg` cannot reach a stranger that reused it. `exited()` gives
   a hook between "has exited" (its pidfd turns readable) and "reaped".
+  A process that is not our child (one a killed controller left) is pinned by a pidfd
+  and seen alive before its group is signalled (`stop_stranger`,
+  `kill_groups_by_environ`). No other module calls `killpg`.
 * What leaves the group (`setsid cmd &`) is caught by making the long-lived supervisors
   child subreapers (Linux): orphaned descendants are re-parented to them instead of
   PID 1, and `Orphans` reaps them and kills those that are not wanted any more.
@@ -30,6 +33,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import subprocess
 import time
@@ -245,6 +249,43 @@ async def stop_stranger(pid: int, marker: bytes, grace: float = STOP_GRACE) -> N
         os.close(pidfd)
 
 
+def kill_groups_by_environ(name: str, prefix: str) -> list[int]:
+    """SIGKILL the process group of every process whose variable `name` starts with
+    `prefix` (a marker that every process some owner started inherits), this process's
+    own group excepted; the groups killed. For strangers a killed owner left behind.
+
+    Blocking (reads every /proc/PID/environ): run it in a thread. A group is signalled
+    only through a member pinned by a pidfd, opened before its environment is read (so
+    the pid names the process checked) and seen alive just before the signal: a live
+    member keeps its group's id from being reused.
+    """
+    own = os.getpgrp()
+    killed: list[int] = []
+    for pid in _pids():
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # gone (or no pidfd here: then nothing safe can be done)
+            continue
+        try:
+            value = environ_value(pid, name)
+            stat = _stat(pid)
+            if value is None or not value.startswith(prefix) or stat is None:
+                continue
+            group = stat[2]
+            if group in (own, *killed) or _has_exited(pidfd):
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+                killed.append(group)
+        finally:
+            os.close(pidfd)
+    return killed
+
+
+def _has_exited(pidfd: int) -> bool:
+    return bool(select.select([pidfd], [], [], 0)[0])
+
+
 async def _readable(fd: int) -> None:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
@@ -355,17 +396,19 @@ def _adopted() -> list[int]:
     worker thread; what it finds is checked again before anything is done to it."""
     me = os.getpid()
     found = []
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            pid = int(entry.name)
-            if pid in _spawned:
-                continue
-            stat = _stat(pid)
-            if stat is not None and stat[0] == me:
-                found.append(pid)
+    for pid in _pids():
+        if pid in _spawned:
+            continue
+        stat = _stat(pid)
+        if stat is not None and stat[0] == me:
+            found.append(pid)
     return found
+
+
+def _pids() -> list[int]:
+    """Every process of the machine (of this pid namespace) now."""
+    with os.scandir("/proc") as entries:
+        return [int(entry.name) for entry in entries if entry.name.isdigit()]
 
 
 def environ_value(pid: int, name: str) -> str | None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any, NoReturn
 
+from faas_supervisor.errors import NotJson
 
-class NotJson(ValueError):
-    """Text that is not RFC 8259 JSON; the message is one line, without the text."""
+__all__ = ["NotJson", "loads"]
 
 
 def loads(data: bytes | bytearray | str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -18,10 +19,17 @@ from typing import Any
 import yaml
 
 from faas_supervisor import strict_json
-from faas_supervisor.config import LOG_LEVELS, REQUIRED_PROVIDER_KEYS, SECRET_KEYS
+from faas_supervisor.config import (
+    DEFAULT_PROVIDER,
+    LOG_LEVELS,
+    REQUIRED_PROVIDER_KEYS,
+    SECRET_KEYS,
+    StoragePath,
+    normalize_provider_name,
+)
 from faas_supervisor.controller.names import bucket_problem, path_problem
 from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
-from faas_supervisor.errors import FaasError
+from faas_supervisor.errors import InvalidService
 
 # The OSCAR manager's limits and defaults (its create handler).
 NAME_MAX = 39
@@ -35,47 +43,6 @@ MAX_SCALE = 100
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _CPU = re.compile(r"\d+(\.\d+)?m?|\.\d+")
 _MEMORY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|[kmgtpe]|e\d+)?")
-
-
-class InvalidService(FaasError):
-    """A definition that cannot be a service; the message starts with the field."""
-
-    http_status = 400
-    exit_status = 2
-
-
-@dataclass(frozen=True)
-class StorageIO:
-    storage_provider: str  # as written (`minio`, `minio.default`, `s3.aws1`)
-    path: str  # `bucket/folder`, without surrounding slashes
-    prefix: tuple[str, ...] = ()
-    suffix: tuple[str, ...] = ()
-
-    @property
-    def provider(self) -> str:
-        """The normalised `TYPE.ID`."""
-        return (
-            self.storage_provider
-            if "." in self.storage_provider
-            else f"{self.storage_provider}.default"
-        )
-
-    @property
-    def bucket(self) -> str:
-        return self.path.split("/", 1)[0]
-
-    @property
-    def folder(self) -> str:
-        parts = self.path.split("/", 1)
-        return parts[1] if len(parts) > 1 else ""
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"storage_provider": self.storage_provider, "path": self.path}
-        if self.suffix:
-            out["suffix"] = list(self.suffix)
-        if self.prefix:
-            out["prefix"] = list(self.prefix)
-        return out
 
 
 @dataclass(frozen=True)
@@ -101,8 +68,8 @@ class Service:
     file_stage_in: bool = True
     alpine: bool = False
     enable_gpu: bool = False
-    input: tuple[StorageIO, ...] = ()
-    output: tuple[StorageIO, ...] = ()
+    input: tuple[StoragePath, ...] = ()
+    output: tuple[StoragePath, ...] = ()
     # {type: {id: {key: value}}} as given; the default MinIO provider is the cluster's.
     storage_providers: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     variables: Mapping[str, str] = field(default_factory=dict)
@@ -245,42 +212,101 @@ def parse_service_json(body: bytes) -> Service:
 
 
 def load_fdl(path: str | Path, cluster_id: str | None = None) -> list[Service]:
-    """The services of an FDL file; `script` is a path relative to the file or the text."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise InvalidService(f"{path}: {exc.strerror}") from None
-    except yaml.YAMLError:
-        raise InvalidService(f"{path}: not valid YAML") from None
-    return parse_fdl(data, path.parent, cluster_id)
+    """The services of an FDL file (of one cluster id, if given), validated."""
+    return [
+        parse_service(definition, where, yaml_scalars=True)
+        for where, definition in fdl_definitions(Path(path), cluster_id)
+    ]
 
 
-def parse_fdl(data: Any, base: Path, cluster_id: str | None = None) -> list[Service]:
-    functions = data.get("functions") if isinstance(data, dict) else None
+def fdl_definitions(
+    path: Path, cluster_id: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The service definitions of an FDL file, as `(where, mapping)`, read as oscar-cli
+    reads them; `service apply` sends the mappings, `load_fdl` validates them (SPEC 7.1).
+
+    * `functions.oscar` is a list of `{cluster id: service}` mappings, each with one
+      cluster id or several; the id is the service's `cluster_id`.
+    * A top-level `storage_providers` is merged into every service; a service's own
+      provider of the same type and id wins.
+    * `script` is a file next to the FDL file, or the script's text (`script_text`).
+    """
+    document = _fdl_document(path)
+    functions = document.get("functions") if isinstance(document, dict) else None
     entries = functions.get("oscar") if isinstance(functions, dict) else None
-    if not isinstance(entries, list) or not entries:
+    if not isinstance(document, dict) or not isinstance(entries, list) or not entries:
         raise InvalidService("functions.oscar: missing (a list of {cluster id: service})")
-    services = []
+    shared = _mapping(document.get("storage_providers"), "storage_providers")
+    found = []
     for i, entry in enumerate(entries):
-        where = f"functions.oscar[{i}]"
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise InvalidService(f"{where}: must be one {{cluster id: service}} mapping")
-        ((cluster, raw),) = entry.items()
-        if cluster_id is not None and cluster != cluster_id:
-            continue
-        where = f"{where}.{cluster}"
-        if not isinstance(raw, dict):
-            raise InvalidService(f"{where}: must be a mapping of fields")
-        raw = dict(raw)
-        script = raw.get("script")
-        if isinstance(script, str) and "\n" not in script and (base / script).is_file():
-            raw["script"] = (base / script).read_text()
-        elif isinstance(script, str) and "\n" not in script and script.endswith(".sh"):
-            raise InvalidService(f"{where}.script: {script} is not a file next to the FDL file")
-        raw.setdefault("cluster_id", str(cluster))
-        services.append(parse_service(raw, where, yaml_scalars=True))
-    return services
+        if not isinstance(entry, dict) or not entry:
+            raise InvalidService(f"functions.oscar[{i}]: must be a {{cluster id: service}} mapping")
+        for cluster, raw in entry.items():
+            if cluster_id is not None and str(cluster) != cluster_id:
+                continue
+            where = f"functions.oscar[{i}].{cluster}"
+            if not isinstance(raw, dict):
+                raise InvalidService(f"{where}: must be a mapping of fields")
+            definition = dict(raw)
+            if not isinstance(definition.get("name"), str) or not definition["name"]:
+                raise InvalidService(f"{where}.name: missing")
+            if "script" in definition:
+                definition["script"] = script_text(
+                    definition["script"], path.parent, f"{where}.script"
+                )
+            definition["cluster_id"] = str(cluster)
+            own = definition.get("storage_providers")
+            if shared and (own is None or isinstance(own, dict)):
+                definition["storage_providers"] = _merge_providers(shared, own or {})
+            found.append((where, definition))
+    return found
+
+
+def _fdl_document(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidService(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidService(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise InvalidService(f"{path}: not valid YAML{at}") from None
+
+
+def script_text(value: Any, base: Path, where: str) -> str:
+    """`script` is a path relative to the FDL file, or the script's text.
+
+    One line naming an existing file is that file. One line that looks like a path
+    (no blanks; a `/` or a file extension) but names no file is an error rather than
+    a one-word script that would fail at the first invocation.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidService(f"{where}: must be a path or the script's text")
+    if "\n" in value.strip():
+        return value
+    candidate = base / os.path.expanduser(value.strip())
+    if candidate.is_file():
+        try:
+            return candidate.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidService(f"{where}: {candidate}: {exc}") from None
+    if re.fullmatch(r"\S*(/\S*|\.\w+)", value.strip()):
+        raise InvalidService(f"{where}: {candidate}: no such file")
+    return value
+
+
+def _merge_providers(shared: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {
+        kind: dict(ids) if isinstance(ids, dict) else ids for kind, ids in shared.items()
+    }
+    for kind, ids in own.items():
+        if isinstance(ids, dict) and isinstance(merged.get(kind), dict):
+            merged[kind].update(ids)
+        else:
+            merged[kind] = ids
+    return merged
 
 
 def _providers(raw: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
@@ -291,7 +317,7 @@ def _providers(raw: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
             raise InvalidService(f"{where}.{ptype}: unknown provider type (one of {known})")
         for pid, settings in _mapping(by_id, f"{where}.{ptype}").items():
             values = _mapping(settings, f"{where}.{ptype}.{pid}")
-            if not (ptype == "minio" and pid == "default"):  # the cluster's: replaced anyway
+            if f"{ptype}.{pid}" != DEFAULT_PROVIDER:  # the cluster's: replaced anyway
                 for required in REQUIRED_PROVIDER_KEYS[ptype]:
                     if values.get(required) in (None, ""):
                         raise InvalidService(f"{where}.{ptype}.{pid}.{required}: missing")
@@ -301,7 +327,7 @@ def _providers(raw: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
 
 def _storage_list(
     raw: Any, where: str, service: str, providers: Mapping[str, Any], scalars: bool
-) -> tuple[StorageIO, ...]:
+) -> tuple[StoragePath, ...]:
     entries = []
     for i, item in enumerate(_list(raw, where)):
         at = f"{where}[{i}]"
@@ -309,9 +335,8 @@ def _storage_list(
         provider = item.get("storage_provider")
         if not isinstance(provider, str) or not provider:
             raise InvalidService(f"{at}.storage_provider: missing")
-        ptype, _, pid = provider.partition(".")
-        pid = pid or "default"
-        if not (ptype == "minio" and pid == "default") and pid not in providers.get(ptype, {}):
+        ptype, _, pid = normalize_provider_name(provider).partition(".")
+        if f"{ptype}.{pid}" != DEFAULT_PROVIDER and pid not in providers.get(ptype, {}):
             raise InvalidService(
                 f"{at}.storage_provider: {provider!r} is not defined in storage_providers"
             )
@@ -330,7 +355,7 @@ def _storage_list(
         if problem is not None:
             raise InvalidService(f"{at}.path: bucket {bucket!r} {problem}")
         entries.append(
-            StorageIO(
+            StoragePath(
                 storage_provider=provider,
                 path=path,
                 prefix=tuple(

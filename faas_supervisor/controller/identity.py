@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from faas_supervisor import strict_json
+from faas_supervisor.config import DEFAULT_PROVIDER
 from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.errors import BadEvent
 from faas_supervisor.parsers import recognise
 from faas_supervisor.parsers.event import StorageObject, first_record
 
-DEFAULT_PROVIDER = "minio.default"
 EVENT_MAX = 1 << 20  # storage events are small; a larger body is a job's data, not one
 
 

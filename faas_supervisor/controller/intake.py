@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from enum import StrEnum
 from urllib.parse import quote
 
 from faas_supervisor.controller.buckets import BucketStore, S3Store
@@ -34,7 +35,16 @@ from faas_supervisor.controller.watcher import InputWatcher
 from faas_supervisor.errors import ConfigError
 from faas_supervisor.logs import get_logger
 
-NONE, WATCH, QUEUE, PUSH = "none", "watch", "queue", "push"
+
+class IntakeKind(StrEnum):
+    """How a service's new input objects reach it (the value is what the log shows)."""
+
+    NONE = "none"  # no input on a provider we watch
+    WATCH = "watch"  # listed every few seconds by InputWatcher
+    QUEUE = "queue"  # the storage server's notifications, read from --events-queue
+    PUSH = "push"  # the storage server's webhook to /job
+
+
 logger = get_logger(component="intake")
 
 
@@ -57,7 +67,7 @@ class Intake:
             if not isinstance(buckets, S3Store):
                 raise ConfigError("--events-queue needs --minio-endpoint (an S3 server)")
             self.queue = QueuePoller(buckets, events_queue, submit)
-        self.modes: dict[str, str] = {}
+        self.modes: dict[str, IntakeKind] = {}
 
     async def open(self) -> None:
         """Before any service is attached: the events queue, made if missing."""
@@ -81,10 +91,10 @@ class Intake:
         await self.reconciler.close()
         await self.watcher.close()
 
-    def mode(self, name: str) -> str:
-        return self.modes.get(name, NONE)
+    def mode(self, name: str) -> IntakeKind:
+        return self.modes.get(name, IntakeKind.NONE)
 
-    async def attach(self, service: Service, fallback: bool = False) -> str:
+    async def attach(self, service: Service, fallback: bool = False) -> IntakeKind:
         """Have the service's new input objects start its jobs; the way chosen.
 
         A storage server that fails to set up its notifications fails the call, unless
@@ -103,49 +113,50 @@ class Intake:
                 error=str(exc),
             )
             await self.watcher.watch(service)
-            mode = WATCH
+            mode = IntakeKind.WATCH
         self.modes[service.name] = mode
-        if mode != NONE:
-            self.reconciler.add(service, watched=mode == WATCH)
-        logger.info("service events", service=service.name, intake=mode)
+        if mode != IntakeKind.NONE:
+            self.reconciler.add(service, watched=mode == IntakeKind.WATCH)
+        logger.info("service events", service=service.name, intake=mode.value)
         return mode
 
-    async def _attach(self, service: Service) -> str:
-        self.modes[service.name] = NONE
+    async def _attach(self, service: Service) -> IntakeKind:
+        self.modes[service.name] = IntakeKind.NONE
         if not input_paths(service):
-            return NONE
+            return IntakeKind.NONE
         # First, before any event can come: what is there now is old.
         await self.reconciler.baseline(service)
         if self.notifications is None:
-            self.modes[service.name] = WATCH
+            self.modes[service.name] = IntakeKind.WATCH
             await self.watcher.watch(service)
-            return WATCH
+            return IntakeKind.WATCH
         if self.queue is not None:
-            self.modes[service.name] = QUEUE
+            self.modes[service.name] = IntakeKind.QUEUE
             self.queue.add(service)
             await asyncio.to_thread(self.notifications.notify_queue, service, self.queue.arn)
-            return QUEUE
+            return IntakeKind.QUEUE
         url = f"{self.public_url}/job/{quote(service.name)}"
         arn = await asyncio.to_thread(self.notifications.make_push_topic, service, url)
         if arn is not None:
-            self.modes[service.name] = PUSH
+            self.modes[service.name] = IntakeKind.PUSH
             await asyncio.to_thread(self.notifications.push_to_topic, service, arn)
-            return PUSH
-        self.modes[service.name] = WATCH
+            return IntakeKind.PUSH
+        self.modes[service.name] = IntakeKind.WATCH
         await self.watcher.watch(service)
-        return WATCH
+        return IntakeKind.WATCH
 
     async def detach(self, service: Service) -> None:
         """Undo `attach`; a storage server that fails here is logged, not raised: the
         service is going away either way."""
-        mode = self.modes.pop(service.name, NONE)
+        mode = self.modes.pop(service.name, IntakeKind.NONE)
         self.reconciler.remove(service.name)
         self.watcher.unwatch(service.name)
         if self.queue is not None:
             self.queue.remove(service.name)
-        if self.notifications is None or mode not in (QUEUE, PUSH):
+        if self.notifications is None or mode not in (IntakeKind.QUEUE, IntakeKind.PUSH):
             return
-        undo = self.notifications.remove_queue if mode == QUEUE else self.notifications.remove_push
+        notifications = self.notifications
+        undo = notifications.remove_queue if mode == IntakeKind.QUEUE else notifications.remove_push
         try:
             await asyncio.to_thread(undo, service)
         except Exception as exc:

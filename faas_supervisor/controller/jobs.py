@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from faas_supervisor.controller.store import FINISHED, PENDING, Store
 from faas_supervisor.errors import writing
 from faas_supervisor.logs import get_logger
 
+LOG_CHUNK = 256 << 10  # bytes of a job's log read at a time
 INTERRUPTED = "the controller stopped while the job was running; it runs again"
 logger = get_logger(component="jobs")
 
@@ -159,7 +161,7 @@ class Jobs:
                 code, reason = None, f"could not run: {exc}"
             self.running.pop(name, None)
             if self.store.job(name) is not None:
-                self._finish(name, code, reason)
+                await self._finish(name, code, reason)
             logger.info("job finished", job=name, status=code)
 
     def _note_interrupted(self, name: str) -> None:
@@ -167,25 +169,52 @@ class Jobs:
         with open(self.log_path(name), "ab") as log:
             log.write(f"faas-supervisor: {INTERRUPTED}\n".encode())
 
-    def _finish(self, name: str, code: int | None, reason: str) -> None:
+    async def _finish(self, name: str, code: int | None, reason: str) -> None:
+        """The outcome and the whole log into the store, in a thread: a log can be large.
+        A controller stopping meanwhile waits for it (the outcome is not lost)."""
+        recording = asyncio.ensure_future(asyncio.to_thread(self._record, name, code, reason))
+        try:
+            await asyncio.shield(recording)
+        except asyncio.CancelledError:
+            await recording
+            raise
+
+    def _record(self, name: str, code: int | None, reason: str) -> None:
         log = self.log_path(name)
-        logs = log.read_bytes() if log.exists() else b""
+        try:
+            logs = log.read_bytes()
+        except FileNotFoundError:
+            logs = b""
         self.store.finish_job(name, code, logs, reason)
         log.unlink(missing_ok=True)
         self.event_path(name).unlink(missing_ok=True)
 
     # ---- reading and deleting --------------------------------------------------------
 
-    def logs(self, name: str) -> bytes:
-        """A finished job's stored logs, or what a running job has written so far."""
-        job = self.store.job(name)
-        if job is not None and job.status in FINISHED:
-            return self.store.job_logs(name) or b""
-        log = self.log_path(name)
+    async def logs(self, name: str) -> AsyncIterator[bytes]:
+        """What a running job has written so far, or a finished job's stored logs: a
+        chunk at a time, each read in a thread, so that a large log holds neither the
+        event loop nor the memory."""
         try:
-            return log.read_bytes()
-        except FileNotFoundError:
-            return b""
+            log = await asyncio.to_thread(open, self.log_path(name), "rb")
+        except FileNotFoundError:  # not started, or finished (its file goes once stored)
+            log = None
+        if log is None:
+            offset = 0
+            while chunk := await asyncio.to_thread(
+                self.store.job_logs_chunk, name, offset, LOG_CHUNK
+            ):
+                yield chunk
+                offset += len(chunk)
+            return
+        try:
+            # Up to what was written when asked: a job writing fast must not keep this going.
+            left = os.fstat(log.fileno()).st_size
+            while left > 0 and (chunk := await asyncio.to_thread(log.read, min(left, LOG_CHUNK))):
+                yield chunk
+                left -= len(chunk)
+        finally:
+            log.close()
 
     async def delete(self, name: str) -> None:
         """Forget a job; a running one is stopped first.

@@ -23,8 +23,10 @@ from typing import Any
 import yaml
 
 from faas_supervisor import __version__
-from faas_supervisor.controller.fdl import InvalidService, Service, manager_labels
+from faas_supervisor.config import Mode
+from faas_supervisor.controller.fdl import Service, manager_labels
 from faas_supervisor.controller.function_config import function_config
+from faas_supervisor.errors import InvalidService
 
 DEFAULT_NAMESPACE = "oscar-svc"  # where the OSCAR manager puts services
 DEFAULT_RUNTIME_IMAGE = f"ghcr.io/faas-supervisor/runtime:{__version__}"
@@ -169,7 +171,9 @@ def minio_secret(service: Service, cluster: Cluster) -> dict[str, Any] | None:
     return _secret(minio_secret_name(service.name), service, cluster, keys)
 
 
-def _secret(name: str, service: Service, cluster: Cluster, data: dict[str, str]) -> dict:
+def _secret(
+    name: str, service: Service, cluster: Cluster, data: dict[str, str]
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -268,7 +272,7 @@ def _watchdog_container(service: Service) -> dict[str, Any]:
     if service.exposed:
         # The script is the user's server, on the first api_port; the watchdog in front of
         # it keeps health, metrics and graceful shutdown. Other ports go to it directly.
-        command += ["--mode", "http", "--upstream-port", str(service.expose.api_port[0])]
+        command += ["--mode", Mode.HTTP.value, "--upstream-port", str(service.expose.api_port[0])]
         ports += [
             {"name": f"api-{i}", "containerPort": p}
             for i, p in enumerate(service.expose.api_port)

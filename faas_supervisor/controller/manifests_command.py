@@ -42,9 +42,9 @@ def add_manifests_parser(commands: Any) -> None:
 
 
 def cmd_manifests(args: argparse.Namespace) -> int:
-    from faas_supervisor.controller.fdl import InvalidService, load_fdl
+    from faas_supervisor.controller.fdl import load_fdl
     from faas_supervisor.controller.manifests import Cluster, service_objects, to_yaml
-    from faas_supervisor.errors import ConfigError
+    from faas_supervisor.errors import ConfigError, InvalidService
 
     if bool(args.file) == bool(args.fdl):
         raise ConfigError("manifests: give the FDL file once, as -f FILE or FILE")

@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 import urllib.request
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from faas_supervisor import strict_json
+from faas_supervisor.config import StoragePath, on_default_provider
 from faas_supervisor.controller.buckets import BucketStore, S3Store, StoredObject
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.logs import get_logger
@@ -31,32 +31,17 @@ ID_PREFIX = "faas-supervisor"
 logger = get_logger(component="notifications")
 
 
-@dataclass(frozen=True)
-class InputPath:
-    """Where a service's events come from: a bucket of the default provider and a prefix."""
-
-    bucket: str
-    prefix: str  # "folder/", or "" for the whole bucket
-
-    def matches(self, bucket: str, key: str) -> bool:
-        return bucket == self.bucket and key.startswith(self.prefix)
-
-
-def input_paths(service: Service) -> list[InputPath]:
+def input_paths(service: Service) -> list[StoragePath]:
     """The service's inputs on the default provider: the only ones the controller serves."""
-    return [
-        InputPath(e.bucket, f"{e.folder}/" if e.folder else "")
-        for e in service.input
-        if e.provider == "minio.default"
-    ]
+    return on_default_provider(service.input)
 
 
-def list_input(store: BucketStore, path: InputPath) -> list[StoredObject]:
+def list_input(store: BucketStore, path: StoragePath) -> list[StoredObject]:
     """The objects under an input path now (none while its bucket does not exist).
     Blocking: callers run it in a thread."""
     if not store.bucket_exists(path.bucket):
         return []
-    return store.list_objects(path.bucket, path.prefix)
+    return store.list_objects(path.bucket, path.key_prefix)
 
 
 def topic_name(service: str) -> str:
@@ -67,17 +52,18 @@ def _ids_of(service: str) -> str:
     return f"{ID_PREFIX}.{service}."
 
 
-def _by_bucket(paths: Iterable[InputPath]) -> dict[str, list[InputPath]]:
-    grouped: dict[str, list[InputPath]] = {}
+def _by_bucket(paths: Iterable[StoragePath]) -> dict[str, list[StoragePath]]:
+    grouped: dict[str, list[StoragePath]] = {}
     for path in paths:
         grouped.setdefault(path.bucket, []).append(path)
     return grouped
 
 
-def _entry(service: str, n: int, path: InputPath, target: dict[str, str]) -> dict[str, Any]:
+def _entry(service: str, n: int, path: StoragePath, target: dict[str, str]) -> dict[str, Any]:
     entry: dict[str, Any] = {"Id": f"{_ids_of(service)}{n}", **target, "Events": EVENTS}
-    if path.prefix:
-        entry["Filter"] = {"Key": {"FilterRules": [{"Name": "prefix", "Value": path.prefix}]}}
+    if path.key_prefix:
+        rule = {"Name": "prefix", "Value": path.key_prefix}
+        entry["Filter"] = {"Key": {"FilterRules": [rule]}}
     return entry
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from faas_supervisor import strict_json
+from faas_supervisor.config import DEFAULT_PROVIDER
 from faas_supervisor.controller.buckets import S3Store
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.notifications import input_paths
@@ -140,13 +141,13 @@ class QueuePoller:
         if key.endswith("/"):
             return []  # a folder marker is not an object a service processes
         event = json.dumps(
-            {"event": {"Records": [record]}, "storage_provider": "minio.default"},
+            {"event": {"Records": [record]}, "storage_provider": DEFAULT_PROVIDER},
             separators=(",", ":"),
         ).encode()
         found = [
             (service, event)
             for service in self._services.values()
-            if any(path.matches(bucket, key) for path in input_paths(service))
+            if any(path.holds(bucket, key) for path in input_paths(service))
         ]
         if not found:
             logger.info("an event no service takes", bucket=bucket, key=key)

@@ -22,10 +22,11 @@ import asyncio
 import contextlib
 import time
 
+from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath
 from faas_supervisor.controller.buckets import BucketStore, StoredObject
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.controller.identity import DEFAULT_PROVIDER, listed_id
-from faas_supervisor.controller.notifications import InputPath, input_paths, list_input
+from faas_supervisor.controller.identity import listed_id
+from faas_supervisor.controller.notifications import input_paths, list_input
 from faas_supervisor.controller.queue import Submit
 from faas_supervisor.controller.store import Store
 from faas_supervisor.controller.watcher import minio_event
@@ -64,29 +65,32 @@ class Reconciler:
         """The objects already in the service's new input paths are old: no jobs.
         Raises when the storage cannot be listed."""
         paths = input_paths(service)
-        self.store.keep_paths(service.name, {(p.bucket, p.prefix) for p in paths})
+        self.store.keep_paths(service.name, {(p.bucket, p.key_prefix) for p in paths})
         for path in paths:
-            if not self.store.path_listed(service.name, path.bucket, path.prefix):
+            if not self.store.path_listed(service.name, path.bucket, path.key_prefix):
                 objects = await asyncio.to_thread(list_input, self.buckets, path)
                 self._record_baseline(service, path, objects)
 
     def _record_baseline(
-        self, service: Service, path: InputPath, objects: list[StoredObject]
+        self, service: Service, path: StoragePath, objects: list[StoredObject]
     ) -> None:
         self.store.record_baseline(
-            service.name, path.bucket, path.prefix, [listed_id(path.bucket, o) for o in objects]
+            service.name,
+            path.bucket,
+            path.key_prefix,
+            [listed_id(path.bucket, o) for o in objects],
         )
         logger.info(
             "input path listed: its objects are taken as old",
             service=service.name,
-            path=f"{path.bucket}/{path.prefix}",
+            path=f"{path.bucket}/{path.key_prefix}",
             objects=len(objects),
         )
 
-    async def offer(self, service: Service, path: InputPath, obj: StoredObject) -> None:
+    async def offer(self, service: Service, path: StoragePath, obj: StoredObject) -> None:
         """A complete object in one of the service's input paths: a job, unless it has
         one (or was there first). Until the path's baseline is recorded, nothing."""
-        if not self.store.path_listed(service.name, path.bucket, path.prefix):
+        if not self.store.path_listed(service.name, path.bucket, path.key_prefix):
             return
         if self.store.has_object(service.name, listed_id(path.bucket, obj)):
             return
@@ -100,11 +104,13 @@ class Reconciler:
             entry = self._services.get(service.name)
             if entry is None or entry[0] is not service:
                 return  # detached (deleted or updated) while listing
-            if not self.store.path_listed(service.name, path.bucket, path.prefix):
+            if not self.store.path_listed(service.name, path.bucket, path.key_prefix):
                 self._record_baseline(service, path, objects)
                 continue
             listed = {listed_id(path.bucket, obj): obj for obj in objects}
-            known = self.store.objects_in(service.name, DEFAULT_PROVIDER, path.bucket, path.prefix)
+            known = self.store.objects_in(
+                service.name, DEFAULT_PROVIDER, path.bucket, path.key_prefix
+            )
             if entry[1]:
                 for identity, obj in listed.items():
                     if identity not in known:

@@ -2,8 +2,13 @@
 
 One file under the data folder, written through at once (WAL), so a restart loses
 nothing. Jobs found `Running` at start-up belonged to a controller that stopped: they
-are put back to `Pending`, to run again (jobs.py does it). Calls are short and
+are put back to `Pending`, to run again (jobs.py does it). Most calls are short and
 synchronous: SQLite answers in microseconds, far below what a thread hop would cost.
+A job's logs can be large: jobs.py writes them (`finish_job`) and reads them
+(`job_logs_chunk`, a chunk at a time) in worker threads. The connection is one, so every
+public method holds `_lock` while it uses it (a transaction of one thread must not take in
+another thread's statements); a short call on the event loop waits only while a job's
+whole log is being written.
 
 Besides services and jobs: the identity of every input object a job was started for
 (identity.py), so that an object gets one job however often its event arrives, and the
@@ -22,14 +27,17 @@ by this version) rather than only to SQLite.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from faas_supervisor.controller.fdl import Service, from_record, to_record
 from faas_supervisor.controller.identity import ObjectId
@@ -37,12 +45,26 @@ from faas_supervisor.errors import InsufficientStorage
 from faas_supervisor.logs import get_logger
 
 T = TypeVar("T")
+P = ParamSpec("P")
 # Room for the journal of a few deletions on a full disk (SQLite writes to delete).
 RESERVE = 1 << 20
 VACUUM_STEP = 256 << 10  # bytes of free pages given back per step
 logger = get_logger(component="store")
 
-PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+
+
+class JobStatus(StrEnum):
+    """A job's status: stored as its value, and shown as it (the OSCAR manager's names)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+# Short names, for the queries below and the jobs' queue.
+PENDING, RUNNING = JobStatus.PENDING, JobStatus.RUNNING
+SUCCEEDED, FAILED = JobStatus.SUCCEEDED, JobStatus.FAILED
 FINISHED = (SUCCEEDED, FAILED)
 
 _SCHEMA = """
@@ -87,7 +109,7 @@ CREATE TABLE IF NOT EXISTS listed_paths (
 class Job:
     name: str
     service: str
-    status: str
+    status: JobStatus
     creation_time: float
     start_time: float | None
     finish_time: float | None
@@ -95,8 +117,20 @@ class Job:
     reason: str
 
 
+def _serialized(method: Callable[Concatenate[Store, P], T]) -> Callable[Concatenate[Store, P], T]:
+    """The method holds the store's lock: one user of the connection at a time."""
+
+    @functools.wraps(method)
+    def locked(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Store:
     def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()  # re-entrant: methods call each other
         self.path = path
         self.reserve = path.with_name(path.name + ".reserve")
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -118,6 +152,7 @@ class Store:
         # the only writer of the services table, so it knows when an entry goes stale.
         self._services: dict[str, Service] = {}
 
+    @_serialized
     def close(self) -> None:
         self.db.close()
 
@@ -200,6 +235,7 @@ class Store:
 
     # ---- services ----------------------------------------------------------------
 
+    @_serialized
     def add_service(self, service: Service) -> bool:
         """False when the name is taken."""
         try:
@@ -212,12 +248,14 @@ class Store:
         self._services.pop(service.name, None)
         return True
 
+    @_serialized
     def update_service(self, service: Service) -> None:
         self._write("the service to the store", lambda: self.db.execute(
             "UPDATE services SET definition = ? WHERE name = ?", (to_record(service), service.name)
         ))
         self._services.pop(service.name, None)
 
+    @_serialized
     def service(self, name: str) -> Service | None:
         found = self._services.get(name)
         if found is not None:
@@ -228,10 +266,12 @@ class Store:
         found = self._services[name] = from_record(row[0])
         return found
 
+    @_serialized
     def services(self) -> list[Service]:
         rows = self.db.execute("SELECT definition FROM services ORDER BY created").fetchall()
         return [from_record(row[0]) for row in rows]
 
+    @_serialized
     def remove_service(self, name: str) -> None:
         self._services.pop(name, None)
 
@@ -247,6 +287,7 @@ class Store:
 
     # ---- jobs --------------------------------------------------------------------
 
+    @_serialized
     def add_job(self, name: str, service: str, obj: ObjectId | None = None) -> str | None:
         """A new Pending job for the object `obj` (if any); None when added, else the
         name of the job the object already has (and nothing is added). A baseline
@@ -274,11 +315,13 @@ class Store:
 
         return self._write("the job to the store", add)
 
+    @_serialized
     def job(self, name: str) -> Job | None:
         row = self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE name = ?", (name,)).fetchone()
-        return Job(*row) if row else None
+        return _job(row) if row else None
 
-    def jobs(self, service: str | None = None, status: str | None = None) -> list[Job]:
+    @_serialized
+    def jobs(self, service: str | None = None, status: JobStatus | None = None) -> list[Job]:
         query, args = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE 1", []
         if service is not None:
             query += " AND service = ?"
@@ -286,8 +329,9 @@ class Store:
         if status is not None:
             query += " AND status = ?"
             args.append(status)
-        return [Job(*row) for row in self.db.execute(query + " ORDER BY seq", args).fetchall()]
+        return [_job(row) for row in self.db.execute(query + " ORDER BY seq", args).fetchall()]
 
+    @_serialized
     def start_job(self, name: str) -> bool:
         """Pending -> Running; False if the job is gone or was already taken, or if not
         even the reserve leaves room to record it (it stays Pending, for a restart)."""
@@ -301,6 +345,7 @@ class Store:
             return False
         return cursor.rowcount == 1
 
+    @_serialized
     def finish_job(self, name: str, exit_code: int | None, logs: bytes, reason: str = "") -> None:
         """Record the outcome; when not even the reserve holds the logs, the outcome alone,
         with a reason that says so (a job is never left Running for want of space)."""
@@ -322,16 +367,27 @@ class Store:
             except InsufficientStorage as exc:  # left Running: a restart marks it Failed
                 logger.error("job outcome not recorded", job=name, error=exc.message)
 
-    def job_logs(self, name: str) -> bytes | None:
-        row = self.db.execute("SELECT logs FROM jobs WHERE name = ?", (name,)).fetchone()
-        return bytes(row[0]) if row and row[0] is not None else None
+    @_serialized
+    def job_logs_chunk(self, name: str, offset: int, size: int) -> bytes:
+        """Up to `size` bytes of a job's stored logs from `offset`; b"" past their end
+        (or when there are none). Only those pages are read, not the whole log."""
+        row = self.db.execute(
+            "SELECT seq, length(logs) FROM jobs WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None or row[1] is None or offset >= row[1]:
+            return b""
+        with self.db.blobopen("jobs", "logs", row[0], readonly=True) as blob:
+            blob.seek(offset)
+            return blob.read(size)
 
+    @_serialized
     def remove_job(self, name: str) -> None:
         self._write("the job's deletion to the store", lambda: self.db.execute(
             "DELETE FROM jobs WHERE name = ?", (name,)
         ), essential=True)
         self._give_back()
 
+    @_serialized
     def requeue_job(self, name: str) -> bool:
         """Running -> Pending, to run again (its run was interrupted); False if not Running."""
         cursor = self.db.execute(
@@ -340,6 +396,7 @@ class Store:
         )
         return cursor.rowcount == 1
 
+    @_serialized
     def requeue_running(self) -> list[str]:
         """At start-up: the jobs a stopped controller left Running are Pending again."""
         running = [job.name for job in self.jobs(status=RUNNING)]
@@ -350,6 +407,7 @@ class Store:
 
     # ---- input objects -------------------------------------------------------------
 
+    @_serialized
     def has_object(self, service: str, obj: ObjectId) -> bool:
         """Whether the object has a job, or was there when its path was first listed."""
         row = self.db.execute(
@@ -357,6 +415,7 @@ class Store:
         ).fetchone()
         return row is not None
 
+    @_serialized
     def objects_in(self, service: str, provider: str, bucket: str, prefix: str) -> set[ObjectId]:
         """The identities recorded for the service under a bucket and key prefix."""
         rows = self.db.execute(
@@ -365,6 +424,7 @@ class Store:
         ).fetchall()
         return {ObjectId(provider, bucket, k, v) for k, v in rows if k.startswith(prefix)}
 
+    @_serialized
     def path_listed(self, service: str, bucket: str, prefix: str) -> bool:
         row = self.db.execute(
             "SELECT 1 FROM listed_paths WHERE service = ? AND bucket = ? AND prefix = ?",
@@ -372,6 +432,7 @@ class Store:
         ).fetchone()
         return row is not None
 
+    @_serialized
     def record_baseline(
         self, service: str, bucket: str, prefix: str, objects: list[ObjectId]
     ) -> None:
@@ -389,6 +450,7 @@ class Store:
                 (service, bucket, prefix),
             )
 
+    @_serialized
     def keep_paths(self, service: str, paths: set[tuple[str, str]]) -> None:
         """After an update: input paths the service no longer has are no longer listed
         (given back later, such a path gets a new baseline)."""
@@ -401,6 +463,7 @@ class Store:
                 [(service, b, p) for b, p in rows if (b, p) not in paths],
             )
 
+    @_serialized
     def forget_older(self, service: str, objects: set[ObjectId], before: float) -> None:
         """Identities of objects gone from their input path, recorded before `before`
         (when the listing that missed them began): the table stays as small as the
@@ -424,3 +487,8 @@ def _is_full(exc: sqlite3.OperationalError) -> bool:
 
 
 _JOB_COLUMNS = "name, service, status, creation_time, start_time, finish_time, exit_code, reason"
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    name, service, status, *times = row
+    return Job(name, service, JobStatus(status), *times)

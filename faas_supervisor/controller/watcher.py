@@ -7,8 +7,12 @@ file still being written does not start a job. Nothing is taken as old here: the
 knows which objects have jobs, so an object that came while the controller was stopped
 gets its job at the next start.
 
+A path that cannot be listed (the store down, its bucket refused) is listed again after
+1 s, 2 s, 4 s... up to BACKOFF_MAX, not every half second: one warning when it starts
+failing, one info line when it lists again.
+
 Memory: per path, the objects the last poll listed (offered, or still changing), and
-nothing of those since gone.
+nothing of those since gone; per failing path, its count of failures.
 """
 
 from __future__ import annotations
@@ -19,28 +23,49 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from urllib.parse import quote_plus
 
+from faas_supervisor.config import StoragePath
 from faas_supervisor.controller.buckets import BucketStore, StoredObject
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.controller.notifications import InputPath, input_paths, list_input
+from faas_supervisor.controller.notifications import input_paths, list_input
 from faas_supervisor.logs import get_logger
 
 POLL_SECONDS = 0.5
+BACKOFF_MAX = 30.0  # seconds at most between two listings of a path that keeps failing
 logger = get_logger(component="watcher")
 
-Offer = Callable[[Service, InputPath, StoredObject], Awaitable[None]]
+Offer = Callable[[Service, StoragePath, StoredObject], Awaitable[None]]
 Seen = dict[str, tuple[int, float]]  # key -> (size, modified)
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class _Failing:
+    """A path whose listings fail: how many in a row, and when to try again."""
+
+    failures: int
+    due: float
 
 
 class InputWatcher:
-    def __init__(self, store: BucketStore, offer: Offer) -> None:
+    def __init__(
+        self,
+        store: BucketStore,
+        offer: Offer,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self.store = store
         self.offer = offer
+        self._clock, self._sleep = clock, sleep  # the tests' simulated time
         self._services: dict[str, Service] = {}
         # (service, path) -> objects offered, and objects seen once (maybe still changing)
-        self._offered: dict[tuple[str, InputPath], Seen] = {}
-        self._pending: dict[tuple[str, InputPath], Seen] = {}
+        self._offered: dict[tuple[str, StoragePath], Seen] = {}
+        self._pending: dict[tuple[str, StoragePath], Seen] = {}
+        self._failing: dict[tuple[str, StoragePath], _Failing] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def watch(self, service: Service) -> None:
@@ -58,6 +83,7 @@ class InputWatcher:
         for path in input_paths(service) if service else []:
             self._offered.pop((name, path), None)
             self._pending.pop((name, path), None)
+            self._failing.pop((name, path), None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="input-watcher")
@@ -70,20 +96,39 @@ class InputWatcher:
 
     async def _run(self) -> None:
         while True:
-            for name, service in list(self._services.items()):
-                for path in input_paths(service):
-                    try:
-                        await self._poll(service, path)
-                    except Exception as exc:  # a store hiccup must not stop the watching
-                        logger.warning(
-                            "cannot list an input path",
-                            service=name,
-                            path=f"{path.bucket}/{path.prefix}",
-                            error=str(exc),
-                        )
-            await asyncio.sleep(POLL_SECONDS)  # polling: the folder store has no events
+            await self._round()
+            await self._sleep(POLL_SECONDS)  # polling: the folder store has no events
 
-    async def _poll(self, service: Service, path: InputPath) -> None:
+    async def _round(self) -> None:
+        """One listing of each input path, but those failing whose time has not come."""
+        for name, service in list(self._services.items()):
+            for path in input_paths(service):
+                slot = (name, path)
+                failing = self._failing.get(slot)
+                if failing is not None and self._clock() < failing.due:
+                    continue
+                try:
+                    await self._poll(service, path)
+                except Exception as exc:  # a store hiccup must not stop the watching
+                    self._failed(slot, exc)
+                    continue
+                if self._failing.pop(slot, None) is not None:
+                    logger.info("input path listed again", service=name, path=_shown(path))
+
+    def _failed(self, slot: tuple[str, StoragePath], exc: Exception) -> None:
+        failing = self._failing.get(slot)
+        if failing is None:
+            name, path = slot
+            if slot not in self._offered:
+                return  # unwatched (or watched with other paths) while listing
+            logger.warning("cannot list an input path; trying again less and less often",
+                           service=name, path=_shown(path), error=str(exc))
+            failing = self._failing[slot] = _Failing(0, 0.0)
+        failing.failures += 1
+        delay = min(POLL_SECONDS * 2**failing.failures, BACKOFF_MAX)
+        failing.due = self._clock() + delay
+
+    async def _poll(self, service: Service, path: StoragePath) -> None:
         objects = await asyncio.to_thread(list_input, self.store, path)
         slot = (service.name, path)
         if self._services.get(service.name) is not service:
@@ -103,6 +148,10 @@ class InputWatcher:
         if self._services.get(service.name) is service:
             # Only what this listing holds: an object deleted is forgotten.
             self._offered[slot], self._pending[slot] = now_offered, now_pending
+
+
+def _shown(path: StoragePath) -> str:
+    return f"{path.bucket}/{path.key_prefix}"
 
 
 def minio_event(bucket: str, obj: StoredObject) -> bytes:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from faas_supervisor import strict_json
-from faas_supervisor.base64_stream import WHITESPACE, Base64Decoder, NotBase64
-from faas_supervisor.errors import BadEvent, PayloadTooLarge, writing
+from faas_supervisor.base64_stream import WHITESPACE, Base64Decoder
+from faas_supervisor.errors import BadEvent, NotBase64, PayloadTooLarge, writing
 from faas_supervisor.parsers import recognise
 from faas_supervisor.parsers.event import Event, GatewayBody, StorageObject
 

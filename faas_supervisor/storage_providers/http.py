@@ -33,7 +33,11 @@ READ_TIMEOUT = 30.0
 
 
 class HttpFailure(Exception):
-    """One attempt failed; `transient` says whether another attempt may succeed."""
+    """One attempt failed; `transient` says whether another attempt may succeed.
+
+    Not a FaasError (so not in errors.py): the retry loop's own signal, never answered;
+    the providers turn the last one into a StorageError.
+    """
 
     def __init__(self, reason: str, transient: bool, status: int | None = None) -> None:
         super().__init__(reason)

@@ -30,11 +30,14 @@ from faas_supervisor.errors import (
     FaasError,
     PayloadTooLarge,
     RequestTimeout,
+    ScriptTimeout,
+    UpstreamFailed,
     unreadable_body,
 )
 from faas_supervisor.http_headers import forwarded_headers
 from faas_supervisor.invocation import Runtime
 from faas_supervisor.logs import get_logger
+from faas_supervisor.watchdog.answers import refusal
 from faas_supervisor.watchdog.metrics import Metrics
 
 UPSTREAM_HOST = "127.0.0.1"
@@ -208,10 +211,12 @@ class ProxyRunner:
                 upstream = await self._send(request, body)
         except (TimeoutError, aiohttp.ClientError) as exc:
             if body is not None and body.error is not None:
-                return _error(body.error.http_status, body.error.message, close=True)
+                return refusal(body.error, close=True)
             if isinstance(exc, TimeoutError):
-                return _error(504, f"the server did not answer within exec_timeout ({timeout:g} s)")
-            return _error(502, f"the server did not answer: {exc or type(exc).__name__}")
+                return refusal(
+                    ScriptTimeout(f"the server did not answer within exec_timeout ({timeout:g} s)")
+                )
+            return refusal(_no_answer(exc))
         try:
             return await self._relay(request, upstream)
         finally:
@@ -283,10 +288,12 @@ class ProxyRunner:
                 max_msg_size=limit,
             )
         except aiohttp.WSServerHandshakeError as exc:
-            return _error(exc.status if exc.status >= 400 else 502,
-                          f"the server refused the WebSocket: {exc.message}")
+            refused = UpstreamFailed(f"the server refused the WebSocket: {exc.message}")
+            if exc.status >= 400:
+                refused.http_status = exc.status  # the server's own refusal, passed on
+            return refusal(refused)
         except aiohttp.ClientError as exc:
-            return _error(502, f"the server did not answer: {exc or type(exc).__name__}")
+            return refusal(_no_answer(exc))
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),
             autoclose=False,
@@ -397,9 +404,8 @@ def _sendable(code: object) -> int:
     return int(aiohttp.WSCloseCode.OK)
 
 
-def _error(status: int, message: str, close: bool = False) -> web.Response:
-    return web.Response(status=status, text=message + "\n",
-                        headers={"Connection": "close"} if close else None)
+def _no_answer(exc: BaseException) -> UpstreamFailed:
+    return UpstreamFailed(f"the server did not answer: {exc or type(exc).__name__}")
 
 
 async def _accepts(host: str, port: int) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from faas_supervisor.config import WatchdogSettings
+from faas_supervisor.config import Mode, WatchdogSettings
 from faas_supervisor.errors import (
     ConfigError,
     FaasError,
@@ -32,6 +32,7 @@ from faas_supervisor.http_timeouts import TimedAppRunner
 from faas_supervisor.invocation import Invocation, Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.processes import Orphans, Stop, environ_value
+from faas_supervisor.watchdog.answers import refusal
 from faas_supervisor.watchdog.fork import ForkRunner
 from faas_supervisor.watchdog.metrics import Metrics
 from faas_supervisor.watchdog.proxy import ProxyRunner
@@ -58,7 +59,7 @@ class Watchdog:
         self.runner = ForkRunner(settings, self.metrics)
         # mode http: every request goes to the user's long-running server (SPEC 4.4).
         self.proxy = (
-            ProxyRunner(runtime, settings, self.metrics) if settings.mode == "http" else None
+            ProxyRunner(runtime, settings, self.metrics) if settings.mode == Mode.HTTP else None
         )
         # Invocations (fork mode) or the handler tasks forwarding requests (http mode).
         self.inflight: set[object] = set()
@@ -119,22 +120,22 @@ class Watchdog:
         if self.proxy is None and request.method not in ("POST", "PUT"):
             raise web.HTTPMethodNotAllowed(request.method, ["POST", "PUT"])
         if self.shutting_down or not self.ready:
-            return _refuse(ShuttingDown("the watchdog is shutting down" if self.ready else
+            return refusal(ShuttingDown("the watchdog is shutting down" if self.ready else
                                         "the watchdog is starting"))
         if self._at_limit():
-            return _refuse(TooManyRequests(f"max_inflight ({self.settings.max_inflight}) reached"))
+            return refusal(TooManyRequests(f"max_inflight ({self.settings.max_inflight}) reached"))
         if self.proxy is not None:
             with self._tracked(asyncio.current_task()):
                 return await self.proxy.forward(request)
         limit = self.settings.max_body_size
         if limit and (request.content_length or 0) > limit:
-            return _refuse(PayloadTooLarge(f"request body is over max_body_size ({limit} bytes)"))
+            return refusal(PayloadTooLarge(f"request body is over max_body_size ({limit} bytes)"))
 
         try:
             invocation = Invocation(self.runtime)
         except FaasError as exc:  # its folder cannot be made: a full TMPDIR is a 507
             logger.error("invocation refused", error=exc.message)
-            return _refuse(exc)
+            return refusal(exc)
         try:
             with self._tracked(invocation):
                 return await self.runner.invoke(request, invocation)
@@ -206,7 +207,7 @@ class Watchdog:
         self.ready = True
         sweeper = asyncio.create_task(self._sweep_orphans(self.orphans))
         logger.info("watchdog ready", port=_bound_port(runner, self.settings.port),
-                    mode=self.settings.mode)
+                    mode=self.settings.mode.value)
         await stop.requested.wait()
         sweeper.cancel()
         await self.shutdown(runner, stop)
@@ -259,14 +260,6 @@ class Watchdog:
         folder = environ_value(pid, "TMP_INPUT_DIR")
         running = {str(w.input_dir) for w in self.inflight if isinstance(w, Invocation)}
         return bool(running) if folder is None else folder in running
-
-
-def _refuse(error: FaasError) -> web.Response:
-    return web.Response(
-        status=error.http_status,
-        text=error.message + "\n",
-        headers={"Connection": "close"} if isinstance(error, PayloadTooLarge) else None,
-    )
 
 
 def _bound_port(runner: web.AppRunner, default: int) -> int:

@@ -20,8 +20,9 @@ import yaml
 from aiohttp import web
 
 from faas_supervisor.controller import manifests
-from faas_supervisor.controller.backends.kubernetes import KubernetesBackend, KubernetesError
+from faas_supervisor.controller.backends.kubernetes import KubernetesBackend
 from faas_supervisor.controller.fdl import Service, parse_service
+from faas_supervisor.errors import KubernetesError
 from tests.integration.fake_kube_api import TOKEN, FakeKubeApi
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -253,15 +253,17 @@ def test_a_stopped_job_leaves_no_process_and_no_folder(
 ) -> None:
     controller = controllers()
     token = controller.create({"name": "sleeper", "script": job_script(marker)})["token"]
-    # The service's watchdog has a folder of its own there while it runs (its runtime's):
-    # not the job's, so it may stay when only the job is stopped.
-    wait_until(lambda: invocation_folders(controller, "sleeper"), "the service's watchdog")
-    watchdogs = invocation_folders(controller, "sleeper")
+    # The service's watchdog keeps a folder of its own in the same TMPDIR while it runs:
+    # once it is up, what is there is not the job's.
+    log = controller.data_dir / "services" / "sleeper" / "watchdog.log"
+    wait_until(lambda: log.is_file() and b"watchdog ready" in log.read_bytes(),
+               "the service's watchdog", timeout=60)
+    before = invocation_folders(controller, "sleeper")
     job = requests.post(f"{controller.url}/job/sleeper", data=base64.b64encode(b"x"),
                         headers={"Authorization": f"Bearer {token}"}, timeout=30).json()["job"]
     wait_until(lambda: running_with(f"{marker}-script") and running_with(f"{marker}-setsid"),
                "the job's script to run", timeout=60)
-    assert set(invocation_folders(controller, "sleeper")) > set(watchdogs)
+    assert invocation_folders(controller, "sleeper") != before
     if how == "delete-job":
         answer = controller.request("DELETE", f"/system/logs/sleeper/{job}")
         assert answer.status_code == 204, answer.text
@@ -272,8 +274,9 @@ def test_a_stopped_job_leaves_no_process_and_no_folder(
         assert controller.stop() == 0
     wait_until(gone(marker), "no process left")
     # `run` removes its folders once its script is dead: after the processes, not with them.
-    wait_until(lambda: set(invocation_folders(controller, "sleeper")) <= set(watchdogs),
-               "no folder of the job left", timeout=30)
+    left = before if how == "delete-job" else []  # the service, and so its watchdog, stay
+    wait_until(lambda: invocation_folders(controller, "sleeper") == left, "no folder left",
+               timeout=30)
 
 
 @pytest.mark.reliability(

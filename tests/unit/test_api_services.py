@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from faas_supervisor.controller.api import Api, ApiInfo, _UpstreamConnector
+from faas_supervisor.controller.api import Api, ApiInfo
 from faas_supervisor.controller.auth import Credentials
 from faas_supervisor.controller.buckets import FolderStore
-from faas_supervisor.controller.fdl import InvalidService, Service
+from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.notifications import input_paths
+from faas_supervisor.controller.routes.answers import errors
+from faas_supervisor.controller.routes.invocations import UpstreamConnector
 from faas_supervisor.controller.store import Store
+from faas_supervisor.errors import InvalidService
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()}
 
@@ -59,21 +63,31 @@ class FakeBackend:
         return 0
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Api, FakeBackend]]:
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, backend: object) -> AsyncIterator[tuple[TestClient, Api]]:
+    """The API with the real store, jobs and intake in front of `backend`, on loopback."""
     buckets = FolderStore(tmp_path / "storage")
     store = Store(tmp_path / "store.sqlite3")
-    backend = FakeBackend()
     jobs = Jobs(store, backend, tmp_path / "jobs", 1, store.service)  # type: ignore[arg-type]
     intake = Intake(buckets, store, jobs.submit, "http://127.0.0.1:1")
     the_api = Api(ApiInfo("fake", 0, 1), Credentials("admin", "secret"), store,
                   backend, jobs, intake, buckets)  # type: ignore[arg-type]
     client = TestClient(TestServer(the_api.app()))
     await client.start_server()
-    yield client, the_api, backend
-    await client.close()
-    await intake.close()
-    store.close()
+    try:
+        yield client, the_api
+    finally:
+        await jobs.close()
+        await client.close()
+        await intake.close()
+        store.close()
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Api, FakeBackend]]:
+    backend = FakeBackend()
+    async with serving(tmp_path, backend) as (client, the_api):
+        yield client, the_api, backend
 
 
 def definition(name: str = "svc", image: str = "ok", folder: str = "in") -> dict[str, Any]:
@@ -87,7 +101,7 @@ def definition(name: str = "svc", image: str = "ok", folder: str = "in") -> dict
 
 def watched(the_api: Api, name: str) -> list[tuple[str, str]]:
     service = the_api.intake.watcher._services.get(name)
-    return [(p.bucket, p.prefix) for p in input_paths(service)] if service else []
+    return [(p.bucket, p.key_prefix) for p in input_paths(service)] if service else []
 
 
 async def test_a_failed_update_leaves_the_service_as_it_was(
@@ -126,7 +140,7 @@ async def test_creates_of_one_name_run_one_at_a_time(
     statuses = sorted([(await first).status, (await second).status])
     assert statuses == [201, 409]
     assert watched(the_api, "svc") == [("svc", "in/")]
-    assert the_api._names._locks == {}  # forgotten once nobody holds them
+    assert the_api.services.names._locks == {}  # forgotten once nobody holds them
 
 
 async def test_a_failed_create_frees_the_name(api: tuple[TestClient, Api, FakeBackend]) -> None:
@@ -149,18 +163,16 @@ async def test_deep_json_on_the_admin_routes_is_400(
 
 
 async def test_an_input_fault_deep_in_a_handler_is_400_and_a_bug_is_a_logged_500(
-    api: tuple[TestClient, Api, FakeBackend], capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, the_api, _ = api
-
     async def nested(_request: web.Request) -> web.Response:
         raise RecursionError("maximum recursion depth exceeded")
 
     async def broken(_request: web.Request) -> web.Response:
         raise KeyError("a bug")
 
-    # Handlers of this Api's own middleware, on a fresh app (the test server's is frozen).
-    app = web.Application(middlewares=[the_api._errors])
+    # The controller's error middleware, on a fresh app (the test server's is frozen).
+    app = web.Application(middlewares=[errors])
     app.router.add_get("/nested", nested)
     app.router.add_get("/broken", broken)
     async with TestClient(TestServer(app)) as other:
@@ -193,7 +205,7 @@ async def test_idle_upstream_connections_are_capped_per_host() -> None:
     server = TestServer(app)
     await server.start_server()
     try:
-        async with aiohttp.ClientSession(connector=_UpstreamConnector(8)) as session:
+        async with aiohttp.ClientSession(connector=UpstreamConnector(8)) as session:
 
             async def one() -> str:
                 async with session.get(server.make_url("/")) as answer:
@@ -208,3 +220,59 @@ async def test_idle_upstream_connections_are_capped_per_host() -> None:
             assert still == 8, still
     finally:
         await server.close()
+
+
+SECRET = "http://AKIAKEY:s3cr3t@minio.internal:9000 refused"
+
+
+def _fail(*_args: Any) -> Any:
+    raise ConnectionError(SECRET)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "call", "shown"),
+    [
+        ("GET", "/system/buckets", None, "list_buckets", "listing of the buckets"),
+        ("GET", "/system/buckets/bkt", None, "bucket_exists", "lookup of bucket bkt"),
+        ("POST", "/system/buckets", {"bucket_name": "bkt"}, "create_bucket",
+         "creation of bucket bkt"),
+        ("POST", "/system/services", definition(), "ensure_path",
+         "creation of the buckets of service svc"),
+    ],
+)
+async def test_a_failing_storage_server_is_a_502_that_never_shows_its_message(
+    api: tuple[TestClient, Api, FakeBackend],
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    path: str,
+    body: Any,
+    call: str,
+    shown: str,
+) -> None:
+    # The runtime's policy (errors.storage_failure): what failed and the exception's type.
+    # These routes used to forward the SDK's message, which can carry endpoints and keys.
+    client, the_api, _ = api
+    monkeypatch.setattr(the_api.buckets, call, _fail)
+    answer = await client.request(method, path, json=body, headers=AUTH)
+    assert answer.status == 502
+    assert (await answer.text()) == f"minio.default: {shown} failed (ConnectionError)"
+
+
+async def test_route_failures_are_answered_by_the_error_table(
+    api: tuple[TestClient, Api, FakeBackend],
+) -> None:
+    client, _, _ = api
+    # The admin's routes ask for basic auth, as the manager's do; /run answers aiohttp's text.
+    refused = await client.get("/system/services")
+    assert (refused.status, await refused.text()) == (401, "401 Unauthorized")
+    assert refused.headers["WWW-Authenticate"] == 'Basic realm="Authorization Required"'
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    run = await client.post("/run/svc", data=b"x")
+    assert (run.status, await run.text()) == (401, "401: Unauthorized")
+    assert "WWW-Authenticate" not in run.headers
+    missing = await client.get("/system/services/nope", headers=AUTH)
+    assert (missing.status, await missing.text()) == (404, "404: Not Found")
+    again = await client.post("/system/buckets", json={"bucket_name": "svc"}, headers=AUTH)
+    assert (again.status, await again.text()) == (409, "The bucket 'svc' already exists")
+    gone = await client.delete("/system/buckets/other", headers=AUTH)
+    assert (gone.status, await gone.text()) == (404, "The bucket 'other' does not exist")

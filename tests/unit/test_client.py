@@ -26,9 +26,15 @@ import pytest
 from aiohttp import web
 
 from faas_supervisor import cli
-from faas_supervisor.base64_stream import Base64Decoder, NotBase64
-from faas_supervisor.client import read_fdl, script_text, table
-from faas_supervisor.errors import ConfigError
+from faas_supervisor.base64_stream import Base64Decoder
+from faas_supervisor.client import table
+from faas_supervisor.controller.fdl import (
+    fdl_definitions,
+    load_fdl,
+    parse_service,
+    script_text,
+)
+from faas_supervisor.errors import InvalidService, NotBase64
 from faas_supervisor.progress import Progress
 from faas_supervisor.transfer import looks_like_base64
 
@@ -348,15 +354,28 @@ def test_script_text_rules(tmp_path: Path) -> None:
     assert script_text("echo hi", tmp_path, "x") == "echo hi"
     assert script_text("#!/bin/sh\necho hi\n", tmp_path, "x") == "#!/bin/sh\necho hi\n"
     for bad in ("nope.sh", "dir/nope", 42, ""):
-        with pytest.raises(ConfigError):
+        with pytest.raises(InvalidService):
             script_text(bad, tmp_path, "x")
 
 
 def test_read_fdl_keeps_unknown_fields(tmp_path: Path) -> None:
     fdl = write_fdl(tmp_path)
-    services = read_fdl(fdl)
+    services = [definition for _, definition in fdl_definitions(fdl)]
     assert services[0]["image"] == "ghcr.io/grycap/cowsay"
     assert services[0]["cpu"] == "0.5"
+
+
+def test_apply_sends_what_the_controller_reads_from_the_same_file(
+    faas: Any, fake: FakeController, tmp_path: Path
+) -> None:
+    """One FDL reader: the definitions `service apply` sends are, validated, the
+    services `manifests -f` (load_fdl) makes of the file."""
+    fdl = write_fdl(tmp_path, extra="""storage_providers:
+  minio: {default: {endpoint: http://shared:9000, access_key: x, secret_key: y}}
+""")
+    assert faas("apply", "-f", str(fdl)).status == 0
+    posted = [json.loads(s.body) for s in fake.requests("POST", "/system/services")]
+    assert [parse_service(p, yaml_scalars=True) for p in posted] == load_fdl(fdl)
 
 
 # list, get, delete

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import errno
+import importlib
+import pkgutil
 from pathlib import Path
 
 import pytest
 
+import faas_supervisor
 from faas_supervisor.errors import (
     FaasError,
     InsufficientStorage,
     StorageError,
     local_write_error,
+    storage_failure,
     writing,
 )
 from faas_supervisor.invocation import _storage_errors
@@ -66,3 +70,48 @@ async def test_a_download_that_fills_the_disk_is_507_naming_the_object() -> None
     with pytest.raises(StorageError):
         async with _storage_errors(other, "download", "bucket", "in/a.bin"):
             await other.download("bucket", "in/a.bin", Path("/nowhere"))
+
+
+SECRET_MESSAGE = "Could not connect to http://AKIAKEY:s3cr3t@minio.internal:9000/bucket"
+
+
+def test_a_storage_failure_shows_what_failed_and_the_type_never_the_sdks_message() -> None:
+    refused = ConnectionError(SECRET_MESSAGE)
+    error = storage_failure("minio.default", "listing of the buckets", refused)
+    assert isinstance(error, StorageError)
+    assert (error.http_status, error.exit_status) == (502, 3)
+    assert error.message == "minio.default: listing of the buckets failed (ConnectionError)"
+    full = storage_failure("minio.default", "download of b/k", OSError(errno.ENOSPC, "full"))
+    assert isinstance(full, InsufficientStorage)
+    assert full.message == "no space left on device writing the download of b/k (minio.default)"
+
+
+async def test_the_runtime_hides_an_sdks_message_as_the_controller_does() -> None:
+    provider = _Provider(RuntimeError(SECRET_MESSAGE))
+    with pytest.raises(StorageError) as failure:
+        async with _storage_errors(provider, "upload", "bucket", "out/a.bin"):
+            await provider.upload(Path("/nowhere"), "bucket", "out/a.bin")
+    assert failure.value.message == (
+        "webdav.dcache: upload of bucket/out/a.bin failed (RuntimeError)"
+    )
+
+
+def _error_types() -> list[type[FaasError]]:
+    """Every FaasError subclass of the package, each of its modules imported first."""
+    for module in pkgutil.walk_packages(faas_supervisor.__path__, "faas_supervisor."):
+        if not module.name.endswith("__main__"):  # that one runs the CLI
+            importlib.import_module(module.name)
+    found: list[type[FaasError]] = []
+    todo: list[type[FaasError]] = [FaasError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+@pytest.mark.parametrize("cls", _error_types(), ids=lambda cls: cls.__name__)
+def test_every_error_type_is_in_errors_py_with_its_statuses(cls: type[FaasError]) -> None:
+    assert cls.__module__ == "faas_supervisor.errors"
+    assert 400 <= cls.http_status < 600
+    assert isinstance(cls.exit_status, int)

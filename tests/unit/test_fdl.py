@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath, on_default_provider
 from faas_supervisor.controller.fdl import (
-    InvalidService,
     from_record,
     go_json,
     load_fdl,
@@ -19,6 +19,8 @@ from faas_supervisor.controller.fdl import (
     to_record,
     unmask,
 )
+from faas_supervisor.controller.notifications import input_paths
+from faas_supervisor.errors import InvalidService
 
 SCRIPT = "#!/bin/sh\necho hi\n"
 
@@ -166,6 +168,52 @@ def test_paths_without_a_folder_go_in_the_services_bucket() -> None:
     assert service.input[0].path == "plants/in"
     assert (service.output[0].bucket, service.output[0].folder) == ("bkt", "out/x")
     assert service.output[0].provider == "minio.default"
+
+
+def test_the_paths_on_the_default_provider_are_each_once_however_written() -> None:
+    """One answer to "which paths are on minio.default", for the buckets the API makes
+    and the inputs the notifications, the watcher and the reconciler serve. Before, the
+    notifications listed `minio` and `minio.default` of one folder twice (two bucket
+    notifications with one prefix, which S3 refuses as overlapping)."""
+    service = parse_service(
+        base(
+            input=[
+                {"storage_provider": "minio", "path": "plants/in"},
+                {"storage_provider": "minio.default", "path": "plants/in", "suffix": [".jpg"]},
+                {"storage_provider": "s3.aws", "path": "other/in"},
+                {"storage_provider": "minio.default", "path": "whole"},
+            ],
+            output=[{"storage_provider": "minio", "path": "plants/out", "prefix": ["a"]}],
+            storage_providers={"s3": {"aws": {"access_key": "a", "secret_key": "b"}}},
+        )
+    )
+    assert input_paths(service) == [
+        StoragePath(DEFAULT_PROVIDER, "plants/in"),
+        StoragePath(DEFAULT_PROVIDER, "plants/whole"),
+    ]
+    assert [(p.bucket, p.key_prefix) for p in input_paths(service)] == [
+        ("plants", "in/"), ("plants", "whole/")]
+    both = on_default_provider((*service.input, *service.output))
+    assert [p.path for p in both] == ["plants/in", "plants/whole", "plants/out"]
+    # The entries themselves keep their spelling and filters (the JSON written back).
+    assert [e.to_json() for e in service.output] == [
+        {"storage_provider": "minio", "path": "plants/out", "prefix": ["a"]}]
+
+
+def test_an_input_path_holds_the_keys_under_its_folder() -> None:
+    path = StoragePath("minio", "plants/in")
+    assert path.provider == DEFAULT_PROVIDER
+    assert path.holds("plants", "in/a.jpg")
+    assert not path.holds("plants", "input/a.jpg")
+    assert not path.holds("other", "in/a.jpg")
+    assert StoragePath("minio", "plants").holds("plants", "any/key")
+
+
+def test_a_provider_with_an_empty_id_is_not_the_default() -> None:
+    """`minio.` was taken as `minio.default` when checked, but not when used (the
+    runtime refused it at start-up): now it is refused when the service is defined."""
+    with pytest.raises(InvalidService, match=r"input\[0\]\.storage_provider"):
+        parse_service(base(input=[{"storage_provider": "minio.", "path": "plants/in"}]))
 
 
 def test_fdl_file_reads_the_script_next_to_it(tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ import yaml
 
 from faas_supervisor.cli import main
 from faas_supervisor.controller import manifests
-from faas_supervisor.controller.fdl import InvalidService, Service, load_fdl, parse_service
+from faas_supervisor.controller.fdl import Service, load_fdl, parse_service
 from faas_supervisor.controller.function_config import function_config
+from faas_supervisor.errors import InvalidService
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -394,6 +395,43 @@ def test_manifests_takes_the_file_with_or_without_f(capsys: pytest.CaptureFixtur
     assert main(["manifests", "-f", fdl]) == 0
     assert capsys.readouterr().out == bare
     assert "kind: ConfigMap" in bare
+
+
+SHARED_FDL = """\
+functions:
+  oscar:
+  - edge: &plants
+      name: plants
+      image: grycap/plants
+      script: script.sh
+      input:
+      - {storage_provider: s3.aws, path: data/in}
+    core:
+      <<: *plants
+      name: plants-core
+storage_providers:
+  s3: {aws: {access_key: AK, secret_key: SK, region: eu-west-1}}
+"""
+
+
+def test_manifests_reads_an_fdl_file_as_service_apply_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Several cluster ids in one entry and a top-level `storage_providers` (merged into
+    each service): `manifests -f` refused both before the two readers became one."""
+    (tmp_path / "script.sh").write_text("#!/bin/sh\necho plants\n")
+    fdl = tmp_path / "fdl.yaml"
+    fdl.write_text(SHARED_FDL)
+    assert main(["manifests", "-f", str(fdl)]) == 0, capsys.readouterr().err
+    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    assert set(maps) == {"plants", "plants-core"}
+    for data in maps.values():
+        assert data["script.sh"] == "#!/bin/sh\necho plants\n"
+        config = yaml.safe_load(data["function_config.yaml"])
+        assert config["storage_providers"]["s3"]["aws"]["region"] == "eu-west-1"
+    assert [s.cluster_id for s in load_fdl(fdl)] == ["edge", "core"]
+    assert [s.name for s in load_fdl(fdl, cluster_id="core")] == ["plants-core"]
 
 
 # ---- the controller's own objects ---------------------------------------------------------------

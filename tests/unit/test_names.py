@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from faas_supervisor.controller.buckets import FolderStore
-from faas_supervisor.controller.fdl import InvalidService, parse_service, parse_service_json
+from faas_supervisor.controller.fdl import parse_service, parse_service_json
 from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.errors import InvalidService
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -69,6 +74,69 @@ def test_stop_kills_a_child_that_ignores_sigterm_after_the_grace() -> None:
         return await child.stop(grace=0.5)
 
     assert asyncio.run(main()) == -signal.SIGKILL
+
+
+
+def test_kill_groups_by_environ_kills_the_marked_groups_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """A marked process's whole group goes (a member that cleared its environment too);
+    an unmarked group stays, and so does the caller's own group even if marked."""
+    marker = f"{tmp_path}/services/"
+    marked_env = {**ENV, "TMPDIR": f"{marker}svc/tmp"}
+    # A marked script with a child that dropped its environment, in a group of its own.
+    script = subprocess.Popen(
+        ["/bin/sh", "-c", "env -i /bin/sleep 300 & exec /bin/sleep 300"],
+        env=marked_env, start_new_session=True,
+    )
+    other = subprocess.Popen(
+        ["/bin/sleep", "300"], env={**ENV, "TMPDIR": str(tmp_path)}, start_new_session=True
+    )
+    ours = subprocess.Popen(["/bin/sleep", "300"], env=marked_env)  # the caller's group
+    try:
+        members = until(lambda: _live_group(script.pid) if len(_live_group(script.pid)) == 2
+                        else None)
+        assert processes.kill_groups_by_environ("TMPDIR", marker) == [script.pid]
+        assert script.wait(timeout=10) == -signal.SIGKILL
+        # The unmarked member went with its group (then reaped by whoever adopted it).
+        until(lambda: not any(pid in _live_group(script.pid) for pid in members) or None)
+        assert other.poll() is None and ours.poll() is None
+    finally:
+        for process in (script, other, ours):
+            process.kill()
+            process.wait()
+
+
+def test_only_processes_py_signals_process_groups() -> None:
+    """The rules of a safe group signal live in one module (issue 9)."""
+    package = Path(processes.__file__).parent
+    callers = sorted(
+        str(path.relative_to(package)) for path in package.rglob("*.py")
+        if "killpg(" in path.read_text()
+    )
+    assert callers == ["processes.py"]
+
+
+T = TypeVar("T")
+
+
+def until(check: Callable[[], T | None], timeout: float = 10.0) -> T:
+    """What `check` returns once it is not None; polled (a process table has no events)."""
+    deadline = time.monotonic() + timeout
+    while (found := check()) is None:
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+    return found
+
+
+def _live_group(pgid: int) -> list[int]:
+    """The processes of group `pgid` that have not exited."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.isdigit() and os.getpgid(int(entry)) == pgid and state(int(entry)) != "Z":
+                found.append(int(entry))
+    return found
 
 
 # ---- the program's signals -----------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+from faas_supervisor.config import StoragePath
+from faas_supervisor.controller import watcher as watcher_module
 from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.controller.fdl import Service, parse_service
-from faas_supervisor.controller.notifications import InputPath
 from faas_supervisor.controller.watcher import InputWatcher
 
 
@@ -25,7 +28,7 @@ async def test_an_object_is_offered_once_settled_and_forgotten_once_gone() -> No
     bucket = ListedBucket()
     offered: list[str] = []
 
-    async def offer(service: Service, path: InputPath, obj: StoredObject) -> None:
+    async def offer(service: Service, path: StoragePath, obj: StoredObject) -> None:
         offered.append(obj.key)
 
     watcher = InputWatcher(bucket, offer)  # type: ignore[arg-type]
@@ -58,3 +61,81 @@ async def test_an_object_is_offered_once_settled_and_forgotten_once_gone() -> No
     assert watcher._offered[path] == {} and watcher._pending[path] == {}
     watcher.unwatch("w")
     assert not watcher._offered and not watcher._pending
+
+
+class Log:
+    """The watcher's logger, recording what it says."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def warning(self, event: str, **_fields: object) -> None:
+        self.lines.append(("warning", event))
+
+    def info(self, event: str, **_fields: object) -> None:
+        self.lines.append(("info", event))
+
+
+class DownBucket(ListedBucket):
+    """A store that can be taken down: every listing then raises; the listings counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.listings = 0
+
+    def bucket_exists(self, bucket: str) -> bool:
+        self.listings += 1
+        if self.down:
+            raise ConnectionError("the store is down")
+        return True
+
+
+async def test_a_store_down_is_listed_less_and_less_often_and_logged_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = Log()
+    monkeypatch.setattr(watcher_module, "logger", log)
+    bucket = DownBucket()
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:  # simulated time: a poll round is instant
+        now[0] += seconds
+
+    async def offer(service: Service, path: StoragePath, obj: StoredObject) -> None:
+        pass
+
+    watcher = InputWatcher(bucket, offer, clock=lambda: now[0], sleep=sleep)  # type: ignore[arg-type]
+    service = parse_service(
+        {
+            "name": "w",
+            "script": "true",
+            "input": [{"storage_provider": "minio", "path": "bucket/in"}],
+        }
+    )
+    await watcher.watch(service)
+
+    async def run_for(seconds: float) -> None:
+        end = now[0] + seconds
+        while now[0] < end:
+            await watcher._round()
+            await sleep(watcher_module.POLL_SECONDS)
+
+    await run_for(300)  # five minutes down: 600 rounds
+    # Listed at 0, 1, 3, 7, 15, 31 s, then every BACKOFF_MAX (30 s): 15 times, not 600.
+    assert 12 <= bucket.listings <= 16
+    assert log.lines == [("warning", "cannot list an input path; trying again less and less often")]
+
+    bucket.down = False
+    await run_for(watcher_module.BACKOFF_MAX + 1)  # back within the longest wait
+    assert log.lines[1:] == [("info", "input path listed again")]
+    listed = bucket.listings
+    await run_for(5)  # and polled every half second again
+    assert bucket.listings - listed == 10
+    assert not watcher._failing
+
+    bucket.down = True  # failing paths are forgotten with their service
+    await run_for(1)
+    assert watcher._failing
+    watcher.unwatch("w")
+    assert not watcher._failing

@@ -14,13 +14,6 @@ from typing import Any, Protocol
 
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.settings import BackendSettings, KubernetesSettings, LocalSettings
-from faas_supervisor.errors import FaasError
-
-
-class ServiceUnavailable(FaasError):
-    """The service's runtime is not answering (starting, or failing to start)."""
-
-    http_status = 503
 
 
 class Backend(Protocol):

@@ -44,8 +44,8 @@ from typing import Any, TypeVar
 import aiohttp
 import yaml
 
-from faas_supervisor.controller.backends import ServiceUnavailable
-from faas_supervisor.controller.fdl import InvalidService, Service, manager_labels, to_record
+from faas_supervisor.config import Mode
+from faas_supervisor.controller.fdl import Service, manager_labels, to_record
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.controller.manifests import (
     COMPONENT_LABEL,
@@ -58,7 +58,12 @@ from faas_supervisor.controller.manifests import (
     SERVICE_LABEL,
 )
 from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
-from faas_supervisor.errors import ConfigError, FaasError
+from faas_supervisor.errors import (
+    ConfigError,
+    DockerError,
+    InvalidService,
+    ServiceUnavailable,
+)
 from faas_supervisor.logs import get_logger
 
 HOST = "127.0.0.1"  # host network: the watchdog listens on the controller's loopback
@@ -73,12 +78,6 @@ STOP_TIMEOUT = 15  # seconds a container gets after SIGTERM when a service is re
 JOB_STOP_TIMEOUT = 10
 _T = TypeVar("_T")
 logger = get_logger(component="docker-backend")
-
-
-class DockerError(FaasError):
-    """The engine refused or failed a request; the message says which and why."""
-
-    http_status = 502
 
 
 def free_port() -> int:
@@ -370,7 +369,7 @@ class DockerBackend:
         if service.exposed:
             # On the host's network api_port would be shared by every replica (and
             # service): each gets a free port, which the script reads as $upstream_port.
-            command += ["--mode", "http", "--upstream-port", str(free_port())]
+            command += ["--mode", Mode.HTTP.value, "--upstream-port", str(free_port())]
             component = "exposed"
         labels = {
             **manager_labels(service),

@@ -23,9 +23,8 @@ from typing import Any
 from urllib3.exceptions import HTTPError
 
 from faas_supervisor.controller import manifests
-from faas_supervisor.controller.backends import ServiceUnavailable
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.errors import ConfigError, FaasError
+from faas_supervisor.errors import ConfigError, KubernetesError, ServiceUnavailable
 from faas_supervisor.logs import get_logger
 
 # An event travels in the `EVENT` variable, as OSCAR passes it; Linux refuses a single
@@ -47,13 +46,6 @@ _KINDS: dict[str, tuple[str, str]] = {
 }
 _SERVICE_KINDS = [kind for _, kind in manifests.MANIFEST_KINDS]
 logger = get_logger(component="kubernetes-backend")
-
-
-class KubernetesError(FaasError):
-    """The API server refused or failed a request; the message says which and why."""
-
-    http_status = 502
-    status: int | None = None  # the API's status code, when it answered
 
 
 class _Stopped(Exception):
@@ -117,7 +109,8 @@ class KubernetesBackend:
 
     def _method(self, verb: str, kind: str) -> Callable[..., Any]:
         api, noun = _KINDS[kind]
-        return getattr(self._apis[api], f"{verb}_namespaced_{noun}")
+        method: Callable[..., Any] = getattr(self._apis[api], f"{verb}_namespaced_{noun}")
+        return method
 
     def _call(self, verb: str, kind: str, name: str = "", **kwargs: Any) -> Any:
         """One request, its failure turned into a KubernetesError naming it."""
@@ -190,7 +183,8 @@ class KubernetesBackend:
     # ---- jobs ---------------------------------------------------------------------------
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
-        body = manifests.job(service, self.cluster, job, _event_text(event))
+        text = await asyncio.to_thread(_event_text, event)
+        body = manifests.job(service, self.cluster, job, text)
         create = asyncio.ensure_future(asyncio.to_thread(self._create_job, body))
         stop = threading.Event()
         try:
@@ -254,7 +248,7 @@ class KubernetesBackend:
                     resource_version=version,
                     timeout_seconds=WATCH_SECONDS,
                 ):
-                    raw = event["raw_object"]
+                    raw: dict[str, Any] = event["raw_object"]
                     if event["type"] == "DELETED" or stop.is_set():
                         raise _Stopped() if stop.is_set() else KubernetesError(
                             f"{kind} {name} was deleted before it finished"
@@ -307,12 +301,14 @@ class KubernetesBackend:
 
 
 def _event_text(event: Path) -> str:
-    data = event.read_bytes()
-    if len(data) > EVENT_MAX:
+    """Blocking (a file read): run in a thread. The size first: a large event is not read."""
+    size = event.stat().st_size
+    if size > EVENT_MAX:
         raise KubernetesError(
-            f"the event is {len(data)} bytes; a Kubernetes job takes at most {EVENT_MAX} "
+            f"the event is {size} bytes; a Kubernetes job takes at most {EVENT_MAX} "
             "(it travels in the EVENT variable)"
         )
+    data = event.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,9 +28,10 @@ import aiohttp
 import yaml
 
 from faas_supervisor import processes
-from faas_supervisor.controller.backends import ServiceUnavailable
+from faas_supervisor.config import Mode
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
+from faas_supervisor.errors import ServiceUnavailable
 from faas_supervisor.logs import get_logger
 
 HOST = "127.0.0.1"
@@ -68,7 +67,7 @@ class _Pids:
     def __init__(self, folder: Path, data_dir: Path) -> None:
         self.folder = folder
         self.marker = str(data_dir).encode()
-        self.env_marker = f"TMPDIR={data_dir / 'services'}/".encode()
+        self.tmpdirs = f"{data_dir / 'services'}/"  # every TMPDIR this backend sets
 
     def record(self, child: processes.Child) -> Path:
         path = self.folder / f"{child.pid}.pid"
@@ -85,22 +84,12 @@ class _Pids:
                                                      STOP_TIMEOUT))
             path.unlink(missing_ok=True)
         await asyncio.gather(*stops)
-        self._reap_scripts()  # what is left: scripts whose `run` could not stop them
-
-    def _reap_scripts(self) -> None:
-        """The groups of processes still carrying this data folder's environment."""
-        own = os.getpgrp()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError, ValueError):
-                environ = (entry / "environ").read_bytes()
-                if not any(v.startswith(self.env_marker) for v in environ.split(b"\0")):
-                    continue
-                group = os.getpgid(int(entry.name))
-                if group != own:
-                    logger.warning("stopping a script left by the last controller", pid=group)
-                    os.killpg(group, signal.SIGKILL)
+        # What is left: scripts whose `run` could not stop them. /proc is read in a thread.
+        scripts = await asyncio.to_thread(
+            processes.kill_groups_by_environ, "TMPDIR", self.tmpdirs
+        )
+        for group in scripts:
+            logger.warning("stopped a script left by the last controller", pid=group)
 
 
 class _Watchdog:
@@ -266,7 +255,7 @@ class LocalBackend:
         if service.exposed:
             # Its own free port, not api_port: services of one machine share its ports. The
             # script gets it as $upstream_port.
-            command += ["--mode", "http"]
+            command += ["--mode", Mode.HTTP.value]
         instances = max(1, service.expose.min_scale) if service.exposed else 1
         self._watchdogs[service.name] = [
             _Watchdog(service.name, folder, command, self._env(service), self.pids,
@@ -302,7 +291,7 @@ class LocalBackend:
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
         env = self._env(service)
         env["JOB_UUID"] = job
-        data = event.read_bytes() if event.stat().st_size <= EVENT_IN_ENV_MAX else None
+        data = await asyncio.to_thread(_small_event, event)
         stdin: Any = subprocess.DEVNULL
         if data is not None and b"\0" not in data:
             # As OSCAR passes it; surrogateescape gives the child the exact bytes back.
@@ -329,3 +318,8 @@ class LocalBackend:
             pid_file.unlink(missing_ok=True)
             # A `run` killed outright left its script to us: it goes now.
             await asyncio.shield(self._orphans().kill_all())
+
+
+def _small_event(event: Path) -> bytes | None:
+    """The event if the environment can hold it, else None. Blocking: run in a thread."""
+    return event.read_bytes() if event.stat().st_size <= EVENT_IN_ENV_MAX else None

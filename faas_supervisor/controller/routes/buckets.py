@@ -1,0 +1,142 @@
+"""`/system/buckets`: the buckets of the default storage provider (MinIO's, or a folder).
+
+What a failing storage server shows is `storage_failure`'s: the operation and the
+exception's type, never the SDK's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+from faas_supervisor import strict_json
+from faas_supervisor.config import DEFAULT_PROVIDER
+from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.controller.routes import Routes
+from faas_supervisor.controller.routes.answers import json_response
+from faas_supervisor.errors import Conflict, InvalidService, NotFound, storage_failure
+
+
+class BucketRoutes(Routes):
+    async def list_buckets(self, _request: web.Request) -> web.Response:
+        names = await self._storage("listing of the buckets", self.api.buckets.list_buckets)
+        return json_response([_bucket_json(name) for name in names])
+
+    async def create_bucket(self, request: web.Request) -> web.Response:
+        name, folder = await _bucket_body(request)
+        buckets = self.api.buckets
+        if not await self._storage(f"creation of bucket {name}", buckets.create_bucket, name):
+            raise Conflict(f"The bucket '{name}' already exists")
+        if folder:
+            await self._storage(f"creation of {name}/{folder}", buckets.ensure_path, name, folder)
+        return web.Response(status=HTTPStatus.CREATED)
+
+    async def update_bucket(self, request: web.Request) -> web.Response:
+        name, _ = await _bucket_body(request)
+        await self._existing(name)
+        # Visibility and members are MinIO policies, which one admin does not need here.
+        return web.Response(status=HTTPStatus.NO_CONTENT)
+
+    async def read_bucket(self, request: web.Request) -> web.Response:
+        name = await self._existing(_check_bucket(request.match_info["bucket"]))
+        objects = await self._storage(
+            f"listing of bucket {name}", self.api.buckets.list_objects, name
+        )
+        listing = [
+            {
+                "object_name": o.key,
+                "size_bytes": o.size,
+                "last_modified": time.strftime(
+                    "%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(o.modified)
+                ),
+            }
+            for o in objects
+        ]
+        return json_response(
+            {
+                **_bucket_json(name),
+                "objects": listing,
+                "is_truncated": False,
+                "returned_items": len(listing),
+            }
+        )
+
+    async def delete_bucket(self, request: web.Request) -> web.Response:
+        name = await self._existing(_check_bucket(request.match_info["bucket"]))
+        await self._storage(f"deletion of bucket {name}", self.api.buckets.delete_bucket, name)
+        return web.Response(status=HTTPStatus.NO_CONTENT)
+
+    async def _existing(self, name: str) -> str:
+        """The bucket's name, once the store has it (else a 404)."""
+        if not await self._storage(f"lookup of bucket {name}", self.api.buckets.bucket_exists,
+                                   name):
+            raise NotFound(f"The bucket '{name}' does not exist")
+        return name
+
+    async def _storage(self, what: str, call: Callable[..., Any], *args: Any) -> Any:
+        """`call(*args)` in a thread, its failures as the client may see them."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except ValueError as exc:  # a name or path the store refuses (see FolderStore)
+            raise InvalidService(f"bucket_name: {exc}") from None
+        except Exception as exc:
+            raise storage_failure(DEFAULT_PROVIDER, what, exc) from None
+
+
+async def _bucket_body(request: web.Request) -> tuple[str, str]:
+    """The bucket and the folder in it that `bucket_name` names (`photos/2024`)."""
+    try:
+        data = strict_json.loads(await request.read())
+    except strict_json.NotJson:
+        data = None
+    _check_bucket_fields(data)
+    if not isinstance(data, dict) or not isinstance(data.get("bucket_name"), str):
+        raise InvalidService("bucket_name: missing")
+    name, _, folder = data["bucket_name"].strip(" /").partition("/")
+    _check_bucket(name)
+    problem = path_problem(folder) if folder else None
+    if problem is not None:
+        raise InvalidService(f"bucket_name: folder {folder!r} {problem}")
+    return name, folder
+
+
+def _check_bucket(name: str) -> str:
+    problem = bucket_problem(name)
+    if problem is not None:
+        raise InvalidService(f"bucket_name: {name!r} {problem}")
+    return name
+
+
+def _check_bucket_fields(data: Any) -> None:
+    """The other fields of a bucket body have the manager's types (null: absent), as Go's
+    decoder would have them, though they are not kept: a wrong one is a mistake to report."""
+    if not isinstance(data, dict):
+        return
+    for key in ("visibility", "owner"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise InvalidService(f"{key}: must be a string")
+    users = data.get("allowed_users")
+    if users is not None and not (
+        isinstance(users, list) and all(isinstance(u, str) for u in users)
+    ):
+        raise InvalidService("allowed_users: must be a list of strings")
+    metadata = data.get("metadata")
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise InvalidService("metadata: must be a mapping of strings")
+
+
+def _bucket_json(name: str) -> dict[str, Any]:
+    return {
+        "bucket_name": name,
+        "visibility": "private",
+        "allowed_users": [],
+        "owner": "cluster_admin",
+        "metadata": {},
+    }

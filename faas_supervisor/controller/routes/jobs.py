@@ -1,0 +1,59 @@
+"""`/system/logs`: a service's jobs, their statuses and logs."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+from faas_supervisor.controller.routes import Routes
+from faas_supervisor.controller.routes.answers import json_response, rfc3339
+from faas_supervisor.controller.store import FINISHED, Job
+from faas_supervisor.errors import NotFound
+
+
+class JobRoutes(Routes):
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        service = self.api.service(request)
+        return json_response(
+            {"jobs": {job.name: _job_info(job) for job in self.api.store.jobs(service.name)}}
+        )
+
+    async def delete_jobs(self, request: web.Request) -> web.Response:
+        service = self.api.service(request)
+        everything = request.query.get("all", "false").lower() in ("true", "1")
+        for job in self.api.store.jobs(service.name):
+            if everything or job.status in FINISHED:
+                await self.api.jobs.delete(job.name)
+        return web.Response(status=HTTPStatus.NO_CONTENT)
+
+    def _job(self, request: web.Request) -> Job:
+        service = self.api.service(request)
+        job = self.api.store.job(request.match_info["job"])
+        if job is None or job.service != service.name:
+            raise NotFound()
+        return job
+
+    async def job_logs(self, request: web.Request) -> web.StreamResponse:
+        job = self._job(request)
+        response = web.StreamResponse()  # streamed: a job's log can be large
+        response.content_type, response.charset = "text/plain", "utf-8"
+        await response.prepare(request)
+        async for chunk in self.api.jobs.logs(job.name):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def delete_job(self, request: web.Request) -> web.Response:
+        await self.api.jobs.delete(self._job(request).name)
+        return web.Response(status=HTTPStatus.NO_CONTENT)
+
+
+def _job_info(job: Job) -> dict[str, Any]:
+    info: dict[str, Any] = {"status": job.status, "creation_time": rfc3339(job.creation_time)}
+    if job.start_time is not None:
+        info["start_time"] = rfc3339(job.start_time)
+    if job.finish_time is not None:
+        info["finish_time"] = rfc3339(job.finish_time)
+    return info

@@ -1,0 +1,155 @@
+"""`/system/services`: create, read, update and delete service definitions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from faas_supervisor.config import DEFAULT_PROVIDER, on_default_provider
+from faas_supervisor.controller.auth import new_token
+from faas_supervisor.controller.fdl import Service, parse_service_json, service_json, unmask
+from faas_supervisor.controller.routes import Routes
+from faas_supervisor.controller.routes.answers import json_response
+from faas_supervisor.errors import Conflict, InvalidService, NotFound, storage_failure
+from faas_supervisor.logs import get_logger
+
+if TYPE_CHECKING:
+    from faas_supervisor.controller.api import Api
+
+logger = get_logger(component="api")
+
+
+class ServiceRoutes(Routes):
+    # Create, update and delete of one service name run one at a time (`self.names`):
+    # each checks the store, then changes the intake, the store and the backend, and
+    # undoes its own changes on failure. Undoing is by name (the intake, the backend), so
+    # two of them interleaved would undo each other's work.
+
+    def __init__(self, api: Api) -> None:
+        super().__init__(api)
+        self.names = NameLocks()
+
+    async def list_services(self, _request: web.Request) -> web.Response:
+        settings = self.api.buckets.public_settings()
+        return json_response([service_json(s, settings) for s in self.api.store.services()])
+
+    async def read_service(self, request: web.Request) -> web.Response:
+        service = self.api.service(request)
+        return json_response(service_json(service, self.api.buckets.public_settings()))
+
+    async def create_service(self, request: web.Request) -> web.Response:
+        api = self.api
+        service = parse_service_json(await request.read()).with_token(new_token())
+        async with self.names.hold(service.name):
+            if api.store.service(service.name) is not None:
+                raise Conflict("A service with the provided name already exists")
+            await self._make_buckets(service)
+            await self._attach(service)
+            try:
+                api.store.add_service(service)  # the name is ours: held, and not stored
+                await api.backend.deploy(service)
+            except Exception:
+                # Refused by the backend (an image it cannot pull, an object the API server
+                # rejects): the answer says why, and no half-made service is left stored.
+                api.store.remove_service(service.name)
+                await api.intake.detach(service)
+                with contextlib.suppress(Exception):
+                    await api.backend.remove(service.name)
+                raise
+        logger.info("service created", service=service.name)
+        return web.Response(status=HTTPStatus.CREATED)
+
+    async def update_service(self, request: web.Request) -> web.Response:
+        api = self.api
+        new = parse_service_json(await request.read())
+        async with self.names.hold(new.name):
+            old = api.store.service(new.name)
+            if old is None:
+                raise NotFound()
+            service = unmask(new, old).with_token(old.token)
+            await self._make_buckets(service)
+            await api.intake.detach(old)  # its input paths may be other ones
+            try:
+                await self._attach(service)
+            except Exception:
+                await api.intake.attach(old, fallback=True)
+                raise
+            try:
+                api.store.update_service(service)
+                await api.backend.deploy(service)
+            except Exception:
+                # As a failed create: the service is left as it was, old definition
+                # stored, running and attached.
+                api.store.update_service(old)
+                await api.intake.detach(service)
+                try:
+                    await api.backend.deploy(old)
+                except Exception as exc:
+                    logger.warning("cannot deploy the previous definition again",
+                                   service=old.name, error=str(exc))
+                await api.intake.attach(old, fallback=True)
+                raise
+        logger.info("service updated", service=service.name)
+        return web.Response(status=HTTPStatus.NO_CONTENT)
+
+    async def delete_service(self, request: web.Request) -> web.Response:
+        api = self.api
+        async with self.names.hold(request.match_info["name"]):
+            service = api.service(request)
+            await api.intake.detach(service)
+            for job in api.store.jobs(service.name):
+                await api.jobs.delete(job.name)
+            await api.backend.remove(service.name)
+            api.store.remove_service(service.name)
+        logger.info("service deleted", service=service.name)
+        return web.Response(status=HTTPStatus.NO_CONTENT)
+
+    async def _make_buckets(self, service: Service) -> None:
+        """The buckets (and folders) of the service's paths on the default provider."""
+        paths = on_default_provider((*service.input, *service.output))
+        try:
+            for path in sorted(paths, key=lambda p: (p.bucket, p.folder)):
+                await asyncio.to_thread(self.api.buckets.ensure_path, path.bucket, path.folder)
+        except ValueError as exc:  # a path the store refuses (see FolderStore)
+            raise InvalidService(f"path: {exc}") from None
+        except Exception as exc:
+            raise storage_failure(
+                DEFAULT_PROVIDER, f"creation of the buckets of service {service.name}", exc
+            ) from None
+
+    async def _attach(self, service: Service) -> None:
+        """The storage server told to announce the service's new inputs (or watched)."""
+        try:
+            await self.api.intake.attach(service)
+        except Exception as exc:
+            raise storage_failure(
+                DEFAULT_PROVIDER,
+                f"set-up of the input notifications of service {service.name}",
+                exc,
+            ) from None
+
+
+class NameLocks:
+    """One asyncio lock per name, forgotten once nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(name, (asyncio.Lock(), 0))
+        self._locks[name] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[name]
+            if users == 1:
+                del self._locks[name]
+            else:
+                self._locks[name] = (lock, users - 1)
