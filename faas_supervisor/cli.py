@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import signal
 import sys
@@ -16,14 +17,17 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
 
 from faas_supervisor import __version__
 from faas_supervisor.client import add_service_parser
 from faas_supervisor.config import (
+    FunctionConfig,
+    RunSettings,
     WatchdogSettings,
     current_environ,
     load_function_config,
+    load_run_settings,
     load_watchdog_settings,
     resolve_script,
     script_environment,
@@ -102,11 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-class Startup:
+# The settings a command reads: the watchdog's, or only those of one invocation (`run`).
+_Settings = TypeVar("_Settings", RunSettings, WatchdogSettings)
+
+
+class Startup(Generic[_Settings]):
     """The function's runtime, built once; owns the folder for a script given as text."""
 
-    def __init__(self, args: argparse.Namespace, flags: Mapping[str, Any],
-                 orphans: Orphans | None = None) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        load_settings: Callable[[Mapping[str, str], FunctionConfig], _Settings],
+        orphans: Orphans | None = None,
+    ) -> None:
         from faas_supervisor import logs
         from faas_supervisor.invocation import Runtime
         from faas_supervisor.storage_providers import build_providers
@@ -115,7 +127,7 @@ class Startup:
         self.environ = environ
         config = load_function_config(args.config, environ)
         logs.configure(config.log_level)
-        self.settings: WatchdogSettings = load_watchdog_settings(environ, flags, config)
+        self.settings: _Settings = load_settings(environ, config)
         with writing("the runtime's folder"):
             self.runtime_dir = Path(
                 tempfile.mkdtemp(prefix="faas-runtime-", dir=self.settings.tmp_dir)
@@ -142,12 +154,19 @@ class Startup:
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
+    from faas_supervisor.processes import captured_signals
     from faas_supervisor.watchdog.server import Watchdog
 
     names = ["port", "suppress_lock", "write_debug"] + [n for n, _ in WATCHDOG_FLAGS]
-    startup = Startup(args, {name: getattr(args, name) for name in names})
+    flags = {name: getattr(args, name) for name in names}
+    startup = Startup(args, lambda environ, config: load_watchdog_settings(environ, flags, config))
+
+    async def serve() -> int:
+        with captured_signals() as stop:
+            return await Watchdog(startup.runtime, startup.settings, host=args.host).serve(stop)
+
     try:
-        return asyncio.run(Watchdog(startup.runtime, startup.settings, host=args.host).serve())
+        return asyncio.run(serve())
     finally:
         startup.close()
 
@@ -158,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A subreaper: whatever the script started and left (`setsid cmd &`) comes back to
     # us instead of PID 1, and is killed when the script ends (invocation.py).
     orphans = Orphans()
-    startup = Startup(args, {}, orphans)
+    startup = Startup(args, load_run_settings, orphans)
     try:
         return asyncio.run(_until_signalled(_run_once(args, startup)))
     finally:
@@ -172,28 +191,28 @@ async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
     A signal cancels it, so its cleanup runs: the script's process group is killed and
     the invocation's folders removed (Python's default for SIGTERM would exit at once and
     leave the script running). The status is then 128 + the signal's number, as a shell's.
+    A second signal changes nothing: there is no drain to skip, the first stopped the
+    script at once.
     """
-    task = asyncio.ensure_future(work)
-    loop = asyncio.get_running_loop()
-    received: list[int] = []
+    from faas_supervisor.processes import captured_signals
 
-    def stop(sig: int) -> None:
-        received.append(sig)
-        task.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, sig)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        name = signal.Signals(received[0]).name
-        print(f"faas-supervisor: error: stopped by {name}", file=sys.stderr)
-        return 128 + received[0]
+    with captured_signals() as stop:
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(stop.requested.wait())
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if stop.signal is None or not task.cancelled():
+            return task.result()
+    name = signal.Signals(stop.signal).name
+    print(f"faas-supervisor: error: stopped by {name}", file=sys.stderr)
+    return 128 + stop.signal
 
 
-async def _run_once(args: argparse.Namespace, startup: Startup) -> int:
+async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> int:
     """SPEC 5: the event in, the response body on stdout, logs on stderr."""
     from faas_supervisor.invocation import Invocation
     from faas_supervisor.responses import failure_body, success_body

@@ -13,7 +13,7 @@ import binascii
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -163,6 +163,15 @@ class Mode(StrEnum):
 
     FORK = "fork"  # one run of the script per request
     HTTP = "http"  # every request proxied to one long-running server of the user's
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings one invocation needs: all that `run` reads (load_run_settings)."""
+
+    exec_timeout: float = 0.0
+    max_body_size: int = 1 << 30
+    tmp_dir: Path = Path(tempfile.gettempdir())
 
 
 @dataclass(frozen=True)
@@ -466,10 +475,10 @@ def _write_script(text: str, runtime_dir: Path) -> Path:
 # ---- the watchdog settings -------------------------------------------------------------
 
 
-def load_watchdog_settings(
-    environ: Mapping[str, str], flags: Mapping[str, Any], config: FunctionConfig
-) -> WatchdogSettings:
-    """Environment (classic names), then flags; `exec_timeout` also from `EXEC_TIMEOUT`."""
+def _picker(
+    environ: Mapping[str, str], flags: Mapping[str, Any]
+) -> Callable[[str], str | None]:
+    """A setting's text: its flag, else its environment variable (classic names)."""
 
     def pick(name: str) -> str | None:
         value = flags.get(name)
@@ -477,21 +486,47 @@ def load_watchdog_settings(
             return str(value)
         return environ.get(name)
 
+    return pick
+
+
+def load_run_settings(
+    environ: Mapping[str, str], config: FunctionConfig, flags: Mapping[str, Any] | None = None
+) -> RunSettings:
+    """What one invocation needs: all `run` reads. A job's environment may hold anything
+    else (a `port` meant for a server of its script): `run` does not parse it."""
+    pick = _picker(environ, flags or {})
     values: dict[str, Any] = {}
-    if (port := pick("port")) is not None:
-        values["port"] = parse_int(port, "port")
     timeout = pick("exec_timeout")
     if timeout is not None:
         values["exec_timeout"] = parse_duration(timeout, "exec_timeout")
     elif config.exec_timeout is not None:
         values["exec_timeout"] = config.exec_timeout
+    if (text := pick("max_body_size")) is not None:
+        values["max_body_size"] = parse_size(text, "max_body_size")
+    tmp_dir = Path(environ.get("TMPDIR") or tempfile.gettempdir())
+    if not tmp_dir.is_dir():  # found now, not as a traceback at the first mkdtemp
+        raise ConfigError(f"TMPDIR: {str(tmp_dir)!r} is not a folder")
+    values["tmp_dir"] = tmp_dir
+    return RunSettings(**values)
+
+
+def load_watchdog_settings(
+    environ: Mapping[str, str], flags: Mapping[str, Any], config: FunctionConfig
+) -> WatchdogSettings:
+    """Environment (classic names), then flags; `exec_timeout` also from `EXEC_TIMEOUT`."""
+    pick = _picker(environ, flags)
+    run = load_run_settings(environ, config, flags)
+    values: dict[str, Any] = {
+        "exec_timeout": run.exec_timeout, "max_body_size": run.max_body_size,
+        "tmp_dir": run.tmp_dir,
+    }
+    if (port := pick("port")) is not None:
+        values["port"] = parse_int(port, "port")
     for name in ("read_timeout", "write_timeout", "healthcheck_interval", "upstream_start_timeout"):
         if (text := pick(name)) is not None:
             values[name] = parse_duration(text, name)
     if (text := pick("max_inflight")) is not None:
         values["max_inflight"] = parse_int(text, "max_inflight")
-    if (text := pick("max_body_size")) is not None:
-        values["max_body_size"] = parse_size(text, "max_body_size")
     for name in ("suppress_lock", "write_debug"):
         if (text := pick(name)) is not None:
             values[name] = parse_bool(text, name)
@@ -503,10 +538,6 @@ def load_watchdog_settings(
         values["upstream_port"] = parse_int(text, "upstream_port")
         if not 0 < values["upstream_port"] < 65536:
             raise ConfigError(f"upstream_port: {text!r} is not a TCP port")
-    tmp_dir = Path(environ.get("TMPDIR") or tempfile.gettempdir())
-    if not tmp_dir.is_dir():  # found now, not as a traceback at the first mkdtemp
-        raise ConfigError(f"TMPDIR: {str(tmp_dir)!r} is not a folder")
-    values["tmp_dir"] = tmp_dir
     return WatchdogSettings(**values)
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
+FORCED_SHUTDOWN_TIMEOUT = 0.01  # seconds: see TimedAppRunner.stop_waiting
 _408 = b"the request head was not received in time\n"
 _408_ANSWER = (
     b"HTTP/1.1 408 Request Timeout\r\n"
@@ -162,6 +163,18 @@ class TimedAppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         return _Server(await super()._make_server(), self._head_timeout)
+
+    def stop_waiting(self) -> None:
+        """A forced exit: cleanup() waits no longer for the requests in flight, they are
+        cancelled now (as when their client goes). aiohttp gives them `shutdown_timeout`
+        from when cleanup() reaches them: those it has not reached yet get near nothing
+        (0 would mean no limit to aiohttp)."""
+        self._shutdown_timeout = FORCED_SHUTDOWN_TIMEOUT
+        server = self.server
+        for connection in server._connections if server is not None else ():
+            task = connection._task_handler
+            if task is not None and not task.done():
+                task.cancel()
 
 
 def request_started(request: web.BaseRequest) -> float:

@@ -16,6 +16,9 @@ server, the local backend's watchdogs and jobs). The rules it keeps:
 * What leaves the group (`setsid cmd &`) is caught by making the long-lived supervisors
   child subreapers (Linux): orphaned descendants are re-parented to them instead of
   PID 1, and `Orphans` reaps them and kills those that are not wanted any more.
+* A program's SIGTERM and SIGINT are handled in one place, `captured_signals()`: the
+  first asks for a graceful stop, a second forces it, and children being stopped get
+  that second signal too (see there).
 
 A pidfd (Linux 5.3+) turns readable when its process exits, so the loop waits for it like
 for a socket; elsewhere a worker thread waits. Children are started with plain
@@ -34,7 +37,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,9 +46,18 @@ PR_SET_CHILD_SUBREAPER = 36
 STOP_GRACE = 5.0  # seconds a stopped child gets after SIGTERM before SIGKILL
 KILL_ROUNDS_DEADLINE = 5.0  # seconds to chase orphans that keep re-parenting to us
 
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What a child being stopped gets when the program is forced to exit. Not SIGTERM again:
+# one still pending would merge with the SIGTERM stop() sent, and the child see only one.
+FORCE_SIGNAL = signal.SIGINT
+
 # Pids of the children spawned here and not reaped yet: `Orphans` leaves them alone (they
 # are reaped by whoever waits for them) and takes every other child for an adopted orphan.
 _spawned: set[int] = set()
+# Children in stop(), and whether a second signal forced the program's exit: see
+# captured_signals.
+_stopping: set[Child] = set()
+_forced = False
 
 
 # ---- prctl ---------------------------------------------------------------------------------
@@ -125,8 +137,14 @@ class Child:
         return -info.si_status if info.si_code != os.CLD_EXITED else info.si_status
 
     async def stop(self, grace: float = STOP_GRACE) -> int:
-        """SIGTERM to the group, SIGKILL to the group after `grace`; reaped."""
+        """SIGTERM to the group, SIGKILL to the group after `grace`; reaped.
+
+        Once the program is forced to exit (captured_signals), FORCE_SIGNAL too: a
+        watchdog or `run` of ours then skips its own graceful drain."""
         self.signal_group(signal.SIGTERM)
+        if _forced:
+            self.signal_group(FORCE_SIGNAL)
+        _stopping.add(self)
         waiting = asyncio.ensure_future(self.wait())
         try:
             return await asyncio.wait_for(asyncio.shield(waiting), grace)
@@ -134,6 +152,7 @@ class Child:
             self.kill_group()
             return await waiting
         finally:
+            _stopping.discard(self)
             if not waiting.done():  # we were cancelled: the child still goes
                 self.kill_group()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -280,6 +299,73 @@ async def _readable(fd: int) -> None:
         await ready
     finally:
         loop.remove_reader(fd)
+
+
+# ---- the program's signals -----------------------------------------------------------------
+
+
+class Stop:
+    """What SIGTERM/SIGINT asked of the program: `requested` (the first: stop taking
+    work, let what is in flight finish) and `forced` (a second: stop waiting, kill what
+    is left, exit)."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.forced = asyncio.Event()
+        self.signal: int | None = None  # the first one received
+
+    def _received(self, sig: int) -> None:
+        global _forced
+        if not self.requested.is_set():
+            self.signal = sig
+            self.requested.set()
+            return
+        self.forced.set()
+        _forced = True
+        for child in list(_stopping):  # stops under way; later ones send it themselves
+            child.signal_group(FORCE_SIGNAL)
+
+    async def unless_forced(
+        self, waiting: Callable[[], Awaitable[object]], timeout: float
+    ) -> None:
+        """Await `waiting()` (a graceful drain) at most `timeout` seconds, and no longer
+        than until the exit is forced."""
+        drain = asyncio.ensure_future(waiting())
+        forced = asyncio.ensure_future(self.forced.wait())
+        try:
+            await asyncio.wait((drain, forced), timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (drain, forced):
+                task.cancel()
+            await asyncio.gather(drain, forced, return_exceptions=True)
+
+
+@contextlib.contextmanager
+def captured_signals() -> Iterator[Stop]:
+    """SIGTERM and SIGINT for the program's lifetime (the watchdog's, `run`'s, the
+    controller's), as a `Stop`; the handlers there before are put back on leaving.
+
+    The first signal sets `requested`; a second sets `forced`, and every child being
+    stopped (Child.stop), or stopped from then on, gets FORCE_SIGNAL: for a watchdog or
+    `run` of ours, a second signal of its own. Python's default would end the program at
+    once (SIGTERM) or raise KeyboardInterrupt anywhere (SIGINT), leaving children and
+    folders behind. Enter it in the event loop's thread, the loop running.
+    """
+    global _forced
+    loop = asyncio.get_running_loop()
+    stop = Stop()
+    previous = {sig: signal.getsignal(sig) for sig in HANDLED_SIGNALS}
+    for sig in HANDLED_SIGNALS:
+        loop.add_signal_handler(sig, stop._received, sig)
+    try:
+        yield stop
+    finally:
+        _forced = False
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if handler is not None:  # None: set outside Python, which cannot put it back
+                signal.signal(sig, handler)
 
 
 # ---- orphans re-parented to a subreaper ----------------------------------------------------

@@ -1,4 +1,4 @@
-"""`faas-supervisor controller`: its flags, and the settings built from them once.
+"""`faas-supervisor controller`: its flags; settings.py builds the settings from them once.
 
 Flags win over the environment (`FAAS_USER`, `FAAS_PASSWORD`, `FAAS_DATA_DIR`).
 """
@@ -6,21 +6,10 @@ Flags win over the environment (`FAAS_USER`, `FAAS_PASSWORD`, `FAAS_DATA_DIR`).
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import Any
 
 from faas_supervisor.config import current_environ
-from faas_supervisor.errors import ConfigError
-
-BACKEND_NAMES = ("local", "docker", "kubernetes")
-
-
-def default_data_dir(environ: dict[str, str]) -> Path:
-    base = environ.get("XDG_DATA_HOME") or os.path.join(
-        environ.get("HOME") or "/root", ".local", "share"
-    )
-    return Path(base) / "faas-supervisor"
+from faas_supervisor.controller.settings import BACKEND_NAMES, load_controller_settings
 
 
 def add_controller_parser(commands: Any) -> None:
@@ -91,41 +80,6 @@ def add_controller_parser(commands: Any) -> None:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from faas_supervisor.controller.server import ControllerSettings, serve
+    from faas_supervisor.controller.server import serve
 
-    environ = current_environ()
-    if args.max_jobs < 1:
-        raise ConfigError("--max-jobs: must be 1 or more")
-    if not 0 <= args.port < 65536:
-        raise ConfigError(f"--port: {args.port} is not a TCP port")
-    if not 0 < args.reconcile_interval < float("inf"):
-        raise ConfigError("--reconcile-interval: must be a number of seconds above 0")
-    endpoint = args.minio_endpoint or ""
-    access_key = args.minio_access_key or environ.get("MINIO_ACCESS_KEY", "")
-    secret_key = args.minio_secret_key or environ.get("MINIO_SECRET_KEY", "")
-    if endpoint and not (access_key and secret_key):
-        raise ConfigError("--minio-endpoint needs --minio-access-key and --minio-secret-key")
-    if args.events_queue and not endpoint:
-        raise ConfigError("--events-queue needs --minio-endpoint (the queue is on that server)")
-    data_dir = args.data_dir or environ.get("FAAS_DATA_DIR") or default_data_dir(environ)
-    settings = ControllerSettings(
-        data_dir=Path(data_dir).expanduser().resolve(),
-        backend=args.backend,
-        host=args.host,
-        port=args.port,
-        user=args.user or environ.get("FAAS_USER") or "oscar",
-        password=args.password or environ.get("FAAS_PASSWORD") or None,
-        max_jobs=args.max_jobs,
-        external_url=(args.external_url or "").rstrip("/"),
-        minio_endpoint=endpoint,
-        minio_access_key=access_key,
-        minio_secret_key=secret_key,
-        minio_region=args.minio_region or environ.get("MINIO_REGION") or "us-east-1",
-        events_queue=args.events_queue or "",
-        reconcile_interval=args.reconcile_interval,
-        namespace=args.namespace or "",
-        runtime_image=args.runtime_image or "",
-        kubeconfig=args.kubeconfig or "",
-        environ=environ,
-    )
-    return serve(settings)
+    return serve(load_controller_settings(args, current_environ()))

@@ -1,21 +1,18 @@
-"""The controller's process: settings, start-up, serving, and graceful shutdown.
+"""The controller's process: start-up, serving, and graceful shutdown.
 
 Start-up opens the store, stops what a controller killed outright left running (the
 backend's start), restarts the stored services, requeues the stored jobs (those left
 Running too) and starts watching and reconciling input paths; shutdown (SIGTERM or
 SIGINT) stops taking requests, stops the jobs still running (Pending again, to run at
-the next start), the watchdogs, and the store.
+the next start), the watchdogs, and the store. A second signal forces it: requests in
+flight are cancelled, and the watchdogs told to skip their drain.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiohttp import web
 
@@ -25,10 +22,12 @@ from faas_supervisor.controller.backends import build_backend
 from faas_supervisor.controller.buckets import build_store
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
+from faas_supervisor.controller.settings import ControllerSettings
 from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import ConfigError
 from faas_supervisor.http_timeouts import TimedAppRunner
 from faas_supervisor.logs import get_logger
+from faas_supervisor.processes import Stop, captured_signals
 
 logger = get_logger(component="controller")
 # A request head must be complete this long after its first byte (else 408), and a
@@ -37,33 +36,6 @@ logger = get_logger(component="controller")
 # stream to the service's watchdog, whose read_timeout bounds them.
 HEAD_TIMEOUT = 60.0
 KEEPALIVE_TIMEOUT = 75.0
-
-
-@dataclass(frozen=True)
-class ControllerSettings:
-    data_dir: Path
-    backend: str = "local"
-    host: str = "0.0.0.0"
-    port: int = 8000
-    user: str = "oscar"
-    password: str | None = field(default=None, repr=False)
-    max_jobs: int = 2
-    external_url: str = ""
-    minio_endpoint: str = ""
-    minio_access_key: str = field(default="", repr=False)
-    minio_secret_key: str = field(default="", repr=False)
-    minio_region: str = "us-east-1"
-    events_queue: str = ""
-    reconcile_interval: float = 60.0  # seconds between listings of every input path
-    namespace: str = ""  # kubernetes: where services go (default oscar-svc)
-    runtime_image: str = ""  # kubernetes: the init container's image
-    kubeconfig: str = ""  # kubernetes: else $KUBECONFIG, in-cluster, ~/.kube/config
-    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
-
-    @property
-    def public_url(self) -> str:
-        """Where storage servers reach the controller (the base of push endpoints)."""
-        return self.external_url or f"http://127.0.0.1:{self.port}"
 
 
 class Controller:
@@ -90,15 +62,7 @@ class Controller:
             },
         )
         self.store = Store(data_dir / "controller.sqlite3")
-        self.backend = build_backend(
-            settings.backend,
-            data_dir,
-            self.buckets.provider_settings(),
-            settings.environ,
-            namespace=settings.namespace,
-            runtime_image=settings.runtime_image,
-            kubeconfig=settings.kubeconfig,
-        )
+        self.backend = build_backend(settings.backend, data_dir, self.buckets.provider_settings())
         self.jobs = Jobs(
             self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service
         )
@@ -120,7 +84,7 @@ class Controller:
             self.buckets,
         )
 
-    async def serve(self) -> int:
+    async def serve(self, stop: Stop) -> int:
         await self.intake.open()  # first: a queue that cannot be opened is a usage error
         # Before jobs are judged: the last controller's leftovers are stopped, so a job
         # found Running is not running any more when it is queued again.
@@ -150,20 +114,28 @@ class Controller:
             raise ConfigError(
                 f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}"
             ) from None
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         logger.info(
             "controller ready",
             port=self.settings.port,
             backend=self.backend.name,
             data_dir=str(self.settings.data_dir),
         )
-        await stop.wait()
+        await stop.requested.wait()
         logger.info("controller stopping")
-        await self._stop(runner)
+        forcing = asyncio.ensure_future(self._forced(stop, runner))
+        try:
+            await self._stop(runner)
+        finally:
+            forcing.cancel()
         return 0
+
+    async def _forced(self, stop: Stop, runner: TimedAppRunner) -> None:
+        """A second signal: requests in flight are cancelled rather than awaited; the
+        watchdogs and jobs being stopped get it too (processes.Child.stop), and drain no
+        longer either."""
+        await stop.forced.wait()
+        logger.warning("forced to stop: not waiting for work in flight")
+        runner.stop_waiting()
 
     async def _stop(self, runner: web.AppRunner) -> None:
         await runner.cleanup()
@@ -176,13 +148,15 @@ class Controller:
 def serve(settings: ControllerSettings) -> int:
     from faas_supervisor import logs
 
-    level = str(settings.environ.get("LOG_LEVEL") or "INFO").upper()
-    if level not in logs.LEVELS:
-        raise ConfigError(f"LOG_LEVEL: {level!r} is not one of {', '.join(logs.LEVELS)}")
-    logs.configure(level)
+    logs.configure(settings.log_level)
     controller = Controller(settings)
+
+    async def main() -> int:
+        with captured_signals() as stop:
+            return await controller.serve(stop)
+
     try:
-        return asyncio.run(controller.serve())
+        return asyncio.run(main())
     except KeyboardInterrupt:
         return 130
     finally:

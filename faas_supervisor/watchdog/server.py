@@ -1,9 +1,10 @@
 """The watchdog: routes, limits, start-up and graceful shutdown (SPEC 4.2, 4.3).
 
-Start-up, serving and shutdown are one method each. Signals are handled here only:
-SIGTERM or SIGINT stop new work (503), wait up to `healthcheck_interval` for what is in
-flight, stop what is left (its answer: 503, the watchdog is shutting down), remove every
-invocation folder, and exit 0.
+Start-up, serving and shutdown are one method each. The program's signals come as a
+processes.Stop (cli.py): SIGTERM or SIGINT stop new work (503), wait up to
+`healthcheck_interval` for what is in flight (a second signal: no longer), stop what is
+left (its answer: 503, the watchdog is shutting down), remove every invocation folder,
+and exit 0.
 
 The watchdog is a child subreaper (processes.Orphans): what a script started outside its
 process group comes back to it when orphaned, and is killed once its invocation is over.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +31,7 @@ from faas_supervisor.errors import (
 from faas_supervisor.http_timeouts import TimedAppRunner
 from faas_supervisor.invocation import Invocation, Runtime
 from faas_supervisor.logs import get_logger
-from faas_supervisor.processes import Orphans, environ_value
+from faas_supervisor.processes import Orphans, Stop, environ_value
 from faas_supervisor.watchdog.answers import refusal
 from faas_supervisor.watchdog.fork import ForkRunner
 from faas_supervisor.watchdog.metrics import Metrics
@@ -167,8 +167,9 @@ class Watchdog:
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    async def serve(self) -> int:
-        """Start, serve until a signal, shut down gracefully. Returns the exit status."""
+    async def serve(self, stop: Stop) -> int:
+        """Start, serve until `stop` is requested, shut down gracefully (unless forced).
+        Returns the exit status."""
         runner = TimedAppRunner(
             self.app(), handler_cancellation=True, access_log=None,
             # read_timeout bounds the request from its first byte: its head here, its
@@ -193,13 +194,10 @@ class Watchdog:
             raise ConfigError(
                 f"cannot listen on {self.host}:{self.settings.port}: {exc.strerror}"
             ) from None
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         if self.proxy is not None:
             try:
-                await self.proxy.start(stop)  # once ready, the server's exit sets `stop` too
+                # Once ready, the server's exit requests the stop too.
+                await self.proxy.start(stop.requested)
             except BaseException:
                 await self.proxy.close()
                 await runner.cleanup()
@@ -210,17 +208,16 @@ class Watchdog:
         sweeper = asyncio.create_task(self._sweep_orphans(self.orphans))
         logger.info("watchdog ready", port=_bound_port(runner, self.settings.port),
                     mode=self.settings.mode.value)
-        await stop.wait()
+        await stop.requested.wait()
         sweeper.cancel()
-        await self.shutdown(runner)
+        await self.shutdown(runner, stop)
         # The user's server died: exit non-zero so that the orchestrator restarts us.
         return 1 if self.proxy is not None and self.proxy.failed else 0
 
-    async def shutdown(self, runner: web.AppRunner) -> None:
+    async def shutdown(self, runner: web.AppRunner, stop: Stop) -> None:
         self.shutting_down = True
         logger.info("shutting down", inflight=len(self.inflight))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.settings.healthcheck_interval)
+        await stop.unless_forced(self._idle.wait, self.settings.healthcheck_interval)
         for work in list(self.inflight):
             if isinstance(work, Invocation):
                 logger.warning("stopping an invocation still running", id=work.id)

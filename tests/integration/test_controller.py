@@ -11,8 +11,11 @@ import base64
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from tests.integration.controller_fixture import (
     ControllerProcess,
     wait_until,
 )
+from tests.leftovers import processes
 
 pytestmark = pytest.mark.integration
 
@@ -455,6 +459,58 @@ def test_a_restart_keeps_services_and_jobs(controllers: ControllerFactory) -> No
     )
     assert base64.b64decode(response.text) == b"again"
     assert second.stop() == 0
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.mark.timeout(180)
+def test_a_second_signal_forces_the_controller_out(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    """SIGTERM: the controller waits for the requests in flight (aiohttp gives them 60 s)
+    and its watchdogs drain (healthcheck_interval, inherited: 5 minutes). A second SIGTERM
+    cuts both: it exits at once, and leaves no process and no invocation folder."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    controller = controllers(env={"MARKS": str(marks), "healthcheck_interval": "5m"})
+    sleeper = controller.create(
+        {"name": "sleeper", "script": 'echo $$ >> "$MARKS/pids"\nsleep 300\n'}
+    )
+    auth = {"Authorization": f"Bearer {sleeper['token']}"}
+    job = requests.post(f"{controller.url}/job/sleeper", data=b"e30=", headers=auth,
+                        timeout=30)
+    assert job.status_code == 201, job.text
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(requests.post, f"{controller.url}/run/sleeper", data=b"e30=",
+                                headers=auth, timeout=120)
+        controller.wait_jobs("sleeper", 1, done=("Running",))
+        pids = wait_until(
+            lambda: (text := (marks / "pids").read_text() if (marks / "pids").exists() else "")
+            and len(text.split()) == 2 and [int(p) for p in text.split()],
+            30, "the job's script and the invocation's to run", controller,
+        )
+        controller.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: _refused(controller.port), 30, "the controller to stop listening",
+                   controller)
+        assert controller.process.poll() is None  # waiting for the request in flight
+        started = time.monotonic()
+        controller.process.send_signal(signal.SIGTERM)
+        assert controller.process.wait(60) == 0, controller.log_text()
+        assert time.monotonic() - started < 20, controller.log_text()
+        with pytest.raises(requests.ConnectionError):
+            in_flight.result(timeout=60)
+    marker = str(controller.data_dir).encode()
+    left = [p for p in processes().values()
+            if (p.pid in pids or marker in p.cmdline) and p.state != "Z"]
+    assert left == [], controller.log_text()
+    service_tmp = controller.data_dir / "services" / "sleeper" / "tmp"
+    assert [p.name for p in service_tmp.iterdir()] == []
 
 
 # ---- buckets ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
 
 @pytest.fixture
 async def backend(kube: Kube) -> AsyncIterator[KubernetesBackend]:
-    backend = KubernetesBackend(CLUSTER, str(kube.kubeconfig), {})
+    backend = KubernetesBackend(CLUSTER, str(kube.kubeconfig))
     await backend.start()
     try:
         yield backend
@@ -241,7 +241,7 @@ async def test_a_job_run_again_after_a_restart_follows_its_existing_job(
     the script twice."""
     await backend.deploy(service())
     first, _, _ = await start_job(kube, backend, tmp_path, "cowsay-5555", b"{}")
-    again = KubernetesBackend(CLUSTER, str(kube.kubeconfig), {})
+    again = KubernetesBackend(CLUSTER, str(kube.kubeconfig))
     await again.start()
     try:
         event_file = tmp_path / "again.event"
@@ -338,7 +338,7 @@ async def test_other_services_objects_are_left_alone(
 
 async def test_api_errors_name_the_request(kube: Kube, tmp_path: Path) -> None:
     config = write_kubeconfig(tmp_path / "bad-token", kube.server, "wrong")
-    backend = KubernetesBackend(CLUSTER, str(config), {})
+    backend = KubernetesBackend(CLUSTER, str(config))
     await backend.start()
     try:
         with pytest.raises(KubernetesError, match="create Secret: 401 Unauthorized"):
@@ -347,9 +347,17 @@ async def test_api_errors_name_the_request(kube: Kube, tmp_path: Path) -> None:
         await backend.close()
 
 
-async def test_kubeconfig_from_the_environment_and_namespace(kube: Kube) -> None:
-    cluster = replace(CLUSTER, namespace="team-a")
-    backend = KubernetesBackend(cluster, "", {"KUBECONFIG": str(kube.kubeconfig)})
+async def test_kubeconfig_from_the_environment_and_namespace(kube: Kube, tmp_path: Path) -> None:
+    """$KUBECONFIG and --namespace, through the controller's settings to the backend."""
+    from faas_supervisor.cli import build_parser
+    from faas_supervisor.controller.backends import build_backend
+    from faas_supervisor.controller.settings import load_controller_settings
+
+    args = build_parser().parse_args(
+        ["controller", "--backend", "kubernetes", "--namespace", "team-a"]
+    )
+    settings = load_controller_settings(args, {"KUBECONFIG": str(kube.kubeconfig)})
+    backend = build_backend(settings.backend, tmp_path, MINIO)
     await backend.start()
     try:
         await backend.deploy(service())
@@ -361,7 +369,7 @@ async def test_kubeconfig_from_the_environment_and_namespace(kube: Kube) -> None
 async def test_a_missing_kubeconfig_is_a_one_line_config_error(tmp_path: Path) -> None:
     from faas_supervisor.errors import ConfigError
 
-    backend = KubernetesBackend(CLUSTER, str(tmp_path / "absent"), {})
+    backend = KubernetesBackend(CLUSTER, str(tmp_path / "absent"))
     with pytest.raises(ConfigError, match=r"^kubernetes: cannot load"):
         await backend.start()
 

@@ -186,6 +186,17 @@ def test_bad_config_or_event_is_status_2(tmp_path: Path, case: str, args: list[s
     assert not marker.exists()  # the script never ran
 
 
+def test_settings_only_the_watchdog_reads_do_not_break_a_job(tmp_path: Path) -> None:
+    """A job's environment may hold anything `run` does not use (a `port` for a server of
+    its script): `run` reads only what one invocation needs, so these are not errors."""
+    env = {"EVENT": "{}", "port": "notaport", "max_inflight": "many", "mode": "threads",
+           "read_timeout": "soon", "healthcheck_interval": "x", "upstream_port": "0",
+           "suppress_lock": "maybe"}
+    result = run(tmp_path, '#!/bin/sh\necho "port=$port"\n', env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"port=notaport\n"
+
+
 def test_timeout_is_124_and_kills_the_process_group(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     script = f'#!/bin/sh\nsleep 1000 &\necho "$$ $!" > "{pids}"\nsleep 1000\n'

@@ -913,6 +913,33 @@ def test_shutdown_kills_what_outlives_healthcheck_interval(
     assert wd.invocation_folders() == []
 
 
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_second_signal_skips_the_drain(
+    watchdog: WatchdogFactory, tmp_path: Path, second: int
+) -> None:
+    """SIGTERM starts the drain (healthcheck_interval: 5 minutes); a second signal ends it:
+    what is in flight is killed and answered 503, and nothing is left."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wd = watchdog(GRANDCHILD_SCRIPT, env={"MARKS": str(marks), "healthcheck_interval": "5m"})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(requests.post, wd.url, data=b"{}", timeout=60)
+        pids = _pids(marks)
+        wd.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: requests.get(wd.url + "/_/health", timeout=10).status_code == 503,
+                   10, "health 503 while draining")
+        assert wd.process.poll() is None  # draining: the invocation is still in flight
+        started = time.monotonic()
+        wd.process.send_signal(second)
+        assert wd.process.wait(20) == 0
+        assert time.monotonic() - started < 10  # not the 5 minutes of the drain
+        answer = in_flight.result(timeout=30)
+        assert answer.status_code == 503, answer.text
+    for pid in pids:
+        wait_until(lambda pid=pid: process_gone(pid), 10, f"process {pid} killed")
+    assert [p for p in wd.tmpdir.iterdir() if p.name.startswith("faas-")] == []
+
+
 # ---- SPEC 4.1: a client that leaves ----------------------------------------------------
 
 
@@ -976,6 +1003,17 @@ def test_bad_start_up_exits_2_with_one_line(tmp_path: Path, case: str, config: s
     assert expected in lines[0]
     assert "AK" not in lines[0]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("faas-")]
+
+
+def test_a_bad_port_in_the_environment_stops_the_watchdog(tmp_path: Path) -> None:
+    """The counterpart of test_run's: the watchdog does read `port`, and says so."""
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    result = start_failure(["--script", str(script)], {"TMPDIR": str(tmp_path), "port": "notaport"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "faas-supervisor: error: port: 'notaport' is not a whole number"
+    ]
 
 
 def test_port_in_use_exits_with_one_line(tmp_path: Path) -> None:

@@ -473,3 +473,14 @@ def test_empty_environment_overrides_are_no_overrides(tmp_path: Path) -> None:
 def test_tmpdir_must_be_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="TMPDIR"):
         load_watchdog_settings({"TMPDIR": str(tmp_path / "absent")}, {}, FunctionConfig())
+
+
+def test_run_reads_only_what_one_invocation_needs(tmp_path: Path) -> None:
+    """`run`'s settings: a job's environment may hold anything for the watchdog's names."""
+    from faas_supervisor.config import RunSettings, load_run_settings
+
+    env = {"TMPDIR": str(tmp_path), "port": "notaport", "mode": "threads",
+           "max_inflight": "many", "exec_timeout": "1m", "max_body_size": "1Ki"}
+    assert load_run_settings(env, FunctionConfig()) == RunSettings(60.0, 1024, tmp_path)
+    with pytest.raises(ConfigError, match=r"^exec_timeout"):
+        load_run_settings({**env, "exec_timeout": "soon"}, FunctionConfig())

@@ -137,3 +137,65 @@ def _live_group(pgid: int) -> list[int]:
             if entry.isdigit() and os.getpgid(int(entry)) == pgid and state(int(entry)) != "Z":
                 found.append(int(entry))
     return found
+
+
+# ---- the program's signals -----------------------------------------------------------------
+
+
+def test_signals_are_captured_for_the_context_and_the_previous_handlers_restored() -> None:
+    def mine(_signum: int, _frame: object) -> None:
+        raise AssertionError("the captured handler should have run")
+
+    before = {sig: signal.signal(sig, mine) for sig in processes.HANDLED_SIGNALS}
+    try:
+        async def main() -> tuple[int | None, bool, bool]:
+            with processes.captured_signals() as stop:
+                assert signal.getsignal(signal.SIGTERM) is not mine
+                os.kill(os.getpid(), signal.SIGTERM)
+                await asyncio.wait_for(stop.requested.wait(), 10)
+                first_forced = stop.forced.is_set()
+                os.kill(os.getpid(), signal.SIGINT)  # either signal counts as the second
+                await asyncio.wait_for(stop.forced.wait(), 10)
+                return stop.signal, first_forced, processes._forced
+
+        assert asyncio.run(main()) == (signal.SIGTERM, False, True)
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) is mine
+        assert processes._forced is False  # the next program starts unforced
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+# Ignores SIGTERM (a drain that would last the whole grace), ends at SIGINT (forced).
+DRAINING = "trap '' TERM; trap 'exit 7' INT; : > \"$1\"; while :; do sleep 0.05; done"
+
+
+async def started_draining(tmp_path: Path, name: str) -> processes.Child:
+    ready = tmp_path / name
+    child = processes.spawn(["/bin/sh", "-c", DRAINING, "sh", str(ready)], env=ENV)
+    while not ready.exists():  # no event tells that the traps are set
+        await asyncio.sleep(0.02)
+    return child
+
+
+def test_a_forced_exit_gives_children_being_stopped_the_force_signal(tmp_path: Path) -> None:
+    async def main() -> tuple[int, int, float]:
+        loop = asyncio.get_running_loop()
+        with processes.captured_signals() as stop:
+            under_way = await started_draining(tmp_path, "one")
+            later = await started_draining(tmp_path, "two")
+            stopping = asyncio.ensure_future(under_way.stop(grace=60))
+            await asyncio.sleep(0)  # stop() runs to its wait: SIGTERM sent (and ignored)
+            started = loop.time()
+            os.kill(os.getpid(), signal.SIGTERM)
+            await stop.requested.wait()
+            os.kill(os.getpid(), signal.SIGTERM)
+            await stop.forced.wait()
+            first = await stopping
+            second = await later.stop(grace=60)  # begun after the force: sent at once
+            return first, second, loop.time() - started
+
+    first, second, seconds = asyncio.run(main())
+    assert (first, second) == (7, 7)
+    assert seconds < 30  # not the grace period

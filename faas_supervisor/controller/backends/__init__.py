@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.errors import ConfigError
-
-BACKENDS = ("local", "docker", "kubernetes")
+from faas_supervisor.controller.settings import BackendSettings, KubernetesSettings, LocalSettings
 
 
 class Backend(Protocol):
@@ -43,36 +41,18 @@ class Backend(Protocol):
 
 
 def build_backend(
-    name: str,
-    data_dir: Path,
-    default_provider: Mapping[str, Any],
-    environ: Mapping[str, str],
-    *,
-    namespace: str = "",
-    runtime_image: str = "",
-    kubeconfig: str = "",
+    settings: BackendSettings, data_dir: Path, default_provider: Mapping[str, Any]
 ) -> Backend:
-    if name == "local":
+    if isinstance(settings, LocalSettings):
         from faas_supervisor.controller.backends.local import LocalBackend
 
-        return LocalBackend(data_dir, default_provider, environ)
-    if name == "kubernetes":
+        return LocalBackend(data_dir, default_provider, settings.service_env)
+    if isinstance(settings, KubernetesSettings):
         from faas_supervisor.controller.backends.kubernetes import KubernetesBackend
-        from faas_supervisor.controller.manifests import (
-            DEFAULT_NAMESPACE,
-            DEFAULT_RUNTIME_IMAGE,
-            Cluster,
-        )
+        from faas_supervisor.controller.manifests import Cluster
 
-        cluster = Cluster(
-            namespace or DEFAULT_NAMESPACE, runtime_image or DEFAULT_RUNTIME_IMAGE, default_provider
-        )
-        return KubernetesBackend(cluster, kubeconfig, environ)
-    if name == "docker":
-        from faas_supervisor.controller.backends.docker import DockerBackend
-        from faas_supervisor.controller.manifests import DEFAULT_RUNTIME_IMAGE
+        cluster = Cluster(settings.namespace, settings.runtime_image, default_provider)
+        return KubernetesBackend(cluster, settings.kubeconfig, in_cluster=settings.in_cluster)
+    from faas_supervisor.controller.backends.docker import DockerBackend
 
-        return DockerBackend(
-            data_dir, default_provider, runtime_image or DEFAULT_RUNTIME_IMAGE, environ
-        )
-    raise ConfigError(f"backend {name!r} is unknown (one of {', '.join(BACKENDS)})")
+    return DockerBackend(data_dir, default_provider, settings.runtime_image, settings.engine_env)

@@ -126,12 +126,12 @@ class DockerBackend:
         data_dir: Path,
         default_provider: Mapping[str, Any],
         runtime_image: str,
-        environ: Mapping[str, str] | None = None,
+        engine_env: Mapping[str, str],
     ) -> None:
         self.root = data_dir / "services"
         self.default_provider = dict(default_provider)
         self.runtime_image = runtime_image
-        self.environ = dict(environ or {})
+        self.engine_env = dict(engine_env)  # DOCKER_HOST and co., picked by settings.py
         self._client: Any = None
         # Job log streams each hold a thread until their job ends: a pool of their own,
         # so that they never starve the loop's default executor.
@@ -175,7 +175,7 @@ class DockerBackend:
 
         try:
             # DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as the docker CLI reads them.
-            client = docker.DockerClient.from_env(environment=self.environ, max_pool_size=32)
+            client = docker.DockerClient.from_env(environment=self.engine_env, max_pool_size=32)
             client.ping()
         except docker.errors.DockerException as exc:
             raise ConfigError(f"docker: the engine does not answer: {exc}") from None

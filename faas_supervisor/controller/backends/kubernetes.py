@@ -59,13 +59,14 @@ class KubernetesBackend:
         self,
         cluster: manifests.Cluster,
         kubeconfig: str = "",
-        environ: Mapping[str, str] | None = None,
+        *,
+        in_cluster: bool = False,
     ) -> None:
-        environ = environ or {}
+        """`kubeconfig` (else, unless `in_cluster`, ~/.kube/config): as settings.py chose."""
         self.cluster = cluster
         self.namespace = cluster.namespace
-        self.kubeconfig = kubeconfig or environ.get("KUBECONFIG", "")
-        self.in_cluster = not self.kubeconfig and bool(environ.get("KUBERNETES_SERVICE_HOST"))
+        self.kubeconfig = kubeconfig
+        self.in_cluster = in_cluster
         self._services: dict[str, Service] = {}
         self._client: Any = None
         self._apis: dict[str, Any] = {}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import shutil
 import socket
 import subprocess
@@ -40,8 +39,6 @@ READY_TIMEOUT = 60.0  # seconds a new watchdog may take to answer its health che
 STOP_TIMEOUT = 15.0  # seconds a watchdog gets to finish in-flight work when stopped
 JOB_STOP_GRACE = 10.0  # seconds a stopped job's `run` gets to kill its script and clean up
 EVENT_IN_ENV_MAX = 96 * 1024  # larger events go on stdin: the environment is bounded
-# The controller's own settings and credentials are nobody else's business.
-_HIDDEN_ENV = ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID", "port", "mode", "upstream_port")
 logger = get_logger(component="local-backend")
 
 
@@ -192,14 +189,12 @@ class LocalBackend:
         self,
         data_dir: Path,
         default_provider: Mapping[str, Any],
-        environ: Mapping[str, str] | None = None,
+        service_env: Mapping[str, str],
     ) -> None:
         self.root = data_dir / "services"
         self.default_provider = dict(default_provider)
-        base = dict(environ if environ is not None else os.environ)
-        self.base_env = {
-            k: v for k, v in base.items() if k not in _HIDDEN_ENV and not k.startswith("FAAS_")
-        }
+        # What every service process inherits: settings.py picked it from our environment.
+        self.base_env = dict(service_env)
         # A service's watchdogs: one, or `min_scale` for an exposed service.
         self._watchdogs: dict[str, list[_Watchdog]] = {}
         self._turn = itertools.count()  # round robin over a service's watchdogs

@@ -1,0 +1,160 @@
+"""The controller's settings, read once at start-up from its flags and environment.
+
+As config.py does for the runtime: every validation lives here, with errors that name
+the flag or variable; below this module nothing reads the process environment or a
+flag again.
+What a backend takes from the environment (the variables a local service inherits, the
+Docker engine's address, the kubeconfig) is picked here and handed down as plain values.
+Flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from faas_supervisor.config import LOG_LEVELS
+from faas_supervisor.errors import ConfigError
+
+# What a local service's processes do not inherit from the controller's environment: the
+# runtime's own inputs (each service gets its own) and the controller's settings and
+# credentials (FAAS_*), which are nobody else's business.
+_NOT_INHERITED = ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID", "port", "mode",
+                  "upstream_port")
+# The variables the docker CLI reads to find the engine (docker.from_env reads the same).
+_DOCKER_ENGINE_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """`--backend local`: services as processes of this machine."""
+
+    name: ClassVar[str] = "local"
+    # The base of every service process's environment (watchdogs and `run` jobs).
+    service_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class DockerSettings:
+    """`--backend docker`: containers of the service's image."""
+
+    name: ClassVar[str] = "docker"
+    runtime_image: str
+    engine_env: Mapping[str, str] = field(default_factory=dict)  # DOCKER_HOST and co.
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """`--backend kubernetes`: OSCAR's objects on an API server."""
+
+    name: ClassVar[str] = "kubernetes"
+    namespace: str
+    runtime_image: str
+    kubeconfig: str = ""  # "" and not in_cluster: the client's default, ~/.kube/config
+    in_cluster: bool = False  # the pod's service account
+
+
+BackendSettings = LocalSettings | DockerSettings | KubernetesSettings
+BACKEND_NAMES = (LocalSettings.name, DockerSettings.name, KubernetesSettings.name)
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    data_dir: Path
+    backend: BackendSettings = field(default_factory=LocalSettings)
+    host: str = "0.0.0.0"
+    port: int = 8000
+    user: str = "oscar"
+    password: str | None = field(default=None, repr=False)
+    max_jobs: int = 2
+    external_url: str = ""
+    minio_endpoint: str = ""
+    minio_access_key: str = field(default="", repr=False)
+    minio_secret_key: str = field(default="", repr=False)
+    minio_region: str = "us-east-1"
+    events_queue: str = ""
+    reconcile_interval: float = 60.0  # seconds between listings of every input path
+    log_level: str = "INFO"
+
+    @property
+    def public_url(self) -> str:
+        """Where storage servers reach the controller (the base of push endpoints)."""
+        return self.external_url or f"http://127.0.0.1:{self.port}"
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_DATA_HOME") or os.path.join(
+        environ.get("HOME") or "/root", ".local", "share"
+    )
+    return Path(base) / "faas-supervisor"
+
+
+def load_controller_settings(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> ControllerSettings:
+    """The settings from the `controller` command's flags and the process environment."""
+    if args.max_jobs < 1:
+        raise ConfigError("--max-jobs: must be 1 or more")
+    if not 0 <= args.port < 65536:
+        raise ConfigError(f"--port: {args.port} is not a TCP port")
+    if not 0 < args.reconcile_interval < float("inf"):
+        raise ConfigError("--reconcile-interval: must be a number of seconds above 0")
+    endpoint = args.minio_endpoint or ""
+    access_key = args.minio_access_key or environ.get("MINIO_ACCESS_KEY", "")
+    secret_key = args.minio_secret_key or environ.get("MINIO_SECRET_KEY", "")
+    if endpoint and not (access_key and secret_key):
+        raise ConfigError("--minio-endpoint needs --minio-access-key and --minio-secret-key")
+    if args.events_queue and not endpoint:
+        raise ConfigError("--events-queue needs --minio-endpoint (the queue is on that server)")
+    level = str(environ.get("LOG_LEVEL") or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL: {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    data_dir = args.data_dir or environ.get("FAAS_DATA_DIR") or default_data_dir(environ)
+    return ControllerSettings(
+        data_dir=Path(data_dir).expanduser().resolve(),
+        backend=_backend_settings(args, environ),
+        host=args.host,
+        port=args.port,
+        user=args.user or environ.get("FAAS_USER") or "oscar",
+        password=args.password or environ.get("FAAS_PASSWORD") or None,
+        max_jobs=args.max_jobs,
+        external_url=(args.external_url or "").rstrip("/"),
+        minio_endpoint=endpoint,
+        minio_access_key=access_key,
+        minio_secret_key=secret_key,
+        minio_region=args.minio_region or environ.get("MINIO_REGION") or "us-east-1",
+        events_queue=args.events_queue or "",
+        reconcile_interval=args.reconcile_interval,
+        log_level=level,
+    )
+
+
+def _backend_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> BackendSettings:
+    # Here, not at the top: the manifests' module is slow to import, and the command line
+    # is parsed (this module's names imported) for every command.
+    from faas_supervisor.controller.manifests import DEFAULT_NAMESPACE, DEFAULT_RUNTIME_IMAGE
+
+    runtime_image = args.runtime_image or DEFAULT_RUNTIME_IMAGE
+    if args.backend == LocalSettings.name:
+        return LocalSettings(service_env={
+            k: v for k, v in environ.items()
+            if k not in _NOT_INHERITED and not k.startswith("FAAS_")
+        })
+    if args.backend == DockerSettings.name:
+        return DockerSettings(
+            runtime_image=runtime_image,
+            engine_env={k: environ[k] for k in _DOCKER_ENGINE_VARIABLES if k in environ},
+        )
+    if args.backend == KubernetesSettings.name:
+        kubeconfig = args.kubeconfig or environ.get("KUBECONFIG", "")
+        return KubernetesSettings(
+            namespace=args.namespace or DEFAULT_NAMESPACE,
+            runtime_image=runtime_image,
+            kubeconfig=kubeconfig,
+            in_cluster=not kubeconfig and bool(environ.get("KUBERNETES_SERVICE_HOST")),
+        )
+    raise ConfigError(f"--backend: {args.backend!r} is unknown (one of {', '.join(BACKEND_NAMES)})")

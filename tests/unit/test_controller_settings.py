@@ -1,0 +1,113 @@
+"""The controller's settings: flags and environment read once, into one frozen object."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from faas_supervisor.cli import build_parser
+from faas_supervisor.controller.settings import (
+    ControllerSettings,
+    DockerSettings,
+    KubernetesSettings,
+    LocalSettings,
+    load_controller_settings,
+)
+from faas_supervisor.errors import ConfigError
+
+
+def load(argv: list[str], environ: dict[str, str]) -> ControllerSettings:
+    return load_controller_settings(build_parser().parse_args(["controller", *argv]), environ)
+
+
+def test_flags_win_over_the_environment(tmp_path: Path) -> None:
+    env = {"FAAS_USER": "env-user", "FAAS_PASSWORD": "env-pass",
+           "FAAS_DATA_DIR": str(tmp_path / "env"), "MINIO_REGION": "eu-west-3"}
+    from_env = load([], env)
+    assert (from_env.user, from_env.password) == ("env-user", "env-pass")
+    assert from_env.data_dir == tmp_path / "env"
+    assert from_env.minio_region == "eu-west-3"
+    flagged = load(["--user", "u", "--password", "p", "--data-dir", str(tmp_path / "f")], env)
+    assert (flagged.user, flagged.password, flagged.data_dir) == ("u", "p", tmp_path / "f")
+    assert "env-pass" not in repr(from_env)
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings = load(["--data-dir", str(tmp_path)], {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.port = 1  # type: ignore[misc]
+
+
+def test_default_data_dir_follows_xdg_then_home() -> None:
+    assert load([], {"XDG_DATA_HOME": "/x"}).data_dir == Path("/x/faas-supervisor")
+    assert load([], {"HOME": "/h"}).data_dir == Path("/h/.local/share/faas-supervisor")
+
+
+def test_log_level_is_read_with_the_settings() -> None:
+    assert load([], {"LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    assert load([], {}).log_level == "INFO"
+    with pytest.raises(ConfigError, match=r"^LOG_LEVEL: 'LOUD' is not one of"):
+        load([], {"LOG_LEVEL": "loud"})
+
+
+def test_a_local_service_inherits_the_environment_less_the_controllers_own() -> None:
+    env = {"PATH": "/bin", "LANG": "C", "FAAS_PASSWORD": "s3cret", "FAAS_USER": "u",
+           "FUNCTION_CONFIG": "x", "SCRIPT": "x", "EVENT": "x", "JOB_UUID": "j",
+           "port": "1", "mode": "http", "upstream_port": "2", "healthcheck_interval": "3"}
+    backend = load([], env).backend
+    assert isinstance(backend, LocalSettings)
+    assert backend.service_env == {"PATH": "/bin", "LANG": "C", "healthcheck_interval": "3"}
+    assert "s3cret" not in repr(backend)
+
+
+def test_docker_gets_only_the_engine_variables() -> None:
+    env = {"DOCKER_HOST": "tcp://e:2376", "DOCKER_TLS_VERIFY": "1", "FAAS_PASSWORD": "s",
+           "PATH": "/bin"}
+    backend = load(["--backend", "docker", "--runtime-image", "img:1"], env).backend
+    assert backend == DockerSettings(
+        runtime_image="img:1", engine_env={"DOCKER_HOST": "tcp://e:2376", "DOCKER_TLS_VERIFY": "1"}
+    )
+
+
+def test_kubernetes_connection_flag_then_kubeconfig_then_in_cluster() -> None:
+    def backend(argv: list[str], env: dict[str, str]) -> KubernetesSettings:
+        got = load(["--backend", "kubernetes", *argv], env).backend
+        assert isinstance(got, KubernetesSettings)
+        return got
+
+    in_pod = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBECONFIG": "/env/config"}
+    assert backend(["--kubeconfig", "/flag"], in_pod).kubeconfig == "/flag"
+    assert backend([], in_pod).kubeconfig == "/env/config"
+    assert not backend([], in_pod).in_cluster
+    assert backend([], {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}).in_cluster
+    plain = backend([], {})
+    assert (plain.kubeconfig, plain.in_cluster, plain.namespace) == ("", False, "oscar-svc")
+    assert backend(["--namespace", "team-a"], {}).namespace == "team-a"
+
+
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (["--max-jobs", "0"], "--max-jobs"),
+        (["--port", "70000"], "--port"),
+        (["--reconcile-interval", "0"], "--reconcile-interval"),
+        (["--minio-endpoint", "http://m"], "--minio-endpoint"),
+        (["--events-queue", "q"], "--events-queue"),
+    ],
+)
+def test_bad_settings_name_the_flag(argv: list[str], key: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{key}"):
+        load(argv, {})
+
+
+def test_nothing_below_the_command_reads_the_process_environment() -> None:
+    """The settings are the controller's one reading of its environment (config.py's
+    current_environ, called by the command): no module of it reads os.environ again."""
+    package = Path(__file__).parents[2] / "faas_supervisor" / "controller"
+    readers = [
+        str(path.relative_to(package)) for path in package.rglob("*.py")
+        if "os.environ" in path.read_text() or "getenv" in path.read_text()
+    ]
+    assert readers == []
