@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
+from http import HTTPStatus
 from pathlib import Path
 
 from aiohttp import web
@@ -84,12 +85,12 @@ class Watchdog:
         if self.ready and not self.shutting_down:
             return web.Response(text="OK\n")
         text = "shutting down\n" if self.shutting_down else "starting\n"
-        return web.Response(status=503, text=text)
+        return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, text=text)
 
     async def ready_check(self, _request: web.Request) -> web.Response:
         if self.ready and not self.shutting_down and not self._at_limit():
             return web.Response(text="OK\n")
-        return web.Response(status=503, text="busy\n")
+        return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, text="busy\n")
 
     async def metrics_page(self, _request: web.Request) -> web.Response:
         data, content_type = self.metrics.render()
