@@ -13,13 +13,15 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
+
+from faas_supervisor.errors import StorageError
 
 T = TypeVar("T")
 
@@ -96,6 +98,25 @@ async def retrying(operation: Callable[[], Awaitable[T]]) -> T:
         # Backoff with jitter, so a restarting store is not hit by every client at once.
         await asyncio.sleep(BACKOFF_BASE * 2 ** (attempt - 1) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+@contextlib.asynccontextmanager
+async def upload_failures(
+    what: str,
+    as_error: Callable[[HttpFailure], StorageError],
+    remove_partial: Callable[[], Awaitable[None]],
+) -> AsyncIterator[None]:
+    """An upload's failures as one StorageError: a transfer cut short (a transient failure)
+    may have left part of the object, which goes first; a local file that cannot be read
+    is named. `what` is "<provider>: cannot upload <bucket>/<key>"."""
+    try:
+        yield
+    except HttpFailure as exc:
+        if exc.transient:
+            await remove_partial()
+        raise as_error(exc) from None
+    except OSError as exc:
+        raise StorageError(f"{what}: {exc.strerror}") from None
 
 
 async def save_body(response: aiohttp.ClientResponse, dest: Path) -> None:

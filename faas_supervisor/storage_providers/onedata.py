@@ -106,25 +106,20 @@ class OnedataProvider:
                     await response.read()
                     http.expect(response, ok)
 
-        async with self._session() as session:
-            try:
-                existing = await self._lookup(session, path)
-                if existing is not None:
-                    url = http.join_url(self._api, "data", existing, "content")
-                    await http.retrying(lambda: send(url, (200, 204)))
-                else:
-                    space_dir = await self._space_dir(session)
-                    url = http.join_url(self._api, "data", space_dir, "path", path)
-                    url = url.with_query({"create_parents": "true"})
-                    await http.retrying(lambda: send(url, (200, 201)))
-            except HttpFailure as exc:
-                if exc.transient:
-                    await self._remove_partial(session, path)
-                raise self._error("upload", bucket, key, exc) from None
-            except OSError as exc:
-                raise StorageError(
-                    f"{self.name}: cannot upload {bucket}/{key}: {exc.strerror}"
-                ) from None
+        async with self._session() as session, http.upload_failures(
+            f"{self.name}: cannot upload {bucket}/{key}",
+            lambda exc: self._error("upload", bucket, key, exc),
+            lambda: self._remove_partial(session, path),
+        ):
+            existing = await self._lookup(session, path)
+            if existing is not None:
+                url = http.join_url(self._api, "data", existing, "content")
+                await http.retrying(lambda: send(url, (200, 204)))
+            else:
+                space_dir = await self._space_dir(session)
+                url = http.join_url(self._api, "data", space_dir, "path", path)
+                url = url.with_query({"create_parents": "true"})
+                await http.retrying(lambda: send(url, (200, 201)))
 
     async def _remove_partial(self, session: aiohttp.ClientSession, path: str) -> None:
         """Best effort: a store that failed the upload may fail this too."""

@@ -77,20 +77,15 @@ class WebDavProvider:
             url = http.join_url(self._base, bucket, key)
         except HttpFailure as exc:
             raise self._error("upload", bucket, key, exc) from None
-        async with self._session() as session:
-            try:
+        async with self._session() as session, http.upload_failures(
+            f"{self.name}: cannot upload {bucket}/{key}",
+            lambda exc: self._error("upload", bucket, key, exc),
+            lambda: self._remove_partial(session, url),
+        ):
+            if await http.retrying(put) == 409:
+                await self._make_folders(session, bucket, key)
                 if await http.retrying(put) == 409:
-                    await self._make_folders(session, bucket, key)
-                    if await http.retrying(put) == 409:
-                        raise HttpFailure("the server refuses the folder (HTTP 409)", False, 409)
-            except HttpFailure as exc:
-                if exc.transient:  # the body may have been cut short: remove what is there
-                    await self._remove_partial(session, url)
-                raise self._error("upload", bucket, key, exc) from None
-            except OSError as exc:
-                raise StorageError(
-                    f"{self.name}: cannot upload {bucket}/{key}: {exc.strerror}"
-                ) from None
+                    raise HttpFailure("the server refuses the folder (HTTP 409)", False, 409)
 
     @staticmethod
     async def _remove_partial(session: aiohttp.ClientSession, url: URL) -> None:
