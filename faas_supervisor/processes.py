@@ -391,10 +391,15 @@ def _stat(pid: int) -> tuple[int, str, int] | None:
 
 
 def _adopted() -> list[int]:
-    """Children of ours not spawned here: a read of every /proc/PID/stat (the kernel
-    lists a process's children only with CONFIG_PROC_CHILDREN), so it may run in a
-    worker thread; what it finds is checked again before anything is done to it."""
+    """Children of ours not spawned here; what it finds is checked again before anything
+    is done to it. With CONFIG_PROC_CHILDREN the kernel lists each thread's children
+    (`/proc/PID/task/TID/children`): a few reads, whatever the machine runs. Without it,
+    every /proc/PID/stat is read (milliseconds with a few hundred processes), which is
+    why callers may run this in a worker thread."""
     me = os.getpid()
+    listed = _listed_children(me)
+    if listed is not None:
+        return [pid for pid in listed if pid not in _spawned]
     found = []
     for pid in _pids():
         if pid in _spawned:
@@ -402,6 +407,25 @@ def _adopted() -> list[int]:
         stat = _stat(pid)
         if stat is not None and stat[0] == me:
             found.append(pid)
+    return found
+
+
+def _listed_children(me: int) -> list[int] | None:
+    """The children the kernel lists for our threads; None where it lists none. A child
+    forked, or handed from an ending thread to another, right now may be missed: the next
+    sweep sees it."""
+    try:
+        tids = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return None
+    found: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children") as file:
+                found.extend(int(pid) for pid in file.read().split())
+        except FileNotFoundError:
+            if os.path.isdir(f"/proc/{me}/task/{tid}"):
+                return None  # the thread is there, its file is not: no CONFIG_PROC_CHILDREN
     return found
 
 

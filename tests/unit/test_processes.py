@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -199,3 +200,29 @@ def test_a_forced_exit_gives_children_being_stopped_the_force_signal(tmp_path: P
     first, second, seconds = asyncio.run(main())
     assert (first, second) == (7, 7)
     assert seconds < 30  # not the grace period
+
+
+def test_adopted_orphans_are_found_with_and_without_the_kernels_children_lists() -> None:
+    """`_adopted` reads the kernel's lists of our children where it has them, and every
+    /proc/PID/stat where not: both find the same orphan. In a child interpreter, so that
+    this test run does not become a subreaper itself."""
+    program = """
+import os, subprocess, sys, time
+from faas_supervisor import processes
+assert processes.become_subreaper()
+subprocess.run(["sh", "-c", "sleep 60 &"], check=True)  # the sleep is orphaned to us
+deadline = time.monotonic() + 10
+while not processes._adopted() and time.monotonic() < deadline:
+    time.sleep(0.01)  # re-parenting has no event to await
+listed = processes._adopted()
+processes._listed_children = lambda me: None  # as on a kernel without CONFIG_PROC_CHILDREN
+scanned = processes._adopted()
+for pid in listed:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+print(listed, scanned)
+sys.exit(0 if listed and listed == scanned else 1)
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
