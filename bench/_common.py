@@ -217,3 +217,48 @@ def baseline_python() -> Path:
     subprocess.run([*pip, *BASELINE_DEPS], check=True)
     subprocess.run(probe, check=True)
     return python
+
+
+# ---- installations: this tree, or a reference revision, as a user's `pip install` -------
+
+
+def installation(rev: str | None = None) -> Path:
+    """The `faas-supervisor` executable of a runtime-only installation, made in bench/.work.
+
+    `rev` None: this working tree, reinstalled on every call (cheap: no dependencies).
+    Else a git revision of this repository (`main`, `555bb1a`...), or the path of another
+    installation's `faas-supervisor` executable, returned as it is. A revision is
+    exported with `git archive` and installed once per commit, so that `--against REF`
+    compares two installations made the same way, in the same run.
+
+    The venvs hold the runtime's requirements and the controller's extras only: the test
+    tools of the development venv (rich, pulled in by schemathesis, is imported by
+    structlog when present) would otherwise add their import time to every start.
+    """
+    WORK_DIR.mkdir(exist_ok=True)
+    repo = BENCH_DIR.parent
+    if rev is not None and Path(rev).is_file():
+        return Path(rev).resolve()
+    if rev is None:
+        venv, source, refresh = WORK_DIR / "installed", repo, True
+    else:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", rev + "^{commit}"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+        venv, refresh = WORK_DIR / f"ref-{sha[:12]}", False
+        source = WORK_DIR / f"ref-{sha[:12]}-src"
+        if not (venv / "bin" / "faas-supervisor").exists():
+            shutil.rmtree(source, ignore_errors=True)
+            source.mkdir(parents=True)
+            archive = subprocess.run(["git", "-C", str(repo), "archive", sha],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    executable = venv / "bin" / "faas-supervisor"
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+    if not executable.exists():
+        print(f"installing {rev or 'this tree'} in {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([*pip, f"{source}[controller]"], check=True)
+    elif refresh:
+        subprocess.run([*pip, "--no-deps", "--force-reinstall", str(source)], check=True,
+                       stdout=subprocess.DEVNULL)
+    return executable
