@@ -2,8 +2,9 @@
 
 Used by the watchdog (request bodies in, responses out) and by the client (`service run`).
 pybase64 does the work: its SIMD codec decodes about four times and encodes about twice
-as fast as `binascii` here (bench/RESULTS.md, payload), which is what a 256 MiB payload
-round trip spends most of its CPU on.
+as fast as `binascii` here. With blanks stripped only from text that has some (see
+Base64Decoder), the codec is a small part of a payload's round trip through the
+watchdog: the kernel's copies are most of it (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
