@@ -1031,15 +1031,21 @@ def test_port_in_use_exits_with_one_line(tmp_path: Path) -> None:
     assert str(port) in result.stderr
 
 
-# ---- streaming: a 256 MiB round trip in bounded memory --------------------------------------
+# ---- streaming: a 128 MiB round trip in flat memory -------------------------------------
 
 
 @pytest.mark.timeout(300)
-def test_256_mib_round_trip_in_bounded_memory(watchdog: WatchdogFactory) -> None:
-    size = 256 << 20
+def test_128_mib_round_trip_in_flat_memory(watchdog: WatchdogFactory) -> None:
+    """A body four times the bound in and out (base64 both ways): the watchdog's peak RSS
+    grows by less than 16 MiB over what a small invocation leaves, and stays under the
+    64 MiB of issue 10 (bench/payload.py measures the same at 1 GiB)."""
+    size = 128 << 20
     piece = 3 << 20  # a multiple of 3: base64 of each piece concatenates cleanly
-    wd = watchdog('#!/bin/sh\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/result.bin"\n',
-                  env={"max_body_size": "1Gi"})
+    wd = watchdog('#!/bin/sh\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/result.bin"\n')
+    # A small invocation first: whatever is imported or allocated once is not growth.
+    small = requests.post(wd.url, data=base64.b64encode(b"warm-up"), timeout=30)
+    assert b64decode(small.content) == b"warm-up"
+    before = vm_hwm_kib(wd.process.pid)
     sent_hash = hashlib.sha256()
     seed = os.urandom(piece)
 
@@ -1066,8 +1072,9 @@ def test_256_mib_round_trip_in_bounded_memory(watchdog: WatchdogFactory) -> None
     assert received == size
     assert received_hash.hexdigest() == sent_hash.hexdigest()
     peak = vm_hwm_kib(wd.process.pid)
-    print(f"watchdog peak RSS (VmHWM): {peak / 1024:.1f} MiB")
-    assert peak < 100 * 1024, f"peak RSS {peak / 1024:.1f} MiB"
+    print(f"watchdog peak RSS (VmHWM): {before / 1024:.1f} MiB before, {peak / 1024:.1f} after")
+    assert peak - before < 16 * 1024, f"peak RSS grew by {(peak - before) / 1024:.1f} MiB"
+    assert peak < 64 * 1024, f"peak RSS {peak / 1024:.1f} MiB"
     no_folders_left(wd)
     assert wd.stop() == 0
 
