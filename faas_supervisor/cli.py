@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import shutil
 import signal
 import sys
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
 
 from faas_supervisor import __version__
-from faas_supervisor.client import add_service_parser
 from faas_supervisor.config import (
     FunctionConfig,
     RunSettings,
@@ -32,8 +32,6 @@ from faas_supervisor.config import (
     resolve_script,
     script_environment,
 )
-from faas_supervisor.controller.command import add_controller_parser
-from faas_supervisor.controller.manifests_command import add_manifests_parser
 from faas_supervisor.errors import ConfigError, FaasError, writing
 
 if TYPE_CHECKING:
@@ -52,12 +50,51 @@ WATCHDOG_FLAGS = (
 )
 
 
+# The commands implemented elsewhere: (name, help, description, "module:function" that
+# declares the command's arguments). The module is imported only when its command is
+# chosen, so that `run` in a job's container does not import the controller or the client.
+OTHER_COMMANDS = (
+    ("service", "a client of the controller",
+     "Manage and invoke the services of a controller (or an OSCAR manager).",
+     "faas_supervisor.client:declare_arguments"),
+    ("controller", "the controller's API server (OSCAR manager compatible)", None,
+     "faas_supervisor.controller.command:declare_arguments"),
+    ("manifests", "print the Kubernetes objects of an FDL file",
+     "Print the Kubernetes objects of the services of an FDL file as YAML, "
+     "for `kubectl apply -f -`.",
+     "faas_supervisor.controller.manifests_command:declare_arguments"),
+)
+
+
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands whose arguments are declared when argparse picks one of them.
+
+    `faas-supervisor --help` lists every command from its help text alone; the chosen
+    command's own parser is completed (its module imported) just before it parses the
+    rest of the command line, so its `--help` and its errors are as if built up front.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.declarers: dict[str, str] = {}
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        name = values[0]
+        if name in self.declarers:
+            module, _, function = self.declarers.pop(name).partition(":")
+            getattr(importlib.import_module(module), function)(self._name_parser_map[name])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faas-supervisor", description="An in-container runtime for serverless functions."
     )
     parser.add_argument("--version", action="version", version=f"faas-supervisor {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     action=_Commands)
+    assert isinstance(commands, _Commands)
 
     watchdog = commands.add_parser("watchdog", help="serve invocations over HTTP")
     watchdog.add_argument("--port", type=int, help="TCP port (default 8080, or $port)")
@@ -78,11 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     _function_flags(run)
     run.set_defaults(handler=cmd_run)
 
-    add_service_parser(commands)
-
-    add_controller_parser(commands)
-
-    add_manifests_parser(commands)
+    for name, text, description, declarer in OTHER_COMMANDS:
+        commands.add_parser(name, help=text, description=description)
+        commands.declarers[name] = declarer
     return parser
 
 
