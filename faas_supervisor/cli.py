@@ -51,19 +51,39 @@ WATCHDOG_FLAGS = (
 )
 
 
-# The commands implemented elsewhere: (name, help, description, "module:function" that
-# declares the command's arguments). The module is imported only when its command is
-# chosen, so that `run` in a job's container does not import the controller or the client.
-OTHER_COMMANDS = (
+def _service_arguments(parser: argparse.ArgumentParser) -> None:
+    from faas_supervisor.client import declare_arguments
+
+    declare_arguments(parser)
+
+
+def _controller_arguments(parser: argparse.ArgumentParser) -> None:
+    from faas_supervisor.controller.command import declare_arguments
+
+    declare_arguments(parser)
+
+
+def _manifests_arguments(parser: argparse.ArgumentParser) -> None:
+    from faas_supervisor.controller.manifests_command import declare_arguments
+
+    declare_arguments(parser)
+
+
+# The commands implemented elsewhere: (name, help, description, the function that declares
+# the command's arguments). Their modules are imported only when their command is chosen,
+# so that `run` in a job's container does not import the controller or the client. (The
+# imports are statements, not names in strings, so that the bundle's analysis finds them.)
+OTHER_COMMANDS: tuple[tuple[str, str, str | None, Callable[[argparse.ArgumentParser], None]],
+                      ...] = (
     ("service", "a client of the controller",
      "Manage and invoke the services of a controller (or an OSCAR manager).",
-     "faas_supervisor.client:declare_arguments"),
+     _service_arguments),
     ("controller", "the controller's API server (OSCAR manager compatible)", None,
-     "faas_supervisor.controller.command:declare_arguments"),
+     _controller_arguments),
     ("manifests", "print the Kubernetes objects of an FDL file",
      "Print the Kubernetes objects of the services of an FDL file as YAML, "
      "for `kubectl apply -f -`.",
-     "faas_supervisor.controller.manifests_command:declare_arguments"),
+     _manifests_arguments),
 )
 
 
@@ -77,14 +97,13 @@ class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.declarers: dict[str, str] = {}
+        self.declarers: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         name = values[0]
         if name in self.declarers:
-            module, _, function = self.declarers.pop(name).partition(":")
-            getattr(importlib.import_module(module), function)(self._name_parser_map[name])
+            self.declarers.pop(name)(self._name_parser_map[name])
         super().__call__(parser, namespace, values, option_string)
 
 
