@@ -15,7 +15,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -209,23 +208,12 @@ class Startup(Generic[_Settings]):
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
-    # aiohttp makes its two TLS client contexts when imported, loading the system's CA
-    # bundle: tens of ms that OpenSSL spends without the GIL. Import it in a thread while
-    # this one reads the config and builds the runtime; the server's import waits for it.
-    # (The two share no module but json, which has no import cycle to deadlock on.)
-    preload = threading.Thread(target=_import_quietly, args=("aiohttp.web",), daemon=True)
-    preload.start()
     from faas_supervisor.processes import captured_signals
+    from faas_supervisor.watchdog.server import Watchdog
 
     names = ["port", "suppress_lock", "write_debug"] + [n for n, _ in WATCHDOG_FLAGS]
     flags = {name: getattr(args, name) for name in names}
     startup = Startup(args, lambda environ, config: load_watchdog_settings(environ, flags, config))
-    try:
-        preload.join()
-        from faas_supervisor.watchdog.server import Watchdog
-    except BaseException:
-        startup.close()
-        raise
 
     async def serve() -> int:
         with captured_signals() as stop:
@@ -235,12 +223,6 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
         return asyncio.run(serve())
     finally:
         startup.close()
-
-
-def _import_quietly(name: str) -> None:
-    """Import a module ahead of need; a failure is left for the real import to raise."""
-    with contextlib.suppress(BaseException):
-        importlib.import_module(name)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
