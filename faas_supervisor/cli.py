@@ -2,19 +2,18 @@
 
 Start-up reads the environment and the config once (config.py) and hands frozen objects
 down; a bad config or script stops here with exit status 2 and one line, before any
-request is served.
+request is served. Each command imports what it uses when it runs (asyncio included), so
+that `--version`, `--help` and `manifests` pay for none of it (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import shutil
 import signal
 import sys
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
@@ -207,6 +206,8 @@ class Startup(Generic[_Settings]):
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
+    import asyncio
+
     from faas_supervisor.processes import captured_signals
     from faas_supervisor.watchdog.server import Watchdog
 
@@ -225,6 +226,8 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from faas_supervisor.processes import Orphans
 
     # A subreaper: whatever the script started and left (`setsid cmd &`) comes back to
@@ -247,6 +250,8 @@ async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
     A second signal changes nothing: there is no drain to skip, the first stopped the
     script at once.
     """
+    import asyncio
+
     from faas_supervisor.processes import captured_signals
 
     with captured_signals() as stop:
@@ -267,6 +272,8 @@ async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
 
 async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> int:
     """SPEC 5: the event in, the response body on stdout, logs on stderr."""
+    import uuid
+
     from faas_supervisor.invocation import Invocation
     from faas_supervisor.responses import failure_body, success_body
 
@@ -310,6 +317,8 @@ def _write_stderr(data: bytes) -> None:
 
 
 async def _event_chunks(event_file: str | None, environ: Mapping[str, str]) -> AsyncIterator[bytes]:
+    import asyncio
+
     if event_file:
         try:
             source: BinaryIO = open(event_file, "rb")  # noqa: SIM115 - closed below
