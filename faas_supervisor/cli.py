@@ -32,6 +32,7 @@ from faas_supervisor.config import (
     script_environment,
 )
 from faas_supervisor.errors import ConfigError, FaasError, writing
+from faas_supervisor.gc_pause import collection_paused
 
 if TYPE_CHECKING:
     from faas_supervisor.processes import Orphans
@@ -207,14 +208,17 @@ class Startup(Generic[_Settings]):
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
-    import asyncio
+    with collection_paused():  # start-up: imports and the runtime, all long-lived
+        import asyncio
 
-    from faas_supervisor.processes import captured_signals
-    from faas_supervisor.watchdog.server import Watchdog
+        from faas_supervisor.processes import captured_signals
+        from faas_supervisor.watchdog.server import Watchdog
 
-    names = ["port", "suppress_lock", "write_debug"] + [n for n, _ in WATCHDOG_FLAGS]
-    flags = {name: getattr(args, name) for name in names}
-    startup = Startup(args, lambda environ, config: load_watchdog_settings(environ, flags, config))
+        names = ["port", "suppress_lock", "write_debug"] + [n for n, _ in WATCHDOG_FLAGS]
+        flags = {name: getattr(args, name) for name in names}
+        startup = Startup(
+            args, lambda environ, config: load_watchdog_settings(environ, flags, config)
+        )
 
     async def serve() -> int:
         with captured_signals() as stop:
@@ -227,14 +231,15 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
+    with collection_paused():  # start-up: imports and the runtime, all long-lived
+        import asyncio
 
-    from faas_supervisor.processes import Orphans
+        from faas_supervisor.processes import Orphans
 
-    # A subreaper: whatever the script started and left (`setsid cmd &`) comes back to
-    # us instead of PID 1, and is killed when the script ends (invocation.py).
-    orphans = Orphans()
-    startup = Startup(args, load_run_settings, orphans)
+        # A subreaper: whatever the script started and left (`setsid cmd &`) comes back
+        # to us instead of PID 1, and is killed when the script ends (invocation.py).
+        orphans = Orphans()
+        startup = Startup(args, load_run_settings, orphans)
     try:
         return asyncio.run(_until_signalled(_run_once(args, startup)))
     finally:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error
+from faas_supervisor.gc_pause import collection_paused
 
 if TYPE_CHECKING:
     from s3transfer.futures import TransferFuture
@@ -64,7 +65,8 @@ class S3Provider:
         """The boto3 client and its transfer manager, made by the first caller only."""
         with self._lock:
             if self._built is None:
-                self._built = self._make()
+                with collection_paused():  # botocore's models: long-lived, no garbage
+                    self._built = self._make()
             return self._built
 
     @property
