@@ -131,3 +131,20 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
     assert result.stdout == b"ok\n", result.stderr.decode()
+
+
+async def test_an_s3_client_that_cannot_be_built_fails_its_transfer(tmp_path: Path) -> None:
+    """Built on first use, a client botocore refuses (a bad endpoint) is that transfer's
+    StorageError naming the provider, as any store failure is, not an error at start-up."""
+    from faas_supervisor.config import ProviderConfig, Secret
+    from faas_supervisor.errors import StorageError
+    from faas_supervisor.storage_providers.s3 import S3Provider
+
+    provider = S3Provider(ProviderConfig("minio", "bad", {
+        "endpoint": "http://", "access_key": Secret("AKBADENDPOINT"),
+        "secret_key": Secret("SKBADENDPOINT")}))
+    with pytest.raises(StorageError) as caught:
+        await provider.download("bucket", "key", tmp_path / "out")
+    assert caught.value.message.startswith("minio.bad: cannot download bucket/key")
+    assert "SKBADENDPOINT" not in caught.value.message
+    assert not (tmp_path / "out").exists()
