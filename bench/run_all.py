@@ -16,8 +16,8 @@ from pathlib import Path
 # container.py is left out: it needs a Docker engine and the test suite's images
 # (`python bench/container.py` runs it alone). bundle.py needs `make dist` first, which
 # `make bench` does.
-BENCHMARKS = ("latency.py", "throughput.py", "payload.py", "coldstart.py", "controller.py",
-              "storage.py", "bundle.py", "soak.py")
+BENCHMARKS = ("latency.py", "throughput.py", "payload.py", "coldstart.py", "job.py",
+              "controller.py", "storage.py", "bundle.py", "soak.py")
 
 
 def main() -> int:

@@ -2,25 +2,24 @@
 
 Start-up reads the environment and the config once (config.py) and hands frozen objects
 down; a bad config or script stops here with exit status 2 and one line, before any
-request is served.
+request is served. Each command imports what it uses when it runs (asyncio included), so
+that `--version`, `--help` and `manifests` pay for none of it (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import gc
 import shutil
 import signal
 import sys
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
 
 from faas_supervisor import __version__
-from faas_supervisor.client import add_service_parser
 from faas_supervisor.config import (
     FunctionConfig,
     RunSettings,
@@ -32,9 +31,8 @@ from faas_supervisor.config import (
     resolve_script,
     script_environment,
 )
-from faas_supervisor.controller.command import add_controller_parser
-from faas_supervisor.controller.manifests_command import add_manifests_parser
 from faas_supervisor.errors import ConfigError, FaasError, writing
+from faas_supervisor.gc_pause import collection_paused
 
 if TYPE_CHECKING:
     from faas_supervisor.processes import Orphans
@@ -52,12 +50,70 @@ WATCHDOG_FLAGS = (
 )
 
 
+def _service_arguments(parser: argparse.ArgumentParser) -> None:
+    from faas_supervisor.client import declare_arguments
+
+    declare_arguments(parser)
+
+
+def _controller_arguments(parser: argparse.ArgumentParser) -> None:
+    from faas_supervisor.controller.command import declare_arguments
+
+    declare_arguments(parser)
+
+
+def _manifests_arguments(parser: argparse.ArgumentParser) -> None:
+    from faas_supervisor.controller.manifests_command import declare_arguments
+
+    declare_arguments(parser)
+
+
+# The commands implemented elsewhere: (name, help, description, the function that declares
+# the command's arguments). Their modules are imported only when their command is chosen,
+# so that `run` in a job's container does not import the controller or the client. (The
+# imports are statements, not names in strings, so that the bundle's analysis finds them.)
+OTHER_COMMANDS: tuple[tuple[str, str, str | None, Callable[[argparse.ArgumentParser], None]],
+                      ...] = (
+    ("service", "a client of the controller",
+     "Manage and invoke the services of a controller (or an OSCAR manager).",
+     _service_arguments),
+    ("controller", "the controller's API server (OSCAR manager compatible)", None,
+     _controller_arguments),
+    ("manifests", "print the Kubernetes objects of an FDL file",
+     "Print the Kubernetes objects of the services of an FDL file as YAML, "
+     "for `kubectl apply -f -`.",
+     _manifests_arguments),
+)
+
+
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands whose arguments are declared when argparse picks one of them.
+
+    `faas-supervisor --help` lists every command from its help text alone; the chosen
+    command's own parser is completed (its module imported) just before it parses the
+    rest of the command line, so its `--help` and its errors are as if built up front.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.declarers: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        name = values[0]
+        if name in self.declarers:
+            self.declarers.pop(name)(self._name_parser_map[name])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faas-supervisor", description="An in-container runtime for serverless functions."
     )
     parser.add_argument("--version", action="version", version=f"faas-supervisor {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     action=_Commands)
+    assert isinstance(commands, _Commands)
 
     watchdog = commands.add_parser("watchdog", help="serve invocations over HTTP")
     watchdog.add_argument("--port", type=int, help="TCP port (default 8080, or $port)")
@@ -78,11 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     _function_flags(run)
     run.set_defaults(handler=cmd_run)
 
-    add_service_parser(commands)
-
-    add_controller_parser(commands)
-
-    add_manifests_parser(commands)
+    for name, text, description, declarer in OTHER_COMMANDS:
+        commands.add_parser(name, help=text, description=description)
+        commands.declarers[name] = declarer
     return parser
 
 
@@ -154,12 +208,17 @@ class Startup(Generic[_Settings]):
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
-    from faas_supervisor.processes import captured_signals
-    from faas_supervisor.watchdog.server import Watchdog
+    with collection_paused():  # start-up: imports and the runtime, all long-lived
+        import asyncio
 
-    names = ["port", "suppress_lock", "write_debug"] + [n for n, _ in WATCHDOG_FLAGS]
-    flags = {name: getattr(args, name) for name in names}
-    startup = Startup(args, lambda environ, config: load_watchdog_settings(environ, flags, config))
+        from faas_supervisor.processes import captured_signals
+        from faas_supervisor.watchdog.server import Watchdog
+
+        names = ["port", "suppress_lock", "write_debug"] + [n for n, _ in WATCHDOG_FLAGS]
+        flags = {name: getattr(args, name) for name in names}
+        startup = Startup(
+            args, lambda environ, config: load_watchdog_settings(environ, flags, config)
+        )
 
     async def serve() -> int:
         with captured_signals() as stop:
@@ -172,17 +231,25 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from faas_supervisor.processes import Orphans
+    with collection_paused():  # start-up: imports and the runtime, all long-lived
+        import asyncio
 
-    # A subreaper: whatever the script started and left (`setsid cmd &`) comes back to
-    # us instead of PID 1, and is killed when the script ends (invocation.py).
-    orphans = Orphans()
-    startup = Startup(args, load_run_settings, orphans)
+        from faas_supervisor.processes import Orphans
+
+        # A subreaper: whatever the script started and left (`setsid cmd &`) comes back
+        # to us instead of PID 1, and is killed when the script ends (invocation.py).
+        orphans = Orphans()
+        startup = Startup(args, load_run_settings, orphans)
     try:
         return asyncio.run(_until_signalled(_run_once(args, startup)))
     finally:
         orphans.kill_all_now()  # and any left since (stage-out is over): all are its own
         startup.close()
+        # The invocation is over and so is the process (`run` is one per process): the
+        # interpreter's exit would now walk every object it made, boto3's models above
+        # all, looking for cycles that the process's end frees anyway (20-100 ms).
+        # Frozen objects are left out of that walk; what is made from here on is not.
+        gc.freeze()
 
 
 async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
@@ -194,6 +261,8 @@ async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
     A second signal changes nothing: there is no drain to skip, the first stopped the
     script at once.
     """
+    import asyncio
+
     from faas_supervisor.processes import captured_signals
 
     with captured_signals() as stop:
@@ -214,6 +283,8 @@ async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
 
 async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> int:
     """SPEC 5: the event in, the response body on stdout, logs on stderr."""
+    import uuid
+
     from faas_supervisor.invocation import Invocation
     from faas_supervisor.responses import failure_body, success_body
 
@@ -257,6 +328,8 @@ def _write_stderr(data: bytes) -> None:
 
 
 async def _event_chunks(event_file: str | None, environ: Mapping[str, str]) -> AsyncIterator[bytes]:
+    import asyncio
+
     if event_file:
         try:
             source: BinaryIO = open(event_file, "rb")  # noqa: SIM115 - closed below

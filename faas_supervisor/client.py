@@ -3,8 +3,8 @@
 Each subcommand is one coroutine over `ControllerClient`. Results go to stdout, one
 error line to stderr: exit status 1 when the controller (or the network) said no, 2 for
 bad usage or a bad local file, which argparse and `ConfigError` already mean elsewhere
-in this program. aiohttp is imported only when a subcommand runs, so that building the
-parser (every `faas-supervisor` start, `run` in a job container included) stays cheap.
+in this program. cli.py imports this module only when the `service` command is chosen,
+and aiohttp only when a subcommand runs.
 """
 
 from __future__ import annotations
@@ -46,11 +46,8 @@ RAW_TYPES = ("application/octet-stream", "application/zip")
 Command = Callable[["ControllerClient", argparse.Namespace], Awaitable[int]]
 
 
-def add_service_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The `service` command and its subcommands, under the program's subparsers."""
-    service = commands.add_parser(
-        "service", help="a client of the controller",
-        description="Manage and invoke the services of a controller (or an OSCAR manager).")
+def declare_arguments(service: argparse.ArgumentParser) -> None:
+    """The `service` command's subcommands and flags (cli.py declares the command)."""
     subs = service.add_subparsers(dest="service_command", required=True, metavar="SUBCOMMAND")
     # The connection flags go on each subcommand so they may follow it, as users type them.
     conn = argparse.ArgumentParser(add_help=False)

@@ -19,8 +19,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from faas_supervisor.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/oscar/config/function_config.yaml")
@@ -268,6 +266,8 @@ def read_config_yaml(config_path: str | None, environ: Mapping[str, str]) -> dic
         text, source = DEFAULT_CONFIG_PATH.read_text(), str(DEFAULT_CONFIG_PATH)
     else:
         return {}
+    import yaml  # here, not above: a start with no config file need not pay for it
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

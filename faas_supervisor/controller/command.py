@@ -6,16 +6,14 @@ Flags win over the environment (`FAAS_USER`, `FAAS_PASSWORD`, `FAAS_DATA_DIR`).
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from faas_supervisor.config import current_environ
 from faas_supervisor.controller.settings import BACKEND_NAMES, load_controller_settings
 
 
-def add_controller_parser(commands: Any) -> None:
-    sub: argparse.ArgumentParser = commands.add_parser(
-        "controller", help="the controller's API server (OSCAR manager compatible)"
-    )
+def declare_arguments(sub: argparse.ArgumentParser) -> None:
+    """The `controller` command's flags (cli.py declares the command, and imports this
+    module only when it is chosen)."""
     sub.add_argument(
         "--backend",
         default="local",

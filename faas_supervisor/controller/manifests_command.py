@@ -11,15 +11,11 @@ from typing import Any
 from faas_supervisor.config import current_environ
 
 
-def add_manifests_parser(commands: Any) -> None:
+def declare_arguments(sub: argparse.ArgumentParser) -> None:
+    """The `manifests` command's flags (cli.py declares the command, and imports this
+    module only when it is chosen)."""
     from faas_supervisor.controller.manifests import DEFAULT_NAMESPACE, DEFAULT_RUNTIME_IMAGE
 
-    sub: argparse.ArgumentParser = commands.add_parser(
-        "manifests",
-        help="print the Kubernetes objects of an FDL file",
-        description="Print the Kubernetes objects of the services of an FDL file as YAML, "
-        "for `kubectl apply -f -`.",
-    )
     # `-f FILE` as kubectl and oscar-cli write it; a bare FILE works too.
     sub.add_argument("-f", "--file", help="the FDL file")
     sub.add_argument("fdl", nargs="?", metavar="FILE", help="the FDL file (same as -f)")

@@ -6,22 +6,28 @@ work (multipart both ways, streamed between disk and network), so its size bound
 provider's concurrency and the event loop only waits on a future. Failed multipart uploads
 are aborted by s3transfer itself; downloads land in a temporary file renamed at the end.
 
-boto3 is imported inside the constructor, not at module level: importing it costs a few
-hundred milliseconds and a function without an S3 provider should not pay for it.
+The client and the manager are built on first use, once (`_build`), not at construction:
+importing boto3 and building an S3 client costs a few hundred milliseconds and tens of
+MiB, which a watchdog start, or a job whose event needs no S3 transfer, should not pay.
+The first transfer builds them in a worker thread, so the event loop keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error
+from faas_supervisor.gc_pause import collection_paused
 
 if TYPE_CHECKING:
     from s3transfer.futures import TransferFuture
+    from s3transfer.manager import TransferManager
 
 MiB = 1 << 20
 
@@ -43,66 +49,41 @@ class S3Provider:
         connect_timeout: float = 5.0,
         read_timeout: float = 20.0,
     ) -> None:
-        import boto3.session
-        from botocore.config import Config
-        from s3transfer.manager import TransferConfig, TransferManager
-
         self.name = config.name
         self._secrets = tuple(
             s for s in (config.get("access_key"), config.get("secret_key")) if len(s) >= 4
         )
-        endpoint = config.get("endpoint") or None
-        if endpoint and "://" not in endpoint:
-            # OSCAR configs sometimes give `minio:9000`; its MinIO speaks HTTP by default.
-            endpoint = f"http://{endpoint}"
-        s3_options: dict[str, Any] = {}
-        if config.type == "minio":
-            # MinIO and Ceph are reached by one host name: buckets cannot be subdomains.
-            s3_options["addressing_style"] = "path"
-        client_config = Config(
-            retries=RETRIES,
-            connect_timeout=connect_timeout,  # a dead store fails in bounded time
-            read_timeout=read_timeout,
-            max_pool_connections=max_concurrency + 2,  # the manager's threads never wait
-            s3=s3_options,
+        self._make = functools.partial(
+            _make_client, config, multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize, max_concurrency=max_concurrency,
+            connect_timeout=connect_timeout, read_timeout=read_timeout,
         )
-        session = boto3.session.Session()
-        self._client = session.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=config.get("region") or "us-east-1",
-            aws_access_key_id=config.get("access_key"),
-            aws_secret_access_key=config.get("secret_key"),
-            verify=config.flag("verify", True),
-            config=client_config,
-        )
-        transfer_config = TransferConfig(
-            multipart_threshold=multipart_threshold,
-            multipart_chunksize=multipart_chunksize,
-            max_request_concurrency=max_concurrency,
-            # Streaming reads of a download are retried by s3transfer, not botocore: bound
-            # them like the rest.
-            num_download_attempts=3,
-            # Downloaded chunks waiting for the disk: 128 x 256 KiB at most in memory.
-            max_io_queue_size=128,
-        )
-        self._manager = TransferManager(self._client, transfer_config)
+        self._lock = threading.Lock()
+        self._built: tuple[Any, TransferManager] | None = None
+
+    def _build(self) -> tuple[Any, TransferManager]:
+        """The boto3 client and its transfer manager, made by the first caller only."""
+        with self._lock:
+            if self._built is None:
+                with collection_paused():  # botocore's models: long-lived, no garbage
+                    self._built = self._make()
+            return self._built
 
     @property
     def client(self) -> Any:
         """The boto3 client (for the controller's bucket API and for tests)."""
-        return self._client
+        return self._build()[0]
 
     async def download(self, bucket: str, key: str, dest: Path) -> None:
         # s3transfer writes to a temporary name beside `dest` and renames it when whole.
         await self._transfer(
-            "download", bucket, key, lambda subs: self._manager.download(
+            "download", bucket, key, lambda manager, subs: manager.download(
                 bucket, key, str(dest), subscribers=subs)
         )
 
     async def upload(self, src: Path, bucket: str, key: str) -> None:
         await self._transfer(
-            "upload", bucket, key, lambda subs: self._manager.upload(
+            "upload", bucket, key, lambda manager, subs: manager.upload(
                 str(src), bucket, key, subscribers=subs)
         )
 
@@ -111,8 +92,11 @@ class S3Provider:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         try:
-            future: TransferFuture = submit([_DoneSubscriber(loop, done)])
-        except Exception as exc:  # bad arguments are refused at submission
+            built = self._built
+            if built is None:  # the first transfer: build off the event loop
+                built = await asyncio.to_thread(self._build)
+            future: TransferFuture = submit(built[1], [_DoneSubscriber(loop, done)])
+        except Exception as exc:  # no client (a bad endpoint), or arguments refused
             raise self._error(verb, bucket, key, exc) from None
         try:
             await done
@@ -157,8 +141,61 @@ class S3Provider:
 
     def close(self) -> None:
         """Stop the manager's threads (the watchdog's shutdown; tests)."""
-        with contextlib.suppress(Exception):
-            self._manager.shutdown(cancel=True)
+        if self._built is not None:
+            with contextlib.suppress(Exception):
+                self._built[1].shutdown(cancel=True)
+
+
+def _make_client(
+    config: ProviderConfig,
+    *,
+    multipart_threshold: int,
+    multipart_chunksize: int,
+    max_concurrency: int,
+    connect_timeout: float,
+    read_timeout: float,
+) -> tuple[Any, TransferManager]:
+    """A boto3 S3 client for the provider, and the s3transfer manager over it."""
+    import boto3.session
+    from botocore.config import Config
+    from s3transfer.manager import TransferConfig, TransferManager
+
+    endpoint = config.get("endpoint") or None
+    if endpoint and "://" not in endpoint:
+        # OSCAR configs sometimes give `minio:9000`; its MinIO speaks HTTP by default.
+        endpoint = f"http://{endpoint}"
+    s3_options: dict[str, Any] = {}
+    if config.type == "minio":
+        # MinIO and Ceph are reached by one host name: buckets cannot be subdomains.
+        s3_options["addressing_style"] = "path"
+    client_config = Config(
+        retries=RETRIES,
+        connect_timeout=connect_timeout,  # a dead store fails in bounded time
+        read_timeout=read_timeout,
+        max_pool_connections=max_concurrency + 2,  # the manager's threads never wait
+        s3=s3_options,
+    )
+    session = boto3.session.Session()
+    client = session.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=config.get("region") or "us-east-1",
+        aws_access_key_id=config.get("access_key"),
+        aws_secret_access_key=config.get("secret_key"),
+        verify=config.flag("verify", True),
+        config=client_config,
+    )
+    transfer_config = TransferConfig(
+        multipart_threshold=multipart_threshold,
+        multipart_chunksize=multipart_chunksize,
+        max_request_concurrency=max_concurrency,
+        # Streaming reads of a download are retried by s3transfer, not botocore: bound
+        # them like the rest.
+        num_download_attempts=3,
+        # Downloaded chunks waiting for the disk: 128 x 256 KiB at most in memory.
+        max_io_queue_size=128,
+    )
+    return client, TransferManager(client, transfer_config)
 
 
 class _DoneSubscriber:

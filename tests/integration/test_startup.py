@@ -1,0 +1,150 @@
+"""Start-up imports only what the command uses (docs/ARCHITECTURE.md, "What is imported when").
+
+Each test runs the real command in a fresh interpreter (`faas_supervisor.cli.main` in
+`python -c`) and, when it has exited, reads the modules it had loaded: a heavy import that
+creeps back into `cli.py`, `config.py`, the S3 provider's construction or the watchdog's
+start-up fails here, whatever the machine's speed. Not a timing test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.conftest import free_port, wait_for_http
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+# Runs main(argv) and, at exit, writes the names of the loaded modules to a file.
+DRIVER = """
+import atexit, json, sys
+out, argv = sys.argv[1], json.loads(sys.argv[2])
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+from faas_supervisor.cli import main
+sys.exit(main(argv))
+"""
+
+# Needed by other commands, or by a storage transfer, never by these start-ups.
+NEVER = ("boto3", "botocore", "s3transfer", "docker", "kubernetes",
+         "faas_supervisor.controller", "faas_supervisor.client", "faas_supervisor.api_client")
+# `run` is a CLI over asyncio: no HTTP server or client either.
+NEVER_IN_RUN = (*NEVER, "aiohttp", "yarl", "multidict")
+
+# A MinIO provider the config names but no path of this invocation uses: its client must
+# not be built (nor boto3 imported) for an invocation that moves no object.
+MINIO_CONFIG = """storage_providers:
+  minio:
+    default: {endpoint: "http://127.0.0.1:9", access_key: AKSTARTUP, secret_key: SKSTARTUP}
+"""
+
+
+def loaded(tmp_path: Path, argv: list[str], stdin: bytes = b"") -> tuple[list[str], bytes]:
+    out = tmp_path / "modules.json"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "LOG_LEVEL")}
+    env["TMPDIR"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-c", DRIVER, str(out), json.dumps(argv)],
+                            input=stdin, capture_output=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr.decode()
+    return json.loads(out.read_text()), result.stdout
+
+
+def present(modules: list[str], names: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if any(m == n or m.startswith(n + ".") for n in names)]
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "script.sh"
+    path.write_text('#!/bin/sh\ncat "$INPUT_FILE_PATH"\n')
+    return path
+
+
+def test_a_plain_run_imports_no_client_controller_storage_sdk_yaml_or_structlog(
+    tmp_path: Path, script: Path
+) -> None:
+    modules, stdout = loaded(tmp_path, ["run", "--script", str(script)], b'{"a":1}')
+    assert stdout == b'{"a":1}'  # it did run the script
+    assert present(modules, NEVER_IN_RUN) == []
+    # No config: nothing to parse. Nothing logged at INFO: no logger to build.
+    assert present(modules, ("yaml", "structlog")) == []
+
+
+def test_a_run_whose_event_moves_no_object_builds_no_s3_client(
+    tmp_path: Path, script: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(MINIO_CONFIG)
+    argv = ["run", "--script", str(script), "--config", str(config)]
+    modules, stdout = loaded(tmp_path, argv, b'{"b":2}')
+    assert stdout == b'{"b":2}'
+    assert present(modules, NEVER_IN_RUN) == []
+
+
+def test_watchdog_start_and_a_plain_invocation_import_no_storage_sdk_or_controller(
+    tmp_path: Path, script: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(MINIO_CONFIG)
+    port = free_port()
+    out = tmp_path / "modules.json"
+    argv = ["watchdog", "--script", str(script), "--config", str(config), "--port", str(port),
+            "--host", "127.0.0.1", "--suppress-lock"]
+    env = {k: v for k, v in os.environ.items() if k not in ("FUNCTION_CONFIG", "SCRIPT")}
+    env["TMPDIR"] = str(tmp_path)
+    log = tmp_path / "watchdog.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen([sys.executable, "-c", DRIVER, str(out), json.dumps(argv)],
+                                   stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/_/health", process, log=log)
+        answer = requests.post(f"http://127.0.0.1:{port}/", data=b'{"c":3}', timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.content == b'{"c":3}'
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert process.returncode == 0, log.read_text()
+    modules = json.loads(out.read_text())
+    assert "aiohttp.web" in modules  # the driver did run the watchdog
+    assert present(modules, NEVER) == []
+
+
+def test_the_s3_provider_builds_its_client_on_first_use_once() -> None:
+    code = """
+import sys
+from faas_supervisor.config import ProviderConfig
+from faas_supervisor.storage_providers.s3 import S3Provider
+provider = S3Provider(ProviderConfig("minio", "default", {
+    "endpoint": "http://127.0.0.1:9", "access_key": "AK", "secret_key": "SK"}))
+assert "boto3" not in sys.modules, "boto3 imported by the constructor"
+client = provider.client
+assert "boto3" in sys.modules and provider.client is client
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert result.stdout == b"ok\n", result.stderr.decode()
+
+
+async def test_an_s3_client_that_cannot_be_built_fails_its_transfer(tmp_path: Path) -> None:
+    """Built on first use, a client botocore refuses (a bad endpoint) is that transfer's
+    StorageError naming the provider, as any store failure is, not an error at start-up."""
+    from faas_supervisor.config import ProviderConfig, Secret
+    from faas_supervisor.errors import StorageError
+    from faas_supervisor.storage_providers.s3 import S3Provider
+
+    provider = S3Provider(ProviderConfig("minio", "bad", {
+        "endpoint": "http://", "access_key": Secret("AKBADENDPOINT"),
+        "secret_key": Secret("SKBADENDPOINT")}))
+    with pytest.raises(StorageError) as caught:
+        await provider.download("bucket", "key", tmp_path / "out")
+    assert caught.value.message.startswith("minio.bad: cannot download bucket/key")
+    assert "SKBADENDPOINT" not in caught.value.message
+    assert not (tmp_path / "out").exists()
