@@ -149,12 +149,15 @@ def proc_status(pid: int, field: str) -> int:
 
 @contextlib.contextmanager
 def watchdog(
-    script: Path, workdir: Path, env: Mapping[str, str] | None = None, name: str = "watchdog"
+    script: Path, workdir: Path, env: Mapping[str, str] | None = None, name: str = "watchdog",
+    executable: Path | None = None,
 ) -> Iterator[Watchdog]:
     """A `faas-supervisor watchdog` on a port the kernel picks (other developers' tests
-    take ports on this machine too), stopped with SIGTERM at the end."""
+    take ports on this machine too), stopped with SIGTERM at the end. `executable`: that
+    installation's `faas-supervisor` (see installation()); else faas_command()."""
     log = workdir / f"{name}.log"
-    command = [*faas_command(), "watchdog", "--script", str(script), "--port", "0",
+    program = [str(executable)] if executable is not None else faas_command()
+    command = [*program, "watchdog", "--script", str(script), "--port", "0",
                "--host", "127.0.0.1", "--suppress-lock"]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
