@@ -26,8 +26,14 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+# The lowest level structlog prints, once configure() has run (before: all of them).
+_printed_from = 0
+
+
 def configure(level: str, stream: TextIO | None = None) -> None:
     """Set up structlog once per process; lines go to stderr, one per event."""
+    global _printed_from
+    _printed_from = LEVELS[level]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -55,11 +61,17 @@ class InvocationLog:
     def __init__(self, level: str, invocation_id: str) -> None:
         self.threshold = LEVELS[level]
         self.lines: list[str] = []
-        self._logger = get_logger(invocation=invocation_id)
+        self.invocation_id = invocation_id
+        self._logger: Any = None  # bound at the first line printed: most invocations print none
 
     def _log(self, level: str, message: str, **fields: Any) -> None:
-        getattr(self._logger, level.lower())(message, **fields)
-        if LEVELS[level] >= self.threshold:
+        number = LEVELS[level]
+        # A line below both levels costs nothing more (a debug line at INFO, say).
+        if number >= _printed_from:
+            if self._logger is None:
+                self._logger = get_logger(invocation=self.invocation_id)
+            getattr(self._logger, level.lower())(message, **fields)
+        if number >= self.threshold:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             extra = "".join(
                 f" {k}={'***' if k in _REDACTED_KEYS else v}" for k, v in fields.items()
