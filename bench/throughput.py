@@ -7,12 +7,21 @@ a few repetitions so that the machine's noise hits them alike; the rate reported
 median of the repetitions, p99 is over all requests of a level.
 
 Target at concurrency 16: >= 60% of the floor's rate, zero errors.
+
+With `--against REF` (a git revision, or another installation's `faas-supervisor`), it
+compares instead this tree's watchdog with REF's, both installed alike
+(`_common.installation`) and running side by side: the watchdog process's own CPU time
+per sequential invocation (user + system from /proc/PID/stat, its children not counted),
+and the rate at concurrency 16, in alternating rounds. Targets: at most half REF's CPU
+per invocation, at least 1.6x REF's rate at concurrency 16.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import subprocess
 import tempfile
 import time
@@ -81,13 +90,102 @@ async def load(port: int, concurrency: int, total: int, level: Level, path: str 
     level.requests += total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` itself (all its threads, not its children)."""
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = stat[stat.rfind(b")") + 2:].split()
+    # utime and stime are fields 14 and 15 of the line, 12 and 13 after "pid (comm)".
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Contender:
+    name: str
+    executable: Path
+    cpu_per_invocation: list[float] = field(default_factory=list)  # one per round
+    sequential: Level = field(default_factory=Level)
+    at16: Level = field(default_factory=Level)
+
+
+def against(ref: str, invocations: int, rounds: int, requests: int) -> None:
+    """This tree's watchdog and REF's, side by side: CPU per invocation, rate at c16."""
+    contenders = [Contender("this tree", c.installation()), Contender(ref, c.installation(ref))]
+    per_round = max(1, invocations // rounds)
+    with tempfile.TemporaryDirectory(dir=c.WORK_DIR) as tmp, contextlib.ExitStack() as stack:
+        workdir = Path(tmp)
+        script = c.write_script(workdir / "script.sh", "echo hi\n")
+        watchdogs = [
+            stack.enter_context(c.watchdog(script, workdir, name=f"watchdog-{i}",
+                                           executable=one.executable))
+            for i, one in enumerate(contenders)
+        ]
+        for wd in watchdogs:
+            asyncio.run(load(wd.port, 16, 200, Level()))  # warm-up
+        for i in range(rounds):
+            # Who goes first alternates too: the machine's noise hits both alike.
+            order = list(zip(contenders, watchdogs, strict=True))
+            for one, wd in order if i % 2 == 0 else order[::-1]:
+                before = cpu_seconds(wd.pid)
+                asyncio.run(load(wd.port, 1, per_round, one.sequential))
+                one.cpu_per_invocation.append((cpu_seconds(wd.pid) - before) / per_round)
+            for one, wd in order if i % 2 == 1 else order[::-1]:
+                asyncio.run(load(wd.port, 16, requests, one.at16))
+
+    this, other = contenders
+    cpu = {one.name: c.median(one.cpu_per_invocation) for one in contenders}
+    rate = {one.name: c.median(one.at16.rates) for one in contenders}
+    cpu_ratio = cpu[this.name] / cpu[other.name]
+    rate_ratio = rate[this.name] / rate[other.name]
+    errors = sum(one.sequential.errors + one.at16.errors for one in contenders)
+    rows = [
+        [one.name, str(one.sequential.requests), f"{cpu[one.name] * 1000:.3f} ms",
+         c.ms(c.median(one.sequential.latencies)), str(one.at16.requests),
+         f"{rate[one.name]:.0f}/s", c.ms(c.percentile(one.at16.latencies, 99)),
+         str(one.sequential.errors + one.at16.errors)]
+        for one in contenders
+    ]
+    text = f"""
+## 2b. Watchdog CPU per invocation, this tree against {ref} (`bench/throughput.py --against {ref}`)
+
+Run {c.machine()}. {rounds} alternating rounds: {per_round} sequential invocations of
+`echo hi` per watchdog (CPU: user + system of the watchdog process from /proc/PID/stat,
+its children not counted; the median of the rounds), then {requests} at concurrency 16.
+
+{c.table(["watchdog", "sequential", "CPU per invocation (median)", "median latency",
+          "at c16", "rate at c16 (median)", "p99 at c16", "errors"], rows)}
+
+* CPU per invocation: **{cpu_ratio:.2f}x** {ref}'s (target <= 0.5x):
+  {c.verdict(cpu_ratio <= 0.5 and errors == 0)}
+* rate at concurrency 16: **{rate_ratio:.2f}x** {ref}'s (target >= 1.6x):
+  {c.verdict(rate_ratio >= 1.6 and errors == 0)}
+
+Per round, CPU ms per invocation: {"; ".join(
+    f"{one.name}: " + ", ".join(f"{x * 1000:.2f}" for x in one.cpu_per_invocation)
+    for one in contenders)}. Rates at c16: {"; ".join(
+    f"{one.name}: " + ", ".join(f"{x:.0f}" for x in one.at16.rates) for one in contenders)}.
+"""
+    c.write_section("throughput-against", text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--requests", type=int, default=800,
-                        help="requests per level and repetition (a quarter at concurrency 1)")
+                        help="requests per level and repetition (a quarter at concurrency 1); "
+                        "with --against, per round at concurrency 16")
     parser.add_argument("--floor-runs", type=int, default=600)
+    parser.add_argument("--against", metavar="REF",
+                        help="compare with REF's watchdog instead (a git revision or the path "
+                        "of a faas-supervisor executable): CPU per invocation, rate at c16")
+    parser.add_argument("--invocations", type=int, default=5000,
+                        help="with --against: sequential invocations per watchdog, in all")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="with --against: alternating rounds")
     args = parser.parse_args()
+    c.WORK_DIR.mkdir(exist_ok=True)
+    if args.against:
+        against(args.against, args.invocations, args.rounds, args.requests)
+        return
 
     c.WORK_DIR.mkdir(exist_ok=True)
     floor: list[float] = []

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
+import queue
 import shutil
 import stat
 import subprocess
-import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -73,7 +75,17 @@ class Runtime:
         variables, `extra`; less the runtime's variables, which only an invocation sets
         (a same-named variable would pass for the runtime's: an INPUT_FILE_PATH with no
         input, a forged EVENT)."""
-        env = {**self.base_env, **self.config.variables, **(extra or {})}
+        env = {**self._shared_env, **(extra or {})}
+        if extra:
+            for name in RUNTIME_VARIABLES:
+                env.pop(name, None)
+        return env
+
+    @functools.cached_property
+    def _shared_env(self) -> dict[str, str]:
+        """What every invocation's environment starts with, merged once (a copy is made
+        per invocation, never this)."""
+        env = {**self.base_env, **self.config.variables}
         for name in RUNTIME_VARIABLES:
             env.pop(name, None)
         return env
@@ -107,20 +119,26 @@ class Invocation:
         self.id = invocation_id or str(uuid.uuid4())
         self.log = InvocationLog(runtime.config.log_level, self.id)
         with writing("the invocation's folder"):
-            self.root = Path(tempfile.mkdtemp(prefix="faas-", dir=runtime.tmp_dir))
-        self.input_dir = self.root / "input"
-        self.output_dir = self.root / "output"
+            root = _new_folder(str(runtime.tmp_dir))
+        # Paths built as strings: this runs for every request (pathlib's parsing is not free).
+        self.root = Path(root)
+        self.input_dir = Path(f"{root}/input")
+        self.output_dir = Path(f"{root}/output")
         # The script's stdout and stderr, interleaved as they came, kept on disk.
-        self.script_log = self.root / "script.log"
+        self.script_log = Path(f"{root}/script.log")
+        self._input_file: Path | None = None  # the body's or the download's: see close()
         try:
             with writing("the invocation's folder"):
-                self.input_dir.mkdir()
-                self.output_dir.mkdir()
+                os.mkdir(self.input_dir)
+                os.mkdir(self.output_dir)
                 # Made now, so that a disk without a free inode fails here, before the
-                # body is read, and run_script's open() needs no new inode.
-                self.script_log.touch()
+                # body is read; run_script writes to this descriptor (an open() with
+                # O_TRUNC there would make ext4 flush the file to disk when closed).
+                self._log_fd: int | None = os.open(
+                    self.script_log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666
+                )
         except FaasError:
-            shutil.rmtree(self.root, ignore_errors=True)  # no partial folder left behind
+            shutil.rmtree(root, ignore_errors=True)  # no partial folder left behind
             raise
         self.outcome = Outcome()
         self._started = time.monotonic()
@@ -132,9 +150,11 @@ class Invocation:
     async def read_event(
         self, chunks: AsyncIterator[bytes], content_type: str, max_size: int
     ) -> Event:
-        return await read_body(
+        event = await read_body(
             chunks, content_type=content_type, input_dir=self.input_dir, max_size=max_size
         )
+        self._input_file = event.input_file
+        return event
 
     def locate(self, event: Event) -> Event:
         """The event with its object's provider, bucket and key made concrete, once the
@@ -185,6 +205,7 @@ class Invocation:
             return None
         provider = self._provider(obj.provider)
         self.log.info("downloading", provider=provider.name, bucket=obj.bucket, key=obj.key)
+        self._input_file = dest
         async with _storage_errors(provider, "download", obj.bucket, obj.key):
             await provider.download(obj.bucket, obj.key, dest)
         return dest
@@ -231,7 +252,10 @@ class Invocation:
         if self._aborted is not None:
             raise self._aborted
         timeout = self.runtime.exec_timeout or None
-        with open(self.script_log, "wb") as log_file:
+        fd, self._log_fd = self._log_fd, None  # this method closes it now, not close()
+        if fd is None:
+            raise RuntimeError("run_script runs once per invocation")
+        with open(fd, "wb") as log_file:
             # With a mirror, output goes through a pipe we copy from; else straight to disk.
             # No preexec_fn and no setsid: the spawn stays a vfork (processes.spawn).
             self._child = child = processes.spawn(
@@ -289,37 +313,46 @@ class Invocation:
     def collect_outputs(self) -> list[OutputFile]:
         """Regular files under TMP_OUTPUT_DIR; links, FIFOs and sockets skipped, warned."""
         found: list[OutputFile] = []
-        # os.walk follows a top folder that is a link: a script that replaced its output
+        self.outcome.outputs = found
+        # A walk follows a top folder that is a link: a script that replaced its output
         # folder (or the invocation's) by a link to elsewhere would have us read there.
         for folder in (self.root, self.output_dir):
             try:
-                is_dir = stat.S_ISDIR(folder.lstat().st_mode)
+                is_dir = stat.S_ISDIR(os.lstat(folder).st_mode)
             except FileNotFoundError:
                 is_dir = False
             if not is_dir:
                 self.log.warning(f"outputs skipped: {folder.name} is no longer a folder")
-                self.outcome.outputs = found
                 return found
-        for dirpath, dirnames, filenames in os.walk(self.output_dir):
-            base = Path(dirpath)
-            for name in sorted(dirnames + filenames):
-                path = base / name
-                mode = path.lstat().st_mode
-                relative = path.relative_to(self.output_dir).as_posix()
-                if stat.S_ISDIR(mode):
+        # Top-down, as os.walk goes, never into a link; a folder that cannot be read is
+        # skipped, as os.walk skips it. The entries' types come with the listing: no stat
+        # per file.
+        pending = [(str(self.output_dir), "")]
+        while pending:
+            current, prefix = pending.pop()
+            try:
+                with os.scandir(current) as listing:
+                    entries = sorted(listing, key=lambda entry: entry.name)
+            except OSError:
+                continue
+            subfolders = []
+            for entry in entries:
+                relative = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    subfolders.append((entry.path, relative + "/"))
                     continue
                 if not _utf8(relative):
                     # No ZIP entry nor object key can carry it (both are UTF-8 text).
                     shown = relative.encode("utf-8", "surrogateescape")
                     self.log.warning(f"output {shown!r} skipped: its name is not UTF-8")
                     continue
-                if stat.S_ISREG(mode):
-                    found.append(OutputFile(path, relative))
+                if entry.is_file(follow_symlinks=False):
+                    found.append(OutputFile(Path(entry.path), relative))
                 else:
-                    kind = "symbolic link" if stat.S_ISLNK(mode) else "special file"
+                    kind = "symbolic link" if entry.is_symlink() else "special file"
                     self.log.warning(f"output {relative} skipped: a {kind}")
+            pending.extend(reversed(subfolders))  # depth first, in order, as os.walk
         found.sort(key=lambda f: f.relative)
-        self.outcome.outputs = found
         return found
 
     async def stage_out(self, event: Event, outputs: list[OutputFile]) -> None:
@@ -373,7 +406,73 @@ class Invocation:
 
     def close(self) -> None:
         self.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove the invocation's folder and what is in it (the script has ended)."""
+        if self._log_fd is not None:  # the script never ran
+            os.close(self._log_fd)
+            self._log_fd = None
+        _remove_folder(self.root, self._input_file)
+
+
+class Removals:
+    """Worker threads that remove invocations' folders for an event loop.
+
+    Removing a folder frees its disk block, which may wait for the disk (ext4 with
+    `discard`: milliseconds per rmdir): done in the loop's thread, it would stall every
+    other request meanwhile. A few threads, so that such waits overlap; a plain queue and
+    one callback into the loop per folder (a fraction of the CPU of asyncio.to_thread's
+    executor futures, for the watchdog's every invocation).
+    """
+
+    def __init__(self, workers: int = 4) -> None:
+        self._workers = workers
+        self._queue: queue.SimpleQueue[_Removal | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    async def close(self, invocation: Invocation) -> None:
+        """invocation.close(), its folder removed in a worker thread. Cancelling the caller
+        stops the wait, not the removal: close_all() waits for it."""
+        invocation.kill()  # here: only the loop's thread signals (processes.py)
+        loop = asyncio.get_running_loop()
+        removed = loop.create_future()
+
+        def resolve() -> None:
+            if not removed.done():
+                removed.set_result(None)
+
+        if not self._threads:
+            self._start()
+        self._queue.put((invocation, loop, resolve))
+        await removed
+
+    def close_all(self) -> None:
+        """Wait for the removals asked for, and stop the threads (blocking: at the end)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
+    def _start(self) -> None:
+        for number in range(self._workers):
+            thread = threading.Thread(target=self._work, name=f"removals-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            invocation, loop, resolve = item
+            try:
+                invocation.remove()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits
+                    loop.call_soon_threadsafe(resolve)
+
+
+# An invocation whose folder to remove, and the callback into its loop once it is gone.
+_Removal = tuple[Invocation, asyncio.AbstractEventLoop, Callable[[], None]]
 
 
 @contextlib.asynccontextmanager
@@ -406,6 +505,62 @@ def _copy_output(pipe: IO[bytes], log_file: BinaryIO, mirror: OutputMirror) -> N
                 mirror(chunk)
             except OSError:  # stderr gone (a closed pipe): keep capturing, stop mirroring
                 mirror = _ignore
+
+
+def _new_folder(parent: str) -> str:
+    """A new folder `faas-<random>` under `parent`, for this invocation only (as mkdtemp
+    makes, 0700, with less Python per call)."""
+    while True:
+        path = f"{parent}/faas-{uuid.uuid4().hex}"
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:  # 122 random bits: cannot happen, but never share one
+            continue
+        return path
+
+
+def _remove_folder(root: Path, input_file: Path | None) -> None:
+    """Remove an invocation's folder and all in it, whatever the script left there.
+
+    The layout is known: what the runtime made is removed by name, a few syscalls; only a
+    folder the script wrote in (not empty then) is walked, by rmtree. Names are resolved
+    from descriptors opened with O_NOFOLLOW: a script that replaced a folder by a link
+    never has us remove something outside its folder."""
+    try:
+        fd = os.open(root, _DIRECTORY)
+    except FileNotFoundError:
+        return
+    except OSError:  # no longer a folder (a link): rmtree removes it, not what it names
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    try:
+        if input_file is not None:
+            with contextlib.suppress(OSError):
+                input_fd = os.open("input", _DIRECTORY, dir_fd=fd)
+                try:
+                    os.unlink(input_file.name, dir_fd=input_fd)
+                finally:
+                    os.close(input_fd)
+        for name in ("input", "output"):
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError:  # not empty, or not a folder any more
+                shutil.rmtree(name, ignore_errors=True, dir_fd=fd)
+        with contextlib.suppress(OSError):
+            os.unlink("script.log", dir_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(root)
+    except FileNotFoundError:
+        pass
+    except OSError:  # the script left something there
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _ignore(_chunk: bytes) -> None:

@@ -121,11 +121,17 @@ class InvocationLog:
     def __init__(self, level: str, invocation_id: str) -> None:
         self.threshold = LEVELS[level]
         self.lines: list[str] = []
-        self._logger = get_logger(invocation=invocation_id)
+        self.invocation_id = invocation_id
+        self._logger: Logger | None = None  # made at the first line printed: most print none
 
     def _log(self, level: str, message: str, **fields: Any) -> None:
-        getattr(self._logger, level.lower())(message, **fields)
-        if LEVELS[level] >= self.threshold:
+        number = LEVELS[level]
+        # A line below both levels costs nothing more (a debug line at INFO, say).
+        if _threshold is None or number >= _threshold:
+            if self._logger is None:
+                self._logger = get_logger(invocation=self.invocation_id)
+            getattr(self._logger, level.lower())(message, **fields)
+        if number >= self.threshold:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             extra = "".join(
                 f" {k}={'***' if k in _REDACTED_KEYS else v}" for k, v in fields.items()

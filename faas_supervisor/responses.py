@@ -16,12 +16,17 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pybase64
+
 from faas_supervisor.base64_stream import encode_chunks
 from faas_supervisor.errors import FaasError
 from faas_supervisor.invocation import Invocation, OutputFile
 
 CHUNK = 3 * 64 * 1024  # a multiple of 3, so base64 of each chunk concatenates cleanly
 TEXT = "text/plain; charset=utf-8"
+# Bodies up to this size are read whole at once (most answers are a few lines of logs):
+# one read, no chunk loop, sent in one write.
+SMALL = 64 * 1024
 
 
 @dataclass
@@ -30,14 +35,40 @@ class Body:
     stream: AsyncIterator[bytes]
     length: int | None  # known for everything but ZIPs, which are built as they are sent
     kind: str  # "file", "zip" or "logs", for the X- headers and metrics
+    data: bytes | None = None  # the whole body when SMALL or less (`stream` yields it too)
+
+
+def _small(content_type: str, data: bytes, kind: str) -> Body:
+    return Body(content_type, _once(data), len(data), kind, data)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _read_small(path: Path, limit: int) -> bytes | None:
+    """The whole file if it holds `limit` bytes or fewer, else None (then it is streamed).
+    O_NOFOLLOW: never a link's target."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, limit + 1)  # a regular file gives all it has, up to the count
+    finally:
+        os.close(fd)
+    return data if len(data) <= limit else None
 
 
 def success_body(invocation: Invocation, accept: str) -> Body:
     outputs = invocation.outcome.outputs
     if len(outputs) == 1:
         path = outputs[0].path
+        raw = _accepts(accept, "application/octet-stream")
+        data = _read_small(path, SMALL if raw else SMALL // 4 * 3)
+        if data is not None:
+            if raw:
+                return _small("application/octet-stream", data, "file")
+            return _small(TEXT, pybase64.b64encode(data), "file")
         size = os.stat(path).st_size
-        if _accepts(accept, "application/octet-stream"):
+        if raw:
             return Body("application/octet-stream", file_chunks(path), size, "file")
         return Body(TEXT, encode_chunks(file_chunks(path)), 4 * ((size + 2) // 3), "file")
     if len(outputs) > 1:
@@ -55,6 +86,13 @@ def failure_body(invocation: Invocation, error: FaasError) -> Body:
 def logs_body(invocation: Invocation, first_line: str | None) -> Body:
     """The logs; their length is known, since the script and its group are gone."""
     head = (first_line.encode() + b"\n" if first_line else b"") + invocation.log.text()
+    if len(head) < SMALL:
+        try:
+            script = _read_small(invocation.script_log, SMALL - len(head))
+        except FileNotFoundError:  # the script never ran
+            script = b""
+        if script is not None:
+            return _small(TEXT, head + script, "logs")
     try:
         script_bytes = os.stat(invocation.script_log).st_size
     except FileNotFoundError:  # the script never ran

@@ -22,7 +22,6 @@ from faas_supervisor.watchdog.metrics import Metrics
 
 READ_CHUNK = 256 * 1024
 DEBUG_BYTES = 512
-SMALL_BODY = 64 * 1024  # sent from memory in one write; larger ones are streamed
 logger = get_logger(component="watchdog")
 
 
@@ -104,9 +103,9 @@ class ForkRunner:
         unread = status >= 400 and (
             not request.content.at_eof() or request.content.exception() is not None
         )
-        if body.length is not None and body.length <= SMALL_BODY:
+        if body.data is not None:
             # Most answers are small: one write for headers and body, no chunk loop.
-            data = b"".join([chunk async for chunk in body.stream])
+            data = body.data
             self.metrics.bytes_out.inc(len(data))
             if self.settings.write_debug:
                 logger.info("response body", id=invocation.id, data=data[:DEBUG_BYTES])

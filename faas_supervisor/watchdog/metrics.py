@@ -25,9 +25,13 @@ class Metrics:
         self.bytes_out = Counter(
             "faas_bytes_out", "Response body bytes written.", registry=self.registry
         )
+        self._by_code: dict[int, Counter] = {}
 
     def observe(self, status: int, seconds: float) -> None:
-        self.invocations.labels(code=str(status)).inc()
+        by_code = self._by_code.get(status)
+        if by_code is None:  # labels() checks and looks up its arguments: once per code
+            by_code = self._by_code[status] = self.invocations.labels(code=str(status))
+        by_code.inc()
         self.duration.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:

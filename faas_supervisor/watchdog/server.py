@@ -30,7 +30,7 @@ from faas_supervisor.errors import (
     TooManyRequests,
 )
 from faas_supervisor.http_timeouts import TimedAppRunner
-from faas_supervisor.invocation import Invocation, Runtime
+from faas_supervisor.invocation import Invocation, Removals, Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.processes import Orphans, Stop, environ_value
 from faas_supervisor.watchdog.answers import refusal
@@ -58,6 +58,7 @@ class Watchdog:
         self.host = host
         self.metrics = Metrics()
         self.runner = ForkRunner(settings, self.metrics)
+        self.removals = Removals()  # invocation folders are removed off the loop's thread
         # mode http: every request goes to the user's long-running server (SPEC 4.4).
         self.proxy = (
             ProxyRunner(runtime, settings, self.metrics) if settings.mode == Mode.HTTP else None
@@ -139,9 +140,11 @@ class Watchdog:
             return refusal(exc)
         try:
             with self._tracked(invocation):
-                return await self.runner.invoke(request, invocation)
+                try:
+                    return await self.runner.invoke(request, invocation)
+                finally:
+                    await self._close(invocation)
         finally:
-            invocation.close()
             self._sweep_wanted.set()  # what it left outside its group goes now
             logger.info(
                 "invocation",
@@ -151,6 +154,22 @@ class Watchdog:
                 error=invocation.outcome.error.message if invocation.outcome.error else None,
                 seconds=round(invocation.outcome.duration, 4),
             )
+
+    async def _close(self, invocation: Invocation) -> None:
+        """Kill what is left of the script's group, remove the folder; while the invocation
+        is still counted in flight, so max_inflight bounds the folders on disk too.
+
+        An rmdir may wait for the disk (milliseconds on ext4 with `discard`). With other
+        invocations in flight the loop must not stall meanwhile: the folder goes in a worker
+        thread. Alone, nobody waits for the loop, and the thread's round trip would cost
+        more CPU than the removal itself: it goes here. A client that leaves once it has
+        its answer (the handler cancelled during the wait) changes nothing, and is not
+        counted a 499: the removal runs on without us (shutdown waits for it)."""
+        if len(self.inflight) <= 1:
+            invocation.close()
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.removals.close(invocation)
 
     @contextlib.contextmanager
     def _tracked(self, work: object) -> Iterator[None]:
@@ -227,6 +246,7 @@ class Watchdog:
                 logger.warning("cutting a proxied request still running")
                 work.cancel()  # else the runner's cleanup would wait for it for a minute
         await runner.cleanup()  # cancels handlers still running, closes connections
+        await asyncio.to_thread(self.removals.close_all)  # every invocation folder is gone
         if self.proxy is not None:
             await self.proxy.close()  # the user's server, after the requests it was serving
         if self.orphans is not None:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from faas_supervisor.config import FunctionConfig
-from faas_supervisor.invocation import Invocation, Runtime
+from faas_supervisor.invocation import Invocation, Removals, Runtime
 
 pytestmark = pytest.mark.timeout(60)  # real child processes
 
 
 def make_invocation(tmp_path: Path, script: str) -> Invocation:
+    tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "script.sh"
     path.write_text(script)
     return Invocation(Runtime(config=FunctionConfig(), script=path, base_env={},
@@ -64,3 +67,29 @@ def _gone(pid: int) -> bool:
         return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return True
+
+
+def test_a_removal_goes_on_when_its_caller_is_cancelled(tmp_path: Path) -> None:
+    """The watchdog's handler is cancelled when its client leaves, maybe while its folder
+    still waits for a free worker thread: the folder must go all the same, and be gone
+    once close_all() returns (the watchdog's shutdown)."""
+    first, second = (make_invocation(tmp_path / name, "echo hi\n") for name in ("a", "b"))
+    removals = Removals(workers=1)
+    release = threading.Event()
+    remove = first.remove
+    first.remove = lambda: (release.wait(), remove())  # type: ignore[method-assign]
+
+    async def main() -> None:
+        busy = asyncio.ensure_future(removals.close(first))  # takes the only worker
+        closing = asyncio.ensure_future(removals.close(second))
+        await asyncio.sleep(0)  # both queued
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+        release.set()
+        await busy
+
+    asyncio.run(main())
+    removals.close_all()
+    assert not first.root.exists()
+    assert not second.root.exists()

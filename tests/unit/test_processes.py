@@ -226,3 +226,44 @@ sys.exit(0 if listed and listed == scanned else 1)
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_spawned_child_starts_as_popen_would_start_it(tmp_path: Path) -> None:
+    """spawn() starts the common child (no pipes) with posix_spawn where libc has what it
+    needs: the child must not tell the difference from subprocess.Popen's: working folder,
+    environment, descriptors, signal dispositions and mask, own process group."""
+    script = ('pwd; echo "$MINE"; ls /proc/self/fd; grep -E "^Sig(Ign|Blk)" /proc/self/status;'
+              ' [ "$(cut -d " " -f 5 /proc/$$/stat)" = "$$" ] && echo leads its group')
+    env = {**ENV, "MINE": "x y"}
+
+    def via_spawn() -> str:
+        with open(tmp_path / "spawn.log", "wb") as log:
+            child = processes.spawn(["/bin/sh", "-c", script], env=env, cwd=tmp_path,
+                                    stdout=log, stderr=subprocess.STDOUT)
+            if processes._posix_spawner() is not None:
+                assert isinstance(child.popen, processes._Spawned)
+            assert asyncio.run(child.wait()) == 0
+        return (tmp_path / "spawn.log").read_text()
+
+    def via_popen() -> str:
+        with open(tmp_path / "popen.log", "wb") as log:
+            assert subprocess.run(["/bin/sh", "-c", script], env=env, cwd=tmp_path,
+                                  stdin=subprocess.DEVNULL, stdout=log,
+                                  stderr=subprocess.STDOUT, process_group=0).returncode == 0
+        return (tmp_path / "popen.log").read_text()
+
+    seen = via_spawn()
+    assert seen == via_popen()
+    assert "x y\n" in seen and "leads its group" in seen
+
+
+def test_spawn_fails_as_popen_does(tmp_path: Path) -> None:
+    with open(tmp_path / "log", "wb") as log:
+        with pytest.raises(FileNotFoundError):
+            processes.spawn(["/bin/sh"], env=ENV, cwd=tmp_path / "none", stdout=log,
+                            stderr=subprocess.STDOUT)
+        with pytest.raises(FileNotFoundError):
+            processes.spawn([str(tmp_path / "none")], env=ENV, stdout=log,
+                            stderr=subprocess.STDOUT)
+        with pytest.raises(ValueError, match="embedded null byte"):
+            processes.spawn(["/bin/sh"], env={"A": "x\0y"}, stdout=log, stderr=subprocess.STDOUT)
