@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_controller_parser(commands)
 
     add_manifests_parser(commands)
+
+    # Internal, so not listed: the local backend's warm runner of a service's jobs.
+    runner = commands.add_parser("job-runner")
+    runner.add_argument("folder", help="the service's folder (names the runner's processes)")
+    runner.set_defaults(handler=cmd_job_runner)
     return parser
 
 
@@ -183,6 +188,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         orphans.kill_all_now()  # and any left since (stage-out is over): all are its own
         startup.close()
+
+
+def cmd_job_runner(_args: argparse.Namespace) -> int:
+    from faas_supervisor.controller.backends.local_runner import serve
+
+    return serve()
 
 
 async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
