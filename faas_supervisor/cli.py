@@ -99,8 +99,9 @@ def _function_flags(parser: argparse.ArgumentParser) -> None:
                                          "/oscar/config/function_config.yaml)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """`parser`: one built already (the local backend's job runner builds it once)."""
+    args = (parser or build_parser()).parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -191,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_job_runner(_args: argparse.Namespace) -> int:
-    from faas_supervisor.controller.backends.local_runner import serve
+    from faas_supervisor.job_runner import serve
 
     return serve()
 

@@ -3,10 +3,10 @@
 Each service gets a folder `<data-dir>/services/NAME/` (script.sh, function_config.yaml,
 the watchdog's and the job runner's logs, its TMPDIR), a watchdog on a free loopback port
 that is restarted if it dies, and its jobs run as `faas-supervisor run` would, each in a
-child forked by the service's warm job runner (local_runner.py), started at its first job.
-Every process gets its own process group and is stopped as processes.Child does: SIGTERM
-(a watchdog drains, `run` kills its script and removes its folders), SIGKILL to the group
-after a grace period.
+child forked by the service's warm job runner (job_runner.py; local_runner.py), started
+at its first job. Every process gets its own process group and is stopped as
+processes.Child does: SIGTERM (a watchdog drains, `run` kills its script and removes its
+folders), SIGKILL to the group after a grace period.
 The controller is a child subreaper while this backend runs: what a watchdog or a job
 leaves when it dies (even by SIGKILL: its scripts, their children) comes back to it and
 is killed before the watchdog is restarted or the job is reported.
@@ -347,9 +347,12 @@ class LocalBackend:
                 # Cancelled (the job or its service deleted, the controller stopping):
                 # SIGTERM lets `run` kill its script's group and remove its folders.
                 await asyncio.shield(runner.stop_job(warm, JOB_STOP_GRACE))
-            if warm.runner_died:  # its `run` got SIGTERM: let it clean up first
-                await asyncio.shield(warm.after_runner_died(JOB_STOP_GRACE))
-            warm.close()
+            if warm.runner_died and warm.pid:
+                # Its `run` got SIGTERM (PDEATHSIG) and cleans up: it gets the grace
+                # period, then SIGKILL to its group, before the sweep below.
+                await asyncio.shield(
+                    processes.stop_stranger(warm.pid, self.pids.marker, JOB_STOP_GRACE)
+                )
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
             # A `run` killed outright left its script to us: it goes now.
