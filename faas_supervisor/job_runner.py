@@ -234,9 +234,16 @@ class _Runner:
             # Nothing buffered is written twice, by the runner and by the child.
             sys.stdout.flush()
             sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                self._child(message, fds)
+            # Blocked across the fork: one sent to the child before it has a fresh
+            # interpreter's dispositions waits for them (and is not taken by the
+            # runner's handler, copied into the child).
+            signal.pthread_sigmask(signal.SIG_BLOCK, self.fresh)
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    self._child(message, fds)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, self.fresh)
             with contextlib.suppress(OSError):  # the child does it too: whoever is first
                 os.setpgid(pid, pid)
         except (OSError, RuntimeError) as exc:
@@ -292,6 +299,7 @@ class _Runner:
             signal.set_wakeup_fd(-1)
             for sig, handler in self.fresh.items():
                 signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.fresh)
             # The runner's descriptors are not the job's.
             os.close(self.control.detach())
             os.close(self.wake_r)

@@ -282,6 +282,25 @@ class LocalBackend:
             folder / "runner.log", self.pids,
         )
 
+    async def _runner(self, name: str) -> Runner:
+        """The service's runner, started (the first job of a service waits for its
+        imports). One being replaced by an update meanwhile is not used: once this
+        returns, the caller's submit (no await between) keeps it alive for the job."""
+        while True:
+            runner = self._runners.get(name)
+            if runner is None:
+                raise ServiceUnavailable(f"service {name} is not deployed")
+            try:
+                await runner.ensure()
+            except RunnerDied:
+                if self._runners.get(name) is not runner:
+                    continue  # replaced meanwhile: the new one
+                raise
+            if not runner.stopped:
+                return runner
+            if self._runners.get(name) is runner:  # stopping with the backend
+                raise RunnerDied(f"the job runner of service {name} is stopped")
+
     def _retire(self, runner: Runner) -> None:
         async def retire() -> None:
             await runner.idle.wait()
@@ -319,16 +338,13 @@ class LocalBackend:
         raise ServiceUnavailable(f"service {name} is not answering yet")
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
-        runner = self._runners.get(service.name)
-        if runner is None:
-            raise ServiceUnavailable(f"service {service.name} is not deployed")
         env = self._env(service)
         env["JOB_UUID"] = job
         data = await asyncio.to_thread(_small_event, event)
         if data is not None and b"\0" not in data:
             # As OSCAR passes it; surrogateescape gives the child the exact bytes back.
             env["EVENT"] = data.decode("utf-8", "surrogateescape")
-        await runner.ensure()  # the first job of a service waits for its imports
+        runner = await self._runner(service.name)
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(open(log, "ab"))
             fds = [out.fileno()]
