@@ -275,7 +275,8 @@ async def _event_chunks(event_file: str | None, environ: Mapping[str, str]) -> A
         except OSError as exc:
             raise ConfigError(f"--event-file {event_file}: {exc.strerror}") from None
     elif "EVENT" in environ:
-        yield environ["EVENT"].encode()
+        # The variable's own bytes: os.environ decoded them with surrogateescape.
+        yield environ["EVENT"].encode("utf-8", "surrogateescape")
         return
     else:
         source = sys.stdin.buffer

@@ -31,6 +31,7 @@ from tests.leftovers import kill, processes, running_with
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 EVENT = base64.b64encode(b"warm").decode()
+NOT_UTF8 = b"caf\xe9 \xff\xfe{}"
 
 
 @pytest.fixture
@@ -232,3 +233,33 @@ def test_a_deleted_service_and_a_stopped_controller_leave_no_runner(
     assert controller.stop() == 0
     marker = str(controller.data_dir).encode()
     assert [p for p in processes().values() if marker in p.cmdline and p.state != "Z"] == []
+
+
+def test_an_event_that_is_not_utf8_is_refused_in_one_line_as_run_refuses_it(
+    controllers: ControllerFactory,
+) -> None:
+    """A small event goes in EVENT, as its bytes (surrogate-escaped through the runner's
+    JSON frames). One that is not UTF-8 is no JSON nor base64: exit 2 with one line, as
+    `run` itself (it crashed with a traceback on such a variable)."""
+    controller = controllers()
+    token = controller.create({"name": "bytes", "script": "echo ran\n"})["token"]
+    response = requests.post(f"{controller.url}/job/bytes", data=NOT_UTF8,
+                             headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert response.status_code == 201, response.text
+    job = response.json()["job"]
+    assert finished(controller, "bytes", job)["status"] == "Failed"
+    log = controller.request("GET", f"/system/logs/bytes/{job}").text
+    assert "request body is not JSON, base64" in log and "Traceback" not in log, log
+    assert stored(controller, job)[0] == 2
+
+
+def test_run_refuses_an_event_variable_that_is_not_utf8_in_one_line(tmp_path: Path) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("echo ran\n")
+    env = {k.encode(): v.encode() for k, v in os.environ.items() if k != "EVENT"}
+    env.update({b"EVENT": NOT_UTF8, b"TMPDIR": str(tmp_path).encode()})
+    result = subprocess.run([*faas_command(), "run", "--script", str(script)], env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(b"faas-supervisor: error: request body is not JSON")
+    assert b"Traceback" not in result.stderr
