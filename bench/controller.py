@@ -373,6 +373,9 @@ alternating job by job:
             d.succeeded == d.jobs and d.lost == 0 and d.ran_twice == 0 and d.unknown == 0
             for d in drains.values()))}
 """
+        if len(drains) == 1:
+            text += (f"* against today's main: not measured in this run (`--against REF`, "
+                     f"target >= {TARGET_SPEEDUP:g}x)\n")
         if len(drains) > 1:
             ref = next(label for label in drains if label != THIS)
             ratio = drains[ref].drain_seconds / drains[THIS].drain_seconds
@@ -395,7 +398,8 @@ def main() -> None:
                         help="jobs of the burst (default 1000; 0: no burst)")
     parser.add_argument("--latency-jobs", type=int, default=100,
                         help="jobs sent one at a time for the start latency (default 100)")
-    parser.add_argument("--max-jobs", type=int, default=4)
+    parser.add_argument("--max-jobs", type=int, default=4,
+                        help="the controllers' --max-jobs (default 4)")
     parser.add_argument("--drain-timeout", type=float, default=1800)
     parser.add_argument("--against", metavar="REF",
                         help="also run the jobs on a controller of REF (a git revision, "
