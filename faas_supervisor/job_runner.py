@@ -121,7 +121,12 @@ def _prctl(option: int, arg: int) -> bool:
 
 def serve() -> int:
     """The runner (`faas-supervisor job-runner FOLDER`); its stdin is the control socket."""
-    control = socket.socket(fileno=os.dup(0))
+    try:
+        control = socket.socket(fileno=os.dup(0))
+    except OSError:  # started by hand: stdin is no socket
+        print("faas-supervisor: error: job-runner is started by the controller's local "
+              "backend, its stdin a socket", file=sys.stderr)
+        return 2
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
