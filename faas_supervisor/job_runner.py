@@ -55,19 +55,15 @@ PR_SET_PDEATHSIG = 1
 EXIT_RUNNER_GONE = 70  # a child whose runner died before it could arm PDEATHSIG
 EXIT_FLUSH_FAILED = 120  # as CPython when flushing stdout/stderr at exit fails
 WARM_MODULES = (
-    # What `run` imports, at start or when a storage job needs it.
+    # What `run` imports, at start or when a job needs it (with every module of the
+    # packages named here: the event parsers and the storage providers).
     "faas_supervisor.cli",
     "faas_supervisor.invocation",
     "faas_supervisor.responses",
     "faas_supervisor.processes",
     "faas_supervisor.logs",
     "faas_supervisor.parsers",
-    "faas_supervisor.parsers.body",
     "faas_supervisor.storage_providers",
-    "faas_supervisor.storage_providers.local",
-    "faas_supervisor.storage_providers.s3",
-    "faas_supervisor.storage_providers.webdav",
-    "faas_supervisor.storage_providers.onedata",
     "boto3.session",
     "aiohttp",
 )
@@ -142,12 +138,18 @@ def warm_up() -> None:
     """Import what `run` uses, and what building an S3 client imports (botocore loads
     most of itself then), so that no job pays it. Nothing here starts a thread."""
     import importlib
+    import pkgutil
 
-    for name in WARM_MODULES:
+    names = list(WARM_MODULES)
+    while names:
+        name = names.pop(0)
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
         except ImportError as exc:  # an optional extra missing: `run` would fail alike
             print(f"job-runner: not preloaded: {name}: {exc}", file=sys.stderr)
+            continue
+        if name.startswith("faas_supervisor.") and hasattr(module, "__path__"):
+            names += [f"{name}.{m.name}" for m in pkgutil.iter_modules(module.__path__)]
     with contextlib.suppress(Exception):
         import boto3.session
 

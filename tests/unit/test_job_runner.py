@@ -48,3 +48,15 @@ def test_descriptors_are_taken_in_the_order_their_frames_were_sent() -> None:
         for read_end, write_end in pipes:
             os.close(read_end)
             os.close(write_end)
+
+
+def test_the_warm_up_leaves_the_runner_single_threaded() -> None:
+    """The runner forks: no thread (Python's or a library's native one) may be alive."""
+    import subprocess
+    import sys
+
+    code = ("import os, threading; from faas_supervisor.job_runner import warm_up; warm_up(); "
+            "print(threading.active_count(), len(os.listdir('/proc/self/task')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.split() == ["1", "1"], result.stderr
