@@ -279,7 +279,7 @@ class LocalBackend:
         ]
         self._runners[service.name] = Runner(
             service.name, [*runtime_command(), "job-runner", str(folder)], self._env(service),
-            folder / "runner.log", self.pids,
+            folder / "runner.log", self.pids.record,
         )
 
     async def _runner(self, name: str) -> Runner:

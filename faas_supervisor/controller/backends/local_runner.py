@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +57,12 @@ class Runner:
     again after dying), stopped with the service."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path,
-                 pids: Any) -> None:
+                 record: Callable[[int], Path]) -> None:
         self.name = name
         self.command = command
         self.env = env
         self.log = log
-        self.pids = pids  # the backend's _Pids: record(pid) -> Path
+        self.record = record  # a pid file, so that a later controller finds the runner
         self.jobs: dict[str, WarmJob] = {}
         self.idle = asyncio.Event()
         self.idle.set()
@@ -88,9 +88,10 @@ class Runner:
                                               stdout=out, stderr=subprocess.STDOUT)
             finally:
                 theirs.close()
+            pid_file = self.record(process.pid)
             ready = asyncio.get_running_loop().create_future()
             self._process, self._socket = process, ours
-            self._watch = asyncio.create_task(self._supervise(process, ours, ready),
+            self._watch = asyncio.create_task(self._supervise(process, ours, ready, pid_file),
                                               name=f"job-runner-{self.name}")
             try:
                 await asyncio.wait_for(asyncio.shield(ready), READY_TIMEOUT)
@@ -100,8 +101,7 @@ class Runner:
                                  f"{READY_TIMEOUT:g} s (its log: {self.log})") from None
 
     async def _supervise(self, process: processes.Child, sock: socket.socket,
-                         ready: asyncio.Future[int]) -> None:
-        pid_file = self.pids.record(process.pid)
+                         ready: asyncio.Future[int], pid_file: Path) -> None:
         reader = asyncio.ensure_future(self._read(sock, ready))
         try:
             status = await process.wait()
