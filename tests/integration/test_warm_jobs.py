@@ -135,7 +135,7 @@ def test_a_warm_job_gives_its_script_the_environment_run_gives(
         "echo fine\n",
         "echo failing >&2\nexit 3\n",
         "kill -TERM $$\n",  # the script killed by a signal
-        "kill -KILL $PPID\nsleep 30\n",  # `run` itself killed by a signal
+        "kill -KILL $PPID\n",  # `run` itself killed by a signal
     ],
     ids=["success", "failure", "script-signalled", "run-killed"],
 )
@@ -153,14 +153,16 @@ def test_a_warm_job_exits_with_the_status_run_exits_with(
 
 
 def test_a_warm_jobs_timeout_kills_its_scripts_whole_group(
-    controllers: ControllerFactory, marker: str
+    controllers: ControllerFactory, marker: str, tmp_path: Path
 ) -> None:
-    controller = controllers(env={"EXEC_TIMEOUT": "2"})
-    script = f"sh -c 'sleep 300; true' {marker}-child &\nsh -c 'sleep 300; true' {marker}-main\n"
+    controller = controllers(env={"EXEC_TIMEOUT": "3"})
+    started = tmp_path / "started"
+    script = (f"sh -c 'sleep 300; true' {marker}-child &\n"
+              f": > {started}\nsh -c 'sleep 300; true' {marker}-main\n")
     token = controller.create({"name": "slow", "script": script})["token"]
     job = post_job(controller, "slow", token)
-    wait_until(lambda: len(running_with(marker)) == 2, 60, "the script's processes", controller)
     assert finished(controller, "slow", job)["status"] == "Failed"
+    assert started.exists()  # the script ran (and started its child) before the timeout
     wait_until(lambda: not running_with(marker), 30, "no process of the script left", controller)
     code, _reason = stored(controller, job)
     assert code == real_run(controller, "slow", job_env(controller, "slow", job))
