@@ -21,9 +21,11 @@ The runner reaps its children as `processes.Child.wait` does (SIGKILL to what is
 the child's group, then reaped), so a signal it sends on the controller's behalf never
 reaches a reused group id. Stopped (SIGTERM), it passes SIGTERM to every job (`run`
 stops its script, removes its folders, exits 143) and exits once they are gone. Each
-child has PR_SET_PDEATHSIG=SIGTERM: if its runner dies however (even by SIGKILL), its
-job stops the same way. A controller killed outright leaves its runners running their
-jobs to the end, as it left `run` processes before; the next start stops them.
+job gets one SIGTERM, never two (a second one reaching `run` once its own handler is
+gone, in its last cleanup, would end it there): if the runner dies, its children come
+to the controller (a subreaper), which stops each once. A controller killed outright
+leaves its runners running their jobs to the end, as it left `run` processes before;
+the runner then exits with its last job, and the next start stops what is left.
 
 Messages both ways are length-prefixed JSON frames on a Unix stream socket; a job's fds
 travel with the first byte of their frame (SCM_RIGHTS), so they are taken in order.
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import json
 import os
@@ -51,8 +52,7 @@ from faas_supervisor import processes
 HEADER = struct.Struct("!I")
 MAX_FDS = 8  # descriptors one receive may bring (a frame carries at most two)
 READ_SIZE = 1 << 16
-PR_SET_PDEATHSIG = 1
-EXIT_RUNNER_GONE = 70  # a child whose runner died before it could arm PDEATHSIG
+EXIT_CHILD_FAILED = 70  # a child that could not become the job's `run` (printed)
 EXIT_FLUSH_FAILED = 120  # as CPython when flushing stdout/stderr at exit fails
 WARM_MODULES = (
     # What `run` imports, at start or when a job needs it (with every module of the
@@ -108,14 +108,6 @@ class Frames:
     def close(self) -> None:
         while self.fds:
             os.close(self.fds.popleft())
-
-
-def _prctl(option: int, arg: int) -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(option, arg, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def serve() -> int:
@@ -295,13 +287,9 @@ class _Runner:
     # ---- in the child ---------------------------------------------------------------------
 
     def _child(self, message: dict[str, Any], fds: list[int]) -> NoReturn:
-        status = EXIT_RUNNER_GONE
+        status = EXIT_CHILD_FAILED
         try:
             os.setpgid(0, 0)
-            # Dies with its runner as `run` does when stopped: SIGTERM.
-            _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-            if os.getppid() != self.pid:  # the runner died before that
-                os._exit(EXIT_RUNNER_GONE)
             signal.set_wakeup_fd(-1)
             for sig, handler in self.fresh.items():
                 signal.signal(sig, handler)

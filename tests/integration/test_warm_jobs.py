@@ -190,7 +190,8 @@ def test_a_killed_runner_fails_its_job_clearly_and_later_jobs_run(
     assert "job runner of service victim ended (killed by SIGKILL" in reason
     wait_until(lambda: not running_with(marker), 30, "the script gone", controller)
     # Its `run` got SIGTERM and removed its folders (the watchdog keeps one of its own).
-    wait_until(lambda: len(list(tmp.glob("faas-*"))) <= 1, 30, "its folders gone", controller)
+    wait_until(lambda: len(list(tmp.glob("faas-*"))) <= 1, 30,
+               f"its folders gone: {sorted(p.name for p in tmp.iterdir())}", controller)
     later = post_job(controller, "victim", token, base64.b64encode(b"later").decode())
     assert finished(controller, "victim", later)["status"] == "Succeeded"
     assert runners(controller, "victim") not in ([], [runner])

@@ -73,21 +73,26 @@ class _Pids:
         self.marker = str(data_dir).encode()
         self.tmpdirs = f"{data_dir / 'services'}/"  # every TMPDIR this backend sets
 
-    def record(self, pid: int) -> Path:
-        path = self.folder / f"{pid}.pid"
+    def record(self, pid: int, kind: str = "") -> Path:
+        """`kind` "job-": a job's `run`, forked by a runner (stopped first, see below)."""
+        path = self.folder / f"{kind}{pid}.pid"
         path.write_text(str(pid))
         return path
 
     async def reap_leftovers(self) -> None:
         """Stop what the last controller left (killed outright): watchdogs and jobs."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        stops = []
-        for path in self.folder.glob("*.pid"):
-            with contextlib.suppress(ValueError, OSError):
-                stops.append(processes.stop_stranger(int(path.read_text()), self.marker,
-                                                     STOP_TIMEOUT))
-            path.unlink(missing_ok=True)
-        await asyncio.gather(*stops)
+        # Jobs first, then the rest: a job runner stopped passes SIGTERM to its jobs,
+        # and a `run` must get only one (a second, once its handler is gone, ends it
+        # before its last cleanup). A runner whose jobs are gone exits by itself.
+        for pattern in ("job-*.pid", "*.pid"):
+            stops = []
+            for path in self.folder.glob(pattern):
+                with contextlib.suppress(ValueError, OSError):
+                    stops.append(processes.stop_stranger(int(path.read_text()), self.marker,
+                                                         STOP_TIMEOUT))
+                path.unlink(missing_ok=True)
+            await asyncio.gather(*stops)
         # What is left: scripts whose `run` could not stop them. /proc is read in a thread.
         scripts = await asyncio.to_thread(
             processes.kill_groups_by_environ, "TMPDIR", self.tmpdirs
@@ -356,7 +361,7 @@ class LocalBackend:
         pid_file: Path | None = None
         try:
             await asyncio.shield(warm.started)
-            pid_file = self.pids.record(warm.pid)
+            pid_file = self.pids.record(warm.pid, "job-")
             return await asyncio.shield(warm.done)
         except RunnerDied as exc:
             raise JobInterrupted(str(exc)) from None
@@ -366,8 +371,8 @@ class LocalBackend:
                 # SIGTERM lets `run` kill its script's group and remove its folders.
                 await asyncio.shield(runner.stop_job(warm, JOB_STOP_GRACE))
             if warm.runner_died and warm.pid:
-                # Its `run` got SIGTERM (PDEATHSIG) and cleans up: it gets the grace
-                # period, then SIGKILL to its group, before the sweep below.
+                # Its `run` came to us (a subreaper) and runs on: stopped as a job is
+                # (SIGTERM, the grace period, SIGKILL to its group), before the sweep.
                 await asyncio.shield(
                     processes.stop_stranger(warm.pid, self.pids.marker, JOB_STOP_GRACE)
                 )
