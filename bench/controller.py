@@ -447,9 +447,8 @@ code, `sh`, the script) 20.6 ms, against about 0.3 s for a fresh `run`. What is 
 of the start latency is `run`'s work up to the script's spawn (parse the flags, read the
 config, make the folders, a new event loop: about 8 ms of CPU in the child), the
 controller's queue and store (2 ms) and the script's own `date`; on this shared machine
-the latency moves with the load far more than the drain's ratio does (medians of 21 to
-35 ms seen at load averages 4 to 6 for this tree alone, 50 ms alternated with the
-reference's jobs at load 6, 143 ms at 8).
+the latency moves with the load far more than the drain's ratio does: 18.5 ms median
+(p90 21.6 ms) against 117 ms, and a 6.8x drain, at load average 2; 50 ms and 5.2x at 6.
 
 Both paths reach the same watchdog process, so its own cost cancels out and the
 difference is the controller's: one more HTTP hop on loopback (aiohttp server and
