@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text, description, declarer in OTHER_COMMANDS:
         commands.add_parser(name, help=text, description=description)
         commands.declarers[name] = declarer
+
+    # Internal, so not listed: the local backend's warm runner of a service's jobs.
+    runner = commands.add_parser("job-runner")
+    runner.add_argument("folder", help="the service's folder (names the runner's processes)")
+    runner.set_defaults(handler=cmd_job_runner)
     return parser
 
 
@@ -148,8 +153,9 @@ def _function_flags(parser: argparse.ArgumentParser) -> None:
                                          "/oscar/config/function_config.yaml)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """`parser`: one built already (the local backend's job runner builds it once)."""
+    args = (parser or build_parser()).parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -252,6 +258,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         gc.freeze()
 
 
+def cmd_job_runner(_args: argparse.Namespace) -> int:
+    from faas_supervisor.job_runner import serve
+
+    return serve()
+
+
 async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
     """Run `work` until done or until SIGTERM/SIGINT (a job deleted, Ctrl-C).
 
@@ -336,7 +348,8 @@ async def _event_chunks(event_file: str | None, environ: Mapping[str, str]) -> A
         except OSError as exc:
             raise ConfigError(f"--event-file {event_file}: {exc.strerror}") from None
     elif "EVENT" in environ:
-        yield environ["EVENT"].encode()
+        # The variable's own bytes: os.environ decoded them with surrogateescape.
+        yield environ["EVENT"].encode("utf-8", "surrogateescape")
         return
     else:
         source = sys.stdin.buffer

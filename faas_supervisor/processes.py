@@ -442,6 +442,14 @@ def kill_groups_by_environ(name: str, prefix: str) -> list[int]:
     return killed
 
 
+def signal_forked_group(pid: int, sig: int) -> None:
+    """`sig` to the group led by `pid`: a child the caller forked itself (not a `Child`)
+    and has not reaped, the caller alone reaping it, so that the id is still its own.
+    For the local backend's job runner (job_runner.py)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
 def _has_exited(pidfd: int) -> bool:
     return bool(select.select([pidfd], [], [], 0)[0])
 

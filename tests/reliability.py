@@ -35,6 +35,7 @@ FAULTS = (
     "kill -9 with 50 jobs",
     "SQS message delivered twice",
     "watchdog killed outright",
+    "job runner killed",
 )
 
 

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from faas_supervisor.controller.backends import Backend
+from faas_supervisor.controller.backends import Backend, JobInterrupted
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import EVENT_MAX, object_id
 from faas_supervisor.controller.store import FINISHED, PENDING, Store
@@ -156,6 +156,9 @@ class Jobs:
                 if me is not None and me.cancelling():
                     raise
                 continue
+            except JobInterrupted as exc:  # it ran, but how it ended was lost
+                logger.error("job interrupted", job=name, error=str(exc))
+                code, reason = None, str(exc)
             except Exception as exc:  # the backend could not run it: the job failed
                 logger.error("job could not run", job=name, error=str(exc))
                 code, reason = None, f"could not run: {exc}"

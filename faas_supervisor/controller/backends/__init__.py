@@ -16,6 +16,11 @@ from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.settings import BackendSettings, KubernetesSettings, LocalSettings
 
 
+class JobInterrupted(Exception):
+    """A job started, but its end was lost (the local backend's runner died under it):
+    the job failed, and the message says why."""
+
+
 class Backend(Protocol):
     name: str
 

@@ -1,10 +1,12 @@
 """The embedded default: services as `faas-supervisor watchdog` processes of this machine.
 
 Each service gets a folder `<data-dir>/services/NAME/` (script.sh, function_config.yaml,
-the watchdog's log, its TMPDIR), a watchdog on a free loopback port that is restarted if
-it dies, and its jobs run as `faas-supervisor run` processes. Every process gets its own
-process group and is stopped through processes.Child: SIGTERM (a watchdog drains, `run`
-kills its script and removes its folders), SIGKILL to the group after a grace period.
+the watchdog's and the job runner's logs, its TMPDIR), a watchdog on a free loopback port
+that is restarted if it dies, and its jobs run as `faas-supervisor run` would, each in a
+child forked by the service's warm job runner (job_runner.py; local_runner.py), started
+at its first job. Every process gets its own process group and is stopped as
+processes.Child does: SIGTERM (a watchdog drains, `run` kills its script and removes its
+folders), SIGKILL to the group after a grace period.
 The controller is a child subreaper while this backend runs: what a watchdog or a job
 leaves when it dies (even by SIGKILL: its scripts, their children) comes back to it and
 is killed before the watchdog is restarted or the job is reported.
@@ -29,6 +31,8 @@ import yaml
 
 from faas_supervisor import processes
 from faas_supervisor.config import Mode
+from faas_supervisor.controller.backends import JobInterrupted
+from faas_supervisor.controller.backends.local_runner import Runner, RunnerDied
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.errors import ServiceUnavailable
@@ -69,21 +73,26 @@ class _Pids:
         self.marker = str(data_dir).encode()
         self.tmpdirs = f"{data_dir / 'services'}/"  # every TMPDIR this backend sets
 
-    def record(self, child: processes.Child) -> Path:
-        path = self.folder / f"{child.pid}.pid"
-        path.write_text(str(child.pid))
+    def record(self, pid: int, kind: str = "") -> Path:
+        """`kind` "job-": a job's `run`, forked by a runner (stopped first, see below)."""
+        path = self.folder / f"{kind}{pid}.pid"
+        path.write_text(str(pid))
         return path
 
     async def reap_leftovers(self) -> None:
         """Stop what the last controller left (killed outright): watchdogs and jobs."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        stops = []
-        for path in self.folder.glob("*.pid"):
-            with contextlib.suppress(ValueError, OSError):
-                stops.append(processes.stop_stranger(int(path.read_text()), self.marker,
-                                                     STOP_TIMEOUT))
-            path.unlink(missing_ok=True)
-        await asyncio.gather(*stops)
+        # Jobs first, then the rest: a job runner stopped passes SIGTERM to its jobs,
+        # and a `run` must get only one (a second, once its handler is gone, ends it
+        # before its last cleanup). A runner whose jobs are gone exits by itself.
+        for pattern in ("job-*.pid", "*.pid"):
+            stops = []
+            for path in self.folder.glob(pattern):
+                with contextlib.suppress(ValueError, OSError):
+                    stops.append(processes.stop_stranger(int(path.read_text()), self.marker,
+                                                         STOP_TIMEOUT))
+                path.unlink(missing_ok=True)
+            await asyncio.gather(*stops)
         # What is left: scripts whose `run` could not stop them. /proc is read in a thread.
         scripts = await asyncio.to_thread(
             processes.kill_groups_by_environ, "TMPDIR", self.tmpdirs
@@ -128,7 +137,7 @@ class _Watchdog:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
-            pid_file = self.pids.record(self.process)
+            pid_file = self.pids.record(self.process.pid)
             if await self._healthy():
                 self.ready.set()
                 logger.info("service ready", service=self.name, port=self.port)
@@ -198,6 +207,9 @@ class LocalBackend:
         # A service's watchdogs: one, or `min_scale` for an exposed service.
         self._watchdogs: dict[str, list[_Watchdog]] = {}
         self._turn = itertools.count()  # round robin over a service's watchdogs
+        # A service's job runner; those of a service's earlier definitions, until idle.
+        self._runners: dict[str, Runner] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         self.pids = _Pids(data_dir / "pids", data_dir)
         self.orphans: processes.Orphans | None = None
 
@@ -212,8 +224,13 @@ class LocalBackend:
         return self.orphans
 
     async def close(self) -> None:
-        await asyncio.gather(*(w.stop() for ws in self._watchdogs.values() for w in ws))
+        for task in self._retiring:
+            task.cancel()  # its runner is stopped below
+        await asyncio.gather(*(w.stop() for ws in self._watchdogs.values() for w in ws),
+                             *(r.stop() for r in self._runners.values()),
+                             *self._retiring, return_exceptions=True)
         self._watchdogs.clear()
+        self._runners.clear()
         await self._orphans().kill_all()
 
     def _folder(self, name: str) -> Path:
@@ -250,6 +267,9 @@ class LocalBackend:
 
     async def deploy(self, service: Service) -> None:
         await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(service.name, [])))
+        old = self._runners.pop(service.name, None)
+        if old is not None:  # its jobs finish on it; new ones go to a runner of the new env
+            self._retire(old)
         folder = self._write(service)
         command = [*runtime_command(), "watchdog", *self._files(service.name)]
         if service.exposed:
@@ -262,9 +282,43 @@ class LocalBackend:
                       self._orphans())
             for _ in range(instances)
         ]
+        self._runners[service.name] = Runner(
+            service.name, [*runtime_command(), "job-runner", str(folder)], self._env(service),
+            folder / "runner.log", self.pids.record,
+        )
+
+    async def _runner(self, name: str) -> Runner:
+        """The service's runner, started (the first job of a service waits for its
+        imports). One being replaced by an update meanwhile is not used: once this
+        returns, the caller's submit (no await between) keeps it alive for the job."""
+        while True:
+            runner = self._runners.get(name)
+            if runner is None:
+                raise ServiceUnavailable(f"service {name} is not deployed")
+            try:
+                await runner.ensure()
+            except RunnerDied:
+                if self._runners.get(name) is not runner:
+                    continue  # replaced meanwhile: the new one
+                raise
+            if not runner.stopped:
+                return runner
+            if self._runners.get(name) is runner:  # stopping with the backend
+                raise RunnerDied(f"the job runner of service {name} is stopped")
+
+    def _retire(self, runner: Runner) -> None:
+        async def retire() -> None:
+            await runner.idle.wait()
+            await runner.stop()
+
+        task = asyncio.create_task(retire(), name=f"retire-runner-{runner.name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def remove(self, name: str) -> None:
-        await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(name, [])))
+        runner = self._runners.pop(name, None)
+        await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(name, [])),
+                             *([runner.stop()] if runner is not None else []))
         await asyncio.to_thread(shutil.rmtree, self._folder(name), True)
 
     async def invoke_url(self, name: str) -> str:
@@ -291,35 +345,43 @@ class LocalBackend:
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
         env = self._env(service)
         env["JOB_UUID"] = job
-        data = await asyncio.to_thread(_small_event, event)
-        stdin: Any = subprocess.DEVNULL
+        # Read here, not in a thread: jobs.submit has just written it (the page cache
+        # holds it), and a thread hop costs more than reading 96 KiB from memory.
+        data = _small_event(event)
         if data is not None and b"\0" not in data:
             # As OSCAR passes it; surrogateescape gives the child the exact bytes back.
             env["EVENT"] = data.decode("utf-8", "surrogateescape")
+        runner = await self._runner(service.name)
         with contextlib.ExitStack() as stack:
-            if "EVENT" not in env:
-                stdin = stack.enter_context(open(event, "rb"))
             out = stack.enter_context(open(log, "ab"))
-            child = processes.spawn(
-                [*runtime_command(), "run", *self._files(service.name)],
-                env=env,
-                stdin=stdin,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        pid_file = self.pids.record(child)
+            fds = [out.fileno()]
+            if "EVENT" not in env:  # else /dev/null
+                fds.append(stack.enter_context(open(event, "rb")).fileno())
+            warm = runner.submit(job, ["run", *self._files(service.name)], env, fds)
+        pid_file: Path | None = None
         try:
-            return await child.wait()
+            await asyncio.shield(warm.started)
+            pid_file = self.pids.record(warm.pid, "job-")
+            return await asyncio.shield(warm.done)
+        except RunnerDied as exc:
+            raise JobInterrupted(str(exc)) from None
         finally:
-            if child.returncode is None:
+            if not warm.done.done():
                 # Cancelled (the job or its service deleted, the controller stopping):
                 # SIGTERM lets `run` kill its script's group and remove its folders.
-                await asyncio.shield(child.stop(JOB_STOP_GRACE))
-            pid_file.unlink(missing_ok=True)
+                await asyncio.shield(runner.stop_job(warm, JOB_STOP_GRACE))
+            if warm.runner_died and warm.pid:
+                # Its `run` came to us (a subreaper) and runs on: stopped as a job is
+                # (SIGTERM, the grace period, SIGKILL to its group), before the sweep.
+                await asyncio.shield(
+                    processes.stop_stranger(warm.pid, self.pids.marker, JOB_STOP_GRACE)
+                )
+            if pid_file is not None:
+                pid_file.unlink(missing_ok=True)
             # A `run` killed outright left its script to us: it goes now.
             await asyncio.shield(self._orphans().kill_all())
 
 
 def _small_event(event: Path) -> bytes | None:
-    """The event if the environment can hold it, else None. Blocking: run in a thread."""
+    """The event if the environment can hold it, else None."""
     return event.read_bytes() if event.stat().st_size <= EVENT_IN_ENV_MAX else None

@@ -1,0 +1,278 @@
+"""The controller's side of the local backend's warm job runners (job_runner.py).
+
+One `Runner` per service: the runner process is started at the service's first job
+(again if it died), stopped with the service, replaced when the service is updated. A
+job is a message to it; `WarmJob` follows the job's child: forked (its pid), its exit
+status, or the runner's death (RunnerDied). Signals to a job go through the runner,
+which alone reaps its children, so they never reach a reused group id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from faas_supervisor import processes
+from faas_supervisor.job_runner import READ_SIZE, Frames, frame
+
+STOP_TIMEOUT = 15.0  # seconds a stopped runner gets to stop its jobs
+READY_TIMEOUT = 60.0  # seconds a new runner may take to import what `run` uses
+
+
+class RunnerDied(Exception):
+    """The service's runner ended while a job was on it, or could not start."""
+
+
+class WarmJob:
+    """One job given to a runner: its pid once forked, its exit status."""
+
+    def __init__(self, name: str, sending: asyncio.Future[None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.name = name
+        self.sending = sending  # its frame on the way: a signal for it goes after
+        self.started: asyncio.Future[int] = loop.create_future()
+        self.done: asyncio.Future[int] = loop.create_future()
+        self.pid = 0
+
+    def _fail(self, error: BaseException) -> None:
+        for future in (self.started, self.done):
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved: not every job awaits both
+
+    @property
+    def runner_died(self) -> bool:
+        return self.done.done() and isinstance(self.done.exception(), RunnerDied)
+
+
+class Runner:
+    """The controller's handle on one service's runner: started at its first job (and
+    again after dying), stopped with the service."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path,
+                 record: Callable[[int], Path]) -> None:
+        self.name = name
+        self.command = command
+        self.env = env
+        self.log = log
+        self.record = record  # a pid file, so that a later controller finds the runner
+        self.jobs: dict[str, WarmJob] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._lock = asyncio.Lock()  # one start at a time
+        self._send_lock = asyncio.Lock()  # frames are never interleaved
+        self._process: processes.Child | None = None
+        self._socket: socket.socket | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.stopped = False
+
+    async def ensure(self) -> None:
+        """The runner started and ready (its imports done)."""
+        async with self._lock:
+            if self.stopped:
+                raise RunnerDied(f"the job runner of service {self.name} is stopped")
+            if self._watch is not None and not self._watch.done():
+                return
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            ours.setblocking(False)
+            try:
+                with open(self.log, "ab") as out:
+                    process = processes.spawn(self.command, env=self.env, stdin=theirs.fileno(),
+                                              stdout=out, stderr=subprocess.STDOUT)
+            finally:
+                theirs.close()
+            pid_file = self.record(process.pid)
+            ready = asyncio.get_running_loop().create_future()
+            self._process, self._socket = process, ours
+            self._watch = asyncio.create_task(self._supervise(process, ours, ready, pid_file),
+                                              name=f"job-runner-{self.name}")
+            try:
+                await asyncio.wait_for(asyncio.shield(ready), READY_TIMEOUT)
+            except TimeoutError:
+                process.kill_group()
+                raise RunnerDied(f"the job runner of service {self.name} did not start in "
+                                 f"{READY_TIMEOUT:g} s (its log: {self.log})") from None
+
+    async def _supervise(self, process: processes.Child, sock: socket.socket,
+                         ready: asyncio.Future[int], pid_file: Path) -> None:
+        reader = asyncio.ensure_future(self._read(sock, ready))
+        try:
+            status = await process.wait()
+            # What it sent before it died is read first (EOF comes once all is read).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), 5)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            pid_file.unlink(missing_ok=True)
+            sock.close()
+        how = (f"killed by {signal.Signals(-status).name}" if status < 0
+               else f"exit status {status}")
+        error = RunnerDied(f"the job runner of service {self.name} ended ({how}; "
+                           f"its log: {self.log})")
+        if not ready.done():
+            ready.set_exception(error)
+            ready.exception()
+        for job in list(self.jobs.values()):
+            job._fail(error)
+            self._forget(job)
+
+    async def _read(self, sock: socket.socket, ready: asyncio.Future[int]) -> None:
+        frames = Frames()
+        try:
+            while True:
+                await _readable(sock.fileno())
+                try:
+                    data = sock.recv(READ_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                frames.feed(data, ())
+                while (message := frames.pop()) is not None:
+                    self._dispatch(message, ready)
+        finally:
+            frames.close()
+
+    def _dispatch(self, message: dict[str, Any], ready: asyncio.Future[int]) -> None:
+        if "ready" in message:
+            if not ready.done():
+                ready.set_result(int(message["ready"]))
+            return
+        job = self.jobs.get(message["job"])
+        if job is None:
+            return
+        if "pid" in message:
+            job.pid = int(message["pid"])
+            if not job.started.done():
+                job.started.set_result(job.pid)
+        elif "error" in message:
+            job._fail(RuntimeError(message["error"]))
+            self._forget(job)
+        elif "status" in message:
+            if not job.done.done():
+                job.done.set_result(int(message["status"]))
+            self._forget(job)
+
+    def _forget(self, job: WarmJob) -> None:
+        self.jobs.pop(job.name, None)
+        if not self.jobs:
+            self.idle.set()
+
+    async def _send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+        """One frame, whole; `fds` are closed once sent (or not)."""
+        try:
+            sock = self._socket
+            if sock is None or sock.fileno() < 0:
+                raise RunnerDied(f"the job runner of service {self.name} is not running")
+            data = memoryview(frame(message))
+            async with self._send_lock:
+                first = True
+                while data:
+                    try:
+                        if first and fds:
+                            sent = socket.send_fds(sock, [data], list(fds))
+                        else:
+                            sent = sock.send(data)
+                    except (BlockingIOError, InterruptedError):
+                        await _writable(sock.fileno())
+                        continue
+                    except OSError as exc:
+                        raise RunnerDied(f"the job runner of service {self.name} is gone: "
+                                         f"{exc}") from None
+                    first = False
+                    data = data[sent:]
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def submit(self, job: str, args: list[str], env: dict[str, str],
+               fds: Sequence[int]) -> WarmJob:
+        """Give the job to the runner (ensure() first). `fds`: its log, then its stdin if
+        not /dev/null; copied, so the caller may close them. Await `started`, then `done`."""
+        copies = [os.dup(fd) for fd in fds]
+        message = {"op": "run", "job": job, "args": args, "env": env, "fds": len(copies)}
+        # A task of its own: a frame is never cut halfway, whatever is cancelled.
+        sending = asyncio.ensure_future(self._send(message, copies))
+        warm = WarmJob(job, sending)
+        self.jobs[job] = warm
+        self.idle.clear()
+
+        def sent(task: asyncio.Future[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                warm._fail(task.exception() or RunnerDied(self.name))
+                self._forget(warm)
+
+        sending.add_done_callback(sent)
+        return warm
+
+    async def signal(self, job: WarmJob, sig: int) -> None:
+        """`sig` to the job's process group, through the runner (which alone reaps it)."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(job.sending)  # the runner knows the job first
+        if job.done.done():
+            return
+        with contextlib.suppress(RunnerDied):
+            await self._send({"op": "signal", "job": job.name, "signal": sig})
+
+    async def stop_job(self, job: WarmJob, grace: float) -> None:
+        """As processes.Child.stop: SIGTERM to its group, SIGKILL after `grace`; returns
+        once it is reaped (or its runner died)."""
+        await self.signal(job, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(job.done), grace)
+        except TimeoutError:
+            await self.signal(job, signal.SIGKILL)
+        except Exception:  # it never started, or the runner died
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.shield(job.done)
+
+    async def stop(self) -> None:
+        """SIGTERM (its jobs get SIGTERM and it exits once they are gone), SIGKILL to
+        its group after a grace period. No start after this."""
+        self.stopped = True
+        async with self._lock:
+            if self._process is not None:
+                await asyncio.shield(self._process.stop(STOP_TIMEOUT))
+            if self._watch is not None:
+                await asyncio.shield(self._watch)
+
+
+async def _readable(fd: int) -> None:
+    await _ready(fd, write=False)
+
+
+async def _writable(fd: int) -> None:
+    await _ready(fd, write=True)
+
+
+async def _ready(fd: int, write: bool) -> None:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    if write:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
+    try:
+        await future
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)

@@ -1,0 +1,355 @@
+"""The local backend's warm job runner: a process that forks a child per job, each
+becoming exactly what `faas-supervisor run` would have been.
+
+A fresh `faas-supervisor run` per job pays an interpreter start and its imports (boto3,
+the storage providers) every time. The runner (`faas-supervisor job-runner FOLDER`,
+started by the controller with the service's environment) imports what `run` uses once,
+builds the command's parser, and waits on its control socket (its stdin). Each job is a
+message there, with the job's log and event as descriptors; the runner forks a child
+that runs `run`'s own code (`cli.main(["run", ...])`) and exits with its status:
+
+* the job's environment, set whole into `os.environ` before any of `run`'s code runs;
+  its standard input (the event file, or /dev/null), output and error (the log) on fds
+  0, 1, 2 and no other descriptor of the runner; its own process group; the signal
+  dispositions a fresh interpreter has; `run`'s exit status, or the signal that killed
+  it; what an interpreter does at exit (non-daemon threads joined, atexit, flushes: 120
+  if one fails);
+* the runner forks only from a single-threaded state that never ran an event loop: it
+  is a plain `poll` loop, and each child runs its own `asyncio.run`.
+
+The runner reaps its children as `processes.Child.wait` does (SIGKILL to what is left of
+the child's group, then reaped), so a signal it sends on the controller's behalf never
+reaches a reused group id. Stopped (SIGTERM), it passes SIGTERM to every job (`run`
+stops its script, removes its folders, exits 143) and exits once they are gone. Each
+job gets one SIGTERM, never two (a second one reaching `run` once its own handler is
+gone, in its last cleanup, would end it there): if the runner dies, its children come
+to the controller (a subreaper), which stops each once. A controller killed outright
+leaves its runners running their jobs to the end, as it left `run` processes before;
+the runner then exits with its last job, and the next start stops what is left.
+
+Messages both ways are length-prefixed JSON frames on a Unix stream socket; a job's fds
+travel with the first byte of their frame (SCM_RIGHTS), so they are taken in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from faas_supervisor import processes
+
+HEADER = struct.Struct("!I")
+MAX_FDS = 8  # descriptors one receive may bring (a frame carries at most two)
+READ_SIZE = 1 << 16
+EXIT_CHILD_FAILED = 70  # a child that could not become the job's `run` (printed)
+EXIT_FLUSH_FAILED = 120  # as CPython when flushing stdout/stderr at exit fails
+WARM_MODULES = (
+    # What `run` imports, at start or when a job needs it (with every module of the
+    # packages named here: the event parsers and the storage providers).
+    "faas_supervisor.cli",
+    "faas_supervisor.invocation",
+    "faas_supervisor.responses",
+    "faas_supervisor.processes",
+    "faas_supervisor.logs",
+    "faas_supervisor.parsers",
+    "faas_supervisor.storage_providers",
+    "boto3.session",
+    "botocore.client",  # what making an S3 client imports
+    "boto3.s3.inject",
+    "boto3.s3.transfer",
+    "aiohttp",
+)
+
+
+# ---- frames ---------------------------------------------------------------------------------
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message).encode()
+    return HEADER.pack(len(body)) + body
+
+
+class Frames:
+    """Messages out of a byte stream, with the descriptors that came along, in order."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.fds: deque[int] = deque()
+
+    def feed(self, data: bytes, fds: Sequence[int]) -> None:
+        self.buffer += data
+        self.fds.extend(fds)
+
+    def pop(self) -> dict[str, Any] | None:
+        if len(self.buffer) < HEADER.size:
+            return None
+        (size,) = HEADER.unpack_from(self.buffer)
+        if len(self.buffer) < HEADER.size + size:
+            return None
+        body = bytes(self.buffer[HEADER.size:HEADER.size + size])
+        del self.buffer[:HEADER.size + size]
+        message: dict[str, Any] = json.loads(body)
+        return message
+
+    def take(self, count: int) -> list[int]:
+        return [self.fds.popleft() for _ in range(min(count, len(self.fds)))]
+
+    def close(self) -> None:
+        while self.fds:
+            os.close(self.fds.popleft())
+
+
+def serve() -> int:
+    """The runner (`faas-supervisor job-runner FOLDER`); its stdin is the control socket."""
+    try:
+        control = socket.socket(fileno=os.dup(0))
+    except OSError:  # started by hand: stdin is no socket
+        print("faas-supervisor: error: job-runner is started by the controller's local "
+              "backend, its stdin a socket", file=sys.stderr)
+        return 2
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    # A fresh interpreter's dispositions, for the children (the runner changes these two).
+    fresh = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    warm_up()
+    from faas_supervisor.cli import build_parser
+
+    return _Runner(control, fresh, build_parser()).loop()
+
+
+def warm_up() -> None:
+    """Import what `run` uses, so that no job pays it. Nothing here starts a thread.
+
+    Not an S3 client built ahead: each job's provider makes its own session, whose
+    models botocore loads again (about 85 ms), whatever the runner loaded; building one
+    here only made the runner 15 MiB larger (and each fork slower)."""
+    import importlib
+    import pkgutil
+
+    names = list(WARM_MODULES)
+    while names:
+        name = names.pop(0)
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:  # an optional extra missing: `run` would fail alike
+            print(f"job-runner: not preloaded: {name}: {exc}", file=sys.stderr)
+            continue
+        if name.startswith("faas_supervisor.") and hasattr(module, "__path__"):
+            names += [f"{name}.{m.name}" for m in pkgutil.iter_modules(module.__path__)]
+
+
+class _Runner:
+    def __init__(self, control: socket.socket, fresh: dict[signal.Signals, Any],
+                 parser: argparse.ArgumentParser) -> None:
+        self.control = control
+        self.parser = parser  # the command's parser, built once (as `main` would build it)
+        self.fresh = fresh
+        self.frames = Frames()
+        self.children: dict[int, tuple[str, int | None]] = {}  # pid: (job, pidfd)
+        self.by_job: dict[str, int] = {}
+        self.signalled = False
+        self.stopping = False
+        self.controller_gone = False
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.poll = select.poll()
+        self.pid = os.getpid()
+
+    def _on_signal(self, _sig: int, _frame: object) -> None:
+        self.signalled = True  # acted on in the loop (the wakeup fd wakes the poll)
+
+    def loop(self) -> int:
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in self.fresh:
+            signal.signal(sig, self._on_signal)
+        self.poll.register(self.control, select.POLLIN)
+        self.poll.register(self.wake_r, select.POLLIN)
+        gc.freeze()  # what is here now stays in place: children do not copy it on write
+        self._send({"ready": self.pid})
+        while self.children or not (self.stopping or self.controller_gone):
+            # Without pidfds, children are checked every 50 ms.
+            timeout = 50 if any(fd is None for _, fd in self.children.values()) else None
+            events = self.poll.poll(timeout)
+            if self.signalled and not self.stopping:
+                self._stop_all()
+            for fd, _event in events:
+                if fd == self.wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self.wake_r, 512)
+                elif fd == self.control.fileno() and not self.controller_gone:
+                    self._read_control()
+            for pid in list(self.children):
+                self._reap(pid)
+        return 0
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        for pid in self.children:
+            self._signal(pid, signal.SIGTERM)
+
+    def _signal(self, pid: int, sig: int) -> None:
+        if pid in self.children:  # not reaped: its group's id is still its own
+            processes.signal_forked_group(pid, sig)
+
+    def _read_control(self) -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.control, READ_SIZE, MAX_FDS)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            # The controller is gone (killed outright): the jobs run to their end, as
+            # `run` processes would; the next controller stops what is left.
+            for fd in fds:
+                os.close(fd)
+            self.controller_gone = True
+            self.poll.unregister(self.control)
+            return
+        self.frames.feed(data, fds)
+        while (message := self.frames.pop()) is not None:
+            if message["op"] == "run":
+                self._start(message, self.frames.take(message["fds"]))
+            elif message["op"] == "signal" and message["job"] in self.by_job:
+                self._signal(self.by_job[message["job"]], int(message["signal"]))
+
+    def _start(self, message: dict[str, Any], fds: list[int]) -> None:
+        job = message["job"]
+        try:
+            if self.stopping:
+                raise RuntimeError("the service's job runner is stopping")
+            # Nothing buffered is written twice, by the runner and by the child.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Blocked across the fork: one sent to the child before it has a fresh
+            # interpreter's dispositions waits for them (and is not taken by the
+            # runner's handler, copied into the child).
+            signal.pthread_sigmask(signal.SIG_BLOCK, self.fresh)
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    self._child(message, fds)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, self.fresh)
+            with contextlib.suppress(OSError):  # the child does it too: whoever is first
+                os.setpgid(pid, pid)
+        except (OSError, RuntimeError) as exc:
+            self._send({"job": job, "error": str(exc)})
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            pidfd: int | None = os.pidfd_open(pid)  # unreaped: it names this very child
+        except (AttributeError, OSError):
+            pidfd = None
+        self.children[pid] = (job, pidfd)
+        self.by_job[job] = pid
+        if pidfd is not None:
+            self.poll.register(pidfd, select.POLLIN)
+        self._send({"job": job, "pid": pid})
+
+    def _reap(self, pid: int) -> None:
+        """As processes.Child.wait: once exited, SIGKILL to the rest of its group, reaped."""
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is None or info.si_pid == 0:
+            return
+        self._signal(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        job, pidfd = self.children.pop(pid)
+        self.by_job.pop(job, None)
+        if pidfd is not None:
+            self.poll.unregister(pidfd)
+            os.close(pidfd)
+        self._send({"job": job, "status": os.waitstatus_to_exitcode(status)})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.controller_gone:
+            return
+        try:
+            self.control.sendall(frame(message))
+        except OSError:  # the controller is gone
+            self.controller_gone = True
+            with contextlib.suppress(KeyError, ValueError):
+                self.poll.unregister(self.control)
+
+    # ---- in the child ---------------------------------------------------------------------
+
+    def _child(self, message: dict[str, Any], fds: list[int]) -> NoReturn:
+        status = EXIT_CHILD_FAILED
+        try:
+            os.setpgid(0, 0)
+            signal.set_wakeup_fd(-1)
+            for sig, handler in self.fresh.items():
+                signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.fresh)
+            # The runner's descriptors are not the job's.
+            os.close(self.control.detach())
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            for _job, pidfd in self.children.values():
+                if pidfd is not None:
+                    os.close(pidfd)
+            self.frames.close()
+            log = fds[0]
+            stdin = fds[1] if len(fds) > 1 else os.open(os.devnull, os.O_RDONLY)
+            os.dup2(stdin, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            for fd in {stdin, log}:
+                os.close(fd)
+            os.environ.clear()
+            os.environ.update(message["env"])
+            sys.argv = [sys.argv[0], *message["args"]]
+            status = _as_main(message["args"], self.parser)
+        except BaseException:  # whatever happens, the child never returns
+            with contextlib.suppress(BaseException):
+                sys.excepthook(*sys.exc_info())
+        os._exit(status)
+
+
+def _as_main(args: list[str], parser: argparse.ArgumentParser) -> int:
+    """`sys.exit(main(args))` in a fresh interpreter, up to its exit: the status."""
+    from faas_supervisor.cli import main
+
+    try:
+        code: object = main(args, parser)
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException:  # as the interpreter: printed, status 1
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    return _finalize(status)
+
+
+def _finalize(status: int) -> int:
+    """What the interpreter does at exit: wait for non-daemon threads, run atexit, flush."""
+    import atexit
+    import threading
+
+    threading._shutdown()  # type: ignore[attr-defined]  # as multiprocessing's children
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            status = EXIT_FLUSH_FAILED
+    return status

@@ -1,0 +1,268 @@
+"""Warm jobs on the local backend (issue 10): each job is a child forked by its service's
+job runner, and must be indistinguishable from a `faas-supervisor run` process: the same
+environment for the script, the same exit statuses, the same stopping; and the runner's
+own life (killed, replaced by an update, gone with its service or the controller) costs
+no job its final status and leaves no process behind.
+
+A real controller over loopback; the reference is a real `faas-supervisor run` started
+by the test with the environment the backend gives a job (the runner's own environment,
+read from /proc, plus JOB_UUID and EVENT).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.conftest import faas_command
+from tests.integration.controller_fixture import ControllerFactory, ControllerProcess, wait_until
+from tests.leftovers import kill, processes, running_with
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+EVENT = base64.b64encode(b"warm").decode()
+NOT_UTF8 = b"caf\xe9 \xff\xfe{}"
+
+
+@pytest.fixture
+def controllers(tmp_path: Path) -> Iterator[ControllerFactory]:
+    factory = ControllerFactory(tmp_path)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    word = f"faas-warm-{uuid.uuid4().hex}"
+    yield word
+    kill(running_with(word))
+
+
+def post_job(controller: ControllerProcess, service: str, token: str, body: str = EVENT) -> str:
+    response = requests.post(f"{controller.url}/job/{service}", data=body.encode(),
+                             headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert response.status_code == 201, response.text
+    job: str = response.json()["job"]
+    return job
+
+
+def finished(controller: ControllerProcess, service: str, job: str) -> dict[str, str]:
+    info: dict[str, str] = wait_until(
+        lambda: (j := controller.jobs(service).get(job)) and j["status"] in ("Succeeded", "Failed")
+        and j, 90, f"job {job} to finish", controller)
+    return info
+
+
+def stored(controller: ControllerProcess, job: str) -> tuple[int | None, str]:
+    """The job's exit status and reason as the controller stored them."""
+    db = sqlite3.connect(f"file:{controller.data_dir / 'controller.sqlite3'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT exit_code, reason FROM jobs WHERE name = ?", (job,)).fetchone()
+    finally:
+        db.close()
+    return row[0], row[1]
+
+
+def runners(controller: ControllerProcess, service: str) -> list[int]:
+    """The service's runner processes (not their job children, which share the command
+    line: forked, not executed)."""
+    folder = str(controller.data_dir / "services" / service).encode()
+    found = {p.pid: p for p in processes().values()
+             if b"\0job-runner\0" in p.cmdline and folder in p.cmdline and p.state != "Z"}
+    return [pid for pid, p in found.items() if p.ppid not in found]
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    data = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.split(b"=", 1) for item in data.split(b"\0") if b"=" in item)
+    return {k.decode(): v.decode("utf-8", "surrogateescape") for k, v in pairs}
+
+
+def real_run(controller: ControllerProcess, service: str, env: dict[str, str]) -> int:
+    """`faas-supervisor run` as the backend would have started it for a job."""
+    folder = controller.data_dir / "services" / service
+    result = subprocess.run(
+        [*faas_command(), "run", "--script", str(folder / "script.sh"),
+         "--config", str(folder / "function_config.yaml")],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+    )
+    return result.returncode
+
+
+def job_env(controller: ControllerProcess, service: str, job: str) -> dict[str, str]:
+    (runner,) = runners(controller, service)
+    return {**environ_of(runner), "JOB_UUID": job, "EVENT": EVENT}
+
+
+def normalized(dump: str) -> list[str]:
+    """`env` output with the invocation's own names (random) made equal."""
+    uuids = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    return sorted(re.sub(uuids, "U", re.sub(r"/faas-[A-Za-z0-9_]+", "/faas-X", line))
+                  for line in dump.splitlines())
+
+
+def test_a_warm_job_gives_its_script_the_environment_run_gives(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    controller = controllers(env={"WARM_TEST_VAR": "välue with spaces"})
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    script = f'env > "$(mktemp {dumps}/env.XXXXXX)"\necho done\n'
+    token = controller.create({"name": "envdump", "script": script})["token"]
+    job = post_job(controller, "envdump", token)
+    assert finished(controller, "envdump", job)["status"] == "Succeeded"
+    (warm,) = [p.read_text() for p in dumps.iterdir()]
+    assert real_run(controller, "envdump", job_env(controller, "envdump", job)) == 0
+    (cold,) = [p.read_text() for p in dumps.iterdir() if p.read_text() != warm]
+    assert normalized(warm) == normalized(cold)
+    assert f"JOB_UUID={job}" in warm.splitlines()
+    assert "WARM_TEST_VAR=välue with spaces" in warm.splitlines()
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "echo fine\n",
+        "echo failing >&2\nexit 3\n",
+        "kill -TERM $$\n",  # the script killed by a signal
+        "kill -KILL $PPID\n",  # `run` itself killed by a signal
+    ],
+    ids=["success", "failure", "script-signalled", "run-killed"],
+)
+def test_a_warm_job_exits_with_the_status_run_exits_with(
+    controllers: ControllerFactory, script: str
+) -> None:
+    controller = controllers()
+    token = controller.create({"name": "status", "script": script})["token"]
+    job = post_job(controller, "status", token)
+    finished(controller, "status", job)
+    code, _reason = stored(controller, job)
+    expected = real_run(controller, "status", job_env(controller, "status", job))
+    assert code == expected
+    assert (code == 0) == (controller.jobs("status")[job]["status"] == "Succeeded")
+
+
+def test_a_warm_jobs_timeout_kills_its_scripts_whole_group(
+    controllers: ControllerFactory, marker: str, tmp_path: Path
+) -> None:
+    controller = controllers(env={"EXEC_TIMEOUT": "3"})
+    started = tmp_path / "started"
+    script = (f"sh -c 'sleep 300; true' {marker}-child &\n"
+              f": > {started}\nsh -c 'sleep 300; true' {marker}-main\n")
+    token = controller.create({"name": "slow", "script": script})["token"]
+    job = post_job(controller, "slow", token)
+    assert finished(controller, "slow", job)["status"] == "Failed"
+    assert started.exists()  # the script ran (and started its child) before the timeout
+    wait_until(lambda: not running_with(marker), 30, "no process of the script left", controller)
+    code, _reason = stored(controller, job)
+    assert code == real_run(controller, "slow", job_env(controller, "slow", job))
+
+
+@pytest.mark.reliability(
+    fault="job runner killed",
+    promise="its job ends Failed naming the cause, its script is gone, later jobs run",
+)
+def test_a_killed_runner_fails_its_job_clearly_and_later_jobs_run(
+    controllers: ControllerFactory, marker: str
+) -> None:
+    controller = controllers()
+    script = f"if [ \"$EVENT\" = '{EVENT}' ]; then sh -c 'sleep 300; true' {marker}; fi\necho ok\n"
+    token = controller.create({"name": "victim", "script": script})["token"]
+    tmp = controller.data_dir / "services" / "victim" / "tmp"
+    job = post_job(controller, "victim", token)
+    wait_until(lambda: running_with(marker), 60, "the job's script", controller)
+    (runner,) = runners(controller, "victim")
+    os.kill(runner, signal.SIGKILL)
+    info = finished(controller, "victim", job)
+    assert info["status"] == "Failed"
+    code, reason = stored(controller, job)
+    assert code is None
+    assert "job runner of service victim ended (killed by SIGKILL" in reason
+    wait_until(lambda: not running_with(marker), 30, "the script gone", controller)
+    # Its `run` got SIGTERM and removed its folders (the watchdog keeps one of its own).
+    wait_until(lambda: len(list(tmp.glob("faas-*"))) <= 1, 30,
+               f"its folders gone: {sorted(p.name for p in tmp.iterdir())}", controller)
+    later = post_job(controller, "victim", token, base64.b64encode(b"later").decode())
+    assert finished(controller, "victim", later)["status"] == "Succeeded"
+    assert runners(controller, "victim") not in ([], [runner])
+
+
+def test_an_updated_service_gets_a_new_runner_and_its_new_script(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    controller = controllers()
+    out = tmp_path / "out"
+    definition = {"name": "evolving", "script": f"echo one >> {out}\n"}
+    token = controller.create(definition)["token"]
+    first = post_job(controller, "evolving", token)
+    assert finished(controller, "evolving", first)["status"] == "Succeeded"
+    (old,) = runners(controller, "evolving")
+    answer = controller.request("PUT", "/system/services",
+                                json={**definition, "script": f"echo two >> {out}\n"})
+    assert answer.status_code == 204, answer.text
+    wait_until(lambda: old not in runners(controller, "evolving"), 30, "the old runner gone",
+               controller)
+    token = controller.request("GET", "/system/services/evolving").json()["token"]
+    second = post_job(controller, "evolving", token)
+    assert finished(controller, "evolving", second)["status"] == "Succeeded"
+    assert out.read_text() == "one\ntwo\n"
+    (new,) = runners(controller, "evolving")
+    assert new != old
+
+
+def test_a_deleted_service_and_a_stopped_controller_leave_no_runner(
+    controllers: ControllerFactory,
+) -> None:
+    controller = controllers()
+    tokens = {name: controller.create({"name": name, "script": "echo hi\n"})["token"]
+              for name in ("kept", "dropped")}
+    for name, token in tokens.items():
+        assert finished(controller, name, post_job(controller, name, token))["status"] == \
+            "Succeeded"
+        assert len(runners(controller, name)) == 1
+    assert controller.request("DELETE", "/system/services/dropped").status_code == 204
+    assert runners(controller, "dropped") == []
+    assert len(runners(controller, "kept")) == 1
+    assert controller.stop() == 0
+    marker = str(controller.data_dir).encode()
+    assert [p for p in processes().values() if marker in p.cmdline and p.state != "Z"] == []
+
+
+def test_an_event_that_is_not_utf8_is_refused_in_one_line_as_run_refuses_it(
+    controllers: ControllerFactory,
+) -> None:
+    """A small event goes in EVENT, as its bytes (surrogate-escaped through the runner's
+    JSON frames). One that is not UTF-8 is no JSON nor base64: exit 2 with one line, as
+    `run` itself (it crashed with a traceback on such a variable)."""
+    controller = controllers()
+    token = controller.create({"name": "bytes", "script": "echo ran\n"})["token"]
+    response = requests.post(f"{controller.url}/job/bytes", data=NOT_UTF8,
+                             headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert response.status_code == 201, response.text
+    job = response.json()["job"]
+    assert finished(controller, "bytes", job)["status"] == "Failed"
+    log = controller.request("GET", f"/system/logs/bytes/{job}").text
+    assert "request body is not JSON, base64" in log and "Traceback" not in log, log
+    assert stored(controller, job)[0] == 2
+
+
+def test_run_refuses_an_event_variable_that_is_not_utf8_in_one_line(tmp_path: Path) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("echo ran\n")
+    env = {k.encode(): v.encode() for k, v in os.environ.items() if k != "EVENT"}
+    env.update({b"EVENT": NOT_UTF8, b"TMPDIR": str(tmp_path).encode()})
+    result = subprocess.run([*faas_command(), "run", "--script", str(script)], env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(b"faas-supervisor: error: request body is not JSON")
+    assert b"Traceback" not in result.stderr
