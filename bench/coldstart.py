@@ -1,4 +1,8 @@
-"""Cold start: from exec of `faas-supervisor watchdog` to the first 200 on /_/health.
+"""Cold start: `faas-supervisor watchdog` exec to the first 200, `run` exec to exit.
+
+The watchdog: from exec to the first 200 on /_/health. `run`: a plain JSON body on
+standard input, the script `cat`, from exec to exit (what a job that moves no object pays
+before and after its script).
 
 The health check polls every millisecond on a port chosen beforehand. Side by side, for
 scale: the interpreter alone (`python -c pass`) and importing the watchdog's modules.
@@ -7,7 +11,7 @@ is for every start but a container's first. The watchdog is a runtime-only insta
 this tree (`_common.installation()`, as a user's `pip install` makes it); `--against REF`
 adds another installation (a git revision, or an executable's path), interleaved.
 
-Target: median <= 200 ms.
+Targets: watchdog median <= 200 ms; `run` median <= 120 ms.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def healthy(port: int) -> bool:
 
 
 TARGET = 0.2
+RUN_TARGET = 0.12
 
 
 def cold_start(executable: Path, script: Path, workdir: Path) -> float:
@@ -59,10 +64,14 @@ def cold_start(executable: Path, script: Path, workdir: Path) -> float:
             process.wait(30)
 
 
-def time_command(command: list[str]) -> float:
+def time_command(command: list[str], stdin: bytes | None = None) -> float:
     started = time.perf_counter()
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, input=stdin, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
+
+
+def plain_run(executable: Path, script: Path) -> float:
+    return time_command([str(executable), "run", "--script", str(script)], b'{"a": 1}')
 
 
 def main() -> None:
@@ -86,10 +95,13 @@ def main() -> None:
     against: list[float] = []
     bare: list[float] = []
     imported: list[float] = []
+    runs: list[float] = []
+    runs_against: list[float] = []
     c.WORK_DIR.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=c.WORK_DIR) as tmp:
         workdir = Path(tmp)
         script = c.write_script(workdir / "script.sh", "echo hi\n")
+        cat = c.write_script(workdir / "cat.sh", "cat\n")
         for executable in (entry, reference):
             if executable is not None:  # warm the page cache: a warm node, not a cold disk
                 cold_start(executable, script, workdir)
@@ -97,8 +109,10 @@ def main() -> None:
             bare.append(time_command([python, "-c", "pass"]))
             imported.append(time_command([python, "-c", imports]))
             starts.append(cold_start(entry, script, workdir))
+            runs.append(plain_run(entry, cat))
             if reference is not None:
                 against.append(cold_start(reference, script, workdir))
+                runs_against.append(plain_run(reference, cat))
 
     m = c.median(starts)
     rows = [
@@ -111,8 +125,13 @@ def main() -> None:
     ]
     if against:
         rows.append([f"the same, {args.against}", c.ms(c.median(against)), c.ms(max(against))])
+    r = c.median(runs)
+    rows.append(["`faas-supervisor run` of a plain body, exec to exit", c.ms(r), c.ms(max(runs))])
+    if runs_against:
+        rows.append([f"the same, {args.against}", c.ms(c.median(runs_against)),
+                     c.ms(max(runs_against))])
     text = f"""
-## 4. Cold start (`bench/coldstart.py`)
+## 4. Cold start: watchdog and `run` (`bench/coldstart.py`)
 
 Run {c.machine()}.
 
@@ -120,6 +139,8 @@ Run {c.machine()}.
 
 * exec to first 200 on `/_/health`: **{c.ms(m)}** (target <= {TARGET * 1000:.0f} ms):
   {c.verdict(m <= TARGET)}
+* `run` of a plain body, exec to exit: **{c.ms(r)}** (target <= {RUN_TARGET * 1000:.0f} ms):
+  {c.verdict(r <= RUN_TARGET)}
 
 Runs alternate the rows; `/_/health` is polled every millisecond. The watchdog is a
 runtime-only installation of this tree.
