@@ -503,7 +503,9 @@ def load_run_settings(
         values["exec_timeout"] = config.exec_timeout
     if (text := pick("max_body_size")) is not None:
         values["max_body_size"] = parse_size(text, "max_body_size")
-    tmp_dir = Path(environ.get("TMPDIR") or tempfile.gettempdir())
+    # Absolute: the script runs in its input folder, so a relative TMPDIR would name
+    # other folders there than those the runtime made and collects from.
+    tmp_dir = Path(environ.get("TMPDIR") or tempfile.gettempdir()).absolute()
     if not tmp_dir.is_dir():  # found now, not as a traceback at the first mkdtemp
         raise ConfigError(f"TMPDIR: {str(tmp_dir)!r} is not a folder")
     values["tmp_dir"] = tmp_dir

@@ -69,6 +69,10 @@ WARM_MODULES = (
     "boto3.s3.inject",
     "boto3.s3.transfer",
     "aiohttp",
+    # Imported by `run` on first use rather than at start (docs/ARCHITECTURE.md, "What is
+    # imported when"): the config's YAML, and the log lines' renderer.
+    "yaml",
+    "structlog",
 )
 
 
@@ -143,15 +147,18 @@ def warm_up() -> None:
         name = names.pop(0)
         try:
             module = importlib.import_module(name)
-        except ImportError as exc:  # an optional extra missing: `run` would fail alike
+        except Exception as exc:  # a warm-up: the job that needs it will say why
             print(f"job-runner: not preloaded: {name}: {exc}", file=sys.stderr)
             continue
         if name.startswith("faas_supervisor.") and hasattr(module, "__path__"):
             names += [f"{name}.{m.name}" for m in pkgutil.iter_modules(module.__path__)]
-    with contextlib.suppress(ImportError):  # boto3 missing: `run` would fail alike
+    try:
         from faas_supervisor.storage_providers import s3
 
         s3.load_models()
+    except Exception as exc:  # e.g. AWS_PROFILE naming no profile: only the jobs that
+        # use S3 must fail (and say why), as with a fresh `run`
+        print(f"job-runner: S3 models not preloaded: {exc}", file=sys.stderr)
 
 
 class _Runner:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import threading
 import zipfile
 from collections.abc import AsyncIterator, Sequence
@@ -48,9 +49,16 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 
 def _read_small(path: Path, limit: int) -> bytes | None:
     """The whole file if it holds `limit` bytes or fewer, else None (then it is streamed).
-    O_NOFOLLOW: never a link's target."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    Read in the loop's thread, so never a link's target (O_NOFOLLOW) and never a FIFO or
+    a device the script put in the file's place: opening a FIFO would wait for a writer
+    and hold every request (O_NONBLOCK opens it at once); anything but a regular file
+    reads as empty, as its size (0) said before this path existed.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
         data = os.read(fd, limit + 1)  # a regular file gives all it has, up to the count
     finally:
         os.close(fd)

@@ -351,3 +351,21 @@ def test_a_stopped_job_kills_its_script_and_leaves_no_folder(tmp_path: Path, sig
             assert time.monotonic() < deadline, f"process {pid} still runs"
             time.sleep(0.02)  # /proc has no event to await
     assert list(tmp.iterdir()) == []
+
+
+def test_a_relative_tmpdir_gives_the_script_absolute_folders(tmp_path: Path) -> None:
+    """The script runs in its input folder: a relative TMPDIR must not reach it as is."""
+    (tmp_path / "tmp").mkdir()
+    script = tmp_path / "script.sh"
+    script.write_text('echo "$TMP_OUTPUT_DIR $INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/paths"\n')
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID")}
+    env["TMPDIR"] = "tmp"
+    result = subprocess.run([*faas_command(), "run", "--script", str(script)], input=b"aGkK",
+                            env=env, cwd=tmp_path, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr.decode()
+    output_dir, input_file = base64.b64decode(result.stdout).decode().split()
+    assert output_dir.startswith(f"{tmp_path}/tmp/"), output_dir
+    assert input_file.startswith(f"{tmp_path}/tmp/"), input_file
+    assert list((tmp_path / "tmp").iterdir()) == []
+

@@ -148,3 +148,35 @@ async def test_an_s3_client_that_cannot_be_built_fails_its_transfer(tmp_path: Pa
     assert caught.value.message.startswith("minio.bad: cannot download bucket/key")
     assert "SKBADENDPOINT" not in caught.value.message
     assert not (tmp_path / "out").exists()
+
+
+# A warm job runner's warm-up, then one job's `run` as its forked child would run it: the
+# modules the job had to import on top of the runner's.
+WARM_DRIVER = """
+import json, sys
+out, argv = sys.argv[1], json.loads(sys.argv[2])
+from faas_supervisor import job_runner
+job_runner.warm_up()
+from faas_supervisor.cli import build_parser, main
+parser = build_parser()
+before = set(sys.modules)
+status = main(argv, parser)
+open(out, "w").write(json.dumps(sorted(set(sys.modules) - before)))
+sys.exit(status)
+"""
+
+
+def test_a_warm_job_imports_nothing_its_runner_has_not(tmp_path: Path) -> None:
+    """What `run` imports on first use (the config's YAML, the log renderer) is in the
+    runner already: a job forked from it pays no import (job_runner.WARM_MODULES)."""
+    script = tmp_path / "script.sh"
+    script.write_text("echo hi\n")
+    config = tmp_path / "config.yaml"
+    config.write_text("log_level: DEBUG\n")  # every line printed: structlog in use
+    out = tmp_path / "modules.json"
+    argv = ["run", "--script", str(script), "--config", str(config)]
+    env = {**os.environ, "EVENT": "aGkK", "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", WARM_DRIVER, str(out), json.dumps(argv)],
+                            env=env, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads(out.read_text()) == []

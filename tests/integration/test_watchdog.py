@@ -165,6 +165,9 @@ case "$Http_X_Mode" in
     echo "made links" ;;
   touch)
     touch "$MARKS/ran-$Http_X_Token" ;;
+  fifo-log)
+    # The runtime's log of the script, beside the input folder, replaced by a FIFO.
+    rm -f "$TMP_INPUT_DIR/../script.log"; mkfifo "$TMP_INPUT_DIR/../script.log" ;;
   swap-output)
     rm -rf "$TMP_OUTPUT_DIR"; ln -s "$MARKS/outside" "$TMP_OUTPUT_DIR"; echo "swapped" ;;
   *)
@@ -349,6 +352,15 @@ def test_chunked_request_has_an_empty_content_length(shared: WatchdogProcess) ->
 
 
 # ---- SPEC 4.1: the response table ------------------------------------------------------
+
+
+def test_a_fifo_in_place_of_the_scripts_log_holds_nothing_up(shared: WatchdogProcess) -> None:
+    """Read in the loop's thread, the log must never be opened waiting for a writer: that
+    would hold every request of the watchdog. A FIFO reads as an empty log."""
+    response = requests.post(shared.url, headers={"X-Mode": "fifo-log"}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert "fifo" not in response.text
+    assert requests.get(shared.url + "/_/health", timeout=10).status_code == 200
 
 
 def test_one_output_file_is_base64(shared: WatchdogProcess) -> None:

@@ -60,3 +60,19 @@ def test_the_warm_up_leaves_the_runner_single_threaded() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120, check=True)
     assert result.stdout.split() == ["1", "1"], result.stderr
+
+
+def test_a_warm_up_that_cannot_read_the_s3_models_still_serves_other_jobs() -> None:
+    """AWS_PROFILE naming no profile makes boto3's session fail: a job that uses S3 must
+    fail and say why, as a fresh `run` would; the runner, and its other jobs, go on."""
+    import subprocess
+    import sys
+
+    code = "from faas_supervisor import job_runner; job_runner.warm_up(); print('warm')"
+    env = {**os.environ, "AWS_PROFILE": "no-such-profile-here"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "warm\n"
+    assert result.stderr.startswith("job-runner: S3 models not preloaded:"), result.stderr
+    assert result.stderr.count("\n") == 1
