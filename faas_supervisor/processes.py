@@ -55,6 +55,10 @@ FORCE_SIGNAL = signal.SIGINT
 # Pids of the children spawned here and not reaped yet: `Orphans` leaves them alone (they
 # are reaped by whoever waits for them) and takes every other child for an adopted orphan.
 _spawned: set[int] = set()
+# Pids `Orphans` must not kill though they may come to us: a warm job runner's jobs, which
+# are re-parented to the controller if their runner dies and must then finish their own
+# graceful stop (removing their folders). Zombies among them are still reaped. See kept().
+_kept: set[int] = set()
 # Children in stop(), and whether a second signal forced the program's exit: see
 # captured_signals.
 _stopping: set[Child] = set()
@@ -450,6 +454,18 @@ def signal_forked_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+@contextlib.contextmanager
+def kept(pid: int) -> Iterator[None]:
+    """While inside, `Orphans` reaps `pid` once it is a zombie but never kills it: for a
+    process we stop gracefully ourselves (stop_stranger) should it come to us, so that a
+    sweep for another reason does not SIGKILL it in the middle of its own cleanup."""
+    _kept.add(pid)
+    try:
+        yield
+    finally:
+        _kept.discard(pid)
+
+
 def _has_exited(pidfd: int) -> bool:
     return bool(select.select([pidfd], [], [], 0)[0])
 
@@ -659,7 +675,7 @@ class Orphans:
                     os.waitpid(pid, os.WNOHANG)
                     done += 1
                 continue
-            if wanted(pid):
+            if pid in _kept or wanted(pid):
                 continue
             done += 1
             with contextlib.suppress(ProcessLookupError, PermissionError):

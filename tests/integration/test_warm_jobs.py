@@ -266,3 +266,35 @@ def test_run_refuses_an_event_variable_that_is_not_utf8_in_one_line(tmp_path: Pa
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(b"faas-supervisor: error: request body is not JSON")
     assert b"Traceback" not in result.stderr
+
+
+@pytest.mark.reliability(
+    fault="job runner killed with several jobs running",
+    promise="each job ends Failed, its `run` removes its folders, nothing is left",
+)
+def test_a_killed_runners_jobs_each_finish_their_cleanup(
+    controllers: ControllerFactory, marker: str
+) -> None:
+    """Its jobs' `run` processes come to the controller (a subreaper), each stopped
+    gracefully by its own job. The first to exit sweeps the controller's orphans: that
+    sweep must not SIGKILL the others in the middle of removing their folders (the
+    "slow" jobs fill theirs with files, so their removal takes a while)."""
+    controller = controllers(args=["--max-jobs", "3"])
+    script = (f'if [ "$EVENT" != \'{EVENT}\' ]; then\n'
+              f'  mkdir "$TMP_OUTPUT_DIR/many" && cd "$TMP_OUTPUT_DIR/many" && '
+              f'seq 1 20000 | xargs touch\nfi\n'
+              f"sh -c 'sleep 300; true' {marker}\n")
+    token = controller.create({"name": "crowd", "script": script})["token"]
+    tmp = controller.data_dir / "services" / "crowd" / "tmp"
+    slow = base64.b64encode(b"slow").decode()
+    jobs = [post_job(controller, "crowd", token, body) for body in (EVENT, slow, slow)]
+    wait_until(lambda: len(running_with(marker)) == 3, 60, "the three scripts", controller)
+    (runner,) = runners(controller, "crowd")
+    os.kill(runner, signal.SIGKILL)
+    for job in jobs:
+        assert finished(controller, "crowd", job)["status"] == "Failed"
+        assert "job runner of service crowd ended" in stored(controller, job)[1]
+    wait_until(lambda: not running_with(marker), 30, "the scripts gone", controller)
+    # Every `run` removed its folders (the watchdog keeps one of its own).
+    wait_until(lambda: len(list(tmp.glob("faas-*"))) <= 1, 30,
+               f"the jobs' folders gone: {sorted(p.name for p in tmp.iterdir())}", controller)

@@ -359,23 +359,28 @@ class LocalBackend:
                 fds.append(stack.enter_context(open(event, "rb")).fileno())
             warm = runner.submit(job, ["run", *self._files(service.name)], env, fds)
         pid_file: Path | None = None
+        # Should its runner die, its `run` comes to us (a subreaper): no sweep (another
+        # job's end, a watchdog's restart) may kill it before its graceful stop below.
+        kept = contextlib.ExitStack()
         try:
             await asyncio.shield(warm.started)
+            kept.enter_context(processes.kept(warm.pid))
             pid_file = self.pids.record(warm.pid, "job-")
             return await asyncio.shield(warm.done)
         except RunnerDied as exc:
             raise JobInterrupted(str(exc)) from None
         finally:
-            if not warm.done.done():
-                # Cancelled (the job or its service deleted, the controller stopping):
-                # SIGTERM lets `run` kill its script's group and remove its folders.
-                await asyncio.shield(runner.stop_job(warm, JOB_STOP_GRACE))
-            if warm.runner_died and warm.pid:
-                # Its `run` came to us (a subreaper) and runs on: stopped as a job is
-                # (SIGTERM, the grace period, SIGKILL to its group), before the sweep.
-                await asyncio.shield(
-                    processes.stop_stranger(warm.pid, self.pids.marker, JOB_STOP_GRACE)
-                )
+            with kept:  # released however this ends
+                if not warm.done.done():
+                    # Cancelled (the job or its service deleted, the controller stopping):
+                    # SIGTERM lets `run` kill its script's group and remove its folders.
+                    await asyncio.shield(runner.stop_job(warm, JOB_STOP_GRACE))
+                if warm.runner_died and warm.pid:
+                    # Its `run` runs on, ours now: stopped as a job is (SIGTERM, the grace
+                    # period, SIGKILL to its group), before the sweep.
+                    await asyncio.shield(
+                        processes.stop_stranger(warm.pid, self.pids.marker, JOB_STOP_GRACE)
+                    )
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
             # A `run` killed outright left its script to us: it goes now.
