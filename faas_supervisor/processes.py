@@ -114,6 +114,16 @@ class Child:
     def returncode(self) -> int | None:
         return self.popen.returncode
 
+    def has_exited(self) -> bool:
+        """Whether it has exited, reaped or not: a zombie nobody has awaited yet counts."""
+        if self.popen.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped elsewhere
+            return True
+        return info is not None and info.si_pid != 0
+
     def signal_group(self, sig: int) -> None:
         """`sig` to the child's group, as long as the child is not reaped (see above)."""
         if self.popen.returncode is None:

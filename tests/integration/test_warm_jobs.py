@@ -11,12 +11,15 @@ read from /proc, plus JOB_UUID and EVENT).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import os
 import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from faas_supervisor.controller.backends.local_runner import Runner
 from tests.integration.conftest import faas_command
 from tests.integration.controller_fixture import ControllerFactory, ControllerProcess, wait_until
 from tests.leftovers import kill, processes, running_with
@@ -298,3 +302,50 @@ def test_a_killed_runners_jobs_each_finish_their_cleanup(
     # Every `run` removed its folders (the watchdog keeps one of its own).
     wait_until(lambda: len(list(tmp.glob("faas-*"))) <= 1, 30,
                f"the jobs' folders gone: {sorted(p.name for p in tmp.iterdir())}", controller)
+
+
+# A stand-in for a job runner: says it is ready, and leaves a process of its own session
+# holding its control socket, so that its death brings no end-of-file soon (a runner
+# killed while a child it forked had not closed the socket yet does the same).
+LINGERING_RUNNER = """
+import os, sys, time
+from faas_supervisor.job_runner import frame
+child = os.fork()
+if child == 0:
+    os.setsid()
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", sys.argv[1]])
+while os.getsid(child) != child:  # out of our group, which is killed with us
+    time.sleep(0.001)
+os.write(0, frame({"ready": os.getpid()}))
+time.sleep(300)
+"""
+
+
+def test_a_runner_found_dead_is_replaced_at_once(tmp_path: Path, marker: str) -> None:
+    """A job submitted right after its runner died must go to a new runner, not to the
+    dead one's socket (it would fail "could not run") while the dead one's supervision
+    still waits for its last messages."""
+
+    def record(pid: int) -> Path:
+        path = tmp_path / f"{pid}.pid"
+        path.write_text(str(pid))
+        return path
+
+    async def main() -> tuple[int, int]:
+        runner = Runner("lingering", [sys.executable, "-c", LINGERING_RUNNER, marker],
+                        dict(os.environ), tmp_path / "runner.log", record)
+        try:
+            await runner.ensure()
+            assert runner._process is not None
+            first = runner._process.pid
+            os.kill(first, signal.SIGKILL)
+            # Dead (a zombie, or reaped already by the runner's supervision).
+            with contextlib.suppress(ChildProcessError):
+                await asyncio.to_thread(os.waitid, os.P_PID, first, os.WEXITED | os.WNOWAIT)
+            await asyncio.wait_for(runner.ensure(), 60)
+            return first, runner._process.pid
+        finally:
+            await runner.stop()
+
+    first, second = asyncio.run(main())
+    assert second != first
