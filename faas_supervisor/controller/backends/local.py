@@ -209,7 +209,9 @@ class LocalBackend:
         self._turn = itertools.count()  # round robin over a service's watchdogs
         # A service's job runner; those of a service's earlier definitions, until idle.
         self._runners: dict[str, Runner] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
+        # Runners of earlier definitions, each with the task that stops it once idle;
+        # close() stops those too (a retire task cancelled there would not).
+        self._retiring: dict[Runner, asyncio.Task[None]] = {}
         self.pids = _Pids(data_dir / "pids", data_dir)
         self.orphans: processes.Orphans | None = None
 
@@ -224,11 +226,12 @@ class LocalBackend:
         return self.orphans
 
     async def close(self) -> None:
-        for task in self._retiring:
-            task.cancel()  # its runner is stopped below
+        retiring = dict(self._retiring)
+        for task in retiring.values():
+            task.cancel()  # no wait for idle: its runner is stopped here, with its jobs
         await asyncio.gather(*(w.stop() for ws in self._watchdogs.values() for w in ws),
-                             *(r.stop() for r in self._runners.values()),
-                             *self._retiring, return_exceptions=True)
+                             *(r.stop() for r in (*self._runners.values(), *retiring)),
+                             *retiring.values(), return_exceptions=True)
         self._watchdogs.clear()
         self._runners.clear()
         await self._orphans().kill_all()
@@ -312,8 +315,8 @@ class LocalBackend:
             await runner.stop()
 
         task = asyncio.create_task(retire(), name=f"retire-runner-{runner.name}")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[runner] = task
+        task.add_done_callback(lambda _: self._retiring.pop(runner, None))
 
     async def remove(self, name: str) -> None:
         runner = self._runners.pop(name, None)
