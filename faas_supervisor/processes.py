@@ -390,7 +390,7 @@ async def _exited_unreaped(pid: int) -> None:
         await asyncio.to_thread(os.waitid, os.P_PID, pid, os.WEXITED | os.WNOWAIT)
         return
     try:
-        await _readable(pidfd)
+        await readable(pidfd)
     finally:
         os.close(pidfd)
 
@@ -415,7 +415,7 @@ async def stop_stranger(pid: int, marker: bytes, grace: float = STOP_GRACE) -> N
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(_readable(pidfd), grace)
+            await asyncio.wait_for(readable(pidfd), grace)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
@@ -480,19 +480,35 @@ def _has_exited(pidfd: int) -> bool:
     return bool(select.select([pidfd], [], [], 0)[0])
 
 
-async def _readable(fd: int) -> None:
+async def readable(fd: int) -> None:
+    """Returns once `fd` (a pidfd, a socket) is readable, from the event loop."""
+    await _ready(fd, write=False)
+
+
+async def writable(fd: int) -> None:
+    """Returns once `fd` (a socket) is writable, from the event loop."""
+    await _ready(fd, write=True)
+
+
+async def _ready(fd: int, write: bool) -> None:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
-    def readable() -> None:
+    def wake() -> None:
         if not ready.done():
             ready.set_result(None)
 
-    loop.add_reader(fd, readable)
+    if write:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
     try:
         await ready
     finally:
-        loop.remove_reader(fd)
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
 
 
 # ---- the program's signals -----------------------------------------------------------------

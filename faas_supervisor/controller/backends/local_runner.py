@@ -142,7 +142,7 @@ class Runner:
         frames = Frames()
         try:
             while True:
-                await _readable(sock.fileno())
+                await processes.readable(sock.fileno())
                 try:
                     data = sock.recv(READ_SIZE)
                 except (BlockingIOError, InterruptedError):
@@ -199,7 +199,7 @@ class Runner:
                         else:
                             sent = sock.send(data)
                     except (BlockingIOError, InterruptedError):
-                        await _writable(sock.fileno())
+                        await processes.writable(sock.fileno())
                         continue
                     except OSError as exc:
                         raise RunnerDied(f"the job runner of service {self.name} is gone: "
@@ -262,31 +262,3 @@ class Runner:
             await asyncio.shield(asyncio.gather(
                 *([self._watch] if self._watch is not None else []), *self._ending))
 
-
-async def _readable(fd: int) -> None:
-    await _ready(fd, write=False)
-
-
-async def _writable(fd: int) -> None:
-    await _ready(fd, write=True)
-
-
-async def _ready(fd: int, write: bool) -> None:
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    if write:
-        loop.add_writer(fd, wake)
-    else:
-        loop.add_reader(fd, wake)
-    try:
-        await future
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
