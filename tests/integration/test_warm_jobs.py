@@ -389,3 +389,19 @@ def test_closing_the_backend_stops_a_replaced_runner_still_running_a_job(
         assert asyncio.run(main()) is not None  # stopped and reaped by close()
     finally:
         ours._prctl(ours.PR_SET_CHILD_SUBREAPER, 0)  # backend.start() made us one
+
+
+def test_a_controller_stopped_right_after_an_update_leaves_no_pid_file(
+    controllers: ControllerFactory,
+) -> None:
+    """The updated service's new watchdog is stopped before it answers its health check:
+    it is seen to its end all the same, so that a next start has no pid to chase (one
+    that may name another process by then)."""
+    controller = controllers()
+    definition = {"name": "updated", "script": "echo one\n"}
+    controller.create(definition)
+    answer = controller.request("PUT", "/system/services",
+                                json={**definition, "script": "echo two\n"})
+    assert answer.status_code == 204, answer.text
+    assert controller.stop() == 0
+    assert sorted(p.name for p in (controller.data_dir / "pids").iterdir()) == []

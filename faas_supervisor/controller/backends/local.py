@@ -138,11 +138,14 @@ class _Watchdog:
                     stderr=subprocess.STDOUT,
                 )
             pid_file = self.pids.record(self.process.pid)
-            if await self._healthy():
-                self.ready.set()
-                logger.info("service ready", service=self.name, port=self.port)
-            code = await self.process.wait()
-            pid_file.unlink(missing_ok=True)
+            try:
+                if await self._healthy():
+                    self.ready.set()
+                    logger.info("service ready", service=self.name, port=self.port)
+                code = await self.process.wait()
+            finally:
+                # Also when cancelled by stop(), which has stopped the process by then.
+                pid_file.unlink(missing_ok=True)
             self.ready.clear()
             # What it left (killed outright: its scripts, its server's children) came to
             # us: killed before a new one starts, so that no port or file is held.
