@@ -37,10 +37,12 @@ from faas_supervisor.errors import (
     storage_failure,
     writing,
 )
-from faas_supervisor.logs import InvocationLog
+from faas_supervisor.logs import InvocationLog, get_logger
 from faas_supervisor.parsers.body import read_body
 from faas_supervisor.parsers.event import ANY_ID, Event, StorageObject
 from faas_supervisor.storage_providers import StorageProvider
+
+_logger = get_logger(component="invocation")
 
 # The variables the runtime sets for each invocation, and only it: unset when they do not
 # apply (INPUT_FILE_PATH with no input, the storage ones for other events).
@@ -423,37 +425,56 @@ class Removals:
     `discard`: milliseconds per rmdir): done in the loop's thread, it would stall every
     other request meanwhile. A few threads, so that such waits overlap; a plain queue and
     one callback into the loop per folder (a fraction of the CPU of asyncio.to_thread's
-    executor futures, for the watchdog's every invocation).
+    executor futures, for the watchdog's every invocation). A removal that fails is
+    logged and its caller gets the exception; the thread goes on with the next one.
     """
 
     def __init__(self, workers: int = 4) -> None:
         self._workers = workers
         self._queue: queue.SimpleQueue[_Removal | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        # close_all() runs in another thread than close(): what it decides (closed, the
+        # threads to stop) and what close() does (queue, or not) happen one at a time.
+        self._lock = threading.Lock()
+        self._closed = False  # close_all() called: from then on, removals are inline
 
     async def close(self, invocation: Invocation) -> None:
         """invocation.close(), its folder removed in a worker thread. Cancelling the caller
-        stops the wait, not the removal: close_all() waits for it."""
+        stops the wait, not the removal: close_all() waits for it. After close_all() (a
+        late handler), the folder is removed here and now: no thread is left to do it."""
         invocation.kill()  # here: only the loop's thread signals (processes.py)
         loop = asyncio.get_running_loop()
         removed = loop.create_future()
 
-        def resolve() -> None:
-            if not removed.done():
+        def resolve(error: BaseException | None) -> None:
+            if removed.done():  # the caller was cancelled: nobody waits
+                return
+            if error is None:
                 removed.set_result(None)
+            else:
+                removed.set_exception(error)
 
-        if not self._threads:
-            self._start()
-        self._queue.put((invocation, loop, resolve))
+        with self._lock:
+            queued = not self._closed
+            if queued:
+                if not self._threads:
+                    self._start()
+                self._queue.put((invocation, loop, resolve))
+        if not queued:
+            invocation.remove()
+            return
         await removed
 
     def close_all(self) -> None:
-        """Wait for the removals asked for, and stop the threads (blocking: at the end)."""
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
+        """Wait for the removals asked for, and stop the threads (blocking: at the end).
+        Removals asked for later run in their caller (see close)."""
+        with self._lock:
+            self._closed = True
+            threads, self._threads = self._threads, []
+            for _ in threads:
+                self._queue.put(None)  # after every removal queued: those go first
+        for thread in threads:
             thread.join()
-        self._threads = []
 
     def _start(self) -> None:
         for number in range(self._workers):
@@ -464,15 +485,21 @@ class Removals:
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
             invocation, loop, resolve = item
+            error: BaseException | None = None
             try:
                 invocation.remove()
-            finally:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits
-                    loop.call_soon_threadsafe(resolve)
+            except Exception as exc:  # this thread must live on for the next folders
+                error = exc
+                _logger.error("could not remove an invocation's folder",
+                              path=str(invocation.root), error=repr(exc))
+            with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits
+                loop.call_soon_threadsafe(resolve, error)
 
 
 # An invocation whose folder to remove, and the callback into its loop once it is gone.
-_Removal = tuple[Invocation, asyncio.AbstractEventLoop, Callable[[], None]]
+_Removal = tuple[
+    Invocation, asyncio.AbstractEventLoop, Callable[[BaseException | None], None]
+]
 
 
 @contextlib.asynccontextmanager

@@ -55,6 +55,10 @@ FORCE_SIGNAL = signal.SIGINT
 # Pids of the children spawned here and not reaped yet: `Orphans` leaves them alone (they
 # are reaped by whoever waits for them) and takes every other child for an adopted orphan.
 _spawned: set[int] = set()
+# Pids `Orphans` must not kill though they may come to us: a warm job runner's jobs, which
+# are re-parented to the controller if their runner dies and must then finish their own
+# graceful stop (removing their folders). Zombies among them are still reaped. See kept().
+_kept: set[int] = set()
 # Children in stop(), and whether a second signal forced the program's exit: see
 # captured_signals.
 _stopping: set[Child] = set()
@@ -109,6 +113,16 @@ class Child:
     @property
     def returncode(self) -> int | None:
         return self.popen.returncode
+
+    def has_exited(self) -> bool:
+        """Whether it has exited, reaped or not: a zombie nobody has awaited yet counts."""
+        if self.popen.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped elsewhere
+            return True
+        return info is not None and info.si_pid != 0
 
     def signal_group(self, sig: int) -> None:
         """`sig` to the child's group, as long as the child is not reaped (see above)."""
@@ -376,7 +390,7 @@ async def _exited_unreaped(pid: int) -> None:
         await asyncio.to_thread(os.waitid, os.P_PID, pid, os.WEXITED | os.WNOWAIT)
         return
     try:
-        await _readable(pidfd)
+        await readable(pidfd)
     finally:
         os.close(pidfd)
 
@@ -401,7 +415,7 @@ async def stop_stranger(pid: int, marker: bytes, grace: float = STOP_GRACE) -> N
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(_readable(pidfd), grace)
+            await asyncio.wait_for(readable(pidfd), grace)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
@@ -450,23 +464,51 @@ def signal_forked_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+@contextlib.contextmanager
+def kept(pid: int) -> Iterator[None]:
+    """While inside, `Orphans` reaps `pid` once it is a zombie but never kills it: for a
+    process we stop gracefully ourselves (stop_stranger) should it come to us, so that a
+    sweep for another reason does not SIGKILL it in the middle of its own cleanup."""
+    _kept.add(pid)
+    try:
+        yield
+    finally:
+        _kept.discard(pid)
+
+
 def _has_exited(pidfd: int) -> bool:
     return bool(select.select([pidfd], [], [], 0)[0])
 
 
-async def _readable(fd: int) -> None:
+async def readable(fd: int) -> None:
+    """Returns once `fd` (a pidfd, a socket) is readable, from the event loop."""
+    await _ready(fd, write=False)
+
+
+async def writable(fd: int) -> None:
+    """Returns once `fd` (a socket) is writable, from the event loop."""
+    await _ready(fd, write=True)
+
+
+async def _ready(fd: int, write: bool) -> None:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
-    def readable() -> None:
+    def wake() -> None:
         if not ready.done():
             ready.set_result(None)
 
-    loop.add_reader(fd, readable)
+    if write:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
     try:
         await ready
     finally:
-        loop.remove_reader(fd)
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
 
 
 # ---- the program's signals -----------------------------------------------------------------
@@ -659,7 +701,7 @@ class Orphans:
                     os.waitpid(pid, os.WNOHANG)
                     done += 1
                 continue
-            if wanted(pid):
+            if pid in _kept or wanted(pid):
                 continue
             done += 1
             with contextlib.suppress(ProcessLookupError, PermissionError):

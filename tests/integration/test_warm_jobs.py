@@ -11,12 +11,15 @@ read from /proc, plus JOB_UUID and EVENT).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import os
 import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from faas_supervisor.controller.backends.local_runner import Runner
 from tests.integration.conftest import faas_command
 from tests.integration.controller_fixture import ControllerFactory, ControllerProcess, wait_until
 from tests.leftovers import kill, processes, running_with
@@ -266,3 +270,138 @@ def test_run_refuses_an_event_variable_that_is_not_utf8_in_one_line(tmp_path: Pa
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(b"faas-supervisor: error: request body is not JSON")
     assert b"Traceback" not in result.stderr
+
+
+@pytest.mark.reliability(
+    fault="job runner killed with several jobs running",
+    promise="each job ends Failed, its `run` removes its folders, nothing is left",
+)
+def test_a_killed_runners_jobs_each_finish_their_cleanup(
+    controllers: ControllerFactory, marker: str
+) -> None:
+    """Its jobs' `run` processes come to the controller (a subreaper), each stopped
+    gracefully by its own job. The first to exit sweeps the controller's orphans: that
+    sweep must not SIGKILL the others in the middle of removing their folders (the
+    "slow" jobs fill theirs with files, so their removal takes a while)."""
+    controller = controllers(args=["--max-jobs", "3"])
+    script = (f'if [ "$EVENT" != \'{EVENT}\' ]; then\n'
+              f'  mkdir "$TMP_OUTPUT_DIR/many" && cd "$TMP_OUTPUT_DIR/many" && '
+              f'seq 1 20000 | xargs touch\nfi\n'
+              f"sh -c 'sleep 300; true' {marker}\n")
+    token = controller.create({"name": "crowd", "script": script})["token"]
+    tmp = controller.data_dir / "services" / "crowd" / "tmp"
+    slow = base64.b64encode(b"slow").decode()
+    jobs = [post_job(controller, "crowd", token, body) for body in (EVENT, slow, slow)]
+    wait_until(lambda: len(running_with(marker)) == 3, 60, "the three scripts", controller)
+    (runner,) = runners(controller, "crowd")
+    os.kill(runner, signal.SIGKILL)
+    for job in jobs:
+        assert finished(controller, "crowd", job)["status"] == "Failed"
+        assert "job runner of service crowd ended" in stored(controller, job)[1]
+    wait_until(lambda: not running_with(marker), 30, "the scripts gone", controller)
+    # Every `run` removed its folders (the watchdog keeps one of its own).
+    wait_until(lambda: len(list(tmp.glob("faas-*"))) <= 1, 30,
+               f"the jobs' folders gone: {sorted(p.name for p in tmp.iterdir())}", controller)
+
+
+# A stand-in for a job runner: says it is ready, and leaves a process of its own session
+# holding its control socket, so that its death brings no end-of-file soon (a runner
+# killed while a child it forked had not closed the socket yet does the same).
+LINGERING_RUNNER = """
+import os, sys, time
+from faas_supervisor.job_runner import frame
+child = os.fork()
+if child == 0:
+    os.setsid()
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", sys.argv[1]])
+while os.getsid(child) != child:  # out of our group, which is killed with us
+    time.sleep(0.001)
+os.write(0, frame({"ready": os.getpid()}))
+time.sleep(300)
+"""
+
+
+def test_a_runner_found_dead_is_replaced_at_once(tmp_path: Path, marker: str) -> None:
+    """A job submitted right after its runner died must go to a new runner, not to the
+    dead one's socket (it would fail "could not run") while the dead one's supervision
+    still waits for its last messages."""
+
+    def record(pid: int) -> Path:
+        path = tmp_path / f"{pid}.pid"
+        path.write_text(str(pid))
+        return path
+
+    async def main() -> tuple[int, int]:
+        runner = Runner("lingering", [sys.executable, "-c", LINGERING_RUNNER, marker],
+                        dict(os.environ), tmp_path / "runner.log", record)
+        try:
+            await runner.ensure()
+            assert runner._process is not None
+            first = runner._process.pid
+            os.kill(first, signal.SIGKILL)
+            # Dead (a zombie, or reaped already by the runner's supervision).
+            with contextlib.suppress(ChildProcessError):
+                await asyncio.to_thread(os.waitid, os.P_PID, first, os.WEXITED | os.WNOWAIT)
+            await asyncio.wait_for(runner.ensure(), 60)
+            return first, runner._process.pid
+        finally:
+            await runner.stop()
+
+    first, second = asyncio.run(main())
+    assert second != first
+
+
+def test_closing_the_backend_stops_a_replaced_runner_still_running_a_job(
+    tmp_path: Path, marker: str
+) -> None:
+    """The backend itself, in this process: closed while the runner of a service's earlier
+    definition still runs a job (its retire task waiting for it to be idle), that runner
+    is stopped with its job, not left to exit once the controller's socket closes."""
+    from faas_supervisor import processes as ours
+    from faas_supervisor.controller.backends.local import LocalBackend
+    from faas_supervisor.controller.fdl import parse_service
+
+    event = tmp_path / "event"
+    event.write_bytes(b"")
+    definition = {"name": "moving", "script": f"sh -c 'sleep 300; true' {marker}\n"}
+
+    async def main() -> int | None:
+        backend = LocalBackend(tmp_path / "data", {}, {"PATH": os.environ["PATH"]})
+        await backend.start()
+        await backend.deploy(parse_service(definition))
+        job = asyncio.ensure_future(
+            backend.run_job(parse_service(definition), "job-1", event, tmp_path / "job.log"))
+        old = backend._runners["moving"]
+        try:
+            while not running_with(marker):
+                assert not job.done(), job
+                await asyncio.sleep(0.05)  # the script started: /proc has no event for it
+            await backend.deploy(parse_service({**definition, "script": "echo new\n"}))
+            await asyncio.wait_for(backend.close(), 60)
+            assert old._process is not None
+            return old._process.returncode
+        finally:
+            job.cancel()
+            await asyncio.gather(job, return_exceptions=True)
+            await old.stop()
+
+    try:
+        assert asyncio.run(main()) is not None  # stopped and reaped by close()
+    finally:
+        ours._prctl(ours.PR_SET_CHILD_SUBREAPER, 0)  # backend.start() made us one
+
+
+def test_a_controller_stopped_right_after_an_update_leaves_no_pid_file(
+    controllers: ControllerFactory,
+) -> None:
+    """The updated service's new watchdog is stopped before it answers its health check:
+    it is seen to its end all the same, so that a next start has no pid to chase (one
+    that may name another process by then)."""
+    controller = controllers()
+    definition = {"name": "updated", "script": "echo one\n"}
+    controller.create(definition)
+    answer = controller.request("PUT", "/system/services",
+                                json={**definition, "script": "echo two\n"})
+    assert answer.status_code == 204, answer.text
+    assert controller.stop() == 0
+    assert sorted(p.name for p in (controller.data_dir / "pids").iterdir()) == []

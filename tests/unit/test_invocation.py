@@ -93,3 +93,50 @@ def test_a_removal_goes_on_when_its_caller_is_cancelled(tmp_path: Path) -> None:
     removals.close_all()
     assert not first.root.exists()
     assert not second.root.exists()
+
+
+def test_a_failed_removal_reaches_its_caller_and_the_next_removals_still_run(
+    tmp_path: Path,
+) -> None:
+    """An exception in one removal must not end its worker thread: with one worker, the
+    folders queued after it would never go, and their handlers wait forever."""
+    broken, first, second = (make_invocation(tmp_path / name, "echo hi\n")
+                             for name in ("broken", "a", "b"))
+
+    def fail() -> None:
+        raise OSError("disk gone")
+
+    broken.remove = fail  # type: ignore[method-assign]
+    removals = Removals(workers=1)
+
+    async def main() -> list[BaseException | None]:
+        results = await asyncio.wait_for(asyncio.gather(
+            removals.close(broken), removals.close(first), removals.close(second),
+            return_exceptions=True), 20)
+        return list(results)
+
+    try:
+        failed, *rest = asyncio.run(main())
+    finally:
+        removals.close_all()
+    assert isinstance(failed, OSError) and str(failed) == "disk gone"
+    assert rest == [None, None]
+    assert not first.root.exists()
+    assert not second.root.exists()
+
+
+def test_a_removal_asked_for_after_close_all_runs_at_once(tmp_path: Path) -> None:
+    """A late handler (after the watchdog's shutdown stopped the threads) must still see
+    its folder removed, not queued for threads that are gone."""
+    early, late = (make_invocation(tmp_path / name, "echo hi\n") for name in ("a", "b"))
+    removals = Removals(workers=2)
+
+    async def main() -> None:
+        await removals.close(early)  # the threads started
+        await asyncio.to_thread(removals.close_all)
+        await asyncio.wait_for(removals.close(late), 20)
+
+    asyncio.run(main())
+    assert not early.root.exists()
+    assert not late.root.exists()
+    assert [t for t in threading.enumerate() if t.name.startswith("removals-")] == []

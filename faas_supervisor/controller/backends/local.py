@@ -138,11 +138,14 @@ class _Watchdog:
                     stderr=subprocess.STDOUT,
                 )
             pid_file = self.pids.record(self.process.pid)
-            if await self._healthy():
-                self.ready.set()
-                logger.info("service ready", service=self.name, port=self.port)
-            code = await self.process.wait()
-            pid_file.unlink(missing_ok=True)
+            try:
+                if await self._healthy():
+                    self.ready.set()
+                    logger.info("service ready", service=self.name, port=self.port)
+                code = await self.process.wait()
+            finally:
+                # Also when cancelled by stop(), which has stopped the process by then.
+                pid_file.unlink(missing_ok=True)
             self.ready.clear()
             # What it left (killed outright: its scripts, its server's children) came to
             # us: killed before a new one starts, so that no port or file is held.
@@ -209,7 +212,9 @@ class LocalBackend:
         self._turn = itertools.count()  # round robin over a service's watchdogs
         # A service's job runner; those of a service's earlier definitions, until idle.
         self._runners: dict[str, Runner] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
+        # Runners of earlier definitions, each with the task that stops it once idle;
+        # close() stops those too (a retire task cancelled there would not).
+        self._retiring: dict[Runner, asyncio.Task[None]] = {}
         self.pids = _Pids(data_dir / "pids", data_dir)
         self.orphans: processes.Orphans | None = None
 
@@ -224,11 +229,12 @@ class LocalBackend:
         return self.orphans
 
     async def close(self) -> None:
-        for task in self._retiring:
-            task.cancel()  # its runner is stopped below
+        retiring = dict(self._retiring)
+        for task in retiring.values():
+            task.cancel()  # no wait for idle: its runner is stopped here, with its jobs
         await asyncio.gather(*(w.stop() for ws in self._watchdogs.values() for w in ws),
-                             *(r.stop() for r in self._runners.values()),
-                             *self._retiring, return_exceptions=True)
+                             *(r.stop() for r in (*self._runners.values(), *retiring)),
+                             *retiring.values(), return_exceptions=True)
         self._watchdogs.clear()
         self._runners.clear()
         await self._orphans().kill_all()
@@ -312,8 +318,8 @@ class LocalBackend:
             await runner.stop()
 
         task = asyncio.create_task(retire(), name=f"retire-runner-{runner.name}")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[runner] = task
+        task.add_done_callback(lambda _: self._retiring.pop(runner, None))
 
     async def remove(self, name: str) -> None:
         runner = self._runners.pop(name, None)
@@ -359,23 +365,28 @@ class LocalBackend:
                 fds.append(stack.enter_context(open(event, "rb")).fileno())
             warm = runner.submit(job, ["run", *self._files(service.name)], env, fds)
         pid_file: Path | None = None
+        # Should its runner die, its `run` comes to us (a subreaper): no sweep (another
+        # job's end, a watchdog's restart) may kill it before its graceful stop below.
+        kept = contextlib.ExitStack()
         try:
             await asyncio.shield(warm.started)
+            kept.enter_context(processes.kept(warm.pid))
             pid_file = self.pids.record(warm.pid, "job-")
             return await asyncio.shield(warm.done)
         except RunnerDied as exc:
             raise JobInterrupted(str(exc)) from None
         finally:
-            if not warm.done.done():
-                # Cancelled (the job or its service deleted, the controller stopping):
-                # SIGTERM lets `run` kill its script's group and remove its folders.
-                await asyncio.shield(runner.stop_job(warm, JOB_STOP_GRACE))
-            if warm.runner_died and warm.pid:
-                # Its `run` came to us (a subreaper) and runs on: stopped as a job is
-                # (SIGTERM, the grace period, SIGKILL to its group), before the sweep.
-                await asyncio.shield(
-                    processes.stop_stranger(warm.pid, self.pids.marker, JOB_STOP_GRACE)
-                )
+            with kept:  # released however this ends
+                if not warm.done.done():
+                    # Cancelled (the job or its service deleted, the controller stopping):
+                    # SIGTERM lets `run` kill its script's group and remove its folders.
+                    await asyncio.shield(runner.stop_job(warm, JOB_STOP_GRACE))
+                if warm.runner_died and warm.pid:
+                    # Its `run` runs on, ours now: stopped as a job is (SIGTERM, the grace
+                    # period, SIGKILL to its group), before the sweep.
+                    await asyncio.shield(
+                        processes.stop_stranger(warm.pid, self.pids.marker, JOB_STOP_GRACE)
+                    )
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
             # A `run` killed outright left its script to us: it goes now.

@@ -33,9 +33,11 @@ class RunnerDied(Exception):
 class WarmJob:
     """One job given to a runner: its pid once forked, its exit status."""
 
-    def __init__(self, name: str, sending: asyncio.Future[None]) -> None:
+    def __init__(self, name: str, sock: socket.socket | None,
+                 sending: asyncio.Future[None]) -> None:
         loop = asyncio.get_running_loop()
         self.name = name
+        self.sock = sock  # the connection to the runner process it was given to
         self.sending = sending  # its frame on the way: a signal for it goes after
         self.started: asyncio.Future[int] = loop.create_future()
         self.done: asyncio.Future[int] = loop.create_future()
@@ -71,6 +73,8 @@ class Runner:
         self._process: processes.Child | None = None
         self._socket: socket.socket | None = None
         self._watch: asyncio.Task[None] | None = None
+        # Those of runner processes that died and were replaced, still finishing.
+        self._ending: set[asyncio.Task[None]] = set()
         self.stopped = False
 
     async def ensure(self) -> None:
@@ -79,13 +83,21 @@ class Runner:
             if self.stopped:
                 raise RunnerDied(f"the job runner of service {self.name} is stopped")
             if self._watch is not None and not self._watch.done():
-                return
+                assert self._process is not None
+                # Dead, not yet seen by _supervise: replaced now, not given a job.
+                if not self._process.has_exited():
+                    return
+                self._ending.add(self._watch)
+                self._watch.add_done_callback(self._ending.discard)
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            ours.setblocking(False)
             try:
+                ours.setblocking(False)
                 with open(self.log, "ab") as out:
                     process = processes.spawn(self.command, env=self.env, stdin=theirs.fileno(),
                                               stdout=out, stderr=subprocess.STDOUT)
+            except BaseException:
+                ours.close()
+                raise
             finally:
                 theirs.close()
             pid_file = self.record(process.pid)
@@ -122,14 +134,15 @@ class Runner:
             ready.set_exception(error)
             ready.exception()
         for job in list(self.jobs.values()):
-            job._fail(error)
-            self._forget(job)
+            if job.sock is sock:  # not those given to the runner that replaced it
+                job._fail(error)
+                self._forget(job)
 
     async def _read(self, sock: socket.socket, ready: asyncio.Future[int]) -> None:
         frames = Frames()
         try:
             while True:
-                await _readable(sock.fileno())
+                await processes.readable(sock.fileno())
                 try:
                     data = sock.recv(READ_SIZE)
                 except (BlockingIOError, InterruptedError):
@@ -169,10 +182,11 @@ class Runner:
         if not self.jobs:
             self.idle.set()
 
-    async def _send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
-        """One frame, whole; `fds` are closed once sent (or not)."""
+    async def _send(self, sock: socket.socket | None, message: dict[str, Any],
+                    fds: Sequence[int] = ()) -> None:
+        """One frame, whole, to the runner process `sock` leads to; `fds` are closed once
+        sent (or not)."""
         try:
-            sock = self._socket
             if sock is None or sock.fileno() < 0:
                 raise RunnerDied(f"the job runner of service {self.name} is not running")
             data = memoryview(frame(message))
@@ -185,7 +199,7 @@ class Runner:
                         else:
                             sent = sock.send(data)
                     except (BlockingIOError, InterruptedError):
-                        await _writable(sock.fileno())
+                        await processes.writable(sock.fileno())
                         continue
                     except OSError as exc:
                         raise RunnerDied(f"the job runner of service {self.name} is gone: "
@@ -203,8 +217,8 @@ class Runner:
         copies = [os.dup(fd) for fd in fds]
         message = {"op": "run", "job": job, "args": args, "env": env, "fds": len(copies)}
         # A task of its own: a frame is never cut halfway, whatever is cancelled.
-        sending = asyncio.ensure_future(self._send(message, copies))
-        warm = WarmJob(job, sending)
+        sending = asyncio.ensure_future(self._send(self._socket, message, copies))
+        warm = WarmJob(job, self._socket, sending)
         self.jobs[job] = warm
         self.idle.clear()
 
@@ -223,7 +237,7 @@ class Runner:
         if job.done.done():
             return
         with contextlib.suppress(RunnerDied):
-            await self._send({"op": "signal", "job": job.name, "signal": sig})
+            await self._send(job.sock, {"op": "signal", "job": job.name, "signal": sig})
 
     async def stop_job(self, job: WarmJob, grace: float) -> None:
         """As processes.Child.stop: SIGTERM to its group, SIGKILL after `grace`; returns
@@ -245,34 +259,6 @@ class Runner:
         async with self._lock:
             if self._process is not None:
                 await asyncio.shield(self._process.stop(STOP_TIMEOUT))
-            if self._watch is not None:
-                await asyncio.shield(self._watch)
+            await asyncio.shield(asyncio.gather(
+                *([self._watch] if self._watch is not None else []), *self._ending))
 
-
-async def _readable(fd: int) -> None:
-    await _ready(fd, write=False)
-
-
-async def _writable(fd: int) -> None:
-    await _ready(fd, write=True)
-
-
-async def _ready(fd: int, write: bool) -> None:
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    if write:
-        loop.add_writer(fd, wake)
-    else:
-        loop.add_reader(fd, wake)
-    try:
-        await future
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
