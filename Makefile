@@ -43,8 +43,11 @@ integration: deps system-deps
 test: deps system-deps lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q tests
 
+# BENCH_AGAINST=REV also compares this tree with revision REV, installed alike, where a
+# benchmark can (e.g. `make bench BENCH_AGAINST=555bb1a`, the main issue 10 started from).
+BENCH_AGAINST ?=
 bench: deps dist
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST))
 
 # The tables and figures of docs/RELIABILITY.md: the hostile-inputs catalogue and every
 # test marked `reliability` (the faults), then the soak (a few minutes; SOAK_ARGS to
