@@ -351,44 +351,59 @@ def test_a_runner_found_dead_is_replaced_at_once(tmp_path: Path, marker: str) ->
     assert second != first
 
 
+# The backend in a process of its own: it makes that process a subreaper whose sweeps kill
+# every child it did not spawn, which in the test process would be the servers the other
+# tests' fixtures started (dockerd, moto...).
+CLOSE_WHILE_RETIRING = """
+import asyncio, json, os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from faas_supervisor.controller.backends.local import LocalBackend
+from faas_supervisor.controller.fdl import parse_service
+from tests.leftovers import running_with
+
+tmp_path, marker = Path(sys.argv[1]), sys.argv[2]
+event = tmp_path / "event"
+event.write_bytes(b"")
+definition = {"name": "moving", "script": f"sh -c 'sleep 300; true' {marker}\\n"}
+
+
+async def main():
+    backend = LocalBackend(tmp_path / "data", {}, {"PATH": os.environ["PATH"]})
+    await backend.start()
+    await backend.deploy(parse_service(definition))
+    job = asyncio.ensure_future(
+        backend.run_job(parse_service(definition), "job-1", event, tmp_path / "job.log"))
+    old = backend._runners["moving"]
+    try:
+        while not running_with(marker):
+            assert not job.done(), job
+            await asyncio.sleep(0.05)  # the script started: /proc has no event for it
+        await backend.deploy(parse_service({**definition, "script": "echo new\\n"}))
+        await asyncio.wait_for(backend.close(), 60)
+        assert old._process is not None
+        return old._process.returncode
+    finally:
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+        await old.stop()
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
 def test_closing_the_backend_stops_a_replaced_runner_still_running_a_job(
     tmp_path: Path, marker: str
 ) -> None:
-    """The backend itself, in this process: closed while the runner of a service's earlier
-    definition still runs a job (its retire task waiting for it to be idle), that runner
-    is stopped with its job, not left to exit once the controller's socket closes."""
-    from faas_supervisor import processes as ours
-    from faas_supervisor.controller.backends.local import LocalBackend
-    from faas_supervisor.controller.fdl import parse_service
-
-    event = tmp_path / "event"
-    event.write_bytes(b"")
-    definition = {"name": "moving", "script": f"sh -c 'sleep 300; true' {marker}\n"}
-
-    async def main() -> int | None:
-        backend = LocalBackend(tmp_path / "data", {}, {"PATH": os.environ["PATH"]})
-        await backend.start()
-        await backend.deploy(parse_service(definition))
-        job = asyncio.ensure_future(
-            backend.run_job(parse_service(definition), "job-1", event, tmp_path / "job.log"))
-        old = backend._runners["moving"]
-        try:
-            while not running_with(marker):
-                assert not job.done(), job
-                await asyncio.sleep(0.05)  # the script started: /proc has no event for it
-            await backend.deploy(parse_service({**definition, "script": "echo new\n"}))
-            await asyncio.wait_for(backend.close(), 60)
-            assert old._process is not None
-            return old._process.returncode
-        finally:
-            job.cancel()
-            await asyncio.gather(job, return_exceptions=True)
-            await old.stop()
-
-    try:
-        assert asyncio.run(main()) is not None  # stopped and reaped by close()
-    finally:
-        ours._prctl(ours.PR_SET_CHILD_SUBREAPER, 0)  # backend.start() made us one
+    """The backend itself, in a process of its own: closed while the runner of a service's
+    earlier definition still runs a job (its retire task waiting for it to be idle), that
+    runner is stopped with its job, not left to exit once the controller's socket closes."""
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSE_WHILE_RETIRING, str(tmp_path), marker, root],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() not in ("", "null"), done.stdout  # stopped, reaped by close()
 
 
 def test_a_controller_stopped_right_after_an_update_leaves_no_pid_file(
