@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 # Bumping a version rebuilds that base on the next run.
 BUILD_BASE = "faas-supervisor-test/bookworm-minbase:1"
 GLIBC_BASE = "faas-supervisor-test/busybox-glibc:1"
-INIT_IMAGE = "faas-supervisor-test/init:latest"
+# Overridable so that two checkouts testing different runtimes at once never share a tag.
+INIT_IMAGE = os.environ.get("FAAS_TEST_INIT_IMAGE", "faas-supervisor-test/init:latest")
 LABEL = "faas-supervisor-test"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 

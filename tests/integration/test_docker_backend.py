@@ -21,7 +21,7 @@ import requests
 
 from tests.integration.conftest import EXAMPLES
 from tests.integration.controller_fixture import ControllerFactory, ControllerProcess, wait_until
-from tests.integration.docker_fixtures import GLIBC_BASE
+from tests.integration.docker_fixtures import GLIBC_BASE, INIT_IMAGE
 from tests.integration.test_controller import COPY_SCRIPT, oscar_python_round_trip
 
 # Generous: the first test of a new machine waits for the images to be built (minutes).
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 MANAGED = "app.kubernetes.io/managed-by=faas-supervisor"
 USER_IMAGE = GLIBC_BASE
-RUNTIME_IMAGE = "faas-supervisor-test/runtime-of-docker-backend:latest"
+RUNTIME_IMAGE = INIT_IMAGE.rsplit(":", 1)[0] + "-docker-backend:latest"
 
 
 @pytest.fixture(scope="session")
