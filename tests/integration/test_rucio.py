@@ -80,7 +80,9 @@ def write_files(folder: Path, names: list[str]) -> dict[str, bytes]:
     return blobs
 
 
-def uploaded_file(server: RucioServer, tmp_path: Path, did_name: str) -> tuple[bytes, dict[str, Any]]:
+def uploaded_file(
+    server: RucioServer, tmp_path: Path, did_name: str
+) -> tuple[bytes, dict[str, Any]]:
     """A file put with `rucio upload`, and the RULE_OK message Rucio recorded once a rule
     asking to be notified (`--notify Y`) was satisfied."""
     base = did_name.rsplit("/", 1)[-1]
@@ -123,7 +125,8 @@ def test_a_file_event_rucio_recorded_is_a_job_whose_outputs_land_on_the_rse(
     again = run(tmp_path, cfg, event)
     assert again.returncode == 0, again.stderr
     # Other content for the same DIDs: Rucio's DIDs are immutable, so 3 naming the DID.
-    other = run(tmp_path, cfg, event, script=SCRIPT + 'echo changed >> "$TMP_OUTPUT_DIR/photo.txt.out"\n')
+    changed = SCRIPT + 'echo changed >> "$TMP_OUTPUT_DIR/photo.txt.out"\n'
+    other = run(tmp_path, cfg, event, script=changed)
     assert other.returncode == 3, other.stderr
     assert f"{SCOPE}:{out}/photo.txt.out" in other.stderr
     assert "other content" in other.stderr
@@ -253,7 +256,9 @@ def jwt(expires: float) -> str:
 
 
 @pytest.fixture
-async def token_endpoint(rucio_server: RucioServer) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+async def token_endpoint(
+    rucio_server: RucioServer,
+) -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     """POST /token: records each form, answers a real Rucio token (the server takes it as
     the access token), rotated refresh token, an hour of life; POST /refuse: 400."""
     seen: list[dict[str, str]] = []
