@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,9 @@ def test_a_file_event_names_its_scope_and_name() -> None:
     ({"scope": "test", "name": 3}, "payload.name"),
 ])
 def test_a_rucio_event_missing_scope_or_name_names_the_field(payload: Any, field: str) -> None:
-    with pytest.raises(BadEvent, match=field.replace(".", r"\.")):
+    with pytest.raises(BadEvent, match=re.escape(field)):
         recognise(message(**payload))
-    with pytest.raises(BadEvent, match="payload.scope"):
+    with pytest.raises(BadEvent, match=re.escape("payload.scope")):
         recognise({"event_type": "close", "payload": None})
 
 
@@ -153,18 +154,19 @@ def provider(**settings: Any) -> RucioProvider:
 def test_settings_need_a_login_or_an_access_token() -> None:
     provider(username="u", password=Secret("p"))
     provider(access_token=Secret("opaque-token"))
-    with pytest.raises(ConfigError, match="rucio.cern has neither 'username' and 'password'"):
+    neither = re.escape("rucio.cern has neither 'username' and 'password'")
+    with pytest.raises(ConfigError, match=neither):
         provider(username="u")
 
 
 def test_an_expired_access_token_without_a_refresh_token_is_a_start_up_error() -> None:
-    with pytest.raises(ConfigError, match="rucio.cern: access_token expired"):
+    with pytest.raises(ConfigError, match=re.escape("rucio.cern: access_token expired")):
         provider(access_token=Secret(jwt(time.time() - 10)))
     provider(access_token=Secret(jwt(time.time() - 10)), refresh_token=Secret("r"))
 
 
 def test_required_keys_and_secrets_are_read_once_at_start_up() -> None:
-    with pytest.raises(ConfigError, match="rucio.default has no 'rse'"):
+    with pytest.raises(ConfigError, match=re.escape("rucio.default has no 'rse'")):
         load({"storage_providers": {"rucio": {"default": {
             "host": "h", "account": "a", "username": "u", "password": "p"}}}})
     config = load({"storage_providers": {"rucio": {"default": {
