@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from faas_supervisor.access import authorize
+from faas_supervisor.cli import main
 from faas_supervisor.config import (
     FunctionConfig,
     ProviderConfig,
@@ -235,3 +236,26 @@ def test_an_fdl_service_with_rucio_inputs_and_outputs() -> None:
     assert config["storage_providers"]["rucio"]["cern"] == settings
     runtime = load(config)
     assert runtime.inputs[0].provider == "rucio.cern"
+
+
+def test_manifests_carry_rucio_settings_as_every_provider_s(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The runtime's config in the pod holds the rucio provider as it holds webdav's."""
+    rucio = {"host": "https://rucio", "account": "jdoe", "rse": "R", "username": "jdoe",
+             "password": "pw"}
+    webdav = {"hostname": "dcache.example.org", "login": "u", "password": "dav"}
+    fdl = tmp_path / "fdl.yaml"
+    fdl.write_text(yaml.safe_dump({
+        "functions": {"oscar": [{"c": {
+            "name": "reco", "image": "busybox", "script": "echo hi",
+            "input": [{"storage_provider": "rucio.cern", "path": "user.jdoe/raw"}],
+            "output": [{"storage_provider": "webdav.dcache", "path": "out"}]}}]},
+        "storage_providers": {"rucio": {"cern": rucio}, "webdav": {"dcache": webdav}},
+    }))
+    assert main(["manifests", "-f", str(fdl)]) == 0
+    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    [config_map] = [d for d in docs if d["kind"] == "ConfigMap"]
+    config = yaml.safe_load(config_map["data"]["function_config.yaml"])
+    assert config["storage_providers"] == {"rucio": {"cern": rucio}, "webdav": {"dcache": webdav}}
+    assert config["input"] == [{"storage_provider": "rucio.cern", "path": "user.jdoe/raw"}]
