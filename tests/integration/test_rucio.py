@@ -315,3 +315,28 @@ async def test_an_expiring_access_token_is_refreshed_before_use(
         await refused.download_all(SCOPE, name, tmp_path)
     assert f"rucio.oidc: cannot download {SCOPE}:{name}" in str(failure.value)
     assert "HTTP 400" in str(failure.value) and "r-1" not in str(failure.value)
+
+
+def test_a_dataset_holding_a_name_that_leaves_the_folder_is_refused(
+    rucio_server: RucioServer, tmp_path: Path
+) -> None:
+    """Rucio accepts `x/..` as a DID name (its schema allows `.` and `/`): a dataset
+    holding one is refused (exit 2, the DID named) before any file is written."""
+    dataset, evil = unique("dsbad"), f"{unique('evil')}/.."
+    headers = {"X-Rucio-Auth-Token": rucio_server.token()}
+    for method, path, body in [
+        ("POST", "/replicas", {"rse": RSE, "files": [
+            {"scope": SCOPE, "name": evil, "bytes": 1, "adler32": "00020002"}]}),
+        ("POST", f"/dids/{SCOPE}/{dataset}", {"type": "DATASET"}),
+        ("POST", f"/dids/{SCOPE}/{dataset}/dids", {"dids": [{"scope": SCOPE, "name": evil}]}),
+    ]:
+        answer = requests.request(method, rucio_server.url + path, json=body, headers=headers,
+                                  timeout=30)
+        assert answer.status_code == 201, answer.text
+    rucio_server.client("did", "update", "--close", "-d", f"{SCOPE}:{dataset}")
+    [event] = rucio_server.messages("CLOSE", dataset)
+    script = 'echo "the script ran"\n'
+    result = run(tmp_path, config(rucio_server, SCOPE, unique("out")), event, script=script)
+    assert result.returncode == 2, result.stderr
+    assert f"DID {SCOPE}:{evil} in {SCOPE}:{dataset}" in result.stderr
+    assert "the script ran" not in result.stderr
