@@ -210,6 +210,10 @@ def test_the_controller_runs_a_job_for_a_rucio_event(
 # ---- failures ---------------------------------------------------------------------------
 
 
+@pytest.mark.reliability(
+    fault="store down",
+    promise="the Rucio server down at stage-in: exit 3 within 30 s naming the provider and the DID",
+)
 def test_the_server_down_at_stage_in_is_exit_3_in_bounded_time(
     rucio_server: RucioServer, tmp_path: Path
 ) -> None:
