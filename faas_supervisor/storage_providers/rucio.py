@@ -203,12 +203,10 @@ class RucioProvider:
         for replica in await self._lines(session, "POST", self._url("replicas", "list"), body):
             rses = replica.get("rses") or {}
             ordered = sorted(rses.items(), key=lambda item: item[0] != self._rse)
-            for _rse, pfns in ordered:
-                local = [p for p in pfns if isinstance(p, str) and pfn_path(p) is not None]
-                if local:
-                    key = (str(replica.get("scope")), str(replica.get("name")))
-                    found[key] = pfn_path(local[0])  # type: ignore[assignment]
-                    break
+            local = [path for _rse, pfns in ordered for pfn in pfns
+                     if isinstance(pfn, str) and (path := pfn_path(pfn)) is not None]
+            if local:
+                found[(str(replica.get("scope")), str(replica.get("name")))] = local[0]
         return found
 
     async def _meta(
