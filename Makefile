@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 APT_PKGS := radosgw ceph-mon ceph-osd ceph-common curl docker.io debootstrap busybox-static
 
-.PHONY: all deps system-deps demo test unit integration lint bench reliability clean dist
+.PHONY: all deps system-deps rucio-deps demo test unit integration lint bench reliability clean dist
 
 all: test
 
@@ -26,6 +26,12 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# The real Rucio server of the Rucio tests: its two venvs, installed once into
+# ~/.cache/faas-supervisor-rucio (RUCIO_VENV), here rather than inside a test's timeout.
+# A failed install is not fatal: those tests then skip, saying why.
+rucio-deps:
+	-@bash tests/integration/rucio-server.sh install
+
 demo: deps
 	@command -v curl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
@@ -37,10 +43,10 @@ lint: deps
 unit: deps
 	$(BIN)/pytest -q tests/unit
 
-integration: deps system-deps
+integration: deps system-deps rucio-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q tests/integration
 
-test: deps system-deps lint
+test: deps system-deps rucio-deps lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q tests
 
 # BENCH_AGAINST=REV also compares this tree with revision REV, installed alike, where a

@@ -33,9 +33,12 @@ REQUIRED_PROVIDER_KEYS: Mapping[str, tuple[str, ...]] = {
     "s3": ("access_key", "secret_key"),
     "webdav": ("hostname", "login", "password"),
     "onedata": ("oneprovider_host", "token", "space"),
+    # and username + password, or access_token (storage_providers/rucio.py checks)
+    "rucio": ("host", "account", "rse"),
     "local": ("path",),
 }
-SECRET_KEYS = frozenset({"access_key", "secret_key", "password", "token"})
+SECRET_KEYS = frozenset({"access_key", "secret_key", "password", "token",
+                         "access_token", "refresh_token", "client_secret"})
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,13 @@ class StorageError(FaasError):
     exit_status = 3
 
 
+class StorageConflict(StorageError):
+    """An upload whose object exists with other content and cannot be replaced (a Rucio
+    DID is immutable): 409, and exit status 3 as every storage failure."""
+
+    http_status = 409
+
+
 class UpstreamFailed(FaasError):
     """A service's watchdog, or the engine a backend drives (Docker, the Kubernetes API
     server), refused or failed a request; the message says which and why."""

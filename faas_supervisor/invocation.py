@@ -40,7 +40,7 @@ from faas_supervisor.errors import (
 from faas_supervisor.logs import InvocationLog, get_logger
 from faas_supervisor.parsers.body import read_body
 from faas_supervisor.parsers.event import ANY_ID, Event, StorageObject
-from faas_supervisor.storage_providers import StorageProvider
+from faas_supervisor.storage_providers import CollectionProvider, StorageProvider
 
 _logger = get_logger(component="invocation")
 
@@ -207,6 +207,12 @@ class Invocation:
             return None
         provider = self._provider(obj.provider)
         self.log.info("downloading", provider=provider.name, bucket=obj.bucket, key=obj.key)
+        if isinstance(provider, CollectionProvider):
+            # A Rucio dataset or container: all its files; the folder when several.
+            async with _storage_errors(provider, "download", obj.bucket, obj.key):
+                files = await provider.download_all(obj.bucket, obj.key, self.input_dir)
+            self.log.info("downloaded", provider=provider.name, files=len(files))
+            return files[0] if len(files) == 1 else self.input_dir
         self._input_file = dest
         async with _storage_errors(provider, "download", obj.bucket, obj.key):
             await provider.download(obj.bucket, obj.key, dest)

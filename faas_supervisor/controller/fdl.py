@@ -483,7 +483,8 @@ def manager_labels(service: Service) -> dict[str, str]:
 def service_json(service: Service, default_minio: Mapping[str, Any]) -> dict[str, Any]:
     """The manager's service JSON: its fields, in its order, secrets replaced by `hidden`."""
     providers: dict[str, Any] = {}
-    for ptype in ("s3", "minio", "onedata", "webdav"):  # the manager's declaration order
+    # The manager's declaration order; rucio (not the manager's) last.
+    for ptype in ("s3", "minio", "onedata", "webdav", "rucio"):
         by_id = {
             pid: _masked(settings)
             for pid, settings in service.storage_providers.get(ptype, {}).items()

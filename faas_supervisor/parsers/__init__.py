@@ -11,18 +11,25 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from faas_supervisor.parsers import apigateway, dcache, delegated, onedata, s3
+from faas_supervisor.parsers import apigateway, dcache, delegated, onedata, rucio, s3
 from faas_supervisor.parsers.event import Recognised, Recogniser
 
 # The events that name an object; a delegated envelope wraps exactly one of these.
-STORAGE_RECOGNISERS: list[Recogniser] = [s3.recognise, onedata.recognise, dcache.recognise]
+STORAGE_RECOGNISERS: list[Recogniser] = [
+    rucio.recognise, s3.recognise, onedata.recognise, dcache.recognise,
+]
 
 # Envelopes first: a delegated event's `event` field would otherwise look like dCache's,
-# and OSCAR reads an API-gateway envelope before looking for storage records.
+# and OSCAR reads an API-gateway envelope before looking for storage records. A Rucio
+# message (`event_type` and `payload`) goes before the delegated envelope: it has neither
+# of the envelope's fields, and whatever else it carries must not make it one.
 RECOGNISERS: list[Recogniser] = [
     apigateway.recognise,
+    rucio.recognise,
     functools.partial(delegated.recognise, inner=STORAGE_RECOGNISERS),
-    *STORAGE_RECOGNISERS,
+    s3.recognise,
+    onedata.recognise,
+    dcache.recognise,
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from faas_supervisor.config import FunctionConfig, ProviderConfig, is_folder_store
 from faas_supervisor.errors import ConfigError
@@ -23,6 +23,14 @@ class StorageProvider(Protocol):
 
     async def upload(self, src: Path, bucket: str, key: str) -> None:
         """Store `src` as the object; on failure leave no partial object."""
+
+
+@runtime_checkable
+class CollectionProvider(StorageProvider, Protocol):
+    """A store whose objects may be collections (a Rucio dataset or container)."""
+
+    async def download_all(self, bucket: str, key: str, folder: Path) -> list[Path]:
+        """Every file the object holds into `folder`, under unique names; their paths."""
 
 
 def build_provider(config: ProviderConfig) -> StorageProvider:
@@ -43,6 +51,10 @@ def build_provider(config: ProviderConfig) -> StorageProvider:
         from faas_supervisor.storage_providers.onedata import OnedataProvider
 
         return OnedataProvider(config)
+    if config.type == "rucio":
+        from faas_supervisor.storage_providers.rucio import RucioProvider
+
+        return RucioProvider(config)
     raise ConfigError(f"storage provider {config.name}: unknown type {config.type!r}")
 
 

@@ -36,6 +36,7 @@ EXAMPLES = REPO / "examples"
 
 if TYPE_CHECKING:
     from tests.integration.ceph import CephRgw
+    from tests.integration.rucio_server import RucioServer
 
 
 def free_port() -> int:
@@ -207,3 +208,15 @@ def ceph_rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephRgw]:
         yield rgw
     finally:
         rgw.stop()
+
+
+@pytest.fixture(scope="session")
+def rucio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RucioServer]:
+    """One real Rucio server for the session (about 10 s to start once installed)."""
+    from tests.integration.rucio_server import start_rucio_server  # imports this module
+
+    server = start_rucio_server(tmp_path_factory.mktemp("rucio"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -307,6 +307,14 @@ def test_fixture_delegated() -> None:
                                           "2026-11-24T13:05:00.000Z", delegated=True)
 
 
+def test_fixture_rucio() -> None:
+    event = read_json(fixture("rucio.json"))
+    # A message Rucio recorded (a dataset closed), as its Hermes daemon sends it.
+    assert event.kind == "storage"
+    assert event.storage == StorageObject("rucio.default", "test", "ds1",
+                                          "2026-11-30 18:23:57.146489")
+
+
 def test_fixture_apigateway() -> None:
     with tempfile.TemporaryDirectory() as folder:
         event = asyncio.run(read_body(_chunks((FIXTURES / "apigateway.json").read_bytes(), 100),
