@@ -41,16 +41,18 @@ def test_an_image_set_empty_stays_empty() -> None:
     assert frozen.image_environment(environ) == {"LD_LIBRARY_PATH": ""}
 
 
-def test_restore_makes_os_environ_the_images(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in BUNDLE_VARIABLES.items():
-        monkeypatch.setenv(name, value)
-    for name in ("LD_PRELOAD", "LD_AUDIT"):  # undone at the end, as the others
-        monkeypatch.delenv(name, raising=False)
-    frozen.restore_image_environment()
-    assert os.environ["LD_LIBRARY_PATH"] == "/image/lib"
-    assert os.environ["LD_PRELOAD"] == "/image/lib/libjemalloc.so.2"
-    assert not [n for n in os.environ if n.startswith(("_PYI_", "_FAAS_SUPERVISOR_"))]
-    assert "LD_LIBRARY_PATH_ORIG" not in os.environ
+def test_restore_makes_os_environ_the_images() -> None:
+    before = dict(os.environ)
+    try:
+        os.environ.update(BUNDLE_VARIABLES)
+        frozen.restore_image_environment()
+        assert os.environ["LD_LIBRARY_PATH"] == "/image/lib"
+        assert os.environ["LD_PRELOAD"] == "/image/lib/libjemalloc.so.2"
+        assert not [n for n in os.environ if n.startswith(("_PYI_", "_FAAS_SUPERVISOR_"))]
+        assert "LD_LIBRARY_PATH_ORIG" not in os.environ
+    finally:  # this process's children must not get the preload
+        os.environ.clear()
+        os.environ.update(before)
 
 
 def test_the_frozen_local_backend_starts_the_launcher(monkeypatch: pytest.MonkeyPatch,
