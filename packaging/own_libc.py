@@ -73,9 +73,12 @@ def _copy_c_library(internal: Path, host_loader: Path) -> list[str]:
     shutil.copy2(host_loader.resolve(), internal / LOADER)
     wanted: dict[str, str] = {}
     for name in DLOPENED:
-        wanted[name] = next(p for p in ("/lib/x86_64-linux-gnu/" + name,
-                                        "/usr/lib/x86_64-linux-gnu/" + name, "/lib64/" + name)
-                            if os.path.exists(p))
+        places = [f"{folder}/{name}" for folder in ("/lib/x86_64-linux-gnu",
+                                                    "/usr/lib/x86_64-linux-gnu", "/lib64")]
+        found = [p for p in places if os.path.exists(p)]
+        if not found:
+            raise RuntimeError(f"{name} is not on this machine: looked in {', '.join(places)}")
+        wanted[name] = found[0]
     pending = _elf_files(internal)
     while pending or wanted:
         for path in pending:
