@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-APT_PKGS := radosgw ceph-mon ceph-osd ceph-common curl docker.io debootstrap busybox-static
+APT_PKGS := radosgw ceph-mon ceph-osd ceph-common curl docker.io debootstrap busybox-static musl-tools gcc libc6-dev
 
 .PHONY: all deps system-deps rucio-deps demo test unit integration lint bench reliability clean dist
 
@@ -66,7 +66,8 @@ reliability: deps system-deps
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
-# The self-contained runtime (SPEC 8): dist/faas-supervisor/faas-supervisor, no Python needed.
+# The self-contained runtime (SPEC 8): dist/faas-supervisor/faas-supervisor, no Python needed,
+# nor a C library: it brings this machine's glibc and loader (packaging/own_libc.py).
 # Built in its own venv holding only the runtime's requirements and PyInstaller: what is not
 # installed cannot be bundled, so the controller's docker/kubernetes clients and the test
 # tools of $(VENV) never reach the bundle. The Dockerfile's build stage does the same.

@@ -22,7 +22,8 @@ from pathlib import Path
 # `make bench` does.
 BENCHMARKS = ("latency.py", "throughput.py", "payload.py", "coldstart.py", "job.py",
               "controller.py", "storage.py", "bundle.py", "soak.py")
-TAKE_AGAINST = {"throughput.py", "payload.py", "coldstart.py", "job.py", "controller.py"}
+TAKE_AGAINST = {"throughput.py", "payload.py", "coldstart.py", "job.py", "controller.py",
+                "bundle.py"}
 
 
 def main() -> int:

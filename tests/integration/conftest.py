@@ -28,6 +28,7 @@ from tests.integration.docker_fixtures import (  # noqa: F401
     docker_client,
     init_image,
     runtime_volume,
+    user_images,
 )
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,8 +6,12 @@ reachable: a Debian minbase made with debootstrap stands for `python:3.11-slim-b
 (the Dockerfile's build stage installs Debian's Python itself when the base has none), busybox
 plus the libraries of Debian's libc6 package stands for `busybox:stable-glibc` and for a
 user image without Python, and the repository's Dockerfile built from them is the runtime
-(init) image. Bases are cached by tag in the engine: the first run takes a few minutes,
-later ones reuse them and Docker's build cache.
+(init) image. Two more user images have no glibc: busybox alone (no C library at all, as a
+static or distroless image) and busybox plus Debian's musl (as Alpine). The glibc and musl
+images have `libc-maps`, a program linked against their C library that prints its own
+/proc/self/maps: which C library the user's programs really get. Bases are cached by tag
+in the engine: the first run takes a few minutes, later ones reuse them and Docker's build
+cache.
 
 conftest.py imports the fixtures, so that every test module shares one engine and one build.
 """
@@ -31,7 +35,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Bumping a version rebuilds that base on the next run.
 BUILD_BASE = "faas-supervisor-test/bookworm-minbase:1"
-GLIBC_BASE = "faas-supervisor-test/busybox-glibc:1"
+GLIBC_BASE = "faas-supervisor-test/busybox-glibc:2"
+STATIC_BASE = "faas-supervisor-test/busybox-static:1"
+MUSL_BASE = "faas-supervisor-test/busybox-musl:1"
+# The user images the injected runtime is tested in, by the name tests are parametrized with.
+USER_IMAGES = {"glibc": GLIBC_BASE, "static": STATIC_BASE, "musl": MUSL_BASE}
 # Overridable so that two checkouts testing different runtimes at once never share a tag.
 INIT_IMAGE = os.environ.get("FAAS_TEST_INIT_IMAGE", "faas-supervisor-test/init:latest")
 LABEL = "faas-supervisor-test"
@@ -168,22 +176,55 @@ def _make_build_base(client: Any) -> None:
         _import_rootfs(root, BUILD_BASE)
 
 
+LIBC_MAPS_C = r"""
+#include <stdio.h>
+/* Prints its own memory map: the loader and C library this program was given. */
+int main(void) {
+    char line[4096];
+    FILE *maps = fopen("/proc/self/maps", "r");
+    if (maps == NULL) { perror("/proc/self/maps"); return 1; }
+    while (fgets(line, sizeof line, maps) != NULL) fputs(line, stdout);
+    return fclose(maps) != 0;
+}
+"""
+
+
+def _busybox_root(root: Path) -> None:
+    """Debian's busybox-static as /bin/sh and every applet: the image's only program."""
+    _apt_install("busybox-static")
+    for folder in ("bin", "etc", "tmp", "usr/local/bin"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    shutil.copy2(shutil.which("busybox") or "/bin/busybox", root / "bin/busybox")
+    applets = subprocess.run([str(root / "bin/busybox"), "--list"], capture_output=True,
+                             text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+
+
+def _compile_libc_maps(compiler: str, target: Path) -> None:
+    source = target.parent / "libc-maps.c"
+    source.write_text(LIBC_MAPS_C)
+    done = subprocess.run([compiler, "-O2", "-o", str(target), str(source)],
+                          capture_output=True, text=True)
+    source.unlink()
+    if done.returncode != 0:
+        pytest.fail(f"{compiler} libc-maps.c failed:\n{done.stderr}")
+
+
 def _make_glibc_base(client: Any) -> None:
     """busybox and glibc alone: no Python, none of the libraries Python itself links."""
     if _has_image(client, GLIBC_BASE):
         return
-    _apt_install("busybox-static")
+    _apt_install("gcc", "libc6-dev")
     with tempfile.TemporaryDirectory(prefix="faas-glibc-") as tmp:
         root = Path(tmp)
-        for folder in ("bin", "lib64", "lib/x86_64-linux-gnu", "etc", "tmp"):
+        _busybox_root(root)
+        for folder in ("lib64", "lib/x86_64-linux-gnu"):
             (root / folder).mkdir(parents=True)
-        (root / "tmp").chmod(0o1777)
-        shutil.copy2(shutil.which("busybox") or "/bin/busybox", root / "bin/busybox")
-        applets = subprocess.run([str(root / "bin/busybox"), "--list"], capture_output=True,
-                                 text=True, check=True).stdout.split()
-        for applet in applets:
-            if applet != "busybox":
-                (root / "bin" / applet).symlink_to("busybox")
         # Exactly the shared libraries of Debian's libc6 package (not libz, libssl, ...):
         # what "needs nothing from the image but glibc" means.
         files = subprocess.run(["dpkg", "-L", "libc6"], capture_output=True, text=True,
@@ -195,9 +236,43 @@ def _make_glibc_base(client: Any) -> None:
                 shutil.copy2(path, root / "lib/x86_64-linux-gnu" / path.name)
         (root / "lib64/ld-linux-x86-64.so.2").symlink_to(
             "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
-        (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-        (root / "etc/group").write_text("root:x:0:\n")
+        _compile_libc_maps("gcc", root / "usr/local/bin/libc-maps")
         _import_rootfs(root, GLIBC_BASE)
+
+
+def _make_static_base(client: Any) -> None:
+    """No C library at all: busybox-static and nothing else (a static or distroless image)."""
+    if _has_image(client, STATIC_BASE):
+        return
+    with tempfile.TemporaryDirectory(prefix="faas-static-") as tmp:
+        root = Path(tmp)
+        _busybox_root(root)
+        _import_rootfs(root, STATIC_BASE)
+
+
+def _make_musl_base(client: Any) -> None:
+    """busybox-static plus Debian's musl (its loader is its libc), as Alpine has, and
+    libc-maps linked against it with musl-gcc."""
+    if _has_image(client, MUSL_BASE):
+        return
+    _apt_install("musl", "musl-tools")
+    with tempfile.TemporaryDirectory(prefix="faas-musl-") as tmp:
+        root = Path(tmp)
+        _busybox_root(root)
+        (root / "lib/x86_64-linux-musl").mkdir(parents=True)
+        shutil.copy2("/lib/x86_64-linux-musl/libc.so", root / "lib/x86_64-linux-musl/libc.so")
+        (root / "lib/ld-musl-x86_64.so.1").symlink_to("x86_64-linux-musl/libc.so")
+        _compile_libc_maps("musl-gcc", root / "usr/local/bin/libc-maps")
+        _import_rootfs(root, MUSL_BASE)
+
+
+@pytest.fixture(scope="session")
+def user_images(docker_client: Any) -> dict[str, str]:
+    """USER_IMAGES, made if missing."""
+    _make_glibc_base(docker_client)
+    _make_static_base(docker_client)
+    _make_musl_base(docker_client)
+    return USER_IMAGES
 
 
 def local_ca_certificates() -> str:

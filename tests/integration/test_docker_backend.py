@@ -1,7 +1,8 @@
 """The controller on the docker backend, against a real Docker engine.
 
 A real `faas-supervisor controller --backend docker` (controller_fixture.py) runs services
-in containers of a user image that has no Python (busybox and glibc alone), with the
+in containers of a user image that has no Python (busybox and glibc alone; musl and no C
+library at all in test_services_in_images_without_glibc), with the
 runtime copied in from the Dockerfile's image, both built locally (docker_fixtures.py;
 shared with test_image.py, and cached across runs).
 """
@@ -29,7 +30,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 MANAGED = "app.kubernetes.io/managed-by=faas-supervisor"
 USER_IMAGE = GLIBC_BASE
-RUNTIME_IMAGE = INIT_IMAGE.rsplit(":", 1)[0] + "-docker-backend:latest"
+# The init image's tag kept: two checkouts on one engine must not share this one either.
+_NAME, _TAG = INIT_IMAGE.rsplit(":", 1) if ":" in INIT_IMAGE.rsplit("/", 1)[-1] else (
+    INIT_IMAGE, "latest")
+RUNTIME_IMAGE = f"{_NAME}-docker-backend:{_TAG}"
 
 
 @pytest.fixture(scope="session")
@@ -148,6 +152,26 @@ def test_services_run_jobs_and_go(controllers: Any, docker_client: Any) -> None:
             all=True, filters={"label": [MANAGED, f"oscar_service={service}"]})
         assert not docker_client.volumes.list(filters={"name": f"faas-supervisor-bin-{service}"})
         assert not (controller.data_dir / "services" / service).exists()
+
+
+def test_services_in_images_without_glibc(controllers: Any, user_images: dict[str, str]) -> None:
+    """The same injected runtime serves a service, and runs its jobs, from a musl image and
+    from one with no C library at all (the glibc image: the tests above)."""
+    controller = controllers()
+    cowsay = (EXAMPLES / "cowsay" / "script.sh").read_text()
+    for name in ("musl", "static"):
+        service = f"cowsay-{name}"
+        controller.create({"name": service, "image": user_images[name], "script": cowsay,
+                           "log_level": "CRITICAL"})
+        answer = controller.request("POST", f"/run/{service}", data=b'{"message": "%s"}'
+                                    % name.encode())
+        assert answer.status_code == 200, answer.text
+        assert f"< {name} >" in answer.text and answer.headers["X-Exit-Code"] == "0"
+        job_name = job(controller, service, b'{"message": "a job on %s"}' % name.encode())
+        assert wait_job(controller, service, job_name) == "Succeeded"
+        logs = controller.request("GET", f"/system/logs/{service}/{job_name}")
+        assert f"< a job on {name} >" in logs.text
+        assert controller.request("DELETE", f"/system/services/{service}").status_code == 204
 
 
 FLAKY = """#!/bin/sh

@@ -4,8 +4,11 @@ The top-level Dockerfile is built as it is, from local bases (no registry is rea
 here): a Debian minbase made with debootstrap stands for `python:3.11-slim-bookworm` (the
 build stage installs Debian's Python itself when the base has none), and busybox plus the
 libraries of Debian's libc6 package stands for `busybox:stable-glibc`. The init container
-then fills a volume, and a user image with no Python (the same busybox + glibc image) runs
-`/oscar/bin/faas-supervisor watchdog` from that volume and serves the examples over HTTP.
+then fills a volume, and user images with no Python run `/oscar/bin/faas-supervisor` from
+that volume: busybox with glibc, with musl, and with no C library at all
+(docker_fixtures.USER_IMAGES). In each, one watchdog serves OSCAR's documented invocations,
+and a storage-event job runs against moto; the user's programs get the image's own C
+library and environment, the runtime none of the image's libraries.
 
 Bases are cached by tag in the engine: the first run takes a few minutes (debootstrap, then
 the build stage's apt and pip), later ones reuse them and Docker's build cache.
@@ -28,7 +31,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import EXAMPLES, S3Server, faas_command, free_port
-from tests.integration.docker_fixtures import GLIBC_BASE, LABEL
+from tests.integration.docker_fixtures import GLIBC_BASE, LABEL, STATIC_BASE, USER_IMAGES
 
 # Generous: a first run on a new machine builds the bases and the image (about 5 min).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -47,19 +50,22 @@ class UserContainer:
 
 @pytest.fixture
 def user_container(docker_client: Any, runtime_volume: str) -> Iterator[Any]:
-    """Starts the watchdog from the volume in the Python-less user image, /app = `app`."""
+    """Starts the watchdog from the volume in a Python-less user image, /app = `app`."""
     started: list[Any] = []
 
-    def start(app: Path) -> UserContainer:
+    def start(app: Path, image: str = GLIBC_BASE, environment: dict[str, str] | None = None,
+              ) -> UserContainer:
         port = free_port()
         command = ["/oscar/bin/faas-supervisor", "watchdog", "--port", str(port),
                    "--host", "127.0.0.1", "--script", "/app/script.sh"]
         if (app / "function_config.yaml").exists():
             command += ["--config", "/app/function_config.yaml"]
         container = docker_client.containers.run(
-            GLIBC_BASE, command, detach=True, network_mode="host", labels={LABEL: "1"},
+            image, command, detach=True, network_mode="host", labels={LABEL: "1"},
+            environment=environment or {},
             volumes={runtime_volume: {"bind": "/oscar/bin", "mode": "ro"},
-                     str(app): {"bind": "/app", "mode": "ro"}})
+                     str(app): {"bind": "/app", "mode": "ro"},
+                     str(EXAMPLES): {"bind": "/examples", "mode": "ro"}})
         started.append(container)
         user = UserContainer(container, port)
         deadline = time.monotonic() + 60
@@ -84,15 +90,27 @@ def user_container(docker_client: Any, runtime_volume: str) -> Iterator[Any]:
 # ---- the tests --------------------------------------------------------------------------
 
 
-def test_user_image_has_no_python(docker_client: Any, init_image: str) -> None:
-    """The user image really lacks Python and every library but glibc's."""
+# What each user image holds in /lib and /usr/lib: its C library, nothing Python needs.
+IMAGE_LIBRARIES = {"glibc": "libc.so.6", "static": "", "musl": "libc.so"}
+
+
+@pytest.mark.parametrize("name", USER_IMAGES)
+def test_user_image_has_no_python(docker_client: Any, user_images: dict[str, str],
+                                  name: str) -> None:
+    """The user images really lack Python and every library but their C library's."""
     out = docker_client.containers.run(
-        GLIBC_BASE, ["/bin/sh", "-c", "ls /usr/bin/python* /usr/lib/python* /usr/local/bin "
-                     "2>/dev/null; ls /lib/x86_64-linux-gnu"],
+        user_images[name], ["/bin/sh", "-c", "ls /usr/bin/python* /usr/lib/python* "
+                            "/usr/local/lib 2>/dev/null; find / -xdev -name '*.so*'"],
         remove=True, network_mode="none", labels={LABEL: "1"}).decode()
     assert "python" not in out
-    assert "libc.so.6" in out
-    assert "libz" not in out and "libssl" not in out
+    libraries = {line.rsplit("/", 1)[-1] for line in out.split()}
+    assert "libz.so.1" not in libraries and "libssl.so.3" not in libraries
+    if IMAGE_LIBRARIES[name]:
+        assert IMAGE_LIBRARIES[name] in libraries
+    else:
+        assert not libraries, out
+    if name != "glibc":
+        assert "libc.so.6" not in libraries
 
 
 def test_image_holds_the_runtime_under_oscar_bin(docker_client: Any, init_image: str) -> None:
@@ -102,13 +120,14 @@ def test_image_holds_the_runtime_under_oscar_bin(docker_client: Any, init_image:
     assert out.decode().startswith("faas-supervisor ")
 
 
-def test_same_commands_and_flags_as_the_package(docker_client: Any,
-                                                runtime_volume: str) -> None:
-    """Every subcommand's --help, from the volume in the user image, equals the package's."""
+def test_same_commands_and_flags_as_the_package(docker_client: Any, runtime_volume: str,
+                                                user_images: dict[str, str]) -> None:
+    """Every subcommand's --help, from the volume in an image with no C library, equals
+    the package's."""
     commands = ["", "watchdog", "run", "controller", "service", "manifests"]
     loop = "; ".join(f"/oscar/bin/faas-supervisor {c} --help; echo '<<end>>'" for c in commands)
     bundled = docker_client.containers.run(
-        GLIBC_BASE, ["/bin/sh", "-c", loop], remove=True, network_mode="none",
+        STATIC_BASE, ["/bin/sh", "-c", loop], remove=True, network_mode="none",
         environment={"COLUMNS": "100"}, labels={LABEL: "1"},
         volumes={runtime_volume: {"bind": "/oscar/bin", "mode": "ro"}}).decode()
     env = {**os.environ, "COLUMNS": "100"}
@@ -135,39 +154,51 @@ def test_init_container_is_idempotent(docker_client: Any, init_image: str,
     assert not list(tmp_path.glob(".incoming.*"))
 
 
-def test_cowsay_json_in_text_out(user_container: Any) -> None:
-    user = user_container(EXAMPLES / "cowsay")
+# One watchdog per image serves every invocation below: the body says which it is.
+DISPATCH = """#!/bin/sh
+case $(head -c 5 "$INPUT_FILE_PATH") in
+  '{'*) exec /bin/sh /examples/cowsay/script.sh ;;           # JSON in, text out
+  upper*) tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/upper.txt" ;;  # one file out
+  fail*) exec /bin/sh /examples/failing/script.sh ;;          # a failing script: 500
+  env*) env; echo '<<script>>'; cat /proc/self/maps; echo '<<runtime>>'; cat /proc/$PPID/maps
+       if command -v libc-maps >/dev/null; then echo '<<program>>'; libc-maps; fi ;;
+  *) exec /bin/sh /examples/split-lines/script.sh ;;         # several files out: a zip
+esac
+"""
+# Loader variables as an image may set them for its own programs: the preload is a real
+# library of the image's C library where it has one (the runtime loading it would show).
+IMAGE_LOADER_ENV = {
+    "glibc": {"LD_LIBRARY_PATH": "/image/lib", "LD_PRELOAD": "/lib/x86_64-linux-gnu/libm.so.6"},
+    "static": {"LD_LIBRARY_PATH": "/image/lib", "LD_PRELOAD": "/image/lib/libnone.so"},
+    "musl": {"LD_LIBRARY_PATH": "/image/lib", "LD_PRELOAD": "/lib/x86_64-linux-musl/libc.so"},
+}
+IMAGE_C_LIBRARY = {"glibc": "/lib/x86_64-linux-gnu/libc.so.6",
+                   "musl": "/lib/x86_64-linux-musl/libc.so"}
+
+
+def mapped_files(maps: str) -> set[str]:
+    """The files in a /proc/PID/maps text."""
+    return {fields[5] for fields in (line.split() for line in maps.splitlines())
+            if len(fields) >= 6 and fields[5].startswith("/")}
+
+
+@pytest.mark.parametrize("name", USER_IMAGES)
+def test_documented_invocations_in_every_image(user_container: Any, user_images: dict[str, str],
+                                               name: str, tmp_path: Path) -> None:
+    """OSCAR's documented invocations, served from glibc, musl and C-library-less images."""
+    (tmp_path / "script.sh").write_text(DISPATCH)
+    (tmp_path / "function_config.yaml").write_text("log_level: INFO\n")
+    user = user_container(tmp_path, user_images[name], IMAGE_LOADER_ENV[name])
+
     response = requests.post(user.url, json={"message": "hello from a container"}, timeout=30)
     assert response.status_code == 200, user.logs()
-    assert "< hello from a container >" in response.text
-    assert "(oo)" in response.text
+    assert "< hello from a container >" in response.text and "(oo)" in response.text
     assert response.headers["X-Exit-Code"] == "0"
 
-
-def test_one_output_file_comes_back_base64(user_container: Any, tmp_path: Path) -> None:
-    (tmp_path / "script.sh").write_text(
-        '#!/bin/sh\ntr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/upper.txt"\n')
-    user = user_container(tmp_path)
-    response = requests.post(user.url, data=base64.b64encode(b"shout this\n"), timeout=30)
+    response = requests.post(user.url, data=base64.b64encode(b"upper: shout\n"), timeout=30)
     assert response.status_code == 200, user.logs()
-    assert base64.b64decode(response.text) == b"SHOUT THIS\n"
+    assert base64.b64decode(response.text) == b"UPPER: SHOUT\n"
 
-
-def test_script_gets_the_images_environment(user_container: Any, tmp_path: Path) -> None:
-    """Not the bundle's: its LD_LIBRARY_PATH would make the image's programs load our
-    libraries, and PyInstaller's _PYI_* variables would confuse one of its own builds."""
-    (tmp_path / "script.sh").write_text("#!/bin/sh\nenv\n")
-    (tmp_path / "function_config.yaml").write_text("log_level: CRITICAL\n")
-    user = user_container(tmp_path)
-    response = requests.post(user.url, timeout=30)
-    assert response.status_code == 200, user.logs()
-    names = [line.split("=", 1)[0] for line in response.text.splitlines()]
-    assert "TMP_OUTPUT_DIR" in names
-    assert not [n for n in names if n.startswith(("LD_", "_PYI", "_MEI"))], response.text
-
-
-def test_several_outputs_come_back_as_a_zip(user_container: Any) -> None:
-    user = user_container(EXAMPLES / "split-lines")
     response = requests.post(user.url, data=base64.b64encode(b"one\ntwo\nthree\n"), timeout=30)
     assert response.status_code == 200, user.logs()
     archive = zipfile.ZipFile(io.BytesIO(base64.b64decode(response.text)))
@@ -176,26 +207,60 @@ def test_several_outputs_come_back_as_a_zip(user_container: Any) -> None:
     assert archive.read("lines/2.txt") == b"two\n"
     assert archive.read("size.txt").strip() == b"14"
 
+    check_the_script_gets_the_images_c_library(user, name)
 
-def test_failing_script_is_a_500(user_container: Any) -> None:
-    user = user_container(EXAMPLES / "failing")
-    response = requests.post(user.url, data=base64.b64encode(b"not an image"), timeout=30)
+    response = requests.post(user.url, data=base64.b64encode(b"fail: not an image"), timeout=30)
     assert response.status_code == 500
     assert response.headers["X-Exit-Code"] == "3"
     assert "the input is not an image" in response.text
-    # SIGTERM from `docker stop` reaches the watchdog (PID 1), which exits 0.
+    # SIGTERM from `docker stop` reaches the watchdog (PID 1, the launcher exec'd it), which
+    # exits 0.
     user.container.stop(timeout=20)
     assert user.container.wait(timeout=30)["StatusCode"] == 0
 
 
-def test_s3_round_trip_with_the_trimmed_models(docker_client: Any, runtime_volume: str,
-                                               moto_server: S3Server, tmp_path: Path) -> None:
-    """botocore keeps only a few service models in the bundle: S3 still works, both ways."""
+def check_the_script_gets_the_images_c_library(user: UserContainer, name: str) -> None:
+    """The script's environment is the image's (its loader variables given back, none of
+    the bundle's); its programs load the image's C library, the runtime only its own."""
+    response = requests.post(user.url, data=base64.b64encode(b"env\n"), timeout=30)
+    assert response.status_code == 200, user.logs()
+    env_text, rest = response.text.split("<<script>>\n", 1)
+    script_maps, rest = rest.split("<<runtime>>\n", 1)
+    runtime_maps, _, program_maps = rest.partition("<<program>>\n")
+    env = dict(line.split("=", 1) for line in env_text.splitlines() if "=" in line)
+    assert "TMP_OUTPUT_DIR" in env
+    for variable, value in IMAGE_LOADER_ENV[name].items():
+        assert env[variable] == value
+    assert not [n for n in env if n.startswith(("_PYI", "_MEI", "_FAAS_SUPERVISOR"))
+                or n in ("LD_LIBRARY_PATH_ORIG", "LD_AUDIT")], env_text
+
+    runtime = mapped_files(runtime_maps)
+    assert "/oscar/bin/_internal/libc.so.6" in runtime
+    assert "/oscar/bin/_internal/ld-linux-x86-64.so.2" in runtime
+    assert not [f for f in runtime if ".so" in f and not f.startswith("/oscar/bin/_internal/")]
+    # busybox (the shell, cat) is static; the image's own program loads the image's libc.
+    assert not [f for f in mapped_files(script_maps) if f.startswith("/oscar/bin")]
+    if name in IMAGE_C_LIBRARY:
+        program = mapped_files(program_maps)
+        assert "/usr/local/bin/libc-maps" in program
+        assert IMAGE_C_LIBRARY[name] in program
+        assert not [f for f in program if f.startswith("/oscar/bin")]
+    else:
+        assert not program_maps
+
+
+@pytest.mark.parametrize("name", USER_IMAGES)
+def test_storage_event_job_in_every_image(docker_client: Any, runtime_volume: str,
+                                          user_images: dict[str, str], moto_server: S3Server,
+                                          tmp_path: Path, name: str) -> None:
+    """`run` with a storage event against moto: stage-in, script, stage-out, both ways
+    through botocore's trimmed models and the bundle's own libssl."""
     s3 = moto_server.client()
-    s3.create_bucket(Bucket="plants")
-    s3.put_object(Bucket="plants", Key="input/a b.txt", Body=b"hello s3\n")
+    bucket = f"plants-{name}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="input/a b.txt", Body=b"hello s3\n")
     event = {"Records": [{"eventSource": "minio:s3", "eventTime": "2026-11-24T10:23:44.000Z",
-                          "s3": {"bucket": {"name": "plants"},
+                          "s3": {"bucket": {"name": bucket},
                                  "object": {"key": "input/a+b.txt", "size": 9}}}]}
     (tmp_path / "event.json").write_text(json.dumps(event))
     (tmp_path / "script.sh").write_text(
@@ -204,15 +269,29 @@ def test_s3_round_trip_with_the_trimmed_models(docker_client: Any, runtime_volum
                 f"secret_key: {moto_server.secret_key}, region: {moto_server.region}}}")
     (tmp_path / "function_config.yaml").write_text(
         f"storage_providers:\n  minio:\n    default: {provider}\n"
-        "input:\n  - {storage_provider: minio.default, path: plants/input}\n"
-        "output:\n  - {storage_provider: minio.default, path: plants/output}\n")
+        f"input:\n  - {{storage_provider: minio.default, path: {bucket}/input}}\n"
+        f"output:\n  - {{storage_provider: minio.default, path: {bucket}/output}}\n")
     docker_client.containers.run(
-        GLIBC_BASE, ["/oscar/bin/faas-supervisor", "run", "--config", "/app/function_config.yaml",
-                     "--script", "/app/script.sh", "--event-file", "/app/event.json"],
+        user_images[name], ["/oscar/bin/faas-supervisor", "run", "--config",
+                            "/app/function_config.yaml", "--script", "/app/script.sh",
+                            "--event-file", "/app/event.json"],
         remove=True, network_mode="host", labels={LABEL: "1"},
         volumes={runtime_volume: {"bind": "/oscar/bin", "mode": "ro"},
                  str(tmp_path): {"bind": "/app", "mode": "ro"}})
-    assert s3.get_object(Bucket="plants", Key="output/out.txt")["Body"].read() == b"HELLO S3\n"
+    assert s3.get_object(Bucket=bucket, Key="output/out.txt")["Body"].read() == b"HELLO S3\n"
+
+
+def test_the_runtime_runs_from_any_folder(docker_client: Any, runtime_volume: str) -> None:
+    """Elsewhere than /oscar/bin (the path its executable's interpreter names), through a
+    relative path and a symbolic link, the launcher runs the bundled loader itself: in the
+    image with no C library at all."""
+    out = docker_client.containers.run(
+        STATIC_BASE, ["/bin/sh", "-c", "/opt/rt/faas-supervisor --version && cd /opt && "
+                      "rt/faas-supervisor --version && ln -s /opt/rt/faas-supervisor /tmp/fs "
+                      "&& /tmp/fs --version"],
+        remove=True, network_mode="none", labels={LABEL: "1"},
+        volumes={runtime_volume: {"bind": "/opt/rt", "mode": "ro"}}).decode()
+    assert out.count("faas-supervisor ") == 3, out
 
 
 def test_bundle_tree_is_small_and_clean(docker_client: Any, runtime_volume: str) -> None:
@@ -228,4 +307,8 @@ def test_bundle_tree_is_small_and_clean(docker_client: Any, runtime_volume: str)
                      "botocore/data/ec2", "examples-1.json"):
         assert not [p for p in paths if unwanted in p], unwanted
     assert "./_internal/botocore/data/s3/2006-03-01/service-2.json.gz" in paths
+    # Its own C library and loader (packaging/own_libc.py), and the launcher.
+    for own in ("ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libgcc_s.so.1",
+                "faas-supervisor"):
+        assert f"./_internal/{own}" in paths, own
 

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from faas_supervisor import processes
+from faas_supervisor import frozen, processes
 from faas_supervisor.config import Mode
 from faas_supervisor.controller.backends import JobInterrupted
 from faas_supervisor.controller.backends.local_runner import Runner, RunnerDied
@@ -47,9 +47,9 @@ logger = get_logger(component="local-backend")
 
 
 def runtime_command() -> list[str]:
-    """This very program: the frozen build's executable, or the package with this Python."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable]
+    """This very program: the frozen build's launcher, or the package with this Python."""
+    if frozen.is_frozen():
+        return [str(frozen.launcher())]
     return [sys.executable, "-m", "faas_supervisor"]
 
 
