@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -116,18 +116,23 @@ class Logger:
 
 
 class InvocationLog:
-    """One invocation's runtime log lines: forwarded to structlog and kept for the response."""
+    """One invocation's runtime log lines: kept for the response, and written to the
+    process's log too: through structlog (the watchdog's log, each line naming its
+    invocation), or as kept, by `echo` (`run`, whose log is the job's: the same lines as
+    a logs response, and no structlog to import for them)."""
 
-    def __init__(self, level: str, invocation_id: str) -> None:
+    def __init__(self, level: str, invocation_id: str,
+                 echo: Callable[[str], None] | None = None) -> None:
         self.threshold = LEVELS[level]
         self.lines: list[str] = []
         self.invocation_id = invocation_id
+        self.echo = echo
         self._logger: Logger | None = None  # made at the first line printed: most print none
 
     def _log(self, level: str, message: str, **fields: Any) -> None:
         number = LEVELS[level]
         # A line below both levels costs nothing more (a debug line at INFO, say).
-        if _threshold is None or number >= _threshold:
+        if self.echo is None and (_threshold is None or number >= _threshold):
             if self._logger is None:
                 self._logger = get_logger(invocation=self.invocation_id)
             getattr(self._logger, level.lower())(message, **fields)
@@ -136,7 +141,10 @@ class InvocationLog:
             extra = "".join(
                 f" {k}={'***' if k in _REDACTED_KEYS else v}" for k, v in fields.items()
             )
-            self.lines.append(f"{stamp} {level} {message}{extra}\n")
+            line = f"{stamp} {level} {message}{extra}\n"
+            self.lines.append(line)
+            if self.echo is not None:
+                self.echo(line)
 
     def debug(self, message: str, **fields: Any) -> None:
         self._log("DEBUG", message, **fields)

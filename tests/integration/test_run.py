@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import faas_command
+from tests.integration.conftest import faas_command, script_output
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -91,7 +91,8 @@ def test_empty_event_has_no_input_file(tmp_path: Path) -> None:
     script = '#!/bin/sh\necho "input=${INPUT_FILE_PATH-unset}"\n'
     result = run(tmp_path, script, stdin=b"")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == b"input=unset\n"  # no output file: the logs, i.e. this line
+    # No output file: the logs (the runtime's lines at INFO, then this one).
+    assert script_output(result.stdout) == b"input=unset\n"
 
 
 def test_stdout_is_the_response_alone(tmp_path: Path) -> None:
@@ -122,9 +123,11 @@ def test_job_uuid_is_in_the_scripts_environment(tmp_path: Path) -> None:
     job = str(uuid.uuid4())
     given = run(tmp_path, script, env={"JOB_UUID": job, "EVENT": "[1]"})
     assert given.returncode == 0, given.stderr
-    assert given.stdout == f"job={job} event=[1]\n".encode()
+    # A job's logs response is its log stream's lines: not written twice (cli.py).
+    assert given.stdout == b""
+    assert script_output(given.stderr) == f"job={job} event=[1]\n".encode()
     made = run(tmp_path, script, env={"EVENT": "[1]"})
-    match = re.fullmatch(rb"job=(\S+) event=\[1\]\n", made.stdout)
+    match = re.fullmatch(rb"job=(\S+) event=\[1\]\n", script_output(made.stdout))
     assert match, made.stdout
     uuid.UUID(match.group(1).decode())  # one is made when the job has none
 
@@ -135,14 +138,14 @@ def test_config_variables_and_script_from_the_config(tmp_path: Path) -> None:
                       "script: |\n  #!/bin/sh\n  echo \"model=$MODEL\"\n")
     result = run(tmp_path, None, "--config", str(config), env={"EVENT": "{}"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout == b"model=tiny\n"
+    assert script_output(result.stdout) == b"model=tiny\n"
 
 
 def test_script_from_SCRIPT(tmp_path: Path) -> None:
     script = base64.b64encode(b'#!/bin/sh\necho "from SCRIPT"\n').decode()
     result = run(tmp_path, None, env={"SCRIPT": script, "EVENT": "{}"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout == b"from SCRIPT\n"
+    assert script_output(result.stdout) == b"from SCRIPT\n"
 
 
 # ---- exit statuses ---------------------------------------------------------------------
@@ -194,7 +197,7 @@ def test_settings_only_the_watchdog_reads_do_not_break_a_job(tmp_path: Path) -> 
            "suppress_lock": "maybe"}
     result = run(tmp_path, '#!/bin/sh\necho "port=$port"\n', env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == b"port=notaport\n"
+    assert script_output(result.stdout) == b"port=notaport\n"
 
 
 def test_timeout_is_124_and_kills_the_process_group(tmp_path: Path) -> None:
