@@ -414,7 +414,7 @@ def test_response_headers(shared: WatchdogProcess) -> None:
 NONE_OUTPUT = "out 1\nerr 1\nout 2\n"
 
 
-@pytest.mark.parametrize("level", ["DEBUG", "WARNING", "CRITICAL"])
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING", "CRITICAL"])
 def test_no_output_file_gives_the_logs_filtered_by_log_level(watchdog: WatchdogFactory,
                                                              level: str) -> None:
     # A symbolic link in the output folder: a WARNING line, and still no output file.
@@ -431,7 +431,12 @@ def test_no_output_file_gives_the_logs_filtered_by_log_level(watchdog: WatchdogF
         assert text == NONE_OUTPUT  # the script's output alone
     elif level == "WARNING":
         assert "WARNING" in runtime_lines and "link" in runtime_lines
-        assert "DEBUG" not in runtime_lines
+        assert "DEBUG" not in runtime_lines and "INFO" not in runtime_lines
+    elif level == "INFO":  # the default: what came in, how the script ended, and when
+        assert re.match(r"\S+Z INFO event received kind=json bytes=2\n", runtime_lines)
+        assert re.search(r"\n\S+Z INFO script exited status=0 seconds=\d+\.\d{3}\n",
+                         runtime_lines)
+        assert "WARNING" in runtime_lines and "DEBUG" not in runtime_lines
     else:
         assert "DEBUG" in runtime_lines and "WARNING" in runtime_lines
     assert "root:" not in text
