@@ -160,7 +160,7 @@ class Invocation:
         )
         self._input_file = event.input_file
         if self.log.threshold <= LEVELS["INFO"]:
-            self.log.info("event received", **_described(event))
+            self.log.summary("event received", **_described(event))
         return event
 
     def locate(self, event: Event) -> Event:
@@ -302,7 +302,7 @@ class Invocation:
                     with contextlib.suppress(Exception, asyncio.CancelledError):
                         await asyncio.wait_for(asyncio.shield(copier), COPIER_GRACE)
         self.outcome.exit_code = code
-        self.log.info("script exited", status=_describe(code),
+        self.log.summary("script exited", status=_describe(code),
                       seconds=f"{time.monotonic() - started:.3f}")
         if self._aborted is not None:
             raise self._aborted  # killed on purpose: say why, not "killed by signal 9"

@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +100,32 @@ def test_echo_at_critical_writes_nothing(tmp_path: Path) -> None:
     echoed: list[str] = []
     invoke(tmp_path, "CRITICAL", echo=echoed)
     assert echoed == []
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda message, **fields: self.lines.append((level, message))
+
+
+@pytest.mark.parametrize("process_level", ["INFO", "DEBUG"])
+def test_the_watchdogs_own_log_gets_the_summary_lines_at_debug_only(
+    monkeypatch: pytest.MonkeyPatch, process_level: str
+) -> None:
+    """A line per request at the default level, each costing a tenth of an `echo`
+    invocation's CPU through structlog: the process log has them at DEBUG."""
+    from faas_supervisor import logs
+
+    recorder = _Recorder()
+    monkeypatch.setattr(logs, "_threshold", logs.LEVELS[process_level])
+    monkeypatch.setattr(logs, "get_logger", lambda **bound: recorder)
+    log = logs.InvocationLog("INFO", "inv-2")
+    log.summary("script exited", status="0")
+    log.info("uploading", key="k")
+    assert len(log.lines) == 2  # both kept for the response
+    expected = [("info", "uploading")]
+    if process_level == "DEBUG":
+        expected.insert(0, ("debug", "script exited"))
+    assert recorder.lines == expected
