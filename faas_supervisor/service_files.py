@@ -142,7 +142,8 @@ async def get_file(provider: S3Provider, remote: RemotePath, local: str) -> None
     progress = Progress("downloading", size)
     try:
         if target is None:
-            await provider.download(remote.bucket, remote.key, sys.stdout.buffer,
+            await provider.download(remote.bucket, remote.key,
+                                    _InOrder(sys.stdout.buffer),  # type: ignore[arg-type]
                                     progress.update)
             sys.stdout.buffer.flush()
         else:
@@ -165,3 +166,19 @@ async def list_files(provider: S3Provider, remote: RemotePath) -> list[list[str]
                 if isinstance(modified, datetime) else "")
         rows.append([name, str(item.get("Size", "")), when])
     return sorted(rows)
+
+
+class _InOrder:
+    """Standard output as s3transfer must write it: in order. Redirected to a file it
+    would seem seekable, and s3transfer would write each part at its offset: over what
+    the file held before (`{ echo head; get-file ...; } > f`), or, appended (`>>`), in
+    the order the parts arrive."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+
+    def write(self, data: bytes) -> int:
+        return self._out.write(data)
+
+    def seekable(self) -> bool:
+        return False

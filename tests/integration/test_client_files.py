@@ -41,7 +41,7 @@ def controller(tmp_path: Path, moto_server: S3Server) -> Iterator[ControllerProc
 
 
 def client(controller: ControllerProcess, *args: str, stdin: bytes = b"",
-           env: dict[str, str] | None = None, cwd: Path | None = None
+           env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE
            ) -> subprocess.CompletedProcess[bytes]:
     full = {k: v for k, v in os.environ.items()
             if not k.startswith(("FAAS_", "AWS_"))}
@@ -53,7 +53,7 @@ def client(controller: ControllerProcess, *args: str, stdin: bytes = b"",
                  "AWS_CONFIG_FILE": "/nonexistent"})
     full.update(env or {})
     return subprocess.run([*faas_command(), "service", *args], input=stdin, env=full,
-                          capture_output=True, timeout=120, check=False, cwd=cwd)
+                          stdout=stdout, stderr=subprocess.PIPE, timeout=120, check=False)
 
 
 def ok(controller: ControllerProcess, *args: str, **kwargs: Any) -> bytes:
@@ -109,6 +109,17 @@ def test_put_list_and_get_a_services_files(controller: ControllerProcess, tmp_pa
     ok(controller, "get-file", "files", "minio", "/files/input/photo.bin", str(folder))
     assert (folder / "photo.bin").read_bytes() == data
     assert sorted(p.name for p in folder.iterdir()) == ["photo.bin"]  # nothing partial left
+
+    # To standard output, a file already holding a line: after it, in order (s3transfer
+    # would write each ranged part at its offset in a file it can seek).
+    appended = tmp_path / "appended"
+    with appended.open("wb") as sink:
+        sink.write(b"head\n")
+        sink.flush()
+        done = client(controller, "get-file", "files", "minio", "files/output/copy",
+                      stdout=sink)
+    assert done.returncode == 0, done.stderr
+    assert appended.read_bytes() == b"head\n" + data
 
     # Without LOCAL: standard input and standard output (outside the input path: no job).
     ok(controller, "put-file", "files", "minio", "files/notes/a b.txt", stdin=b"from stdin\n")

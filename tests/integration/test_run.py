@@ -125,7 +125,7 @@ def test_job_uuid_is_in_the_scripts_environment(tmp_path: Path) -> None:
     assert given.returncode == 0, given.stderr
     # A job's logs response is its log stream's lines: not written twice (cli.py).
     assert given.stdout == b""
-    assert script_output(given.stderr) == f"job={job} event=[1]\n".encode()
+    assert re.sub(RUNTIME_LINE, b"", given.stderr) == f"job={job} event=[1]\n".encode()
     made = run(tmp_path, script, env={"EVENT": "[1]"})
     match = re.fullmatch(rb"job=(\S+) event=\[1\]\n", script_output(made.stdout))
     assert match, made.stdout
