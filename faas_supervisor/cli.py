@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import os
 import shutil
 import signal
 import sys
@@ -298,10 +299,11 @@ async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> 
     import uuid
 
     from faas_supervisor.invocation import Invocation
-    from faas_supervisor.responses import failure_body, success_body
+    from faas_supervisor.responses import success_body
 
     job_id = startup.environ.get("JOB_UUID") or str(uuid.uuid4())
-    invocation = Invocation(startup.runtime, job_id)
+    # The runtime's lines go to the log stream as kept for a logs response (logs.py).
+    invocation = Invocation(startup.runtime, job_id, log_echo=_write_stderr_text)
     try:
         try:
             event = await invocation.read_event(
@@ -312,31 +314,51 @@ async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> 
             invocation.close()
             print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
             return exc.exit_status
-        # A job's script output goes to stderr as it comes (it is the job's log);
-        # for other events it is the response body, on stdout.
-        mirror = _write_stderr if event.kind == "storage" else None
-        outcome = await invocation.execute(event, {"JOB_UUID": job_id}, mirror)
-        out = sys.stdout.buffer
+        # The script's output goes to the log stream (stderr) as it comes, whatever the
+        # event and the level: a job's logs show what its script printed (SPEC 5).
+        outcome = await invocation.execute(event, {"JOB_UUID": job_id}, _write_stderr)
         if outcome.error is not None:
-            if mirror is not None:  # no failure body to send: free the folder's space first
-                invocation.close()
+            # Its reason and logs are on the log stream already: free the folder's space.
+            invocation.close()
             print(f"faas-supervisor: error: {outcome.error.message}", file=sys.stderr)
-            if mirror is None:
-                async for chunk in failure_body(invocation, outcome.error).stream:
-                    sys.stderr.buffer.write(chunk)
             return outcome.error.exit_status
-        if mirror is None or args.print_response:
-            async for chunk in success_body(invocation, "").stream:
-                out.write(chunk)
-            out.flush()
+        if event.kind == "storage" and not args.print_response:
+            return 0
+        body = success_body(invocation, "")
+        if body.kind == "logs" and _stdout_is_the_log(startup.environ):
+            return 0  # it would be the same lines again, where they already are
+        out = sys.stdout.buffer
+        async for chunk in body.stream:
+            out.write(chunk)
+        out.flush()
         return 0
     finally:
         invocation.close()
 
 
+def _stdout_is_the_log(environ: Mapping[str, str]) -> bool:
+    """Whether what `run` writes to stdout ends up in its log stream anyway.
+
+    So in a job (`JOB_UUID`: every backend keeps a job's stdout and stderr as its one log)
+    and where stdout and stderr are one file (a terminal, `2>&1`): a logs response there
+    would repeat, in the same place, the lines the log stream has just carried.
+    """
+    if environ.get("JOB_UUID"):
+        return True
+    try:
+        out, err = os.fstat(1), os.fstat(2)
+    except OSError:
+        return False
+    return (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino)
+
+
 def _write_stderr(data: bytes) -> None:
     sys.stderr.buffer.write(data)
     sys.stderr.buffer.flush()
+
+
+def _write_stderr_text(line: str) -> None:
+    _write_stderr(line.encode("utf-8", "backslashreplace"))
 
 
 async def _event_chunks(event_file: str | None, environ: Mapping[str, str]) -> AsyncIterator[bytes]:

@@ -91,6 +91,25 @@ def declare_arguments(service: argparse.ArgumentParser) -> None:
     logs.add_argument("name", metavar="NAME")
     logs.add_argument("job", nargs="?", metavar="JOB")
 
+    for name, text, command in (
+        ("put-file", "put a file in a service's storage (from LOCAL, else stdin)", cmd_put_file),
+        ("get-file", "get a file from a service's storage (into LOCAL, else stdout)",
+         cmd_get_file),
+        ("list-files", "list the files under a path of a service's storage", cmd_list_files),
+    ):
+        parser = sub(name, text, command)
+        parser.add_argument("name", metavar="NAME")
+        parser.add_argument("provider", metavar="STORAGE_PROVIDER",
+                            help="minio (the controller's own storage), minio.ID or s3.ID "
+                                 "(one of the service's storage_providers)")
+        parser.add_argument("remote", metavar="REMOTE_PATH",
+                            help="BUCKET/KEY (put-file: a path ending in / takes LOCAL's name)"
+                            if name != "list-files" else "BUCKET or BUCKET/FOLDER")
+        if name != "list-files":
+            parser.add_argument("local", nargs="?", default="-", metavar="LOCAL",
+                                help="the local file or folder ('-', the default: "
+                                     + ("stdin)" if name == "put-file" else "stdout)"))
+
 
 def connection(args: argparse.Namespace, environ: Mapping[str, str]) -> Connection:
     from faas_supervisor.api_client import Connection
@@ -304,6 +323,49 @@ async def cmd_logs(client: ControllerClient, args: argparse.Namespace) -> int:
             for name, info in jobs.items()]
     rows.sort(key=lambda row: (row[2], row[0]))  # oldest first, as they were submitted
     print(table(["JOB NAME", "STATUS", "CREATION TIME", "START TIME", "FINISH TIME"], rows))
+    return 0
+
+
+# put-file, get-file, list-files
+
+
+async def cmd_put_file(client: ControllerClient, args: argparse.Namespace) -> int:
+    from faas_supervisor.service_files import RemotePath, provider_for, put_file
+
+    remote = RemotePath.parse(args.remote)  # a bad one said before any request
+    provider = await provider_for(client, args.name, args.provider)
+    try:
+        await put_file(provider, remote, args.local)
+    finally:
+        provider.close()
+    return 0
+
+
+async def cmd_get_file(client: ControllerClient, args: argparse.Namespace) -> int:
+    from faas_supervisor.service_files import RemotePath, get_file, provider_for
+
+    remote = RemotePath.parse(args.remote)
+    provider = await provider_for(client, args.name, args.provider)
+    try:
+        await get_file(provider, remote, args.local)
+    finally:
+        provider.close()
+    return 0
+
+
+async def cmd_list_files(client: ControllerClient, args: argparse.Namespace) -> int:
+    from faas_supervisor.service_files import RemotePath, list_files, provider_for
+
+    remote = RemotePath.parse(args.remote)
+    provider = await provider_for(client, args.name, args.provider)
+    try:
+        rows = await list_files(provider, remote)
+    finally:
+        provider.close()
+    if not rows:
+        print(f"There are no files in \"{remote}\"")
+        return 0
+    print(table(["NAME", "SIZE", "LAST MODIFIED"], rows))
     return 0
 
 

@@ -37,7 +37,7 @@ from faas_supervisor.errors import (
     storage_failure,
     writing,
 )
-from faas_supervisor.logs import InvocationLog, get_logger
+from faas_supervisor.logs import LEVELS, InvocationLog, get_logger
 from faas_supervisor.parsers.body import read_body
 from faas_supervisor.parsers.event import ANY_ID, Event, StorageObject
 from faas_supervisor.storage_providers import CollectionProvider, StorageProvider
@@ -116,10 +116,13 @@ OutputMirror = Callable[[bytes], None]
 
 
 class Invocation:
-    def __init__(self, runtime: Runtime, invocation_id: str | None = None) -> None:
+    def __init__(self, runtime: Runtime, invocation_id: str | None = None,
+                 log_echo: Callable[[str], None] | None = None) -> None:
+        """`log_echo`: where the runtime's lines are written as they come, as kept (`run`);
+        else they go to the process's log through structlog (logs.InvocationLog)."""
         self.runtime = runtime
         self.id = invocation_id or str(uuid.uuid4())
-        self.log = InvocationLog(runtime.config.log_level, self.id)
+        self.log = InvocationLog(runtime.config.log_level, self.id, log_echo)
         with writing("the invocation's folder"):
             root = _new_folder(str(runtime.tmp_dir))
         # Paths built as strings: this runs for every request (pathlib's parsing is not free).
@@ -156,6 +159,8 @@ class Invocation:
             chunks, content_type=content_type, input_dir=self.input_dir, max_size=max_size
         )
         self._input_file = event.input_file
+        if self.log.threshold <= LEVELS["INFO"]:
+            self.log.summary("event received", **_described(event))
         return event
 
     def locate(self, event: Event) -> Event:
@@ -281,6 +286,7 @@ class Invocation:
                 if mirror is not None and stdout is not None
                 else None
             )
+            started = time.monotonic()
             try:
                 code = await asyncio.wait_for(child.wait(), timeout)
             except TimeoutError:
@@ -302,6 +308,8 @@ class Invocation:
                     with contextlib.suppress(Exception, asyncio.CancelledError):
                         await asyncio.wait_for(asyncio.shield(copier), COPIER_GRACE)
         self.outcome.exit_code = code
+        self.log.summary("script exited", status=_describe(code),
+                      seconds=f"{time.monotonic() - started:.3f}")
         if self._aborted is not None:
             raise self._aborted  # killed on purpose: say why, not "killed by signal 9"
         if code != 0:
@@ -594,6 +602,22 @@ def _remove_folder(root: Path, input_file: Path | None) -> None:
 
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _described(event: Event) -> dict[str, object]:
+    """What a log line may say of an event: its kind and size, the object it names;
+    never its content (a body may carry anything, credentials included)."""
+    if event.storage is not None:
+        obj = event.storage
+        return {"kind": event.kind, "provider": obj.provider, "bucket": obj.bucket,
+                "key": obj.key}
+    if event.input_file is not None:
+        try:
+            size = os.stat(event.input_file).st_size
+        except OSError:
+            size = 0
+        return {"kind": event.kind, "bytes": size}
+    return {"kind": event.kind}
 
 
 def _ignore(_chunk: bytes) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -115,40 +115,69 @@ class Logger:
         self._log(50, "critical", event, args, fields)
 
 
-class InvocationLog:
-    """One invocation's runtime log lines: forwarded to structlog and kept for the response."""
+_stamps: tuple[int, str] = (-1, "")  # the last second formatted, and its text
 
-    def __init__(self, level: str, invocation_id: str) -> None:
+
+def _stamp() -> str:
+    """The time as the lines show it, formatted once per second (strftime is not free)."""
+    global _stamps
+    now = int(time.time())
+    if _stamps[0] != now:
+        _stamps = (now, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)))
+    return _stamps[1]
+
+
+class InvocationLog:
+    """One invocation's runtime log lines: kept for the response, and written to the
+    process's log too: through structlog (the watchdog's log, each line naming its
+    invocation), or as kept, by `echo` (`run`, whose log is the job's: the same lines as
+    a logs response, and no structlog to import for them)."""
+
+    def __init__(self, level: str, invocation_id: str,
+                 echo: Callable[[str], None] | None = None) -> None:
         self.threshold = LEVELS[level]
         self.lines: list[str] = []
         self.invocation_id = invocation_id
+        self.echo = echo
         self._logger: Logger | None = None  # made at the first line printed: most print none
 
-    def _log(self, level: str, message: str, **fields: Any) -> None:
+    def _log(self, level: str, message: str, process_level: str | None = None,
+             **fields: Any) -> None:
+        """`process_level`: the level of the line in the process's log, when not `level`."""
         number = LEVELS[level]
+        shown = process_level or level
         # A line below both levels costs nothing more (a debug line at INFO, say).
-        if _threshold is None or number >= _threshold:
+        if self.echo is None and (_threshold is None or LEVELS[shown] >= _threshold):
             if self._logger is None:
                 self._logger = get_logger(invocation=self.invocation_id)
-            getattr(self._logger, level.lower())(message, **fields)
+            getattr(self._logger, shown.lower())(message, **fields)
         if number >= self.threshold:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             extra = "".join(
                 f" {k}={'***' if k in _REDACTED_KEYS else v}" for k, v in fields.items()
             )
-            self.lines.append(f"{stamp} {level} {message}{extra}\n")
+            line = f"{_stamp()} {level} {message}{extra}\n"
+            self.lines.append(line)
+            if self.echo is not None:
+                self.echo(line)
+
+    def summary(self, message: str, **fields: Any) -> None:
+        """An INFO line of the invocation's own log (the logs response, `run`'s log
+        stream) that the watchdog's process log gets at DEBUG only: there it would be a
+        line per request at the default level, and a structlog line costs about a tenth
+        of the CPU of a whole `echo` invocation."""
+        self._log("INFO", message, "DEBUG", **fields)
 
     def debug(self, message: str, **fields: Any) -> None:
-        self._log("DEBUG", message, **fields)
+        self._log("DEBUG", message, None, **fields)
 
     def info(self, message: str, **fields: Any) -> None:
-        self._log("INFO", message, **fields)
+        self._log("INFO", message, None, **fields)
 
     def warning(self, message: str, **fields: Any) -> None:
-        self._log("WARNING", message, **fields)
+        self._log("WARNING", message, None, **fields)
 
     def error(self, message: str, **fields: Any) -> None:
-        self._log("ERROR", message, **fields)
+        self._log("ERROR", message, None, **fields)
 
     def text(self) -> bytes:
         """The kept lines; with CRITICAL the response is the script's output alone."""

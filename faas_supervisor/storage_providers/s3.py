@@ -18,8 +18,9 @@ import asyncio
 import contextlib
 import functools
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error
@@ -34,6 +35,9 @@ MiB = 1 << 20
 # At most 3 attempts per request. botocore's `max_attempts` counts *retries* (3 would mean
 # 4 attempts); `total_max_attempts` counts attempts, which is what SPEC 6.2 bounds.
 RETRIES = {"total_max_attempts": 3, "mode": "standard"}
+
+# Told the bytes a transfer has moved, as they go (negative when a retry starts over).
+Progress = Callable[[int], None]
 
 
 class S3Provider:
@@ -74,28 +78,62 @@ class S3Provider:
         """The boto3 client (for the controller's bucket API and for tests)."""
         return self._build()[0]
 
-    async def download(self, bucket: str, key: str, dest: Path) -> None:
-        # s3transfer writes to a temporary name beside `dest` and renames it when whole.
+    async def download(self, bucket: str, key: str, dest: Path | BinaryIO,
+                       progress: Progress | None = None) -> None:
+        """Into `dest`: a path (s3transfer writes to a temporary name beside it and renames
+        it when whole) or a file open for writing (the client's stdout)."""
+        target = str(dest) if isinstance(dest, Path) else dest
         await self._transfer(
             "download", bucket, key, lambda manager, subs: manager.download(
-                bucket, key, str(dest), subscribers=subs)
+                bucket, key, target, subscribers=subs), progress
         )
 
-    async def upload(self, src: Path, bucket: str, key: str) -> None:
+    async def upload(self, src: Path | BinaryIO, bucket: str, key: str,
+                     progress: Progress | None = None) -> None:
+        """From a path or a file open for reading (the client's stdin). `progress` gets
+        the bytes as they go (from s3transfer's threads)."""
+        source = str(src) if isinstance(src, Path) else src
         await self._transfer(
             "upload", bucket, key, lambda manager, subs: manager.upload(
-                str(src), bucket, key, subscribers=subs)
+                source, bucket, key, subscribers=subs), progress
         )
 
-    async def _transfer(self, verb: str, bucket: str, key: str, submit: Any) -> None:
+    async def size(self, bucket: str, key: str) -> int:
+        """The object's size (HeadObject); StorageError when it cannot be read."""
+        try:
+            head = await asyncio.to_thread(self._head, bucket, key)
+        except Exception as exc:
+            raise self._error("read", bucket, key, exc) from None
+        return int(head.get("ContentLength") or 0)
+
+    def _head(self, bucket: str, key: str) -> Any:
+        return self.client.head_object(Bucket=bucket, Key=key)
+
+    async def list_objects(self, bucket: str, prefix: str) -> list[dict[str, Any]]:
+        """Every object under `prefix` (ListObjectsV2, all its pages), as boto3 gives them."""
+        try:
+            return await asyncio.to_thread(self._list, bucket, prefix)
+        except Exception as exc:
+            raise self._error("list", bucket, prefix, exc) from None
+
+    def _list(self, bucket: str, prefix: str) -> list[dict[str, Any]]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                      Prefix=prefix)
+        return [item for page in pages for item in page.get("Contents", [])]
+
+    async def _transfer(self, verb: str, bucket: str, key: str, submit: Any,
+                        progress: Progress | None = None) -> None:
         """Submit to the manager and await its done callback; cancel it if we are cancelled."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
+        subscribers: list[Any] = [_DoneSubscriber(loop, done)]
+        if progress is not None:
+            subscribers.append(_ProgressSubscriber(progress))
         try:
             built = self._built
             if built is None:  # the first transfer: build off the event loop
                 built = await asyncio.to_thread(self._build)
-            future: TransferFuture = submit(built[1], [_DoneSubscriber(loop, done)])
+            future: TransferFuture = submit(built[1], subscribers)
         except Exception as exc:  # no client (a bad endpoint), or arguments refused
             raise self._error(verb, bucket, key, exc) from None
         try:
@@ -124,6 +162,8 @@ class S3Provider:
             code = str(error.get("Code") or "error")
             if code in ("404", "NoSuchKey"):
                 text = "no such object"
+            elif code == "NoSuchBucket":
+                text = "no such bucket"
             elif code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 text = f"access denied ({code})"
             else:
@@ -179,8 +219,10 @@ def _make_client(
             "s3",
             endpoint_url=endpoint,
             region_name=config.get("region") or "us-east-1",
-            aws_access_key_id=config.get("access_key"),
-            aws_secret_access_key=config.get("secret_key"),
+            # None, not "", when not given: boto3's own credentials (environment, ~/.aws)
+            # then, as for the client's providers whose keys a controller keeps hidden.
+            aws_access_key_id=config.get("access_key") or None,
+            aws_secret_access_key=config.get("secret_key") or None,
             verify=config.flag("verify", True),
             config=client_config,
         )
@@ -195,6 +237,18 @@ def _make_client(
         max_io_queue_size=128,
     )
     return client, TransferManager(client, transfer_config)
+
+
+class _ProgressSubscriber:
+    """Counts of bytes moved, from s3transfer's threads, one at a time into `progress`."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._lock = threading.Lock()
+
+    def on_progress(self, future: TransferFuture, bytes_transferred: int, **kwargs: Any) -> None:
+        with self._lock:
+            self._progress(bytes_transferred)
 
 
 class _DoneSubscriber:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import pytest
 import requests
@@ -161,6 +162,22 @@ def watchdog(tmp_path: Path) -> Iterator[WatchdogFactory]:
 
 def b64(data: bytes) -> bytes:
     return base64.b64encode(data)
+
+
+# A line of the runtime's own in a logs response (logs.InvocationLog): time, level, text.
+RUNTIME_LINE = rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (?:DEBUG|INFO|WARNING|ERROR|CRITICAL) [^\n]*\n"
+
+
+@overload
+def script_output(body: bytes) -> bytes: ...
+@overload
+def script_output(body: str) -> str: ...
+def script_output(body: bytes | str) -> bytes | str:
+    """A logs response less the runtime's lines that start it (at INFO, the default):
+    the script's output, for tests about something else than those lines."""
+    data = body.encode() if isinstance(body, str) else body
+    rest = re.sub(rb"\A(?:" + RUNTIME_LINE + rb")*", b"", data)
+    return rest.decode() if isinstance(body, str) else rest
 
 
 # ---- storage servers -------------------------------------------------------------------

@@ -125,6 +125,9 @@ def test_services_run_jobs_and_go(controllers: Any, docker_client: Any) -> None:
     assert finished(controller, name) == (0, "")
     logs = controller.request("GET", f"/system/logs/cowsay/{name}")
     assert logs.status_code == 200 and "< a job in a container >" in logs.text
+    # Its script's output, once: the response (the logs) is not written to the container's
+    # stdout again, which Docker's logs would show beside its stderr.
+    assert logs.text.count("< a job in a container >") == 1, logs.text
     assert not docker_client.containers.list(
         all=True, filters={"label": f"faas-supervisor/job={name}"})  # removed once read
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import faas_command
+from tests.integration.conftest import RUNTIME_LINE, faas_command, script_output
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -91,7 +91,8 @@ def test_empty_event_has_no_input_file(tmp_path: Path) -> None:
     script = '#!/bin/sh\necho "input=${INPUT_FILE_PATH-unset}"\n'
     result = run(tmp_path, script, stdin=b"")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == b"input=unset\n"  # no output file: the logs, i.e. this line
+    # No output file: the logs (the runtime's lines at INFO, then this one).
+    assert script_output(result.stdout) == b"input=unset\n"
 
 
 def test_stdout_is_the_response_alone(tmp_path: Path) -> None:
@@ -122,9 +123,11 @@ def test_job_uuid_is_in_the_scripts_environment(tmp_path: Path) -> None:
     job = str(uuid.uuid4())
     given = run(tmp_path, script, env={"JOB_UUID": job, "EVENT": "[1]"})
     assert given.returncode == 0, given.stderr
-    assert given.stdout == f"job={job} event=[1]\n".encode()
+    # A job's logs response is its log stream's lines: not written twice (cli.py).
+    assert given.stdout == b""
+    assert re.sub(RUNTIME_LINE, b"", given.stderr) == f"job={job} event=[1]\n".encode()
     made = run(tmp_path, script, env={"EVENT": "[1]"})
-    match = re.fullmatch(rb"job=(\S+) event=\[1\]\n", made.stdout)
+    match = re.fullmatch(rb"job=(\S+) event=\[1\]\n", script_output(made.stdout))
     assert match, made.stdout
     uuid.UUID(match.group(1).decode())  # one is made when the job has none
 
@@ -135,14 +138,14 @@ def test_config_variables_and_script_from_the_config(tmp_path: Path) -> None:
                       "script: |\n  #!/bin/sh\n  echo \"model=$MODEL\"\n")
     result = run(tmp_path, None, "--config", str(config), env={"EVENT": "{}"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout == b"model=tiny\n"
+    assert script_output(result.stdout) == b"model=tiny\n"
 
 
 def test_script_from_SCRIPT(tmp_path: Path) -> None:
     script = base64.b64encode(b'#!/bin/sh\necho "from SCRIPT"\n').decode()
     result = run(tmp_path, None, env={"SCRIPT": script, "EVENT": "{}"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout == b"from SCRIPT\n"
+    assert script_output(result.stdout) == b"from SCRIPT\n"
 
 
 # ---- exit statuses ---------------------------------------------------------------------
@@ -194,7 +197,7 @@ def test_settings_only_the_watchdog_reads_do_not_break_a_job(tmp_path: Path) -> 
            "suppress_lock": "maybe"}
     result = run(tmp_path, '#!/bin/sh\necho "port=$port"\n', env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == b"port=notaport\n"
+    assert script_output(result.stdout) == b"port=notaport\n"
 
 
 def test_timeout_is_124_and_kills_the_process_group(tmp_path: Path) -> None:
@@ -369,3 +372,70 @@ def test_a_relative_tmpdir_gives_the_script_absolute_folders(tmp_path: Path) -> 
     assert input_file.startswith(f"{tmp_path}/tmp/"), input_file
     assert list((tmp_path / "tmp").iterdir()) == []
 
+
+
+# ---- the job's log stream (SPEC 5) -----------------------------------------------------
+
+PRINTS = COPY + 'echo "script says hi"\necho "script warns" >&2\n'
+
+
+@pytest.mark.parametrize("level", ["INFO", "CRITICAL"])
+@pytest.mark.parametrize(
+    ("kind", "event", "stdin"),
+    [("json", '{"x": 1}', b""), ("base64", base64.b64encode(b"raw").decode(), b""),
+     ("stdin", None, b'["on stdin"]')],
+)
+def test_a_jobs_log_stream_has_its_script_output_whatever_the_event(
+    tmp_path: Path, level: str, kind: str, event: str | None, stdin: bytes
+) -> None:
+    """Not a storage event: the result on stdout, and the script's lines on stderr (they
+    were lost: the response was the output file alone)."""
+    env = {"LOG_LEVEL": level, "JOB_UUID": str(uuid.uuid4())}
+    if event is not None:
+        env["EVENT"] = event
+    result = run(tmp_path, PRINTS, env=env, stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    assert base64.b64decode(result.stdout, validate=True)  # the output file, the result
+    lines = b"script says hi\nscript warns\n"
+    if level == "CRITICAL":
+        assert result.stderr == lines  # the script's output alone
+    else:  # chronological: the input, the script's output, its exit
+        assert re.sub(RUNTIME_LINE, b"", result.stderr) == lines
+        stream = result.stderr.decode()
+        assert re.match(r"\S+ INFO event received kind=(json|base64) bytes=\d+\n", stream)
+        assert re.search(r"\nscript warns\n\S+ INFO script exited status=0 seconds=", stream)
+
+
+def test_a_logs_response_is_written_once_where_stdout_is_the_log(tmp_path: Path) -> None:
+    """No output file: the response is the logs, which the log stream carried already;
+    where stdout is that same file (the local backend's jobs, a terminal) it is not
+    written again, and in a job (JOB_UUID) neither: Docker's and Kubernetes' logs of a
+    job are both its streams."""
+    script = '#!/bin/sh\necho "only once"\n'
+    path = tmp_path / "script.sh"
+    path.write_text(script)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FUNCTION_CONFIG", "SCRIPT", "JOB_UUID", "LOG_LEVEL")}
+    env.update({"TMPDIR": str(tmp), "EVENT": "{}"})
+    log = tmp_path / "job.log"
+    with open(log, "wb") as out:
+        subprocess.run([*faas_command(), "run", "--script", str(path)], env=env,
+                       stdout=out, stderr=out, timeout=30, check=True)
+    assert re.sub(RUNTIME_LINE, b"", log.read_bytes()) == b"only once\n"
+    in_a_job = run(tmp_path, script, env={"EVENT": "{}", "JOB_UUID": str(uuid.uuid4())})
+    assert in_a_job.stdout == b""
+    assert re.sub(RUNTIME_LINE, b"", in_a_job.stderr) == b"only once\n"
+    by_hand = run(tmp_path, script, env={"EVENT": "{}"})  # stdout read apart: the response
+    assert script_output(by_hand.stdout) == b"only once\n"
+    assert re.sub(RUNTIME_LINE, b"", by_hand.stderr) == b"only once\n"
+
+
+def test_a_failed_jobs_log_stream_has_its_reason_and_output_once(tmp_path: Path) -> None:
+    script = '#!/bin/sh\necho "before failing"\nexit 4\n'
+    result = run(tmp_path, script, env={"EVENT": "[1]"})
+    assert result.returncode == 4
+    assert result.stdout == b""
+    assert result.stderr.count(b"before failing") == 1
+    assert result.stderr.endswith(b"faas-supervisor: error: script exited with status 4\n")

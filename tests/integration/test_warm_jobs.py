@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from faas_supervisor.controller.backends.local_runner import Runner
-from tests.integration.conftest import faas_command
+from tests.integration.conftest import RUNTIME_LINE, faas_command
 from tests.integration.controller_fixture import ControllerFactory, ControllerProcess, wait_until
 from tests.leftovers import kill, processes, running_with
 
@@ -420,3 +420,55 @@ def test_a_controller_stopped_right_after_an_update_leaves_no_pid_file(
     assert answer.status_code == 204, answer.text
     assert controller.stop() == 0
     assert sorted(p.name for p in (controller.data_dir / "pids").iterdir()) == []
+
+
+PRINTING = ('echo "job line one"\necho "job line two" >&2\n'
+            'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/result"\n')
+
+
+def _comparable(log: bytes) -> bytes:
+    """A job's log with what differs between two runs of it (times, durations) made equal."""
+    log = re.sub(rb"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", b"T ", log)
+    return re.sub(rb"seconds=\d+\.\d+", b"seconds=S", log)
+
+
+@pytest.mark.parametrize("level", ["INFO", "CRITICAL"])
+def test_a_jobs_logs_show_its_script_output_whatever_the_event(
+    controllers: ControllerFactory, tmp_path: Path, level: str
+) -> None:
+    """A job whose event is a plain body (not a storage event) logged its base64 result
+    alone: its script's lines were lost. Warm (the runner's child) and cold (a `run` of
+    its own, given the job's log as stdout and stderr, as the backend gives it) alike."""
+    controller = controllers()
+    token = controller.create({"name": "printer", "script": PRINTING,
+                               "log_level": level})["token"]
+    chatty = controller.create({"name": "chatty", "script": 'echo "no result file"\n',
+                                "log_level": level})["token"]
+    job = post_job(controller, "printer", token)  # base64 of b"warm"
+    assert finished(controller, "printer", job)["status"] == "Succeeded"
+    warm = controller.request("GET", f"/system/logs/printer/{job}").content
+    lines = b"job line one\njob line two\n"
+    result = base64.b64encode(b"warm")
+    if level == "CRITICAL":
+        assert warm == lines + result  # the script's output, then the result (stdout)
+    else:
+        assert re.fullmatch(rb"\S+ INFO event received kind=base64 bytes=4\n" + lines
+                            + rb"\S+ INFO script exited status=0 seconds=\d+\.\d+\n" + result,
+                            warm), warm
+
+    with open(tmp_path / "cold.log", "wb") as out:
+        folder = controller.data_dir / "services" / "printer"
+        subprocess.run(
+            [*faas_command(), "run", "--script", str(folder / "script.sh"),
+             "--config", str(folder / "function_config.yaml")],
+            env=job_env(controller, "printer", job), stdin=subprocess.DEVNULL,
+            stdout=out, stderr=out, timeout=120, check=True,
+        )
+    assert _comparable((tmp_path / "cold.log").read_bytes()) == _comparable(warm)
+
+    # No output file: the response is the logs, which the log is already: once.
+    other = post_job(controller, "chatty", chatty)
+    assert finished(controller, "chatty", other)["status"] == "Succeeded"
+    text = controller.request("GET", f"/system/logs/chatty/{other}").content
+    assert re.sub(RUNTIME_LINE, b"", text) == b"no result file\n"
+    assert (text == b"no result file\n") == (level == "CRITICAL")

@@ -35,6 +35,7 @@ from tests.integration.conftest import (
     WatchdogProcess,
     faas_command,
     free_port,
+    script_output,
     wait_for_http,
 )
 
@@ -413,7 +414,7 @@ def test_response_headers(shared: WatchdogProcess) -> None:
 NONE_OUTPUT = "out 1\nerr 1\nout 2\n"
 
 
-@pytest.mark.parametrize("level", ["DEBUG", "WARNING", "CRITICAL"])
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING", "CRITICAL"])
 def test_no_output_file_gives_the_logs_filtered_by_log_level(watchdog: WatchdogFactory,
                                                              level: str) -> None:
     # A symbolic link in the output folder: a WARNING line, and still no output file.
@@ -430,7 +431,12 @@ def test_no_output_file_gives_the_logs_filtered_by_log_level(watchdog: WatchdogF
         assert text == NONE_OUTPUT  # the script's output alone
     elif level == "WARNING":
         assert "WARNING" in runtime_lines and "link" in runtime_lines
-        assert "DEBUG" not in runtime_lines
+        assert "DEBUG" not in runtime_lines and "INFO" not in runtime_lines
+    elif level == "INFO":  # the default: what came in, how the script ended, and when
+        assert re.match(r"\S+Z INFO event received kind=json bytes=2\n", runtime_lines)
+        assert re.search(r"\n\S+Z INFO script exited status=0 seconds=\d+\.\d{3}\n",
+                         runtime_lines)
+        assert "WARNING" in runtime_lines and "DEBUG" not in runtime_lines
     else:
         assert "DEBUG" in runtime_lines and "WARNING" in runtime_lines
     assert "root:" not in text
@@ -518,7 +524,7 @@ def test_exec_timeout_flag_wins_over_environment(watchdog: WatchdogFactory) -> N
     wd = watchdog(script, env={"exec_timeout": "1s"}, args=["--exec-timeout", "1m"])
     response = requests.post(wd.url, data=b"{}", timeout=30)
     assert response.status_code == 200, response.text
-    assert response.text == "done\n"
+    assert script_output(response.text) == "done\n"
 
 
 def test_exec_timeout_from_EXEC_TIMEOUT(watchdog: WatchdogFactory, tmp_path: Path) -> None:
@@ -687,7 +693,8 @@ def test_port(tmp_path: Path, how: str) -> None:
     process = _start_raw(tmp_path, env, args)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/_/health", process, log=tmp_path / "wd.log")
-        assert requests.post(f"http://127.0.0.1:{port}/", data=b"{}", timeout=10).text == "hi\n"
+        answer = requests.post(f"http://127.0.0.1:{port}/", data=b"{}", timeout=10)
+        assert script_output(answer.text) == "hi\n"
         if how == "flag":
             with pytest.raises(requests.ConnectionError):
                 requests.get(f"http://127.0.0.1:{other}/_/health", timeout=5)
@@ -829,7 +836,7 @@ def test_write_debug_logs_the_response_body(watchdog: WatchdogFactory, how: str)
     env = {"write_debug": "true" if how == "env" else "false"}
     wd = watchdog(script, env=env, args=["--write-debug"] if how == "flag" else [])
     response = requests.post(wd.url, data=b"{}", timeout=10)
-    assert response.text == f"response {token}\n"
+    assert script_output(response.text) == f"response {token}\n"
     assert wd.stop() == 0
     assert (token in wd.log.read_text()) == (how != "none")
 
@@ -867,7 +874,7 @@ def test_suppress_lock(watchdog: WatchdogFactory, how: str) -> None:
 def test_mode_flag_wins_over_environment(watchdog: WatchdogFactory) -> None:
     wd = watchdog("#!/bin/sh\necho forked\n", env={"mode": "no-such-mode"},
                   args=["--mode", "fork"])
-    assert requests.post(wd.url, data=b"{}", timeout=10).text == "forked\n"
+    assert script_output(requests.post(wd.url, data=b"{}", timeout=10).text) == "forked\n"
 
 
 # ---- SPEC 4.3: shutdown ------------------------------------------------------------------
@@ -1115,7 +1122,7 @@ def test_script_from_SCRIPT_or_the_config(tmp_path: Path, source: str) -> None:
     try:
         wait_for_http(f"http://127.0.0.1:{port}/_/health", process, log=log)
         response = requests.post(f"http://127.0.0.1:{port}/", data=b"{}", timeout=10)
-        assert response.text == "script from here none none\n"
+        assert script_output(response.text) == "script from here none none\n"
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0

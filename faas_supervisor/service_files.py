@@ -1,0 +1,184 @@
+"""`faas-supervisor service put-file|get-file|list-files`: a service's files, through S3.
+
+As `oscar-cli service ...` does: the client reads the service's definition from the
+controller and, for `minio` (`minio.default`), the controller's `/system/config`, whose
+`minio_provider` gives the default store's S3 endpoint and keys (the embedded default's
+own S3 endpoint, or the `--minio-endpoint` server); another `minio.ID` or `s3.ID` comes
+from the service's `storage_providers`. Then it talks to that S3 server itself, through
+the runtime's own S3 provider (boto3's s3transfer: multipart, retries, a download
+renamed into place only when whole), with a progress bar on a terminal.
+
+A REMOTE_PATH is `BUCKET/KEY` (a service's `input` path plus a file name puts a file in
+as a new input: the service's job starts as for any object stored there).
+
+Exit statuses, as the other `service` commands: 1 when the controller said no, 2 for a
+bad argument or local file, 3 when the storage server failed or refused (unreachable,
+no such object or bucket, access denied), as `run` says for a storage failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from faas_supervisor.config import ProviderConfig, Secret, normalize_provider_name
+from faas_supervisor.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from faas_supervisor.api_client import ControllerClient
+    from faas_supervisor.storage_providers.s3 import S3Provider
+
+S3_TYPES = ("minio", "s3")
+HIDDEN = "hidden"  # a key the controller (as OSCAR's manager) shows in place of its value
+STANDARD = "-"  # LOCAL: standard input (put-file) or output (get-file)
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+@dataclass(frozen=True)
+class RemotePath:
+    bucket: str
+    key: str  # "" for a bucket's top
+    folder: bool  # written with a trailing `/`: a file's own name goes under it
+
+    @classmethod
+    def parse(cls, text: str) -> RemotePath:
+        stripped = text.strip().strip("/")
+        bucket, _, key = stripped.partition("/")
+        if not bucket:
+            raise ConfigError(f"REMOTE_PATH {text!r}: must be BUCKET/KEY")
+        return cls(bucket, key, folder=text.strip().endswith("/") or not key)
+
+    def __str__(self) -> str:
+        return f"{self.bucket}/{self.key}" if self.key else self.bucket
+
+
+async def provider_for(client: ControllerClient, service: str, name: str) -> S3Provider:
+    """The S3 provider `name` (`minio`, `minio.default`, `minio.ID`, `s3.ID`) of `service`,
+    with its endpoint and keys as the controller hands them out."""
+    from faas_supervisor.storage_providers.s3 import S3Provider
+
+    full = normalize_provider_name(name.strip())
+    ptype, _, pid = full.partition(".")
+    if ptype not in S3_TYPES or not pid:
+        raise ConfigError(f"storage provider {name!r}: put-file, get-file and list-files "
+                          f"reach minio and s3 providers (minio, minio.ID, s3.ID)")
+    definition = await client.get_service(service)  # the service exists: else a 404 here
+    if full == "minio.default":
+        config = await client.json("GET", "/system/config")
+        settings = config.get("minio_provider") if isinstance(config, dict) else None
+        if not isinstance(settings, dict) or not settings.get("endpoint"):
+            raise StorageError("minio.default: the controller hands out no S3 endpoint for "
+                               "its storage (/system/config's minio_provider is empty)")
+    else:
+        providers = definition.get("storage_providers") or {}
+        settings = (providers.get(ptype) or {}).get(pid) if isinstance(providers, dict) else None
+        if not isinstance(settings, dict):
+            raise ConfigError(f"service {service} defines no storage provider {full}")
+    return S3Provider(ProviderConfig(ptype, pid, _settings(settings)))
+
+
+def _settings(given: Mapping[str, Any]) -> dict[str, str | bool | Secret]:
+    """The provider's settings as the runtime reads them; keys shown as `hidden` (or not
+    at all) are left out, so that boto3's own credentials (environment, ~/.aws) apply."""
+    settings: dict[str, str | bool | Secret] = {}
+    for key in ("endpoint", "region"):
+        if given.get(key):
+            settings[key] = str(given[key])
+    if isinstance(given.get("verify"), bool):
+        settings["verify"] = given["verify"]
+    for key in ("access_key", "secret_key"):
+        value = given.get(key)
+        if value and value != HIDDEN:
+            settings[key] = Secret(str(value))
+    return settings
+
+
+async def put_file(provider: S3Provider, remote: RemotePath, local: str) -> None:
+    from faas_supervisor.progress import Progress
+
+    if local == STANDARD:
+        if remote.folder:
+            raise ConfigError(f"REMOTE_PATH {remote}: name the object (BUCKET/KEY) when the "
+                              "file comes from standard input")
+        source: BinaryIO = sys.stdin.buffer
+        size: int | None = None
+        key = remote.key
+    else:
+        path = Path(local)
+        if not path.is_file():
+            raise ConfigError(f"{local}: no such file")
+        try:
+            source = open(path, "rb")  # noqa: SIM115 - closed below, after the transfer
+        except OSError as exc:
+            raise ConfigError(f"{local}: {exc.strerror}") from None
+        size = os.fstat(source.fileno()).st_size
+        key = f"{remote.key}/{path.name}".lstrip("/") if remote.folder else remote.key
+    progress = Progress("uploading", size)
+    try:
+        with source:
+            await provider.upload(source, remote.bucket, key, progress.update)
+    finally:
+        progress.close()
+
+
+async def get_file(provider: S3Provider, remote: RemotePath, local: str) -> None:
+    from faas_supervisor.progress import Progress
+
+    if remote.folder:
+        raise ConfigError(f"REMOTE_PATH {remote}: names a folder, not an object")
+    target: Path | None = None
+    if local != STANDARD:
+        target = Path(local)
+        if target.is_dir():
+            target = target / remote.key.rsplit("/", 1)[-1]
+        if not (target.parent if str(target.parent) else Path(".")).is_dir():
+            raise ConfigError(f"{local}: not a file in an existing folder")
+    size = await provider.size(remote.bucket, remote.key)  # its absence said before any write
+    progress = Progress("downloading", size)
+    try:
+        if target is None:
+            await provider.download(remote.bucket, remote.key,
+                                    _InOrder(sys.stdout.buffer),  # type: ignore[arg-type]
+                                    progress.update)
+            sys.stdout.buffer.flush()
+        else:
+            # s3transfer writes beside it and renames: never a partial file at `target`.
+            await provider.download(remote.bucket, remote.key, target, progress.update)
+    finally:
+        progress.close()
+
+
+async def list_files(provider: S3Provider, remote: RemotePath) -> list[list[str]]:
+    """Rows of NAME (relative to the folder), SIZE, LAST MODIFIED; folder markers left out."""
+    prefix = f"{remote.key}/" if remote.key else ""
+    rows = []
+    for item in await provider.list_objects(remote.bucket, prefix):
+        name = str(item["Key"])[len(prefix):]
+        if not name or name.endswith("/"):
+            continue
+        modified = item.get("LastModified")
+        when = (modified.astimezone(UTC).strftime(TIME_FORMAT)
+                if isinstance(modified, datetime) else "")
+        rows.append([name, str(item.get("Size", "")), when])
+    return sorted(rows)
+
+
+class _InOrder:
+    """Standard output as s3transfer must write it: in order. Redirected to a file it
+    would seem seekable, and s3transfer would write each part at its offset: over what
+    the file held before (`{ echo head; get-file ...; } > f`), or, appended (`>>`), in
+    the order the parts arrive."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+
+    def write(self, data: bytes) -> int:
+        return self._out.write(data)
+
+    def seekable(self) -> bool:
+        return False

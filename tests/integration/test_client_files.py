@@ -1,0 +1,193 @@
+"""`faas-supervisor service put-file|get-file|list-files` against a real controller whose
+default store is an S3 server (moto's, given with --minio-endpoint), both as subprocesses.
+
+The client finds the store's endpoint and keys through the controller (`/system/config`'s
+`minio_provider`, or the service's own `storage_providers`) and talks S3 to it itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import S3Server, faas_command, free_port
+from tests.integration.controller_fixture import (
+    ControllerFactory,
+    ControllerProcess,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+COPY = '#!/bin/sh\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/copy"\n'
+
+
+@pytest.fixture
+def controller(tmp_path: Path, moto_server: S3Server) -> Iterator[ControllerProcess]:
+    factory = ControllerFactory(tmp_path)
+    try:
+        yield factory(args=[
+            "--minio-endpoint", moto_server.endpoint,
+            "--minio-access-key", moto_server.access_key,
+            "--minio-secret-key", moto_server.secret_key,
+            "--minio-region", moto_server.region,
+        ])
+    finally:
+        factory.close()
+
+
+def client(controller: ControllerProcess, *args: str, stdin: bytes = b"",
+           env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE
+           ) -> subprocess.CompletedProcess[bytes]:
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith(("FAAS_", "AWS_"))}
+    user, password = controller.auth
+    full.update({"FAAS_ENDPOINT": controller.url, "FAAS_USER": user,
+                 "FAAS_PASSWORD": password,
+                 # No credentials of this machine's: only what the controller hands out.
+                 "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                 "AWS_CONFIG_FILE": "/nonexistent"})
+    full.update(env or {})
+    return subprocess.run([*faas_command(), "service", *args], input=stdin, env=full,
+                          stdout=stdout, stderr=subprocess.PIPE, timeout=120, check=False)
+
+
+def ok(controller: ControllerProcess, *args: str, **kwargs: Any) -> bytes:
+    result = client(controller, *args, **kwargs)
+    assert result.returncode == 0, (
+        f"service {' '.join(args)} exited {result.returncode}: {result.stderr!r}\n"
+        f"{controller.log_text()}")
+    return result.stdout
+
+
+def refused(controller: ControllerProcess, status: int, *args: str, **kwargs: Any) -> str:
+    """The one error line of a command that must fail with `status`."""
+    result = client(controller, *args, **kwargs)
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert result.stdout == b""
+    line = result.stderr.decode()
+    assert line.startswith("faas-supervisor: error: ") and line.count("\n") == 1, line
+    assert "Traceback" not in line
+    return line
+
+
+def test_put_list_and_get_a_services_files(controller: ControllerProcess, tmp_path: Path,
+                                           moto_server: S3Server) -> None:
+    controller.create({
+        "name": "files", "script": COPY,
+        "input": [{"storage_provider": "minio", "path": "files/input"}],
+        "output": [{"storage_provider": "minio.default", "path": "files/output"}],
+    })
+    data = os.urandom(9 << 20)  # over the multipart threshold (8 MiB)
+    local = tmp_path / "photo.bin"
+    local.write_bytes(data)
+
+    # Into the input path: it is a new input, and starts the service's job, one.
+    assert ok(controller, "put-file", "files", "minio", "files/input/", str(local)) == b""
+    (job,) = controller.wait_jobs("files", 1, timeout=120).values()
+    assert job["status"] == "Succeeded", controller.log_text()
+    s3 = moto_server.client()
+    assert s3.get_object(Bucket="files", Key="output/copy")["Body"].read() == data
+    assert len(controller.jobs("files")) == 1
+
+    listing = ok(controller, "list-files", "files", "minio.default", "files/input").decode()
+    header, *rows = listing.splitlines()
+    assert header.split() == ["NAME", "SIZE", "LAST", "MODIFIED"]
+    assert [row.split()[:2] for row in rows] == [["photo.bin", str(len(data))]]
+    assert ok(controller, "list-files", "files", "minio", "files/nothing-here") == (
+        b'There are no files in "files/nothing-here"\n')
+
+    back = tmp_path / "back.bin"
+    assert ok(controller, "get-file", "files", "minio", "files/output/copy", str(back)) == b""
+    assert back.read_bytes() == data
+    folder = tmp_path / "into"
+    folder.mkdir()
+    ok(controller, "get-file", "files", "minio", "/files/input/photo.bin", str(folder))
+    assert (folder / "photo.bin").read_bytes() == data
+    assert sorted(p.name for p in folder.iterdir()) == ["photo.bin"]  # nothing partial left
+
+    # To standard output, a file already holding a line: after it, in order (s3transfer
+    # would write each ranged part at its offset in a file it can seek).
+    appended = tmp_path / "appended"
+    with appended.open("wb") as sink:
+        sink.write(b"head\n")
+        sink.flush()
+        done = client(controller, "get-file", "files", "minio", "files/output/copy",
+                      stdout=sink)
+    assert done.returncode == 0, done.stderr
+    assert appended.read_bytes() == b"head\n" + data
+
+    # Without LOCAL: standard input and standard output (outside the input path: no job).
+    ok(controller, "put-file", "files", "minio", "files/notes/a b.txt", stdin=b"from stdin\n")
+    assert ok(controller, "get-file", "files", "minio", "files/notes/a b.txt") == (
+        b"from stdin\n")
+    assert len(controller.jobs("files")) == 1
+
+
+def test_a_services_own_provider_and_its_hidden_keys(controller: ControllerProcess,
+                                                     tmp_path: Path,
+                                                     moto_server: S3Server) -> None:
+    """`minio.ID`: the service's own provider. The controller hides its keys (as OSCAR's
+    manager hides the default's): boto3's own credentials are used then, else it fails."""
+    controller.create({
+        "name": "own", "script": COPY,
+        "storage_providers": {"minio": {"moto": {
+            "endpoint": moto_server.endpoint, "access_key": "AKOWN", "secret_key": "SKOWNKEY",
+            "region": moto_server.region, "verify": False}}},
+    })
+    moto_server.client().create_bucket(Bucket="own-bucket")
+    local = tmp_path / "x.txt"
+    local.write_bytes(b"own provider")
+    keys = {"AWS_ACCESS_KEY_ID": "AKFROMENV", "AWS_SECRET_ACCESS_KEY": "SKFROMENV"}
+    ok(controller, "put-file", "own", "minio.moto", "own-bucket/x.txt", str(local), env=keys)
+    assert ok(controller, "get-file", "own", "minio.moto", "own-bucket/x.txt", "-",
+              env=keys) == b"own provider"
+    line = refused(controller, 3, "get-file", "own", "minio.moto", "own-bucket/x.txt", "-")
+    assert "minio.moto" in line and "credentials" in line
+
+
+def test_errors_are_one_line_with_their_exit_status(controller: ControllerProcess,
+                                                    tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    controller.create({
+        "name": "errs", "script": COPY,
+        "input": [{"storage_provider": "minio", "path": "errs/input"}],
+        "storage_providers": {"minio": {"dead": {
+            "endpoint": dead, "access_key": "AKDEAD", "secret_key": "SKDEADKEY"}}},
+    })
+    local = tmp_path / "f.txt"
+    local.write_bytes(b"x")
+    out = tmp_path / "out.txt"
+
+    # Arguments and local files: 2.
+    line = refused(controller, 2, "put-file", "errs", "minio.nope", "errs/input/f", str(local))
+    assert "defines no storage provider minio.nope" in line
+    line = refused(controller, 2, "get-file", "errs", "webdav.dcache", "errs/input/f")
+    assert "minio and s3 providers" in line
+    line = refused(controller, 2, "put-file", "errs", "minio", "errs/input/",
+                   str(tmp_path / "missing.txt"))
+    assert "missing.txt: no such file" in line
+    refused(controller, 2, "get-file", "errs", "minio", "errs/input/",
+            str(out))  # a folder, not an object
+    refused(controller, 2, "put-file", "errs", "minio", "/", str(local))  # no bucket
+    refused(controller, 2, "get-file", "errs", "minio", "errs/input/f.txt",
+            str(tmp_path / "no" / "such" / "folder" / "f"))
+
+    # The storage server: 3, and no file written.
+    line = refused(controller, 3, "get-file", "errs", "minio", "errs/input/none.txt", str(out))
+    assert "minio.default" in line and "no such object" in line
+    assert not out.exists()
+    line = refused(controller, 3, "list-files", "errs", "minio", "no-such-bucket")
+    assert "no such bucket" in line
+    line = refused(controller, 3, "put-file", "errs", "minio.dead", "b/f.txt", str(local))
+    assert "minio.dead" in line and "cannot upload b/f.txt" in line
+    assert "AKDEAD" not in line and "SKDEADKEY" not in line
+
+    # The controller: 1.
+    line = refused(controller, 1, "put-file", "nope", "minio", "errs/input/f", str(local))
+    assert "GET /system/services/nope: 404" in line
+    assert len(controller.jobs("errs")) == 0  # nothing was put in the input path

@@ -1,0 +1,131 @@
+"""The runtime's own lines of an invocation (logs.InvocationLog, invocation.py): what a
+logs response starts with at each `log_level`, and what `run` writes to its log stream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faas_supervisor.config import FunctionConfig
+from faas_supervisor.invocation import Invocation, Runtime
+from faas_supervisor.responses import failure_body, success_body
+
+pytestmark = pytest.mark.timeout(60)  # real child processes
+
+SECRET = "hunter2-token-in-the-body"
+BODY = f'{{"token": "{SECRET}"}}'.encode()
+SCRIPT = 'echo "out line"\necho "err line" >&2\n'
+OUTPUT = b"out line\nerr line\n"
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def invoke(tmp_path: Path, level: str, script: str = SCRIPT,
+           echo: list[str] | None = None) -> tuple[bytes, Invocation]:
+    """One invocation of `script` with BODY; its response body, read whole."""
+    path = tmp_path / "script.sh"
+    path.write_text(script)
+    runtime = Runtime(config=FunctionConfig(log_level=level), script=path,
+                      base_env={"PATH": os.environ["PATH"]}, tmp_dir=tmp_path)
+    invocation = Invocation(runtime, "inv-1", echo.append if echo is not None else None)
+
+    async def go() -> bytes:
+        event = await invocation.read_event(_chunks(BODY), "", 1 << 20)
+        outcome = await invocation.execute(event, {})
+        body = (failure_body(invocation, outcome.error) if outcome.error is not None
+                else success_body(invocation, ""))
+        return b"".join([chunk async for chunk in body.stream])
+
+    try:
+        return asyncio.run(go()), invocation
+    finally:
+        invocation.close()
+
+
+def test_at_info_the_logs_start_with_the_input_the_exit_status_and_the_duration(
+    tmp_path: Path,
+) -> None:
+    body, _ = invoke(tmp_path, "INFO")
+    assert body.endswith(OUTPUT)
+    runtime = body[: -len(OUTPUT)].decode()
+    assert re.fullmatch(
+        rf"{STAMP} INFO event received kind=json bytes={len(BODY)}\n"
+        rf"{STAMP} INFO script exited status=0 seconds=\d+\.\d{{3}}\n",
+        runtime,
+    ), runtime
+    assert SECRET not in runtime  # the body is described, never shown
+
+
+def test_a_failed_script_s_status_is_in_the_runtime_lines(tmp_path: Path) -> None:
+    body, invocation = invoke(tmp_path, "INFO", SCRIPT + "exit 3\n")
+    assert invocation.outcome.exit_code == 3
+    text = body.decode()
+    assert text.startswith("script exited with status 3\n")  # the reason, first
+    assert re.search(rf"{STAMP} INFO script exited status=3 seconds=", text)
+    assert text.endswith(OUTPUT.decode())
+
+
+@pytest.mark.parametrize("level", ["WARNING", "ERROR", "CRITICAL"])
+def test_above_info_the_logs_are_the_script_s_output_alone(tmp_path: Path, level: str) -> None:
+    body, _ = invoke(tmp_path, level)
+    assert body == OUTPUT
+
+
+def test_at_debug_the_info_lines_are_there_too(tmp_path: Path) -> None:
+    body, _ = invoke(tmp_path, "DEBUG")
+    text = body.decode()
+    assert " DEBUG running script" in text
+    assert " INFO event received kind=json" in text and " INFO script exited status=0" in text
+
+
+def test_echo_gets_each_line_as_kept_and_as_it_comes(tmp_path: Path) -> None:
+    """`run` writes them to its log stream with an echo: the same lines as a response."""
+    echoed: list[str] = []
+    body, invocation = invoke(tmp_path, "INFO", echo=echoed)
+    assert echoed == invocation.log.lines
+    assert len(echoed) == 2
+    assert "".join(echoed).encode() + OUTPUT == body
+
+
+def test_echo_at_critical_writes_nothing(tmp_path: Path) -> None:
+    echoed: list[str] = []
+    invoke(tmp_path, "CRITICAL", echo=echoed)
+    assert echoed == []
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda message, **fields: self.lines.append((level, message))
+
+
+@pytest.mark.parametrize("process_level", ["INFO", "DEBUG"])
+def test_the_watchdogs_own_log_gets_the_summary_lines_at_debug_only(
+    monkeypatch: pytest.MonkeyPatch, process_level: str
+) -> None:
+    """A line per request at the default level, each costing a tenth of an `echo`
+    invocation's CPU through structlog: the process log has them at DEBUG."""
+    from faas_supervisor import logs
+
+    recorder = _Recorder()
+    monkeypatch.setattr(logs, "_threshold", logs.LEVELS[process_level])
+    monkeypatch.setattr(logs, "get_logger", lambda **bound: recorder)
+    log = logs.InvocationLog("INFO", "inv-2")
+    log.summary("script exited", status="0")
+    log.info("uploading", key="k")
+    assert len(log.lines) == 2  # both kept for the response
+    expected = [("info", "uploading")]
+    if process_level == "DEBUG":
+        expected.insert(0, ("debug", "script exited"))
+    assert recorder.lines == expected
