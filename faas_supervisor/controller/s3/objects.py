@@ -124,7 +124,7 @@ class Objects:
 
     def delete_bucket(self, bucket: str) -> None:
         path = self.bucket(bucket)
-        if any(not e.name.startswith(".") for e in os.scandir(path)):
+        if _holds_files(path):
             raise S3Error(
                 "BucketNotEmpty", "The bucket you tried to delete is not empty", f"/{bucket}"
             )
@@ -527,6 +527,16 @@ class _Walker:
                     yield child, path  # an empty folder: a folder marker, as MinIO lists it
                 continue
             yield from self._walk(path, child)
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether any object is below the folder: folders left empty (as deleting an object
+    leaves them, to keep the service's input folders) do not keep a bucket from going."""
+    for _, folders, files in os.walk(folder):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        if any(not f.startswith(".") for f in files):
+            return True
+    return False
 
 
 def _is_empty(folder: Path) -> bool:
