@@ -160,6 +160,7 @@ class Controller:
             return None
         from faas_supervisor.controller.s3.app import s3_app
 
+        # `middlewares=` takes what the API's app has for browsers (CORS), same origins.
         app = s3_app(self.buckets.root, self.s3_keys, self.settings.minio_region)
         return TimedAppRunner(
             app,

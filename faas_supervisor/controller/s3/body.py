@@ -109,10 +109,10 @@ async def receive(
             await asyncio.to_thread(sink.write, piece)
     finally:
         await asyncio.to_thread(sink.close)
-    declared = headers.get("x-amz-decoded-content-length")
-    if streaming and declared is not None and declared.isdigit() and int(declared) != sink.size:
+    declared = headers.get("x-amz-decoded-content-length" if streaming else "content-length")
+    if declared is not None and declared.isdigit() and int(declared) != sink.size:
         raise S3Error("IncompleteBody", "You did not provide the number of bytes specified by "
-                      "the x-amz-decoded-content-length HTTP header")
+                      "the Content-Length (or x-amz-decoded-content-length) HTTP header")
     if sink.sha256 is not None and sink.sha256.hexdigest() != payload:
         raise S3Error("XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header "
                       "does not match what was computed.")
