@@ -14,7 +14,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -116,16 +115,12 @@ def code_of(error: ClientError) -> tuple[str, int]:
     return error.response["Error"]["Code"], error.response["ResponseMetadata"]["HTTPStatusCode"]
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 # ---- the endpoint and its keys -----------------------------------------------------------
 
 
 def test_config_hands_out_the_endpoint_and_the_kept_keys(endpoint: Endpoint) -> None:
     controller = endpoint.controller
+    assert listening_ports(controller.process.pid) == {controller.port, controller.s3_port}
     assert endpoint.url == f"http://127.0.0.1:{controller.s3_port}"
     kept = (controller.data_dir / "s3-keys").read_text().split()
     assert kept == [endpoint.access_key, endpoint.secret_key]
@@ -151,7 +146,6 @@ def test_keys_survive_a_restart_and_flags_replace_them(controllers: ControllerFa
 
 
 def test_s3_port_0_serves_none(controllers: ControllerFactory) -> None:
-    port = free_port()
     controller = controllers(args=["--s3-port", "0"])
     provider = controller.request("GET", "/system/config").json()["minio_provider"]
     assert provider["endpoint"] == "" and provider["access_key"] == ""
@@ -161,7 +155,23 @@ def test_s3_port_0_serves_none(controllers: ControllerFactory) -> None:
     answer = controller.request("POST", "/system/buckets/off-bucket/presign",
                                 json={"object_key": "a", "operation": "download"})
     assert answer.status_code == 409, answer.text
-    assert not listening(port)
+    assert listening_ports(controller.process.pid) == {controller.port}
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports a process listens on (its sockets' inodes in /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def test_a_minio_endpoint_replaces_it(
@@ -172,7 +182,7 @@ def test_a_minio_endpoint_replaces_it(
         "--minio-endpoint", moto_server.endpoint, "--minio-access-key", "testing",
         "--minio-secret-key", "testing", "--s3-port", str(port),
     ])
-    assert not listening(port)
+    assert listening_ports(controller.process.pid) == {controller.port}
     assert "s3_port=None" in controller.log_text()
     provider = controller.request("GET", "/system/config").json()["minio_provider"]
     assert provider["endpoint"] == moto_server.endpoint
