@@ -627,6 +627,11 @@ def test_the_aws_cli(endpoint: Endpoint, tmp_path: Path) -> None:
                             "pending").stdout)["UploadId"]
     uploads = json.loads(aws("s3api", "list-multipart-uploads", "--bucket", bucket).stdout)
     assert [u["UploadId"] for u in uploads["Uploads"]] == [upload]
+    aws("s3api", "upload-part", "--bucket", bucket, "--key", "pending", "--upload-id", upload,
+        "--part-number", "1", "--body", str(small))
+    parts = json.loads(aws("s3api", "list-parts", "--bucket", bucket, "--key", "pending",
+                           "--upload-id", upload).stdout)
+    assert [(p["PartNumber"], p["Size"]) for p in parts["Parts"]] == [(1, 6)]
     aws("s3api", "abort-multipart-upload", "--bucket", bucket, "--key", "pending",
         "--upload-id", upload)
     url = aws("s3", "presign", f"s3://{bucket}/docs/small.txt", "--expires-in", "60").stdout
