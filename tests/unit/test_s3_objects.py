@@ -83,3 +83,8 @@ def test_a_description_names_what_it_describes(tmp_path: Path) -> None:
     info = objects.info("bkt", "k")
     assert (info.content_type, info.size) == ("binary/octet-stream", 17)
     assert info.etag != "0" * 32
+
+
+def test_max_keys_0_lists_nothing_and_no_next_page(tmp_path: Path) -> None:
+    listed = store(tmp_path, ["k"]).list_page("bkt", "", "", "", 0)
+    assert (listed.objects, listed.prefixes, listed.truncated) == ([], [], False)

@@ -347,6 +347,8 @@ class Objects:
             except FileNotFoundError:
                 continue  # deleted while listed
             last = key
+        if not max_keys:
+            return Page([], [], False, "")  # as S3 answers max-keys=0: nothing, and no more
         return Page(objects, prefixes, truncated, last if truncated else "")
 
     # ---- multipart uploads -----------------------------------------------------------
