@@ -164,7 +164,7 @@ over the folder store) and moto's server side by side. Medians of {rounds} round
 
 {chr(10).join(lines)}
 
-Our endpoint streams a PutObject's body to a hidden file in the object's folder (MD5 and
+Our endpoint streams a PutObject's body to a hidden file of the bucket (MD5 and
 SHA-256 on the way, in worker threads, 1 MiB at a time) and renames it into place; a
 GetObject is sent by sendfile. moto keeps objects in its memory."""
     write_section("s3_endpoint", text)

@@ -469,13 +469,17 @@ def test_bad_signatures_and_keys(endpoint: Endpoint) -> None:
     skewed = requests.get(request.url, headers=dict(request.headers), timeout=30)
     assert skewed.status_code == 403 and b"RequestTimeTooSkewed" in skewed.content
     # A body that is not what its signed hash says.
-    request = AWSRequest("PUT", f"{endpoint.url}/{bucket}/k", data=b"signed body")
+    request = AWSRequest("PUT", f"{endpoint.url}/{bucket}/new/folder/k", data=b"signed body")
     S3SigV4Auth(Credentials(endpoint.access_key, endpoint.secret_key), "s3",
                 "us-east-1").add_auth(request)
     swapped = requests.put(request.url, headers=dict(request.headers), data=b"other body",
                            timeout=30)
     assert swapped.status_code == 400 and b"XAmzContentSHA256Mismatch" in swapped.content
     assert endpoint.client().list_objects_v2(Bucket=bucket).get("Contents") is None
+    # Nothing left of it: no object, no folder, no temporary file.
+    bucket_folder = endpoint.controller.storage / bucket
+    assert [p.name for p in bucket_folder.iterdir()] == [".s3-tmp"]
+    assert list((bucket_folder / ".s3-tmp").iterdir()) == []
 
 
 def test_keys_never_leave_the_store(endpoint: Endpoint, tmp_path: Path) -> None:

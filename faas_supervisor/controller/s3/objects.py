@@ -4,8 +4,9 @@
   with `.` (names this store keeps for itself: partial uploads), or that resolves outside
   the bucket (a symbolic link), is an S3 error, never a file elsewhere. A key ending in
   `/` is a folder (MinIO's folder markers): a folder with nothing in it is listed as one.
-* An object is written to a hidden temporary name in its folder and renamed into place:
-  readers, the listing and the input watcher see it whole or not at all, once.
+* An object is written to a hidden temporary file of its bucket (`.s3-tmp/`) and renamed
+  into place (its folders made then): readers, the listing and the input watcher see it
+  whole or not at all, once; a body refused half-way leaves nothing, folder included.
 * What S3 keeps besides the bytes (ETag, Content-Type, `x-amz-meta-*`) is an extended
   attribute of the file (`user.faas.s3`), set before the rename, so it moves with it;
   it names the size and time it describes. A file put in the folder by other means (or
@@ -36,6 +37,7 @@ ATTRIBUTE = "user.faas.s3"
 DEFAULT_TYPE = "binary/octet-stream"  # what S3 answers for an object put without a type
 UPLOADS = ".s3-uploads"
 TEMP_PREFIX = ".s3-tmp-"
+STAGING = ".s3-tmp"  # in each bucket: bodies being received, renamed into place when whole
 MAX_KEY_BYTES = 1024
 MIN_PART = 5 << 20  # every part but the last, as S3 requires
 MAX_PARTS = 10000
@@ -176,21 +178,21 @@ class Objects:
             raise _no_such_key(bucket, key) from None
 
     def temporary(self, bucket: str, key: str) -> Path:
-        """A new hidden file in the folder `key` goes to (made if missing)."""
+        """A new hidden file for `key`'s bytes, in its bucket's `.s3-tmp/` (the rename into
+        place stays on one file system). Folders the key needs are made only by `commit`:
+        a refused body leaves none behind."""
         path = self.path(bucket, key)
         if key.endswith("/"):
             raise S3Error("InvalidArgument", "A folder key takes no content", f"/{bucket}/{key}")
-        folder = path.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise S3Error(
-                "XMinioParentIsObject",
-                "Object-prefix is already an object, please choose a different object-prefix "
-                "name.",
-                f"/{bucket}/{key}",
-            ) from None
-        temp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        base = self.bucket(bucket)
+        for folder in path.parents:
+            if folder == base:
+                break
+            if folder.exists() and not folder.is_dir():
+                raise _parent_is_object(bucket, key)
+        staging = base / STAGING
+        staging.mkdir(exist_ok=True)
+        temp = staging / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         return temp
 
@@ -207,6 +209,10 @@ class Objects:
         path = self.path(bucket, key)
         try:
             _describe(temp, etag, content_type, metadata)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise _parent_is_object(bucket, key) from None
             if path.is_dir() and not path.is_symlink():
                 raise S3Error(
                     "XMinioObjectExistsAsDirectory",
@@ -225,12 +231,7 @@ class Objects:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise S3Error(
-                "XMinioParentIsObject",
-                "Object-prefix is already an object, please choose a different object-prefix "
-                "name.",
-                f"/{bucket}/{key}",
-            ) from None
+            raise _parent_is_object(bucket, key) from None
         return self.info(bucket, key)
 
     def delete(self, bucket: str, key: str) -> None:
@@ -592,6 +593,14 @@ def _described(key: str, path: Path, stat: os.stat_result) -> ObjectInfo:
 
 def _no_such_key(bucket: str, key: str) -> S3Error:
     return S3Error("NoSuchKey", "The specified key does not exist.", f"/{bucket}/{key}")
+
+
+def _parent_is_object(bucket: str, key: str) -> S3Error:
+    return S3Error(
+        "XMinioParentIsObject",
+        "Object-prefix is already an object, please choose a different object-prefix name.",
+        f"/{bucket}/{key}",
+    )
 
 
 def _no_such_upload(bucket: str, key: str) -> S3Error:
