@@ -21,7 +21,7 @@ from pathlib import Path
 # (`python bench/container.py` runs it alone). bundle.py needs `make dist` first, which
 # `make bench` does.
 BENCHMARKS = ("latency.py", "throughput.py", "payload.py", "coldstart.py", "job.py",
-              "controller.py", "storage.py", "bundle.py", "soak.py")
+              "controller.py", "storage.py", "s3_endpoint.py", "bundle.py", "soak.py")
 TAKE_AGAINST = {"throughput.py", "payload.py", "coldstart.py", "job.py", "controller.py",
                 "bundle.py"}
 

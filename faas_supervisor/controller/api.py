@@ -93,6 +93,7 @@ class Api:
             web.put("/system/buckets", buckets.update_bucket),
             web.get("/system/buckets/{bucket}", buckets.read_bucket),
             web.delete("/system/buckets/{bucket}", buckets.delete_bucket),
+            web.post("/system/buckets/{bucket}/presign", buckets.presign),
         ])
         app.on_startup.append(calls.open_session)
         app.on_cleanup.append(calls.close_session)

@@ -13,7 +13,10 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from faas_supervisor.controller.s3.sigv4 import Keys
+
 PASSWORD_FILE = "admin-password"
+S3_KEYS_FILE = "s3-keys"  # the S3 endpoint's access key and secret key, one a line
 TOKEN_BYTES = 32  # 256 bits; 64 hex digits, the length the OSCAR manager's tokens have
 
 
@@ -51,6 +54,22 @@ def load_credentials(data_dir: Path, user: str, password: str | None) -> tuple[C
     path.touch(mode=0o600)
     path.write_text(made + "\n")
     return Credentials(user, made), True
+
+
+def load_s3_keys(data_dir: Path, access_key: str, secret_key: str) -> tuple[Keys, bool]:
+    """The S3 endpoint's keys (given, else kept, else made now), and whether just made."""
+    if access_key and secret_key:
+        return Keys(access_key, secret_key), False
+    path = data_dir / S3_KEYS_FILE
+    if path.is_file():
+        kept = path.read_text().split()
+        if len(kept) == 2:
+            return Keys(kept[0], kept[1]), False
+    # AWS's shapes: 20 upper-case letters and digits; 40 characters of base64.
+    made = Keys(secrets.token_hex(10).upper(), secrets.token_urlsafe(30))
+    path.touch(mode=0o600)
+    path.write_text(f"{made.access_key}\n{made.secret_key}\n")
+    return made, True
 
 
 def new_token() -> str:

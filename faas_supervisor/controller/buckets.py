@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from faas_supervisor.controller.names import bucket_problem, path_problem
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """The controller's own S3 endpoint over the folder store (s3/), as clients reach it."""
+
+    url: str
+    access_key: str
+    secret_key: str = field(repr=False)
+    region: str = "us-east-1"
 
 
 @dataclass(frozen=True)
@@ -55,16 +65,28 @@ class FolderStore:
     `ValueError` (a 400 in the API), never a folder made elsewhere.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, endpoint: S3Endpoint | None = None) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.endpoint = endpoint
 
     def provider_settings(self) -> dict[str, Any]:
+        # The folder itself: a local job reads and writes it without the S3 endpoint.
         return {"path": str(self.root)}
 
     def public_settings(self) -> dict[str, Any]:
-        # No S3 endpoint and no keys: the store is a folder of this machine.
-        return {"endpoint": "", "verify": False, "access_key": "", "secret_key": "", "region": ""}
+        if self.endpoint is None:
+            # No S3 endpoint and no keys: the store is a folder of this machine.
+            return {
+                "endpoint": "", "verify": False, "access_key": "", "secret_key": "", "region": ""
+            }
+        return {
+            "endpoint": self.endpoint.url,
+            "verify": False,  # plain HTTP: nothing to verify
+            "access_key": self.endpoint.access_key,
+            "secret_key": self.endpoint.secret_key,
+            "region": self.endpoint.region,
+        }
 
     def _bucket(self, bucket: str) -> Path:
         problem = bucket_problem(bucket)
@@ -265,11 +287,14 @@ class S3Store:
         return found
 
 
-def build_store(data_dir: Path, minio: Mapping[str, str | None]) -> BucketStore:
-    """The folder store under the data folder, or the server given with --minio-endpoint."""
+def build_store(
+    data_dir: Path, minio: Mapping[str, str | None], s3: S3Endpoint | None = None
+) -> BucketStore:
+    """The folder store under the data folder (served over S3 at `s3` when given), or the
+    server given with --minio-endpoint."""
     endpoint = minio.get("endpoint")
     if not endpoint:
-        return FolderStore(data_dir / "storage")
+        return FolderStore(data_dir / "storage", s3)
     return S3Store(
         endpoint,
         minio.get("access_key") or "",

@@ -45,9 +45,22 @@ def declare_arguments(sub: argparse.ArgumentParser) -> None:
         help="a MinIO/S3 server as the default storage provider "
         "(default: a folder under the data folder)",
     )
-    sub.add_argument("--minio-access-key", help="its access key (default $MINIO_ACCESS_KEY)")
-    sub.add_argument("--minio-secret-key", help="its secret key (default $MINIO_SECRET_KEY)")
+    sub.add_argument(
+        "--minio-access-key",
+        help="its access key, or the S3 endpoint's without --minio-endpoint "
+        "(default $MINIO_ACCESS_KEY, else made at the first start and kept in the data folder)",
+    )
+    sub.add_argument(
+        "--minio-secret-key", help="its secret key, likewise (default $MINIO_SECRET_KEY)"
+    )
     sub.add_argument("--minio-region", help="its region (default us-east-1)")
+    sub.add_argument(
+        "--s3-port",
+        type=int,
+        default=9000,
+        help="TCP port of the S3 endpoint serving the folder store, path-style (default 9000; "
+        "0: none; ignored with --minio-endpoint)",
+    )
     sub.add_argument(
         "--events-queue",
         metavar="NAME_OR_URL",

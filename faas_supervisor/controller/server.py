@@ -17,11 +17,12 @@ import time
 from aiohttp import web
 
 from faas_supervisor.controller.api import Api, ApiInfo
-from faas_supervisor.controller.auth import load_credentials
+from faas_supervisor.controller.auth import S3_KEYS_FILE, load_credentials, load_s3_keys
 from faas_supervisor.controller.backends import build_backend
-from faas_supervisor.controller.buckets import build_store
+from faas_supervisor.controller.buckets import FolderStore, S3Endpoint, build_store
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
+from faas_supervisor.controller.s3.sigv4 import Keys
 from faas_supervisor.controller.settings import ControllerSettings
 from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import ConfigError
@@ -52,6 +53,24 @@ class Controller:
                 f"{self.credentials.password} (kept in {data_dir / 'admin-password'})",
                 flush=True,
             )
+        self.s3_keys: Keys | None = None
+        endpoint = None
+        if settings.s3_url:
+            self.s3_keys, made = load_s3_keys(
+                data_dir, settings.minio_access_key, settings.minio_secret_key
+            )
+            if made:
+                print(
+                    f"faas-supervisor controller: S3 endpoint keys made (access key "
+                    f"{self.s3_keys.access_key}; both kept in {data_dir / S3_KEYS_FILE})",
+                    flush=True,
+                )
+            endpoint = S3Endpoint(
+                settings.s3_url,
+                self.s3_keys.access_key,
+                self.s3_keys.secret_key,
+                settings.minio_region,
+            )
         self.buckets = build_store(
             data_dir,
             {
@@ -60,6 +79,7 @@ class Controller:
                 "secret_key": settings.minio_secret_key,
                 "region": settings.minio_region,
             },
+            endpoint,
         )
         self.store = Store(data_dir / "controller.sqlite3")
         self.backend = build_backend(settings.backend, data_dir, self.buckets.provider_settings())
@@ -105,40 +125,73 @@ class Controller:
             # watchdog gzipped, with its Content-Encoding), as the OSCAR manager does.
             auto_decompress=False,
         )
+        runners = [runner]
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        s3_runner = self._s3_runner()
+        if s3_runner is not None:
+            runners.append(s3_runner)
+            await s3_runner.setup()
         try:
-            await site.start()
-        except OSError as exc:
-            await self._stop(runner)
-            raise ConfigError(
-                f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}"
-            ) from None
+            await self._listen(runner, self.settings.port)
+            if s3_runner is not None:
+                await self._listen(s3_runner, self.settings.s3_port)
+        except ConfigError:
+            await self._stop(*runners)
+            raise
         logger.info(
             "controller ready",
             port=self.settings.port,
+            s3_port=self.settings.s3_port if s3_runner is not None else None,
             backend=self.backend.name,
             data_dir=str(self.settings.data_dir),
         )
         await stop.requested.wait()
         logger.info("controller stopping")
-        forcing = asyncio.ensure_future(self._forced(stop, runner))
+        forcing = asyncio.ensure_future(self._forced(stop, *runners))
         try:
-            await self._stop(runner)
+            await self._stop(*runners)
         finally:
             forcing.cancel()
         return 0
 
-    async def _forced(self, stop: Stop, runner: TimedAppRunner) -> None:
+    def _s3_runner(self) -> TimedAppRunner | None:
+        """The S3 endpoint's server, when the folder store is served (s3/)."""
+        if self.s3_keys is None or not isinstance(self.buckets, FolderStore):
+            return None
+        from faas_supervisor.controller.s3.app import s3_app
+
+        # `middlewares=` takes what the API's app has for browsers (CORS), same origins.
+        app = s3_app(self.buckets.root, self.s3_keys, self.settings.minio_region)
+        return TimedAppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            head_timeout=HEAD_TIMEOUT,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            auto_decompress=False,  # an object is stored as sent (Content-Encoding kept)
+        )
+
+    async def _listen(self, runner: TimedAppRunner, port: int) -> None:
+        site = web.TCPSite(runner, self.settings.host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {self.settings.host}:{port}: {exc.strerror}"
+            ) from None
+
+    async def _forced(self, stop: Stop, *runners: TimedAppRunner) -> None:
         """A second signal: requests in flight are cancelled rather than awaited; the
         watchdogs and jobs being stopped get it too (processes.Child.stop), and drain no
         longer either."""
         await stop.forced.wait()
         logger.warning("forced to stop: not waiting for work in flight")
-        runner.stop_waiting()
+        for runner in runners:
+            runner.stop_waiting()
 
-    async def _stop(self, runner: web.AppRunner) -> None:
-        await runner.cleanup()
+    async def _stop(self, *runners: web.AppRunner) -> None:
+        for runner in runners:
+            await runner.cleanup()
         await self.intake.close()
         await self.jobs.close()
         await self.backend.close()

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from faas_supervisor.config import LOG_LEVELS
 from faas_supervisor.errors import ConfigError
@@ -76,6 +77,7 @@ class ControllerSettings:
     minio_access_key: str = field(default="", repr=False)
     minio_secret_key: str = field(default="", repr=False)
     minio_region: str = "us-east-1"
+    s3_port: int = 9000  # the folder store's S3 endpoint; 0: none (and none with minio_endpoint)
     events_queue: str = ""
     reconcile_interval: float = 60.0  # seconds between listings of every input path
     log_level: str = "INFO"
@@ -84,6 +86,15 @@ class ControllerSettings:
     def public_url(self) -> str:
         """Where storage servers reach the controller (the base of push endpoints)."""
         return self.external_url or f"http://127.0.0.1:{self.port}"
+
+    @property
+    def s3_url(self) -> str:
+        """Where clients reach the S3 endpoint: the external URL's host, the S3 port.
+        Empty when there is none (off, or a MinIO/S3 server given instead)."""
+        if not self.s3_port or self.minio_endpoint:
+            return ""
+        host = urlsplit(self.public_url).hostname or "127.0.0.1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.s3_port}"
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -108,6 +119,10 @@ def load_controller_settings(
     secret_key = args.minio_secret_key or environ.get("MINIO_SECRET_KEY", "")
     if endpoint and not (access_key and secret_key):
         raise ConfigError("--minio-endpoint needs --minio-access-key and --minio-secret-key")
+    if bool(access_key) != bool(secret_key):
+        raise ConfigError("--minio-access-key and --minio-secret-key go together")
+    if not 0 <= args.s3_port < 65536:
+        raise ConfigError(f"--s3-port: {args.s3_port} is not a TCP port (0: no S3 endpoint)")
     if args.events_queue and not endpoint:
         raise ConfigError("--events-queue needs --minio-endpoint (the queue is on that server)")
     level = str(environ.get("LOG_LEVEL") or "INFO").upper()
@@ -127,6 +142,7 @@ def load_controller_settings(
         minio_access_key=access_key,
         minio_secret_key=secret_key,
         minio_region=args.minio_region or environ.get("MINIO_REGION") or "us-east-1",
+        s3_port=args.s3_port,
         events_queue=args.events_queue or "",
         reconcile_interval=args.reconcile_interval,
         log_level=level,

@@ -32,6 +32,7 @@ class ControllerProcess:
     port: int
     data_dir: Path
     log: Path
+    s3_port: int = 0  # the S3 endpoint's (when not turned off or replaced)
 
     @property
     def url(self) -> str:
@@ -124,6 +125,9 @@ class ControllerFactory:
         n = len(self.started)
         data_dir = data_dir or self.tmp_path / "data"
         port = free_port()
+        # A free port for the S3 endpoint, not 9000: tests (and checkouts) run side by side.
+        # A later `--s3-port` in `args` wins.
+        s3_port = free_port()
         log = self.tmp_path / f"controller{n}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
         full_env["TMPDIR"] = str(self.tmp_path)
@@ -141,11 +145,13 @@ class ControllerFactory:
             USER,
             "--password",
             PASSWORD,
+            "--s3-port",
+            str(s3_port),
             *(args or []),
         ]
         with open(log, "wb") as out:
             process = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
-        controller = ControllerProcess(process, port, data_dir, log)
+        controller = ControllerProcess(process, port, data_dir, log, s3_port)
         self.started.append(controller)
         wait_for_http(f"{controller.url}/health", process, log=log)
         return controller

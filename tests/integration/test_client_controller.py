@@ -55,7 +55,7 @@ def controller(tmp_path: Path) -> Iterator[Controller]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
     env["TMPDIR"] = str(tmp_path)
     cmd = [*faas_command(), "controller", "--data-dir", str(data), "--port", str(port),
-           "--user", USER, "--password", PASSWORD]
+           "--s3-port", str(free_port()), "--user", USER, "--password", PASSWORD]
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.integration.conftest import free_port
 from tests.integration.controller_fixture import (
     ControllerFactory,
     ControllerProcess,
@@ -116,7 +117,8 @@ def test_generated_password_is_printed_once_and_kept(
     data = tmp_path / "gen"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
     first = subprocess.Popen(
-        [*_faas(), "controller", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data)],
+        [*_faas(), "controller", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data),
+         "--s3-port", str(free_port())],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -132,7 +134,8 @@ def test_generated_password_is_printed_once_and_kept(
     assert (data / "admin-password").stat().st_mode & 0o077 == 0
     # Started again without a password, it uses the kept one and does not print it.
     second = subprocess.Popen(
-        [*_faas(), "controller", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data)],
+        [*_faas(), "controller", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data),
+         "--s3-port", str(free_port())],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

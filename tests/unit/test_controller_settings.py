@@ -111,3 +111,35 @@ def test_nothing_below_the_command_reads_the_process_environment() -> None:
         if "os.environ" in path.read_text() or "getenv" in path.read_text()
     ]
     assert readers == []
+
+
+def test_the_s3_endpoint_settings(tmp_path: Path) -> None:
+    base = ["--data-dir", str(tmp_path)]
+    default = load(base, {})
+    assert (default.s3_port, default.s3_url) == (9000, "http://127.0.0.1:9000")
+    external = load([*base, "--external-url", "https://oscar.example.org/", "--s3-port", "9100"],
+                    {})
+    assert external.s3_url == "http://oscar.example.org:9100"
+    assert load([*base, "--external-url", "http://[::1]:8000"], {}).s3_url == "http://[::1]:9000"
+    assert load([*base, "--s3-port", "0"], {}).s3_url == ""
+    replaced = load([*base, "--minio-endpoint", "http://minio:9000", "--minio-access-key", "k",
+                     "--minio-secret-key", "s"], {})
+    assert replaced.s3_url == ""
+    given = load(base, {"MINIO_ACCESS_KEY": "k", "MINIO_SECRET_KEY": "s"})
+    assert (given.minio_access_key, given.minio_secret_key) == ("k", "s")
+    assert "'s'" not in repr(given)
+    for argv, flag in [(["--s3-port", "65536"], "--s3-port"),
+                       (["--minio-access-key", "k"], "--minio-access-key")]:
+        with pytest.raises(ConfigError, match=flag):
+            load([*base, *argv], {})
+
+
+def test_s3_keys_are_made_once_and_kept(tmp_path: Path) -> None:
+    from faas_supervisor.controller.auth import load_s3_keys
+
+    made, new = load_s3_keys(tmp_path, "", "")
+    assert new and len(made.access_key) == 20 and len(made.secret_key) == 40
+    assert (tmp_path / "s3-keys").stat().st_mode & 0o777 == 0o600
+    assert load_s3_keys(tmp_path, "", "") == (made, False)
+    assert load_s3_keys(tmp_path, "given", "secret")[0].access_key == "given"
+    assert made.secret_key not in repr(made)

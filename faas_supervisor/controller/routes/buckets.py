@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -19,7 +20,11 @@ from faas_supervisor.config import DEFAULT_PROVIDER
 from faas_supervisor.controller.names import bucket_problem, path_problem
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
+from faas_supervisor.controller.s3 import sigv4
 from faas_supervisor.errors import Conflict, InvalidService, NotFound, storage_failure
+
+PRESIGN_DEFAULT = 900  # seconds: the manager's defaults and bounds
+PRESIGN_MAX = 7 * 24 * 3600
 
 
 class BucketRoutes(Routes):
@@ -71,6 +76,27 @@ class BucketRoutes(Routes):
         await self._storage(f"deletion of bucket {name}", self.api.buckets.delete_bucket, name)
         return web.Response(status=HTTPStatus.NO_CONTENT)
 
+    async def presign(self, request: web.Request) -> web.Response:
+        """A presigned URL for an object of the bucket, on the default provider's S3
+        endpoint (ours, or --minio-endpoint's), as the manager's presign handler answers."""
+        name = await self._existing(_check_bucket(request.match_info["bucket"]))
+        asked = _presign_body(await request.read())
+        public = self.api.buckets.public_settings()
+        if not public.get("endpoint"):
+            raise Conflict("No S3 endpoint serves the storage (--s3-port 0)")
+        url = presigned_url(public, name, asked)
+        expires_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + asked.expires))
+        answer: dict[str, Any] = {
+            "object_key": asked.key,
+            "operation": asked.operation,
+            "method": asked.method,
+            "url": url,
+            "expires_at": expires_at,
+        }
+        if asked.headers:
+            answer["headers"] = asked.headers
+        return json_response(answer)
+
     async def _existing(self, name: str) -> str:
         """The bucket's name, once the store has it (else a 404)."""
         if not await self._storage(f"lookup of bucket {name}", self.api.buckets.bucket_exists,
@@ -103,6 +129,76 @@ async def _bucket_body(request: web.Request) -> tuple[str, str]:
     if problem is not None:
         raise InvalidService(f"bucket_name: folder {folder!r} {problem}")
     return name, folder
+
+
+@dataclass(frozen=True)
+class PresignRequest:
+    key: str
+    operation: str  # upload | download
+    expires: int  # seconds
+    content_type: str
+    headers: dict[str, str]  # signed: the request must send them
+
+    @property
+    def method(self) -> str:
+        return "PUT" if self.operation == "upload" else "GET"
+
+
+def _presign_body(raw: bytes) -> PresignRequest:
+    """The manager's PresignRequest: `object_key` and `operation` required."""
+    try:
+        data = strict_json.loads(raw)
+    except strict_json.NotJson:
+        data = None
+    if not isinstance(data, dict):
+        raise InvalidService("Invalid presign request: the body must be a JSON object")
+    for field in ("object_key", "operation", "content_type"):
+        if data.get(field) is not None and not isinstance(data[field], str):
+            raise InvalidService(f"{field}: must be a string")
+    key = (data.get("object_key") or "").strip().strip("/")
+    if not key:
+        raise InvalidService("object_key: Object key cannot be empty")
+    problem = path_problem(key)
+    if problem is not None:
+        raise InvalidService(f"object_key: {key!r} {problem}")
+    operation = (data.get("operation") or "").strip().lower()
+    if operation not in ("upload", "download"):
+        raise InvalidService(
+            f"operation: {data.get('operation')!r} is not 'upload' or 'download'"
+        )
+    expires = data.get("expires_in") or PRESIGN_DEFAULT
+    if isinstance(expires, bool) or not isinstance(expires, int) or not (
+        1 <= expires <= PRESIGN_MAX
+    ):
+        raise InvalidService(f"expires_in: must be 1 to {PRESIGN_MAX} seconds")
+    extra = data.get("extra_headers") or {}
+    if not isinstance(extra, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
+    ):
+        raise InvalidService("extra_headers: must be a mapping of strings")
+    content_type = data.get("content_type") or ""
+    headers: dict[str, str] = {}
+    if operation == "upload" and content_type:
+        headers["Content-Type"] = content_type
+    for header, value in extra.items():
+        headers["-".join(w.capitalize() for w in header.split("-"))] = value
+    return PresignRequest(key, operation, expires, content_type, headers)
+
+
+def presigned_url(public: dict[str, Any], bucket: str, asked: PresignRequest) -> str:
+    """The object's URL on the S3 endpoint of `public` (minio_provider's shape), signed."""
+    query = []
+    if asked.operation == "download" and asked.content_type:
+        query.append(("response-content-type", asked.content_type))
+    return sigv4.presign(
+        sigv4.Keys(public["access_key"], public["secret_key"]),
+        asked.method,
+        f"{public['endpoint'].rstrip('/')}/{bucket}/{sigv4.uri_encode(asked.key)}",
+        asked.expires,
+        public.get("region") or "us-east-1",
+        asked.headers,
+        query,
+    )
 
 
 def _check_bucket(name: str) -> str:

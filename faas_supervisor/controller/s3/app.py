@@ -1,0 +1,567 @@
+"""The S3 API (path-style) over the folder store: the aiohttp app and its handlers.
+
+Every request is checked by sigv4 against the endpoint's one pair of keys before
+anything is read or touched; failures are S3's XML errors (answers.py), in one
+middleware. Blocking file work runs in threads (objects.py); bodies stream to disk
+(body.py) and files stream out with sendfile, so memory stays flat whatever the size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from faas_supervisor.controller.s3 import answers, body, sigv2, sigv4
+from faas_supervisor.controller.s3.answers import element, iso_time
+from faas_supervisor.controller.s3.errors import S3Error
+from faas_supervisor.controller.s3.objects import DEFAULT_TYPE, MAX_PARTS, ObjectInfo, Objects
+from faas_supervisor.logs import get_logger
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+MAX_XML = 2 << 20  # a Delete of 1000 keys, a Complete of 10000 parts
+MAX_KEYS = 1000
+RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+# Sub-resources this server does not keep (ACLs, tags, policies...): 501, not a listing.
+_UNSUPPORTED = {
+    "acl", "tagging", "policy", "cors", "lifecycle", "versions", "versioning", "website",
+    "encryption", "replication", "notification", "object-lock", "retention", "legal-hold",
+    "logging", "ownershipControls", "publicAccessBlock", "requestPayment", "accelerate",
+    "analytics", "inventory", "metrics", "intelligent-tiering", "torrent", "restore",
+    "select", "attributes", "policyStatus",
+}
+
+logger = get_logger(component="s3")
+
+
+def s3_app(
+    root: Path,
+    keys: sigv4.Keys,
+    region: str = "us-east-1",
+    middlewares: Sequence[Middleware] = (),
+) -> web.Application:
+    """The app; `middlewares` (CORS, say) run before S3's own error answers."""
+    server = S3Server(Objects(root), keys, region)
+    app = web.Application(middlewares=[*middlewares, _errors])  # type: ignore[list-item]
+    app.router.add_route("*", "/{tail:.*}", server.dispatch)
+    return app
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except S3Error as error:
+        return answers.error_response(error, request.method)
+    except (web.HTTPException, asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        logger.exception("S3 request failed", method=request.method, path=request.path)
+        internal = S3Error("InternalError", "We encountered an internal error. Please try again.")
+        return answers.error_response(internal, request.method)
+
+
+class _Request:
+    """What every handler needs from a request: its bucket, key and query, decoded once."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        raw_path, _, self.raw_query = request.raw_path.partition("?")
+        self.raw_path = raw_path
+        path = unquote(raw_path).lstrip("/")
+        self.bucket, _, self.key = path.partition("/")
+        self.query = dict(sigv4.query_pairs(self.raw_query))
+        self.headers: dict[str, str] = {}
+        for name in request.headers:
+            lower = name.lower()
+            if lower not in self.headers:
+                self.headers[lower] = ",".join(request.headers.getall(name))
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            name.removeprefix("x-amz-meta-"): value
+            for name, value in self.headers.items()
+            if name.startswith("x-amz-meta-")
+        }
+
+
+class S3Server:
+    def __init__(self, objects: Objects, keys: sigv4.Keys, region: str) -> None:
+        self.objects = objects
+        self.keys = keys
+        self.region = region
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        r = _Request(request)
+        if sigv2.is_v2(r.query, r.headers):
+            pairs = sigv4.query_pairs(r.raw_query)
+            signed = sigv2.verify(self.keys, request.method, r.raw_path, pairs, r.headers)
+        else:
+            signed = sigv4.verify(self.keys, request.method, r.raw_path, r.raw_query, r.headers)
+        unsupported = _UNSUPPORTED & r.query.keys()
+        if unsupported:
+            raise S3Error("NotImplemented", f"?{min(unsupported)} is not implemented here")
+        method, q = request.method, r.query
+        if not r.bucket:
+            if method == "GET":
+                return await self.list_buckets()
+        elif not r.key:
+            if method == "PUT":
+                return await self.create_bucket(r)
+            if method == "HEAD":
+                await self._thread(self.objects.bucket, r.bucket)
+                return web.Response(headers={"x-amz-bucket-region": self.region})
+            if method == "DELETE":
+                await self._thread(self.objects.delete_bucket, r.bucket)
+                return web.Response(status=204)
+            if method == "GET":
+                if "location" in q:
+                    await self._thread(self.objects.bucket, r.bucket)
+                    return answers.xml_response(answers.document("LocationConstraint", []))
+                if "uploads" in q:
+                    return await self.list_uploads(r)
+                return await self.list_objects(r)
+            if method == "POST" and "delete" in q:
+                return await self.delete_objects(r)
+        else:
+            if method == "PUT":
+                if "uploadId" in q:
+                    return await self.upload_part(r, signed)
+                if "x-amz-copy-source" in r.headers:
+                    return await self.copy_object(r)
+                return await self.put_object(r, signed)
+            if method in ("GET", "HEAD"):
+                if "uploadId" in q and method == "GET":
+                    return await self.list_parts(r)
+                return await self.get_object(r, method == "HEAD")
+            if method == "DELETE":
+                if "uploadId" in q:
+                    await self._thread(self.objects.abort, r.bucket, r.key, q["uploadId"])
+                else:
+                    await self._thread(self.objects.delete, r.bucket, r.key)
+                return web.Response(status=204)
+            if method == "POST":
+                if "uploads" in q:
+                    return await self.create_upload(r)
+                if "uploadId" in q:
+                    return await self.complete_upload(r)
+        raise S3Error("MethodNotAllowed", "The specified method is not allowed against this "
+                      "resource.")
+
+    @staticmethod
+    async def _thread(call: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(call, *args)
+
+    # ---- buckets ---------------------------------------------------------------------
+
+    async def list_buckets(self) -> web.Response:
+        found = await self._thread(self.objects.buckets)
+        items = "".join(
+            f"<Bucket>{element('Name', name)}{element('CreationDate', iso_time(made))}</Bucket>"
+            for name, made in found
+        )
+        return answers.xml_response(answers.document(
+            "ListAllMyBucketsResult", [answers.OWNER, f"<Buckets>{items}</Buckets>"]
+        ))
+
+    async def create_bucket(self, r: _Request) -> web.Response:
+        await _read_xml(r.request)  # a CreateBucketConfiguration: one region here
+        await self._thread(self.objects.create_bucket, r.bucket)
+        return web.Response(headers={"Location": f"/{r.bucket}"})
+
+    async def list_objects(self, r: _Request) -> web.Response:
+        q = r.query
+        v2 = q.get("list-type") == "2"
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        encode = q.get("encoding-type") == "url"
+        try:
+            max_keys = min(int(q.get("max-keys", MAX_KEYS)), MAX_KEYS)
+        except ValueError:
+            raise S3Error("InvalidArgument", "max-keys must be an integer") from None
+        if max_keys < 0:
+            raise S3Error("InvalidArgument", "max-keys must not be negative")
+        if v2 and "continuation-token" in q:
+            after = _token_after(q["continuation-token"])
+        else:
+            after = q.get("start-after", "") if v2 else q.get("marker", "")
+        page = await self._thread(
+            self.objects.list_page, r.bucket, prefix, delimiter, after, max_keys
+        )
+
+        def key(text: str) -> str:
+            return answers.url_encoded(text, encode)
+
+        parts = [element("Name", r.bucket), element("Prefix", key(prefix))]
+        if v2:
+            if "continuation-token" in q:
+                parts.append(element("ContinuationToken", q["continuation-token"]))
+            if page.truncated:
+                parts.append(element("NextContinuationToken", _token(page.next_after)))
+            if "start-after" in q:
+                parts.append(element("StartAfter", key(q["start-after"])))
+            parts.append(element("KeyCount", len(page.objects) + len(page.prefixes)))
+        else:
+            parts.append(element("Marker", key(q.get("marker", ""))))
+            if page.truncated:
+                parts.append(element("NextMarker", key(page.next_after)))
+        parts.append(element("MaxKeys", max_keys))
+        if delimiter:
+            parts.append(element("Delimiter", key(delimiter)))
+        if encode:
+            parts.append(element("EncodingType", "url"))
+        parts.append(element("IsTruncated", page.truncated))
+        owner = answers.OWNER if (not v2 or q.get("fetch-owner") == "true") else ""
+        for obj in page.objects:
+            parts.append(
+                "<Contents>"
+                + element("Key", key(obj.key))
+                + element("LastModified", iso_time(obj.modified))
+                + element("ETag", f'"{obj.etag}"')
+                + element("Size", obj.size)
+                + owner
+                + element("StorageClass", "STANDARD")
+                + "</Contents>"
+            )
+        for common in page.prefixes:
+            parts.append(f"<CommonPrefixes>{element('Prefix', key(common))}</CommonPrefixes>")
+        return answers.xml_response(answers.document("ListBucketResult", parts))
+
+    async def delete_objects(self, r: _Request) -> web.Response:
+        await self._thread(self.objects.bucket, r.bucket)
+        keys, quiet = answers.deleted_keys(await _read_xml(r.request))
+        parts = []
+        for key in keys:
+            try:
+                await self._thread(self.objects.delete, r.bucket, key)
+            except S3Error as error:
+                parts.append(
+                    f"<Error>{element('Key', key)}{element('Code', error.code)}"
+                    f"{element('Message', error.message)}</Error>"
+                )
+                continue
+            if not quiet:
+                parts.append(f"<Deleted>{element('Key', key)}</Deleted>")
+        return answers.xml_response(answers.document("DeleteResult", parts))
+
+    # ---- objects ---------------------------------------------------------------------
+
+    async def put_object(self, r: _Request, signed: sigv4.Signed) -> web.Response:
+        content_type = r.headers.get("content-type") or DEFAULT_TYPE
+        if r.key.endswith("/"):
+            temp = None
+            info = await self._thread(self.objects.make_folder, r.bucket, r.key)
+            await r.request.content.readany()  # a folder marker's empty body
+        else:
+            temp = await self._thread(self.objects.temporary, r.bucket, r.key)
+            try:
+                received = await body.receive(r.request.content, r.headers, signed, temp)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+            info = await self._thread(
+                self.objects.commit, temp, r.bucket, r.key, received.md5, content_type,
+                r.metadata(),
+            )
+        return web.Response(headers={"ETag": f'"{info.etag}"'})
+
+    async def copy_object(self, r: _Request) -> web.Response:
+        source = _copy_source(r.headers["x-amz-copy-source"])
+        replace = r.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE"
+        if source == (r.bucket, r.key) and not replace:
+            raise S3Error("InvalidRequest", "This copy request is illegal because it is trying "
+                          "to copy an object to itself without changing the object's metadata.")
+        info = await self._thread(
+            self.objects.copy,
+            source,
+            r.bucket,
+            r.key,
+            (r.headers.get("content-type") or DEFAULT_TYPE) if replace else None,
+            r.metadata() if replace else None,
+        )
+        return answers.xml_response(answers.document("CopyObjectResult", [
+            element("LastModified", iso_time(info.modified)), element("ETag", f'"{info.etag}"'),
+        ]))
+
+    async def get_object(self, r: _Request, head: bool) -> web.StreamResponse:
+        if head:
+            info: ObjectInfo = await self._thread(self.objects.info, r.bucket, r.key)
+            file = None
+        else:
+            info, file = await self._thread(self.objects.open, r.bucket, r.key)
+        try:
+            status = _preconditions(r.headers, info)
+            headers = _object_headers(info)
+            for name, header in RESPONSE_OVERRIDES.items():
+                if name in r.query:
+                    headers[header] = r.query[name]
+            start, length = 0, info.size
+            wanted = _range(r.headers.get("range", ""), info.size) if status == 200 else None
+            if wanted is not None:
+                start, length = wanted
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{info.size}"
+            if status == 304:
+                return web.Response(status=304, headers={"ETag": headers["ETag"]})
+            response = web.StreamResponse(status=status, headers=headers)
+            response.content_length = length
+            await response.prepare(r.request)
+            if file is not None and length:
+                await _send(r.request, response, file, start, length)
+            await response.write_eof()
+            return response
+        finally:
+            if file is not None:
+                await self._thread(file.close)
+
+    # ---- multipart uploads -----------------------------------------------------------
+
+    async def create_upload(self, r: _Request) -> web.Response:
+        await self._thread(self.objects.bucket, r.bucket)
+        upload_id = await self._thread(
+            self.objects.create_upload,
+            r.bucket,
+            r.key,
+            r.headers.get("content-type") or DEFAULT_TYPE,
+            r.metadata(),
+        )
+        return answers.xml_response(answers.document("InitiateMultipartUploadResult", [
+            element("Bucket", r.bucket), element("Key", r.key), element("UploadId", upload_id),
+        ]))
+
+    async def upload_part(self, r: _Request, signed: sigv4.Signed) -> web.Response:
+        number = _part_number(r.query.get("partNumber", ""))
+        upload = await self._thread(self.objects.upload, r.bucket, r.key, r.query["uploadId"])
+        temp = await self._thread(self.objects.part_temporary, upload)
+        copying = "x-amz-copy-source" in r.headers
+        try:
+            if copying:
+                source = _copy_source(r.headers["x-amz-copy-source"])
+                md5 = await self._thread(
+                    self.objects.copy_range, source, r.headers.get("x-amz-copy-source-range", ""),
+                    temp,
+                )
+            else:
+                md5 = (await body.receive(r.request.content, r.headers, signed, temp)).md5
+            part = await self._thread(self.objects.commit_part, upload, number, temp, md5)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        if copying:
+            return answers.xml_response(answers.document("CopyPartResult", [
+                element("LastModified", iso_time(part.modified)),
+                element("ETag", f'"{part.etag}"'),
+            ]))
+        return web.Response(headers={"ETag": f'"{part.etag}"'})
+
+    async def complete_upload(self, r: _Request) -> web.Response:
+        upload = await self._thread(self.objects.upload, r.bucket, r.key, r.query["uploadId"])
+        wanted = answers.completed_parts(await _read_xml(r.request))
+        info = await self._thread(self.objects.complete, upload, wanted)
+        host = r.headers.get("host", "")
+        return answers.xml_response(answers.document("CompleteMultipartUploadResult", [
+            element("Location", f"http://{host}/{r.bucket}/{r.key}"),
+            element("Bucket", r.bucket),
+            element("Key", r.key),
+            element("ETag", f'"{info.etag}"'),
+        ]))
+
+    async def list_parts(self, r: _Request) -> web.Response:
+        upload = await self._thread(self.objects.upload, r.bucket, r.key, r.query["uploadId"])
+        parts = await self._thread(self.objects.parts, upload)
+        try:
+            marker = int(r.query.get("part-number-marker", "0"))
+            max_parts = min(int(r.query.get("max-parts", "1000")), 1000)
+        except ValueError:
+            raise S3Error("InvalidArgument", "part-number-marker and max-parts are integers") \
+                from None
+        after = [p for p in parts if p.number > marker]
+        shown, truncated = after[:max_parts], len(after) > max_parts
+        items = [
+            element("Bucket", r.bucket),
+            element("Key", r.key),
+            element("UploadId", upload.upload_id),
+            element("PartNumberMarker", marker),
+            element("NextPartNumberMarker", shown[-1].number if shown else 0),
+            element("MaxParts", max_parts),
+            element("IsTruncated", truncated),
+            *(
+                "<Part>"
+                + element("PartNumber", p.number)
+                + element("LastModified", iso_time(p.modified))
+                + element("ETag", f'"{p.etag}"')
+                + element("Size", p.size)
+                + "</Part>"
+                for p in shown
+            ),
+            element("StorageClass", "STANDARD"),
+        ]
+        return answers.xml_response(answers.document("ListPartsResult", items))
+
+    async def list_uploads(self, r: _Request) -> web.Response:
+        await self._thread(self.objects.bucket, r.bucket)
+        prefix = r.query.get("prefix", "")
+        uploads = await self._thread(self.objects.list_uploads, r.bucket, prefix)
+        items = [
+            element("Bucket", r.bucket),
+            element("KeyMarker", ""),
+            element("UploadIdMarker", ""),
+            element("Prefix", prefix),
+            element("MaxUploads", 1000),
+            element("IsTruncated", False),
+            *(
+                "<Upload>"
+                + element("Key", u.key)
+                + element("UploadId", u.upload_id)
+                + element("Initiated", iso_time(u.initiated))
+                + element("StorageClass", "STANDARD")
+                + "</Upload>"
+                for u in uploads[:1000]
+            ),
+        ]
+        return answers.xml_response(answers.document("ListMultipartUploadsResult", items))
+
+
+async def _read_xml(request: web.Request) -> bytes:
+    data = await request.content.read(MAX_XML + 1)
+    if len(data) > MAX_XML:
+        raise S3Error("MalformedXML", "The XML body is too large")
+    return data
+
+
+def _token(after: str) -> str:
+    return base64.urlsafe_b64encode(after.encode("utf-8", "surrogatepass")).decode()
+
+
+def _token_after(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode("utf-8", "surrogatepass")
+    except (binascii.Error, ValueError):
+        raise S3Error("InvalidArgument", "The continuation token provided is incorrect") \
+            from None
+
+
+def _copy_source(header: str) -> tuple[str, str]:
+    raw = header.partition("?")[0]  # a versionId: this store keeps one version
+    bucket, _, key = unquote(raw).lstrip("/").partition("/")
+    if not bucket or not key:
+        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: "
+                      "sourcebucket/sourcekey")
+    return bucket, key
+
+
+def _part_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PARTS:
+        raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and "
+                      f"{MAX_PARTS}, inclusive")
+    return int(text)
+
+
+def _object_headers(info: ObjectInfo) -> dict[str, str]:
+    headers = {
+        "ETag": f'"{info.etag}"',
+        "Last-Modified": answers.http_time(info.modified),
+        "Content-Type": info.content_type,
+        "Accept-Ranges": "bytes",
+        "x-amz-request-id": answers.request_id(),
+    }
+    for name, value in info.metadata.items():
+        headers[f"x-amz-meta-{name}"] = value
+    return headers
+
+
+def _etags(value: str) -> Iterable[str]:
+    return (v.strip().removeprefix("W/").strip('"') for v in value.split(","))
+
+
+def _preconditions(headers: Mapping[str, str], info: ObjectInfo) -> int:
+    """200, or 304 (not modified); PreconditionFailed raised: RFC 9110's order."""
+    from email.utils import parsedate_to_datetime
+
+    def when(name: str) -> float | None:
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            return parsedate_to_datetime(headers[name]).timestamp()
+        return None
+
+    modified = int(info.modified)
+    if "if-match" in headers:
+        if not any(t in ("*", info.etag) for t in _etags(headers["if-match"])):
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
+                          "specified did not hold")
+    elif "if-unmodified-since" in headers and (t := when("if-unmodified-since")) is not None \
+            and modified > t:
+        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified "
+                      "did not hold")
+    if "if-none-match" in headers:
+        if any(t in ("*", info.etag) for t in _etags(headers["if-none-match"])):
+            return 304
+    elif "if-modified-since" in headers and (t := when("if-modified-since")) is not None \
+            and modified <= t:
+        return 304
+    return 200
+
+
+def _range(header: str, size: int) -> tuple[int, int] | None:
+    """(start, length) of a single byte range; None for none (or one S3 ignores)."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()):
+        return None
+    if not (first == "" or first.isdigit()) or not (last == "" or last.isdigit()):
+        return None
+    if first == "":
+        length = min(int(last), size)
+        if length == 0:
+            raise _invalid_range(size)
+        return size - length, length
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size:
+        raise _invalid_range(size)
+    if end < start:
+        return None
+    return start, end - start + 1
+
+
+def _invalid_range(size: int) -> S3Error:
+    error = S3Error("InvalidRange", "The requested range is not satisfiable")
+    error.resource = ""
+    return error
+
+
+async def _send(
+    request: web.Request, response: web.StreamResponse, file: Any, start: int, length: int
+) -> None:
+    """The file's bytes by sendfile (the kernel copies them); by reads where it cannot."""
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("connection lost")
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sendfile(transport, file, start, length)
+        return
+    except NotImplementedError:
+        pass
+    file.seek(start)
+    while length > 0:
+        data = await asyncio.to_thread(file.read, min(length, body.PIECE))
+        if not data:
+            break
+        await response.write(data)
+        length -= len(data)

@@ -1,0 +1,612 @@
+"""The folder store (`<root>/<bucket>/<key>`) as S3 objects: blocking calls, run in threads.
+
+* A key is a path in its bucket's folder; one whose segment is empty, `.`, `..` or starts
+  with `.` (names this store keeps for itself: partial uploads), or that resolves outside
+  the bucket (a symbolic link), is an S3 error, never a file elsewhere. A key ending in
+  `/` is a folder (MinIO's folder markers): a folder with nothing in it is listed as one.
+* An object is written to a hidden temporary file of its bucket (`.s3-tmp/`) and renamed
+  into place (its folders made then): readers, the listing and the input watcher see it
+  whole or not at all, once; a body refused half-way leaves nothing, folder included.
+* What S3 keeps besides the bytes (ETag, Content-Type, `x-amz-meta-*`) is an extended
+  attribute of the file (`user.faas.s3`), set before the rename, so it moves with it;
+  it names the size and time it describes. A file put in the folder by other means (or
+  on a file system without user attributes) has none: its ETag is then derived from its
+  size, time and inode, its type `binary/octet-stream`.
+* Multipart uploads live in `<root>/.s3-uploads/<id>/` until completed or aborted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.controller.s3.errors import S3Error
+
+ATTRIBUTE = "user.faas.s3"
+DEFAULT_TYPE = "binary/octet-stream"  # what S3 answers for an object put without a type
+UPLOADS = ".s3-uploads"
+TEMP_PREFIX = ".s3-tmp-"
+STAGING = ".s3-tmp"  # in each bucket: bodies being received, renamed into place when whole
+MAX_KEY_BYTES = 1024
+MIN_PART = 5 << 20  # every part but the last, as S3 requires
+MAX_PARTS = 10000
+COPY_CHUNK = 64 << 20
+LAST = "\U0010ffff"  # above every character: `prefix + LAST` is after every key under it
+EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: float
+    etag: str  # unquoted
+    content_type: str = DEFAULT_TYPE
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Upload:
+    upload_id: str
+    bucket: str
+    key: str
+    initiated: float
+    content_type: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    etag: str
+    size: int
+    modified: float
+    path: Path
+
+
+@dataclass
+class Page:
+    """One page of a listing: objects, common prefixes, and where the next starts."""
+
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+    truncated: bool
+    next_after: str
+
+
+class Objects:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.uploads = self.root / UPLOADS
+
+    # ---- buckets ---------------------------------------------------------------------
+
+    def buckets(self) -> list[tuple[str, float]]:
+        found = []
+        for entry in os.scandir(self.root):
+            if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                found.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
+        return sorted(found)
+
+    def bucket(self, bucket: str) -> Path:
+        """The bucket's folder; NoSuchBucket unless it exists."""
+        path = self._bucket_path(bucket)
+        if not path.is_dir() or path.is_symlink():
+            raise S3Error("NoSuchBucket", "The specified bucket does not exist", f"/{bucket}")
+        return path
+
+    def _bucket_path(self, bucket: str) -> Path:
+        problem = bucket_problem(bucket)
+        if problem is not None:
+            raise S3Error("InvalidBucketName", f"The bucket name {problem}", f"/{bucket}")
+        return self.root / bucket
+
+    def create_bucket(self, bucket: str) -> None:
+        try:
+            self._bucket_path(bucket).mkdir()
+        except FileExistsError:
+            raise S3Error(
+                "BucketAlreadyOwnedByYou",
+                "Your previous request to create the named bucket succeeded and you already "
+                "own it.",
+                f"/{bucket}",
+            ) from None
+
+    def delete_bucket(self, bucket: str) -> None:
+        path = self.bucket(bucket)
+        if _holds_files(path):
+            raise S3Error(
+                "BucketNotEmpty", "The bucket you tried to delete is not empty", f"/{bucket}"
+            )
+        for upload in self.list_uploads(bucket):
+            self.abort(bucket, upload.key, upload.upload_id)
+        shutil.rmtree(path)  # what is left is hidden: partial uploads
+
+    # ---- keys and objects ------------------------------------------------------------
+
+    def path(self, bucket: str, key: str) -> Path:
+        """Where `key` of `bucket` is on disk; an S3 error for a key that cannot be one."""
+        base = self.bucket(bucket)
+        resource = f"/{bucket}/{key}"
+        if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+            raise S3Error("KeyTooLongError", "Your key is too long", resource)
+        relative = key[:-1] if key.endswith("/") else key
+        problem = path_problem(relative)
+        if problem is None and any(s.startswith(".") for s in relative.split("/")):
+            problem = "must not have a segment starting with '.' (kept for partial uploads)"
+        if problem is not None:
+            raise S3Error("InvalidArgument", f"The key {problem}", resource)
+        path = (base / relative).resolve()
+        if not path.is_relative_to(base) or path == base:
+            raise S3Error("InvalidArgument", "The key is outside its bucket", resource)
+        return base / relative
+
+    def info(self, bucket: str, key: str) -> ObjectInfo:
+        path = self.path(bucket, key)
+        try:
+            stat = path.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            stat = None
+        if key.endswith("/"):
+            if stat is None or not path.is_dir() or path.is_symlink():
+                raise _no_such_key(bucket, key)
+            return ObjectInfo(key, 0, stat.st_mtime, EMPTY_MD5)
+        if stat is None or not path.is_file() or path.is_symlink():
+            raise _no_such_key(bucket, key)
+        return _described(key, path, stat)
+
+    def open(self, bucket: str, key: str) -> tuple[ObjectInfo, Any]:
+        """The object's description and its file, opened (the caller closes it)."""
+        info = self.info(bucket, key)
+        if key.endswith("/"):
+            return info, open(os.devnull, "rb")
+        try:
+            return info, open(self.path(bucket, key), "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise _no_such_key(bucket, key) from None
+
+    def temporary(self, bucket: str, key: str) -> Path:
+        """A new hidden file for `key`'s bytes, in its bucket's `.s3-tmp/` (the rename into
+        place stays on one file system). Folders the key needs are made only by `commit`:
+        a refused body leaves none behind."""
+        path = self.path(bucket, key)
+        if key.endswith("/"):
+            raise S3Error("InvalidArgument", "A folder key takes no content", f"/{bucket}/{key}")
+        base = self.bucket(bucket)
+        for folder in path.parents:
+            if folder == base:
+                break
+            if folder.exists() and not folder.is_dir():
+                raise _parent_is_object(bucket, key)
+        staging = base / STAGING
+        staging.mkdir(exist_ok=True)
+        temp = staging / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return temp
+
+    def commit(
+        self,
+        temp: Path,
+        bucket: str,
+        key: str,
+        etag: str,
+        content_type: str,
+        metadata: dict[str, str],
+    ) -> ObjectInfo:
+        """The written `temp` renamed into place as `key` (its description set first)."""
+        path = self.path(bucket, key)
+        try:
+            _describe(temp, etag, content_type, metadata)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise _parent_is_object(bucket, key) from None
+            if path.is_dir() and not path.is_symlink():
+                raise S3Error(
+                    "XMinioObjectExistsAsDirectory",
+                    "Object name already exists as a directory.",
+                    f"/{bucket}/{key}",
+                )
+            os.rename(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        return _described(key, path, path.lstat())
+
+    def make_folder(self, bucket: str, key: str) -> ObjectInfo:
+        path = self.path(bucket, key)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise _parent_is_object(bucket, key) from None
+        return self.info(bucket, key)
+
+    def delete(self, bucket: str, key: str) -> None:
+        """The object gone (none is not an error, as S3 answers it); a folder only when it
+        holds nothing, since its keys are other objects."""
+        path = self.path(bucket, key)
+        try:
+            if key.endswith("/"):
+                path.rmdir()
+            elif not path.is_dir() or path.is_symlink():
+                path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.ENOTDIR, errno.EEXIST):
+                raise
+
+    def copy(
+        self,
+        source: tuple[str, str],
+        bucket: str,
+        key: str,
+        content_type: str | None,
+        metadata: dict[str, str] | None,
+    ) -> ObjectInfo:
+        """`source` (bucket, key) copied to `key`; its type and metadata unless given."""
+        info, src = self.open(*source)
+        with src:
+            temp = self.temporary(bucket, key)
+            try:
+                with open(temp, "wb") as out:
+                    shutil.copyfileobj(src, out, COPY_CHUNK)  # sendfile within the kernel
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+        return self.commit(
+            temp,
+            bucket,
+            key,
+            info.etag,
+            content_type if content_type is not None else info.content_type,
+            metadata if metadata is not None else info.metadata,
+        )
+
+    def copy_range(self, source: tuple[str, str], byte_range: str, temp: Path) -> str:
+        """Bytes of `source` (all, or `bytes=FIRST-LAST`) written to `temp`; their MD5."""
+        info, src = self.open(*source)
+        start, end = 0, info.size - 1
+        if byte_range:
+            unit, _, spec = byte_range.partition("=")
+            first, _, last = spec.partition("-")
+            if unit != "bytes" or not first.isdigit() or not last.isdigit():
+                raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be "
+                              "of the form bytes=first-last")
+            start, end = int(first), int(last)
+            if end < start or end >= info.size:
+                raise S3Error("InvalidRange", "The requested range is not satisfiable")
+        digest = hashlib.md5()
+        with src, open(temp, "wb") as out:
+            src.seek(start)
+            left = end - start + 1
+            while left > 0:
+                data = src.read(min(left, 1 << 20))
+                if not data:
+                    break
+                digest.update(data)
+                out.write(data)
+                left -= len(data)
+        return digest.hexdigest()
+
+    # ---- listing ---------------------------------------------------------------------
+
+    def list_page(
+        self, bucket: str, prefix: str, delimiter: str, after: str, max_keys: int
+    ) -> Page:
+        base = self.bucket(bucket)
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start, start_key = base, ""
+        if folder:
+            if path_problem(folder) is not None or any(
+                s.startswith(".") for s in folder.split("/")
+            ):
+                return Page([], [], False, "")
+            start = base / folder
+            if not start.resolve().is_relative_to(base):
+                return Page([], [], False, "")
+            start_key = folder + "/"
+        walker = _Walker(prefix, after)
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        last = ""
+        truncated = False
+        for key, path in walker.walk(start, start_key):
+            if delimiter:
+                cut = key.find(delimiter, len(prefix))
+                if cut >= 0:
+                    common = key[: cut + len(delimiter)]
+                    walker.after = common + LAST  # the rest under it is skipped
+                    if len(objects) + len(prefixes) >= max_keys:
+                        truncated = True
+                        break
+                    prefixes.append(common)
+                    last = common + LAST
+                    continue
+            if len(objects) + len(prefixes) >= max_keys:
+                truncated = True
+                break
+            try:
+                if key.endswith("/"):
+                    stat = path.lstat()
+                    objects.append(ObjectInfo(key, 0, stat.st_mtime, EMPTY_MD5))
+                else:
+                    objects.append(_described(key, path, path.lstat()))
+            except FileNotFoundError:
+                continue  # deleted while listed
+            last = key
+        if not max_keys:
+            return Page([], [], False, "")  # as S3 answers max-keys=0: nothing, and no more
+        return Page(objects, prefixes, truncated, last if truncated else "")
+
+    # ---- multipart uploads -----------------------------------------------------------
+
+    def create_upload(
+        self, bucket: str, key: str, content_type: str, metadata: dict[str, str]
+    ) -> str:
+        self.path(bucket, key)  # the key is checked now, not at the end
+        upload_id = secrets.token_hex(16)
+        folder = self.uploads / upload_id
+        folder.mkdir(parents=True)
+        record = {
+            "bucket": bucket,
+            "key": key,
+            "initiated": time.time(),
+            "content_type": content_type,
+            "metadata": metadata,
+        }
+        (folder / "upload.json").write_text(json.dumps(record))
+        return upload_id
+
+    def upload(self, bucket: str, key: str, upload_id: str) -> Upload:
+        folder = self._upload_folder(upload_id)
+        try:
+            record = json.loads((folder / "upload.json").read_text())
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            record = None
+        if record is None or record["bucket"] != bucket or record["key"] != key:
+            raise _no_such_upload(bucket, key)
+        return Upload(
+            upload_id,
+            bucket,
+            key,
+            record["initiated"],
+            record["content_type"],
+            record["metadata"],
+        )
+
+    def _upload_folder(self, upload_id: str) -> Path:
+        if len(upload_id) != 32 or not all(c in "0123456789abcdef" for c in upload_id):
+            raise S3Error("NoSuchUpload", "The specified upload does not exist.")
+        return self.uploads / upload_id
+
+    def part_temporary(self, upload: Upload) -> Path:
+        temp = self.uploads / upload.upload_id / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileNotFoundError:
+            raise _no_such_upload(upload.bucket, upload.key) from None
+        return temp
+
+    def commit_part(self, upload: Upload, number: int, temp: Path, etag: str) -> Part:
+        """The part's file named by its number and ETag; an earlier one of that number gone."""
+        folder = self.uploads / upload.upload_id
+        earlier = [p for p in self.parts(upload) if p.number == number]
+        target = folder / f"{number:05d}-{etag}"
+        try:
+            os.rename(temp, target)
+        except FileNotFoundError:
+            temp.unlink(missing_ok=True)
+            raise _no_such_upload(upload.bucket, upload.key) from None
+        for part in earlier:
+            if part.path != target:
+                part.path.unlink(missing_ok=True)
+        stat = target.stat()
+        return Part(number, etag, stat.st_size, stat.st_mtime, target)
+
+    def parts(self, upload: Upload) -> list[Part]:
+        found = []
+        try:
+            entries = list(os.scandir(self.uploads / upload.upload_id))
+        except FileNotFoundError:
+            raise _no_such_upload(upload.bucket, upload.key) from None
+        for entry in entries:
+            number, dash, etag = entry.name.partition("-")
+            if dash and number.isdigit():
+                stat = entry.stat()
+                found.append(Part(int(number), etag, stat.st_size, stat.st_mtime,
+                                  Path(entry.path)))
+        return sorted(found, key=lambda p: p.number)
+
+    def complete(self, upload: Upload, wanted: list[tuple[int, str]]) -> ObjectInfo:
+        """The parts named (number, ETag), in order, joined into the object."""
+        if not wanted:
+            raise S3Error("MalformedXML", "You must specify at least one part")
+        numbers = [n for n, _ in wanted]
+        if numbers != sorted(set(numbers)):
+            raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order.")
+        have = {p.number: p for p in self.parts(upload)}
+        chosen = []
+        for index, (number, etag) in enumerate(wanted):
+            part = have.get(number)
+            if part is None or part.etag != etag.strip('"'):
+                raise S3Error("InvalidPart", f"Part {number} could not be found or its ETag "
+                              "does not match.")
+            if index < len(wanted) - 1 and part.size < MIN_PART:
+                raise S3Error("EntityTooSmall", "Your proposed upload is smaller than the "
+                              "minimum allowed object size.")
+            chosen.append(part)
+        digest = hashlib.md5(b"".join(bytes.fromhex(p.etag) for p in chosen))
+        etag = f"{digest.hexdigest()}-{len(chosen)}"
+        temp = self.temporary(upload.bucket, upload.key)
+        try:
+            with open(temp, "wb") as out:
+                for part in chosen:
+                    with open(part.path, "rb") as src:
+                        shutil.copyfileobj(src, out, COPY_CHUNK)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        info = self.commit(
+            temp, upload.bucket, upload.key, etag, upload.content_type, upload.metadata
+        )
+        shutil.rmtree(self.uploads / upload.upload_id, ignore_errors=True)
+        return info
+
+    def abort(self, bucket: str, key: str, upload_id: str) -> None:
+        upload = self.upload(bucket, key, upload_id)
+        shutil.rmtree(self.uploads / upload.upload_id, ignore_errors=True)
+
+    def list_uploads(self, bucket: str, prefix: str = "") -> list[Upload]:
+        found: list[Upload] = []
+        if not self.uploads.is_dir():
+            return found
+        for entry in os.scandir(self.uploads):
+            try:
+                record = json.loads(Path(entry.path, "upload.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if record["bucket"] == bucket and record["key"].startswith(prefix):
+                found.append(Upload(entry.name, bucket, record["key"], record["initiated"],
+                                    record["content_type"], record["metadata"]))
+        return sorted(found, key=lambda u: (u.key, u.initiated))
+
+
+class _Walker:
+    """A bucket's keys in S3's order (by code point: a folder sorts as its name and `/`),
+    below the prefix and after `after`, which may move while walking: subtrees wholly
+    before it are not read."""
+
+    def __init__(self, prefix: str, after: str) -> None:
+        self.prefix = prefix
+        self.after = after
+
+    def walk(self, folder: Path, key: str) -> Iterator[tuple[str, Path]]:
+        yield from self._walk(folder, key)
+
+    def _walk(self, folder: Path, key: str) -> Iterator[tuple[str, Path]]:
+        entries = []
+        try:
+            with os.scandir(folder) as found:
+                for entry in found:
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        entry.name.encode()
+                    except UnicodeEncodeError:
+                        continue  # not UTF-8: no key can name it
+                    if entry.is_dir(follow_symlinks=False):
+                        entries.append((entry.name + "/", Path(entry.path), True))
+                    elif entry.is_file(follow_symlinks=False):
+                        entries.append((entry.name, Path(entry.path), False))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return
+        entries.sort()
+        for name, path, is_folder in entries:
+            child = key + name
+            if not (child.startswith(self.prefix) or self.prefix.startswith(child)):
+                continue
+            if not is_folder:
+                if child > self.after:
+                    yield child, path
+                continue
+            if child <= self.after and not self.after.startswith(child):
+                continue  # everything under it is before `after`
+            if _is_empty(path):
+                if child > self.after and child.startswith(self.prefix):
+                    yield child, path  # an empty folder: a folder marker, as MinIO lists it
+                continue
+            yield from self._walk(path, child)
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether any object is below the folder: folders left empty (as deleting an object
+    leaves them, to keep the service's input folders) do not keep a bucket from going."""
+    for _, folders, files in os.walk(folder):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        if any(not f.startswith(".") for f in files):
+            return True
+    return False
+
+
+def _is_empty(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as found:
+            return not any(not e.name.startswith(".") for e in found)
+    except OSError:
+        return True
+
+
+def _describe(path: Path, etag: str, content_type: str, metadata: dict[str, str]) -> None:
+    stat = path.stat()
+    record = {
+        "etag": etag,
+        "type": content_type,
+        "meta": metadata,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+    try:
+        os.setxattr(path, ATTRIBUTE, json.dumps(record).encode())
+    except OSError as exc:
+        # A file system without user attributes (or a description too large for them):
+        # the object is kept, described as a file put there by other means would be.
+        if exc.errno not in (errno.ENOTSUP, errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+            raise
+
+
+def _described(key: str, path: Path, stat: os.stat_result) -> ObjectInfo:
+    try:
+        record = json.loads(os.getxattr(path, ATTRIBUTE))
+    except (OSError, ValueError):
+        record = None
+    if (
+        isinstance(record, dict)
+        and record.get("size") == stat.st_size
+        and record.get("mtime_ns") == stat.st_mtime_ns
+    ):
+        return ObjectInfo(
+            key,
+            stat.st_size,
+            stat.st_mtime,
+            str(record["etag"]),
+            str(record.get("type") or DEFAULT_TYPE),
+            {str(k): str(v) for k, v in (record.get("meta") or {}).items()},
+        )
+    # Not written through S3 (or rewritten since): an ETag any rewrite changes.
+    token = f"{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ino}".encode()
+    return ObjectInfo(key, stat.st_size, stat.st_mtime, hashlib.md5(token).hexdigest())
+
+
+def _no_such_key(bucket: str, key: str) -> S3Error:
+    return S3Error("NoSuchKey", "The specified key does not exist.", f"/{bucket}/{key}")
+
+
+def _parent_is_object(bucket: str, key: str) -> S3Error:
+    return S3Error(
+        "XMinioParentIsObject",
+        "Object-prefix is already an object, please choose a different object-prefix name.",
+        f"/{bucket}/{key}",
+    )
+
+
+def _no_such_upload(bucket: str, key: str) -> S3Error:
+    return S3Error(
+        "NoSuchUpload",
+        "The specified upload does not exist. The upload ID may be invalid, or the upload "
+        "may have been aborted or completed.",
+        f"/{bucket}/{key}",
+    )

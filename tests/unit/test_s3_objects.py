@@ -1,0 +1,90 @@
+"""The folder store as S3 objects: S3's listing order over folders, pages and prefixes,
+and keys that must not leave the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from faas_supervisor.controller.s3.errors import S3Error
+from faas_supervisor.controller.s3.objects import Objects
+
+# Characters on both sides of `/` (0x2f): S3 sorts by code point, `a b` and `a-1` before
+# anything under `a/`, `a0` after it.
+KEYS = ["a", "a b", "a!x", "a-1", "a0", "b/c/d", "b/c/e", "b/c.txt", "b/c0", "é/z", "z/"]
+
+
+def store(tmp_path: Path, keys: list[str]) -> Objects:
+    objects = Objects(tmp_path)
+    objects.create_bucket("bkt")
+    for key in keys:
+        if key.endswith("/"):
+            objects.make_folder("bkt", key)
+            continue
+        temp = objects.temporary("bkt", key)
+        temp.write_bytes(key.encode())
+        objects.commit(temp, "bkt", key, "0" * 32, "text/plain", {})
+    return objects
+
+
+def all_keys(objects: Objects, prefix: str = "", delimiter: str = "", page: int = 1000
+             ) -> list[str]:
+    found, after = [], ""
+    while True:
+        listed = objects.list_page("bkt", prefix, delimiter, after, page)
+        found += [o.key for o in listed.objects] + listed.prefixes
+        if not listed.truncated:
+            return found
+        after = listed.next_after
+
+
+def test_keys_come_in_s3_order_whatever_the_folders(tmp_path: Path) -> None:
+    objects = store(tmp_path, KEYS)
+    for page in (1, 2, 3, 1000):
+        assert all_keys(objects, page=page) == sorted(KEYS)
+
+
+def test_prefixes_and_delimiters(tmp_path: Path) -> None:
+    objects = store(tmp_path, KEYS[1:])
+    assert all_keys(objects, delimiter="/") == ["a b", "a!x", "a-1", "a0", "b/", "z/", "é/"]
+    assert sorted(all_keys(objects, delimiter="/", page=1)) == sorted(
+        ["a b", "a!x", "a-1", "a0", "b/", "z/", "é/"])
+    assert all_keys(objects, prefix="b/", delimiter="/") == ["b/c.txt", "b/c0", "b/c/"]
+    assert all_keys(objects, prefix="b/c") == ["b/c.txt", "b/c/d", "b/c/e", "b/c0"]
+    assert all_keys(objects, prefix="b/c/") == ["b/c/d", "b/c/e"]
+    assert all_keys(objects, prefix="nothing/") == []
+    assert all_keys(objects, prefix="../") == []
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "a/./b", "a//b", ".hidden", "a/.x", "..",
+                                 "/abs", "a\\b", "a\x00b"])
+def test_keys_that_are_refused(tmp_path: Path, key: str) -> None:
+    objects = store(tmp_path, [])
+    with pytest.raises(S3Error) as caught:
+        objects.path("bkt", key)
+    assert caught.value.code == "InvalidArgument"
+
+
+def test_a_link_out_of_the_bucket_is_refused(tmp_path: Path) -> None:
+    objects = store(tmp_path / "store", [])
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "store" / "bkt" / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(S3Error):
+        objects.temporary("bkt", "link/new")
+    assert list((tmp_path / "outside").iterdir()) == []
+    assert all_keys(objects) == []  # links are not walked
+
+
+def test_a_description_names_what_it_describes(tmp_path: Path) -> None:
+    objects = store(tmp_path, ["k"])
+    assert objects.info("bkt", "k").content_type == "text/plain"
+    (tmp_path / "bkt" / "k").write_bytes(b"rewritten by hand")  # the attribute is stale now
+    info = objects.info("bkt", "k")
+    assert (info.content_type, info.size) == ("binary/octet-stream", 17)
+    assert info.etag != "0" * 32
+
+
+def test_max_keys_0_lists_nothing_and_no_next_page(tmp_path: Path) -> None:
+    listed = store(tmp_path, ["k"]).list_page("bkt", "", "", "", 0)
+    assert (listed.objects, listed.prefixes, listed.truncated) == ([], [], False)
