@@ -191,3 +191,33 @@ def test_errors_are_one_line_with_their_exit_status(controller: ControllerProces
     line = refused(controller, 1, "put-file", "nope", "minio", "errs/input/f", str(local))
     assert "GET /system/services/nope: 404" in line
     assert len(controller.jobs("errs")) == 0  # nothing was put in the input path
+
+
+def test_the_embedded_defaults_own_s3_endpoint(tmp_path: Path) -> None:
+    """No --minio-endpoint: `minio` is the controller's folder store, reached through the
+    S3 endpoint it serves on --s3-port, with the keys /system/config hands out."""
+    factory = ControllerFactory(tmp_path)
+    try:
+        embedded = factory()
+        embedded.create({
+            "name": "local", "script": COPY,
+            "input": [{"storage_provider": "minio", "path": "local/input"}],
+            "output": [{"storage_provider": "minio", "path": "local/output"}],
+        })
+        data = os.urandom(9 << 20)  # multipart through the endpoint too
+        local = tmp_path / "in.bin"
+        local.write_bytes(data)
+        ok(embedded, "put-file", "local", "minio", "local/input/in.bin", str(local))
+        (job,) = embedded.wait_jobs("local", 1, timeout=120).values()
+        assert job["status"] == "Succeeded", embedded.log_text()
+        assert (embedded.storage / "local" / "output" / "copy").read_bytes() == data
+
+        rows = ok(embedded, "list-files", "local", "minio", "local/input").decode()
+        assert [row.split()[:2] for row in rows.splitlines()[1:]] == [
+            ["in.bin", str(len(data))]]
+        back = tmp_path / "back.bin"
+        ok(embedded, "get-file", "local", "minio", "local/output/copy", str(back))
+        assert back.read_bytes() == data
+        assert len(embedded.jobs("local")) == 1
+    finally:
+        factory.close()
