@@ -11,6 +11,7 @@ does it, and that the real `kubernetes` client talks to over HTTP:
 * errors as `Status` objects: 404 NotFound, 409 AlreadyExists on create, 409 Conflict
   on a replace with a stale resourceVersion, 422 Invalid, 401 without the token;
 * `dryRun=All` on create, replace and delete: checked and answered, nothing stored;
+* an `admission` check of its own (a quota, a policy): 403 Forbidden with its message;
 * label selectors (`k=v`, `k`) and the field selector `metadata.name=...` on lists;
 * watches (`?watch=true`) as newline-delimited JSON events from a resourceVersion on,
   ending after `timeoutSeconds`; the event history is bounded (`history`), and a watch
@@ -86,6 +87,7 @@ class Request:
     resource: str  # plural, or `pods/log`
     name: str = ""
     dry_run: bool = False
+    since: str = ""  # a watch's resourceVersion
 
 
 @dataclass
@@ -122,6 +124,9 @@ class FakeKubeApi:
     ready_delay: float = 0.0  # seconds a Deployment's pod takes to be ready
     ttl_factor: float = 1.0  # ttlSecondsAfterFinished is multiplied by it
     history: int = 10_000  # events kept for watches to resume from
+    # An admission check (a quota, a policy webhook): a message refuses the object with
+    # 403 Forbidden, dry runs included, as the API server's admission chain does.
+    admission: Callable[[dict[str, Any]], str | None] | None = None
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _epoch: int = 0  # bumped to end every open watch
@@ -198,6 +203,8 @@ class FakeKubeApi:
             return status_response(
                 409, "AlreadyExists", f'{plural} "{name}" already exists', name, plural
             )
+        if self.admission is not None and (refusal := self.admission(body)):
+            return status_response(403, "Forbidden", refusal, name, plural)
         if dry:
             return web.json_response(self._prepare(plural, ns, body, None), status=201)
         obj = self._store(plural, ns, body, previous=None)
@@ -237,6 +244,8 @@ class FakeKubeApi:
                 "modified; please apply your changes to the latest version and try again",
                 name, plural,
             )
+        if self.admission is not None and (refusal := self.admission(body)):
+            return status_response(403, "Forbidden", refusal, name, plural)
         if dry:
             return web.json_response(self._prepare(plural, ns, body, old))
         obj = self._store(plural, ns, body, previous=old)
@@ -284,7 +293,10 @@ class FakeKubeApi:
         labels = request.query.get("labelSelector", "")
         fields = request.query.get("fieldSelector", "")
         if request.query.get("watch") in ("true", "1"):
-            self._record("watch", group, plural)
+            self.requests.append(
+                Request("watch", group, plural, since=request.query.get("resourceVersion", ""))
+            )
+            asyncio.get_running_loop().create_task(self._notify())
             return await self._watch(request, plural, ns, labels, fields)
         self._record("list", group, plural)
         api_version = f"{group}/{version}" if group else version
