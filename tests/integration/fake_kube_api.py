@@ -472,15 +472,14 @@ class FakeKubeApi:
 
     async def drop_watches(self) -> None:
         """End every open watch, as a connection lost or an API server restarting does."""
-        self._epoch += 1
-        await self._notify()
+        async with self._changed:  # no await after the bump: the caller acts first
+            self._epoch += 1
+            self._changed.notify_all()
 
     def compact(self) -> None:
         """Forget the event history, as etcd's compaction does: a watch resuming from an
         older version is answered 410 Gone."""
-        self._compacted = self._version()
-        self.events.clear()
-        self.events.append(Event(self._compacted, "BOOKMARK", "", {}))  # keeps the version
+        self._compacted = self._version()  # watches streaming go on, as etcd's do
 
     # ---- the controllers' and the kubelet's parts ------------------------------------
 

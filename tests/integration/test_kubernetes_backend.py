@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from aiohttp import web
 from faas_supervisor.controller import manifests
 from faas_supervisor.controller.backends.kubernetes import KubernetesBackend
 from faas_supervisor.controller.fdl import Service, parse_service
-from faas_supervisor.errors import KubernetesError
-from tests.integration.fake_kube_api import TOKEN, FakeKubeApi
+from faas_supervisor.errors import InvalidService, KubernetesError, ServiceUnavailable
+from tests.integration.fake_kube_api import TOKEN, FakeKubeApi, PodRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -87,11 +88,18 @@ async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
 async def backend(kube: Kube) -> AsyncIterator[KubernetesBackend]:
     backend = KubernetesBackend(CLUSTER, str(kube.kubeconfig))
     await backend.start()
+    await watching(kube.api)
     try:
         yield backend
     finally:
         await backend.close()
     assert_within_role(kube.api)
+
+
+async def watching(api: FakeKubeApi, count: int = 1) -> None:
+    """Until the backend's watches (its threads') have reached the API."""
+    for resource in ("jobs", "pods", "deployments"):
+        await asyncio.wait_for(api.wait_for_request("watch", resource, count), 20)
 
 
 def assert_within_role(api: FakeKubeApi) -> None:
@@ -206,8 +214,14 @@ async def start_job(
     event_file.write_bytes(event)
     log = tmp_path / f"{name}.log"
     task = asyncio.create_task(backend.run_job(service(), name, event_file, log))
-    job = await asyncio.wait_for(kube.api.wait_for("jobs", NS, name), 20)
-    return task, log, job
+    made = asyncio.ensure_future(kube.api.wait_for("jobs", NS, name))
+    await asyncio.wait({task, made}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if not made.done():
+        made.cancel()
+        task.cancel()
+        await asyncio.gather(task, made, return_exceptions=True)
+        task.result() if not task.cancelled() else pytest.fail(f"no Job {name} made")
+    return task, log, made.result()
 
 
 async def test_a_job_that_succeeds(kube: Kube, backend: KubernetesBackend, tmp_path: Path) -> None:
@@ -432,3 +446,213 @@ async def test_the_controller_on_the_kubernetes_backend(kube: Kube, tmp_path: Pa
     finally:
         await asyncio.to_thread(factory.close)
     assert_within_role(kube.api)
+
+
+# ---- deploys checked, refused whole ----------------------------------------------------------
+
+
+async def test_a_deploy_the_server_refuses_makes_nothing(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """The dry run meets the refusal (a quota, here) before anything is made."""
+    kube.api.admission = lambda obj: (
+        "exceeded quota: compute, requested: limits.cpu=4, limited: limits.cpu=2"
+        if obj["kind"] == "Deployment" else None
+    )
+    with pytest.raises(KubernetesError, match="403 exceeded quota: compute"):
+        await backend.deploy(service(cpu="4"))
+    assert stored(kube.api) == {}
+    assert not [r for r in kube.api.requests if r.verb == "create" and not r.dry_run]
+
+
+async def test_a_deploy_failing_half_way_takes_back_what_it_made(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """Refused after its dry run passed (the quota used up meanwhile): what it had
+    created goes again."""
+    seen: list[str] = []
+
+    def quota(obj: dict[str, Any]) -> str | None:
+        seen.append(obj["kind"])
+        refused = obj["kind"] == "Service" and seen.count("Service") > 1
+        return "exceeded quota: services" if refused else None
+
+    kube.api.admission = quota
+    with pytest.raises(KubernetesError, match="exceeded quota: services"):
+        await backend.deploy(service())
+    await asyncio.wait_for(
+        kube.api.wait_until(lambda: not stored(kube.api) and not kube.api.names("pods", NS)), 20
+    )
+    assert {(p, n) for p, n, _ in kube.api.deletes} == {
+        ("secrets", "cowsay-minio"), ("secrets", "cowsay"), ("configmaps", "cowsay"),
+        ("deployments", "cowsay"),
+    }
+
+
+async def test_an_image_that_cannot_be_pulled_refuses_the_deploy(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    kube.api.image_errors = {"ghcr.io/grycap/cowsay"}
+    with pytest.raises(InvalidService, match=r"^image: ghcr.io/grycap/cowsay cannot be pulled: "
+                       r"(ErrImagePull|ImagePullBackOff): "):
+        await backend.deploy(service())
+
+
+async def test_run_waits_for_a_ready_replica(kube: Kube, tmp_path: Path) -> None:
+    kube.api.ready_delay = 1.0
+    backend = KubernetesBackend(CLUSTER, str(kube.kubeconfig), sync_wait=0.1)
+    await backend.start()
+    try:
+        await backend.deploy(service())  # not started within sync_wait: left starting
+        with pytest.raises(ServiceUnavailable, match=r"no ready replica after 0\.1 s"):
+            await backend.invoke_url("cowsay")
+        backend.sync_wait = 20
+        url = await backend.invoke_url("cowsay")
+        assert url == "http://cowsay.oscar-svc.svc.cluster.local:80"
+        assert kube.api.objects[("deployments", NS, "cowsay")]["status"]["readyReplicas"] == 1
+    finally:
+        await backend.close()
+
+
+async def test_the_objects_of_an_exposed_service(kube: Kube, backend: KubernetesBackend) -> None:
+    """set_auth, rewrite_target, the autoscaler, image_pull_secrets and enable_gpu, as the
+    API server takes them (every body validated against the 1.30 schema)."""
+    token = "t" * 64
+    exposed = service(
+        expose={"api_port": 5000, "min_scale": 2, "max_scale": 5, "cpu_threshold": 60,
+                "set_auth": True, "rewrite_target": True},
+        image_pull_secrets=["registry-login"],
+        enable_gpu=True,
+    ).with_token(token)
+    await backend.deploy(exposed)
+    objects = stored(kube.api)
+    user, _, hashed = base64.b64decode(
+        objects[("secrets", "cowsay-auth-expose")]["data"]["auth"]
+    ).decode().partition(":")
+    assert user == "cowsay" and hashed.startswith("{SSHA}")
+    raw = base64.b64decode(hashed.removeprefix("{SSHA}"))
+    assert hashlib.sha1(token.encode() + raw[20:]).digest() == raw[:20]
+    annotations = objects[("ingresses", "cowsay-ing")]["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
+    assert annotations["nginx.ingress.kubernetes.io/auth-secret"] == "cowsay-auth-expose"
+    assert annotations["nginx.ingress.kubernetes.io/rewrite-target"] == (
+        "/system/services/cowsay/exposed/$1"
+    )
+    hpa = objects[("horizontalpodautoscalers", "cowsay-hpa")]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 5)
+    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    pod = objects[("deployments", "cowsay-dpl")]["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-login"}]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # Made no more once the service no longer asks for it.
+    await backend.deploy(service(expose={"api_port": 5000}).with_token(token))
+    assert ("secrets", "cowsay-auth-expose") not in stored(kube.api)
+
+
+# ---- jobs: failures, logs, watches -------------------------------------------------------------
+
+
+async def test_a_job_whose_image_cannot_be_pulled_fails_with_the_reason(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    await backend.deploy(service())
+    kube.api.image_errors = {"ghcr.io/grycap/cowsay"}
+    (tmp_path / "event").write_bytes(b"{}")
+    with pytest.raises(KubernetesError, match="cannot be pulled: ErrImagePull"):
+        await asyncio.wait_for(
+            backend.run_job(service(), "cowsay-7777", tmp_path / "event", tmp_path / "log"), 20
+        )
+    assert ("jobs", "cowsay-7777", {"propagationPolicy": "Foreground"}) in kube.api.deletes
+    await asyncio.wait_for(kube.api.wait_gone("jobs", NS, "cowsay-7777"), 20)
+
+
+async def test_an_oom_killed_job_says_so(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    await backend.deploy(service())
+    kube.api.autorun = PodRun(start=0.01, run=0.01, logs=b"allocating\n", oom=True)
+    task, log, _ = await start_job(kube, backend, tmp_path, "cowsay-8888", b"{}")
+    assert await asyncio.wait_for(task, 20) == 137
+    assert log.read_bytes() == (
+        b"allocating\nfaas-supervisor: the job's container was killed for its memory "
+        b"(OOMKilled; its limit is 256Mi)\n"
+    )
+
+
+async def test_logs_are_read_from_the_pod_while_the_job_runs(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    await backend.deploy(service())
+    kube.api.autorun = PodRun(run=60, logs=b"half way\n")
+    task, _, _ = await start_job(kube, backend, tmp_path, "cowsay-9999", b"{}")
+    await asyncio.wait_for(kube.api.wait_until(
+        lambda: kube.api.job_pod("cowsay-9999", NS)["status"]["phase"] == "Running"), 20)
+    # The backend learns of it from its watch; the API has no event for the test to await.
+    for _ in range(400):
+        if (live := await backend.live_logs("cowsay-9999")) is not None:
+            break
+        await asyncio.sleep(0.025)
+    assert live == b"half way\n"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_job_costs_two_requests_and_no_watch_of_its_own(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    await backend.deploy(service())
+    kube.api.autorun = PodRun(logs=b"ok\n")
+    before = len(kube.api.requests)
+    tasks = [
+        (await start_job(kube, backend, tmp_path, f"cowsay-{n}", b"{}"))[0] for n in range(5)
+    ]
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 20) == [0] * 5
+    made = sorted((r.verb, r.resource) for r in kube.api.requests[before:])
+    assert made == [("create", "jobs")] * 5 + [("get", "pods/log")] * 5
+
+
+async def test_the_watches_resume_after_a_disconnect(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    await backend.deploy(service())
+    task, log, _ = await start_job(kube, backend, tmp_path, "cowsay-1212", b"{}")
+    await kube.api.drop_watches()
+    await asyncio.wait_for(kube.api.wait_for_request("watch", "jobs", 2), 20)
+    resumed = [r.since for r in kube.api.requests if r.verb == "watch" and r.resource == "jobs"]
+    assert resumed[1] and int(resumed[1]) >= int(resumed[0])  # from where it was, not anew
+    kube.api.finish_job("cowsay-1212", NS, 0, b"after the break\n")
+    assert await asyncio.wait_for(task, 20) == 0
+    assert log.read_bytes() == b"after the break\n"
+
+
+async def test_a_watch_too_old_to_resume_lists_again(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    """The job ends while the watches are down and the history is compacted: the watch
+    is answered 410 Gone, the backend lists again, and finds it ended."""
+    await backend.deploy(service())
+    task, log, _ = await start_job(kube, backend, tmp_path, "cowsay-1313", b"{}")
+    lists = sum(r.verb == "list" and r.resource == "jobs" for r in kube.api.requests)
+    await kube.api.drop_watches()
+    kube.api.finish_job("cowsay-1313", NS, 4, b"while away\n")
+    kube.api.compact()
+    assert await asyncio.wait_for(task, 20) == 4
+    assert log.read_bytes() == b"while away\n"
+    # The pods' listing may have told the end first: the Jobs' is awaited.
+    await asyncio.wait_for(kube.api.wait_until(
+        lambda: sum(r.verb == "list" and r.resource == "jobs" for r in kube.api.requests) > lists
+    ), 20)
+
+
+async def test_a_finished_job_is_cleaned_by_its_ttl(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    kube.api.ttl_factor = 1e-4  # an hour in a third of a second
+    await backend.deploy(service())
+    task, _, job = await start_job(kube, backend, tmp_path, "cowsay-1414", b"{}")
+    assert job["spec"]["ttlSecondsAfterFinished"] == manifests.JOB_TTL_SECONDS
+    kube.api.finish_job("cowsay-1414", NS, 0, b"")
+    assert await asyncio.wait_for(task, 20) == 0
+    await asyncio.wait_for(kube.api.wait_gone("jobs", NS, "cowsay-1414"), 20)
+    assert not [p for p in kube.api.names("pods", NS) if p.startswith("cowsay-1414")]

@@ -55,6 +55,7 @@ T = TypeVar("T")
 # variable over 128 KiB at exec, so larger events cannot be jobs here.
 EVENT_MAX = 96 * 1024
 WATCH_SECONDS = 60  # one watch request; then another from where it left off
+POD_GRACE = 2.0  # seconds a Job's end waits for its pod's events before asking
 RETRY_SECONDS = 1.0  # after a watch failed for another reason than 410 Gone
 DEFAULT_SYNC_WAIT = 60.0
 FOREGROUND = {"propagationPolicy": "Foreground"}
@@ -77,6 +78,19 @@ _SERVICE_KINDS = [kind for _, kind in manifests.MANIFEST_KINDS]
 _WATCHED = ("Job", "Pod", "Deployment")
 _MANAGED = ",".join(f"{k}={v}" for k, v in manifests.MANAGED_BY.items())
 logger = get_logger(component="kubernetes-backend")
+
+
+class _NoPod(str):
+    """The condition of a Job that ended with no pod in the cache."""
+
+
+class _WatchError(Exception):
+    """An ERROR event on a watch: the API server's Status."""
+
+    def __init__(self, status: int, reason: str | None) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
 
 
 class KubernetesBackend:
@@ -158,8 +172,9 @@ class KubernetesBackend:
 
     async def close(self) -> None:
         self._stopping.set()
-        for watcher in list(self._streams.values()):
-            _end_stream(watcher)
+        for response in list(self._streams.values()):
+            with contextlib.suppress(Exception):  # a read interrupted from another thread
+                response.shutdown()
         if self._client is not None:
             await asyncio.to_thread(self._client.close)
             self._client = None
@@ -170,13 +185,21 @@ class KubernetesBackend:
         return method
 
     def _call(self, verb: str, kind: str, name: str = "", **kwargs: Any) -> Any:
-        """One request, its failure turned into a KubernetesError naming it."""
+        """One request, its answer as plain JSON (the client's models would cost more
+        than the request, and nothing here needs them); its failure turned into a
+        KubernetesError naming it."""
         from kubernetes.client.exceptions import ApiException
 
         if name:
             kwargs["name"] = name
         try:
-            return self._method(verb, kind)(namespace=self.namespace, **kwargs)
+            response = self._method(verb, kind)(
+                namespace=self.namespace, _preload_content=False, **kwargs
+            )
+            try:
+                return json.loads(response.data)
+            finally:
+                response.release_conn()
         except ApiException as exc:
             raise _api_error(exc, verb, kind, name) from None
         except HTTPError as exc:  # no answer at all
@@ -187,43 +210,52 @@ class KubernetesBackend:
     def _list_managed(self, kind: str) -> tuple[str, list[dict[str, Any]]]:
         """Every object of the kind that this controller made, and the version to watch
         from. Plain JSON: the client's models would cost more than the request."""
-        response = self._call("list", kind, label_selector=_MANAGED, _preload_content=False)
-        try:
-            listed = json.loads(response.data)
-        finally:
-            response.release_conn()
+        listed = self._call("list", kind, label_selector=_MANAGED)
         return str(listed["metadata"]["resourceVersion"]), list(listed.get("items") or [])
 
     def _watch_kind(self, kind: str, version: str | None) -> None:
-        from kubernetes import watch
+        """The kind's events into the cache, for as long as the backend runs. The watch
+        request is made here rather than through the client's `Watch`, whose plain-JSON
+        mode cannot read an ERROR event (its models would cost more than the events)."""
         from kubernetes.client.exceptions import ApiException
+        from kubernetes.watch.watch import iter_resp_lines
 
         while not self._stopping.is_set():
             try:
                 if version is None:  # the history is gone: the state again, from a list
                     version, items = self._list_managed(kind)
                     self._post(self._resync, kind, items)
-                stream = self._streams[kind] = watch.Watch()
-                for event in stream.stream(
-                    self._method("list", kind),
+                response = self._streams[kind] = self._method("list", kind)(
                     namespace=self.namespace,
                     label_selector=_MANAGED,
                     resource_version=version,
                     timeout_seconds=WATCH_SECONDS,
                     allow_watch_bookmarks=True,
-                    deserialize=False,
-                ):
-                    raw: dict[str, Any] = event["object"]
-                    version = raw["metadata"]["resourceVersion"]
-                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                        self._post(self._apply_event, kind, event["type"], raw)
-            except ApiException as exc:
+                    watch=True,
+                    _preload_content=False,
+                )
+                try:
+                    for line in iter_resp_lines(response):
+                        event = json.loads(line)
+                        raw: dict[str, Any] = event["object"]
+                        if event["type"] == "ERROR":  # a Status
+                            raise _WatchError(int(raw.get("code") or 500), raw.get("message"))
+                        version = raw["metadata"]["resourceVersion"]
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                            self._post(self._apply_event, kind, event["type"], raw)
+                except BaseException:
+                    # Left unread: its connection must not serve another request.
+                    response.close()
+                    raise
+                finally:
+                    response.release_conn()
+            except (_WatchError, ApiException) as exc:
                 if exc.status == 410:
                     logger.info("watch expired; listing again", kind=kind)
                     version = None
                     continue
                 self._watch_failed(kind, f"{exc.status} {exc.reason}")
-            except (HTTPError, KubernetesError, OSError, ValueError) as exc:
+            except (HTTPError, KubernetesError, OSError, ValueError, KeyError) as exc:
                 self._watch_failed(kind, str(exc))
             except RuntimeError:  # the event loop closed under it
                 return
@@ -365,9 +397,9 @@ class KubernetesBackend:
         selector = manifests.service_selector(name)
         for kind in reversed(kinds):  # the users of an object before the object
             found = self._call("list", kind, label_selector=selector)
-            for item in found.items:
-                if (kind, item.metadata.name) not in keep:
-                    self._delete(kind, item.metadata.name)
+            for item in found.get("items") or []:
+                if (kind, item["metadata"]["name"]) not in keep:
+                    self._delete(kind, item["metadata"]["name"])
 
     def _delete(self, kind: str, name: str) -> None:
         try:
@@ -438,6 +470,19 @@ class KubernetesBackend:
             outcome: dict[str, Any] | str | None = await self._until(
                 f"job:{job}", functools.partial(self._job_outcome, job)
             )
+            if isinstance(outcome, _NoPod):
+                # The Job's watch can run ahead of the pods': their events are given a
+                # moment, then the pods are asked for once.
+                condition = outcome
+                outcome = await self._until(
+                    f"job:{job}", functools.partial(self._job_outcome, job, True), POD_GRACE
+                )
+                if outcome is None:
+                    outcome = await asyncio.to_thread(self._ended_pod, job, condition)
+                if outcome is None:
+                    outcome = await self._until(
+                        f"job:{job}", functools.partial(self._job_outcome, job, True)
+                    )
             assert outcome is not None  # no timeout
             if isinstance(outcome, str):
                 if job not in self._deleted_jobs:  # a pod that cannot start: stopped
@@ -477,8 +522,19 @@ class KubernetesBackend:
                 raise
             logger.info("following the Job of an interrupted job", job=body["metadata"]["name"])
 
-    def _job_outcome(self, job: str) -> dict[str, Any] | str | None:
-        """The job's ended pod; or why it cannot end well; or None: not yet."""
+    def _ended_pod(self, job: str, condition: str) -> dict[str, Any] | str | None:
+        """The job's ended pod, as a listing has it; why it failed when it has none;
+        None: it has one, still running (its events are waited for)."""
+        pods = self._call("list", "Pod", label_selector=f"{manifests.JOB_LABEL}={job}")
+        items = pods.get("items") or []
+        if not items:
+            return f"failed without a pod: {condition}"
+        pod = max(items, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        return pod if _pod_finished(pod) else None
+
+    def _job_outcome(self, job: str, checked: bool = False) -> dict[str, Any] | str | None:
+        """The job's ended pod; or why it cannot end well; or None: not yet (or _NoPod:
+        the Job ended and no pod of it is known, which `checked` says was looked into)."""
         pods = [self._cache["Pod"][p] for p in self._job_pods.get(job, ())]
         pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
         if pod is not None:
@@ -490,8 +546,8 @@ class KubernetesBackend:
             return "the Job was deleted before it finished"
         found = self._cache["Job"].get(job)
         condition = _job_condition(found) if found is not None else None
-        if condition is not None and pod is None:
-            return f"failed without a pod: {condition}"
+        if condition is not None and pod is None and not checked:
+            return _NoPod(condition)
         return None  # the Job's condition can come before the pod's phase: waited for
 
     async def live_logs(self, job: str) -> bytes | None:
@@ -533,15 +589,6 @@ class KubernetesBackend:
 
 
 # ---- helpers -------------------------------------------------------------------------------
-
-
-def _end_stream(watcher: Any) -> None:
-    """A watch's read interrupted from another thread: its socket shut."""
-    watcher.stop()
-    response = getattr(watcher, "_resp", None)
-    with contextlib.suppress(Exception):
-        if response is not None:
-            response.shutdown()
 
 
 def _event_text(event: Path) -> str:
