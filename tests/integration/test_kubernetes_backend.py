@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -442,6 +443,17 @@ async def test_the_controller_on_the_kubernetes_backend(kube: Kube, tmp_path: Pa
                 assert "image" in await response.text()
             async with http.get("/system/services/noimage") as response:
                 assert response.status == 404
+            # An image the kubelet cannot pull: refused with its reason, nothing kept.
+            kube.api.image_errors = {"ghcr.io/grycap/nosuch"}
+            unpullable = {**COWSAY, "name": "nosuch", "image": "ghcr.io/grycap/nosuch"}
+            async with http.post("/system/services", json=unpullable) as response:
+                assert response.status == 400, await response.text()
+                assert "ghcr.io/grycap/nosuch cannot be pulled: ErrImagePull" in (
+                    await response.text()
+                )
+            async with http.get("/system/services/nosuch") as response:
+                assert response.status == 404
+        await asyncio.wait_for(kube.api.wait_until(lambda: not kube.api.names("pods", NS)), 20)
         assert stored(kube.api) == {}
     finally:
         await asyncio.to_thread(factory.close)
@@ -656,3 +668,66 @@ async def test_a_finished_job_is_cleaned_by_its_ttl(
     assert await asyncio.wait_for(task, 20) == 0
     await asyncio.wait_for(kube.api.wait_gone("jobs", NS, "cowsay-1414"), 20)
     assert not [p for p in kube.api.names("pods", NS) if p.startswith("cowsay-1414")]
+
+
+async def test_a_restarted_controller_catches_up_with_its_jobs(kube: Kube, tmp_path: Path) -> None:
+    """`kill -9` during two jobs; one ends while no controller runs, the other after the
+    next one started: that one finds both Jobs by their labels (its listing), follows
+    them without running them again, and records both outcomes and logs. A running job's
+    logs are read from its pod."""
+    import aiohttp
+
+    from tests.integration.controller_fixture import PASSWORD, USER, ControllerFactory
+
+    args = ["--backend", "kubernetes", "--kubeconfig", str(kube.kubeconfig),
+            "--runtime-image", "registry.example/runtime:1", "--max-jobs", "4"]
+    auth = {"Authorization": aiohttp.encode_basic_auth(USER, PASSWORD)}
+    factory = ControllerFactory(tmp_path)
+    try:
+        first = await asyncio.to_thread(factory, None, args)
+        async with aiohttp.ClientSession(first.url, headers=auth) as http:
+            async with http.post("/system/services", json=COWSAY) as response:
+                assert response.status == 201, await response.text()
+            jobs = []
+            for _ in range(2):
+                async with http.post("/job/cowsay", data=b"{}") as response:
+                    jobs.append((await response.json())["job"])
+        ended, running = jobs
+        for job in jobs:
+            await asyncio.wait_for(kube.api.wait_for("jobs", NS, job), 30)
+        await asyncio.to_thread(first.stop, signal.SIGKILL)
+        kube.api.finish_job(ended, NS, 0, b"ended while away\n")
+        # The other one runs on, writing.
+        pod = kube.api.job_pod(running, NS)
+        kube.api.logs[pod["metadata"]["name"]] = b"still going\n"
+        running_pod = {**pod, "status": {"phase": "Running", "containerStatuses": [{
+            "name": manifests.CONTAINER, "image": COWSAY["image"], "imageID": "",
+            "ready": True, "restartCount": 0, "state": {"running": {}}}]}}
+        kube.api._store("pods", NS, running_pod, previous=pod)
+
+        second = await asyncio.to_thread(factory, first.data_dir, args)
+        async with aiohttp.ClientSession(second.url, headers=auth) as http:
+            async def status(job: str) -> str:
+                async with http.get("/system/logs/cowsay") as response:
+                    return str((await response.json())["jobs"][job]["status"])
+
+            async def logs(job: str) -> str:
+                async with http.get(f"/system/logs/cowsay/{job}") as response:
+                    return await response.text()
+
+            # No event to await through the API: polled, briefly.
+            while await status(ended) != "Succeeded" or not (
+                await logs(running)
+            ).endswith("still going\n"):
+                await asyncio.sleep(0.05)
+            assert (await logs(ended)).endswith("ended while away\n")
+            assert await status(running) == "Running"
+            kube.api.finish_job(running, NS, 3, b"still going\nended after\n")
+            while await status(running) != "Failed":
+                await asyncio.sleep(0.05)
+            assert (await logs(running)).endswith("still going\nended after\n")
+        creates = [r for r in kube.api.requests if r.resource == "jobs" and r.verb == "create"]
+        assert len(creates) == 4  # each Job made once; the second tries answered 409
+    finally:
+        await asyncio.to_thread(factory.close)
+    assert_within_role(kube.api)

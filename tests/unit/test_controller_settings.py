@@ -111,3 +111,16 @@ def test_nothing_below_the_command_reads_the_process_environment() -> None:
         if "os.environ" in path.read_text() or "getenv" in path.read_text()
     ]
     assert readers == []
+
+
+def test_sync_wait_and_job_retention() -> None:
+    defaults = load([], {})
+    assert (defaults.sync_wait, defaults.job_retention) == (60.0, 7 * 86400.0)
+    kube = load(["--backend", "kubernetes", "--kubeconfig", "/k", "--sync-wait", "5",
+                 "--job-retention", "3600"], {})
+    assert (kube.sync_wait, kube.job_retention) == (5.0, 3600.0)
+    assert isinstance(kube.backend, KubernetesSettings) and kube.backend.sync_wait == 5.0
+    for argv, message in ((["--sync-wait", "-1"], "--sync-wait"),
+                          (["--job-retention", "0"], "--job-retention")):
+        with pytest.raises(ConfigError, match=message):
+            load(argv, {})
