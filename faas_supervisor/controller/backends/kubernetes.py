@@ -119,6 +119,9 @@ class KubernetesBackend:
         self._job_pods: dict[str, set[str]] = {}  # job -> its pods' names
         self._wakers: dict[str, set[asyncio.Event]] = {}  # "job:NAME", "service:NAME"
         self._deleted_jobs: set[str] = set()  # Jobs deleted while a job waited on them
+        # Jobs followed to their end, until the cluster deletes them (their TTL): their
+        # objects are not cached, which with many jobs would be most of the memory.
+        self._done: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._watchers: list[threading.Thread] = []
@@ -283,11 +286,16 @@ class KubernetesBackend:
     def _apply_event(self, kind: str, kind_of_event: str, raw: dict[str, Any]) -> None:
         name = raw["metadata"]["name"]
         labels = raw["metadata"].get("labels") or {}
+        job_name = name if kind == "Job" else labels.get(manifests.JOB_LABEL)
+        if job_name in self._done:  # followed to its end: no more kept of it
+            if kind == "Job" and kind_of_event == "DELETED":
+                self._done.discard(name)
+            return
         objects = self._cache[kind]
         if kind_of_event == "DELETED":
             objects.pop(name, None)
         else:
-            objects[name] = raw
+            objects[name] = _slim(kind, raw)
         if kind == "Job":
             if kind_of_event == "DELETED" and f"job:{name}" in self._wakers:
                 self._deleted_jobs.add(name)
@@ -509,7 +517,14 @@ class KubernetesBackend:
                 await asyncio.shield(asyncio.to_thread(self._delete, "Job", job))
             raise
         finally:
-            self._deleted_jobs.discard(job)
+            self._forget(job)
+
+    def _forget(self, job: str) -> None:
+        self._deleted_jobs.discard(job)
+        if self._cache["Job"].pop(job, None) is not None:  # it exists yet: until deleted
+            self._done.add(job)
+        for pod in self._job_pods.pop(job, ()):
+            self._cache["Pod"].pop(pod, None)
 
     def _create_job(self, body: dict[str, Any]) -> None:
         """The Job made. One of that name exists when a controller stopped during the
@@ -607,6 +622,25 @@ def _event_text(event: Path) -> str:
     if "\0" in text or (data and not text):
         raise KubernetesError("the event is not UTF-8 text, which the EVENT variable must be")
     return text
+
+
+def _slim(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """What the backend reads of a Job or a pod: a fraction of it (a Job's pod template
+    holds its event, up to 96 KiB)."""
+    if kind == "Deployment":
+        return raw
+    meta = raw["metadata"]
+    slim: dict[str, Any] = {
+        "metadata": {k: meta[k] for k in ("name", "labels", "creationTimestamp") if k in meta},
+        "status": raw.get("status") or {},
+    }
+    if kind == "Pod":
+        spec = raw.get("spec") or {}
+        slim["spec"] = {
+            key: [{"name": c.get("name"), "image": c.get("image")} for c in spec.get(key) or []]
+            for key in ("initContainers", "containers")
+        }
+    return slim
 
 
 def _note(log: Path, text: str) -> None:
