@@ -108,6 +108,11 @@ class Jobs:
                 path.unlink(missing_ok=True)
 
     async def close(self) -> None:
+        # A backend whose jobs outlive the controller (kubernetes: its Jobs) is told
+        # first, so that the cancellations below leave them to the next controller.
+        detach = getattr(self.backend, "detach", None)
+        if detach is not None:
+            detach()
         for worker in self._workers:
             worker.cancel()
         for worker in self._workers:

@@ -132,6 +132,8 @@ class FakeKubeApi:
     _epoch: int = 0  # bumped to end every open watch
     _compacted: int = 0  # the oldest version a watch may resume from
     _timers: set[asyncio.TimerHandle] = field(default_factory=set)
+    # (namespace, OWNER_LABEL's value) -> its pods' names: no scan of every object per Job
+    _owned: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     closing: bool = False
 
     # ---- the app -------------------------------------------------------------------
@@ -409,6 +411,9 @@ class FakeKubeApi:
         version = next(self._counter)
         obj["metadata"]["resourceVersion"] = str(version)
         self.objects[(plural, ns, obj["metadata"]["name"])] = obj
+        if plural == "pods" and OWNER_LABEL in obj["metadata"].get("labels", {}):
+            owner = (ns, obj["metadata"]["labels"][OWNER_LABEL])
+            self._owned.setdefault(owner, set()).add(obj["metadata"]["name"])
         self._emit(Event(version, "ADDED" if previous is None else "MODIFIED", plural, obj))
         return obj
 
@@ -416,6 +421,9 @@ class FakeKubeApi:
         obj = self.objects.pop((plural, ns, name), None)
         if obj is None:
             return
+        if plural == "pods" and OWNER_LABEL in obj["metadata"].get("labels", {}):
+            owned = self._owned.get((ns, obj["metadata"]["labels"][OWNER_LABEL]), set())
+            owned.discard(name)
         version = next(self._counter)
         obj["metadata"]["resourceVersion"] = str(version)
         self._emit(Event(version, "DELETED", plural, copy.deepcopy(obj)))
@@ -442,10 +450,7 @@ class FakeKubeApi:
         ]
 
     def _dependents(self, plural: str, ns: str, name: str) -> list[str]:
-        return [
-            pod["metadata"]["name"]
-            for pod in self._select("pods", ns, f"{OWNER_LABEL}={plural}.{name}")
-        ]
+        return sorted(self._owned.pop((ns, f"{plural}.{name}"), set()))
 
     def _collect(self, plural: str, ns: str, name: str) -> None:
         """Foreground deletion's end: the dependents, then the owner."""
@@ -584,8 +589,8 @@ class FakeKubeApi:
             self._finish(job, ns, pod, code, self.logs.get(pod, b""), reason)
 
     def job_pod(self, job: str, ns: str) -> dict[str, Any]:
-        (pod,) = self._select("pods", ns, f"job-name={job}")
-        return pod
+        (name,) = self._owned[(ns, f"jobs.{job}")]
+        return copy.deepcopy(self.objects[("pods", ns, name)])
 
     def finish_job(self, job: str, ns: str, exit_code: int, logs: bytes) -> None:
         """The script exited with `exit_code`, having written `logs`: the pod reaches its
@@ -661,8 +666,8 @@ class FakeKubeApi:
         }
         self._store("pods", ns, updated, previous=current)
         ready = sum(
-            1 for p in self._select("pods", ns, f"{OWNER_LABEL}=deployments.{deployment}")
-            if p["status"].get("phase") == "Running"
+            1 for p in self._owned.get((ns, f"deployments.{deployment}"), ())
+            if self.objects[("pods", ns, p)]["status"].get("phase") == "Running"
         )
         self._deployment_status(ns, deployment, ready)
 

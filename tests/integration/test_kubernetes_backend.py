@@ -674,11 +674,14 @@ async def test_a_finished_job_is_cleaned_by_its_ttl(
     assert not [p for p in kube.api.names("pods", NS) if p.startswith("cowsay-1414")]
 
 
-async def test_a_restarted_controller_catches_up_with_its_jobs(kube: Kube, tmp_path: Path) -> None:
-    """`kill -9` during two jobs; one ends while no controller runs, the other after the
-    next one started: that one finds both Jobs by their labels (its listing), follows
-    them without running them again, and records both outcomes and logs. A running job's
-    logs are read from its pod."""
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+async def test_a_restarted_controller_catches_up_with_its_jobs(
+    kube: Kube, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """A controller stopped (or killed) during two jobs, which it leaves running; one
+    ends while no controller runs, the other after the next one started: that one finds
+    both Jobs by their labels (its listing), follows them without running them again,
+    and records both outcomes and logs. A running job's logs are read from its pod."""
     import aiohttp
 
     from tests.integration.controller_fixture import PASSWORD, USER, ControllerFactory
@@ -699,7 +702,8 @@ async def test_a_restarted_controller_catches_up_with_its_jobs(kube: Kube, tmp_p
         ended, running = jobs
         for job in jobs:
             await asyncio.wait_for(kube.api.wait_for("jobs", NS, job), 30)
-        await asyncio.to_thread(first.stop, signal.SIGKILL)
+        await asyncio.to_thread(first.stop, stop)
+        assert [d for d in kube.api.deletes if d[0] == "jobs"] == []  # left running
         kube.api.finish_job(ended, NS, 0, b"ended while away\n")
         # The other one runs on, writing.
         pod = kube.api.job_pod(running, NS)

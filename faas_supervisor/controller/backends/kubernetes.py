@@ -23,8 +23,9 @@ their creation answers 409, and the cache, listed at start, already has the Job,
 job is followed from where it is, a Job that ended while the controller was down
 included, and its script is not run twice.
 
-The client is synchronous, so every call runs in a thread. Services are left running
-when the controller stops (a restart of the controller must not take them down).
+The client is synchronous, so every call runs in a thread. Services and Jobs are left
+running when the controller stops (a restart of the controller must not take them
+down: it re-attaches to them).
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class KubernetesBackend:
         self._done: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
+        self._detached = False  # the controller is stopping: Jobs are left running
         self._watchers: list[threading.Thread] = []
         self._streams: dict[str, Any] = {}  # kind -> its current watch
 
@@ -172,6 +174,11 @@ class KubernetesBackend:
         self._apis = {
             name: getattr(client, name)(self._client) for name, _ in set(_KINDS.values())
         }
+
+    def detach(self) -> None:
+        """The controller is stopping: the jobs cancelled from now on keep their Jobs
+        running (a restart re-attaches to them), as services keep theirs."""
+        self._detached = True
 
     async def close(self) -> None:
         self._stopping.set()
@@ -509,20 +516,23 @@ class KubernetesBackend:
                 ))
             return code
         except asyncio.CancelledError:
-            # Deleted, or the controller is stopping: the Job goes with its pod, once its
-            # creation has been answered (else the delete could overtake it).
+            # The controller stopping (detached): the Job runs on, for the next
+            # controller to follow. The job deleted: the Job goes with its pod, once
+            # its creation has been answered (else the delete could overtake it).
             with contextlib.suppress(Exception):
                 await create
-            with contextlib.suppress(KubernetesError):
-                await asyncio.shield(asyncio.to_thread(self._delete, "Job", job))
+            if not self._detached:
+                with contextlib.suppress(KubernetesError):
+                    await asyncio.shield(asyncio.to_thread(self._delete, "Job", job))
             raise
         finally:
             self._forget(job)
 
     def _forget(self, job: str) -> None:
+        if job not in self._deleted_jobs:  # its events may still come (its watch lags)
+            self._done.add(job)  # until its deletion is seen
         self._deleted_jobs.discard(job)
-        if self._cache["Job"].pop(job, None) is not None:  # it exists yet: until deleted
-            self._done.add(job)
+        self._cache["Job"].pop(job, None)
         for pod in self._job_pods.pop(job, ()):
             self._cache["Pod"].pop(pod, None)
 
