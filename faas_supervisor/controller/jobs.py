@@ -34,6 +34,8 @@ from faas_supervisor.logs import get_logger
 
 LOG_CHUNK = 256 << 10  # bytes of a job's log read at a time
 INTERRUPTED = "the controller stopped while the job was running; it runs again"
+# A backend whose jobs outlive the controller (it has `detach`) follows them again.
+REATTACHED = "the controller stopped while the job was running; it is followed again"
 logger = get_logger(component="jobs")
 
 
@@ -193,7 +195,8 @@ class Jobs:
     def _note_interrupted(self, name: str) -> None:
         logger.warning("job interrupted; it runs again", job=name)
         with open(self.log_path(name), "ab") as log:
-            log.write(f"faas-supervisor: {INTERRUPTED}\n".encode())
+            note = REATTACHED if hasattr(self.backend, "detach") else INTERRUPTED
+            log.write(f"faas-supervisor: {note}\n".encode())
 
     async def _finish(self, name: str, code: int | None, reason: str) -> None:
         """The outcome and the whole log into the store, in a thread: a log can be large.

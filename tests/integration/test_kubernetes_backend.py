@@ -728,7 +728,10 @@ async def test_a_restarted_controller_catches_up_with_its_jobs(
                 await logs(running)
             ).endswith("still going\n"):
                 await asyncio.sleep(0.05)
-            assert (await logs(ended)).endswith("ended while away\n")
+            assert await logs(ended) == (
+                "faas-supervisor: the controller stopped while the job was running; "
+                "it is followed again\nended while away\n"
+            )
             assert await status(running) == "Running"
             kube.api.finish_job(running, NS, 3, b"still going\nended after\n")
             while await status(running) != "Failed":
