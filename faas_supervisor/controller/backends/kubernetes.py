@@ -265,10 +265,10 @@ class KubernetesBackend:
                     version = None
                     continue
                 self._watch_failed(kind, f"{exc.status} {exc.reason}")
-            except (HTTPError, KubernetesError, OSError, ValueError, KeyError) as exc:
-                self._watch_failed(kind, str(exc))
-            except RuntimeError:  # the event loop closed under it
-                return
+            except Exception as exc:  # a watch must outlive any one failure
+                if self._stopping.is_set() or (self._loop and self._loop.is_closed()):
+                    return  # closed: the client, or the event loop under it
+                self._watch_failed(kind, f"{type(exc).__name__}: {exc}")
 
     def _watch_failed(self, kind: str, error: str) -> None:
         if not self._stopping.is_set():
