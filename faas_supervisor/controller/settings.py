@@ -57,6 +57,7 @@ class KubernetesSettings:
     runtime_image: str
     kubeconfig: str = ""  # "" and not in_cluster: the client's default, ~/.kube/config
     in_cluster: bool = False  # the pod's service account
+    sync_wait: float = 60.0  # seconds /run waits for a ready replica (--sync-wait)
 
 
 BackendSettings = LocalSettings | DockerSettings | KubernetesSettings
@@ -80,6 +81,8 @@ class ControllerSettings:
     s3_port: int = 9000  # the folder store's S3 endpoint; 0: none (and none with minio_endpoint)
     events_queue: str = ""
     reconcile_interval: float = 60.0  # seconds between listings of every input path
+    sync_wait: float = 60.0  # seconds /run waits for a starting service
+    job_retention: float = 7 * 86400.0  # seconds a finished job is kept
     log_level: str = "INFO"
 
     @property
@@ -114,6 +117,10 @@ def load_controller_settings(
         raise ConfigError(f"--port: {args.port} is not a TCP port")
     if not 0 < args.reconcile_interval < float("inf"):
         raise ConfigError("--reconcile-interval: must be a number of seconds above 0")
+    if not 0 <= args.sync_wait < float("inf"):
+        raise ConfigError("--sync-wait: must be a number of seconds, 0 or more")
+    if not 0 < args.job_retention < float("inf"):
+        raise ConfigError("--job-retention: must be a number of seconds above 0")
     endpoint = args.minio_endpoint or ""
     access_key = args.minio_access_key or environ.get("MINIO_ACCESS_KEY", "")
     secret_key = args.minio_secret_key or environ.get("MINIO_SECRET_KEY", "")
@@ -145,6 +152,8 @@ def load_controller_settings(
         s3_port=args.s3_port,
         events_queue=args.events_queue or "",
         reconcile_interval=args.reconcile_interval,
+        sync_wait=args.sync_wait,
+        job_retention=args.job_retention,
         log_level=level,
     )
 
@@ -172,5 +181,6 @@ def _backend_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> B
             runtime_image=runtime_image,
             kubeconfig=kubeconfig,
             in_cluster=not kubeconfig and bool(environ.get("KUBERNETES_SERVICE_HOST")),
+            sync_wait=args.sync_wait,
         )
     raise ConfigError(f"--backend: {args.backend!r} is unknown (one of {', '.join(BACKEND_NAMES)})")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import re
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +25,8 @@ from aiohttp import web
 from faas_supervisor.controller import manifests
 from faas_supervisor.controller.backends.kubernetes import KubernetesBackend
 from faas_supervisor.controller.fdl import Service, parse_service
-from faas_supervisor.errors import KubernetesError
-from tests.integration.fake_kube_api import TOKEN, FakeKubeApi
+from faas_supervisor.errors import InvalidService, KubernetesError, ServiceUnavailable
+from tests.integration.fake_kube_api import TOKEN, FakeKubeApi, PodRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -87,11 +90,18 @@ async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
 async def backend(kube: Kube) -> AsyncIterator[KubernetesBackend]:
     backend = KubernetesBackend(CLUSTER, str(kube.kubeconfig))
     await backend.start()
+    await watching(kube.api)
     try:
         yield backend
     finally:
         await backend.close()
     assert_within_role(kube.api)
+
+
+async def watching(api: FakeKubeApi, count: int = 1) -> None:
+    """Until the backend's watches (its threads') have reached the API."""
+    for resource in ("jobs", "pods", "deployments"):
+        await asyncio.wait_for(api.wait_for_request("watch", resource, count), 20)
 
 
 def assert_within_role(api: FakeKubeApi) -> None:
@@ -114,7 +124,8 @@ def service(**fields: Any) -> Service:
 
 
 def stored(api: FakeKubeApi) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(p, n): o for (p, s, n), o in api.objects.items() if s == NS}
+    """The objects in the namespace but pods (the stand-in's controllers make those)."""
+    return {(p, n): o for (p, s, n), o in api.objects.items() if s == NS and p != "pods"}
 
 
 # ---- deploy ------------------------------------------------------------------------------
@@ -130,7 +141,9 @@ async def test_deploy_creates_the_objects(kube: Kube, backend: KubernetesBackend
         ("deployments", "cowsay"),
         ("services", "cowsay"),
     }
-    assert [r.verb for r in kube.api.requests if r.verb != "list"] == ["create"] * 5
+    # Each object checked first (a server-side dry run), then made.
+    made = [(r.verb, r.dry_run) for r in kube.api.requests if r.verb not in ("list", "watch")]
+    assert made == [("create", True)] * 5 + [("create", False)] * 5
     secret = objects[("secrets", "cowsay")]
     assert base64.b64decode(secret["data"]["API_KEY"]) == b"s3cr3t"
     config = objects[("configmaps", "cowsay")]["data"]
@@ -156,7 +169,9 @@ async def test_deploy_again_replaces_on_conflict_and_prunes(
     await backend.deploy(new)
     after = stored(kube.api)
     assert ("secrets", "cowsay") not in after
-    replaced = [(r.resource, r.name) for r in kube.api.requests if r.verb == "update"]
+    replaced = [
+        (r.resource, r.name) for r in kube.api.requests if r.verb == "update" and not r.dry_run
+    ]
     assert sorted(replaced) == sorted(
         [("secrets", "cowsay-minio"), ("configmaps", "cowsay"), ("deployments", "cowsay"),
          ("services", "cowsay")]
@@ -201,8 +216,14 @@ async def start_job(
     event_file.write_bytes(event)
     log = tmp_path / f"{name}.log"
     task = asyncio.create_task(backend.run_job(service(), name, event_file, log))
-    job = await asyncio.wait_for(kube.api.wait_for("jobs", NS, name), 20)
-    return task, log, job
+    made = asyncio.ensure_future(kube.api.wait_for("jobs", NS, name))
+    await asyncio.wait({task, made}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if not made.done():
+        made.cancel()
+        task.cancel()
+        await asyncio.gather(task, made, return_exceptions=True)
+        task.result() if not task.cancelled() else pytest.fail(f"no Job {name} made")
+    return task, log, made.result()
 
 
 async def test_a_job_that_succeeds(kube: Kube, backend: KubernetesBackend, tmp_path: Path) -> None:
@@ -286,8 +307,8 @@ async def test_cancelling_a_job_deletes_it(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert ("jobs", "cowsay-4444", {"propagationPolicy": "Foreground"}) in kube.api.deletes
-    assert "cowsay-4444" not in kube.api.names("jobs", NS)
-    assert kube.api.names("pods", NS) == set()
+    await asyncio.wait_for(kube.api.wait_gone("jobs", NS, "cowsay-4444"), 20)
+    assert not [p for p in kube.api.names("pods", NS) if p.startswith("cowsay-4444")]
 
 
 async def test_events_a_job_cannot_carry_are_refused_before_asking(
@@ -339,10 +360,10 @@ async def test_other_services_objects_are_left_alone(
 async def test_api_errors_name_the_request(kube: Kube, tmp_path: Path) -> None:
     config = write_kubeconfig(tmp_path / "bad-token", kube.server, "wrong")
     backend = KubernetesBackend(CLUSTER, str(config))
-    await backend.start()
     try:
-        with pytest.raises(KubernetesError, match="create Secret: 401 Unauthorized"):
-            await backend.deploy(service())
+        # Its first request, the listing of its Jobs, says so.
+        with pytest.raises(KubernetesError, match="list Job: 401 Unauthorized"):
+            await backend.start()
     finally:
         await backend.close()
 
@@ -423,7 +444,301 @@ async def test_the_controller_on_the_kubernetes_backend(kube: Kube, tmp_path: Pa
                 assert "image" in await response.text()
             async with http.get("/system/services/noimage") as response:
                 assert response.status == 404
+            # An image the kubelet cannot pull: refused with its reason, nothing kept.
+            kube.api.image_errors = {"ghcr.io/grycap/nosuch"}
+            unpullable = {**COWSAY, "name": "nosuch", "image": "ghcr.io/grycap/nosuch"}
+            async with http.post("/system/services", json=unpullable) as response:
+                assert response.status == 400, await response.text()
+                assert re.search(
+                    "ghcr.io/grycap/nosuch cannot be pulled: (ErrImagePull|ImagePullBackOff)",
+                    await response.text(),
+                )
+            async with http.get("/system/services/nosuch") as response:
+                assert response.status == 404
+        await asyncio.wait_for(kube.api.wait_until(lambda: not kube.api.names("pods", NS)), 20)
         assert stored(kube.api) == {}
+    finally:
+        await asyncio.to_thread(factory.close)
+    assert_within_role(kube.api)
+
+
+# ---- deploys checked, refused whole ----------------------------------------------------------
+
+
+async def test_a_deploy_the_server_refuses_makes_nothing(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """The dry run meets the refusal (a quota, here) before anything is made."""
+    kube.api.admission = lambda obj: (
+        "exceeded quota: compute, requested: limits.cpu=4, limited: limits.cpu=2"
+        if obj["kind"] == "Deployment" else None
+    )
+    with pytest.raises(KubernetesError, match="403 exceeded quota: compute"):
+        await backend.deploy(service(cpu="4"))
+    assert stored(kube.api) == {}
+    assert not [r for r in kube.api.requests if r.verb == "create" and not r.dry_run]
+
+
+async def test_a_deploy_failing_half_way_takes_back_what_it_made(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """Refused after its dry run passed (the quota used up meanwhile): what it had
+    created goes again."""
+    seen: list[str] = []
+
+    def quota(obj: dict[str, Any]) -> str | None:
+        seen.append(obj["kind"])
+        refused = obj["kind"] == "Service" and seen.count("Service") > 1
+        return "exceeded quota: services" if refused else None
+
+    kube.api.admission = quota
+    with pytest.raises(KubernetesError, match="exceeded quota: services"):
+        await backend.deploy(service())
+    await asyncio.wait_for(
+        kube.api.wait_until(lambda: not stored(kube.api) and not kube.api.names("pods", NS)), 20
+    )
+    assert {(p, n) for p, n, _ in kube.api.deletes} == {
+        ("secrets", "cowsay-minio"), ("secrets", "cowsay"), ("configmaps", "cowsay"),
+        ("deployments", "cowsay"),
+    }
+
+
+async def test_an_image_that_cannot_be_pulled_refuses_the_deploy(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    kube.api.image_errors = {"ghcr.io/grycap/cowsay"}
+    with pytest.raises(InvalidService, match=r"^image: ghcr.io/grycap/cowsay cannot be pulled: "
+                       r"(ErrImagePull|ImagePullBackOff): "):
+        await backend.deploy(service())
+
+
+async def test_run_waits_for_a_ready_replica(kube: Kube, tmp_path: Path) -> None:
+    kube.api.ready_delay = 1.0
+    backend = KubernetesBackend(CLUSTER, str(kube.kubeconfig), sync_wait=0.1)
+    await backend.start()
+    try:
+        await backend.deploy(service())  # not started within sync_wait: left starting
+        with pytest.raises(ServiceUnavailable, match=r"no ready replica after 0\.1 s"):
+            await backend.invoke_url("cowsay")
+        backend.sync_wait = 20
+        url = await backend.invoke_url("cowsay")
+        assert url == "http://cowsay.oscar-svc.svc.cluster.local:80"
+        assert kube.api.objects[("deployments", NS, "cowsay")]["status"]["readyReplicas"] == 1
+    finally:
+        await backend.close()
+
+
+async def test_the_objects_of_an_exposed_service(kube: Kube, backend: KubernetesBackend) -> None:
+    """set_auth, rewrite_target, the autoscaler, image_pull_secrets and enable_gpu, as the
+    API server takes them (every body validated against the 1.30 schema)."""
+    token = "t" * 64
+    exposed = service(
+        expose={"api_port": 5000, "min_scale": 2, "max_scale": 5, "cpu_threshold": 60,
+                "set_auth": True, "rewrite_target": True},
+        image_pull_secrets=["registry-login"],
+        enable_gpu=True,
+    ).with_token(token)
+    await backend.deploy(exposed)
+    objects = stored(kube.api)
+    user, _, hashed = base64.b64decode(
+        objects[("secrets", "cowsay-auth-expose")]["data"]["auth"]
+    ).decode().partition(":")
+    assert user == "cowsay" and hashed.startswith("{SSHA}")
+    raw = base64.b64decode(hashed.removeprefix("{SSHA}"))
+    assert hashlib.sha1(token.encode() + raw[20:]).digest() == raw[:20]
+    annotations = objects[("ingresses", "cowsay-ing")]["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
+    assert annotations["nginx.ingress.kubernetes.io/auth-secret"] == "cowsay-auth-expose"
+    assert annotations["nginx.ingress.kubernetes.io/rewrite-target"] == (
+        "/system/services/cowsay/exposed/$1"
+    )
+    hpa = objects[("horizontalpodautoscalers", "cowsay-hpa")]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 5)
+    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    pod = objects[("deployments", "cowsay-dpl")]["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-login"}]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # Made no more once the service no longer asks for it.
+    await backend.deploy(service(expose={"api_port": 5000}).with_token(token))
+    assert ("secrets", "cowsay-auth-expose") not in stored(kube.api)
+
+
+# ---- jobs: failures, logs, watches -------------------------------------------------------------
+
+
+async def test_a_job_whose_image_cannot_be_pulled_fails_with_the_reason(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    await backend.deploy(service())
+    kube.api.image_errors = {"ghcr.io/grycap/cowsay"}
+    (tmp_path / "event").write_bytes(b"{}")
+    with pytest.raises(KubernetesError, match="cannot be pulled: ErrImagePull"):
+        await asyncio.wait_for(
+            backend.run_job(service(), "cowsay-7777", tmp_path / "event", tmp_path / "log"), 20
+        )
+    assert ("jobs", "cowsay-7777", {"propagationPolicy": "Foreground"}) in kube.api.deletes
+    await asyncio.wait_for(kube.api.wait_gone("jobs", NS, "cowsay-7777"), 20)
+
+
+async def test_an_oom_killed_job_says_so(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    await backend.deploy(service())
+    kube.api.autorun = PodRun(start=0.01, run=0.01, logs=b"allocating\n", oom=True)
+    task, log, _ = await start_job(kube, backend, tmp_path, "cowsay-8888", b"{}")
+    assert await asyncio.wait_for(task, 20) == 137
+    assert log.read_bytes() == (
+        b"allocating\nfaas-supervisor: the job's container was killed for its memory "
+        b"(OOMKilled; its limit is 256Mi)\n"
+    )
+
+
+async def test_logs_are_read_from_the_pod_while_the_job_runs(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    await backend.deploy(service())
+    kube.api.autorun = PodRun(run=60, logs=b"half way\n")
+    task, _, _ = await start_job(kube, backend, tmp_path, "cowsay-9999", b"{}")
+    await asyncio.wait_for(kube.api.wait_until(
+        lambda: kube.api.job_pod("cowsay-9999", NS)["status"]["phase"] == "Running"), 20)
+    # The backend learns of it from its watch; the API has no event for the test to await.
+    for _ in range(400):
+        if (live := await backend.live_logs("cowsay-9999")) is not None:
+            break
+        await asyncio.sleep(0.025)
+    assert live == b"half way\n"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_job_costs_two_requests_and_no_watch_of_its_own(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    await backend.deploy(service())
+    kube.api.autorun = PodRun(logs=b"ok\n")
+    before = len(kube.api.requests)
+    tasks = [
+        (await start_job(kube, backend, tmp_path, f"cowsay-{n}", b"{}"))[0] for n in range(5)
+    ]
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 20) == [0] * 5
+    made = sorted((r.verb, r.resource) for r in kube.api.requests[before:])
+    assert made == [("create", "jobs")] * 5 + [("get", "pods/log")] * 5
+    # Nothing of them is kept once they have ended (many jobs, little memory).
+    assert backend._cache["Job"] == {} and backend._job_pods == {}
+
+
+async def test_the_watches_resume_after_a_disconnect(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    await backend.deploy(service())
+    task, log, _ = await start_job(kube, backend, tmp_path, "cowsay-1212", b"{}")
+    await kube.api.drop_watches()
+    await asyncio.wait_for(kube.api.wait_for_request("watch", "jobs", 2), 20)
+    resumed = [r.since for r in kube.api.requests if r.verb == "watch" and r.resource == "jobs"]
+    assert resumed[1] and int(resumed[1]) >= int(resumed[0])  # from where it was, not anew
+    kube.api.finish_job("cowsay-1212", NS, 0, b"after the break\n")
+    assert await asyncio.wait_for(task, 20) == 0
+    assert log.read_bytes() == b"after the break\n"
+
+
+async def test_a_watch_too_old_to_resume_lists_again(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    """The job ends while the watches are down and the history is compacted: the watch
+    is answered 410 Gone, the backend lists again, and finds it ended."""
+    await backend.deploy(service())
+    task, log, _ = await start_job(kube, backend, tmp_path, "cowsay-1313", b"{}")
+    lists = sum(r.verb == "list" and r.resource == "jobs" for r in kube.api.requests)
+    await kube.api.drop_watches()
+    kube.api.finish_job("cowsay-1313", NS, 4, b"while away\n")
+    kube.api.compact()
+    assert await asyncio.wait_for(task, 20) == 4
+    assert log.read_bytes() == b"while away\n"
+    # The pods' listing may have told the end first: the Jobs' is awaited.
+    await asyncio.wait_for(kube.api.wait_until(
+        lambda: sum(r.verb == "list" and r.resource == "jobs" for r in kube.api.requests) > lists
+    ), 20)
+
+
+async def test_a_finished_job_is_cleaned_by_its_ttl(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    kube.api.ttl_factor = 1e-4  # an hour in a third of a second
+    await backend.deploy(service())
+    task, _, job = await start_job(kube, backend, tmp_path, "cowsay-1414", b"{}")
+    assert job["spec"]["ttlSecondsAfterFinished"] == manifests.JOB_TTL_SECONDS
+    kube.api.finish_job("cowsay-1414", NS, 0, b"")
+    assert await asyncio.wait_for(task, 20) == 0
+    await asyncio.wait_for(kube.api.wait_gone("jobs", NS, "cowsay-1414"), 20)
+    assert not [p for p in kube.api.names("pods", NS) if p.startswith("cowsay-1414")]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+async def test_a_restarted_controller_catches_up_with_its_jobs(
+    kube: Kube, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """A controller stopped (or killed) during two jobs, which it leaves running; one
+    ends while no controller runs, the other after the next one started: that one finds
+    both Jobs by their labels (its listing), follows them without running them again,
+    and records both outcomes and logs. A running job's logs are read from its pod."""
+    import aiohttp
+
+    from tests.integration.controller_fixture import PASSWORD, USER, ControllerFactory
+
+    args = ["--backend", "kubernetes", "--kubeconfig", str(kube.kubeconfig),
+            "--runtime-image", "registry.example/runtime:1", "--max-jobs", "4"]
+    auth = {"Authorization": aiohttp.encode_basic_auth(USER, PASSWORD)}
+    factory = ControllerFactory(tmp_path)
+    try:
+        first = await asyncio.to_thread(factory, None, args)
+        async with aiohttp.ClientSession(first.url, headers=auth) as http:
+            async with http.post("/system/services", json=COWSAY) as response:
+                assert response.status == 201, await response.text()
+            jobs = []
+            for _ in range(2):
+                async with http.post("/job/cowsay", data=b"{}") as response:
+                    jobs.append((await response.json())["job"])
+        ended, running = jobs
+        for job in jobs:
+            await asyncio.wait_for(kube.api.wait_for("jobs", NS, job), 30)
+        await asyncio.to_thread(first.stop, stop)
+        assert [d for d in kube.api.deletes if d[0] == "jobs"] == []  # left running
+        kube.api.finish_job(ended, NS, 0, b"ended while away\n")
+        # The other one runs on, writing.
+        pod = kube.api.job_pod(running, NS)
+        kube.api.logs[pod["metadata"]["name"]] = b"still going\n"
+        running_pod = {**pod, "status": {"phase": "Running", "containerStatuses": [{
+            "name": manifests.CONTAINER, "image": COWSAY["image"], "imageID": "",
+            "ready": True, "restartCount": 0, "state": {"running": {}}}]}}
+        kube.api._store("pods", NS, running_pod, previous=pod)
+
+        second = await asyncio.to_thread(factory, first.data_dir, args)
+        async with aiohttp.ClientSession(second.url, headers=auth) as http:
+            async def status(job: str) -> str:
+                async with http.get("/system/logs/cowsay") as response:
+                    return str((await response.json())["jobs"][job]["status"])
+
+            async def logs(job: str) -> str:
+                async with http.get(f"/system/logs/cowsay/{job}") as response:
+                    return await response.text()
+
+            # No event to await through the API: polled, briefly.
+            while await status(ended) != "Succeeded" or not (
+                await logs(running)
+            ).endswith("still going\n"):
+                await asyncio.sleep(0.05)
+            assert await logs(ended) == (
+                "faas-supervisor: the controller stopped while the job was running; "
+                "it is followed again\nended while away\n"
+            )
+            assert await status(running) == "Running"
+            kube.api.finish_job(running, NS, 3, b"still going\nended after\n")
+            while await status(running) != "Failed":
+                await asyncio.sleep(0.05)
+            assert (await logs(running)).endswith("still going\nended after\n")
+        creates = [r for r in kube.api.requests if r.resource == "jobs" and r.verb == "create"]
+        assert len(creates) == 4  # each Job made once; the second tries answered 409
     finally:
         await asyncio.to_thread(factory.close)
     assert_within_role(kube.api)

@@ -143,3 +143,16 @@ def test_s3_keys_are_made_once_and_kept(tmp_path: Path) -> None:
     assert load_s3_keys(tmp_path, "", "") == (made, False)
     assert load_s3_keys(tmp_path, "given", "secret")[0].access_key == "given"
     assert made.secret_key not in repr(made)
+
+
+def test_sync_wait_and_job_retention() -> None:
+    defaults = load([], {})
+    assert (defaults.sync_wait, defaults.job_retention) == (60.0, 7 * 86400.0)
+    kube = load(["--backend", "kubernetes", "--kubeconfig", "/k", "--sync-wait", "5",
+                 "--job-retention", "3600"], {})
+    assert (kube.sync_wait, kube.job_retention) == (5.0, 3600.0)
+    assert isinstance(kube.backend, KubernetesSettings) and kube.backend.sync_wait == 5.0
+    for argv, message in ((["--sync-wait", "-1"], "--sync-wait"),
+                          (["--job-retention", "0"], "--job-retention")):
+        with pytest.raises(ConfigError, match=message):
+            load(argv, {})

@@ -4,6 +4,8 @@ labels the backend finds it by, and runs the runtime the way SPEC 7.3 says."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,13 @@ SERVICES: dict[str, dict[str, Any]] = {
         "environment": {"secrets": {"TOKEN": "t"}},
         "expose": {"api_port": [8080, 9000], "min_scale": 0, "max_scale": 0,
                    "cpu_threshold": 0, "rewrite_target": True},
+    },
+    "exposed-auth-private-registry": {
+        "name": "private",
+        "image": "registry.example/private:1",
+        "script": "exec serve\n",
+        "image_pull_secrets": ["registry-login", "other.login"],
+        "expose": {"api_port": 8000, "set_auth": True},
     },
 }
 
@@ -466,3 +475,55 @@ def test_controller_runs_the_kubernetes_backend_in_the_roles_namespace() -> None
     args = pod["containers"][0]["args"]
     assert "--backend=kubernetes" in args
     assert f"--namespace={role['metadata']['namespace']}" in args
+
+
+def test_set_auth_gives_the_ingress_basic_auth_from_a_secret() -> None:
+    """OSCAR's names and annotations; the htpasswd line a salted SHA-1 of the token."""
+    token = "k" * 64
+    objects = by_kind(manifests.service_objects(
+        service("exposed-auth-private-registry").with_token(token), WITH_MINIO
+    ))
+    secret = objects["Secret/private-auth-expose"]
+    validate(secret)
+    user, _, hashed = secret["stringData"]["auth"].partition(":")
+    assert user == "private" and hashed.startswith("{SSHA}")
+    raw = base64.b64decode(hashed.removeprefix("{SSHA}"))
+    assert hashlib.sha1(token.encode() + raw[20:]).digest() == raw[:20]
+    assert token not in repr(objects)
+    annotations = objects["Ingress"]["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
+    assert annotations["nginx.ingress.kubernetes.io/auth-secret"] == "private-auth-expose"
+    assert annotations["nginx.ingress.kubernetes.io/auth-realm"] == "Authentication Required"
+    # Without a token (rendered from an FDL file), no Secret: ingress-nginx lets no one in.
+    offline = by_kind(manifests.service_objects(service("exposed-auth-private-registry"),
+                                                WITH_MINIO))
+    assert "Secret/private-auth-expose" not in offline
+    assert "nginx.ingress.kubernetes.io/auth-secret" in offline["Ingress"]["metadata"][
+        "annotations"]
+
+
+def test_image_pull_secrets_reach_every_pod() -> None:
+    svc = service("exposed-auth-private-registry")
+    want = [{"name": "registry-login"}, {"name": "other.login"}]
+    deployment = by_kind(manifests.service_objects(svc, WITH_MINIO))["Deployment"]
+    assert deployment["spec"]["template"]["spec"]["imagePullSecrets"] == want
+    job = manifests.job(svc, WITH_MINIO, "private-1", "{}")
+    assert job["spec"]["template"]["spec"]["imagePullSecrets"] == want
+    validate(job)
+
+
+def test_image_pull_secrets_are_names() -> None:
+    with pytest.raises(InvalidService, match=r"^image_pull_secrets: 'Bad Name' is not"):
+        parse_service({**SERVICES["sync"], "image_pull_secrets": ["Bad Name"]})
+    with pytest.raises(InvalidService, match=r"^image_pull_secrets: must be a list"):
+        parse_service({**SERVICES["sync"], "image_pull_secrets": "login"})
+
+
+def test_image_pull_secrets_in_the_service_json_only_when_given() -> None:
+    from faas_supervisor.controller.fdl import from_record, service_json, to_record
+
+    given = service("exposed-auth-private-registry")
+    keys = list(service_json(given, {}))
+    assert keys[keys.index("script") + 1] == "image_pull_secrets"  # the manager's order
+    assert from_record(to_record(given)).image_pull_secrets == ("registry-login", "other.login")
+    assert "image_pull_secrets" not in service_json(service("sync"), {})
