@@ -62,6 +62,20 @@ def declare_arguments(sub: argparse.ArgumentParser) -> None:
         help="seconds between listings of every input path for objects that have no job "
         "yet, as when their event was lost (default 60; also at start)",
     )
+    sub.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (scheme://host[:port], or * for any) whose browser apps may "
+        "call the API (OSCAR's dashboard, say); repeatable (default: none)",
+    )
+    sub.add_argument(
+        "--cluster-name",
+        default="oscar",
+        metavar="NAME",
+        help="the cluster's name in /system/config (default oscar)",
+    )
     kube = sub.add_argument_group("kubernetes and docker backends")
     kube.add_argument("--namespace", help="where services go (default oscar-svc)")
     kube.add_argument(

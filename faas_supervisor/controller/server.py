@@ -75,7 +75,10 @@ class Controller:
             settings.reconcile_interval,
         )
         self.api = Api(
-            ApiInfo(self.backend.name, time.time(), settings.max_jobs),
+            ApiInfo(self.backend.name, time.time(), settings.max_jobs,
+                    cluster_name=settings.cluster_name,
+                    namespace=getattr(settings.backend, "namespace", ""),
+                    cors_origins=settings.cors_origins),
             self.credentials,
             self.store,
             self.backend,
