@@ -31,6 +31,8 @@ ALLOW_HEADERS = ("Authorization", "Content-Type")
 # What an app may read of an answer beyond the safelisted headers.
 EXPOSE_HEADERS = ("Content-Disposition", "Content-Length", "WWW-Authenticate", "ETag")
 MAX_AGE = 600  # seconds a browser may keep a preflight's answer
+_ASKS_PRIVATE_NETWORK = "Access-Control-Request-Private-Network"
+_ALLOWS_PRIVATE_NETWORK = "Access-Control-Allow-Private-Network"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -74,6 +76,10 @@ def cors_middleware(origins: Iterable[str]) -> Middleware:
             hdrs.ACCESS_CONTROL_ALLOW_HEADERS: ", ".join(headers),
             hdrs.ACCESS_CONTROL_MAX_AGE: str(MAX_AGE),
         })
+        if request.headers.get(_ASKS_PRIVATE_NETWORK) == "true":
+            # Chromium asks before a public page (OSCAR's dashboard) calls a loopback or
+            # private address: allowed as the origin is.
+            answer.headers[_ALLOWS_PRIVATE_NETWORK] = "true"
         return answer  # the origin headers come from the response hook, as for any answer
 
     return cors

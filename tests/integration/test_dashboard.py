@@ -232,7 +232,8 @@ def test_a_preflight_from_an_allowed_origin_is_answered_without_credentials(
     allowed, _ = page_origins
     response = requests.options(f"{controller.url}/system/services", timeout=10, headers={
         "Origin": allowed, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type,x-requested-with"})
+        "Access-Control-Request-Headers": "authorization,content-type,x-requested-with",
+        "Access-Control-Request-Private-Network": "true"})
     assert response.status_code == 204
     headers = _cors(response)
     assert headers["access-control-allow-origin"] == allowed
@@ -242,6 +243,7 @@ def test_a_preflight_from_an_allowed_origin_is_answered_without_credentials(
     assert {"authorization", "content-type", "x-requested-with"} <= {
         h.strip().lower() for h in headers["access-control-allow-headers"].split(",")}
     assert int(headers["access-control-max-age"]) > 0
+    assert headers["access-control-allow-private-network"] == "true"  # a public page to loopback
     assert "Origin" in response.headers["Vary"]
 
 
