@@ -10,10 +10,13 @@ to the app only if it names the app's origin. So, for an allowed origin:
   allows credentials (basic auth) and exposes the headers an app may read.
 
 The origin is echoed, never `*`: browsers refuse `*` together with credentials. A request
-from an origin not allowed gets nothing added, and its `OPTIONS` goes on to the routes
-as it would without this module. `setup_cors` fits any aiohttp application (the API's,
-the S3 endpoint's): a middleware for preflights, first in the chain, and a response hook
-(a middleware cannot add headers to an answer its handler has already started).
+from an origin not allowed gets no `Access-Control-*` header (only `Vary: Origin`), and
+its `OPTIONS` goes on to the routes as it would without this module.
+
+`setup_cors` fits any aiohttp application (the API's, the S3 endpoint's): a middleware
+first in the chain (preflights; headers on the answers it sees) and a response hook (a
+middleware cannot add headers to an answer its handler has already started). The
+middleware alone serves an app whose handlers never stream.
 """
 
 from __future__ import annotations
@@ -50,21 +53,29 @@ def _is_preflight(request: web.BaseRequest) -> bool:
             and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers)
 
 
-def _vary_origin(response: web.StreamResponse) -> None:
-    vary = response.headers.get(hdrs.VARY, "")
-    if "origin" not in vary.lower():
-        response.headers[hdrs.VARY] = f"{vary}, Origin" if vary else "Origin"
+class _Policy:
+    """The allowed origins and what an answer to them carries."""
 
+    def __init__(self, origins: Iterable[str], expose: Iterable[str]) -> None:
+        self.allowed = frozenset(origins)
+        self.exposed = ", ".join(expose)
 
-def cors_middleware(origins: Iterable[str]) -> Middleware:
-    """Preflights from allowed origins answered before any other middleware runs."""
-    allowed = frozenset(origins)
+    def add_headers(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        """The origin's headers on an answer not started yet (setting them twice is harmless)."""
+        if not self.allowed or hdrs.ORIGIN not in request.headers:
+            return
+        vary = response.headers.get(hdrs.VARY, "")
+        if "origin" not in vary.lower():  # the answer depends on the origin: caches must know
+            response.headers[hdrs.VARY] = f"{vary}, Origin" if vary else "Origin"
+        origin = allowed_origin(self.allowed, request)
+        if origin is None:
+            return
+        response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+        response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
+        if not _is_preflight(request):
+            response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = self.exposed
 
-    @web.middleware
-    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = allowed_origin(allowed, request)
-        if origin is None or not _is_preflight(request):
-            return await handler(request)
+    def preflight(self, request: web.BaseRequest) -> web.Response:
         asked = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, "")
         headers = list(ALLOW_HEADERS)
         for name in (h.strip() for h in asked.split(",")):
@@ -80,7 +91,28 @@ def cors_middleware(origins: Iterable[str]) -> Middleware:
             # Chromium asks before a public page (OSCAR's dashboard) calls a loopback or
             # private address: allowed as the origin is.
             answer.headers[_ALLOWS_PRIVATE_NETWORK] = "true"
-        return answer  # the origin headers come from the response hook, as for any answer
+        self.add_headers(request, answer)
+        return answer
+
+
+def cors_middleware(origins: Iterable[str], expose: Iterable[str] = EXPOSE_HEADERS) -> Middleware:
+    """Preflights from allowed origins answered before the middlewares after it (put it
+    first); the origin's headers on the answers it sees before they start (errors raised
+    as aiohttp's exceptions included). Answers a handler streams need the response hook."""
+    policy = _Policy(origins, expose)
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _is_preflight(request) and allowed_origin(policy.allowed, request) is not None:
+            return policy.preflight(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own answers: a 404, a 405, a 413
+            policy.add_headers(request, exc)
+            raise
+        if not response.prepared:
+            policy.add_headers(request, response)
+        return response
 
     return cors
 
@@ -88,21 +120,11 @@ def cors_middleware(origins: Iterable[str]) -> Middleware:
 def cors_response_hook(
     origins: Iterable[str], expose: Iterable[str] = EXPOSE_HEADERS
 ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """An `on_response_prepare` handler: the origin's headers on every answer."""
-    allowed = frozenset(origins)
-    exposed = ", ".join(expose)
+    """An `on_response_prepare` handler: the origin's headers on every answer as it starts."""
+    policy = _Policy(origins, expose)
 
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
-        if not allowed or hdrs.ORIGIN not in request.headers:
-            return
-        _vary_origin(response)  # the answer depends on the origin: caches must know
-        origin = allowed_origin(allowed, request)
-        if origin is None:
-            return
-        response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
-        response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
-        if not _is_preflight(request):
-            response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = exposed
+        policy.add_headers(request, response)
 
     return add_headers
 
@@ -114,5 +136,5 @@ def setup_cors(
     allowed = frozenset(origins)
     if not allowed:
         return
-    app.middlewares.insert(0, cors_middleware(allowed))  # before authentication
+    app.middlewares.insert(0, cors_middleware(allowed, expose))  # before authentication
     app.on_response_prepare.append(cors_response_hook(allowed, expose))

@@ -22,7 +22,7 @@ from faas_supervisor.controller.backends import build_backend
 from faas_supervisor.controller.buckets import build_store
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
-from faas_supervisor.controller.settings import ControllerSettings
+from faas_supervisor.controller.settings import ControllerSettings, KubernetesSettings
 from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import ConfigError
 from faas_supervisor.http_timeouts import TimedAppRunner
@@ -77,7 +77,8 @@ class Controller:
         self.api = Api(
             ApiInfo(self.backend.name, time.time(), settings.max_jobs,
                     cluster_name=settings.cluster_name,
-                    namespace=getattr(settings.backend, "namespace", ""),
+                    namespace=settings.backend.namespace
+                    if isinstance(settings.backend, KubernetesSettings) else "",
                     cors_origins=settings.cors_origins),
             self.credentials,
             self.store,

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from faas_supervisor.controller.cors import setup_cors
+from faas_supervisor.controller.cors import cors_middleware, setup_cors
 from faas_supervisor.controller.routes.answers import Handler
 
 ALLOWED = "https://dashboard.example"
@@ -88,5 +88,25 @@ async def test_any_origin_is_echoed_never_a_star() -> None:
     try:
         response = await client.get("/object", headers={"Origin": "http://a.example:8080"})
         assert response.headers["Access-Control-Allow-Origin"] == "http://a.example:8080"
+    finally:
+        await client.close()
+
+
+async def test_the_middleware_alone_serves_an_app_that_never_streams() -> None:
+    async def text(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(middlewares=[cors_middleware([ALLOWED]), needs_key])
+    app.router.add_get("/text", text)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        for path, status in (("/text", 200), ("/nowhere", 404)):
+            response = await client.get(path, headers={"Origin": ALLOWED, "Authorization": "key"})
+            assert response.status == status
+            assert response.headers["Access-Control-Allow-Origin"] == ALLOWED
+        refused = await client.get("/text", headers={"Origin": ALLOWED})  # HTTPForbidden raised
+        assert refused.status == 403
+        assert refused.headers["Access-Control-Allow-Origin"] == ALLOWED
     finally:
         await client.close()
