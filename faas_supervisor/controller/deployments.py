@@ -71,6 +71,17 @@ def status_json(
                    deployment.since, deployment.running, affected, kind)
 
 
+def summary_json(status: dict[str, Any]) -> dict[str, Any]:
+    """The manager's ServiceDeploymentSummary (a service's `deployment` with
+    `?include=deployment`): the status without the service's name and namespace."""
+    return {k: v for k, v in status.items() if k not in ("service_name", "namespace")}
+
+
+def wants_deployment(include: str | None) -> bool:
+    """`?include=a,deployment`, as the manager reads it (a list, any case)."""
+    return any(v.strip().lower() == "deployment" for v in (include or "").split(","))
+
+
 def _reason(state: str, kind: str, deployment: Deployment, affected: int) -> str:
     if state == STOPPED:
         return "Deployment is stopped."

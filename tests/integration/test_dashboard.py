@@ -116,6 +116,14 @@ def test_deployment_status_logs_and_lifecycle(controller: ControllerProcess) -> 
     assert status["reason"] == "Deployment is ready."
     assert (status["active_instances"], status["affected_instances"]) == (1, 0)
 
+    # The same, as the manager's summary in the service's JSON on request.
+    read = controller.request("GET", "/system/services/web", params={"include": "Deployment"})
+    assert read.json()["deployment"] == {k: v for k, v in status.items() if k != "service_name"}
+    assert list(read.json())[-2:] == ["volume_status", "deployment"]  # the Go struct's order
+    listed = controller.request("GET", "/system/services", params={"include": "x,deployment"})
+    assert all(s["deployment"]["state"] == "ready" for s in listed.json())
+    assert "deployment" not in controller.request("GET", "/system/services/web").json()
+
     # Its logs: the watchdog's own lines, the last `tailLines`, without times here.
     logs = controller.request("GET", "/system/services/web/deployment/logs").json()
     assert logs["service_name"] == "web" and logs["available"] is True

@@ -125,3 +125,14 @@ def test_executions_kept_the_latest_in_the_managers_shape() -> None:
         "client_ip": "10.0.0.1", "method": "POST", "path": "/run/s1", "user": "oscar",
         "raw": "[GIN-EXECUTIONS-LOGGER] 2025-10-28T16:53:35.5Z | 200 |        12.5ms | "
                "10.0.0.1 | POST    /run/s1 | oscar"}
+
+
+def test_the_summary_in_a_services_json() -> None:
+    from faas_supervisor.controller.deployments import summary_json, wants_deployment
+
+    status = status_json(PLAIN, Deployment(1, 1, 1), "ns")
+    assert summary_json(status) == {
+        "state": "ready", "reason": "Runtime service is ready.", "active_instances": 1,
+        "affected_instances": 0, "resource_kind": "knative_service"}
+    assert wants_deployment("deployment") and wants_deployment("volume, Deployment ")
+    assert not any(wants_deployment(v) for v in (None, "", "deployments", "volume"))
