@@ -54,6 +54,7 @@ class Api:
         jobs: Jobs,
         intake: Intake,
         buckets: BucketStore,
+        executions: Executions | None = None,
     ) -> None:
         self.info = info
         self.credentials = credentials
@@ -68,7 +69,8 @@ class Api:
         self.job_routes = JobRoutes(self)
         self.bucket_routes = BucketRoutes(self)
         self.deployments = DeploymentRoutes(self)
-        self.executions = Executions()  # the /run and /job requests, for GET /system/logs
+        # The /run and /job requests and the storage events, for GET /system/logs.
+        self.executions = executions or Executions()
 
     def app(self) -> web.Application:
         app = web.Application(

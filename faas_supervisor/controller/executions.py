@@ -3,19 +3,27 @@
 The manager logs one `[GIN-EXECUTIONS-LOGGER]` line per `/run` and `/job` request and
 answers `GET /system/logs` with those of its current log (the dashboard's usage page).
 Here the controller keeps the same lines in memory, the latest `KEPT` of them (a restart
-starts a new list, as a new manager pod starts a new log).
+starts a new list, as a new manager pod starts a new log). Its storage events reach the
+manager as MinIO's `POST /job/NAME` requests, listed with the event's user and address;
+those the controller finds itself (a watched folder, a queue, a reconciliation) are
+listed alike, as the `POST /job/NAME` they stand for.
 """
 
 from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from faas_supervisor import strict_json
+from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.routes.answers import Handler
+
+Submit = Callable[[Service, bytes], Awaitable[tuple[str, bool]]]
 
 KEPT = 10_000
 PREFIX = "[GIN-EXECUTIONS-LOGGER]"
@@ -76,6 +84,31 @@ class Executions:
         finally:
             self.record(Execution(time.time(), status, time.monotonic() - started,
                                   request.remote or "", request.method, request.path))
+
+    def recording(self, submit: Submit) -> Submit:
+        """`submit` (a storage event become a job), each call listed as its `POST /job`."""
+
+        async def submit_and_record(service: Service, event: bytes) -> tuple[str, bool]:
+            started = time.monotonic()
+            name, new = await submit(service, event)
+            user, address = event_identity(event)
+            self.record(Execution(time.time(), 201 if new else 200, time.monotonic() - started,
+                                  address, "POST", f"/job/{service.name}", user))
+            return name, new
+
+        return submit_and_record
+
+
+def event_identity(event: bytes) -> tuple[str, str]:
+    """Who made a MinIO-shaped event, and from where, as the manager reads them."""
+    try:
+        record = strict_json.loads(event)["Records"][0]
+        user = record["userIdentity"]["principalId"]
+        address = record.get("requestParameters", {}).get("sourceIPAddress", "")
+    except (strict_json.NotJson, KeyError, IndexError, TypeError, AttributeError):
+        return USER, ""
+    ok = isinstance(user, str) and user and isinstance(address, str)
+    return (user, address) if ok else (USER, "")
 
 
 def _rfc3339_nano(stamp: float) -> str:

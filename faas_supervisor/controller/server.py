@@ -20,6 +20,7 @@ from faas_supervisor.controller.api import Api, ApiInfo
 from faas_supervisor.controller.auth import load_credentials
 from faas_supervisor.controller.backends import build_backend
 from faas_supervisor.controller.buckets import build_store
+from faas_supervisor.controller.executions import Executions
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.settings import ControllerSettings, KubernetesSettings
@@ -66,10 +67,12 @@ class Controller:
         self.jobs = Jobs(
             self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service
         )
+        self.executions = Executions()
         self.intake = Intake(
             self.buckets,
             self.store,
-            self.jobs.submit,
+            # Its jobs listed as the MinIO requests that would have started them in OSCAR.
+            self.executions.recording(self.jobs.submit),
             settings.public_url,
             settings.events_queue,
             settings.reconcile_interval,
@@ -86,6 +89,7 @@ class Controller:
             self.jobs,
             self.intake,
             self.buckets,
+            self.executions,
         )
 
     async def serve(self, stop: Stop) -> int:

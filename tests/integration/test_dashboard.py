@@ -200,6 +200,18 @@ def test_system_logs_lists_the_run_and_job_requests(controller: ControllerProces
             f"{entry['latency']:>13} | 127.0.0.1 | POST    {entry['path']} | oscar")
     assert controller.request("GET", "/system/logs", auth=None).status_code == 401
 
+    # A file dropped into an input folder: listed as the MinIO request OSCAR would get.
+    controller.create({"name": "dropped", "script": ECHO,
+                       "input": [{"storage_provider": "minio", "path": "dropped/in"}]})
+    staged = controller.storage / "dropped" / ".drop.tmp"
+    staged.write_bytes(b"hello")
+    staged.rename(controller.storage / "dropped" / "in" / "a.txt")
+    entry = wait_until(
+        lambda: [e for e in controller.request("GET", "/system/logs").json()["logs"]
+                 if e["path"] == "/job/dropped"], 60, "the dropped file's job listed", controller)
+    assert [(e["status"], e["user"], e["client_ip"]) for e in entry] == [
+        (201, "faas-supervisor", "127.0.0.1")]  # the event's principal and address
+
 
 def test_expose_answers_zero_values_unless_exposed(controller: ControllerProcess) -> None:
     plain = controller.create({"name": "notexposed", "script": ECHO,

@@ -136,3 +136,13 @@ def test_the_summary_in_a_services_json() -> None:
         "affected_instances": 0, "resource_kind": "knative_service"}
     assert wants_deployment("deployment") and wants_deployment("volume, Deployment ")
     assert not any(wants_deployment(v) for v in (None, "", "deployments", "volume"))
+
+
+def test_who_made_a_storage_event() -> None:
+    from faas_supervisor.controller.executions import event_identity
+
+    event = (b'{"Records":[{"userIdentity":{"principalId":"minio"},'
+             b'"requestParameters":{"sourceIPAddress":"10.1.2.3"}}]}')
+    assert event_identity(event) == ("minio", "10.1.2.3")
+    for other in (b"not json", b"{}", b'{"Records":[]}', b'{"Records":[{"userIdentity":1}]}'):
+        assert event_identity(other) == ("oscar", "")
