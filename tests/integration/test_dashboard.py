@@ -164,6 +164,13 @@ def test_deployment_status_logs_and_lifecycle(controller: ControllerProcess) -> 
         60, "a new server after the restart", controller)
     assert third_pid.isdigit()
 
+    # A server that exits at once: its watchdog never answers, the deployment is pending.
+    controller.create({"name": "crash", "script": "#!/bin/sh\nexit 7\n",
+                       "expose": {"api_port": 8081}})
+    pending = _deployment(controller, "crash")
+    assert (pending["state"], pending["active_instances"], pending["affected_instances"]) == (
+        "pending", 1, 1)
+
     for method, path in [("GET", "deployment"), ("GET", "deployment/logs"), ("POST", "stop"),
                          ("POST", "start"), ("POST", "restart")]:
         assert controller.request(method, f"/system/services/nope/{path}").status_code == 404

@@ -373,8 +373,10 @@ class LocalBackend:
 
     async def restart_service(self, service: Service) -> None:
         if service.name not in self._stopped:
-            await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(service.name, [])))
+            # Rolling: the new ones take requests once ready, the old ones drain meanwhile.
+            old = self._watchdogs.pop(service.name, [])
             self._start_watchdogs(service)
+            await asyncio.gather(*(w.stop() for w in old))
 
     async def invoke_url(self, name: str) -> str:
         watchdogs = self._watchdogs.get(name)
