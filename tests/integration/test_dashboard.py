@@ -358,9 +358,11 @@ class _PageHandler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session: Debian's, driven by Playwright (no download)."""
+    """One headless Chromium (Debian's, driven by Playwright: no download), for this module
+    only: while Playwright's sync API is open, its event loop is the thread's running one,
+    which the asyncio tests of other modules could not start theirs beside."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "chromium: `make system-deps` installs Debian's package"
