@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-APT_PKGS := radosgw ceph-mon ceph-osd ceph-common curl docker.io debootstrap busybox-static musl-tools gcc libc6-dev
+APT_PKGS := radosgw ceph-mon ceph-osd ceph-common curl docker.io debootstrap busybox-static musl-tools gcc libc6-dev chromium
 
 .PHONY: all deps system-deps rucio-deps demo test unit integration lint bench reliability clean dist
 

@@ -16,11 +16,14 @@ from aiohttp import web
 from faas_supervisor.controller.auth import Credentials, bearer, token_matches
 from faas_supervisor.controller.backends import Backend
 from faas_supervisor.controller.buckets import BucketStore
+from faas_supervisor.controller.cors import setup_cors
+from faas_supervisor.controller.executions import Executions
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.routes.answers import Handler, errors
 from faas_supervisor.controller.routes.buckets import BucketRoutes
+from faas_supervisor.controller.routes.deployments import DeploymentRoutes
 from faas_supervisor.controller.routes.invocations import InvocationRoutes
 from faas_supervisor.controller.routes.jobs import JobRoutes
 from faas_supervisor.controller.routes.services import ServiceRoutes
@@ -36,6 +39,9 @@ class ApiInfo:
     backend: str
     started: float
     max_jobs: int
+    cluster_name: str = "oscar"  # /system/config's name, as the manager's default
+    namespace: str = ""  # where services run (kubernetes), in deployment answers
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call (cors.py)
 
 
 class Api:
@@ -48,6 +54,7 @@ class Api:
         jobs: Jobs,
         intake: Intake,
         buckets: BucketStore,
+        executions: Executions | None = None,
     ) -> None:
         self.info = info
         self.credentials = credentials
@@ -61,13 +68,18 @@ class Api:
         self.invocations = InvocationRoutes(self)
         self.job_routes = JobRoutes(self)
         self.bucket_routes = BucketRoutes(self)
+        self.deployments = DeploymentRoutes(self)
+        # The /run and /job requests and the storage events, for GET /system/logs.
+        self.executions = executions or Executions()
 
     def app(self) -> web.Application:
         app = web.Application(
-            client_max_size=MAX_DEFINITION, middlewares=[errors, self._system_auth]
+            client_max_size=MAX_DEFINITION,
+            middlewares=[self.executions.middleware, errors, self._system_auth],
         )
+        setup_cors(app, self.info.cors_origins)  # its preflights first, before any auth
         system, services, calls = self.system, self.services, self.invocations
-        jobs, buckets = self.job_routes, self.bucket_routes
+        jobs, buckets, deployment = self.job_routes, self.bucket_routes, self.deployments
         # Every route, as openapi.yaml lists them (tests/unit/test_openapi.py compares).
         app.add_routes([
             web.get("/health", system.health),
@@ -80,10 +92,16 @@ class Api:
             web.put("/system/services", services.update_service),
             web.get("/system/services/{name}", services.read_service),
             web.delete("/system/services/{name}", services.delete_service),
+            web.get("/system/services/{name}/deployment", deployment.status),
+            web.get("/system/services/{name}/deployment/logs", deployment.logs),
+            web.post("/system/services/{name}/stop", deployment.stop),
+            web.post("/system/services/{name}/start", deployment.start),
+            web.post("/system/services/{name}/restart", deployment.restart),
             web.route("*", "/system/services/{name}/exposed/{tail:.*}", calls.exposed),
             web.route("*", "/system/services/{name}/exposed", calls.exposed),
             web.post("/run/{name}", calls.run),
             web.post("/job/{name}", calls.job),
+            web.get("/system/logs", jobs.executions),
             web.get("/system/logs/{name}", jobs.list_jobs),
             web.delete("/system/logs/{name}", jobs.delete_jobs),
             web.get("/system/logs/{name}/{job}", jobs.job_logs),

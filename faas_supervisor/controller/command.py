@@ -89,6 +89,20 @@ def declare_arguments(sub: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds a finished job (its status and logs) is kept (default 604800: 7 days)",
     )
+    sub.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (scheme://host[:port], or * for any) whose browser apps may "
+        "call the API (OSCAR's dashboard, say); repeatable (default: none)",
+    )
+    sub.add_argument(
+        "--cluster-name",
+        default="oscar",
+        metavar="NAME",
+        help="the cluster's name in /system/config (default oscar)",
+    )
     kube = sub.add_argument_group("kubernetes and docker backends")
     kube.add_argument("--namespace", help="where services go (default oscar-svc)")
     kube.add_argument(

@@ -494,6 +494,9 @@ def manager_labels(service: Service) -> dict[str, str]:
     }
 
 
+_NOT_EXPOSED = Expose(min_scale=0, max_scale=0, cpu_threshold=0, health_path="")
+
+
 def service_json(service: Service, default_minio: Mapping[str, Any]) -> dict[str, Any]:
     """The manager's service JSON: its fields, in its order, secrets replaced by `hidden`."""
     providers: dict[str, Any] = {}
@@ -507,18 +510,18 @@ def service_json(service: Service, default_minio: Mapping[str, Any]) -> dict[str
             by_id["default"] = {**default_minio, "access_key": HIDDEN, "secret_key": HIDDEN}
         if by_id:
             providers[ptype] = dict(sorted(by_id.items()))
-    expose: dict[str, Any] = {
-        "min_scale": service.expose.min_scale,
-        "max_scale": service.expose.max_scale,
-    }
-    if service.expose.api_port:
-        expose["api_port"] = list(service.expose.api_port)
+    # The manager fills no defaults in: a service that is not exposed answers Go's zero
+    # values (max_scale 0 is how the dashboard tells it is not exposed), whatever it sent.
+    shown = service.expose if service.exposed else _NOT_EXPOSED
+    expose: dict[str, Any] = {"min_scale": shown.min_scale, "max_scale": shown.max_scale}
+    if shown.api_port:
+        expose["api_port"] = list(shown.api_port)
     expose.update(
-        cpu_threshold=service.expose.cpu_threshold,
-        rewrite_target=service.expose.rewrite_target,
-        default_command=service.expose.default_command,
-        set_auth=service.expose.set_auth,
-        health_path=service.expose.health_path,
+        cpu_threshold=shown.cpu_threshold,
+        rewrite_target=shown.rewrite_target,
+        default_command=shown.default_command,
+        set_auth=shown.set_auth,
+        health_path=shown.health_path,
     )
     return {
         "name": service.name,

@@ -20,10 +20,11 @@ from faas_supervisor.controller.api import Api, ApiInfo
 from faas_supervisor.controller.auth import S3_KEYS_FILE, load_credentials, load_s3_keys
 from faas_supervisor.controller.backends import build_backend
 from faas_supervisor.controller.buckets import FolderStore, S3Endpoint, build_store
+from faas_supervisor.controller.executions import Executions
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.s3.sigv4 import Keys
-from faas_supervisor.controller.settings import ControllerSettings
+from faas_supervisor.controller.settings import ControllerSettings, KubernetesSettings
 from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import ConfigError
 from faas_supervisor.http_timeouts import TimedAppRunner
@@ -87,22 +88,29 @@ class Controller:
             self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service,
             settings.job_retention,
         )
+        self.executions = Executions()
         self.intake = Intake(
             self.buckets,
             self.store,
-            self.jobs.submit,
+            # Its jobs listed as the MinIO requests that would have started them in OSCAR.
+            self.executions.recording(self.jobs.submit),
             settings.public_url,
             settings.events_queue,
             settings.reconcile_interval,
         )
         self.api = Api(
-            ApiInfo(self.backend.name, time.time(), settings.max_jobs),
+            ApiInfo(self.backend.name, time.time(), settings.max_jobs,
+                    cluster_name=settings.cluster_name,
+                    namespace=settings.backend.namespace
+                    if isinstance(settings.backend, KubernetesSettings) else "",
+                    cors_origins=settings.cors_origins),
             self.credentials,
             self.store,
             self.backend,
             self.jobs,
             self.intake,
             self.buckets,
+            self.executions,
         )
 
     async def serve(self, stop: Stop) -> int:

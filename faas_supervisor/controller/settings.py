@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,8 @@ class ControllerSettings:
     sync_wait: float = 60.0  # seconds /run waits for a starting service
     job_retention: float = 7 * 86400.0  # seconds a finished job is kept
     log_level: str = "INFO"
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; "*": any
+    cluster_name: str = "oscar"
 
     @property
     def public_url(self) -> str:
@@ -155,7 +158,33 @@ def load_controller_settings(
         sync_wait=args.sync_wait,
         job_retention=args.job_retention,
         log_level=level,
+        cors_origins=_cors_origins(args.cors_origin),
+        cluster_name=_cluster_name(args.cluster_name),
     )
+
+
+# What a browser sends as Origin: scheme://host[:port], nothing after.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s@]+")
+
+
+def _cors_origins(given: list[str]) -> tuple[str, ...]:
+    origins: list[str] = []
+    for raw in given:
+        origin = raw.strip().rstrip("/").lower()  # browsers send it so: lower case, no /
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"--cors-origin: {raw!r} is not an origin (scheme://host[:port], or *)"
+            )
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
+
+
+def _cluster_name(name: str | None) -> str:
+    name = (name or "oscar").strip()
+    if not name or any(c.isspace() or not c.isprintable() for c in name):
+        raise ConfigError(f"--cluster-name: {name!r} must be printable, without spaces")
+    return name
 
 
 def _backend_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> BackendSettings:

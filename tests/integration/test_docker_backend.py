@@ -277,3 +277,41 @@ def test_a_restarted_controller_finds_its_containers(
 @pytest.mark.timeout(1800)
 def test_the_oscar_python_client_works_on_docker(controllers: Any, tmp_path: Path) -> None:
     oscar_python_round_trip(controllers(), tmp_path, USER_IMAGE, "docker")
+
+
+HTTPD = '#!/bin/sh\nmkdir -p /tmp/www && echo up > /tmp/www/index.html\n' \
+        'exec httpd -f -p "127.0.0.1:$upstream_port" -h /tmp/www\n'
+
+
+def test_the_dashboards_deployment_page_on_docker(controllers: Any, docker_client: Any) -> None:
+    """Status, logs, stop, start and restart of an exposed service's containers (issue 11)."""
+    controller = controllers()
+    controller.create({"name": "site", "image": USER_IMAGE, "script": HTTPD,
+                       "expose": {"api_port": 8080}})
+    status = wait_until(
+        lambda: (s := controller.request("GET", "/system/services/site/deployment").json())
+        ["state"] == "ready" and s, 120, "the service's container ready", controller)
+    assert status == {"service_name": "site", "state": "ready", "reason": "Deployment is ready.",
+                      "active_instances": 1, "affected_instances": 0,
+                      "resource_kind": "exposed_service"}
+    logs = controller.request("GET", "/system/services/site/deployment/logs",
+                              params={"timestamps": "true"}).json()
+    assert logs["available"] is True and logs["entries"], logs
+    assert all("timestamp" in e for e in logs["entries"])  # the engine's own times
+
+    (before,) = containers(docker_client, "site", "exposed")
+    assert controller.request("POST", "/system/services/site/restart").status_code == 200
+    (after,) = containers(docker_client, "site", "exposed")
+    assert after.id == before.id and after.attrs["State"]["StartedAt"] != \
+        before.attrs["State"]["StartedAt"]  # the same container, started again
+
+    stopped = controller.request("POST", "/system/services/site/stop").json()
+    assert (stopped["state"], stopped["active_instances"]) == ("stopped", 0)
+    assert containers(docker_client, "site", "exposed") == []
+    assert requests.get(f"{controller.url}/system/services/site/exposed/",
+                        timeout=30).status_code == 503
+    assert controller.request("POST", "/system/services/site/start").status_code == 200
+    wait_until(lambda: requests.get(f"{controller.url}/system/services/site/exposed/",
+                                    timeout=30).text == "up\n", 120, "the service again",
+               controller)
+    assert len(containers(docker_client, "site", "exposed")) == 1

@@ -742,3 +742,62 @@ async def test_a_restarted_controller_catches_up_with_its_jobs(
     finally:
         await asyncio.to_thread(factory.close)
     assert_within_role(kube.api)
+
+
+# ---- the deployment page of the dashboard (issue 11) --------------------------------------
+
+
+async def test_the_deployment_as_the_dashboard_sees_and_drives_it(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    from faas_supervisor.controller.deployments import Deployment, LogLine
+
+    exposed = service(expose={"api_port": 5000, "min_scale": 2, "max_scale": 4})
+    assert await backend.deployment(exposed) is None
+    assert await backend.deployment_logs(exposed, 10) is None
+    await backend.deploy(exposed)
+    key = ("deployments", NS, "cowsay-dpl")
+    # The Deployment controller's part: the status it writes.
+    kube.api.objects[key]["status"] = {
+        "replicas": 2, "availableReplicas": 1,
+        "conditions": [
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+             "lastUpdateTime": "2026-01-02T03:04:00Z"},
+            {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
+             "message": "Deployment does not have minimum availability.",
+             "lastUpdateTime": "2026-01-02T03:04:05Z"},
+        ],
+    }
+    assert await backend.deployment(exposed) == Deployment(
+        desired=2, running=2, ready=1,
+        reason="MinimumReplicasUnavailable: Deployment does not have minimum availability.",
+        since=1767323045.0)
+
+    # Its pods' logs, with the times the kubelet puts in front.
+    template = kube.api.objects[key]["spec"]["template"]
+    kube.api._store("pods", NS, {"apiVersion": "v1", "kind": "Pod",
+                                 "metadata": {"name": "cowsay-dpl-1",
+                                              "labels": template["metadata"]["labels"]},
+                                 "spec": template["spec"], "status": {"phase": "Running"}},
+                    previous=None)
+    kube.api.logs["cowsay-dpl-1"] = b"2026-01-02T03:04:06Z world\n2026-01-02T03:04:05.5Z hello\n"
+    assert await backend.deployment_logs(exposed, 10) == [
+        LogLine("world", 1767323046.0), LogLine("hello", 1767323045.5)]
+
+    # stop: no replicas, the manager's annotations, no autoscaler to scale it up again.
+    await backend.stop_service(exposed)
+    stopped = kube.api.objects[key]
+    assert stopped["spec"]["replicas"] == 0
+    assert stopped["metadata"]["annotations"] == {"oscar.grycap.io/previous-replicas": "2",
+                                                  "oscar.grycap.io/stopped": "true"}
+    assert ("horizontalpodautoscalers", NS, "cowsay-hpa") not in kube.api.objects
+    assert (await backend.deployment(exposed) or Deployment(1, 1, 1)).desired == 0
+    await backend.restart_service(exposed)  # a stopped Deployment stays as it is
+    assert kube.api.objects[key]["spec"]["replicas"] == 0
+
+    await backend.start_service(exposed)
+    assert kube.api.objects[key]["spec"]["replicas"] == 2
+    assert ("horizontalpodautoscalers", NS, "cowsay-hpa") in kube.api.objects
+    await backend.restart_service(exposed)
+    annotations = kube.api.objects[key]["spec"]["template"]["metadata"]["annotations"]
+    assert "oscar.grycap.io/restarted-at" in annotations

@@ -156,3 +156,24 @@ def test_sync_wait_and_job_retention() -> None:
                           (["--job-retention", "0"], "--job-retention")):
         with pytest.raises(ConfigError, match=message):
             load(argv, {})
+
+
+def test_cors_origins_are_read_once_as_browsers_send_them(tmp_path: Path) -> None:
+    assert load(["--data-dir", str(tmp_path)], {}).cors_origins == ()
+    settings = load(["--data-dir", str(tmp_path), "--cors-origin", "https://UI.oscar.grycap.net/",
+                     "--cors-origin", "http://127.0.0.1:5173", "--cors-origin", "*",
+                     "--cors-origin", "https://ui.oscar.grycap.net"], {})
+    assert settings.cors_origins == ("https://ui.oscar.grycap.net", "http://127.0.0.1:5173", "*")
+
+
+@pytest.mark.parametrize("origin", ["ui.oscar.grycap.net", "https://a.b/path", "", "http://"])
+def test_a_cors_origin_that_is_not_one_is_refused(tmp_path: Path, origin: str) -> None:
+    with pytest.raises(ConfigError, match="--cors-origin"):
+        load(["--data-dir", str(tmp_path), "--cors-origin", origin], {})
+
+
+def test_the_cluster_name_is_oscar_unless_given(tmp_path: Path) -> None:
+    assert load(["--data-dir", str(tmp_path)], {}).cluster_name == "oscar"
+    assert load(["--data-dir", str(tmp_path), "--cluster-name", "lab"], {}).cluster_name == "lab"
+    with pytest.raises(ConfigError, match="--cluster-name"):
+        load(["--data-dir", str(tmp_path), "--cluster-name", "a b"], {})

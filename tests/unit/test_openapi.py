@@ -7,7 +7,7 @@ from typing import Any, cast
 from openapi_spec_validator import validate
 
 from faas_supervisor import __version__
-from faas_supervisor.controller.api import Api
+from faas_supervisor.controller.api import Api, ApiInfo
 from faas_supervisor.controller.openapi import document
 
 # What an aiohttp route of method "*" answers, as OpenAPI names methods.
@@ -17,8 +17,8 @@ OPERATIONS = ANY_METHOD | {"trace"}
 
 def served_routes() -> set[tuple[str, str]]:
     """(method, path template) of every route of the controller's aiohttp router."""
-    # Building the router reads none of the collaborators: they are used per request.
-    api = Api(*cast(Any, [None] * 7))
+    # Building the router reads none of the collaborators but the settings in `ApiInfo`.
+    api = Api(ApiInfo("local", 0, 1), *cast(Any, [None] * 6))
     routes: set[tuple[str, str]] = set()
     for resource in api.app().router.resources():
         info = resource.get_info()

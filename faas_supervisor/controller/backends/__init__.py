@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from faas_supervisor.controller.deployments import Deployment, LogLine
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.settings import BackendSettings, KubernetesSettings, LocalSettings
 
@@ -43,6 +44,23 @@ class Backend(Protocol):
         """Run one job with `event` as its event, its output into `log`; its exit status.
 
         Cancelling the call stops the job."""
+
+    # The service's watchdogs (OSCAR's deployment of a service), for the dashboard.
+
+    async def deployment(self, service: Service) -> Deployment | None:
+        """What there is of the service's watchdogs; None when the backend has none."""
+
+    async def deployment_logs(self, service: Service, tail: int) -> list[LogLine] | None:
+        """The last `tail` lines of its watchdogs' output; None when there is none to read."""
+
+    async def stop_service(self, service: Service) -> None:
+        """Its watchdogs stopped (its jobs still run) until started, updated or redeployed."""
+
+    async def start_service(self, service: Service) -> None:
+        """Its watchdogs running again, as many as its definition says."""
+
+    async def restart_service(self, service: Service) -> None:
+        """Its watchdogs replaced by new ones (a stopped service stays stopped)."""
 
 
 @runtime_checkable

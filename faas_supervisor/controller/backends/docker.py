@@ -45,6 +45,7 @@ import aiohttp
 import yaml
 
 from faas_supervisor.config import Mode
+from faas_supervisor.controller.deployments import Deployment, LogLine, parse_stamped
 from faas_supervisor.controller.fdl import Service, manager_labels, to_record
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.controller.manifests import (
@@ -139,6 +140,7 @@ class DockerBackend:
         self._replicas: dict[str, list[_Replica]] = {}
         self._by_id: dict[str, _Replica] = {}
         self._turn: dict[str, itertools.count[int]] = {}
+        self._stopped: set[str] = set()  # services whose containers /stop removed
         self._events: Any = None
         self._events_task: asyncio.Future[None] | None = None
         self._closing = threading.Event()
@@ -244,6 +246,7 @@ class DockerBackend:
     # ---- services -----------------------------------------------------------------------
 
     async def deploy(self, service: Service) -> None:
+        self._stopped.discard(service.name)  # a new definition runs
         if not service.image:
             raise InvalidService("image: missing (on Docker a service runs in its image)")
         await self._run(self._ensure_image, service.image)
@@ -460,6 +463,7 @@ class DockerBackend:
         self._turn.pop(name, None)
 
     async def remove(self, name: str) -> None:
+        self._stopped.discard(name)
         self._forget(name)
         await self._run(self._remove_all, name)
         await asyncio.to_thread(shutil.rmtree, self.root / name, True)
@@ -491,6 +495,68 @@ class DockerBackend:
                 raise ServiceUnavailable(f"service {name} is not answering yet")
         # Round robin over the replicas that answer: the exposed proxy spreads its load.
         return ready[next(self._turn[name]) % len(ready)].url
+
+    # ---- the service's watchdog containers, as the dashboard sees them --------------------
+
+    def _watchdog_containers(self, name: str) -> list[Any]:
+        found = self._client.containers.list(all=True, filters=_selector(name))
+        return [c for c in found if c.labels.get(COMPONENT_LABEL) != "job"]
+
+    async def deployment(self, service: Service) -> Deployment | None:
+        if service.name in self._stopped:
+            return Deployment(desired=0, running=0, ready=0)
+        replicas = self._replicas.get(service.name)
+        if not replicas:
+            return None
+        containers = await self._run(self._watchdog_containers, service.name)
+        down = [c for c in containers if c.status != "running"]
+        return Deployment(
+            desired=len(replicas),
+            running=len(containers),
+            ready=sum(r.ready.is_set() for r in replicas),
+            # The engine restarts a dead container until it stays up.
+            failed=bool(containers) and len(down) == len(containers),
+            reason=f"container {down[0].name} is {down[0].status}" if down else "",
+        )
+
+    async def deployment_logs(self, service: Service, tail: int) -> list[LogLine] | None:
+        if service.name in self._stopped or not self._replicas.get(service.name):
+            return None
+
+        def read() -> list[LogLine]:
+            lines: list[LogLine] = []
+            for container in self._watchdog_containers(service.name):
+                text = container.logs(timestamps=True, tail=tail).decode("utf-8", "replace")
+                lines.extend(parse_stamped(line) for line in text.splitlines() if line.strip())
+            return lines
+
+        return await self._run(read)
+
+    async def stop_service(self, service: Service) -> None:
+        self._stopped.add(service.name)
+        self._forget(service.name)
+
+        def remove() -> None:
+            for container in self._watchdog_containers(service.name):
+                self._remove_container(container.id, graceful=True)
+
+        await self._run(remove)
+
+    async def start_service(self, service: Service) -> None:
+        if service.name in self._stopped:
+            await self.deploy(service)
+
+    async def restart_service(self, service: Service) -> None:
+        if service.name in self._stopped:
+            return
+
+        def restart() -> None:
+            # The engine's restart: SIGTERM (the watchdog drains), then a start; the events
+            # take each out of rotation and check it again.
+            for container in self._watchdog_containers(service.name):
+                container.restart(timeout=STOP_TIMEOUT)
+
+        await self._run(restart)
 
     # ---- jobs -----------------------------------------------------------------------------
 

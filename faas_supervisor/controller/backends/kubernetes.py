@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import json
 import threading
@@ -42,6 +43,7 @@ from typing import Any, TypeVar
 from urllib3.exceptions import HTTPError
 
 from faas_supervisor.controller import manifests
+from faas_supervisor.controller.deployments import Deployment, LogLine, parse_stamped
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.errors import (
     ConfigError,
@@ -61,6 +63,10 @@ RETRY_SECONDS = 1.0  # after a watch failed for another reason than 410 Gone
 DEFAULT_SYNC_WAIT = 60.0
 FOREGROUND = {"propagationPolicy": "Foreground"}
 DRY_RUN = "All"
+# The annotations the OSCAR manager's stop, start and restart write on a Deployment.
+PREVIOUS_REPLICAS = "oscar.grycap.io/previous-replicas"
+STOPPED = "oscar.grycap.io/stopped"
+RESTARTED_AT = "oscar.grycap.io/restarted-at"
 CLUSTER_DOMAIN = "cluster.local"
 # The waiting reasons of a container whose image the kubelet cannot have.
 PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
@@ -611,6 +617,97 @@ class KubernetesBackend:
             raise _api_error(exc, "read logs of", "Pod", pod) from None
         except HTTPError as exc:
             raise _unreachable(exc, "read logs of", "Pod", pod) from None
+
+
+    # ---- the service's Deployment, as the dashboard sees it ------------------------------
+
+    def _read_deployment(self, service: Service) -> Any:
+        """The service's Deployment (as manifests.py names it), None if there is none."""
+        try:
+            return self._call("read", "Deployment", manifests.deployment(
+                service, self.cluster)["metadata"]["name"])
+        except KubernetesError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def deployment(self, service: Service) -> Deployment | None:
+        found = await asyncio.to_thread(self._read_deployment, service)
+        if found is None:
+            return None
+        status = found.status
+        conditions = list(status.conditions or []) if status is not None else []
+        latest = max(conditions, key=lambda c: c.last_update_time.timestamp()
+                     if c.last_update_time else 0.0, default=None)
+        return Deployment(
+            desired=found.spec.replicas if found.spec.replicas is not None else 1,
+            running=(status.replicas or 0) if status is not None else 0,
+            ready=(status.available_replicas or 0) if status is not None else 0,
+            failed=any((c.type, c.status) in (("ReplicaFailure", "True"),
+                                              ("Progressing", "False")) for c in conditions),
+            reason=f"{latest.reason or ''}: {latest.message or ''}".strip(": ") if latest else "",
+            since=latest.last_update_time.timestamp()
+            if latest is not None and latest.last_update_time else None,
+        )
+
+    async def deployment_logs(self, service: Service, tail: int) -> list[LogLine] | None:
+        def read() -> list[LogLine] | None:
+            found = self._read_deployment(service)
+            if found is None:
+                return None
+            labels = found.spec.selector.match_labels or {}
+            selector = ",".join(f"{k}={v}" for k, v in labels.items())
+            pods = self._call("list", "Pod", label_selector=selector).items
+            if not pods:
+                return None
+            lines: list[LogLine] = []
+            for pod in pods:
+                with contextlib.suppress(Exception):  # a pod not started yet: no logs
+                    text = self._apis["CoreV1Api"].read_namespaced_pod_log(
+                        pod.metadata.name, self.namespace, container=manifests.CONTAINER,
+                        timestamps=True, tail_lines=tail)
+                    lines.extend(parse_stamped(line) for line in str(text).splitlines()
+                                 if line.strip())
+            return lines
+
+        return await asyncio.to_thread(read)
+
+    async def stop_service(self, service: Service) -> None:
+        def stop() -> None:
+            found = self._read_deployment(service)
+            if found is None:
+                return
+            annotations = dict(found.metadata.annotations or {})
+            if found.spec.replicas:
+                annotations[PREVIOUS_REPLICAS] = str(found.spec.replicas)
+            annotations[STOPPED] = "true"
+            found.metadata.annotations = annotations
+            found.spec.replicas = 0
+            self._call("replace", "Deployment", found.metadata.name, body=found)
+            if service.exposed:  # else it would scale the Deployment up again
+                self._delete("HorizontalPodAutoscaler",
+                             manifests.exposed_names(service.name)["HorizontalPodAutoscaler"])
+
+        await asyncio.to_thread(stop)
+
+    async def start_service(self, service: Service) -> None:
+        found = await asyncio.to_thread(self._read_deployment, service)
+        if found is not None and found.spec.replicas == 0:
+            await self.deploy(service)  # its replicas and its autoscaler, as defined
+
+    async def restart_service(self, service: Service) -> None:
+        def restart() -> None:
+            found = self._read_deployment(service)
+            if found is None or found.spec.replicas == 0:
+                return
+            # As `kubectl rollout restart`: a new pod template, so new pods replace the old.
+            template = found.spec.template.metadata
+            template.annotations = {**(template.annotations or {}),
+                                    RESTARTED_AT: datetime.datetime.now(
+                                        datetime.UTC).isoformat()}
+            self._call("replace", "Deployment", found.metadata.name, body=found)
+
+        await asyncio.to_thread(restart)
 
 
 # ---- helpers -------------------------------------------------------------------------------

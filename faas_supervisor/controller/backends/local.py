@@ -33,6 +33,7 @@ from faas_supervisor import frozen, processes
 from faas_supervisor.config import Mode
 from faas_supervisor.controller.backends import JobInterrupted
 from faas_supervisor.controller.backends.local_runner import Runner, RunnerDied
+from faas_supervisor.controller.deployments import Deployment, LogLine, read_tail
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.errors import ServiceUnavailable
@@ -124,6 +125,10 @@ class _Watchdog:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
     async def _supervise(self) -> None:
         failures = 0
         while not self.stopping:
@@ -210,6 +215,8 @@ class LocalBackend:
         # A service's watchdogs: one, or `min_scale` for an exposed service.
         self._watchdogs: dict[str, list[_Watchdog]] = {}
         self._turn = itertools.count()  # round robin over a service's watchdogs
+        # Services whose watchdogs POST /system/services/NAME/stop stopped.
+        self._stopped: set[str] = set()
         # A service's job runner; those of a service's earlier definitions, until idle.
         self._runners: dict[str, Runner] = {}
         # Runners of earlier definitions, each with the task that stops it once idle;
@@ -277,6 +284,14 @@ class LocalBackend:
         if old is not None:  # its jobs finish on it; new ones go to a runner of the new env
             self._retire(old)
         folder = self._write(service)
+        self._stopped.discard(service.name)  # a new definition runs
+        self._start_watchdogs(service)
+        self._runners[service.name] = Runner(
+            service.name, [*runtime_command(), "job-runner", str(folder)], self._env(service),
+            folder / "runner.log", self.pids.record,
+        )
+
+    def _start_watchdogs(self, service: Service) -> None:
         command = [*runtime_command(), "watchdog", *self._files(service.name)]
         if service.exposed:
             # Its own free port, not api_port: services of one machine share its ports. The
@@ -284,14 +299,10 @@ class LocalBackend:
             command += ["--mode", Mode.HTTP.value]
         instances = max(1, service.expose.min_scale) if service.exposed else 1
         self._watchdogs[service.name] = [
-            _Watchdog(service.name, folder, command, self._env(service), self.pids,
-                      self._orphans())
+            _Watchdog(service.name, self._folder(service.name), command, self._env(service),
+                      self.pids, self._orphans())
             for _ in range(instances)
         ]
-        self._runners[service.name] = Runner(
-            service.name, [*runtime_command(), "job-runner", str(folder)], self._env(service),
-            folder / "runner.log", self.pids.record,
-        )
 
     async def _runner(self, name: str) -> Runner:
         """The service's runner, started (the first job of a service waits for its
@@ -322,10 +333,50 @@ class LocalBackend:
         task.add_done_callback(lambda _: self._retiring.pop(runner, None))
 
     async def remove(self, name: str) -> None:
+        self._stopped.discard(name)
         runner = self._runners.pop(name, None)
         await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(name, [])),
                              *([runner.stop()] if runner is not None else []))
         await asyncio.to_thread(shutil.rmtree, self._folder(name), True)
+
+    # ---- the service's watchdogs, as the dashboard sees them -----------------------------
+
+    async def deployment(self, service: Service) -> Deployment | None:
+        if service.name in self._stopped:
+            return Deployment(desired=0, running=0, ready=0)
+        watchdogs = self._watchdogs.get(service.name)
+        if not watchdogs:
+            return None
+        return Deployment(
+            desired=len(watchdogs),
+            running=sum(w.running for w in watchdogs),
+            ready=sum(w.ready.is_set() for w in watchdogs),
+        )
+
+    async def deployment_logs(self, service: Service, tail: int) -> list[LogLine] | None:
+        if not self._watchdogs.get(service.name):
+            return None  # stopped, or not deployed: no instance, as a Deployment of none
+        # Every watchdog of the service appends to this one file; it has no timestamps.
+        lines = await asyncio.to_thread(
+            read_tail, self._folder(service.name) / "watchdog.log", tail
+        )
+        return [LogLine(line) for line in lines]
+
+    async def stop_service(self, service: Service) -> None:
+        self._stopped.add(service.name)
+        await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(service.name, [])))
+
+    async def start_service(self, service: Service) -> None:
+        if service.name in self._stopped:
+            self._stopped.discard(service.name)
+            self._start_watchdogs(service)
+
+    async def restart_service(self, service: Service) -> None:
+        if service.name not in self._stopped:
+            # Rolling: the new ones take requests once ready, the old ones drain meanwhile.
+            old = self._watchdogs.pop(service.name, [])
+            self._start_watchdogs(service)
+            await asyncio.gather(*(w.stop() for w in old))
 
     async def invoke_url(self, name: str) -> str:
         watchdogs = self._watchdogs.get(name)

@@ -1,4 +1,5 @@
-"""`/system/logs`: a service's jobs, their statuses and logs."""
+"""`/system/logs`: the invocations served (executions.py), a service's jobs, their statuses
+and logs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from faas_supervisor.errors import NotFound
 
 
 class JobRoutes(Routes):
+    async def executions(self, _request: web.Request) -> web.Response:
+        return json_response(self.api.executions.json())
+
     async def list_jobs(self, request: web.Request) -> web.Response:
         service = self.api.service(request)
         return json_response(

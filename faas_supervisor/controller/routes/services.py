@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from faas_supervisor.config import DEFAULT_PROVIDER, on_default_provider
 from faas_supervisor.controller.auth import new_token
+from faas_supervisor.controller.deployments import status_json, summary_json, wants_deployment
 from faas_supervisor.controller.fdl import Service, parse_service_json, service_json, unmask
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
@@ -34,13 +35,20 @@ class ServiceRoutes(Routes):
         super().__init__(api)
         self.names = NameLocks()
 
-    async def list_services(self, _request: web.Request) -> web.Response:
-        settings = self.api.buckets.public_settings()
-        return json_response([service_json(s, settings) for s in self.api.store.services()])
+    async def list_services(self, request: web.Request) -> web.Response:
+        return json_response([await self._json(s, request) for s in self.api.store.services()])
 
     async def read_service(self, request: web.Request) -> web.Response:
-        service = self.api.service(request)
-        return json_response(service_json(service, self.api.buckets.public_settings()))
+        return json_response(await self._json(self.api.service(request), request))
+
+    async def _json(self, service: Service, request: web.Request) -> dict[str, Any]:
+        answer = service_json(service, self.api.buckets.public_settings())
+        if wants_deployment(request.query.get("include")):
+            # Placed as the manager's Go struct places it: after volume_status.
+            status = status_json(service, await self.api.backend.deployment(service),
+                                 self.api.info.namespace)
+            answer["deployment"] = summary_json(status)
+        return answer
 
     async def create_service(self, request: web.Request) -> web.Response:
         api = self.api

@@ -38,7 +38,7 @@ class SystemRoutes(Routes):
         return json_response(
             {
                 "config": {
-                    "name": "faas-supervisor",
+                    "name": self.api.info.cluster_name,
                     "namespace": "",
                     "services_namespace": "",
                     "controller_service_account": "",
