@@ -618,7 +618,6 @@ class KubernetesBackend:
         except HTTPError as exc:
             raise _unreachable(exc, "read logs of", "Pod", pod) from None
 
-
     # ---- the service's Deployment, as the dashboard sees it ------------------------------
 
     def _read_deployment(self, service: Service) -> Any:
@@ -635,19 +634,23 @@ class KubernetesBackend:
         found = await asyncio.to_thread(self._read_deployment, service)
         if found is None:
             return None
-        status = found.status
-        conditions = list(status.conditions or []) if status is not None else []
-        latest = max(conditions, key=lambda c: c.last_update_time.timestamp()
-                     if c.last_update_time else 0.0, default=None)
+        spec, status = found.get("spec") or {}, found.get("status") or {}
+        conditions = list(status.get("conditions") or [])
+        latest = max(conditions, key=lambda c: _stamp(c.get("lastUpdateTime")) or 0.0,
+                     default=None)
+        reason = ""
+        if latest is not None:
+            reason = f"{latest.get('reason') or ''}: {latest.get('message') or ''}".strip(": ")
+        replicas = spec.get("replicas")
         return Deployment(
-            desired=found.spec.replicas if found.spec.replicas is not None else 1,
-            running=(status.replicas or 0) if status is not None else 0,
-            ready=(status.available_replicas or 0) if status is not None else 0,
-            failed=any((c.type, c.status) in (("ReplicaFailure", "True"),
-                                              ("Progressing", "False")) for c in conditions),
-            reason=f"{latest.reason or ''}: {latest.message or ''}".strip(": ") if latest else "",
-            since=latest.last_update_time.timestamp()
-            if latest is not None and latest.last_update_time else None,
+            desired=replicas if replicas is not None else 1,
+            running=status.get("replicas") or 0,
+            ready=status.get("availableReplicas") or 0,
+            failed=any((c.get("type"), c.get("status")) in (("ReplicaFailure", "True"),
+                                                            ("Progressing", "False"))
+                       for c in conditions),
+            reason=reason,
+            since=_stamp(latest.get("lastUpdateTime")) if latest is not None else None,
         )
 
     async def deployment_logs(self, service: Service, tail: int) -> list[LogLine] | None:
@@ -655,16 +658,16 @@ class KubernetesBackend:
             found = self._read_deployment(service)
             if found is None:
                 return None
-            labels = found.spec.selector.match_labels or {}
+            labels = ((found.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
             selector = ",".join(f"{k}={v}" for k, v in labels.items())
-            pods = self._call("list", "Pod", label_selector=selector).items
+            pods = self._call("list", "Pod", label_selector=selector).get("items") or []
             if not pods:
                 return None
             lines: list[LogLine] = []
             for pod in pods:
                 with contextlib.suppress(Exception):  # a pod not started yet: no logs
                     text = self._apis["CoreV1Api"].read_namespaced_pod_log(
-                        pod.metadata.name, self.namespace, container=manifests.CONTAINER,
+                        pod["metadata"]["name"], self.namespace, container=manifests.CONTAINER,
                         timestamps=True, tail_lines=tail)
                     lines.extend(parse_stamped(line) for line in str(text).splitlines()
                                  if line.strip())
@@ -677,13 +680,14 @@ class KubernetesBackend:
             found = self._read_deployment(service)
             if found is None:
                 return
-            annotations = dict(found.metadata.annotations or {})
-            if found.spec.replicas:
-                annotations[PREVIOUS_REPLICAS] = str(found.spec.replicas)
+            metadata, spec = found["metadata"], found["spec"]
+            annotations = dict(metadata.get("annotations") or {})
+            if spec.get("replicas"):
+                annotations[PREVIOUS_REPLICAS] = str(spec["replicas"])
             annotations[STOPPED] = "true"
-            found.metadata.annotations = annotations
-            found.spec.replicas = 0
-            self._call("replace", "Deployment", found.metadata.name, body=found)
+            metadata["annotations"] = annotations
+            spec["replicas"] = 0
+            self._call("replace", "Deployment", metadata["name"], body=found)
             if service.exposed:  # else it would scale the Deployment up again
                 self._delete("HorizontalPodAutoscaler",
                              manifests.exposed_names(service.name)["HorizontalPodAutoscaler"])
@@ -692,22 +696,30 @@ class KubernetesBackend:
 
     async def start_service(self, service: Service) -> None:
         found = await asyncio.to_thread(self._read_deployment, service)
-        if found is not None and found.spec.replicas == 0:
+        if found is not None and (found.get("spec") or {}).get("replicas") == 0:
             await self.deploy(service)  # its replicas and its autoscaler, as defined
 
     async def restart_service(self, service: Service) -> None:
         def restart() -> None:
             found = self._read_deployment(service)
-            if found is None or found.spec.replicas == 0:
+            if found is None or (found.get("spec") or {}).get("replicas") == 0:
                 return
             # As `kubectl rollout restart`: a new pod template, so new pods replace the old.
-            template = found.spec.template.metadata
-            template.annotations = {**(template.annotations or {}),
-                                    RESTARTED_AT: datetime.datetime.now(
-                                        datetime.UTC).isoformat()}
-            self._call("replace", "Deployment", found.metadata.name, body=found)
+            template = found["spec"]["template"].setdefault("metadata", {})
+            template["annotations"] = {
+                **(template.get("annotations") or {}),
+                RESTARTED_AT: datetime.datetime.now(datetime.UTC).isoformat(),
+            }
+            self._call("replace", "Deployment", found["metadata"]["name"], body=found)
 
         await asyncio.to_thread(restart)
+
+
+def _stamp(text: str | None) -> float | None:
+    """An RFC 3339 time of the API server's, in seconds since the epoch."""
+    if not text:
+        return None
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 # ---- helpers -------------------------------------------------------------------------------
