@@ -20,6 +20,7 @@ from faas_supervisor.controller.api import Api, ApiInfo
 from faas_supervisor.controller.auth import S3_KEYS_FILE, load_credentials, load_s3_keys
 from faas_supervisor.controller.backends import build_backend
 from faas_supervisor.controller.buckets import FolderStore, S3Endpoint, build_store
+from faas_supervisor.controller.cors import setup_cors
 from faas_supervisor.controller.executions import Executions
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
@@ -172,8 +173,10 @@ class Controller:
             return None
         from faas_supervisor.controller.s3.app import s3_app
 
-        # `middlewares=` takes what the API's app has for browsers (CORS), same origins.
         app = s3_app(self.buckets.root, self.s3_keys, self.settings.minio_region)
+        # The API's origins: the dashboard's Buckets page calls both (GetObject streams,
+        # so the response hook as well as the middleware).
+        setup_cors(app, self.settings.cors_origins)
         return TimedAppRunner(
             app,
             access_log=None,

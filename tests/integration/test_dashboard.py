@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import requests
 
@@ -356,6 +357,41 @@ class _PageHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *_args: Any) -> None:
         pass
+
+
+
+def test_the_s3_endpoint_answers_the_same_origins(
+    controller: ControllerProcess, page_origins: tuple[str, str]
+) -> None:
+    """The dashboard's Buckets page calls the S3 endpoint from the browser too: its
+    preflights, its S3 answers (a streamed GetObject included) and its errors name the
+    allowed origin; another origin gets no Access-Control-* header."""
+    allowed, other = page_origins
+    s3 = f"http://127.0.0.1:{controller.s3_port}"
+    preflight = requests.options(f"{s3}/bucket/key.txt", timeout=10, headers={
+        "Origin": allowed, "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "authorization,x-amz-date,x-amz-content-sha256"})
+    assert preflight.status_code == 204
+    assert _cors(preflight)["access-control-allow-origin"] == allowed
+    assert {"authorization", "x-amz-date", "x-amz-content-sha256"} <= {
+        h.strip().lower() for h in _cors(preflight)["access-control-allow-headers"].split(",")}
+
+    config = controller.request("GET", "/system/config").json()["minio_provider"]
+    client = boto3.client(
+        "s3", endpoint_url=s3, aws_access_key_id=config["access_key"],
+        aws_secret_access_key=config["secret_key"], region_name=config["region"] or "us-east-1")
+    client.create_bucket(Bucket="corsbucket")
+    client.put_object(Bucket="corsbucket", Key="k.txt", Body=b"browser")
+    url = client.generate_presigned_url(
+        "get_object", Params={"Bucket": "corsbucket", "Key": "k.txt"}, ExpiresIn=60)
+    got = requests.get(url, headers={"Origin": allowed}, timeout=10)
+    assert (got.status_code, got.content) == (200, b"browser")
+    assert _cors(got)["access-control-allow-origin"] == allowed
+    assert "etag" in _cors(got)["access-control-expose-headers"].lower()
+    refused = requests.get(f"{s3}/corsbucket/k.txt", headers={"Origin": allowed}, timeout=10)
+    assert refused.status_code == 403  # unsigned: S3's AccessDenied, origin still named
+    assert _cors(refused)["access-control-allow-origin"] == allowed
+    assert _cors(requests.get(url, headers={"Origin": other}, timeout=10)) == {}
 
 
 @pytest.fixture(scope="module")
