@@ -9,7 +9,9 @@ to the app only if it names the app's origin. So, for an allowed origin:
 * every other answer (errors and 401s included, streamed ones too) names the origin,
   allows credentials (basic auth) and exposes the headers an app may read.
 
-The origin is echoed, never `*`: browsers refuse `*` together with credentials. A request
+A named origin is echoed and allowed credentials (browsers refuse `*` together with
+them); `--cors-origin '*'` answers other origins `*` without credentials, so no page can
+ride on the basic-auth credentials a browser keeps for the controller. A request
 from an origin not allowed gets no `Access-Control-*` header (only `Vary: Origin`), and
 its `OPTIONS` goes on to the routes as it would without this module.
 
@@ -41,11 +43,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def allowed_origin(origins: frozenset[str], request: web.BaseRequest) -> str | None:
-    """The request's origin when it is allowed (to be echoed), else None."""
+    """What `Access-Control-Allow-Origin` says to the request: its origin when that is
+    named, `*` when only `*` covers it, else None (nothing allowed)."""
     origin = request.headers.get(hdrs.ORIGIN)
     if not origin or not origins:
         return None
-    return origin if ANY_ORIGIN in origins or origin in origins else None
+    if origin in origins:
+        return origin
+    return ANY_ORIGIN if ANY_ORIGIN in origins else None
 
 
 def _is_preflight(request: web.BaseRequest) -> bool:
@@ -71,7 +76,11 @@ class _Policy:
         if origin is None:
             return
         response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
-        response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
+        if origin != ANY_ORIGIN:
+            # Only for an origin named: with `*`, any page could make a browser send the
+            # basic-auth credentials it keeps for the controller and read the answers.
+            # The dashboard sets `Authorization` itself, which `*` allows.
+            response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
         if not _is_preflight(request):
             response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = self.exposed
 

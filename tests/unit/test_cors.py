@@ -83,11 +83,25 @@ async def test_other_origins_and_no_origins_get_nothing() -> None:
             await client.close()
 
 
-async def test_any_origin_is_echoed_never_a_star() -> None:
-    client = await client_for(("*",))
+async def test_a_star_allows_any_origin_without_credentials() -> None:
+    """With `*`, a page of any origin (`null` included) may call with the Authorization
+    header it sets itself, but never with the credentials the browser keeps: otherwise
+    any page could read /system/config's keys as the user who once logged in."""
+    client = await client_for(("*", ALLOWED))
     try:
-        response = await client.get("/object", headers={"Origin": "http://a.example:8080"})
-        assert response.headers["Access-Control-Allow-Origin"] == "http://a.example:8080"
+        for origin in ("http://a.example:8080", "null"):
+            response = await client.get("/object", headers={"Origin": origin})
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+            assert "Access-Control-Allow-Credentials" not in response.headers
+            preflight = await client.options("/object", headers={
+                "Origin": origin, "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization"})
+            assert preflight.status == 204
+            assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+            assert "Access-Control-Allow-Credentials" not in preflight.headers
+        named = await client.get("/object", headers={"Origin": ALLOWED})
+        assert named.headers["Access-Control-Allow-Origin"] == ALLOWED  # named: as before
+        assert named.headers["Access-Control-Allow-Credentials"] == "true"
     finally:
         await client.close()
 
