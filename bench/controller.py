@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -93,6 +94,14 @@ class Controller:
         raise RuntimeError(f"{name}'s watchdog did not start: {self.log.read_text()[-2000:]}")
 
 
+@functools.cache
+def _knows_s3_port(executable: Path) -> bool:
+    """Whether this build serves an S3 endpoint (--s3-port): a REF from before does not."""
+    shown = subprocess.run([str(executable), "controller", "--help"], capture_output=True,
+                           text=True, timeout=60, check=False)
+    return "--s3-port" in shown.stdout
+
+
 @contextmanager
 def controller(workdir: Path, max_jobs: int, executable: Path) -> Iterator[Controller]:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +111,8 @@ def controller(workdir: Path, max_jobs: int, executable: Path) -> Iterator[Contr
     command = [str(executable), "controller", "--host", "127.0.0.1", "--port", str(port),
                "--data-dir", str(data_dir), "--user", USER, "--password", PASSWORD,
                "--max-jobs", str(max_jobs)]
+    if _knows_s3_port(executable):  # else 9000, which another server may hold
+        command += ["--s3-port", str(c.free_port())]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)

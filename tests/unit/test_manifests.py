@@ -527,3 +527,23 @@ def test_image_pull_secrets_in_the_service_json_only_when_given() -> None:
     assert keys[keys.index("script") + 1] == "image_pull_secrets"  # the manager's order
     assert from_record(to_record(given)).image_pull_secrets == ("registry-login", "other.login")
     assert "image_pull_secrets" not in service_json(service("sync"), {})
+
+
+def test_the_deploy_folder_validates_and_serves_what_config_hands_out() -> None:
+    """deploy/kubernetes/: every object valid for 1.30; the controller's Service carries the
+    ports its arguments serve (the S3 endpoint's too, which /system/config hands out)."""
+    import kubernetes_validate
+
+    folder = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+    documents = [doc for path in sorted(folder.glob("*.yaml"))
+                 for doc in yaml.safe_load_all(path.read_text()) if doc]
+    for doc in documents:
+        kubernetes_validate.validate(doc, "1.30", strict=True)
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    served = {int(a.partition("=")[2]) for a in container["args"]
+              if a.startswith(("--port=", "--s3-port="))}
+    assert served == {8000, 9000}
+    assert {p["containerPort"] for p in container["ports"]} == served
+    (service,) = [d for d in documents if d["kind"] == "Service"]
+    assert {p["port"] for p in service["spec"]["ports"]} == served
