@@ -362,8 +362,7 @@ def _providers(raw: Any, secrets_dir: Path) -> dict[str, ProviderConfig]:
                 else:
                     text = _scalar_text(value, f"{where}.{key}")
                     values[str(key)] = Secret(text) if key in SECRET_KEYS else text
-            if f"{ptype}.{pid}" == DEFAULT_PROVIDER:
-                _read_secret_files(values, secrets_dir / DEFAULT_PROVIDER)
+            _read_secret_files(values, secrets_dir / f"{ptype}.{pid}", f"{ptype}.{pid}")
             # A MinIO provider given a `path` is a local folder store: the embedded default
             # serves OSCAR's FDL files, which name `minio`, from a folder.
             required = REQUIRED_PROVIDER_KEYS["local" if is_folder_store(ptype, values) else ptype]
@@ -381,12 +380,29 @@ def is_folder_store(ptype: str, settings: Mapping[str, object]) -> bool:
     )
 
 
-def _read_secret_files(values: dict[str, str | bool | Secret], folder: Path) -> None:
-    """OSCAR mounts the default MinIO keys as files; they win over the config."""
-    for filename, key in (("accessKey", "access_key"), ("secretKey", "secret_key")):
-        path = folder / filename
-        if path.is_file():
-            values[key] = Secret(path.read_text().strip())
+# OSCAR's file names for the cluster MinIO's keys (SPEC 3); any provider may use them.
+_SECRET_FILE_KEYS = {"accessKey": "access_key", "secretKey": "secret_key"}
+
+
+def _read_secret_files(
+    values: dict[str, str | bool | Secret], folder: Path, provider: str
+) -> None:
+    """Settings mounted as files, `<secrets dir>/TYPE.ID/<setting>` (the Kubernetes
+    backend puts every provider's credentials there, never in the ConfigMap): each fills
+    or overrides the config's setting of that name. Names starting with `.` are the
+    Secret volume's own bookkeeping (`..data`), not settings."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        key = _SECRET_FILE_KEYS.get(path.name, path.name)
+        try:
+            text = path.read_text().rstrip("\r\n")  # the newline an editor adds
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not text"
+            raise ConfigError(f"storage provider {provider}: {path}: {reason}") from None
+        values[key] = Secret(text) if key in SECRET_KEYS else text
 
 
 def _storage_paths(raw: Any, kind: str) -> list[StoragePath]:
