@@ -3,7 +3,8 @@
 Every validation lives here, with errors that name the key: nothing below this module
 reads YAML or `os.environ` again. Sources, later ones winning (SPEC 3): the YAML file
 (`--config`, `FUNCTION_CONFIG` base64, `/oscar/config/function_config.yaml`), then the
-environment overrides, then command-line flags for the watchdog settings.
+environment overrides, then command-line flags for the watchdog settings. A storage
+provider's settings may also come from files, `<secrets dir>/TYPE.ID/SETTING`, which win.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ DEFAULT_SECRETS_DIR = Path("/var/run/secrets/providers")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_PROVIDER = "minio.default"  # the cluster's MinIO, as OSCAR names it
 
-# Keys each provider type must have; the ones in SECRET_KEYS are wrapped in Secret.
+# Keys each provider type must have; the ones in SECRET_KEYS are wrapped in Secret (and
+# on Kubernetes kept out of the ConfigMap, in a Secret: controller/manifests.py).
 REQUIRED_PROVIDER_KEYS: Mapping[str, tuple[str, ...]] = {
     "minio": ("endpoint", "access_key", "secret_key"),
     "s3": ("access_key", "secret_key"),
