@@ -395,7 +395,11 @@ def _read_secret_files(
     Secret volume's own bookkeeping (`..data`), not settings."""
     if not folder.is_dir():
         return
-    for path in sorted(folder.iterdir()):
+    try:
+        paths = sorted(folder.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"storage provider {provider}: {folder}: {exc.strerror}") from None
+    for path in paths:
         if path.name.startswith(".") or not path.is_file():
             continue
         key = _SECRET_FILE_KEYS.get(path.name, path.name)
