@@ -485,6 +485,20 @@ def test_any_provider_takes_settings_from_files(tmp_path: Path) -> None:
         assert value not in repr(config) and value not in str(config.providers)
 
 
+def test_secret_files_in_the_layout_kubernetes_projects(tmp_path: Path) -> None:
+    """The kubelet writes a Secret volume's files into a timestamped folder and links
+    them through `..data`: `TYPE.ID` is a link to `..data/TYPE.ID`."""
+    secrets = tmp_path / "secrets"
+    write(secrets / "..2026_11_30_19_00_00.1" / "s3.aws" / "access_key", "S3-AK")
+    write(secrets / "..2026_11_30_19_00_00.1" / "s3.aws" / "secret_key", "S3-SK")
+    (secrets / "..data").symlink_to("..2026_11_30_19_00_00.1")
+    (secrets / "s3.aws").symlink_to("..data/s3.aws")
+    path = write(tmp_path / "c.yaml", PROVIDERS_WITHOUT_CREDENTIALS)
+    config = load_function_config(str(path), {"FAAS_PROVIDER_SECRETS_DIR": str(secrets)})
+    s3 = config.provider("s3.aws")
+    assert (s3.get("access_key"), s3.get("secret_key")) == ("S3-AK", "S3-SK")
+
+
 def test_a_provider_still_missing_a_key_after_the_files_names_it(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets"
     write(secrets / "s3.aws" / "access_key", "S3-AK")
