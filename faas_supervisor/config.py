@@ -3,7 +3,8 @@
 Every validation lives here, with errors that name the key: nothing below this module
 reads YAML or `os.environ` again. Sources, later ones winning (SPEC 3): the YAML file
 (`--config`, `FUNCTION_CONFIG` base64, `/oscar/config/function_config.yaml`), then the
-environment overrides, then command-line flags for the watchdog settings.
+environment overrides, then command-line flags for the watchdog settings. A storage
+provider's settings may also come from files, `<secrets dir>/TYPE.ID/SETTING`, which win.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ DEFAULT_SECRETS_DIR = Path("/var/run/secrets/providers")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_PROVIDER = "minio.default"  # the cluster's MinIO, as OSCAR names it
 
-# Keys each provider type must have; the ones in SECRET_KEYS are wrapped in Secret.
+# Keys each provider type must have; the ones in SECRET_KEYS are wrapped in Secret (and
+# on Kubernetes kept out of the ConfigMap, in a Secret: controller/manifests.py).
 REQUIRED_PROVIDER_KEYS: Mapping[str, tuple[str, ...]] = {
     "minio": ("endpoint", "access_key", "secret_key"),
     "s3": ("access_key", "secret_key"),
@@ -362,8 +364,7 @@ def _providers(raw: Any, secrets_dir: Path) -> dict[str, ProviderConfig]:
                 else:
                     text = _scalar_text(value, f"{where}.{key}")
                     values[str(key)] = Secret(text) if key in SECRET_KEYS else text
-            if f"{ptype}.{pid}" == DEFAULT_PROVIDER:
-                _read_secret_files(values, secrets_dir / DEFAULT_PROVIDER)
+            _read_secret_files(values, secrets_dir / f"{ptype}.{pid}", f"{ptype}.{pid}")
             # A MinIO provider given a `path` is a local folder store: the embedded default
             # serves OSCAR's FDL files, which name `minio`, from a folder.
             required = REQUIRED_PROVIDER_KEYS["local" if is_folder_store(ptype, values) else ptype]
@@ -381,12 +382,33 @@ def is_folder_store(ptype: str, settings: Mapping[str, object]) -> bool:
     )
 
 
-def _read_secret_files(values: dict[str, str | bool | Secret], folder: Path) -> None:
-    """OSCAR mounts the default MinIO keys as files; they win over the config."""
-    for filename, key in (("accessKey", "access_key"), ("secretKey", "secret_key")):
-        path = folder / filename
-        if path.is_file():
-            values[key] = Secret(path.read_text().strip())
+# OSCAR's file names for the cluster MinIO's keys (SPEC 3); any provider may use them.
+_SECRET_FILE_KEYS = {"accessKey": "access_key", "secretKey": "secret_key"}
+
+
+def _read_secret_files(
+    values: dict[str, str | bool | Secret], folder: Path, provider: str
+) -> None:
+    """Settings mounted as files, `<secrets dir>/TYPE.ID/<setting>` (the Kubernetes
+    backend puts every provider's credentials there, never in the ConfigMap): each fills
+    or overrides the config's setting of that name. Names starting with `.` are the
+    Secret volume's own bookkeeping (`..data`), not settings."""
+    if not folder.is_dir():
+        return
+    try:
+        paths = sorted(folder.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"storage provider {provider}: {folder}: {exc.strerror}") from None
+    for path in paths:
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        key = _SECRET_FILE_KEYS.get(path.name, path.name)
+        try:
+            text = path.read_text().rstrip("\r\n")  # the newline an editor adds
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not text"
+            raise ConfigError(f"storage provider {provider}: {path}: {reason}") from None
+        values[key] = Secret(text) if key in SECRET_KEYS else text
 
 
 def _storage_paths(raw: Any, kind: str) -> list[StoragePath]:

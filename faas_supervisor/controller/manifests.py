@@ -3,7 +3,9 @@
 The shapes and names follow the OSCAR manager's: the ConfigMap `NAME` (script.sh and
 function_config.yaml, mounted at /oscar/config), the Secret `NAME` of
 environment.secrets (the container's environment), the MinIO keys mounted at
-/var/run/secrets/providers/minio.default, the container `oscar-container`, jobs named
+/var/run/secrets/providers/minio.default (the Secret `NAME-minio`), the credentials of
+the FDL's other providers beside them, at /var/run/secrets/providers/TYPE.ID/SETTING
+(the Secret `NAME-providers`), never in the ConfigMap; the container `oscar-container`, jobs named
 `<service>-<uuid>` with the event in `EVENT`, and for exposed services `NAME-dpl`,
 `NAME-svc`, `NAME-hpa` and `NAME-ing`. What differs is the runtime: instead of a shared
 volume holding the classic watchdog and the supervisor, an init container of the runtime
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +29,7 @@ from typing import Any
 import yaml
 
 from faas_supervisor import __version__
-from faas_supervisor.config import Mode
+from faas_supervisor.config import SECRET_KEYS, Mode
 from faas_supervisor.controller.fdl import Service, manager_labels
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.errors import InvalidService
@@ -39,7 +42,7 @@ INIT_CONTAINER = "faas-supervisor-runtime"
 RUNTIME_DIR = "/oscar/bin"
 RUNTIME = f"{RUNTIME_DIR}/faas-supervisor"
 CONFIG_DIR = "/oscar/config"
-MINIO_KEYS_DIR = "/var/run/secrets/providers/minio.default"  # read by the runtime (SPEC 3)
+PROVIDER_SECRETS_DIR = "/var/run/secrets/providers"  # read by the runtime (SPEC 3)
 MINIO_KEY_FILES = (("access_key", "accessKey"), ("secret_key", "secretKey"))
 
 SERVICE_LABEL = "oscar_service"
@@ -83,6 +86,10 @@ class Cluster:
 
 def minio_secret_name(name: str) -> str:
     return f"{name}-minio"
+
+
+def providers_secret_name(name: str) -> str:
+    return f"{name}-providers"
 
 
 def auth_secret_name(name: str) -> str:
@@ -142,6 +149,18 @@ def check(service: Service) -> None:
     if not service.name[0].isalpha():
         # A Service's name is a DNS-1035 label: it starts with a letter.
         raise InvalidService(f"name: {service.name!r} must start with a letter on Kubernetes")
+    for ptype, by_id in service.storage_providers.items():
+        for pid in by_id:
+            # Its credentials become the Secret key `TYPE.ID.SETTING` and the file
+            # `TYPE.ID/SETTING`: both refuse other characters, and `..`.
+            if not _PROVIDER_ID.fullmatch(str(pid)) or ".." in str(pid):
+                raise InvalidService(
+                    f"storage_providers.{ptype}.{pid}: on Kubernetes a provider's id is "
+                    "letters, digits, '-', '_' and '.'"
+                )
+
+
+_PROVIDER_ID = re.compile(r"[A-Za-z0-9][-._A-Za-z0-9]*")
 
 
 # ---- configuration and secrets ----------------------------------------------------------
@@ -149,9 +168,17 @@ def check(service: Service) -> None:
 
 def config_map(service: Service, cluster: Cluster) -> dict[str, Any]:
     """script.sh and function_config.yaml, the same config the local backend writes, minus
-    the cluster MinIO's keys (mounted from their Secret, where the runtime looks first)."""
+    every provider's credentials (mounted from their Secrets, where the runtime reads
+    them: a ConfigMap is readable by whoever may read the namespace's configuration)."""
     provider = {k: v for k, v in cluster.minio.items() if k not in dict(MINIO_KEY_FILES)}
     config = function_config(service, provider)
+    config["storage_providers"] = {
+        ptype: {
+            pid: {k: v for k, v in settings.items() if k not in SECRET_KEYS}
+            for pid, settings in by_id.items()
+        }
+        for ptype, by_id in config["storage_providers"].items()
+    }
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -177,6 +204,52 @@ def minio_secret(service: Service, cluster: Cluster) -> dict[str, Any] | None:
     if not keys:
         return None
     return _secret(minio_secret_name(service.name), service, cluster, keys)
+
+
+def _provider_credentials(service: Service, cluster: Cluster) -> dict[str, tuple[str, str]]:
+    """The FDL's provider credentials: Secret key `TYPE.ID.SETTING` -> (file path under
+    the providers folder, value). The cluster's own `minio.default` replaces any of the
+    FDL's (function_config.py), so its keys are the `NAME-minio` Secret's alone."""
+    found: dict[str, tuple[str, str]] = {}
+    for ptype, by_id in sorted(service.storage_providers.items()):
+        for pid, settings in sorted(by_id.items()):
+            provider = f"{ptype}.{pid}"
+            if provider == "minio.default" and cluster.minio:
+                continue
+            for key, value in sorted(settings.items()):
+                if key in SECRET_KEYS and value not in (None, ""):
+                    text = ("true" if value else "false") if isinstance(value, bool) else value
+                    found[f"{provider}.{key}"] = (f"{provider}/{key}", str(text))
+    return found
+
+
+def providers_secret(service: Service, cluster: Cluster) -> dict[str, Any] | None:
+    """The credentials of the FDL's storage providers, as files `TYPE.ID/SETTING`."""
+    credentials = _provider_credentials(service, cluster)
+    if not credentials:
+        return None
+    data = {key: value for key, (_, value) in credentials.items()}
+    return _secret(providers_secret_name(service.name), service, cluster, data)
+
+
+def _provider_secrets_volume(service: Service, cluster: Cluster) -> dict[str, Any] | None:
+    """One read-only folder, /var/run/secrets/providers, projected from both Secrets:
+    `minio.default/accessKey` and `secretKey` (SPEC 3's names), `TYPE.ID/SETTING`."""
+    sources: list[dict[str, Any]] = []
+    if minio_secret(service, cluster) is not None:
+        items = [
+            {"key": file, "path": f"minio.default/{file}"}
+            for key, file in MINIO_KEY_FILES
+            if cluster.minio.get(key)
+        ]
+        sources.append({"secret": {"name": minio_secret_name(service.name), "items": items}})
+    credentials = _provider_credentials(service, cluster)
+    if credentials:
+        items = [{"key": key, "path": path} for key, (path, _) in credentials.items()]
+        sources.append({"secret": {"name": providers_secret_name(service.name), "items": items}})
+    if not sources:
+        return None
+    return {"name": "provider-secrets", "projected": {"sources": sources}}
 
 
 def auth_secret(service: Service, cluster: Cluster) -> dict[str, Any] | None:
@@ -222,11 +295,12 @@ def _pod_spec(
         {"name": "oscar-bin", "emptyDir": {}},
         {"name": "oscar-config", "configMap": {"name": service.name}},
     ]
-    if minio_secret(service, cluster) is not None:
-        mounts.append({"name": "minio-keys", "mountPath": MINIO_KEYS_DIR, "readOnly": True})
-        volumes.append(
-            {"name": "minio-keys", "secret": {"secretName": minio_secret_name(service.name)}}
+    secrets_volume = _provider_secrets_volume(service, cluster)
+    if secrets_volume is not None:
+        mounts.append(
+            {"name": secrets_volume["name"], "mountPath": PROVIDER_SECRETS_DIR, "readOnly": True}
         )
+        volumes.append(secrets_volume)
     env = [{"name": "OSCAR_SERVICE_NAME", "value": service.name}]
     if service.exposed:
         env.append(
@@ -443,6 +517,7 @@ def service_objects(service: Service, cluster: Cluster) -> list[dict[str, Any]]:
     check(service)
     objects = [
         minio_secret(service, cluster),
+        providers_secret(service, cluster),
         env_secret(service, cluster),
         auth_secret(service, cluster),
         config_map(service, cluster),

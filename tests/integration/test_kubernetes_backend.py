@@ -40,6 +40,7 @@ MINIO = {
     "region": "us-east-1",
 }
 CLUSTER = manifests.Cluster(NS, "registry.example/runtime:1", MINIO)
+FOREGROUND = {"propagationPolicy": "Foreground"}
 COWSAY = {
     "name": "cowsay",
     "image": "ghcr.io/grycap/cowsay",
@@ -204,6 +205,71 @@ async def test_a_sync_service_made_exposed_swaps_its_objects(
     assert await backend.invoke_url("cowsay") == (
         "http://cowsay-svc.oscar-svc.svc.cluster.local:80"
     )
+
+
+RUCIO = {"host": "https://rucio.example.org", "auth_host": "https://rucio-auth.example.org",
+         "account": "jo", "rse": "CERN_DISK", "username": "jo",
+         "password": "RUCIO-PASSWORD"}
+WEBDAV = {"hostname": "https://dcache.example.org", "login": "jo", "password": "DAV-PASSWORD"}
+
+
+def with_providers(rucio: bool = False, webdav: bool = False) -> Service:
+    """cowsay reading from rucio.cern and/or writing to webdav.dcache."""
+    fields: dict[str, Any] = {"storage_providers": {}}
+    if rucio:
+        fields["storage_providers"]["rucio"] = {"cern": RUCIO}
+        fields["input"] = [{"storage_provider": "rucio.cern", "path": "user.jo/in"}]
+    if webdav:
+        fields["storage_providers"]["webdav"] = {"dcache": WEBDAV}
+        fields["output"] = [{"storage_provider": "webdav.dcache", "path": "results"}]
+    return service(**fields)
+
+
+async def test_provider_credentials_are_a_secret_never_the_config_map(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    await backend.deploy(with_providers(rucio=True, webdav=True))
+    objects = stored(kube.api)
+    config = objects[("configmaps", "cowsay")]["data"]["function_config.yaml"]
+    for password in ("RUCIO-PASSWORD", "DAV-PASSWORD", "minio-sk", "minio-ak"):
+        assert password not in config
+    providers = yaml.safe_load(config)["storage_providers"]
+    assert providers["rucio"]["cern"]["username"] == "jo"
+    assert "password" not in providers["webdav"]["dcache"]
+    secret = objects[("secrets", "cowsay-providers")]
+    assert secret["metadata"]["labels"]["oscar_service"] == "cowsay"
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data == {"rucio.cern.password": "RUCIO-PASSWORD",
+                    "webdav.dcache.password": "DAV-PASSWORD"}
+    pod = objects[("deployments", "cowsay")]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "provider-secrets"]
+    files = {item["path"] for source in volume["projected"]["sources"]
+             for item in source["secret"]["items"]}
+    assert files == {"minio.default/accessKey", "minio.default/secretKey",
+                     "rucio.cern/password", "webdav.dcache/password"}
+    assert {"name": "provider-secrets", "mountPath": "/var/run/secrets/providers",
+            "readOnly": True} in pod["containers"][0]["volumeMounts"]
+
+    # An update without the webdav provider: its file goes from the Secret and the pod.
+    await backend.deploy(with_providers(rucio=True))
+    objects = stored(kube.api)
+    assert set(objects[("secrets", "cowsay-providers")]["data"]) == {"rucio.cern.password"}
+    pod = objects[("deployments", "cowsay")]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "provider-secrets"]
+    assert [item["path"] for source in volume["projected"]["sources"]
+            for item in source["secret"]["items"]][-1] == "rucio.cern/password"
+    assert "webdav.dcache/password" not in json.dumps(pod)
+    # Without any provider of its own, the Secret goes.
+    await backend.deploy(service())
+    assert ("secrets", "cowsay-providers") not in stored(kube.api)
+    assert ("secrets", "cowsay-providers", FOREGROUND) in kube.api.deletes
+    # ... and deleting the service deletes it.
+    await backend.deploy(with_providers(webdav=True))
+    assert ("secrets", "cowsay-providers") in stored(kube.api)
+    kube.api.deletes.clear()
+    await backend.remove("cowsay")
+    assert stored(kube.api) == {}
+    assert ("secrets", "cowsay-providers", FOREGROUND) in kube.api.deletes
 
 
 # ---- jobs --------------------------------------------------------------------------------

@@ -439,12 +439,87 @@ def test_minio_default_keys_from_secret_files(tmp_path: Path) -> None:
         str(write(tmp_path / "c2.yaml", PROVIDERS)), {"FAAS_PROVIDER_SECRETS_DIR": str(secrets)}
     )
     assert config.provider("minio.default").get("secret_key") == "SKFILE"
-    # ... and only for minio.default.
+    # ... read from minio.default's folder only, not for another provider.
     other = "storage_providers:\n  minio:\n    other: {endpoint: http://m:9000}\n"
     with pytest.raises(ConfigError, match=r"minio\.other"):
         load_function_config(
             str(write(tmp_path / "c3.yaml", other)), {"FAAS_PROVIDER_SECRETS_DIR": str(secrets)}
         )
+
+
+PROVIDERS_WITHOUT_CREDENTIALS = """\
+storage_providers:
+  webdav:
+    dcache: {hostname: https://dcache.example.org, login: jo, password: FROM-CONFIG}
+  rucio:
+    cern: {host: https://rucio.example.org, account: jo, rse: DISK}
+  s3:
+    aws: {region: eu-west-1}
+"""
+
+
+def test_any_provider_takes_settings_from_files(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    write(secrets / "webdav.dcache" / "password", "DAV-FILE\n")  # overrides the config's
+    write(secrets / "rucio.cern" / "password", "RUCIO-FILE")  # fills what it lacks
+    write(secrets / "rucio.cern" / "username", "jo-user")
+    write(secrets / "s3.aws" / "access_key", "S3-AK")
+    write(secrets / "s3.aws" / "secret_key", " S3 SK ")  # only the newline is cut
+    # A Secret volume's own entries are not settings.
+    (secrets / "s3.aws" / "..data").mkdir()
+    write(secrets / "s3.aws" / "..2026_11_30", "not a setting")
+    write(secrets / "s3.other" / "secret_key", "unused: no such provider")
+    path = write(tmp_path / "c.yaml", PROVIDERS_WITHOUT_CREDENTIALS)
+    config = load_function_config(str(path), {"FAAS_PROVIDER_SECRETS_DIR": str(secrets)})
+    dav, rucio, s3 = (config.provider(n) for n in ("webdav.dcache", "rucio.cern", "s3.aws"))
+    assert dav.get("password") == "DAV-FILE"
+    assert dav.get("login") == "jo"
+    assert (rucio.get("username"), rucio.get("password")) == ("jo-user", "RUCIO-FILE")
+    assert (s3.get("access_key"), s3.get("secret_key")) == ("S3-AK", " S3 SK ")
+    assert set(s3.settings) == {"region", "access_key", "secret_key"}
+    assert "s3.other" not in config.providers
+    # Credentials are wrapped, whichever source they came from; other settings are not.
+    assert isinstance(rucio.settings["password"], Secret)
+    assert rucio.settings["username"] == "jo-user"
+    for value in ("DAV-FILE", "RUCIO-FILE", "S3-AK", "S3 SK", "FROM-CONFIG"):
+        assert value not in repr(config) and value not in str(config.providers)
+
+
+def test_secret_files_in_the_layout_kubernetes_projects(tmp_path: Path) -> None:
+    """The kubelet writes a Secret volume's files into a timestamped folder and links
+    them through `..data`: `TYPE.ID` is a link to `..data/TYPE.ID`."""
+    secrets = tmp_path / "secrets"
+    write(secrets / "..2026_11_30_19_00_00.1" / "s3.aws" / "access_key", "S3-AK")
+    write(secrets / "..2026_11_30_19_00_00.1" / "s3.aws" / "secret_key", "S3-SK")
+    (secrets / "..data").symlink_to("..2026_11_30_19_00_00.1")
+    (secrets / "s3.aws").symlink_to("..data/s3.aws")
+    path = write(tmp_path / "c.yaml", PROVIDERS_WITHOUT_CREDENTIALS)
+    config = load_function_config(str(path), {"FAAS_PROVIDER_SECRETS_DIR": str(secrets)})
+    s3 = config.provider("s3.aws")
+    assert (s3.get("access_key"), s3.get("secret_key")) == ("S3-AK", "S3-SK")
+
+
+def test_a_provider_still_missing_a_key_after_the_files_names_it(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    write(secrets / "s3.aws" / "access_key", "S3-AK")
+    path = write(tmp_path / "c.yaml", PROVIDERS_WITHOUT_CREDENTIALS)
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(path), {"FAAS_PROVIDER_SECRETS_DIR": str(secrets)})
+    assert info.value.message == "storage provider s3.aws has no 'secret_key'"
+
+
+def test_an_unreadable_secret_file_is_a_start_up_error_without_its_value(
+    tmp_path: Path,
+) -> None:
+    secrets = tmp_path / "secrets"
+    write(secrets / "s3.aws" / "access_key", "S3-AK")
+    (secrets / "s3.aws" / "secret_key").write_bytes(b"\xff\xfeSECRET")
+    path = write(tmp_path / "c.yaml", PROVIDERS_WITHOUT_CREDENTIALS)
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(path), {"FAAS_PROVIDER_SECRETS_DIR": str(secrets)})
+    assert info.value.message.startswith("storage provider s3.aws: ")
+    assert "secret_key" in info.value.message
+    assert "SECRET" not in info.value.message.replace("secrets", "")
 
 
 def test_minio_default_without_keys_or_files_names_the_key(tmp_path: Path) -> None:

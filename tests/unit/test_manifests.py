@@ -66,6 +66,30 @@ SERVICES: dict[str, dict[str, Any]] = {
         "expose": {"api_port": [8080, 9000], "min_scale": 0, "max_scale": 0,
                    "cpu_threshold": 0, "rewrite_target": True},
     },
+    "providers": {
+        "name": "stores",
+        "image": "registry.example/stores:1",
+        "script": "cp -r \"$INPUT_FILE_PATH\" \"$TMP_OUTPUT_DIR\"\n",
+        "input": [{"storage_provider": "rucio.cern", "path": "user.jo/in"}],
+        "output": [{"storage_provider": "webdav.dcache", "path": "results"}],
+        "storage_providers": {
+            "minio": {"other": {"endpoint": "http://m:9000", "access_key": "MINIO-AK",
+                                "secret_key": "MINIO-SK"}},
+            "s3": {"aws": {"access_key": "S3-AK", "secret_key": "S3-SK",
+                           "region": "eu-west-1"}},
+            "webdav": {"dcache": {"hostname": "https://dcache.example.org", "login": "jo",
+                                  "password": "DAV-PASSWORD"}},
+            "onedata": {"od1": {"oneprovider_host": "op.example.org", "token": "OD-TOKEN",
+                                "space": "data"}},
+            "rucio": {"cern": {"host": "https://rucio.example.org", "account": "jo",
+                               "rse": "CERN_DISK", "access_token": "RUCIO-ACCESS",
+                               "refresh_token": "RUCIO-REFRESH",
+                               "client_secret": "RUCIO-CLIENT"},
+                      "pw": {"host": "https://rucio.example.org", "account": "jo",
+                             "rse": "CERN_DISK", "username": "jo",
+                             "password": "RUCIO-PASSWORD"}},
+        },
+    },
     "exposed-auth-private-registry": {
         "name": "private",
         "image": "registry.example/private:1",
@@ -141,7 +165,7 @@ def test_kinds_of_a_sync_and_an_exposed_service() -> None:
 # ---- the ConfigMap and the Secrets ---------------------------------------------------------
 
 
-def test_config_map_is_the_local_backends_config_without_the_minio_keys() -> None:
+def test_config_map_is_the_local_backends_config_without_any_credentials() -> None:
     svc = service("sync-secrets-resources")
     cm = manifests.config_map(svc, WITH_MINIO)
     assert cm["metadata"]["name"] == "plants"
@@ -151,8 +175,84 @@ def test_config_map_is_the_local_backends_config_without_the_minio_keys() -> Non
     local["storage_providers"]["minio"]["default"] = {
         k: v for k, v in MINIO.items() if k not in ("access_key", "secret_key")
     }
+    local["storage_providers"]["s3"]["aws"] = {"region": "eu-west-1"}
     assert config == local
-    assert "minio-sk" not in cm["data"]["function_config.yaml"]
+    for secret in ("minio-sk", "minio-ak", "SK", "AK"):
+        assert secret not in cm["data"]["function_config.yaml"]
+
+
+# Every credential setting of the `providers` service, by the file the runtime reads.
+PROVIDER_FILES = {
+    "minio.other/access_key": "MINIO-AK",
+    "minio.other/secret_key": "MINIO-SK",
+    "s3.aws/access_key": "S3-AK",
+    "s3.aws/secret_key": "S3-SK",
+    "webdav.dcache/password": "DAV-PASSWORD",
+    "onedata.od1/token": "OD-TOKEN",
+    "rucio.cern/access_token": "RUCIO-ACCESS",
+    "rucio.cern/refresh_token": "RUCIO-REFRESH",
+    "rucio.cern/client_secret": "RUCIO-CLIENT",
+    "rucio.pw/password": "RUCIO-PASSWORD",
+}
+
+
+@pytest.mark.parametrize("cluster", [WITH_MINIO, WITHOUT_MINIO], ids=["minio", "no-minio"])
+def test_provider_credentials_go_to_a_secret_mounted_where_the_runtime_reads_them(
+    cluster: manifests.Cluster,
+) -> None:
+    svc = service("providers")
+    objects = by_kind(manifests.service_objects(svc, cluster))
+    text = objects["ConfigMap"]["data"]["function_config.yaml"]
+    for value in [*PROVIDER_FILES.values(), "minio-ak", "minio-sk"]:
+        assert value not in text
+    # What is not a credential stays, so the runtime has every other setting.
+    providers = yaml.safe_load(text)["storage_providers"]
+    assert providers["webdav"]["dcache"] == {"hostname": "https://dcache.example.org",
+                                             "login": "jo"}
+    assert providers["rucio"]["pw"]["username"] == "jo"
+    assert providers["onedata"]["od1"] == {"oneprovider_host": "op.example.org",
+                                           "space": "data"}
+
+    secret = objects["Secret/stores-providers"]
+    assert secret["metadata"]["labels"]["oscar_service"] == "stores"
+    stored = secret["stringData"]
+    for obj in (objects["Deployment"], manifests.job(svc, cluster, "stores-1", "{}")):
+        spec, _, container = containers(obj)
+        mount = {m["name"]: m for m in container["volumeMounts"]}["provider-secrets"]
+        assert mount == {"name": "provider-secrets",
+                         "mountPath": "/var/run/secrets/providers", "readOnly": True}
+        volume = {v["name"]: v for v in spec["volumes"]}["provider-secrets"]
+        files = {}  # path in the folder -> the value the Secret gives it
+        for source in volume["projected"]["sources"]:
+            name = source["secret"]["name"]
+            data = objects[f"Secret/{name}"]["stringData"]
+            for item in source["secret"]["items"]:
+                files[item["path"]] = data[item["key"]]
+        expected = dict(PROVIDER_FILES)
+        if cluster is WITH_MINIO:  # SPEC 3's names for the cluster MinIO's keys
+            expected |= {"minio.default/accessKey": "minio-ak",
+                         "minio.default/secretKey": "minio-sk"}
+        assert files == expected
+    assert set(stored.values()) == set(PROVIDER_FILES.values())
+
+
+def test_the_fdls_own_minio_default_keys_without_a_cluster_minio() -> None:
+    svc = parse_service({**SERVICES["sync"], "storage_providers": {"minio": {"default": {
+        "endpoint": "http://m:9000", "access_key": "OWN-AK", "secret_key": "OWN-SK"}}}})
+    objects = by_kind(manifests.service_objects(svc, WITHOUT_MINIO))
+    assert objects["Secret/cowsay-providers"]["stringData"] == {
+        "minio.default.access_key": "OWN-AK", "minio.default.secret_key": "OWN-SK"}
+    assert "OWN-SK" not in objects["ConfigMap"]["data"]["function_config.yaml"]
+    # With the cluster's MinIO, the cluster's replaces it: no second copy of its keys.
+    objects = by_kind(manifests.service_objects(svc, WITH_MINIO))
+    assert "Secret/cowsay-providers" not in objects
+
+
+def test_a_provider_id_that_cannot_be_a_file_name_is_refused() -> None:
+    svc = parse_service({**SERVICES["sync"], "storage_providers": {"webdav": {"a/b": {
+        "hostname": "https://h", "login": "l", "password": "p"}}}})
+    with pytest.raises(InvalidService, match=r"storage_providers\.webdav\.a/b: on Kubernetes"):
+        manifests.service_objects(svc, WITH_MINIO)
 
 
 def test_without_a_cluster_minio_the_config_has_no_default_provider() -> None:
@@ -181,10 +281,13 @@ def test_secrets_env_from_and_minio_keys_mounted_where_the_runtime_reads_them() 
     for obj in (objects["Deployment"], manifests.job(svc, WITH_MINIO, "plants-1", "{}")):
         spec, _, container = containers(obj)
         assert container["envFrom"] == [{"secretRef": {"name": "plants"}}]
-        mount = {m["name"]: m for m in container["volumeMounts"]}["minio-keys"]
-        assert mount["mountPath"] == "/var/run/secrets/providers/minio.default"
-        volume = {v["name"]: v for v in spec["volumes"]}["minio-keys"]
-        assert volume["secret"]["secretName"] == "plants-minio"
+        mount = {m["name"]: m for m in container["volumeMounts"]}["provider-secrets"]
+        assert mount["mountPath"] == "/var/run/secrets/providers"
+        volume = {v["name"]: v for v in spec["volumes"]}["provider-secrets"]
+        minio, _ = volume["projected"]["sources"]  # and the s3.aws keys
+        assert minio["secret"] == {"name": "plants-minio", "items": [
+            {"key": "accessKey", "path": "minio.default/accessKey"},
+            {"key": "secretKey", "path": "minio.default/secretKey"}]}
 
 
 def test_no_secret_objects_or_references_without_secrets() -> None:
@@ -215,7 +318,7 @@ def test_sync_deployment_runs_the_watchdog_from_the_injected_runtime() -> None:
     assert mounts == {
         "/oscar/bin": "oscar-bin",
         "/oscar/config": "oscar-config",
-        "/var/run/secrets/providers/minio.default": "minio-keys",
+        "/var/run/secrets/providers": "provider-secrets",
     }
     assert [m["mountPath"] for m in init["volumeMounts"]] == ["/oscar/bin"]
     for probe in ("readinessProbe", "livenessProbe"):

@@ -241,7 +241,8 @@ def test_an_fdl_service_with_rucio_inputs_and_outputs() -> None:
 def test_manifests_carry_rucio_settings_as_every_provider_s(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The runtime's config in the pod holds the rucio provider as it holds webdav's."""
+    """The runtime's config in the pod holds the rucio provider as it holds webdav's, and
+    both passwords are in the providers' Secret, not in the ConfigMap (issue 12)."""
     rucio = {"host": "https://rucio", "account": "jdoe", "rse": "R", "username": "jdoe",
              "password": "pw"}
     webdav = {"hostname": "dcache.example.org", "login": "u", "password": "dav"}
@@ -257,5 +258,10 @@ def test_manifests_carry_rucio_settings_as_every_provider_s(
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     [config_map] = [d for d in docs if d["kind"] == "ConfigMap"]
     config = yaml.safe_load(config_map["data"]["function_config.yaml"])
-    assert config["storage_providers"] == {"rucio": {"cern": rucio}, "webdav": {"dcache": webdav}}
+    without = {k: v for k, v in rucio.items() if k != "password"}
+    assert config["storage_providers"] == {
+        "rucio": {"cern": without}, "webdav": {"dcache": {"hostname": "dcache.example.org",
+                                                          "login": "u"}}}
+    [secret] = [d for d in docs if d["metadata"]["name"] == "reco-providers"]
+    assert secret["stringData"] == {"rucio.cern.password": "pw", "webdav.dcache.password": "dav"}
     assert config["input"] == [{"storage_provider": "rucio.cern", "path": "user.jdoe/raw"}]
