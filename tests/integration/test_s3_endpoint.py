@@ -402,6 +402,41 @@ def test_presigned_urls(endpoint: Endpoint) -> None:
     assert b"<Code>AccessDenied</Code><Message>Request has expired</Message>" in answer.content
 
 
+def test_unsigned_amz_headers_are_refused(endpoint: Endpoint) -> None:
+    """A presigned upload (or a signed request) with an x-amz-* header its signature does
+    not cover, a copy source, must not copy another bucket's object."""
+    s3 = endpoint.client()
+    secret, public = bucket_name(), bucket_name()
+    s3.create_bucket(Bucket=secret)
+    s3.create_bucket(Bucket=public)
+    s3.put_object(Bucket=secret, Key="private.txt", Body=b"TOP SECRET")
+    copy = {"x-amz-copy-source": f"{secret}/private.txt"}
+    keys = sigv4.Keys(endpoint.access_key, endpoint.secret_key)
+    v4 = endpoint.client(signature_version="s3v4")
+    for url in (
+        sigv4.presign(keys, "PUT", f"{endpoint.url}/{public}/upload.txt", 300),
+        v4.generate_presigned_url("put_object", Params={"Bucket": public, "Key": "upload.txt"},
+                                  ExpiresIn=300),
+        s3.generate_presigned_url("put_object", Params={"Bucket": public, "Key": "upload.txt"},
+                                  ExpiresIn=300),  # SigV2: it signs every x-amz-* header
+    ):
+        answer = requests.put(url, data=b"", headers=copy, timeout=30)
+        assert answer.status_code == 403, answer.text
+        assert b"TOP SECRET" not in answer.content
+    request = AWSRequest("PUT", f"{endpoint.url}/{public}/upload.txt", data=b"mine")
+    S3SigV4Auth(Credentials(endpoint.access_key, endpoint.secret_key), "s3",
+                "us-east-1").add_auth(request)
+    answer = requests.put(request.url, headers={**dict(request.headers), **copy}, data=b"mine",
+                          timeout=30)
+    assert answer.status_code == 403
+    assert b"There were headers present in the request which were not signed" in answer.content
+    assert s3.list_objects_v2(Bucket=public).get("Contents") is None
+    # What a presigned request may send besides what it signs (S3 takes it).
+    url = sigv4.presign(keys, "PUT", f"{endpoint.url}/{public}/upload.txt", 300)
+    assert requests.put(url, data=b"x", headers={"x-amz-content-sha256": sigv4.UNSIGNED},
+                        timeout=30).status_code == 200
+
+
 def test_presign_route_of_the_api(endpoint: Endpoint) -> None:
     controller = endpoint.controller
     bucket = bucket_name()
