@@ -122,7 +122,7 @@ class S3Server:
                 return await self.list_buckets()
         elif not r.key:
             if method == "PUT":
-                return await self.create_bucket(r)
+                return await self.create_bucket(r, signed)
             if method == "HEAD":
                 await self._thread(self.objects.bucket, r.bucket)
                 return web.Response(headers={"x-amz-bucket-region": self.region})
@@ -137,7 +137,7 @@ class S3Server:
                     return await self.list_uploads(r)
                 return await self.list_objects(r)
             if method == "POST" and "delete" in q:
-                return await self.delete_objects(r)
+                return await self.delete_objects(r, signed)
         else:
             if method == "PUT":
                 if "uploadId" in q:
@@ -159,7 +159,7 @@ class S3Server:
                 if "uploads" in q:
                     return await self.create_upload(r)
                 if "uploadId" in q:
-                    return await self.complete_upload(r)
+                    return await self.complete_upload(r, signed)
         raise S3Error("MethodNotAllowed", "The specified method is not allowed against this "
                       "resource.")
 
@@ -179,8 +179,8 @@ class S3Server:
             "ListAllMyBucketsResult", [answers.OWNER, f"<Buckets>{items}</Buckets>"]
         ))
 
-    async def create_bucket(self, r: _Request) -> web.Response:
-        await _read_xml(r.request)  # a CreateBucketConfiguration: one region here
+    async def create_bucket(self, r: _Request, signed: sigv4.Signed) -> web.Response:
+        await _read_xml(r, signed)  # a CreateBucketConfiguration: one region here
         await self._thread(self.objects.create_bucket, r.bucket)
         return web.Response(headers={"Location": f"/{r.bucket}"})
 
@@ -241,9 +241,9 @@ class S3Server:
             parts.append(f"<CommonPrefixes>{element('Prefix', key(common))}</CommonPrefixes>")
         return answers.xml_response(answers.document("ListBucketResult", parts))
 
-    async def delete_objects(self, r: _Request) -> web.Response:
+    async def delete_objects(self, r: _Request, signed: sigv4.Signed) -> web.Response:
         await self._thread(self.objects.bucket, r.bucket)
-        keys, quiet = answers.deleted_keys(await _read_xml(r.request))
+        keys, quiet = answers.deleted_keys(await _read_xml(r, signed))
         parts = []
         for key in keys:
             try:
@@ -368,9 +368,9 @@ class S3Server:
             ]))
         return web.Response(headers={"ETag": f'"{part.etag}"'})
 
-    async def complete_upload(self, r: _Request) -> web.Response:
+    async def complete_upload(self, r: _Request, signed: sigv4.Signed) -> web.Response:
         upload = await self._thread(self.objects.upload, r.bucket, r.key, r.query["uploadId"])
-        wanted = answers.completed_parts(await _read_xml(r.request))
+        wanted = answers.completed_parts(await _read_xml(r, signed))
         info = await self._thread(self.objects.complete, upload, wanted)
         host = r.headers.get("host", "")
         return answers.xml_response(answers.document("CompleteMultipartUploadResult", [
@@ -436,10 +436,14 @@ class S3Server:
         return answers.xml_response(answers.document("ListMultipartUploadsResult", items))
 
 
-async def _read_xml(request: web.Request) -> bytes:
-    data = await request.content.read(MAX_XML + 1)
-    if len(data) > MAX_XML:
-        raise S3Error("MalformedXML", "The XML body is too large")
+async def _read_xml(r: _Request, signed: sigv4.Signed) -> bytes:
+    """The XML body, read whole and checked against what the signature declared of it."""
+    data = b""
+    while piece := await r.request.content.read(MAX_XML + 1 - len(data)):
+        data += piece  # read(n) answers what has come, up to n: the whole body is wanted
+        if len(data) > MAX_XML:
+            raise S3Error("MalformedXML", "The XML body is too large")
+    body.check_whole(data, r.headers, signed)
     return data
 
 
