@@ -145,6 +145,35 @@ def test_keys_survive_a_restart_and_flags_replace_them(controllers: ControllerFa
     assert code_of(caught.value) == ("SignatureDoesNotMatch", 403)
 
 
+def test_stale_temporary_files_and_uploads_go_at_start(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    """What a controller killed mid-upload left (a body's temporary file, a part's) and
+    an upload without a part for over 7 days are removed when the next one starts; a
+    recent upload is kept."""
+    storage = tmp_path / "data" / "storage"
+    staging = storage / "bkt" / ".s3-tmp"
+    staging.mkdir(parents=True)
+    (staging / ".s3-tmp-0123456789abcdef").write_bytes(b"half a body")
+    uploads = storage / ".s3-uploads"
+    old, fresh = "a" * 32, "b" * 32
+    for upload_id in (old, fresh):
+        (uploads / upload_id).mkdir(parents=True)
+        (uploads / upload_id / "upload.json").write_text(json.dumps({
+            "bucket": "bkt", "key": f"{upload_id[0]}.bin", "initiated": time.time(),
+            "content_type": "binary/octet-stream", "metadata": {}}))
+    (uploads / fresh / ".s3-tmp-0123456789abcdef").write_bytes(b"half a part")
+    eight_days_ago = time.time() - 8 * 24 * 3600
+    os.utime(uploads / old, (eight_days_ago, eight_days_ago))
+    endpoint = endpoint_of(controllers())
+    listed = endpoint.client().list_multipart_uploads(Bucket="bkt")
+    assert [u["UploadId"] for u in listed.get("Uploads", [])] == [fresh]
+    assert not staging.exists()
+    assert sorted(p.name for p in uploads.iterdir()) == [fresh]
+    assert [p.name for p in (uploads / fresh).iterdir()] == ["upload.json"]
+    assert [p.name for p in (storage / "bkt").iterdir()] == []
+
+
 def test_s3_port_0_serves_none(controllers: ControllerFactory) -> None:
     controller = controllers(args=["--s3-port", "0"])
     provider = controller.request("GET", "/system/config").json()["minio_provider"]

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -29,6 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 MAX_XML = 2 << 20  # a Delete of 1000 keys, a Complete of 10000 parts
 MAX_KEYS = 1000
+EXPIRY_PERIOD = 3600  # seconds between two sweeps of expired multipart uploads
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
     "response-content-language": "Content-Language",
@@ -56,10 +57,30 @@ def s3_app(
     middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
     """The app; `middlewares` (CORS, say) run before S3's own error answers."""
-    server = S3Server(Objects(root), keys, region)
+    objects = Objects(root)  # stale temporary files and expired uploads removed here
+    server = S3Server(objects, keys, region)
     app = web.Application(middlewares=[*middlewares, _errors])  # type: ignore[list-item]
     app.router.add_route("*", "/{tail:.*}", server.dispatch)
+    app.cleanup_ctx.append(lambda _: _expiring(objects))
     return app
+
+
+async def _expiring(objects: Objects) -> AsyncIterator[None]:
+    """Stale multipart uploads expired every EXPIRY_PERIOD while the endpoint serves."""
+
+    async def expire() -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_PERIOD)  # a period, not a wait for an event
+            try:
+                await asyncio.to_thread(objects.expire_uploads)
+            except OSError:
+                logger.exception("expiring multipart uploads failed")
+
+    task = asyncio.ensure_future(expire())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @web.middleware

@@ -12,7 +12,10 @@
   it names the size and time it describes. A file put in the folder by other means (or
   on a file system without user attributes) has none: its ETag is then derived from its
   size, time and inode, its type `binary/octet-stream`.
-* Multipart uploads live in `<root>/.s3-uploads/<id>/` until completed or aborted.
+* Multipart uploads live in `<root>/.s3-uploads/<id>/` until completed or aborted, or
+  expired: UPLOAD_EXPIRY after their last part (MinIO expires stale uploads likewise).
+* Only this process writes the hidden names: what it finds of them when made (a
+  controller killed mid-PUT) is stale, and is removed then.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ MAX_PARTS = 10000
 COPY_CHUNK = 64 << 20
 LAST = "\U0010ffff"  # above every character: `prefix + LAST` is after every key under it
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+UPLOAD_EXPIRY = 7 * 24 * 3600  # seconds without a new part before an upload is dropped
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,30 @@ class Objects:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.uploads = self.root / UPLOADS
+        self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        """Temporary files left by an earlier process gone, and expired uploads."""
+        for entry in os.scandir(self.root):
+            if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(Path(entry.path, STAGING), ignore_errors=True)
+        if self.uploads.is_dir():
+            for temp in self.uploads.glob(f"*/{TEMP_PREFIX}*"):
+                temp.unlink(missing_ok=True)
+        self.expire_uploads()
+
+    def expire_uploads(self, now: float | None = None) -> None:
+        """Uploads without a new part for UPLOAD_EXPIRY (a part's rename into its folder
+        renews the folder's time) removed, as if aborted."""
+        limit = (time.time() if now is None else now) - UPLOAD_EXPIRY
+        try:
+            entries = list(os.scandir(self.uploads))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < limit:
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
     # ---- buckets ---------------------------------------------------------------------
 
