@@ -145,6 +145,35 @@ def test_keys_survive_a_restart_and_flags_replace_them(controllers: ControllerFa
     assert code_of(caught.value) == ("SignatureDoesNotMatch", 403)
 
 
+def test_stale_temporary_files_and_uploads_go_at_start(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    """What a controller killed mid-upload left (a body's temporary file, a part's) and
+    an upload without a part for over 7 days are removed when the next one starts; a
+    recent upload is kept."""
+    storage = tmp_path / "data" / "storage"
+    staging = storage / "bkt" / ".s3-tmp"
+    staging.mkdir(parents=True)
+    (staging / ".s3-tmp-0123456789abcdef").write_bytes(b"half a body")
+    uploads = storage / ".s3-uploads"
+    old, fresh = "a" * 32, "b" * 32
+    for upload_id in (old, fresh):
+        (uploads / upload_id).mkdir(parents=True)
+        (uploads / upload_id / "upload.json").write_text(json.dumps({
+            "bucket": "bkt", "key": f"{upload_id[0]}.bin", "initiated": time.time(),
+            "content_type": "binary/octet-stream", "metadata": {}}))
+    (uploads / fresh / ".s3-tmp-0123456789abcdef").write_bytes(b"half a part")
+    eight_days_ago = time.time() - 8 * 24 * 3600
+    os.utime(uploads / old, (eight_days_ago, eight_days_ago))
+    endpoint = endpoint_of(controllers())
+    listed = endpoint.client().list_multipart_uploads(Bucket="bkt")
+    assert [u["UploadId"] for u in listed.get("Uploads", [])] == [fresh]
+    assert not staging.exists()
+    assert sorted(p.name for p in uploads.iterdir()) == [fresh]
+    assert [p.name for p in (uploads / fresh).iterdir()] == ["upload.json"]
+    assert [p.name for p in (storage / "bkt").iterdir()] == []
+
+
 def test_s3_port_0_serves_none(controllers: ControllerFactory) -> None:
     controller = controllers(args=["--s3-port", "0"])
     provider = controller.request("GET", "/system/config").json()["minio_provider"]
@@ -400,6 +429,41 @@ def test_presigned_urls(endpoint: Endpoint) -> None:
     answer = requests.get(expired, timeout=30)
     assert answer.status_code == 403
     assert b"<Code>AccessDenied</Code><Message>Request has expired</Message>" in answer.content
+
+
+def test_unsigned_amz_headers_are_refused(endpoint: Endpoint) -> None:
+    """A presigned upload (or a signed request) with an x-amz-* header its signature does
+    not cover, a copy source, must not copy another bucket's object."""
+    s3 = endpoint.client()
+    secret, public = bucket_name(), bucket_name()
+    s3.create_bucket(Bucket=secret)
+    s3.create_bucket(Bucket=public)
+    s3.put_object(Bucket=secret, Key="private.txt", Body=b"TOP SECRET")
+    copy = {"x-amz-copy-source": f"{secret}/private.txt"}
+    keys = sigv4.Keys(endpoint.access_key, endpoint.secret_key)
+    v4 = endpoint.client(signature_version="s3v4")
+    for url in (
+        sigv4.presign(keys, "PUT", f"{endpoint.url}/{public}/upload.txt", 300),
+        v4.generate_presigned_url("put_object", Params={"Bucket": public, "Key": "upload.txt"},
+                                  ExpiresIn=300),
+        s3.generate_presigned_url("put_object", Params={"Bucket": public, "Key": "upload.txt"},
+                                  ExpiresIn=300),  # SigV2: it signs every x-amz-* header
+    ):
+        answer = requests.put(url, data=b"", headers=copy, timeout=30)
+        assert answer.status_code == 403, answer.text
+        assert b"TOP SECRET" not in answer.content
+    request = AWSRequest("PUT", f"{endpoint.url}/{public}/upload.txt", data=b"mine")
+    S3SigV4Auth(Credentials(endpoint.access_key, endpoint.secret_key), "s3",
+                "us-east-1").add_auth(request)
+    answer = requests.put(request.url, headers={**dict(request.headers), **copy}, data=b"mine",
+                          timeout=30)
+    assert answer.status_code == 403
+    assert b"There were headers present in the request which were not signed" in answer.content
+    assert s3.list_objects_v2(Bucket=public).get("Contents") is None
+    # What a presigned request may send besides what it signs (S3 takes it).
+    url = sigv4.presign(keys, "PUT", f"{endpoint.url}/{public}/upload.txt", 300)
+    assert requests.put(url, data=b"x", headers={"x-amz-content-sha256": sigv4.UNSIGNED},
+                        timeout=30).status_code == 200
 
 
 def test_presign_route_of_the_api(endpoint: Endpoint) -> None:

@@ -3,10 +3,13 @@ and keys that must not leave the store."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
+from faas_supervisor.controller.s3 import objects as objects_module
 from faas_supervisor.controller.s3.errors import S3Error
 from faas_supervisor.controller.s3.objects import Objects
 
@@ -88,3 +91,52 @@ def test_a_description_names_what_it_describes(tmp_path: Path) -> None:
 def test_max_keys_0_lists_nothing_and_no_next_page(tmp_path: Path) -> None:
     listed = store(tmp_path, ["k"]).list_page("bkt", "", "", "", 0)
     assert (listed.objects, listed.prefixes, listed.truncated) == ([], [], False)
+
+
+def test_a_put_while_its_bucket_is_deleted_is_never_lost(tmp_path: Path) -> None:
+    """DeleteBucket found the bucket empty; a PutObject commits right then: either the
+    object is kept (the bucket too) or the put fails, never a success whose object is
+    removed with the bucket."""
+    objects = Objects(tmp_path)
+    objects.create_bucket("bkt")
+    temp = objects.temporary("bkt", "late.txt")
+    temp.write_bytes(b"late")
+    outcome: list[object] = []
+
+    def put() -> None:
+        try:
+            outcome.append(objects.commit(temp, "bkt", "late.txt", "0" * 32, "text/plain", {}))
+        except S3Error as error:
+            outcome.append(error)
+
+    real = objects_module._holds_files
+
+    def checked_then_put(folder: Path) -> bool:
+        found = real(folder)
+        putter = threading.Thread(target=put)
+        putter.start()
+        putter.join(timeout=0.5)  # the put's chance to commit between check and removal
+        threads.append(putter)
+        return found
+
+    threads: list[threading.Thread] = []
+    with mock.patch.object(objects_module, "_holds_files", checked_then_put):
+        objects.delete_bucket("bkt")
+    threads[0].join()
+    (result,) = outcome
+    assert isinstance(result, S3Error) and result.code == "NoSuchBucket"
+    assert not (tmp_path / "bkt").exists()
+
+
+def test_a_bucket_holding_a_hidden_file_is_not_empty(tmp_path: Path) -> None:
+    objects = Objects(tmp_path)
+    objects.create_bucket("bkt")
+    (tmp_path / "bkt" / "folder").mkdir()
+    (tmp_path / "bkt" / "folder" / ".env").write_text("kept")
+    with pytest.raises(S3Error) as caught:
+        objects.delete_bucket("bkt")
+    assert caught.value.code == "BucketNotEmpty"
+    assert (tmp_path / "bkt" / "folder" / ".env").read_text() == "kept"
+    (tmp_path / "bkt" / "folder" / ".env").unlink()
+    objects.delete_bucket("bkt")  # empty folders do not count
+    assert not (tmp_path / "bkt").exists()

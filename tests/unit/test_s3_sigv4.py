@@ -115,6 +115,34 @@ def test_presign_signs_the_headers_it_is_given() -> None:
         sigv4.verify(KEYS, "PUT", path, query, {**headers, "content-type": "x/y"}, now=WHEN + 1)
 
 
+def test_an_unsigned_amz_header_is_refused_in_both_forms() -> None:
+    """A copy source (or any x-amz-* header) not in SignedHeaders would change what the
+    signed request does: S3 refuses it, whatever the signature."""
+    copy = {"x-amz-copy-source": "secretb/private.txt"}
+    with pytest.raises(S3Error) as caught:
+        sigv4.verify(KEYS, "GET", "/test.txt", "", {**GET_HEADERS, **copy}, now=WHEN)
+    assert caught.value.code == "AccessDenied"
+    assert caught.value.message.startswith("There were headers present in the request which "
+                                           "were not signed")
+    presigned = {"host": "examplebucket.s3.amazonaws.com"}
+    with pytest.raises(S3Error) as caught:
+        sigv4.verify(KEYS, "GET", "/test.txt", PRESIGNED_QUERY, {**presigned, **copy},
+                     now=WHEN + 1)
+    assert caught.value.code == "AccessDenied"
+    # What a presigned request may send unsigned, as S3 takes it.
+    sigv4.verify(KEYS, "GET", "/test.txt", PRESIGNED_QUERY,
+                 {**presigned, "x-amz-content-sha256": sigv4.UNSIGNED}, now=WHEN + 1)
+
+
+def test_signature_v2_signs_every_amz_header() -> None:
+    pairs = [("AWSAccessKeyId", "AKIAIOSFODNN7EXAMPLE"), ("Expires", "1175139620"),
+             ("Signature", "NpgCjnDzrM+WFzoENXmpNDUsSn8=")]
+    with pytest.raises(S3Error) as caught:
+        sigv2.verify(KEYS, "GET", "/johnsmith/photos/puppy.jpg", pairs,
+                     {"x-amz-copy-source": "secretb/private.txt"}, now=1175139620 - 10)
+    assert caught.value.code == "SignatureDoesNotMatch"
+
+
 # The reference's chunked PutObject: 65536 + 1024 bytes of `a`, in two signed chunks.
 CHUNKED_HEADERS = {
     "host": "s3.amazonaws.com",

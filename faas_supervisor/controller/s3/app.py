@@ -12,7 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -29,6 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 MAX_XML = 2 << 20  # a Delete of 1000 keys, a Complete of 10000 parts
 MAX_KEYS = 1000
+EXPIRY_PERIOD = 3600  # seconds between two sweeps of expired multipart uploads
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
     "response-content-language": "Content-Language",
@@ -56,10 +57,30 @@ def s3_app(
     middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
     """The app; `middlewares` (CORS, say) run before S3's own error answers."""
-    server = S3Server(Objects(root), keys, region)
+    objects = Objects(root)  # stale temporary files and expired uploads removed here
+    server = S3Server(objects, keys, region)
     app = web.Application(middlewares=[*middlewares, _errors])  # type: ignore[list-item]
     app.router.add_route("*", "/{tail:.*}", server.dispatch)
+    app.cleanup_ctx.append(lambda _: _expiring(objects))
     return app
+
+
+async def _expiring(objects: Objects) -> AsyncIterator[None]:
+    """Stale multipart uploads expired every EXPIRY_PERIOD while the endpoint serves."""
+
+    async def expire() -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_PERIOD)  # a period, not a wait for an event
+            try:
+                await asyncio.to_thread(objects.expire_uploads)
+            except OSError:
+                logger.exception("expiring multipart uploads failed")
+
+    task = asyncio.ensure_future(expire())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @web.middleware
@@ -122,7 +143,7 @@ class S3Server:
                 return await self.list_buckets()
         elif not r.key:
             if method == "PUT":
-                return await self.create_bucket(r)
+                return await self.create_bucket(r, signed)
             if method == "HEAD":
                 await self._thread(self.objects.bucket, r.bucket)
                 return web.Response(headers={"x-amz-bucket-region": self.region})
@@ -137,7 +158,7 @@ class S3Server:
                     return await self.list_uploads(r)
                 return await self.list_objects(r)
             if method == "POST" and "delete" in q:
-                return await self.delete_objects(r)
+                return await self.delete_objects(r, signed)
         else:
             if method == "PUT":
                 if "uploadId" in q:
@@ -159,7 +180,7 @@ class S3Server:
                 if "uploads" in q:
                     return await self.create_upload(r)
                 if "uploadId" in q:
-                    return await self.complete_upload(r)
+                    return await self.complete_upload(r, signed)
         raise S3Error("MethodNotAllowed", "The specified method is not allowed against this "
                       "resource.")
 
@@ -179,8 +200,8 @@ class S3Server:
             "ListAllMyBucketsResult", [answers.OWNER, f"<Buckets>{items}</Buckets>"]
         ))
 
-    async def create_bucket(self, r: _Request) -> web.Response:
-        await _read_xml(r.request)  # a CreateBucketConfiguration: one region here
+    async def create_bucket(self, r: _Request, signed: sigv4.Signed) -> web.Response:
+        await _read_xml(r, signed)  # a CreateBucketConfiguration: one region here
         await self._thread(self.objects.create_bucket, r.bucket)
         return web.Response(headers={"Location": f"/{r.bucket}"})
 
@@ -241,9 +262,9 @@ class S3Server:
             parts.append(f"<CommonPrefixes>{element('Prefix', key(common))}</CommonPrefixes>")
         return answers.xml_response(answers.document("ListBucketResult", parts))
 
-    async def delete_objects(self, r: _Request) -> web.Response:
+    async def delete_objects(self, r: _Request, signed: sigv4.Signed) -> web.Response:
         await self._thread(self.objects.bucket, r.bucket)
-        keys, quiet = answers.deleted_keys(await _read_xml(r.request))
+        keys, quiet = answers.deleted_keys(await _read_xml(r, signed))
         parts = []
         for key in keys:
             try:
@@ -368,9 +389,9 @@ class S3Server:
             ]))
         return web.Response(headers={"ETag": f'"{part.etag}"'})
 
-    async def complete_upload(self, r: _Request) -> web.Response:
+    async def complete_upload(self, r: _Request, signed: sigv4.Signed) -> web.Response:
         upload = await self._thread(self.objects.upload, r.bucket, r.key, r.query["uploadId"])
-        wanted = answers.completed_parts(await _read_xml(r.request))
+        wanted = answers.completed_parts(await _read_xml(r, signed))
         info = await self._thread(self.objects.complete, upload, wanted)
         host = r.headers.get("host", "")
         return answers.xml_response(answers.document("CompleteMultipartUploadResult", [
@@ -436,10 +457,14 @@ class S3Server:
         return answers.xml_response(answers.document("ListMultipartUploadsResult", items))
 
 
-async def _read_xml(request: web.Request) -> bytes:
-    data = await request.content.read(MAX_XML + 1)
-    if len(data) > MAX_XML:
-        raise S3Error("MalformedXML", "The XML body is too large")
+async def _read_xml(r: _Request, signed: sigv4.Signed) -> bytes:
+    """The XML body, read whole and checked against what the signature declared of it."""
+    data = b""
+    while piece := await r.request.content.read(MAX_XML + 1 - len(data)):
+        data += piece  # read(n) answers what has come, up to n: the whole body is wanted
+        if len(data) > MAX_XML:
+            raise S3Error("MalformedXML", "The XML body is too large")
+    body.check_whole(data, r.headers, signed)
     return data
 
 

@@ -132,6 +132,34 @@ async def receive(
     return Received(sink.size, sink.md5.hexdigest())
 
 
+def check_whole(data: bytes, headers: Mapping[str, str], signed: sigv4.Signed) -> None:
+    """A small body read whole (an XML request: DeleteObjects, CompleteMultipartUpload,
+    CreateBucket) checked as `receive` checks a streamed one: its signed SHA-256, then the
+    Content-MD5 and `x-amz-checksum-*` headers declared. aws-chunked is for object data
+    only (no SDK sends it for these requests): refused, never taken unchecked."""
+    if signed.payload in sigv4.STREAMING:
+        raise S3Error("InvalidRequest", "aws-chunked bodies are taken for object data only")
+    if signed.payload != sigv4.UNSIGNED and hashlib.sha256(data).hexdigest() != signed.payload:
+        raise S3Error("XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header "
+                      "does not match what was computed.")
+    content_md5 = headers.get("content-md5")
+    if content_md5 is not None and (
+        content_md5.strip() != base64.b64encode(hashlib.md5(data).digest()).decode()
+    ):
+        raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we "
+                      "received.")
+    for name, value in headers.items():
+        if name.startswith("x-amz-checksum-") and name != "x-amz-checksum-type":
+            algorithm = name.removeprefix("x-amz-checksum-")
+            hasher = _checksum(algorithm)
+            if hasher is None:
+                continue
+            hasher.update(data)
+            if value.strip() != base64.b64encode(hasher.digest()).decode():
+                raise S3Error("BadDigest", f"The {algorithm.upper()} you specified did not "
+                              "match the calculated checksum.")
+
+
 async def _plain(reader: StreamReader) -> AsyncIterator[bytes]:
     while True:
         data = await reader.readany()

@@ -12,7 +12,10 @@
   it names the size and time it describes. A file put in the folder by other means (or
   on a file system without user attributes) has none: its ETag is then derived from its
   size, time and inode, its type `binary/octet-stream`.
-* Multipart uploads live in `<root>/.s3-uploads/<id>/` until completed or aborted.
+* Multipart uploads live in `<root>/.s3-uploads/<id>/` until completed or aborted, or
+  expired: UPLOAD_EXPIRY after their last part (MinIO expires stale uploads likewise).
+* Only this process writes the hidden names: what it finds of them when made (a
+  controller killed mid-PUT) is stale, and is removed then.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +48,7 @@ MAX_PARTS = 10000
 COPY_CHUNK = 64 << 20
 LAST = "\U0010ffff"  # above every character: `prefix + LAST` is after every key under it
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+UPLOAD_EXPIRY = 7 * 24 * 3600  # seconds without a new part before an upload is dropped
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,34 @@ class Objects:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.uploads = self.root / UPLOADS
+        # Held by what puts an object in a bucket and by DeleteBucket's check and removal:
+        # an object answered 200 is never removed with a bucket found empty just before.
+        # (All of it runs in threads, asyncio.to_thread: a thread lock, not an asyncio one.)
+        self._lock = threading.Lock()
+        self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        """Temporary files left by an earlier process gone, and expired uploads."""
+        for entry in os.scandir(self.root):
+            if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(Path(entry.path, STAGING), ignore_errors=True)
+        if self.uploads.is_dir():
+            for temp in self.uploads.glob(f"*/{TEMP_PREFIX}*"):
+                temp.unlink(missing_ok=True)
+        self.expire_uploads()
+
+    def expire_uploads(self, now: float | None = None) -> None:
+        """Uploads without a new part for UPLOAD_EXPIRY (a part's rename into its folder
+        renews the folder's time) removed, as if aborted."""
+        limit = (time.time() if now is None else now) - UPLOAD_EXPIRY
+        try:
+            entries = list(os.scandir(self.uploads))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < limit:
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
     # ---- buckets ---------------------------------------------------------------------
 
@@ -125,14 +158,15 @@ class Objects:
             ) from None
 
     def delete_bucket(self, bucket: str) -> None:
-        path = self.bucket(bucket)
-        if _holds_files(path):
-            raise S3Error(
-                "BucketNotEmpty", "The bucket you tried to delete is not empty", f"/{bucket}"
-            )
-        for upload in self.list_uploads(bucket):
-            self.abort(bucket, upload.key, upload.upload_id)
-        shutil.rmtree(path)  # what is left is hidden: partial uploads
+        with self._lock:
+            path = self.bucket(bucket)
+            if _holds_files(path):
+                raise S3Error(
+                    "BucketNotEmpty", "The bucket you tried to delete is not empty", f"/{bucket}"
+                )
+            for upload in self.list_uploads(bucket):
+                self.abort(bucket, upload.key, upload.upload_id)
+            shutil.rmtree(path)  # what is left: empty folders, bodies being received
 
     # ---- keys and objects ------------------------------------------------------------
 
@@ -191,9 +225,11 @@ class Objects:
             if folder.exists() and not folder.is_dir():
                 raise _parent_is_object(bucket, key)
         staging = base / STAGING
-        staging.mkdir(exist_ok=True)
         temp = staging / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-        os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        with self._lock:
+            self.bucket(bucket)  # not deleted since
+            staging.mkdir(exist_ok=True)
+            os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         return temp
 
     def commit(
@@ -206,33 +242,38 @@ class Objects:
         metadata: dict[str, str],
     ) -> ObjectInfo:
         """The written `temp` renamed into place as `key` (its description set first)."""
-        path = self.path(bucket, key)
         try:
             _describe(temp, etag, content_type, metadata)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except (FileExistsError, NotADirectoryError):
-                raise _parent_is_object(bucket, key) from None
-            if path.is_dir() and not path.is_symlink():
-                raise S3Error(
-                    "XMinioObjectExistsAsDirectory",
-                    "Object name already exists as a directory.",
-                    f"/{bucket}/{key}",
-                )
-            os.rename(temp, path)
+            with self._lock:
+                return self._rename(temp, bucket, key)
         except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
+
+    def _rename(self, temp: Path, bucket: str, key: str) -> ObjectInfo:
+        path = self.path(bucket, key)  # NoSuchBucket if deleted since `temporary`
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise _parent_is_object(bucket, key) from None
+        if path.is_dir() and not path.is_symlink():
+            raise S3Error(
+                "XMinioObjectExistsAsDirectory",
+                "Object name already exists as a directory.",
+                f"/{bucket}/{key}",
+            )
+        os.rename(temp, path)
         return _described(key, path, path.lstat())
 
     def make_folder(self, bucket: str, key: str) -> ObjectInfo:
-        path = self.path(bucket, key)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise _parent_is_object(bucket, key) from None
-        return self.info(bucket, key)
+        with self._lock:  # the bucket's folder is not made again once deleted
+            path = self.path(bucket, key)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise _parent_is_object(bucket, key) from None
+            return self.info(bucket, key)
 
     def delete(self, bucket: str, key: str) -> None:
         """The object gone (none is not an error, as S3 answers it); a folder only when it
@@ -533,11 +574,13 @@ class _Walker:
 
 
 def _holds_files(folder: Path) -> bool:
-    """Whether any object is below the folder: folders left empty (as deleting an object
-    leaves them, to keep the service's input folders) do not keep a bucket from going."""
-    for _, folders, files in os.walk(folder):
-        folders[:] = [f for f in folders if not f.startswith(".")]
-        if any(not f.startswith(".") for f in files):
+    """Whether any file is below the bucket's folder, but bodies being received: folders
+    left empty (as deleting an object leaves them, to keep the service's input folders)
+    do not keep a bucket from going; a hidden file put there by other means does."""
+    for top, folders, files in os.walk(folder):
+        if top == str(folder):
+            folders[:] = [f for f in folders if f != STAGING]
+        if files:
             return True
     return False
 

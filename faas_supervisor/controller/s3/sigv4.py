@@ -30,6 +30,8 @@ STREAMING = (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAI
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_SKEW = 15 * 60  # seconds a signed request's time may differ from ours (S3's)
 MAX_EXPIRES = 7 * 24 * 3600  # a presigned URL's longest life (S3's)
+# What a presigned request may send unsigned (S3 takes it; the query's hash is the one used).
+PRESIGNED_UNSIGNED = ("x-amz-content-sha256",)
 
 
 @dataclass(frozen=True)
@@ -176,8 +178,7 @@ def verify(
     if not amz_date.startswith(credential.date):
         raise S3Error("AuthorizationHeaderMalformed", "the credential's date is not X-Amz-Date's")
     signed_headers = fields["SignedHeaders"].split(";")
-    if "host" not in signed_headers:
-        raise S3Error("AccessDenied", "the Host header must be signed")
+    _check_signed_headers(signed_headers, headers, ())
     _check_access_key(keys, credential)
     when = _epoch(amz_date)
     if abs(now - when) > MAX_SKEW:
@@ -229,8 +230,7 @@ def _verify_query(
                       f"X-Amz-Expires must be 1 to {MAX_EXPIRES} seconds")
     _check_access_key(keys, credential)
     signed_headers = query["X-Amz-SignedHeaders"].split(";")
-    if "host" not in signed_headers:
-        raise S3Error("AccessDenied", "the Host header must be signed")
+    _check_signed_headers(signed_headers, headers, PRESIGNED_UNSIGNED)
     when = _epoch(amz_date)
     if now < when - MAX_SKEW:
         raise S3Error("AccessDenied", "Request is not valid yet")
@@ -251,6 +251,22 @@ def _verify_query(
         raise S3Error("SignatureDoesNotMatch", "the request signature we calculated does not "
                       "match the signature you provided; check your key and signing method")
     return Signed(payload, amz_date, credential.scope, expected, key)
+
+
+def _check_signed_headers(
+    signed_headers: list[str], headers: Mapping[str, str], exempt: Iterable[str]
+) -> None:
+    """Host and every `x-amz-*` header sent must be signed, as S3 requires: an unsigned
+    one (a copy source, metadata) would change what a signed request does."""
+    if "host" not in signed_headers:
+        raise S3Error("AccessDenied", "the Host header must be signed")
+    unsigned = [
+        name for name in headers
+        if name.startswith("x-amz-") and name not in signed_headers and name not in exempt
+    ]
+    if unsigned:
+        raise S3Error("AccessDenied", "There were headers present in the request which were "
+                      f"not signed: {', '.join(sorted(unsigned))}")
 
 
 def _check_access_key(keys: Keys, credential: _Credential) -> None:
