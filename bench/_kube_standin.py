@@ -33,7 +33,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration import fake_kube_api as fake  # noqa: E402
+from tests.integration import fake_kube_api as fake
 
 
 class BenchKubeApi(fake.FakeKubeApi):

@@ -41,9 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 import _common as c
+import aiohttp
 
 USER, PASSWORD = "bench", "bench-password"
 NS = "oscar-svc"
@@ -388,9 +387,9 @@ def docker_run(args: argparse.Namespace, workdir: Path) -> Run:
 
 
 async def delete(url: str, name: str) -> None:
-    async with aiohttp.ClientSession(url, headers=auth()) as http:
-        async with http.delete(f"/system/services/{name}"):
-            pass
+    async with aiohttp.ClientSession(url, headers=auth()) as http, \
+            http.delete(f"/system/services/{name}"):
+        pass
 
 
 # ---- the report ------------------------------------------------------------------------------

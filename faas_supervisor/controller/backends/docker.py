@@ -540,10 +540,8 @@ class DockerBackend:
                 last[replica.id] = (ns, now)
             if not shares:
                 continue
+            desired = desired_replicas(len(replicas), shares, threshold, least, most)
             ratio = sum(shares) / len(shares) / threshold
-            desired = len(replicas)
-            if abs(ratio - 1) > SCALE_TOLERANCE:
-                desired = min(most, max(least, math.ceil(len(replicas) * ratio)))
             lower = lower + 1 if desired < len(replicas) else 0
             if desired > len(replicas):
                 logger.info("scaling up", service=name, cpu_percent=round(ratio * threshold),
@@ -695,6 +693,16 @@ class DockerBackend:
         if error:
             raise DockerError(f"docker: job container {container.name}: {error}")
         return code
+
+
+def desired_replicas(count: int, shares: list[float], threshold: int, least: int,
+                     most: int) -> int:
+    """The HPA's rule: ceil(count x mean CPU% / threshold), within [least, most]; a mean
+    within SCALE_TOLERANCE of the threshold keeps the count."""
+    ratio = sum(shares) / len(shares) / threshold
+    if abs(ratio - 1) <= SCALE_TOLERANCE:
+        return max(least, min(most, count))
+    return min(most, max(least, math.ceil(count * ratio)))
 
 
 def _event_text(event: Path) -> str | None:
