@@ -62,6 +62,20 @@ def declare_arguments(sub: argparse.ArgumentParser) -> None:
         help="seconds between listings of every input path for objects that have no job "
         "yet, as when their event was lost (default 60; also at start)",
     )
+    sub.add_argument(
+        "--sync-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds /run/NAME waits for a starting service to be ready (default 60)",
+    )
+    sub.add_argument(
+        "--job-retention",
+        type=float,
+        default=7 * 86400.0,
+        metavar="SECONDS",
+        help="seconds a finished job (its status and logs) is kept (default 604800: 7 days)",
+    )
     kube = sub.add_argument_group("kubernetes and docker backends")
     kube.add_argument("--namespace", help="where services go (default oscar-svc)")
     kube.add_argument(

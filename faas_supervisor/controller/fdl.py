@@ -82,6 +82,7 @@ class Service:
     visibility: str = "private"
     allowed_users: tuple[str, ...] = ()
     cluster_id: str = ""
+    image_pull_secrets: tuple[str, ...] = ()  # Secrets the cluster logs in to registries with
     token: str = field(default="", repr=False)
 
     @property
@@ -200,7 +201,20 @@ def parse_service(data: Any, where: str = "", *, yaml_scalars: bool = False) -> 
             for u in _list(data.get("allowed_users"), key("allowed_users"))
         ),
         cluster_id=text(_or_default(data.get("cluster_id"), ""), key("cluster_id")),
+        image_pull_secrets=_pull_secrets(
+            [text(v, key("image_pull_secrets"))
+             for v in _list(data.get("image_pull_secrets"), key("image_pull_secrets"))],
+            key("image_pull_secrets"),
+        ),
     )
+
+
+def _pull_secrets(names: list[str], where: str) -> tuple[str, ...]:
+    """Names of Secrets in the services' namespace: DNS subdomain names."""
+    for name in names:
+        if not _NAME.fullmatch(name.replace(".", "-")) or len(name) > 253:
+            raise InvalidService(f"{where}: {name!r} is not a Secret's name")
+    return tuple(names)
 
 
 def parse_service_json(body: bytes) -> Service:
@@ -525,6 +539,8 @@ def service_json(service: Service, default_minio: Mapping[str, Any]) -> dict[str
         "input": [entry.to_json() for entry in service.input],
         "output": [entry.to_json() for entry in service.output],
         "script": service.script,
+        **({"image_pull_secrets": list(service.image_pull_secrets)}
+           if service.image_pull_secrets else {}),  # omitempty, as the manager's
         "expose": expose,
         # Secret values live with the backend only; the manager blanks them likewise.
         "environment": {

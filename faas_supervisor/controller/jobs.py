@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from faas_supervisor.controller.backends import Backend, JobInterrupted
+from faas_supervisor.controller.backends import Backend, JobInterrupted, LiveLogs
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import EVENT_MAX, object_id
 from faas_supervisor.controller.store import FINISHED, PENDING, Store
@@ -50,12 +51,14 @@ class Jobs:
         folder: Path,
         max_jobs: int,
         services: Callable[[str], Service | None],
+        retention: float = 7 * 86400.0,
     ) -> None:
         self.store = store
         self.backend = backend
         self.folder = folder
         self.max_jobs = max(1, max_jobs)
         self.services = services
+        self.retention = retention  # seconds a finished job is kept (--job-retention)
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.running: dict[str, asyncio.Task[int]] = {}
         self._workers: list[asyncio.Task[None]] = []
@@ -77,6 +80,21 @@ class Jobs:
         self._workers = [
             asyncio.create_task(self._work(), name=f"job-worker-{i}") for i in range(self.max_jobs)
         ]
+        self._workers.append(asyncio.create_task(self._prune(), name="job-pruner"))
+
+    async def _prune(self) -> None:
+        """Finished jobs older than the retention go, as OSCAR's TTL does to its Jobs:
+        looked for a few times per retention period, at most hourly."""
+        interval = max(0.05, min(3600.0, self.retention / 4))
+        while True:
+            try:
+                pruned = self.store.prune_jobs(time.time() - self.retention)
+            except Exception as exc:  # a full disk, say: tried again next time
+                logger.warning("cannot forget old jobs", error=str(exc))
+            else:
+                if pruned:
+                    logger.info("old jobs forgotten", jobs=pruned, retention=self.retention)
+            await asyncio.sleep(interval)
 
     def _remove_strays(self) -> None:
         """Files with no job to own them (a controller stopped between writing a job's
@@ -198,6 +216,13 @@ class Jobs:
         """What a running job has written so far, or a finished job's stored logs: a
         chunk at a time, each read in a thread, so that a large log holds neither the
         event loop nor the memory."""
+        if name in self.running and isinstance(self.backend, LiveLogs):
+            live = await self.backend.live_logs(name)
+            if live is not None:  # running where its log file is not written yet
+                with contextlib.suppress(FileNotFoundError):  # an earlier run's notes
+                    yield await asyncio.to_thread(self.log_path(name).read_bytes)
+                yield live
+                return
         try:
             log = await asyncio.to_thread(open, self.log_path(name), "rb")
         except FileNotFoundError:  # not started, or finished (its file goes once stored)

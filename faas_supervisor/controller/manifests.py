@@ -16,6 +16,9 @@ faas-supervisor`, so the backend finds all it made for a service by label alone.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +83,11 @@ class Cluster:
 
 def minio_secret_name(name: str) -> str:
     return f"{name}-minio"
+
+
+def auth_secret_name(name: str) -> str:
+    """OSCAR's name for the basic-auth credentials of an exposed service (`set_auth`)."""
+    return f"{name}-auth-expose"
 
 
 def exposed_names(name: str) -> dict[str, str]:
@@ -171,6 +179,21 @@ def minio_secret(service: Service, cluster: Cluster) -> dict[str, Any] | None:
     return _secret(minio_secret_name(service.name), service, cluster, keys)
 
 
+def auth_secret(service: Service, cluster: Cluster) -> dict[str, Any] | None:
+    """`set_auth`: the htpasswd line ingress-nginx checks an exposed service's callers
+    against, as OSCAR's: the user is the service's name, the password its token. Hashed
+    as salted SHA-1 (`{SSHA}`, which nginx's auth_basic reads): the token is 256 random
+    bits, so the hash needs no slowness, and the standard library makes it."""
+    if not (service.exposed and service.expose.set_auth and service.token):
+        # No token (rendered offline, from an FDL file): no Secret, and ingress-nginx,
+        # finding none, lets no one in.
+        return None
+    salt = os.urandom(8)
+    digest = hashlib.sha1(service.token.encode() + salt, usedforsecurity=False).digest()
+    line = f"{service.name}:{{SSHA}}{base64.b64encode(digest + salt).decode()}"
+    return _secret(auth_secret_name(service.name), service, cluster, {"auth": line})
+
+
 def _secret(
     name: str, service: Service, cluster: Cluster, data: dict[str, str]
 ) -> dict[str, Any]:
@@ -219,6 +242,11 @@ def _pod_spec(
     }
     if service.secrets:
         container["envFrom"] = [{"secretRef": {"name": service.name}}]
+    if service.image_pull_secrets:
+        extra = {
+            "imagePullSecrets": [{"name": name} for name in service.image_pull_secrets],
+            **extra,
+        }
     return {
         # The user's code gets no API credentials and no variables of other services.
         "automountServiceAccountToken": False,
@@ -388,6 +416,12 @@ def ingress(service: Service, cluster: Cluster) -> dict[str, Any]:
         ),
         "nginx.ingress.kubernetes.io/proxy-body-size": "0",
     }
+    if service.expose.set_auth:  # OSCAR's annotations, and its Secret
+        meta["annotations"].update({
+            "nginx.ingress.kubernetes.io/auth-type": "basic",
+            "nginx.ingress.kubernetes.io/auth-secret": auth_secret_name(service.name),
+            "nginx.ingress.kubernetes.io/auth-realm": "Authentication Required",
+        })
     path = {
         "path": f"{base}/?(.*)",
         "pathType": "ImplementationSpecific",
@@ -410,6 +444,7 @@ def service_objects(service: Service, cluster: Cluster) -> list[dict[str, Any]]:
     objects = [
         minio_secret(service, cluster),
         env_secret(service, cluster),
+        auth_secret(service, cluster),
         config_map(service, cluster),
         deployment(service, cluster),
         service_object(service, cluster),

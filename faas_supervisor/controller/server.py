@@ -64,7 +64,8 @@ class Controller:
         self.store = Store(data_dir / "controller.sqlite3")
         self.backend = build_backend(settings.backend, data_dir, self.buckets.provider_settings())
         self.jobs = Jobs(
-            self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service
+            self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service,
+            settings.job_retention,
         )
         self.intake = Intake(
             self.buckets,
@@ -89,8 +90,11 @@ class Controller:
         # Before jobs are judged: the last controller's leftovers are stopped, so a job
         # found Running is not running any more when it is queued again.
         await self.backend.start()
+        # A backend may bring a stored service back more cheaply than a new deploy (no
+        # checks, no waiting: kubernetes' `restore`).
+        restore = getattr(self.backend, "restore", self.backend.deploy)
         for service in self.store.services():
-            await self.backend.deploy(service)
+            await restore(service)
             # Again at each start: the external URL may have changed, or the server.
             await self.intake.attach(service, fallback=True)
         await self.jobs.start()

@@ -56,6 +56,7 @@ class KubernetesSettings:
     runtime_image: str
     kubeconfig: str = ""  # "" and not in_cluster: the client's default, ~/.kube/config
     in_cluster: bool = False  # the pod's service account
+    sync_wait: float = 60.0  # seconds /run waits for a ready replica (--sync-wait)
 
 
 BackendSettings = LocalSettings | DockerSettings | KubernetesSettings
@@ -78,6 +79,8 @@ class ControllerSettings:
     minio_region: str = "us-east-1"
     events_queue: str = ""
     reconcile_interval: float = 60.0  # seconds between listings of every input path
+    sync_wait: float = 60.0  # seconds /run waits for a starting service
+    job_retention: float = 7 * 86400.0  # seconds a finished job is kept
     log_level: str = "INFO"
 
     @property
@@ -103,6 +106,10 @@ def load_controller_settings(
         raise ConfigError(f"--port: {args.port} is not a TCP port")
     if not 0 < args.reconcile_interval < float("inf"):
         raise ConfigError("--reconcile-interval: must be a number of seconds above 0")
+    if not 0 <= args.sync_wait < float("inf"):
+        raise ConfigError("--sync-wait: must be a number of seconds, 0 or more")
+    if not 0 < args.job_retention < float("inf"):
+        raise ConfigError("--job-retention: must be a number of seconds above 0")
     endpoint = args.minio_endpoint or ""
     access_key = args.minio_access_key or environ.get("MINIO_ACCESS_KEY", "")
     secret_key = args.minio_secret_key or environ.get("MINIO_SECRET_KEY", "")
@@ -129,6 +136,8 @@ def load_controller_settings(
         minio_region=args.minio_region or environ.get("MINIO_REGION") or "us-east-1",
         events_queue=args.events_queue or "",
         reconcile_interval=args.reconcile_interval,
+        sync_wait=args.sync_wait,
+        job_retention=args.job_retention,
         log_level=level,
     )
 
@@ -156,5 +165,6 @@ def _backend_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> B
             runtime_image=runtime_image,
             kubeconfig=kubeconfig,
             in_cluster=not kubeconfig and bool(environ.get("KUBERNETES_SERVICE_HOST")),
+            sync_wait=args.sync_wait,
         )
     raise ConfigError(f"--backend: {args.backend!r} is unknown (one of {', '.join(BACKEND_NAMES)})")

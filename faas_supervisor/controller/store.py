@@ -388,6 +388,17 @@ class Store:
         self._give_back()
 
     @_serialized
+    def prune_jobs(self, finished_before: float) -> int:
+        """Forget the jobs that finished before then (`--job-retention`); how many."""
+        cursor = self._write("the pruning of old jobs", lambda: self.db.execute(
+            "DELETE FROM jobs WHERE status IN (?, ?) AND finish_time < ?",
+            (SUCCEEDED, FAILED, finished_before),
+        ), essential=True)
+        if cursor.rowcount:
+            self._give_back()
+        return int(cursor.rowcount)
+
+    @_serialized
     def requeue_job(self, name: str) -> bool:
         """Running -> Pending, to run again (its run was interrupted); False if not Running."""
         cursor = self.db.execute(

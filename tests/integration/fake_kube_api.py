@@ -1,4 +1,4 @@
-"""A stand-in for the Kubernetes API server, for the kubernetes backend's test only.
+"""A stand-in for the Kubernetes API server, for the kubernetes backend's tests only.
 
 No API server (kube-apiserver, kind, k3s) can be installed or run on the machines this
 project is built on, so this is the one place the project uses a stand-in: an aiohttp
@@ -10,30 +10,47 @@ does it, and that the real `kubernetes` client talks to over HTTP:
   all objects, as etcd's) and `metadata.creationTimestamp` set by the server;
 * errors as `Status` objects: 404 NotFound, 409 AlreadyExists on create, 409 Conflict
   on a replace with a stale resourceVersion, 422 Invalid, 401 without the token;
+* `dryRun=All` on create, replace and delete: checked and answered, nothing stored;
+* an `admission` check of its own (a quota, a policy): 403 Forbidden with its message;
 * label selectors (`k=v`, `k`) and the field selector `metadata.name=...` on lists;
 * watches (`?watch=true`) as newline-delimited JSON events from a resourceVersion on,
-  ending after `timeoutSeconds`;
-* a Job's pod made when the Job is created (the Job controller's part), and a test's
-  hand to finish it: the pod Succeeded or Failed with an exit code and logs, then the
-  Job Complete or Failed; deleting a Job deletes its pods (the garbage collector's part);
-* `pods/{name}/log`.
+  ending after `timeoutSeconds`; the event history is bounded (`history`), and a watch
+  from a version older than what it keeps gets an `ERROR` event with a 410 Gone Status,
+  as from an API server whose etcd compacted; `drop_watches()` ends every open watch
+  (a disconnect), `compact()` forgets the history;
+* deletion with `propagationPolicy=Foreground`: the object gets a `deletionTimestamp`
+  and the `foregroundDeletion` finalizer first, its dependents (a Job's or a
+  Deployment's pods) go, then it does (the garbage collector's part);
+* a Job's pod made when the Job is created (the Job controller's part); the pod's run
+  either by a test's hand (`finish_job`) or, with `autorun`, on its own: Pending for a
+  while, Running (its logs readable), then ended with an exit code or OOMKilled, and the
+  Job Complete or Failed; an image in `image_errors` leaves the pod waiting with
+  `ErrImagePull`, then `ImagePullBackOff`, as the kubelet does;
+* a Deployment's pods (`spec.replicas` of them), ready after `ready_delay` seconds,
+  and its `status.readyReplicas`;
+* finished Jobs deleted `ttlSecondsAfterFinished` (times `ttl_factor`) after they end;
+* `pods/{name}/log`, while the pod runs and after.
 
 Every body it receives is validated against the Kubernetes 1.30 schema with
 kubernetes-validate (strict), and refused with 422 when invalid; every request is
 recorded as the RBAC verb and resource it needs, so a test can hold the backend to
 the Role in deploy/kubernetes/.
+
+For bench/scale.py, `FakeKubeApi(autorun=PodRun(start=0.5, run=2.0))` (or a function of
+the Job giving a PodRun, for mixed outcomes) runs every Job's pod to its end unaided.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import copy
 import datetime
 import itertools
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +74,8 @@ RESOURCES: dict[tuple[str, str, str], str] = {
     ("networking.k8s.io", "v1", "ingresses"): "Ingress",
     ("batch", "v1", "jobs"): "Job",
 }
+OWNER_LABEL = "fake-kube/owner"  # on the pods the stand-in makes: `<plural>/<name>`
+OOM_EXIT = 137  # SIGKILL, as the kernel's OOM killer leaves it
 
 
 @dataclass
@@ -67,6 +86,8 @@ class Request:
     group: str
     resource: str  # plural, or `pods/log`
     name: str = ""
+    dry_run: bool = False
+    since: str = ""  # a watch's resourceVersion
 
 
 @dataclass
@@ -77,6 +98,17 @@ class Event:
     obj: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class PodRun:
+    """How a Job's pod runs when the stand-in plays the kubelet on its own (`autorun`)."""
+
+    start: float = 0.0  # seconds Pending (scheduled, pulling) before Running
+    run: float = 0.0  # seconds Running before its container ends
+    exit_code: int = 0
+    logs: bytes = b""  # written as it starts running: readable while it runs
+    oom: bool = False  # killed for its memory: exit 137, reason OOMKilled
+
+
 @dataclass
 class FakeKubeApi:
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
@@ -85,8 +117,21 @@ class FakeKubeApi:
     deletes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # options
     invalid: list[str] = field(default_factory=list)  # bodies refused by the schema
     logs: dict[str, bytes] = field(default_factory=dict)  # pod name -> its logs
+    # None: a Job's pod waits for finish_job; else how each pod runs (or a function of
+    # the Job giving it, None from it leaving that one to finish_job).
+    autorun: PodRun | Callable[[dict[str, Any]], PodRun | None] | None = None
+    image_errors: set[str] = field(default_factory=set)  # images no pod can pull
+    ready_delay: float = 0.0  # seconds a Deployment's pod takes to be ready
+    ttl_factor: float = 1.0  # ttlSecondsAfterFinished is multiplied by it
+    history: int = 10_000  # events kept for watches to resume from
+    # An admission check (a quota, a policy webhook): a message refuses the object with
+    # 403 Forbidden, dry runs included, as the API server's admission chain does.
+    admission: Callable[[dict[str, Any]], str | None] | None = None
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _epoch: int = 0  # bumped to end every open watch
+    _compacted: int = 0  # the oldest version a watch may resume from
+    _timers: set[asyncio.TimerHandle] = field(default_factory=set)
     closing: bool = False
 
     # ---- the app -------------------------------------------------------------------
@@ -118,9 +163,18 @@ class FakeKubeApi:
             raise web.HTTPNotFound(text=f"no resource {key}")
         return key[0], key[1], key[2], RESOURCES[key]
 
-    def _record(self, verb: str, group: str, plural: str, name: str = "") -> None:
-        self.requests.append(Request(verb, group, plural, name))
+    def _record(
+        self, verb: str, group: str, plural: str, name: str = "", dry_run: bool = False
+    ) -> None:
+        self.requests.append(Request(verb, group, plural, name, dry_run))
         asyncio.get_running_loop().create_task(self._notify())  # for wait_for_request
+
+    @staticmethod
+    def _dry_run(request: web.Request) -> Any:
+        value = request.query.get("dryRun")
+        if value not in (None, "All"):
+            return status_response(400, "BadRequest", f"invalid dryRun {value!r}")
+        return value == "All"
 
     async def _body(self, request: web.Request, kind: str, group: str, version: str) -> Any:
         body = await request.json()
@@ -137,7 +191,10 @@ class FakeKubeApi:
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         group, version, plural, kind = self._resource(request)
-        self._record("create", group, plural)
+        dry = self._dry_run(request)
+        if isinstance(dry, web.Response):
+            return dry
+        self._record("create", group, plural, dry_run=dry)
         body = await self._body(request, kind, group, version)
         if isinstance(body, web.Response):
             return body
@@ -146,9 +203,15 @@ class FakeKubeApi:
             return status_response(
                 409, "AlreadyExists", f'{plural} "{name}" already exists', name, plural
             )
+        if self.admission is not None and (refusal := self.admission(body)):
+            return status_response(403, "Forbidden", refusal, name, plural)
+        if dry:
+            return web.json_response(self._prepare(plural, ns, body, None), status=201)
         obj = self._store(plural, ns, body, previous=None)
         if kind == "Job":
             self._start_job(obj)
+        elif kind == "Deployment":
+            self._roll_out(obj)
         return web.json_response(obj, status=201)
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
@@ -163,7 +226,10 @@ class FakeKubeApi:
     async def _replace(self, request: web.Request) -> web.StreamResponse:
         group, version, plural, kind = self._resource(request)
         ns, name = request.match_info["ns"], request.match_info["name"]
-        self._record("update", group, plural, name)
+        dry = self._dry_run(request)
+        if isinstance(dry, web.Response):
+            return dry
+        self._record("update", group, plural, name, dry)
         body = await self._body(request, kind, group, version)
         if isinstance(body, web.Response):
             return body
@@ -178,28 +244,46 @@ class FakeKubeApi:
                 "modified; please apply your changes to the latest version and try again",
                 name, plural,
             )
-        return web.json_response(self._store(plural, ns, body, previous=old))
+        if self.admission is not None and (refusal := self.admission(body)):
+            return status_response(403, "Forbidden", refusal, name, plural)
+        if dry:
+            return web.json_response(self._prepare(plural, ns, body, old))
+        obj = self._store(plural, ns, body, previous=old)
+        if kind == "Deployment" and obj["spec"] != old["spec"]:
+            self._roll_out(obj)
+        return web.json_response(obj)
 
     async def _delete(self, request: web.Request) -> web.StreamResponse:
         group, _, plural, _ = self._resource(request)
         ns, name = request.match_info["ns"], request.match_info["name"]
-        self._record("delete", group, plural, name)
         options = json.loads(await request.text() or "{}")
-        for key in ("propagationPolicy", "gracePeriodSeconds"):
+        for key in ("propagationPolicy", "gracePeriodSeconds", "dryRun"):
             if key in request.query:
                 options[key] = request.query[key]
+        dry = options.get("dryRun") in ("All", ["All"])
+        self._record("delete", group, plural, name, dry)
         unknown = set(options) - DELETE_OPTION_FIELDS
-        if unknown or options.get("propagationPolicy") not in (
-            None, "Foreground", "Background", "Orphan"
-        ):
+        policy = options.get("propagationPolicy")
+        if unknown or policy not in (None, "Foreground", "Background", "Orphan"):
             return status_response(400, "BadRequest", f"bad DeleteOptions {options}")
-        self.deletes.append((plural, name, options))
         obj = self.objects.get((plural, ns, name))
+        if not dry:
+            self.deletes.append((plural, name, options))
         if obj is None:
             return not_found(plural, name)
-        if plural == "jobs":  # the garbage collector: its pods go with it
-            for pod in self._select("pods", ns, f"job-name={name}"):
-                self._remove("pods", ns, pod["metadata"]["name"])
+        if dry:
+            return web.json_response(obj)
+        if policy == "Foreground":
+            # Marked first, gone once its dependents are: the garbage collector's part.
+            if "deletionTimestamp" not in obj["metadata"]:
+                marked = copy.deepcopy(obj)
+                marked["metadata"]["deletionTimestamp"] = now()
+                marked["metadata"]["finalizers"] = ["foregroundDeletion"]
+                obj = self._store(plural, ns, marked, previous=obj)
+                self._later(0, self._collect, plural, ns, name)
+            return web.json_response(obj)
+        for pod in self._dependents(plural, ns, name):
+            self._remove("pods", ns, pod)
         self._remove(plural, ns, name)
         return web.json_response(obj)
 
@@ -209,7 +293,10 @@ class FakeKubeApi:
         labels = request.query.get("labelSelector", "")
         fields = request.query.get("fieldSelector", "")
         if request.query.get("watch") in ("true", "1"):
-            self._record("watch", group, plural)
+            self.requests.append(
+                Request("watch", group, plural, since=request.query.get("resourceVersion", ""))
+            )
+            asyncio.get_running_loop().create_task(self._notify())
             return await self._watch(request, plural, ns, labels, fields)
         self._record("list", group, plural)
         api_version = f"{group}/{version}" if group else version
@@ -225,18 +312,30 @@ class FakeKubeApi:
     ) -> web.StreamResponse:
         since = request.query.get("resourceVersion")
         timeout = float(request.query.get("timeoutSeconds", "30"))
+        epoch = self._epoch
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
-        if not since:  # from now, the current state first, as ADDED
+        if not since or since == "0":  # from now, the current state first, as ADDED
             sent = self._version()
             for obj in self._select(plural, ns, labels, fields):
                 await _send(response, "ADDED", obj)
         else:
             sent = int(since)
+            if sent < self._compacted:
+                # What the API server answers a watch its etcd can no longer serve.
+                gone = {
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": f"too old resource version: {sent} ({self._compacted})",
+                    "reason": "Expired", "code": 410,
+                }
+                await _send(response, "ERROR", gone)
+                await response.write_eof()
+                return response
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            for event in [e for e in self.events if e.version > sent]:
+            start = bisect.bisect_right(self.events, sent, key=lambda e: e.version)
+            for event in self.events[start:]:
                 sent = event.version
                 if event.resource == plural and _matches(event.obj, ns, labels, fields):
                     await _send(response, event.type, event.obj)
@@ -247,13 +346,16 @@ class FakeKubeApi:
                 try:
                     await asyncio.wait_for(
                         self._changed.wait_for(
-                            lambda after=sent: self.closing or self._version() > after  # type: ignore[misc]
+                            lambda after=sent: (  # type: ignore[misc]
+                                self.closing or self._epoch != epoch
+                                or self._version() > after
+                            )
                         ),
                         left,
                     )
                 except TimeoutError:
                     break
-            if self.closing:
+            if self.closing or self._epoch != epoch:
                 break
         await response.write_eof()
         return response
@@ -261,50 +363,69 @@ class FakeKubeApi:
     async def _log(self, request: web.Request) -> web.StreamResponse:
         ns, name = request.match_info["ns"], request.match_info["name"]
         self._record("get", "", "pods/log", name)
-        if ("pods", ns, name) not in self.objects:
+        pod = self.objects.get(("pods", ns, name))
+        if pod is None:
             return not_found("pods", name)
-        if name not in self.logs:
+        if name not in self.logs and pod["status"].get("phase") == "Pending":
             return status_response(
                 400, "BadRequest", f'container "{request.query.get("container")}" in pod '
                 f'"{name}" is waiting to start: PodInitializing'
             )
-        return web.Response(body=self.logs[name], content_type="text/plain")
+        return web.Response(body=self.logs.get(name, b""), content_type="text/plain")
 
     # ---- the store -----------------------------------------------------------------
 
     def _version(self) -> int:
         return self.events[-1].version if self.events else 99
 
-    def _store(
+    def _prepare(
         self, plural: str, ns: str, body: dict[str, Any], previous: dict[str, Any] | None
     ) -> dict[str, Any]:
+        """The object as the server would store it (no version yet)."""
         obj = copy.deepcopy(body)
         meta = obj["metadata"]
         meta["namespace"] = ns
         if previous is None:
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = now()
+            meta["generation"] = 1
         else:
-            meta["uid"] = previous["metadata"]["uid"]
-            meta["creationTimestamp"] = previous["metadata"]["creationTimestamp"]
+            for key in ("uid", "creationTimestamp", "deletionTimestamp", "finalizers"):
+                if key in previous["metadata"]:
+                    meta[key] = previous["metadata"][key]
+            changed = obj.get("spec") != previous.get("spec")
+            meta["generation"] = previous["metadata"].get("generation", 1) + changed
             obj.setdefault("status", previous.get("status", {}))
         if plural == "secrets" and "stringData" in obj:  # the API server's conversion
             data = obj.setdefault("data", {})
             for key, value in obj.pop("stringData").items():
                 data[key] = base64.b64encode(value.encode()).decode()
+        return obj
+
+    def _store(
+        self, plural: str, ns: str, body: dict[str, Any], previous: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        obj = self._prepare(plural, ns, body, previous)
         version = next(self._counter)
-        meta["resourceVersion"] = str(version)
-        self.objects[(plural, ns, meta["name"])] = obj
+        obj["metadata"]["resourceVersion"] = str(version)
+        self.objects[(plural, ns, obj["metadata"]["name"])] = obj
         self._emit(Event(version, "ADDED" if previous is None else "MODIFIED", plural, obj))
         return obj
 
     def _remove(self, plural: str, ns: str, name: str) -> None:
-        obj = self.objects.pop((plural, ns, name))
-        self._emit(Event(next(self._counter), "DELETED", plural, copy.deepcopy(obj)))
+        obj = self.objects.pop((plural, ns, name), None)
+        if obj is None:
+            return
+        version = next(self._counter)
+        obj["metadata"]["resourceVersion"] = str(version)
+        self._emit(Event(version, "DELETED", plural, copy.deepcopy(obj)))
 
     def _emit(self, event: Event) -> None:
         self.events.append(Event(event.version, event.type, event.resource,
                                  copy.deepcopy(event.obj)))
+        if len(self.events) > 2 * self.history:  # trimmed in steps, not at every event
+            del self.events[: len(self.events) - self.history]
+            self._compacted = self.events[0].version - 1
         asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
@@ -320,38 +441,148 @@ class FakeKubeApi:
             if p == plural and _matches(obj, ns, labels, fields)
         ]
 
+    def _dependents(self, plural: str, ns: str, name: str) -> list[str]:
+        return [
+            pod["metadata"]["name"]
+            for pod in self._select("pods", ns, f"{OWNER_LABEL}={plural}.{name}")
+        ]
+
+    def _collect(self, plural: str, ns: str, name: str) -> None:
+        """Foreground deletion's end: the dependents, then the owner."""
+        for pod in self._dependents(plural, ns, name):
+            self._remove("pods", ns, pod)
+        self._remove(plural, ns, name)
+
+    def _later(self, delay: float, work: Callable[..., None], *args: Any) -> None:
+        def run() -> None:
+            self._timers.discard(handle)
+            if not self.closing:
+                work(*args)
+
+        handle = asyncio.get_running_loop().call_later(delay, run)
+        self._timers.add(handle)
+
     async def close(self) -> None:
         """End the watches still open, as an API server going away does."""
         self.closing = True
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
         await self._notify()
 
-    # ---- the Job controller's part, and the test's hand --------------------------------
+    async def drop_watches(self) -> None:
+        """End every open watch, as a connection lost or an API server restarting does."""
+        self._epoch += 1
+        await self._notify()
 
-    def _start_job(self, job: dict[str, Any]) -> None:
-        template = job["spec"]["template"]
-        name = job["metadata"]["name"]
-        labels = {
-            **template["metadata"].get("labels", {}),
-            "job-name": name,
-            "batch.kubernetes.io/job-name": name,
-            "controller-uid": job["metadata"]["uid"],
-        }
+    def compact(self) -> None:
+        """Forget the event history, as etcd's compaction does: a watch resuming from an
+        older version is answered 410 Gone."""
+        self._compacted = self._version()
+        self.events.clear()
+        self.events.append(Event(self._compacted, "BOOKMARK", "", {}))  # keeps the version
+
+    # ---- the controllers' and the kubelet's parts ------------------------------------
+
+    def _new_pod(self, owner: dict[str, Any], plural: str, name: str) -> dict[str, Any]:
+        template = owner["spec"]["template"]
+        kind = "Job" if plural == "jobs" else "ReplicaSet"
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
-                "name": f"{name}-{uuid.uuid4().hex[:5]}",
-                "labels": labels,
+                "name": name,
+                "labels": {
+                    **template["metadata"].get("labels", {}),
+                    OWNER_LABEL: f"{plural}.{owner['metadata']['name']}",
+                },
                 "annotations": template["metadata"].get("annotations", {}),
                 "ownerReferences": [{
-                    "apiVersion": "batch/v1", "kind": "Job", "name": name,
-                    "uid": job["metadata"]["uid"], "controller": True,
+                    "apiVersion": "batch/v1" if kind == "Job" else "apps/v1",
+                    "kind": kind, "name": owner["metadata"]["name"],
+                    "uid": owner["metadata"]["uid"], "controller": True,
                 }],
             },
             "spec": copy.deepcopy(template["spec"]),
             "status": {"phase": "Pending"},
         }
-        self._store("pods", job["metadata"]["namespace"], pod, previous=None)
+        if kind == "Job":
+            pod["metadata"]["labels"].update({
+                "job-name": owner["metadata"]["name"],
+                "batch.kubernetes.io/job-name": owner["metadata"]["name"],
+                "controller-uid": owner["metadata"]["uid"],
+            })
+        return pod
+
+    def _start_job(self, job: dict[str, Any]) -> None:
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        pod = self._new_pod(job, "jobs", f"{name}-{uuid.uuid4().hex[:5]}")
+        stored = self._store("pods", ns, pod, previous=None)
+        if self._pull_failed(ns, stored):
+            return
+        run = self.autorun(job) if callable(self.autorun) else self.autorun
+        if run is not None:
+            self._later(run.start, self._run_pod, ns, name, stored["metadata"]["name"], run)
+
+    def _pull_failed(self, ns: str, pod: dict[str, Any]) -> bool:
+        """An image in image_errors: the pod waits with ErrImagePull, then
+        ImagePullBackOff, and never starts."""
+        spec = pod["spec"]
+        bad = [
+            (key, c) for key, group in (("initContainerStatuses", "initContainers"),
+                                        ("containerStatuses", "containers"))
+            for c in spec.get(group, []) if c["image"] in self.image_errors
+        ]
+        if not bad:
+            return False
+        name = pod["metadata"]["name"]
+        for reason, delay in (("ErrImagePull", 0.0), ("ImagePullBackOff", 0.05)):
+            def wait(reason: str = reason) -> None:
+                current = self.objects.get(("pods", ns, name))
+                if current is None:
+                    return
+                updated = copy.deepcopy(current)
+                statuses: dict[str, list[dict[str, Any]]] = {}
+                for key, container in bad:
+                    statuses.setdefault(key, []).append({
+                        "name": container["name"], "image": container["image"],
+                        "imageID": "", "ready": False, "restartCount": 0,
+                        "state": {"waiting": {
+                            "reason": reason,
+                            "message": f'Back-off pulling image "{container["image"]}"'
+                            if reason == "ImagePullBackOff" else
+                            f'failed to pull and unpack image "{container["image"]}": '
+                            "not found",
+                        }},
+                    })
+                updated["status"] = {"phase": "Pending", **statuses}
+                self._store("pods", ns, updated, previous=current)
+
+            self._later(delay, wait)
+        return True
+
+    def _run_pod(self, ns: str, job: str, pod: str, run: PodRun) -> None:
+        current = self.objects.get(("pods", ns, pod))
+        if current is None:
+            return
+        self.logs[pod] = run.logs
+        updated = copy.deepcopy(current)
+        container = updated["spec"]["containers"][0]
+        updated["status"] = {
+            "phase": "Running",
+            "containerStatuses": [{
+                "name": container["name"], "image": container["image"], "imageID": "",
+                "ready": True, "restartCount": 0,
+                "state": {"running": {"startedAt": now()}},
+            }],
+        }
+        self._store("pods", ns, updated, previous=current)
+        self._later(run.run, self._end_pod, ns, job, pod, run)
+
+    def _end_pod(self, ns: str, job: str, pod: str, run: PodRun) -> None:
+        if ("pods", ns, pod) in self.objects:
+            code, reason = (OOM_EXIT, "OOMKilled") if run.oom else (run.exit_code, "")
+            self._finish(job, ns, pod, code, self.logs.get(pod, b""), reason)
 
     def job_pod(self, job: str, ns: str) -> dict[str, Any]:
         (pod,) = self._select("pods", ns, f"job-name={job}")
@@ -361,9 +592,14 @@ class FakeKubeApi:
         """The script exited with `exit_code`, having written `logs`: the pod reaches its
         final phase, then the Job its condition, as the kubelet and Job controller do."""
         pod = self.job_pod(job, ns)
-        name = pod["metadata"]["name"]
+        self._finish(job, ns, pod["metadata"]["name"], exit_code, logs)
+
+    def _finish(
+        self, job: str, ns: str, name: str, exit_code: int, logs: bytes, reason: str = ""
+    ) -> None:
+        pod = copy.deepcopy(self.objects[("pods", ns, name)])
         self.logs[name] = logs
-        reason = "Completed" if exit_code == 0 else "Error"
+        reason = reason or ("Completed" if exit_code == 0 else "Error")
         pod["status"] = {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
             "containerStatuses": [{
@@ -374,7 +610,9 @@ class FakeKubeApi:
             }],
         }
         self._store("pods", ns, pod, previous=self.objects[("pods", ns, name)])
-        stored = self.objects[("jobs", ns, job)]
+        stored = self.objects.get(("jobs", ns, job))
+        if stored is None:
+            return
         updated = copy.deepcopy(stored)
         condition = {"type": "Complete", "status": "True"} if exit_code == 0 else {
             "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
@@ -385,6 +623,65 @@ class FakeKubeApi:
             "conditions": [condition],
         }
         self._store("jobs", ns, updated, previous=stored)
+        ttl = stored["spec"].get("ttlSecondsAfterFinished")
+        if ttl is not None:  # the TTL controller's part, in the background
+            self._later(ttl * self.ttl_factor, self._expire, ns, job, stored["metadata"]["uid"])
+
+    def _expire(self, ns: str, job: str, uid: str) -> None:
+        current = self.objects.get(("jobs", ns, job))
+        if current is not None and current["metadata"]["uid"] == uid:
+            self._collect("jobs", ns, job)
+
+    def _roll_out(self, deployment: dict[str, Any]) -> None:
+        """The Deployment's pods made anew (the ReplicaSet's part), ready after
+        `ready_delay`, its status counted."""
+        ns, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+        for old in self._dependents("deployments", ns, name):
+            self._remove("pods", ns, old)
+        replicas = deployment["spec"].get("replicas", 1)
+        self._deployment_status(ns, name, 0)
+        for _ in range(replicas):
+            pod = self._new_pod(deployment, "deployments", f"{name}-{uuid.uuid4().hex[:10]}")
+            stored = self._store("pods", ns, pod, previous=None)
+            if not self._pull_failed(ns, stored):
+                self._later(self.ready_delay, self._ready, ns, name, stored["metadata"]["name"])
+
+    def _ready(self, ns: str, deployment: str, pod: str) -> None:
+        current = self.objects.get(("pods", ns, pod))
+        if current is None:
+            return
+        updated = copy.deepcopy(current)
+        container = updated["spec"]["containers"][0]
+        updated["status"] = {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{
+                "name": container["name"], "image": container["image"], "imageID": "",
+                "ready": True, "restartCount": 0, "state": {"running": {"startedAt": now()}},
+            }],
+        }
+        self._store("pods", ns, updated, previous=current)
+        ready = sum(
+            1 for p in self._select("pods", ns, f"{OWNER_LABEL}=deployments.{deployment}")
+            if p["status"].get("phase") == "Running"
+        )
+        self._deployment_status(ns, deployment, ready)
+
+    def _deployment_status(self, ns: str, name: str, ready: int) -> None:
+        current = self.objects.get(("deployments", ns, name))
+        if current is None:
+            return
+        updated = copy.deepcopy(current)
+        updated["status"] = {
+            "observedGeneration": current["metadata"].get("generation", 1),
+            "replicas": current["spec"].get("replicas", 1),
+            "updatedReplicas": current["spec"].get("replicas", 1),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+        }
+        self._store("deployments", ns, updated, previous=current)
+
+    # ---- for tests -------------------------------------------------------------------
 
     async def wait_for(self, plural: str, ns: str, name: str) -> dict[str, Any]:
         """The object, once it exists."""
@@ -392,11 +689,20 @@ class FakeKubeApi:
             await self._changed.wait_for(lambda: (plural, ns, name) in self.objects)
         return self.objects[(plural, ns, name)]
 
-    async def wait_for_request(self, verb: str, resource: str) -> None:
-        """Until the client has made such a request (a watch, say)."""
+    async def wait_gone(self, plural: str, ns: str, name: str) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: (plural, ns, name) not in self.objects)
+
+    async def wait_until(self, check: Callable[[], bool]) -> None:
+        async with self._changed:
+            await self._changed.wait_for(check)
+
+    async def wait_for_request(self, verb: str, resource: str, count: int = 1) -> None:
+        """Until the client has made such a request (a watch, say) `count` times."""
         async with self._changed:
             await self._changed.wait_for(
-                lambda: any(r.verb == verb and r.resource == resource for r in self.requests)
+                lambda: sum(r.verb == verb and r.resource == resource
+                            for r in self.requests) >= count
             )
 
     def names(self, plural: str, ns: str) -> set[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.settings import BackendSettings, KubernetesSettings, LocalSettings
@@ -45,6 +45,15 @@ class Backend(Protocol):
         Cancelling the call stops the job."""
 
 
+@runtime_checkable
+class LiveLogs(Protocol):
+    """A backend whose running jobs write their logs elsewhere than the job's log file
+    (kubernetes: the pod's), until they end."""
+
+    async def live_logs(self, job: str) -> bytes | None:
+        """What the running job has written so far; None when it has not started."""
+
+
 def build_backend(
     settings: BackendSettings, data_dir: Path, default_provider: Mapping[str, Any]
 ) -> Backend:
@@ -57,7 +66,10 @@ def build_backend(
         from faas_supervisor.controller.manifests import Cluster
 
         cluster = Cluster(settings.namespace, settings.runtime_image, default_provider)
-        return KubernetesBackend(cluster, settings.kubeconfig, in_cluster=settings.in_cluster)
+        return KubernetesBackend(
+            cluster, settings.kubeconfig, in_cluster=settings.in_cluster,
+            sync_wait=settings.sync_wait,
+        )
     from faas_supervisor.controller.backends.docker import DockerBackend
 
     return DockerBackend(data_dir, default_provider, settings.runtime_image, settings.engine_env)

@@ -1,38 +1,67 @@
 """Services as Kubernetes objects, through the official `kubernetes` client (SPEC 7.3).
 
-`deploy` applies what manifests.py makes (create; on 409 Conflict, replace) and then
-deletes what the service no longer has, found by its labels; `remove` deletes all of it,
-its jobs included, with foreground propagation, so that nothing it owns outlives it. A
-job is a Job watched to its end, then its pod watched to a final phase; the exit status
-is the script container's, and the pod's logs are copied into the job's log file.
+`deploy` has the API server check every object first (a server-side dry run, so that a
+refused definition makes nothing), applies them (create; on 409 Conflict, replace),
+deletes what the service no longer has (found by its labels), and then waits, at most
+`sync_wait` seconds, until a pod of its Deployment has its images or cannot pull them
+(`ErrImagePull`, `ImagePullBackOff`): a service whose image cannot be pulled is refused
+with the kubelet's reason. `remove` deletes all of it, its jobs included, with
+foreground propagation, so that nothing it owns outlives it.
+
+What the backend needs to know of the cluster's state, it learns from watches, not by
+polling: one watch per kind (Jobs, Pods, Deployments; every object carrying the
+`managed-by: faas-supervisor` label), each in a thread of its own, listed once at start
+and resumed from its last resourceVersion after a disconnect, or listed again after a
+410 Gone. Their events update a cache on the event loop, and wake what waits on it: a
+job waiting for its Job's end, `/run` waiting (`sync_wait`) for a ready replica, a deploy
+waiting for its pod's images. A job costs two requests of its own: the Job's creation
+and the reading of its pod's logs when it ends (and one more read for each time its
+logs are asked for while it runs).
+
+A controller restarted during jobs runs them again under the same names (jobs.py):
+their creation answers 409, and the cache, listed at start, already has the Job, so the
+job is followed from where it is, a Job that ended while the controller was down
+included, and its script is not run twice.
 
 The client is synchronous, so every call runs in a thread. Services are left running
-when the controller stops (a restart of the controller must not take them down); its
-start-up deploys the stored ones again, which leaves unchanged objects as they are.
+when the controller stops (a restart of the controller must not take them down).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import threading
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from urllib3.exceptions import HTTPError
 
 from faas_supervisor.controller import manifests
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.errors import ConfigError, KubernetesError, ServiceUnavailable
+from faas_supervisor.errors import (
+    ConfigError,
+    InvalidService,
+    KubernetesError,
+    ServiceUnavailable,
+)
 from faas_supervisor.logs import get_logger
 
+T = TypeVar("T")
 # An event travels in the `EVENT` variable, as OSCAR passes it; Linux refuses a single
 # variable over 128 KiB at exec, so larger events cannot be jobs here.
 EVENT_MAX = 96 * 1024
 WATCH_SECONDS = 60  # one watch request; then another from where it left off
+RETRY_SECONDS = 1.0  # after a watch failed for another reason than 410 Gone
+DEFAULT_SYNC_WAIT = 60.0
 FOREGROUND = {"propagationPolicy": "Foreground"}
+DRY_RUN = "All"
 CLUSTER_DOMAIN = "cluster.local"
+# The waiting reasons of a container whose image the kubelet cannot have.
+PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 # The client's API class and the name in its method names, per kind.
 _KINDS: dict[str, tuple[str, str]] = {
     "Secret": ("CoreV1Api", "secret"),
@@ -45,11 +74,9 @@ _KINDS: dict[str, tuple[str, str]] = {
     "Pod": ("CoreV1Api", "pod"),
 }
 _SERVICE_KINDS = [kind for _, kind in manifests.MANIFEST_KINDS]
+_WATCHED = ("Job", "Pod", "Deployment")
+_MANAGED = ",".join(f"{k}={v}" for k, v in manifests.MANAGED_BY.items())
 logger = get_logger(component="kubernetes-backend")
-
-
-class _Stopped(Exception):
-    """The job's wait was abandoned: run_job was cancelled."""
 
 
 class KubernetesBackend:
@@ -61,25 +88,50 @@ class KubernetesBackend:
         kubeconfig: str = "",
         *,
         in_cluster: bool = False,
+        sync_wait: float = DEFAULT_SYNC_WAIT,
     ) -> None:
-        """`kubeconfig` (else, unless `in_cluster`, ~/.kube/config): as settings.py chose."""
+        """`kubeconfig` (else, unless `in_cluster`, ~/.kube/config): as settings.py chose.
+        `sync_wait`: seconds `/run` waits for a ready replica, and a deploy for its pod."""
         self.cluster = cluster
         self.namespace = cluster.namespace
         self.kubeconfig = kubeconfig
         self.in_cluster = in_cluster
+        self.sync_wait = sync_wait
         self._services: dict[str, Service] = {}
         self._client: Any = None
         self._apis: dict[str, Any] = {}
+        # The watched kinds' objects, by name; only the event loop touches them.
+        self._cache: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in _WATCHED}
+        self._job_pods: dict[str, set[str]] = {}  # job -> its pods' names
+        self._wakers: dict[str, set[asyncio.Event]] = {}  # "job:NAME", "service:NAME"
+        self._deleted_jobs: set[str] = set()  # Jobs deleted while a job waited on them
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = threading.Event()
+        self._watchers: list[threading.Thread] = []
+        self._streams: dict[str, Any] = {}  # kind -> its current watch
 
     # ---- connection ------------------------------------------------------------------
 
     async def start(self) -> None:
         await asyncio.to_thread(self._connect)
+        self._loop = asyncio.get_running_loop()
+        # The state first (the jobs that a restart finds are judged on it), then a
+        # watch per kind from where each listing left off.
+        for kind in _WATCHED:
+            version, items = await asyncio.to_thread(self._list_managed, kind)
+            self._resync(kind, items)
+            thread = threading.Thread(
+                target=self._watch_kind, args=(kind, version),
+                name=f"kubernetes-watch-{kind}", daemon=True,
+            )
+            thread.start()
+            self._watchers.append(thread)
         logger.info(
             "kubernetes backend ready",
             server=self._client.configuration.host,
             namespace=self.namespace,
             runtime_image=self.cluster.runtime_image,
+            jobs=len(self._cache["Job"]),
         )
 
     def _connect(self) -> None:
@@ -97,12 +149,17 @@ class KubernetesBackend:
         except (config.ConfigException, OSError) as exc:
             where = "in-cluster config" if self.in_cluster else self.kubeconfig or "~/.kube/config"
             raise ConfigError(f"kubernetes: cannot load {where}: {exc}") from None
+        # The watches hold a connection each, besides the calls of the jobs' threads.
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, 32)
         self._client = client.ApiClient(configuration)
         self._apis = {
             name: getattr(client, name)(self._client) for name, _ in set(_KINDS.values())
         }
 
     async def close(self) -> None:
+        self._stopping.set()
+        for watcher in list(self._streams.values()):
+            _end_stream(watcher)
         if self._client is not None:
             await asyncio.to_thread(self._client.close)
             self._client = None
@@ -125,32 +182,182 @@ class KubernetesBackend:
         except HTTPError as exc:  # no answer at all
             raise _unreachable(exc, verb, kind, name) from None
 
+    # ---- the watches (each in its thread) --------------------------------------------
+
+    def _list_managed(self, kind: str) -> tuple[str, list[dict[str, Any]]]:
+        """Every object of the kind that this controller made, and the version to watch
+        from. Plain JSON: the client's models would cost more than the request."""
+        response = self._call("list", kind, label_selector=_MANAGED, _preload_content=False)
+        try:
+            listed = json.loads(response.data)
+        finally:
+            response.release_conn()
+        return str(listed["metadata"]["resourceVersion"]), list(listed.get("items") or [])
+
+    def _watch_kind(self, kind: str, version: str | None) -> None:
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        while not self._stopping.is_set():
+            try:
+                if version is None:  # the history is gone: the state again, from a list
+                    version, items = self._list_managed(kind)
+                    self._post(self._resync, kind, items)
+                stream = self._streams[kind] = watch.Watch()
+                for event in stream.stream(
+                    self._method("list", kind),
+                    namespace=self.namespace,
+                    label_selector=_MANAGED,
+                    resource_version=version,
+                    timeout_seconds=WATCH_SECONDS,
+                    allow_watch_bookmarks=True,
+                    deserialize=False,
+                ):
+                    raw: dict[str, Any] = event["object"]
+                    version = raw["metadata"]["resourceVersion"]
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self._post(self._apply_event, kind, event["type"], raw)
+            except ApiException as exc:
+                if exc.status == 410:
+                    logger.info("watch expired; listing again", kind=kind)
+                    version = None
+                    continue
+                self._watch_failed(kind, f"{exc.status} {exc.reason}")
+            except (HTTPError, KubernetesError, OSError, ValueError) as exc:
+                self._watch_failed(kind, str(exc))
+            except RuntimeError:  # the event loop closed under it
+                return
+
+    def _watch_failed(self, kind: str, error: str) -> None:
+        if not self._stopping.is_set():
+            logger.warning("watch failed; resuming", kind=kind, error=error)
+            self._stopping.wait(RETRY_SECONDS)
+
+    def _post(self, work: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(work, *args)
+
+    # ---- the cache (on the event loop) --------------------------------------------------
+
+    def _resync(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """A listing: what the cache had and it has not was deleted meanwhile."""
+        fresh = {item["metadata"]["name"]: item for item in items}
+        for name, old in list(self._cache[kind].items()):
+            if name not in fresh:
+                self._apply_event(kind, "DELETED", old)
+        for item in items:
+            self._apply_event(kind, "MODIFIED", item)
+
+    def _apply_event(self, kind: str, kind_of_event: str, raw: dict[str, Any]) -> None:
+        name = raw["metadata"]["name"]
+        labels = raw["metadata"].get("labels") or {}
+        objects = self._cache[kind]
+        if kind_of_event == "DELETED":
+            objects.pop(name, None)
+        else:
+            objects[name] = raw
+        if kind == "Job":
+            if kind_of_event == "DELETED" and f"job:{name}" in self._wakers:
+                self._deleted_jobs.add(name)
+            self._wake(f"job:{name}")
+        elif kind == "Pod" and manifests.JOB_LABEL in labels:
+            job = labels[manifests.JOB_LABEL]
+            pods = self._job_pods.setdefault(job, set())
+            if kind_of_event == "DELETED":
+                pods.discard(name)
+                if not pods:
+                    del self._job_pods[job]
+            else:
+                pods.add(name)
+            self._wake(f"job:{job}")
+        elif manifests.SERVICE_LABEL in labels:  # a service's Deployment or its pods
+            self._wake(f"service:{labels[manifests.SERVICE_LABEL]}")
+
+    def _wake(self, key: str) -> None:
+        for event in self._wakers.get(key, ()):
+            event.set()
+
+    async def _until(
+        self, key: str, check: Callable[[], T | None], timeout: float | None = None
+    ) -> T | None:
+        """`check`'s first answer that is not None, tried again at each change of the
+        cache that concerns `key`; None when `timeout` passes first."""
+        woken = asyncio.Event()
+        self._wakers.setdefault(key, set()).add(woken)
+        try:
+            async with asyncio.timeout(timeout):
+                while (answer := check()) is None:
+                    await woken.wait()
+                    woken.clear()
+                return answer
+        except TimeoutError:
+            return None
+        finally:
+            wakers = self._wakers[key]
+            wakers.discard(woken)
+            if not wakers:
+                del self._wakers[key]
+
     # ---- services ----------------------------------------------------------------------
 
     async def deploy(self, service: Service) -> None:
         objects = manifests.service_objects(service, self.cluster)  # InvalidService first
+        await asyncio.to_thread(self._check_all, objects)
         await asyncio.to_thread(self._apply_all, service.name, objects)
         self._services[service.name] = service
         logger.info("service applied", service=service.name, objects=len(objects))
+        await self._wait_for_images(service, objects)
+
+    async def restore(self, service: Service) -> None:
+        """A stored service at start-up: applied again (the cluster may have lost some of
+        it), not checked, not waited for: the controller starts whatever its pods do."""
+        objects = manifests.service_objects(service, self.cluster)
+        await asyncio.to_thread(self._apply_all, service.name, objects)
+        self._services[service.name] = service
+
+    def _check_all(self, objects: list[dict[str, Any]]) -> None:
+        """The API server's verdict on every object, with nothing made: a server-side
+        dry run. Its refusal (422 Invalid) is the definition's fault, so a 400."""
+        for obj in objects:
+            try:
+                self._apply(obj, dry_run=True)
+            except KubernetesError as exc:
+                if exc.status == 422:
+                    raise InvalidService(str(exc)) from None
+                raise
 
     def _apply_all(self, name: str, objects: list[dict[str, Any]]) -> None:
-        for obj in objects:
-            self._apply(obj)
+        made: list[dict[str, Any]] = []
+        try:
+            for obj in objects:
+                if self._apply(obj):
+                    made.append(obj)
+        except KubernetesError:
+            # What this call created goes again (what it replaced, the caller puts back
+            # by deploying the previous definition).
+            for obj in reversed(made):
+                with contextlib.suppress(KubernetesError):
+                    self._delete(obj["kind"], obj["metadata"]["name"])
+            raise
         # What an earlier definition had and this one has not (its secrets, say, or the
         # objects of a sync service now exposed) goes, found by the service's labels.
         keep = {(o["kind"], o["metadata"]["name"]) for o in objects}
         self._delete_labelled(name, _SERVICE_KINDS, keep)
 
-    def _apply(self, obj: dict[str, Any]) -> None:
+    def _apply(self, obj: dict[str, Any], dry_run: bool = False) -> bool:
+        """Created (True) or replaced (False)."""
         kind, name = obj["kind"], obj["metadata"]["name"]
+        extra = {"dry_run": DRY_RUN} if dry_run else {}
         try:
-            self._call("create", kind, body=obj)
+            self._call("create", kind, body=obj, **extra)
+            return True
         except KubernetesError as exc:
             if exc.status != 409:
                 raise
-            # It exists: replaced whole, as `kubectl replace`. Unconditional (no
-            # resourceVersion): the definition in the store is the truth.
-            self._call("replace", kind, name, body=obj)
+        # It exists: replaced whole, as `kubectl replace`. Unconditional (no
+        # resourceVersion): the definition in the store is the truth.
+        self._call("replace", kind, name, body=obj, **extra)
+        return False
 
     def _delete_labelled(
         self, name: str, kinds: list[str], keep: Collection[tuple[str, str]] = ()
@@ -169,15 +376,55 @@ class KubernetesBackend:
             if exc.status != 404:  # gone already: what was wanted
                 raise
 
+    async def _wait_for_images(self, service: Service, objects: list[dict[str, Any]]) -> None:
+        """Until a pod of the service's Deployment has pulled its images (or cannot: the
+        deploy is refused with the kubelet's reason); at most `sync_wait` seconds, after
+        which the service is left starting (a large image, a busy cluster)."""
+        (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+        template = deployment["spec"]["template"]
+        component = template["metadata"]["labels"][manifests.COMPONENT_LABEL]
+        want = _images(template["spec"])
+
+        def verdict() -> str | None:
+            pods = [
+                pod for pod in self._cache["Pod"].values()
+                if _labelled(pod, service.name, component) and _images(pod["spec"]) == want
+            ]
+            for pod in pods:
+                if error := _pull_error(pod):
+                    return error
+            return "" if any(_started(pod) for pod in pods) else None
+
+        error = await self._until(f"service:{service.name}", verdict, self.sync_wait)
+        if error:
+            raise InvalidService(f"image: {error}")
+        if error is None:
+            logger.info("service still starting", service=service.name, waited=self.sync_wait)
+
     async def remove(self, name: str) -> None:
         self._services.pop(name, None)
         await asyncio.to_thread(self._delete_labelled, name, ["Job", *_SERVICE_KINDS])
         logger.info("service removed", service=name)
 
     async def invoke_url(self, name: str) -> str:
+        """The Service's address once its Deployment has a ready replica: waited for at
+        most `sync_wait` seconds (a service just made, or scaled up from nothing)."""
         service = self._services.get(name)
         if service is None:
             raise ServiceUnavailable(f"service {name} is not deployed")
+        deployment = (
+            manifests.exposed_names(name)["Deployment"] if service.exposed else name
+        )
+
+        def ready() -> bool | None:
+            found = self._cache["Deployment"].get(deployment)
+            replicas = ((found or {}).get("status") or {}).get("readyReplicas") or 0
+            return True if replicas > 0 else None
+
+        if not await self._until(f"service:{name}", ready, self.sync_wait):
+            raise ServiceUnavailable(
+                f"service {name} has no ready replica after {self.sync_wait:g} s"
+            )
         return manifests.service_url(service, self.cluster, CLUSTER_DOMAIN)
 
     # ---- jobs ---------------------------------------------------------------------------
@@ -186,93 +433,81 @@ class KubernetesBackend:
         text = await asyncio.to_thread(_event_text, event)
         body = manifests.job(service, self.cluster, job, text)
         create = asyncio.ensure_future(asyncio.to_thread(self._create_job, body))
-        stop = threading.Event()
         try:
-            version = await asyncio.shield(create)
-            return await asyncio.to_thread(self._follow, job, version, log, stop)
+            await asyncio.shield(create)
+            outcome: dict[str, Any] | str | None = await self._until(
+                f"job:{job}", functools.partial(self._job_outcome, job)
+            )
+            assert outcome is not None  # no timeout
+            if isinstance(outcome, str):
+                if job not in self._deleted_jobs:  # a pod that cannot start: stopped
+                    with contextlib.suppress(KubernetesError):
+                        await asyncio.to_thread(self._delete, "Job", job)
+                raise KubernetesError(f"Job {job}: {outcome}")
+            pod = outcome
+            await asyncio.to_thread(self._copy_logs, pod["metadata"]["name"], log)
+            code = _exit_code(pod)
+            if code is None:
+                raise KubernetesError(f"Job {job}: the script never ran")
+            if _terminated(pod).get("reason") == "OOMKilled":
+                await asyncio.to_thread(_note, log, (
+                    f"the job's container was killed for its memory (OOMKilled; "
+                    f"its limit is {service.memory})"
+                ))
+            return code
         except asyncio.CancelledError:
             # Deleted, or the controller is stopping: the Job goes with its pod, once its
-            # creation has been answered (else the delete could overtake it). The
-            # thread following it sees the deletion on its watch and ends.
-            stop.set()
+            # creation has been answered (else the delete could overtake it).
             with contextlib.suppress(Exception):
                 await create
             with contextlib.suppress(KubernetesError):
                 await asyncio.shield(asyncio.to_thread(self._delete, "Job", job))
             raise
+        finally:
+            self._deleted_jobs.discard(job)
 
-    def _create_job(self, body: dict[str, Any]) -> str | None:
-        """The Job made; the resource version to watch it from (None: its current state).
-
-        A Job of that name exists when a controller stopped during the job, which now
-        runs again: that Job is followed to its end rather than its script run twice."""
+    def _create_job(self, body: dict[str, Any]) -> None:
+        """The Job made. One of that name exists when a controller stopped during the
+        job, which now runs again: that Job is followed to its end (the cache, listed at
+        start, has it) rather than its script run twice."""
         try:
-            created = self._call("create", "Job", body=body)
+            self._call("create", "Job", body=body)
         except KubernetesError as exc:
             if exc.status != 409:
                 raise
             logger.info("following the Job of an interrupted job", job=body["metadata"]["name"])
+
+    def _job_outcome(self, job: str) -> dict[str, Any] | str | None:
+        """The job's ended pod; or why it cannot end well; or None: not yet."""
+        pods = [self._cache["Pod"][p] for p in self._job_pods.get(job, ())]
+        pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+        if pod is not None:
+            if _pod_finished(pod):
+                return pod
+            if error := _pull_error(pod):
+                return error
+        if job in self._deleted_jobs:
+            return "the Job was deleted before it finished"
+        found = self._cache["Job"].get(job)
+        condition = _job_condition(found) if found is not None else None
+        if condition is not None and pod is None:
+            return f"failed without a pod: {condition}"
+        return None  # the Job's condition can come before the pod's phase: waited for
+
+    async def live_logs(self, job: str) -> bytes | None:
+        """What a running job's pod has written so far; None before it runs."""
+        pods = [self._cache["Pod"][p] for p in self._job_pods.get(job, ())]
+        if not any(_started(pod) or _pod_finished(pod) for pod in pods):
             return None
-        return str(created.metadata.resource_version)
+        pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        return await asyncio.to_thread(self._log_bytes, pod["metadata"]["name"])
 
-    def _follow(self, job: str, version: str | None, log: Path, stop: threading.Event) -> int:
-        condition = self._wait_for_job(job, version, stop)
-        pods = self._call("list", "Pod", label_selector=f"{manifests.JOB_LABEL}={job}")
-        if not pods.items:
-            raise KubernetesError(f"Job {job} failed without a pod: {condition}")
-        pod = max(pods.items, key=lambda p: p.metadata.creation_timestamp or 0)
-        raw = self._client.sanitize_for_serialization(pod)
-        if not _pod_finished(raw):  # the Job's condition may come before the pod's phase
-            raw = self._wait_for_pod(pod.metadata.name, pods.metadata.resource_version, stop)
-        self._copy_logs(pod.metadata.name, log)
-        code = _exit_code(raw)
-        if code is None:
-            raise KubernetesError(f"Job {job}: the script never ran ({condition})")
-        return code
-
-    def _watch(
-        self, kind: str, name: str, version: str | None, stop: threading.Event,
-        done: Callable[[dict[str, Any]], bool],
-    ) -> dict[str, Any]:
-        """The object `name` once `done` holds, watched from `version` on."""
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
-
-        while not stop.is_set():
-            watcher = watch.Watch()
-            try:
-                for event in watcher.stream(
-                    self._method("list", kind),
-                    namespace=self.namespace,
-                    field_selector=f"metadata.name={name}",
-                    resource_version=version,
-                    timeout_seconds=WATCH_SECONDS,
-                ):
-                    raw: dict[str, Any] = event["raw_object"]
-                    if event["type"] == "DELETED" or stop.is_set():
-                        raise _Stopped() if stop.is_set() else KubernetesError(
-                            f"{kind} {name} was deleted before it finished"
-                        )
-                    version = raw["metadata"]["resourceVersion"]
-                    if done(raw):
-                        return raw
-            except ApiException as exc:
-                if exc.status != 410:
-                    raise _api_error(exc, "watch", kind, name) from None
-                version = None  # too old to resume from: start again from the current state
-            except HTTPError as exc:
-                raise _unreachable(exc, "watch", kind, name) from None
-            finally:
-                watcher.stop()
-        raise _Stopped()
-
-    def _wait_for_job(self, job: str, version: str | None, stop: threading.Event) -> str:
-        """`Complete` or `Failed`, and why."""
-        raw = self._watch("Job", job, version, stop, lambda o: _job_condition(o) is not None)
-        return _job_condition(raw) or ""
-
-    def _wait_for_pod(self, pod: str, version: str, stop: threading.Event) -> dict[str, Any]:
-        return self._watch("Pod", pod, version, stop, _pod_finished)
+    def _log_bytes(self, pod: str) -> bytes:
+        response = self._read_log(pod)
+        try:
+            return bytes(response.data)
+        finally:
+            response.release_conn()
 
     def _copy_logs(self, pod: str, log: Path) -> None:
         response = self._read_log(pod)
@@ -300,6 +535,15 @@ class KubernetesBackend:
 # ---- helpers -------------------------------------------------------------------------------
 
 
+def _end_stream(watcher: Any) -> None:
+    """A watch's read interrupted from another thread: its socket shut."""
+    watcher.stop()
+    response = getattr(watcher, "_resp", None)
+    with contextlib.suppress(Exception):
+        if response is not None:
+            response.shutdown()
+
+
 def _event_text(event: Path) -> str:
     """Blocking (a file read): run in a thread. The size first: a large event is not read."""
     size = event.stat().st_size
@@ -318,8 +562,49 @@ def _event_text(event: Path) -> str:
     return text
 
 
+def _note(log: Path, text: str) -> None:
+    with open(log, "ab") as out:
+        out.write(f"faas-supervisor: {text}\n".encode())
+
+
+def _labelled(obj: Mapping[str, Any], service: str, component: str) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return bool(
+        labels.get(manifests.SERVICE_LABEL) == service
+        and labels.get(manifests.COMPONENT_LABEL) == component
+    )
+
+
+def _images(spec: Mapping[str, Any]) -> list[str]:
+    return [c["image"] for key in ("initContainers", "containers") for c in spec.get(key) or []]
+
+
+def _statuses(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def _pull_error(pod: Mapping[str, Any]) -> str:
+    """`ErrImagePull` and the like, with the kubelet's message; "" when none."""
+    for status in _statuses(pod):
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in PULL_ERRORS:
+            message = waiting.get("message") or status.get("image", "")
+            return f"{status.get('image', '')} cannot be pulled: {waiting['reason']}: {message}"
+    return ""
+
+
+def _started(pod: Mapping[str, Any]) -> bool:
+    """Its images pulled: the main container running or ended."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == manifests.CONTAINER:
+            state = status.get("state") or {}
+            return "running" in state or "terminated" in state
+    return False
+
+
 def _job_condition(job: Mapping[str, Any]) -> str | None:
-    for condition in job.get("status", {}).get("conditions") or []:
+    for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
             why = ": ".join(
                 str(condition[k]) for k in ("reason", "message") if condition.get(k)
@@ -332,13 +617,17 @@ def _pod_finished(pod: Mapping[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
-def _exit_code(pod: Mapping[str, Any]) -> int | None:
-    for status in pod.get("status", {}).get("containerStatuses") or []:
+def _terminated(pod: Mapping[str, Any]) -> dict[str, Any]:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
         if status.get("name") == manifests.CONTAINER:
-            terminated = (status.get("state") or {}).get("terminated")
-            if terminated is not None:
-                return int(terminated.get("exitCode", 1))
-    return None
+            terminated: dict[str, Any] = (status.get("state") or {}).get("terminated") or {}
+            return terminated
+    return {}
+
+
+def _exit_code(pod: Mapping[str, Any]) -> int | None:
+    terminated = _terminated(pod)
+    return int(terminated.get("exitCode", 1)) if terminated else None
 
 
 def _unreachable(exc: Exception, verb: str, kind: str, name: str) -> KubernetesError:
@@ -347,8 +636,6 @@ def _unreachable(exc: Exception, verb: str, kind: str, name: str) -> KubernetesE
 
 
 def _api_error(exc: Any, verb: str, kind: str, name: str) -> KubernetesError:
-    import json
-
     message = exc.reason or ""
     with contextlib.suppress(ValueError, TypeError):
         message = json.loads(exc.body).get("message") or message
