@@ -2,30 +2,33 @@
 its own, for bench/scale.py: the controller under measurement then shares no event loop
 and no CPU accounting with it.
 
-Three things are added here, around the stand-in and not in it:
+The stand-in plays the kubelet itself (`autorun`): every Job's pod is Pending for
+`--pod-start` seconds, Running for `--pod-run`, then ends with exit 0 and a line of logs.
+Two things are added here, around the stand-in and not in it:
 
-* the kubelet's part: a Job's pod finishes by itself (exit 0, a line of logs)
-  `--complete-after` seconds after the Job was made, through the stand-in's own test
-  hand (`finish_job`), as a test would;
-* indexes: the stand-in scans its whole event log at every wake of every watch, and
-  sorts every object at every list, which is fine for a test's dozen objects and
-  quadratic for 100 000 Jobs (it became the bottleneck from a few thousand jobs). Here a
-  watch finds its place in the log by bisection and a pod list by `job-name=` or a
-  field selector on the name by a dict: the same answers, found in O(log n);
-* `GET /_bench/stats`: the requests it served by verb and resource, and each Job's
-  creation time (wall clock), for the requests-per-job and event-to-Job figures.
+* `GET /_bench/stats`: the requests it served by verb and resource (dry runs apart),
+  and each Job's creation time (wall clock), for the requests-per-job and event-to-Job
+  figures;
+* schema validation once per shape of body: kubernetes-validate takes 10-20 ms a body
+  here, so validating every Job made the stand-in the bottleneck at about 50 Jobs/s.
+  Bodies that differ only in their strings and numbers (every Job of the benchmark:
+  names, events) share a shape; the first of each shape is validated in full, strictly,
+  and a shape that failed is validated again each time (so is refused each time);
+* an index for the one list that scales with the jobs: the stand-in sorts every object
+  at every list, fine for a test's dozen objects; here a list of pods by `job-name=`
+  or of anything by `metadata.name=` is a dict lookup (the same answer).
 
-Run: python bench/_kube_standin.py --port PORT [--complete-after SECONDS]
+Run: python bench/_kube_standin.py --port PORT [--pod-start S] [--pod-run S]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import bisect
-import collections
+import json
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +39,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.integration import fake_kube_api as fake
 
 
+def _shape(value: Any) -> Any:
+    """The body with its scalars blanked: what the schema's structure checks see."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return type(value).__name__
+
+
+class ValidatedShapes:
+    """kubernetes_validate's `validate`, remembered per shape of body (see above)."""
+
+    def __init__(self) -> None:
+        import kubernetes_validate
+
+        self.real = kubernetes_validate
+        self.ValidationError = kubernetes_validate.ValidationError
+        self.valid: set[str] = set()
+
+    def validate(self, body: Any, version: str, strict: bool = False) -> None:
+        key = json.dumps([version, strict, _shape(body)], sort_keys=True)
+        if key not in self.valid:
+            self.real.validate(body, version, strict=strict)
+            self.valid.add(key)
+
+
+@dataclass
 class BenchKubeApi(fake.FakeKubeApi):
-    def __init__(self, complete_after: float) -> None:
-        super().__init__()
-        self.complete_after = complete_after
-        self.created: dict[str, float] = {}  # Job name -> when it was made (time.time())
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.pod_of_job: dict[tuple[str, str], str] = {}  # (ns, job) -> its pod's name
+    created: dict[str, float] = field(default_factory=dict)  # Job -> when made (time.time())
+    pod_of_job: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, job) -> pod
 
     def app(self) -> web.Application:
         app = super().app()
@@ -50,33 +76,19 @@ class BenchKubeApi(fake.FakeKubeApi):
         return app
 
     async def _stats(self, _request: web.Request) -> web.Response:
-        return web.json_response({"requests": dict(self.counts), "jobs": self.created})
-
-    def _record(self, verb: str, group: str, plural: str, name: str = "") -> None:
-        # Counted, not kept: a list of 400 000 records is memory the bench need not hold.
-        self.counts[f"{verb} {plural}"] += 1
-        asyncio.get_running_loop().create_task(self._notify())
-
-    # ---- the kubelet's part --------------------------------------------------------------
+        counts = Counter(f"{r.verb} {r.resource}{' (dry run)' if r.dry_run else ''}"
+                         for r in self.requests)
+        return web.json_response({"requests": dict(counts), "jobs": self.created})
 
     def _start_job(self, job: dict[str, Any]) -> None:
-        super()._start_job(job)
-        name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
         self.created[name] = time.time()
+        super()._start_job(job)
         for (plural, space, pod), obj in reversed(self.objects.items()):
-            if plural == "pods" and space == ns and obj["metadata"]["labels"].get(
-                    "job-name") == name:
-                self.pod_of_job[(ns, name)] = pod
+            if plural == "pods" and space == ns:
+                if obj["metadata"]["labels"].get("job-name") == name:
+                    self.pod_of_job[(ns, name)] = pod
                 break
-        asyncio.get_running_loop().call_later(self.complete_after, self._complete, name, ns)
-
-    def _complete(self, job: str, ns: str) -> None:
-        stored = self.objects.get(("jobs", ns, job))
-        if stored is None or stored.get("status", {}).get("conditions"):
-            return  # deleted, or finished by other means
-        self.finish_job(job, ns, 0, b"done\n")
-
-    # ---- indexes -------------------------------------------------------------------------
 
     def _select(self, plural: str, ns: str, labels: str = "", fields: str = "") -> Any:
         name = None
@@ -93,50 +105,19 @@ class BenchKubeApi(fake.FakeKubeApi):
             return []
         return [fake.copy.deepcopy(obj)]
 
-    async def _watch(self, request: web.Request, plural: str, ns: str, labels: str,
-                     fields: str) -> web.StreamResponse:
-        """The stand-in's watch, its log searched by bisection (events are appended in
-        resourceVersion order)."""
-        since = request.query.get("resourceVersion")
-        timeout = float(request.query.get("timeoutSeconds", "30"))
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request)
-        if not since:
-            sent = self._version()
-            for obj in self._select(plural, ns, labels, fields):
-                await fake._send(response, "ADDED", obj)
-        else:
-            sent = int(since)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            start = bisect.bisect_right(self.events, sent, key=lambda e: e.version)
-            for event in self.events[start:]:
-                sent = event.version
-                if event.resource == plural and fake._matches(event.obj, ns, labels, fields):
-                    await fake._send(response, event.type, event.obj)
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            async with self._changed:
-                try:
-                    await asyncio.wait_for(self._changed.wait_for(
-                        lambda after=sent: self.closing or self._version() > after), left)
-                except TimeoutError:
-                    break
-            if self.closing:
-                break
-        await response.write_eof()
-        return response
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--complete-after", type=float, default=0.5,
-                        help="seconds from a Job's creation to its pod's success (default 0.5)")
+    parser.add_argument("--pod-start", type=float, default=0.2,
+                        help="seconds a Job's pod is Pending (default 0.2)")
+    parser.add_argument("--pod-run", type=float, default=0.3,
+                        help="seconds it then runs before exiting 0 (default 0.3)")
     args = parser.parse_args()
-    api = BenchKubeApi(args.complete_after)
+    fake.kubernetes_validate = ValidatedShapes()  # type: ignore[assignment]
+    api = BenchKubeApi(autorun=fake.PodRun(start=args.pod_start, run=args.pod_run,
+                                           logs=b"done\n"),
+                       history=1_000_000)
     web.run_app(api.app(), host="127.0.0.1", port=args.port, print=None,
                 handler_cancellation=True)
 

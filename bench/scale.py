@@ -3,12 +3,12 @@
 
 * Kubernetes: a controller (`faas-supervisor controller --backend kubernetes`, a process
   of its own) against the API stand-in of tests/integration/fake_kube_api.py, also a
-  process of its own (bench/_kube_standin.py: each Job's pod succeeds by itself
-  `--complete-after` seconds after the Job is made). `--services` services are made,
-  then `--events` `POST /job/NAME` are sent open-loop at `--rate` per second, spread
-  over the services round robin. At the end every event must have given exactly one Job
-  (the stand-in's creations) and one final status (the controller's store and its
-  API): none lost, none doubled.
+  process of its own (bench/_kube_standin.py: each Job's pod is Pending `--pod-start`
+  seconds, Running `--pod-run`, then succeeds, played by the stand-in's `autorun`).
+  `--services` services are made, then `--events` `POST /job/NAME` are sent open-loop
+  at `--rate` per second, spread over the services round robin. At the end every event
+  must have given exactly one Job (the stand-in's creations) and one final status (the
+  controller's store and its API): none lost, none doubled.
 * Docker: the same with `--docker-events` events over `--docker-services` services on
   the machine's Docker engine, the job's script `true` (a container that exits at once).
 
@@ -96,15 +96,22 @@ def process(command: list[str], log: Path, env: dict[str, str] | None = None
 
 
 @contextlib.contextmanager
-def standin(workdir: Path, complete_after: float) -> Iterator[str]:
+def standin(workdir: Path, pod_start: float, pod_run: float
+            ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = c.free_port()
     log = workdir / "standin.log"
     command = [sys.executable, str(c.BENCH_DIR / "_kube_standin.py"), "--port", str(port),
-               "--complete-after", str(complete_after)]
+               "--pod-start", str(pod_start), "--pod-run", str(pod_run)]
     with process(command, log) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/_bench/stats", proc, log, headers={"Authorization": f"Bearer {TOKEN}"})
-        yield url
+        yield url, proc
+
+
+def cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def kubeconfig(path: Path, server: str) -> Path:
@@ -125,8 +132,7 @@ class Controller:
     data_dir: Path
 
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_of(self.proc.pid)
 
     def peak_rss(self) -> int:
         return c.proc_status(self.proc.pid, "VmHWM")
@@ -273,6 +279,7 @@ class Run:
     made_twice: int
     requests: Counter[str] = field(default_factory=Counter)  # stand-in, during the events
     problems: list[str] = field(default_factory=list)
+    server_cpu: float = 0.0  # the stand-in's CPU seconds over the events
 
     @property
     def jobs(self) -> int:
@@ -303,7 +310,7 @@ def kubernetes_run(args: argparse.Namespace, workdir: Path) -> Run:
     import urllib.request
 
     names = [f"s{i:04d}" for i in range(args.services)]
-    with standin(workdir, args.complete_after) as server:
+    with standin(workdir, args.pod_start, args.pod_run) as (server, server_proc):
         def stats() -> dict[str, Any]:
             request = urllib.request.Request(f"{server}/_bench/stats",
                                              headers={"Authorization": f"Bearer {TOKEN}"})
@@ -321,15 +328,17 @@ def kubernetes_run(args: argparse.Namespace, workdir: Path) -> Run:
             print(f"kubernetes: {len(names)} services in {time.monotonic() - started:.0f} s",
                   flush=True)
             before, cpu = Counter(stats()["requests"]), ctl.cpu()
+            server_cpu = cpu_of(server_proc.pid)
             sent = asyncio.run(send(ctl.url, names, args.events, args.rate))
             print(f"kubernetes: {len(sent.posted)} events in {sent.seconds:.0f} s", flush=True)
             drain, _ = wait_final(ctl, len(sent.posted), args.timeout)
             cpu = ctl.cpu() - cpu
+            server_cpu = cpu_of(server_proc.pid) - server_cpu
             after = stats()
             run = Run("kubernetes", len(names), args.events, args.rate, sent, drain,
                       ctl.counts(), cpu, ctl.peak_rss(), after["jobs"],
                       max(0, Counter(after["requests"])["create jobs"] - len(after["jobs"])),
-                      Counter(after["requests"]) - before)
+                      Counter(after["requests"]) - before, server_cpu=server_cpu)
             check(run, ctl.names(), asyncio.run(api_statuses(ctl.url, names)))
     return run
 
@@ -419,7 +428,7 @@ def report(machine: str, runs: list[Run], args: argparse.Namespace) -> str:
         f"Machine: {machine}; load average at the end "
         f"{os.getloadavg()[0]:.2f} (shared by seven engineers' test runs). "
         f"Controller `--max-jobs {args.max_jobs}` (docker: {args.docker_max_jobs}); "
-        f"stand-in pods succeed {args.complete_after} s after their Job is made.", "",
+        f"stand-in pods Pending {args.pod_start} s, then Running {args.pod_run} s.", "",
         c.table(header, [row(r) for r in runs]), "",
     ]
     for run in runs:
@@ -428,7 +437,10 @@ def report(machine: str, runs: list[Run], args: argparse.Namespace) -> str:
                              for k, v in sorted(run.requests.items()))
             ok = sum(run.requests.values()) / max(1, run.jobs) <= TARGET_REQUESTS
             lines.append(f"Requests per job ({run.backend}): {each}; target ≤ "
-                         f"{TARGET_REQUESTS:.0f}: {c.verdict(ok)}.")
+                         f"{TARGET_REQUESTS:.0f}: {c.verdict(ok)}. The stand-in's CPU: "
+                         f"{run.server_cpu / max(1, run.jobs) * 1000:.2f} ms per job, "
+                         f"{run.server_cpu / (run.sent.seconds + run.drain):.0%} of a core "
+                         "over the run.")
         lines.append(f"Every event one Job and one final status ({run.backend}): "
                      f"{c.verdict(not run.problems)}; statuses {dict(run.statuses)}; "
                      f"drain after the last event {run.drain:.0f} s.")
@@ -446,9 +458,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000,
                         help="events on the kubernetes backend (default 100000; 0: skip)")
     parser.add_argument("--rate", type=float, default=500, help="events per second (default 500)")
-    parser.add_argument("--complete-after", type=float, default=0.5,
-                        help="seconds from a Job to its pod's success in the stand-in "
-                             "(default 0.5)")
+    parser.add_argument("--pod-start", type=float, default=0.2,
+                        help="seconds a Job's pod is Pending in the stand-in (default 0.2)")
+    parser.add_argument("--pod-run", type=float, default=0.3,
+                        help="seconds it then runs before exiting 0 (default 0.3)")
     parser.add_argument("--docker-services", type=int, default=10,
                         help="services on the docker backend (default 10)")
     parser.add_argument("--docker-events", type=int, default=10_000,
@@ -462,6 +475,8 @@ def main() -> None:
                         help="seconds to wait for the jobs after the last event (default 3600)")
     parser.add_argument("--no-write", action="store_true", help="print, leave RESULTS.md")
     args = parser.parse_args()
+    # A stopped benchmark stops its controller and stand-in (the `with` blocks' exits).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     machine = c.machine()
     runs = []
     with tempfile.TemporaryDirectory(prefix="faas-bench-scale-") as tmp:
