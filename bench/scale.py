@@ -413,10 +413,14 @@ def row(run: Run) -> list[str]:
         f"{run.jobs / run.sent.seconds:.0f}/s", f"{finished:.1f}/s",
         f"{run.peak_rss / 2**20:.0f} MiB", f"{run.cpu / max(1, run.jobs) * 1000:.2f} ms",
         "n/a" if per_job is None else f"{per_job:.2f}",
-        c.ms(c.percentile(waits, 50)) if waits else "-",
-        c.ms(c.percentile(waits, 99)) if waits else "-",
+        duration(c.percentile(waits, 50)) if waits else "-",
+        duration(c.percentile(waits, 99)) if waits else "-",
         "none" if not run.problems else "; ".join(run.problems),
     ]
+
+
+def duration(seconds: float) -> str:
+    return c.ms(seconds) if seconds < 10 else f"{seconds:.0f} s"
 
 
 def report(machine: str, runs: list[Run], args: argparse.Namespace) -> str:
@@ -448,6 +452,17 @@ def report(machine: str, runs: list[Run], args: argparse.Namespace) -> str:
 
 
 NOTES = """
+What the columns mean: *accepted*, events answered 201 per second of arrivals (the rate
+asked is an open-loop schedule); *finished*, jobs per second from the first event to the
+last final status; *CPU/job* and *peak RSS*, the controller's (from /proc, its CPU over
+the events and the drain); *API req/job*, requests the stand-in served during the events
+over the jobs (the three shared watches are a handful in all); *event→Job*, from just
+before an event's POST to the Job's creation in the stand-in (Kubernetes) or the job
+container's `create` event (Docker): when arrivals outrun the jobs finished, this is
+the controller's queue. The stand-in validates every body shape once (see
+bench/_kube_standin.py): validating every Job (10-20 ms each) made it the bottleneck.
+The README's *Performance* section says which limits these numbers show and what would
+lift them.
 """
 
 
