@@ -467,7 +467,7 @@ lift them.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--services", type=int, default=1000,
                         help="services on the kubernetes backend (default 1000)")
     parser.add_argument("--events", type=int, default=100_000,
