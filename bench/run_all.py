@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+# scale.py is left out: at full size it takes half an hour and a Docker engine
+# (`python bench/scale.py --help`).
 # container.py is left out: it needs a Docker engine and the test suite's images
 # (`python bench/container.py` runs it alone). bundle.py needs `make dist` first, which
 # `make bench` does.

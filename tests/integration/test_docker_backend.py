@@ -315,3 +315,108 @@ def test_the_dashboards_deployment_page_on_docker(controllers: Any, docker_clien
                                     timeout=30).text == "up\n", 120, "the service again",
                controller)
     assert len(containers(docker_client, "site", "exposed")) == 1
+
+
+NON_ROOT_IMAGE = GLIBC_BASE.rsplit(":", 1)[0] + "-uid1000:1"
+WHOAMI_COPY = 'id -u\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/result"\n'
+
+
+@pytest.fixture(scope="session")
+def non_root_image(docker_client: Any) -> str:
+    """The glibc base with `USER 1000` (a user the image's /etc/passwd does not name, as
+    many images run): made by `docker import --change`, no registry."""
+    import subprocess
+
+    if not docker_client.images.list(name=NON_ROOT_IMAGE):
+        container = docker_client.containers.create(GLIBC_BASE, ["true"])
+        try:
+            tar = subprocess.Popen(["docker", "export", container.id], stdout=subprocess.PIPE)
+            done = subprocess.run(
+                ["docker", "import", "--change", "USER 1000", "-", NON_ROOT_IMAGE],
+                stdin=tar.stdout, capture_output=True, text=True)
+            assert tar.stdout is not None
+            tar.stdout.close()
+            assert tar.wait() == 0 and done.returncode == 0, done.stderr
+        finally:
+            container.remove(force=True)
+    assert docker_client.images.get(NON_ROOT_IMAGE).attrs["Config"]["User"] == "1000"
+    return NON_ROOT_IMAGE
+
+
+def test_a_non_root_image_reads_its_inputs_and_writes_its_outputs(
+    controllers: Any, non_root_image: str
+) -> None:
+    controller = controllers()
+    controller.create({"name": "asuser", "image": non_root_image, "script": WHOAMI_COPY,
+                       "input": [{"storage_provider": "minio", "path": "asuser/input"}],
+                       "output": [{"storage_provider": "minio", "path": "asuser/output"}]})
+    # A synchronous call: the watchdog (uid 1000) writes the input, runs the script.
+    answer = controller.request("POST", "/run/asuser", data=base64.b64encode(b"sync bytes"))
+    assert answer.status_code == 200, answer.text
+    assert base64.b64decode(answer.text) == b"sync bytes"  # the output, as OSCAR answers
+    result = controller.storage / "asuser" / "output" / "result"
+    assert result.read_bytes() == b"sync bytes" and result.stat().st_uid == 1000
+    # A job from a file dropped in the embedded store: staged in, and its output staged
+    # out into a folder the controller (root) made.
+    staged = controller.storage / "asuser" / ".drop.tmp"
+    staged.write_bytes(b"job bytes")
+    staged.rename(controller.storage / "asuser" / "input" / "photo.txt")
+    (name,) = controller.wait_jobs("asuser", 1, timeout=120)
+    logs = controller.request("GET", f"/system/logs/asuser/{name}").text
+    assert job_status(controller, "asuser", name) == "Succeeded", logs
+    assert "1000" in logs.splitlines()  # `id -u`: the image's user, not root
+    assert result.read_bytes() == b"job bytes"  # over the file the sync call wrote
+
+
+def test_a_service_whose_image_is_missing_is_refused(
+    controllers: Any, docker_client: Any
+) -> None:
+    controller = controllers()
+    image = "faas-supervisor-test/no-such-image:404"
+    answer = controller.request("POST", "/system/services", json={
+        "name": "ghost", "image": image, "script": "echo never"})
+    assert answer.status_code == 400, answer.text
+    assert image in answer.text and "cannot be found" in answer.text
+    assert controller.request("GET", "/system/services/ghost").status_code == 404
+    assert not docker_client.containers.list(
+        all=True, filters={"label": [MANAGED, "oscar_service=ghost"]})
+    assert not docker_client.volumes.list(filters={"name": "faas-supervisor-bin-ghost"})
+    assert not (controller.data_dir / "services" / "ghost").exists()
+    # An update to a missing image is refused too, and the service runs as it was.
+    controller.create({"name": "kept", "image": USER_IMAGE, "script": "echo kept"})
+    answer = controller.request("PUT", "/system/services", json={
+        "name": "kept", "image": image, "script": "echo never"})
+    assert answer.status_code == 400 and image in answer.text, answer.text
+    assert controller.request("GET", "/system/services/kept").json()["image"] == USER_IMAGE
+    assert controller.request("POST", "/run/kept", data=b"").text.strip() == "kept"
+
+
+# A replica made busy by a loop that runs until the test drops a file into its /tmp.
+BUSY = "while [ ! -e /tmp/idle ]; do :; done"
+
+
+def test_an_exposed_service_scales_with_its_cpu(controllers: Any, docker_client: Any) -> None:
+    controller = controllers()
+    controller.create({"name": "scaled", "image": USER_IMAGE, "script": SERVER, "cpu": "0.2",
+                       "expose": {"api_port": 8081, "min_scale": 1, "max_scale": 2,
+                                  "cpu_threshold": 30}})
+    (first,) = containers(docker_client, "scaled", "exposed")
+    first.exec_run(["sh", "-c", BUSY], detach=True)
+    # Busy at its 0.2 CPU limit (near 100% of it, over 30%): a second replica is started.
+    both = wait_until(lambda: len(c := containers(docker_client, "scaled", "exposed")) == 2
+                      and c, 90, "a second replica", controller)
+    second = next(c for c in both if c.id != first.id)
+    seen: set[str] = set()
+
+    def both_answer() -> bool:  # the new one joins the rotation once its watchdog answers
+        answer = requests.get(f"{controller.url}/system/services/scaled/exposed/", timeout=30)
+        assert answer.status_code == 200, answer.text
+        seen.add(answer.text.strip())
+        return len(seen) == 2
+
+    wait_until(both_answer, 60, "requests reaching both replicas", controller)
+    # Idle again: back down to min_scale, the first container (the oldest) kept.
+    first.exec_run(["touch", "/tmp/idle"])
+    wait_until(lambda: [c.id for c in containers(docker_client, "scaled", "exposed")]
+               == [first.id], 120, "the scale down", controller)
+    assert second.id not in {c.id for c in docker_client.containers.list(all=True)}

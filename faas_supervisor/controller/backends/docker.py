@@ -16,6 +16,11 @@ and a hash of what made them: a restarted controller deploying its stored servic
 finds the containers it made by label, keeps those of the same definition and starts no
 duplicates. Services keep running when the controller stops.
 
+An exposed service with `max_scale` above `min_scale` is scaled between the two from its
+containers' CPU (the Engine's stats), checked every SCALE_INTERVAL seconds, as the
+Kubernetes HPA does from `cpu_threshold` (a percentage of the service's `cpu`): scaled up
+at once, down only after a few checks in a row ask for fewer, newest container first.
+
 A job is a container of the same image running `/oscar/bin/faas-supervisor run`, the
 event in `EVENT` (or, when it cannot travel in a variable, a mounted file); its output is
 followed into the job's log file, its exit status is the container's.
@@ -28,13 +33,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
+import math
+import os
 import secrets
 import shutil
 import socket
+import struct
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -77,6 +87,14 @@ STOP_TIMEOUT = 15  # seconds a container gets after SIGTERM when a service is re
 # Seconds a stopped job's container gets after SIGTERM (to its PID 1, `faas-supervisor
 # run`, which kills its script and removes its folders) before SIGKILL.
 JOB_STOP_TIMEOUT = 10
+# A default POSIX ACL of u::rwx g::rwx o::rwx (the kernel's xattr form: version 2, then
+# tag, permissions, id per entry): whatever is made under a folder carrying it is open to
+# every user, whatever the maker's umask.
+OPEN_DEFAULT_ACL = struct.pack("<I", 2) + b"".join(
+    struct.pack("<HHI", tag, 7, 0xFFFFFFFF) for tag in (0x01, 0x04, 0x20))
+SCALE_INTERVAL = 3.0  # seconds between two looks at an exposed service's CPU
+SCALE_DOWN_AFTER = 3  # checks in a row asking for fewer replicas before one goes
+SCALE_TOLERANCE = 0.1  # as the HPA's: within 10% of the target, the count stays
 _T = TypeVar("_T")
 logger = get_logger(component="docker-backend")
 
@@ -146,6 +164,7 @@ class DockerBackend:
         self._closing = threading.Event()
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._scalers: dict[str, asyncio.Task[None]] = {}
 
     async def _run(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -156,6 +175,7 @@ class DockerBackend:
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._share_store)
         self._client = await self._run(self._connect)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         # The engine tells when a container dies or starts again: a replica is taken out
@@ -171,6 +191,33 @@ class DockerBackend:
                            container=container.name)
             await self._run(self._remove_container, container.id)
         logger.info("docker backend ready", runtime_image=self.runtime_image)
+
+    def _share_store(self) -> None:
+        """The embedded folder store (bind-mounted into every container) made writable
+        by any user: an image may run as a user of its own (`USER 1000`) and must still
+        write its outputs. Its folders get mode 0777 and a default ACL that every folder
+        and file made under them inherits (whoever makes them, with whatever umask).
+
+        Nothing is opened wider than it was to a container: a root one could already
+        write it all; the data folder above stays the controller's alone (0700)."""
+        store = self.default_provider.get("path")
+        if not store or self.default_provider.get("endpoint"):
+            return
+        root = Path(store)
+        try:
+            if os.getxattr(root, "system.posix_acl_default") == OPEN_DEFAULT_ACL:
+                return  # done by an earlier start: what was made since has inherited it
+        except OSError:
+            pass
+        try:
+            for folder, _dirs, _files in os.walk(root):
+                os.chmod(folder, 0o777)
+                os.setxattr(folder, "system.posix_acl_default", OPEN_DEFAULT_ACL)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            logger.warning("the store's filesystem has no ACLs: images running as a user "
+                           "other than root cannot write their outputs there", store=store)
 
     def _connect(self) -> Any:
         import docker
@@ -191,6 +238,8 @@ class DockerBackend:
         if self._events_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._events_task, 10)
+        for scaler in self._scalers.values():
+            scaler.cancel()
         for replicas in self._replicas.values():
             for replica in replicas:
                 if replica.checking is not None:
@@ -249,7 +298,9 @@ class DockerBackend:
         self._stopped.discard(service.name)  # a new definition runs
         if not service.image:
             raise InvalidService("image: missing (on Docker a service runs in its image)")
-        await self._run(self._ensure_image, service.image)
+        # Before anything is made for it: a service whose image cannot be had is refused
+        # (400), and the route forgets it, as OSCAR refuses what Kubernetes cannot pull.
+        await self._run(self._ensure_image, service.image, True)
         await self._run(self._ensure_image, self.runtime_image)
         folder = self._write(service)
         await self._run(self._fill_volume, service.name, folder)
@@ -266,9 +317,14 @@ class DockerBackend:
         for replica in replicas:
             self._by_id[replica.id] = replica
             self._check(replica)
+        if service.exposed and service.expose.max_scale > wanted:
+            self._scalers[service.name] = asyncio.create_task(
+                self._autoscale(service, folder, digest, wanted))
         logger.info("service deployed", service=service.name, containers=len(replicas))
 
-    def _ensure_image(self, image: str) -> None:
+    def _ensure_image(self, image: str, users: bool = False) -> None:
+        """The image here, pulled if need be; one that no registry has is the user's
+        mistake (InvalidService) for a service's image, the operator's for the runtime's."""
         import docker.errors
 
         try:
@@ -282,6 +338,9 @@ class DockerBackend:
             logger.info("pulling image", image=image)
             self._client.images.pull(image)
         except docker.errors.APIError as exc:
+            if users:
+                raise InvalidService(f"image: {image} cannot be found: not on the engine, "
+                                     f"and the pull failed: {exc.explanation}") from None
             raise DockerError(f"docker: image {image} is not here and cannot be pulled: "
                               f"{exc.explanation}") from None
 
@@ -455,7 +514,84 @@ class DockerBackend:
                         return
             await asyncio.sleep(0.05)  # a port opening has no event to await
 
+    # ---- scaling ----------------------------------------------------------------------
+
+    async def _autoscale(self, service: Service, folder: Path, digest: str, least: int) -> None:
+        """The service's replica count kept at what its CPU asks for, within
+        [least, max_scale]: desired = ceil(replicas * mean CPU% / cpu_threshold), the
+        HPA's rule, CPU% being a share of the service's `cpu` over the last interval."""
+        name, most = service.name, service.expose.max_scale
+        request = cpu_nanos(service.cpu)  # valid: the containers were made with it
+        threshold = max(1, service.expose.cpu_threshold)
+        last: dict[str, tuple[int, float]] = {}  # container -> (CPU ns used, when)
+        lower = 0
+        while True:
+            await asyncio.sleep(SCALE_INTERVAL)  # a period: no event says "CPU changed"
+            replicas = list(self._replicas.get(name, []))
+            try:
+                used = await asyncio.gather(*(self._run(self._cpu_used, r.id)
+                                              for r in replicas))
+            except Exception as exc:  # the engine away, a container gone: next time
+                logger.warning("cannot read a service's CPU", service=name, error=str(exc))
+                continue
+            now = time.monotonic()
+            shares = []
+            for replica, ns in zip(replicas, used, strict=True):
+                if replica.id in last:
+                    before, then = last[replica.id]
+                    shares.append(100 * max(0, ns - before) / ((now - then) * request))
+                last[replica.id] = (ns, now)
+            if not shares:
+                continue
+            desired = desired_replicas(len(replicas), shares, threshold, least, most)
+            ratio = sum(shares) / len(shares) / threshold
+            lower = lower + 1 if desired < len(replicas) else 0
+            if desired > len(replicas):
+                logger.info("scaling up", service=name, cpu_percent=round(ratio * threshold),
+                            replicas=desired)
+                for _ in range(desired - len(replicas)):
+                    await self._add_replica(service, folder, digest)
+            elif lower >= SCALE_DOWN_AFTER:
+                lower = 0
+                logger.info("scaling down", service=name, cpu_percent=round(ratio * threshold),
+                            replicas=len(replicas) - 1)
+                await self._drop_replica(name)
+            current = {r.id for r in self._replicas.get(name, [])}
+            last = {k: v for k, v in last.items() if k in current}
+
+    def _cpu_used(self, container_id: str) -> int:
+        """Nanoseconds of CPU the container has used since it started."""
+        stats = self._client.api.stats(container_id, stream=False, one_shot=True)
+        return int(stats["cpu_stats"]["cpu_usage"]["total_usage"])
+
+    async def _add_replica(self, service: Service, folder: Path, digest: str) -> None:
+        made = asyncio.ensure_future(self._run(self._create_watchdog, service, folder, digest))
+        try:
+            container_id = await asyncio.shield(made)
+        except asyncio.CancelledError:
+            # The service redeployed or removed meanwhile: what was being made goes too.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._run(self._remove_container, await made))
+            raise
+        container = await self._run(self._client.containers.get, container_id)
+        replica = _Replica(container.id, int(container.labels[PORT_LABEL]))
+        self._replicas[service.name].append(replica)
+        self._by_id[replica.id] = replica
+        self._check(replica)
+
+    async def _drop_replica(self, name: str) -> None:
+        """The newest replica out of rotation at once, then stopped: its watchdog drains
+        the invocations it holds."""
+        replica = self._replicas[name].pop()
+        self._by_id.pop(replica.id, None)
+        if replica.checking is not None:
+            replica.checking.cancel()
+        await asyncio.shield(self._run(self._remove_container, replica.id, True))
+
     def _forget(self, name: str) -> None:
+        scaler = self._scalers.pop(name, None)
+        if scaler is not None:
+            scaler.cancel()
         for replica in self._replicas.pop(name, []):
             self._by_id.pop(replica.id, None)
             if replica.checking is not None:
@@ -623,6 +759,16 @@ class DockerBackend:
         if error:
             raise DockerError(f"docker: job container {container.name}: {error}")
         return code
+
+
+def desired_replicas(count: int, shares: list[float], threshold: int, least: int,
+                     most: int) -> int:
+    """The HPA's rule: ceil(count x mean CPU% / threshold), within [least, most]; a mean
+    within SCALE_TOLERANCE of the threshold keeps the count."""
+    ratio = sum(shares) / len(shares) / threshold
+    if abs(ratio - 1) <= SCALE_TOLERANCE:
+        return max(least, min(most, count))
+    return min(most, max(least, math.ceil(count * ratio)))
 
 
 def _event_text(event: Path) -> str | None:
