@@ -659,6 +659,27 @@ async def test_an_oom_killed_job_says_so(
     )
 
 
+async def test_a_completed_job_whose_pod_is_gone_succeeds_without_its_logs(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    """The Job Complete and its pod deleted before the backend saw it end (the pod
+    garbage collector, an eviction; bench/scale.py met it under load): the Job
+    controller's word stands, the logs are said to be lost. Before: a failed job."""
+    await backend.deploy(service())
+    task, log, _ = await start_job(kube, backend, tmp_path, "cowsay-gone", b"{}")
+    await asyncio.wait_for(kube.api.wait_until(lambda: bool(
+        kube.api._owned.get((NS, "jobs.cowsay-gone")))), 20)
+    pod = kube.api.job_pod("cowsay-gone", NS)["metadata"]["name"]
+    kube.api._remove("pods", NS, pod)
+    stored = kube.api.objects[("jobs", NS, "cowsay-gone")]
+    complete = {**stored, "status": {"succeeded": 1, "conditions": [
+        {"type": "Complete", "status": "True"}]}}
+    kube.api._store("jobs", NS, complete, previous=stored)
+    assert await asyncio.wait_for(task, 30) == 0
+    assert log.read_bytes() == (
+        b"faas-supervisor: the job's pod was deleted before its logs could be read\n")
+
+
 async def test_logs_are_read_from_the_pod_while_the_job_runs(
     kube: Kube, backend: KubernetesBackend, tmp_path: Path
 ) -> None:
