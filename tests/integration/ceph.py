@@ -67,7 +67,7 @@ class CephRgw:
         for name in DAEMONS:
             pid = self.pids.get(name) or _pid_from_file(self.folder / "run" / f"{name}.pid")
             if pid:
-                _terminate(pid)
+                terminate_daemon(pid)
 
 
 def _pid_from_file(path: Path) -> int | None:
@@ -76,8 +76,9 @@ def _pid_from_file(path: Path) -> int | None:
     return None
 
 
-def _terminate(pid: int, timeout: float = 30.0) -> None:
-    # The daemons are not our children (they daemonize): a pidfd is the event to await.
+def terminate_daemon(pid: int, timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout`: for daemons that are not our children (they
+    daemonize, or a script started them in the background), a pidfd is the event to await."""
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.ceph import terminate_daemon
 from tests.integration.conftest import free_port
 
 SCRIPT = Path(__file__).with_name("rucio-server.sh")
@@ -107,7 +108,7 @@ class RucioServer:
         pid_file = self.folder / "server.pid"
         with contextlib.suppress(OSError, ValueError):
             pid = int(pid_file.read_text())
-            _terminate(pid)
+            terminate_daemon(pid)  # gunicorn's master stops its workers
 
 
 def unique(stem: str) -> str:
@@ -137,24 +138,3 @@ def start_rucio_server(folder: Path) -> RucioServer:
         pytest.fail(f"the Rucio server did not start:\n{started.stdout}\n{started.stderr}\n"
                     f"{logs.read_text(errors='replace')[-3000:] if logs.exists() else ''}")
     return server
-
-
-def _terminate(pid: int, timeout: float = 30.0) -> None:
-    """SIGTERM gunicorn's master (it stops its workers), then await its exit: it is not
-    our child (started in the background by the script), so a pidfd is the event."""
-    import select
-    import signal
-
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-        if not select.select([fd], [], [], timeout)[0]:
-            os.kill(pid, signal.SIGKILL)
-            select.select([fd], [], [], 10)
-    except ProcessLookupError:
-        pass
-    finally:
-        os.close(fd)

@@ -25,26 +25,11 @@ from tests.integration.controller_fixture import (
     ControllerProcess,
     wait_until,
 )
+from tests.integration.test_controller import PID_SERVER
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
-PID_SERVER = """#!/bin/sh
-exec python3 - <<'PY'
-import os
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = str(os.getpid()).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-HTTPServer(("127.0.0.1", int(os.environ["upstream_port"])), Handler).serve_forever()
-PY
-"""
 ECHO = 'echo "got: $(cat "$INPUT_FILE_PATH")"\n'
 STATUS_KEYS = {"service_name", "state", "reason", "active_instances", "affected_instances",
                "resource_kind"}

@@ -191,12 +191,7 @@ def verify(
     if payload not in (UNSIGNED, *STREAMING) and not _is_sha256(payload):
         raise S3Error("InvalidArgument", "x-amz-content-sha256 is neither a hash nor a known form")
     request = canonical_request(method, raw_path, pairs, headers, signed_headers, payload)
-    key = signing_key(keys.secret_key, credential.date, credential.region, credential.service)
-    expected = hmac_hex(key, string_to_sign(amz_date, credential.scope, request))
-    if not same(fields["Signature"], expected):
-        raise S3Error("SignatureDoesNotMatch", "the request signature we calculated does not "
-                      "match the signature you provided; check your key and signing method")
-    return Signed(payload, amz_date, credential.scope, expected, key)
+    return _signed(keys, credential, amz_date, request, payload, fields["Signature"])
 
 
 def _verify_query(
@@ -245,13 +240,19 @@ def _verify_query(
         signed_headers,
         payload,
     )
+    return _signed(keys, credential, amz_date, request, payload, query["X-Amz-Signature"])
+
+
+def _signed(
+    keys: Keys, credential: _Credential, amz_date: str, request: str, payload: str, given: str
+) -> Signed:
+    """The request's signature checked against the one the keys make (in constant time)."""
     key = signing_key(keys.secret_key, credential.date, credential.region, credential.service)
     expected = hmac_hex(key, string_to_sign(amz_date, credential.scope, request))
-    if not same(query["X-Amz-Signature"], expected):
+    if not same(given, expected):
         raise S3Error("SignatureDoesNotMatch", "the request signature we calculated does not "
                       "match the signature you provided; check your key and signing method")
     return Signed(payload, amz_date, credential.scope, expected, key)
-
 
 def _check_signed_headers(
     signed_headers: list[str], headers: Mapping[str, str], exempt: Iterable[str]
