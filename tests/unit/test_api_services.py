@@ -40,11 +40,18 @@ class FakeBackend:
     def __init__(self) -> None:
         self.running: dict[str, Service] = {}
         self.refuse: set[str] = set()  # images whose deploy fails
+        self.refuse_check: set[str] = set()  # images refused before anything is made
+        self.checked: list[str] = []
         self.gate: asyncio.Event | None = None  # when set, deploys wait for it
 
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def check(self, service: Service) -> None:
+        self.checked.append(service.name)
+        if service.image in self.refuse_check:
+            raise InvalidService(f"image: {service.image} cannot be found")
 
     async def deploy(self, service: Service) -> None:
         if self.gate is not None:
@@ -276,3 +283,29 @@ async def test_route_failures_are_answered_by_the_error_table(
     assert (again.status, await again.text()) == (409, "The bucket 'svc' already exists")
     gone = await client.delete("/system/buckets/other", headers=AUTH)
     assert (gone.status, await gone.text()) == (404, "The bucket 'other' does not exist")
+
+
+async def test_a_service_the_backend_refuses_is_never_stored(
+    api: tuple[TestClient, Api, FakeBackend],
+) -> None:
+    """Checked before it is stored or its buckets made (an image Docker cannot find, an
+    object the API server refuses in its dry run): nothing of it to be seen, meanwhile
+    or after; an update refused so leaves the old definition alone."""
+    client, the_api, backend = api
+    backend.refuse_check = {"missing"}
+    adds: list[str] = []
+    add = the_api.store.add_service
+    the_api.store.add_service = lambda s: (adds.append(s.name), add(s))[1]  # type: ignore[method-assign]
+    answer = await client.post("/system/services", json=definition(image="missing"),
+                               headers=AUTH)
+    assert answer.status == 400
+    assert "image: missing cannot be found" in await answer.text()
+    assert (adds, backend.checked, backend.running) == ([], ["svc"], {})
+    assert not (the_api.buckets.root / "svc").exists()  # no bucket made either
+
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    refused = await client.put("/system/services", json=definition(image="missing"),
+                               headers=AUTH)
+    assert refused.status == 400
+    assert the_api.store.service("svc").image == "ok"  # type: ignore[union-attr]
+    assert backend.running["svc"].image == "ok"

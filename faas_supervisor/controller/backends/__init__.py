@@ -31,6 +31,10 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Stop every service and job this backend started."""
 
+    async def check(self, service: Service) -> None:
+        """Refuse (InvalidService: a 400) what this backend cannot serve, with nothing
+        made: called before the service is stored or its buckets made."""
+
     async def deploy(self, service: Service) -> None:
         """Start the service, or restart it with a new definition."""
 

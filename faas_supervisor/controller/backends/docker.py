@@ -294,13 +294,16 @@ class DockerBackend:
 
     # ---- services -----------------------------------------------------------------------
 
-    async def deploy(self, service: Service) -> None:
-        self._stopped.discard(service.name)  # a new definition runs
+    async def check(self, service: Service) -> None:
+        """A service whose image cannot be had is refused (400) before it is stored, as
+        OSCAR refuses what Kubernetes cannot pull."""
         if not service.image:
             raise InvalidService("image: missing (on Docker a service runs in its image)")
-        # Before anything is made for it: a service whose image cannot be had is refused
-        # (400), and the route forgets it, as OSCAR refuses what Kubernetes cannot pull.
         await self._run(self._ensure_image, service.image, True)
+
+    async def deploy(self, service: Service) -> None:
+        self._stopped.discard(service.name)  # a new definition runs
+        await self.check(service)  # a restart's deploys are not checked by the route
         await self._run(self._ensure_image, self.runtime_image)
         folder = self._write(service)
         await self._run(self._fill_volume, service.name, folder)

@@ -354,6 +354,13 @@ class KubernetesBackend:
 
     # ---- services ----------------------------------------------------------------------
 
+    async def check(self, service: Service) -> None:
+        """The API server's verdict on every object (a server-side dry run), before the
+        service is stored. An image that cannot be pulled shows only once its pod is
+        made: `deploy` waits for that, and the route forgets the service then."""
+        objects = manifests.service_objects(service, self.cluster)  # InvalidService first
+        await asyncio.to_thread(self._check_all, objects)
+
     async def deploy(self, service: Service) -> None:
         objects = manifests.service_objects(service, self.cluster)  # InvalidService first
         await asyncio.to_thread(self._check_all, objects)

@@ -278,6 +278,9 @@ class LocalBackend:
             str(folder / "function_config.yaml"),
         ]
 
+    async def check(self, service: Service) -> None:
+        """Any image is fine: services run on this machine, in no image."""
+
     async def deploy(self, service: Service) -> None:
         await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(service.name, [])))
         old = self._runners.pop(service.name, None)

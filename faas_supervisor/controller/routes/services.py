@@ -56,6 +56,7 @@ class ServiceRoutes(Routes):
         async with self.names.hold(service.name):
             if api.store.service(service.name) is not None:
                 raise Conflict("A service with the provided name already exists")
+            await api.backend.check(service)  # refused with nothing made or stored
             await self._make_buckets(service)
             await self._attach(service)
             try:
@@ -80,6 +81,7 @@ class ServiceRoutes(Routes):
             if old is None:
                 raise NotFound()
             service = unmask(new, old).with_token(old.token)
+            await api.backend.check(service)  # refused with the old one untouched
             await self._make_buckets(service)
             await api.intake.detach(old)  # its input paths may be other ones
             try:
