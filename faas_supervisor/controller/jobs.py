@@ -75,8 +75,12 @@ class Jobs:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._remove_strays()
         # The backend has started, so what the last controller's jobs left is stopped.
-        for name in self.store.requeue_running():
+        interrupted = list(self.store.requeue_running())
+        for name in interrupted:
             self._note_interrupted(name)
+        followed = getattr(self.backend, "interrupted", None)  # kubernetes: their Jobs
+        if followed is not None:
+            followed(interrupted)
         for job in self.store.jobs(status=PENDING):
             self.queue.put_nowait(job.name)
         self._workers = [

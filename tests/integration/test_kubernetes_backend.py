@@ -659,6 +659,22 @@ async def test_an_oom_killed_job_says_so(
     )
 
 
+async def test_an_interrupted_job_whose_job_is_gone_is_not_run_twice(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    """A controller down for longer than a finished Job's TTL: the Job and its pods are
+    gone when it starts again. Creating the Job anew would run the script twice; the job
+    fails saying why. An interrupted job whose Job is still there is followed."""
+    await backend.deploy(service())
+    backend.interrupted(["cowsay-lost"])
+    event = tmp_path / "lost.event"
+    event.write_bytes(b"{}")
+    with pytest.raises(KubernetesError, match="is gone: it ended while the controller"):
+        await backend.run_job(service(), "cowsay-lost", event, tmp_path / "lost.log")
+    assert "cowsay-lost" not in kube.api.names("jobs", NS)
+    assert not [r for r in kube.api.requests if r.verb == "create" and r.resource == "jobs"]
+
+
 async def test_a_completed_job_whose_pod_is_gone_succeeds_without_its_logs(
     kube: Kube, backend: KubernetesBackend, tmp_path: Path
 ) -> None:

@@ -133,6 +133,8 @@ class KubernetesBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._detached = False  # the controller is stopping: Jobs are left running
+        self._listed_jobs: set[str] = set()  # the Jobs there were at start
+        self._gone: set[str] = set()  # interrupted jobs whose Job was no longer there
         self._watchers: list[threading.Thread] = []
         self._streams: dict[str, Any] = {}  # kind -> its current watch
 
@@ -146,6 +148,8 @@ class KubernetesBackend:
         for kind in _WATCHED:
             version, items = await asyncio.to_thread(self._list_managed, kind)
             self._resync(kind, items)
+            if kind == "Job":
+                self._listed_jobs = {item["metadata"]["name"] for item in items}
             thread = threading.Thread(
                 target=self._watch_kind, args=(kind, version),
                 name=f"kubernetes-watch-{kind}", daemon=True,
@@ -181,6 +185,13 @@ class KubernetesBackend:
         self._apis = {
             name: getattr(client, name)(self._client) for name, _ in set(_KINDS.values())
         }
+
+    def interrupted(self, jobs: Collection[str]) -> None:
+        """The jobs a stopped controller had running, run again now: those whose Job was
+        not listed at start had ended and were deleted by their TTL while no controller
+        watched (or, rarely, were never made). Creating them again would run their script
+        twice; they fail instead, saying so (`run_job`)."""
+        self._gone = set(jobs) - self._listed_jobs
 
     def detach(self) -> None:
         """The controller is stopping: the jobs cancelled from now on keep their Jobs
@@ -491,6 +502,13 @@ class KubernetesBackend:
     # ---- jobs ---------------------------------------------------------------------------
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
+        if job in self._gone:
+            self._gone.discard(job)
+            raise KubernetesError(
+                f"Job {job} is gone: it ended while the controller was down and was deleted "
+                "by its ttlSecondsAfterFinished (or was never made); its outcome is unknown, "
+                "and it is not run twice"
+            )
         text = await asyncio.to_thread(_event_text, event)
         body = manifests.job(service, self.cluster, job, text)
         create = asyncio.ensure_future(asyncio.to_thread(self._create_job, body))
