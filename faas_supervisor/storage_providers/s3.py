@@ -10,6 +10,9 @@ The client and the manager are built on first use, once (`_build`), not at const
 importing boto3 and building an S3 client costs a few hundred milliseconds and tens of
 MiB, which a watchdog start, or a job whose event needs no S3 transfer, should not pay.
 The first transfer builds them in a worker thread, so the event loop keeps serving.
+
+Objects under the multipart threshold on a plain-HTTP MinIO endpoint need neither: one
+signed GetObject or PutObject (s3_direct.py), the request s3transfer would send too.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error
 from faas_supervisor.gc_pause import collection_paused
+from faas_supervisor.storage_providers.s3_direct import DirectError, direct
 
 if TYPE_CHECKING:
     from s3transfer.futures import TransferFuture
@@ -35,6 +40,8 @@ MiB = 1 << 20
 # At most 3 attempts per request. botocore's `max_attempts` counts *retries* (3 would mean
 # 4 attempts); `total_max_attempts` counts attempts, which is what SPEC 6.2 bounds.
 RETRIES = {"total_max_attempts": 3, "mode": "standard"}
+
+T = TypeVar("T")
 
 # Told the bytes a transfer has moved, as they go (negative when a retry starts over).
 Progress = Callable[[int], None]
@@ -64,6 +71,8 @@ class S3Provider:
         )
         self._lock = threading.Lock()
         self._built: tuple[Any, TransferManager] | None = None
+        self._direct = direct(config, connect_timeout, read_timeout)
+        self._threshold = multipart_threshold
 
     def _build(self) -> tuple[Any, TransferManager]:
         """The boto3 client and its transfer manager, made by the first caller only."""
@@ -82,6 +91,11 @@ class S3Provider:
                        progress: Progress | None = None) -> None:
         """Into `dest`: a path (s3transfer writes to a temporary name beside it and renames
         it when whole) or a file open for writing (the client's stdout)."""
+        if self._direct is not None and isinstance(dest, Path):
+            get = functools.partial(self._direct.get, bucket, key, dest, self._threshold,
+                                    progress)
+            if await self._in_thread("download", bucket, key, get):
+                return
         target = str(dest) if isinstance(dest, Path) else dest
         await self._transfer(
             "download", bucket, key, lambda manager, subs: manager.download(
@@ -92,6 +106,15 @@ class S3Provider:
                      progress: Progress | None = None) -> None:
         """From a path or a file open for reading (the client's stdin). `progress` gets
         the bytes as they go (from s3transfer's threads)."""
+        if self._direct is not None and isinstance(src, Path):
+            try:
+                size = src.stat().st_size
+            except OSError as exc:
+                raise self._error("upload", bucket, key, exc) from None
+            if size < self._threshold:
+                put = functools.partial(self._direct.put, src, bucket, key, progress)
+                await self._in_thread("upload", bucket, key, put)
+                return
         source = str(src) if isinstance(src, Path) else src
         await self._transfer(
             "upload", bucket, key, lambda manager, subs: manager.upload(
@@ -120,6 +143,15 @@ class S3Provider:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
                                                                       Prefix=prefix)
         return [item for page in pages for item in page.get("Contents", [])]
+
+    async def _in_thread(self, verb: str, bucket: str, key: str, work: Callable[[], T]) -> T:
+        """A direct request, in a worker thread. Cancelled, it runs on to its end there
+        (an object under the threshold, with timeouts): a download still lands only
+        whole, under its temporary name."""
+        try:
+            return await asyncio.to_thread(work)
+        except Exception as exc:
+            raise self._error(verb, bucket, key, exc) from None
 
     async def _transfer(self, verb: str, bucket: str, key: str, submit: Any,
                         progress: Progress | None = None) -> None:
@@ -154,22 +186,14 @@ class S3Provider:
         return StorageError(f"{self.name}: cannot {verb} {bucket}/{key}: {self._reason(exc)}")
 
     def _reason(self, exc: BaseException) -> str:
-        from botocore.exceptions import ClientError
-
-        if isinstance(exc, ClientError):
+        # botocore's errors come only from a client it built: no import for the others.
+        botocore = sys.modules.get("botocore.exceptions")
+        if isinstance(exc, DirectError):
+            text = _answer(exc.code, exc.message, exc.status)
+        elif botocore is not None and isinstance(exc, botocore.ClientError):
             error = exc.response.get("Error", {})
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            code = str(error.get("Code") or "error")
-            if code in ("404", "NoSuchKey"):
-                text = "no such object"
-            elif code == "NoSuchBucket":
-                text = "no such bucket"
-            elif code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                text = f"access denied ({code})"
-            else:
-                text = f"{code}: {error.get('Message') or 'failed'}"
-            if status:
-                text += f" (HTTP {status})"
+            text = _answer(str(error.get("Code") or "error"), error.get("Message"), status)
         elif isinstance(exc, OSError) and exc.strerror:
             text = exc.strerror
         else:
@@ -184,6 +208,19 @@ class S3Provider:
         if self._built is not None:
             with contextlib.suppress(Exception):
                 self._built[1].shutdown(cancel=True)
+
+
+def _answer(code: str, message: str | None, status: int | None) -> str:
+    """A store's error answer, said the same whichever client got it."""
+    if code in ("404", "NoSuchKey"):
+        text = "no such object"
+    elif code == "NoSuchBucket":
+        text = "no such bucket"
+    elif code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        text = f"access denied ({code})"
+    else:
+        text = f"{code}: {message or 'failed'}"
+    return f"{text} (HTTP {status})" if status else text
 
 
 def _make_client(

@@ -13,12 +13,13 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.integration.conftest import free_port, script_output, wait_for_http
+from tests.integration.conftest import S3Server, free_port, script_output, wait_for_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -181,3 +182,31 @@ def test_a_warm_job_imports_nothing_its_runner_has_not(tmp_path: Path) -> None:
                             env=env, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
     assert json.loads(out.read_text()) == []
+
+
+def test_a_job_moving_small_objects_imports_no_boto3(tmp_path: Path,
+                                                     moto_server: S3Server) -> None:
+    """A MinIO event's object down and the result up, both under the multipart threshold:
+    one signed request each (s3_direct.py), boto3 never imported (bench/job.py's job)."""
+    bucket = f"startup-{uuid.uuid4().hex[:8]}"
+    store = moto_server.client()
+    store.create_bucket(Bucket=bucket)
+    store.put_object(Bucket=bucket, Key="input/data.txt", Body=b"small object\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "storage_providers:\n  minio:\n    default:\n"
+        f"      endpoint: {moto_server.endpoint}\n"
+        "      access_key: AKSTARTUP\n      secret_key: SKSTARTUP\n"
+        f"input:\n  - storage_provider: minio.default\n    path: {bucket}/input\n"
+        f"output:\n  - storage_provider: minio.default\n    path: {bucket}/output\n")
+    script = tmp_path / "script.sh"
+    script.write_text('cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/result.txt"\n')
+    event = json.dumps({"Records": [{
+        "eventVersion": "2.0", "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put",
+        "s3": {"bucket": {"name": bucket}, "object": {"key": "input/data.txt", "size": 13}},
+    }]}).encode()
+    modules, _ = loaded(tmp_path, ["run", "--script", str(script), "--config", str(config)],
+                        stdin=event)
+    assert present(modules, ("boto3", "botocore", "s3transfer")) == []
+    result = store.get_object(Bucket=bucket, Key="output/result.txt")["Body"].read()
+    assert result == b"small object\n"

@@ -25,6 +25,7 @@ from faas_supervisor.storage_providers import build_provider
 from faas_supervisor.storage_providers.onedata import OnedataProvider
 from faas_supervisor.storage_providers.s3 import S3Provider
 from faas_supervisor.storage_providers.webdav import WebDavProvider
+from tests.integration.ceph import CephRgw
 from tests.integration.conftest import S3Server, free_port
 from tests.integration.servers import (
     CuttingProxy,
@@ -266,6 +267,88 @@ async def test_s3_built_from_config(moto_server: S3Server) -> None:
     provider = build_provider(s3_config("minio", moto_server.endpoint))
     assert isinstance(provider, S3Provider)
     provider.close()
+
+
+# ---- S3: objects under the threshold in one signed request (s3_direct.py) ----------------
+
+
+async def test_s3_small_objects_go_direct_and_ceph_checks_their_signatures(
+    ceph_rgw: CephRgw, tmp_path: Path
+) -> None:
+    """Ceph RGW checks every SigV4 signature (moto does not): the direct requests' are
+    right for awkward keys too, the progress adds up, and boto3 is never built."""
+    settings: dict[str, str | bool | Secret] = {
+        "endpoint": ceph_rgw.endpoint, "region": ceph_rgw.region,
+        "access_key": Secret(ceph_rgw.access_key), "secret_key": Secret(ceph_rgw.secret_key)}
+    provider = S3Provider(ProviderConfig("minio", "ceph", settings))
+    bucket = f"direct-{uuid.uuid4().hex[:10]}"
+    ceph_rgw.client().create_bucket(Bucket=bucket)
+    for key in AWKWARD_KEYS:
+        src = tmp_path / "src.bin"
+        digest = write_random(src, 300_000)
+        moved: list[int] = []
+        await provider.upload(src, bucket, key, progress=moved.append)
+        assert sum(moved) == 300_000
+        head = ceph_rgw.client().head_object(Bucket=bucket, Key=key)
+        assert head["ContentLength"] == 300_000
+        dest = tmp_path / "dest.bin"
+        moved.clear()
+        await provider.download(bucket, key, dest, progress=moved.append)
+        assert sha256(dest) == digest and sum(moved) == 300_000
+    assert provider._built is None  # neither boto3's client nor its models
+    wrong = S3Provider(ProviderConfig("minio", "ceph", {**settings,
+                                                        "secret_key": Secret("not-the-key")}))
+    with pytest.raises(StorageError) as refused:
+        await wrong.download(bucket, AWKWARD_KEYS[0], tmp_path / "refused.bin")
+    assert "access denied (SignatureDoesNotMatch) (HTTP 403)" in str(refused.value)
+    with pytest.raises(StorageError) as missing:
+        await provider.download(bucket, "in/none.txt", tmp_path / "missing.bin")
+    assert str(missing.value) == (f"minio.ceph: cannot download {bucket}/in/none.txt: "
+                                  "no such object (HTTP 404)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest.bin", "src.bin"]  # no temp
+
+
+async def test_s3_objects_from_the_threshold_up_go_through_boto3(
+    moto_server: S3Server, s3_factory: S3Factory, tmp_path: Path
+) -> None:
+    provider = s3_factory("minio", moto_server.endpoint, multipart_threshold=64 * 1024)
+    bucket = new_bucket(moto_server)
+    small, big = tmp_path / "small.bin", tmp_path / "big.bin"
+    small_digest, big_digest = write_random(small, 64 * 1024 - 1), write_random(big, 64 * 1024)
+    await provider.upload(small, bucket, "out/small.bin")
+    await provider.download(bucket, "out/small.bin", tmp_path / "small-back.bin")
+    assert provider._built is None
+    await provider.upload(big, bucket, "out/big.bin")
+    assert provider._built is not None
+    provider._built = None  # the download decides alone: its GET sees the length, hands over
+    await provider.download(bucket, "out/big.bin", tmp_path / "big-back.bin")
+    assert provider._built is not None
+    assert sha256(tmp_path / "small-back.bin") == small_digest
+    assert sha256(tmp_path / "big-back.bin") == big_digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "big-back.bin", "big.bin", "small-back.bin", "small.bin"]
+
+
+async def test_s3_direct_upload_is_tried_three_times_then_fails(
+    moto_server: S3Server, s3_factory: S3Factory, tmp_path: Path
+) -> None:
+    """SPEC 6.2's bound holds for the direct requests too: 3 attempts, no object left."""
+    proxy = await CuttingProxy(int(moto_server.endpoint.rsplit(":", 1)[1]), 64 * 1024).start()
+    try:
+        provider = s3_factory("minio", proxy.url)
+        bucket = new_bucket(moto_server)
+        src = tmp_path / "f.bin"
+        write_random(src, MiB)
+        moved: list[int] = []
+        with pytest.raises(StorageError) as failure:
+            await provider.upload(src, bucket, "out/f.bin", progress=moved.append)
+    finally:
+        await proxy.close()
+    assert str(failure.value).startswith(f"minio.default: cannot upload {bucket}/out/f.bin: ")
+    assert proxy.cuts == 3
+    assert sum(moved) == 0  # each retry took back what its attempt had counted
+    assert moto_server.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert provider._built is None
 
 
 # ---- WebDAV against wsgidav --------------------------------------------------------------

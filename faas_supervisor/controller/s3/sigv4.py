@@ -12,22 +12,29 @@ Every comparison of a signature is constant-time; no key or signature is ever lo
 from __future__ import annotations
 
 import calendar
-import hashlib
 import hmac
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import urlsplit
 
+from faas_supervisor.aws_sigv4 import ALGORITHM as ALGORITHM
+from faas_supervisor.aws_sigv4 import EMPTY_SHA256 as EMPTY_SHA256
+from faas_supervisor.aws_sigv4 import UNSIGNED as UNSIGNED
+from faas_supervisor.aws_sigv4 import canonical_query as canonical_query
+from faas_supervisor.aws_sigv4 import canonical_request as canonical_request
+from faas_supervisor.aws_sigv4 import canonical_uri as canonical_uri
+from faas_supervisor.aws_sigv4 import hmac_hex as hmac_hex
+from faas_supervisor.aws_sigv4 import query_pairs as query_pairs
+from faas_supervisor.aws_sigv4 import signing_key as signing_key
+from faas_supervisor.aws_sigv4 import string_to_sign as string_to_sign
+from faas_supervisor.aws_sigv4 import uri_encode as uri_encode
 from faas_supervisor.controller.s3.errors import S3Error
 
-ALGORITHM = "AWS4-HMAC-SHA256"
-UNSIGNED = "UNSIGNED-PAYLOAD"
 STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 STREAMING = (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER)
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_SKEW = 15 * 60  # seconds a signed request's time may differ from ours (S3's)
 MAX_EXPIRES = 7 * 24 * 3600  # a presigned URL's longest life (S3's)
 # What a presigned request may send unsigned (S3 takes it; the query's hash is the one used).
@@ -49,65 +56,6 @@ class Signed:
     scope: str = ""
     signature: str = ""  # the seed of signed chunks
     signing_key: bytes = field(default=b"", repr=False)
-
-
-def uri_encode(text: str, slash: bool = True) -> str:
-    """S3's URI encoding: everything but A-Z a-z 0-9 - _ . ~ (and `/` in paths)."""
-    return quote(text, safe="/~" if slash else "~")
-
-
-def canonical_uri(raw_path: str) -> str:
-    """The path as S3 canonicalizes it: decoded once, encoded once, never normalized."""
-    return uri_encode(unquote(raw_path)) or "/"
-
-
-def query_pairs(raw_query: str) -> list[tuple[str, str]]:
-    """The query's pairs, each decoded once (`+` is a plus: clients encode spaces)."""
-    pairs = []
-    for part in raw_query.split("&"):
-        if part:
-            name, _, value = part.partition("=")
-            pairs.append((unquote(name), unquote(value)))
-    return pairs
-
-
-def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
-    encoded = sorted((uri_encode(k, False), uri_encode(v, False)) for k, v in pairs)
-    return "&".join(f"{k}={v}" for k, v in encoded)
-
-
-def canonical_request(
-    method: str,
-    raw_path: str,
-    pairs: Iterable[tuple[str, str]],
-    headers: Mapping[str, str],
-    signed_headers: list[str],
-    payload: str,
-) -> str:
-    lines = [f"{name}:{' '.join(headers.get(name, '').split())}\n" for name in signed_headers]
-    return "\n".join([
-        method,
-        canonical_uri(raw_path),
-        canonical_query(pairs),
-        "".join(lines),
-        ";".join(signed_headers),
-        payload,
-    ])
-
-
-def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
-    key = ("AWS4" + secret).encode()
-    for part in (date, region, service, "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    return key
-
-
-def string_to_sign(amz_date: str, scope: str, request: str) -> str:
-    return "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(request.encode()).hexdigest()])
-
-
-def hmac_hex(key: bytes, text: str) -> str:
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
 def same(given: str, expected: str) -> bool:
