@@ -18,8 +18,9 @@ load once (about 20 ms), on the thread that opens it.
 This is a patch of the standard library's `ssl.SSLContext` for the duration of one
 import, on the single thread of a start-up: fragile if aiohttp changes how it makes its
 contexts, so it fails safe. Contexts made in another way are left alone (the load is
-paid as before); a context marked and not converted would verify nothing, so every
-marked one is converted; `tests/integration/test_startup.py` checks that aiohttp's two
+paid as before); a marked context left as it was would have no CAs (it would refuse every
+server, not accept any), so every marked one is converted, whoever made it;
+`tests/integration/test_startup.py` checks that aiohttp's two
 contexts are deferred, still verify against the default CA paths once used, and refuse an
 unknown certificate (docs/ARCHITECTURE.md, "What is imported when").
 """
@@ -60,7 +61,9 @@ class CAsOnFirstUse(ssl.SSLContext):
         return super().cert_store_stats()
 
     def set_default_verify_paths(self) -> None:
-        self._load_default_paths()  # asked for again: now, and once
+        with _load_lock:  # asked for by its user: done now, as a plain context does
+            self.__dict__.pop(_PENDING, None)
+            super().set_default_verify_paths()
 
     def loaded(self) -> bool:
         return _PENDING not in self.__dict__
@@ -81,11 +84,15 @@ def import_aiohttp() -> None:
     nothing. Not thread-safe: for a start-up, before other threads run."""
     if "aiohttp" in sys.modules:
         return
+    own = ssl.SSLContext.__dict__.get("set_default_verify_paths")  # None: _ssl's C method
     ssl.SSLContext.set_default_verify_paths = _record  # type: ignore[method-assign,assignment]
     try:
         import aiohttp.web  # noqa: F401 - the import is the point
     finally:
-        del ssl.SSLContext.set_default_verify_paths  # the C method of _ssl._SSLContext again
+        if own is None:
+            del ssl.SSLContext.set_default_verify_paths
+        else:
+            ssl.SSLContext.set_default_verify_paths = own  # type: ignore[method-assign]
         for context in _recorded:
             # Same memory layout (no slots of its own): only the class's methods change.
             context.__class__ = CAsOnFirstUse
