@@ -32,6 +32,17 @@ from faas_supervisor.cli import main
 sys.exit(main(argv))
 """
 
+# Also writes, at exit, whether aiohttp's default TLS contexts have loaded their CAs.
+TLS_STATE = """
+import atexit, json, sys
+def tls_state():
+    connector = sys.modules["aiohttp.connector"]
+    state = {name: connector.__dict__["_SSL_CONTEXT_" + name.upper()].loaded()
+             for name in ("verified", "unverified")}
+    open(sys.argv[3], "w").write(json.dumps(state))
+atexit.register(tls_state)
+"""
+
 # Needed by other commands, or by a storage transfer, never by these start-ups.
 NEVER = ("boto3", "botocore", "s3transfer", "docker", "kubernetes",
          "faas_supervisor.controller", "faas_supervisor.client", "faas_supervisor.api_client")
@@ -96,15 +107,16 @@ def test_watchdog_start_and_a_plain_invocation_import_no_storage_sdk_or_controll
     config = tmp_path / "config.yaml"
     config.write_text(MINIO_CONFIG)
     port = free_port()
-    out = tmp_path / "modules.json"
+    out, tls = tmp_path / "modules.json", tmp_path / "tls.json"
     argv = ["watchdog", "--script", str(script), "--config", str(config), "--port", str(port),
             "--host", "127.0.0.1", "--suppress-lock"]
     env = {k: v for k, v in os.environ.items() if k not in ("FUNCTION_CONFIG", "SCRIPT")}
     env["TMPDIR"] = str(tmp_path)
     log = tmp_path / "watchdog.log"
     with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-c", DRIVER, str(out), json.dumps(argv)],
-                                   stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            [sys.executable, "-c", TLS_STATE + DRIVER, str(out), json.dumps(argv), str(tls)],
+            stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/_/health", process, log=log)
         answer = requests.post(f"http://127.0.0.1:{port}/", data=b'{"c":3}', timeout=10)
@@ -117,6 +129,9 @@ def test_watchdog_start_and_a_plain_invocation_import_no_storage_sdk_or_controll
     modules = json.loads(out.read_text())
     assert "aiohttp.web" in modules  # the driver did run the watchdog
     assert present(modules, NEVER) == []
+    # aiohttp's two default TLS contexts were made, and never read the CA bundle: nothing
+    # here opened a TLS connection (lazy_ca.py).
+    assert json.loads(tls.read_text()) == {"verified": False, "unverified": False}
 
 
 def test_the_s3_provider_builds_its_client_on_first_use_once() -> None:
@@ -210,3 +225,122 @@ def test_a_job_moving_small_objects_imports_no_boto3(tmp_path: Path,
     assert present(modules, ("boto3", "botocore", "s3transfer")) == []
     result = store.get_object(Bucket=bucket, Key="output/result.txt")["Body"].read()
     assert result == b"small object\n"
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A CA and a certificate it signed for 127.0.0.1, and a self-signed one (no CA knows
+    it), as PEM files; `ca` alone is the CA bundle the tests' TLS client is given."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
+                    signer: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject)
+                   .issuer_name(issuer or subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(hours=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        else:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    def pem(path: Path, *items: x509.Certificate | ec.EllipticCurvePrivateKey) -> Path:
+        data = b""
+        for item in items:
+            if isinstance(item, x509.Certificate):
+                data += item.public_bytes(serialization.Encoding.PEM)
+            else:
+                data += item.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption())
+        path.write_bytes(data)
+        return path
+
+    ca_key, key, stranger_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = certificate("faas-supervisor test CA", ca_key, None, ca_key, ca=True)
+    known = certificate("127.0.0.1", key, ca.subject, ca_key, ca=False)
+    stranger = certificate("127.0.0.1", stranger_key, None, stranger_key, ca=False)
+    return {"ca": pem(folder / "ca.pem", ca),
+            "known": pem(folder / "known.pem", known, key),
+            "stranger": pem(folder / "stranger.pem", stranger, stranger_key)}
+
+
+# aiohttp imported as the watchdog imports it, then its client's default contexts at work
+# against two TLS servers on loopback: one whose certificate the default CA paths trust
+# ($SSL_CERT_FILE, which OpenSSL's default paths honour), one nobody signed.
+TLS_CLIENT = """
+import asyncio, json, ssl, sys
+from faas_supervisor.lazy_ca import import_aiohttp
+import_aiohttp()
+import aiohttp
+from aiohttp import connector, web
+verified, unverified = connector._SSL_CONTEXT_VERIFIED, connector._SSL_CONTEXT_UNVERIFIED
+report = {"deferred": [not verified.loaded(), not unverified.loaded()],
+          # ssl as it was: contexts made from now on load their CAs when asked, at once
+          "patch gone": "set_default_verify_paths" not in ssl.SSLContext.__dict__,
+          "a new context's CAs": ssl.create_default_context().cert_store_stats()["x509_ca"]}
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/", lambda request: web.Response(text="hello"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    ports = {}
+    for name in ("known", "stranger"):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[1 if name == "known" else 2])
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        ports[name] = site._server.sockets[0].getsockname()[1]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"https://127.0.0.1:{ports['known']}/") as answer:
+            report["known"] = await answer.text()
+        try:
+            async with session.get(f"https://127.0.0.1:{ports['stranger']}/") as answer:
+                report["stranger"] = await answer.text()
+        except aiohttp.ClientConnectorCertificateError:
+            report["stranger"] = "refused"
+        async with session.get(f"https://127.0.0.1:{ports['stranger']}/", ssl=False) as answer:
+            report["stranger, unverified"] = await answer.text()
+    await runner.cleanup()
+
+asyncio.run(main())
+report["loaded"] = [verified.loaded(), unverified.loaded()]
+print(json.dumps(report))
+"""
+
+
+def test_aiohttps_default_tls_contexts_load_the_default_cas_at_first_use(tmp_path: Path) -> None:
+    """The watchdog imports aiohttp with its contexts' CA loads deferred (lazy_ca.py): they
+    are loaded at the first handshake, so a certificate the default CA paths trust is
+    accepted, and one nobody signed is refused, exactly as without the deferral."""
+    files = _certificates(tmp_path)
+    env = {**os.environ, "SSL_CERT_FILE": str(files["ca"]), "SSL_CERT_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", TLS_CLIENT, str(files["known"]), str(files["stranger"])],
+        capture_output=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads(result.stdout) == {
+        "deferred": [True, True],
+        "patch gone": True,
+        "a new context's CAs": 1,
+        "known": "hello",
+        "stranger": "refused",
+        "stranger, unverified": "hello",
+        "loaded": [True, True],
+    }
