@@ -287,3 +287,27 @@ def test_spawn_fails_as_popen_does(tmp_path: Path) -> None:
                             stderr=subprocess.STDOUT)
         with pytest.raises(ValueError, match="embedded null byte"):
             processes.spawn(["/bin/sh"], env={"A": "x\0y"}, stdout=log, stderr=subprocess.STDOUT)
+        with pytest.raises(ValueError, match="embedded null byte"):
+            processes.spawn(["/bin/sh", "a\0b"], env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        with pytest.raises(ValueError, match="embedded null byte"):
+            processes.spawn(["/bin/sh"], env={"A\0": "x"}, stdout=log, stderr=subprocess.STDOUT)
+        with pytest.raises(ValueError, match="illegal environment variable name"):
+            processes.spawn(["/bin/sh"], env={"A=B": "x"}, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_spawn_passes_arguments_and_environment_byte_for_byte(tmp_path: Path) -> None:
+    """Encoded as os.fsencode does: UTF-8, and bytes that were not UTF-8 (surrogates) as
+    they were."""
+    value = "caf\u00e9 \udcff="
+    out = tmp_path / "out"
+
+    async def main() -> int:
+        with open(out, "wb") as log:
+            child = processes.spawn(
+                ["/bin/sh", "-c", 'printf "%s|%s" "$1" "$V"', "sh", value],
+                env={**ENV, "V": value}, stdout=log, stderr=subprocess.STDOUT)
+        return await child.wait()
+
+    assert asyncio.run(main()) == 0
+    expected = os.fsencode(value)
+    assert out.read_bytes() == expected + b"|" + expected
