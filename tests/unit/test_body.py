@@ -93,8 +93,10 @@ def test_empty_octet_stream_body_is_still_empty(tmp_path: Path) -> None:
         b'"just a string"',
         b"-12.5e3",
         b"true",
+        b"false",
         b"42",
         b"null",
+        b" \t\r\n7",  # blanks first: the first byte that counts is the digit
         '{"accents": "\u00e9t\u00e9 \u2603"}'.encode(),
     ],
 )
