@@ -45,6 +45,7 @@ import struct
 import sys
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from faas_supervisor import processes
@@ -54,6 +55,7 @@ MAX_FDS = 8  # descriptors one receive may bring (a frame carries at most two)
 READ_SIZE = 1 << 16
 EXIT_CHILD_FAILED = 70  # a child that could not become the job's `run` (printed)
 EXIT_FLUSH_FAILED = 120  # as CPython when flushing stdout/stderr at exit fails
+CONFIG_FILE = "function_config.yaml"  # in the service's folder, as the local backend writes it
 WARM_MODULES = (
     # What `run` imports, at start or when a job needs it (with every module of the
     # packages named here: the event parsers and the storage providers).
@@ -114,7 +116,7 @@ class Frames:
             os.close(self.fds.popleft())
 
 
-def serve() -> int:
+def serve(folder: str) -> int:
     """The runner (`faas-supervisor job-runner FOLDER`); its stdin is the control socket."""
     try:
         control = socket.socket(fileno=os.dup(0))
@@ -128,7 +130,12 @@ def serve() -> int:
     # A fresh interpreter's dispositions, for the children (the runner changes these two).
     fresh = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     warm_up()
+    from faas_supervisor import config
     from faas_supervisor.cli import build_parser
+
+    # The service's config, parsed once here: a job whose `--config` holds the same text
+    # takes this parse instead of YAML's (config.parse_ahead; the file is still read).
+    config.parse_ahead(Path(folder) / CONFIG_FILE)
 
     return _Runner(control, fresh, build_parser()).loop()
 

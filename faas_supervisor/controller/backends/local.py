@@ -37,6 +37,7 @@ from faas_supervisor.controller.deployments import Deployment, LogLine, read_tai
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.errors import ServiceUnavailable
+from faas_supervisor.job_runner import CONFIG_FILE
 from faas_supervisor.logs import get_logger
 
 HOST = "127.0.0.1"
@@ -262,7 +263,7 @@ class LocalBackend:
         script = folder / "script.sh"
         script.write_text(service.script)
         script.chmod(0o700)
-        config = folder / "function_config.yaml"
+        config = folder / CONFIG_FILE
         config.touch(mode=0o600)  # it holds the storage keys
         config.write_text(
             yaml.safe_dump(function_config(service, self.default_provider), sort_keys=False)
@@ -275,7 +276,7 @@ class LocalBackend:
             "--script",
             str(folder / "script.sh"),
             "--config",
-            str(folder / "function_config.yaml"),
+            str(folder / CONFIG_FILE),
         ]
 
     async def check(self, service: Service) -> None:
