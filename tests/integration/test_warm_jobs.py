@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -472,3 +473,121 @@ def test_a_jobs_logs_show_its_script_output_whatever_the_event(
     text = controller.request("GET", f"/system/logs/chatty/{other}").content
     assert re.sub(RUNTIME_LINE, b"", text) == b"no result file\n"
     assert (text == b"no result file\n") == (level == "CRITICAL")
+
+
+# ---- the runner itself, driven over its control socket as the backend drives it ----------
+
+
+class DirectRunner:
+    """`faas-supervisor job-runner FOLDER`, its stdin one end of a socket pair."""
+
+    def __init__(self, folder: Path, script: str) -> None:
+        from faas_supervisor.job_runner import Frames
+
+        self.folder = folder
+        (folder / "tmp").mkdir(parents=True)
+        (folder / "script.sh").write_text(script)
+        (folder / "function_config.yaml").write_text("name: direct\nlog_level: INFO\n")
+        self.env = {**os.environ, "TMPDIR": str(folder / "tmp"), "suppress_lock": "true"}
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.process = subprocess.Popen([*faas_command(), "job-runner", str(folder)],
+                                        stdin=theirs.fileno(), env=self.env,
+                                        start_new_session=True)
+        theirs.close()
+        self.sock.settimeout(60)
+        self.frames = Frames()
+        self.pid = int(self.receive()["ready"])
+
+    def receive(self) -> dict[str, object]:
+        while (message := self.frames.pop()) is None:
+            data = self.sock.recv(1 << 16)
+            assert data, "the runner closed its socket"
+            self.frames.feed(data, ())
+        return message
+
+    def run(self, log: Path) -> tuple[int, int]:
+        """One job: the child's pid, its exit status."""
+        from faas_supervisor.job_runner import frame
+
+        job = f"direct-{uuid.uuid4()}"
+        message = {"op": "run", "job": job, "fds": 1,
+                   "args": ["run", "--script", str(self.folder / "script.sh"),
+                            "--config", str(self.folder / "function_config.yaml")],
+                   "env": {**self.env, "JOB_UUID": job, "EVENT": EVENT}}
+        with open(log, "ab") as out:
+            socket.send_fds(self.sock, [frame(message)], [out.fileno()])
+        started, ended = self.receive(), self.receive()
+        assert started == {"job": job, "pid": started["pid"]}, started
+        assert ended["job"] == job and "status" in ended, ended
+        return int(str(started["pid"])), int(str(ended["status"]))
+
+    def children(self) -> list[int]:
+        return [p.pid for p in processes().values() if p.ppid == self.pid and p.state != "Z"]
+
+    def close(self) -> None:
+        self.sock.close()  # as a controller gone: the runner exits once its jobs are
+        try:
+            self.process.wait(60)
+        finally:
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def fds_of(pid: int) -> list[str]:
+    folder = Path(f"/proc/{pid}/fd")
+    return sorted(f"{fd}:{os.readlink(folder / fd)}" for fd in os.listdir(folder))
+
+
+def test_a_jobs_child_is_forked_ahead_fresh_and_the_next_one_after_it(tmp_path: Path) -> None:
+    """The spare child waits for its job in its own process group, holding none of the
+    runner's descriptors but its own socket; a job taken by it runs as `run` (status,
+    log), and a new spare is forked for the next job."""
+    runner = DirectRunner(tmp_path / "svc", 'echo "ran $JOB_UUID"\nexit 3\n')
+    try:
+        (spare,) = wait_until(lambda: runner.children() or None, 30, "a spare child", None)
+        assert os.getpgid(spare) == spare
+        # Once past its start (which closes what it got from the runner): 0, 1, 2 and
+        # its own socket.
+        spare_fds = wait_until(lambda: len(fds := fds_of(spare)) == 4 and fds, 30,
+                               f"the spare to close the runner's descriptors: {fds_of(spare)}")
+        sockets = {fd.split(":", 1)[1] for fd in fds_of(runner.pid) if ":socket:" in fd}
+        assert not {fd.split(":", 1)[1] for fd in spare_fds} & sockets
+        log = tmp_path / "job.log"
+        pid, status = runner.run(log)
+        assert (pid, status) == (spare, 3)
+        assert "ran direct-" in log.read_text()
+        (second,) = wait_until(lambda: runner.children() or None, 30, "the next spare", None)
+        assert second != spare and os.getpgid(second) == second
+        assert runner.run(tmp_path / "job2.log") == (second, 3)
+    finally:
+        runner.close()
+    assert runner.process.returncode == 0
+    assert not [p for p in processes().values() if p.ppid == runner.pid and p.state != "Z"]
+
+
+def test_a_spare_child_that_died_is_replaced_by_a_fork_at_the_job(tmp_path: Path) -> None:
+    runner = DirectRunner(tmp_path / "svc", "echo fine\n")
+    try:
+        (spare,) = wait_until(lambda: runner.children() or None, 30, "a spare child", None)
+        os.kill(spare, signal.SIGKILL)
+        wait_until(lambda: processes()[spare].state == "Z" if spare in processes() else True,
+                   30, "the spare to die", None)
+        pid, status = runner.run(tmp_path / "job.log")
+        assert status == 0 and pid != spare
+        assert spare not in processes()  # reaped, not left a zombie
+        assert runner.run(tmp_path / "job2.log")[1] == 0
+    finally:
+        runner.close()
+    assert runner.process.returncode == 0
+
+
+def test_a_runner_stopped_by_sigterm_ends_its_spare(tmp_path: Path) -> None:
+    runner = DirectRunner(tmp_path / "svc", "echo fine\n")
+    try:
+        (spare,) = wait_until(lambda: runner.children() or None, 30, "a spare child", None)
+        runner.process.send_signal(signal.SIGTERM)
+        assert runner.process.wait(60) == 0
+        assert spare not in processes()
+    finally:
+        runner.close()
