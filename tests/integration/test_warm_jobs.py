@@ -534,6 +534,12 @@ class DirectRunner:
                 self.process.wait()
 
 
+def signal_masks(pid: int) -> list[str]:
+    """Blocked, ignored and caught signals, as /proc shows them."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return [line for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
+
+
 def fds_of(pid: int) -> list[str]:
     folder = Path(f"/proc/{pid}/fd")
     return sorted(f"{fd}:{os.readlink(folder / fd)}" for fd in os.listdir(folder))
@@ -551,6 +557,14 @@ def test_a_jobs_child_is_forked_ahead_fresh_and_the_next_one_after_it(tmp_path: 
         # its own socket.
         spare_fds = wait_until(lambda: len(fds := fds_of(spare)) == 4 and fds, 30,
                                f"the spare to close the runner's descriptors: {fds_of(spare)}")
+        # What it ran ahead (job_runner._rehearse) left a fresh interpreter's signals.
+        fresh = subprocess.Popen([sys.executable, "-c", "print(flush=True); input()"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert fresh.stdout is not None and fresh.stdout.readline() == b"\n"
+            assert signal_masks(spare) == signal_masks(fresh.pid)
+        finally:
+            fresh.communicate(b"\n", timeout=30)
         sockets = {fd.split(":", 1)[1] for fd in fds_of(runner.pid) if ":socket:" in fd}
         assert not {fd.split(":", 1)[1] for fd in spare_fds} & sockets
         log = tmp_path / "job.log"
