@@ -45,12 +45,14 @@ import argparse
 import contextlib
 import gc
 import json
+import math
 import os
 import select
 import signal
 import socket
 import struct
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,6 +63,7 @@ from faas_supervisor import processes
 HEADER = struct.Struct("!I")
 MAX_FDS = 8  # descriptors one receive may bring (a frame carries at most two)
 READ_SIZE = 1 << 16
+SPARE_DELAY = 0.1  # seconds after a job's start before the next spare is forked (_start)
 EXIT_CHILD_FAILED = 70  # a child that could not become the job's `run` (printed)
 EXIT_FLUSH_FAILED = 120  # as CPython when flushing stdout/stderr at exit fails
 CONFIG_FILE = "function_config.yaml"  # in the service's folder, as the local backend writes it
@@ -194,6 +197,7 @@ class _Runner:
         # The next job's child, forked ahead and waiting on its socket for the job: a
         # job's start does not wait for a fork (_fork_spare).
         self.spare: tuple[int, socket.socket] | None = None
+        self.spare_due: float | None = None  # time.monotonic() when the next one is forked
 
     def _on_signal(self, _sig: int, _frame: object) -> None:
         self.signalled = True  # acted on in the loop (the wakeup fd wakes the poll)
@@ -212,6 +216,9 @@ class _Runner:
                 self._drop_spare()  # no job comes any more
             # Without pidfds, children are checked every 50 ms.
             timeout = 50 if any(fd is None for _, fd in self.children.values()) else None
+            if self.spare_due is not None:
+                due = max(0, math.ceil((self.spare_due - time.monotonic()) * 1000))
+                timeout = due if timeout is None else min(timeout, due)
             events = self.poll.poll(timeout)
             if self.signalled and not self.stopping:
                 self._stop_all()
@@ -223,6 +230,8 @@ class _Runner:
                     self._read_control()
             for pid in list(self.children):
                 self._reap(pid)
+            if self.spare_due is not None and time.monotonic() >= self.spare_due:
+                self._fork_spare()
         self._drop_spare()
         return 0
 
@@ -280,7 +289,11 @@ class _Runner:
         if pidfd is not None:
             self.poll.register(pidfd, select.POLLIN)
         self._send({"job": job, "pid": pid})
-        self._fork_spare()  # for the next job, now that this one is on its way
+        # The next spare, once this job has started its script: its fork and rehearsal
+        # take a few ms of CPU, which now would compete for the cores with this job's
+        # start. Sooner if a job ends first (_reap).
+        if self.spare is None and self.spare_due is None:
+            self.spare_due = time.monotonic() + SPARE_DELAY
 
     def _fork(self, child: Callable[[], NoReturn]) -> int:
         """A child in its own process group, running `child()`."""
@@ -302,6 +315,7 @@ class _Runner:
         return pid
 
     def _fork_spare(self) -> None:
+        self.spare_due = None
         if self.spare is not None or self.stopping or self.controller_gone:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -357,6 +371,8 @@ class _Runner:
             self.poll.unregister(pidfd)
             os.close(pidfd)
         self._send({"job": job, "status": os.waitstatus_to_exitcode(status)})
+        if self.spare_due is not None:
+            self.spare_due = time.monotonic()  # forked now, its job done: no one to slow
 
     def _send(self, message: dict[str, Any]) -> None:
         if self.controller_gone:
