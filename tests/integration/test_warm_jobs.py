@@ -605,3 +605,24 @@ def test_a_runner_stopped_by_sigterm_ends_its_spare(tmp_path: Path) -> None:
         assert spare not in processes()
     finally:
         runner.close()
+
+
+def test_a_controller_started_beside_other_code_runs_its_services_on_its_own(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    """`python -m` puts the working directory first on sys.path: a controller started in a
+    folder holding another `faas_supervisor` (a checkout of another version) must still
+    run its watchdogs and job runners on its own code."""
+    decoy = tmp_path / "elsewhere"
+    (decoy / "faas_supervisor").mkdir(parents=True)
+    (decoy / "faas_supervisor" / "__init__.py").write_text(
+        "raise SystemExit('the decoy faas_supervisor was imported')\n")
+    (decoy / "faas_supervisor" / "__main__.py").write_text("")
+    controller = controllers(cwd=decoy)
+    token = controller.create({"name": "own", "script": "echo own code\n"})["token"]
+    job = post_job(controller, "own", token)
+    assert finished(controller, "own", job)["status"] == "Succeeded"
+    assert "decoy" not in (controller.data_dir / "services" / "own" / "runner.log").read_text()
+    response = requests.post(f"{controller.url}/run/own", data=EVENT,
+                             headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert response.status_code == 200 and "own code" in response.text, response.text

@@ -52,7 +52,10 @@ def runtime_command() -> list[str]:
     """This very program: the frozen build's launcher, or the package with this Python."""
     if frozen.is_frozen():
         return [str(frozen.launcher())]
-    return [sys.executable, "-m", "faas_supervisor"]
+    # -P: not the working directory first on sys.path, where `-m` puts it. A controller
+    # started from a checkout (or any folder holding a `faas_supervisor`) would otherwise
+    # run its services' watchdogs and jobs on that code instead of its own.
+    return [sys.executable, "-P", "-m", "faas_supervisor"]
 
 
 def free_port() -> int:
