@@ -580,6 +580,9 @@ def test_a_jobs_child_is_forked_ahead_fresh_and_the_next_one_after_it(tmp_path: 
     assert not [p for p in processes().values() if p.ppid == runner.pid and p.state != "Z"]
 
 
+@pytest.mark.reliability(fault="job runner's spare child killed",
+                         promise="the next job gets a child forked at once and runs; "
+                                 "the dead spare is reaped")
 def test_a_spare_child_that_died_is_replaced_by_a_fork_at_the_job(tmp_path: Path) -> None:
     runner = DirectRunner(tmp_path / "svc", "echo fine\n")
     try:
