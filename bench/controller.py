@@ -115,7 +115,10 @@ def controller(workdir: Path, max_jobs: int, executable: Path) -> Iterator[Contr
         command += ["--s3-port", str(c.free_port())]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # Started in its own folder: a build without `-P` in its services' `python -m`
+        # (before the fix) would otherwise run them on this checkout's code, not its own.
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   cwd=workdir)
     ctl = Controller(process, port, data_dir, log)
     try:
         deadline = time.monotonic() + 60
