@@ -505,8 +505,8 @@ class DirectRunner:
             self.frames.feed(data, ())
         return message
 
-    def run(self, log: Path) -> tuple[int, int]:
-        """One job: the child's pid, its exit status."""
+    def start(self, log: Path) -> tuple[str, int]:
+        """A job given to the runner: its name, its child's pid."""
         from faas_supervisor.job_runner import frame
 
         job = f"direct-{uuid.uuid4()}"
@@ -516,10 +516,20 @@ class DirectRunner:
                    "env": {**self.env, "JOB_UUID": job, "EVENT": EVENT}}
         with open(log, "ab") as out:
             socket.send_fds(self.sock, [frame(message)], [out.fileno()])
-        started, ended = self.receive(), self.receive()
+        started = self.receive()
         assert started == {"job": job, "pid": started["pid"]}, started
+        return job, int(str(started["pid"]))
+
+    def end(self, job: str) -> int:
+        """The job's exit status, once it has ended."""
+        ended = self.receive()
         assert ended["job"] == job and "status" in ended, ended
-        return int(str(started["pid"])), int(str(ended["status"]))
+        return int(str(ended["status"]))
+
+    def run(self, log: Path) -> tuple[int, int]:
+        """One job: the child's pid, its exit status."""
+        job, pid = self.start(log)
+        return pid, self.end(job)
 
     def children(self) -> list[int]:
         return [p.pid for p in processes().values() if p.ppid == self.pid and p.state != "Z"]
@@ -629,3 +639,23 @@ def test_a_controller_started_beside_other_code_runs_its_services_on_its_own(
     response = requests.post(f"{controller.url}/run/own", data=EVENT,
                              headers={"Authorization": f"Bearer {token}"}, timeout=60)
     assert response.status_code == 200 and "own code" in response.text, response.text
+
+
+def test_a_long_job_does_not_leave_the_next_one_without_a_spare(tmp_path: Path) -> None:
+    """The next spare is forked shortly after a job starts (job_runner.SPARE_DELAY), not
+    only when it ends: a job arriving while a long one runs waits for no fork either."""
+    release = tmp_path / "release"
+    runner = DirectRunner(tmp_path / "svc", f"while [ ! -e {release} ]; do sleep 0.05; done\n")
+    try:
+        (spare,) = wait_until(lambda: runner.children() or None, 30, "a spare child", None)
+        job, pid = runner.start(tmp_path / "job.log")
+        assert pid == spare
+        (second,) = wait_until(lambda: [p for p in runner.children() if p != pid] or None, 30,
+                               "a spare while the job runs", None)
+        assert not release.exists() and pid in runner.children()  # the job still runs
+        release.touch()
+        assert runner.end(job) == 0
+        assert runner.run(tmp_path / "job2.log") == (second, 0)
+    finally:
+        release.touch()
+        runner.close()
