@@ -115,7 +115,10 @@ def controller(workdir: Path, max_jobs: int, executable: Path) -> Iterator[Contr
         command += ["--s3-port", str(c.free_port())]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # Started in its own folder: a build without `-P` in its services' `python -m`
+        # (before the fix) would otherwise run them on this checkout's code, not its own.
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   cwd=workdir)
     ctl = Controller(process, port, data_dir, log)
     try:
         deadline = time.monotonic() + 60
@@ -336,6 +339,8 @@ def drain_rows(drains: dict[str, Drain]) -> str:
 
 def report(machine: str, s: dict[str, list[float]], drains: dict[str, Drain],
            starts: dict[str, list[float]], notes: str) -> str:
+    if not s:  # --only latency or burst
+        return f"Run {machine}.\n" + _jobs_report(drains, starts)
     added = c.median(s["controller"]) - c.median(s["direct"])
     paired = c.median(s["paired"])
     rows = [
@@ -357,6 +362,11 @@ Synchronous `echo hi` (body `aGkK`), the two paths alternated request by request
   per-pair differences {c.ms(paired)} (target <= 1 ms): {met}
 * the controller's CPU time (user + system) per proxied request: {c.ms(s["cpu"][0])}
 """
+    return text + _jobs_report(drains, starts) + notes
+
+
+def _jobs_report(drains: dict[str, Drain], starts: dict[str, list[float]]) -> str:
+    text = ""
     if starts:
         rows = [[label, str(len(v)), c.ms(c.median(v)), c.ms(c.percentile(v, 90))]
                 for label, v in starts.items()]
@@ -396,10 +406,11 @@ alternating job by job:
             for failure in d.failures:
                 text += (f"\nA job that did not succeed, and its log:\n\n```\n"
                          f"{failure.strip()}\n```\n")
-    return text + notes
+    return text
 
 
 THIS = "this tree"
+PARTS = ("sync", "latency", "burst")
 
 
 def main() -> None:
@@ -415,8 +426,12 @@ def main() -> None:
     parser.add_argument("--against", metavar="REF",
                         help="also run the jobs on a controller of REF (a git revision, "
                              "e.g. 555bb1a, or a faas-supervisor executable)")
+    parser.add_argument("--only", choices=PARTS,
+                        help="run one part only (to iterate on it; implies --no-write)")
     parser.add_argument("--no-write", action="store_true", help="print, leave RESULTS.md")
     args = parser.parse_args()
+    if args.only:
+        args.no_write = True
     executables = {THIS: c.installation()}
     if args.against:
         executables[f"`{args.against}`"] = c.installation(args.against)
@@ -429,9 +444,10 @@ def main() -> None:
             label: stack.enter_context(controller(workdir / f"c{i}", args.max_jobs, exe))
             for i, (label, exe) in enumerate(executables.items())
         }
-        samples = sync(contenders[THIS], args.requests)
-        starts = latency(contenders, workdir, args.latency_jobs) if args.latency_jobs else {}
-        if args.jobs:
+        samples = sync(contenders[THIS], args.requests) if args.only in (None, "sync") else {}
+        starts = (latency(contenders, workdir, args.latency_jobs)
+                  if args.latency_jobs and args.only in (None, "latency") else {})
+        if args.jobs and args.only in (None, "burst"):
             # The reference first: this tree's run then cannot gain from a cooler machine.
             for label in reversed(contenders):
                 ctl = contenders[label]

@@ -266,10 +266,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         gc.freeze()
 
 
-def cmd_job_runner(_args: argparse.Namespace) -> int:
+def cmd_job_runner(args: argparse.Namespace) -> int:
     from faas_supervisor.job_runner import serve
 
-    return serve()
+    return serve(args.folder)
 
 
 async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:

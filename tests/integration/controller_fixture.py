@@ -121,6 +121,7 @@ class ControllerFactory:
         data_dir: Path | None = None,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> ControllerProcess:
         n = len(self.started)
         data_dir = data_dir or self.tmp_path / "data"
@@ -150,7 +151,8 @@ class ControllerFactory:
             *(args or []),
         ]
         with open(log, "wb") as out:
-            process = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                       cwd=cwd)
         controller = ControllerProcess(process, port, data_dir, log, s3_port)
         self.started.append(controller)
         wait_for_http(f"{controller.url}/health", process, log=log)

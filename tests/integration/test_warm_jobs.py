@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -472,3 +473,189 @@ def test_a_jobs_logs_show_its_script_output_whatever_the_event(
     text = controller.request("GET", f"/system/logs/chatty/{other}").content
     assert re.sub(RUNTIME_LINE, b"", text) == b"no result file\n"
     assert (text == b"no result file\n") == (level == "CRITICAL")
+
+
+# ---- the runner itself, driven over its control socket as the backend drives it ----------
+
+
+class DirectRunner:
+    """`faas-supervisor job-runner FOLDER`, its stdin one end of a socket pair."""
+
+    def __init__(self, folder: Path, script: str) -> None:
+        from faas_supervisor.job_runner import Frames
+
+        self.folder = folder
+        (folder / "tmp").mkdir(parents=True)
+        (folder / "script.sh").write_text(script)
+        (folder / "function_config.yaml").write_text("name: direct\nlog_level: INFO\n")
+        self.env = {**os.environ, "TMPDIR": str(folder / "tmp"), "suppress_lock": "true"}
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.process = subprocess.Popen([*faas_command(), "job-runner", str(folder)],
+                                        stdin=theirs.fileno(), env=self.env,
+                                        start_new_session=True)
+        theirs.close()
+        self.sock.settimeout(60)
+        self.frames = Frames()
+        self.pid = int(self.receive()["ready"])
+
+    def receive(self) -> dict[str, object]:
+        while (message := self.frames.pop()) is None:
+            data = self.sock.recv(1 << 16)
+            assert data, "the runner closed its socket"
+            self.frames.feed(data, ())
+        return message
+
+    def start(self, log: Path) -> tuple[str, int]:
+        """A job given to the runner: its name, its child's pid."""
+        from faas_supervisor.job_runner import frame
+
+        job = f"direct-{uuid.uuid4()}"
+        message = {"op": "run", "job": job, "fds": 1,
+                   "args": ["run", "--script", str(self.folder / "script.sh"),
+                            "--config", str(self.folder / "function_config.yaml")],
+                   "env": {**self.env, "JOB_UUID": job, "EVENT": EVENT}}
+        with open(log, "ab") as out:
+            socket.send_fds(self.sock, [frame(message)], [out.fileno()])
+        started = self.receive()
+        assert started == {"job": job, "pid": started["pid"]}, started
+        return job, int(str(started["pid"]))
+
+    def end(self, job: str) -> int:
+        """The job's exit status, once it has ended."""
+        ended = self.receive()
+        assert ended["job"] == job and "status" in ended, ended
+        return int(str(ended["status"]))
+
+    def run(self, log: Path) -> tuple[int, int]:
+        """One job: the child's pid, its exit status."""
+        job, pid = self.start(log)
+        return pid, self.end(job)
+
+    def children(self) -> list[int]:
+        return [p.pid for p in processes().values() if p.ppid == self.pid and p.state != "Z"]
+
+    def close(self) -> None:
+        self.sock.close()  # as a controller gone: the runner exits once its jobs are
+        try:
+            self.process.wait(60)
+        finally:
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def signal_masks(pid: int) -> list[str]:
+    """Blocked, ignored and caught signals, as /proc shows them."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return [line for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
+
+
+def fds_of(pid: int) -> list[str]:
+    folder = Path(f"/proc/{pid}/fd")
+    return sorted(f"{fd}:{os.readlink(folder / fd)}" for fd in os.listdir(folder))
+
+
+def test_a_jobs_child_is_forked_ahead_fresh_and_the_next_one_after_it(tmp_path: Path) -> None:
+    """The spare child waits for its job in its own process group, holding none of the
+    runner's descriptors but its own socket; a job taken by it runs as `run` (status,
+    log), and a new spare is forked for the next job."""
+    runner = DirectRunner(tmp_path / "svc", 'echo "ran $JOB_UUID"\nexit 3\n')
+    try:
+        (spare,) = wait_until(lambda: runner.children() or None, 30, "a spare child", None)
+        assert os.getpgid(spare) == spare
+        # Once past its start (which closes what it got from the runner): 0, 1, 2 and
+        # its own socket.
+        spare_fds = wait_until(lambda: len(fds := fds_of(spare)) == 4 and fds, 30,
+                               f"the spare to close the runner's descriptors: {fds_of(spare)}")
+        # What it ran ahead (job_runner._rehearse) left a fresh interpreter's signals.
+        fresh = subprocess.Popen([sys.executable, "-c", "print(flush=True); input()"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert fresh.stdout is not None and fresh.stdout.readline() == b"\n"
+            assert signal_masks(spare) == signal_masks(fresh.pid)
+        finally:
+            fresh.communicate(b"\n", timeout=30)
+        sockets = {fd.split(":", 1)[1] for fd in fds_of(runner.pid) if ":socket:" in fd}
+        assert not {fd.split(":", 1)[1] for fd in spare_fds} & sockets
+        log = tmp_path / "job.log"
+        pid, status = runner.run(log)
+        assert (pid, status) == (spare, 3)
+        assert "ran direct-" in log.read_text()
+        (second,) = wait_until(lambda: runner.children() or None, 30, "the next spare", None)
+        assert second != spare and os.getpgid(second) == second
+        assert runner.run(tmp_path / "job2.log") == (second, 3)
+    finally:
+        runner.close()
+    assert runner.process.returncode == 0
+    assert not [p for p in processes().values() if p.ppid == runner.pid and p.state != "Z"]
+
+
+@pytest.mark.reliability(fault="job runner's spare child killed",
+                         promise="the next job gets a child forked at once and runs; "
+                                 "the dead spare is reaped")
+def test_a_spare_child_that_died_is_replaced_by_a_fork_at_the_job(tmp_path: Path) -> None:
+    runner = DirectRunner(tmp_path / "svc", "echo fine\n")
+    try:
+        (spare,) = wait_until(lambda: runner.children() or None, 30, "a spare child", None)
+        os.kill(spare, signal.SIGKILL)
+        wait_until(lambda: processes()[spare].state == "Z" if spare in processes() else True,
+                   30, "the spare to die", None)
+        pid, status = runner.run(tmp_path / "job.log")
+        assert status == 0 and pid != spare
+        assert spare not in processes()  # reaped, not left a zombie
+        assert runner.run(tmp_path / "job2.log")[1] == 0
+    finally:
+        runner.close()
+    assert runner.process.returncode == 0
+
+
+def test_a_runner_stopped_by_sigterm_ends_its_spare(tmp_path: Path) -> None:
+    runner = DirectRunner(tmp_path / "svc", "echo fine\n")
+    try:
+        (spare,) = wait_until(lambda: runner.children() or None, 30, "a spare child", None)
+        runner.process.send_signal(signal.SIGTERM)
+        assert runner.process.wait(60) == 0
+        assert spare not in processes()
+    finally:
+        runner.close()
+
+
+def test_a_controller_started_beside_other_code_runs_its_services_on_its_own(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    """`python -m` puts the working directory first on sys.path: a controller started in a
+    folder holding another `faas_supervisor` (a checkout of another version) must still
+    run its watchdogs and job runners on its own code."""
+    decoy = tmp_path / "elsewhere"
+    (decoy / "faas_supervisor").mkdir(parents=True)
+    (decoy / "faas_supervisor" / "__init__.py").write_text(
+        "raise SystemExit('the decoy faas_supervisor was imported')\n")
+    (decoy / "faas_supervisor" / "__main__.py").write_text("")
+    controller = controllers(cwd=decoy)
+    token = controller.create({"name": "own", "script": "echo own code\n"})["token"]
+    job = post_job(controller, "own", token)
+    assert finished(controller, "own", job)["status"] == "Succeeded"
+    assert "decoy" not in (controller.data_dir / "services" / "own" / "runner.log").read_text()
+    response = requests.post(f"{controller.url}/run/own", data=EVENT,
+                             headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert response.status_code == 200 and "own code" in response.text, response.text
+
+
+def test_a_long_job_does_not_leave_the_next_one_without_a_spare(tmp_path: Path) -> None:
+    """The next spare is forked shortly after a job starts (job_runner.SPARE_DELAY), not
+    only when it ends: a job arriving while a long one runs waits for no fork either."""
+    release = tmp_path / "release"
+    runner = DirectRunner(tmp_path / "svc", f"while [ ! -e {release} ]; do sleep 0.05; done\n")
+    try:
+        (spare,) = wait_until(lambda: runner.children() or None, 30, "a spare child", None)
+        job, pid = runner.start(tmp_path / "job.log")
+        assert pid == spare
+        (second,) = wait_until(lambda: [p for p in runner.children() if p != pid] or None, 30,
+                               "a spare while the job runs", None)
+        assert not release.exists() and pid in runner.children()  # the job still runs
+        release.touch()
+        assert runner.end(job) == 0
+        assert runner.run(tmp_path / "job2.log") == (second, 0)
+    finally:
+        release.touch()
+        runner.close()

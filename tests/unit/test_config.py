@@ -559,3 +559,39 @@ def test_run_reads_only_what_one_invocation_needs(tmp_path: Path) -> None:
     assert load_run_settings(env, FunctionConfig()) == RunSettings(60.0, 1024, tmp_path)
     with pytest.raises(ConfigError, match=r"^exec_timeout"):
         load_run_settings({**env, "exec_timeout": "soon"}, FunctionConfig())
+
+
+def test_a_parse_ahead_is_taken_once_by_a_read_of_the_same_text(tmp_path: Path) -> None:
+    """The job runner parses its service's config once; a job reading the same text takes
+    that parse, and only one reader ever does (no two share the parsed objects)."""
+    path = tmp_path / "function_cfg.yaml"
+    path.write_text("name: svc\nlog_level: DEBUG\n")
+    cfg.parse_ahead(path)
+    assert cfg._parsed_ahead is not None
+    ahead = cfg._parsed_ahead[1]
+    first = cfg.read_config_yaml(str(path), {})
+    assert first is ahead and first == {"name": "svc", "log_level": "DEBUG"}
+    second = cfg.read_config_yaml(str(path), {})
+    assert second == first and second is not first
+
+
+def test_a_parse_ahead_of_other_text_is_not_used(tmp_path: Path) -> None:
+    """A config changed after the parse ahead is read as it is now."""
+    path = tmp_path / "function_cfg.yaml"
+    path.write_text("log_level: DEBUG\n")
+    cfg.parse_ahead(path)
+    path.write_text("log_level: ERROR\n")
+    assert cfg.read_config_yaml(str(path), {}) == {"log_level": "ERROR"}
+    assert cfg._parsed_ahead is None
+    assert load_function_config(str(path), {}).log_level == "ERROR"
+
+
+def test_a_config_that_cannot_be_parsed_ahead_is_reported_by_its_read(tmp_path: Path) -> None:
+    path = tmp_path / "function_cfg.yaml"
+    path.write_text("log_level: [unclosed\n")
+    cfg.parse_ahead(path)
+    assert cfg._parsed_ahead is None
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        cfg.read_config_yaml(str(path), {})
+    cfg.parse_ahead(tmp_path / "missing.yaml")
+    assert cfg._parsed_ahead is None

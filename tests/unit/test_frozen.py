@@ -64,4 +64,4 @@ def test_the_frozen_local_backend_starts_the_launcher(monkeypatch: pytest.Monkey
     monkeypatch.setattr(sys, "executable", str(tmp_path / "_internal" / "faas-supervisor"))
     assert runtime_command() == [str(tmp_path / "faas-supervisor")]
     monkeypatch.setattr(sys, "frozen", False)
-    assert runtime_command()[1:] == ["-m", "faas_supervisor"]
+    assert runtime_command()[1:] == ["-P", "-m", "faas_supervisor"]

@@ -37,6 +37,7 @@ from faas_supervisor.controller.deployments import Deployment, LogLine, read_tai
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.errors import ServiceUnavailable
+from faas_supervisor.job_runner import CONFIG_FILE
 from faas_supervisor.logs import get_logger
 
 HOST = "127.0.0.1"
@@ -51,7 +52,10 @@ def runtime_command() -> list[str]:
     """This very program: the frozen build's launcher, or the package with this Python."""
     if frozen.is_frozen():
         return [str(frozen.launcher())]
-    return [sys.executable, "-m", "faas_supervisor"]
+    # -P: not the working directory first on sys.path, where `-m` puts it. A controller
+    # started from a checkout (or any folder holding a `faas_supervisor`) would otherwise
+    # run its services' watchdogs and jobs on that code instead of its own.
+    return [sys.executable, "-P", "-m", "faas_supervisor"]
 
 
 def free_port() -> int:
@@ -262,7 +266,7 @@ class LocalBackend:
         script = folder / "script.sh"
         script.write_text(service.script)
         script.chmod(0o700)
-        config = folder / "function_config.yaml"
+        config = folder / CONFIG_FILE
         config.touch(mode=0o600)  # it holds the storage keys
         config.write_text(
             yaml.safe_dump(function_config(service, self.default_provider), sort_keys=False)
@@ -275,7 +279,7 @@ class LocalBackend:
             "--script",
             str(folder / "script.sh"),
             "--config",
-            str(folder / "function_config.yaml"),
+            str(folder / CONFIG_FILE),
         ]
 
     async def check(self, service: Service) -> None:
