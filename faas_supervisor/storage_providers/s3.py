@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import stat
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error
@@ -40,8 +41,6 @@ MiB = 1 << 20
 # At most 3 attempts per request. botocore's `max_attempts` counts *retries* (3 would mean
 # 4 attempts); `total_max_attempts` counts attempts, which is what SPEC 6.2 bounds.
 RETRIES = {"total_max_attempts": 3, "mode": "standard"}
-
-T = TypeVar("T")
 
 # Told the bytes a transfer has moved, as they go (negative when a retry starts over).
 Progress = Callable[[int], None]
@@ -91,10 +90,11 @@ class S3Provider:
                        progress: Progress | None = None) -> None:
         """Into `dest`: a path (s3transfer writes to a temporary name beside it and renames
         it when whole) or a file open for writing (the client's stdout)."""
-        if self._direct is not None and isinstance(dest, Path):
-            get = functools.partial(self._direct.get, bucket, key, dest, self._threshold,
-                                    progress)
-            if await self._in_thread("download", bucket, key, get):
+        direct = self._direct
+        if direct is not None and isinstance(dest, Path) and _regular_or_none(dest):
+            done = await self._direct_request("download", bucket, key, lambda cancelled: (
+                direct.get(bucket, key, dest, self._threshold, progress, cancelled)))
+            if done:
                 return
         target = str(dest) if isinstance(dest, Path) else dest
         await self._transfer(
@@ -106,14 +106,16 @@ class S3Provider:
                      progress: Progress | None = None) -> None:
         """From a path or a file open for reading (the client's stdin). `progress` gets
         the bytes as they go (from s3transfer's threads)."""
-        if self._direct is not None and isinstance(src, Path):
+        direct = self._direct
+        if direct is not None and isinstance(src, Path):
             try:
-                size = src.stat().st_size
+                found = src.stat()
             except OSError as exc:
                 raise self._error("upload", bucket, key, exc) from None
-            if size < self._threshold:
-                put = functools.partial(self._direct.put, src, bucket, key, progress)
-                await self._in_thread("upload", bucket, key, put)
+            # A regular file: read twice (its hash, then its bytes), which a FIFO is not.
+            small = stat.S_ISREG(found.st_mode) and found.st_size < self._threshold
+            if small and await self._direct_request("upload", bucket, key, lambda cancelled: (
+                    direct.put(src, bucket, key, progress, cancelled))):
                 return
         source = str(src) if isinstance(src, Path) else src
         await self._transfer(
@@ -144,12 +146,21 @@ class S3Provider:
                                                                       Prefix=prefix)
         return [item for page in pages for item in page.get("Contents", [])]
 
-    async def _in_thread(self, verb: str, bucket: str, key: str, work: Callable[[], T]) -> T:
-        """A direct request, in a worker thread. Cancelled, it runs on to its end there
-        (an object under the threshold, with timeouts): a download still lands only
-        whole, under its temporary name."""
+    async def _direct_request(self, verb: str, bucket: str, key: str,
+                              work: Callable[[threading.Event], bool]) -> bool:
+        """A direct request in a worker thread: its answer, or False when the store's
+        answer is one for boto3 to act on (a redirect, another region). Cancelled, the
+        thread stops at its next piece: nothing renamed into place, the PUT abandoned."""
+        cancelled = threading.Event()
         try:
-            return await asyncio.to_thread(work)
+            return await asyncio.to_thread(work, cancelled)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        except DirectError as exc:
+            if exc.hand_over:
+                return False
+            raise self._error(verb, bucket, key, exc) from None
         except Exception as exc:
             raise self._error(verb, bucket, key, exc) from None
 
@@ -208,6 +219,18 @@ class S3Provider:
         if self._built is not None:
             with contextlib.suppress(Exception):
                 self._built[1].shutdown(cancel=True)
+
+
+def _regular_or_none(path: Path) -> bool:
+    """A regular file (through a symlink, as s3transfer looks), or nothing yet: a direct
+    download renames its temporary file over it, where s3transfer writes into a special
+    file (a FIFO, /dev/null) instead."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # boto3's path says what is wrong
 
 
 def _answer(code: str, message: str | None, status: int | None) -> str:

@@ -6,15 +6,20 @@ and 20 MiB (botocore's models), more than the rest of a job's start-up together
 threshold s3transfer sends one GetObject or one PutObject too; this module sends that
 same request, signed with SigV4 (aws_sigv4.py), and nothing else.
 
-`S3Provider` uses it only where it does exactly what boto3 would: a `minio` provider
-(path-style addressing) on a plain-HTTP endpoint with its keys in the config, a file on
-disk at our end, an object under the multipart threshold. Anything else (multipart,
-HTTPS and its certificate handling, boto3's credential chain, listing) stays with boto3.
+This is a bounded exception to the house rule "don't rewrite what boto3 does", made for
+issue 10's job targets (README, "Storage providers"). `S3Provider` uses it only for a
+`minio` provider (path-style addressing) on a plain-HTTP endpoint with its keys in the
+config and no proxy in the environment, a regular file (or none yet) at our end, an
+object under the multipart threshold. Anything else (multipart, HTTPS and its CA bundle,
+boto3's credential chain, proxies, listing) stays with boto3, and so does a request the
+store redirects or answers with another region (`DirectError.hand_over`).
 
-Like the boto3 path: at most 3 attempts per request (SPEC 6.2), connection errors and
-5xx/throttling answers retried after a jittered backoff, a download written to a
-temporary name beside its destination and renamed when whole, an upload's body signed
-by its SHA-256 so that the store refuses one that changed on the way.
+As the boto3 path does: at most 3 attempts per request (SPEC 6.2), connection errors,
+cut bodies, 5xx, throttling and `RequestTimeout` retried after botocore's jittered
+backoff (up to 1 s, then 2 s), local file errors not retried; a download written to a
+temporary name beside its destination (at most 255 bytes long) and renamed only when
+whole and not cancelled; an upload's body signed by its SHA-256, so that the store
+refuses one that changed on the way, and abandoned mid-body when cancelled.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import http.client
 import os
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -39,7 +45,10 @@ from faas_supervisor.config import ProviderConfig
 ATTEMPTS = 3
 PIECE = 256 << 10  # bytes per read and per send
 RETRIED = {500, 502, 503, 504, 429}
+RETRIED_CODES = {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable"}
 ERROR_BODY = 64 << 10  # the most of an error's XML body read
+NAME_MAX = 255
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 
 Progress = Callable[[int], None]
 T = TypeVar("T")
@@ -54,6 +63,29 @@ class DirectError(Exception):
         self.code = code
         self.message = message
 
+    @property
+    def retried(self) -> bool:
+        return self.status in RETRIED or self.code in RETRIED_CODES
+
+    @property
+    def hand_over(self) -> bool:
+        """An answer boto3 acts on and we do not: a redirect, or a region to sign for
+        (botocore's S3 region redirector retries with the one the answer names)."""
+        return self.status in (301, 302, 307, 308) or self.code in (
+            "AuthorizationHeaderMalformed", "PermanentRedirect", "TemporaryRedirect")
+
+
+class Cancelled(Exception):
+    """The transfer's caller went away: nothing renamed into place, the PUT abandoned."""
+
+
+class _LocalError(Exception):
+    """Our own disk failed (not retried: another attempt would fail alike)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
 
 @dataclass(frozen=True)
 class DirectS3:
@@ -61,50 +93,72 @@ class DirectS3:
 
     host: str  # host[:port], as the Host header carries it
     region: str
-    access_key: str
+    access_key: str = field(repr=False)
     secret_key: str = field(repr=False)
     connect_timeout: float = 5.0
     read_timeout: float = 20.0
 
     def get(self, bucket: str, key: str, dest: Path, limit: int,
-            progress: Progress | None = None) -> bool:
+            progress: Progress | None = None,
+            cancelled: threading.Event | None = None) -> bool:
         """The object into `dest`, if it is smaller than `limit` bytes: True when done;
-        False, nothing written, when it is not (for a multipart download instead)."""
-        temp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+        False, nothing written, when it is not (for a multipart download instead).
+        Raises Cancelled, nothing left, once `cancelled` is set."""
+        cancelled = cancelled or threading.Event()
+        suffix = f".{uuid.uuid4().hex[:8]}.part"
+        temp = dest.with_name(f".{dest.name}"[:NAME_MAX - len(suffix)] + suffix)
         try:
-            done = self._attempts(lambda: self._get_once(bucket, key, temp, limit, progress))
+            done = self._attempts(
+                lambda: self._get_once(bucket, key, temp, limit, progress, cancelled))
             if done:
+                if cancelled.is_set():
+                    raise Cancelled()
                 os.replace(temp, dest)
             return done
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
 
-    def put(self, src: Path, bucket: str, key: str, progress: Progress | None = None) -> None:
-        """`src` as the object, in one PutObject."""
+    def put(self, src: Path, bucket: str, key: str, progress: Progress | None = None,
+            cancelled: threading.Event | None = None) -> bool:
+        """`src` as the object, in one PutObject: True once stored."""
         digest = hashlib.sha256()
         with open(src, "rb") as f:
             while piece := f.read(PIECE):
                 digest.update(piece)
         sha256 = digest.hexdigest()
-        self._attempts(lambda: self._put_once(src, bucket, key, sha256, progress))
+        self._attempts(lambda: self._put_once(src, bucket, key, sha256, progress,
+                                              cancelled or threading.Event()))
+        return True
 
     def _get_once(self, bucket: str, key: str, temp: Path, limit: int,
-                  progress: Progress | None) -> bool:
+                  progress: Progress | None, cancelled: threading.Event) -> bool:
         connection = self._connect()
         written = 0
         try:
             response = self._send(connection, "GET", bucket, key, aws_sigv4.EMPTY_SHA256)
             if response.status != 200:
                 raise _error(response)
-            if int(response.getheader("Content-Length") or limit) >= limit:
+            length = int(response.getheader("Content-Length") or limit)
+            if length >= limit:
                 return False
-            with open(temp, "wb") as f:
+            try:
+                f = open(temp, "wb")  # noqa: SIM115 - closed by `with f` below
+            except OSError as exc:
+                raise _LocalError(exc) from None
+            with f:
                 while piece := response.read(PIECE):
-                    f.write(piece)
+                    if cancelled.is_set():
+                        raise Cancelled()
+                    try:
+                        f.write(piece)
+                    except OSError as exc:
+                        raise _LocalError(exc) from None
                     written += len(piece)
                     if progress is not None:
                         progress(len(piece))
+            if written != length:  # read(n) answers b"" when the store closed early
+                raise http.client.IncompleteRead(b"", length - written)
             return True
         except BaseException:
             if written and progress is not None:
@@ -114,10 +168,10 @@ class DirectS3:
             connection.close()
 
     def _put_once(self, src: Path, bucket: str, key: str, sha256: str,
-                  progress: Progress | None) -> None:
+                  progress: Progress | None, cancelled: threading.Event) -> None:
         connection = self._connect()
         with open(src, "rb") as f:
-            body = _Counted(f, progress)
+            body = _Counted(f, progress, cancelled)
             try:
                 response = self._send(connection, "PUT", bucket, key, sha256, body,
                                       os.fstat(f.fileno()).st_size)
@@ -161,15 +215,16 @@ class DirectS3:
         while True:
             try:
                 return once()
+            except _LocalError as exc:
+                raise exc.error from None
             except DirectError as exc:
-                if exc.status not in RETRIED or attempt == ATTEMPTS:
+                if not exc.retried or attempt == ATTEMPTS:
                     raise
             except (OSError, http.client.HTTPException):
                 if attempt == ATTEMPTS:
                     raise
-            # A jittered, doubling wait, as botocore's standard mode, but shorter: these
-            # requests are small, and a job waits for them.
-            time.sleep(random.uniform(0, 0.1 * 2 ** attempt))
+            # botocore's standard mode: a random wait up to 2^(attempt-1) s, at most 20 s.
+            time.sleep(random.uniform(0, min(20, 2 ** (attempt - 1))))
             attempt += 1
 
 
@@ -181,23 +236,35 @@ def direct(config: ProviderConfig, connect_timeout: float,
         endpoint = f"http://{endpoint}"  # as the boto3 path reads OSCAR's `minio:9000`
     parts = urlsplit(endpoint)
     access_key, secret_key = config.get("access_key"), config.get("secret_key")
+    try:
+        parts.port  # noqa: B018 - a port that is not a number: boto3 says so
+    except ValueError:
+        return None
+    # The variables botocore reads when it builds its client: with a proxy to go
+    # through, boto3 goes (it knows NO_PROXY and the proxy's own settings).
+    proxied = any(os.environ.get(name) for name in PROXY_VARIABLES)
     if (config.type != "minio" or parts.scheme != "http" or not parts.netloc
             or parts.path not in ("", "/") or parts.query or parts.username
-            or not access_key or not secret_key):
+            or not access_key or not secret_key or proxied):
         return None
     return DirectS3(parts.netloc, config.get("region") or "us-east-1", access_key,
                     secret_key, connect_timeout, read_timeout)
 
 
 class _Counted:
-    """A file read by http.client as it sends it; counts the bytes for `progress`."""
+    """A file read by http.client as it sends it; counts the bytes for `progress`, and
+    stops the send (an incomplete body the store discards) once `cancelled` is set."""
 
-    def __init__(self, f: BinaryIO, progress: Progress | None) -> None:
+    def __init__(self, f: BinaryIO, progress: Progress | None,
+                 cancelled: threading.Event) -> None:
         self._f = f
         self._progress = progress
+        self._cancelled = cancelled
         self.sent = 0
 
     def read(self, size: int = -1) -> bytes:
+        if self._cancelled.is_set():
+            raise Cancelled()
         piece = self._f.read(size)
         self.sent += len(piece)
         if piece and self._progress is not None:

@@ -11,6 +11,8 @@ import hashlib
 import logging
 import os
 import signal
+import stat
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,7 +23,7 @@ import pytest
 
 from faas_supervisor.config import ProviderConfig, Secret
 from faas_supervisor.errors import StorageError
-from faas_supervisor.storage_providers import build_provider
+from faas_supervisor.storage_providers import build_provider, s3_direct
 from faas_supervisor.storage_providers.onedata import OnedataProvider
 from faas_supervisor.storage_providers.s3 import S3Provider
 from faas_supervisor.storage_providers.webdav import WebDavProvider
@@ -348,6 +350,61 @@ async def test_s3_direct_upload_is_tried_three_times_then_fails(
     assert proxy.cuts == 3
     assert sum(moved) == 0  # each retry took back what its attempt had counted
     assert moto_server.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert provider._built is None
+
+
+async def test_s3_direct_transfers_cancelled_leave_nothing(
+    moto_server: S3Server, tmp_path: Path
+) -> None:
+    """A cancelled direct request stops at its next piece: a download is not renamed into
+    place (the invocation's folder may be gone), an upload is abandoned mid-body."""
+    config = s3_config("minio", moto_server.endpoint)
+    direct = s3_direct.direct(config, 5.0, 20.0)
+    assert direct is not None
+    bucket = new_bucket(moto_server)
+    src = tmp_path / "src.bin"
+    write_random(src, 3 * MiB)  # several pieces each way
+    await S3Provider(config).upload(src, bucket, "in/src.bin")
+    cancelled = threading.Event()
+    with pytest.raises(s3_direct.Cancelled):
+        direct.get(bucket, "in/src.bin", tmp_path / "dest.bin", 8 * MiB,
+                   lambda _moved: cancelled.set(), cancelled)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.bin"]
+    cancelled.clear()
+    with pytest.raises(s3_direct.Cancelled):
+        direct.put(src, bucket, "out/src.bin", lambda _moved: cancelled.set(), cancelled)
+    assert moto_server.client().list_objects_v2(Bucket=bucket, Prefix="out/")["KeyCount"] == 0
+
+
+async def test_s3_download_into_a_fifo_writes_into_it(
+    moto_server: S3Server, s3_factory: S3Factory, tmp_path: Path
+) -> None:
+    """A special file stays one (s3transfer writes into it; a rename would replace it, as
+    it would replace /dev/null for `service get-file ... /dev/null` run as root)."""
+    provider = s3_factory("minio", moto_server.endpoint)
+    bucket = new_bucket(moto_server)
+    moto_server.client().put_object(Bucket=bucket, Key="in/f.txt", Body=b"into the fifo")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    await provider.download(bucket, "in/f.txt", fifo)
+    reader.join(30)
+    assert received == [b"into the fifo"]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+async def test_s3_a_file_name_of_255_bytes_downloads(
+    moto_server: S3Server, s3_factory: S3Factory, tmp_path: Path
+) -> None:
+    """The temporary name beside it is cut to 255 bytes, as s3transfer's is."""
+    provider = s3_factory("minio", moto_server.endpoint)
+    bucket = new_bucket(moto_server)
+    name = "n" * 251 + ".txt"
+    moto_server.client().put_object(Bucket=bucket, Key=f"in/{name}", Body=b"long")
+    await provider.download(bucket, f"in/{name}", tmp_path / name)
+    assert (tmp_path / name).read_bytes() == b"long"
     assert provider._built is None
 
 

@@ -6,16 +6,23 @@ tests/integration/test_storage_providers.py (Ceph RGW checks the signatures).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import http.client
+from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from faas_supervisor import aws_sigv4
 from faas_supervisor.config import ProviderConfig, Secret
-from faas_supervisor.storage_providers.s3_direct import direct
+from faas_supervisor.storage_providers import s3_direct
+from faas_supervisor.storage_providers.s3 import S3Provider
+from faas_supervisor.storage_providers.s3_direct import DirectS3, direct
 
 
 @pytest.mark.parametrize("method,path,body", [
@@ -37,7 +44,7 @@ def test_the_authorization_is_botocores_for_the_same_request(method: str, path: 
     assert ours == request.headers["Authorization"]
 
 
-def provider(kind: str = "minio", **settings: str) -> ProviderConfig:
+def provider_config(kind: str = "minio", **settings: Any) -> ProviderConfig:
     values: dict[str, str | bool | Secret] = {
         "endpoint": "http://minio.minio:9000", "access_key": Secret("AK"),
         "secret_key": Secret("SK"), **settings}
@@ -45,11 +52,11 @@ def provider(kind: str = "minio", **settings: str) -> ProviderConfig:
 
 
 def test_used_for_a_minio_provider_on_plain_http_with_its_keys() -> None:
-    made = direct(provider(), 5.0, 20.0)
+    made = direct(provider_config(), 5.0, 20.0)
     assert made is not None and made.host == "minio.minio:9000"
     assert made.region == "us-east-1"
     assert "SK" not in repr(made)
-    bare = direct(provider(endpoint="minio:9000", region="eu-west-1"), 5.0, 20.0)
+    bare = direct(provider_config(endpoint="minio:9000", region="eu-west-1"), 5.0, 20.0)
     assert bare is not None and (bare.host, bare.region) == ("minio:9000", "eu-west-1")
 
 
@@ -62,4 +69,129 @@ def test_used_for_a_minio_provider_on_plain_http_with_its_keys() -> None:
     ("minio", {"endpoint": "-"}),
 ])
 def test_boto3_does_everything_else(kind: str, settings: dict[str, str]) -> None:
-    assert direct(provider(kind, **settings), 5.0, 20.0) is None
+    assert direct(provider_config(kind, **settings), 5.0, 20.0) is None
+
+
+# ---- against a scripted store on loopback: the answers no real store here gives at will ----
+
+
+class Store:
+    """An aiohttp app that answers each request with the next of `answers` (the last one
+    repeated), and counts them. An answer: (status, headers, body, bytes actually sent)."""
+
+    def __init__(self, *answers: tuple[int, dict[str, str], bytes, int | None]) -> None:
+        self.answers = list(answers)
+        self.requests: list[web.Request] = []
+        self.runner: web.AppRunner | None = None
+        self.host = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(request)
+        await request.read()
+        status, headers, body, sent = self.answers[min(len(self.requests),
+                                                       len(self.answers)) - 1]
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[:sent] if sent is not None else body)
+        if sent is not None:  # cut: the connection closed cleanly, the body short
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+    async def __aenter__(self) -> Store:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.host = f"127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+def error(code: str, extra: str = "") -> bytes:
+    return f"<Error><Code>{code}</Code><Message>m</Message>{extra}</Error>".encode()
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(s3_direct.random, "uniform", lambda low, high: 0.0)
+
+
+async def test_a_body_cut_short_is_retried_then_fails(tmp_path: Path) -> None:
+    """http.client's read(n) answers b"" when the store closes early: the length is checked
+    (a short input file would otherwise pass as the object)."""
+    async with Store((200, {}, b"x" * 1000, 100)) as store:
+        client = DirectS3(store.host, "us-east-1", "AK", "SK")
+        with pytest.raises(http.client.IncompleteRead):
+            await asyncio.to_thread(client.get, "b", "k", tmp_path / "dest", 1 << 20)
+    assert len(store.requests) == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_request_timeout_and_5xx_are_retried(tmp_path: Path) -> None:
+    async with Store((400, {}, error("RequestTimeout"), None), (503, {}, error("SlowDown"), None),
+                     (200, {}, b"data", None)) as store:
+        client = DirectS3(store.host, "us-east-1", "AK", "SK")
+        assert await asyncio.to_thread(client.get, "b", "k", tmp_path / "dest", 1 << 20)
+    assert len(store.requests) == 3
+    assert (tmp_path / "dest").read_bytes() == b"data"
+
+
+async def test_our_own_disk_failing_is_not_retried(tmp_path: Path) -> None:
+    async with Store((200, {}, b"data", None)) as store:
+        client = DirectS3(store.host, "us-east-1", "AK", "SK")
+        with pytest.raises(FileNotFoundError):
+            await asyncio.to_thread(client.get, "b", "k", tmp_path / "no" / "dest", 1 << 20)
+    assert len(store.requests) == 1
+
+
+async def test_another_region_is_left_to_boto3s_redirector(tmp_path: Path) -> None:
+    """A store that signs for a region the config does not name answers 400 with the
+    right one: botocore retries with it; the direct request hands the transfer to boto3."""
+
+    async def handle(request: web.Request) -> web.Response:
+        if "/eu-west-9/s3/" not in request.headers.get("Authorization", ""):
+            # As S3 answers it: the region in the body and, for a HEAD, in a header.
+            return web.Response(status=400, headers={"x-amz-bucket-region": "eu-west-9"},
+                                body=error("AuthorizationHeaderMalformed",
+                                           "<Region>eu-west-9</Region>"))
+        return web.Response(body=b"from boto3")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        provider = S3Provider(provider_config(endpoint=f"http://127.0.0.1:{port}"))
+        await provider.download("b", "k", tmp_path / "dest")
+        provider.close()
+    finally:
+        await runner.cleanup()
+    assert (tmp_path / "dest").read_bytes() == b"from boto3"
+
+
+def test_a_proxy_in_the_environment_is_boto3s(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example.org:3128")
+    assert direct(provider_config(), 5.0, 20.0) is None
+
+
+def test_an_endpoint_whose_port_is_not_a_number_is_boto3s() -> None:
+    assert direct(provider_config(endpoint="http://minio:nine"), 5.0, 20.0) is None
+
+
+def test_the_keys_are_not_in_its_repr() -> None:
+    made = direct(provider_config(access_key=Secret("AKREPR"), secret_key=Secret("SKREPR")),
+                  5.0, 20.0)
+    assert made is not None and "AKREPR" not in repr(made) and "SKREPR" not in repr(made)
