@@ -68,6 +68,14 @@ def declare_arguments(sub: argparse.ArgumentParser) -> None:
         "notifications go to and the controller reads (for servers that notify by queue)",
     )
     sub.add_argument(
+        "--runner-idle",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="local backend: seconds a service's warm job runner is kept with no job before "
+        "it is stopped; the next job starts it again (default 300)",
+    )
+    sub.add_argument(
         "--reconcile-interval",
         type=float,
         default=60.0,

@@ -38,6 +38,7 @@ class LocalSettings:
     name: ClassVar[str] = "local"
     # The base of every service process's environment (watchdogs and `run` jobs).
     service_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    runner_idle: float = 300.0  # seconds a warm job runner is kept with no job
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ def load_controller_settings(
         raise ConfigError("--sync-wait: must be a number of seconds, 0 or more")
     if not 0 < args.job_retention < float("inf"):
         raise ConfigError("--job-retention: must be a number of seconds above 0")
+    if not 0 < args.runner_idle < float("inf"):
+        raise ConfigError("--runner-idle: must be a number of seconds above 0")
     endpoint = args.minio_endpoint or ""
     access_key = args.minio_access_key or environ.get("MINIO_ACCESS_KEY", "")
     secret_key = args.minio_secret_key or environ.get("MINIO_SECRET_KEY", "")
@@ -197,7 +200,7 @@ def _backend_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> B
         return LocalSettings(service_env={
             k: v for k, v in environ.items()
             if k not in _NOT_INHERITED and not k.startswith("FAAS_")
-        })
+        }, runner_idle=args.runner_idle)
     if args.backend == DockerSettings.name:
         return DockerSettings(
             runtime_image=runtime_image,

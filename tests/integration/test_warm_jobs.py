@@ -21,6 +21,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -659,3 +660,44 @@ def test_a_long_job_does_not_leave_the_next_one_without_a_spare(tmp_path: Path) 
     finally:
         release.touch()
         runner.close()
+
+
+def test_an_idle_runner_is_stopped_and_the_next_job_starts_it_again(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    """--runner-idle: a runner with no job for that long is stopped, its spare child with
+    it (its memory given back); the service's next job starts a new one."""
+    controller = controllers(args=["--runner-idle", "1"])
+    release = tmp_path / "release"
+    script = f"while [ ! -e '{release}' ]; do sleep 0.05; done\necho ok\n"
+    token = controller.create({"name": "idler", "script": script})["token"]
+    first = post_job(controller, "idler", token)
+    wait_until(lambda: runners(controller, "idler"), 60, "the runner", controller)
+    (runner,) = runners(controller, "idler")
+    release.touch()
+    assert finished(controller, "idler", first)["status"] == "Succeeded"
+    # Nothing of it is left: no runner, no spare (which, orphaned, would be listed here).
+    wait_until(lambda: not runners(controller, "idler"), 60, "the idle runner stopped",
+               controller)
+    assert not list((controller.data_dir / "pids").glob(f"{runner}.pid"))
+    second = post_job(controller, "idler", token)
+    assert finished(controller, "idler", second)["status"] == "Succeeded"
+    assert runners(controller, "idler") not in ([], [runner])
+
+
+def test_a_runner_with_a_job_running_is_not_stopped_as_idle(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    controller = controllers(args=["--runner-idle", "0.5"])
+    release, started = tmp_path / "release", tmp_path / "started"
+    script = (f"touch '{started}'\nwhile [ ! -e '{release}' ]; do sleep 0.05; done\n"
+              "echo ok\n")
+    token = controller.create({"name": "busy", "script": script})["token"]
+    job = post_job(controller, "busy", token)
+    wait_until(lambda: started.exists(), 60, "the job's script", controller)
+    (runner,) = runners(controller, "busy")
+    # What is shown is that nothing happens in three idle times: no event to await.
+    time.sleep(1.5)
+    assert runners(controller, "busy") == [runner]
+    release.touch()
+    assert finished(controller, "busy", job)["status"] == "Succeeded"

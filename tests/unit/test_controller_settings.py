@@ -158,6 +158,16 @@ def test_sync_wait_and_job_retention() -> None:
             load(argv, {})
 
 
+def test_runner_idle() -> None:
+    defaults = load([], {})
+    assert isinstance(defaults.backend, LocalSettings) and defaults.backend.runner_idle == 300.0
+    short = load(["--runner-idle", "2.5"], {})
+    assert isinstance(short.backend, LocalSettings) and short.backend.runner_idle == 2.5
+    for value in ("0", "-1", "inf", "nan"):
+        with pytest.raises(ConfigError, match="--runner-idle"):
+            load(["--runner-idle", value], {})
+
+
 def test_cors_origins_are_read_once_as_browsers_send_them(tmp_path: Path) -> None:
     assert load(["--data-dir", str(tmp_path)], {}).cors_origins == ()
     settings = load(["--data-dir", str(tmp_path), "--cors-origin", "https://UI.oscar.grycap.net/",

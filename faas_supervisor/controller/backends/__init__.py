@@ -82,7 +82,8 @@ def build_backend(
     if isinstance(settings, LocalSettings):
         from faas_supervisor.controller.backends.local import LocalBackend
 
-        return LocalBackend(data_dir, default_provider, settings.service_env)
+        return LocalBackend(data_dir, default_provider, settings.service_env,
+                            runner_idle=settings.runner_idle)
     if isinstance(settings, KubernetesSettings):
         from faas_supervisor.controller.backends.kubernetes import KubernetesBackend
         from faas_supervisor.controller.manifests import Cluster

@@ -32,7 +32,7 @@ import yaml
 from faas_supervisor import frozen, processes
 from faas_supervisor.config import Mode
 from faas_supervisor.controller.backends import JobInterrupted
-from faas_supervisor.controller.backends.local_runner import Runner, RunnerDied
+from faas_supervisor.controller.backends.local_runner import IDLE_STOP, Runner, RunnerDied
 from faas_supervisor.controller.deployments import Deployment, LogLine, read_tail
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
@@ -211,8 +211,10 @@ class LocalBackend:
         data_dir: Path,
         default_provider: Mapping[str, Any],
         service_env: Mapping[str, str],
+        runner_idle: float = IDLE_STOP,
     ) -> None:
         self.root = data_dir / "services"
+        self.runner_idle = runner_idle
         self.default_provider = dict(default_provider)
         # What every service process inherits: settings.py picked it from our environment.
         self.base_env = dict(service_env)
@@ -295,7 +297,7 @@ class LocalBackend:
         self._start_watchdogs(service)
         self._runners[service.name] = Runner(
             service.name, [*runtime_command(), "job-runner", str(folder)], self._env(service),
-            folder / "runner.log", self.pids.record,
+            folder / "runner.log", self.pids.record, self.runner_idle,
         )
 
     def _start_watchdogs(self, service: Service) -> None:

@@ -1,7 +1,9 @@
 """The controller's side of the local backend's warm job runners (job_runner.py).
 
 One `Runner` per service: the runner process is started at the service's first job
-(again if it died), stopped with the service, replaced when the service is updated. A
+(again if it died), stopped with the service, replaced when the service is updated, and
+stopped when it has had no job for `idle_stop` seconds (its ~64 MiB and its spare child
+given back; the next job starts it again, as the first did). A
 job is a message to it; `WarmJob` follows the job's child: forked (its pid), its exit
 status, or the runner's death (RunnerDied). Signals to a job go through the runner,
 which alone reaps its children, so they never reach a reused group id.
@@ -24,6 +26,7 @@ from faas_supervisor.job_runner import READ_SIZE, Frames, frame
 
 STOP_TIMEOUT = 15.0  # seconds a stopped runner gets to stop its jobs
 READY_TIMEOUT = 60.0  # seconds a new runner may take to import what `run` uses
+IDLE_STOP = 300.0  # seconds a runner with no job is kept (--runner-idle)
 
 
 class RunnerDied(Exception):
@@ -59,7 +62,7 @@ class Runner:
     again after dying), stopped with the service."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path,
-                 record: Callable[[int], Path]) -> None:
+                 record: Callable[[int], Path], idle_stop: float = IDLE_STOP) -> None:
         self.name = name
         self.command = command
         self.env = env
@@ -76,6 +79,9 @@ class Runner:
         # Those of runner processes that died and were replaced, still finishing.
         self._ending: set[asyncio.Task[None]] = set()
         self.stopped = False
+        self.idle_stop = idle_stop
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._parking: asyncio.Task[None] | None = None
 
     async def ensure(self) -> None:
         """The runner started and ready (its imports done)."""
@@ -111,6 +117,8 @@ class Runner:
                 process.kill_group()
                 raise RunnerDied(f"the job runner of service {self.name} did not start in "
                                  f"{READY_TIMEOUT:g} s (its log: {self.log})") from None
+            if self.idle.is_set():  # its job, if any, is submitted next: that stops the clock
+                self._idle_from_now()
 
     async def _supervise(self, process: processes.Child, sock: socket.socket,
                          ready: asyncio.Future[int], pid_file: Path) -> None:
@@ -181,6 +189,37 @@ class Runner:
         self.jobs.pop(job.name, None)
         if not self.jobs:
             self.idle.set()
+            self._idle_from_now()
+
+    def _idle_from_now(self) -> None:
+        """Stop the runner process once it has had no job for `idle_stop` seconds."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(self.idle_stop,
+                                                                 self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if self.idle.is_set() and not self.stopped and self._parking is None:
+            self._parking = asyncio.create_task(self._park(), name=f"park-runner-{self.name}")
+            self._parking.add_done_callback(self._parked)
+
+    def _parked(self, task: asyncio.Task[None]) -> None:
+        self._parking = None
+        if not task.cancelled() and task.exception() is not None:
+            task.exception()  # retrieved: a runner that would not stop is stop()'s to kill
+
+    async def _park(self) -> None:
+        """The idle runner process stopped; this Runner stays, and its next ensure()
+        starts a new one. A job given meanwhile (ensure() waits for this lock, then
+        submit()) finds the runner stopped and started again."""
+        async with self._lock:
+            process = self._process
+            if not self.idle.is_set() or self.stopped or process is None or process.has_exited():
+                return
+            await asyncio.shield(process.stop(STOP_TIMEOUT))
+            if self._watch is not None:
+                await asyncio.shield(self._watch)
 
     async def _send(self, sock: socket.socket | None, message: dict[str, Any],
                     fds: Sequence[int] = ()) -> None:
@@ -214,6 +253,9 @@ class Runner:
                fds: Sequence[int]) -> WarmJob:
         """Give the job to the runner (ensure() first). `fds`: its log, then its stdin if
         not /dev/null; copied, so the caller may close them. Await `started`, then `done`."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         copies = [os.dup(fd) for fd in fds]
         message = {"op": "run", "job": job, "args": args, "env": env, "fds": len(copies)}
         # A task of its own: a frame is never cut halfway, whatever is cancelled.
@@ -256,6 +298,12 @@ class Runner:
         """SIGTERM (its jobs get SIGTERM and it exits once they are gone), SIGKILL to
         its group after a grace period. No start after this."""
         self.stopped = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._parking is not None:  # it stops the process or, stopped=True, nothing
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._parking)
         async with self._lock:
             if self._process is not None:
                 await asyncio.shield(self._process.stop(STOP_TIMEOUT))
