@@ -62,13 +62,51 @@ def _structlog() -> ModuleType:
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 _redact,
-                structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0),
+                _ConsoleLines(structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)),
             ],
             wrapper_class=structlog.make_filtering_bound_logger(level),
             logger_factory=structlog.PrintLoggerFactory(stream),
             cache_logger_on_first_use=True,
         )
     return structlog
+
+
+# What _ConsoleLines writes itself; anything else goes to structlog's ConsoleRenderer.
+_PLAIN_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+_LEVEL_WIDTH = len("exception")  # ConsoleRenderer pads levels to its longest known name
+_COLUMN_KEYS = frozenset({"timestamp", "level", "event"})
+_OWN_LAYOUT_KEYS = frozenset({"stack", "exception", "exc_info", "logger", "logger_name"})
+_QUOTED = frozenset(" \t=\r\n\"'")  # a text value with one of these is shown quoted
+
+
+class _ConsoleLines:
+    """ConsoleRenderer(colors=False, pad_event_to=0)'s line, the same text, written
+    directly in the common case: a timestamp, a level, an event, plain values. The
+    watchdog writes one such line per invocation, and ConsoleRenderer's column machinery
+    costs about 20 us of it. Lines with an exception, a stack, a logger name, or a value
+    ConsoleRenderer quotes go to it (tests/unit/test_logs.py compares the two)."""
+
+    def __init__(self, full: Callable[[Any, str, Any], str]) -> None:
+        self._full = full
+
+    def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> str:
+        stamp, level, event = (event_dict.get(key) for key in ("timestamp", "level", "event"))
+        if (type(stamp) is not str or not stamp or level not in _PLAIN_LEVELS
+                or type(event) is not str or not event
+                or not _OWN_LAYOUT_KEYS.isdisjoint(event_dict.keys())):
+            return self._full(logger, name, event_dict)
+        parts = [f"{stamp} [{level:<{_LEVEL_WIDTH}}] {event}"]
+        for key in sorted(event_dict.keys() - _COLUMN_KEYS):
+            value = event_dict[key]
+            if type(value) is str:
+                if not _QUOTED.isdisjoint(value):
+                    return self._full(logger, name, event_dict)
+                parts.append(f"{key}={value}")
+            elif isinstance(value, str):  # a subclass: ConsoleRenderer's own rules
+                return self._full(logger, name, event_dict)
+            else:
+                parts.append(f"{key}={value!r}")
+        return " ".join(parts).rstrip(" ")
 
 
 def get_logger(**bound: Any) -> Logger:
