@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import os
 import queue
@@ -123,27 +124,25 @@ class Invocation:
         self.runtime = runtime
         self.id = invocation_id or str(uuid.uuid4())
         self.log = InvocationLog(runtime.config.log_level, self.id, log_echo)
-        with writing("the invocation's folder"):
-            root = _new_folder(str(runtime.tmp_dir))
+        # Two folders side by side in TMPDIR, and the script's log an unnamed file: each
+        # inode an invocation makes and deletes costs every later one (ext4 without a
+        # journal scans past every inode deleted in the last half minute), so it makes
+        # no more than the SPEC asks for.
+        with writing("the invocation's folders"):
+            base = _new_folders(str(runtime.tmp_dir))
         # Paths built as strings: this runs for every request (pathlib's parsing is not free).
-        self.root = Path(root)
-        self.input_dir = Path(f"{root}/input")
-        self.output_dir = Path(f"{root}/output")
-        # The script's stdout and stderr, interleaved as they came, kept on disk.
-        self.script_log = Path(f"{root}/script.log")
+        self.input_dir = Path(f"{base}-input")
+        self.output_dir = Path(f"{base}-output")
         self._input_file: Path | None = None  # the body's or the download's: see close()
         try:
-            with writing("the invocation's folder"):
-                os.mkdir(self.input_dir)
-                os.mkdir(self.output_dir)
-                # Made now, so that a disk without a free inode fails here, before the
-                # body is read; run_script writes to this descriptor (an open() with
-                # O_TRUNC there would make ext4 flush the file to disk when closed).
-                self._log_fd: int | None = os.open(
-                    self.script_log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666
-                )
+            with writing("the invocation's folders"):
+                # The script's stdout and stderr, interleaved as they came: on disk (as
+                # much as a script writes), with no name the script could replace or
+                # leave behind. Made now, so that a disk without a free inode fails here,
+                # before the body is read.
+                self.script_log: int | None = _unnamed_file(self.input_dir)
         except FaasError:
-            shutil.rmtree(root, ignore_errors=True)  # no partial folder left behind
+            _remove_folders(self.input_dir, self.output_dir, None)  # none left behind
             raise
         self.outcome = Outcome()
         self._started = time.monotonic()
@@ -265,10 +264,10 @@ class Invocation:
         if self._aborted is not None:
             raise self._aborted
         timeout = self.runtime.exec_timeout or None
-        fd, self._log_fd = self._log_fd, None  # this method closes it now, not close()
-        if fd is None:
-            raise RuntimeError("run_script runs once per invocation")
-        with open(fd, "wb") as log_file:
+        if self.script_log is None or self._child is not None:
+            raise RuntimeError("run_script runs once per invocation, before remove()")
+        # Not closed here: the response reads the log back (responses.py) until remove().
+        with open(self.script_log, "wb", closefd=False) as log_file:
             # With a mirror, output goes through a pipe we copy from; else straight to disk.
             # No preexec_fn and no setsid: the spawn stays a vfork (processes.spawn).
             self._child = child = processes.spawn(
@@ -288,7 +287,10 @@ class Invocation:
             )
             started = time.monotonic()
             try:
-                code = await asyncio.wait_for(child.wait(), timeout)
+                # A timeout scope, not wait_for: that wraps the wait in a task of its own,
+                # a tenth of the watchdog's Python per `echo` invocation.
+                async with asyncio.timeout(timeout):
+                    code = await child.wait()
             except TimeoutError:
                 child.kill_group()
                 await child.wait()
@@ -332,14 +334,13 @@ class Invocation:
         self.outcome.outputs = found
         # A walk follows a top folder that is a link: a script that replaced its output
         # folder (or the invocation's) by a link to elsewhere would have us read there.
-        for folder in (self.root, self.output_dir):
-            try:
-                is_dir = stat.S_ISDIR(os.lstat(folder).st_mode)
-            except FileNotFoundError:
-                is_dir = False
-            if not is_dir:
-                self.log.warning(f"outputs skipped: {folder.name} is no longer a folder")
-                return found
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(self.output_dir).st_mode)
+        except FileNotFoundError:
+            is_dir = False
+        if not is_dir:
+            self.log.warning("outputs skipped: TMP_OUTPUT_DIR is no longer a folder")
+            return found
         # Top-down, as os.walk goes, never into a link; a folder that cannot be read is
         # skipped, as os.walk skips it. The entries' types come with the listing: no stat
         # per file.
@@ -425,11 +426,12 @@ class Invocation:
         self.remove()
 
     def remove(self) -> None:
-        """Remove the invocation's folder and what is in it (the script has ended)."""
-        if self._log_fd is not None:  # the script never ran
-            os.close(self._log_fd)
-            self._log_fd = None
-        _remove_folder(self.root, self._input_file)
+        """Remove the invocation's folders and what is in them, and close the script's log
+        (the script has ended, the response is sent)."""
+        if self.script_log is not None:
+            os.close(self.script_log)
+            self.script_log = None
+        _remove_folders(self.input_dir, self.output_dir, self._input_file)
 
 
 class Removals:
@@ -505,7 +507,7 @@ class Removals:
             except Exception as exc:  # this thread must live on for the next folders
                 error = exc
                 _logger.error("could not remove an invocation's folder",
-                              path=str(invocation.root), error=repr(exc))
+                              path=str(invocation.input_dir), error=repr(exc))
             with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits
                 loop.call_soon_threadsafe(resolve, error)
 
@@ -548,57 +550,66 @@ def _copy_output(pipe: IO[bytes], log_file: BinaryIO, mirror: OutputMirror) -> N
                 mirror = _ignore
 
 
-def _new_folder(parent: str) -> str:
-    """A new folder `faas-<random>` under `parent`, for this invocation only (as mkdtemp
-    makes, 0700, with less Python per call)."""
+def _new_folders(parent: str) -> str:
+    """`base` for two new folders `base-input` and `base-output` (`base` is
+    `parent/faas-<random>`), this invocation's only (0700, as mkdtemp makes them, with less
+    Python per call)."""
     while True:
-        path = f"{parent}/faas-{uuid.uuid4().hex}"
+        base = f"{parent}/faas-{uuid.uuid4().hex}"
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(f"{base}-input", 0o700)
         except FileExistsError:  # 122 random bits: cannot happen, but never share one
             continue
-        return path
+        try:
+            os.mkdir(f"{base}-output", 0o700)
+        except FileExistsError:  # the same
+            os.rmdir(f"{base}-input")
+            continue
+        except OSError:
+            os.rmdir(f"{base}-input")
+            raise
+        return base
 
 
-def _remove_folder(root: Path, input_file: Path | None) -> None:
-    """Remove an invocation's folder and all in it, whatever the script left there.
+def _unnamed_file(folder: Path) -> int:
+    """A descriptor of a new, empty file with no name, on `folder`'s file system (read and
+    write; gone with its last descriptor). O_TMPFILE where the file system has it; else
+    (overlayfs before Linux 6.6) a file made and unlinked at once, before any script runs."""
+    try:
+        return os.open(folder, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    path = f"{folder}/.log-{uuid.uuid4().hex}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    os.unlink(path)
+    return fd
+
+
+def _remove_folders(input_dir: Path, output_dir: Path, input_file: Path | None) -> None:
+    """Remove an invocation's two folders and all in them, whatever the script left there.
 
     The layout is known: what the runtime made is removed by name, a few syscalls; only a
     folder the script wrote in (not empty then) is walked, by rmtree. Names are resolved
     from descriptors opened with O_NOFOLLOW: a script that replaced a folder by a link
-    never has us remove something outside its folder."""
-    try:
-        fd = os.open(root, _DIRECTORY)
-    except FileNotFoundError:
-        return
-    except OSError:  # no longer a folder (a link): rmtree removes it, not what it names
-        shutil.rmtree(root, ignore_errors=True)
-        return
-    try:
-        if input_file is not None:
-            with contextlib.suppress(OSError):
-                input_fd = os.open("input", _DIRECTORY, dir_fd=fd)
-                try:
-                    os.unlink(input_file.name, dir_fd=input_fd)
-                finally:
-                    os.close(input_fd)
-        for name in ("input", "output"):
+    never has us remove something outside its folders (the link itself is removed)."""
+    if input_file is not None and input_file.parent == input_dir:
+        with contextlib.suppress(OSError):  # gone, or the folder is no longer one
+            fd = os.open(input_dir, _DIRECTORY)
             try:
-                os.rmdir(name, dir_fd=fd)
-            except FileNotFoundError:
-                pass
-            except OSError:  # not empty, or not a folder any more
-                shutil.rmtree(name, ignore_errors=True, dir_fd=fd)
-        with contextlib.suppress(OSError):
-            os.unlink("script.log", dir_fd=fd)
-    finally:
-        os.close(fd)
-    try:
-        os.rmdir(root)
-    except FileNotFoundError:
-        pass
-    except OSError:  # the script left something there
-        shutil.rmtree(root, ignore_errors=True)
+                os.unlink(input_file.name, dir_fd=fd)
+            finally:
+                os.close(fd)
+    for folder in (input_dir, output_dir):
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            pass
+        except NotADirectoryError:  # a link, or a file, in its place: that goes
+            with contextlib.suppress(OSError):
+                os.unlink(folder)
+        except OSError:  # not empty (rmtree never follows a link it finds inside)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -94,17 +94,11 @@ def failure_body(invocation: Invocation, error: FaasError) -> Body:
 def logs_body(invocation: Invocation, first_line: str | None) -> Body:
     """The logs; their length is known, since the script and its group are gone."""
     head = (first_line.encode() + b"\n" if first_line else b"") + invocation.log.text()
-    if len(head) < SMALL:
-        try:
-            script = _read_small(invocation.script_log, SMALL - len(head))
-        except FileNotFoundError:  # the script never ran
-            script = b""
-        if script is not None:
-            return _small(TEXT, head + script, "logs")
-    try:
-        script_bytes = os.stat(invocation.script_log).st_size
-    except FileNotFoundError:  # the script never ran
-        script_bytes = 0
+    log = invocation.script_log
+    script_bytes = os.fstat(log).st_size if log is not None else 0
+    if len(head) + script_bytes <= SMALL:
+        script = os.pread(log, script_bytes, 0) if log is not None and script_bytes else b""
+        return _small(TEXT, head + script, "logs")
     return Body(
         TEXT, logs_chunks(invocation, head, script_bytes), len(head) + script_bytes, "logs"
     )
@@ -209,9 +203,12 @@ async def logs_chunks(
     more of it than the Content-Length announced, whatever a straggler still wrote."""
     if head:
         yield head
-    if script_bytes:
-        async for chunk in file_chunks(invocation.script_log):
-            yield chunk[:script_bytes]
-            script_bytes -= len(chunk)
-            if script_bytes <= 0:
-                break
+    log = invocation.script_log
+    offset = 0
+    # The log is the invocation's until remove(), which runs once the response is sent.
+    while log is not None and offset < script_bytes:
+        chunk = os.pread(log, min(CHUNK, script_bytes - offset), offset)
+        if not chunk:  # a straggler truncated it: the answer ends short, as it must
+            break
+        offset += len(chunk)
+        yield chunk

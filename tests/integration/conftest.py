@@ -84,8 +84,13 @@ class WatchdogProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def invocation_folders(self) -> list[Path]:
-        return sorted(p for p in self.tmpdir.iterdir() if p.name.startswith("faas-") and
-                      not p.name.startswith("faas-runtime-"))
+        """One per invocation whose folders (`faas-X-input`, `faas-X-output`) are there,
+        one or both: `faas-X`."""
+        return sorted({
+            self.tmpdir / p.name.removesuffix("-input").removesuffix("-output")
+            for p in self.tmpdir.iterdir()
+            if p.name.startswith("faas-") and not p.name.startswith("faas-runtime-")
+        })
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:

@@ -151,16 +151,22 @@ def test_watchdog_answers_507_when_the_input_does_not_fit_and_resumes(
     promise="no free inodes for the invocation folder: 507, nothing left behind",
 )
 @pytest.mark.parametrize("tiny_disk", ["size=1m,nr_inodes=64"], indirect=True)
+@pytest.mark.parametrize("free", [0, 1, 2], ids=["none", "one folder", "two folders"])
 def test_watchdog_answers_507_when_its_folder_cannot_be_made(
-    watchdog: WatchdogFactory, tiny_disk: TinyDisk
+    watchdog: WatchdogFactory, tiny_disk: TinyDisk, free: int
 ) -> None:
+    """`free` inodes left: the input folder, then the output folder, then the script's log
+    is the one that cannot be made; what was made before it goes."""
     wd = watchdog(ECHO, env={"TMPDIR": str(tiny_disk.path)})
     taken = tiny_disk.use_every_inode()
+    for path in taken[:free]:
+        path.unlink()
+    taken = taken[free:]
     response = requests.post(wd.url, data=b"x", timeout=30,
                              headers={"Content-Type": "application/octet-stream"})
     assert response.status_code == 507, response.text
     assert response.text.splitlines()[0] == (
-        "no space left on device writing the invocation's folder"
+        "no space left on device writing the invocation's folders"
     )
     assert invocation_folders(tiny_disk.path) == []
     for path in taken:  # space comes back

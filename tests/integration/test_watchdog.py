@@ -166,9 +166,13 @@ case "$Http_X_Mode" in
     echo "made links" ;;
   touch)
     touch "$MARKS/ran-$Http_X_Token" ;;
-  fifo-log)
-    # The runtime's log of the script, beside the input folder, replaced by a FIFO.
-    rm -f "$TMP_INPUT_DIR/../script.log"; mkfifo "$TMP_INPUT_DIR/../script.log" ;;
+  own-files)
+    # What of the invocation's a script can see: its two folders and the input file.
+    base=$(basename "${TMP_INPUT_DIR%-input}")
+    echo "input: $(ls -A "$TMP_INPUT_DIR" | sed 's/-[0-9a-f-]*$//')"
+    echo "output: $(ls -A "$TMP_OUTPUT_DIR")"
+    echo "beside: $(ls -A "$TMP_INPUT_DIR/.." | grep "^$base" | sed "s/^$base//" | tr '\n' ' ')"
+    [ "$TMP_OUTPUT_DIR" = "${TMP_INPUT_DIR%-input}-output" ] && echo "siblings" ;;
   swap-output)
     rm -rf "$TMP_OUTPUT_DIR"; ln -s "$MARKS/outside" "$TMP_OUTPUT_DIR"; echo "swapped" ;;
   *)
@@ -355,13 +359,15 @@ def test_chunked_request_has_an_empty_content_length(shared: WatchdogProcess) ->
 # ---- SPEC 4.1: the response table ------------------------------------------------------
 
 
-def test_a_fifo_in_place_of_the_scripts_log_holds_nothing_up(shared: WatchdogProcess) -> None:
-    """Read in the loop's thread, the log must never be opened waiting for a writer: that
-    would hold every request of the watchdog. A FIFO reads as an empty log."""
-    response = requests.post(shared.url, headers={"X-Mode": "fifo-log"}, timeout=10)
+def test_the_scripts_log_has_no_name_a_script_could_replace(shared: WatchdogProcess) -> None:
+    """The invocation's files are its two folders and the input file: the script's log is
+    an unnamed file, which no script can replace (by a FIFO, a link) or leave behind."""
+    response = post(shared, "own-files", b"aGkK")
     assert response.status_code == 200, response.text
-    assert "fifo" not in response.text
-    assert requests.get(shared.url + "/_/health", timeout=10).status_code == 200
+    assert "input: event-file\n" in response.text
+    assert "output: \n" in response.text
+    assert "beside: -input -output \n" in response.text
+    assert "siblings" in response.text
 
 
 def test_one_output_file_is_base64(shared: WatchdogProcess) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import threading
 import time
@@ -36,7 +37,7 @@ def test_close_after_the_script_ended_kills_nothing(
     monkeypatch.setattr(os, "killpg", lambda pgid, sig: killed.append(pgid))
     invocation.close()
     assert killed == []
-    assert not invocation.root.exists()
+    assert not invocation.input_dir.exists() and not invocation.output_dir.exists()
 
 
 def test_close_while_the_script_runs_kills_its_group(tmp_path: Path) -> None:
@@ -91,8 +92,8 @@ def test_a_removal_goes_on_when_its_caller_is_cancelled(tmp_path: Path) -> None:
 
     asyncio.run(main())
     removals.close_all()
-    assert not first.root.exists()
-    assert not second.root.exists()
+    assert not first.input_dir.exists() and not first.output_dir.exists()
+    assert not second.input_dir.exists() and not second.output_dir.exists()
 
 
 def test_a_failed_removal_reaches_its_caller_and_the_next_removals_still_run(
@@ -121,8 +122,8 @@ def test_a_failed_removal_reaches_its_caller_and_the_next_removals_still_run(
         removals.close_all()
     assert isinstance(failed, OSError) and str(failed) == "disk gone"
     assert rest == [None, None]
-    assert not first.root.exists()
-    assert not second.root.exists()
+    assert not first.input_dir.exists() and not first.output_dir.exists()
+    assert not second.input_dir.exists() and not second.output_dir.exists()
 
 
 def test_a_removal_asked_for_after_close_all_runs_at_once(tmp_path: Path) -> None:
@@ -137,6 +138,73 @@ def test_a_removal_asked_for_after_close_all_runs_at_once(tmp_path: Path) -> Non
         await asyncio.wait_for(removals.close(late), 20)
 
     asyncio.run(main())
-    assert not early.root.exists()
-    assert not late.root.exists()
+    assert not early.input_dir.exists() and not early.output_dir.exists()
+    assert not late.input_dir.exists() and not late.output_dir.exists()
     assert [t for t in threading.enumerate() if t.name.startswith("removals-")] == []
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_an_invocation_makes_two_folders_and_a_log_with_no_name(tmp_path: Path) -> None:
+    invocation = make_invocation(tmp_path / "tmp", "echo out; echo err >&2\n")
+    base = invocation.input_dir.name.removesuffix("-input")
+    assert _entries(tmp_path / "tmp") == [f"{base}-input", f"{base}-output", "script.sh"]
+    assert asyncio.run(invocation.run_script({"PATH": os.environ["PATH"]})) == 0
+    assert invocation.script_log is not None
+    assert os.pread(invocation.script_log, 100, 0) == b"out\nerr\n"
+    assert _entries(invocation.input_dir) == [] and _entries(invocation.output_dir) == []
+    invocation.close()
+    assert invocation.script_log is None
+    assert _entries(tmp_path / "tmp") == ["script.sh"]
+
+
+def test_without_o_tmpfile_the_log_is_made_and_unlinked_before_the_script_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """overlayfs before Linux 6.6 refuses O_TMPFILE: a named file, unlinked at once."""
+    real_open = os.open
+
+    def no_tmpfile(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    invocation = make_invocation(tmp_path / "tmp", "echo hi\n")
+    assert _entries(invocation.input_dir) == []  # the log's name is gone already
+    assert asyncio.run(invocation.run_script({"PATH": os.environ["PATH"]})) == 0
+    assert invocation.script_log is not None
+    assert os.pread(invocation.script_log, 100, 0) == b"hi\n"
+    invocation.close()
+    assert _entries(tmp_path / "tmp") == ["script.sh"]
+
+
+@pytest.mark.parametrize("replaced", ["input", "output"])
+def test_a_folder_replaced_by_a_link_is_removed_not_what_it_names(
+    tmp_path: Path, replaced: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    invocation = make_invocation(tmp_path / "tmp", "echo hi\n")
+    folder = invocation.input_dir if replaced == "input" else invocation.output_dir
+    folder.rmdir()
+    folder.symlink_to(outside)
+    invocation.close()
+    assert _entries(tmp_path / "tmp") == ["script.sh"]
+    assert (outside / "keep.txt").read_text() == "keep"
+
+
+def test_what_a_script_leaves_in_its_folders_goes_with_them(tmp_path: Path) -> None:
+    invocation = make_invocation(
+        tmp_path / "tmp",
+        'mkdir -p "$TMP_OUTPUT_DIR/a/b" "$TMP_INPUT_DIR/c"; touch "$TMP_OUTPUT_DIR/a/b/f" '
+        '"$TMP_INPUT_DIR/c/g" "$TMP_INPUT_DIR/h"; ln -s / "$TMP_OUTPUT_DIR/root"\n',
+    )
+    env = {"PATH": os.environ["PATH"], "TMP_INPUT_DIR": str(invocation.input_dir),
+           "TMP_OUTPUT_DIR": str(invocation.output_dir)}
+    assert asyncio.run(invocation.run_script(env)) == 0
+    invocation.close()
+    assert _entries(tmp_path / "tmp") == ["script.sh"]

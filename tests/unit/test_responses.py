@@ -160,7 +160,8 @@ def test_several_files_are_a_zip_base64_or_raw(invocation: Invocation) -> None:
 
 
 def test_no_file_is_the_logs_and_a_failure_starts_with_its_reason(invocation: Invocation) -> None:
-    invocation.script_log.write_bytes(b"script says hi\n")
+    assert invocation.script_log is not None
+    os.write(invocation.script_log, b"script says hi\n")
     invocation.log.warning("a warning line")
     invocation.log.debug("a debug line")  # below INFO: not in the response
     invocation.collect_outputs()
@@ -172,3 +173,17 @@ def test_no_file_is_the_logs_and_a_failure_starts_with_its_reason(invocation: In
                      .stream).decode()
     assert failed.splitlines()[0] == "script exited with status 3"
     assert failed.endswith("script says hi\n")
+
+
+def test_a_log_over_the_small_size_is_streamed_whole_and_no_more(invocation: Invocation) -> None:
+    """Read back from the unnamed log by offset: what was there when the script ended,
+    not what a straggler wrote after the length was announced."""
+    assert invocation.script_log is not None
+    data = os.urandom(300 * 1024)
+    os.write(invocation.script_log, data)
+    invocation.collect_outputs()
+    body = success_body(invocation, "")
+    os.write(invocation.script_log, b"a straggler's line\n")
+    assert body.length is not None and body.data is None
+    sent = collect(body.stream)
+    assert len(sent) == body.length and sent.endswith(data)

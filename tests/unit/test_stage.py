@@ -84,7 +84,7 @@ async def invoke(runtime: Runtime, event: Any) -> tuple[Outcome, Invocation]:
         outcome = await invocation.execute(parsed, {})
     finally:
         invocation.close()
-    assert not invocation.root.exists()
+    assert not invocation.input_dir.exists() and not invocation.output_dir.exists()
     return outcome, invocation
 
 
