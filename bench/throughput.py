@@ -13,7 +13,8 @@ compares instead this tree's watchdog with REF's, both installed alike
 (`_common.installation`) and running side by side: the watchdog process's own CPU time
 per sequential invocation (user + system from /proc/PID/stat, its children not counted),
 and the rate at concurrency 16, in alternating rounds. Targets: at most half REF's CPU
-per invocation, at least 1.6x REF's rate at concurrency 16.
+per invocation, at least 1.6x REF's rate at concurrency 16. `--floor` adds a third
+contender, bench/floor_watchdog.py: what any Python watchdog on aiohttp pays here.
 """
 
 from __future__ import annotations
@@ -107,9 +108,25 @@ class Contender:
     at16: Level = field(default_factory=Level)
 
 
-def against(ref: str, invocations: int, rounds: int, requests: int) -> None:
-    """This tree's watchdog and REF's, side by side: CPU per invocation, rate at c16."""
-    contenders = [Contender("this tree", c.installation()), Contender(ref, c.installation(ref))]
+def floor_launcher(installed: Path) -> Path:
+    """An executable that runs bench/floor_watchdog.py with `installed`'s Python (that
+    installation's aiohttp), taking the watchdog's command line."""
+    launcher = c.WORK_DIR / "floor-watchdog"
+    launcher.write_text(
+        f"#!{installed.parent / 'python'}\nimport runpy\n"
+        f"runpy.run_path({str(c.BENCH_DIR / 'floor_watchdog.py')!r}, run_name='__main__')\n"
+    )
+    launcher.chmod(0o755)
+    return launcher
+
+
+def against(ref: str, invocations: int, rounds: int, requests: int, floor: bool) -> None:
+    """This tree's watchdog and REF's, side by side: CPU per invocation, rate at c16; with
+    `floor`, the floor (floor_watchdog.py) as a third contender."""
+    this_tree = c.installation()
+    contenders = [Contender("this tree", this_tree), Contender(ref, c.installation(ref))]
+    if floor:
+        contenders.append(Contender("the floor", floor_launcher(this_tree)))
     per_round = max(1, invocations // rounds)
     with tempfile.TemporaryDirectory(dir=c.WORK_DIR) as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
@@ -131,7 +148,7 @@ def against(ref: str, invocations: int, rounds: int, requests: int) -> None:
             for one, wd in order if i % 2 == 1 else order[::-1]:
                 asyncio.run(load(wd.port, 16, requests, one.at16))
 
-    this, other = contenders
+    this, other = contenders[:2]
     cpu = {one.name: c.median(one.cpu_per_invocation) for one in contenders}
     rate = {one.name: c.median(one.at16.rates) for one in contenders}
     cpu_ratio = cpu[this.name] / cpu[other.name]
@@ -159,12 +176,22 @@ its children not counted; the median of the rounds), then {requests} at concurre
 * rate at concurrency 16: **{rate_ratio:.2f}x** {ref}'s (target >= 1.6x):
   {c.verdict(rate_ratio >= 1.6 and errors == 0)}
 
+{_floor_text(cpu, rate, other.name) if floor else ""}
 Per round, CPU ms per invocation: {"; ".join(
     f"{one.name}: " + ", ".join(f"{x * 1000:.2f}" for x in one.cpu_per_invocation)
     for one in contenders)}. Rates at c16: {"; ".join(
     f"{one.name}: " + ", ".join(f"{x:.0f}" for x in one.at16.rates) for one in contenders)}.
 """
     c.write_section("throughput-against", text)
+
+
+def _floor_text(cpu: dict[str, float], rate: dict[str, float], ref: str) -> str:
+    return f"""
+* the floor (`bench/floor_watchdog.py`: a bare aiohttp handler that does only the
+  syscalls an invocation needs, without logs, metrics, limits or checks):
+  **{cpu["the floor"] / cpu[ref]:.2f}x** {ref}'s CPU per invocation,
+  **{rate["the floor"] / rate[ref]:.2f}x** its rate at concurrency 16.
+"""
 
 
 def main() -> None:
@@ -181,10 +208,12 @@ def main() -> None:
                         help="with --against: sequential invocations per watchdog, in all")
     parser.add_argument("--rounds", type=int, default=10,
                         help="with --against: alternating rounds")
+    parser.add_argument("--floor", action="store_true",
+                        help="with --against: the floor (bench/floor_watchdog.py) too")
     args = parser.parse_args()
     c.WORK_DIR.mkdir(exist_ok=True)
     if args.against:
-        against(args.against, args.invocations, args.rounds, args.requests)
+        against(args.against, args.invocations, args.rounds, args.requests, args.floor)
         return
 
     c.WORK_DIR.mkdir(exist_ok=True)
