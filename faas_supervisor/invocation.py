@@ -1,9 +1,10 @@
 """One invocation: its folders, its environment, the script, stage in and stage out.
 
 The watchdog and `faas-supervisor run` are thin front ends over `Invocation`. Each
-invocation owns a folder under `$TMPDIR` (input/, output/ and the script's log) and its
-own environment dict; nothing here touches `os.environ` or global state, so concurrent
-invocations never see each other. `close()` removes the folder however things ended.
+invocation owns two folders in `$TMPDIR` (`faas-X-input`, `faas-X-output`), the script's
+log (a file with no name) and its own environment dict; nothing here touches `os.environ`
+or global state, so concurrent invocations never see each other. `close()` removes the
+folders and the log however things ended.
 """
 
 from __future__ import annotations
@@ -140,9 +141,9 @@ class Invocation:
                 # much as a script writes), with no name the script could replace or
                 # leave behind. Made now, so that a disk without a free inode fails here,
                 # before the body is read.
-                self.script_log: int | None = _unnamed_file(self.input_dir)
-        except FaasError:
-            _remove_folders(self.input_dir, self.output_dir, None)  # none left behind
+                self.script_log: int | None = _unnamed_file(runtime.tmp_dir)
+        except BaseException:  # a FaasError, or what writing() lets through: none left
+            _remove_folders(self.input_dir, self.output_dir, None)
             raise
         self.outcome = Outcome()
         self._started = time.monotonic()
@@ -428,10 +429,14 @@ class Invocation:
     def remove(self) -> None:
         """Remove the invocation's folders and what is in them, and close the script's log
         (the script has ended, the response is sent)."""
-        if self.script_log is not None:
-            os.close(self.script_log)
-            self.script_log = None
-        _remove_folders(self.input_dir, self.output_dir, self._input_file)
+        # Forgotten first: close() frees the number even when it reports an error (an
+        # NFS flush), and a second remove() must not close a number reused since.
+        log, self.script_log = self.script_log, None
+        try:
+            if log is not None:
+                os.close(log)
+        finally:
+            _remove_folders(self.input_dir, self.output_dir, self._input_file)
 
 
 class Removals:
@@ -571,18 +576,31 @@ def _new_folders(parent: str) -> str:
         return base
 
 
+# Whether O_TMPFILE was refused here once: then the fallback, without a failed call each time.
+_no_tmpfile = False
+
+
 def _unnamed_file(folder: Path) -> int:
     """A descriptor of a new, empty file with no name, on `folder`'s file system (read and
-    write; gone with its last descriptor). O_TMPFILE where the file system has it; else
-    (overlayfs before Linux 6.6) a file made and unlinked at once, before any script runs."""
-    try:
-        return os.open(folder, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            raise
-    path = f"{folder}/.log-{uuid.uuid4().hex}"
+    write; gone with its last descriptor). O_TMPFILE where the file system has it (O_EXCL:
+    never to be given a name by linkat); else (overlayfs before Linux 6.6, NFS) a file
+    made in `folder` and unlinked at once, before any script runs. `folder` is TMPDIR,
+    never an invocation's folder: NFS keeps an unlinked open file visible (`.nfsXXXX`)."""
+    global _no_tmpfile
+    if not _no_tmpfile:
+        try:
+            return os.open(folder, os.O_TMPFILE | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            _no_tmpfile = True
+    path = f"{folder}/faas-log-{uuid.uuid4().hex}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    os.unlink(path)
+    try:
+        os.unlink(path)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 

@@ -135,7 +135,7 @@ class Watchdog:
 
         try:
             invocation = Invocation(self.runtime)
-        except FaasError as exc:  # its folder cannot be made: a full TMPDIR is a 507
+        except FaasError as exc:  # its folders cannot be made: a full TMPDIR is a 507
             logger.error("invocation refused", error=exc.message)
             return refusal(exc)
         try:
@@ -156,11 +156,11 @@ class Watchdog:
             )
 
     async def _close(self, invocation: Invocation) -> None:
-        """Kill what is left of the script's group, remove the folder; while the invocation
+        """Kill what is left of the script's group, remove the folders; while the invocation
         is still counted in flight, so max_inflight bounds the folders on disk too.
 
         An rmdir may wait for the disk (milliseconds on ext4 with `discard`). With other
-        invocations in flight the loop must not stall meanwhile: the folder goes in a worker
+        invocations in flight the loop must not stall meanwhile: the folders go in a worker
         thread. Alone, nobody waits for the loop, and the thread's round trip would cost
         more CPU than the removal itself: it goes here. A client that leaves once it has
         its answer (the handler cancelled during the wait) changes nothing, and is not

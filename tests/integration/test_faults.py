@@ -148,7 +148,7 @@ def test_watchdog_answers_507_when_the_input_does_not_fit_and_resumes(
 
 @pytest.mark.reliability(
     fault="disk full",
-    promise="no free inodes for the invocation folder: 507, nothing left behind",
+    promise="no free inodes for the invocation folders or log: 507, nothing left behind",
 )
 @pytest.mark.parametrize("tiny_disk", ["size=1m,nr_inodes=64"], indirect=True)
 @pytest.mark.parametrize("free", [0, 1, 2], ids=["none", "one folder", "two folders"])

@@ -965,6 +965,48 @@ def test_a_second_signal_skips_the_drain(
     assert [p for p in wd.tmpdir.iterdir() if p.name.startswith("faas-")] == []
 
 
+STRAGGLER_WITH_THE_LOG = """#!/bin/sh
+# 64 MiB of log, more than loopback's socket buffers hold: the answer is still being sent
+# when the log is truncated, through a process the script left behind (out of its group).
+head -c 67108864 /dev/zero
+setsid sh -c 'echo $$ > "$MARKS/ready"; exec sleep 1000' &
+read -r pid < "$MARKS/ready"
+echo "$pid" > "$MARKS/pid.tmp" && mv "$MARKS/pid.tmp" "$MARKS/pid"
+"""
+
+
+def test_a_log_truncated_while_it_is_sent_ends_the_answer_short_and_closed(
+    watchdog: WatchdogFactory, tmp_path: Path
+) -> None:
+    """The answer announced the log's length; the log was truncated meanwhile (by a process
+    the script left behind that holds it). The client must see the body end (the
+    connection closed), not wait for the missing bytes on a connection kept alive, where
+    it would read the next answer as their end."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    os.mkfifo(marks / "ready")
+    wd = watchdog(STRAGGLER_WITH_THE_LOG, env={"MARKS": str(marks)})
+    sock = raw_request(wd.port, "POST / HTTP/1.1\nHost: x\nContent-Length: 0\n")
+    sock.settimeout(20)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    assert head.startswith(b"HTTP/1.1 200") and length > 64 * 1024 * 1024
+    # The straggler's stdout is the log: truncated as it would truncate it. The client has
+    # read little, so most of the log is still to be sent.
+    straggler = int(wait_for_file(marks / "pid"))
+    os.close(os.open(f"/proc/{straggler}/fd/1", os.O_WRONLY | os.O_TRUNC))
+    while chunk := sock.recv(1 << 20):  # to the end: the watchdog closes the connection
+        body += chunk
+    sock.close()
+    assert len(body) < length
+    assert requests.get(wd.url + "/_/health", timeout=10).status_code == 200
+    wait_until(lambda: process_gone(straggler), 10, "the straggler killed")
+    assert b"response ended short" in wd.log.read_bytes()
+
+
 # ---- SPEC 4.1: a client that leaves ----------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from faas_supervisor import invocation as invocation_module
 from faas_supervisor.config import FunctionConfig
 from faas_supervisor.invocation import Invocation, Removals, Runtime
 
@@ -172,8 +173,13 @@ def test_without_o_tmpfile_the_log_is_made_and_unlinked_before_the_script_runs(
         return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "open", no_tmpfile)
+    monkeypatch.setattr(invocation_module, "_no_tmpfile", False)
     invocation = make_invocation(tmp_path / "tmp", "echo hi\n")
-    assert _entries(invocation.input_dir) == []  # the log's name is gone already
+    assert invocation_module._no_tmpfile  # the next ones go straight to the fallback
+    base = invocation.input_dir.name.removesuffix("-input")
+    # The log's name is gone already, and it was never in the invocation's folders.
+    assert _entries(tmp_path / "tmp") == [f"{base}-input", f"{base}-output", "script.sh"]
+    assert _entries(invocation.input_dir) == []
     assert asyncio.run(invocation.run_script({"PATH": os.environ["PATH"]})) == 0
     assert invocation.script_log is not None
     assert os.pread(invocation.script_log, 100, 0) == b"hi\n"
@@ -208,3 +214,27 @@ def test_what_a_script_leaves_in_its_folders_goes_with_them(tmp_path: Path) -> N
     assert asyncio.run(invocation.run_script(env)) == 0
     invocation.close()
     assert _entries(tmp_path / "tmp") == ["script.sh"]
+
+
+def test_a_failed_close_of_the_log_still_removes_the_folders_and_closes_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() may report an error (an NFS flush) and still free the number: the folders
+    go all the same, and a second remove() closes nothing (the number may be reused)."""
+    invocation = make_invocation(tmp_path / "tmp", "echo hi\n")
+    log = invocation.script_log
+    real_close = os.close
+    closed: list[int] = []
+
+    def failing_close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+        if fd == log:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "close", failing_close)
+    with pytest.raises(OSError):
+        invocation.remove()
+    assert _entries(tmp_path / "tmp") == ["script.sh"]
+    invocation.remove()
+    assert closed.count(log) == 1
