@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -156,8 +157,11 @@ def watchdog_phase(total: int, concurrency: int) -> Phase:
 
 
 def controller_phase(total: int, concurrency: int) -> Phase:
+    # The same program as the watchdog phase's (faas_command), as controller() wants it:
+    # one executable.
+    executable = Path(shutil.which("faas-supervisor") or c.installation())
     with (tempfile.TemporaryDirectory(prefix="faas-bench-soak-") as tmp,
-          bench_controller.controller(Path(tmp), 2) as ctl):
+          bench_controller.controller(Path(tmp), 2, executable) as ctl):
         token = ctl.create("soak", "echo hi\n")
         ctl.watchdog_port("soak")
         # The local backend gives each service's watchdog a TMPDIR of its own.

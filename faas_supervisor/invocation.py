@@ -307,10 +307,18 @@ class Invocation:
                         await asyncio.shield(self.runtime.orphans.kill_all())
                 if copier is not None:
                     # The group is dead, so the pipe ends; a child that left the group
-                    # and holds it open is not waited for long.
+                    # and holds it open is not waited for long. Its failure is read
+                    # below, or (still copying) by _retrieved, never left unretrieved.
+                    copier.add_done_callback(_retrieved)
                     with contextlib.suppress(Exception, asyncio.CancelledError):
                         await asyncio.wait_for(asyncio.shield(copier), COPIER_GRACE)
         self.outcome.exit_code = code
+        if copier is not None and copier.done() and not copier.cancelled():
+            failed = copier.exception()
+            if isinstance(failed, FaasError):
+                # The log could not be written (a full disk): that is the failure, not
+                # the SIGPIPE the script got once nobody read its output.
+                raise failed
         self.log.summary("script exited", status=_describe(code),
                       seconds=f"{time.monotonic() - started:.3f}")
         if self._aborted is not None:
@@ -553,6 +561,12 @@ def _copy_output(pipe: IO[bytes], log_file: BinaryIO, mirror: OutputMirror) -> N
                 mirror(chunk)
             except OSError:  # stderr gone (a closed pipe): keep capturing, stop mirroring
                 mirror = _ignore
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Marks a finished copier's outcome as seen (asyncio warns of one nobody read)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _new_folders(parent: str) -> str:

@@ -208,6 +208,30 @@ def test_run_exits_4_with_one_line_when_the_event_does_not_fit(
 
 @pytest.mark.reliability(
     fault="disk full",
+    promise="`run` exits 4 naming the script's log when the script's output does not fit",
+)
+def test_run_exits_4_when_the_scripts_output_does_not_fit(
+    tmp_path: Path, tiny_disk: TinyDisk
+) -> None:
+    """`run` copies the script's output to its log as it comes (and to stderr): a full
+    disk there is the job's failure, named, not a script killed by SIGPIPE."""
+    script = tmp_path / "loud.sh"
+    script.write_text("#!/bin/sh\nhead -c 4194304 /dev/zero | tr '\\0' x\necho done\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID")}
+    env["TMPDIR"] = str(tiny_disk.path)
+    result = subprocess.run([*faas_command(), "run", "--script", str(script)], input=b"",
+                            env=env, capture_output=True, timeout=60)
+    assert result.returncode == 4, result.stderr[-300:]
+    assert result.stderr.endswith(
+        b"faas-supervisor: error: no space left on device writing the script's log\n"
+    ), result.stderr[-300:]
+    assert b"Traceback" not in result.stderr
+    assert list(tiny_disk.path.iterdir()) == []
+
+
+@pytest.mark.reliability(
+    fault="disk full",
     promise="a job whose download does not fit is Failed naming it",
 )
 def test_a_job_whose_object_does_not_fit_fails_naming_it(
