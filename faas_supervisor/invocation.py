@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO
 
 from faas_supervisor import processes
 from faas_supervisor.access import authorize
@@ -267,62 +267,66 @@ class Invocation:
         timeout = self.runtime.exec_timeout or None
         if self.script_log is None or self._child is not None:
             raise RuntimeError("run_script runs once per invocation, before remove()")
-        # Not closed here: the response reads the log back (responses.py) until remove().
-        with open(self.script_log, "wb", closefd=False) as log_file:
-            # With a mirror, output goes through a pipe we copy from; else straight to disk.
-            # No preexec_fn and no setsid: the spawn stays a vfork (processes.spawn).
-            self._child = child = processes.spawn(
-                ["/bin/sh", str(self.runtime.script)],
-                cwd=self.input_dir,
-                env=env,
-                stdout=subprocess.PIPE if mirror else log_file,
-                stderr=subprocess.STDOUT,
-            )
-            stdout = child.popen.stdout
-            # The mirror's copy runs in a worker thread (blocking reads) until every
-            # writer has closed the pipe; it is awaited before log_file closes.
-            copier = (
-                asyncio.ensure_future(asyncio.to_thread(_copy_output, stdout, log_file, mirror))
-                if mirror is not None and stdout is not None
-                else None
-            )
-            started = time.monotonic()
-            try:
-                # A timeout scope, not wait_for: that wraps the wait in a task of its own,
-                # a tenth of the watchdog's Python per `echo` invocation.
-                async with asyncio.timeout(timeout):
-                    code = await child.wait()
-            except TimeoutError:
+        # The log is written by the script itself, or (a mirror) by a copier thread with a
+        # descriptor of its own, through os.write: no buffer whose flush could fail later,
+        # unnamed. It stays open for the response (responses.py) until remove().
+        log = self.script_log
+        # With a mirror, output goes through a pipe we copy from; else straight to disk.
+        # No preexec_fn and no setsid: the spawn stays a vfork (processes.spawn).
+        self._child = child = processes.spawn(
+            ["/bin/sh", str(self.runtime.script)],
+            cwd=self.input_dir,
+            env=env,
+            stdout=subprocess.PIPE if mirror else log,
+            stderr=subprocess.STDOUT,
+        )
+        stdout = child.popen.stdout
+        # The mirror's copy runs in a worker thread (blocking reads) until every writer has
+        # closed the pipe. Its own duplicate of the log's descriptor, closed by it: one it
+        # outlives (a process that left the group holds the pipe) writes to the log, never
+        # to a number remove() freed and something else got since.
+        copier = (
+            asyncio.ensure_future(asyncio.to_thread(_copy_output, stdout, os.dup(log), mirror))
+            if mirror is not None and stdout is not None
+            else None
+        )
+        started = time.monotonic()
+        try:
+            # A timeout scope, not wait_for: that wraps the wait in a task of its own, a
+            # tenth of the watchdog's Python per `echo` invocation.
+            async with asyncio.timeout(timeout):
+                code = await child.wait()
+        except TimeoutError:
+            child.kill_group()
+            await child.wait()
+            raise ScriptTimeout(f"script ran past exec_timeout ({timeout:g} s)") from None
+        finally:
+            # Whatever way it ended (cancelled when the client left), nothing lingers.
+            if child.returncode is None:
                 child.kill_group()
-                await child.wait()
-                raise ScriptTimeout(f"script ran past exec_timeout ({timeout:g} s)") from None
-            finally:
-                # Whatever way it ended (cancelled when the client left), nothing lingers.
-                if child.returncode is None:
-                    child.kill_group()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.shield(child.wait())
-                if self.runtime.orphans is not None:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.shield(self.runtime.orphans.kill_all())
-                if copier is not None:
-                    # The group is dead, so the pipe ends; a child that left the group
-                    # and holds it open is not waited for long. Its failure is read
-                    # below, or (still copying) by _retrieved, never left unretrieved.
-                    copier.add_done_callback(_retrieved)
-                    with contextlib.suppress(Exception, asyncio.CancelledError):
-                        await asyncio.wait_for(asyncio.shield(copier), COPIER_GRACE)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(child.wait())
+            if self.runtime.orphans is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self.runtime.orphans.kill_all())
+            if copier is not None:
+                # The group is dead, so the pipe ends; a child that left the group and
+                # holds it open is not waited for long. Its failure is read below, or
+                # (still copying) by _retrieved, never left unretrieved.
+                copier.add_done_callback(_retrieved)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(copier), COPIER_GRACE)
         self.outcome.exit_code = code
+        self.log.summary("script exited", status=_describe(code),
+                      seconds=f"{time.monotonic() - started:.3f}")
+        if self._aborted is not None:
+            raise self._aborted  # killed on purpose: say why, not "killed by signal 9"
         if copier is not None and copier.done() and not copier.cancelled():
             failed = copier.exception()
             if isinstance(failed, FaasError):
                 # The log could not be written (a full disk): that is the failure, not
                 # the SIGPIPE the script got once nobody read its output.
                 raise failed
-        self.log.summary("script exited", status=_describe(code),
-                      seconds=f"{time.monotonic() - started:.3f}")
-        if self._aborted is not None:
-            raise self._aborted  # killed on purpose: say why, not "killed by signal 9"
         if code != 0:
             raise ScriptFailed(f"script exited with status {_describe(code)}", _exit_status(code))
         return code
@@ -440,11 +444,12 @@ class Invocation:
         # Forgotten first: close() frees the number even when it reports an error (an
         # NFS flush), and a second remove() must not close a number reused since.
         log, self.script_log = self.script_log, None
-        try:
-            if log is not None:
+        if log is not None:
+            # Read already, and nameless: an error its close reports (an NFS flush) is
+            # nobody's to answer, and must not stop the folders' removal.
+            with contextlib.suppress(OSError):
                 os.close(log)
-        finally:
-            _remove_folders(self.input_dir, self.output_dir, self._input_file)
+        _remove_folders(self.input_dir, self.output_dir, self._input_file)
 
 
 class Removals:
@@ -549,18 +554,25 @@ async def _storage_errors(
         raise storage_failure(provider.name, f"{action} of {bucket}/{key}", exc) from exc
 
 
-def _copy_output(pipe: IO[bytes], log_file: BinaryIO, mirror: OutputMirror) -> None:
+def _copy_output(pipe: IO[bytes], log: int, mirror: OutputMirror) -> None:
+    """Copy the script's output from `pipe` to the log (`log`, a descriptor this thread
+    owns and closes) and to `mirror`, as it comes."""
     # The thread owns the pipe: closed here, at its end, never under a read in progress.
-    with pipe:
-        # os.read returns what has come, so the mirror shows the output as it comes.
-        while chunk := os.read(pipe.fileno(), 65536):
-            with writing("the script's log"):  # a full disk fails the invocation, named
-                log_file.write(chunk)
-                log_file.flush()  # here, not at close(), where an error would be unnamed
-            try:
-                mirror(chunk)
-            except OSError:  # stderr gone (a closed pipe): keep capturing, stop mirroring
-                mirror = _ignore
+    try:
+        with pipe:
+            # os.read returns what has come, so the mirror shows the output as it comes.
+            while chunk := os.read(pipe.fileno(), 65536):
+                with writing("the script's log"):  # a full disk fails the invocation
+                    view = memoryview(chunk)
+                    while view:  # unbuffered: nothing left to fail later, at a close
+                        view = view[os.write(log, view):]
+                try:
+                    mirror(chunk)
+                except OSError:  # stderr gone (a closed pipe): keep capturing, not mirroring
+                    mirror = _ignore
+    finally:
+        with contextlib.suppress(OSError):  # written through os.write: nothing is pending
+            os.close(log)
 
 
 def _retrieved(task: asyncio.Future[None]) -> None:

@@ -210,13 +210,20 @@ def test_run_exits_4_with_one_line_when_the_event_does_not_fit(
     fault="disk full",
     promise="`run` exits 4 naming the script's log when the script's output does not fit",
 )
+@pytest.mark.parametrize("output", [
+    "head -c 4194304 /dev/zero | tr '\\0' x",  # pieces as big as the pipe gives
+    # Short lines, one at a time: pieces smaller than a buffered file's buffer, which
+    # would keep them and fail again, unnamed, when closed.
+    "i=0; while [ $i -lt 400 ]; do head -c 999 /dev/zero | tr '\\0' x; echo; "
+    "i=$((i + 1)); done",
+], ids=["big pieces", "short lines"])
 def test_run_exits_4_when_the_scripts_output_does_not_fit(
-    tmp_path: Path, tiny_disk: TinyDisk
+    tmp_path: Path, tiny_disk: TinyDisk, output: str
 ) -> None:
     """`run` copies the script's output to its log as it comes (and to stderr): a full
     disk there is the job's failure, named, not a script killed by SIGPIPE."""
     script = tmp_path / "loud.sh"
-    script.write_text("#!/bin/sh\nhead -c 4194304 /dev/zero | tr '\\0' x\necho done\n")
+    script.write_text(f"#!/bin/sh\n{output}\necho done\n")
     env = {k: v for k, v in os.environ.items()
            if k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID")}
     env["TMPDIR"] = str(tiny_disk.path)

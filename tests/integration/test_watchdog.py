@@ -1007,6 +1007,41 @@ def test_a_log_truncated_while_it_is_sent_ends_the_answer_short_and_closed(
     assert b"response ended short" in wd.log.read_bytes()
 
 
+BIG_OUTPUT = """#!/bin/sh
+head -c 67108864 /dev/zero > "$TMP_OUTPUT_DIR/big"
+echo "$TMP_OUTPUT_DIR" > "$MARKS/out.tmp" && mv "$MARKS/out.tmp" "$MARKS/out"
+"""
+
+
+def test_an_output_that_grew_while_it_is_sent_keeps_the_connection(
+    watchdog: WatchdogFactory, tmp_path: Path
+) -> None:
+    """More than announced (the file grew after its size was taken): the client gets the
+    announced bytes, and the connection stays usable; only less than announced closes it."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wd = watchdog(BIG_OUTPUT, env={"MARKS": str(marks)})
+    head = "POST / HTTP/1.1\nHost: x\nContent-Length: 0\nAccept: application/octet-stream\n"
+    sock = raw_request(wd.port, head)
+    sock.settimeout(20)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    answer, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"Content-Length: (\d+)", answer).group(1))  # type: ignore[union-attr]
+    assert answer.startswith(b"HTTP/1.1 200") and length == 64 * 1024 * 1024
+    with open(Path(wait_for_file(marks / "out").strip()) / "big", "ab") as grow:
+        grow.write(b"y" * 1024 * 1024)  # most of the file is still to be sent
+    while len(body) < length:
+        body += sock.recv(min(1 << 20, length - len(body)))
+    assert body == bytes(length)
+    (marks / "out").unlink()
+    sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n")  # the same connection
+    assert read_status(sock) == 200
+    sock.close()
+    assert b"response ended short" not in wd.log.read_bytes()
+
+
 # ---- SPEC 4.1: a client that leaves ----------------------------------------------------
 
 

@@ -233,8 +233,7 @@ def test_a_failed_close_of_the_log_still_removes_the_folders_and_closes_once(
             raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "close", failing_close)
-    with pytest.raises(OSError):
-        invocation.remove()
+    invocation.remove()  # the log was read already: its close's error is nobody's
     assert _entries(tmp_path / "tmp") == ["script.sh"]
     invocation.remove()
     assert closed.count(log) == 1
