@@ -965,6 +965,19 @@ def test_a_second_signal_skips_the_drain(
     assert [p for p in wd.tmpdir.iterdir() if p.name.startswith("faas-")] == []
 
 
+def _answer_started(sock: socket.socket) -> tuple[int, bytes]:
+    """A 200's announced length and the body's first bytes, read with the head."""
+    sock.settimeout(20)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    found = re.search(rb"Content-Length: (\d+)", head)
+    assert found, head
+    return int(found.group(1)), body
+
+
 STRAGGLER_WITH_THE_LOG = """#!/bin/sh
 # 64 MiB of log, more than loopback's socket buffers hold: the answer is still being sent
 # when the log is truncated, through a process the script left behind (out of its group).
@@ -987,13 +1000,8 @@ def test_a_log_truncated_while_it_is_sent_ends_the_answer_short_and_closed(
     os.mkfifo(marks / "ready")
     wd = watchdog(STRAGGLER_WITH_THE_LOG, env={"MARKS": str(marks)})
     sock = raw_request(wd.port, "POST / HTTP/1.1\nHost: x\nContent-Length: 0\n")
-    sock.settimeout(20)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
-    assert head.startswith(b"HTTP/1.1 200") and length > 64 * 1024 * 1024
+    length, body = _answer_started(sock)
+    assert length > 64 * 1024 * 1024
     # The straggler's stdout is the log: truncated as it would truncate it. The client has
     # read little, so most of the log is still to be sent.
     straggler = int(wait_for_file(marks / "pid"))
@@ -1023,13 +1031,8 @@ def test_an_output_that_grew_while_it_is_sent_keeps_the_connection(
     wd = watchdog(BIG_OUTPUT, env={"MARKS": str(marks)})
     head = "POST / HTTP/1.1\nHost: x\nContent-Length: 0\nAccept: application/octet-stream\n"
     sock = raw_request(wd.port, head)
-    sock.settimeout(20)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    answer, body = data.split(b"\r\n\r\n", 1)
-    length = int(re.search(rb"Content-Length: (\d+)", answer).group(1))  # type: ignore[union-attr]
-    assert answer.startswith(b"HTTP/1.1 200") and length == 64 * 1024 * 1024
+    length, body = _answer_started(sock)
+    assert length == 64 * 1024 * 1024
     with open(Path(wait_for_file(marks / "out").strip()) / "big", "ab") as grow:
         grow.write(b"y" * 1024 * 1024)  # most of the file is still to be sent
     while len(body) < length:
