@@ -441,12 +441,11 @@ class Invocation:
     def remove(self) -> None:
         """Remove the invocation's folders and what is in them, and close the script's log
         (the script has ended, the response is sent)."""
-        # Forgotten first: close() frees the number even when it reports an error (an
-        # NFS flush), and a second remove() must not close a number reused since.
+        # Forgotten first: close() frees the number even when it reports an error (an NFS
+        # flush), which is nobody's to answer (the log was read, and has no name) and must
+        # neither stop the removal nor have a second remove() close a number reused since.
         log, self.script_log = self.script_log, None
         if log is not None:
-            # Read already, and nameless: an error its close reports (an NFS flush) is
-            # nobody's to answer, and must not stop the folders' removal.
             with contextlib.suppress(OSError):
                 os.close(log)
         _remove_folders(self.input_dir, self.output_dir, self._input_file)
