@@ -301,21 +301,34 @@ class Invocation:
             await child.wait()
             raise ScriptTimeout(f"script ran past exec_timeout ({timeout:g} s)") from None
         finally:
-            # Whatever way it ended (cancelled when the client left), nothing lingers.
+            # Whatever way it ended (cancelled when the client left), nothing lingers. A
+            # cancellation that comes meanwhile (`run`'s SIGTERM) lets the clean-up go
+            # on, and is raised at its end: the invocation is not carried on to stage-out.
+            cancelled = False
             if child.returncode is None:
                 child.kill_group()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await asyncio.shield(child.wait())
+                except asyncio.CancelledError:
+                    cancelled = True
             if self.runtime.orphans is not None:
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await asyncio.shield(self.runtime.orphans.kill_all())
+                except asyncio.CancelledError:
+                    cancelled = True
             if copier is not None:
                 # The group is dead, so the pipe ends; a child that left the group and
                 # holds it open is not waited for long. Its failure is read below, or
                 # (still copying) by _retrieved, never left unretrieved.
                 copier.add_done_callback(_retrieved)
-                with contextlib.suppress(Exception, asyncio.CancelledError):
+                try:
                     await asyncio.wait_for(asyncio.shield(copier), COPIER_GRACE)
+                except asyncio.CancelledError:
+                    cancelled = True
+                except Exception:  # read below
+                    pass
+            if cancelled:
+                raise asyncio.CancelledError
         self.outcome.exit_code = code
         self.log.summary("script exited", status=_describe(code),
                       seconds=f"{time.monotonic() - started:.3f}")

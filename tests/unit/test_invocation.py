@@ -237,3 +237,38 @@ def test_a_failed_close_of_the_log_still_removes_the_folders_and_closes_once(
     assert _entries(tmp_path / "tmp") == ["script.sh"]
     invocation.remove()
     assert closed.count(log) == 1
+
+
+class _SlowOrphans:
+    """Orphans whose sweep waits for the test: a window to cancel run_script in."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def kill_all(self) -> None:
+        self.entered.set()
+        await self.release.wait()
+
+
+def test_a_cancellation_during_the_clean_up_is_not_lost(tmp_path: Path) -> None:
+    """`run`'s SIGTERM cancels it; coming while the script's orphans are swept (after a
+    normal exit), it must still end the invocation (exit 143), not be swallowed by the
+    clean-up and let the job go on to its stage-out."""
+    script = tmp_path / "script.sh"
+    script.write_text("exit 0\n")
+
+    async def scenario() -> None:
+        orphans = _SlowOrphans()
+        runtime = Runtime(config=FunctionConfig(), script=script, base_env={},
+                          tmp_dir=tmp_path, orphans=orphans)  # type: ignore[arg-type]
+        invocation = Invocation(runtime)
+        task = asyncio.create_task(invocation.run_script({"PATH": os.environ["PATH"]}))
+        await orphans.entered.wait()
+        task.cancel()  # delivered at the task's next step, before the sweep below ends
+        orphans.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        invocation.close()
+
+    asyncio.run(scenario())
