@@ -325,7 +325,7 @@ class Invocation:
                     await asyncio.wait_for(asyncio.shield(copier), COPIER_GRACE)
                 except asyncio.CancelledError:
                     cancelled = True
-                except Exception:  # read below
+                except Exception:  # past the grace, or its own failure (read below)
                     pass
             if cancelled:
                 raise asyncio.CancelledError
