@@ -19,7 +19,9 @@ cut bodies, 5xx, throttling and `RequestTimeout` retried after botocore's jitter
 backoff (up to 1 s, then 2 s), local file errors not retried; a download written to a
 temporary name beside its destination (at most 255 bytes long) and renamed only when
 whole and not cancelled; an upload's body signed by its SHA-256, so that the store
-refuses one that changed on the way, and abandoned mid-body when cancelled.
+refuses one that changed on the way, sent after the store's `100 Continue` (botocore's
+`Expect` for PutObject: a refusal from the head is then an answer, not a reset), and
+abandoned mid-body when cancelled.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import http.client
 import os
 import random
 import re
+import select
+import socket
 import threading
 import time
 import uuid
@@ -48,6 +52,10 @@ RETRIED = {500, 502, 503, 504, 429}
 RETRIED_CODES = {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable"}
 ERROR_BODY = 64 << 10  # the most of an error's XML body read
 NAME_MAX = 255
+# Seconds a body waits for `100 Continue` before it goes anyway (a store that ignores
+# `Expect`): botocore's wait.
+CONTINUE_TIMEOUT = 1.0
+INTERIM_MAX = 8 << 10  # the most of an interim answer's head read
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 
 Progress = Callable[[int], None]
@@ -97,6 +105,7 @@ class DirectS3:
     secret_key: str = field(repr=False)
     connect_timeout: float = 5.0
     read_timeout: float = 20.0
+    continue_timeout: float = CONTINUE_TIMEOUT
 
     def get(self, bucket: str, key: str, dest: Path, limit: int,
             progress: Progress | None = None,
@@ -204,9 +213,22 @@ class DirectS3:
             "Authorization": aws_sigv4.authorization(
                 self.access_key, self.secret_key, self.region, method, path, signed, amz_date),
         }
-        if body is not None:
-            headers["Content-Length"] = str(size)
-        connection.request(method, path, body=body, headers=headers)
+        if body is None:
+            connection.request(method, path, headers=headers)
+            return connection.getresponse()
+        # The body waits for the store's go-ahead, as botocore's PutObject does: a store
+        # that refuses from the head alone (keys that do not match, no such bucket) then
+        # says why. Sent at once, a body the store will not read gets the connection
+        # reset under it (Go's server, MinIO's, does so past 256 KiB unread), and the
+        # answer is lost: "connection reset", three times, instead of "access denied".
+        headers["Content-Length"] = str(size)
+        headers["Expect"] = "100-continue"
+        connection.putrequest(method, path, skip_host=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        if _go_ahead(connection, self.continue_timeout):
+            connection.send(body)  # http.client reads it by blocks (`blocksize`)
         return connection.getresponse()
 
     @staticmethod
@@ -270,6 +292,34 @@ class _Counted:
         if piece and self._progress is not None:
             self._progress(len(piece))
         return piece
+
+
+def _go_ahead(connection: http.client.HTTPConnection, timeout: float) -> bool:
+    """Whether to send the body, once the head went with `Expect: 100-continue`: yes on
+    `100 Continue` (consumed here), or when the store says nothing within `timeout`; no
+    when it answered already or closed (getresponse() then reads what it said)."""
+    sock = connection.sock
+    assert sock is not None
+    deadline = time.monotonic() + timeout
+    while select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        head = sock.recv(INTERIM_MAX, socket.MSG_PEEK)  # left in place for getresponse()
+        if not head:
+            return False  # closed
+        if len(head) >= _STATUS_PREFIX and not _INTERIM.match(head):
+            return False  # the final answer, before the body
+        end = head.find(b"\r\n\r\n")
+        if end >= 0:
+            sock.recv(end + 4)  # the interim answer, and nothing past it
+            return True
+        # A head cut between two packets (servers write it whole: seldom seen). No event
+        # says when the rest comes to a peek; at the deadline, the body goes (an interim
+        # answer left unread is skipped by getresponse()).
+        time.sleep(0.001)
+    return True  # silence: a store that ignores Expect
+
+
+_INTERIM = re.compile(rb"HTTP/1\.[01] 100 ")
+_STATUS_PREFIX = len(b"HTTP/1.1 100 ")
 
 
 def _error(response: http.client.HTTPResponse) -> DirectError:

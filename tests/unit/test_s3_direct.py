@@ -9,6 +9,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.client
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +87,13 @@ class Store:
     def __init__(self, *answers: tuple[int, dict[str, str], bytes, int | None]) -> None:
         self.answers = list(answers)
         self.requests: list[web.Request] = []
+        self.bodies: list[bytes] = []
         self.runner: web.AppRunner | None = None
         self.host = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request)
-        await request.read()
+        self.bodies.append(await request.read())
         status, headers, body, sent = self.answers[min(len(self.requests),
                                                        len(self.answers)) - 1]
         response = web.StreamResponse(status=status, headers=headers)
@@ -195,3 +201,97 @@ def test_the_keys_are_not_in_its_repr() -> None:
     made = direct(provider_config(access_key=Secret("AKREPR"), secret_key=Secret("SKREPR")),
                   5.0, 20.0)
     assert made is not None and "AKREPR" not in repr(made) and "SKREPR" not in repr(made)
+
+
+# ---- a PUT's body waits for the store's go-ahead (Expect: 100-continue) ---------------------
+
+
+def read_head(conn: socket.socket) -> bytes:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        piece = conn.recv(4096)
+        if not piece:
+            break
+        head += piece
+    return head
+
+
+@contextmanager
+def raw_store(answer: Callable[[socket.socket, bytes], None]) -> Iterator[tuple[str, list[bytes]]]:
+    """A plain socket server on loopback: each connection's head read, then `answer`; the
+    heads it got, in order."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    heads: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                head = read_head(conn)
+                heads.append(head)
+                answer(conn, head)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}", heads
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(5)
+
+
+def refuse_and_reset(conn: socket.socket, _head: bytes) -> None:
+    """As Go's HTTP server (MinIO's) answers a request refused from its head: the answer,
+    then the connection closed with the body unread (past 256 KiB), which resets it."""
+    body = error("AccessDenied")
+    conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_a_put_refused_from_its_head_says_why(tmp_path: Path) -> None:
+    """The store's refusal reaches the caller, once, not three connection resets: the
+    body is sent only once the store says to (its head alone went)."""
+    src = tmp_path / "big"
+    src.write_bytes(b"x" * (16 << 20))  # more than the sockets hold: it cannot all go
+    with raw_store(refuse_and_reset) as (host, heads):
+        client = DirectS3(host, "us-east-1", "AK", "SK")
+        with pytest.raises(s3_direct.DirectError) as refused:
+            client.put(src, "b", "k")
+    assert (refused.value.status, refused.value.code) == (403, "AccessDenied")
+    assert len(heads) == 1
+
+
+def test_a_put_to_a_store_that_ignores_expect_goes_after_the_wait(tmp_path: Path) -> None:
+    src = tmp_path / "small"
+    src.write_bytes(b"payload")
+    got: list[bytes] = []
+
+    def read_then_answer(conn: socket.socket, head: bytes) -> None:
+        # No `100 Continue`: the body comes anyway once the client stops waiting.
+        body = head.split(b"\r\n\r\n", 1)[1]
+        while len(body) < len(b"payload"):
+            body += conn.recv(4096)
+        got.append(body)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    with raw_store(read_then_answer) as (host, heads):
+        client = DirectS3(host, "us-east-1", "AK", "SK", continue_timeout=0.2)
+        assert client.put(src, "b", "k")
+    assert got == [b"payload"]
+    assert b"\r\nexpect: 100-continue\r\n" in heads[0].lower()
+
+
+async def test_a_put_waits_for_100_continue_then_sends_its_body(tmp_path: Path) -> None:
+    """aiohttp's server answers `Expect` with `100 Continue`, as MinIO, Ceph and moto do."""
+    src = tmp_path / "small"
+    src.write_bytes(b"payload")
+    async with Store((200, {}, b"", None)) as store:
+        client = DirectS3(store.host, "us-east-1", "AK", "SK", continue_timeout=30)
+        assert await asyncio.to_thread(client.put, src, "b", "k")
+    assert store.bodies == [b"payload"]
+    assert store.requests[0].headers["Expect"] == "100-continue"
