@@ -296,30 +296,49 @@ class _Counted:
 
 def _go_ahead(connection: http.client.HTTPConnection, timeout: float) -> bool:
     """Whether to send the body, once the head went with `Expect: 100-continue`: yes on
-    `100 Continue` (consumed here), or when the store says nothing within `timeout`; no
-    when it answered already or closed (getresponse() then reads what it said)."""
+    `100 Continue` alone (consumed here), or when the store says nothing whole within
+    `timeout`; no when it answered already, or closed (getresponse() then reads what it
+    said, or fails and the request is retried)."""
     sock = connection.sock
     assert sock is not None
     deadline = time.monotonic() + timeout
-    while select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
-        head = sock.recv(INTERIM_MAX, socket.MSG_PEEK)  # left in place for getresponse()
-        if not head:
-            return False  # closed
-        if len(head) >= _STATUS_PREFIX and not _INTERIM.match(head):
-            return False  # the final answer, before the body
-        end = head.find(b"\r\n\r\n")
-        if end >= 0:
-            sock.recv(end + 4)  # the interim answer, and nothing past it
-            return True
-        # A head cut between two packets (servers write it whole: seldom seen). No event
-        # says when the rest comes to a peek; at the deadline, the body goes (an interim
-        # answer left unread is skipped by getresponse()).
-        time.sleep(0.001)
-    return True  # silence: a store that ignores Expect
+    poller = select.poll()  # not select(): a descriptor may be numbered past 1023
+    poller.register(sock, select.POLLIN | select.POLLRDHUP)
+    try:
+        while True:
+            events = poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+            if not events:
+                # Silence (a store that ignores Expect), or an interim head not yet whole
+                # (getresponse() skips one left unread): the body goes.
+                return True
+            if events[0][1] & (select.POLLHUP | select.POLLERR | select.POLLRDHUP):
+                return False  # the store closed: no go-ahead can come
+            head = sock.recv(INTERIM_MAX, socket.MSG_PEEK)  # left in place for getresponse()
+            if not head or not _interim(head):
+                return False  # the final answer, before the body
+            end = head.find(b"\r\n\r\n")
+            if end >= 0:
+                sock.recv(end + 4)  # the interim answer, and nothing past it
+                # Anything after it is the final answer (a `100` then a refusal): no body.
+                return len(head) == end + 4
+            if len(head) == INTERIM_MAX:
+                return False  # no end to it: not an answer to wait on
+            # Part of an interim head (servers write it whole: seldom seen). The peek left
+            # it queued, so wait for more than it: the socket is readable again only then.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(head) + 1)
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)  # http.client's reads
 
 
-_INTERIM = re.compile(rb"HTTP/1\.[01] 100 ")
-_STATUS_PREFIX = len(b"HTTP/1.1 100 ")
+_INTERIM = re.compile(rb"HTTP/1\.[01] 100[ \r]")
+_INTERIM_STARTS = (b"HTTP/1.1 100", b"HTTP/1.0 100")
+
+
+def _interim(head: bytes) -> bool:
+    """Whether `head` is, or may still become, an interim answer's head."""
+    if len(head) > len(_INTERIM_STARTS[0]):
+        return _INTERIM.match(head) is not None
+    return any(start.startswith(head) for start in _INTERIM_STARTS)
 
 
 def _error(response: http.client.HTTPResponse) -> DirectError:

@@ -12,6 +12,7 @@ import http.client
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -206,6 +207,13 @@ def test_the_keys_are_not_in_its_repr() -> None:
 # ---- a PUT's body waits for the store's go-ahead (Expect: 100-continue) ---------------------
 
 
+def read_body(conn: socket.socket, head: bytes, length: int) -> bytes:
+    body = head.split(b"\r\n\r\n", 1)[1]
+    while len(body) < length and (piece := conn.recv(4096)):
+        body += piece
+    return body
+
+
 def read_head(conn: socket.socket) -> bytes:
     head = b""
     while b"\r\n\r\n" not in head:
@@ -273,10 +281,7 @@ def test_a_put_to_a_store_that_ignores_expect_goes_after_the_wait(tmp_path: Path
 
     def read_then_answer(conn: socket.socket, head: bytes) -> None:
         # No `100 Continue`: the body comes anyway once the client stops waiting.
-        body = head.split(b"\r\n\r\n", 1)[1]
-        while len(body) < len(b"payload"):
-            body += conn.recv(4096)
-        got.append(body)
+        got.append(read_body(conn, head, len(b"payload")))
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 
     with raw_store(read_then_answer) as (host, heads):
@@ -287,11 +292,66 @@ def test_a_put_to_a_store_that_ignores_expect_goes_after_the_wait(tmp_path: Path
 
 
 async def test_a_put_waits_for_100_continue_then_sends_its_body(tmp_path: Path) -> None:
-    """aiohttp's server answers `Expect` with `100 Continue`, as MinIO, Ceph and moto do."""
+    """aiohttp's server answers `Expect` with `100 Continue`, as MinIO, Ceph and moto do:
+    the body goes then, long before the wait for silence would end."""
     src = tmp_path / "small"
     src.write_bytes(b"payload")
     async with Store((200, {}, b"", None)) as store:
-        client = DirectS3(store.host, "us-east-1", "AK", "SK", continue_timeout=30)
+        client = DirectS3(store.host, "us-east-1", "AK", "SK", continue_timeout=60)
+        started = time.monotonic()
         assert await asyncio.to_thread(client.put, src, "b", "k")
+        assert time.monotonic() - started < 30
     assert store.bodies == [b"payload"]
     assert store.requests[0].headers["Expect"] == "100-continue"
+
+
+def test_a_100_with_the_refusal_behind_it_sends_no_body(tmp_path: Path) -> None:
+    """`100 Continue` and a 403 in one write, then a reset: the 403 is the answer."""
+    src = tmp_path / "big"
+    src.write_bytes(b"x" * (16 << 20))
+
+    def go_ahead_then_refuse(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        refuse_and_reset(conn, head)
+
+    with raw_store(go_ahead_then_refuse) as (host, heads):
+        client = DirectS3(host, "us-east-1", "AK", "SK")
+        with pytest.raises(s3_direct.DirectError) as refused:
+            client.put(src, "b", "k")
+    assert refused.value.code == "AccessDenied"
+    assert len(heads) == 1
+
+
+def test_an_interim_head_cut_in_two_is_waited_for_then_the_body_goes(tmp_path: Path) -> None:
+    """Part of `100 Continue`, then nothing until the body comes: the wait ends at its
+    deadline (not in a loop on the queued part), the body goes, the answer is read."""
+    src = tmp_path / "small"
+    src.write_bytes(b"payload")
+    got: list[bytes] = []
+
+    def half_a_go_ahead(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 100 Cont")
+        got.append(read_body(conn, head, len(b"payload")))
+        conn.sendall(b"inue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    with raw_store(half_a_go_ahead) as (host, _heads):
+        client = DirectS3(host, "us-east-1", "AK", "SK", continue_timeout=0.3)
+        assert client.put(src, "b", "k")
+    assert got == [b"payload"]
+
+
+@pytest.mark.parametrize("start", [b"HTTP/1.1 5", b"HTTP/1.1 100 Cont"])
+def test_a_store_that_closes_mid_head_is_retried_then_fails(tmp_path: Path,
+                                                             start: bytes) -> None:
+    """A head cut short by the store closing: no wait without end, three attempts."""
+    src = tmp_path / "small"
+    src.write_bytes(b"payload")
+
+    def start_then_close(conn: socket.socket, _head: bytes) -> None:
+        conn.sendall(start)
+
+    with raw_store(start_then_close) as (host, heads):
+        client = DirectS3(host, "us-east-1", "AK", "SK", continue_timeout=60)
+        with pytest.raises((OSError, http.client.HTTPException)):
+            client.put(src, "b", "k")
+    assert len(heads) == 3
