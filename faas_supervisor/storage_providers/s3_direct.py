@@ -305,17 +305,15 @@ def _go_ahead(connection: http.client.HTTPConnection, timeout: float) -> bool:
     poller = select.poll()  # not select(): a descriptor may be numbered past 1023
     poller.register(sock, select.POLLIN | select.POLLRDHUP)
     try:
-        while True:
-            events = poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+        while (remaining := deadline - time.monotonic()) > 0:
+            events = poller.poll(remaining * 1000)
             if not events:
-                # Silence (a store that ignores Expect), or an interim head not yet whole
-                # (getresponse() skips one left unread): the body goes.
-                return True
+                break
             if events[0][1] & (select.POLLHUP | select.POLLERR | select.POLLRDHUP):
                 return False  # the store closed: no go-ahead can come
             head = sock.recv(INTERIM_MAX, socket.MSG_PEEK)  # left in place for getresponse()
             if not head or not _interim(head):
-                return False  # the final answer, before the body
+                return False  # the final answer before the body (or none: closed)
             end = head.find(b"\r\n\r\n")
             if end >= 0:
                 sock.recv(end + 4)  # the interim answer, and nothing past it
@@ -324,10 +322,14 @@ def _go_ahead(connection: http.client.HTTPConnection, timeout: float) -> bool:
             if len(head) == INTERIM_MAX:
                 return False  # no end to it: not an answer to wait on
             # Part of an interim head (servers write it whole: seldom seen). The peek left
-            # it queued, so wait for more than it: the socket is readable again only then.
+            # it queued, so wait for more than it (poll may still wake sooner, when the
+            # kernel is short of memory: the deadline bounds the rounds).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(head) + 1)
     finally:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)  # http.client's reads
+    # Silence (a store that ignores Expect), or an interim head not yet whole
+    # (getresponse() skips one left unread): the body goes.
+    return True
 
 
 _INTERIM = re.compile(rb"HTTP/1\.[01] 100[ \r]")

@@ -252,12 +252,17 @@ def raw_store(answer: Callable[[socket.socket, bytes], None]) -> Iterator[tuple[
         thread.join(5)
 
 
-def refuse_and_reset(conn: socket.socket, _head: bytes) -> None:
-    """As Go's HTTP server (MinIO's) answers a request refused from its head: the answer,
-    then the connection closed with the body unread (past 256 KiB), which resets it."""
+def refusal() -> bytes:
     body = error("AccessDenied")
-    conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def refuse_and_reset(conn: socket.socket, _head: bytes, before: bytes = b"") -> None:
+    """As Go's HTTP server (MinIO's) answers a request refused from its head: the answer
+    (in one write with `before`), then the connection closed with the body unread (past
+    256 KiB), which resets it."""
+    conn.sendall(before + refusal())
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
@@ -311,8 +316,7 @@ def test_a_100_with_the_refusal_behind_it_sends_no_body(tmp_path: Path) -> None:
     src.write_bytes(b"x" * (16 << 20))
 
     def go_ahead_then_refuse(conn: socket.socket, head: bytes) -> None:
-        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        refuse_and_reset(conn, head)
+        refuse_and_reset(conn, head, before=b"HTTP/1.1 100 Continue\r\n\r\n")
 
     with raw_store(go_ahead_then_refuse) as (host, heads):
         client = DirectS3(host, "us-east-1", "AK", "SK")
@@ -322,6 +326,7 @@ def test_a_100_with_the_refusal_behind_it_sends_no_body(tmp_path: Path) -> None:
     assert len(heads) == 1
 
 
+@pytest.mark.timeout(30)  # the bug this guards against was a wait without end
 def test_an_interim_head_cut_in_two_is_waited_for_then_the_body_goes(tmp_path: Path) -> None:
     """Part of `100 Continue`, then nothing until the body comes: the wait ends at its
     deadline (not in a loop on the queued part), the body goes, the answer is read."""
@@ -340,6 +345,7 @@ def test_an_interim_head_cut_in_two_is_waited_for_then_the_body_goes(tmp_path: P
     assert got == [b"payload"]
 
 
+@pytest.mark.timeout(30)  # as above
 @pytest.mark.parametrize("start", [b"HTTP/1.1 5", b"HTTP/1.1 100 Cont"])
 def test_a_store_that_closes_mid_head_is_retried_then_fails(tmp_path: Path,
                                                              start: bytes) -> None:
@@ -355,3 +361,24 @@ def test_a_store_that_closes_mid_head_is_retried_then_fails(tmp_path: Path,
         with pytest.raises((OSError, http.client.HTTPException)):
             client.put(src, "b", "k")
     assert len(heads) == 3
+
+
+@pytest.mark.timeout(30)  # as above
+def test_the_rest_of_a_cut_interim_head_lets_the_body_go_before_the_deadline(
+        tmp_path: Path) -> None:
+    """Part of `100 Continue`, then the rest once the client is waiting for more: the body
+    goes then (the deadline, an hour away, is never reached)."""
+    src = tmp_path / "small"
+    src.write_bytes(b"payload")
+    got: list[bytes] = []
+
+    def go_ahead_in_two(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 100 Cont")
+        conn.sendall(b"inue\r\n\r\n")
+        got.append(read_body(conn, head, len(b"payload")))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    with raw_store(go_ahead_in_two) as (host, _heads):
+        client = DirectS3(host, "us-east-1", "AK", "SK", continue_timeout=3600)
+        assert client.put(src, "b", "k")
+    assert got == [b"payload"]
