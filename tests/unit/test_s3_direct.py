@@ -327,20 +327,28 @@ def test_a_100_with_the_refusal_behind_it_sends_no_body(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)  # the bug this guards against was a wait without end
-def test_an_interim_head_cut_in_two_is_waited_for_then_the_body_goes(tmp_path: Path) -> None:
-    """Part of `100 Continue`, then nothing until the body comes: the wait ends at its
-    deadline (not in a loop on the queued part), the body goes, the answer is read."""
+@pytest.mark.parametrize("before_body,after_body,wait", [
+    # The rest only once the body has come: the wait ends at its deadline, not in a
+    # loop on the queued part.
+    ([b"HTTP/1.1 100 Cont"], b"inue\r\n\r\n", 0.3),
+    # The rest while the client waits for more: the body goes then (the deadline, an
+    # hour away, is never reached).
+    ([b"HTTP/1.1 100 Cont", b"inue\r\n\r\n"], b"", 3600.0),
+])
+def test_an_interim_head_cut_in_two_lets_the_body_go(
+        tmp_path: Path, before_body: list[bytes], after_body: bytes, wait: float) -> None:
     src = tmp_path / "small"
     src.write_bytes(b"payload")
     got: list[bytes] = []
 
-    def half_a_go_ahead(conn: socket.socket, head: bytes) -> None:
-        conn.sendall(b"HTTP/1.1 100 Cont")
+    def go_ahead_in_two(conn: socket.socket, head: bytes) -> None:
+        for part in before_body:
+            conn.sendall(part)
         got.append(read_body(conn, head, len(b"payload")))
-        conn.sendall(b"inue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        conn.sendall(after_body + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 
-    with raw_store(half_a_go_ahead) as (host, _heads):
-        client = DirectS3(host, "us-east-1", "AK", "SK", continue_timeout=0.3)
+    with raw_store(go_ahead_in_two) as (host, _heads):
+        client = DirectS3(host, "us-east-1", "AK", "SK", continue_timeout=wait)
         assert client.put(src, "b", "k")
     assert got == [b"payload"]
 
@@ -361,24 +369,3 @@ def test_a_store_that_closes_mid_head_is_retried_then_fails(tmp_path: Path,
         with pytest.raises((OSError, http.client.HTTPException)):
             client.put(src, "b", "k")
     assert len(heads) == 3
-
-
-@pytest.mark.timeout(30)  # as above
-def test_the_rest_of_a_cut_interim_head_lets_the_body_go_before_the_deadline(
-        tmp_path: Path) -> None:
-    """Part of `100 Continue`, then the rest once the client is waiting for more: the body
-    goes then (the deadline, an hour away, is never reached)."""
-    src = tmp_path / "small"
-    src.write_bytes(b"payload")
-    got: list[bytes] = []
-
-    def go_ahead_in_two(conn: socket.socket, head: bytes) -> None:
-        conn.sendall(b"HTTP/1.1 100 Cont")
-        conn.sendall(b"inue\r\n\r\n")
-        got.append(read_body(conn, head, len(b"payload")))
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-
-    with raw_store(go_ahead_in_two) as (host, _heads):
-        client = DirectS3(host, "us-east-1", "AK", "SK", continue_timeout=3600)
-        assert client.put(src, "b", "k")
-    assert got == [b"payload"]
