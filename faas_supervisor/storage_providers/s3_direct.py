@@ -317,8 +317,12 @@ def _go_ahead(connection: http.client.HTTPConnection, timeout: float) -> bool:
             end = head.find(b"\r\n\r\n")
             if end >= 0:
                 sock.recv(end + 4)  # the interim answer, and nothing past it
-                # Anything after it is the final answer (a `100` then a refusal): no body.
-                return len(head) == end + 4
+                if len(head) == end + 4:
+                    return True
+                # More came behind it: another interim answer (moto sends two), or the
+                # final one (a `100` then a refusal: no body). The next round tells.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+                continue
             if len(head) == INTERIM_MAX:
                 return False  # no end to it: not an answer to wait on
             # Part of an interim head (servers write it whole: seldom seen). The peek left

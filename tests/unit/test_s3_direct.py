@@ -354,6 +354,25 @@ def test_an_interim_head_cut_in_two_lets_the_body_go(
 
 
 @pytest.mark.timeout(30)  # as above
+def test_two_interim_answers_in_one_write_let_the_body_go(tmp_path: Path) -> None:
+    """moto's server (werkzeug) answers `Expect` with two `100 Continue`s: the second is
+    no final answer, and the body goes."""
+    src = tmp_path / "small"
+    src.write_bytes(b"payload")
+    got: list[bytes] = []
+
+    def two_go_aheads(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" * 2)
+        got.append(read_body(conn, head, len(b"payload")))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    with raw_store(two_go_aheads) as (host, _heads):
+        client = DirectS3(host, "us-east-1", "AK", "SK", read_timeout=5, continue_timeout=60)
+        assert client.put(src, "b", "k")
+    assert got == [b"payload"]
+
+
+@pytest.mark.timeout(30)  # as above
 @pytest.mark.parametrize("start", [b"HTTP/1.1 5", b"HTTP/1.1 100 Cont"])
 def test_a_store_that_closes_mid_head_is_retried_then_fails(tmp_path: Path,
                                                              start: bytes) -> None:
