@@ -303,6 +303,14 @@ async def test_s3_small_objects_go_direct_and_ceph_checks_their_signatures(
     with pytest.raises(StorageError) as refused:
         await wrong.download(bucket, AWKWARD_KEYS[0], tmp_path / "refused.bin")
     assert "access denied (SignatureDoesNotMatch) (HTTP 403)" in str(refused.value)
+    # An upload too, past the 256 KiB a Go server (MinIO's) would read before a reset:
+    # refused from its head, before any body (it waits for `100 Continue`).
+    big = tmp_path / "big.bin"
+    write_random(big, 2 << 20)
+    with pytest.raises(StorageError) as refused:
+        await wrong.upload(big, bucket, "refused.bin")
+    assert "access denied (SignatureDoesNotMatch) (HTTP 403)" in str(refused.value)
+    big.unlink()
     with pytest.raises(StorageError) as missing:
         await provider.download(bucket, "in/none.txt", tmp_path / "missing.bin")
     assert str(missing.value) == (f"minio.ceph: cannot download {bucket}/in/none.txt: "
