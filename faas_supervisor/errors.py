@@ -9,9 +9,8 @@ one failed HTTP attempt that is retried), never shown to a client.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-from collections.abc import Iterator
+from types import TracebackType
 
 
 class FaasError(Exception):
@@ -212,15 +211,26 @@ def storage_failure(provider: str, what: str, exc: BaseException) -> FaasError:
     return StorageError(f"{provider}: {what} failed ({type(exc).__name__})")
 
 
-@contextlib.contextmanager
-def writing(what: str) -> Iterator[None]:
-    """Local writes inside become `local_write_error(exc, what)`; FaasErrors pass."""
-    try:
-        yield
-    except (ConnectionError, TimeoutError):
-        raise  # a peer gone or too slow while we read from it: not a local write
-    except OSError as exc:
-        raise local_write_error(exc, what) from exc
+class writing:  # lower case: used as a function, `with writing("the input"):`
+    """Local writes inside become `local_write_error(exc, what)`; FaasErrors pass.
+
+    A class rather than a contextlib.contextmanager: an invocation enters several, and
+    a generator-based one costs a few Python calls more each time."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # A peer gone or too slow while we read from it is not a local write.
+        if isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError):
+            raise local_write_error(exc, self.what) from exc
 
 
 class ScriptFailed(FaasError):

@@ -325,15 +325,18 @@ class _PosixSpawn:
     ) -> int:
         """The child's pid; OSError as Popen raises it if it cannot run (no such
         program, no such folder)."""
-        # As os.fsencode, without its Python-level call per string: the environment has a
-        # hundred or so, and this runs for every invocation. The checks are Popen's, made
-        # on the joined text in one pass each.
+        # As os.fsencode, without a call per string: the environment has a hundred or so,
+        # and this runs for every invocation. The strings are joined with NULs, checked
+        # (Popen's checks), encoded and split in one pass each: NUL encodes to NUL, and
+        # nothing else does, so the split gives back each string's own bytes.
         if "=" in "".join(env):
             raise ValueError("illegal environment variable name")
-        texts = [*argv, *(f"{name}={value}" for name, value in env.items())]
-        if "\0" in "".join(texts):  # a C string would end there
+        texts = list(argv)
+        texts += [f"{name}={value}" for name, value in env.items()]
+        joined = "\0".join(texts)
+        if joined.count("\0") != len(texts) - 1:  # a C string would end at one of its own
             raise ValueError("embedded null byte")
-        encoded = [text.encode(_FS_ENCODING, _FS_ERRORS) for text in texts]
+        encoded = joined.encode(_FS_ENCODING, _FS_ERRORS).split(b"\0")
         args, envp = encoded[: len(argv)], encoded[len(argv):]
         c_argv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
         c_envp = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)

@@ -7,6 +7,7 @@ disk. Limits on time (read, write) are applied here; the server applies the othe
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -31,8 +32,7 @@ def request_environment(request: web.Request) -> dict[str, str]:
     for name, value in request.headers.items():
         if name.lower() == "authorization":
             continue  # credentials never reach the script
-        canonical = "_".join(part.capitalize() for part in name.split("-"))
-        env[f"Http_{canonical}"] = value
+        env[_variable_name(name)] = value
     env["Http_Method"] = request.method
     env["Http_Path"] = request.path
     # As sent (`%20` stays `%20`), like the classic watchdog's RawQuery: decoding would
@@ -41,6 +41,12 @@ def request_environment(request: web.Request) -> dict[str, str]:
     env["Http_Content_Type"] = request.headers.get("Content-Type", "")
     env["Http_Content_Length"] = request.headers.get("Content-Length", "")
     return env
+
+
+@functools.lru_cache(maxsize=256)  # the few names clients send, made once (not unbounded)
+def _variable_name(header: str) -> str:
+    """`Http_Content_Type` for `content-type`: the classic watchdog's canonical form."""
+    return "Http_" + "_".join(part.capitalize() for part in header.split("-"))
 
 
 class ForkRunner:

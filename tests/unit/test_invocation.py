@@ -9,12 +9,13 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from faas_supervisor import invocation as invocation_module
 from faas_supervisor.config import FunctionConfig
-from faas_supervisor.invocation import Invocation, Removals, Runtime
+from faas_supervisor.invocation import Invocation, Removals, Runtime, _resolve_all
 
 pytestmark = pytest.mark.timeout(60)  # real child processes
 
@@ -125,6 +126,47 @@ def test_a_failed_removal_reaches_its_caller_and_the_next_removals_still_run(
     assert rest == [None, None]
     assert not first.input_dir.exists() and not first.output_dir.exists()
     assert not second.input_dir.exists() and not second.output_dir.exists()
+
+
+def test_removals_queued_meanwhile_are_done_in_one_batch_with_one_call_into_the_loop(
+    tmp_path: Path,
+) -> None:
+    """Under load, folders queue up while one is being removed: the thread must take them
+    all at once and wake the loop once for them, not once per folder (the CPU per
+    invocation at concurrency 16)."""
+    first, *queued = (make_invocation(tmp_path / name, "echo hi\n") for name in "abcd")
+    removals = Removals()
+    started, release = threading.Event(), threading.Event()
+    remove = first.remove
+    first.remove = (  # type: ignore[method-assign]
+        lambda: (started.set(), release.wait(), remove()))
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        calls = 0
+        into_loop = loop.call_soon_threadsafe
+
+        def counted(callback: Any, *args: Any) -> Any:
+            nonlocal calls
+            calls += callback is _resolve_all  # not the executor's own calls
+            return into_loop(callback, *args)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        busy = asyncio.ensure_future(removals.close(first))
+        await asyncio.to_thread(started.wait, 20)  # the thread holds the first
+        rest = [asyncio.ensure_future(removals.close(i)) for i in queued]
+        await asyncio.sleep(0)  # queued behind it
+        release.set()
+        await asyncio.wait_for(asyncio.gather(busy, *rest), 20)
+        return calls
+
+    try:
+        calls = asyncio.run(main())
+    finally:
+        removals.close_all()
+    assert calls == 2  # the first alone, then the three queued behind it together
+    for invocation in (first, *queued):
+        assert not invocation.input_dir.exists() and not invocation.output_dir.exists()
 
 
 def test_a_removal_asked_for_after_close_all_runs_at_once(tmp_path: Path) -> None:

@@ -304,10 +304,12 @@ def test_spawn_passes_arguments_and_environment_byte_for_byte(tmp_path: Path) ->
     async def main() -> int:
         with open(out, "wb") as log:
             child = processes.spawn(
-                ["/bin/sh", "-c", 'printf "%s|%s" "$1" "$V"', "sh", value],
-                env={**ENV, "V": value}, stdout=log, stderr=subprocess.STDOUT)
+                ["/bin/sh", "-c", 'printf "%s|%s|%s|%s" "$1" "$2" "$V" "${E-unset}"', "sh",
+                 value, ""],
+                env={**ENV, "V": value, "E": ""}, stdout=log, stderr=subprocess.STDOUT)
         return await child.wait()
 
     assert asyncio.run(main()) == 0
     expected = os.fsencode(value)
-    assert out.read_bytes() == expected + b"|" + expected
+    # Empty strings stay strings of their own (the spawn joins and splits them).
+    assert out.read_bytes() == expected + b"||" + expected + b"|"
