@@ -58,6 +58,8 @@ RUNTIME_VARIABLES = (
     "EVENT_TIME",
 )
 
+_RUNTIME_NAMES = frozenset(RUNTIME_VARIABLES)
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -80,9 +82,9 @@ class Runtime:
         (a same-named variable would pass for the runtime's: an INPUT_FILE_PATH with no
         input, a forged EVENT)."""
         env = {**self._shared_env, **(extra or {})}
-        if extra:
-            for name in RUNTIME_VARIABLES:
-                env.pop(name, None)
+        if extra and not _RUNTIME_NAMES.isdisjoint(extra):  # the shared part has none
+            for name in _RUNTIME_NAMES.intersection(extra):
+                del env[name]
         return env
 
     @functools.cached_property
@@ -131,9 +133,10 @@ class Invocation:
         # no more than the SPEC asks for.
         with writing("the invocation's folders"):
             base = _new_folders(str(runtime.tmp_dir))
-        # Paths built as strings: this runs for every request (pathlib's parsing is not free).
-        self.input_dir = Path(f"{base}-input")
-        self.output_dir = Path(f"{base}-output")
+        # Strings: this runs for every request, and pathlib's parsing is not free. The
+        # Paths (input_dir, output_dir) are made when something asks for them.
+        self.input_folder = f"{base}-input"
+        self.output_folder = f"{base}-output"
         self._input_file: Path | None = None  # the body's or the download's: see close()
         try:
             with writing("the invocation's folders"):
@@ -143,12 +146,22 @@ class Invocation:
                 # before the body is read.
                 self.script_log: int | None = _unnamed_file(runtime.tmp_dir)
         except BaseException:  # a FaasError, or what writing() lets through: none left
-            _remove_folders(self.input_dir, self.output_dir, None)
+            _remove_folders(self.input_folder, self.output_folder, None)
             raise
         self.outcome = Outcome()
         self._started = time.monotonic()
         self._child: processes.Child | None = None
         self._aborted: FaasError | None = None  # set by abort(): the answer to give
+
+    @functools.cached_property
+    def input_dir(self) -> Path:
+        """TMP_INPUT_DIR."""
+        return Path(self.input_folder)
+
+    @functools.cached_property
+    def output_dir(self) -> Path:
+        """TMP_OUTPUT_DIR."""
+        return Path(self.output_folder)
 
     # ---- the steps -----------------------------------------------------------------
 
@@ -156,7 +169,7 @@ class Invocation:
         self, chunks: AsyncIterator[bytes], content_type: str, max_size: int
     ) -> Event:
         event = await read_body(
-            chunks, content_type=content_type, input_dir=self.input_dir, max_size=max_size
+            chunks, content_type=content_type, input_dir=self.input_folder, max_size=max_size
         )
         self._input_file = event.input_file
         if self.log.threshold <= LEVELS["INFO"]:
@@ -244,8 +257,8 @@ class Invocation:
         self, event: Event, input_file: Path | None, extra: Mapping[str, str]
     ) -> dict[str, str]:
         env = self.runtime.script_environment(extra)
-        env["TMP_INPUT_DIR"] = str(self.input_dir)
-        env["TMP_OUTPUT_DIR"] = str(self.output_dir)
+        env["TMP_INPUT_DIR"] = self.input_folder
+        env["TMP_OUTPUT_DIR"] = self.output_folder
         if input_file is not None:
             env["INPUT_FILE_PATH"] = str(input_file)
         if event.text is not None:
@@ -275,7 +288,7 @@ class Invocation:
         # No preexec_fn and no setsid: the spawn stays a vfork (processes.spawn).
         self._child = child = processes.spawn(
             ["/bin/sh", str(self.runtime.script)],
-            cwd=self.input_dir,
+            cwd=self.input_folder,
             env=env,
             stdout=subprocess.PIPE if mirror else log,
             stderr=subprocess.STDOUT,
@@ -361,7 +374,7 @@ class Invocation:
         # A walk follows a top folder that is a link: a script that replaced its output
         # folder (or the invocation's) by a link to elsewhere would have us read there.
         try:
-            is_dir = stat.S_ISDIR(os.lstat(self.output_dir).st_mode)
+            is_dir = stat.S_ISDIR(os.lstat(self.output_folder).st_mode)
         except FileNotFoundError:
             is_dir = False
         if not is_dir:
@@ -370,7 +383,7 @@ class Invocation:
         # Top-down, as os.walk goes, never into a link; a folder that cannot be read is
         # skipped, as os.walk skips it. The entries' types come with the listing: no stat
         # per file.
-        pending = [(str(self.output_dir), "")]
+        pending = [(self.output_folder, "")]
         while pending:
             current, prefix = pending.pop()
             try:
@@ -461,7 +474,7 @@ class Invocation:
         if log is not None:
             with contextlib.suppress(OSError):
                 os.close(log)
-        _remove_folders(self.input_dir, self.output_dir, self._input_file)
+        _remove_folders(self.input_folder, self.output_folder, self._input_file)
 
 
 class Removals:
@@ -553,7 +566,7 @@ class Removals:
                 except Exception as exc:  # this thread must live on for the next folders
                     error = exc
                     _logger.error("could not remove an invocation's folder",
-                                  path=str(invocation.input_dir), error=repr(exc))
+                                  path=invocation.input_folder, error=repr(exc))
                 done.setdefault(loop, []).append((resolve, error))
             for loop, removed in done.items():
                 with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits
@@ -623,10 +636,10 @@ def _new_folders(parent: str) -> str:
     `parent/faas-<random>`), this invocation's only (0700, as mkdtemp makes them, with less
     Python per call)."""
     while True:
-        base = f"{parent}/faas-{uuid.uuid4().hex}"
+        base = f"{parent}/faas-{os.urandom(16).hex()}"  # as uuid4().hex, with less Python
         try:
             os.mkdir(f"{base}-input", 0o700)
-        except FileExistsError:  # 122 random bits: cannot happen, but never share one
+        except FileExistsError:  # 128 random bits: cannot happen, but never share one
             continue
         try:
             os.mkdir(f"{base}-output", 0o700)
@@ -667,18 +680,20 @@ def _unnamed_file(folder: Path) -> int:
     return fd
 
 
-def _remove_folders(input_dir: Path, output_dir: Path, input_file: Path | None) -> None:
+def _remove_folders(input_dir: str, output_dir: str, input_file: Path | None) -> None:
     """Remove an invocation's two folders and all in them, whatever the script left there.
 
     The layout is known: what the runtime made is removed by name, a few syscalls; only a
     folder the script wrote in (not empty then) is walked, by rmtree. Names are resolved
     from descriptors opened with O_NOFOLLOW: a script that replaced a folder by a link
     never has us remove something outside its folders (the link itself is removed)."""
-    if input_file is not None and input_file.parent == input_dir:
+    # The input file, when it is in the input folder (a collection's files are not).
+    name = os.fspath(input_file).removeprefix(input_dir + "/") if input_file else "/"
+    if "/" not in name:
         with contextlib.suppress(OSError):  # gone, or the folder is no longer one
             fd = os.open(input_dir, _DIRECTORY)
             try:
-                os.unlink(input_file.name, dir_fd=fd)
+                os.unlink(name, dir_fd=fd)
             finally:
                 os.close(fd)
     for folder in (input_dir, output_dir):

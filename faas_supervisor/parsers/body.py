@@ -66,7 +66,7 @@ async def read_body(
     chunks: AsyncIterator[bytes],
     *,
     content_type: str,
-    input_dir: Path,
+    input_dir: str | Path,
     max_size: int,
 ) -> Event:
     """Stream the body into `input_dir` and return the Event it is.
@@ -79,10 +79,10 @@ async def read_body(
 
 
 async def _read_body(
-    chunks: AsyncIterator[bytes], content_type: str, input_dir: Path, max_size: int
+    chunks: AsyncIterator[bytes], content_type: str, input_dir: str | Path, max_size: int
 ) -> Event:
     raw = content_type.split(";", 1)[0].strip().lower() == "application/octet-stream"
-    path = input_dir / input_file_name()
+    path = Path(f"{input_dir}/{input_file_name()}")
     total = 0
     head = bytearray()  # the first bytes, kept for JSON and for EVENT
     pending = bytearray()  # what came while only blanks had come
@@ -162,7 +162,7 @@ def _json_or_none(data: bytes) -> Any:
 
 
 async def _json_event(
-    value: Any, path: Path, text: str | None, input_dir: Path, max_size: int
+    value: Any, path: Path, text: str | None, input_dir: str | Path, max_size: int
 ) -> Event:
     try:
         found = recognise(value)

@@ -30,9 +30,9 @@ def request_environment(request: web.Request) -> dict[str, str]:
     """The classic watchdog's request variables: Http_Method, Http_<Header_Name>..."""
     env: dict[str, str] = {}
     for name, value in request.headers.items():
-        if name.lower() == "authorization":
-            continue  # credentials never reach the script
-        env[_variable_name(name)] = value
+        variable = _variable_name(name)
+        if variable is not None:
+            env[variable] = value
     env["Http_Method"] = request.method
     env["Http_Path"] = request.path
     # As sent (`%20` stays `%20`), like the classic watchdog's RawQuery: decoding would
@@ -44,8 +44,11 @@ def request_environment(request: web.Request) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=256)  # the few names clients send, made once (not unbounded)
-def _variable_name(header: str) -> str:
-    """`Http_Content_Type` for `content-type`: the classic watchdog's canonical form."""
+def _variable_name(header: str) -> str | None:
+    """`Http_Content_Type` for `content-type`: the classic watchdog's canonical form;
+    None for Authorization (credentials never reach the script)."""
+    if header.lower() == "authorization":
+        return None
     return "Http_" + "_".join(part.capitalize() for part in header.split("-"))
 
 

@@ -279,7 +279,7 @@ class Watchdog:
         if self.proxy is not None:
             return True
         folder = environ_value(pid, "TMP_INPUT_DIR")
-        running = {str(w.input_dir) for w in self.inflight if isinstance(w, Invocation)}
+        running = {w.input_folder for w in self.inflight if isinstance(w, Invocation)}
         return bool(running) if folder is None else folder in running
 
 

@@ -28,6 +28,18 @@ def make_invocation(tmp_path: Path, script: str) -> Invocation:
                               tmp_dir=tmp_path))
 
 
+def test_extra_variables_never_pass_for_the_runtimes_own(tmp_path: Path) -> None:
+    """Only an invocation sets INPUT_FILE_PATH, EVENT...: the same names among the extra
+    variables are dropped, the others kept, and the shared part is never changed."""
+    runtime = Runtime(config=FunctionConfig(), script=tmp_path / "script.sh",
+                      base_env={"PATH": "/bin", "EVENT": "from the watchdog's own"},
+                      tmp_dir=tmp_path)
+    extra = {"INPUT_FILE_PATH": "/etc/passwd", "TMP_OUTPUT_DIR": "/", "Http_Event": "1"}
+    assert runtime.script_environment(extra) == {"PATH": "/bin", "Http_Event": "1"}
+    assert runtime.script_environment({"Http_A": "2"}) == {"PATH": "/bin", "Http_A": "2"}
+    assert runtime.script_environment() == {"PATH": "/bin"}
+
+
 def test_close_after_the_script_ended_kills_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
