@@ -306,9 +306,12 @@ class Invocation:
         started = time.monotonic()
         try:
             # A timeout scope, not wait_for: that wraps the wait in a task of its own, a
-            # tenth of the watchdog's Python per `echo` invocation.
-            async with asyncio.timeout(timeout):
+            # tenth of the watchdog's Python per `echo` invocation. None without a limit.
+            if timeout is None:
                 code = await child.wait()
+            else:
+                async with asyncio.timeout(timeout):
+                    code = await child.wait()
         except TimeoutError:
             child.kill_group()
             await child.wait()

@@ -61,15 +61,20 @@ class ForkRunner:
         outcome = invocation.outcome
         try:
             limit = self.settings.read_timeout
-            # From the request's first byte: its head counts (see http_timeouts.py).
-            deadline = request_started(request) + limit if limit else None
+            reading = invocation.read_event(
+                self._body_chunks(request),
+                request.headers.get("Content-Type", ""),
+                self.settings.max_body_size,
+            )
             try:
-                async with asyncio.timeout_at(deadline):
-                    event = await invocation.read_event(
-                        self._body_chunks(request),
-                        request.headers.get("Content-Type", ""),
-                        self.settings.max_body_size,
-                    )
+                if not limit or request.content.is_eof():
+                    # No limit, or the whole body has come with the head (most requests):
+                    # nothing to wait for, and no timer to set and cancel.
+                    event = await reading
+                else:
+                    # From the request's first byte: its head counts (http_timeouts.py).
+                    async with asyncio.timeout_at(request_started(request) + limit):
+                        event = await reading
             except TimeoutError:
                 raise RequestTimeout(
                     f"request not received within read_timeout ({limit:g} s)"
