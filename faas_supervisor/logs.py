@@ -58,7 +58,8 @@ def _structlog() -> ModuleType:
         _pending = None
         structlog.configure(
             processors=[
-                structlog.contextvars.merge_contextvars,
+                # No merge_contextvars: nothing here binds context variables, and it would
+                # copy the context for every line.
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 _redact,
@@ -84,7 +85,7 @@ class _ConsoleLines:
     directly in the common case: a timestamp, a level, an event, plain values. The
     watchdog writes one such line per invocation, and ConsoleRenderer's column machinery
     costs about 20 us of it. Lines with an exception, a stack, a logger name, or a value
-    ConsoleRenderer quotes go to it (tests/unit/test_logs.py compares the two)."""
+    ConsoleRenderer quotes go to it (tests/unit/test_log_lines.py compares the two)."""
 
     def __init__(self, full: Callable[[Any, str, Any], str]) -> None:
         self._full = full

@@ -65,6 +65,8 @@ class Watchdog:
         )
         # Invocations (fork mode) or the handler tasks forwarding requests (http mode).
         self.inflight: set[object] = set()
+        # Read when /metrics is scraped: nothing to count per request.
+        self.metrics.inflight.set_function(lambda: len(self.inflight))
         self.ready = False
         self.shutting_down = False
         self._idle = asyncio.Event()
@@ -176,12 +178,10 @@ class Watchdog:
         """Counts `work` in flight: for max_inflight, the metrics and the drain at shutdown."""
         self.inflight.add(work)
         self._idle.clear()
-        self.metrics.inflight.inc()
         try:
             yield
         finally:
             self.inflight.discard(work)
-            self.metrics.inflight.dec()
             if not self.inflight:
                 self._idle.set()
 

@@ -677,6 +677,27 @@ def test_reserved_paths(watchdog: WatchdogFactory, tmp_path: Path) -> None:
     assert wd.stop() == 0
 
 
+def test_inflight_metric_counts_a_running_invocation(
+    watchdog: WatchdogFactory, tmp_path: Path
+) -> None:
+    """faas_inflight is read when /metrics is scraped: 1 while a script runs, 0 after."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    os.mkfifo(started)
+    os.mkfifo(release)
+    wd = watchdog('#!/bin/sh\necho go > "$STARTED"\nread line < "$RELEASE"\necho done\n',
+                  env={"STARTED": str(started), "RELEASE": str(release)})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(requests.post, wd.url, data=b"{}", timeout=60)
+        assert started.read_text() == "go\n"  # blocks until the script runs
+        during = requests.get(wd.url + "/metrics", timeout=10).text
+        release.write_text("now\n")
+        assert answer.result().status_code == 200
+    assert metric(during, "faas_inflight") == 1
+    after = requests.get(wd.url + "/metrics", timeout=10).text
+    assert metric(after, "faas_inflight") == 0
+    assert wd.stop() == 0
+
+
 # ---- SPEC 4.3: settings by environment and by flag ---------------------------------------
 
 
