@@ -66,7 +66,8 @@ def _structlog() -> ModuleType:
                 _ConsoleLines(structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)),
             ],
             wrapper_class=structlog.make_filtering_bound_logger(level),
-            logger_factory=structlog.PrintLoggerFactory(stream),
+            # A line and its newline in one write (print() makes two system calls).
+            logger_factory=structlog.WriteLoggerFactory(stream),
             cache_logger_on_first_use=True,
         )
     return structlog

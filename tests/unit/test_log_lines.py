@@ -76,3 +76,34 @@ def test_an_exception_is_still_rendered_whole(monkeypatch: pytest.MonkeyPatch) -
     assert "[error    ] failed component=test id=x\n" in lines
     assert "ValueError: boom" in lines
     assert lines.rstrip("\n").endswith("[info     ] plain component=test n=1")
+
+
+class _Writes(io.StringIO):
+    """A stream that keeps each write() apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_each_line_is_one_write_with_its_newline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line and its newline go out in one write: a second writer on the same stream
+    (another thread's line, a script's output mirrored by `run`) cannot come between."""
+    out = _Writes()
+    saved = structlog.get_config()
+    monkeypatch.setattr(logs, "_threshold", logs._threshold)
+    monkeypatch.setattr(logs, "_pending", logs._pending)
+    logs.configure("INFO", out)
+    logs._structlog()
+    try:
+        logs.get_logger(component="test").info("one", n=1)
+        logs.get_logger(component="test").warning("two")
+    finally:
+        structlog.configure(**saved)
+    assert len(out.writes) == 2
+    assert out.writes[0].endswith("[info     ] one component=test n=1\n")
+    assert out.writes[1].endswith("[warning  ] two component=test\n")
