@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -338,8 +338,13 @@ class _PosixSpawn:
             raise ValueError("embedded null byte")
         encoded = joined.encode(_FS_ENCODING, _FS_ERRORS).split(b"\0")
         args, envp = encoded[: len(argv)], encoded[len(argv):]
-        c_argv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
-        c_envp = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
+        # NULL-terminated: one slot more, left NULL. Filled by a slice: half the time of
+        # passing a hundred arguments to the array's constructor (which keeps the bytes
+        # alive all the same).
+        c_argv = (ctypes.c_char_p * (len(args) + 1))()
+        c_argv[: len(args)] = cast(_CStrings, args)  # (the stubs want a list of their type)
+        c_envp = (ctypes.c_char_p * (len(envp) + 1))()
+        c_envp[: len(envp)] = cast(_CStrings, envp)
         actions = ctypes.create_string_buffer(self.OPAQUE)
         if self._init(actions):
             raise OSError("posix_spawn_file_actions_init failed")
@@ -360,6 +365,7 @@ class _PosixSpawn:
         return pid.value
 
 
+_CStrings = list[ctypes.c_char_p | bytes | None]
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
 
