@@ -467,9 +467,11 @@ class Invocation:
         self.kill()
         self.remove()
 
-    def remove(self) -> None:
+    def remove(self, deep: bool = True) -> bool:
         """Remove the invocation's folders and what is in them, and close the script's log
-        (the script has ended, the response is sent)."""
+        (the script has ended, the response is sent). With `deep` False, a folder that
+        holds what the script left (a walk of unknown length) is left, and False
+        returned: remove() again finishes the job."""
         # Forgotten first: close() frees the number even when it reports an error (an NFS
         # flush), which is nobody's to answer (the log was read, and has no name) and must
         # neither stop the removal nor have a second remove() close a number reused since.
@@ -477,32 +479,42 @@ class Invocation:
         if log is not None:
             with contextlib.suppress(OSError):
                 os.close(log)
-        _remove_folders(self.input_folder, self.output_folder, self._input_file)
+        return _remove_folders(self.input_folder, self.output_folder, self._input_file, deep)
 
 
 class Removals:
-    """A worker thread that removes invocations' folders for an event loop.
+    """A worker thread that removes invocations' folders for an event loop, and one more
+    for the folders a script left things in.
 
     Removing a folder frees its disk block, which may wait for the disk (ext4 with
     `discard`: milliseconds per rmdir): done in the loop's thread, it would stall every
-    other request meanwhile. The thread takes every removal queued at once and, once they
-    are done, calls into the loop once for all of them: under load, one wake-up of each
-    side per batch instead of one per folder (a plain queue: a fraction of the CPU of
-    asyncio.to_thread's executor futures). One thread by default: more contend with the
-    loop's thread for the interpreter lock at every syscall of a removal, which cost the
-    watchdog more CPU at concurrency 16 than overlapping the disk's waits saved
-    (bench/RESULTS.md). A removal that fails is logged and its caller gets the exception;
-    the thread goes on with the next one.
+    other request meanwhile. Each removal's outcome goes to its loop as soon as it is
+    done, but a wake-up already on its way carries the outcomes that come before the loop
+    takes it: under load, one wake-up for several folders (a plain queue: a fraction of
+    the CPU of asyncio.to_thread's executor futures). One thread for the known layout:
+    more contend with the loop's thread for the interpreter lock at every syscall of a
+    removal, which cost the watchdog more CPU at concurrency 16 than overlapping the
+    disk's waits saved (bench/RESULTS.md). A folder that is not empty (a walk of unknown
+    length: a script can leave a hundred thousand files) goes to a second thread, so that
+    it holds up no other invocation's removal. A removal that fails is logged and its
+    caller gets the exception; the thread goes on with the next one.
     """
 
     def __init__(self, workers: int = 1) -> None:
         self._workers = workers
         self._queue: queue.SimpleQueue[_Removal | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        # Removals of folders the script left things in, and their thread (made when the
+        # first comes).
+        self._deep_queue: queue.SimpleQueue[_Removal | None] = queue.SimpleQueue()
+        self._deep_thread: threading.Thread | None = None
         # close_all() runs in another thread than close(): what it decides (closed, the
         # threads to stop) and what close() does (queue, or not) happen one at a time.
         self._lock = threading.Lock()
         self._closed = False  # close_all() called: from then on, removals are inline
+        # Outcomes done and not yet taken by their loop; a loop that has some has a
+        # wake-up (_take) on its way. Under _lock.
+        self._done: dict[asyncio.AbstractEventLoop, list[_Removed]] = {}
 
     async def close(self, invocation: Invocation) -> None:
         """invocation.close(), its folder removed in a worker thread. Cancelling the caller
@@ -541,44 +553,65 @@ class Removals:
                 self._queue.put(None)  # after every removal queued: those go first
         for thread in threads:
             thread.join()
+        # Those threads are gone, and with them whoever hands folders over: the last.
+        with self._lock:
+            deep, self._deep_thread = self._deep_thread, None
+        if deep is not None:
+            self._deep_queue.put(None)
+            deep.join()
 
     def _start(self) -> None:
         for number in range(self._workers):
-            thread = threading.Thread(target=self._work, name=f"removals-{number}", daemon=True)
+            thread = threading.Thread(target=self._work, args=(self._queue, False),
+                                      name=f"removals-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def _work(self) -> None:
-        stop = False
-        while not stop and (item := self._queue.get()) is not None:
-            batch = [item]
-            while True:  # and what else is queued, up to a stop (close_all's, one each)
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            done: dict[asyncio.AbstractEventLoop, list[_Removed]] = {}
-            for invocation, loop, resolve in batch:
-                error: BaseException | None = None
-                try:
-                    invocation.remove()
-                except Exception as exc:  # this thread must live on for the next folders
-                    error = exc
+    def _hand_over(self, item: _Removal) -> None:
+        """To the thread that walks folders a script left things in."""
+        with self._lock:
+            if self._deep_thread is None:
+                self._deep_thread = threading.Thread(
+                    target=self._work, args=(self._deep_queue, True),
+                    name="removals-deep", daemon=True)
+                self._deep_thread.start()
+            self._deep_queue.put(item)
+
+    def _work(self, source: queue.SimpleQueue[_Removal | None], deep: bool) -> None:
+        while (item := source.get()) is not None:
+            invocation, loop, resolve = item
+            error: BaseException | None = None
+            try:
+                if not invocation.remove(deep):
+                    self._hand_over(item)  # its outcome comes from there
+                    continue
+            except Exception as exc:  # this thread must live on for the next folders
+                error = exc
+                with contextlib.suppress(Exception):  # a log line that fails, too
                     _logger.error("could not remove an invocation's folder",
                                   path=invocation.input_folder, error=repr(exc))
-                done.setdefault(loop, []).append((resolve, error))
-            for loop, removed in done.items():
-                with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits
-                    loop.call_soon_threadsafe(_resolve_all, removed)
+            self._deliver(loop, (resolve, error))
 
+    def _deliver(self, loop: asyncio.AbstractEventLoop, outcome: _Removed) -> None:
+        """Hand an outcome to its loop now: with a wake-up of its own, or with the one
+        already on its way."""
+        with self._lock:
+            pending = self._done.setdefault(loop, [])
+            pending.append(outcome)
+            wake = len(pending) == 1
+        if wake:
+            try:
+                loop.call_soon_threadsafe(self._take, loop)
+            except RuntimeError:  # the loop is closed: no one waits
+                with self._lock:
+                    self._done.pop(loop, None)
 
-def _resolve_all(removed: list[_Removed]) -> None:
-    for resolve, error in removed:
-        resolve(error)
+    def _take(self, loop: asyncio.AbstractEventLoop) -> None:
+        """In the loop's thread: every outcome done so far."""
+        with self._lock:
+            done = self._done.pop(loop, [])
+        for resolve, error in done:
+            resolve(error)
 
 
 # An invocation whose folder to remove, and the callback into its loop once it is gone.
@@ -683,13 +716,16 @@ def _unnamed_file(folder: Path) -> int:
     return fd
 
 
-def _remove_folders(input_dir: str, output_dir: str, input_file: Path | None) -> None:
+def _remove_folders(
+    input_dir: str, output_dir: str, input_file: Path | None, deep: bool = True
+) -> bool:
     """Remove an invocation's two folders and all in them, whatever the script left there.
 
     The layout is known: what the runtime made is removed by name, a few syscalls; only a
     folder the script wrote in (not empty then) is walked, by rmtree. Names are resolved
     from descriptors opened with O_NOFOLLOW: a script that replaced a folder by a link
-    never has us remove something outside its folders (the link itself is removed)."""
+    never has us remove something outside its folders (the link itself is removed).
+    False when `deep` is False and a folder was left for holding more (see remove)."""
     # The input file, when it is in the input folder (a collection's files are not).
     name = os.fspath(input_file).removeprefix(input_dir + "/") if input_file else "/"
     if "/" not in name:
@@ -708,7 +744,10 @@ def _remove_folders(input_dir: str, output_dir: str, input_file: Path | None) ->
             with contextlib.suppress(OSError):
                 os.unlink(folder)
         except OSError:  # not empty (rmtree never follows a link it finds inside)
+            if not deep:
+                return False
             shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

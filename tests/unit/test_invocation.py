@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from faas_supervisor import invocation as invocation_module
 from faas_supervisor.config import FunctionConfig
-from faas_supervisor.invocation import Invocation, Removals, Runtime, _resolve_all
+from faas_supervisor.invocation import Invocation, Removals, Runtime
 
 pytestmark = pytest.mark.timeout(60)  # real child processes
 
@@ -92,7 +93,8 @@ def test_a_removal_goes_on_when_its_caller_is_cancelled(tmp_path: Path) -> None:
     removals = Removals(workers=1)
     release = threading.Event()
     remove = first.remove
-    first.remove = lambda: (release.wait(), remove())  # type: ignore[method-assign]
+    first.remove = (  # type: ignore[method-assign]
+        lambda deep=True: (release.wait(), remove(deep))[-1])
 
     async def main() -> None:
         busy = asyncio.ensure_future(removals.close(first))  # takes the only worker
@@ -118,7 +120,7 @@ def test_a_failed_removal_reaches_its_caller_and_the_next_removals_still_run(
     broken, first, second = (make_invocation(tmp_path / name, "echo hi\n")
                              for name in ("broken", "a", "b"))
 
-    def fail() -> None:
+    def fail(deep: bool = True) -> bool:
         raise OSError("disk gone")
 
     broken.remove = fail  # type: ignore[method-assign]
@@ -140,45 +142,129 @@ def test_a_failed_removal_reaches_its_caller_and_the_next_removals_still_run(
     assert not second.input_dir.exists() and not second.output_dir.exists()
 
 
-def test_removals_queued_meanwhile_are_done_in_one_batch_with_one_call_into_the_loop(
-    tmp_path: Path,
-) -> None:
-    """Under load, folders queue up while one is being removed: the thread must take them
-    all at once and wake the loop once for them, not once per folder (the CPU per
-    invocation at concurrency 16)."""
-    first, *queued = (make_invocation(tmp_path / name, "echo hi\n") for name in "abcd")
-    removals = Removals()
+def _held(invocation: Invocation) -> tuple[threading.Event, threading.Event]:
+    """Makes `invocation`'s removal wait for the second event; the first is set once it
+    has started."""
     started, release = threading.Event(), threading.Event()
-    remove = first.remove
-    first.remove = (  # type: ignore[method-assign]
-        lambda: (started.set(), release.wait(), remove()))
+    remove = invocation.remove
+    invocation.remove = (  # type: ignore[method-assign]
+        lambda deep=True: (started.set(), release.wait(20), remove(deep))[-1])
+    return started, release
 
-    async def main() -> int:
-        loop = asyncio.get_running_loop()
-        calls = 0
-        into_loop = loop.call_soon_threadsafe
 
-        def counted(callback: Any, *args: Any) -> Any:
-            nonlocal calls
-            calls += callback is _resolve_all  # not the executor's own calls
-            return into_loop(callback, *args)
+def test_outcomes_done_while_the_loop_is_busy_come_in_one_wake_up(tmp_path: Path) -> None:
+    """Under load the loop is busy when removals end: those that end before it takes the
+    first outcome come with it, one call into the loop (the CPU per invocation at c16)."""
+    invocations = [make_invocation(tmp_path / name, "echo hi\n") for name in "abc"]
+    removals = Removals(workers=1)
+    delivered, takes = 0, 0
+    all_delivered = threading.Event()
+    deliver, take = removals._deliver, removals._take
 
-        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
-        busy = asyncio.ensure_future(removals.close(first))
-        await asyncio.to_thread(started.wait, 20)  # the thread holds the first
-        rest = [asyncio.ensure_future(removals.close(i)) for i in queued]
-        await asyncio.sleep(0)  # queued behind it
-        release.set()
-        await asyncio.wait_for(asyncio.gather(busy, *rest), 20)
-        return calls
+    def counted_deliver(*args: Any) -> None:
+        nonlocal delivered
+        deliver(*args)
+        delivered += 1
+        if delivered == len(invocations):
+            all_delivered.set()
+
+    def counted_take(loop: asyncio.AbstractEventLoop) -> None:
+        nonlocal takes
+        takes += 1
+        take(loop)
+
+    removals._deliver = counted_deliver  # type: ignore[method-assign]
+    removals._take = counted_take  # type: ignore[method-assign]
+
+    async def main() -> None:
+        closing = [asyncio.ensure_future(removals.close(i)) for i in invocations]
+        await asyncio.sleep(0)  # all queued
+        assert all_delivered.wait(20)  # the loop's thread busy meanwhile
+        await asyncio.wait_for(asyncio.gather(*closing), 20)
 
     try:
-        calls = asyncio.run(main())
+        asyncio.run(main())
     finally:
         removals.close_all()
-    assert calls == 2  # the first alone, then the three queued behind it together
-    for invocation in (first, *queued):
+    assert takes == 1
+    for invocation in invocations:
         assert not invocation.input_dir.exists() and not invocation.output_dir.exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_slow_removal_holds_up_no_outcome_but_its_own(tmp_path: Path, workers: int) -> None:
+    """A removal done is answered at once, whatever removal comes after it in the queue
+    (one thread) or runs beside it (two): a slow one (a tree a script left, a disk that
+    discards slowly) must not keep other invocations counted in flight."""
+    blocker, fast, slow = (make_invocation(tmp_path / name, "echo hi\n") for name in "abc")
+    blocker_started, release_blocker = _held(blocker)
+    slow_started, release_slow = _held(slow)
+    removals = Removals(workers=workers)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(removals.close(blocker))
+        await asyncio.to_thread(blocker_started.wait, 20)
+        # One thread: the fast one first, then the slow one (answered one by one, not
+        # once both are done). Two: the slow one first, the fast one beside it.
+        order = (fast, slow) if workers == 1 else (slow, fast)
+        closing = {i: asyncio.ensure_future(removals.close(i)) for i in order}
+        await asyncio.sleep(0)  # queued behind the blocker
+        release_blocker.set()
+        await asyncio.wait_for(first, 20)
+        await asyncio.to_thread(slow_started.wait, 20)
+        # The slow one is under way and held: the fast one is answered all the same.
+        await asyncio.wait_for(closing[fast], 20)
+        assert not closing[slow].done()
+        release_slow.set()
+        await asyncio.wait_for(closing[slow], 20)
+
+    try:
+        asyncio.run(main())
+    finally:
+        release_blocker.set()
+        release_slow.set()
+        removals.close_all()
+    for invocation in (blocker, fast, slow):
+        assert not invocation.input_dir.exists() and not invocation.output_dir.exists()
+
+
+def test_a_folder_a_script_left_things_in_holds_up_no_other_removal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Walking what a script left (its length is the script's to choose) happens in a
+    thread of its own: the other invocations' folders go on being removed, and their
+    handlers answered, meanwhile."""
+    messy, tidy = (make_invocation(tmp_path / name, "echo hi\n") for name in "ab")
+    for number in range(3):
+        (messy.output_dir / f"left-{number}").write_text("x")
+    walking, release = threading.Event(), threading.Event()
+    rmtree = shutil.rmtree
+
+    def held_rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        walking.set()
+        release.wait(20)
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", held_rmtree)
+    removals = Removals()
+
+    async def main() -> None:
+        walked = asyncio.ensure_future(removals.close(messy))
+        other = asyncio.ensure_future(removals.close(tidy))
+        await asyncio.to_thread(walking.wait, 20)
+        await asyncio.wait_for(other, 20)  # while the walk is held
+        assert not walked.done()
+        release.set()
+        await asyncio.wait_for(walked, 20)
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        removals.close_all()
+    for invocation in (messy, tidy):
+        assert not invocation.input_dir.exists() and not invocation.output_dir.exists()
+    assert [t for t in threading.enumerate() if t.name.startswith("removals-")] == []
 
 
 def test_a_removal_asked_for_after_close_all_runs_at_once(tmp_path: Path) -> None:
