@@ -4,6 +4,7 @@ write exactly what structlog's ConsoleRenderer (the configured look) would."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -56,22 +57,33 @@ def test_lines_are_console_renderers(level: str, case: dict[str, Any]) -> None:
         assert fast(None, level, dict(event)) == full(None, level, dict(event)), event
 
 
-def test_an_exception_is_still_rendered_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The configured chain, end to end: a logged exception keeps its traceback."""
-    out = io.StringIO()
+@pytest.fixture
+def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[io.StringIO], None]]:
+    """logs.configure() with a stream of the test's, the chain made at once; structlog's
+    and logs' settings as they were afterwards."""
     saved = structlog.get_config()
     monkeypatch.setattr(logs, "_threshold", logs._threshold)
     monkeypatch.setattr(logs, "_pending", logs._pending)
-    logs.configure("INFO", out)
-    logs._structlog()
+
+    def configure(out: io.StringIO) -> None:
+        logs.configure("INFO", out)
+        logs._structlog()
+
+    yield configure
+    structlog.configure(**saved)
+
+
+def test_an_exception_is_still_rendered_whole(
+    configured: Callable[[io.StringIO], None],
+) -> None:
+    """The configured chain, end to end: a logged exception keeps its traceback."""
+    out = io.StringIO()
+    configured(out)
     try:
-        try:
-            raise ValueError("boom")
-        except ValueError:
-            logs.get_logger(component="test").exception("failed", id="x")
-        logs.get_logger(component="test").info("plain", n=1)
-    finally:
-        structlog.configure(**saved)
+        raise ValueError("boom")
+    except ValueError:
+        logs.get_logger(component="test").exception("failed", id="x")
+    logs.get_logger(component="test").info("plain", n=1)
     lines = out.getvalue()
     assert "[error    ] failed component=test id=x\n" in lines
     assert "ValueError: boom" in lines
@@ -90,20 +102,15 @@ class _Writes(io.StringIO):
         return super().write(text)
 
 
-def test_each_line_is_one_write_with_its_newline(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_line_is_one_write_with_its_newline(
+    configured: Callable[[io.StringIO], None],
+) -> None:
     """A line and its newline go out in one write: a second writer on the same stream
     (another thread's line, a script's output mirrored by `run`) cannot come between."""
     out = _Writes()
-    saved = structlog.get_config()
-    monkeypatch.setattr(logs, "_threshold", logs._threshold)
-    monkeypatch.setattr(logs, "_pending", logs._pending)
-    logs.configure("INFO", out)
-    logs._structlog()
-    try:
-        logs.get_logger(component="test").info("one", n=1)
-        logs.get_logger(component="test").warning("two")
-    finally:
-        structlog.configure(**saved)
+    configured(out)
+    logs.get_logger(component="test").info("one", n=1)
+    logs.get_logger(component="test").warning("two")
     assert len(out.writes) == 2
     assert out.writes[0].endswith("[info     ] one component=test n=1\n")
     assert out.writes[1].endswith("[warning  ] two component=test\n")
