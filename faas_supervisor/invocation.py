@@ -567,15 +567,20 @@ class Removals:
             thread.start()
             self._threads.append(thread)
 
-    def _hand_over(self, item: _Removal) -> None:
-        """To the thread that walks folders a script left things in."""
+    def _hand_over(self, item: _Removal) -> bool:
+        """To the thread that walks folders a script left things in; False if it cannot be
+        started (a limit on threads): then the caller walks them."""
         with self._lock:
             if self._deep_thread is None:
-                self._deep_thread = threading.Thread(
-                    target=self._work, args=(self._deep_queue, True),
-                    name="removals-deep", daemon=True)
-                self._deep_thread.start()
+                thread = threading.Thread(target=self._work, args=(self._deep_queue, True),
+                                          name="removals-deep", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:
+                    return False
+                self._deep_thread = thread
             self._deep_queue.put(item)
+        return True
 
     def _work(self, source: queue.SimpleQueue[_Removal | None], deep: bool) -> None:
         while (item := source.get()) is not None:
@@ -583,8 +588,9 @@ class Removals:
             error: BaseException | None = None
             try:
                 if not invocation.remove(deep):
-                    self._hand_over(item)  # its outcome comes from there
-                    continue
+                    if self._hand_over(item):
+                        continue  # its outcome comes from there
+                    invocation.remove()
             except Exception as exc:  # this thread must live on for the next folders
                 error = exc
                 with contextlib.suppress(Exception):  # a log line that fails, too

@@ -164,12 +164,15 @@ class Watchdog:
         An rmdir may wait for the disk (milliseconds on ext4 with `discard`). With other
         invocations in flight the loop must not stall meanwhile: the folders go in a worker
         thread. Alone, nobody waits for the loop, and the thread's round trip would cost
-        more CPU than the removal itself: it goes here. A client that leaves once it has
-        its answer (the handler cancelled during the wait) changes nothing, and is not
-        counted a 499: the removal runs on without us (shutdown waits for it)."""
+        more CPU than the removal itself: it goes here, unless the script left things to
+        walk (a walk of unknown length). A client that leaves once it has its answer (the
+        handler cancelled during the wait) changes nothing, and is not counted a 499: the
+        removal runs on without us (shutdown waits for it)."""
         if len(self.inflight) <= 1:
-            invocation.close()
-            return
+            invocation.kill()
+            if invocation.remove(deep=False):
+                return
+            # What the script left (a walk of unknown length) goes to the threads.
         with contextlib.suppress(asyncio.CancelledError):
             await self.removals.close(invocation)
 

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from faas_supervisor import invocation as invocation_module
-from faas_supervisor.config import FunctionConfig
+from faas_supervisor.config import FunctionConfig, WatchdogSettings
 from faas_supervisor.invocation import Invocation, Removals, Runtime
+from faas_supervisor.watchdog.server import Watchdog
 
 pytestmark = pytest.mark.timeout(60)  # real child processes
 
@@ -212,8 +213,9 @@ def test_a_slow_removal_holds_up_no_outcome_but_its_own(tmp_path: Path, workers:
         release_blocker.set()
         await asyncio.wait_for(first, 20)
         await asyncio.to_thread(slow_started.wait, 20)
-        # The slow one is under way and held: the fast one is answered all the same.
-        await asyncio.wait_for(closing[fast], 20)
+        # The slow one is under way and held: the fast one is answered all the same (well
+        # before the hold would end by itself).
+        await asyncio.wait_for(closing[fast], 5)
         assert not closing[slow].done()
         release_slow.set()
         await asyncio.wait_for(closing[slow], 20)
@@ -252,7 +254,7 @@ def test_a_folder_a_script_left_things_in_holds_up_no_other_removal(
         walked = asyncio.ensure_future(removals.close(messy))
         other = asyncio.ensure_future(removals.close(tidy))
         await asyncio.to_thread(walking.wait, 20)
-        await asyncio.wait_for(other, 20)  # while the walk is held
+        await asyncio.wait_for(other, 5)  # while the walk is held (for up to 20 s)
         assert not walked.done()
         release.set()
         await asyncio.wait_for(walked, 20)
@@ -265,6 +267,66 @@ def test_a_folder_a_script_left_things_in_holds_up_no_other_removal(
     for invocation in (messy, tidy):
         assert not invocation.input_dir.exists() and not invocation.output_dir.exists()
     assert [t for t in threading.enumerate() if t.name.startswith("removals-")] == []
+
+
+def test_a_lone_invocations_leftovers_are_walked_off_the_loops_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone in flight, an invocation's layout is removed in the loop's thread; what its
+    script left is walked in a worker thread, never in the loop's (a request coming
+    meanwhile would wait for the walk)."""
+    invocation = make_invocation(tmp_path, "echo hi\n")
+    (invocation.output_dir / "left").write_text("x")
+    walkers: list[threading.Thread] = []
+    rmtree = shutil.rmtree
+
+    def recorded(path: Any, *args: Any, **kwargs: Any) -> None:
+        walkers.append(threading.current_thread())
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", recorded)
+    watchdog = Watchdog(invocation.runtime, WatchdogSettings())
+
+    async def main() -> None:
+        watchdog.inflight.add(invocation)  # alone
+        await asyncio.wait_for(watchdog._close(invocation), 20)
+
+    try:
+        asyncio.run(main())
+    finally:
+        watchdog.removals.close_all()
+    assert walkers and threading.main_thread() not in walkers
+    assert not invocation.input_dir.exists() and not invocation.output_dir.exists()
+
+
+def test_leftovers_are_walked_all_the_same_when_no_thread_can_start_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit on threads: the walk is done by the thread that found the leftovers, and
+    the next ones too; nothing waits on a queue no thread reads, and close_all ends."""
+    messy = [make_invocation(tmp_path / name, "echo hi\n") for name in "ab"]
+    for invocation in messy:
+        (invocation.output_dir / "left").write_text("x")
+    start = threading.Thread.start
+
+    def no_deep_thread(thread: threading.Thread) -> None:
+        if thread.name == "removals-deep":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", no_deep_thread)
+    removals = Removals()
+
+    async def main() -> None:
+        for invocation in messy:
+            await asyncio.wait_for(removals.close(invocation), 20)
+
+    try:
+        asyncio.run(main())
+    finally:
+        removals.close_all()
+    for invocation in messy:
+        assert not invocation.input_dir.exists() and not invocation.output_dir.exists()
 
 
 def test_a_removal_asked_for_after_close_all_runs_at_once(tmp_path: Path) -> None:
