@@ -2,8 +2,9 @@
 
 The script copies the input file to TMP_OUTPUT_DIR, so the response is that one file,
 base64-encoded. The client is curl (C, streams from and to disk), the reference is the
-same bytes through `base64 -d | cat | base64` on the same machine, alternated with the
-watchdog run by run. The watchdog's peak RSS is VmHWM from /proc/PID/status of a
+same bytes through `base64 -d | cat | base64` on the same machine, in the same rounds
+(each contender's timed run just after a warm-up run of its own, the order reversed
+every other round). The watchdog's peak RSS is VmHWM from /proc/PID/status of a
 watchdog started for this benchmark alone.
 
 What each run writes (the watchdog's TMPDIR, with the input file and the script's copy;
@@ -28,6 +29,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import _common as c
@@ -119,6 +121,27 @@ def run_dir(asked: Path | None, needed: int) -> Iterator[Path]:
         yield Path(tmp)
 
 
+@dataclass
+class Contender:
+    """The reference pipeline (server None) or a watchdog, and what its runs measured."""
+
+    name: str
+    server: c.Watchdog | None
+    times: list[float] = field(default_factory=list)
+    warm_up: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    peak_rss: int = 0
+
+    def run(self, payload: Path, out: Path, timed: bool = False) -> float:
+        if self.server is None:
+            return run_reference(payload, out)
+        before = cpu_seconds(self.server.pid)
+        elapsed = run_watchdog(self.server.port, payload, out)
+        if timed:
+            self.cpu.append(cpu_seconds(self.server.pid) - before)
+        return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--mib", type=int, default=1024, help="payload size (default 1024)")
@@ -142,12 +165,6 @@ def main() -> None:
     # packages would add to the RSS).
     this = c.installation()
     other = c.installation(args.against) if args.against else None
-    reference: list[float] = []
-    served: list[float] = []
-    cpu: list[float] = []
-    other_served: list[float] = []
-    other_cpu: list[float] = []
-    other_rss = 0
     # In flight at once: the response (or the reference's output), and the invocation's
     # input file and the script's copy of it.
     needed = text_size + 2 * size + 64 * MIB
@@ -162,44 +179,46 @@ def main() -> None:
         }
         with contextlib.ExitStack() as stack:
             wd = stack.enter_context(c.watchdog(script, workdir, env=env, executable=this))
-            wd_other = None if other is None else stack.enter_context(
-                c.watchdog(script, workdir, env=env, name="against", executable=other))
+            contenders = [Contender("`base64 -d \\| cat \\| base64`", None),
+                          Contender("watchdog (curl client)", wd)]
+            if other is not None:
+                contenders.append(Contender(f"watchdog of `{args.against}` (curl client)",
+                                            stack.enter_context(c.watchdog(
+                                                script, workdir, env=env, name="against",
+                                                executable=other))))
             idle_rss = wd.status("VmHWM")
-            for _ in range(args.runs):
-                reference.append(run_reference(payload, out))
-                out.unlink()
-                contenders = [(wd, served, cpu)]
-                if wd_other is not None:
-                    contenders.append((wd_other, other_served, other_cpu))
-                for server, times, cpus in contenders:
-                    before = cpu_seconds(server.pid)
-                    times.append(run_watchdog(server.port, payload, out))
-                    cpus.append(cpu_seconds(server.pid) - before)
-                    if decoded_sha256(out) != digest:
+            for round_ in range(args.runs):
+                # Each round in the other order: who runs just after whom changes what
+                # state the machine's memory is in (below).
+                for contender in contenders if round_ % 2 == 0 else contenders[::-1]:
+                    contender.warm_up.append(contender.run(payload, out))
+                    out.unlink()
+                    contender.times.append(contender.run(payload, out, timed=True))
+                    if contender.server is not None and decoded_sha256(out) != digest:
                         raise RuntimeError("the watchdog's response is not the payload")
                     out.unlink()
-            peak_rss = wd.status("VmHWM")
-            if wd_other is not None:
-                other_rss = wd_other.status("VmHWM")
+            for contender in contenders:
+                if contender.server is not None:
+                    contender.peak_rss = contender.server.status("VmHWM")
         place = "tmpfs (/dev/shm)" if workdir.resolve().is_relative_to("/dev/shm") \
             else str(workdir.parent)
 
     body_mib = payload.stat().st_size / MIB
-    m_ref, m_served = c.median(reference), c.median(served)
-    speed = m_ref / m_served
-    rows = [
-        ["`base64 -d \\| cat \\| base64`", c.ms(m_ref), f"{body_mib / m_ref:.0f} MiB/s", "1.00",
-         "", ""],
-        ["watchdog (curl client)", c.ms(m_served), f"{body_mib / m_served:.0f} MiB/s",
-         f"{speed:.2f}", f"{c.median(cpu):.2f} s", f"{peak_rss / MIB:.1f} MiB"],
-    ]
-    if other_served:
-        m_other = c.median(other_served)
-        rows.append([f"watchdog of `{args.against}` (curl client)", c.ms(m_other),
-                     f"{body_mib / m_other:.0f} MiB/s", f"{m_ref / m_other:.2f}",
-                     f"{c.median(other_cpu):.2f} s", f"{other_rss / MIB:.1f} MiB"])
-    rss_ok = peak_rss < RSS_TARGET
+    reference, ours = contenders[0], contenders[1]
+    m_ref = c.median(reference.times)
+    speed = m_ref / c.median(ours.times)
+    rows = []
+    for contender in contenders:
+        m_time = c.median(contender.times)
+        rows.append([contender.name, c.ms(m_time), f"{body_mib / m_time:.0f} MiB/s",
+                     f"{m_ref / m_time:.2f}", c.ms(c.median(contender.warm_up)),
+                     f"{c.median(reference.warm_up) / c.median(contender.warm_up):.2f}"]
+                    + (["", ""] if contender.server is None else
+                       [f"{c.median(contender.cpu):.2f} s",
+                        f"{contender.peak_rss / MIB:.1f} MiB"]))
+    rss_ok = ours.peak_rss < RSS_TARGET
     header = ["contender", "median time", "base64 MiB/s in", "speed vs reference",
+              "median warm-up run", "its speed vs the reference's",
               "watchdog CPU per run", "watchdog peak RSS"]
     text = f"""
 ## 3. Payload: {args.mib} MiB in and out, base64 (`bench/payload.py`)
@@ -208,17 +227,21 @@ Run {c.machine()}.
 
 {c.table(header, rows)}
 
-* watchdog peak RSS (VmHWM): **{peak_rss / MIB:.1f} MiB** ({idle_rss / MIB:.1f} MiB after
+* watchdog peak RSS (VmHWM): **{ours.peak_rss / MIB:.1f} MiB** ({idle_rss / MIB:.1f} MiB after
   start-up) (target < {RSS_TARGET // MIB} MiB): {c.verdict(rss_ok)}
 * speed: **{speed:.2f}x** the reference's (target >= {SPEED_TARGET}x):
   {c.verdict(speed >= SPEED_TARGET)}
 
-{args.runs} runs each, alternated; the body is {body_mib:.0f} MiB of base64. The
-watchdog's time includes the client (curl sends the body from the page cache and
-writes the response), and the script's `cp` of the {args.mib} MiB input; its CPU is
-the watchdog process's own (user + system, /proc/PID/stat), median per run. What the
-runs write goes to {place}. The response is verified (sha256 of its decoded bytes)
-between runs, untimed.
+{args.runs} rounds, each contender in turn, the order reversed every other round; the
+body is {body_mib:.0f} MiB of base64. Each timed run follows an untimed warm-up run of
+the same contender (its time in its own column): on a virtual machine that hands freed
+memory back to its host (virtio-balloon free page reporting, 2 s after the free), what a
+run writes costs what the run before it freed, or left to the host. The watchdog's time
+includes the client (curl sends the body from the page cache and writes the response),
+and the script's `cp` of the {args.mib} MiB input; its CPU is the watchdog process's own
+(user + system, /proc/PID/stat), median per timed run. What the runs write goes to
+{place}. The response is verified (sha256 of its decoded bytes) after each timed run,
+untimed.
 """
     c.write_section("payload", text)
 
