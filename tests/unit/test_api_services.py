@@ -285,6 +285,35 @@ async def test_route_failures_are_answered_by_the_error_table(
     assert (gone.status, await gone.text()) == (404, "The bucket 'other' does not exist")
 
 
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/system/services/exposed-api"),
+    ("DELETE", "/system/services/exposed-api"),
+    ("GET", "/system/services/exposed-api/deployment"),
+    ("POST", "/system/services/exposed-api/restart"),
+    ("GET", "/system/logs/exposed-api"),
+    ("DELETE", "/system/logs/exposed-api"),
+    ("GET", "/system/buckets/exposed-api"),
+    ("DELETE", "/system/buckets/exposed-api"),
+    ("POST", "/system/buckets/exposed-api/presign"),
+])
+async def test_a_name_that_starts_with_exposed_still_takes_the_admins_credentials(
+    api: tuple[TestClient, Api, FakeBackend], method: str, path: str,
+) -> None:
+    """Only the exposed routes skip the admin's check: a test of the path's text
+    (`/exposed` in it) once let every admin route of such a service or bucket through,
+    its token shown, the service and its bucket deleted."""
+    client, the_api, _ = api
+    assert (await client.post("/system/services", json=definition("exposed-api"),
+                              headers=AUTH)).status == 201
+    refused = await client.request(method, path, json={"object_key": "k"})
+    assert (refused.status, await refused.text()) == (401, "401 Unauthorized")
+    assert the_api.store.service("exposed-api") is not None
+    assert (await client.get("/system/buckets/exposed-api", headers=AUTH)).status == 200
+    # The exposed routes themselves still answer without them (here: not exposed).
+    exposed = await client.get("/system/services/exposed-api/exposed/")
+    assert exposed.status != 401
+
+
 async def test_a_service_the_backend_refuses_is_never_stored(
     api: tuple[TestClient, Api, FakeBackend],
 ) -> None:
