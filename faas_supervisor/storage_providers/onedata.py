@@ -10,7 +10,7 @@ repeated. Endpoints used, all with the `X-Auth-Token` header:
 * `PUT /data/{space_dir_id}/path/{path}?create_parents=true`: a new regular file, the
   request body its content (fails if the file exists);
 * `PUT /data/{file_id}/content`: replace an existing file's content;
-* `DELETE /data/{file_id}`: remove what a failed upload left.
+* `DELETE /data/{file_id}`: remove a file a failed upload made (never one it found).
 
 `oneprovider_host` is a host name (HTTPS) or a base URL.
 """
@@ -106,10 +106,13 @@ class OnedataProvider:
                     await response.read()
                     http.expect(response, ok)
 
+        # Set once this upload may have made the file: a failed upload removes only a
+        # file it made, never one that was there (a 503 to each PUT leaves it as it was).
+        creating: list[bool] = []
         async with self._session() as session, http.upload_failures(
             f"{self.name}: cannot upload {bucket}/{key}",
             lambda exc: self._error("upload", bucket, key, exc),
-            lambda: self._remove_partial(session, path),
+            lambda: self._remove_partial(session, path, creating),
         ):
             existing = await self._lookup(session, path)
             if existing is not None:
@@ -119,10 +122,15 @@ class OnedataProvider:
                 space_dir = await self._space_dir(session)
                 url = http.join_url(self._api, "data", space_dir, "path", path)
                 url = url.with_query({"create_parents": "true"})
+                creating.append(True)
                 await http.retrying(lambda: send(url, (200, 201)))
 
-    async def _remove_partial(self, session: aiohttp.ClientSession, path: str) -> None:
+    async def _remove_partial(
+        self, session: aiohttp.ClientSession, path: str, creating: list[bool]
+    ) -> None:
         """Best effort: a store that failed the upload may fail this too."""
+        if not creating:
+            return
         with contextlib.suppress(HttpFailure, aiohttp.ClientError, TimeoutError):
             file_id = await self._lookup(session, path)
             if file_id is not None:

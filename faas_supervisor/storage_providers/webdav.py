@@ -2,9 +2,10 @@
 
 The object `bucket/key` is `<hostname>/bucket/key`. `hostname` is the base URL; without a
 scheme it means HTTPS, as dCache's WebDAV doors serve it. Missing folders are made with
-MKCOL when a PUT answers 409 (RFC 4918: the parent collection does not exist), so the
-common case costs one request. A PUT that fails for good is followed by a DELETE, so that
-no partial file stays behind.
+MKCOL when a PUT answers 409 (RFC 4918: the parent collection does not exist). An
+upload asks first what the key holds (HEAD); a PUT that fails for good is followed by a
+DELETE of what it left there, so that no partial file stays behind, while an object that
+was there before and that the failed PUT left unchanged stays.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from faas_supervisor.storage_providers.http import HttpFailure
 
 # A cut PUT may land after our DELETE: check, and delete again, for about 3 s at most.
 PARTIAL_CLEANUP_ATTEMPTS = 5
+
+# An object's version as HEAD tells it: ETag, Last-Modified, Content-Length.
+Version = tuple[str | None, str | None, str | None]
 
 
 class WebDavProvider:
@@ -77,27 +81,38 @@ class WebDavProvider:
             url = http.join_url(self._base, bucket, key)
         except HttpFailure as exc:
             raise self._error("upload", bucket, key, exc) from None
+        # What the key held before this upload (None: nothing), once asked: a failed
+        # upload removes what it wrote there, never an object it found and left untouched.
+        before: list[Version | None] = []
         async with self._session() as session, http.upload_failures(
             f"{self.name}: cannot upload {bucket}/{key}",
             lambda exc: self._error("upload", bucket, key, exc),
-            lambda: self._remove_partial(session, url),
+            lambda: self._remove_partial(session, url, before),
         ):
+            before.append(await http.retrying(lambda: _version(session, url)))
             if await http.retrying(put) == 409:
                 await self._make_folders(session, bucket, key)
                 if await http.retrying(put) == 409:
                     raise HttpFailure("the server refuses the folder (HTTP 409)", False, 409)
 
     @staticmethod
-    async def _remove_partial(session: aiohttp.ClientSession, url: URL) -> None:
-        """DELETE until the object is gone: the server may still be finishing the cut PUT
-        (and writing what it got) when the DELETE arrives, so one DELETE is not enough."""
+    async def _remove_partial(
+        session: aiohttp.ClientSession, url: URL, before: list[Version | None]
+    ) -> None:
+        """DELETE what the failed upload left at the key, until it is gone: the server may
+        still be finishing the cut PUT (and writing what it got) when the DELETE arrives,
+        so one DELETE is not enough. The object that was there before (a 503 refused every
+        PUT) stays, as long as it is unchanged; nothing is done before the first PUT."""
+        if not before:
+            return
         for attempt in range(PARTIAL_CLEANUP_ATTEMPTS):
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with session.delete(url) as response:
-                    await response.read()
-                async with session.head(url) as response:
-                    if response.status == 404:
-                        return
+            with contextlib.suppress(HttpFailure, aiohttp.ClientError, TimeoutError):
+                now = await _version(session, url)
+                if now is None:
+                    return
+                if now != before[0]:
+                    async with session.delete(url) as response:
+                        await response.read()
             await asyncio.sleep(0.1 * 2**attempt)  # backoff while the server settles
 
     async def _make_folders(self, session: aiohttp.ClientSession, bucket: str, key: str) -> None:
@@ -112,3 +127,14 @@ class WebDavProvider:
         async with session.request("MKCOL", url) as response:
             await response.read()
             http.expect(response, (201, 405))
+
+
+
+async def _version(session: aiohttp.ClientSession, url: URL) -> Version | None:
+    """The version of the object at `url`; None when there is none."""
+    async with session.head(url) as response:
+        if response.status == 404:
+            return None
+        http.expect(response, (200,))
+        headers = response.headers
+        return headers.get("ETag"), headers.get("Last-Modified"), headers.get("Content-Length")

@@ -220,7 +220,8 @@ API = "/api/v3/oneprovider"
 class FakeOneprovider:
     """Files of `root/<space>/...`; a file id is the hex of its path under `root`.
 
-    `fail_next`: that many coming requests answer 503 (to see retries happen).
+    `fail_next`: that many coming requests answer 503 (to see retries happen);
+    `fail_puts`: the same, for PUT requests only.
     `requests`: every request as (method, path, X-Auth-Token header), for assertions.
     """
 
@@ -229,6 +230,7 @@ class FakeOneprovider:
         self.token = token
         self.space = space
         self.fail_next = 0
+        self.fail_puts = 0
         self.requests: list[tuple[str, str, str]] = []
         (root / space).mkdir(parents=True, exist_ok=True)
         self.app = web.Application(middlewares=[self._auth])
@@ -257,8 +259,11 @@ class FakeOneprovider:
     async def _auth(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
         token = request.headers.get("X-Auth-Token", "")
         self.requests.append((request.method, request.path, token))
-        if self.fail_next > 0:
-            self.fail_next -= 1
+        if self.fail_next > 0 or (self.fail_puts > 0 and request.method == "PUT"):
+            if self.fail_next > 0:
+                self.fail_next -= 1
+            else:
+                self.fail_puts -= 1
             await request.read()
             return _error(503, "temporarily_unavailable")
         if request.headers.get("X-Auth-Token") != self.token:

@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from faas_supervisor.config import ProviderConfig, Secret
 from faas_supervisor.errors import StorageError
@@ -508,6 +510,67 @@ async def test_webdav_upload_cut_mid_transfer_leaves_no_file(dav: DavServer,
     assert list((dav.root / "out").iterdir()) == []
 
 
+class PutRefusingProxy:
+    """In front of wsgidav: every PUT answered 503 (its body read, nothing forwarded), as
+    an overloaded store or its proxy would; the rest forwarded as they come."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.methods: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+        self.url = ""
+
+    async def start(self) -> PutRefusingProxy:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._client = aiohttp.ClientSession(auto_decompress=False)
+        return self
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.methods.append(request.method)
+        body = await request.read()
+        if request.method == "PUT":
+            return web.Response(status=503)
+        assert self._client is not None
+        async with self._client.request(request.method, self.upstream + request.path_qs,
+                                        headers=request.headers, data=body) as answer:
+            return web.Response(status=answer.status, body=await answer.read(),
+                                headers={k: v for k, v in answer.headers.items()
+                                         if k.lower() in ("etag", "last-modified")})
+
+
+async def test_webdav_upload_refused_leaves_the_object_that_was_there(
+    dav: DavServer, tmp_path: Path,
+) -> None:
+    """A PUT answered 503 each time wrote nothing: the object the key held stays. The
+    clean-up of a failed upload once DELETEd it, the last good result lost."""
+    (dav.root / "out").mkdir()
+    (dav.root / "out" / "r.txt").write_bytes(b"previous good result")
+    proxy = await PutRefusingProxy(dav.url).start()
+    try:
+        provider = dav_provider(proxy.url)
+        (tmp_path / "r.txt").write_bytes(b"new result")
+        with pytest.raises(StorageError, match=r"webdav\.dcache: cannot upload out/r\.txt: "
+                                               r".*503"):
+            await provider.upload(tmp_path / "r.txt", "out", "r.txt")
+    finally:
+        await proxy.close()
+    assert "DELETE" not in proxy.methods
+    assert (dav.root / "out" / "r.txt").read_bytes() == b"previous good result"
+
+
 # ---- Onedata against the documented endpoints --------------------------------------------
 
 
@@ -567,6 +630,22 @@ async def test_onedata_transient_errors_are_retried(oneprovider: FakeOneprovider
     with pytest.raises(StorageError, match=r"onedata.od1: cannot download my space/in/f.txt: "
                                            r"HTTP 503"):
         await provider.download("my space", "in/f.txt", tmp_path / "g.txt")
+
+
+async def test_onedata_upload_refused_leaves_the_file_that_was_there(
+    oneprovider: FakeOneprovider, tmp_path: Path,
+) -> None:
+    """Each PUT of the new content answered 503: the file found there stays as it was (it
+    was once deleted by the clean-up meant for a file the upload had made)."""
+    provider = onedata_provider(oneprovider.url)
+    (oneprovider.root / "my space" / "out").mkdir()
+    (oneprovider.root / "my space" / "out" / "r.txt").write_bytes(b"previous good result")
+    (tmp_path / "r.txt").write_bytes(b"new result")
+    oneprovider.fail_puts = 3
+    with pytest.raises(StorageError, match=r"onedata\.od1: cannot upload out/r\.txt: HTTP 503"):
+        await provider.upload(tmp_path / "r.txt", "out", "r.txt")
+    assert [m for m, _, _ in oneprovider.requests].count("DELETE") == 0
+    assert (oneprovider.root / "my space/out/r.txt").read_bytes() == b"previous good result"
 
 
 async def test_onedata_wrong_token(oneprovider: FakeOneprovider, tmp_path: Path) -> None:
