@@ -164,6 +164,11 @@ class Jobs:
             name = await self.queue.get()
             job = self.store.job(name)
             service = self.services(job.service) if job else None
+            if job is not None and service is None:
+                # Accepted while its service was being deleted: nothing left to run it.
+                logger.info("job dropped: its service is gone", job=name, service=job.service)
+                await self.delete(name)
+                continue
             if job is None or service is None or not self.store.start_job(name):
                 continue  # deleted while queued, or taken already
             task = asyncio.create_task(

@@ -29,7 +29,7 @@ from faas_supervisor.controller.notifications import input_paths
 from faas_supervisor.controller.routes.answers import errors
 from faas_supervisor.controller.routes.invocations import UpstreamConnector
 from faas_supervisor.controller.store import Store
-from faas_supervisor.errors import InvalidService
+from faas_supervisor.errors import DockerError, InvalidService
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()}
 
@@ -43,6 +43,11 @@ class FakeBackend:
         self.refuse_check: set[str] = set()  # images refused before anything is made
         self.checked: list[str] = []
         self.gate: asyncio.Event | None = None  # when set, deploys wait for it
+        self.remove_gate: asyncio.Event | None = None  # when set, removes wait for it
+        self.removing = asyncio.Event()  # a remove has begun
+        self.refuse_remove = False
+        self.jobs_started: list[str] = []
+        self.job_started = asyncio.Event()
 
     async def start(self) -> None: ...
 
@@ -61,12 +66,21 @@ class FakeBackend:
         self.running[service.name] = service
 
     async def remove(self, name: str) -> None:
+        self.removing.set()
+        if self.remove_gate is not None:
+            await self.remove_gate.wait()
+        if self.refuse_remove:
+            raise DockerError("docker: the engine does not answer")
         self.running.pop(name, None)
 
     async def invoke_url(self, name: str) -> str:
         raise NotImplementedError
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
+        self.jobs_started.append(job)
+        self.job_started.set()
+        log.write_text("running\n")
+        await asyncio.Event().wait()  # until cancelled: a long job
         return 0
 
 
@@ -312,6 +326,75 @@ async def test_a_name_that_starts_with_exposed_still_takes_the_admins_credential
     # The exposed routes themselves still answer without them (here: not exposed).
     exposed = await client.get("/system/services/exposed-api/exposed/")
     assert exposed.status != 401
+
+
+async def test_a_delete_the_backend_fails_leaves_the_service_followed_and_its_jobs(
+    api: tuple[TestClient, Api, FakeBackend], tmp_path: Path,
+) -> None:
+    """It answers why; the service stays stored, its inputs followed, its jobs kept. The
+    jobs and the intake were once gone first, a service left that no event could reach."""
+    client, the_api, backend = api
+    await the_api.jobs.start()
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    assert (await client.post("/job/svc", data=b"{}", headers=AUTH)).status == 201
+    mode = the_api.intake.mode("svc")
+    backend.refuse_remove = True
+    answer = await client.delete("/system/services/svc", headers=AUTH)
+    assert (answer.status, await answer.text()) == (502, "docker: the engine does not answer")
+    assert the_api.store.service("svc") is not None
+    assert the_api.intake.mode("svc") == mode
+    assert watched(the_api, "svc") == [("svc", "in/")]
+    assert len(the_api.store.jobs("svc")) == 1
+
+
+async def test_a_job_accepted_while_its_service_is_deleted_goes_with_it(
+    api: tuple[TestClient, Api, FakeBackend], tmp_path: Path,
+) -> None:
+    """Accepted while the backend removes the service: stopped and forgotten with it,
+    nothing of it left (it once ran on, its files kept, for a service that was gone)."""
+    client, the_api, backend = api
+    await the_api.jobs.start()
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    backend.remove_gate = asyncio.Event()
+    deleting = asyncio.ensure_future(client.delete("/system/services/svc", headers=AUTH))
+    await backend.removing.wait()
+    accepted = await client.post("/job/svc", data=b"{}", headers=AUTH)
+    assert accepted.status == 201
+    job = (await accepted.json())["job"]
+    await backend.job_started.wait()
+    assert backend.jobs_started == [job]
+    backend.remove_gate.set()
+    assert (await deleting).status == 204
+    assert the_api.store.job(job) is None and job not in the_api.jobs.running
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == []
+
+
+async def test_a_job_whose_service_is_gone_when_its_turn_comes_is_dropped(
+    api: tuple[TestClient, Api, FakeBackend], tmp_path: Path,
+) -> None:
+    """Stored after its service was deleted (its event still arriving then): a worker
+    forgets it and its files, instead of leaving it Pending for ever."""
+    client, the_api, backend = api
+    (tmp_path / "jobs").mkdir()  # as jobs.start() makes it; started below
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    service = the_api.store.service("svc")
+    assert service is not None
+    the_api.store.remove_service("svc")
+    job, new = await the_api.jobs.submit(service, b"{}")
+    assert new and the_api.store.job(job) is not None
+    dropped = asyncio.Event()
+    delete = the_api.jobs.delete
+
+    async def deleting(name: str) -> None:
+        await delete(name)
+        dropped.set()
+
+    the_api.jobs.delete = deleting  # type: ignore[method-assign]
+    await the_api.jobs.start()
+    await asyncio.wait_for(dropped.wait(), 10)  # a bound: it once stayed Pending for ever
+    assert the_api.store.job(job) is None
+    assert backend.jobs_started == []
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == []
 
 
 async def test_a_service_the_backend_refuses_is_never_stored(

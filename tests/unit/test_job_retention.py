@@ -53,8 +53,8 @@ async def test_the_jobs_prune_on_their_own(tmp_path: Path) -> None:
         store.add_job("done", "svc")
         store.start_job("done")
         store.finish_job("done", 0, b"")
-        store.add_job("waiting", "svc")  # no service: its worker skips it
         await jobs.start()
+        store.add_job("waiting", "svc")  # stored, not queued: Pending all along
         # The pruner has no event to await: polled, within the test's timeout.
         while store.job("done") is not None:
             await asyncio.sleep(0.05)

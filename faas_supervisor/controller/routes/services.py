@@ -112,10 +112,21 @@ class ServiceRoutes(Routes):
         async with self.names.hold(request.match_info["name"]):
             service = api.service(request)
             await api.intake.detach(service)
-            for job in api.store.jobs(service.name):
-                await api.jobs.delete(job.name)
-            await api.backend.remove(service.name)
+            try:
+                await api.backend.remove(service.name)
+            except Exception:
+                # Refused (an engine that does not answer): the answer says why, and the
+                # service stays stored, its jobs kept and its inputs followed again.
+                await api.intake.attach(service, fallback=True)
+                raise
+            # Its jobs as they are now, those accepted while the backend removed it
+            # included; with no await in between, the service is gone from the store, so
+            # no other job of it can be accepted (one already receiving its event is
+            # dropped when its turn comes: Jobs._work).
+            jobs = api.store.jobs(service.name)
             api.store.remove_service(service.name)
+            for job in jobs:
+                await api.jobs.delete(job.name)
         logger.info("service deleted", service=service.name)
         return web.Response(status=HTTPStatus.NO_CONTENT)
 
