@@ -676,10 +676,11 @@ def test_an_idle_runner_is_stopped_and_the_next_job_starts_it_again(
     (runner,) = runners(controller, "idler")
     release.touch()
     assert finished(controller, "idler", first)["status"] == "Succeeded"
-    # Nothing of it is left: no runner, no spare (which, orphaned, would be listed here).
-    wait_until(lambda: not runners(controller, "idler"), 60, "the idle runner stopped",
-               controller)
-    assert not list((controller.data_dir / "pids").glob(f"{runner}.pid"))
+    # Nothing of it is left: no runner, no spare (which, orphaned, would be listed here),
+    # and no pid file (removed once the runner is reaped: just after it is gone from /proc).
+    pid_file = controller.data_dir / "pids" / f"{runner}.pid"
+    wait_until(lambda: not runners(controller, "idler") and not pid_file.exists(), 60,
+               "the idle runner stopped and its pid file removed", controller)
     second = post_job(controller, "idler", token)
     assert finished(controller, "idler", second)["status"] == "Succeeded"
     assert runners(controller, "idler") not in ([], [runner])
