@@ -155,6 +155,14 @@ class Logger:
         self._log(50, "critical", event, args, fields)
 
 
+def _printable(text: str) -> str:
+    """`text`, its characters that do not print escaped (a newline as `\\n`): a key, a
+    file name or a message from outside never starts a line of its own in a log."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 _stamps: tuple[int, str] = (-1, "")  # the last second formatted, and its text
 
 
@@ -186,6 +194,7 @@ class InvocationLog:
         """`process_level`: the level of the line in the process's log, when not `level`."""
         number = LEVELS[level]
         shown = process_level or level
+        message = _printable(message)
         # A line below both levels costs nothing more (a debug line at INFO, say).
         if self.echo is None and (_threshold is None or LEVELS[shown] >= _threshold):
             if self._logger is None:
@@ -193,7 +202,8 @@ class InvocationLog:
             getattr(self._logger, shown.lower())(message, **fields)
         if number >= self.threshold:
             extra = "".join(
-                f" {k}={'***' if k in _REDACTED_KEYS else v}" for k, v in fields.items()
+                f" {k}={'***' if k in _REDACTED_KEYS else _printable(str(v))}"
+                for k, v in fields.items()
             )
             line = f"{_stamp()} {level} {message}{extra}\n"
             self.lines.append(line)

@@ -129,3 +129,23 @@ def test_the_watchdogs_own_log_gets_the_summary_lines_at_debug_only(
     if process_level == "DEBUG":
         expected.insert(0, ("debug", "script exited"))
     assert recorder.lines == expected
+
+
+def test_a_key_or_a_name_from_outside_cannot_start_a_line_of_its_own() -> None:
+    """An S3 event's key (URL-decoded: `%0A` is a newline) once wrote a line of its own in
+    `run`'s log and the logs response, `ERROR` and all: what does not print is escaped."""
+    from faas_supervisor.logs import InvocationLog
+
+    echoed: list[str] = []
+    log = InvocationLog("INFO", "inv-1", echoed.append)
+    forged = "in/a\n2026-12-01T00:00:00Z ERROR forged line\rb\x1b[2J"
+    log.info("downloading", provider="minio.default", bucket="b", key=forged)
+    log.warning(f"output {forged} skipped: a fifo")
+    assert len(echoed) == 2 and all(line.count("\n") == 1 for line in echoed)
+    assert "\r" not in "".join(echoed) and "\x1b" not in "".join(echoed)
+    assert echoed[0].endswith(
+        r" key=in/a\n2026-12-01T00:00:00Z ERROR forged line\rb\x1b[2J" + "\n")
+    assert echoed[1].endswith(
+        r"WARNING output in/a\n2026-12-01T00:00:00Z ERROR forged line\rb\x1b[2J skipped: "
+        "a fifo\n")
+    assert log.text().decode() == "".join(echoed)
