@@ -286,13 +286,21 @@ class Invocation:
         log = self.script_log
         # With a mirror, output goes through a pipe we copy from; else straight to disk.
         # No preexec_fn and no setsid: the spawn stays a vfork (processes.spawn).
-        self._child = child = processes.spawn(
-            ["/bin/sh", str(self.runtime.script)],
-            cwd=self.input_folder,
-            env=env,
-            stdout=subprocess.PIPE if mirror else log,
-            stderr=subprocess.STDOUT,
-        )
+        try:
+            self._child = child = processes.spawn(
+                ["/bin/sh", str(self.runtime.script)],
+                cwd=self.input_folder,
+                env=env,
+                stdout=subprocess.PIPE if mirror else log,
+                stderr=subprocess.STDOUT,
+            )
+        except OSError as exc:
+            if exc.errno == errno.E2BIG:
+                # The event's own text: a key or a header too long for the kernel (128 KiB
+                # a variable), or all of them together past its limit.
+                raise BadEvent("the event is too large for the script's environment "
+                               "(a variable of over 128 KiB, or all of them too many)") from None
+            raise FaasError(f"cannot start the script: {exc.strerror}") from None
         stdout = child.popen.stdout
         # The mirror's copy runs in a worker thread (blocking reads) until every writer has
         # closed the pipe. Its own duplicate of the log's descriptor, closed by it: one it

@@ -149,3 +149,27 @@ def test_a_key_or_a_name_from_outside_cannot_start_a_line_of_its_own() -> None:
         r"WARNING output in/a\n2026-12-01T00:00:00Z ERROR forged line\rb\x1b[2J skipped: "
         "a fifo\n")
     assert log.text().decode() == "".join(echoed)
+
+
+def test_an_event_too_large_for_the_environment_is_a_bad_event(tmp_path: Path) -> None:
+    """A variable of over 128 KiB (an S3 key with `file_stage_in: false` goes whole into
+    STORAGE_OBJECT_KEY; here a request's variable): the kernel refuses the script's start
+    (E2BIG). It once left `run` with a traceback and exit status 1."""
+    path = tmp_path / "script.sh"
+    path.write_text("echo never\n")
+    runtime = Runtime(config=FunctionConfig(log_level="INFO"), script=path,
+                      base_env={"PATH": os.environ["PATH"]}, tmp_dir=tmp_path)
+    invocation = Invocation(runtime, "inv-1")
+
+    async def go() -> None:
+        event = await invocation.read_event(_chunks(b"{}"), "", 1 << 20)
+        await invocation.execute(event, {"Http_X_Key": "k" * (200 << 10)})
+
+    try:
+        asyncio.run(go())
+    finally:
+        invocation.close()
+    error = invocation.outcome.error
+    assert error is not None and (error.exit_status, error.http_status) == (2, 400)
+    assert error.message == ("the event is too large for the script's environment (a "
+                             "variable of over 128 KiB, or all of them too many)")
