@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -139,8 +140,13 @@ def _describe(exc: BaseException) -> str:
         return f"cannot connect to {exc.host}:{exc.port} ({exc.strerror or 'refused'})"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "connection broken mid-transfer"
-    text = str(exc)
+    # A URL's query may be a credential (a presigned one that a redirect handed out):
+    # shown without it.
+    text = _QUERY.sub(r"\1", str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_QUERY = re.compile(r"(\w+://[^\s?#]*)[?#]\S*")
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

@@ -571,6 +571,31 @@ async def test_webdav_upload_refused_leaves_the_object_that_was_there(
     assert (dav.root / "out" / "r.txt").read_bytes() == b"previous good result"
 
 
+async def test_webdav_a_redirect_s_signed_query_never_shows_in_the_error(tmp_path: Path) -> None:
+    """A door that redirects to a pool URL it cannot be followed to: the error names the
+    URL without its query (a presigned signature, a token), which it once showed whole."""
+    async def redirect(_request: web.Request) -> web.Response:
+        location = "http://[::1/pool/in/x?X-Amz-Signature=SIGSECRET&token=POOLTOKEN"
+        return web.Response(status=302, headers={"Location": location})
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        provider = dav_provider(f"http://127.0.0.1:{runner.addresses[0][1]}")
+        with pytest.raises(StorageError) as failure:
+            await provider.download("b", "in/y", tmp_path / "y")
+    finally:
+        await runner.cleanup()
+    assert str(failure.value).startswith("webdav.dcache: cannot download b/in/y: ")
+    assert "http://[::1/pool/in/x" in str(failure.value)
+    assert_no_secret(str(failure.value), "SIGSECRET", "POOLTOKEN")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- Onedata against the documented endpoints --------------------------------------------
 
 
