@@ -43,6 +43,7 @@ class FakeBackend:
         self.refuse_check: set[str] = set()  # images refused before anything is made
         self.checked: list[str] = []
         self.gate: asyncio.Event | None = None  # when set, deploys wait for it
+        self.deploying = asyncio.Event()  # a deploy has begun
         self.remove_gate: asyncio.Event | None = None  # when set, removes wait for it
         self.removing = asyncio.Event()  # a remove has begun
         self.refuse_remove = False
@@ -59,6 +60,7 @@ class FakeBackend:
             raise InvalidService(f"image: {service.image} cannot be found")
 
     async def deploy(self, service: Service) -> None:
+        self.deploying.set()
         if self.gate is not None:
             await self.gate.wait()
         if service.image in self.refuse:
@@ -395,6 +397,42 @@ async def test_a_job_whose_service_is_gone_when_its_turn_comes_is_dropped(
     assert the_api.store.job(job) is None
     assert backend.jobs_started == []
     assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == []
+
+
+async def test_a_refused_create_or_update_leaves_no_bucket_it_made(
+    api: tuple[TestClient, Api, FakeBackend], tmp_path: Path,
+) -> None:
+    """The buckets a refused request made go with it (they were left behind, listed by
+    /system/buckets); a bucket that was there stays, and so does one an object has come
+    into meanwhile."""
+    client, _, backend = api
+    storage = tmp_path / "storage"
+    backend.refuse = {"broken"}
+    (storage / "shared").mkdir(parents=True)
+    shared = definition(image="broken")
+    shared["output"] = [{"storage_provider": "minio", "path": "shared/out"}]
+    answer = await client.post("/system/services", json=shared, headers=AUTH)
+    assert (answer.status, await answer.text()) == (400, "image: cannot pull broken")
+    assert sorted(p.name for p in storage.iterdir()) == ["shared"]
+    buckets = await (await client.get("/system/buckets", headers=AUTH)).json()
+    assert [b["bucket_name"] for b in buckets] == ["shared"]
+    # An update refused so: the bucket of its new path goes, the service's own stays.
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    moved = definition(image="broken")
+    moved["output"] = [{"storage_provider": "minio", "path": "results/out"}]
+    assert (await client.put("/system/services", json=moved, headers=AUTH)).status == 400
+    assert sorted(p.name for p in storage.iterdir()) == ["shared", "svc"]
+    # An object put into a bucket the request made, before it failed: the bucket stays.
+    backend.gate = asyncio.Event()
+    backend.deploying.clear()
+    creating = asyncio.ensure_future(
+        client.post("/system/services", json=definition("other", image="broken"),
+                    headers=AUTH))
+    await backend.deploying.wait()  # its buckets made
+    (storage / "other" / "in" / "upload.txt").write_bytes(b"data")
+    backend.gate.set()
+    assert (await creating).status == 400
+    assert (storage / "other" / "in" / "upload.txt").read_bytes() == b"data"
 
 
 async def test_a_service_the_backend_refuses_is_never_stored(

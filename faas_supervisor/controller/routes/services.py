@@ -57,18 +57,23 @@ class ServiceRoutes(Routes):
             if api.store.service(service.name) is not None:
                 raise Conflict("A service with the provided name already exists")
             await api.backend.check(service)  # refused with nothing made or stored
-            await self._make_buckets(service)
-            await self._attach(service)
+            made = await self._make_buckets(service)
             try:
-                api.store.add_service(service)  # the name is ours: held, and not stored
-                await api.backend.deploy(service)
+                await self._attach(service)
+                try:
+                    api.store.add_service(service)  # the name is ours: held, not stored
+                    await api.backend.deploy(service)
+                except Exception:
+                    # Refused by the backend (an image it cannot pull, an object the API
+                    # server rejects): the answer says why, and no half-made service is
+                    # left stored.
+                    api.store.remove_service(service.name)
+                    await api.intake.detach(service)
+                    with contextlib.suppress(Exception):
+                        await api.backend.remove(service.name)
+                    raise
             except Exception:
-                # Refused by the backend (an image it cannot pull, an object the API server
-                # rejects): the answer says why, and no half-made service is left stored.
-                api.store.remove_service(service.name)
-                await api.intake.detach(service)
-                with contextlib.suppress(Exception):
-                    await api.backend.remove(service.name)
+                await self._remove_buckets(made)
                 raise
         logger.info("service created", service=service.name)
         return web.Response(status=HTTPStatus.CREATED)
@@ -82,12 +87,13 @@ class ServiceRoutes(Routes):
                 raise NotFound()
             service = unmask(new, old).with_token(old.token)
             await api.backend.check(service)  # refused with the old one untouched
-            await self._make_buckets(service)
+            made = await self._make_buckets(service)
             await api.intake.detach(old)  # its input paths may be other ones
             try:
                 await self._attach(service)
             except Exception:
                 await api.intake.attach(old, fallback=True)
+                await self._remove_buckets(made)
                 raise
             try:
                 api.store.update_service(service)
@@ -103,6 +109,7 @@ class ServiceRoutes(Routes):
                     logger.warning("cannot deploy the previous definition again",
                                    service=old.name, error=str(exc))
                 await api.intake.attach(old, fallback=True)
+                await self._remove_buckets(made)
                 raise
         logger.info("service updated", service=service.name)
         return web.Response(status=HTTPStatus.NO_CONTENT)
@@ -130,18 +137,38 @@ class ServiceRoutes(Routes):
         logger.info("service deleted", service=service.name)
         return web.Response(status=HTTPStatus.NO_CONTENT)
 
-    async def _make_buckets(self, service: Service) -> None:
-        """The buckets (and folders) of the service's paths on the default provider."""
+    async def _make_buckets(self, service: Service) -> list[str]:
+        """The buckets (and folders) of the service's paths on the default provider; the
+        buckets this made (none was there), for a request that fails to remove."""
+        buckets = self.api.buckets
         paths = on_default_provider((*service.input, *service.output))
+        made: list[str] = []
         try:
             for path in sorted(paths, key=lambda p: (p.bucket, p.folder)):
-                await asyncio.to_thread(self.api.buckets.ensure_path, path.bucket, path.folder)
-        except ValueError as exc:  # a path the store refuses (see FolderStore)
-            raise InvalidService(f"path: {exc}") from None
+                if path.bucket not in made and not await asyncio.to_thread(
+                        buckets.bucket_exists, path.bucket):
+                    made.append(path.bucket)
+                await asyncio.to_thread(buckets.ensure_path, path.bucket, path.folder)
         except Exception as exc:
+            await self._remove_buckets(made)
+            if isinstance(exc, ValueError):  # a path the store refuses (see FolderStore)
+                raise InvalidService(f"path: {exc}") from None
             raise storage_failure(
                 DEFAULT_PROVIDER, f"creation of the buckets of service {service.name}", exc
             ) from None
+        return made
+
+    async def _remove_buckets(self, made: list[str]) -> None:
+        """Undo _make_buckets for a request that failed: each bucket it made goes, with the
+        folders it made there, unless an object has come into it meanwhile."""
+        buckets = self.api.buckets
+        for bucket in made:
+            try:
+                if not await asyncio.to_thread(buckets.list_objects, bucket):
+                    await asyncio.to_thread(buckets.delete_bucket, bucket)
+            except Exception as exc:  # the answer says why the request failed, not this
+                logger.warning("cannot remove a bucket made for a failed request",
+                               bucket=bucket, error=str(exc))
 
     async def _attach(self, service: Service) -> None:
         """The storage server told to announce the service's new inputs (or watched)."""
