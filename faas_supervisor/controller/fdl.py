@@ -335,6 +335,11 @@ def _providers(raw: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
                 for required in REQUIRED_PROVIDER_KEYS[ptype]:
                     if values.get(required) in (None, ""):
                         raise InvalidService(f"{where}.{ptype}.{pid}.{required}: missing")
+                # As the runtime reads them (config.py): refused here, not by every job.
+                for key, value in values.items():
+                    if not isinstance(value, str | int | float):  # (a bool is an int)
+                        raise InvalidService(
+                            f"{where}.{ptype}.{pid}.{key}: must be a string or a number")
             providers.setdefault(str(ptype), {})[str(pid)] = dict(values)
     return providers
 

@@ -60,6 +60,16 @@ def test_defaults_are_the_managers() -> None:
             {"storage_providers": {"s3": {"aws": {"access_key": "a"}}}},
             "storage_providers.s3.aws.secret_key: missing",
         ),
+        # Accepted, then refused by the runtime at every job (a review found it).
+        (
+            {"storage_providers": {"s3": {"x": {"access_key": {"a": 1}, "secret_key": "s"}}}},
+            "storage_providers.s3.x.access_key: must be a string or a number",
+        ),
+        (
+            {"storage_providers": {"webdav": {"d": {
+                "hostname": "h", "login": "u", "password": "p", "verify": None}}}},
+            "storage_providers.webdav.d.verify: must be a string or a number",
+        ),
         ({"environment": {"variables": {"A": ["x"]}}}, "environment.variables.A:"),
         ({"environment": []}, "environment: must be a mapping"),
         ({"expose": {"api_port": 70000}}, "expose.api_port:"),
