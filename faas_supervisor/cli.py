@@ -32,7 +32,7 @@ from faas_supervisor.config import (
     resolve_script,
     script_environment,
 )
-from faas_supervisor.errors import ConfigError, FaasError, writing
+from faas_supervisor.errors import ConfigError, FaasError, local_write_error, writing
 from faas_supervisor.gc_pause import collection_paused
 
 if TYPE_CHECKING:
@@ -335,9 +335,19 @@ async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> 
         if body.kind == "logs" and _stdout_is_the_log(startup.environ):
             return 0  # it would be the same lines again, where they already are
         out = sys.stdout.buffer
-        async for chunk in body.stream:
-            out.write(chunk)
-        out.flush()
+        try:
+            async for chunk in body.stream:
+                out.write(chunk)
+            out.flush()
+        except OSError as exc:
+            # A reader gone (`| head`), a full disk: one line, no traceback. What is left
+            # unwritten goes to /dev/null, so the interpreter's exit does not fail again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+            os.close(devnull)
+            failure = local_write_error(exc, "the response to standard output")
+            print(f"faas-supervisor: error: {failure.message}", file=sys.stderr)
+            return failure.exit_status
         return 0
     finally:
         invocation.close()

@@ -374,6 +374,29 @@ def test_a_relative_tmpdir_gives_the_script_absolute_folders(tmp_path: Path) -> 
 
 
 
+def test_a_reader_that_leaves_early_is_one_line_and_no_traceback(tmp_path: Path) -> None:
+    """`run ... | head -c 10`: the response's writes fail (EPIPE). It once ended in a
+    BrokenPipeError traceback, exit 1; the folders still go, as before."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = tmp_path / "script.sh"
+    script.write_text('head -c 3000000 /dev/zero > "$TMP_OUTPUT_DIR/big"\n')
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID")}
+    env.update({"TMPDIR": str(tmp), "EVENT": "aGkK"})
+    process = subprocess.Popen([*faas_command(), "run", "--script", str(script)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    assert len(process.stdout.read(10)) == 10
+    process.stdout.close()  # as `head -c 10` does once it has its bytes
+    stderr = process.stderr.read()
+    assert process.wait(30) == 1
+    assert stderr.endswith(b"faas-supervisor: error: cannot write the response to standard "
+                           b"output: Broken pipe\n"), stderr
+    assert b"Traceback" not in stderr and b"Exception ignored" not in stderr
+    assert list(tmp.iterdir()) == []
+
+
 # ---- the job's log stream (SPEC 5) -----------------------------------------------------
 
 PRINTS = COPY + 'echo "script says hi"\necho "script warns" >&2\n'
