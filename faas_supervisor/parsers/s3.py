@@ -11,7 +11,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_plus
 
-from faas_supervisor.parsers.event import StorageObject, first_record, require_text
+from faas_supervisor.errors import BadEvent
+from faas_supervisor.parsers.event import (
+    StorageObject,
+    field_name,
+    first_record,
+    require_text,
+    shown,
+)
 
 # eventSource -> (provider type, whether the key is URL-encoded)
 SOURCES = {"minio:s3": ("minio", True), "aws:s3": ("s3", True), "ceph:s3": ("minio", False)}
@@ -27,10 +34,17 @@ def recognise(value: Any) -> StorageObject | None:
     provider_type, encoded = SOURCES[source]
     bucket = require_text(value, "Records", 0, "s3", "bucket", "name")
     key = require_text(value, "Records", 0, "s3", "object", "key")
+    if encoded:
+        try:
+            # Strict: a `%FF` replaced by U+FFFD would name another object than the event's.
+            key = unquote_plus(key, errors="strict")
+        except UnicodeDecodeError:
+            field = field_name(("Records", 0, "s3", "object", "key"))
+            raise BadEvent(f"event field {field} {shown(key)} is not URL-encoded UTF-8") from None
     event_time = record.get("eventTime")
     return StorageObject(
         provider=f"{provider_type}.default",
         bucket=bucket,
-        key=unquote_plus(key) if encoded else key,
+        key=key,
         event_time=event_time if isinstance(event_time, str) else "",
     )

@@ -199,6 +199,16 @@ def test_keys_are_read_as_each_server_writes_them(source: str, sent: str, key: s
     assert found.provider == ("s3.default" if source == "aws:s3" else "minio.default")
 
 
+@pytest.mark.parametrize(("source", "key"), [("minio:s3", "in/%FF.txt"), ("aws:s3", "in/%C3.txt")])
+def test_a_key_whose_encoding_is_not_utf_8_is_refused(source: str, key: str) -> None:
+    """It was read with U+FFFD in place of the bytes: another object than the event's
+    (`in/\ufffd.txt` may exist), or a 'cannot read' storage failure (exit 3)."""
+    with pytest.raises(BadEvent) as refused:
+        recognise(s3_event(source, key))
+    assert refused.value.message == (
+        f"event field Records[0].s3.object.key {key!r} is not URL-encoded UTF-8")
+
+
 @pytest.mark.parametrize(("source", "key"), [
     ("minio:s3", "input%2F.."), ("minio:s3", "%2E%2E"), ("aws:s3", "a/.."), ("ceph:s3", ".."),
     ("minio:s3", "a%00b"), ("ceph:s3", "a\x00b"), ("aws:s3", ""), ("ceph:s3", "input/"),
