@@ -7,6 +7,7 @@ Failures after retries raise StorageError naming the provider and the object.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -31,6 +32,20 @@ class CollectionProvider(StorageProvider, Protocol):
 
     async def download_all(self, bucket: str, key: str, folder: Path) -> list[Path]:
         """Every file the object holds into `folder`, under unique names; their paths."""
+
+
+# The most bytes of a file name (Linux and its file systems): an object's base name may
+# have that many (parsers/event.py), and the temporary name beside it must fit too.
+NAME_MAX = 255
+
+
+def partial_path(dest: Path, suffix: str, prefix: str = ".") -> Path:
+    """The name beside `dest` where its content is written until whole (then renamed):
+    `prefix`, dest's name, `suffix`, that name cut short so all of it fits in NAME_MAX
+    bytes (cut between bytes: a name is bytes to the file system)."""
+    head, tail = os.fsencode(prefix), os.fsencode(suffix)
+    name = os.fsencode(dest.name)[: NAME_MAX - len(head) - len(tail)]
+    return dest.with_name(os.fsdecode(head + name + tail))
 
 
 def build_provider(config: ProviderConfig) -> StorageProvider:

@@ -23,6 +23,7 @@ import aiohttp
 from yarl import URL
 
 from faas_supervisor.errors import StorageError
+from faas_supervisor.storage_providers import partial_path
 
 T = TypeVar("T")
 
@@ -122,7 +123,7 @@ async def upload_failures(
 
 async def save_body(response: aiohttp.ClientResponse, dest: Path) -> None:
     """Stream the body to `dest` through a temporary file: no half file is ever `dest`."""
-    partial = dest.with_name(f".{dest.name}.partial")
+    partial = partial_path(dest, ".partial")
     try:
         with open(partial, "wb") as out:
             async for chunk in response.content.iter_chunked(CHUNK_SIZE):

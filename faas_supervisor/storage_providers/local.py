@@ -10,6 +10,7 @@ from pathlib import Path
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import NO_SPACE, BadEvent, StorageError, local_write_error
+from faas_supervisor.storage_providers import partial_path
 
 
 class LocalProvider:
@@ -40,7 +41,7 @@ class LocalProvider:
         def copy() -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             # A partial file of its own: jobs of one service may write one key at once.
-            partial = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.partial")
+            partial = partial_path(dest, f".{uuid.uuid4().hex}.partial")
             try:
                 shutil.copyfile(src, partial)
                 os.replace(partial, dest)  # readers never see half an object

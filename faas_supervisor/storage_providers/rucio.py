@@ -48,7 +48,7 @@ from yarl import URL
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import BadEvent, ConfigError, StorageConflict, StorageError
 from faas_supervisor.logs import get_logger
-from faas_supervisor.storage_providers import http
+from faas_supervisor.storage_providers import http, partial_path
 from faas_supervisor.storage_providers.http import HttpFailure
 
 _logger = get_logger(component="rucio")
@@ -447,7 +447,7 @@ def copy_checked(remote: RemoteFile, dest: Path) -> None:
     (as `rucio download` does): a corrupt replica never becomes the input."""
     if remote.path is None:
         raise HttpFailure(f"no local replica of {remote.did}", False)
-    partial = dest.with_name(f".{dest.name}.partial")
+    partial = partial_path(dest, ".partial")
     adler = 1
     try:
         with open(remote.path, "rb") as source, open(partial, "wb") as out:
@@ -466,7 +466,7 @@ def place(src: Path, target: Path) -> None:
     """Write `src` at the RSE path `target` as the posix protocol does: a temporary name
     beside it, renamed when complete; never over an existing file."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.rucio.upload")
+    partial = partial_path(target, f".{uuid.uuid4().hex}.rucio.upload", prefix="")
     try:
         with open(src, "rb") as source, open(partial, "xb") as out:
             while chunk := source.read(CHUNK):

@@ -45,13 +45,13 @@ from urllib.parse import urlsplit
 
 from faas_supervisor import aws_sigv4
 from faas_supervisor.config import ProviderConfig
+from faas_supervisor.storage_providers import partial_path
 
 ATTEMPTS = 3
 PIECE = 256 << 10  # bytes per read and per send
 RETRIED = {500, 502, 503, 504, 429}
 RETRIED_CODES = {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable"}
 ERROR_BODY = 64 << 10  # the most of an error's XML body read
-NAME_MAX = 255
 # Seconds a body waits for `100 Continue` before it goes anyway (a store that ignores
 # `Expect`): botocore's wait.
 CONTINUE_TIMEOUT = 1.0
@@ -114,8 +114,7 @@ class DirectS3:
         False, nothing written, when it is not (for a multipart download instead).
         Raises Cancelled, nothing left, once `cancelled` is set."""
         cancelled = cancelled or threading.Event()
-        suffix = f".{uuid.uuid4().hex[:8]}.part"
-        temp = dest.with_name(f".{dest.name}"[:NAME_MAX - len(suffix)] + suffix)
+        temp = partial_path(dest, f".{uuid.uuid4().hex[:8]}.part")
         try:
             done = self._attempts(
                 lambda: self._get_once(bucket, key, temp, limit, progress, cancelled))

@@ -449,6 +449,17 @@ async def test_webdav_round_trip_with_folders_and_awkward_keys(dav: DavServer,
         assert dest.read_bytes() == src.read_bytes()
 
 
+async def test_webdav_a_file_name_of_255_bytes_downloads(dav: DavServer, tmp_path: Path) -> None:
+    """Its temporary name beside it (`.NAME.partial`) once overflowed NAME_MAX."""
+    provider = dav_provider(dav.url)
+    name = "é" * 127 + "x"  # 255 bytes
+    (dav.root / "in").mkdir()
+    (dav.root / "in" / name).write_bytes(b"long")
+    await provider.download("in", name, tmp_path / name)
+    assert (tmp_path / name).read_bytes() == b"long"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
 async def test_webdav_large_file_streams_both_ways(dav: DavServer, tmp_path: Path) -> None:
     provider = dav_provider(dav.url)
     src = tmp_path / "big.bin"
