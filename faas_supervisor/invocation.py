@@ -193,7 +193,7 @@ class Invocation:
         if obj.provider.endswith(f".{ANY_ID}"):
             ptype = obj.provider_type
             serving = [p.name for p in config.providers.values()
-                       if p.type == ptype and p.get("space") == obj.bucket]
+                       if p.type == ptype and p.get("space").strip("/") == obj.bucket]
             if not serving:
                 raise BadEvent(f"no {ptype} storage provider is configured for space "
                                f"{obj.bucket!r}")

@@ -448,6 +448,24 @@ def test_onedata_and_dcache_events_outside_the_input_paths_are_refused_unread(
     assert wd.stop() == 0
 
 
+def test_a_onedata_space_written_with_slashes_serves_its_own_events(tmp_path: Path) -> None:
+    """`space: /my-space/` is the space `my-space`, as the provider and the access checks
+    read it: its events were refused (exit 2, no provider for the space). Served here:
+    tried against the closed port, exit 3 naming the provider."""
+    dead = f"127.0.0.1:{free_port()}"
+    config = yaml.safe_dump({
+        "storage_providers": {"onedata": {"od": {
+            "oneprovider_host": f"http://{dead}", "token": "t", "space": "/my-space/"}}},
+        "input": [{"storage_provider": "onedata.od", "path": "files"}],
+    })
+    event = {"Key": "/my-space/files/x.txt", "Records": [{
+        "objectKey": "x.txt", "eventSource": "OneTrigger",
+        "eventTime": "2026-11-24T09:51:04.347823"}]}
+    done = run_cli(tmp_path, config, json.dumps(event).encode())
+    assert done.returncode == 3, done.stderr.decode()
+    assert b"onedata.od: cannot download" in done.stderr
+
+
 def test_a_failed_script_uploads_nothing(tmp_path: Path, moto_server: S3Server) -> None:
     client = moto_server.client()
     bucket = new_bucket()
