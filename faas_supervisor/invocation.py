@@ -392,15 +392,17 @@ class Invocation:
             self.log.warning("outputs skipped: TMP_OUTPUT_DIR is no longer a folder")
             return found
         # Top-down, as os.walk goes, never into a link; a folder that cannot be read is
-        # skipped, as os.walk skips it. The entries' types come with the listing: no stat
-        # per file.
+        # skipped, as os.walk skips it, and said so. The entries' types come with the
+        # listing: no stat per file.
         pending = [(self.output_folder, "")]
         while pending:
             current, prefix = pending.pop()
             try:
                 with os.scandir(current) as listing:
                     entries = sorted(listing, key=lambda entry: entry.name)
-            except OSError:
+            except OSError as exc:
+                self.log.warning(f"outputs in {prefix or './'} skipped: the folder cannot be "
+                                 f"read ({exc.strerror or type(exc).__name__})")
                 continue
             subfolders = []
             for entry in entries:

@@ -173,3 +173,22 @@ def test_an_event_too_large_for_the_environment_is_a_bad_event(tmp_path: Path) -
     assert error is not None and (error.exit_status, error.http_status) == (2, 400)
     assert error.message == ("the event is too large for the script's environment (a "
                              "variable of over 128 KiB, or all of them too many)")
+
+
+def test_an_output_folder_that_cannot_be_read_is_named_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its files cannot be uploaded: a warning says so (they were dropped without a word).
+    As root here, a `chmod 000` folder can be read: the listing is made to fail."""
+    scandir = os.scandir
+
+    def refusing(path: Any) -> Any:
+        if str(path).endswith("/res"):
+            raise PermissionError(13, "Permission denied")
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    body, _ = invoke(tmp_path, "INFO",
+                     'mkdir "$TMP_OUTPUT_DIR/res"\necho x > "$TMP_OUTPUT_DIR/res/r.txt"\n')
+    assert re.search(STAMP + r" WARNING outputs in res/ skipped: the folder cannot be read "
+                     r"\(Permission denied\)\n", body.decode()), body
