@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -433,6 +434,29 @@ async def test_a_refused_create_or_update_leaves_no_bucket_it_made(
     backend.gate.set()
     assert (await creating).status == 400
     assert (storage / "other" / "in" / "upload.txt").read_bytes() == b"data"
+
+
+async def test_a_service_that_does_not_answer_is_a_502_that_hides_its_address(
+    api: tuple[TestClient, Api, FakeBackend],
+) -> None:
+    """The answer names the service and the kind of failure, not the internal address
+    aiohttp's message carries (`Cannot connect to host 127.0.0.1:PORT`)."""
+    client, _, backend = api
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+
+    async def invoke_url(name: str) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    backend.invoke_url = invoke_url  # type: ignore[method-assign]
+    try:
+        answer = await client.post("/run/svc", data=b"x", headers=AUTH)
+    finally:
+        closed.close()
+    assert (answer.status, await answer.text()) == (
+        502, "service svc did not answer (ClientConnectorError)")
 
 
 async def test_a_service_the_backend_refuses_is_never_stored(

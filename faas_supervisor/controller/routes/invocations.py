@@ -115,7 +115,9 @@ class InvocationRoutes(Routes):
             if unread is not None:  # the client's body broke, not the service
                 raise unreadable_body(unread) from None
             logger.warning("service did not answer", service=service.name, error=str(exc))
-            raise UpstreamFailed(f"service {service.name} did not answer: {exc}") from None
+            # Its kind only: aiohttp's text names the service's internal address.
+            raise UpstreamFailed(
+                f"service {service.name} did not answer ({type(exc).__name__})") from None
 
     async def job(self, request: web.Request) -> web.Response:
         api = self.api
