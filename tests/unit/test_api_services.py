@@ -30,7 +30,7 @@ from faas_supervisor.controller.notifications import input_paths
 from faas_supervisor.controller.routes.answers import errors
 from faas_supervisor.controller.routes.invocations import UpstreamConnector
 from faas_supervisor.controller.store import Store
-from faas_supervisor.errors import DockerError, InvalidService
+from faas_supervisor.errors import DockerError, InvalidService, UpstreamFailed
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()}
 
@@ -457,6 +457,34 @@ async def test_a_service_that_does_not_answer_is_a_502_that_hides_its_address(
         closed.close()
     assert (answer.status, await answer.text()) == (
         502, "service svc did not answer (ClientConnectorError)")
+
+
+async def test_set_auth_takes_the_credentials_oscars_ingress_asks_for(
+    api: tuple[TestClient, Api, FakeBackend],
+) -> None:
+    """User: the service's name, password: its token (the htpasswd line of NAME-auth-
+    expose on Kubernetes): the controller's own proxy of an exposed service refused them
+    with a 401 (a review found it), so a client worked on one backend only."""
+    client, _, backend = api
+    service = {**definition(), "expose": {"api_port": 8080, "set_auth": True}}
+    created = await client.post("/system/services", json=service, headers=AUTH)
+    assert created.status == 201
+    token = (await (await client.get("/system/services/svc", headers=AUTH)).json())["token"]
+
+    async def invoke_url(name: str) -> str:
+        raise UpstreamFailed("not running")  # past the credentials: a 502
+
+    backend.invoke_url = invoke_url  # type: ignore[method-assign]
+    path = "/system/services/svc/exposed/"
+
+    def basic(user: str, password: str) -> dict[str, str]:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+
+    for headers in (basic("svc", token), {"Authorization": f"Bearer {token}"}, AUTH):
+        assert (await client.get(path, headers=headers)).status == 502
+    for headers in (basic("svc", "wrong"), basic("other", token), {}):
+        assert (await client.get(path, headers=headers)).status == 401
 
 
 async def test_a_service_the_backend_refuses_is_never_stored(

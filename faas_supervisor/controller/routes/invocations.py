@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from faas_supervisor import strict_json
-from faas_supervisor.controller.auth import token_matches
+from faas_supervisor.controller.auth import Credentials, token_matches
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
@@ -57,7 +57,11 @@ class InvocationRoutes(Routes):
         service = api.service(request)
         if not service.exposed:
             raise NotFound()
-        if service.expose.set_auth and not api.authorised(request, service):
+        # With set_auth, the credentials OSCAR's Ingress asks for too (user: the service's
+        # name, password: its token), besides its token and the admin's.
+        if service.expose.set_auth and not api.authorised(request, service) and not \
+                Credentials(service.name, service.token).check_basic(
+                    request.headers.get("Authorization", "")):
             api.require_admin(request)
         tail = request.match_info.get("tail", "")
         return await self._proxy(request, service, "/" + tail)
