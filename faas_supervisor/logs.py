@@ -63,7 +63,11 @@ def _structlog() -> ModuleType:
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 _redact,
-                _ConsoleLines(structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)),
+                _ConsoleLines(structlog.dev.ConsoleRenderer(
+                    colors=False, pad_event_to=0,
+                    # Not the default: with `rich` installed that is rich's, which prints
+                    # each frame's local variables, credentials among them.
+                    exception_formatter=structlog.dev.plain_traceback)),
             ],
             wrapper_class=structlog.make_filtering_bound_logger(level),
             # A line and its newline in one write (print() makes two system calls).

@@ -90,6 +90,30 @@ def test_an_exception_is_still_rendered_whole(
     assert lines.rstrip("\n").endswith("[info     ] plain component=test n=1")
 
 
+def test_a_logged_exception_never_shows_the_frames_local_variables(
+    configured: Callable[[io.StringIO], None],
+) -> None:
+    """structlog's default look of an exception, with `rich` installed (this venv has it,
+    through schemathesis), prints every frame's locals: a provider's settings, keys and
+    all (a review found it). The plain traceback is configured instead."""
+    import importlib.util
+
+    assert importlib.util.find_spec("rich") is not None, "the case this guards against"
+    out = io.StringIO()
+    configured(out)
+
+    def failing(settings: dict[str, str]) -> None:
+        raise RuntimeError("boom")
+
+    secret = "-".join(["s3cr3t", "in", "a", "local"])  # not in the source the trace shows
+    try:
+        failing({"secret_key": secret})
+    except RuntimeError:
+        logs.get_logger(component="test").exception("failed")
+    assert "RuntimeError: boom" in out.getvalue()
+    assert secret not in out.getvalue()
+
+
 class _Writes(io.StringIO):
     """A stream that keeps each write() apart."""
 
