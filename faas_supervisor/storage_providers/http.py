@@ -108,9 +108,10 @@ async def upload_failures(
     as_error: Callable[[HttpFailure], StorageError],
     remove_partial: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[None]:
-    """An upload's failures as one StorageError: a transfer cut short (a transient failure)
-    may have left part of the object, which goes first; a local file that cannot be read
-    is named. `what` is "<provider>: cannot upload <bucket>/<key>"."""
+    """An upload's failures as one StorageError: a transfer cut short (a transient failure,
+    or a cancellation, which is raised on) may have left part of the object, which goes
+    first; a local file that cannot be read is named. `what` is "<provider>: cannot
+    upload <bucket>/<key>"."""
     try:
         yield
     except HttpFailure as exc:
@@ -119,6 +120,12 @@ async def upload_failures(
         raise as_error(exc) from None
     except OSError as exc:
         raise StorageError(f"{what}: {exc.strerror}") from None
+    except asyncio.CancelledError:
+        # Stopped mid-transfer (a job deleted, `run` stopped): what the PUT wrote goes
+        # first, shielded from the cancellation, which then goes on.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(remove_partial())
+        raise
 
 
 async def save_body(response: aiohttp.ClientResponse, dest: Path) -> None:

@@ -607,6 +607,26 @@ async def test_webdav_a_redirect_s_signed_query_never_shows_in_the_error(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+async def test_webdav_upload_cancelled_mid_transfer_leaves_no_file(dav: DavServer,
+                                                                   tmp_path: Path) -> None:
+    """A job stopped mid-upload (its `run` SIGTERMed): what the PUT had written goes too,
+    as after a failed upload, before the cancellation goes on."""
+    proxy = await CuttingProxy(int(dav.url.rsplit(":", 1)[1])).start()
+    try:
+        provider = dav_provider(proxy.url)
+        src = tmp_path / "big.bin"
+        write_random(src, 64 * MiB)
+        (dav.root / "out").mkdir()
+        upload = asyncio.ensure_future(provider.upload(src, "out", "big.bin"))
+        await proxy.passed(8 * MiB).wait()
+        upload.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await upload
+    finally:
+        await proxy.close()
+    assert list((dav.root / "out").iterdir()) == []
+
+
 # ---- Onedata against the documented endpoints --------------------------------------------
 
 
