@@ -112,16 +112,28 @@ def declare_arguments(service: argparse.ArgumentParser) -> None:
 
 
 def connection(args: argparse.Namespace, environ: Mapping[str, str]) -> Connection:
+    from urllib.parse import unquote, urlsplit
+
     from faas_supervisor.api_client import Connection
 
     endpoint = args.endpoint or environ.get("FAAS_ENDPOINT") or DEFAULT_ENDPOINT
+    user = args.user if args.user is not None else environ.get("FAAS_USER")
+    password = args.password if args.password is not None else environ.get("FAAS_PASSWORD")
+    # Credentials in the URL (`http://user:password@host`) are taken as --user and
+    # --password, and the URL kept without them: no message ever shows them.
+    parts = urlsplit(endpoint)
+    if "@" in parts.netloc:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        endpoint = parts._replace(netloc=host).geturl()
+        if user is not None or password is not None:
+            raise ConfigError(f"--endpoint {endpoint}: has credentials of its own, and "
+                              "--user or --password (or FAAS_USER, FAAS_PASSWORD) are given "
+                              "too: give them one way")
+        named, colon, secret = userinfo.partition(":")
+        user, password = unquote(named) or None, unquote(secret) if colon else None
     if not re.match(r"https?://", endpoint):
         raise ConfigError(f"--endpoint {endpoint}: must start with http:// or https://")
-    return Connection(
-        endpoint=endpoint,
-        user=args.user if args.user is not None else environ.get("FAAS_USER"),
-        password=args.password if args.password is not None else environ.get("FAAS_PASSWORD"),
-    )
+    return Connection(endpoint=endpoint, user=user, password=password)
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -288,6 +300,21 @@ async def _counted(chunks: AsyncIterator[bytes], count: Callable[[int], None]
         yield chunk
 
 
+def _umask() -> int:
+    """The process's umask, read (Linux) rather than set and set back: another thread
+    making a file meanwhile would get the umask 0 in between."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 async def _write_file(path: Path, chunks: AsyncIterator[bytes], raw: bool) -> None:
     """Into a temporary file beside `path`, renamed at the end: never a partial result."""
     from faas_supervisor.transfer import write_result
@@ -298,6 +325,9 @@ async def _write_file(path: Path, chunks: AsyncIterator[bytes], raw: bool) -> No
     except OSError as exc:
         raise ConfigError(f"--output {path}: {exc.strerror}") from None
     try:
+        # The mode a new file gets (0666 less the umask), not mkstemp's 0600: the result
+        # is for whoever would read a file the user wrote.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as sink:
             await write_result(chunks, sink, raw=raw)
         os.replace(temporary, path)

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -507,6 +508,10 @@ def test_run_raw_answers_are_not_decoded(faas: Any, fake: FakeController,
     out = tmp_path / "r.zip"
     assert faas("run", "zip", "--text-input", "x", "-o", str(out)).status == 0
     assert out.read_bytes() == b"PK\x03\x04abcd"
+    # The mode a new file gets here (0666 less the umask): it was mkstemp's 0600.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
 
 
 def test_run_failure_is_one_line_and_writes_no_output(faas: Any, fake: FakeController,
@@ -554,6 +559,28 @@ def test_unreachable_controller(capsysbinary: pytest.CaptureFixture[bytes]) -> N
     assert err.startswith("faas-supervisor: error: GET /system/services: cannot reach "
                           "http://127.0.0.1:9: ")
     assert cli.main(["service", "list", "--endpoint", "ftp://x"]) == 2
+
+
+def test_credentials_in_the_endpoint_are_used_and_never_shown(
+        fake: FakeController, capsysbinary: pytest.CaptureFixture[bytes],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`http://user:password@host`: taken as --user and --password; a message names the
+    URL without them (it showed the password), and with --password too it is one line,
+    exit 2 (it was aiohttp's traceback)."""
+    host = fake.url.split("://", 1)[1]
+    assert cli.main(["service", "list", "--endpoint", f"http://{USER}:{PASSWORD}@{host}"]) == 0
+    assert fake.sent[-1].headers["Authorization"] == BASIC
+    capsysbinary.readouterr()
+    assert cli.main(["service", "list", "--endpoint", "http://alice:S3cretPW@127.0.0.1:9"]) == 1
+    assert cli.main(["service", "list", "--endpoint", "ftp://alice:S3cretPW@h"]) == 2
+    monkeypatch.setenv("FAAS_PASSWORD", "x")
+    assert cli.main(["service", "list", "--endpoint", f"http://alice:S3cretPW@{host}"]) == 2
+    err = capsysbinary.readouterr().err.decode()
+    assert "S3cretPW" not in err and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"faas-supervisor: error: --endpoint http://{host}: has credentials of its own, and "
+        "--user or --password (or FAAS_USER, FAAS_PASSWORD) are given too: give them one way")
+    assert "cannot reach http://127.0.0.1:9: " in err
 
 
 def test_endpoint_and_credentials_from_the_environment(
