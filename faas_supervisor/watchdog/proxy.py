@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -225,26 +224,19 @@ class ProxyRunner:
     async def _send(
         self, request: web.Request, body: _RequestBody | None
     ) -> aiohttp.ClientResponse:
-        """One request upstream; without a body, retried once on a connection gone stale.
-
-        A pooled connection the server closed (its keep-alive ran out) fails as it is
-        reused; a request without a body can safely go again on a fresh one. A streamed
-        body cannot be replayed.
-        """
+        """One request upstream. A connection the server closes without answering (its
+        keep-alive ran out as the request went, or it dropped the request) is tried again
+        by aiohttp for idempotent methods only, once (RFC 9112 9.3.1): a POST may have
+        done its work, so it is not sent twice. Pooled connections idle for 1.5 s are
+        dropped before common servers drop theirs (see start)."""
         assert self._session is not None
-        send = functools.partial(
-            self._session.request,
+        return await self._session.request(
             request.method,
             self._url(request),
             headers=self._headers(request),
             allow_redirects=False,
+            data=body.chunks() if body is not None else None,
         )
-        if body is not None:
-            return await send(data=body.chunks())
-        try:
-            return await send()
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError):
-            return await send()
 
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse

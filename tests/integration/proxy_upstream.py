@@ -126,10 +126,24 @@ async def die(_request: web.Request) -> web.Response:
     os._exit(3)
 
 
+async def drop(request: web.Request) -> web.Response:
+    """The request counted, then the connection dropped with no answer."""
+    hits = request.app["hits"]
+    hits[request.path] = hits.get(request.path, 0) + 1
+    assert request.transport is not None
+    request.transport.abort()
+    return web.Response()  # never sent: the connection is gone
+
+
+async def dropped(request: web.Request) -> web.Response:
+    return web.json_response(request.app["hits"])
+
+
 def app() -> web.Application:
     application = web.Application()
     application["release"] = asyncio.Event()
     application["last_close"] = None
+    application["hits"] = {}
     application.router.add_get("/bytes", sized_bytes)
     application.router.add_get("/status/{code}", status)
     application.router.add_get("/hold", hold)
@@ -142,6 +156,8 @@ def app() -> web.Application:
     application.router.add_get("/env", env)
     application.router.add_post("/die", die)
     application.router.add_route("*", "/echo{tail:.*}", echo)
+    application.router.add_route("*", "/drop{tail:.*}", drop)
+    application.router.add_get("/dropped", dropped)
     application.router.add_post("/sha256", echo)
     return application
 

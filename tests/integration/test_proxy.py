@@ -386,3 +386,16 @@ def test_the_exposed_example_serves(watchdog: WatchdogFactory) -> None:
     assert answer.status_code == 200
     assert answer.json()["upper"] == "SOME TEXT"
     assert wd.stop() == 0
+
+
+def test_a_request_the_server_drops_is_not_sent_again_unless_idempotent(
+    watchdog: WatchdogFactory,
+) -> None:
+    """The server takes the request and closes without answering: a POST may have done
+    its work, so it goes once (RFC 9112 9.3.1), a 502; a DELETE goes again at most once
+    (aiohttp's own retry). A retry of our own made them 2 and 4 (a review found it)."""
+    exposed = start_exposed(watchdog)
+    assert requests.post(f"{exposed.url}/drop-post", timeout=30).status_code == 502
+    assert requests.delete(f"{exposed.url}/drop-delete", timeout=30).status_code == 502
+    hits = requests.get(f"{exposed.upstream}/dropped", timeout=5).json()
+    assert hits["/drop-post"] == 1 and 1 <= hits["/drop-delete"] <= 2, hits
