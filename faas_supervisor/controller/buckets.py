@@ -8,6 +8,7 @@ callers run them in a thread.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ class BucketStore(Protocol):
 
     def delete_bucket(self, bucket: str) -> None:
         """The bucket and every object in it."""
+
+    def remove_if_empty(self, bucket: str) -> bool:
+        """Remove the bucket if it holds nothing but folders (folder markers); False when
+        something else is there, or comes meanwhile, and it stays."""
 
     def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]: ...
 
@@ -136,6 +141,24 @@ class FolderStore:
 
     def delete_bucket(self, bucket: str) -> None:
         shutil.rmtree(self._bucket(bucket))
+
+    def remove_if_empty(self, bucket: str) -> bool:
+        # Folders only, deepest first, each with rmdir: a file anywhere (an upload's
+        # hidden partial too) keeps its folders and the bucket.
+        root = self._bucket(bucket)
+        folders = []
+        for folder, _subfolders, files in os.walk(root):
+            if files:
+                return False
+            folders.append(folder)
+        try:
+            for folder in reversed(folders):
+                os.rmdir(folder)
+        except FileNotFoundError:
+            pass
+        except OSError:  # something came in meanwhile
+            return False
+        return True
 
     def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]:
         base = self._bucket(bucket)
@@ -260,6 +283,26 @@ class S3Store:
                 pass
         # A folder marker, as the manager (and the MinIO console) make.
         self.client.put_object(Bucket=bucket, Key=marker, Body=b"")
+
+    def remove_if_empty(self, bucket: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        markers = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                if not obj["Key"].endswith("/"):
+                    return False
+                markers.append({"Key": obj["Key"]})
+        for start in range(0, len(markers), 1000):  # DeleteObjects takes 1 000 at most
+            self.client.delete_objects(Bucket=bucket,
+                                       Delete={"Objects": markers[start:start + 1000]})
+        try:
+            self.client.delete_bucket(Bucket=bucket)  # refused if an object came meanwhile
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "BucketNotEmpty":
+                return False
+            raise
+        return True
 
     def delete_bucket(self, bucket: str) -> None:
         paginator = self.client.get_paginator("list_objects_v2")

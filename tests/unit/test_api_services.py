@@ -487,6 +487,50 @@ async def test_set_auth_takes_the_credentials_oscars_ingress_asks_for(
         assert (await client.get(path, headers=headers)).status == 401
 
 
+async def test_a_refused_create_leaves_a_bucket_another_create_uses(
+    api: tuple[TestClient, Api, FakeBackend], tmp_path: Path,
+) -> None:
+    """Two creates at once under two names, one new bucket: the one refused made it, the
+    other uses it and is stored; the refusal's clean-up once took it away from under it."""
+    client, the_api, backend = api
+    backend.refuse = {"broken"}
+    backend.gate = asyncio.Event()
+    shared = [{"storage_provider": "minio", "path": "shared/in"}]
+    refused = {**definition("svca", image="broken"), "input": shared}
+    accepted = {**definition("svcb"), "input": shared}
+    first = asyncio.ensure_future(client.post("/system/services", json=refused, headers=AUTH))
+    await backend.deploying.wait()  # svca made the bucket, and waits in its deploy
+    backend.deploying.clear()
+    second = asyncio.ensure_future(client.post("/system/services", json=accepted, headers=AUTH))
+    await backend.deploying.wait()  # svcb is stored, and waits in its deploy too
+    backend.gate.set()
+    assert ((await first).status, (await second).status) == (400, 201)
+    assert (tmp_path / "storage" / "shared" / "in").is_dir()
+    assert the_api.store.service("svcb") is not None
+
+
+async def test_a_job_accepted_during_a_refused_create_goes_with_it(
+    api: tuple[TestClient, Api, FakeBackend], tmp_path: Path,
+) -> None:
+    """The service is stored while its deploy goes on, so a job can be accepted then; a
+    deploy refused after that once left the job running, its files kept."""
+    client, the_api, backend = api
+    await the_api.jobs.start()
+    backend.refuse = {"broken"}
+    backend.gate = asyncio.Event()
+    creating = asyncio.ensure_future(
+        client.post("/system/services", json=definition(image="broken"), headers=AUTH))
+    await backend.deploying.wait()
+    accepted = await client.post("/job/svc", data=b"{}", headers=AUTH)
+    assert accepted.status == 201
+    job = (await accepted.json())["job"]
+    await backend.job_started.wait()
+    backend.gate.set()
+    assert (await creating).status == 400
+    assert the_api.store.job(job) is None and job not in the_api.jobs.running
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == []
+
+
 async def test_a_service_the_backend_refuses_is_never_stored(
     api: tuple[TestClient, Api, FakeBackend],
 ) -> None:

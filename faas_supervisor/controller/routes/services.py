@@ -66,11 +66,14 @@ class ServiceRoutes(Routes):
                 except Exception:
                     # Refused by the backend (an image it cannot pull, an object the API
                     # server rejects): the answer says why, and no half-made service is
-                    # left stored.
+                    # left stored, nor a job accepted while the deploy went on.
+                    jobs = api.store.jobs(service.name)
                     api.store.remove_service(service.name)
                     await api.intake.detach(service)
                     with contextlib.suppress(Exception):
                         await api.backend.remove(service.name)
+                    for job in jobs:
+                        await api.jobs.delete(job.name)
                     raise
             except Exception:
                 await self._remove_buckets(made)
@@ -145,8 +148,7 @@ class ServiceRoutes(Routes):
         made: list[str] = []
         try:
             for path in sorted(paths, key=lambda p: (p.bucket, p.folder)):
-                if path.bucket not in made and not await asyncio.to_thread(
-                        buckets.bucket_exists, path.bucket):
+                if await asyncio.to_thread(buckets.create_bucket, path.bucket):
                     made.append(path.bucket)
                 await asyncio.to_thread(buckets.ensure_path, path.bucket, path.folder)
         except Exception as exc:
@@ -160,12 +162,16 @@ class ServiceRoutes(Routes):
 
     async def _remove_buckets(self, made: list[str]) -> None:
         """Undo _make_buckets for a request that failed: each bucket it made goes, with the
-        folders it made there, unless an object has come into it meanwhile."""
+        folders in it, unless a stored service uses it (one created at the same time under
+        another name) or anything but folders has come into it meanwhile."""
         buckets = self.api.buckets
+        used = {path.bucket for other in self.api.store.services()
+                for path in on_default_provider((*other.input, *other.output))}
         for bucket in made:
+            if bucket in used:
+                continue
             try:
-                if not await asyncio.to_thread(buckets.list_objects, bucket):
-                    await asyncio.to_thread(buckets.delete_bucket, bucket)
+                await asyncio.to_thread(buckets.remove_if_empty, bucket)
             except Exception as exc:  # the answer says why the request failed, not this
                 logger.warning("cannot remove a bucket made for a failed request",
                                bucket=bucket, error=str(exc))
