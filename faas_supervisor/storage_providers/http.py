@@ -106,17 +106,18 @@ async def retrying(operation: Callable[[], Awaitable[T]]) -> T:
 async def upload_failures(
     what: str,
     as_error: Callable[[HttpFailure], StorageError],
-    remove_partial: Callable[[], Awaitable[None]],
+    remove_partial: Callable[[HttpFailure | None], Awaitable[None]],
 ) -> AsyncIterator[None]:
     """An upload's failures as one StorageError: a transfer cut short (a transient failure,
     or a cancellation, which is raised on) may have left part of the object, which goes
-    first; a local file that cannot be read is named. `what` is "<provider>: cannot
+    first (`remove_partial` is given the failure, None for a cancellation); a local file
+    that cannot be read is named. `what` is "<provider>: cannot
     upload <bucket>/<key>"."""
     try:
         yield
     except HttpFailure as exc:
         if exc.transient:
-            await remove_partial()
+            await remove_partial(exc)
         raise as_error(exc) from None
     except OSError as exc:
         raise StorageError(f"{what}: {exc.strerror}") from None
@@ -124,7 +125,7 @@ async def upload_failures(
         # Stopped mid-transfer (a job deleted, `run` stopped): what the PUT wrote goes
         # first, shielded from the cancellation, which then goes on.
         with contextlib.suppress(Exception):
-            await asyncio.shield(remove_partial())
+            await asyncio.shield(remove_partial(None))
         raise
 
 

@@ -10,7 +10,8 @@ repeated. Endpoints used, all with the `X-Auth-Token` header:
 * `PUT /data/{space_dir_id}/path/{path}?create_parents=true`: a new regular file, the
   request body its content (fails if the file exists);
 * `PUT /data/{file_id}/content`: replace an existing file's content;
-* `DELETE /data/{file_id}`: remove a file a failed upload made (never one it found).
+* `DELETE /data/{file_id}`: remove what a failed upload left (a file it found stays when
+  the store refused each attempt).
 
 `oneprovider_host` is a host name (HTTPS) or a base URL.
 """
@@ -106,30 +107,36 @@ class OnedataProvider:
                     await response.read()
                     http.expect(response, ok)
 
-        # Set once this upload may have made the file: a failed upload removes only a
-        # file it made, never one that was there (a 503 to each PUT leaves it as it was).
-        creating: list[bool] = []
+        # What the PUTs do, once known: "create" a file, or "replace" the content of the
+        # file found there (for the clean-up of a failed upload).
+        writing: list[str] = []
         async with self._session() as session, http.upload_failures(
             f"{self.name}: cannot upload {bucket}/{key}",
             lambda exc: self._error("upload", bucket, key, exc),
-            lambda: self._remove_partial(session, path, creating),
+            lambda failure: self._remove_partial(session, path, writing, failure),
         ):
             existing = await self._lookup(session, path)
             if existing is not None:
                 url = http.join_url(self._api, "data", existing, "content")
+                writing.append("replace")
                 await http.retrying(lambda: send(url, (200, 204)))
             else:
                 space_dir = await self._space_dir(session)
                 url = http.join_url(self._api, "data", space_dir, "path", path)
                 url = url.with_query({"create_parents": "true"})
-                creating.append(True)
+                writing.append("create")
                 await http.retrying(lambda: send(url, (200, 201)))
 
     async def _remove_partial(
-        self, session: aiohttp.ClientSession, path: str, creating: list[bool]
+        self, session: aiohttp.ClientSession, path: str, writing: list[str],
+        failure: HttpFailure | None,
     ) -> None:
-        """Best effort: a store that failed the upload may fail this too."""
-        if not creating:
+        """The file the failed upload made goes. A file it found stays when the store
+        answered each attempt with an error (a 503: nothing written), and goes when the
+        transfer was cut or cancelled (its content replaced by part of ours). Best effort:
+        a store that failed the upload may fail this too."""
+        if not writing or (writing[0] == "replace" and failure is not None
+                           and failure.status is not None):
             return
         with contextlib.suppress(HttpFailure, aiohttp.ClientError, TimeoutError):
             file_id = await self._lookup(session, path)

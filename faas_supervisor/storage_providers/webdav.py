@@ -29,6 +29,7 @@ PARTIAL_CLEANUP_ATTEMPTS = 5
 
 # An object's version as HEAD tells it: ETag, Last-Modified, Content-Length.
 Version = tuple[str | None, str | None, str | None]
+UNKNOWN: Version = (None, None, None)
 
 
 class WebDavProvider:
@@ -87,7 +88,7 @@ class WebDavProvider:
         async with self._session() as session, http.upload_failures(
             f"{self.name}: cannot upload {bucket}/{key}",
             lambda exc: self._error("upload", bucket, key, exc),
-            lambda: self._remove_partial(session, url, before),
+            lambda _failure: self._remove_partial(session, url, before),
         ):
             before.append(await http.retrying(lambda: _version(session, url)))
             if await http.retrying(put) == 409:
@@ -102,17 +103,22 @@ class WebDavProvider:
         """DELETE what the failed upload left at the key, until it is gone: the server may
         still be finishing the cut PUT (and writing what it got) when the DELETE arrives,
         so one DELETE is not enough. The object that was there before (a 503 refused every
-        PUT) stays, as long as it is unchanged; nothing is done before the first PUT."""
+        PUT) stays if it is unchanged; nothing is done before the first PUT. A version
+        that cannot be told (no HEAD, none of its headers) is taken as changed."""
         if not before:
             return
         for attempt in range(PARTIAL_CLEANUP_ATTEMPTS):
-            with contextlib.suppress(HttpFailure, aiohttp.ClientError, TimeoutError):
+            try:
                 now = await _version(session, url)
-                if now is None:
-                    return
-                if now != before[0]:
-                    async with session.delete(url) as response:
-                        await response.read()
+            except (aiohttp.ClientError, TimeoutError):
+                now = UNKNOWN  # the server may be settling: DELETE anyway, as before
+            if now is None:
+                return
+            if now == before[0] and now != UNKNOWN:
+                return  # the object found there, untouched
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.delete(url) as response:
+                    await response.read()
             await asyncio.sleep(0.1 * 2**attempt)  # backoff while the server settles
 
     async def _make_folders(self, session: aiohttp.ClientSession, bucket: str, key: str) -> None:
@@ -131,10 +137,13 @@ class WebDavProvider:
 
 
 async def _version(session: aiohttp.ClientSession, url: URL) -> Version | None:
-    """The version of the object at `url`; None when there is none."""
+    """The version of the object at `url`; None when there is none; UNKNOWN when HEAD
+    does not tell (another status: a redirect, 403, 405), which never fails the upload:
+    the PUT's own answer decides."""
     async with session.head(url) as response:
         if response.status == 404:
             return None
-        http.expect(response, (200,))
+        if response.status != 200:
+            return UNKNOWN
         headers = response.headers
         return headers.get("ETag"), headers.get("Last-Modified"), headers.get("Content-Length")

@@ -521,18 +521,20 @@ async def test_webdav_upload_cut_mid_transfer_leaves_no_file(dav: DavServer,
     assert list((dav.root / "out").iterdir()) == []
 
 
-class PutRefusingProxy:
-    """In front of wsgidav: every PUT answered 503 (its body read, nothing forwarded), as
-    an overloaded store or its proxy would; the rest forwarded as they come."""
+class RefusingProxy:
+    """In front of wsgidav: the methods of `refuse` answered with their status (a body
+    read, nothing forwarded), as an overloaded store or its proxy would; the rest
+    forwarded as they come."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, refuse: dict[str, int]) -> None:
         self.upstream = upstream
+        self.refuse = refuse
         self.methods: list[str] = []
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         self.url = ""
 
-    async def start(self) -> PutRefusingProxy:
+    async def start(self) -> RefusingProxy:
         app = web.Application()
         app.router.add_route("*", "/{path:.*}", self._handle)
         self._runner = web.AppRunner(app)
@@ -552,8 +554,8 @@ class PutRefusingProxy:
     async def _handle(self, request: web.Request) -> web.Response:
         self.methods.append(request.method)
         body = await request.read()
-        if request.method == "PUT":
-            return web.Response(status=503)
+        if request.method in self.refuse:
+            return web.Response(status=self.refuse[request.method])
         assert self._client is not None
         async with self._client.request(request.method, self.upstream + request.path_qs,
                                         headers=request.headers, data=body) as answer:
@@ -569,7 +571,7 @@ async def test_webdav_upload_refused_leaves_the_object_that_was_there(
     clean-up of a failed upload once DELETEd it, the last good result lost."""
     (dav.root / "out").mkdir()
     (dav.root / "out" / "r.txt").write_bytes(b"previous good result")
-    proxy = await PutRefusingProxy(dav.url).start()
+    proxy = await RefusingProxy(dav.url, {"PUT": 503}).start()
     try:
         provider = dav_provider(proxy.url)
         (tmp_path / "r.txt").write_bytes(b"new result")
@@ -580,6 +582,21 @@ async def test_webdav_upload_refused_leaves_the_object_that_was_there(
         await proxy.close()
     assert "DELETE" not in proxy.methods
     assert (dav.root / "out" / "r.txt").read_bytes() == b"previous good result"
+
+
+async def test_webdav_upload_works_where_head_is_not_allowed(dav: DavServer,
+                                                             tmp_path: Path) -> None:
+    """The HEAD before the PUT tells what a failed upload may remove; a door that does
+    not allow it (405) must not fail an upload the PUT alone completes."""
+    proxy = await RefusingProxy(dav.url, {"HEAD": 405}).start()
+    try:
+        provider = dav_provider(proxy.url)
+        (tmp_path / "r.txt").write_bytes(b"result")
+        await provider.upload(tmp_path / "r.txt", "out", "r.txt")
+    finally:
+        await proxy.close()
+    assert proxy.methods[0] == "HEAD" and "PUT" in proxy.methods
+    assert (dav.root / "out" / "r.txt").read_bytes() == b"result"
 
 
 async def test_webdav_a_redirect_s_signed_query_never_shows_in_the_error(tmp_path: Path) -> None:
@@ -702,6 +719,28 @@ async def test_onedata_upload_refused_leaves_the_file_that_was_there(
         await provider.upload(tmp_path / "r.txt", "out", "r.txt")
     assert [m for m, _, _ in oneprovider.requests].count("DELETE") == 0
     assert (oneprovider.root / "my space/out/r.txt").read_bytes() == b"previous good result"
+
+
+async def test_onedata_replace_cut_mid_transfer_leaves_no_partial_file(
+    oneprovider: FakeOneprovider, tmp_path: Path,
+) -> None:
+    """The file found there has its content replaced, and each attempt is cut part way:
+    what is left is part of ours, not the old file, and goes (SPEC 6.2). A store that
+    answers each attempt with an error wrote nothing: that file stays (test above)."""
+    target = oneprovider.root / "my space" / "out" / "r.bin"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"previous good result")
+    proxy = await CuttingProxy(int(oneprovider.url.rsplit(":", 1)[1]), 2 * MiB).start()
+    try:
+        provider = onedata_provider(proxy.url)
+        src = tmp_path / "big.bin"
+        write_random(src, 8 * MiB)
+        with pytest.raises(StorageError, match=r"onedata\.od1: cannot upload out/r\.bin"):
+            await provider.upload(src, "out", "r.bin")
+    finally:
+        await proxy.close()
+    assert proxy.cuts >= 3
+    assert not target.exists()
 
 
 async def test_onedata_wrong_token(oneprovider: FakeOneprovider, tmp_path: Path) -> None:
