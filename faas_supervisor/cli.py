@@ -334,23 +334,37 @@ async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> 
         body = success_body(invocation, "")
         if body.kind == "logs" and _stdout_is_the_log(startup.environ):
             return 0  # it would be the same lines again, where they already are
-        out = sys.stdout.buffer
-        try:
-            async for chunk in body.stream:
-                out.write(chunk)
-            out.flush()
-        except OSError as exc:
-            # A reader gone (`| head`), a full disk: one line, no traceback. What is left
-            # unwritten goes to /dev/null, so the interpreter's exit does not fail again.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, out.fileno())
-            os.close(devnull)
-            failure = local_write_error(exc, "the response to standard output")
-            print(f"faas-supervisor: error: {failure.message}", file=sys.stderr)
-            return failure.exit_status
-        return 0
+        return await _print_response(body.stream, sys.stdout.buffer)
     finally:
         invocation.close()
+
+
+async def _print_response(chunks: AsyncIterator[bytes], out: BinaryIO) -> int:
+    """The response on standard output; 0, or one line and the exit status of what
+    failed: reading the outputs (one made unreadable), or writing (a reader gone, as
+    `| head` does, a full disk)."""
+    writing = False
+    try:
+        async for chunk in chunks:
+            writing = True
+            out.write(chunk)
+            writing = False
+        writing = True
+        out.flush()
+    except OSError as exc:
+        if not writing:
+            print(f"faas-supervisor: error: cannot read the response: "
+                  f"{exc.strerror or type(exc).__name__}", file=sys.stderr)
+            return 1
+        # What is left unwritten goes to /dev/null, so the interpreter's exit does not
+        # fail a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+        failure = local_write_error(exc, "the response to standard output")
+        print(f"faas-supervisor: error: {failure.message}", file=sys.stderr)
+        return failure.exit_status
+    return 0
 
 
 def _stdout_is_the_log(environ: Mapping[str, str]) -> bool:

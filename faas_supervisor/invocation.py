@@ -298,8 +298,9 @@ class Invocation:
             if exc.errno == errno.E2BIG:
                 # The event's own text: a key or a header too long for the kernel (128 KiB
                 # a variable), or all of them together past its limit.
-                raise BadEvent("the event is too large for the script's environment "
-                               "(a variable of over 128 KiB, or all of them too many)") from None
+                raise BadEvent("the script cannot start: its environment is too large (a "
+                               "variable of over 128 KiB, or all of them past the system's "
+                               "limit)") from None
             raise FaasError(f"cannot start the script: {exc.strerror}") from None
         stdout = child.popen.stdout
         # The mirror's copy runs in a worker thread (blocking reads) until every writer has

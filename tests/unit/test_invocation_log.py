@@ -171,8 +171,9 @@ def test_an_event_too_large_for_the_environment_is_a_bad_event(tmp_path: Path) -
         invocation.close()
     error = invocation.outcome.error
     assert error is not None and (error.exit_status, error.http_status) == (2, 400)
-    assert error.message == ("the event is too large for the script's environment (a "
-                             "variable of over 128 KiB, or all of them too many)")
+    assert error.message == ("the script cannot start: its environment is too large (a "
+                             "variable of over 128 KiB, or all of them past the system's "
+                             "limit)")
 
 
 def test_an_output_folder_that_cannot_be_read_is_named_in_the_log(
