@@ -24,9 +24,10 @@ from faas_supervisor.errors import ConfigError
 
 # What a local service's processes do not inherit from the controller's environment: the
 # runtime's own inputs (each service gets its own) and the controller's settings and
-# credentials (FAAS_*), which are nobody else's business.
+# credentials (FAAS_*, and the storage keys: a job gets its own in its config file),
+# which are nobody else's business.
 _NOT_INHERITED = ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID", "port", "mode",
-                  "upstream_port")
+                  "upstream_port", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY")
 # The variables the docker CLI reads to find the engine (docker.from_env reads the same).
 _DOCKER_ENGINE_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
 
