@@ -157,9 +157,10 @@ def parse_service(data: Any, where: str = "", *, yaml_scalars: bool = False) -> 
     outputs = _storage_list(data.get("output"), key("output"), name, providers, yaml_scalars)
 
     environment = _mapping(data.get("environment"), key("environment"))
-    variables = _string_map(environment.get("variables"), key("environment.variables"),
-                            yaml_scalars)
-    secrets = _string_map(environment.get("secrets"), key("environment.secrets"), yaml_scalars)
+    variables = _environment(environment.get("variables"), key("environment.variables"),
+                             yaml_scalars)
+    secrets = _environment(environment.get("secrets"), key("environment.secrets"),
+                           yaml_scalars)
 
     isolation = text(_or_default(data.get("isolation_level"), "SERVICE"),
                      key("isolation_level")).upper()
@@ -468,6 +469,39 @@ def _string_map(value: Any, where: str, scalars: bool) -> dict[str, str]:
             v = "true" if v else "false"
         out[str(k)] = _text("" if v is None else v, f"{where}.{k}", scalars)
     return out
+
+
+# Kubernetes' rule for an environment variable's name (the manager's services get theirs
+# there): what every backend can set, and what `execve` can carry.
+_VARIABLE_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+# Linux's bound on one `NAME=value` string given to a process (MAX_ARG_STRLEN), its NUL
+# included.
+VARIABLE_MAX = 128 * 1024
+
+
+def _environment(value: Any, where: str, scalars: bool) -> dict[str, str]:
+    """Variables for the script's environment: refused here, one line naming the one,
+    rather than by the process start of every job (a name with `=`, a NUL)."""
+    out = _string_map(value, where, scalars)
+    for name, text in out.items():
+        if not _VARIABLE_NAME.fullmatch(name):
+            raise InvalidService(f"{where}: {name!r} is not a variable name (letters, digits, "
+                                 "'_', '-', '.', not starting with a digit)")
+        if "\x00" in text or not _encodable(text):
+            raise InvalidService(f"{where}.{name}: a NUL or a lone surrogate cannot be in a "
+                                 "variable")
+        if len(f"{name}={text}".encode()) >= VARIABLE_MAX:
+            raise InvalidService(f"{where}.{name}: longer than a variable can be "
+                                 f"({VARIABLE_MAX // 1024} KiB with its name)")
+    return out
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bool(value: Any, where: str) -> bool:
