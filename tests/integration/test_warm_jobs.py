@@ -262,6 +262,39 @@ def test_an_event_that_is_not_utf8_is_refused_in_one_line_as_run_refuses_it(
     assert stored(controller, job)[0] == 2
 
 
+def test_a_secret_named_event_never_replaces_a_jobs_event(
+    controllers: ControllerFactory,
+) -> None:
+    """An event too big for the variable goes on stdin; a secret named EVENT was left in
+    the environment then, and `run` read it instead (a review found it)."""
+    controller = controllers()
+    token = controller.create({
+        "name": "secretive", "script": 'wc -c < "$INPUT_FILE_PATH"\n',
+        "environment": {"secrets": {"EVENT": '{"from": "secret"}'}},
+    })["token"]
+    big = '{"data": "' + "x" * 200_000 + '"}'
+    job = post_job(controller, "secretive", token, big)
+    assert finished(controller, "secretive", job)["status"] == "Succeeded"
+    log = controller.request("GET", f"/system/logs/secretive/{job}").text
+    assert f"\n{len(big)}\n" in f"\n{log}", log
+
+
+def test_a_watchdog_that_cannot_start_is_said_so_and_its_service_deleted(
+    controllers: ControllerFactory,
+) -> None:
+    """Variables each within bounds, together past the system's (E2BIG): the service's
+    watchdog cannot start. Its supervising task used to end with no word, the service
+    left unanswered, and the first delete a 500."""
+    controller = controllers()
+    secrets = {f"S{i}": "x" * (120 << 10) for i in range(24)}  # about 2.9 MB
+    controller.create({"name": "toobig", "script": "echo\n",
+                       "environment": {"secrets": secrets}})
+    wait_until(lambda: "cannot start the service's watchdog" in controller.log_text(), 60,
+               "the controller to say so", controller)
+    assert "Argument list too long" in controller.log_text()
+    assert controller.request("DELETE", "/system/services/toobig").status_code == 204
+
+
 def test_run_refuses_an_event_variable_that_is_not_utf8_in_one_line(tmp_path: Path) -> None:
     script = tmp_path / "script.sh"
     script.write_text("echo ran\n")

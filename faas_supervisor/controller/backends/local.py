@@ -139,13 +139,28 @@ class _Watchdog:
             self.port = free_port()
             started = time.monotonic()
             with open(self.folder / "watchdog.log", "ab") as log:
-                self.process = processes.spawn(
-                    [*self.command, *self._upstream_flags(), "--port", str(self.port),
-                     "--host", HOST],
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
+                try:
+                    self.process = processes.spawn(
+                        [*self.command, *self._upstream_flags(), "--port", str(self.port),
+                         "--host", HOST],
+                        env=self.env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                except (OSError, ValueError) as exc:  # E2BIG: its variables, too large
+                    cannot_start: Exception | None = exc
+                else:
+                    cannot_start = None
+            if cannot_start is not None:
+                # Said, and tried again later: this task ending would leave the service
+                # unanswered for ever, with no word why, and its delete failing.
+                failures += 1
+                delay = min(0.2 * 2**failures, 10.0)
+                logger.error("cannot start the service's watchdog", service=self.name,
+                             error=str(cannot_start), delay=delay)
+                await asyncio.sleep(delay)
+                continue
+            assert self.process is not None
             pid_file = self.pids.record(self.process.pid)
             try:
                 if await self._healthy():
@@ -411,6 +426,8 @@ class LocalBackend:
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
         env = self._env(service)
         env["JOB_UUID"] = job
+        # The event, never a secret of that name (`run` would read it instead).
+        env.pop("EVENT", None)
         # Read here, not in a thread: jobs.submit has just written it (the page cache
         # holds it), and a thread hop costs more than reading 96 KiB from memory.
         data = _small_event(event)
