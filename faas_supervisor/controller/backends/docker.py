@@ -152,9 +152,13 @@ class DockerBackend:
         self.runtime_image = runtime_image
         self.engine_env = dict(engine_env)  # DOCKER_HOST and co., picked by settings.py
         self._client: Any = None
-        # Job log streams each hold a thread until their job ends: a pool of their own,
-        # so that they never starve the loop's default executor.
+        # The engine's calls, in threads of their own: never the loop's default executor.
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="docker")
+        # The streams that hold a thread for as long as they last (the engine's events,
+        # each running job's log): apart, so that however many jobs run, an engine call
+        # (a job's delete, a deploy) never waits for a free thread. Threads are made as
+        # they are needed; the bound is only a backstop.
+        self._streams = ThreadPoolExecutor(max_workers=4096, thread_name_prefix="docker-stream")
         self._replicas: dict[str, list[_Replica]] = {}
         self._by_id: dict[str, _Replica] = {}
         self._turn: dict[str, itertools.count[int]] = {}
@@ -170,6 +174,10 @@ class DockerBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: function(*args, **kwargs))
 
+    async def _stream(self, function: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._streams, lambda: function(*args))
+
     # ---- the engine ---------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -181,7 +189,7 @@ class DockerBackend:
         # The engine tells when a container dies or starts again: a replica is taken out
         # of rotation at once, and checked again when the engine has restarted it.
         self._events = await self._run(self._subscribe, None)
-        self._events_task = asyncio.ensure_future(self._run(self._follow_events))
+        self._events_task = asyncio.ensure_future(self._stream(self._follow_events))
         # Before the jobs of an earlier controller are queued again: their containers go.
         left = await self._run(
             self._client.containers.list, all=True, filters=_selector(component="job")
@@ -249,6 +257,7 @@ class DockerBackend:
         if self._client is not None:
             await self._run(self._client.close)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._streams.shutdown(wait=False, cancel_futures=True)
 
     def _subscribe(self, since: int | None) -> Any:
         filters = {**_selector(), "type": ["container"], "event": ["die", "start"]}
@@ -704,7 +713,7 @@ class DockerBackend:
         create = asyncio.ensure_future(self._run(self._create_job, service, folder, job, event))
         try:
             container_id = await asyncio.shield(create)
-            return await self._run(self._follow_job, container_id, log)
+            return await self._stream(self._follow_job, container_id, log)
         except asyncio.CancelledError:
             # Deleted, or the controller is stopping: the container is stopped (SIGTERM
             # to `run`, SIGKILL after JOB_STOP_TIMEOUT) and removed once its creation has
@@ -736,8 +745,15 @@ class DockerBackend:
                 service.image, command[1:], name=job, entrypoint=command[:1], environment=env,
                 labels=labels, network_mode="host", mounts=mounts, **self._limits(service),
             )
+        except docker.errors.APIError as exc:
+            raise DockerError(f"docker: start job {job} in {service.image}: "
+                              f"{exc.explanation}") from None
+        try:
             container.start()
         except docker.errors.APIError as exc:
+            # Made but not started (an image of another architecture: exec format error):
+            # removed now, not left 'created' under the job's name until the next start.
+            self._remove_container(str(container.id))
             raise DockerError(f"docker: start job {job} in {service.image}: "
                               f"{exc.explanation}") from None
         return str(container.id)
