@@ -521,6 +521,17 @@ async def test_webdav_upload_cut_mid_transfer_leaves_no_file(dav: DavServer,
     assert list((dav.root / "out").iterdir()) == []
 
 
+async def serve(handler: Any) -> tuple[web.AppRunner, str]:
+    """`handler` answering every path and method on a free loopback port; its runner (to
+    clean up) and its URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 class RefusingProxy:
     """In front of wsgidav: the methods of `refuse` answered with their status (a body
     read, nothing forwarded), as an overloaded store or its proxy would; the rest
@@ -535,13 +546,7 @@ class RefusingProxy:
         self.url = ""
 
     async def start(self) -> RefusingProxy:
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve(self._handle)
         self._client = aiohttp.ClientSession(auto_decompress=False)
         return self
 
@@ -606,14 +611,9 @@ async def test_webdav_a_redirect_s_signed_query_never_shows_in_the_error(tmp_pat
         location = "http://[::1/pool/in/x?X-Amz-Signature=SIGSECRET&token=POOLTOKEN"
         return web.Response(status=302, headers={"Location": location})
 
-    app = web.Application()
-    app.router.add_route("*", "/{path:.*}", redirect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner, url = await serve(redirect)
     try:
-        provider = dav_provider(f"http://127.0.0.1:{runner.addresses[0][1]}")
+        provider = dav_provider(url)
         with pytest.raises(StorageError) as failure:
             await provider.download("b", "in/y", tmp_path / "y")
     finally:
