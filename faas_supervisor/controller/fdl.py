@@ -96,8 +96,14 @@ class Service:
 # ---- parsing ---------------------------------------------------------------------------
 
 
-def parse_service(data: Any, where: str = "", *, yaml_scalars: bool = False) -> Service:
+def parse_service(
+    data: Any, where: str = "", *, yaml_scalars: bool = False, stored: bool = False
+) -> Service:
     """A service from the JSON (or FDL) mapping; `where` prefixes the field in errors.
+
+    `stored`: a definition read back from the store, which an older version accepted:
+    the checks added since (what a process can be given) apply to what comes in only,
+    so that a controller still starts with what it stored then.
 
     Types are the OSCAR manager's: its string fields (`cpu`, `memory`, `image`...) take
     JSON strings only, as Go's decoder refuses a number for a string. An FDL file is read
@@ -152,15 +158,15 @@ def parse_service(data: Any, where: str = "", *, yaml_scalars: bool = False) -> 
     except ValueError as exc:
         raise InvalidService(f"{where}.{exc}" if where else str(exc)) from None
 
-    providers = _providers(data.get("storage_providers"), key("storage_providers"))
+    providers = _providers(data.get("storage_providers"), key("storage_providers"), stored)
     inputs = _storage_list(data.get("input"), key("input"), name, providers, yaml_scalars)
     outputs = _storage_list(data.get("output"), key("output"), name, providers, yaml_scalars)
 
     environment = _mapping(data.get("environment"), key("environment"))
     variables = _environment(environment.get("variables"), key("environment.variables"),
-                             yaml_scalars)
+                             yaml_scalars, stored)
     secrets = _environment(environment.get("secrets"), key("environment.secrets"),
-                           yaml_scalars)
+                           yaml_scalars, stored)
 
     isolation = text(_or_default(data.get("isolation_level"), "SERVICE"),
                      key("isolation_level")).upper()
@@ -324,7 +330,7 @@ def _merge_providers(shared: Mapping[str, Any], own: Mapping[str, Any]) -> dict[
     return merged
 
 
-def _providers(raw: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
+def _providers(raw: Any, where: str, stored: bool) -> dict[str, dict[str, dict[str, Any]]]:
     providers: dict[str, dict[str, dict[str, Any]]] = {}
     for ptype, by_id in _mapping(raw, where).items():
         if ptype not in REQUIRED_PROVIDER_KEYS or ptype == "local":
@@ -337,7 +343,7 @@ def _providers(raw: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
                     if values.get(required) in (None, ""):
                         raise InvalidService(f"{where}.{ptype}.{pid}.{required}: missing")
                 # As the runtime reads them (config.py): refused here, not by every job.
-                for key, value in values.items():
+                for key, value in values.items() if not stored else ():
                     if not isinstance(value, str | int | float):  # (a bool is an int)
                         raise InvalidService(
                             f"{where}.{ptype}.{pid}.{key}: must be a string or a number")
@@ -479,11 +485,11 @@ _VARIABLE_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 VARIABLE_MAX = 128 * 1024
 
 
-def _environment(value: Any, where: str, scalars: bool) -> dict[str, str]:
+def _environment(value: Any, where: str, scalars: bool, stored: bool) -> dict[str, str]:
     """Variables for the script's environment: refused here, one line naming the one,
     rather than by the process start of every job (a name with `=`, a NUL)."""
     out = _string_map(value, where, scalars)
-    for name, text in out.items():
+    for name, text in out.items() if not stored else ():
         if not _VARIABLE_NAME.fullmatch(name):
             raise InvalidService(f"{where}: {name!r} is not a variable name (letters, digits, "
                                  "'_', '-', '.', not starting with a digit)")
@@ -637,7 +643,7 @@ def to_record(service: Service) -> str:
 
 def from_record(text: str) -> Service:
     data = strict_json.loads(text)
-    return parse_service(data).with_token(data.get("token", ""))
+    return parse_service(data, stored=True).with_token(data.get("token", ""))
 
 
 def go_json(value: Any) -> bytes:

@@ -509,6 +509,39 @@ async def test_a_refused_create_leaves_a_bucket_another_create_uses(
     assert the_api.store.service("svcb") is not None
 
 
+async def test_a_refused_create_leaves_a_bucket_a_create_in_progress_uses(
+    api: tuple[TestClient, Api, FakeBackend], tmp_path: Path,
+) -> None:
+    """As above, the other create not stored yet (between its buckets and its store):
+    its claim keeps the bucket (a review found it removed)."""
+    client, the_api, backend = api
+    backend.refuse = {"broken"}
+    backend.gate = asyncio.Event()
+    shared = [{"storage_provider": "minio", "path": "shared/in"}]
+    attaching, attached = asyncio.Event(), asyncio.Event()
+    attach = the_api.intake.attach
+
+    async def slow_attach(service: Service, fallback: bool = False) -> Any:
+        if service.name == "svcb":
+            attaching.set()
+            await attached.wait()
+        return await attach(service, fallback)
+
+    the_api.intake.attach = slow_attach  # type: ignore[method-assign]
+    first = asyncio.ensure_future(client.post(
+        "/system/services", json={**definition("svca", image="broken"), "input": shared},
+        headers=AUTH))
+    await backend.deploying.wait()  # svca made the bucket, and waits in its deploy
+    second = asyncio.ensure_future(client.post(
+        "/system/services", json={**definition("svcb"), "input": shared}, headers=AUTH))
+    await attaching.wait()  # svcb past its buckets, not stored yet
+    backend.gate.set()
+    assert (await first).status == 400
+    attached.set()
+    assert (await second).status == 201
+    assert (tmp_path / "storage" / "shared" / "in").is_dir()
+
+
 async def test_a_job_accepted_during_a_refused_create_goes_with_it(
     api: tuple[TestClient, Api, FakeBackend], tmp_path: Path,
 ) -> None:

@@ -305,3 +305,20 @@ def test_go_json_is_compact_and_escapes_like_go() -> None:
     text = go_json({"a": [1, 2], "s": "x > y & <z> é"}).decode()
     assert text == '{"a":[1,2],"s":"x \\u003e y \\u0026 \\u003cz\\u003e é"}'
     assert json.loads(text)["s"] == "x > y & <z> é"
+
+
+def test_a_definition_stored_by_an_older_version_still_loads() -> None:
+    """What an older version stored (a secret named `MY KEY`, a provider setting that is
+    a list) is read back as it was: the checks added since apply to what comes in. The
+    controller refused to start on such a store (a review found it)."""
+    from faas_supervisor.controller.fdl import from_record
+
+    record = {**base(), "token": "t0k",
+              "environment": {"secrets": {"MY KEY": "v"}, "variables": {"1ST": "x"}},
+              "storage_providers": {"s3": {"x": {"access_key": "a", "secret_key": "s",
+                                                 "tags": ["t"]}}}}
+    service = from_record(json.dumps(record))
+    assert service.secrets == {"MY KEY": "v"} and service.variables == {"1ST": "x"}
+    assert service.token == "t0k"
+    with pytest.raises(InvalidService):
+        parse_service(record)

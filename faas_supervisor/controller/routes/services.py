@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator
 from http import HTTPStatus
@@ -34,6 +35,8 @@ class ServiceRoutes(Routes):
     def __init__(self, api: Api) -> None:
         super().__init__(api)
         self.names = NameLocks()
+        # The buckets of the creates and updates in progress, counted per request.
+        self._claimed: collections.Counter[str] = collections.Counter()
 
     async def list_services(self, request: web.Request) -> web.Response:
         return json_response([await self._json(s, request) for s in self.api.store.services()])
@@ -53,7 +56,7 @@ class ServiceRoutes(Routes):
     async def create_service(self, request: web.Request) -> web.Response:
         api = self.api
         service = parse_service_json(await request.read()).with_token(new_token())
-        async with self.names.hold(service.name):
+        async with self.names.hold(service.name), self._claiming(service):
             if api.store.service(service.name) is not None:
                 raise Conflict("A service with the provided name already exists")
             await api.backend.check(service)  # refused with nothing made or stored
@@ -84,7 +87,7 @@ class ServiceRoutes(Routes):
     async def update_service(self, request: web.Request) -> web.Response:
         api = self.api
         new = parse_service_json(await request.read())
-        async with self.names.hold(new.name):
+        async with self.names.hold(new.name), self._claiming(new):
             old = api.store.service(new.name)
             if old is None:
                 raise NotFound()
@@ -160,17 +163,29 @@ class ServiceRoutes(Routes):
             ) from None
         return made
 
+    @contextlib.asynccontextmanager
+    async def _claiming(self, service: Service) -> AsyncIterator[None]:
+        """The service's buckets claimed while its request goes on: another request's
+        clean-up leaves them (a create under another name may not be stored yet)."""
+        names = {p.bucket for p in on_default_provider((*service.input, *service.output))}
+        self._claimed.update(names)
+        try:
+            yield
+        finally:
+            self._claimed.subtract(names)
+            self._claimed += collections.Counter()  # drops the counts back at zero
+
     async def _remove_buckets(self, made: list[str]) -> None:
         """Undo _make_buckets for a request that failed: each bucket it made goes, with the
-        folders in it, unless a stored service uses it (one created at the same time under
-        another name) or anything but folders has come into it meanwhile."""
+        folders in it, unless a stored service uses it, another request in progress claims
+        it (creates under two names at once), or anything but folders has come into it."""
         buckets = self.api.buckets
-        used = {path.bucket for other in self.api.store.services()
-                for path in on_default_provider((*other.input, *other.output))}
         for bucket in made:
-            if bucket in used:
-                continue
             try:
+                used = any(bucket == path.bucket for other in self.api.store.services()
+                           for path in on_default_provider((*other.input, *other.output)))
+                if used or self._claimed[bucket] > 1:  # (this request's own claim is 1)
+                    continue
                 await asyncio.to_thread(buckets.remove_if_empty, bucket)
             except Exception as exc:  # the answer says why the request failed, not this
                 logger.warning("cannot remove a bucket made for a failed request",
