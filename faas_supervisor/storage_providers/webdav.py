@@ -5,7 +5,7 @@ scheme it means HTTPS, as dCache's WebDAV doors serve it. Missing folders are ma
 MKCOL when a PUT answers 409 (RFC 4918: the parent collection does not exist). An
 upload asks first what the key holds (HEAD); a PUT that fails for good is followed by a
 DELETE of what it left there, so that no partial file stays behind, while an object that
-was there before and that the failed PUT left unchanged stays.
+was there before stays unless it is known to have changed (never lost).
 """
 
 from __future__ import annotations
@@ -103,19 +103,21 @@ class WebDavProvider:
         """DELETE what the failed upload left at the key, until it is gone: the server may
         still be finishing the cut PUT (and writing what it got) when the DELETE arrives,
         so one DELETE is not enough. The object that was there before (a 503 refused every
-        PUT) stays if it is unchanged; nothing is done before the first PUT. A version
-        that cannot be told (no HEAD, none of its headers) is taken as changed."""
+        PUT) stays unless it is known to have changed: an object whose version cannot be
+        told (HEAD not allowed, or failing now) is left, never lost. Where there was none,
+        what is there goes. Nothing is done before the first PUT."""
         if not before:
             return
+        was = before[0]
         for attempt in range(PARTIAL_CLEANUP_ATTEMPTS):
             try:
                 now = await _version(session, url)
-            except (aiohttp.ClientError, TimeoutError):
-                now = UNKNOWN  # the server may be settling: DELETE anyway, as before
+            except (HttpFailure, aiohttp.ClientError, TimeoutError):
+                now = UNKNOWN
             if now is None:
                 return
-            if now == before[0] and now != UNKNOWN:
-                return  # the object found there, untouched
+            if was is not None and (now == was or UNKNOWN in (now, was)):
+                return  # the object found there: unchanged, or not known to be changed
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.delete(url) as response:
                     await response.read()
@@ -137,12 +139,15 @@ class WebDavProvider:
 
 
 async def _version(session: aiohttp.ClientSession, url: URL) -> Version | None:
-    """The version of the object at `url`; None when there is none; UNKNOWN when HEAD
-    does not tell (another status: a redirect, 403, 405), which never fails the upload:
-    the PUT's own answer decides."""
+    """The version of the object at `url`; None when there is none. A store that is
+    down or busy (5xx, 429) or refuses the login (401) fails as any request; another
+    status (a redirect, 403, 405) gives UNKNOWN and never fails the upload: the PUT's
+    own answer decides."""
     async with session.head(url) as response:
         if response.status == 404:
             return None
+        if response.status in (401, 429) or response.status >= 500:
+            http.expect(response, (200,))
         if response.status != 200:
             return UNKNOWN
         headers = response.headers

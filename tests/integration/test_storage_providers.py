@@ -569,14 +569,18 @@ class RefusingProxy:
                                          if k.lower() in ("etag", "last-modified")})
 
 
+@pytest.mark.parametrize("refused", [{"PUT": 503}, {"HEAD": 405, "PUT": 503},
+                                     {"HEAD": 503}])
 async def test_webdav_upload_refused_leaves_the_object_that_was_there(
-    dav: DavServer, tmp_path: Path,
+    dav: DavServer, tmp_path: Path, refused: dict[str, int],
 ) -> None:
     """A PUT answered 503 each time wrote nothing: the object the key held stays. The
-    clean-up of a failed upload once DELETEd it, the last good result lost."""
+    clean-up of a failed upload once DELETEd it, the last good result lost; so did it
+    when HEAD could not tell the object's version (405), and a HEAD answered 503 fails
+    the upload before any PUT (a review found both)."""
     (dav.root / "out").mkdir()
     (dav.root / "out" / "r.txt").write_bytes(b"previous good result")
-    proxy = await RefusingProxy(dav.url, {"PUT": 503}).start()
+    proxy = await RefusingProxy(dav.url, refused).start()
     try:
         provider = dav_provider(proxy.url)
         (tmp_path / "r.txt").write_bytes(b"new result")
@@ -586,6 +590,7 @@ async def test_webdav_upload_refused_leaves_the_object_that_was_there(
     finally:
         await proxy.close()
     assert "DELETE" not in proxy.methods
+    assert ("PUT" in proxy.methods) == ("PUT" in refused)
     assert (dav.root / "out" / "r.txt").read_bytes() == b"previous good result"
 
 
