@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import (
@@ -112,7 +114,7 @@ def declare_arguments(service: argparse.ArgumentParser) -> None:
 
 
 def connection(args: argparse.Namespace, environ: Mapping[str, str]) -> Connection:
-    from urllib.parse import unquote, urlsplit
+    from urllib.parse import unquote
 
     from faas_supervisor.api_client import Connection
 
@@ -120,18 +122,20 @@ def connection(args: argparse.Namespace, environ: Mapping[str, str]) -> Connecti
     user = args.user if args.user is not None else environ.get("FAAS_USER")
     password = args.password if args.password is not None else environ.get("FAAS_PASSWORD")
     # Credentials in the URL (`http://user:password@host`) are taken as --user and
-    # --password, and the URL kept without them: no message ever shows them.
-    parts = urlsplit(endpoint)
-    if "@" in parts.netloc:
-        userinfo, _, host = parts.netloc.rpartition("@")
-        endpoint = parts._replace(netloc=host).geturl()
+    # --password, and the URL kept without them: no message ever shows them. They are
+    # what comes before the last `@` (a password may hold `/`, `#`, `?` or `@`, which a
+    # URL parser would take for the end of the host): an endpoint's path has none.
+    scheme, separator, rest = endpoint.rpartition("://")
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        endpoint = f"{scheme}{separator}{rest}"
         if user is not None or password is not None:
             raise ConfigError(f"--endpoint {endpoint}: has credentials of its own, and "
                               "--user or --password (or FAAS_USER, FAAS_PASSWORD) are given "
                               "too: give them one way")
         named, colon, secret = userinfo.partition(":")
         user, password = unquote(named) or None, unquote(secret) if colon else None
-    if not re.match(r"https?://", endpoint):
+    if not re.match(r"https?://", endpoint, re.IGNORECASE):
         raise ConfigError(f"--endpoint {endpoint}: must start with http:// or https://")
     return Connection(endpoint=endpoint, user=user, password=password)
 
@@ -325,9 +329,15 @@ async def _write_file(path: Path, chunks: AsyncIterator[bytes], raw: bool) -> No
     except OSError as exc:
         raise ConfigError(f"--output {path}: {exc.strerror}") from None
     try:
-        # The mode a new file gets (0666 less the umask), not mkstemp's 0600: the result
-        # is for whoever would read a file the user wrote.
-        os.fchmod(fd, 0o666 & ~_umask())
+        # The mode of the file it replaces, or the one a new file gets (0666 less the
+        # umask), not mkstemp's 0600: as a shell's `>` would leave it. A file system
+        # without modes keeps its own.
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            mode = 0o666 & ~_umask()
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as sink:
             await write_result(chunks, sink, raw=raw)
         os.replace(temporary, path)

@@ -512,6 +512,10 @@ def test_run_raw_answers_are_not_decoded(faas: Any, fake: FakeController,
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    # A file replaced keeps its own mode, a private one too (as a shell's `>`).
+    out.chmod(0o600)
+    assert faas("run", "zip", "--text-input", "x", "-o", str(out)).status == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
 def test_run_failure_is_one_line_and_writes_no_output(faas: Any, fake: FakeController,
@@ -573,10 +577,15 @@ def test_credentials_in_the_endpoint_are_used_and_never_shown(
     capsysbinary.readouterr()
     assert cli.main(["service", "list", "--endpoint", "http://alice:S3cretPW@127.0.0.1:9"]) == 1
     assert cli.main(["service", "list", "--endpoint", "ftp://alice:S3cretPW@h"]) == 2
+    # A password with `/` or `#`, which a URL parser takes for the host's end, and no
+    # scheme at all (a review found these shown).
+    assert cli.main(["service", "list", "--endpoint", "http://alice:S3c/re#tPW@127.0.0.1:9"]
+                    ) == 1
+    assert cli.main(["service", "list", "--endpoint", "alice:S3cretPW@127.0.0.1:9"]) == 2
     monkeypatch.setenv("FAAS_PASSWORD", "x")
     assert cli.main(["service", "list", "--endpoint", f"http://alice:S3cretPW@{host}"]) == 2
     err = capsysbinary.readouterr().err.decode()
-    assert "S3cretPW" not in err and "Traceback" not in err
+    assert "S3cretPW" not in err and "S3c/re#tPW" not in err and "Traceback" not in err
     assert err.splitlines()[-1] == (
         f"faas-supervisor: error: --endpoint http://{host}: has credentials of its own, and "
         "--user or --password (or FAAS_USER, FAAS_PASSWORD) are given too: give them one way")
