@@ -103,12 +103,19 @@ class OnedataProvider:
 
         async def send(url: Any, ok: tuple[int, ...]) -> None:
             with open(src, "rb") as body:
-                async with session.put(url, data=body, headers=headers) as response:
-                    await response.read()
-                    http.expect(response, ok)
+                try:
+                    async with session.put(url, data=body, headers=headers) as response:
+                        await response.read()
+                        http.expect(response, ok)
+                except aiohttp.ClientConnectorError:
+                    raise  # never connected: nothing sent
+                except (aiohttp.ClientError, TimeoutError):
+                    writing.append("cut")  # part of the body may have been written
+                    raise
 
         # What the PUTs do, once known: "create" a file, or "replace" the content of the
-        # file found there (for the clean-up of a failed upload).
+        # file found there; "cut" once an attempt was cut part way (for the clean-up of a
+        # failed upload).
         writing: list[str] = []
         async with self._session() as session, http.upload_failures(
             f"{self.name}: cannot upload {bucket}/{key}",
@@ -131,12 +138,13 @@ class OnedataProvider:
         self, session: aiohttp.ClientSession, path: str, writing: list[str],
         failure: HttpFailure | None,
     ) -> None:
-        """The file the failed upload made goes. A file it found stays when the store
-        answered each attempt with an error (a 503: nothing written), and goes when the
-        transfer was cut or cancelled (its content replaced by part of ours). Best effort:
-        a store that failed the upload may fail this too."""
-        if not writing or (writing[0] == "replace" and failure is not None
-                           and failure.status is not None):
+        """The file the failed upload made goes. A file it found stays when no attempt
+        was cut part way (each answered with an error status, a 503: nothing written),
+        and goes when one was, or the upload was cancelled (its content replaced by part
+        of ours). Best effort: a store that failed the upload may fail this too."""
+        if not writing:
+            return
+        if writing[0] == "replace" and failure is not None and "cut" not in writing:
             return
         with contextlib.suppress(HttpFailure, aiohttp.ClientError, TimeoutError):
             file_id = await self._lookup(session, path)

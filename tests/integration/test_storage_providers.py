@@ -748,6 +748,49 @@ async def test_onedata_replace_cut_mid_transfer_leaves_no_partial_file(
     assert not target.exists()
 
 
+class CutThenBusy(FakeOneprovider):
+    """The first replaces of a file's content write part of the body, then the
+    connection drops (twice: aiohttp sends a PUT cut on its way once more itself, and
+    tells us nothing of the first); every later one is answered 503 (nothing written)."""
+
+    replaces = 0
+
+    async def update(self, request: web.Request) -> web.StreamResponse:
+        self.replaces += 1
+        path = self._by_id(request.match_info["id"])
+        assert path is not None
+        if self.replaces > 2:
+            async for _chunk in request.content.iter_any():  # read, not kept
+                pass
+            return web.Response(status=503)
+        path.write_bytes(await request.content.readexactly(1 << 20))  # part of ours
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response(status=204)  # never sent
+
+
+async def test_onedata_replace_cut_once_then_refused_leaves_no_partial_file(
+    tmp_path: Path,
+) -> None:
+    """The clean-up judged the last attempt only (a 503): the first attempt, cut, had
+    already replaced the file's content with part of ours, and that was kept."""
+    server = await CutThenBusy(tmp_path / "onedata", TOKEN, "my space").start()
+    try:
+        target = server.root / "my space" / "out" / "r.bin"
+        target.parent.mkdir(parents=True)
+        target.write_bytes(b"previous good result")
+        provider = onedata_provider(server.url)
+        src = tmp_path / "big.bin"
+        write_random(src, 4 * MiB)
+        with pytest.raises(StorageError, match=r"onedata\.od1: cannot upload out/r\.bin: "
+                                               r"HTTP 503"):
+            await provider.upload(src, "out", "r.bin")
+    finally:
+        await server.close()
+    assert server.replaces >= 3  # (aiohttp may send a PUT cut on its way again itself)
+    assert not target.exists()
+
+
 async def test_onedata_wrong_token(oneprovider: FakeOneprovider, tmp_path: Path) -> None:
     wrong = "MDAx-wrong-token-value"
     provider = onedata_provider(oneprovider.url, token=wrong)
