@@ -352,18 +352,21 @@ async def _print_response(chunks: AsyncIterator[bytes], out: BinaryIO) -> int:
         writing = True
         out.flush()
     except OSError as exc:
-        if not writing:
-            print(f"faas-supervisor: error: cannot read the response: "
-                  f"{exc.strerror or type(exc).__name__}", file=sys.stderr)
-            return 1
-        # What is left unwritten goes to /dev/null, so the interpreter's exit does not
-        # fail a second time.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, out.fileno())
-        os.close(devnull)
-        failure = local_write_error(exc, "the response to standard output")
-        print(f"faas-supervisor: error: {failure.message}", file=sys.stderr)
-        return failure.exit_status
+        if writing:
+            failure = local_write_error(exc, "the response to standard output")
+            message, status = failure.message, failure.exit_status
+        else:
+            message, status = f"cannot read the response: {exc.strerror or exc}", 1
+        print(f"faas-supervisor: error: {message}", file=sys.stderr)
+        try:
+            out.flush()  # what was read goes out
+        except OSError:
+            # A reader gone, a full disk: what is left goes to /dev/null, so that the
+            # interpreter's exit does not fail a second time.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+            os.close(devnull)
+        return status
     return 0
 
 

@@ -227,8 +227,9 @@ class ProxyRunner:
         """One request upstream. A connection the server closes without answering (its
         keep-alive ran out as the request went, or it dropped the request) is tried again
         by aiohttp for idempotent methods only, once (RFC 9112 9.3.1): a POST may have
-        done its work, so it is not sent twice. Pooled connections idle for 1.5 s are
-        dropped before common servers drop theirs (see start)."""
+        done its work, so it is not sent twice, and one that meets a connection the
+        server is closing is a 502. Pooled connections idle for 1.5 s are dropped before
+        common servers drop theirs (see start), which keeps that rare."""
         assert self._session is not None
         return await self._session.request(
             request.method,

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,3 +30,36 @@ def test_an_output_that_cannot_be_read_is_not_called_a_write_failure(
     assert capsys.readouterr().err == (
         "faas-supervisor: error: cannot read the response: Permission denied\n")
     assert out.getvalue() == b"PK\x03\x04"
+
+
+class _FullDisk(io.RawIOBase):
+    """Standard output on a full disk: every write fails (ENOSPC); a real descriptor
+    underneath, which the failure sends to /dev/null."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, _data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+async def _one_chunk() -> AsyncIterator[bytes]:
+    yield b"result"
+
+
+def test_a_full_disk_on_standard_output_is_exit_4_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    with open(tmp_path / "stdout", "wb") as real:
+        out = _FullDisk(real.fileno())
+        status = asyncio.run(cli._print_response(_one_chunk(), out))  # type: ignore[arg-type]
+        assert status == 4
+        assert capsys.readouterr().err == ("faas-supervisor: error: no space left on device "
+                                           "writing the response to standard output\n")
+        assert os.path.samefile(f"/proc/self/fd/{real.fileno()}", os.devnull)

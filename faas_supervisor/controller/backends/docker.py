@@ -753,7 +753,9 @@ class DockerBackend:
         except docker.errors.APIError as exc:
             # Made but not started (an image of another architecture: exec format error):
             # removed now, not left 'created' under the job's name until the next start.
-            self._remove_container(str(container.id))
+            # (An engine that fails that too: the reason given stays this one.)
+            with contextlib.suppress(docker.errors.APIError):
+                self._remove_container(str(container.id))
             raise DockerError(f"docker: start job {job} in {service.image}: "
                               f"{exc.explanation}") from None
         return str(container.id)
