@@ -10,8 +10,8 @@ repeated. Endpoints used, all with the `X-Auth-Token` header:
 * `PUT /data/{space_dir_id}/path/{path}?create_parents=true`: a new regular file, the
   request body its content (fails if the file exists);
 * `PUT /data/{file_id}/content`: replace an existing file's content;
-* `DELETE /data/{file_id}`: remove what a failed upload left (a file it found stays when
-  the store refused each attempt).
+* `DELETE /data/{file_id}`: remove what a failed upload left (a file it found stays
+  unless an attempt was cut part way).
 
 `oneprovider_host` is a host name (HTTPS) or a base URL.
 """
