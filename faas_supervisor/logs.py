@@ -198,9 +198,12 @@ class InvocationLog:
         """`process_level`: the level of the line in the process's log, when not `level`."""
         number = LEVELS[level]
         shown = process_level or level
-        message = _printable(message)
+        to_process = self.echo is None and (_threshold is None or LEVELS[shown] >= _threshold)
         # A line below both levels costs nothing more (a debug line at INFO, say).
-        if self.echo is None and (_threshold is None or LEVELS[shown] >= _threshold):
+        if not to_process and number < self.threshold:
+            return
+        message = _printable(message)
+        if to_process:
             if self._logger is None:
                 self._logger = get_logger(invocation=self.invocation_id)
             getattr(self._logger, shown.lower())(message, **fields)
