@@ -357,6 +357,27 @@ def test_listing_prefix_delimiter_and_pages(endpoint: Endpoint) -> None:
     assert code_of(caught.value)[0] == "InvalidArgument"
 
 
+def test_a_prefix_lists_no_shorter_key(endpoint: Endpoint) -> None:
+    """A file whose key is the start of the prefix asked is not under it: a prefix delete
+    (boto3's `objects.filter(Prefix=...).delete()`) must leave it."""
+    s3 = endpoint.client()
+    bucket = bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    for key in ("input/data.csv", "input/data.csv.old", "input/data.csv.older"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"precious" if key == "input/data.csv" else b"")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="input/data.csv.old")
+    assert [o["Key"] for o in listed["Contents"]] == ["input/data.csv.old",
+                                                      "input/data.csv.older"]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="input/data.csvX",
+                                                Delimiter="/")
+    assert [o["Key"] for o in s3.list_objects(Bucket=bucket, Prefix="input/data.csv.")[
+        "Contents"]] == ["input/data.csv.old", "input/data.csv.older"]
+    boto3.resource("s3", endpoint_url=endpoint.url, aws_access_key_id=endpoint.access_key,
+                   aws_secret_access_key=endpoint.secret_key, region_name="us-east-1",
+                   ).Bucket(bucket).objects.filter(Prefix="input/data.csv.old").delete()
+    assert s3.get_object(Bucket=bucket, Key="input/data.csv")["Body"].read() == b"precious"
+
+
 def test_multipart_upload(endpoint: Endpoint) -> None:
     s3 = endpoint.client()
     bucket = bucket_name()

@@ -558,11 +558,13 @@ class _Walker:
         entries.sort()
         for name, path, is_folder in entries:
             child = key + name
-            if not (child.startswith(self.prefix) or self.prefix.startswith(child)):
-                continue
             if not is_folder:
-                if child > self.after:
+                # A file is listed only under the prefix; a folder is also entered when the
+                # prefix goes on inside it (a file `a` is no key of prefix `ab`).
+                if child.startswith(self.prefix) and child > self.after:
                     yield child, path
+                continue
+            if not (child.startswith(self.prefix) or self.prefix.startswith(child)):
                 continue
             if child <= self.after and not self.after.startswith(child):
                 continue  # everything under it is before `after`
