@@ -596,6 +596,20 @@ def test_keys_never_leave_the_store(endpoint: Endpoint, tmp_path: Path) -> None:
     assert code_of(caught.value) == ("XMinioParentIsObject", 400)
 
 
+def test_a_folder_key_takes_no_bytes(endpoint: Endpoint) -> None:
+    """A PUT to a key ending in `/` with a body is refused, not answered 200 with the bytes
+    dropped; an empty one makes the folder marker."""
+    s3 = endpoint.client()
+    bucket = bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    with pytest.raises(ClientError) as caught:
+        s3.put_object(Bucket=bucket, Key="docs/", Body=b"important data" * 1000)
+    assert code_of(caught.value) == ("InvalidArgument", 400)
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="docs/", Body=b"")
+    assert s3.head_object(Bucket=bucket, Key="docs/")["ContentLength"] == 0
+
+
 # ---- aws-chunked bodies (what SDKs send over TLS, or when told to) --------------------------
 
 

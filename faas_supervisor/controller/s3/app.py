@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -285,8 +286,13 @@ class S3Server:
         content_type = r.headers.get("content-type") or DEFAULT_TYPE
         if r.key.endswith("/"):
             temp = None
+            # A folder marker: its body is read and checked as any object's (signature,
+            # digests), and must be empty: a folder holds no bytes of its own.
+            received = await body.receive(r.request.content, r.headers, signed, Path(os.devnull))
+            if received.size:
+                raise S3Error("InvalidArgument", "A folder key takes no content",
+                              f"/{r.bucket}/{r.key}")
             info = await self._thread(self.objects.make_folder, r.bucket, r.key)
-            await r.request.content.readany()  # a folder marker's empty body
         else:
             temp = await self._thread(self.objects.temporary, r.bucket, r.key)
             try:
