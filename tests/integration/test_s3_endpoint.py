@@ -596,6 +596,24 @@ def test_keys_never_leave_the_store(endpoint: Endpoint, tmp_path: Path) -> None:
     assert code_of(caught.value) == ("XMinioParentIsObject", 400)
 
 
+def test_a_segment_over_255_bytes_is_a_key_too_long(endpoint: Endpoint) -> None:
+    """Each segment of a key is a name on disk: one over 255 bytes is the key's fault (400),
+    never the file system's ENAMETOOLONG as a 500; a listing under it is empty."""
+    s3 = endpoint.client()
+    bucket = bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    for key in ("dir/" + "a" * 256, "é" * 128 + "/x"):
+        for call in (lambda: s3.put_object(Bucket=bucket, Key=key, Body=b"x"),
+                     lambda: s3.get_object(Bucket=bucket, Key=key),
+                     lambda: s3.delete_object(Bucket=bucket, Key=key)):
+            with pytest.raises(ClientError) as caught:
+                call()
+            assert code_of(caught.value) == ("KeyTooLongError", 400), key
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="b" * 300 + "/")
+    assert listed["KeyCount"] == 0
+    s3.put_object(Bucket=bucket, Key="a" * 255, Body=b"x")  # the longest name there is
+
+
 def test_a_folder_key_takes_no_bytes(endpoint: Endpoint) -> None:
     """A PUT to a key ending in `/` with a body is refused, not answered 200 with the bytes
     dropped; an empty one makes the folder marker."""

@@ -42,6 +42,7 @@ DEFAULT_TYPE = "binary/octet-stream"  # what S3 answers for an object put withou
 UPLOADS = ".s3-uploads"
 TEMP_PREFIX = ".s3-tmp-"
 STAGING = ".s3-tmp"  # in each bucket: bodies being received, renamed into place when whole
+NAME_MAX = 255  # bytes in one file name (Linux's file systems)
 MAX_KEY_BYTES = 1024
 MIN_PART = 5 << 20  # every part but the last, as S3 requires
 MAX_PARTS = 10000
@@ -177,6 +178,11 @@ class Objects:
         if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
             raise S3Error("KeyTooLongError", "Your key is too long", resource)
         relative = key[:-1] if key.endswith("/") else key
+        # Each segment is a file or folder name here: longer than a file system takes
+        # (ENAMETOOLONG) it is the key's fault, not the server's.
+        if any(len(s.encode("utf-8", "surrogatepass")) > NAME_MAX for s in relative.split("/")):
+            raise S3Error("KeyTooLongError", f"A segment of the key is over {NAME_MAX} bytes",
+                          resource)
         problem = path_problem(relative)
         if problem is None and any(s.startswith(".") for s in relative.split("/")):
             problem = "must not have a segment starting with '.' (kept for partial uploads)"
@@ -353,9 +359,10 @@ class Objects:
         start, start_key = base, ""
         if folder:
             if path_problem(folder) is not None or any(
-                s.startswith(".") for s in folder.split("/")
+                s.startswith(".") or len(s.encode("utf-8", "surrogatepass")) > NAME_MAX
+                for s in folder.split("/")
             ):
-                return Page([], [], False, "")
+                return Page([], [], False, "")  # no key is under it
             start = base / folder
             if not start.resolve().is_relative_to(base):
                 return Page([], [], False, "")
