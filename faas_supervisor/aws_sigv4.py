@@ -69,7 +69,10 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
 
 
 def string_to_sign(amz_date: str, scope: str, request: str) -> str:
-    return "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(request.encode()).hexdigest()])
+    # surrogateescape: a header value that came as bytes not UTF-8 (aiohttp keeps them as
+    # surrogates) is hashed as those bytes, and simply does not match; never an error.
+    digest = hashlib.sha256(request.encode("utf-8", "surrogateescape")).hexdigest()
+    return "\n".join([ALGORITHM, amz_date, scope, digest])
 
 
 def hmac_hex(key: bytes, text: str) -> str:

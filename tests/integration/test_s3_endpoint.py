@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -27,7 +28,7 @@ from unittest import mock
 import boto3
 import pytest
 import requests
-from botocore.auth import S3SigV4Auth, SigV4Auth
+from botocore.auth import HmacV1Auth, S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
@@ -450,6 +451,28 @@ def test_presigned_urls(endpoint: Endpoint) -> None:
     answer = requests.get(expired, timeout=30)
     assert answer.status_code == 403
     assert b"<Code>AccessDenied</Code><Message>Request has expired</Message>" in answer.content
+
+
+def test_a_signed_header_not_utf8_is_a_signature_mismatch(endpoint: Endpoint) -> None:
+    """A signed header whose value came as Latin-1 bytes (SigV4 and SigV2): 403, not a 500
+    from encoding the canonical request."""
+    bucket = bucket_name()
+    endpoint.client().create_bucket(Bucket=bucket)
+    host, port = endpoint.url.removeprefix("http://").split(":")
+    for auth in (S3SigV4Auth(Credentials(endpoint.access_key, endpoint.secret_key), "s3",
+                             "us-east-1"),
+                 HmacV1Auth(Credentials(endpoint.access_key, endpoint.secret_key))):
+        request = AWSRequest("PUT", f"{endpoint.url}/{bucket}/k", data=b"x",
+                             headers={"x-amz-meta-name": "caf\xe9"})
+        auth.add_auth(request)
+        head = f"PUT /{bucket}/k HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 1\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items()
+                        if k.lower() not in ("host", "content-length"))
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(head.encode("latin-1") + b"\r\nx")
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 403 "), answer[:200]
+        assert b"<Code>SignatureDoesNotMatch</Code>" in answer
 
 
 def test_unsigned_amz_headers_are_refused(endpoint: Endpoint) -> None:

@@ -84,7 +84,9 @@ def verify(
         *(f"{name}:{value}" for name, value in amz),
         resource,
     ])
-    digest = hmac.new(keys.secret_key.encode(), text.encode(), hashlib.sha1).digest()
+    # surrogateescape: see aws_sigv4.string_to_sign.
+    digest = hmac.new(keys.secret_key.encode(), text.encode("utf-8", "surrogateescape"),
+                      hashlib.sha1).digest()
     if not sigv4.same(signature, base64.b64encode(digest).decode()):
         raise S3Error("SignatureDoesNotMatch", "the request signature we calculated does not "
                       "match the signature you provided; check your key and signing method")
