@@ -689,6 +689,11 @@ def test_unsigned_chunks_with_a_trailing_checksum(endpoint: Endpoint) -> None:
     corrupt = encoded.replace(crc, base64.b64encode(b"\0\0\0\0"))
     answer = put(corrupt)
     assert answer.status_code == 400 and b"BadDigest" in answer.content
+    # A size line that is not plain hex (a sign, blanks, `_`): malformed at once. A
+    # negative size read the rest of the body in one piece, into memory.
+    for size in (b"-1", b"+10000", b" 10000", b"1_0000", b""):
+        answer = put(size + encoded[encoded.index(b"\r\n"):])
+        assert answer.status_code == 400 and b"malformed" in answer.content, size
 
 
 def test_signed_chunks(endpoint: Endpoint) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from faas_supervisor.controller.s3.errors import S3Error
 
 PIECE = 1 << 20  # bytes handed to the writing thread at once
 MAX_LINE = 4096  # a chunk's size line, or a trailer's
+HEX_SIZE = re.compile(r"[0-9a-fA-F]{1,16}")  # a chunk's size: under 2**64
 
 
 class _Crc32:
@@ -209,10 +211,11 @@ class _Chunked:
         while True:
             head = (await self._line()).decode("latin-1")
             size_text, _, extension = head.partition(";")
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise S3Error("InvalidArgument", "The aws-chunked body is malformed") from None
+            # Hex digits only: int() would also take a sign, blanks and `_`, and a negative
+            # size would read the rest of the body in one piece.
+            if not HEX_SIZE.fullmatch(size_text):
+                raise S3Error("InvalidArgument", "The aws-chunked body is malformed")
+            size = int(size_text, 16)
             digest = hashlib.sha256()
             left = size
             while left:
