@@ -431,6 +431,20 @@ def test_multipart_upload(endpoint: Endpoint) -> None:
                         Config=boto3.s3.transfer.TransferConfig(multipart_threshold=5 * MIB,
                                                                 multipart_chunksize=5 * MIB))
     assert out.getvalue() == big
+    # The whole object's CRC32 on complete (boto3's ChecksumType="FULL_OBJECT"): it is
+    # the object's, not the XML body's, and no reason to refuse the upload.
+    whole = os.urandom(5 * MIB) + b"tail"
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="full", ChecksumAlgorithm="CRC32",
+                                           ChecksumType="FULL_OBJECT")["UploadId"]
+    etags = [s3.upload_part(Bucket=bucket, Key="full", UploadId=upload_id, PartNumber=n,
+                            Body=data, ChecksumAlgorithm="CRC32")["ETag"]
+             for n, data in ((1, whole[: 5 * MIB]), (2, whole[5 * MIB:]))]
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key="full", UploadId=upload_id, ChecksumType="FULL_OBJECT",
+        ChecksumCRC32=base64.b64encode(zlib.crc32(whole).to_bytes(4, "big")).decode(),
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in
+                                   enumerate(etags, 1)]})
+    assert s3.get_object(Bucket=bucket, Key="full")["Body"].read() == whole
 
 
 def test_presigned_urls(endpoint: Endpoint) -> None:

@@ -134,11 +134,14 @@ async def receive(
     return Received(sink.size, sink.md5.hexdigest())
 
 
-def check_whole(data: bytes, headers: Mapping[str, str], signed: sigv4.Signed) -> None:
+def check_whole(
+    data: bytes, headers: Mapping[str, str], signed: sigv4.Signed, checksums: bool = True
+) -> None:
     """A small body read whole (an XML request: DeleteObjects, CompleteMultipartUpload,
     CreateBucket) checked as `receive` checks a streamed one: its signed SHA-256, then the
-    Content-MD5 and `x-amz-checksum-*` headers declared. aws-chunked is for object data
-    only (no SDK sends it for these requests): refused, never taken unchecked."""
+    Content-MD5 and (unless `checksums` is False: CompleteMultipartUpload's describe the
+    object, not the XML) `x-amz-checksum-*` headers declared. aws-chunked is for object
+    data only (no SDK sends it for these requests): refused, never taken unchecked."""
     if signed.payload in sigv4.STREAMING:
         raise S3Error("InvalidRequest", "aws-chunked bodies are taken for object data only")
     if signed.payload != sigv4.UNSIGNED and hashlib.sha256(data).hexdigest() != signed.payload:
@@ -150,7 +153,7 @@ def check_whole(data: bytes, headers: Mapping[str, str], signed: sigv4.Signed) -
     ):
         raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we "
                       "received.")
-    for name, value in headers.items():
+    for name, value in headers.items() if checksums else ():
         if name.startswith("x-amz-checksum-") and name != "x-amz-checksum-type":
             algorithm = name.removeprefix("x-amz-checksum-")
             hasher = _checksum(algorithm)
