@@ -300,6 +300,38 @@ def test_objects_put_get_head_copy_delete(endpoint: Endpoint) -> None:
     assert s3.list_objects_v2(Bucket=bucket, Prefix="dir/a").get("Contents") is None
 
 
+def test_conditional_writes(endpoint: Endpoint) -> None:
+    """If-None-Match / If-Match on PutObject and CompleteMultipartUpload (boto3's IfNoneMatch,
+    IfMatch): a write whose condition fails replaces nothing."""
+    s3 = endpoint.client()
+    bucket = bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    first = s3.put_object(Bucket=bucket, Key="k", Body=b"first", IfNoneMatch="*")["ETag"]
+    refused = [
+        ({"IfNoneMatch": "*"}, ("PreconditionFailed", 412)),
+        ({"IfMatch": '"00000000000000000000000000000000"'}, ("PreconditionFailed", 412)),
+    ]
+    for condition, answer in refused:
+        with pytest.raises(ClientError) as caught:
+            s3.put_object(Bucket=bucket, Key="k", Body=b"second", **condition)
+        assert code_of(caught.value) == answer, condition
+    with pytest.raises(ClientError) as caught:
+        s3.put_object(Bucket=bucket, Key="absent", Body=b"x", IfMatch=first)
+    assert code_of(caught.value) == ("NoSuchKey", 404)
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"first"
+    s3.put_object(Bucket=bucket, Key="k", Body=b"third", IfMatch=first)
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"third"
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key="k", UploadId=upload_id, PartNumber=1,
+                          Body=b"fourth")["ETag"]
+    with pytest.raises(ClientError) as caught:
+        s3.complete_multipart_upload(
+            Bucket=bucket, Key="k", UploadId=upload_id, IfNoneMatch="*",
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert code_of(caught.value) == ("PreconditionFailed", 412)
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"third"
+
+
 def test_range_reads(endpoint: Endpoint) -> None:
     s3 = endpoint.client()
     bucket = bucket_name()

@@ -23,7 +23,13 @@ from aiohttp import web
 from faas_supervisor.controller.s3 import answers, body, sigv2, sigv4
 from faas_supervisor.controller.s3.answers import element, iso_time
 from faas_supervisor.controller.s3.errors import S3Error
-from faas_supervisor.controller.s3.objects import DEFAULT_TYPE, MAX_PARTS, ObjectInfo, Objects
+from faas_supervisor.controller.s3.objects import (
+    DEFAULT_TYPE,
+    MAX_PARTS,
+    ObjectInfo,
+    Objects,
+    WriteCheck,
+)
 from faas_supervisor.logs import get_logger
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -294,6 +300,9 @@ class S3Server:
                               f"/{r.bucket}/{r.key}")
             info = await self._thread(self.objects.make_folder, r.bucket, r.key)
         else:
+            check = _write_check(r.headers, r.bucket, r.key)
+            if check is not None:  # refused before the body is read; commit checks again
+                check(await self._thread(self.objects.current, r.bucket, r.key))
             temp = await self._thread(self.objects.temporary, r.bucket, r.key)
             try:
                 received = await body.receive(r.request.content, r.headers, signed, temp)
@@ -302,7 +311,7 @@ class S3Server:
                 raise
             info = await self._thread(
                 self.objects.commit, temp, r.bucket, r.key, received.md5, content_type,
-                r.metadata(),
+                r.metadata(), check,
             )
         return web.Response(headers={"ETag": f'"{info.etag}"'})
 
@@ -400,7 +409,8 @@ class S3Server:
         # Its x-amz-checksum-* headers are the assembled object's (full or composite):
         # taken unchecked, as crc32c's are (README).
         wanted = answers.completed_parts(await _read_xml(r, signed, checksums=False))
-        info = await self._thread(self.objects.complete, upload, wanted)
+        info = await self._thread(self.objects.complete, upload, wanted,
+                                  _write_check(r.headers, r.bucket, r.key))
         host = r.headers.get("host", "")
         return answers.xml_response(answers.document("CompleteMultipartUploadResult", [
             element("Location", f"http://{host}/{r.bucket}/{r.key}"),
@@ -520,6 +530,31 @@ def _object_headers(info: ObjectInfo) -> dict[str, str]:
 
 def _etags(value: str) -> Iterable[str]:
     return (v.strip().removeprefix("W/").strip('"') for v in value.split(","))
+
+
+def _write_check(headers: Mapping[str, str], bucket: str, key: str) -> WriteCheck | None:
+    """A conditional write's test (PutObject, CompleteMultipartUpload), as S3's: If-Match
+    needs the object there with one of the ETags (else NoSuchKey, or PreconditionFailed);
+    If-None-Match (`*`, or ETags) refuses a write over an object it matches."""
+    if_match, if_none_match = headers.get("if-match"), headers.get("if-none-match")
+    if if_match is None and if_none_match is None:
+        return None
+
+    def check(current: ObjectInfo | None) -> None:
+        failed = S3Error("PreconditionFailed", "At least one of the pre-conditions you "
+                         "specified did not hold", f"/{bucket}/{key}")
+        if if_match is not None:
+            if current is None:
+                raise S3Error("NoSuchKey", "The specified key does not exist.",
+                              f"/{bucket}/{key}")
+            if not any(t in ("*", current.etag) for t in _etags(if_match)):
+                raise failed
+        if if_none_match is not None and current is not None and any(
+            t in ("*", current.etag) for t in _etags(if_none_match)
+        ):
+            raise failed
+
+    return check
 
 
 def _preconditions(headers: Mapping[str, str], info: ObjectInfo) -> int:

@@ -29,7 +29,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,9 @@ MAX_PARTS = 10000
 COPY_CHUNK = 64 << 20
 LAST = "\U0010ffff"  # above every character: `prefix + LAST` is after every key under it
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+# A write's condition (If-Match, If-None-Match): given the object the write would
+# replace (None: there is none), it raises the S3Error that refuses the write.
+WriteCheck = Callable[["ObjectInfo | None"], None]
 UPLOAD_EXPIRY = 7 * 24 * 3600  # seconds without a new part before an upload is dropped
 
 
@@ -193,6 +196,15 @@ class Objects:
             raise S3Error("InvalidArgument", "The key is outside its bucket", resource)
         return base / relative
 
+    def current(self, bucket: str, key: str) -> ObjectInfo | None:
+        """`key`'s object, or None when there is none."""
+        try:
+            return self.info(bucket, key)
+        except S3Error as error:
+            if error.code != "NoSuchKey":
+                raise
+            return None
+
     def info(self, bucket: str, key: str) -> ObjectInfo:
         path = self.path(bucket, key)
         try:
@@ -246,11 +258,15 @@ class Objects:
         etag: str,
         content_type: str,
         metadata: dict[str, str],
+        check: WriteCheck | None = None,
     ) -> ObjectInfo:
-        """The written `temp` renamed into place as `key` (its description set first)."""
+        """The written `temp` renamed into place as `key` (its description set first), if
+        `check` passes on the object it replaces, at that moment (under the lock)."""
         try:
             _describe(temp, etag, content_type, metadata)
             with self._lock:
+                if check is not None:
+                    check(self.current(bucket, key))
                 return self._rename(temp, bucket, key)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -479,8 +495,13 @@ class Objects:
                                   Path(entry.path)))
         return sorted(found, key=lambda p: p.number)
 
-    def complete(self, upload: Upload, wanted: list[tuple[int, str]]) -> ObjectInfo:
-        """The parts named (number, ETag), in order, joined into the object."""
+    def complete(
+        self, upload: Upload, wanted: list[tuple[int, str]], check: WriteCheck | None = None
+    ) -> ObjectInfo:
+        """The parts named (number, ETag), in order, joined into the object (see commit
+        for `check`)."""
+        if check is not None:  # before the parts are joined; commit checks again
+            check(self.current(upload.bucket, upload.key))
         if not wanted:
             raise S3Error("MalformedXML", "You must specify at least one part")
         numbers = [n for n, _ in wanted]
@@ -509,7 +530,7 @@ class Objects:
             temp.unlink(missing_ok=True)
             raise
         info = self.commit(
-            temp, upload.bucket, upload.key, etag, upload.content_type, upload.metadata
+            temp, upload.bucket, upload.key, etag, upload.content_type, upload.metadata, check
         )
         shutil.rmtree(self.uploads / upload.upload_id, ignore_errors=True)
         return info
