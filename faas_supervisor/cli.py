@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
 
@@ -214,7 +214,27 @@ class Startup(Generic[_Settings]):
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT held from a command's start until its handlers are in place
+    (processes.captured_signals takes them then); the mask as it was on leaving.
+
+    Start-up makes the runtime's folder: a signal taken with its default action before
+    the handlers are there (a job deleted as it starts) would end the process at once
+    and leave the folder behind."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def cmd_watchdog(args: argparse.Namespace) -> int:
+    with signals_held():
+        return _watchdog(args)
+
+
+def _watchdog(args: argparse.Namespace) -> int:
     with collection_paused():  # start-up: imports and the runtime, all long-lived
         import asyncio
 
@@ -245,6 +265,11 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    with signals_held():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     with collection_paused():  # start-up: imports and the runtime, all long-lived
         import asyncio
 

@@ -174,7 +174,7 @@ class RunSettings:
 
     exec_timeout: float = 0.0
     max_body_size: int = 1 << 30
-    tmp_dir: Path = Path(tempfile.gettempdir())
+    tmp_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,9 @@ class WatchdogSettings:
     upstream_port: int = 8081  # http mode: where the user's server listens (on 127.0.0.1)
     upstream_start_timeout: float = 120.0  # http mode: seconds it may take to start listening
     upstream_command: str = ""
-    tmp_dir: Path = Path(tempfile.gettempdir())
+    # A factory, not a value: gettempdir() writes and removes a probe file in TMPDIR,
+    # which a signal at import (before cli.signals_held) could leave behind.
+    tmp_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
 
 
 # ---- parsing helpers -------------------------------------------------------------------

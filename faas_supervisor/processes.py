@@ -583,6 +583,9 @@ def captured_signals() -> Iterator[Stop]:
     previous = {sig: signal.getsignal(sig) for sig in HANDLED_SIGNALS}
     for sig in HANDLED_SIGNALS:
         loop.add_signal_handler(sig, stop._received, sig)
+    # Held by the command until now (cli.signals_held): one that came meanwhile is taken
+    # by the handler at once.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     try:
         yield stop
     finally:

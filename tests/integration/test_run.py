@@ -356,6 +356,34 @@ def test_a_stopped_job_kills_its_script_and_leaves_no_folder(tmp_path: Path, sig
     assert list(tmp.iterdir()) == []
 
 
+def test_a_job_stopped_as_it_starts_leaves_no_folder(tmp_path: Path) -> None:
+    """SIGTERM just after start-up made the runtime's folder, before the handlers are in
+    place (a job deleted as it starts): the signal waits for them, and the folder goes.
+    Python's default action would end `run` at once and leave the folder behind."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("EVENT", "EXEC_TIMEOUT")}
+    # The script as text: start-up writes it into the runtime's folder.
+    env.update({"TMPDIR": str(tmp), "EVENT": "{}",
+                "SCRIPT": base64.b64encode(b"sleep 1000\n").decode()})
+    for _ in range(5):
+        process = subprocess.Popen([*faas_command(), "run"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            # The folder's appearance, seen as soon as can be: signalled in the few
+            # milliseconds before the handlers are in place.
+            while not os.listdir(tmp):
+                assert process.poll() is None, process.communicate()
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode in (128 + signal.SIGTERM, -signal.SIGTERM), stderr
+        assert list(tmp.iterdir()) == [], process.returncode
+
+
 def test_a_relative_tmpdir_gives_the_script_absolute_folders(tmp_path: Path) -> None:
     """The script runs in its input folder: a relative TMPDIR must not reach it as is."""
     (tmp_path / "tmp").mkdir()
