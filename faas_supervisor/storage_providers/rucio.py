@@ -15,7 +15,9 @@ Endpoints used, each with the `X-Rucio-Auth-Token` header:
 * `GET /rses/{rse}/lfns2pfns`: where a new file goes (the RSE's own naming algorithm);
 * `POST /replicas`, then `POST /rules/`: register the file once its bytes are in place
   (what `rucio upload --register-after-upload` does), so that a failed copy leaves no
-  DID and a failed registration no file.
+  DID and a failed registration no file. A DID that exists with the same content gets
+  its rule again (Rucio's DuplicateRule is success): a rule refused the first time
+  (no quota left) is made by the rerun.
 
 Credentials: `username` + `password` (a Rucio token is fetched, and fetched again before
 it expires), or an OIDC `access_token` sent as is. An access token that expires within
@@ -46,7 +48,14 @@ import aiohttp
 from yarl import URL
 
 from faas_supervisor.config import ProviderConfig
-from faas_supervisor.errors import BadEvent, ConfigError, StorageConflict, StorageError
+from faas_supervisor.errors import (
+    NO_SPACE,
+    BadEvent,
+    ConfigError,
+    StorageConflict,
+    StorageError,
+    local_write_error,
+)
 from faas_supervisor.logs import get_logger
 from faas_supervisor.storage_providers import http, partial_path
 from faas_supervisor.storage_providers.http import HttpFailure
@@ -61,6 +70,7 @@ REFRESH_MARGIN = 60.0  # seconds: a token expiring sooner is renewed before use
 USERPASS_LIFETIME = 3600.0  # assumed when the server does not say when its token expires
 FILE_SCHEME = "file"
 CHUNK = 1 << 20
+DUPLICATE_RULE = "DuplicateRule"  # Rucio's ExceptionClass (a 409) for a rule that exists
 
 
 @dataclass(frozen=True)
@@ -142,12 +152,15 @@ class RucioProvider:
             size, adler, md5 = await asyncio.to_thread(checksums, src)
             existing = await self._meta(session, bucket, key)
             if existing is not None:
-                if same_content(existing, size, adler):
-                    _logger.info("DID exists with the same content: not uploaded again",
-                                 provider=self.name, did=did)
-                    return
-                raise StorageConflict(f"{self.name}: cannot upload {did}: the DID exists "
-                                      "with other content (Rucio DIDs are immutable)")
+                if not same_content(existing, size, adler):
+                    raise StorageConflict(f"{self.name}: cannot upload {did}: the DID exists "
+                                          "with other content (Rucio DIDs are immutable)")
+                # An earlier run may have registered the replica and then had its rule
+                # refused (no quota left): the rerun finishes that work.
+                await self._keep(session, bucket, key)
+                _logger.info("DID exists with the same content: not uploaded again",
+                             provider=self.name, did=did)
+                return
             target = await self._new_path(session, bucket, key)
             await asyncio.to_thread(place, src, target)
             replica = {"scope": bucket, "name": key, "bytes": size, "adler32": adler,
@@ -162,11 +175,16 @@ class RucioProvider:
                     if await self._meta(session, bucket, key) is None:
                         target.unlink()
                 raise
-            # A rule keeps the replica from the reaper, as `rucio upload` makes one.
-            await self._call(session, "POST", URL(f"{self._host}/rules/"), {
-                "dids": [{"scope": bucket, "name": key}], "account": self._account,
-                "copies": 1, "rse_expression": self._rse,
-            })
+            await self._keep(session, bucket, key)
+
+    async def _keep(self, session: aiohttp.ClientSession, scope: str, name: str) -> None:
+        """A rule of one copy on the RSE, as `rucio upload` makes: it keeps the replica
+        from the reaper. One that exists already (a rerun, or a retry whose first answer
+        was lost) is what is wanted."""
+        await self._call(session, "POST", URL(f"{self._host}/rules/"), {
+            "dids": [{"scope": scope, "name": name}], "account": self._account,
+            "copies": 1, "rse_expression": self._rse,
+        }, exists_ok=True)
 
     # ---- the catalogue ----------------------------------------------------------------
 
@@ -239,12 +257,15 @@ class RucioProvider:
         return http.session(verify=self._verify)
 
     async def _call(self, session: aiohttp.ClientSession, method: str, url: URL,
-                    body: Any = None, missing_ok: bool = False) -> Any:
-        """One JSON request with retries and a fresh token; None for a 404 if missing_ok."""
+                    body: Any = None, missing_ok: bool = False, exists_ok: bool = False) -> Any:
+        """One JSON request with retries and a fresh token; None for a 404 if missing_ok,
+        and for Rucio's DuplicateRule (409) if exists_ok."""
         async def attempt() -> Any:
             headers = {"X-Rucio-Auth-Token": await self._auth(session)}
             async with session.request(method, url, json=body, headers=headers) as response:
-                if response.status == 404 and missing_ok:
+                duplicate = (response.status == 409
+                             and response.headers.get("ExceptionClass") == DUPLICATE_RULE)
+                if (response.status == 404 and missing_ok) or (duplicate and exists_ok):
                     await response.read()
                     return None
                 await self._check(response)
@@ -366,6 +387,11 @@ class RucioProvider:
             raise StorageError(f"{self.name}: cannot {verb} {scope}:{name}: unexpected "
                                f"answer ({type(exc).__name__})") from None
         except OSError as exc:
+            # A download writes to our disk: full, it is a 507 / exit 4 as with the other
+            # providers. An upload writes to the RSE: its disk full is the store's failure.
+            if verb == "download" and exc.errno in NO_SPACE:
+                raise local_write_error(
+                    exc, f"the download of {scope}:{name} ({self.name})") from None
             raise StorageError(f"{self.name}: cannot {verb} {scope}:{name}: "
                                f"{exc.strerror or type(exc).__name__}") from None
 

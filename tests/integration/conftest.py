@@ -7,6 +7,7 @@ cannot start is a failure with its log, never a silent skip.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -63,6 +64,26 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes] | None = None, time
         time.sleep(0.05)  # polling a socket that has no readiness event to await
     text = log.read_text() if log and log.exists() else ""
     pytest.fail(f"{url} did not answer within {timeout} s:\n{text}")
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, options: str = "size=256k") -> Iterator[Path]:
+    """A tmpfs mounted on the (made) folder `path`, unmounted at the end; a skip with its
+    reason printed when not root (the tests of a full disk need one)."""
+    if os.geteuid() != 0:
+        reason = "mounting a tmpfs needs root; run the tests as root (make test does)"
+        print(reason)
+        pytest.skip(reason)
+    path.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options},mode=0755", "tmpfs",
+                              str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs on {path}: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        # Lazily: a process the test left (it fails the test elsewhere) must not hide why.
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def faas_command() -> list[str]:

@@ -25,6 +25,7 @@ from tests.integration.conftest import (
     WatchdogFactory,
     faas_command,
     free_port,
+    mounted_tmpfs,
     wait_for_http,
 )
 from tests.integration.controller_fixture import (
@@ -78,20 +79,8 @@ class TinyDisk:
 @pytest.fixture
 def tiny_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TinyDisk]:
     """A tmpfs (options by indirect parametrization, else 256 KiB), unmounted at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; run the tests as root (make test does)")
-    options = getattr(request, "param", "size=256k")
-    path = tmp_path / "tiny"
-    path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options},mode=0755", "tmpfs",
-                              str(path)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs on {path}: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", getattr(request, "param", "size=256k")) as path:
         yield TinyDisk(path)
-    finally:
-        # Lazily: a process the test left (it fails the test elsewhere) must not hide why.
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture

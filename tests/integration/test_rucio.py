@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,14 @@ from aiohttp import web
 from faas_supervisor.config import ProviderConfig, Secret
 from faas_supervisor.errors import StorageError
 from faas_supervisor.storage_providers.rucio import DEFAULT_SCOPES, RucioProvider
-from tests.integration.conftest import WatchdogFactory, faas_command, free_port
+from tests.integration.conftest import (
+    WatchdogFactory,
+    faas_command,
+    free_port,
+    mounted_tmpfs,
+)
 from tests.integration.controller_fixture import ControllerFactory
-from tests.integration.rucio_server import RSE, SCOPE, RucioServer, unique
+from tests.integration.rucio_server import ACCOUNT, RSE, SCOPE, RucioServer, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -81,12 +86,16 @@ def write_files(folder: Path, names: list[str]) -> dict[str, bytes]:
 
 
 def uploaded_file(
-    server: RucioServer, tmp_path: Path, did_name: str
+    server: RucioServer, tmp_path: Path, did_name: str, data: bytes | None = None
 ) -> tuple[bytes, dict[str, Any]]:
-    """A file put with `rucio upload`, and the RULE_OK message Rucio recorded once a rule
-    asking to be notified (`--notify Y`) was satisfied."""
+    """A file put with `rucio upload` (`data`, else a short random line), and the RULE_OK
+    message Rucio recorded once a rule asking to be notified (`--notify Y`) was satisfied."""
     base = did_name.rsplit("/", 1)[-1]
-    data = write_files(tmp_path / "src", [base])[base]
+    if data is None:
+        data = write_files(tmp_path / "src", [base])[base]
+    else:
+        (tmp_path / "src").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / base).write_bytes(data)
     server.client("upload", "--rse", RSE, "--scope", SCOPE, "--name", did_name, "--files",
                   str(tmp_path / "src" / base))
     server.client("rule", "add", "-d", f"{SCOPE}:{did_name}", "--rses", f"{RSE}=True",
@@ -228,6 +237,67 @@ def test_the_server_down_at_stage_in_is_exit_3_in_bounded_time(
     assert "rucio.default" in result.stderr and f"{SCOPE}:ds-gone" in result.stderr
     assert "Traceback" not in result.stderr
     assert elapsed < 30, elapsed  # 3 attempts with backoff, not a hang
+
+
+@pytest.fixture
+def tiny_tmpdir(tmp_path: Path) -> Iterator[Path]:
+    """`run`'s TMPDIR (tmp_path/tmp) as a 256 KiB tmpfs, unmounted at the end."""
+    with mounted_tmpfs(tmp_path / "tmp") as folder:
+        yield folder
+
+
+@pytest.mark.reliability(
+    fault="disk full",
+    promise="a Rucio stage-in that fills TMPDIR: exit 4 naming the DID, nothing left behind",
+)
+def test_a_stage_in_that_fills_tmpdir_is_exit_4_naming_the_did(
+    rucio_server: RucioServer, tiny_tmpdir: Path, tmp_path: Path
+) -> None:
+    """Our disk is full, not the store: `run` exits 4 (the watchdog's 507), as with S3."""
+    inp = unique("big")
+    name = f"{inp}/big.bin"
+    _, event = uploaded_file(rucio_server, tmp_path, name, data=os.urandom(2 << 20))
+    script = 'echo "the script ran"\n'
+    result = run(tmp_path, config(rucio_server, f"{SCOPE}/{inp}", unique("out")), event,
+                 script=script)  # run() checks that TMPDIR is left empty
+    assert result.returncode == 4, result.stderr
+    assert (f"no space left on device writing the download of {SCOPE}:{name} "
+            "(rucio.default)") in result.stderr
+    assert "the script ran" not in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_a_rerun_makes_the_rule_a_failed_upload_could_not(
+    rucio_server: RucioServer, tmp_path: Path
+) -> None:
+    """The replica is registered, then its rule is refused (no quota left): the DID
+    exists with no rule. A rerun (same content) must make the rule, not skip the file."""
+    name = f"{unique('norule')}/r.txt"
+    src = tmp_path / "r.txt"
+    src.write_bytes(b"keep me\n")
+    provider = RucioProvider(ProviderConfig("rucio", "default", rucio_server.settings()))
+
+    def rules() -> str:
+        return rucio_server.client("rule", "list", "--did", f"{SCOPE}:{name}")
+
+    def limit(value: str) -> None:
+        rucio_server.client("account", "limit", "add", "--account", ACCOUNT, "--rses", RSE,
+                            "--bytes", value)
+
+    limit("1")
+    try:
+        with pytest.raises(StorageError) as failure:
+            await provider.upload(src, SCOPE, name)
+    finally:
+        limit("infinity")
+    assert "insufficient quota" in str(failure.value), failure.value
+    assert f"{SCOPE}:{name}" not in rules()
+    await provider.upload(src, SCOPE, name)
+    listed = [line.split() for line in rules().splitlines() if f"{SCOPE}:{name}" in line]
+    assert [(row[1], row[4]) for row in listed] == [(ACCOUNT, RSE)], rules()
+    check_output(rucio_server, tmp_path, name, b"keep me\n")
+    # Once more: the rule exists, which is no error and no second rule.
+    await provider.upload(src, SCOPE, name)
+    assert len([line for line in rules().splitlines() if f"{SCOPE}:{name}" in line]) == 1
 
 
 def test_an_access_token_that_cannot_be_refreshed_is_a_clear_error(
