@@ -164,7 +164,11 @@ async def zip_chunks(outputs: Sequence[OutputFile]) -> AsyncIterator[bytes]:
                 writer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1
             ) as zf:
                 for output in outputs:
-                    info = zipfile.ZipInfo.from_file(output.path, output.relative)
+                    # Not strict: a file dated before 1980 or after 2107 (`touch -d @0`, files
+                    # from a reproducible build) is dated at the nearest end, not a broken
+                    # answer after its 200.
+                    info = zipfile.ZipInfo.from_file(output.path, output.relative,
+                                                     strict_timestamps=False)
                     info.compress_type = zipfile.ZIP_DEFLATED
                     fd = os.open(output.path, os.O_RDONLY | os.O_NOFOLLOW)
                     with os.fdopen(fd, "rb") as src, zf.open(info, "w") as dest:

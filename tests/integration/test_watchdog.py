@@ -152,6 +152,9 @@ case "$Http_X_Mode" in
     echo a > "$TMP_OUTPUT_DIR/a.txt"
     echo b > "$TMP_OUTPUT_DIR/sub/b.txt"
     echo c > "$TMP_OUTPUT_DIR/sub/deeper/c.txt" ;;
+  dated)
+    echo old > "$TMP_OUTPUT_DIR/old.txt"; touch -d @0 "$TMP_OUTPUT_DIR/old.txt"
+    echo new > "$TMP_OUTPUT_DIR/new.txt"; touch -d 2200-01-01 "$TMP_OUTPUT_DIR/new.txt" ;;
   none)
     echo "out 1"; echo "err 1" >&2; echo "out 2" ;;
   fail)
@@ -404,6 +407,17 @@ def test_several_output_files_raw_zip_with_accept_zip(shared: WatchdogProcess) -
     assert response.headers["Content-Type"] == "application/zip"
     archive = zipfile.ZipFile(io.BytesIO(response.content))
     assert {name: archive.read(name) for name in archive.namelist()} == MANY
+
+
+def test_files_dated_outside_zips_range_are_zipped(shared: WatchdogProcess) -> None:
+    """A ZIP dates files from 1980 to 2107: one dated 1970 (`touch -d @0`, a reproducible
+    build's files) or 2200 is dated at the nearest end, not an answer cut after its 200."""
+    response = post(shared, "dated", b"{}", headers={"Accept": "application/zip"})
+    assert response.status_code == 200
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert archive.testzip() is None
+    assert {i.filename: (archive.read(i), i.date_time[0]) for i in archive.infolist()} == {
+        "old.txt": (b"old\n", 1980), "new.txt": (b"new\n", 2107)}
 
 
 def test_response_headers(shared: WatchdogProcess) -> None:
