@@ -23,6 +23,7 @@ from aiohttp import web
 
 from faas_supervisor.config import Mode, WatchdogSettings
 from faas_supervisor.errors import (
+    BadEvent,
     ConfigError,
     FaasError,
     PayloadTooLarge,
@@ -131,6 +132,8 @@ class Watchdog:
         if self.proxy is not None:
             with self._tracked(asyncio.current_task()):
                 return await self.proxy.forward(request)
+        if "\0" in request.path:  # `%00`, decoded: no environment variable can hold it
+            return refusal(BadEvent("request path holds a NUL byte (%00)"), close=True)
         limit = self.settings.max_body_size
         if limit and (request.content_length or 0) > limit:
             return refusal(PayloadTooLarge(f"request body is over max_body_size ({limit} bytes)"))

@@ -302,6 +302,18 @@ def test_anything_else_is_400_and_the_script_does_not_run(shared: WatchdogProces
     assert (shared.tmpdir.parent / "marks" / f"ran-{token}").exists()
 
 
+def test_a_path_with_a_nul_byte_is_400(shared: WatchdogProcess) -> None:
+    """`%00` in the path is decoded into Http_Path, which no environment can hold: a 400
+    with its reason, not aiohttp's bare 500 from the spawn."""
+    token = uuid.uuid4().hex
+    response = post(shared, "touch", b"{}", path="/a%00b", headers={"X-Token": token})
+    assert response.status_code == 400
+    assert response.text == "request path holds a NUL byte (%00)\n"
+    no_folders_left(shared)
+    assert not (shared.tmpdir.parent / "marks" / f"ran-{token}").exists()
+    assert post(shared, "touch", b"{}", path="/a%01b", headers={"X-Token": token}).ok
+
+
 # ---- SPEC 4.1: the script's environment ------------------------------------------------
 
 
