@@ -86,6 +86,7 @@ async def _read_body(
     total = 0
     head = bytearray()  # the first bytes, kept for JSON and for EVENT
     pending = bytearray()  # what came while only blanks had come
+    flushed = False  # whether blanks went to the file meanwhile
     mode = "raw" if raw else "undecided"
     sink: _Base64Sink | None = None
     first = b""
@@ -102,13 +103,19 @@ async def _read_body(
                 first = bytes(pending).lstrip(WHITESPACE)[:1]
                 if not first:
                     if len(pending) > AMBIGUOUS_HEAD:
-                        raise BadEvent("request body is blank")
+                        # Many blanks, and maybe nothing else (an empty body): into the
+                        # file, not memory, as a JSON body after them would be saved.
+                        out.write(pending)
+                        pending, flushed = bytearray(), True
                     continue
                 data, pending = bytes(pending), bytearray()
                 if first in JSON_ONLY_STARTS:
                     mode = "json"
                     out.write(data)
                 else:
+                    if flushed:  # base64's blanks are no part of what it decodes to
+                        out.seek(0)
+                        out.truncate()
                     mode = "ambiguous"
                     sink = _Base64Sink(out)
                     sink.feed(data)

@@ -114,6 +114,25 @@ def test_json_is_saved_byte_for_byte(tmp_path: Path, body: bytes) -> None:
         assert input_files(folder) == [event.input_file]
 
 
+def test_many_blanks_then_anything_or_nothing(tmp_path: Path) -> None:
+    """Blanks past what is kept in memory: still empty alone (README: blank bodies are
+    empty), JSON after them byte for byte, base64 after them decoded alone."""
+    blanks = b" \n" * AMBIGUOUS_HEAD
+    for name, tail, kind, saved in [("none", b"", "empty", None),
+                                    ("json", b'{"late": 1}', "json", blanks + b'{"late": 1}'),
+                                    ("base64", base64.b64encode(b"late"), "base64", b"late")]:
+        folder = tmp_path / name
+        folder.mkdir()
+        event = read(sizes_split(blanks + tail, 10_000), folder)
+        assert event.kind == kind, name
+        if saved is None:
+            assert input_files(folder) == []
+        else:
+            assert event.input_file is not None
+            assert event.input_file.read_bytes() == saved, name
+            assert input_files(folder) == [event.input_file]
+
+
 def test_input_file_names_are_unique(tmp_path: Path) -> None:
     first = read([b"[1]"], tmp_path)
     second = read([b"[2]"], tmp_path)
