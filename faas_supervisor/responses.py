@@ -105,7 +105,23 @@ def logs_body(invocation: Invocation, first_line: str | None) -> Body:
 
 
 def _accepts(accept: str, media_type: str) -> bool:
-    return any(part.split(";", 1)[0].strip() == media_type for part in accept.split(","))
+    """Whether `accept` names `media_type` itself (names are case-insensitive) with a
+    weight above 0: `q=0` says "not acceptable" (RFC 9110, 12.4.2)."""
+    for part in accept.split(","):
+        name, *parameters = part.split(";")
+        if name.strip().lower() != media_type:
+            continue
+        weight = "1"
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip().lower() == "q":
+                weight = value.strip()
+        try:
+            if float(weight) > 0:
+                return True
+        except ValueError:  # a malformed weight: the type is still named
+            return True
+    return False
 
 
 async def file_chunks(path: Path, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:

@@ -88,7 +88,8 @@ class ForkRunner:
             body = failure_body(invocation, outcome.error)
             status = outcome.error.http_status
         else:
-            body = success_body(invocation, request.headers.get("Accept", ""))
+            # Every Accept header: a client may send the list in several (RFC 9110, 5.3).
+            body = success_body(invocation, ",".join(request.headers.getall("Accept", ())))
             status = 200
         return await self._send(request, invocation, status, body)
 

@@ -401,6 +401,36 @@ def test_one_output_file_raw_with_accept_octet_stream(shared: WatchdogProcess) -
     assert response.content == data
 
 
+@pytest.mark.parametrize(("accept", "raw"), [
+    ("Application/Octet-Stream", True),  # media types are case-insensitive
+    ("text/plain;q=0.5, application/octet-stream;q=0.9", True),
+    ("application/octet-stream;q=0", False),  # q=0: "not acceptable" (RFC 9110)
+    ("text/plain, application/octet-stream; q=0.000", False),
+    ("application/octet-streams", False),
+])
+def test_accept_is_read_as_rfc_9110_says(shared: WatchdogProcess, accept: str,
+                                         raw: bool) -> None:
+    data = os.urandom(300)
+    response = post(shared, "copy", data, headers={"Content-Type": "application/octet-stream",
+                                                   "Accept": accept})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == ("application/octet-stream" if raw else TEXT)
+    assert (response.content if raw else b64decode(response.text)) == data
+
+
+def test_accept_in_several_headers(shared: WatchdogProcess) -> None:
+    """Several Accept headers are one list (RFC 9110, 5.3): the second one counts too."""
+    sock = raw_request(shared.port, "POST / HTTP/1.1\nHost: x\nX-Mode: many\n"
+                       "Accept: text/plain\nAccept: application/zip\nContent-Length: 2\n"
+                       "Connection: close\n", b"{}")
+    with sock:
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nContent-Type: application/zip\r\n" in answer
+
+
 MANY = {"a.txt": b"a\n", "sub/b.txt": b"b\n", "sub/deeper/c.txt": b"c\n"}
 
 
