@@ -18,7 +18,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NoReturn, TypeVar
 
 from faas_supervisor import __version__
 from faas_supervisor.config import (
@@ -279,8 +279,20 @@ def _run(args: argparse.Namespace) -> int:
         # to us instead of PID 1, and is killed when the script ends (invocation.py).
         orphans = Orphans()
         startup = Startup(args, load_run_settings, orphans)
+    def stopped(status: int) -> NoReturn:
+        """A job stopped by a signal ends once its script and folders are gone. Threads
+        still blocked on a stalled store (a direct download's read, boto3's retries) are
+        not waited for, as asyncio.run's executor shutdown and the interpreter's exit
+        would (tens of seconds, past the 10 s a backend gives before SIGKILL)."""
+        orphans.kill_all_now()
+        startup.close()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
+
     try:
-        return asyncio.run(_until_signalled(_run_once(args, startup)))
+        return asyncio.run(_until_signalled(_run_once(args, startup), stopped))
     finally:
         orphans.kill_all_now()  # and any left since (stage-out is over): all are its own
         startup.close()
@@ -297,14 +309,16 @@ def cmd_job_runner(args: argparse.Namespace) -> int:
     return serve(args.folder)
 
 
-async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
+async def _until_signalled(
+    work: Coroutine[Any, Any, int], stopped: Callable[[int], NoReturn]
+) -> int:
     """Run `work` until done or until SIGTERM/SIGINT (a job deleted, Ctrl-C).
 
     A signal cancels it, so its cleanup runs: the script's process group is killed and
     the invocation's folders removed (Python's default for SIGTERM would exit at once and
-    leave the script running). The status is then 128 + the signal's number, as a shell's.
-    A second signal changes nothing: there is no drain to skip, the first stopped the
-    script at once.
+    leave the script running). Then `stopped` ends the process with 128 + the signal's
+    number, as a shell's status. A second signal changes nothing: there is no drain to
+    skip, the first stopped the script at once.
     """
     import asyncio
 
@@ -312,9 +326,9 @@ async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
 
     with captured_signals() as stop:
         task = asyncio.ensure_future(work)
-        stopped = asyncio.ensure_future(stop.requested.wait())
-        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
+        signalled = asyncio.ensure_future(stop.requested.wait())
+        await asyncio.wait((task, signalled), return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -323,7 +337,7 @@ async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
             return task.result()
     name = signal.Signals(stop.signal).name
     print(f"faas-supervisor: error: stopped by {name}", file=sys.stderr)
-    return 128 + stop.signal
+    stopped(128 + stop.signal)
 
 
 async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> int:

@@ -7,10 +7,14 @@ goes to standard output, logs to standard error; the exit status is the script's
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -382,6 +386,63 @@ def test_a_job_stopped_as_it_starts_leaves_no_folder(tmp_path: Path) -> None:
                 process.wait()
         assert process.returncode in (128 + signal.SIGTERM, -signal.SIGTERM), stderr
         assert list(tmp.iterdir()) == [], process.returncode
+
+
+@pytest.mark.parametrize("provider", ["minio", "s3"])  # the direct path, then boto3's
+def test_a_job_stopped_during_a_stalled_stage_in_ends_at_once(
+    tmp_path: Path, provider: str
+) -> None:
+    """The store sends a response head and then nothing. SIGTERM: `run` removes its
+    folders and exits 143 at once, without waiting for the thread still blocked on the
+    read (18 s direct, 78 s with boto3's retries): a backend kills at 10 s."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def stall() -> None:
+        with contextlib.suppress(OSError):  # the server closed at the end
+            while True:
+                conn, _ = server.accept()
+                held.append(conn)
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n"
+                             b"Content-Type: application/octet-stream\r\nETag: \"x\"\r\n\r\nabc")
+
+    threading.Thread(target=stall, daemon=True).start()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage_providers:\n  {provider}:\n    default: {{endpoint: {endpoint}, "
+                      "access_key: AKIDEXAMPLE, secret_key: not-a-secret}\n"
+                      f"input:\n  - {{storage_provider: {provider}.default, path: b/in}}\n")
+    source = "aws:s3" if provider == "s3" else "minio:s3"
+    event = json.dumps({"Records": [{"eventSource": source, "s3": {
+        "bucket": {"name": "b"}, "object": {"key": "in/f.txt"}}}]})
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho ran\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("EVENT", "EXEC_TIMEOUT")}
+    env.update({"TMPDIR": str(tmp), "EVENT": event})
+    process = subprocess.Popen([*faas_command(), "run", "--config", str(config), "--script",
+                                str(script)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not held:  # the download's request came: no event to await from here
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no request reached the store"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=8)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        server.close()
+        for conn in held:
+            conn.close()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert b"Traceback" not in stderr and b"ran" not in stderr
+    assert list(tmp.iterdir()) == []
 
 
 def test_a_relative_tmpdir_gives_the_script_absolute_folders(tmp_path: Path) -> None:
