@@ -4,7 +4,8 @@ One boto3 client and one s3transfer `TransferManager` per provider, made at cons
 and shared by every invocation: the manager's own thread pool does the network and disk
 work (multipart both ways, streamed between disk and network), so its size bounds the
 provider's concurrency and the event loop only waits on a future. Failed multipart uploads
-are aborted by s3transfer itself; downloads land in a temporary file renamed at the end.
+are aborted by s3transfer itself; downloads land in a temporary file renamed at the end,
+named by `partial_path` as the direct path's (`_PartialNames`).
 
 The client and the manager are built on first use, once (`_build`), not at construction:
 importing boto3 and building an S3 client costs a few hundred milliseconds and tens of
@@ -23,6 +24,7 @@ import functools
 import stat
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error
 from faas_supervisor.gc_pause import collection_paused
+from faas_supervisor.storage_providers import partial_path
 from faas_supervisor.storage_providers.s3_direct import DirectError, direct
 
 if TYPE_CHECKING:
@@ -258,6 +261,16 @@ def _make_client(
     """A boto3 S3 client for the provider, and the s3transfer manager over it."""
     from botocore.config import Config
     from s3transfer.manager import TransferConfig, TransferManager
+    from s3transfer.utils import OSUtils
+
+    class _PartialNames(OSUtils):  # type: ignore[misc]  # s3transfer has no type hints
+        """s3transfer's file operations, but a download's temporary name fits NAME_MAX
+        bytes: s3transfer cuts `NAME.XXXXXXXX` to 255 *characters*, so a multibyte base
+        name the event parser accepts (up to 255 bytes) failed with "File name too long".
+        """
+
+        def get_temp_filename(self, filename: str) -> str:
+            return str(partial_path(Path(filename), f".{uuid.uuid4().hex[:8]}.part"))
 
     endpoint = config.get("endpoint") or None
     if endpoint and "://" not in endpoint:
@@ -296,7 +309,7 @@ def _make_client(
         # Downloaded chunks waiting for the disk: 128 x 256 KiB at most in memory.
         max_io_queue_size=128,
     )
-    return client, TransferManager(client, transfer_config)
+    return client, TransferManager(client, transfer_config, osutil=_PartialNames())
 
 
 class _ProgressSubscriber:

@@ -418,6 +418,30 @@ async def test_s3_a_file_name_of_255_bytes_downloads(
     assert provider._built is None
 
 
+async def test_s3_a_multibyte_file_name_of_254_bytes_downloads_through_boto3(
+    moto_server: S3Server, s3_factory: S3Factory, tmp_path: Path
+) -> None:
+    """s3transfer cuts its temporary name (`NAME.XXXXXXXX`) to 255 characters, not bytes:
+    this name, which the event parser accepts, once failed with "File name too long"."""
+    provider = s3_factory("s3", moto_server.endpoint)  # an `s3` provider: never direct
+    bucket = new_bucket(moto_server)
+    name = "é" * 127  # 254 bytes
+    moto_server.client().put_object(Bucket=bucket, Key=f"in/{name}", Body=b"multibyte")
+    await provider.download(bucket, f"in/{name}", tmp_path / name)
+    assert provider._built is not None  # boto3's path it was
+    assert (tmp_path / name).read_bytes() == b"multibyte"
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left
+    # A download failing at its last step (the name is a folder's: the rename fails)
+    # leaves neither its temporary file nor anything in the folder.
+    taken = tmp_path / "taken"
+    (taken / name).mkdir(parents=True)
+    (taken / name / "inside").write_bytes(b"")
+    with pytest.raises(StorageError, match=f"s3.default: cannot download {bucket}/in/"):
+        await provider.download(bucket, f"in/{name}", taken / name)
+    assert [p.name for p in taken.iterdir()] == [name]
+    assert [p.name for p in (taken / name).iterdir()] == ["inside"]
+
+
 # ---- WebDAV against wsgidav --------------------------------------------------------------
 
 
