@@ -244,6 +244,40 @@ def test_a_deleted_service_and_a_stopped_controller_leave_no_runner(
     assert [p for p in processes().values() if marker in p.cmdline and p.state != "Z"] == []
 
 
+def test_deleting_a_service_updated_during_a_job_stops_that_job_and_removes_its_folder(
+    controllers: ControllerFactory, marker: str, tmp_path: Path
+) -> None:
+    """The update leaves the job on the runner of the earlier definition, until it is
+    idle. Deleting the service stopped only the current runner: the earlier one and its
+    job ran on, writing into the service's folder while it was removed (a review found
+    `services/NAME/tmp` left behind)."""
+    controller = controllers()
+    started = tmp_path / "started"
+    # Writes into its output folder for ever (in the service's tmp), making the folder
+    # again if it is gone: a job left running while the service's folder is removed
+    # leaves it behind.
+    loop = ('i=0; while :; do i=$((i+1)); '
+            'echo x 2>/dev/null > "$TMP_OUTPUT_DIR/f$i" || mkdir -p "$TMP_OUTPUT_DIR"; '
+            '[ $((i % 200)) = 0 ] && sleep 0.01; done')
+    definition = {"name": "moved", "script": f": > '{started}'\nsh -c '{loop}' {marker}\n"}
+    token = controller.create(definition)["token"]
+    folder = controller.data_dir / "services" / "moved"
+    post_job(controller, "moved", token)
+    wait_until(started.exists, 60, "the job's script", controller)
+    (old,) = runners(controller, "moved")
+    answer = controller.request("PUT", "/system/services",
+                                json={**definition, "script": "echo new\n"})
+    assert answer.status_code == 204, answer.text
+    assert old in runners(controller, "moved") and running_with(marker)  # still on its job
+    assert controller.request("DELETE", "/system/services/moved").status_code == 204
+    # Once the delete has answered, nothing of the service runs: no watchdog, no runner
+    # (the earlier one included), no job's `run`, no script.
+    left = [p.command for p in processes().values()
+            if str(folder).encode() in p.cmdline and p.state != "Z"]
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))[:5]
+    assert (left, running_with(marker), folder.exists(), files) == ([], [], False, [])
+
+
 def test_an_event_that_is_not_utf8_is_refused_in_one_line_as_run_refuses_it(
     controllers: ControllerFactory,
 ) -> None:

@@ -359,8 +359,16 @@ class LocalBackend:
     async def remove(self, name: str) -> None:
         self._stopped.discard(name)
         runner = self._runners.pop(name, None)
+        # Those of its earlier definitions too, as close() stops them: a job still on one
+        # would run on in the folder removed below (delete_service deletes the service's
+        # jobs only once this returns), its files keeping parts of it there.
+        retiring = {r: task for r, task in self._retiring.items() if r.name == name}
+        for task in retiring.values():
+            task.cancel()  # no wait for idle: its runner is stopped here, with its jobs
+        runners = [*([runner] if runner is not None else []), *retiring]
         await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(name, [])),
-                             *([runner.stop()] if runner is not None else []))
+                             *(r.stop() for r in runners))
+        await asyncio.gather(*retiring.values(), return_exceptions=True)
         await asyncio.to_thread(shutil.rmtree, self._folder(name), True)
 
     # ---- the service's watchdogs, as the dashboard sees them -----------------------------
