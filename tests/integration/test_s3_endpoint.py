@@ -521,6 +521,34 @@ def test_a_signed_header_not_utf8_is_a_signature_mismatch(endpoint: Endpoint) ->
         assert b"<Code>SignatureDoesNotMatch</Code>" in answer
 
 
+def test_a_client_that_leaves_mid_body_is_one_log_line(endpoint: Endpoint) -> None:
+    """A PUT cut short, and a GET whose reader leaves: nothing stored, and one line in the
+    log for each, not aiohttp's traceback of a server error."""
+    s3 = endpoint.client()
+    bucket = bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="big", Body=os.urandom(32 * MIB))
+    host, port = endpoint.url.removeprefix("http://").split(":")
+    keys = Credentials(endpoint.access_key, endpoint.secret_key)
+    for method, key, length in (("PUT", "cut", 1 << 20), ("GET", "big", 0)):
+        request = AWSRequest(method, f"{endpoint.url}/{bucket}/{key}",
+                             headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+        S3SigV4Auth(keys, "s3", "us-east-1").add_auth(request)
+        head = f"{method} /{bucket}/{key} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items()
+                        if k.lower() != "host")
+        head += f"Content-Length: {length}\r\n" if length else ""
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(head.encode() + b"\r\n" + (b"x" * 1000 if length else b""))
+            if method == "GET":
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    wait_until(lambda: endpoint.controller.log_text().count("S3 client went away") >= 2, 30,
+               "the two requests' end", endpoint.controller)
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="cut")
+    assert "Traceback" not in endpoint.controller.log_text()
+
+
 def test_unsigned_amz_headers_are_refused(endpoint: Endpoint) -> None:
     """A presigned upload (or a signed request) with an x-amz-* header its signature does
     not cover, a copy source, must not copy another bucket's object."""

@@ -96,8 +96,14 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except S3Error as error:
         return answers.error_response(error, request.method)
-    except (web.HTTPException, asyncio.CancelledError, ConnectionError):
+    except (web.HTTPException, asyncio.CancelledError):
         raise
+    except ConnectionError:
+        # The client went away (a body cut short, a download's socket closed): no one to
+        # answer. Raised on, aiohttp would log it with its traceback as a server's error;
+        # the answer here reaches no one, and aiohttp drops the connection quietly.
+        logger.info("S3 client went away", method=request.method, path=request.path)
+        return web.Response(status=400)
     except Exception:
         logger.exception("S3 request failed", method=request.method, path=request.path)
         internal = S3Error("InternalError", "We encountered an internal error. Please try again.")
