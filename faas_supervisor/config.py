@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import re
 import tempfile
@@ -18,9 +19,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faas_supervisor.errors import ConfigError
+
+if TYPE_CHECKING:
+    import yaml
 
 DEFAULT_CONFIG_PATH = Path("/oscar/config/function_config.yaml")
 DEFAULT_SCRIPT_PATH = Path("/oscar/config/script.sh")
@@ -272,10 +276,34 @@ def parse_ahead(path: Path) -> None:
     import yaml
 
     try:
-        text = path.read_text()
-        _parsed_ahead = (text, yaml.safe_load(text))
-    except (OSError, ValueError, yaml.YAMLError):
+        text = path.read_text(encoding="utf-8")
+        _parsed_ahead = (text, yaml.load(text, Loader=_text_loader()))
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):
         _parsed_ahead = None
+
+
+# The implicit types of YAML 1.1, which yaml.safe_load gives every plain scalar, change
+# what a string field says: `1.10` is 1.1, `01234` is 668 (octal), `1:30` is 90, `yes` is
+# True, `2024-01-01` a date; a variable or a credential would not be what was written.
+# OSCAR's Go readers keep a string field's text, and so does this loader: a plain scalar
+# is its text, but for null (`~`, `null`, nothing: "" in a string field, as in Go) and
+# the merge key `<<`. The few keys that are not strings (file_stage_in, a provider's
+# `verify`) are read from that text by parse_bool.
+_KEPT_RESOLVERS = ("tag:yaml.org,2002:null", "tag:yaml.org,2002:merge")
+
+
+@functools.cache
+def _text_loader() -> type[yaml.SafeLoader]:
+    import yaml
+
+    class TextLoader(yaml.SafeLoader):
+        """safe_load's loader, its plain scalars left as text but for null and `<<`."""
+
+    TextLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag in _KEPT_RESOLVERS]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return TextLoader
 
 
 def _parse_yaml(text: str) -> Any:
@@ -285,22 +313,29 @@ def _parse_yaml(text: str) -> Any:
     ahead, _parsed_ahead = _parsed_ahead, None
     if ahead is not None and ahead[0] == text:
         return ahead[1]
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=_text_loader())
+
+
+def _read_text(path: Path, source: str) -> str:
+    """A config file's text, UTF-8 as FUNCTION_CONFIG's (not the locale's encoding)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
 
 
 def read_config_yaml(config_path: str | None, environ: Mapping[str, str]) -> dict[str, Any]:
     """The raw YAML mapping from the first source found; {} when there is none."""
     if config_path:
-        try:
-            text = Path(config_path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"--config {config_path}: {exc.strerror}") from None
-        source = config_path
+        text, source = _read_text(Path(config_path), f"--config {config_path}"), config_path
     elif environ.get("FUNCTION_CONFIG"):
         text = _b64_text(environ["FUNCTION_CONFIG"], "FUNCTION_CONFIG")
         source = "FUNCTION_CONFIG"
     elif DEFAULT_CONFIG_PATH.is_file():
-        text, source = DEFAULT_CONFIG_PATH.read_text(), str(DEFAULT_CONFIG_PATH)
+        source = str(DEFAULT_CONFIG_PATH)
+        text = _read_text(DEFAULT_CONFIG_PATH, source)
     else:
         return {}
     import yaml  # here, not above: a start with no config file need not pay for it
@@ -311,6 +346,8 @@ def read_config_yaml(config_path: str | None, environ: Mapping[str, str]) -> dic
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{source}: not valid YAML{where}") from None
+    except RecursionError:  # PyYAML's parser recurses once per level of nesting
+        raise ConfigError(f"{source}: nested too deeply to be read") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -322,7 +359,11 @@ def load_function_config(
     config_path: str | None, environ: Mapping[str, str], secrets_dir: Path | None = None
 ) -> FunctionConfig:
     data = read_config_yaml(config_path, environ)
-    secrets_dir = secrets_dir or Path(environ.get("FAAS_PROVIDER_SECRETS_DIR", DEFAULT_SECRETS_DIR))
+    # Empty is unset: Path("") would be the working folder, whose TYPE.ID/ files would
+    # then override the config's credentials.
+    secrets_dir = secrets_dir or Path(
+        environ.get("FAAS_PROVIDER_SECRETS_DIR") or DEFAULT_SECRETS_DIR
+    )
 
     log_level = str(environ.get("LOG_LEVEL") or data.get("log_level") or "INFO").upper()
     if log_level not in LOG_LEVELS:
@@ -341,10 +382,7 @@ def load_function_config(
         exec_timeout = parse_duration(environ["EXEC_TIMEOUT"], "EXEC_TIMEOUT")
 
     environment = _mapping(data.get("environment"), "environment")
-    variables = {
-        str(k): _scalar_text(v, f"environment.variables.{k}")
-        for k, v in _mapping(environment.get("variables"), "environment.variables").items()
-    }
+    variables = _variables(environment.get("variables"), "environment.variables")
 
     providers = _providers(data.get("storage_providers"), secrets_dir)
     inputs = tuple(_storage_paths(data.get("input"), "input"))
@@ -373,7 +411,9 @@ def load_function_config(
         outputs=outputs,
         providers=providers,
         isolation_level=isolation,
-        bucket_list=tuple(str(b) for b in _list(data.get("bucket_list"), "bucket_list")),
+        bucket_list=tuple(
+            _scalar_text(b, "bucket_list") for b in _list(data.get("bucket_list"), "bucket_list")
+        ),
         script_text=script,
         exec_timeout=exec_timeout,
     )
@@ -391,11 +431,8 @@ def _providers(raw: Any, secrets_dir: Path) -> dict[str, ProviderConfig]:
             where = f"storage_providers.{ptype}.{pid}"
             values: dict[str, str | bool | Secret] = {}
             for key, value in _mapping(settings, where).items():
-                if isinstance(value, bool):
-                    values[str(key)] = value
-                else:
-                    text = _scalar_text(value, f"{where}.{key}")
-                    values[str(key)] = Secret(text) if key in SECRET_KEYS else text
+                text = _scalar_text(value, f"{where}.{key}")
+                values[str(key)] = Secret(text) if key in SECRET_KEYS else text
             _read_secret_files(values, secrets_dir / f"{ptype}.{pid}", f"{ptype}.{pid}")
             # A MinIO provider given a `path` is a local folder store: the embedded default
             # serves OSCAR's FDL files, which name `minio`, from a folder.
@@ -458,8 +495,14 @@ def _storage_paths(raw: Any, kind: str) -> list[StoragePath]:
             StoragePath(
                 storage_provider=provider,
                 path=path.strip("/"),
-                prefix=tuple(str(p) for p in _list(item.get("prefix"), f"{where}.prefix")),
-                suffix=tuple(str(s) for s in _list(item.get("suffix"), f"{where}.suffix")),
+                prefix=tuple(
+                    _scalar_text(p, f"{where}.prefix")
+                    for p in _list(item.get("prefix"), f"{where}.prefix")
+                ),
+                suffix=tuple(
+                    _scalar_text(s, f"{where}.suffix")
+                    for s in _list(item.get("suffix"), f"{where}.suffix")
+                ),
             )
         )
     return entries
@@ -484,11 +527,57 @@ def _list(value: Any, key: str) -> list[Any]:
 
 
 def _scalar_text(value: Any, key: str) -> str:
+    """A string field: plain scalars are text already (_text_loader); null is "", as
+    in Go; an explicitly tagged `!!bool` or number is its text."""
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str | int | float):
         return str(value)
     raise ConfigError(f"{key}: must be a string or a number")
+
+
+# Kubernetes' rule for an environment variable's name (the manager's services get theirs
+# there): what every backend can set, and what `execve` can carry.
+VARIABLE_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+# Linux's bound on one `NAME=value` string given to a process (MAX_ARG_STRLEN), its NUL
+# included.
+VARIABLE_MAX = 128 * 1024
+
+
+def variable_problem(name: str, value: str, where: str) -> str | None:
+    """Why `name=value` cannot be in a process's environment, as one line naming `where`,
+    or None: found when a config or definition is read rather than by the start of every
+    process given it (a name with `=`, a NUL). The runtime's config and fdl.py share it."""
+    if not VARIABLE_NAME.fullmatch(name):
+        return (f"{where}: {name!r} is not a variable name (letters, digits, '_', '-', '.', "
+                "not starting with a digit)")
+    if "\x00" in value or not _encodable(value):
+        return f"{where}.{name}: a NUL or a lone surrogate cannot be in a variable"
+    if len(f"{name}={value}".encode()) >= VARIABLE_MAX:
+        return (f"{where}.{name}: longer than a variable can be "
+                f"({VARIABLE_MAX // 1024} KiB with its name)")
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _variables(raw: Any, where: str) -> dict[str, str]:
+    variables = {}
+    for key, value in _mapping(raw, where).items():
+        name = _scalar_text(key, where)
+        text = _scalar_text(value, f"{where}.{name}")
+        if (problem := variable_problem(name, text, where)) is not None:
+            raise ConfigError(problem)
+        variables[name] = text
+    return variables
 
 
 def _b64_text(value: str, key: str) -> str:
@@ -541,7 +630,8 @@ def _picker(
         value = flags.get(name)
         if value is not None:
             return str(value)
-        return environ.get(name)
+        # An empty variable (a template left blank) is no setting, as for LOG_LEVEL.
+        return environ.get(name) or None
 
     return pick
 
@@ -579,8 +669,8 @@ def load_watchdog_settings(
         "exec_timeout": run.exec_timeout, "max_body_size": run.max_body_size,
         "tmp_dir": run.tmp_dir,
     }
-    if (port := pick("port")) is not None:
-        values["port"] = parse_int(port, "port")
+    if (text := pick("port")) is not None:
+        values["port"] = _tcp_port(text, "port", lowest=0)  # 0: any free port
     for name in ("read_timeout", "write_timeout", "healthcheck_interval", "upstream_start_timeout"):
         if (text := pick(name)) is not None:
             values[name] = parse_duration(text, name)
@@ -594,10 +684,23 @@ def load_watchdog_settings(
             raise ConfigError(f"mode: {text!r} is not fork or http")
         values["mode"] = Mode(text)
     if (text := pick("upstream_port")) is not None:
-        values["upstream_port"] = parse_int(text, "upstream_port")
-        if not 0 < values["upstream_port"] < 65536:
-            raise ConfigError(f"upstream_port: {text!r} is not a TCP port")
-    return WatchdogSettings(**values)
+        values["upstream_port"] = _tcp_port(text, "upstream_port", lowest=1)
+    settings = WatchdogSettings(**values)
+    # The http mode proxies to 127.0.0.1:upstream_port: on the watchdog's own port, every
+    # request would be proxied to itself again, until no descriptor is left.
+    if settings.mode is Mode.HTTP and settings.upstream_port == settings.port:
+        raise ConfigError(
+            f"upstream_port: {settings.upstream_port} is the watchdog's own port: "
+            "the user's server needs another"
+        )
+    return settings
+
+
+def _tcp_port(text: str, key: str, lowest: int) -> int:
+    port = parse_int(text, key)
+    if not lowest <= port < 65536:
+        raise ConfigError(f"{key}: {text!r} is not a TCP port")
+    return port
 
 
 def script_environment(environ: Mapping[str, str]) -> dict[str, str]:

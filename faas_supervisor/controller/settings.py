@@ -151,7 +151,7 @@ def load_controller_settings(
         user=args.user or environ.get("FAAS_USER") or "oscar",
         password=args.password or environ.get("FAAS_PASSWORD") or None,
         max_jobs=args.max_jobs,
-        external_url=(args.external_url or "").rstrip("/"),
+        external_url=_external_url(args.external_url),
         minio_endpoint=endpoint,
         minio_access_key=access_key,
         minio_secret_key=secret_key,
@@ -165,6 +165,35 @@ def load_controller_settings(
         cors_origins=_cors_origins(args.cors_origin),
         cluster_name=_cluster_name(args.cluster_name),
     )
+
+
+def _external_url(given: str | None) -> str:
+    """`http(s)://host[:port][/path]`, checked now: the controller takes its host apart
+    later (s3_url), and storage servers are told to call it (push endpoints)."""
+    url = (given or "").rstrip("/")
+    if not url:
+        return ""
+    if "@" in url.partition("://")[2].partition("/")[0]:
+        # Not shown: what is before the `@` may be a password.
+        raise ConfigError("--external-url: must not hold a user or password")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is not a number of 0-65535 raises too
+    except ValueError:
+        parts, port = None, None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port == 0
+        or "?" in url
+        or "#" in url
+        or any(c.isspace() or not c.isprintable() for c in url)
+    ):
+        raise ConfigError(
+            f"--external-url: {given!r} is not a URL of the form http(s)://host[:port][/path]"
+        )
+    return url
 
 
 # What a browser sends as Origin: scheme://host[:port], nothing after.

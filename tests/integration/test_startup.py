@@ -4,6 +4,9 @@ Each test runs the real command in a fresh interpreter (`faas_supervisor.cli.mai
 `python -c`) and, when it has exited, reads the modules it had loaded: a heavy import that
 creeps back into `cli.py`, `config.py`, the S3 provider's construction or the watchdog's
 start-up fails here, whatever the machine's speed. Not a timing test.
+
+And a start-up that cannot go on (a bad config or setting) ends with one line and exit
+status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -132,6 +135,38 @@ def test_watchdog_start_and_a_plain_invocation_import_no_storage_sdk_or_controll
     # aiohttp's two default TLS contexts were made, and never read the CA bundle: nothing
     # here opened a TLS connection (lazy_ca.py).
     assert json.loads(tls.read_text()) == {"verified": False, "unverified": False}
+
+
+@pytest.mark.parametrize(
+    ("command", "config", "env", "expected"),
+    [
+        ("run", b"name: caf\xe9\n", {}, "not UTF-8 text"),
+        ("run", b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", {}, "nested too deeply"),
+        ("run", b'environment:\n  variables: {"A=B": x}\n', {}, "'A=B' is not a variable name"),
+        ("run", b'environment:\n  variables: {X: "a\\0b"}\n', {}, "X: a NUL"),
+        ("watchdog", b"", {"port": "70000"}, "port: '70000' is not a TCP port"),
+        ("watchdog", b"", {"mode": "http", "port": "{free}", "upstream_port": "{free}"},
+         "is the watchdog's own port"),
+    ],
+)
+def test_a_bad_config_stops_the_start_with_one_line_and_exit_status_2(
+    tmp_path: Path, script: Path, command: str, config: bytes, env: dict[str, str],
+    expected: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(config)
+    port = str(free_port())
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "LOG_LEVEL")}
+    environ |= {"TMPDIR": str(tmp_path), "suppress_lock": "true"}
+    environ |= {name: value.replace("{free}", port) for name, value in env.items()}
+    result = subprocess.run(
+        [sys.executable, "-m", "faas_supervisor", command, "--script", str(script),
+         "--config", str(path)],
+        stdin=subprocess.DEVNULL, capture_output=True, env=environ, timeout=30)
+    lines = result.stderr.decode().splitlines()
+    assert (result.returncode, len(lines)) == (2, 1), result.stderr.decode()
+    assert lines[0].startswith("faas-supervisor: error: ") and expected in lines[0]
 
 
 def test_the_s3_provider_builds_its_client_on_first_use_once() -> None:

@@ -123,6 +123,29 @@ def test_missing_config_file_and_bad_base64_are_config_errors(tmp_path: Path) ->
         load_function_config(None, {"FUNCTION_CONFIG": "not base64 !!"})
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"name: caf\xe9\n", "not UTF-8 text"),  # Latin-1, as an old editor saves it
+        (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+    ],
+)
+@pytest.mark.parametrize("source", ["--config", "default path"])
+def test_a_config_that_cannot_be_decoded_or_parsed_is_a_config_error(
+    tmp_path: Path, content: bytes, expected: str, source: str
+) -> None:
+    """Not a traceback (exit 1) but one line, exit 2; the parse ahead leaves it to the read."""
+    path = tmp_path / "c.yaml" if source == "--config" else cfg.DEFAULT_CONFIG_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    cfg.parse_ahead(path)
+    assert cfg._parsed_ahead is None
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(path) if source == "--config" else None, {})
+    assert expected in info.value.message and str(path) in info.value.message
+    assert info.value.exit_status == 2
+
+
 def test_empty_config_file_is_the_defaults(tmp_path: Path) -> None:
     assert load_function_config(str(write(tmp_path / "c.yaml", "")), {}) == FunctionConfig()
 
@@ -268,6 +291,63 @@ def test_watchdog_settings_from_environment_and_flags_win() -> None:
 def test_bad_watchdog_setting_names_it(env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         load_watchdog_settings(env, {}, FunctionConfig())
+
+
+@pytest.mark.parametrize(
+    ("env", "flags"),
+    [({"port": "70000"}, {}), ({"port": "65536"}, {}), ({}, {"port": 70000}),
+     ({"upstream_port": "0"}, {}), ({"upstream_port": "65536"}, {})],
+)
+def test_a_port_out_of_range_is_refused(env: dict[str, str], flags: dict[str, int]) -> None:
+    """Not an OverflowError at bind (a traceback, exit 1)."""
+    with pytest.raises(ConfigError, match=r"port: '\d+' is not a TCP port"):
+        load_watchdog_settings(env, flags, FunctionConfig())
+
+
+def test_the_port_range_bounds_are_accepted() -> None:
+    for port in (0, 65535):  # 0: any free port, as for a bind
+        assert load_watchdog_settings({"port": str(port)}, {}, FunctionConfig()).port == port
+    upstream = load_watchdog_settings({"upstream_port": "65535"}, {}, FunctionConfig())
+    assert upstream.upstream_port == 65535
+
+
+@pytest.mark.parametrize(
+    ("env", "flags"),
+    [({"mode": "http", "port": "9000", "upstream_port": "9000"}, {}),
+     ({"mode": "http", "upstream_port": "8080"}, {}),  # the default port
+     ({"mode": "http", "upstream_port": "9000"}, {"port": 9000})],
+)
+def test_http_mode_proxying_to_the_watchdogs_own_port_is_refused(
+    env: dict[str, str], flags: dict[str, int]
+) -> None:
+    """It would proxy each request to itself, again and again, until no fd is left."""
+    with pytest.raises(ConfigError, match=r"^upstream_port: \d+ is the watchdog's own port"):
+        load_watchdog_settings(env, flags, FunctionConfig())
+
+
+def test_the_same_ports_are_fine_in_fork_mode_and_port_0_in_http_mode() -> None:
+    fork = load_watchdog_settings({"port": "9000", "upstream_port": "9000"}, {}, FunctionConfig())
+    assert (fork.port, fork.upstream_port) == (9000, 9000)  # upstream_port is unused
+    http = load_watchdog_settings({"mode": "http", "port": "0"}, {}, FunctionConfig())
+    assert (http.port, http.upstream_port) == (0, 8081)
+
+
+WATCHDOG_VARIABLES = ("port", "exec_timeout", "read_timeout", "write_timeout", "max_inflight",
+                      "max_body_size", "healthcheck_interval", "suppress_lock", "write_debug",
+                      "mode", "upstream_port", "upstream_start_timeout")
+
+
+def test_empty_watchdog_variables_are_unset(tmp_path: Path) -> None:
+    """As an empty LOG_LEVEL, FILE_STAGE_IN or EXEC_TIMEOUT: a template left blank."""
+    from faas_supervisor.config import RunSettings, load_run_settings
+
+    blank = {name: "" for name in WATCHDOG_VARIABLES} | {"TMPDIR": str(tmp_path)}
+    assert load_watchdog_settings(blank, {}, FunctionConfig()) == WatchdogSettings(
+        tmp_dir=tmp_path)
+    assert load_run_settings(blank, FunctionConfig()) == RunSettings(tmp_dir=tmp_path)
+    # ... so EXEC_TIMEOUT, under it, still counts.
+    config = load_function_config(None, {"EXEC_TIMEOUT": "5s"})
+    assert load_run_settings(blank, config).exec_timeout == 5.0
 
 
 def test_script_environment_hides_the_runtime_config() -> None:
@@ -536,6 +616,92 @@ def test_isolation_and_bucket_list(tmp_path: Path) -> None:
     config = load_function_config(str(path), {})
     assert config.isolation_level == "USER"
     assert config.bucket_list == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ('{"A=B": x}', "'A=B' is not a variable name"),
+        ('{"": x}', "'' is not a variable name"),
+        ("{~: x}", "'' is not a variable name"),
+        ("{1ST: x}", "'1ST' is not a variable name"),
+        ('{X: "a\\0b"}', "environment.variables.X: a NUL"),
+        ('{X: "\\ud800"}', "environment.variables.X: a NUL or a lone surrogate"),
+        ("{X: " + "v" * (128 * 1024) + "}", "environment.variables.X: longer than"),
+    ],
+)
+def test_variables_no_process_can_be_given_are_refused_at_load(
+    tmp_path: Path, variables: str, expected: str
+) -> None:
+    """As fdl.py refuses them in a service: at start-up, not by every invocation's spawn."""
+    path = write(tmp_path / "c.yaml", f"environment:\n  variables: {variables}\n")
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(path), {})
+    assert expected in info.value.message
+    assert "vvvv" not in info.value.message  # the value is not shown
+
+
+def test_variables_of_the_longest_size_and_every_name_character_load(tmp_path: Path) -> None:
+    value = "v" * (128 * 1024 - len("_a-1.b=") - 1)  # the bound counts the NUL
+    path = write(tmp_path / "c.yaml", f"environment:\n  variables: {{_a-1.b: {value}}}\n")
+    assert load_function_config(str(path), {}).variables == {"_a-1.b": value}
+
+
+def test_string_fields_keep_their_yaml_text(tmp_path: Path) -> None:
+    """YAML 1.1's implicit types are not applied to string fields (OSCAR's Go readers keep
+    the text): a version, a zip code, a time, a date, an octal-looking credential."""
+    text = """\
+name: 1.10
+environment:
+  variables: {VERSION: 1.10, ZIP: 01234, HEX: 0x1F, T: 1:30, F: yes, N: 3, FLAG: true,
+              DAY: 2024-01-01, EMPTY: , TILDE: ~, NAN: .nan, EQ: =, QUOTED: "1.10"}
+storage_providers:
+  s3:
+    aws1: {access_key: 0777, secret_key: 1e3, region: 2024-01-01}
+output:
+  - {storage_provider: s3.aws1, path: out/2024, prefix: [01], suffix: 1.50}
+bucket_list: [0x10, ~]
+"""
+    config = load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+    assert config.name == "1.10"
+    assert dict(config.variables) == {
+        "VERSION": "1.10", "ZIP": "01234", "HEX": "0x1F", "T": "1:30", "F": "yes", "N": "3",
+        "FLAG": "true", "DAY": "2024-01-01", "EMPTY": "", "TILDE": "", "NAN": ".nan",
+        "EQ": "=", "QUOTED": "1.10",
+    }
+    s3 = config.provider("s3.aws1")
+    assert (s3.get("access_key"), s3.get("secret_key"), s3.get("region")) == (
+        "0777", "1e3", "2024-01-01")
+    assert (config.outputs[0].prefix, config.outputs[0].suffix) == (("01",), ("1.50",))
+    assert config.bucket_list == ("0x10", "")
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [("true", True), ("yes", True), ("on", True), ("True", True), ("1", True),
+     ("false", False), ("no", False), ("off", False), ("0", False), ("!!bool false", False)],
+)
+def test_typed_keys_are_read_from_their_text(tmp_path: Path, written: str, value: bool) -> None:
+    """file_stage_in and a provider's `verify` take YAML 1.1's booleans, as before."""
+    text = (f"file_stage_in: {written}\nstorage_providers:\n  minio:\n    default:\n"
+            f"      {{endpoint: http://m, access_key: A, secret_key: S, verify: {written}}}\n")
+    config = load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+    assert config.file_stage_in is value
+    assert config.provider("minio").flag("verify", not value) is value
+
+
+def test_an_empty_secrets_dir_variable_is_the_default_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the working folder, whose TYPE.ID/ files would override the config's keys."""
+    write(tmp_path / "cwd" / "minio.default" / "accessKey", "FROM-CWD")
+    write(cfg.DEFAULT_SECRETS_DIR / "minio.default" / "secretKey", "FROM-DEFAULT")
+    monkeypatch.chdir(tmp_path / "cwd")
+    text = "storage_providers:\n  minio:\n    default: {endpoint: http://m, access_key: A}\n"
+    config = load_function_config(str(write(tmp_path / "c.yaml", text)),
+                                  {"FAAS_PROVIDER_SECRETS_DIR": ""})
+    minio = config.provider("minio")
+    assert (minio.get("access_key"), minio.get("secret_key")) == ("A", "FROM-DEFAULT")
 
 
 def test_empty_environment_overrides_are_no_overrides(tmp_path: Path) -> None:

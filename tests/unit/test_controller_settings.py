@@ -137,6 +137,32 @@ def test_the_s3_endpoint_settings(tmp_path: Path) -> None:
             load([*base, *argv], {})
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["http://[::1", "notaurl", "ftp://x", "http://", "http://:8000", "http://h:99999",
+     "http://h:port", "http://h:0", "http://h/?q=1", "http://h#top", "http://h st", "//h"],
+)
+def test_an_external_url_that_is_not_one_is_refused(tmp_path: Path, url: str) -> None:
+    """At start-up, one line naming the flag: not a traceback when its host is first
+    taken apart (s3_url), nor push endpoints no storage server can call."""
+    with pytest.raises(ConfigError, match=r"^--external-url: .* is not a URL of the form"):
+        load(["--data-dir", str(tmp_path), "--external-url", url], {})
+
+
+def test_an_external_url_with_a_password_is_refused_without_showing_it(tmp_path: Path) -> None:
+    for url in ("http://me:HUNTER2@oscar.example.org", "http://me:HUNTER2@[::1"):
+        with pytest.raises(ConfigError) as info:
+            load(["--data-dir", str(tmp_path), "--external-url", url], {})
+        assert info.value.message == "--external-url: must not hold a user or password"
+
+
+def test_an_external_url_may_have_a_port_and_a_path(tmp_path: Path) -> None:
+    settings = load(["--data-dir", str(tmp_path), "--external-url",
+                     "https://lab.example.org:8443/oscar/"], {})
+    assert settings.public_url == "https://lab.example.org:8443/oscar"
+    assert settings.s3_url == "http://lab.example.org:9000"
+
+
 def test_s3_keys_are_made_once_and_kept(tmp_path: Path) -> None:
     from faas_supervisor.controller.auth import load_s3_keys
 
