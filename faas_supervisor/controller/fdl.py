@@ -42,7 +42,11 @@ HIDDEN = "hidden"  # what the manager shows instead of the default provider's ke
 MAX_SCALE = 100
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _CPU = re.compile(r"\d+(\.\d+)?m?|\.\d+")
-_MEMORY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|[kmgtpe]|e\d+)?")
+# Kubernetes' quantity syntax (resource.ParseQuantity, which the OSCAR manager and the API
+# server parse it with): its suffixes only, so `1g` or `512K` never reach a cluster that
+# cannot even decode a pod holding them. What older versions stored is still read back.
+_MEMORY = re.compile(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|e\d+)?")
+_STORED_MEMORY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|[kmgtpe]|e\d+)?")
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ def parse_service(
             "(256Mi, 1Gi)"
         )
     memory = text(memory, key("memory"))
-    if not _MEMORY.fullmatch(memory):
+    if not (_STORED_MEMORY if stored else _MEMORY).fullmatch(memory):
         raise InvalidService(
             f"{key('memory')}: {memory!r} is not a memory amount (try 256Mi or 1Gi)"
         )

@@ -13,7 +13,10 @@ image copies faas-supervisor into an `emptyDir` at /oscar/bin, and the user's im
 `/oscar/bin/faas-supervisor watchdog` (services) or `... run` (jobs).
 
 Every object carries `oscar_service: NAME` and `app.kubernetes.io/managed-by:
-faas-supervisor`, so the backend finds all it made for a service by label alone.
+faas-supervisor`, so the backend finds all it made for a service by label alone, and
+knows whose an object is: a name made from one service's name can be another's (the
+Secret `foo-minio` of service `foo`, or of service `foo-minio`), and the backend replaces
+only the service's own.
 """
 
 from __future__ import annotations

@@ -12,12 +12,15 @@ does it, and that the real `kubernetes` client talks to over HTTP:
   on a replace with a stale resourceVersion, 422 Invalid, 401 without the token;
 * `dryRun=All` on create, replace and delete: checked and answered, nothing stored;
 * an `admission` check of its own (a quota, a policy): 403 Forbidden with its message;
+* resource quantities decoded as the API server's decoder does (resource.ParseQuantity):
+  a body holding one it cannot parse (`1g`, `512K`) is 400 BadRequest, not 422;
 * label selectors (`k=v`, `k`) and the field selector `metadata.name=...` on lists;
 * watches (`?watch=true`) as newline-delimited JSON events from a resourceVersion on,
   ending after `timeoutSeconds`; the event history is bounded (`history`), and a watch
   from a version older than what it keeps gets an `ERROR` event with a 410 Gone Status,
   as from an API server whose etcd compacted; `drop_watches()` ends every open watch
-  (a disconnect), `compact()` forgets the history;
+  (a disconnect), `compact()` forgets the history; with `silent`, a new watch sends its
+  headers and then nothing, not even its end (a half-open connection);
 * deletion with `propagationPolicy=Foreground`: the object gets a `deletionTimestamp`
   and the `foregroundDeletion` finalizer first, its dependents (a Job's or a
   Deployment's pods) go, then it does (the garbage collector's part);
@@ -49,6 +52,7 @@ import copy
 import datetime
 import itertools
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -76,6 +80,11 @@ RESOURCES: dict[tuple[str, str, str], str] = {
 }
 OWNER_LABEL = "fake-kube/owner"  # on the pods the stand-in makes: `<plural>/<name>`
 OOM_EXIT = 137  # SIGKILL, as the kernel's OOM killer leaves it
+# resource.ParseQuantity: the shape its error names, then the suffixes it knows.
+QUANTITY_SHAPE = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+QUANTITY = re.compile(
+    r"[+-]?(\d+(\.\d*)?|\.\d*)(n|u|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][-+]?\d+)?"
+)
 
 
 @dataclass
@@ -124,6 +133,7 @@ class FakeKubeApi:
     ready_delay: float = 0.0  # seconds a Deployment's pod takes to be ready
     ttl_factor: float = 1.0  # ttlSecondsAfterFinished is multiplied by it
     history: int = 10_000  # events kept for watches to resume from
+    silent: bool = False  # new watches send nothing more after their headers
     # An admission check (a quota, a policy webhook): a message refuses the object with
     # 403 Forbidden, dry runs included, as the API server's admission chain does.
     admission: Callable[[dict[str, Any]], str | None] | None = None
@@ -183,6 +193,11 @@ class FakeKubeApi:
         api_version = f"{group}/{version}" if group else version
         if body.get("kind") != kind or body.get("apiVersion") != api_version:
             return status_response(400, "BadRequest", f"expected {api_version} {kind}")
+        if problem := quantity_problem(body):  # the decoder's, before any validation
+            return status_response(
+                400, "BadRequest",
+                f'{kind} in version "{version}" cannot be handled as a {kind}: {problem}',
+            )
         try:
             kubernetes_validate.validate(body, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -317,6 +332,10 @@ class FakeKubeApi:
         epoch = self._epoch
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
+        if self.silent:  # until the client gives up (its handler is cancelled) or we close
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.closing)
+            return response
         if not since or since == "0":  # from now, the current state first, as ADDED
             sent = self._version()
             for obj in self._select(plural, ns, labels, fields):
@@ -752,6 +771,22 @@ def _matches(obj: dict[str, Any], ns: str, labels: str, fields: str) -> bool:
         if meta["name"] != value:
             return False
     return True
+
+
+def quantity_problem(body: dict[str, Any]) -> str | None:
+    """Why the API server could not decode the containers' resources of a pod, a Job's or
+    a Deployment's template (resource.ParseQuantity's errors); None: it could."""
+    spec = body.get("spec") or {}
+    pod = (spec.get("template") or {}).get("spec") or spec
+    for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
+        for amounts in (container.get("resources") or {}).values():
+            for amount in amounts.values():
+                text = str(amount)
+                if not re.fullmatch(QUANTITY_SHAPE, text):
+                    return f"quantities must match the regular expression '{QUANTITY_SHAPE}'"
+                if not QUANTITY.fullmatch(text):
+                    return "unable to parse quantity's suffix"
+    return None
 
 
 async def _send(response: web.StreamResponse, kind: str, obj: dict[str, Any]) -> None:

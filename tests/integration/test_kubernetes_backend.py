@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
+import dataclasses
 import hashlib
 import json
 import re
@@ -23,10 +25,11 @@ import yaml
 from aiohttp import web
 
 from faas_supervisor.controller import manifests
+from faas_supervisor.controller.backends import kubernetes as kubernetes_backend
 from faas_supervisor.controller.backends.kubernetes import KubernetesBackend
 from faas_supervisor.controller.fdl import Service, parse_service
 from faas_supervisor.errors import InvalidService, KubernetesError, ServiceUnavailable
-from tests.integration.fake_kube_api import TOKEN, FakeKubeApi, PodRun
+from tests.integration.fake_kube_api import TOKEN, FakeKubeApi, PodRun, quantity_problem
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -420,6 +423,110 @@ async def test_other_services_objects_are_left_alone(
     assert {n for _, n in stored(kube.api)} == {"cowsay-two", "cowsay-two-minio"}
 
 
+# ---- names one service's and another's ---------------------------------------------------
+
+
+def versions(api: FakeKubeApi) -> dict[tuple[str, str], str]:
+    """Each object's resourceVersion but Deployments' (their status changes on its own)."""
+    return {k: o["metadata"]["resourceVersion"] for k, o in stored(api).items()
+            if k[0] != "deployments"}
+
+
+async def test_a_service_cannot_take_another_services_secret(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """Names are made from service names: the Secret of service `foo-minio`'s
+    environment.secrets is named as service `foo`'s MinIO keys (`NAME-minio`). It is
+    refused (400) before anything is made, and removing it leaves foo's Secret be.
+    Before, it replaced foo's keys, and its removal deleted them."""
+    await backend.deploy(service(name="foo"))
+    before = copy.deepcopy(stored(kube.api)[("secrets", "foo-minio")])
+    taker = service(name="foo-minio")  # with COWSAY's environment.secrets
+    refused = (r"^name: 'foo-minio' cannot be deployed: its Secret 'foo-minio' exists and "
+               r"belongs to service 'foo'; choose another name$")
+    with pytest.raises(InvalidService, match=refused):
+        await backend.check(taker)
+    with pytest.raises(InvalidService, match=refused):
+        await backend.deploy(taker)
+    await backend.remove("foo-minio")
+    assert stored(kube.api)[("secrets", "foo-minio")] == before
+    assert not [r for r in kube.api.requests
+                if (r.resource, r.name) == ("secrets", "foo-minio") and r.verb != "list"]
+
+
+@pytest.mark.parametrize("first", ["exposed", "plain"])
+async def test_an_exposed_services_names_are_no_other_services(
+    kube: Kube, backend: KubernetesBackend, first: str
+) -> None:
+    """Exposed `foo`'s Service is `foo-svc`, as is plain `foo-svc`'s: whichever comes
+    second is refused, and the first's Service keeps its selector (before, plain
+    `foo-svc` turned foo's Ingress to its own pods). A name like `my-svc` is no problem
+    where nothing has it: the first here is made."""
+    exposed = service(name="foo", expose={"api_port": 5000})
+    plain = service(name="foo-svc")
+    made, taker = (exposed, plain) if first == "exposed" else (plain, exposed)
+    await backend.deploy(made)
+    before = versions(kube.api)
+    with pytest.raises(InvalidService, match=(
+        rf"^name: '{taker.name}' cannot be deployed: its Service 'foo-svc' exists and "
+        rf"belongs to service '{made.name}'"
+    )):
+        await backend.check(taker)
+    with pytest.raises(InvalidService):
+        await backend.deploy(taker)
+    await backend.remove(taker.name)
+    assert versions(kube.api) == before
+    selector = stored(kube.api)[("services", "foo-svc")]["spec"]["selector"]
+    assert selector[manifests.SERVICE_LABEL] == made.name
+
+
+async def test_an_object_no_service_made_is_not_replaced(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """A Secret of the namespace's own (the registry login the services pull with) is no
+    service's: a service named like it is refused, not given it."""
+    login = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+             "metadata": {"name": "registry-login", "namespace": NS}, "data": {}}
+    kube.api._store("secrets", NS, login, previous=None)
+    with pytest.raises(InvalidService, match=(
+        r"^name: 'registry-login' cannot be deployed: its Secret 'registry-login' exists "
+        r"and is no service's"
+    )):
+        await backend.check(service(name="registry-login"))
+
+
+async def test_a_stored_service_whose_names_are_taken_is_not_restored(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """`foo` and `foo-minio`, both stored before names were checked: the one restored
+    second is left undeployed, saying why, rather than the controller not starting or
+    taking the other's objects; what it had made of itself goes again."""
+    await backend.deploy(service(name="foo"))
+    before = versions(kube.api)
+    await backend.restore(service(name="foo-minio"))
+    assert versions(kube.api)[("secrets", "foo-minio")] == before[("secrets", "foo-minio")]
+    await asyncio.wait_for(kube.api.wait_gone("secrets", NS, "foo-minio-minio"), 20)
+    assert versions(kube.api) == before
+    with pytest.raises(ServiceUnavailable, match="not deployed"):
+        await backend.invoke_url("foo-minio")
+
+
+async def test_the_deployment_page_never_reaches_another_services_deployment(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """Exposed `foo`'s Deployment is `foo-dpl`, as is plain `foo-dpl`'s: foo's page, stop
+    and restart never reach the other's, should both be stored (made before names were
+    checked)."""
+    await backend.deploy(service(name="foo-dpl"))
+    exposed = service(name="foo", expose={"api_port": 5000})
+    assert await backend.deployment(exposed) is None
+    await backend.stop_service(exposed)
+    await backend.restart_service(exposed)
+    deployment = kube.api.objects[("deployments", NS, "foo-dpl")]
+    assert deployment["spec"]["replicas"] == 1
+    assert "annotations" not in deployment["spec"]["template"]["metadata"]
+
+
 # ---- configuration and errors --------------------------------------------------------------
 
 
@@ -543,6 +650,34 @@ async def test_a_deploy_the_server_refuses_makes_nothing(
         await backend.deploy(service(cpu="4"))
     assert stored(kube.api) == {}
     assert not [r for r in kube.api.requests if r.verb == "create" and not r.dry_run]
+
+
+async def test_a_body_the_api_server_cannot_decode_is_a_400(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """A memory that is no Kubernetes quantity (`1g`; the FDL refuses it now, this one
+    comes from elsewhere) makes a body the API server cannot even decode: 400 BadRequest
+    to its dry run, the definition's fault as a 422 is, so a 400 (before: a 502)."""
+    with pytest.raises(InvalidService, match=(
+        r'400 Deployment in version "v1" cannot be handled as a Deployment: '
+        "quantities must match the regular expression"
+    )):
+        await backend.check(dataclasses.replace(service(), memory="1g"))
+    assert stored(kube.api) == {}
+
+
+@pytest.mark.parametrize(
+    ("field", "amount"),
+    [("memory", m) for m in ("1g", "512K", "1t", "1p", "1E3", "1m", "256Mi", "1.5Gi", "512k",
+                             "1G", "1E", "1e9", "128974848")]
+    + [("cpu", c) for c in ("0.5", "500m", ".5", "2.25", "1k", "1e3", "1.5m", "0.5Ki")],
+)
+def test_every_amount_the_fdl_takes_the_api_server_decodes(field: str, amount: str) -> None:
+    try:
+        taken = service(**{field: amount})
+    except InvalidService:
+        return
+    assert quantity_problem(manifests.deployment(taken, CLUSTER)) is None
 
 
 async def test_a_deploy_failing_half_way_takes_back_what_it_made(
@@ -762,6 +897,70 @@ async def test_a_watch_too_old_to_resume_lists_again(
     await asyncio.wait_for(kube.api.wait_until(
         lambda: sum(r.verb == "list" and r.resource == "jobs" for r in kube.api.requests) > lists
     ), 20)
+
+
+async def test_a_silent_watch_is_given_up_and_resumed(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch whose connection goes silent (half-open: a node or a load balancer gone
+    without a reset) is given up once silent past its end, and resumed from where it
+    was: a job that ends meanwhile is seen to end. Before, its thread waited in recv for
+    ever, and the job with it."""
+    monkeypatch.setattr(kubernetes_backend, "WATCH_SECONDS", 1)
+    monkeypatch.setattr(kubernetes_backend, "WATCH_MARGIN", 0.5)
+    await backend.deploy(service())
+    watches = sum(r.verb == "watch" and r.resource == "jobs" for r in kube.api.requests)
+    kube.api.silent = True
+    await kube.api.drop_watches()  # back at once, with the new timeouts, into silence
+    await watching(kube.api, watches + 1)
+    kube.api.silent = False  # for the watches after those, which stay silent
+    task, log, _ = await start_job(kube, backend, tmp_path, "cowsay-1515", b"{}")
+    kube.api.finish_job("cowsay-1515", NS, 0, b"heard\n")
+    try:
+        assert await asyncio.wait_for(task, 10) == 0
+    finally:
+        task.cancel()
+    assert log.read_bytes() == b"heard\n"
+    since = [r.since for r in kube.api.requests if r.verb == "watch" and r.resource == "jobs"]
+    assert since[watches + 1] == since[watches]  # from where it was, not listed anew
+
+
+async def test_jobs_never_made_are_not_remembered(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    """A Job the API server refuses (a quota) never exists, so no deletion of it will be
+    seen: nothing of it is kept. Before, each one's name was, for the controller's life."""
+    await backend.deploy(service())
+    kube.api.admission = lambda obj: (
+        "exceeded quota: count/jobs.batch" if obj["kind"] == "Job" else None
+    )
+    (tmp_path / "event").write_bytes(b"{}")
+    for n in range(3):
+        with pytest.raises(KubernetesError, match="403 exceeded quota"):
+            await backend.run_job(service(), f"cowsay-q{n}", tmp_path / "event",
+                                  tmp_path / "log")
+    assert backend._done == set()
+
+
+async def test_jobs_deleted_while_unwatched_are_forgotten_at_the_listing(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    """An ended job's name is kept until its Job's deletion is seen. One deleted while
+    the watches were down past the history (410 Gone, then listed again) is forgotten at
+    that listing; one still there is kept."""
+    await backend.deploy(service())
+    for job in ("cowsay-1616", "cowsay-1717"):
+        task, _, _ = await start_job(kube, backend, tmp_path, job, b"{}")
+        kube.api.finish_job(job, NS, 0, b"")
+        assert await asyncio.wait_for(task, 20) == 0
+    assert backend._done == {"cowsay-1616", "cowsay-1717"}
+    watches = sum(r.verb == "watch" and r.resource == "jobs" for r in kube.api.requests)
+    await kube.api.drop_watches()
+    kube.api._collect("jobs", NS, "cowsay-1616")  # its TTL, say, while nothing watched
+    kube.api.compact()
+    # The watch back is answered 410 Gone; the next one comes after the listing.
+    await asyncio.wait_for(kube.api.wait_for_request("watch", "jobs", watches + 2), 20)
+    assert backend._done == {"cowsay-1717"}
 
 
 async def test_a_finished_job_is_cleaned_by_its_ttl(

@@ -46,6 +46,12 @@ def test_defaults_are_the_managers() -> None:
         ({"cpu": "lots"}, "cpu:"),
         ({"cpu": "0"}, "cpu:"),
         ({"memory": "big"}, "memory:"),
+        # Not Kubernetes quantities: an API server cannot decode a pod holding one (a 502
+        # at deploy time before).
+        ({"memory": "1g"}, "memory: '1g' is not a memory amount"),
+        ({"memory": "512K"}, "memory: '512K' is not a memory amount"),
+        ({"memory": "1t"}, "memory:"),
+        ({"memory": "1p"}, "memory:"),
         ({"log_level": "LOUD"}, "log_level:"),
         ({"input": {"path": "x"}}, "input: must be a list"),
         ({"input": [{"path": "plants/in"}]}, "input[0].storage_provider: missing"),
@@ -125,6 +131,13 @@ def test_service_json_takes_the_managers_types(fields: dict[str, Any], named: st
         parse_service_json(json.dumps(base(**fields)).encode())
     assert caught.value.message.startswith(named), caught.value.message
     assert caught.value.http_status == 400
+
+
+@pytest.mark.parametrize(
+    "memory", ["256Mi", "1.5Gi", "2Ei", "512k", "129M", "1G", "2T", "1P", "1E", "1e9", "128974848"]
+)
+def test_memory_takes_the_kubernetes_quantities(memory: str) -> None:
+    assert parse_service(base(memory=memory)).memory == memory
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
@@ -313,12 +326,12 @@ def test_a_definition_stored_by_an_older_version_still_loads() -> None:
     controller refused to start on such a store (a review found it)."""
     from faas_supervisor.controller.fdl import from_record
 
-    record = {**base(), "token": "t0k",
+    record = {**base(), "token": "t0k", "memory": "1g",
               "environment": {"secrets": {"MY KEY": "v"}, "variables": {"1ST": "x"}},
               "storage_providers": {"s3": {"x": {"access_key": "a", "secret_key": "s",
                                                  "tags": ["t"]}}}}
     service = from_record(json.dumps(record))
     assert service.secrets == {"MY KEY": "v"} and service.variables == {"1ST": "x"}
-    assert service.token == "t0k"
+    assert service.token == "t0k" and service.memory == "1g"
     with pytest.raises(InvalidService):
         parse_service(record)

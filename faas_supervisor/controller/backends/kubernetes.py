@@ -1,22 +1,23 @@
 """Services as Kubernetes objects, through the official `kubernetes` client (SPEC 7.3).
 
 `deploy` has the API server check every object first (a server-side dry run, so that a
-refused definition makes nothing), applies them (create; on 409 Conflict, replace),
-deletes what the service no longer has (found by its labels), and then waits, at most
-`sync_wait` seconds, until a pod of its Deployment has its images or cannot pull them
-(`ErrImagePull`, `ImagePullBackOff`): a service whose image cannot be pulled is refused
-with the kubelet's reason. `remove` deletes all of it, its jobs included, with
+refused definition makes nothing), applies them (create; on 409 Conflict, replace, if the
+object is the service's own: its label says whose it is), deletes what the service no
+longer has (found by its labels), and then waits, at most `sync_wait` seconds, until a
+pod of its Deployment has its images or cannot pull them (`ErrImagePull`,
+`ImagePullBackOff`): a service whose image cannot be pulled is refused with the kubelet's
+reason. `remove` deletes all of it (found by its labels), its jobs included, with
 foreground propagation, so that nothing it owns outlives it.
 
 What the backend needs to know of the cluster's state, it learns from watches, not by
 polling: one watch per kind (Jobs, Pods, Deployments; every object carrying the
 `managed-by: faas-supervisor` label), each in a thread of its own, listed once at start
-and resumed from its last resourceVersion after a disconnect, or listed again after a
-410 Gone. Their events update a cache on the event loop, and wake what waits on it: a
-job waiting for its Job's end, `/run` waiting (`sync_wait`) for a ready replica, a deploy
-waiting for its pod's images. A job costs two requests of its own: the Job's creation
-and the reading of its pod's logs when it ends (and one more read for each time its
-logs are asked for while it runs).
+and resumed from its last resourceVersion after a disconnect (or a silence longer than a
+watch lasts: a dead connection), or listed again after a 410 Gone. Their events update a
+cache on the event loop, and wake what waits on it: a job waiting for its Job's end,
+`/run` waiting (`sync_wait`) for a ready replica, a deploy waiting for its pod's images.
+A job costs two requests of its own: the Job's creation and the reading of its pod's logs
+when it ends (and one more read for each time its logs are asked for while it runs).
 
 A controller restarted during jobs runs them again under the same names (jobs.py):
 their creation answers 409, and the cache, listed at start, already has the Job, so the
@@ -40,7 +41,7 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from faas_supervisor.controller import manifests
 from faas_supervisor.controller.deployments import Deployment, LogLine, parse_stamped
@@ -58,6 +59,11 @@ T = TypeVar("T")
 # variable over 128 KiB at exec, so larger events cannot be jobs here.
 EVENT_MAX = 96 * 1024
 WATCH_SECONDS = 60  # one watch request; then another from where it left off
+# The API server ends a watch after WATCH_SECONDS, so one silent for longer is a dead
+# connection (half-open: a node or a load balancer gone without a reset), given up then;
+# else its thread would wait in recv for ever, and every job with it.
+WATCH_MARGIN = 15.0
+CONNECT_SECONDS = 10.0
 GONE_POD = "the job's pod was deleted before its logs could be read"
 POD_GRACE = 2.0  # seconds a Job's end waits for its pod's events before asking
 RETRY_SECONDS = 1.0  # after a watch failed for another reason than 410 Gone
@@ -261,6 +267,7 @@ class KubernetesBackend:
                     allow_watch_bookmarks=True,
                     watch=True,
                     _preload_content=False,
+                    _request_timeout=(CONNECT_SECONDS, WATCH_SECONDS + WATCH_MARGIN),
                 )
                 try:
                     for line in iter_resp_lines(response):
@@ -283,6 +290,10 @@ class KubernetesBackend:
                     version = None
                     continue
                 self._watch_failed(kind, f"{exc.status} {exc.reason}")
+            except ReadTimeoutError:
+                # A dead connection: as after a disconnect, a new watch from the last
+                # version (the events it missed are still in the server's history).
+                logger.info("watch silent past its end; resuming", kind=kind)
             except Exception as exc:  # a watch must outlive any one failure
                 if self._stopping.is_set() or (self._loop and self._loop.is_closed()):
                     return  # closed: the client, or the event loop under it
@@ -302,6 +313,8 @@ class KubernetesBackend:
     def _resync(self, kind: str, items: list[dict[str, Any]]) -> None:
         """A listing: what the cache had and it has not was deleted meanwhile."""
         fresh = {item["metadata"]["name"]: item for item in items}
+        if kind == "Job":  # ended Jobs deleted meanwhile: their DELETED will never come
+            self._done.intersection_update(fresh)
         for name, old in list(self._cache[kind].items()):
             if name not in fresh:
                 self._apply_event(kind, "DELETED", old)
@@ -384,17 +397,24 @@ class KubernetesBackend:
         """A stored service at start-up: applied again (the cluster may have lost some of
         it), not checked, not waited for: the controller starts whatever its pods do."""
         objects = manifests.service_objects(service, self.cluster)
-        await asyncio.to_thread(self._apply_all, service.name, objects)
+        try:
+            await asyncio.to_thread(self._apply_all, service.name, objects)
+        except InvalidService as exc:
+            # Its names are another service's objects (both stored before names were
+            # checked): left undeployed, rather than the controller not starting.
+            logger.warning("service not restored", service=service.name, error=str(exc))
+            return
         self._services[service.name] = service
 
     def _check_all(self, objects: list[dict[str, Any]]) -> None:
         """The API server's verdict on every object, with nothing made: a server-side
-        dry run. Its refusal (422 Invalid) is the definition's fault, so a 400."""
+        dry run. Its refusal (422 Invalid; 400 BadRequest, a body it cannot even decode)
+        is the definition's fault, so a 400; so is a name another service's object has."""
         for obj in objects:
             try:
                 self._apply(obj, dry_run=True)
             except KubernetesError as exc:
-                if exc.status == 422:
+                if exc.status in (400, 422):
                     raise InvalidService(str(exc)) from None
                 raise
 
@@ -404,7 +424,7 @@ class KubernetesBackend:
             for obj in objects:
                 if self._apply(obj):
                     made.append(obj)
-        except KubernetesError:
+        except (KubernetesError, InvalidService):
             # What this call created goes again (what it replaced, the caller puts back
             # by deploying the previous definition).
             for obj in reversed(made):
@@ -426,10 +446,30 @@ class KubernetesBackend:
         except KubernetesError as exc:
             if exc.status != 409:
                 raise
-        # It exists: replaced whole, as `kubectl replace`. Unconditional (no
-        # resourceVersion): the definition in the store is the truth.
+        self._refuse_if_not_own(obj)
+        # It exists and is the service's: replaced whole, as `kubectl replace`.
+        # Unconditional (no resourceVersion): the definition in the store is the truth.
         self._call("replace", kind, name, body=obj, **extra)
         return False
+
+    def _refuse_if_not_own(self, obj: dict[str, Any]) -> None:
+        """InvalidService unless the existing object of that name is labelled as the same
+        service's. Names are made from service names (`NAME-minio`, `NAME-svc`...), so
+        one service's can be another's: service `foo-minio`'s Secret is `foo`'s MinIO
+        keys, plain `foo-svc`'s Service is exposed `foo`'s. The first to make it keeps
+        it; what no service of this controller made is not replaced either."""
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        service = obj["metadata"]["labels"][manifests.SERVICE_LABEL]
+        # A list, not a get: what the controller's Role allows on every kind.
+        found = self._call("list", kind, field_selector=f"metadata.name={name}")
+        for item in found.get("items") or []:
+            owner = (item["metadata"].get("labels") or {}).get(manifests.SERVICE_LABEL)
+            if owner != service:
+                whose = f"belongs to service {owner!r}" if owner else "is no service's"
+                raise InvalidService(
+                    f"name: {service!r} cannot be deployed: its {kind} {name!r} exists and "
+                    f"{whose}; choose another name"
+                )
 
     def _delete_labelled(
         self, name: str, kinds: list[str], keep: Collection[tuple[str, str]] = ()
@@ -569,11 +609,15 @@ class KubernetesBackend:
                     await asyncio.shield(asyncio.to_thread(self._delete, "Job", job))
             raise
         finally:
-            self._forget(job)
+            made = create.done() and not create.cancelled() and create.exception() is None
+            self._forget(job, made)
 
-    def _forget(self, job: str) -> None:
-        if job not in self._deleted_jobs:  # its events may still come (its watch lags)
-            self._done.add(job)  # until its deletion is seen
+    def _forget(self, job: str, made: bool) -> None:
+        """`made`: its Job was created (or was there): its events may still come (its
+        watch lags) and are ignored until its deletion is seen. A Job never made (a quota
+        refused it) has no deletion to wait for: kept, its name would stay for ever."""
+        if made and job not in self._deleted_jobs:
+            self._done.add(job)
         self._deleted_jobs.discard(job)
         self._cache["Job"].pop(job, None)
         for pod in self._job_pods.pop(job, ()):
@@ -658,14 +702,17 @@ class KubernetesBackend:
     # ---- the service's Deployment, as the dashboard sees it ------------------------------
 
     def _read_deployment(self, service: Service) -> Any:
-        """The service's Deployment (as manifests.py names it), None if there is none."""
+        """The service's Deployment (as manifests.py names it), None if there is none,
+        or if that name is another service's (both made before names were checked)."""
         try:
-            return self._call("read", "Deployment", manifests.deployment(
+            found = self._call("read", "Deployment", manifests.deployment(
                 service, self.cluster)["metadata"]["name"])
         except KubernetesError as exc:
             if exc.status == 404:
                 return None
             raise
+        labels = found["metadata"].get("labels") or {}
+        return found if labels.get(manifests.SERVICE_LABEL) == service.name else None
 
     async def deployment(self, service: Service) -> Deployment | None:
         found = await asyncio.to_thread(self._read_deployment, service)
