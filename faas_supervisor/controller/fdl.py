@@ -26,6 +26,7 @@ from faas_supervisor.config import (
     SECRET_KEYS,
     StoragePath,
     normalize_provider_name,
+    variable_problem,
 )
 from faas_supervisor.controller.names import bucket_problem, path_problem
 from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
@@ -481,37 +482,15 @@ def _string_map(value: Any, where: str, scalars: bool) -> dict[str, str]:
     return out
 
 
-# Kubernetes' rule for an environment variable's name (the manager's services get theirs
-# there): what every backend can set, and what `execve` can carry.
-_VARIABLE_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
-# Linux's bound on one `NAME=value` string given to a process (MAX_ARG_STRLEN), its NUL
-# included.
-VARIABLE_MAX = 128 * 1024
-
-
 def _environment(value: Any, where: str, scalars: bool, stored: bool) -> dict[str, str]:
     """Variables for the script's environment: refused here, one line naming the one,
-    rather than by the process start of every job (a name with `=`, a NUL)."""
+    rather than by the process start of every job (a name with `=`, a NUL); the rules
+    the runtime's own config is read with (config.variable_problem)."""
     out = _string_map(value, where, scalars)
     for name, text in out.items() if not stored else ():
-        if not _VARIABLE_NAME.fullmatch(name):
-            raise InvalidService(f"{where}: {name!r} is not a variable name (letters, digits, "
-                                 "'_', '-', '.', not starting with a digit)")
-        if "\x00" in text or not _encodable(text):
-            raise InvalidService(f"{where}.{name}: a NUL or a lone surrogate cannot be in a "
-                                 "variable")
-        if len(f"{name}={text}".encode()) >= VARIABLE_MAX:
-            raise InvalidService(f"{where}.{name}: longer than a variable can be "
-                                 f"({VARIABLE_MAX // 1024} KiB with its name)")
+        if (problem := variable_problem(name, text, where)) is not None:
+            raise InvalidService(problem)
     return out
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _bool(value: Any, where: str) -> bool:
