@@ -44,6 +44,7 @@ MiB = 1 << 20
 # At most 3 attempts per request. botocore's `max_attempts` counts *retries* (3 would mean
 # 4 attempts); `total_max_attempts` counts attempts, which is what SPEC 6.2 bounds.
 RETRIES = {"total_max_attempts": 3, "mode": "standard"}
+CANCEL_WAIT = 5.0  # seconds a cancelled transfer's cleanup is waited for (half a stop's grace)
 
 # Told the bytes a transfer has moved, as they go (negative when a retry starts over).
 Progress = Callable[[int], None]
@@ -183,11 +184,16 @@ class S3Provider:
         except Exception as exc:  # no client (a bad endpoint), or arguments refused
             raise self._error(verb, bucket, key, exc) from None
         try:
-            await done
+            await asyncio.shield(done)  # a cancel leaves `done` to tell the cleanup's end
         except asyncio.CancelledError:
-            # The client went away: stop the transfer (s3transfer aborts the multipart
-            # upload) without waiting for it here.
+            # Stopped (the client went away, the job deleted): stop the transfer, and give
+            # s3transfer a few seconds for what it does after (it aborts a multipart upload
+            # once the parts in flight end), since a stopped `run` exits without waiting for
+            # its threads (cli.py): else the parts would stay in the store. A store too
+            # slow for that is not waited for longer.
             future.cancel()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(done), CANCEL_WAIT)
             raise
         try:
             future.result()  # done: returns at once, or raises the transfer's error

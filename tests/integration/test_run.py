@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RUNTIME_LINE, faas_command, script_output
+from tests.integration.conftest import RUNTIME_LINE, S3Server, faas_command, script_output
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -442,6 +442,47 @@ def test_a_job_stopped_during_a_stalled_stage_in_ends_at_once(
             conn.close()
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert b"Traceback" not in stderr and b"ran" not in stderr
+    assert list(tmp.iterdir()) == []
+
+
+def test_a_job_stopped_during_a_multipart_stage_out_aborts_the_upload(
+    tmp_path: Path, moto_server: S3Server
+) -> None:
+    """SIGTERM while boto3 uploads an output in parts: the upload is aborted, its parts
+    not left in the store. s3transfer aborts it from its own threads, which a stopped
+    `run` no longer waits for as such: it waits a few seconds for that cleanup alone."""
+    s3 = moto_server.client()
+    bucket = f"mpu-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"storage_providers:\n  minio:\n    default: {{endpoint: '{moto_server.endpoint}', "
+        f"access_key: {moto_server.access_key}, secret_key: {moto_server.secret_key}}}\n"
+        f"output:\n  - {{storage_provider: minio, path: {bucket}/out}}\n")
+    script = tmp_path / "script.sh"
+    script.write_text('#!/bin/sh\nhead -c 300000000 /dev/zero > "$TMP_OUTPUT_DIR/big.bin"\n')
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("EVENT", "EXEC_TIMEOUT")}
+    env.update({"TMPDIR": str(tmp), "EVENT": "{}"})
+    process = subprocess.Popen([*faas_command(), "run", "--config", str(config), "--script",
+                                str(script)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no multipart upload began"
+            time.sleep(0.02)  # the store's listing: no event to await
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads") is None
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
     assert list(tmp.iterdir()) == []
 
 
