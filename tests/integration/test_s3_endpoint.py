@@ -330,6 +330,28 @@ def test_conditional_writes(endpoint: Endpoint) -> None:
             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
     assert code_of(caught.value) == ("PreconditionFailed", 412)
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"third"
+    # CopyObject: the same conditions on what it replaces, and x-amz-copy-source-if-* on
+    # its source; UploadPartCopy's on its source; a folder marker's If-None-Match.
+    s3.put_object(Bucket=bucket, Key="src", Body=b"source")
+    source = {"Bucket": bucket, "Key": "src"}
+    for condition in ({"IfNoneMatch": "*"}, {"IfMatch": '"0000"'},
+                      {"CopySourceIfMatch": '"0000"'}, {"CopySourceIfNoneMatch": "*"}):
+        with pytest.raises(ClientError) as caught:
+            s3.copy_object(Bucket=bucket, Key="k", CopySource=source, **condition)
+        assert code_of(caught.value) == ("PreconditionFailed", 412), condition
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"third"
+    s3.copy_object(Bucket=bucket, Key="k", CopySource=source,
+                   CopySourceIfMatch=s3.head_object(Bucket=bucket, Key="src")["ETag"])
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"source"
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="parts")["UploadId"]
+    with pytest.raises(ClientError) as caught:
+        s3.upload_part_copy(Bucket=bucket, Key="parts", UploadId=upload_id, PartNumber=1,
+                            CopySource=source, CopySourceIfMatch='"0000"')
+    assert code_of(caught.value) == ("PreconditionFailed", 412)
+    s3.put_object(Bucket=bucket, Key="docs/", Body=b"")
+    with pytest.raises(ClientError) as caught:
+        s3.put_object(Bucket=bucket, Key="docs/", Body=b"", IfNoneMatch="*")
+    assert code_of(caught.value) == ("PreconditionFailed", 412)
 
 
 def test_range_reads(endpoint: Endpoint) -> None:

@@ -304,6 +304,8 @@ class S3Server:
             if received.size:
                 raise S3Error("InvalidArgument", "A folder key takes no content",
                               f"/{r.bucket}/{r.key}")
+            if (check := _write_check(r.headers, r.bucket, r.key)) is not None:
+                check(await self._thread(self.objects.current, r.bucket, r.key))
             info = await self._thread(self.objects.make_folder, r.bucket, r.key)
         else:
             check = _write_check(r.headers, r.bucket, r.key)
@@ -334,6 +336,8 @@ class S3Server:
             r.key,
             (r.headers.get("content-type") or DEFAULT_TYPE) if replace else None,
             r.metadata() if replace else None,
+            _source_check(r.headers),
+            _write_check(r.headers, r.bucket, r.key),
         )
         return answers.xml_response(answers.document("CopyObjectResult", [
             element("LastModified", iso_time(info.modified)), element("ETag", f'"{info.etag}"'),
@@ -395,7 +399,7 @@ class S3Server:
                 source = _copy_source(r.headers["x-amz-copy-source"])
                 md5 = await self._thread(
                     self.objects.copy_range, source, r.headers.get("x-amz-copy-source-range", ""),
-                    temp,
+                    temp, _source_check(r.headers),
                 )
             else:
                 md5 = (await body.receive(r.request.content, r.headers, signed, temp)).md5
@@ -559,6 +563,23 @@ def _write_check(headers: Mapping[str, str], bucket: str, key: str) -> WriteChec
             t in ("*", current.etag) for t in _etags(if_none_match)
         ):
             raise failed
+
+    return check
+
+
+def _source_check(headers: Mapping[str, str]) -> WriteCheck | None:
+    """A copy's conditions on its source (`x-amz-copy-source-if-match`, `-none-match`,
+    `-modified-since`, `-unmodified-since`): GetObject's, but any that fails is a 412."""
+    prefix = "x-amz-copy-source-"
+    conditions = {name.removeprefix(prefix): value for name, value in headers.items()
+                  if name.startswith(prefix + "if-")}
+    if not conditions:
+        return None
+
+    def check(source: ObjectInfo | None) -> None:
+        if source is not None and _preconditions(conditions, source) != 200:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
+                          "specified did not hold")
 
     return check
 

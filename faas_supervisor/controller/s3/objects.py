@@ -319,10 +319,16 @@ class Objects:
         key: str,
         content_type: str | None,
         metadata: dict[str, str] | None,
+        source_check: WriteCheck | None = None,
+        check: WriteCheck | None = None,
     ) -> ObjectInfo:
-        """`source` (bucket, key) copied to `key`; its type and metadata unless given."""
+        """`source` (bucket, key) copied to `key`; its type and metadata unless given.
+        `source_check` is given the source (x-amz-copy-source-if-*), `check` the object
+        replaced (If-Match, If-None-Match: see commit)."""
         info, src = self.open(*source)
         with src:
+            if source_check is not None:
+                source_check(info)
             temp = self.temporary(bucket, key)
             try:
                 with open(temp, "wb") as out:
@@ -337,11 +343,22 @@ class Objects:
             info.etag,
             content_type if content_type is not None else info.content_type,
             metadata if metadata is not None else info.metadata,
+            check,
         )
 
-    def copy_range(self, source: tuple[str, str], byte_range: str, temp: Path) -> str:
-        """Bytes of `source` (all, or `bytes=FIRST-LAST`) written to `temp`; their MD5."""
+    def copy_range(
+        self, source: tuple[str, str], byte_range: str, temp: Path,
+        source_check: WriteCheck | None = None,
+    ) -> str:
+        """Bytes of `source` (all, or `bytes=FIRST-LAST`) written to `temp`; their MD5.
+        `source_check`: as copy's."""
         info, src = self.open(*source)
+        if source_check is not None:
+            try:
+                source_check(info)
+            except BaseException:
+                src.close()
+                raise
         start, end = 0, info.size - 1
         if byte_range:
             unit, _, spec = byte_range.partition("=")
