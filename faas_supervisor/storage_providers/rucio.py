@@ -156,8 +156,11 @@ class RucioProvider:
                     raise StorageConflict(f"{self.name}: cannot upload {did}: the DID exists "
                                           "with other content (Rucio DIDs are immutable)")
                 # An earlier run may have registered the replica and then had its rule
-                # refused (no quota left): the rerun finishes that work.
-                await self._keep(session, bucket, key)
+                # refused (no quota left): the rerun finishes that work. A DID some rule
+                # keeps already (another account's upload) needs none of ours.
+                rules = await self._lines(session, "GET", self._url("dids", bucket, key, "rules"))
+                if not rules:
+                    await self._keep(session, bucket, key)
                 _logger.info("DID exists with the same content: not uploaded again",
                              provider=self.name, did=did)
                 return
