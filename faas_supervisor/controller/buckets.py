@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.logs import get_logger
+
+logger = get_logger(component="buckets")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class FolderStore:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.endpoint = endpoint
+        # Files skipped for a name that is not UTF-8 (`bucket/key`, as listed), warned of
+        # once each: the watcher lists every half second. Only those still there are kept.
+        self._not_utf8: set[str] = set()
+        self._not_utf8_lock = threading.Lock()  # listings run in several threads
 
     def provider_settings(self) -> dict[str, Any]:
         # The folder itself: a local job reads and writes it without the S3 endpoint.
@@ -167,17 +175,44 @@ class FolderStore:
         found: list[StoredObject] = []
         if not start.is_dir():
             return found
+        not_utf8: set[str] = set()
         for path in start.rglob("*"):
             relative = path.relative_to(base).as_posix()
             if any(part.startswith(".") for part in relative.split("/")):
                 continue
             if not relative.startswith(prefix) or not path.is_file() or path.is_symlink():
                 continue
+            if not _utf8(relative):
+                not_utf8.add(f"{bucket}/{relative}")
+                continue
             stat = path.stat()
             # The ETag: size and time, which any rewrite changes (identity.py).
             etag = f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
             found.append(StoredObject(relative, stat.st_size, stat.st_mtime, etag))
+        self._skipped(f"{bucket}/{prefix}", not_utf8)
         return sorted(found, key=lambda o: o.key)
+
+    def _skipped(self, listed: str, not_utf8: set[str]) -> None:
+        """Warn once of each file a listing of `listed` (`bucket/prefix`) skipped because
+        its name is not UTF-8: no key, event or store row can carry such a name (the
+        runtime skips such output files likewise)."""
+        with self._not_utf8_lock:
+            for name in sorted(not_utf8 - self._not_utf8):
+                # Its bytes, those not UTF-8 escaped (`a\xff.txt`).
+                shown = name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+                logger.warning("a file whose name is not UTF-8 is skipped", file=shown)
+            # What this listing covered is replaced by what it found: a file renamed or
+            # removed is forgotten, and warned of again if it comes back.
+            self._not_utf8 = {n for n in self._not_utf8 if not n.startswith(listed)} | not_utf8
+
+
+def _utf8(name: str) -> bool:
+    """A name from the file system holds surrogates where its bytes were not UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class S3Store:

@@ -208,7 +208,7 @@ class Jobs:
             log.write(f"faas-supervisor: {note}\n".encode())
 
     async def _finish(self, name: str, code: int | None, reason: str) -> None:
-        """The outcome and the whole log into the store, in a thread: a log can be large.
+        """The outcome and the log into the store, in a thread: a log can be large.
         A controller stopping meanwhile waits for it (the outcome is not lost)."""
         recording = asyncio.ensure_future(asyncio.to_thread(self._record, name, code, reason))
         try:
@@ -218,13 +218,23 @@ class Jobs:
             raise
 
     def _record(self, name: str, code: int | None, reason: str) -> None:
-        log = self.log_path(name)
+        """Never raises: the worker calling it must live on to run the next jobs. A job
+        whose log cannot be stored is Failed, saying why; one whose end cannot be stored
+        at all stays Running, its files kept, and the next start runs it again."""
         try:
-            logs = log.read_bytes()
-        except FileNotFoundError:
-            logs = b""
-        self.store.finish_job(name, code, logs, reason)
-        log.unlink(missing_ok=True)
+            # The log file itself: the store copies it a chunk at a time.
+            self.store.finish_job(name, code, self.log_path(name), reason)
+        except Exception as exc:
+            logger.exception("job's log not stored", job=name)
+            why = f"its log could not be stored ({type(exc).__name__}: {exc})"
+            try:
+                self.store.finish_job(name, code, f"faas-supervisor: {why}\n".encode(),
+                                      f"{reason}; {why}" if reason else why, failed=True)
+            except Exception as again:
+                logger.error("job's end not recorded; the next start runs it again",
+                             job=name, error=f"{type(again).__name__}: {again}")
+                return
+        self.log_path(name).unlink(missing_ok=True)
         self.event_path(name).unlink(missing_ok=True)
 
     # ---- reading and deleting --------------------------------------------------------

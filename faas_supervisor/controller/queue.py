@@ -134,10 +134,15 @@ class QueuePoller:
     def _route(self, record: Any) -> list[tuple[Service, bytes]]:
         try:
             bucket = record["s3"]["bucket"]["name"]
-            key = unquote_plus(record["s3"]["object"]["key"])  # S3 URL-encodes it
+            key = record["s3"]["object"]["key"]
         except (KeyError, TypeError):
+            bucket = key = None
+        if not isinstance(bucket, str) or not isinstance(key, str):
+            # Malformed for good: handled (so deleted), or the queue would redeliver it
+            # for ever, an error each time.
             logger.warning("an event without a bucket and key", record=str(record)[:200])
             return []
+        key = unquote_plus(key)  # S3 URL-encodes it
         if key.endswith("/"):
             return []  # a folder marker is not an object a service processes
         event = json.dumps(

@@ -4,7 +4,8 @@ One file under the data folder, written through at once (WAL), so a restart lose
 nothing. Jobs found `Running` at start-up belonged to a controller that stopped: they
 are put back to `Pending`, to run again (jobs.py does it). Most calls are short and
 synchronous: SQLite answers in microseconds, far below what a thread hop would cost.
-A job's logs can be large: jobs.py writes them (`finish_job`) and reads them
+A job's logs can be large: jobs.py writes them (`finish_job`, streamed from the log file
+into the row a chunk at a time, its end kept when over LOG_MAX) and reads them
 (`job_logs_chunk`, a chunk at a time) in worker threads. The connection is one, so every
 public method holds `_lock` while it uses it (a transaction of one thread must not take in
 another thread's statements); a short call on the event loop waits only while a job's
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import sqlite3
 import threading
@@ -37,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 from faas_supervisor.controller.fdl import Service, from_record, to_record
 from faas_supervisor.controller.identity import ObjectId
@@ -49,6 +51,11 @@ P = ParamSpec("P")
 # Room for the journal of a few deletions on a full disk (SQLite writes to delete).
 RESERVE = 1 << 20
 VACUUM_STEP = 256 << 10  # bytes of free pages given back per step
+# Bytes of a job's log kept: its end, after a line saying what was cut. Far below SQLite's
+# longest value (1e9 bytes), and the store's lock is held while a log is written.
+LOG_MAX = 64 << 20
+LOG_COPY_CHUNK = 1 << 20  # bytes of a log file copied into the store at a time
+CUT_NOTE_MAX = 200  # bytes the line saying what was cut takes at most
 logger = get_logger(component="store")
 
 
@@ -346,26 +353,49 @@ class Store:
         return cursor.rowcount == 1
 
     @_serialized
-    def finish_job(self, name: str, exit_code: int | None, logs: bytes, reason: str = "") -> None:
-        """Record the outcome; when not even the reserve holds the logs, the outcome alone,
-        with a reason that says so (a job is never left Running for want of space)."""
-        status = SUCCEEDED if exit_code == 0 else FAILED
+    def finish_job(
+        self,
+        name: str,
+        exit_code: int | None,
+        logs: bytes | Path,
+        reason: str = "",
+        *,
+        failed: bool = False,
+    ) -> None:
+        """Record the outcome (Failed when `failed`, else as the exit code says) and the
+        logs, given whole or as a file (missing: none), which is copied a chunk at a
+        time, never held whole; past LOG_MAX only its end is kept, after a line saying
+        so. When not even the reserve holds the logs, the outcome alone, with a reason
+        that says so; when not even that fits, InsufficientStorage."""
+        status = SUCCEEDED if exit_code == 0 and not failed else FAILED
 
-        def record(logs: bytes, reason: str) -> None:
-            self._write("the job's outcome to the store", lambda: self.db.execute(
-                "UPDATE jobs SET status = ?, finish_time = ?, exit_code = ?, logs = ?, "
-                "reason = ? WHERE name = ?",
-                (status, time.time(), exit_code, logs, reason, name),
-            ), essential=True)
+        def record(logs: bytes | Path, reason: str) -> None:
+            def work() -> None:
+                with _log_file(logs) as (source, size), self._transaction() as db:
+                    row = db.execute("SELECT seq FROM jobs WHERE name = ?", (name,)).fetchone()
+                    if row is None:
+                        return  # deleted meanwhile
+                    room = min(LOG_MAX, db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
+                    kept = size if size <= room else room - CUT_NOTE_MAX
+                    note = b"" if kept == size else _cut_note(size, kept)
+                    db.execute(
+                        "UPDATE jobs SET status = ?, finish_time = ?, exit_code = ?, "
+                        "logs = zeroblob(?), reason = ? WHERE seq = ?",
+                        (status, time.time(), exit_code, len(note) + kept, reason, row[0]),
+                    )
+                    if note or kept:
+                        source.seek(size - kept)
+                        with db.blobopen("jobs", "logs", row[0]) as blob:
+                            blob.write(note)
+                            _copy(source, blob, kept)
+
+            self._write("the job's outcome to the store", work, essential=True)
 
         try:
             record(logs, reason)
         except InsufficientStorage:
             note = "logs not kept: no space left on device"
-            try:
-                record(b"", f"{reason}; {note}" if reason else note)
-            except InsufficientStorage as exc:  # left Running: a restart marks it Failed
-                logger.error("job outcome not recorded", job=name, error=exc.message)
+            record(b"", f"{reason}; {note}" if reason else note)
 
     @_serialized
     def job_logs_chunk(self, name: str, offset: int, size: int) -> bytes:
@@ -484,6 +514,40 @@ class Store:
                 f"DELETE FROM objects WHERE {_OBJECT_KEY} AND recorded < ?",
                 [(service, *_fields(obj), before) for obj in objects],
             )
+
+
+@contextmanager
+def _log_file(logs: bytes | Path) -> Iterator[tuple[IO[bytes], int]]:
+    """The logs as a file to read, and their size."""
+    if isinstance(logs, bytes):
+        yield io.BytesIO(logs), len(logs)
+        return
+    try:
+        source = open(logs, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        yield io.BytesIO(), 0
+        return
+    with source:
+        yield source, os.fstat(source.fileno()).st_size
+
+
+def _cut_note(size: int, kept: int) -> bytes:
+    note = (f"faas-supervisor: the log had {size} bytes; its first {size - kept} are not "
+            f"kept, only its last {kept}\n").encode()
+    assert len(note) <= CUT_NOTE_MAX  # numbers of 20 digits at most
+    return note
+
+
+def _copy(source: IO[bytes], blob: sqlite3.Blob, size: int) -> None:
+    """`size` bytes of `source` into `blob`, a chunk at a time."""
+    while size > 0:
+        chunk = source.read(min(size, LOG_COPY_CHUNK))
+        if not chunk:
+            # Cannot happen to a job's log (its job has ended, nothing writes it): the
+            # zeros the row was made of stay.
+            break
+        blob.write(chunk)
+        size -= len(chunk)
 
 
 _OBJECT_KEY = "service = ? AND provider = ? AND bucket = ? AND key = ? AND version = ?"

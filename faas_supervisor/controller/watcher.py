@@ -9,10 +9,12 @@ gets its job at the next start.
 
 A path that cannot be listed (the store down, its bucket refused) is listed again after
 1 s, 2 s, 4 s... up to BACKOFF_MAX, not every half second: one warning when it starts
-failing, one info line when it lists again.
+failing, one info line when it lists again. An object whose offer fails (a full disk)
+holds up no other object of its path: it is offered again at the next poll, with one
+warning until it goes through.
 
-Memory: per path, the objects the last poll listed (offered, or still changing), and
-nothing of those since gone; per failing path, its count of failures.
+Memory: per path, the objects the last poll listed (offered, still changing, or whose
+offer failed), and nothing of those since gone; per failing path, its count of failures.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class InputWatcher:
         # (service, path) -> objects offered, and objects seen once (maybe still changing)
         self._offered: dict[tuple[str, StoragePath], Seen] = {}
         self._pending: dict[tuple[str, StoragePath], Seen] = {}
+        # (service, path) -> objects whose offer failed, warned of once (also in _pending)
+        self._refused: dict[tuple[str, StoragePath], Seen] = {}
         self._failing: dict[tuple[str, StoragePath], _Failing] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -76,6 +80,7 @@ class InputWatcher:
         for path in paths:
             self._offered[(service.name, path)] = {}
             self._pending[(service.name, path)] = {}
+            self._refused[(service.name, path)] = {}
         self._services[service.name] = service
 
     def unwatch(self, name: str) -> None:
@@ -83,6 +88,7 @@ class InputWatcher:
         for path in input_paths(service) if service else []:
             self._offered.pop((name, path), None)
             self._pending.pop((name, path), None)
+            self._refused.pop((name, path), None)
             self._failing.pop((name, path), None)
 
     def start(self) -> None:
@@ -133,21 +139,32 @@ class InputWatcher:
         slot = (service.name, path)
         if self._services.get(service.name) is not service:
             return  # unwatched (or watched anew) while listing
-        offered, pending = self._offered[slot], self._pending[slot]
+        offered, pending, refused = self._offered[slot], self._pending[slot], self._refused[slot]
         now_offered: Seen = {}
         now_pending: Seen = {}
+        now_refused: Seen = {}
         for obj in objects:
             stat = (obj.size, obj.modified)
             if offered.get(obj.key) == stat:
                 now_offered[obj.key] = stat
             elif pending.get(obj.key) == stat:
-                await self.offer(service, path, obj)
+                try:
+                    await self.offer(service, path, obj)
+                except Exception as exc:  # this object only: the others go on
+                    if refused.get(obj.key) != stat:
+                        logger.warning("an input object could not be offered; tried again "
+                                       "at each poll", service=service.name,
+                                       path=_shown(path), key=obj.key, error=str(exc))
+                    # Still pending, unchanged: offered again at the next poll.
+                    now_pending[obj.key] = now_refused[obj.key] = stat
+                    continue
                 now_offered[obj.key] = stat
             else:
                 now_pending[obj.key] = stat
         if self._services.get(service.name) is service:
             # Only what this listing holds: an object deleted is forgotten.
             self._offered[slot], self._pending[slot] = now_offered, now_pending
+            self._refused[slot] = now_refused
 
 
 def _shown(path: StoragePath) -> str:

@@ -8,6 +8,7 @@ processes; the storage is the embedded folder store under the data folder.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -361,6 +362,51 @@ def test_ceph_event_with_the_token_as_opaque_data_is_authenticated(
     assert accepted.status_code == 201
     controller.wait_jobs("copier", 1)
     assert (controller.storage / "copier" / "output" / "result").read_bytes() == b"leaf"
+
+
+@pytest.mark.timeout(120)
+def test_a_ceph_event_whose_body_comes_in_pieces_is_authenticated(
+    controller: ControllerProcess,
+) -> None:
+    """aiohttp's `read(n)` answers with what has arrived: a valid push whose body came in
+    two writes (or two chunks) was a 401, its first piece taken for the whole."""
+    token = controller.create(copier())["token"]
+    event = _ceph_event()
+    record = event["Records"][0]
+    record.update(opaqueData=token)
+    record["s3"]["bucket"]["name"] = "copier"
+    record["s3"]["object"].update(key="input/leaf.txt", eTag="1")
+    plain = json.dumps(event).encode()
+    record["s3"]["object"]["eTag"] = "2"  # another object: a job of its own
+    chunked = json.dumps(event).encode()
+
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    head = b"POST /job/copier HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    for first, rest in (
+        (head + b"Content-Length: %d\r\n\r\n%s" % (len(plain), plain[:50]), plain[50:]),
+        (head + b"Transfer-Encoding: chunked\r\n\r\n" + chunk(chunked[:50]),
+         chunk(chunked[50:]) + b"0\r\n\r\n"),
+    ):
+        with socket.create_connection(("127.0.0.1", controller.port), timeout=30) as sock:
+            sock.sendall(first)
+            # Nothing answered before the body is whole (the refusal came at once).
+            sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)
+            sock.settimeout(30)
+            sock.sendall(rest)
+            answer = b""
+            while piece := sock.recv(65536):
+                answer += piece
+        assert answer.startswith(b"HTTP/1.1 201 "), answer
+    assert len(controller.jobs("copier")) == 2
+
+    # Past CEPH_EVENT_MAX (1 MiB), it is refused as before, whatever it says.
+    record["s3"]["object"]["eTag"] = "3"
+    large = json.dumps(event).encode()[:-1] + b" " * (1 << 20) + b"}"
+    assert requests.post(f"{controller.url}/job/copier", data=large, timeout=30).status_code == 401
 
 
 def _ceph_event() -> dict[str, Any]:

@@ -205,6 +205,35 @@ def test_a_restart_stops_the_scripts_a_killed_controller_left_before_running_aga
             os.killpg(pid, signal.SIGKILL)
 
 
+def drop_not_utf8(folder: Path, name: bytes) -> None:
+    """A file whose name's bytes are not UTF-8 (no object key can name it)."""
+    (folder / ".staged").write_bytes(b"not a key")
+    os.rename(folder / ".staged", os.path.join(os.fsencode(folder), name))
+
+
+@pytest.mark.timeout(120)
+def test_files_named_in_no_utf_8_are_skipped_once_each_and_stop_nothing(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    """Such a name made the service's creation a 502 (its input path's first listing),
+    and, dropped later, stopped every job of its input path for good."""
+    controller = controllers()
+    inputs = controller.storage / "names" / "input"
+    inputs.mkdir(parents=True)
+    drop_not_utf8(inputs, b"there before \xff.txt")
+    counter = tmp_path / "counter"
+    controller.create(counting("names", counter))  # 201
+    drop_not_utf8(inputs, b"a\xff.txt")  # listed before the next, and every poll after
+    drop(inputs, "b.txt", b"b")
+    await_succeeded(controller, "names", 1)
+    drop(inputs, "c.txt", b"c")  # many polls later
+    await_succeeded(controller, "names", 2)
+    assert counter.read_text().split("\n")[:-1] == ["input/b.txt", "input/c.txt"]
+    skipped = [line for line in controller.log_text().splitlines() if "not UTF-8" in line]
+    assert len(skipped) == 2, skipped
+    assert "file=names/input/a\\xff.txt" in skipped[0] + skipped[1]
+
+
 # ---- S3: events delivered twice ---------------------------------------------------------
 
 
@@ -253,6 +282,37 @@ def test_an_sqs_message_delivered_twice_gives_one_job(
     wait_until(queue_empty, 60, "the redelivered events to be handled", controller)
     assert len(controller.jobs(name)) == 1
     assert controller.log_text().count("the object has a job already") >= 2
+
+
+@pytest.mark.timeout(120)
+def test_an_sqs_record_without_a_string_bucket_and_key_is_dropped_once(
+    controllers: ControllerFactory, moto_server: S3Server
+) -> None:
+    """A key that is a number failed the message each time it came (never deleted): an
+    error logged at every redelivery, for ever."""
+    queue = f"events-{uuid.uuid4().hex[:8]}"
+    controller = controllers(args=moto_args(moto_server, "--events-queue", queue))
+    sqs = sqs_client(moto_server)
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]  # made by the controller
+    # Redelivered a second after each receive, while it is not deleted.
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "1"})
+    records = [
+        {"eventSource": "aws:s3", "s3": {"bucket": {"name": "b"}, "object": {"key": 5}}},
+        {"eventSource": "aws:s3", "s3": {"bucket": {"name": ["b"]}, "object": {"key": "k"}}},
+    ]
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Records": records}))
+
+    def queue_empty() -> bool:
+        counts = sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return all(int(v) == 0 for v in counts.values())
+
+    wait_until(queue_empty, 30, "the malformed message to be deleted", controller)
+    log = controller.log_text()
+    assert log.count("an event without a bucket and key") == 2, log
+    assert "could not be queued" not in log
 
 
 @pytest.mark.reliability(

@@ -5,6 +5,11 @@ the backend is a fake whose job writes a 50 MiB log. While the log is read from 
 (job running), written into the store (job finishing) and read from the store (job
 finished), a probe on the same loop measures how late its timers fire, and /health is
 asked: the loop must never be held for long.
+
+Then, with the real store and jobs and fake backends: a log is stored without being held
+whole in memory; past what the store keeps (store.LOG_MAX, or SQLite's limit on a value,
+lowered here) only its end is kept; and a job whose end cannot be stored fails, saying
+why, while the worker goes on to the next job.
 """
 
 from __future__ import annotations
@@ -12,15 +17,19 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import sqlite3
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from faas_supervisor.controller.fdl import Service
-from faas_supervisor.controller.store import Store
+from faas_supervisor.controller import store as store_module
+from faas_supervisor.controller.fdl import Service, parse_service
+from faas_supervisor.controller.jobs import Jobs
+from faas_supervisor.controller.store import FINISHED, Job, Store
 from tests.unit.test_api_services import AUTH, serving
 
 LINE = b"".join(b"%06d the job says something\n" % n for n in range(1000))  # 34 KB
@@ -171,3 +180,172 @@ async def test_a_50_mib_log_is_stored_and_served_without_holding_the_loop(
     assert (size, digest) == (LOG_SIZE, want)
     assert not await probe.held()
     assert slowest_health < MAX_LAG
+
+
+# ---- a log past what the store keeps, and a job's end that cannot be stored ----------
+
+
+class Writer:
+    """A backend whose jobs write `log` (bytes, or a size: that many) and exit 0; once
+    `release` is set, when `gated`."""
+
+    name = "writer"
+
+    def __init__(self, log: bytes | int, gated: bool = False) -> None:
+        self.log = log
+        self.written = asyncio.Event()
+        self.release = asyncio.Event()
+        if not gated:
+            self.release.set()
+
+    async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
+        await asyncio.to_thread(self._write, log)
+        self.written.set()
+        await self.release.wait()
+        return 0
+
+    def _write(self, path: Path) -> None:
+        with open(path, "ab") as out:
+            if isinstance(self.log, bytes):
+                out.write(self.log)
+                return
+            for _ in range(self.log // len(LINE)):
+                out.write(LINE)
+
+
+def one_at_a_time(tmp_path: Path, backend: Writer) -> tuple[Store, Jobs, Service]:
+    """A store and jobs running at most one job (--max-jobs 1): a worker that dies
+    leaves every later job Pending."""
+    store = Store(tmp_path / "store.sqlite3")
+    service = parse_service({"name": "svc", "script": "true"})
+    jobs = Jobs(store, backend, tmp_path / "jobs", 1, lambda name: service)  # type: ignore[arg-type]
+    return store, jobs, service
+
+
+async def ended(store: Store, job: str) -> Job:
+    # The store tells no one when a row changes: polled, with a deadline.
+    deadline = time.monotonic() + 30
+    while (found := store.job(job)) is None or found.status not in FINISHED:
+        assert time.monotonic() < deadline, f"{job} never ended: {found}"
+        await asyncio.sleep(0.01)
+    return found
+
+
+def stored_log(store: Store, job: str) -> bytes:
+    chunks, offset = [], 0
+    while chunk := store.job_logs_chunk(job, offset, 1 << 16):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+async def test_a_log_past_sqlites_limit_keeps_its_end_and_the_worker_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The 1e9-byte limit of a SQLite value, lowered to 64 KiB: a log past it used to end
+    the worker (sqlite3.DataError), its job Running and every later one Pending."""
+    log = b"".join(b"line %06d\n" % n for n in range(20_000))  # 220 000 bytes
+    store, jobs, service = one_at_a_time(tmp_path, Writer(log))
+    limit = 64 << 10
+    store.db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)
+    try:
+        await jobs.start()
+        first, _ = await jobs.submit(service, b"{}")
+        second, _ = await jobs.submit(service, b"{}")
+        assert (await ended(store, first)).status == "Succeeded"
+        assert (await ended(store, second)).status == "Succeeded"
+        kept = stored_log(store, first)
+        note, rest = kept.split(b"\n", 1)
+        assert len(kept) <= limit and log.endswith(rest) and len(rest) > limit // 2
+        assert note == (f"faas-supervisor: the log had {len(log)} bytes; its first "
+                        f"{len(log) - len(rest)} are not kept, only its last {len(rest)}"
+                        ).encode()
+        # Only the end is kept, not the whole log: the job log API answers that.
+        assert [chunk async for chunk in jobs.logs(first)] == [kept]
+    finally:
+        await jobs.close()
+        store.close()
+
+
+def test_a_log_over_log_max_keeps_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "LOG_MAX", 1000)
+    log = tmp_path / "job.log"
+    log.write_bytes(bytes(range(256)) * 20)
+    store = Store(tmp_path / "store.sqlite3")
+    try:
+        store.add_job("j", "svc")
+        store.start_job("j")
+        store.finish_job("j", 0, log)
+        kept = stored_log(store, "j")
+        note, rest = kept.split(b"\n", 1)
+        assert len(kept) <= 1000 and rest == log.read_bytes()[-len(rest):]
+        assert note.startswith(b"faas-supervisor: the log had 5120 bytes")
+        # A log within the limit is kept whole, a missing one is empty.
+        for name, logs in (("whole", log.read_bytes()[:1000]), ("none", tmp_path / "gone")):
+            store.add_job(name, "svc")
+            store.finish_job(name, 0, logs)
+            assert stored_log(store, name) == (logs if isinstance(logs, bytes) else b"")
+    finally:
+        store.close()
+
+
+async def test_a_log_is_stored_without_being_held_whole(tmp_path: Path) -> None:
+    """The controller read a job's whole log into memory at its end (a 300 MB log: +880 MB
+    of resident memory). Python's allocations while a 16 MiB log is stored stay small."""
+    size = (16 << 20) // len(LINE) * len(LINE)
+    backend = Writer(size, gated=True)
+    store, jobs, service = one_at_a_time(tmp_path, backend)
+    try:
+        await jobs.start()
+        job, _ = await jobs.submit(service, b"{}")
+        await backend.written.wait()
+        tracemalloc.start()  # from the job's end on
+        try:
+            backend.release.set()
+            assert (await ended(store, job)).status == "Succeeded"
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < size // 4, f"{peak} bytes allocated at most"
+        assert store.job_logs_chunk(job, size - len(LINE), 1 << 20) == LINE
+    finally:
+        await jobs.close()
+        store.close()
+
+
+class Refusing(Store):
+    """A store that cannot record the first job's end it is given."""
+
+    refused = False
+
+    def finish_job(self, name: str, exit_code: int | None, logs: bytes | Path,
+                   reason: str = "", *, failed: bool = False) -> None:
+        if not self.refused:
+            self.refused = True
+            raise sqlite3.OperationalError("disk I/O error")
+        super().finish_job(name, exit_code, logs, reason, failed=failed)
+
+
+async def test_a_job_whose_end_cannot_be_stored_fails_and_the_worker_goes_on(
+    tmp_path: Path,
+) -> None:
+    store = Refusing(tmp_path / "store.sqlite3")
+    service = parse_service({"name": "svc", "script": "true"})
+    jobs = Jobs(store, Writer(b"hello\n"), tmp_path / "jobs", 1,  # type: ignore[arg-type]
+                lambda name: service)
+    try:
+        await jobs.start()
+        first, _ = await jobs.submit(service, b"{}")
+        second, _ = await jobs.submit(service, b"{}")
+        failed = await ended(store, first)
+        why = "its log could not be stored (OperationalError: disk I/O error)"
+        assert (failed.status, failed.reason, failed.exit_code) == ("Failed", why, 0)
+        assert stored_log(store, first) == f"faas-supervisor: {why}\n".encode()
+        assert (await ended(store, second)).status == "Succeeded"
+        assert stored_log(store, second) == b"hello\n"
+        assert not list((tmp_path / "jobs").iterdir())  # both jobs' files gone
+    finally:
+        await jobs.close()
+        store.close()

@@ -1,12 +1,15 @@
-"""The input watcher: what it offers, and that it remembers only what its last listing held."""
+"""The input watcher: what it offers, and that it remembers only what its last listing held;
+and, over a real folder store, that an object whose offer fails holds up no other."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from faas_supervisor.config import StoragePath
 from faas_supervisor.controller import watcher as watcher_module
-from faas_supervisor.controller.buckets import StoredObject
+from faas_supervisor.controller.buckets import FolderStore, StoredObject
 from faas_supervisor.controller.fdl import Service, parse_service
 from faas_supervisor.controller.watcher import InputWatcher
 
@@ -68,9 +71,11 @@ class Log:
 
     def __init__(self) -> None:
         self.lines: list[tuple[str, str]] = []
+        self.warnings: list[dict[str, object]] = []  # with their fields
 
-    def warning(self, event: str, **_fields: object) -> None:
+    def warning(self, event: str, **fields: object) -> None:
         self.lines.append(("warning", event))
+        self.warnings.append({"event": event, **fields})
 
     def info(self, event: str, **_fields: object) -> None:
         self.lines.append(("info", event))
@@ -139,3 +144,44 @@ async def test_a_store_down_is_listed_less_and_less_often_and_logged_once(
     assert watcher._failing
     watcher.unwatch("w")
     assert not watcher._failing
+
+
+async def test_an_object_whose_offer_fails_is_tried_again_and_stops_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = Log()
+    monkeypatch.setattr(watcher_module, "logger", log)
+    store = FolderStore(tmp_path / "storage")
+    store.ensure_path("watched", "in")
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (store.root / "watched" / "in" / name).write_bytes(name.encode())
+    offered: list[str] = []
+    refusals = [2]  # b.txt is refused twice, then taken
+
+    async def offer(service: Service, path: StoragePath, obj: StoredObject) -> None:
+        if obj.key == "in/b.txt" and refusals[0]:
+            refusals[0] -= 1
+            raise OSError(28, "No space left on device")
+        offered.append(obj.key)
+
+    watcher = InputWatcher(store, offer)
+    service = parse_service({
+        "name": "w",
+        "script": "true",
+        "input": [{"storage_provider": "minio", "path": "watched/in"}],
+    })
+    await watcher.watch(service)
+    (path,) = {p for _, p in watcher._offered}
+
+    await watcher._poll(service, path)  # seen once: maybe still being written
+    await watcher._poll(service, path)  # settled: offered, b.txt refused
+    assert offered == ["in/a.txt", "in/c.txt"]
+    await watcher._poll(service, path)  # b.txt refused again: no second warning
+    assert offered == ["in/a.txt", "in/c.txt"]
+    (warning,) = log.warnings
+    assert warning["key"] == "in/b.txt" and "No space left" in str(warning["error"])
+    await watcher._poll(service, path)  # taken at last, the others not again
+    assert offered == ["in/a.txt", "in/c.txt", "in/b.txt"]
+    await watcher._poll(service, path)
+    assert offered == ["in/a.txt", "in/c.txt", "in/b.txt"] and len(log.warnings) == 1
+    assert watcher._refused == {("w", path): {}}

@@ -129,8 +129,8 @@ class InvocationRoutes(Routes):
         if api.authorised(request, service):
             name, new = await api.jobs.submit(service, request.content.iter_chunked(1 << 16))
         elif "Authorization" not in request.headers:
-            body = await request.content.read(CEPH_EVENT_MAX + 1)
-            if len(body) > CEPH_EVENT_MAX or not _ceph_token_ok(body, service.token):
+            body = await _read_at_most(request.content, CEPH_EVENT_MAX)
+            if body is None or not _ceph_token_ok(body, service.token):
                 raise Unauthorized()
             name, new = await api.jobs.submit(service, body)
         else:
@@ -157,6 +157,20 @@ class UpstreamConnector(aiohttp.TCPConnector):
         if idle is not None and len(idle) >= self.max_idle:
             should_close = True
         super()._release(key, protocol, should_close=should_close)
+
+
+async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, or None once it is past `limit` bytes (the rest left unread).
+
+    `read(n)` answers with what has arrived, not n bytes: a body sent in several pieces
+    (a client's separate writes, chunks) takes several reads.
+    """
+    body = bytearray()
+    while chunk := await content.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def _ceph_token_ok(body: bytes, token: str) -> bool:
