@@ -553,7 +553,7 @@ def variable_problem(name: str, value: str, where: str) -> str | None:
     if not VARIABLE_NAME.fullmatch(name):
         return (f"{where}: {name!r} is not a variable name (letters, digits, '_', '-', '.', "
                 "not starting with a digit)")
-    if "\x00" in value or not _encodable(value):
+    if "\x00" in value or not utf8_encodable(value):
         return f"{where}.{name}: a NUL or a lone surrogate cannot be in a variable"
     if len(f"{name}={value}".encode()) >= VARIABLE_MAX:
         return (f"{where}.{name}: longer than a variable can be "
@@ -561,7 +561,9 @@ def variable_problem(name: str, value: str, where: str) -> str | None:
     return None
 
 
-def _encodable(text: str) -> bool:
+def utf8_encodable(text: str) -> bool:
+    """Whether `text` is UTF-8's: a name read from the file system (os.walk, scandir)
+    holds surrogates where its bytes were not UTF-8, as a YAML or JSON lone surrogate."""
     try:
         text.encode()
     except UnicodeEncodeError:

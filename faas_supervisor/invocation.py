@@ -29,7 +29,12 @@ from typing import IO
 
 from faas_supervisor import processes
 from faas_supervisor.access import authorize
-from faas_supervisor.config import FunctionConfig, StoragePath, normalize_provider_name
+from faas_supervisor.config import (
+    FunctionConfig,
+    StoragePath,
+    normalize_provider_name,
+    utf8_encodable,
+)
 from faas_supervisor.errors import (
     BadEvent,
     FaasError,
@@ -411,7 +416,7 @@ class Invocation:
                 if entry.is_dir(follow_symlinks=False):
                     subfolders.append((entry.path, relative + "/"))
                     continue
-                if not _utf8(relative):
+                if not utf8_encodable(relative):
                     # No ZIP entry nor object key can carry it (both are UTF-8 text).
                     shown = relative.encode("utf-8", "surrogateescape")
                     self.log.warning(f"output {shown!r} skipped: its name is not UTF-8")
@@ -798,11 +803,3 @@ def _exit_status(code: int) -> int:
     """A shell's convention: killed by signal N is 128 + N."""
     return 128 - code if code < 0 else code
 
-
-def _utf8(name: str) -> bool:
-    """A file name decoded by os.walk holds surrogates where its bytes were not UTF-8."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from faas_supervisor.config import utf8_encodable
 from faas_supervisor.controller.names import bucket_problem, path_problem
 from faas_supervisor.logs import get_logger
 
@@ -182,7 +183,7 @@ class FolderStore:
                 continue
             if not relative.startswith(prefix) or not path.is_file() or path.is_symlink():
                 continue
-            if not _utf8(relative):
+            if not utf8_encodable(relative):
                 not_utf8.add(f"{bucket}/{relative}")
                 continue
             stat = path.stat()
@@ -204,15 +205,6 @@ class FolderStore:
             # What this listing covered is replaced by what it found: a file renamed or
             # removed is forgotten, and warned of again if it comes back.
             self._not_utf8 = {n for n in self._not_utf8 if not n.startswith(listed)} | not_utf8
-
-
-def _utf8(name: str) -> bool:
-    """A name from the file system holds surrogates where its bytes were not UTF-8."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class S3Store:

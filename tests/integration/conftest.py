@@ -222,6 +222,21 @@ class S3Server:
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
                             aws_secret_access_key=self.secret_key, region_name=self.region)
 
+    def sqs(self):  # type: ignore[no-untyped-def]
+        """A client of the same server's SQS (moto serves both)."""
+        import boto3
+
+        return boto3.client("sqs", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name=self.region)
+
+    def queue_empty(self, url: str) -> bool:
+        """No message in the queue at `url`: none visible, none in flight."""
+        counts = self.sqs().get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return all(int(v) == 0 for v in counts.values())
+
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:

@@ -144,15 +144,7 @@ def test_moto_notifies_a_queue_the_controller_reads(
         ]
     )
     s3 = moto_server.client()
-    import boto3
-
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=moto_server.endpoint,
-        aws_access_key_id=moto_server.access_key,
-        aws_secret_access_key=moto_server.secret_key,
-        region_name=moto_server.region,
-    )
+    sqs = moto_server.sqs()
     controller.create(service(name))
     assert intake_of(controller, name) == "queue"
     url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]  # made by the controller
@@ -171,14 +163,8 @@ def test_moto_notifies_a_queue_the_controller_reads(
     await_succeeded(controller, name, len(KEYS))
 
     # Every message was deleted once its job was stored: none comes back for a second run.
-    def queue_empty() -> bool:
-        counts = sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return all(int(v) == 0 for v in counts.values())
 
-    wait_until(queue_empty, 60, "the events queue to be empty", controller)
+    wait_until(lambda: moto_server.queue_empty(url), 60, "the events queue to be empty", controller)
     assert len(controller.jobs(name)) == len(KEYS)
 
     assert controller.request("DELETE", f"/system/services/{name}").status_code == 204

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 
@@ -50,16 +49,6 @@ def controllers(tmp_path: Path) -> Iterator[ControllerFactory]:
 
 def moto_args(moto: S3Server, *extra: str) -> list[str]:
     return [*minio_args(moto.endpoint, moto.access_key, moto.secret_key, moto.region), *extra]
-
-
-def sqs_client(moto: S3Server) -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=moto.endpoint,
-        aws_access_key_id=moto.access_key,
-        aws_secret_access_key=moto.secret_key,
-        region_name=moto.region,
-    )
 
 
 def drop(folder: Path, name: str, data: bytes) -> None:
@@ -249,7 +238,7 @@ def test_an_sqs_message_delivered_twice_gives_one_job(
     controller = controllers(args=moto_args(moto_server, "--events-queue", f"events-{name}"))
     controller.create(service(name))
     assert intake_of(controller, name) == "queue"
-    s3, sqs = moto_server.client(), sqs_client(moto_server)
+    s3, sqs = moto_server.client(), moto_server.sqs()
     key = "input/once only.txt"
     s3.put_object(Bucket=name, Key=key, Body=b"once")
     await_outputs(s3, name, {key: b"once"}, controller)
@@ -272,14 +261,9 @@ def test_an_sqs_message_delivered_twice_gives_one_job(
     for _ in range(2):
         sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Records": [record]}))
 
-    def queue_empty() -> bool:
-        counts = sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return all(int(v) == 0 for v in counts.values())
 
-    wait_until(queue_empty, 60, "the redelivered events to be handled", controller)
+    wait_until(lambda: moto_server.queue_empty(url), 60, "the redelivered events to be handled",
+               controller)
     assert len(controller.jobs(name)) == 1
     assert controller.log_text().count("the object has a job already") >= 2
 
@@ -292,7 +276,7 @@ def test_an_sqs_record_without_a_string_bucket_and_key_is_dropped_once(
     error logged at every redelivery, for ever."""
     queue = f"events-{uuid.uuid4().hex[:8]}"
     controller = controllers(args=moto_args(moto_server, "--events-queue", queue))
-    sqs = sqs_client(moto_server)
+    sqs = moto_server.sqs()
     url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]  # made by the controller
     # Redelivered a second after each receive, while it is not deleted.
     sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "1"})
@@ -302,14 +286,9 @@ def test_an_sqs_record_without_a_string_bucket_and_key_is_dropped_once(
     ]
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Records": records}))
 
-    def queue_empty() -> bool:
-        counts = sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return all(int(v) == 0 for v in counts.values())
 
-    wait_until(queue_empty, 30, "the malformed message to be deleted", controller)
+    wait_until(lambda: moto_server.queue_empty(url), 30, "the malformed message to be deleted",
+               controller)
     log = controller.log_text()
     assert log.count("an event without a bucket and key") == 2, log
     assert "could not be queued" not in log
@@ -378,7 +357,7 @@ def test_objects_whose_events_were_lost_get_their_jobs(
 ) -> None:
     name = f"lost-{uuid.uuid4().hex[:8]}"
     args = moto_args(moto_server, "--events-queue", f"events-{name}", "--reconcile-interval", "1")
-    s3, sqs = moto_server.client(), sqs_client(moto_server)
+    s3, sqs = moto_server.client(), moto_server.sqs()
     s3.create_bucket(Bucket=name)
     s3.put_object(Bucket=name, Key="input/before the service.txt", Body=b"old")
     first = controllers(args=args)

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,29 @@ def event_file(tmp_path: Path, data: bytes) -> str:
     path = tmp_path / f"event-{uuid.uuid4().hex}.json"
     path.write_bytes(data)
     return str(path)
+
+
+def stopped(args: list[str], env: dict[str, str], ready: Callable[[], bool], what: str,
+            sig: int = signal.SIGTERM, timeout: float = 20, pause: float = 0.02
+            ) -> tuple[int, bytes]:
+    """`faas-supervisor ARGS`, sent `sig` once `ready()` (polled every `pause` seconds: a
+    file or a store's state, no event to await), then awaited at most `timeout` seconds:
+    its status and standard error. Killed, whatever happens."""
+    process = subprocess.Popen([*faas_command(), *args], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"{what}: not in 60 s"
+            time.sleep(pause)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, stderr
 
 
 # ---- where the event comes from --------------------------------------------------------
@@ -336,21 +360,9 @@ def test_a_stopped_job_kills_its_script_and_leaves_no_folder(tmp_path: Path, sig
                       f'mv "{pids}.tmp" "{pids}"\nsleep 1000\n')
     env = {k: v for k, v in os.environ.items() if k not in ("EVENT", "EXEC_TIMEOUT")}
     env.update({"TMPDIR": str(tmp), "EVENT": "{}"})
-    process = subprocess.Popen([*faas_command(), "run", "--script", str(script)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while not pids.exists():
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the script did not start"
-            time.sleep(0.02)  # the script's marker file: no event to await
-        process.send_signal(sig)
-        _, stderr = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 128 + sig, stderr
+    status, stderr = stopped(["run", "--script", str(script)], env, pids.exists,
+                             "the script's start", sig)
+    assert status == 128 + sig, stderr
     assert b"Traceback" not in stderr
     for pid in (int(p) for p in pids.read_text().split()):
         deadline = time.monotonic() + 10
@@ -371,21 +383,12 @@ def test_a_job_stopped_as_it_starts_leaves_no_folder(tmp_path: Path) -> None:
     env.update({"TMPDIR": str(tmp), "EVENT": "{}",
                 "SCRIPT": base64.b64encode(b"sleep 1000\n").decode()})
     for _ in range(5):
-        process = subprocess.Popen([*faas_command(), "run"], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            # The folder's appearance, seen as soon as can be: signalled in the few
-            # milliseconds before the handlers are in place.
-            while not os.listdir(tmp):
-                assert process.poll() is None, process.communicate()
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        assert process.returncode in (128 + signal.SIGTERM, -signal.SIGTERM), stderr
-        assert list(tmp.iterdir()) == [], process.returncode
+        # The folder's appearance, seen as soon as can be (no pause): signalled in the
+        # few milliseconds before the handlers are in place.
+        status, stderr = stopped(["run"], env, lambda: bool(os.listdir(tmp)),
+                                 "the runtime's folder", pause=0)
+        assert status in (128 + signal.SIGTERM, -signal.SIGTERM), stderr
+        assert list(tmp.iterdir()) == [], status
 
 
 @pytest.mark.parametrize("provider", ["minio", "s3"])  # the direct path, then boto3's
@@ -422,25 +425,14 @@ def test_a_job_stopped_during_a_stalled_stage_in_ends_at_once(
     script.write_text("#!/bin/sh\necho ran\n")
     env = {k: v for k, v in os.environ.items() if k not in ("EVENT", "EXEC_TIMEOUT")}
     env.update({"TMPDIR": str(tmp), "EVENT": event})
-    process = subprocess.Popen([*faas_command(), "run", "--config", str(config), "--script",
-                                str(script)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
-        while not held:  # the download's request came: no event to await from here
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "no request reached the store"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=8)
+        status, stderr = stopped(["run", "--config", str(config), "--script", str(script)],
+                                 env, lambda: bool(held), "the download's request", timeout=8)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
         server.close()
         for conn in held:
             conn.close()
-    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert status == 128 + signal.SIGTERM, stderr
     assert b"Traceback" not in stderr and b"ran" not in stderr
     assert list(tmp.iterdir()) == []
 
@@ -465,22 +457,11 @@ def test_a_job_stopped_during_a_multipart_stage_out_aborts_the_upload(
     tmp.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("EVENT", "EXEC_TIMEOUT")}
     env.update({"TMPDIR": str(tmp), "EVENT": "{}"})
-    process = subprocess.Popen([*faas_command(), "run", "--config", str(config), "--script",
-                                str(script)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "no multipart upload began"
-            time.sleep(0.02)  # the store's listing: no event to await
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 128 + signal.SIGTERM, stderr
+    status, stderr = stopped(
+        ["run", "--config", str(config), "--script", str(script)], env,
+        lambda: bool(s3.list_multipart_uploads(Bucket=bucket).get("Uploads")),
+        "a multipart upload's start")
+    assert status == 128 + signal.SIGTERM, stderr
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads") is None
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
     assert list(tmp.iterdir()) == []
