@@ -277,7 +277,7 @@ def parse_ahead(path: Path) -> None:
 
     try:
         text = path.read_text(encoding="utf-8")
-        _parsed_ahead = (text, yaml.load(text, Loader=_text_loader()))
+        _parsed_ahead = (text, yaml.load(text, Loader=text_loader()))
     except (OSError, ValueError, RecursionError, yaml.YAMLError):
         _parsed_ahead = None
 
@@ -293,7 +293,7 @@ _KEPT_RESOLVERS = ("tag:yaml.org,2002:null", "tag:yaml.org,2002:merge")
 
 
 @functools.cache
-def _text_loader() -> type[yaml.SafeLoader]:
+def text_loader() -> type[yaml.SafeLoader]:
     import yaml
 
     class TextLoader(yaml.SafeLoader):
@@ -313,7 +313,7 @@ def _parse_yaml(text: str) -> Any:
     ahead, _parsed_ahead = _parsed_ahead, None
     if ahead is not None and ahead[0] == text:
         return ahead[1]
-    return yaml.load(text, Loader=_text_loader())
+    return yaml.load(text, Loader=text_loader())
 
 
 def _read_text(path: Path, source: str) -> str:
@@ -527,7 +527,7 @@ def _list(value: Any, key: str) -> list[Any]:
 
 
 def _scalar_text(value: Any, key: str) -> str:
-    """A string field: plain scalars are text already (_text_loader); null is "", as
+    """A string field: plain scalars are text already (text_loader); null is "", as
     in Go; an explicitly tagged `!!bool` or number is its text."""
     if value is None:
         return ""

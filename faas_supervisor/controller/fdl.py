@@ -26,6 +26,7 @@ from faas_supervisor.config import (
     SECRET_KEYS,
     StoragePath,
     normalize_provider_name,
+    text_loader,
     variable_problem,
 )
 from faas_supervisor.controller.names import bucket_problem, path_problem
@@ -43,6 +44,7 @@ HIDDEN = "hidden"  # what the manager shows instead of the default provider's ke
 MAX_SCALE = 100
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _CPU = re.compile(r"\d+(\.\d+)?m?|\.\d+")
+_NUMBER = re.compile(r"\d+(\.\d+)?")  # a YAML file's unit-less memory: refused
 # Kubernetes' quantity syntax (resource.ParseQuantity, which the OSCAR manager and the API
 # server parse it with): its suffixes only, so `1g` or `512K` never reach a cluster that
 # cannot even decode a pod holding them. What older versions stored is still read back.
@@ -141,9 +143,11 @@ def parse_service(
     if not _CPU.fullmatch(cpu) or float(cpu.rstrip("m") or 0) <= 0:
         raise InvalidService(f"{key('cpu')}: {cpu!r} is not a CPU amount (try 0.5, 1 or 500m)")
     memory = _or_default(data.get("memory"), DEFAULT_MEMORY)
-    if isinstance(memory, int | float) and not isinstance(memory, bool):
+    if (isinstance(memory, int | float) and not isinstance(memory, bool)) or (
+        yaml_scalars and isinstance(memory, str) and _NUMBER.fullmatch(memory)
+    ):
         raise InvalidService(
-            f"{key('memory')}: {memory!r} is a number: write a string with its unit "
+            f"{key('memory')}: {memory} is a number: write a string with its unit "
             "(256Mi, 1Gi)"
         )
     memory = text(memory, key("memory"))
@@ -290,7 +294,10 @@ def fdl_definitions(
 
 def _fdl_document(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        # Plain scalars as their text (config.text_loader), as oscar-cli's Go decoder
+        # gives a string field: `secret_key: 0777` is "0777", not YAML 1.1's 511. The
+        # typed fields read their text (_bool, _whole).
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=text_loader())
     except OSError as exc:
         raise InvalidService(f"{path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -413,10 +420,13 @@ def _buckets(names: list[str], where: str) -> tuple[str, ...]:
 def _expose(raw: Any, where: str, scalars: bool) -> Expose:
     data = _mapping(raw, where)
     ports = data.get("api_port")
-    port_list = [ports] if isinstance(ports, int) else _list(ports, f"{where}.api_port")
-    for port in port_list:
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+    one = isinstance(ports, int) or (scalars and isinstance(ports, str))
+    port_list = []
+    for port in [ports] if one else _list(ports, f"{where}.api_port"):
+        number = _whole(port) if scalars or not isinstance(port, str) else None
+        if number is None or not 0 < number < 65536:
             raise InvalidService(f"{where}.api_port: {port!r} is not a TCP port")
+        port_list.append(number)
     values = {
         name: _int(data.get(name, default), f"{where}.{name}")
         for name, default in (("min_scale", 1), ("max_scale", 10), ("cpu_threshold", 80))
@@ -493,18 +503,34 @@ def _environment(value: Any, where: str, scalars: bool, stored: bool) -> dict[st
     return out
 
 
+# What a YAML file's bool field may say: Go's yaml.v3 (oscar-cli) takes YAML 1.1's words
+# too when the field is a bool.
+_TRUE = ("true", "yes", "y", "on")
+_FALSE = ("false", "no", "n", "off")
+
+
 def _bool(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
     raise InvalidService(f"{where}: must be true or false")
 
 
+def _whole(value: Any) -> int | None:
+    """A whole number: a JSON one, or a YAML file's text of one; None for anything else."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
 def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    number = _whole(value)
+    if number is None or number < 0:
         raise InvalidService(f"{where}: must be a whole number")
-    return value
+    return number
 
 
 # ---- the service JSON ------------------------------------------------------------------

@@ -154,16 +154,14 @@ def test_service_json_with_nan_or_infinity_is_not_json(constant: str) -> None:
     [
         ("memory: 12", "memory: 12 is a number"),
         ("memory: 0.5", "memory: 0.5 is a number"),
-        ("cpu: .inf", "cpu: must be a string"),
-        ("cpu: .nan", "cpu: must be a string"),
-        ("environment: {variables: {A: .nan}}", "environment.variables.A: must be a string"),
-        ("image: -.inf", "image: must be a string"),
+        ("cpu: .inf", "cpu: '.inf' is not a CPU amount"),
+        ("cpu: .nan", "cpu: '.nan' is not a CPU amount"),
     ],
 )
 def test_fdl_numbers_where_the_manager_wants_strings(tmp_path: Path, line: str,
                                                      named: str) -> None:
-    """An FDL file is read as oscar-cli reads it: a YAML number in a string field is its
-    text (`cpu: 1` is "1"), but not a unit-less memory, nor YAML's NaN and infinities."""
+    """An FDL file is read as oscar-cli reads it: a plain scalar in a string field is its
+    text (`cpu: 1` is "1", `.inf` is ".inf"), but a unit-less memory is refused."""
     fdl = tmp_path / "plants.yaml"
     fdl.write_text(f"functions:\n  oscar:\n  - c1:\n      name: plants\n"
                    f"      script: 'echo hi\n\n'\n      {line}\n")
@@ -174,13 +172,26 @@ def test_fdl_numbers_where_the_manager_wants_strings(tmp_path: Path, line: str,
 
 
 def test_fdl_scalars_in_string_fields_are_their_text(tmp_path: Path) -> None:
+    """As written, not as YAML 1.1 types them (safe_load made 0777 511 and yes true): a
+    credential or a version would not be what the file says."""
     fdl = tmp_path / "plants.yaml"
     fdl.write_text("functions:\n  oscar:\n  - c1:\n      name: plants\n"
-                   "      script: 'echo hi\n\n'\n      cpu: 0.5\n      memory: 1Gi\n"
-                   "      environment: {variables: {THREADS: 4, DEBUG: true, EMPTY: null}}\n")
+                   "      script: 'echo hi\n\n'\n      cpu: 0.50\n      memory: 1Gi\n"
+                   "      image: -.inf\n"
+                   "      environment: {variables: {THREADS: 4, DEBUG: true, EMPTY: null,\n"
+                   "                                VERSION: 1.10, MODE: 0777, ON: yes,\n"
+                   "                                A: .nan}}\n"
+                   "      expose: {api_port: 8080, min_scale: 2, set_auth: yes}\n"
+                   "      alpine: off\n"
+                   "      storage_providers:\n"
+                   "        s3: {aws: {access_key: AK, secret_key: 0777, region: eu}}\n")
     (service,) = load_fdl(fdl)
-    assert (service.cpu, service.memory) == ("0.5", "1Gi")
-    assert service.variables == {"THREADS": "4", "DEBUG": "true", "EMPTY": ""}
+    assert (service.cpu, service.memory, service.image) == ("0.50", "1Gi", "-.inf")
+    assert service.variables == {"THREADS": "4", "DEBUG": "true", "EMPTY": "",
+                                 "VERSION": "1.10", "MODE": "0777", "ON": "yes", "A": ".nan"}
+    assert service.storage_providers["s3"]["aws"]["secret_key"] == "0777"
+    assert (service.expose.api_port, service.expose.min_scale) == ((8080,), 2)
+    assert service.expose.set_auth is True and service.alpine is False
 
 
 def test_not_json_is_a_400() -> None:
