@@ -547,12 +547,21 @@ VARIABLE_MAX = 128 * 1024
 
 
 def variable_problem(name: str, value: str, where: str) -> str | None:
-    """Why `name=value` cannot be in a process's environment, as one line naming `where`,
-    or None: found when a config or definition is read rather than by the start of every
-    process given it (a name with `=`, a NUL). The runtime's config and fdl.py share it."""
+    """Why a new service's `name=value` is refused (fdl.py), as one line naming `where`,
+    or None: the name as Kubernetes takes it, then what any process takes."""
     if not VARIABLE_NAME.fullmatch(name):
         return (f"{where}: {name!r} is not a variable name (letters, digits, '_', '-', '.', "
                 "not starting with a digit)")
+    return process_variable_problem(name, value, where)
+
+
+def process_variable_problem(name: str, value: str, where: str) -> str | None:
+    """Why `name=value` cannot be in a process's environment at all (an empty name, `=`
+    or a NUL in it, a lone surrogate, over Linux's bound), or None: what the runtime's
+    own config refuses, found when it is read rather than by every script's start. Not
+    Kubernetes' name rule: a service stored before fdl.py checked it runs on."""
+    if not name or "=" in name or "\x00" in name or not utf8_encodable(name):
+        return f"{where}: {name!r} cannot be a variable's name"
     if "\x00" in value or not utf8_encodable(value):
         return f"{where}.{name}: a NUL or a lone surrogate cannot be in a variable"
     if len(f"{name}={value}".encode()) >= VARIABLE_MAX:
@@ -576,7 +585,7 @@ def _variables(raw: Any, where: str) -> dict[str, str]:
     for key, value in _mapping(raw, where).items():
         name = _scalar_text(key, where)
         text = _scalar_text(value, f"{where}.{name}")
-        if (problem := variable_problem(name, text, where)) is not None:
+        if (problem := process_variable_problem(name, text, where)) is not None:
             raise ConfigError(problem)
         variables[name] = text
     return variables

@@ -27,7 +27,7 @@ from aiohttp import web
 from faas_supervisor.controller import manifests
 from faas_supervisor.controller.backends import kubernetes as kubernetes_backend
 from faas_supervisor.controller.backends.kubernetes import KubernetesBackend
-from faas_supervisor.controller.fdl import Service, parse_service
+from faas_supervisor.controller.fdl import Service, from_record, parse_service, to_record
 from faas_supervisor.errors import InvalidService, KubernetesError, ServiceUnavailable
 from tests.integration.fake_kube_api import TOKEN, FakeKubeApi, PodRun, quantity_problem
 
@@ -509,6 +509,22 @@ async def test_a_stored_service_whose_names_are_taken_is_not_restored(
     assert versions(kube.api) == before
     with pytest.raises(ServiceUnavailable, match="not deployed"):
         await backend.invoke_url("foo-minio")
+
+
+async def test_a_stored_service_the_api_server_cannot_decode_is_not_restored(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """Memory `1g`, which an older version stored (fdl reads it back): the API server
+    cannot decode it (400). The service is left undeployed, saying why, and the others
+    are restored: not a controller that cannot start."""
+    old = json.loads(to_record(service(name="old")))
+    old["memory"] = "1g"
+    await backend.restore(from_record(json.dumps(old)))
+    await backend.restore(service(name="fine"))
+    assert ("configmaps", NS, "old") not in kube.api.objects  # what it made went again
+    with pytest.raises(ServiceUnavailable, match="not deployed"):
+        await backend.invoke_url("old")
+    assert ("configmaps", NS, "fine") in kube.api.objects
 
 
 async def test_the_deployment_page_never_reaches_another_services_deployment(

@@ -142,7 +142,8 @@ def test_watchdog_start_and_a_plain_invocation_import_no_storage_sdk_or_controll
     [
         ("run", b"name: caf\xe9\n", {}, "not UTF-8 text"),
         ("run", b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", {}, "nested too deeply"),
-        ("run", b'environment:\n  variables: {"A=B": x}\n', {}, "'A=B' is not a variable name"),
+        ("run", b'environment:\n  variables: {"A=B": x}\n', {},
+         "'A=B' cannot be a variable's name"),
         ("run", b'environment:\n  variables: {X: "a\\0b"}\n', {}, "X: a NUL"),
         ("watchdog", b"", {"port": "70000"}, "port: '70000' is not a TCP port"),
         ("watchdog", b"", {"mode": "http", "port": "{free}", "upstream_port": "{free}"},

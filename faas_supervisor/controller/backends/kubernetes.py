@@ -399,9 +399,13 @@ class KubernetesBackend:
         objects = manifests.service_objects(service, self.cluster)
         try:
             await asyncio.to_thread(self._apply_all, service.name, objects)
-        except InvalidService as exc:
-            # Its names are another service's objects (both stored before names were
-            # checked): left undeployed, rather than the controller not starting.
+        except (InvalidService, KubernetesError) as exc:
+            # Stored before a check came in: its names another service's objects, or a
+            # value the API server cannot decode (memory 1g: a 400). Left undeployed,
+            # rather than the controller not starting; a 5xx or a lost connection is
+            # the cluster's, and stops the start as before.
+            if isinstance(exc, KubernetesError) and exc.status not in (400, 422):
+                raise
             logger.warning("service not restored", service=service.name, error=str(exc))
             return
         self._services[service.name] = service
