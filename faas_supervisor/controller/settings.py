@@ -173,9 +173,10 @@ def _external_url(given: str | None) -> str:
     url = (given or "").rstrip("/")
     if not url:
         return ""
-    if "@" in url.partition("://")[2].partition("/")[0]:
-        # Not shown: what is before the `@` may be a password.
-        raise ConfigError("--external-url: must not hold a user or password")
+    if "@" in url:
+        # Not shown: what is before the `@` may be a password, however the URL is typed
+        # (`http:/admin:secret@host` has no `://` to find it after).
+        raise ConfigError("--external-url: must not hold a user or password ('@')")
     try:
         parts = urlsplit(url)
         port = parts.port  # a port that is not a number of 0-65535 raises too

@@ -150,10 +150,11 @@ def test_an_external_url_that_is_not_one_is_refused(tmp_path: Path, url: str) ->
 
 
 def test_an_external_url_with_a_password_is_refused_without_showing_it(tmp_path: Path) -> None:
-    for url in ("http://me:HUNTER2@oscar.example.org", "http://me:HUNTER2@[::1"):
+    for url in ("http://me:HUNTER2@oscar.example.org", "http://me:HUNTER2@[::1",
+                "http:/me:HUNTER2@oscar.example.org", "http//me:HUNTER2@host:9"):
         with pytest.raises(ConfigError) as info:
             load(["--data-dir", str(tmp_path), "--external-url", url], {})
-        assert info.value.message == "--external-url: must not hold a user or password"
+        assert info.value.message == "--external-url: must not hold a user or password ('@')"
 
 
 def test_an_external_url_may_have_a_port_and_a_path(tmp_path: Path) -> None:
