@@ -727,6 +727,39 @@ def test_an_exposed_service_is_proxied(controller: ControllerProcess) -> None:
     )
 
 
+REDIRECTING_SERVER = """#!/bin/sh
+exec python3 - <<'PY'
+import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(302)
+        self.send_header("Location", os.environ["ELSEWHERE"])
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+HTTPServer(("127.0.0.1", int(os.environ["upstream_port"])), Handler).serve_forever()
+PY
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_exposed_services_redirect_reaches_the_client(controller: ControllerProcess) -> None:
+    """The 302 and its Location go to the client, as the watchdog's proxy passes them:
+    followed by the controller, it would fetch any address a service names (here one
+    where nothing listens: a 502), with the caller's headers."""
+    elsewhere = f"http://127.0.0.1:{free_port()}/leak"
+    controller.create({"name": "mover", "script": REDIRECTING_SERVER,
+                       "expose": {"api_port": 8081},
+                       "environment": {"variables": {"ELSEWHERE": elsewhere}}})
+    response = wait_until(
+        lambda: (r := requests.get(f"{controller.url}/system/services/mover/exposed/go",
+                                   allow_redirects=False, timeout=30)).status_code != 503 and r,
+        60, "the exposed service", controller)
+    assert (response.status_code, response.headers.get("Location")) == (302, elsewhere)
+
+
 PID_SERVER = """#!/bin/sh
 exec python3 - <<'PY'
 import os

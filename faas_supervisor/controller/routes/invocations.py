@@ -93,6 +93,10 @@ class InvocationRoutes(Routes):
                 headers=headers,
                 data=body,
                 skip_auto_headers=("Content-Type", "User-Agent", "Accept-Encoding"),
+                # A redirect is the client's to follow (as the watchdog's proxy passes it
+                # on): followed here, the controller would fetch any address a service
+                # names, with the caller's headers, and the client never see the 3xx.
+                allow_redirects=False,
             ) as upstream:
                 answer_headers = forwarded_headers(upstream.headers, drop=("server", "date"))
                 length = upstream.content_length
