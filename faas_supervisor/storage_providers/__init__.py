@@ -8,12 +8,27 @@ Failures after retries raise StorageError naming the provider and the object.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from faas_supervisor.config import FunctionConfig, ProviderConfig, is_folder_store
 from faas_supervisor.errors import ConfigError
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """A second line of defence: no credential ever leaves in a message, neither one of
+    the provider's own nor a URL's `user:password@` (an SDK's message may quote the
+    endpoint as configured); at most 300 characters."""
+    text = _USERINFO.sub(r"\1***@", text)
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text[:300]
+
+
+_USERINFO = re.compile(r"(\w+://)[^\s/?#@]*@")
 
 
 class StorageProvider(Protocol):

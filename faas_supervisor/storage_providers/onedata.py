@@ -26,7 +26,7 @@ import aiohttp
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import StorageError
-from faas_supervisor.storage_providers import http
+from faas_supervisor.storage_providers import http, scrub
 from faas_supervisor.storage_providers.http import HttpFailure
 
 
@@ -53,7 +53,7 @@ class OnedataProvider:
         if exc.status in (401, 403):
             reason = f"the token is refused (HTTP {exc.status})"
         return StorageError(
-            f"{self.name}: cannot {verb} {bucket}/{key}: {http.scrub(reason, [self._token])}"
+            f"{self.name}: cannot {verb} {bucket}/{key}: {scrub(reason, [self._token])}"
         )
 
     async def _lookup(self, session: aiohttp.ClientSession, path: str) -> str | None:

@@ -57,7 +57,7 @@ from faas_supervisor.errors import (
     local_write_error,
 )
 from faas_supervisor.logs import get_logger
-from faas_supervisor.storage_providers import http, partial_path
+from faas_supervisor.storage_providers import http, partial_path, scrub
 from faas_supervisor.storage_providers.http import HttpFailure
 
 _logger = get_logger(component="rucio")
@@ -385,7 +385,7 @@ class RucioProvider:
             yield
         except HttpFailure as exc:
             raise StorageError(f"{self.name}: cannot {verb} {scope}:{name}: "
-                               f"{http.scrub(exc.reason, self._secrets())}") from None
+                               f"{scrub(exc.reason, self._secrets())}") from None
         except (ValueError, TypeError) as exc:  # an answer that is not Rucio's JSON
             raise StorageError(f"{self.name}: cannot {verb} {scope}:{name}: unexpected "
                                f"answer ({type(exc).__name__})") from None

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error
 from faas_supervisor.gc_pause import collection_paused
-from faas_supervisor.storage_providers import partial_path
+from faas_supervisor.storage_providers import partial_path, scrub
 from faas_supervisor.storage_providers.s3_direct import DirectError, direct
 
 if TYPE_CHECKING:
@@ -218,10 +218,7 @@ class S3Provider:
             text = exc.strerror
         else:
             text = str(exc) or type(exc).__name__
-        # A second line of defence: no credential ever leaves in a message.
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text[:300]
+        return scrub(text, self._secrets)  # botocore's messages quote the endpoint URL
 
     def close(self) -> None:
         """Stop the manager's threads (the watchdog's shutdown; tests)."""

@@ -21,7 +21,7 @@ from yarl import URL
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import StorageError
-from faas_supervisor.storage_providers import http
+from faas_supervisor.storage_providers import http, scrub
 from faas_supervisor.storage_providers.http import HttpFailure
 
 # A cut PUT may land after our DELETE: check, and delete again, for about 3 s at most.
@@ -51,7 +51,7 @@ class WebDavProvider:
         if exc.status == 401:
             reason = "wrong login or password (HTTP 401)"
         return StorageError(
-            f"{self.name}: cannot {verb} {bucket}/{key}: {http.scrub(reason, [self._password])}"
+            f"{self.name}: cannot {verb} {bucket}/{key}: {scrub(reason, [self._password])}"
         )
 
     async def download(self, bucket: str, key: str, dest: Path) -> None:

@@ -116,6 +116,20 @@ def new_bucket(server: S3Server) -> str:
 
 
 @pytest.mark.parametrize("kind", ["minio", "s3"])
+async def test_s3_an_endpoints_password_is_in_no_message(
+    s3_factory: S3Factory, tmp_path: Path, kind: str
+) -> None:
+    """An endpoint given as `http://user:password@host`, unreachable: botocore's message
+    quotes the URL whole; the error (a 502's body, a log line) must not."""
+    provider = s3_factory(kind, f"http://user:URLPASSWORD@127.0.0.1:{free_port()}",
+                          connect_timeout=1, read_timeout=1)
+    with pytest.raises(StorageError) as caught:
+        await provider.download("bucket", "in/f.txt", tmp_path / "f.txt")
+    assert "URLPASSWORD" not in caught.value.message
+    assert caught.value.message.startswith(f"{kind}.default: cannot download bucket/in/f.txt")
+
+
+@pytest.mark.parametrize("kind", ["minio", "s3"])
 async def test_s3_round_trip_of_awkward_keys(
     kind: str, moto_server: S3Server, s3_factory: S3Factory, tmp_path: Path
 ) -> None:
