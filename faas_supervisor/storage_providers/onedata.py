@@ -42,6 +42,8 @@ class OnedataProvider:
         self._space_dir_id: str | None = None  # stable for the space's life: looked up once
 
     def _session(self) -> aiohttp.ClientSession:
+        # Every request carries the token, so none follows a redirect (allow_redirects=
+        # False at each): aiohttp would send X-Auth-Token to another origin too.
         return http.session(headers={"X-Auth-Token": self._token}, verify=self._verify)
 
     def _path(self, bucket: str, key: str) -> str:
@@ -61,7 +63,7 @@ class OnedataProvider:
         url = http.join_url(self._api, "lookup-file-id", self.space, path)
 
         async def post() -> str | None:
-            async with session.post(url) as response:
+            async with session.post(url, allow_redirects=False) as response:
                 if response.status == 404:
                     await response.read()
                     return None
@@ -85,7 +87,7 @@ class OnedataProvider:
         path = self._path(bucket, key)
 
         async def get() -> None:
-            async with session.get(url) as response:
+            async with session.get(url, allow_redirects=False) as response:
                 http.expect(response, (200,))
                 await http.save_body(response, dest)
 
@@ -104,7 +106,8 @@ class OnedataProvider:
         async def send(url: Any, ok: tuple[int, ...]) -> None:
             with open(src, "rb") as body:
                 try:
-                    async with session.put(url, data=body, headers=headers) as response:
+                    async with session.put(url, data=body, headers=headers,
+                                           allow_redirects=False) as response:
                         await response.read()
                         http.expect(response, ok)
                 except aiohttp.ClientConnectorError:
@@ -149,5 +152,6 @@ class OnedataProvider:
         with contextlib.suppress(HttpFailure, aiohttp.ClientError, TimeoutError):
             file_id = await self._lookup(session, path)
             if file_id is not None:
-                async with session.delete(http.join_url(self._api, "data", file_id)):
+                async with session.delete(http.join_url(self._api, "data", file_id),
+                                          allow_redirects=False):
                     pass

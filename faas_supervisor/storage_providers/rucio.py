@@ -265,7 +265,10 @@ class RucioProvider:
         and for Rucio's DuplicateRule (409) if exists_ok."""
         async def attempt() -> Any:
             headers = {"X-Rucio-Auth-Token": await self._auth(session)}
-            async with session.request(method, url, json=body, headers=headers) as response:
+            # No request with a credential follows a redirect: aiohttp drops only
+            # Authorization and cookies for another origin, not Rucio's headers.
+            async with session.request(method, url, json=body, headers=headers,
+                                       allow_redirects=False) as response:
                 duplicate = (response.status == 409
                              and response.headers.get("ExceptionClass") == DUPLICATE_RULE)
                 if (response.status == 404 and missing_ok) or (duplicate and exists_ok):
@@ -286,7 +289,8 @@ class RucioProvider:
         async def attempt() -> list[dict[str, Any]]:
             headers = {"X-Rucio-Auth-Token": await self._auth(session)}
             out = []
-            async with session.request(method, url, json=body, headers=headers) as response:
+            async with session.request(method, url, json=body, headers=headers,
+                                       allow_redirects=False) as response:
                 await self._check(response)
                 async for line in response.content:
                     if line.strip():
@@ -337,7 +341,8 @@ class RucioProvider:
     async def _login(self, session: aiohttp.ClientSession) -> None:
         headers = {"X-Rucio-Account": self._account, "X-Rucio-Username": self._username,
                    "X-Rucio-Password": self._password}
-        async with session.get(f"{self._auth_host}/auth/userpass", headers=headers) as response:
+        async with session.get(f"{self._auth_host}/auth/userpass", headers=headers,
+                               allow_redirects=False) as response:
             await response.read()
             if response.status == 401:
                 raise HttpFailure("wrong username or password (HTTP 401)", False, 401)
@@ -357,7 +362,8 @@ class RucioProvider:
         if self._audience:
             form["resource"] = self._audience
         try:
-            async with session.post(self._token_endpoint, data=form) as response:
+            async with session.post(self._token_endpoint, data=form,
+                                    allow_redirects=False) as response:
                 answer: Any = await response.json(content_type=None) \
                     if response.status == 200 else await response.read()
                 status = response.status

@@ -705,6 +705,46 @@ def onedata_provider(url: str, token: str = TOKEN) -> OnedataProvider:
     return provider
 
 
+async def test_tokens_never_follow_a_redirect(tmp_path: Path) -> None:
+    """A Oneprovider or a Rucio server answering 307 to another origin: aiohttp drops only
+    Authorization and cookies there, so X-Auth-Token, X-Rucio-Password and the Rucio
+    token went along. A redirect is now a failure of its own; nothing reaches the other."""
+    seen: list[dict[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response({})
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(f"{elsewhere}{request.path_qs}")
+
+    runners = []
+    for handler in (record, redirect):
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append((runner, site))
+    elsewhere, here = (f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+                       for _, site in runners)
+    try:
+        providers = [
+            onedata_provider(here),
+            build_provider(ProviderConfig(type="rucio", id="default", settings={
+                "host": here, "auth_host": here, "account": "root", "rse": "R",
+                "username": "u", "password": "RUCIO-PASSWORD-NEVER-SHOWN"})),
+        ]
+        for provider in providers:
+            with pytest.raises(StorageError, match="307"):
+                await provider.download("my space", "in/f.txt", tmp_path / "f.txt")
+    finally:
+        for runner, _ in runners:
+            await runner.cleanup()
+    assert seen == []
+
+
 async def test_onedata_round_trip(oneprovider: FakeOneprovider, tmp_path: Path) -> None:
     provider = onedata_provider(oneprovider.url)
     space = oneprovider.root / "my space"
