@@ -155,7 +155,7 @@ def load_controller_settings(
         minio_endpoint=endpoint,
         minio_access_key=access_key,
         minio_secret_key=secret_key,
-        minio_region=args.minio_region or environ.get("MINIO_REGION") or "us-east-1",
+        minio_region=_region(args.minio_region or environ.get("MINIO_REGION") or "us-east-1"),
         s3_port=args.s3_port,
         events_queue=args.events_queue or "",
         reconcile_interval=args.reconcile_interval,
@@ -165,6 +165,17 @@ def load_controller_settings(
         cors_origins=_cors_origins(args.cors_origin),
         cluster_name=_cluster_name(args.cluster_name),
     )
+
+
+# What botocore takes as a region (a host name's label, as it goes into endpoint names);
+# anything else stopped the controller with a traceback at its first S3 client.
+_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.IGNORECASE)
+
+
+def _region(text: str) -> str:
+    if not _REGION.fullmatch(text):
+        raise ConfigError(f"--minio-region: {text!r} is not a region name (us-east-1)")
+    return text
 
 
 def _external_url(given: str | None) -> str:

@@ -157,6 +157,16 @@ def test_an_external_url_with_a_password_is_refused_without_showing_it(tmp_path:
         assert info.value.message == "--external-url: must not hold a user or password ('@')"
 
 
+@pytest.mark.parametrize("region", ["*bad", "eu_west", "x.y", "a" * 70])
+def test_a_region_botocore_would_refuse_is_a_config_error(tmp_path: Path, region: str) -> None:
+    """A traceback (botocore's InvalidRegionError at the first client) before."""
+    with pytest.raises(ConfigError) as info:
+        load(["--data-dir", str(tmp_path), "--minio-region", region], {})
+    assert info.value.message.startswith("--minio-region: ")
+    assert load(["--data-dir", str(tmp_path), "--minio-region", "eu-west-3"],
+                {}).minio_region == "eu-west-3"
+
+
 def test_an_external_url_may_have_a_port_and_a_path(tmp_path: Path) -> None:
     settings = load(["--data-dir", str(tmp_path), "--external-url",
                      "https://lab.example.org:8443/oscar/"], {})
