@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -439,9 +439,37 @@ class Invocation:
                 if not target.matches(output.relative):
                     continue
                 key = "/".join(p for p in (target.folder, output.relative) if p)
-                self.log.info("uploading", provider=provider.name, bucket=bucket, key=key)
-                async with _storage_errors(provider, "upload", bucket, key):
-                    await provider.upload(output.path, bucket, key)
+                with self._held(output) as source:
+                    if source is None:
+                        continue
+                    self.log.info("uploading", provider=provider.name, bucket=bucket, key=key)
+                    async with _storage_errors(provider, "upload", bucket, key):
+                        await provider.upload(source, bucket, key)
+
+    @contextlib.contextmanager
+    def _held(self, output: OutputFile) -> Iterator[Path | None]:
+        """The output as listed, held open while it is uploaded: a path to that open file
+        (/proc/self/fd/N), or None (skipped, with a warning) if it is no longer a regular
+        file. A process the script left running (the watchdog stops those only once the
+        answer is sent) may meanwhile put a link or a FIFO in its place: followed by name,
+        the upload would read what the link names, or block on the FIFO for ever."""
+        try:
+            fd = os.open(output.path, _OUTPUT)
+        except OSError as exc:
+            gone = exc.errno in (errno.ENOENT, errno.ENOTDIR)
+            what = "gone" if gone else "a symbolic link" if exc.errno == errno.ELOOP else \
+                exc.strerror
+            self.log.warning(f"output {output.relative} skipped: {what}")
+            yield None
+            return
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                self.log.warning(f"output {output.relative} skipped: a special file")
+                yield None
+                return
+            yield Path(f"/proc/self/fd/{fd}") if _PROC_FD.is_dir() else output.path
+        finally:
+            os.close(fd)
 
     def _output_bucket(self, target: StoragePath, event: Event) -> str:
         config = self.runtime.config
@@ -773,6 +801,9 @@ def _remove_folders(
 
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# An output to upload: never through a link, and a FIFO opened without waiting for a writer.
+_OUTPUT = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_PROC_FD = Path("/proc/self/fd")  # where an open file has a path of its own
 
 
 def _described(event: Event) -> dict[str, object]:

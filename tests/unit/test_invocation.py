@@ -474,3 +474,42 @@ def test_a_cancellation_during_the_clean_up_is_not_lost(tmp_path: Path) -> None:
         invocation.close()
 
     asyncio.run(scenario())
+
+
+def test_an_output_replaced_after_its_listing_is_not_uploaded(tmp_path: Path) -> None:
+    """A process the script left (the watchdog stops those once the answer is sent) puts
+    a link, a FIFO, or nothing where a listed output was: the upload follows no link and
+    waits on no FIFO; each is skipped with a warning, the regular one uploaded."""
+    from faas_supervisor.config import ProviderConfig, StoragePath
+    from faas_supervisor.parsers.event import Event
+    from faas_supervisor.storage_providers import build_providers
+
+    store = tmp_path / "store"
+    store.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the script's\n")
+    config = FunctionConfig(
+        providers={"local.files": ProviderConfig("local", "files", {"path": str(store)})},
+        outputs=(StoragePath("local.files", "out/res"),),
+    )
+    script = tmp_path / "script.sh"
+    script.write_text("true\n")
+    invocation = Invocation(Runtime(config=config, script=script, base_env={},
+                                    tmp_dir=tmp_path, providers=build_providers(config)))
+    out = invocation.output_dir
+    for name in ("kept", "link", "fifo", "gone"):
+        (out / name).write_text(f"{name}\n")
+    outputs = invocation.collect_outputs()
+    (out / "link").unlink()
+    (out / "link").symlink_to(secret)
+    (out / "fifo").unlink()
+    os.mkfifo(out / "fifo")
+    (out / "gone").unlink()
+    asyncio.run(asyncio.wait_for(invocation.stage_out(Event(kind="empty"), outputs), 20))
+    assert sorted(p.name for p in (store / "out" / "res").iterdir()) == ["kept"]
+    assert (store / "out" / "res" / "kept").read_text() == "kept\n"
+    text = invocation.log.text().decode()
+    for line in ("output link skipped: a symbolic link", "output fifo skipped: a special file",
+                 "output gone skipped: gone"):
+        assert line in text, text
+    invocation.close()
