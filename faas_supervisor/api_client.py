@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, connect=60)
 DEFAULT_USER = "oscar"
 BASE64_TYPE = "text/plain; charset=utf-8"
 MESSAGE_LIMIT = 300  # characters of the server's message kept in the one error line
+LOG_CHUNK = 64 << 10  # bytes of a job's log read at a time
 
 
 @dataclass(frozen=True)
@@ -169,9 +170,12 @@ class ControllerClient:
             params = {"page": str(next_page)}
         return jobs
 
-    async def job_logs(self, name: str, job: str) -> str:
+    async def job_logs(self, name: str, job: str) -> AsyncGenerator[bytes, None]:
+        """The job's log, in pieces as they arrive: bytes, since a script may print
+        anything (not UTF-8), and much. Close it when stopping early (`aclosing`)."""
         async with self.request("GET", service_path("/system/logs", name, job)) as response:
-            return await response.text()
+            async for chunk in response.content.iter_chunked(LOG_CHUNK):
+                yield chunk
 
 
 def token_free(response: aiohttp.ClientResponse) -> bool:

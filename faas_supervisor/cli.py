@@ -312,32 +312,15 @@ def cmd_job_runner(args: argparse.Namespace) -> int:
 async def _until_signalled(
     work: Coroutine[Any, Any, int], stopped: Callable[[int], NoReturn]
 ) -> int:
-    """Run `work` until done or until SIGTERM/SIGINT (a job deleted, Ctrl-C).
+    """`work` until done, or until SIGTERM/SIGINT (a job deleted, Ctrl-C) cancelled it:
+    its cleanup ran (the script's group killed, the folders removed), and `stopped` ends
+    the process with 128 + the signal's number, as a shell's status."""
+    from faas_supervisor.processes import until_signalled
 
-    A signal cancels it, so its cleanup runs: the script's process group is killed and
-    the invocation's folders removed (Python's default for SIGTERM would exit at once and
-    leave the script running). Then `stopped` ends the process with 128 + the signal's
-    number, as a shell's status. A second signal changes nothing: there is no drain to
-    skip, the first stopped the script at once.
-    """
-    import asyncio
-
-    from faas_supervisor.processes import captured_signals
-
-    with captured_signals() as stop:
-        task = asyncio.ensure_future(work)
-        signalled = asyncio.ensure_future(stop.requested.wait())
-        await asyncio.wait((task, signalled), return_when=asyncio.FIRST_COMPLETED)
-        signalled.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if stop.signal is None or not task.cancelled():
-            return task.result()
-    name = signal.Signals(stop.signal).name
-    print(f"faas-supervisor: error: stopped by {name}", file=sys.stderr)
-    stopped(128 + stop.signal)
+    status, signalled = await until_signalled(work)
+    if signalled:
+        stopped(status)
+    return status
 
 
 async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> int:

@@ -3,8 +3,10 @@
 Each subcommand is one coroutine over `ControllerClient`. Results go to stdout, one
 error line to stderr: exit status 1 when the controller (or the network) said no, 2 for
 bad usage or a bad local file, which argparse and `ConfigError` already mean elsewhere
-in this program. cli.py imports this module only when the `service` command is chosen,
-and aiohttp only when a subcommand runs.
+in this program. SIGTERM or SIGINT stops a command with 128 plus the signal's number
+once its cleanup is done; a reader of stdout that stops early (`| head`) ends it quietly
+with 141, a SIGPIPE's status. cli.py imports this module only when the `service` command
+is chosen, and aiohttp only when a subcommand runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 import json
 import os
 import re
+import signal
 import stat
 import sys
 import tempfile
@@ -23,6 +26,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Iterator,
     Mapping,
@@ -119,8 +123,11 @@ def connection(args: argparse.Namespace, environ: Mapping[str, str]) -> Connecti
     from faas_supervisor.api_client import Connection
 
     endpoint = args.endpoint or environ.get("FAAS_ENDPOINT") or DEFAULT_ENDPOINT
-    user = args.user if args.user is not None else environ.get("FAAS_USER")
-    password = args.password if args.password is not None else environ.get("FAAS_PASSWORD")
+    # An empty variable is an unset one (`FAAS_USER= cmd`, a blank line in an env file),
+    # as for FAAS_ENDPOINT: not credentials given, which an endpoint's own would clash with.
+    user = args.user if args.user is not None else environ.get("FAAS_USER") or None
+    password = (args.password if args.password is not None
+                else environ.get("FAAS_PASSWORD") or None)
     # Credentials in the URL (`http://user:password@host`) are taken as --user and
     # --password, and the URL kept without them: no message ever shows them. They are
     # what comes before the last `@` (a password may hold `/`, `#`, `?` or `@`, which a
@@ -143,10 +150,39 @@ def connection(args: argparse.Namespace, environ: Mapping[str, str]) -> Connecti
 def cmd_service(args: argparse.Namespace) -> int:
     try:
         conn = connection(args, current_environ())
-        return asyncio.run(_with_client(conn, args))
+        status = asyncio.run(_until_signalled(_with_client(conn, args)))
+        sys.stdout.flush()  # here, where a closed stdout is caught: not at the exit
+        return status
     except FaasError as exc:
         print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
         return exc.exit_status
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
+    """`work`, until done or until SIGTERM or SIGINT (`kill`, `timeout`, Ctrl-C) cancelled
+    it: its cleanup ran (a download's or `--output`'s temporary file removed, a multipart
+    upload aborted), and the status is 128 plus the signal's number. As `run` does
+    (cli.py), but returning rather than os._exit: the worker thread that removes a
+    direct download's temporary file is waited for."""
+    from faas_supervisor.processes import until_signalled
+
+    status, _signalled = await until_signalled(work)
+    return status
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout stopped early (`| head -c 10`): no error to tell, as no
+    other command of a pipeline tells one. The status is a SIGPIPE's (141), what `cat`
+    or oscar-cli (Go) end with there: what was asked for was not all delivered, which a
+    script (`set -o pipefail`) must be able to tell from success."""
+    # What is still buffered for stdout goes nowhere, or the interpreter's exit would
+    # fail on it again, with a message.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 async def _with_client(conn: Connection, args: argparse.Namespace) -> int:
@@ -351,8 +387,17 @@ async def _write_file(path: Path, chunks: AsyncIterator[bytes], raw: bool) -> No
 
 async def cmd_logs(client: ControllerClient, args: argparse.Namespace) -> int:
     if args.job:
-        text = await client.job_logs(args.name, args.job)
-        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        # Bytes as they come: a log holds whatever the script printed (not always UTF-8),
+        # and may be large.
+        out = sys.stdout.buffer
+        last = b"\n"
+        async with contextlib.aclosing(client.job_logs(args.name, args.job)) as chunks:
+            async for chunk in chunks:
+                out.write(chunk)
+                last = chunk[-1:] or last
+        if last != b"\n":
+            out.write(b"\n")
+        out.flush()
         return 0
     jobs = await client.list_jobs(args.name)
     if not jobs:
@@ -382,12 +427,13 @@ async def cmd_put_file(client: ControllerClient, args: argparse.Namespace) -> in
 
 
 async def cmd_get_file(client: ControllerClient, args: argparse.Namespace) -> int:
-    from faas_supervisor.service_files import RemotePath, get_file, provider_for
+    from faas_supervisor.service_files import RemotePath, get_file, local_target, provider_for
 
     remote = RemotePath.parse(args.remote)
+    target = local_target(remote, args.local)  # a bad one said before any request
     provider = await provider_for(client, args.name, args.provider)
     try:
-        await get_file(provider, remote, args.local)
+        await get_file(provider, remote, target)
     finally:
         provider.close()
     return 0

@@ -596,6 +596,28 @@ def captured_signals() -> Iterator[Stop]:
                 signal.signal(sig, handler)
 
 
+async def until_signalled(work: Awaitable[int]) -> tuple[int, bool]:
+    """(`work`'s status, False); or, when SIGTERM or SIGINT came first (a job deleted,
+    `kill`, Ctrl-C), (128 plus the signal's number, True) once `work` was cancelled and
+    its cleanup ran (Python's default for SIGTERM would end the process at once and
+    leave it undone), one line saying so on stderr. A second signal changes nothing:
+    the first already stopped the work."""
+    with captured_signals() as stop:
+        task = asyncio.ensure_future(work)
+        signalled = asyncio.ensure_future(stop.requested.wait())
+        await asyncio.wait((task, signalled), return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if stop.signal is None or not task.cancelled():
+            return task.result(), False
+    print(f"faas-supervisor: error: stopped by {signal.Signals(stop.signal).name}",
+          file=sys.stderr)
+    return 128 + stop.signal, True
+
+
 # ---- orphans re-parented to a subreaper ----------------------------------------------------
 
 

@@ -18,7 +18,9 @@ no such object or bucket, access denied), as `run` says for a storage failure.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from faas_supervisor.config import ProviderConfig, Secret, normalize_provider_name
-from faas_supervisor.errors import ConfigError, StorageError
+from faas_supervisor.errors import ConfigError, FaasError, StorageError
 
 if TYPE_CHECKING:
     from faas_supervisor.api_client import ControllerClient
@@ -110,13 +112,18 @@ async def put_file(provider: S3Provider, remote: RemotePath, local: str) -> None
         key = remote.key
     else:
         path = Path(local)
-        if not path.is_file():
-            raise ConfigError(f"{local}: no such file")
+        # Anything readable is streamed, as `run --input` reads it: a pipe (`<(cmd)`,
+        # /dev/fd/N) or a device as well as a file.
+        if path.is_dir():
+            raise ConfigError(f"{local}: is a folder, not a file")
         try:
             source = open(path, "rb")  # noqa: SIM115 - closed below, after the transfer
+        except FileNotFoundError:
+            raise ConfigError(f"{local}: no such file") from None
         except OSError as exc:
             raise ConfigError(f"{local}: {exc.strerror}") from None
-        size = os.fstat(source.fileno()).st_size
+        found = os.fstat(source.fileno())
+        size = found.st_size if stat.S_ISREG(found.st_mode) else None  # a pipe's is unknown
         key = f"{remote.key}/{path.name}".lstrip("/") if remote.folder else remote.key
     progress = Progress("uploading", size)
     try:
@@ -126,25 +133,46 @@ async def put_file(provider: S3Provider, remote: RemotePath, local: str) -> None
         progress.close()
 
 
-async def get_file(provider: S3Provider, remote: RemotePath, local: str) -> None:
-    from faas_supervisor.progress import Progress
-
+def local_target(remote: RemotePath, local: str) -> Path | None:
+    """The file get-file writes (None: stdout), found before any request: a bad one is
+    the user's to fix (exit 2), not a storage failure after the whole download."""
     if remote.folder:
         raise ConfigError(f"REMOTE_PATH {remote}: names a folder, not an object")
-    target: Path | None = None
-    if local != STANDARD:
-        target = Path(local)
+    if local == STANDARD:
+        return None
+    target = Path(local)
+    if target.is_dir():
+        # Into a folder, under the key's base name: one that names no file there (`..`
+        # would be the folder's parent) is refused rather than written elsewhere.
+        name = remote.key.rsplit("/", 1)[-1]
+        if name in ("", ".", ".."):
+            raise ConfigError(f"REMOTE_PATH {remote}: its base name {name!r} cannot name a "
+                              f"file in {local}: give LOCAL a file name")
+        target = target / name
         if target.is_dir():
-            target = target / remote.key.rsplit("/", 1)[-1]
-        if not (target.parent if str(target.parent) else Path(".")).is_dir():
-            raise ConfigError(f"{local}: not a file in an existing folder")
+            raise ConfigError(f"{target}: is a folder, not a file")
+    if not (target.parent if str(target.parent) else Path(".")).is_dir():
+        raise ConfigError(f"{local}: not a file in an existing folder")
+    return target
+
+
+async def get_file(provider: S3Provider, remote: RemotePath, target: Path | None) -> None:
+    """Into `target` (local_target's), else to stdout."""
+    from faas_supervisor.progress import Progress
+
     size = await provider.size(remote.bucket, remote.key)  # its absence said before any write
     progress = Progress("downloading", size)
     try:
         if target is None:
-            await provider.download(remote.bucket, remote.key,
-                                    _InOrder(sys.stdout.buffer),  # type: ignore[arg-type]
-                                    progress.update)
+            out = _InOrder(sys.stdout.buffer)
+            try:
+                await provider.download(remote.bucket, remote.key,
+                                        out,  # type: ignore[arg-type]
+                                        progress.update)
+            except FaasError:
+                if out.closed_by_reader:  # `| head`: not the store's failure (client.py)
+                    raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)) from None
+                raise
             sys.stdout.buffer.flush()
         else:
             # s3transfer writes beside it and renames: never a partial file at `target`.
@@ -176,9 +204,16 @@ class _InOrder:
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
+        # s3transfer's thread writes, and turns a failed write into the download's
+        # failure: this tells a reader gone (`| head`) from the store's fault.
+        self.closed_by_reader = False
 
     def write(self, data: bytes) -> int:
-        return self._out.write(data)
+        try:
+            return self._out.write(data)
+        except BrokenPipeError:
+            self.closed_by_reader = True
+            raise
 
     def seekable(self) -> bool:
         return False

@@ -32,12 +32,33 @@ class Controller:
     url: str
     log: Path
 
-    def service(self, *args: str, user: str = USER, password: str = PASSWORD,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def env(self, user: str = USER, password: str = PASSWORD) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
         env.update({"FAAS_ENDPOINT": self.url, "FAAS_USER": user, "FAAS_PASSWORD": password})
-        return subprocess.run([*faas_command(), "service", *args], env=env, text=True,
+        return env
+
+    def service(self, *args: str, user: str = USER, password: str = PASSWORD,
+                timeout: float = 120, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*faas_command(), "service", *args],
+                              env={**self.env(user, password), **(env or {})}, text=True,
                               capture_output=True, timeout=timeout, check=False)
+
+    def read_10_bytes(self, *args: str) -> tuple[int, bytes]:
+        """A reader that stops early (`| head -c 10`): the status and stderr then."""
+        process = subprocess.Popen([*faas_command(), "service", *args], env=self.env(),
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            assert len(process.stdout.read(10)) == 10
+            process.stdout.close()
+            err = process.stderr.read()
+            return process.wait(60), err
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
 
     def ok(self, *args: str) -> str:
         result = self.service(*args)
@@ -122,6 +143,13 @@ def test_the_client_drives_the_controller(controller: Controller, tmp_path: Path
     wrong = controller.service("list", password="wrong")
     assert wrong.returncode == 1
     assert wrong.stderr.startswith("faas-supervisor: error: GET /system/services: 401")
+    # Credentials in the endpoint, FAAS_USER and FAAS_PASSWORD set empty: those are unset
+    # (it was exit 2, "credentials given two ways").
+    host = controller.url.split("://", 1)[1]
+    listed = controller.service("list", env={
+        "FAAS_ENDPOINT": f"http://{USER}:{PASSWORD}@{host}", "FAAS_USER": "", "FAAS_PASSWORD": ""})
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].split()[0] == "cowsay"
 
     assert controller.ok("delete", "cowsay") == 'Deleted service "cowsay"\n'
     gone = controller.service("get", "cowsay")
@@ -147,13 +175,37 @@ def test_run_streams_a_large_file_through_the_controller(controller: Controller,
     assert controller.ok("run", "copy", "--input", str(source), "--output", str(out)) == ""
     assert _sha256(out) == _sha256(source)
 
+    # To stdout, a reader that stops early (`| head -c 10`): status 141 (a SIGPIPE's),
+    # nothing said (it was a BrokenPipeError's traceback, exit 1).
+    assert controller.read_10_bytes("run", "copy", "--input", str(source)) == (141, b"")
 
-def _wait_for_job(controller: Controller, job: str, timeout: float = 60) -> str:
+
+def test_logs_are_the_jobs_bytes_as_they_come(controller: Controller, tmp_path: Path) -> None:
+    """A job's log is what its script printed: not always UTF-8 (it was a
+    UnicodeDecodeError's traceback), and large: streamed, not held whole."""
+    (tmp_path / "noisy.sh").write_text(
+        "#!/bin/sh\nprintf 'caf\\351 \\377\\n'\nhead -c 2097152 /dev/zero | tr '\\0' x\n")
+    fdl = tmp_path / "noisy.yaml"
+    fdl.write_text("functions:\n  oscar:\n  - local:\n      name: noisy\n"
+                   "      image: busybox\n      script: noisy.sh\n")
+    controller.ok("apply", "-f", str(fdl))
+    job = controller.ok("job", "noisy", "--text-input", "x").strip()
+    assert _wait_for_job(controller, job, "noisy") == "Succeeded", controller.log.read_text()
+    logs = subprocess.run([*faas_command(), "service", "logs", "noisy", job],
+                          env=controller.env(), capture_output=True, timeout=120, check=False)
+    assert logs.returncode == 0, logs.stderr
+    assert b"caf\xe9 \xff\n" + b"x" * (2 << 20) in logs.stdout
+    assert logs.stdout.endswith(b"\n")
+    assert controller.read_10_bytes("logs", "noisy", job) == (141, b"")
+
+
+def _wait_for_job(controller: Controller, job: str, service: str = "cowsay",
+                  timeout: float = 60) -> str:
     """The job's final status, polled: the API has no completion event to await."""
     deadline = time.monotonic() + timeout
     status = ""
     while time.monotonic() < deadline:
-        for line in controller.ok("logs", "cowsay").splitlines()[1:]:
+        for line in controller.ok("logs", service).splitlines()[1:]:
             fields = line.split()
             if fields[:1] == [job]:
                 status = fields[1]

@@ -8,8 +8,10 @@ The client finds the store's endpoint and keys through the controller (`/system/
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from tests.integration.conftest import S3Server, faas_command, free_port
 from tests.integration.controller_fixture import (
     ControllerFactory,
     ControllerProcess,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -40,9 +43,8 @@ def controller(tmp_path: Path, moto_server: S3Server) -> Iterator[ControllerProc
         factory.close()
 
 
-def client(controller: ControllerProcess, *args: str, stdin: bytes = b"",
-           env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE
-           ) -> subprocess.CompletedProcess[bytes]:
+def client_env(controller: ControllerProcess, env: dict[str, str] | None = None
+               ) -> dict[str, str]:
     full = {k: v for k, v in os.environ.items()
             if not k.startswith(("FAAS_", "AWS_"))}
     user, password = controller.auth
@@ -52,8 +54,29 @@ def client(controller: ControllerProcess, *args: str, stdin: bytes = b"",
                  "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
                  "AWS_CONFIG_FILE": "/nonexistent"})
     full.update(env or {})
-    return subprocess.run([*faas_command(), "service", *args], input=stdin, env=full,
-                          stdout=stdout, stderr=subprocess.PIPE, timeout=120, check=False)
+    return full
+
+
+def client(controller: ControllerProcess, *args: str, stdin: bytes = b"",
+           env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE,
+           pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*faas_command(), "service", *args], input=stdin,
+                          env=client_env(controller, env), stdout=stdout,
+                          stderr=subprocess.PIPE, pass_fds=pass_fds, timeout=120, check=False)
+
+
+@contextmanager
+def running(controller: ControllerProcess, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """The client started, its stdout and stderr pipes; killed if a test leaves it running."""
+    process = subprocess.Popen([*faas_command(), "service", *args], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=client_env(controller))
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 def ok(controller: ControllerProcess, *args: str, **kwargs: Any) -> bytes:
@@ -176,6 +199,21 @@ def test_errors_are_one_line_with_their_exit_status(controller: ControllerProces
     refused(controller, 2, "put-file", "errs", "minio", "/", str(local))  # no bucket
     refused(controller, 2, "get-file", "errs", "minio", "errs/input/f.txt",
             str(tmp_path / "no" / "such" / "folder" / "f"))
+    # Into a folder, under a name that cannot be a file there: said before any request
+    # (a service that does not exist is not even asked for), not after the download.
+    into = tmp_path / "into"
+    (into / "f.txt").mkdir(parents=True)
+    for service in ("errs", "nope"):
+        line = refused(controller, 2, "get-file", service, "minio", "errs/input/f.txt",
+                       str(into))
+        assert f"{into / 'f.txt'}: is a folder, not a file" in line
+        for key in ("errs/input/..", "errs/input/."):
+            line = refused(controller, 2, "get-file", service, "minio", key, str(into))
+            assert "give LOCAL a file name" in line
+    assert [p.name for p in into.iterdir()] == ["f.txt"]
+    assert list((into / "f.txt").iterdir()) == []
+    line = refused(controller, 2, "put-file", "errs", "minio", "errs/input/", str(into))
+    assert "into: is a folder, not a file" in line
 
     # The storage server: 3, and no file written.
     line = refused(controller, 3, "get-file", "errs", "minio", "errs/input/none.txt", str(out))
@@ -221,3 +259,78 @@ def test_the_embedded_defaults_own_s3_endpoint(tmp_path: Path) -> None:
         assert len(embedded.jobs("local")) == 1
     finally:
         factory.close()
+
+
+def test_put_file_reads_a_pipe(controller: ControllerProcess, moto_server: S3Server) -> None:
+    """LOCAL may be any readable path, as `run --input`'s: `<(cmd)` is /dev/fd/N, a pipe."""
+    controller.create({"name": "piped", "script": COPY})
+    moto_server.client().create_bucket(Bucket="piped")
+    data = os.urandom(48 << 10)  # within a pipe's buffer: written before the client starts
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, data)
+        os.close(write_end)
+        ok(controller, "put-file", "piped", "minio", "piped/in/", f"/dev/fd/{read_end}",
+           pass_fds=(read_end,))
+    finally:
+        os.close(read_end)
+    got = moto_server.client().get_object(Bucket="piped", Key=f"in/{read_end}")
+    assert got["Body"].read() == data
+
+
+def test_a_reader_that_stops_early_ends_get_file_quietly(controller: ControllerProcess,
+                                                         moto_server: S3Server) -> None:
+    """`get-file ... | head -c 10`: status 141 (a SIGPIPE's), nothing said: not a storage
+    failure (it was exit 3, `cannot download ...: Broken pipe`)."""
+    controller.create({"name": "head", "script": COPY})
+    s3 = moto_server.client()
+    s3.create_bucket(Bucket="head")
+    s3.put_object(Bucket="head", Key="big", Body=os.urandom(4 << 20))  # past a pipe's buffer
+    with running(controller, "get-file", "head", "minio", "head/big") as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert len(process.stdout.read(10)) == 10
+        process.stdout.close()
+        err = process.stderr.read()
+        assert process.wait(60) == 141, err
+        assert err == b""
+
+
+BIG = 256 << 20  # a transfer that takes seconds on loopback: long enough to stop midway
+
+
+def test_sigterm_stops_a_transfer_and_leaves_nothing(controller: ControllerProcess,
+                                                     tmp_path: Path,
+                                                     moto_server: S3Server) -> None:
+    """SIGTERM (`kill`, `timeout`) stops put-file and get-file as Ctrl-C does: their
+    cleanup runs, exit 143 (130 for Ctrl-C). (It ended them at once: a download's `.part`
+    file left, a multipart upload left open in the store.)"""
+    controller.create({"name": "big", "script": COPY})
+    s3 = moto_server.client()
+    s3.create_bucket(Bucket="big")
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(BIG)  # zeros, sparse: made at once
+    s3.upload_file(str(big), "big", "stored.bin")
+
+    def uploads() -> list[Any]:
+        return list(s3.list_multipart_uploads(Bucket="big").get("Uploads", []))
+
+    with running(controller, "put-file", "big", "minio", "big/up.bin", str(big)) as process:
+        wait_until(uploads, 60, "the multipart upload to start", controller)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 143, err
+        assert err == b"faas-supervisor: error: stopped by SIGTERM\n"
+    assert uploads() == []
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="big")["Contents"]] == ["stored.bin"]
+
+    folder = tmp_path / "down"
+    folder.mkdir()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C's, taken the same way
+        with running(controller, "get-file", "big", "minio", "big/stored.bin",
+                     str(folder)) as process:
+            wait_until(lambda: any(folder.iterdir()), 60, "the download to start", controller)
+            process.send_signal(sig)
+            _, err = process.communicate(timeout=60)
+            assert process.returncode == 128 + sig, err
+        assert list(folder.iterdir()) == []
