@@ -9,7 +9,6 @@ callers run them in a thread.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +16,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from faas_supervisor.config import utf8_encodable
-from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.controller.names import (
+    bucket_problem,
+    folder_key_problem,
+    path_problem,
+)
+from faas_supervisor.controller.names import key_problem as s3_key_problem
+from faas_supervisor.controller.s3.errors import S3Error
+from faas_supervisor.controller.s3.objects import Objects
 from faas_supervisor.logs import get_logger
 
 logger = get_logger(component="buckets")
@@ -52,6 +58,10 @@ class BucketStore(Protocol):
 
     def bucket_exists(self, bucket: str) -> bool: ...
 
+    def key_problem(self, key: str) -> str | None:
+        """Why the store cannot hold an object (or a folder: `key` ends in `/`) of that
+        name, or None: what comes in is refused before anything is made."""
+
     def create_bucket(self, bucket: str) -> bool:
         """False when it already exists."""
 
@@ -72,13 +82,18 @@ class FolderStore:
     """A folder of buckets; names starting with `.` (partial uploads) are not objects.
 
     Every path it touches is resolved and must be inside its root: a bad name raises
-    `ValueError` (a 400 in the API), never a folder made elsewhere.
+    `ValueError` (a 400 in the API), never a folder made elsewhere. A bucket's folder that
+    is a symbolic link is no bucket (as the S3 endpoint sees it), and is never followed.
     """
 
     def __init__(self, root: Path, endpoint: S3Endpoint | None = None) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.endpoint = endpoint
+        # The same folder as S3 objects, the one the S3 endpoint serves (server.py hands
+        # it to s3_app): a bucket deleted here goes as S3's DeleteBucket deletes it, its
+        # uploads with it, under the one lock the endpoint's puts take.
+        self.objects = Objects(self.root)
         # Files skipped for a name that is not UTF-8 (`bucket/key`, as listed), warned of
         # once each: the watcher lists every half second. Only those still there are kept.
         self._not_utf8: set[str] = set()
@@ -102,11 +117,18 @@ class FolderStore:
             "region": self.endpoint.region,
         }
 
-    def _bucket(self, bucket: str) -> Path:
+    def _bucket_path(self, bucket: str) -> Path:
+        """Where the bucket's folder is: its name is one plain folder name (S3's rules)."""
         problem = bucket_problem(bucket)
         if problem is not None:
             raise ValueError(f"bucket {bucket!r} {problem}")
-        return self._inside(self.root, bucket)
+        return self.root / bucket
+
+    def _bucket(self, bucket: str) -> Path:
+        path = self._bucket_path(bucket)
+        if path.is_symlink():
+            raise ValueError(f"bucket {bucket!r} is a symbolic link, not a folder of the store")
+        return path
 
     def _folder(self, bucket: str, folder: str) -> Path:
         """A folder of a bucket, which must stay in it: see `_inside`."""
@@ -131,25 +153,36 @@ class FolderStore:
         return path
 
     def list_buckets(self) -> list[str]:
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        return [name for name, _made in self.objects.buckets()]
 
     def bucket_exists(self, bucket: str) -> bool:
-        return self._bucket(bucket).is_dir()
+        path = self._bucket_path(bucket)
+        return path.is_dir() and not path.is_symlink()
+
+    def key_problem(self, key: str) -> str | None:
+        return folder_key_problem(key)
 
     def create_bucket(self, bucket: str) -> bool:
         try:
-            self._bucket(bucket).mkdir()
-        except FileExistsError:
+            self._bucket_path(bucket).mkdir()
+        except FileExistsError:  # a link of that name too: the name is taken
             return False
         return True
 
     def ensure_path(self, bucket: str, folder: str) -> None:
+        problem = self.key_problem(f"{folder}/") if folder else None
+        if problem is not None:
+            raise ValueError(f"path {folder!r} {problem}")
         self._folder(bucket, folder).mkdir(parents=True, exist_ok=True)
 
     def delete_bucket(self, bucket: str) -> None:
-        shutil.rmtree(self._bucket(bucket))
+        self._bucket_path(bucket)  # a bad name is a ValueError, as everywhere here
+        try:
+            self.objects.delete_bucket(bucket, with_objects=True)
+        except S3Error as error:
+            if error.code != "NoSuchBucket":
+                raise
+            # Deleted meanwhile (or a link, which is no bucket): nothing to delete.
 
     def remove_if_empty(self, bucket: str) -> bool:
         # Folders only, deepest first, each with rmdir: a file anywhere (an upload's
@@ -270,9 +303,16 @@ class S3Store:
 
         try:
             self.client.head_bucket(Bucket=bucket)
-        except ClientError:
-            return False
+        except ClientError as exc:
+            # Only "not found" says no: a refusal (wrong keys: 403) is the server's failure,
+            # which the caller shows as such (a 502 naming the provider).
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            raise
         return True
+
+    def key_problem(self, key: str) -> str | None:
+        return s3_key_problem(key)  # a real S3 server keeps no names for itself
 
     def create_bucket(self, bucket: str) -> bool:
         from botocore.exceptions import ClientError

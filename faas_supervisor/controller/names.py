@@ -4,7 +4,8 @@ Bucket names follow Amazon S3's rules for general purpose buckets (what MinIO en
 too), so that a service defined here works on any S3 server, and so that a name is always
 one plain folder name in the embedded folder store. A path in a bucket is checked segment
 by segment: nothing in it may climb out of the bucket or mean another folder than the
-one written.
+one written. An object key (a folder's ends in `/`) is such a path that S3 can carry:
+UTF-8, at most 1024 bytes; the embedded folder store asks more of it (`folder_key_problem`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # Reserved by AWS for its own bucket kinds (access points, directory buckets, ...).
 _RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+MAX_KEY_BYTES = 1024  # S3's longest key
+NAME_MAX = 255  # bytes in one file name (Linux's file systems)
 
 
 def bucket_problem(name: str) -> str | None:
@@ -47,4 +50,30 @@ def path_problem(path: str) -> str | None:
     for segment in path.split("/"):
         if segment in ("", ".", ".."):
             return "must not have an empty, '.' or '..' segment"
+    return None
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be an object key on any S3 server (a folder's ends in `/`), or None."""
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError:
+        return "must be UTF-8 (it holds a lone surrogate)"
+    if size > MAX_KEY_BYTES:
+        return f"must be at most {MAX_KEY_BYTES} bytes"
+    return path_problem(key.removesuffix("/"))
+
+
+def folder_key_problem(key: str) -> str | None:
+    """`key_problem`'s, and what the folder store asks more: each segment is a file name
+    there (NAME_MAX bytes at most), and one starting with '.' names what the store keeps
+    for itself (bodies being received, multipart uploads), which it never lists."""
+    problem = key_problem(key)
+    if problem is not None:
+        return problem
+    segments = key.removesuffix("/").split("/")
+    if any(len(s.encode()) > NAME_MAX for s in segments):
+        return f"must not have a segment over {NAME_MAX} bytes"
+    if any(s.startswith(".") for s in segments):
+        return "must not have a segment starting with '.' (kept for partial uploads)"
     return None

@@ -173,7 +173,8 @@ class Controller:
             return None
         from faas_supervisor.controller.s3.app import s3_app
 
-        app = s3_app(self.buckets.root, self.s3_keys, self.settings.minio_region)
+        # The store's own Objects: its bucket deletes and the endpoint's puts take turns.
+        app = s3_app(self.buckets.objects, self.s3_keys, self.settings.minio_region)
         # The API's origins: the dashboard's Buckets page calls both (GetObject streams,
         # so the response hook as well as the middleware).
         setup_cors(app, self.settings.cors_origins)

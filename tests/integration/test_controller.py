@@ -594,6 +594,38 @@ def test_bucket_api(controller: ControllerProcess) -> None:
     assert controller.request("DELETE", "/system/buckets/photos").status_code == 404
 
 
+@pytest.mark.timeout(60)
+def test_a_bucket_name_whose_folder_the_store_cannot_make_makes_nothing(
+    controller: ControllerProcess,
+) -> None:
+    """The whole name is checked before the bucket is made: a segment over 255 bytes, a
+    name that is not UTF-8 or over 1024 bytes, a hidden segment (the names the folder
+    store keeps for itself, which it never lists) are one line of 400 and leave no bucket,
+    so a retry is refused the same way, not found there (409)."""
+    for name in ["longseg/" + "a" * 256, "surro/x\ud800", "newb/.s3-tmp", "newc/in/.hidden",
+                 "newd/" + "a/" * 600]:
+        for _ in range(2):
+            answer = controller.request("POST", "/system/buckets", json={"bucket_name": name})
+            assert answer.status_code == 400, (name[:20], answer.text)
+            assert answer.text.startswith("bucket_name: folder ") and "\n" not in answer.text
+    assert controller.request("GET", "/system/buckets").json() == []
+    assert list(controller.storage.iterdir()) == []
+    assert "Traceback" not in controller.log_text()
+
+
+@pytest.mark.timeout(60)
+def test_a_hidden_path_on_the_folder_store_is_400(controller: ControllerProcess) -> None:
+    """Its listing skips hidden names (the store keeps them for itself), so an input
+    folder `.in` would never start a job: refused, nothing stored, no bucket left."""
+    for field in ("input", "output"):
+        definition = copier(**{field: [{"storage_provider": "minio", "path": "copier/.in"}]})
+        answer = controller.request("POST", "/system/services", json=definition)
+        assert answer.status_code == 400, answer.text
+        assert "starting with '.'" in answer.text and "\n" not in answer.text
+    assert controller.request("GET", "/system/services").json() == []
+    assert list(controller.storage.iterdir()) == []
+
+
 # ---- the OSCAR Python client, unchanged ---------------------------------------------------
 
 
@@ -797,6 +829,25 @@ def test_an_exposed_service_runs_min_scale_instances(controller: ControllerProce
 
     wait_until(both_answered, 60, "answers from two server processes", controller)
     assert all(pid.isdigit() for pid in seen)
+
+
+@pytest.mark.timeout(60)
+def test_with_a_minio_endpoint_a_hidden_folder_is_the_servers_to_take(
+    controllers: ControllerFactory, moto_server: Any
+) -> None:
+    """Only the folder store keeps hidden names for itself: on an S3 server (MinIO takes
+    them, as the manager does) an input folder `.in` is made and served as before."""
+    controller = controllers(args=[
+        "--minio-endpoint", moto_server.endpoint, "--minio-access-key", moto_server.access_key,
+        "--minio-secret-key", moto_server.secret_key, "--minio-region", moto_server.region,
+    ])
+    controller.create(copier("hidcopier", input=[{"storage_provider": "minio",
+                                                  "path": "hidcopier/.in"}]))
+    keys = [o["Key"] for o in moto_server.client().list_objects_v2(Bucket="hidcopier")["Contents"]]
+    assert ".in/" in keys
+    answer = controller.request("POST", "/system/buckets/hidcopier/presign",
+                                json={"object_key": ".in/a.txt", "operation": "upload"})
+    assert answer.status_code == 200, answer.text
 
 
 # ---- hostile input: paths, nesting, encodings (issue 8) ----------------------------------

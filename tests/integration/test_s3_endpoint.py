@@ -955,3 +955,149 @@ def _get(s3: Any, bucket: str, key: str) -> bytes | None:
     except ClientError:
         return None
     return data
+
+
+# ---- the bucket API over the same store ----------------------------------------------------
+
+
+def test_the_bucket_apis_delete_takes_the_buckets_multipart_uploads(endpoint: Endpoint) -> None:
+    """DELETE /system/buckets/{b} deletes as DeleteBucket does: an upload begun in the
+    bucket does not outlive it, to complete into a bucket of the same name made later."""
+    s3, controller, bucket = endpoint.client(), endpoint.controller, bucket_name()
+    assert controller.request("POST", "/system/buckets",
+                              json={"bucket_name": bucket}).status_code == 201
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="old.bin")["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key="old.bin", UploadId=upload_id, PartNumber=1,
+                          Body=b"OLD DATA")["ETag"]
+    assert controller.request("DELETE", f"/system/buckets/{bucket}").status_code == 204
+    assert not (controller.storage / ".s3-uploads" / upload_id).exists()
+    assert controller.request("POST", "/system/buckets",
+                              json={"bucket_name": bucket}).status_code == 201
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads") is None
+    with pytest.raises(ClientError) as caught:
+        s3.complete_multipart_upload(Bucket=bucket, Key="old.bin", UploadId=upload_id,
+                                     MultipartUpload={"Parts": [{"PartNumber": 1,
+                                                                 "ETag": etag}]})
+    assert code_of(caught.value) == ("NoSuchUpload", 404)
+    assert s3.list_objects_v2(Bucket=bucket).get("Contents") is None
+
+
+def test_a_put_whose_bucket_the_api_deletes_meanwhile_is_no_such_bucket(
+    endpoint: Endpoint,
+) -> None:
+    """The bucket API's delete takes the endpoint's lock, as DeleteBucket does: a body
+    being received goes with the bucket, and its PUT is answered NoSuchBucket, not a
+    server error with a traceback."""
+    controller, bucket = endpoint.controller, bucket_name()
+    tracebacks = controller.log_text().count("Traceback")
+    assert controller.request("POST", "/system/buckets",
+                              json={"bucket_name": bucket}).status_code == 201
+    keys = sigv4.Keys(endpoint.access_key, endpoint.secret_key)
+    url = sigv4.presign(keys, "PUT", f"{endpoint.url}/{bucket}/big.bin", 300)
+    host, port = endpoint.url.removeprefix("http://").split(":")
+    path = url.removeprefix(endpoint.url)
+    staging = controller.storage / bucket / ".s3-tmp"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     f"Content-Length: {4 * MIB}\r\n\r\n".encode() + b"x" * (2 * MIB))
+        wait_until(lambda: staging.is_dir() and any(f.stat().st_size for f in staging.iterdir()),
+                   30, "the body's first bytes on disk", controller)
+        assert controller.request("DELETE", f"/system/buckets/{bucket}").status_code == 204
+        sock.sendall(b"x" * (2 * MIB))
+        answer = b""
+        while b"</Error>" not in answer and (piece := sock.recv(65536)):
+            answer += piece
+    assert answer.startswith(b"HTTP/1.1 404 "), answer[:300]
+    assert b"<Code>NoSuchBucket</Code>" in answer
+    assert not (controller.storage / bucket).exists()
+    assert controller.log_text().count("Traceback") == tracebacks
+
+
+def test_a_bucket_folder_that_is_a_link_is_no_bucket(endpoint: Endpoint) -> None:
+    """As the endpoint sees it (NoSuchBucket), so the bucket API: not listed, not read,
+    and never deleted through, whichever bucket it points to."""
+    s3, controller = endpoint.client(), endpoint.controller
+    target, alias = bucket_name(), bucket_name()
+    assert controller.request("POST", "/system/buckets",
+                              json={"bucket_name": target}).status_code == 201
+    s3.put_object(Bucket=target, Key="thesis.pdf", Body=b"years of work")
+    link = controller.storage / alias
+    link.symlink_to(target)
+    try:
+        with pytest.raises(ClientError) as caught:
+            s3.head_bucket(Bucket=alias)
+        assert code_of(caught.value) == ("404", 404)
+        listed = [b["bucket_name"] for b in controller.request("GET", "/system/buckets").json()]
+        assert target in listed and alias not in listed
+        for method in ("GET", "DELETE"):
+            answer = controller.request(method, f"/system/buckets/{alias}")
+            assert answer.status_code == 404, (method, answer.text)
+        presign = controller.request("POST", f"/system/buckets/{alias}/presign",
+                                     json={"object_key": "thesis.pdf", "operation": "download"})
+        assert presign.status_code == 404
+        taken = controller.request("POST", "/system/buckets", json={"bucket_name": alias})
+        assert taken.status_code == 409  # the name is the link's
+        assert link.is_symlink()
+        assert s3.get_object(Bucket=target, Key="thesis.pdf")["Body"].read() == b"years of work"
+    finally:
+        link.unlink()
+
+
+def test_presign_refuses_a_key_the_store_cannot_hold(endpoint: Endpoint) -> None:
+    """One line naming the field, never a 500: a key that is not UTF-8 (a lone
+    surrogate), over S3's 1024 bytes, or one the folder store refuses (a segment over 255
+    bytes, or hidden: the names it keeps for itself, which the endpoint refuses too)."""
+    controller, bucket = endpoint.controller, bucket_name()
+    endpoint.client().create_bucket(Bucket=bucket)
+    tracebacks = controller.log_text().count("Traceback")
+    for key in ["a\ud800", "a" * 1025, "a/" + "b" * 256, ".s3-tmp/x", "in/.hidden"]:
+        answer = controller.request("POST", f"/system/buckets/{bucket}/presign",
+                                    json={"object_key": key, "operation": "upload"})
+        assert answer.status_code == 400, (key[:20], answer.text)
+        assert answer.text.startswith("object_key: ") and "\n" not in answer.text
+    assert controller.log_text().count("Traceback") == tracebacks
+
+
+# ---- the endpoint as another controller's --minio-endpoint ---------------------------------
+
+
+def _over(controllers: ControllerFactory, server: Endpoint, secret: str) -> ControllerProcess:
+    """A controller whose --minio-endpoint is `server`'s endpoint: a real S3 server that
+    checks every signature (moto takes any keys)."""
+    return controllers(data_dir=controllers.tmp_path / f"over-{uuid.uuid4().hex[:8]}", args=[
+        "--minio-endpoint", server.url, "--minio-access-key", server.access_key,
+        "--minio-secret-key", secret,
+    ])
+
+
+def test_a_bucket_lookup_the_server_refuses_is_a_502(controllers: ControllerFactory) -> None:
+    """Wrong keys (403) are the server's failure, as README says, not "no such bucket"."""
+    server = endpoint_of(controllers())
+    bucket = bucket_name()
+    server.client().create_bucket(Bucket=bucket)
+    client = _over(controllers, server, "WRONG-SECRET")
+    for method, path in [("GET", f"/system/buckets/{bucket}"),
+                         ("DELETE", f"/system/buckets/{bucket}"),
+                         ("POST", f"/system/buckets/{bucket}/presign")]:
+        answer = client.request(method, path, json={"object_key": "k", "operation": "download"})
+        assert (answer.status_code, answer.text) == (
+            502, f"minio.default: lookup of bucket {bucket} failed (ClientError)"), method
+    created = client.request("POST", "/system/buckets", json={"bucket_name": bucket_name()})
+    assert created.status_code == 502, created.text
+    server.client().head_bucket(Bucket=bucket)
+
+
+def test_a_bucket_whose_folder_the_server_refuses_is_not_left(
+    controllers: ControllerFactory,
+) -> None:
+    """The bucket made, its folder refused (this endpoint keeps hidden names for itself;
+    an S3 server in general does not, so the controller sends them on): the bucket goes
+    again, and a retry fails the same way rather than finding it there (409)."""
+    server = endpoint_of(controllers())
+    client = _over(controllers, server, server.secret_key)
+    bucket = bucket_name()
+    for _ in range(2):
+        answer = client.request("POST", "/system/buckets", json={"bucket_name": f"{bucket}/.in"})
+        assert (answer.status_code, answer.text) == (
+            502, f"minio.default: creation of {bucket}/.in failed (ClientError)")
+        assert bucket not in [b["Name"] for b in server.client().list_buckets()["Buckets"]]

@@ -10,7 +10,12 @@ import pytest
 
 from faas_supervisor.controller.buckets import FolderStore
 from faas_supervisor.controller.fdl import parse_service, parse_service_json
-from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.controller.names import (
+    bucket_problem,
+    folder_key_problem,
+    key_problem,
+    path_problem,
+)
 from faas_supervisor.errors import InvalidService
 
 
@@ -53,6 +58,45 @@ def test_plain_paths_are_accepted(path: str) -> None:
 @pytest.mark.parametrize("path", ["a/../b", "..", "a/./b", "a//b", "a/b\\..\\c", "a/\x00b"])
 def test_paths_that_could_leave_their_folder_are_refused(path: str) -> None:
     assert path_problem(path) is not None
+
+
+@pytest.mark.parametrize("key", ["a", "a/b/", ".hidden/x", "ü" * 300, "a" * 1024, "a" * 1023 + "/"])
+def test_keys_any_s3_server_takes(key: str) -> None:
+    assert key_problem(key) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("a\ud800", "UTF-8"),
+        ("a" * 1025, "at most 1024 bytes"),
+        ("a" * 1024 + "/", "at most 1024 bytes"),
+        ("ü" * 513, "at most 1024 bytes"),
+        ("a/../b", "'..'"),
+        ("a//b/", "empty"),
+    ],
+)
+def test_keys_no_s3_server_takes(key: str, reason: str) -> None:
+    problem = key_problem(key)
+    assert problem is not None and reason in problem
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("a/" + "b" * 256, "over 255 bytes"),
+        ("ü" * 128 + "/", "over 255 bytes"),
+        (".s3-tmp/", "starting with '.'"),
+        ("in/.hidden", "starting with '.'"),
+        ("a\ud800", "UTF-8"),
+    ],
+)
+def test_the_folder_store_asks_more_of_a_key(key: str, reason: str) -> None:
+    """Each segment a file name, none of the hidden ones it keeps for itself (and lists
+    never): a real S3 server takes these (`key_problem`)."""
+    problem = folder_key_problem(key)
+    assert problem is not None and reason in problem
+    assert folder_key_problem("in/" + "b" * 255 + "/x") is None
 
 
 def definition(path: str, provider: str = "minio") -> dict[str, Any]:
@@ -114,7 +158,7 @@ def test_a_link_out_of_the_folder_store_is_not_followed(tmp_path: Path) -> None:
     os.symlink(outside, store.root / "linked")
     with pytest.raises(ValueError, match="outside the storage folder"):
         store.ensure_path("abc", "link/made")
-    with pytest.raises(ValueError, match="outside the storage folder"):
+    with pytest.raises(ValueError, match="is a symbolic link"):  # no bucket, wherever it goes
         store.ensure_path("linked", "")
     with pytest.raises(ValueError, match="outside the storage folder"):
         store.list_objects("abc", "link/")

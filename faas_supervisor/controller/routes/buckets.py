@@ -7,6 +7,7 @@ exception's type, never the SDK's message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from faas_supervisor import strict_json
 from faas_supervisor.config import DEFAULT_PROVIDER
-from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.controller.names import bucket_problem
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
 from faas_supervisor.controller.s3 import sigv4
@@ -33,16 +34,24 @@ class BucketRoutes(Routes):
         return json_response([_bucket_json(name) for name in names])
 
     async def create_bucket(self, request: web.Request) -> web.Response:
-        name, folder = await _bucket_body(request)
         buckets = self.api.buckets
+        name, folder = await _bucket_body(request, buckets.key_problem)
         if not await self._storage(f"creation of bucket {name}", buckets.create_bucket, name):
             raise Conflict(f"The bucket '{name}' already exists")
         if folder:
-            await self._storage(f"creation of {name}/{folder}", buckets.ensure_path, name, folder)
+            try:
+                await self._storage(f"creation of {name}/{folder}", buckets.ensure_path, name,
+                                    folder)
+            except Exception:
+                # Not left half made (a retry would be a 409); only while it holds nothing
+                # but folders: an object put there meanwhile keeps it.
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(buckets.remove_if_empty, name)
+                raise
         return web.Response(status=HTTPStatus.CREATED)
 
     async def update_bucket(self, request: web.Request) -> web.Response:
-        name, _ = await _bucket_body(request)
+        name, _ = await _bucket_body(request, self.api.buckets.key_problem)
         await self._existing(name)
         # Visibility and members are MinIO policies, which one admin does not need here.
         return web.Response(status=HTTPStatus.NO_CONTENT)
@@ -80,7 +89,7 @@ class BucketRoutes(Routes):
         """A presigned URL for an object of the bucket, on the default provider's S3
         endpoint (ours, or --minio-endpoint's), as the manager's presign handler answers."""
         name = await self._existing(_check_bucket(request.match_info["bucket"]))
-        asked = _presign_body(await request.read())
+        asked = _presign_body(await request.read(), self.api.buckets.key_problem)
         public = self.api.buckets.public_settings()
         if not public.get("endpoint"):
             raise Conflict("No S3 endpoint serves the storage (--s3-port 0)")
@@ -114,8 +123,11 @@ class BucketRoutes(Routes):
             raise storage_failure(DEFAULT_PROVIDER, what, exc) from None
 
 
-async def _bucket_body(request: web.Request) -> tuple[str, str]:
-    """The bucket and the folder in it that `bucket_name` names (`photos/2024`)."""
+async def _bucket_body(
+    request: web.Request, key_problem: Callable[[str], str | None]
+) -> tuple[str, str]:
+    """The bucket and the folder in it that `bucket_name` names (`photos/2024`), the folder
+    one the store can hold (`key_problem`, the store's)."""
     try:
         data = strict_json.loads(await request.read())
     except strict_json.NotJson:
@@ -125,7 +137,7 @@ async def _bucket_body(request: web.Request) -> tuple[str, str]:
         raise InvalidService("bucket_name: missing")
     name, _, folder = data["bucket_name"].strip(" /").partition("/")
     _check_bucket(name)
-    problem = path_problem(folder) if folder else None
+    problem = key_problem(f"{folder}/") if folder else None
     if problem is not None:
         raise InvalidService(f"bucket_name: folder {folder!r} {problem}")
     return name, folder
@@ -144,8 +156,9 @@ class PresignRequest:
         return "PUT" if self.operation == "upload" else "GET"
 
 
-def _presign_body(raw: bytes) -> PresignRequest:
-    """The manager's PresignRequest: `object_key` and `operation` required."""
+def _presign_body(raw: bytes, key_problem: Callable[[str], str | None]) -> PresignRequest:
+    """The manager's PresignRequest: `object_key` and `operation` required; the key one
+    the store can hold (`key_problem`, the store's)."""
     try:
         data = strict_json.loads(raw)
     except strict_json.NotJson:
@@ -158,7 +171,7 @@ def _presign_body(raw: bytes) -> PresignRequest:
     key = (data.get("object_key") or "").strip().strip("/")
     if not key:
         raise InvalidService("object_key: Object key cannot be empty")
-    problem = path_problem(key)
+    problem = key_problem(key)
     if problem is not None:
         raise InvalidService(f"object_key: {key!r} {problem}")
     operation = (data.get("operation") or "").strip().lower()

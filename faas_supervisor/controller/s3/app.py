@@ -58,13 +58,16 @@ logger = get_logger(component="s3")
 
 
 def s3_app(
-    root: Path,
+    store: Objects | Path,
     keys: sigv4.Keys,
     region: str = "us-east-1",
     middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
-    """The app; `middlewares` (CORS, say) run before S3's own error answers."""
-    objects = Objects(root)  # stale temporary files and expired uploads removed here
+    """The app over `store`: the controller's `Objects` (its bucket API's too: a bucket
+    deleted there takes the lock the puts here take), or a folder, served alone.
+    `middlewares` (CORS, say) run before S3's own error answers."""
+    # Made, stale temporary files and expired uploads are removed.
+    objects = store if isinstance(store, Objects) else Objects(store)
     server = S3Server(objects, keys, region)
     app = web.Application(middlewares=[*middlewares, _errors])  # type: ignore[list-item]
     app.router.add_route("*", "/{tail:.*}", server.dispatch)

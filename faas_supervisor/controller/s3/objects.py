@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.controller.names import (
+    MAX_KEY_BYTES,
+    NAME_MAX,
+    bucket_problem,
+    folder_key_problem,
+    path_problem,
+)
 from faas_supervisor.controller.s3.errors import S3Error
 
 ATTRIBUTE = "user.faas.s3"
@@ -42,8 +48,6 @@ DEFAULT_TYPE = "binary/octet-stream"  # what S3 answers for an object put withou
 UPLOADS = ".s3-uploads"
 TEMP_PREFIX = ".s3-tmp-"
 STAGING = ".s3-tmp"  # in each bucket: bodies being received, renamed into place when whole
-NAME_MAX = 255  # bytes in one file name (Linux's file systems)
-MAX_KEY_BYTES = 1024
 MIN_PART = 5 << 20  # every part but the last, as S3 requires
 MAX_PARTS = 10000
 COPY_CHUNK = 64 << 20
@@ -141,7 +145,7 @@ class Objects:
         """The bucket's folder; NoSuchBucket unless it exists."""
         path = self._bucket_path(bucket)
         if not path.is_dir() or path.is_symlink():
-            raise S3Error("NoSuchBucket", "The specified bucket does not exist", f"/{bucket}")
+            raise _no_such_bucket(bucket)
         return path
 
     def _bucket_path(self, bucket: str) -> Path:
@@ -161,10 +165,15 @@ class Objects:
                 f"/{bucket}",
             ) from None
 
-    def delete_bucket(self, bucket: str) -> None:
+    def delete_bucket(self, bucket: str, with_objects: bool = False) -> None:
+        """The bucket gone, with its multipart uploads (aborted: none completes into a
+        bucket of the same name made later) and the bodies being received (their puts
+        answer NoSuchBucket). S3's DeleteBucket refuses a bucket holding a file; the
+        bucket API's (`with_objects`, as the manager's) takes its objects too. One delete
+        for both, under the lock the puts take: they do not interleave."""
         with self._lock:
             path = self.bucket(bucket)
-            if _holds_files(path):
+            if not with_objects and _holds_files(path):
                 raise S3Error(
                     "BucketNotEmpty", "The bucket you tried to delete is not empty", f"/{bucket}"
                 )
@@ -186,9 +195,7 @@ class Objects:
         if any(len(s.encode("utf-8", "surrogatepass")) > NAME_MAX for s in relative.split("/")):
             raise S3Error("KeyTooLongError", f"A segment of the key is over {NAME_MAX} bytes",
                           resource)
-        problem = path_problem(relative)
-        if problem is None and any(s.startswith(".") for s in relative.split("/")):
-            problem = "must not have a segment starting with '.' (kept for partial uploads)"
+        problem = folder_key_problem(key)
         if problem is not None:
             raise S3Error("InvalidArgument", f"The key {problem}", resource)
         path = (base / relative).resolve()
@@ -263,8 +270,13 @@ class Objects:
         """The written `temp` renamed into place as `key` (its description set first), if
         `check` passes on the object it replaces, at that moment (under the lock)."""
         try:
-            _describe(temp, etag, content_type, metadata)
             with self._lock:
+                try:
+                    _describe(temp, etag, content_type, metadata)
+                except FileNotFoundError:
+                    # Gone with its bucket, deleted while the body came (and perhaps made
+                    # again): bucket deletes take this lock, so it stays once found here.
+                    raise _no_such_bucket(bucket) from None
                 if check is not None:
                     check(self.current(bucket, key))
                 return self._rename(temp, bucket, key)
@@ -679,6 +691,10 @@ def _described(key: str, path: Path, stat: os.stat_result) -> ObjectInfo:
     # Not written through S3 (or rewritten since): an ETag any rewrite changes.
     token = f"{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ino}".encode()
     return ObjectInfo(key, stat.st_size, stat.st_mtime, hashlib.md5(token).hexdigest())
+
+
+def _no_such_bucket(bucket: str) -> S3Error:
+    return S3Error("NoSuchBucket", "The specified bucket does not exist", f"/{bucket}")
 
 
 def _no_such_key(bucket: str, key: str) -> S3Error:
