@@ -106,6 +106,7 @@ class Runtime:
 class OutputFile:
     path: Path
     relative: str  # path relative to TMP_OUTPUT_DIR, `/`-separated
+    inode: int = 0  # as listed (0: not known): the file uploaded must be that one
 
 
 @dataclass
@@ -422,7 +423,7 @@ class Invocation:
                     self.log.warning(f"output {shown!r} skipped: its name is not UTF-8")
                     continue
                 if entry.is_file(follow_symlinks=False):
-                    found.append(OutputFile(Path(entry.path), relative))
+                    found.append(OutputFile(Path(entry.path), relative, entry.inode()))
                 else:
                     kind = "symbolic link" if entry.is_symlink() else "special file"
                     self.log.warning(f"output {relative} skipped: a {kind}")
@@ -449,10 +450,12 @@ class Invocation:
     @contextlib.contextmanager
     def _held(self, output: OutputFile) -> Iterator[Path | None]:
         """The output as listed, held open while it is uploaded: a path to that open file
-        (/proc/self/fd/N), or None (skipped, with a warning) if it is no longer a regular
-        file. A process the script left running (the watchdog stops those only once the
-        answer is sent) may meanwhile put a link or a FIFO in its place: followed by name,
-        the upload would read what the link names, or block on the FIFO for ever."""
+        (/proc/self/fd/N), or None (skipped, with a warning) if it is no longer that
+        regular file. A process the script left running (the watchdog stops those only
+        once the answer is sent) may meanwhile put a link or a FIFO in its place, or a
+        link in place of a folder above it: followed by name, the upload would read what
+        the link names, or block on the FIFO for ever. O_NOFOLLOW refuses the first; the
+        inode, compared with the listing's, any other file reached by a folder's link."""
         try:
             fd = os.open(output.path, _OUTPUT)
         except OSError as exc:
@@ -463,8 +466,13 @@ class Invocation:
             yield None
             return
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode):
                 self.log.warning(f"output {output.relative} skipped: a special file")
+                yield None
+                return
+            if output.inode and found.st_ino != output.inode:
+                self.log.warning(f"output {output.relative} skipped: not the file listed")
                 yield None
                 return
             yield Path(f"/proc/self/fd/{fd}") if _PROC_FD.is_dir() else output.path

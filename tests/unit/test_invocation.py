@@ -499,17 +499,21 @@ def test_an_output_replaced_after_its_listing_is_not_uploaded(tmp_path: Path) ->
     out = invocation.output_dir
     for name in ("kept", "link", "fifo", "gone"):
         (out / name).write_text(f"{name}\n")
+    (out / "sub").mkdir()
+    (out / "sub" / "secret.txt").write_text("the script's\n")
     outputs = invocation.collect_outputs()
     (out / "link").unlink()
     (out / "link").symlink_to(secret)
     (out / "fifo").unlink()
     os.mkfifo(out / "fifo")
     (out / "gone").unlink()
+    (out / "sub").rename(out / "sub.old")  # a link in place of a folder above an output
+    (out / "sub").symlink_to(tmp_path)
     asyncio.run(asyncio.wait_for(invocation.stage_out(Event(kind="empty"), outputs), 20))
     assert sorted(p.name for p in (store / "out" / "res").iterdir()) == ["kept"]
     assert (store / "out" / "res" / "kept").read_text() == "kept\n"
     text = invocation.log.text().decode()
     for line in ("output link skipped: a symbolic link", "output fifo skipped: a special file",
-                 "output gone skipped: gone"):
+                 "output gone skipped: gone", "output sub/secret.txt skipped: not the file"):
         assert line in text, text
     invocation.close()
