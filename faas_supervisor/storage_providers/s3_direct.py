@@ -117,7 +117,8 @@ class DirectS3:
         temp = partial_path(dest, f".{uuid.uuid4().hex[:8]}.part")
         try:
             done = self._attempts(
-                lambda: self._get_once(bucket, key, temp, limit, progress, cancelled))
+                lambda: self._get_once(bucket, key, temp, limit, progress, cancelled),
+                cancelled)
             if done:
                 if cancelled.is_set():
                     raise Cancelled()
@@ -135,8 +136,9 @@ class DirectS3:
             while piece := f.read(PIECE):
                 digest.update(piece)
         sha256 = digest.hexdigest()
-        self._attempts(lambda: self._put_once(src, bucket, key, sha256, progress,
-                                              cancelled or threading.Event()))
+        cancelled = cancelled or threading.Event()
+        self._attempts(lambda: self._put_once(src, bucket, key, sha256, progress, cancelled),
+                       cancelled)
         return True
 
     def _get_once(self, bucket: str, key: str, temp: Path, limit: int,
@@ -231,7 +233,10 @@ class DirectS3:
         return connection.getresponse()
 
     @staticmethod
-    def _attempts(once: Callable[[], T]) -> T:
+    def _attempts(once: Callable[[], T], cancelled: threading.Event) -> T:
+        """`once`, again after a failure a retry may mend; never again once `cancelled`
+        (its caller gone: a stopped job or client waits for this thread), nor during the
+        wait between two attempts."""
         attempt = 1
         while True:
             try:
@@ -245,7 +250,8 @@ class DirectS3:
                 if attempt == ATTEMPTS:
                     raise
             # botocore's standard mode: a random wait up to 2^(attempt-1) s, at most 20 s.
-            time.sleep(random.uniform(0, min(20, 2 ** (attempt - 1))))
+            if cancelled.wait(random.uniform(0, min(20, 2 ** (attempt - 1)))):
+                raise Cancelled()
             attempt += 1
 
 

@@ -7,10 +7,13 @@ a store that is not there, one that stops mid-transfer, wrong credentials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import http.client
 import logging
 import os
 import signal
+import socket
 import stat
 import threading
 import time
@@ -375,6 +378,38 @@ async def test_s3_direct_upload_is_tried_three_times_then_fails(
     assert sum(moved) == 0  # each retry took back what its attempt had counted
     assert moto_server.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
     assert provider._built is None
+
+
+def test_s3_direct_request_cancelled_is_not_tried_again(tmp_path: Path) -> None:
+    """A store that answers a head and then stalls: once cancelled (a stopped job or
+    client waits for this thread), the attempt under way is the last, with no retry and
+    no back-off after it; before, all three attempts ran, about a minute."""
+    server = socket.create_server(("127.0.0.1", 0))
+    requests_seen: list[socket.socket] = []
+    cancelled = threading.Event()
+
+    def stall() -> None:
+        with contextlib.suppress(OSError):  # the server closed at the end
+            while True:
+                conn, _ = server.accept()
+                requests_seen.append(conn)
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc")
+                cancelled.set()  # the caller gives up while this attempt waits
+
+    threading.Thread(target=stall, daemon=True).start()
+    config = s3_config("minio", f"http://127.0.0.1:{server.getsockname()[1]}")
+    direct = s3_direct.direct(config, 1.0, 1.0)  # each read gives up after 1 s
+    assert direct is not None
+    try:
+        with pytest.raises((s3_direct.Cancelled, OSError, http.client.HTTPException)):
+            direct.get("bucket", "in/f.txt", tmp_path / "f.txt", 8 * MiB, None, cancelled)
+    finally:
+        server.close()
+        for conn in requests_seen:
+            conn.close()
+    assert len(requests_seen) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_s3_direct_transfers_cancelled_leave_nothing(
