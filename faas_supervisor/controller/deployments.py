@@ -13,6 +13,7 @@ see: `unavailable`.
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ READY, PENDING, DEGRADED, FAILED, STOPPED, UNAVAILABLE = (
 EXPOSED_KIND, RUNTIME_KIND, UNAVAILABLE_KIND = "exposed_service", "knative_service", "unavailable"
 TAIL_DEFAULT, TAIL_MAX = 200, 1000  # the manager's tailLines default and cap
 TAIL_BYTES = 1 << 20  # the most of a log file's end read for its last lines
+# Bytes a service watchdog's log may reach before only its end is kept: it gets a line per
+# invocation, and a busy service's would otherwise fill the data folder's disk.
+LOG_CAP = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,26 @@ def logs_json(
         entries.append(entry)
     answer.update(available=True, entries=entries)
     return answer
+
+
+def trim_log(path: Path, cap: int = LOG_CAP, keep: int = TAIL_BYTES) -> bool:
+    """A log over `cap` bytes cut to its last `keep` (all read_tail ever reads), in place:
+    its writer appends (O_APPEND), so its next line goes after what is kept. A line it
+    writes during the copy may be lost: a log, not a record. True when it was cut."""
+    try:
+        with open(path, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size <= cap:
+                return False
+            f.seek(size - keep)
+            tail = f.read()  # and what came meanwhile
+            tail = tail[tail.find(b"\n") + 1:]  # from a line's start
+            f.seek(0)
+            f.write(tail)
+            f.truncate(len(tail))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def read_tail(path: Path, count: int) -> list[str]:

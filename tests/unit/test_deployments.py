@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from faas_supervisor.controller.deployments import (
     read_tail,
     status_json,
     tail_lines,
+    trim_log,
 )
 from faas_supervisor.controller.executions import Execution, Executions, go_duration
 from faas_supervisor.controller.fdl import parse_service
@@ -104,6 +106,28 @@ def test_read_tail_reads_the_end_only(tmp_path: Path, monkeypatch: pytest.Monkey
     log.write_bytes(b"first line\nsecond\n\nthird\nfourth\n")
     assert read_tail(log, 2) == ["third", "fourth"]
     assert read_tail(log, 10) == ["third", "fourth"]  # "cond" was cut: dropped
+
+
+def test_a_watchdog_log_over_its_cap_keeps_its_end(tmp_path: Path) -> None:
+    """A line per invocation: a busy service's log filled the data folder's disk. Over
+    the cap only its end stays, and its writer (O_APPEND, as the watchdog's stdout) goes
+    on after it; the lines read_tail shows are the same."""
+    log = tmp_path / "watchdog.log"
+    assert not trim_log(log, cap=100, keep=40)  # none yet
+    lines = [f"invocation {i:04d}\n".encode() for i in range(20)]
+    writer = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(writer, b"".join(lines[:5]))
+        assert not trim_log(log, cap=100, keep=40)  # under the cap: left as it is
+        os.write(writer, b"".join(lines[5:19]))
+        before = read_tail(log, 2)
+        assert trim_log(log, cap=100, keep=40)
+        assert log.read_bytes() == b"".join(lines[17:19])  # whole lines only
+        assert read_tail(log, 2) == before
+        os.write(writer, lines[19])
+    finally:
+        os.close(writer)
+    assert log.read_bytes() == b"".join(lines[17:20])
 
 
 @pytest.mark.parametrize(("seconds", "text"), [

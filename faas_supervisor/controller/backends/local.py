@@ -33,7 +33,7 @@ from faas_supervisor import frozen, processes
 from faas_supervisor.config import Mode
 from faas_supervisor.controller.backends import JobInterrupted
 from faas_supervisor.controller.backends.local_runner import IDLE_STOP, Runner, RunnerDied
-from faas_supervisor.controller.deployments import Deployment, LogLine, read_tail
+from faas_supervisor.controller.deployments import Deployment, LogLine, read_tail, trim_log
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.errors import ServiceUnavailable
@@ -43,6 +43,7 @@ from faas_supervisor.logs import get_logger
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0  # seconds a new watchdog may take to answer its health check
 STOP_TIMEOUT = 15.0  # seconds a watchdog gets to finish in-flight work when stopped
+LOG_CHECK = 30.0  # seconds between two looks at a running watchdog's log size (trim_log)
 JOB_STOP_GRACE = 10.0  # seconds a stopped job's `run` gets to kill its script and clean up
 EVENT_IN_ENV_MAX = 96 * 1024  # larger events go on stdin: the environment is bounded
 logger = get_logger(component="local-backend")
@@ -162,13 +163,18 @@ class _Watchdog:
                 continue
             assert self.process is not None
             pid_file = self.pids.record(self.process.pid)
+            ended = asyncio.ensure_future(self.process.wait())
             try:
                 if await self._healthy():
                     self.ready.set()
                     logger.info("service ready", service=self.name, port=self.port)
-                code = await self.process.wait()
+                # While it runs, its log (a line per invocation) is kept to its end.
+                while not (await asyncio.wait({ended}, timeout=LOG_CHECK))[0]:
+                    await asyncio.to_thread(trim_log, self.folder / "watchdog.log")
+                code = ended.result()
             finally:
                 # Also when cancelled by stop(), which has stopped the process by then.
+                ended.cancel()
                 pid_file.unlink(missing_ok=True)
             self.ready.clear()
             # What it left (killed outright: its scripts, its server's children) came to
