@@ -39,7 +39,6 @@ from faas_supervisor.controller.names import (
     NAME_MAX,
     bucket_problem,
     folder_key_problem,
-    path_problem,
 )
 from faas_supervisor.controller.s3.errors import S3Error
 
@@ -403,11 +402,8 @@ class Objects:
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start, start_key = base, ""
         if folder:
-            if path_problem(folder) is not None or any(
-                s.startswith(".") or len(s.encode("utf-8", "surrogatepass")) > NAME_MAX
-                for s in folder.split("/")
-            ):
-                return Page([], [], False, "")  # no key is under it
+            if folder_key_problem(f"{folder}/") is not None:
+                return Page([], [], False, "")  # no key the store holds is under it
             start = base / folder
             if not start.resolve().is_relative_to(base):
                 return Page([], [], False, "")
