@@ -246,7 +246,9 @@ def test_timeout_is_124_and_kills_the_process_group(tmp_path: Path) -> None:
 
 def test_no_script_is_status_2(tmp_path: Path) -> None:
     if Path("/oscar/config/script.sh").exists():
-        pytest.skip("this machine has /oscar/config/script.sh, so a script is always found")
+        reason = "this machine has /oscar/config/script.sh, so a script is always found"
+        print(reason)
+        pytest.skip(reason)
     result = run(tmp_path, None, env={"EVENT": "{}"})
     assert result.returncode == 2
     lines = result.stderr.decode().strip().splitlines()

@@ -1175,7 +1175,9 @@ def test_bad_start_up_exits_2_with_one_line(tmp_path: Path, case: str, config: s
         script.write_text("#!/bin/sh\necho hi\n")
         args += ["--script", str(script)]
     elif Path("/oscar/config/script.sh").exists():
-        pytest.skip("this machine has /oscar/config/script.sh, so a script is always found")
+        reason = "this machine has /oscar/config/script.sh, so a script is always found"
+        print(reason)
+        pytest.skip(reason)
     result = start_failure(args, {"TMPDIR": str(tmp_path), **env})
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
