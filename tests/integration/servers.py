@@ -16,7 +16,9 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +120,34 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path,
 
 
 # ---- a proxy that breaks mid-transfer ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def stalling_store(on_request: Callable[[], None] = lambda: None,
+                   ) -> Iterator[tuple[str, list[socket.socket]]]:
+    """An S3 store that answers each request's head, a few body bytes of 1000, then
+    nothing: its URL and the connections it took (one per request). `on_request` runs
+    once each answer has begun. Closed, its connections with it, at the end."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def stall() -> None:
+        with contextlib.suppress(OSError):  # the server closed at the end
+            while True:
+                conn, _ = server.accept()
+                held.append(conn)
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n"
+                             b"Content-Type: application/octet-stream\r\nETag: \"x\"\r\n\r\nabc")
+                on_request()
+
+    threading.Thread(target=stall, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", held
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
 
 
 class CuttingProxy:

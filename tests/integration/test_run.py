@@ -12,9 +12,7 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import RUNTIME_LINE, S3Server, faas_command, script_output
+from tests.integration.servers import stalling_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -400,22 +399,10 @@ def test_a_job_stopped_during_a_stalled_stage_in_ends_at_once(
     """The store sends a response head and then nothing. SIGTERM: `run` removes its
     folders and exits 143 at once, without waiting for the thread still blocked on the
     read (18 s direct, 78 s with boto3's retries): a backend kills at 10 s."""
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-
-    def stall() -> None:
-        with contextlib.suppress(OSError):  # the server closed at the end
-            while True:
-                conn, _ = server.accept()
-                held.append(conn)
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n"
-                             b"Content-Type: application/octet-stream\r\nETag: \"x\"\r\n\r\nabc")
-
-    threading.Thread(target=stall, daemon=True).start()
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    store = contextlib.ExitStack()
+    endpoint, held = store.enter_context(stalling_store())
     config = tmp_path / "config.yaml"
     config.write_text(f"storage_providers:\n  {provider}:\n    default: {{endpoint: {endpoint}, "
                       "access_key: AKIDEXAMPLE, secret_key: not-a-secret}\n"
@@ -427,13 +414,9 @@ def test_a_job_stopped_during_a_stalled_stage_in_ends_at_once(
     script.write_text("#!/bin/sh\necho ran\n")
     env = {k: v for k, v in os.environ.items() if k not in ("EVENT", "EXEC_TIMEOUT")}
     env.update({"TMPDIR": str(tmp), "EVENT": event})
-    try:
+    with store:
         status, stderr = stopped(["run", "--config", str(config), "--script", str(script)],
                                  env, lambda: bool(held), "the download's request", timeout=8)
-    finally:
-        server.close()
-        for conn in held:
-            conn.close()
     assert status == 128 + signal.SIGTERM, stderr
     assert b"Traceback" not in stderr and b"ran" not in stderr
     assert list(tmp.iterdir()) == []

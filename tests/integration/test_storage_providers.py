@@ -7,13 +7,11 @@ a store that is not there, one that stops mid-transfer, wrong credentials.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import http.client
 import logging
 import os
 import signal
-import socket
 import stat
 import threading
 import time
@@ -38,6 +36,7 @@ from tests.integration.servers import (
     CuttingProxy,
     DavServer,
     FakeOneprovider,
+    stalling_store,
     start_moto,
     start_wsgidav,
 )
@@ -384,30 +383,14 @@ def test_s3_direct_request_cancelled_is_not_tried_again(tmp_path: Path) -> None:
     """A store that answers a head and then stalls: once cancelled (a stopped job or
     client waits for this thread), the attempt under way is the last, with no retry and
     no back-off after it; before, all three attempts ran, about a minute."""
-    server = socket.create_server(("127.0.0.1", 0))
-    requests_seen: list[socket.socket] = []
     cancelled = threading.Event()
-
-    def stall() -> None:
-        with contextlib.suppress(OSError):  # the server closed at the end
-            while True:
-                conn, _ = server.accept()
-                requests_seen.append(conn)
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc")
-                cancelled.set()  # the caller gives up while this attempt waits
-
-    threading.Thread(target=stall, daemon=True).start()
-    config = s3_config("minio", f"http://127.0.0.1:{server.getsockname()[1]}")
-    direct = s3_direct.direct(config, 1.0, 1.0)  # each read gives up after 1 s
-    assert direct is not None
-    try:
+    # The caller gives up while the first attempt waits.
+    with stalling_store(cancelled.set) as (url, requests_seen):
+        config = s3_config("minio", url)
+        direct = s3_direct.direct(config, 1.0, 1.0)  # each read gives up after 1 s
+        assert direct is not None
         with pytest.raises((s3_direct.Cancelled, OSError, http.client.HTTPException)):
             direct.get("bucket", "in/f.txt", tmp_path / "f.txt", 8 * MiB, None, cancelled)
-    finally:
-        server.close()
-        for conn in requests_seen:
-            conn.close()
     assert len(requests_seen) == 1
     assert list(tmp_path.iterdir()) == []
 
