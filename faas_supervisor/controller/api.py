@@ -75,7 +75,13 @@ class Api:
     def app(self) -> web.Application:
         app = web.Application(
             client_max_size=MAX_DEFINITION,
-            middlewares=[self.executions.middleware, errors, self._system_auth],
+            # OSCAR's manager (gin) redirects a path with a trailing `/` to its route, and
+            # OSCAR's clients send some that way (oscar_python asks for `/system/config/`):
+            # redirected with a 308, which keeps the method and body, before anything else.
+            middlewares=[
+                web.normalize_path_middleware(append_slash=False, remove_slash=True),
+                self.executions.middleware, errors, self._system_auth,
+            ],
         )
         setup_cors(app, self.info.cors_origins)  # its preflights first, before any auth
         system, services, calls = self.system, self.services, self.invocations

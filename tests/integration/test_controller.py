@@ -692,6 +692,20 @@ def oscar_python_round_trip(
     assert client.remove_job("cowsay", job).status_code == 204
     assert client.list_jobs("cowsay").json()["jobs"] == {}
     assert client.remove_all_jobs("cowsay").status_code == 204
+
+    # The storage client asks for `/system/config/` (with the slash: redirected, as OSCAR's
+    # manager does) and then talks S3 to the endpoint it names.
+    assert client.create_bucket("cowsay-files").status_code == 201
+    storage = client.create_storage_client("cowsay")
+    (tmp_path / "note.txt").write_text("from the client")
+    storage.upload_file("minio.default", str(tmp_path / "note.txt"), "cowsay-files/docs")
+    listed = storage.list_files_from_path("minio.default", "cowsay-files/docs")
+    assert [entry["Key"] for entry in listed["Contents"]] == ["docs/note.txt"]
+    (tmp_path / "back").mkdir()
+    storage.download_file("minio.default", str(tmp_path / "back"), "cowsay-files/docs/note.txt")
+    assert (tmp_path / "back" / "note.txt").read_text() == "from the client"
+    assert client.delete_bucket("cowsay-files").status_code == 204
+
     assert client.remove_service("cowsay").status_code == 204
     assert client.list_services().json() == []
 

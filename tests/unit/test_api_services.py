@@ -588,3 +588,20 @@ async def test_a_service_the_backend_refuses_is_never_stored(
     assert refused.status == 400
     assert the_api.store.service("svc").image == "ok"  # type: ignore[union-attr]
     assert backend.running["svc"].image == "ok"
+
+
+async def test_a_route_asked_with_a_trailing_slash_is_redirected_to_it(
+    api: tuple[TestClient, Api, FakeBackend],
+) -> None:
+    # oscar_python's storage client asks for `/system/config/`; OSCAR's manager redirects.
+    client, the_api, _backend = api
+    moved = await client.get("/system/config/", headers=AUTH, allow_redirects=False)
+    assert moved.status == 308 and moved.headers["Location"] == "/system/config"
+    assert (await client.get("/system/config/", headers=AUTH)).status == 200
+    # A 308 keeps the method and the body: the create goes through.
+    assert (await client.post("/system/services/", json=definition(), headers=AUTH)).status == 201
+    assert the_api.store.service("svc") is not None
+    moved = await client.get("/system/services/svc/?x=1", headers=AUTH, allow_redirects=False)
+    assert moved.status == 308 and moved.headers["Location"] == "/system/services/svc?x=1"
+    # A path no route has, slash or not, is still a 404.
+    assert (await client.get("/system/nothing/", headers=AUTH)).status == 404
