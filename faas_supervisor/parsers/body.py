@@ -9,6 +9,7 @@ on the fly while its first bytes are kept: a short body that parses as JSON (`tr
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -182,9 +183,10 @@ async def _json_event(
     if isinstance(found, StorageObject):
         return Event(kind="storage", storage=found, text=text)
     assert isinstance(found, GatewayBody)
-    return await read_body(
+    inner = await read_body(
         _one(found.body), content_type=found.content_type, input_dir=input_dir, max_size=max_size
     )
+    return dataclasses.replace(inner, text=text)  # EVENT: the envelope, as it came
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:

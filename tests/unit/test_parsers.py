@@ -263,13 +263,17 @@ def test_delegation_wraps_one_storage_event_only() -> None:
 def test_an_api_gateway_body_that_is_a_storage_event_is_that_event() -> None:
     inner = json.dumps(s3_event("minio:s3", "input%2Fa+b.txt"))
     for body, encoded in ((inner, False), (base64.b64encode(inner.encode()).decode(), True)):
-        event = read_json({"httpMethod": "POST", "body": body, "isBase64Encoded": encoded})
+        envelope = {"httpMethod": "POST", "body": body, "isBase64Encoded": encoded}
+        event = read_json(envelope)
         assert event.kind == "storage"
         assert event.storage is not None and event.storage.key == "input/a b.txt"
+        assert event.text is not None and json.loads(event.text) == envelope  # EVENT
 
 
 def test_an_api_gateway_request_without_a_body_is_empty() -> None:
-    assert read_json({"httpMethod": "GET", "body": None}).kind == "empty"
+    event = read_json({"httpMethod": "GET", "body": None})
+    assert event.kind == "empty"
+    assert event.text is not None and json.loads(event.text) == {"httpMethod": "GET", "body": None}
 
 
 # ---- one test per example event --------------------------------------------------------
@@ -334,6 +338,8 @@ def test_fixture_apigateway() -> None:
         assert event.kind == "raw"
         assert event.input_file is not None
         assert event.input_file.read_bytes() == b"hello from the gateway"
+        # EVENT is the envelope as received (SPEC 4.1: the raw event text).
+        assert event.text == (FIXTURES / "apigateway.json").read_text()
 
 
 def test_every_fixture_has_its_test() -> None:
