@@ -21,7 +21,13 @@ PROVIDER = "rucio.default"
 
 
 def recognise(value: Any) -> StorageObject | None:
-    if not isinstance(value, dict) or "event_type" not in value or "payload" not in value:
+    # SPEC 6.1 knows a Hermes message by `event_type` and `payload.scope`: any other JSON
+    # with those two names (a webhook's `{"event_type": "push", "payload": {...}}`) is the
+    # user's own body, saved as it came.
+    if not isinstance(value, dict) or "event_type" not in value:
+        return None
+    payload = value.get("payload")
+    if not isinstance(payload, dict) or "scope" not in payload:
         return None
     scope = require_text(value, "payload", "scope")
     name = require_text(value, "payload", "name")

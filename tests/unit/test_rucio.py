@@ -73,15 +73,26 @@ def test_a_file_event_names_its_scope_and_name() -> None:
 
 
 @pytest.mark.parametrize(("payload", "field"), [
-    ({"name": "x"}, "payload.scope"),
     ({"scope": "test"}, "payload.name"),
     ({"scope": "test", "name": 3}, "payload.name"),
+    ({"scope": 3, "name": "x"}, "payload.scope"),
 ])
-def test_a_rucio_event_missing_scope_or_name_names_the_field(payload: Any, field: str) -> None:
+def test_a_rucio_event_missing_its_name_or_with_a_bad_field_names_it(
+    payload: Any, field: str
+) -> None:
     with pytest.raises(BadEvent, match=re.escape(field)):
         recognise(message(**payload))
-    with pytest.raises(BadEvent, match=re.escape("payload.scope")):
-        recognise({"event_type": "close", "payload": None})
+
+
+@pytest.mark.parametrize("value", [
+    {"event_type": "push", "payload": {"ref": "refs/heads/main"}},  # a webhook's body
+    {"event_type": "x", "payload": "x"},
+    {"event_type": "close", "payload": None},
+    {"event_type": "close"},
+])
+def test_json_without_payload_scope_is_not_a_rucio_event(value: Any) -> None:
+    # SPEC 6.1: `event_type` and `payload.scope`; anything else is plain JSON.
+    assert recognise(value) is None
 
 
 def test_recognised_before_the_delegated_envelope_and_dcache() -> None:
