@@ -429,6 +429,8 @@ async def _event_chunks(event_file: str | None, environ: Mapping[str, str]) -> A
         # The variable's own bytes: os.environ decoded them with surrogateescape.
         yield environ["EVENT"].encode("utf-8", "surrogateescape")
         return
+    elif sys.stdin is None:  # started with its standard input closed (`<&-`): no body
+        return
     else:
         source = sys.stdin.buffer
     with source:

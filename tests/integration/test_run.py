@@ -122,6 +122,21 @@ def test_empty_event_has_no_input_file(tmp_path: Path) -> None:
     assert script_output(result.stdout) == b"input=unset\n"
 
 
+def test_a_closed_standard_input_is_an_empty_event(tmp_path: Path) -> None:
+    # `run ... <&-`: Python has no sys.stdin at all; once a traceback and exit 1.
+    script = tmp_path / "script.sh"
+    script.write_text('#!/bin/sh\necho "input=${INPUT_FILE_PATH-unset}"\n')
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT")}
+    result = subprocess.run(["sh", "-c", 'exec "$@" <&-', "sh", *faas_command(), "run",
+                             "--script", str(script)],
+                            env={**env, "TMPDIR": str(tmp)}, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert script_output(result.stdout) == b"input=unset\n"
+    assert list(tmp.iterdir()) == []
+
+
 def test_stdout_is_the_response_alone(tmp_path: Path) -> None:
     """Logs go to standard error, even at DEBUG: standard output is only the response."""
     script = COPY + 'echo "script chatter"\necho "script errors" >&2\n'
