@@ -605,3 +605,22 @@ async def test_a_route_asked_with_a_trailing_slash_is_redirected_to_it(
     assert moved.status == 308 and moved.headers["Location"] == "/system/services/svc?x=1"
     # A path no route has, slash or not, is still a 404.
     assert (await client.get("/system/nothing/", headers=AUTH)).status == 404
+
+
+@pytest.mark.parametrize(("value", "everything"), [
+    ("t", True), ("T", True), ("1", True), ("True", True), ("TRUE", True), ("true", True),
+    ("false", False), ("f", False), ("tRuE", False), ("yes", False),
+])
+async def test_deleting_a_services_jobs_reads_all_as_the_manager_does(
+    api: tuple[TestClient, Api, FakeBackend], tmp_path: Path, value: str, everything: bool,
+) -> None:
+    """`?all=`: Go's strconv.ParseBool, an error being false; without it only finished jobs go."""
+    client, the_api, _backend = api
+    (tmp_path / "jobs").mkdir()  # as jobs.start() makes it; not started: the job stays Pending
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    service = the_api.store.service("svc")
+    assert service is not None
+    job, _new = await the_api.jobs.submit(service, b"{}")
+    answer = await client.delete(f"/system/logs/svc?all={value}", headers=AUTH)
+    assert answer.status == 204
+    assert (the_api.store.job(job) is None) is everything

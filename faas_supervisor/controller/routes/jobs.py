@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from faas_supervisor.controller.deployments import go_bool
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response, rfc3339
 from faas_supervisor.controller.store import FINISHED, Job
@@ -26,7 +27,7 @@ class JobRoutes(Routes):
 
     async def delete_jobs(self, request: web.Request) -> web.Response:
         service = self.api.service(request)
-        everything = request.query.get("all", "false").lower() in ("true", "1")
+        everything = go_bool(request.query.get("all"))  # as the manager reads it
         for job in self.api.store.jobs(service.name):
             if everything or job.status in FINISHED:
                 await self.api.jobs.delete(job.name)
