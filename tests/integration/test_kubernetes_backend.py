@@ -684,16 +684,22 @@ async def test_a_body_the_api_server_cannot_decode_is_a_400(
 
 @pytest.mark.parametrize(
     ("field", "amount"),
-    [("memory", m) for m in ("1g", "512K", "1t", "1p", "1E3", "1m", "256Mi", "1.5Gi", "512k",
-                             "1G", "1E", "1e9", "128974848")]
-    + [("cpu", c) for c in ("0.5", "500m", ".5", "2.25", "1k", "1e3", "1.5m", "0.5Ki")],
+    [("memory", m) for m in ("256Mi", "1.5Gi", "512k", "1G", "1E", "1e9", "128974848")]
+    + [("cpu", c) for c in ("0.5", "500m", ".5", "2.25", "1.5m")],
 )
 def test_every_amount_the_fdl_takes_the_api_server_decodes(field: str, amount: str) -> None:
-    try:
-        taken = service(**{field: amount})
-    except InvalidService:
-        return
-    assert quantity_problem(manifests.deployment(taken, CLUSTER)) is None
+    assert quantity_problem(manifests.deployment(service(**{field: amount}), CLUSTER)) is None
+
+
+@pytest.mark.parametrize(
+    ("field", "amount"),
+    # What the FDL refuses ("'1g' is not a memory amount"), so no manifest carries it.
+    [("memory", m) for m in ("1g", "512K", "1t", "1p", "1E3", "1m")]
+    + [("cpu", c) for c in ("1k", "1e3", "0.5Ki")],
+)
+def test_amounts_the_fdl_refuses_never_reach_a_manifest(field: str, amount: str) -> None:
+    with pytest.raises(InvalidService):
+        service(**{field: amount})
 
 
 async def test_a_deploy_failing_half_way_takes_back_what_it_made(

@@ -878,10 +878,13 @@ def test_content_encoding_gzip_is_decoded_and_a_broken_body_is_400(
         first, *_ = bad.text.splitlines()  # then the invocation's log, as for any 400
         assert first == "request body cannot be read: Can not decode content-encoding: gzip"
     # A chunked body that breaks once the watchdog is reading it.
+    before = set(shared.invocation_folders())  # the requests above may not be gone yet
     with socket.create_connection(("127.0.0.1", shared.port), timeout=30) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Mode: copy\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
-        time.sleep(0.3)  # the client's pace is what is tested: the body is being read
+        # Its folders made: the watchdog is reading the body when it breaks.
+        wait_until(lambda: bool(set(shared.invocation_folders()) - before), 10,
+                   "the body being read")
         sock.sendall(b"zz\r\n")
         answer = b""
         while chunk := sock.recv(65536):

@@ -158,8 +158,12 @@ async def test_creates_of_one_name_run_one_at_a_time(
     backend.gate = asyncio.Event()  # both requests are in the handler before either deploys
     first = asyncio.create_task(client.post("/system/services", json=definition(), headers=AUTH))
     second = asyncio.create_task(client.post("/system/services", json=definition(), headers=AUTH))
-    # Both requests in their handlers: no event tells that a request waits on a lock.
-    await asyncio.sleep(0.5)
+    # The first deploys; the second waits on the name's lock (NameLocks counts it).
+    await backend.deploying.wait()
+    names = the_api.services.names
+    async with asyncio.timeout(10):
+        while names._locks.get("svc", (None, 0))[1] < 2:
+            await asyncio.sleep(0.005)
     backend.gate.set()
     statuses = sorted([(await first).status, (await second).status])
     assert statuses == [201, 409]

@@ -12,9 +12,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from faas_supervisor.http_timeouts import TimedAppRunner, request_started
 
 HEAD_TIMEOUT = 0.5
+READING = web.AppKey("reading", asyncio.Event)  # set when the handler starts on the body
+APPS: dict[int, web.Application] = {}  # the server fixture's app, by its port
 
 
 async def echo(request: web.Request) -> web.Response:
+    request.app[READING].set()
     try:
         body = await request.read()
     except (web.RequestPayloadError, HttpProcessingError) as exc:  # as the parser raises it
@@ -27,6 +30,7 @@ async def echo(request: web.Request) -> web.Response:
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[int]:
     keepalive = getattr(request, "param", 30.0)
     app = web.Application()
+    app[READING] = asyncio.Event()
     app.router.add_route("*", "/", echo)
     runner = TimedAppRunner(
         app, head_timeout=HEAD_TIMEOUT, keepalive_timeout=keepalive, access_log=None
@@ -35,7 +39,9 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[int]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
+    APPS[port] = app
     yield port
+    del APPS[port]
     await runner.cleanup()
 
 
@@ -108,7 +114,8 @@ async def test_a_body_that_breaks_midway_fails_its_reader_instead_of_hanging(ser
     reader, writer = await asyncio.open_connection("127.0.0.1", server)
     writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
     await writer.drain()
-    await asyncio.sleep(0.2)  # the handler is reading the body when the bad chunk comes
+    # The handler is reading the body when the bad chunk comes.
+    await asyncio.wait_for(APPS[server][READING].wait(), 10)
     writer.write(b"zz\r\n")
     answer = await asyncio.wait_for(reader.read(), 10)
     assert answer.startswith(b"HTTP/1.1 400"), answer
