@@ -17,14 +17,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from faas_supervisor import processes
 from faas_supervisor.config import WatchdogSettings
 from faas_supervisor.errors import (
+    BadEvent,
     ConfigError,
     FaasError,
     PayloadTooLarge,
@@ -160,6 +161,7 @@ class ProxyRunner:
             auto_decompress=False,  # bytes pass through with their Content-Encoding
             cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies never reach another
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            middlewares=(_upgraded_or_answer,),
         )
         self._watcher = asyncio.create_task(self._watch(stop))
         logger.info("upstream server listening", port=self.settings.upstream_port)
@@ -199,22 +201,19 @@ class ProxyRunner:
         return headers
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
+        garbled = _not_utf8(request.headers)
+        if garbled is not None:
+            return refusal(BadEvent(f"request header {garbled} is not UTF-8"))
         if _is_websocket(request):
             return await self._websocket(request)
-        assert self._session is not None
         body = _RequestBody(request, self.settings, self.metrics) if request.body_exists else None
-        timeout = self.settings.exec_timeout
         try:
-            # exec_timeout bounds the wait for the upstream's answer, not the streaming.
-            async with asyncio.timeout(timeout or None):
-                upstream = await self._send(request, body)
+            upstream = await self._send(request, body)
         except (TimeoutError, aiohttp.ClientError) as exc:
             if body is not None and body.error is not None:
                 return refusal(body.error, close=True)
             if isinstance(exc, TimeoutError):
-                return refusal(
-                    ScriptTimeout(f"the server did not answer within exec_timeout ({timeout:g} s)")
-                )
+                return refusal(self._late())
             return refusal(_no_answer(exc))
         try:
             return await self._relay(request, upstream)
@@ -229,21 +228,50 @@ class ProxyRunner:
         by aiohttp for idempotent methods only, once (RFC 9112 9.3.1): a POST may have
         done its work, so it is not sent twice, and one that meets a connection the
         server is closing is a 502. Pooled connections idle for 1.5 s are dropped before
-        common servers drop theirs (see start), which keeps that rare."""
+        common servers drop theirs (see start), which keeps that rare.
+
+        exec_timeout bounds each wait on the server: for it to take the next piece of the
+        body, and for its answer once the request is sent. The waits on the client are not
+        counted: an upload takes as long as it keeps coming (read_timeout bounds its stalls).
+        """
         assert self._session is not None
-        return await self._session.request(
-            request.method,
-            self._url(request),
-            headers=self._headers(request),
-            allow_redirects=False,
-            data=body.chunks() if body is not None else None,
-        )
+        limit = self.settings.exec_timeout or None
+        async with asyncio.timeout(limit) as deadline:
+            answered = False
+
+            def waiting_on_client(waiting: bool) -> None:
+                # Not once answered (a server may answer before reading the body): the
+                # deadline is gone then, and must not be touched.
+                if limit and not answered:
+                    deadline.reschedule(
+                        None if waiting else asyncio.get_running_loop().time() + limit)
+
+            if body is not None:
+                body.waiting_on_client = waiting_on_client
+            try:
+                return await self._session.request(
+                    request.method,
+                    self._url(request),
+                    headers=self._headers(request),
+                    allow_redirects=False,
+                    data=body.chunks() if body is not None else None,
+                )
+            finally:
+                answered = True
+
+    def _late(self) -> ScriptTimeout:
+        return ScriptTimeout(
+            f"the server did not answer within exec_timeout ({self.settings.exec_timeout:g} s)")
 
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
+        headers = forwarded_headers(upstream.headers)
+        garbled = _not_utf8(headers)
+        if garbled is not None:
+            return refusal(UpstreamFailed(f"the server's header {garbled} is not UTF-8"))
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(forwarded_headers(upstream.headers))
+        response.headers.extend(headers)
         await response.prepare(request)
         sent = 0
         try:
@@ -267,24 +295,31 @@ class ProxyRunner:
     # ---- WebSockets ------------------------------------------------------------------
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        """Connect upstream first, so its answer (refusal, subprotocol) is the client's."""
+        """Connect upstream first, so its answer (refusal, redirect, subprotocol) is the
+        client's. exec_timeout bounds the wait for it, as for any request."""
         assert self._session is not None
         offered = [p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", ())
                    for p in value.split(",") if p.strip()]
         limit = self.settings.max_body_size  # aiohttp's 4 MiB default would be ours, not theirs
         try:
-            upstream = await self._session.ws_connect(
-                self._url(request),
-                headers=self._headers(request, drop=WS_HANDSHAKE),
-                protocols=offered,
-                autoclose=False,  # close frames are relayed with their code, not answered
-                max_msg_size=limit,
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            refused = UpstreamFailed(f"the server refused the WebSocket: {exc.message}")
-            if exc.status >= 400:
-                refused.http_status = exc.status  # the server's own refusal, passed on
-            return refusal(refused)
+            async with asyncio.timeout(self.settings.exec_timeout or None):
+                upstream = await self._session.ws_connect(
+                    self._url(request),
+                    headers=self._headers(request, drop=WS_HANDSHAKE),
+                    protocols=offered,
+                    autoclose=False,  # close frames are relayed with their code, not answered
+                    max_msg_size=limit,
+                )
+        except _NotUpgraded as refused:
+            try:
+                return await self._relay(request, refused.answer)
+            finally:
+                refused.answer.release()
+        except TimeoutError:
+            return refusal(self._late())
+        except aiohttp.WSServerHandshakeError as exc:  # a 101 that is no WebSocket's
+            failed = UpstreamFailed(f"the server's WebSocket handshake failed: {exc.message}")
+            return refusal(failed)
         except aiohttp.ClientError as exc:
             return refusal(_no_answer(exc))
         client = web.WebSocketResponse(
@@ -354,11 +389,14 @@ class _RequestBody:
         self.settings = settings
         self.metrics = metrics
         self.error: FaasError | None = None
+        # Told when a read from the client starts and ends: the proxy's clock stops meanwhile.
+        self.waiting_on_client: Callable[[bool], None] = lambda waiting: None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         limit, total = self.settings.max_body_size, 0
         read_timeout = self.settings.read_timeout or None
         while True:
+            self.waiting_on_client(True)
             try:
                 async with asyncio.timeout(read_timeout):
                     chunk = await self.request.content.read(READ_CHUNK)
@@ -370,6 +408,7 @@ class _RequestBody:
                 self.error = unreadable_body(exc)
                 self.request.content.feed_eof()  # nothing left to drain (aiohttp would log it)
                 raise self.error from None
+            self.waiting_on_client(False)
             if not chunk:
                 return
             total += len(chunk)
@@ -378,6 +417,40 @@ class _RequestBody:
                 raise self.error
             self.metrics.bytes_in.inc(len(chunk))
             yield chunk
+
+
+class _NotUpgraded(Exception):
+    """The server's answer to a WebSocket handshake, other than 101, carried out whole."""
+
+    def __init__(self, answer: aiohttp.ClientResponse) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
+async def _upgraded_or_answer(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """The session's middleware, acting on WebSocket handshakes alone (only they carry
+    Upgrade: it is hop-by-hop, never forwarded). ws_connect would follow a redirect and
+    keep only a refusal's status and reason; raised out of it here, before either, the
+    answer is relayed as any other."""
+    answer = await handler(request)
+    if answer.status != 101 and hdrs.UPGRADE in request.headers:
+        raise _NotUpgraded(answer)
+    return answer
+
+
+def _not_utf8(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
+    """The first header whose value is not UTF-8. aiohttp reads such bytes as lone
+    surrogates and writes headers as UTF-8, dropping them: the header would arrive
+    altered (`caf\\xe9` as `caf`), so the message is refused instead."""
+    for name, value in headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return name
+    return None
 
 
 def _is_websocket(request: web.Request) -> bool:

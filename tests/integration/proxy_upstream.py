@@ -54,7 +54,9 @@ async def sized_bytes(request: web.Request) -> web.StreamResponse:
 
 async def status(request: web.Request) -> web.Response:
     code = int(request.match_info["code"])
-    headers = {"Location": "/elsewhere"} if 300 <= code < 400 else None
+    headers = {"Location": "/elsewhere"} if 300 <= code < 400 else {}
+    if code == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="exposed"'
     return web.Response(status=code, text=None if code == 204 else f"status {code}\n",
                         headers=headers)
 
@@ -71,7 +73,7 @@ async def hold(request: web.Request) -> web.StreamResponse:
 
 
 async def late(request: web.Request) -> web.Response:
-    """No headers at all until POST /release."""
+    """No headers at all until POST /release, and the body left unread."""
     await request.app["release"].wait()
     return web.Response(text="late\n")
 
@@ -84,6 +86,17 @@ async def broken(request: web.Request) -> web.StreamResponse:
     assert request.transport is not None
     request.transport.abort()
     return response
+
+
+async def raw_header(request: web.Request) -> web.Response:
+    """A Content-Disposition whose file name is in ?charset=: written by hand, since
+    aiohttp writes headers as UTF-8 and could not send Latin-1."""
+    name = "café.txt".encode(request.query["charset"])
+    assert request.transport is not None
+    request.transport.write(b'HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename="'
+                            + name + b'"\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n')
+    request.transport.close()
+    return web.Response()  # never sent: the connection is closed
 
 
 async def release(request: web.Request) -> web.Response:
@@ -148,7 +161,8 @@ def app() -> web.Application:
     application.router.add_get("/status/{code}", status)
     application.router.add_get("/hold", hold)
     application.router.add_post("/release", release)
-    application.router.add_get("/late", late)
+    application.router.add_route("*", "/late", late)
+    application.router.add_get("/raw-header", raw_header)
     application.router.add_get("/broken", broken)
     application.router.add_get("/ws", websocket)
     application.router.add_get("/last-close", last_close)

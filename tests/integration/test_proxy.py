@@ -38,6 +38,10 @@ environment:
     GREETING: hello from the config
 """
 SERVER_SCRIPT = 'exec "$PYTHON" "$APP"\n'
+# A WebSocket handshake as a plain HTTP client sends it, to see the whole answer.
+HANDSHAKE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+LATE = "the server did not answer within exec_timeout (1 s)\n"
 
 
 @dataclass
@@ -102,6 +106,13 @@ def held(url: str) -> requests.Response:
     assert response.status_code == 200
     assert response.raw.read(8) == b"started\n"
     return response
+
+
+def trickle(chunks: int, pause: float) -> Iterator[bytes]:
+    """An upload that keeps coming, a chunk every `pause` seconds."""
+    for _ in range(chunks):
+        yield b"x" * 1000
+        time.sleep(pause)
 
 
 @pytest.fixture
@@ -189,6 +200,51 @@ def test_exec_timeout_bounds_the_wait_for_the_servers_answer(watchdog: WatchdogF
     assert requests.get(f"{exposed.url}/hold", timeout=10).text == "started\ndone\n"
 
 
+def test_exec_timeout_does_not_count_the_clients_upload(watchdog: WatchdogFactory) -> None:
+    # An upload longer than exec_timeout is no late answer (a review found it cut, 504).
+    exposed = start_exposed(watchdog, exec_timeout="1s")
+    started = time.monotonic()
+    answer = requests.post(f"{exposed.url}/sha256", data=trickle(5, 0.4), timeout=30)
+    assert time.monotonic() - started >= 2.0
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["length"] == 5000
+    # Once the body is in, the server still has exec_timeout to answer, no more.
+    late = requests.post(f"{exposed.url}/late", data=trickle(3, 0.4), timeout=30)
+    assert (late.status_code, late.text) == (504, LATE)
+    requests.post(f"{exposed.upstream}/release", timeout=10)  # lets the server stop at once
+
+
+def test_exec_timeout_bounds_a_server_that_takes_no_body(watchdog: WatchdogFactory) -> None:
+    # /late reads nothing: once the socket buffers are full, the upload waits on the server,
+    # and that wait is the server's time. Counting from the body's end only, it never ended.
+    exposed = start_exposed(watchdog, exec_timeout="1s")
+    late = requests.post(f"{exposed.url}/late", data=b"x" * (32 * MIB), timeout=20)
+    assert (late.status_code, late.text) == (504, LATE)
+    requests.post(f"{exposed.upstream}/release", timeout=10)
+
+
+# aiohttp writes headers as UTF-8 and drops other bytes: passed on, `caf\xe9` would arrive
+# as `caf` (a review found both directions altered).
+
+
+def test_a_request_header_that_is_not_utf8_is_refused_not_altered(exposed: Exposed) -> None:
+    seen = requests.get(f"{exposed.url}/echo", headers={"X-Name": "café".encode()}, timeout=10)
+    assert {k.lower(): v for k, v in seen.json()["headers"]}["x-name"] == "café"
+    latin1 = requests.get(f"{exposed.url}/echo", headers={"X-Name": "café".encode("latin-1")},
+                          timeout=10)
+    assert (latin1.status_code, latin1.text) == (400, "request header X-Name is not UTF-8\n")
+
+
+def test_a_response_header_that_is_not_utf8_is_a_502_not_altered(exposed: Exposed) -> None:
+    utf8 = requests.get(f"{exposed.url}/raw-header?charset=utf-8", timeout=10)
+    assert utf8.status_code == 200  # requests reads header bytes as Latin-1
+    sent = utf8.headers["Content-Disposition"].encode("latin-1")
+    assert sent == 'attachment; filename="café.txt"'.encode()
+    latin1 = requests.get(f"{exposed.url}/raw-header?charset=latin-1", timeout=10)
+    assert (latin1.status_code, latin1.text) == (
+        502, "the server's header Content-Disposition is not UTF-8\n")
+
+
 def test_reserved_paths_stay_the_watchdogs(exposed: Exposed) -> None:
     assert requests.get(f"{exposed.url}/_/health", timeout=10).text == "OK\n"
     assert requests.get(f"{exposed.url}/_/ready", timeout=10).status_code == 200
@@ -267,6 +323,31 @@ async def test_websocket_echo_both_ways_with_close_codes(exposed: Exposed) -> No
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(f"{exposed.url}/no-ws-here")
         assert refused.value.status == 404
+
+
+# aiohttp's ws_connect follows redirects and keeps only a refusal's status: a review found
+# the proxy following them, and a 401 reaching the client without its WWW-Authenticate.
+
+
+def test_a_websocket_handshake_redirect_is_passed_through(exposed: Exposed) -> None:
+    moved = requests.get(f"{exposed.url}/status/302", headers=HANDSHAKE, allow_redirects=False,
+                         timeout=10)
+    assert (moved.status_code, moved.headers.get("Location")) == (302, "/elsewhere")
+
+
+def test_a_refused_websocket_handshake_is_relayed_whole(exposed: Exposed) -> None:
+    refused = requests.get(f"{exposed.url}/status/401", headers=HANDSHAKE, timeout=10)
+    assert (refused.status_code, refused.text) == (401, "status 401\n")
+    assert refused.headers["WWW-Authenticate"] == 'Basic realm="exposed"'
+
+
+def test_exec_timeout_bounds_the_websocket_handshake(watchdog: WatchdogFactory) -> None:
+    # A handshake never answered held its max_inflight slot for good (a review found it).
+    exposed = start_exposed(watchdog, exec_timeout="1s", max_inflight="1")
+    late = requests.get(f"{exposed.url}/late", headers=HANDSHAKE, timeout=10)
+    assert (late.status_code, late.text) == (504, LATE)
+    assert requests.get(f"{exposed.url}/echo", timeout=10).status_code == 200  # slot freed
+    requests.post(f"{exposed.upstream}/release", timeout=10)
 
 
 # ---- limits and lifecycle --------------------------------------------------------------
