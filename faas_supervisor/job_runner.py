@@ -8,7 +8,8 @@ builds the command's parser, and waits on its control socket (its stdin). Each j
 message there, with the job's log and event as descriptors; the runner forks a child
 that runs `run`'s own code (`cli.main(["run", ...])`) and exits with its status:
 
-* the job's environment, set whole into `os.environ` before any of `run`'s code runs;
+* the job's environment, set whole into `os.environ` before any of `run`'s code runs
+  (its C locale coerced as a fresh interpreter's start does: _coerce_c_locale);
   its standard input (the event file, or /dev/null), output and error (the log) on fds
   0, 1, 2 and no other descriptor of the runner; its own process group; the signal
   dispositions a fresh interpreter has; `run`'s exit status, or the signal that killed
@@ -58,7 +59,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from faas_supervisor import processes
+from faas_supervisor import frozen, processes
 
 HEADER = struct.Struct("!I")
 MAX_FDS = 8  # descriptors one receive may bring (a frame carries at most two)
@@ -67,6 +68,7 @@ SPARE_DELAY = 0.1  # seconds after a job's start before the next spare is forked
 EXIT_CHILD_FAILED = 70  # a child that could not become the job's `run` (printed)
 EXIT_FLUSH_FAILED = 120  # as CPython when flushing stdout/stderr at exit fails
 CONFIG_FILE = "function_config.yaml"  # in the service's folder, as the local backend writes it
+UTF8_LOCALES = ("C.UTF-8", "C.utf8", "UTF-8")  # PEP 538's, in CPython's order (_coerce_c_locale)
 WARM_MODULES = (
     # What `run` imports, at start or when a job needs it (with every module of the
     # packages named here: the event parsers and the storage providers).
@@ -156,7 +158,8 @@ def warm_up() -> None:
 
     botocore's S3 models are read too (storage_providers/s3.load_models): a job forked
     from here makes its S3 client from them in milliseconds instead of about 85 ms, for
-    about 15 MiB more in the runner (shared with its jobs until written)."""
+    about 15 MiB more in the runner (shared with its jobs until written). Only the models:
+    a job's boto3 session is its own, reading the AWS config files as they are then."""
     import importlib
     import pkgutil
 
@@ -462,12 +465,41 @@ class _Runner:
                 os.close(fd)
             os.environ.clear()
             os.environ.update(message["env"])
+            _coerce_c_locale()
             sys.argv = [sys.argv[0], *message["args"]]
             status = _as_main(message["args"], self.parser)
         except BaseException:  # whatever happens, the child never returns
             with contextlib.suppress(BaseException):
                 sys.excepthook(*sys.exc_info())
         os._exit(status)
+
+
+def _coerce_c_locale() -> None:
+    """The job's LC_CTYPE locale, set from `os.environ` (the job's) as a fresh interpreter
+    sets it at its start, C locale coercion (PEP 538) included: a locale that resolves to
+    C (or POSIX: unset, or not installed), with LC_ALL unset or empty and
+    PYTHONCOERCECLOCALE not "0", becomes the first of UTF8_LOCALES installed, in this
+    process and in LC_CTYPE, which `run`'s script inherits. The runner's own start did it
+    to its own environment only, which the job's replaces. The frozen build's interpreter
+    (PyInstaller's isolated pre-config) coerces nothing. The warning of
+    PYTHONCOERCECLOCALE=warn is not repeated here: the runner's start wrote it to its log.
+    """
+    import locale
+
+    try:
+        ctype = locale.setlocale(locale.LC_CTYPE, "")
+    except locale.Error:  # not installed: a fresh interpreter's LC_CTYPE stays C
+        ctype = locale.setlocale(locale.LC_CTYPE, "C")
+    if (ctype != "C" or os.environ.get("LC_ALL") or frozen.is_frozen()
+            or os.environ.get("PYTHONCOERCECLOCALE") == "0"):
+        return
+    for name in UTF8_LOCALES:
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+        except locale.Error:
+            continue
+        os.environ["LC_CTYPE"] = name
+        return
 
 
 def _as_main(args: list[str], parser: argparse.ArgumentParser) -> int:

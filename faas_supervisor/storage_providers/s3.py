@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import stat
 import sys
@@ -27,7 +28,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error
@@ -344,31 +345,69 @@ class _DoneSubscriber:
             self._done.set_result(None)
 
 
-# One boto3 session per process, made on first use: its loader keeps the botocore models
-# it has read (endpoints, the S3 service and its rules: most of a client's cost), so a
-# second client, another provider's or that of a job forked from a warm job runner, is
-# made in milliseconds instead of about 85 ms.
+# One boto3 session per process, made on first use: a second client (another provider's)
+# is made from it in milliseconds. A session reads the AWS config files (AWS_CONFIG_FILE,
+# ~/.aws/config: endpoint_url, ca_bundle, profiles, credential_process...) once and keeps
+# what it read, so a warm job runner's session is never its jobs': each job forked from
+# it makes its own, reading the files as they are then, as a cold `run` does.
 _SESSION_LOCK = threading.Lock()
 _session: Any = None
+
+
+class _Models(NamedTuple):
+    """What a session builds before it reads any config, and that never changes: kept by
+    load_models() for the sessions made after it, in its process or a job forked from it."""
+
+    loader: Any  # botocore's data loader, the models it read in it (about 85 ms of a client)
+    data_path: Any  # the `data_path` setting it was made for (where it looks for models)
+    hooks: Any  # an event emitter with botocore's built-in handlers only (4 ms to register)
+
+
+_models: _Models | None = None
 
 
 def _shared_session() -> Any:
     global _session
     if _session is None:
-        import boto3.session
-
-        _session = boto3.session.Session()
+        _session = _new_session()
     return _session
 
 
-def load_models() -> None:
-    """Read the S3 models into this process's session, as a first client would.
+def _new_session() -> Any:
+    """A boto3 session, made from load_models()'s parts if it was called (the same as a
+    session of its own: the same handlers, the same models)."""
+    import boto3.session
+    import botocore.session
 
-    For the warm job runner (job_runner.py): its jobs are forked from it and inherit them.
-    The client is made with placeholder keys, so nothing is looked up; it is dropped.
-    Nothing here starts a thread or opens a connection.
+    if _models is None:
+        return boto3.session.Session()
+    core = botocore.session.Session(event_hooks=copy.copy(_models.hooks),
+                                    include_builtin_handlers=False)
+    if core.get_config_variable("data_path") == _models.data_path:  # else other model files
+        core.register_component("data_loader", _models.loader)
+    return boto3.session.Session(botocore_session=core)
+
+
+def load_models() -> None:
+    """Read the S3 models into a loader kept for this process's later sessions (_Models),
+    as a first client would.
+
+    For the warm job runner (job_runner.py): its jobs are forked from it and inherit the
+    loader, not the session that read them with the config of the runner's start. The
+    client is made with placeholder keys, so nothing is looked up; it is dropped. Nothing
+    here starts a thread or opens a connection.
     """
+    import boto3.session
+    import botocore.hooks
+    import botocore.session
+
+    global _models
     with _SESSION_LOCK, collection_paused():
-        _shared_session().client(
+        hooks = botocore.hooks.HierarchicalEmitter()
+        core = botocore.session.Session(event_hooks=hooks)
+        built_in = copy.copy(hooks)  # before boto3 adds its own handlers to it
+        boto3.session.Session(botocore_session=core).client(
             "s3", region_name="us-east-1", aws_access_key_id="-", aws_secret_access_key="-"
         )
+        _models = _Models(core.get_component("data_loader"),
+                          core.get_config_variable("data_path"), built_in)

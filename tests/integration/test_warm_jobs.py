@@ -16,14 +16,17 @@ import base64
 import contextlib
 import os
 import re
+import select
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -117,14 +120,28 @@ def normalized(dump: str) -> list[str]:
                   for line in dump.splitlines())
 
 
+@pytest.mark.parametrize(
+    "secrets",
+    [
+        {},
+        # A C locale: a fresh interpreter (the cold `run`) coerces it to a UTF-8 one in
+        # its environment, which its script inherits (PEP 538); a warm job must too.
+        {"LC_CTYPE": "C"},
+        {"LANG": "C", "PYTHONCOERCECLOCALE": "0"},  # ... unless told not to
+    ],
+    ids=["plain", "c-locale", "c-locale-kept"],
+)
 def test_a_warm_job_gives_its_script_the_environment_run_gives(
-    controllers: ControllerFactory, tmp_path: Path
+    controllers: ControllerFactory, tmp_path: Path, secrets: dict[str, str]
 ) -> None:
+    """The reference is a real cold `run`, given the environment the backend gives a
+    job's: what a fresh interpreter makes of it at its start counts too."""
     controller = controllers(env={"WARM_TEST_VAR": "välue with spaces"})
     dumps = tmp_path / "dumps"
     dumps.mkdir()
     script = f'env > "$(mktemp {dumps}/env.XXXXXX)"\necho done\n'
-    token = controller.create({"name": "envdump", "script": script})["token"]
+    token = controller.create({"name": "envdump", "script": script,
+                               "environment": {"secrets": secrets}})["token"]
     job = post_job(controller, "envdump", token)
     assert finished(controller, "envdump", job)["status"] == "Succeeded"
     (warm,) = [p.read_text() for p in dumps.iterdir()]
@@ -133,6 +150,8 @@ def test_a_warm_job_gives_its_script_the_environment_run_gives(
     assert normalized(warm) == normalized(cold)
     assert f"JOB_UUID={job}" in warm.splitlines()
     assert "WARM_TEST_VAR=välue with spaces" in warm.splitlines()
+    if secrets.get("LC_CTYPE") == "C":  # the case is live: the cold `run` coerced it
+        assert "LC_CTYPE=C" not in cold.splitlines()
 
 
 @pytest.mark.parametrize(
@@ -549,14 +568,16 @@ def test_a_jobs_logs_show_its_script_output_whatever_the_event(
 class DirectRunner:
     """`faas-supervisor job-runner FOLDER`, its stdin one end of a socket pair."""
 
-    def __init__(self, folder: Path, script: str) -> None:
+    def __init__(self, folder: Path, script: str, config: str = "name: direct\nlog_level: INFO\n",
+                 env: dict[str, str] | None = None) -> None:
         from faas_supervisor.job_runner import Frames
 
         self.folder = folder
         (folder / "tmp").mkdir(parents=True)
         (folder / "script.sh").write_text(script)
-        (folder / "function_config.yaml").write_text("name: direct\nlog_level: INFO\n")
-        self.env = {**os.environ, "TMPDIR": str(folder / "tmp"), "suppress_lock": "true"}
+        (folder / "function_config.yaml").write_text(config)
+        self.env = {**(os.environ if env is None else env), "TMPDIR": str(folder / "tmp"),
+                    "suppress_lock": "true"}
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.process = subprocess.Popen([*faas_command(), "job-runner", str(folder)],
                                         stdin=theirs.fileno(), env=self.env,
@@ -620,7 +641,12 @@ def signal_masks(pid: int) -> list[str]:
 
 def fds_of(pid: int) -> list[str]:
     folder = Path(f"/proc/{pid}/fd")
-    return sorted(f"{fd}:{os.readlink(folder / fd)}" for fd in os.listdir(folder))
+    found = []
+    for fd in os.listdir(folder):
+        # A spare's rehearsal (an event loop's life) opens and closes descriptors as we read.
+        with contextlib.suppress(FileNotFoundError):
+            found.append(f"{fd}:{os.readlink(folder / fd)}")
+    return sorted(found)
 
 
 def test_a_jobs_child_is_forked_ahead_fresh_and_the_next_one_after_it(tmp_path: Path) -> None:
@@ -686,6 +712,62 @@ def test_a_runner_stopped_by_sigterm_ends_its_spare(tmp_path: Path) -> None:
         assert spare not in processes()
     finally:
         runner.close()
+
+
+@contextlib.contextmanager
+def s3_stub() -> Iterator[tuple[int, list[str]]]:
+    """An S3 endpoint on loopback that takes any request (200, an ETag): its port, and
+    the requests it got ("PUT /bucket/key")."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(f"{self.command} {self.path}")
+            self.send_response(200)
+            self.send_header("ETag", '"0"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = do_POST = do_PUT
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_warm_job_reads_the_aws_config_file_as_it_is_at_its_start(tmp_path: Path) -> None:
+    """A boto3 session keeps what it read of the AWS config file: the runner's warm-up
+    read it at the runner's start, and every job used that (a review found a job sending
+    its outputs to the endpoint the file named before an edit). Each job reads it afresh,
+    as a cold `run` does; only the models are the runner's."""
+    aws_config = tmp_path / "aws-config"
+    config = ("name: direct\nlog_level: INFO\nstorage_providers:\n  s3:\n"
+              "    stub: {access_key: AKIDEXAMPLE, secret_key: not-a-secret, region: us-east-1}\n"
+              "output:\n  - {storage_provider: s3.stub, path: bucket/out}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_CONFIG_FILE"] = str(aws_config)
+    with s3_stub() as (first, to_first), s3_stub() as (second, to_second):
+        aws_config.write_text(f"[default]\nendpoint_url = http://127.0.0.1:{first}\n")
+        runner = DirectRunner(tmp_path / "svc", 'echo hi > "$TMP_OUTPUT_DIR/result.txt"\n',
+                              config, env)
+        try:
+            assert runner.run(tmp_path / "job1.log")[1] == 0, (tmp_path / "job1.log").read_text()
+            aws_config.write_text(f"[default]\nendpoint_url = http://127.0.0.1:{second}\n")
+            assert runner.run(tmp_path / "job2.log")[1] == 0, (tmp_path / "job2.log").read_text()
+        finally:
+            runner.close()
+    put = "PUT /bucket/out/result.txt"
+    assert (to_first, to_second) == ([put], [put])
 
 
 def test_a_controller_started_beside_other_code_runs_its_services_on_its_own(
@@ -769,3 +851,49 @@ def test_a_runner_with_a_job_running_is_not_stopped_as_idle(
     assert runners(controller, "busy") == [runner]
     release.touch()
     assert finished(controller, "busy", job)["status"] == "Succeeded"
+
+
+# First on a job runner's sys.path (PYTHONPATH, a secret of its service): the runner's
+# start waits there, connected to the test's socket (its name in RUNNER_GATE, abstract),
+# until the test closes it. Other processes (the watchdog) go on.
+GATED_START = """
+import os, socket
+if b"job-runner" in open("/proc/self/cmdline", "rb").read().split(b"\\0"):
+    gate = socket.socket(socket.AF_UNIX)
+    gate.connect("\\0" + os.environ["RUNNER_GATE"])
+    gate.recv(1)
+    gate.close()
+"""
+
+
+def test_a_runner_whose_first_job_is_deleted_during_its_start_is_stopped_as_idle(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    """The job that starts its service's runner, deleted while the runner starts: the
+    wait for it cancelled, its idle clock was never started, and the runner and its
+    spare child stayed for good (a review found it)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(GATED_START)
+    name = f"faas-gate-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX) as gate:
+        gate.bind("\0" + name)
+        gate.listen()
+        gate.settimeout(60)
+        controller = controllers(args=["--runner-idle", "1"])
+        secrets = {"PYTHONPATH": str(site), "RUNNER_GATE": name}
+        token = controller.create({"name": "gated", "script": "echo ok\n",
+                                   "environment": {"secrets": secrets}})["token"]
+        job = post_job(controller, "gated", token)
+        starting, _ = gate.accept()  # the runner, in its start
+        with starting:
+            (runner,) = runners(controller, "gated")
+            ended = os.pidfd_open(runner)  # readable once it has exited
+            answer = controller.request("DELETE", f"/system/logs/gated/{job}")
+            assert answer.status_code == 204, answer.text
+    try:
+        # Its start goes on (its end of the gate closed), to no job: stopped a second later.
+        assert select.select([ended], [], [], 30)[0] == [ended], "the idle runner still runs"
+    finally:
+        os.close(ended)
+    assert runners(controller, "gated") == []  # its spare child too

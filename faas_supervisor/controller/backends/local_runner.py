@@ -117,8 +117,12 @@ class Runner:
                 process.kill_group()
                 raise RunnerDied(f"the job runner of service {self.name} did not start in "
                                  f"{READY_TIMEOUT:g} s (its log: {self.log})") from None
-            if self.idle.is_set():  # its job, if any, is submitted next: that stops the clock
-                self._idle_from_now()
+            finally:
+                # However the wait ends: cancelled too (the job that started the runner
+                # deleted meanwhile), or the runner and its spare would stay with no job
+                # and no clock. A job, if any, is submitted next: that stops the clock.
+                if self.idle.is_set():
+                    self._idle_from_now()
 
     async def _supervise(self, process: processes.Child, sock: socket.socket,
                          ready: asyncio.Future[int], pid_file: Path) -> None:
