@@ -29,7 +29,7 @@ from faas_supervisor.controller.backends import Backend, JobInterrupted, LiveLog
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import EVENT_MAX, object_id
 from faas_supervisor.controller.store import FINISHED, PENDING, Store
-from faas_supervisor.errors import writing
+from faas_supervisor.errors import NotFound, writing
 from faas_supervisor.logs import get_logger
 
 LOG_CHUNK = 256 << 10  # bytes of a job's log read at a time
@@ -145,6 +145,10 @@ class Jobs:
                         out.write(chunk)
             if not isinstance(body, bytes):
                 body = path.read_bytes() if path.stat().st_size <= EVENT_MAX else b""
+            if self.services(service.name) is None:
+                # Deleted while its event came in (no await from here to the row): a 201
+                # would name a job never run, and its object's row outlive the service.
+                raise NotFound()
             existing = self.store.add_job(name, service.name, object_id(body))
         except BaseException:
             path.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,12 +26,12 @@ from faas_supervisor.controller.auth import Credentials
 from faas_supervisor.controller.buckets import FolderStore
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.intake import Intake
-from faas_supervisor.controller.jobs import Jobs
+from faas_supervisor.controller.jobs import Jobs, job_name
 from faas_supervisor.controller.notifications import input_paths
 from faas_supervisor.controller.routes.answers import errors
 from faas_supervisor.controller.routes.invocations import UpstreamConnector
 from faas_supervisor.controller.store import Store
-from faas_supervisor.errors import DockerError, InvalidService, UpstreamFailed
+from faas_supervisor.errors import DockerError, InvalidService, NotFound, UpstreamFailed
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()}
 
@@ -387,8 +388,10 @@ async def test_a_job_whose_service_is_gone_when_its_turn_comes_is_dropped(
     service = the_api.store.service("svc")
     assert service is not None
     the_api.store.remove_service("svc")
-    job, new = await the_api.jobs.submit(service, b"{}")
-    assert new and the_api.store.job(job) is not None
+    # As a store written before submit refused such a job (see the test below) holds it.
+    job = job_name("svc")
+    the_api.jobs.event_path(job).write_bytes(b"{}")
+    assert the_api.store.add_job(job, "svc") is None
     dropped = asyncio.Event()
     delete = the_api.jobs.delete
 
@@ -628,3 +631,39 @@ async def test_deleting_a_services_jobs_reads_all_as_the_manager_does(
     answer = await client.delete(f"/system/logs/svc?all={value}", headers=AUTH)
     assert answer.status == 204
     assert (the_api.store.job(job) is None) is everything
+
+
+async def test_a_job_whose_service_is_deleted_while_its_event_comes_in_is_a_404(
+    api: tuple[TestClient, Api, FakeBackend], tmp_path: Path,
+) -> None:
+    """Its body still arriving when the delete ends: once a 201 for a job never run, and
+    its object's row kept, so the same event to a service made again under the name was
+    a 200 naming that dead job."""
+    client, the_api, _backend = api
+    (tmp_path / "jobs").mkdir()  # as jobs.start() makes it
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    event = json.dumps({"Records": [{
+        "eventSource": "minio:s3", "eventTime": "2026-12-01T00:00:00Z",
+        "s3": {"bucket": {"name": "in"}, "object": {"key": "f.txt", "eTag": "abc"}},
+    }]}).encode()
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_event() -> AsyncIterator[bytes]:
+        yield event[:10]
+        started.set()
+        await release.wait()
+        yield event[10:]
+
+    service = the_api.store.service("svc")
+    assert service is not None
+    submitting = asyncio.ensure_future(the_api.jobs.submit(service, slow_event()))
+    await started.wait()
+    assert (await client.delete("/system/services/svc", headers=AUTH)).status == 204
+    release.set()
+    with pytest.raises(NotFound):
+        await submitting
+    assert the_api.store.jobs("svc") == [] and list((tmp_path / "jobs").iterdir()) == []
+    # Made again: the same event is a new job.
+    assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
+    answer = await client.post("/job/svc", data=event, headers=AUTH)
+    assert answer.status == 201, await answer.text()
