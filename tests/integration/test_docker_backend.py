@@ -9,17 +9,26 @@ shared with test_image.py, and cached across runs).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import os
+import secrets
 import signal
+import socket
 import sqlite3
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from faas_supervisor.controller.backends.docker import DockerBackend
+from faas_supervisor.controller.fdl import parse_service
+from faas_supervisor.errors import DockerError
 from tests.integration.conftest import EXAMPLES, script_output
 from tests.integration.controller_fixture import ControllerFactory, ControllerProcess, wait_until
 from tests.integration.docker_fixtures import GLIBC_BASE, INIT_IMAGE
@@ -49,8 +58,10 @@ def controllers(tmp_path: Path, docker_client: Any, runtime_image: str) -> Itera
     """Controllers on the docker backend; what they left in the engine goes at the end."""
     factory = ControllerFactory(tmp_path)
 
-    def start(data_dir: Path | None = None) -> ControllerProcess:
-        return factory(data_dir, args=["--backend", "docker", "--runtime-image", runtime_image])
+    def start(data_dir: Path | None = None, env: dict[str, str] | None = None
+              ) -> ControllerProcess:
+        return factory(data_dir, args=["--backend", "docker", "--runtime-image", runtime_image],
+                       env=env)
 
     yield start
     factory.close()
@@ -420,3 +431,226 @@ def test_an_exposed_service_scales_with_its_cpu(controllers: Any, docker_client:
     wait_until(lambda: [c.id for c in containers(docker_client, "scaled", "exposed")]
                == [first.id], 120, "the scale down", controller)
     assert second.id not in {c.id for c in docker_client.containers.list(all=True)}
+
+
+# ---- an engine that does not answer; deletions racing jobs --------------------------------
+
+ENGINE_SOCKET = "/var/run/docker.sock"  # docker_fixtures' engine
+
+
+class EngineLink:
+    """A controller's way to the engine: a unix socket passing bytes on to the engine's,
+    which a test cuts (the engine gone for that controller alone, up for the others) and
+    opens again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(self.path))
+        listener.listen()
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        with socket.socket(socket.AF_UNIX) as wake:  # accept() returns, and sees it is down
+            wake.connect(str(self.path))
+        self.path.unlink()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            client, _ = listener.accept()
+            if self._listener is not listener:
+                client.close()
+                listener.close()
+                return
+            engine = socket.socket(socket.AF_UNIX)
+            engine.connect(ENGINE_SOCKET)
+            with self._lock:
+                self._open |= {client, engine}
+            for source, sink in ((client, engine), (engine, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):  # one side gone: the other is ended too
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._open.discard(source)
+        source.close()
+
+
+def test_an_engine_that_does_not_answer_is_a_502_and_the_service_answers_on(
+    controllers: Any, docker_client: Any, tmp_path: Path
+) -> None:
+    """The engine away: every request that needs it is a 502 saying so (not a 500 with a
+    traceback, nor the SDK's message), a job fails saying so, and a refused delete leaves
+    the service stored and still answering (its replicas were forgotten: /run was a 503
+    until an update). Once the engine is back, the delete goes through."""
+    link = EngineLink(tmp_path / "engine.sock")
+    link.up()
+    try:
+        controller = controllers(env={"DOCKER_HOST": f"unix://{link.path}"})
+        controller.create({"name": "kept", "image": USER_IMAGE, "script": "echo kept",
+                           "log_level": "CRITICAL"})
+        assert script_output(controller.request("POST", "/run/kept").text).strip() == "kept"
+
+        link.down()
+        for method, path in (("DELETE", "/system/services/kept"),
+                             ("GET", "/system/services/kept/deployment")):
+            answer = controller.request(method, path)
+            assert answer.status_code == 502, f"{method} {path}: {answer.text}"
+            assert "docker: the engine does not answer" in answer.text, answer.text
+            assert str(link.path) not in answer.text
+        name = job(controller, "kept", b"")
+        assert wait_job(controller, "kept", name) == "Failed"
+        assert "docker: the engine does not answer" in finished(controller, name)[1]
+        assert controller.request("GET", "/system/services/kept").status_code == 200
+        answer = controller.request("POST", "/run/kept")
+        assert answer.status_code == 200, answer.text
+        assert script_output(answer.text).strip() == "kept"
+
+        link.up()
+        assert controller.request("DELETE", "/system/services/kept").status_code == 204
+        assert not docker_client.containers.list(
+            all=True, filters={"label": [MANAGED, "oscar_service=kept"]})
+        assert not docker_client.volumes.list(filters={"name": "faas-supervisor-bin-kept"})
+    finally:
+        link.down()
+
+
+@pytest.fixture
+def service_name(docker_client: Any) -> Iterator[str]:
+    """A service name of this test alone; what the engine still has of it goes at the end,
+    a volume made without labels included."""
+    import docker.errors
+
+    name = f"t{secrets.token_hex(4)}"
+    yield name
+    for container in docker_client.containers.list(
+            all=True, filters={"label": f"oscar_service={name}"}):
+        container.remove(force=True)
+    with contextlib.suppress(docker.errors.NotFound):
+        docker_client.volumes.get(f"faas-supervisor-bin-{name}").remove(force=True)
+
+
+@pytest.fixture
+async def backend(tmp_path: Path, runtime_image: str) -> AsyncIterator[DockerBackend]:
+    """The docker backend in this process, on the real engine: a test can time its calls
+    against each other."""
+    made = DockerBackend(tmp_path / "data", {}, runtime_image,
+                         {"DOCKER_HOST": f"unix://{ENGINE_SOCKET}"})
+    await made.start()
+    yield made
+    await made.close()
+
+
+def engine_event(client: Any, container: str, action: str, since: int) -> dict[str, Any]:
+    """The engine's first `action` event of the container since `since`, waited for (two
+    minutes at most)."""
+    events = client.events(decode=True, since=since, until=int(time.time()) + 120,
+                           filters={"container": container, "event": action})
+    try:
+        for event in events:
+            return dict(event)
+    finally:
+        events.close()
+    pytest.fail(f"no {action} event for the container {container}")
+
+
+def wait_output(client: Any, container: str, text: bytes) -> None:
+    """Until the container has written `text`: its log, followed as it comes."""
+    stream = client.containers.get(container).logs(stream=True, follow=True)
+    seen = b""
+    try:
+        for chunk in stream:
+            seen += chunk
+            if text in seen:
+                return
+    finally:
+        stream.close()
+    pytest.fail(f"{container} ended without writing {text!r}: {seen!r}")
+
+
+async def test_deleting_a_service_stops_its_running_job_as_a_job_is_stopped(
+    backend: DockerBackend, service_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    """A job running when its service is deleted is stopped as a deleted job is: SIGTERM
+    to `run`, which ends its script and cleans up (exit 143), SIGKILL only after the grace
+    period. Its container was removed by force: killed at once (137)."""
+    service = parse_service({"name": service_name, "image": USER_IMAGE,
+                             "script": "echo started\nexec sleep 300\n"})
+    await backend.deploy(service)
+    name = f"{service_name}-job"
+    since = int(time.time()) - 1
+    event = tmp_path / "event"
+    event.write_text("{}")
+    running = asyncio.create_task(backend.run_job(service, name, event, tmp_path / "job.log"))
+    await asyncio.to_thread(engine_event, docker_client, name, "start", since)
+    await asyncio.to_thread(wait_output, docker_client, name, b"started")  # `run` is up
+    await backend.remove(service_name)
+    died = await asyncio.to_thread(engine_event, docker_client, name, "die", since)
+    assert died["Actor"]["Attributes"]["exitCode"] == "143"
+    with contextlib.suppress(DockerError):  # its container gone before its end was read
+        await running
+
+
+async def test_a_job_starting_as_its_service_is_deleted_leaves_nothing_behind(
+    backend: DockerBackend, service_name: str, docker_client: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job whose container is being made when its service's deletion begins is waited
+    for and swept with the rest, and one started after is refused, saying why: none makes
+    the service's volume again once it is gone (left, unlabelled, for ever) or holds it
+    (a 409: the service half removed, a 500)."""
+    import docker.errors
+    from docker.models.containers import ContainerCollection
+
+    service = parse_service({"name": service_name, "image": USER_IMAGE, "script": "echo\n"})
+    await backend.deploy(service)
+    (watchdog,) = containers(docker_client, service_name)
+    first = f"{service_name}-first"
+    # The first job's container is made only once the deletion has removed the watchdog.
+    entered, go = threading.Event(), threading.Event()
+    create = ContainerCollection.create
+
+    def held_create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("name") == first:
+            entered.set()
+            go.wait(120)
+        return create(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContainerCollection, "create", held_create)
+    event = tmp_path / "event"
+    event.write_text("{}")
+    starting = asyncio.create_task(backend.run_job(service, first, event, tmp_path / "1.log"))
+    try:
+        assert await asyncio.to_thread(entered.wait, 120)
+        removing = asyncio.create_task(backend.remove(service_name))
+        with contextlib.suppress(docker.errors.NotFound):  # removed already
+            await asyncio.to_thread(docker_client.api.wait, watchdog.id, condition="removed")
+        with pytest.raises(DockerError, match=f"service {service_name}: it is being deleted"):
+            await backend.run_job(service, f"{service_name}-second", event, tmp_path / "2.log")
+    finally:
+        go.set()
+    await removing
+    with contextlib.suppress(DockerError):  # stopped and removed as it started
+        await starting
+    assert not docker_client.containers.list(
+        all=True, filters={"label": f"oscar_service={service_name}"})
+    volume = f"faas-supervisor-bin-{service_name}"
+    assert volume not in {v.name for v in docker_client.volumes.list()}

@@ -3,6 +3,7 @@ HPA's rule), and what it does when the engine refuses."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,240 @@ async def test_an_engine_call_never_waits_behind_running_jobs_logs(tmp_path: Pat
         await asyncio.gather(*streams)
         backend._pool.shutdown()
         backend._streams.shutdown()
+
+
+# ---- an engine that does not answer, a deletion that races a job, the scaler -----------
+
+SERVICE = {"name": "svc", "image": "img", "script": "echo\n"}
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> Any:
+    from faas_supervisor.controller.backends.docker import DockerBackend
+
+    made = DockerBackend(tmp_path, {}, "runtime:test", {})
+    yield made
+    made._pool.shutdown()
+    made._streams.shutdown()
+
+
+@pytest.mark.parametrize("call", ["remove", "check", "deployment", "deployment_logs",
+                                  "restart_service", "stop_service", "run_job"])
+async def test_an_engine_that_does_not_answer_is_a_docker_error(
+    backend: Any, tmp_path: Path, call: str
+) -> None:
+    """No engine behind DOCKER_HOST (the SDK's own client, its socket missing): every call
+    that reaches it is a DockerError (502), not requests' ConnectionError (a 500 with a
+    traceback), and says so without the SDK's message (the engine's address)."""
+    import docker
+
+    from faas_supervisor.controller.backends.docker import _Replica
+    from faas_supervisor.controller.fdl import parse_service
+    from faas_supervisor.errors import DockerError
+
+    socket = tmp_path / "no-engine.sock"
+    backend._client = docker.DockerClient(base_url=f"unix://{socket}", version="1.41")
+    service = parse_service(SERVICE)
+    backend._replicas["svc"] = [_Replica("c0ffee", 1)]
+    event = tmp_path / "event"
+    event.write_text("{}")
+    calls = {
+        "remove": lambda: backend.remove("svc"),
+        "check": lambda: backend.check(service),
+        "deployment": lambda: backend.deployment(service),
+        "deployment_logs": lambda: backend.deployment_logs(service, 10),
+        "restart_service": lambda: backend.restart_service(service),
+        "stop_service": lambda: backend.stop_service(service),
+        "run_job": lambda: backend.run_job(service, "svc-1", event, tmp_path / "log"),
+    }
+    with pytest.raises(DockerError, match=r"^docker: the engine does not answer") as caught:
+        await calls[call]()
+    assert str(socket) not in str(caught.value)
+    if call == "remove":
+        # Refused: the route keeps the service, and its replicas stay in rotation.
+        assert [r.id for r in backend._replicas["svc"]] == ["c0ffee"]
+
+
+class FakeContainer:
+    def __init__(self, engine: FakeEngine, container_id: str, component: str) -> None:
+        self.engine, self.id = engine, container_id
+        self.labels = {"faas-supervisor/component": component}
+
+    def stop(self, timeout: int) -> None:
+        self.engine.log.append(f"stop {self.id} {timeout}")
+
+    def remove(self, force: bool, v: bool) -> None:
+        self.engine.log.append(f"remove {self.id}")
+        self.engine.containers.made.pop(self.id, None)
+
+
+class FakeContainers:
+    def __init__(self) -> None:
+        self.made: dict[str, FakeContainer] = {}
+
+    def list(self, all: bool, filters: Any) -> list[FakeContainer]:
+        return list(self.made.values())
+
+    def get(self, container_id: str) -> FakeContainer:
+        import docker.errors
+
+        try:
+            return self.made[container_id]
+        except KeyError:
+            raise docker.errors.NotFound(container_id) from None
+
+
+class Conflict409:
+    """The response of an engine's 409, as the SDK's APIError reads it."""
+
+    status_code, reason, url = 409, "Conflict", "http+docker://localhost/volumes/x"
+
+
+class FakeVolume:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+
+    def remove(self, force: bool) -> None:
+        import docker.errors
+
+        if self.engine.containers.made or self.engine.held:
+            raise docker.errors.APIError("409", response=Conflict409(),
+                                         explanation="volume is in use")
+        self.engine.log.append("remove volume")
+
+
+class FakeEngine:
+    """Containers and a volume that a container in the engine holds (409)."""
+
+    def __init__(self) -> None:
+        self.containers = FakeContainers()
+        self.log: list[str] = []
+        self.held = False  # by a container that is not the service's
+        self.on_volume: Any = None
+
+    @property
+    def volumes(self) -> Any:
+        engine = self
+
+        class Volumes:
+            def get(self, name: str) -> FakeVolume:
+                if engine.on_volume is not None:
+                    engine.on_volume()
+                    engine.on_volume = None
+                return FakeVolume(engine)
+
+        return Volumes()
+
+
+async def test_a_volume_held_by_a_job_made_meanwhile_goes_after_another_sweep(
+    backend: Any,
+) -> None:
+    """A job container made between the sweep of a deleted service's containers and the
+    removal of its volume holds the volume (409): it is swept too (stopped as a job is:
+    SIGTERM, SIGKILL after JOB_STOP_TIMEOUT), and the volume removed after it."""
+    from faas_supervisor.controller.backends.docker import JOB_STOP_TIMEOUT
+
+    engine = FakeEngine()
+    backend._client = engine
+    engine.containers.made["watchdog"] = FakeContainer(engine, "watchdog", "service")
+
+    def a_job_is_made() -> None:
+        engine.containers.made["job"] = FakeContainer(engine, "job", "job")
+
+    engine.on_volume = a_job_is_made
+    await backend.remove("svc")
+    assert engine.log == ["remove watchdog", f"stop job {JOB_STOP_TIMEOUT}", "remove job",
+                          "remove volume"]
+
+
+async def test_a_volume_still_held_after_the_sweeps_is_a_docker_error(backend: Any) -> None:
+    from faas_supervisor.controller.backends.docker import _Replica
+    from faas_supervisor.errors import DockerError
+
+    engine = FakeEngine()
+    engine.held = True
+    backend._client = engine
+    backend._replicas["svc"] = [_Replica("c0ffee", 1)]
+    with pytest.raises(DockerError, match="volume faas-supervisor-bin-svc is still in use"):
+        await backend.remove("svc")
+    assert "svc" not in backend._gone  # its jobs run again
+    assert [r.id for r in backend._replicas["svc"]] == ["c0ffee"]
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+async def test_the_scaler_lives_on_when_the_engine_fails_a_step(
+    backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direction: str
+) -> None:
+    """One scale step the engine refuses (a replica that cannot be made or removed) is
+    logged, and asked again at the next check: it used to end the scaler for good."""
+    import asyncio
+    import itertools
+
+    from faas_supervisor.controller.backends import docker as docker_backend
+    from faas_supervisor.controller.backends.docker import _Replica
+    from faas_supervisor.controller.fdl import parse_service
+    from faas_supervisor.errors import DockerError
+
+    monkeypatch.setattr(docker_backend, "SCALE_INTERVAL", 0.01)
+    service = parse_service({**SERVICE, "cpu": "1", "expose": {
+        "api_port": 8080, "min_scale": 1, "max_scale": 3, "cpu_threshold": 50}})
+    backend._replicas["svc"] = [_Replica("a", 1), _Replica("b", 2)]
+    # Busy: a second of CPU more at each read, far over 50%; idle: none.
+    used = itertools.count(step=10**9 if direction == "up" else 0)
+    monkeypatch.setattr(backend, "_cpu_used", lambda _container: next(used))
+    steps = 0
+    again = asyncio.Event()
+
+    async def step(*_args: Any) -> None:
+        nonlocal steps
+        steps += 1
+        if steps == 1:
+            raise DockerError("docker: the engine does not answer (ConnectionError)")
+        again.set()
+
+    monkeypatch.setattr(backend, "_add_replica" if direction == "up" else "_drop_replica", step)
+    scaler = asyncio.create_task(backend._autoscale(service, tmp_path, "digest", 1))
+    try:
+        await asyncio.wait_for(again.wait(), 10)
+    finally:
+        scaler.cancel()
+        with contextlib.suppress(asyncio.CancelledError, DockerError):
+            await scaler
+
+
+async def test_the_engines_events_are_followed_again_after_it_did_not_answer(
+    backend: Any,
+) -> None:
+    """The engine's events (a replica's container dying) are asked for again when the
+    engine does not answer (requests' ConnectionError, not a DockerException): the thread
+    following them used to end, and no replica was taken out of rotation again."""
+    import asyncio
+
+    import requests
+
+    from faas_supervisor.controller.backends.docker import _Replica
+
+    replica = _Replica("c0ffee", 1)
+    replica.ready.set()
+    backend._by_id[replica.id] = replica
+    asked = 0
+
+    class Stream(list[dict[str, Any]]):
+        def close(self) -> None:
+            pass
+
+    class Engine:
+        def events(self, **_kwargs: Any) -> Stream:
+            nonlocal asked
+            asked += 1
+            if asked == 1:
+                raise requests.ConnectionError("no engine at unix:///secret.sock")
+            if asked == 3:  # the events seen: done
+                backend._closing.set()
+            return Stream([{"Action": "die", "id": replica.id, "time": 1}])
+
+    backend._client = Engine()
+    backend._loop = asyncio.get_running_loop()
+    await asyncio.wait_for(asyncio.to_thread(backend._follow_events), 10)
+    await asyncio.sleep(0)  # the event's callback, posted to this loop, runs
+    assert not replica.ready.is_set()

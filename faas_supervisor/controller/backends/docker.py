@@ -45,7 +45,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +95,9 @@ OPEN_DEFAULT_ACL = struct.pack("<I", 2) + b"".join(
 SCALE_INTERVAL = 3.0  # seconds between two looks at an exposed service's CPU
 SCALE_DOWN_AFTER = 3  # checks in a row asking for fewer replicas before one goes
 SCALE_TOLERANCE = 0.1  # as the HPA's: within 10% of the target, the count stays
+# Removals of a deleted service's volume, each after a sweep of its containers, before
+# it is given up as held by a container not of ours.
+VOLUME_ATTEMPTS = 2
 _T = TypeVar("_T")
 logger = get_logger(component="docker-backend")
 
@@ -163,6 +166,12 @@ class DockerBackend:
         self._by_id: dict[str, _Replica] = {}
         self._turn: dict[str, itertools.count[int]] = {}
         self._stopped: set[str] = set()  # services whose containers /stop removed
+        # Services being removed, or removed: no container is made for them (_make) until
+        # they are deployed again, so that none outlives the removal or holds its volume.
+        self._gone: set[str] = set()
+        # The containers being made for each service (a job's, a replica's): a removal
+        # waits for them, and then finds them with the rest.
+        self._making: dict[str, set[asyncio.Future[str]]] = {}
         self._events: Any = None
         self._events_task: asyncio.Future[None] | None = None
         self._closing = threading.Event()
@@ -172,11 +181,13 @@ class DockerBackend:
 
     async def _run(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: function(*args, **kwargs))
+        with _engine_errors():
+            return await loop.run_in_executor(self._pool, lambda: function(*args, **kwargs))
 
     async def _stream(self, function: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._streams, lambda: function(*args))
+        with _engine_errors():
+            return await loop.run_in_executor(self._streams, lambda: function(*args))
 
     # ---- the engine ---------------------------------------------------------------------
 
@@ -268,6 +279,7 @@ class DockerBackend:
         the engine) is opened again from the last event's second, so none is missed (one
         seen twice is harmless: a die or start handled again)."""
         import docker.errors
+        import requests
 
         assert self._loop is not None
         call = self._loop.call_soon_threadsafe
@@ -276,7 +288,7 @@ class DockerBackend:
             if self._events is None:
                 try:
                     self._events = self._subscribe(since)
-                except docker.errors.DockerException:
+                except (docker.errors.DockerException, requests.RequestException):
                     self._closing.wait(1.0)  # the engine is away: ask again in a second
                     continue
                 if self._closing.is_set():  # close() came while subscribing
@@ -312,6 +324,7 @@ class DockerBackend:
 
     async def deploy(self, service: Service) -> None:
         self._stopped.discard(service.name)  # a new definition runs
+        self._gone.discard(service.name)
         await self.check(service)  # a restart's deploys are not checked by the route
         await self._run(self._ensure_image, self.runtime_image)
         folder = self._write(service)
@@ -510,7 +523,14 @@ class DockerBackend:
                 # finish (the watchdog drains), a job's `run` cleans up.
                 with contextlib.suppress(docker.errors.APIError):
                     container.stop(timeout=timeout)
-            container.remove(force=True, v=False)
+            try:
+                container.remove(force=True, v=False)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                # Being removed by another call already (a job ending as its service is
+                # deleted): done once it is gone, and no longer holds the volume.
+                container.wait(condition="removed")
 
     def _check(self, replica: _Replica) -> None:
         if replica.checking is None or replica.checking.done():
@@ -558,16 +578,19 @@ class DockerBackend:
             desired = desired_replicas(len(replicas), shares, threshold, least, most)
             ratio = sum(shares) / len(shares) / threshold
             lower = lower + 1 if desired < len(replicas) else 0
-            if desired > len(replicas):
-                logger.info("scaling up", service=name, cpu_percent=round(ratio * threshold),
-                            replicas=desired)
-                for _ in range(desired - len(replicas)):
-                    await self._add_replica(service, folder, digest)
-            elif lower >= SCALE_DOWN_AFTER:
-                lower = 0
-                logger.info("scaling down", service=name, cpu_percent=round(ratio * threshold),
-                            replicas=len(replicas) - 1)
-                await self._drop_replica(name)
+            try:
+                if desired > len(replicas):
+                    logger.info("scaling up", service=name,
+                                cpu_percent=round(ratio * threshold), replicas=desired)
+                    for _ in range(desired - len(replicas)):
+                        await self._add_replica(service, folder, digest)
+                elif lower >= SCALE_DOWN_AFTER:
+                    lower = 0
+                    logger.info("scaling down", service=name,
+                                cpu_percent=round(ratio * threshold), replicas=len(replicas) - 1)
+                    await self._drop_replica(name)
+            except Exception as exc:  # the engine away or refusing: the next check asks again
+                logger.warning("cannot scale a service", service=name, error=str(exc))
             current = {r.id for r in self._replicas.get(name, [])}
             last = {k: v for k, v in last.items() if k in current}
 
@@ -577,7 +600,7 @@ class DockerBackend:
         return int(stats["cpu_stats"]["cpu_usage"]["total_usage"])
 
     async def _add_replica(self, service: Service, folder: Path, digest: str) -> None:
-        made = asyncio.ensure_future(self._run(self._create_watchdog, service, folder, digest))
+        made = self._make(service.name, self._create_watchdog, service, folder, digest)
         try:
             container_id = await asyncio.shield(made)
         except asyncio.CancelledError:
@@ -610,20 +633,71 @@ class DockerBackend:
                 replica.checking.cancel()
         self._turn.pop(name, None)
 
+    def _make(self, name: str, create: Callable[..., str], *args: Any) -> asyncio.Future[str]:
+        """A container made for the service by `create` (in the pool), unless its removal
+        has begun; the removal waits for those under way (`remove`)."""
+        if name in self._gone:
+            raise DockerError(f"docker: no container is made for service {name}: it is "
+                              "being deleted")
+        made = asyncio.ensure_future(self._run(create, *args))
+        making = self._making.setdefault(name, set())
+        making.add(made)
+        made.add_done_callback(making.discard)
+        return made
+
     async def remove(self, name: str) -> None:
+        """Its containers and volume gone, then its replicas forgotten: a removal the
+        engine refuses (a 502: the route keeps the service) leaves those it did not reach
+        in rotation, the service answering on as it did."""
+        self._gone.add(name)  # from now on nothing is made for it
+        try:
+            await self._sweep(name)
+            # What was being made already (a job starting) is waited for and swept in
+            # turn: else it would hold the volume (409 "in use"), or make it again,
+            # unlabelled, once it is gone.
+            if making := self._making.get(name):
+                await asyncio.wait(set(making))
+            for _ in range(VOLUME_ATTEMPTS):
+                await self._sweep(name)
+                if await self._run(self._remove_volume, name):
+                    break
+            else:
+                raise DockerError(f"docker: the volume {volume_name(name)} is still in use")
+        except BaseException:
+            self._gone.discard(name)
+            raise
         self._stopped.discard(name)
         self._forget(name)
-        await self._run(self._remove_all, name)
+        self._making.pop(name, None)
         await asyncio.to_thread(shutil.rmtree, self.root / name, True)
         logger.info("service removed", service=name)
 
-    def _remove_all(self, name: str) -> None:
+    async def _sweep(self, name: str) -> None:
+        """Every container of the service removed, all in parallel; a job's stopped as
+        a job is (SIGTERM to `run`, which cleans up, SIGKILL after JOB_STOP_TIMEOUT)."""
+        found = await self._run(self._client.containers.list, all=True, filters=_selector(name))
+        await asyncio.gather(*(
+            self._run(self._remove_container, c.id, True, JOB_STOP_TIMEOUT)
+            if c.labels.get(COMPONENT_LABEL) == "job" else self._run(self._remove_container, c.id)
+            for c in found
+        ))
+
+    def _remove_volume(self, name: str) -> bool:
+        """The service's volume removed (or gone already); False while a container holds
+        it (409)."""
         import docker.errors
 
-        for container in self._client.containers.list(all=True, filters=_selector(name)):
-            self._remove_container(container.id)
-        with contextlib.suppress(docker.errors.NotFound):
+        try:
             self._client.volumes.get(volume_name(name)).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise
+            logger.warning("a deleted service's volume is still in use", service=name,
+                           volume=volume_name(name), error=exc.explanation)
+            return False
+        return True
 
     async def invoke_url(self, name: str) -> str:
         replicas = self._replicas.get(name)
@@ -710,7 +784,7 @@ class DockerBackend:
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
         folder = self.root / service.name
-        create = asyncio.ensure_future(self._run(self._create_job, service, folder, job, event))
+        create = self._make(service.name, self._create_job, service, folder, job, event)
         try:
             container_id = await asyncio.shield(create)
             return await self._stream(self._follow_job, container_id, log)
@@ -780,6 +854,24 @@ class DockerBackend:
         if error:
             raise DockerError(f"docker: job container {container.name}: {error}")
         return code
+
+
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """The one mapping of an engine call's failure that the call did not name itself: a
+    DockerError (502), not a 500 with a traceback. An engine that answered is quoted (its
+    explanation, as the calls above quote it); one that did not is named by the error's
+    type alone: the SDK's message carries the engine's address, which DOCKER_HOST may
+    give with credentials."""
+    import docker.errors
+    import requests
+
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        raise DockerError(f"docker: {exc.explanation or exc.status_code}") from None
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise DockerError(f"docker: the engine does not answer ({type(exc).__name__})") from None
 
 
 def desired_replicas(count: int, shares: list[float], threshold: int, least: int,
