@@ -120,6 +120,8 @@ class Api:
             web.post("/system/buckets/{bucket}/presign", buckets.presign),
         ])
         app.on_startup.append(calls.open_session)
+        # Before the server waits for its handlers, which a WebSocket session holds.
+        app.on_shutdown.append(calls.close_sockets)
         app.on_cleanup.append(calls.close_session)
         return app
 

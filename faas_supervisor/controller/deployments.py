@@ -60,7 +60,10 @@ def status_json(
                   "Current deployment visibility is unavailable for this service runtime.")
         return _status(service, namespace, UNAVAILABLE, reason, None, 0, 0, UNAVAILABLE_KIND)
     desired, ready = deployment.desired, deployment.ready
-    affected = max(deployment.running - ready, 0)
+    # Those wanted and not answering, there or not (a local watchdog waiting out its
+    # restart's backoff is not running), and any extra there and not answering (a
+    # rollout's surge).
+    affected = max(desired - ready, deployment.running - ready, 0)
     if desired == 0:
         state = STOPPED
     elif ready >= desired:

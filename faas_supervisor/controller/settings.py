@@ -40,6 +40,7 @@ class LocalSettings:
     # The base of every service process's environment (watchdogs and `run` jobs).
     service_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     runner_idle: float = 300.0  # seconds a warm job runner is kept with no job
+    sync_wait: float = 60.0  # seconds /run and /exposed wait for a starting watchdog
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class DockerSettings:
     name: ClassVar[str] = "docker"
     runtime_image: str
     engine_env: Mapping[str, str] = field(default_factory=dict)  # DOCKER_HOST and co.
+    sync_wait: float = 60.0  # seconds /run and /exposed wait for a starting watchdog
 
 
 @dataclass(frozen=True)
@@ -242,11 +244,12 @@ def _backend_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> B
         return LocalSettings(service_env={
             k: v for k, v in environ.items()
             if k not in _NOT_INHERITED and not k.startswith("FAAS_")
-        }, runner_idle=args.runner_idle)
+        }, runner_idle=args.runner_idle, sync_wait=args.sync_wait)
     if args.backend == DockerSettings.name:
         return DockerSettings(
             runtime_image=runtime_image,
             engine_env={k: environ[k] for k in _DOCKER_ENGINE_VARIABLES if k in environ},
+            sync_wait=args.sync_wait,
         )
     if args.backend == KubernetesSettings.name:
         kubeconfig = args.kubeconfig or environ.get("KUBECONFIG", "")

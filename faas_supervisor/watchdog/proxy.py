@@ -4,9 +4,9 @@ For OSCAR's exposed services, which load a model once and serve many requests. T
 user's script (`/bin/sh SCRIPT`) is started once, in its own process group, and must
 listen on `127.0.0.1:upstream_port`. Requests are forwarded as they come: any method,
 bodies streamed both ways through one keep-alive client session, hop-by-hop headers
-dropped, WebSocket upgrades pumped frame by frame. The server (the Watchdog) keeps the
-reserved paths, the limits and the shutdown; this module owns the upstream process and
-the forwarding.
+dropped, WebSocket upgrades pumped frame by frame (websocket_relay.py, which the
+controller's exposed routes share). The server (the Watchdog) keeps the reserved paths,
+the limits and the shutdown; this module owns the upstream process and the forwarding.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-from aiohttp import WSMsgType, hdrs, web
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -39,21 +39,19 @@ from faas_supervisor.invocation import Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.watchdog.answers import refusal
 from faas_supervisor.watchdog.metrics import Metrics
+from faas_supervisor.websocket_relay import (
+    WS_HANDSHAKE,
+    NotUpgraded,
+    is_websocket,
+    offered_protocols,
+    relay,
+    upgraded_or_answer,
+)
 
 UPSTREAM_HOST = "127.0.0.1"
 READ_CHUNK = 256 * 1024
 CONNECT_POLL = 0.05  # seconds between connection attempts while the server starts
 TERM_GRACE = 5.0  # seconds the server gets after SIGTERM before SIGKILL
-# The WebSocket handshake is negotiated separately on each leg.
-WS_HANDSHAKE = frozenset(
-    {
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-        "sec-websocket-accept",
-    }
-)
 logger = get_logger(component="watchdog")
 
 
@@ -161,7 +159,7 @@ class ProxyRunner:
             auto_decompress=False,  # bytes pass through with their Content-Encoding
             cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies never reach another
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            middlewares=(_upgraded_or_answer,),
+            middlewares=(upgraded_or_answer,),
         )
         self._watcher = asyncio.create_task(self._watch(stop))
         logger.info("upstream server listening", port=self.settings.upstream_port)
@@ -204,7 +202,7 @@ class ProxyRunner:
         garbled = _not_utf8(request.headers)
         if garbled is not None:
             return refusal(BadEvent(f"request header {garbled} is not UTF-8"))
-        if _is_websocket(request):
+        if is_websocket(request):
             return await self._websocket(request)
         body = _RequestBody(request, self.settings, self.metrics) if request.body_exists else None
         try:
@@ -298,19 +296,17 @@ class ProxyRunner:
         """Connect upstream first, so its answer (refusal, redirect, subprotocol) is the
         client's. exec_timeout bounds the wait for it, as for any request."""
         assert self._session is not None
-        offered = [p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", ())
-                   for p in value.split(",") if p.strip()]
         limit = self.settings.max_body_size  # aiohttp's 4 MiB default would be ours, not theirs
         try:
             async with asyncio.timeout(self.settings.exec_timeout or None):
                 upstream = await self._session.ws_connect(
                     self._url(request),
                     headers=self._headers(request, drop=WS_HANDSHAKE),
-                    protocols=offered,
+                    protocols=offered_protocols(request),
                     autoclose=False,  # close frames are relayed with their code, not answered
                     max_msg_size=limit,
                 )
-        except _NotUpgraded as refused:
+        except NotUpgraded as refused:
             try:
                 return await self._relay(request, refused.answer)
             finally:
@@ -329,53 +325,11 @@ class ProxyRunner:
         )
         try:
             await client.prepare(request)
-            await self._pump_both(client, upstream)
+            await relay(client, upstream, self.metrics.bytes_in.inc,
+                        self.metrics.bytes_out.inc)
         finally:
             await upstream.close()
         return client
-
-    async def _pump_both(
-        self, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
-    ) -> None:
-        """Relay until one side closes, then pass its close code to the other."""
-        inbound = asyncio.create_task(self._pump(client, upstream, self.metrics.bytes_in.inc))
-        outbound = asyncio.create_task(self._pump(upstream, client, self.metrics.bytes_out.inc))
-        try:
-            done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (inbound, outbound):
-                task.cancel()
-            await asyncio.gather(inbound, outbound, return_exceptions=True)
-        finished = done.pop()
-        code, reason = finished.result()
-        # The far side first, then the reply that completes the closer's handshake: when
-        # the closer sees its close acknowledged, the other end has seen it too.
-        first, then = (upstream, client) if finished is inbound else (client, upstream)
-        await first.close(code=code, message=reason)
-        await then.close(code=code, message=reason)
-
-    @staticmethod
-    async def _pump(
-        source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        count: Callable[[int], None],
-    ) -> tuple[int, bytes]:
-        """Copy messages until `source` closes; its close code and reason are returned."""
-        while True:
-            msg = await source.receive()
-            if msg.type is WSMsgType.TEXT:
-                count(len(msg.data))
-                await sink.send_str(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                count(len(msg.data))
-                await sink.send_bytes(msg.data)
-            elif msg.type is WSMsgType.CLOSE:
-                return _sendable(msg.data), (msg.extra or "").encode()
-            elif msg.type is WSMsgType.ERROR:
-                return aiohttp.WSCloseCode.INTERNAL_ERROR, b""
-            elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
-                return aiohttp.WSCloseCode.GOING_AWAY, b""
-            # PING and PONG are answered by aiohttp on each leg (autoping).
 
 
 class _RequestBody:
@@ -419,27 +373,6 @@ class _RequestBody:
             yield chunk
 
 
-class _NotUpgraded(Exception):
-    """The server's answer to a WebSocket handshake, other than 101, carried out whole."""
-
-    def __init__(self, answer: aiohttp.ClientResponse) -> None:
-        super().__init__(answer.status)
-        self.answer = answer
-
-
-async def _upgraded_or_answer(
-    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-) -> aiohttp.ClientResponse:
-    """The session's middleware, acting on WebSocket handshakes alone (only they carry
-    Upgrade: it is hop-by-hop, never forwarded). ws_connect would follow a redirect and
-    keep only a refusal's status and reason; raised out of it here, before either, the
-    answer is relayed as any other."""
-    answer = await handler(request)
-    if answer.status != 101 and hdrs.UPGRADE in request.headers:
-        raise _NotUpgraded(answer)
-    return answer
-
-
 def _not_utf8(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
     """The first header whose value is not UTF-8. aiohttp reads such bytes as lone
     surrogates and writes headers as UTF-8, dropping them: the header would arrive
@@ -451,23 +384,6 @@ def _not_utf8(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
             except UnicodeEncodeError:
                 return name
     return None
-
-
-def _is_websocket(request: web.Request) -> bool:
-    connection = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
-    return (
-        request.method == "GET"
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in connection
-    )
-
-
-def _sendable(code: object) -> int:
-    """A close code that may go on the wire (1005, 1006 and 1015 are reserved)."""
-    if isinstance(code, int) and (1000 <= code <= 1003 or 1007 <= code <= 1014 or
-                                  3000 <= code <= 4999):
-        return code
-    return int(aiohttp.WSCloseCode.OK)
 
 
 def _no_answer(exc: BaseException) -> UpstreamFailed:

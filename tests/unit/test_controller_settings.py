@@ -192,6 +192,9 @@ def test_sync_wait_and_job_retention() -> None:
                  "--job-retention", "3600"], {})
     assert (kube.sync_wait, kube.job_retention) == (5.0, 3600.0)
     assert isinstance(kube.backend, KubernetesSettings) and kube.backend.sync_wait == 5.0
+    # Every backend gets it (the local and Docker ones once waited 60 s whatever it said).
+    for backend in ("local", "docker"):
+        assert load(["--backend", backend, "--sync-wait", "5"], {}).backend.sync_wait == 5.0
     for argv, message in ((["--sync-wait", "-1"], "--sync-wait"),
                           (["--job-retention", "0"], "--job-retention")):
         with pytest.raises(ConfigError, match=message):

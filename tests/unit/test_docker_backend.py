@@ -3,6 +3,7 @@ HPA's rule), and what it does when the engine refuses."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 from typing import Any
@@ -329,3 +330,18 @@ async def test_the_engines_events_are_followed_again_after_it_did_not_answer(
     await asyncio.wait_for(asyncio.to_thread(backend._follow_events), 10)
     await asyncio.sleep(0)  # the event's callback, posted to this loop, runs
     assert not replica.ready.is_set()
+
+
+async def test_a_request_waits_for_a_starting_watchdog_at_most_sync_wait(tmp_path: Path) -> None:
+    """--sync-wait, as on the other backends (it once waited 60 s whatever the flag)."""
+    from faas_supervisor.controller.backends.docker import DockerBackend, _Replica
+    from faas_supervisor.errors import ServiceUnavailable
+
+    made = DockerBackend(tmp_path, {}, "runtime:test", {}, sync_wait=0.2)
+    try:
+        made._replicas["svc"] = [_Replica("c0ffee", 1)]  # its health check not passed yet
+        with pytest.raises(ServiceUnavailable, match=r"not answering yet \(waited 0.2 s\)"):
+            await asyncio.wait_for(made.invoke_url("svc"), 5)
+    finally:
+        made._pool.shutdown()
+        made._streams.shutdown()

@@ -83,7 +83,7 @@ def build_backend(
         from faas_supervisor.controller.backends.local import LocalBackend
 
         return LocalBackend(data_dir, default_provider, settings.service_env,
-                            runner_idle=settings.runner_idle)
+                            runner_idle=settings.runner_idle, sync_wait=settings.sync_wait)
     if isinstance(settings, KubernetesSettings):
         from faas_supervisor.controller.backends.kubernetes import KubernetesBackend
         from faas_supervisor.controller.manifests import Cluster
@@ -95,4 +95,5 @@ def build_backend(
         )
     from faas_supervisor.controller.backends.docker import DockerBackend
 
-    return DockerBackend(data_dir, default_provider, settings.runtime_image, settings.engine_env)
+    return DockerBackend(data_dir, default_provider, settings.runtime_image, settings.engine_env,
+                         sync_wait=settings.sync_wait)

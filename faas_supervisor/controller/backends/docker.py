@@ -149,8 +149,10 @@ class DockerBackend:
         default_provider: Mapping[str, Any],
         runtime_image: str,
         engine_env: Mapping[str, str],
+        sync_wait: float = READY_TIMEOUT,
     ) -> None:
         self.root = data_dir / "services"
+        self.sync_wait = sync_wait  # seconds a request waits for a watchdog that starts
         self.default_provider = dict(default_provider)
         self.runtime_image = runtime_image
         self.engine_env = dict(engine_env)  # DOCKER_HOST and co., picked by settings.py
@@ -704,17 +706,19 @@ class DockerBackend:
         if not replicas:
             raise ServiceUnavailable(f"service {name} is not running")
         ready = [r for r in replicas if r.ready.is_set()]
-        if not ready:
+        if not ready:  # one that starts: waited for, at most sync_wait (--sync-wait)
             waits = [asyncio.ensure_future(r.ready.wait()) for r in replicas]
             try:
-                await asyncio.wait(waits, timeout=READY_TIMEOUT,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                if self.sync_wait > 0:
+                    await asyncio.wait(waits, timeout=self.sync_wait,
+                                       return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for wait in waits:
                     wait.cancel()
             ready = [r for r in replicas if r.ready.is_set()]
             if not ready:
-                raise ServiceUnavailable(f"service {name} is not answering yet")
+                raise ServiceUnavailable(
+                    f"service {name} is not answering yet (waited {self.sync_wait:g} s)")
         # Round robin over the replicas that answer: the exposed proxy spreads its load.
         return ready[next(self._turn[name]) % len(ready)].url
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import shutil
 import socket
 import subprocess
@@ -30,18 +31,19 @@ import aiohttp
 import yaml
 
 from faas_supervisor import frozen, processes
-from faas_supervisor.config import Mode
+from faas_supervisor.config import Mode, WatchdogSettings, parse_duration
 from faas_supervisor.controller.backends import JobInterrupted
 from faas_supervisor.controller.backends.local_runner import IDLE_STOP, Runner, RunnerDied
 from faas_supervisor.controller.deployments import Deployment, LogLine, read_tail, trim_log
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
-from faas_supervisor.errors import ServiceUnavailable
+from faas_supervisor.errors import ConfigError, ServiceUnavailable
 from faas_supervisor.job_runner import CONFIG_FILE
 from faas_supervisor.logs import get_logger
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0  # seconds a new watchdog may take to answer its health check
+SYNC_WAIT = 60.0  # seconds a request waits for a starting service (--sync-wait)
 STOP_TIMEOUT = 15.0  # seconds a watchdog gets to finish in-flight work when stopped
 LOG_CHECK = 30.0  # seconds between two looks at a running watchdog's log size (trim_log)
 JOB_STOP_GRACE = 10.0  # seconds a stopped job's `run` gets to kill its script and clean up
@@ -195,11 +197,29 @@ class _Watchdog:
 
     def _upstream_flags(self) -> list[str]:
         """In http mode, a fresh free port for the user's server at each start."""
-        return ["--upstream-port", str(free_port())] if "--mode" in self.command else []
+        return ["--upstream-port", str(free_port())] if self.http else []
+
+    @property
+    def http(self) -> bool:
+        return "--mode" in self.command
+
+    def _ready_timeout(self) -> float:
+        """How long a new watchdog may take to pass its health check: its own start, and
+        in http mode its server's too, which the watchdog bounds itself (it exits 2 past
+        its upstream_start_timeout, read from the environment given here). Not cut
+        shorter: a server loading a model for longer would be killed and started again
+        for ever."""
+        if not self.http:
+            return READY_TIMEOUT
+        limit = WatchdogSettings.upstream_start_timeout
+        with contextlib.suppress(ConfigError):  # the watchdog says why, and exits 2
+            if text := self.env.get("upstream_start_timeout"):
+                limit = parse_duration(text, "upstream_start_timeout")
+        return limit + READY_TIMEOUT
 
     async def _healthy(self) -> bool:
         assert self.process is not None
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self._ready_timeout()
         timeout = aiohttp.ClientTimeout(total=2)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while time.monotonic() < deadline and self.process.returncode is None:
@@ -233,9 +253,11 @@ class LocalBackend:
         default_provider: Mapping[str, Any],
         service_env: Mapping[str, str],
         runner_idle: float = IDLE_STOP,
+        sync_wait: float = SYNC_WAIT,
     ) -> None:
         self.root = data_dir / "services"
         self.runner_idle = runner_idle
+        self.sync_wait = sync_wait  # seconds a request waits for a watchdog that starts
         self.default_provider = dict(default_provider)
         # What every service process inherits: settings.py picked it from our environment.
         self.base_env = dict(service_env)
@@ -286,14 +308,9 @@ class LocalBackend:
     def _write(self, service: Service) -> Path:
         folder = self._folder(service.name)
         (folder / "tmp").mkdir(parents=True, exist_ok=True)
-        script = folder / "script.sh"
-        script.write_text(service.script)
-        script.chmod(0o700)
-        config = folder / CONFIG_FILE
-        config.touch(mode=0o600)  # it holds the storage keys
-        config.write_text(
-            yaml.safe_dump(function_config(service, self.default_provider), sort_keys=False)
-        )
+        _replace(folder / "script.sh", service.script, 0o700)
+        config = yaml.safe_dump(function_config(service, self.default_provider), sort_keys=False)
+        _replace(folder / CONFIG_FILE, config, 0o600)  # it holds the storage keys
         return folder
 
     def _files(self, name: str) -> list[str]:
@@ -309,17 +326,18 @@ class LocalBackend:
         """Any image is fine: services run on this machine, in no image."""
 
     async def deploy(self, service: Service) -> None:
-        await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(service.name, [])))
         old = self._runners.pop(service.name, None)
         if old is not None:  # its jobs finish on it; new ones go to a runner of the new env
             self._retire(old)
+        # Replaced, not rewritten: a script still running (a draining watchdog's, a job's
+        # on the old runner) reads on from the old file, never half of each.
         folder = self._write(service)
-        self._stopped.discard(service.name)  # a new definition runs
-        self._start_watchdogs(service)
         self._runners[service.name] = Runner(
             service.name, [*runtime_command(), "job-runner", str(folder)], self._env(service),
             folder / "runner.log", self.pids.record, self.runner_idle,
         )
+        self._stopped.discard(service.name)  # a new definition runs
+        await self._replace_watchdogs(service)
 
     def _start_watchdogs(self, service: Service) -> None:
         command = [*runtime_command(), "watchdog", *self._files(service.name)]
@@ -411,10 +429,15 @@ class LocalBackend:
 
     async def restart_service(self, service: Service) -> None:
         if service.name not in self._stopped:
-            # Rolling: the new ones take requests once ready, the old ones drain meanwhile.
-            old = self._watchdogs.pop(service.name, [])
-            self._start_watchdogs(service)
-            await asyncio.gather(*(w.stop() for w in old))
+            await self._replace_watchdogs(service)
+
+    async def _replace_watchdogs(self, service: Service) -> None:
+        """Rolling: the new ones take requests once ready (a request waits for them, at
+        most sync_wait), the old ones drain meanwhile. Stopped first, they would leave
+        the service without a watchdog (a 503) for as long as their drain took."""
+        old = self._watchdogs.pop(service.name, [])
+        self._start_watchdogs(service)
+        await asyncio.gather(*(w.stop() for w in old))
 
     async def invoke_url(self, name: str) -> str:
         watchdogs = self._watchdogs.get(name)
@@ -426,16 +449,20 @@ class LocalBackend:
         for watchdog in ordered:
             if watchdog.ready.is_set():
                 return watchdog.url
+        # One that starts (just made, updated, restarted): waited for, at most sync_wait.
         waits = [asyncio.ensure_future(w.ready.wait()) for w in ordered]
         try:
-            await asyncio.wait(waits, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+            if self.sync_wait > 0:
+                await asyncio.wait(waits, timeout=self.sync_wait,
+                                   return_when=asyncio.FIRST_COMPLETED)
         finally:
             for wait in waits:
                 wait.cancel()
         for watchdog in ordered:
             if watchdog.ready.is_set():
                 return watchdog.url
-        raise ServiceUnavailable(f"service {name} is not answering yet")
+        raise ServiceUnavailable(
+            f"service {name} is not answering yet (waited {self.sync_wait:g} s)")
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
         env = self._env(service)
@@ -482,6 +509,18 @@ class LocalBackend:
                 pid_file.unlink(missing_ok=True)
             # A `run` killed outright left its script to us: it goes now.
             await asyncio.shield(self._orphans().kill_all())
+
+
+def _replace(path: Path, text: str, mode: int) -> None:
+    """`path` holding `text` with `mode`, swapped in whole (a rename): whoever has the old
+    file open reads it to its end, whoever opens it next gets the new one."""
+    new = path.with_name(f".{path.name}.new")
+    new.unlink(missing_ok=True)
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    os.fchmod(fd, mode)  # whatever the umask
+    with open(fd, "w") as f:
+        f.write(text)
+    os.replace(new, path)
 
 
 def _small_event(event: Path) -> bytes | None:

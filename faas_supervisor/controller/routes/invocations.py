@@ -1,18 +1,22 @@
 """`/run`, `/job` and a service's exposed port: requests carried to a service.
 
 `/run` and the exposed routes stream the request to the service's watchdog and its
-answer back; `/job` hands the event to the jobs' queue. `/run` and `/job` take the
-service's token or the admin's; `/job` also takes a Ceph RGW event carrying the token as
-its `opaqueData`, since RGW sends no Authorization header.
+answer back, the path and query as the client encoded them (a `%2F` or `%3F` is not the
+`/` or `?` it decodes to); an exposed route relays a WebSocket session too
+(websocket_relay.py). `/job` hands the event to the jobs' queue. `/run` and `/job` take
+the service's token or the admin's; `/job` also takes a Ceph RGW event carrying the token
+as its `opaqueData`, since RGW sends no Authorization header.
 """
 
 from __future__ import annotations
 
+import asyncio
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from faas_supervisor import strict_json
 from faas_supervisor.controller.auth import Credentials, token_matches
@@ -22,6 +26,14 @@ from faas_supervisor.controller.routes.answers import json_response
 from faas_supervisor.errors import NotFound, Unauthorized, UpstreamFailed, unreadable_body
 from faas_supervisor.http_headers import forwarded_headers
 from faas_supervisor.logs import get_logger
+from faas_supervisor.websocket_relay import (
+    WS_HANDSHAKE,
+    NotUpgraded,
+    is_websocket,
+    offered_protocols,
+    relay,
+    upgraded_or_answer,
+)
 
 if TYPE_CHECKING:
     from faas_supervisor.controller.api import Api
@@ -32,6 +44,10 @@ CEPH_EVENT_MAX = 1 << 20  # an unauthenticated body is read only to find its tok
 # requests are not limited (a synchronous call lasts as long as its script, and a cap
 # would queue, or deadlock, calls behind slow ones); only what is kept afterwards is.
 IDLE_UPSTREAM_PER_HOST = 32
+# The largest WebSocket message relayed: the watchdog's own default max_body_size, which
+# limits it again with the service's setting (aiohttp's 4 MiB default would be ours).
+WS_MESSAGE_MAX = 1 << 30
+EXPOSED_PREFIX = "/system/services/{name}/exposed"
 logger = get_logger(component="api")
 
 
@@ -39,6 +55,7 @@ class InvocationRoutes(Routes):
     def __init__(self, api: Api) -> None:
         super().__init__(api)
         self._session: aiohttp.ClientSession | None = None
+        self._sockets: set[web.WebSocketResponse] = set()  # the WebSocket sessions relayed
 
     async def open_session(self, _app: web.Application) -> None:
         # No overall timeout: a synchronous invocation lasts as long as its script.
@@ -46,6 +63,8 @@ class InvocationRoutes(Routes):
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             connector=UpstreamConnector(IDLE_UPSTREAM_PER_HOST),
             auto_decompress=False,  # bodies pass through byte for byte
+            # A WebSocket handshake's answer other than 101 is relayed whole, not followed.
+            middlewares=(upgraded_or_answer,),
         )
 
     async def close_session(self, _app: web.Application) -> None:
@@ -63,8 +82,7 @@ class InvocationRoutes(Routes):
                 Credentials(service.name, service.token).check_basic(
                     request.headers.get("Authorization", "")):
             api.require_admin(request)
-        tail = request.match_info.get("tail", "")
-        return await self._proxy(request, service, "/" + tail)
+        return await self._proxy(request, service, _exposed_path(request, service))
 
     async def run(self, request: web.Request) -> web.StreamResponse:
         service = self.api.service(request)
@@ -73,9 +91,17 @@ class InvocationRoutes(Routes):
         return await self._proxy(request, service, "/")
 
     async def _proxy(self, request: web.Request, service: Service, path: str) -> web.StreamResponse:
-        """The request to the service's watchdog and its answer back, both streamed."""
+        """The request to the service's watchdog and its answer back, both streamed.
+
+        `path` is raw (percent-encoded as the client sent it), and so is the query: the
+        URL is never decoded and encoded again, which would turn `%3F` into a query,
+        `%23` into a fragment, `%2F` into a separator and `%2541` into `A`."""
         assert self._session is not None
         base = await self.api.backend.invoke_url(service.name)
+        query = request.rel_url.raw_query_string
+        url = URL(f"{base}{path}" + (f"?{query}" if query else ""), encoded=True)
+        if is_websocket(request):
+            return await self._websocket(request, service, url)
         # The service's watchdog never sees the caller's credentials; aiohttp sets Host.
         headers = forwarded_headers(request.headers, drop=("authorization", "host"))
         body: bytes | aiohttp.StreamReader | None = None
@@ -85,7 +111,6 @@ class InvocationRoutes(Routes):
             # a stream is written by a task of its own, loop iterations on every request.
             small = length is not None and length <= WHOLE_BODY_MAX
             body = await request.read() if small else request.content
-        url = f"{base}{path}" + (f"?{request.query_string}" if request.query_string else "")
         try:
             async with self._session.request(
                 request.method,
@@ -98,34 +123,62 @@ class InvocationRoutes(Routes):
                 # names, with the caller's headers, and the client never see the 3xx.
                 allow_redirects=False,
             ) as upstream:
-                answer_headers = forwarded_headers(upstream.headers, drop=("server", "date"))
-                length = upstream.content_length
-                if request.method != "HEAD" and length is not None and length <= WHOLE_BODY_MAX:
-                    # Small and of known length: sent with its headers in one write. A
-                    # streamed response sends its headers alone first, a second
-                    # syscall and wake-up that was most of what the proxy added.
-                    return web.Response(
-                        status=upstream.status,
-                        reason=upstream.reason,
-                        body=await upstream.read(),
-                        headers=answer_headers,
-                    )
-                response = web.StreamResponse(
-                    status=upstream.status, reason=upstream.reason, headers=answer_headers
-                )
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
+                return await _answer(request, upstream)
         except aiohttp.ClientError as exc:
             unread = request.content.exception()
             if unread is not None:  # the client's body broke, not the service
                 raise unreadable_body(unread) from None
-            logger.warning("service did not answer", service=service.name, error=str(exc))
-            # Its kind only: aiohttp's text names the service's internal address.
+            raise _no_answer(service, exc) from None
+
+    async def _websocket(
+        self, request: web.Request, service: Service, url: URL
+    ) -> web.StreamResponse:
+        """A WebSocket session relayed to the service's watchdog (which relays it to the
+        service's server). Connected there first, so that its answer (a refusal, a
+        redirect, the subprotocol chosen) is the client's."""
+        assert self._session is not None
+        drop = ("authorization", "host", *WS_HANDSHAKE)
+        try:
+            upstream = await self._session.ws_connect(
+                url,
+                headers=forwarded_headers(request.headers, drop=drop),
+                protocols=offered_protocols(request),
+                autoclose=False,  # close frames are relayed with their code, not answered
+                max_msg_size=WS_MESSAGE_MAX,
+                compress=0,  # a hop on this machine (or its engine's network): no deflate
+            )
+        except NotUpgraded as refused:
+            try:
+                return await _answer(request, refused.answer)
+            finally:
+                refused.answer.release()
+        except aiohttp.WSServerHandshakeError as exc:  # a 101 that is no WebSocket's
             raise UpstreamFailed(
-                f"service {service.name} did not answer ({type(exc).__name__})") from None
+                f"service {service.name}'s WebSocket handshake failed ({exc.message})"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise _no_answer(service, exc) from None
+        client = web.WebSocketResponse(
+            protocols=(upstream.protocol,) if upstream.protocol else (),
+            autoclose=False,
+            max_msg_size=WS_MESSAGE_MAX,
+        )
+        self._sockets.add(client)
+        try:
+            await client.prepare(request)
+            await relay(client, upstream)
+        finally:
+            self._sockets.discard(client)
+            await upstream.close()
+        return client
+
+    async def close_sockets(self, _app: web.Application) -> None:
+        """The controller stops: each WebSocket session ends, 1001 (going away) to both
+        sides (the relay passes the client's close on to the service)."""
+        await asyncio.gather(*(
+            client.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"controller stopping")
+            for client in list(self._sockets)
+        ), return_exceptions=True)
 
     async def job(self, request: web.Request) -> web.Response:
         api = self.api
@@ -142,6 +195,49 @@ class InvocationRoutes(Routes):
         # An event naming an object that has a job already (a redelivery): that job,
         # and nothing made (200, not 201).
         return json_response({"job": name}, HTTPStatus.CREATED if new else HTTPStatus.OK)
+
+
+def _exposed_path(request: web.Request, service: Service) -> str:
+    """The raw path an exposed service gets, as OSCAR's Ingress gives it: what follows
+    `/system/services/NAME/exposed`, or with `rewrite_target` the whole path (that prefix
+    written as the route names it, as the Ingress's `rewrite-target` annotation does)."""
+    # The route's four segments first: none holds a `/`, encoded or not (a name with
+    # one is no service's), so the raw path's fifth `/` ends them.
+    parts = request.rel_url.raw_path.split("/", 5)
+    tail = "/" + (parts[5] if len(parts) > 5 else "")
+    if service.expose.rewrite_target:
+        return EXPOSED_PREFIX.format(name=service.name) + tail
+    return tail
+
+
+async def _answer(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    """The watchdog's answer passed on: status, end-to-end headers, body."""
+    answer_headers = forwarded_headers(upstream.headers, drop=("server", "date"))
+    length = upstream.content_length
+    if request.method != "HEAD" and length is not None and length <= WHOLE_BODY_MAX:
+        # Small and of known length: sent with its headers in one write. A streamed
+        # response sends its headers alone first, a second syscall and wake-up that was
+        # most of what the proxy added.
+        return web.Response(
+            status=upstream.status,
+            reason=upstream.reason,
+            body=await upstream.read(),
+            headers=answer_headers,
+        )
+    response = web.StreamResponse(
+        status=upstream.status, reason=upstream.reason, headers=answer_headers
+    )
+    await response.prepare(request)
+    async for chunk in upstream.content.iter_any():
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def _no_answer(service: Service, exc: aiohttp.ClientError) -> UpstreamFailed:
+    logger.warning("service did not answer", service=service.name, error=str(exc))
+    # Its kind only: aiohttp's text names the service's internal address.
+    return UpstreamFailed(f"service {service.name} did not answer ({type(exc).__name__})")
 
 
 class UpstreamConnector(aiohttp.TCPConnector):
