@@ -1,4 +1,5 @@
-"""Which headers a proxy passes on: what the watchdog's http mode and the controller share."""
+"""Which headers a proxy passes on, and which it refuses: what the watchdog's http mode and
+the controller share."""
 
 from __future__ import annotations
 
@@ -36,3 +37,16 @@ def forwarded_headers(
     }
     return CIMultiDict((name, value) for name, value in headers.items()
                        if name.lower() not in removed)
+
+
+def not_utf8(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
+    """The first header whose value is not UTF-8. aiohttp reads such bytes as lone
+    surrogates and writes headers as UTF-8, dropping them: the header would arrive
+    altered (`caf\\xe9` as `caf`), so a proxy refuses the message instead."""
+    for name, value in headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return name
+    return None

@@ -35,7 +35,7 @@ _408_ANSWER = (
 class _Connection(RequestHandler):
     """aiohttp's connection, with a timer from a request head's first byte to its last."""
 
-    __slots__ = ("_head_timeout", "_head_timer", "head_started")
+    __slots__ = ("_head_timeout", "_head_timer", "_on_lost", "head_started")
 
     def __init__(self, manager: web.Server, head_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -44,6 +44,7 @@ class _Connection(RequestHandler):
         # When the head being read (or the last one read) began to arrive; None when it
         # arrived in one piece, so that "now" is as good.
         self.head_started: float | None = None
+        self._on_lost: Callable[[], None] | None = None  # when_client_leaves
 
     def data_received(self, data: bytes) -> None:
         heads = self._request_count
@@ -97,6 +98,9 @@ class _Connection(RequestHandler):
             self._head_timer.cancel()
             self._head_timer = None
         super().connection_lost(exc)
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
 
 
 def _unknown_coding(request: web.BaseRequest) -> str | None:
@@ -175,6 +179,29 @@ class TimedAppRunner(web.AppRunner):
             task = connection._task_handler
             if task is not None and not task.done():
                 task.cancel()
+
+
+def when_client_leaves(
+    request: web.BaseRequest, callback: Callable[[], None]
+) -> Callable[[], None]:
+    """`callback` called once if the request's connection is lost before the returned
+    function is called (which forgets it). aiohttp's own word of a client gone is
+    `handler_cancellation`, which cancels the handlers of every route: this is for the
+    one handler that asks. On a server not made by TimedAppRunner, nothing is called."""
+    connection = request.protocol
+    if not isinstance(connection, _Connection):
+        return _nothing
+    connection._on_lost = callback
+
+    def forget() -> None:
+        if connection._on_lost is callback:
+            connection._on_lost = None
+
+    return forget
+
+
+def _nothing() -> None:
+    pass
 
 
 def request_started(request: web.BaseRequest) -> float:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from faas_supervisor import processes
@@ -34,7 +34,7 @@ from faas_supervisor.errors import (
     UpstreamFailed,
     unreadable_body,
 )
-from faas_supervisor.http_headers import forwarded_headers
+from faas_supervisor.http_headers import forwarded_headers, not_utf8
 from faas_supervisor.invocation import Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.watchdog.answers import refusal
@@ -199,7 +199,7 @@ class ProxyRunner:
         return headers
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        garbled = _not_utf8(request.headers)
+        garbled = not_utf8(request.headers)
         if garbled is not None:
             return refusal(BadEvent(f"request header {garbled} is not UTF-8"))
         if is_websocket(request):
@@ -265,7 +265,7 @@ class ProxyRunner:
         self, request: web.Request, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         headers = forwarded_headers(upstream.headers)
-        garbled = _not_utf8(headers)
+        garbled = not_utf8(headers)
         if garbled is not None:
             return refusal(UpstreamFailed(f"the server's header {garbled} is not UTF-8"))
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -371,19 +371,6 @@ class _RequestBody:
                 raise self.error
             self.metrics.bytes_in.inc(len(chunk))
             yield chunk
-
-
-def _not_utf8(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
-    """The first header whose value is not UTF-8. aiohttp reads such bytes as lone
-    surrogates and writes headers as UTF-8, dropping them: the header would arrive
-    altered (`caf\\xe9` as `caf`), so the message is refused instead."""
-    for name, value in headers.items():
-        if not value.isascii():
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                return name
-    return None
 
 
 def _no_answer(exc: BaseException) -> UpstreamFailed:

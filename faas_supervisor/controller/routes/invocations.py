@@ -3,9 +3,11 @@
 `/run` and the exposed routes stream the request to the service's watchdog and its
 answer back, the path and query as the client encoded them (a `%2F` or `%3F` is not the
 `/` or `?` it decodes to); an exposed route relays a WebSocket session too
-(websocket_relay.py). `/job` hands the event to the jobs' queue. `/run` and `/job` take
-the service's token or the admin's; `/job` also takes a Ceph RGW event carrying the token
-as its `opaqueData`, since RGW sends no Authorization header.
+(websocket_relay.py). A client that leaves takes its call along: the watchdog sees the
+controller leave in turn, and kills the script (SPEC 4.1). `/job` hands the event to the
+jobs' queue. `/run` and `/job` take the service's token or the admin's; `/job` also takes
+a Ceph RGW event carrying the token as its `opaqueData`, since RGW sends no Authorization
+header.
 """
 
 from __future__ import annotations
@@ -23,8 +25,16 @@ from faas_supervisor.controller.auth import Credentials, token_matches
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
-from faas_supervisor.errors import NotFound, Unauthorized, UpstreamFailed, unreadable_body
-from faas_supervisor.http_headers import forwarded_headers
+from faas_supervisor.errors import (
+    BadEvent,
+    NotFound,
+    Unauthorized,
+    UnreadableBody,
+    UpstreamFailed,
+    unreadable_body,
+)
+from faas_supervisor.http_headers import forwarded_headers, not_utf8
+from faas_supervisor.http_timeouts import when_client_leaves
 from faas_supervisor.logs import get_logger
 from faas_supervisor.websocket_relay import (
     WS_HANDSHAKE,
@@ -48,6 +58,9 @@ IDLE_UPSTREAM_PER_HOST = 32
 # limits it again with the service's setting (aiohttp's 4 MiB default would be ours).
 WS_MESSAGE_MAX = 1 << 30
 EXPOSED_PREFIX = "/system/services/{name}/exposed"
+# The usage log's status for a call whose client left before its answer began (nginx's):
+# never sent, there is nobody to send it to.
+CLIENT_CLOSED = 499
 logger = get_logger(component="api")
 
 
@@ -97,6 +110,9 @@ class InvocationRoutes(Routes):
         URL is never decoded and encoded again, which would turn `%3F` into a query,
         `%23` into a fragment, `%2F` into a separator and `%2541` into `A`."""
         assert self._session is not None
+        garbled = not_utf8(request.headers)
+        if garbled is not None:  # passed on, it would arrive altered (as the watchdog refuses it)
+            raise BadEvent(f"request header {garbled} is not UTF-8")
         base = await self.api.backend.invoke_url(service.name)
         query = request.rel_url.raw_query_string
         url = URL(f"{base}{path}" + (f"?{query}" if query else ""), encoded=True)
@@ -105,13 +121,14 @@ class InvocationRoutes(Routes):
         # The service's watchdog never sees the caller's credentials; aiohttp sets Host.
         headers = forwarded_headers(request.headers, drop=("authorization", "host"))
         body: bytes | aiohttp.StreamReader | None = None
-        if request.body_exists:
-            length = request.content_length
-            # A small body of known length is read first and goes out with the headers;
-            # a stream is written by a task of its own, loop iterations on every request.
-            small = length is not None and length <= WHOLE_BODY_MAX
-            body = await request.read() if small else request.content
+        watch = _ClientWatch(request)
         try:
+            if request.body_exists:
+                length = request.content_length
+                # A small body of known length is read first and goes out with the headers;
+                # a stream is written by a task of its own, loop iterations on every request.
+                small = length is not None and length <= WHOLE_BODY_MAX
+                body = await request.read() if small else request.content
             async with self._session.request(
                 request.method,
                 url,
@@ -124,11 +141,24 @@ class InvocationRoutes(Routes):
                 allow_redirects=False,
             ) as upstream:
                 return await _answer(request, upstream)
-        except aiohttp.ClientError as exc:
-            unread = request.content.exception()
-            if unread is not None:  # the client's body broke, not the service
-                raise unreadable_body(unread) from None
-            raise _no_answer(service, exc) from None
+        except asyncio.CancelledError:
+            if not watch.left:
+                raise  # the controller stops
+            # The client left (and the request upstream was closed): what the usage log
+            # keeps is a cut body's 400, as below, else CLIENT_CLOSED.
+            cut = _body_cut(request)
+            if cut is not None:
+                raise cut from None
+            return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
+        except (aiohttp.ClientError, OSError) as exc:  # OSError: reading the small body
+            cut = _body_cut(request)
+            if cut is not None:  # the client's body broke, or it left mid-body: not the service
+                raise cut from None
+            if isinstance(exc, aiohttp.ClientError):
+                raise _no_answer(service, exc) from None
+            raise
+        finally:
+            watch.stop()
 
     async def _websocket(
         self, request: web.Request, service: Service, url: URL
@@ -183,15 +213,22 @@ class InvocationRoutes(Routes):
     async def job(self, request: web.Request) -> web.Response:
         api = self.api
         service = api.service(request)
-        if api.authorised(request, service):
-            name, new = await api.jobs.submit(service, request.content.iter_chunked(1 << 16))
-        elif "Authorization" not in request.headers:
-            body = await _read_at_most(request.content, CEPH_EVENT_MAX)
-            if body is None or not _ceph_token_ok(body, service.token):
+        try:
+            if api.authorised(request, service):
+                chunks = request.content.iter_chunked(1 << 16)
+                name, new = await api.jobs.submit(service, chunks)
+            elif "Authorization" not in request.headers:
+                body = await _read_at_most(request.content, CEPH_EVENT_MAX)
+                if body is None or not _ceph_token_ok(body, service.token):
+                    raise Unauthorized()
+                name, new = await api.jobs.submit(service, body)
+            else:
                 raise Unauthorized()
-            name, new = await api.jobs.submit(service, body)
-        else:
-            raise Unauthorized()
+        except OSError:
+            cut = _body_cut(request)
+            if cut is None:
+                raise
+            raise cut from None  # the client left mid-body: its fault, not the controller's
         # An event naming an object that has a job already (a redelivery): that job,
         # and nothing made (200, not 201).
         return json_response({"job": name}, HTTPStatus.CREATED if new else HTTPStatus.OK)
@@ -211,7 +248,12 @@ def _exposed_path(request: web.Request, service: Service) -> str:
 
 
 async def _answer(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-    """The watchdog's answer passed on: status, end-to-end headers, body."""
+    """The watchdog's answer passed on: status, end-to-end headers, body.
+
+    A streamed answer that ends early keeps the status sent (the usage log's too): the
+    client left (a write failed, or its watch cancelled the call), or the service's
+    answer broke, and then the client gets a cut connection, not a short body that would
+    pass for whole."""
     answer_headers = forwarded_headers(upstream.headers, drop=("server", "date"))
     length = upstream.content_length
     if request.method != "HEAD" and length is not None and length <= WHOLE_BODY_MAX:
@@ -227,11 +269,57 @@ async def _answer(request: web.Request, upstream: aiohttp.ClientResponse) -> web
     response = web.StreamResponse(
         status=upstream.status, reason=upstream.reason, headers=answer_headers
     )
-    await response.prepare(request)
-    async for chunk in upstream.content.iter_any():
-        await response.write(chunk)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+    except asyncio.CancelledError:
+        if not _client_gone(request):
+            raise  # the controller stops
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():  # the service's answer broke
+            logger.warning("answer cut short", path=request.path,
+                           error=str(exc) or type(exc).__name__)
+            transport.abort()
     return response
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _body_cut(request: web.Request) -> UnreadableBody | None:
+    """The 400 for a body that stopped before its end (a broken chunk, the client gone
+    mid-body), if it did. Once the body is whole, the client leaving breaks nothing of it."""
+    content = request.content
+    unread = None if content.is_eof() else content.exception()
+    return None if unread is None else unreadable_body(unread)
+
+
+class _ClientWatch:
+    """Cancels the task serving a proxied call once the client's connection is lost
+    (http_timeouts.when_client_leaves): its request to the watchdog is closed, and the
+    watchdog, seeing its client go, kills the script, as it does for a client of its own
+    (SPEC 4.1)."""
+
+    def __init__(self, request: web.Request) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.left = False
+        self._forget = when_client_leaves(request, self._lost)
+
+    def _lost(self) -> None:
+        self.left = True
+        self._task.cancel()
+
+    def stop(self) -> None:
+        self._forget()
+        if self.left:  # its cancellation was caught: taken back, as asyncio.timeout does
+            self._task.uncancel()
 
 
 def _no_answer(service: Service, exc: aiohttp.ClientError) -> UpstreamFailed:
