@@ -8,7 +8,8 @@
 #
 # Both bases are build arguments so that the image can be built from local bases where
 # no registry is reachable. BUILD_BASE must be Debian-like (apt) with or without Python;
-# RUNTIME_BASE needs only /bin/sh, cp, cmp, mktemp (busybox has them).
+# RUNTIME_BASE needs only /bin/sh, cp, cmp, mktemp, mv -T, ln, readlink, find and rm
+# (busybox and coreutils have them all): packaging/inject.sh.
 ARG BUILD_BASE=python:3.11-slim-bookworm
 ARG RUNTIME_BASE=busybox:stable-glibc
 

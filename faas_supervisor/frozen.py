@@ -3,11 +3,13 @@
 The build starts through its own glibc and loader (packaging/own_libc.py, launcher.sh),
 and on the way the environment is changed for this process alone:
 
-* PyInstaller's bootloader sets LD_LIBRARY_PATH to the build's libraries (the original
-  kept in LD_LIBRARY_PATH_ORIG, absent if there was none) and adds _PYI_* variables,
-  then re-executes itself;
-* the launcher moves the image's LD_PRELOAD and LD_AUDIT (libraries built for the
-  image's C library, not ours) aside, to _FAAS_SUPERVISOR_LD_PRELOAD and ..._LD_AUDIT.
+* the launcher moves the image's LD_LIBRARY_PATH, LD_PRELOAD and LD_AUDIT (libraries
+  built for the image's C library, not ours) aside, to _FAAS_SUPERVISOR_LD_LIBRARY_PATH,
+  ..._LD_PRELOAD and ..._LD_AUDIT, each only if the image set it (empty or not);
+* PyInstaller's bootloader then sets LD_LIBRARY_PATH to the build's libraries and adds
+  _PYI_* variables, and re-executes itself. (Its own copy of the original,
+  LD_LIBRARY_PATH_ORIG, would lose an empty value; with LD_LIBRARY_PATH moved aside it
+  writes none, so an LD_LIBRARY_PATH_ORIG here is the image's own, and stays.)
 
 `image_environment` undoes both: the environment the container was started with, which
 is what the user's script, and every process it starts, must get, so that they run with
@@ -25,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 SAVED_PREFIX = "_FAAS_SUPERVISOR_"  # the launcher's: _FAAS_SUPERVISOR_LD_PRELOAD, ...
-SAVED_BY_LAUNCHER = ("LD_PRELOAD", "LD_AUDIT")
+SAVED_BY_LAUNCHER = ("LD_LIBRARY_PATH", "LD_PRELOAD", "LD_AUDIT")
 PYINSTALLER_PREFIX = "_PYI_"
 
 
@@ -37,9 +39,7 @@ def image_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` of the frozen build as the image had it (see the module's docstring)."""
     env = {k: v for k, v in environ.items()
            if not k.startswith((PYINSTALLER_PREFIX, SAVED_PREFIX))
-           and k not in ("LD_LIBRARY_PATH", "LD_LIBRARY_PATH_ORIG", *SAVED_BY_LAUNCHER)}
-    if "LD_LIBRARY_PATH_ORIG" in environ:
-        env["LD_LIBRARY_PATH"] = environ["LD_LIBRARY_PATH_ORIG"]
+           and k not in SAVED_BY_LAUNCHER}
     for name in SAVED_BY_LAUNCHER:
         if SAVED_PREFIX + name in environ:
             env[name] = environ[SAVED_PREFIX + name]

@@ -6,15 +6,20 @@
 # interpreter is /oscar/bin/_internal/ld-linux-x86-64.so.2. Anywhere else (dist/ on the
 # build machine, a copy in another folder) the bundled loader runs it explicitly.
 #
-# The image's LD_PRELOAD and LD_AUDIT name libraries built for the image's C library: they
-# are kept aside, never loaded into this process, and given back to the user's script
-# (faas_supervisor/frozen.py), as PyInstaller does with LD_LIBRARY_PATH (LD_LIBRARY_PATH_ORIG).
+# The image's LD_LIBRARY_PATH, LD_PRELOAD and LD_AUDIT name libraries built for the image's
+# C library: they are kept aside (set, even empty, or not), never used by this process, and
+# given back exactly to the user's script (faas_supervisor/frozen.py). PyInstaller's own
+# LD_LIBRARY_PATH_ORIG cannot do it: written only for a non-empty value, over the image's.
 self=$0
 while [ -L "$self" ]; do  # a symbolic link to the launcher: the folder is the target's
   link=$(readlink "$self")
   case $link in /*) self=$link ;; *) self=${self%/*}/$link ;; esac
 done
 case $self in */*) dir=${self%/*} ;; *) dir=. ;; esac
+if [ -n "${LD_LIBRARY_PATH+set}" ]; then
+  export _FAAS_SUPERVISOR_LD_LIBRARY_PATH="$LD_LIBRARY_PATH"
+  unset LD_LIBRARY_PATH
+fi
 if [ -n "${LD_PRELOAD+set}" ]; then
   export _FAAS_SUPERVISOR_LD_PRELOAD="$LD_PRELOAD"
   unset LD_PRELOAD

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import requests
 
-from faas_supervisor.controller.backends.docker import DockerBackend
+from faas_supervisor.controller.backends.docker import DockerBackend, volume_name
 from faas_supervisor.controller.fdl import parse_service
 from faas_supervisor.errors import DockerError
 from tests.integration.conftest import EXAMPLES, script_output
@@ -76,8 +76,14 @@ def controllers(tmp_path: Path, docker_client: Any, runtime_image: str) -> Itera
 
 
 def containers(client: Any, service: str, component: str = "service") -> list[Any]:
+    import docker.errors
+
     labels = [MANAGED, f"oscar_service={service}", f"faas-supervisor/component={component}"]
-    return list(client.containers.list(all=True, filters={"label": labels}))
+    while True:
+        try:
+            return list(client.containers.list(all=True, filters={"label": labels}))
+        except docker.errors.NotFound:
+            continue  # the SDK inspects each container listed: one was removed meanwhile
 
 
 def finished(controller: ControllerProcess, job: str) -> tuple[int | None, str]:
@@ -107,7 +113,8 @@ def wait_job(controller: ControllerProcess, service: str, name: str) -> str:
     ))
 
 
-def test_services_run_jobs_and_go(controllers: Any, docker_client: Any) -> None:
+def test_services_run_jobs_and_go(controllers: Any, docker_client: Any,
+                                  runtime_image: str) -> None:
     controller = controllers()
     cowsay = (EXAMPLES / "cowsay" / "script.sh").read_text()
     controller.create({"name": "cowsay", "image": USER_IMAGE, "script": cowsay,
@@ -119,7 +126,8 @@ def test_services_run_jobs_and_go(controllers: Any, docker_client: Any) -> None:
     assert config["NanoCpus"] == 500_000_000 and config["Memory"] == 128 * 2**20
     assert config["RestartPolicy"]["Name"] == "unless-stopped"
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
-    assert mounts["/oscar/bin"]["Name"] == "faas-supervisor-bin-cowsay"
+    assert mounts["/oscar/bin"]["Name"] == volume_name(
+        "cowsay", docker_client.images.get(runtime_image).id)
     assert not mounts["/oscar/bin"]["RW"] and not mounts["/oscar/config"]["RW"]
     assert mounts["/oscar/config"]["Source"] == str(controller.data_dir / "services" / "cowsay")
 
@@ -533,6 +541,12 @@ def test_an_engine_that_does_not_answer_is_a_502_and_the_service_answers_on(
         link.down()
 
 
+def runtime_volumes(client: Any, service: str) -> set[str]:
+    """The service's runtime volumes, by name (one made without labels too)."""
+    found = client.volumes.list(filters={"name": f"faas-supervisor-bin-{service}-"})
+    return {v.name for v in found}
+
+
 @pytest.fixture
 def service_name(docker_client: Any) -> Iterator[str]:
     """A service name of this test alone; what the engine still has of it goes at the end,
@@ -544,8 +558,9 @@ def service_name(docker_client: Any) -> Iterator[str]:
     for container in docker_client.containers.list(
             all=True, filters={"label": f"oscar_service={name}"}):
         container.remove(force=True)
-    with contextlib.suppress(docker.errors.NotFound):
-        docker_client.volumes.get(f"faas-supervisor-bin-{name}").remove(force=True)
+    for volume in runtime_volumes(docker_client, name):
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.volumes.get(volume).remove(force=True)
 
 
 @pytest.fixture
@@ -652,5 +667,76 @@ async def test_a_job_starting_as_its_service_is_deleted_leaves_nothing_behind(
         await starting
     assert not docker_client.containers.list(
         all=True, filters={"label": f"oscar_service={service_name}"})
-    volume = f"faas-supervisor-bin-{service_name}"
-    assert volume not in {v.name for v in docker_client.volumes.list()}
+    assert not runtime_volumes(docker_client, service_name)
+
+
+def volumes_of(container: Any) -> list[str]:
+    return [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
+
+
+# A job that runs until the test lets it end: it waits on a FIFO of its own container.
+WAITING_JOB = "mkfifo /tmp/go && echo started && read -r line < /tmp/go && echo released\n"
+
+
+@pytest.fixture
+def rebuildable_runtime(docker_client: Any, runtime_image: str) -> Iterator[str]:
+    """The session's runtime image under a tag of this test alone, which the test may point
+    at a rebuilt image (another id) as `docker build -t` would."""
+    tag = f"faas-supervisor-test/runtime-{secrets.token_hex(4)}:1"
+    docker_client.images.get(runtime_image).tag(tag)
+    yield tag
+    docker_client.images.remove(tag)
+
+
+async def test_a_new_runtime_image_gets_a_volume_of_its_own(
+    rebuildable_runtime: str, service_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    """The runtime image's tag rebuilt, the service deployed again (an update, a restarted
+    controller): a new volume, filled from the new image, and new watchdogs on it. A job
+    still running keeps the old volume, its build never rewritten under it, and the old
+    volume goes once the job has ended; every one of them goes with the service."""
+    import io
+
+    from tests.integration.docker_fixtures import LABEL
+
+    backend = DockerBackend(tmp_path / "data", {}, rebuildable_runtime,
+                            {"DOCKER_HOST": f"unix://{ENGINE_SOCKET}"})
+    await backend.start()
+    try:
+        service = parse_service({"name": service_name, "image": USER_IMAGE,
+                                 "script": WAITING_JOB, "log_level": "CRITICAL"})
+        await backend.deploy(service)
+        (first,) = containers(docker_client, service_name)
+        (old,) = volumes_of(first)
+
+        job = f"{service_name}-job"
+        event = tmp_path / "event"
+        event.write_text("{}")
+        running = asyncio.create_task(backend.run_job(service, job, event, tmp_path / "log"))
+        since = int(time.time()) - 1
+        await asyncio.to_thread(engine_event, docker_client, job, "start", since)
+        await asyncio.to_thread(wait_output, docker_client, job, b"started")
+
+        await asyncio.to_thread(
+            docker_client.images.build, fileobj=io.BytesIO(
+                f"FROM {rebuildable_runtime}\nLABEL rebuilt={service_name}\n".encode()),
+            tag=rebuildable_runtime, rm=True, labels={LABEL: "1"})
+        await backend.deploy(service)
+        (second,) = containers(docker_client, service_name)
+        assert second.id != first.id  # the watchdog of the old runtime replaced
+        (new,) = volumes_of(second)
+        assert new == volume_name(service_name,
+                                  docker_client.images.get(rebuildable_runtime).id) != old
+        assert volumes_of(docker_client.containers.get(job)) == [old]
+        assert runtime_volumes(docker_client, service_name) == {old, new}  # the job's kept
+
+        await asyncio.to_thread(docker_client.containers.get(job).exec_run,
+                                ["sh", "-c", "echo > /tmp/go"])
+        assert await running == 0
+        assert "released" in (tmp_path / "log").read_text()
+        assert runtime_volumes(docker_client, service_name) == {new}
+
+        await backend.remove(service_name)
+        assert not runtime_volumes(docker_client, service_name)
+    finally:
+        await backend.close()

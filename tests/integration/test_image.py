@@ -20,7 +20,9 @@ import base64
 import io
 import json
 import os
+import re
 import subprocess
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import EXAMPLES, S3Server, faas_command, free_port
+from tests.integration.conftest import EXAMPLES, REPO, S3Server, faas_command, free_port
 from tests.integration.docker_fixtures import GLIBC_BASE, LABEL, STATIC_BASE, USER_IMAGES
 
 # Generous: a first run on a new machine builds the bases and the image (about 5 min).
@@ -151,7 +153,7 @@ def test_init_container_is_idempotent(docker_client: Any, init_image: str,
     assert (tmp_path / "faas-supervisor").is_file()
     assert os.access(tmp_path / "faas-supervisor", os.X_OK)
     assert (tmp_path / "_internal").is_dir()
-    assert not list(tmp_path.glob(".incoming.*"))
+    assert not list(tmp_path.rglob(".incoming.*"))
 
 
 # One watchdog per image serves every invocation below: the body says which it is.
@@ -235,9 +237,12 @@ def check_the_script_gets_the_images_c_library(user: UserContainer, name: str) -
                 or n in ("LD_LIBRARY_PATH_ORIG", "LD_AUDIT")], env_text
 
     runtime = mapped_files(runtime_maps)
-    assert "/oscar/bin/_internal/libc.so.6" in runtime
-    assert "/oscar/bin/_internal/ld-linux-x86-64.so.2" in runtime
-    assert not [f for f in runtime if ".so" in f and not f.startswith("/oscar/bin/_internal/")]
+    # By their real paths: /oscar/bin/_internal is a link to the build's, .builds/ID/_internal.
+    (libc,) = [f for f in runtime if f.endswith("/libc.so.6")]
+    internal = libc.removesuffix("/libc.so.6")
+    assert re.fullmatch(r"/oscar/bin/\.builds/[0-9a-f]+/_internal", internal), libc
+    assert f"{internal}/ld-linux-x86-64.so.2" in runtime
+    assert not [f for f in runtime if ".so" in f and not f.startswith(f"{internal}/")]
     # busybox (the shell, cat) is static; the image's own program loads the image's libc.
     assert not [f for f in mapped_files(script_maps) if f.startswith("/oscar/bin")]
     if name in IMAGE_C_LIBRARY:
@@ -297,8 +302,8 @@ def test_the_runtime_runs_from_any_folder(docker_client: Any, runtime_volume: st
 def test_bundle_tree_is_small_and_clean(docker_client: Any, runtime_volume: str) -> None:
     """No test suites, build leftovers or controller engine clients in the runtime."""
     listing = docker_client.containers.run(
-        GLIBC_BASE, ["/bin/sh", "-c", "cd /oscar/bin && find . && du -sk ."], remove=True,
-        network_mode="none", labels={LABEL: "1"},
+        GLIBC_BASE, ["/bin/sh", "-c", "cd -P /oscar/bin/_internal/.. && find . && du -sk ."],
+        remove=True, network_mode="none", labels={LABEL: "1"},
         volumes={runtime_volume: {"bind": "/oscar/bin", "mode": "ro"}}).decode()
     paths = listing.splitlines()
     size_kib = int(paths[-1].split()[0])
@@ -312,3 +317,106 @@ def test_bundle_tree_is_small_and_clean(docker_client: Any, runtime_volume: str)
                 "faas-supervisor"):
         assert f"./_internal/{own}" in paths, own
 
+
+
+# ---- a build injected where one runs; the loader variables the script gets ---------------
+
+
+def inject(client: Any, init_image: str, volume: str, build: Path | None = None) -> str:
+    """The repository's inject.sh run by the init image's shell into `volume`, copying the
+    image's own build, or `build` (mounted where the image keeps its own)."""
+    from docker.types import Mount
+
+    mounts = [Mount("/oscar/bin", volume, type="volume", no_copy=True),
+              Mount("/packaging", str(REPO / "packaging"), type="bind", read_only=True)]
+    if build is not None:
+        mounts.append(Mount("/opt/faas-supervisor", str(build), type="bind", read_only=True))
+    return str(client.containers.run(
+        init_image, ["/oscar/bin"], entrypoint=["/bin/sh", "/packaging/inject.sh"],
+        mounts=mounts, remove=True, network_mode="none", labels={LABEL: "1"}).decode())
+
+
+def test_a_running_build_is_not_rewritten_by_another_injected_over_it(
+    docker_client: Any, init_image: str, moto_server: S3Server, tmp_path: Path
+) -> None:
+    """Another build injected into the folder a job runs from (a manual volume shared by
+    containers, as the README's example is): the job, which still reads its build's files
+    by path (PyInstaller's modules, at its build's offsets), ends as it would have. Here
+    the other build's executable, which holds those modules, is all zeros."""
+    s3 = moto_server.client()
+    s3.create_bucket(Bucket="survivor")
+    other = tmp_path / "other"
+    other.mkdir()
+    docker_client.containers.run(
+        init_image, ["-c", "cp -a /opt/faas-supervisor/. /other/"], entrypoint=["/bin/sh"],
+        remove=True, network_mode="none", labels={LABEL: "1"},
+        volumes={str(other): {"bind": "/other", "mode": "rw"}})
+    (other / ".build-id").write_text("0123456789abcdef\n")
+    executable = other / "_internal" / "faas-supervisor"
+    executable.write_bytes(bytes(executable.stat().st_size))
+
+    app = tmp_path / "app"
+    app.mkdir()
+    os.mkfifo(app / "go")
+    (app / "script.sh").write_text(
+        'read -r line < /app/go\necho "$line" > "$TMP_OUTPUT_DIR/out.txt"\n')
+    (app / "event.json").write_text("{}")
+    provider = (f"{{endpoint: {moto_server.endpoint}, access_key: {moto_server.access_key}, "
+                f"secret_key: {moto_server.secret_key}, region: {moto_server.region}}}")
+    (app / "function_config.yaml").write_text(
+        f"storage_providers:\n  minio:\n    default: {provider}\n"
+        "output:\n  - {storage_provider: minio.default, path: survivor/output}\n")
+    volume = docker_client.volumes.create(labels={LABEL: "1"}).name
+    job = None
+    try:
+        assert "copied to /oscar/bin" in inject(docker_client, init_image, volume)
+        job = docker_client.containers.run(
+            GLIBC_BASE, ["/oscar/bin/faas-supervisor", "run", "--config",
+                         "/app/function_config.yaml", "--script", "/app/script.sh",
+                         "--event-file", "/app/event.json"],
+            detach=True, network_mode="host", labels={LABEL: "1"},
+            volumes={volume: {"bind": "/oscar/bin", "mode": "ro"},
+                     str(app): {"bind": "/app", "mode": "ro"}})
+        runs, injected = threading.Event(), threading.Event()
+
+        def release() -> None:
+            with open(app / "go", "w") as go:  # opened once the script opens it: it runs
+                runs.set()
+                injected.wait(300)
+                go.write("still here\n")
+
+        releaser = threading.Thread(target=release)
+        releaser.start()
+        try:
+            if not runs.wait(120):
+                open(app / "go").close()  # the releaser let go
+                pytest.fail(f"the job's script never started:\n{job.logs().decode()}")
+            assert "copied to /oscar/bin" in inject(docker_client, init_image, volume, other)
+        finally:
+            injected.set()
+            releaser.join()
+        assert job.wait(timeout=120)["StatusCode"] == 0, job.logs().decode()
+    finally:
+        if job is not None:
+            job.remove(force=True)
+        docker_client.volumes.get(volume).remove(force=True)
+    output = s3.get_object(Bucket="survivor", Key="output/out.txt")["Body"].read()
+    assert output == b"still here\n"
+
+
+@pytest.mark.parametrize("image", [{}, {"LD_LIBRARY_PATH": ""}, {"LD_LIBRARY_PATH_ORIG": "/foo"},
+                                   {"LD_LIBRARY_PATH": "/a", "LD_LIBRARY_PATH_ORIG": "/b"}])
+def test_the_script_gets_the_images_library_path_exactly(
+    docker_client: Any, runtime_volume: str, tmp_path: Path, image: dict[str, str]
+) -> None:
+    """Through the real bootloader: set, set empty or not set, as the image had it."""
+    (tmp_path / "script.sh").write_text("env > /out/env\n")
+    docker_client.containers.run(
+        GLIBC_BASE, ["/oscar/bin/faas-supervisor", "run", "--script", "/out/script.sh"],
+        environment={**image, "EVENT": "{}"}, remove=True, network_mode="none",
+        labels={LABEL: "1"}, volumes={runtime_volume: {"bind": "/oscar/bin", "mode": "ro"},
+                                      str(tmp_path): {"bind": "/out", "mode": "rw"}})
+    env = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines()
+               if "=" in line)
+    names = ("LD_LIBRARY_PATH", "LD_LIBRARY_PATH_ORIG")
+    assert {n: env[n] for n in names if n in env} == image

@@ -230,3 +230,23 @@ def test_the_cluster_name_is_oscar_unless_given(tmp_path: Path) -> None:
     assert load(["--data-dir", str(tmp_path), "--cluster-name", "lab"], {}).cluster_name == "lab"
     with pytest.raises(ConfigError, match="--cluster-name"):
         load(["--data-dir", str(tmp_path), "--cluster-name", "a b"], {})
+
+
+@pytest.mark.parametrize("backend", ["docker", "kubernetes"])
+def test_a_backend_whose_package_is_missing_is_a_config_error(backend: str,
+                                                              tmp_path: Path) -> None:
+    """The bundle has neither engine's client, nor has `pip install .` without
+    [controller]: one line saying what to install, exit status 2, never a traceback."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.modules[{backend!r}] = None  # its import fails\n"
+            "from faas_supervisor.cli import main\n"
+            f"sys.exit(main(['controller', '--backend', {backend!r}, '--data-dir', "
+            f"{str(tmp_path / 'data')!r}, '--port', '0']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"faas-supervisor: error: --backend {backend} needs the {backend} package: "
+        "pip install 'faas-supervisor[controller]'"]

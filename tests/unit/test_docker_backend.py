@@ -70,7 +70,7 @@ def test_a_job_container_that_cannot_start_is_removed(tmp_path: Path) -> None:
     event = tmp_path / "event"
     event.write_text("{}")
     with pytest.raises(DockerError, match="docker: start job svc-1 in arm-only: exec format"):
-        backend._create_job(service, tmp_path, "svc-1", event)
+        backend._create_job(service, [], "svc-1", event)
     assert removed == ["c0ffee"]
 
 
@@ -98,6 +98,7 @@ async def test_an_engine_call_never_waits_behind_running_jobs_logs(tmp_path: Pat
 # ---- an engine that does not answer, a deletion that races a job, the scaler -----------
 
 SERVICE = {"name": "svc", "image": "img", "script": "echo\n"}
+VOLUME = "faas-supervisor-bin-svc-0123456789ab"  # its runtime volume, as deploy made it
 
 
 @pytest.fixture
@@ -128,6 +129,7 @@ async def test_an_engine_that_does_not_answer_is_a_docker_error(
     backend._client = docker.DockerClient(base_url=f"unix://{socket}", version="1.41")
     service = parse_service(SERVICE)
     backend._replicas["svc"] = [_Replica("c0ffee", 1)]
+    backend._volumes["svc"] = VOLUME
     event = tmp_path / "event"
     event.write_text("{}")
     calls = {
@@ -184,7 +186,7 @@ class Conflict409:
 
 class FakeVolume:
     def __init__(self, engine: FakeEngine) -> None:
-        self.engine = engine
+        self.engine, self.name = engine, VOLUME
 
     def remove(self, force: bool) -> None:
         import docker.errors
@@ -209,6 +211,9 @@ class FakeEngine:
         engine = self
 
         class Volumes:
+            def list(self, filters: Any) -> list[FakeVolume]:
+                return [FakeVolume(engine)]
+
             def get(self, name: str) -> FakeVolume:
                 if engine.on_volume is not None:
                     engine.on_volume()
@@ -247,7 +252,7 @@ async def test_a_volume_still_held_after_the_sweeps_is_a_docker_error(backend: A
     engine.held = True
     backend._client = engine
     backend._replicas["svc"] = [_Replica("c0ffee", 1)]
-    with pytest.raises(DockerError, match="volume faas-supervisor-bin-svc is still in use"):
+    with pytest.raises(DockerError, match=f"volume {VOLUME} is still in use"):
         await backend.remove("svc")
     assert "svc" not in backend._gone  # its jobs run again
     assert [r.id for r in backend._replicas["svc"]] == ["c0ffee"]
@@ -285,7 +290,7 @@ async def test_the_scaler_lives_on_when_the_engine_fails_a_step(
         again.set()
 
     monkeypatch.setattr(backend, "_add_replica" if direction == "up" else "_drop_replica", step)
-    scaler = asyncio.create_task(backend._autoscale(service, tmp_path, "digest", 1))
+    scaler = asyncio.create_task(backend._autoscale(service, [], "digest", 1))
     try:
         await asyncio.wait_for(again.wait(), 10)
     finally:

@@ -11,12 +11,14 @@ import pytest
 from faas_supervisor import frozen
 from faas_supervisor.controller.backends.local import runtime_command
 
+# The launcher moved the image's loader variables aside; PyInstaller then set its own
+# LD_LIBRARY_PATH (and no LD_LIBRARY_PATH_ORIG: there was no LD_LIBRARY_PATH left).
 BUNDLE_VARIABLES = {
-    "LD_LIBRARY_PATH": "/oscar/bin/_internal:/image/lib",
-    "LD_LIBRARY_PATH_ORIG": "/image/lib",
+    "LD_LIBRARY_PATH": "/oscar/bin/_internal",
     "_PYI_APPLICATION_HOME_DIR": "/oscar/bin/_internal",
     "_PYI_ARCHIVE_FILE": "/oscar/bin/_internal/faas-supervisor",
     "_PYI_PARENT_PROCESS_LEVEL": "1",
+    "_FAAS_SUPERVISOR_LD_LIBRARY_PATH": "/image/lib",
     "_FAAS_SUPERVISOR_LD_PRELOAD": "/image/lib/libjemalloc.so.2",
     "_FAAS_SUPERVISOR_LD_AUDIT": "",
 }
@@ -37,8 +39,15 @@ def test_variables_the_image_did_not_have_are_gone() -> None:
 
 
 def test_an_image_set_empty_stays_empty() -> None:
-    environ = {"LD_LIBRARY_PATH": "/oscar/bin/_internal:", "LD_LIBRARY_PATH_ORIG": ""}
+    environ = {"LD_LIBRARY_PATH": "/oscar/bin/_internal", "_FAAS_SUPERVISOR_LD_LIBRARY_PATH": ""}
     assert frozen.image_environment(environ) == {"LD_LIBRARY_PATH": ""}
+
+
+def test_the_images_own_ld_library_path_orig_stays_as_it_was() -> None:
+    """An image may set LD_LIBRARY_PATH_ORIG itself (PyInstaller's name, from a PyInstaller
+    program of its own): it is the image's, kept, and makes no LD_LIBRARY_PATH."""
+    environ = {"LD_LIBRARY_PATH": "/oscar/bin/_internal", "LD_LIBRARY_PATH_ORIG": "/foo"}
+    assert frozen.image_environment(environ) == {"LD_LIBRARY_PATH_ORIG": "/foo"}
 
 
 def test_restore_makes_os_environ_the_images() -> None:

@@ -2,9 +2,13 @@
 
 Each service gets:
 
-* the volume `faas-supervisor-bin-NAME`, filled by the runtime image's entry point (it
-  copies the runtime in, and leaves an identical build alone), mounted read-only at
-  /oscar/bin: the Docker counterpart of the Kubernetes init container and its emptyDir;
+* the volume `faas-supervisor-bin-NAME-ID` (ID: the runtime image's id, 12 hex digits),
+  filled by the runtime image's entry point, mounted read-only at /oscar/bin: the Docker
+  counterpart of the Kubernetes init container and its emptyDir. One volume per runtime
+  image, never refilled with another: a build rewritten under a container running it breaks
+  it (PyInstaller reads its files again by path). A new runtime image gets a new volume and
+  new containers; a job still running keeps its own until it ends, and volumes no container
+  holds any more are removed (`_drop_old_volumes`), all of them with the service;
 * the folder `<data-dir>/services/NAME/` (script.sh, function_config.yaml) bind-mounted
   read-only at /oscar/config, where the runtime looks by default;
 * one container (exposed services: `min_scale`) running `/oscar/bin/faas-supervisor
@@ -108,8 +112,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def volume_name(service: str) -> str:
-    return f"faas-supervisor-bin-{service}"
+def volume_name(service: str, image_id: str) -> str:
+    """The service's runtime volume for the runtime image `image_id` (sha256:...)."""
+    return f"faas-supervisor-bin-{service}-{image_id.removeprefix('sha256:')[:12]}"
 
 
 def _labels(name: str, component: str) -> dict[str, str]:
@@ -165,6 +170,7 @@ class DockerBackend:
         # they are needed; the bound is only a backstop.
         self._streams = ThreadPoolExecutor(max_workers=4096, thread_name_prefix="docker-stream")
         self._replicas: dict[str, list[_Replica]] = {}
+        self._volumes: dict[str, str] = {}  # each service's runtime volume, its latest deploy's
         self._by_id: dict[str, _Replica] = {}
         self._turn: dict[str, itertools.count[int]] = {}
         self._stopped: set[str] = set()  # services whose containers /stop removed
@@ -197,6 +203,11 @@ class DockerBackend:
         self.root.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._share_store)
+        try:
+            import docker  # noqa: F401  (before any engine call: each maps the SDK's errors)
+        except ImportError:  # not in the bundle, nor in an install without [controller]
+            raise ConfigError("--backend docker needs the docker package: "
+                              "pip install 'faas-supervisor[controller]'") from None
         self._client = await self._run(self._connect)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         # The engine tells when a container dies or starts again: a replica is taken out
@@ -330,10 +341,12 @@ class DockerBackend:
         await self.check(service)  # a restart's deploys are not checked by the route
         await self._run(self._ensure_image, self.runtime_image)
         folder = self._write(service)
-        await self._run(self._fill_volume, service.name, folder)
-        digest = self._digest(service)
+        volume = await self._run(self._fill_volume, service.name, folder)
+        self._volumes[service.name] = volume
+        mounts = self._mounts(volume, folder)
+        digest = self._digest(service, volume)
         wanted = max(1, service.expose.min_scale) if service.exposed else 1
-        ids = await self._run(self._reconcile, service, folder, digest, wanted)
+        ids = await self._run(self._reconcile, service, mounts, digest, wanted)
         self._forget(service.name)
         containers = await self._run(
             lambda: [self._client.containers.get(i) for i in ids]
@@ -346,7 +359,8 @@ class DockerBackend:
             self._check(replica)
         if service.exposed and service.expose.max_scale > wanted:
             self._scalers[service.name] = asyncio.create_task(
-                self._autoscale(service, folder, digest, wanted))
+                self._autoscale(service, mounts, digest, wanted))
+        await self._drop_old_volumes(service.name)
         logger.info("service deployed", service=service.name, containers=len(replicas))
 
     def _ensure_image(self, image: str, users: bool = False) -> None:
@@ -389,26 +403,27 @@ class DockerBackend:
         config.chmod(0o644)
         return folder
 
-    def _fill_volume(self, name: str, folder: Path) -> None:
-        """The runtime copied into the service's volume by the runtime image's entry point.
+    def _fill_volume(self, name: str, folder: Path) -> str:
+        """The service's volume for the runtime image as it is now, the runtime copied in
+        by the image's entry point; its name.
 
-        Skipped when the volume was filled from this very image (its id kept beside the
-        config): a container start costs seconds on some storage drivers, and a restarted
-        controller deploys every service again."""
+        Skipped when that volume was filled already (the image's id kept beside the config):
+        a container start costs seconds on some storage drivers, and a restarted controller
+        deploys every service again."""
         import docker.errors
         from docker.types import Mount
 
-        volume = volume_name(name)
-        marker = folder / ".runtime-image-id"
         image_id = str(self._client.images.get(self.runtime_image).id)
+        volume = volume_name(name, image_id)
+        marker = folder / ".runtime-image-id"
         try:
             self._client.volumes.get(volume)
             if marker.is_file() and marker.read_text() == image_id:
-                return
+                return volume
         except docker.errors.NotFound:
             self._client.volumes.create(volume, labels=_labels(name, "runtime"))
         # no_copy: else Docker fills an empty volume from the image's own /oscar/bin by
-        # itself, bypassing the entry point that keeps a filled volume's build current.
+        # itself, bypassing the entry point (which copies a build in whole, or not at all).
         mount = Mount(RUNTIME_DIR, volume, type="volume", no_copy=True)
         try:
             self._client.containers.run(
@@ -421,14 +436,16 @@ class DockerBackend:
         except docker.errors.APIError as exc:
             raise DockerError(f"docker: fill {volume}: {exc.explanation}") from None
         marker.write_text(image_id)
+        return volume
 
-    def _digest(self, service: Service) -> str:
-        """What a container is made from: the same digest, the same container."""
-        made_of = [to_record(service), self.runtime_image, json.dumps(self.default_provider,
-                                                                      sort_keys=True)]
+    def _digest(self, service: Service, volume: str) -> str:
+        """What a container is made from: the same digest, the same container. The volume's
+        name carries the runtime image's id: a new runtime, new containers."""
+        made_of = [to_record(service), volume, json.dumps(self.default_provider, sort_keys=True)]
         return hashlib.sha256("\0".join(made_of).encode()).hexdigest()[:32]
 
-    def _reconcile(self, service: Service, folder: Path, digest: str, wanted: int) -> list[str]:
+    def _reconcile(self, service: Service, mounts: list[Any], digest: str,
+                   wanted: int) -> list[str]:
         """The service's containers: those of this definition kept, others removed, the
         count made up; their ids."""
         found = self._client.containers.list(all=True, filters=_selector(service.name))
@@ -446,10 +463,10 @@ class DockerBackend:
         for container in keep:
             if container.status in ("created", "exited"):  # stopped by hand: wanted up
                 container.start()
-        made = [self._create_watchdog(service, folder, digest) for _ in range(wanted - len(keep))]
+        made = [self._create_watchdog(service, mounts, digest) for _ in range(wanted - len(keep))]
         return [c.id for c in keep] + made
 
-    def _create_watchdog(self, service: Service, folder: Path, digest: str) -> str:
+    def _create_watchdog(self, service: Service, mounts: list[Any], digest: str) -> str:
         import docker.errors
 
         port = free_port()
@@ -477,7 +494,7 @@ class DockerBackend:
                 labels=labels,
                 network_mode="host",
                 restart_policy={"Name": "unless-stopped"},
-                mounts=self._mounts(service.name, folder),
+                mounts=mounts,
                 **self._limits(service),
             )
         except docker.errors.APIError as exc:
@@ -489,11 +506,11 @@ class DockerBackend:
                     container=container.name, port=port)
         return str(container.id)
 
-    def _mounts(self, name: str, folder: Path) -> list[Any]:
+    def _mounts(self, volume: str, folder: Path) -> list[Any]:
         from docker.types import Mount
 
         mounts = [
-            Mount(RUNTIME_DIR, volume_name(name), type="volume", read_only=True, no_copy=True),
+            Mount(RUNTIME_DIR, volume, type="volume", read_only=True, no_copy=True),
             Mount(CONFIG_DIR, str(folder), type="bind", read_only=True),
         ]
         store = self.default_provider.get("path")
@@ -550,7 +567,8 @@ class DockerBackend:
 
     # ---- scaling ----------------------------------------------------------------------
 
-    async def _autoscale(self, service: Service, folder: Path, digest: str, least: int) -> None:
+    async def _autoscale(self, service: Service, mounts: list[Any], digest: str,
+                         least: int) -> None:
         """The service's replica count kept at what its CPU asks for, within
         [least, max_scale]: desired = ceil(replicas * mean CPU% / cpu_threshold), the
         HPA's rule, CPU% being a share of the service's `cpu` over the last interval."""
@@ -585,7 +603,7 @@ class DockerBackend:
                     logger.info("scaling up", service=name,
                                 cpu_percent=round(ratio * threshold), replicas=desired)
                     for _ in range(desired - len(replicas)):
-                        await self._add_replica(service, folder, digest)
+                        await self._add_replica(service, mounts, digest)
                 elif lower >= SCALE_DOWN_AFTER:
                     lower = 0
                     logger.info("scaling down", service=name,
@@ -601,8 +619,8 @@ class DockerBackend:
         stats = self._client.api.stats(container_id, stream=False, one_shot=True)
         return int(stats["cpu_stats"]["cpu_usage"]["total_usage"])
 
-    async def _add_replica(self, service: Service, folder: Path, digest: str) -> None:
-        made = self._make(service.name, self._create_watchdog, service, folder, digest)
+    async def _add_replica(self, service: Service, mounts: list[Any], digest: str) -> None:
+        made = self._make(service.name, self._create_watchdog, service, mounts, digest)
         try:
             container_id = await asyncio.shield(made)
         except asyncio.CancelledError:
@@ -648,29 +666,32 @@ class DockerBackend:
         return made
 
     async def remove(self, name: str) -> None:
-        """Its containers and volume gone, then its replicas forgotten: a removal the
+        """Its containers and volumes gone, then its replicas forgotten: a removal the
         engine refuses (a 502: the route keeps the service) leaves those it did not reach
         in rotation, the service answering on as it did."""
         self._gone.add(name)  # from now on nothing is made for it
         try:
             await self._sweep(name)
             # What was being made already (a job starting) is waited for and swept in
-            # turn: else it would hold the volume (409 "in use"), or make it again,
+            # turn: else it would hold a volume (409 "in use"), or make it again,
             # unlabelled, once it is gone.
             if making := self._making.get(name):
                 await asyncio.wait(set(making))
             for _ in range(VOLUME_ATTEMPTS):
                 await self._sweep(name)
-                if await self._run(self._remove_volume, name):
+                if not (held := await self._run(self._remove_volumes, name)):
                     break
+                logger.warning("a deleted service's volume is still in use", service=name,
+                               volumes=held)
             else:
-                raise DockerError(f"docker: the volume {volume_name(name)} is still in use")
+                raise DockerError(f"docker: the volume {held[0]} is still in use")
         except BaseException:
             self._gone.discard(name)
             raise
         self._stopped.discard(name)
         self._forget(name)
         self._making.pop(name, None)
+        self._volumes.pop(name, None)
         await asyncio.to_thread(shutil.rmtree, self.root / name, True)
         logger.info("service removed", service=name)
 
@@ -684,22 +705,43 @@ class DockerBackend:
             for c in found
         ))
 
-    def _remove_volume(self, name: str) -> bool:
-        """The service's volume removed (or gone already); False while a container holds
-        it (409)."""
+    def _remove_volumes(self, name: str, keep: str | None = None) -> list[str]:
+        """The service's runtime volumes but `keep` removed (or gone already); those a
+        container still holds (409) are left, and returned."""
         import docker.errors
 
+        found = {v.name for v in self._client.volumes.list(filters=_selector(name, "runtime"))}
+        if keep is None and name in self._volumes:
+            found.add(self._volumes[name])  # by its name too: made by us, labelled or not
+        held = []
+        for volume in sorted(found - {keep}):
+            try:
+                self._client.volumes.get(volume).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                held.append(volume)
+        return held
+
+    async def _drop_old_volumes(self, name: str) -> None:
+        """The service's runtime volumes of earlier runtime images removed, but those a
+        container still holds (a job running on: it removes them as it ends, `run_job`).
+        Housekeeping: an engine that fails it is logged, and asked again next time."""
+        # A container being made (a job's) may name a volume of before: once it is made,
+        # the volume is held; removed before, the engine would make it again, empty.
+        if making := self._making.get(name):
+            await asyncio.wait(set(making))
         try:
-            self._client.volumes.get(volume_name(name)).remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:
-                raise
-            logger.warning("a deleted service's volume is still in use", service=name,
-                           volume=volume_name(name), error=exc.explanation)
-            return False
-        return True
+            held = await self._run(self._remove_volumes, name, self._volumes.get(name))
+        except DockerError as exc:
+            logger.warning("cannot remove a service's old runtime volumes", service=name,
+                           error=str(exc))
+            return
+        if held:
+            logger.info("old runtime volumes kept while containers use them", service=name,
+                        volumes=held)
 
     async def invoke_url(self, name: str) -> str:
         replicas = self._replicas.get(name)
@@ -787,11 +829,15 @@ class DockerBackend:
     # ---- jobs -----------------------------------------------------------------------------
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
-        folder = self.root / service.name
-        create = self._make(service.name, self._create_job, service, folder, job, event)
+        volume = self._volumes.get(service.name)
+        if volume is None:  # not deployed: not yet, its deploy failed, or it is deleted
+            raise DockerError(f"docker: service {service.name} has no runtime volume: "
+                              "it is not deployed")
+        mounts = self._mounts(volume, self.root / service.name)
+        create = self._make(service.name, self._create_job, service, mounts, job, event)
         try:
             container_id = await asyncio.shield(create)
-            return await self._stream(self._follow_job, container_id, log)
+            code = await self._stream(self._follow_job, container_id, log)
         except asyncio.CancelledError:
             # Deleted, or the controller is stopping: the container is stopped (SIGTERM
             # to `run`, SIGKILL after JOB_STOP_TIMEOUT) and removed once its creation has
@@ -802,20 +848,24 @@ class DockerBackend:
                 await asyncio.shield(self._run(self._remove_container, container_id, True,
                                                JOB_STOP_TIMEOUT))
             raise
+        if self._volumes.get(service.name, volume) != volume:
+            # Deployed on another runtime image while it ran: its volume may be unused now.
+            await self._drop_old_volumes(service.name)
+        return code
 
-    def _create_job(self, service: Service, folder: Path, job: str, event: Path) -> str:
+    def _create_job(self, service: Service, mounts: list[Any], job: str, event: Path) -> str:
         import docker.errors
         from docker.types import Mount
 
         env = {**self._env(service), "JOB_UUID": job}
         command = [RUNTIME, "run"]
-        mounts = self._mounts(service.name, folder)
         text = _event_text(event)
         if text is not None:
             env["EVENT"] = text  # as OSCAR passes it
         else:
             # Too large, or bytes that no variable can hold: the file itself, read-only.
-            mounts.append(Mount(f"{EVENT_DIR}/event", str(event), type="bind", read_only=True))
+            mounts = [*mounts, Mount(f"{EVENT_DIR}/event", str(event), type="bind",
+                                     read_only=True)]
             command += ["--event-file", f"{EVENT_DIR}/event"]
         labels = {**manager_labels(service), **_labels(service.name, "job"), JOB_LABEL: job}
         try:

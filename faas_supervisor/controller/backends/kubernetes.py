@@ -171,7 +171,11 @@ class KubernetesBackend:
         )
 
     def _connect(self) -> None:
-        from kubernetes import client, config
+        try:
+            from kubernetes import client, config
+        except ImportError:  # not in the bundle, nor in an install without [controller]
+            raise ConfigError("--backend kubernetes needs the kubernetes package: "
+                              "pip install 'faas-supervisor[controller]'") from None
 
         configuration = client.Configuration()
         try:
