@@ -46,6 +46,23 @@ def configure(level: str, stream: TextIO | None = None) -> None:
         _structlog()
     # Libraries (boto3, aiohttp) log through the standard library: keep them quiet.
     logging.basicConfig(level=max(LEVELS[level], logging.WARNING), stream=stream or sys.stderr)
+    # Added once however often configure() runs: addFilter skips a filter it has.
+    logging.getLogger("aiohttp.server").addFilter(_without_the_request)
+
+
+def _without_the_request(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request it cannot parse (it answers 400) with a traceback whose
+    message quotes the offending line: an Authorization header, a token in the URL.
+    That record becomes one line naming the error alone."""
+    exc = record.exc_info[1] if record.exc_info else None
+    # aiohttp's exceptions, if aiohttp is loaded: without it there is no such record.
+    errors = sys.modules.get("aiohttp.http_exceptions")
+    if errors is not None and isinstance(exc, errors.HttpProcessingError):
+        record.msg = (f"{record.getMessage()}: a malformed request ({type(exc).__name__}, "
+                      f"{exc.code}); its text is not logged")
+        record.args = ()
+        record.exc_info = record.exc_text = None
+    return True
 
 
 def _structlog() -> ModuleType:
@@ -82,37 +99,78 @@ _PLAIN_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
 _LEVEL_WIDTH = len("exception")  # ConsoleRenderer pads levels to its longest known name
 _COLUMN_KEYS = frozenset({"timestamp", "level", "event"})
 _OWN_LAYOUT_KEYS = frozenset({"stack", "exception", "exc_info", "logger", "logger_name"})
-_QUOTED = frozenset(" \t=\r\n\"'")  # a text value with one of these is shown quoted
+# The columns ConsoleRenderer writes as text, unquoted; "stack" and "exception" are
+# tracebacks, lines by design.
+_TEXT_COLUMNS = frozenset({"timestamp", "level", "event", "logger", "logger_name"})
 
 
 class _ConsoleLines:
     """ConsoleRenderer(colors=False, pad_event_to=0)'s line, the same text, written
     directly in the common case: a timestamp, a level, an event, plain values. The
     watchdog writes one such line per invocation, and ConsoleRenderer's column machinery
-    costs about 20 us of it. Lines with an exception, a stack, a logger name, or a value
-    ConsoleRenderer quotes go to it (tests/unit/test_log_lines.py compares the two)."""
+    costs about 20 us of it. Lines with an exception, a stack or a logger name go to it
+    (tests/unit/test_log_lines.py compares the two).
+
+    One record is one line, whatever its values hold: a text value that does not print
+    whole (str.isprintable: no control character, escape sequence, line or paragraph
+    separator, NEL, no-break or other space but ASCII's) is shown as ConsoleRenderer
+    shows one with a space, quoted and escaped (its repr). ConsoleRenderer alone would
+    write it as is, and a request's path could start a forged line of its own."""
 
     def __init__(self, full: Callable[[Any, str, Any], str]) -> None:
         self._full = full
 
     def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> str:
-        stamp, level, event = (event_dict.get(key) for key in ("timestamp", "level", "event"))
+        stamp = event_dict.get("timestamp")
+        level = event_dict.get("level")
+        event = event_dict.get("event")
         if (type(stamp) is not str or not stamp or level not in _PLAIN_LEVELS
-                or type(event) is not str or not event
+                or type(event) is not str or not event or not event.isprintable()
                 or not _OWN_LAYOUT_KEYS.isdisjoint(event_dict.keys())):
-            return self._full(logger, name, event_dict)
+            return self._full(logger, name, _escaped(event_dict))
         parts = [f"{stamp} [{level:<{_LEVEL_WIDTH}}] {event}"]
         for key in sorted(event_dict.keys() - _COLUMN_KEYS):
             value = event_dict[key]
             if type(value) is str:
-                if not _QUOTED.isdisjoint(value):
-                    return self._full(logger, name, event_dict)
-                parts.append(f"{key}={value}")
+                # ConsoleRenderer quotes one with a blank, `=` or a quote (\t\r\n do
+                # not print); `in`, not a set: the common value is a short plain one.
+                if (value.isprintable() and " " not in value and "=" not in value
+                        and '"' not in value and "'" not in value):
+                    parts.append(f"{key}={value}")
+                else:
+                    parts.append(f"{key}={value!r}")
             elif isinstance(value, str):  # a subclass: ConsoleRenderer's own rules
-                return self._full(logger, name, event_dict)
+                return self._full(logger, name, _escaped(event_dict))
             else:
                 parts.append(f"{key}={value!r}")
         return " ".join(parts).rstrip(" ")
+
+
+class _Quoted:
+    """Text ConsoleRenderer shows as its repr, as it shows text with a space: it writes
+    any other str as is, and a value is not a str once wrapped."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return str.__repr__(self.text)
+
+
+def _escaped(event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
+    """`event_dict` for ConsoleRenderer, its text that does not print escaped: values
+    quoted (see _ConsoleLines), the columns it writes as text (the event...) escaped in
+    place, as the invocation log escapes a message."""
+    shown = dict(event_dict)
+    for key, value in event_dict.items():
+        if isinstance(value, str) and not value.isprintable():
+            if key in _TEXT_COLUMNS:
+                shown[key] = _printable(value)
+            elif key not in ("stack", "exception"):
+                shown[key] = _Quoted(value)
+    return shown
 
 
 def get_logger(**bound: Any) -> Logger:

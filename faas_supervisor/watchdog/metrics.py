@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, float("inf"))
+# Set on a request once its WebSocket upgrade is sent: the session counts as the 101 it
+# was, however it ends. aiohttp cancels the handler of a session that closed (it closes
+# the connection), which would otherwise count as a client gone (499).
+UPGRADED = web.RequestKey("upgraded", bool)
 
 
 class Metrics:

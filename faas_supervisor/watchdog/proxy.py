@@ -38,7 +38,7 @@ from faas_supervisor.http_headers import forwarded_headers, not_utf8
 from faas_supervisor.invocation import Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.watchdog.answers import refusal
-from faas_supervisor.watchdog.metrics import Metrics
+from faas_supervisor.watchdog.metrics import UPGRADED, Metrics
 from faas_supervisor.websocket_relay import (
     WS_HANDSHAKE,
     NotUpgraded,
@@ -325,6 +325,7 @@ class ProxyRunner:
         )
         try:
             await client.prepare(request)
+            request[UPGRADED] = True
             await relay(client, upstream, self.metrics.bytes_in.inc,
                         self.metrics.bytes_out.inc)
         finally:

@@ -36,7 +36,7 @@ from faas_supervisor.logs import get_logger
 from faas_supervisor.processes import Orphans, Stop, environ_value
 from faas_supervisor.watchdog.answers import refusal
 from faas_supervisor.watchdog.fork import ForkRunner
-from faas_supervisor.watchdog.metrics import Metrics
+from faas_supervisor.watchdog.metrics import UPGRADED, Metrics
 from faas_supervisor.watchdog.proxy import ProxyRunner
 
 LOCK_FILE = Path("/tmp/.lock")
@@ -109,15 +109,25 @@ class Watchdog:
         try:
             response = await self._invoke(request)
             status = response.status
+            if not response.prepared:  # a refusal, which aiohttp sends once we return
+                self._count_body(request, response)
             return response
         except web.HTTPException as exc:
             status = exc.status  # a 405 is counted as a 405, not as a failed invocation
+            self._count_body(request, exc)
             raise
         except asyncio.CancelledError:
-            status = 499  # the client went away
+            # The client went away; a WebSocket session ends so too, its 101 long sent.
+            status = 101 if request.get(UPGRADED) else 499
             raise
         finally:
             self.metrics.observe(status, time.monotonic() - started)
+
+    def _count_body(self, request: web.Request, answer: web.StreamResponse) -> None:
+        """Counts the body of an answer sent whole after the handler (a refusal, a 405):
+        those the runners send themselves, they count as they send them."""
+        if request.method != "HEAD":  # its body is not sent
+            self.metrics.bytes_out.inc(answer.content_length or 0)
 
     async def _invoke(self, request: web.Request) -> web.StreamResponse:
         if request.path in RESERVED:

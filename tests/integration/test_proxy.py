@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import hashlib
 import os
+import re
 import signal
 import sys
 import time
@@ -297,6 +298,22 @@ def test_body_over_max_body_size_is_413(watchdog: WatchdogFactory) -> None:
     assert requests.post(f"{exposed.url}/sha256", data=b"x" * 900, timeout=10).status_code == 200
 
 
+def test_a_refusals_body_counts_in_bytes_out(watchdog: WatchdogFactory) -> None:
+    """faas_bytes_out_total left out what answers.refusal sent (a review found it)."""
+    exposed = start_exposed(watchdog, max_body_size="1000")
+
+    def bytes_out() -> float:
+        text = requests.get(f"{exposed.url}/metrics", timeout=10).text
+        match = re.search(r"^faas_bytes_out_total (\S+)$", text, re.MULTILINE)
+        assert match, text
+        return float(match.group(1))
+
+    before = bytes_out()
+    refused = requests.post(f"{exposed.url}/sha256", data=b"x" * 2000, timeout=10)
+    assert refused.status_code == 413 and refused.content
+    assert bytes_out() - before == len(refused.content)
+
+
 # ---- WebSockets ------------------------------------------------------------------------
 
 
@@ -323,6 +340,30 @@ async def test_websocket_echo_both_ways_with_close_codes(exposed: Exposed) -> No
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(f"{exposed.url}/no-ws-here")
         assert refused.value.status == 404
+
+
+def counted(url: str, code: int) -> float:
+    """faas_invocations_total for `code` (0 until counted once)."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    match = re.search(rf'^faas_invocations_total{{code="{code}"}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_a_websocket_session_counts_as_101_however_it_ends(exposed: Exposed) -> None:
+    """Every session was counted 499, client gone, even one closed cleanly: aiohttp
+    cancels the handler of a WebSocket whose close it completed (a review found it)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{exposed.url}/ws") as ws:
+            await ws.send_str("hello")
+            assert (await ws.receive_str(timeout=10)) == "hello"
+            await ws.close()  # the client closes
+        async with session.ws_connect(f"{exposed.url}/ws") as ws:
+            await ws.send_str("close-me")  # the upstream closes
+            assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.CLOSE
+    # A session is counted when its handler ends, after the client saw the close.
+    wait_until(lambda: counted(exposed.url, 101) + counted(exposed.url, 499) == 2,
+               "both sessions counted")
+    assert (counted(exposed.url, 101), counted(exposed.url, 499)) == (2, 0)
 
 
 # aiohttp's ws_connect follows redirects and keeps only a refusal's status: a review found

@@ -1318,6 +1318,83 @@ storage_providers:
         assert secret not in text
 
 
+# A timestamped record of structlog's, or aiohttp's one line for a malformed request.
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z \[|ERROR:aiohttp\.server:")
+
+
+def log_records(wd: WatchdogProcess) -> list[str]:
+    """The stopped watchdog's log, split as any reader might (str.splitlines: also at a
+    form feed, NEL, U+2028...); each must be one whole, printable record."""
+    lines = wd.log.read_bytes().decode().splitlines()
+    for line in lines:
+        assert LOG_RECORD.match(line) and line.isprintable(), lines
+    return lines
+
+
+def test_a_request_path_cannot_forge_or_erase_a_line_of_the_log(
+    watchdog: WatchdogFactory,
+) -> None:
+    """The path is in the `invocation` line: a form feed, vertical tab, NEL or U+2028 in it
+    started a forged line of its own, an escape sequence erased the one above on a
+    terminal (a review found it). It is written quoted and escaped."""
+    wd = watchdog("#!/bin/sh\necho hi\n")
+    # No blank in it: a value with one was shown quoted already.
+    forged = ("/x%0C%1B%5B1A%1B%5B2K%0B2026-12-01T00:00:00.0Z%C2%A0[error]%C2%A0forged"
+              "%C2%85next%E2%80%A8%E2%80%A9end")
+    with raw_request(wd.port, f"POST {forged} HTTP/1.1\nHost: x\nContent-Length: 2\n"
+                     "Connection: close\n", b"{}") as sock:
+        assert read_status(sock) == 200
+    assert wd.stop() == 0
+    lines = log_records(wd)
+    assert any(" path='/x\\x0c\\x1b[1A\\x1b[2K\\x0b2026-12-01T00:00:00.0Z\\xa0[error]\\xa0"
+               "forged\\x85next\\u2028\\u2029end' " in line
+               for line in lines), lines
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+def test_a_malformed_request_is_logged_in_one_line_without_its_text(
+    watchdog: WatchdogFactory, level: str,
+) -> None:
+    """aiohttp logged a request it could not parse with its traceback, and the traceback
+    quoted the offending line: a bearer token, a token in the URL (a review found it).
+    At every log_level: at most one line, without it; the client still gets aiohttp's 400."""
+    secret = "SECRET" + uuid.uuid4().hex
+    wd = watchdog("#!/bin/sh\necho hi\n", env={"LOG_LEVEL": level})
+    heads = [
+        f"POST / HTTP/1.1\nHost: x\nAuthorization: Bearer {secret}\x01x\nContent-Length: 2\n",
+        f"POST /?token={secret}\x01 HTTP/1.1\nHost: x\nContent-Length: 2\n",
+        f"POST /?token={secret} HTTP/1.1\nHost: x\nContent-Length: zz\n",
+    ]
+    for head in heads:
+        with raw_request(wd.port, head, b"{}") as sock:
+            assert read_status(sock) == 400
+    assert wd.stop() == 0
+    assert secret not in wd.log.read_text(errors="replace")
+    told = [line for line in log_records(wd) if line.startswith("ERROR:aiohttp.server:")]
+    assert len(told) == (0 if level == "CRITICAL" else 3), told
+    for line in told:
+        assert line.endswith("; its text is not logged"), told
+
+
+def test_every_answer_counts_its_body_in_bytes_out(watchdog: WatchdogFactory) -> None:
+    """faas_bytes_out_total left out the bodies sent through answers.refusal (a 413 by
+    Content-Length, a path's NUL byte, a 429, a 503), and aiohttp's 405 (a review found
+    it): counted as the runners count theirs."""
+    wd = watchdog("#!/bin/sh\necho hi\n", env={"max_body_size": "10"})
+    answers = [
+        requests.post(wd.url, data=b"x" * 20, timeout=10),  # 413, by its Content-Length
+        requests.post(wd.url + "/a%00b", data=b"{}", timeout=10),  # 400
+        requests.get(wd.url, timeout=10),  # 405
+        requests.head(wd.url, timeout=10),  # 405, no body sent
+        requests.post(wd.url, data=b"{}", timeout=10),  # 200, the runner's own
+    ]
+    assert [a.status_code for a in answers] == [413, 400, 405, 405, 200]
+    assert all(a.content for a in answers[:3])
+    text = requests.get(wd.url + "/metrics", timeout=10).text
+    assert metric(text, "faas_bytes_out_total") == sum(len(a.content) for a in answers)
+    assert wd.stop() == 0
+
+
 def test_failed_upload_is_502(watchdog: WatchdogFactory, tmp_path: Path) -> None:
     store = tmp_path / "store"
     store.write_text("a file where the store's folder should be\n")

@@ -1,9 +1,11 @@
 """The process's log lines: logs._ConsoleLines writes the common line itself, and must
-write exactly what structlog's ConsoleRenderer (the configured look) would."""
+write exactly what structlog's ConsoleRenderer (the configured look) would, its values
+that do not print escaped; one record is one line whatever its values hold."""
 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,8 +24,8 @@ CASES: list[dict[str, Any]] = [
     {"event": "no fields"},
     {"event": "types", "t": True, "f": 1.5, "b": b"\x00bytes", "l": [1, "a b"],
      "d": {"k": "v"}, "empty": "", "neg": -3},
-    # Values ConsoleRenderer quotes, and everything with a layout of its own: delegated,
-    # but the output must still be the same.
+    # Values ConsoleRenderer quotes (written here as it would), and everything with a
+    # layout of its own: delegated, but the output must still be the same.
     {"event": "quoted", "a": "two words", "b": "x=y", "c": "tab\there", "d": "it's",
      "e": 'say "hi"', "f": "line\nbreak", "g": "trailing "},
     {"event": "error with", "error": "could not remove: [Errno 39] Directory not empty"},
@@ -36,7 +38,17 @@ CASES: list[dict[str, Any]] = [
     {"event": "exc none", "exc_info": None, "x": "1"},
     {"event": "unicode", "name": "caf\u00e9", "s": "\udcff"},
     {"event": "redacted", "token": "***", "component": "controller"},
+    # Text that does not print: shown quoted and escaped, never as is.
+    {"event": "controls", "path": "/x\x0c\x1b[1A\x1b[2K\x0b2026-12-01T00:00:00Z",
+     "nel": "a\x85b", "ls": "a\u2028b", "ps": "a\u2029b", "nbsp": "a\xa0b",
+     "bidi": "a\u202eb", "del": "a\x7fb", "plain": "/ok"},
+    {"event": "event\x1b[2K\u2028forged", "x": 1},
+    {"event": "logger too", "logger": "aio\nhttp", "path": "/x\x0cy"},
 ]
+# What a client can put in a request path, a storage key or a file name to forge or
+# erase a line: a line break for some reader, a terminal's escape sequence, a look-alike.
+HOSTILE = ["\n", "\r", "\x0b", "\x0c", "\x1b[1A\x1b[2K", "\x1c", "\x85", "\u2028", "\u2029",
+           "\xa0", "\u3000", "\u200b", "\u202e", "\x00", "\udcff"]
 
 
 class _Text(str):
@@ -48,13 +60,38 @@ class _Text(str):
 @pytest.mark.parametrize("case", [*CASES, {"event": _Text("sub"), "v": _Text("x")},
                                   {"event": "sub", "v": _Text("a b")}, {"event": 42, "v": 1}])
 def test_lines_are_console_renderers(level: str, case: dict[str, Any]) -> None:
+    """ConsoleRenderer's text, once what does not print is escaped (logs._escaped)."""
     full = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
     fast = logs._ConsoleLines(structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0))
     for stamp in (STAMP, "", None):
         event = {**case, "level": level}
         if stamp is not None:
             event["timestamp"] = stamp
-        assert fast(None, level, dict(event)) == full(None, level, dict(event)), event
+        assert fast(None, level, dict(event)) == full(None, level, logs._escaped(event)), event
+
+
+@pytest.mark.parametrize("layout", [{}, {"logger": "aiohttp"}, {"stack": "x"}, {"v": _Text("x")}])
+@pytest.mark.parametrize("where", ["value", "event", "logger"])
+def test_a_record_is_one_printable_line_whatever_its_values_hold(
+    layout: dict[str, Any], where: str,
+) -> None:
+    """A request's path, a storage key, an output's name reach the process log as values:
+    written as is, a form feed or a NEL or U+2028 started a line of its own (a forged
+    record, to some readers), an escape sequence erased one on a terminal (a review
+    found it). Through the written-here line and through ConsoleRenderer alike."""
+    fast = logs._ConsoleLines(structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0))
+    for bad in HOSTILE:
+        text = f"/a{bad}forged"  # no blank: a value with one was shown quoted already
+        event: dict[str, Any] = {"timestamp": STAMP, "level": "info", "event": "invocation",
+                                 "id": "23a663ac", **layout}
+        if where == "event":
+            event["event"] = text
+        else:
+            event["path" if where == "value" else "logger"] = text
+        line = fast(None, "info", event)
+        first = line.split("\n")[0] if "stack" in layout else line  # a stack is lines
+        assert first.isprintable(), (bad, line)
+        assert "\\" in first, (bad, line)  # escaped, not dropped
 
 
 @pytest.fixture
@@ -138,3 +175,35 @@ def test_each_line_is_one_write_with_its_newline(
     assert len(out.writes) == 2
     assert out.writes[0].endswith("[info     ] one component=test n=1\n")
     assert out.writes[1].endswith("[warning  ] two component=test\n")
+
+
+def test_aiohttps_log_of_a_malformed_request_is_one_line_without_it(
+    configured: Callable[[io.StringIO], None], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiohttp logs a request it cannot parse with a traceback quoting the offending line:
+    an Authorization header, a token in the URL, in the log (a review found it). One
+    line naming the error instead; other records of aiohttp's are left as they are."""
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    server = logging.getLogger("aiohttp.server")
+    monkeypatch.setattr(server, "filters", [])  # as they were, afterwards
+    configured(io.StringIO())
+    assert logs._without_the_request in server.filters
+    secret = "-".join(["Bearer", "s3cr3t"])
+    try:
+        raise BadHttpMessage(f"Invalid header value char:\n\n  b'Authorization: {secret}\\x01'")
+    except BadHttpMessage as exc:
+        record = server.makeRecord(server.name, logging.ERROR, "x", 1, "Error handling request "
+                                   "from %s", ("127.0.0.1",), (type(exc), exc, exc.__traceback__))
+    assert logs._without_the_request(record)
+    line = logging.Formatter(logging.BASIC_FORMAT).format(record)
+    assert line == ("ERROR:aiohttp.server:Error handling request from 127.0.0.1: a malformed "
+                    "request (BadHttpMessage, 400); its text is not logged")
+
+    try:
+        raise ValueError("a bug of ours")
+    except ValueError as exc:
+        record = server.makeRecord(server.name, logging.ERROR, "x", 1, "Unhandled exception",
+                                   (), (type(exc), exc, exc.__traceback__))
+    assert logs._without_the_request(record)
+    assert "ValueError: a bug of ours" in logging.Formatter().format(record)
