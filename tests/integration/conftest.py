@@ -39,6 +39,7 @@ EXAMPLES = REPO / "examples"
 
 if TYPE_CHECKING:
     from tests.integration.ceph import CephRgw
+    from tests.integration.controller_fixture import ControllerFactory, ControllerProcess
     from tests.integration.rucio_server import RucioServer
 
 
@@ -279,3 +280,23 @@ def rucio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RucioServ
         yield server
     finally:
         server.stop()
+
+
+# ---- the controller, in a process of its own (controller_fixture.py) --------------------
+# Imported where used: controller_fixture imports this module.
+
+
+@pytest.fixture
+def controllers(tmp_path: Path) -> Iterator[ControllerFactory]:
+    """Controllers started on demand, each stopped (and checked) at the test's end; a test
+    file needing other arguments defines its own."""
+    from tests.integration.controller_fixture import ControllerFactory
+
+    factory = ControllerFactory(tmp_path)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def controller(controllers: ControllerFactory) -> ControllerProcess:
+    return controllers()

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,18 +33,6 @@ from tests.leftovers import processes
 pytestmark = pytest.mark.integration
 
 COPY_SCRIPT = 'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/result"\necho "copied $JOB_UUID"\n'
-
-
-@pytest.fixture
-def controllers(tmp_path: Path) -> Iterator[ControllerFactory]:
-    factory = ControllerFactory(tmp_path)
-    yield factory
-    factory.close()
-
-
-@pytest.fixture
-def controller(controllers: ControllerFactory) -> ControllerProcess:
-    return controllers()
 
 
 def copier(name: str = "copier", **fields: Any) -> dict[str, Any]:

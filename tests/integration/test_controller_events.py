@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,13 +43,6 @@ DEADLINE = 180  # seconds for a job to run on this shared machine
 
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-@pytest.fixture
-def controllers(tmp_path: Path) -> Iterator[ControllerFactory]:
-    factory = ControllerFactory(tmp_path)
-    yield factory
-    factory.close()
 
 
 def service(name: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +62,6 @@ web.run_app(app, host="127.0.0.1", port=int(os.environ["upstream_port"]), print=
 # A WebSocket handshake as a plain HTTP client sends it, to see the whole answer.
 HANDSHAKE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
              "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
-
-
-@pytest.fixture
-def controllers(tmp_path: Path) -> Iterator[ControllerFactory]:
-    factory = ControllerFactory(tmp_path)
-    yield factory
-    factory.close()
-
-
-@pytest.fixture
-def controller(controllers: ControllerFactory) -> ControllerProcess:
-    return controllers()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import os
 import signal
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +37,6 @@ from tests.integration.test_controller_events import (
 pytestmark = pytest.mark.integration
 
 DEADLINE = 120
-
-
-@pytest.fixture
-def controllers(tmp_path: Path) -> Iterator[ControllerFactory]:
-    factory = ControllerFactory(tmp_path)
-    yield factory
-    factory.close()
 
 
 def moto_args(moto: S3Server, *extra: str) -> list[str]:

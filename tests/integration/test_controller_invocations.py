@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import pytest
 import requests
 
 from tests.integration.controller_fixture import (
-    ControllerFactory,
     ControllerProcess,
     wait_until,
 )
@@ -60,18 +58,6 @@ web.run_app(app, host="127.0.0.1", port=int(os.environ["upstream_port"]), print=
 '''
 EXPOSED = "/system/services/holder/exposed"
 GONE_WITHIN = 15.0  # seconds; the script sleeps 60 and the server holds for ever
-
-
-@pytest.fixture
-def controllers(tmp_path: Path) -> Iterator[ControllerFactory]:
-    factory = ControllerFactory(tmp_path)
-    yield factory
-    factory.close()
-
-
-@pytest.fixture
-def controller(controllers: ControllerFactory) -> ControllerProcess:
-    return controllers()
 
 
 @pytest.fixture

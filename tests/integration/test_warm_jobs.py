@@ -44,13 +44,6 @@ NOT_UTF8 = b"caf\xe9 \xff\xfe{}"
 
 
 @pytest.fixture
-def controllers(tmp_path: Path) -> Iterator[ControllerFactory]:
-    factory = ControllerFactory(tmp_path)
-    yield factory
-    factory.close()
-
-
-@pytest.fixture
 def marker() -> Iterator[str]:
     word = f"faas-warm-{uuid.uuid4().hex}"
     yield word
