@@ -185,11 +185,15 @@ def when_client_leaves(
     request: web.BaseRequest, callback: Callable[[], None]
 ) -> Callable[[], None]:
     """`callback` called once if the request's connection is lost before the returned
-    function is called (which forgets it). aiohttp's own word of a client gone is
-    `handler_cancellation`, which cancels the handlers of every route: this is for the
-    one handler that asks. On a server not made by TimedAppRunner, nothing is called."""
+    function is called (which forgets it); at once if it is lost already. aiohttp's own
+    word of a client gone is `handler_cancellation`, which cancels the handlers of every
+    route: this is for the one handler that asks. On a server not made by
+    TimedAppRunner, nothing is called."""
     connection = request.protocol
     if not isinstance(connection, _Connection):
+        return _nothing
+    if connection.transport is None or connection.transport.is_closing():
+        callback()  # lost already (while the handler waited on something else)
         return _nothing
     connection._on_lost = callback
 

@@ -64,7 +64,10 @@ fi
 # build whole (in between, this launcher starts the build before: launchers rarely change).
 # mv -T: a rename onto the entry itself, never into the folder it names.
 link=$(mktemp "$dest/.builds/.link.XXXXXX")
-cp -p "$dest/$build/faas-supervisor" "$link"
+# Not cp -p: dated as the build (older than 10 minutes), a concurrent injection's sweep
+# above would take it for a leftover.
+cp "$dest/$build/faas-supervisor" "$link"
+chmod 755 "$link"
 mv -T "$link" "$dest/faas-supervisor"
 link=$(mktemp "$dest/.builds/.link.XXXXXX")
 ln -sf "$build/_internal" "$link"

@@ -172,6 +172,42 @@ def test_a_client_leaving_an_exposed_route_takes_the_call_along(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["run", "exposed", "websocket"])
+def test_a_client_leaving_while_its_service_starts_makes_no_call(
+    controller: ControllerProcess, marks: Path, tmp_path: Path, how: str
+) -> None:
+    """Gone while the controller waits for the service to answer (up to --sync-wait): the
+    watch began after that wait, so the call was still made once the service came up,
+    a small /run body was a 500 with a traceback, and a WebSocket a 500 with a session
+    opened for nobody (a review found them)."""
+    app = tmp_path / "holding_app.py"
+    app.write_text(HOLDING_APP)
+    variables = {"PYTHON": sys.executable, "APP": str(app), "MARKS": str(marks)}
+    # Its server starts once $MARKS/go is there: until then the controller waits for it.
+    service = controller.create({
+        "name": "holder", "expose": {"api_port": 8081}, "environment": {"variables": variables},
+        "script": 'while [ ! -e "$MARKS/go" ]; do sleep 0.05; done\nexec "$PYTHON" "$APP"\n'})
+    target, headers, body = {
+        "run": ("/run/holder", {**bearer(service), "Content-Length": "4"}, b"aGk="),
+        "exposed": (EXPOSED + "/wait", {}, b""),
+        "websocket": (EXPOSED + "/ws", {"Connection": "Upgrade", "Upgrade": "websocket",
+                                        "Sec-WebSocket-Version": "13",
+                                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}, b""),
+    }[how]
+    with send(controller, "GET" if how != "run" else "POST", target, headers, body):
+        pass  # sent, and gone at once
+    if how == "run":  # its end is in the usage log: the call made nothing
+        assert usage(controller, "/run/holder") == [499]
+    (marks / "go").touch()
+    url = f"{controller.url}{EXPOSED}/ok"
+    wait_until(lambda: requests.get(url, timeout=60).status_code == 200, 60,
+               "the exposed service to answer", controller)
+    # Once it answers, a call still waiting would have gone to it before this one.
+    assert not (marks / "arrived").exists(), (marks / "arrived").read_text()
+    no_fault_logged(controller)
+
+
+@pytest.mark.timeout(120)
 def test_a_client_leaving_mid_answer_keeps_the_status_sent(
     controller: ControllerProcess,
 ) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -160,6 +161,36 @@ def test_an_injection_again_leaves_its_build_alone(shell: str, tmp_path: Path) -
     # Readable and runnable by any user, whatever the injection's umask was.
     assert (dest / "faas-supervisor").stat().st_mode & 0o777 == 0o755
     assert (dest / ".builds").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_launcher_being_switched_in_is_no_leftover_to_another_injection(
+    tmp_path: Path,
+) -> None:
+    """The launcher's copy was made with cp -p, dated as the build (hours old): an injection
+    running meanwhile swept it as a leftover (over 10 minutes old), and the first one
+    failed on its rename (a review found it). A `mv` of our own runs the second injection
+    just before the first renames its launcher in (dash runs mv from PATH)."""
+    build = make_build(tmp_path / "a", "aaaa1111", files=3)
+    hours_ago = time.time() - 3 * 3600
+    os.utime(build / "faas-supervisor", (hours_ago, hours_ago))
+    dest = tmp_path / "dest"
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    mv = shims / "mv"
+    mv.write_text(f"""#!/bin/sh
+case "$2:$3" in
+  */.link.*:*/faas-supervisor)
+    [ -n "$SECOND" ] || SECOND=1 dash {INJECT} {dest} >/dev/null || exit 99 ;;
+esac
+exec {shutil.which("mv")} "$@"
+""")
+    mv.chmod(0o755)
+    first = subprocess.run(
+        ["dash", str(INJECT), str(dest)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "FAAS_SUPERVISOR_BUILD": str(build),
+             "PATH": f"{shims}:{os.environ['PATH']}"})
+    assert first.returncode == 0, first.stderr
+    assert holds(dest, build) and not leftovers(dest)
 
 
 def signalled_while_copying(shell: str, build: Path, parent: Path,

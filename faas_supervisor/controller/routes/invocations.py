@@ -113,16 +113,18 @@ class InvocationRoutes(Routes):
         garbled = not_utf8(request.headers)
         if garbled is not None:  # passed on, it would arrive altered (as the watchdog refuses it)
             raise BadEvent(f"request header {garbled} is not UTF-8")
-        base = await self.api.backend.invoke_url(service.name)
-        query = request.rel_url.raw_query_string
-        url = URL(f"{base}{path}" + (f"?{query}" if query else ""), encoded=True)
-        if is_websocket(request):
-            return await self._websocket(request, service, url)
-        # The service's watchdog never sees the caller's credentials; aiohttp sets Host.
-        headers = forwarded_headers(request.headers, drop=("authorization", "host"))
-        body: bytes | aiohttp.StreamReader | None = None
+        # Watched from before the wait for a starting service (up to --sync-wait): a
+        # client gone meanwhile makes no call.
         watch = _ClientWatch(request)
         try:
+            base = await self.api.backend.invoke_url(service.name)
+            query = request.rel_url.raw_query_string
+            url = URL(f"{base}{path}" + (f"?{query}" if query else ""), encoded=True)
+            if is_websocket(request):
+                return await self._websocket(request, service, url, watch)
+            # The service's watchdog never sees the caller's credentials; aiohttp sets Host.
+            headers = forwarded_headers(request.headers, drop=("authorization", "host"))
+            body: bytes | aiohttp.StreamReader | None = None
             if request.body_exists:
                 length = request.content_length
                 # A small body of known length is read first and goes out with the headers;
@@ -161,7 +163,7 @@ class InvocationRoutes(Routes):
             watch.stop()
 
     async def _websocket(
-        self, request: web.Request, service: Service, url: URL
+        self, request: web.Request, service: Service, url: URL, watch: _ClientWatch
     ) -> web.StreamResponse:
         """A WebSocket session relayed to the service's watchdog (which relays it to the
         service's server). Connected there first, so that its answer (a refusal, a
@@ -188,6 +190,9 @@ class InvocationRoutes(Routes):
             ) from None
         except aiohttp.ClientError as exc:
             raise _no_answer(service, exc) from None
+        # Connected: from here the relay sees the client go (its socket ends), and a
+        # cancellation would cut the session's close handshake short.
+        watch.stop()
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),
             autoclose=False,
@@ -195,7 +200,10 @@ class InvocationRoutes(Routes):
         )
         self._sockets.add(client)
         try:
-            await client.prepare(request)
+            try:
+                await client.prepare(request)
+            except ConnectionError:  # gone during the handshake: the session ends unopened
+                return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
             await relay(client, upstream)
         finally:
             self._sockets.discard(client)
@@ -310,13 +318,19 @@ class _ClientWatch:
         assert task is not None
         self._task = task
         self.left = False
+        self._stopped = False
         self._forget = when_client_leaves(request, self._lost)
 
     def _lost(self) -> None:
-        self.left = True
-        self._task.cancel()
+        if not self._stopped:
+            self.left = True
+            self._task.cancel()
 
     def stop(self) -> None:
+        """No more cancelling (called again, nothing more happens)."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._forget()
         if self.left:  # its cancellation was caught: taken back, as asyncio.timeout does
             self._task.uncancel()
