@@ -208,6 +208,19 @@ def test_a_client_leaving_while_its_service_starts_makes_no_call(
 
 
 @pytest.mark.timeout(120)
+def test_the_script_gets_the_clients_headers_only(controller: ControllerProcess) -> None:
+    """aiohttp's client added `Accept: */*` to every call to the watchdog: the script saw
+    an Http_Accept the client never sent (a review found it)."""
+    service = controller.create({"name": "headers", "log_level": "CRITICAL",
+                                 "script": 'echo "accept=${Http_Accept-unset}"\n'})
+    with send(controller, "POST", "/run/headers",
+              {**bearer(service), "Content-Length": "0", "Connection": "close"}) as sock:
+        answer = read_until(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.endswith(b"\r\n\r\naccept=unset\n"), answer
+
+
+@pytest.mark.timeout(120)
 def test_a_client_leaving_mid_answer_keeps_the_status_sent(
     controller: ControllerProcess,
 ) -> None:

@@ -687,8 +687,16 @@ def parallel_invocations(t: WatchdogTarget) -> str:
 
 
 def leave_mid_body(t: WatchdogTarget) -> str:
+    before = set(t.wd.invocation_folders())
     with socket.create_connection(("127.0.0.1", t.wd.port), timeout=5) as sock:
         sock.sendall(http_request("POST", "/", {"X-Mode": "copy"}, b"aGVs", 4000))
+        # Gone once the body is being read (its folders made), not before the request
+        # began: else the case would pass without a body ever cut.
+        deadline = time.monotonic() + 10
+        while not set(t.wd.invocation_folders()) - before:
+            if time.monotonic() > deadline:
+                return "the body was never read"
+            time.sleep(0.01)  # the watchdog's folders: no event to await from here
     return "left"
 
 

@@ -136,7 +136,9 @@ class InvocationRoutes(Routes):
                 url,
                 headers=headers,
                 data=body,
-                skip_auto_headers=("Content-Type", "User-Agent", "Accept-Encoding"),
+                # The client's headers only: aiohttp's own (Accept: */* among them) would
+                # reach the script as Http_* variables the client never sent.
+                skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
                 # A redirect is the client's to follow (as the watchdog's proxy passes it
                 # on): followed here, the controller would fetch any address a service
                 # names, with the caller's headers, and the client never see the 3xx.
