@@ -153,7 +153,7 @@ class InvocationRoutes(Routes):
             cut = _body_cut(request)
             if cut is not None:
                 raise cut from None
-            return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
+            return _client_closed()
         except (aiohttp.ClientError, OSError) as exc:  # OSError: reading the small body
             cut = _body_cut(request)
             if cut is not None:  # the client's body broke, or it left mid-body: not the service
@@ -205,7 +205,7 @@ class InvocationRoutes(Routes):
             try:
                 await client.prepare(request)
             except ConnectionError:  # gone during the handshake: the session ends unopened
-                return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
+                return _client_closed()
             await relay(client, upstream)
         finally:
             self._sockets.discard(client)
@@ -294,6 +294,11 @@ async def _answer(request: web.Request, upstream: aiohttp.ClientResponse) -> web
                            error=str(exc) or type(exc).__name__)
             transport.abort()
     return response
+
+
+def _client_closed() -> web.Response:
+    """What a call whose client left is recorded as (the usage log): sent to nobody."""
+    return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
 
 
 def _client_gone(request: web.Request) -> bool:
