@@ -23,6 +23,9 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
 FORCED_SHUTDOWN_TIMEOUT = 0.01  # seconds: see TimedAppRunner.stop_waiting
+# The status a request whose client left before its answer began is counted and logged
+# with (nginx's): never sent, there is nobody to send it to.
+CLIENT_CLOSED = 499
 _408 = b"the request head was not received in time\n"
 _408_ANSWER = (
     b"HTTP/1.1 408 Request Timeout\r\n"

@@ -30,7 +30,7 @@ from faas_supervisor.errors import (
     ShuttingDown,
     TooManyRequests,
 )
-from faas_supervisor.http_timeouts import TimedAppRunner
+from faas_supervisor.http_timeouts import CLIENT_CLOSED, TimedAppRunner
 from faas_supervisor.invocation import Invocation, Removals, Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.processes import Orphans, Stop, environ_value
@@ -118,7 +118,7 @@ class Watchdog:
             raise
         except asyncio.CancelledError:
             # The client went away; a WebSocket session ends so too, its 101 long sent.
-            status = 101 if request.get(UPGRADED) else 499
+            status = 101 if request.get(UPGRADED) else CLIENT_CLOSED
             raise
         finally:
             self.metrics.observe(status, time.monotonic() - started)

@@ -34,7 +34,7 @@ from faas_supervisor.errors import (
     unreadable_body,
 )
 from faas_supervisor.http_headers import forwarded_headers, not_utf8
-from faas_supervisor.http_timeouts import when_client_leaves
+from faas_supervisor.http_timeouts import CLIENT_CLOSED, when_client_leaves
 from faas_supervisor.logs import get_logger
 from faas_supervisor.websocket_relay import (
     WS_HANDSHAKE,
@@ -58,9 +58,6 @@ IDLE_UPSTREAM_PER_HOST = 32
 # limits it again with the service's setting (aiohttp's 4 MiB default would be ours).
 WS_MESSAGE_MAX = 1 << 30
 EXPOSED_PREFIX = "/system/services/{name}/exposed"
-# The usage log's status for a call whose client left before its answer began (nginx's):
-# never sent, there is nobody to send it to.
-CLIENT_CLOSED = 499
 logger = get_logger(component="api")
 
 
