@@ -28,6 +28,7 @@ import yaml
 
 from tests.integration.ceph import CephRgw
 from tests.integration.conftest import S3Server, WatchdogFactory, faas_command, free_port
+from tests.integration.servers import start_wsgidav
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -446,6 +447,41 @@ def test_onedata_and_dcache_events_outside_the_input_paths_are_refused_unread(
     done = run_cli(tmp_path, config, json.dumps(served).encode())
     assert done.returncode == 3, done.stderr.decode()
     assert wd.stop() == 0
+
+
+@pytest.mark.parametrize("flags", [["IN_CREATE", "IN_ISDIR"], ["IN_MOVED_TO", "IN_ISDIR"]])
+def test_a_dcache_event_for_a_new_folder_is_a_400_or_exit_2_and_reads_nothing(
+    watchdog: WatchdogFactory, tmp_path: Path, flags: list[str]
+) -> None:
+    """A folder appearing in dCache's watched folder was staged in as a file: a GET on the
+    WebDAV collection (a listing or a 403, never the script's input). Against wsgidav,
+    the folder there with a file in it: refused before anything is read, the script not
+    run."""
+    dav = start_wsgidav(tmp_path / "dav", login="oscar", password="pw")
+    try:
+        (dav.root / "in" / "run-42").mkdir(parents=True)
+        (dav.root / "in" / "run-42" / "a.txt").write_text("a file inside the folder")
+        config = yaml.safe_dump({
+            "storage_providers": {"webdav": {"dcache": {"hostname": dav.url, "login": "oscar",
+                                                        "password": "pw"}}},
+            "input": [{"storage_provider": "webdav.dcache", "path": "in"}],
+        })
+        event: dict[str, Any] = {
+            "event": {"name": "run-42", "mask": flags},
+            "subscription": f"{dav.url}/api/v1/events/channels/c/subscriptions/inotify/A"}
+        reason = "event names the folder 'run-42' (event.mask has IN_ISDIR)"
+        wd = watchdog(SCRIPT, config)
+        response = requests.post(wd.url, json=event, timeout=60)
+        assert response.status_code == 400, response.text
+        assert reason in response.text.splitlines()[0]
+        done = run_cli(tmp_path, config, json.dumps(event).encode())
+        assert done.returncode == 2, done.stderr.decode()
+        assert reason.encode() in done.stderr
+        for log in (done.stderr.decode(), wd.log.read_text()):
+            assert "downloading" not in log and "processed" not in log
+        assert wd.stop() == 0
+    finally:
+        dav.stop()
 
 
 def test_a_onedata_space_written_with_slashes_serves_its_own_events(tmp_path: Path) -> None:

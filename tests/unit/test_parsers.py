@@ -84,6 +84,7 @@ key_text = st.text(max_size=40) | st.sampled_from(
      "a" * 300, "input/a+b%2Bc.txt", "input/p%2Fq é.txt", "/abs/path", "dir/"]
 )
 field_value = key_text | json_values
+DCACHE_FLAGS = ["IN_CREATE", "IN_MOVED_TO", "IN_CLOSE_WRITE", "IN_ISDIR"]
 sources = st.sampled_from(["minio:s3", "aws:s3", "ceph:s3", "OneTrigger", "other"]) | st.text()
 
 
@@ -114,6 +115,9 @@ def envelopes(draw: st.DrawFn) -> Any:
         return {"event": inner, "storage_provider": draw(field_value)}
     if kind == "dcache":
         event = {"name": draw(field_value)} if draw(st.booleans()) else draw(json_values)
+        if isinstance(event, dict) and draw(st.booleans()):
+            event["mask"] = draw(st.lists(st.sampled_from(DCACHE_FLAGS), max_size=3)
+                                 | json_values)
         return {"event": event, "subscription": draw(field_value)}
     body: Any = json.dumps(inner)
     encoded = draw(st.booleans())
@@ -313,6 +317,41 @@ def test_fixture_dcache() -> None:
     # Relative to the `input` path of webdav.dcache, joined at stage-in.
     assert event.storage == StorageObject("webdav.dcache", "", "image2.jpg",
                                           under_input_path=True)
+
+
+@pytest.mark.parametrize("flags", [["IN_CREATE", "IN_ISDIR"], ["IN_MOVED_TO", "IN_ISDIR"]])
+def test_a_dcache_event_for_a_folder_is_refused(flags: list[str]) -> None:
+    """A folder made in (or moved into) the watched folder is no file to stage in: it was
+    downloaded as one, a GET on a WebDAV collection."""
+    event = {"event": {"name": "run-42", "mask": flags},
+             "subscription": fixture("dcache.json")["subscription"]}
+    with pytest.raises(BadEvent, match=r"^event names the folder 'run-42' \(event\.mask has "
+                                        r"IN_ISDIR\): only a file can be staged in$"):
+        read_json(event)
+
+
+@pytest.mark.parametrize("mask", ["IN_CREATE|IN_ISDIR", {"IN_ISDIR": True}, [256]])
+def test_a_dcache_mask_that_is_not_a_list_of_flag_names_is_refused(mask: Any) -> None:
+    event = {"event": {"name": "x.txt", "mask": mask}, "subscription": "https://d/x"}
+    with pytest.raises(BadEvent, match=r"^event field event\.mask is not a list of flag names$"):
+        read_json(event)
+
+
+@pytest.mark.parametrize("event", [{"name": "x.txt", "mask": ["IN_MOVED_TO"]},
+                                   {"name": "x.txt", "mask": []}, {"name": "x.txt"}])
+def test_a_dcache_event_for_a_file_is_still_a_file(event: dict[str, Any]) -> None:
+    found = read_json({"event": event, "subscription": "https://d/x"})
+    assert found.storage == StorageObject("webdav.dcache", "", "x.txt", under_input_path=True)
+
+
+@fast
+@given(key_text, st.lists(st.sampled_from(DCACHE_FLAGS), max_size=4))
+def test_a_dcache_event_names_a_file_to_stage_in_only_without_in_isdir(
+    name: str, flags: list[str]
+) -> None:
+    found = outcome(recognise, {"event": {"name": name, "mask": flags},
+                                "subscription": "https://d/x"})
+    assert isinstance(found, BadEvent if "IN_ISDIR" in flags else StorageObject | BadEvent)
 
 
 def test_fixture_delegated() -> None:
