@@ -11,6 +11,12 @@ Running at the next start, after the backend has stopped what the last controlle
 goes back to Pending and runs again under the same name: one job record per event, its
 script run at least once. The log keeps both runs, with a line between them.
 
+A job that ran to its end is not run again because the store could not record that end
+(a disk full even for the store's reserve, an I/O error): its script may have uploaded
+its results already. The outcome is kept in a file beside its log, recorded later (with
+the pruning, and at the next start, which leaves the job out of those run again); till
+then the job shows Running, and the error is logged.
+
 An event naming a stored object (identity.py) that has a job already starts none:
 `submit` answers with that job instead.
 """
@@ -19,16 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from faas_supervisor import strict_json
 from faas_supervisor.controller.backends import Backend, JobInterrupted, LiveLogs
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import EVENT_MAX, object_id
-from faas_supervisor.controller.store import FINISHED, PENDING, Store
+from faas_supervisor.controller.store import FINISHED, PENDING, RUNNING, Store
 from faas_supervisor.errors import NotFound, writing
 from faas_supervisor.logs import get_logger
 
@@ -36,6 +44,7 @@ LOG_CHUNK = 256 << 10  # bytes of a job's log read at a time
 INTERRUPTED = "the controller stopped while the job was running; it runs again"
 # A backend whose jobs outlive the controller (it has `detach`) follows them again.
 REATTACHED = "the controller stopped while the job was running; it is followed again"
+LOST_END = "it ended, but its end could not be stored, nor its exit status kept"
 logger = get_logger(component="jobs")
 
 
@@ -64,6 +73,8 @@ class Jobs:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.running: dict[str, asyncio.Task[int]] = {}
         self._workers: list[asyncio.Task[None]] = []
+        # Jobs that ended, whose end is kept in a file until the store records it.
+        self._unrecorded: set[str] = set()
 
     def event_path(self, name: str) -> Path:
         return self.folder / f"{name}.event"
@@ -71,11 +82,16 @@ class Jobs:
     def log_path(self, name: str) -> Path:
         return self.folder / f"{name}.log"
 
+    def end_path(self, name: str) -> Path:
+        return self.folder / f"{name}.end"
+
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._remove_strays()
+        kept = [path.stem for path in self.folder.glob("*.end")]
+        ended = await asyncio.to_thread(self._record_ends, kept)
         # The backend has started, so what the last controller's jobs left is stopped.
-        interrupted = list(self.store.requeue_running())
+        interrupted = list(self.store.requeue_running(ended))
         for name in interrupted:
             self._note_interrupted(name)
         followed = getattr(self.backend, "interrupted", None)  # kubernetes: their Jobs
@@ -90,7 +106,8 @@ class Jobs:
 
     async def _prune(self) -> None:
         """Finished jobs older than the retention go, as OSCAR's TTL does to its Jobs:
-        looked for a few times per retention period, at most hourly."""
+        looked for a few times per retention period, at most hourly. Ends the store could
+        not record are tried again then."""
         interval = max(0.05, min(3600.0, self.retention / 4))
         while True:
             try:
@@ -100,13 +117,18 @@ class Jobs:
             else:
                 if pruned:
                     logger.info("old jobs forgotten", jobs=pruned, retention=self.retention)
+            if self._unrecorded:
+                try:
+                    await asyncio.to_thread(self._record_ends, list(self._unrecorded))
+                except Exception as exc:  # the store not even read: tried again next time
+                    logger.warning("cannot record the kept ends of jobs", error=str(exc))
             await asyncio.sleep(interval)
 
     def _remove_strays(self) -> None:
         """Files with no job to own them (a controller stopped between writing a job's
         event and storing its row, or a finished job's files): their space back."""
         for path in self.folder.iterdir():
-            if path.suffix not in (".event", ".log"):
+            if path.suffix not in (".event", ".log", ".end"):
                 continue
             job = self.store.job(path.stem)
             if job is None or job.status in FINISHED:
@@ -224,7 +246,7 @@ class Jobs:
     def _record(self, name: str, code: int | None, reason: str) -> None:
         """Never raises: the worker calling it must live on to run the next jobs. A job
         whose log cannot be stored is Failed, saying why; one whose end cannot be stored
-        at all stays Running, its files kept, and the next start runs it again."""
+        at all stays Running, its log kept, and its end kept aside (`_keep_end`)."""
         try:
             # The log file itself: the store copies it a chunk at a time.
             self.store.finish_job(name, code, self.log_path(name), reason)
@@ -235,11 +257,43 @@ class Jobs:
                 self.store.finish_job(name, code, f"faas-supervisor: {why}\n".encode(),
                                       f"{reason}; {why}" if reason else why, failed=True)
             except Exception as again:
-                logger.error("job's end not recorded; the next start runs it again",
-                             job=name, error=f"{type(again).__name__}: {again}")
+                self._keep_end(name, code, reason, f"{type(again).__name__}: {again}")
                 return
-        self.log_path(name).unlink(missing_ok=True)
-        self.event_path(name).unlink(missing_ok=True)
+        self._unrecorded.discard(name)
+        for path in (self.log_path(name), self.event_path(name), self.end_path(name)):
+            path.unlink(missing_ok=True)
+
+    def _keep_end(self, name: str, code: int | None, reason: str, error: str) -> None:
+        """The outcome into the job's end file, for `_record_ends`. The job's event, needed
+        no more, becomes that file: a rename needs no free space, and the event's blocks
+        then hold the outcome (a full disk). One kept already (a retry) is left as it is."""
+        end = self.end_path(name)
+        try:
+            if not end.exists():
+                with contextlib.suppress(FileNotFoundError):  # a job of no event file
+                    os.replace(self.event_path(name), end)
+                with open(end, "w") as out:
+                    json.dump({"exit_code": code, "reason": reason}, out)
+        except OSError as exc:
+            if not end.exists():
+                logger.error("job's end not recorded nor kept; the next start runs it again",
+                             job=name, error=error, kept=f"{type(exc).__name__}: {exc}")
+                return
+            # Half written: recorded later as an end of unknown exit status (_read_end).
+        self._unrecorded.add(name)
+        logger.error("job's end not recorded; it is kept, tried again, and the job not "
+                     "run again", job=name, error=error)
+
+    def _record_ends(self, names: list[str]) -> set[str]:
+        """The ends `_keep_end` kept, into the store; those it still cannot record."""
+        for name in names:
+            job = self.store.job(name)
+            if job is None or job.status != RUNNING:  # deleted, or not left by its run
+                self._unrecorded.discard(name)
+                self.end_path(name).unlink(missing_ok=True)
+                continue
+            self._record(name, *_read_end(self.end_path(name)))
+        return {name for name in names if name in self._unrecorded}
 
     # ---- reading and deleting --------------------------------------------------------
 
@@ -282,7 +336,9 @@ class Jobs:
         """
         self.log_path(name).unlink(missing_ok=True)
         self.event_path(name).unlink(missing_ok=True)
+        self.end_path(name).unlink(missing_ok=True)
         self.store.remove_job(name)
+        self._unrecorded.discard(name)
         task = self.running.pop(name, None)
         if task is not None:
             task.cancel()
@@ -290,3 +346,16 @@ class Jobs:
                 await task
         self.log_path(name).unlink(missing_ok=True)
         self.event_path(name).unlink(missing_ok=True)
+
+
+def _read_end(path: Path) -> tuple[int | None, str]:
+    """The exit status and reason in a job's end file; one that cannot be read (its
+    writing failed half way): none, and a reason saying so (the job is Failed)."""
+    try:
+        kept = strict_json.loads(path.read_bytes())
+        code, reason = kept["exit_code"], kept["reason"]
+    except (OSError, strict_json.NotJson, KeyError, TypeError):
+        return None, LOST_END
+    if (code is None or type(code) is int) and isinstance(reason, str):
+        return code, reason
+    return None, LOST_END

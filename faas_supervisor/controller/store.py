@@ -2,7 +2,8 @@
 
 One file under the data folder, written through at once (WAL), so a restart loses
 nothing. Jobs found `Running` at start-up belonged to a controller that stopped: they
-are put back to `Pending`, to run again (jobs.py does it). Most calls are short and
+are put back to `Pending`, to run again, but for those that ran to an end this store
+could not record (jobs.py does it). Most calls are short and
 synchronous: SQLite answers in microseconds, far below what a thread hop would cost.
 A job's logs can be large: jobs.py writes them (`finish_job`, streamed from the log file
 into the row a chunk at a time, its end kept when over LOG_MAX) and reads them
@@ -34,7 +35,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -438,12 +439,15 @@ class Store:
         return cursor.rowcount == 1
 
     @_serialized
-    def requeue_running(self) -> list[str]:
-        """At start-up: the jobs a stopped controller left Running are Pending again."""
-        running = [job.name for job in self.jobs(status=RUNNING)]
-        self.db.execute(
-            "UPDATE jobs SET status = ?, start_time = NULL WHERE status = ?", (PENDING, RUNNING)
-        )
+    def requeue_running(self, ended: Collection[str] = ()) -> list[str]:
+        """At start-up: the jobs a stopped controller left Running are Pending again, but
+        those `ended` (they ran to their end, which could not be stored: jobs.py)."""
+        running = [job.name for job in self.jobs(status=RUNNING) if job.name not in ended]
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE jobs SET status = ?, start_time = NULL WHERE name = ? AND status = ?",
+                [(PENDING, name, RUNNING) for name in running],
+            )
         return running
 
     # ---- input objects -------------------------------------------------------------
