@@ -501,6 +501,50 @@ def test_multipart_upload(endpoint: Endpoint) -> None:
     assert s3.get_object(Bucket=bucket, Key="full")["Body"].read() == whole
 
 
+def test_listing_counts_as_s3_takes_them(endpoint: Endpoint) -> None:
+    """max-keys, max-parts and max-uploads of 0 are an empty page with no next one (as S3
+    answers them); a count or marker that is negative or no number is InvalidArgument,
+    never a 500 nor a page of another size."""
+    s3, bucket = endpoint.client(), bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    for key in ("a", "b", "c"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]
+    for n in (1, 2, 3):
+        s3.upload_part(Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=n, Body=b"p")
+    uploads = [("m", upload_id)] + [
+        ("n", s3.create_multipart_upload(Bucket=bucket, Key="n")["UploadId"]) for _ in (1, 2)]
+    for listed in (s3.list_objects(Bucket=bucket, MaxKeys=0),
+                   s3.list_objects_v2(Bucket=bucket, MaxKeys=0),
+                   s3.list_parts(Bucket=bucket, Key="m", UploadId=upload_id, MaxParts=0),
+                   s3.list_multipart_uploads(Bucket=bucket, MaxUploads=0)):
+        assert not {"Contents", "Parts", "Uploads"} & listed.keys(), listed
+        assert listed["IsTruncated"] is False
+    pages = list(s3.get_paginator("list_parts").paginate(
+        Bucket=bucket, Key="m", UploadId=upload_id, PaginationConfig={"PageSize": 2}))
+    assert [[p["PartNumber"] for p in page["Parts"]] for page in pages] == [[1, 2], [3]]
+    pages = list(s3.get_paginator("list_multipart_uploads").paginate(
+        Bucket=bucket, PaginationConfig={"PageSize": 1}))
+    assert [[(u["Key"], u["UploadId"]) for u in page["Uploads"]] for page in pages] == [
+        [upload] for upload in uploads]  # a key's uploads in the order they were made
+    refused = [
+        f"/{bucket}?max-keys=-1", f"/{bucket}?list-type=2&max-keys=ten",
+        f"/{bucket}?max-keys=1_0", f"/{bucket}?max-keys=2147483648",
+        f"/{bucket}/m?uploadId={upload_id}&max-parts=-1",
+        f"/{bucket}/m?uploadId={upload_id}&max-parts=x",
+        f"/{bucket}/m?uploadId={upload_id}&part-number-marker=-1",
+        f"/{bucket}?uploads=&max-uploads=-1", f"/{bucket}?uploads=&max-uploads=x",
+    ]
+    for path in refused:
+        request = AWSRequest("GET", f"{endpoint.url}{path}")
+        S3SigV4Auth(Credentials(endpoint.access_key, endpoint.secret_key), "s3",
+                    "us-east-1").add_auth(request)
+        answer = requests.get(request.url, headers=dict(request.headers), timeout=30)
+        assert answer.status_code == 400, (path, answer.text)
+        assert b"<Code>InvalidArgument</Code>" in answer.content, (path, answer.text)
+        assert b"must be an integer between 0 and 2147483647" in answer.content
+
+
 def test_presigned_urls(endpoint: Endpoint) -> None:
     bucket = bucket_name()
     endpoint.client().create_bucket(Bucket=bucket)

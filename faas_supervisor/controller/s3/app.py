@@ -29,13 +29,16 @@ from faas_supervisor.controller.s3.objects import (
     ObjectInfo,
     Objects,
     WriteCheck,
+    no_such_bucket,
+    no_such_upload,
 )
 from faas_supervisor.logs import get_logger
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 MAX_XML = 2 << 20  # a Delete of 1000 keys, a Complete of 10000 parts
-MAX_KEYS = 1000
+MAX_KEYS = 1000  # and parts, and uploads: the most one page of a listing holds
+MAX_COUNT = 2**31 - 1  # the largest count or marker S3 takes (max-keys, part-number-marker)
 EXPIRY_PERIOD = 3600  # seconds between two sweeps of expired multipart uploads
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
@@ -226,12 +229,7 @@ class S3Server:
         v2 = q.get("list-type") == "2"
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         encode = q.get("encoding-type") == "url"
-        try:
-            max_keys = min(int(q.get("max-keys", MAX_KEYS)), MAX_KEYS)
-        except ValueError:
-            raise S3Error("InvalidArgument", "max-keys must be an integer") from None
-        if max_keys < 0:
-            raise S3Error("InvalidArgument", "max-keys must not be negative")
+        max_keys = min(_count(q, "max-keys", MAX_KEYS), MAX_KEYS)
         if v2 and "continuation-token" in q:
             after = _token_after(q["continuation-token"])
         else:
@@ -317,6 +315,9 @@ class S3Server:
             temp = await self._thread(self.objects.temporary, r.bucket, r.key)
             try:
                 received = await body.receive(r.request.content, r.headers, signed, temp)
+            except FileNotFoundError:
+                # Its `.s3-tmp/` went with the bucket, deleted before the body's first byte.
+                raise no_such_bucket(r.bucket) from None
             except BaseException:
                 temp.unlink(missing_ok=True)
                 raise
@@ -407,6 +408,9 @@ class S3Server:
             else:
                 md5 = (await body.receive(r.request.content, r.headers, signed, temp)).md5
             part = await self._thread(self.objects.commit_part, upload, number, temp, md5)
+        except FileNotFoundError:
+            # The upload's folder went (aborted, or with its bucket) before the part's bytes.
+            raise no_such_upload(r.bucket, r.key) from None
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -433,16 +437,13 @@ class S3Server:
         ]))
 
     async def list_parts(self, r: _Request) -> web.Response:
+        marker = _count(r.query, "part-number-marker", 0)
+        max_parts = min(_count(r.query, "max-parts", MAX_KEYS), MAX_KEYS)
         upload = await self._thread(self.objects.upload, r.bucket, r.key, r.query["uploadId"])
         parts = await self._thread(self.objects.parts, upload)
-        try:
-            marker = int(r.query.get("part-number-marker", "0"))
-            max_parts = min(int(r.query.get("max-parts", "1000")), 1000)
-        except ValueError:
-            raise S3Error("InvalidArgument", "part-number-marker and max-parts are integers") \
-                from None
         after = [p for p in parts if p.number > marker]
-        shown, truncated = after[:max_parts], len(after) > max_parts
+        # max-parts=0, as max-keys=0: an empty page, and no next one to ask for.
+        shown, truncated = after[:max_parts], 0 < max_parts < len(after)
         items = [
             element("Bucket", r.bucket),
             element("Key", r.key),
@@ -465,16 +466,31 @@ class S3Server:
         return answers.xml_response(answers.document("ListPartsResult", items))
 
     async def list_uploads(self, r: _Request) -> web.Response:
+        q = r.query
+        max_uploads = min(_count(q, "max-uploads", MAX_KEYS), MAX_KEYS)
         await self._thread(self.objects.bucket, r.bucket)
-        prefix = r.query.get("prefix", "")
+        prefix = q.get("prefix", "")
+        key_marker = q.get("key-marker", "")
+        # An upload-id-marker counts only with its key-marker, as in S3.
+        id_marker = q.get("upload-id-marker", "") if key_marker else ""
         uploads = await self._thread(self.objects.list_uploads, r.bucket, prefix)
+        if id_marker:  # the marker's key's later uploads (ids sort as made), then keys after
+            after = [u for u in uploads if (u.key, u.upload_id) > (key_marker, id_marker)]
+        else:
+            after = [u for u in uploads if u.key > key_marker]
+        shown, truncated = after[:max_uploads], 0 < max_uploads < len(after)
         items = [
             element("Bucket", r.bucket),
-            element("KeyMarker", ""),
-            element("UploadIdMarker", ""),
+            element("KeyMarker", key_marker),
+            element("UploadIdMarker", id_marker),
+        ]
+        if truncated:
+            items += [element("NextKeyMarker", shown[-1].key),
+                      element("NextUploadIdMarker", shown[-1].upload_id)]
+        items += [
             element("Prefix", prefix),
-            element("MaxUploads", 1000),
-            element("IsTruncated", False),
+            element("MaxUploads", max_uploads),
+            element("IsTruncated", truncated),
             *(
                 "<Upload>"
                 + element("Key", u.key)
@@ -482,7 +498,7 @@ class S3Server:
                 + element("Initiated", iso_time(u.initiated))
                 + element("StorageClass", "STANDARD")
                 + "</Upload>"
-                for u in uploads[:1000]
+                for u in shown
             ),
         ]
         return answers.xml_response(answers.document("ListMultipartUploadsResult", items))
@@ -498,6 +514,18 @@ async def _read_xml(r: _Request, signed: sigv4.Signed, checksums: bool = True) -
             raise S3Error("MalformedXML", "The XML body is too large")
     body.check_whole(data, r.headers, signed, checksums)
     return data
+
+
+def _count(query: Mapping[str, str], name: str, default: int) -> int:
+    """A listing's count or marker (max-keys, max-parts, part-number-marker, max-uploads):
+    digits, 0 to MAX_COUNT, as S3 takes them; `default` when not given."""
+    text = query.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_COUNT:
+        raise S3Error("InvalidArgument", f"Argument {name} must be an integer between 0 and "
+                      f"{MAX_COUNT}")
+    return int(text)
 
 
 def _token(after: str) -> str:

@@ -109,11 +109,16 @@ class Objects:
         self._remove_stale()
 
     def _remove_stale(self) -> None:
-        """Temporary files left by an earlier process gone, and expired uploads."""
+        """Temporary files left by an earlier process gone, folders it was removing (see
+        _set_aside), and expired uploads."""
         for entry in os.scandir(self.root):
-            if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+            if entry.name.startswith(TEMP_PREFIX):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(Path(entry.path, STAGING), ignore_errors=True)
         if self.uploads.is_dir():
+            for folder in self.uploads.glob(f"{TEMP_PREFIX}*"):
+                shutil.rmtree(folder, ignore_errors=True)
             for temp in self.uploads.glob(f"*/{TEMP_PREFIX}*"):
                 temp.unlink(missing_ok=True)
         self.expire_uploads()
@@ -129,7 +134,7 @@ class Objects:
         for entry in entries:
             with contextlib.suppress(FileNotFoundError):
                 if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < limit:
-                    shutil.rmtree(entry.path, ignore_errors=True)
+                    _remove(_set_aside(Path(entry.path)))
 
     # ---- buckets ---------------------------------------------------------------------
 
@@ -144,7 +149,7 @@ class Objects:
         """The bucket's folder; NoSuchBucket unless it exists."""
         path = self._bucket_path(bucket)
         if not path.is_dir() or path.is_symlink():
-            raise _no_such_bucket(bucket)
+            raise no_such_bucket(bucket)
         return path
 
     def _bucket_path(self, bucket: str) -> Path:
@@ -169,16 +174,18 @@ class Objects:
         bucket of the same name made later) and the bodies being received (their puts
         answer NoSuchBucket). S3's DeleteBucket refuses a bucket holding a file; the
         bucket API's (`with_objects`, as the manager's) takes its objects too. One delete
-        for both, under the lock the puts take: they do not interleave."""
+        for both, under the lock the puts take: they do not interleave. The folders go
+        out of sight under the lock, and are removed after it (see _set_aside)."""
         with self._lock:
             path = self.bucket(bucket)
             if not with_objects and _holds_files(path):
                 raise S3Error(
                     "BucketNotEmpty", "The bucket you tried to delete is not empty", f"/{bucket}"
                 )
-            for upload in self.list_uploads(bucket):
-                self.abort(bucket, upload.key, upload.upload_id)
-            shutil.rmtree(path)  # what is left: empty folders, bodies being received
+            gone = [_set_aside(self.uploads / u.upload_id) for u in self.list_uploads(bucket)]
+            gone.append(_set_aside(path))  # empty folders, objects, bodies being received
+        for folder in gone:
+            _remove(folder)
 
     # ---- keys and objects ------------------------------------------------------------
 
@@ -275,7 +282,7 @@ class Objects:
                 except FileNotFoundError:
                     # Gone with its bucket, deleted while the body came (and perhaps made
                     # again): bucket deletes take this lock, so it stays once found here.
-                    raise _no_such_bucket(bucket) from None
+                    raise no_such_bucket(bucket) from None
                 if check is not None:
                     check(self.current(bucket, key))
                 return self._rename(temp, bucket, key)
@@ -344,6 +351,8 @@ class Objects:
             try:
                 with open(temp, "wb") as out:
                     shutil.copyfileobj(src, out, COPY_CHUNK)  # sendfile within the kernel
+            except FileNotFoundError:
+                raise no_such_bucket(bucket) from None  # its `.s3-tmp/` went with it
             except BaseException:
                 temp.unlink(missing_ok=True)
                 raise
@@ -447,9 +456,10 @@ class Objects:
         self, bucket: str, key: str, content_type: str, metadata: dict[str, str]
     ) -> str:
         self.path(bucket, key)  # the key is checked now, not at the end
-        upload_id = secrets.token_hex(16)
+        # Its time first: ids sort in the order their uploads were made, as S3 lists a
+        # key's uploads, and a page of the listing resumes after one named.
+        upload_id = f"{time.time_ns():016x}{secrets.token_hex(8)}"
         folder = self.uploads / upload_id
-        folder.mkdir(parents=True)
         record = {
             "bucket": bucket,
             "key": key,
@@ -457,7 +467,13 @@ class Objects:
             "content_type": content_type,
             "metadata": metadata,
         }
-        (folder / "upload.json").write_text(json.dumps(record))
+        # Under the lock DeleteBucket takes to abort the bucket's uploads: an upload made
+        # as its bucket goes would outlive it, and could complete into a bucket of that
+        # name made later.
+        with self._lock:
+            self.bucket(bucket)  # not deleted since
+            folder.mkdir(parents=True)
+            (folder / "upload.json").write_text(json.dumps(record))
         return upload_id
 
     def upload(self, bucket: str, key: str, upload_id: str) -> Upload:
@@ -467,7 +483,7 @@ class Objects:
         except (FileNotFoundError, NotADirectoryError, ValueError):
             record = None
         if record is None or record["bucket"] != bucket or record["key"] != key:
-            raise _no_such_upload(bucket, key)
+            raise no_such_upload(bucket, key)
         return Upload(
             upload_id,
             bucket,
@@ -487,7 +503,7 @@ class Objects:
         try:
             os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileNotFoundError:
-            raise _no_such_upload(upload.bucket, upload.key) from None
+            raise no_such_upload(upload.bucket, upload.key) from None
         return temp
 
     def commit_part(self, upload: Upload, number: int, temp: Path, etag: str) -> Part:
@@ -499,7 +515,7 @@ class Objects:
             os.rename(temp, target)
         except FileNotFoundError:
             temp.unlink(missing_ok=True)
-            raise _no_such_upload(upload.bucket, upload.key) from None
+            raise no_such_upload(upload.bucket, upload.key) from None
         for part in earlier:
             if part.path != target:
                 part.path.unlink(missing_ok=True)
@@ -511,7 +527,7 @@ class Objects:
         try:
             entries = list(os.scandir(self.uploads / upload.upload_id))
         except FileNotFoundError:
-            raise _no_such_upload(upload.bucket, upload.key) from None
+            raise no_such_upload(upload.bucket, upload.key) from None
         for entry in entries:
             number, dash, etag = entry.name.partition("-")
             if dash and number.isdigit():
@@ -551,24 +567,32 @@ class Objects:
                 for part in chosen:
                     with open(part.path, "rb") as src:
                         shutil.copyfileobj(src, out, COPY_CHUNK)
+        except FileNotFoundError:
+            # The temporary file went with its bucket, or a part with the upload (aborted,
+            # or with its bucket, deleted meanwhile): the client's error, not the server's.
+            temp.unlink(missing_ok=True)
+            self.bucket(upload.bucket)
+            raise no_such_upload(upload.bucket, upload.key) from None
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
         info = self.commit(
             temp, upload.bucket, upload.key, etag, upload.content_type, upload.metadata, check
         )
-        shutil.rmtree(self.uploads / upload.upload_id, ignore_errors=True)
+        _remove(_set_aside(self.uploads / upload.upload_id))
         return info
 
     def abort(self, bucket: str, key: str, upload_id: str) -> None:
         upload = self.upload(bucket, key, upload_id)
-        shutil.rmtree(self.uploads / upload.upload_id, ignore_errors=True)
+        _remove(_set_aside(self.uploads / upload.upload_id))
 
     def list_uploads(self, bucket: str, prefix: str = "") -> list[Upload]:
         found: list[Upload] = []
         if not self.uploads.is_dir():
             return found
         for entry in os.scandir(self.uploads):
+            if entry.name.startswith("."):
+                continue  # an upload being removed (_set_aside)
             try:
                 record = json.loads(Path(entry.path, "upload.json").read_text())
             except (OSError, ValueError):
@@ -576,7 +600,7 @@ class Objects:
             if record["bucket"] == bucket and record["key"].startswith(prefix):
                 found.append(Upload(entry.name, bucket, record["key"], record["initiated"],
                                     record["content_type"], record["metadata"]))
-        return sorted(found, key=lambda u: (u.key, u.initiated))
+        return sorted(found, key=lambda u: (u.key, u.upload_id))
 
 
 class _Walker:
@@ -640,6 +664,26 @@ def _holds_files(folder: Path) -> bool:
     return False
 
 
+def _set_aside(folder: Path) -> Path | None:
+    """`folder` renamed to a hidden name beside it, to be removed (None: it was gone).
+    Removed in place, a file made in it meanwhile (a body's temporary file, a part's
+    rename) would land in a folder already listed for removal: left there, or failing
+    the removal. Renamed first, the folder is out of reach at once: such a write fails
+    to find it, as one after the removal would (NoSuchBucket, NoSuchUpload)."""
+    gone = folder.with_name(f"{TEMP_PREFIX}{secrets.token_hex(8)}")
+    try:
+        os.rename(folder, gone)
+    except FileNotFoundError:
+        return None
+    return gone
+
+
+def _remove(folder: Path | None) -> None:
+    """A folder set aside removed; what cannot be is removed at the next start."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _is_empty(folder: Path) -> bool:
     try:
         with os.scandir(folder) as found:
@@ -689,7 +733,7 @@ def _described(key: str, path: Path, stat: os.stat_result) -> ObjectInfo:
     return ObjectInfo(key, stat.st_size, stat.st_mtime, hashlib.md5(token).hexdigest())
 
 
-def _no_such_bucket(bucket: str) -> S3Error:
+def no_such_bucket(bucket: str) -> S3Error:
     return S3Error("NoSuchBucket", "The specified bucket does not exist", f"/{bucket}")
 
 
@@ -705,7 +749,7 @@ def _parent_is_object(bucket: str, key: str) -> S3Error:
     )
 
 
-def _no_such_upload(bucket: str, key: str) -> S3Error:
+def no_such_upload(bucket: str, key: str) -> S3Error:
     return S3Error(
         "NoSuchUpload",
         "The specified upload does not exist. The upload ID may be invalid, or the upload "
