@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faas_supervisor.controller.s3.sigv4 import Keys
+from faas_supervisor.controller.s3.sigv4 import Keys, same
 
 PASSWORD_FILE = "admin-password"
 S3_KEYS_FILE = "s3-keys"  # the S3 endpoint's access key and secret key, one a line
@@ -84,6 +84,6 @@ def bearer(header: str) -> str | None:
 def token_matches(given: str | None, expected: str) -> bool:
     if not given or not expected:
         return False
-    # aiohttp decodes header bytes that are not UTF-8 as surrogates: encoded back the
-    # same way, such a token is merely wrong (401), never an error (500).
-    return secrets.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+    # A header's bytes that are not UTF-8, or a Ceph event's JSON lone surrogate, make a
+    # token that is merely wrong (401), never an error (500): `same` sees to both.
+    return same(given, expected)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from faas_supervisor.controller.s3 import sigv4
@@ -44,7 +46,9 @@ def verify(
     if "AWSAccessKeyId" in query:
         access_key, signature = query["AWSAccessKeyId"], query.get("Signature", "")
         expires = query.get("Expires", "")
-        if not expires.isdigit():
+        # ASCII digits only, and few: str.isdigit() takes "²", and int() refuses more
+        # than 4300 digits; either would be a 500 where a refusal belongs.
+        if not re.fullmatch(r"[0-9]{1,20}", expires):
             raise S3Error("AccessDenied", "Query-string authentication requires the Expires "
                           "parameter")
         if now > int(expires):
@@ -58,10 +62,13 @@ def verify(
         else:
             stamp = date = headers.get("date", "")
         try:
-            when = parsedate_to_datetime(stamp).timestamp()
+            parsed = parsedate_to_datetime(stamp)
         except (TypeError, ValueError, IndexError):
             raise S3Error("AccessDenied", "AWS authentication requires a valid Date or "
                           "x-amz-date header") from None
+        # A "-0000" zone (or none) parses as naive, which .timestamp() would take for our
+        # local time: HTTP dates are UTC whatever TZ the controller runs in.
+        when = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
         if abs(now - when) > sigv4.MAX_SKEW:
             raise S3Error("RequestTimeTooSkewed", "the difference between the request time "
                           "and ours is too large")

@@ -59,7 +59,17 @@ class Signed:
 
 
 def same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+    """Whether `given` is `expected`, in constant time; never an error.
+
+    aiohttp decodes bytes that are not UTF-8 as surrogates, which surrogateescape gives
+    back; a string no bytes decode to (JSON's lone "\\ud800") cannot be sent, so it
+    matches nothing rather than raising (a 5xx where a 401/403 belongs).
+    """
+    try:
+        given_bytes = given.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(given_bytes, expected.encode())
 
 
 @dataclass(frozen=True)
