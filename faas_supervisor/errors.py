@@ -2,9 +2,9 @@
 
 The watchdog and the controller answer `http_status` (each app has one middleware that
 turns these into answers); `faas-supervisor run` and the CLI exit with `exit_status`.
-Messages are one line and never hold a secret. Every error type of the package is here;
-the only other exceptions are control flow private to one module (a worker told to stop,
-one failed HTTP attempt that is retried), never shown to a client.
+Messages are one printable line and never hold a secret. Every error type of the package
+is here; the only other exceptions are control flow private to one module (a worker told
+to stop, one failed HTTP attempt that is retried), never shown to a client.
 """
 
 from __future__ import annotations
@@ -20,12 +20,23 @@ class FaasError(Exception):
     exit_status = 1
 
     def __init__(self, message: str) -> None:
-        # One line, always: the message is the first line of a response body.
-        super().__init__(" ".join(message.split()))
+        # One line, always, that prints as it reads: the message is the first line of a
+        # response body and `run`'s error line, and it quotes text from outside (an
+        # object key, a store's answer) that may hold an escape sequence.
+        super().__init__(printable(" ".join(message.split())))
 
     @property
     def message(self) -> str:
         return str(self)
+
+
+def printable(text: str) -> str:
+    """`text`, each character that does not print (str.isprintable: a control character
+    such as ESC, DEL, a C1 control, a lone surrogate) escaped as repr shows it (`\\x1b`),
+    as the log lines show one (logs.py)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(FaasError):

@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
+# A key, a file name or a message from outside never starts a line of its own in a log.
+from faas_supervisor.errors import printable as _printable
+
 if TYPE_CHECKING:
     from types import ModuleType
 
@@ -215,14 +218,6 @@ class Logger:
 
     def critical(self, event: str, *args: Any, **fields: Any) -> None:
         self._log(50, "critical", event, args, fields)
-
-
-def _printable(text: str) -> str:
-    """`text`, its characters that do not print escaped (a newline as `\\n`): a key, a
-    file name or a message from outside never starts a line of its own in a log."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 _stamps: tuple[int, str] = (-1, "")  # the last second formatted, and its text

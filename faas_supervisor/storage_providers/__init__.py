@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+from urllib.parse import quote, unquote
 
 from faas_supervisor.config import FunctionConfig, ProviderConfig, is_folder_store
 from faas_supervisor.errors import ConfigError
@@ -19,16 +20,77 @@ from faas_supervisor.errors import ConfigError
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """A second line of defence: no credential ever leaves in a message, neither one of
-    the provider's own nor a URL's `user:password@` (an SDK's message may quote the
-    endpoint as configured); at most 300 characters."""
-    text = _USERINFO.sub(r"\1***@", text)
-    for secret in secrets:
+    the provider's own (by value: whatever shape the message quotes it in) nor a URL's
+    `user:password@` (an SDK's message may quote the endpoint as configured); at most
+    300 characters."""
+    # Longest first: a secret that holds a shorter one is removed whole.
+    for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= 4:
             text = text.replace(secret, "***")
-    return text[:300]
+    return _without_userinfo(text)[:300]
 
 
-_USERINFO = re.compile(r"(\w+://)[^\s/?#@]*@")
+def url_secrets(url: str) -> list[str]:
+    """What a configured URL's userinfo holds that is a credential (the password, or a
+    user name alone: a token), for scrub to remove by value: as written, percent-decoded
+    and percent-encoded (an SDK may quote the URL either way).
+
+    An unencoded `/`, `?`, `#` or `@` in a password makes the URL ambiguous: in
+    `http://user:2024/pw@host` the authority reads as `user:2024`, a host and its port,
+    and the rest as a path, which botocore quotes (`/pw%40host`) where no URL shape
+    shows a password. So what either reading calls the password is given (the userinfo
+    ends at the authority's last `@`, or at the URL's): more text hidden, never less."""
+    rest = url.partition("://")[2] or url
+    found: list[str] = []
+    for at in {_AUTHORITY_END.split(rest, 1)[0].rfind("@"), rest.rfind("@")} - {-1}:
+        user, colon, password = rest[:at].partition(":")
+        if colon:
+            secret = password
+        elif not _AUTHORITY_END.search(user):
+            secret = user
+        else:
+            continue  # `host/path@...`: an `@` in the path, no credential
+        found += [secret, unquote(secret), quote(secret, safe="/"), quote(secret, safe=""),
+                  # Its pieces too: a client that reads the URL otherwise quotes it cut
+                  # (`user:2024`, a host and its port).
+                  *_URL_DELIMITERS.split(secret)]
+    return [s for s in dict.fromkeys(found) if s]
+
+
+def _without_userinfo(text: str) -> str:
+    """`text`, the userinfo of each URL in it (`scheme://user:password@`) replaced by `***`.
+
+    The userinfo ends at the authority's last `@` (a password may hold an unencoded `@`);
+    an `@` after the authority (`http://host/bucket/a@b.txt`) is the path's, shown. An
+    authority that is no `host[:port]` (`http://u:pa/ss@host`) means a password holding
+    `/`, `?` or `#`: everything up to the URL's last `@` goes."""
+    kept: list[str] = []
+    done = 0
+    for scheme in _SCHEME.finditer(text):
+        start = scheme.end()
+        if start <= done:  # inside the userinfo just removed
+            continue
+        url = _BLANK.split(text[start:], 1)[0]
+        authority = _AUTHORITY_END.split(url, 1)[0]
+        if "@" in authority:
+            at = authority.rfind("@")
+        elif _HOST.fullmatch(authority):
+            continue
+        else:
+            at = url.rfind("@")
+            if at < 0:
+                continue
+        kept += [text[done:start], "***"]
+        done = start + at
+    kept.append(text[done:])
+    return "".join(kept)
+
+
+_SCHEME = re.compile(r"\w+://")
+_BLANK = re.compile(r"\s")
+_AUTHORITY_END = re.compile(r"[/?#]")
+_URL_DELIMITERS = re.compile(r"[/?#@]")
+_HOST = re.compile(r"(?:\[[^\]]*\]|[^\[\]:@]*)(?::\d*)?")  # name, IPv4 or [IPv6]; a port
 
 
 class StorageProvider(Protocol):

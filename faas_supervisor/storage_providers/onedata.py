@@ -26,7 +26,7 @@ import aiohttp
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import StorageError
-from faas_supervisor.storage_providers import http, scrub
+from faas_supervisor.storage_providers import http, scrub, url_secrets
 from faas_supervisor.storage_providers.http import HttpFailure
 
 
@@ -37,6 +37,7 @@ class OnedataProvider:
         base = host if "://" in host else f"https://{host}"
         self._api = f"{base.rstrip('/')}/api/v3/oneprovider"
         self._token = config.get("token")
+        self._secrets = [self._token, *url_secrets(host)]  # as configured: messages quote it
         self.space = config.get("space").strip("/")
         self._verify = config.flag("verify", True)
         self._space_dir_id: str | None = None  # stable for the space's life: looked up once
@@ -55,7 +56,7 @@ class OnedataProvider:
         if exc.status in (401, 403):
             reason = f"the token is refused (HTTP {exc.status})"
         return StorageError(
-            f"{self.name}: cannot {verb} {bucket}/{key}: {scrub(reason, [self._token])}"
+            f"{self.name}: cannot {verb} {bucket}/{key}: {scrub(reason, self._secrets)}"
         )
 
     async def _lookup(self, session: aiohttp.ClientSession, path: str) -> str | None:

@@ -57,7 +57,7 @@ from faas_supervisor.errors import (
     local_write_error,
 )
 from faas_supervisor.logs import get_logger
-from faas_supervisor.storage_providers import http, partial_path, scrub
+from faas_supervisor.storage_providers import http, partial_path, scrub, url_secrets
 from faas_supervisor.storage_providers.http import HttpFailure
 
 _logger = get_logger(component="rucio")
@@ -109,6 +109,9 @@ class RucioProvider:
         self._client_secret = config.get("client_secret")
         self._scopes = config.get("scopes") or DEFAULT_SCOPES
         self._audience = config.get("oidc_audience")
+        # What the configured URLs' userinfo holds: messages quote them as configured.
+        self._url_secrets = [s for url in (config.get("host"), config.get("auth_host"),
+                                           self._token_endpoint) for s in url_secrets(url)]
         if not self._access_token and not (self._username and self._password):
             raise ConfigError(f"storage provider {self.name} has neither 'username' and "
                               "'password' nor 'access_token'")
@@ -406,7 +409,7 @@ class RucioProvider:
 
     def _secrets(self) -> list[str]:
         return [s for s in (self._password, self._access_token, self._refresh_token,
-                            self._client_secret, self._token) if s]
+                            self._client_secret, self._token, *self._url_secrets) if s]
 
 
 # ---- helpers (no I/O but the local files') ---------------------------------------------

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error
 from faas_supervisor.gc_pause import collection_paused
-from faas_supervisor.storage_providers import partial_path, scrub
+from faas_supervisor.storage_providers import partial_path, scrub, url_secrets
 from faas_supervisor.storage_providers.s3_direct import DirectError, direct
 
 if TYPE_CHECKING:
@@ -66,7 +66,8 @@ class S3Provider:
     ) -> None:
         self.name = config.name
         self._secrets = tuple(
-            s for s in (config.get("access_key"), config.get("secret_key")) if len(s) >= 4
+            s for s in (config.get("access_key"), config.get("secret_key"),
+                        *url_secrets(config.get("endpoint"))) if len(s) >= 4
         )
         self._make = functools.partial(
             _make_client, config, multipart_threshold=multipart_threshold,

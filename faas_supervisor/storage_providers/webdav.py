@@ -21,7 +21,7 @@ from yarl import URL
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import StorageError
-from faas_supervisor.storage_providers import http, scrub
+from faas_supervisor.storage_providers import http, scrub, url_secrets
 from faas_supervisor.storage_providers.http import HttpFailure
 
 # A cut PUT may land after our DELETE: check, and delete again, for about 3 s at most.
@@ -39,6 +39,7 @@ class WebDavProvider:
         self._base = (base if "://" in base else f"https://{base}").rstrip("/")
         self._login = config.get("login")
         self._password = config.get("password")
+        self._secrets = [self._password, *url_secrets(base)]  # as configured: messages quote it
         self._verify = config.flag("verify", True)
 
     def _session(self) -> aiohttp.ClientSession:
@@ -51,7 +52,7 @@ class WebDavProvider:
         if exc.status == 401:
             reason = "wrong login or password (HTTP 401)"
         return StorageError(
-            f"{self.name}: cannot {verb} {bucket}/{key}: {scrub(reason, [self._password])}"
+            f"{self.name}: cannot {verb} {bucket}/{key}: {scrub(reason, self._secrets)}"
         )
 
     async def download(self, bucket: str, key: str, dest: Path) -> None:

@@ -131,6 +131,38 @@ async def test_s3_an_endpoints_password_is_in_no_message(
     assert caught.value.message.startswith(f"{kind}.default: cannot download bucket/in/f.txt")
 
 
+@pytest.mark.parametrize("password", [
+    "p@ss@URLPASSWORD",  # an `@` in it: botocore quotes the URL as configured
+    "2024/URLPASSWORD",  # `user:2024` reads as host:port, the rest as a path botocore quotes
+    "2024?URLPASS#WORD",  # botocore refuses the endpoint, quoting it
+])
+async def test_s3_an_endpoint_password_of_any_shape_is_in_no_message(
+    s3_factory: S3Factory, tmp_path: Path, password: str
+) -> None:
+    provider = s3_factory("minio", f"http://user:{password}@127.0.0.1:{free_port()}",
+                          connect_timeout=1, read_timeout=1)
+    with pytest.raises(StorageError) as caught:
+        await provider.download("bucket", "in/f.txt", tmp_path / "f.txt")
+    message = caught.value.message
+    assert message.startswith("minio.default: cannot download bucket/in/f.txt: ")
+    assert_no_secret(message, "URLPASS", "WORD", "2024")
+
+
+async def test_s3_a_missing_keys_control_characters_are_escaped_in_its_one_line(
+    moto_server: S3Server, s3_factory: S3Factory, tmp_path: Path
+) -> None:
+    """What `run` prints and a 502 starts with: a key from an event may hold anything."""
+    provider = s3_factory("minio", moto_server.endpoint)
+    bucket = new_bucket(moto_server)
+    key = "in/a\x1b]0;pwned\x07\x7f\x9b31m\nb.txt"
+    with pytest.raises(StorageError) as missing:
+        await provider.download(bucket, key, tmp_path / "x")
+    message = missing.value.message
+    assert message.isprintable(), repr(message)
+    assert message.startswith(f"minio.default: cannot download {bucket}/in/a\\x1b]0;pwned")
+    assert "no such object" in message
+
+
 @pytest.mark.parametrize("kind", ["minio", "s3"])
 async def test_s3_round_trip_of_awkward_keys(
     kind: str, moto_server: S3Server, s3_factory: S3Factory, tmp_path: Path
