@@ -197,11 +197,13 @@ async def _with_client(conn: Connection, args: argparse.Namespace) -> int:
 
 
 async def cmd_apply(client: ControllerClient, args: argparse.Namespace) -> int:
-    # The controller's own reader (read as `manifests -f` reads it), sent as written:
-    # the server validates, be it this controller or an OSCAR manager.
-    from faas_supervisor.controller.fdl import fdl_definitions
+    # The controller's own reader (read as `manifests -f` reads it), sent as written but
+    # for the bool and int fields, typed as oscar-cli types them (the file's plain scalars
+    # are read as text): the server validates, be it this controller or an OSCAR manager.
+    from faas_supervisor.controller.fdl import fdl_definitions, typed_definition
 
-    for _, service in fdl_definitions(Path(args.file)):
+    for _, definition in fdl_definitions(Path(args.file)):
+        service = typed_definition(definition)
         done = await client.apply_service(service)
         print(f"{done.capitalize()} service \"{service['name']}\"")
     return 0

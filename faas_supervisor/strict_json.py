@@ -9,6 +9,7 @@ requires of JSON exchanged between systems (`json.loads` would also guess UTF-16
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, NoReturn
 
 from faas_supervisor.errors import NotJson
@@ -24,8 +25,16 @@ def loads(data: bytes | bytearray | str) -> Any:
             raise NotJson("not UTF-8") from None
     try:
         return json.loads(data, parse_constant=_refuse_constant)
+    except NotJson:
+        raise  # _refuse_constant's (a ValueError too)
     except json.JSONDecodeError as exc:
         raise NotJson(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError:
+        # The one other ValueError: an integer of more digits than int() reads (its
+        # message, about sys.set_int_max_str_digits, speaks to a programmer).
+        raise NotJson(
+            f"a number of more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     except RecursionError:
         raise NotJson("nested too deeply") from None
 

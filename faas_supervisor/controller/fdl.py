@@ -27,6 +27,7 @@ from faas_supervisor.config import (
     StoragePath,
     normalize_provider_name,
     text_loader,
+    utf8_encodable,
     variable_problem,
 )
 from faas_supervisor.controller.names import bucket_problem, path_problem
@@ -43,13 +44,15 @@ HIDDEN = "hidden"  # what the manager shows instead of the default provider's ke
 # at once, so one request must not be able to ask for thousands of processes.
 MAX_SCALE = 100
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_CPU = re.compile(r"\d+(\.\d+)?m?|\.\d+")
-_NUMBER = re.compile(r"\d+(\.\d+)?")  # a YAML file's unit-less memory: refused
+# Digits are ASCII's: `\d` (and float()) would take any script's ("٣"), which Kubernetes
+# refuses in a pod.
+_CPU = re.compile(r"[0-9]+(\.[0-9]+)?m?|\.[0-9]+")
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")  # a YAML file's unit-less memory: refused
 # Kubernetes' quantity syntax (resource.ParseQuantity, which the OSCAR manager and the API
 # server parse it with): its suffixes only, so `1g` or `512K` never reach a cluster that
 # cannot even decode a pod holding them. What older versions stored is still read back.
-_MEMORY = re.compile(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|e\d+)?")
-_STORED_MEMORY = re.compile(r"\d+(\.\d+)?([KMGTPE]i?|[kmgtpe]|e\d+)?")
+_MEMORY = re.compile(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|e[0-9]+)?")
+_STORED_MEMORY = re.compile(r"[0-9]+(\.[0-9]+)?([KMGTPE]i?|[kmgtpe]|e[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,9 @@ def parse_service(
     """
     if not isinstance(data, dict):
         raise InvalidService(f"{where or 'service'}: must be a mapping of fields")
+    # What an older version stored is read as it was, or the controller would not start.
+    if not stored and (problem := _unencodable(data, where)) is not None:
+        raise InvalidService(problem)
 
     def key(name: str) -> str:
         return f"{where}.{name}" if where else name
@@ -225,6 +231,31 @@ def parse_service(
     )
 
 
+def _unencodable(data: dict[str, Any], where: str) -> str | None:
+    """Why a string of the definition is not text (its field named), or None.
+
+    JSON's `"\\udc80"` (a lone surrogate) is a Python string that UTF-8 cannot encode:
+    stored, it would fail every later answer that holds it, the list of all services
+    too. Walked without recursion, however deep the definition is nested.
+    """
+    pending: list[tuple[str, Any]] = [(where, data)]
+    while pending:
+        at, value = pending.pop()
+        if isinstance(value, str) and not utf8_encodable(value):
+            return f"{at}: not UTF-8 text (it holds a lone surrogate such as \\udc80)"
+        children: list[tuple[str, Any]] = []
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str) and not utf8_encodable(k):
+                    return (f"{at or 'service'}: a key is not UTF-8 text "
+                            "(it holds a lone surrogate such as \\udc80)")
+                children.append((f"{at}.{k}" if at else str(k), v))
+        elif isinstance(value, list):
+            children = [(f"{at}[{i}]", v) for i, v in enumerate(value)]
+        pending.extend(reversed(children))  # the first in the document is found first
+    return None
+
+
 def _pull_secrets(names: list[str], where: str) -> tuple[str, ...]:
     """Names of Secrets in the services' namespace: DNS subdomain names."""
     for name in names:
@@ -292,6 +323,55 @@ def fdl_definitions(
     return found
 
 
+# The fields of OSCAR's service type that are not strings (Go's bool and int), and of its
+# `expose` and `synchronous`; every other field is a string, a list or a map of them.
+_BOOL_FIELDS = ("enable_gpu", "enable_sgx", "image_prefetch", "alpine", "file_stage_in")
+_EXPOSE_BOOLS = ("rewrite_target", "default_command", "set_auth")
+_EXPOSE_INTS = ("min_scale", "max_scale", "cpu_threshold")
+_SYNCHRONOUS_INTS = ("min_scale", "max_scale")
+
+
+def typed_definition(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """An FDL mapping (`fdl_definitions`') as oscar-cli sends it: YAML's plain scalars
+    are text here, where oscar-cli decodes them into its service type, so its bool and
+    int fields become JSON's (`api_port: 8080` is 8080, not "8080"). A value that is no
+    bool or number is sent as written, for the server to refuse, naming the field."""
+    typed = dict(definition)
+    for name in _BOOL_FIELDS:
+        if name in typed:
+            typed[name] = _as_bool(typed[name])
+    if isinstance(expose := typed.get("expose"), dict):
+        expose = typed["expose"] = dict(expose)
+        for name in _EXPOSE_BOOLS:
+            if name in expose:
+                expose[name] = _as_bool(expose[name])
+        for name in (*_EXPOSE_INTS, "api_port"):
+            if name in expose:
+                expose[name] = _as_int(expose[name])
+    if isinstance(synchronous := typed.get("synchronous"), dict):
+        typed["synchronous"] = {k: (_as_int(v) if k in _SYNCHRONOUS_INTS else v)
+                                for k, v in synchronous.items()}
+    return typed
+
+
+def _as_bool(value: Any) -> Any:
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    return value
+
+
+def _as_int(value: Any) -> Any:
+    """A number's text as the number; each of a list's (`api_port`) likewise."""
+    if isinstance(value, list):
+        return [_as_int_scalar(v) for v in value]
+    return _as_int_scalar(value)
+
+
+def _as_int_scalar(value: Any) -> Any:
+    number = _whole(value)
+    return value if number is None else number
+
+
 def _fdl_document(path: Path) -> Any:
     try:
         # Plain scalars as their text (config.text_loader), as oscar-cli's Go decoder
@@ -302,6 +382,8 @@ def _fdl_document(path: Path) -> Any:
         raise InvalidService(f"{path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise InvalidService(f"{path}: not UTF-8 text") from None
+    except RecursionError:  # PyYAML's composer recurses once per level
+        raise InvalidService(f"{path}: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -320,7 +402,7 @@ def script_text(value: Any, base: Path, where: str) -> str:
     if "\n" in value.strip():
         return value
     candidate = base / os.path.expanduser(value.strip())
-    if candidate.is_file():
+    if _is_file(candidate):
         try:
             return candidate.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -328,6 +410,15 @@ def script_text(value: Any, base: Path, where: str) -> str:
     if re.fullmatch(r"\S*(/\S*|\.\w+)", value.strip()):
         raise InvalidService(f"{where}: {candidate}: no such file")
     return value
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, but False for a name no file can have (a word over 255 bytes: the
+    line is then script text, as one naming no file is)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _merge_providers(shared: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
@@ -518,9 +609,13 @@ def _bool(value: Any, where: str) -> bool:
 
 
 def _whole(value: Any) -> int | None:
-    """A whole number: a JSON one, or a YAML file's text of one; None for anything else."""
+    """A whole number: a JSON one, or a YAML file's text of one; None for anything else
+    (text of more digits than int() reads: no field here takes such a number)."""
     if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:
+            return None
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     return None

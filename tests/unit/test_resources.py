@@ -50,3 +50,18 @@ def test_cpu_refused(cpu: str) -> None:
 def test_memory_beyond_int64_refused(memory: str) -> None:
     with pytest.raises(ValueError, match=r"memory: .* is more than"):
         memory_bytes(memory)
+
+
+@pytest.mark.parametrize("memory", ["\u0661Gi", "1e\u0661", "\u0661"])
+def test_memory_digits_are_ascii(memory: str) -> None:
+    """Any script's digits pass `\\d` and float(); Kubernetes refuses them."""
+    with pytest.raises(ValueError, match=r"memory: .* is not a memory amount"):
+        memory_bytes(memory)
+
+
+def test_an_exponent_of_thousands_of_digits_names_memory() -> None:
+    """int() of over 4300 digits raised its own message, naming no field."""
+    with pytest.raises(ValueError, match=r"^memory: '1e9{28}\.\.\.' is more than") as caught:
+        memory_bytes("1e" + "9" * 5000)
+    assert len(str(caught.value)) < 100
+    assert memory_bytes("1e" + "0" * 5000 + "3") == 1000

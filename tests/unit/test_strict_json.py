@@ -49,3 +49,10 @@ def test_bytes_must_be_utf8(data: bytes) -> None:
 def test_not_json_is_a_value_error() -> None:
     """Callers that catch ValueError (as for json.JSONDecodeError) keep working."""
     assert issubclass(strict_json.NotJson, ValueError)
+
+
+@pytest.mark.parametrize("text", ["9" * 5000, '{"expose": {"min_scale": -' + "1" * 4301 + "}}"])
+def test_an_integer_of_too_many_digits_is_not_json(text: str) -> None:
+    """Python's json raised a plain ValueError there: a 500 wherever JSON comes in."""
+    with pytest.raises(strict_json.NotJson, match=r"^a number of more than \d+ digits$"):
+        strict_json.loads(text.encode())

@@ -1,0 +1,148 @@
+"""Service definitions that Python reads but nothing downstream can hold: refused with a
+one-line error naming the field, never stored (a lone surrogate made every later answer
+holding the service a 500), never a crash of the CLI reading an FDL file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from faas_supervisor.controller.fdl import (
+    fdl_definitions,
+    go_json,
+    load_fdl,
+    parse_service,
+    parse_service_json,
+    service_json,
+    typed_definition,
+)
+from faas_supervisor.errors import InvalidService
+
+PROVIDERS = '"storage_providers":{"s3":{"aws":{"access_key":"a","secret_key":"b",%s}}}'
+
+
+# Each is JSON text as a client sends it: `\udc80` is a valid JSON escape.
+@pytest.mark.parametrize(
+    ("fragment", "named"),
+    [
+        ('"script":"echo \\udc80"', "script:"),
+        ('"image":"x\\udc80"', "image:"),
+        ('"labels":{"k":"\\udc80"}', "labels.k:"),
+        ('"annotations":{"\\udc80":"v"}', "annotations: a key"),
+        ('"cluster_id":"\\udc80"', "cluster_id:"),
+        ('"allowed_users":["\\udc80"]', "allowed_users[0]:"),
+        ('"input":[{"storage_provider":"minio","path":"bkt/\\udc80"}]', "input[0].path:"),
+        ('"output":[{"storage_provider":"minio","path":"bkt/o","prefix":["\\udc80"]}]',
+         "output[0].prefix[0]:"),
+        ('"output":[{"storage_provider":"minio","path":"bkt/o","suffix":["\\udc80"]}]',
+         "output[0].suffix[0]:"),
+        (PROVIDERS % '"region":"\\udc80"', "storage_providers.s3.aws.region:"),
+        (PROVIDERS % '"\\udc80":"x"', "storage_providers.s3.aws: a key"),
+        ('"environment":{"secrets":{"S":"\\udc80"}}', "environment.secrets.S:"),
+        ('"expose":{"api_port":8080,"health_path":"/\\udc80"}', "expose.health_path:"),
+    ],
+)
+def test_text_utf8_cannot_encode_is_refused_naming_the_field(fragment: str, named: str) -> None:
+    body = ('{"name":"s","script":"echo",' + fragment + "}").encode()
+    with pytest.raises(InvalidService) as caught:
+        parse_service_json(body)
+    message = str(caught.value)
+    assert message.startswith(named) and "UTF-8" in message
+    message.encode()  # the 400's own text is UTF-8
+
+
+def test_every_accepted_service_answers_as_utf8() -> None:
+    """What parse_service accepts, go_json writes (it wrote the 500s)."""
+    service = parse_service_json(b'{"name":"s","script":"echo \\u00e9 \\ud83d\\ude00"}')
+    assert "é 😀" in go_json(service_json(service, {})).decode()
+
+
+@pytest.mark.parametrize(("field", "value"), [("cpu", "\u0663"), ("cpu", "\u0661.5"),
+                                              ("memory", "\u0661Gi"), ("memory", "1e\u0661")])
+def test_digits_are_ascii(field: str, value: str) -> None:
+    """float() and `\\d` take any script's digits; Kubernetes refuses them in a pod."""
+    with pytest.raises(InvalidService, match=f"^{field}: .* is not a"):
+        parse_service({"name": "s", "script": "echo", field: value})
+
+
+def test_memory_exponent_of_thousands_of_digits_names_the_field() -> None:
+    with pytest.raises(InvalidService) as caught:
+        parse_service({"name": "s", "script": "echo", "memory": "1e" + "9" * 5000})
+    assert str(caught.value).startswith("memory: ")
+    assert "4300" not in str(caught.value) and len(str(caught.value)) < 200
+
+
+def fdl(tmp_path: Path, fields: str) -> Path:
+    path = tmp_path / "fdl.yaml"
+    path.write_text("functions:\n  oscar:\n  - local:\n      name: s\n" + fields)
+    return path
+
+
+def test_a_one_line_script_with_a_word_too_long_for_a_file_name(tmp_path: Path) -> None:
+    script = "echo " + "x" * 300
+    assert load_fdl(fdl(tmp_path, f"      script: {script}\n"))[0].script == script
+    # Path-like, it is still a file that is not there.
+    with pytest.raises(InvalidService, match=r"script: .*: no such file"):
+        load_fdl(fdl(tmp_path, f"      script: {'x' * 300}.sh\n"))
+
+
+def test_an_fdl_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    path = fdl(tmp_path, "      script: echo\n      labels: " + "[" * 20000 + "]" * 20000 + "\n")
+    with pytest.raises(InvalidService, match=r"fdl\.yaml: nested too deeply$"):
+        load_fdl(path)
+
+
+def test_an_fdl_number_of_thousands_of_digits_is_refused(tmp_path: Path) -> None:
+    path = fdl(tmp_path, "      script: echo\n      expose:\n        api_port: 80\n"
+               f"        min_scale: {'9' * 5000}\n")
+    with pytest.raises(InvalidService, match=r"^functions\.oscar\[0\]\.local\.expose\.min_scale: "):
+        load_fdl(path)
+
+
+def test_apply_sends_the_bool_and_int_fields_typed(tmp_path: Path) -> None:
+    """As oscar-cli decodes a YAML file into OSCAR's service type before sending it."""
+    path = fdl(tmp_path, """      script: echo
+      cpu: 1
+      memory: 1Gi
+      alpine: yes
+      file_stage_in: 'false'
+      enable_gpu: off
+      labels: {n: 1}
+      environment: {variables: {PORT: 8080}}
+      synchronous: {min_scale: 1, max_scale: 3}
+      expose:
+        api_port: 8080
+        min_scale: 1
+        max_scale: 2
+        cpu_threshold: 90
+        set_auth: true
+        rewrite_target: n
+        health_path: /health
+""")
+    [(_, definition)] = fdl_definitions(path)
+    sent: dict[str, Any] = json.loads(json.dumps(typed_definition(definition)))
+    assert sent["expose"] == {"api_port": 8080, "min_scale": 1, "max_scale": 2,
+                              "cpu_threshold": 90, "set_auth": True, "rewrite_target": False,
+                              "health_path": "/health"}
+    assert (sent["alpine"], sent["file_stage_in"], sent["enable_gpu"]) == (True, False, False)
+    assert sent["synchronous"] == {"min_scale": 1, "max_scale": 3}
+    # String fields stay the text written, as in OSCAR's type.
+    assert (sent["cpu"], sent["labels"], sent["environment"]) == (
+        "1", {"n": "1"}, {"variables": {"PORT": "8080"}})
+    assert definition["expose"]["api_port"] == "8080"  # the caller's mapping is unchanged
+    # The server reads it as load_fdl reads the file.
+    assert parse_service(sent).expose == load_fdl(path)[0].expose
+
+
+@pytest.mark.parametrize(("expose", "sent"), [
+    ({"api_port": ["80", "81"]}, {"api_port": [80, 81]}),
+    ({"api_port": "http", "min_scale": "-1"}, {"api_port": "http", "min_scale": "-1"}),
+    ({"set_auth": "maybe"}, {"set_auth": "maybe"}),
+])
+def test_apply_sends_what_is_no_number_as_written(expose: dict[str, Any],
+                                                  sent: dict[str, Any]) -> None:
+    """For the server to refuse, naming the field."""
+    assert typed_definition({"name": "s", "expose": expose})["expose"] == sent
