@@ -12,6 +12,11 @@ deduplicated (a second event for the same key may be a new object: running it tw
 safer than never). On the folder store, the ETag is the file's size and modification
 time in nanoseconds (buckets.py): rewriting a file makes it a new object.
 
+An S3-family event whose object the runtime refuses to read (a key with a `.` or `..`
+segment, a base name over 255 bytes) still names that object: its job fails, saying
+why, and its identity keeps the object to that one job (else each listing of the input
+path, finding the object without one, would start another, for ever).
+
 Bodies that name no stored object (plain JSON, base64, an API-gateway envelope) have no
 identity: each is a job of its own.
 """
@@ -20,13 +25,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 from faas_supervisor import strict_json
-from faas_supervisor.config import DEFAULT_PROVIDER
+from faas_supervisor.config import DEFAULT_PROVIDER, normalize_provider_name
 from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.errors import BadEvent
 from faas_supervisor.parsers import recognise
-from faas_supervisor.parsers.event import StorageObject, first_record
+from faas_supervisor.parsers.event import StorageObject, check_text, first_record, require_text
+from faas_supervisor.parsers.s3 import SOURCES
 
 EVENT_MAX = 1 << 20  # storage events are small; a larger body is a job's data, not one
 
@@ -45,9 +52,12 @@ def object_id(body: bytes) -> ObjectId | None:
         return None
     try:
         value = strict_json.loads(body)
+    except strict_json.NotJson:
+        return None  # not an event: not deduplicated
+    try:
         found = recognise(value)
-    except (strict_json.NotJson, BadEvent):
-        return None  # not an event the runtime would read as one: not deduplicated
+    except BadEvent:
+        return _refused_object(value)
     if not isinstance(found, StorageObject):
         return None
     version = _version(value.get("event") if "storage_provider" in value else value)
@@ -60,6 +70,36 @@ def listed_id(bucket: str, obj: StoredObject) -> ObjectId:
     """The identity of an object seen in a listing of the default provider: the one its
     event gives (the watcher's event for it, watcher.minio_event, carries its ETag)."""
     return ObjectId(DEFAULT_PROVIDER, bucket, obj.key, _etag(obj.etag))
+
+
+def _refused_object(value: Any) -> ObjectId | None:
+    """The object an S3-family event names (delegated or not), read as the runtime reads
+    it (parsers/s3.py, parsers/delegated.py) but without refusing its key; None when the
+    event names no object even so (a field missing, a key not URL-encoded UTF-8)."""
+    provider = ""
+    if isinstance(value, dict) and "storage_provider" in value and "event" in value:
+        named = value["storage_provider"]
+        if not isinstance(named, str) or not named:
+            return None
+        provider, value = normalize_provider_name(named), value["event"]
+    record = first_record(value)
+    source = record.get("eventSource") if record else None
+    if not isinstance(source, str) or source not in SOURCES:
+        return None
+    provider_type, encoded = SOURCES[source]
+    try:
+        bucket = require_text(value, "Records", 0, "s3", "bucket", "name")
+        key = require_text(value, "Records", 0, "s3", "object", "key")
+        if encoded:
+            key = unquote_plus(key, errors="strict")
+        for text in (provider, bucket, key):
+            check_text(text, "")  # text the store can keep (no lone surrogate)
+    except (BadEvent, UnicodeDecodeError):
+        return None
+    version = _version(value)
+    if not version:
+        return None
+    return ObjectId(provider or f"{provider_type}.default", bucket, key, version)
 
 
 def _version(event: Any) -> str:

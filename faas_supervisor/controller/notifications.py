@@ -8,15 +8,26 @@ Two ways, both set up through the server's own API:
 
 A service's bucket notifications are named `faas-supervisor.<service>.<n>`: service
 names have no dots, so the prefix `faas-supervisor.<service>.` is that service's alone,
-and the entries of other services (or of other tools) on the same bucket are kept.
-Calls are blocking; the callers run them in a thread.
+and the entries of other services (or of other tools) on the same bucket are kept. `n`
+numbers the service's input paths, all buckets together: RGW (seen with Ceph 16.2)
+deletes only the first of two same-named notifications on two buckets, and keeps the
+other, pushing on, for ever.
+Calls are blocking; the callers run them in a thread, several at once (services created
+or deleted together): a bucket's configuration is read and written back under a lock of
+that bucket, or two services on one bucket would each write it without the other's entry.
+
+Removing a service's notifications goes on past a bucket that fails (one deleted before
+the service has none left to remove), and always ends with its topic: what can be
+removed is, and the first failure is then raised, for the caller to log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -28,6 +39,9 @@ from faas_supervisor.logs import get_logger
 
 EVENTS = ["s3:ObjectCreated:*"]
 ID_PREFIX = "faas-supervisor"
+# Locks of buckets' configurations: a bucket's is the one its name hashes to, so one
+# bucket's writes never overlap, and the locks stay as few as this whatever the buckets.
+BUCKET_LOCKS = 64
 logger = get_logger(component="notifications")
 
 
@@ -52,11 +66,41 @@ def _ids_of(service: str) -> str:
     return f"{ID_PREFIX}.{service}."
 
 
-def _by_bucket(paths: Iterable[StoragePath]) -> dict[str, list[StoragePath]]:
-    grouped: dict[str, list[StoragePath]] = {}
-    for path in paths:
-        grouped.setdefault(path.bucket, []).append(path)
+def _buckets(service: Service) -> list[str]:
+    return list(dict.fromkeys(path.bucket for path in input_paths(service)))
+
+
+def _entries_by_bucket(
+    service: Service, target: dict[str, str]
+) -> dict[str, list[dict[str, Any]]]:
+    """The service's notification entries, by bucket; their ids unique to the service."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for n, path in enumerate(input_paths(service)):
+        grouped.setdefault(path.bucket, []).append(_entry(service.name, n, path, target))
     return grouped
+
+
+def _each_bucket(buckets: Iterable[str], work: Callable[[str], None]) -> None:
+    """`work(bucket)` for every bucket: a bucket gone has nothing left to undo, and one
+    that fails stops none of the others (the first failure is raised at the end)."""
+    failure: Exception | None = None
+    for bucket in buckets:
+        try:
+            work(bucket)
+        except Exception as exc:
+            if not _no_such_bucket(exc) and failure is None:
+                failure = exc
+    if failure is not None:
+        raise failure
+
+
+def _no_such_bucket(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        return bool(exc.response.get("Error", {}).get("Code") == "NoSuchBucket")
+    # RGW's notification DELETE (urllib): the bucket, or the entry, is gone already.
+    return isinstance(exc, urllib.error.HTTPError) and exc.code == 404
 
 
 def _entry(service: str, n: int, path: StoragePath, target: dict[str, str]) -> dict[str, Any]:
@@ -74,6 +118,7 @@ class S3Notifications:
         self.store = store
         self.s3: Any = store.client
         self._sns: Any = None
+        self._locks = [threading.Lock() for _ in range(BUCKET_LOCKS)]
 
     @property
     def sns(self) -> Any:
@@ -119,8 +164,7 @@ class S3Notifications:
 
     def push_to_topic(self, service: Service, arn: str) -> None:
         """RGW adds (or replaces, by id) the notifications it is sent, keeping the others."""
-        for bucket, paths in _by_bucket(input_paths(service)).items():
-            entries = [_entry(service.name, n, p, {"TopicArn": arn}) for n, p in enumerate(paths)]
+        for bucket, entries in _entries_by_bucket(service, {"TopicArn": arn}).items():
             self.s3.put_bucket_notification_configuration(
                 Bucket=bucket, NotificationConfiguration={"TopicConfigurations": entries}
             )
@@ -129,10 +173,18 @@ class S3Notifications:
         """The service's notifications and its topic. RGW keeps a notification that a
         PUT leaves out, so each is deleted by id (RGW's `DELETE /bucket?notification=id`,
         which boto3 has no call for)."""
-        for bucket in _by_bucket(input_paths(service)):
+
+        def remove_from(bucket: str) -> None:
             for entry in self._entries(bucket, "TopicConfigurations"):
                 if entry.get("Id", "").startswith(_ids_of(service.name)):
                     self._delete_notification(bucket, entry["Id"])
+
+        try:
+            _each_bucket(_buckets(service), remove_from)
+        finally:
+            self._delete_topic(service)
+
+    def _delete_topic(self, service: Service) -> None:
         for topic in self.sns.list_topics().get("Topics", []):
             arn = topic.get("TopicArn", "")
             if arn.rsplit(":", 1)[-1] == topic_name(service.name):
@@ -163,17 +215,18 @@ class S3Notifications:
     def notify_queue(self, service: Service, queue_arn: str) -> None:
         """Amazon S3 (and moto) replace a bucket's whole configuration with what they are
         sent: the entries of others are read first and sent back."""
-        for bucket, paths in _by_bucket(input_paths(service)).items():
-            mine = [
-                _entry(service.name, n, p, {"QueueArn": queue_arn}) for n, p in enumerate(paths)
-            ]
+        for bucket, mine in _entries_by_bucket(service, {"QueueArn": queue_arn}).items():
             self._replace(bucket, service.name, mine)
 
     def remove_queue(self, service: Service) -> None:
-        for bucket in _by_bucket(input_paths(service)):
-            self._replace(bucket, service.name, [])
+        _each_bucket(_buckets(service), lambda bucket: self._replace(bucket, service.name, []))
 
     def _replace(self, bucket: str, service: str, mine: list[dict[str, Any]]) -> None:
+        # Read, then written back whole: no other write of this bucket's may come between.
+        with self._locks[hash(bucket) % BUCKET_LOCKS]:
+            self._replace_locked(bucket, service, mine)
+
+    def _replace_locked(self, bucket: str, service: str, mine: list[dict[str, Any]]) -> None:
         current = self.s3.get_bucket_notification_configuration(Bucket=bucket)
         config: dict[str, Any] = {}
         for kind in ("TopicConfigurations", "QueueConfigurations", "LambdaFunctionConfigurations"):

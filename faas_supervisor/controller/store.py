@@ -42,6 +42,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
+from faas_supervisor.config import DEFAULT_PROVIDER
 from faas_supervisor.controller.fdl import Service, from_record, to_record
 from faas_supervisor.controller.identity import ObjectId
 from faas_supervisor.errors import InsufficientStorage
@@ -497,16 +498,35 @@ class Store:
 
     @_serialized
     def keep_paths(self, service: str, paths: set[tuple[str, str]]) -> None:
-        """After an update: input paths the service no longer has are no longer listed
-        (given back later, such a path gets a new baseline)."""
+        """After an update: input paths (buckets and key prefixes, on the default
+        provider) the service no longer has are no longer listed (given back later, such
+        a path gets a new baseline), and the identities recorded under them are
+        forgotten, but for those a kept path holds too: no listing would prune them."""
         rows = self.db.execute(
             "SELECT bucket, prefix FROM listed_paths WHERE service = ?", (service,)
         ).fetchall()
+        dropped = [(b, p) for b, p in rows if (b, p) not in paths]
+        if not dropped:
+            return
+
+        def held(bucket: str, key: str, among: Collection[tuple[str, str]]) -> bool:
+            return any(bucket == b and key.startswith(p) for b, p in among)
+
+        objects = self.db.execute(
+            "SELECT bucket, key, version FROM objects WHERE service = ? AND provider = ?",
+            (service, DEFAULT_PROVIDER),
+        ).fetchall()
+        forgotten = [
+            (service, DEFAULT_PROVIDER, b, k, v)
+            for b, k, v in objects
+            if held(b, k, dropped) and not held(b, k, paths)
+        ]
         with self._transaction() as db:
             db.executemany(
                 "DELETE FROM listed_paths WHERE service = ? AND bucket = ? AND prefix = ?",
-                [(service, b, p) for b, p in rows if (b, p) not in paths],
+                [(service, b, p) for b, p in dropped],
             )
+            db.executemany(f"DELETE FROM objects WHERE {_OBJECT_KEY}", forgotten)
 
     @_serialized
     def forget_older(self, service: str, objects: set[ObjectId], before: float) -> None:

@@ -374,3 +374,32 @@ def test_objects_whose_events_were_lost_get_their_jobs(
     assert "its event was lost" in second.log_text()
     # The object there before the service never got a job.
     assert len(second.jobs(name)) == 2
+
+
+@pytest.mark.timeout(300)
+def test_an_object_whose_key_the_runtime_refuses_gets_one_failed_job(
+    controllers: ControllerFactory, moto_server: S3Server
+) -> None:
+    """A base name over 255 bytes: its job fails, saying why, once. It had no identity,
+    so every listing found it without a job and started another, for ever."""
+    name = f"refused-{uuid.uuid4().hex[:8]}"
+    args = moto_args(moto_server, "--events-queue", f"events-{name}", "--reconcile-interval",
+                     "0.2")
+    controller = controllers(args=args)
+    controller.create(service(name))
+    assert intake_of(controller, name) == "queue"
+    s3 = moto_server.client()
+    s3.put_object(Bucket=name, Key="input/" + "x" * 300 + ".txt", Body=b"long")
+    (job,) = controller.wait_jobs(name, 1, timeout=DEADLINE)
+    log = controller.request("GET", f"/system/logs/{name}/{job}").text
+    assert "its base name is over 255 bytes" in log, log
+
+    # Then objects only the listings find, one after the other: the round that found the
+    # first listed the refused object too, with its job stored, and was over before the
+    # round that found the second began. Those rounds are what the count below is after.
+    s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration={})
+    for key in ("input/first.txt", "input/second.txt"):
+        s3.put_object(Bucket=name, Key=key, Body=key.encode())
+        await_outputs(s3, name, {key: key.encode()}, controller)
+    controller.wait_jobs(name, 3, timeout=DEADLINE)
+    assert statuses(controller, name) == ["Failed", "Succeeded", "Succeeded"]

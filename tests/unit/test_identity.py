@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import pytest
 
+from faas_supervisor import strict_json
 from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.controller.identity import ObjectId, listed_id, object_id
 from faas_supervisor.controller.store import PENDING, RUNNING, Store
 from faas_supervisor.controller.watcher import minio_event
+from faas_supervisor.errors import BadEvent
+from faas_supervisor.parsers import recognise
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 
@@ -70,6 +74,44 @@ def test_a_listed_object_and_its_event_agree(key: str) -> None:
     assert object_id(minio_event("photos", obj)) == listed_id("photos", obj)
 
 
+REFUSED_KEYS = ["in/" + "x" * 300 + ".txt", "in/../up.txt", "in/./here.txt", "in/" + "é" * 128]
+
+
+@pytest.mark.parametrize("key", REFUSED_KEYS)
+def test_an_object_whose_key_the_runtime_refuses_still_has_its_identity(key: str) -> None:
+    """Its job fails, saying why; without an identity, each listing of its path found it
+    without a job and started another, for ever. Each way its event comes names it."""
+    obj = StoredObject(key, 4, 1700000000.0, '"e7"')
+    watched = minio_event("b", obj)
+    with pytest.raises(BadEvent):
+        recognise(strict_json.loads(watched))
+    assert object_id(watched) == listed_id("b", obj)
+    # The queue's (an aws:s3 record in a delegated envelope) and Ceph RGW's push.
+    record = json.loads(fixture("s3.json"))
+    record["Records"][0]["s3"]["bucket"]["name"] = "b"
+    record["Records"][0]["s3"]["object"].update(key=quote_plus(key), eTag="e7")
+    queued = {"event": record, "storage_provider": "minio.default"}
+    assert object_id(json.dumps(queued).encode()) == listed_id("b", obj)
+    pushed = json.loads(fixture("ceph.json"))
+    pushed["Records"][0]["s3"]["bucket"]["name"] = "b"
+    pushed["Records"][0]["s3"]["object"].update(key=key, eTag="e7")
+    assert object_id(json.dumps(pushed).encode()) == listed_id("b", obj)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"key": "in/%FF" + "x" * 300},  # not URL-encoded UTF-8: names no key
+        {"key": "in/../a", "eTag": ""},  # no version: not deduplicated
+        {"key": 5},
+    ],
+)
+def test_a_refused_event_naming_no_object_has_no_identity(fields: dict[str, object]) -> None:
+    record = json.loads(fixture("minio.json"))
+    record["Records"][0]["s3"]["object"].update(fields)
+    assert object_id(json.dumps(record).encode()) is None
+
+
 def test_one_object_gives_one_job(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite3")
     obj = ObjectId("minio.default", "b", "in/x", "e1")
@@ -110,6 +152,30 @@ def test_gone_objects_recorded_before_a_listing_are_forgotten(tmp_path: Path) ->
     store.forget_older("svc", {gone}, before=float("inf"))
     assert not store.has_object("svc", gone)
     assert store.objects_in("svc", "minio.default", "b", "in/") == set()
+
+
+def test_an_input_path_an_update_drops_forgets_its_identities(tmp_path: Path) -> None:
+    """RELIABILITY: the identities are pruned to what the input paths hold; no listing
+    ever looks at a dropped path again, so dropping it must forget its rows."""
+    store = Store(tmp_path / "s.sqlite3")
+
+    def ids(bucket: str, *keys: str, provider: str = "minio.default") -> list[ObjectId]:
+        return [ObjectId(provider, bucket, key, "e") for key in keys]
+
+    store.record_baseline("svc", "b", "in/", ids("b", "in/old", "in/keep/x"))
+    store.record_baseline("svc", "b", "in/keep/", ids("b", "in/keep/x"))
+    store.record_baseline("svc", "c", "", ids("c", "in/y"))
+    store.add_job("svc-1", "svc", ids("b", "in/new")[0])
+    elsewhere = ids("b", "in/replica", provider="minio.replica")[0]  # not on this path
+    store.add_job("svc-2", "svc", elsewhere)
+    store.record_baseline("other", "b", "in/", ids("b", "in/old"))
+
+    store.keep_paths("svc", {("b", "in/keep/"), ("c", "")})
+    assert not store.path_listed("svc", "b", "in/")
+    assert store.objects_in("svc", "minio.default", "b", "") == set(ids("b", "in/keep/x"))
+    assert store.objects_in("svc", "minio.default", "c", "") == set(ids("c", "in/y"))
+    assert store.has_object("svc", elsewhere)
+    assert store.objects_in("other", "minio.default", "b", "") == set(ids("b", "in/old"))
 
 
 def test_running_jobs_are_pending_again_at_start(tmp_path: Path) -> None:
