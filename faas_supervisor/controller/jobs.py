@@ -29,7 +29,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 
 from faas_supervisor import strict_json
@@ -73,8 +73,10 @@ class Jobs:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.running: dict[str, asyncio.Task[int]] = {}
         self._workers: list[asyncio.Task[None]] = []
-        # Jobs that ended, whose end is kept in a file until the store records it.
-        self._unrecorded: set[str] = set()
+        # Jobs that ended, whose end is kept in a file until the store records it, and
+        # the failures last logged of its recording: tried again with every pruning (as
+        # often as every 0.05 s), the same failures are logged once.
+        self._unrecorded: dict[str, tuple[str, str]] = {}
 
     def event_path(self, name: str) -> Path:
         return self.folder / f"{name}.event"
@@ -247,27 +249,33 @@ class Jobs:
         """Never raises: the worker calling it must live on to run the next jobs. A job
         whose log cannot be stored is Failed, saying why; one whose end cannot be stored
         at all stays Running, its log kept, and its end kept aside (`_keep_end`)."""
+        told = self._unrecorded.get(name)
         try:
             # The log file itself: the store copies it a chunk at a time.
             self.store.finish_job(name, code, self.log_path(name), reason)
         except Exception as exc:
-            logger.exception("job's log not stored", job=name)
-            why = f"its log could not be stored ({type(exc).__name__}: {exc})"
+            failure = f"{type(exc).__name__}: {exc}"
+            if told is None or told[0] != failure:
+                logger.exception("job's log not stored", job=name)
+            why = f"its log could not be stored ({failure})"
             try:
                 self.store.finish_job(name, code, f"faas-supervisor: {why}\n".encode(),
                                       f"{reason}; {why}" if reason else why, failed=True)
             except Exception as again:
-                self._keep_end(name, code, reason, f"{type(again).__name__}: {again}")
+                self._keep_end(name, code, reason, (failure, f"{type(again).__name__}: {again}"))
                 return
-        self._unrecorded.discard(name)
+        self._unrecorded.pop(name, None)
         for path in (self.log_path(name), self.event_path(name), self.end_path(name)):
             path.unlink(missing_ok=True)
 
-    def _keep_end(self, name: str, code: int | None, reason: str, error: str) -> None:
+    def _keep_end(
+        self, name: str, code: int | None, reason: str, failures: tuple[str, str]
+    ) -> None:
         """The outcome into the job's end file, for `_record_ends`. The job's event, needed
         no more, becomes that file: a rename needs no free space, and the event's blocks
-        then hold the outcome (a full disk). One kept already (a retry) is left as it is."""
-        end = self.end_path(name)
+        then hold the outcome (a full disk). One kept already (a retry) is left as it is.
+        `failures`: the store's, recording the log, then the end alone."""
+        end, error = self.end_path(name), failures[1]
         try:
             if not end.exists():
                 with contextlib.suppress(FileNotFoundError):  # a job of no event file
@@ -280,16 +288,17 @@ class Jobs:
                              job=name, error=error, kept=f"{type(exc).__name__}: {exc}")
                 return
             # Half written: recorded later as an end of unknown exit status (_read_end).
-        self._unrecorded.add(name)
-        logger.error("job's end not recorded; it is kept, tried again, and the job not "
-                     "run again", job=name, error=error)
+        if self._unrecorded.get(name) != failures:  # else logged at an earlier try
+            logger.error("job's end not recorded; it is kept, tried again, and the job not "
+                         "run again", job=name, error=error)
+        self._unrecorded[name] = failures
 
     def _record_ends(self, names: list[str]) -> set[str]:
         """The ends `_keep_end` kept, into the store; those it still cannot record."""
         for name in names:
             job = self.store.job(name)
             if job is None or job.status != RUNNING:  # deleted, or not left by its run
-                self._unrecorded.discard(name)
+                self._unrecorded.pop(name, None)
                 self.end_path(name).unlink(missing_ok=True)
                 continue
             self._record(name, *_read_end(self.end_path(name)))
@@ -297,16 +306,18 @@ class Jobs:
 
     # ---- reading and deleting --------------------------------------------------------
 
-    async def logs(self, name: str) -> AsyncIterator[bytes]:
+    async def logs(self, name: str) -> AsyncGenerator[bytes, None]:
         """What a running job has written so far, or a finished job's stored logs: a
         chunk at a time, each read in a thread, so that a large log holds neither the
-        event loop nor the memory."""
+        event loop nor the memory. Closed (`aclose`) by a reader that stops early."""
         if name in self.running and isinstance(self.backend, LiveLogs):
             live = await self.backend.live_logs(name)
             if live is not None:  # running where its log file is not written yet
-                with contextlib.suppress(FileNotFoundError):  # an earlier run's notes
-                    yield await asyncio.to_thread(self.log_path(name).read_bytes)
-                yield live
+                async with contextlib.aclosing(live):  # its connection, let go early
+                    with contextlib.suppress(FileNotFoundError):  # an earlier run's notes
+                        yield await asyncio.to_thread(self.log_path(name).read_bytes)
+                    async for chunk in live:
+                        yield chunk
                 return
         try:
             log = await asyncio.to_thread(open, self.log_path(name), "rb")
@@ -338,7 +349,7 @@ class Jobs:
         self.event_path(name).unlink(missing_ok=True)
         self.end_path(name).unlink(missing_ok=True)
         self.store.remove_job(name)
-        self._unrecorded.discard(name)
+        self._unrecorded.pop(name, None)
         task = self.running.pop(name, None)
         if task is not None:
             task.cancel()

@@ -651,6 +651,54 @@ async def test_the_controller_on_the_kubernetes_backend(kube: Kube, tmp_path: Pa
     assert_within_role(kube.api)
 
 
+def peak_memory(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+async def test_a_running_jobs_large_log_is_streamed_not_held(
+    kube: Kube, tmp_path: Path
+) -> None:
+    """GET /system/logs/NAME/JOB of a running job read its pod's whole log into the
+    controller's memory and sent it as one chunk (a 150 MB log: +416 MB peak)."""
+    import aiohttp
+
+    from tests.integration.controller_fixture import PASSWORD, USER, ControllerFactory
+
+    size = 64 << 20
+    factory = ControllerFactory(tmp_path)
+    try:
+        controller = await asyncio.to_thread(
+            factory, None, ["--backend", "kubernetes", "--kubeconfig", str(kube.kubeconfig),
+                            "--runtime-image", "registry.example/runtime:1"])
+        auth = {"Authorization": aiohttp.encode_basic_auth(USER, PASSWORD)}
+        async with aiohttp.ClientSession(controller.url, headers=auth) as http:
+            async with http.post("/system/services", json=COWSAY) as response:
+                assert response.status == 201, await response.text()
+            kube.api.autorun = PodRun(run=120, logs=b"x" * size)
+            async with http.post("/job/cowsay", data=b"{}") as response:
+                job = (await response.json())["job"]
+            await asyncio.wait_for(kube.api.wait_for("jobs", NS, job), 30)
+            before = peak_memory(controller.process.pid)
+            read = 0
+            while read == 0:  # empty until the controller has seen its pod run: polled
+                async with http.get(f"/system/logs/cowsay/{job}") as response:
+                    assert response.status == 200
+                    async for chunk in response.content.iter_chunked(1 << 20):
+                        read += len(chunk)
+                if read == 0:
+                    await asyncio.sleep(0.05)
+            assert read == size
+            grown = peak_memory(controller.process.pid) - before
+            assert grown < size // 4, f"the controller's peak memory grew {grown >> 20} MiB"
+    finally:
+        await asyncio.to_thread(factory.close)
+    assert_within_role(kube.api)
+
+
 # ---- deploys checked, refused whole ----------------------------------------------------------
 
 
@@ -856,8 +904,11 @@ async def test_a_completed_job_whose_pod_is_gone_succeeds_without_its_logs(
 async def test_logs_are_read_from_the_pod_while_the_job_runs(
     kube: Kube, backend: KubernetesBackend, tmp_path: Path
 ) -> None:
+    """Streamed, a chunk at a time; a reader that stops early lets go of its connection,
+    which serves no other request with the rest of that log."""
     await backend.deploy(service())
-    kube.api.autorun = PodRun(run=60, logs=b"half way\n")
+    logs = b"half way\n" * 100_000  # several chunks
+    kube.api.autorun = PodRun(run=60, logs=logs)
     task, _, _ = await start_job(kube, backend, tmp_path, "cowsay-9999", b"{}")
     await asyncio.wait_for(kube.api.wait_until(
         lambda: kube.api.job_pod("cowsay-9999", NS)["status"]["phase"] == "Running"), 20)
@@ -866,7 +917,14 @@ async def test_logs_are_read_from_the_pod_while_the_job_runs(
         if (live := await backend.live_logs("cowsay-9999")) is not None:
             break
         await asyncio.sleep(0.025)
-    assert live == b"half way\n"
+    assert live is not None
+    first = await anext(live)
+    assert 0 < len(first) <= kubernetes_backend.LOG_CHUNK
+    await live.aclose()  # the rest left unread
+    again = await backend.live_logs("cowsay-9999")
+    assert again is not None
+    assert b"".join([chunk async for chunk in again]) == logs
+    assert await backend.deployment(service()) is not None  # the next request, answered
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -8,8 +8,9 @@ asked: the loop must never be held for long.
 
 Then, with the real store and jobs and fake backends: a log is stored without being held
 whole in memory; past what the store keeps (store.LOG_MAX, or SQLite's limit on a value,
-lowered here) only its end is kept; and a job whose end cannot be stored fails, saying
-why, while the worker goes on to the next job.
+lowered here) only its end is kept; a job whose end cannot be stored fails, saying
+why, while the worker goes on to the next job; and one whose end cannot be recorded at
+all is logged once, not at every try again.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import hashlib
 import sqlite3
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from faas_supervisor.controller import jobs as jobs_module
 from faas_supervisor.controller import store as store_module
 from faas_supervisor.controller.fdl import Service, parse_service
 from faas_supervisor.controller.jobs import Jobs
@@ -349,3 +351,66 @@ async def test_a_job_whose_end_cannot_be_stored_fails_and_the_worker_goes_on(
     finally:
         await jobs.close()
         store.close()
+
+
+class Unwritable(Store):
+    """A store that cannot record a job's end: each call fails with the next of its
+    `errors` (two calls a try: the log, then the end alone); once they are used up,
+    `exhausted` is set and it records again."""
+
+    def __init__(self, path: Path, errors: list[str]) -> None:
+        super().__init__(path)
+        self.errors = errors
+        self.exhausted = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def finish_job(self, name: str, exit_code: int | None, logs: bytes | Path,
+                   reason: str = "", *, failed: bool = False) -> None:
+        if self.errors:
+            error = self.errors.pop(0)
+            if not self.errors:  # called in a worker thread
+                self._loop.call_soon_threadsafe(self.exhausted.set)
+            raise sqlite3.OperationalError(error)
+        super().finish_job(name, exit_code, logs, reason, failed=failed)
+
+
+class Lines:
+    """A stand-in for jobs.py's logger: the events logged, with their level."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[str, str]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def log(event: str, **_fields: object) -> None:
+            self.logged.append((level, event))
+
+        return log
+
+
+async def test_an_end_that_cannot_be_recorded_is_logged_once_not_at_every_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its recording is tried again with every pruning (here every 0.05 s): each try
+    logged an ERROR with a traceback and another ERROR, 20 times a second. Now once per
+    job, and again when the store fails otherwise."""
+    lines = Lines()
+    monkeypatch.setattr(jobs_module, "logger", lines)
+    errors = ["disk I/O error"] * 2 * 5 + ["database or disk is full"] * 2 * 3  # 8 tries
+    store = Unwritable(tmp_path / "store.sqlite3", errors)
+    service = parse_service({"name": "svc", "script": "true"})
+    jobs = Jobs(store, Writer(b"hello\n"), tmp_path / "jobs", 1,  # type: ignore[arg-type]
+                lambda name: service, retention=0.2)
+    try:
+        await jobs.start()
+        job, _ = await jobs.submit(service, b"{}")
+        await store.exhausted.wait()
+        assert (await ended(store, job)).status == "Succeeded"  # the 9th try
+        assert stored_log(store, job) == b"hello\n"
+    finally:
+        await jobs.close()
+        store.close()
+    failures = [(level, event) for level, event in lines.logged if level not in ("info", "debug")]
+    assert failures == [
+        ("exception", "job's log not stored"),
+        ("error", "job's end not recorded; it is kept, tried again, and the job not run again"),
+    ] * 2

@@ -8,7 +8,7 @@ a service. `local` is the embedded default; `docker` runs containers of the serv
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -72,8 +72,10 @@ class LiveLogs(Protocol):
     """A backend whose running jobs write their logs elsewhere than the job's log file
     (kubernetes: the pod's), until they end."""
 
-    async def live_logs(self, job: str) -> bytes | None:
-        """What the running job has written so far; None when it has not started."""
+    async def live_logs(self, job: str) -> AsyncGenerator[bytes, None] | None:
+        """What the running job has written so far, a chunk at a time (a log can be
+        large: it is never held whole); None when it has not started. The caller closes
+        the generator (`aclose`) when it stops reading before its end."""
 
 
 def build_backend(

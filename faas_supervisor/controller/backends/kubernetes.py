@@ -37,7 +37,7 @@ import datetime
 import functools
 import json
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,6 +64,7 @@ WATCH_SECONDS = 60  # one watch request; then another from where it left off
 # else its thread would wait in recv for ever, and every job with it.
 WATCH_MARGIN = 15.0
 CONNECT_SECONDS = 10.0
+LOG_CHUNK = 256 << 10  # bytes of a running job's pod's log read at a time
 GONE_POD = "the job's pod was deleted before its logs could be read"
 POD_GRACE = 2.0  # seconds a Job's end waits for its pod's events before asking
 RETRY_SECONDS = 1.0  # after a watch failed for another reason than 410 Gone
@@ -670,19 +671,36 @@ class KubernetesBackend:
             return _NoPod(condition)
         return None  # the Job's condition can come before the pod's phase: waited for
 
-    async def live_logs(self, job: str) -> bytes | None:
-        """What a running job's pod has written so far; None before it runs."""
+    async def live_logs(self, job: str) -> AsyncGenerator[bytes, None] | None:
+        """What a running job's pod has written so far, streamed; None before it runs."""
         pods = [self._cache["Pod"][p] for p in self._job_pods.get(job, ())]
         if not any(_started(pod) or _pod_finished(pod) for pod in pods):
             return None
         pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        return await asyncio.to_thread(self._log_bytes, pod["metadata"]["name"])
+        return self._stream_log(pod["metadata"]["name"])
 
-    def _log_bytes(self, pod: str) -> bytes:
-        response = self._read_log(pod)
+    async def _stream_log(self, pod: str) -> AsyncGenerator[bytes, None]:
+        """The pod's log, LOG_CHUNK bytes at a time, each read in a thread: a pod's log
+        can be larger than the controller's memory."""
+        response = await asyncio.to_thread(self._read_log, pod)
+        chunks = response.stream(LOG_CHUNK)
+        reading: asyncio.Task[bytes | None] | None = None
+        whole = False
         try:
-            return bytes(response.data)
+            while True:
+                # Shielded: a read cancelled (the controller stopping) goes on in its
+                # thread, and the connection is closed only once it is over.
+                reading = asyncio.ensure_future(asyncio.to_thread(_next_chunk, chunks, pod))
+                chunk = await asyncio.shield(reading)
+                if chunk is None:
+                    whole = True
+                    return
+                yield chunk
         finally:
+            if reading is not None and not reading.done():
+                await asyncio.wait([reading])
+            if not whole:  # left unread, its connection must not serve another request
+                response.close()
             response.release_conn()
 
     def _copy_logs(self, pod: str, log: Path) -> None:
@@ -920,6 +938,14 @@ def _terminated(pod: Mapping[str, Any]) -> dict[str, Any]:
 def _exit_code(pod: Mapping[str, Any]) -> int | None:
     terminated = _terminated(pod)
     return int(terminated.get("exitCode", 1)) if terminated else None
+
+
+def _next_chunk(chunks: Iterator[bytes], pod: str) -> bytes | None:
+    """The next chunk of a pod's log being read; None at its end."""
+    try:
+        return next(chunks, None)
+    except HTTPError as exc:  # the connection broken half way
+        raise _unreachable(exc, "read logs of", "Pod", pod) from None
 
 
 def _unreachable(exc: Exception, verb: str, kind: str, name: str) -> KubernetesError:

@@ -3,6 +3,7 @@ and logs."""
 
 from __future__ import annotations
 
+import contextlib
 from http import HTTPStatus
 from typing import Any
 
@@ -13,6 +14,9 @@ from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response, rfc3339
 from faas_supervisor.controller.store import FINISHED, Job
 from faas_supervisor.errors import NotFound
+from faas_supervisor.logs import get_logger
+
+logger = get_logger(component="api")
 
 
 class JobRoutes(Routes):
@@ -45,8 +49,16 @@ class JobRoutes(Routes):
         response = web.StreamResponse()  # streamed: a job's log can be large
         response.content_type, response.charset = "text/plain", "utf-8"
         await response.prepare(request)
-        async for chunk in self.api.jobs.logs(job.name):
-            await response.write(chunk)
+        async with contextlib.aclosing(self.api.jobs.logs(job.name)) as logs:
+            async for chunk in logs:
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:
+                    # The client stopped reading (`... | head`): its choice, not a fault
+                    # here; the 200 is sent, so there is nothing more to answer.
+                    logger.info("the client left before the job's log was sent",
+                                job=job.name)
+                    return response
         await response.write_eof()
         return response
 
