@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -260,6 +261,72 @@ def test_an_update_keeps_the_service_answering(
         update.join(60)
     assert held.raw.read() == b"done\n"  # the old watchdog finished what it had
     assert updated == {"status": 204}
+
+
+def begun(controller: ControllerProcess, path: str) -> socket.socket:
+    """A POST to `path` the controller has begun to handle (its answer still to read,
+    with http.client.HTTPResponse): sent with `Expect: 100-continue`, which aiohttp
+    answers as it starts the route's handler, its body sent once that came. The exposed
+    route reads no body before its service's watchdog is found: such a request to a
+    starting service is waiting for it, an event the test can await."""
+    sock = socket.create_connection(("127.0.0.1", controller.port), timeout=60)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n"
+                 "Expect: 100-continue\r\n\r\n".encode())
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):  # byte by byte: nothing of the answer read
+        byte = sock.recv(1)
+        assert byte, f"connection closed after {head!r}"
+        head += byte
+    assert head.startswith(b"HTTP/1.1 100 "), head
+    sock.sendall(b"x")
+    return sock
+
+
+def answer_of(sock: socket.socket, within: float) -> tuple[int, bytes]:
+    sock.settimeout(within)
+    response = http.client.HTTPResponse(sock)
+    try:
+        response.begin()
+        return response.status, response.read()
+    except TimeoutError:
+        pytest.fail(f"no answer within {within} s")
+    finally:
+        response.close()
+        sock.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_request_waiting_for_a_starting_service_gets_its_update(
+    controllers: ControllerFactory, echo_app: Path
+) -> None:
+    """An update while a request waits for the service's first watchdog: the request
+    waited on the replaced watchdog, all of --sync-wait, and got a 503 while the new
+    one answered (a review found it)."""
+    controller = controllers(args=["--sync-wait", "30"])
+    controller.create(exposed("slow", echo_app, script="exec sleep 300\n"))  # never listens
+    waiting = begun(controller, "/system/services/slow/exposed/path")
+    answer = controller.request("PUT", "/system/services",
+                                json=exposed("slow", echo_app, variables={"VERSION": "2"}))
+    assert answer.status_code == 204, answer.text
+    status, body = answer_of(waiting, 20)
+    assert status == 200, body
+    assert json.loads(body) == {"raw": "/path", "version": "2"}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method, path", [("DELETE", "/system/services/slow"),
+                                          ("POST", "/system/services/slow/stop")])
+def test_a_request_waiting_for_a_service_stopped_or_deleted_is_answered_at_once(
+    controllers: ControllerFactory, echo_app: Path, method: str, path: str
+) -> None:
+    """It waited all of --sync-wait for the watchdog dropped meanwhile."""
+    controller = controllers(args=["--sync-wait", "30"])
+    controller.create(exposed("slow", echo_app, script="exec sleep 300\n"))  # never listens
+    waiting = begun(controller, "/system/services/slow/exposed/")
+    answer = controller.request(method, path)
+    assert answer.status_code in (200, 204), answer.text
+    status, body = answer_of(waiting, 10)
+    assert (status, b"is not running" in body) == (503, True), body
 
 
 @pytest.mark.timeout(180)

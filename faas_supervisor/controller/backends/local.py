@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,7 +46,7 @@ HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0  # seconds a new watchdog may take to answer its health check
 SYNC_WAIT = 60.0  # seconds a request waits for a starting service (--sync-wait)
 STOP_TIMEOUT = 15.0  # seconds a watchdog gets to finish in-flight work when stopped
-LOG_CHECK = 30.0  # seconds between two looks at a running watchdog's log size (trim_log)
+LOG_CHECK = 30.0  # seconds between two looks at a service's watchdog.log size (trim_log)
 JOB_STOP_GRACE = 10.0  # seconds a stopped job's `run` gets to kill its script and clean up
 EVENT_IN_ENV_MAX = 96 * 1024  # larger events go on stdin: the environment is bounded
 logger = get_logger(component="local-backend")
@@ -109,17 +110,61 @@ class _Pids:
             logger.warning("stopped a script left by the last controller", pid=group)
 
 
+class _ServiceLog:
+    """A service's watchdog.log, which all its watchdogs append to, kept to its cap
+    (trim_log) whatever state they are in: looked at before each watchdog starts and
+    every LOG_CHECK seconds while the service has watchdogs. Looked at only while one
+    ran healthy, it grew without bound for a server that prints a lot and exits before
+    it listens (restarted for ever), or prints through a long health wait."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        # Trims of one file never overlap: a cut made from the size seen before another
+        # cut would empty it. A thread lock, as a cancelled await leaves its thread running.
+        self._lock = threading.Lock()
+        self._timer: asyncio.Task[None] | None = None
+
+    def _trim(self) -> None:
+        with self._lock:
+            trim_log(self.path)
+
+    async def trim(self) -> None:
+        try:
+            await asyncio.to_thread(self._trim)  # off the loop: it copies up to a MiB
+        except OSError as exc:  # a full disk: the watchdog starts all the same
+            logger.warning("cannot trim the service's log", service=self.name,
+                           log=str(self.path), error=str(exc))
+
+    def watch(self) -> None:
+        """The periodic look started (if not running)."""
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._every_check(), name=f"log-{self.name}")
+
+    async def _every_check(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_CHECK)  # a file's size has no event to await
+            await self.trim()
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+            self._timer = None
+
+
 class _Watchdog:
     """One service's watchdog process, kept running until stopped."""
 
     def __init__(
-        self, name: str, folder: Path, command: list[str], env: dict[str, str], pids: _Pids,
-        orphans: processes.Orphans,
+        self, name: str, log: _ServiceLog, command: list[str], env: dict[str, str],
+        pids: _Pids, orphans: processes.Orphans,
     ) -> None:
         self.name = name
         self.pids = pids
         self.orphans = orphans
-        self.folder = folder
+        self.log = log
         self.command = command
         self.env = env
         self.port = 0
@@ -140,8 +185,10 @@ class _Watchdog:
         failures = 0
         while not self.stopping:
             self.port = free_port()
+            # Each start appends to the log: cut first, however short the last one ran.
+            await self.log.trim()
             started = time.monotonic()
-            with open(self.folder / "watchdog.log", "ab") as log:
+            with open(self.log.path, "ab") as log:
                 try:
                     self.process = processes.spawn(
                         [*self.command, *self._upstream_flags(), "--port", str(self.port),
@@ -170,10 +217,7 @@ class _Watchdog:
                 if await self._healthy():
                     self.ready.set()
                     logger.info("service ready", service=self.name, port=self.port)
-                # While it runs, its log (a line per invocation) is kept to its end.
-                while not (await asyncio.wait({ended}, timeout=LOG_CHECK))[0]:
-                    await asyncio.to_thread(trim_log, self.folder / "watchdog.log")
-                code = ended.result()
+                code = await ended
             finally:
                 # Also when cancelled by stop(), which has stopped the process by then.
                 ended.cancel()
@@ -191,7 +235,7 @@ class _Watchdog:
                 service=self.name,
                 status=code,
                 delay=delay,
-                log=str(self.folder / "watchdog.log"),
+                log=str(self.log.path),
             )
             await asyncio.sleep(delay)  # back off a watchdog that keeps dying
 
@@ -263,6 +307,11 @@ class LocalBackend:
         self.base_env = dict(service_env)
         # A service's watchdogs: one, or `min_scale` for an exposed service.
         self._watchdogs: dict[str, list[_Watchdog]] = {}
+        # Set (and dropped) when a service's watchdogs are replaced or dropped: a request
+        # waiting for the old ones to be ready looks again (_swap_watchdogs, invoke_url).
+        self._changed: dict[str, asyncio.Event] = {}
+        # A service's watchdog.log, kept to its cap while it has watchdogs.
+        self._logs: dict[str, _ServiceLog] = {}
         self._turn = itertools.count()  # round robin over a service's watchdogs
         # Services whose watchdogs POST /system/services/NAME/stop stopped.
         self._stopped: set[str] = set()
@@ -293,6 +342,8 @@ class LocalBackend:
                              *retiring.values(), return_exceptions=True)
         self._watchdogs.clear()
         self._runners.clear()
+        await asyncio.gather(*(log.close() for log in self._logs.values()))
+        self._logs.clear()
         await self._orphans().kill_all()
 
     def _folder(self, name: str) -> Path:
@@ -339,18 +390,41 @@ class LocalBackend:
         self._stopped.discard(service.name)  # a new definition runs
         await self._replace_watchdogs(service)
 
-    def _start_watchdogs(self, service: Service) -> None:
+    def _start_watchdogs(self, service: Service) -> list[_Watchdog]:
+        """The service's new watchdogs in place; those they replace, to be stopped."""
         command = [*runtime_command(), "watchdog", *self._files(service.name)]
         if service.exposed:
             # Its own free port, not api_port: services of one machine share its ports. The
             # script gets it as $upstream_port.
             command += ["--mode", Mode.HTTP.value]
         instances = max(1, service.expose.min_scale) if service.exposed else 1
-        self._watchdogs[service.name] = [
-            _Watchdog(service.name, self._folder(service.name), command, self._env(service),
-                      self.pids, self._orphans())
+        log = self._logs.get(service.name)
+        if log is None:
+            log = self._logs[service.name] = _ServiceLog(
+                service.name, self._folder(service.name) / "watchdog.log")
+        log.watch()
+        return self._swap_watchdogs(service.name, [
+            _Watchdog(service.name, log, command, self._env(service), self.pids,
+                      self._orphans())
             for _ in range(instances)
-        ]
+        ])
+
+    def _swap_watchdogs(self, name: str, new: list[_Watchdog] | None) -> list[_Watchdog]:
+        """The service's watchdogs replaced by `new` (None: by none); the old ones back.
+        Requests waiting for the old ones to be ready are woken to look again: else they
+        waited all of sync_wait for watchdogs being stopped, the new ones answering."""
+        old = self._watchdogs.pop(name, [])
+        if new is not None:
+            self._watchdogs[name] = new
+        changed = self._changed.pop(name, None)
+        if changed is not None:
+            changed.set()
+        return old
+
+    async def _unwatch_log(self, name: str) -> None:
+        """Its log's periodic look stopped, once the service has no watchdogs left."""
+        if name not in self._watchdogs and (log := self._logs.pop(name, None)) is not None:
+            await log.close()
 
     async def _runner(self, name: str) -> Runner:
         """The service's runner, started (the first job of a service waits for its
@@ -390,9 +464,10 @@ class LocalBackend:
         for task in retiring.values():
             task.cancel()  # no wait for idle: its runner is stopped here, with its jobs
         runners = [*([runner] if runner is not None else []), *retiring]
-        await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(name, [])),
+        await asyncio.gather(*(w.stop() for w in self._swap_watchdogs(name, None)),
                              *(r.stop() for r in runners))
         await asyncio.gather(*retiring.values(), return_exceptions=True)
+        await self._unwatch_log(name)
         await asyncio.to_thread(shutil.rmtree, self._folder(name), True)
 
     # ---- the service's watchdogs, as the dashboard sees them -----------------------------
@@ -420,7 +495,8 @@ class LocalBackend:
 
     async def stop_service(self, service: Service) -> None:
         self._stopped.add(service.name)
-        await asyncio.gather(*(w.stop() for w in self._watchdogs.pop(service.name, [])))
+        await asyncio.gather(*(w.stop() for w in self._swap_watchdogs(service.name, None)))
+        await self._unwatch_log(service.name)
 
     async def start_service(self, service: Service) -> None:
         if service.name in self._stopped:
@@ -435,34 +511,35 @@ class LocalBackend:
         """Rolling: the new ones take requests once ready (a request waits for them, at
         most sync_wait), the old ones drain meanwhile. Stopped first, they would leave
         the service without a watchdog (a 503) for as long as their drain took."""
-        old = self._watchdogs.pop(service.name, [])
-        self._start_watchdogs(service)
+        old = self._start_watchdogs(service)
         await asyncio.gather(*(w.stop() for w in old))
 
     async def invoke_url(self, name: str) -> str:
-        watchdogs = self._watchdogs.get(name)
-        if not watchdogs:
-            raise ServiceUnavailable(f"service {name} is not running")
-        # Round robin from the next in turn, over those answering now.
-        start = next(self._turn)
-        ordered = [watchdogs[(start + i) % len(watchdogs)] for i in range(len(watchdogs))]
-        for watchdog in ordered:
-            if watchdog.ready.is_set():
-                return watchdog.url
-        # One that starts (just made, updated, restarted): waited for, at most sync_wait.
-        waits = [asyncio.ensure_future(w.ready.wait()) for w in ordered]
-        try:
-            if self.sync_wait > 0:
-                await asyncio.wait(waits, timeout=self.sync_wait,
-                                   return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
-        for watchdog in ordered:
-            if watchdog.ready.is_set():
-                return watchdog.url
-        raise ServiceUnavailable(
-            f"service {name} is not answering yet (waited {self.sync_wait:g} s)")
+        start = next(self._turn)  # round robin from the next in turn, over those answering
+        deadline = time.monotonic() + self.sync_wait
+        while True:
+            # Read again after each wake-up: an update, restart, stop or delete meanwhile
+            # replaced or dropped the watchdogs this request was waiting for.
+            watchdogs = self._watchdogs.get(name)
+            if not watchdogs:
+                raise ServiceUnavailable(f"service {name} is not running")
+            ordered = [watchdogs[(start + i) % len(watchdogs)] for i in range(len(watchdogs))]
+            for watchdog in ordered:
+                if watchdog.ready.is_set():
+                    return watchdog.url
+            # One that starts (just made, updated, restarted): waited for, at most sync_wait.
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceUnavailable(
+                    f"service {name} is not answering yet (waited {self.sync_wait:g} s)")
+            changed = self._changed.setdefault(name, asyncio.Event())
+            waits = [asyncio.ensure_future(w.ready.wait()) for w in ordered]
+            waits.append(asyncio.ensure_future(changed.wait()))
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
         env = self._env(service)
