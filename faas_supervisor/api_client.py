@@ -111,7 +111,15 @@ class ControllerClient:
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
         async with self.request(method, path, **kwargs) as response:
-            text = await response.text()
+            body = await response.read()
+        # JSON is UTF-8 (RFC 8259), whatever charset the answer names: text in another
+        # encoding is a malformed answer, said in one line as one that is not JSON.
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            shown = _first_line(body.decode("utf-8", "replace"))
+            raise RequestFailed(f"{method} {path}: the answer is not UTF-8 JSON (byte "
+                                f"{exc.start}): {shown}") from None
         try:
             return json.loads(text) if text.strip() else None
         except ValueError:

@@ -3,10 +3,12 @@
 Each subcommand is one coroutine over `ControllerClient`. Results go to stdout, one
 error line to stderr: exit status 1 when the controller (or the network) said no, 2 for
 bad usage or a bad local file, which argparse and `ConfigError` already mean elsewhere
-in this program. SIGTERM or SIGINT stops a command with 128 plus the signal's number
-once its cleanup is done; a reader of stdout that stops early (`| head`) ends it quietly
-with 141, a SIGPIPE's status. cli.py imports this module only when the `service` command
-is chosen, and aiohttp only when a subcommand runs.
+in this program; a local file or stdout that cannot be written is a bad local file too,
+but a full disk (ENOSPC, EDQUOT) is 4, as `faas-supervisor run` says it
+(`local_write_failure`). SIGTERM or SIGINT stops a command with 128 plus the signal's
+number once its cleanup is done; a reader of stdout that stops early (`| head`) ends it
+quietly with 141, a SIGPIPE's status. cli.py imports this module only when the `service`
+command is chosen, and aiohttp only when a subcommand runs.
 """
 
 from __future__ import annotations
@@ -38,16 +40,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from faas_supervisor.config import current_environ
-from faas_supervisor.errors import ConfigError, FaasError
+from faas_supervisor.errors import ConfigError, FaasError, InsufficientStorage, local_write_error
 
 if TYPE_CHECKING:
     from faas_supervisor.api_client import Connection, ControllerClient
     from faas_supervisor.progress import Progress
+    from faas_supervisor.transfer import Readable
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 RECEIVE_CHUNK = 256 << 10
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 RAW_TYPES = ("application/octet-stream", "application/zip")
+STDOUT = "standard output"
 
 Command = Callable[["ControllerClient", argparse.Namespace], Awaitable[int]]
 
@@ -150,14 +154,49 @@ def connection(args: argparse.Namespace, environ: Mapping[str, str]) -> Connecti
 def cmd_service(args: argparse.Namespace) -> int:
     try:
         conn = connection(args, current_environ())
-        status = asyncio.run(_until_signalled(_with_client(conn, args)))
-        sys.stdout.flush()  # here, where a closed stdout is caught: not at the exit
+        try:
+            status = asyncio.run(_until_signalled(_with_client(conn, args)))
+            sys.stdout.flush()  # here, where a failed write is caught: not at the exit
+        except OSError as exc:
+            # What escapes the commands unconverted is a write to stdout (a full disk,
+            # `> /dev/full`, a file past `ulimit -f`): every other local file and every
+            # request says its own failure.
+            if _from_peer(exc):
+                raise
+            _discard_stdout()
+            raise local_write_failure(exc, STDOUT) from None
         return status
     except FaasError as exc:
         print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
         return exc.exit_status
     except BrokenPipeError:
         return _stdout_closed()
+
+
+def local_write_failure(exc: OSError, what: str) -> FaasError:
+    """The client's one mapping of a local write that failed (stdout, `--output`,
+    get-file's LOCAL): exit 4 when the disk is full, as `run` says it, else 2, the
+    status of a bad local file; one line naming what could not be written."""
+    error = local_write_error(exc, what)
+    return error if isinstance(error, InsufficientStorage) else ConfigError(error.message)
+
+
+@contextmanager
+def writing_locally(what: str) -> Iterator[None]:
+    """A failed local write inside becomes `local_write_failure`'s; FaasErrors pass."""
+    try:
+        yield
+    except OSError as exc:
+        if _from_peer(exc):
+            raise
+        raise local_write_failure(exc, what) from None
+
+
+def _from_peer(exc: OSError) -> bool:
+    """A network failure, or stdout's reader gone (`| head`), not a local write's."""
+    aiohttp = sys.modules.get("aiohttp")  # its errors can come only once it is imported
+    return isinstance(exc, ConnectionError | TimeoutError) or (
+        aiohttp is not None and isinstance(exc, aiohttp.ClientError))
 
 
 async def _until_signalled(work: Coroutine[Any, Any, int]) -> int:
@@ -177,12 +216,16 @@ def _stdout_closed() -> int:
     other command of a pipeline tells one. The status is a SIGPIPE's (141), what `cat`
     or oscar-cli (Go) end with there: what was asked for was not all delivered, which a
     script (`set -o pipefail`) must be able to tell from success."""
-    # What is still buffered for stdout goes nowhere, or the interpreter's exit would
-    # fail on it again, with a message.
+    _discard_stdout()
+    return 128 + signal.SIGPIPE
+
+
+def _discard_stdout() -> None:
+    """What is still buffered for stdout goes nowhere, or the interpreter's exit would
+    fail on it again, with a message (and status 120)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    return 128 + signal.SIGPIPE
 
 
 async def _with_client(conn: Connection, args: argparse.Namespace) -> int:
@@ -310,14 +353,19 @@ async def _token(client: ControllerClient, args: argparse.Namespace) -> str | No
 
 
 @contextmanager
-def _input(args: argparse.Namespace) -> Iterator[tuple[BinaryIO, int | None]]:
+def _input(args: argparse.Namespace) -> Iterator[tuple[Readable, int | None]]:
     """The input file (or stdin, or the text) and its size when known."""
+    from faas_supervisor.transfer import stdin_source
+
     if args.text_input is not None:
         data = args.text_input.encode("utf-8")
         yield io.BytesIO(data), len(data)
         return
     if args.input == "-":
-        yield sys.stdin.buffer, None
+        # Closed on the way out, a signal's too: a read waiting on an idle pipe stops, so
+        # the process's exit does not wait for its worker thread (transfer.StdinReader).
+        with contextlib.closing(stdin_source()) as stdin:
+            yield stdin, None
         return
     try:
         source = open(args.input, "rb")  # noqa: SIM115 - closed below, after the request
@@ -327,7 +375,7 @@ def _input(args: argparse.Namespace) -> Iterator[tuple[BinaryIO, int | None]]:
         yield source, os.fstat(source.fileno()).st_size
 
 
-async def _encoded(source: BinaryIO, progress: Progress) -> AsyncIterator[bytes]:
+async def _encoded(source: Readable, progress: Progress) -> AsyncIterator[bytes]:
     from faas_supervisor.transfer import encode_base64
 
     async for chunk in encode_base64(source, progress.update):
@@ -358,36 +406,68 @@ def _umask() -> int:
 
 
 async def _write_file(path: Path, chunks: AsyncIterator[bytes], raw: bool) -> None:
-    """Into a temporary file beside `path`, renamed at the end: never a partial result."""
+    """Into `path` as a shell's `>` writes it (through a symlink, into a FIFO or a
+    device), but a regular file (or a new one) never holds a partial result: it is
+    written under a temporary name beside it and renamed at the end."""
     from faas_supervisor.transfer import write_result
 
-    directory = path.parent if str(path.parent) else Path(".")
+    what = f"--output {path}"
+    # A symlink's target is what is written: renamed over the link, the result would
+    # replace the link and leave its target as it was.
+    real = Path(os.path.realpath(path))
     try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+        found: os.stat_result | None = os.stat(real)
+    except FileNotFoundError:
+        found = None
     except OSError as exc:
-        raise ConfigError(f"--output {path}: {exc.strerror}") from None
+        raise ConfigError(f"{what}: {exc.strerror}") from None
+    if found is not None and not stat.S_ISREG(found.st_mode):
+        sink = await _open_special(path, found, what)
+        with writing_locally(what), sink:
+            await write_result(chunks, sink, raw=raw)
+        return
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".part",
+                                         dir=real.parent)
+    except OSError as exc:
+        raise ConfigError(f"{what}: {exc.strerror}") from None
     try:
         # The mode of the file it replaces, or the one a new file gets (0666 less the
         # umask), not mkstemp's 0600: as a shell's `>` would leave it. A file system
         # without modes keeps its own.
-        try:
-            mode = stat.S_IMODE(os.stat(path).st_mode)
-        except OSError:
-            mode = 0o666 & ~_umask()
+        mode = stat.S_IMODE(found.st_mode) if found is not None else 0o666 & ~_umask()
         with contextlib.suppress(OSError):
             os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as sink:
-            await write_result(chunks, sink, raw=raw)
-        os.replace(temporary, path)
+        with writing_locally(what):  # the close and the rename too: they write
+            with os.fdopen(fd, "wb") as sink:
+                await write_result(chunks, sink, raw=raw)
+            os.replace(temporary, real)
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+async def _open_special(path: Path, found: os.stat_result, what: str) -> BinaryIO:
+    """A FIFO or a device, opened for writing in a worker thread: a FIFO's open waits for
+    a reader. Stopped by a signal meanwhile, it opens the FIFO's read end a moment itself,
+    which ends the wait: the process's exit waits for its threads."""
+    try:
+        return await asyncio.to_thread(open, path, "wb")
+    except asyncio.CancelledError:
+        if stat.S_ISFIFO(found.st_mode):
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        raise
+    except OSError as exc:
+        raise ConfigError(f"{what}: {exc.strerror}") from None
 
 
 # logs
 
 
 async def cmd_logs(client: ControllerClient, args: argparse.Namespace) -> int:
+    from faas_supervisor.transfer import write_all
+
     if args.job:
         # Bytes as they come: a log holds whatever the script printed (not always UTF-8),
         # and may be large.
@@ -395,7 +475,7 @@ async def cmd_logs(client: ControllerClient, args: argparse.Namespace) -> int:
         last = b"\n"
         async with contextlib.aclosing(client.job_logs(args.name, args.job)) as chunks:
             async for chunk in chunks:
-                out.write(chunk)
+                write_all(out, chunk)
                 last = chunk[-1:] or last
         if last != b"\n":
             out.write(b"\n")

@@ -12,12 +12,14 @@ A REMOTE_PATH is `BUCKET/KEY` (a service's `input` path plus a file name puts a 
 as a new input: the service's job starts as for any object stored there).
 
 Exit statuses, as the other `service` commands: 1 when the controller said no, 2 for a
-bad argument or local file, 3 when the storage server failed or refused (unreachable,
-no such object or bucket, access denied), as `run` says for a storage failure.
+bad argument or local file (one that cannot be written too), 4 for a full local disk, 3
+when the storage server failed or refused (unreachable, no such object or bucket, access
+denied), as `run` says for a storage failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import stat
@@ -28,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from faas_supervisor.client import local_write_failure
 from faas_supervisor.config import ProviderConfig, Secret, normalize_provider_name
 from faas_supervisor.errors import ConfigError, FaasError, StorageError
 
@@ -39,6 +42,9 @@ S3_TYPES = ("minio", "s3")
 HIDDEN = "hidden"  # a key the controller (as OSCAR's manager) shows in place of its value
 STANDARD = "-"  # LOCAL: standard input (put-file) or output (get-file)
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# What only a write to a local file fails with, never a socket: the provider's StorageError
+# that was one of these is our file's failure (a full disk is told apart by the provider).
+LOCAL_ONLY = (errno.EFBIG, errno.EROFS, errno.EISDIR)
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,13 @@ def _settings(given: Mapping[str, Any]) -> dict[str, str | bool | Secret]:
 
 async def put_file(provider: S3Provider, remote: RemotePath, local: str) -> None:
     from faas_supervisor.progress import Progress
+    from faas_supervisor.transfer import StdinReader, stdin_source
 
     if local == STANDARD:
         if remote.folder:
             raise ConfigError(f"REMOTE_PATH {remote}: name the object (BUCKET/KEY) when the "
                               "file comes from standard input")
-        source: BinaryIO = sys.stdin.buffer
+        source: BinaryIO | StdinReader = stdin_source()
         size: int | None = None
         key = remote.key
     else:
@@ -128,7 +135,21 @@ async def put_file(provider: S3Provider, remote: RemotePath, local: str) -> None
     progress = Progress("uploading", size)
     try:
         with source:
-            await provider.upload(source, remote.bucket, key, progress.update)
+            upload = asyncio.ensure_future(provider.upload(
+                source, remote.bucket, key, progress.update))  # type: ignore[arg-type]
+            try:
+                await asyncio.shield(upload)
+            except asyncio.CancelledError:
+                # Stopped (a signal): s3transfer's thread may be waiting on an idle stdin
+                # pipe, and the upload's cleanup (the multipart upload aborted) waits for
+                # it. Closed first, the read stops, and the cleanup runs at once.
+                upload.cancel()
+                if isinstance(source, StdinReader):
+                    source.close()
+                await asyncio.wait((upload,))
+                if not upload.cancelled():
+                    upload.exception()  # retrieved: the stop is what is said, not this
+                raise
     finally:
         progress.close()
 
@@ -170,13 +191,23 @@ async def get_file(provider: S3Provider, remote: RemotePath, target: Path | None
                                         out,  # type: ignore[arg-type]
                                         progress.update)
             except FaasError:
-                if out.closed_by_reader:  # `| head`: not the store's failure (client.py)
-                    raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)) from None
+                # Not the store's failure: `| head` (141), or stdout's own, which client.py
+                # says as it says any failed write to stdout.
+                if out.failed is not None:
+                    raise out.failed from None
                 raise
             sys.stdout.buffer.flush()
         else:
             # s3transfer writes beside it and renames: never a partial file at `target`.
-            await provider.download(remote.bucket, remote.key, target, progress.update)
+            try:
+                await provider.download(remote.bucket, remote.key, target, progress.update)
+            except StorageError as exc:
+                # The provider says every failure as the store's; the OSError it was
+                # (kept as the context) tells our file's own.
+                cause = exc.__context__
+                if isinstance(cause, OSError) and cause.errno in LOCAL_ONLY:
+                    raise local_write_failure(cause, str(target)) from None
+                raise
     finally:
         progress.close()
 
@@ -205,14 +236,18 @@ class _InOrder:
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
         # s3transfer's thread writes, and turns a failed write into the download's
-        # failure: this tells a reader gone (`| head`) from the store's fault.
-        self.closed_by_reader = False
+        # failure: this tells stdout's own (a reader gone, `| head`; a full disk) from
+        # the store's fault.
+        self.failed: OSError | None = None
 
     def write(self, data: bytes) -> int:
+        from faas_supervisor.transfer import write_all
+
         try:
-            return self._out.write(data)
-        except BrokenPipeError:
-            self.closed_by_reader = True
+            write_all(self._out, data)
+            return len(data)
+        except OSError as exc:
+            self.failed = exc
             raise
 
     def seekable(self) -> bool:
