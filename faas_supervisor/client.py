@@ -416,12 +416,17 @@ async def _write_file(path: Path, chunks: AsyncIterator[bytes], raw: bool) -> No
     # replace the link and leave its target as it was.
     real = Path(os.path.realpath(path))
     try:
-        found: os.stat_result | None = os.stat(real)
+        # The path itself, followed: /dev/stdout's link into /proc names a pipe that
+        # realpath cannot spell (`pipe:[N]`), but that stat (and open) reach.
+        found: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
         found = None
     except OSError as exc:
         raise ConfigError(f"{what}: {exc.strerror}") from None
-    if found is not None and not stat.S_ISREG(found.st_mode):
+    # A FIFO, a device, or a descriptor already open (/dev/stdout, /dev/fd/N, whatever
+    # it is open on, a file appended to say): written into, as `>` writes, never replaced.
+    if found is not None and (not stat.S_ISREG(found.st_mode) or _DESCRIPTOR.fullmatch(
+            os.path.abspath(path))):
         sink = await _open_special(path, found, what)
         with writing_locally(what), sink:
             await write_result(chunks, sink, raw=raw)
@@ -445,6 +450,9 @@ async def _write_file(path: Path, chunks: AsyncIterator[bytes], raw: bool) -> No
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+_DESCRIPTOR = re.compile(r"/dev/(std(in|out|err)|fd/[0-9]+)|/proc/[^/]+/fd/[0-9]+")
 
 
 async def _open_special(path: Path, found: os.stat_result, what: str) -> BinaryIO:

@@ -159,6 +159,25 @@ def test_output_writes_through_a_symlink_and_into_a_fifo(controller: ControllerP
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
+def test_output_dev_stdout_writes_into_what_stdout_is(controller: ControllerProcess,
+                                                      tmp_path: Path) -> None:
+    """`--output /dev/stdout` as a shell's `> /dev/stdout`: into the pipe (its link into
+    /proc names `pipe:[N]`, which is no path: it was exit 2), and into the file stdout is
+    open on, opened again as `>` opens it (truncated), not replaced by a new file."""
+    result = client(controller.url, "run", "echo", "--text-input", "hello",
+                    "--output", "/dev/stdout")
+    assert (result.returncode, result.stdout) == (0, b"hello"), result.stderr
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"earlier\n")
+    inode = log.stat().st_ino
+    with open(log, "ab") as appended:
+        result = client(controller.url, "run", "echo", "--text-input", "hello",
+                        "--output", "/dev/stdout", stdout=appended)
+    assert result.returncode == 0, result.stderr
+    assert (log.read_bytes(), log.stat().st_ino) == (b"hello", inode)
+    assert [p.name for p in tmp_path.iterdir()] == ["log.txt"]
+
+
 def test_output_writes_into_a_device(controller: ControllerProcess, tmp_path: Path) -> None:
     device = tmp_path / "null"
     try:
