@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from faas_supervisor.errors import ConfigError
 
@@ -45,6 +46,16 @@ REQUIRED_PROVIDER_KEYS: Mapping[str, tuple[str, ...]] = {
 }
 SECRET_KEYS = frozenset({"access_key", "secret_key", "password", "token",
                          "access_token", "refresh_token", "client_secret"})
+# The settings that name a server, and the scheme a providers module gives one written
+# without (`minio:9000` is http://minio:9000): checked at start-up, not at the first
+# request (exit 3, 502). Rucio's `token_endpoint` is used only to renew a token.
+URL_KEYS: Mapping[str, Mapping[str, str]] = {
+    "minio": {"endpoint": "http"},
+    "s3": {"endpoint": "http"},
+    "webdav": {"hostname": "https"},
+    "onedata": {"oneprovider_host": "https"},
+    "rucio": {"host": "https", "auth_host": "https"},
+}
 
 
 @dataclass(frozen=True)
@@ -78,8 +89,13 @@ class ProviderConfig:
         return str(value)
 
     def flag(self, key: str, default: bool) -> bool:
+        """A bool setting; empty is the default (an empty `verify` is no `verify: false`,
+        which would turn TLS checks off)."""
         value = self.settings.get(key, default)
-        return value if isinstance(value, bool) else parse_bool(str(value), key)
+        if isinstance(value, bool):
+            return value
+        text = str(value)
+        return parse_bool(text, key) if text.strip() else default
 
 
 @dataclass(frozen=True)
@@ -278,7 +294,7 @@ def parse_ahead(path: Path) -> None:
     try:
         text = path.read_text(encoding="utf-8")
         _parsed_ahead = (text, yaml.load(text, Loader=text_loader()))
-    except (OSError, ValueError, RecursionError, yaml.YAMLError):
+    except (OSError, RecursionError, yaml.YAMLError, *CONSTRUCTOR_ERRORS):
         _parsed_ahead = None
 
 
@@ -290,6 +306,18 @@ def parse_ahead(path: Path) -> None:
 # the merge key `<<`. The few keys that are not strings (file_stage_in, a provider's
 # `verify`) are read from that text by parse_bool.
 _KEPT_RESOLVERS = ("tag:yaml.org,2002:null", "tag:yaml.org,2002:merge")
+# An explicit tag of a scalar type (`!!int 0777`, `!!bool yes`) is its text as well: a
+# typed field reads it as it reads untagged text, as Go's decoders take a tagged scalar
+# into a string field. SafeLoader's own constructors raised ValueError, KeyError or
+# OverflowError (no YAMLError) on a bad value (`!!int abc`, `!!bool maybe`), whose
+# message quotes it: a traceback that printed a tagged secret.
+_TEXT_TAGS = tuple(f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp"))
+# Tags of collection types no key takes (a set, a tuple list, an ordered map): refused
+# as not valid YAML, rather than objects no reader of the config expects.
+_REFUSED_TAGS = tuple(f"tag:yaml.org,2002:{name}" for name in ("set", "omap", "pairs"))
+# What a constructor may still raise on a value it cannot build, besides YAMLError:
+# each parse site reports these as YAML it cannot read, without the value.
+CONSTRUCTOR_ERRORS = (ValueError, LookupError, ArithmeticError, TypeError)
 
 
 @functools.cache
@@ -299,10 +327,34 @@ def text_loader() -> type[yaml.SafeLoader]:
     class TextLoader(yaml.SafeLoader):
         """safe_load's loader, its plain scalars left as text but for null and `<<`."""
 
+        def construct_text(self, node: yaml.Node) -> str:
+            return str(self.construct_scalar(node))  # type: ignore[arg-type]
+
+        def construct_binary_text(self, node: yaml.Node) -> str:
+            """`!!binary`: its bytes as UTF-8 text (Go's decoder gives a string field
+            the decoded bytes); anything else is refused."""
+            data = self.construct_yaml_binary(node)  # type: ignore[arg-type]
+            try:
+                return data.decode()
+            except UnicodeDecodeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "binary data that is not UTF-8 text", node.start_mark
+                ) from None
+
+        def construct_refused(self, node: yaml.Node) -> Any:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.tag} is not read here", node.start_mark
+            )
+
     TextLoader.yaml_implicit_resolvers = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag in _KEPT_RESOLVERS]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+    for tag in _TEXT_TAGS:
+        TextLoader.add_constructor(tag, TextLoader.construct_text)
+    TextLoader.add_constructor("tag:yaml.org,2002:binary", TextLoader.construct_binary_text)
+    for tag in _REFUSED_TAGS:
+        TextLoader.add_constructor(tag, TextLoader.construct_refused)
     return TextLoader
 
 
@@ -348,6 +400,8 @@ def read_config_yaml(config_path: str | None, environ: Mapping[str, str]) -> dic
         raise ConfigError(f"{source}: not valid YAML{where}") from None
     except RecursionError:  # PyYAML's parser recurses once per level of nesting
         raise ConfigError(f"{source}: nested too deeply to be read") from None
+    except CONSTRUCTOR_ERRORS:  # the loader makes none (text_loader): in case it ever does
+        raise ConfigError(f"{source}: not valid YAML") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -369,13 +423,12 @@ def load_function_config(
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
-    # An empty override (a template left blank) is no override, as for LOG_LEVEL.
-    stage_in_raw = environ.get("FILE_STAGE_IN") or data.get("file_stage_in", True)
-    file_stage_in = (
-        stage_in_raw
-        if isinstance(stage_in_raw, bool)
-        else parse_bool(str(stage_in_raw), "file_stage_in")
+    # An empty override (a template left blank) is no override, as for LOG_LEVEL; and an
+    # empty value in the file (`file_stage_in:`, null) is the default, not false.
+    stage_in = environ.get("FILE_STAGE_IN") or _scalar_text(
+        data.get("file_stage_in"), "file_stage_in"
     )
+    file_stage_in = parse_bool(stage_in, "file_stage_in") if stage_in.strip() else True
 
     exec_timeout = None
     if environ.get("EXEC_TIMEOUT"):
@@ -441,8 +494,46 @@ def _providers(raw: Any, secrets_dir: Path) -> dict[str, ProviderConfig]:
                 value = values.get(key)
                 if value is None or (isinstance(value, Secret) and not value.value) or value == "":
                     raise ConfigError(f"storage provider {ptype}.{pid} has no {key!r}")
+            _check_provider_values(ptype, values, where)
             providers[f"{ptype}.{pid}"] = ProviderConfig(type=ptype, id=str(pid), settings=values)
     return providers
+
+
+def _check_provider_values(
+    ptype: str, values: Mapping[str, str | bool | Secret], where: str
+) -> None:
+    """What the provider's first request would find wrong, found at start-up: a `verify`
+    that is no bool (empty is the default, true), a server's URL of no use."""
+    verify = values.get("verify")
+    if isinstance(verify, str) and verify.strip():
+        parse_bool(verify, f"{where}.verify")
+    for key, scheme in URL_KEYS.get(ptype, {}).items():
+        url = values.get(key)
+        if not isinstance(url, str) or not url:
+            continue  # not given (optional, or a folder store's `path` instead)
+        if not is_http_url(url if "://" in url else f"{scheme}://{url}", lowest_port=0):
+            # Not shown when it may hold a user and password (storage_providers.url_secrets).
+            shown = "the URL (not shown: it holds an '@')" if "@" in url else repr(url)
+            raise ConfigError(
+                f"{where}.{key}: {shown} is not a server's URL (http(s)://host[:port][/path])"
+            )
+
+
+def is_http_url(url: str, lowest_port: int) -> bool:
+    """Whether `url` is `http(s)://host[:port][/path]`, its port (if any) from
+    `lowest_port` to 65535: no blank or control character, no query or fragment."""
+    if "?" in url or "#" in url or any(c.isspace() or not c.isprintable() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is not a number of 0-65535 raises too
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and (port is None or port >= lowest_port)
+    )
 
 
 def is_folder_store(ptype: str, settings: Mapping[str, object]) -> bool:
@@ -527,8 +618,8 @@ def _list(value: Any, key: str) -> list[Any]:
 
 
 def _scalar_text(value: Any, key: str) -> str:
-    """A string field: plain scalars are text already (text_loader); null is "", as
-    in Go; an explicitly tagged `!!bool` or number is its text."""
+    """A string field: scalars are text already, tagged ones too (text_loader); null
+    is "", as in Go."""
     if value is None:
         return ""
     if isinstance(value, bool):

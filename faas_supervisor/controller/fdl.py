@@ -388,6 +388,10 @@ def _fdl_document(path: Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise InvalidService(f"{path}: not valid YAML{at}") from None
+    except (ValueError, LookupError, ArithmeticError, TypeError):
+        # A value a constructor could not build (text_loader makes none: in case it ever
+        # does), whose message would quote it: one line without it.
+        raise InvalidService(f"{path}: not valid YAML") from None
 
 
 def script_text(value: Any, base: Path, where: str) -> str:

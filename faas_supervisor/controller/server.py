@@ -11,6 +11,8 @@ flight are cancelled, and the watchdogs told to skip their drain.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 import sys
 import time
 
@@ -43,10 +45,21 @@ KEEPALIVE_TIMEOUT = 75.0
 
 class Controller:
     def __init__(self, settings: ControllerSettings) -> None:
-        self.settings = settings
         data_dir = settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        data_dir.chmod(0o700)  # it holds the admin password and the services' keys
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir.chmod(0o700)  # it holds the admin password and the services' keys
+        except OSError as exc:
+            reason = "not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+            raise ConfigError(f"--data-dir {data_dir}: {reason or exc}") from None
+        # `--port 0`, any free port: bound now, for the push endpoints' URL (public_url)
+        # that storage servers are given, before any service is attached; listened on
+        # once the API is ready, as a given port is.
+        self._api_socket: socket.socket | None = None
+        if settings.port == 0:
+            self._api_socket = _bound_socket(settings.host)
+            settings = dataclasses.replace(settings, port=self._api_socket.getsockname()[1])
+        self.settings = settings
         self.credentials, made = load_credentials(data_dir, settings.user, settings.password)
         if made:
             # Printed once, when made; later starts read it from the data folder.
@@ -145,7 +158,7 @@ class Controller:
             runners.append(s3_runner)
             await s3_runner.setup()
         try:
-            await self._listen(runner, self.settings.port)
+            await self._listen(runner, self.settings.port, self._api_socket)
             if s3_runner is not None:
                 await self._listen(s3_runner, self.settings.s3_port)
         except ConfigError:
@@ -187,8 +200,14 @@ class Controller:
             auto_decompress=False,  # an object is stored as sent (Content-Encoding kept)
         )
 
-    async def _listen(self, runner: TimedAppRunner, port: int) -> None:
-        site = web.TCPSite(runner, self.settings.host, port)
+    async def _listen(
+        self, runner: TimedAppRunner, port: int, bound: socket.socket | None = None
+    ) -> None:
+        site: web.BaseSite = (
+            web.TCPSite(runner, self.settings.host, port)
+            if bound is None
+            else web.SockSite(runner, bound)
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -208,10 +227,34 @@ class Controller:
     async def _stop(self, *runners: web.AppRunner) -> None:
         for runner in runners:
             await runner.cleanup()
+        if self._api_socket is not None:
+            self._api_socket.close()  # closed by its runner's cleanup once listened on
         await self.intake.close()
         await self.jobs.close()
         await self.backend.close()
         self.store.close()
+
+
+def _bound_socket(host: str) -> socket.socket:
+    """A TCP socket bound to any free port of `host`'s first address, not yet listening
+    (a connection is refused until the API is ready, as on a given port)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:0: {exc.strerror or exc}") from None
+    try:
+        # As asyncio's create_server sets them for a given port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:0: {exc.strerror or exc}") from None
+    return sock
 
 
 def serve(settings: ControllerSettings) -> int:

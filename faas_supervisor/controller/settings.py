@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from faas_supervisor.config import LOG_LEVELS
+from faas_supervisor.config import LOG_LEVELS, is_http_url
 from faas_supervisor.errors import ConfigError
 
 # What a local service's processes do not inherit from the controller's environment: the
@@ -30,6 +30,11 @@ _NOT_INHERITED = ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID", "port", "mod
                   "upstream_port", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY")
 # The variables the docker CLI reads to find the engine (docker.from_env reads the same).
 _DOCKER_ENGINE_VARIABLES = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
+# The most jobs run at once. Each slot is a task waiting for the queue from the start
+# (jobs.py), and each job a process (local backend) or a container or Kubernetes Job:
+# far more than any one machine or cluster runs at once, yet a million slots took 1.3 GiB
+# and 12 s to start, and ten million never got to listen.
+MAX_JOBS = 10_000
 
 
 @dataclass(frozen=True)
@@ -118,8 +123,8 @@ def load_controller_settings(
     args: argparse.Namespace, environ: Mapping[str, str]
 ) -> ControllerSettings:
     """The settings from the `controller` command's flags and the process environment."""
-    if args.max_jobs < 1:
-        raise ConfigError("--max-jobs: must be 1 or more")
+    if not 1 <= args.max_jobs <= MAX_JOBS:
+        raise ConfigError(f"--max-jobs: must be from 1 to {MAX_JOBS}")
     if not 0 <= args.port < 65536:
         raise ConfigError(f"--port: {args.port} is not a TCP port")
     if not 0 < args.reconcile_interval < float("inf"):
@@ -130,7 +135,7 @@ def load_controller_settings(
         raise ConfigError("--job-retention: must be a number of seconds above 0")
     if not 0 < args.runner_idle < float("inf"):
         raise ConfigError("--runner-idle: must be a number of seconds above 0")
-    endpoint = args.minio_endpoint or ""
+    endpoint = _minio_endpoint(args.minio_endpoint)
     access_key = args.minio_access_key or environ.get("MINIO_ACCESS_KEY", "")
     secret_key = args.minio_secret_key or environ.get("MINIO_SECRET_KEY", "")
     if endpoint and not (access_key and secret_key):
@@ -190,22 +195,28 @@ def _external_url(given: str | None) -> str:
         # Not shown: what is before the `@` may be a password, however the URL is typed
         # (`http:/admin:secret@host` has no `://` to find it after).
         raise ConfigError("--external-url: must not hold a user or password ('@')")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # a port that is not a number of 0-65535 raises too
-    except ValueError:
-        parts, port = None, None
-    if (
-        parts is None
-        or parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or port == 0
-        or "?" in url
-        or "#" in url
-        or any(c.isspace() or not c.isprintable() for c in url)
-    ):
+    if not is_http_url(url, lowest_port=1):
         raise ConfigError(
             f"--external-url: {given!r} is not a URL of the form http(s)://host[:port][/path]"
+        )
+    return url
+
+
+def _minio_endpoint(given: str | None) -> str:
+    """`http(s)://host[:port][/path]`, checked now: boto3 refused anything else at the
+    first S3 client, with a traceback quoting the URL (and a password in it)."""
+    url = given or ""
+    if not url:
+        return ""
+    if "@" in url:
+        # Not shown, as for --external-url; the server's keys have flags of their own.
+        raise ConfigError(
+            "--minio-endpoint: must not hold a user or password ('@'): "
+            "give --minio-access-key and --minio-secret-key"
+        )
+    if not is_http_url(url, lowest_port=1):
+        raise ConfigError(
+            f"--minio-endpoint: {url!r} is not a URL of the form http(s)://host[:port][/path]"
         )
     return url
 

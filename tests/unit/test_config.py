@@ -6,6 +6,7 @@ environment overrides, the value parsers and the validation of storage providers
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -768,3 +769,166 @@ def test_a_config_that_cannot_be_parsed_ahead_is_reported_by_its_read(tmp_path: 
         cfg.read_config_yaml(str(path), {})
     cfg.parse_ahead(tmp_path / "missing.yaml")
     assert cfg._parsed_ahead is None
+
+
+# ---- explicit YAML tags, provider values checked at load ----------------------------------
+
+
+def test_explicitly_tagged_scalars_are_their_text(tmp_path: Path) -> None:
+    """`!!int abc`, `!!bool maybe`, a bad `!!timestamp` or an `!!int` of more digits than
+    int() reads were a traceback (exit 1) quoting the value, a tagged secret with it;
+    now a tagged scalar is its text, read by a typed field as untagged text is."""
+    text = f"""\
+name: !!int abc
+environment:
+  variables: {{F: !!float abc, T: !!timestamp 2024-13-45, B: !!bool maybe,
+              I: !!int {"9" * 5000}, N: !!float nan, OK: !!int 0777}}
+storage_providers:
+  minio:
+    default: {{endpoint: http://m, access_key: !!binary QUtJRA==,
+               secret_key: !!int SUPERSECRETKEY, verify: !!bool no}}
+"""
+    path = write(tmp_path / "c.yaml", text)
+    cfg.parse_ahead(path)  # the job runner's parse: no exception either
+    assert cfg._parsed_ahead is not None
+    config = load_function_config(str(path), {})
+    assert config.name == "abc"
+    assert dict(config.variables) == {"F": "abc", "T": "2024-13-45", "B": "maybe",
+                                      "I": "9" * 5000, "N": "nan", "OK": "0777"}
+    minio = config.provider("minio")
+    assert (minio.get("access_key"), minio.get("secret_key")) == ("AKID", "SUPERSECRETKEY")
+    assert minio.flag("verify", True) is False
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(write(tmp_path / "b.yaml", "file_stage_in: !!bool maybe\n")), {})
+    assert info.value.message == "file_stage_in: 'maybe' is not true or false"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["!!set {SUPERSECRET}", "!!omap [SUPERSECRET: 1]", "!!pairs [SUPERSECRET: 1]",
+     "!!binary SUPERSECRET!!", "!!binary //79", "!!python/object:os.system SUPERSECRET"],
+)
+def test_tags_no_key_takes_are_refused_without_the_value(tmp_path: Path, value: str) -> None:
+    """Collections no key takes, and binary data that is not UTF-8 text: one line,
+    exit 2, neither a traceback nor an object no reader of the config expects."""
+    path = write(tmp_path / "c.yaml", f"name: x\nsecret: {value}\n")
+    cfg.parse_ahead(path)
+    assert cfg._parsed_ahead is None
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(path), {})
+    assert info.value.message == f"{path}: not valid YAML at line 2"
+    assert info.value.exit_status == 2
+
+
+def test_a_value_a_yaml_constructor_cannot_build_is_one_line_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last line of defence, should the loader build typed values again: each parse
+    site (the config, the parse ahead, an FDL file) says `not valid YAML`, not the
+    ValueError, KeyError or OverflowError quoting the value."""
+    import yaml
+
+    from faas_supervisor.controller import fdl
+    from faas_supervisor.errors import InvalidService
+
+    monkeypatch.setattr(cfg, "text_loader", lambda: yaml.SafeLoader)
+    monkeypatch.setattr(fdl, "text_loader", lambda: yaml.SafeLoader)
+    for i, value in enumerate(["!!int SUPERSECRET", "!!bool SUPERSECRET",
+                               "!!timestamp 2024-13-45", "!!int " + "9" * 5000]):
+        path = write(tmp_path / f"c{i}.yaml", f"functions: {{secret_key: {value}}}\n")
+        cfg.parse_ahead(path)
+        assert cfg._parsed_ahead is None
+        with pytest.raises(ConfigError) as info:
+            load_function_config(str(path), {})
+        assert info.value.message == f"{path}: not valid YAML"
+        with pytest.raises(InvalidService) as fdl_info:
+            fdl.fdl_definitions(path)
+        assert fdl_info.value.message == f"{path}: not valid YAML"
+
+
+@pytest.mark.parametrize(
+    ("ptype", "key", "value"),
+    [
+        ("minio", "endpoint", "not a url"),
+        ("minio", "endpoint", "http://h:99999"),
+        ("minio", "endpoint", "http://h:port"),
+        ("minio", "endpoint", "ftp://h"),
+        ("minio", "endpoint", "http://"),
+        ("minio", "endpoint", "http://[::1"),
+        ("s3", "endpoint", "https://h/?x=1"),
+        ("webdav", "hostname", "not a url"),
+        ("webdav", "hostname", "https://h:99999"),
+        ("onedata", "oneprovider_host", "a b"),
+        ("rucio", "host", "http://h:65536"),
+        ("rucio", "auth_host", "h\tx"),
+    ],
+)
+def test_a_server_url_of_no_use_is_refused_at_load(
+    tmp_path: Path, ptype: str, key: str, value: str
+) -> None:
+    """Found at the first request before (run: exit 3; watchdog: 502), while a bad
+    config stops start-up: one line naming the setting."""
+    required = {"minio": {"endpoint": "http://m", "access_key": "A", "secret_key": "S"},
+                "s3": {"access_key": "A", "secret_key": "S"},
+                "webdav": {"hostname": "h", "login": "L", "password": "P"},
+                "onedata": {"oneprovider_host": "h", "token": "T", "space": "s"},
+                "rucio": {"host": "h", "account": "a", "rse": "r", "access_token": "T"}}
+    settings = {**required[ptype], key: value}
+    text = json.dumps({"storage_providers": {ptype: {"p1": settings}}})  # JSON is YAML
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+    assert info.value.message == (f"storage_providers.{ptype}.p1.{key}: {value!r} is not a "
+                                  "server's URL (http(s)://host[:port][/path])")
+
+
+def test_a_bad_server_url_with_a_password_is_refused_without_showing_it(tmp_path: Path) -> None:
+    for url in ("http://u:SUPERSECRET@h:99999", "https://u:SUPERSECRET@a b"):
+        text = ("storage_providers:\n  webdav:\n"
+                f"    d: {{hostname: '{url}', login: L, password: P}}\n")
+        with pytest.raises(ConfigError) as info:
+            load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+        assert info.value.message.startswith("storage_providers.webdav.d.hostname: ")
+        assert "SUPERSECRET" not in info.value.message
+
+
+def test_server_urls_as_the_providers_take_them_load(tmp_path: Path) -> None:
+    """A host alone (the provider's default scheme), a port, a path, a user in the URL."""
+    text = """\
+storage_providers:
+  minio:
+    default: {endpoint: 'minio:9000', access_key: A, secret_key: S}
+    six: {endpoint: 'http://[::1]:9000', access_key: A, secret_key: S}
+  s3:
+    aws: {access_key: A, secret_key: S, endpoint: ''}
+  webdav:
+    d: {hostname: 'https://u:p@dav.example.org:8443/remote.php/dav', login: L, password: P}
+  onedata:
+    o: {oneprovider_host: op.example.org, token: T, space: s}
+  rucio:
+    r: {host: 'rucio.example.org', auth_host: 'https://auth:443', account: a, rse: r,
+        access_token: T}
+"""
+    config = load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+    assert config.provider("minio").get("endpoint") == "minio:9000"
+    assert len(config.providers) == 6
+
+
+def test_a_verify_that_is_no_bool_is_refused_at_load(tmp_path: Path) -> None:
+    text = ("storage_providers:\n  minio:\n"
+            "    default: {endpoint: http://m, access_key: A, secret_key: S, verify: maybe}\n")
+    with pytest.raises(ConfigError) as info:
+        load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+    assert info.value.message == (
+        "storage_providers.minio.default.verify: 'maybe' is not true or false")
+
+
+@pytest.mark.parametrize("written", ["", "''", "~", "null", "' '"])
+def test_an_empty_verify_or_file_stage_in_is_the_default_true(tmp_path: Path,
+                                                               written: str) -> None:
+    """Empty was false for `verify` (TLS checks silently off) and `'None' is not true or
+    false` for a blank `file_stage_in`: both are their default, true."""
+    text = (f"file_stage_in: {written}\nstorage_providers:\n  webdav:\n"
+            f"    d: {{hostname: h, login: L, password: P, verify: {written}}}\n")
+    config = load_function_config(str(write(tmp_path / "c.yaml", text)), {})
+    assert config.file_stage_in is True
+    assert config.provider("webdav.d").flag("verify", True) is True

@@ -1,0 +1,135 @@
+"""How the commands take bad settings, as real processes: a bad value stops start-up with
+exit status 2 and one line naming it, never a traceback, never a secret."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.conftest import faas_command
+
+SECRET = "SUPERSECRETKEY"
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("FAAS_") and k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT")}
+    env.update(TMPDIR=str(tmp_path), FAAS_PROVIDER_SECRETS_DIR=str(tmp_path / "no-secrets"))
+    env.update(extra)
+    return env
+
+
+def _refused(args: list[str], env: dict[str, str]) -> str:
+    """The command's one line on stderr; it exited with status 2."""
+    done = subprocess.run([*faas_command(), *args], env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert SECRET not in done.stderr + done.stdout
+    return lines[0]
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "script.sh"
+    path.write_text("echo hi\n")
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_a_bad_explicitly_tagged_value_is_one_line(tmp_path: Path, script: Path) -> None:
+    """`!!bool maybe`, `!!int SECRET`: a traceback quoting the value before (exit 1)."""
+    config = tmp_path / "c.yaml"
+    config.write_text("name: !!int abc\nlog_level: !!bool maybe\n")
+    line = _refused(["run", "--script", str(script), "--config", str(config)],
+                    _env(tmp_path, EVENT=""))
+    assert line == ("faas-supervisor: error: log_level: 'MAYBE' is not one of DEBUG, INFO, "
+                    "WARNING, ERROR, CRITICAL")
+    # The tagged secret is read as its text; the endpoint next to it stops the start.
+    text = ("storage_providers: {minio: {default: {endpoint: 'http://h:99999', access_key: a, "
+            f"secret_key: !!int {SECRET}}}}}}}\n")
+    line = _refused(["watchdog", "--script", str(script), "--host", "127.0.0.1", "--port", "0",
+                     "--suppress-lock"],
+                    _env(tmp_path, FUNCTION_CONFIG=base64.b64encode(text.encode()).decode()))
+    assert line == ("faas-supervisor: error: storage_providers.minio.default.endpoint: "
+                    "'http://h:99999' is not a server's URL (http(s)://host[:port][/path])")
+
+
+@pytest.mark.timeout(120)
+def test_a_providers_bad_verify_stops_run_before_any_request(
+    tmp_path: Path, script: Path
+) -> None:
+    """Found at the download before: exit 3, as a store that failed."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "input: [{storage_provider: minio, path: plants/input}]\n"
+        "storage_providers: {minio: {default: {endpoint: 'https://127.0.0.1:1', access_key: a,"
+        f" secret_key: {SECRET}, verify: maybe}}}}}}\n")
+    event = ('{"Records": [{"eventSource": "minio:s3", "s3": {"bucket": {"name": "plants"}, '
+             '"object": {"key": "input/a.txt"}}}]}')
+    line = _refused(["run", "--script", str(script), "--config", str(config)],
+                    _env(tmp_path, EVENT=event))
+    assert line == ("faas-supervisor: error: storage_providers.minio.default.verify: 'maybe' "
+                    "is not true or false")
+
+
+def _controller(tmp_path: Path, *args: str) -> list[str]:
+    return ["controller", "--host", "127.0.0.1", "--port", "0", "--s3-port", "0",
+            "--data-dir", str(tmp_path / "data"), *args]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [("minio:9000", True), ("not a url", True), ("http://", True), ("http://[::1", True),
+     (f"http://admin:{SECRET}@minio host:9000", False)],
+)
+def test_a_bad_minio_endpoint_stops_the_controller(
+    tmp_path: Path, endpoint: str, shown: bool
+) -> None:
+    """A traceback from boto3 quoting the URL, its password with it, before."""
+    line = _refused(_controller(tmp_path, "--minio-endpoint", endpoint, "--minio-access-key",
+                                "AK", "--minio-secret-key", SECRET), _env(tmp_path))
+    assert line.startswith("faas-supervisor: error: --minio-endpoint: ")
+    assert (repr(endpoint) in line) is shown
+
+
+@pytest.mark.timeout(120)
+def test_an_unusable_data_dir_or_too_many_jobs_stop_the_controller(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for data_dir, reason in [(a_file, "not a folder"),
+                             (Path("/proc/x"), "No such file or directory")]:
+        line = _refused(["controller", "--host", "127.0.0.1", "--port", "0", "--s3-port", "0",
+                         "--data-dir", str(data_dir)], _env(tmp_path))
+        assert line == f"faas-supervisor: error: --data-dir {data_dir}: {reason}"
+    line = _refused(_controller(tmp_path, "--max-jobs", "10000000"), _env(tmp_path))
+    assert line == "faas-supervisor: error: --max-jobs: must be from 1 to 10000"
+
+
+@pytest.mark.timeout(120)
+def test_port_0_is_logged_as_the_port_bound(tmp_path: Path) -> None:
+    """The start-up line said port=0; the controller answers on the port it names."""
+    process = subprocess.Popen([*faas_command(), *_controller(tmp_path, "--password", "p")],
+                               env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        ready = next((line for line in process.stderr if "controller ready" in line), "")
+        found = re.search(r"\bport=(\d+)", ready)
+        assert found is not None, ready
+        port = int(found.group(1))
+        assert port != 0
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
