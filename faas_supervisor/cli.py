@@ -18,7 +18,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NoReturn, TextIO, TypeVar
 
 from faas_supervisor import __version__
 from faas_supervisor.config import (
@@ -331,8 +331,9 @@ async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> 
     from faas_supervisor.responses import success_body
 
     job_id = startup.environ.get("JOB_UUID") or str(uuid.uuid4())
+    log = LogStream()
     # The runtime's lines go to the log stream as kept for a logs response (logs.py).
-    invocation = Invocation(startup.runtime, job_id, log_echo=_write_stderr_text)
+    invocation = Invocation(startup.runtime, job_id, log_echo=log.runtime_line)
     try:
         try:
             event = await invocation.read_event(
@@ -341,30 +342,34 @@ async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> 
         except FaasError as exc:
             # The folder first: on a full disk its space lets this line reach the job's log.
             invocation.close()
-            print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
+            log.runtime_line(f"faas-supervisor: error: {exc.message}\n")
             return exc.exit_status
         # The script's output goes to the log stream (stderr) as it comes, whatever the
         # event and the level: a job's logs show what its script printed (SPEC 5).
-        outcome = await invocation.execute(event, {"JOB_UUID": job_id}, _write_stderr)
+        outcome = await invocation.execute(event, {"JOB_UUID": job_id}, log.script_output)
         if outcome.error is not None:
             # Its reason and logs are on the log stream already: free the folder's space.
             invocation.close()
-            print(f"faas-supervisor: error: {outcome.error.message}", file=sys.stderr)
+            log.runtime_line(f"faas-supervisor: error: {outcome.error.message}\n")
             return outcome.error.exit_status
         if event.kind == "storage" and not args.print_response:
             return 0
         body = success_body(invocation, "")
         if body.kind == "logs" and _stdout_is_the_log(startup.environ):
             return 0  # it would be the same lines again, where they already are
-        return await _print_response(body.stream, sys.stdout.buffer)
+        return await _print_response(body.stream, sys.stdout.buffer, log.runtime_line)
+    except BaseException:
+        log.end_line()  # `stopped by SIGTERM` comes next (processes.until_signalled)
+        raise
     finally:
         invocation.close()
 
 
-async def _print_response(chunks: AsyncIterator[bytes], out: BinaryIO) -> int:
-    """The response on standard output; 0, or one line and the exit status of what
-    failed: reading the outputs (one made unreadable), or writing (a reader gone, as
-    `| head` does, a full disk)."""
+async def _print_response(chunks: AsyncIterator[bytes], out: BinaryIO,
+                          say: Callable[[str], None] | None = None) -> int:
+    """The response on standard output; 0, or one line (to `say`, else stderr) and the
+    exit status of what failed: reading the outputs (one made unreadable), or writing (a
+    reader gone, as `| head` does, a full disk)."""
     writing = False
     try:
         async for chunk in chunks:
@@ -379,7 +384,10 @@ async def _print_response(chunks: AsyncIterator[bytes], out: BinaryIO) -> int:
             message, status = failure.message, failure.exit_status
         else:
             message, status = f"cannot read the response: {exc.strerror or exc}", 1
-        print(f"faas-supervisor: error: {message}", file=sys.stderr)
+        if say is None:
+            print(f"faas-supervisor: error: {message}", file=sys.stderr)
+        else:
+            say(f"faas-supervisor: error: {message}\n")
         try:
             out.flush()  # what was read goes out
         except OSError:
@@ -408,13 +416,68 @@ def _stdout_is_the_log(environ: Mapping[str, str]) -> bool:
     return (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino)
 
 
-def _write_stderr(data: bytes) -> None:
-    sys.stderr.buffer.write(data)
-    sys.stderr.buffer.flush()
+class LogStream:
+    """`run`'s standard error, the job's log: the script's output as it comes (from the
+    invocation's copier thread) and the runtime's lines (from the loop's).
+
+    A runtime line starts a line of its own: after script output that did not end in a
+    newline, one is written first (in the stream only; the script's bytes are otherwise
+    as it wrote them). A stream that cannot be written (its reader gone, as `2>&1 | head`
+    leaves it; closed, `2>&-`) is no failure of the job, which goes on, uploads its
+    outputs and exits with its script's status: from then on nothing is written to it,
+    and what it still holds goes to /dev/null, so that no later write (a line printed
+    elsewhere, the interpreter's flush at exit) fails there again."""
+
+    def __init__(self) -> None:
+        import threading  # here: `--version` and `manifests` pay for none of it
+
+        self._lock = threading.Lock()  # two threads write; a line is written whole
+        self._line_open = False  # the script's last byte was not a newline
+        self._gone = False
+
+    def script_output(self, data: bytes) -> None:
+        with self._lock:
+            if data:
+                self._line_open = not data.endswith(b"\n")
+                self._write(data)
+
+    def runtime_line(self, line: str) -> None:
+        data = line.encode("utf-8", "backslashreplace")
+        with self._lock:
+            if self._line_open:
+                data = b"\n" + data
+                self._line_open = False
+            self._write(data)
+
+    def end_line(self) -> None:
+        """A newline if the script's output left a line open (a line comes from elsewhere)."""
+        with self._lock:
+            if self._line_open:
+                self._line_open = False
+                self._write(b"\n")
+
+    def _write(self, data: bytes) -> None:
+        if self._gone:
+            return
+        stream = sys.stderr  # None when `run` started with it closed
+        try:
+            stream.buffer.write(data)
+            stream.buffer.flush()
+        except (AttributeError, OSError, ValueError):
+            self._gone = True
+            if stream is not None:
+                _discard(stream)
 
 
-def _write_stderr_text(line: str) -> None:
-    _write_stderr(line.encode("utf-8", "backslashreplace"))
+def _discard(stream: TextIO) -> None:
+    """`stream`'s descriptor to /dev/null, and what its buffers hold with it."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+        stream.flush()
 
 
 async def _event_chunks(event_file: str | None, environ: Mapping[str, str]) -> AsyncIterator[bytes]:

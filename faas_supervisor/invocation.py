@@ -804,11 +804,68 @@ def _remove_folders(
         except OSError:  # not empty (rmtree never follows a link it finds inside)
             if not deep:
                 return False
-            shutil.rmtree(folder, ignore_errors=True)
+            _remove_tree(folder)
     return True
 
 
+def _remove_tree(folder: str) -> None:
+    """rmtree `folder`, errors ignored, whatever the script did to its folders' modes.
+
+    A script may take its owner's permissions from a folder (`chmod 000` on its output
+    folder, `chmod 500` on one with files in it): root removes it anyway, any other user
+    (an image's `USER 1000`) cannot. Each folder refused is given its owner's permissions
+    back (`u+rwx`: the folders are ours, as is what the script made) and the removal tried
+    again, a round per level of such folders, until a round gives nothing back."""
+    denied: set[str] = set()
+
+    def refused(func: object, path: str, exc_info: tuple[type, BaseException, object]
+                ) -> None:
+        if isinstance(exc_info[1], PermissionError):
+            # A folder that cannot be read (opened, listed); else the one holding `path`
+            # cannot be searched or written (its stat, unlink or rmdir).
+            denied.add(path if func in (os.open, os.scandir) else os.path.dirname(path))
+
+    shutil.rmtree(folder, onerror=refused)
+    while denied:
+        # Parents first (sorted): one given back lets those under it be reached.
+        given = [path for path in sorted(denied) if _give_back(folder, path)]
+        denied.clear()
+        if not given:
+            return  # nothing more to give (not ours, immutable): left, as before
+        shutil.rmtree(folder, onerror=refused)
+
+
+def _give_back(top: str, path: str) -> bool:
+    """`u+rwx` on the folder `path` (`top` or under it), reached from `top`'s parent one
+    name at a time, never through a link; whether its mode changed."""
+    if path != top and not path.startswith(top + "/"):
+        return False  # TMPDIR itself, or what rmtree named outside: not the script's
+    names = path[len(top) + 1:].split("/") if path != top else []
+    parent, _, name = top.rpartition("/")
+    try:
+        fd = os.open(parent or "/", _FOLDER_PATH & ~os.O_NOFOLLOW)  # TMPDIR: as configured
+    except OSError:
+        return False
+    try:
+        for step in [name, *names]:
+            # O_PATH needs no right on the folder itself, only search on the one above.
+            fd, above = os.open(step, _FOLDER_PATH, dir_fd=fd), fd
+            os.close(above)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISDIR(mode) or mode & stat.S_IRWXU == stat.S_IRWXU:
+            return False
+        # An O_PATH descriptor takes no fchmod: its /proc name is that same folder.
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(mode) | stat.S_IRWXU)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A folder by name alone (no right on it needed), never a link in its place.
+_FOLDER_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # An output to upload: never through a link, and a FIFO opened without waiting for a writer.
 _OUTPUT = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _PROC_FD = Path("/proc/self/fd")  # where an open file has a path of its own

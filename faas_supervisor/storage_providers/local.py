@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 
 from faas_supervisor.config import ProviderConfig
+from faas_supervisor.controller.names import folder_key_problem
 from faas_supervisor.errors import NO_SPACE, BadEvent, StorageError, local_write_error
 from faas_supervisor.storage_providers import partial_path
+
+# An upload copies in pieces of this size, so that a cancelled one stops within a piece
+# (milliseconds) rather than at the end of the file (seconds for gigabytes).
+PIECE = 8 << 20
+# How long a cancelled upload waits for its copy to stop: a copy blocked on a stalled
+# disk must not hold up `run`'s exit past the 10 s a backend gives after SIGTERM.
+STOP_GRACE = 2.0
+# sendfile refused for this pair of files: the copy goes through read and write.
+_NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV)
 
 
 class LocalProvider:
@@ -36,21 +48,79 @@ class LocalProvider:
             raise StorageError(f"{self.name}: cannot read {bucket}/{key}: {exc.strerror}") from None
 
     async def upload(self, src: Path, bucket: str, key: str) -> None:
+        # The folder store's own rules (the embedded default's S3 endpoint refuses the same
+        # keys): a name starting with '.' is one it keeps for itself (partial files, as
+        # below), which its listings and its S3 endpoint never show.
+        problem = folder_key_problem(key)
+        if problem is not None:
+            raise StorageError(f"{self.name}: cannot write {bucket}/{key}: the key {problem}")
         dest = self._object_path(bucket, key)
-
-        def copy() -> None:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            # A partial file of its own: jobs of one service may write one key at once.
-            partial = partial_path(dest, f".{uuid.uuid4().hex}.partial")
-            try:
-                shutil.copyfile(src, partial)
-                os.replace(partial, dest)  # readers never see half an object
-            finally:
-                partial.unlink(missing_ok=True)
-
+        # A partial file of its own: jobs of one service may write one key at once.
+        partial = partial_path(dest, f".{uuid.uuid4().hex}.partial")
+        stop = threading.Event()
+        copy = asyncio.ensure_future(asyncio.to_thread(_copy, src, partial, dest, stop))
+        copy.add_done_callback(_retrieved)
         try:
-            await asyncio.to_thread(copy)
+            await asyncio.shield(copy)
+        except asyncio.CancelledError:
+            # `run` stopped by SIGTERM ends with os._exit once this returns, which kills a
+            # thread still copying before it removes its partial file: that file would be
+            # in the store for good. The copy stops at its next piece, and is waited for.
+            stop.set()
+            try:
+                await asyncio.wait([copy], timeout=STOP_GRACE)
+            finally:
+                partial.unlink(missing_ok=True)  # the copy is stuck: its name goes anyway
+            raise
         except OSError as exc:
             raise StorageError(
                 f"{self.name}: cannot write {bucket}/{key}: {exc.strerror}"
             ) from None
+
+
+def _copy(src: Path, partial: Path, dest: Path, stop: threading.Event) -> None:
+    """`src` to `partial`, renamed `dest` once whole (readers never see half an object);
+    nothing written if `stop` is set before the copy ends."""
+    if stop.is_set():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(src, "rb", buffering=0) as source, \
+                open(partial, "xb", buffering=0) as target:
+            whole = _copy_pieces(source.fileno(), target.fileno(), stop)
+        if whole:
+            os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _copy_pieces(source: int, target: int, stop: threading.Event) -> bool:
+    """All of `source` to `target`, a piece at a time (sendfile: no copy through Python),
+    checking `stop` between pieces; False when it stopped first."""
+    offset = 0
+    kernel = True
+    while not stop.is_set():
+        if kernel:
+            try:
+                sent = os.sendfile(target, source, offset, PIECE)
+            except OSError as exc:
+                if offset or exc.errno not in _NO_SENDFILE:
+                    raise
+                kernel = False
+                continue
+        else:
+            piece = os.pread(source, PIECE, offset)
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(target, view):]
+            sent = len(piece)
+        if sent == 0:
+            return True
+        offset += sent
+    return False
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Marks a copy's failure as seen when nobody awaits it any more (cancelled)."""
+    if not task.cancelled():
+        task.exception()

@@ -1,10 +1,15 @@
 """The folder store (storage_providers/local.py): uploads of one key at once."""
 
 import asyncio
+import errno
 import os
+import time
 from pathlib import Path
 
+import pytest
+
 from faas_supervisor.config import ProviderConfig
+from faas_supervisor.errors import StorageError
 from faas_supervisor.storage_providers.local import LocalProvider
 
 
@@ -47,3 +52,70 @@ async def test_a_name_of_255_bytes_is_written_through_a_temporary_name_that_fits
     (tmp_path / "src").write_bytes(b"data")
     await store.upload(tmp_path / "src", "bucket", f"out/{name}")
     assert [p.name for p in (tmp_path / "store/bucket/out").iterdir()] == [name]
+
+
+async def test_a_key_the_folder_store_keeps_for_itself_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """A segment starting with '.' names what the folder store keeps for itself (partial
+    files, multipart uploads): an object written there was never listed nor served by its
+    S3 endpoint, which refuses such keys (InvalidArgument) as `run` does over S3 (exit 3).
+    Found by a review: the upload succeeded and the output was invisible."""
+    store = LocalProvider(ProviderConfig("minio", "default", {"path": str(tmp_path / "store")}))
+    (tmp_path / "src").write_bytes(b"data")
+    for key in ("out/.meta.json", "out/.cache/c.txt", ".hidden"):
+        with pytest.raises(StorageError) as refused:
+            await store.upload(tmp_path / "src", "bucket", key)
+        assert refused.value.exit_status == 3
+        assert refused.value.message == (
+            f"minio.default: cannot write bucket/{key}: the key must not have a segment "
+            "starting with '.' (kept for partial uploads)")
+    assert not (tmp_path / "store").exists()  # not even a folder made
+
+
+async def test_a_cancelled_upload_stops_its_copy_and_leaves_no_partial_file(
+    tmp_path: Path,
+) -> None:
+    """`run` stopped by SIGTERM cancels the upload, then ends with os._exit: a copy still
+    running in its thread was killed before it removed its partial file, which stayed in
+    the store for good. Once the cancellation is through, the copy has stopped and its
+    partial file is gone. Found by a review."""
+    store = LocalProvider(ProviderConfig("local", "files", {"path": str(tmp_path / "store")}))
+    src = tmp_path / "big"
+    with open(src, "wb") as sparse:  # made at once; copied in a second or so
+        sparse.truncate(2 << 30)
+    folder = tmp_path / "store" / "bucket" / "out"
+    upload = asyncio.ensure_future(store.upload(src, "bucket", "out/big"))
+    deadline = time.monotonic() + 30
+    # No event says the copy started: its partial file's name is looked for.
+    while not (folder.is_dir() and any(p.name.endswith(".partial") for p in folder.iterdir())):
+        assert not upload.done(), "the upload ended before its copy was seen"
+        assert time.monotonic() < deadline, "no partial file in 30 s"
+        await asyncio.sleep(0.001)
+    upload.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await upload
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "read-write"])
+async def test_an_upload_copies_every_byte_in_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sendfile: bool
+) -> None:
+    """The copy goes a piece at a time (so that it can stop between pieces): a file of a
+    few pieces and a bit, and an empty one, arrive whole; by read and write too, where
+    the file system refuses sendfile."""
+    from faas_supervisor.storage_providers.local import PIECE
+
+    if not sendfile:
+        def refused(*_args: object) -> int:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        monkeypatch.setattr(os, "sendfile", refused)
+    store = LocalProvider(ProviderConfig("local", "files", {"path": str(tmp_path / "store")}))
+    data = os.urandom(2 * PIECE + 12345)
+    for name, content in (("big", data), ("empty", b"")):
+        (tmp_path / name).write_bytes(content)
+        await store.upload(tmp_path / name, "bucket", f"out/{name}")
+        assert (tmp_path / "store" / "bucket" / "out" / name).read_bytes() == content
+    assert sorted(p.name for p in (tmp_path / "store/bucket/out").iterdir()) == ["big", "empty"]

@@ -1,0 +1,256 @@
+"""`faas-supervisor run` at its edges: stopped in the middle of an upload, run by a user that
+is not root, its log stream's reader gone, a script whose output ends mid-line, outputs the
+folder store cannot hold. Real processes, real folders (SPEC 5; README, `run`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from tests.integration.conftest import RUNTIME_LINE, faas_command
+from tests.integration.test_run import run, stopped
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+OUTPUT = '#!/bin/sh\necho result > "$TMP_OUTPUT_DIR/r.txt"\necho "to the log"\n'
+UID = 1000  # an image's `USER 1000`
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "JOB_UUID", "EXEC_TIMEOUT",
+                        "LOG_LEVEL")}
+    env.update({"TMPDIR": str(tmp), **extra})
+    return env
+
+
+def _store_config(tmp_path: Path, store: Path, ptype: str = "local", pid: str = "files",
+                  extra: str = "") -> Path:
+    """Outputs to `results/out` in the folder `store`: a `local` provider, or `minio` with a
+    path (the embedded default's, as the controller gives it to its services)."""
+    config = tmp_path / "store.yaml"
+    config.write_text(f"storage_providers:\n  {ptype}:\n    {pid}: {{path: {store}}}\n"
+                      f"output:\n  - {{storage_provider: {ptype}.{pid}, path: results/out}}\n"
+                      + extra)
+    return config
+
+
+def _files(folder: Path) -> list[str]:
+    """Every file under `folder`, hidden ones included, relative."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+
+
+# ---- stopped while an output is copied into a folder store --------------------------------
+
+
+def test_a_job_stopped_during_an_upload_to_a_folder_store_leaves_no_partial_file(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while a large output is copied into a `local` provider's folder: `run` ends
+    with os._exit, which killed the copying thread before it removed its
+    `.<name>.<hex>.partial` file: that file stayed in the store for good."""
+    store = tmp_path / "store"
+    store.mkdir()
+    config = _store_config(tmp_path, store)
+    script = tmp_path / "script.sh"
+    # Sparse: made at once, copied at the page cache's speed (a second or so).
+    script.write_text('#!/bin/sh\ntruncate -s 4G "$TMP_OUTPUT_DIR/big.bin"\n')
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    folder = store / "results" / "out"
+
+    def copying() -> bool:
+        return folder.is_dir() and any(p.name.endswith(".partial") for p in folder.iterdir())
+
+    status, stderr = stopped(["run", "--config", str(config), "--script", str(script)],
+                             _env(tmp, EVENT="{}"), copying, "the copy's partial file",
+                             pause=0.005)
+    assert status == 128 + signal.SIGTERM, stderr
+    assert b"Traceback" not in stderr
+    assert _files(store) == []
+    assert list(tmp.iterdir()) == []
+
+
+# ---- a user that is not root --------------------------------------------------------------
+
+
+def _skip(reason: str) -> NoReturn:
+    print(f"skipped: {reason}")  # shown with -s, and in the report's captured output
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def unprivileged() -> Iterator[tuple[Path, list[str]]]:
+    """A folder of uid 1000's (pytest's own is root's alone), and the command's prefix that
+    runs a process as that user: as root, setpriv; as another user already, none."""
+    if os.geteuid() != 0:
+        base = Path(tempfile.mkdtemp(prefix="faas-nonroot-"))
+        yield base, []
+        subprocess.run(["chmod", "-R", "u+rwx", str(base)], check=False)
+        shutil.rmtree(base)
+        return
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        _skip("setpriv (util-linux) is not installed: cannot run `run` as a user not root")
+    as_user = [setpriv, f"--reuid={UID}", f"--regid={UID}", "--clear-groups"]
+    probe = subprocess.run([*as_user, *faas_command(), "--version"], capture_output=True)
+    if probe.returncode != 0:
+        _skip(f"uid {UID} cannot run faas-supervisor here: {probe.stderr[-200:]!r}")
+    base = Path(tempfile.mkdtemp(prefix="faas-nonroot-"))
+    try:
+        os.chown(base, UID, UID)
+        yield base, as_user
+    finally:
+        shutil.rmtree(base)  # root: whatever the modes
+
+
+@pytest.mark.parametrize("script", [
+    'echo x > "$TMP_OUTPUT_DIR/f"; chmod 000 "$TMP_OUTPUT_DIR"',
+    'mkdir "$TMP_OUTPUT_DIR/d"; echo x > "$TMP_OUTPUT_DIR/d/f"; chmod 000 "$TMP_OUTPUT_DIR/d"',
+    'echo x > "$TMP_INPUT_DIR/f"; chmod 500 "$TMP_INPUT_DIR"',
+    'mkdir -p "$TMP_INPUT_DIR/d/e"; echo x > "$TMP_INPUT_DIR/d/e/f"\n'
+    'chmod 500 "$TMP_INPUT_DIR/d/e"; chmod 000 "$TMP_INPUT_DIR/d" "$TMP_INPUT_DIR"',
+], ids=["output-000", "output-subfolder-000", "input-500", "nested"])
+def test_a_non_root_job_whose_script_locks_its_folders_leaves_none(
+    unprivileged: tuple[Path, list[str]], script: str
+) -> None:
+    """As a user that is not root, a folder without its owner's rights cannot be listed
+    or emptied: rmtree(ignore_errors=True) left the invocation's folders in TMPDIR, where
+    the README says they go whatever happened."""
+    base, as_user = unprivileged
+    (base / "script.sh").write_text(f"#!/bin/sh\n{script}\n")
+    tmp = base / "tmp"
+    tmp.mkdir()
+    if as_user:
+        os.chown(tmp, UID, UID)
+    result = subprocess.run([*as_user, *faas_command(), "run", "--script", str(base / "script.sh")],
+                            env=_env(tmp, EVENT="{}"), capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert list(tmp.iterdir()) == [], result.stderr
+
+
+# ---- the log stream's reader gone ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("event", ["{}", "storage"])
+def test_a_log_stream_nobody_reads_does_not_fail_the_job(tmp_path: Path, event: str) -> None:
+    """Standard error a pipe whose reader left (`2>&1 | head -n 1`): the runtime's first
+    line raised BrokenPipeError, `run` exited 1 with a traceback and the outputs of a
+    script that succeeded were not uploaded. The job goes on; its status is the script's."""
+    store = tmp_path / "store"
+    (store / "results" / "in").mkdir(parents=True)
+    (store / "results" / "in" / "x").write_text("x")
+    config = _store_config(tmp_path, store, "minio", "default",
+                           "input:\n  - {storage_provider: minio, path: results/in}\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = tmp_path / "script.sh"
+    script.write_text(OUTPUT)
+    args = [*faas_command(), "run", "--config", str(config), "--script", str(script)]
+    if event == "storage":  # nothing on stdout: the whole `2>&1 | head -n 1` case
+        event = ('{"Records": [{"eventSource": "minio:s3", "s3": {"bucket": {"name": '
+                 '"results"}, "object": {"key": "in/x"}}}]}')
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(args, env=_env(tmp, EVENT=event), stdout=subprocess.PIPE,
+                                stderr=writer, timeout=30)
+    finally:
+        os.close(writer)
+    assert result.returncode == 0
+    assert (store / "results" / "out" / "r.txt").read_text() == "result\n"
+    assert b"faas-supervisor" not in result.stdout  # no line of the log's lands there
+    assert list(tmp.iterdir()) == []
+
+
+def test_a_closed_log_stream_does_not_fail_the_job(tmp_path: Path) -> None:
+    """`run ... 2>&-`: sys.stderr is None; the first runtime line raised (exit 1), and the
+    outputs were not uploaded. The response still goes to standard output, alone."""
+    store = tmp_path / "store"
+    store.mkdir()
+    config = _store_config(tmp_path, store)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = tmp_path / "script.sh"
+    script.write_text(OUTPUT)
+    command = shlex.join([*faas_command(), "run", "--config", str(config), "--script",
+                          str(script)])
+    result = subprocess.run(["sh", "-c", f"exec {command} 2>&-"], env=_env(tmp, EVENT="{}"),
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout == b"cmVzdWx0Cg=="  # base64 of the one output, and nothing else
+    assert (store / "results" / "out" / "r.txt").read_text() == "result\n"
+    assert list(tmp.iterdir()) == []
+
+
+# ---- a script whose output ends mid-line --------------------------------------------------
+
+
+def test_a_runtime_line_after_output_without_a_newline_starts_a_line_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """`printf 'no newline'`: the next runtime line was glued to it on the log stream
+    (`no newline2026-...Z INFO script exited ...`), and so was a failed script's reason,
+    which the README says is the last line."""
+    done = run(tmp_path, "#!/bin/sh\nprintf 'no newline'\n", env={"EVENT": "{}"})
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(RUNTIME_LINE + rb"no newline\n" + RUNTIME_LINE, done.stderr), \
+        done.stderr
+    failed = run(tmp_path, "#!/bin/sh\nprintf 'no newline'\nexit 3\n",
+                 env={"EVENT": "{}", "LOG_LEVEL": "CRITICAL"})
+    assert failed.returncode == 3
+    assert failed.stderr == b"no newline\nfaas-supervisor: error: script exited with status 3\n"
+    # No runtime line after it: the script's bytes as it wrote them, nothing added.
+    quiet = run(tmp_path, "#!/bin/sh\nprintf 'no newline'\n",
+                env={"EVENT": "{}", "LOG_LEVEL": "CRITICAL", "JOB_UUID": "j"})
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == b"no newline"
+
+
+def test_a_job_stopped_after_output_without_a_newline_says_so_on_a_line_of_its_own(
+    tmp_path: Path,
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    ready = tmp_path / "ready"
+    script = tmp_path / "script.sh"
+    script.write_text(f"#!/bin/sh\nprintf 'half a line'\ntouch {ready}\nsleep 1000\n")
+    status, stderr = stopped(["run", "--script", str(script)],
+                             _env(tmp, EVENT="{}", LOG_LEVEL="CRITICAL"), ready.exists,
+                             "the script's output")
+    assert status == 128 + signal.SIGTERM, stderr
+    assert stderr == b"half a line\nfaas-supervisor: error: stopped by SIGTERM\n"
+    assert list(tmp.iterdir()) == []
+
+
+# ---- outputs the folder store cannot hold --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [".meta.json", ".cache/c.txt"])
+def test_an_output_named_as_the_folder_stores_own_is_refused(tmp_path: Path, name: str) -> None:
+    """An output whose path has a segment starting with '.' was written into the folder
+    store, which keeps such names for itself: its listings and its S3 endpoint never show
+    them (exit 0, the file invisible). It is refused as over S3 (exit 3), naming the key,
+    and nothing is written."""
+    store = tmp_path / "store"
+    store.mkdir()
+    config = _store_config(tmp_path, store, "minio", "default")  # the embedded default's
+    script = f'#!/bin/sh\nmkdir -p "$(dirname "$TMP_OUTPUT_DIR/{name}")"\n' \
+             f'echo m > "$TMP_OUTPUT_DIR/{name}"\n'
+    result = run(tmp_path, script, "--config", str(config), env={"EVENT": "{}"})
+    assert result.returncode == 3, result.stderr
+    last = result.stderr.splitlines()[-1].decode()
+    assert last.startswith(f"faas-supervisor: error: minio.default: cannot write "
+                           f"results/out/{name}: the key must not have a segment starting "
+                           "with '.'"), last
+    assert _files(store) == []
