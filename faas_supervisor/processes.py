@@ -613,8 +613,10 @@ async def until_signalled(work: Awaitable[int]) -> tuple[int, bool]:
                 await task
         if stop.signal is None or not task.cancelled():
             return task.result(), False
-    print(f"faas-supervisor: error: stopped by {signal.Signals(stop.signal).name}",
-          file=sys.stderr)
+    if sys.stderr is not None:  # started with it closed (`2>&-`): print would take stdout
+        with contextlib.suppress(OSError, ValueError):  # its reader gone: the status says it
+            print(f"faas-supervisor: error: stopped by {signal.Signals(stop.signal).name}",
+                  file=sys.stderr, flush=True)
     return 128 + stop.signal, True
 
 

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -190,6 +191,35 @@ def test_a_closed_log_stream_does_not_fail_the_job(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout
     assert result.stdout == b"cmVzdWx0Cg=="  # base64 of the one output, and nothing else
     assert (store / "results" / "out" / "r.txt").read_text() == "result\n"
+    assert list(tmp.iterdir()) == []
+
+
+def test_a_job_stopped_with_its_log_stream_closed_writes_nothing_to_stdout(
+    tmp_path: Path,
+) -> None:
+    """`run ... 2>&-` stopped by SIGTERM: `stopped by SIGTERM` went to standard output
+    (print's fallback when sys.stderr is None), into the response's place."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    ready = tmp_path / "ready"
+    script = tmp_path / "script.sh"
+    script.write_text(f"#!/bin/sh\ntouch {ready}\nsleep 1000\n")
+    command = shlex.join([*faas_command(), "run", "--script", str(script)])
+    process = subprocess.Popen(["sh", "-c", f"exec {command} 2>&-"], env=_env(tmp, EVENT="{}"),
+                               stdout=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():  # a file: no event to await
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the script did not start in 60 s"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (process.returncode, stdout) == (128 + signal.SIGTERM, b"")
     assert list(tmp.iterdir()) == []
 
 
