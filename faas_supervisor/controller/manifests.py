@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -52,6 +54,9 @@ SERVICE_LABEL = "oscar_service"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "faas-supervisor"}
 COMPONENT_LABEL = "faas-supervisor/component"  # service | exposed | job: keeps selectors apart
 JOB_LABEL = "faas-supervisor/job"  # on a job's pod, to find it without the Job controller's labels
+# On the Deployment's pod template: a digest of the ConfigMap and Secrets its pods read
+# (`config_hash`), so that changing only their values still rolls the pods out.
+CONFIG_HASH = "faas-supervisor/config-hash"
 
 WATCHDOG_PORT = 8080
 SERVICE_PORT = 80  # the port OSCAR gives an exposed service's Service
@@ -270,6 +275,34 @@ def auth_secret(service: Service, cluster: Cluster) -> dict[str, Any] | None:
     return _secret(auth_secret_name(service.name), service, cluster, {"auth": line})
 
 
+def config_hash(service: Service, cluster: Cluster) -> str:
+    """A digest of what a service's pods read once, at start: the ConfigMap (the watchdog
+    reads function_config.yaml when it starts) and the Secrets of `envFrom` and of the
+    providers' folder. Replacing those alone leaves the pod template as it was, and no
+    pod would ever see the new values; with this on the template, a change rolls them.
+
+    All of it in one digest, never one per secret, and keyed: an HMAC-SHA256 whose key
+    is the service's token (256 random bits, the controller's, stable across updates),
+    so that whoever may read Deployments cannot test guesses of a short secret against
+    it. Rendered offline there is no token, and the key is the namespace and name: a
+    salt only; the secrets are still hashed together with everything else. The
+    ingress's auth Secret is no pod's, and salted anew each time: left out."""
+    used = [
+        config_map(service, cluster),
+        env_secret(service, cluster),
+        minio_secret(service, cluster),
+        providers_secret(service, cluster),
+    ]
+    content = {
+        f"{obj['kind']}/{obj['metadata']['name']}": obj.get("data") or obj.get("stringData")
+        for obj in used
+        if obj is not None
+    }
+    text = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+    key = service.token or f"faas-supervisor/{cluster.namespace}/{service.name}"
+    return hmac.new(key.encode(), text, hashlib.sha256).hexdigest()
+
+
 def _secret(
     name: str, service: Service, cluster: Cluster, data: dict[str, str]
 ) -> dict[str, Any]:
@@ -402,6 +435,11 @@ def deployment(service: Service, cluster: Cluster) -> dict[str, Any]:
     """The watchdog serving `/run/NAME` (exposed services: the autoscaled `NAME-dpl`)."""
     component = "exposed" if service.exposed else "service"
     name = exposed_names(service.name)["Deployment"] if service.exposed else service.name
+    pod_metadata = _pod_metadata(service, component)
+    pod_metadata["annotations"] = {
+        **pod_metadata.get("annotations", {}),
+        CONFIG_HASH: config_hash(service, cluster),  # last: the user's cannot undo it
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -410,7 +448,7 @@ def deployment(service: Service, cluster: Cluster) -> dict[str, Any]:
             "replicas": max(service.expose.min_scale, 1) if service.exposed else 1,
             "selector": {"matchLabels": _labels(service.name, component)},
             "template": {
-                "metadata": _pod_metadata(service, component),
+                "metadata": pod_metadata,
                 "spec": _pod_spec(service, cluster, _watchdog_container(service)),
             },
         },
@@ -532,12 +570,23 @@ def service_objects(service: Service, cluster: Cluster) -> list[dict[str, Any]]:
     return [o for o in objects if o is not None]
 
 
+def escape_env_value(text: str) -> str:
+    """`text` as an env value that reaches the process as written. The kubelet expands an
+    env value: `$(NAME)` becomes the variable NAME defined before it, `$$` becomes `$`;
+    so `$` is written `$$`. The event must arrive byte for byte (a script may hash or
+    parse it). Its size in the object may double; at exec it is the event's again."""
+    return text.replace("$", "$$")
+
+
 def job(service: Service, cluster: Cluster, name: str, event: str) -> dict[str, Any]:
     """One asynchronous invocation: `faas-supervisor run` with the event in `EVENT`."""
     check(service)
     container = {
         "command": [RUNTIME, "run"],
-        "env": [{"name": "EVENT", "value": event}, {"name": "JOB_UUID", "value": name}],
+        "env": [
+            {"name": "EVENT", "value": escape_env_value(event)},
+            {"name": "JOB_UUID", "value": name},
+        ],
     }
     return {
         "apiVersion": "batch/v1",

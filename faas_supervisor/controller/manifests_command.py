@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from faas_supervisor.config import current_environ
+
+if TYPE_CHECKING:
+    from faas_supervisor.controller.fdl import Service
+    from faas_supervisor.controller.manifests import Cluster
 
 
 def declare_arguments(sub: argparse.ArgumentParser) -> None:
@@ -39,7 +44,7 @@ def declare_arguments(sub: argparse.ArgumentParser) -> None:
 
 def cmd_manifests(args: argparse.Namespace) -> int:
     from faas_supervisor.controller.fdl import load_fdl
-    from faas_supervisor.controller.manifests import Cluster, service_objects, to_yaml
+    from faas_supervisor.controller.manifests import Cluster, to_yaml
     from faas_supervisor.errors import ConfigError, InvalidService
 
     if bool(args.file) == bool(args.fdl):
@@ -61,10 +66,43 @@ def cmd_manifests(args: argparse.Namespace) -> int:
     cluster = Cluster(args.namespace, args.runtime_image, provider)
     try:
         services = load_fdl(args.file, args.cluster_id)
-        objects = [o for service in services for o in service_objects(service, cluster)]
+        objects = _objects(services, cluster)
     except InvalidService as exc:  # a bad file is a one-line usage error, exit status 2
         raise ConfigError(exc.message) from None
     if not objects:
         raise ConfigError(f"{args.file}: no services for cluster id {args.cluster_id!r}")
     sys.stdout.write(to_yaml(objects))
     return 0
+
+
+def _objects(services: Iterable[Service], cluster: Cluster) -> list[dict[str, Any]]:
+    """The objects of all the services, for one namespace. The kubernetes backend's rule
+    (`_refuse_if_not_own`): an object's name is one service's only, since names are
+    made from service names (exposed `foo`'s Service is `foo-svc`, plain `foo-svc`'s
+    too; `foo`'s MinIO Secret is `foo-minio`, service `foo-minio`'s Secret too). There
+    the first deployed keeps it; here, where all are printed at once, none is:
+    `kubectl apply` would replace one service's object with the other's."""
+    from faas_supervisor.controller.manifests import service_objects
+    from faas_supervisor.errors import InvalidService
+
+    owners: dict[tuple[str, str], Service] = {}
+    objects: list[dict[str, Any]] = []
+    for service in services:
+        for obj in service_objects(service, cluster):
+            key = (obj["kind"], obj["metadata"]["name"])
+            other = owners.setdefault(key, service)
+            if other is not service:
+                raise InvalidService(
+                    f"name: {_owner(other, service)} and {_owner(service, other)} both "
+                    f"make the {key[0]} {key[1]!r}; choose another name"
+                    + (" or give --cluster-id" if other.name == service.name else "")
+                )
+            objects.append(obj)
+    return objects
+
+
+def _owner(service: Service, other: Service) -> str:
+    """`service 'foo'`, with its cluster id when the other has the same name."""
+    if service.name != other.name:
+        return f"service {service.name!r}"
+    return f"service {service.name!r} of cluster id {service.cluster_id!r}"

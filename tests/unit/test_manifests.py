@@ -342,7 +342,10 @@ def test_pods_carry_the_managers_labels_and_the_users_annotations() -> None:
     template = deployment["spec"]["template"]["metadata"]
     assert template["labels"]["team"] == "a"
     assert template["labels"]["oscar.grycap/user-service"] == "true"
-    assert template["annotations"] == {"example.org/owner": "team-a"}
+    assert template["annotations"] == {
+        "example.org/owner": "team-a",
+        manifests.CONFIG_HASH: manifests.config_hash(svc, WITH_MINIO),
+    }
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= template["labels"].items()
     # The service's selector never takes a job's pod in.
