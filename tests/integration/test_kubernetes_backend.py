@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -540,7 +541,8 @@ async def test_the_deployment_page_never_reaches_another_services_deployment(
     await backend.restart_service(exposed)
     deployment = kube.api.objects[("deployments", NS, "foo-dpl")]
     assert deployment["spec"]["replicas"] == 1
-    assert "annotations" not in deployment["spec"]["template"]["metadata"]
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+    assert kubernetes_backend.RESTARTED_AT not in annotations
 
 
 # ---- configuration and errors --------------------------------------------------------------
@@ -849,6 +851,123 @@ async def test_a_job_whose_image_cannot_be_pulled_fails_with_the_reason(
         )
     assert ("jobs", "cowsay-7777", {"propagationPolicy": "Foreground"}) in kube.api.deletes
     await asyncio.wait_for(kube.api.wait_gone("jobs", NS, "cowsay-7777"), 20)
+
+
+def kubelet_says(api: FakeKubeApi, job: str, status: dict[str, Any]) -> None:
+    """The job's pod's status, as the kubelet writes it where the stand-in does not play
+    it (a Secret missing, a pod no node can take)."""
+    name = api.job_pod(job, NS)["metadata"]["name"]
+    current = api.objects[("pods", NS, name)]
+    api._store("pods", NS, {**copy.deepcopy(current), "status": status}, previous=current)
+
+
+def waiting(container: str, reason: str, message: str = "") -> dict[str, Any]:
+    return {"name": container, "image": "", "imageID": "", "ready": False, "restartCount": 0,
+            "state": {"waiting": {"reason": reason, "message": message}}}
+
+
+@contextlib.asynccontextmanager
+async def backend_with(kube: Kube, **options: Any) -> AsyncIterator[KubernetesBackend]:
+    backend = KubernetesBackend(CLUSTER, str(kube.kubeconfig), **options)
+    await backend.start()
+    await watching(kube.api)
+    try:
+        yield backend
+    finally:
+        await backend.close()
+    assert_within_role(kube.api)
+
+
+async def test_a_job_whose_secret_an_update_deleted_fails_with_the_reason(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    """An update dropping `environment.secrets` deletes the Secret a pending job's pod
+    names: the kubelet cannot make its container, for ever (a Job sets no deadline for
+    its pending phase). The job fails, saying why, and its worker is free again."""
+    await backend.deploy(service())
+    task, _, _ = await start_job(kube, backend, tmp_path, "cowsay-9999", b"{}")
+    await backend.deploy(service(environment={"variables": {}}))
+    assert ("secrets", "cowsay") not in stored(kube.api)
+    kubelet_says(kube.api, "cowsay-9999", {"phase": "Pending", "containerStatuses": [
+        waiting(manifests.CONTAINER, "CreateContainerConfigError", 'secret "cowsay" not found'),
+    ]})
+    with pytest.raises(KubernetesError, match=(
+        r"^Job cowsay-9999: its pod cowsay-9999-\w+: container oscar-container cannot start: "
+        r'CreateContainerConfigError: secret "cowsay" not found$'
+    )):
+        await asyncio.wait_for(task, 20)
+    assert ("jobs", "cowsay-9999", FOREGROUND) in kube.api.deletes
+    await asyncio.wait_for(kube.api.wait_gone("jobs", NS, "cowsay-9999"), 20)
+
+
+@pytest.mark.parametrize("reason", ["CreateContainerError", "RunContainerError"])
+async def test_a_job_whose_container_cannot_start_fails_on_one_line(
+    kube: Kube, backend: KubernetesBackend, tmp_path: Path, reason: str
+) -> None:
+    await backend.deploy(service())
+    task, _, _ = await start_job(kube, backend, tmp_path, "cowsay-9998", b"{}")
+    kubelet_says(kube.api, "cowsay-9998", {"phase": "Pending", "containerStatuses": [
+        waiting(manifests.CONTAINER, reason, "failed to create:\nexec: no such file"),
+    ]})
+    with pytest.raises(KubernetesError) as raised:
+        await asyncio.wait_for(task, 20)
+    message = str(raised.value)
+    assert message.endswith(f"cannot start: {reason}: failed to create: exec: no such file")
+
+
+async def test_a_job_whose_pod_stays_pending_fails_after_the_limit(
+    kube: Kube, tmp_path: Path
+) -> None:
+    """No node can take the pod (or a volume cannot be mounted, which only the pod's
+    events tell): after `pending_limit` seconds in that state, the job fails."""
+    async with backend_with(kube, pending_limit=0.5) as backend:
+        await backend.deploy(service())
+        began = asyncio.get_running_loop().time()
+        task, _, _ = await start_job(kube, backend, tmp_path, "cowsay-9997", b"{}")
+        kubelet_says(kube.api, "cowsay-9997", {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/3 nodes are available: 3 Insufficient memory."},
+        ]})
+        with pytest.raises(KubernetesError, match=(
+            r"^Job cowsay-9997: its pod cowsay-9997-\w+ has not started in 0.5 s: "
+            r"Unschedulable: 0/3 nodes are available: 3 Insufficient memory. "
+            r"\(its events say why: kubectl describe pod\)$"
+        )):
+            await asyncio.wait_for(task, 20)
+        assert asyncio.get_running_loop().time() - began >= 0.5
+        await asyncio.wait_for(kube.api.wait_gone("jobs", NS, "cowsay-9997"), 20)
+
+
+async def test_a_pod_getting_on_or_running_is_not_failed_by_the_limit(
+    kube: Kube, tmp_path: Path
+) -> None:
+    """The limit is on one pending state, not on the job: each step of the pod's start
+    (scheduled, its init container run) counts anew, and a running job runs on. Time is
+    what is tested: the steps are paced by the clock."""
+    limit = 1.0
+    async with backend_with(kube, pending_limit=limit) as backend:
+        await backend.deploy(service())
+        task, log, _ = await start_job(kube, backend, tmp_path, "cowsay-9996", b"{}")
+        steps: list[dict[str, Any]] = [
+            {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]},
+            {"phase": "Pending", "initContainerStatuses": [
+                waiting(manifests.INIT_CONTAINER, "PodInitializing")]},
+            {"phase": "Pending", "containerStatuses": [
+                waiting(manifests.CONTAINER, "ContainerCreating")]},
+            {"phase": "Running", "containerStatuses": [
+                {"name": manifests.CONTAINER, "image": "", "imageID": "", "ready": True,
+                 "restartCount": 0, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]},
+        ]
+        for status in steps:
+            kubelet_says(kube.api, "cowsay-9996", status)
+            await asyncio.sleep(0.6 * limit)
+            assert not task.done(), task
+        await asyncio.sleep(0.6 * limit)  # running: past the limit since the last step
+        assert not task.done(), task
+        kube.api.finish_job("cowsay-9996", NS, 0, b"moo\n")
+        assert await asyncio.wait_for(task, 20) == 0
+        assert log.read_bytes() == b"moo\n"
 
 
 async def test_an_oom_killed_job_says_so(
@@ -1183,3 +1302,64 @@ async def test_the_deployment_as_the_dashboard_sees_and_drives_it(
     await backend.restart_service(exposed)
     annotations = kube.api.objects[key]["spec"]["template"]["metadata"]["annotations"]
     assert "oscar.grycap.io/restarted-at" in annotations
+
+
+class StatusWrites:
+    """The deployment controller's part between the backend's read of a Deployment and
+    its replace: a status write, which gives the Deployment a new resourceVersion. On the
+    first `times` reads (every one: None)."""
+
+    def __init__(self, kube: Kube, backend: KubernetesBackend, times: int | None) -> None:
+        self.kube, self.backend, self.times = kube, backend, times
+        self.reads = 0
+        self.read = backend._read_deployment
+        self.loop = asyncio.get_running_loop()
+
+    def __call__(self, service: Service) -> Any:  # in the backend's thread
+        found = self.read(service)
+        self.reads += 1
+        if self.times is None or self.reads <= self.times:
+            asyncio.run_coroutine_threadsafe(self.write_status(), self.loop).result(10)
+        return found
+
+    async def write_status(self) -> None:
+        key = ("deployments", NS, "cowsay")
+        current = self.kube.api.objects[key]
+        updated = copy.deepcopy(current)
+        updated["status"] = {**current.get("status", {}), "observedGeneration": self.reads}
+        self.kube.api._store("deployments", NS, updated, previous=current)
+
+
+async def test_stop_and_restart_read_again_after_a_conflict(
+    kube: Kube, backend: KubernetesBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await backend.deploy(service())
+    key = ("deployments", NS, "cowsay")
+    writes = StatusWrites(kube, backend, times=2)
+    monkeypatch.setattr(backend, "_read_deployment", writes)
+    await backend.stop_service(service())
+    assert writes.reads == 3  # two conflicts, then the replace
+    assert kube.api.objects[key]["spec"]["replicas"] == 0
+    assert kube.api.objects[key]["metadata"]["annotations"] == {
+        "oscar.grycap.io/previous-replicas": "1", "oscar.grycap.io/stopped": "true"}
+
+    await backend.start_service(service())
+    assert kube.api.objects[key]["spec"]["replicas"] == 1
+    writes.reads, writes.times = 0, 2
+    await backend.restart_service(service())
+    assert writes.reads == 3
+    annotations = kube.api.objects[key]["spec"]["template"]["metadata"]["annotations"]
+    assert "oscar.grycap.io/restarted-at" in annotations
+
+
+async def test_a_deployment_always_written_meanwhile_gives_up_with_the_conflict(
+    kube: Kube, backend: KubernetesBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await backend.deploy(service())
+    writes = StatusWrites(kube, backend, times=None)
+    monkeypatch.setattr(backend, "_read_deployment", writes)
+    with pytest.raises(KubernetesError, match="409") as raised:
+        await backend.stop_service(service())
+    assert raised.value.status == 409
+    assert writes.reads == kubernetes_backend.CONFLICT_TRIES
+    assert kube.api.objects[("deployments", NS, "cowsay")]["spec"]["replicas"] == 1

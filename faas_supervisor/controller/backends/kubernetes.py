@@ -18,6 +18,10 @@ cache on the event loop, and wake what waits on it: a job waiting for its Job's 
 `/run` waiting (`sync_wait`) for a ready replica, a deploy waiting for its pod's images.
 A job costs two requests of its own: the Job's creation and the reading of its pod's logs
 when it ends (and one more read for each time its logs are asked for while it runs).
+A job whose pod cannot start fails (its Job deleted) rather than holding its worker: at
+once when a container waits for a reason that needs a change to the cluster (START_ERRORS:
+an image, a Secret that an update deleted under it), after `pending_limit` seconds in one
+state otherwise (unschedulable, a volume that cannot be mounted).
 
 A controller restarted during jobs runs them again under the same names (jobs.py):
 their creation answers 409, and the cache, listed at start, already has the Job, so the
@@ -38,6 +42,7 @@ import functools
 import json
 import threading
 from collections.abc import AsyncGenerator, Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +83,22 @@ RESTARTED_AT = "oscar.grycap.io/restarted-at"
 CLUSTER_DOMAIN = "cluster.local"
 # The waiting reasons of a container whose image the kubelet cannot have.
 PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+# ...and of one the kubelet cannot make or start: a Secret, ConfigMap or key it names
+# is missing (an update deleted it under a pending job), its command cannot run. A job's
+# pod waiting so fails the job at once, as a pull error does: a Job sets no deadline for
+# its pending phase, so else its worker (one of --max-jobs) would be held for ever.
+START_ERRORS = (*PULL_ERRORS, "CreateContainerConfigError", "CreateContainerError",
+                "RunContainerError")
+# Seconds a job's pod may stay Pending in one state (unschedulable, a volume it cannot
+# mount, an image still pulling: only the pod's events, which the controller does not
+# read, tell these apart) before its job fails; each change of state (scheduled, an
+# image pulled, the init container run) starts the count again. Generous: a cluster
+# autoscaler adding a node, or a pull of a large image, takes minutes.
+PENDING_LIMIT = 600.0
+# Tries of a read-modify-replace of a Deployment (stop, restart), which a write made
+# between the read and the replace (the deployment controller's status, the HPA's
+# scale) turns into a 409 Conflict.
+CONFLICT_TRIES = 5
 # The client's API class and the name in its method names, per kind.
 _KINDS: dict[str, tuple[str, str]] = {
     "Secret": ("CoreV1Api", "secret"),
@@ -99,6 +120,16 @@ class _NoPod(str):
     """The condition of a Job that ended with no pod in the cache."""
 
 
+@dataclass
+class _Stall:
+    """A job's pod not started, in one state (`_pending_state`) since `timer` was set;
+    the timer marks it `over` once that has lasted the backend's `pending_limit`."""
+
+    state: tuple[str, ...]
+    timer: asyncio.TimerHandle
+    over: bool = False
+
+
 class _WatchError(Exception):
     """An ERROR event on a watch: the API server's Status."""
 
@@ -118,14 +149,17 @@ class KubernetesBackend:
         *,
         in_cluster: bool = False,
         sync_wait: float = DEFAULT_SYNC_WAIT,
+        pending_limit: float = PENDING_LIMIT,
     ) -> None:
         """`kubeconfig` (else, unless `in_cluster`, ~/.kube/config): as settings.py chose.
-        `sync_wait`: seconds `/run` waits for a ready replica, and a deploy for its pod."""
+        `sync_wait`: seconds `/run` waits for a ready replica, and a deploy for its pod.
+        `pending_limit`: seconds a job's pod may stay Pending in one state."""
         self.cluster = cluster
         self.namespace = cluster.namespace
         self.kubeconfig = kubeconfig
         self.in_cluster = in_cluster
         self.sync_wait = sync_wait
+        self.pending_limit = pending_limit
         self._services: dict[str, Service] = {}
         self._client: Any = None
         self._apis: dict[str, Any] = {}
@@ -137,6 +171,7 @@ class KubernetesBackend:
         # Jobs followed to their end, until the cluster deletes them (their TTL): their
         # objects are not cached, which with many jobs would be most of the memory.
         self._done: set[str] = set()
+        self._stalls: dict[str, _Stall] = {}  # jobs whose pod has not started
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._detached = False  # the controller is stopping: Jobs are left running
@@ -628,6 +663,8 @@ class KubernetesBackend:
         if made and job not in self._deleted_jobs:
             self._done.add(job)
         self._deleted_jobs.discard(job)
+        if (stall := self._stalls.pop(job, None)) is not None:
+            stall.timer.cancel()
         self._cache["Job"].pop(job, None)
         for pod in self._job_pods.pop(job, ()):
             self._cache["Pod"].pop(pod, None)
@@ -661,15 +698,44 @@ class KubernetesBackend:
         if pod is not None:
             if _pod_finished(pod):
                 return pod
-            if error := _pull_error(pod):
-                return error
+            if error := _start_error(pod):
+                return f"its pod {pod['metadata']['name']}: {error}"
         if job in self._deleted_jobs:
             return "the Job was deleted before it finished"
         found = self._cache["Job"].get(job)
         condition = _job_condition(found) if found is not None else None
         if condition is not None and pod is None and not checked:
             return _NoPod(condition)
+        if condition is None and (pod is None or not _started(pod)):
+            return self._stalled(job, pod) or None
         return None  # the Job's condition can come before the pod's phase: waited for
+
+    def _stalled(self, job: str, pod: Mapping[str, Any] | None) -> str:
+        """Why the job's pod has not started, once it has been `pending_limit` seconds in
+        the state it is in (none made yet included); else "". A new state starts a new
+        count, its timer waking the job's waiter when it is over."""
+        state = _pending_state(pod)
+        stall = self._stalls.get(job)
+        if stall is None or stall.state != state:
+            if stall is not None:
+                stall.timer.cancel()
+            assert self._loop is not None
+            timer = self._loop.call_later(self.pending_limit, self._stall_over, job, state)
+            stall = self._stalls[job] = _Stall(state, timer)
+        if not stall.over:
+            return ""
+        if pod is None:
+            return (f"the Job made no pod in {self.pending_limit:g} s "
+                    "(its events say why: kubectl describe job)")
+        return (f"its pod {pod['metadata']['name']} has not started in "
+                f"{self.pending_limit:g} s: {_pending_text(pod)} "
+                "(its events say why: kubectl describe pod)")
+
+    def _stall_over(self, job: str, state: tuple[str, ...]) -> None:
+        stall = self._stalls.get(job)
+        if stall is not None and stall.state == state:
+            stall.over = True
+            self._wake(f"job:{job}")
 
     async def live_logs(self, job: str) -> AsyncGenerator[bytes, None] | None:
         """What a running job's pod has written so far, streamed; None before it runs."""
@@ -785,11 +851,29 @@ class KubernetesBackend:
 
         return await asyncio.to_thread(read)
 
+    def _change_deployment(
+        self, service: Service, change: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any] | None:
+        """The service's Deployment read, changed by `change` (False: left as it is) and
+        replaced; None if there is none. The replace carries the resourceVersion read, so
+        that nothing written meanwhile is overwritten: it is a 409 Conflict then (the
+        deployment controller writes the status during every rollout, the HPA the
+        replicas), and all is read and changed again, CONFLICT_TRIES times at most.
+        Not a patch: the Role grants `update` on Deployments, not `patch`."""
+        for tries_left in reversed(range(CONFLICT_TRIES)):
+            found: dict[str, Any] | None = self._read_deployment(service)
+            if found is None or not change(found):
+                return found
+            try:
+                self._call("replace", "Deployment", found["metadata"]["name"], body=found)
+                return found
+            except KubernetesError as exc:
+                if exc.status != 409 or not tries_left:
+                    raise
+        raise AssertionError("unreachable: the last try returns or raises")
+
     async def stop_service(self, service: Service) -> None:
-        def stop() -> None:
-            found = self._read_deployment(service)
-            if found is None:
-                return
+        def scale_to_zero(found: dict[str, Any]) -> bool:
             metadata, spec = found["metadata"], found["spec"]
             annotations = dict(metadata.get("annotations") or {})
             if spec.get("replicas"):
@@ -797,7 +881,11 @@ class KubernetesBackend:
             annotations[STOPPED] = "true"
             metadata["annotations"] = annotations
             spec["replicas"] = 0
-            self._call("replace", "Deployment", metadata["name"], body=found)
+            return True
+
+        def stop() -> None:
+            if self._change_deployment(service, scale_to_zero) is None:
+                return
             if service.exposed:  # else it would scale the Deployment up again
                 self._delete("HorizontalPodAutoscaler",
                              manifests.exposed_names(service.name)["HorizontalPodAutoscaler"])
@@ -810,19 +898,18 @@ class KubernetesBackend:
             await self.deploy(service)  # its replicas and its autoscaler, as defined
 
     async def restart_service(self, service: Service) -> None:
-        def restart() -> None:
-            found = self._read_deployment(service)
-            if found is None or (found.get("spec") or {}).get("replicas") == 0:
-                return
+        def new_template(found: dict[str, Any]) -> bool:
+            if (found.get("spec") or {}).get("replicas") == 0:
+                return False  # stopped: it stays so
             # As `kubectl rollout restart`: a new pod template, so new pods replace the old.
             template = found["spec"]["template"].setdefault("metadata", {})
             template["annotations"] = {
                 **(template.get("annotations") or {}),
                 RESTARTED_AT: datetime.datetime.now(datetime.UTC).isoformat(),
             }
-            self._call("replace", "Deployment", found["metadata"]["name"], body=found)
+            return True
 
-        await asyncio.to_thread(restart)
+        await asyncio.to_thread(self._change_deployment, service, new_template)
 
 
 def _stamp(text: str | None) -> float | None:
@@ -896,12 +983,56 @@ def _statuses(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _pull_error(pod: Mapping[str, Any]) -> str:
     """`ErrImagePull` and the like, with the kubelet's message; "" when none."""
+    return _start_error(pod, PULL_ERRORS)
+
+
+def _start_error(pod: Mapping[str, Any], reasons: Collection[str] = START_ERRORS) -> str:
+    """A container waiting for one of `reasons`, with the kubelet's message on one line;
+    "" when none."""
     for status in _statuses(pod):
         waiting = (status.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in PULL_ERRORS:
-            message = waiting.get("message") or status.get("image", "")
-            return f"{status.get('image', '')} cannot be pulled: {waiting['reason']}: {message}"
+        reason = waiting.get("reason")
+        if reason not in reasons:
+            continue
+        image = status.get("image", "")
+        message = " ".join(str(waiting.get("message") or "").split())
+        if reason in PULL_ERRORS:
+            return f"{image} cannot be pulled: {reason}: {message or image}"
+        return f"container {status.get('name', '')} cannot start: {reason}: {message}"
     return ""
+
+
+def _pending_state(pod: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """What a pod not started is waiting for, as a key that changes when it gets on
+    (scheduled, an image pulled, a container made); no messages: a scheduler's changes
+    as nodes come and go, without the pod getting any further."""
+    if pod is None:
+        return ()
+    status = pod.get("status") or {}
+    state = [pod["metadata"]["name"], str(status.get("phase") or "")]
+    state += [f"{c.get('type')}={c.get('status')}:{c.get('reason') or ''}"
+              for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"]
+    for container in _statuses(pod):
+        for kind, detail in (container.get("state") or {}).items():
+            state.append(f"{container.get('name')}:{kind}:{(detail or {}).get('reason') or ''}")
+    return tuple(state)
+
+
+def _pending_text(pod: Mapping[str, Any]) -> str:
+    """Why a pod has not started, as far as its status says: the scheduler's refusal,
+    else what its containers wait for; on one line."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            why = ": ".join(str(condition[k]) for k in ("reason", "message") if condition.get(k))
+            return " ".join((why or "not scheduled").split())
+    waiting = []
+    for container in _statuses(pod):
+        state = container.get("state") or {}
+        if "waiting" in state:
+            reason = (state["waiting"] or {}).get("reason") or "waiting"
+            waiting.append(f"{container.get('name')} {reason}")
+    return " ".join(", ".join(waiting).split()) or str(status.get("phase") or "Pending")
 
 
 def _started(pod: Mapping[str, Any]) -> bool:
