@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from faas_supervisor import __version__
-from faas_supervisor.config import SECRET_KEYS, Mode
+from faas_supervisor.config import SECRET_KEYS, Mode, text_loader
 from faas_supervisor.controller.fdl import Service, manager_labels
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.errors import InvalidService
@@ -287,8 +287,17 @@ def config_hash(service: Service, cluster: Cluster) -> str:
     it. Rendered offline there is no token, and the key is the namespace and name: a
     salt only; the secrets are still hashed together with everything else. The
     ingress's auth Secret is no pod's, and salted anew each time: left out."""
+    configured = config_map(service, cluster)
+    # The config as data (its values as text, as the runtime reads them: `1.10` is not
+    # `1.1`), its keys sorted below: the same service read back from the store (variables
+    # sorted there) writes its YAML in another order, which must roll nothing.
+    configured["data"] = {
+        **configured["data"],
+        "function_config.yaml": yaml.load(configured["data"]["function_config.yaml"],
+                                          Loader=text_loader()),
+    }
     used = [
-        config_map(service, cluster),
+        configured,
         env_secret(service, cluster),
         minio_secret(service, cluster),
         providers_secret(service, cluster),

@@ -117,3 +117,22 @@ def test_jobs_need_none() -> None:
     job = manifests.job(service(), CLUSTER, "plants-1", "{}")
     assert manifests.CONFIG_HASH not in (job["spec"]["template"]["metadata"].get("annotations")
                                          or {})
+
+
+def test_the_same_service_read_back_from_the_store_rolls_nothing() -> None:
+    """The store keeps variables sorted: a service created with `ZED` before `ALPHA`
+    wrote its config in another order once restored at the next start, and its pods
+    rolled at every restart after a create or an update."""
+    from faas_supervisor.controller.fdl import from_record, to_record
+
+    created = service(environment={"variables": {"ZED": "1", "ALPHA": "2"},
+                                   "secrets": {"B_KEY": "b", "A_KEY": "a"}})
+    restored = from_record(to_record(created))
+    assert manifests.config_hash(restored, CLUSTER) == manifests.config_hash(created, CLUSTER)
+
+
+def test_a_variable_changed_to_what_a_yaml_reader_would_take_for_the_same_rolls() -> None:
+    """`1.10` and `1.1` are one float to YAML's implicit types, two values to the runtime."""
+    before = service(environment={"variables": {"VERSION": "1.10"}})
+    after = service(environment={"variables": {"VERSION": "1.1"}})
+    assert manifests.config_hash(before, CLUSTER) != manifests.config_hash(after, CLUSTER)
