@@ -331,6 +331,9 @@ async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> 
     from faas_supervisor.responses import success_body
 
     job_id = startup.environ.get("JOB_UUID") or str(uuid.uuid4())
+    # Told now: a log stream found gone later is pointed at /dev/null (LogStream), and
+    # stdout would then no longer be the file it was.
+    logs_already_out = _stdout_is_the_log(startup.environ)
     log = LogStream()
     # The runtime's lines go to the log stream as kept for a logs response (logs.py).
     invocation = Invocation(startup.runtime, job_id, log_echo=log.runtime_line)
@@ -355,7 +358,7 @@ async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> 
         if event.kind == "storage" and not args.print_response:
             return 0
         body = success_body(invocation, "")
-        if body.kind == "logs" and _stdout_is_the_log(startup.environ):
+        if body.kind == "logs" and logs_already_out:
             return 0  # it would be the same lines again, where they already are
         return await _print_response(body.stream, sys.stdout.buffer, log.runtime_line)
     except BaseException:

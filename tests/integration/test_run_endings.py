@@ -174,6 +174,28 @@ def test_a_log_stream_nobody_reads_does_not_fail_the_job(tmp_path: Path, event: 
     assert list(tmp.iterdir()) == []
 
 
+def test_a_logs_response_into_a_log_stream_nobody_reads_is_the_scripts_status(
+    tmp_path: Path,
+) -> None:
+    """`run ... 2>&1 | head -n 1` of a script with no output file (a logs response): once
+    the log stream was found gone, fd 2 went to /dev/null, stdout (the same dead pipe)
+    no longer looked like the log, the logs were written there again: EPIPE, exit 1."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\nfor i in 1 2 3 4 5; do echo line $i; done\n")
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run([*faas_command(), "run", "--script", str(script)],
+                                env=_env(tmp, EVENT='{"a": 1}'), stdout=writer,
+                                stderr=writer, timeout=30)
+    finally:
+        os.close(writer)
+    assert result.returncode == 0
+    assert list(tmp.iterdir()) == []
+
+
 def test_a_closed_log_stream_does_not_fail_the_job(tmp_path: Path) -> None:
     """`run ... 2>&-`: sys.stderr is None; the first runtime line raised (exit 1), and the
     outputs were not uploaded. The response still goes to standard output, alone."""
