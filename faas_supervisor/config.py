@@ -494,12 +494,12 @@ def _providers(raw: Any, secrets_dir: Path) -> dict[str, ProviderConfig]:
                 value = values.get(key)
                 if value is None or (isinstance(value, Secret) and not value.value) or value == "":
                     raise ConfigError(f"storage provider {ptype}.{pid} has no {key!r}")
-            _check_provider_values(ptype, values, where)
+            check_provider_values(ptype, values, where)
             providers[f"{ptype}.{pid}"] = ProviderConfig(type=ptype, id=str(pid), settings=values)
     return providers
 
 
-def _check_provider_values(
+def check_provider_values(
     ptype: str, values: Mapping[str, str | bool | Secret], where: str
 ) -> None:
     """What the provider's first request would find wrong, found at start-up: a `verify`

@@ -25,6 +25,7 @@ from faas_supervisor.config import (
     REQUIRED_PROVIDER_KEYS,
     SECRET_KEYS,
     StoragePath,
+    check_provider_values,
     normalize_provider_name,
     text_loader,
     utf8_encodable,
@@ -32,7 +33,7 @@ from faas_supervisor.config import (
 )
 from faas_supervisor.controller.names import bucket_problem, path_problem
 from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
-from faas_supervisor.errors import InvalidService
+from faas_supervisor.errors import ConfigError, InvalidService
 
 # The OSCAR manager's limits and defaults (its create handler).
 NAME_MAX = 39
@@ -454,6 +455,13 @@ def _providers(raw: Any, where: str, stored: bool) -> dict[str, dict[str, dict[s
                     if not isinstance(value, str | int | float):  # (a bool is an int)
                         raise InvalidService(
                             f"{where}.{ptype}.{pid}.{key}: must be a string or a number")
+                if not stored:
+                    # A `verify` or a server's URL the runtime would stop at (its
+                    # watchdog would exit at every start: a service that never answers).
+                    try:
+                        check_provider_values(str(ptype), values, f"{where}.{ptype}.{pid}")
+                    except ConfigError as exc:
+                        raise InvalidService(exc.message) from None
             providers.setdefault(str(ptype), {})[str(pid)] = dict(values)
     return providers
 

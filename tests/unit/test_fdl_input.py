@@ -146,3 +146,22 @@ def test_apply_sends_what_is_no_number_as_written(expose: dict[str, Any],
                                                   sent: dict[str, Any]) -> None:
     """For the server to refuse, naming the field."""
     assert typed_definition({"name": "s", "expose": expose})["expose"] == sent
+
+
+@pytest.mark.parametrize(("settings", "field"), [
+    ({"hostname": "https://dav.example.org:99999"}, "hostname"),
+    ({"hostname": "https://dav.example.org/a?b"}, "hostname"),
+    ({"hostname": "https://dav.example.org", "verify": "maybe"}, "verify"),
+])
+def test_a_provider_the_runtime_would_stop_at_is_a_400_not_a_service_that_never_answers(
+    settings: dict[str, str], field: str
+) -> None:
+    """The runtime checks a provider's `verify` and server URL at start-up (exit 2): the
+    controller stored such a service (201), and its watchdog exited at every start."""
+    provider = {"login": "u", "password": "p", **settings}
+    definition = {"name": "dav", "script": "echo", "image": "x",
+                  "storage_providers": {"webdav": {"dcache": provider}}}
+    with pytest.raises(InvalidService, match=rf"storage_providers\.webdav\.dcache\.{field}"):
+        parse_service(definition)
+    # What a store already holds is read as it was: the controller still starts.
+    assert parse_service(definition, stored=True).storage_providers["webdav"]["dcache"]
