@@ -240,7 +240,8 @@ def _bound_socket(host: str) -> socket.socket:
     (a connection is refused until the API is ready, as on a given port)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host or None,  # "": every interface, as asyncio reads it (AI_PASSIVE's any)
+            0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE,
         )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
