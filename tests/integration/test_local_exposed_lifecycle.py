@@ -88,4 +88,6 @@ def test_a_log_printed_through_a_long_health_wait_is_trimmed(
     wait_until(lambda: 0 < log.stat().st_size <= CAP, 30, "the log trimmed", controller)
     status = controller.request("GET", "/system/services/loading/deployment").json()
     assert status["state"] == "pending"  # still waiting for its server
-    assert log.read_bytes().endswith(b"x" * 99 + b"\n")  # its end kept
+    # Its end kept: the script's last lines (the watchdog's own line that it started the
+    # server may come after them, written by another process into the same file).
+    assert b"x" * 99 + b"\n" in log.read_bytes()[-4096:]
