@@ -3,9 +3,15 @@ the controller share."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
+from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
+
+# What aiohttp refuses to write in a header or a status line (a header injection, to it):
+# control characters but tab. It raises from prepare(), a traceback and a 500.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded. `Expect` too: our
 # own server already answered `100 Continue`; the next hop gets the body straight away.
@@ -50,3 +56,40 @@ def not_utf8(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
             except UnicodeEncodeError:
                 return name
     return None
+
+
+def with_control(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
+    """The first header whose value holds a control character other than tab (an ESC
+    of a coloured log line, a DEL): aiohttp refuses to write it, so a proxy refuses the
+    message instead."""
+    for name, value in headers.items():
+        if _CONTROL.search(value) is not None:
+            return name
+    return None
+
+
+def sendable_reason(reason: str | None) -> str | None:
+    """The next hop's reason phrase if it can be sent as it came (UTF-8, no control
+    character but tab); else None, for which aiohttp sends the status's standard phrase.
+    A client takes nothing but the status from it: the standard phrase beats one sent
+    altered (a Latin-1 `Tr\\xe8s` as `Trs`) or a 500 (aiohttp refusing to write it)."""
+    if reason is None or _CONTROL.search(reason) is not None:
+        return None
+    try:
+        reason.encode()
+    except UnicodeEncodeError:
+        return None
+    return reason
+
+
+class PassedOnResponse(web.StreamResponse):
+    """A streamed response passed on from the next hop, with no Content-Type when it
+    had none: aiohttp gives a non-empty body without one `application/octet-stream`,
+    a type the server never stated (an HTML page would be offered as a download).
+    RFC 9110 8.3 leaves an untyped body to the recipient."""
+
+    async def _prepare_headers(self) -> None:
+        typed = hdrs.CONTENT_TYPE in self.headers
+        await super()._prepare_headers()
+        if not typed:
+            self.headers.popall(hdrs.CONTENT_TYPE, None)

@@ -83,7 +83,6 @@ async def relay(
     try:
         done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
         finished = done.pop()
-        code, reason = finished.result()
         # The far side first, then the reply that completes the closer's handshake: when
         # the closer sees its close acknowledged, the other end has seen it too. Closed
         # while the other pump still waits on it: aiohttp's close() ends that wait itself
@@ -91,6 +90,13 @@ async def relay(
         # the socket aborted, and close() would drop the connection right after its frame
         # (a next hop could see a code other than the one sent).
         first, then = (upstream, client) if finished is inbound else (client, upstream)
+        try:
+            code, reason = finished.result()
+        except ConnectionError:
+            # The pump could not write: its far side is gone (a client that vanished as a
+            # message went to it). The side still there is told it went away.
+            first, then = then, first
+            code, reason = aiohttp.WSCloseCode.GOING_AWAY, b""
         await first.close(code=code, message=reason)
         await then.close(code=code, message=reason)
     finally:
@@ -112,6 +118,11 @@ async def _pump(source: Socket, sink: Socket, count: Callable[[int], None]) -> t
         elif msg.type is WSMsgType.CLOSE:
             return _sendable(msg.data), (msg.extra or "").encode()
         elif msg.type is WSMsgType.ERROR:
+            # aiohttp closed `source` with the code of what it refused (1009: a message
+            # over the limit, 1002, 1007); that goes on. Any other failure is ours: 1011.
+            error = msg.data
+            if isinstance(error, aiohttp.WebSocketError):
+                return _sendable(error.code), b""
             return aiohttp.WSCloseCode.INTERNAL_ERROR, b""
         elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
             return aiohttp.WSCloseCode.GOING_AWAY, b""

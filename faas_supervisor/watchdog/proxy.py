@@ -34,7 +34,13 @@ from faas_supervisor.errors import (
     UpstreamFailed,
     unreadable_body,
 )
-from faas_supervisor.http_headers import forwarded_headers, not_utf8
+from faas_supervisor.http_headers import (
+    PassedOnResponse,
+    forwarded_headers,
+    not_utf8,
+    sendable_reason,
+    with_control,
+)
 from faas_supervisor.invocation import Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.watchdog.answers import refusal
@@ -139,6 +145,10 @@ class ProxyRunner:
         self.failed = False  # the server exited on its own: the watchdog must exit non-zero
         self._session: aiohttp.ClientSession | None = None
         self._watcher: asyncio.Task[None] | None = None
+        # The WebSocket sessions relayed, each with the task serving it; `ending` once
+        # the watchdog stops them (end_sessions).
+        self._sessions: dict[web.WebSocketResponse, asyncio.Task[object]] = {}
+        self._ending = False
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -268,7 +278,12 @@ class ProxyRunner:
         garbled = not_utf8(headers)
         if garbled is not None:
             return refusal(UpstreamFailed(f"the server's header {garbled} is not UTF-8"))
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        controlled = with_control(headers)
+        if controlled is not None:
+            return refusal(UpstreamFailed(
+                f"the server's header {controlled} holds a control character"))
+        response = PassedOnResponse(status=upstream.status,
+                                    reason=sendable_reason(upstream.reason))
         response.headers.extend(headers)
         await response.prepare(request)
         sent = 0
@@ -296,7 +311,9 @@ class ProxyRunner:
         """Connect upstream first, so its answer (refusal, redirect, subprotocol) is the
         client's. exec_timeout bounds the wait for it, as for any request."""
         assert self._session is not None
-        limit = self.settings.max_body_size  # aiohttp's 4 MiB default would be ours, not theirs
+        # aiohttp's 4 MiB default would be ours, not theirs. It refuses a message of
+        # max_msg_size bytes: one of max_body_size passes, as a body of that size does.
+        limit = self.settings.max_body_size + 1 if self.settings.max_body_size else 0
         try:
             async with asyncio.timeout(self.settings.exec_timeout or None):
                 upstream = await self._session.ws_connect(
@@ -326,11 +343,53 @@ class ProxyRunner:
         try:
             await client.prepare(request)
             request[UPGRADED] = True
-            await relay(client, upstream, self.metrics.bytes_in.inc,
-                        self.metrics.bytes_out.inc)
+            await self._relay_session(request, client, upstream)
         finally:
-            await upstream.close()
+            # Still open: the client went (the relay failed writing to it, or its
+            # handshake did). The code the relay would have passed on is 1001.
+            await upstream.close(code=aiohttp.WSCloseCode.GOING_AWAY)
         return client
+
+    async def _relay_session(self, request: web.Request, client: web.WebSocketResponse,
+                             upstream: aiohttp.ClientWebSocketResponse) -> None:
+        """The relay, in a task of its own: it ends the session itself, its close code
+        passed on. aiohttp cancels this handler when the client's connection is lost
+        (handler_cancellation): the relay sees the client go too, and closes the upstream
+        with 1001 (going away), which that cancellation would cut to a bare 1000. Only a
+        cancellation by the watchdog stopping (end_sessions done, or a second one) ends
+        the relay."""
+        task = asyncio.current_task()
+        assert task is not None
+        relaying = asyncio.ensure_future(relay(
+            client, upstream, self.metrics.bytes_in.inc, self.metrics.bytes_out.inc))
+        self._sessions[client] = task
+        try:
+            try:
+                await asyncio.shield(relaying)
+            except asyncio.CancelledError:
+                if self._ending or not _client_gone(request):
+                    raise
+                task.uncancel()
+                await relaying
+        finally:
+            del self._sessions[client]
+            if not relaying.done():
+                relaying.cancel()
+                await asyncio.gather(relaying, return_exceptions=True)
+
+    async def end_sessions(self) -> None:
+        """The watchdog stops: each WebSocket session ends, 1001 (going away) to both
+        sides (the relay passes the client's close on upstream), as the controller
+        ends its own. Returns once their handlers are done."""
+        self._ending = True
+        sessions = dict(self._sessions)
+        if not sessions:
+            return
+        await asyncio.gather(*(
+            client.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"watchdog stopping")
+            for client in sessions
+        ), return_exceptions=True)
+        await asyncio.wait(sessions.values())
 
 
 class _RequestBody:
@@ -372,6 +431,11 @@ class _RequestBody:
                 raise self.error
             self.metrics.bytes_in.inc(len(chunk))
             yield chunk
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _no_answer(exc: BaseException) -> UpstreamFailed:

@@ -139,14 +139,16 @@ class Watchdog:
                                         "the watchdog is starting"))
         if self._at_limit():
             return refusal(TooManyRequests(f"max_inflight ({self.settings.max_inflight}) reached"))
+        # A body declared too large is refused before anything of it is read, or passed
+        # on to the user's server (which would see a request cut short).
+        limit = self.settings.max_body_size
+        if limit and (request.content_length or 0) > limit:
+            return refusal(PayloadTooLarge(f"request body is over max_body_size ({limit} bytes)"))
         if self.proxy is not None:
             with self._tracked(asyncio.current_task()):
                 return await self.proxy.forward(request)
         if "\0" in request.path:  # `%00`, decoded: no environment variable can hold it
             return refusal(BadEvent("request path holds a NUL byte (%00)"), close=True)
-        limit = self.settings.max_body_size
-        if limit and (request.content_length or 0) > limit:
-            return refusal(PayloadTooLarge(f"request body is over max_body_size ({limit} bytes)"))
 
         try:
             invocation = Invocation(self.runtime)
@@ -254,6 +256,10 @@ class Watchdog:
         self.shutting_down = True
         logger.info("shutting down", inflight=len(self.inflight))
         await stop.unless_forced(self._idle.wait, self.settings.healthcheck_interval)
+        if self.proxy is not None:
+            # Cancelled, a WebSocket session would end with no close frame to the client
+            # (1006) and a bare 1000 upstream.
+            await stop.unless_forced(self.proxy.end_sessions, SHUTDOWN_TIMEOUT)
         for work in list(self.inflight):
             if isinstance(work, Invocation):
                 logger.warning("stopping an invocation still running", id=work.id)

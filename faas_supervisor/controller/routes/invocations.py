@@ -206,7 +206,8 @@ class InvocationRoutes(Routes):
             await relay(client, upstream)
         finally:
             self._sockets.discard(client)
-            await upstream.close()
+            # Still open: the client went (during its handshake) or the controller stops.
+            await upstream.close(code=aiohttp.WSCloseCode.GOING_AWAY)
         return client
 
     async def close_sockets(self, _app: web.Application) -> None:
