@@ -93,3 +93,14 @@ class PassedOnResponse(web.StreamResponse):
         await super()._prepare_headers()
         if not typed:
             self.headers.popall(hdrs.CONTENT_TYPE, None)
+
+
+class PassedOnWhole(web.Response):
+    """PassedOnResponse's rule for an answer passed on whole (headers and body in one
+    write): no Content-Type added where the next hop sent none."""
+
+    async def _prepare_headers(self) -> None:
+        typed = hdrs.CONTENT_TYPE in self.headers
+        await super()._prepare_headers()
+        if not typed:
+            self.headers.popall(hdrs.CONTENT_TYPE, None)

@@ -134,6 +134,43 @@ def test_run_passes_the_query_as_the_client_encoded_it(controller: ControllerPro
     assert base64.b64decode(body) == b"x=%23frag&y=a%2Bb%20c"
 
 
+# Answers with no Content-Type at all (as Node's `res.end(html)` does): /small a short
+# body, anything else one over the controller's whole-answer size (streamed).
+UNTYPED_APP = """
+import asyncio, os
+
+async def serve(reader, writer):
+    while True:
+        head = await reader.readuntil(b"\\r\\n\\r\\n")
+        body = b"<p>hi</p>" if head.split()[1] == b"/small" else b"x" * 100000
+        writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
+        await writer.drain()
+
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", int(os.environ["upstream_port"]))
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_answer_without_content_type_gets_none(controller: ControllerProcess,
+                                                  tmp_path: Path) -> None:
+    """aiohttp gives a body without Content-Type `application/octet-stream`: a page a
+    server sent untyped (left to the browser to sniff) was offered as a download. The
+    watchdog passes it on untyped; the controller added the type on both of its paths."""
+    app = tmp_path / "untyped.py"
+    app.write_text(UNTYPED_APP)
+    controller.create(exposed("untyped", app))
+    wait_served(controller, "untyped", "/small")
+    for path, size in (("/small", 9), ("/large", 100000)):
+        response = requests.get(f"{controller.url}/system/services/untyped/exposed{path}",
+                                timeout=60)
+        assert (response.status_code, len(response.content)) == (200, size)
+        assert "Content-Type" not in response.headers, (path, response.headers)
+
+
 @pytest.mark.timeout(120)
 def test_rewrite_target_keeps_the_prefix(controller: ControllerProcess, echo_app: Path) -> None:
     """As OSCAR's Ingress (and this project's manifests) with `rewrite_target`: the whole

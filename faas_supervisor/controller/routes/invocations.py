@@ -33,7 +33,12 @@ from faas_supervisor.errors import (
     UpstreamFailed,
     unreadable_body,
 )
-from faas_supervisor.http_headers import forwarded_headers, not_utf8
+from faas_supervisor.http_headers import (
+    PassedOnResponse,
+    PassedOnWhole,
+    forwarded_headers,
+    not_utf8,
+)
 from faas_supervisor.http_timeouts import CLIENT_CLOSED, when_client_leaves
 from faas_supervisor.logs import get_logger
 from faas_supervisor.websocket_relay import (
@@ -56,7 +61,7 @@ CEPH_EVENT_MAX = 1 << 20  # an unauthenticated body is read only to find its tok
 IDLE_UPSTREAM_PER_HOST = 32
 # The largest WebSocket message relayed: the watchdog's own default max_body_size, which
 # limits it again with the service's setting (aiohttp's 4 MiB default would be ours).
-WS_MESSAGE_MAX = 1 << 30
+WS_MESSAGE_MAX = (1 << 30) + 1  # aiohttp refuses a message of max_msg_size bytes itself
 EXPOSED_PREFIX = "/system/services/{name}/exposed"
 logger = get_logger(component="api")
 
@@ -268,13 +273,14 @@ async def _answer(request: web.Request, upstream: aiohttp.ClientResponse) -> web
         # Small and of known length: sent with its headers in one write. A streamed
         # response sends its headers alone first, a second syscall and wake-up that was
         # most of what the proxy added.
-        return web.Response(
+        # No Content-Type where the service sent none (aiohttp would add one): both.
+        return PassedOnWhole(
             status=upstream.status,
             reason=upstream.reason,
             body=await upstream.read(),
             headers=answer_headers,
         )
-    response = web.StreamResponse(
+    response = PassedOnResponse(
         status=upstream.status, reason=upstream.reason, headers=answer_headers
     )
     try:
