@@ -16,8 +16,6 @@ import signal
 import socket
 import struct
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import WatchdogFactory, WatchdogProcess, free_port
+from tests.integration.test_proxy import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -125,15 +124,6 @@ def start(watchdog: WatchdogFactory, tmp_path: Path, **settings: str) -> Upstrea
     script = f'exec "{sys.executable}" "{app}" "{closes}"\n'
     wd = watchdog(script, env={"mode": "http", "upstream_port": str(port), **settings})
     return Upstream(wd, port, closes)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll another process's state: across processes there is no event to await."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def through(up: Upstream, answer: bytes) -> tuple[bytes, dict[str, str], bytes]:
