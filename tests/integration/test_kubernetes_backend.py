@@ -879,40 +879,79 @@ async def backend_with(kube: Kube, **options: Any) -> AsyncIterator[KubernetesBa
 
 
 async def test_a_job_whose_secret_an_update_deleted_fails_with_the_reason(
-    kube: Kube, backend: KubernetesBackend, tmp_path: Path
+    kube: Kube, tmp_path: Path
 ) -> None:
     """An update dropping `environment.secrets` deletes the Secret a pending job's pod
     names: the kubelet cannot make its container, for ever (a Job sets no deadline for
-    its pending phase). The job fails, saying why, and its worker is free again."""
-    await backend.deploy(service())
-    task, _, _ = await start_job(kube, backend, tmp_path, "cowsay-9999", b"{}")
-    await backend.deploy(service(environment={"variables": {}}))
-    assert ("secrets", "cowsay") not in stored(kube.api)
-    kubelet_says(kube.api, "cowsay-9999", {"phase": "Pending", "containerStatuses": [
-        waiting(manifests.CONTAINER, "CreateContainerConfigError", 'secret "cowsay" not found'),
-    ]})
-    with pytest.raises(KubernetesError, match=(
-        r"^Job cowsay-9999: its pod cowsay-9999-\w+: container oscar-container cannot start: "
-        r'CreateContainerConfigError: secret "cowsay" not found$'
-    )):
-        await asyncio.wait_for(task, 20)
-    assert ("jobs", "cowsay-9999", FOREGROUND) in kube.api.deletes
-    await asyncio.wait_for(kube.api.wait_gone("jobs", NS, "cowsay-9999"), 20)
+    its pending phase). The job fails once that has lasted `start_error_grace`, saying
+    why, and its worker is free again."""
+    async with backend_with(kube, start_error_grace=0.5) as backend:
+        await backend.deploy(service())
+        task, _, _ = await start_job(kube, backend, tmp_path, "cowsay-9999", b"{}")
+        await backend.deploy(service(environment={"variables": {}}))
+        assert ("secrets", "cowsay") not in stored(kube.api)
+        began = asyncio.get_running_loop().time()
+        kubelet_says(kube.api, "cowsay-9999", {"phase": "Pending", "containerStatuses": [
+            waiting(manifests.CONTAINER, "CreateContainerConfigError",
+                    'secret "cowsay" not found'),
+        ]})
+        with pytest.raises(KubernetesError, match=(
+            r"^Job cowsay-9999: its pod cowsay-9999-\w+: container oscar-container cannot "
+            r'start: CreateContainerConfigError: secret "cowsay" not found$'
+        )):
+            await asyncio.wait_for(task, 20)
+        assert asyncio.get_running_loop().time() - began >= 0.5
+        assert ("jobs", "cowsay-9999", FOREGROUND) in kube.api.deletes
+        await asyncio.wait_for(kube.api.wait_gone("jobs", NS, "cowsay-9999"), 20)
 
 
 @pytest.mark.parametrize("reason", ["CreateContainerError", "RunContainerError"])
 async def test_a_job_whose_container_cannot_start_fails_on_one_line(
-    kube: Kube, backend: KubernetesBackend, tmp_path: Path, reason: str
+    kube: Kube, tmp_path: Path, reason: str
 ) -> None:
-    await backend.deploy(service())
-    task, _, _ = await start_job(kube, backend, tmp_path, "cowsay-9998", b"{}")
-    kubelet_says(kube.api, "cowsay-9998", {"phase": "Pending", "containerStatuses": [
-        waiting(manifests.CONTAINER, reason, "failed to create:\nexec: no such file"),
-    ]})
-    with pytest.raises(KubernetesError) as raised:
-        await asyncio.wait_for(task, 20)
-    message = str(raised.value)
-    assert message.endswith(f"cannot start: {reason}: failed to create: exec: no such file")
+    async with backend_with(kube, start_error_grace=0.2) as backend:
+        await backend.deploy(service())
+        task, _, _ = await start_job(kube, backend, tmp_path, "cowsay-9998", b"{}")
+        kubelet_says(kube.api, "cowsay-9998", {"phase": "Pending", "containerStatuses": [
+            waiting(manifests.CONTAINER, reason, "failed to create:\nexec: no such file"),
+        ]})
+        with pytest.raises(KubernetesError) as raised:
+            await asyncio.wait_for(task, 20)
+        message = str(raised.value)
+        assert message.endswith(f"cannot start: {reason}: failed to create: exec: no such file")
+
+
+async def test_a_container_runtime_error_that_passes_fails_nothing(
+    kube: Kube, tmp_path: Path
+) -> None:
+    """A busy runtime reports CreateContainerError for a moment ("failed to reserve
+    container name") and the kubelet's retry then starts the container: failed at once,
+    such a job would have failed for nothing."""
+    async with backend_with(kube, start_error_grace=3600) as backend:
+        await backend.deploy(service())
+        task, _, _ = await start_job(kube, backend, tmp_path, "cowsay-9995", b"{}")
+        kubelet_says(kube.api, "cowsay-9995", {"phase": "Pending", "containerStatuses": [
+            waiting(manifests.CONTAINER, "CreateContainerError",
+                    "failed to reserve container name"),
+        ]})
+        # Once the backend's cache holds that state, its waiter is woken: without the
+        # grace the job would fail then. Half a second for it to (not) end.
+        deadline = asyncio.get_running_loop().time() + 20
+        while not any(
+            (status.get("state") or {}).get("waiting", {}).get("reason") == "CreateContainerError"
+            for pod in backend._cache["Pod"].values()
+            if pod["metadata"]["name"].startswith("cowsay-9995")
+            for status in (pod.get("status") or {}).get("containerStatuses") or []
+        ):
+            assert asyncio.get_running_loop().time() < deadline, "the state never reached it"
+            await asyncio.sleep(0.01)  # the backend's own watch: polled, in this process
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        assert not done, task
+        kubelet_says(kube.api, "cowsay-9995", {"phase": "Running", "containerStatuses": [
+            {"name": manifests.CONTAINER, "image": "", "imageID": "", "ready": True,
+             "restartCount": 0, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]})
+        kube.api.finish_job("cowsay-9995", NS, 0, b"moo\n")
+        assert await asyncio.wait_for(task, 20) == 0
 
 
 async def test_a_job_whose_pod_stays_pending_fails_after_the_limit(

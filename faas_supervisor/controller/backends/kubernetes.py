@@ -19,9 +19,11 @@ cache on the event loop, and wake what waits on it: a job waiting for its Job's 
 A job costs two requests of its own: the Job's creation and the reading of its pod's logs
 when it ends (and one more read for each time its logs are asked for while it runs).
 A job whose pod cannot start fails (its Job deleted) rather than holding its worker: at
-once when a container waits for a reason that needs a change to the cluster (START_ERRORS:
-an image, a Secret that an update deleted under it), after `pending_limit` seconds in one
-state otherwise (unschedulable, a volume that cannot be mounted).
+once when its image cannot be pulled (PULL_ERRORS), after `start_error_grace` seconds
+when a container cannot be made or started (START_ERRORS: a Secret that an update deleted
+under it; the kubelet retries these, which a busy runtime may also report for a while),
+after `pending_limit` seconds in one state otherwise (unschedulable, a volume that cannot
+be mounted).
 
 A controller restarted during jobs runs them again under the same names (jobs.py):
 their creation answers 409, and the cache, listed at start, already has the Job, so the
@@ -84,11 +86,14 @@ CLUSTER_DOMAIN = "cluster.local"
 # The waiting reasons of a container whose image the kubelet cannot have.
 PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 # ...and of one the kubelet cannot make or start: a Secret, ConfigMap or key it names
-# is missing (an update deleted it under a pending job), its command cannot run. A job's
-# pod waiting so fails the job at once, as a pull error does: a Job sets no deadline for
-# its pending phase, so else its worker (one of --max-jobs) would be held for ever.
+# is missing (an update deleted it under a pending job), its command cannot run. A Job
+# sets no deadline for its pending phase, so a job's pod waiting so would hold its worker
+# (one of --max-jobs) for ever: it fails the job once it has lasted START_ERROR_GRACE
+# (the kubelet retries them, and a busy container runtime reports these for a moment
+# too: "failed to reserve container name", a deadline exceeded).
 START_ERRORS = (*PULL_ERRORS, "CreateContainerConfigError", "CreateContainerError",
                 "RunContainerError")
+START_ERROR_GRACE = 60.0
 # Seconds a job's pod may stay Pending in one state (unschedulable, a volume it cannot
 # mount, an image still pulling: only the pod's events, which the controller does not
 # read, tell these apart) before its job fails; each change of state (scheduled, an
@@ -150,16 +155,19 @@ class KubernetesBackend:
         in_cluster: bool = False,
         sync_wait: float = DEFAULT_SYNC_WAIT,
         pending_limit: float = PENDING_LIMIT,
+        start_error_grace: float = START_ERROR_GRACE,
     ) -> None:
         """`kubeconfig` (else, unless `in_cluster`, ~/.kube/config): as settings.py chose.
         `sync_wait`: seconds `/run` waits for a ready replica, and a deploy for its pod.
-        `pending_limit`: seconds a job's pod may stay Pending in one state."""
+        `pending_limit`: seconds a job's pod may stay Pending in one state;
+        `start_error_grace`: in one of START_ERRORS."""
         self.cluster = cluster
         self.namespace = cluster.namespace
         self.kubeconfig = kubeconfig
         self.in_cluster = in_cluster
         self.sync_wait = sync_wait
         self.pending_limit = pending_limit
+        self.start_error_grace = start_error_grace
         self._services: dict[str, Service] = {}
         self._client: Any = None
         self._apis: dict[str, Any] = {}
@@ -698,7 +706,9 @@ class KubernetesBackend:
         if pod is not None:
             if _pod_finished(pod):
                 return pod
-            if error := _start_error(pod):
+            if error := _pull_error(pod):
+                return f"its pod {pod['metadata']['name']}: {error}"
+            if (error := _start_error(pod)) and self._stalled(job, pod, self.start_error_grace):
                 return f"its pod {pod['metadata']['name']}: {error}"
         if job in self._deleted_jobs:
             return "the Job was deleted before it finished"
@@ -710,17 +720,19 @@ class KubernetesBackend:
             return self._stalled(job, pod) or None
         return None  # the Job's condition can come before the pod's phase: waited for
 
-    def _stalled(self, job: str, pod: Mapping[str, Any] | None) -> str:
-        """Why the job's pod has not started, once it has been `pending_limit` seconds in
-        the state it is in (none made yet included); else "". A new state starts a new
-        count, its timer waking the job's waiter when it is over."""
+    def _stalled(self, job: str, pod: Mapping[str, Any] | None,
+                 limit: float | None = None) -> str:
+        """Why the job's pod has not started, once it has been `limit` seconds (else
+        `pending_limit`) in the state it is in (none made yet included); else "". A new
+        state starts a new count, its timer waking the job's waiter when it is over."""
         state = _pending_state(pod)
         stall = self._stalls.get(job)
         if stall is None or stall.state != state:
             if stall is not None:
                 stall.timer.cancel()
             assert self._loop is not None
-            timer = self._loop.call_later(self.pending_limit, self._stall_over, job, state)
+            wait = self.pending_limit if limit is None else limit
+            timer = self._loop.call_later(wait, self._stall_over, job, state)
             stall = self._stalls[job] = _Stall(state, timer)
         if not stall.over:
             return ""
