@@ -15,6 +15,7 @@ import dataclasses
 import socket
 import sys
 import time
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -55,10 +56,11 @@ class Controller:
         # `--port 0`, any free port: bound now, for the push endpoints' URL (public_url)
         # that storage servers are given, before any service is attached; listened on
         # once the API is ready, as a given port is.
-        self._api_socket: socket.socket | None = None
+        self._api_sockets: list[socket.socket] = []
         if settings.port == 0:
-            self._api_socket = _bound_socket(settings.host)
-            settings = dataclasses.replace(settings, port=self._api_socket.getsockname()[1])
+            self._api_sockets = _bound_sockets(settings.host)
+            port = self._api_sockets[0].getsockname()[1]
+            settings = dataclasses.replace(settings, port=port)
         self.settings = settings
         self.credentials, made = load_credentials(data_dir, settings.user, settings.password)
         if made:
@@ -158,7 +160,7 @@ class Controller:
             runners.append(s3_runner)
             await s3_runner.setup()
         try:
-            await self._listen(runner, self.settings.port, self._api_socket)
+            await self._listen(runner, self.settings.port, self._api_sockets)
             if s3_runner is not None:
                 await self._listen(s3_runner, self.settings.s3_port)
         except ConfigError:
@@ -201,15 +203,16 @@ class Controller:
         )
 
     async def _listen(
-        self, runner: TimedAppRunner, port: int, bound: socket.socket | None = None
+        self, runner: TimedAppRunner, port: int, bound: Sequence[socket.socket] = ()
     ) -> None:
-        site: web.BaseSite = (
-            web.TCPSite(runner, self.settings.host, port)
-            if bound is None
-            else web.SockSite(runner, bound)
+        sites: list[web.BaseSite] = (
+            [web.SockSite(runner, sock) for sock in bound]
+            if bound
+            else [web.TCPSite(runner, self.settings.host, port)]
         )
         try:
-            await site.start()
+            for site in sites:
+                await site.start()
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on {self.settings.host}:{port}: {exc.strerror}"
@@ -227,35 +230,43 @@ class Controller:
     async def _stop(self, *runners: web.AppRunner) -> None:
         for runner in runners:
             await runner.cleanup()
-        if self._api_socket is not None:
-            self._api_socket.close()  # closed by its runner's cleanup once listened on
+        for sock in self._api_sockets:
+            sock.close()  # closed by its runner's cleanup once listened on
         await self.intake.close()
         await self.jobs.close()
         await self.backend.close()
         self.store.close()
 
 
-def _bound_socket(host: str) -> socket.socket:
-    """A TCP socket bound to any free port of `host`'s first address, not yet listening
-    (a connection is refused until the API is ready, as on a given port)."""
+def _bound_sockets(host: str) -> list[socket.socket]:
+    """TCP sockets bound to one free port on each of `host`'s addresses (asyncio's
+    create_server binds them all: "" is IPv4's and IPv6's any address), the first
+    choosing the port; not yet listening (a connection is refused until the API is
+    ready, as on a given port)."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
+        found = socket.getaddrinfo(
             host or None,  # "": every interface, as asyncio reads it (AI_PASSIVE's any)
             0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE,
-        )[0]
-        sock = socket.socket(family, kind, proto)
+        )
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:0: {exc.strerror or exc}") from None
+    sockets: list[socket.socket] = []
+    port = 0
     try:
-        # As asyncio's create_server sets them for a given port.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            # As asyncio's create_server sets them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+            port = sock.getsockname()[1]
     except OSError as exc:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise ConfigError(f"cannot listen on {host}:0: {exc.strerror or exc}") from None
-    return sock
+    return sockets
 
 
 def serve(settings: ControllerSettings) -> int:

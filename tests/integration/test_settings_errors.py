@@ -7,6 +7,7 @@ import base64
 import os
 import re
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -134,7 +135,21 @@ def test_port_0_is_logged_as_the_port_bound(tmp_path: Path, host: str) -> None:
         port = int(found.group(1))
         assert port != 0
         assert requests.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+        if host == "" and socket.has_ipv6 and _ipv6_loopback():
+            # Every interface, IPv6's too, as with a given port (asyncio binds them all):
+            # the port bound ahead was IPv4's alone.
+            assert requests.get(f"http://[::1]:{port}/health", timeout=10).status_code == 200
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
     assert process.returncode == 0
+
+
+def _ipv6_loopback() -> bool:
+    """Whether this machine has ::1 to connect to (a container may have IPv6 off)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
