@@ -301,15 +301,15 @@ def test_port_0_is_the_bound_port_in_the_push_endpoints_url(tmp_path: Path) -> N
 
     controller = Controller(load(["--data-dir", str(tmp_path), "--host", "127.0.0.1",
                                   "--port", "0", "--s3-port", "0", "--password", "p"], {}))
-    bound = controller._api_socket
+    bound = controller._api_sockets
     try:
-        assert bound is not None
-        port = bound.getsockname()[1]
+        assert len(bound) == 1  # 127.0.0.1: one address
+        port = bound[0].getsockname()[1]
         assert port != 0 and controller.settings.port == port
         assert controller.intake.public_url == f"http://127.0.0.1:{port}"
     finally:
-        if bound is not None:
-            bound.close()
+        for sock in bound:
+            sock.close()
         controller.store.close()
 
 
