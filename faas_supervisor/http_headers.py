@@ -4,7 +4,7 @@ the controller share."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -89,10 +89,7 @@ class PassedOnResponse(web.StreamResponse):
     RFC 9110 8.3 leaves an untyped body to the recipient."""
 
     async def _prepare_headers(self) -> None:
-        typed = hdrs.CONTENT_TYPE in self.headers
-        await super()._prepare_headers()
-        if not typed:
-            self.headers.popall(hdrs.CONTENT_TYPE, None)
+        await _untyped_as_sent(self, super()._prepare_headers)
 
 
 class PassedOnWhole(web.Response):
@@ -100,7 +97,14 @@ class PassedOnWhole(web.Response):
     write): no Content-Type added where the next hop sent none."""
 
     async def _prepare_headers(self) -> None:
-        typed = hdrs.CONTENT_TYPE in self.headers
-        await super()._prepare_headers()
-        if not typed:
-            self.headers.popall(hdrs.CONTENT_TYPE, None)
+        await _untyped_as_sent(self, super()._prepare_headers)
+
+
+async def _untyped_as_sent(
+    response: web.StreamResponse, prepare: Callable[[], Awaitable[None]]
+) -> None:
+    """aiohttp's `prepare` of the headers, the Content-Type it adds taken off again."""
+    typed = hdrs.CONTENT_TYPE in response.headers
+    await prepare()
+    if not typed:
+        response.headers.popall(hdrs.CONTENT_TYPE, None)

@@ -184,6 +184,12 @@ class TimedAppRunner(web.AppRunner):
                 task.cancel()
 
 
+def client_gone(request: web.BaseRequest) -> bool:
+    """Whether the request's connection is lost (or closing) now."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def when_client_leaves(
     request: web.BaseRequest, callback: Callable[[], None]
 ) -> Callable[[], None]:

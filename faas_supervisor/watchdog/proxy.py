@@ -41,6 +41,7 @@ from faas_supervisor.http_headers import (
     sendable_reason,
     with_control,
 )
+from faas_supervisor.http_timeouts import client_gone
 from faas_supervisor.invocation import Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.watchdog.answers import refusal
@@ -367,7 +368,7 @@ class ProxyRunner:
             try:
                 await asyncio.shield(relaying)
             except asyncio.CancelledError:
-                if self._ending or not _client_gone(request):
+                if self._ending or not client_gone(request):
                     raise
                 task.uncancel()
                 await relaying
@@ -431,11 +432,6 @@ class _RequestBody:
                 raise self.error
             self.metrics.bytes_in.inc(len(chunk))
             yield chunk
-
-
-def _client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 def _no_answer(exc: BaseException) -> UpstreamFailed:

@@ -39,7 +39,7 @@ from faas_supervisor.http_headers import (
     forwarded_headers,
     not_utf8,
 )
-from faas_supervisor.http_timeouts import CLIENT_CLOSED, when_client_leaves
+from faas_supervisor.http_timeouts import CLIENT_CLOSED, client_gone, when_client_leaves
 from faas_supervisor.logs import get_logger
 from faas_supervisor.websocket_relay import (
     WS_HANDSHAKE,
@@ -289,7 +289,7 @@ async def _answer(request: web.Request, upstream: aiohttp.ClientResponse) -> web
             await response.write(chunk)
         await response.write_eof()
     except asyncio.CancelledError:
-        if not _client_gone(request):
+        if not client_gone(request):
             raise  # the controller stops
     except (aiohttp.ClientError, ConnectionError) as exc:
         transport = request.transport
@@ -303,11 +303,6 @@ async def _answer(request: web.Request, upstream: aiohttp.ClientResponse) -> web
 def _client_closed() -> web.Response:
     """What a call whose client left is recorded as (the usage log): sent to nobody."""
     return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
-
-
-def _client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 def _body_cut(request: web.Request) -> UnreadableBody | None:
