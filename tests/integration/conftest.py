@@ -43,10 +43,20 @@ if TYPE_CHECKING:
     from tests.integration.rucio_server import RucioServer
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now, and never one this test run handed out before: a port closed
+    here is free again at once, and two taken for one test (a watchdog's and its
+    server's upstream_port) came out the same once (the watchdog refused to start)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 30.0,
