@@ -565,6 +565,31 @@ def test_presigned_urls(endpoint: Endpoint) -> None:
     assert b"<Code>AccessDenied</Code><Message>Request has expired</Message>" in answer.content
 
 
+def test_sigv2_bucket_level_requests(endpoint: Endpoint) -> None:
+    """boto3's SigV2 signs a path-style bucket alone (sent as "/b") as "/b/", S3's form:
+    the listings, the bucket's HEAD and its uploads were each a SignatureDoesNotMatch."""
+    v4, s3 = endpoint.client(signature_version="s3v4"), endpoint.client(signature_version="s3")
+    bucket, other = bucket_name(), bucket_name()
+    v4.create_bucket(Bucket=bucket)
+    v4.put_object(Bucket=bucket, Key="dir/a", Body=b"a")
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]  # an object's
+    listed = s3.list_objects(Bucket=bucket, Prefix="dir/", MaxKeys=5)
+    assert [o["Key"] for o in listed["Contents"]] == ["dir/a"]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["dir/a"]
+    assert s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
+    uploads = s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    assert [(u["Key"], u["UploadId"]) for u in uploads] == [("m", upload_id)]
+    url = s3.generate_presigned_url("list_objects", Params={"Bucket": bucket}, ExpiresIn=300)
+    assert "AWSAccessKeyId=" in url
+    answer = requests.get(url, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert b"<Key>dir/a</Key>" in answer.content
+    # The signature is still the bucket's: another bucket's name with it is refused.
+    s3.create_bucket(Bucket=other)
+    answer = requests.get(url.replace(f"/{bucket}?", f"/{other}?"), timeout=30)
+    assert answer.status_code == 403 and b"<Code>SignatureDoesNotMatch</Code>" in answer.content
+
+
 def test_a_signed_header_not_utf8_is_a_signature_mismatch(endpoint: Endpoint) -> None:
     """A signed header whose value came as Latin-1 bytes (SigV4 and SigV2): 403, not a 500
     from encoding the canonical request."""

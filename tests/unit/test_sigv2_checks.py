@@ -4,6 +4,8 @@
 4300-digit limit: int() then raised, a 500 InternalError where S3 answers 403. A `Date`
 in the "-0000" zone (or in none) parsed as a naive datetime read as local time, so a
 controller whose TZ is not UTC refused fresh signatures as skewed and took stale ones.
+A bucket alone sent path-style as "/b" was checked against "/b" only, while botocore signs
+"/b/" (S3's form): every bucket-level request of boto3's SigV2 was SignatureDoesNotMatch.
 """
 
 from __future__ import annotations
@@ -86,3 +88,54 @@ def test_a_stale_utc_date_is_skewed_whatever_our_time_zone(zone: str) -> None:
     with pytest.raises(S3Error) as caught:
         _verify("Tue, 27 Mar 2007 14:36:42" + zone, WHEN)
     assert caught.value.code == "RequestTimeTooSkewed"
+
+
+def _signed_v2(method: str, resource: str, date: str) -> str:
+    text = f"{method}\n\n\n{date}\n{resource}"
+    digest = hmac.new(KEYS.secret_key.encode(), text.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _authorized(resource: str) -> dict[str, str]:
+    """The headers of a GET signed for `resource` at the guide's date."""
+    signature = _signed_v2("GET", resource, GUIDE_DATE)
+    return {"authorization": f"AWS {KEYS.access_key}:{signature}", "date": GUIDE_DATE}
+
+
+@pytest.mark.parametrize(("raw_path", "query", "resource"), [
+    ("/johnsmith", [], "/johnsmith/"),  # botocore, path-style
+    ("/johnsmith", [], "/johnsmith"),  # aws-sdk-js v2, path-style: the path as sent
+    ("/johnsmith", [("uploads", ""), ("max-uploads", "5")], "/johnsmith/?uploads"),
+    ("/johnsmith/", [], "/johnsmith/"),  # s3cmd sends (and signs) the slash
+])
+def test_a_bucket_alone_verifies_signed_with_or_without_its_slash(
+    raw_path: str, query: list[tuple[str, str]], resource: str
+) -> None:
+    headers = _authorized(resource)
+    assert sigv2.verify(KEYS, "GET", raw_path, query, headers, now=WHEN).payload == sigv4.UNSIGNED
+    # The same signature as a presigned URL's (its Expires in the Date's place).
+    expires = str(int(WHEN) + 60)
+    pairs = [*query, ("AWSAccessKeyId", KEYS.access_key), ("Expires", expires),
+             ("Signature", _signed_v2("GET", resource, expires))]
+    assert sigv2.verify(KEYS, "GET", raw_path, pairs, {}, now=WHEN).payload == sigv4.UNSIGNED
+
+
+@pytest.mark.parametrize(("raw_path", "resource"), [
+    ("/johnsmith/photos", "/johnsmith/photos/"),  # an object: signed as sent, one form only
+    ("/johnsmith/", "/johnsmith"),  # sent with the slash: signed with it
+    ("/johnsmith", "/johnsmith//"),
+    ("/johnsmith", "/johnsmit/"),
+    ("/", "//"),  # the bucket list
+])
+def test_any_other_resource_is_a_mismatch(raw_path: str, resource: str) -> None:
+    headers = _authorized(resource)
+    with pytest.raises(S3Error) as caught:
+        sigv2.verify(KEYS, "GET", raw_path, [], headers, now=WHEN)
+    assert caught.value.code == "SignatureDoesNotMatch"
+
+
+def test_a_bucket_signature_is_for_its_method() -> None:
+    headers = _authorized("/johnsmith/")
+    with pytest.raises(S3Error) as caught:
+        sigv2.verify(KEYS, "DELETE", "/johnsmith", [], headers, now=WHEN)
+    assert caught.value.code == "SignatureDoesNotMatch"

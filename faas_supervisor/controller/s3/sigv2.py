@@ -80,21 +80,46 @@ def verify(
         if name.startswith("x-amz-")
     )
     signed_query = sorted((k, v) for k, v in pairs if k in SIGNED_QUERY)
-    resource = raw_path + (
+    sub_resources = (
         "?" + "&".join(f"{k}={v}" if v else k for k, v in signed_query) if signed_query else ""
     )
-    text = "\n".join([
+    head = "\n".join([
         method,
         headers.get("content-md5", ""),
         headers.get("content-type", ""),
         date,
         *(f"{name}:{value}" for name, value in amz),
-        resource,
+        "",
     ])
-    # surrogateescape: see aws_sigv4.string_to_sign.
-    digest = hmac.new(keys.secret_key.encode(), text.encode("utf-8", "surrogateescape"),
-                      hashlib.sha1).digest()
-    if not sigv4.same(signature, base64.b64encode(digest).decode()):
+    # surrogateescape: see aws_sigv4.string_to_sign. Every form is checked (no
+    # short-circuit), so the time taken does not tell which one was close.
+    matches = [
+        sigv4.same(signature, _signature(keys, head + path + sub_resources))
+        for path in _resource_paths(raw_path)
+    ]
+    if not any(matches):
         raise S3Error("SignatureDoesNotMatch", "the request signature we calculated does not "
                       "match the signature you provided; check your key and signing method")
     return sigv4.Signed(sigv4.UNSIGNED)
+
+
+def _resource_paths(raw_path: str) -> tuple[str, ...]:
+    """The CanonicalizedResource paths a correct signer may have signed for `raw_path`.
+
+    S3's rule gives a path-style request's un-decoded path as is, and a bucket alone
+    (virtual-hosted `GET /` of bucket b) as "/b/". Signers disagree on a path-style bucket
+    alone, sent as "/b": botocore signs "/b/" (its auth_path: S3 wants the slash, it
+    says), aws-sdk-js v2 signs the path it sends, "/b"; S3 takes both. Both name the same
+    request here ("/b" and "/b/" are the bucket b, no key), so taking either is no weaker:
+    a signature still covers the method, the bucket and the signed sub-resources. Any
+    other path is signed as sent, one form only.
+    """
+    if raw_path.count("/") == 1 and len(raw_path) > 1:
+        return raw_path, raw_path + "/"
+    return (raw_path,)
+
+
+def _signature(keys: sigv4.Keys, text: str) -> str:
+    digest = hmac.new(keys.secret_key.encode(), text.encode("utf-8", "surrogateescape"),
+                      hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
