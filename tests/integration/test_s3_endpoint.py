@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
+import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from botocore.exceptions import ClientError
 from botocore.httpchecksum import AwsChunkedWrapper, Crc32Checksum
 
 from faas_supervisor.controller.s3 import sigv4
+from faas_supervisor.controller.s3.answers import NAMESPACE
 from tests.integration.conftest import S3Server, free_port
 from tests.integration.controller_fixture import (
     ControllerFactory,
@@ -813,6 +815,61 @@ def test_a_folder_key_takes_no_bytes(endpoint: Endpoint) -> None:
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key="docs/", Body=b"")
     assert s3.head_object(Bucket=bucket, Key="docs/")["ContentLength"] == 0
+
+
+def test_a_key_with_a_newline_is_served(endpoint: Endpoint) -> None:
+    """S3 takes any character in a key, and the store holds a newline (a job's output): the
+    endpoint serves such a key (`%0A` in the path), by either signature, as it lists it;
+    it was aiohttp's plain-text 404 to every request."""
+    s3, v4 = endpoint.client(), endpoint.client(signature_version="s3v4")
+    bucket = bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    v4.put_object(Bucket=bucket, Key="a\nb.txt", Body=b"put")
+    (endpoint.controller.storage / bucket / "x\ny.txt").write_bytes(b"dropped")
+    listed = [o["Key"] for o in v4.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert listed == ["a\nb.txt", "x\ny.txt"]
+    assert v4.get_object(Bucket=bucket, Key="a\nb.txt")["Body"].read() == b"put"
+    assert v4.head_object(Bucket=bucket, Key="x\ny.txt")["ContentLength"] == len(b"dropped")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "x\ny.txt"},
+                                    ExpiresIn=300)  # SigV2
+    assert "%0A" in url
+    assert requests.get(url, timeout=30).content == b"dropped"
+    v4.delete_object(Bucket=bucket, Key="x\ny.txt")
+    with pytest.raises(ClientError) as caught:
+        v4.get_object(Bucket=bucket, Key="x\ny.txt")
+    assert code_of(caught.value) == ("NoSuchKey", 404)
+    assert [o["Key"] for o in v4.list_objects_v2(Bucket=bucket)["Contents"]] == ["a\nb.txt"]
+
+
+def test_xml_answers_are_well_formed_whatever_the_key(endpoint: Endpoint) -> None:
+    """A key's characters XML 1.0 cannot hold (C0 controls) were written raw: the answer was
+    no XML, boto3 lost an error's code (NoSuchKey read as "404") and a listing without
+    encoding-type=url could not be read. They come as U+FFFD; a CR as itself."""
+    s3 = endpoint.client()
+    bucket = bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    with pytest.raises(ClientError) as caught:
+        s3.get_object(Bucket=bucket, Key="missing\x02.txt")
+    assert code_of(caught.value) == ("NoSuchKey", 404)
+    assert caught.value.response["Error"]["Resource"] == f"/{bucket}/missing\ufffd.txt"
+    with pytest.raises(ClientError) as caught:
+        s3.put_object(Bucket=bucket, Key="dir\x01/", Body=b"x")
+    assert code_of(caught.value) == ("InvalidArgument", 400)
+    for key in ("ctl\x01.txt", "cr\r.txt"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="up\x1f.bin")
+    assert upload["Key"] == "up\ufffd.bin"
+    s3.abort_multipart_upload(Bucket=bucket, Key="up\x1f.bin", UploadId=upload["UploadId"])
+    # boto3 asks listings with encoding-type=url: the keys come exact.
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert listed == ["cr\r.txt", "ctl\x01.txt"]
+    request = AWSRequest("GET", f"{endpoint.url}/{bucket}?list-type=2")
+    S3SigV4Auth(Credentials(endpoint.access_key, endpoint.secret_key), "s3",
+                "us-east-1").add_auth(request)
+    answer = _send(request)
+    assert answer.status_code == 200
+    keys = [node.text for node in ET.fromstring(answer.content).iter(f"{{{NAMESPACE}}}Key")]
+    assert keys == ["cr\r.txt", "ctl\ufffd.txt"]
 
 
 # ---- aws-chunked bodies (what SDKs send over TLS, or when told to) --------------------------

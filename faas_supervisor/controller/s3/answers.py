@@ -3,6 +3,7 @@ bodies it takes (CompleteMultipartUpload, Delete), parsed with bounded size."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 import xml.etree.ElementTree as ET
@@ -18,12 +19,25 @@ from faas_supervisor.controller.s3.errors import S3Error
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
 OWNER = "<Owner><ID>faas-supervisor</ID><DisplayName>faas-supervisor</DisplayName></Owner>"
+# What XML 1.0 cannot hold, escaped or not: C0 controls but tab, LF and CR, lone
+# surrogates (a file name's undecodable bytes), U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def element(name: str, value: object) -> str:
     if isinstance(value, bool):
         value = "true" if value else "false"
-    return f"<{name}>{escape(str(value))}</{name}>"
+    return f"<{name}>{xml_text(str(value))}</{name}>"
+
+
+def xml_text(text: str) -> str:
+    """`text` as XML 1.0 character data, always well-formed. A key may hold any character
+    (S3's rule); those XML 1.0 cannot hold become U+FFFD, as MinIO's answers (Go's
+    xml.EscapeText) have them. AWS writes `&#x1;`, which XML 1.0 forbids: parsers
+    (botocore's) refuse the whole answer, and an error's code is lost. Such a key is exact
+    only with `encoding-type=url` (botocore asks it of listings). CR is a reference, else
+    parsers read it as LF."""
+    return _NOT_XML.sub("\ufffd", escape(text, {"\r": "&#13;"}))
 
 
 def document(root: str, parts: Iterable[str], namespace: bool = True) -> str:

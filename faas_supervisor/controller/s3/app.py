@@ -73,7 +73,9 @@ def s3_app(
     objects = store if isinstance(store, Objects) else Objects(store)
     server = S3Server(objects, keys, region)
     app = web.Application(middlewares=[*middlewares, _errors])  # type: ignore[list-item]
-    app.router.add_route("*", "/{tail:.*}", server.dispatch)
+    # Every path, a key's newline (`%0A`, decoded before routes match) too: `.` alone
+    # stops at it. The handlers read the raw path, not the route's match.
+    app.router.add_route("*", "/{tail:(?s:.*)}", server.dispatch)
     app.cleanup_ctx.append(lambda _: _expiring(objects))
     return app
 
