@@ -10,6 +10,7 @@ to stop, one failed HTTP attempt that is retried), never shown to a client.
 from __future__ import annotations
 
 import errno
+import re
 from types import TracebackType
 
 
@@ -23,11 +24,27 @@ class FaasError(Exception):
         # One line, always, that prints as it reads: the message is the first line of a
         # response body and `run`'s error line, and it quotes text from outside (an
         # object key, a store's answer) that may hold an escape sequence.
-        super().__init__(printable(" ".join(message.split())))
+        super().__init__(printable(one_line(message)))
 
     @property
     def message(self) -> str:
         return str(self)
+
+
+# A line break with the indentation around it: where a library's text (a YAML error, a
+# parser's) goes on to its next line.
+_LINE_BREAK = re.compile(r"[ \t]*(?:(?:\r\n|\r|\n)[ \t]*)+")
+
+
+def one_line(message: str) -> str:
+    """`message` with each line break (and the indentation around it) one space, none at
+    either end. Nothing else is touched, since it may be part of an object key the message
+    names: a run of spaces stays, a tab or a space that does not print (NBSP) is escaped by
+    `printable`. A key's own line break is escaped (`printable`) before it goes in."""
+    if "\n" not in message and "\r" not in message:
+        return message
+    end = len(message)
+    return _LINE_BREAK.sub(lambda m: "" if m.start() == 0 or m.end() == end else " ", message)
 
 
 def printable(text: str) -> str:

@@ -41,6 +41,7 @@ from faas_supervisor.errors import (
     Forbidden,
     ScriptFailed,
     ScriptTimeout,
+    printable,
     storage_failure,
     writing,
 )
@@ -695,7 +696,7 @@ async def _storage_errors(
     except (FaasError, asyncio.CancelledError):
         raise
     except Exception as exc:
-        raise storage_failure(provider.name, f"{action} of {bucket}/{key}", exc) from exc
+        raise storage_failure(provider.name, f"{action} of {bucket}/{printable(key)}", exc) from exc
 
 
 def _copy_output(pipe: IO[bytes], log: int, mirror: OutputMirror) -> None:

@@ -55,6 +55,8 @@ class RemotePath:
 
     @classmethod
     def parse(cls, text: str) -> RemotePath:
+        if not _is_utf8(text):
+            raise ConfigError(f"REMOTE_PATH {text!r}: is not UTF-8, as an object's name must be")
         stripped = text.strip().strip("/")
         bucket, _, key = stripped.partition("/")
         if not bucket:
@@ -63,6 +65,17 @@ class RemotePath:
 
     def __str__(self) -> str:
         return f"{self.bucket}/{self.key}" if self.key else self.bucket
+
+
+def _is_utf8(name: str) -> bool:
+    """A bucket or key must be UTF-8 (S3 sends it so). An argument's bytes that are not
+    come decoded with surrogates, as the OS's: a bad argument (exit 2) said before any
+    request, not a storage failure quoting the codec."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def provider_for(client: ControllerClient, service: str, name: str) -> S3Provider:
@@ -123,6 +136,9 @@ async def put_file(provider: S3Provider, remote: RemotePath, local: str) -> None
         # /dev/fd/N) or a device as well as a file.
         if path.is_dir():
             raise ConfigError(f"{local}: is a folder, not a file")
+        if remote.folder and not _is_utf8(path.name):  # the object is named after it
+            raise ConfigError(f"LOCAL {local!r}: its file name, the object's under REMOTE_PATH "
+                              f"{remote}/, is not UTF-8: name the object in REMOTE_PATH")
         try:
             source = open(path, "rb")  # noqa: SIM115 - closed below, after the transfer
         except FileNotFoundError:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.controller.names import folder_key_problem
-from faas_supervisor.errors import NO_SPACE, BadEvent, StorageError, local_write_error
+from faas_supervisor.errors import NO_SPACE, BadEvent, StorageError, local_write_error, printable
 from faas_supervisor.storage_providers import partial_path
 
 # An upload copies in pieces of this size, so that a cancelled one stops within a piece
@@ -33,7 +33,7 @@ class LocalProvider:
     def _object_path(self, bucket: str, key: str) -> Path:
         path = (self.root / bucket / key).resolve()
         if not path.is_relative_to(self.root) or "\x00" in key:
-            raise BadEvent(f"object {bucket}/{key} is outside the store {self.name}")
+            raise BadEvent(f"object {bucket}/{printable(key)} is outside the store {self.name}")
         return path
 
     async def download(self, bucket: str, key: str, dest: Path) -> None:
@@ -43,9 +43,11 @@ class LocalProvider:
         except OSError as exc:
             if exc.errno in NO_SPACE:  # our disk, not the store
                 raise local_write_error(
-                    exc, f"the download of {bucket}/{key} ({self.name})"
+                    exc, f"the download of {bucket}/{printable(key)} ({self.name})"
                 ) from None
-            raise StorageError(f"{self.name}: cannot read {bucket}/{key}: {exc.strerror}") from None
+            raise StorageError(
+                f"{self.name}: cannot read {bucket}/{printable(key)}: {exc.strerror}"
+            ) from None
 
     async def upload(self, src: Path, bucket: str, key: str) -> None:
         # The folder store's own rules (the embedded default's S3 endpoint refuses the same
@@ -53,7 +55,9 @@ class LocalProvider:
         # below), which its listings and its S3 endpoint never show.
         problem = folder_key_problem(key)
         if problem is not None:
-            raise StorageError(f"{self.name}: cannot write {bucket}/{key}: the key {problem}")
+            raise StorageError(
+                f"{self.name}: cannot write {bucket}/{printable(key)}: the key {problem}"
+            )
         dest = self._object_path(bucket, key)
         # A partial file of its own: jobs of one service may write one key at once.
         partial = partial_path(dest, f".{uuid.uuid4().hex}.partial")
@@ -74,7 +78,7 @@ class LocalProvider:
             raise
         except OSError as exc:
             raise StorageError(
-                f"{self.name}: cannot write {bucket}/{key}: {exc.strerror}"
+                f"{self.name}: cannot write {bucket}/{printable(key)}: {exc.strerror}"
             ) from None
 
 

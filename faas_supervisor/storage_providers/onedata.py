@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from faas_supervisor.config import ProviderConfig
-from faas_supervisor.errors import StorageError
+from faas_supervisor.errors import StorageError, printable
 from faas_supervisor.storage_providers import http, scrub, url_secrets
 from faas_supervisor.storage_providers.http import HttpFailure
 
@@ -56,7 +56,7 @@ class OnedataProvider:
         if exc.status in (401, 403):
             reason = f"the token is refused (HTTP {exc.status})"
         return StorageError(
-            f"{self.name}: cannot {verb} {bucket}/{key}: {scrub(reason, self._secrets)}"
+            f"{self.name}: cannot {verb} {bucket}/{printable(key)}: {scrub(reason, self._secrets)}"
         )
 
     async def _lookup(self, session: aiohttp.ClientSession, path: str) -> str | None:
@@ -122,7 +122,7 @@ class OnedataProvider:
         # failed upload).
         writing: list[str] = []
         async with self._session() as session, http.upload_failures(
-            f"{self.name}: cannot upload {bucket}/{key}",
+            f"{self.name}: cannot upload {bucket}/{printable(key)}",
             lambda exc: self._error("upload", bucket, key, exc),
             lambda failure: self._remove_partial(session, path, writing, failure),
         ):

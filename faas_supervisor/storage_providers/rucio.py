@@ -55,6 +55,7 @@ from faas_supervisor.errors import (
     StorageConflict,
     StorageError,
     local_write_error,
+    printable,
 )
 from faas_supervisor.logs import get_logger
 from faas_supervisor.storage_providers import http, partial_path, scrub, url_secrets
@@ -156,8 +157,8 @@ class RucioProvider:
             existing = await self._meta(session, bucket, key)
             if existing is not None:
                 if not same_content(existing, size, adler):
-                    raise StorageConflict(f"{self.name}: cannot upload {did}: the DID exists "
-                                          "with other content (Rucio DIDs are immutable)")
+                    raise StorageConflict(f"{self.name}: cannot upload {printable(did)}: the DID "
+                                          "exists with other content (Rucio DIDs are immutable)")
                 # An earlier run may have registered the replica and then had its rule
                 # refused (no quota left): the rerun finishes that work. A DID some rule
                 # keeps already (another account's upload) needs none of ours.
@@ -206,8 +207,9 @@ class RucioProvider:
             fscope, fname = str(entry.get("scope", "")), str(entry.get("name", ""))
             base = fname.rsplit("/", 1)[-1]
             if base in ("", ".", "..") or "\x00" in fname:
-                raise BadEvent(f"{self.name}: DID {fscope}:{fname} in {scope}:{name} does "
-                               "not name a file that can be written to the input folder")
+                raise BadEvent(f"{self.name}: DID {fscope}:{printable(fname)} in "
+                               f"{scope}:{printable(name)} does not name a file that can be "
+                               "written to the input folder")
             path = paths.get((fscope, fname))
             if path is None:
                 raise HttpFailure(f"no replica of {fscope}:{fname} on an RSE this host reads "
@@ -393,18 +395,18 @@ class RucioProvider:
         try:
             yield
         except HttpFailure as exc:
-            raise StorageError(f"{self.name}: cannot {verb} {scope}:{name}: "
+            raise StorageError(f"{self.name}: cannot {verb} {scope}:{printable(name)}: "
                                f"{scrub(exc.reason, self._secrets())}") from None
         except (ValueError, TypeError) as exc:  # an answer that is not Rucio's JSON
-            raise StorageError(f"{self.name}: cannot {verb} {scope}:{name}: unexpected "
+            raise StorageError(f"{self.name}: cannot {verb} {scope}:{printable(name)}: unexpected "
                                f"answer ({type(exc).__name__})") from None
         except OSError as exc:
             # A download writes to our disk: full, it is a 507 / exit 4 as with the other
             # providers. An upload writes to the RSE: its disk full is the store's failure.
             if verb == "download" and exc.errno in NO_SPACE:
                 raise local_write_error(
-                    exc, f"the download of {scope}:{name} ({self.name})") from None
-            raise StorageError(f"{self.name}: cannot {verb} {scope}:{name}: "
+                    exc, f"the download of {scope}:{printable(name)} ({self.name})") from None
+            raise StorageError(f"{self.name}: cannot {verb} {scope}:{printable(name)}: "
                                f"{exc.strerror or type(exc).__name__}") from None
 
     def _secrets(self) -> list[str]:

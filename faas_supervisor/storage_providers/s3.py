@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from faas_supervisor.config import ProviderConfig
-from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error
+from faas_supervisor.errors import NO_SPACE, FaasError, StorageError, local_write_error, printable
 from faas_supervisor.gc_pause import collection_paused
 from faas_supervisor.storage_providers import partial_path, scrub, url_secrets
 from faas_supervisor.storage_providers.s3_direct import DirectError, direct
@@ -204,8 +204,10 @@ class S3Provider:
 
     def _error(self, verb: str, bucket: str, key: str, exc: BaseException) -> FaasError:
         if isinstance(exc, OSError) and exc.errno in NO_SPACE:  # our disk, not the store
-            return local_write_error(exc, f"the {verb} of {bucket}/{key} ({self.name})")
-        return StorageError(f"{self.name}: cannot {verb} {bucket}/{key}: {self._reason(exc)}")
+            return local_write_error(exc, f"the {verb} of {bucket}/{printable(key)} ({self.name})")
+        return StorageError(
+            f"{self.name}: cannot {verb} {bucket}/{printable(key)}: {self._reason(exc)}"
+        )
 
     def _reason(self, exc: BaseException) -> str:
         # botocore's errors come only from a client it built: no import for the others.

@@ -20,7 +20,7 @@ import aiohttp
 from yarl import URL
 
 from faas_supervisor.config import ProviderConfig
-from faas_supervisor.errors import StorageError
+from faas_supervisor.errors import StorageError, printable
 from faas_supervisor.storage_providers import http, scrub, url_secrets
 from faas_supervisor.storage_providers.http import HttpFailure
 
@@ -52,7 +52,7 @@ class WebDavProvider:
         if exc.status == 401:
             reason = "wrong login or password (HTTP 401)"
         return StorageError(
-            f"{self.name}: cannot {verb} {bucket}/{key}: {scrub(reason, self._secrets)}"
+            f"{self.name}: cannot {verb} {bucket}/{printable(key)}: {scrub(reason, self._secrets)}"
         )
 
     async def download(self, bucket: str, key: str, dest: Path) -> None:
@@ -87,7 +87,7 @@ class WebDavProvider:
         # upload removes what it wrote there, never an object it found and left untouched.
         before: list[Version | None] = []
         async with self._session() as session, http.upload_failures(
-            f"{self.name}: cannot upload {bucket}/{key}",
+            f"{self.name}: cannot upload {bucket}/{printable(key)}",
             lambda exc: self._error("upload", bucket, key, exc),
             lambda _failure: self._remove_partial(session, url, before),
         ):

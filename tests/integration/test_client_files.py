@@ -231,6 +231,34 @@ def test_errors_are_one_line_with_their_exit_status(controller: ControllerProces
     assert len(controller.jobs("errs")) == 0  # nothing was put in the input path
 
 
+def test_a_name_that_is_not_utf8_is_a_bad_argument(controller: ControllerProcess,
+                                                   tmp_path: Path,
+                                                   moto_server: S3Server) -> None:
+    """A REMOTE_PATH (or the LOCAL file name put under a folder) whose bytes are not UTF-8
+    cannot be an S3 key: exit 2 before anything reaches the store, not a storage failure
+    quoting Python's codec."""
+    controller.create({
+        "name": "bytes", "script": COPY,
+        "input": [{"storage_provider": "minio", "path": "bytes/input"}],
+    })
+    local = tmp_path / "f.txt"
+    local.write_bytes(b"x")
+    bad = os.fsdecode(b"bytes/input/\xffx")  # as the OS hands such an argument to Python
+    for args in (("put-file", "bytes", "minio", bad, str(local)),
+                 ("get-file", "bytes", "minio", bad, "-"),
+                 ("list-files", "bytes", "minio", os.fsdecode(b"bytes/\xff"))):
+        line = refused(controller, 2, *args)
+        assert "REMOTE_PATH 'bytes/" in line and "is not UTF-8" in line, line
+        assert "codec" not in line
+    named = tmp_path / os.fsdecode(b"\xffy.txt")
+    named.write_bytes(b"y")
+    line = refused(controller, 2, "put-file", "bytes", "minio", "bytes/input/", str(named))
+    assert "is not UTF-8" in line and "codec" not in line
+    listed = moto_server.client().list_objects_v2(Bucket="bytes").get("Contents", [])
+    assert [o["Key"] for o in listed] == ["input/"]  # the controller's folder marker alone
+    assert len(controller.jobs("bytes")) == 0
+
+
 def test_the_embedded_defaults_own_s3_endpoint(tmp_path: Path) -> None:
     """No --minio-endpoint: `minio` is the controller's folder store, reached through the
     S3 endpoint it serves on --s3-port, with the keys /system/config hands out."""

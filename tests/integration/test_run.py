@@ -361,6 +361,24 @@ def test_a_storage_job_past_its_timeout_is_124_with_its_log(tmp_path: Path) -> N
     assert b"Traceback" not in result.stderr
 
 
+def test_a_missing_objects_error_line_names_its_key_as_it_is(tmp_path: Path) -> None:
+    """Two spaces and a tab in the key: the line names that key (the tab escaped), not
+    `a b c.txt`, another one."""
+    store = tmp_path / "store"
+    (store / "plants" / "input").mkdir(parents=True)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage_providers:\n  minio:\n    default: {{path: {store}}}\n"
+                      f"{PLANTS_INPUT}")
+    event = json.loads(MINIO_EVENT.read_text())
+    event["Records"][0]["s3"]["object"]["key"] = "input%2Fa%20%20b%09c.txt"
+    result = run(tmp_path, COPY, "--config", str(config),
+                 "--event-file", event_file(tmp_path, json.dumps(event).encode()))
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.decode().splitlines()[-1] == (
+        "faas-supervisor: error: minio.default: cannot read plants/input/a  b\\tc.txt: "
+        "No such file or directory")
+
+
 # ---- a job stopped from outside ---------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import faas_supervisor
+from faas_supervisor.config import ProviderConfig, Secret
 from faas_supervisor.errors import (
     FaasError,
     InsufficientStorage,
@@ -19,6 +20,10 @@ from faas_supervisor.errors import (
     writing,
 )
 from faas_supervisor.invocation import _storage_errors
+from faas_supervisor.storage_providers.http import HttpFailure
+from faas_supervisor.storage_providers.local import LocalProvider
+from faas_supervisor.storage_providers.s3 import S3Provider
+from faas_supervisor.storage_providers.webdav import WebDavProvider
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
@@ -48,7 +53,7 @@ def test_writing_maps_os_errors_and_lets_the_rest_pass() -> None:
 class _Provider:
     name = "webdav.dcache"
 
-    def __init__(self, error: OSError) -> None:
+    def __init__(self, error: Exception) -> None:
         self.error = error
 
     async def download(self, bucket: str, key: str, dest: Path) -> None:
@@ -94,6 +99,60 @@ async def test_the_runtime_hides_an_sdks_message_as_the_controller_does() -> Non
     assert failure.value.message == (
         "webdav.dcache: upload of bucket/out/a.bin failed (RuntimeError)"
     )
+
+
+# ---- one line, each character of a key as it is ----------------------------------------
+
+
+def test_a_message_keeps_its_spaces_and_escapes_the_blanks_that_do_not_print() -> None:
+    """Only a line break is made a space: a run of spaces, a tab, an NBSP, an em space
+    may be part of the object key the message names, which must not become another."""
+    message = FaasError("minio.default: cannot read b/in/a  b\tc\xa0d\u2003e.txt ").message
+    assert message == "minio.default: cannot read b/in/a  b\\tc\\xa0d\\u2003e.txt "
+
+
+def test_a_librarys_text_over_several_lines_reads_as_one_line() -> None:
+    text = ("bad YAML: while parsing a block mapping\n  in \"<unicode string>\", line 1\r\n"
+            "expected <block end>, but found '-'\n\n  in \"<unicode string>\", line 2\n")
+    assert FaasError(f"\n  {text}").message == (
+        "bad YAML: while parsing a block mapping in \"<unicode string>\", line 1 expected "
+        "<block end>, but found '-' in \"<unicode string>\", line 2")
+
+
+# A key and how a message shows it: each character, a line break escaped too.
+KEYS = {
+    "in/a  b.txt": "in/a  b.txt",
+    "in/tab\tx.txt": "in/tab\\tx.txt",
+    "in/nl\nx.txt": "in/nl\\nx.txt",
+    "in/crlf\r\n x.txt": "in/crlf\\r\\n x.txt",
+    "in/nb\xa0sp.txt": "in/nb\\xa0sp.txt",
+    "in/trail.txt ": "in/trail.txt ",
+}
+
+
+@pytest.mark.parametrize("key", KEYS)
+async def test_a_storage_message_names_the_key_it_was_given(tmp_path: Path, key: str) -> None:
+    shown = f"b/{KEYS[key]}"
+    local = LocalProvider(ProviderConfig("minio", "default", {"path": str(tmp_path)}))
+    with pytest.raises(StorageError) as missing:
+        await local.download("b", key, tmp_path / "dest")
+    assert missing.value.message == (
+        f"minio.default: cannot read {shown}: No such file or directory")
+
+    provider = _Provider(RuntimeError(SECRET_MESSAGE))
+    with pytest.raises(StorageError) as failed:
+        async with _storage_errors(provider, "download", "b", key):
+            await provider.download("b", key, tmp_path / "dest")
+    assert failed.value.message == f"webdav.dcache: download of {shown} failed (RuntimeError)"
+
+    s3 = S3Provider(ProviderConfig("minio", "x", {
+        "endpoint": "http://127.0.0.1:9", "access_key": Secret("AK"), "secret_key": Secret("SK")}))
+    assert s3._error("upload", "b", key, OSError(errno.ENOSPC, "full")).message == (
+        f"no space left on device writing the upload of {shown} (minio.x)")
+    dav = WebDavProvider(ProviderConfig("webdav", "x", {
+        "hostname": "http://127.0.0.1:9", "login": "u", "password": Secret("pw")}))
+    assert dav._error("upload", "b", key, HttpFailure("HTTP 507", False)).message == (
+        f"webdav.x: cannot upload {shown}: HTTP 507")
 
 
 def _error_types() -> list[type[FaasError]]:
