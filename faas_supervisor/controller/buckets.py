@@ -13,6 +13,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Protocol
 
 from faas_supervisor.config import utf8_encodable
@@ -210,19 +211,33 @@ class FolderStore:
         if not start.is_dir():
             return found
         not_utf8: set[str] = set()
-        for path in start.rglob("*"):
-            relative = path.relative_to(base).as_posix()
-            if any(part.startswith(".") for part in relative.split("/")):
-                continue
-            if not relative.startswith(prefix) or not path.is_file() or path.is_symlink():
-                continue
-            if not utf8_encodable(relative):
-                not_utf8.add(f"{bucket}/{relative}")
-                continue
-            stat = path.stat()
-            # The ETag: size and time, which any rewrite changes (identity.py).
-            etag = f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
-            found.append(StoredObject(relative, stat.st_size, stat.st_mtime, etag))
+        # Files and folders may go while we walk (an object deleted, the bucket deleted):
+        # what is gone is skipped, as the S3 endpoint's listing does, never a failure.
+        for top, folders, files in os.walk(start, onerror=_unless_gone):
+            folders[:] = [f for f in folders if not f.startswith(".")]
+            for name in files:
+                path = Path(top, name)
+                relative = path.relative_to(base).as_posix()
+                if any(part.startswith(".") for part in relative.split("/")):
+                    continue  # a hidden name (folders below the start are pruned already)
+                if not relative.startswith(prefix):
+                    continue
+                try:
+                    stat = path.lstat()  # one look: a regular file, no link to one
+                except FileNotFoundError:
+                    continue
+                if not S_ISREG(stat.st_mode):
+                    continue
+                if not utf8_encodable(relative):
+                    not_utf8.add(f"{bucket}/{relative}")
+                    continue
+                # The ETag: size and time, which any rewrite changes (identity.py).
+                etag = f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
+                found.append(StoredObject(relative, stat.st_size, stat.st_mtime, etag))
+        if not self.bucket_exists(bucket):
+            # Deleted while walked (its folder renamed away at once, objects.py): what was
+            # seen before is gone too; it reads as a bucket that does not exist.
+            found, not_utf8 = [], set()
         self._skipped(f"{bucket}/{prefix}", not_utf8)
         return sorted(found, key=lambda o: o.key)
 
@@ -238,6 +253,13 @@ class FolderStore:
             # What this listing covered is replaced by what it found: a file renamed or
             # removed is forgotten, and warned of again if it comes back.
             self._not_utf8 = {n for n in self._not_utf8 if not n.startswith(listed)} | not_utf8
+
+
+def _unless_gone(error: OSError) -> None:
+    """os.walk's `onerror`: a folder gone (or made a file) before it was read is skipped,
+    as is one we may not read (as pathlib's glob did); any other failure is the store's."""
+    if not isinstance(error, FileNotFoundError | NotADirectoryError | PermissionError):
+        raise error
 
 
 class S3Store:

@@ -61,6 +61,8 @@ class BucketRoutes(Routes):
         objects = await self._storage(
             f"listing of bucket {name}", self.api.buckets.list_objects, name
         )
+        if not objects:  # or deleted while listed (a folder store lists it as empty): 404
+            await self._existing(name)
         listing = [
             {
                 "object_name": o.key,
