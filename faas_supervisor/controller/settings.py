@@ -155,7 +155,7 @@ def load_controller_settings(
         backend=_backend_settings(args, environ),
         host=args.host,
         port=args.port,
-        user=args.user or environ.get("FAAS_USER") or "oscar",
+        user=_user(args.user, environ.get("FAAS_USER")),
         password=args.password or environ.get("FAAS_PASSWORD") or None,
         max_jobs=args.max_jobs,
         external_url=_external_url(args.external_url),
@@ -183,6 +183,18 @@ def _region(text: str) -> str:
     if not _REGION.fullmatch(text):
         raise ConfigError(f"--minio-region: {text!r} is not a region name (us-east-1)")
     return text
+
+
+def _user(flag: str | None, variable: str | None) -> str:
+    """The admin's user name: Basic auth's user-id cannot hold `:` (the password starts
+    after the first one) or a control character (RFC 7617): such a name could never log
+    in, and the controller would have started for nobody."""
+    user = flag or variable or "oscar"
+    if ":" in user or not user.isprintable():
+        given = "--user" if flag else "FAAS_USER"
+        raise ConfigError(f"{given}: {user!r} cannot be a user name (no ':' and no control "
+                          "characters in Basic authentication)")
+    return user
 
 
 def _external_url(given: str | None) -> str:

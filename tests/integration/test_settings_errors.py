@@ -117,6 +117,19 @@ def test_an_unusable_data_dir_or_too_many_jobs_stop_the_controller(tmp_path: Pat
 
 
 @pytest.mark.timeout(120)
+def test_a_user_name_no_login_can_give_stops_the_controller(tmp_path: Path) -> None:
+    """`a:b` (Basic auth's user-id ends at the first `:`): the controller started, printed
+    a password for it, and answered every login 401."""
+    line = _refused(_controller(tmp_path, "--user", "a:b", "--password", SECRET),
+                    _env(tmp_path))
+    assert line == ("faas-supervisor: error: --user: 'a:b' cannot be a user name (no ':' and "
+                    "no control characters in Basic authentication)")
+    line = _refused(_controller(tmp_path), _env(tmp_path, FAAS_USER="ad\tmin"))
+    assert line.startswith("faas-supervisor: error: FAAS_USER: 'ad\\tmin' cannot be")
+    assert not (tmp_path / "data").exists()  # refused before anything was made
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("host", ["127.0.0.1", ""])
 def test_port_0_is_logged_as_the_port_bound(tmp_path: Path, host: str) -> None:
     """The start-up line said port=0; the controller answers on the port it names. With
