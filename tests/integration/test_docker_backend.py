@@ -541,6 +541,34 @@ def test_an_engine_that_does_not_answer_is_a_502_and_the_service_answers_on(
         link.down()
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("host", "line"), [
+    ("tcp://user:s3cretpw@127.0.0.1:1",
+     "faas-supervisor: error: docker: DOCKER_HOST is malformed (expected unix://PATH, "
+     "tcp://HOST:PORT or ssh://[USER@]HOST[:PORT], without a password)"),
+    ("unix://{tmp}/s3cretpw/no-engine.sock",
+     "faas-supervisor: error: docker: the engine does not answer (ConnectionError)"),
+])
+def test_an_engine_it_cannot_reach_stops_start_up_in_one_line(
+    tmp_path: Path, host: str, line: str
+) -> None:
+    """No engine needed: a malformed DOCKER_HOST is told apart from an engine that does not
+    answer, and neither quotes the SDK's message (DOCKER_HOST's text, its password)."""
+    import subprocess
+
+    from tests.integration.conftest import faas_command
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAAS_", "DOCKER_"))}
+    env.update(TMPDIR=str(tmp_path), DOCKER_HOST=host.format(tmp=tmp_path))
+    done = subprocess.run(
+        [*faas_command(), "controller", "--backend", "docker", "--runtime-image", "x",
+         "--data-dir", str(tmp_path / "data"), "--port", "0", "--s3-port", "0",
+         "--password", "secret"],
+        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert (done.returncode, done.stderr.strip().splitlines()) == (2, [line]), done.stderr
+    assert "s3cretpw" not in done.stdout + done.stderr
+
+
 def runtime_volumes(client: Any, service: str) -> set[str]:
     """The service's runtime volumes, by name (one made without labels too)."""
     found = client.volumes.list(filters={"name": f"faas-supervisor-bin-{service}-"})

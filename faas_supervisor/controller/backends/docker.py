@@ -252,14 +252,33 @@ class DockerBackend:
                            "other than root cannot write their outputs there", store=store)
 
     def _connect(self) -> Any:
+        """The engine's client, or a ConfigError (exit status 2) that never quotes the SDK:
+        its messages carry DOCKER_HOST's text, which may hold a password."""
         import docker
+        import requests
 
+        host = self.engine_env.get("DOCKER_HOST")
+        if host:  # the SDK's own check, made first so that its refusal is told apart
+            try:
+                docker.utils.parse_host(host, docker.constants.IS_WINDOWS_PLATFORM)
+            except docker.errors.DockerException:
+                raise ConfigError(
+                    "docker: DOCKER_HOST is malformed (expected unix://PATH, tcp://HOST:PORT "
+                    "or ssh://[USER@]HOST[:PORT], without a password)") from None
         try:
             # DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as the docker CLI reads them.
             client = docker.DockerClient.from_env(environment=self.engine_env, max_pool_size=32)
             client.ping()
-        except docker.errors.DockerException as exc:
-            raise ConfigError(f"docker: the engine does not answer: {exc}") from None
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            # The client's first request (the API version) fails as a DockerException
+            # wrapping requests' error; ping's fails as requests' error itself.
+            failure = exc.__cause__ if isinstance(exc.__cause__, requests.RequestException) \
+                else exc
+            if isinstance(failure, requests.RequestException):
+                raise ConfigError(
+                    f"docker: the engine does not answer ({type(failure).__name__})") from None
+            raise ConfigError(f"docker: the engine cannot be used ({type(failure).__name__})"
+                              ) from None
         return client
 
     async def close(self) -> None:
