@@ -805,11 +805,11 @@ def _remove_folders(
         except OSError:  # not empty (rmtree never follows a link it finds inside)
             if not deep:
                 return False
-            _remove_tree(folder)
+            remove_tree(folder)
     return True
 
 
-def _remove_tree(folder: str) -> None:
+def remove_tree(folder: str) -> None:
     """rmtree `folder`, errors ignored, whatever the script did to its folders' modes.
 
     A script may take its owner's permissions from a folder (`chmod 000` on its output

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
+import os
 import socket
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
@@ -42,6 +45,7 @@ logger = get_logger(component="controller")
 # stream to the service's watchdog, whose read_timeout bounds them.
 HEAD_TIMEOUT = 60.0
 KEEPALIVE_TIMEOUT = 75.0
+LOCK_FILE = "controller.lock"  # in the data folder: one controller per data folder
 
 
 class Controller:
@@ -53,6 +57,7 @@ class Controller:
         except OSError as exc:
             reason = "not a folder" if isinstance(exc, FileExistsError) else exc.strerror
             raise ConfigError(f"--data-dir {data_dir}: {reason or exc}") from None
+        self._lock = _lock_data_dir(data_dir)  # first: before anything in it is touched
         # `--port 0`, any free port: bound now, for the push endpoints' URL (public_url)
         # that storage servers are given, before any service is attached; listened on
         # once the API is ready, as a given port is.
@@ -236,6 +241,32 @@ class Controller:
         await self.jobs.close()
         await self.backend.close()
         self.store.close()
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """An exclusive lock on the data folder, held for this process's life (the descriptor,
+    never closed): a second controller on it would take the first one's watchdogs and
+    jobs for a dead controller's leftovers and kill them (_Pids.reap_leftovers), then run
+    the same jobs. flock's lock goes with the process, however it dies; O_CLOEXEC: no
+    service process inherits it, which would hold it past a SIGKILL of the controller and
+    refuse the restart that is to stop that very process. The file holds the pid."""
+    path = data_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"--data-dir {data_dir}: {path.name}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 20, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            who = f" (pid {holder})" if holder.isdigit() else ""  # it may not have written it yet
+            raise ConfigError(f"another controller is using --data-dir {data_dir}{who}") from None
+        raise ConfigError(f"--data-dir {data_dir}: {path.name}: {exc.strerror or exc}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _bound_sockets(host: str) -> list[socket.socket]:

@@ -79,7 +79,10 @@ class _Pids:
 
     def __init__(self, folder: Path, data_dir: Path) -> None:
         self.folder = folder
-        self.marker = str(data_dir).encode()
+        # An argument that starts with a service's folder (a watchdog's --script, a
+        # runner's folder; a job, forked by its runner, has the runner's): the data
+        # folder alone, as a substring, is also in those of a controller on `/x/data2`.
+        self.marker = b"\0" + f"{data_dir / 'services'}/".encode()
         self.tmpdirs = f"{data_dir / 'services'}/"  # every TMPDIR this backend sets
 
     def record(self, pid: int, kind: str = "") -> Path:
@@ -328,6 +331,10 @@ class LocalBackend:
         # From here on, what our watchdogs and jobs leave when they die comes to us.
         self.orphans = processes.Orphans()
         await self.pids.reap_leftovers()
+        # Before any watchdog or job starts: what is in a service's TMPDIR now belongs to
+        # no live process (the data folder's lock: no other controller; the reap: none
+        # of the last one's), only to the last controller's, killed outright.
+        await asyncio.to_thread(_sweep_tmpdirs, self.root)
 
     def _orphans(self) -> processes.Orphans:
         assert self.orphans is not None, "start() first"
@@ -598,6 +605,27 @@ def _replace(path: Path, text: str, mode: int) -> None:
     with open(fd, "w") as f:
         f.write(text)
     os.replace(new, path)
+
+
+def _sweep_tmpdirs(root: Path) -> None:
+    """Each service's TMPDIR removed (_write makes it again), with what the processes of a
+    controller killed outright left in it: invocation folders (an input object, a sync
+    body), runtime folders. Never through a link: one in its place is removed itself."""
+    # The invocations' own remover: never follows a link, gives back the modes a script
+    # took from its folders. Imported here: the controller needs it at start only.
+    from faas_supervisor.invocation import remove_tree
+
+    with os.scandir(root) as services:
+        for service in services:
+            if not service.is_dir(follow_symlinks=False):
+                continue
+            tmp = f"{service.path}/tmp"
+            try:
+                os.unlink(tmp)  # a link, or a file, a script put in its place
+            except IsADirectoryError:
+                remove_tree(tmp)
+            except OSError:  # none (a service never deployed)
+                pass
 
 
 def _small_event(event: Path) -> bytes | None:
