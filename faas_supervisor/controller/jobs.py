@@ -29,7 +29,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 from faas_supervisor import strict_json
@@ -341,22 +341,39 @@ class Jobs:
             log.close()
 
     async def delete(self, name: str) -> None:
-        """Forget a job; a running one is stopped first.
+        """Forget a job; a running one is stopped first."""
+        await self.delete_many([name])
 
-        Its files go first: on a full disk the store may need their space to delete.
+    async def delete_many(self, names: Iterable[str]) -> None:
+        """Forget these jobs; the running ones are stopped, all at once.
+
+        Every one is out of the store before any is stopped, with no await in between:
+        a worker a stop frees finds the pending ones gone (`start_job` fails), so none
+        of them starts (deleted one by one, each stop let the next queued job start).
+        Their files go first: on a full disk the store may need their space to delete.
         """
-        self.log_path(name).unlink(missing_ok=True)
-        self.event_path(name).unlink(missing_ok=True)
-        self.end_path(name).unlink(missing_ok=True)
-        self.store.remove_job(name)
-        self._unrecorded.pop(name, None)
-        task = self.running.pop(name, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self.log_path(name).unlink(missing_ok=True)
-        self.event_path(name).unlink(missing_ok=True)
+        stopping: dict[str, asyncio.Task[int]] = {}
+        try:
+            for name in names:
+                self.log_path(name).unlink(missing_ok=True)
+                self.event_path(name).unlink(missing_ok=True)
+                self.end_path(name).unlink(missing_ok=True)
+                self.store.remove_job(name)
+                self._unrecorded.pop(name, None)
+                task = self.running.pop(name, None)
+                if task is not None:
+                    task.cancel()
+                    stopping[name] = task
+        finally:
+            # Those cancelled are waited for even when the store fails half way: their
+            # rows are gone, so a job left running would end unrecorded.
+            try:
+                if stopping:
+                    await asyncio.wait(stopping.values())  # never raises their errors
+            finally:
+                for name in stopping:  # written to while being stopped
+                    self.log_path(name).unlink(missing_ok=True)
+                    self.event_path(name).unlink(missing_ok=True)
 
 
 def _read_end(path: Path) -> tuple[int | None, str]:

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from tests.integration.controller_fixture import (
     ControllerProcess,
     wait_until,
 )
-from tests.leftovers import processes
+from tests.leftovers import processes, running_with
 
 pytestmark = pytest.mark.integration
 
@@ -452,6 +453,52 @@ def test_twenty_jobs_two_at_a_time_all_run_once(
         running += 1 if line.startswith("start") else -1
         most = max(most, running)
     assert most == 2
+
+
+@pytest.mark.timeout(60)
+def test_deleting_all_jobs_starts_none_of_those_queued(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    """`?all=true` takes the queued jobs out before stopping the running ones: a worker
+    a stop frees finds none of them to start. Without it, only the finished go."""
+    controller = controllers(args=["--max-jobs", "2"])
+    record, marker = tmp_path / "started.txt", f"faas-test-{uuid.uuid4().hex}"
+    script = (f'echo "$JOB_UUID" >> {record}\n'
+              'if grep -q done "$INPUT_FILE_PATH"; then exit 0; fi\n'
+              f"sh -c 'sleep 300; true' {marker}\n")
+    token = controller.create({"name": "queued", "script": script})["token"]
+
+    def post(data: bytes) -> str:
+        answer = requests.post(f"{controller.url}/job/queued", data=base64.b64encode(data),
+                               headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert answer.status_code == 201, answer.text
+        name: str = answer.json()["job"]
+        return name
+
+    done = post(b"done")
+    names = [post(str(i).encode()) for i in range(12)]
+    # The first ends, the next two run (they sleep), the other ten wait their turn.
+
+    def settled() -> bool:
+        statuses = [job["status"] for job in controller.jobs("queued").values()]
+        return (statuses.count("Succeeded") == 1 and statuses.count("Running") == 2
+                and record.exists() and len(record.read_text().split()) == 3)
+
+    wait_until(settled, 60, "one job done, two running", controller)
+    started = record.read_text().split()
+    assert sorted(started) == sorted([done, *names[:2]])
+
+    assert controller.request("DELETE", "/system/logs/queued").status_code == 204
+    jobs = controller.jobs("queued")
+    assert sorted(jobs) == sorted(names)
+    assert [jobs[n]["status"] for n in names] == ["Running"] * 2 + ["Pending"] * 10
+
+    answer = controller.request("DELETE", "/system/logs/queued?all=true")
+    assert answer.status_code == 204, answer.text
+    assert controller.jobs("queued") == {}
+    wait_until(lambda: not running_with(marker), 30, "the running jobs' scripts stopped",
+               controller)
+    assert record.read_text().split() == started, "a queued job started after the DELETE"
 
 
 @pytest.mark.timeout(300)

@@ -32,9 +32,12 @@ class JobRoutes(Routes):
     async def delete_jobs(self, request: web.Request) -> web.Response:
         service = self.api.service(request)
         everything = go_bool(request.query.get("all"))  # as the manager reads it
-        for job in self.api.store.jobs(service.name):
-            if everything or job.status in FINISHED:
-                await self.api.jobs.delete(job.name)
+        # All at once, not one by one: a pending job must not start while the running
+        # ones are stopped (Jobs.delete_many).
+        await self.api.jobs.delete_many(
+            job.name for job in self.api.store.jobs(service.name)
+            if everything or job.status in FINISHED
+        )
         return web.Response(status=HTTPStatus.NO_CONTENT)
 
     def _job(self, request: web.Request) -> Job:
