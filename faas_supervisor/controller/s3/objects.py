@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import heapq
 import json
 import os
 import secrets
@@ -32,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import Any
 
 from faas_supervisor.controller.names import (
@@ -422,7 +424,7 @@ class Objects:
         prefixes: list[str] = []
         last = ""
         truncated = False
-        for key, path in walker.walk(start, start_key):
+        for key, path, stat in walker.walk(start, start_key):
             if delimiter:
                 cut = key.find(delimiter, len(prefix))
                 if cut >= 0:
@@ -437,14 +439,10 @@ class Objects:
             if len(objects) + len(prefixes) >= max_keys:
                 truncated = True
                 break
-            try:
-                if key.endswith("/"):
-                    stat = path.lstat()
-                    objects.append(ObjectInfo(key, 0, stat.st_mtime, EMPTY_MD5))
-                else:
-                    objects.append(_described(key, path, path.lstat()))
-            except FileNotFoundError:
-                continue  # deleted while listed
+            if key.endswith("/"):
+                objects.append(ObjectInfo(key, 0, stat.st_mtime, EMPTY_MD5))
+            else:
+                objects.append(_described(key, path, stat))
             last = key
         if not max_keys:
             return Page([], [], False, "")  # as S3 answers max-keys=0: nothing, and no more
@@ -604,52 +602,104 @@ class Objects:
 
 
 class _Walker:
-    """A bucket's keys in S3's order (by code point: a folder sorts as its name and `/`),
-    below the prefix and after `after`, which may move while walking: subtrees wholly
-    before it are not read."""
+    """A bucket's keys in S3's order (by code point, as UTF-8's bytes sort: a folder sorts
+    as its name and `/`), below the prefix and after `after`, which may move while
+    walking: subtrees wholly before it are not read. A folder read costs one pass over
+    its names (os.listdir): those wholly before `after` or the prefix are dropped, the
+    rest heaped and taken in order as far as the page goes; an entry is stat'ed only when
+    reached (its kind: a folder goes back in as `name/`, where it sorts). Built and sorted
+    as paths, a folder of 100 000 files cost 2-3 s a page, whatever the page's size."""
 
     def __init__(self, prefix: str, after: str) -> None:
         self.prefix = prefix
         self.after = after
 
-    def walk(self, folder: Path, key: str) -> Iterator[tuple[str, Path]]:
-        yield from self._walk(folder, key)
+    def walk(self, folder: Path, key: str) -> Iterator[tuple[str, str, os.stat_result]]:
+        """(key, path, lstat) of each file, and of each empty folder (`key/`)."""
+        yield from self._walk(str(folder), key)
 
-    def _walk(self, folder: Path, key: str) -> Iterator[tuple[str, Path]]:
-        entries = []
+    def _walk(self, folder: str, key: str) -> Iterator[tuple[str, str, os.stat_result]]:
+        after = self.after
+        floors = (_floor(key, self.prefix, after=False), _floor(key, after, after=True))
+        if floors[0] is None or floors[1] is None:
+            return
+        lowest = max(floors[0], floors[1])
         try:
-            with os.scandir(folder) as found:
-                for entry in found:
-                    if entry.name.startswith("."):
-                        continue
-                    try:
-                        entry.name.encode()
-                    except UnicodeEncodeError:
-                        continue  # not UTF-8: no key can name it
-                    if entry.is_dir(follow_symlinks=False):
-                        entries.append((entry.name + "/", Path(entry.path), True))
-                    elif entry.is_file(follow_symlinks=False):
-                        entries.append((entry.name, Path(entry.path), False))
+            names = os.listdir(folder)
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             return
-        entries.sort()
-        for name, path, is_folder in entries:
+        # Kept when it is, or as a folder (`name/`) would be, not below the floor.
+        heap = [n for n in names if n + "/" >= lowest] if lowest else names
+        heapq.heapify(heap)
+        while heap:
+            if self.after != after:  # moved on while walking: drop what it passed over
+                after = self.after
+                floor = _floor(key, after, after=True)
+                if floor is None:
+                    return
+                while heap and heap[0] + "/" < floor:
+                    heapq.heappop(heap)
+                continue
+            name = heapq.heappop(heap)
             child = key + name
-            if not is_folder:
+            if not (child.startswith(self.prefix) or self.prefix.startswith(child)):
+                if child > self.prefix:
+                    return  # past the prefix: so is every name after it
+                continue
+            if name.startswith("."):
+                continue
+            try:
+                name.encode()
+            except UnicodeEncodeError:
+                continue  # not UTF-8: no key can name it
+            if not name.endswith("/"):
                 # A file is listed only under the prefix; a folder is also entered when the
                 # prefix goes on inside it (a file `a` is no key of prefix `ab`).
-                if child.startswith(self.prefix) and child > self.after:
-                    yield child, path
+                listed = child.startswith(self.prefix) and child > self.after
+                if not (listed or self._enters(child + "/")):
+                    continue  # neither as a file nor as a folder: its kind does not matter
+                path = os.path.join(folder, name)
+                try:
+                    stat = os.lstat(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # deleted while listed
+                if S_ISDIR(stat.st_mode):
+                    heapq.heappush(heap, name + "/")  # where a folder sorts
+                elif listed and S_ISREG(stat.st_mode):  # links are not followed
+                    yield child, path, stat
                 continue
-            if not (child.startswith(self.prefix) or self.prefix.startswith(child)):
+            if not self._enters(child):
                 continue
-            if child <= self.after and not self.after.startswith(child):
-                continue  # everything under it is before `after`
+            path = os.path.join(folder, name[:-1])
             if _is_empty(path):
                 if child > self.after and child.startswith(self.prefix):
-                    yield child, path  # an empty folder: a folder marker, as MinIO lists it
+                    try:
+                        stat = os.lstat(path)
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue
+                    yield child, path, stat  # an empty folder: a folder marker, as MinIO lists it
                 continue
             yield from self._walk(path, child)
+
+    def _enters(self, folder: str) -> bool:
+        """Whether keys under `folder` (a key ending in `/`) may be listed: it is under the
+        prefix or holds it, and is not wholly before `after`."""
+        return (folder.startswith(self.prefix) or self.prefix.startswith(folder)) and (
+            folder > self.after or self.after.startswith(folder)
+        )
+
+
+def _floor(key: str, bound: str, after: bool) -> str | None:
+    """The least name (a folder's with its `/`) in the folder of `key` whose keys are not
+    all before `bound` (with `after`, at it too: keys listed come after the marker); None
+    when there is none. A folder holding `bound` is not before it."""
+    if not bound.startswith(key):
+        return "" if key > bound else None
+    rest = bound[len(key):]
+    cut = rest.find("/")
+    if cut >= 0:  # `bound` is in a folder of this one
+        return rest[: cut + 1]
+    return rest + "\0" if after else rest  # nothing sorts between `rest` and `rest\0`
 
 
 def _holds_files(folder: Path) -> bool:
@@ -684,7 +734,7 @@ def _remove(folder: Path | None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _is_empty(folder: Path) -> bool:
+def _is_empty(folder: str) -> bool:
     try:
         with os.scandir(folder) as found:
             return not any(not e.name.startswith(".") for e in found)
@@ -710,7 +760,7 @@ def _describe(path: Path, etag: str, content_type: str, metadata: dict[str, str]
             raise
 
 
-def _described(key: str, path: Path, stat: os.stat_result) -> ObjectInfo:
+def _described(key: str, path: Path | str, stat: os.stat_result) -> ObjectInfo:
     try:
         record = json.loads(os.getxattr(path, ATTRIBUTE))
     except (OSError, ValueError):
