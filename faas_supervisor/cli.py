@@ -349,7 +349,11 @@ async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> 
             return exc.exit_status
         # The script's output goes to the log stream (stderr) as it comes, whatever the
         # event and the level: a job's logs show what its script printed (SPEC 5).
-        outcome = await invocation.execute(event, {"JOB_UUID": job_id}, log.script_output)
+        # Where the log stream is the log (a job's), the script's output is not kept a
+        # second time for a logs response that is never printed: a job printing without
+        # end would fill its TMPDIR (the data folder's disk, on the local backend).
+        outcome = await invocation.execute(event, {"JOB_UUID": job_id}, log.script_output,
+                                           keep_output=not logs_already_out)
         if outcome.error is not None:
             # Its reason and logs are on the log stream already: free the folder's space.
             invocation.close()

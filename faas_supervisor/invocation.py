@@ -276,7 +276,8 @@ class Invocation:
             env["EVENT_TIME"] = event.storage.event_time
         return env
 
-    async def run_script(self, env: Mapping[str, str], mirror: OutputMirror | None = None) -> int:
+    async def run_script(self, env: Mapping[str, str], mirror: OutputMirror | None = None,
+                         keep_output: bool = True) -> int:
         """Run `/bin/sh SCRIPT` in its own process group; raise on failure or timeout.
 
         When the script exits, what is left of its group (background children) is killed
@@ -314,8 +315,11 @@ class Invocation:
         # closed the pipe. Its own duplicate of the log's descriptor, closed by it: one it
         # outlives (a process that left the group holds the pipe) writes to the log, never
         # to a number remove() freed and something else got since.
+        # Without keep_output the mirror alone has it: the log would be a second copy
+        # nobody reads (a job's, whose log stream is its log), growing with the output.
         copier = (
-            asyncio.ensure_future(asyncio.to_thread(_copy_output, stdout, os.dup(log), mirror))
+            asyncio.ensure_future(asyncio.to_thread(
+                _copy_output, stdout, os.dup(log) if keep_output else None, mirror))
             if mirror is not None and stdout is not None
             else None
         )
@@ -493,15 +497,18 @@ class Invocation:
     # ---- the whole pipeline --------------------------------------------------------
 
     async def execute(
-        self, event: Event, extra_env: Mapping[str, str], mirror: OutputMirror | None = None
+        self, event: Event, extra_env: Mapping[str, str], mirror: OutputMirror | None = None,
+        keep_output: bool = True,
     ) -> Outcome:
-        """Stage in, run, stage out. Failures are recorded in the outcome, not raised."""
+        """Stage in, run, stage out. Failures are recorded in the outcome, not raised.
+        `keep_output` False (with a mirror): the script's output is not kept for a logs
+        response (run_script)."""
         try:
             event = self.locate(event)
             input_file = await self.stage_in(event)
             env = self.environment(event, input_file, extra_env)
             self.log.debug("running script", script=str(self.runtime.script))
-            await self.run_script(env, mirror)
+            await self.run_script(env, mirror, keep_output)
             outputs = self.collect_outputs()
             await self.stage_out(event, outputs)
         except FaasError as exc:
@@ -699,25 +706,27 @@ async def _storage_errors(
         raise storage_failure(provider.name, f"{action} of {bucket}/{printable(key)}", exc) from exc
 
 
-def _copy_output(pipe: IO[bytes], log: int, mirror: OutputMirror) -> None:
+def _copy_output(pipe: IO[bytes], log: int | None, mirror: OutputMirror) -> None:
     """Copy the script's output from `pipe` to the log (`log`, a descriptor this thread
-    owns and closes) and to `mirror`, as it comes."""
+    owns and closes; None: none kept) and to `mirror`, as it comes."""
     # The thread owns the pipe: closed here, at its end, never under a read in progress.
     try:
         with pipe:
             # os.read returns what has come, so the mirror shows the output as it comes.
             while chunk := os.read(pipe.fileno(), 65536):
-                with writing("the script's log"):  # a full disk fails the invocation
-                    view = memoryview(chunk)
-                    while view:  # unbuffered: nothing left to fail later, at a close
-                        view = view[os.write(log, view):]
+                if log is not None:
+                    with writing("the script's log"):  # a full disk fails the invocation
+                        view = memoryview(chunk)
+                        while view:  # unbuffered: nothing left to fail later, at a close
+                            view = view[os.write(log, view):]
                 try:
                     mirror(chunk)
                 except OSError:  # stderr gone (a closed pipe): keep capturing, not mirroring
                     mirror = _ignore
     finally:
-        with contextlib.suppress(OSError):  # written through os.write: nothing is pending
-            os.close(log)
+        if log is not None:
+            with contextlib.suppress(OSError):  # written through os.write: nothing pending
+                os.close(log)
 
 
 def _retrieved(task: asyncio.Future[None]) -> None:

@@ -174,6 +174,35 @@ def test_job_uuid_is_in_the_scripts_environment(tmp_path: Path) -> None:
     uuid.UUID(match.group(1).decode())  # one is made when the job has none
 
 
+def test_a_jobs_output_is_not_kept_a_second_time(tmp_path: Path) -> None:
+    """A job's log stream is its log: `run` kept the script's output in an unnamed file
+    of TMPDIR as well, for a logs response it never prints, so a job printing without end
+    filled TMPDIR (the data folder's disk on the local backend) however its log was cut."""
+    script = tmp_path / "script.sh"
+    script.write_text("head -c 4000000 /dev/zero | tr '\\0' a; echo; echo last; exec sleep 60\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("FUNCTION_CONFIG", "SCRIPT")}
+    env.update(TMPDIR=str(tmp), JOB_UUID=str(uuid.uuid4()), EVENT="")
+    with subprocess.Popen([*faas_command(), "run", "--script", str(script)], env=env,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE) as job:
+        try:
+            assert job.stderr is not None
+            # Mirrored after it was written to the log, if kept: all before it is there.
+            for line in job.stderr:
+                if line == b"last\n":
+                    break
+            kept = [os.stat(f"/proc/{job.pid}/fd/{fd}").st_size
+                    for fd in os.listdir(f"/proc/{job.pid}/fd")
+                    if os.path.isfile(f"/proc/{job.pid}/fd/{fd}")]
+            assert max(kept, default=0) < 1_000_000, kept
+        finally:
+            job.send_signal(signal.SIGTERM)
+            job.communicate(timeout=30)
+    assert list(tmp.iterdir()) == []
+
+
 def test_config_variables_and_script_from_the_config(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("environment:\n  variables: {MODEL: tiny}\n"
