@@ -10,17 +10,32 @@ first byte, else the client gets `408` and the connection is closed.
 The hook is aiohttp's connection class (`RequestHandler`, its protocol): one timer per
 request whose head comes in more than one piece; a head read whole (nearly all of them)
 costs a counter comparison.
+
+A body is the app's to bound, since only it knows whether it reads the body itself or
+streams it elsewhere (to a watchdog, whose own limits apply): `bounded_body` makes
+every wait of the body's stream for the client's next bytes end by a deadline, or after
+a time without a byte, with `BodyLate`.
+
+A server out of file descriptors cannot accept a connection, and asyncio logs each
+failed retry with its traceback (tens of thousands of lines a minute): the runner logs
+them in one line now and then instead (`_AcceptFailures`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from aiohttp.helpers import BaseTimerContext
 from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
+
+from faas_supervisor.logs import get_logger
 
 FORCED_SHUTDOWN_TIMEOUT = 0.01  # seconds: see TimedAppRunner.stop_waiting
 # The status a request whose client left before its answer began is counted and logged
@@ -33,6 +48,10 @@ _408_ANSWER = (
     b"Content-Length: " + str(len(_408)).encode() + b"\r\n"
     b"Connection: close\r\n\r\n" + _408
 )
+# asyncio's message for an accept that failed for want of a descriptor or of memory.
+ACCEPT_FAILED = "socket.accept() out of system resource"
+ACCEPT_LOG_INTERVAL = 10.0  # seconds: at most one line this often for those failures
+logger = get_logger(component="http")
 
 
 class _Connection(RequestHandler):
@@ -161,7 +180,9 @@ class TimedAppRunner(web.AppRunner):
     """`web.AppRunner` whose connections bound the time to receive a request head.
 
     `head_timeout` (seconds, 0 for none) is counted from the head's first byte; pass
-    aiohttp's `keepalive_timeout` as well for connections that send nothing.
+    aiohttp's `keepalive_timeout` as well for connections that send nothing. Its setup
+    also makes the event loop log failed accepts in one line now and then
+    (`_AcceptFailures`).
     """
 
     def __init__(self, app: web.Application, *, head_timeout: float, **kwargs: Any) -> None:
@@ -170,6 +191,10 @@ class TimedAppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         return _Server(await super()._make_server(), self._head_timeout)
+
+    async def setup(self) -> None:
+        await super().setup()
+        _AcceptFailures.install(asyncio.get_running_loop())
 
     def stop_waiting(self) -> None:
         """A forced exit: cleanup() waits no longer for the requests in flight, they are
@@ -221,3 +246,131 @@ def request_started(request: web.BaseRequest) -> float:
     """When the request began to arrive (event loop time), for limits on the whole request."""
     started = getattr(request.protocol, "head_started", None)
     return started if started is not None else asyncio.get_running_loop().time()
+
+
+class BodyLate(Exception):
+    """A request body that did not arrive within its bound (`bounded_body`)."""
+
+
+class _BodyTimer(BaseTimerContext):
+    """What aiohttp's body stream enters around each wait for the client's next bytes
+    (its `_timer`): a timer, cancelled when bytes come, that otherwise sets `BodyLate` on
+    the stream, which the waiting read raises (as it raises a broken body's error), and
+    so will every later read. Time the handler spends on anything else does not count,
+    so a handler that reads slowly (a disk) is never taken for a slow client."""
+
+    __slots__ = ("_body", "_connection", "_deadline", "_idle", "_loop", "_timer")
+
+    def __init__(self, request: web.BaseRequest, deadline: float | None,
+                 idle: float | None) -> None:
+        self._body: StreamReader = request.content
+        self._connection = request.protocol
+        self._deadline = deadline
+        self._idle = idle
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> BaseTimerContext:
+        if self._idle is None:
+            assert self._deadline is not None
+            when = self._deadline
+        else:
+            when = self._loop.time() + self._idle
+            if self._deadline is not None:
+                when = min(when, self._deadline)
+        self._timer = self._loop.call_at(when, self._late)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _late(self) -> None:
+        self._timer = None
+        past_deadline = self._deadline is not None and self._loop.time() >= self._deadline
+        what = "in time" if past_deadline else f"for {self._idle:g} s"
+        self._body.set_exception(BodyLate(f"the request body did not come {what}"))
+        # The connection takes nothing more (close: the parser is fed no more bytes) and
+        # ends once the answer is sent; the body counts as ended, so aiohttp does not
+        # linger over it, reading what is left to discard (its read would raise BodyLate).
+        self._connection.close()
+        self._body.feed_eof()
+
+
+@contextlib.contextmanager
+def bounded_body(
+    request: web.BaseRequest, *, deadline: float | None = None, idle: float | None = None
+) -> Iterator[None]:
+    """Within the block, a read of the request's body that waits for the client past
+    `deadline` (event loop time: `request_started(request) + limit` bounds the whole
+    request), or `idle` seconds without a byte, raises `BodyLate`, for the caller to
+    answer; the connection is closed after that answer, what is left of the body unread.
+    A body already whole, or none, is never late.
+
+    The hook is aiohttp's StreamReader's timer, which it enters around every wait for
+    data, however the body is read (`read`, `readany`, `readuntil`, `iter_chunked`)."""
+    body = request.content
+    if not request.body_exists or (deadline is None and idle is None):
+        yield
+        return
+    kept = body._timer
+    body._timer = _BodyTimer(request, deadline, idle)
+    try:
+        yield
+    finally:
+        body._timer = kept  # aiohttp's lingering read of a body left unread is its own
+
+
+class _AcceptFailures:
+    """The event loop's exception handler for one kind of report: a listening socket's
+    accept failing for want of a file descriptor (EMFILE) or of memory. asyncio retries
+    a second later, and logs each failure with its traceback: under a flood of
+    connections, tens of thousands of lines a minute. Here they are one line at most
+    every ACCEPT_LOG_INTERVAL, counting the failures since the last. Every other report
+    goes to the handler that was there (asyncio's default, which logs it as before)."""
+
+    def __init__(
+        self, previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
+    ) -> None:
+        self._previous = previous
+        self._next_line = float("-inf")
+        self._unsaid = 0
+
+    @classmethod
+    def install(cls, loop: asyncio.AbstractEventLoop) -> None:
+        """Once per loop (each server's runner asks)."""
+        previous = loop.get_exception_handler()
+        if not isinstance(getattr(previous, "__self__", None), cls):
+            loop.set_exception_handler(cls(previous).handle)
+
+    def handle(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != ACCEPT_FAILED:
+            if self._previous is not None:
+                self._previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        self._unsaid += 1
+        now = loop.time()
+        if now < self._next_line:
+            return
+        self._next_line = now + ACCEPT_LOG_INTERVAL
+        exc = context.get("exception")
+        sock = context.get("socket")
+        try:
+            address = sock.getsockname() if sock is not None else None
+        except OSError:
+            address = None
+        logger.warning(
+            "cannot accept connections, retrying",
+            error=getattr(exc, "strerror", None) or str(exc),
+            listening=str(address),
+            failures=self._unsaid,
+        )
+        self._unsaid = 0

@@ -30,8 +30,15 @@ from faas_supervisor.controller.routes.services import ServiceRoutes
 from faas_supervisor.controller.routes.system import SystemRoutes
 from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import NotFound, Unauthorized
+from faas_supervisor.http_timeouts import bounded_body, request_started
 
 MAX_DEFINITION = 64 << 20  # a service JSON carries its script; bodies of /run stream
+# A body the controller reads itself (a service's definition, a job's event, a bucket's):
+# without credentials (a Ceph `/job`, read for its token), whole this long after the
+# request's first byte; with them, never this long without a byte (a job's event may be
+# a large file on a slow link). Else 408 and the connection closed: nginx's
+# client_body_timeout's value, as HEAD_TIMEOUT is its header timeout's.
+BODY_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class Api:
             # redirected with a 308, which keeps the method and body, before anything else.
             middlewares=[
                 web.normalize_path_middleware(append_slash=False, remove_slash=True),
-                self.executions.middleware, errors, self._system_auth,
+                self.executions.middleware, errors, self._system_auth, self._bounded_body,
             ],
         )
         setup_cors(app, self.info.cors_origins)  # its preflights first, before any auth
@@ -134,6 +141,27 @@ class Api:
         if request.path.startswith("/system/") and not exposed:
             self.require_admin(request)
         return await handler(request)
+
+    @web.middleware
+    async def _bounded_body(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every body the controller reads is bounded by BODY_TIMEOUT (`errors` answers
+        the 408). Not those it streams to a service's watchdog (`/run`, an exposed port):
+        the watchdog's read_timeout bounds them, and a long upload to a service's own
+        server may take what it takes.
+
+        A request with credentials has them checked before its body is read (the
+        `/system` routes by _system_auth, `/job` by its route), so only a client that
+        holds them may take its time; one without (a Ceph `/job`) has BODY_TIMEOUT for
+        all of it: thousands trickling a byte at a time took every file descriptor."""
+        calls = self.invocations
+        if request.match_info.handler in (calls.run, calls.exposed):
+            return await handler(request)
+        if "Authorization" in request.headers:
+            bound = bounded_body(request, idle=BODY_TIMEOUT)
+        else:
+            bound = bounded_body(request, deadline=request_started(request) + BODY_TIMEOUT)
+        with bound:
+            return await handler(request)
 
     # ---- what the routes share -------------------------------------------------------
 

@@ -41,8 +41,9 @@ from faas_supervisor.processes import Stop, captured_signals
 logger = get_logger(component="controller")
 # A request head must be complete this long after its first byte (else 408), and a
 # connection waiting for a request is closed after KEEPALIVE_TIMEOUT: nginx's defaults
-# (client_header_timeout, keepalive_timeout). Bodies are not timed here: those of /run
-# stream to the service's watchdog, whose read_timeout bounds them.
+# (client_header_timeout, keepalive_timeout). Bodies the controller reads itself are
+# bounded by its apps (api.BODY_TIMEOUT, s3/app.BODY_IDLE_TIMEOUT); those of /run and
+# exposed ports stream to the service's watchdog, whose read_timeout bounds them.
 HEAD_TIMEOUT = 60.0
 KEEPALIVE_TIMEOUT = 75.0
 LOCK_FILE = "controller.lock"  # in the data folder: one controller per data folder

@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from faas_supervisor.controller.fdl import go_json
 from faas_supervisor.errors import FaasError, Unauthorized, UnreadableBody, unreadable_body
+from faas_supervisor.http_timeouts import BodyLate
 from faas_supervisor.logs import get_logger
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -63,6 +64,17 @@ def _undecodable(request: web.Request, exc: Exception) -> web.Response:
     return _unreadable(request, unreadable_body(exc))
 
 
+def _late(request: web.Request, exc: BodyLate) -> web.Response:
+    """The 408 for a body that did not come in time (api.py bounds it): the client's
+    fault, one line in the log; the connection is closed, what is left of the body unread."""
+    logger.info("request body too slow", method=request.method, path=request.path,
+                error=str(exc))
+    answer = text_response("the request body was not received in time",
+                           HTTPStatus.REQUEST_TIMEOUT)
+    answer.force_close()
+    return answer
+
+
 def _too_deep(_request: web.Request, _exc: RecursionError) -> web.Response:
     # Input nested deeper than Python recurses, wherever it is walked.
     return text_response("the request is nested too deeply", HTTPStatus.BAD_REQUEST)
@@ -79,6 +91,7 @@ def _internal(request: web.Request, _exc: Exception) -> web.Response:
 # first of its classes (in method resolution order) found here.
 ERRORS: Mapping[type[BaseException], ErrorAnswer] = {
     UnreadableBody: _unreadable,
+    BodyLate: _late,
     Unauthorized: _unauthorized,
     FaasError: _failure,
     web.RequestPayloadError: _undecodable,

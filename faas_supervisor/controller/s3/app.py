@@ -32,6 +32,7 @@ from faas_supervisor.controller.s3.objects import (
     no_such_bucket,
     no_such_upload,
 )
+from faas_supervisor.http_timeouts import BodyLate, bounded_body
 from faas_supervisor.logs import get_logger
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,6 +41,10 @@ MAX_XML = 2 << 20  # a Delete of 1000 keys, a Complete of 10000 parts
 MAX_KEYS = 1000  # and parts, and uploads: the most one page of a listing holds
 MAX_COUNT = 2**31 - 1  # the largest count or marker S3 takes (max-keys, part-number-marker)
 EXPIRY_PERIOD = 3600  # seconds between two sweeps of expired multipart uploads
+# A body (an object's, a part's, an XML request's) during which the client sends nothing
+# this long is S3's RequestTimeout, and the connection is closed. Not a limit on the
+# whole body: an object takes up to 5 GiB, and a slow link takes its time.
+BODY_IDLE_TIMEOUT = 60.0
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
     "response-content-language": "Content-Language",
@@ -72,7 +77,9 @@ def s3_app(
     # Made, stale temporary files and expired uploads are removed.
     objects = store if isinstance(store, Objects) else Objects(store)
     server = S3Server(objects, keys, region)
-    app = web.Application(middlewares=[*middlewares, _errors])  # type: ignore[list-item]
+    app = web.Application(
+        middlewares=[*middlewares, _errors, _bounded_body]  # type: ignore[list-item]
+    )
     # Every path, a key's newline (`%0A`, decoded before routes match) too: `.` alone
     # stops at it. The handlers read the raw path, not the route's match.
     app.router.add_route("*", "/{tail:(?s:.*)}", server.dispatch)
@@ -104,6 +111,14 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except S3Error as error:
         return answers.error_response(error, request.method)
+    except BodyLate:
+        logger.info("S3 request body stalled", method=request.method, path=request.path)
+        late = S3Error("RequestTimeout", "Your socket connection to the server was not read "
+                       "from or written to within the timeout period. Idle connections will "
+                       "be closed.")
+        answer = answers.error_response(late, request.method)
+        answer.force_close()  # the rest of the body, if it comes, is not read
+        return answer
     except (web.HTTPException, asyncio.CancelledError):
         raise
     except ConnectionError:
@@ -116,6 +131,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         logger.exception("S3 request failed", method=request.method, path=request.path)
         internal = S3Error("InternalError", "We encountered an internal error. Please try again.")
         return answers.error_response(internal, request.method)
+
+
+@web.middleware
+async def _bounded_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every body read here stalls BODY_IDLE_TIMEOUT at most (`_errors` answers it)."""
+    with bounded_body(request, idle=BODY_IDLE_TIMEOUT):
+        return await handler(request)
 
 
 class _Request:
