@@ -3,9 +3,11 @@
 Start-up opens the store, stops what a controller killed outright left running (the
 backend's start), restarts the stored services, requeues the stored jobs (those left
 Running too) and starts watching and reconciling input paths; shutdown (SIGTERM or
-SIGINT) stops taking requests, stops the jobs still running (Pending again, to run at
-the next start), the watchdogs, and the store. A second signal forces it: requests in
-flight are cancelled, and the watchdogs told to skip their drain.
+SIGINT) stops at once taking requests (on every port), starting jobs for new objects and
+waiting for starting services, gives the requests in flight of every port one drain
+together, then stops the jobs still running (Pending again, to run at the next start),
+the watchdogs, and the store. A second signal forces it: requests in flight are
+cancelled, and the watchdogs told to skip their drain.
 """
 
 from __future__ import annotations
@@ -52,13 +54,14 @@ LOCK_FILE = "controller.lock"  # in the data folder: one controller per data fol
 class Controller:
     def __init__(self, settings: ControllerSettings) -> None:
         data_dir = settings.data_dir
+        named = f"{settings.data_dir_source} {data_dir}"  # the flag or variable that gave it
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             data_dir.chmod(0o700)  # it holds the admin password and the services' keys
         except OSError as exc:
             reason = "not a folder" if isinstance(exc, FileExistsError) else exc.strerror
-            raise ConfigError(f"--data-dir {data_dir}: {reason or exc}") from None
-        self._lock = _lock_data_dir(data_dir)  # first: before anything in it is touched
+            raise ConfigError(f"{named}: {reason or exc}") from None
+        self._lock = _lock_data_dir(data_dir, named)  # first: before anything in it is touched
         # `--port 0`, any free port: bound now, for the push endpoints' URL (public_url)
         # that storage servers are given, before any service is attached; listened on
         # once the API is ready, as a given port is.
@@ -234,28 +237,38 @@ class Controller:
             runner.stop_waiting()
 
     async def _stop(self, *runners: web.AppRunner) -> None:
+        # First, at once: both ports refuse new connections (the S3 endpoint's too, or
+        # an object put during the drain would start a job); no new object starts a job
+        # (one stored meanwhile gets it at the next start: the watcher, reconciliation);
+        # requests waiting for a starting service get their 503.
         for runner in runners:
-            await runner.cleanup()
+            for site in list(runner.sites):
+                await site.stop()
+        await self.intake.close()
+        self.backend.release_waiters()
+        # Then the requests in flight, of both ports at once: one 60 s bound
+        # (shutdown_timeout), not one after the other.
+        await asyncio.gather(*(runner.cleanup() for runner in runners))
         for sock in self._api_sockets:
             sock.close()  # closed by its runner's cleanup once listened on
-        await self.intake.close()
         await self.jobs.close()
         await self.backend.close()
         self.store.close()
 
 
-def _lock_data_dir(data_dir: Path) -> int:
+def _lock_data_dir(data_dir: Path, named: str) -> int:
     """An exclusive lock on the data folder, held for this process's life (the descriptor,
     never closed): a second controller on it would take the first one's watchdogs and
     jobs for a dead controller's leftovers and kill them (_Pids.reap_leftovers), then run
     the same jobs. flock's lock goes with the process, however it dies; O_CLOEXEC: no
     service process inherits it, which would hold it past a SIGKILL of the controller and
-    refuse the restart that is to stop that very process. The file holds the pid."""
+    refuse the restart that is to stop that very process. The file holds the pid. `named`:
+    the folder as its errors show it (`--data-dir DIR`, or `FAAS_DATA_DIR DIR`)."""
     path = data_dir / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise ConfigError(f"--data-dir {data_dir}: {path.name}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{named}: {path.name}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -263,8 +276,8 @@ def _lock_data_dir(data_dir: Path) -> int:
         os.close(fd)
         if isinstance(exc, BlockingIOError):
             who = f" (pid {holder})" if holder.isdigit() else ""  # it may not have written it yet
-            raise ConfigError(f"another controller is using --data-dir {data_dir}{who}") from None
-        raise ConfigError(f"--data-dir {data_dir}: {path.name}: {exc.strerror or exc}") from None
+            raise ConfigError(f"another controller is using {named}{who}") from None
+        raise ConfigError(f"{named}: {path.name}: {exc.strerror or exc}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -77,6 +77,7 @@ BACKEND_NAMES = (LocalSettings.name, DockerSettings.name, KubernetesSettings.nam
 @dataclass(frozen=True)
 class ControllerSettings:
     data_dir: Path
+    data_dir_source: str = "--data-dir"  # what gave data_dir, named in its errors
     backend: BackendSettings = field(default_factory=LocalSettings)
     host: str = "0.0.0.0"
     port: int = 8000
@@ -152,6 +153,9 @@ def load_controller_settings(
     data_dir = args.data_dir or environ.get("FAAS_DATA_DIR") or default_data_dir(environ)
     return ControllerSettings(
         data_dir=Path(data_dir).expanduser().resolve(),
+        data_dir_source=(
+            "FAAS_DATA_DIR" if not args.data_dir and environ.get("FAAS_DATA_DIR") else "--data-dir"
+        ),
         backend=_backend_settings(args, environ),
         host=args.host,
         port=args.port,

@@ -186,3 +186,20 @@ def test_a_controller_killed_alone_restarts_while_its_watchdogs_run_on(
     second = controllers(data_dir=first.data_dir)  # not refused
     assert not alive(watchdog)  # stopped as the dead controller's leftover
     assert second.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_data_dir_from_the_environment_is_named_so_in_its_error(tmp_path: Path) -> None:
+    """FAAS_DATA_DIR, not a --data-dir that was never given."""
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
+    env.update(TMPDIR=str(tmp_path), FAAS_DATA_DIR=str(a_file))
+    refused = subprocess.run(
+        [*faas_command(), "controller", "--host", "127.0.0.1", "--port", "0", "--s3-port", "0"],
+        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"faas-supervisor: error: FAAS_DATA_DIR {a_file}: not a folder"
+    ]

@@ -44,6 +44,11 @@ class Backend(Protocol):
     async def invoke_url(self, name: str) -> str:
         """The base URL of the service's watchdog, once it answers (else ServiceUnavailable)."""
 
+    def release_waiters(self) -> None:
+        """The controller is stopping: invoke_url waits no longer for a starting service,
+        now or later (ServiceUnavailable at once), so that no request waiting holds up
+        the drain for all of sync_wait."""
+
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
         """Run one job with `event` as its event, its output into `log`; its exit status.
 

@@ -183,6 +183,7 @@ class DockerBackend:
         self._events: Any = None
         self._events_task: asyncio.Future[None] | None = None
         self._closing = threading.Event()
+        self._released = asyncio.Event()  # release_waiters: the controller is stopping
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scalers: dict[str, asyncio.Task[None]] = {}
@@ -762,6 +763,9 @@ class DockerBackend:
             logger.info("old runtime volumes kept while containers use them", service=name,
                         volumes=held)
 
+    def release_waiters(self) -> None:
+        self._released.set()
+
     async def invoke_url(self, name: str) -> str:
         replicas = self._replicas.get(name)
         if not replicas:
@@ -769,6 +773,7 @@ class DockerBackend:
         ready = [r for r in replicas if r.ready.is_set()]
         if not ready:  # one that starts: waited for, at most sync_wait (--sync-wait)
             waits = [asyncio.ensure_future(r.ready.wait()) for r in replicas]
+            waits.append(asyncio.ensure_future(self._released.wait()))
             try:
                 if self.sync_wait > 0:
                     await asyncio.wait(waits, timeout=self.sync_wait,

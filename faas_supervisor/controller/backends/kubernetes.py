@@ -183,6 +183,7 @@ class KubernetesBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._detached = False  # the controller is stopping: Jobs are left running
+        self._released = False  # release_waiters: the controller is stopping
         self._listed_jobs: set[str] = set()  # the Jobs there were at start
         self._gone: set[str] = set()  # interrupted jobs whose Job was no longer there
         self._watchers: list[threading.Thread] = []
@@ -570,6 +571,11 @@ class KubernetesBackend:
         await asyncio.to_thread(self._delete_labelled, name, ["Job", *_SERVICE_KINDS])
         logger.info("service removed", service=name)
 
+    def release_waiters(self) -> None:
+        self._released = True
+        for key in [k for k in self._wakers if k.startswith("service:")]:
+            self._wake(key)  # each invoke_url waiting looks again, and is released
+
     async def invoke_url(self, name: str) -> str:
         """The Service's address once its Deployment has a ready replica: waited for at
         most `sync_wait` seconds (a service just made, or scaled up from nothing)."""
@@ -583,7 +589,9 @@ class KubernetesBackend:
         def ready() -> bool | None:
             found = self._cache["Deployment"].get(deployment)
             replicas = ((found or {}).get("status") or {}).get("readyReplicas") or 0
-            return True if replicas > 0 else None
+            if replicas > 0:
+                return True
+            return False if self._released else None  # False: no more waiting
 
         if not await self._until(f"service:{name}", ready, self.sync_wait):
             raise ServiceUnavailable(

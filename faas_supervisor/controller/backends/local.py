@@ -313,6 +313,7 @@ class LocalBackend:
         # Set (and dropped) when a service's watchdogs are replaced or dropped: a request
         # waiting for the old ones to be ready looks again (_swap_watchdogs, invoke_url).
         self._changed: dict[str, asyncio.Event] = {}
+        self._released = False  # release_waiters: the controller is stopping
         # A service's watchdog.log, kept to its cap while it has watchdogs.
         self._logs: dict[str, _ServiceLog] = {}
         self._turn = itertools.count()  # round robin over a service's watchdogs
@@ -521,6 +522,12 @@ class LocalBackend:
         old = self._start_watchdogs(service)
         await asyncio.gather(*(w.stop() for w in old))
 
+    def release_waiters(self) -> None:
+        self._released = True
+        changed, self._changed = self._changed, {}
+        for event in changed.values():
+            event.set()  # each waiter looks again, and is released (invoke_url)
+
     async def invoke_url(self, name: str) -> str:
         start = next(self._turn)  # round robin from the next in turn, over those answering
         deadline = time.monotonic() + self.sync_wait
@@ -535,6 +542,9 @@ class LocalBackend:
                 if watchdog.ready.is_set():
                     return watchdog.url
             # One that starts (just made, updated, restarted): waited for, at most sync_wait.
+            if self._released:
+                raise ServiceUnavailable(
+                    f"service {name} is not answering yet (the controller is stopping)")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ServiceUnavailable(
