@@ -36,6 +36,10 @@ to the controller (a subreaper), which stops each once. A controller killed outr
 leaves its runners running their jobs to the end, as it left `run` processes before;
 the runner then exits with its last job, and the next start stops what is left.
 
+A job's log is kept bounded while it runs (`_CappedLog`): its `run` writes it through
+sys.stdout and sys.stderr, and a log past twice its cap goes on in a new file holding its
+end. Kept whole, a job printing without end filled the data folder's disk.
+
 Messages both ways are length-prefixed JSON frames on a Unix stream socket; a job's fds
 travel with the first byte of their frame (SCM_RIGHTS), so they are taken in order.
 """
@@ -44,7 +48,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import fcntl
 import gc
+import io
+import itertools
 import json
 import math
 import os
@@ -53,17 +61,22 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 from faas_supervisor import frozen, processes
 
 HEADER = struct.Struct("!I")
 MAX_FDS = 8  # descriptors one receive may bring (a frame carries at most two)
 READ_SIZE = 1 << 16
+CUT_CHUNK = 1 << 20  # bytes of a job's log copied at a time when it is cut (_CappedLog)
 SPARE_DELAY = 0.1  # seconds after a job's start before the next spare is forked (_start)
 EXIT_CHILD_FAILED = 70  # a child that could not become the job's `run` (printed)
 EXIT_FLUSH_FAILED = 120  # as CPython when flushing stdout/stderr at exit fails
@@ -466,12 +479,220 @@ class _Runner:
             os.environ.clear()
             os.environ.update(message["env"])
             _coerce_c_locale()
+            capped = _CappedLog.install(message["log"]) if "log" in message else None
             sys.argv = [sys.argv[0], *message["args"]]
             status = _as_main(message["args"], self.parser)
+            if capped is not None:
+                capped.finish()
         except BaseException:  # whatever happens, the child never returns
             with contextlib.suppress(BaseException):
                 sys.excepthook(*sys.exc_info())
         os._exit(status)
+
+
+class _CappedLog:
+    """A job's log (fds 1 and 2 of its `run`) kept under about twice `cap` bytes while the
+    job runs, its end kept: a job printing for ever would fill the data folder's disk long
+    before its end, where the store keeps only the log's end anyway (`cap` bytes, the
+    store's LOG_MAX, after a line saying what was cut).
+
+    `run` writes the log through sys.stdout and sys.stderr (its log stream: the script's
+    output, as its copier thread reads it, and its own lines), which `install` puts over
+    this. Past twice `cap`, the log's last `keep` bytes, after that line (the store's
+    words, counting what the job wrote in all), go into a new file, which takes the log's
+    name and fds 1 and 2: a reader that opened the log before reads the old file to its
+    end, one that opens it after reads the new one. Nothing written is lost: no one else
+    writes the log while its `run` runs (the controller writes its notes between runs),
+    and a write waits while the log is cut. At the job's end, a log past `cap` is cut so
+    once more, so that the store keeps it whole, its first line counting all."""
+
+    def __init__(self, path: str, cap: int, keep: int) -> None:
+        self.path = path
+        self.cap = cap
+        self.keep = keep  # cap less the room of the line saying what was cut
+        # Re-entrant: a signal handler that prints, run while its thread holds the lock,
+        # writes (the cut is not started again from there).
+        self.lock = threading.RLock()
+        # The log's file, read (its size, the end a cut copies): opened again, as the
+        # descriptor the job was given is write-only.
+        self.fd = os.open("/proc/self/fd/1", os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size  # what it holds (an earlier run's lines too)
+        self.total = self.size  # what it held, what was cut from it too
+        self.limit = 2 * cap  # the size at which it is cut
+        self._cutting = False
+
+    @classmethod
+    def install(cls, spec: dict[str, Any]) -> _CappedLog | None:
+        """sys.stdout and sys.stderr writing the log through a new _CappedLog, with their
+        encodings, error handlers and buffering. None if it cannot be read (no /proc):
+        the job runs all the same, its log not kept bounded, and says so."""
+        try:
+            log = cls(str(spec["path"]), int(spec["cap"]), int(spec["keep"]))
+        except OSError as exc:
+            print(f"faas-supervisor: the log is not kept bounded: {exc}", file=sys.stderr)
+            return None
+        sys.stdout = _LogOutput.over(sys.stdout, log, 1)
+        sys.stderr = _LogOutput.over(sys.stderr, log, 2)
+        return log
+
+    def write(self, fd: int, data: ReadableBuffer) -> int:
+        with self.lock:
+            written = os.write(fd, data)
+            self.size += written
+            self.total += written
+            if self.size > self.limit and not self._cutting:
+                self._cut(self.limit)
+            return written
+
+    def finish(self) -> None:
+        """At the job's end: the log cut to at most `cap` (the store's note then counts
+        what the job wrote in all)."""
+        with self.lock:
+            self._cut(self.cap)
+
+    def _cut(self, limit: int) -> None:
+        """The log cut to its last `keep` bytes if it holds over `limit`. Never raises: a
+        cut that fails (a full disk) is tried again once the log has grown by `cap`."""
+        self._cutting = True
+        try:
+            size = os.fstat(self.fd).st_size
+            # What went by another way than write() (a descriptor written directly),
+            # or past the log (fd 2 sent to /dev/null by `run`, its log stream gone).
+            self.total += size - self.size
+            self.size = size
+            if size <= limit:
+                return
+            note = _cut_note(self.total, self.keep)
+            try:
+                self._rotate(size, note)
+            except OSError:
+                self._cut_in_place(size, note)  # needs no room: readers may see the seam
+            self.size = len(note) + self.keep
+            self.limit = 2 * self.cap
+        except OSError as exc:
+            self.limit = self.size + self.cap
+            with contextlib.suppress(OSError):
+                os.write(2, f"faas-supervisor: the log could not be cut: {exc}\n".encode())
+        finally:
+            self._cutting = False
+
+    def _tail(self, size: int, offset: int | None = None) -> Iterator[bytes]:
+        """The last `keep` of the log's `size` bytes (from `offset`), a chunk at a time."""
+        offset = size - self.keep if offset is None else offset
+        while offset < size:
+            chunk = os.pread(self.fd, min(CUT_CHUNK, size - offset), offset)
+            if not chunk:
+                raise OSError(errno.EIO, "the log is shorter than it was")
+            offset += len(chunk)
+            yield chunk
+
+    def _copy_tail(self, size: int, out: int) -> None:
+        """The last `keep` of the log's `size` bytes to the end of `out`: in the kernel,
+        or, where it cannot, a chunk at a time through here."""
+        offset, left = size - self.keep, self.keep
+        try:
+            while left > 0:
+                copied = os.copy_file_range(self.fd, out, left, offset)
+                if copied == 0:
+                    raise OSError(errno.EIO, "the log is shorter than it was")
+                offset, left = offset + copied, left - copied
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            for chunk in self._tail(size, offset):
+                _write_all(out, chunk)
+
+    def _rotate(self, size: int, note: bytes) -> None:
+        """Its end into a new file, that takes the log's name (unless the log was removed:
+        its job deleted) and fds 1 and 2 (those not sent elsewhere meanwhile)."""
+        path = Path(self.path)
+        new_path = path.with_name(f"{path.stem}.cut{path.suffix}")  # a stray the jobs remove
+        new_path.unlink(missing_ok=True)  # one a SIGKILL left halfway
+        new = os.open(new_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            old = os.fstat(self.fd)
+            os.fchmod(new, old.st_mode & 0o7777)
+            _write_all(new, note)
+            self._copy_tail(size, new)
+            # Appended to, as the log the job was given (copy_file_range refuses O_APPEND).
+            fcntl.fcntl(new, fcntl.F_SETFL, fcntl.fcntl(new, fcntl.F_GETFL) | os.O_APPEND)
+            try:
+                named = _same_file(os.stat(path), old)
+            except FileNotFoundError:
+                named = False
+            if named:
+                os.replace(new_path, path)
+            else:
+                new_path.unlink()
+        except BaseException:
+            os.close(new)
+            new_path.unlink(missing_ok=True)
+            raise
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                if _same_file(os.fstat(fd), old):
+                    os.dup2(new, fd)
+        os.close(self.fd)
+        self.fd = new
+
+    def _cut_in_place(self, size: int, note: bytes) -> None:
+        """Its end copied to its start, and the rest cut off: its writers append (they
+        are O_APPEND), so they go on after it."""
+        out = os.open(f"/proc/self/fd/{self.fd}", os.O_WRONLY)  # not O_APPEND: pwrite
+        try:
+            at = 0
+            # Forward, a chunk read before it is written: the end is further on.
+            for chunk in itertools.chain((note,), self._tail(size)):
+                while chunk:
+                    written = os.pwrite(out, chunk, at)
+                    chunk, at = chunk[written:], at + written
+            os.ftruncate(out, at)
+        finally:
+            os.close(out)
+
+
+class _LogOutput(io.RawIOBase):
+    """One of the job's descriptors for its log (1 or 2), written through its _CappedLog."""
+
+    def __init__(self, log: _CappedLog, fd: int) -> None:
+        super().__init__()
+        self.log = log
+        self.fd = fd
+
+    @classmethod
+    def over(cls, stream: TextIO, log: _CappedLog, fd: int) -> TextIO:
+        """A text stream as `stream` (sys.stdout or sys.stderr), writing through `log`."""
+        if not isinstance(stream, io.TextIOWrapper):
+            return stream  # None: the runner started with it closed
+        return io.TextIOWrapper(
+            io.BufferedWriter(cls(log, fd)), encoding=stream.encoding, errors=stream.errors,
+            line_buffering=stream.line_buffering, write_through=stream.write_through,
+        )
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        return self.log.write(self.fd, data)
+
+
+def _cut_note(size: int, kept: int) -> bytes:
+    """The line before a cut log's end: the store's own (store._cut_note)."""
+    return (f"faas-supervisor: the log had {size} bytes; its first {size - kept} are not "
+            f"kept, only its last {kept}\n").encode()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _coerce_c_locale() -> None:

@@ -34,10 +34,11 @@ import yaml
 from faas_supervisor import frozen, processes
 from faas_supervisor.config import Mode, WatchdogSettings, parse_duration
 from faas_supervisor.controller.backends import JobInterrupted
-from faas_supervisor.controller.backends.local_runner import IDLE_STOP, Runner, RunnerDied
+from faas_supervisor.controller.backends.local_runner import IDLE_STOP, JobLog, Runner, RunnerDied
 from faas_supervisor.controller.deployments import Deployment, LogLine, read_tail, trim_log
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
+from faas_supervisor.controller.store import CUT_NOTE_MAX, LOG_MAX
 from faas_supervisor.errors import ConfigError, ServiceUnavailable
 from faas_supervisor.job_runner import CONFIG_FILE
 from faas_supervisor.logs import get_logger
@@ -575,7 +576,9 @@ class LocalBackend:
             fds = [out.fileno()]
             if "EVENT" not in env:  # else /dev/null
                 fds.append(stack.enter_context(open(event, "rb")).fileno())
-            warm = runner.submit(job, ["run", *self._files(service.name)], env, fds)
+            # Bounded while it runs by its `run`, as the store keeps it once it ends.
+            warm = runner.submit(job, ["run", *self._files(service.name)], env, fds,
+                                 JobLog(log, LOG_MAX, LOG_MAX - CUT_NOTE_MAX))
         pid_file: Path | None = None
         # Should its runner die, its `run` comes to us (a subreaper): no sweep (another
         # job's end, a watchdog's restart) may kill it before its graceful stop below.

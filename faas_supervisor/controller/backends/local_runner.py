@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,16 @@ from faas_supervisor.job_runner import READ_SIZE, Frames, frame
 STOP_TIMEOUT = 15.0  # seconds a stopped runner gets to stop its jobs
 READY_TIMEOUT = 60.0  # seconds a new runner may take to import what `run` uses
 IDLE_STOP = 300.0  # seconds a runner with no job is kept (--runner-idle)
+
+
+@dataclass(frozen=True)
+class JobLog:
+    """A job's log as its `run` keeps it while it runs (job_runner._CappedLog): past
+    2 x `cap` bytes, only its last `keep`, after a line saying what was cut."""
+
+    path: Path
+    cap: int
+    keep: int
 
 
 class RunnerDied(Exception):
@@ -254,14 +265,18 @@ class Runner:
                 os.close(fd)
 
     def submit(self, job: str, args: list[str], env: dict[str, str],
-               fds: Sequence[int]) -> WarmJob:
+               fds: Sequence[int], log: JobLog | None = None) -> WarmJob:
         """Give the job to the runner (ensure() first). `fds`: its log, then its stdin if
-        not /dev/null; copied, so the caller may close them. Await `started`, then `done`."""
+        not /dev/null; copied, so the caller may close them. `log`: the log's file and
+        cap, for the job to keep it bounded. Await `started`, then `done`."""
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
         copies = [os.dup(fd) for fd in fds]
-        message = {"op": "run", "job": job, "args": args, "env": env, "fds": len(copies)}
+        message: dict[str, Any] = {"op": "run", "job": job, "args": args, "env": env,
+                                   "fds": len(copies)}
+        if log is not None:
+            message["log"] = {"path": str(log.path), "cap": log.cap, "keep": log.keep}
         # A task of its own: a frame is never cut halfway, whatever is cancelled.
         sending = asyncio.ensure_future(self._send(self._socket, message, copies))
         warm = WarmJob(job, self._socket, sending)
