@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,9 +52,11 @@ _CPU = re.compile(r"[0-9]+(\.[0-9]+)?m?|\.[0-9]+")
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")  # a YAML file's unit-less memory: refused
 # Kubernetes' quantity syntax (resource.ParseQuantity, which the OSCAR manager and the API
 # server parse it with): its suffixes only, so `1g` or `512K` never reach a cluster that
-# cannot even decode a pod holding them. What older versions stored is still read back.
+# cannot even decode a pod holding them. What older versions stored is still read back
+# (its digits made ASCII first: _ascii_digits).
 _MEMORY = re.compile(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|e[0-9]+)?")
 _STORED_MEMORY = re.compile(r"[0-9]+(\.[0-9]+)?([KMGTPE]i?|[kmgtpe]|e[0-9]+)?")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,9 @@ def parse_service(
 
     `stored`: a definition read back from the store, which an older version accepted:
     the checks added since (what a process can be given) apply to what comes in only,
-    so that a controller still starts with what it stored then.
+    so that a controller still starts with what it stored then. What those checks refuse
+    because nothing downstream holds it is read in a form that it does: another script's
+    digits in `cpu` and `memory` as ASCII's, a lone surrogate as U+FFFD.
 
     Types are the OSCAR manager's: its string fields (`cpu`, `memory`, `image`...) take
     JSON strings only, as Go's decoder refuses a number for a string. An FDL file is read
@@ -123,8 +128,10 @@ def parse_service(
     """
     if not isinstance(data, dict):
         raise InvalidService(f"{where or 'service'}: must be a mapping of fields")
-    # What an older version stored is read as it was, or the controller would not start.
-    if not stored and (problem := _unencodable(data, where)) is not None:
+    # What an older version stored is read back, or the controller would not start.
+    if stored:
+        data = _without_surrogates(data)
+    elif (problem := _unencodable(data, where)) is not None:
         raise InvalidService(problem)
 
     def key(name: str) -> str:
@@ -147,6 +154,8 @@ def parse_service(
     image = text(_or_default(data.get("image"), ""), key("image"))
 
     cpu = text(_or_default(data.get("cpu"), DEFAULT_CPU), key("cpu"))
+    if stored:
+        cpu = _ascii_digits(cpu)
     if not _CPU.fullmatch(cpu) or float(cpu.rstrip("m") or 0) <= 0:
         raise InvalidService(f"{key('cpu')}: {cpu!r} is not a CPU amount (try 0.5, 1 or 500m)")
     memory = _or_default(data.get("memory"), DEFAULT_MEMORY)
@@ -158,6 +167,8 @@ def parse_service(
             "(256Mi, 1Gi)"
         )
     memory = text(memory, key("memory"))
+    if stored:
+        memory = _ascii_digits(memory)
     if not (_STORED_MEMORY if stored else _MEMORY).fullmatch(memory):
         raise InvalidService(
             f"{key('memory')}: {memory!r} is not a memory amount (try 256Mi or 1Gi)"
@@ -255,6 +266,28 @@ def _unencodable(data: dict[str, Any], where: str) -> str | None:
             children = [(f"{at}[{i}]", v) for i, v in enumerate(value)]
         pending.extend(reversed(children))  # the first in the document is found first
     return None
+
+
+def _without_surrogates(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored definition with each lone surrogate (JSON's `"\\udc80"`, which versions
+    before `_unencodable` stored) made U+FFFD, as a UTF-8 decoder shows what is not text:
+    the service is then shown, listed, run and deleted, where the surrogate failed every
+    answer holding it and the writing of its script."""
+    # Dumped unescaped, a surrogate can only stand inside a JSON string: replaced there,
+    # the text reads back as the same structure.
+    text = json.dumps(data, ensure_ascii=False)
+    if _SURROGATE.search(text) is None:
+        return data
+    readable: dict[str, Any] = json.loads(_SURROGATE.sub("\ufffd", text))
+    return readable
+
+
+def _ascii_digits(amount: str) -> str:
+    """A stored amount with another script's decimal digits ("\\u0661", which older
+    versions' `\\d` took) in ASCII's, the only ones Kubernetes and Docker read."""
+    return "".join(
+        str(unicodedata.decimal(c)) if c.isdecimal() and not c.isascii() else c for c in amount
+    )
 
 
 def _pull_secrets(names: list[str], where: str) -> tuple[str, ...]:
@@ -759,7 +792,17 @@ def to_record(service: Service) -> str:
 
 def from_record(text: str) -> Service:
     data = strict_json.loads(text)
-    return parse_service(data, stored=True).with_token(data.get("token", ""))
+    try:
+        service = parse_service(data, stored=True)
+    except InvalidService as exc:
+        # At start-up this stops the controller: the line names what to remove.
+        name = data.get("name") if isinstance(data, dict) else None
+        raise InvalidService(
+            f"stored service {name!r} cannot be read (delete its row from the services "
+            f"table of controller.sqlite3 in the data folder to start without it): "
+            f"{exc.message}"
+        ) from None
+    return service.with_token(data.get("token", ""))
 
 
 def go_json(value: Any) -> bytes:

@@ -8,11 +8,13 @@ processes; the storage is the embedded folder store under the data folder.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -23,7 +25,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import free_port
+from faas_supervisor.controller.fdl import parse_service, to_record
+from faas_supervisor.controller.store import Store
+from tests.integration.conftest import free_port, script_output
 from tests.integration.controller_fixture import (
     ControllerFactory,
     ControllerProcess,
@@ -1071,6 +1075,41 @@ def test_concurrent_updates_and_deletes_leave_what_is_stored_watched(
     (job,) = controller.wait_jobs("copier", 1).values()
     assert job["status"] == "Succeeded"
 
+
+
+@pytest.mark.timeout(120)
+def test_a_service_an_older_version_stored_is_read_back_at_start(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    """Versions before the ASCII and UTF-8 checks stored (201) cpu and memory in another
+    script's digits and lone surrogates: on that data folder the controller exited 2 at
+    every start, naming neither service nor store, and the service could not be deleted
+    (the API was down). Now it starts, with the amounts in ASCII digits."""
+    data = tmp_path / "upgraded"
+    data.mkdir()
+    Store(data / "controller.sqlite3").close()  # the schema, as any version makes it
+    record = json.loads(to_record(parse_service(
+        {"name": "older", "script": 'echo "older $(cat "$INPUT_FILE_PATH")"\n'})))
+    record.update(cpu="\u0661", memory="\u0662\u0665\u0666Mi", image="x\udc80",
+                  labels={"k": "v\udc81"}, token="older-token")
+    # The row as the store wrote it: its record JSON, surrogates as \u escapes.
+    with contextlib.closing(sqlite3.connect(data / "controller.sqlite3")) as db, db:
+        db.execute("INSERT INTO services (name, definition, created) VALUES (?, ?, ?)",
+                   ("older", json.dumps(record, separators=(",", ":")), time.time()))
+    controller = controllers(data)
+
+    got = controller.request("GET", "/system/services/older")
+    assert got.status_code == 200, got.text
+    shown = got.json()
+    assert (shown["cpu"], shown["memory"], shown["image"]) == ("1", "256Mi", "x\ufffd")
+    assert shown["labels"]["k"] == "v\ufffd" and shown["token"] == "older-token"
+    listed = controller.request("GET", "/system/services")
+    assert listed.status_code == 200 and [s["name"] for s in listed.json()] == ["older"]
+    ran = controller.request("POST", "/run/older", data=base64.b64encode(b"in"))
+    assert ran.status_code == 200, ran.text
+    assert script_output(ran.text) == "older in\n"
+    assert controller.request("DELETE", "/system/services/older").status_code == 204
+    assert controller.request("GET", "/system/services/older").status_code == 404
 
 def _cmdlines() -> list[bytes]:
     found = []

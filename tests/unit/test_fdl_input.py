@@ -12,11 +12,13 @@ import pytest
 
 from faas_supervisor.controller.fdl import (
     fdl_definitions,
+    from_record,
     go_json,
     load_fdl,
     parse_service,
     parse_service_json,
     service_json,
+    to_record,
     typed_definition,
 )
 from faas_supervisor.errors import InvalidService
@@ -165,3 +167,53 @@ def test_a_provider_the_runtime_would_stop_at_is_a_400_not_a_service_that_never_
         parse_service(definition)
     # What a store already holds is read as it was: the controller still starts.
     assert parse_service(definition, stored=True).storage_providers["webdav"]["dcache"]
+
+
+# ---- what older versions stored: read back, or the controller would not start ----------
+
+
+@pytest.mark.parametrize(("field", "value", "ascii"), [
+    ("cpu", "\u0661", "1"), ("cpu", "\u0661.\u0665", "1.5"), ("cpu", "\u0665\u0660\u0660m", "500m"),
+    ("memory", "\u0662\u0665\u0666Mi", "256Mi"), ("memory", "1e\u0669", "1e9"),
+    ("memory", "1\u0966Gi", "10Gi"),  # Devanagari, and a mix with ASCII
+])
+def test_stored_amounts_of_other_scripts_digits_are_read_back_in_ascii(
+    field: str, value: str, ascii: str
+) -> None:
+    """Versions before the ASCII check stored them (201): the controller then exited 2 at
+    every start on that data folder, and the service could not be deleted."""
+    definition = {"name": "s", "script": "echo", field: value}
+    with pytest.raises(InvalidService, match=f"^{field}: .* is not a"):
+        parse_service(definition)  # a new definition: still a 400
+    service = parse_service(definition, stored=True)
+    assert getattr(service, field) == ascii
+    restored = from_record(to_record(service.with_token("t")))
+    assert getattr(restored, field) == ascii and restored.token == "t"
+
+
+def test_a_stored_lone_surrogate_is_read_back_as_a_replacement_character() -> None:
+    """Versions before `_unencodable` stored one (201): every answer holding the service
+    was then a 500, and a surrogate in the script stopped the controller's start."""
+    record = json.loads(to_record(parse_service({"name": "s", "script": "echo"})))
+    record.update(image="x\udc80", script="echo \udc81\n", labels={"k\udc82": "v\udc83"},
+                  storage_providers={"s3": {"aws": {"access_key": "\udc84", "secret_key": "b",
+                                                     "region": "r"}}})
+    text = json.dumps(record)  # as the store writes it: the surrogates as \u escapes
+    assert "\\udc80" in text
+    service = from_record(text)
+    assert (service.image, service.script) == ("x\ufffd", "echo \ufffd\n")
+    assert service.labels == {"k\ufffd": "v\ufffd"}
+    assert service.storage_providers["s3"]["aws"]["access_key"] == "\ufffd"
+    assert "x\ufffd" in go_json(service_json(service, {})).decode()
+
+
+def test_a_stored_service_that_cannot_be_read_is_named_with_what_to_do() -> None:
+    """The controller stops at it (exit 2): the line says which service, and how to start
+    without it, as the API to delete it is not up."""
+    record = json.loads(to_record(parse_service({"name": "old-one", "script": "echo"})))
+    record["isolation_level"] = "NEITHER"
+    with pytest.raises(InvalidService) as caught:
+        from_record(json.dumps(record))
+    message = str(caught.value)
+    assert "'old-one'" in message and "controller.sqlite3" in message
+    assert message.endswith("isolation_level: 'NEITHER' is not SERVICE or USER")
