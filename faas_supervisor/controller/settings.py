@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from faas_supervisor.config import LOG_LEVELS, is_http_url
+from faas_supervisor.config import LOG_LEVELS, is_http_url, utf8_encodable
 from faas_supervisor.errors import ConfigError
 
 # What a local service's processes do not inherit from the controller's environment: the
@@ -160,7 +160,7 @@ def load_controller_settings(
         host=args.host,
         port=args.port,
         user=_user(args.user, environ.get("FAAS_USER")),
-        password=args.password or environ.get("FAAS_PASSWORD") or None,
+        password=_password(args.password, environ.get("FAAS_PASSWORD")),
         max_jobs=args.max_jobs,
         external_url=_external_url(args.external_url),
         minio_endpoint=endpoint,
@@ -196,9 +196,23 @@ def _user(flag: str | None, variable: str | None) -> str:
     user = flag or variable or "oscar"
     if ":" in user or not user.isprintable():
         given = "--user" if flag else "FAAS_USER"
-        raise ConfigError(f"{given}: {user!r} cannot be a user name (no ':' and no control "
+        # Only what comes before a `:`: what follows is what Basic auth reads as a
+        # password (`user:password` given as the user), never to be shown.
+        shown = user.split(":", 1)[0] + (":..." if ":" in user else "")
+        raise ConfigError(f"{given}: {shown!r} cannot be a user name (no ':' and no control "
                           "characters in Basic authentication)")
     return user
+
+
+def _password(flag: str | None, variable: str | None) -> str | None:
+    """The admin's password (None: made at the first start). One whose bytes are not UTF-8
+    (an argument's, decoded with surrogates) could never be compared with what a client
+    sends: every login was a 500. Not shown."""
+    password = flag or variable or None
+    if password is not None and not utf8_encodable(password):
+        given = "--password" if flag else "FAAS_PASSWORD"
+        raise ConfigError(f"{given}: is not UTF-8 text")
+    return password
 
 
 def _external_url(given: str | None) -> str:

@@ -122,11 +122,25 @@ def test_a_user_name_no_login_can_give_stops_the_controller(tmp_path: Path) -> N
     a password for it, and answered every login 401."""
     line = _refused(_controller(tmp_path, "--user", "a:b", "--password", SECRET),
                     _env(tmp_path))
-    assert line == ("faas-supervisor: error: --user: 'a:b' cannot be a user name (no ':' and "
+    assert line == ("faas-supervisor: error: --user: 'a:...' cannot be a user name (no ':' and "
                     "no control characters in Basic authentication)")
     line = _refused(_controller(tmp_path), _env(tmp_path, FAAS_USER="ad\tmin"))
     assert line.startswith("faas-supervisor: error: FAAS_USER: 'ad\\tmin' cannot be")
+    # `user:password` given as the user: what follows the `:` is not shown (_refused
+    # checks SECRET appears nowhere).
+    line = _refused(_controller(tmp_path), _env(tmp_path, FAAS_USER=f"oscar:{SECRET}"))
+    assert line.startswith("faas-supervisor: error: FAAS_USER: 'oscar:...' cannot be")
     assert not (tmp_path / "data").exists()  # refused before anything was made
+
+
+@pytest.mark.timeout(120)
+def test_a_password_that_is_not_utf8_stops_the_controller(tmp_path: Path) -> None:
+    """Its bytes decoded with surrogates: every login was a 500 (its encoding failed)."""
+    password = os.fsdecode(SECRET.encode() + b"\xff")
+    line = _refused(_controller(tmp_path, "--password", password), _env(tmp_path))
+    assert line == "faas-supervisor: error: --password: is not UTF-8 text"
+    line = _refused(_controller(tmp_path), _env(tmp_path, FAAS_PASSWORD=password))
+    assert line == "faas-supervisor: error: FAAS_PASSWORD: is not UTF-8 text"
 
 
 @pytest.mark.timeout(120)
