@@ -567,6 +567,22 @@ def test_presigned_urls(endpoint: Endpoint) -> None:
     assert b"<Code>AccessDenied</Code><Message>Request has expired</Message>" in answer.content
 
 
+def test_a_response_override_with_a_line_break_is_invalid(endpoint: Endpoint) -> None:
+    """`response-content-disposition` holding CR LF would be a second header: aiohttp
+    refused to send it, a 500 with a traceback; it is the client's error."""
+    s3 = endpoint.client()
+    bucket = bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="b", Body=b"x")
+    with pytest.raises(ClientError) as caught:
+        s3.get_object(Bucket=bucket, Key="b",
+                      ResponseContentDisposition="attachment;\r\nX-Evil: 1")
+    assert code_of(caught.value) == ("InvalidArgument", 400)
+    fine = s3.get_object(Bucket=bucket, Key="b", ResponseContentDisposition="attachment")
+    assert fine["ContentDisposition"] == "attachment"
+    assert "Traceback" not in endpoint.controller.log_text()
+
+
 def test_sigv2_bucket_level_requests(endpoint: Endpoint) -> None:
     """boto3's SigV2 signs a path-style bucket alone (sent as "/b") as "/b/", S3's form:
     the listings, the bucket's HEAD and its uploads were each a SignatureDoesNotMatch."""

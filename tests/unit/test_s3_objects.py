@@ -159,6 +159,23 @@ def test_a_delimiter_skips_a_large_common_prefix_at_once(tmp_path: Path) -> None
     assert lstat.call_count <= 5
 
 
+def test_an_entry_that_cannot_be_looked_at_is_skipped(tmp_path: Path) -> None:
+    """In a folder that may be listed but not searched (mode 0444, as a non-root
+    controller finds one a script made), an entry's lstat is refused: it is skipped, as
+    an unreadable folder is, where it raised out of the listing (a 500)."""
+    objects = store(tmp_path, ["a", "b", "c"])
+    real = os.lstat
+
+    def refused(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        if str(path).endswith("/b"):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    with mock.patch("os.lstat", side_effect=refused):
+        listed = objects.list_page("bkt", "", "", "", 1000)
+    assert [o.key for o in listed.objects] == ["a", "c"]
+
+
 def test_a_put_while_its_bucket_is_deleted_is_never_lost(tmp_path: Path) -> None:
     """DeleteBucket found the bucket empty; a PutObject commits right then: either the
     object is kept (the bucket too) or the put fails, never a success whose object is

@@ -126,6 +126,9 @@ def test_a_bucket_alone_verifies_signed_with_or_without_its_slash(
     ("/johnsmith", "/johnsmith//"),
     ("/johnsmith", "/johnsmit/"),
     ("/", "//"),  # the bucket list
+    # An encoded `/`: the object `mk` of bucket johnsmith, whose folder marker `mk/` was
+    # signed; it was taken for this other object.
+    ("/johnsmith%2Fmk", "/johnsmith%2Fmk/"),
 ])
 def test_any_other_resource_is_a_mismatch(raw_path: str, resource: str) -> None:
     headers = _authorized(resource)

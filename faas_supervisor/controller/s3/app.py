@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ EXPIRY_PERIOD = 3600  # seconds between two sweeps of expired multipart uploads
 # this long is S3's RequestTimeout, and the connection is closed. Not a limit on the
 # whole body: an object takes up to 5 GiB, and a slow link takes its time.
 BODY_IDLE_TIMEOUT = 60.0
+# What no header value may hold (aiohttp refuses to send it: header injection).
+_HEADER_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
     "response-content-language": "Content-Language",
@@ -382,7 +385,7 @@ class S3Server:
             headers = _object_headers(info)
             for name, header in RESPONSE_OVERRIDES.items():
                 if name in r.query:
-                    headers[header] = r.query[name]
+                    headers[header] = _override(name, r.query[name])
             start, length = 0, info.size
             wanted = _range(r.headers.get("range", ""), info.size) if status == 200 else None
             if wanted is not None:
@@ -664,6 +667,15 @@ def _preconditions(headers: Mapping[str, str], info: ObjectInfo) -> int:
             and modified <= t:
         return 304
     return 200
+
+
+def _override(name: str, value: str) -> str:
+    """A `response-*` parameter's value as its header's: one holding a line break or
+    another control character would be a second header (aiohttp refuses to send it: a
+    500), so it is the client's error."""
+    if _HEADER_CONTROLS.search(value):
+        raise S3Error("InvalidArgument", f"{name} holds a control character")
+    return value
 
 
 def _range(header: str, size: int) -> tuple[int, int] | None:

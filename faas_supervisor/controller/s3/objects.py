@@ -661,8 +661,10 @@ class _Walker:
                 path = os.path.join(folder, name)
                 try:
                     stat = os.lstat(path)
-                except (FileNotFoundError, NotADirectoryError):
-                    continue  # deleted while listed
+                except (FileNotFoundError, NotADirectoryError, PermissionError):
+                    # Deleted while listed; or in a folder we may list but not search
+                    # (its entries cannot be looked at: skipped, as unreadable folders are).
+                    continue
                 if S_ISDIR(stat.st_mode):
                     heapq.heappush(heap, name + "/")  # where a folder sorts
                 elif listed and S_ISREG(stat.st_mode):  # links are not followed

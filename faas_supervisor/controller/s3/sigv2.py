@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from urllib.parse import unquote
 
 from faas_supervisor.controller.s3 import sigv4
 from faas_supervisor.controller.s3.errors import S3Error
@@ -114,7 +115,8 @@ def _resource_paths(raw_path: str) -> tuple[str, ...]:
     a signature still covers the method, the bucket and the signed sub-resources. Any
     other path is signed as sent, one form only.
     """
-    if raw_path.count("/") == 1 and len(raw_path) > 1:
+    # Decoded, as the server splits it: `/b%2Fk` is the object k of bucket b, no bucket.
+    if unquote(raw_path).count("/") == 1 and len(raw_path) > 1:
         return raw_path, raw_path + "/"
     return (raw_path,)
 
