@@ -562,7 +562,11 @@ class _CappedLog:
             self.size = size
             if size <= limit:
                 return
-            note = _cut_note(self.total, self.keep)
+            # The store's own line; imported at the first cut only (a job whose log never
+            # grows that far does without the store's module).
+            from faas_supervisor.controller.store import cut_note
+
+            note = cut_note(self.total, self.keep)
             try:
                 self._rotate(size, note)
             except OSError:
@@ -677,12 +681,6 @@ class _LogOutput(io.RawIOBase):
 
     def write(self, data: ReadableBuffer, /) -> int:
         return self.log.write(self.fd, data)
-
-
-def _cut_note(size: int, kept: int) -> bytes:
-    """The line before a cut log's end: the store's own (store._cut_note)."""
-    return (f"faas-supervisor: the log had {size} bytes; its first {size - kept} are not "
-            f"kept, only its last {kept}\n").encode()
 
 
 def _write_all(fd: int, data: bytes) -> None:

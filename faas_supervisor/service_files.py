@@ -31,7 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from faas_supervisor.client import local_write_failure
-from faas_supervisor.config import ProviderConfig, Secret, normalize_provider_name
+from faas_supervisor.config import (
+    ProviderConfig,
+    Secret,
+    normalize_provider_name,
+    utf8_encodable,
+)
 from faas_supervisor.errors import ConfigError, FaasError, StorageError
 
 if TYPE_CHECKING:
@@ -55,7 +60,9 @@ class RemotePath:
 
     @classmethod
     def parse(cls, text: str) -> RemotePath:
-        if not _is_utf8(text):
+        # A bucket or key must be UTF-8 (S3 sends it so): an argument's bytes that are not
+        # come decoded with surrogates, a bad argument (exit 2) said before any request.
+        if not utf8_encodable(text):
             raise ConfigError(f"REMOTE_PATH {text!r}: is not UTF-8, as an object's name must be")
         stripped = text.strip().strip("/")
         bucket, _, key = stripped.partition("/")
@@ -65,17 +72,6 @@ class RemotePath:
 
     def __str__(self) -> str:
         return f"{self.bucket}/{self.key}" if self.key else self.bucket
-
-
-def _is_utf8(name: str) -> bool:
-    """A bucket or key must be UTF-8 (S3 sends it so). An argument's bytes that are not
-    come decoded with surrogates, as the OS's: a bad argument (exit 2) said before any
-    request, not a storage failure quoting the codec."""
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 async def provider_for(client: ControllerClient, service: str, name: str) -> S3Provider:
@@ -136,7 +132,7 @@ async def put_file(provider: S3Provider, remote: RemotePath, local: str) -> None
         # /dev/fd/N) or a device as well as a file.
         if path.is_dir():
             raise ConfigError(f"{local}: is a folder, not a file")
-        if remote.folder and not _is_utf8(path.name):  # the object is named after it
+        if remote.folder and not utf8_encodable(path.name):  # the object is named after it
             raise ConfigError(f"LOCAL {local!r}: its file name, the object's under REMOTE_PATH "
                               f"{remote}/, is not UTF-8: name the object in REMOTE_PATH")
         try:

@@ -379,7 +379,7 @@ class Store:
                         return  # deleted meanwhile
                     room = min(LOG_MAX, db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
                     kept = size if size <= room else room - CUT_NOTE_MAX
-                    note = b"" if kept == size else _cut_note(size, kept)
+                    note = b"" if kept == size else cut_note(size, kept)
                     db.execute(
                         "UPDATE jobs SET status = ?, finish_time = ?, exit_code = ?, "
                         "logs = zeroblob(?), reason = ? WHERE seq = ?",
@@ -555,7 +555,8 @@ def _log_file(logs: bytes | Path) -> Iterator[tuple[IO[bytes], int]]:
         yield source, os.fstat(source.fileno()).st_size
 
 
-def _cut_note(size: int, kept: int) -> bytes:
+def cut_note(size: int, kept: int) -> bytes:
+    """The line before a cut log's end (the job runner's cut of a running log too)."""
     note = (f"faas-supervisor: the log had {size} bytes; its first {size - kept} are not "
             f"kept, only its last {kept}\n").encode()
     assert len(note) <= CUT_NOTE_MAX  # numbers of 20 digits at most

@@ -206,9 +206,3 @@ def test_a_deleted_log_is_not_made_again_and_stays_bounded(tmp_path: Path) -> No
     child.end()
     assert list(tmp_path.iterdir()) == []
 
-
-def test_the_note_is_the_stores_own() -> None:
-    from faas_supervisor.controller import store
-    from faas_supervisor.job_runner import _cut_note
-
-    assert _cut_note(123456789, 67108664) == store._cut_note(123456789, 67108664)
