@@ -40,7 +40,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from faas_supervisor.config import current_environ
-from faas_supervisor.errors import ConfigError, FaasError, InsufficientStorage, local_write_error
+from faas_supervisor.errors import (
+    ConfigError,
+    FaasError,
+    InsufficientStorage,
+    local_write_error,
+    printable,
+)
 
 if TYPE_CHECKING:
     from faas_supervisor.api_client import Connection, ControllerClient
@@ -560,8 +566,10 @@ def _cell(value: Any) -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Columns two spaces apart, left-aligned, no trailing blanks."""
-    lines = [list(headers), *(list(row) for row in rows)]
+    """Columns two spaces apart, left-aligned, no trailing blanks. A cell's characters
+    that do not print are escaped: an object's key may hold any (ESC: a terminal's
+    commands; a line break: a row that seems two)."""
+    lines = [list(headers), *([printable(cell) for cell in row] for row in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()

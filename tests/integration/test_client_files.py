@@ -123,6 +123,12 @@ def test_put_list_and_get_a_services_files(controller: ControllerProcess, tmp_pa
     assert [row.split()[:2] for row in rows] == [["photo.bin", str(len(data))]]
     assert ok(controller, "list-files", "files", "minio", "files/nothing-here") == (
         b'There are no files in "files/nothing-here"\n')
+    # A key's characters that do not print are shown escaped: a terminal's commands (ESC)
+    # do not reach the terminal, and a tab does not make one column seem two.
+    s3.put_object(Bucket="files", Key="output/a\x1b[2Jb\tc", Body=b"x")
+    listing = ok(controller, "list-files", "files", "minio", "files/output").decode()
+    assert listing.splitlines()[1].split()[:2] == ["a\\x1b[2Jb\\tc", "1"], listing
+    assert "\x1b" not in listing
 
     back = tmp_path / "back.bin"
     assert ok(controller, "get-file", "files", "minio", "files/output/copy", str(back)) == b""

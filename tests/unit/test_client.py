@@ -655,6 +655,11 @@ def test_table_has_no_trailing_blanks() -> None:
     assert table(["A", "BB"], [["xyz", ""]]) == "A    BB\nxyz"
 
 
+def test_a_tables_cells_are_escaped_where_they_would_not_print() -> None:
+    assert table(["NAME", "SIZE"], [["a\x1b[2J b\nc", "1"]]) == (
+        "NAME           SIZE\na\\x1b[2J b\\nc  1")
+
+
 @pytest.mark.parametrize(("head", "complete", "expected"), [
     (b"aGVsbG8=", True, True),
     (b"aGVs\nbG8=\n", True, True),
