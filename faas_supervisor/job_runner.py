@@ -48,11 +48,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
-import fcntl
 import gc
 import io
-import itertools
 import json
 import math
 import os
@@ -64,19 +61,18 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-from faas_supervisor import frozen, processes
+from faas_supervisor import frozen, log_cut, processes
 
 HEADER = struct.Struct("!I")
 MAX_FDS = 8  # descriptors one receive may bring (a frame carries at most two)
 READ_SIZE = 1 << 16
-CUT_CHUNK = 1 << 20  # bytes of a job's log copied at a time when it is cut (_CappedLog)
 SPARE_DELAY = 0.1  # seconds after a job's start before the next spare is forked (_start)
 EXIT_CHILD_FAILED = 70  # a child that could not become the job's `run` (printed)
 EXIT_FLUSH_FAILED = 120  # as CPython when flushing stdout/stderr at exit fails
@@ -499,9 +495,8 @@ class _CappedLog:
     `run` writes the log through sys.stdout and sys.stderr (its log stream: the script's
     output, as its copier thread reads it, and its own lines), which `install` puts over
     this. Past twice `cap`, the log's last `keep` bytes, after that line (the store's
-    words, counting what the job wrote in all), go into a new file, which takes the log's
-    name and fds 1 and 2: a reader that opened the log before reads the old file to its
-    end, one that opens it after reads the new one. Nothing written is lost: no one else
+    words, counting what the job wrote in all), go into a new file (log_cut.rotate), which
+    takes the log's name and fds 1 and 2. Nothing written is lost: no one else
     writes the log while its `run` runs (the controller writes its notes between runs),
     and a write waits while the log is cut. At the job's end, a log past `cap` is cut so
     once more, so that the store keeps it whole, its first line counting all."""
@@ -570,7 +565,7 @@ class _CappedLog:
             try:
                 self._rotate(size, note)
             except OSError:
-                self._cut_in_place(size, note)  # needs no room: readers may see the seam
+                log_cut.cut_in_place(self.fd, size, self.keep, note)  # needs no room
             self.size = len(note) + self.keep
             self.limit = 2 * self.cap
         except OSError as exc:
@@ -580,79 +575,17 @@ class _CappedLog:
         finally:
             self._cutting = False
 
-    def _tail(self, size: int, offset: int | None = None) -> Iterator[bytes]:
-        """The last `keep` of the log's `size` bytes (from `offset`), a chunk at a time."""
-        offset = size - self.keep if offset is None else offset
-        while offset < size:
-            chunk = os.pread(self.fd, min(CUT_CHUNK, size - offset), offset)
-            if not chunk:
-                raise OSError(errno.EIO, "the log is shorter than it was")
-            offset += len(chunk)
-            yield chunk
-
-    def _copy_tail(self, size: int, out: int) -> None:
-        """The last `keep` of the log's `size` bytes to the end of `out`: in the kernel,
-        or, where it cannot, a chunk at a time through here."""
-        offset, left = size - self.keep, self.keep
-        try:
-            while left > 0:
-                copied = os.copy_file_range(self.fd, out, left, offset)
-                if copied == 0:
-                    raise OSError(errno.EIO, "the log is shorter than it was")
-                offset, left = offset + copied, left - copied
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            for chunk in self._tail(size, offset):
-                _write_all(out, chunk)
-
     def _rotate(self, size: int, note: bytes) -> None:
         """Its end into a new file, that takes the log's name (unless the log was removed:
         its job deleted) and fds 1 and 2 (those not sent elsewhere meanwhile)."""
-        path = Path(self.path)
-        new_path = path.with_name(f"{path.stem}.cut{path.suffix}")  # a stray the jobs remove
-        new_path.unlink(missing_ok=True)  # one a SIGKILL left halfway
-        new = os.open(new_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            old = os.fstat(self.fd)
-            os.fchmod(new, old.st_mode & 0o7777)
-            _write_all(new, note)
-            self._copy_tail(size, new)
-            # Appended to, as the log the job was given (copy_file_range refuses O_APPEND).
-            fcntl.fcntl(new, fcntl.F_SETFL, fcntl.fcntl(new, fcntl.F_GETFL) | os.O_APPEND)
-            try:
-                named = _same_file(os.stat(path), old)
-            except FileNotFoundError:
-                named = False
-            if named:
-                os.replace(new_path, path)
-            else:
-                new_path.unlink()
-        except BaseException:
-            os.close(new)
-            new_path.unlink(missing_ok=True)
-            raise
+        old = os.fstat(self.fd)
+        new = log_cut.rotate(self.fd, Path(self.path), size, self.keep, note)
         for fd in (1, 2):
             with contextlib.suppress(OSError):
-                if _same_file(os.fstat(fd), old):
+                if log_cut.same_file(os.fstat(fd), old):
                     os.dup2(new, fd)
         os.close(self.fd)
         self.fd = new
-
-    def _cut_in_place(self, size: int, note: bytes) -> None:
-        """Its end copied to its start, and the rest cut off: its writers append (they
-        are O_APPEND), so they go on after it."""
-        out = os.open(f"/proc/self/fd/{self.fd}", os.O_WRONLY)  # not O_APPEND: pwrite
-        try:
-            at = 0
-            # Forward, a chunk read before it is written: the end is further on.
-            for chunk in itertools.chain((note,), self._tail(size)):
-                while chunk:
-                    written = os.pwrite(out, chunk, at)
-                    chunk, at = chunk[written:], at + written
-            os.ftruncate(out, at)
-        finally:
-            os.close(out)
 
 
 class _LogOutput(io.RawIOBase):
@@ -681,16 +614,6 @@ class _LogOutput(io.RawIOBase):
 
     def write(self, data: ReadableBuffer, /) -> int:
         return self.log.write(self.fd, data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _coerce_c_locale() -> None:

@@ -172,7 +172,12 @@ def test_services_run_jobs_and_go(controllers: Any, docker_client: Any,
         assert controller.request("DELETE", f"/system/services/{service}").status_code == 204
         assert not docker_client.containers.list(
             all=True, filters={"label": [MANAGED, f"oscar_service={service}"]})
-        assert not docker_client.volumes.list(filters={"name": f"faas-supervisor-bin-{service}"})
+        # Said whole if one is left (seen once in CI, not understood): which, made when,
+        # by whom, and what the controller did meanwhile.
+        left = [(v.name, v.attrs.get("CreatedAt"), v.attrs.get("Labels"))
+                for v in docker_client.volumes.list(
+                    filters={"name": f"faas-supervisor-bin-{service}-"})]
+        assert not left, f"{left} at {time.time()}\n{controller.log_text()}"
         assert not (controller.data_dir / "services" / service).exists()
 
 
@@ -767,4 +772,48 @@ async def test_a_new_runtime_image_gets_a_volume_of_its_own(
         await backend.remove(service_name)
         assert not runtime_volumes(docker_client, service_name)
     finally:
+        await backend.close()
+
+
+async def test_a_running_jobs_log_is_kept_bounded(
+    runtime_image: str, service_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    """A job printing without end does not fill the data folder's disk: its log, written by
+    the controller from the engine's stream, is cut to its end past twice its cap while
+    the job runs, and to its cap at the end, its first line counting all it wrote, as the
+    local backend's `run` keeps its own. Kept whole, 6 MB stayed 6 MB (a job printing for
+    hours: gigabytes)."""
+    cap = 256 * 1024
+    backend = DockerBackend(tmp_path / "data", {}, runtime_image,
+                            {"DOCKER_HOST": f"unix://{ENGINE_SOCKET}"}, job_log_cap=cap)
+    await backend.start()
+    try:
+        line = "x" * 99
+        service = parse_service({"name": service_name, "image": USER_IMAGE,
+                                 "script": f"yes {line} | head -n 60000\n" + WAITING_JOB,
+                                 "log_level": "CRITICAL"})
+        await backend.deploy(service)
+        job, log = f"{service_name}-job", tmp_path / "job.log"
+        event = tmp_path / "event"
+        event.write_text("{}")
+        running = asyncio.create_task(backend.run_job(service, job, event, log))
+        since = int(time.time()) - 1
+        await asyncio.to_thread(engine_event, docker_client, job, "start", since)
+        await asyncio.to_thread(wait_output, docker_client, job, b"started")
+        # Everything before "started" followed into the log: it was cut as it grew.
+        await asyncio.to_thread(wait_until, lambda: b"started" in log.read_bytes(), 60,
+                                "the job's output in its log")
+        assert log.stat().st_size <= 2 * cap
+        await asyncio.to_thread(docker_client.containers.get(job).exec_run,
+                                ["sh", "-c", "echo > /tmp/go"])
+        assert await running == 0
+        kept = log.read_bytes()
+        assert len(kept) <= cap
+        first, rest = kept.split(b"\n", 1)
+        wrote = 60000 * (len(line) + 1) + len(b"started\nreleased\n")
+        assert first.startswith(f"faas-supervisor: the log had {wrote} bytes".encode()), first
+        assert rest.endswith(f"{line}\nstarted\nreleased\n".encode())
+        assert not list(tmp_path.glob("job.cut*"))
+    finally:
+        await backend.remove(service_name)
         await backend.close()

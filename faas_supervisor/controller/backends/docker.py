@@ -27,7 +27,8 @@ at once, down only after a few checks in a row ask for fewer, newest container f
 
 A job is a container of the same image running `/oscar/bin/faas-supervisor run`, the
 event in `EVENT` (or, when it cannot travel in a variable, a mounted file); its output is
-followed into the job's log file, its exit status is the container's.
+followed into the job's log file, kept bounded as it grows (log_cut.LogWriter), its exit
+status is the container's.
 
 The SDK is synchronous: every call runs in a thread of this backend's own pool, since
 following a job's logs holds a thread for the job's whole life.
@@ -73,12 +74,14 @@ from faas_supervisor.controller.manifests import (
     SERVICE_LABEL,
 )
 from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
+from faas_supervisor.controller.store import CUT_NOTE_MAX, LOG_MAX
 from faas_supervisor.errors import (
     ConfigError,
     DockerError,
     InvalidService,
     ServiceUnavailable,
 )
+from faas_supervisor.log_cut import LogWriter
 from faas_supervisor.logs import get_logger
 
 HOST = "127.0.0.1"  # host network: the watchdog listens on the controller's loopback
@@ -155,8 +158,10 @@ class DockerBackend:
         runtime_image: str,
         engine_env: Mapping[str, str],
         sync_wait: float = READY_TIMEOUT,
+        job_log_cap: int = LOG_MAX,
     ) -> None:
         self.root = data_dir / "services"
+        self.job_log_cap = job_log_cap  # a running job's log kept under twice this
         self.sync_wait = sync_wait  # seconds a request waits for a watchdog that starts
         self.default_provider = dict(default_provider)
         self.runtime_image = runtime_image
@@ -918,10 +923,14 @@ class DockerBackend:
 
         container = self._client.containers.get(container_id)
         try:
-            with open(log, "ab") as out:
+            # Written as it comes (the logs of a running job are read from this file),
+            # and kept bounded as the local backend's `run` keeps its own.
+            out = LogWriter(log, self.job_log_cap, self.job_log_cap - CUT_NOTE_MAX)
+            try:
                 for chunk in container.logs(stream=True, follow=True):
                     out.write(chunk)
-                    out.flush()  # the logs of a running job are read from this file
+            finally:
+                out.close()
             result = container.wait()
         except docker.errors.NotFound:
             raise DockerError(f"docker: job container {container.name} was removed") from None
