@@ -75,8 +75,7 @@ class ServiceRoutes(Routes):
                     await api.intake.detach(service)
                     with contextlib.suppress(Exception):
                         await api.backend.remove(service.name)
-                    for job in jobs:
-                        await api.jobs.delete(job.name)
+                    await api.jobs.delete_many(job.name for job in jobs)
                     raise
             except Exception:
                 await self._remove_buckets(made)
@@ -138,8 +137,7 @@ class ServiceRoutes(Routes):
             # dropped when its turn comes: Jobs._work).
             jobs = api.store.jobs(service.name)
             api.store.remove_service(service.name)
-            for job in jobs:
-                await api.jobs.delete(job.name)
+            await api.jobs.delete_many(job.name for job in jobs)  # stopped all at once
         logger.info("service deleted", service=service.name)
         return web.Response(status=HTTPStatus.NO_CONTENT)
 
