@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
@@ -271,6 +272,10 @@ class DockerBackend:
                 raise ConfigError(
                     "docker: DOCKER_HOST is malformed (expected unix://PATH, tcp://HOST:PORT "
                     "or ssh://[USER@]HOST[:PORT], without a password)") from None
+            if host.startswith("ssh://") and importlib.util.find_spec("paramiko") is None:
+                # The SDK's own refusal, which the one line below could only name by type.
+                raise ConfigError("docker: an ssh:// DOCKER_HOST needs the paramiko package, "
+                                  "which is not installed (pip install paramiko)")
         try:
             # DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as the docker CLI reads them.
             client = docker.DockerClient.from_env(environment=self.engine_env, max_pool_size=32)
