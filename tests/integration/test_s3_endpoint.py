@@ -547,6 +547,91 @@ def test_listing_counts_as_s3_takes_them(endpoint: Endpoint) -> None:
         assert b"must be an integer between 0 and 2147483647" in answer.content
 
 
+def test_max_keys_0_reads_no_folder(endpoint: Endpoint) -> None:
+    """max-keys=0 is an empty page with no next one: the folders are not read for it (a
+    listing's read of a folder moves the folder's access time; a page of one does here)."""
+    s3, bucket = endpoint.client(), bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    for key in ("a", "sub/b", "sub/c"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    folders = [endpoint.controller.storage / bucket, endpoint.controller.storage / bucket / "sub"]
+
+    def read_since_aged() -> list[bool]:
+        """Whether each folder was read since aged (its access time set 3 days back: read,
+        it moves even on `relatime` mounts)."""
+        return [f.stat().st_atime > time.time() - 86400 for f in folders]
+
+    def age() -> None:
+        for folder in folders:
+            old = time.time() - 3 * 86400
+            os.utime(folder, (old, folder.stat().st_mtime))
+
+    age()
+    s3.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    s3.list_objects_v2(Bucket=bucket, Prefix="sub/", MaxKeys=1)
+    if read_since_aged() != [True, True]:
+        pytest.skip("this file system does not record folder reads (noatime)")
+    age()
+    pages = [s3.list_objects(Bucket=bucket, MaxKeys=0),
+             s3.list_objects_v2(Bucket=bucket, MaxKeys=0),
+             s3.list_objects_v2(Bucket=bucket, MaxKeys=0, Delimiter="/"),
+             s3.list_objects_v2(Bucket=bucket, MaxKeys=0, Prefix="sub/")]
+    for page in pages:
+        assert not {"Contents", "CommonPrefixes", "NextMarker",
+                    "NextContinuationToken"} & page.keys(), page
+        assert page["IsTruncated"] is False and page["MaxKeys"] == 0
+    assert [p["KeyCount"] for p in pages[1:]] == [0, 0, 0]
+    assert read_since_aged() == [False, False]
+    with pytest.raises(ClientError) as caught:  # the bucket is still checked
+        s3.list_objects_v2(Bucket=bucket_name(), MaxKeys=0)
+    assert code_of(caught.value) == ("NoSuchBucket", 404)
+
+
+def test_a_folder_marker_is_listed_under_its_own_prefix(endpoint: Endpoint) -> None:
+    """An empty folder (`a/b/` put empty, or a folder made in the store) is the object
+    `a/b/`: a listing whose prefix is exactly that key lists it, as S3 lists a marker;
+    it was found under `a/` and `a/b` but not under `a/b/`."""
+    s3, bucket = endpoint.client(), bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="a/b/", Body=b"")
+    (endpoint.controller.storage / bucket / "c" / "d").mkdir(parents=True)
+    s3.put_object(Bucket=bucket, Key="e/f", Body=b"x")  # a folder with a file: no marker
+    for marker in ("a/b/", "c/d/"):
+        for listed in (s3.list_objects_v2(Bucket=bucket, Prefix=marker),
+                       s3.list_objects_v2(Bucket=bucket, Prefix=marker, Delimiter="/"),
+                       s3.list_objects(Bucket=bucket, Prefix=marker, Delimiter="/"),
+                       s3.list_objects_v2(Bucket=bucket, Prefix=marker, MaxKeys=1)):
+            assert [(o["Key"], o["Size"]) for o in listed["Contents"]] == [(marker, 0)], listed
+            assert "CommonPrefixes" not in listed and listed["IsTruncated"] is False
+        assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=marker,
+                                                    StartAfter=marker)
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="e/")["Contents"]] == [
+        "e/f"]
+
+
+def test_multipart_upload_listing_encodes_keys_when_asked(endpoint: Endpoint) -> None:
+    """encoding-type=url, as ListObjects takes it: KeyMarker, NextKeyMarker, Prefix and
+    each Key URL-encoded, and EncodingType in the answer (boto3 decodes none of them for
+    this operation: what it parses is what was sent). It was ignored."""
+    s3, bucket = endpoint.client(), bucket_name()
+    s3.create_bucket(Bucket=bucket)
+    keys = ["sp ace/a&b.bin", "sp ace/ü+%.bin"]
+    for key in keys:
+        s3.create_multipart_upload(Bucket=bucket, Key=key)
+    encoded = ["sp%20ace/a%26b.bin", "sp%20ace/%C3%BC%2B%25.bin"]
+    page = s3.list_multipart_uploads(Bucket=bucket, Prefix="sp ace/", KeyMarker="sp ace/",
+                                     MaxUploads=1, EncodingType="url")
+    assert page["EncodingType"] == "url"
+    assert (page["Prefix"], page["KeyMarker"], page["NextKeyMarker"]) == (
+        "sp%20ace/", "sp%20ace/", encoded[0])
+    assert [u["Key"] for u in page["Uploads"]] == encoded[:1] and page["IsTruncated"]
+    rest = s3.list_multipart_uploads(Bucket=bucket, EncodingType="url", KeyMarker=keys[0])
+    assert [u["Key"] for u in rest["Uploads"]] == encoded[1:]
+    plain = s3.list_multipart_uploads(Bucket=bucket, Prefix="sp ace/")
+    assert "EncodingType" not in plain and plain["Prefix"] == "sp ace/"
+    assert [u["Key"] for u in plain["Uploads"]] == keys
+
+
 def test_presigned_urls(endpoint: Endpoint) -> None:
     bucket = bucket_name()
     endpoint.client().create_bucket(Bucket=bucket)

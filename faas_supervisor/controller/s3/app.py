@@ -506,21 +506,26 @@ class S3Server:
         else:
             after = [u for u in uploads if u.key > key_marker]
         shown, truncated = after[:max_uploads], 0 < max_uploads < len(after)
+        encode = q.get("encoding-type") == "url"
+
+        def key(text: str) -> str:  # as S3 encodes KeyMarker, NextKeyMarker, Prefix, Key
+            return answers.url_encoded(text, encode)
+
         items = [
             element("Bucket", r.bucket),
-            element("KeyMarker", key_marker),
+            element("KeyMarker", key(key_marker)),
             element("UploadIdMarker", id_marker),
         ]
         if truncated:
-            items += [element("NextKeyMarker", shown[-1].key),
+            items += [element("NextKeyMarker", key(shown[-1].key)),
                       element("NextUploadIdMarker", shown[-1].upload_id)]
         items += [
-            element("Prefix", prefix),
+            element("Prefix", key(prefix)),
             element("MaxUploads", max_uploads),
             element("IsTruncated", truncated),
             *(
                 "<Upload>"
-                + element("Key", u.key)
+                + element("Key", key(u.key))
                 + element("UploadId", u.upload_id)
                 + element("Initiated", iso_time(u.initiated))
                 + element("StorageClass", "STANDARD")
@@ -528,6 +533,8 @@ class S3Server:
                 for u in shown
             ),
         ]
+        if encode:
+            items.append(element("EncodingType", "url"))
         return answers.xml_response(answers.document("ListMultipartUploadsResult", items))
 
 

@@ -410,6 +410,10 @@ class Objects:
         self, bucket: str, prefix: str, delimiter: str, after: str, max_keys: int
     ) -> Page:
         base = self.bucket(bucket)
+        if not max_keys:
+            # As S3 answers max-keys=0: nothing, and no more (IsTruncated false); the
+            # folder is not read for a page that shows none of it.
+            return Page([], [], False, "")
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start, start_key = base, ""
         if folder:
@@ -419,6 +423,11 @@ class Objects:
             if not start.resolve().is_relative_to(base):
                 return Page([], [], False, "")
             start_key = folder + "/"
+            # The walk starts inside the prefix's folder: the folder's own marker (the
+            # prefix itself, `a/b/` of prefix `a/b/`) is the one key it cannot see.
+            marker = _marker(start) if start_key == prefix and prefix > after else None
+            if marker is not None:  # empty: the marker is the whole listing
+                return Page([ObjectInfo(prefix, 0, marker.st_mtime, EMPTY_MD5)], [], False, "")
         walker = _Walker(prefix, after)
         objects: list[ObjectInfo] = []
         prefixes: list[str] = []
@@ -444,8 +453,6 @@ class Objects:
             else:
                 objects.append(_described(key, path, stat))
             last = key
-        if not max_keys:
-            return Page([], [], False, "")  # as S3 answers max-keys=0: nothing, and no more
         return Page(objects, prefixes, truncated, last if truncated else "")
 
     # ---- multipart uploads -----------------------------------------------------------
@@ -734,6 +741,16 @@ def _remove(folder: Path | None) -> None:
     """A folder set aside removed; what cannot be is removed at the next start."""
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _marker(folder: Path) -> os.stat_result | None:
+    """The lstat of `folder` when it is a folder marker (a real folder, not a link, with
+    nothing in it), as the walker lists one; else None."""
+    try:
+        stat = os.lstat(folder)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+    return stat if S_ISDIR(stat.st_mode) and _is_empty(str(folder)) else None
 
 
 def _is_empty(folder: str) -> bool:
