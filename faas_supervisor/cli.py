@@ -467,13 +467,48 @@ class LogStream:
         if self._gone:
             return
         stream = sys.stderr  # None when `run` started with it closed
+        taken = 0  # of `data`, by the stream
         try:
-            stream.buffer.write(data)
-            stream.buffer.flush()
+            try:
+                # Unbuffered (`python -u`, PYTHONUNBUFFERED), `buffer` is the raw file: a
+                # write it could not do whole returns what it wrote (None: nothing).
+                taken = stream.buffer.write(data) or 0
+                if taken == len(data):
+                    stream.buffer.flush()
+                    return
+            except BlockingIOError as exc:  # an OSError, but its reader is only behind
+                # A write that failed took the bytes its exception counts; a flush, all.
+                taken = taken or exc.characters_written
+            _write_when_taken(stream.buffer, memoryview(data)[taken:])
         except (AttributeError, OSError, ValueError):
             self._gone = True
             if stream is not None:
                 _discard(stream)
+
+
+def _write_when_taken(out: BinaryIO, rest: memoryview) -> None:
+    """`rest` written to `out` (which holds what it took before) and all flushed, waiting
+    each time its descriptor takes no more.
+
+    A log stream shared with whoever started `run` may be non-blocking (O_NONBLOCK belongs
+    to the open file, so theirs is ours: some container runtimes set it); a write then
+    fails with EAGAIN where a blocking one waits for a slow reader. That is no reader
+    gone: the job's log is written whole, as on a blocking stream."""
+    import select
+
+    waiting = select.poll()
+    waiting.register(out.fileno(), select.POLLOUT)
+    while True:
+        # Until it takes more, or cannot: a reader gone (POLLERR) is EPIPE just below.
+        waiting.poll()
+        try:
+            while rest and (written := out.write(rest)):
+                rest = rest[written:]
+            if not rest:
+                out.flush()
+                return
+        except BlockingIOError as exc:
+            rest = rest[exc.characters_written:]
 
 
 def _discard(stream: TextIO) -> None:

@@ -1,9 +1,10 @@
 """`faas-supervisor run` at its edges: stopped in the middle of an upload, run by a user that
-is not root, its log stream's reader gone, a script whose output ends mid-line, outputs the
-folder store cannot hold. Real processes, real folders (SPEC 5; README, `run`)."""
+is not root, its log stream's reader gone or behind, a script whose output ends mid-line,
+outputs the folder store cannot hold. Real processes, real folders (SPEC 5; README, `run`)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shlex
@@ -242,6 +243,48 @@ def test_a_job_stopped_with_its_log_stream_closed_writes_nothing_to_stdout(
             process.kill()
             process.wait()
     assert (process.returncode, stdout) == (128 + signal.SIGTERM, b"")
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_non_blocking_log_stream_whose_reader_is_behind_gets_the_whole_log(
+    tmp_path: Path, unbuffered: str,
+) -> None:
+    """Standard error a non-blocking pipe (O_NONBLOCK, set by whoever shares it: some
+    container runtimes do) its reader empties more slowly than the script prints: the first
+    write that found it full failed with EAGAIN, taken for a reader gone, and the rest of
+    the log went to /dev/null; unbuffered (PYTHONUNBUFFERED), a short write's rest was
+    dropped. The log arrives whole, the runtime's last line after the script's output."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    printed = b"".join(b"%07d\n" % i for i in range(500_000))  # 4 MB, every line its own
+    (tmp_path / "printed").write_bytes(printed)
+    script = tmp_path / "script.sh"
+    script.write_text(f"#!/bin/sh\ncat {tmp_path / 'printed'}\nexit 3\n")
+    reader, writer = os.pipe()
+    try:
+        # A pipe of one page, behind whatever reads it: each of the script's chunks (up to
+        # 64 KiB at a time through `run`) overflows it, as a slow reader's pipe overflows.
+        fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 4096)
+        os.set_blocking(writer, False)
+        with subprocess.Popen(
+            [*faas_command(), "run", "--script", str(script)],
+            env=_env(tmp, EVENT="{}", LOG_LEVEL="CRITICAL", PYTHONUNBUFFERED=unbuffered),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=writer,
+        ) as process:
+            os.close(writer)
+            writer = -1
+            with open(reader, "rb", closefd=False) as log:
+                received = log.read()  # to its end: every writer has closed it
+            status = process.wait(timeout=30)
+    finally:
+        os.close(reader)
+        if writer != -1:
+            os.close(writer)
+    expected = printed + b"faas-supervisor: error: script exited with status 3\n"
+    got, whole = len(received), len(expected)  # sizes: a diff of megabytes says less
+    assert (status, got) == (3, whole), received[-100:]
+    assert received == expected
     assert list(tmp.iterdir()) == []
 
 
