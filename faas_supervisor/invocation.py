@@ -159,6 +159,8 @@ class Invocation:
         self._started = time.monotonic()
         self._child: processes.Child | None = None
         self._aborted: FaasError | None = None  # set by abort(): the answer to give
+        # The task running the steps abort() may cut (see abortable), while it runs them.
+        self._task: asyncio.Task[object] | None = None
 
     @functools.cached_property
     def input_dir(self) -> Path:
@@ -386,9 +388,34 @@ class Invocation:
             self._child.kill_group()
 
     def abort(self, error: FaasError) -> None:
-        """Stop the script now and answer `error` for it (the watchdog shutting down)."""
+        """Stop now and answer `error` (the watchdog shutting down), whatever the step: a
+        running script is killed (run_script raises `error`), any other step under way in
+        `abortable` (the body being read, stage-in, stage-out) is cancelled there."""
         self._aborted = error
-        self.kill()
+        child = self._child
+        if child is not None and child.returncode is None:
+            child.kill_group()
+        elif self._task is not None:
+            self._task.cancel()
+            self._task = None  # let go: abortable() tells its cancellation from others
+
+    @contextlib.contextmanager
+    def abortable(self) -> Iterator[None]:
+        """The steps abort() may cut short, in the current task: cut, they end here with
+        `error` as the invocation's failure. Outside (its answer being sent), abort() only
+        kills the script. A cancellation from elsewhere (the client gone) goes on."""
+        self._task = task = asyncio.current_task()
+        try:
+            yield
+        except asyncio.CancelledError:
+            # Cut by abort() (which let go of the task), and by nothing else: no other
+            # cancellation pending (the client gone; uncancel() counts them).
+            if (self._task is not None or self._aborted is None or task is None
+                    or task.uncancel() > 0):
+                raise
+            self.fail(self._aborted)
+        finally:
+            self._task = None
 
     def collect_outputs(self) -> list[OutputFile]:
         """Regular files under TMP_OUTPUT_DIR; links, FIFOs and sockets skipped, warned."""

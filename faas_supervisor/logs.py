@@ -181,25 +181,39 @@ def get_logger(**bound: Any) -> Logger:
     return Logger(bound)
 
 
+def get_unfiltered_logger(**bound: Any) -> Logger:
+    """A logger whose lines show at any configured level, each at its own level: for
+    output asked for by a setting of its own (write_debug), not by the log level."""
+    return Logger(bound, filtered=False)
+
+
 class Logger:
-    """A structlog logger made on the first line that passes the configured level."""
+    """A structlog logger made on the first line that passes the configured level (any
+    line, unfiltered)."""
 
-    __slots__ = ("_bound", "_logger")
+    __slots__ = ("_bound", "_filtered", "_logger")
 
-    def __init__(self, bound: dict[str, Any]) -> None:
+    def __init__(self, bound: dict[str, Any], filtered: bool = True) -> None:
         self._bound = bound
         self._logger: Any = None
+        self._filtered = filtered
 
     def _log(self, level: int, method: str, event: str, args: tuple[Any, ...],
              fields: dict[str, Any]) -> None:
-        if _threshold is not None and level < _threshold:
+        if self._filtered and _threshold is not None and level < _threshold:
             return  # structlog's filtering logger would drop it too
         if self._logger is None:
-            self._logger = _structlog().get_logger(**self._bound)
+            structlog = _structlog()
+            if self._filtered:
+                self._logger = structlog.get_logger(**self._bound)
+            else:  # the configured processors and output, with no level to pass
+                self._logger = structlog.wrap_logger(
+                    None, wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
+                    **self._bound)
         getattr(self._logger, method)(event, *args, **fields)
 
     def bind(self, **fields: Any) -> Logger:
-        return Logger({**self._bound, **fields})
+        return Logger({**self._bound, **fields}, self._filtered)
 
     def debug(self, event: str, *args: Any, **fields: Any) -> None:
         self._log(10, "debug", event, args, fields)

@@ -17,13 +17,15 @@ from faas_supervisor.config import WatchdogSettings
 from faas_supervisor.errors import FaasError, RequestTimeout, unreadable_body
 from faas_supervisor.http_timeouts import request_started
 from faas_supervisor.invocation import Invocation
-from faas_supervisor.logs import get_logger
+from faas_supervisor.logs import get_logger, get_unfiltered_logger
 from faas_supervisor.responses import Body, failure_body, success_body
 from faas_supervisor.watchdog.metrics import Metrics
 
 READ_CHUNK = 256 * 1024
 DEBUG_BYTES = 512
 logger = get_logger(component="watchdog")
+# write_debug's lines: asked for by that setting, they show at any log_level (SPEC 4.3).
+debug_logger = get_unfiltered_logger(component="watchdog")
 
 
 def request_environment(request: web.Request) -> dict[str, str]:
@@ -59,30 +61,33 @@ class ForkRunner:
 
     async def invoke(self, request: web.Request, invocation: Invocation) -> web.StreamResponse:
         outcome = invocation.outcome
-        try:
-            limit = self.settings.read_timeout
-            reading = invocation.read_event(
-                self._body_chunks(request),
-                request.headers.get("Content-Type", ""),
-                self.settings.max_body_size,
-            )
+        # Until the answer is sent, a shutdown cuts whatever step this is in (its answer:
+        # 503); once the answer is under way, it is let finish.
+        with invocation.abortable():
             try:
-                if not limit or request.content.is_eof():
-                    # No limit, or the whole body has come with the head (most requests):
-                    # nothing to wait for, and no timer to set and cancel.
-                    event = await reading
-                else:
-                    # From the request's first byte: its head counts (http_timeouts.py).
-                    async with asyncio.timeout_at(request_started(request) + limit):
+                limit = self.settings.read_timeout
+                reading = invocation.read_event(
+                    self._body_chunks(request),
+                    request.headers.get("Content-Type", ""),
+                    self.settings.max_body_size,
+                )
+                try:
+                    if not limit or request.content.is_eof():
+                        # No limit, or the whole body has come with the head (most
+                        # requests): nothing to wait for, and no timer to set and cancel.
                         event = await reading
-            except TimeoutError:
-                raise RequestTimeout(
-                    f"request not received within read_timeout ({limit:g} s)"
-                ) from None
-        except FaasError as exc:
-            invocation.fail(exc)
-        else:
-            await invocation.execute(event, request_environment(request))
+                    else:
+                        # From the request's first byte: its head counts (http_timeouts.py).
+                        async with asyncio.timeout_at(request_started(request) + limit):
+                            event = await reading
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"request not received within read_timeout ({limit:g} s)"
+                    ) from None
+            except FaasError as exc:
+                invocation.fail(exc)
+            else:
+                await invocation.execute(event, request_environment(request))
 
         if outcome.error is not None:
             body = failure_body(invocation, outcome.error)
@@ -123,7 +128,7 @@ class ForkRunner:
             data = body.data
             self.metrics.bytes_out.inc(len(data))
             if self.settings.write_debug:
-                logger.info("response body", id=invocation.id, data=data[:DEBUG_BYTES])
+                debug_logger.info("response body", id=invocation.id, data=data[:DEBUG_BYTES])
             small = web.Response(status=status, headers=headers, body=data)
             if unread:
                 small.force_close()
@@ -143,9 +148,8 @@ class ForkRunner:
             async with asyncio.timeout(self.settings.write_timeout or None):
                 async for chunk in body.stream:
                     if self.settings.write_debug and sent < DEBUG_BYTES:
-                        # At info: write_debug is asked for, and must show at any log_level.
-                        logger.info("response body", id=invocation.id,
-                                     data=chunk[: DEBUG_BYTES - sent])
+                        debug_logger.info("response body", id=invocation.id,
+                                           data=chunk[: DEBUG_BYTES - sent])
                     sent += len(chunk)
                     await response.write(chunk)
                 if body.length is not None and sent < body.length:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import errno
 import hashlib
 import io
@@ -927,6 +928,28 @@ def test_write_debug_logs_the_response_body(watchdog: WatchdogFactory, how: str)
     assert (token in wd.log.read_text()) == (how != "none")
 
 
+@pytest.mark.parametrize("level", ["WARNING", "ERROR", "CRITICAL"])
+def test_write_debug_shows_at_any_log_level(watchdog: WatchdogFactory, level: str) -> None:
+    """write_debug is asked for on its own (SPEC 4.3): its lines showed only at INFO or
+    DEBUG (a review found it). Other lines stay filtered by log_level."""
+    token = uuid.uuid4().hex
+    # A small answer (sent whole) and a file's (streamed), as the request says.
+    script = (f"#!/bin/sh\necho 'small {token}'\n"
+              f'[ -n "$Http_X_File" ] && echo "file {token}" > "$TMP_OUTPUT_DIR/f"\nexit 0\n')
+    wd = watchdog(script, env={"write_debug": "true", "LOG_LEVEL": level})
+    small = requests.post(wd.url, data=b"{}", timeout=10)
+    assert script_output(small.text) == f"small {token}\n"
+    streamed = requests.post(wd.url, data=b"{}", timeout=10,
+                             headers={"X-File": "1", "Accept": "application/octet-stream"})
+    assert streamed.content == f"file {token}\n".encode()
+    assert wd.stop() == 0
+    lines = wd.log.read_text().splitlines()
+    shown = [line for line in lines if "] response body " in line]
+    assert len(shown) == 2, lines
+    assert f"small {token}" in shown[0] and f"file {token}" in shown[1], shown
+    assert not [line for line in lines if "watchdog ready" in line], lines  # info: filtered
+
+
 LOCK = Path("/tmp/.lock")
 
 
@@ -1444,17 +1467,67 @@ def test_client_that_leaves_mid_response(watchdog: WatchdogFactory, accept: str)
     assert time.monotonic() - started < 5  # nothing was left in flight
 
 
-def test_shutdown_does_not_wait_for_a_stalled_upload(watchdog: WatchdogFactory) -> None:
-    """A client that stopped sending its body is work in flight like any other: after
-    healthcheck_interval it is dropped and the watchdog exits (not a minute later)."""
-    wd = watchdog("#!/bin/sh\necho hi\n", env={"healthcheck_interval": "1s"})
-    sock = raw_request(wd.port, "POST / HTTP/1.1\nHost: x\nContent-Length: 100000\n",
-                       b"QUJD" * 100)
-    with sock:
-        wait_until(lambda: len(wd.invocation_folders()) == 1, 10, "the body being read")
+def _hanging_store(tmp_path: Path) -> tuple[socket.socket, str]:
+    """A listening socket standing for a storage endpoint that accepts and never answers,
+    and a config whose input and output both go through it (the direct PUT and GET)."""
+    store = socket.create_server(("127.0.0.1", 0))
+    config = ("storage_providers:\n  minio:\n    default: {endpoint: 'http://127.0.0.1:"
+              f"{store.getsockname()[1]}', access_key: AK, secret_key: SECRETSECRET}}\n"
+              "input: [{storage_provider: minio, path: plants/input}]\n"
+              "output: [{storage_provider: minio, path: out/y}]\n")
+    return store, config
+
+
+@pytest.mark.parametrize("step", ["body", "stage-in", "stage-out"])
+def test_shutdown_answers_503_whatever_the_invocation_is_doing(
+    watchdog: WatchdogFactory, tmp_path: Path, step: str
+) -> None:
+    """Still receiving its body, or waiting for its download or upload when
+    healthcheck_interval runs out, an invocation is answered 503 (`the watchdog is
+    shutting down`) as one whose script still runs is; not dropped without an answer a
+    few seconds later and logged as a success (a review found it). One cut mid-body
+    is answered and its connection closed; nothing is left, and the watchdog exits 0."""
+    store, config = _hanging_store(tmp_path)
+    wd = watchdog('#!/bin/sh\necho hi\necho data > "$TMP_OUTPUT_DIR/o"\n', config,
+                  env={"healthcheck_interval": "1s"})
+    with store, contextlib.ExitStack() as stack:
+        pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(1))
+        if step == "body":
+            sock = stack.enter_context(raw_request(
+                wd.port, "POST / HTTP/1.1\nHost: x\nContent-Length: 100000\n",
+                b"QUJD" * 100))
+            wait_until(lambda: len(wd.invocation_folders()) == 1, 10, "the body being read")
+        else:
+            body = _minio_event() if step == "stage-in" else b"{}"
+            in_flight = pool.submit(requests.post, wd.url, data=body, timeout=30)
+            store.settimeout(20)
+            transfer = store.accept()[0]  # the transfer is under way
+            stack.callback(transfer.close)
+        started = time.monotonic()
         wd.process.send_signal(signal.SIGTERM)
+        if step == "body":
+            sock.settimeout(20)
+            answer = b""
+            while chunk := sock.recv(65536):  # to its end: the connection is closed
+                answer += chunk
+            head, _, text = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 "), answer
+            assert b"\r\nConnection: close" in head, answer
+            first = text.decode().splitlines()[0]
+        else:
+            response = in_flight.result(timeout=30)
+            # A GET's worker thread, blocked reading the store's answer, is waited for at
+            # exit up to its read_timeout (20 s): the store closes, so that it ends now.
+            transfer.close()
+            assert response.status_code == 503, response.text
+            first = response.text.splitlines()[0]
+        assert first == "the watchdog is shutting down"
+        assert time.monotonic() - started < 1 + 1.5  # healthcheck_interval, then at once
         assert wd.process.wait(15) == 0
     assert wd.invocation_folders() == []
+    logged = [line for line in wd.log.read_text().splitlines()
+              if "[info     ] invocation " in line]
+    assert len(logged) == 1 and "error='the watchdog is shutting down'" in logged[0], logged
 
 
 # ---- SPEC 4.1: a storage event (MinIO's, on a folder store standing for MinIO) ----------
