@@ -167,8 +167,9 @@ def against(ref: str, invocations: int, rounds: int, requests: int, floor: bool)
          str(one.sequential.errors + one.at16.errors)]
         for one in contenders
     ]
+    command = f"bench/throughput.py --against {ref}" + (" --floor" if floor else "")
     text = f"""
-## 2b. Watchdog CPU per invocation, this tree against {ref} (`bench/throughput.py --against {ref}`)
+## 2b. Watchdog CPU per invocation, this tree against {ref} (`{command}`)
 
 Run {c.machine()}. {rounds} alternating rounds: {per_round} sequential invocations of
 `echo hi` per watchdog (CPU: user + system of the watchdog process from /proc/PID/stat,
