@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     try:
         return handler(args)
     except FaasError as exc:  # a bad config, or a failure before an invocation could start
-        print(f"faas-supervisor: error: {exc.message}", file=sys.stderr)
+        _error_line(exc.message)
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
@@ -376,15 +376,16 @@ async def _print_response(chunks: AsyncIterator[bytes], out: BinaryIO,
                           say: Callable[[str], None] | None = None) -> int:
     """The response on standard output; 0, or one line (to `say`, else stderr) and the
     exit status of what failed: reading the outputs (one made unreadable), or writing (a
-    reader gone, as `| head` does, a full disk)."""
+    reader gone, as `| head` does, a full disk). A reader only behind a non-blocking
+    standard output is waited for, as a blocking one is (_write_whole)."""
     writing = False
     try:
         async for chunk in chunks:
             writing = True
-            out.write(chunk)
+            _write_whole(out, chunk)
             writing = False
         writing = True
-        out.flush()
+        _flush_whole(out)
     except OSError as exc:
         if writing:
             failure = local_write_error(exc, "the response to standard output")
@@ -392,11 +393,11 @@ async def _print_response(chunks: AsyncIterator[bytes], out: BinaryIO,
         else:
             message, status = f"cannot read the response: {exc.strerror or exc}", 1
         if say is None:
-            print(f"faas-supervisor: error: {message}", file=sys.stderr)
+            _error_line(message)
         else:
             say(f"faas-supervisor: error: {message}\n")
         try:
-            out.flush()  # what was read goes out
+            _flush_whole(out)  # what was read goes out
         except OSError:
             # A reader gone, a full disk: what is left goes to /dev/null, so that the
             # interpreter's exit does not fail a second time.
@@ -405,6 +406,19 @@ async def _print_response(chunks: AsyncIterator[bytes], out: BinaryIO,
             os.close(devnull)
         return status
     return 0
+
+
+def _error_line(message: str) -> None:
+    """`faas-supervisor: error: {message}` on standard error, whole where that is a
+    non-blocking pipe whose reader is behind (_write_whole): print's write there raised
+    EAGAIN, or unbuffered, dropped the rest of a short write. Nothing when it was closed
+    from the start (`2>&-`), where print would take standard output."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    line = f"faas-supervisor: error: {message}\n"
+    _write_whole(stream.buffer, line.encode(stream.encoding, stream.errors or "strict"))
+    _flush_whole(stream.buffer)
 
 
 def _stdout_is_the_log(environ: Mapping[str, str]) -> bool:
@@ -467,33 +481,48 @@ class LogStream:
         if self._gone:
             return
         stream = sys.stderr  # None when `run` started with it closed
-        taken = 0  # of `data`, by the stream
         try:
-            try:
-                # Unbuffered (`python -u`, PYTHONUNBUFFERED), `buffer` is the raw file: a
-                # write it could not do whole returns what it wrote (None: nothing).
-                taken = stream.buffer.write(data) or 0
-                if taken == len(data):
-                    stream.buffer.flush()
-                    return
-            except BlockingIOError as exc:  # an OSError, but its reader is only behind
-                # A write that failed took the bytes its exception counts; a flush, all.
-                taken = taken or exc.characters_written
-            _write_when_taken(stream.buffer, memoryview(data)[taken:])
+            _write_whole(stream.buffer, data)
+            _flush_whole(stream.buffer)
         except (AttributeError, OSError, ValueError):
             self._gone = True
             if stream is not None:
                 _discard(stream)
 
 
+def _write_whole(out: BinaryIO, data: bytes) -> None:
+    """`data` written to `out` whole, or an OSError: where `out`'s descriptor is
+    non-blocking and takes part or none of it, the rest waits (_write_when_taken). A
+    blocking `out` pays one comparison."""
+    taken = 0  # of `data`, by `out`
+    try:
+        # Unbuffered (`python -u`, PYTHONUNBUFFERED), `out` is the raw file: a write it
+        # could not do whole returns what it wrote (None: nothing).
+        taken = out.write(data) or 0
+        if taken == len(data):
+            return
+    except BlockingIOError as exc:  # an OSError, but its reader is only behind
+        taken = exc.characters_written  # what the write took, in its buffer or out
+    _write_when_taken(out, memoryview(data)[taken:])
+
+
+def _flush_whole(out: BinaryIO) -> None:
+    """`out` flushed, waiting as _write_whole does."""
+    try:
+        out.flush()
+    except BlockingIOError:  # what the flush could not write is still in `out`'s buffer
+        _write_when_taken(out, memoryview(b""))
+
+
 def _write_when_taken(out: BinaryIO, rest: memoryview) -> None:
     """`rest` written to `out` (which holds what it took before) and all flushed, waiting
     each time its descriptor takes no more.
 
-    A log stream shared with whoever started `run` may be non-blocking (O_NONBLOCK belongs
-    to the open file, so theirs is ours: some container runtimes set it); a write then
-    fails with EAGAIN where a blocking one waits for a slow reader. That is no reader
-    gone: the job's log is written whole, as on a blocking stream."""
+    A stream shared with whoever started `run` (its log stream, its standard output) may
+    be non-blocking (O_NONBLOCK belongs to the open file, so theirs is ours: some container
+    runtimes set it); a write then fails with EAGAIN, or takes part, where a blocking one
+    waits for a slow reader. That is no reader gone: the job's log and its response are
+    written whole, as on a blocking stream."""
     import select
 
     waiting = select.poll()

@@ -4,6 +4,7 @@ outputs the folder store cannot hold. Real processes, real folders (SPEC 5; READ
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import os
 import re
@@ -285,6 +286,84 @@ def test_a_non_blocking_log_stream_whose_reader_is_behind_gets_the_whole_log(
     got, whole = len(received), len(expected)  # sizes: a diff of megabytes says less
     assert (status, got) == (3, whole), received[-100:]
     assert received == expected
+    assert list(tmp.iterdir()) == []
+
+
+def _behind_a_one_page_pipe(args: list[str], env: dict[str, str], fd: int,
+                            other: Path) -> tuple[int, bytes]:
+    """`faas-supervisor *args` with its descriptor `fd` (1 or 2) a non-blocking pipe of one
+    page, the other of the two the file `other`: (its exit status, all the pipe carried).
+    Read as fast as it comes, the pipe still overflows: each write larger than a page
+    takes one page at most (unbuffered, the rest is the writer's), or finds it full
+    (EAGAIN), as a slow reader's pipe does."""
+    reader, writer = os.pipe()
+    try:
+        fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 4096)
+        os.set_blocking(writer, False)
+        with open(other, "wb") as other_file, subprocess.Popen(
+            [*faas_command(), *args], env=env, stdin=subprocess.DEVNULL,
+            stdout=writer if fd == 1 else other_file, stderr=writer if fd == 2 else other_file,
+        ) as process:
+            os.close(writer)
+            writer = -1
+            with open(reader, "rb", closefd=False) as pipe:
+                received = pipe.read()  # to its end: every writer has closed it
+            return process.wait(timeout=30), received
+    finally:
+        os.close(reader)
+        if writer != -1:
+            os.close(writer)
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_non_blocking_stdout_whose_reader_is_behind_gets_the_whole_response(
+    tmp_path: Path, unbuffered: str,
+) -> None:
+    """Standard output a non-blocking pipe its reader empties more slowly than the response
+    comes: the first write that found it full failed with EAGAIN, taken for a reader gone
+    (exit 1, `cannot write the response`, 8 KiB sent); unbuffered (PYTHONUNBUFFERED), each
+    short write's rest was dropped and `run` exited 0 with a response cut to pieces."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    output = b"".join(b"%07d\n" % i for i in range(375_000))  # 3 MB, every line its own
+    (tmp_path / "output").write_bytes(output)
+    script = tmp_path / "script.sh"
+    script.write_text(f'#!/bin/sh\ncp {tmp_path / "output"} "$TMP_OUTPUT_DIR/big"\n')
+    status, received = _behind_a_one_page_pipe(
+        ["run", "--script", str(script)],
+        _env(tmp, EVENT="{}", LOG_LEVEL="CRITICAL", PYTHONUNBUFFERED=unbuffered),
+        1, tmp_path / "stderr")
+    expected = base64.b64encode(output)  # one output: the response is its bytes, base64
+    got, whole = len(received), len(expected)  # sizes: a diff of megabytes says less
+    assert (status, got) == (0, whole), (tmp_path / "stderr").read_bytes()[-300:]
+    assert received == expected
+    assert (tmp_path / "stderr").read_bytes() == b""
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_non_blocking_stderr_whose_reader_is_behind_gets_the_whole_start_up_error(
+    tmp_path: Path, unbuffered: str,
+) -> None:
+    """A failure before the invocation starts (a bad config) is one line on standard
+    error, there a non-blocking pipe its reader is behind on (a line of many pages here;
+    as well, one page that another writer left full): print's write raised EAGAIN, so
+    exit 1 or 120 (a traceback, the interpreter's flush at exit failing) and a few pages
+    of the line; unbuffered, the short write's rest was dropped (4 097 bytes, exit 2)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    value = "x" * 1_000_000
+    config = tmp_path / "config.yaml"
+    config.write_text(f"file_stage_in: {value}\n")
+    status, received = _behind_a_one_page_pipe(
+        ["run", "--config", str(config), "--script", "/bin/true"],
+        _env(tmp, EVENT="{}", PYTHONUNBUFFERED=unbuffered), 2, tmp_path / "stdout")
+    expected = f"faas-supervisor: error: file_stage_in: {value!r} is not true or false\n"
+    expected = expected.encode()
+    got, whole = len(received), len(expected)
+    assert (status, got) == (2, whole), received[-100:]
+    assert received == expected
+    assert (tmp_path / "stdout").read_bytes() == b""
     assert list(tmp.iterdir()) == []
 
 
