@@ -29,11 +29,12 @@ debug_logger = get_unfiltered_logger(component="watchdog")
 
 
 def request_environment(request: web.Request) -> dict[str, str]:
-    """The classic watchdog's request variables: Http_Method, Http_<Header_Name>..."""
+    """The classic watchdog's request variables: Http_Method, Http_<Header_Name>... A
+    header sent more than once gives its first value, as there."""
     env: dict[str, str] = {}
     for name, value in request.headers.items():
         variable = _variable_name(name)
-        if variable is not None:
+        if variable is not None and variable not in env:
             env[variable] = value
     env["Http_Method"] = request.method
     env["Http_Path"] = request.path

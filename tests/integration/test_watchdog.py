@@ -354,6 +354,27 @@ def test_the_scripts_environment(shared: WatchdogProcess) -> None:
     assert not [k for k, v in env.items() if "SECRET-" in v]
 
 
+def test_a_header_sent_twice_gives_its_first_value(shared: WatchdogProcess) -> None:
+    """As the classic watchdog (its Http_ variables take each header's first value): a
+    header sent twice, in any case, is seen as the first one. The last one was seen."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", shared.port, timeout=30)
+    try:
+        conn.putrequest("POST", "/")
+        for name, value in (("X-Mode", "env"), ("X-Twice", "first"), ("x-twice", "second"),
+                            ("Content-Length", "2")):
+            conn.putheader(name, value)
+        conn.endheaders(b"[]")
+        answer = conn.getresponse()
+        text = answer.read().decode()
+    finally:
+        conn.close()
+    assert answer.status == 200, text
+    env = dict(kv.split("=", 1) for kv in b64decode(text).decode().split("\0") if kv)
+    assert env["Http_X_Twice"] == "first"
+
+
 def test_each_invocation_has_its_own_environment_and_folders(shared: WatchdogProcess) -> None:
     first = env_of(post(shared, "env", b"[1]", path="/one", headers={"X-Only-First": "yes"}))
     second = env_of(requests.put(shared.url + "/two", data=b"[2]", headers={"X-Mode": "env"},
