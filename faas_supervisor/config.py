@@ -699,7 +699,9 @@ def resolve_script(
     if script_path:
         path = Path(script_path)
         if not path.is_file():
-            raise ConfigError(f"--script {script_path}: no such file")
+            # A pipe (`--script <(...)`) is refused too: each invocation runs the file.
+            problem = "not a regular file" if path.exists() else "no such file"
+            raise ConfigError(f"--script {script_path}: {problem}")
         return path.resolve()
     if environ.get("SCRIPT"):
         return _write_script(_b64_text(environ["SCRIPT"], "SCRIPT"), runtime_dir)

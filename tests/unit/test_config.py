@@ -393,8 +393,13 @@ def test_no_script_is_an_error(tmp_path: Path) -> None:
 
 
 def test_missing_script_file_and_bad_script_base64(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--script"):
+    with pytest.raises(ConfigError, match=r"absent\.sh: no such file$"):
         resolve_script(str(tmp_path / "absent.sh"), {}, FunctionConfig(), tmp_path)
+    # One that is there but no regular file (a folder; `--script <(...)`, a pipe, which
+    # every invocation would read again) is said to be so, not missing.
+    for there in (tmp_path, Path("/dev/null")):
+        with pytest.raises(ConfigError, match=f"--script {there}: not a regular file$"):
+            resolve_script(str(there), {}, FunctionConfig(), tmp_path)
     with pytest.raises(ConfigError, match="SCRIPT"):
         resolve_script(None, {"SCRIPT": "@@@"}, FunctionConfig(), tmp_path)
 
