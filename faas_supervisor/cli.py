@@ -412,13 +412,19 @@ def _error_line(message: str) -> None:
     """`faas-supervisor: error: {message}` on standard error, whole where that is a
     non-blocking pipe whose reader is behind (_write_whole): print's write there raised
     EAGAIN, or unbuffered, dropped the rest of a short write. Nothing when it was closed
-    from the start (`2>&-`), where print would take standard output."""
+    from the start (`2>&-`), where print would take standard output, or when it cannot be
+    written."""
     stream = sys.stderr
     if stream is None:
         return
     line = f"faas-supervisor: error: {message}\n"
-    _write_whole(stream.buffer, line.encode(stream.encoding, stream.errors or "strict"))
-    _flush_whole(stream.buffer)
+    try:
+        _write_whole(stream.buffer, line.encode(stream.encoding, stream.errors or "strict"))
+        _flush_whole(stream.buffer)
+    except OSError:
+        # Its reader gone (EPIPE), a full disk: the exit status still says what failed,
+        # not the interpreter's failed flush at exit (120).
+        _discard(stream)
 
 
 def _stdout_is_the_log(environ: Mapping[str, str]) -> bool:

@@ -367,6 +367,31 @@ def test_a_non_blocking_stderr_whose_reader_is_behind_gets_the_whole_start_up_er
     assert list(tmp.iterdir()) == []
 
 
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_start_up_error_whose_reader_is_gone_keeps_its_exit_status(
+    tmp_path: Path, unbuffered: str,
+) -> None:
+    """A bad config with standard error a pipe nobody reads any more: its line cannot be
+    written, and the exit status still says what failed (2), as with `2>&-`. It was 120
+    (the error line's EPIPE out of main's handler, the interpreter's flush at exit
+    failing), or 1 unbuffered."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text("file_stage_in: maybe\n")
+    read, write = os.pipe()
+    os.close(read)  # the reader gone before the first byte
+    try:
+        done = subprocess.run(
+            [*faas_command(), "run", "--config", str(config), "--script", "/bin/true"],
+            env=_env(tmp, EVENT="{}", PYTHONUNBUFFERED=unbuffered), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=write, timeout=60)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stdout) == (2, b"")
+    assert list(tmp.iterdir()) == []
+
+
 # ---- a script whose output ends mid-line --------------------------------------------------
 
 
