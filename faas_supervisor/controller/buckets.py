@@ -3,7 +3,8 @@
 Either a folder (`<path>/<bucket>/<key>`, the embedded default) or a MinIO/S3 server
 (boto3). The bucket API, service creation (buckets of the input and output paths) and
 the input watcher all go through this one small interface. Calls are blocking; the
-callers run them in a thread.
+callers run them in a thread. The MinIO providers a service defines are S3Stores too
+(`provider_store`): service creation makes their buckets as well.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Protocol
 
-from faas_supervisor.config import utf8_encodable
+from faas_supervisor.config import ProviderConfig, utf8_encodable
 from faas_supervisor.controller.names import (
     bucket_problem,
     folder_key_problem,
@@ -417,6 +418,29 @@ class S3Store:
                     )
                 )
         return found
+
+
+def provider_endpoint(settings: Mapping[str, Any]) -> str:
+    """A service's own MinIO provider's endpoint as the runtime reaches it: one without a
+    scheme (OSCAR's `minio:9000`) is HTTP (storage_providers/s3.py)."""
+    endpoint = str(settings.get("endpoint") or "")
+    return endpoint if "://" in endpoint else f"http://{endpoint}"
+
+
+def provider_store(settings: Mapping[str, Any]) -> S3Store:
+    """The server of a MinIO provider a service defines (`minio.ID`, not the default), its
+    settings read as the runtime reads them: region us-east-1 and `verify` true unless
+    given. Its endpoint and keys are there: the definition's validation requires them."""
+    config = ProviderConfig("minio", "", {
+        key: value if isinstance(value, bool) else str(value) for key, value in settings.items()
+    })
+    return S3Store(
+        provider_endpoint(settings),
+        config.get("access_key"),
+        config.get("secret_key"),
+        config.get("region") or "us-east-1",
+        config.flag("verify", True),
+    )
 
 
 def build_store(

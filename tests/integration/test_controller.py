@@ -786,6 +786,73 @@ def test_with_a_minio_endpoint_buckets_and_inputs_are_on_that_server(
     assert job["status"] == "Succeeded"
 
 
+def _own_minio(server: Any) -> dict[str, str]:
+    """A service's own MinIO provider's settings for an S3 server (conftest.S3Server)."""
+    return {"endpoint": server.endpoint, "access_key": server.access_key,
+            "secret_key": server.secret_key, "region": server.region, "verify": "false"}
+
+
+@pytest.mark.timeout(120)
+def test_the_buckets_on_a_services_own_minio_provider_are_made_on_its_server(
+    controller: ControllerProcess, moto_server: Any
+) -> None:
+    # SPEC 7.2: creating a service makes the buckets of its paths on their provider, the
+    # default one or another MinIO server the service defines (here moto, as `minio.ext`).
+    controller.create(copier(
+        "extcopier",
+        input=[{"storage_provider": "minio.ext", "path": "extcopier-in/input"}],
+        output=[{"storage_provider": "minio.ext", "path": "extcopier-out/output"}],
+        storage_providers={"minio": {"ext": _own_minio(moto_server)}},
+    ))
+    s3 = moto_server.client()
+    assert {"extcopier-in", "extcopier-out"} <= {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="extcopier-in")["Contents"]] == ["input/"]
+    assert not (controller.storage / "extcopier-in").exists()  # not on the default store
+    # Its inputs there are not watched: the log says where that server's events must go.
+    assert wait_until(lambda: "/job/extcopier" in controller.log_text(), 10, "the warning")
+    assert "minio.ext" in controller.log_text()
+    # A run's output goes to the bucket made there (it failed with "no such bucket").
+    ran = controller.request("POST", "/run/extcopier", data=base64.b64encode(b"to ext"))
+    assert ran.status_code == 200, ran.text
+    result = s3.get_object(Bucket="extcopier-out", Key="output/result")["Body"].read()
+    assert result == b"to ext"
+    # An update makes the buckets of its new paths there too.
+    updated = controller.request("PUT", "/system/services", json=copier(
+        "extcopier",
+        input=[{"storage_provider": "minio.ext", "path": "extcopier-in/input"}],
+        output=[{"storage_provider": "minio.ext", "path": "extcopier-new/output"}],
+        storage_providers={"minio": {"ext": _own_minio(moto_server)}},
+    ))
+    assert updated.status_code == 204, updated.text
+    assert "extcopier-new" in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+
+@pytest.mark.timeout(120)
+def test_a_services_own_minio_server_that_refuses_fails_its_create_with_nothing_left(
+    controller: ControllerProcess, moto_server: Any
+) -> None:
+    # Its buckets on the default store and on minio.ext are made first; minio.dead (a
+    # closed port) then fails: a 502 naming it, never its endpoint or keys, and what the
+    # request made is removed again, on both servers.
+    port = free_port()
+    dead = {"endpoint": f"http://127.0.0.1:{port}", "access_key": "AKIADEADKEY",
+            "secret_key": "dead-secret-key", "region": "us-east-1"}
+    answer = controller.request("POST", "/system/services", json=copier(
+        "extdead",
+        input=[{"storage_provider": "minio.ext", "path": "extdead-in/input"}],
+        output=[{"storage_provider": "minio.dead", "path": "extdead-out/output"},
+                {"storage_provider": "minio", "path": "extdead/output"}],
+        storage_providers={"minio": {"ext": _own_minio(moto_server), "dead": dead}},
+    ))
+    assert (answer.status_code, answer.text) == (
+        502, "minio.dead: creation of the buckets of service extdead failed "
+        "(EndpointConnectionError)")
+    assert controller.request("GET", "/system/services/extdead").status_code == 404
+    names = {b["Name"] for b in moto_server.client().list_buckets()["Buckets"]}
+    assert "extdead-in" not in names
+    assert not (controller.storage / "extdead").exists()
+
+
 @pytest.mark.timeout(120)
 def test_an_exposed_service_is_proxied(controller: ControllerProcess) -> None:
     from tests.integration.conftest import EXAMPLES

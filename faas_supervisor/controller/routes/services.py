@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from faas_supervisor.config import DEFAULT_PROVIDER, on_default_provider
+from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath, on_default_provider
 from faas_supervisor.controller.auth import new_token
+from faas_supervisor.controller.buckets import BucketStore, provider_endpoint, provider_store
 from faas_supervisor.controller.deployments import status_json, summary_json, wants_deployment
 from faas_supervisor.controller.fdl import Service, parse_service_json, service_json, unmask
 from faas_supervisor.controller.routes import Routes
@@ -35,8 +37,9 @@ class ServiceRoutes(Routes):
     def __init__(self, api: Api) -> None:
         super().__init__(api)
         self.names = NameLocks()
-        # The buckets of the creates and updates in progress, counted per request.
-        self._claimed: collections.Counter[str] = collections.Counter()
+        # The buckets of the creates and updates in progress, counted per request: each as
+        # (its server's endpoint, "" for the default store; its name).
+        self._claimed: collections.Counter[tuple[str, str]] = collections.Counter()
 
     async def list_services(self, request: web.Request) -> web.Response:
         return json_response([await self._json(s, request) for s in self.api.store.services()])
@@ -81,6 +84,7 @@ class ServiceRoutes(Routes):
                 await self._remove_buckets(made)
                 raise
         logger.info("service created", service=service.name)
+        _warn_unwatched(service)
         return web.Response(status=HTTPStatus.CREATED)
 
     async def update_service(self, request: web.Request) -> web.Response:
@@ -117,6 +121,7 @@ class ServiceRoutes(Routes):
                 await self._remove_buckets(made)
                 raise
         logger.info("service updated", service=service.name)
+        _warn_unwatched(service)
         return web.Response(status=HTTPStatus.NO_CONTENT)
 
     async def delete_service(self, request: web.Request) -> web.Response:
@@ -141,31 +146,34 @@ class ServiceRoutes(Routes):
         logger.info("service deleted", service=service.name)
         return web.Response(status=HTTPStatus.NO_CONTENT)
 
-    async def _make_buckets(self, service: Service) -> list[str]:
-        """The buckets (and folders) of the service's paths on the default provider; the
-        buckets this made (none was there), for a request that fails to remove."""
-        buckets = self.api.buckets
-        paths = on_default_provider((*service.input, *service.output))
-        made: list[str] = []
-        try:
-            for path in sorted(paths, key=lambda p: (p.bucket, p.folder)):
-                if await asyncio.to_thread(buckets.create_bucket, path.bucket):
-                    made.append(path.bucket)
-                await asyncio.to_thread(buckets.ensure_path, path.bucket, path.folder)
-        except Exception as exc:
-            await self._remove_buckets(made)
-            if isinstance(exc, ValueError):  # a path the store refuses (see FolderStore)
-                raise InvalidService(f"path: {exc}") from None
-            raise storage_failure(
-                DEFAULT_PROVIDER, f"creation of the buckets of service {service.name}", exc
-            ) from None
+    async def _make_buckets(self, service: Service) -> list[_Made]:
+        """The buckets (and folders) of the service's paths on each MinIO server they are
+        on; the buckets this made (none was there), for a request that fails to remove."""
+        made: list[_Made] = []
+        for server, paths in _paths_by_server(service).items():
+            try:
+                store = self.api.buckets if server.default else await asyncio.to_thread(
+                    provider_store, server.settings)
+                for path in sorted(paths, key=lambda p: (p.bucket, p.folder)):
+                    if await asyncio.to_thread(store.create_bucket, path.bucket):
+                        made.append(_Made(server, store, path.bucket))
+                    await asyncio.to_thread(store.ensure_path, path.bucket, path.folder)
+            except Exception as exc:
+                await self._remove_buckets(made)
+                # A path the default store refuses (see FolderStore); another server's
+                # ValueError is botocore's, which may show its endpoint: its failure.
+                if isinstance(exc, ValueError) and server.default:
+                    raise InvalidService(f"path: {exc}") from None
+                raise storage_failure(
+                    server.provider, f"creation of the buckets of service {service.name}", exc
+                ) from None
         return made
 
     @contextlib.asynccontextmanager
     async def _claiming(self, service: Service) -> AsyncIterator[None]:
         """The service's buckets claimed while its request goes on: another request's
         clean-up leaves them (a create under another name may not be stored yet)."""
-        names = {p.bucket for p in on_default_provider((*service.input, *service.output))}
+        names = _buckets(service)
         self._claimed.update(names)
         try:
             yield
@@ -173,21 +181,22 @@ class ServiceRoutes(Routes):
             self._claimed.subtract(names)
             self._claimed += collections.Counter()  # drops the counts back at zero
 
-    async def _remove_buckets(self, made: list[str]) -> None:
+    async def _remove_buckets(self, made: list[_Made]) -> None:
         """Undo _make_buckets for a request that failed: each bucket it made goes, with the
         folders in it, unless a stored service uses it, another request in progress claims
         it (creates under two names at once), or anything but folders has come into it."""
-        buckets = self.api.buckets
-        for bucket in made:
+        for one in made:
+            name = (one.server.endpoint, one.bucket)
             try:
-                used = any(bucket == path.bucket for other in self.api.store.services()
-                           for path in on_default_provider((*other.input, *other.output)))
-                if used or self._claimed[bucket] > 1:  # (this request's own claim is 1)
+                used = any(name in _buckets(other) for other in self.api.store.services())
+                if used or self._claimed[name] > 1:  # (this request's own claim is 1)
                     continue
-                await asyncio.to_thread(buckets.remove_if_empty, bucket)
+                await asyncio.to_thread(one.store.remove_if_empty, one.bucket)
             except Exception as exc:  # the answer says why the request failed, not this
+                # Another server's message may show its endpoint: its type only.
+                error = str(exc) if one.server.default else type(exc).__name__
                 logger.warning("cannot remove a bucket made for a failed request",
-                               bucket=bucket, error=str(exc))
+                               provider=one.server.provider, bucket=one.bucket, error=error)
 
     async def _attach(self, service: Service) -> None:
         """The storage server told to announce the service's new inputs (or watched)."""
@@ -199,6 +208,65 @@ class ServiceRoutes(Routes):
                 f"set-up of the input notifications of service {service.name}",
                 exc,
             ) from None
+
+
+@dataclass(frozen=True)
+class _Server:
+    """A MinIO server a service's paths are on: the controller's default store, or the
+    server of a MinIO provider the service defines (`minio.ID`)."""
+
+    provider: str  # its name, as answers and logs give it
+    endpoint: str = ""  # "" for the default store; across services, what tells servers apart
+    settings: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def default(self) -> bool:
+        return not self.endpoint
+
+
+@dataclass(frozen=True)
+class _Made:
+    """A bucket a request made, on `server` (through `store`)."""
+
+    server: _Server
+    store: BucketStore
+    bucket: str
+
+
+def _paths_by_server(service: Service) -> dict[_Server, list[StoragePath]]:
+    """The service's input and output paths on each MinIO server, each once: the default
+    provider's first (`on_default_provider`), then those of its own MinIO providers."""
+    paths = (*service.input, *service.output)
+    found: dict[_Server, dict[StoragePath, None]] = {}
+    default = on_default_provider(paths)
+    if default:
+        found[_Server(DEFAULT_PROVIDER)] = dict.fromkeys(default)
+    for path in paths:
+        ptype, _, pid = path.provider.partition(".")
+        if ptype != "minio" or path.provider == DEFAULT_PROVIDER:
+            continue
+        settings = service.storage_providers[ptype][pid]  # defined: the definition's check
+        server = _Server(path.provider, provider_endpoint(settings), settings)
+        found.setdefault(server, {})[StoragePath(path.provider, path.path)] = None
+    return {server: list(on_server) for server, on_server in found.items()}
+
+
+def _buckets(service: Service) -> set[tuple[str, str]]:
+    """The service's buckets, each as (its server's endpoint, "" for the default; name)."""
+    return {(server.endpoint, path.bucket)
+            for server, paths in _paths_by_server(service).items() for path in paths}
+
+
+def _warn_unwatched(service: Service) -> None:
+    """Inputs on a MinIO provider the service defines are not watched (the intake follows
+    the default provider only): that server must send its events to the controller."""
+    for provider in sorted({p.provider for p in service.input if p.provider.startswith("minio.")
+                            and p.provider != DEFAULT_PROVIDER}):
+        logger.warning(
+            "inputs on this provider are not watched: point its server's object-created "
+            "notifications at the path, with the service's token as the Bearer",
+            service=service.name, provider=provider, path=f"/job/{service.name}",
+        )
 
 
 class NameLocks:
