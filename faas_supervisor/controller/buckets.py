@@ -232,15 +232,29 @@ class FolderStore:
                 if not utf8_encodable(relative):
                     not_utf8.add(f"{bucket}/{relative}")
                     continue
-                # The ETag: size and time, which any rewrite changes (identity.py).
-                etag = f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
-                found.append(StoredObject(relative, stat.st_size, stat.st_mtime, etag))
+                found.append(StoredObject(relative, stat.st_size, stat.st_mtime, _etag(stat)))
         if not self.bucket_exists(bucket):
             # Deleted while walked (its folder renamed away at once, objects.py): what was
             # seen before is gone too; it reads as a bucket that does not exist.
             found, not_utf8 = [], set()
         self._skipped(f"{bucket}/{prefix}", not_utf8)
         return sorted(found, key=lambda o: o.key)
+
+    def version(self, bucket: str, key: str) -> str | None:
+        """The ETag a listing gives the object now, or None when the store holds no such
+        object (gone, a name it refuses, a link): an event's own ETag (the S3 endpoint's
+        MD5) is not the one the listing's identity carries (identity.py)."""
+        try:
+            if key.endswith("/") or self.key_problem(key) is not None:
+                return None
+            base = self._bucket(bucket)
+            path = self._inside(base, key)
+            if path != base / key:
+                return None  # through a link, which a listing does not follow
+            stat = path.lstat()
+        except (ValueError, OSError):  # a bad name, or nothing there
+            return None
+        return _etag(stat) if S_ISREG(stat.st_mode) else None
 
     def _skipped(self, listed: str, not_utf8: set[str]) -> None:
         """Warn once of each file a listing of `listed` (`bucket/prefix`) skipped because
@@ -254,6 +268,11 @@ class FolderStore:
             # What this listing covered is replaced by what it found: a file renamed or
             # removed is forgotten, and warned of again if it comes back.
             self._not_utf8 = {n for n in self._not_utf8 if not n.startswith(listed)} | not_utf8
+
+
+def _etag(stat: os.stat_result) -> str:
+    """A file's ETag in the folder store: size and time, which any rewrite changes."""
+    return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
 
 
 def _unless_gone(error: OSError) -> None:

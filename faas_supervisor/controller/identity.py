@@ -10,7 +10,10 @@ The version is the object's ETag, which S3-family servers put both in their even
 Without an ETag, the event's `versionId` is used; an event with neither is not
 deduplicated (a second event for the same key may be a new object: running it twice is
 safer than never). On the folder store, the ETag is the file's size and modification
-time in nanoseconds (buckets.py): rewriting a file makes it a new object.
+time in nanoseconds (buckets.py): rewriting a file makes it a new object. Its S3
+endpoint serves another ETag (the MD5), which a MinIO-shaped event for one of its
+objects carries: such an event's version is the one its listing gives the object now
+(`stored_id`), so the watcher's event and that one agree.
 
 An S3-family event whose object the runtime refuses to read (a key with a `.` or `..`
 segment, a base name over 255 bytes) still names that object: its job fails, saying
@@ -23,7 +26,8 @@ identity: each is a job of its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -70,6 +74,18 @@ def listed_id(bucket: str, obj: StoredObject) -> ObjectId:
     """The identity of an object seen in a listing of the default provider: the one its
     event gives (the watcher's event for it, watcher.minio_event, carries its ETag)."""
     return ObjectId(DEFAULT_PROVIDER, bucket, obj.key, _etag(obj.etag))
+
+
+def stored_id(
+    found: ObjectId | None, version: Callable[[str, str], str | None]
+) -> ObjectId | None:
+    """An event's identity with, for an object of the default provider, the version
+    `version(bucket, key)` (the folder store's listing) gives it now; the event's own
+    version when the store has no such object (deleted since, a key it refuses)."""
+    if found is None or found.provider != DEFAULT_PROVIDER:
+        return found
+    listed = _etag(version(found.bucket, found.key) or "")
+    return replace(found, version=listed) if listed else found
 
 
 def _refused_object(value: Any) -> ObjectId | None:

@@ -18,7 +18,8 @@ the pruning, and at the next start, which leaves the job out of those run again)
 then the job shows Running, and the error is logged.
 
 An event naming a stored object (identity.py) that has a job already starts none:
-`submit` answers with that job instead.
+`submit` answers with that job instead. On the folder store, that object's version is
+the one its listing gives it (`stored_version`), whatever ETag the event carries.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 from faas_supervisor import strict_json
 from faas_supervisor.controller.backends import Backend, JobInterrupted, LiveLogs
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.controller.identity import EVENT_MAX, object_id
+from faas_supervisor.controller.identity import EVENT_MAX, object_id, stored_id
 from faas_supervisor.controller.store import FINISHED, PENDING, RUNNING, Store
 from faas_supervisor.errors import NotFound, writing
 from faas_supervisor.logs import get_logger
@@ -63,6 +64,7 @@ class Jobs:
         max_jobs: int,
         services: Callable[[str], Service | None],
         retention: float = 7 * 86400.0,
+        stored_version: Callable[[str, str], str | None] | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -70,6 +72,9 @@ class Jobs:
         self.max_jobs = max(1, max_jobs)
         self.services = services
         self.retention = retention  # seconds a finished job is kept (--job-retention)
+        # The folder store's `version` (the default provider's listing ETag of an object),
+        # when that store is the default: None for an S3 server, whose events carry it.
+        self.stored_version = stored_version
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.running: dict[str, asyncio.Task[int]] = {}
         self._workers: list[asyncio.Task[None]] = []
@@ -173,7 +178,10 @@ class Jobs:
                 # Deleted while its event came in (no await from here to the row): a 201
                 # would name a job never run, and its object's row outlive the service.
                 raise NotFound()
-            existing = self.store.add_job(name, service.name, object_id(body))
+            identity = object_id(body)
+            if self.stored_version is not None:
+                identity = stored_id(identity, self.stored_version)
+            existing = self.store.add_job(name, service.name, identity)
         except BaseException:
             path.unlink(missing_ok=True)
             raise

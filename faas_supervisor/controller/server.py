@@ -112,6 +112,8 @@ class Controller:
         self.jobs = Jobs(
             self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service,
             settings.job_retention,
+            # Events of its S3 endpoint carry an ETag (the MD5) its listings do not.
+            self.buckets.version if isinstance(self.buckets, FolderStore) else None,
         )
         self.executions = Executions()
         self.intake = Intake(

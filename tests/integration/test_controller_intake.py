@@ -21,8 +21,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import requests
+from botocore.config import Config
 
 from tests.integration.conftest import S3Server
 from tests.integration.controller_fixture import ControllerFactory, ControllerProcess, wait_until
@@ -331,6 +333,51 @@ def test_the_same_minio_event_posted_twice_gives_one_job(
         )
         assert plain.status_code == 201
     assert len(controller.jobs(name)) == 3
+
+
+@pytest.mark.timeout(300)
+def test_an_event_with_the_s3_endpoints_etag_names_the_watched_objects_job(
+    controllers: ControllerFactory,
+) -> None:
+    """The embedded store's S3 endpoint serves an object's MD5 as its ETag, its listing
+    (whose event the watcher submits) size and time: one object, one job, all the same."""
+    name = f"etag-{uuid.uuid4().hex[:8]}"
+    controller = controllers()
+    token = controller.create(service(name))["token"]
+    provider = controller.request("GET", "/system/config").json()["minio_provider"]
+    s3 = boto3.client(
+        "s3", endpoint_url=provider["endpoint"], aws_access_key_id=provider["access_key"],
+        aws_secret_access_key=provider["secret_key"], region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}))
+    key = "input/a+b c.txt"
+    event = json.loads((Path(__file__).parents[1] / "fixtures/events/minio.json").read_bytes())
+    event["Records"][0]["s3"]["bucket"]["name"] = name
+
+    def post(data: bytes) -> requests.Response:
+        """The MinIO event of the object as the S3 endpoint describes it now."""
+        etag = s3.head_object(Bucket=name, Key=key)["ETag"].strip('"')
+        event["Records"][0]["s3"]["object"].update(
+            key="input%2Fa%2Bb+c.txt", eTag=etag, size=len(data))
+        return requests.post(f"{controller.url}/job/{name}", json=event,
+                             headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    s3.put_object(Bucket=name, Key=key, Body=b"first")
+    (first,) = controller.wait_jobs(name, 1, timeout=DEADLINE)  # the watcher's
+    answer = post(b"first")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"job": first}
+    assert list(controller.jobs(name)) == [first]
+
+    # Rewritten: a new object, whose event (the watcher's or this one) gives a new job.
+    s3.put_object(Bucket=name, Key=key, Body=b"second!")
+    answer = post(b"second!")
+    assert answer.status_code in (200, 201), answer.text  # 200: the watcher was first
+    second = answer.json()["job"]
+    assert second != first
+    again = post(b"second!")
+    assert (again.status_code, again.json()) == (200, {"job": second}), again.text
+    await_succeeded(controller, name, 2)
+    assert set(controller.jobs(name)) == {first, second}
 
 
 # ---- S3: events lost --------------------------------------------------------------------
