@@ -825,3 +825,60 @@ async def test_a_running_jobs_log_is_kept_bounded(
     finally:
         await backend.remove(service_name)
         await backend.close()
+
+
+async def test_a_cancelled_jobs_log_is_cut_before_run_job_ends(
+    runtime_image: str, service_name: str, docker_client: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job cancelled (deleted, the controller stopping) ends only once the log it
+    followed is written to its end, its last cut made: what the controller appends after
+    (its note that the job was interrupted) stays. Before, the follow thread could cut the
+    log after the note, dropping it (a log past its cap). Here the last cut is held until
+    the note is written, or for 5 s: after the fix nobody writes before run_job ends."""
+    from faas_supervisor import log_cut
+
+    noted, closed = threading.Event(), threading.Event()
+    close = log_cut.LogWriter.close
+
+    def late_close(self: log_cut.LogWriter) -> None:
+        noted.wait(5)
+        close(self)
+        closed.set()
+
+    monkeypatch.setattr(log_cut.LogWriter, "close", late_close)
+    cap = 64 * 1024  # the job writes between cap and twice it: one cut, at the end
+    backend = DockerBackend(tmp_path / "data", {}, runtime_image,
+                            {"DOCKER_HOST": f"unix://{ENGINE_SOCKET}"}, job_log_cap=cap)
+    await backend.start()
+    try:
+        line = "x" * 99
+        service = parse_service({"name": service_name, "image": USER_IMAGE,
+                                 "script": f"yes {line} | head -n 1000\n" + WAITING_JOB,
+                                 "log_level": "CRITICAL"})
+        await backend.deploy(service)
+        job, log = f"{service_name}-job", tmp_path / "job.log"
+        event = tmp_path / "event"
+        event.write_text("{}")
+        running = asyncio.create_task(backend.run_job(service, job, event, log))
+        since = int(time.time()) - 1
+        await asyncio.to_thread(engine_event, docker_client, job, "start", since)
+        await asyncio.to_thread(wait_output, docker_client, job, b"started")
+        await asyncio.to_thread(wait_until, lambda: b"started" in log.read_bytes(), 60,
+                                "the job's output in its log")
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        with open(log, "ab") as out:  # as Jobs notes an interrupted job
+            out.write(b"the note\n")
+        noted.set()
+        assert await asyncio.to_thread(closed.wait, 60)
+        kept = log.read_bytes()
+        assert len(kept) <= cap + len(b"the note\n")
+        assert kept.startswith(b"faas-supervisor: the log had ")
+        # `run`'s own last line (SIGTERM), then the note.
+        assert kept.endswith(b"started\nfaas-supervisor: error: stopped by SIGTERM\n"
+                             b"the note\n"), kept[-200:]
+    finally:
+        await backend.remove(service_name)
+        await backend.close()

@@ -869,18 +869,23 @@ class DockerBackend:
                               "it is not deployed")
         mounts = self._mounts(volume, self.root / service.name)
         create = self._make(service.name, self._create_job, service, mounts, job, event)
+        following: asyncio.Future[int] | None = None
         try:
             container_id = await asyncio.shield(create)
-            code = await self._stream(self._follow_job, container_id, log)
+            following = asyncio.ensure_future(self._stream(self._follow_job, container_id, log))
+            code = await asyncio.shield(following)
         except asyncio.CancelledError:
             # Deleted, or the controller is stopping: the container is stopped (SIGTERM
             # to `run`, SIGKILL after JOB_STOP_TIMEOUT) and removed once its creation has
             # been answered (else the removal could overtake it); the thread following
-            # its logs then sees the stream end.
+            # its logs then sees the stream end, and is waited for: its log's last cut
+            # comes before whatever the caller writes after (its note of the job's end).
             with contextlib.suppress(Exception):
                 container_id = await create
                 await asyncio.shield(self._run(self._remove_container, container_id, True,
                                                JOB_STOP_TIMEOUT))
+                if following is not None:
+                    await asyncio.shield(following)
             raise
         if self._volumes.get(service.name, volume) != volume:
             # Deployed on another runtime image while it ran: its volume may be unused now.
