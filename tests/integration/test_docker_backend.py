@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import os
 import secrets
 import signal
@@ -783,22 +784,29 @@ async def test_a_new_runtime_image_gets_a_volume_of_its_own(
         await backend.close()
 
 
-async def test_a_running_jobs_log_is_kept_bounded(
-    runtime_image: str, service_name: str, docker_client: Any, tmp_path: Path
-) -> None:
-    """A job printing without end does not fill the data folder's disk: its log, written by
-    the controller from the engine's stream, is cut to its end past twice its cap while
-    the job runs, and to its cap at the end, its first line counting all it wrote, as the
-    local backend's `run` keeps its own. Kept whole, 6 MB stayed 6 MB (a job printing for
-    hours: gigabytes)."""
-    cap = 256 * 1024
+@dataclasses.dataclass
+class PrintingJob:
+    """A job of a service of its own that printed `lines` lines of LINE, then "started",
+    and waits (WAITING_JOB); its log followed by the backend to past "started"."""
+
+    backend: DockerBackend
+    name: str
+    log: Path
+    running: asyncio.Task[int]
+
+
+LINE = "x" * 99
+
+
+@contextlib.asynccontextmanager
+async def printing_job(runtime_image: str, service_name: str, docker_client: Any,
+                       tmp_path: Path, cap: int, lines: int) -> AsyncIterator[PrintingJob]:
     backend = DockerBackend(tmp_path / "data", {}, runtime_image,
                             {"DOCKER_HOST": f"unix://{ENGINE_SOCKET}"}, job_log_cap=cap)
     await backend.start()
     try:
-        line = "x" * 99
         service = parse_service({"name": service_name, "image": USER_IMAGE,
-                                 "script": f"yes {line} | head -n 60000\n" + WAITING_JOB,
+                                 "script": f"yes {LINE} | head -n {lines}\n" + WAITING_JOB,
                                  "log_level": "CRITICAL"})
         await backend.deploy(service)
         job, log = f"{service_name}-job", tmp_path / "job.log"
@@ -808,23 +816,37 @@ async def test_a_running_jobs_log_is_kept_bounded(
         since = int(time.time()) - 1
         await asyncio.to_thread(engine_event, docker_client, job, "start", since)
         await asyncio.to_thread(wait_output, docker_client, job, b"started")
-        # Everything before "started" followed into the log: it was cut as it grew.
         await asyncio.to_thread(wait_until, lambda: b"started" in log.read_bytes(), 60,
                                 "the job's output in its log")
-        assert log.stat().st_size <= 2 * cap
-        await asyncio.to_thread(docker_client.containers.get(job).exec_run,
-                                ["sh", "-c", "echo > /tmp/go"])
-        assert await running == 0
-        kept = log.read_bytes()
-        assert len(kept) <= cap
-        first, rest = kept.split(b"\n", 1)
-        wrote = 60000 * (len(line) + 1) + len(b"started\nreleased\n")
-        assert first.startswith(f"faas-supervisor: the log had {wrote} bytes".encode()), first
-        assert rest.endswith(f"{line}\nstarted\nreleased\n".encode())
-        assert not list(tmp_path.glob("job.cut*"))
+        yield PrintingJob(backend, job, log, running)
     finally:
         await backend.remove(service_name)
         await backend.close()
+
+
+async def test_a_running_jobs_log_is_kept_bounded(
+    runtime_image: str, service_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    """A job printing without end does not fill the data folder's disk: its log, written by
+    the controller from the engine's stream, is cut to its end past twice its cap while
+    the job runs, and to its cap at the end, its first line counting all it wrote, as the
+    local backend's `run` keeps its own. Kept whole, 6 MB stayed 6 MB (a job printing for
+    hours: gigabytes)."""
+    cap = 256 * 1024
+    async with printing_job(runtime_image, service_name, docker_client, tmp_path, cap,
+                            60000) as job:
+        # Everything before "started" followed into the log: it was cut as it grew.
+        assert job.log.stat().st_size <= 2 * cap
+        await asyncio.to_thread(docker_client.containers.get(job.name).exec_run,
+                                ["sh", "-c", "echo > /tmp/go"])
+        assert await job.running == 0
+        kept = job.log.read_bytes()
+        assert len(kept) <= cap
+        first, rest = kept.split(b"\n", 1)
+        wrote = 60000 * (len(LINE) + 1) + len(b"started\nreleased\n")
+        assert first.startswith(f"faas-supervisor: the log had {wrote} bytes".encode()), first
+        assert rest.endswith(f"{LINE}\nstarted\nreleased\n".encode())
+        assert not list(tmp_path.glob("job.cut*"))
 
 
 async def test_a_cancelled_jobs_log_is_cut_before_run_job_ends(
@@ -848,37 +870,18 @@ async def test_a_cancelled_jobs_log_is_cut_before_run_job_ends(
 
     monkeypatch.setattr(log_cut.LogWriter, "close", late_close)
     cap = 64 * 1024  # the job writes between cap and twice it: one cut, at the end
-    backend = DockerBackend(tmp_path / "data", {}, runtime_image,
-                            {"DOCKER_HOST": f"unix://{ENGINE_SOCKET}"}, job_log_cap=cap)
-    await backend.start()
-    try:
-        line = "x" * 99
-        service = parse_service({"name": service_name, "image": USER_IMAGE,
-                                 "script": f"yes {line} | head -n 1000\n" + WAITING_JOB,
-                                 "log_level": "CRITICAL"})
-        await backend.deploy(service)
-        job, log = f"{service_name}-job", tmp_path / "job.log"
-        event = tmp_path / "event"
-        event.write_text("{}")
-        running = asyncio.create_task(backend.run_job(service, job, event, log))
-        since = int(time.time()) - 1
-        await asyncio.to_thread(engine_event, docker_client, job, "start", since)
-        await asyncio.to_thread(wait_output, docker_client, job, b"started")
-        await asyncio.to_thread(wait_until, lambda: b"started" in log.read_bytes(), 60,
-                                "the job's output in its log")
-        running.cancel()
+    async with printing_job(runtime_image, service_name, docker_client, tmp_path, cap,
+                            1000) as job:
+        job.running.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await running
-        with open(log, "ab") as out:  # as Jobs notes an interrupted job
+            await job.running
+        with open(job.log, "ab") as out:  # as Jobs notes an interrupted job
             out.write(b"the note\n")
         noted.set()
         assert await asyncio.to_thread(closed.wait, 60)
-        kept = log.read_bytes()
+        kept = job.log.read_bytes()
         assert len(kept) <= cap + len(b"the note\n")
         assert kept.startswith(b"faas-supervisor: the log had ")
         # `run`'s own last line (SIGTERM), then the note.
         assert kept.endswith(b"started\nfaas-supervisor: error: stopped by SIGTERM\n"
                              b"the note\n"), kept[-200:]
-    finally:
-        await backend.remove(service_name)
-        await backend.close()
