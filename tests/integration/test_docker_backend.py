@@ -568,7 +568,9 @@ def test_an_engine_it_cannot_reach_stops_start_up_in_one_line(
     import subprocess
 
     if host.startswith("ssh://") and importlib.util.find_spec("paramiko") is not None:
-        pytest.skip("paramiko is installed here: an ssh:// DOCKER_HOST is not refused for it")
+        reason = "paramiko is installed here: an ssh:// DOCKER_HOST is not refused for it"
+        print(reason)
+        pytest.skip(reason)
 
     from tests.integration.conftest import faas_command
 

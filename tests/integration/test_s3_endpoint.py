@@ -570,7 +570,9 @@ def test_max_keys_0_reads_no_folder(endpoint: Endpoint) -> None:
     s3.list_objects_v2(Bucket=bucket, MaxKeys=1)
     s3.list_objects_v2(Bucket=bucket, Prefix="sub/", MaxKeys=1)
     if read_since_aged() != [True, True]:
-        pytest.skip("this file system does not record folder reads (noatime)")
+        reason = "this file system does not record folder reads (noatime)"
+        print(reason)
+        pytest.skip(reason)
     age()
     pages = [s3.list_objects(Bucket=bucket, MaxKeys=0),
              s3.list_objects_v2(Bucket=bucket, MaxKeys=0),
