@@ -27,7 +27,12 @@ from typing import Any
 import pytest
 import requests
 
-from faas_supervisor.controller.backends.docker import DockerBackend, volume_name
+from faas_supervisor.controller.backends.docker import (
+    CONTROLLER_LABEL,
+    ID_FILE,
+    DockerBackend,
+    volume_name,
+)
 from faas_supervisor.controller.fdl import parse_service
 from faas_supervisor.errors import DockerError
 from tests.integration.conftest import EXAMPLES, script_output
@@ -128,7 +133,8 @@ def test_services_run_jobs_and_go(controllers: Any, docker_client: Any,
     assert config["RestartPolicy"]["Name"] == "unless-stopped"
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     assert mounts["/oscar/bin"]["Name"] == volume_name(
-        "cowsay", docker_client.images.get(runtime_image).id)
+        "cowsay", docker_client.images.get(runtime_image).id,
+        (controller.data_dir / ID_FILE).read_text().strip())
     assert not mounts["/oscar/bin"]["RW"] and not mounts["/oscar/config"]["RW"]
     assert mounts["/oscar/config"]["Source"] == str(controller.data_dir / "services" / "cowsay")
 
@@ -770,7 +776,8 @@ async def test_a_new_runtime_image_gets_a_volume_of_its_own(
         assert second.id != first.id  # the watchdog of the old runtime replaced
         (new,) = volumes_of(second)
         assert new == volume_name(service_name,
-                                  docker_client.images.get(rebuildable_runtime).id) != old
+                                  docker_client.images.get(rebuildable_runtime).id,
+                                  backend.controller) != old
         assert volumes_of(docker_client.containers.get(job)) == [old]
         assert runtime_volumes(docker_client, service_name) == {old, new}  # the job's kept
 
@@ -887,3 +894,133 @@ async def test_a_cancelled_jobs_log_is_cut_before_run_job_ends(
         # `run`'s own last line (SIGTERM), then the note.
         assert kept.endswith(b"started\nfaas-supervisor: error: stopped by SIGTERM\n"
                              b"the note\n"), kept[-200:]
+
+
+# ---- controllers sharing one engine -------------------------------------------------------
+
+
+def engine_backend(data_dir: Path, runtime_image: str) -> DockerBackend:
+    return DockerBackend(data_dir, {}, runtime_image, {"DOCKER_HOST": f"unix://{ENGINE_SOCKET}"})
+
+
+def running(client: Any, container: str) -> bool:
+    import docker.errors
+
+    try:
+        return client.containers.get(container).status == "running"
+    except docker.errors.NotFound:
+        return False
+
+
+async def test_two_controllers_on_one_engine_leave_each_others_services_and_jobs_alone(
+    runtime_image: str, service_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    """Two controllers (two data folders) on one engine, each with a service of the same
+    name: the second one starting, deploying its own definition and deleting it leaves
+    the first one's watchdog, runtime volume and running job alone. Before, a start
+    removed every job container on the engine, both shared one volume name (the second
+    refilled the first's under its containers), a deploy replaced the other's watchdog
+    (another definition) and a delete swept the other's containers and volume."""
+    first = engine_backend(tmp_path / "first", runtime_image)
+    await first.start()
+    second: DockerBackend | None = None
+    try:
+        mine = parse_service({"name": service_name, "image": USER_IMAGE,
+                              "script": WAITING_JOB, "log_level": "CRITICAL"})
+        await first.deploy(mine)
+        (watchdog,) = containers(docker_client, service_name)
+        (volume,) = volumes_of(watchdog)
+        job = f"{service_name}-job"
+        event = tmp_path / "event"
+        event.write_text("{}")
+        since = int(time.time()) - 1
+        job_done = asyncio.create_task(first.run_job(mine, job, event, tmp_path / "job.log"))
+        await asyncio.to_thread(engine_event, docker_client, job, "start", since)
+        await asyncio.to_thread(wait_output, docker_client, job, b"started")
+
+        second = engine_backend(tmp_path / "second", runtime_image)
+        await second.start()
+        assert running(docker_client, job), "the second controller's start removed the job"
+        await second.deploy(parse_service({"name": service_name, "image": USER_IMAGE,
+                                           "script": "echo theirs\n",
+                                           "log_level": "CRITICAL"}))
+        both = {c.id: c for c in containers(docker_client, service_name)}
+        assert watchdog.id in both, "the second controller's deploy replaced the first's"
+        (theirs,) = set(both) - {watchdog.id}
+        assert volumes_of(both[theirs]) != [volume]
+        deployed = await second.deployment(mine)
+        assert deployed is not None and deployed.running == 1  # its own watchdog alone
+        # Each one's, by the label of its identity.
+        assert (watchdog.labels[CONTROLLER_LABEL], both[theirs].labels[CONTROLLER_LABEL]) \
+            == (first.controller, second.controller)
+        assert first.controller != second.controller
+        await second.remove(service_name)
+
+        assert [c.id for c in containers(docker_client, service_name)] == [watchdog.id]
+        assert running(docker_client, watchdog.id)
+        assert runtime_volumes(docker_client, service_name) == {volume}
+        assert running(docker_client, job)
+        url = await first.invoke_url(service_name)
+        health = await asyncio.to_thread(requests.get, f"{url}/_/health", timeout=10)
+        assert health.status_code == 200
+        await asyncio.to_thread(docker_client.containers.get(job).exec_run,
+                                ["sh", "-c", "echo > /tmp/go"])
+        assert await job_done == 0
+        await first.remove(service_name)
+        assert not containers(docker_client, service_name)
+        assert not runtime_volumes(docker_client, service_name)
+    finally:
+        if second is not None:
+            await second.close()
+        await first.close()
+
+
+async def test_what_an_earlier_version_left_is_adopted_at_the_first_start_alone(
+    runtime_image: str, service_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    """Containers and volumes an earlier version made (no controller label) for a service
+    of this data folder are this controller's: removed at its first start, as its own
+    would be (a job's at a start; a watchdog and a volume at the next deploy, which names
+    a volume of another name). Those of a service the folder never had, and any found at
+    a later start, are another controller's, and stay."""
+    import docker.errors
+
+    data = tmp_path / "data"
+    (data / "services" / service_name).mkdir(parents=True)
+    stranger = f"{service_name}x"  # a service of another controller, of an earlier version
+    made: list[Any] = []
+
+    def earlier(service: str, component: str) -> Any:
+        labels = {MANAGED.split("=")[0]: "faas-supervisor", "oscar_service": service,
+                  "faas-supervisor/component": component}
+        made.append(docker_client.containers.run(USER_IMAGE, ["sleep", "300"], detach=True,
+                                                 labels=labels, network_mode="none"))
+        return made[-1]
+
+    try:
+        job, watchdog, strangers = (earlier(service_name, "job"),
+                                    earlier(service_name, "service"), earlier(stranger, "job"))
+        volume = docker_client.volumes.create(
+            f"faas-supervisor-bin-{service_name}-0123456789ab", labels={
+                MANAGED.split("=")[0]: "faas-supervisor", "oscar_service": service_name,
+                "faas-supervisor/component": "runtime"})
+        backend = engine_backend(data, runtime_image)
+        await backend.start()
+        await backend.close()
+        for container in (job, watchdog):
+            with pytest.raises(docker.errors.NotFound):
+                container.reload()
+        with pytest.raises(docker.errors.NotFound):
+            volume.reload()
+        assert running(docker_client, strangers.id)
+
+        later = earlier(service_name, "job")
+        again = engine_backend(data, runtime_image)
+        await again.start()
+        await again.close()
+        assert again.controller == backend.controller  # kept in the data folder
+        assert running(docker_client, later.id)
+    finally:
+        for container in made:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)

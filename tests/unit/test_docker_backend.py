@@ -350,3 +350,18 @@ async def test_a_request_waits_for_a_starting_watchdog_at_most_sync_wait(tmp_pat
     finally:
         made._pool.shutdown()
         made._streams.shutdown()
+
+
+def test_the_controllers_identity_is_kept_and_a_damaged_one_refused(tmp_path: Path) -> None:
+    """Made anew over a damaged file, the identity would leave every container labelled
+    with the old one on the engine, owned by nobody: the start is refused instead."""
+    from faas_supervisor.controller.backends.docker import _keep_identity, _read_identity
+    from faas_supervisor.errors import ConfigError
+
+    path = tmp_path / "controller-id"
+    assert _read_identity(path) is None
+    _keep_identity(path, "0123456789abcdef")
+    assert _read_identity(path) == "0123456789abcdef"
+    path.write_text("0123456789ab")  # cut short
+    with pytest.raises(ConfigError, match="does not hold a controller identity"):
+        _read_identity(path)

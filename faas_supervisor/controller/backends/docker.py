@@ -2,23 +2,32 @@
 
 Each service gets:
 
-* the volume `faas-supervisor-bin-NAME-ID` (ID: the runtime image's id, 12 hex digits),
-  filled by the runtime image's entry point, mounted read-only at /oscar/bin: the Docker
-  counterpart of the Kubernetes init container and its emptyDir. One volume per runtime
-  image, never refilled with another: a build rewritten under a container running it breaks
-  it (PyInstaller reads its files again by path). A new runtime image gets a new volume and
-  new containers; a job still running keeps its own until it ends, and volumes no container
-  holds any more are removed (`_drop_old_volumes`), all of them with the service;
+* the volume `faas-supervisor-bin-NAME-ID-CONTROLLER` (ID: the runtime image's id, 12 hex
+  digits; CONTROLLER: this controller's identity), filled by the runtime image's entry
+  point, mounted read-only at /oscar/bin: the Docker counterpart of the Kubernetes init
+  container and its emptyDir. One volume per runtime image, never refilled with another:
+  a build rewritten under a container running it breaks it (PyInstaller reads its files
+  again by path). A new runtime image gets a new volume and new containers; a job still
+  running keeps its own until it ends, and volumes no container holds any more are
+  removed (`_drop_old_volumes`), all of them with the service;
 * the folder `<data-dir>/services/NAME/` (script.sh, function_config.yaml) bind-mounted
   read-only at /oscar/config, where the runtime looks by default;
 * one container (exposed services: `min_scale`) running `/oscar/bin/faas-supervisor
   watchdog` on the host's network, on a port the controller chose and wrote in a label,
   restarted by the engine when it dies.
 
-Containers carry `oscar_service: NAME` and `app.kubernetes.io/managed-by: faas-supervisor`,
-and a hash of what made them: a restarted controller deploying its stored services again
-finds the containers it made by label, keeps those of the same definition and starts no
-duplicates. Services keep running when the controller stops.
+Containers and volumes carry `oscar_service: NAME`, `app.kubernetes.io/managed-by:
+faas-supervisor` and `faas-supervisor/controller: CONTROLLER`, and containers a hash of what
+made them: a restarted controller deploying its stored services again finds the containers
+it made by label, keeps those of the same definition and starts no duplicates. Services keep
+running when the controller stops.
+
+Several controllers may share one engine: each has an identity of its own (16 hex digits,
+made at its first start and kept in its data folder, ID_FILE), and every list, filter and
+event subscription of the backend names it, so that one never finds, replaces or removes
+another's containers (a service of the same name, a running job) or volumes. What an
+earlier version made, without that label, is taken as this controller's at its first start
+with an identity (`_adopt`).
 
 An exposed service with `max_scale` above `min_scale` is scaled between the two from its
 containers' CPU (the Engine's stats), checked every SCALE_INTERVAL seconds, as the
@@ -87,6 +96,10 @@ from faas_supervisor.logs import get_logger
 
 HOST = "127.0.0.1"  # host network: the watchdog listens on the controller's loopback
 PORT_LABEL = "faas-supervisor/port"
+# Which controller made a container or volume: controllers sharing an engine keep apart.
+CONTROLLER_LABEL = "faas-supervisor/controller"
+ID_FILE = "controller-id"  # in the data folder: the controller's identity (CONTROLLER_LABEL)
+ID_DIGITS = 16  # hex: two controllers on one engine never draw the same
 CONFIG_LABEL = "faas-supervisor/config"  # hash of what made the container: keep or replace
 EVENT_DIR = "/oscar/event"
 EVENT_IN_ENV_MAX = 96 * 1024  # Linux refuses one variable over 128 KiB at exec
@@ -116,18 +129,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def volume_name(service: str, image_id: str) -> str:
-    """The service's runtime volume for the runtime image `image_id` (sha256:...)."""
-    return f"faas-supervisor-bin-{service}-{image_id.removeprefix('sha256:')[:12]}"
+def volume_name(service: str, image_id: str, controller: str) -> str:
+    """The service's runtime volume for the runtime image `image_id` (sha256:...): a name
+    of `controller`'s alone, as a volume's name is the engine's to share."""
+    return f"faas-supervisor-bin-{service}-{image_id.removeprefix('sha256:')[:12]}-{controller}"
 
 
-def _labels(name: str, component: str) -> dict[str, str]:
-    return {SERVICE_LABEL: name, **MANAGED_BY, COMPONENT_LABEL: component}
+def _labels(controller: str, name: str, component: str) -> dict[str, str]:
+    return {SERVICE_LABEL: name, **MANAGED_BY, CONTROLLER_LABEL: controller,
+            COMPONENT_LABEL: component}
 
 
-def _selector(name: str | None = None, component: str | None = None) -> dict[str, list[str]]:
-    """A `filters` argument: the containers (or volumes) made for a service."""
+def _selector(controller: str | None, name: str | None = None,
+              component: str | None = None) -> dict[str, list[str]]:
+    """A `filters` argument: the containers (or volumes) `controller` made for a service
+    (None: made by any controller, or by a version that did not name it)."""
     labels = [f"{k}={v}" for k, v in MANAGED_BY.items()]
+    if controller is not None:
+        labels.append(f"{CONTROLLER_LABEL}={controller}")
     if name is not None:
         labels.append(f"{SERVICE_LABEL}={name}")
     if component is not None:
@@ -162,6 +181,9 @@ class DockerBackend:
         job_log_cap: int = LOG_MAX,
     ) -> None:
         self.root = data_dir / "services"
+        self.id_file = data_dir / ID_FILE
+        # This controller's identity on the engine: read, or made, by start().
+        self.controller = ""
         self.job_log_cap = job_log_cap  # a running job's log kept under twice this
         self.sync_wait = sync_wait  # seconds a request waits for a watchdog that starts
         self.default_provider = dict(default_provider)
@@ -215,21 +237,63 @@ class DockerBackend:
         except ImportError:  # not in the bundle, nor in an install without [controller]
             raise ConfigError("--backend docker needs the docker package: "
                               "pip install 'faas-supervisor[controller]'") from None
+        kept = await asyncio.to_thread(_read_identity, self.id_file)
+        self.controller = kept or secrets.token_hex(ID_DIGITS // 2)
         self._client = await self._run(self._connect)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         # The engine tells when a container dies or starts again: a replica is taken out
         # of rotation at once, and checked again when the engine has restarted it.
         self._events = await self._run(self._subscribe, None)
         self._events_task = asyncio.ensure_future(self._stream(self._follow_events))
+        if kept is None:
+            await self._adopt()
+            # Kept only now: a start that failed before makes another, and adopts again.
+            await asyncio.to_thread(_keep_identity, self.id_file, self.controller)
         # Before the jobs of an earlier controller are queued again: their containers go.
         left = await self._run(
-            self._client.containers.list, all=True, filters=_selector(component="job")
+            self._client.containers.list, all=True,
+            filters=_selector(self.controller, component="job"),
         )
         for container in left:
             logger.warning("removing a job container left by the last controller",
                            container=container.name)
             await self._run(self._remove_container, container.id)
-        logger.info("docker backend ready", runtime_image=self.runtime_image)
+        logger.info("docker backend ready", runtime_image=self.runtime_image,
+                    controller=self.controller)
+
+    async def _adopt(self) -> None:
+        """What an earlier version made for this data folder's services (their folders
+        under `root`), labelled without a controller, removed at this controller's first
+        start with an identity: those containers and volumes are taken as its own, and
+        go as its own would go at a start (jobs: queued again) or at the deploy that comes
+        next (watchdogs of a definition whose digest named another volume; volumes no
+        container holds).
+
+        Safe enough: that version assumed one controller per engine (it removed every job
+        container it found at its start), so what it made for these services was this
+        controller's. Another controller's objects carry their controller's label, and
+        an unlabelled service this folder never had is left alone."""
+        ours = {p.name for p in self.root.iterdir() if p.is_dir()}
+        if not ours:
+            return
+
+        def earlier(labels: Mapping[str, str] | None) -> bool:
+            labels = labels or {}
+            return CONTROLLER_LABEL not in labels and labels.get(SERVICE_LABEL) in ours
+
+        found = await self._run(self._client.containers.list, all=True,
+                                filters=_selector(None))
+        left = [c for c in found if earlier(c.labels)]
+        for container in left:
+            logger.warning("removing a container an earlier version left",
+                           container=container.name)
+        await asyncio.gather(*(self._run(self._remove_container, c.id) for c in left))
+        volumes = await self._run(self._client.volumes.list, filters=_selector(None))
+        for volume in volumes:
+            if earlier(volume.attrs.get("Labels")) and \
+                    not await self._run(self._remove_volume, volume.name):
+                logger.warning("a volume an earlier version left is in use: kept",
+                               volume=volume.name)
 
     def _share_store(self) -> None:
         """The embedded folder store (bind-mounted into every container) made writable
@@ -314,7 +378,7 @@ class DockerBackend:
         self._streams.shutdown(wait=False, cancel_futures=True)
 
     def _subscribe(self, since: int | None) -> Any:
-        filters = {**_selector(), "type": ["container"], "event": ["die", "start"]}
+        filters = {**_selector(self.controller), "type": ["container"], "event": ["die", "start"]}
         return self._client.events(decode=True, filters=filters, since=since)
 
     def _follow_events(self) -> None:
@@ -444,21 +508,21 @@ class DockerBackend:
         from docker.types import Mount
 
         image_id = str(self._client.images.get(self.runtime_image).id)
-        volume = volume_name(name, image_id)
+        volume = volume_name(name, image_id, self.controller)
         marker = folder / ".runtime-image-id"
         try:
             self._client.volumes.get(volume)
             if marker.is_file() and marker.read_text() == image_id:
                 return volume
         except docker.errors.NotFound:
-            self._client.volumes.create(volume, labels=_labels(name, "runtime"))
+            self._client.volumes.create(volume, labels=_labels(self.controller, name, "runtime"))
         # no_copy: else Docker fills an empty volume from the image's own /oscar/bin by
         # itself, bypassing the entry point (which copies a build in whole, or not at all).
         mount = Mount(RUNTIME_DIR, volume, type="volume", no_copy=True)
         try:
             self._client.containers.run(
                 self.runtime_image, [RUNTIME_DIR], mounts=[mount], remove=True,
-                network_mode="none", labels=_labels(name, "init"),
+                network_mode="none", labels=_labels(self.controller, name, "init"),
             )
         except docker.errors.ContainerError as exc:
             raise DockerError(f"docker: the runtime image {self.runtime_image} could not fill "
@@ -478,7 +542,8 @@ class DockerBackend:
                    wanted: int) -> list[str]:
         """The service's containers: those of this definition kept, others removed, the
         count made up; their ids."""
-        found = self._client.containers.list(all=True, filters=_selector(service.name))
+        found = self._client.containers.list(all=True,
+                                             filters=_selector(self.controller, service.name))
         keep: list[Any] = []
         for container in found:
             component = container.labels.get(COMPONENT_LABEL)
@@ -509,7 +574,7 @@ class DockerBackend:
             component = "exposed"
         labels = {
             **manager_labels(service),
-            **_labels(service.name, component),
+            **_labels(self.controller, service.name, component),
             PORT_LABEL: str(port),
             CONFIG_LABEL: digest,
         }
@@ -728,7 +793,8 @@ class DockerBackend:
     async def _sweep(self, name: str) -> None:
         """Every container of the service removed, all in parallel; a job's stopped as
         a job is (SIGTERM to `run`, which cleans up, SIGKILL after JOB_STOP_TIMEOUT)."""
-        found = await self._run(self._client.containers.list, all=True, filters=_selector(name))
+        found = await self._run(self._client.containers.list, all=True,
+                                filters=_selector(self.controller, name))
         await asyncio.gather(*(
             self._run(self._remove_container, c.id, True, JOB_STOP_TIMEOUT)
             if c.labels.get(COMPONENT_LABEL) == "job" else self._run(self._remove_container, c.id)
@@ -738,22 +804,26 @@ class DockerBackend:
     def _remove_volumes(self, name: str, keep: str | None = None) -> list[str]:
         """The service's runtime volumes but `keep` removed (or gone already); those a
         container still holds (409) are left, and returned."""
-        import docker.errors
-
-        found = {v.name for v in self._client.volumes.list(filters=_selector(name, "runtime"))}
+        listed = self._client.volumes.list(filters=_selector(self.controller, name, "runtime"))
+        found = {v.name for v in listed}
         if keep is None and name in self._volumes:
             found.add(self._volumes[name])  # by its name too: made by us, labelled or not
-        held = []
-        for volume in sorted(found - {keep}):
-            try:
-                self._client.volumes.get(volume).remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:
-                    raise
-                held.append(volume)
-        return held
+        return [volume for volume in sorted(found - {keep}) if not self._remove_volume(volume)]
+
+    def _remove_volume(self, volume: str) -> bool:
+        """The volume removed (or gone already): True; False when a container holds it
+        (409), and it is left."""
+        import docker.errors
+
+        try:
+            self._client.volumes.get(volume).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise
+            return False
+        return True
 
     async def _drop_old_volumes(self, name: str) -> None:
         """The service's runtime volumes of earlier runtime images removed, but those a
@@ -801,7 +871,7 @@ class DockerBackend:
     # ---- the service's watchdog containers, as the dashboard sees them --------------------
 
     def _watchdog_containers(self, name: str) -> list[Any]:
-        found = self._client.containers.list(all=True, filters=_selector(name))
+        found = self._client.containers.list(all=True, filters=_selector(self.controller, name))
         return [c for c in found if c.labels.get(COMPONENT_LABEL) != "job"]
 
     async def deployment(self, service: Service) -> Deployment | None:
@@ -906,7 +976,8 @@ class DockerBackend:
             mounts = [*mounts, Mount(f"{EVENT_DIR}/event", str(event), type="bind",
                                      read_only=True)]
             command += ["--event-file", f"{EVENT_DIR}/event"]
-        labels = {**manager_labels(service), **_labels(service.name, "job"), JOB_LABEL: job}
+        labels = {**manager_labels(service), **_labels(self.controller, service.name, "job"),
+                  JOB_LABEL: job}
         try:
             container = self._client.containers.create(
                 service.image, command[1:], name=job, entrypoint=command[:1], environment=env,
@@ -979,6 +1050,30 @@ def desired_replicas(count: int, shares: list[float], threshold: int, least: int
     if abs(ratio - 1) <= SCALE_TOLERANCE:
         return max(least, min(most, count))
     return min(most, max(least, math.ceil(count * ratio)))
+
+
+def _read_identity(path: Path) -> str | None:
+    """The controller's identity kept in `path`, or None when it has none yet."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if len(text) != ID_DIGITS or not set(text) <= set("0123456789abcdef"):
+        # Made anew, it would leave this controller's containers on the engine unowned.
+        raise ConfigError(f"{path} does not hold a controller identity ({ID_DIGITS} hex "
+                          "digits): restore it, or remove it to have a new one made (what "
+                          "the old one labelled is then left on the engine)")
+    return text
+
+
+def _keep_identity(path: Path, identity: str) -> None:
+    """Written whole or not at all: a torn file would be refused at the next start."""
+    part = path.with_name(f"{path.name}.part")
+    with open(part, "w") as out:
+        out.write(f"{identity}\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(part, path)
 
 
 def _event_text(event: Path) -> str | None:
