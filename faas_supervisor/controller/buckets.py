@@ -4,7 +4,8 @@ Either a folder (`<path>/<bucket>/<key>`, the embedded default) or a MinIO/S3 se
 (boto3). The bucket API, service creation (buckets of the input and output paths) and
 the input watcher all go through this one small interface. Calls are blocking; the
 callers run them in a thread. The MinIO providers a service defines are S3Stores too
-(`provider_store`): service creation makes their buckets as well.
+(`provider_store`): service creation makes their buckets as well, and the intake lists
+their input paths (servers.py).
 """
 
 from __future__ import annotations
@@ -446,20 +447,42 @@ def provider_endpoint(settings: Mapping[str, Any]) -> str:
     return endpoint if "://" in endpoint else f"http://{endpoint}"
 
 
-def provider_store(settings: Mapping[str, Any]) -> S3Store:
+@dataclass(frozen=True)
+class S3Access:
+    """What an S3Store of a service's own MinIO provider is made of: two providers (of one
+    service or of two) that give the same are one server, listed through one store
+    (servers.py)."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str = field(repr=False)
+    region: str
+    verify: bool
+
+    def open(self) -> S3Store:
+        """A store of this server (blocking: boto3 takes tens of milliseconds)."""
+        return S3Store(self.endpoint, self.access_key, self.secret_key, self.region, self.verify)
+
+
+def provider_access(settings: Mapping[str, Any]) -> S3Access:
     """The server of a MinIO provider a service defines (`minio.ID`, not the default), its
     settings read as the runtime reads them: region us-east-1 and `verify` true unless
     given. Its endpoint and keys are there: the definition's validation requires them."""
     config = ProviderConfig("minio", "", {
         key: value if isinstance(value, bool) else str(value) for key, value in settings.items()
     })
-    return S3Store(
+    return S3Access(
         provider_endpoint(settings),
         config.get("access_key"),
         config.get("secret_key"),
         config.get("region") or "us-east-1",
         config.flag("verify", True),
     )
+
+
+def provider_store(settings: Mapping[str, Any]) -> S3Store:
+    """A store of the server of a MinIO provider a service defines (`provider_access`)."""
+    return provider_access(settings).open()
 
 
 def build_store(

@@ -20,6 +20,11 @@ segment, a base name over 255 bytes) still names that object: its job fails, say
 why, and its identity keeps the object to that one job (else each listing of the input
 path, finding the object without one, would start another, for ever).
 
+An object on a MinIO provider the service defines (`minio.ID`) is named by a delegated
+event (`{"event": ..., "storage_provider": "minio.ID"}`, SPEC 6.1), the watcher's for it
+(watcher.input_event) as one pushed to `/job/{name}`: its provider is the envelope's, so
+both give it one identity, apart from an object of the same bucket and key elsewhere.
+
 Bodies that name no stored object (plain JSON, base64, an API-gateway envelope) have no
 identity: each is a job of its own.
 """
@@ -70,10 +75,11 @@ def object_id(body: bytes) -> ObjectId | None:
     return ObjectId(found.provider, found.bucket, found.key, version)
 
 
-def listed_id(bucket: str, obj: StoredObject) -> ObjectId:
-    """The identity of an object seen in a listing of the default provider: the one its
-    event gives (the watcher's event for it, watcher.minio_event, carries its ETag)."""
-    return ObjectId(DEFAULT_PROVIDER, bucket, obj.key, _etag(obj.etag))
+def listed_id(bucket: str, obj: StoredObject, provider: str = DEFAULT_PROVIDER) -> ObjectId:
+    """The identity of an object seen in a listing of an input path on `provider` (the
+    default one, or a `minio.ID` of the service's): the one its event gives (the watcher's
+    event for it, watcher.input_event, carries its ETag, and names that provider)."""
+    return ObjectId(provider, bucket, obj.key, _etag(obj.etag))
 
 
 def stored_id(

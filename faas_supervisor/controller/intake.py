@@ -12,6 +12,14 @@ For the inputs of a service on the default provider (`minio.default`), in this o
 Rule 3 is found by trying (notifications.py): nothing in an S3 server's answers says
 more reliably whether it will push.
 
+The inputs on a MinIO provider the service defines (`minio.ID`, SPEC 7.2) are watched, as
+in 4, whatever the way of its default ones: no notifications are set up on those servers
+(their keys are the service's, and the operator did not point them at the controller).
+Each is listed through its server's store (servers.py: one per server, shared by the
+services on it), and its jobs' events are delegated (SPEC 6.1) to that provider, so the
+job downloads from there. The log's `service events` line gives the way of the default
+inputs (`watch` for a service with only such inputs) and, in `watched`, those providers.
+
 Whichever way, the input paths are also listed at start and every `--reconcile-interval`
 (reconcile.py): an object whose event was lost still gets its job, and the objects
 already in a path when the service got it get none. Each object gets one job however
@@ -25,11 +33,13 @@ import contextlib
 from enum import StrEnum
 from urllib.parse import quote
 
+from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath
 from faas_supervisor.controller.buckets import BucketStore, S3Store
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.controller.notifications import S3Notifications, input_paths
+from faas_supervisor.controller.notifications import Inputs, S3Notifications, input_paths
 from faas_supervisor.controller.queue import QueuePoller, Submit
 from faas_supervisor.controller.reconcile import DEFAULT_INTERVAL, Reconciler
+from faas_supervisor.controller.servers import ServerStores, own_inputs
 from faas_supervisor.controller.store import Store
 from faas_supervisor.controller.watcher import InputWatcher
 from faas_supervisor.errors import ConfigError
@@ -39,7 +49,7 @@ from faas_supervisor.logs import get_logger
 class IntakeKind(StrEnum):
     """How a service's new input objects reach it (the value is what the log shows)."""
 
-    NONE = "none"  # no input on a provider we watch
+    NONE = "none"  # no inputs
     WATCH = "watch"  # listed every few seconds by InputWatcher
     QUEUE = "queue"  # the storage server's notifications, read from --events-queue
     PUSH = "push"  # the storage server's webhook to /job
@@ -58,9 +68,11 @@ class Intake:
         events_queue: str = "",
         reconcile_interval: float = DEFAULT_INTERVAL,
     ) -> None:
+        self.buckets = buckets
         self.public_url = public_url.rstrip("/")
-        self.reconciler = Reconciler(buckets, store, submit, reconcile_interval)
-        self.watcher = InputWatcher(buckets, self.reconciler.offer)
+        self.servers = ServerStores()  # of the services' own MinIO providers
+        self.reconciler = Reconciler(store, submit, reconcile_interval)
+        self.watcher = InputWatcher(self.reconciler.offer)
         self.notifications = S3Notifications(buckets) if isinstance(buckets, S3Store) else None
         self.queue: QueuePoller | None = None
         if events_queue:
@@ -95,40 +107,76 @@ class Intake:
         return self.modes.get(name, IntakeKind.NONE)
 
     async def attach(self, service: Service, fallback: bool = False) -> IntakeKind:
-        """Have the service's new input objects start its jobs; the way chosen.
+        """Have the service's new input objects start its jobs; the way chosen (that of
+        its inputs on the default provider; WATCH when all are on its own providers).
 
         A storage server that fails to set up its notifications fails the call, unless
         `fallback` (at start-up, where the controller must come up): then it is watched.
         """
+        inputs = await self._inputs(service, fallback)
         try:
-            mode = await self._attach(service)
+            mode = await self._attach(service, inputs)
         except Exception as exc:
             with contextlib.suppress(Exception):
-                await self.detach(service)
+                await self._undo(service)
             if not fallback:
+                self.servers.release(service.name)
                 raise
             logger.warning(
                 "cannot set up the storage server's notifications; watching instead",
                 service=service.name,
                 error=str(exc),
             )
-            await self.watcher.watch(service)
             mode = IntakeKind.WATCH
+            await self.watcher.watch(service, _watched(inputs, mode))
         self.modes[service.name] = mode
         if mode != IntakeKind.NONE:
-            self.reconciler.add(service, watched=mode == IntakeKind.WATCH)
-        logger.info("service events", service=service.name, intake=mode.value)
+            self.reconciler.add(service, inputs, _watched(inputs, mode).keys())
+        own = sorted({path.provider for path in inputs if path.provider != DEFAULT_PROVIDER})
+        # Whatever the way of its default inputs, those on its own providers are watched.
+        watched = {"watched": ",".join(own)} if own else {}
+        logger.info("service events", service=service.name, intake=mode.value, **watched)
         return mode
 
-    async def _attach(self, service: Service) -> IntakeKind:
+    async def _inputs(self, service: Service, fallback: bool) -> dict[StoragePath, BucketStore]:
+        """The service's input paths, each with the store it is listed through: the
+        default provider's through the controller's, those on its own MinIO providers
+        through their servers' (held for it until `detach`)."""
+        inputs: dict[StoragePath, BucketStore] = dict.fromkeys(input_paths(service), self.buckets)
+        own = own_inputs(service)
+        try:
+            stores = await self.servers.hold(service.name, set(own.values()))
+        except Exception as exc:  # a client boto3 cannot make (an endpoint it refuses)
+            self.servers.release(service.name)
+            if not fallback:
+                raise
+            # Its message may show the endpoint: the type only, as routes/services.py does.
+            logger.warning("cannot reach the servers of the service's own MinIO providers; "
+                           "its inputs there are not watched", service=service.name,
+                           error=type(exc).__name__)
+            return inputs
+        inputs.update((path, stores[server]) for path, server in own.items())
+        return inputs
+
+    async def _attach(self, service: Service, inputs: Inputs) -> IntakeKind:
+        """Baseline, then the way of its default inputs set up, and what is watched."""
         self.modes[service.name] = IntakeKind.NONE
-        if not input_paths(service):
+        if not inputs:
             return IntakeKind.NONE
         # First, before any event can come: what is there now is old.
-        await self.reconciler.baseline(service)
+        await self.reconciler.baseline(service, inputs)
+        mode = await self._announce(service)
+        if mode == IntakeKind.NONE:  # all its inputs are on its own providers
+            mode = IntakeKind.WATCH
+        await self.watcher.watch(service, _watched(inputs, mode))
+        return mode
+
+    async def _announce(self, service: Service) -> IntakeKind:
+        """How the new objects of the service's inputs on the default provider reach it;
+        what is set up on the storage server recorded in `modes` first, for `detach`."""
+        if not input_paths(service):
+            return IntakeKind.NONE
         if self.notifications is None:
-            self.modes[service.name] = IntakeKind.WATCH
-            await self.watcher.watch(service)
             return IntakeKind.WATCH
         if self.queue is not None:
             self.modes[service.name] = IntakeKind.QUEUE
@@ -141,13 +189,16 @@ class Intake:
             self.modes[service.name] = IntakeKind.PUSH
             await asyncio.to_thread(self.notifications.push_to_topic, service, arn)
             return IntakeKind.PUSH
-        self.modes[service.name] = IntakeKind.WATCH
-        await self.watcher.watch(service)
         return IntakeKind.WATCH
 
     async def detach(self, service: Service) -> None:
         """Undo `attach`; a storage server that fails here is logged, not raised: the
         service is going away either way."""
+        await self._undo(service)
+        self.servers.release(service.name)
+
+    async def _undo(self, service: Service) -> None:
+        """`detach` but for the stores of its own servers, which a fallback still lists."""
         mode = self.modes.pop(service.name, IntakeKind.NONE)
         self.reconciler.remove(service.name)
         self.watcher.unwatch(service.name)
@@ -163,3 +214,10 @@ class Intake:
             logger.warning(
                 "cannot remove the service's notifications", service=service.name, error=str(exc)
             )
+
+
+def _watched(inputs: Inputs, mode: IntakeKind) -> Inputs:
+    """The inputs the watcher lists: those on the service's own providers, and those on
+    the default one when they are watched too."""
+    return {path: store for path, store in inputs.items()
+            if path.provider != DEFAULT_PROVIDER or mode == IntakeKind.WATCH}

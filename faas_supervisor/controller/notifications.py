@@ -27,7 +27,7 @@ import contextlib
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -45,8 +45,14 @@ BUCKET_LOCKS = 64
 logger = get_logger(component="notifications")
 
 
+# A service's input paths (the provider normalised), each with the store it is listed
+# through: the controller's own for the default provider's, a server's for a `minio.ID`.
+Inputs = Mapping[StoragePath, BucketStore]
+
+
 def input_paths(service: Service) -> list[StoragePath]:
-    """The service's inputs on the default provider: the only ones the controller serves."""
+    """The service's inputs on the default provider: the only ones whose server is asked to
+    announce new objects (those on its own MinIO providers are watched: intake.py)."""
     return on_default_provider(service.input)
 
 

@@ -76,7 +76,14 @@ PENDING, RUNNING = JobStatus.PENDING, JobStatus.RUNNING
 SUCCEEDED, FAILED = JobStatus.SUCCEEDED, JobStatus.FAILED
 FINISHED = (SUCCEEDED, FAILED)
 
-_SCHEMA = """
+_LISTED_PATHS = """CREATE TABLE IF NOT EXISTS listed_paths (
+    service TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    PRIMARY KEY (service, provider, bucket, prefix)
+) WITHOUT ROWID"""
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS services (
     name TEXT PRIMARY KEY,
     definition TEXT NOT NULL,
@@ -105,12 +112,7 @@ CREATE TABLE IF NOT EXISTS objects (
     recorded REAL NOT NULL,
     PRIMARY KEY (service, provider, bucket, key, version)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS listed_paths (
-    service TEXT NOT NULL,
-    bucket TEXT NOT NULL,
-    prefix TEXT NOT NULL,
-    PRIMARY KEY (service, bucket, prefix)
-) WITHOUT ROWID;
+{_LISTED_PATHS};
 """
 
 
@@ -148,6 +150,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self._migrate()
         self._page_size = int(self.db.execute("PRAGMA page_size").fetchone()[0])
         self._vacuums = self.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
         # The journal's content soon moves into the database (a checkpoint never needs
@@ -160,6 +163,23 @@ class Store:
         # parsing the stored JSON cost more than the rest of the lookup. This object is
         # the only writer of the services table, so it knows when an entry goes stale.
         self._services: dict[str, Service] = {}
+
+    def _migrate(self) -> None:
+        """An older store's tables brought to this version's: a data folder is kept."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(listed_paths)")}
+        if "provider" not in columns:
+            # Made before the inputs on a service's own MinIO providers were listed: its
+            # paths were all on the default one. SQLite adds no column to a primary key,
+            # so the table is made anew, all in one transaction.
+            with self._transaction() as db:
+                db.execute("ALTER TABLE listed_paths RENAME TO listed_paths_old")
+                db.execute(_LISTED_PATHS)
+                db.execute(
+                    "INSERT INTO listed_paths (service, provider, bucket, prefix) "
+                    "SELECT service, ?, bucket, prefix FROM listed_paths_old",
+                    (DEFAULT_PROVIDER,),
+                )
+                db.execute("DROP TABLE listed_paths_old")
 
     @_serialized
     def close(self) -> None:
@@ -471,16 +491,17 @@ class Store:
         return {ObjectId(provider, bucket, k, v) for k, v in rows if k.startswith(prefix)}
 
     @_serialized
-    def path_listed(self, service: str, bucket: str, prefix: str) -> bool:
+    def path_listed(self, service: str, provider: str, bucket: str, prefix: str) -> bool:
         row = self.db.execute(
-            "SELECT 1 FROM listed_paths WHERE service = ? AND bucket = ? AND prefix = ?",
-            (service, bucket, prefix),
+            "SELECT 1 FROM listed_paths "
+            "WHERE service = ? AND provider = ? AND bucket = ? AND prefix = ?",
+            (service, provider, bucket, prefix),
         ).fetchone()
         return row is not None
 
     @_serialized
     def record_baseline(
-        self, service: str, bucket: str, prefix: str, objects: list[ObjectId]
+        self, service: str, provider: str, bucket: str, prefix: str, objects: list[ObjectId]
     ) -> None:
         """An input path's first listing: its objects are old, and get no job."""
         now = time.time()
@@ -492,39 +513,41 @@ class Store:
                 [(service, *_fields(obj), now) for obj in objects],
             )
             db.execute(
-                "INSERT OR IGNORE INTO listed_paths (service, bucket, prefix) VALUES (?, ?, ?)",
-                (service, bucket, prefix),
+                "INSERT OR IGNORE INTO listed_paths (service, provider, bucket, prefix) "
+                "VALUES (?, ?, ?, ?)",
+                (service, provider, bucket, prefix),
             )
 
     @_serialized
-    def keep_paths(self, service: str, paths: set[tuple[str, str]]) -> None:
-        """After an update: input paths (buckets and key prefixes, on the default
-        provider) the service no longer has are no longer listed (given back later, such
-        a path gets a new baseline), and the identities recorded under them are
-        forgotten, but for those a kept path holds too: no listing would prune them."""
+    def keep_paths(self, service: str, paths: set[tuple[str, str, str]]) -> None:
+        """After an update: input paths (providers, buckets and key prefixes) the service
+        no longer has are no longer listed (given back later, such a path gets a new
+        baseline), and the identities recorded under them are forgotten, but for those a
+        kept path holds too: no listing would prune them."""
         rows = self.db.execute(
-            "SELECT bucket, prefix FROM listed_paths WHERE service = ?", (service,)
+            "SELECT provider, bucket, prefix FROM listed_paths WHERE service = ?", (service,)
         ).fetchall()
-        dropped = [(b, p) for b, p in rows if (b, p) not in paths]
+        dropped = [row for row in rows if row not in paths]
         if not dropped:
             return
 
-        def held(bucket: str, key: str, among: Collection[tuple[str, str]]) -> bool:
-            return any(bucket == b and key.startswith(p) for b, p in among)
+        def held(obj: tuple[str, str, str], among: Collection[tuple[str, str, str]]) -> bool:
+            provider, bucket, key = obj
+            return any((provider, bucket) == (p, b) and key.startswith(x) for p, b, x in among)
 
         objects = self.db.execute(
-            "SELECT bucket, key, version FROM objects WHERE service = ? AND provider = ?",
-            (service, DEFAULT_PROVIDER),
+            "SELECT provider, bucket, key, version FROM objects WHERE service = ?", (service,)
         ).fetchall()
         forgotten = [
-            (service, DEFAULT_PROVIDER, b, k, v)
-            for b, k, v in objects
-            if held(b, k, dropped) and not held(b, k, paths)
+            (service, p, b, k, v)
+            for p, b, k, v in objects
+            if held((p, b, k), dropped) and not held((p, b, k), paths)
         ]
         with self._transaction() as db:
             db.executemany(
-                "DELETE FROM listed_paths WHERE service = ? AND bucket = ? AND prefix = ?",
-                [(service, b, p) for b, p in dropped],
+                "DELETE FROM listed_paths "
+                "WHERE service = ? AND provider = ? AND bucket = ? AND prefix = ?",
+                [(service, *row) for row in dropped],
             )
             db.executemany(f"DELETE FROM objects WHERE {_OBJECT_KEY}", forgotten)
 

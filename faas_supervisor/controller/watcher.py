@@ -1,11 +1,12 @@
 """Watches the input paths of services, for stores that send no notifications themselves.
 
-The folder store (and an S3 server the controller could not ask for notifications) is
-polled every half second; an object is offered (reconcile.py: a job unless it has one,
-or was there before the service) when two polls in a row saw the same size and time: a
-file still being written does not start a job. Nothing is taken as old here: the store
-knows which objects have jobs, so an object that came while the controller was stopped
-gets its job at the next start.
+The folder store (and an S3 server the controller could not ask for notifications, and
+the servers of the MinIO providers services define) is polled every half second, each
+path through the store the intake gives with it; an object is offered (reconcile.py: a
+job unless it has one, or was there before the service) when two polls in a row saw the
+same size and time: a file still being written does not start a job. Nothing is taken
+as old here: the store knows which objects have jobs, so an object that came while the
+controller was stopped gets its job at the next start.
 
 A path that cannot be listed (the store down, its bucket refused) is listed again after
 1 s, 2 s, 4 s... up to BACKOFF_MAX, not every half second: one warning when it starts
@@ -26,12 +27,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote_plus
 
-from faas_supervisor.config import StoragePath
+from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath
 from faas_supervisor.controller.buckets import BucketStore, StoredObject
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.controller.notifications import input_paths, list_input
+from faas_supervisor.controller.notifications import Inputs, list_input
 from faas_supervisor.logs import get_logger
 
 POLL_SECONDS = 0.5
@@ -54,16 +56,15 @@ class _Failing:
 class InputWatcher:
     def __init__(
         self,
-        store: BucketStore,
         offer: Offer,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self.store = store
         self.offer = offer
         self._clock, self._sleep = clock, sleep  # the tests' simulated time
         self._services: dict[str, Service] = {}
+        self._paths: dict[str, dict[StoragePath, BucketStore]] = {}  # name -> its paths' stores
         # (service, path) -> objects offered, and objects seen once (maybe still changing)
         self._offered: dict[tuple[str, StoragePath], Seen] = {}
         self._pending: dict[tuple[str, StoragePath], Seen] = {}
@@ -72,9 +73,9 @@ class InputWatcher:
         self._failing: dict[tuple[str, StoragePath], _Failing] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def watch(self, service: Service) -> None:
+    async def watch(self, service: Service, paths: Inputs) -> None:
+        """List these input paths of the service, each through its store."""
         self.unwatch(service.name)
-        paths = input_paths(service)
         if not paths:
             return
         for path in paths:
@@ -82,10 +83,11 @@ class InputWatcher:
             self._pending[(service.name, path)] = {}
             self._refused[(service.name, path)] = {}
         self._services[service.name] = service
+        self._paths[service.name] = dict(paths)
 
     def unwatch(self, name: str) -> None:
-        service = self._services.pop(name, None)
-        for path in input_paths(service) if service else []:
+        self._services.pop(name, None)
+        for path in self._paths.pop(name, {}):
             self._offered.pop((name, path), None)
             self._pending.pop((name, path), None)
             self._refused.pop((name, path), None)
@@ -108,7 +110,7 @@ class InputWatcher:
     async def _round(self) -> None:
         """One listing of each input path, but those failing whose time has not come."""
         for name, service in list(self._services.items()):
-            for path in input_paths(service):
+            for path in list(self._paths.get(name, {})):
                 slot = (name, path)
                 failing = self._failing.get(slot)
                 if failing is not None and self._clock() < failing.due:
@@ -135,7 +137,10 @@ class InputWatcher:
         failing.due = self._clock() + delay
 
     async def _poll(self, service: Service, path: StoragePath) -> None:
-        objects = await asyncio.to_thread(list_input, self.store, path)
+        store = self._paths.get(service.name, {}).get(path)
+        if store is None:
+            return  # unwatched (or watched with other paths) since the round began
+        objects = await asyncio.to_thread(list_input, store, path)
         slot = (service.name, path)
         if self._services.get(service.name) is not service:
             return  # unwatched (or watched anew) while listing
@@ -168,11 +173,26 @@ class InputWatcher:
 
 
 def _shown(path: StoragePath) -> str:
-    return f"{path.bucket}/{path.key_prefix}"
+    where = f"{path.bucket}/{path.key_prefix}"
+    return where if path.provider == DEFAULT_PROVIDER else f"{path.provider}/{where}"
+
+
+def input_event(path: StoragePath, obj: StoredObject) -> bytes:
+    """The event of an object listed in an input path: MinIO's, delegated (SPEC 6.1) to
+    the path's provider when that is not the default one, so that the job downloads the
+    object from that provider's server."""
+    if path.provider == DEFAULT_PROVIDER:
+        return minio_event(path.bucket, obj)
+    delegated = {"event": _minio_event(path.bucket, obj), "storage_provider": path.provider}
+    return json.dumps(delegated, separators=(",", ":")).encode()
 
 
 def minio_event(bucket: str, obj: StoredObject) -> bytes:
     """An `s3:ObjectCreated:Put` event as MinIO sends it (key URL-encoded, `/` too)."""
+    return json.dumps(_minio_event(bucket, obj), separators=(",", ":")).encode()
+
+
+def _minio_event(bucket: str, obj: StoredObject) -> dict[str, Any]:
     key = quote_plus(obj.key, safe="")
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(obj.modified)) + ".000Z"
     request_id = uuid.uuid4().hex[:16].upper()
@@ -212,4 +232,4 @@ def minio_event(bucket: str, obj: StoredObject) -> bytes:
             }
         ],
     }
-    return json.dumps(event, separators=(",", ":")).encode()
+    return event

@@ -808,9 +808,6 @@ def test_the_buckets_on_a_services_own_minio_provider_are_made_on_its_server(
     assert {"extcopier-in", "extcopier-out"} <= {b["Name"] for b in s3.list_buckets()["Buckets"]}
     assert [o["Key"] for o in s3.list_objects_v2(Bucket="extcopier-in")["Contents"]] == ["input/"]
     assert not (controller.storage / "extcopier-in").exists()  # not on the default store
-    # Its inputs there are not watched: the log says where that server's events must go.
-    assert wait_until(lambda: "/job/extcopier" in controller.log_text(), 10, "the warning")
-    assert "minio.ext" in controller.log_text()
     # A run's output goes to the bucket made there (it failed with "no such bucket").
     ran = controller.request("POST", "/run/extcopier", data=base64.b64encode(b"to ext"))
     assert ran.status_code == 200, ran.text
@@ -825,6 +822,69 @@ def test_the_buckets_on_a_services_own_minio_provider_are_made_on_its_server(
     ))
     assert updated.status_code == 204, updated.text
     assert "extcopier-new" in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+
+@pytest.mark.timeout(180)
+def test_an_input_on_a_services_own_minio_provider_starts_one_job_reading_it_there(
+    controller: ControllerProcess, moto_server: Any
+) -> None:
+    # SPEC 7.2: that server is not asked for notifications, so the controller watches the
+    # input path there; the job's event is delegated to minio.ext (SPEC 6.1), so it reads
+    # the object from that server (the default store has no such bucket).
+    from tests.integration.test_controller_events import intake_of
+
+    s3 = moto_server.client()
+    s3.create_bucket(Bucket="owncopier-in")
+    s3.put_object(Bucket="owncopier-in", Key="input/old.txt", Body=b"there before")
+    token = controller.create(copier(
+        "owncopier",
+        input=[{"storage_provider": "minio.ext", "path": "owncopier-in/input"}],
+        output=[{"storage_provider": "minio.ext", "path": "owncopier-out/output"}],
+        storage_providers={"minio": {"ext": _own_minio(moto_server)}},
+    ))["token"]
+    assert intake_of(controller, "owncopier") == "watch"
+    assert "/job/owncopier" not in controller.log_text()  # no warning to point the server
+    s3.put_object(Bucket="owncopier-in", Key="input/new a.txt", Body=b"on ext")
+
+    def output() -> bytes | None:
+        try:
+            body: bytes = s3.get_object(Bucket="owncopier-out", Key="output/result")["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            return None
+        return body
+
+    assert wait_until(output, 90, "the output on minio.ext", controller) == b"on ext"
+    # One job, for the new object: the old one was there first (a baseline), and the
+    # watcher offers the objects of a listing in one poll, before the new one settled.
+    (job,) = controller.wait_jobs("owncopier", 1).values()
+    assert job["status"] == "Succeeded"
+    assert not (controller.storage / "owncopier-in").exists()
+    # The same object's event pushed to /job, delegated as the watcher's: the same job.
+    etag = s3.head_object(Bucket="owncopier-in", Key="input/new a.txt")["ETag"].strip('"')
+    event = json.loads((Path(__file__).parents[1] / "fixtures/events/minio.json").read_bytes())
+    event["Records"][0]["s3"]["bucket"]["name"] = "owncopier-in"
+    event["Records"][0]["s3"]["object"].update(key="input%2Fnew+a.txt", eTag=etag, size=6)
+    pushed = requests.post(f"{controller.url}/job/owncopier",
+                           json={"event": event, "storage_provider": "minio.ext"},
+                           headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert (pushed.status_code, pushed.json()) == (200, {"job": next(iter(
+        controller.jobs("owncopier")))}), pushed.text
+    assert len(controller.jobs("owncopier")) == 1
+    # Updated to another input path there: watched in its place, with its own baseline.
+    s3.create_bucket(Bucket="owncopier-moved")
+    s3.put_object(Bucket="owncopier-moved", Key="input/old.txt", Body=b"there before")
+    updated = controller.request("PUT", "/system/services", json=copier(
+        "owncopier",
+        input=[{"storage_provider": "minio.ext", "path": "owncopier-moved/input"}],
+        output=[{"storage_provider": "minio.ext", "path": "owncopier-out/moved"}],
+        storage_providers={"minio": {"ext": _own_minio(moto_server)}},
+    ))
+    assert updated.status_code == 204, updated.text
+    s3.put_object(Bucket="owncopier-moved", Key="input/b.txt", Body=b"moved")
+    jobs = controller.wait_jobs("owncopier", 2)
+    assert [j["status"] for j in jobs.values()] == ["Succeeded"] * 2
+    moved = s3.get_object(Bucket="owncopier-out", Key="moved/result")["Body"].read()
+    assert moved == b"moved"
 
 
 @pytest.mark.timeout(120)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
 
 from faas_supervisor import strict_json
+from faas_supervisor.config import StoragePath
 from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.controller.identity import ObjectId, listed_id, object_id
 from faas_supervisor.controller.store import PENDING, RUNNING, Store
-from faas_supervisor.controller.watcher import minio_event
+from faas_supervisor.controller.watcher import input_event, minio_event
 from faas_supervisor.errors import BadEvent
 from faas_supervisor.parsers import recognise
 
@@ -72,6 +74,31 @@ def test_bodies_naming_no_versioned_object_have_no_identity(body: bytes) -> None
 def test_a_listed_object_and_its_event_agree(key: str) -> None:
     obj = StoredObject(key, 12, 1700000000.5, '"0123abcd-2"')
     assert object_id(minio_event("photos", obj)) == listed_id("photos", obj)
+
+
+@pytest.mark.parametrize("key", ["in/plain.txt", "in/my dog+cat 100%.txt", "in/../refused"])
+def test_an_object_listed_on_a_services_own_provider_is_named_by_a_delegated_event(
+    key: str,
+) -> None:
+    """The watcher's event for it is delegated to that provider (the job downloads from
+    there), and names it as its listing and an event pushed to /job for it do: one job."""
+    obj = StoredObject(key, 12, 1700000000.5, '"0123abcd-2"')
+    watched = input_event(StoragePath("minio.ext", "photos/in"), obj)
+    envelope = json.loads(watched)
+    assert set(envelope) == {"event", "storage_provider"}
+    assert envelope["storage_provider"] == "minio.ext"
+    # Inside, MinIO's event for it.
+    assert envelope["event"]["Records"][0]["eventSource"] == "minio:s3"
+    assert object_id(json.dumps(envelope["event"]).encode()) == listed_id("photos", obj)
+    assert object_id(watched) == listed_id("photos", obj, "minio.ext") == ObjectId(
+        "minio.ext", "photos", key, "0123abcd-2")
+    assert object_id(watched) != listed_id("photos", obj)  # the default's is another object
+    pushed = {"event": json.loads(minio_event("photos", obj)), "storage_provider": "minio.ext"}
+    pushed["event"]["Records"][0]["s3"]["object"]["eTag"] = '"0123abcd-2"'  # quoted, as S3
+    assert object_id(json.dumps(pushed).encode()) == object_id(watched)
+    # The default provider's objects keep their plain MinIO event.
+    default = json.loads(input_event(StoragePath("minio", "photos/in"), obj))
+    assert "storage_provider" not in default and default["Records"][0]["eventSource"] == "minio:s3"
 
 
 REFUSED_KEYS = ["in/" + "x" * 300 + ".txt", "in/../up.txt", "in/./here.txt", "in/" + "é" * 128]
@@ -135,9 +162,9 @@ def test_one_object_gives_one_job(tmp_path: Path) -> None:
 def test_a_baseline_object_is_known_but_its_first_event_runs(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite3")
     old = ObjectId("minio.default", "b", "in/old", "e")
-    assert not store.path_listed("svc", "b", "in/")
-    store.record_baseline("svc", "b", "in/", [old])
-    assert store.path_listed("svc", "b", "in/")
+    assert not store.path_listed("svc", "minio.default", "b", "in/")
+    store.record_baseline("svc", "minio.default", "b", "in/", [old])
+    assert store.path_listed("svc", "minio.default", "b", "in/")
     assert store.has_object("svc", old)  # listings pass it by
     assert store.add_job("svc-1", "svc", old) is None  # an event for it runs it, once
     assert store.add_job("svc-2", "svc", old) == "svc-1"
@@ -162,20 +189,67 @@ def test_an_input_path_an_update_drops_forgets_its_identities(tmp_path: Path) ->
     def ids(bucket: str, *keys: str, provider: str = "minio.default") -> list[ObjectId]:
         return [ObjectId(provider, bucket, key, "e") for key in keys]
 
-    store.record_baseline("svc", "b", "in/", ids("b", "in/old", "in/keep/x"))
-    store.record_baseline("svc", "b", "in/keep/", ids("b", "in/keep/x"))
-    store.record_baseline("svc", "c", "", ids("c", "in/y"))
+    store.record_baseline("svc", "minio.default", "b", "in/", ids("b", "in/old", "in/keep/x"))
+    store.record_baseline("svc", "minio.default", "b", "in/keep/", ids("b", "in/keep/x"))
+    store.record_baseline("svc", "minio.default", "c", "", ids("c", "in/y"))
     store.add_job("svc-1", "svc", ids("b", "in/new")[0])
     elsewhere = ids("b", "in/replica", provider="minio.replica")[0]  # not on this path
     store.add_job("svc-2", "svc", elsewhere)
-    store.record_baseline("other", "b", "in/", ids("b", "in/old"))
+    store.record_baseline("other", "minio.default", "b", "in/", ids("b", "in/old"))
 
-    store.keep_paths("svc", {("b", "in/keep/"), ("c", "")})
-    assert not store.path_listed("svc", "b", "in/")
+    store.keep_paths("svc", {("minio.default", "b", "in/keep/"), ("minio.default", "c", "")})
+    assert not store.path_listed("svc", "minio.default", "b", "in/")
     assert store.objects_in("svc", "minio.default", "b", "") == set(ids("b", "in/keep/x"))
     assert store.objects_in("svc", "minio.default", "c", "") == set(ids("c", "in/y"))
     assert store.has_object("svc", elsewhere)
     assert store.objects_in("other", "minio.default", "b", "") == set(ids("b", "in/old"))
+
+
+def test_the_same_path_on_two_providers_is_two_paths(tmp_path: Path) -> None:
+    """A service's `minio.default/b/in` and `minio.ext/b/in`: each its own baseline, and
+    an update dropping one forgets its identities only."""
+    store = Store(tmp_path / "s.sqlite3")
+    default = ObjectId("minio.default", "b", "in/x", "e")
+    ext = ObjectId("minio.ext", "b", "in/x", "e")
+    store.record_baseline("svc", "minio.ext", "b", "in/", [ext])
+    assert store.path_listed("svc", "minio.ext", "b", "in/")
+    assert not store.path_listed("svc", "minio.default", "b", "in/")
+    assert not store.has_object("svc", default)
+    store.record_baseline("svc", "minio.default", "b", "in/", [default])
+    store.keep_paths("svc", {("minio.default", "b", "in/")})
+    assert not store.path_listed("svc", "minio.ext", "b", "in/")
+    assert not store.has_object("svc", ext)
+    assert store.path_listed("svc", "minio.default", "b", "in/")
+    assert store.has_object("svc", default)
+
+
+def test_a_store_of_an_older_version_keeps_its_listed_paths_on_the_default_provider(
+    tmp_path: Path,
+) -> None:
+    """Its `listed_paths` had no provider column: each of its paths was the default
+    provider's, and stays listed (no new baseline); a data folder keeps working."""
+    path = tmp_path / "s.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE listed_paths (
+            service TEXT NOT NULL, bucket TEXT NOT NULL, prefix TEXT NOT NULL,
+            PRIMARY KEY (service, bucket, prefix)
+        ) WITHOUT ROWID;
+        INSERT INTO listed_paths VALUES ('svc', 'b', 'in/'), ('svc', 'c', '');
+    """)
+    old.close()
+    store = Store(path)
+    assert store.path_listed("svc", "minio.default", "b", "in/")
+    assert store.path_listed("svc", "minio.default", "c", "")
+    assert not store.path_listed("svc", "minio.ext", "b", "in/")
+    store.record_baseline("svc", "minio.ext", "b", "in/", [])
+    assert store.path_listed("svc", "minio.ext", "b", "in/")
+    store.close()
+    again = Store(path)  # once only: the migrated table is kept as it is
+    assert again.path_listed("svc", "minio.ext", "b", "in/")
+    assert again.path_listed("svc", "minio.default", "b", "in/")
+    tables = {row[0] for row in again.db.execute("SELECT name FROM sqlite_master")}
+    assert "listed_paths_old" not in tables
 
 
 def test_running_jobs_are_pending_again_at_start(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from faas_supervisor.config import StoragePath
 from faas_supervisor.controller import watcher as watcher_module
 from faas_supervisor.controller.buckets import FolderStore, StoredObject
 from faas_supervisor.controller.fdl import Service, parse_service
+from faas_supervisor.controller.notifications import Inputs, input_paths
 from faas_supervisor.controller.watcher import InputWatcher
 
 
@@ -27,6 +28,11 @@ class ListedBucket:
         return list(self.objects)
 
 
+def inputs(service: Service, store: object) -> Inputs:
+    """The service's default inputs, listed through `store`."""
+    return dict.fromkeys(input_paths(service), store)  # type: ignore[arg-type]
+
+
 async def test_an_object_is_offered_once_settled_and_forgotten_once_gone() -> None:
     bucket = ListedBucket()
     offered: list[str] = []
@@ -34,7 +40,7 @@ async def test_an_object_is_offered_once_settled_and_forgotten_once_gone() -> No
     async def offer(service: Service, path: StoragePath, obj: StoredObject) -> None:
         offered.append(obj.key)
 
-    watcher = InputWatcher(bucket, offer)  # type: ignore[arg-type]
+    watcher = InputWatcher(offer)
     service = parse_service(
         {
             "name": "w",
@@ -42,7 +48,7 @@ async def test_an_object_is_offered_once_settled_and_forgotten_once_gone() -> No
             "input": [{"storage_provider": "minio", "path": "bucket/in"}],
         }
     )
-    await watcher.watch(service)
+    await watcher.watch(service, inputs(service, bucket))
     (path,) = watcher._offered
     poll = watcher._poll
 
@@ -110,7 +116,7 @@ async def test_a_store_down_is_listed_less_and_less_often_and_logged_once(
     async def offer(service: Service, path: StoragePath, obj: StoredObject) -> None:
         pass
 
-    watcher = InputWatcher(bucket, offer, clock=lambda: now[0], sleep=sleep)  # type: ignore[arg-type]
+    watcher = InputWatcher(offer, clock=lambda: now[0], sleep=sleep)
     service = parse_service(
         {
             "name": "w",
@@ -118,7 +124,7 @@ async def test_a_store_down_is_listed_less_and_less_often_and_logged_once(
             "input": [{"storage_provider": "minio", "path": "bucket/in"}],
         }
     )
-    await watcher.watch(service)
+    await watcher.watch(service, inputs(service, bucket))
 
     async def run_for(seconds: float) -> None:
         end = now[0] + seconds
@@ -164,13 +170,13 @@ async def test_an_object_whose_offer_fails_is_tried_again_and_stops_no_other(
             raise OSError(28, "No space left on device")
         offered.append(obj.key)
 
-    watcher = InputWatcher(store, offer)
+    watcher = InputWatcher(offer)
     service = parse_service({
         "name": "w",
         "script": "true",
         "input": [{"storage_provider": "minio", "path": "watched/in"}],
     })
-    await watcher.watch(service)
+    await watcher.watch(service, inputs(service, store))
     (path,) = {p for _, p in watcher._offered}
 
     await watcher._poll(service, path)  # seen once: maybe still being written

@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath, on_default_provider
+from faas_supervisor.config import DEFAULT_PROVIDER
 from faas_supervisor.controller.auth import new_token
-from faas_supervisor.controller.buckets import BucketStore, provider_endpoint, provider_store
+from faas_supervisor.controller.buckets import BucketStore, provider_store
 from faas_supervisor.controller.deployments import status_json, summary_json, wants_deployment
 from faas_supervisor.controller.fdl import Service, parse_service_json, service_json, unmask
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
+from faas_supervisor.controller.servers import Server, paths_by_server
 from faas_supervisor.errors import Conflict, InvalidService, NotFound, storage_failure
 from faas_supervisor.logs import get_logger
 
@@ -84,7 +85,6 @@ class ServiceRoutes(Routes):
                 await self._remove_buckets(made)
                 raise
         logger.info("service created", service=service.name)
-        _warn_unwatched(service)
         return web.Response(status=HTTPStatus.CREATED)
 
     async def update_service(self, request: web.Request) -> web.Response:
@@ -121,7 +121,6 @@ class ServiceRoutes(Routes):
                 await self._remove_buckets(made)
                 raise
         logger.info("service updated", service=service.name)
-        _warn_unwatched(service)
         return web.Response(status=HTTPStatus.NO_CONTENT)
 
     async def delete_service(self, request: web.Request) -> web.Response:
@@ -150,7 +149,7 @@ class ServiceRoutes(Routes):
         """The buckets (and folders) of the service's paths on each MinIO server they are
         on; the buckets this made (none was there), for a request that fails to remove."""
         made: list[_Made] = []
-        for server, paths in _paths_by_server(service).items():
+        for server, paths in paths_by_server(service).items():
             try:
                 store = self.api.buckets if server.default else await asyncio.to_thread(
                     provider_store, server.settings)
@@ -211,62 +210,18 @@ class ServiceRoutes(Routes):
 
 
 @dataclass(frozen=True)
-class _Server:
-    """A MinIO server a service's paths are on: the controller's default store, or the
-    server of a MinIO provider the service defines (`minio.ID`)."""
-
-    provider: str  # its name, as answers and logs give it
-    endpoint: str = ""  # "" for the default store; across services, what tells servers apart
-    settings: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def default(self) -> bool:
-        return not self.endpoint
-
-
-@dataclass(frozen=True)
 class _Made:
     """A bucket a request made, on `server` (through `store`)."""
 
-    server: _Server
+    server: Server
     store: BucketStore
     bucket: str
-
-
-def _paths_by_server(service: Service) -> dict[_Server, list[StoragePath]]:
-    """The service's input and output paths on each MinIO server, each once: the default
-    provider's first (`on_default_provider`), then those of its own MinIO providers."""
-    paths = (*service.input, *service.output)
-    found: dict[_Server, dict[StoragePath, None]] = {}
-    default = on_default_provider(paths)
-    if default:
-        found[_Server(DEFAULT_PROVIDER)] = dict.fromkeys(default)
-    for path in paths:
-        ptype, _, pid = path.provider.partition(".")
-        if ptype != "minio" or path.provider == DEFAULT_PROVIDER:
-            continue
-        settings = service.storage_providers[ptype][pid]  # defined: the definition's check
-        server = _Server(path.provider, provider_endpoint(settings), settings)
-        found.setdefault(server, {})[StoragePath(path.provider, path.path)] = None
-    return {server: list(on_server) for server, on_server in found.items()}
 
 
 def _buckets(service: Service) -> set[tuple[str, str]]:
     """The service's buckets, each as (its server's endpoint, "" for the default; name)."""
     return {(server.endpoint, path.bucket)
-            for server, paths in _paths_by_server(service).items() for path in paths}
-
-
-def _warn_unwatched(service: Service) -> None:
-    """Inputs on a MinIO provider the service defines are not watched (the intake follows
-    the default provider only): that server must send its events to the controller."""
-    for provider in sorted({p.provider for p in service.input if p.provider.startswith("minio.")
-                            and p.provider != DEFAULT_PROVIDER}):
-        logger.warning(
-            "inputs on this provider are not watched: point its server's object-created "
-            "notifications at the path, with the service's token as the Bearer",
-            service=service.name, provider=provider, path=f"/job/{service.name}",
-        )
+            for server, paths in paths_by_server(service).items() for path in paths}
 
 
 class NameLocks:

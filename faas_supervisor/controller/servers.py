@@ -1,0 +1,103 @@
+"""The MinIO servers a service's paths are on, and the stores the intake lists them through.
+
+A path is on the default provider's store (`minio.default`) or on the server of a MinIO
+provider the service defines (`minio.ID`, SPEC 7.2). Service creation makes the buckets
+of its paths on each (routes/services.py); the intake watches its inputs on each
+(intake.py), those on its own servers through `ServerStores`: one S3Store per server
+(endpoint, keys, region, verify), shared by every service whose providers name it, and
+dropped when the last of them is detached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath, on_default_provider
+from faas_supervisor.controller.buckets import S3Access, S3Store, provider_access, provider_endpoint
+from faas_supervisor.controller.fdl import Service
+
+
+@dataclass(frozen=True)
+class Server:
+    """A MinIO server a service's paths are on: the controller's default store, or the
+    server of a MinIO provider the service defines (`minio.ID`)."""
+
+    provider: str  # its name, as answers and logs give it
+    endpoint: str = ""  # "" for the default store; across services, what tells servers apart
+    settings: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def default(self) -> bool:
+        return not self.endpoint
+
+
+def paths_by_server(
+    service: Service, paths: Collection[StoragePath] | None = None
+) -> dict[Server, list[StoragePath]]:
+    """The service's paths (its input and output paths unless given) on each MinIO server,
+    each once: the default provider's first (`on_default_provider`), then those of its
+    own MinIO providers, as `StoragePath(provider, path)` (the provider normalised)."""
+    if paths is None:
+        paths = (*service.input, *service.output)
+    found: dict[Server, dict[StoragePath, None]] = {}
+    default = on_default_provider(paths)
+    if default:
+        found[Server(DEFAULT_PROVIDER)] = dict.fromkeys(default)
+    for path in paths:
+        ptype, _, pid = path.provider.partition(".")
+        if ptype != "minio" or path.provider == DEFAULT_PROVIDER:
+            continue
+        settings = service.storage_providers[ptype][pid]  # defined: the definition's check
+        server = Server(path.provider, provider_endpoint(settings), settings)
+        found.setdefault(server, {})[StoragePath(path.provider, path.path)] = None
+    return {server: list(on_server) for server, on_server in found.items()}
+
+
+def own_inputs(service: Service) -> dict[StoragePath, S3Access]:
+    """The service's input paths on its own MinIO providers, each with its server."""
+    return {
+        path: provider_access(server.settings)
+        for server, paths in paths_by_server(service, service.input).items()
+        if not server.default
+        for path in paths
+    }
+
+
+class ServerStores:
+    """One S3Store per server, held by the services that list it (by name)."""
+
+    def __init__(self, open_store: Callable[[S3Access], S3Store] = S3Access.open) -> None:
+        self._open = open_store
+        self._stores: dict[S3Access, S3Store] = {}
+        self._users: dict[str, frozenset[S3Access]] = {}
+
+    def __len__(self) -> int:
+        return len(self._stores)
+
+    async def hold(self, name: str, servers: Collection[S3Access]) -> dict[S3Access, S3Store]:
+        """The stores of `servers`, held for the service `name` until `release` (instead
+        of those it held before). Those no service holds yet are made, in a thread."""
+        before = self._users.get(name, frozenset())
+        self._users[name] = frozenset(servers)
+        self._drop_unused(before)
+        held: dict[S3Access, S3Store] = {}
+        for server in servers:
+            store = self._stores.get(server)
+            if store is None:
+                made = await asyncio.to_thread(self._open, server)
+                # Another service's hold may have made one meanwhile: one per server.
+                store = self._stores.setdefault(server, made)
+            held[server] = store
+        return held
+
+    def release(self, name: str) -> None:
+        """The service no longer lists its servers: those nobody else lists are dropped."""
+        self._drop_unused(self._users.pop(name, frozenset()))
+
+    def _drop_unused(self, servers: frozenset[S3Access]) -> None:
+        used = frozenset().union(*self._users.values())
+        for server in servers - used:
+            self._stores.pop(server, None)
