@@ -283,11 +283,18 @@ def _unless_gone(error: OSError) -> None:
         raise error
 
 
+# Seconds an S3 server's request may take to connect, and between two reads of its
+# answer: the runtime's own (storage_providers/s3.py), ample for a listing's page.
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 20.0
+
+
 class S3Store:
     """A MinIO/S3 server, path-style, as the OSCAR manager talks to its MinIO."""
 
     def __init__(
-        self, endpoint: str, access_key: str, secret_key: str, region: str, verify: bool = True
+        self, endpoint: str, access_key: str, secret_key: str, region: str, verify: bool = True,
+        *, connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT,
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -303,7 +310,10 @@ class S3Store:
             aws_secret_access_key=secret_key,
             region_name=region,
             verify=verify,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+            # botocore waits 60 s for each (three attempts): a server that drops packets
+            # would hold a service's create, and a watcher's thread, for minutes.
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3},
+                          connect_timeout=connect_timeout, read_timeout=read_timeout),
         )
 
     @property

@@ -187,3 +187,29 @@ def test_folder_bucket_read_racing_its_delete_never_fails(
     if got.status_code == 200:
         assert {o["object_name"] for o in got.json()["objects"]} == keys
     assert controller.request("GET", "/system/buckets/race").status_code == 404
+
+
+def test_an_s3_server_that_never_answers_fails_a_store_call_within_its_timeouts() -> None:
+    """A server that accepts and then says nothing (packets dropped past the handshake)
+    fails a call after the store's read timeout at each of its three attempts, not
+    botocore's 60 s each: a service's create, and a watcher's thread, are not held for
+    minutes. The defaults are the runtime's own (5 s to connect, 20 s between reads);
+    the call here runs with shorter ones, through the same client configuration."""
+    import socket
+    import time
+
+    from faas_supervisor.controller import buckets
+
+    assert (buckets.CONNECT_TIMEOUT, buckets.READ_TIMEOUT) == (5.0, 20.0)
+    default = S3Store("http://127.0.0.1:9", "AK", "SECRETSECRET", "us-east-1")
+    config = default.client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (5.0, 20.0)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        store = S3Store(f"http://127.0.0.1:{silent.getsockname()[1]}", "AK", "SECRETSECRET",
+                        "us-east-1", connect_timeout=1, read_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(Exception) as failed:
+            store.bucket_exists("anything")
+        took = time.monotonic() - started
+    assert type(failed.value).__name__ == "ReadTimeoutError", failed.value
+    assert took < 10, took  # three attempts of 0.5 s (and botocore's backoff between them)
