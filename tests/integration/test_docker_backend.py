@@ -71,13 +71,14 @@ def controllers(tmp_path: Path, docker_client: Any, runtime_image: str) -> Itera
 
     yield start
     factory.close()
-    names = set()
     for container in docker_client.containers.list(all=True, filters={"label": MANAGED}):
         if any(m.get("Source", "").startswith(str(tmp_path)) for m in container.attrs["Mounts"]):
-            names.add(container.labels["oscar_service"])
             container.remove(force=True)
-    for volume in docker_client.volumes.list(filters={"label": MANAGED}):
-        if (volume.attrs.get("Labels") or {}).get("oscar_service") in names:
+    # Those of this test's controllers alone, by their identities: another controller on
+    # the engine (another checkout's tests) may have a service of the same name.
+    for identity in {p.read_text().strip() for p in tmp_path.rglob(ID_FILE)}:
+        for volume in docker_client.volumes.list(
+                filters={"label": [MANAGED, f"{CONTROLLER_LABEL}={identity}"]}):
             volume.remove(force=True)
 
 
@@ -1024,3 +1025,34 @@ async def test_what_an_earlier_version_left_is_adopted_at_the_first_start_alone(
         for container in made:
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
+
+
+def test_a_docker_start_that_fails_after_following_the_engine_exits_in_one_line(
+    tmp_path: Path, docker_client: Any, runtime_image: str
+) -> None:
+    """The start follows the engine's events (a thread) before it keeps its identity and
+    removes what the last run left: a failure there (here the identity cannot be written,
+    a folder in its way) used to print its error and never exit, that thread holding
+    the process, so no supervisor saw the controller fail (a review found it). Now: one
+    line, exit status 2, at once."""
+    import subprocess
+
+    from tests.integration.controller_fixture import PASSWORD, USER, faas_command, free_port
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / f"{ID_FILE}.part").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
+    try:
+        done = subprocess.run(
+            [*faas_command(), "controller", "--host", "127.0.0.1", "--port", str(free_port()),
+             "--s3-port", "0", "--data-dir", str(data), "--user", USER, "--password", PASSWORD,
+             "--backend", "docker", "--runtime-image", runtime_image],
+            env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the controller did not exit: {exc.stderr!r}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"faas-supervisor: error: cannot keep the controller's identity in {data / ID_FILE}: "
+        "Is a directory"), done.stderr
+    assert "Traceback" not in done.stderr

@@ -365,3 +365,25 @@ def test_the_controllers_identity_is_kept_and_a_damaged_one_refused(tmp_path: Pa
     path.write_text("0123456789ab")  # cut short
     with pytest.raises(ConfigError, match="does not hold a controller identity"):
         _read_identity(path)
+
+
+def test_an_identity_file_not_text_or_not_a_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8, or a folder in the file's place, are damage too: the same
+    one-line ConfigError (exit status 2), not a UnicodeDecodeError's or IsADirectoryError's
+    traceback (a review found both). A folder where the file is written from is one line."""
+    from faas_supervisor.controller.backends.docker import _keep_identity, _read_identity
+    from faas_supervisor.errors import ConfigError
+
+    path = tmp_path / "controller-id"
+    path.write_bytes(b"\xff\xfe0123456789abcd")
+    with pytest.raises(ConfigError, match="does not hold a controller identity"):
+        _read_identity(path)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(ConfigError, match="does not hold a controller identity"):
+        _read_identity(path)
+    path.rmdir()
+    (tmp_path / "controller-id.part").mkdir()
+    with pytest.raises(ConfigError, match=r"cannot keep the controller's identity in .*: "
+                                          r"Is a directory"):
+        _keep_identity(path, "0123456789abcdef")

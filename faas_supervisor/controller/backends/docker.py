@@ -245,19 +245,25 @@ class DockerBackend:
         # of rotation at once, and checked again when the engine has restarted it.
         self._events = await self._run(self._subscribe, None)
         self._events_task = asyncio.ensure_future(self._stream(self._follow_events))
-        if kept is None:
-            await self._adopt()
-            # Kept only now: a start that failed before makes another, and adopts again.
-            await asyncio.to_thread(_keep_identity, self.id_file, self.controller)
-        # Before the jobs of an earlier controller are queued again: their containers go.
-        left = await self._run(
-            self._client.containers.list, all=True,
-            filters=_selector(self.controller, component="job"),
-        )
-        for container in left:
-            logger.warning("removing a job container left by the last controller",
-                           container=container.name)
-            await self._run(self._remove_container, container.id)
+        try:
+            if kept is None:
+                await self._adopt()
+                # Kept only now: a start that failed before makes another, and adopts again.
+                await asyncio.to_thread(_keep_identity, self.id_file, self.controller)
+            # Before the jobs of an earlier controller are queued again: their containers go.
+            left = await self._run(
+                self._client.containers.list, all=True,
+                filters=_selector(self.controller, component="job"), ignore_removed=True,
+            )
+            for container in left:
+                logger.warning("removing a job container left by the last controller",
+                               container=container.name)
+                await self._run(self._remove_container, container.id)
+        except BaseException:
+            # Else the thread following the engine's events would keep the process from
+            # exiting: the start's error printed, and no exit for a supervisor to see.
+            await self.close()
+            raise
         logger.info("docker backend ready", runtime_image=self.runtime_image,
                     controller=self.controller)
 
@@ -281,8 +287,10 @@ class DockerBackend:
             labels = labels or {}
             return CONTROLLER_LABEL not in labels and labels.get(SERVICE_LABEL) in ours
 
+        # Every controller's: one removed while it is listed (another controller's job
+        # ending) is passed over, not an error.
         found = await self._run(self._client.containers.list, all=True,
-                                filters=_selector(None))
+                                filters=_selector(None), ignore_removed=True)
         left = [c for c in found if earlier(c.labels)]
         for container in left:
             logger.warning("removing a container an earlier version left",
@@ -1058,6 +1066,8 @@ def _read_identity(path: Path) -> str | None:
         text = path.read_text().strip()
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError):  # a folder, unreadable, not text: damaged too
+        text = ""
     if len(text) != ID_DIGITS or not set(text) <= set("0123456789abcdef"):
         # Made anew, it would leave this controller's containers on the engine unowned.
         raise ConfigError(f"{path} does not hold a controller identity ({ID_DIGITS} hex "
@@ -1069,11 +1079,15 @@ def _read_identity(path: Path) -> str | None:
 def _keep_identity(path: Path, identity: str) -> None:
     """Written whole or not at all: a torn file would be refused at the next start."""
     part = path.with_name(f"{path.name}.part")
-    with open(part, "w") as out:
-        out.write(f"{identity}\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(part, path)
+    try:
+        with open(part, "w") as out:
+            out.write(f"{identity}\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(part, path)
+    except OSError as exc:  # a full disk, a folder in the way: one line, exit status 2
+        raise ConfigError(f"cannot keep the controller's identity in {path}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
 
 
 def _event_text(event: Path) -> str | None:
