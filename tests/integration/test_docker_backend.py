@@ -739,6 +739,36 @@ def rebuildable_runtime(docker_client: Any, runtime_image: str) -> Iterator[str]
     docker_client.images.remove(tag)
 
 
+@dataclasses.dataclass
+class WaitingJob:
+    """A service deployed with WAITING_JOB (its one watchdog, and that one's runtime
+    volume) and a job of it started, waiting for /tmp/go: `running` awaits its exit."""
+
+    service: Any
+    watchdog: Any
+    volume: str
+    job: str
+    log: Path
+    running: asyncio.Task[int]
+
+
+async def waiting_job(backend: DockerBackend, service_name: str, docker_client: Any,
+                      tmp_path: Path) -> WaitingJob:
+    service = parse_service({"name": service_name, "image": USER_IMAGE,
+                             "script": WAITING_JOB, "log_level": "CRITICAL"})
+    await backend.deploy(service)
+    (watchdog,) = containers(docker_client, service_name)
+    (volume,) = volumes_of(watchdog)
+    job, log = f"{service_name}-job", tmp_path / "job.log"
+    event = tmp_path / "event"
+    event.write_text("{}")
+    since = int(time.time()) - 1
+    running = asyncio.create_task(backend.run_job(service, job, event, log))
+    await asyncio.to_thread(engine_event, docker_client, job, "start", since)
+    await asyncio.to_thread(wait_output, docker_client, job, b"started")
+    return WaitingJob(service, watchdog, volume, job, log, running)
+
+
 async def test_a_new_runtime_image_gets_a_volume_of_its_own(
     rebuildable_runtime: str, service_name: str, docker_client: Any, tmp_path: Path
 ) -> None:
@@ -754,19 +784,8 @@ async def test_a_new_runtime_image_gets_a_volume_of_its_own(
                             {"DOCKER_HOST": f"unix://{ENGINE_SOCKET}"})
     await backend.start()
     try:
-        service = parse_service({"name": service_name, "image": USER_IMAGE,
-                                 "script": WAITING_JOB, "log_level": "CRITICAL"})
-        await backend.deploy(service)
-        (first,) = containers(docker_client, service_name)
-        (old,) = volumes_of(first)
-
-        job = f"{service_name}-job"
-        event = tmp_path / "event"
-        event.write_text("{}")
-        running = asyncio.create_task(backend.run_job(service, job, event, tmp_path / "log"))
-        since = int(time.time()) - 1
-        await asyncio.to_thread(engine_event, docker_client, job, "start", since)
-        await asyncio.to_thread(wait_output, docker_client, job, b"started")
+        waiting = await waiting_job(backend, service_name, docker_client, tmp_path)
+        service, first, old, job = waiting.service, waiting.watchdog, waiting.volume, waiting.job
 
         await asyncio.to_thread(
             docker_client.images.build, fileobj=io.BytesIO(
@@ -784,8 +803,8 @@ async def test_a_new_runtime_image_gets_a_volume_of_its_own(
 
         await asyncio.to_thread(docker_client.containers.get(job).exec_run,
                                 ["sh", "-c", "echo > /tmp/go"])
-        assert await running == 0
-        assert "released" in (tmp_path / "log").read_text()
+        assert await waiting.running == 0
+        assert "released" in waiting.log.read_text()
         assert runtime_volumes(docker_client, service_name) == {new}
 
         await backend.remove(service_name)
@@ -926,18 +945,8 @@ async def test_two_controllers_on_one_engine_leave_each_others_services_and_jobs
     await first.start()
     second: DockerBackend | None = None
     try:
-        mine = parse_service({"name": service_name, "image": USER_IMAGE,
-                              "script": WAITING_JOB, "log_level": "CRITICAL"})
-        await first.deploy(mine)
-        (watchdog,) = containers(docker_client, service_name)
-        (volume,) = volumes_of(watchdog)
-        job = f"{service_name}-job"
-        event = tmp_path / "event"
-        event.write_text("{}")
-        since = int(time.time()) - 1
-        job_done = asyncio.create_task(first.run_job(mine, job, event, tmp_path / "job.log"))
-        await asyncio.to_thread(engine_event, docker_client, job, "start", since)
-        await asyncio.to_thread(wait_output, docker_client, job, b"started")
+        waiting = await waiting_job(first, service_name, docker_client, tmp_path)
+        mine, watchdog, volume, job = waiting.service, waiting.watchdog, waiting.volume, waiting.job
 
         second = engine_backend(tmp_path / "second", runtime_image)
         await second.start()
@@ -966,7 +975,7 @@ async def test_two_controllers_on_one_engine_leave_each_others_services_and_jobs
         assert health.status_code == 200
         await asyncio.to_thread(docker_client.containers.get(job).exec_run,
                                 ["sh", "-c", "echo > /tmp/go"])
-        assert await job_done == 0
+        assert await waiting.running == 0
         await first.remove(service_name)
         assert not containers(docker_client, service_name)
         assert not runtime_volumes(docker_client, service_name)
