@@ -38,8 +38,8 @@ from faas_supervisor.controller.buckets import BucketStore, S3Store
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.notifications import Inputs, S3Notifications, input_paths
 from faas_supervisor.controller.queue import QueuePoller, Submit
-from faas_supervisor.controller.reconcile import DEFAULT_INTERVAL, Reconciler
-from faas_supervisor.controller.servers import ServerStores, own_inputs
+from faas_supervisor.controller.reconcile import DEFAULT_INTERVAL, ListingFailed, Reconciler
+from faas_supervisor.controller.servers import ServerStores, own_inputs, shown_error
 from faas_supervisor.controller.store import Store
 from faas_supervisor.controller.watcher import InputWatcher
 from faas_supervisor.errors import ConfigError
@@ -122,21 +122,36 @@ class Intake:
             if not fallback:
                 self.servers.release(service.name)
                 raise
-            logger.warning(
-                "cannot set up the storage server's notifications; watching instead",
-                service=service.name,
-                error=str(exc),
-            )
+            if isinstance(exc, ListingFailed):  # its baseline: taken at its first listing
+                provider = exc.path.provider
+                logger.warning("cannot list an input path; all the service's inputs are "
+                               "watched", service=service.name, provider=provider,
+                               path=f"{exc.path.bucket}/{exc.path.key_prefix}",
+                               error=shown_error(provider, exc.__cause__ or exc))
+            else:  # the default provider's server (the operator's: its message is kept)
+                logger.warning(
+                    "cannot set up the storage server's notifications; watching instead",
+                    service=service.name,
+                    error=shown_error(DEFAULT_PROVIDER, exc),
+                )
             mode = IntakeKind.WATCH
             await self.watcher.watch(service, _watched(inputs, mode))
         self.modes[service.name] = mode
         if mode != IntakeKind.NONE:
             self.reconciler.add(service, inputs, _watched(inputs, mode).keys())
+        if fallback:  # the stored definition, back: paths a failed update recorded go
+            self.keep(service)
         own = sorted({path.provider for path in inputs if path.provider != DEFAULT_PROVIDER})
         # Whatever the way of its default inputs, those on its own providers are watched.
         watched = {"watched": ",".join(own)} if own else {}
         logger.info("service events", service=service.name, intake=mode.value, **watched)
         return mode
+
+    def keep(self, service: Service) -> None:
+        """The input paths the service no longer has are forgotten: called once its update
+        has gone through, not before (a failed one leaves the old paths as they were, their
+        objects that came meanwhile given jobs, not taken as old)."""
+        self.reconciler.keep(service)
 
     async def _inputs(self, service: Service, fallback: bool) -> dict[StoragePath, BucketStore]:
         """The service's input paths, each with the store it is listed through: the

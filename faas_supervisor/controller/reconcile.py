@@ -31,12 +31,22 @@ from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import listed_id
 from faas_supervisor.controller.notifications import Inputs, list_input
 from faas_supervisor.controller.queue import Submit
-from faas_supervisor.controller.store import Store
+from faas_supervisor.controller.servers import input_servers, shown_error
+from faas_supervisor.controller.store import ListedPath, Store
 from faas_supervisor.controller.watcher import input_event
 from faas_supervisor.logs import get_logger
 
 DEFAULT_INTERVAL = 60.0
 logger = get_logger(component="reconcile")
+
+
+class ListingFailed(Exception):
+    """An input path that cannot be listed when the service gets it (its baseline): the
+    service is not attached; `__cause__` says why (routes/services.py shows its type)."""
+
+    def __init__(self, path: StoragePath) -> None:
+        super().__init__(f"{path.provider}: cannot list {path.bucket}/{path.key_prefix}")
+        self.path = path
 
 
 class Reconciler:
@@ -46,6 +56,10 @@ class Reconciler:
         self.interval = interval
         # name -> (service, its input paths and their stores, those the watcher lists)
         self._services: dict[str, tuple[Service, Inputs, frozenset[StoragePath]]] = {}
+        # name -> (service, its input paths as the store records them): from its definition
+        self._listed: dict[str, tuple[Service, dict[StoragePath, ListedPath]]] = {}
+        # name -> its listing in progress: a server that never answers holds up its own
+        self._rounds: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def add(self, service: Service, inputs: Inputs, watched: Collection[StoragePath]) -> None:
@@ -55,36 +69,57 @@ class Reconciler:
 
     def remove(self, name: str) -> None:
         self._services.pop(name, None)
+        self._listed.pop(name, None)
+        # A listing in progress is left to end (not cancelled halfway through a submit):
+        # it stops at its next path, and the next round lists the service anew.
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reconcile")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, *self._rounds.values()):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _path(self, service: Service, path: StoragePath) -> ListedPath:
+        """The input path as the store records it: on which server (servers.server_id)."""
+        known = self._listed.get(service.name)
+        if known is None or known[0] is not service:
+            servers = input_servers(service)
+            known = self._listed[service.name] = (service, {
+                p: ListedPath(p.provider, server, p.bucket, p.key_prefix)
+                for p, server in servers.items()
+            })
+        found = known[1].get(path)
+        return found or ListedPath(path.provider, "", path.bucket, path.key_prefix)
 
     async def baseline(self, service: Service, inputs: Inputs) -> None:
-        """The objects already in the service's new input paths are old: no jobs.
-        Raises when a path's store cannot be listed."""
-        kept = {(p.provider, p.bucket, p.key_prefix) for p in inputs}
-        self.store.keep_paths(service.name, kept)
+        """The objects already in the service's new input paths are old: no jobs. Those it
+        no longer has are left recorded (`keep`: once an update has gone through, so that a
+        failed one leaves the service as it was). Raises ListingFailed when a path's store
+        cannot be listed."""
         for path, store in inputs.items():
-            if not self.store.path_listed(
-                service.name, path.provider, path.bucket, path.key_prefix
-            ):
-                objects = await asyncio.to_thread(list_input, store, path)
+            if not self.store.path_listed(service.name, self._path(service, path)):
+                try:
+                    objects = await asyncio.to_thread(list_input, store, path)
+                except Exception as exc:
+                    raise ListingFailed(path) from exc
                 self._record_baseline(service, path, objects)
+
+    def keep(self, service: Service) -> None:
+        """The input paths the service's definition does not have are forgotten: an update
+        that went through (or its previous definition back after one that failed)."""
+        listed = {self._path(service, path) for path in input_servers(service)}
+        self.store.keep_paths(service.name, listed)
 
     def _record_baseline(
         self, service: Service, path: StoragePath, objects: list[StoredObject]
     ) -> None:
         self.store.record_baseline(
             service.name,
-            path.provider,
-            path.bucket,
-            path.key_prefix,
+            self._path(service, path),
             [listed_id(path.bucket, o, path.provider) for o in objects],
         )
         logger.info(
@@ -98,7 +133,7 @@ class Reconciler:
     async def offer(self, service: Service, path: StoragePath, obj: StoredObject) -> None:
         """A complete object in one of the service's input paths: a job, unless it has
         one (or was there first). Until the path's baseline is recorded, nothing."""
-        if not self.store.path_listed(service.name, path.provider, path.bucket, path.key_prefix):
+        if not self.store.path_listed(service.name, self._path(service, path)):
             return
         if self.store.has_object(service.name, listed_id(path.bucket, obj, path.provider)):
             return
@@ -113,12 +148,17 @@ class Reconciler:
         _, inputs, watched = entry
         for path, store in inputs.items():
             started = time.time()
-            objects = await asyncio.to_thread(list_input, store, path)
+            try:
+                objects = await asyncio.to_thread(list_input, store, path)
+            except Exception as exc:  # this path only: the service's others are listed
+                logger.warning("cannot list an input path", service=service.name,
+                               provider=path.provider, path=f"{path.bucket}/{path.key_prefix}",
+                               error=shown_error(path.provider, exc))
+                continue
             if self._services.get(service.name) is not entry:
                 return  # detached (deleted or updated) while listing
-            if not self.store.path_listed(
-                service.name, path.provider, path.bucket, path.key_prefix
-            ):
+            listed_path = self._path(service, path)
+            if not self.store.path_listed(service.name, listed_path):
                 self._record_baseline(service, path, objects)
                 continue
             listed = {listed_id(path.bucket, obj, path.provider): obj for obj in objects}
@@ -140,9 +180,20 @@ class Reconciler:
 
     async def _run(self) -> None:
         while True:
+            # Each service's listing its own task: one whose server never answers (until
+            # its timeouts, buckets.py) holds up no other's, and is not started twice.
             for name, (service, _, _) in list(self._services.items()):
-                try:
-                    await self.reconcile(service)
-                except Exception as exc:  # the store is down: the next round tries again
-                    logger.warning("cannot list the input paths", service=name, error=str(exc))
+                if name not in self._rounds:
+                    task = asyncio.create_task(self._reconcile(name, service),
+                                               name=f"reconcile-{name}")
+                    self._rounds[name] = task
             await asyncio.sleep(self.interval)  # a period: there is no event to await
+
+    async def _reconcile(self, name: str, service: Service) -> None:
+        try:
+            await self.reconcile(service)
+        except Exception as exc:  # the controller's store is down: the next round tries again
+            logger.warning("cannot reconcile the input paths", service=name, error=str(exc))
+        finally:
+            if self._rounds.get(name) is asyncio.current_task():
+                del self._rounds[name]

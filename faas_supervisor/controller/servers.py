@@ -6,14 +6,21 @@ of its paths on each (routes/services.py); the intake watches its inputs on each
 (intake.py), those on its own servers through `ServerStores`: one S3Store per server
 (endpoint, keys, region, verify), shared by every service whose providers name it, and
 dropped when the last of them is detached.
+
+What the controller's store and log keep of such a server: a digest (`server_id`), and
+failures without their message (`shown_error`), since its endpoint may hold the
+service's `user:password@`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath, on_default_provider
 from faas_supervisor.controller.buckets import S3Access, S3Store, provider_access, provider_endpoint
@@ -64,6 +71,41 @@ def own_inputs(service: Service) -> dict[StoragePath, S3Access]:
         if not server.default
         for path in paths
     }
+
+
+def input_servers(service: Service) -> dict[StoragePath, str]:
+    """Each input path of the service with the server it is on, as the store records it:
+    "" for the default provider, `server_id` for one of its own."""
+    found = dict.fromkeys(on_default_provider(service.input), "")
+    found.update((path, server_id(access)) for path, access in own_inputs(service).items())
+    return found
+
+
+def server_id(access: S3Access) -> str:
+    """The server, as the store records which one a path was listed on: a path keeps its
+    name when an update points its provider at another server, but is a new path there.
+    A digest, so that neither the endpoint nor the key is written down; the endpoint's
+    user and password are credentials, not the server, and are left out."""
+    parts = urlsplit(access.endpoint)
+    host = parts.netloc.rpartition("@")[2]
+    endpoint = urlunsplit(parts._replace(netloc=host))
+    named = json.dumps([endpoint, access.access_key, access.region])
+    return hashlib.sha256(named.encode()).hexdigest()[:32]
+
+
+def shown_error(provider: str, exc: BaseException) -> str:
+    """What the log shows of a failure of a server's call. The default provider's message
+    whole: its endpoint is the operator's --minio-endpoint, which settings.py refuses with
+    a user or password (as errors.py's messages, it names no secret). Another server's
+    endpoint is the service's and may hold `user:password@`, which botocore's messages
+    quote: its exception's type only, and the S3 error code of a ClientError."""
+    if provider == DEFAULT_PROVIDER:
+        return str(exc)
+    response = getattr(exc, "response", None)  # botocore's ClientError, not imported here
+    error = response.get("Error") if isinstance(response, dict) else None
+    code = error.get("Code") if isinstance(error, dict) else None
+    name = type(exc).__name__  # botocore names some after the code: `AccessDenied`
+    return f"{name} ({code})" if isinstance(code, str) and code and code != name else name
 
 
 class ServerStores:

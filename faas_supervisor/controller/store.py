@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, Concatenate, ParamSpec, TypeVar
+from typing import IO, Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 from faas_supervisor.config import DEFAULT_PROVIDER
 from faas_supervisor.controller.fdl import Service, from_record, to_record
@@ -79,9 +79,10 @@ FINISHED = (SUCCEEDED, FAILED)
 _LISTED_PATHS = """CREATE TABLE IF NOT EXISTS listed_paths (
     service TEXT NOT NULL,
     provider TEXT NOT NULL,
+    server TEXT NOT NULL,  -- "" on the default provider, else servers.server_id's digest
     bucket TEXT NOT NULL,
     prefix TEXT NOT NULL,
-    PRIMARY KEY (service, provider, bucket, prefix)
+    PRIMARY KEY (service, provider, server, bucket, prefix)
 ) WITHOUT ROWID"""
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS services (
@@ -114,6 +115,15 @@ CREATE TABLE IF NOT EXISTS objects (
 ) WITHOUT ROWID;
 {_LISTED_PATHS};
 """
+
+
+class ListedPath(NamedTuple):
+    """An input path as listed_paths records it: on which provider's server, where."""
+
+    provider: str
+    server: str  # "" on the default provider, else servers.server_id's digest
+    bucket: str
+    prefix: str
 
 
 @dataclass(frozen=True)
@@ -167,17 +177,19 @@ class Store:
     def _migrate(self) -> None:
         """An older store's tables brought to this version's: a data folder is kept."""
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(listed_paths)")}
-        if "provider" not in columns:
-            # Made before the inputs on a service's own MinIO providers were listed: its
-            # paths were all on the default one. SQLite adds no column to a primary key,
-            # so the table is made anew, all in one transaction.
+        if "server" not in columns:
+            # Made before the server of a path was recorded: its paths were all on the
+            # default provider (`provider`, when there, was never released otherwise; a
+            # row of another provider, on no recorded server, is listed anew). SQLite
+            # adds no column to a primary key: the table is made anew, in one transaction.
+            provider = "provider" if "provider" in columns else "?"
             with self._transaction() as db:
                 db.execute("ALTER TABLE listed_paths RENAME TO listed_paths_old")
                 db.execute(_LISTED_PATHS)
                 db.execute(
-                    "INSERT INTO listed_paths (service, provider, bucket, prefix) "
-                    "SELECT service, ?, bucket, prefix FROM listed_paths_old",
-                    (DEFAULT_PROVIDER,),
+                    "INSERT INTO listed_paths (service, provider, server, bucket, prefix) "
+                    f"SELECT service, {provider}, '', bucket, prefix FROM listed_paths_old",
+                    () if "provider" in columns else (DEFAULT_PROVIDER,),
                 )
                 db.execute("DROP TABLE listed_paths_old")
 
@@ -491,18 +503,16 @@ class Store:
         return {ObjectId(provider, bucket, k, v) for k, v in rows if k.startswith(prefix)}
 
     @_serialized
-    def path_listed(self, service: str, provider: str, bucket: str, prefix: str) -> bool:
+    def path_listed(self, service: str, path: ListedPath) -> bool:
         row = self.db.execute(
             "SELECT 1 FROM listed_paths "
-            "WHERE service = ? AND provider = ? AND bucket = ? AND prefix = ?",
-            (service, provider, bucket, prefix),
+            "WHERE service = ? AND provider = ? AND server = ? AND bucket = ? AND prefix = ?",
+            (service, *path),
         ).fetchone()
         return row is not None
 
     @_serialized
-    def record_baseline(
-        self, service: str, provider: str, bucket: str, prefix: str, objects: list[ObjectId]
-    ) -> None:
+    def record_baseline(self, service: str, path: ListedPath, objects: list[ObjectId]) -> None:
         """An input path's first listing: its objects are old, and get no job."""
         now = time.time()
         with self._transaction() as db:
@@ -513,27 +523,29 @@ class Store:
                 [(service, *_fields(obj), now) for obj in objects],
             )
             db.execute(
-                "INSERT OR IGNORE INTO listed_paths (service, provider, bucket, prefix) "
-                "VALUES (?, ?, ?, ?)",
-                (service, provider, bucket, prefix),
+                "INSERT OR IGNORE INTO listed_paths (service, provider, server, bucket, prefix) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (service, *path),
             )
 
     @_serialized
-    def keep_paths(self, service: str, paths: set[tuple[str, str, str]]) -> None:
-        """After an update: input paths (providers, buckets and key prefixes) the service
-        no longer has are no longer listed (given back later, such a path gets a new
-        baseline), and the identities recorded under them are forgotten, but for those a
-        kept path holds too: no listing would prune them."""
+    def keep_paths(self, service: str, paths: set[ListedPath]) -> None:
+        """After an update: input paths the service no longer has (another provider,
+        server, bucket or key prefix) are no longer listed (given back later, such a path
+        gets a new baseline), and the identities recorded under them are forgotten, but
+        for those a kept path holds too: no listing would prune them."""
         rows = self.db.execute(
-            "SELECT provider, bucket, prefix FROM listed_paths WHERE service = ?", (service,)
+            "SELECT provider, server, bucket, prefix FROM listed_paths WHERE service = ?",
+            (service,),
         ).fetchall()
-        dropped = [row for row in rows if row not in paths]
+        dropped = [row for row in rows if ListedPath(*row) not in paths]
         if not dropped:
             return
 
-        def held(obj: tuple[str, str, str], among: Collection[tuple[str, str, str]]) -> bool:
+        def held(obj: tuple[str, str, str], among: Collection[tuple[str, str, str, str]]) -> bool:
+            # An identity names no server: held by any path of its provider, bucket, prefix.
             provider, bucket, key = obj
-            return any((provider, bucket) == (p, b) and key.startswith(x) for p, b, x in among)
+            return any((provider, bucket) == (p, b) and key.startswith(x) for p, _, b, x in among)
 
         objects = self.db.execute(
             "SELECT provider, bucket, key, version FROM objects WHERE service = ?", (service,)
@@ -545,8 +557,8 @@ class Store:
         ]
         with self._transaction() as db:
             db.executemany(
-                "DELETE FROM listed_paths "
-                "WHERE service = ? AND provider = ? AND bucket = ? AND prefix = ?",
+                "DELETE FROM listed_paths WHERE service = ? AND provider = ? AND server = ? "
+                "AND bucket = ? AND prefix = ?",
                 [(service, *row) for row in dropped],
             )
             db.executemany(f"DELETE FROM objects WHERE {_OBJECT_KEY}", forgotten)

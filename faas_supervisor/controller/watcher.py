@@ -8,6 +8,9 @@ same size and time: a file still being written does not start a job. Nothing is 
 as old here: the store knows which objects have jobs, so an object that came while the
 controller was stopped gets its job at the next start.
 
+Each path is listed in a task of its own, one listing at a time: a server that accepts
+and never answers holds up its own paths only (until its timeouts), not the others'.
+
 A path that cannot be listed (the store down, its bucket refused) is listed again after
 1 s, 2 s, 4 s... up to BACKOFF_MAX, not every half second: one warning when it starts
 failing, one info line when it lists again. An object whose offer fails (a full disk)
@@ -34,6 +37,7 @@ from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath
 from faas_supervisor.controller.buckets import BucketStore, StoredObject
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.notifications import Inputs, list_input
+from faas_supervisor.controller.servers import shown_error
 from faas_supervisor.logs import get_logger
 
 POLL_SECONDS = 0.5
@@ -71,6 +75,8 @@ class InputWatcher:
         # (service, path) -> objects whose offer failed, warned of once (also in _pending)
         self._refused: dict[tuple[str, StoragePath], Seen] = {}
         self._failing: dict[tuple[str, StoragePath], _Failing] = {}
+        # (service, path) -> its listing going on (held here until it ends, unwatched or not)
+        self._listing: dict[tuple[str, StoragePath], asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def watch(self, service: Service, paths: Inputs) -> None:
@@ -97,31 +103,46 @@ class InputWatcher:
         self._task = asyncio.create_task(self._run(), name="input-watcher")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, *self._listing.values()):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _run(self) -> None:
         while True:
-            await self._round()
+            self._round()
             await self._sleep(POLL_SECONDS)  # polling: the folder store has no events
 
-    async def _round(self) -> None:
-        """One listing of each input path, but those failing whose time has not come."""
+    def _round(self) -> list[asyncio.Task[None]]:
+        """A listing of each input path started (the tasks), but of those failing whose
+        time has not come, and of those whose last listing goes on: each path's its own
+        task, so that a server that never answers holds up its paths only (its listing
+        ends at its timeouts, buckets.py, and is then started again)."""
+        started: list[asyncio.Task[None]] = []
         for name, service in list(self._services.items()):
             for path in list(self._paths.get(name, {})):
                 slot = (name, path)
                 failing = self._failing.get(slot)
-                if failing is not None and self._clock() < failing.due:
+                if slot in self._listing or (failing is not None and self._clock() < failing.due):
                     continue
-                try:
-                    await self._poll(service, path)
-                except Exception as exc:  # a store hiccup must not stop the watching
-                    self._failed(slot, exc)
-                    continue
-                if self._failing.pop(slot, None) is not None:
-                    logger.info("input path listed again", service=name, path=_shown(path))
+                task = asyncio.create_task(self._list(slot, service), name=f"watch-{name}")
+                self._listing[slot] = task
+                started.append(task)
+        return started
+
+    async def _list(self, slot: tuple[str, StoragePath], service: Service) -> None:
+        name, path = slot
+        try:
+            await self._poll(service, path)
+        except Exception as exc:  # a store hiccup must not stop the watching
+            self._failed(slot, exc)
+        else:
+            if self._failing.pop(slot, None) is not None:
+                logger.info("input path listed again", service=name, path=_shown(path))
+        finally:
+            if self._listing.get(slot) is asyncio.current_task():
+                del self._listing[slot]
 
     def _failed(self, slot: tuple[str, StoragePath], exc: Exception) -> None:
         failing = self._failing.get(slot)
@@ -130,7 +151,8 @@ class InputWatcher:
             if slot not in self._offered:
                 return  # unwatched (or watched with other paths) while listing
             logger.warning("cannot list an input path; trying again less and less often",
-                           service=name, path=_shown(path), error=str(exc))
+                           service=name, path=_shown(path),
+                           error=shown_error(path.provider, exc))
             failing = self._failing[slot] = _Failing(0, 0.0)
         failing.failures += 1
         delay = min(POLL_SECONDS * 2**failing.failures, BACKOFF_MAX)

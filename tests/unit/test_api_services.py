@@ -23,13 +23,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from faas_supervisor.controller.api import Api, ApiInfo
 from faas_supervisor.controller.auth import Credentials
-from faas_supervisor.controller.buckets import FolderStore
+from faas_supervisor.controller.buckets import FolderStore, StoredObject
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs, job_name
 from faas_supervisor.controller.notifications import input_paths
+from faas_supervisor.controller.routes import services as services_routes
 from faas_supervisor.controller.routes.answers import errors
 from faas_supervisor.controller.routes.invocations import UpstreamConnector
+from faas_supervisor.controller.servers import ServerStores
 from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import DockerError, InvalidService, NotFound, UpstreamFailed
 
@@ -667,3 +669,27 @@ async def test_a_job_whose_service_is_deleted_while_its_event_comes_in_is_a_404(
     assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
     answer = await client.post("/job/svc", data=event, headers=AUTH)
     assert answer.status == 201, await answer.text()
+
+
+async def test_an_own_server_that_refuses_to_list_is_a_502_naming_it(
+    api: tuple[TestClient, Api, FakeBackend], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The input path on the service's own provider its server refuses to list: the 502
+    names that provider and the listing, not the default one's notifications."""
+    client, the_api, _ = api
+
+    class Refusing(FolderStore):
+        def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]:
+            raise PermissionError("AccessDenied at http://user:pw@ext.invalid")
+
+    ext = Refusing(tmp_path / "ext")
+    monkeypatch.setattr(services_routes, "provider_store", lambda settings: ext)
+    the_api.intake.servers = ServerStores(lambda access: ext)  # type: ignore[arg-type]
+    service = definition("e")
+    service["input"] = [{"storage_provider": "minio.ext", "path": "ein/input"}]
+    service["storage_providers"] = {"minio": {"ext": {
+        "endpoint": "http://user:pw@ext.invalid", "access_key": "AK", "secret_key": "SK"}}}
+    answer = await client.post("/system/services", json=service, headers=AUTH)
+    assert (answer.status, await answer.text()) == (
+        502, "minio.ext: listing of the input path ein/input/ of service e failed "
+        "(PermissionError)")

@@ -14,7 +14,7 @@ from faas_supervisor import strict_json
 from faas_supervisor.config import StoragePath
 from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.controller.identity import ObjectId, listed_id, object_id
-from faas_supervisor.controller.store import PENDING, RUNNING, Store
+from faas_supervisor.controller.store import PENDING, RUNNING, ListedPath, Store
 from faas_supervisor.controller.watcher import input_event, minio_event
 from faas_supervisor.errors import BadEvent
 from faas_supervisor.parsers import recognise
@@ -25,6 +25,11 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 def fixture(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
+
+
+def on_default(bucket: str, prefix: str) -> ListedPath:
+    """An input path on the default provider, as the store records it (no server)."""
+    return ListedPath("minio.default", "", bucket, prefix)
 
 def test_each_s3_family_event_names_its_object_and_etag() -> None:
     assert object_id(fixture("minio.json")) == ObjectId(
@@ -162,9 +167,9 @@ def test_one_object_gives_one_job(tmp_path: Path) -> None:
 def test_a_baseline_object_is_known_but_its_first_event_runs(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite3")
     old = ObjectId("minio.default", "b", "in/old", "e")
-    assert not store.path_listed("svc", "minio.default", "b", "in/")
-    store.record_baseline("svc", "minio.default", "b", "in/", [old])
-    assert store.path_listed("svc", "minio.default", "b", "in/")
+    assert not store.path_listed("svc", on_default("b", "in/"))
+    store.record_baseline("svc", on_default("b", "in/"), [old])
+    assert store.path_listed("svc", on_default("b", "in/"))
     assert store.has_object("svc", old)  # listings pass it by
     assert store.add_job("svc-1", "svc", old) is None  # an event for it runs it, once
     assert store.add_job("svc-2", "svc", old) == "svc-1"
@@ -189,16 +194,16 @@ def test_an_input_path_an_update_drops_forgets_its_identities(tmp_path: Path) ->
     def ids(bucket: str, *keys: str, provider: str = "minio.default") -> list[ObjectId]:
         return [ObjectId(provider, bucket, key, "e") for key in keys]
 
-    store.record_baseline("svc", "minio.default", "b", "in/", ids("b", "in/old", "in/keep/x"))
-    store.record_baseline("svc", "minio.default", "b", "in/keep/", ids("b", "in/keep/x"))
-    store.record_baseline("svc", "minio.default", "c", "", ids("c", "in/y"))
+    store.record_baseline("svc", on_default("b", "in/"), ids("b", "in/old", "in/keep/x"))
+    store.record_baseline("svc", on_default("b", "in/keep/"), ids("b", "in/keep/x"))
+    store.record_baseline("svc", on_default("c", ""), ids("c", "in/y"))
     store.add_job("svc-1", "svc", ids("b", "in/new")[0])
     elsewhere = ids("b", "in/replica", provider="minio.replica")[0]  # not on this path
     store.add_job("svc-2", "svc", elsewhere)
-    store.record_baseline("other", "minio.default", "b", "in/", ids("b", "in/old"))
+    store.record_baseline("other", on_default("b", "in/"), ids("b", "in/old"))
 
-    store.keep_paths("svc", {("minio.default", "b", "in/keep/"), ("minio.default", "c", "")})
-    assert not store.path_listed("svc", "minio.default", "b", "in/")
+    store.keep_paths("svc", {on_default("b", "in/keep/"), on_default("c", "")})
+    assert not store.path_listed("svc", on_default("b", "in/"))
     assert store.objects_in("svc", "minio.default", "b", "") == set(ids("b", "in/keep/x"))
     assert store.objects_in("svc", "minio.default", "c", "") == set(ids("c", "in/y"))
     assert store.has_object("svc", elsewhere)
@@ -211,15 +216,15 @@ def test_the_same_path_on_two_providers_is_two_paths(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite3")
     default = ObjectId("minio.default", "b", "in/x", "e")
     ext = ObjectId("minio.ext", "b", "in/x", "e")
-    store.record_baseline("svc", "minio.ext", "b", "in/", [ext])
-    assert store.path_listed("svc", "minio.ext", "b", "in/")
-    assert not store.path_listed("svc", "minio.default", "b", "in/")
+    store.record_baseline("svc", ListedPath("minio.ext", "srv", "b", "in/"), [ext])
+    assert store.path_listed("svc", ListedPath("minio.ext", "srv", "b", "in/"))
+    assert not store.path_listed("svc", on_default("b", "in/"))
     assert not store.has_object("svc", default)
-    store.record_baseline("svc", "minio.default", "b", "in/", [default])
-    store.keep_paths("svc", {("minio.default", "b", "in/")})
-    assert not store.path_listed("svc", "minio.ext", "b", "in/")
+    store.record_baseline("svc", on_default("b", "in/"), [default])
+    store.keep_paths("svc", {on_default("b", "in/")})
+    assert not store.path_listed("svc", ListedPath("minio.ext", "srv", "b", "in/"))
     assert not store.has_object("svc", ext)
-    assert store.path_listed("svc", "minio.default", "b", "in/")
+    assert store.path_listed("svc", on_default("b", "in/"))
     assert store.has_object("svc", default)
 
 
@@ -239,15 +244,15 @@ def test_a_store_of_an_older_version_keeps_its_listed_paths_on_the_default_provi
     """)
     old.close()
     store = Store(path)
-    assert store.path_listed("svc", "minio.default", "b", "in/")
-    assert store.path_listed("svc", "minio.default", "c", "")
-    assert not store.path_listed("svc", "minio.ext", "b", "in/")
-    store.record_baseline("svc", "minio.ext", "b", "in/", [])
-    assert store.path_listed("svc", "minio.ext", "b", "in/")
+    assert store.path_listed("svc", on_default("b", "in/"))
+    assert store.path_listed("svc", on_default("c", ""))
+    assert not store.path_listed("svc", ListedPath("minio.ext", "srv", "b", "in/"))
+    store.record_baseline("svc", ListedPath("minio.ext", "srv", "b", "in/"), [])
+    assert store.path_listed("svc", ListedPath("minio.ext", "srv", "b", "in/"))
     store.close()
     again = Store(path)  # once only: the migrated table is kept as it is
-    assert again.path_listed("svc", "minio.ext", "b", "in/")
-    assert again.path_listed("svc", "minio.default", "b", "in/")
+    assert again.path_listed("svc", ListedPath("minio.ext", "srv", "b", "in/"))
+    assert again.path_listed("svc", on_default("b", "in/"))
     tables = {row[0] for row in again.db.execute("SELECT name FROM sqlite_master")}
     assert "listed_paths_old" not in tables
 
@@ -276,3 +281,24 @@ def test_a_reconcile_interval_that_is_not_a_positive_time_is_refused(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--reconcile-interval" in err
     assert not (tmp_path / "controller.sqlite3").exists()
+
+
+def test_a_store_that_recorded_no_server_keeps_its_default_paths(tmp_path: Path) -> None:
+    """`listed_paths` with a provider but no server: its default provider's paths stay
+    listed; one of another provider, on no recorded server, is listed anew."""
+    path = tmp_path / "s.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE listed_paths (
+            service TEXT NOT NULL, provider TEXT NOT NULL, bucket TEXT NOT NULL,
+            prefix TEXT NOT NULL, PRIMARY KEY (service, provider, bucket, prefix)
+        ) WITHOUT ROWID;
+        INSERT INTO listed_paths VALUES ('svc', 'minio.default', 'b', 'in/'),
+                                        ('svc', 'minio.ext', 'b', 'in/');
+    """)
+    old.close()
+    store = Store(path)
+    assert store.path_listed("svc", on_default("b", "in/"))
+    assert not store.path_listed("svc", ListedPath("minio.ext", "srv", "b", "in/"))
+    columns = {row[1] for row in store.db.execute("PRAGMA table_info(listed_paths)")}
+    assert "server" in columns

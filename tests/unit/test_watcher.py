@@ -3,6 +3,8 @@ and, over a real folder store, that an object whose offer fails holds up no othe
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -129,7 +131,7 @@ async def test_a_store_down_is_listed_less_and_less_often_and_logged_once(
     async def run_for(seconds: float) -> None:
         end = now[0] + seconds
         while now[0] < end:
-            await watcher._round()
+            await asyncio.gather(*watcher._round())  # the round's listings, ended
             await sleep(watcher_module.POLL_SECONDS)
 
     await run_for(300)  # five minutes down: 600 rounds
@@ -191,3 +193,39 @@ async def test_an_object_whose_offer_fails_is_tried_again_and_stops_no_other(
     await watcher._poll(service, path)
     assert offered == ["in/a.txt", "in/c.txt", "in/b.txt"] and len(log.warnings) == 1
     assert watcher._refused == {("w", path): {}}
+
+
+async def test_a_server_that_never_answers_holds_up_only_its_own_paths() -> None:
+    """Each path's listing its own task: the other services' objects are offered while one
+    listing waits (for its server's timeouts), and that one is not started twice."""
+    released = threading.Event()
+    listings = [0]
+
+    class StuckBucket(ListedBucket):
+        def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]:
+            listings[0] += 1
+            released.wait()
+            return []
+
+    offered = asyncio.Event()
+
+    async def offer(service: Service, path: StoragePath, obj: StoredObject) -> None:
+        offered.set()
+
+    watcher = InputWatcher(offer)
+    fine_bucket = ListedBucket()
+    fine_bucket.objects = [StoredObject("in/new", 1, 1.0, "e")]
+    for name, bucket in (("stuck", StuckBucket()), ("fine", fine_bucket)):
+        service = parse_service({
+            "name": name,
+            "script": "true",
+            "input": [{"storage_provider": "minio", "path": "bucket/in"}],
+        })
+        await watcher.watch(service, inputs(service, bucket))
+    watcher.start()
+    try:
+        await asyncio.wait_for(offered.wait(), 10)  # else: held up by `stuck`
+        assert listings[0] == 1
+    finally:
+        released.set()
+        await watcher.close()

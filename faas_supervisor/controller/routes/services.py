@@ -17,6 +17,7 @@ from faas_supervisor.controller.auth import new_token
 from faas_supervisor.controller.buckets import BucketStore, provider_store
 from faas_supervisor.controller.deployments import status_json, summary_json, wants_deployment
 from faas_supervisor.controller.fdl import Service, parse_service_json, service_json, unmask
+from faas_supervisor.controller.reconcile import ListingFailed
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
 from faas_supervisor.controller.servers import Server, paths_by_server
@@ -120,6 +121,9 @@ class ServiceRoutes(Routes):
                 await api.intake.attach(old, fallback=True)
                 await self._remove_buckets(made)
                 raise
+            # Through: the paths it no longer has are forgotten (not before, so that a
+            # failed update leaves the old ones as they were).
+            api.intake.keep(service)
         logger.info("service updated", service=service.name)
         return web.Response(status=HTTPStatus.NO_CONTENT)
 
@@ -201,7 +205,15 @@ class ServiceRoutes(Routes):
         """The storage server told to announce the service's new inputs (or watched)."""
         try:
             await self.api.intake.attach(service)
-        except Exception as exc:
+        except ListingFailed as exc:  # on whichever provider: the one named, its path
+            path = exc.path
+            raise storage_failure(
+                path.provider,
+                f"listing of the input path {path.bucket}/{path.key_prefix} of service "
+                f"{service.name}",
+                exc.__cause__ or exc,
+            ) from None
+        except Exception as exc:  # the rest of the set-up is on the default provider's
             raise storage_failure(
                 DEFAULT_PROVIDER,
                 f"set-up of the input notifications of service {service.name}",
