@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -774,16 +775,19 @@ def test_with_a_minio_endpoint_buckets_and_inputs_are_on_that_server(
     # moto sends no webhooks: the controller watches the input path itself.
     s3.put_object(Bucket="s3copier", Key="input/a b.txt", Body=b"from s3")
 
-    def output() -> bytes | None:
-        try:
-            body: bytes = s3.get_object(Bucket="s3copier", Key="output/result")["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            return None
-        return body
-
+    output = functools.partial(s3_object, s3, "s3copier", "output/result")
     assert wait_until(output, 90, "the output on the S3 server", controller) == b"from s3"
     (job,) = controller.wait_jobs("s3copier", 1).values()
     assert job["status"] == "Succeeded"
+
+
+def s3_object(s3: Any, bucket: str, key: str) -> bytes | None:
+    """The object's bytes, or None while it does not exist (a wait_until condition)."""
+    try:
+        body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+    return body
 
 
 def _own_minio(server: Any) -> dict[str, str]:
@@ -846,13 +850,7 @@ def test_an_input_on_a_services_own_minio_provider_starts_one_job_reading_it_the
     assert "/job/owncopier" not in controller.log_text()  # no warning to point the server
     s3.put_object(Bucket="owncopier-in", Key="input/new a.txt", Body=b"on ext")
 
-    def output() -> bytes | None:
-        try:
-            body: bytes = s3.get_object(Bucket="owncopier-out", Key="output/result")["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            return None
-        return body
-
+    output = functools.partial(s3_object, s3, "owncopier-out", "output/result")
     assert wait_until(output, 90, "the output on minio.ext", controller) == b"on ext"
     # One job, for the new object: the old one was there first (a baseline), and the
     # watcher offers the objects of a listing in one poll, before the new one settled.
