@@ -29,9 +29,9 @@ from faas_supervisor.config import StoragePath
 from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import listed_id
-from faas_supervisor.controller.notifications import Inputs, list_input
+from faas_supervisor.controller.notifications import Inputs
 from faas_supervisor.controller.queue import Submit
-from faas_supervisor.controller.servers import input_servers, shown_error
+from faas_supervisor.controller.servers import input_servers, list_path, shown_error
 from faas_supervisor.controller.store import ListedPath, Store
 from faas_supervisor.controller.watcher import input_event
 from faas_supervisor.logs import get_logger
@@ -103,7 +103,7 @@ class Reconciler:
         for path, store in inputs.items():
             if not self.store.path_listed(service.name, self._path(service, path)):
                 try:
-                    objects = await asyncio.to_thread(list_input, store, path)
+                    objects = await list_path(store, path)
                 except Exception as exc:
                     raise ListingFailed(path) from exc
                 self._record_baseline(service, path, objects)
@@ -149,7 +149,7 @@ class Reconciler:
         for path, store in inputs.items():
             started = time.time()
             try:
-                objects = await asyncio.to_thread(list_input, store, path)
+                objects = await list_path(store, path)
             except Exception as exc:  # this path only: the service's others are listed
                 logger.warning("cannot list an input path", service=service.name,
                                provider=path.provider, path=f"{path.bucket}/{path.key_prefix}",

@@ -18,13 +18,22 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath, on_default_provider
-from faas_supervisor.controller.buckets import S3Access, S3Store, provider_access, provider_endpoint
+from faas_supervisor.controller.buckets import (
+    BucketStore,
+    S3Access,
+    S3Store,
+    StoredObject,
+    provider_access,
+    provider_endpoint,
+)
 from faas_supervisor.controller.fdl import Service
+from faas_supervisor.controller.notifications import list_input
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,21 @@ def shown_error(provider: str, exc: BaseException) -> str:
     code = error.get("Code") if isinstance(error, dict) else None
     name = type(exc).__name__  # botocore names some after the code: `AccessDenied`
     return f"{name} ({code})" if isinstance(code, str) and code and code != name else name
+
+
+# Listings of the services' own servers run in a pool of their own, of this many threads.
+# Those servers are the services' (any may stop answering, each stuck listing holding a
+# thread until its timeouts, about a minute): the controller's default pool, which all its
+# other blocking work shares, must not be the one they fill.
+OWN_LISTINGS = 4
+_OWN_POOL = ThreadPoolExecutor(OWN_LISTINGS, thread_name_prefix="own-listing")  # threads: on use
+
+
+async def list_path(store: BucketStore, path: StoragePath) -> list[StoredObject]:
+    """The objects under an input path now (notifications.list_input), listed in a thread:
+    of the default pool for the default provider, of the own servers' pool for another."""
+    pool = None if path.provider == DEFAULT_PROVIDER else _OWN_POOL
+    return await asyncio.get_running_loop().run_in_executor(pool, list_input, store, path)
 
 
 class ServerStores:

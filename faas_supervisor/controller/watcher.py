@@ -36,8 +36,8 @@ from urllib.parse import quote_plus
 from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath
 from faas_supervisor.controller.buckets import BucketStore, StoredObject
 from faas_supervisor.controller.fdl import Service
-from faas_supervisor.controller.notifications import Inputs, list_input
-from faas_supervisor.controller.servers import shown_error
+from faas_supervisor.controller.notifications import Inputs
+from faas_supervisor.controller.servers import list_path, shown_error
 from faas_supervisor.logs import get_logger
 
 POLL_SECONDS = 0.5
@@ -162,7 +162,7 @@ class InputWatcher:
         store = self._paths.get(service.name, {}).get(path)
         if store is None:
             return  # unwatched (or watched with other paths) since the round began
-        objects = await asyncio.to_thread(list_input, store, path)
+        objects = await list_path(store, path)
         slot = (service.name, path)
         if self._services.get(service.name) is not service:
             return  # unwatched (or watched anew) while listing

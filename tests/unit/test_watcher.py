@@ -229,3 +229,50 @@ async def test_a_server_that_never_answers_holds_up_only_its_own_paths() -> None
     finally:
         released.set()
         await watcher.close()
+
+
+async def test_stuck_own_servers_leave_the_default_thread_pool_free() -> None:
+    """Listings of services' own servers run in a pool of their own (servers.list_path):
+    more of them stuck than the default pool has threads (CPUs + 4) leave that pool, which
+    all the controller's other blocking work shares, free; before, it was full until the
+    stuck servers' timeouts (a review found it)."""
+    import os
+
+    from faas_supervisor.controller.servers import OWN_LISTINGS
+
+    released = threading.Event()
+    loop = asyncio.get_running_loop()
+    listing = [0]
+    enough = asyncio.Event()  # as many listings stuck as the own servers' pool runs
+
+    def started() -> None:
+        listing[0] += 1
+        if listing[0] >= OWN_LISTINGS:
+            enough.set()
+
+    class StuckBucket(ListedBucket):
+        def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]:
+            loop.call_soon_threadsafe(started)
+            released.wait()
+            return []
+
+    async def offer(service: Service, path: StoragePath, obj: StoredObject) -> None:
+        pass
+
+    watcher = InputWatcher(offer)
+    stuck = min(32, (os.cpu_count() or 1) + 4) + 2
+    ext = {"endpoint": "http://ext.invalid:9000", "access_key": "AK", "secret_key": "SK"}
+    for n in range(stuck):
+        service = parse_service({
+            "name": f"own{n}", "script": "true",
+            "input": [{"storage_provider": "minio.ext", "path": f"bucket{n}/in"}],
+            "storage_providers": {"minio": {"ext": ext}},
+        })
+        await watcher.watch(service, {StoragePath("minio.ext", f"bucket{n}/in"): StuckBucket()})
+    watcher.start()
+    try:
+        await asyncio.wait_for(enough.wait(), 10)
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 5) == "free"
+    finally:
+        released.set()
+        await watcher.close()
