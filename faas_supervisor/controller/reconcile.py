@@ -60,6 +60,7 @@ class Reconciler:
         self._listed: dict[str, tuple[Service, dict[StoragePath, ListedPath]]] = {}
         # name -> its listing in progress: a server that never answers holds up its own
         self._rounds: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # every listing going on, for close()
         self._task: asyncio.Task[None] | None = None
 
     def add(self, service: Service, inputs: Inputs, watched: Collection[StoragePath]) -> None:
@@ -71,13 +72,14 @@ class Reconciler:
         self._services.pop(name, None)
         self._listed.pop(name, None)
         # A listing in progress is left to end (not cancelled halfway through a submit):
-        # it stops at its next path, and the next round lists the service anew.
+        # it stops at its next path, and holds up no listing of a new definition.
+        self._rounds.pop(name, None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reconcile")
 
     async def close(self) -> None:
-        for task in (self._task, *self._rounds.values()):
+        for task in (self._task, *self._tasks):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -187,6 +189,8 @@ class Reconciler:
                     task = asyncio.create_task(self._reconcile(name, service),
                                                name=f"reconcile-{name}")
                     self._rounds[name] = task
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             await asyncio.sleep(self.interval)  # a period: there is no event to await
 
     async def _reconcile(self, name: str, service: Service) -> None:

@@ -15,10 +15,11 @@ service's `user:password@`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -117,19 +118,40 @@ def shown_error(provider: str, exc: BaseException) -> str:
     return f"{name} ({code})" if isinstance(code, str) and code and code != name else name
 
 
-# Listings of the services' own servers run in a pool of their own, of this many threads.
-# Those servers are the services' (any may stop answering, each stuck listing holding a
-# thread until its timeouts, about a minute): the controller's default pool, which all its
-# other blocking work shares, must not be the one they fill.
-OWN_LISTINGS = 4
-_OWN_POOL = ThreadPoolExecutor(OWN_LISTINGS, thread_name_prefix="own-listing")  # threads: on use
-
-
 async def list_path(store: BucketStore, path: StoragePath) -> list[StoredObject]:
     """The objects under an input path now (notifications.list_input), listed in a thread:
-    of the default pool for the default provider, of the own servers' pool for another."""
-    pool = None if path.provider == DEFAULT_PROVIDER else _OWN_POOL
-    return await asyncio.get_running_loop().run_in_executor(pool, list_input, store, path)
+    of the default pool for the default provider, a daemon thread of its own for a
+    service's own server.
+
+    Those servers are the services' (any may stop answering, each stuck listing holding
+    its thread until its timeouts, about a minute): in the controller's default pool, which
+    all its other blocking work shares, they would fill it; in a bounded pool of their own,
+    a few stuck paths would hold up every other server's listings and creates. A thread
+    each is bounded by the services' paths (one listing at a time per path, watcher.py and
+    reconcile.py), and, a daemon, does not hold the controller's exit until its timeouts."""
+    if path.provider == DEFAULT_PROVIDER:
+        return await asyncio.to_thread(list_input, store, path)
+    loop = asyncio.get_running_loop()
+    listed: asyncio.Future[list[StoredObject]] = loop.create_future()
+
+    def settle(objects: list[StoredObject] | None, error: BaseException | None) -> None:
+        if listed.done():  # cancelled: nobody waits any more
+            return
+        if error is not None:
+            listed.set_exception(error)
+        else:
+            listed.set_result(objects or [])
+
+    def run() -> None:
+        try:
+            objects, error = list_input(store, path), None
+        except BaseException as exc:  # handed to the awaiting task, as to_thread does
+            objects, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the end
+            loop.call_soon_threadsafe(settle, objects, error)
+
+    threading.Thread(target=run, name="own-listing", daemon=True).start()
+    return await listed
 
 
 class ServerStores:

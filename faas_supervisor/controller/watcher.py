@@ -77,6 +77,7 @@ class InputWatcher:
         self._failing: dict[tuple[str, StoragePath], _Failing] = {}
         # (service, path) -> its listing going on (held here until it ends, unwatched or not)
         self._listing: dict[tuple[str, StoragePath], asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # every listing going on, for close()
         self._task: asyncio.Task[None] | None = None
 
     async def watch(self, service: Service, paths: Inputs) -> None:
@@ -98,12 +99,15 @@ class InputWatcher:
             self._pending.pop((name, path), None)
             self._refused.pop((name, path), None)
             self._failing.pop((name, path), None)
+            # A listing going on is left to end (ignored: its definition is gone), and
+            # holds up no listing of a new definition of the service.
+            self._listing.pop((name, path), None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="input-watcher")
 
     async def close(self) -> None:
-        for task in (self._task, *self._listing.values()):
+        for task in (self._task, *self._tasks):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -128,6 +132,8 @@ class InputWatcher:
                     continue
                 task = asyncio.create_task(self._list(slot, service), name=f"watch-{name}")
                 self._listing[slot] = task
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
                 started.append(task)
         return started
 
@@ -136,9 +142,12 @@ class InputWatcher:
         try:
             await self._poll(service, path)
         except Exception as exc:  # a store hiccup must not stop the watching
-            self._failed(slot, exc)
+            if self._services.get(name) is service:  # not a definition since replaced
+                self._failed(slot, exc)
         else:
-            if self._failing.pop(slot, None) is not None:
+            recovered = self._services.get(name) is service and slot in self._failing
+            if recovered:
+                del self._failing[slot]
                 logger.info("input path listed again", service=name, path=_shown(path))
         finally:
             if self._listing.get(slot) is asyncio.current_task():

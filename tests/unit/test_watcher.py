@@ -231,24 +231,25 @@ async def test_a_server_that_never_answers_holds_up_only_its_own_paths() -> None
         await watcher.close()
 
 
-async def test_stuck_own_servers_leave_the_default_thread_pool_free() -> None:
-    """Listings of services' own servers run in a pool of their own (servers.list_path):
-    more of them stuck than the default pool has threads (CPUs + 4) leave that pool, which
-    all the controller's other blocking work shares, free; before, it was full until the
-    stuck servers' timeouts (a review found it)."""
+async def test_stuck_own_servers_hold_up_neither_the_default_pool_nor_other_servers() -> None:
+    """Listings of services' own servers run each in a thread of its own
+    (servers.list_path): more of them stuck than the default pool has threads (CPUs + 4)
+    leave that pool, which all the controller's other blocking work shares, free (before
+    62262f4 it was full until their timeouts), and another own server's objects are
+    still offered at once (with 62262f4's bounded pool of 4, they waited too: a review
+    found both)."""
     import os
-
-    from faas_supervisor.controller.servers import OWN_LISTINGS
 
     released = threading.Event()
     loop = asyncio.get_running_loop()
+    stuck = min(32, (os.cpu_count() or 1) + 4) + 2
     listing = [0]
-    enough = asyncio.Event()  # as many listings stuck as the own servers' pool runs
+    all_stuck = asyncio.Event()
 
     def started() -> None:
         listing[0] += 1
-        if listing[0] >= OWN_LISTINGS:
-            enough.set()
+        if listing[0] >= stuck:
+            all_stuck.set()
 
     class StuckBucket(ListedBucket):
         def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]:
@@ -256,23 +257,74 @@ async def test_stuck_own_servers_leave_the_default_thread_pool_free() -> None:
             released.wait()
             return []
 
+    offered = asyncio.Event()
+
     async def offer(service: Service, path: StoragePath, obj: StoredObject) -> None:
-        pass
+        offered.set()
 
     watcher = InputWatcher(offer)
-    stuck = min(32, (os.cpu_count() or 1) + 4) + 2
     ext = {"endpoint": "http://ext.invalid:9000", "access_key": "AK", "secret_key": "SK"}
-    for n in range(stuck):
+
+    async def watch(name: str, bucket: str, store: ListedBucket) -> None:
         service = parse_service({
-            "name": f"own{n}", "script": "true",
-            "input": [{"storage_provider": "minio.ext", "path": f"bucket{n}/in"}],
+            "name": name, "script": "true",
+            "input": [{"storage_provider": "minio.ext", "path": f"{bucket}/in"}],
             "storage_providers": {"minio": {"ext": ext}},
         })
-        await watcher.watch(service, {StoragePath("minio.ext", f"bucket{n}/in"): StuckBucket()})
+        await watcher.watch(service, {StoragePath("minio.ext", f"{bucket}/in"): store})
+
+    for n in range(stuck):
+        await watch(f"own{n}", f"bucket{n}", StuckBucket())
     watcher.start()
     try:
-        await asyncio.wait_for(enough.wait(), 10)
+        await asyncio.wait_for(all_stuck.wait(), 10)
         assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 5) == "free"
+        fine = ListedBucket()
+        fine.objects = [StoredObject("in/new", 1, 1.0, "e")]
+        await watch("fine", "fine", fine)
+        await asyncio.wait_for(offered.wait(), 10)
+    finally:
+        released.set()
+        await watcher.close()
+
+
+async def test_a_new_definition_is_listed_at_once_while_the_old_ones_listing_hangs() -> None:
+    """An update that points a path at a server that answers (the old one stuck): the new
+    definition's listing starts at the next poll, not once the old one's ends (a minute
+    of timeouts), and the old one's failure then is not the new one's (a review found
+    both: the listing's slot was the service's name and path alone)."""
+    entered, released, failed = threading.Event(), threading.Event(), threading.Event()
+
+    class StuckBucket(ListedBucket):
+        def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]:
+            entered.set()
+            released.wait()
+            failed.set()
+            raise OSError("timed out")
+
+    offered = asyncio.Event()
+
+    async def offer(service: Service, path: StoragePath, obj: StoredObject) -> None:
+        offered.set()
+
+    watcher = InputWatcher(offer)
+    definition = {"name": "svc", "script": "true",
+                  "input": [{"storage_provider": "minio", "path": "bucket/in"}]}
+    old = parse_service(definition)
+    await watcher.watch(old, inputs(old, StuckBucket()))
+    watcher.start()
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)  # the old definition's listing
+        new = parse_service(definition)
+        fine = ListedBucket()
+        fine.objects = [StoredObject("in/new", 1, 1.0, "e")]
+        await watcher.watch(new, inputs(new, fine))
+        await asyncio.wait_for(offered.wait(), 10)  # else: held up by the old listing
+        released.set()
+        assert await asyncio.to_thread(failed.wait, 10)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the old listing's end handled
+        assert not watcher._failing  # not taken as the new definition's failure
     finally:
         released.set()
         await watcher.close()

@@ -83,6 +83,9 @@ class ServiceRoutes(Routes):
                     await api.jobs.delete_many(job.name for job in jobs)
                     raise
             except Exception:
+                # And what its intake recorded (paths listed before one failed): else a
+                # later create of the name would take no baseline of them.
+                api.store.remove_service(service.name)
                 await self._remove_buckets(made)
                 raise
         logger.info("service created", service=service.name)
