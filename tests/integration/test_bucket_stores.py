@@ -146,7 +146,9 @@ class _FirstOpen:
         libc = ctypes.CDLL(None, use_errno=True)
         self.fd = libc.inotify_init1(os.O_CLOEXEC)
         if self.fd < 0 or libc.inotify_add_watch(self.fd, bytes(folder), IN_OPEN) < 0:
-            pytest.skip(f"no inotify here: {os.strerror(ctypes.get_errno())}")
+            reason = f"no inotify here: {os.strerror(ctypes.get_errno())}"
+            print(reason)
+            pytest.skip(reason)
 
     def wait(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.fd], [], [], timeout)

@@ -183,7 +183,9 @@ def test_output_writes_into_a_device(controller: ControllerProcess, tmp_path: Pa
     try:
         os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
     except PermissionError:
-        pytest.skip("making a device node needs CAP_MKNOD")
+        reason = "making a device node needs CAP_MKNOD"
+        print(reason)
+        pytest.skip(reason)
     result = client(controller.url, "run", "echo", "--text-input", "gone",
                     "--output", str(device))
     assert result.returncode == 0, result.stderr
