@@ -29,6 +29,7 @@ from faas_supervisor.config import StoragePath
 from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import listed_id
+from faas_supervisor.controller.keyed_tasks import KeyedTasks
 from faas_supervisor.controller.notifications import Inputs
 from faas_supervisor.controller.queue import Submit
 from faas_supervisor.controller.servers import input_servers, list_path, shown_error
@@ -59,8 +60,7 @@ class Reconciler:
         # name -> (service, its input paths as the store records them): from its definition
         self._listed: dict[str, tuple[Service, dict[StoragePath, ListedPath]]] = {}
         # name -> its listing in progress: a server that never answers holds up its own
-        self._rounds: dict[str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()  # every listing going on, for close()
+        self._rounds: KeyedTasks[str] = KeyedTasks()
         self._task: asyncio.Task[None] | None = None
 
     def add(self, service: Service, inputs: Inputs, watched: Collection[StoragePath]) -> None:
@@ -73,17 +73,17 @@ class Reconciler:
         self._listed.pop(name, None)
         # A listing in progress is left to end (not cancelled halfway through a submit):
         # it stops at its next path, and holds up no listing of a new definition.
-        self._rounds.pop(name, None)
+        self._rounds.let_go(name)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reconcile")
 
     async def close(self) -> None:
-        for task in (self._task, *self._tasks):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._rounds.close()
 
     def _path(self, service: Service, path: StoragePath) -> ListedPath:
         """The input path as the store records it: on which server (servers.server_id)."""
@@ -186,11 +186,8 @@ class Reconciler:
             # its timeouts, buckets.py) holds up no other's, and is not started twice.
             for name, (service, _, _) in list(self._services.items()):
                 if name not in self._rounds:
-                    task = asyncio.create_task(self._reconcile(name, service),
-                                               name=f"reconcile-{name}")
-                    self._rounds[name] = task
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._rounds.start(name, self._reconcile(name, service),
+                                       name=f"reconcile-{name}")
             await asyncio.sleep(self.interval)  # a period: there is no event to await
 
     async def _reconcile(self, name: str, service: Service) -> None:
@@ -198,6 +195,3 @@ class Reconciler:
             await self.reconcile(service)
         except Exception as exc:  # the controller's store is down: the next round tries again
             logger.warning("cannot reconcile the input paths", service=name, error=str(exc))
-        finally:
-            if self._rounds.get(name) is asyncio.current_task():
-                del self._rounds[name]

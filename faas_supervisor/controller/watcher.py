@@ -36,6 +36,7 @@ from urllib.parse import quote_plus
 from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath
 from faas_supervisor.controller.buckets import BucketStore, StoredObject
 from faas_supervisor.controller.fdl import Service
+from faas_supervisor.controller.keyed_tasks import KeyedTasks
 from faas_supervisor.controller.notifications import Inputs
 from faas_supervisor.controller.servers import list_path, shown_error
 from faas_supervisor.logs import get_logger
@@ -76,8 +77,7 @@ class InputWatcher:
         self._refused: dict[tuple[str, StoragePath], Seen] = {}
         self._failing: dict[tuple[str, StoragePath], _Failing] = {}
         # (service, path) -> its listing going on (held here until it ends, unwatched or not)
-        self._listing: dict[tuple[str, StoragePath], asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()  # every listing going on, for close()
+        self._listing: KeyedTasks[tuple[str, StoragePath]] = KeyedTasks()  # a path's listing
         self._task: asyncio.Task[None] | None = None
 
     async def watch(self, service: Service, paths: Inputs) -> None:
@@ -101,17 +101,17 @@ class InputWatcher:
             self._failing.pop((name, path), None)
             # A listing going on is left to end (ignored: its definition is gone), and
             # holds up no listing of a new definition of the service.
-            self._listing.pop((name, path), None)
+            self._listing.let_go((name, path))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="input-watcher")
 
     async def close(self) -> None:
-        for task in (self._task, *self._tasks):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._listing.close()
 
     async def _run(self) -> None:
         while True:
@@ -130,11 +130,8 @@ class InputWatcher:
                 failing = self._failing.get(slot)
                 if slot in self._listing or (failing is not None and self._clock() < failing.due):
                     continue
-                task = asyncio.create_task(self._list(slot, service), name=f"watch-{name}")
-                self._listing[slot] = task
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                started.append(task)
+                started.append(self._listing.start(slot, self._list(slot, service),
+                                                   name=f"watch-{name}"))
         return started
 
     async def _list(self, slot: tuple[str, StoragePath], service: Service) -> None:
@@ -149,9 +146,6 @@ class InputWatcher:
             if recovered:
                 del self._failing[slot]
                 logger.info("input path listed again", service=name, path=_shown(path))
-        finally:
-            if self._listing.get(slot) is asyncio.current_task():
-                del self._listing[slot]
 
     def _failed(self, slot: tuple[str, StoragePath], exc: Exception) -> None:
         failing = self._failing.get(slot)
