@@ -1129,7 +1129,11 @@ def test_a_log_truncated_while_it_is_sent_ends_the_answer_short_and_closed(
     # The straggler's stdout is the log: truncated as it would truncate it. The client has
     # read little, so most of the log is still to be sent.
     straggler = int(wait_for_file(marks / "pid"))
-    os.close(os.open(f"/proc/{straggler}/fd/1", os.O_WRONLY | os.O_TRUNC))
+    # Until it has exec'd sleep, its shell may still have the "ready" FIFO as fd 1 (the
+    # echo's redirection not yet undone): opening that for writing would wait for a reader
+    # that never comes. O_NONBLOCK makes such a mistake an error rather than a hang.
+    wait_until(lambda: Path(f"/proc/{straggler}/comm").read_text() == "sleep\n", 10, "exec")
+    os.close(os.open(f"/proc/{straggler}/fd/1", os.O_WRONLY | os.O_TRUNC | os.O_NONBLOCK))
     while chunk := sock.recv(1 << 20):  # to the end: the watchdog closes the connection
         body += chunk
     sock.close()
