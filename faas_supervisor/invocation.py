@@ -326,6 +326,7 @@ class Invocation:
             else None
         )
         started = time.monotonic()
+        timed_out = False
         try:
             # A timeout scope, not wait_for: that wraps the wait in a task of its own, a
             # tenth of the watchdog's Python per `echo` invocation. None without a limit.
@@ -335,9 +336,11 @@ class Invocation:
                 async with asyncio.timeout(timeout):
                     code = await child.wait()
         except TimeoutError:
+            # Killed as a script killed at shutdown is: its status (-9) is recorded and
+            # answered (X-Exit-Code) the same way, then the timeout is what is raised.
+            timed_out = True
             child.kill_group()
-            await child.wait()
-            raise ScriptTimeout(f"script ran past exec_timeout ({timeout:g} s)") from None
+            code = await child.wait()
         finally:
             # Whatever way it ended (cancelled when the client left), nothing lingers. A
             # cancellation that comes meanwhile (`run`'s SIGTERM) lets the clean-up go
@@ -372,6 +375,8 @@ class Invocation:
                       seconds=f"{time.monotonic() - started:.3f}")
         if self._aborted is not None:
             raise self._aborted  # killed on purpose: say why, not "killed by signal 9"
+        if timed_out:
+            raise ScriptTimeout(f"script ran past exec_timeout ({timeout:g} s)")
         if copier is not None and copier.done() and not copier.cancelled():
             failed = copier.exception()
             if isinstance(failed, FaasError):

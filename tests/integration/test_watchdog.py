@@ -586,6 +586,9 @@ def test_exec_timeout_is_504_and_kills_the_process_group(watchdog: WatchdogFacto
     response = requests.post(wd.url, data=b"{}", timeout=30)
     assert response.status_code == 504
     assert "exec_timeout" in response.text.splitlines()[0]
+    # Killed with its group, it reports its status as any script killed by a signal does.
+    assert response.headers["X-Exit-Code"] == "-9"
+    assert "script exited status=-9" in response.text
     assert time.monotonic() - started < 15
     script_pid, grandchild_pid = _pids(marks)
     wait_until(lambda: process_gone(script_pid), 10, "the script killed")
