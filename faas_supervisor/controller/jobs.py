@@ -30,7 +30,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 
 from faas_supervisor import strict_json
@@ -38,7 +38,7 @@ from faas_supervisor.controller.backends import Backend, JobInterrupted, LiveLog
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import EVENT_MAX, object_id, stored_id
 from faas_supervisor.controller.store import FINISHED, PENDING, RUNNING, Store
-from faas_supervisor.errors import NotFound, writing
+from faas_supervisor.errors import NotFound, ServiceUnavailable, writing
 from faas_supervisor.logs import get_logger
 
 LOG_CHUNK = 256 << 10  # bytes of a job's log read at a time
@@ -77,6 +77,7 @@ class Jobs:
         self.stored_version = stored_version
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.running: dict[str, asyncio.Task[int]] = {}
+        self._refused: set[str] = set()  # services being deleted (`refusing`)
         self._workers: list[asyncio.Task[None]] = []
         # Jobs that ended, whose end is kept in a file until the store records it, and
         # the failures last logged of its recording: tried again with every pruning (as
@@ -156,6 +157,19 @@ class Jobs:
 
     # ---- submitting ------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def refusing(self, service: str) -> Iterator[None]:
+        """No job of `service` accepted meanwhile: its delete is under way (the backend's
+        removal waits for its watchdog's drain, seconds). A job accepted then would be
+        answered 201, fail for want of a deployment, and go with the service. Refused
+        with a 503, the event can be sent again: it gets a 404 once the service is gone,
+        a job if the delete failed."""
+        self._refused.add(service)
+        try:
+            yield
+        finally:
+            self._refused.discard(service)
+
     async def submit(
         self, service: Service, body: AsyncIterator[bytes] | bytes
     ) -> tuple[str, bool]:
@@ -174,9 +188,12 @@ class Jobs:
                         out.write(chunk)
             if not isinstance(body, bytes):
                 body = path.read_bytes() if path.stat().st_size <= EVENT_MAX else b""
+            # Both checked with no await from here to the row.
+            if service.name in self._refused:
+                raise ServiceUnavailable(f"service {service.name} is being deleted")
             if self.services(service.name) is None:
-                # Deleted while its event came in (no await from here to the row): a 201
-                # would name a job never run, and its object's row outlive the service.
+                # Deleted while its event came in: a 201 would name a job never run, and
+                # its object's row outlive the service.
                 raise NotFound()
             identity = object_id(body)
             if self.stored_version is not None:

@@ -506,6 +506,44 @@ def test_deleting_all_jobs_starts_none_of_those_queued(
     assert record.read_text().split() == started, "a queued job started after the DELETE"
 
 
+@pytest.mark.timeout(120)
+def test_a_job_sent_while_its_service_is_deleted_is_refused_not_accepted(
+    controller: ControllerProcess, tmp_path: Path
+) -> None:
+    """A delete waits for the service's watchdog to drain (a sync call in flight: up to
+    its healthcheck_interval). A review found /job answering 201 all that while, for jobs
+    that then failed ("not deployed") and went with the service: it is a 503 now, and a
+    404 once the service is gone."""
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    started = tmp_path / "started"
+    script = f'touch "{started}"\nread -r line < "{go}"\necho released\n'
+    token = controller.create({"name": "going", "script": script})["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def job() -> requests.Response:
+        return requests.post(f"{controller.url}/job/going", data=base64.b64encode(b"e"),
+                             headers=auth, timeout=30)
+
+    with ThreadPoolExecutor(2) as pool:
+        call = pool.submit(requests.post, f"{controller.url}/run/going", data=b"{}",
+                           headers=auth, timeout=60)
+        wait_until(started.exists, 30, "the sync call's script started", controller)
+        delete = pool.submit(controller.request, "DELETE", "/system/services/going")
+        # Accepted until the delete begins; then refused while it waits for the drain.
+        refused = wait_until(lambda: (a := job()).status_code != 201 and (a.status_code, a.text),
+                             30, "a job refused", controller)
+        assert not delete.done()
+        assert refused[0] == 503, refused
+        assert "service going is being deleted" in refused[1]
+        with open(go, "w") as release:  # the sync call ends: the drain, then the delete
+            release.write("go\n")
+        assert call.result().status_code == 200
+        assert delete.result().status_code == 204
+    assert job().status_code == 404
+    assert controller.request("GET", "/system/logs/going").status_code == 404
+
+
 @pytest.mark.timeout(300)
 def test_a_restart_keeps_services_and_jobs(controllers: ControllerFactory) -> None:
     first = controllers()

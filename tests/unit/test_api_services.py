@@ -357,26 +357,31 @@ async def test_a_delete_the_backend_fails_leaves_the_service_followed_and_its_jo
     assert len(the_api.store.jobs("svc")) == 1
 
 
-async def test_a_job_accepted_while_its_service_is_deleted_goes_with_it(
+async def test_a_job_sent_while_its_service_is_deleted_is_refused(
     api: tuple[TestClient, Api, FakeBackend], tmp_path: Path,
 ) -> None:
-    """Accepted while the backend removes the service: stopped and forgotten with it,
-    nothing of it left (it once ran on, its files kept, for a service that was gone)."""
+    """While the backend removes the service, a job is refused (503), nothing of it
+    kept: it was once accepted (201), run for want of a deployment, and dropped. One
+    accepted before, running, is stopped and forgotten with the service (it once ran
+    on, its files kept, for a service that was gone)."""
     client, the_api, backend = api
     await the_api.jobs.start()
     assert (await client.post("/system/services", json=definition(), headers=AUTH)).status == 201
-    backend.remove_gate = asyncio.Event()
-    deleting = asyncio.ensure_future(client.delete("/system/services/svc", headers=AUTH))
-    await backend.removing.wait()
     accepted = await client.post("/job/svc", data=b"{}", headers=AUTH)
     assert accepted.status == 201
     job = (await accepted.json())["job"]
     await backend.job_started.wait()
+    backend.remove_gate = asyncio.Event()
+    deleting = asyncio.ensure_future(client.delete("/system/services/svc", headers=AUTH))
+    await backend.removing.wait()
+    refused = await client.post("/job/svc", data=b"{}", headers=AUTH)
+    assert (refused.status, await refused.text()) == (503, "service svc is being deleted")
     assert backend.jobs_started == [job]
     backend.remove_gate.set()
     assert (await deleting).status == 204
     assert the_api.store.job(job) is None and job not in the_api.jobs.running
     assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == []
+    assert (await client.post("/job/svc", data=b"{}", headers=AUTH)).status == 404
 
 
 async def test_a_job_whose_service_is_gone_when_its_turn_comes_is_dropped(

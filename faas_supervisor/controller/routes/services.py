@@ -134,20 +134,19 @@ class ServiceRoutes(Routes):
         api = self.api
         async with self.names.hold(request.match_info["name"]):
             service = api.service(request)
-            await api.intake.detach(service)
-            try:
-                await api.backend.remove(service.name)
-            except Exception:
-                # Refused (an engine that does not answer): the answer says why, and the
-                # service stays stored, its jobs kept and its inputs followed again.
-                await api.intake.attach(service, fallback=True)
-                raise
-            # Its jobs as they are now, those accepted while the backend removed it
-            # included; with no await in between, the service is gone from the store, so
-            # no other job of it can be accepted (one already receiving its event is
-            # dropped when its turn comes: Jobs._work).
-            jobs = api.store.jobs(service.name)
-            api.store.remove_service(service.name)
+            with api.jobs.refusing(service.name):
+                await api.intake.detach(service)
+                try:
+                    await api.backend.remove(service.name)
+                except Exception:
+                    # Refused (an engine that does not answer): the answer says why, and
+                    # the service stays stored, its jobs kept and its inputs followed again.
+                    await api.intake.attach(service, fallback=True)
+                    raise
+                # Its jobs as they are now; with no await in between, the service is gone
+                # from the store, so no other job of it can be accepted.
+                jobs = api.store.jobs(service.name)
+                api.store.remove_service(service.name)
             await api.jobs.delete_many(job.name for job in jobs)  # stopped all at once
         logger.info("service deleted", service=service.name)
         return web.Response(status=HTTPStatus.NO_CONTENT)
