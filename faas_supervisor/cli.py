@@ -256,12 +256,27 @@ def _watchdog(args: argparse.Namespace) -> int:
 
     async def serve() -> int:
         with captured_signals() as stop:
-            return await Watchdog(startup.runtime, startup.settings, host=args.host).serve(stop)
+            status = await Watchdog(startup.runtime, startup.settings, host=args.host).serve(stop)
+        # Shut down: answers sent, scripts killed, folders removed. Threads still blocked
+        # on a stalled store (a cancelled transfer's read, boto3's retries: up to a
+        # minute) are not waited for, as asyncio.run's executor shutdown and the
+        # interpreter's exit would, past the orchestrator's grace (a stopped `run` too).
+        _exit_now(status, startup)
 
     try:
         return asyncio.run(serve())
     finally:
         startup.close()
+
+
+def _exit_now(status: int, startup: Startup[Any]) -> NoReturn:
+    """End the process with `status` once the runtime's folder is gone and the standard
+    streams are flushed, without waiting for any thread."""
+    startup.close()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -285,11 +300,7 @@ def _run(args: argparse.Namespace) -> int:
         not waited for, as asyncio.run's executor shutdown and the interpreter's exit
         would (tens of seconds, past the 10 s a backend gives before SIGKILL)."""
         orphans.kill_all_now()
-        startup.close()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(status)
+        _exit_now(status, startup)
 
     try:
         return asyncio.run(_until_signalled(_run_once(args, startup), stopped))

@@ -161,6 +161,8 @@ class Invocation:
         self._aborted: FaasError | None = None  # set by abort(): the answer to give
         # The task running the steps abort() may cut (see abortable), while it runs them.
         self._task: asyncio.Task[object] | None = None
+        # Made by an abort() that cut those steps: done once they have ended (abortable).
+        self._steps_ended: asyncio.Future[None] | None = None
 
     @functools.cached_property
     def input_dir(self) -> Path:
@@ -392,17 +394,26 @@ class Invocation:
         if self._child is not None:
             self._child.kill_group()
 
-    def abort(self, error: FaasError) -> None:
+    def abort(self, error: FaasError) -> asyncio.Future[None] | None:
         """Stop now and answer `error` (the watchdog shutting down), whatever the step: a
         running script is killed (run_script raises `error`), any other step under way in
-        `abortable` (the body being read, stage-in, stage-out) is cancelled there."""
+        `abortable` (the body being read, stage-in, stage-out) is cancelled there.
+
+        Returns a future done once the steps cut have ended (the answer comes next): a
+        step may clean up first (an S3 transfer: s3.CANCEL_WAIT). None when no step was
+        under way."""
         self._aborted = error
+        task = self._task
         child = self._child
         if child is not None and child.returncode is None:
             child.kill_group()
-        elif self._task is not None:
-            self._task.cancel()
+        elif task is not None:
+            task.cancel()
             self._task = None  # let go: abortable() tells its cancellation from others
+        if task is None:
+            return None
+        self._steps_ended = ended = task.get_loop().create_future()
+        return ended
 
     @contextlib.contextmanager
     def abortable(self) -> Iterator[None]:
@@ -421,6 +432,8 @@ class Invocation:
             self.fail(self._aborted)
         finally:
             self._task = None
+            if self._steps_ended is not None and not self._steps_ended.done():
+                self._steps_ended.set_result(None)
 
     def collect_outputs(self) -> list[OutputFile]:
         """Regular files under TMP_OUTPUT_DIR; links, FIFOs and sockets skipped, warned."""

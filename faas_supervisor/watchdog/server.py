@@ -42,6 +42,10 @@ from faas_supervisor.watchdog.proxy import ProxyRunner
 LOCK_FILE = Path("/tmp/.lock")
 RESERVED = ("/_/health", "/_/ready", "/metrics")
 SHUTDOWN_TIMEOUT = 2.0  # seconds, after healthcheck_interval: see serve()
+# Seconds the steps of an invocation stopped at shutdown get to end before its handler may
+# be cancelled: an S3 transfer cut short waits that long (s3.CANCEL_WAIT) for s3transfer's
+# cleanup (a multipart upload aborted). Its 503 then goes within SHUTDOWN_TIMEOUT.
+ABORT_GRACE = 5.0
 # A connection waiting for a request this long (since it opened or had its last answer)
 # is closed: nginx's default keep-alive. Callers' pools close theirs sooner (aiohttp's
 # client after 15 s), so a pooled connection is not reused just as it is closed here.
@@ -260,13 +264,21 @@ class Watchdog:
             # Cancelled, a WebSocket session would end with no close frame to the client
             # (1006) and a bare 1000 upstream.
             await stop.unless_forced(self.proxy.end_sessions, SHUTDOWN_TIMEOUT)
+        cut: list[asyncio.Future[None]] = []
         for work in list(self.inflight):
             if isinstance(work, Invocation):
                 logger.warning("stopping an invocation still running", id=work.id)
-                work.abort(ShuttingDown(STOPPED))  # its answer says why: 503
+                ended = work.abort(ShuttingDown(STOPPED))  # its answer says why: 503
+                if ended is not None:
+                    cut.append(ended)
             elif isinstance(work, asyncio.Task):
                 logger.warning("cutting a proxied request still running")
                 work.cancel()  # else the runner's cleanup would wait for it for a minute
+        if cut:
+            # The runner's cleanup cancels a handler still in its steps after
+            # SHUTDOWN_TIMEOUT: its client would get no answer at all. Forced or not: the
+            # wait is the steps' own cleanup, itself bounded.
+            await asyncio.wait(cut, timeout=ABORT_GRACE)
         await runner.cleanup()  # cancels handlers still running, closes connections
         await asyncio.to_thread(self.removals.close_all)  # every invocation folder is gone
         if self.proxy is not None:

@@ -104,7 +104,10 @@ CONFIG_LABEL = "faas-supervisor/config"  # hash of what made the container: keep
 EVENT_DIR = "/oscar/event"
 EVENT_IN_ENV_MAX = 96 * 1024  # Linux refuses one variable over 128 KiB at exec
 READY_TIMEOUT = 60.0  # seconds invoke_url waits for a watchdog to answer its health check
-STOP_TIMEOUT = 15  # seconds a container gets after SIGTERM when a service is replaced
+# Seconds a watchdog's container gets after SIGTERM (a service replaced or removed), as
+# the local backend's (local.STOP_TIMEOUT: the drain, a cut transfer's cleanup, the last
+# answers).
+STOP_TIMEOUT = 20
 # Seconds a stopped job's container gets after SIGTERM (to its PID 1, `faas-supervisor
 # run`, which kills its script and removes its folders) before SIGKILL.
 JOB_STOP_TIMEOUT = 10

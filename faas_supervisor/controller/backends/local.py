@@ -46,7 +46,10 @@ from faas_supervisor.logs import get_logger
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0  # seconds a new watchdog may take to answer its health check
 SYNC_WAIT = 60.0  # seconds a request waits for a starting service (--sync-wait)
-STOP_TIMEOUT = 15.0  # seconds a watchdog gets to finish in-flight work when stopped
+# Seconds a stopped watchdog gets before SIGKILL: its drain (healthcheck_interval, 10 s by
+# default), a transfer cut short cleaning up (watchdog.server.ABORT_GRACE, 5 s), the last
+# answers (SHUTDOWN_TIMEOUT, 2 s), and a margin.
+STOP_TIMEOUT = 20.0
 LOG_CHECK = 30.0  # seconds between two looks at a service's watchdog.log size (trim_log)
 JOB_STOP_GRACE = 10.0  # seconds a stopped job's `run` gets to kill its script and clean up
 EVENT_IN_ENV_MAX = 96 * 1024  # larger events go on stdin: the environment is bounded
