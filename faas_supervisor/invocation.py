@@ -17,6 +17,7 @@ import functools
 import os
 import queue
 import shutil
+import signal
 import stat
 import subprocess
 import threading
@@ -339,10 +340,12 @@ class Invocation:
                     code = await child.wait()
         except TimeoutError:
             # Killed as a script killed at shutdown is: its status (-9) is recorded and
-            # answered (X-Exit-Code) the same way, then the timeout is what is raised.
-            timed_out = True
+            # answered (X-Exit-Code) the same way, then the timeout is what is raised. One
+            # that exited on its own as the time ran out (not yet reaped) keeps its status
+            # and its answer: a timeout is a script our kill ended.
             child.kill_group()
             code = await child.wait()
+            timed_out = code == -signal.SIGKILL
         finally:
             # Whatever way it ended (cancelled when the client left), nothing lingers. A
             # cancellation that comes meanwhile (`run`'s SIGTERM) lets the clean-up go

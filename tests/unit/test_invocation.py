@@ -16,6 +16,7 @@ import pytest
 
 from faas_supervisor import invocation as invocation_module
 from faas_supervisor.config import FunctionConfig, WatchdogSettings
+from faas_supervisor.errors import ScriptFailed, ScriptTimeout
 from faas_supervisor.invocation import Invocation, Removals, Runtime
 from faas_supervisor.watchdog.server import Watchdog
 
@@ -517,3 +518,38 @@ def test_an_output_replaced_after_its_listing_is_not_uploaded(tmp_path: Path) ->
                  "output gone skipped: gone", "output sub/secret.txt skipped: not the file"):
         assert line in text, text
     invocation.close()
+
+
+def _timed(tmp_path: Path, script: str, exec_timeout: float) -> Invocation:
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "script.sh"
+    path.write_text(script)
+    return Invocation(Runtime(config=FunctionConfig(), script=path, base_env={},
+                              tmp_dir=tmp_path, exec_timeout=exec_timeout))
+
+
+def test_a_script_that_ended_as_its_time_ran_out_keeps_its_own_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline passing just as the script exited (not yet reaped): a review found a
+    504 that said both "past exec_timeout" and X-Exit-Code 0. Its own status stands."""
+
+    @contextlib.asynccontextmanager
+    async def ran_out(_delay: float) -> Any:
+        yield
+        raise TimeoutError  # as asyncio.timeout would, had it fired at that moment
+
+    monkeypatch.setattr(invocation_module.asyncio, "timeout", ran_out)
+    invocation = _timed(tmp_path, "exit 3\n", 5.0)
+    with pytest.raises(ScriptFailed):
+        asyncio.run(invocation.run_script({"PATH": os.environ["PATH"]}))
+    assert invocation.outcome.exit_code == 3
+    ended = _timed(tmp_path, "exit 0\n", 5.0)
+    assert asyncio.run(ended.run_script({"PATH": os.environ["PATH"]})) == 0
+
+
+def test_a_script_killed_at_its_timeout_reports_the_kill(tmp_path: Path) -> None:
+    invocation = _timed(tmp_path, "exec sleep 30\n", 0.2)
+    with pytest.raises(ScriptTimeout):
+        asyncio.run(invocation.run_script({"PATH": os.environ["PATH"]}))
+    assert invocation.outcome.exit_code == -9
