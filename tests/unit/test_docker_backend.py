@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +367,25 @@ def test_the_controllers_identity_is_kept_and_a_damaged_one_refused(tmp_path: Pa
     path.write_text("0123456789ab")  # cut short
     with pytest.raises(ConfigError, match="does not hold a controller identity"):
         _read_identity(path)
+
+
+def test_the_identitys_rename_is_made_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file and then its folder are synced: a rename lost in a crash would give the
+    next start a new identity, the old one's containers owned by nobody."""
+    from faas_supervisor.controller.backends.docker import _keep_identity
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    _keep_identity(tmp_path / "controller-id", "0123456789abcdef")
+    assert synced == ["file", "folder"]
 
 
 def test_an_identity_file_not_text_or_not_a_file_is_refused_in_one_line(tmp_path: Path) -> None:

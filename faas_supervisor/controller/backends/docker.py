@@ -1088,6 +1088,13 @@ def _keep_identity(path: Path, identity: str) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(part, path)
+        # The rename itself made durable: lost in a crash, the next start would draw a new
+        # identity and leave this one's containers on the engine, owned by nobody.
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except OSError as exc:  # a full disk, a folder in the way: one line, exit status 2
         raise ConfigError(f"cannot keep the controller's identity in {path}: "
                           f"{exc.strerror or type(exc).__name__}") from None
