@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 import zlib
@@ -72,6 +73,10 @@ USERPASS_LIFETIME = 3600.0  # assumed when the server does not say when its toke
 FILE_SCHEME = "file"
 CHUNK = 1 << 20
 DUPLICATE_RULE = "DuplicateRule"  # Rucio's ExceptionClass (a 409) for a rule that exists
+# How long a cancelled upload waits for its copy onto the RSE to stop: a copy blocked on a
+# stalled disk must not hold up `run`'s exit past the 10 s a backend gives after SIGTERM,
+# nor the watchdog's ABORT_GRACE (5 s) on its way out.
+STOP_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,7 @@ class RucioProvider:
                              provider=self.name, did=did)
                 return
             target = await self._new_path(session, bucket, key)
-            await asyncio.to_thread(place, src, target)
+            await put_on_rse(src, target)
             replica = {"scope": bucket, "name": key, "bytes": size, "adler32": adler,
                        "md5": md5}
             try:
@@ -502,18 +507,51 @@ def copy_checked(remote: RemoteFile, dest: Path) -> None:
             partial.unlink()
 
 
-def place(src: Path, target: Path) -> None:
-    """Write `src` at the RSE path `target` as the posix protocol does: a temporary name
-    beside it, renamed when complete; never over an existing file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+async def put_on_rse(src: Path, target: Path) -> None:
+    """`place` in a thread, leaving nothing on the RSE if cancelled: `run` stopped by
+    SIGTERM, or the watchdog shut down mid-invocation, ends with os._exit, which kills a
+    thread still copying before it removes its temporary file (there for good), and a
+    copy that ends anyway is a file no DID names (the registration comes after)."""
+    stop = threading.Event()
     partial = partial_path(target, f".{uuid.uuid4().hex}.rucio.upload", prefix="")
+    copy = asyncio.ensure_future(asyncio.to_thread(place, src, target, partial, stop))
+    copy.add_done_callback(_retrieved)
+    try:
+        await asyncio.shield(copy)
+    except asyncio.CancelledError:
+        stop.set()  # the copy stops at its next chunk, and renames nothing
+        try:
+            await asyncio.wait([copy], timeout=STOP_GRACE)
+        finally:
+            partial.unlink(missing_ok=True)  # the copy is stuck: its name goes anyway
+            # Renamed before it saw the stop: nothing registers it now.
+            if copy.done() and not copy.cancelled() and copy.exception() is None \
+                    and copy.result():
+                target.unlink(missing_ok=True)
+        raise
+
+
+def place(src: Path, target: Path, partial: Path, stop: threading.Event) -> bool:
+    """Write `src` at the RSE path `target` as the posix protocol does: the temporary
+    name `partial` beside it, renamed when complete; never over an existing file. False
+    (nothing renamed) if `stop` is set before the copy ends."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(src, "rb") as source, open(partial, "xb") as out:
-            while chunk := source.read(CHUNK):
+            while not stop.is_set() and (chunk := source.read(CHUNK)):
                 out.write(chunk)
+        if stop.is_set():
+            return False
         if target.exists():
             raise HttpFailure(f"{target.name} exists on the RSE but no DID names it", False)
         os.replace(partial, target)
+        return True
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
+
+
+def _retrieved(task: asyncio.Future[bool]) -> None:
+    """Marks a copy's failure as seen when nobody awaits it any more (cancelled)."""
+    if not task.cancelled():
+        task.exception()

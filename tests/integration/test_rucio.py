@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +35,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.controller_fixture import ControllerFactory
 from tests.integration.rucio_server import ACCOUNT, RSE, SCOPE, RucioServer, unique
+from tests.integration.test_run import stopped
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -264,6 +266,45 @@ def test_a_stage_in_that_fills_tmpdir_is_exit_4_naming_the_did(
     assert (f"no space left on device writing the download of {SCOPE}:{name} "
             "(rucio.default)") in result.stderr
     assert "the script ran" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_job_stopped_while_it_uploads_leaves_nothing_on_the_rse(
+    rucio_server: RucioServer, tmp_path: Path
+) -> None:
+    """SIGTERM while a large output is copied onto the RSE: `run` ends with os._exit,
+    which killed the copying thread and left its `.rucio.upload` file in the RSE's folder
+    for good (found by a review). The copy stops, its file goes, no DID is made."""
+    out = unique("stopped")
+    cfg = yaml.safe_dump({
+        "storage_providers": {"rucio": {"default": rucio_server.settings()}},
+        "output": [{"storage_provider": "rucio", "path": f"{SCOPE}/{out}"}],
+    })
+    (tmp_path / "config.yaml").write_text(cfg)
+    script = tmp_path / "script.sh"
+    # Sparse: made at once; checksummed, then copied, in a few seconds.
+    script.write_text('#!/bin/sh\ntruncate -s 1G "$TMP_OUTPUT_DIR/big.bin"\n')
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("FUNCTION_CONFIG", "SCRIPT")}
+    env.update(TMPDIR=str(tmp), EVENT="{}")
+
+    def on_rse() -> list[Path]:  # the RSE's deterministic paths: SCOPE/xx/yy/NAME
+        return [p for p in rucio_server.rse_folder.glob(f"{SCOPE}/*/*/{out}/*")
+                if not p.is_dir()]
+
+    def copying() -> bool:
+        return any(p.name.endswith(".rucio.upload") for p in on_rse())
+
+    status, stderr = stopped(["run", "--config", str(tmp_path / "config.yaml"), "--script",
+                              str(script)], env, copying, "the copy's temporary file",
+                             pause=0.005)
+    assert status == 128 + signal.SIGTERM, stderr
+    assert b"Traceback" not in stderr
+    assert on_rse() == []
+    assert list(tmp.iterdir()) == []
+    meta = requests.get(f"{rucio_server.url}/dids/{SCOPE}/{out}%2Fbig.bin/meta", timeout=30,
+                        headers={"X-Rucio-Auth-Token": rucio_server.token()})
+    assert meta.status_code == 404, meta.text  # no DID, as no file
 
 
 async def test_a_rerun_makes_the_rule_a_failed_upload_could_not(
