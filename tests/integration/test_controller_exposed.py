@@ -54,7 +54,10 @@ async def any_path(request):
         await response.write(b"done\\n")
         await response.write_eof()
         return response
-    return web.json_response({"raw": request.raw_path, "version": os.environ.get("VERSION")})
+    seen = {"raw": request.raw_path, "version": os.environ.get("VERSION")}
+    if "Authorization" in request.headers:
+        seen["authorization"] = request.headers["Authorization"]
+    return web.json_response(seen)
 
 app = web.Application()
 app.router.add_route("*", "/{tail:.*}", any_path)
@@ -121,6 +124,28 @@ def test_the_service_gets_the_path_and_query_as_the_client_encoded_them(
                         ("/system/services/raw/exposed?k=%23v", "/?k=%23v")]:
         status, body = raw_request(controller, "GET", target)
         assert (status, json.loads(body)["raw"]) == (200, raw)
+
+
+@pytest.mark.timeout(120)
+def test_an_authorization_is_the_services_own_unless_set_auth_asked_for_ours(
+    controller: ControllerProcess, echo_app: Path
+) -> None:
+    """Without set_auth the controller asks for no credentials, and OSCAR's Ingress passes
+    the client's Authorization on to the service's server (its own login, its API's
+    bearer): the controller dropped it (a review found it). With set_auth the credentials
+    were the controller's (the service's token, or the admin's): never passed on."""
+    controller.create(exposed("open", echo_app))
+    controller.create(exposed("guarded", echo_app, expose={"set_auth": True}))
+    wait_served(controller, "open")
+    own = {"Authorization": "Bearer the-apps-own-token"}
+    answer = requests.get(f"{controller.url}/system/services/open/exposed/x", headers=own,
+                          timeout=60)
+    assert (answer.status_code, answer.json().get("authorization")) == (
+        200, "Bearer the-apps-own-token")
+    answer = wait_until(lambda: (r := requests.get(
+        f"{controller.url}/system/services/guarded/exposed/x", auth=controller.auth,
+        timeout=60)).status_code == 200 and r, 60, "service guarded answering", controller)
+    assert "authorization" not in answer.json()
 
 
 @pytest.mark.timeout(120)

@@ -97,7 +97,11 @@ class InvocationRoutes(Routes):
                 Credentials(service.name, service.token).check_basic(
                     request.headers.get("Authorization", "")):
             api.require_admin(request)
-        return await self._proxy(request, service, _exposed_path(request, service))
+        # Without set_auth the controller asked for no credentials: an Authorization the
+        # client sends is the service's own (its server's login, a bearer of its API), and
+        # reaches it as OSCAR's Ingress passes it on. With it, it was ours: kept back.
+        return await self._proxy(request, service, _exposed_path(request, service),
+                                 keep_authorization=not service.expose.set_auth)
 
     async def run(self, request: web.Request) -> web.StreamResponse:
         service = self.api.service(request)
@@ -105,7 +109,8 @@ class InvocationRoutes(Routes):
             raise Unauthorized()
         return await self._proxy(request, service, "/")
 
-    async def _proxy(self, request: web.Request, service: Service, path: str) -> web.StreamResponse:
+    async def _proxy(self, request: web.Request, service: Service, path: str,
+                     keep_authorization: bool = False) -> web.StreamResponse:
         """The request to the service's watchdog and its answer back, both streamed.
 
         `path` is raw (percent-encoded as the client sent it), and so is the query: the
@@ -122,10 +127,12 @@ class InvocationRoutes(Routes):
             base = await self.api.backend.invoke_url(service.name)
             query = request.rel_url.raw_query_string
             url = URL(f"{base}{path}" + (f"?{query}" if query else ""), encoded=True)
+            # The service's watchdog never sees the controller's credentials (unless they
+            # were none of ours: keep_authorization); aiohttp sets Host.
+            drop = ("host",) if keep_authorization else ("authorization", "host")
             if is_websocket(request):
-                return await self._websocket(request, service, url, watch)
-            # The service's watchdog never sees the caller's credentials; aiohttp sets Host.
-            headers = forwarded_headers(request.headers, drop=("authorization", "host"))
+                return await self._websocket(request, service, url, watch, drop)
+            headers = forwarded_headers(request.headers, drop=drop)
             body: bytes | aiohttp.StreamReader | None = None
             if request.body_exists:
                 length = request.content_length
@@ -167,17 +174,17 @@ class InvocationRoutes(Routes):
             watch.stop()
 
     async def _websocket(
-        self, request: web.Request, service: Service, url: URL, watch: _ClientWatch
+        self, request: web.Request, service: Service, url: URL, watch: _ClientWatch,
+        drop: tuple[str, ...],
     ) -> web.StreamResponse:
         """A WebSocket session relayed to the service's watchdog (which relays it to the
         service's server). Connected there first, so that its answer (a refusal, a
         redirect, the subprotocol chosen) is the client's."""
         assert self._session is not None
-        drop = ("authorization", "host", *WS_HANDSHAKE)
         try:
             upstream = await self._session.ws_connect(
                 url,
-                headers=forwarded_headers(request.headers, drop=drop),
+                headers=forwarded_headers(request.headers, drop=(*drop, *WS_HANDSHAKE)),
                 protocols=offered_protocols(request),
                 autoclose=False,  # close frames are relayed with their code, not answered
                 max_msg_size=WS_MESSAGE_MAX,
