@@ -31,6 +31,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -73,6 +74,8 @@ USERPASS_LIFETIME = 3600.0  # assumed when the server does not say when its toke
 FILE_SCHEME = "file"
 CHUNK = 1 << 20
 DUPLICATE_RULE = "DuplicateRule"  # Rucio's ExceptionClass (a 409) for a rule that exists
+# os.link's errors on a file system that has no hard links.
+NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
 # How long a cancelled upload waits for its copy onto the RSE to stop: a copy blocked on a
 # stalled disk must not hold up `run`'s exit past the 10 s a backend gives after SIGTERM,
 # nor the watchdog's ABORT_GRACE (5 s) on its way out.
@@ -533,8 +536,8 @@ async def put_on_rse(src: Path, target: Path) -> None:
 
 def place(src: Path, target: Path, partial: Path, stop: threading.Event) -> bool:
     """Write `src` at the RSE path `target` as the posix protocol does: the temporary
-    name `partial` beside it, renamed when complete; never over an existing file. False
-    (nothing renamed) if `stop` is set before the copy ends."""
+    name `partial` beside it, linked to `target` when complete (and removed); never over
+    an existing file. False (nothing placed) if `stop` is set before the copy ends."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(src, "rb") as source, open(partial, "xb") as out:
@@ -542,9 +545,22 @@ def place(src: Path, target: Path, partial: Path, stop: threading.Event) -> bool
                 out.write(chunk)
         if stop.is_set():
             return False
-        if target.exists():
-            raise HttpFailure(f"{target.name} exists on the RSE but no DID names it", False)
-        os.replace(partial, target)
+        exists = HttpFailure(f"{target.name} exists on the RSE but no DID names it", False)
+        try:
+            # A link, not a rename after a look: it fails if the target exists, at once.
+            # Two uploads of one DID at a time would otherwise both find the path free,
+            # and one replace the other's file under the other's checksums.
+            os.link(partial, target)
+        except FileExistsError:
+            raise exists from None
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINKS:
+                raise
+            # A file system without hard links (some FUSE and network mounts): the look
+            # and the rename, as the posix protocol does.
+            if target.exists():
+                raise exists from None
+            os.replace(partial, target)
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):

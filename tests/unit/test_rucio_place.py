@@ -10,6 +10,7 @@ on the RSE are given, and so are the checksums (they would read the FIFO)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from faas_supervisor.config import ProviderConfig
+from faas_supervisor.errors import StorageError
 from faas_supervisor.storage_providers import rucio
 from faas_supervisor.storage_providers.rucio import STOP_GRACE, RucioProvider
 
@@ -136,4 +138,48 @@ async def test_an_upload_not_cancelled_places_the_whole_file(
     monkeypatch.setattr(provider, "_call", register)
     await provider.upload(src, "test", "out.bin")
     assert seen[0] == data
+    assert left_on_rse(tmp_path) == ["rse/test/a1/b2/out.bin"]
+
+
+async def test_a_file_put_in_place_meanwhile_is_never_replaced(
+    copy: Copy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two uploads of one DID at once: both looked, found the path free, and the second
+    replaced the first's file, registered under the first's checksums (a review found
+    the window). The other's file here is made to appear after any look could be made."""
+    provider, target, _placed, go = copy
+    go.set()
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"the other upload's file\n")
+    monkeypatch.setattr(Path, "exists", lambda self: False if self == target else
+                        os.path.exists(self))
+    src = tmp_path / "out.bin"
+    src.write_bytes(b"ours\n")
+    with pytest.raises(StorageError, match="exists on the RSE but no DID names it"):
+        await provider.upload(src, "test", "out.bin")
+    assert target.read_bytes() == b"the other upload's file\n"
+    assert left_on_rse(tmp_path) == ["rse/test/a1/b2/out.bin"]
+
+
+async def test_a_file_system_without_hard_links_still_gets_the_file(
+    copy: Copy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.link refused as some FUSE and network mounts refuse it: the file is renamed
+    into place instead, still never over an existing one."""
+    provider, target, _placed, go = copy
+    go.set()
+
+    def no_links(_src: Any, _dst: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+
+    async def registered(*_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(provider, "_call", registered)
+    src = tmp_path / "out.bin"
+    src.write_bytes(b"ours\n")
+    await provider.upload(src, "test", "out.bin")
+    assert target.read_bytes() == b"ours\n"
     assert left_on_rse(tmp_path) == ["rse/test/a1/b2/out.bin"]
