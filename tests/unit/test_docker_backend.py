@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -386,6 +387,25 @@ def test_the_identitys_rename_is_made_durable(
     monkeypatch.setattr(os, "fsync", fsync)
     _keep_identity(tmp_path / "controller-id", "0123456789abcdef")
     assert synced == ["file", "folder"]
+
+
+def test_a_file_system_that_syncs_no_folder_still_keeps_the_identity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync of a folder refused (EINVAL, as some FUSE and network mounts answer): the
+    rename is done, the start goes on (a review found it would have stopped it, exit 2)."""
+    from faas_supervisor.controller.backends.docker import _keep_identity, _read_identity
+
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    _keep_identity(tmp_path / "controller-id", "0123456789abcdef")
+    assert _read_identity(tmp_path / "controller-id") == "0123456789abcdef"
 
 
 def test_an_identity_file_not_text_or_not_a_file_is_refused_in_one_line(tmp_path: Path) -> None:

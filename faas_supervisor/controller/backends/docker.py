@@ -1093,6 +1093,9 @@ def _keep_identity(path: Path, identity: str) -> None:
         folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(folder)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # a file system that syncs no folder: renamed still
+                raise
         finally:
             os.close(folder)
     except OSError as exc:  # a full disk, a folder in the way: one line, exit status 2
