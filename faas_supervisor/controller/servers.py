@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from faas_supervisor.config import DEFAULT_PROVIDER, StoragePath, on_default_provider
 from faas_supervisor.controller.buckets import (
     BucketStore,
+    FolderStore,
     S3Access,
     S3Store,
     StoredObject,
@@ -120,16 +121,18 @@ def shown_error(provider: str, exc: BaseException) -> str:
 
 async def list_path(store: BucketStore, path: StoragePath) -> list[StoredObject]:
     """The objects under an input path now (notifications.list_input), listed in a thread:
-    of the default pool for the default provider, a daemon thread of its own for a
-    service's own server.
+    of the default pool for the embedded folder store, a daemon thread of its own for any
+    S3 server (`--minio-endpoint`'s, or a service's own).
 
-    Those servers are the services' (any may stop answering, each stuck listing holding
-    its thread until its timeouts, about a minute): in the controller's default pool, which
-    all its other blocking work shares, they would fill it; in a bounded pool of their own,
-    a few stuck paths would hold up every other server's listings and creates. A thread
-    each is bounded by the services' paths (one listing at a time per path, watcher.py and
-    reconcile.py), and, a daemon, does not hold the controller's exit until its timeouts."""
-    if path.provider == DEFAULT_PROVIDER:
+    A server may stop answering, each stuck listing holding its thread until its timeouts
+    (about a minute): in the controller's default pool, which all its other blocking work
+    shares (the Kubernetes API's calls, the jobs' files), they would fill it; in a bounded
+    pool of their own, a few stuck paths would hold up every other server's listings and
+    creates. A thread each is bounded by the services' paths (one listing at a time per
+    path, watcher.py and reconcile.py), and, a daemon, does not hold the controller's exit
+    until its timeouts. The folder store's listings read a local disk: the pool's threads
+    save starting one per listing."""
+    if isinstance(store, FolderStore):
         return await asyncio.to_thread(list_input, store, path)
     loop = asyncio.get_running_loop()
     listed: asyncio.Future[list[StoredObject]] = loop.create_future()

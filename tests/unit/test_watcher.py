@@ -231,13 +231,16 @@ async def test_a_server_that_never_answers_holds_up_only_its_own_paths() -> None
         await watcher.close()
 
 
-async def test_stuck_own_servers_hold_up_neither_the_default_pool_nor_other_servers() -> None:
-    """Listings of services' own servers run each in a thread of its own
-    (servers.list_path): more of them stuck than the default pool has threads (CPUs + 4)
-    leave that pool, which all the controller's other blocking work shares, free (before
-    62262f4 it was full until their timeouts), and another own server's objects are
-    still offered at once (with 62262f4's bounded pool of 4, they waited too: a review
-    found both)."""
+@pytest.mark.parametrize("provider", ["minio.ext", "minio.default"])
+async def test_stuck_s3_servers_hold_up_neither_the_default_pool_nor_other_servers(
+    provider: str
+) -> None:
+    """Listings of S3 servers, services' own or --minio-endpoint's, run each in a thread
+    of its own (servers.list_path): more of them stuck than the default pool has threads
+    (CPUs + 4) leave that pool, which all the controller's other blocking work shares,
+    free (before 62262f4 it was full until their timeouts; for --minio-endpoint's until
+    this test's commit), and another server's objects are still offered at once (with
+    62262f4's bounded pool of 4, they waited too: a review found both)."""
     import os
 
     released = threading.Event()
@@ -268,10 +271,10 @@ async def test_stuck_own_servers_hold_up_neither_the_default_pool_nor_other_serv
     async def watch(name: str, bucket: str, store: ListedBucket) -> None:
         service = parse_service({
             "name": name, "script": "true",
-            "input": [{"storage_provider": "minio.ext", "path": f"{bucket}/in"}],
+            "input": [{"storage_provider": provider, "path": f"{bucket}/in"}],
             "storage_providers": {"minio": {"ext": ext}},
         })
-        await watcher.watch(service, {StoragePath("minio.ext", f"{bucket}/in"): store})
+        await watcher.watch(service, {StoragePath(provider, f"{bucket}/in"): store})
 
     for n in range(stuck):
         await watch(f"own{n}", f"bucket{n}", StuckBucket())
