@@ -133,7 +133,8 @@ def test_an_authorization_is_the_services_own_unless_set_auth_asked_for_ours(
     """Without set_auth the controller asks for no credentials, and OSCAR's Ingress passes
     the client's Authorization on to the service's server (its own login, its API's
     bearer): the controller dropped it (a review found it). With set_auth the credentials
-    were the controller's (the service's token, or the admin's): never passed on."""
+    were the controller's (the service's token, or the admin's): never passed on; nor are
+    the admin's ever."""
     controller.create(exposed("open", echo_app))
     controller.create(exposed("guarded", echo_app, expose={"set_auth": True}))
     wait_served(controller, "open")
@@ -142,6 +143,10 @@ def test_an_authorization_is_the_services_own_unless_set_auth_asked_for_ours(
                           timeout=60)
     assert (answer.status_code, answer.json().get("authorization")) == (
         200, "Bearer the-apps-own-token")
+    # The admin's, which a browser logged in to /system/ sends to every path below it.
+    answer = requests.get(f"{controller.url}/system/services/open/exposed/x",
+                          auth=controller.auth, timeout=60)
+    assert (answer.status_code, "authorization" in answer.json()) == (200, False)
     answer = wait_until(lambda: (r := requests.get(
         f"{controller.url}/system/services/guarded/exposed/x", auth=controller.auth,
         timeout=60)).status_code == 200 and r, 60, "service guarded answering", controller)

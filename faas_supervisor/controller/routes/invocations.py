@@ -99,9 +99,12 @@ class InvocationRoutes(Routes):
             api.require_admin(request)
         # Without set_auth the controller asked for no credentials: an Authorization the
         # client sends is the service's own (its server's login, a bearer of its API), and
-        # reaches it as OSCAR's Ingress passes it on. With it, it was ours: kept back.
+        # reaches it as OSCAR's Ingress passes it on. With it, it was ours: kept back. The
+        # admin's are never passed on (a browser that logged in to /system/ sends them to
+        # every path below it, this one too).
+        keep = not service.expose.set_auth and not api.is_admin(request)
         return await self._proxy(request, service, _exposed_path(request, service),
-                                 keep_authorization=not service.expose.set_auth)
+                                 keep_authorization=keep)
 
     async def run(self, request: web.Request) -> web.StreamResponse:
         service = self.api.service(request)
