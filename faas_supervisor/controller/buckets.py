@@ -292,6 +292,13 @@ READ_TIMEOUT = 20.0
 class S3Store:
     """A MinIO/S3 server, path-style, as the OSCAR manager talks to its MinIO."""
 
+    # The intake's listings of the server at once (servers.list_path keeps them to it),
+    # and the connections kept to it: those, and as many for the API's calls (bucket
+    # creates and removals). More calls at once each open and drop a connection,
+    # urllib3 logging a warning for every drop.
+    LISTINGS = 10
+    CONNECTIONS = 2 * LISTINGS
+
     def __init__(
         self, endpoint: str, access_key: str, secret_key: str, region: str, verify: bool = True,
         *, connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT,
@@ -313,7 +320,8 @@ class S3Store:
             # botocore waits 60 s for each (three attempts): a server that drops packets
             # would hold a service's create, and a watcher's thread, for minutes.
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3},
-                          connect_timeout=connect_timeout, read_timeout=read_timeout),
+                          connect_timeout=connect_timeout, read_timeout=read_timeout,
+                          max_pool_connections=self.CONNECTIONS),
         )
 
     @property

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import threading
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,13 +132,37 @@ async def list_path(store: BucketStore, path: StoragePath) -> list[StoredObject]
     creates. A thread each is bounded by the services' paths (one listing at a time per
     path, watcher.py and reconcile.py), and, a daemon, does not hold the controller's exit
     until its timeouts. The folder store's listings read a local disk: the pool's threads
-    save starting one per listing."""
+    save starting one per listing.
+
+    At most S3Store.LISTINGS listings of one server run at once (a watch and a
+    reconciliation per path: twice its paths, else), waiting here, in the loop, for
+    their turn: more would each open a connection its client drops, logging a warning
+    each time. A server that does not answer holds up only its own listings."""
     if isinstance(store, FolderStore):
         return await asyncio.to_thread(list_input, store, path)
+    slots = _LISTING_SLOTS.get(store)
+    if slots is None:
+        slots = _LISTING_SLOTS[store] = asyncio.Semaphore(S3Store.LISTINGS)
+    await slots.acquire()
+    # Given back when the thread ends, not when its caller stops waiting (cancelled): the
+    # connection is in use until then.
+    return await _in_own_thread(store, path, slots.release)
+
+
+# One bound per server's store, gone with it (ServerStores drops a server's last user's).
+_LISTING_SLOTS: weakref.WeakKeyDictionary[BucketStore, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
+
+
+async def _in_own_thread(store: BucketStore, path: StoragePath,
+                         ended: Callable[[], None]) -> list[StoredObject]:
+    """list_input in a daemon thread of its own (list_path says why); `ended` is called
+    in the loop once the thread has ended."""
     loop = asyncio.get_running_loop()
     listed: asyncio.Future[list[StoredObject]] = loop.create_future()
 
     def settle(objects: list[StoredObject] | None, error: BaseException | None) -> None:
+        ended()
         if listed.done():  # cancelled: nobody waits any more
             return
         if error is not None:
@@ -153,7 +178,11 @@ async def list_path(store: BucketStore, path: StoragePath) -> list[StoredObject]
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the end
             loop.call_soon_threadsafe(settle, objects, error)
 
-    threading.Thread(target=run, name="own-listing", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="own-listing", daemon=True).start()
+    except BaseException:
+        ended()
+        raise
     return await listed
 
 

@@ -331,3 +331,49 @@ async def test_a_new_definition_is_listed_at_once_while_the_old_ones_listing_han
     finally:
         released.set()
         await watcher.close()
+
+
+async def test_listings_of_one_s3_server_run_at_most_its_connections_at_once() -> None:
+    """Each S3 listing has a thread of its own, but one server's client keeps
+    S3Store.CONNECTIONS connections, half of them for listings: more listings at once
+    each opened one and dropped it, urllib3 logging a warning for each (a review found
+    1 233 lines in 75 s of an idle controller with 20 services on --minio-endpoint).
+    They wait for their turn."""
+    import time
+
+    from faas_supervisor.controller.buckets import S3Store
+
+    paths = 3 * S3Store.LISTINGS
+    lock = threading.Lock()
+    running, most, listed = [0], [0], set()
+    loop = asyncio.get_running_loop()
+    all_listed = asyncio.Event()
+
+    class SlowServer(ListedBucket):
+        def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]:
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.05)  # the server's answer taking its time
+            with lock:
+                running[0] -= 1
+                listed.add(bucket)
+                if len(listed) == paths:
+                    loop.call_soon_threadsafe(all_listed.set)
+            return []
+
+    async def offer(service: Service, path: StoragePath, obj: StoredObject) -> None:
+        pass
+
+    watcher = InputWatcher(offer)
+    server = SlowServer()  # one server: --minio-endpoint's
+    for n in range(paths):
+        service = parse_service({"name": f"s{n}", "script": "true",
+                                 "input": [{"storage_provider": "minio", "path": f"bucket{n}/in"}]})
+        await watcher.watch(service, {StoragePath("minio.default", f"bucket{n}/in"): server})
+    watcher.start()
+    try:
+        await asyncio.wait_for(all_listed.wait(), 30)
+    finally:
+        await watcher.close()
+    assert most[0] <= S3Store.LISTINGS, most[0]
