@@ -28,9 +28,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 # Runs main(argv) and, at exit, writes the names of the loaded modules to a file.
 DRIVER = """
-import atexit, json, sys
+import atexit, json, os, sys
 out, argv = sys.argv[1], json.loads(sys.argv[2])
 atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+# The watchdog ends with os._exit (cli._exit_now), which runs no atexit function: the
+# files are written first all the same.
+_real_exit = os._exit
+def _exit_after_writing(status):
+    atexit._run_exitfuncs()
+    _real_exit(status)
+os._exit = _exit_after_writing
 from faas_supervisor.cli import main
 sys.exit(main(argv))
 """
