@@ -7,11 +7,13 @@ Failures after retries raise StorageError naming the provider and the object.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, unquote
 
 from faas_supervisor.config import FunctionConfig, ProviderConfig, is_folder_store
@@ -123,6 +125,45 @@ def partial_path(dest: Path, suffix: str, prefix: str = ".") -> Path:
     head, tail = os.fsencode(prefix), os.fsencode(suffix)
     name = os.fsencode(dest.name)[: NAME_MAX - len(head) - len(tail)]
     return dest.with_name(os.fsdecode(head + name + tail))
+
+
+# How long a cancelled copy into a store's folder is waited for to stop: a copy blocked on
+# a stalled disk must not hold up `run`'s exit past the 10 s a backend gives after SIGTERM,
+# nor the watchdog's ABORT_GRACE (5 s) on its way out.
+STOP_GRACE = 2.0
+
+
+async def stoppable_copy(copy: Callable[[threading.Event], bool], partial: Path,
+                         placed: Path | None = None) -> None:
+    """`copy(stop)` in a thread: it writes `partial`, then gives it its final name and
+    returns True, or returns False having placed nothing if `stop` is set first.
+
+    Cancelled (`run` stopped by SIGTERM, the watchdog shut down mid-invocation), the copy
+    is not left running: both end with os._exit, which would kill the thread before it
+    removes `partial`, there for good. `stop` is set, the copy waited for at most
+    STOP_GRACE, `partial` removed whatever it did, and `placed` too if given and the copy
+    placed it anyway (a file nothing would name: Rucio registers a replica after)."""
+    stop = threading.Event()
+    task = asyncio.ensure_future(asyncio.to_thread(copy, stop))
+    task.add_done_callback(_retrieved)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        stop.set()  # the copy stops at its next piece, and renames nothing
+        try:
+            await asyncio.wait([task], timeout=STOP_GRACE)
+        finally:
+            partial.unlink(missing_ok=True)  # the copy is stuck: its name goes anyway
+            if placed is not None and task.done() and not task.cancelled() \
+                    and task.exception() is None and task.result():
+                placed.unlink(missing_ok=True)
+        raise
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Marks a copy's failure as seen when nobody awaits it any more (cancelled)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def build_provider(config: ProviderConfig) -> StorageProvider:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import shutil
 import threading
@@ -13,14 +14,11 @@ from pathlib import Path
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.controller.names import folder_key_problem
 from faas_supervisor.errors import NO_SPACE, BadEvent, StorageError, local_write_error, printable
-from faas_supervisor.storage_providers import partial_path
+from faas_supervisor.storage_providers import partial_path, stoppable_copy
 
 # An upload copies in pieces of this size, so that a cancelled one stops within a piece
 # (milliseconds) rather than at the end of the file (seconds for gigabytes).
 PIECE = 8 << 20
-# How long a cancelled upload waits for its copy to stop: a copy blocked on a stalled
-# disk must not hold up `run`'s exit past the 10 s a backend gives after SIGTERM.
-STOP_GRACE = 2.0
 # sendfile refused for this pair of files: the copy goes through read and write.
 _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV)
 
@@ -61,32 +59,19 @@ class LocalProvider:
         dest = self._object_path(bucket, key)
         # A partial file of its own: jobs of one service may write one key at once.
         partial = partial_path(dest, f".{uuid.uuid4().hex}.partial")
-        stop = threading.Event()
-        copy = asyncio.ensure_future(asyncio.to_thread(_copy, src, partial, dest, stop))
-        copy.add_done_callback(_retrieved)
         try:
-            await asyncio.shield(copy)
-        except asyncio.CancelledError:
-            # `run` stopped by SIGTERM ends with os._exit once this returns, which kills a
-            # thread still copying before it removes its partial file: that file would be
-            # in the store for good. The copy stops at its next piece, and is waited for.
-            stop.set()
-            try:
-                await asyncio.wait([copy], timeout=STOP_GRACE)
-            finally:
-                partial.unlink(missing_ok=True)  # the copy is stuck: its name goes anyway
-            raise
+            await stoppable_copy(functools.partial(_copy, src, partial, dest), partial)
         except OSError as exc:
             raise StorageError(
                 f"{self.name}: cannot write {bucket}/{printable(key)}: {exc.strerror}"
             ) from None
 
 
-def _copy(src: Path, partial: Path, dest: Path, stop: threading.Event) -> None:
+def _copy(src: Path, partial: Path, dest: Path, stop: threading.Event) -> bool:
     """`src` to `partial`, renamed `dest` once whole (readers never see half an object);
-    nothing written if `stop` is set before the copy ends."""
+    nothing written if `stop` is set before the copy ends (False)."""
     if stop.is_set():
-        return
+        return False
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(src, "rb", buffering=0) as source, \
@@ -94,6 +79,7 @@ def _copy(src: Path, partial: Path, dest: Path, stop: threading.Event) -> None:
             whole = _copy_pieces(source.fileno(), target.fileno(), stop)
         if whole:
             os.replace(partial, dest)
+        return whole
     finally:
         partial.unlink(missing_ok=True)
 
@@ -122,9 +108,3 @@ def _copy_pieces(source: int, target: int, stop: threading.Event) -> bool:
             return True
         offset += sent
     return False
-
-
-def _retrieved(task: asyncio.Future[None]) -> None:
-    """Marks a copy's failure as seen when nobody awaits it any more (cancelled)."""
-    if not task.cancelled():
-        task.exception()

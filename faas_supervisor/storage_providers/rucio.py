@@ -32,6 +32,7 @@ import base64
 import binascii
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -60,7 +61,13 @@ from faas_supervisor.errors import (
     printable,
 )
 from faas_supervisor.logs import get_logger
-from faas_supervisor.storage_providers import http, partial_path, scrub, url_secrets
+from faas_supervisor.storage_providers import (
+    http,
+    partial_path,
+    scrub,
+    stoppable_copy,
+    url_secrets,
+)
 from faas_supervisor.storage_providers.http import HttpFailure
 
 _logger = get_logger(component="rucio")
@@ -76,10 +83,6 @@ CHUNK = 1 << 20
 DUPLICATE_RULE = "DuplicateRule"  # Rucio's ExceptionClass (a 409) for a rule that exists
 # os.link's errors on a file system that has no hard links.
 NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
-# How long a cancelled upload waits for its copy onto the RSE to stop: a copy blocked on a
-# stalled disk must not hold up `run`'s exit past the 10 s a backend gives after SIGTERM,
-# nor the watchdog's ABORT_GRACE (5 s) on its way out.
-STOP_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -511,27 +514,11 @@ def copy_checked(remote: RemoteFile, dest: Path) -> None:
 
 
 async def put_on_rse(src: Path, target: Path) -> None:
-    """`place` in a thread, leaving nothing on the RSE if cancelled: `run` stopped by
-    SIGTERM, or the watchdog shut down mid-invocation, ends with os._exit, which kills a
-    thread still copying before it removes its temporary file (there for good), and a
-    copy that ends anyway is a file no DID names (the registration comes after)."""
-    stop = threading.Event()
+    """`place` in a thread, leaving nothing on the RSE if cancelled: neither its temporary
+    file nor the target, if placed anyway (the registration comes after: no DID names it)."""
     partial = partial_path(target, f".{uuid.uuid4().hex}.rucio.upload", prefix="")
-    copy = asyncio.ensure_future(asyncio.to_thread(place, src, target, partial, stop))
-    copy.add_done_callback(_retrieved)
-    try:
-        await asyncio.shield(copy)
-    except asyncio.CancelledError:
-        stop.set()  # the copy stops at its next chunk, and renames nothing
-        try:
-            await asyncio.wait([copy], timeout=STOP_GRACE)
-        finally:
-            partial.unlink(missing_ok=True)  # the copy is stuck: its name goes anyway
-            # Renamed before it saw the stop: nothing registers it now.
-            if copy.done() and not copy.cancelled() and copy.exception() is None \
-                    and copy.result():
-                target.unlink(missing_ok=True)
-        raise
+    await stoppable_copy(functools.partial(place, src, target, partial), partial,
+                         placed=target)
 
 
 def place(src: Path, target: Path, partial: Path, stop: threading.Event) -> bool:
@@ -565,9 +552,3 @@ def place(src: Path, target: Path, partial: Path, stop: threading.Event) -> bool
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-
-
-def _retrieved(task: asyncio.Future[bool]) -> None:
-    """Marks a copy's failure as seen when nobody awaits it any more (cancelled)."""
-    if not task.cancelled():
-        task.exception()

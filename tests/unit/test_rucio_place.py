@@ -22,8 +22,8 @@ import pytest
 
 from faas_supervisor.config import ProviderConfig
 from faas_supervisor.errors import StorageError
-from faas_supervisor.storage_providers import rucio
-from faas_supervisor.storage_providers.rucio import STOP_GRACE, RucioProvider
+from faas_supervisor.storage_providers import STOP_GRACE, rucio
+from faas_supervisor.storage_providers.rucio import RucioProvider
 
 Copy = tuple[RucioProvider, Path, threading.Event, threading.Event]
 
