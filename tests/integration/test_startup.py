@@ -26,31 +26,41 @@ from tests.integration.conftest import S3Server, free_port, script_output, wait_
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-# Runs main(argv) and, at exit, writes the names of the loaded modules to a file.
-DRIVER = """
+# Runs `write` functions (at_end) at the process's end, however it ends: at the
+# interpreter's exit, or before os._exit, which runs no atexit function (the watchdog ends
+# with it: cli._exit_now). The last given runs first.
+AT_END = """
 import atexit, json, os, sys
-out, argv = sys.argv[1], json.loads(sys.argv[2])
-atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
-# The watchdog ends with os._exit (cli._exit_now), which runs no atexit function: the
-# files are written first all the same.
+_writers = []
+def at_end(write):
+    _writers.append(write)
+def _write_all():
+    while _writers:
+        _writers.pop()()
+atexit.register(_write_all)
 _real_exit = os._exit
 def _exit_after_writing(status):
-    atexit._run_exitfuncs()
+    _write_all()
     _real_exit(status)
 os._exit = _exit_after_writing
+"""
+
+# Runs main(argv) and, at its end, writes the names of the loaded modules to a file.
+DRIVER = """
+out, argv = sys.argv[1], json.loads(sys.argv[2])
+at_end(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
 from faas_supervisor.cli import main
 sys.exit(main(argv))
 """
 
-# Also writes, at exit, whether aiohttp's default TLS contexts have loaded their CAs.
+# Also writes, at its end, whether aiohttp's default TLS contexts have loaded their CAs.
 TLS_STATE = """
-import atexit, json, sys
 def tls_state():
     connector = sys.modules["aiohttp.connector"]
     state = {name: connector.__dict__["_SSL_CONTEXT_" + name.upper()].loaded()
              for name in ("verified", "unverified")}
     open(sys.argv[3], "w").write(json.dumps(state))
-atexit.register(tls_state)
+at_end(tls_state)
 """
 
 # Needed by other commands, or by a storage transfer, never by these start-ups.
@@ -72,7 +82,7 @@ def loaded(tmp_path: Path, argv: list[str], stdin: bytes = b"") -> tuple[list[st
     env = {k: v for k, v in os.environ.items()
            if k not in ("FUNCTION_CONFIG", "SCRIPT", "EVENT", "LOG_LEVEL")}
     env["TMPDIR"] = str(tmp_path)
-    result = subprocess.run([sys.executable, "-c", DRIVER, str(out), json.dumps(argv)],
+    result = subprocess.run([sys.executable, "-c", AT_END + DRIVER, str(out), json.dumps(argv)],
                             input=stdin, capture_output=True, env=env, timeout=30)
     assert result.returncode == 0, result.stderr.decode()
     return json.loads(out.read_text()), result.stdout
@@ -125,7 +135,8 @@ def test_watchdog_start_and_a_plain_invocation_import_no_storage_sdk_or_controll
     log = tmp_path / "watchdog.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-c", TLS_STATE + DRIVER, str(out), json.dumps(argv), str(tls)],
+            [sys.executable, "-c", AT_END + TLS_STATE + DRIVER, str(out), json.dumps(argv),
+             str(tls)],
             stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/_/health", process, log=log)
