@@ -82,10 +82,22 @@ def controllers(tmp_path: Path, docker_client: Any, runtime_image: str) -> Itera
             volume.remove(force=True)
 
 
-def containers(client: Any, service: str, component: str = "service") -> list[Any]:
+def identity(controller: ControllerProcess) -> str:
+    """The controller's identity: the label of every container and volume it makes."""
+    return (controller.data_dir / ID_FILE).read_text().strip()
+
+
+def containers(client: Any, owner: str, service: str,
+               component: str | None = "service") -> list[Any]:
+    """The containers the controller `owner` (its identity) made for `service` (None: of
+    any component). Never the engine's by name alone: another controller on it (one of
+    another checkout, or left by a test run that was stopped) may have a service of the
+    same name, and a test would find its containers among its own."""
     import docker.errors
 
-    labels = [MANAGED, f"oscar_service={service}", f"faas-supervisor/component={component}"]
+    labels = [MANAGED, f"{CONTROLLER_LABEL}={owner}", f"oscar_service={service}"]
+    if component is not None:
+        labels.append(f"faas-supervisor/component={component}")
     while True:
         try:
             return list(client.containers.list(all=True, filters={"label": labels}))
@@ -127,7 +139,7 @@ def test_services_run_jobs_and_go(controllers: Any, docker_client: Any,
     controller.create({"name": "cowsay", "image": USER_IMAGE, "script": cowsay,
                        "log_level": "CRITICAL", "cpu": "0.5", "memory": "128Mi"})
 
-    (container,) = containers(docker_client, "cowsay")
+    (container,) = containers(docker_client, identity(controller), "cowsay")
     config = container.attrs["HostConfig"]
     assert config["NetworkMode"] == "host"
     assert config["NanoCpus"] == 500_000_000 and config["Memory"] == 128 * 2**20
@@ -178,13 +190,13 @@ def test_services_run_jobs_and_go(controllers: Any, docker_client: Any,
     # Deleting a service takes its containers, its volume and its files.
     for service in ("cowsay", "copier"):
         assert controller.request("DELETE", f"/system/services/{service}").status_code == 204
-        assert not docker_client.containers.list(
-            all=True, filters={"label": [MANAGED, f"oscar_service={service}"]})
+        assert not containers(docker_client, identity(controller), service, None)
         # Said whole if one is left (seen once in CI, not understood): which, made when,
         # by whom, and what the controller did meanwhile.
         left = [(v.name, v.attrs.get("CreatedAt"), v.attrs.get("Labels"))
                 for v in docker_client.volumes.list(
-                    filters={"name": f"faas-supervisor-bin-{service}-"})]
+                    filters={"name": f"faas-supervisor-bin-{service}-"})
+                if v.name.endswith(f"-{identity(controller)}")]
         assert not left, f"{left} at {time.time()}\n{controller.log_text()}"
         assert not (controller.data_dir / "services" / service).exists()
 
@@ -242,13 +254,14 @@ def test_failures_crashes_and_restarts(controllers: Any, docker_client: Any) -> 
 
     # The service's container dies (its process killed, as the OOM killer would): the
     # engine starts it again, on the same port, and the controller sends requests to it.
-    (container,) = containers(docker_client, "flaky")
+    (container,) = containers(docker_client, identity(controller), "flaky")
     os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
     wait_until(lambda: container.reload() or container.attrs["RestartCount"] >= 1, 60,
                "the engine's restart", controller)
     wait_until(lambda: controller.request("POST", "/run/flaky", data=fail).status_code == 500,
                60, "the restarted service", controller)
-    assert [c.id for c in containers(docker_client, "flaky")] == [container.id]
+    assert [c.id for c in containers(docker_client, identity(controller), "flaky")] \
+        == [container.id]
 
 
 # An exposed service's server without Python: busybox's httpd, saying which replica it is.
@@ -267,10 +280,11 @@ def test_a_restarted_controller_finds_its_containers(
                   "log_level": "CRITICAL"})
     first.create({"name": "web", "image": USER_IMAGE, "script": SERVER,
                   "expose": {"api_port": 8081, "min_scale": 2}})
-    made = {s: sorted(c.id for c in containers(docker_client, s, k))
+    made = {s: sorted(c.id for c in containers(docker_client, identity(first), s, k))
             for s, k in (("cowsay", "service"), ("web", "exposed"))}
     assert len(made["cowsay"]) == 1 and len(made["web"]) == 2
-    ports = {c.labels["faas-supervisor/port"] for c in containers(docker_client, "web", "exposed")}
+    ports = {c.labels["faas-supervisor/port"]
+             for c in containers(docker_client, identity(first), "web", "exposed")}
     assert len(ports) == 2
 
     def replicas(controller: ControllerProcess) -> set[str]:
@@ -289,7 +303,7 @@ def test_a_restarted_controller_finds_its_containers(
         for container_id in ids:
             assert docker_client.containers.get(container_id).status == "running"
     second = controllers(first.data_dir)
-    assert {s: sorted(c.id for c in containers(docker_client, s, k))
+    assert {s: sorted(c.id for c in containers(docker_client, identity(second), s, k))
             for s, k in (("cowsay", "service"), ("web", "exposed"))} == made
     answer = second.request("POST", "/run/cowsay", data=b'{"message": "still here"}')
     assert answer.status_code == 200 and "< still here >" in answer.text
@@ -300,7 +314,7 @@ def test_a_restarted_controller_finds_its_containers(
         "name": "cowsay", "image": USER_IMAGE, "script": "echo new script", "log_level":
         "CRITICAL"})
     assert updated.status_code == 204
-    (replaced,) = containers(docker_client, "cowsay")
+    (replaced,) = containers(docker_client, identity(second), "cowsay")
     assert [replaced.id] != made["cowsay"]
     answer = second.request("POST", "/run/cowsay", data=b"")
     assert answer.status_code == 200 and answer.text.strip() == "new script"
@@ -331,22 +345,22 @@ def test_the_dashboards_deployment_page_on_docker(controllers: Any, docker_clien
     assert logs["available"] is True and logs["entries"], logs
     assert all("timestamp" in e for e in logs["entries"])  # the engine's own times
 
-    (before,) = containers(docker_client, "site", "exposed")
+    (before,) = containers(docker_client, identity(controller), "site", "exposed")
     assert controller.request("POST", "/system/services/site/restart").status_code == 200
-    (after,) = containers(docker_client, "site", "exposed")
+    (after,) = containers(docker_client, identity(controller), "site", "exposed")
     assert after.id == before.id and after.attrs["State"]["StartedAt"] != \
         before.attrs["State"]["StartedAt"]  # the same container, started again
 
     stopped = controller.request("POST", "/system/services/site/stop").json()
     assert (stopped["state"], stopped["active_instances"]) == ("stopped", 0)
-    assert containers(docker_client, "site", "exposed") == []
+    assert containers(docker_client, identity(controller), "site", "exposed") == []
     assert requests.get(f"{controller.url}/system/services/site/exposed/",
                         timeout=30).status_code == 503
     assert controller.request("POST", "/system/services/site/start").status_code == 200
     wait_until(lambda: requests.get(f"{controller.url}/system/services/site/exposed/",
                                     timeout=30).text == "up\n", 120, "the service again",
                controller)
-    assert len(containers(docker_client, "site", "exposed")) == 1
+    assert len(containers(docker_client, identity(controller), "site", "exposed")) == 1
 
 
 NON_ROOT_IMAGE = GLIBC_BASE.rsplit(":", 1)[0] + "-uid1000:1"
@@ -410,9 +424,8 @@ def test_a_service_whose_image_is_missing_is_refused(
     assert answer.status_code == 400, answer.text
     assert image in answer.text and "cannot be found" in answer.text
     assert controller.request("GET", "/system/services/ghost").status_code == 404
-    assert not docker_client.containers.list(
-        all=True, filters={"label": [MANAGED, "oscar_service=ghost"]})
-    assert not docker_client.volumes.list(filters={"name": "faas-supervisor-bin-ghost"})
+    assert not containers(docker_client, identity(controller), "ghost", None)
+    assert not runtime_volumes(docker_client, "ghost", identity(controller))
     assert not (controller.data_dir / "services" / "ghost").exists()
     # An update to a missing image is refused too, and the service runs as it was.
     controller.create({"name": "kept", "image": USER_IMAGE, "script": "echo kept"})
@@ -432,10 +445,11 @@ def test_an_exposed_service_scales_with_its_cpu(controllers: Any, docker_client:
     controller.create({"name": "scaled", "image": USER_IMAGE, "script": SERVER, "cpu": "0.2",
                        "expose": {"api_port": 8081, "min_scale": 1, "max_scale": 2,
                                   "cpu_threshold": 30}})
-    (first,) = containers(docker_client, "scaled", "exposed")
+    owner = identity(controller)
+    (first,) = containers(docker_client, owner, "scaled", "exposed")
     first.exec_run(["sh", "-c", BUSY], detach=True)
     # Busy at its 0.2 CPU limit (near 100% of it, over 30%): a second replica is started.
-    both = wait_until(lambda: len(c := containers(docker_client, "scaled", "exposed")) == 2
+    both = wait_until(lambda: len(c := containers(docker_client, owner, "scaled", "exposed")) == 2
                       and c, 90, "a second replica", controller)
     second = next(c for c in both if c.id != first.id)
     seen: set[str] = set()
@@ -449,7 +463,7 @@ def test_an_exposed_service_scales_with_its_cpu(controllers: Any, docker_client:
     wait_until(both_answer, 60, "requests reaching both replicas", controller)
     # Idle again: back down to min_scale, the first container (the oldest) kept.
     first.exec_run(["touch", "/tmp/idle"])
-    wait_until(lambda: [c.id for c in containers(docker_client, "scaled", "exposed")]
+    wait_until(lambda: [c.id for c in containers(docker_client, owner, "scaled", "exposed")]
                == [first.id], 120, "the scale down", controller)
     assert second.id not in {c.id for c in docker_client.containers.list(all=True)}
 
@@ -547,9 +561,8 @@ def test_an_engine_that_does_not_answer_is_a_502_and_the_service_answers_on(
 
         link.up()
         assert controller.request("DELETE", "/system/services/kept").status_code == 204
-        assert not docker_client.containers.list(
-            all=True, filters={"label": [MANAGED, "oscar_service=kept"]})
-        assert not docker_client.volumes.list(filters={"name": "faas-supervisor-bin-kept"})
+        assert not containers(docker_client, identity(controller), "kept", None)
+        assert not runtime_volumes(docker_client, "kept", identity(controller))
     finally:
         link.down()
 
@@ -592,10 +605,12 @@ def test_an_engine_it_cannot_reach_stops_start_up_in_one_line(
     assert "s3cretpw" not in done.stdout + done.stderr
 
 
-def runtime_volumes(client: Any, service: str) -> set[str]:
-    """The service's runtime volumes, by name (one made without labels too)."""
+def runtime_volumes(client: Any, service: str, owner: str | None = None) -> set[str]:
+    """The service's runtime volumes, by name (one made without labels too): those of the
+    controller `owner` alone (its identity ends their names), or of any (None: a service
+    name of the test's own)."""
     found = client.volumes.list(filters={"name": f"faas-supervisor-bin-{service}-"})
-    return {v.name for v in found}
+    return {v.name for v in found if owner is None or v.name.endswith(f"-{owner}")}
 
 
 @pytest.fixture
@@ -688,7 +703,7 @@ async def test_a_job_starting_as_its_service_is_deleted_leaves_nothing_behind(
 
     service = parse_service({"name": service_name, "image": USER_IMAGE, "script": "echo\n"})
     await backend.deploy(service)
-    (watchdog,) = containers(docker_client, service_name)
+    (watchdog,) = containers(docker_client, backend.controller, service_name)
     first = f"{service_name}-first"
     # The first job's container is made only once the deletion has removed the watchdog.
     entered, go = threading.Event(), threading.Event()
@@ -757,7 +772,7 @@ async def waiting_job(backend: DockerBackend, service_name: str, docker_client: 
     service = parse_service({"name": service_name, "image": USER_IMAGE,
                              "script": WAITING_JOB, "log_level": "CRITICAL"})
     await backend.deploy(service)
-    (watchdog,) = containers(docker_client, service_name)
+    (watchdog,) = containers(docker_client, backend.controller, service_name)
     (volume,) = volumes_of(watchdog)
     job, log = f"{service_name}-job", tmp_path / "job.log"
     event = tmp_path / "event"
@@ -792,7 +807,7 @@ async def test_a_new_runtime_image_gets_a_volume_of_its_own(
                 f"FROM {rebuildable_runtime}\nLABEL rebuilt={service_name}\n".encode()),
             tag=rebuildable_runtime, rm=True, labels={LABEL: "1"})
         await backend.deploy(service)
-        (second,) = containers(docker_client, service_name)
+        (second,) = containers(docker_client, backend.controller, service_name)
         assert second.id != first.id  # the watchdog of the old runtime replaced
         (new,) = volumes_of(second)
         assert new == volume_name(service_name,
@@ -954,7 +969,8 @@ async def test_two_controllers_on_one_engine_leave_each_others_services_and_jobs
         await second.deploy(parse_service({"name": service_name, "image": USER_IMAGE,
                                            "script": "echo theirs\n",
                                            "log_level": "CRITICAL"}))
-        both = {c.id: c for c in containers(docker_client, service_name)}
+        both = {c.id: c for owner in (first.controller, second.controller)
+                for c in containers(docker_client, owner, service_name)}
         assert watchdog.id in both, "the second controller's deploy replaced the first's"
         (theirs,) = set(both) - {watchdog.id}
         assert volumes_of(both[theirs]) != [volume]
@@ -966,7 +982,9 @@ async def test_two_controllers_on_one_engine_leave_each_others_services_and_jobs
         assert first.controller != second.controller
         await second.remove(service_name)
 
-        assert [c.id for c in containers(docker_client, service_name)] == [watchdog.id]
+        assert [c.id for c in containers(docker_client, first.controller, service_name)] \
+            == [watchdog.id]
+        assert not containers(docker_client, second.controller, service_name)
         assert running(docker_client, watchdog.id)
         assert runtime_volumes(docker_client, service_name) == {volume}
         assert running(docker_client, job)
@@ -977,7 +995,7 @@ async def test_two_controllers_on_one_engine_leave_each_others_services_and_jobs
                                 ["sh", "-c", "echo > /tmp/go"])
         assert await waiting.running == 0
         await first.remove(service_name)
-        assert not containers(docker_client, service_name)
+        assert not containers(docker_client, first.controller, service_name)
         assert not runtime_volumes(docker_client, service_name)
     finally:
         if second is not None:
