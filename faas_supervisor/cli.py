@@ -272,11 +272,10 @@ def _watchdog(args: argparse.Namespace) -> int:
 def _exit_now(status: int, startup: Startup[Any]) -> NoReturn:
     """End the process with `status` once the runtime's folder is gone and the standard
     streams are flushed, without waiting for any thread."""
+    from faas_supervisor.processes import exit_now
+
     startup.close()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(status)
+    exit_now(status)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any, NoReturn, Protocol, cast
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -618,6 +618,17 @@ async def until_signalled(work: Awaitable[int]) -> tuple[int, bool]:
             print(f"faas-supervisor: error: stopped by {signal.Signals(stop.signal).name}",
                   file=sys.stderr, flush=True)
     return 128 + stop.signal, True
+
+
+def exit_now(status: int) -> NoReturn:
+    """End the process with `status` once the standard streams are flushed (the log lines
+    with them), without waiting for any thread, as asyncio.run's executor shutdown and
+    the interpreter's exit would: one still blocked on a stalled store holds them for as
+    long as its client's timeouts (boto3's retries: up to a minute)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # closed, or its reader gone: nothing to keep
+            stream.flush()
+    os._exit(status)
 
 
 # ---- orphans re-parented to a subreaper ----------------------------------------------------

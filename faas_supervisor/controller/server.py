@@ -7,19 +7,23 @@ SIGINT) stops at once taking requests (on every port), starting jobs for new obj
 waiting for starting services, gives the requests in flight of every port one drain
 together, then stops the jobs still running (Pending again, to run at the next start),
 the watchdogs, and the store. A second signal forces it: requests in flight are
-cancelled, and the watchdogs told to skip their drain.
+cancelled, and the watchdogs told to skip their drain. The exit waits for no thread
+still blocked on a stalled store past EXIT_GRACE.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -38,7 +42,7 @@ from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import ConfigError
 from faas_supervisor.http_timeouts import TimedAppRunner
 from faas_supervisor.logs import get_logger
-from faas_supervisor.processes import Stop, captured_signals
+from faas_supervisor.processes import Stop, captured_signals, exit_now
 
 logger = get_logger(component="controller")
 # A request head must be complete this long after its first byte (else 408), and a
@@ -49,6 +53,9 @@ logger = get_logger(component="controller")
 HEAD_TIMEOUT = 60.0
 KEEPALIVE_TIMEOUT = 75.0
 LOCK_FILE = "controller.lock"  # in the data folder: one controller per data folder
+# Seconds the exit waits for threads still running once everything is stopped: those
+# ending their work in hand, not a call blocked on a stalled server (boto3's: 60 s).
+EXIT_GRACE = 5.0
 
 
 class Controller:
@@ -321,10 +328,16 @@ def serve(settings: ControllerSettings) -> int:
 
     logs.configure(settings.log_level)
     controller = Controller(settings)
+    # The loop's default pool (asyncio.to_thread: the API's bucket calls, the Kubernetes
+    # API's, the jobs' files), made here so that the exit can leave it without joining.
+    pool = ThreadPoolExecutor(thread_name_prefix="controller")
 
     async def main() -> int:
+        asyncio.get_running_loop().set_default_executor(pool)
         with captured_signals() as stop:
-            return await controller.serve(stop)
+            status = await controller.serve(stop)
+        await _leave_threads(pool, status)
+        return status
 
     try:
         return asyncio.run(main())
@@ -332,3 +345,34 @@ def serve(settings: ControllerSettings) -> int:
         return 130
     finally:
         sys.stdout.flush()
+
+
+async def _leave_threads(pool: ThreadPoolExecutor, status: int) -> None:
+    """Return once the default pool's threads and every other non-daemon thread have
+    ended, or end the process with `status` EXIT_GRACE seconds later without them.
+
+    asyncio.run's executor shutdown, then the interpreter's exit, would join them without
+    a bound: a bucket call cancelled by a second signal goes on in its thread until the
+    store's client gives up (boto3's retries on a stalled server: up to a minute).
+    Everything else is stopped and the store closed by now: nothing is lost. The joins
+    run in a daemon thread: the loop keeps serving a thread that hands it work."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    loop = asyncio.get_running_loop()
+    current = threading.current_thread()
+    others = [t for t in threading.enumerate() if t is not current and not t.daemon]
+    joined = asyncio.Event()
+
+    def join() -> None:
+        deadline = time.monotonic() + EXIT_GRACE
+        for thread in others:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(RuntimeError):  # the loop gone: the process is ending
+            loop.call_soon_threadsafe(joined.set)
+
+    threading.Thread(target=join, name="exit-join", daemon=True).start()
+    await joined.wait()
+    left = sum(thread.is_alive() for thread in others)
+    if left:
+        logger.warning("exiting: threads still blocked (a stalled server?) not waited for",
+                       threads=left)
+        exit_now(status)
