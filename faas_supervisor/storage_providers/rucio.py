@@ -80,6 +80,10 @@ REFRESH_MARGIN = 60.0  # seconds: a token expiring sooner is renewed before use
 USERPASS_LIFETIME = 3600.0  # assumed when the server does not say when its token expires
 FILE_SCHEME = "file"
 CHUNK = 1 << 20
+# Seconds an upload's clean-up may spend asking whether a DID names the file it placed,
+# well within what a watchdog shut down waits for the steps it cut (watchdog.server's
+# ABORT_GRACE, 5 s) before its server cancels the handler, whose 503 would never go.
+CHECK_TIMEOUT = 3.0
 DUPLICATE_RULE = "DuplicateRule"  # Rucio's ExceptionClass (a 409) for a rule that exists
 # os.link's errors on a file system that has no hard links.
 NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
@@ -188,12 +192,30 @@ class RucioProvider:
                     "rse": self._rse, "files": [replica], "ignore_availability": True})
             except BaseException:
                 # Unless the server did register it (an answer lost on the way), a file no
-                # DID names is dark data: not left behind.
-                with contextlib.suppress(Exception):
-                    if await self._meta(session, bucket, key) is None:
-                        target.unlink()
+                # DID names is dark data: not left behind. The look and the removal are a
+                # task of their own, waited for even when cancelled again (a watchdog shut
+                # down cuts the upload, then its server cancels the handler): else the
+                # look is cut and the file stays, the client with no answer.
+                cleaning = asyncio.ensure_future(self._remove_unnamed(session, bucket, key,
+                                                                      target))
+                try:
+                    await asyncio.shield(cleaning)
+                finally:
+                    if not cleaning.done():
+                        await asyncio.wait([cleaning])  # CHECK_TIMEOUT at most
                 raise
             await self._keep(session, bucket, key)
+
+    async def _remove_unnamed(self, session: aiohttp.ClientSession, scope: str, name: str,
+                              target: Path) -> None:
+        """Remove the file placed at `target` if no DID `scope:name` names it. A look that
+        fails or takes over CHECK_TIMEOUT tells nothing: the file is left, as a replica
+        registered (its answer lost) must never lose its bytes."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                meta = await self._meta(session, scope, name)
+            if meta is None:
+                target.unlink()
 
     async def _keep(self, session: aiohttp.ClientSession, scope: str, name: str) -> None:
         """A rule of one copy on the RSE, as `rucio upload` makes: it keeps the replica

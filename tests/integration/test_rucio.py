@@ -9,6 +9,7 @@ one stand-in: no identity provider can run here.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import requests
 import yaml
@@ -26,7 +28,11 @@ from aiohttp import web
 
 from faas_supervisor.config import ProviderConfig, Secret
 from faas_supervisor.errors import StorageError
-from faas_supervisor.storage_providers.rucio import DEFAULT_SCOPES, RucioProvider
+from faas_supervisor.storage_providers.rucio import (
+    CHECK_TIMEOUT,
+    DEFAULT_SCOPES,
+    RucioProvider,
+)
 from tests.integration.conftest import (
     WatchdogFactory,
     faas_command,
@@ -455,3 +461,96 @@ def test_a_dataset_holding_a_name_that_leaves_the_folder_is_refused(
     assert result.returncode == 2, result.stderr
     assert f"DID {SCOPE}:{evil} in {SCOPE}:{dataset}" in result.stderr
     assert "the script ran" not in result.stderr
+
+
+# ---- a watchdog stopped while it registers an output --------------------------------------
+
+
+@pytest.fixture
+async def slow_registry(rucio_server: RucioServer) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """A pass-through to the Rucio server that holds POST /replicas (never forwarded: no
+    DID is made) and, once one came, a DID's meta if `state["hold_meta"]`: a Rucio that
+    turned slow mid-upload. Its URL, and `state` (`registering`: an event set when the
+    registration comes). What it holds is let go at the end."""
+    state: dict[str, Any] = {"hold_meta": False, "registering": asyncio.Event()}
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if request.method == "POST" and request.path == "/replicas":
+            state["registering"].set()
+            await release.wait()
+            return web.Response(status=503)
+        if state["registering"].is_set() and state["hold_meta"] \
+                and request.path.endswith("/meta"):
+            await release.wait()
+            return web.Response(status=503)
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "content-length")}
+        async with aiohttp.ClientSession() as session, session.request(
+                request.method, rucio_server.url + request.path_qs, data=body,
+                headers=headers, allow_redirects=False) as answer:
+            return web.Response(status=answer.status, body=await answer.read(),
+                                content_type=answer.content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}", state
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("hold_meta", [False, True], ids=["look-answered", "look-held"])
+async def test_a_watchdog_stopped_while_it_registers_an_output_answers_503(
+    rucio_server: RucioServer, watchdog: WatchdogFactory,
+    slow_registry: tuple[str, dict[str, Any]], hold_meta: bool
+) -> None:
+    """SIGTERM (no drain) while the output's replica is being registered: the upload is
+    cut, and its clean-up asks Rucio whether a DID names the file it placed. Answered
+    (none), the file goes; held, the look is given up after CHECK_TIMEOUT and the file
+    left (a replica registered must never lose its bytes). Either way the client gets its
+    503 and the log says why. Before (found by a review), a held look outlasted the
+    watchdog's ABORT_GRACE: its server cancelled the handler, which cut the look; the
+    client got no answer at all, the invocation logged with `error=None`."""
+    url, state = slow_registry
+    state["hold_meta"] = hold_meta
+    out = unique("stopped")
+    cfg = yaml.safe_dump({
+        "storage_providers": {"rucio": {"default": rucio_server.settings(host=url)}},
+        "output": [{"storage_provider": "rucio", "path": f"{SCOPE}/{out}"}],
+    })
+    wd = watchdog('echo hello > "$TMP_OUTPUT_DIR/out.txt"\n', cfg,
+                  env={"healthcheck_interval": "0s"})
+
+    def post() -> tuple[int, str]:
+        try:
+            answer = requests.post(wd.url, json={}, timeout=60)
+        except requests.RequestException as exc:
+            return 0, repr(exc)
+        return answer.status_code, answer.text
+
+    in_flight = asyncio.ensure_future(asyncio.to_thread(post))
+    await asyncio.wait_for(state["registering"].wait(), 30)
+    started = time.monotonic()
+    wd.process.send_signal(signal.SIGTERM)
+    status, text = await in_flight
+    elapsed = time.monotonic() - started
+    assert status == 503, (text, wd.log.read_text())
+    assert text.splitlines()[0] == "the watchdog is shutting down"
+    assert elapsed < CHECK_TIMEOUT + 2.0, f"answered {elapsed:.1f} s after SIGTERM"
+    assert await asyncio.to_thread(wd.process.wait, 30) == 0
+    on_rse = [p.name for p in rucio_server.rse_folder.glob(f"{SCOPE}/*/*/{out}/*")]
+    assert on_rse == (["out.txt"] if hold_meta else []), on_rse
+    meta = requests.get(f"{rucio_server.url}/dids/{SCOPE}/{out}%2Fout.txt/meta", timeout=30,
+                        headers={"X-Rucio-Auth-Token": rucio_server.token()})
+    assert meta.status_code == 404, meta.text  # never registered
+    logged = [line for line in wd.log.read_text().splitlines()
+              if "[info     ] invocation " in line]
+    assert len(logged) == 1 and "error='the watchdog is shutting down'" in logged[0], logged
