@@ -431,6 +431,10 @@ class Invocation:
             # cancellation pending (the client gone; uncancel() counts them).
             if (self._task is not None or self._aborted is None or task is None
                     or task.uncancel() > 0):
+                if self._aborted is not None and self.outcome.error is None:
+                    # Cut by abort() and cancelled again (the server's cleanup, once the
+                    # step has outlasted ABORT_GRACE): no answer goes, but the log says why.
+                    self.fail(self._aborted)
                 raise
             self.fail(self._aborted)
         finally:

@@ -553,3 +553,40 @@ def test_a_script_killed_at_its_timeout_reports_the_kill(tmp_path: Path) -> None
     with pytest.raises(ScriptTimeout):
         asyncio.run(invocation.run_script({"PATH": os.environ["PATH"]}))
     assert invocation.outcome.exit_code == -9
+
+
+def test_a_step_cut_by_abort_and_cancelled_again_keeps_the_aborts_error(
+    tmp_path: Path
+) -> None:
+    """A step abort() cut that is still cleaning up when its task is cancelled a second
+    time (the watchdog's server giving up on the handler past ABORT_GRACE): the
+    cancellation goes on, and the invocation's failure is the abort's, not none (its log
+    line said `error=None` for an invocation cut twice)."""
+    from faas_supervisor.errors import ShuttingDown
+
+    invocation = make_invocation(tmp_path, "echo\n")
+    shutting_down = ShuttingDown("the watchdog is shutting down")
+
+    async def main() -> None:
+        started, cleaning = asyncio.Event(), asyncio.Event()
+
+        async def step() -> None:
+            with invocation.abortable():
+                try:
+                    started.set()
+                    await asyncio.Event().wait()
+                finally:
+                    cleaning.set()
+                    await asyncio.Event().wait()  # a clean-up that does not end
+
+        task = asyncio.create_task(step())
+        await started.wait()
+        invocation.abort(shutting_down)
+        await cleaning.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert invocation.outcome.error is shutting_down
+    invocation.close()
