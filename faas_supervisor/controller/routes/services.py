@@ -20,7 +20,7 @@ from faas_supervisor.controller.fdl import Service, parse_service_json, service_
 from faas_supervisor.controller.reconcile import ListingFailed
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
-from faas_supervisor.controller.servers import Server, paths_by_server
+from faas_supervisor.controller.servers import Server, ServerFailed, paths_by_server
 from faas_supervisor.errors import Conflict, InvalidService, NotFound, storage_failure
 from faas_supervisor.logs import get_logger
 
@@ -213,6 +213,12 @@ class ServiceRoutes(Routes):
                 path.provider,
                 f"listing of the input path {path.bucket}/{path.key_prefix} of service "
                 f"{service.name}",
+                exc.__cause__ or exc,
+            ) from None
+        except ServerFailed as exc:  # a server of its own providers': the one named
+            raise storage_failure(
+                exc.provider,
+                f"set-up of the input paths of service {service.name}",
                 exc.__cause__ or exc,
             ) from None
         except Exception as exc:  # the rest of the set-up is on the default provider's
