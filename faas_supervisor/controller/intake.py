@@ -17,10 +17,8 @@ in 4, whatever the way of its default ones: no notifications are set up on those
 (their keys are the service's, and the operator did not point them at the controller).
 Each is listed through its server's store (servers.py: one per server, shared by the
 services on it), and its jobs' events are delegated (SPEC 6.1) to that provider, so the
-job downloads from there. Its paths that overlap another of the service's on the same
-server are taken by one provider (servers.own_inputs): one object, one job. The log's
-`service events` line gives the way of the default inputs (`watch` for a service with
-only such inputs) and, in `watched`, those providers.
+job downloads from there. The log's `service events` line gives the way of the default
+inputs (`watch` for a service with only such inputs) and, in `watched`, those providers.
 
 Whichever way, the input paths are also listed at start and every `--reconcile-interval`
 (reconcile.py): an object whose event was lost still gets its job, and the objects
@@ -41,13 +39,7 @@ from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.notifications import Inputs, S3Notifications, input_paths
 from faas_supervisor.controller.queue import QueuePoller, Submit
 from faas_supervisor.controller.reconcile import DEFAULT_INTERVAL, ListingFailed, Reconciler
-from faas_supervisor.controller.servers import (
-    ServerFailed,
-    ServerStores,
-    default_server,
-    own_inputs,
-    shown_error,
-)
+from faas_supervisor.controller.servers import ServerFailed, ServerStores, own_inputs, shown_error
 from faas_supervisor.controller.store import Store
 from faas_supervisor.controller.watcher import InputWatcher
 from faas_supervisor.errors import ConfigError
@@ -79,9 +71,7 @@ class Intake:
         self.buckets = buckets
         self.public_url = public_url.rstrip("/")
         self.servers = ServerStores()  # of the services' own MinIO providers
-        # To tell an own provider on the default provider's server (servers.own_inputs).
-        self.default = default_server(buckets)
-        self.reconciler = Reconciler(store, submit, reconcile_interval, self.default)
+        self.reconciler = Reconciler(store, submit, reconcile_interval)
         self.watcher = InputWatcher(self.reconciler.offer)
         self.notifications = S3Notifications(buckets) if isinstance(buckets, S3Store) else None
         self.queue: QueuePoller | None = None
@@ -145,10 +135,10 @@ class Intake:
                     error=shown_error(DEFAULT_PROVIDER, exc),
                 )
             mode = IntakeKind.WATCH
-            await self.watcher.watch(service, _watched(service, inputs, mode))
+            await self.watcher.watch(service, _watched(inputs, mode))
         self.modes[service.name] = mode
         if mode != IntakeKind.NONE:
-            self.reconciler.add(service, inputs, _watched(service, inputs, mode).keys())
+            self.reconciler.add(service, inputs, _watched(inputs, mode).keys())
         if fallback:  # the stored definition, back: paths a failed update recorded go
             self.keep(service)
         own = sorted({path.provider for path in inputs if path.provider != DEFAULT_PROVIDER})
@@ -166,15 +156,12 @@ class Intake:
     async def _inputs(self, service: Service, fallback: bool) -> dict[StoragePath, BucketStore]:
         """The service's input paths, each with the store it is listed through: the
         default provider's through the controller's, those on its own MinIO providers
-        through their servers' (held for it until `detach`), but those that overlap an
-        input of the default provider on its server, taken by it (servers.own_inputs)."""
+        through their servers' (held for it until `detach`)."""
         inputs: dict[StoragePath, BucketStore] = dict.fromkeys(input_paths(service), self.buckets)
-        own = own_inputs(service, self.default)
-        inputs.update((path, self.buckets) for path, access in own.items() if access is None)
+        own = own_inputs(service)
         servers: dict[S3Access, str] = {}
         for path, access in own.items():
-            if access is not None:
-                servers.setdefault(access, path.provider)
+            servers.setdefault(access, path.provider)  # a provider to name it by
         try:
             stores = await self.servers.hold(service.name, servers)
         except ServerFailed as exc:  # a client boto3 cannot make (an endpoint it refuses)
@@ -186,7 +173,7 @@ class Intake:
                            "its inputs there are not watched", service=service.name,
                            provider=exc.provider, error=type(exc.__cause__ or exc).__name__)
             return inputs
-        inputs.update((path, stores[access]) for path, access in own.items() if access)
+        inputs.update((path, stores[server]) for path, server in own.items())
         return inputs
 
     async def _attach(self, service: Service, inputs: Inputs) -> IntakeKind:
@@ -199,7 +186,7 @@ class Intake:
         mode = await self._announce(service)
         if mode == IntakeKind.NONE:  # all its inputs are on its own providers
             mode = IntakeKind.WATCH
-        await self.watcher.watch(service, _watched(service, inputs, mode))
+        await self.watcher.watch(service, _watched(inputs, mode))
         return mode
 
     async def _announce(self, service: Service) -> IntakeKind:
@@ -247,9 +234,8 @@ class Intake:
             )
 
 
-def _watched(service: Service, inputs: Inputs, mode: IntakeKind) -> Inputs:
-    """The inputs the watcher lists: all but those whose server announces their objects
-    (the service's inputs on the default provider, but when they are watched too); an
-    own provider's path the default provider takes (servers.own_inputs) is watched."""
-    announced = set() if mode == IntakeKind.WATCH else set(input_paths(service))
-    return {path: store for path, store in inputs.items() if path not in announced}
+def _watched(inputs: Inputs, mode: IntakeKind) -> Inputs:
+    """The inputs the watcher lists: those on the service's own providers, and those on
+    the default one when they are watched too."""
+    return {path: store for path, store in inputs.items()
+            if path.provider != DEFAULT_PROVIDER or mode == IntakeKind.WATCH}

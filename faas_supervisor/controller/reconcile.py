@@ -26,11 +26,11 @@ import time
 from collections.abc import Collection
 
 from faas_supervisor.config import StoragePath
-from faas_supervisor.controller.buckets import S3Access, StoredObject
+from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import listed_id
 from faas_supervisor.controller.keyed_tasks import KeyedTasks
-from faas_supervisor.controller.notifications import Inputs, input_paths
+from faas_supervisor.controller.notifications import Inputs
 from faas_supervisor.controller.queue import Submit
 from faas_supervisor.controller.servers import input_servers, list_path, shown_error
 from faas_supervisor.controller.store import ListedPath, Store
@@ -51,13 +51,10 @@ class ListingFailed(Exception):
 
 
 class Reconciler:
-    def __init__(
-        self, store: Store, submit: Submit, interval: float, default: S3Access | None = None
-    ) -> None:
+    def __init__(self, store: Store, submit: Submit, interval: float) -> None:
         self.store = store
         self.submit = submit
         self.interval = interval
-        self.default = default  # the default provider's server (servers.own_inputs)
         # name -> (service, its input paths and their stores, those the watcher lists)
         self._services: dict[str, tuple[Service, Inputs, frozenset[StoragePath]]] = {}
         # name -> (service, its input paths as the store records them): from its definition
@@ -92,7 +89,7 @@ class Reconciler:
         """The input path as the store records it: on which server (servers.server_id)."""
         known = self._listed.get(service.name)
         if known is None or known[0] is not service:
-            servers = input_servers(service, self.default)
+            servers = input_servers(service)
             known = self._listed[service.name] = (service, {
                 p: ListedPath(p.provider, server, p.bucket, p.key_prefix)
                 for p, server in servers.items()
@@ -116,7 +113,7 @@ class Reconciler:
     def keep(self, service: Service) -> None:
         """The input paths the service's definition does not have are forgotten: an update
         that went through (or its previous definition back after one that failed)."""
-        listed = {self._path(service, path) for path in input_servers(service, self.default)}
+        listed = {self._path(service, path) for path in input_servers(service)}
         self.store.keep_paths(service.name, listed)
 
     def _record_baseline(
@@ -144,7 +141,7 @@ class Reconciler:
             return
         logger.info("new input object", service=service.name, provider=path.provider,
                     bucket=path.bucket, key=obj.key)
-        await self.submit(service, _event(service, path, obj))
+        await self.submit(service, input_event(path, obj))
 
     async def reconcile(self, service: Service) -> None:
         entry = self._services.get(service.name)
@@ -180,7 +177,7 @@ class Reconciler:
                             bucket=path.bucket,
                             key=obj.key,
                         )
-                        await self.submit(service, _event(service, path, obj))
+                        await self.submit(service, input_event(path, obj))
             self.store.forget_older(service.name, known - listed.keys(), started)
 
     async def _run(self) -> None:
@@ -198,9 +195,3 @@ class Reconciler:
             await self.reconcile(service)
         except Exception as exc:  # the controller's store is down: the next round tries again
             logger.warning("cannot reconcile the input paths", service=name, error=str(exc))
-
-
-def _event(service: Service, path: StoragePath, obj: StoredObject) -> bytes:
-    """The event of an object of the path: delegated but for the service's own inputs on
-    the default provider (watcher.input_event)."""
-    return input_event(path, obj, delegate=path not in input_paths(service))

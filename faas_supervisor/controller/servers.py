@@ -75,58 +75,22 @@ def paths_by_server(
     return {server: list(on_server) for server, on_server in found.items()}
 
 
-def own_inputs(
-    service: Service, default: S3Access | None = None
-) -> dict[StoragePath, S3Access | None]:
-    """The service's input paths on its own MinIO providers, each with its server (None:
-    the default provider's, `default`, listed through the controller's store).
-
-    Paths of the service on one server (same `server_id`) that overlap (one bucket, one
-    folder within the other) are each taken by one provider: the first in the
-    definition's order, `minio.default` before any (its server announces its objects,
-    intake.py). As objects get one identity per provider (identity.py), one object seen
-    through two providers would be two jobs; OSCAR gives a service one webhook, so one
-    event per object. Other paths keep their provider, so that a path the store
-    has recorded (reconcile.py) stays the same path there."""
-    listed: list[tuple[StoragePath, S3Access]] = []
-    if default is not None:
-        listed += [(path, default) for path in on_default_provider(service.input)]
-    shared = len(listed)  # those before are the default provider's paths
-    listed += [(path, provider_access(server.settings))
-               for server, paths in paths_by_server(service, service.input).items()
-               if not server.default for path in paths]
-    places = [(server_id(access), path.bucket, path.key_prefix) for path, access in listed]
-    # Each path's group, as the index of its first path (a few paths: pairwise will do).
-    first = list(range(len(listed)))
-    for i, (server, bucket, prefix) in enumerate(places):
-        for j in range(i):
-            other = places[j]
-            if (server, bucket) == other[:2] and (
-                    prefix.startswith(other[2]) or other[2].startswith(prefix)):
-                kept, joined = sorted((first[i], first[j]))
-                first = [kept if group == joined else group for group in first]
-    found: dict[StoragePath, S3Access | None] = {}
-    for i, (path, _) in enumerate(listed[shared:], shared):
-        taker, access = listed[first[i]]
-        own = taker.provider != DEFAULT_PROVIDER
-        found.setdefault(StoragePath(taker.provider, path.path), access if own else None)
-    return found
+def own_inputs(service: Service) -> dict[StoragePath, S3Access]:
+    """The service's input paths on its own MinIO providers, each with its server."""
+    return {
+        path: provider_access(server.settings)
+        for server, paths in paths_by_server(service, service.input).items()
+        if not server.default
+        for path in paths
+    }
 
 
-def input_servers(service: Service, default: S3Access | None = None) -> dict[StoragePath, str]:
+def input_servers(service: Service) -> dict[StoragePath, str]:
     """Each input path of the service with the server it is on, as the store records it:
-    "" for the default provider, `server_id` for one of its own (`own_inputs`)."""
+    "" for the default provider, `server_id` for one of its own."""
     found = dict.fromkeys(on_default_provider(service.input), "")
-    found.update((path, server_id(access) if access else "")
-                 for path, access in own_inputs(service, default).items())
+    found.update((path, server_id(access)) for path, access in own_inputs(service).items())
     return found
-
-
-def default_server(store: BucketStore) -> S3Access | None:
-    """The default provider's server, as a service's own provider would name it: the
-    `--minio-endpoint` server, or the folder store's S3 endpoint; None without one."""
-    settings = store.public_settings()
-    return provider_access(settings) if settings.get("endpoint") else None
 
 
 def server_id(access: S3Access) -> str:

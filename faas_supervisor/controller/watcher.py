@@ -202,14 +202,11 @@ def _shown(path: StoragePath) -> str:
     return where if path.provider == DEFAULT_PROVIDER else f"{path.provider}/{where}"
 
 
-def input_event(path: StoragePath, obj: StoredObject, delegate: bool = False) -> bytes:
+def input_event(path: StoragePath, obj: StoredObject) -> bytes:
     """The event of an object listed in an input path: MinIO's, delegated (SPEC 6.1) to
     the path's provider when that is not the default one, so that the job downloads the
-    object from that provider's server. Delegated to the default one too if `delegate`:
-    for a path of the service's own provider the default one takes (servers.own_inputs),
-    which may hold objects outside its inputs on the default provider, where the runtime
-    serves no plain event (access.py) but a delegated one."""
-    if path.provider == DEFAULT_PROVIDER and not delegate:
+    object from that provider's server."""
+    if path.provider == DEFAULT_PROVIDER:
         return minio_event(path.bucket, obj)
     delegated = {"event": _minio_event(path.bucket, obj), "storage_provider": path.provider}
     return json.dumps(delegated, separators=(",", ":")).encode()
