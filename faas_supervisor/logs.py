@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
@@ -90,11 +91,45 @@ def _structlog() -> ModuleType:
                     exception_formatter=structlog.dev.plain_traceback)),
             ],
             wrapper_class=structlog.make_filtering_bound_logger(level),
-            # A line and its newline in one write (print() makes two system calls).
-            logger_factory=structlog.WriteLoggerFactory(stream),
+            # One for every logger: their lines take turns on the stream.
+            logger_factory=_Lines(stream).made,
             cache_logger_on_first_use=True,
         )
     return structlog
+
+
+class _Lines:
+    """structlog's output: each line written to the stream and flushed, as structlog's
+    WriteLogger writes it (a line and its newline in one write: print() makes two system
+    calls), except that a line that cannot be written is dropped: a log line never raises
+    into the code that logs it. A controller whose stderr reader has gone (a pipe closed,
+    its supervisor restarted) would otherwise fail in the middle of its own stop, leaving
+    its services' watchdogs running."""
+
+    __slots__ = ("_flush", "_lock", "_write")
+
+    def __init__(self, stream: TextIO) -> None:
+        self._write = stream.write
+        self._flush = stream.flush
+        self._lock = threading.Lock()  # the lines of the loop's thread and of others
+
+    def made(self, *_args: Any) -> _Lines:
+        """structlog's logger_factory."""
+        return self
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            try:
+                self._write(message + "\n")
+                self._flush()
+            # Its reader gone (EPIPE), a full disk, a closed stream: the line is lost, the
+            # work goes on (and the interpreter's flush at exit does not fail on it: the
+            # controller so stopped exits 0, tests/integration/test_controller_exit.py).
+            except (OSError, ValueError):
+                pass
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 # What _ConsoleLines writes itself; anything else goes to structlog's ConsoleRenderer.

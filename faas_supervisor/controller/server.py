@@ -5,10 +5,11 @@ backend's start), restarts the stored services, requeues the stored jobs (those 
 Running too) and starts watching and reconciling input paths; shutdown (SIGTERM or
 SIGINT) stops at once taking requests (on every port), starting jobs for new objects and
 waiting for starting services, gives the requests in flight of every port one drain
-together, then stops the jobs still running (Pending again, to run at the next start),
-the watchdogs, and the store. A second signal forces it: requests in flight are
-cancelled, and the watchdogs told to skip their drain. The exit waits for no thread
-still blocked on a stalled store past EXIT_GRACE.
+together (DRAIN_TIMEOUT, then those left are cancelled), then stops the jobs still
+running (Pending again, to run at the next start), the watchdogs, and the store. A
+second signal forces it: requests in flight are cancelled, and the watchdogs told to
+skip their drain. The exit waits for no thread still blocked on a stalled store past
+EXIT_GRACE. Signals are taken until the process ends: a third one changes nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ logger = get_logger(component="controller")
 # exposed ports stream to the service's watchdog, whose read_timeout bounds them.
 HEAD_TIMEOUT = 60.0
 KEEPALIVE_TIMEOUT = 75.0
+# The stop's one bound for the requests in flight of every port (aiohttp's default
+# shutdown_timeout, given to the runners); those still running then are cancelled.
+DRAIN_TIMEOUT = 60.0
 LOCK_FILE = "controller.lock"  # in the data folder: one controller per data folder
 # Seconds the exit waits for threads still running once everything is stopped: those
 # ending their work in hand, not a call blocked on a stalled server (boto3's: 60 s).
@@ -165,6 +169,7 @@ class Controller:
             self.api.app(),
             access_log=None,
             handle_signals=False,
+            shutdown_timeout=DRAIN_TIMEOUT,
             head_timeout=HEAD_TIMEOUT,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
             # Bodies pass through as sent (a gzip body to /run reaches the service's
@@ -215,6 +220,7 @@ class Controller:
             app,
             access_log=None,
             handle_signals=False,
+            shutdown_timeout=DRAIN_TIMEOUT,
             head_timeout=HEAD_TIMEOUT,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
             auto_decompress=False,  # an object is stored as sent (Content-Encoding kept)
@@ -245,7 +251,7 @@ class Controller:
         for runner in runners:
             runner.stop_waiting()
 
-    async def _stop(self, *runners: web.AppRunner) -> None:
+    async def _stop(self, *runners: TimedAppRunner) -> None:
         # First, at once: both ports refuse new connections (the S3 endpoint's too, or
         # an object put during the drain would start a job); no new object starts a job
         # (one stored meanwhile gets it at the next start: the watcher, reconciliation);
@@ -255,14 +261,27 @@ class Controller:
                 await site.stop()
         await self.intake.close()
         self.backend.release_waiters()
-        # Then the requests in flight, of both ports at once: one 60 s bound
-        # (shutdown_timeout), not one after the other.
-        await asyncio.gather(*(runner.cleanup() for runner in runners))
+        # Then the requests in flight, of both ports at once: one bound, not one after
+        # the other. Past it, the handlers still running are cancelled: aiohttp itself
+        # would cancel only their request's body and wait as long again for a handler
+        # reading none (one awaiting a thread: a bucket call to a stalled store).
+        drained = asyncio.get_running_loop().call_later(DRAIN_TIMEOUT, _drain_over, runners)
+        try:
+            await asyncio.gather(*(runner.cleanup() for runner in runners))
+        finally:
+            drained.cancel()
         for sock in self._api_sockets:
             sock.close()  # closed by its runner's cleanup once listened on
         await self.jobs.close()
         await self.backend.close()
         self.store.close()
+
+
+def _drain_over(runners: Sequence[TimedAppRunner]) -> None:
+    logger.warning("drain over: cancelling the requests still in flight",
+                   seconds=DRAIN_TIMEOUT)
+    for runner in runners:
+        runner.stop_waiting()
 
 
 def _lock_data_dir(data_dir: Path, named: str) -> int:
@@ -334,9 +353,12 @@ def serve(settings: ControllerSettings) -> int:
 
     async def main() -> int:
         asyncio.get_running_loop().set_default_executor(pool)
+        # The exit's wait for threads too: a signal then is a third, and changes nothing
+        # (Python's handlers back, it would end the process or raise KeyboardInterrupt
+        # into asyncio.run's own unbounded wait for those threads).
         with captured_signals() as stop:
             status = await controller.serve(stop)
-        await _leave_threads(pool, status)
+            await _leave_threads(pool, status)
         return status
 
     try:
