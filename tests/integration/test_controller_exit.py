@@ -134,15 +134,20 @@ def stalled_create(
         pending.close()
 
 
+def forced_stop(controller: ControllerProcess) -> float:
+    """SIGTERM and, once taken, SIGTERM again: when the second was sent."""
+    controller.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: "controller stopping" in controller.log_text(), 30,
+               "the first SIGTERM taken", controller)
+    controller.process.send_signal(signal.SIGTERM)
+    return time.monotonic()
+
+
 def test_a_forced_stop_does_not_wait_for_a_thread_blocked_on_a_stalled_store(
     controllers: ControllerFactory, proxy: StallingProxy, moto_server: S3Server
 ) -> None:
     with stalled_create(controllers, proxy, moto_server) as controller:
-        controller.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: "controller stopping" in controller.log_text(), 30,
-                   "the first SIGTERM taken", controller)
-        controller.process.send_signal(signal.SIGTERM)
-        forced = time.monotonic()
+        forced = forced_stop(controller)
         try:
             status = controller.process.wait(EXIT_WITHIN)
         except subprocess.TimeoutExpired:
@@ -165,11 +170,7 @@ def test_signals_during_the_exit_wait_change_nothing(
     nor raises KeyboardInterrupt into asyncio.run's unbounded join of that thread (Ctrl-C).
     They come one after the other until it has ended, through the whole wait."""
     with stalled_create(controllers, proxy, moto_server) as controller:
-        controller.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: "controller stopping" in controller.log_text(), 30,
-                   "the first SIGTERM taken", controller)
-        controller.process.send_signal(signal.SIGTERM)
-        forced = time.monotonic()
+        forced = forced_stop(controller)
         more = itertools.cycle((signal.SIGINT, signal.SIGTERM))
         while controller.process.poll() is None and time.monotonic() - forced < EXIT_WITHIN:
             with contextlib.suppress(ProcessLookupError):
