@@ -108,9 +108,10 @@ class _Lines:
 
     __slots__ = ("_flush", "_lock", "_write")
 
-    def __init__(self, stream: TextIO) -> None:
-        self._write = stream.write
-        self._flush = stream.flush
+    def __init__(self, stream: TextIO | None) -> None:
+        # None: stderr closed (`2>&-`): every line is one that cannot be written.
+        self._write: Callable[[str], object] = _nowhere if stream is None else stream.write
+        self._flush: Callable[[], object] = _nowhere if stream is None else stream.flush
         self._lock = threading.Lock()  # the lines of the loop's thread and of others
 
     def made(self, *_args: Any) -> _Lines:
@@ -130,6 +131,10 @@ class _Lines:
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
+
+
+def _nowhere(*_args: object) -> None:
+    """A stream's write and flush when there is no stream."""
 
 
 # What _ConsoleLines writes itself; anything else goes to structlog's ConsoleRenderer.

@@ -366,7 +366,10 @@ def serve(settings: ControllerSettings) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        sys.stdout.flush()
+        # Closed (`>&-`: None) or its reader gone: nothing to flush, and no failure of a
+        # clean stop.
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            sys.stdout.flush()
 
 
 async def _leave_threads(pool: ThreadPoolExecutor, status: int) -> None:

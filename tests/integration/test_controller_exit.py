@@ -23,7 +23,13 @@ from pathlib import Path
 import pytest
 
 from faas_supervisor.controller.server import DRAIN_TIMEOUT, EXIT_GRACE
-from tests.integration.conftest import S3Server, faas_command, free_port, wait_for_http
+from tests.integration.conftest import (
+    S3Server,
+    faas_command,
+    free_port,
+    script_output,
+    wait_for_http,
+)
 from tests.integration.controller_fixture import (
     PASSWORD,
     USER,
@@ -249,6 +255,42 @@ def test_a_stop_whose_log_lines_cannot_be_written_still_stops_its_watchdogs(
     status = process.wait(30)
 
     assert status == 0
+    now = processes()
+    left = [p.command for p in watchdogs
+            if (q := now.get(p.pid)) is not None and q.start == p.start and q.state != "Z"]
+    assert left == []
+
+
+def test_a_controller_started_without_stdout_and_stderr_serves_and_stops_cleanly(
+    controllers: ControllerFactory, tmp_path: Path
+) -> None:
+    """Both closed at the start (`>&- 2>&-`: sys.stdout and sys.stderr are None): its log
+    lines go nowhere, its first one no longer ends it (exit 1 before it served), and its
+    clean stop no longer fails flushing stdout (a traceback, exit 1): it serves, runs a
+    service, and SIGTERM ends it with status 0, its watchdog (which has no stderr either)
+    stopped."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAAS_")}
+    env["TMPDIR"] = str(tmp_path)
+    process = subprocess.Popen(
+        ["sh", "-c", 'exec "$@" >&- 2>&-', "sh", *faas_command(), "controller",
+         "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
+         "--user", USER, "--password", PASSWORD, "--s3-port", str(free_port())],
+        env=env, stdin=subprocess.DEVNULL,
+    )
+    log = tmp_path / "nothing.log"  # it has none: what a failure shows
+    controller = ControllerProcess(process, port, data_dir, log)
+    controllers.started.append(controller)  # stopped, and its leftovers, at the end
+    wait_for_http(f"{controller.url}/health", process)
+    controller.create({"name": "no-streams", "script": "echo hi\n"})
+    answer = controller.request("POST", "/run/no-streams", data=b"")
+    assert answer.status_code == 200 and script_output(answer.text).strip() == "hi", answer.text
+    watchdogs = [p for p in running_with(str(data_dir)) if p.pid != process.pid]
+    assert watchdogs
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
     now = processes()
     left = [p.command for p in watchdogs
             if (q := now.get(p.pid)) is not None and q.start == p.start and q.state != "Z"]

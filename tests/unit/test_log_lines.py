@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -209,6 +210,20 @@ def test_a_line_that_cannot_be_written_is_dropped_not_raised(
     log.info("kept", n=2)
     assert out.getvalue().endswith("[info     ] kept component=test n=2\n")
     assert "lost" not in out.getvalue()
+
+
+def test_no_stderr_at_all_drops_every_line(
+    configured: Callable[[io.StringIO], None], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process started with stderr closed (`2>&-`: sys.stderr is None) logs into
+    nothing: its first line no longer ends it (AttributeError on None's write, found by a
+    review of the lines dropped when they cannot be written)."""
+    monkeypatch.setattr(sys, "stderr", None)
+    logs.configure("INFO")
+    logs._structlog()
+    log = logs.get_logger(component="test")
+    log.info("nowhere", n=1)
+    log.error("nowhere either")
 
 
 def test_aiohttps_log_of_a_malformed_request_is_one_line_without_it(
