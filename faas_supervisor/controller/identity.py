@@ -24,6 +24,8 @@ An object on a MinIO provider the service defines (`minio.ID`) is named by a del
 event (`{"event": ..., "storage_provider": "minio.ID"}`, SPEC 6.1), the watcher's for it
 (watcher.input_event) as one pushed to `/job/{name}`: its provider is the envelope's, so
 both give it one identity, apart from an object of the same bucket and key elsewhere.
+Two of the service's providers on one server name one object twice (`on_peers`): the
+job one of its names has is the object's (jobs.py, servers.input_peers).
 
 Bodies that name no stored object (plain JSON, base64, an API-gateway envelope) have no
 identity: each is a job of its own.
@@ -31,7 +33,7 @@ identity: each is a job of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote_plus
@@ -80,6 +82,12 @@ def listed_id(bucket: str, obj: StoredObject, provider: str = DEFAULT_PROVIDER) 
     default one, or a `minio.ID` of the service's): the one its event gives (the watcher's
     event for it, watcher.input_event, carries its ETag, and names that provider)."""
     return ObjectId(provider, bucket, obj.key, _etag(obj.etag))
+
+
+def on_peers(found: ObjectId, peers: Mapping[str, Collection[str]]) -> list[ObjectId]:
+    """The identities the object has on the providers `peers` gives as on its provider's
+    server (servers.input_peers): the same bucket, key and version there."""
+    return [replace(found, provider=peer) for peer in sorted(peers.get(found.provider, ()))]
 
 
 def stored_id(

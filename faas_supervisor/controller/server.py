@@ -32,7 +32,7 @@ from aiohttp import web
 from faas_supervisor.controller.api import Api, ApiInfo
 from faas_supervisor.controller.auth import S3_KEYS_FILE, load_credentials, load_s3_keys
 from faas_supervisor.controller.backends import build_backend
-from faas_supervisor.controller.buckets import FolderStore, S3Endpoint, build_store
+from faas_supervisor.controller.buckets import FolderStore, S3Endpoint, S3Store, build_store
 from faas_supervisor.controller.cors import setup_cors
 from faas_supervisor.controller.executions import Executions
 from faas_supervisor.controller.intake import Intake
@@ -125,6 +125,7 @@ class Controller:
             settings.job_retention,
             # Events of its S3 endpoint carry an ETag (the MD5) its listings do not.
             self.buckets.version if isinstance(self.buckets, FolderStore) else None,
+            self.buckets.endpoint if isinstance(self.buckets, S3Store) else "",
         )
         self.executions = Executions()
         self.intake = Intake(

@@ -329,25 +329,29 @@ class Store:
     # ---- jobs --------------------------------------------------------------------
 
     @_serialized
-    def add_job(self, name: str, service: str, obj: ObjectId | None = None) -> str | None:
+    def add_job(self, name: str, service: str, obj: ObjectId | None = None,
+                peers: Collection[ObjectId] = ()) -> str | None:
         """A new Pending job for the object `obj` (if any); None when added, else the
         name of the job the object already has (and nothing is added). A baseline
-        object (no job yet) gets this one."""
+        object (no job yet) gets this one. `peers` are the object's identities on other
+        providers of the service's on its server (jobs.py): the job one of them has is
+        the object's, recorded as its own (its provider's listings then find it)."""
 
         def add() -> str | None:
             with self._transaction() as db:
                 if obj is not None:
-                    found = db.execute(
-                        f"SELECT job FROM objects WHERE {_OBJECT_KEY}", (service, *_fields(obj))
-                    ).fetchone()
-                    if found is not None and found[0] is not None:
-                        return str(found[0])
+                    taken = _job_of(db, service, obj)
+                    if taken is not None:
+                        return taken
+                    taken = next(filter(None, (_job_of(db, service, p) for p in peers)), None)
                     db.execute(
                         "INSERT OR REPLACE INTO objects "
                         "(service, provider, bucket, key, version, job, recorded) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (service, *_fields(obj), name, time.time()),
+                        (service, *_fields(obj), taken or name, time.time()),
                     )
+                    if taken is not None:
+                        return taken
                 db.execute(
                     "INSERT INTO jobs (name, service, status, creation_time) VALUES (?, ?, ?, ?)",
                     (name, service, PENDING, time.time()),
@@ -611,6 +615,13 @@ def _copy(source: IO[bytes], blob: sqlite3.Blob, size: int) -> None:
 
 
 _OBJECT_KEY = "service = ? AND provider = ? AND bucket = ? AND key = ? AND version = ?"
+
+
+def _job_of(db: sqlite3.Connection, service: str, obj: ObjectId) -> str | None:
+    """The job the object has (None: none, or a baseline's object)."""
+    row = db.execute(f"SELECT job FROM objects WHERE {_OBJECT_KEY}",
+                     (service, *_fields(obj))).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 def _fields(obj: ObjectId) -> tuple[str, str, str, str]:
