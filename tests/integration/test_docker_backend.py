@@ -736,6 +736,29 @@ async def test_a_job_starting_as_its_service_is_deleted_leaves_nothing_behind(
     assert not runtime_volumes(docker_client, service_name)
 
 
+async def test_runtime_volumes_made_without_labels_go_with_the_service(
+    backend: DockerBackend, service_name: str, docker_client: Any
+) -> None:
+    """A container whose mount names a runtime volume that is not there has the engine make
+    it, without labels. Named as this controller names the service's (here: of an older
+    runtime image), it goes at the next deploy and with the service; one named for another
+    controller or another service stays."""
+    service = parse_service({"name": service_name, "image": USER_IMAGE, "script": "echo\n"})
+    await backend.deploy(service)
+    older = "sha256:" + "0" * 64
+    stray = volume_name(service_name, older, backend.controller)
+    others = {volume_name(service_name, older, "f" * len(backend.controller)),
+              volume_name(f"{service_name}-b", older, backend.controller)}
+    for volume in (stray, *others):
+        docker_client.volumes.create(volume)  # no labels, as the engine makes one
+    assert not docker_client.volumes.get(stray).attrs.get("Labels")
+    await backend.deploy(service)
+    assert stray not in runtime_volumes(docker_client, service_name)
+    docker_client.volumes.create(stray)
+    await backend.remove(service_name)
+    assert runtime_volumes(docker_client, service_name) == others
+
+
 def volumes_of(container: Any) -> list[str]:
     return [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
 

@@ -54,6 +54,7 @@ import itertools
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -136,6 +137,12 @@ def volume_name(service: str, image_id: str, controller: str) -> str:
     """The service's runtime volume for the runtime image `image_id` (sha256:...): a name
     of `controller`'s alone, as a volume's name is the engine's to share."""
     return f"faas-supervisor-bin-{service}-{image_id.removeprefix('sha256:')[:12]}-{controller}"
+
+
+def _named_volumes(service: str, controller: str) -> re.Pattern[str]:
+    """The names `volume_name` gives the service's runtime volumes, whatever the image."""
+    return re.compile(re.escape(f"faas-supervisor-bin-{service}-") + "[0-9a-f]{12}"
+                      + re.escape(f"-{controller}"))
 
 
 def _labels(controller: str, name: str, component: str) -> dict[str, str]:
@@ -814,11 +821,17 @@ class DockerBackend:
 
     def _remove_volumes(self, name: str, keep: str | None = None) -> list[str]:
         """The service's runtime volumes but `keep` removed (or gone already); those a
-        container still holds (409) are left, and returned."""
+        container still holds (409) are left, and returned.
+
+        Found by their labels, and by their names too: a container whose mount names a
+        volume that is not there (removed as the container was being made) has the
+        engine make it, without labels; the name (`volume_name`: this service, this
+        controller) says whose it is, after a restart as well."""
         listed = self._client.volumes.list(filters=_selector(self.controller, name, "runtime"))
         found = {v.name for v in listed}
-        if keep is None and name in self._volumes:
-            found.add(self._volumes[name])  # by its name too: made by us, labelled or not
+        named = _named_volumes(name, self.controller)
+        found.update(v.name for v in self._client.volumes.list(
+            filters={"name": f"faas-supervisor-bin-{name}-"}) if named.fullmatch(v.name))
         return [volume for volume in sorted(found - {keep}) if not self._remove_volume(volume)]
 
     def _remove_volume(self, volume: str) -> bool:
