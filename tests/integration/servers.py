@@ -5,6 +5,8 @@
 * `start_wsgidav`: a WebDAV server (wsgidav), anonymous or with one basic-auth user;
 * `CuttingProxy`: a TCP proxy that can break connections mid-transfer and tells when a
   number of bytes has gone through (an event to await, not a sleep);
+* `StallingProxy`: a TCP proxy, in threads of its own (for tests without an event loop),
+  that stops forwarding requests when told, and tells when it has dropped one;
 * `FakeOneprovider`: a small aiohttp app serving only the Oneprovider REST endpoints the
   Onedata provider calls (no Onedata server can run here), with the documented shapes.
 """
@@ -148,6 +150,53 @@ def stalling_store(on_request: Callable[[], None] = lambda: None,
         server.close()
         for conn in held:
             conn.close()
+
+
+class StallingProxy:
+    """Forwards loopback connections to an S3 server until `stall()`; from then on what
+    the client sends is read and dropped, so no request gets an answer (on connections
+    already open too). `stalled_request` is set once a request has been dropped."""
+
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream.removeprefix("http://").partition(":")
+        self._upstream = (host, int(port))
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._stalled = threading.Event()
+        self.stalled_request = threading.Event()
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.getsockname()[1]}"
+
+    def stall(self) -> None:
+        self._stalled.set()
+
+    def close(self) -> None:
+        self._server.close()
+        for sock in self._held:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # the server closed at the end
+            while True:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(self._upstream)
+                self._held += [client, upstream]
+                threading.Thread(target=self._pump, args=(client, upstream, True),
+                                 daemon=True).start()
+                threading.Thread(target=self._pump, args=(upstream, client, False),
+                                 daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, towards_store: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if towards_store and self._stalled.is_set():
+                    self.stalled_request.set()
+                    continue
+                target.sendall(data)
 
 
 class CuttingProxy:

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from tests.integration.controller_fixture import (
     ControllerProcess,
     wait_until,
 )
+from tests.integration.servers import StallingProxy
 from tests.leftovers import processes, running_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -44,53 +44,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 # The controller's own bound (server.EXIT_GRACE, 5 s) and some slack; the store's client
 # would hold the thread for up to 60 s (20 s to read, 3 attempts).
 EXIT_WITHIN = 15.0
-
-
-class StallingProxy:
-    """Forwards loopback connections to an S3 server until `stall()`; from then on what
-    the client sends is read and dropped, so no request gets an answer (on connections
-    already open too). `stalled_request` is set once a request has been dropped."""
-
-    def __init__(self, upstream: str) -> None:
-        host, _, port = upstream.removeprefix("http://").partition(":")
-        self._upstream = (host, int(port))
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._stalled = threading.Event()
-        self.stalled_request = threading.Event()
-        self._held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.getsockname()[1]}"
-
-    def stall(self) -> None:
-        self._stalled.set()
-
-    def close(self) -> None:
-        self._server.close()
-        for sock in self._held:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):  # the server closed at the end
-            while True:
-                client, _ = self._server.accept()
-                upstream = socket.create_connection(self._upstream)
-                self._held += [client, upstream]
-                threading.Thread(target=self._pump, args=(client, upstream, True),
-                                 daemon=True).start()
-                threading.Thread(target=self._pump, args=(upstream, client, False),
-                                 daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket, towards_store: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                if towards_store and self._stalled.is_set():
-                    self.stalled_request.set()
-                    continue
-                target.sendall(data)
 
 
 @pytest.fixture
