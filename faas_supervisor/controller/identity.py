@@ -24,8 +24,8 @@ An object on a MinIO provider the service defines (`minio.ID`) is named by a del
 event (`{"event": ..., "storage_provider": "minio.ID"}`, SPEC 6.1), the watcher's for it
 (watcher.input_event) as one pushed to `/job/{name}`: its provider is the envelope's, so
 both give it one identity, apart from an object of the same bucket and key elsewhere.
-Two of the service's providers on one server name one object twice (`on_peers`): the
-job one of its names has is the object's (jobs.py, servers.input_peers).
+Two of the service's providers on one server with one key name one object twice
+(`on_peers`): the job one of its names has is the object's (jobs.py, servers.input_peers).
 
 Bodies that name no stored object (plain JSON, base64, an API-gateway envelope) have no
 identity: each is a job of its own.

@@ -20,9 +20,9 @@ then the job shows Running, and the error is logged.
 An event naming a stored object (identity.py) that has a job already starts none:
 `submit` answers with that job instead. On the folder store, that object's version is
 the one its listing gives it (`stored_version`), whatever ETag the event carries. Two of
-a service's MinIO providers on one server (servers.input_peers) name its objects twice,
-each provider's input paths listed, and baselined, on their own: the object one of them
-has a job for has it for the others too (its listing and its events alike).
+a service's MinIO providers on one server with one key (servers.input_peers) name its
+objects twice, each provider's input paths listed, and baselined, on their own: the
+object one of them has a job for has it for the others too (listings and events alike).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from faas_supervisor import strict_json
 from faas_supervisor.controller.backends import Backend, JobInterrupted, LiveLogs
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import EVENT_MAX, object_id, on_peers, stored_id
-from faas_supervisor.controller.servers import input_peers
+from faas_supervisor.controller.servers import View, input_peers
 from faas_supervisor.controller.store import FINISHED, PENDING, RUNNING, Store
 from faas_supervisor.errors import NotFound, ServiceUnavailable, writing
 from faas_supervisor.logs import get_logger
@@ -69,7 +69,7 @@ class Jobs:
         services: Callable[[str], Service | None],
         retention: float = 7 * 86400.0,
         stored_version: Callable[[str, str], str | None] | None = None,
-        minio_endpoint: str = "",
+        default_view: View | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -80,7 +80,8 @@ class Jobs:
         # The folder store's `version` (the default provider's listing ETag of an object),
         # when that store is the default: None for an S3 server, whose events carry it.
         self.stored_version = stored_version
-        self.minio_endpoint = minio_endpoint  # the default provider's S3 server, if not ours
+        # The default provider's S3 server (servers.server_view), if not the folder store.
+        self.default_view = default_view
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.running: dict[str, asyncio.Task[int]] = {}
         self._refused: set[str] = set()  # services being deleted (`refusing`)
@@ -204,7 +205,7 @@ class Jobs:
             identity = object_id(body)
             if self.stored_version is not None:
                 identity = stored_id(identity, self.stored_version)
-            peers = (on_peers(identity, input_peers(service, self.minio_endpoint))
+            peers = (on_peers(identity, input_peers(service, self.default_view))
                      if identity is not None else [])
             existing = self.store.add_job(name, service.name, identity, peers)
         except BaseException:

@@ -38,6 +38,7 @@ from faas_supervisor.controller.executions import Executions
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.s3.sigv4 import Keys
+from faas_supervisor.controller.servers import server_view
 from faas_supervisor.controller.settings import ControllerSettings, KubernetesSettings
 from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import ConfigError
@@ -125,7 +126,8 @@ class Controller:
             settings.job_retention,
             # Events of its S3 endpoint carry an ETag (the MD5) its listings do not.
             self.buckets.version if isinstance(self.buckets, FolderStore) else None,
-            self.buckets.endpoint if isinstance(self.buckets, S3Store) else "",
+            server_view(self.buckets.endpoint, settings.minio_access_key)
+            if isinstance(self.buckets, S3Store) else None,
         )
         self.executions = Executions()
         self.intake = Intake(

@@ -93,30 +93,36 @@ def input_servers(service: Service) -> dict[StoragePath, str]:
     return found
 
 
-def input_peers(service: Service, default_endpoint: str = "") -> dict[str, frozenset[str]]:
-    """For each MinIO provider of the service's input paths, its others on the same
-    server (`same_server`): an object one of them took a job for is that job's for all
+def input_peers(service: Service, default: View | None = None) -> dict[str, frozenset[str]]:
+    """For each MinIO provider of the service's input paths, its others that see the same
+    objects (`server_view`): an object one of them took a job for is that job's for all
     (jobs.py), as OSCAR's one webhook per service gives one event per object. The default
-    provider counts when on an S3 server (`default_endpoint`, --minio-endpoint's); on the
+    provider counts when on an S3 server (`default`: --minio-endpoint's view); on the
     folder store its identities carry the listing's version, which no other provider's
     (through its S3 endpoint, the MD5) ever equals."""
-    on: dict[str, set[str]] = {}
+    on: dict[View, set[str]] = {}
     for server in paths_by_server(service, service.input):
-        endpoint = default_endpoint if server.default else server.endpoint
-        if endpoint:
-            on.setdefault(same_server(endpoint), set()).add(server.provider)
+        if server.default:
+            view = default
+        else:
+            view = server_view(server.endpoint, provider_access(server.settings).access_key)
+        if view is not None:
+            on.setdefault(view, set()).add(server.provider)
     return {provider: frozenset(providers - {provider})
             for providers in on.values() if len(providers) > 1 for provider in providers}
 
 
-def same_server(endpoint: str) -> str:
-    """What tells two endpoints' servers apart: scheme, host, port and path, without a
-    user and password (credentials, not the server) or a trailing `/`. The keys and the
-    region do not: one server's objects are the same objects whichever keys list them.
-    Two names of one host (`localhost`, `127.0.0.1`) are two servers."""
+View = tuple[str, str]
+
+
+def server_view(endpoint: str, access_key: str) -> View:
+    """What tells apart the objects two providers see: the endpoint's scheme, host, port
+    and path (without a user and password, credentials, or a trailing `/`), and the access
+    key (a Ceph RGW tenant's buckets are its own). Two names of one host (`localhost`,
+    `127.0.0.1`) are two servers; two keys of one server see two sets of objects."""
     parts = urlsplit(endpoint)
     host = parts.netloc.rpartition("@")[2].lower()
-    return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), "", ""))
+    return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), "", "")), access_key
 
 
 def server_id(access: S3Access) -> str:

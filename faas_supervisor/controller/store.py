@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import os
 import sqlite3
 import threading
@@ -82,6 +83,7 @@ _LISTED_PATHS = """CREATE TABLE IF NOT EXISTS listed_paths (
     server TEXT NOT NULL,  -- "" on the default provider, else servers.server_id's digest
     bucket TEXT NOT NULL,
     prefix TEXT NOT NULL,
+    listed REAL NOT NULL DEFAULT 0,  -- when its baseline was recorded (0: before this was)
     PRIMARY KEY (service, provider, server, bucket, prefix)
 ) WITHOUT ROWID"""
 _SCHEMA = f"""
@@ -192,6 +194,8 @@ class Store:
                     () if "provider" in columns else (DEFAULT_PROVIDER,),
                 )
                 db.execute("DROP TABLE listed_paths_old")
+        elif "listed" not in columns:
+            self.db.execute("ALTER TABLE listed_paths ADD COLUMN listed REAL NOT NULL DEFAULT 0")
 
     @_serialized
     def close(self) -> None:
@@ -517,19 +521,23 @@ class Store:
 
     @_serialized
     def record_baseline(self, service: str, path: ListedPath, objects: list[ObjectId]) -> None:
-        """An input path's first listing: its objects are old, and get no job."""
+        """An input path's first listing: its objects are old, and get no job. One that
+        has a row already (a job) keeps its job, the row dated now: seen on this path's
+        server (`keep_paths`)."""
         now = time.time()
         with self._transaction() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO objects "
+                "INSERT INTO objects "
                 "(service, provider, bucket, key, version, job, recorded) "
-                "VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                "VALUES (?, ?, ?, ?, ?, NULL, ?) "
+                "ON CONFLICT (service, provider, bucket, key, version) "
+                "DO UPDATE SET recorded = excluded.recorded",
                 [(service, *_fields(obj), now) for obj in objects],
             )
             db.execute(
-                "INSERT OR IGNORE INTO listed_paths (service, provider, server, bucket, prefix) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (service, *path),
+                "INSERT OR IGNORE INTO listed_paths "
+                "(service, provider, server, bucket, prefix, listed) VALUES (?, ?, ?, ?, ?, ?)",
+                (service, *path, now),
             )
 
     @_serialized
@@ -537,28 +545,37 @@ class Store:
         """After an update: input paths the service no longer has (another provider,
         server, bucket or key prefix) are no longer listed (given back later, such a path
         gets a new baseline), and the identities recorded under them are forgotten, but
-        for those a kept path holds too: no listing would prune them."""
+        for those a kept path holds too: no listing would prune them. A kept path on
+        another server (its provider pointed elsewhere) holds only those recorded since
+        its baseline (the objects seen there): the others name objects of the old server,
+        and would keep a new object of the same key and bytes from its job."""
         rows = self.db.execute(
-            "SELECT provider, server, bucket, prefix FROM listed_paths WHERE service = ?",
+            "SELECT provider, server, bucket, prefix, listed FROM listed_paths WHERE service = ?",
             (service,),
         ).fetchall()
-        dropped = [row for row in rows if ListedPath(*row) not in paths]
+        dropped = [ListedPath(*row[:4]) for row in rows if ListedPath(*row[:4]) not in paths]
         if not dropped:
             return
+        since = {ListedPath(*row[:4]): float(row[4]) for row in rows}
 
-        def held(obj: tuple[str, str, str], among: Collection[tuple[str, str, str, str]]) -> bool:
+        def holding(obj: tuple[str, str, str], among: Collection[ListedPath]) -> list[ListedPath]:
             # An identity names no server: held by any path of its provider, bucket, prefix.
             provider, bucket, key = obj
-            return any((provider, bucket) == (p, b) and key.startswith(x) for p, _, b, x in among)
+            return [path for path in among if (path.provider, path.bucket) == (provider, bucket)
+                    and key.startswith(path.prefix)]
+
+        def kept(obj: tuple[str, str, str], recorded: float) -> bool:
+            servers = {path.server for path in holding(obj, dropped)}
+            return not servers or any(
+                path.server in servers or recorded >= since.get(path, math.inf)
+                for path in holding(obj, paths))
 
         objects = self.db.execute(
-            "SELECT provider, bucket, key, version FROM objects WHERE service = ?", (service,)
+            "SELECT provider, bucket, key, version, recorded FROM objects WHERE service = ?",
+            (service,),
         ).fetchall()
-        forgotten = [
-            (service, p, b, k, v)
-            for p, b, k, v in objects
-            if held((p, b, k), dropped) and not held((p, b, k), paths)
-        ]
+        forgotten = [(service, p, b, k, v) for p, b, k, v, recorded in objects
+                     if not kept((p, b, k), recorded)]
         with self._transaction() as db:
             db.executemany(
                 "DELETE FROM listed_paths WHERE service = ? AND provider = ? AND server = ? "

@@ -12,12 +12,15 @@ job for one of those would have come too.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import S3Server
 from tests.integration.controller_fixture import ControllerFactory, ControllerProcess, wait_until
+from tests.integration.servers import start_moto
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +142,43 @@ def test_an_own_provider_on_the_default_server_gives_one_job(
     one_job_each(controller, moto_server, name, ["input/sub/first.txt"])
     s3.put_object(Bucket=bucket, Key="input/marker.txt", Body=b"marker")
     one_job_each(controller, moto_server, name, ["input/marker.txt", "input/sub/first.txt"])
+
+
+@pytest.fixture
+def second_server(tmp_path: Path) -> Iterator[S3Server]:
+    """A moto server of the test's own, beside the session's."""
+    moto = start_moto(tmp_path)
+    try:
+        yield moto.server
+    finally:
+        moto.stop()
+
+
+@pytest.mark.timeout(600)
+def test_a_provider_pointed_at_its_peers_server_leaves_the_old_servers_objects_behind(
+    controllers: ControllerFactory, moto_server: S3Server, second_server: S3Server
+) -> None:
+    """`minio.a` on one server, `minio.b` on another, both with `bkt/input`; an update points
+    `b` at `a`'s server. An object put there then with the key and bytes of one `b` took
+    on its old server is a new object: its job (found by a review: the old server's row,
+    kept by the update, was taken for it, and it got none)."""
+    tag = uuid.uuid4().hex[:8]
+    bucket, name = f"moved-{tag}", f"moved-{tag}"
+    service = definition(name, [("minio.a", f"{bucket}/input"), ("minio.b", f"{bucket}/input")],
+                         moto_server, ("a", "b"))
+    service["storage_providers"]["minio"]["b"] = provider(second_server)
+    controller = controllers()
+    controller.create(service)
+    second_server.client().put_object(Bucket=bucket, Key="input/same.txt", Body=b"same")
+    one_job_each(controller, moto_server, name, ["input/same.txt"])
+
+    service["storage_providers"]["minio"]["b"] = provider(moto_server)
+    answer = controller.request("PUT", "/system/services", json=service)
+    assert answer.status_code == 204, answer.text
+    s3 = moto_server.client()
+    s3.put_object(Bucket=bucket, Key="input/same.txt", Body=b"same")
+    s3.put_object(Bucket=bucket, Key="input/marker.txt", Body=b"marker")
+    expected = ["input/marker.txt", "input/same.txt", "input/same.txt"]
+    wait_until(lambda: len(taken(moto_server, name)) >= len(expected), DEADLINE,
+               f"jobs of {name} for {expected}", controller)
+    one_job_each(controller, moto_server, name, expected)

@@ -228,6 +228,63 @@ def test_the_same_path_on_two_providers_is_two_paths(tmp_path: Path) -> None:
     assert store.has_object("svc", default)
 
 
+def test_a_provider_pointed_at_another_server_forgets_the_old_servers_identities(
+    tmp_path: Path,
+) -> None:
+    """An update pointing `minio.b` from server one to server two: what b recorded on one
+    goes (else an object of the same key and bytes put on two would be taken as seen:
+    no job), what its baseline on two saw stays, a job of one kept as the row of an object
+    there too; a path only narrowed on one server keeps all it had (found by a review)."""
+    store = Store(tmp_path / "s.sqlite3")
+    on_one = ListedPath("minio.b", "one", "b", "in/")
+    on_two = ListedPath("minio.b", "two", "b", "in/")
+    gone, both = ObjectId("minio.b", "b", "in/gone", "e"), ObjectId("minio.b", "b", "in/both", "e")
+    old = ObjectId("minio.b", "b", "in/old", "e")
+    store.record_baseline("svc", on_one, [old])
+    store.add_job("svc-1", "svc", gone)
+    store.add_job("svc-2", "svc", both)
+    narrowed = ListedPath("minio.c", "one", "b", "in/sub/")
+    kept = ObjectId("minio.c", "b", "in/sub/x", "e")
+    store.record_baseline("svc", ListedPath("minio.c", "one", "b", "in/"), [])
+    store.add_job("svc-3", "svc", kept)
+    # The update: baselines of its new paths first, then the old ones dropped.
+    store.record_baseline("svc", on_two, [both])
+    store.record_baseline("svc", narrowed, [])
+    new = ObjectId("minio.b", "b", "in/new", "e")
+    store.add_job("svc-4", "svc", new)  # between the update's baselines and its end
+    store.keep_paths("svc", {on_two, narrowed})
+    assert store.objects_in("svc", "minio.b", "b", "in/") == {both, new}
+    assert store.add_job("svc-5", "svc", gone) is None  # a new object on two: its job
+    assert store.add_job("svc-6", "svc", both) == "svc-2"
+    assert store.has_object("svc", kept)
+
+
+def test_a_store_that_recorded_no_baseline_times_keeps_its_identities(tmp_path: Path) -> None:
+    """`listed_paths` without `listed`: the column is added (0), and a provider pointed at
+    another server keeps its rows as before (nothing says which server saw them)."""
+    path = tmp_path / "s.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE listed_paths (
+            service TEXT NOT NULL, provider TEXT NOT NULL, server TEXT NOT NULL,
+            bucket TEXT NOT NULL, prefix TEXT NOT NULL,
+            PRIMARY KEY (service, provider, server, bucket, prefix)
+        ) WITHOUT ROWID;
+        INSERT INTO listed_paths VALUES ('svc', 'minio.b', 'one', 'b', 'in/'),
+                                        ('svc', 'minio.b', 'two', 'b', 'in/');
+    """)
+    old.close()
+    store = Store(path)
+    on_one = ListedPath("minio.b", "one", "b", "in/")
+    on_two = ListedPath("minio.b", "two", "b", "in/")
+    assert store.path_listed("svc", on_one) and store.path_listed("svc", on_two)
+    obj = ObjectId("minio.b", "b", "in/x", "e")
+    store.add_job("svc-1", "svc", obj)
+    store.keep_paths("svc", {on_two})
+    assert store.has_object("svc", obj)
+    assert not store.path_listed("svc", on_one)
+
+
 def test_a_store_of_an_older_version_keeps_its_listed_paths_on_the_default_provider(
     tmp_path: Path,
 ) -> None:

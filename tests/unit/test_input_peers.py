@@ -10,16 +10,18 @@ import pytest
 
 from faas_supervisor.controller.fdl import Service, parse_service
 from faas_supervisor.controller.identity import ObjectId, on_peers
-from faas_supervisor.controller.servers import input_peers, same_server
+from faas_supervisor.controller.servers import input_peers, server_view
 from faas_supervisor.controller.store import ListedPath, Store
 
 
-def service(inputs: list[tuple[str, str]], **endpoints: str) -> Service:
+def service(inputs: list[tuple[str, str]], keys: dict[str, str] | None = None,
+            **endpoints: str) -> Service:
     """A service with these (provider, path) inputs, its own MinIO providers at `endpoints`
-    (by id), each with keys of its own."""
+    (by id), each with the access key `keys` gives it (else AK), a secret key and a region
+    of its own."""
     providers: dict[str, Any] = {
-        pid: {"endpoint": endpoint, "access_key": f"AK{pid}", "secret_key": f"SK{pid}",
-              "region": f"region-{pid}"}
+        pid: {"endpoint": endpoint, "access_key": (keys or {}).get(pid, "AK"),
+              "secret_key": f"SK{pid}", "region": f"region-{pid}"}
         for pid, endpoint in endpoints.items()
     }
     return parse_service({
@@ -30,19 +32,21 @@ def service(inputs: list[tuple[str, str]], **endpoints: str) -> Service:
     })
 
 
-def test_providers_on_one_server_are_each_others_peers_whatever_their_keys() -> None:
-    svc = service([("minio.a", "box/in"), ("minio.b", "box/in/sub"), ("minio.c", "box/in")],
+def test_providers_with_one_access_key_on_one_server_are_each_others_peers() -> None:
+    svc = service([("minio.a", "box/in"), ("minio.b", "box/in/sub"), ("minio.c", "box/in"),
+                   ("minio.d", "box/in")], {"d": "AKother"},
                   a="http://s3.example:9000", b="http://u:p@S3.example:9000/",
-                  c="http://other.example:9000")
+                  c="http://other.example:9000", d="http://s3.example:9000")
     assert input_peers(svc) == {"minio.a": {"minio.b"}, "minio.b": {"minio.a"}}
 
 
 def test_the_default_provider_is_a_peer_only_on_an_s3_server() -> None:
     svc = service([("minio", "box/in/sub"), ("minio.x", "box/in")], x="s3.example:9000")
     # An endpoint without a scheme is HTTP (storage_providers/s3.py).
-    assert input_peers(svc, "http://s3.example:9000") == {
+    assert input_peers(svc, server_view("http://s3.example:9000", "AK")) == {
         "minio.default": {"minio.x"}, "minio.x": {"minio.default"}}
-    assert input_peers(svc, "https://s3.example:9000") == {}
+    assert input_peers(svc, server_view("https://s3.example:9000", "AK")) == {}
+    assert input_peers(svc, server_view("http://s3.example:9000", "AKother")) == {}
     assert input_peers(svc) == {}  # the folder store: its versions are its own
 
 
@@ -66,9 +70,9 @@ def test_a_provider_only_named_by_output_paths_is_no_peer() -> None:
     ("http://h:9000", "http://h:9001", False),
     ("http://localhost:9000", "http://127.0.0.1:9000", False),
 ])
-def test_same_server(one: str, other: str, same: bool) -> None:
-    assert (same_server(one) == same_server(other)) is same
-    assert "secret" not in same_server(other)
+def test_server_view(one: str, other: str, same: bool) -> None:
+    assert (server_view(one, "AK") == server_view(other, "AK")) is same
+    assert "secret" not in str(server_view(other, "AK"))
 
 
 def test_an_object_with_a_job_on_a_peer_provider_gets_that_job(tmp_path: Path) -> None:
