@@ -93,6 +93,9 @@ def input_servers(service: Service) -> dict[StoragePath, str]:
     return found
 
 
+View = tuple[str, str]  # servers.server_view: what a provider sees of a server
+
+
 def input_peers(service: Service, default: View | None = None) -> dict[str, frozenset[str]]:
     """For each MinIO provider of the service's input paths, its others that see the same
     objects (`server_view`): an object one of them took a job for is that job's for all
@@ -110,9 +113,6 @@ def input_peers(service: Service, default: View | None = None) -> dict[str, froz
             on.setdefault(view, set()).add(server.provider)
     return {provider: frozenset(providers - {provider})
             for providers in on.values() if len(providers) > 1 for provider in providers}
-
-
-View = tuple[str, str]
 
 
 def server_view(endpoint: str, access_key: str) -> View:
