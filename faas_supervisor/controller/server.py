@@ -38,7 +38,7 @@ from faas_supervisor.controller.executions import Executions
 from faas_supervisor.controller.intake import Intake
 from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.s3.sigv4 import Keys
-from faas_supervisor.controller.servers import server_view
+from faas_supervisor.controller.servers import default_server, server_view
 from faas_supervisor.controller.settings import ControllerSettings, KubernetesSettings
 from faas_supervisor.controller.store import Store
 from faas_supervisor.errors import ConfigError
@@ -129,6 +129,7 @@ class Controller:
             server_view(self.buckets.endpoint, settings.minio_access_key)
             if isinstance(self.buckets, S3Store) else None,
         )
+        self.default_server = default_server(self.buckets, settings.minio_access_key)
         self.executions = Executions()
         self.intake = Intake(
             self.buckets,
@@ -162,6 +163,12 @@ class Controller:
         # A backend may bring a stored service back more cheaply than a new deploy (no
         # checks, no waiting: kubernetes' `restore`).
         restore = getattr(self.backend, "restore", self.backend.deploy)
+        try:
+            if self.store.use_default_server(self.default_server):
+                logger.warning("the default provider's server is another one: its input paths "
+                               "are listed anew, the objects there now taken as old")
+        except Exception as exc:  # a full disk: checked again at the next start
+            logger.warning("cannot record the default provider's server", error=str(exc))
         for service in self.store.services():
             await restore(service)
             # Again at each start: the external URL may have changed, or the server.

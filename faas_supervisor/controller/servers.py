@@ -125,6 +125,15 @@ def server_view(endpoint: str, access_key: str) -> View:
     return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), "", "")), access_key
 
 
+def default_server(buckets: BucketStore, access_key: str) -> str:
+    """The default provider's server, as the store records it (Store.use_default_server):
+    "" for the embedded folder store, else a digest of --minio-endpoint's `server_view`."""
+    if not isinstance(buckets, S3Store):
+        return ""
+    named = json.dumps(server_view(buckets.endpoint, access_key))
+    return hashlib.sha256(named.encode()).hexdigest()[:32]
+
+
 def server_id(access: S3Access) -> str:
     """The server, as the store records which one a path was listed on: a path keeps its
     name when an update points its provider at another server, but is a new path there.

@@ -116,6 +116,10 @@ CREATE TABLE IF NOT EXISTS objects (
     PRIMARY KEY (service, provider, bucket, key, version)
 ) WITHOUT ROWID;
 {_LISTED_PATHS};
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -539,6 +543,28 @@ class Store:
                 "(service, provider, server, bucket, prefix, listed) VALUES (?, ?, ?, ?, ?, ?)",
                 (service, *path, now),
             )
+
+    @_serialized
+    def use_default_server(self, server: str) -> bool:
+        """Records the default provider's server (`servers.default_server`), and whether it
+        was another one: then its input paths and identities, the old server's, are
+        forgotten, and each path gets a new baseline when listed, as one of a provider an
+        update points elsewhere (else every object already on the new server would be
+        taken as new). A store that recorded none (an earlier version) is taken as of
+        this server: nothing is forgotten."""
+        row = self.db.execute("SELECT value FROM meta WHERE name = 'default_server'").fetchone()
+        changed = row is not None and row[0] != server
+
+        def record() -> None:
+            with self._transaction() as db:
+                if changed:
+                    db.execute("DELETE FROM listed_paths WHERE provider = ?", (DEFAULT_PROVIDER,))
+                    db.execute("DELETE FROM objects WHERE provider = ?", (DEFAULT_PROVIDER,))
+                db.execute("INSERT OR REPLACE INTO meta (name, value) "
+                           "VALUES ('default_server', ?)", (server,))
+
+        self._write("the default provider's server to the store", record)
+        return changed
 
     @_serialized
     def keep_paths(self, service: str, paths: set[ListedPath]) -> None:

@@ -182,3 +182,44 @@ def test_a_provider_pointed_at_its_peers_server_leaves_the_old_servers_objects_b
     wait_until(lambda: len(taken(moto_server, name)) >= len(expected), DEADLINE,
                f"jobs of {name} for {expected}", controller)
     one_job_each(controller, moto_server, name, expected)
+
+
+@pytest.mark.timeout(600)
+def test_a_controller_moved_to_another_minio_endpoint_takes_the_objects_there_as_old(
+    controllers: ControllerFactory, moto_server: S3Server, second_server: S3Server
+) -> None:
+    """A restart with `--minio-endpoint` pointing at another server: the default inputs
+    there get a new baseline, as a provider's path an update points elsewhere does; an
+    object already there gets no job, a new one does (before: a job each, as if new)."""
+    tag = uuid.uuid4().hex[:8]
+    name = bucket = f"switch-{tag}"
+    service = {"name": name, "script": SCRIPT,
+               "input": [{"storage_provider": "minio", "path": f"{bucket}/input"}],
+               "output": [{"storage_provider": "minio", "path": f"{name}-out/results"}]}
+
+    def on(server: S3Server) -> list[str]:
+        return ["--minio-endpoint", server.endpoint, "--minio-access-key", server.access_key,
+                "--minio-secret-key", server.secret_key, "--minio-region", server.region]
+
+    first = controllers(args=on(moto_server))
+    first.create(service)
+    moto_server.client().put_object(Bucket=bucket, Key="input/first.txt", Body=b"first")
+    one_job_each(first, moto_server, name, ["input/first.txt"])
+    assert first.stop() == 0
+
+    s3 = second_server.client()
+    for made in (bucket, f"{name}-out"):
+        s3.create_bucket(Bucket=made)
+    s3.put_object(Bucket=bucket, Key="input/old.txt", Body=b"there before")
+    moved = controllers(data_dir=first.data_dir, args=on(second_server))
+    # Attached (its baseline, if any, taken) once its `service events` line is out.
+    wait_until(lambda: f"service={name}" in moved.log_text(), DEADLINE, "the service", moved)
+    s3.put_object(Bucket=bucket, Key="input/new.txt", Body=b"new")
+    wait_until(lambda: taken(second_server, name), DEADLINE, "the new object's job", moved)
+    s3.put_object(Bucket=bucket, Key="input/marker.txt", Body=b"marker")
+    wait_until(lambda: len(taken(second_server, name)) >= 2, DEADLINE, "the marker's job",
+               moved)
+    assert taken(second_server, name) == ["input/marker.txt", "input/new.txt"], \
+        moved.log_text()
+    assert len(moved.wait_jobs(name, 3, timeout=DEADLINE)) == 3, moved.log_text()
+    assert "the default provider's server is another one" in moved.log_text()

@@ -285,6 +285,28 @@ def test_a_store_that_recorded_no_baseline_times_keeps_its_identities(tmp_path: 
     assert not store.path_listed("svc", on_one)
 
 
+def test_another_default_server_forgets_the_default_providers_paths(tmp_path: Path) -> None:
+    """--minio-endpoint pointed elsewhere (or the folder store given up for a server): the
+    default provider's listed paths and identities are the old server's, and go; a
+    service's own providers' stay. The first record (an earlier version's store, or a
+    new one) and the same server again forget nothing."""
+    store = Store(tmp_path / "s.sqlite3")
+    default = ObjectId("minio.default", "b", "in/x", "e")
+    own = ObjectId("minio.ext", "b", "in/x", "e")
+    store.record_baseline("svc", on_default("b", "in/"), [default])
+    store.record_baseline("svc", ListedPath("minio.ext", "srv", "b", "in/"), [own])
+    assert not store.use_default_server("")  # none recorded yet: taken as this one
+    assert not store.use_default_server("")
+    assert store.has_object("svc", default)
+    assert store.use_default_server("digest-of-another")
+    assert not store.path_listed("svc", on_default("b", "in/"))
+    assert not store.has_object("svc", default)
+    assert store.path_listed("svc", ListedPath("minio.ext", "srv", "b", "in/"))
+    assert store.has_object("svc", own)
+    store.close()
+    assert not Store(tmp_path / "s.sqlite3").use_default_server("digest-of-another")
+
+
 def test_a_store_of_an_older_version_keeps_its_listed_paths_on_the_default_provider(
     tmp_path: Path,
 ) -> None:
