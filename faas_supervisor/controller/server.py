@@ -129,7 +129,7 @@ class Controller:
             server_view(self.buckets.endpoint, settings.minio_access_key)
             if isinstance(self.buckets, S3Store) else None,
         )
-        self.default_server = default_server(self.buckets, settings.minio_access_key)
+        self.default_server = default_server(self.buckets)
         self.executions = Executions()
         self.intake = Intake(
             self.buckets,

@@ -117,21 +117,25 @@ def input_peers(service: Service, default: View | None = None) -> dict[str, froz
 
 def server_view(endpoint: str, access_key: str) -> View:
     """What tells apart the objects two providers see: the endpoint's scheme, host, port
-    and path (without a user and password, credentials, or a trailing `/`), and the access
+    (the scheme's own, 80 or 443, written or not) and path (without a user and password,
+    credentials, or a trailing `/`), and the access
     key (a Ceph RGW tenant's buckets are its own). Two names of one host (`localhost`,
     `127.0.0.1`) are two servers; two keys of one server see two sets of objects."""
     parts = urlsplit(endpoint)
-    host = parts.netloc.rpartition("@")[2].lower()
-    return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), "", "")), access_key
+    scheme, host = parts.scheme.lower(), parts.netloc.rpartition("@")[2].lower()
+    host = host.removesuffix({"http": ":80", "https": ":443"}.get(scheme, "\0"))
+    return urlunsplit((scheme, host, parts.path.rstrip("/"), "", "")), access_key
 
 
-def default_server(buckets: BucketStore, access_key: str) -> str:
+def default_server(buckets: BucketStore) -> str:
     """The default provider's server, as the store records it (Store.use_default_server):
-    "" for the embedded folder store, else a digest of --minio-endpoint's `server_view`."""
+    "" for the embedded folder store, else a digest of --minio-endpoint as `server_view`
+    writes it. Its keys left out: an operator rotating them has the same objects there,
+    and those put while the controller was stopped must still get their jobs."""
     if not isinstance(buckets, S3Store):
         return ""
-    named = json.dumps(server_view(buckets.endpoint, access_key))
-    return hashlib.sha256(named.encode()).hexdigest()[:32]
+    endpoint, _ = server_view(buckets.endpoint, "")
+    return hashlib.sha256(endpoint.encode()).hexdigest()[:32]
 
 
 def server_id(access: S3Access) -> str:

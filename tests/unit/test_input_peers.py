@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from faas_supervisor.controller.buckets import FolderStore, S3Store
 from faas_supervisor.controller.fdl import Service, parse_service
 from faas_supervisor.controller.identity import ObjectId, on_peers
-from faas_supervisor.controller.servers import input_peers, server_view
+from faas_supervisor.controller.servers import default_server, input_peers, server_view
 from faas_supervisor.controller.store import ListedPath, Store
 
 
@@ -69,6 +70,10 @@ def test_a_provider_only_named_by_output_paths_is_no_peer() -> None:
     ("http://h:9000", "https://h:9000", False),
     ("http://h:9000", "http://h:9001", False),
     ("http://localhost:9000", "http://127.0.0.1:9000", False),
+    ("http://h:80", "http://h", True),
+    ("https://h:443/", "HTTPS://H", True),
+    ("http://h:443", "http://h", False),
+    ("https://h:80", "https://h", False),
 ])
 def test_server_view(one: str, other: str, same: bool) -> None:
     assert (server_view(one, "AK") == server_view(other, "AK")) is same
@@ -107,3 +112,16 @@ def test_on_peers_names_the_object_on_each_peer() -> None:
     assert on_peers(obj, peers) == [ObjectId("minio.b", "b", "in/x", "e1"),
                                     ObjectId("minio.c", "b", "in/x", "e1")]
     assert on_peers(ObjectId("minio.z", "b", "in/x", "e1"), peers) == []
+
+
+def test_the_default_server_is_its_endpoint_whatever_its_keys(tmp_path: Path) -> None:
+    """What the store records of --minio-endpoint's server (Store.use_default_server): the
+    same for one endpoint however written, whatever the keys (rotated: the same objects);
+    another endpoint, or the folder store, is another server."""
+    def on(endpoint: str, key: str = "AK") -> str:
+        return default_server(S3Store(endpoint, key, "SK", "us-east-1"))
+
+    assert on("http://s3.example") == on("HTTP://S3.example:80/", "AKrotated")
+    assert on("http://s3.example") != on("http://s3.example:9000")
+    assert default_server(FolderStore(tmp_path / "storage")) == ""
+    assert "s3.example" not in on("http://s3.example")
