@@ -582,6 +582,10 @@ def _storage_paths(raw: Any, kind: str) -> list[StoragePath]:
         path = item.get("path")
         if not path or not isinstance(path, str):
             raise ConfigError(f"{where}.path: missing")
+        if not path.strip("/") and provider.partition(".")[0] in ("minio", "s3"):
+            # Else refused only by the server, after the script has run (SPEC 6.2's
+            # paths start with a bucket).
+            raise ConfigError(f"{where}.path: {path!r} names no bucket")
         entries.append(
             StoragePath(
                 storage_provider=provider,

@@ -537,11 +537,16 @@ class Invocation:
             os.close(fd)
 
     def _output_bucket(self, target: StoragePath, event: Event) -> str:
+        """The output's bucket; with `isolation_level: USER`, the event's when in
+        `bucket_list` (SPEC 6.3), for MinIO outputs only, as the FaaS Supervisor does:
+        `bucket_list` names the cluster's MinIO buckets, and an Amazon S3 or WebDAV
+        output of that name would be someone else's."""
         config = self.runtime.config
         if (
             config.isolation_level == "USER"
             and event.storage is not None
             and event.storage.bucket in config.bucket_list
+            and target.provider.partition(".")[0] == "minio"
         ):
             return event.storage.bucket
         return target.bucket

@@ -33,6 +33,7 @@ identity: each is a job of its own.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -43,6 +44,7 @@ from faas_supervisor.config import DEFAULT_PROVIDER, normalize_provider_name
 from faas_supervisor.controller.buckets import StoredObject
 from faas_supervisor.errors import BadEvent
 from faas_supervisor.parsers import recognise
+from faas_supervisor.parsers.delegated import inner_event
 from faas_supervisor.parsers.event import StorageObject, check_text, first_record, require_text
 from faas_supervisor.parsers.s3 import SOURCES
 
@@ -71,7 +73,7 @@ def object_id(body: bytes) -> ObjectId | None:
         return _refused_object(value)
     if not isinstance(found, StorageObject):
         return None
-    version = _version(value.get("event") if "storage_provider" in value else value)
+    version = _version(_unwrapped(value))
     if not version:
         return None
     return ObjectId(found.provider, found.bucket, found.key, version)
@@ -111,7 +113,10 @@ def _refused_object(value: Any) -> ObjectId | None:
         named = value["storage_provider"]
         if not isinstance(named, str) or not named:
             return None
-        provider, value = normalize_provider_name(named), value["event"]
+        try:
+            provider, value = normalize_provider_name(named), inner_event(value)
+        except BadEvent:
+            return None
     record = first_record(value)
     source = record.get("eventSource") if record else None
     if not isinstance(source, str) or source not in SOURCES:
@@ -130,6 +135,14 @@ def _refused_object(value: Any) -> ObjectId | None:
     if not version:
         return None
     return ObjectId(provider or f"{provider_type}.default", bucket, key, version)
+
+
+def _unwrapped(value: Any) -> Any:
+    """The event a delegated envelope wraps (JSON text decoded), else the value itself."""
+    if isinstance(value, dict) and "storage_provider" in value:
+        with contextlib.suppress(BadEvent):
+            return inner_event(value)
+    return value
 
 
 def _version(event: Any) -> str:

@@ -293,6 +293,49 @@ def test_a_delegated_event_uses_the_named_provider(
     assert b"minio.default" in done.stderr
 
 
+def test_a_delegated_event_as_json_text_is_served_as_oscar_sends_it(
+    watchdog: WatchdogFactory, tmp_path: Path, moto_server: S3Server
+) -> None:
+    """The OSCAR manager's delegated event carries the inner event as JSON text (its
+    DelegatedEvent's `event` is a Go string): served as the nested form is, by the
+    watchdog and by `run` (before: 400 and exit 2, "not a storage event"); text that is
+    not a storage event is still refused in one line."""
+    client = moto_server.client()
+    bucket = new_bucket()
+    client.create_bucket(Bucket=bucket)
+    key, data = KEYS[0], os.urandom(10_000)
+    put(client, bucket, key, data)
+    config = yaml.safe_dump({
+        "storage_providers": {"minio": {"default": provider(moto_server),
+                                        "replica": provider(moto_server)}},
+        "input": [{"storage_provider": "minio", "path": f"{bucket}/input"}],
+        "output": [{"storage_provider": "minio.replica", "path": f"{bucket}/records",
+                    "prefix": ["result/"]},
+                   {"storage_provider": "minio.replica", "path": f"{bucket}/copies",
+                    "suffix": [".bin"]}],
+    })
+    text = json.dumps(storage_event("minio:s3", bucket, key))
+    delegated = {"storage_provider": "minio.replica", "event": text}
+    wd = watchdog(SCRIPT, config)
+    response = requests.post(wd.url, json=delegated, timeout=60)
+    assert response.status_code == 200, response.text
+    assert check_processed(client, bucket, key, bucket, data) == delegated
+    for name in keys(client, bucket, "records/") | keys(client, bucket, "copies/"):
+        client.delete_object(Bucket=bucket, Key=name)
+    done = run_cli(tmp_path, config, json.dumps(delegated).encode())
+    assert done.returncode == 0, done.stderr.decode()
+    assert check_processed(client, bucket, key, bucket, data) == delegated
+
+    for bad in ("not json", json.dumps({"Records": []}), json.dumps("text")):
+        refused = {"storage_provider": "minio.replica", "event": bad}
+        response = requests.post(wd.url, json=refused, timeout=60)
+        assert response.status_code == 400, response.text
+        assert response.text.splitlines()[0] == "event field event is not a storage event"
+        done = run_cli(tmp_path, config, json.dumps(refused).encode())
+        assert done.returncode == 2
+        assert b"event field event is not a storage event" in done.stderr
+
+
 def test_isolation_user_writes_to_the_events_own_bucket(
     tmp_path: Path, moto_server: S3Server
 ) -> None:
@@ -316,6 +359,28 @@ def test_isolation_user_writes_to_the_events_own_bucket(
     assert b"downloading" not in done.stderr
     assert keys(client, eve) == {KEYS[0]}
     assert keys(client, service) == set()
+
+
+def test_isolation_user_leaves_the_bucket_of_outputs_on_other_storage_alone(
+    tmp_path: Path, moto_server: S3Server
+) -> None:
+    """`bucket_list` names MinIO buckets: an Amazon S3 output keeps its own bucket, as with
+    the FaaS Supervisor (before: the event's bucket, on S3 someone else's)."""
+    client = moto_server.client()
+    service, alice, results = new_bucket(), new_bucket(), new_bucket()
+    for b in (service, alice, results):
+        client.create_bucket(Bucket=b)
+    put(client, alice, KEYS[0], b"alice's")
+    config = yaml.safe_load(config_for(moto_server, service, service, isolation_level="USER",
+                                       bucket_list=[alice]))
+    config["output"].append({"storage_provider": "s3", "path": f"{results}/s3out"})
+    event = json.dumps(storage_event("minio:s3", alice, KEYS[0])).encode()
+    done = run_cli(tmp_path, yaml.safe_dump(config), event)
+    assert done.returncode == 0, done.stderr.decode()
+    assert keys(client, alice) == {KEYS[0]} | expected_outputs(KEYS[0])
+    h = key_hash(KEYS[0])
+    assert f"s3out/result/{h}/key.txt" in keys(client, results)
+    assert not keys(client, alice, "s3out/")
 
 
 # ---- authorization: a service serves only objects under its input paths (SPEC 6.1) -------

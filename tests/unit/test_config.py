@@ -107,6 +107,8 @@ def test_unknown_keys_are_kept_and_ignored(tmp_path: Path) -> None:
         ("file_stage_in: perhaps\n", "file_stage_in"),
         ("input: [{path: a/b}]\n", "input[0].storage_provider"),
         ("input: [{storage_provider: minio}]\n", "input[0].path"),
+        ("output: [{storage_provider: minio, path: /}]\n", "output[0].path: '/' names no bucket"),
+        ("input: [{storage_provider: s3.aws, path: //}]\n", "input[0].path: '//' names no"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, expected: str) -> None:

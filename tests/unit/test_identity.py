@@ -50,6 +50,21 @@ def test_a_delegated_event_names_its_provider_and_a_quoted_etag_is_unquoted() ->
     assert object_id(body) == ObjectId("minio.default", "darknet-bucket", "input/my dog.jpg", "abc")
 
 
+def test_a_delegated_event_of_json_text_has_the_identity_of_the_nested_one() -> None:
+    """The OSCAR manager's form: the inner event as JSON text; a refused key's too."""
+    record = json.loads(fixture("s3.json"))
+    record["Records"][0]["s3"]["object"]["eTag"] = '"abc"'
+    nested = {"event": record, "storage_provider": "minio.x"}
+    text = {"event": json.dumps(record), "storage_provider": "minio.x"}
+    assert object_id(json.dumps(text).encode()) == object_id(json.dumps(nested).encode()) \
+        == ObjectId("minio.x", "darknet-bucket", "input/my dog.jpg", "abc")
+    record["Records"][0]["s3"]["object"]["key"] = "input/../x.jpg"  # refused, still named
+    text = {"event": json.dumps(record), "storage_provider": "minio.x"}
+    assert object_id(json.dumps(text).encode()) == ObjectId(
+        "minio.x", "darknet-bucket", "input/../x.jpg", "abc")
+    assert object_id(b'{"event": "not json", "storage_provider": "minio.x"}') is None
+
+
 def test_a_version_id_stands_in_for_a_missing_etag() -> None:
     record = json.loads(fixture("ceph.json"))
     del record["Records"][0]["s3"]["object"]["eTag"]

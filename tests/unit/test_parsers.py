@@ -360,6 +360,16 @@ def test_fixture_delegated() -> None:
                                           "2026-11-24T13:05:00.000Z", delegated=True)
 
 
+def test_a_delegated_event_of_json_text_is_read_as_the_nested_one() -> None:
+    """The OSCAR manager sends the inner event as JSON text (a Go string)."""
+    event = fixture("delegated.json")
+    event["event"] = json.dumps(event["event"])
+    assert read_json(event).storage == read_json(fixture("delegated.json")).storage
+    for bad in ("{", "[]", '"text"', "{}"):
+        with pytest.raises(BadEvent, match=r"^event field event is not a storage event$"):
+            recognise({"storage_provider": "minio.x", "event": bad})
+
+
 def test_fixture_rucio() -> None:
     event = read_json(fixture("rucio.json"))
     # A message Rucio recorded (a dataset closed), as its Hermes daemon sends it.
