@@ -118,9 +118,9 @@ def input_peers(service: Service, default: View | None = None) -> dict[str, froz
 def server_view(endpoint: str, access_key: str) -> View:
     """What tells apart the objects two providers see: the endpoint's scheme, host, port
     (the scheme's own, 80 or 443, written or not) and path (without a user and password,
-    credentials, or a trailing `/`), and the access
-    key (a Ceph RGW tenant's buckets are its own). Two names of one host (`localhost`,
-    `127.0.0.1`) are two servers; two keys of one server see two sets of objects."""
+    credentials, or a trailing `/`), and the access key (a Ceph RGW tenant's buckets are
+    its own). Two names of one host (`localhost`, `127.0.0.1`) are two servers; two keys
+    of one server see two sets of objects."""
     parts = urlsplit(endpoint)
     scheme, host = parts.scheme.lower(), parts.netloc.rpartition("@")[2].lower()
     host = host.removesuffix({"http": ":80", "https": ":443"}.get(scheme, "\0"))

@@ -15,7 +15,7 @@ whole log is being written.
 Besides services and jobs: the identity of every input object a job was started for
 (identity.py), so that an object gets one job however often its event arrives, and the
 input paths already listed once, whose objects then present were taken as old (a
-baseline, without jobs).
+baseline, without jobs), and which server the default provider's paths were listed on.
 
 A full disk: new rows (a service, a job) are refused with a 507, and SQLite's journal
 keeps the file intact. Writes that end or remove work (a job started or finished, a job
