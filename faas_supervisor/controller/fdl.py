@@ -213,9 +213,9 @@ def parse_service(
         cpu=cpu,
         memory=memory,
         log_level=log_level,
-        file_stage_in=_bool(data.get("file_stage_in", True), key("file_stage_in")),
-        alpine=_bool(data.get("alpine", False), key("alpine")),
-        enable_gpu=_bool(data.get("enable_gpu", False), key("enable_gpu")),
+        file_stage_in=_bool(data.get("file_stage_in"), key("file_stage_in"), True),
+        alpine=_bool(data.get("alpine"), key("alpine"), False),
+        enable_gpu=_bool(data.get("enable_gpu"), key("enable_gpu"), False),
         input=inputs,
         output=outputs,
         storage_providers=providers,
@@ -564,7 +564,7 @@ def _expose(raw: Any, where: str, scalars: bool) -> Expose:
             raise InvalidService(f"{where}.api_port: {port!r} is not a TCP port")
         port_list.append(number)
     values = {
-        name: _int(data.get(name, default), f"{where}.{name}")
+        name: _int(data.get(name), f"{where}.{name}", default)
         for name, default in (("min_scale", 1), ("max_scale", 10), ("cpu_threshold", 80))
     }
     for name in ("min_scale", "max_scale"):
@@ -576,9 +576,9 @@ def _expose(raw: Any, where: str, scalars: bool) -> Expose:
         raise InvalidService(f"{where}.max_scale: must not be below min_scale")
     return Expose(
         api_port=tuple(port_list),
-        rewrite_target=_bool(data.get("rewrite_target", False), f"{where}.rewrite_target"),
-        default_command=_bool(data.get("default_command", False), f"{where}.default_command"),
-        set_auth=_bool(data.get("set_auth", False), f"{where}.set_auth"),
+        rewrite_target=_bool(data.get("rewrite_target"), f"{where}.rewrite_target", False),
+        default_command=_bool(data.get("default_command"), f"{where}.default_command", False),
+        set_auth=_bool(data.get("set_auth"), f"{where}.set_auth", False),
         health_path=_text(_or_default(data.get("health_path"), "/"), f"{where}.health_path",
                           scalars),
         **values,
@@ -645,7 +645,11 @@ _TRUE = ("true", "yes", "y", "on")
 _FALSE = ("false", "no", "n", "off")
 
 
-def _bool(value: Any, where: str) -> bool:
+def _bool(value: Any, where: str, default: bool) -> bool:
+    """A true/false field; null (an FDL's empty value, `~`) is absent, its default, as Go's
+    JSON decoder leaves a field at null and as `image` or `api_port` read it."""
+    if value is None:
+        return default
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
@@ -666,8 +670,9 @@ def _whole(value: Any) -> int | None:
     return None
 
 
-def _int(value: Any, where: str) -> int:
-    number = _whole(value)
+def _int(value: Any, where: str, default: int) -> int:
+    """A whole-number field; null is absent, its default (see _bool)."""
+    number = default if value is None else _whole(value)
     if number is None or number < 0:
         raise InvalidService(f"{where}: must be a whole number")
     return number
