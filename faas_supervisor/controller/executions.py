@@ -7,11 +7,16 @@ starts a new list, as a new manager pod starts a new log). Its storage events re
 manager as MinIO's `POST /job/NAME` requests, listed with the event's user and address;
 those the controller finds itself (a watched folder, a queue, a reconciliation) are
 listed alike, as the `POST /job/NAME` they stand for.
+
+Anyone may send `POST /run/<8000 characters>`, which is listed too (a 404, as the
+manager lists it): a path is kept cut to the longest a service's can be, and an event's
+user and address to `TEXT_MAX`, so that no entry holds more than a few hundred bytes.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from faas_supervisor import strict_json
-from faas_supervisor.controller.fdl import Service
+from faas_supervisor.controller.fdl import NAME_MAX, Service
 from faas_supervisor.controller.routes.answers import Handler
 
 Submit = Callable[[Service, bytes], Awaitable[tuple[str, bool]]]
@@ -28,6 +33,9 @@ Submit = Callable[[Service, bytes], Awaitable[tuple[str, bool]]]
 KEPT = 10_000
 PREFIX = "[GIN-EXECUTIONS-LOGGER]"
 USER = "oscar"  # the manager's user for a request without an OIDC identity
+PATH_MAX = len("/run/") + NAME_MAX  # a service's path, kept whole
+TEXT_MAX = 256  # an event's user and address
+CUT = "…"  # ends what was cut
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,12 @@ class Executions:
         self._kept: collections.deque[Execution] = collections.deque(maxlen=kept)
 
     def record(self, execution: Execution) -> None:
-        self._kept.append(execution)
+        self._kept.append(dataclasses.replace(
+            execution,
+            path=_cut(execution.path, PATH_MAX),
+            client_ip=_cut(execution.client_ip, TEXT_MAX),
+            user=_cut(execution.user, TEXT_MAX),
+        ))
 
     def json(self) -> dict[str, Any]:
         return {"logs": [e.to_json() for e in self._kept]}
@@ -109,6 +122,10 @@ def event_identity(event: bytes) -> tuple[str, str]:
         return USER, ""
     ok = isinstance(user, str) and user and isinstance(address, str)
     return (user, address) if ok else (USER, "")
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most] + CUT
 
 
 def _rfc3339_nano(stamp: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from faas_supervisor import strict_json
-from faas_supervisor.config import DEFAULT_PROVIDER
+from faas_supervisor.config import DEFAULT_PROVIDER, utf8_encodable
 from faas_supervisor.controller.names import bucket_problem
 from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
@@ -26,6 +27,10 @@ from faas_supervisor.errors import Conflict, InvalidService, NotFound, storage_f
 
 PRESIGN_DEFAULT = 900  # seconds: the manager's defaults and bounds
 PRESIGN_MAX = 7 * 24 * 3600
+# RFC 9110 5.6.2: a header's name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Not in a header's value: control characters but tab (CR and LF would end the header).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class BucketRoutes(Routes):
@@ -192,12 +197,28 @@ def _presign_body(raw: bytes, key_problem: Callable[[str], str | None]) -> Presi
     ):
         raise InvalidService("extra_headers: must be a mapping of strings")
     content_type = data.get("content_type") or ""
+    # Each is signed (UTF-8) and sent as a header (Content-Type, or the download's
+    # response-content-type echoed back): refused here, not a 500 when signing.
+    _check_header_value("content_type", content_type)
+    for header, value in extra.items():
+        if not _TOKEN.fullmatch(header):
+            raise InvalidService(f"extra_headers: {header!r} is not a header name "
+                                 "(an HTTP token: ASCII letters, digits and !#$%&'*+-.^_`|~)")
+        _check_header_value(f"extra_headers.{header}", value)
     headers: dict[str, str] = {}
     if operation == "upload" and content_type:
         headers["Content-Type"] = content_type
     for header, value in extra.items():
         headers["-".join(w.capitalize() for w in header.split("-"))] = value
     return PresignRequest(key, operation, expires, content_type, headers)
+
+
+def _check_header_value(field: str, value: str) -> None:
+    if not utf8_encodable(value):
+        raise InvalidService(f"{field}: not UTF-8 text (it holds a lone surrogate such as \\udc80)")
+    if _CONTROL.search(value):
+        raise InvalidService(f"{field}: holds a control character (CR, LF, ...), which a "
+                             "header's value cannot")
 
 
 def presigned_url(public: dict[str, Any], bucket: str, asked: PresignRequest) -> str:

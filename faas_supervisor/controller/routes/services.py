@@ -169,6 +169,13 @@ class ServiceRoutes(Routes):
                 # ValueError is botocore's, which may show its endpoint: its failure.
                 if isinstance(exc, ValueError) and server.default:
                     raise InvalidService(f"path: {exc}") from None
+                # The folder store's file where the path wants a folder: the request's
+                # mistake, a 400 as the S3 endpoint's XMinioParentIsObject.
+                if isinstance(exc, FileExistsError | NotADirectoryError) and server.default:
+                    at = f"{path.bucket}/{path.folder}"
+                    what = (f"{at!r} is" if isinstance(exc, FileExistsError)
+                            else f"{at!r} crosses an object: a folder of it is")
+                    raise InvalidService(f"path: {what} an object, not a folder") from None
                 raise storage_failure(
                     server.provider, f"creation of the buckets of service {service.name}", exc
                 ) from None
