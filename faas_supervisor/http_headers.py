@@ -58,12 +58,18 @@ def not_utf8(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
     return None
 
 
+def has_control(text: str) -> bool:
+    """Whether the text holds a control character other than tab: what no header value
+    may hold (aiohttp refuses to write it)."""
+    return _CONTROL.search(text) is not None
+
+
 def with_control(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
     """The first header whose value holds a control character other than tab (an ESC
     of a coloured log line, a DEL): aiohttp refuses to write it, so a proxy refuses the
     message instead."""
     for name, value in headers.items():
-        if _CONTROL.search(value) is not None:
+        if has_control(value):
             return name
     return None
 
@@ -73,7 +79,7 @@ def sendable_reason(reason: str | None) -> str | None:
     character but tab); else None, for which aiohttp sends the status's standard phrase.
     A client takes nothing but the status from it: the standard phrase beats one sent
     altered (a Latin-1 `Tr\\xe8s` as `Trs`) or a 500 (aiohttp refusing to write it)."""
-    if reason is None or _CONTROL.search(reason) is not None:
+    if reason is None or has_control(reason):
         return None
     try:
         reason.encode()

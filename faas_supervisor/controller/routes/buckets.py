@@ -24,13 +24,12 @@ from faas_supervisor.controller.routes import Routes
 from faas_supervisor.controller.routes.answers import json_response
 from faas_supervisor.controller.s3 import sigv4
 from faas_supervisor.errors import Conflict, InvalidService, NotFound, storage_failure
+from faas_supervisor.http_headers import has_control
 
 PRESIGN_DEFAULT = 900  # seconds: the manager's defaults and bounds
 PRESIGN_MAX = 7 * 24 * 3600
 # RFC 9110 5.6.2: a header's name is a token.
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# Not in a header's value: control characters but tab (CR and LF would end the header).
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class BucketRoutes(Routes):
@@ -216,7 +215,7 @@ def _presign_body(raw: bytes, key_problem: Callable[[str], str | None]) -> Presi
 def _check_header_value(field: str, value: str) -> None:
     if not utf8_encodable(value):
         raise InvalidService(f"{field}: not UTF-8 text (it holds a lone surrogate such as \\udc80)")
-    if _CONTROL.search(value):
+    if has_control(value):
         raise InvalidService(f"{field}: holds a control character (CR, LF, ...), which a "
                              "header's value cannot")
 

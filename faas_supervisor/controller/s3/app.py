@@ -13,7 +13,6 @@ import base64
 import binascii
 import contextlib
 import os
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from faas_supervisor.controller.s3.objects import (
     no_such_bucket,
     no_such_upload,
 )
+from faas_supervisor.http_headers import has_control
 from faas_supervisor.http_timeouts import BodyLate, bounded_body
 from faas_supervisor.logs import get_logger
 
@@ -46,8 +46,6 @@ EXPIRY_PERIOD = 3600  # seconds between two sweeps of expired multipart uploads
 # this long is S3's RequestTimeout, and the connection is closed. Not a limit on the
 # whole body: an object takes up to 5 GiB, and a slow link takes its time.
 BODY_IDLE_TIMEOUT = 60.0
-# What no header value may hold (aiohttp refuses to send it: header injection).
-_HEADER_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
     "response-content-language": "Content-Language",
@@ -680,7 +678,7 @@ def _override(name: str, value: str) -> str:
     """A `response-*` parameter's value as its header's: one holding a line break or
     another control character would be a second header (aiohttp refuses to send it: a
     500), so it is the client's error."""
-    if _HEADER_CONTROLS.search(value):
+    if has_control(value):
         raise S3Error("InvalidArgument", f"{name} holds a control character")
     return value
 
