@@ -46,8 +46,9 @@ unit: deps
 integration: deps system-deps rucio-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q tests/integration
 
+# The twenty slowest tests are printed at the end: where to make the suite leaner.
 test: deps system-deps rucio-deps lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q --durations=20 tests
 
 # BENCH_AGAINST=REV also compares this tree with revision REV, installed alike, where a
 # benchmark can (e.g. `make bench BENCH_AGAINST=555bb1a`, the main issue 10 started from).
