@@ -3,6 +3,7 @@ and keys that must not leave the store."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -223,3 +224,33 @@ def test_a_bucket_holding_a_hidden_file_is_not_empty(tmp_path: Path) -> None:
     (tmp_path / "bkt" / "folder" / ".env").unlink()
     objects.delete_bucket("bkt")  # empty folders do not count
     assert not (tmp_path / "bkt").exists()
+
+
+@pytest.mark.parametrize("code", [errno.E2BIG, errno.ENOSPC, errno.ERANGE])
+def test_a_description_the_file_system_cannot_keep_refuses_the_object(
+    tmp_path: Path, code: int
+) -> None:
+    """Content-Type and metadata too large for the file's attribute (ext4 keeps some
+    4 KiB): MetadataTooLarge and nothing stored. The object was kept undescribed, its
+    200's ETag and type lost."""
+    objects = store(tmp_path, [])
+    temp = objects.temporary("bkt", "k")
+    temp.write_bytes(b"hello")
+    with mock.patch("os.setxattr", side_effect=OSError(code, os.strerror(code))), \
+            pytest.raises(S3Error) as caught:
+        objects.commit(temp, "bkt", "k", "0" * 32, "text/plain", {"k": "v"})
+    assert caught.value.code == "MetadataTooLarge"
+    assert objects.current("bkt", "k") is None
+    assert not temp.exists()
+
+
+def test_a_file_system_without_user_attributes_keeps_the_object_undescribed(
+    tmp_path: Path,
+) -> None:
+    objects = store(tmp_path, [])
+    temp = objects.temporary("bkt", "k")
+    temp.write_bytes(b"hello")
+    with mock.patch("os.setxattr", side_effect=OSError(errno.ENOTSUP, "not supported")):
+        objects.commit(temp, "bkt", "k", "0" * 32, "text/plain", {"k": "v"})
+    info = objects.info("bkt", "k")
+    assert (info.size, info.content_type, info.metadata) == (5, "binary/octet-stream", {})

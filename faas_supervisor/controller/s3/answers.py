@@ -14,7 +14,9 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
+from faas_supervisor.controller.s3.digits import decimal
 from faas_supervisor.controller.s3.errors import S3Error
+from faas_supervisor.controller.s3.objects import MAX_PARTS
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -115,11 +117,32 @@ def completed_parts(body: bytes) -> list[tuple[int, str]]:
         raise S3Error("MalformedXML", "Expected CompleteMultipartUpload")
     parts = []
     for part in root.findall("Part"):
-        number, etag = part.findtext("PartNumber"), part.findtext("ETag")
-        if number is None or not number.strip().isdigit() or etag is None:
+        number, etag = (part.findtext("PartNumber") or "").strip(), part.findtext("ETag")
+        if decimal(number, MAX_PARTS) is None or etag is None:  # no number: not S3's schema
             raise S3Error("MalformedXML", "A Part needs a PartNumber and an ETag")
-        parts.append((int(number), etag.strip()))
+        parts.append((part_number(number), etag.strip()))
     return parts
+
+
+def part_number(text: str) -> int:
+    """A part's number (UploadPart's `partNumber`, a CompleteMultipartUpload's
+    `PartNumber`): 1 to MAX_PARTS, else InvalidArgument."""
+    number = decimal(text, MAX_PARTS + 1)
+    if number is None or not 1 <= number <= MAX_PARTS:
+        raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and "
+                      f"{MAX_PARTS}, inclusive")
+    return number
+
+
+def location_constraint(body: bytes) -> str:
+    """A CreateBucket's region: its CreateBucketConfiguration's LocationConstraint; ""
+    for none (no body, or an empty constraint)."""
+    if not body.strip():
+        return ""
+    root = parse(body)
+    if root.tag != "CreateBucketConfiguration":
+        raise S3Error("MalformedXML", "Expected CreateBucketConfiguration")
+    return (root.findtext("LocationConstraint") or "").strip()
 
 
 def deleted_keys(body: bytes) -> tuple[list[str], bool]:

@@ -22,10 +22,10 @@ from aiohttp import web
 
 from faas_supervisor.controller.s3 import answers, body, sigv2, sigv4
 from faas_supervisor.controller.s3.answers import element, iso_time
+from faas_supervisor.controller.s3.digits import decimal
 from faas_supervisor.controller.s3.errors import S3Error
 from faas_supervisor.controller.s3.objects import (
     DEFAULT_TYPE,
-    MAX_PARTS,
     ObjectInfo,
     Objects,
     WriteCheck,
@@ -41,6 +41,9 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 MAX_XML = 2 << 20  # a Delete of 1000 keys, a Complete of 10000 parts
 MAX_KEYS = 1000  # and parts, and uploads: the most one page of a listing holds
 MAX_COUNT = 2**31 - 1  # the largest count or marker S3 takes (max-keys, part-number-marker)
+# The most bytes of `x-amz-meta-*` headers (names with their prefix, and values) an object
+# keeps: S3's limit of user metadata, counted as MinIO counts it.
+MAX_METADATA = 2 << 10
 EXPIRY_PERIOD = 3600  # seconds between two sweeps of expired multipart uploads
 # A body (an object's, a part's, an XML request's) during which the client sends nothing
 # this long is S3's RequestTimeout, and the connection is closed. Not a limit on the
@@ -158,11 +161,17 @@ class _Request:
                 self.headers[lower] = ",".join(request.headers.getall(name))
 
     def metadata(self) -> dict[str, str]:
-        return {
-            name.removeprefix("x-amz-meta-"): value
-            for name, value in self.headers.items()
-            if name.startswith("x-amz-meta-")
-        }
+        """The `x-amz-meta-*` headers, by their names without the prefix. Over
+        MAX_METADATA, MetadataTooLarge: asked before anything is stored, so an object
+        answered 200 keeps them (its file's attribute holds them whole)."""
+        given = {name: value for name, value in self.headers.items()
+                 if name.startswith("x-amz-meta-")}
+        size = sum(len((name + value).encode("utf-8", "surrogatepass"))
+                   for name, value in given.items())
+        if size > MAX_METADATA:
+            raise S3Error("MetadataTooLarge", "Your metadata headers exceed the maximum "
+                          f"allowed metadata size ({MAX_METADATA} bytes).")
+        return {name.removeprefix("x-amz-meta-"): value for name, value in given.items()}
 
 
 class S3Server:
@@ -197,7 +206,9 @@ class S3Server:
             if method == "GET":
                 if "location" in q:
                     await self._thread(self.objects.bucket, r.bucket)
-                    return answers.xml_response(answers.document("LocationConstraint", []))
+                    # S3's us-east-1 is the empty constraint; any other region is named.
+                    region = [] if self.region == "us-east-1" else [answers.xml_text(self.region)]
+                    return answers.xml_response(answers.document("LocationConstraint", region))
                 if "uploads" in q:
                     return await self.list_uploads(r)
                 return await self.list_objects(r)
@@ -245,7 +256,12 @@ class S3Server:
         ))
 
     async def create_bucket(self, r: _Request, signed: sigv4.Signed) -> web.Response:
-        await _read_xml(r, signed)  # a CreateBucketConfiguration: one region here
+        # One region here: a bucket asked in another is refused, as MinIO refuses it,
+        # not made where its client does not expect it.
+        region = answers.location_constraint(await _read_xml(r, signed)) or self.region
+        if region != self.region:
+            raise S3Error("InvalidRegion", f"Region does not match: this endpoint's is "
+                          f"{self.region}.", f"/{r.bucket}")
         await self._thread(self.objects.create_bucket, r.bucket)
         return web.Response(headers={"Location": f"/{r.bucket}"})
 
@@ -322,6 +338,7 @@ class S3Server:
 
     async def put_object(self, r: _Request, signed: sigv4.Signed) -> web.Response:
         content_type = r.headers.get("content-type") or DEFAULT_TYPE
+        metadata = r.metadata()  # refused too large before the body is read
         if r.key.endswith("/"):
             temp = None
             # A folder marker: its body is read and checked as any object's (signature,
@@ -348,7 +365,7 @@ class S3Server:
                 raise
             info = await self._thread(
                 self.objects.commit, temp, r.bucket, r.key, received.md5, content_type,
-                r.metadata(), check,
+                metadata, check,
             )
         return web.Response(headers={"ETag": f'"{info.etag}"'})
 
@@ -406,20 +423,21 @@ class S3Server:
     # ---- multipart uploads -----------------------------------------------------------
 
     async def create_upload(self, r: _Request) -> web.Response:
+        metadata = r.metadata()  # refused now, not at completion after every part
         await self._thread(self.objects.bucket, r.bucket)
         upload_id = await self._thread(
             self.objects.create_upload,
             r.bucket,
             r.key,
             r.headers.get("content-type") or DEFAULT_TYPE,
-            r.metadata(),
+            metadata,
         )
         return answers.xml_response(answers.document("InitiateMultipartUploadResult", [
             element("Bucket", r.bucket), element("Key", r.key), element("UploadId", upload_id),
         ]))
 
     async def upload_part(self, r: _Request, signed: sigv4.Signed) -> web.Response:
-        number = _part_number(r.query.get("partNumber", ""))
+        number = answers.part_number(r.query.get("partNumber", ""))
         upload = await self._thread(self.objects.upload, r.bucket, r.key, r.query["uploadId"])
         temp = await self._thread(self.objects.part_temporary, upload)
         copying = "x-amz-copy-source" in r.headers
@@ -554,10 +572,11 @@ def _count(query: Mapping[str, str], name: str, default: int) -> int:
     text = query.get(name)
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_COUNT:
+    number = decimal(text, MAX_COUNT + 1)
+    if number is None or number > MAX_COUNT:
         raise S3Error("InvalidArgument", f"Argument {name} must be an integer between 0 and "
                       f"{MAX_COUNT}")
-    return int(text)
+    return number
 
 
 def _token(after: str) -> str:
@@ -579,13 +598,6 @@ def _copy_source(header: str) -> tuple[str, str]:
         raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: "
                       "sourcebucket/sourcekey")
     return bucket, key
-
-
-def _part_number(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PARTS:
-        raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and "
-                      f"{MAX_PARTS}, inclusive")
-    return int(text)
 
 
 def _object_headers(info: ObjectInfo) -> dict[str, str]:
@@ -684,24 +696,26 @@ def _override(name: str, value: str) -> str:
 
 
 def _range(header: str, size: int) -> tuple[int, int] | None:
-    """(start, length) of a single byte range; None for none (or one S3 ignores)."""
+    """(start, length) of a single byte range; None for none (or one S3 ignores: not
+    `bytes=` and ASCII digits). A bound past the object reads as its size (the numbers
+    are saturated there): a last byte past the end is the end, as S3 clamps it; a
+    first one is past it, a 416."""
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()):
+    start, end = decimal(first, size), decimal(last, size)
+    if not dash or (first and start is None) or (last and end is None):
         return None
-    if not (first == "" or first.isdigit()) or not (last == "" or last.isdigit()):
-        return None
-    if first == "":
-        length = min(int(last), size)
-        if length == 0:
+    if start is None:
+        if end is None:
+            return None  # `bytes=-`
+        if end == 0:  # the last 0 bytes: none to send
             raise _invalid_range(size)
-        return size - length, length
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
+        return size - end, end
     if start >= size:
         raise _invalid_range(size)
+    end = size - 1 if end is None else min(end, size - 1)
     if end < start:
         return None
     return start, end - start + 1

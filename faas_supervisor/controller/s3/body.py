@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import StreamReader
 
 from faas_supervisor.controller.s3 import sigv4
+from faas_supervisor.controller.s3.digits import decimal
 from faas_supervisor.controller.s3.errors import S3Error
 
 PIECE = 1 << 20  # bytes handed to the writing thread at once
@@ -112,7 +113,9 @@ async def receive(
     finally:
         await asyncio.to_thread(sink.close)
     declared = headers.get("x-amz-decoded-content-length" if streaming else "content-length")
-    if declared is not None and declared.isdigit() and int(declared) != sink.size:
+    # Read up to one past the size: any longer number is as wrong as that one.
+    length = None if declared is None else decimal(declared, sink.size + 1)
+    if length is not None and length != sink.size:
         raise S3Error("IncompleteBody", "You did not provide the number of bytes specified by "
                       "the Content-Length (or x-amz-decoded-content-length) HTTP header")
     if sink.sha256 is not None and sink.sha256.hexdigest() != payload:

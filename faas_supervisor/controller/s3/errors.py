@@ -22,9 +22,11 @@ STATUS: dict[str, int] = {
     "InvalidPart": HTTPStatus.BAD_REQUEST,
     "InvalidPartOrder": HTTPStatus.BAD_REQUEST,
     "InvalidRange": HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+    "InvalidRegion": HTTPStatus.BAD_REQUEST,  # MinIO's: CreateBucket in another region
     "InvalidRequest": HTTPStatus.BAD_REQUEST,
     "KeyTooLongError": HTTPStatus.BAD_REQUEST,
     "MalformedXML": HTTPStatus.BAD_REQUEST,
+    "MetadataTooLarge": HTTPStatus.BAD_REQUEST,
     "MethodNotAllowed": HTTPStatus.METHOD_NOT_ALLOWED,
     "MissingContentLength": HTTPStatus.LENGTH_REQUIRED,
     "NoSuchBucket": HTTPStatus.NOT_FOUND,

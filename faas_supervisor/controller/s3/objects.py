@@ -42,6 +42,7 @@ from faas_supervisor.controller.names import (
     bucket_problem,
     folder_key_problem,
 )
+from faas_supervisor.controller.s3.digits import decimal
 from faas_supervisor.controller.s3.errors import S3Error
 
 ATTRIBUTE = "user.faas.s3"
@@ -385,10 +386,12 @@ class Objects:
         if byte_range:
             unit, _, spec = byte_range.partition("=")
             first, _, last = spec.partition("-")
-            if unit != "bytes" or not first.isdigit() or not last.isdigit():
+            # Saturated at the size: a bound past the object is one, whatever its digits.
+            given = decimal(first, info.size), decimal(last, info.size)
+            if unit != "bytes" or given[0] is None or given[1] is None:
                 raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be "
                               "of the form bytes=first-last")
-            start, end = int(first), int(last)
+            start, end = given[0], given[1]
             if end < start or end >= info.size:
                 raise S3Error("InvalidRange", "The requested range is not satisfiable")
         digest = hashlib.md5()
@@ -773,9 +776,15 @@ def _describe(path: Path, etag: str, content_type: str, metadata: dict[str, str]
     try:
         os.setxattr(path, ATTRIBUTE, json.dumps(record).encode())
     except OSError as exc:
-        # A file system without user attributes (or a description too large for them):
-        # the object is kept, described as a file put there by other means would be.
-        if exc.errno not in (errno.ENOTSUP, errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+        if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+            # More than the file system keeps with a file (ext4: some 4 KiB; a long
+            # Content-Type, or metadata under S3's limit but escaped in JSON): refused,
+            # never answered 200 and then lost.
+            raise S3Error("MetadataTooLarge", "The object's Content-Type and metadata are "
+                          "more than the store can keep with it.") from None
+        # A file system without user attributes: the object is kept, described as a
+        # file put there by other means would be.
+        if exc.errno != errno.ENOTSUP:
             raise
 
 
