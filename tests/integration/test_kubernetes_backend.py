@@ -1402,3 +1402,56 @@ async def test_a_deployment_always_written_meanwhile_gives_up_with_the_conflict(
     assert raised.value.status == 409
     assert writes.reads == kubernetes_backend.CONFLICT_TRIES
     assert kube.api.objects[("deployments", NS, "cowsay")]["spec"]["replicas"] == 1
+
+
+# ---- an autoscaled Deployment's replicas are the HPA's -----------------------------------
+
+
+def scale_to(kube: Kube, name: str, replicas: int) -> None:
+    """The HorizontalPodAutoscaler's part: the Deployment's replicas set to its choice."""
+    key = ("deployments", NS, name)
+    current = kube.api.objects[key]
+    updated = copy.deepcopy(current)
+    updated["spec"]["replicas"] = replicas
+    kube.api._store("deployments", NS, updated, previous=current)
+
+
+HPA_DEPLOYMENT = ("deployments", NS, "cowsay-dpl")
+
+
+def autoscaled(variable: str = "moo", **expose: int) -> Service:
+    return service(environment={"variables": {"GREETING": variable}},
+                   expose={"api_port": 5000, "min_scale": 2, "max_scale": 10, **expose})
+
+
+async def test_an_update_keeps_the_replicas_the_autoscaler_chose(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """Replaced with min_scale's replicas, every update of an exposed service would kill
+    the pods the HPA had added; they are kept, within the bounds (as the HPA would)."""
+    await backend.deploy(autoscaled())
+    assert kube.api.objects[HPA_DEPLOYMENT]["spec"]["replicas"] == 2  # made: the minimum
+    scale_to(kube, "cowsay-dpl", 8)
+    await backend.deploy(autoscaled("baa"))  # one variable changed
+    assert kube.api.objects[HPA_DEPLOYMENT]["spec"]["replicas"] == 8
+    await backend.deploy(autoscaled("baa", max_scale=5))
+    assert kube.api.objects[HPA_DEPLOYMENT]["spec"]["replicas"] == 5
+    await backend.deploy(autoscaled("baa", min_scale=7, max_scale=9))
+    assert kube.api.objects[HPA_DEPLOYMENT]["spec"]["replicas"] == 7
+
+
+async def test_a_restart_keeps_the_replicas_the_autoscaler_chose(
+    kube: Kube, backend: KubernetesBackend
+) -> None:
+    """A restarted controller (a new backend) applies its stored services again
+    (`restore`): the HPA's replicas stay."""
+    await backend.deploy(autoscaled())
+    scale_to(kube, "cowsay-dpl", 8)
+    await backend.close()
+    again = KubernetesBackend(CLUSTER, str(kube.kubeconfig))
+    await again.start()
+    try:
+        await again.restore(autoscaled())
+    finally:
+        await again.close()
+    assert kube.api.objects[HPA_DEPLOYMENT]["spec"]["replicas"] == 8

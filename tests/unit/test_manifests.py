@@ -653,3 +653,71 @@ def test_the_deploy_folder_validates_and_serves_what_config_hands_out() -> None:
     assert {p["containerPort"] for p in container["ports"]} == served
     (service,) = [d for d in documents if d["kind"] == "Service"]
     assert {p["port"] for p in service["spec"]["ports"]} == served
+
+
+# ---- `manifests -f` with set_auth: the Secret its Ingress names -----------------------------
+
+AUTH_FDL = """\
+functions:
+  oscar:
+  - c1:
+      name: web
+      image: nginx:1
+      script: exec nginx
+      expose: {api_port: 8000, set_auth: true}
+"""
+
+
+def printed(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[dict[str, Any], str]:
+    """`manifests`' objects by kind/name, and what it wrote to stderr."""
+    assert main(["manifests", *args]) == 0
+    out, err = capsys.readouterr()
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    for doc in docs:
+        validate(doc)
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}, err
+
+
+def password_of(secret: dict[str, Any], user: str, token: str) -> bool:
+    name, _, hashed = secret["stringData"]["auth"].partition(":")
+    raw = base64.b64decode(hashed.removeprefix("{SSHA}"))
+    return name == user and hashlib.sha1(token.encode() + raw[20:]).digest() == raw[:20]
+
+
+def test_manifests_with_set_auth_prints_the_secret_its_ingress_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No token in the FDL: one made for the printout, in the Secret (its `auth` is only a
+    hash), said on stderr in one line that does not hold it; the pods' config hash is
+    not keyed by it, so that another run does not roll them."""
+    fdl = tmp_path / "fdl.yaml"
+    fdl.write_text(AUTH_FDL)
+    objects, err = printed(capsys, "-f", str(fdl))
+    name = objects["Ingress/web-ing"]["metadata"]["annotations"][
+        "nginx.ingress.kubernetes.io/auth-secret"]
+    secret = objects[f"Secret/{name}"]
+    token = secret["stringData"]["token"]
+    assert len(token) == 64 and password_of(secret, "web", token)
+    assert err.count("\n") == 1 and "warning" in err and token not in err
+    assert "kubectl -n oscar-svc get secret web-auth-expose" in err
+    keys = list(objects)
+    assert keys.index(f"Secret/{name}") < keys.index("ConfigMap/web")  # with the Secrets
+    again, _ = printed(capsys, "-f", str(fdl))
+    assert again["Secret/web-auth-expose"]["stringData"]["token"] != token
+    hashes = [o["Deployment/web-dpl"]["spec"]["template"]["metadata"]["annotations"][
+        manifests.CONFIG_HASH] for o in (objects, again)]
+    assert hashes[0] == hashes[1]
+
+
+def test_manifests_with_set_auth_takes_the_fdls_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fdl = tmp_path / "fdl.yaml"
+    fdl.write_text(AUTH_FDL.replace("set_auth: true}", "set_auth: true}\n      token: pass-w0rd"))
+    objects, err = printed(capsys, "-f", str(fdl))
+    secret = objects["Secret/web-auth-expose"]
+    assert password_of(secret, "web", "pass-w0rd")
+    assert set(secret["stringData"]) == {"auth"} and err == ""
+    fdl.write_text(AUTH_FDL.replace("set_auth: true}", "set_auth: true}\n      token: [1]"))
+    assert main(["manifests", "-f", str(fdl)]) == 2
+    assert "functions.oscar[0].c1.token: must be a string" in capsys.readouterr().err

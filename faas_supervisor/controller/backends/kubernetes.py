@@ -463,9 +463,10 @@ class KubernetesBackend:
         """The API server's verdict on every object, with nothing made: a server-side
         dry run. Its refusal (422 Invalid; 400 BadRequest, a body it cannot even decode)
         is the definition's fault, so a 400; so is a name another service's object has."""
+        scale = _scale_bounds(objects)
         for obj in objects:
             try:
-                self._apply(obj, dry_run=True)
+                self._apply(obj, dry_run=True, scale=scale)
             except KubernetesError as exc:
                 if exc.status in (400, 422):
                     raise InvalidService(str(exc)) from None
@@ -473,9 +474,10 @@ class KubernetesBackend:
 
     def _apply_all(self, name: str, objects: list[dict[str, Any]]) -> None:
         made: list[dict[str, Any]] = []
+        scale = _scale_bounds(objects)
         try:
             for obj in objects:
-                if self._apply(obj):
+                if self._apply(obj, scale=scale):
                     made.append(obj)
         except (KubernetesError, InvalidService):
             # What this call created goes again (what it replaced, the caller puts back
@@ -489,8 +491,12 @@ class KubernetesBackend:
         keep = {(o["kind"], o["metadata"]["name"]) for o in objects}
         self._delete_labelled(name, _SERVICE_KINDS, keep)
 
-    def _apply(self, obj: dict[str, Any], dry_run: bool = False) -> bool:
-        """Created (True) or replaced (False)."""
+    def _apply(
+        self, obj: dict[str, Any], dry_run: bool = False,
+        scale: tuple[int, int] | None = None,
+    ) -> bool:
+        """Created (True) or replaced (False). `scale`: the bounds of the service's
+        autoscaler, if it has one (`_scale_bounds`)."""
         kind, name = obj["kind"], obj["metadata"]["name"]
         extra = {"dry_run": DRY_RUN} if dry_run else {}
         try:
@@ -499,22 +505,26 @@ class KubernetesBackend:
         except KubernetesError as exc:
             if exc.status != 409:
                 raise
-        self._refuse_if_not_own(obj)
+        live = self._refuse_if_not_own(obj)
+        if kind == "Deployment" and scale is not None and live is not None:
+            obj = _with_live_replicas(obj, live, scale)
         # It exists and is the service's: replaced whole, as `kubectl replace`.
         # Unconditional (no resourceVersion): the definition in the store is the truth.
         self._call("replace", kind, name, body=obj, **extra)
         return False
 
-    def _refuse_if_not_own(self, obj: dict[str, Any]) -> None:
-        """InvalidService unless the existing object of that name is labelled as the same
-        service's. Names are made from service names (`NAME-minio`, `NAME-svc`...), so
-        one service's can be another's: service `foo-minio`'s Secret is `foo`'s MinIO
-        keys, plain `foo-svc`'s Service is exposed `foo`'s. The first to make it keeps
-        it; what no service of this controller made is not replaced either."""
+    def _refuse_if_not_own(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """The existing object of that name (None: gone meanwhile); InvalidService unless
+        it is labelled as the same service's. Names are made from service names
+        (`NAME-minio`, `NAME-svc`...), so one service's can be another's: service
+        `foo-minio`'s Secret is `foo`'s MinIO keys, plain `foo-svc`'s Service is exposed
+        `foo`'s. The first to make it keeps it; what no service of this controller made
+        is not replaced either."""
         kind, name = obj["kind"], obj["metadata"]["name"]
         service = obj["metadata"]["labels"][manifests.SERVICE_LABEL]
         # A list, not a get: what the controller's Role allows on every kind.
         found = self._call("list", kind, field_selector=f"metadata.name={name}")
+        live: dict[str, Any] | None = None
         for item in found.get("items") or []:
             owner = (item["metadata"].get("labels") or {}).get(manifests.SERVICE_LABEL)
             if owner != service:
@@ -523,6 +533,8 @@ class KubernetesBackend:
                     f"name: {service!r} cannot be deployed: its {kind} {name!r} exists and "
                     f"{whose}; choose another name"
                 )
+            live = item
+        return live
 
     def _delete_labelled(
         self, name: str, kinds: list[str], keep: Collection[tuple[str, str]] = ()
@@ -977,6 +989,31 @@ def _slim(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
             for key in ("initContainers", "containers")
         }
     return slim
+
+
+def _scale_bounds(objects: list[dict[str, Any]]) -> tuple[int, int] | None:
+    """The replicas a service's autoscaler keeps its Deployment within, None if it has
+    none (its Deployment then has the replicas manifests.py gives it)."""
+    for obj in objects:
+        if obj["kind"] == "HorizontalPodAutoscaler":
+            spec = obj["spec"]
+            return int(spec["minReplicas"]), int(spec["maxReplicas"])
+    return None
+
+
+def _with_live_replicas(
+    obj: dict[str, Any], live: Mapping[str, Any], scale: tuple[int, int]
+) -> dict[str, Any]:
+    """An autoscaled Deployment's new body, with the replicas it has now (the HPA's
+    choice) rather than its minimum: replaced with the minimum, an update or a restart
+    of the controller would kill the pods the load needed, until the HPA scaled up
+    again. Kept within the new bounds, as the HPA itself would; a stopped service's 0
+    becomes the minimum (`start_service` deploys it to start it)."""
+    replicas = (live.get("spec") or {}).get("replicas")
+    if not isinstance(replicas, int):
+        return obj
+    low, high = scale
+    return {**obj, "spec": {**obj["spec"], "replicas": min(max(replicas, low), high)}}
 
 
 def _note(log: Path, text: str) -> None:
