@@ -3,8 +3,11 @@
 Bodies never sit whole in memory: a download is written chunk by chunk to a temporary file
 beside its destination and renamed when complete; an upload sends an open file, which
 aiohttp reads chunk by chunk. Connection failures, timeouts, truncated bodies, 5xx and 429
-are transient: retried with backoff, at most ATTEMPTS attempts in all. Anything else (401,
-403, 404...) fails at once.
+are transient: retried with backoff, at most ATTEMPTS attempts in all (one attempt is one
+request: aiohttp's own resend is turned off). Anything else (401, 403, 404...) fails at once.
+An answer's body is read only as far as it is used: at most ANSWER_LIMIT bytes of JSON,
+DISCARD_LIMIT of one nobody uses. Bytes move as stored: no content coding asked for or
+undone.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ CHUNK_SIZE = 1 << 20
 # (no byte for that long) without bounding a long healthy one.
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
+# The most bytes of an answer a provider uses (JSON: a DID's metadata, a token): a longer
+# one is a failure, never read whole into memory.
+ANSWER_LIMIT = 1 << 20
+# The most bytes read of an answer nobody uses whole (a PUT's, a MKCOL's; an error's text,
+# quoted cut anyway). A short one is read out, so its connection serves the next request;
+# the rest of a longer one is left unread, and its connection closed with the response.
+DISCARD_LIMIT = 1 << 16
 
 
 class HttpFailure(Exception):
@@ -57,11 +67,37 @@ def session(
     read_timeout: float = READ_TIMEOUT,
 ) -> aiohttp.ClientSession:
     """A session for one transfer: aiohttp sessions belong to one event loop, and providers
-    are built before the loop runs, so each transfer opens (and closes) its own."""
+    are built before the loop runs, so each transfer opens (and closes) its own.
+
+    An object is its stored bytes: aiohttp would ask for gzip and undo it, so that a file
+    stored compressed (served with `Content-Encoding: gzip`) came in decompressed, other
+    bytes than S3 or curl give. Identity is asked for, and nothing is decoded."""
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
                                     sock_read=read_timeout)
     connector = aiohttp.TCPConnector(ssl=verify)  # False: no certificate check
-    return aiohttp.ClientSession(timeout=timeout, headers=headers, connector=connector)
+    return aiohttp.ClientSession(timeout=timeout,
+                                 headers={"Accept-Encoding": "identity", **(headers or {})},
+                                 connector=connector, auto_decompress=False,
+                                 middlewares=(_sent_once,))
+
+
+async def _sent_once(request: aiohttp.ClientRequest,
+                     handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+    """A lost connection fails the request: aiohttp would send an idempotent one (a PUT)
+    once more itself, so that a PUT cut mid-body went out twice an attempt, six times in
+    all where SPEC 6.2 allows 3. Its own retry catches only these two errors (a
+    connection that cannot be made is raised as is), so another one ends it; `retrying`
+    makes the attempts."""
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+        raise ConnectionLost(str(exc) or type(exc).__name__) from exc
+
+
+class ConnectionLost(aiohttp.ClientConnectionError):
+    """The connection closed or failed before the answer came (no aiohttp resend)."""
 
 
 def join_url(base: str, *parts: str) -> URL:
@@ -142,6 +178,25 @@ async def save_body(response: aiohttp.ClientResponse, dest: Path) -> None:
             partial.unlink()
 
 
+async def read_answer(response: aiohttp.ClientResponse, limit: int = ANSWER_LIMIT) -> bytes:
+    """The body of an answer that is used (JSON): more than `limit` bytes fails, for good
+    (the server would send it again), having read no more than that."""
+    body = await read_some(response, limit + 1)
+    if len(body) > limit:
+        raise HttpFailure(f"the server's answer is over {limit} bytes", False)
+    return body
+
+
+async def read_some(response: aiohttp.ClientResponse, limit: int = DISCARD_LIMIT) -> bytes:
+    """At most `limit` bytes of the body, the rest left unread (see DISCARD_LIMIT)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := await response.content.read(limit - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
@@ -152,6 +207,8 @@ def _describe(exc: BaseException) -> str:
     # A URL's query may be a credential (a presigned one that a redirect handed out):
     # shown without it.
     text = _QUERY.sub(r"\1", str(exc))
+    if isinstance(exc, ConnectionLost):
+        return f"connection lost ({text})"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

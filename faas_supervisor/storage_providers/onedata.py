@@ -19,6 +19,7 @@ repeated. Endpoints used, all with the `X-Auth-Token` header:
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,14 @@ class OnedataProvider:
         async def post() -> str | None:
             async with session.post(url, allow_redirects=False) as response:
                 if response.status == 404:
-                    await response.read()
+                    await http.read_some(response)
                     return None
                 http.expect(response, (200,))
-                body: Any = await response.json(content_type=None)
+                answer = await http.read_answer(response)
+            try:
+                body: Any = json.loads(answer)
+            except ValueError:  # not JSON: answered without a fileId, below
+                body = None
             if not isinstance(body, dict) or not isinstance(body.get("fileId"), str):
                 raise HttpFailure("lookup-file-id answered without a fileId", False)
             return str(body["fileId"])
@@ -109,7 +114,7 @@ class OnedataProvider:
                 try:
                     async with session.put(url, data=body, headers=headers,
                                            allow_redirects=False) as response:
-                        await response.read()
+                        await http.read_some(response)  # its answer may be any size
                         http.expect(response, ok)
                 except aiohttp.ClientConnectorError:
                     raise  # never connected: nothing sent

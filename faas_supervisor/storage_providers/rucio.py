@@ -41,6 +41,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -158,10 +159,11 @@ class RucioProvider:
         async with self._session() as session, self._failures("download", bucket, key):
             files = await self._locate(session, bucket, key)
             targets = unique_names(f.base_name for f in files)
+            staged = frozenset(targets)
             written = []
             for remote, target in zip(files, targets, strict=True):
                 dest = folder / target
-                await asyncio.to_thread(copy_checked, remote, dest)
+                await asyncio.to_thread(copy_checked, remote, dest, staged)
                 written.append(dest)
             return written
 
@@ -310,10 +312,10 @@ class RucioProvider:
                 duplicate = (response.status == 409
                              and response.headers.get("ExceptionClass") == DUPLICATE_RULE)
                 if (response.status == 404 and missing_ok) or (duplicate and exists_ok):
-                    await response.read()
+                    await http.read_some(response)
                     return None
                 await self._check(response)
-                text = await response.text()
+                text = await http.read_answer(response)
             try:
                 return json.loads(text)
             except ValueError:  # a write answers `Created`, not JSON
@@ -345,7 +347,7 @@ class RucioProvider:
         detail = ""
         with contextlib.suppress(Exception):
             detail = (response.headers.get("ExceptionMessage")
-                      or (await response.json(content_type=None)).get("ExceptionMessage", ""))
+                      or json.loads(await http.read_some(response)).get("ExceptionMessage", ""))
         if response.status == 401:
             self._token, self._expires = "", 0.0  # log in (or refresh) again next attempt
             failure = HttpFailure("the token is refused (HTTP 401)",
@@ -381,7 +383,7 @@ class RucioProvider:
                    "X-Rucio-Password": self._password}
         async with session.get(f"{self._auth_host}/auth/userpass", headers=headers,
                                allow_redirects=False) as response:
-            await response.read()
+            await http.read_some(response)
             if response.status == 401:
                 raise HttpFailure("wrong username or password (HTTP 401)", False, 401)
             http.expect(response, (200,))
@@ -402,8 +404,8 @@ class RucioProvider:
         try:
             async with session.post(self._token_endpoint, data=form,
                                     allow_redirects=False) as response:
-                answer: Any = await response.json(content_type=None) \
-                    if response.status == 200 else await response.read()
+                answer: Any = json.loads(await http.read_answer(response)) \
+                    if response.status == 200 else await http.read_some(response)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise HttpFailure(f"cannot refresh the OIDC access token at "
@@ -515,15 +517,31 @@ def same_content(meta: dict[str, Any], size: int, adler: str) -> bool:
     return remote == adler.lstrip("0") and int(meta.get("bytes") or -1) == size
 
 
-def copy_checked(remote: RemoteFile, dest: Path) -> None:
-    """Copy a replica to `dest` through a partial file, checking its adler32 on the way
-    (as `rucio download` does): a corrupt replica never becomes the input."""
+def temporary_path(dest: Path, staged: AbstractSet[str]) -> Path:
+    """Where `dest` is written until whole: `.NAME.partial` beside it, or `.NAME.1.partial`,
+    `.NAME.2.partial`... when that is the name of a file `staged` in the same folder (a
+    dataset may hold both `x` and `.x.partial`): writing there would lose that file."""
+    partial, n = partial_path(dest, ".partial"), 0
+    while partial.name in staged:
+        n += 1
+        partial = partial_path(dest, f".{n}.partial")
+    return partial
+
+
+def copy_checked(remote: RemoteFile, dest: Path,
+                 staged: AbstractSet[str] = frozenset()) -> None:
+    """Copy a replica to `dest` through a temporary file, checking its adler32 on the way
+    (as `rucio download` does): a corrupt replica never becomes the input. `staged`: the
+    names of the files staged in beside it, which the temporary file never takes."""
     if remote.path is None:
         raise HttpFailure(f"no local replica of {remote.did}", False)
-    partial = partial_path(dest, ".partial")
-    adler = 1
+    partial = temporary_path(dest, staged)
+    adler, created = 1, False
     try:
-        with open(remote.path, "rb") as source, open(partial, "wb") as out:
+        # Opened exclusively: a file already there, whatever put it there, is never
+        # written over (nor removed below): the copy fails instead.
+        with open(remote.path, "rb") as source, open(partial, "xb") as out:
+            created = True
             while chunk := source.read(CHUNK):
                 adler = zlib.adler32(chunk, adler)
                 out.write(chunk)
@@ -531,8 +549,9 @@ def copy_checked(remote: RemoteFile, dest: Path) -> None:
             raise HttpFailure(f"the replica of {remote.did} does not match its adler32", False)
         os.replace(partial, dest)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
+        if created:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
 
 
 async def put_on_rse(src: Path, target: Path) -> None:

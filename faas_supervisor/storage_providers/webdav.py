@@ -73,7 +73,7 @@ class WebDavProvider:
             with open(src, "rb") as body:
                 headers = {"Content-Type": "application/octet-stream"}
                 async with session.put(url, data=body, headers=headers) as response:
-                    await response.read()
+                    await http.read_some(response)  # its answer may be any size: not kept
                     if response.status == 409:  # a parent folder is missing
                         return response.status
                     http.expect(response, (200, 201, 204))
@@ -121,7 +121,7 @@ class WebDavProvider:
                 return  # the object found there: unchanged, or not known to be changed
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.delete(url) as response:
-                    await response.read()
+                    await http.read_some(response)
             await asyncio.sleep(0.1 * 2**attempt)  # backoff while the server settles
 
     async def _make_folders(self, session: aiohttp.ClientSession, bucket: str, key: str) -> None:
@@ -134,7 +134,7 @@ class WebDavProvider:
     @staticmethod
     async def _mkcol(session: aiohttp.ClientSession, url: URL) -> None:
         async with session.request("MKCOL", url) as response:
-            await response.read()
+            await http.read_some(response)
             http.expect(response, (201, 405))
 
 

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from faas_supervisor.config import ProviderConfig, Secret
 from faas_supervisor.errors import StorageError
+from faas_supervisor.storage_providers.http import ANSWER_LIMIT
 from faas_supervisor.storage_providers.rucio import (
     CHECK_TIMEOUT,
     DEFAULT_SCOPES,
@@ -44,6 +45,8 @@ from tests.integration.rucio_server import ACCOUNT, RSE, SCOPE, RucioServer, uni
 from tests.integration.test_run import stopped
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+MiB = 1 << 20
 
 # What the script saw, and a copy of each input under `<name>.out`.
 SCRIPT = r"""
@@ -461,6 +464,100 @@ def test_a_dataset_holding_a_name_that_leaves_the_folder_is_refused(
     assert result.returncode == 2, result.stderr
     assert f"DID {SCOPE}:{evil} in {SCOPE}:{dataset}" in result.stderr
     assert "the script ran" not in result.stderr
+
+
+async def test_a_dataset_file_named_as_another_s_temporary_file_is_staged_in_too(
+    rucio_server: RucioServer, tmp_path: Path
+) -> None:
+    """A dataset holding `x` and `.x.partial`: `x` was copied through `.x.partial`, written
+    over the file of that name staged in before it, then renamed away: one file lost, no
+    error. Both pairs' orders are there, whichever order Rucio lists them in."""
+    folder, dataset = unique("tmpnames"), unique("dstmp")
+    provider = RucioProvider(ProviderConfig("rucio", "default", rucio_server.settings()))
+    names = [".x.partial", "x", "y", ".y.partial"]
+    blobs = write_files(tmp_path / "src", names)
+    for name in names:
+        await provider.upload(tmp_path / "src" / name, SCOPE, f"{folder}/{name}")
+    headers = {"X-Rucio-Auth-Token": rucio_server.token()}
+    made: list[tuple[str, dict[str, Any]]] = [
+        (f"/dids/{SCOPE}/{dataset}", {"type": "DATASET"}),
+        (f"/dids/{SCOPE}/{dataset}/dids",
+         {"dids": [{"scope": SCOPE, "name": f"{folder}/{n}"} for n in names]}),
+    ]
+    for path, body in made:
+        answer = requests.post(rucio_server.url + path, json=body, headers=headers, timeout=30)
+        assert answer.status_code == 201, answer.text
+    staged = tmp_path / "in"
+    staged.mkdir()
+    written = await provider.download_all(SCOPE, dataset, staged)
+    assert sorted(p.name for p in written) == sorted(names)
+    assert {p.name: p.read_bytes() for p in staged.iterdir()} == blobs
+
+
+# ---- answers bigger than any Rucio sends: a server of the test's own ----------------------
+
+
+async def test_answers_are_read_only_as_far_as_they_are_used(tmp_path: Path) -> None:
+    """A login answered with a 32 MiB body, an error with one, a DID's metadata of over
+    ANSWER_LIMIT: the first two are read a little (what the server could send before
+    the connection closed bounds it), the third is a clear failure. All were once read
+    whole into memory."""
+    size = 32 * MiB
+    sent: list[int] = []
+    finished: list[asyncio.Event] = []
+
+    async def streamed(request: web.Request, status: int,
+                       headers: dict[str, str]) -> web.StreamResponse:
+        done = asyncio.Event()
+        finished.append(done)
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = size
+        await response.prepare(request)
+        count, chunk = 0, b"y" * MiB
+        try:
+            while count < size:
+                await response.write(chunk)
+                count += len(chunk)
+        except ConnectionError:
+            pass
+        finally:
+            sent.append(count)
+            done.set()
+        return response
+
+    async def login(request: web.Request) -> web.StreamResponse:
+        return await streamed(request, 200, {"X-Rucio-Auth-Token": "root-token"})
+
+    async def files(request: web.Request) -> web.StreamResponse:
+        return await streamed(request, 500, {})
+
+    async def meta(_request: web.Request) -> web.Response:
+        return web.json_response({"adler32": "01", "pad": "x" * ANSWER_LIMIT})
+
+    app = web.Application()
+    app.router.add_get("/auth/userpass", login)
+    app.router.add_get(f"/dids/{SCOPE}/broken/files", files)
+    app.router.add_get(f"/dids/{SCOPE}/big/meta", meta)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    provider = RucioProvider(ProviderConfig("rucio", "odd", {
+        "host": url, "account": ACCOUNT, "rse": RSE, "username": "u", "password": "p"}))
+    (tmp_path / "f").write_bytes(b"x")
+    try:
+        with pytest.raises(StorageError) as failure:
+            await provider.upload(tmp_path / "f", SCOPE, "big")
+        assert str(failure.value) == (f"rucio.odd: cannot upload {SCOPE}:big: the server's "
+                                      f"answer is over {ANSWER_LIMIT} bytes")
+        with pytest.raises(StorageError, match=r"cannot download test:broken: HTTP 500"):
+            await provider.download_all(SCOPE, "broken", tmp_path)
+        await asyncio.gather(*(done.wait() for done in finished))
+    finally:
+        await runner.cleanup()
+    assert len(sent) == 4, sent  # the login, then the 3 attempts at the listing
+    assert max(sent) < size // 2, sent
 
 
 # ---- a watchdog stopped while it registers an output --------------------------------------
