@@ -12,7 +12,7 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,13 @@ _NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")  # a YAML file's unit-less memory: re
 _MEMORY = re.compile(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|e[0-9]+)?")
 _STORED_MEMORY = re.compile(r"[0-9]+(\.[0-9]+)?([KMGTPE]i?|[kmgtpe]|e[0-9]+)?")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Kubernetes' rules for label and annotation keys (a qualified name: an optional DNS
+# subdomain prefix and `/`, then a name) and label values, which the API server applies:
+# checked here, a definition it would refuse is a 400 naming the key, not a deploy that fails.
+_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_NAME_RULE = ("at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
+              "letter or digit")
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class Expose:
     default_command: bool = False
     set_auth: bool = False
     health_path: str = "/"
+    # OSCAR's `nodePort`: one per api_port, the Service made a NodePort one (kubernetes).
+    node_port: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,13 @@ def parse_service(
             f"{key('visibility')}: {visibility!r} is not private, public or restricted"
         )
 
+    if not stored:  # a stored definition holds none: versions before this one dropped it
+        _no_mount(data.get("mount"), key("mount"))
+    labels = _string_map(data.get("labels"), key("labels"), yaml_scalars)
+    annotations = _string_map(data.get("annotations"), key("annotations"), yaml_scalars)
+    if not stored:  # what an older version stored is deployed as it can be, not refused
+        _check_metadata(labels, annotations, key)
+
     buckets = key("bucket_list")
     return Service(
         name=name,
@@ -222,8 +238,8 @@ def parse_service(
         variables=variables,
         secrets=secrets,
         expose=_expose(data.get("expose"), key("expose"), yaml_scalars),
-        annotations=_string_map(data.get("annotations"), key("annotations"), yaml_scalars),
-        labels=_string_map(data.get("labels"), key("labels"), yaml_scalars),
+        annotations=annotations,
+        labels=labels,
         isolation_level=isolation,
         bucket_list=_buckets(
             [text(b, buckets) for b in _list(data.get("bucket_list"), buckets)],
@@ -288,6 +304,46 @@ def _ascii_digits(amount: str) -> str:
     return "".join(
         str(unicodedata.decimal(c)) if c.isdecimal() and not c.isascii() else c for c in amount
     )
+
+
+def _no_mount(raw: Any, where: str) -> None:
+    """OSCAR's `mount` (a bucket as a folder of the container) needs a sidecar this
+    project does not run: refused, rather than stored and silently not mounted. The empty
+    form, which the dashboard and the clients send with every service, is no mount."""
+    mount = _mapping(raw, where)
+    if any(mount.get(k) not in (None, "") for k in ("storage_provider", "path")):
+        raise InvalidService(
+            f"{where}: mounting a bucket in the container is not supported here; list its "
+            "path in `input` instead, and its files are staged in for each invocation"
+        )
+
+
+def _check_metadata(labels: Mapping[str, str], annotations: Mapping[str, str],
+                    key: Callable[[str], str]) -> None:
+    """Labels and annotations as the Kubernetes API server takes them."""
+    for name, value in labels.items():
+        problem = _key_problem(name)
+        if problem is not None:
+            raise InvalidService(f"{key('labels')}: {name!r} is not a label key: {problem}")
+        if value and (len(value) > 63 or not _QUALIFIED_NAME.fullmatch(value)):
+            raise InvalidService(f"{key('labels')}.{name}: {value!r} is not a label value: "
+                                 f"empty or {_NAME_RULE}")
+    for name in annotations:
+        problem = _key_problem(name)
+        if problem is not None:
+            raise InvalidService(
+                f"{key('annotations')}: {name!r} is not an annotation key: {problem}")
+
+
+def _key_problem(name: str) -> str | None:
+    """Why `name` is not a Kubernetes label or annotation key, or None."""
+    prefix, slash, rest = name.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return ("its prefix before '/' must be a DNS subdomain (lower-case letters, digits, "
+                "'-' and '.', at most 253)")
+    if len(rest) > 63 or not _QUALIFIED_NAME.fullmatch(rest):
+        return f"its name (after an optional 'prefix/') must be {_NAME_RULE}"
+    return None
 
 
 def _pull_secrets(names: list[str], where: str) -> tuple[str, ...]:
@@ -574,8 +630,14 @@ def _expose(raw: Any, where: str, scalars: bool) -> Expose:
         raise InvalidService(f"{where}.cpu_threshold: must be a percentage, at most 100")
     if values["max_scale"] < values["min_scale"]:
         raise InvalidService(f"{where}.max_scale: must not be below min_scale")
+    node_ports = _node_ports(data.get("nodePort"), f"{where}.nodePort", scalars)
+    if node_ports and len(node_ports) != len(port_list):
+        # OSCAR's rule: the i-th node port is the i-th api_port's.
+        raise InvalidService(f"{where}.nodePort: {len(node_ports)} given, but api_port has "
+                             f"{len(port_list)}: one node port per api_port")
     return Expose(
         api_port=tuple(port_list),
+        node_port=node_ports,
         rewrite_target=_bool(data.get("rewrite_target"), f"{where}.rewrite_target", False),
         default_command=_bool(data.get("default_command"), f"{where}.default_command", False),
         set_auth=_bool(data.get("set_auth"), f"{where}.set_auth", False),
@@ -583,6 +645,22 @@ def _expose(raw: Any, where: str, scalars: bool) -> Expose:
                           scalars),
         **values,
     )
+
+
+def _node_ports(raw: Any, where: str, scalars: bool) -> tuple[int, ...]:
+    """OSCAR's `nodePort`: a list of ports (one port alone is taken as a list of one, as
+    `api_port`). Any TCP port: the cluster's range (30000-32767 by default) is its own,
+    and its API server refuses a port outside it."""
+    one = isinstance(raw, int) or (scalars and isinstance(raw, str))
+    ports: list[int] = []
+    for port in [raw] if one else _list(raw, where):
+        number = _whole(port) if scalars or not isinstance(port, str) else None
+        if number is None or not 0 < number < 65536:
+            raise InvalidService(f"{where}: {port!r} is not a TCP port (1 to 65535)")
+        if number in ports:
+            raise InvalidService(f"{where}: {number} is given twice")
+        ports.append(number)
+    return tuple(ports)
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -715,9 +793,10 @@ def service_json(service: Service, default_minio: Mapping[str, Any]) -> dict[str
     expose: dict[str, Any] = {"min_scale": shown.min_scale, "max_scale": shown.max_scale}
     if shown.api_port:
         expose["api_port"] = list(shown.api_port)
+    expose.update(cpu_threshold=shown.cpu_threshold, rewrite_target=shown.rewrite_target)
+    if shown.node_port:  # omitempty, as the manager's
+        expose["nodePort"] = list(shown.node_port)
     expose.update(
-        cpu_threshold=shown.cpu_threshold,
-        rewrite_target=shown.rewrite_target,
         default_command=shown.default_command,
         set_auth=shown.set_auth,
         health_path=shown.health_path,

@@ -10,7 +10,9 @@ the FDL's other providers beside them, at /var/run/secrets/providers/TYPE.ID/SET
 `NAME-svc`, `NAME-hpa` and `NAME-ing`. What differs is the runtime: instead of a shared
 volume holding the classic watchdog and the supervisor, an init container of the runtime
 image copies faas-supervisor into an `emptyDir` at /oscar/bin, and the user's image runs
-`/oscar/bin/faas-supervisor watchdog` (services) or `... run` (jobs).
+`/oscar/bin/faas-supervisor watchdog` (services) or `... run` (jobs). An exposed service
+with `default_command` runs its image's own command instead, probed on its api_port, as
+OSCAR runs it; one with `nodePort` gets a NodePort Service and no Ingress, as OSCAR's.
 
 Every object carries `oscar_service: NAME` and `app.kubernetes.io/managed-by:
 faas-supervisor`, so the backend finds all it made for a service by label alone, and
@@ -157,6 +159,13 @@ def check(service: Service) -> None:
     if not service.name[0].isalpha():
         # A Service's name is a DNS-1035 label: it starts with a letter.
         raise InvalidService(f"name: {service.name!r} must start with a letter on Kubernetes")
+    if service.exposed and service.expose.node_port and service.expose.set_auth:
+        # The node port reaches the pods past any Ingress, where the credentials are
+        # asked for (OSCAR makes none then, and its set_auth guards nothing).
+        raise InvalidService(
+            "expose.set_auth: a service reached on its nodePort has no Ingress to ask for "
+            "the credentials; drop expose.nodePort, or set_auth and let the server check them"
+        )
     for ptype, by_id in service.storage_providers.items():
         for pid in by_id:
             # Its credentials become the Secret key `TYPE.ID.SETTING` and the file
@@ -395,9 +404,10 @@ def _resources(service: Service) -> dict[str, Any]:
     return {"requests": amounts, "limits": limits}
 
 
-def _health_probe(port: str, period: int, failures: int) -> dict[str, Any]:
+def _health_probe(port: str, period: int, failures: int,
+                  path: str = "/_/health") -> dict[str, Any]:
     return {
-        "httpGet": {"path": "/_/health", "port": port},
+        "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "timeoutSeconds": 5,
         "failureThreshold": failures,
@@ -412,6 +422,32 @@ def watchdog_port(service: Service) -> int:
     return port
 
 
+def _api_ports(service: Service) -> list[dict[str, Any]]:
+    """The api_ports after the first, reached directly through the Service's 81, 82..."""
+    return [
+        {"name": f"api-{i}", "containerPort": p}
+        for i, p in enumerate(service.expose.api_port)
+        if i > 0
+    ]
+
+
+def _image_command_container(service: Service) -> dict[str, Any]:
+    """`default_command`: the image's own entry point and command (none given here), its
+    server on the first api_port, which the Service's `http` port reaches; probed there on
+    `health_path`, behind the exposed prefix with `rewrite_target` (which passes the
+    prefix on to it), as OSCAR probes it. No watchdog: no /_/health, no metrics."""
+    health = "/" + service.expose.health_path.lstrip("/")
+    if service.expose.rewrite_target:
+        health = EXPOSED_PATH.format(name=service.name) + health
+    return {
+        "ports": [{"name": "http", "containerPort": service.expose.api_port[0]},
+                  *_api_ports(service)],
+        "readinessProbe": _health_probe("http", 5, 3, health),
+        "livenessProbe": _health_probe("http", 10, 3, health),
+        "startupProbe": _health_probe("http", 10, 18, health),
+    }
+
+
 def _watchdog_container(service: Service) -> dict[str, Any]:
     port = watchdog_port(service)
     command = [RUNTIME, "watchdog", "--port", str(port)]
@@ -420,11 +456,7 @@ def _watchdog_container(service: Service) -> dict[str, Any]:
         # The script is the user's server, on the first api_port; the watchdog in front of
         # it keeps health, metrics and graceful shutdown. Other ports go to it directly.
         command += ["--mode", Mode.HTTP.value, "--upstream-port", str(service.expose.api_port[0])]
-        ports += [
-            {"name": f"api-{i}", "containerPort": p}
-            for i, p in enumerate(service.expose.api_port)
-            if i > 0
-        ]
+        ports += _api_ports(service)
     container: dict[str, Any] = {
         "command": command,
         "ports": ports,
@@ -458,27 +490,35 @@ def deployment(service: Service, cluster: Cluster) -> dict[str, Any]:
             "selector": {"matchLabels": _labels(service.name, component)},
             "template": {
                 "metadata": pod_metadata,
-                "spec": _pod_spec(service, cluster, _watchdog_container(service)),
+                "spec": _pod_spec(service, cluster, (
+                    _image_command_container(service)
+                    if service.exposed and service.expose.default_command
+                    else _watchdog_container(service)
+                )),
             },
         },
     }
 
 
 def service_object(service: Service, cluster: Cluster) -> dict[str, Any]:
-    """The watchdog's stable address: port 80 (and 81, 82... for further api_port)."""
+    """The watchdog's stable address: port 80 (and 81, 82... for further api_port); with
+    `nodePort`, each port also on the node port of its api_port (a NodePort Service)."""
     component = "exposed" if service.exposed else "service"
     name = exposed_names(service.name)["Service"] if service.exposed else service.name
-    ports = [{"name": "http", "port": SERVICE_PORT, "targetPort": "http"}]
+    ports: list[dict[str, Any]] = [{"name": "http", "port": SERVICE_PORT, "targetPort": "http"}]
     ports += [
         {"name": f"api-{i}", "port": SERVICE_PORT + i, "targetPort": f"api-{i}"}
         for i in range(1, len(service.expose.api_port))
     ]
+    node_ports = service.expose.node_port if service.exposed else ()
+    for port, node_port in zip(ports, node_ports, strict=False):
+        port["nodePort"] = node_port
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(name, service, cluster, component),
         "spec": {
-            "type": "ClusterIP",
+            "type": "NodePort" if node_ports else "ClusterIP",
             "selector": _labels(service.name, component),
             "ports": ports,
         },
@@ -575,7 +615,9 @@ def service_objects(service: Service, cluster: Cluster) -> list[dict[str, Any]]:
         service_object(service, cluster),
     ]
     if service.exposed:
-        objects += [autoscaler(service, cluster), ingress(service, cluster)]
+        objects.append(autoscaler(service, cluster))
+        if not service.expose.node_port:  # as OSCAR: reached on its node ports instead
+            objects.append(ingress(service, cluster))
     return [o for o in objects if o is not None]
 
 

@@ -433,3 +433,32 @@ def test_an_instance_waiting_to_be_restarted_is_affected(
     status = wait_until(backing_off, 60, "one instance ready, one backing off", controller)
     assert (status["affected_instances"], status["reason"]) == (
         1, "1 of 2 instances are affected.")
+
+
+# ---- OSCAR's expose fields the local backend cannot use --------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_default_command_is_refused_and_node_port_kept_on_the_local_backend(
+    controller: ControllerProcess, echo_app: Path
+) -> None:
+    """`default_command` (the image's own command) was stored and ignored, the script run
+    instead: the local backend runs no image, and refuses it, on create and on update
+    (the service answering on as it was). `nodePort` was dropped: it is kept and shown,
+    and the exposed route serves the service as before."""
+    refused = controller.request("POST", "/system/services", json=exposed(
+        "dc", echo_app, expose={"default_command": True}))
+    assert refused.status_code == 400, refused.text
+    assert refused.text.startswith("expose.default_command: ") and "\n" not in refused.text
+    assert controller.request("GET", "/system/services/dc").status_code == 404
+
+    shown = controller.create(exposed("np", echo_app, expose={"nodePort": 30081}))
+    assert shown["expose"]["nodePort"] == [30081]
+    assert wait_served(controller, "np", "/x").json()["raw"] == "/x"
+    update = controller.request("PUT", "/system/services", json=exposed(
+        "np", echo_app, expose={"nodePort": 30081, "default_command": True}))
+    assert update.status_code == 400 and "expose.default_command" in update.text
+    assert controller.request("GET", "/system/services/np").json()["expose"][
+        "default_command"] is False
+    answer = controller.request("GET", "/system/services/np/exposed/y", auth=None)
+    assert (answer.status_code, answer.json()["raw"]) == (200, "/y")

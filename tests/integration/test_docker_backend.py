@@ -436,6 +436,23 @@ def test_a_service_whose_image_is_missing_is_refused(
     assert script_output(controller.request("POST", "/run/kept", data=b"").text).strip() == "kept"
 
 
+
+def test_default_command_is_refused_on_docker(controllers: Any, docker_client: Any) -> None:
+    """`default_command` was stored and ignored (the script ran as the server): a 400
+    naming it, nothing made; `nodePort` is kept and shown."""
+    controller = controllers()
+    answer = controller.request("POST", "/system/services", json={
+        "name": "dc", "image": USER_IMAGE, "script": "echo never",
+        "expose": {"api_port": 8888, "default_command": True}})
+    assert answer.status_code == 400, answer.text
+    assert answer.text.startswith("expose.default_command: ") and "\n" not in answer.text
+    assert controller.request("GET", "/system/services/dc").status_code == 404
+    assert not containers(docker_client, identity(controller), "dc", None)
+    shown = controller.create({"name": "np", "image": USER_IMAGE, "script": SERVER,
+                               "expose": {"api_port": 8888, "nodePort": 30888}})
+    assert shown["expose"]["nodePort"] == [30888]
+
+
 # A replica made busy by a loop that runs until the test drops a file into its /tmp.
 BUSY = "while [ ! -e /tmp/idle ]; do :; done"
 

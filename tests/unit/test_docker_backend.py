@@ -428,3 +428,29 @@ def test_an_identity_file_not_text_or_not_a_file_is_refused_in_one_line(tmp_path
     with pytest.raises(ConfigError, match=r"cannot keep the controller's identity in .*: "
                                           r"Is a directory"):
         _keep_identity(path, "0123456789abcdef")
+
+
+async def test_default_command_is_refused_and_a_stored_one_still_deploys(
+    backend: Any, tmp_path: Path
+) -> None:
+    """`default_command` was stored and ignored (the script ran as the server): refused,
+    one line naming it, before the engine is asked anything. A deploy (a stored service
+    at start-up) does not refuse it: it reaches the engine (here: none)."""
+    import docker
+
+    from faas_supervisor.controller.fdl import parse_service
+    from faas_supervisor.errors import DockerError, InvalidService
+
+    backend._client = docker.DockerClient(base_url=f"unix://{tmp_path / 'none.sock'}",
+                                          version="1.41")
+    service = parse_service({**SERVICE, "expose": {"api_port": 8888, "default_command": True}})
+    with pytest.raises(InvalidService, match=r"^expose.default_command: not supported on Docker"
+                       ) as refused:
+        await backend.check(service)
+    assert "\n" not in refused.value.message
+    with pytest.raises(DockerError, match=r"^docker: the engine does not answer"):
+        await backend.deploy(service)
+    # Not exposed, the field means nothing (the manager shows it false): not refused.
+    plain = parse_service({**SERVICE, "expose": {"default_command": True}})
+    with pytest.raises(DockerError, match=r"^docker: the engine does not answer"):
+        await backend.check(plain)

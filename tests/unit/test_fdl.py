@@ -347,3 +347,111 @@ def test_a_definition_stored_by_an_older_version_still_loads() -> None:
     assert service.token == "t0k" and service.memory == "1g"
     with pytest.raises(InvalidService):
         parse_service(record)
+
+
+# ---- OSCAR fields this project handles its own way ----------------------------------------
+
+
+def test_node_port_is_kept_shown_and_stored() -> None:
+    """OSCAR's `nodePort` (one per api_port) was dropped: 201, and GET showed none."""
+    service = parse_service(base(expose={"api_port": [8000, 9000], "nodePort": [30080, 30090]}))
+    assert service.expose.node_port == (30080, 30090)
+    expose = service_json(service, {})["expose"]
+    assert expose["nodePort"] == [30080, 30090]
+    # In the manager's field order: after rewrite_target, before default_command.
+    keys = list(expose)
+    assert keys.index("rewrite_target") < keys.index("nodePort") < keys.index("default_command")
+    assert from_record(to_record(service.with_token("t"))) == service.with_token("t")
+    one = parse_service(base(expose={"api_port": 8000, "nodePort": 30080}))
+    assert one.expose.node_port == (30080,)
+    assert "nodePort" not in service_json(parse_service(base(expose={"api_port": 1})), {})[
+        "expose"]
+
+
+@pytest.mark.parametrize(
+    ("expose", "says"),
+    [
+        ({"api_port": 8000, "nodePort": 0}, "is not a TCP port"),
+        ({"api_port": 8000, "nodePort": [65536]}, "is not a TCP port"),
+        ({"api_port": 8000, "nodePort": -1}, "is not a TCP port"),
+        ({"api_port": 8000, "nodePort": "30080"}, "must be a list"),
+        ({"api_port": 8000, "nodePort": True}, "is not a TCP port"),
+        ({"api_port": [8000, 9000], "nodePort": [30080]}, "one node port per api_port"),
+        ({"nodePort": [30080]}, "one node port per api_port"),
+        ({"api_port": [8000, 9000], "nodePort": [30080, 30080]}, "given twice"),
+    ],
+)
+def test_a_node_port_is_a_tcp_port_per_api_port(expose: dict[str, Any], says: str) -> None:
+    with pytest.raises(InvalidService, match=f"^expose.nodePort: .*{says}") as raised:
+        parse_service(base(expose=expose))
+    assert "\n" not in raised.value.message
+
+
+def test_a_mount_is_refused_and_its_empty_form_accepted() -> None:
+    """`mount` was accepted (201) and dropped: nothing was ever mounted."""
+    for mount in ({"storage_provider": "minio.default", "path": "mnt/data"},
+                  {"storage_provider": "minio.default"}, {"path": "mnt/data"}):
+        with pytest.raises(InvalidService, match=r"^mount: .*not supported here.*input") as got:
+            parse_service(base(mount=mount))
+        assert "\n" not in got.value.message
+    with pytest.raises(InvalidService, match=r"^mount: must be a mapping"):
+        parse_service(base(mount="minio.default"))
+    # What the dashboard and the clients send with every service.
+    for empty in ({"storage_provider": "", "path": ""}, {}, None,
+                  {"storage_provider": None, "path": None}):
+        parse_service(base(mount=empty))
+    # Its own answers too (service_json shows the empty form): an update sends them back.
+    parse_service(service_json(parse_service(base()), {}))
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"labels": {"team name": "data science"}}, "labels: 'team name' is not a label key"),
+        ({"labels": {"example.com/owner": "x/y"}},
+         "labels.example.com/owner: 'x/y' is not a label value"),
+        ({"labels": {"team": "a b"}}, "labels.team: 'a b' is not a label value"),
+        ({"labels": {"team": "v" * 64}}, "labels.team: 'v+' is not a label value"),
+        ({"labels": {"x/y/z": "v"}}, "labels: 'x/y/z' is not a label key"),
+        ({"labels": {"Example.com/a": "v"}}, "labels: 'Example.com/a' is not a label key"),
+        ({"labels": {"/a": "v"}}, "labels: '/a' is not a label key"),
+        ({"labels": {"a" * 64: "v"}}, "labels: 'a+' is not a label key"),
+        ({"labels": {"-a": "v"}}, "labels: '-a' is not a label key"),
+        ({"annotations": {"bad annotation": "v"}},
+         "annotations: 'bad annotation' is not an annotation key"),
+        ({"annotations": {"a_": "v"}}, "annotations: 'a_' is not an annotation key"),
+    ],
+)
+def test_labels_and_annotations_follow_the_kubernetes_rules(
+    fields: dict[str, Any], says: str
+) -> None:
+    """They passed, and the API server refused every object carrying them."""
+    with pytest.raises(InvalidService, match=f"^{says}") as raised:
+        parse_service(base(**fields))
+    assert "\n" not in raised.value.message
+
+
+def test_labels_and_annotations_kubernetes_takes_pass() -> None:
+    service = parse_service(base(
+        labels={"team": "data", "example.com/owner": "x.y_z-1", "empty": "", "A.b_c": "V"},
+        annotations={"example.com/a": "any text at all / é", "k8s.io/x-y": "", "a" * 63: "v"},
+    ))
+    assert service.labels["example.com/owner"] == "x.y_z-1"
+    assert service.annotations["example.com/a"] == "any text at all / é"
+
+
+def test_labels_refused_now_still_load_when_stored_before(tmp_path: Path) -> None:
+    """A service stored with such labels by an older version loads (the controller
+    starts); a new definition with them is refused, an FDL file's as well."""
+    record = {**base(), "token": "t0k", "labels": {"team name": "data science"},
+              "annotations": {"bad annotation": "v"}}
+    service = from_record(json.dumps(record))
+    assert service.labels == {"team name": "data science"}
+    assert service.annotations == {"bad annotation": "v"}
+    with pytest.raises(InvalidService, match=r"^labels: 'team name'"):
+        parse_service(record)
+    fdl = tmp_path / "fdl.yaml"
+    fdl.write_text("functions: {oscar: [{c: {name: x, image: i, script: echo,\n"
+                   "  labels: {'team name': 'data science'}}}]}\n")
+    with pytest.raises(InvalidService, match=r"^functions.oscar\[0\].c.labels: 'team name'"):
+        load_fdl(fdl)

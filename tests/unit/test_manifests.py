@@ -441,6 +441,81 @@ def test_exposed_edge_values_stay_valid() -> None:
     )
 
 
+def test_default_command_runs_the_images_own_command_on_its_api_port() -> None:
+    """`default_command` was ignored: the watchdog ran the script as the server. As OSCAR:
+    no command given (the image's entry point and command run), the first api_port is
+    what the Service reaches, probed there on health_path."""
+    svc = parse_service({"name": "jupyter", "image": "jupyter/base-notebook",
+                         "script": "echo unused\n",
+                         "expose": {"api_port": [8888, 9000], "default_command": True,
+                                    "health_path": "api"}})
+    objects = by_kind(manifests.service_objects(svc, WITH_MINIO))
+    for obj in objects.values():
+        validate(obj)
+    _, _, container = containers(objects["Deployment"])
+    assert "command" not in container and "args" not in container
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8888},
+        {"name": "api-1", "containerPort": 9000},
+    ]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/api", "port": "http"}
+    assert objects["Service"]["spec"]["ports"][0] == {
+        "name": "http", "port": 80, "targetPort": "http"}
+    assert "Ingress" in objects
+    # With rewrite_target the server gets the whole path: probed behind the prefix too.
+    rewritten = parse_service({**svc_definition(svc), "expose": {
+        "api_port": 8888, "default_command": True, "rewrite_target": True}})
+    _, _, container = containers(by_kind(manifests.service_objects(rewritten, WITH_MINIO))[
+        "Deployment"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/system/services/jupyter/exposed/"
+    # Not exposed, default_command means nothing: the watchdog runs the script.
+    plain = parse_service({**svc_definition(svc), "expose": {"default_command": True}})
+    _, _, container = containers(by_kind(manifests.service_objects(plain, WITH_MINIO))[
+        "Deployment"])
+    assert container["command"][:2] == ["/oscar/bin/faas-supervisor", "watchdog"]
+
+
+def svc_definition(svc: Service) -> dict[str, Any]:
+    return {"name": svc.name, "image": svc.image, "script": svc.script}
+
+
+def test_node_port_makes_a_node_port_service_and_no_ingress() -> None:
+    """`nodePort` was dropped: a ClusterIP Service and an Ingress. As OSCAR: the i-th
+    api_port's port on the i-th node port, and no Ingress."""
+    svc = parse_service({"name": "web", "image": "nginx", "script": "exec nginx\n",
+                         "expose": {"api_port": [8000, 9000], "nodePort": [30080, 31000]}})
+    objects = by_kind(manifests.service_objects(svc, WITH_MINIO))
+    for obj in objects.values():
+        validate(obj)
+    spec = objects["Service"]["spec"]
+    assert spec["type"] == "NodePort"
+    assert [(p["targetPort"], p["nodePort"]) for p in spec["ports"]] == [
+        ("http", 30080), ("api-1", 31000)]
+    assert "Ingress" not in objects
+    assert "HorizontalPodAutoscaler" in objects
+    # set_auth is asked for by the Ingress: with a node port nothing would ask.
+    guarded = parse_service({**svc_definition(svc), "expose": {
+        "api_port": 8000, "nodePort": 30080, "set_auth": True}})
+    with pytest.raises(InvalidService, match=r"^expose.set_auth: .*nodePort"):
+        manifests.service_objects(guarded.with_token("t" * 43), WITH_MINIO)
+
+
+def test_the_manifests_command_refuses_labels_kubernetes_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 0 with objects the API server refuses, before (a review found it)."""
+    fdl = tmp_path / "fdl.yaml"
+    for field in ("labels: {'team name': 'data science'}",
+                  "labels: {'example.com/owner': 'x/y'}",
+                  "annotations: {'bad annotation': v}"):
+        fdl.write_text("functions: {oscar: [{c1: {name: jupyter, image: i, script: x,\n"
+                       f"  {field}}}}}]}}\n")
+        assert main(["manifests", "-f", str(fdl)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("labels" in err or "annotations" in err), err
+
+
 # ---- what Kubernetes refuses, said before asking it ---------------------------------------------
 
 

@@ -442,7 +442,19 @@ class DockerBackend:
 
     async def check(self, service: Service) -> None:
         """A service whose image cannot be had is refused (400) before it is stored, as
-        OSCAR refuses what Kubernetes cannot pull."""
+        OSCAR refuses what Kubernetes cannot pull; so is `default_command`, whose image's
+        own server would listen on api_port on the host's network: every replica (and
+        every service) on one port, open beside the controller's credentials. A stored
+        one (from before this check) is deployed as before, running its script."""
+        if service.exposed and service.expose.default_command:
+            raise InvalidService(
+                "expose.default_command: not supported on Docker (containers share the "
+                "host's network, where the image's own server would take api_port); run "
+                "the server from the script instead (on $upstream_port)"
+            )
+        await self._check_image(service)
+
+    async def _check_image(self, service: Service) -> None:
         if not service.image:
             raise InvalidService("image: missing (on Docker a service runs in its image)")
         await self._run(self._ensure_image, service.image, True)
@@ -450,7 +462,7 @@ class DockerBackend:
     async def deploy(self, service: Service) -> None:
         self._stopped.discard(service.name)  # a new definition runs
         self._gone.discard(service.name)
-        await self.check(service)  # a restart's deploys are not checked by the route
+        await self._check_image(service)  # a restart's deploys are not checked by the route
         await self._run(self._ensure_image, self.runtime_image)
         folder = self._write(service)
         volume = await self._run(self._fill_volume, service.name, folder)

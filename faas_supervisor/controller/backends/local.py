@@ -39,7 +39,7 @@ from faas_supervisor.controller.deployments import Deployment, LogLine, read_tai
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.controller.store import CUT_NOTE_MAX, LOG_MAX
-from faas_supervisor.errors import ConfigError, ServiceUnavailable
+from faas_supervisor.errors import ConfigError, InvalidService, ServiceUnavailable
 from faas_supervisor.job_runner import CONFIG_FILE
 from faas_supervisor.logs import get_logger
 
@@ -386,7 +386,15 @@ class LocalBackend:
         ]
 
     async def check(self, service: Service) -> None:
-        """Any image is fine: services run on this machine, in no image."""
+        """Any image is fine: services run on this machine, in no image; and so there is
+        no image command for `default_command` to run. A stored one (from before this
+        check) is deployed as before, running its script."""
+        if service.exposed and service.expose.default_command:
+            raise InvalidService(
+                "expose.default_command: the local backend runs no image, so it has no "
+                "image command to run; run the server from the script instead (on "
+                "$upstream_port), or use the kubernetes backend"
+            )
 
     async def deploy(self, service: Service) -> None:
         old = self._runners.pop(service.name, None)
