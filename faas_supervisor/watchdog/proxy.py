@@ -3,7 +3,7 @@
 For OSCAR's exposed services, which load a model once and serve many requests. The
 user's script (`/bin/sh SCRIPT`) is started once, in its own process group, and must
 listen on `127.0.0.1:upstream_port`. Requests are forwarded as they come: any method,
-bodies streamed both ways through one keep-alive client session, hop-by-hop headers
+bodies streamed both ways, each request on a connection of its own, hop-by-hop headers
 dropped, WebSocket upgrades pumped frame by frame (websocket_relay.py, which the
 controller's exposed routes share). The server (the Watchdog) keeps the reserved paths,
 the limits and the shutdown; this module owns the upstream process and the forwarding.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -164,8 +165,13 @@ class ProxyRunner:
             return False
         self._session = aiohttp.ClientSession(
             # We enforce max_inflight ourselves; the connector must not queue below it.
-            # Idle connections are dropped before common servers drop theirs (gunicorn 2 s).
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=1.5),
+            # A connection per request, closed after its answer: bytes the server sends
+            # past an answer (a body on a 304 or a HEAD, a second response) would be read
+            # as the answer to the next request on a kept connection, another client's,
+            # and aiohttp does not look at an idle connection before reusing it. nginx and
+            # Go's Transport close such a connection; not keeping any is what aiohttp's
+            # public API allows. It costs a connect and an accept per request on loopback.
+            connector=aiohttp.TCPConnector(limit=0, force_close=True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,  # bytes pass through with their Content-Encoding
             cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies never reach another
@@ -204,7 +210,12 @@ class ProxyRunner:
         # Host is kept as the client sent it (apps build their own URLs from it).
         peer = request.remote or ""
         previous = request.headers.get("X-Forwarded-For")
-        headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
+        # A peer on loopback (the controller, on the local and Docker backends) could
+        # send anything to the server's own port on loopback: its X-Forwarded-For (the
+        # controller's client) is kept as sent, with no 127.0.0.1 appended. Any other
+        # peer (a client, an Ingress) may be anyone: it is appended, as proxies do.
+        if not (previous and _is_loopback(peer)):
+            headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
         headers.setdefault("X-Forwarded-Host", request.host)
         headers.setdefault("X-Forwarded-Proto", request.scheme)
         return headers
@@ -223,7 +234,7 @@ class ProxyRunner:
                 return refusal(body.error, close=True)
             if isinstance(exc, TimeoutError):
                 return refusal(self._late())
-            return refusal(_no_answer(exc))
+            return refusal(_no_answer(request, exc))
         try:
             return await self._relay(request, upstream)
         finally:
@@ -232,12 +243,10 @@ class ProxyRunner:
     async def _send(
         self, request: web.Request, body: _RequestBody | None
     ) -> aiohttp.ClientResponse:
-        """One request upstream. A connection the server closes without answering (its
-        keep-alive ran out as the request went, or it dropped the request) is tried again
-        by aiohttp for idempotent methods only, once (RFC 9112 9.3.1): a POST may have
-        done its work, so it is not sent twice, and one that meets a connection the
-        server is closing is a 502. Pooled connections idle for 1.5 s are dropped before
-        common servers drop theirs (see start), which keeps that rare.
+        """One request upstream, on a connection of its own (see start). One the server
+        closes without answering (it dropped the request) is tried again by aiohttp for
+        idempotent methods only, once (RFC 9112 9.3.1): a POST may have done its work,
+        so it is not sent twice, and is a 502.
 
         exec_timeout bounds each wait on the server: for it to take the next piece of the
         body, and for its answer once the request is sent. The waits on the client are not
@@ -335,7 +344,7 @@ class ProxyRunner:
             failed = UpstreamFailed(f"the server's WebSocket handshake failed: {exc.message}")
             return refusal(failed)
         except aiohttp.ClientError as exc:
-            return refusal(_no_answer(exc))
+            return refusal(_no_answer(request, exc))
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),
             autoclose=False,
@@ -434,8 +443,30 @@ class _RequestBody:
             yield chunk
 
 
-def _no_answer(exc: BaseException) -> UpstreamFailed:
-    return UpstreamFailed(f"the server did not answer: {exc or type(exc).__name__}")
+def _no_answer(request: web.Request, exc: aiohttp.ClientError) -> UpstreamFailed:
+    """The 502 for a request the server gave no usable answer, logged. Its kind only:
+    aiohttp's text spans lines, quotes the server's bytes and names its URL, query and
+    all (a token, say)."""
+    if isinstance(exc, aiohttp.ClientResponseError):  # an answer its parser refused
+        reason, kind = "the server's answer is not valid HTTP", ""
+        # The rule broken: the first line (the C parser's; the Python one's quotes the
+        # line), bounded.
+        detail = exc.message.partition("\n")[0].rstrip(":")[:200]
+    else:
+        reason, kind = "the server did not answer", f" ({type(exc).__name__})"
+        detail = (exc.strerror if isinstance(exc, OSError) else None) or type(exc).__name__
+    logger.warning(reason, path=request.path, error=detail)
+    return UpstreamFailed(reason + kind)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1, on a socket listening on ::
+    return ip.is_loopback
 
 
 async def _accepts(host: str, port: int) -> bool:

@@ -2,7 +2,8 @@
 
 `/run` and the exposed routes stream the request to the service's watchdog and its
 answer back, the path and query as the client encoded them (a `%2F` or `%3F` is not the
-`/` or `?` it decodes to); an exposed route relays a WebSocket session too
+`/` or `?` it decodes to), with the client's Host and X-Forwarded-For, -Host and -Proto
+as an Ingress sets them; an exposed route relays a WebSocket session too
 (websocket_relay.py). A client that leaves takes its call along: the watchdog sees the
 controller leave in turn, and kills the script (SPEC 4.1). `/job` hands the event to the
 jobs' queue. `/run` and `/job` take the service's token or the admin's; `/job` also takes
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from faas_supervisor import strict_json
@@ -131,11 +133,11 @@ class InvocationRoutes(Routes):
             query = request.rel_url.raw_query_string
             url = URL(f"{base}{path}" + (f"?{query}" if query else ""), encoded=True)
             # The service's watchdog never sees the controller's credentials (unless they
-            # were none of ours: keep_authorization); aiohttp sets Host.
-            drop = ("host",) if keep_authorization else ("authorization", "host")
+            # were none of ours: keep_authorization).
+            drop = () if keep_authorization else ("authorization",)
             if is_websocket(request):
                 return await self._websocket(request, service, url, watch, drop)
-            headers = forwarded_headers(request.headers, drop=drop)
+            headers = _from_client(request, forwarded_headers(request.headers, drop=drop))
             body: bytes | aiohttp.StreamReader | None = None
             if request.body_exists:
                 length = request.content_length
@@ -187,7 +189,8 @@ class InvocationRoutes(Routes):
         try:
             upstream = await self._session.ws_connect(
                 url,
-                headers=forwarded_headers(request.headers, drop=(*drop, *WS_HANDSHAKE)),
+                headers=_from_client(
+                    request, forwarded_headers(request.headers, drop=(*drop, *WS_HANDSHAKE))),
                 protocols=offered_protocols(request),
                 autoclose=False,  # close frames are relayed with their code, not answered
                 max_msg_size=WS_MESSAGE_MAX,
@@ -255,6 +258,23 @@ class InvocationRoutes(Routes):
         # An event naming an object that has a job already (a redelivery): that job,
         # and nothing made (200, not 201).
         return json_response({"job": name}, HTTPStatus.CREATED if new else HTTPStatus.OK)
+
+
+def _from_client(request: web.Request, headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    """The headers a service learns its client by, as nginx-ingress (OSCAR's Ingress)
+    sets them by default (use-forwarded-headers off): Host as the client sent it (which
+    `headers` keeps), X-Forwarded-For, -Host and -Proto from this connection, whatever
+    the client said of them. A watchdog reached on loopback (the local and Docker
+    backends) passes them on as they are; on Kubernetes it appends this hop to
+    X-Forwarded-For, as it does behind the Ingress."""
+    for name in ("X-Forwarded-For", "X-Forwarded-Host"):
+        headers.popall(name, None)
+    if request.remote:
+        headers["X-Forwarded-For"] = request.remote
+    if "Host" in request.headers:  # else aiohttp's own Host, the watchdog's address
+        headers["X-Forwarded-Host"] = request.headers["Host"]
+    headers["X-Forwarded-Proto"] = request.scheme
+    return headers
 
 
 def _exposed_path(request: web.Request, service: Service) -> str:
