@@ -649,15 +649,17 @@ def _expose(raw: Any, where: str, scalars: bool) -> Expose:
 
 def _node_ports(raw: Any, where: str, scalars: bool) -> tuple[int, ...]:
     """OSCAR's `nodePort`: a list of ports (one port alone is taken as a list of one, as
-    `api_port`). Any TCP port: the cluster's range (30000-32767 by default) is its own,
-    and its API server refuses a port outside it."""
+    `api_port`); 0, as OSCAR reads it, lets the cluster choose (the dashboard's forms send
+    it for a field left empty). Any TCP port: the cluster's range (30000-32767 by
+    default) is its own, and its API server refuses a port outside it."""
     one = isinstance(raw, int) or (scalars and isinstance(raw, str))
     ports: list[int] = []
     for port in [raw] if one else _list(raw, where):
         number = _whole(port) if scalars or not isinstance(port, str) else None
-        if number is None or not 0 < number < 65536:
-            raise InvalidService(f"{where}: {port!r} is not a TCP port (1 to 65535)")
-        if number in ports:
+        if number is None or not 0 <= number < 65536:
+            raise InvalidService(f"{where}: {port!r} is not a TCP port (1 to 65535, or 0: "
+                                 "the cluster's choice)")
+        if number and number in ports:
             raise InvalidService(f"{where}: {number} is given twice")
         ports.append(number)
     return tuple(ports)

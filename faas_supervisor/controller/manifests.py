@@ -159,7 +159,7 @@ def check(service: Service) -> None:
     if not service.name[0].isalpha():
         # A Service's name is a DNS-1035 label: it starts with a letter.
         raise InvalidService(f"name: {service.name!r} must start with a letter on Kubernetes")
-    if service.exposed and service.expose.node_port and service.expose.set_auth:
+    if service.exposed and fixed_node_port(service) and service.expose.set_auth:
         # The node port reaches the pods past any Ingress, where the credentials are
         # asked for (OSCAR makes none then, and its set_auth guards nothing).
         raise InvalidService(
@@ -500,6 +500,13 @@ def deployment(service: Service, cluster: Cluster) -> dict[str, Any]:
     }
 
 
+def fixed_node_port(service: Service) -> bool:
+    """Whether the service is reached on a node port of its own choosing (its first
+    api_port's), which OSCAR makes its way in: no Ingress then. A first node port of 0
+    (the cluster's choice: nobody knows it beforehand) keeps the Ingress."""
+    return bool(service.exposed and service.expose.node_port and service.expose.node_port[0])
+
+
 def service_object(service: Service, cluster: Cluster) -> dict[str, Any]:
     """The watchdog's stable address: port 80 (and 81, 82... for further api_port); with
     `nodePort`, each port also on the node port of its api_port (a NodePort Service)."""
@@ -512,7 +519,8 @@ def service_object(service: Service, cluster: Cluster) -> dict[str, Any]:
     ]
     node_ports = service.expose.node_port if service.exposed else ()
     for port, node_port in zip(ports, node_ports, strict=False):
-        port["nodePort"] = node_port
+        if node_port:  # 0: the cluster chooses
+            port["nodePort"] = node_port
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -616,7 +624,7 @@ def service_objects(service: Service, cluster: Cluster) -> list[dict[str, Any]]:
     ]
     if service.exposed:
         objects.append(autoscaler(service, cluster))
-        if not service.expose.node_port:  # as OSCAR: reached on its node ports instead
+        if not fixed_node_port(service):  # as OSCAR: reached on its node port instead
             objects.append(ingress(service, cluster))
     return [o for o in objects if o is not None]
 

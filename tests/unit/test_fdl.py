@@ -371,7 +371,6 @@ def test_node_port_is_kept_shown_and_stored() -> None:
 @pytest.mark.parametrize(
     ("expose", "says"),
     [
-        ({"api_port": 8000, "nodePort": 0}, "is not a TCP port"),
         ({"api_port": 8000, "nodePort": [65536]}, "is not a TCP port"),
         ({"api_port": 8000, "nodePort": -1}, "is not a TCP port"),
         ({"api_port": 8000, "nodePort": "30080"}, "must be a list"),

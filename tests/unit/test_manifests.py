@@ -501,6 +501,27 @@ def test_node_port_makes_a_node_port_service_and_no_ingress() -> None:
         manifests.service_objects(guarded.with_token("t" * 43), WITH_MINIO)
 
 
+def test_a_node_port_of_0_is_the_clusters_choice_and_keeps_the_ingress() -> None:
+    """OSCAR's 0 (what the dashboard sends for a field left empty) lets the cluster choose
+    the node port: a NodePort Service with no `nodePort` there, and, the first one being
+    nobody's to know beforehand, the Ingress kept (and set_auth with it). It was a 400."""
+    svc = parse_service({"name": "web", "image": "nginx", "script": "exec nginx\n",
+                         "expose": {"api_port": [8000, 9000], "nodePort": [0, 31000],
+                                    "set_auth": True}})
+    assert svc.expose.node_port == (0, 31000)
+    objects = by_kind(manifests.service_objects(svc.with_token("t" * 43), WITH_MINIO))
+    for obj in objects.values():
+        validate(obj)
+    spec = objects["Service"]["spec"]
+    assert spec["type"] == "NodePort"
+    assert [(p["targetPort"], p.get("nodePort")) for p in spec["ports"]] == [
+        ("http", None), ("api-1", 31000)]
+    assert "Ingress" in objects
+    # Two zeros are no duplicate.
+    assert parse_service({**svc_definition(svc), "expose": {
+        "api_port": [8000, 9000], "nodePort": [0, 0]}}).expose.node_port == (0, 0)
+
+
 def test_the_manifests_command_refuses_labels_kubernetes_refuses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
