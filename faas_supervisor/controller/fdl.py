@@ -25,6 +25,7 @@ from faas_supervisor.config import (
     LOG_LEVELS,
     REQUIRED_PROVIDER_KEYS,
     SECRET_KEYS,
+    URL_KEYS,
     StoragePath,
     check_provider_values,
     normalize_provider_name,
@@ -535,6 +536,8 @@ def _providers(raw: Any, where: str, stored: bool) -> dict[str, dict[str, dict[s
             raise InvalidService(f"{where}.{ptype}: unknown provider type (one of {known})")
         for pid, settings in _mapping(by_id, f"{where}.{ptype}").items():
             values = _mapping(settings, f"{where}.{ptype}.{pid}")
+            if not stored:
+                _no_url_userinfo(str(ptype), values, f"{where}.{ptype}.{pid}")
             if f"{ptype}.{pid}" != DEFAULT_PROVIDER:  # the cluster's: replaced anyway
                 for required in REQUIRED_PROVIDER_KEYS[ptype]:
                     if values.get(required) in (None, ""):
@@ -553,6 +556,32 @@ def _providers(raw: Any, where: str, stored: bool) -> dict[str, dict[str, dict[s
                         raise InvalidService(exc.message) from None
             providers.setdefault(str(ptype), {})[str(pid)] = dict(values)
     return providers
+
+
+# Where each provider type takes its credentials, named when a server's URL holds them.
+_CREDENTIAL_SETTINGS = {
+    "minio": "access_key and secret_key",
+    "s3": "access_key and secret_key",
+    "webdav": "login and password",
+    "onedata": "token",
+    "rucio": "username and password, or access_token",
+}
+
+
+def _no_url_userinfo(ptype: str, values: Mapping[str, Any], where: str) -> None:
+    """A server's URL (config.URL_KEYS) with a `user:password@`: refused, as the
+    controller's own --minio-endpoint is, since no provider ever uses it (boto3 drops it
+    from `endpoint`; aiohttp refuses it beside WebDAV's own Authorization header, so
+    every transfer failed; Onedata and Rucio log in with their own tokens and headers),
+    while it would be a password shown wherever the URL is. Not shown in the message:
+    what is before the `@` may be a password, however the URL is typed."""
+    for key in URL_KEYS.get(ptype, {}):
+        value = values.get(key)
+        if isinstance(value, str) and "@" in value:
+            raise InvalidService(
+                f"{where}.{key}: must not hold a user or password ('@'): give "
+                f"{_CREDENTIAL_SETTINGS[ptype]} as settings of their own"
+            )
 
 
 def _storage_list(
@@ -782,7 +811,7 @@ def service_json(service: Service, default_minio: Mapping[str, Any]) -> dict[str
     # The manager's declaration order; rucio (not the manager's) last.
     for ptype in ("s3", "minio", "onedata", "webdav", "rucio"):
         by_id = {
-            pid: _masked(settings)
+            pid: _masked(ptype, settings)
             for pid, settings in service.storage_providers.get(ptype, {}).items()
         }
         if ptype == "minio":
@@ -846,22 +875,59 @@ def service_json(service: Service, default_minio: Mapping[str, Any]) -> dict[str
     }
 
 
-def _masked(settings: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (HIDDEN if k in SECRET_KEYS and v else v) for k, v in sorted(settings.items())}
+def url_credential(ptype: str, key: str, value: Any) -> bool:
+    """Whether a provider setting is a URL that may hold a `user:password@` (or a
+    token as its user): a server's URL (config.URL_KEYS, with or without its scheme) or
+    any setting written as a URL (Rucio's `token_endpoint`, whose userinfo aiohttp does
+    send, as HTTP Basic auth) with an `@`. New definitions hold none in a server's URL
+    (_no_url_userinfo); stored ones may, and other URLs may: such a value is a
+    credential, shown masked (masked_url) and kept out of a ConfigMap (manifests.py)."""
+    return (isinstance(value, str) and "@" in value
+            and (key in URL_KEYS.get(ptype, {}) or "://" in value))
+
+
+def masked_url(url: str) -> str:
+    """`url` with its userinfo's password shown as `hidden` (`http://user:hidden@host`),
+    as the manager shows a secret setting; a userinfo of one part (a token) is `hidden`
+    whole. Up to the URL's last `@`: an unencoded `/` or `@` in a password (which makes
+    the URL ambiguous) hides more of it, never less."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:{HIDDEN}" if colon and not re.search(r"[/?#]", user) else HIDDEN
+    return f"{head}{sep}{shown}@{host}"
+
+
+def _masked(ptype: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: (HIDDEN if k in SECRET_KEYS and v
+            else masked_url(v) if url_credential(ptype, k, v) else v)
+        for k, v in sorted(settings.items())
+    }
 
 
 def unmask(new: Service, old: Service) -> Service:
-    """On update, a provider secret sent back as `hidden` keeps the stored value."""
+    """On update, a provider secret sent back as `hidden` keeps the stored value, and so
+    does a URL sent back as masked_url showed it."""
     providers: dict[str, dict[str, dict[str, Any]]] = {}
     for ptype, by_id in new.storage_providers.items():
         for pid, settings in by_id.items():
             stored = old.storage_providers.get(ptype, {}).get(pid, {})
             providers.setdefault(ptype, {})[pid] = {
-                k: (stored.get(k, v) if v == HIDDEN and k in SECRET_KEYS else v)
+                k: (stored.get(k, v) if _shown_as(ptype, k, v, stored.get(k)) else v)
                 for k, v in settings.items()
             }
     secrets = {k: (old.secrets.get(k, v) if v == "" else v) for k, v in new.secrets.items()}
     return replace(new, storage_providers=providers, secrets=secrets)
+
+
+def _shown_as(ptype: str, key: str, sent: Any, stored: Any) -> bool:
+    """Whether `sent` is how service_json showed the stored setting."""
+    if key in SECRET_KEYS:
+        return bool(sent == HIDDEN)
+    return url_credential(ptype, key, stored) and sent == masked_url(stored)
 
 
 # ---- storage of a definition (all fields, secrets included; for the store only) ---------

@@ -88,7 +88,8 @@ class Intake:
                 await asyncio.to_thread(self.queue.open)
             except Exception as exc:
                 raise ConfigError(
-                    f"--events-queue: cannot open {self.queue.queue}: {exc}"
+                    f"--events-queue: cannot open {self.queue.shown}: "
+                    f"{self.queue.shown_error(exc)}"
                 ) from None
 
     def start(self) -> None:

@@ -37,7 +37,7 @@ import yaml
 
 from faas_supervisor import __version__
 from faas_supervisor.config import SECRET_KEYS, Mode, text_loader
-from faas_supervisor.controller.fdl import Service, manager_labels
+from faas_supervisor.controller.fdl import Service, manager_labels, url_credential
 from faas_supervisor.controller.function_config import function_config
 from faas_supervisor.errors import InvalidService
 
@@ -191,7 +191,7 @@ def config_map(service: Service, cluster: Cluster) -> dict[str, Any]:
     config = function_config(service, provider)
     config["storage_providers"] = {
         ptype: {
-            pid: {k: v for k, v in settings.items() if k not in SECRET_KEYS}
+            pid: {k: v for k, v in settings.items() if not _credential(ptype, k, v)}
             for pid, settings in by_id.items()
         }
         for ptype, by_id in config["storage_providers"].items()
@@ -205,6 +205,14 @@ def config_map(service: Service, cluster: Cluster) -> dict[str, Any]:
             "function_config.yaml": yaml.safe_dump(config, sort_keys=False),
         },
     }
+
+
+def _credential(ptype: str, key: str, value: Any) -> bool:
+    """A provider setting that goes in the `NAME-providers` Secret, not the ConfigMap: a
+    credential's (config.SECRET_KEYS), and a URL that may hold a `user:password@` (one
+    stored before such URLs were refused, or a `token_endpoint`'s: fdl.url_credential).
+    The runtime reads any setting from the Secret's files, so it is moved whole."""
+    return key in SECRET_KEYS or url_credential(ptype, key, value)
 
 
 def env_secret(service: Service, cluster: Cluster) -> dict[str, Any] | None:
@@ -234,7 +242,7 @@ def _provider_credentials(service: Service, cluster: Cluster) -> dict[str, tuple
             if provider == "minio.default" and cluster.minio:
                 continue
             for key, value in sorted(settings.items()):
-                if key in SECRET_KEYS and value not in (None, ""):
+                if _credential(ptype, key, value) and value not in (None, ""):
                     text = ("true" if value else "false") if isinstance(value, bool) else value
                     found[f"{provider}.{key}"] = (f"{provider}/{key}", str(text))
     return found

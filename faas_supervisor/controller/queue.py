@@ -27,6 +27,7 @@ from faas_supervisor.controller.buckets import S3Store
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.notifications import input_paths
 from faas_supervisor.logs import get_logger
+from faas_supervisor.storage_providers import scrub, url_secrets
 
 WAIT_SECONDS = 10  # SQS long polling: the receive returns at once when a message comes
 RETRY_SECONDS = 2.0  # after the queue could not be read
@@ -39,6 +40,10 @@ class QueuePoller:
     def __init__(self, store: S3Store, queue: str, submit: Submit) -> None:
         self.store = store
         self.queue = queue  # a name, or the URL of an existing queue
+        # What the log and errors show of it: settings.py refuses a `user:password@`, and
+        # should one come another way, an SDK's message may still quote the URL.
+        self._secrets = url_secrets(queue)
+        self.shown = scrub(queue, self._secrets)
         self.submit = submit
         self.url = ""
         self.arn = ""
@@ -62,6 +67,10 @@ class QueuePoller:
         attributes = self._sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
         self.arn = attributes["Attributes"]["QueueArn"]
         return self.arn
+
+    def shown_error(self, exc: BaseException) -> str:
+        """An SDK's message, without the queue URL's userinfo (scrub)."""
+        return scrub(str(exc), self._secrets)
 
     def add(self, service: Service) -> None:
         self._services[service.name] = service
@@ -89,7 +98,9 @@ class QueuePoller:
                     QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=WAIT_SECONDS
                 ).get("Messages", [])
             except Exception as exc:  # the server is down for a while: try again later
-                logger.warning("cannot read the events queue", queue=self.url, error=str(exc))
+                logger.warning("cannot read the events queue",
+                               queue=scrub(self.url, self._secrets),
+                               error=self.shown_error(exc))
                 self._stop.wait(RETRY_SECONDS)
                 continue
             done = []
@@ -112,7 +123,7 @@ class QueuePoller:
                         Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(done)],
                     )
                 except Exception as exc:
-                    logger.warning("cannot delete handled events", error=str(exc))
+                    logger.warning("cannot delete handled events", error=self.shown_error(exc))
 
     # ---- in the event loop -------------------------------------------------------------
 

@@ -168,7 +168,7 @@ def load_controller_settings(
         minio_secret_key=secret_key,
         minio_region=_region(args.minio_region or environ.get("MINIO_REGION") or "us-east-1"),
         s3_port=args.s3_port,
-        events_queue=args.events_queue or "",
+        events_queue=_events_queue(args.events_queue),
         reconcile_interval=args.reconcile_interval,
         sync_wait=args.sync_wait,
         job_retention=args.job_retention,
@@ -249,6 +249,17 @@ def _minio_endpoint(given: str | None) -> str:
             f"--minio-endpoint: {url!r} is not a URL of the form http(s)://host[:port][/path]"
         )
     return url
+
+
+def _events_queue(given: str | None) -> str:
+    """A queue's name or URL. Neither holds an `@` (a queue name cannot): a URL's
+    `user:password@` reaches no server (the SQS client signs with the MinIO keys) and
+    would be shown in the queue's log lines and errors. Not shown, as --minio-endpoint."""
+    queue = given or ""
+    if "@" in queue:
+        raise ConfigError("--events-queue: must not hold a user or password ('@'): the "
+                          "queue is read with --minio-access-key and --minio-secret-key")
+    return queue
 
 
 # What a browser sends as Origin: scheme://host[:port], nothing after.

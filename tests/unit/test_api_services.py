@@ -693,7 +693,7 @@ async def test_an_own_server_that_refuses_to_list_is_a_502_naming_it(
     service = definition("e")
     service["input"] = [{"storage_provider": "minio.ext", "path": "ein/input"}]
     service["storage_providers"] = {"minio": {"ext": {
-        "endpoint": "http://user:pw@ext.invalid", "access_key": "AK", "secret_key": "SK"}}}
+        "endpoint": "http://ext.invalid", "access_key": "AK", "secret_key": "SK"}}}
     service["input"].insert(0, {"storage_provider": "minio", "path": "din/input"})
     answer = await client.post("/system/services", json=service, headers=AUTH)
     assert (answer.status, await answer.text()) == (

@@ -275,6 +275,21 @@ def test_a_minio_endpoint_with_a_user_is_refused_without_showing_it(tmp_path: Pa
         assert "SUPERSECRET" not in info.value.message
 
 
+def test_an_events_queue_with_a_user_is_refused_without_showing_it(tmp_path: Path) -> None:
+    """It was taken, then shown in the start-up error and at every failed poll; the
+    queue is read with the MinIO keys, so its userinfo reached no server anyway."""
+    minio = ["--data-dir", str(tmp_path), "--minio-endpoint", "http://minio:9000",
+             "--minio-access-key", "a", "--minio-secret-key", "s"]
+    for queue in ("http://qu:URLPASS888@127.0.0.1:9000/123456789012/evq2",
+                  "http:/qu:URLPASS888@minio/1/q", "qu:URLPASS888@q"):
+        with pytest.raises(ConfigError) as info:
+            load([*minio, "--events-queue", queue], {})
+        assert info.value.message.startswith("--events-queue: must not hold a user")
+        assert "URLPASS888" not in info.value.message
+    for queue in ("evq2", "http://127.0.0.1:9000/123456789012/evq2"):
+        assert load([*minio, "--events-queue", queue], {}).events_queue == queue
+
+
 @pytest.mark.parametrize("url", ["http://minio:9000", "https://s3.example.org/base",
                                  "http://[::1]:9000", "http://127.0.0.1"])
 def test_a_minio_endpoint_may_have_a_port_and_a_path(tmp_path: Path, url: str) -> None:

@@ -20,6 +20,7 @@ from faas_supervisor.controller.fdl import (
     service_json,
     to_record,
     typed_definition,
+    unmask,
 )
 from faas_supervisor.errors import InvalidService
 
@@ -167,6 +168,74 @@ def test_a_provider_the_runtime_would_stop_at_is_a_400_not_a_service_that_never_
         parse_service(definition)
     # What a store already holds is read as it was: the controller still starts.
     assert parse_service(definition, stored=True).storage_providers["webdav"]["dcache"]
+
+
+# A server's URL with a `user:password@` in it, by provider type: the settings besides it.
+URL_USERINFO = [
+    ("minio", "endpoint", {"access_key": "a", "secret_key": "b"}),
+    ("s3", "endpoint", {"access_key": "a", "secret_key": "b"}),
+    ("webdav", "hostname", {"login": "u", "password": "p"}),
+    ("onedata", "oneprovider_host", {"token": "t", "space": "s"}),
+    ("rucio", "host", {"account": "a", "rse": "R", "username": "u", "password": "p"}),
+    ("rucio", "auth_host", {"host": "https://rucio.example", "account": "a", "rse": "R",
+                            "username": "u", "password": "p"}),
+]
+
+
+@pytest.mark.parametrize("url", ["http://urluser:URLPASS888@srv.example:9000",
+                                  "urluser:URLPASS888@srv.example:9000",  # no scheme
+                                  "https://URLPASS888@srv.example"])  # a token as the user
+@pytest.mark.parametrize(("ptype", "key", "others"), URL_USERINFO)
+def test_a_servers_url_with_a_user_or_password_is_a_400_naming_it(
+    ptype: str, key: str, others: dict[str, str], url: str
+) -> None:
+    """No provider uses it (boto3 drops it, aiohttp refuses it beside WebDAV's basic
+    auth: every transfer failed; Onedata and Rucio log in with their own headers), and
+    it was shown in the service JSON and written in the ConfigMap: refused, as the
+    controller's own --minio-endpoint is, the message without it."""
+    definition = {"name": "u", "script": "echo",
+                  "storage_providers": {ptype: {"p": {**others, key: url}}}}
+    with pytest.raises(InvalidService,
+                       match=rf"^storage_providers\.{ptype}\.p\.{key}: must not hold a user "
+                             r"or password \('@'\)") as refused:
+        parse_service(definition)
+    assert "URLPASS888" not in str(refused.value)
+    # What a store already holds is read as it was: the controller still starts.
+    assert parse_service(definition, stored=True).storage_providers[ptype]["p"][key] == url
+
+
+STORED_URLS = {
+    "minio": {"own": {"endpoint": "http://urluser:URLPASS888@minio.example:9000",
+                      "access_key": "AK", "secret_key": "SK"}},
+    "webdav": {"dc": {"hostname": "https://TOKENAAA1@dav.example/d",
+                      "login": "w", "password": "WP"}},
+    "rucio": {"r": {"host": "https://rucio.example", "account": "a", "rse": "R",
+                    "username": "u", "password": "RP",
+                    "token_endpoint": "https://cid:CLIENTPW9@iam.example/token"}},
+}
+
+
+def test_a_stored_urls_password_is_shown_hidden_and_kept_on_update() -> None:
+    """GET /system/services showed a stored endpoint's `user:password@` whole (SPEC 3:
+    no secret in a response); its password is `hidden`, as a secret setting's is."""
+    stored = parse_service({"name": "u", "script": "echo", "storage_providers": STORED_URLS},
+                           stored=True)
+    data = service_json(stored, {})
+    text = go_json(data).decode()
+    for secret in ("URLPASS888", "TOKENAAA1", "CLIENTPW9"):
+        assert secret not in text
+    shown = data["storage_providers"]
+    assert shown["minio"]["own"]["endpoint"] == "http://urluser:hidden@minio.example:9000"
+    assert shown["webdav"]["dc"]["hostname"] == "https://hidden@dav.example/d"
+    assert shown["rucio"]["r"]["token_endpoint"] == "https://cid:hidden@iam.example/token"
+    # Sent back as shown: a server's URL is refused, naming it (no provider uses its
+    # password); the token endpoint's (aiohttp sends it: HTTP Basic auth, an OAuth
+    # client's) keeps the stored one.
+    with pytest.raises(InvalidService, match=r"^storage_providers\.minio\.own\.endpoint: "):
+        parse_service(data)
+    del data["storage_providers"]["minio"], data["storage_providers"]["webdav"]
+    again = unmask(parse_service(data), stored)
+    assert again.storage_providers["rucio"]["r"] == STORED_URLS["rucio"]["r"]
 
 
 # ---- what older versions stored: read back, or the controller would not start ----------

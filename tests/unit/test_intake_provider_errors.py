@@ -43,7 +43,7 @@ async def _create(client: TestClient, the_api: Api) -> tuple[int, str]:
         "input": [{"storage_provider": "minio", "path": "din/input"},
                   {"storage_provider": "minio.ext", "path": "ein/input"}],
         "storage_providers": {"minio": {"ext": {
-            "endpoint": "http://user:pw@ext.invalid", "access_key": "AK", "secret_key": "SK"}}},
+            "endpoint": "http://ext.invalid", "access_key": "AK", "secret_key": "SK"}}},
     }
     answer = await client.post("/system/services", json=service, headers=AUTH)
     assert the_api.store.service("e") is None

@@ -112,7 +112,8 @@ def own(name: str, secret: str = "secret-key", endpoint: str = "http://ext.inval
         "input": [{"storage_provider": "minio.ext", "path": "box/in"}],
         "storage_providers": {"minio": {"ext": ext}},
         **fields,
-    })
+    # An endpoint with a `user:password@` (refused in a new definition): one stored before.
+    }, stored="@" in endpoint)
 
 
 async def test_inputs_on_own_providers_are_watched_through_one_store_per_server(

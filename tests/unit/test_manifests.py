@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from faas_supervisor.cli import main
+from faas_supervisor.config import load_function_config
 from faas_supervisor.controller import manifests
 from faas_supervisor.controller.fdl import Service, load_fdl, parse_service
 from faas_supervisor.controller.function_config import function_config
@@ -234,6 +235,62 @@ def test_provider_credentials_go_to_a_secret_mounted_where_the_runtime_reads_the
                          "minio.default/secretKey": "minio-sk"}
         assert files == expected
     assert set(stored.values()) == set(PROVIDER_FILES.values())
+
+
+# Provider URLs holding a `user:password@` (or a token as the user), as a store may hold
+# them: new definitions with one in a server's URL are refused (fdl.py), these are not.
+URL_SECRETS = {
+    "minio.own/endpoint": "http://urluser:URLPASS888@minio.example:9000",
+    "webdav.dc/hostname": "https://wuser:URLPASSB@dav.example",
+    "onedata.od/oneprovider_host": "URLTOKEN7@op.example",
+    "rucio.r/auth_host": "https://ru:URLPASSR@auth.example",
+    "rucio.r/token_endpoint": "https://cid:CLIENTPW9@iam.example/token",
+}
+
+
+def test_a_provider_urls_password_goes_to_the_providers_secret_not_the_config_map(
+    tmp_path: Path,
+) -> None:
+    """The ConfigMap held such URLs whole (the named credentials went to Secrets): each
+    goes whole to the providers' Secret instead, where the runtime reads it just as well
+    (config.py reads any setting from /var/run/secrets/providers/TYPE.ID/SETTING)."""
+    providers: dict[str, Any] = {
+        "minio": {"own": {"access_key": "AK", "secret_key": "SK"}},
+        "webdav": {"dc": {"login": "wuser", "password": "WP"}},
+        "onedata": {"od": {"token": "OT", "space": "s"}},
+        "rucio": {"r": {"host": "https://rucio.example", "account": "a", "rse": "R",
+                        "username": "u", "password": "RP"}},
+    }
+    for path, url in URL_SECRETS.items():
+        provider, key = path.split("/")
+        ptype, pid = provider.split(".")
+        providers[ptype][pid][key] = url
+    svc = parse_service({**SERVICES["sync"], "storage_providers": providers,
+                         "output": [{"storage_provider": p.split("/")[0], "path": "bkt/out"}
+                                    for p in URL_SECRETS]}, stored=True)
+    objects = by_kind(manifests.service_objects(svc, WITH_MINIO))
+    text = objects["ConfigMap"]["data"]["function_config.yaml"]
+    for secret in ("URLPASS888", "URLPASSB", "URLTOKEN7", "URLPASSR", "CLIENTPW9"):
+        assert secret not in text
+    config = yaml.safe_load(text)["storage_providers"]
+    assert config["webdav"]["dc"] == {"login": "wuser"}
+    assert config["rucio"]["r"]["host"] == "https://rucio.example"
+    for obj in objects.values():
+        validate(obj)
+    # The runtime's view: the ConfigMap's file and the Secret's files as the pod has them.
+    (tmp_path / "function_config.yaml").write_text(text)
+    spec, _, _ = containers(objects["Deployment"])
+    volume = {v["name"]: v for v in spec["volumes"]}["provider-secrets"]
+    for source in volume["projected"]["sources"]:
+        data = objects[f"Secret/{source['secret']['name']}"]["stringData"]
+        for item in source["secret"]["items"]:
+            (tmp_path / "secrets" / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "secrets" / item["path"]).write_text(data[item["key"]])
+    read = load_function_config(str(tmp_path / "function_config.yaml"), {},
+                                tmp_path / "secrets")
+    for path, url in URL_SECRETS.items():
+        provider, key = path.split("/")
+        assert read.provider(provider).get(key) == url
 
 
 def test_the_fdls_own_minio_default_keys_without_a_cluster_minio() -> None:
