@@ -260,6 +260,8 @@ class Jobs:
                 code, reason = None, f"could not run: {exc}"
             self.running.pop(name, None)
             if self.store.job(name) is not None:
+                if code is None:  # the backend's failure: its reason in the log too
+                    self._note_failure(name, reason)
                 await self._finish(name, code, reason)
             logger.info("job finished", job=name, status=code)
 
@@ -268,6 +270,24 @@ class Jobs:
         with open(self.log_path(name), "ab") as log:
             note = REATTACHED if hasattr(self.backend, "detach") else INTERRUPTED
             log.write(f"faas-supervisor: {note}\n".encode())
+
+    def _note_failure(self, name: str, reason: str) -> None:
+        """Why the backend failed the job, as the last line of its log: the stored reason
+        is served by no route, and the log alone may mislead (a `run` the local backend
+        stopped once its runner died ends it with `stopped by SIGTERM`) or be empty.
+        Backends note only what does not fail the job this way (kubernetes: a pod gone, an
+        OOM kill), so nothing is said twice. Best effort: the reason is stored anyway."""
+        line = " ".join(reason.splitlines())
+        try:
+            with open(self.log_path(name), "a+b") as log:
+                # On a line of its own, whatever the job's last output left unfinished.
+                end = log.seek(0, os.SEEK_END)
+                if end and os.pread(log.fileno(), 1, end - 1) != b"\n":
+                    log.write(b"\n")
+                log.write(f"faas-supervisor: the job failed: {line}\n".encode())
+        except OSError as exc:  # a full disk
+            logger.warning("cannot note the job's failure in its log", job=name,
+                           error=str(exc))
 
     async def _finish(self, name: str, code: int | None, reason: str) -> None:
         """The outcome and the log into the store, in a thread: a log can be large.

@@ -40,6 +40,13 @@ sleep 300
 """
 
 
+def held(tmp: Path, pattern: str) -> set[str]:
+    """The names matching `pattern` in a service's TMPDIR and in its jobs' own in it
+    (`job-NAME`, itself left out: a job run again gets one of the same name)."""
+    return {p.name for p in (*tmp.glob(pattern), *tmp.glob(f"job-*/{pattern}"))
+            if not (p.parent == tmp and p.name.startswith("job-"))}
+
+
 def kill_tree(root: int) -> None:
     """SIGKILL `root` and every process under it, as a host crash would: each is stopped
     first (SIGSTOP) until no new one appears, so that none forks, reaps or cleans up."""
@@ -104,8 +111,8 @@ def test_a_restart_after_a_crash_removes_what_its_invocations_left(
                    and len((marks / "pids").read_text().split()) == 2,
                    30, "the job's and the invocation's scripts to run", first)
         # Their last steps (the links) done too: each script is in its sleep.
-        wait_until(lambda: len(list(tmp.glob("out-*"))) == 2, 30, "the scripts' links", first)
-        left = {p.name for p in tmp.iterdir()}
+        wait_until(lambda: len(held(tmp, "out-*")) == 2, 30, "the scripts' links", first)
+        left = held(tmp, "*")
         kill_tree(first.process.pid)
         first.process.wait(30)
         with pytest.raises(requests.ConnectionError):
@@ -115,7 +122,7 @@ def test_a_restart_after_a_crash_removes_what_its_invocations_left(
     assert sum(name.startswith("faas-runtime-") for name in left) == 2  # watchdog, runner
 
     second = controllers(data_dir=first.data_dir)
-    now = {p.name for p in tmp.iterdir()}  # the watchdog's and the job run again: new ones
+    now = held(tmp, "*")  # the watchdog's and the job run again: new ones
     assert left & now == set(), second.log_text()
     assert [p.name for p in outside.iterdir()] == ["precious"]  # never followed
     assert (outside / "precious").read_text() == "mine"

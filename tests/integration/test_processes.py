@@ -243,8 +243,11 @@ def job_script(marker: str) -> str:
 
 
 def invocation_folders(controller: ControllerProcess, service: str) -> list[str]:
+    """The service's TMPDIR's folders: its watchdog's, its jobs' own TMPDIRs (`job-NAME`)
+    and theirs in them."""
     tmp = controller.data_dir / "services" / service / "tmp"
-    return sorted(p.name for p in tmp.glob("faas-*")) if tmp.is_dir() else []
+    found = (*tmp.glob("faas-*"), *tmp.glob("job-*"), *tmp.glob("job-*/faas-*"))
+    return sorted(str(p.relative_to(tmp)) for p in found) if tmp.is_dir() else []
 
 
 @pytest.mark.parametrize("how", ["delete-job", "delete-service", "stop-controller"])

@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import sqlite3
@@ -91,19 +92,35 @@ def environ_of(pid: int) -> dict[str, str]:
 
 
 def real_run(controller: ControllerProcess, service: str, env: dict[str, str]) -> int:
-    """`faas-supervisor run` as the backend would have started it for a job."""
+    """`faas-supervisor run` as the backend would have started it for a job, in the
+    job's TMPDIR (made for it, and removed after, as the backend does)."""
     folder = controller.data_dir / "services" / service
-    result = subprocess.run(
-        [*faas_command(), "run", "--script", str(folder / "script.sh"),
-         "--config", str(folder / "function_config.yaml")],
-        env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
-    )
+    with job_tmpdir(env):
+        result = subprocess.run(
+            [*faas_command(), "run", "--script", str(folder / "script.sh"),
+             "--config", str(folder / "function_config.yaml")],
+            env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+        )
     return result.returncode
 
 
+@contextlib.contextmanager
+def job_tmpdir(env: dict[str, str]) -> Iterator[None]:
+    """The job's TMPDIR in `env` (job_env) made for a `run` the test starts, then removed."""
+    tmp = Path(env["TMPDIR"])
+    tmp.mkdir()
+    try:
+        yield
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def job_env(controller: ControllerProcess, service: str, job: str) -> dict[str, str]:
+    """The runner's environment, as the backend gives it to a job: its TMPDIR the job's
+    own, in the service's."""
     (runner,) = runners(controller, service)
-    return {**environ_of(runner), "JOB_UUID": job, "EVENT": EVENT}
+    env = environ_of(runner)
+    return {**env, "JOB_UUID": job, "EVENT": EVENT, "TMPDIR": f"{env['TMPDIR']}/job-{job}"}
 
 
 def normalized(dump: str) -> list[str]:
@@ -206,6 +223,10 @@ def test_a_killed_runner_fails_its_job_clearly_and_later_jobs_run(
     code, reason = stored(controller, job)
     assert code is None
     assert "job runner of service victim ended (killed by SIGKILL" in reason
+    # Said where the user reads it: its log's last line (before, its `run`'s "stopped by
+    # SIGTERM", which reads as a delete).
+    log = controller.request("GET", f"/system/logs/victim/{job}").text
+    assert log.endswith(f"faas-supervisor: the job failed: {reason}\n"), log
     wait_until(lambda: not running_with(marker), 30, "the script gone", controller)
     # Its `run` got SIGTERM and removed its folders (the watchdog keeps one of its own).
     wait_until(lambda: len(list(tmp.glob("faas-*"))) <= 1, 30,
@@ -339,6 +360,56 @@ def test_a_watchdog_that_cannot_start_is_said_so_and_its_service_deleted(
                "the controller to say so", controller)
     assert "Argument list too long" in controller.log_text()
     assert controller.request("DELETE", "/system/services/toobig").status_code == 204
+
+
+def test_a_job_that_cannot_start_fails_its_log_saying_why(
+    controllers: ControllerFactory,
+) -> None:
+    """Its runner cannot start (its variables past the system's bound: E2BIG): the job is
+    Failed, and its log, else empty, says why (the stored reason is served by no route)."""
+    controller = controllers()
+    secrets = {f"S{i}": "x" * (120 << 10) for i in range(24)}  # about 2.9 MB
+    token = controller.create({"name": "toobig", "script": "echo\n",
+                               "environment": {"secrets": secrets}})["token"]
+    job = post_job(controller, "toobig", token)
+    assert finished(controller, "toobig", job)["status"] == "Failed"
+    _code, reason = stored(controller, job)
+    assert "Argument list too long" in reason
+    log = controller.request("GET", f"/system/logs/toobig/{job}").text
+    assert log == f"faas-supervisor: the job failed: {reason}\n"
+    # No TMPDIR made for a job that never started, nor left.
+    assert not list((controller.data_dir / "services" / "toobig" / "tmp").glob("job-*"))
+
+
+def test_a_job_whose_run_is_killed_outright_leaves_nothing_in_tmpdir(
+    controllers: ControllerFactory, marker: str
+) -> None:
+    """Its `run` SIGKILLed (the OOM killer) cannot remove its folders: they are in the
+    job's own TMPDIR, removed with what it holds before the job is recorded. Before, they
+    stayed in the service's TMPDIR (shared: their random names tell no job's from
+    another's) until the controller's next start."""
+    controller = controllers()
+    script = (f'head -c 3000000 /dev/zero > "$TMP_OUTPUT_DIR/big"\n'
+              f"sh -c 'sleep 300; true' {marker}\n")
+    token = controller.create({"name": "oom", "script": script})["token"]
+    tmp = controller.data_dir / "services" / "oom" / "tmp"
+    log = controller.data_dir / "services" / "oom" / "watchdog.log"
+    wait_until(lambda: log.is_file() and b"watchdog ready" in log.read_bytes(), 60,
+               "the service's watchdog (its folder is its own)", controller)
+    before = sorted(p.name for p in tmp.iterdir())
+    job = post_job(controller, "oom", token)
+    (script_proc,) = wait_until(lambda: running_with(marker), 60, "the job's script",
+                                controller)
+    (runner,) = runners(controller, "oom")
+    table = processes()
+    run = script_proc.pid
+    while table[run].ppid != runner:  # up from the script to the runner's child
+        run = table[run].ppid
+    os.kill(run, signal.SIGKILL)
+    assert finished(controller, "oom", job)["status"] == "Failed"
+    assert stored(controller, job)[0] == -signal.SIGKILL
+    assert sorted(p.name for p in tmp.iterdir()) == before
+    wait_until(lambda: not running_with(marker), 30, "the script gone", controller)
 
 
 def test_run_refuses_an_event_variable_that_is_not_utf8_in_one_line(tmp_path: Path) -> None:
@@ -538,13 +609,14 @@ def test_a_jobs_logs_show_its_script_output_whatever_the_event(
                             + rb"\S+ INFO script exited status=0 seconds=\d+\.\d+\n" + result,
                             warm), warm
 
-    with open(tmp_path / "cold.log", "wb") as out:
+    env = job_env(controller, "printer", job)
+    with open(tmp_path / "cold.log", "wb") as out, job_tmpdir(env):
         folder = controller.data_dir / "services" / "printer"
         subprocess.run(
             [*faas_command(), "run", "--script", str(folder / "script.sh"),
              "--config", str(folder / "function_config.yaml")],
-            env=job_env(controller, "printer", job), stdin=subprocess.DEVNULL,
-            stdout=out, stderr=out, timeout=120, check=True,
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=120,
+            check=True,
         )
     assert _comparable((tmp_path / "cold.log").read_bytes()) == _comparable(warm)
 

@@ -1,12 +1,12 @@
 """The embedded default: services as `faas-supervisor watchdog` processes of this machine.
 
 Each service gets a folder `<data-dir>/services/NAME/` (script.sh, function_config.yaml,
-the watchdog's and the job runner's logs, its TMPDIR), a watchdog on a free loopback port
-that is restarted if it dies, and its jobs run as `faas-supervisor run` would, each in a
-child forked by the service's warm job runner (job_runner.py; local_runner.py), started
-at its first job. Every process gets its own process group and is stopped as
-processes.Child does: SIGTERM (a watchdog drains, `run` kills its script and removes its
-folders), SIGKILL to the group after a grace period.
+the watchdog's and the job runner's logs, its TMPDIR, holding each job's own TMPDIR), a
+watchdog on a free loopback port that is restarted if it dies, and its jobs run as
+`faas-supervisor run` would, each in a child forked by the service's warm job runner
+(job_runner.py; local_runner.py), started at its first job. Every process gets its own
+process group and is stopped as processes.Child does: SIGTERM (a watchdog drains, `run`
+kills its script and removes its folders), SIGKILL to the group after a grace period.
 The controller is a child subreaper while this backend runs: what a watchdog or a job
 leaves when it dies (even by SIGKILL: its scripts, their children) comes back to it and
 is killed before the watchdog is restarted or the job is reported.
@@ -573,6 +573,19 @@ class LocalBackend:
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
         env = self._env(service)
         env["JOB_UUID"] = job
+        # A TMPDIR of the job's own, in the service's (so the sweeps at start find it,
+        # as its processes are found by it): a `run` killed outright (the OOM killer)
+        # leaves its folders, named at random, which only that tells from another job's
+        # or a sync call's. Made once the runner is there, gone once the job's processes
+        # are (_remove_job_tmp): an rmdir when its `run` removed its folders.
+        env["TMPDIR"] = tmp = f"{env['TMPDIR']}/job-{job}"
+        try:
+            return await self._run_job(service, job, event, log, env)
+        finally:
+            await asyncio.shield(_remove_job_tmp(tmp))
+
+    async def _run_job(self, service: Service, job: str, event: Path, log: Path,
+                       env: dict[str, str]) -> int:
         # The event, never a secret of that name (`run` would read it instead).
         env.pop("EVENT", None)
         # Read here, not in a thread: jobs.submit has just written it (the page cache
@@ -582,6 +595,8 @@ class LocalBackend:
             # As OSCAR passes it; surrogateescape gives the child the exact bytes back.
             env["EVENT"] = data.decode("utf-8", "surrogateescape")
         runner = await self._runner(service.name)
+        with contextlib.suppress(FileExistsError):  # left by a run whose removal failed
+            os.mkdir(env["TMPDIR"], 0o700)  # on the loop: tens of microseconds
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(open(log, "ab"))
             fds = [out.fileno()]
@@ -650,6 +665,23 @@ def _sweep_tmpdirs(root: Path) -> None:
                 remove_tree(tmp)
             except OSError:  # none (a service never deployed)
                 pass
+
+
+async def _remove_job_tmp(tmp: str) -> None:
+    """A job's TMPDIR removed, once its processes are gone: an rmdir when its `run`
+    removed its folders (the usual end), else in a thread with what is left in it, as the
+    invocations remove theirs. Never through a link: one put in its place goes itself."""
+    try:
+        os.rmdir(tmp)
+    except FileNotFoundError:  # never made (the job did not start)
+        pass
+    except NotADirectoryError:  # a link, or a file, its script put in its place
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    except OSError:  # not empty: a `run` killed outright left its folders
+        from faas_supervisor.invocation import remove_tree  # as _sweep_tmpdirs
+
+        await asyncio.to_thread(remove_tree, tmp)
 
 
 def _small_event(event: Path) -> bytes | None:
