@@ -411,3 +411,23 @@ async def _receive(request: web.Request, path: Path) -> None:
 def _error(status: int, error_id: str, **details: str) -> web.Response:
     body = {"error": {"id": error_id, "description": error_id, "details": details}}
     return web.json_response(body, status=status)
+
+
+async def streamed_answer(request: web.Request, status: int, headers: dict[str, str],
+                          size: int, sent: list[int]) -> web.StreamResponse:
+    """An answer of `size` bytes sent a MiB at a time, as long as the client reads (a
+    server answering with a body nobody should read whole): the bytes it could send
+    before the client closed the connection are appended to `sent`."""
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = size
+    await response.prepare(request)
+    count, chunk = 0, b"y" * (1 << 20)
+    try:
+        while count < size:
+            await response.write(chunk)
+            count += len(chunk)
+    except ConnectionError:
+        pass
+    finally:
+        sent.append(count)
+    return response

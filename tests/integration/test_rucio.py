@@ -42,6 +42,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.controller_fixture import ControllerFactory
 from tests.integration.rucio_server import ACCOUNT, RSE, SCOPE, RucioServer, unique
+from tests.integration.servers import streamed_answer
 from tests.integration.test_run import stopped
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -510,20 +511,10 @@ async def test_answers_are_read_only_as_far_as_they_are_used(tmp_path: Path) -> 
                        headers: dict[str, str]) -> web.StreamResponse:
         done = asyncio.Event()
         finished.append(done)
-        response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = size
-        await response.prepare(request)
-        count, chunk = 0, b"y" * MiB
         try:
-            while count < size:
-                await response.write(chunk)
-                count += len(chunk)
-        except ConnectionError:
-            pass
+            return await streamed_answer(request, status, headers, size, sent)
         finally:
-            sent.append(count)
             done.set()
-        return response
 
     async def login(request: web.Request) -> web.StreamResponse:
         return await streamed(request, 200, {"X-Rucio-Auth-Token": "root-token"})

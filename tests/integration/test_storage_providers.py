@@ -41,6 +41,7 @@ from tests.integration.servers import (
     stalling_store,
     start_moto,
     start_wsgidav,
+    streamed_answer,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -755,20 +756,10 @@ async def test_webdav_a_put_answered_with_a_huge_body_reads_little_of_it(
         if request.method != "PUT":
             return web.Response(status=404)
         await request.read()
-        response = web.StreamResponse(status=201)
-        response.content_length = size
-        await response.prepare(request)
-        count, chunk = 0, b"y" * MiB
         try:
-            while count < size:
-                await response.write(chunk)
-                count += len(chunk)
-        except ConnectionError:
-            pass
+            return await streamed_answer(request, 201, {}, size, sent)
         finally:
-            sent.append(count)
             done.set()
-        return response
 
     runner, url = await serve(answer)
     try:
