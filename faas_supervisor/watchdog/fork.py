@@ -163,7 +163,12 @@ class ForkRunner:
                 await response.write_eof()
         except TimeoutError:
             logger.warning("response not sent within write_timeout", id=invocation.id)
+            # Aborted, not closed: a close waits for the unsent answer to drain, which a
+            # client that does not read never lets happen (its socket and the buffered
+            # answer were held for as long as it stayed connected).
             response.force_close()
+            if request.transport is not None:
+                request.transport.abort()
         finally:
             self.metrics.bytes_out.inc(sent)
         return response
