@@ -16,6 +16,13 @@ streams it elsewhere (to a watchdog, whose own limits apply): `bounded_body` mak
 every wait of the body's stream for the client's next bytes end by a deadline, or after
 a time without a byte, with `BodyLate`.
 
+An answer is bounded by `send_timeout` (the controller's): a client that stops reading
+while its answer is being sent, its receive window shut, has its connection aborted by
+the kernel once nothing has been taken for that long (TCP_USER_TIMEOUT, which counts a
+zero window since Linux 5.11), whatever writes the answer (a stream, sendfile). Without
+it the socket, the file being sent and the buffered answer were held for as long as the
+client kept the connection open.
+
 A server out of file descriptors cannot accept a connection, and asyncio logs each
 failed retry with its traceback (tens of thousands of lines a minute): the runner logs
 them in one line now and then instead (`_AcceptFailures`).
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any
@@ -57,16 +65,26 @@ logger = get_logger(component="http")
 class _Connection(RequestHandler):
     """aiohttp's connection, with a timer from a request head's first byte to its last."""
 
-    __slots__ = ("_head_timeout", "_head_timer", "_on_lost", "head_started")
+    __slots__ = ("_head_timeout", "_head_timer", "_on_lost", "_send_timeout", "head_started")
 
-    def __init__(self, manager: web.Server, head_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, head_timeout: float, send_timeout: float,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._head_timeout = head_timeout
+        self._send_timeout = send_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         # When the head being read (or the last one read) began to arrive; None when it
         # arrived in one piece, so that "now" is as good.
         self.head_started: float | None = None
         self._on_lost: Callable[[], None] | None = None  # when_client_leaves
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if self._send_timeout and sock is not None and sock.family != socket.AF_UNIX:
+            with contextlib.suppress(OSError):  # a kernel without it: no bound, as before
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                                int(self._send_timeout * 1000))
 
     def data_received(self, data: bytes) -> None:
         heads = self._request_count
@@ -163,7 +181,7 @@ class _Server(web.Server):
     """aiohttp's server, whose connections are `_Connection`s, and which refuses transfer
     codings it cannot read (`_unknown_coding`)."""
 
-    def __init__(self, made: web.Server, head_timeout: float) -> None:
+    def __init__(self, made: web.Server, head_timeout: float, send_timeout: float) -> None:
         super().__init__(
             _refusing_unknown_codings(made.request_handler),
             request_factory=made.request_factory,
@@ -171,26 +189,31 @@ class _Server(web.Server):
             **made._kwargs,
         )
         self.head_timeout = head_timeout
+        self.send_timeout = send_timeout
 
     def __call__(self) -> RequestHandler:
-        return _Connection(self, self.head_timeout, loop=self._loop, **self._kwargs)
+        return _Connection(self, self.head_timeout, self.send_timeout, loop=self._loop,
+                           **self._kwargs)
 
 
 class TimedAppRunner(web.AppRunner):
     """`web.AppRunner` whose connections bound the time to receive a request head.
 
     `head_timeout` (seconds, 0 for none) is counted from the head's first byte; pass
-    aiohttp's `keepalive_timeout` as well for connections that send nothing. Its setup
-    also makes the event loop log failed accepts in one line now and then
-    (`_AcceptFailures`).
+    aiohttp's `keepalive_timeout` as well for connections that send nothing.
+    `send_timeout` (seconds, 0 for none) bounds how long an answer may wait for a client
+    that takes none of it (see the module's docstring). Its setup also makes the event
+    loop log failed accepts in one line now and then (`_AcceptFailures`).
     """
 
-    def __init__(self, app: web.Application, *, head_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, head_timeout: float,
+                 send_timeout: float = 0, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._head_timeout = head_timeout
+        self._send_timeout = send_timeout
 
     async def _make_server(self) -> web.Server:
-        return _Server(await super()._make_server(), self._head_timeout)
+        return _Server(await super()._make_server(), self._head_timeout, self._send_timeout)
 
     async def setup(self) -> None:
         await super().setup()

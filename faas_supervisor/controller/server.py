@@ -54,6 +54,9 @@ logger = get_logger(component="controller")
 # exposed ports stream to the service's watchdog, whose read_timeout bounds them.
 HEAD_TIMEOUT = 60.0
 KEEPALIVE_TIMEOUT = 75.0
+# Seconds an answer may wait for a client that takes none of it (its receive window shut):
+# then its connection is aborted (http_timeouts.py), as nginx's send_timeout (60 s) does.
+SEND_TIMEOUT = 60.0
 # The stop's one bound for the requests in flight of every port (aiohttp's default
 # shutdown_timeout, given to the runners); those still running then are cancelled.
 DRAIN_TIMEOUT = 60.0
@@ -181,6 +184,7 @@ class Controller:
             handle_signals=False,
             shutdown_timeout=DRAIN_TIMEOUT,
             head_timeout=HEAD_TIMEOUT,
+            send_timeout=SEND_TIMEOUT,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
             # Bodies pass through as sent (a gzip body to /run reaches the service's
             # watchdog gzipped, with its Content-Encoding), as the OSCAR manager does.
@@ -232,6 +236,7 @@ class Controller:
             handle_signals=False,
             shutdown_timeout=DRAIN_TIMEOUT,
             head_timeout=HEAD_TIMEOUT,
+            send_timeout=SEND_TIMEOUT,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
             auto_decompress=False,  # an object is stored as sent (Content-Encoding kept)
         )

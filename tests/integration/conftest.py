@@ -46,6 +46,24 @@ if TYPE_CHECKING:
 _handed_out: set[int] = set()
 
 
+TCP_ESTABLISHED = 1  # linux/tcp_states.h
+
+
+def server_side_state(port: int, peer: int) -> int | None:
+    """The TCP state of the server's end of a loopback connection (local port `port`,
+    remote port `peer`), from /proc/net/tcp: ESTABLISHED while its process holds it, a
+    closing state once it has let it go (its unsent data then the kernel's, not its)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
+                if int(local, 16) == port and int(remote, 16) == peer:
+                    return int(fields[3], 16)
+    return None
+
+
 def free_port() -> int:
     """A port free now, and never one this test run handed out before: a port closed
     here is free again at once, and two taken for one test (a watchdog's and its

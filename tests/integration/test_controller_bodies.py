@@ -44,6 +44,7 @@ from faas_supervisor.http_timeouts import (
     bounded_body,
     request_started,
 )
+from tests.integration.conftest import TCP_ESTABLISHED, server_side_state
 from tests.integration.controller_fixture import ControllerProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -98,6 +99,24 @@ def slow_client(port: int, head: bytes, *, every: float, until: float,
         return Outcome(answer, answered, closed)
 
 
+def non_reader(port: int, head: bytes) -> float:
+    """Sends `head` on a connection with a small receive buffer, then reads nothing:
+    seconds until the server's end of it is let go (aborted: no longer ESTABLISHED), inf
+    if not within LIMIT + 40 s. What the client is sent stays in the buffers meanwhile."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with sock:
+        sock.connect(("127.0.0.1", port))
+        start = time.monotonic()
+        sock.sendall(head)
+        client = sock.getsockname()[1]
+        while time.monotonic() - start < LIMIT + 40:
+            if server_side_state(port, client) != TCP_ESTABLISHED:
+                return time.monotonic() - start
+            time.sleep(0.5)  # the kernel's timer: no event of it reaches this process
+        return float("inf")
+
+
 def json_head(path: str, auth: str | None, length: int = DECLARED, extra: str = "") -> bytes:
     authorization = f"Authorization: {auth}\r\n" if auth else ""
     return (
@@ -128,7 +147,8 @@ def test_slow_bodies_are_cut_off_and_their_connections_closed(
     connection is closed, as does one with them that sends nothing for 60 s, while a
     `/job` with its token sending a byte every 5 s for 65 s is taken (a large event on a
     slow link takes its time); the same for S3: a PutObject stalled for 60 s gets
-    RequestTimeout and is closed, one that sends a byte every 5 s for 65 s is stored."""
+    RequestTimeout and is closed, one that sends a byte every 5 s for 65 s is stored.
+    An answer nobody reads is given up too: its connection aborted 60 s on."""
     service = controller.create({
         "name": "slowbody", "image": "busybox", "script": "true\n",
         "input": [{"storage_provider": "minio", "path": "slowbody/input"}],
@@ -136,11 +156,18 @@ def test_slow_bodies_are_cut_off_and_their_connections_closed(
     admin = "Basic " + base64.b64encode(":".join(controller.auth).encode()).decode()
     provider = controller.request("GET", "/system/config").json()["minio_provider"]
     keys = Credentials(provider["access_key"], provider["secret_key"])
-    boto3.client(
+    s3 = boto3.client(
         "s3", endpoint_url=provider["endpoint"], aws_access_key_id=keys.access_key,
         aws_secret_access_key=keys.secret_key, region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}),
-    ).create_bucket(Bucket="slow")
+    )
+    s3.create_bucket(Bucket="slow")
+    s3.put_object(Bucket="slow", Key="big", Body=b"b" * (32 << 20))
+    get_big = AWSRequest("GET", f"http://127.0.0.1:{controller.s3_port}/slow/big")
+    S3SigV4Auth(keys, "s3", "us-east-1").add_auth(get_big)
+    get_head = (f"GET /slow/big HTTP/1.1\r\nHost: 127.0.0.1:{controller.s3_port}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in get_big.headers.items()
+                          if k.lower() != "host") + "\r\n").encode()
     # Without credentials: trickled until 2 s before the API's limit, then silent: its
     # answer, at the limit, races no byte of ours (one would make the closing kernel
     # reset the connection). With them: silent after the head's first byte of body.
@@ -177,11 +204,17 @@ def test_slow_bodies_are_cut_off_and_their_connections_closed(
             every=5.0, until=LIMIT + 2, last_byte=b"!"),
     }
     clients = {**api_clients, **s3_clients, "slow job": slow_job}
-    with ThreadPoolExecutor(len(clients)) as pool:
+    with ThreadPoolExecutor(len(clients) + 1) as pool:
         futures = {name: pool.submit(call) for name, call in clients.items()}
+        # A GetObject (sendfile) whose client reads nothing: its connection is aborted
+        # once nothing has been taken for 60 s (server.SEND_TIMEOUT). It was held, with
+        # the object's file open, for as long as the client kept it.
+        not_read = pool.submit(non_reader, controller.s3_port, get_head)
         # Meanwhile the controller serves others.
         assert controller.request("GET", "/health", auth=None, timeout=10).status_code == 200
         outcomes = {name: future.result() for name, future in futures.items()}
+        let_go = not_read.result()
+    assert LIMIT - 2 <= let_go < LIMIT + 40, let_go
     log = controller.log_text()
     for name in api_clients:
         outcome = outcomes[name]

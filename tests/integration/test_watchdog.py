@@ -32,11 +32,13 @@ import requests
 import yaml
 
 from tests.integration.conftest import (
+    TCP_ESTABLISHED,
     WatchdogFactory,
     WatchdogProcess,
     faas_command,
     free_port,
     script_output,
+    server_side_state,
     wait_for_http,
 )
 
@@ -916,24 +918,6 @@ def test_content_encoding_gzip_is_decoded_and_a_broken_body_is_400(
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
     assert b"\r\n\r\nrequest body cannot be read: " in answer, answer[:300]
-
-
-TCP_ESTABLISHED = 1  # linux/tcp_states.h
-
-
-def server_side_state(port: int, peer: int) -> int | None:
-    """The TCP state of the server's end of a loopback connection (local port `port`,
-    remote port `peer`), from /proc/net/tcp: ESTABLISHED while its process holds it, a
-    closing state once it has let it go (its unsent data then the kernel's, not its)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
-                if int(local, 16) == port and int(remote, 16) == peer:
-                    return int(fields[3], 16)
-    return None
 
 
 @pytest.mark.parametrize("how", ["env", "flag"])

@@ -740,6 +740,8 @@ async def _send(
         return
     except NotImplementedError:
         pass
+    except TimeoutError:  # ETIMEDOUT: the kernel gave up on a client taking nothing
+        raise ConnectionResetError("the client took nothing for the send timeout") from None
     file.seek(start)
     while length > 0:
         data = await asyncio.to_thread(file.read, min(length, body.PIECE))
