@@ -197,7 +197,8 @@ def signalled_while_copying(shell: str, build: Path, parent: Path,
                             signum: int) -> tuple[subprocess.Popen[str], Path]:
     """An injection sent `signum` (SIGKILL: its whole group, as a container's end) as soon
     as its copy begins, and its folder. Tried again in a new folder when the injection got
-    as far as switching before the signal came (a busy machine wakes this test late)."""
+    as far as finishing its copy (a whole build in `.builds`) or switching before the
+    signal came (a busy machine wakes this test late)."""
     for attempt in range(20):
         dest = parent / f"dest{attempt}"
         (dest / ".builds").mkdir(parents=True)
@@ -210,7 +211,8 @@ def signalled_while_copying(shell: str, build: Path, parent: Path,
             process.send_signal(signum)
         process.communicate(timeout=120)
         end_group(process)
-        if not (dest / "_internal").exists():
+        copied = any(not p.name.startswith(".") for p in (dest / ".builds").iterdir())
+        if not copied and not (dest / "_internal").exists():
             return process, dest
     pytest.fail("every injection was done before the signal came")
 
