@@ -221,10 +221,7 @@ def _external_url(given: str | None) -> str:
     url = (given or "").rstrip("/")
     if not url:
         return ""
-    if "@" in url:
-        # Not shown: what is before the `@` may be a password, however the URL is typed
-        # (`http:/admin:secret@host` has no `://` to find it after).
-        raise ConfigError("--external-url: must not hold a user or password ('@')")
+    _no_userinfo("--external-url", url)
     if not is_http_url(url, lowest_port=1):
         raise ConfigError(
             f"--external-url: {given!r} is not a URL of the form http(s)://host[:port][/path]"
@@ -238,12 +235,7 @@ def _minio_endpoint(given: str | None) -> str:
     url = given or ""
     if not url:
         return ""
-    if "@" in url:
-        # Not shown, as for --external-url; the server's keys have flags of their own.
-        raise ConfigError(
-            "--minio-endpoint: must not hold a user or password ('@'): "
-            "give --minio-access-key and --minio-secret-key"
-        )
+    _no_userinfo("--minio-endpoint", url, "give --minio-access-key and --minio-secret-key")
     if not is_http_url(url, lowest_port=1):
         raise ConfigError(
             f"--minio-endpoint: {url!r} is not a URL of the form http(s)://host[:port][/path]"
@@ -254,12 +246,20 @@ def _minio_endpoint(given: str | None) -> str:
 def _events_queue(given: str | None) -> str:
     """A queue's name or URL. Neither holds an `@` (a queue name cannot): a URL's
     `user:password@` reaches no server (the SQS client signs with the MinIO keys) and
-    would be shown in the queue's log lines and errors. Not shown, as --minio-endpoint."""
+    would be shown in the queue's log lines and errors."""
     queue = given or ""
-    if "@" in queue:
-        raise ConfigError("--events-queue: must not hold a user or password ('@'): the "
-                          "queue is read with --minio-access-key and --minio-secret-key")
+    _no_userinfo("--events-queue", queue,
+                 "the queue is read with --minio-access-key and --minio-secret-key")
     return queue
+
+
+def _no_userinfo(flag: str, url: str, instead: str = "") -> None:
+    """A flag's URL refused if it holds an `@`, the URL not shown: what is before the `@`
+    may be a password, however the URL is typed (`http:/admin:secret@host` has no `://`
+    to find it after)."""
+    if "@" in url:
+        raise ConfigError(f"{flag}: must not hold a user or password ('@')"
+                          + (f": {instead}" if instead else ""))
 
 
 # What a browser sends as Origin: scheme://host[:port], nothing after.

@@ -212,7 +212,9 @@ def test_any_other_peer_is_appended_to_forwarded_for(watchdog: WatchdogFactory) 
     """An Ingress, or a client: anyone may say anything, so the peer is appended."""
     address = non_loopback_address()
     if address is None:
-        pytest.skip("no address but loopback")
+        reason = "no address but loopback: no peer other than loopback can be made"
+        print(reason)
+        pytest.skip(reason)
     port = free_port()
     wd = watchdog(SERVER_SCRIPT, CONFIG, env={"mode": "http", "upstream_port": str(port)},
                   args=["--host", "0.0.0.0"])
