@@ -245,7 +245,18 @@ class Watchdog:
                 await runner.cleanup()
                 raise
         if not self.settings.suppress_lock:
-            LOCK_FILE.touch()
+            try:
+                LOCK_FILE.touch()
+            except OSError as exc:
+                # A read-only /tmp (readOnlyRootFilesystem) is a start-up error like a
+                # port in use: one line saying how to go without the lock, no traceback.
+                if self.proxy is not None:
+                    await self.proxy.close()
+                await runner.cleanup()
+                raise ConfigError(
+                    f"cannot write {LOCK_FILE}: {exc.strerror}"
+                    " (set suppress_lock, or pass --suppress-lock, to run without it)"
+                ) from None
         self.ready = True
         sweeper = asyncio.create_task(self._sweep_orphans(self.orphans))
         logger.info("watchdog ready", port=_bound_port(runner, self.settings.port),
@@ -286,8 +297,11 @@ class Watchdog:
         if self.orphans is not None:
             await self.orphans.kill_all()  # nothing we adopted outlives us
         if not self.settings.suppress_lock:
-            LOCK_FILE.unlink(missing_ok=True)
-
+            try:
+                LOCK_FILE.unlink(missing_ok=True)
+            except OSError as exc:  # a directory there, say: the shutdown is clean all the same
+                logger.warning("cannot remove the lock file", path=str(LOCK_FILE),
+                               error=exc.strerror)
 
     # ---- orphans ---------------------------------------------------------------------
 

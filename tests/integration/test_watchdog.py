@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -1010,6 +1011,79 @@ def test_suppress_lock(watchdog: WatchdogFactory, how: str) -> None:
     assert requests.get(wd.url + "/_/health", timeout=10).status_code == 200
     assert _lock_mtime() == before, "/tmp/.lock written despite suppress_lock"
     assert wd.stop() == 0
+
+
+# A watchdog whose /tmp is a tmpfs of its own (a private mount namespace): `setup` makes
+# its /tmp/.lock unwritable without touching the machine's. The test's folder (which that
+# tmpfs may hide) is bound back at /tmp/w from the shell's working directory, which still
+# refers to it: unresolved (--no-canonicalize), "." is not looked up again by name.
+OWN_TMP = ('cd "$1" && mount -t tmpfs none /tmp && mkdir /tmp/w'
+           ' && mount --no-canonicalize --bind . /tmp/w && {setup} && shift && exec "$@"')
+
+
+def _own_tmp_watchdog(tmp_path: Path, setup: str, port: int, args: list[str],
+                      out: int | io.BufferedWriter) -> subprocess.Popen[bytes]:
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to give the watchdog a /tmp of its own")
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", OWN_TMP.format(setup=setup), "sh",
+                            str(tmp_path), "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip("no private mount namespace here (unshare -m, mount): "
+                    + probe.stderr.decode(errors="replace").strip())
+    (tmp_path / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    (tmp_path / "script.sh").chmod(0o755)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FUNCTION_CONFIG", "SCRIPT", "LOG_LEVEL", "suppress_lock")}
+    env["TMPDIR"] = "/tmp/w/tmp"  # writable: the test's folder
+    return subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", OWN_TMP.format(setup=setup), "sh", str(tmp_path),
+         *faas_command(), "watchdog", "--host", "127.0.0.1", "--port", str(port),
+         "--script", "/tmp/w/script.sh", *args],
+        env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_an_unwritable_lock_file_stops_the_start_with_one_line_and_exit_status_2(
+    tmp_path: Path
+) -> None:
+    """/tmp read-only (readOnlyRootFilesystem), TMPDIR elsewhere: the start failed with a
+    traceback and exit status 1 (a review found it)."""
+    process = _own_tmp_watchdog(tmp_path, "mount -o remount,ro /tmp", free_port(), [],
+                                subprocess.PIPE)
+    output, _ = process.communicate(timeout=30)
+    lines = output.decode().splitlines()
+    assert (process.returncode, len(lines)) == (2, 1), output.decode()
+    assert lines[0] == ("faas-supervisor: error: cannot write /tmp/.lock: Read-only file "
+                        "system (set suppress_lock, or pass --suppress-lock, to run without it)")
+    # As it says: suppress_lock goes without it.
+    port = free_port()
+    with open(tmp_path / "wd.log", "wb") as log:
+        process = _own_tmp_watchdog(tmp_path, "mount -o remount,ro /tmp", port,
+                                    ["--suppress-lock"], log)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/_/health", process, log=tmp_path / "wd.log")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+
+
+def test_a_lock_file_that_cannot_be_removed_is_a_warning_at_shutdown(tmp_path: Path) -> None:
+    """/tmp/.lock a directory: the start touches it, the shutdown cannot remove it. That
+    was a traceback and exit status 1 (a review found it); the shutdown is clean all the
+    same."""
+    port = free_port()
+    with open(tmp_path / "wd.log", "wb") as log:
+        process = _own_tmp_watchdog(tmp_path, "mkdir /tmp/.lock", port, [], log)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/_/health", process, log=tmp_path / "wd.log")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(20)
+    text = (tmp_path / "wd.log").read_text()
+    assert status == 0, text
+    assert "Traceback" not in text, text
+    warning, = [line for line in text.splitlines() if "cannot remove the lock file" in line]
+    assert "path=/tmp/.lock" in warning and "Is a directory" in warning, warning
 
 
 def test_mode_flag_wins_over_environment(watchdog: WatchdogFactory) -> None:
