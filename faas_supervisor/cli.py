@@ -374,6 +374,15 @@ async def _run_once(args: argparse.Namespace, startup: Startup[RunSettings]) -> 
         body = success_body(invocation, "")
         if body.kind == "logs" and logs_already_out:
             return 0  # it would be the same lines again, where they already are
+        if sys.stdout is None:
+            # Started with it closed (`>&-`): a write there fails (EBADF), as one whose
+            # reader is gone does (EPIPE), and is told the same way: one line, status 1.
+            import errno
+
+            failure = local_write_error(OSError(errno.EBADF, os.strerror(errno.EBADF)),
+                                        "the response to standard output")
+            log.runtime_line(f"faas-supervisor: error: {failure.message}\n")
+            return failure.exit_status
         return await _print_response(body.stream, sys.stdout.buffer, log.runtime_line)
     except BaseException:
         log.end_line()  # `stopped by SIGTERM` comes next (processes.until_signalled)
@@ -584,5 +593,24 @@ async def _event_chunks(event_file: str | None, environ: Mapping[str, str]) -> A
     else:
         source = sys.stdin.buffer
     with source:
-        while chunk := await asyncio.to_thread(source.read, 1 << 20):
+        while chunk := await asyncio.to_thread(_read_when_given, source, 1 << 20):
             yield chunk
+
+
+def _read_when_given(source: BinaryIO, size: int) -> bytes:
+    """Up to `size` bytes of `source`, b"" at its end only. Standard input, shared with
+    whoever started `run`, may be non-blocking as its output may (_write_when_taken): a
+    read with nothing come yet then returns None (EAGAIN), which is no end of the event:
+    it waits for more, as a blocking read does. A blocking `source` pays one comparison."""
+    chunk: bytes | None = source.read(size)
+    if chunk is not None:
+        return chunk
+    import select
+
+    waiting = select.poll()
+    waiting.register(source.fileno(), select.POLLIN)
+    while chunk is None:
+        # Until it has more, or its end (POLLHUP: every writer gone, the read is b"").
+        waiting.poll()
+        chunk = source.read(size)
+    return chunk
