@@ -140,12 +140,21 @@ class ControllerClient:
 
     async def list_services(self) -> list[dict[str, Any]]:
         value = await self.json("GET", "/system/services")
-        return list(value or [])
+        if value is None:  # Go encodes an empty (nil) list as null
+            return []
+        if not isinstance(value, list):
+            raise unexpected("GET /system/services", "a list of services", value)
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise unexpected("GET /system/services", "a list of services", item,
+                                 f"item {i}")
+        return value
 
     async def get_service(self, name: str) -> dict[str, Any]:
-        value = await self.json("GET", service_path("/system/services", name))
+        path = service_path("/system/services", name)
+        value = await self.json("GET", path)
         if not isinstance(value, dict):
-            raise RequestFailed(f"GET /system/services/{name}: the answer is not a service")
+            raise unexpected(f"GET {path}", "a service", value)
         return value
 
     async def apply_service(self, service: dict[str, Any]) -> str:
@@ -166,11 +175,16 @@ class ControllerClient:
         jobs: dict[str, dict[str, Any]] = {}
         params: dict[str, str] | None = None
         for _ in range(10_000):  # a bound, in case a server keeps sending the same page
-            value = await self.json("GET", service_path("/system/logs", name), params=params)
-            if not isinstance(value, dict):
+            path = service_path("/system/logs", name)
+            value = await self.json("GET", path, params=params)
+            if value is None:
                 break
+            if not isinstance(value, dict):
+                raise unexpected(f"GET {path}", "a map of jobs", value)
             # Older OSCAR managers answer the job map itself, without the `jobs` key.
-            page = value.get("jobs", value if "jobs" not in value else {})
+            page = value.get("jobs") if "jobs" in value else value
+            if page is not None and not isinstance(page, dict):
+                raise unexpected(f"GET {path}", "a map of jobs", page, "`jobs`")
             jobs.update({str(k): v for k, v in (page or {}).items() if isinstance(v, dict)})
             next_page = value.get("next_page")
             if not next_page:
@@ -184,6 +198,17 @@ class ControllerClient:
         async with self.request("GET", service_path("/system/logs", name, job)) as response:
             async for chunk in response.content.iter_chunked(LOG_CHUNK):
                 yield chunk
+
+
+def unexpected(what: str, expected: str, value: Any, part: str = "") -> RequestFailed:
+    """An answer that is JSON, but not of the shape the call reads: one line, as for one
+    that is not JSON. Its JSON type is named rather than the value quoted: it may be
+    large, or nested deeper than it can be written back."""
+    kind = ("null" if value is None else "true or false" if isinstance(value, bool)
+            else "a number" if isinstance(value, int | float)
+            else "a string" if isinstance(value, str)
+            else "a list" if isinstance(value, list) else "an object")
+    return RequestFailed(f"{what}: the answer is not {expected}: {part or 'it'} is {kind}")
 
 
 def token_free(response: aiohttp.ClientResponse) -> bool:

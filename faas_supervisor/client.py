@@ -249,9 +249,18 @@ async def cmd_apply(client: ControllerClient, args: argparse.Namespace) -> int:
     # The controller's own reader (read as `manifests -f` reads it), sent as written but
     # for the bool and int fields, typed as oscar-cli types them (the file's plain scalars
     # are read as text): the server validates, be it this controller or an OSCAR manager.
-    from faas_supervisor.controller.fdl import fdl_definitions, typed_definition
+    # But for `memory: 12`: sent as the text "12", which both take (12 bytes), it is
+    # refused here as `manifests -f` refuses it, for every service before any is sent.
+    from faas_supervisor.controller.fdl import (
+        check_memory_unit,
+        fdl_definitions,
+        typed_definition,
+    )
 
-    for _, definition in fdl_definitions(Path(args.file)):
+    definitions = fdl_definitions(Path(args.file))
+    for where, definition in definitions:
+        check_memory_unit(definition.get("memory"), f"{where}.memory", yaml_scalars=True)
+    for _, definition in definitions:
         service = typed_definition(definition)
         done = await client.apply_service(service)
         print(f"{done.capitalize()} service \"{service['name']}\"")

@@ -169,13 +169,7 @@ def parse_service(
     if not _CPU.fullmatch(cpu) or float(cpu.rstrip("m") or 0) <= 0:
         raise InvalidService(f"{key('cpu')}: {cpu!r} is not a CPU amount (try 0.5, 1 or 500m)")
     memory = _or_default(data.get("memory"), DEFAULT_MEMORY)
-    if (isinstance(memory, int | float) and not isinstance(memory, bool)) or (
-        yaml_scalars and isinstance(memory, str) and _NUMBER.fullmatch(memory)
-    ):
-        raise InvalidService(
-            f"{key('memory')}: {memory} is a number: write a string with its unit "
-            "(256Mi, 1Gi)"
-        )
+    check_memory_unit(memory, key("memory"), yaml_scalars)
     memory = text(memory, key("memory"))
     if stored:
         memory = _ascii_digits(memory)
@@ -258,6 +252,19 @@ def parse_service(
             key("image_pull_secrets"),
         ),
     )
+
+
+def check_memory_unit(memory: Any, where: str, yaml_scalars: bool) -> None:
+    """A unit-less number in `memory` is refused: it would be bytes, never what was meant.
+    In an FDL file (`yaml_scalars`) `memory: 12` is the text "12", refused too; in JSON
+    only a number is, as the OSCAR manager takes the string "12". `service apply` checks
+    an FDL file's with it before sending, as the server cannot tell the text from YAML's."""
+    if (isinstance(memory, int | float) and not isinstance(memory, bool)) or (
+        yaml_scalars and isinstance(memory, str) and _NUMBER.fullmatch(memory)
+    ):
+        raise InvalidService(
+            f"{where}: {memory} is a number: write a string with its unit (256Mi, 1Gi)"
+        )
 
 
 def _unencodable(data: dict[str, Any], where: str) -> str | None:

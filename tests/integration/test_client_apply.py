@@ -72,3 +72,33 @@ def test_apply_sends_an_exposed_service_typed(controller: ControllerProcess,
 
     again = apply(controller, fdl)
     assert (again.returncode, again.stdout) == (0, 'Updated service "web"\n'), again.stderr
+
+
+def test_apply_refuses_a_unitless_memory_before_sending(controller: ControllerProcess,
+                                                        tmp_path: Path) -> None:
+    # Was sent as the text "12", which the server takes (12 bytes): created, exit 0,
+    # where `manifests -f` refuses the same file. The first service, valid, is not sent
+    # either: nothing is, once the file is known bad.
+    fdl = tmp_path / "nomem.yaml"
+    fdl.write_text("""functions:
+  oscar:
+  - c:
+      name: fine
+      image: x
+      memory: 1Gi
+      script: echo
+  - c:
+      name: nomem
+      image: x
+      memory: 12
+      script: echo
+""")
+    line = ("faas-supervisor: error: functions.oscar[1].c.memory: 12 is a number: write a "
+            "string with its unit (256Mi, 1Gi)\n")
+    applied = apply(controller, fdl)
+    assert (applied.returncode, applied.stdout, applied.stderr) == (2, "", line)
+    assert controller.request("GET", "/system/services").json() == []
+
+    manifests = subprocess.run([*faas_command(), "manifests", "-f", str(fdl)], text=True,
+                               capture_output=True, timeout=120, check=False)
+    assert (manifests.returncode, manifests.stderr) == (2, line)
