@@ -656,14 +656,10 @@ def _expose(raw: Any, where: str, scalars: bool) -> Expose:
             raise InvalidService(f"{where}.api_port: {port!r} is not a TCP port")
         port_list.append(number)
     values = {
-        name: _int(data.get(name), f"{where}.{name}", default)
-        for name, default in (("min_scale", 1), ("max_scale", 10), ("cpu_threshold", 80))
+        name: _int(data.get(name), f"{where}.{name}", default, most)
+        for name, default, most in (("min_scale", 1, MAX_SCALE), ("max_scale", 10, MAX_SCALE),
+                                    ("cpu_threshold", 80, 100))  # a percentage
     }
-    for name in ("min_scale", "max_scale"):
-        if values[name] > MAX_SCALE:
-            raise InvalidService(f"{where}.{name}: must be at most {MAX_SCALE}")
-    if values["cpu_threshold"] > 100:
-        raise InvalidService(f"{where}.cpu_threshold: must be a percentage, at most 100")
     if values["max_scale"] < values["min_scale"]:
         raise InvalidService(f"{where}.max_scale: must not be below min_scale")
     node_ports = _node_ports(data.get("nodePort"), f"{where}.nodePort", scalars)
@@ -786,11 +782,12 @@ def _whole(value: Any) -> int | None:
     return None
 
 
-def _int(value: Any, where: str, default: int) -> int:
-    """A whole-number field; null is absent, its default (see _bool)."""
+def _int(value: Any, where: str, default: int, most: int) -> int:
+    """A whole-number field from 0 to `most`; null is absent, its default (see _bool).
+    One message for a wrong type and a number out of range: the range allowed."""
     number = default if value is None else _whole(value)
-    if number is None or number < 0:
-        raise InvalidService(f"{where}: must be a whole number")
+    if number is None or not 0 <= number <= most:
+        raise InvalidService(f"{where}: must be a whole number from 0 to {most}")
     return number
 
 

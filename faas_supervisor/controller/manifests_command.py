@@ -53,6 +53,7 @@ def cmd_manifests(args: argparse.Namespace) -> int:
     from faas_supervisor.controller.auth import new_token
     from faas_supervisor.controller.fdl import fdl_definitions, parse_service
     from faas_supervisor.controller.manifests import Cluster, auth_secret_name, to_yaml
+    from faas_supervisor.controller.settings import namespace_flag, runtime_image_flag
     from faas_supervisor.errors import ConfigError, InvalidService
 
     if bool(args.file) == bool(args.fdl):
@@ -71,7 +72,8 @@ def cmd_manifests(args: argparse.Namespace) -> int:
         }
         if not (provider["access_key"] and provider["secret_key"]):
             raise ConfigError("--minio-endpoint needs --minio-access-key and --minio-secret-key")
-    cluster = Cluster(args.namespace, args.runtime_image, provider)
+    cluster = Cluster(namespace_flag(args.namespace), runtime_image_flag(args.runtime_image),
+                      provider)
     generated: list[str] = []  # the services whose token is made here
     try:
         # As load_fdl reads them, each with the token its definition gives.

@@ -286,12 +286,36 @@ def _cluster_name(name: str | None) -> str:
     return name
 
 
+# A namespace's name, as Kubernetes takes it: an RFC 1123 label.
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def namespace_flag(namespace: str) -> str:
+    """`--namespace`, of `controller` and `manifests`: refused here, in one line, rather
+    than by the API server at the first object (or by `kubectl apply`, for the printout)."""
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ConfigError(f"--namespace: {namespace!r} is not a namespace name (at most 63 "
+                          "lower-case letters, digits or '-', starting and ending with a "
+                          "letter or digit)")
+    return namespace
+
+
+def runtime_image_flag(image: str) -> str:
+    """`--runtime-image`, of `controller` and `manifests`: what a pod's init container (or
+    a container) is made from. Only what no engine or cluster takes is refused (empty,
+    spaces, control characters): the registry says whether the image is there."""
+    if not image or not image.isprintable() or any(c.isspace() for c in image):
+        raise ConfigError(f"--runtime-image: {image!r} is not an image reference "
+                          "(registry/name:tag, without spaces)")
+    return image
+
+
 def _backend_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> BackendSettings:
     # Here, not at the top: the manifests' module is slow to import, and the command line
     # is parsed (this module's names imported) for every command.
     from faas_supervisor.controller.manifests import DEFAULT_NAMESPACE, DEFAULT_RUNTIME_IMAGE
 
-    runtime_image = args.runtime_image or DEFAULT_RUNTIME_IMAGE
+    runtime_image = runtime_image_flag(args.runtime_image or DEFAULT_RUNTIME_IMAGE)
     if args.backend == LocalSettings.name:
         return LocalSettings(service_env={
             k: v for k, v in environ.items()
@@ -306,7 +330,7 @@ def _backend_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> B
     if args.backend == KubernetesSettings.name:
         kubeconfig = args.kubeconfig or environ.get("KUBECONFIG", "")
         return KubernetesSettings(
-            namespace=args.namespace or DEFAULT_NAMESPACE,
+            namespace=namespace_flag(args.namespace or DEFAULT_NAMESPACE),
             runtime_image=runtime_image,
             kubeconfig=kubeconfig,
             in_cluster=not kubeconfig and bool(environ.get("KUBERNETES_SERVICE_HOST")),

@@ -672,6 +672,18 @@ def test_bucket_api(controller: ControllerProcess) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_bucket_body_that_is_not_json_is_said_so(controller: ControllerProcess) -> None:
+    """As a service's body is: a review found "bucket_name: missing" for `zz`."""
+    for method in ("POST", "PUT"):
+        for body in (b"zz", b"", b'{"bucket_name": NaN}'):
+            answer = controller.request(method, "/system/buckets", data=body)
+            assert answer.status_code == 400, (method, body, answer.text)
+            assert answer.text.startswith("bucket: not valid JSON ("), (method, body, answer.text)
+            assert "\n" not in answer.text
+    assert controller.request("GET", "/system/buckets").json() == []
+
+
+@pytest.mark.timeout(60)
 def test_a_bucket_name_whose_folder_the_store_cannot_make_makes_nothing(
     controller: ControllerProcess,
 ) -> None:

@@ -14,6 +14,8 @@ from faas_supervisor.controller.settings import (
     KubernetesSettings,
     LocalSettings,
     load_controller_settings,
+    namespace_flag,
+    runtime_image_flag,
 )
 from faas_supervisor.errors import ConfigError
 
@@ -98,11 +100,37 @@ def test_kubernetes_connection_flag_then_kubeconfig_then_in_cluster() -> None:
         (["--reconcile-interval", "0"], "--reconcile-interval"),
         (["--minio-endpoint", "http://m"], "--minio-endpoint"),
         (["--events-queue", "q"], "--events-queue"),
+        # Not checked before: the controller started, and each call to the API server
+        # failed (a review found it).
+        (["--backend", "kubernetes", "--namespace", "Bad_NS"], "--namespace: 'Bad_NS' is not"),
+        (["--backend", "kubernetes", "--runtime-image", "a b"], "--runtime-image: 'a b' is not"),
+        (["--backend", "docker", "--runtime-image", "x\ty"], "--runtime-image:"),
     ],
 )
 def test_bad_settings_name_the_flag(argv: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=f"^{key}"):
         load(argv, {})
+
+
+@pytest.mark.parametrize("name", ["oscar-svc", "a", "0", "team-a-1", "a" * 63])
+def test_a_namespace_name_is_taken(name: str) -> None:
+    assert namespace_flag(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "Bad_NS", "Team", "-a", "a-", "a.b", "a b", "a" * 64,
+                                  "\u00e9t\u00e9"])
+def test_a_namespace_kubernetes_refuses_is_refused_in_one_line(name: str) -> None:
+    """`controller` and `manifests` share the check (a review found both took any text)."""
+    with pytest.raises(ConfigError) as info:
+        namespace_flag(name)
+    assert info.value.message.startswith(f"--namespace: {name!r} is not a namespace name")
+
+
+@pytest.mark.parametrize("image", ["", " ", "a b", "img\n", "img:1\x00"])
+def test_a_runtime_image_no_engine_takes_is_refused(image: str) -> None:
+    with pytest.raises(ConfigError, match=r"^--runtime-image: .* is not an image reference"):
+        runtime_image_flag(image)
+    assert runtime_image_flag("localhost:5000/x/rt:1@sha256:" + "a" * 64).startswith("local")
 
 
 def test_nothing_below_the_command_reads_the_process_environment() -> None:

@@ -92,8 +92,15 @@ def test_defaults_are_the_managers() -> None:
         ({"expose": {"min_scale": 3, "max_scale": 1}}, "expose.max_scale:"),
         # Found by reading the fuzzed schema: min_scale 3000 started 3000 watchdogs.
         ({"expose": {"api_port": 80, "min_scale": 101, "max_scale": 101}}, "expose.min_scale:"),
-        ({"expose": {"api_port": 80, "max_scale": 10**9}}, "expose.max_scale: must be at most"),
-        ({"expose": {"cpu_threshold": 101}}, "expose.cpu_threshold:"),
+        ({"expose": {"api_port": 80, "max_scale": 10**9}}, "expose.max_scale: must be a whole"),
+        # Said as "must be a whole number" alone, of a whole number (a review found it).
+        ({"expose": {"min_scale": -1}}, "expose.min_scale: must be a whole number from 0 to 100"),
+        ({"expose": {"max_scale": -1}}, "expose.max_scale: must be a whole number from 0 to 100"),
+        ({"expose": {"max_scale": 101}}, "expose.max_scale: must be a whole number from 0 to 100"),
+        ({"expose": {"cpu_threshold": -1}},
+         "expose.cpu_threshold: must be a whole number from 0 to 100"),
+        ({"expose": {"cpu_threshold": 101}},
+         "expose.cpu_threshold: must be a whole number from 0 to 100"),
         # Accepted, then an OverflowError (500) or minutes of CPU on the docker backend.
         ({"memory": "1e400"}, "memory: '1e400' is more than"),
         ({"memory": "1e99999999"}, "memory:"),

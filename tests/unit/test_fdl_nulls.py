@@ -140,4 +140,5 @@ def test_an_fdls_wrong_type_is_still_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidService) as caught:
         load_fdl(fdl)
     assert caught.value.message == (
-        "functions.oscar[0].oscar-cluster.expose.min_scale: must be a whole number")
+        "functions.oscar[0].oscar-cluster.expose.min_scale: must be a whole number from 0 "
+        "to 100")

@@ -656,6 +656,32 @@ def test_manifests_command_errors_are_one_line(
     capsys.readouterr()
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--namespace", "Bad_NS"), ("--runtime-image", ""), ("--namespace", "")]
+)
+def test_manifests_refuses_a_namespace_or_image_kubernetes_refuses(flag: str, value: str) -> None:
+    """The real command: exit status 2, one line naming the flag, nothing printed (a
+    review found `namespace: Bad_NS` and `image: ''` printed, exit status 0)."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("faas-supervisor")
+    command = [exe] if exe else [sys.executable, "-m", "faas_supervisor"]
+    done = subprocess.run(
+        [*command, "manifests", "-f", str(REPO / "examples" / "fdl.yaml"), flag, value],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stdout[:200]
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"faas-supervisor: error: {flag}: {value!r} is not a"
+        + (" namespace name (at most 63 lower-case letters, digits or '-', starting and "
+           "ending with a letter or digit)" if flag == "--namespace" else
+           "n image reference (registry/name:tag, without spaces)")
+    ]
+
+
 def test_manifests_takes_the_file_with_or_without_f(capsys: pytest.CaptureFixture[str]) -> None:
     fdl = str(REPO / "examples" / "fdl.yaml")
     assert main(["manifests", fdl]) == 0

@@ -136,8 +136,8 @@ async def _bucket_body(
     one the store can hold (`key_problem`, the store's)."""
     try:
         data = strict_json.loads(await request.read())
-    except strict_json.NotJson:
-        data = None
+    except strict_json.NotJson as exc:  # worded as a service's body is (parse_service_json)
+        raise InvalidService(f"bucket: not valid JSON ({exc})") from None
     _check_bucket_fields(data)
     if not isinstance(data, dict) or not isinstance(data.get("bucket_name"), str):
         raise InvalidService("bucket_name: missing")
