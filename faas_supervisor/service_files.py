@@ -92,8 +92,9 @@ async def provider_for(client: ControllerClient, service: str, name: str) -> S3P
             raise StorageError("minio.default: the controller hands out no S3 endpoint for "
                                "its storage (/system/config's minio_provider is empty)")
     else:
-        providers = definition.get("storage_providers") or {}
-        settings = (providers.get(ptype) or {}).get(pid) if isinstance(providers, dict) else None
+        providers = definition.get("storage_providers")
+        by_id = providers.get(ptype) if isinstance(providers, dict) else None
+        settings = by_id.get(pid) if isinstance(by_id, dict) else None
         if not isinstance(settings, dict):
             raise ConfigError(f"service {service} defines no storage provider {full}")
     return S3Provider(ProviderConfig(ptype, pid, _settings(settings)))

@@ -66,6 +66,18 @@ SHAPES = [
     (["run", "foo", "--text-input", "x"], "/system/services/foo", 7,
      "GET /system/services/foo: the answer is not a service: it is a number"),
 ]
+# A service whose providers of a type are not a map of ids (put-file, get-file and
+# list-files read them): as a service that defines none, one line, exit 2.
+PROVIDERS = [{"s3": [1]}, {"s3": "x"}, {"s3": {"a": 1}}, [1]]
+
+
+@pytest.mark.parametrize("providers", PROVIDERS, ids=[json.dumps(p) for p in PROVIDERS])
+async def test_a_service_whose_providers_are_of_another_shape_is_one_line(
+        server: str, providers: Any) -> None:
+    ANSWERS["/system/services/foo"] = {"name": "foo", "storage_providers": providers}
+    result = await asyncio.to_thread(run_client, server, "list-files", "foo", "s3.a", "b/")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        2, "", "faas-supervisor: error: service foo defines no storage provider s3.a\n")
 
 
 @pytest.mark.parametrize(("args", "path", "value", "message"), SHAPES,
