@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import os
@@ -34,6 +35,12 @@ class LocalProvider:
             raise BadEvent(f"object {bucket}/{printable(key)} is outside the store {self.name}")
         return path
 
+    def _no_such_bucket(self, bucket: str) -> bool:
+        """No folder `bucket` at the top of the store (a name starting with '.' is one
+        the store keeps for itself, never a bucket): the S3 endpoint answers NoSuchBucket,
+        and so do the provider's transfers, in the words of the S3 provider's."""
+        return not bucket or bucket.startswith(".") or not (self.root / bucket).is_dir()
+
     async def download(self, bucket: str, key: str, dest: Path) -> None:
         src = self._object_path(bucket, key)
         try:
@@ -43,8 +50,9 @@ class LocalProvider:
                 raise local_write_error(
                     exc, f"the download of {bucket}/{printable(key)} ({self.name})"
                 ) from None
+            reason = "no such bucket" if self._no_such_bucket(bucket) else exc.strerror
             raise StorageError(
-                f"{self.name}: cannot read {bucket}/{printable(key)}: {exc.strerror}"
+                f"{self.name}: cannot read {bucket}/{printable(key)}: {reason}"
             ) from None
 
     async def upload(self, src: Path, bucket: str, key: str) -> None:
@@ -57,22 +65,32 @@ class LocalProvider:
                 f"{self.name}: cannot write {bucket}/{printable(key)}: the key {problem}"
             )
         dest = self._object_path(bucket, key)
+        # As over S3, an upload makes no bucket: a bucket that is not there (deleted, or
+        # never made: its name never checked against S3's rules) is a storage failure.
+        if self._no_such_bucket(bucket):
+            raise StorageError(f"{self.name}: cannot write {bucket}/{printable(key)}: "
+                               "no such bucket")
         # A partial file of its own: jobs of one service may write one key at once.
         partial = partial_path(dest, f".{uuid.uuid4().hex}.partial")
+        folders = (self.root / bucket, key.split("/")[:-1])
         try:
-            await stoppable_copy(functools.partial(_copy, src, partial, dest), partial)
+            await stoppable_copy(functools.partial(_copy, src, partial, dest, folders), partial)
         except OSError as exc:
+            # The bucket deleted since the check above: its folders were not made again.
+            reason = "no such bucket" if self._no_such_bucket(bucket) else exc.strerror
             raise StorageError(
-                f"{self.name}: cannot write {bucket}/{printable(key)}: {exc.strerror}"
+                f"{self.name}: cannot write {bucket}/{printable(key)}: {reason}"
             ) from None
 
 
-def _copy(src: Path, partial: Path, dest: Path, stop: threading.Event) -> bool:
+def _copy(src: Path, partial: Path, dest: Path, folders: tuple[Path, list[str]],
+          stop: threading.Event) -> bool:
     """`src` to `partial`, renamed `dest` once whole (readers never see half an object);
-    nothing written if `stop` is set before the copy ends (False)."""
+    nothing written if `stop` is set before the copy ends (False). `folders`: the bucket's
+    folder and the names of those below it on the way to `dest`, made as needed."""
     if stop.is_set():
         return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _make_folders(*folders)
     try:
         with open(src, "rb", buffering=0) as source, \
                 open(partial, "xb", buffering=0) as target:
@@ -82,6 +100,16 @@ def _copy(src: Path, partial: Path, dest: Path, stop: threading.Event) -> bool:
         return whole
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _make_folders(bucket: Path, names: list[str]) -> None:
+    """The folders `names` below `bucket`, one in another, made where missing; `bucket`
+    itself never is: one deleted meanwhile stays so (FileNotFoundError)."""
+    folder = bucket
+    for name in names:
+        folder /= name
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
 
 
 def _copy_pieces(source: int, target: int, stop: threading.Event) -> bool:

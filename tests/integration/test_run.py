@@ -310,7 +310,7 @@ def _store_config(tmp_path: Path, store: Path) -> Path:
 
 def test_outputs_are_uploaded_and_a_failed_job_uploads_nothing(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    store.mkdir()
+    (store / "results").mkdir(parents=True)  # its bucket
     config = _store_config(tmp_path, store)
     script = ('#!/bin/sh\nmkdir "$TMP_OUTPUT_DIR/sub"\necho r > "$TMP_OUTPUT_DIR/sub/r.txt"\n'
               'exit "$(cat "$INPUT_FILE_PATH")"\n')

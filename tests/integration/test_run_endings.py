@@ -63,7 +63,7 @@ def test_a_job_stopped_during_an_upload_to_a_folder_store_leaves_no_partial_file
     with os._exit, which killed the copying thread before it removed its
     `.<name>.<hex>.partial` file: that file stayed in the store for good."""
     store = tmp_path / "store"
-    store.mkdir()
+    (store / "results").mkdir(parents=True)  # its bucket
     config = _store_config(tmp_path, store)
     script = tmp_path / "script.sh"
     # Sparse: made at once, copied at the page cache's speed (a second or so).
@@ -202,7 +202,7 @@ def test_a_closed_log_stream_does_not_fail_the_job(tmp_path: Path) -> None:
     """`run ... 2>&-`: sys.stderr is None; the first runtime line raised (exit 1), and the
     outputs were not uploaded. The response still goes to standard output, alone."""
     store = tmp_path / "store"
-    store.mkdir()
+    (store / "results").mkdir(parents=True)  # its bucket
     config = _store_config(tmp_path, store)
     tmp = tmp_path / "tmp"
     tmp.mkdir()

@@ -134,6 +134,7 @@ KEYS = {
 async def test_a_storage_message_names_the_key_it_was_given(tmp_path: Path, key: str) -> None:
     shown = f"b/{KEYS[key]}"
     local = LocalProvider(ProviderConfig("minio", "default", {"path": str(tmp_path)}))
+    (tmp_path / "b").mkdir()  # the bucket is there, not the object
     with pytest.raises(StorageError) as missing:
         await local.download("b", key, tmp_path / "dest")
     assert missing.value.message == (

@@ -486,7 +486,7 @@ def test_an_output_replaced_after_its_listing_is_not_uploaded(tmp_path: Path) ->
     from faas_supervisor.storage_providers import build_providers
 
     store = tmp_path / "store"
-    store.mkdir()
+    (store / "out").mkdir(parents=True)  # its bucket
     secret = tmp_path / "secret.txt"
     secret.write_text("not the script's\n")
     config = FunctionConfig(

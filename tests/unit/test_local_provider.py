@@ -13,12 +13,18 @@ from faas_supervisor.errors import StorageError
 from faas_supervisor.storage_providers.local import LocalProvider
 
 
+def with_bucket(tmp_path: Path, ptype: str, pid: str) -> LocalProvider:
+    """A folder store at `tmp_path/store` holding one bucket, `bucket`: an upload makes none."""
+    (tmp_path / "store" / "bucket").mkdir(parents=True)
+    return LocalProvider(ProviderConfig(ptype, pid, {"path": str(tmp_path / "store")}))
+
+
 async def test_concurrent_uploads_of_one_key_all_succeed_and_leave_one_whole_object(
     tmp_path: Path,
 ) -> None:
     # Jobs of one service write the same output key at once (the catalogue's job-flood):
     # each upload's partial file must be its own, or one renames another's away.
-    store = LocalProvider(ProviderConfig("minio", "default", {"path": str(tmp_path / "store")}))
+    store = with_bucket(tmp_path, "minio", "default")
     sources = []
     for i in range(16):
         src = tmp_path / f"src{i}"
@@ -48,7 +54,7 @@ async def test_a_name_of_255_bytes_is_written_through_a_temporary_name_that_fits
         assert temp.name.startswith(prefix + "é") and temp.name.endswith(suffix)
         temp.write_bytes(b"fits")  # the file system takes it
     assert partial_path(tmp_path / "short", ".partial").name == ".short.partial"
-    store = LocalProvider(ProviderConfig("minio", "default", {"path": str(tmp_path / "store")}))
+    store = with_bucket(tmp_path, "minio", "default")
     (tmp_path / "src").write_bytes(b"data")
     await store.upload(tmp_path / "src", "bucket", f"out/{name}")
     assert [p.name for p in (tmp_path / "store/bucket/out").iterdir()] == [name]
@@ -80,7 +86,7 @@ async def test_a_cancelled_upload_stops_its_copy_and_leaves_no_partial_file(
     running in its thread was killed before it removed its partial file, which stayed in
     the store for good. Once the cancellation is through, the copy has stopped and its
     partial file is gone. Found by a review."""
-    store = LocalProvider(ProviderConfig("local", "files", {"path": str(tmp_path / "store")}))
+    store = with_bucket(tmp_path, "local", "files")
     src = tmp_path / "big"
     with open(src, "wb") as sparse:  # made at once; copied in a second or so
         sparse.truncate(2 << 30)
@@ -112,10 +118,74 @@ async def test_an_upload_copies_every_byte_in_pieces(
             raise OSError(errno.EINVAL, "Invalid argument")
 
         monkeypatch.setattr(os, "sendfile", refused)
-    store = LocalProvider(ProviderConfig("local", "files", {"path": str(tmp_path / "store")}))
+    store = with_bucket(tmp_path, "local", "files")
     data = os.urandom(2 * PIECE + 12345)
     for name, content in (("big", data), ("empty", b"")):
         (tmp_path / name).write_bytes(content)
         await store.upload(tmp_path / name, "bucket", f"out/{name}")
         assert (tmp_path / "store" / "bucket" / "out" / name).read_bytes() == content
     assert sorted(p.name for p in (tmp_path / "store/bucket/out").iterdir()) == ["big", "empty"]
+
+
+async def test_an_upload_to_a_bucket_that_is_not_there_fails_and_makes_nothing(
+    tmp_path: Path,
+) -> None:
+    """As over S3 (`no such bucket (HTTP 404)`, exit 3), and as the folder store's own S3
+    endpoint answers once a bucket is deleted: an output to a bucket the store does not
+    hold is a storage failure, not a new top folder (whose name no bucket rule checked).
+    A folder of the store's own ('.s3-uploads') or a file at the top is no bucket either.
+    Found by a review: the upload made the bucket and `run` ended 0."""
+    store = with_bucket(tmp_path, "minio", "default")
+    root = tmp_path / "store"
+    (root / ".s3-uploads").mkdir()
+    (root / "a-file").write_text("not a bucket\n")
+    (tmp_path / "src").write_bytes(b"data")
+    for bucket in ("gone-bucket", "Not_A_Bucket_Name", ".s3-uploads", "a-file"):
+        with pytest.raises(StorageError) as refused:
+            await store.upload(tmp_path / "src", bucket, "out/a.txt")
+        assert refused.value.exit_status == 3
+        assert refused.value.message == (
+            f"minio.default: cannot write {bucket}/out/a.txt: no such bucket")
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        ".s3-uploads", "a-file", "bucket"]
+    await store.upload(tmp_path / "src", "bucket", "out/sub/a.txt")  # folders below: made
+    assert (root / "bucket" / "out" / "sub" / "a.txt").read_bytes() == b"data"
+
+
+async def test_a_bucket_deleted_as_the_upload_starts_is_not_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bucket goes between the upload's check and its copy (the bucket API's delete):
+    the copy makes the folders below the bucket, never the bucket itself."""
+    store = with_bucket(tmp_path, "local", "files")
+    (tmp_path / "src").write_bytes(b"data")
+    checks = []
+    real = LocalProvider._no_such_bucket
+
+    def deleted_after_the_check(self: LocalProvider, bucket: str) -> bool:
+        checks.append(real(self, bucket))
+        if len(checks) == 1:
+            (tmp_path / "store" / "bucket").rmdir()  # gone once seen there
+        return checks[-1]
+    monkeypatch.setattr(LocalProvider, "_no_such_bucket", deleted_after_the_check)
+    with pytest.raises(StorageError) as refused:
+        await store.upload(tmp_path / "src", "bucket", "out/a.txt")
+    assert checks == [False, True]  # there for the check, gone for the copy
+    assert refused.value.message == "local.files: cannot write bucket/out/a.txt: no such bucket"
+    assert list((tmp_path / "store").iterdir()) == []
+
+
+async def test_a_download_from_a_bucket_that_is_not_there_says_so(tmp_path: Path) -> None:
+    """In the S3 provider's words; an object missing from a bucket that is there keeps
+    the file system's."""
+    store = with_bucket(tmp_path, "minio", "default")
+    with pytest.raises(StorageError) as missing:
+        await store.download("gone-bucket", "in/a.txt", tmp_path / "dest")
+    assert missing.value.exit_status == 3
+    assert missing.value.message == (
+        "minio.default: cannot read gone-bucket/in/a.txt: no such bucket")
+    with pytest.raises(StorageError) as missing:
+        await store.download("bucket", "in/a.txt", tmp_path / "dest")
+    assert missing.value.message == (
+        "minio.default: cannot read bucket/in/a.txt: No such file or directory")
+    assert not (tmp_path / "dest").exists()
