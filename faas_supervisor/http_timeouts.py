@@ -162,8 +162,32 @@ def _unknown_coding(request: web.BaseRequest) -> str | None:
 _Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def _refusing_unknown_codings(handler: _Handler) -> _Handler:
+def _hang_up(request: web.BaseRequest) -> web.StreamResponse:
+    """No answer, the connection closed: for a request line of another HTTP version than
+    1.x (`HTTP/2.0` on a plain connection), which nothing here serves.
+
+    aiohttp's parser takes any `HTTP/d.d` and would serve it, writing the request's
+    version into the answer's status line (`HTTP/2.0 200 OK`). Its public API has no way
+    to answer with another version's status line, an `HTTP/2.0 400` or `505` is no
+    answer an HTTP/1 client can read, and a 505 would be a 5xx for bad input
+    (docs/RELIABILITY.md): so the connection is closed, nothing sent. The response
+    returned is never sent: aiohttp, writing it, finds the transport closing and takes
+    the client for gone (quietly, as any client that leaves before its answer).
+    """
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return web.Response(status=400)
+
+
+def _screened(handler: _Handler) -> _Handler:
+    """`handler` behind what aiohttp lets through: a version not 1.x (`_hang_up`), a
+    transfer coding other than chunked (`_unknown_coding`). The one coroutine this module
+    adds to a request: both checks cost it an attribute comparison and a header lookup."""
+
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.version.major != 1:
+            return _hang_up(request)
         if "Transfer-Encoding" in request.headers:
             coding = _unknown_coding(request)
             if coding is not None:
@@ -178,12 +202,12 @@ def _refusing_unknown_codings(handler: _Handler) -> _Handler:
 
 
 class _Server(web.Server):
-    """aiohttp's server, whose connections are `_Connection`s, and which refuses transfer
-    codings it cannot read (`_unknown_coding`)."""
+    """aiohttp's server, whose connections are `_Connection`s, and which serves only
+    HTTP/1.x requests in transfer codings it can read (`_screened`)."""
 
     def __init__(self, made: web.Server, head_timeout: float, send_timeout: float) -> None:
         super().__init__(
-            _refusing_unknown_codings(made.request_handler),
+            _screened(made.request_handler),
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             **made._kwargs,

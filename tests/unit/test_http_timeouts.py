@@ -121,3 +121,27 @@ async def test_a_body_that_breaks_midway_fails_its_reader_instead_of_hanging(ser
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert b"unreadable: " in answer
     writer.close()
+
+
+async def test_a_request_of_another_version_than_1x_is_not_served_and_gets_no_answer(
+    server: int,
+) -> None:
+    """aiohttp serves `HTTP/2.0` in a request line, its answer's status line `HTTP/2.0`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(b"POST / HTTP/2.0\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    assert not APPS[server][READING].is_set()  # the handler never ran
+
+
+async def test_the_requests_before_one_of_another_version_are_answered(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(b"POST / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+                 b"Content-Length: 3\r\n\r\none"
+                 b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\ntwo"
+                 b"POST / HTTP/2.0\r\nHost: x\r\nContent-Length: 5\r\n\r\nthree")
+    answers = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answers.startswith(b"HTTP/1.0 200 OK\r\n"), answers
+    assert answers.count(b"HTTP/1.1 200 OK\r\n") == 1, answers
+    assert answers.endswith(b"two") and b"three" not in answers, answers
