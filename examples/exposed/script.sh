@@ -13,7 +13,9 @@ MODEL = os.environ.get("MODEL", "tiny")  # from environment.variables in the con
 
 
 class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: the watchdog reuses its connections
+    # HTTP/1.1, as the watchdog asks: an answer streamed in chunks needs it (these carry
+    # Content-Length). No keep-alive: each request comes on a connection of its own.
+    protocol_version = "HTTP/1.1"
 
     def _send(self, status, body, content_type):
         data = body.encode()

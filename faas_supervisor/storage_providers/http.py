@@ -1,4 +1,4 @@
-"""Streaming HTTP transfers with retries: what the WebDAV and Onedata providers share.
+"""Streaming HTTP transfers with retries: what the WebDAV, Onedata and Rucio providers share.
 
 Bodies never sit whole in memory: a download is written chunk by chunk to a temporary file
 beside its destination and renamed when complete; an upload sends an open file, which

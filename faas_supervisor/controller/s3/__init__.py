@@ -1,5 +1,6 @@
 """The controller's S3 endpoint: its folder store served over the S3 API (SPEC 7.2).
 
-`sigv4` checks signatures, `body` receives bodies, `objects` is the store as S3 objects,
-`answers` S3's XML, `app` the aiohttp app and its handlers, `keys` the endpoint's keys.
+`sigv4` and `sigv2` check signatures, `body` receives bodies (and checks signed chunks),
+`objects` is the store as S3 objects, `answers` S3's XML, `errors` S3's error codes,
+`digits` the numbers S3 takes, `app` the aiohttp app and its handlers.
 """

@@ -3,7 +3,7 @@
 `verify` takes what the request carries (method, raw path and query, headers) and
 answers the `Signed` facts a handler needs to check the body afterwards: the payload's
 declared hash (a hex SHA-256, `UNSIGNED-PAYLOAD` or one of the `STREAMING-*` forms) and,
-for signed chunks, the key and seed signature the chunks are chained to (chunked.py).
+for signed chunks, the key and seed signature the chunks are chained to (checked in body.py).
 `presign` makes a query-signed URL with the same canonical forms.
 
 Every comparison of a signature is constant-time; no key or signature is ever logged.
