@@ -419,16 +419,21 @@ def load_function_config(
         environ.get("FAAS_PROVIDER_SECRETS_DIR") or DEFAULT_SECRETS_DIR
     )
 
+    # A bad value is named where it was read: the override's variable or the file's key.
+    log_level_from = "LOG_LEVEL" if environ.get("LOG_LEVEL") else "log_level"
     log_level = str(environ.get("LOG_LEVEL") or data.get("log_level") or "INFO").upper()
     if log_level not in LOG_LEVELS:
-        raise ConfigError(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        raise ConfigError(
+            f"{log_level_from}: {log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+        )
 
     # An empty override (a template left blank) is no override, as for LOG_LEVEL; and an
     # empty value in the file (`file_stage_in:`, null) is the default, not false.
+    stage_in_from = "FILE_STAGE_IN" if environ.get("FILE_STAGE_IN") else "file_stage_in"
     stage_in = environ.get("FILE_STAGE_IN") or _scalar_text(
         data.get("file_stage_in"), "file_stage_in"
     )
-    file_stage_in = parse_bool(stage_in, "file_stage_in") if stage_in.strip() else True
+    file_stage_in = parse_bool(stage_in, stage_in_from) if stage_in.strip() else True
 
     exec_timeout = None
     if environ.get("EXEC_TIMEOUT"):

@@ -174,14 +174,24 @@ def test_file_stage_in_false_from_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"LOG_LEVEL": "chatty"}, "log_level"),
-        ({"FILE_STAGE_IN": "maybe"}, "file_stage_in"),
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ({"FILE_STAGE_IN": "maybe"}, "FILE_STAGE_IN"),
         ({"EXEC_TIMEOUT": "soon"}, "EXEC_TIMEOUT"),
     ],
 )
 def test_bad_environment_override_names_it(env: dict[str, str], expected: str) -> None:
-    with pytest.raises(ConfigError, match=expected):
+    # The variable, not the file's key (a review found the key named for an override).
+    with pytest.raises(ConfigError, match=rf"^{expected}: "):
         load_function_config(None, env)
+
+
+def test_a_bad_value_in_the_file_names_its_key(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "log_level: chatty\n")
+    with pytest.raises(ConfigError, match=r"^log_level: "):
+        load_function_config(str(path), {})
+    path = write(tmp_path / "c.yaml", "file_stage_in: maybe\n")
+    with pytest.raises(ConfigError, match=r"^file_stage_in: "):
+        load_function_config(str(path), {})
 
 
 def test_exec_timeout_from_environment_reaches_the_watchdog_settings() -> None:
