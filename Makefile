@@ -9,7 +9,11 @@ APT_PKGS := radosgw ceph-mon ceph-osd ceph-common curl docker.io debootstrap bus
 
 all: test
 
+# Debian's own python3 makes venvs only with python3-venv (ensurepip), not installed on a
+# fresh machine.
 $(STAMP): setup.cfg pyproject.toml
+	@$(PY) -c 'import ensurepip' 2>/dev/null || { echo "installing Debian package: python3-venv"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,controller]' 'moto[server]' wsgidav cheroot
