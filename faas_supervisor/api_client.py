@@ -125,6 +125,8 @@ class ControllerClient:
         except ValueError:
             raise RequestFailed(f"{method} {path}: the answer is not JSON: "
                                 f"{_first_line(text)}") from None
+        except RecursionError:  # valid JSON, nested deeper than Python's parser goes
+            raise RequestFailed(f"{method} {path}: the answer is nested too deeply") from None
 
     async def _failure(self, what: str, response: aiohttp.ClientResponse) -> RequestFailed:
         body = (await response.content.read(64 << 10)).decode("utf-8", "replace")

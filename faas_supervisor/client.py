@@ -350,7 +350,8 @@ async def cmd_job(client: ControllerClient, args: argparse.Namespace) -> int:
     # SPEC 7.2 answers {"job": NAME}; some OSCAR managers say `jobName` or nothing.
     name = None
     if isinstance(value, dict):
-        name = next((value[k] for k in ("job", "jobName", "job_name") if value.get(k)), None)
+        name = next((value[k] for k in ("job", "jobName", "job_name")
+                     if value.get(k) and isinstance(value[k], str)), None)
     if name:
         print(name)
     return 0

@@ -37,7 +37,7 @@ from faas_supervisor.config import (
     normalize_provider_name,
     utf8_encodable,
 )
-from faas_supervisor.errors import ConfigError, FaasError, StorageError
+from faas_supervisor.errors import ConfigError, FaasError, RequestFailed, StorageError
 
 if TYPE_CHECKING:
     from faas_supervisor.api_client import ControllerClient
@@ -97,16 +97,19 @@ async def provider_for(client: ControllerClient, service: str, name: str) -> S3P
         settings = by_id.get(pid) if isinstance(by_id, dict) else None
         if not isinstance(settings, dict):
             raise ConfigError(f"service {service} defines no storage provider {full}")
-    return S3Provider(ProviderConfig(ptype, pid, _settings(settings)))
+    return S3Provider(ProviderConfig(ptype, pid, _settings(full, settings)))
 
 
-def _settings(given: Mapping[str, Any]) -> dict[str, str | bool | Secret]:
+def _settings(name: str, given: Mapping[str, Any]) -> dict[str, str | bool | Secret]:
     """The provider's settings as the runtime reads them; keys shown as `hidden` (or not
     at all) are left out, so that boto3's own credentials (environment, ~/.aws) apply."""
     settings: dict[str, str | bool | Secret] = {}
     for key in ("endpoint", "region"):
         if given.get(key):
-            settings[key] = str(given[key])
+            if not isinstance(given[key], str):  # the controller's answer, of another shape
+                raise RequestFailed(f"storage provider {name}: its {key} in the "
+                                    "controller's answer is not text")
+            settings[key] = given[key]
     if isinstance(given.get("verify"), bool):
         settings["verify"] = given["verify"]
     for key in ("access_key", "secret_key"):

@@ -39,7 +39,12 @@ class LocalProvider:
         """No folder `bucket` at the top of the store (a name starting with '.' is one
         the store keeps for itself, never a bucket): the S3 endpoint answers NoSuchBucket,
         and so do the provider's transfers, in the words of the S3 provider's."""
-        return not bucket or bucket.startswith(".") or not (self.root / bucket).is_dir()
+        if not bucket or bucket.startswith("."):
+            return True
+        try:
+            return not (self.root / bucket).is_dir()
+        except OSError:  # cannot tell (EACCES, ENAMETOOLONG): the transfer then says why
+            return False
 
     async def download(self, bucket: str, key: str, dest: Path) -> None:
         src = self._object_path(bucket, key)

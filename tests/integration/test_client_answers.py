@@ -19,13 +19,17 @@ from tests.integration.conftest import faas_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-# path -> the JSON it answers; a test sets it before running the client.
+# path -> the JSON it answers; a test sets it before running the client. RAW: path -> the
+# answer's text as it is (JSON that Python's json.dumps could not write).
 ANSWERS: dict[str, Any] = {}
+RAW: dict[str, str] = {}
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[str]:
     async def answer(request: web.Request) -> web.Response:
+        if request.path in RAW:
+            return web.Response(text=RAW[request.path], content_type="application/json")
         if request.path not in ANSWERS:
             return web.json_response({"message": "not found"}, status=404)
         return web.Response(text=json.dumps(ANSWERS[request.path]),
@@ -40,6 +44,7 @@ async def server() -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         ANSWERS.clear()
+        RAW.clear()
         await runner.cleanup()
 
 
@@ -100,3 +105,30 @@ async def test_answers_of_the_expected_shape_still_read(server: str) -> None:
     logs = await asyncio.to_thread(run_client, server, "logs", "foo")
     assert logs.returncode == 0, logs.stderr
     assert [line.split()[:2] for line in logs.stdout.splitlines()[1:]] == [["j1", "Succeeded"]]
+
+
+async def test_an_answer_nested_deeper_than_the_parser_goes_is_one_line(server: str) -> None:
+    """Valid JSON 100 000 lists deep: a RecursionError traceback (a review of 77f93e3)."""
+    RAW["/system/services"] = "[" * 100_000 + "]" * 100_000
+    result = await asyncio.to_thread(run_client, server, "list")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1, "", "faas-supervisor: error: GET /system/services: the answer is nested too "
+        "deeply\n")
+
+
+async def test_a_job_name_that_is_not_text_is_not_printed(server: str) -> None:
+    """`{"job": ["a", "b"]}` printed `['a', 'b']` as the job's name."""
+    ANSWERS["/system/services/foo"] = {"name": "foo", "token": "t"}
+    ANSWERS["/job/foo"] = {"job": ["a", "b"]}
+    result = await asyncio.to_thread(run_client, server, "job", "foo", "--text-input", "x")
+    assert (result.returncode, result.stdout) == (0, ""), result.stderr
+
+
+async def test_a_provider_endpoint_that_is_not_text_is_one_line(server: str) -> None:
+    """`minio_provider.endpoint: ["x"]` in /system/config: a ValueError traceback."""
+    ANSWERS["/system/services/foo"] = {"name": "foo"}
+    ANSWERS["/system/config"] = {"minio_provider": {"endpoint": ["x"]}}
+    result = await asyncio.to_thread(run_client, server, "list-files", "foo", "minio", "b/")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1, "", "faas-supervisor: error: storage provider minio.default: its endpoint in "
+        "the controller's answer is not text\n")

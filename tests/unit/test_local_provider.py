@@ -189,3 +189,22 @@ async def test_a_download_from_a_bucket_that_is_not_there_says_so(tmp_path: Path
     assert missing.value.message == (
         "minio.default: cannot read bucket/in/a.txt: No such file or directory")
     assert not (tmp_path / "dest").exists()
+
+
+async def test_a_bucket_that_cannot_be_looked_up_gives_the_systems_reason(
+    tmp_path: Path,
+) -> None:
+    """A bucket name the file system cannot look up (300 bytes: ENAMETOOLONG; EACCES is
+    alike) made the bucket check raise, and the line said only `failed (OSError)`
+    (a review of 1cfa775): the transfer's own reason is given, as before that commit."""
+    store = with_bucket(tmp_path, "local", "files")
+    (tmp_path / "src").write_bytes(b"data")
+    bucket = "b" * 300
+    with pytest.raises(StorageError) as upload:
+        await store.upload(tmp_path / "src", bucket, "out/a.txt")
+    assert upload.value.message == (
+        f"local.files: cannot write {bucket}/out/a.txt: File name too long")
+    with pytest.raises(StorageError) as download:
+        await store.download(bucket, "out/a.txt", tmp_path / "dest")
+    assert download.value.message == (
+        f"local.files: cannot read {bucket}/out/a.txt: File name too long")
