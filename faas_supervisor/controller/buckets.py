@@ -166,10 +166,13 @@ class FolderStore:
         return folder_key_problem(key)
 
     def create_bucket(self, bucket: str) -> bool:
+        self._bucket_path(bucket)  # a bad name is a ValueError, as everywhere here
         try:
-            self._bucket_path(bucket).mkdir()
-        except FileExistsError:  # a link of that name too: the name is taken
-            return False
+            self.objects.create_bucket(bucket)  # where its creation time is recorded
+        except S3Error as error:
+            if error.code != "BucketAlreadyOwnedByYou":
+                raise
+            return False  # a link of that name too: the name is taken
         return True
 
     def ensure_path(self, bucket: str, folder: str) -> None:

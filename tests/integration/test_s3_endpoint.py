@@ -257,6 +257,32 @@ def test_buckets(endpoint: Endpoint) -> None:
     assert code_of(caught.value) == ("InvalidBucketName", 400)
 
 
+def test_a_buckets_creation_date_stays_what_it_was(endpoint: Endpoint) -> None:
+    """ListBuckets' CreationDate is when the bucket was made (CreateBucket's, or the bucket
+    API's), as S3 and MinIO answer it: an object or a folder put at its top later does not
+    move it. It was the folder's time, which they change."""
+    s3, controller = endpoint.client(), endpoint.controller
+    by_s3, by_api = bucket_name(), bucket_name()
+    s3.create_bucket(Bucket=by_s3)
+    assert controller.request("POST", "/system/buckets",
+                              json={"bucket_name": by_api}).status_code == 201
+    long_ago = time.time() - 3600  # as if made an hour ago: its folder's time then
+    for bucket in (by_s3, by_api):
+        os.utime(controller.storage / bucket, (long_ago, long_ago))
+
+    def created() -> dict[str, datetime.datetime]:
+        return {b["Name"]: b["CreationDate"] for b in s3.list_buckets()["Buckets"]
+                if b["Name"] in (by_s3, by_api)}
+
+    first = created()
+    assert set(first) == {by_s3, by_api}
+    for bucket in (by_s3, by_api):
+        s3.put_object(Bucket=bucket, Key="top.txt", Body=b"x")
+        s3.put_object(Bucket=bucket, Key="folder/")
+        s3.put_object(Bucket=bucket, Key="new/inside.txt", Body=b"y")
+    assert created() == first
+
+
 def test_objects_put_get_head_copy_delete(endpoint: Endpoint) -> None:
     s3 = endpoint.client()
     bucket = bucket_name()

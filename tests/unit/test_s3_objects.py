@@ -254,3 +254,23 @@ def test_a_file_system_without_user_attributes_keeps_the_object_undescribed(
         objects.commit(temp, "bkt", "k", "0" * 32, "text/plain", {"k": "v"})
     info = objects.info("bkt", "k")
     assert (info.size, info.content_type, info.metadata) == (5, "binary/octet-stream", {})
+
+
+def test_a_buckets_creation_time_is_recorded_once(tmp_path: Path) -> None:
+    """A bucket's creation time is recorded on its folder when made, or, for a folder made
+    without it (before this was recorded, or by hand), when first listed: later names at
+    its top (which move the folder's time) do not move it."""
+    objects = store(tmp_path, [])
+    (tmp_path / "old").mkdir()  # a bucket folder of before, without a record
+    long_ago = 1_600_000_000.0
+    for bucket in ("bkt", "old"):
+        os.utime(tmp_path / bucket, (long_ago, long_ago))
+    first = dict(objects.buckets())
+    assert first["old"] == long_ago  # its folder's time, the best there is
+    assert first["bkt"] > long_ago  # recorded when made
+    for bucket in ("bkt", "old"):
+        temp = objects.temporary(bucket, "top")
+        temp.write_bytes(b"x")
+        objects.commit(temp, bucket, "top", "0" * 32, "text/plain", {})
+        objects.make_folder(bucket, "folder/")
+    assert dict(Objects(tmp_path).buckets()) == first  # after a restart too

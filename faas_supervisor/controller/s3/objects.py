@@ -12,6 +12,10 @@
   it names the size and time it describes. A file put in the folder by other means (or
   on a file system without user attributes) has none: its ETag is then derived from its
   size, time and inode, its type `binary/octet-stream`.
+* A bucket's creation time is the same attribute of its folder, set when the folder is
+  made: its time (mtime) moves with every name added or removed at its top, S3's
+  CreationDate does not. A folder without one (made before this was recorded, or by other
+  means) has its folder's time at its first listing recorded, and keeps that.
 * Multipart uploads live in `<root>/.s3-uploads/<id>/` until completed or aborted, or
   expired: UPLOAD_EXPIRY after their last part (MinIO expires stale uploads likewise).
 * Only this process writes the hidden names: what it finds of them when made (a
@@ -142,10 +146,14 @@ class Objects:
     # ---- buckets ---------------------------------------------------------------------
 
     def buckets(self) -> list[tuple[str, float]]:
+        """Each bucket's name and creation time (seconds since the epoch)."""
         found = []
         for entry in os.scandir(self.root):
             if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
-                found.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
+                try:
+                    found.append((entry.name, _created(entry.path)))
+                except FileNotFoundError:
+                    continue  # deleted while listed
         return sorted(found)
 
     def bucket(self, bucket: str) -> Path:
@@ -162,8 +170,11 @@ class Objects:
         return self.root / bucket
 
     def create_bucket(self, bucket: str) -> None:
+        """The bucket's folder made, its creation time recorded (every bucket the
+        controller makes is made here: the S3 endpoint's, the bucket API's, a service's)."""
+        path = self._bucket_path(bucket)
         try:
-            self._bucket_path(bucket).mkdir()
+            path.mkdir()
         except FileExistsError:
             raise S3Error(
                 "BucketAlreadyOwnedByYou",
@@ -171,6 +182,8 @@ class Objects:
                 "own it.",
                 f"/{bucket}",
             ) from None
+        with contextlib.suppress(FileNotFoundError):  # deleted at once: nothing to record
+            _created(path)
 
     def delete_bucket(self, bucket: str, with_objects: bool = False) -> None:
         """The bucket gone, with its multipart uploads (aborted: none completes into a
@@ -786,6 +799,38 @@ def _describe(path: Path, etag: str, content_type: str, metadata: dict[str, str]
         # file put there by other means would be.
         if exc.errno != errno.ENOTSUP:
             raise
+
+
+def _created(folder: Path | str) -> float:
+    """When the bucket of `folder` was made: as recorded on it; else its time now, recorded
+    unless a record came meanwhile (XATTR_CREATE: the first one stays, and is read back).
+    Where nothing can be recorded (no user attributes, a folder of another user), its
+    time, as it is: FileNotFoundError when the folder is gone."""
+    recorded = _recorded_creation(folder)
+    if recorded is not None:
+        return recorded
+    made_ns = os.lstat(folder).st_mtime_ns
+    try:
+        os.setxattr(folder, ATTRIBUTE, json.dumps({"created_ns": made_ns}).encode(),
+                    os.XATTR_CREATE, follow_symlinks=False)
+    except FileExistsError:
+        recorded = _recorded_creation(folder)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        pass
+    return made_ns / 1e9 if recorded is None else recorded
+
+
+def _recorded_creation(folder: Path | str) -> float | None:
+    try:
+        record = json.loads(os.getxattr(folder, ATTRIBUTE, follow_symlinks=False))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError):
+        return None
+    made_ns = record.get("created_ns") if isinstance(record, dict) else None
+    return made_ns / 1e9 if isinstance(made_ns, int) else None
 
 
 def _described(key: str, path: Path | str, stat: os.stat_result) -> ObjectInfo:
