@@ -16,13 +16,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
 
 import pytest
 import requests
+from aiohttp import web
 
 # The Docker engine and the locally built images: one of each for the whole session,
 # whichever test modules use them (fixtures found in a module are that module's own).
@@ -62,6 +63,19 @@ def server_side_state(port: int, peer: int) -> int | None:
                 if int(local, 16) == port and int(remote, 16) == peer:
                     return int(fields[3], 16)
     return None
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[str]:
+    """`app` served on a loopback port the kernel picks: its base URL, for as long as the
+    block runs (a stand-in server of a test, answering from the test's event loop)."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def free_port() -> int:

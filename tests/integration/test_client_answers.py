@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.integration.conftest import faas_command
+from tests.integration.conftest import faas_command, served
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -37,15 +37,12 @@ async def server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with served(app) as url:
+            yield url
     finally:
         ANSWERS.clear()
         RAW.clear()
-        await runner.cleanup()
 
 
 def run_client(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:

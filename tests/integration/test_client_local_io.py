@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.integration.conftest import S3Server, faas_command
+from tests.integration.conftest import S3Server, faas_command, served
 from tests.integration.controller_fixture import (
     ControllerFactory,
     ControllerProcess,
@@ -206,13 +206,8 @@ async def latin1_server() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/system/services", service)
     app.router.add_get("/system/services/{name}", service)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with served(app) as url:
+        yield url
 
 
 async def test_an_answer_that_is_not_utf8_is_one_line(latin1_server: str) -> None:
