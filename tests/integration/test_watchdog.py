@@ -33,6 +33,7 @@ import requests
 import yaml
 
 from tests.integration.conftest import (
+    REPO,
     TCP_ESTABLISHED,
     WatchdogFactory,
     WatchdogProcess,
@@ -1015,10 +1016,15 @@ def test_suppress_lock(watchdog: WatchdogFactory, how: str) -> None:
 
 # A watchdog whose /tmp is a tmpfs of its own (a private mount namespace): `setup` makes
 # its /tmp/.lock unwritable without touching the machine's. The test's folder (which that
-# tmpfs may hide) is bound back at /tmp/w from the shell's working directory, which still
-# refers to it: unresolved (--no-canonicalize), "." is not looked up again by name.
-OWN_TMP = ('cd "$1" && mount -t tmpfs none /tmp && mkdir /tmp/w'
-           ' && mount --no-canonicalize --bind . /tmp/w && {setup} && shift && exec "$@"')
+# tmpfs hides) is bound back at /tmp/w from the shell's working directory, which still
+# refers to it: unresolved (--no-canonicalize), "." is not looked up again by name. The
+# repository ($2: the venv and the package) is bound back at its own path, from a
+# descriptor opened before, when the tmpfs hid it (a clone under /tmp: the first CI of
+# these tests ran in /tmp/cc and could not start the watchdog, 127).
+OWN_TMP = ('exec 3< "$2" && cd "$1" && mount -t tmpfs none /tmp && mkdir /tmp/w'
+           ' && mount --no-canonicalize --bind . /tmp/w && {{ [ -d "$2" ] || {{ mkdir -p "$2"'
+           ' && mount --no-canonicalize --bind /proc/self/fd/3 "$2"; }}; }} && exec 3<&-'
+           ' && {setup} && shift 2 && exec "$@"')
 
 
 def _own_tmp_watchdog(tmp_path: Path, setup: str, port: int, args: list[str],
@@ -1026,7 +1032,7 @@ def _own_tmp_watchdog(tmp_path: Path, setup: str, port: int, args: list[str],
     if shutil.which("unshare") is None:
         pytest.skip("no unshare(1) to give the watchdog a /tmp of its own")
     probe = subprocess.run(["unshare", "-m", "sh", "-c", OWN_TMP.format(setup=setup), "sh",
-                            str(tmp_path), "true"], capture_output=True, timeout=30)
+                            str(tmp_path), str(REPO), "true"], capture_output=True, timeout=30)
     if probe.returncode != 0:
         pytest.skip("no private mount namespace here (unshare -m, mount): "
                     + probe.stderr.decode(errors="replace").strip())
@@ -1038,7 +1044,7 @@ def _own_tmp_watchdog(tmp_path: Path, setup: str, port: int, args: list[str],
     env["TMPDIR"] = "/tmp/w/tmp"  # writable: the test's folder
     return subprocess.Popen(
         ["unshare", "-m", "sh", "-c", OWN_TMP.format(setup=setup), "sh", str(tmp_path),
-         *faas_command(), "watchdog", "--host", "127.0.0.1", "--port", str(port),
+         str(REPO), *faas_command(), "watchdog", "--host", "127.0.0.1", "--port", str(port),
          "--script", "/tmp/w/script.sh", *args],
         env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
