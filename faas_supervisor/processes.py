@@ -110,6 +110,7 @@ class Child:
     def __init__(self, popen: Process) -> None:
         self.popen = popen
         self.pid = popen.pid
+        self._stop_leader_only = False  # how stop() signals it: see there
 
     @property
     def returncode(self) -> int | None:
@@ -134,6 +135,14 @@ class Child:
     def kill_group(self) -> None:
         self.signal_group(signal.SIGKILL)
 
+    def signal_stop(self, sig: int) -> None:
+        """`sig` as stop() sends it: to the group, or to the child alone (leader_only)."""
+        if not self._stop_leader_only:
+            self.signal_group(sig)
+        elif self.popen.returncode is None:  # unreaped: the pid is still the child's
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, sig)
+
     async def wait(self, kill_group: bool = True) -> int:
         """Its exit status once it exited; first, by default, SIGKILL to what is left of
         its group (background children), while the exited leader still holds the id."""
@@ -152,14 +161,23 @@ class Child:
             return await self.wait()
         return -info.si_status if info.si_code != os.CLD_EXITED else info.si_status
 
-    async def stop(self, grace: float = STOP_GRACE) -> int:
+    async def stop(self, grace: float = STOP_GRACE, *, leader_only: bool = False) -> int:
         """SIGTERM to the group, SIGKILL to the group after `grace`; reaped.
 
         Once the program is forced to exit (captured_signals), FORCE_SIGNAL too: a
-        watchdog or `run` of ours then skips its own graceful drain."""
-        self.signal_group(signal.SIGTERM)
+        watchdog or `run` of ours then skips its own graceful drain.
+
+        `leader_only`: SIGTERM (and FORCE_SIGNAL) to the child alone, the SIGKILL after
+        `grace` still to its group. For a watchdog, which drains on SIGTERM and stops its
+        scripts itself, as it is stopped in a container (Kubernetes and Docker signal the
+        main process only). Its group holds, for a moment, each script it spawns:
+        posix_spawn's child joins its own group only after it started, its signals held
+        and then back at their defaults; a group's SIGTERM then killed the script of a
+        request just accepted (its answer a 500, "exited with status -15")."""
+        self._stop_leader_only = leader_only
+        self.signal_stop(signal.SIGTERM)
         if _forced:
-            self.signal_group(FORCE_SIGNAL)
+            self.signal_stop(FORCE_SIGNAL)
         _stopping.add(self)
         waiting = asyncio.ensure_future(self.wait())
         try:
@@ -548,7 +566,7 @@ class Stop:
         self.forced.set()
         _forced = True
         for child in list(_stopping):  # stops under way; later ones send it themselves
-            child.signal_group(FORCE_SIGNAL)
+            child.signal_stop(FORCE_SIGNAL)
 
     async def unless_forced(
         self, waiting: Callable[[], Awaitable[object]], timeout: float

@@ -305,3 +305,53 @@ def test_a_service_watchdog_killed_outright_leaves_nothing_of_its_invocations(
         with pytest.raises(requests.RequestException):
             pending.result(timeout=30).raise_for_status()
     wait_until(gone(marker), "no process left")
+
+
+# A script in its watchdog's process group, as each script is for a moment while the
+# watchdog spawns it (posix_spawn's child joins a group of its own only once it runs, its
+# signals back at their defaults): it moves itself there, says so, and ends once told.
+IN_WATCHDOGS_GROUP = '''
+import os, pathlib, time
+os.setpgid(0, os.getpgid(os.getppid()))
+marks = pathlib.Path(os.environ["MARKS"])
+(marks / "joined").touch()
+while not (marks / "release").exists():  # another process's file: polled
+    time.sleep(0.02)
+print("finished")
+'''
+
+
+@pytest.mark.parametrize("how", ["update", "delete"])
+def test_a_watchdog_stopped_by_the_controller_lets_a_script_in_its_group_finish(
+    controllers: ControllerFactory, tmp_path: Path, how: str
+) -> None:
+    """The local backend stopped a watchdog with a SIGTERM to its whole group: a script
+    the watchdog was just spawning got it too and died at once (`500 script exited with
+    status -15`, a review found it under load). The watchdog alone is signalled, as in a
+    container, and drains: what it runs finishes."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    app = tmp_path / "in_group.py"
+    app.write_text(IN_WATCHDOGS_GROUP)
+    variables = {"PYTHON": sys.executable, "APP": str(app), "MARKS": str(marks)}
+    service = {"name": "grouped", "script": 'exec "$PYTHON" "$APP"\n',
+               "environment": {"variables": variables}}
+    controller = controllers()
+    token = controller.create(service)["token"]
+    log = controller.data_dir / "services" / "grouped" / "watchdog.log"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        call = pool.submit(requests.post, f"{controller.url}/run/grouped", data=b"{}",
+                           headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        wait_until((marks / "joined").exists, "the script in its watchdog's group")
+        if how == "update":
+            variables["VERSION"] = "2"
+            stopping = pool.submit(controller.request, "PUT", "/system/services", json=service)
+        else:
+            stopping = pool.submit(controller.request, "DELETE", "/system/services/grouped")
+        # Signalled: it drains (or, signalled with its group, lost its script already).
+        wait_until(lambda: b"shutting down" in log.read_bytes(), "the watchdog stopping")
+        (marks / "release").touch()
+        answer = call.result(timeout=30)
+        assert (answer.status_code, script_output(answer.text)) == (200, "finished\n"), \
+            answer.text
+        assert stopping.result(timeout=60).status_code in (200, 204)

@@ -202,6 +202,46 @@ def test_a_forced_exit_gives_children_being_stopped_the_force_signal(tmp_path: P
     assert seconds < 30  # not the grace period
 
 
+# Another process of a child's group (a script a watchdog is spawning): notes the signals
+# it gets in $1, says it is ready in $2.
+MEMBER = """
+import signal, sys, time
+def note(number, _frame):
+    with open(sys.argv[1], "a") as notes:
+        notes.write(f"{number}\\n")
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, note)
+open(sys.argv[2], "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_leader_only_stop_signals_the_child_alone_and_then_kills_its_group(
+    tmp_path: Path,
+) -> None:
+    """A watchdog's stop (local backend): SIGTERM and, forced, FORCE_SIGNAL to it alone;
+    what is left of its group is SIGKILLed once it has ended, as for any child."""
+    notes, ready = tmp_path / "notes", tmp_path / "member-ready"
+
+    async def main() -> tuple[int, int | None, str]:
+        with processes.captured_signals() as stop:
+            leader = await started_draining(tmp_path, "leader")
+            member = subprocess.Popen([sys.executable, "-c", MEMBER, str(notes), str(ready)],
+                                      process_group=leader.pid)
+            while not ready.exists():  # no event tells that its handlers are set
+                await asyncio.sleep(0.02)
+            stopping = asyncio.ensure_future(leader.stop(grace=60, leader_only=True))
+            await asyncio.sleep(0)  # stop() runs to its wait: SIGTERM sent (and ignored)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await stop.requested.wait()
+            os.kill(os.getpid(), signal.SIGTERM)  # forced: FORCE_SIGNAL ends the leader
+            code = await stopping
+            return code, member.wait(10), notes.read_text() if notes.exists() else ""
+
+    assert asyncio.run(main()) == (7, -signal.SIGKILL, "")
+
+
 def test_adopted_orphans_are_found_with_and_without_the_kernels_children_lists() -> None:
     """`_adopted` reads the kernel's lists of our children where it has them, and every
     /proc/PID/stat where not: both find the same orphan. In a child interpreter, so that

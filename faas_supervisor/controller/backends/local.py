@@ -287,8 +287,10 @@ class _Watchdog:
     async def stop(self) -> None:
         self.stopping = True
         if self.process is not None:
-            # Graceful: in-flight work may finish (the watchdog drains on SIGTERM).
-            await asyncio.shield(self.process.stop(STOP_TIMEOUT))
+            # Graceful: in-flight work may finish (the watchdog drains on SIGTERM). To the
+            # watchdog alone: a script it is spawning is in its group for a moment, and a
+            # group's SIGTERM would kill it (Child.stop); it stops its scripts itself.
+            await asyncio.shield(self.process.stop(STOP_TIMEOUT, leader_only=True))
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
