@@ -11,6 +11,12 @@ from aiohttp import web
 
 from faas_supervisor.errors import FaasError, PayloadTooLarge
 
+# The reason of a 503 the watchdog answers once it is stopping (SIGTERM): a request it
+# refuses so, before anything of it ran, the controller sends once more to the service's
+# current watchdog (controller/routes/invocations.py). Here, where the controller can
+# import it cheaply.
+STOPPED = "the watchdog is shutting down"
+
 
 def refusal(error: FaasError, *, close: bool = False) -> web.Response:
     """The error's status and its line. `close`: where the next request would start is

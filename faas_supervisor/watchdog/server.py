@@ -34,7 +34,7 @@ from faas_supervisor.http_timeouts import CLIENT_CLOSED, TimedAppRunner
 from faas_supervisor.invocation import Invocation, Removals, Runtime
 from faas_supervisor.logs import get_logger
 from faas_supervisor.processes import Orphans, Stop, environ_value
-from faas_supervisor.watchdog.answers import refusal
+from faas_supervisor.watchdog.answers import STOPPED, refusal
 from faas_supervisor.watchdog.fork import ForkRunner
 from faas_supervisor.watchdog.metrics import UPGRADED, Metrics
 from faas_supervisor.watchdog.proxy import ProxyRunner
@@ -52,7 +52,6 @@ ABORT_GRACE = 5.0
 KEEPALIVE_TIMEOUT = 75.0
 SWEEP_INTERVAL = 1.0  # seconds between sweeps of orphans when nothing asks for one sooner
 SWEEP_SPACING = 0.1  # seconds at least between two sweeps: each one reads /proc
-STOPPED = "the watchdog is shutting down"
 logger = get_logger(component="watchdog")
 
 
@@ -139,8 +138,7 @@ class Watchdog:
         if self.proxy is None and request.method not in ("POST", "PUT"):
             raise web.HTTPMethodNotAllowed(request.method, ["POST", "PUT"])
         if self.shutting_down or not self.ready:
-            return refusal(ShuttingDown("the watchdog is shutting down" if self.ready else
-                                        "the watchdog is starting"))
+            return refusal(ShuttingDown(STOPPED if self.ready else "the watchdog is starting"))
         if self._at_limit():
             return refusal(TooManyRequests(f"max_inflight ({self.settings.max_inflight}) reached"))
         # A body declared too large is refused before anything of it is read, or passed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import http.client
 import json
 import os
@@ -25,6 +26,7 @@ import aiohttp
 import pytest
 import requests
 
+from tests.integration.conftest import script_output
 from tests.integration.controller_fixture import (
     PASSWORD,
     USER,
@@ -394,6 +396,64 @@ def test_a_request_waiting_for_a_service_stopped_or_deleted_is_answered_at_once(
     assert answer.status_code in (200, 204), answer.text
     status, body = answer_of(waiting, 10)
     assert (status, b"is not running" in body) == (503, True), body
+
+
+# /run: a call held until $MARKS/release exists (its query: `hold`), the others at once;
+# each says which definition of the service ran it.
+VERSIONED = ('if [ "$Http_Query" = hold ]; then\n'
+             '  : > "$MARKS/held"\n'
+             '  until [ -e "$MARKS/release" ]; do sleep 0.05; done\n'
+             'fi\n'
+             'echo "version $VERSION"\n')
+
+
+@pytest.mark.timeout(120)
+def test_a_run_refused_by_a_watchdog_an_update_stops_goes_to_the_new_one(
+    controller: ControllerProcess, tmp_path: Path
+) -> None:
+    """An update stops the old watchdog as soon as the new one is made: a call that had
+    the old one's address by then reached it draining, and got its own `503 the watchdog
+    is shutting down` (a review found it). Refused so, before anything of it ran, and its
+    body in hand, it goes once more: to the new watchdog."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def versioned(version: str) -> dict[str, Any]:
+        return {"name": "moving", "script": VERSIONED,
+                "environment": {"variables": {"MARKS": str(marks), "VERSION": version}}}
+
+    controller.create(versioned("1"))
+    log = controller.data_dir / "services" / "moving" / "watchdog.log"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        # In flight on the old watchdog: once stopped, it drains until this one ends.
+        held = pool.submit(controller.request, "POST", "/run/moving?hold", data=b"{}")
+        try:
+            wait_until((marks / "held").exists, 60, "the held call running", controller)
+            # Begun: the controller has its watchdog's address (the old one's), and waits
+            # for the body (Expect: 100-continue) before it sends the call there.
+            credentials = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            sock = socket.create_connection(("127.0.0.1", controller.port), timeout=60)
+            sock.sendall("POST /run/moving HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         f"Authorization: Basic {credentials}\r\nContent-Length: 2\r\n"
+                         "Expect: 100-continue\r\n\r\n".encode())
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):  # byte by byte: nothing more read
+                byte = sock.recv(1)
+                assert byte, f"connection closed after {head!r}"
+                head += byte
+            assert head.startswith(b"HTTP/1.1 100 "), head
+            update = pool.submit(controller.request, "PUT", "/system/services",
+                                 json=versioned("2"))
+            wait_until(lambda: b"shutting down" in log.read_bytes(), 60,
+                       "the old watchdog stopping", controller)
+            sock.sendall(b"{}")
+            status, body = answer_of(sock, 60)
+        finally:
+            (marks / "release").touch()
+        answer = held.result(timeout=60)
+        assert (answer.status_code, script_output(answer.text)) == (200, "version 1\n")
+        assert update.result(timeout=60).status_code == 204
+    assert (status, script_output(body)) == (200, b"version 2\n"), body
 
 
 @pytest.mark.timeout(180)

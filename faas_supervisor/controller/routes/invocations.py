@@ -43,6 +43,7 @@ from faas_supervisor.http_headers import (
 )
 from faas_supervisor.http_timeouts import CLIENT_CLOSED, client_gone, when_client_leaves
 from faas_supervisor.logs import get_logger
+from faas_supervisor.watchdog.answers import STOPPED
 from faas_supervisor.websocket_relay import (
     WS_HANDSHAKE,
     NotUpgraded,
@@ -65,6 +66,8 @@ IDLE_UPSTREAM_PER_HOST = 32
 # limits it again with the service's setting (aiohttp's 4 MiB default would be ours).
 WS_MESSAGE_MAX = (1 << 30) + 1  # aiohttp refuses a message of max_msg_size bytes itself
 EXPOSED_PREFIX = "/system/services/{name}/exposed"
+# A watchdog's refusal once it is stopping (answers.refusal: its reason's line).
+STOPPED_ANSWER = f"{STOPPED}\n".encode()
 logger = get_logger(component="api")
 
 
@@ -128,10 +131,14 @@ class InvocationRoutes(Routes):
         # Watched from before the wait for a starting service (up to --sync-wait): a
         # client gone meanwhile makes no call.
         watch = _ClientWatch(request)
-        try:
+        query = request.rel_url.raw_query_string
+
+        async def watchdog_url() -> URL:
             base = await self.api.backend.invoke_url(service.name)
-            query = request.rel_url.raw_query_string
-            url = URL(f"{base}{path}" + (f"?{query}" if query else ""), encoded=True)
+            return URL(f"{base}{path}" + (f"?{query}" if query else ""), encoded=True)
+
+        try:
+            url = await watchdog_url()
             # The service's watchdog never sees the controller's credentials (unless they
             # were none of ours: keep_authorization).
             drop = () if keep_authorization else ("authorization",)
@@ -145,19 +152,16 @@ class InvocationRoutes(Routes):
                 # a stream is written by a task of its own, loop iterations on every request.
                 small = length is not None and length <= WHOLE_BODY_MAX
                 body = await request.read() if small else request.content
-            async with self._session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body,
-                # The client's headers only: aiohttp's own (Accept: */* among them) would
-                # reach the script as Http_* variables the client never sent.
-                skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
-                # A redirect is the client's to follow (as the watchdog's proxy passes it
-                # on): followed here, the controller would fetch any address a service
-                # names, with the caller's headers, and the client never see the 3xx.
-                allow_redirects=False,
-            ) as upstream:
+            async with await self._forward(request, url, headers, body) as upstream:
+                if isinstance(body, aiohttp.StreamReader) or not await _refused_stopping(
+                        upstream):
+                    return await _answer(request, upstream)
+            # The watchdog was stopped after its address was taken (the local backend stops
+            # the old ones of an update or a restart as soon as the new ones are made), and
+            # refused the request before anything of it ran: it goes once more, its body
+            # still whole in hand (a stream's is spent), to the service's watchdog now.
+            async with await self._forward(request, await watchdog_url(), headers,
+                                           body) as upstream:
                 return await _answer(request, upstream)
         except asyncio.CancelledError:
             if not watch.left:
@@ -177,6 +181,24 @@ class InvocationRoutes(Routes):
             raise
         finally:
             watch.stop()
+
+    async def _forward(self, request: web.Request, url: URL, headers: CIMultiDict[str],
+                       body: bytes | aiohttp.StreamReader | None) -> aiohttp.ClientResponse:
+        """The request sent to `url`; the answer's head (the caller releases it)."""
+        assert self._session is not None
+        return await self._session.request(
+            request.method,
+            url,
+            headers=headers,
+            data=body,
+            # The client's headers only: aiohttp's own (Accept: */* among them) would
+            # reach the script as Http_* variables the client never sent.
+            skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
+            # A redirect is the client's to follow (as the watchdog's proxy passes it
+            # on): followed here, the controller would fetch any address a service
+            # names, with the caller's headers, and the client never see the 3xx.
+            allow_redirects=False,
+        )
 
     async def _websocket(
         self, request: web.Request, service: Service, url: URL, watch: _ClientWatch,
@@ -328,6 +350,18 @@ async def _answer(request: web.Request, upstream: aiohttp.ClientResponse) -> web
                            error=str(exc) or type(exc).__name__)
             transport.abort()
     return response
+
+
+async def _refused_stopping(upstream: aiohttp.ClientResponse) -> bool:
+    """Whether the watchdog refused the request as it is stopping, before anything of it
+    ran: a 503 of that one line (answers.refusal), and no invocation's answer (each has an
+    X-Invocation-Id: one the watchdog cut short at the end of its drain answers that 503
+    too, its logs after the line, which may be none). Its body, read, stays for _answer."""
+    if (upstream.status != HTTPStatus.SERVICE_UNAVAILABLE
+            or upstream.content_length != len(STOPPED_ANSWER)
+            or "X-Invocation-Id" in upstream.headers):
+        return False
+    return await upstream.read() == STOPPED_ANSWER
 
 
 def _client_closed() -> web.Response:
