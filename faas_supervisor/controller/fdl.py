@@ -33,7 +33,7 @@ from faas_supervisor.config import (
     utf8_encodable,
     variable_problem,
 )
-from faas_supervisor.controller.names import bucket_problem, path_problem
+from faas_supervisor.controller.names import DNS_LABEL, bucket_problem, path_problem
 from faas_supervisor.controller.resources import cpu_nanos, memory_bytes
 from faas_supervisor.errors import ConfigError, InvalidService
 
@@ -46,7 +46,7 @@ HIDDEN = "hidden"  # what the manager shows instead of the default provider's ke
 # Replicas of an exposed service: the local and docker backends start `min_scale` of them
 # at once, so one request must not be able to ask for thousands of processes.
 MAX_SCALE = 100
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_NAME = DNS_LABEL  # a service's name
 # Digits are ASCII's: `\d` (and float()) would take any script's ("٣"), which Kubernetes
 # refuses in a pod.
 _CPU = re.compile(r"[0-9]+(\.[0-9]+)?m?|\.[0-9]+")

@@ -14,6 +14,9 @@ import ipaddress
 import re
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# Kubernetes' name of one DNS label (RFC 1123): a service's name, a namespace's. Its
+# length bound is each use's own.
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 # Reserved by AWS for its own bucket kinds (access points, directory buckets, ...).
 _RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")

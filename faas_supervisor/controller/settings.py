@@ -20,6 +20,7 @@ from typing import ClassVar
 from urllib.parse import urlsplit
 
 from faas_supervisor.config import LOG_LEVELS, is_http_url, utf8_encodable
+from faas_supervisor.controller.names import DNS_LABEL
 from faas_supervisor.errors import ConfigError
 
 # What a local service's processes do not inherit from the controller's environment: the
@@ -286,14 +287,12 @@ def _cluster_name(name: str | None) -> str:
     return name
 
 
-# A namespace's name, as Kubernetes takes it: an RFC 1123 label.
-_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def namespace_flag(namespace: str) -> str:
     """`--namespace`, of `controller` and `manifests`: refused here, in one line, rather
     than by the API server at the first object (or by `kubectl apply`, for the printout)."""
-    if not _NAMESPACE.fullmatch(namespace):
+    if len(namespace) > 63 or not DNS_LABEL.fullmatch(namespace):  # an RFC 1123 label
         raise ConfigError(f"--namespace: {namespace!r} is not a namespace name (at most 63 "
                           "lower-case letters, digits or '-', starting and ending with a "
                           "letter or digit)")

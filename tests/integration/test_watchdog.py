@@ -1030,12 +1030,16 @@ OWN_TMP = ('exec 3< "$2" && cd "$1" && mount -t tmpfs none /tmp && mkdir /tmp/w'
 def _own_tmp_watchdog(tmp_path: Path, setup: str, port: int, args: list[str],
                       out: int | io.BufferedWriter) -> subprocess.Popen[bytes]:
     if shutil.which("unshare") is None:
-        pytest.skip("no unshare(1) to give the watchdog a /tmp of its own")
+        reason = "no unshare(1) to give the watchdog a /tmp of its own"
+        print(reason)
+        pytest.skip(reason)
     probe = subprocess.run(["unshare", "-m", "sh", "-c", OWN_TMP.format(setup=setup), "sh",
                             str(tmp_path), str(REPO), "true"], capture_output=True, timeout=30)
     if probe.returncode != 0:
-        pytest.skip("no private mount namespace here (unshare -m, mount): "
-                    + probe.stderr.decode(errors="replace").strip())
+        reason = ("no private mount namespace here (unshare -m, mount): "
+                  + probe.stderr.decode(errors="replace").strip())
+        print(reason)
+        pytest.skip(reason)
     (tmp_path / "script.sh").write_text("#!/bin/sh\necho hi\n")
     (tmp_path / "script.sh").chmod(0o755)
     (tmp_path / "tmp").mkdir(exist_ok=True)
