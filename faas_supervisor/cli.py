@@ -592,9 +592,20 @@ async def _event_chunks(event_file: str | None, environ: Mapping[str, str]) -> A
         return
     else:
         source = sys.stdin.buffer
-    with source:
+    stopped = False
+    try:
         while chunk := await asyncio.to_thread(_read_when_given, source, 1 << 20):
             yield chunk
+    except asyncio.CancelledError:
+        stopped = True
+        raise
+    finally:
+        # Stopped by a signal (processes.until_signalled), a read may still wait in its
+        # thread for a writer who sends nothing: closing `source` would wait for that
+        # read's lock for ever, and the process would never end. It ends now, `source`
+        # with it.
+        if not stopped:
+            source.close()
 
 
 def _read_when_given(source: BinaryIO, size: int) -> bytes:

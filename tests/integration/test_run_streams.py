@@ -8,6 +8,7 @@ import array
 import base64
 import fcntl
 import os
+import signal
 import subprocess
 import termios
 import time
@@ -100,4 +101,58 @@ def test_a_closed_stdout_is_one_line_and_no_traceback(tmp_path: Path) -> None:
     assert result.stderr.endswith(b"faas-supervisor: error: cannot write the response to "
                                   b"standard output: Bad file descriptor\n"), result.stderr
     assert b"Traceback" not in result.stderr and b"Exception ignored" not in result.stderr
+    assert list(tmp.iterdir()) == []
+
+
+
+def _blocked_reading(pid: int, pipe: int) -> bool:
+    """Whether a thread of `pid` is blocked in read(2) on `pipe` (any descriptor of it)."""
+    wanted = f"pipe:[{os.fstat(pipe).st_ino}]"
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "syscall").read_text().split()
+            # read's number on x86-64; its first argument, the descriptor
+            if fields[0] == "0" and os.readlink(f"/proc/{pid}/fd/{int(fields[1], 16)}") == wanted:
+                return True
+        except OSError:  # the thread, or the descriptor, went meanwhile
+            continue
+    return False
+
+
+@pytest.mark.parametrize("source", ["stdin", "--event-file"])
+def test_sigterm_while_the_event_s_writer_sends_nothing_stops_run(
+    tmp_path: Path, source: str
+) -> None:
+    """The event's writer holds its end of a blocking pipe open and sends nothing (a job
+    deleted before its event came, Ctrl-C at a terminal). SIGTERM was ignored: the
+    cancelled read's file was closed while its thread still read it, and the close waited
+    for that read's lock for ever (until SIGKILL). `run` ends at once, 143, one line saying
+    why, its folders gone."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = tmp_path / "script.sh"
+    script.write_text(COPY)
+    command = [*faas_command(), "run", "--script", str(script)]
+    reader, writer = os.pipe()
+    if source == "--event-file":  # the same pipe, opened by its name by `run` itself
+        command += ["--event-file", f"/proc/{os.getpid()}/fd/{reader}"]
+    try:
+        with subprocess.Popen(command, env=_env(tmp),
+                              stdin=reader if source == "stdin" else subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) as process:
+            # Until it waits in read(2) for the event: another process's state, polled.
+            while not _blocked_reading(process.pid, reader):
+                assert process.poll() is None
+                time.sleep(0.001)
+            process.send_signal(signal.SIGTERM)
+            try:
+                _, stderr = process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()  # it would wait for ever: the test fails now, not at its timeout
+                raise
+    finally:
+        os.close(reader)
+        os.close(writer)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.endswith(b"faas-supervisor: error: stopped by SIGTERM\n"), stderr
     assert list(tmp.iterdir()) == []
