@@ -178,6 +178,8 @@ def check(service: Service) -> None:
 
 
 _PROVIDER_ID = re.compile(r"[A-Za-z0-9][-._A-Za-z0-9]*")
+# The most a ConfigMap's values may hold together (the API server's validation).
+CONFIG_MAP_LIMIT = 1 << 20
 
 
 # ---- configuration and secrets ----------------------------------------------------------
@@ -196,14 +198,22 @@ def config_map(service: Service, cluster: Cluster) -> dict[str, Any]:
         }
         for ptype, by_id in config["storage_providers"].items()
     }
+    data = {
+        "script.sh": service.script,
+        "function_config.yaml": yaml.safe_dump(config, sort_keys=False),
+    }
+    size = sum(len(value.encode()) for value in data.values())
+    if size > CONFIG_MAP_LIMIT:
+        # The API server refuses it; said before any of the service's objects is made.
+        raise InvalidService(
+            f"script: the ConfigMap {service.name!r} would hold {size} bytes (script.sh and "
+            f"function_config.yaml), over the {CONFIG_MAP_LIMIT} (1 MiB) Kubernetes takes"
+        )
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(service.name, service, cluster),
-        "data": {
-            "script.sh": service.script,
-            "function_config.yaml": yaml.safe_dump(config, sort_keys=False),
-        },
+        "data": data,
     }
 
 

@@ -607,6 +607,28 @@ def test_kubernetes_requirements_name_the_field(fields: dict[str, Any], field: s
         manifests.service_objects(svc, WITH_MINIO)
 
 
+def test_a_script_a_config_map_cannot_hold_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ConfigMap holds the script: over 1 MiB with function_config.yaml, the API server
+    refuses it. `manifests` printed it anyway (exit 0; left alone in an earlier session's
+    note), to fail at `kubectl apply`. It says so now: one line naming the field, exit 2
+    (the controller, which asked the API server's dry run, says it before asking)."""
+    big = "#" * manifests.CONFIG_MAP_LIMIT
+    with pytest.raises(InvalidService, match=r"^script: the ConfigMap 'cowsay' would hold "
+                                             r"\d+ bytes .* over the 1048576 \(1 MiB\)"):
+        manifests.service_objects(parse_service({**SERVICES["sync"], "script": big}), WITH_MINIO)
+    fits = "#" * (manifests.CONFIG_MAP_LIMIT - 4096)
+    manifests.service_objects(parse_service({**SERVICES["sync"], "script": fits}), WITH_MINIO)
+    (tmp_path / "script.sh").write_text(big)
+    fdl = tmp_path / "fdl.yaml"
+    fdl.write_text("functions: {oscar: [{c: {name: big, image: i, script: script.sh}}]}\n")
+    assert main(["manifests", "-f", str(fdl)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and "script: the ConfigMap 'big' would hold" in err, err
+
+
 # ---- `faas-supervisor manifests -f` ---------------------------------------------------------
 
 FDL_FILES = sorted({*REPO.glob("examples/fdl.yaml"), *REPO.glob("examples/*/fdl.yaml")})
