@@ -98,6 +98,8 @@ class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.declarers: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+        # argparse names the choices from this map when a command is unknown.
+        self._name_parser_map = self.choices = _Unlisted()
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
@@ -105,6 +107,16 @@ class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
         if name in self.declarers:
             self.declarers.pop(name)(self._name_parser_map[name])
         super().__call__(parser, namespace, values, option_string)
+
+
+class _Unlisted(dict[str, argparse.ArgumentParser]):
+    """The commands by name, the internal ones found but not listed among the choices
+    an unknown command's error names."""
+
+    INTERNAL = frozenset({"job-runner"})
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in super().__iter__() if name not in self.INTERNAL)
 
 
 def build_parser() -> argparse.ArgumentParser:

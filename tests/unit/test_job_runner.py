@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
+
+from faas_supervisor.cli import build_parser
 from faas_supervisor.job_runner import Frames, frame
 
 
@@ -76,3 +79,17 @@ def test_a_warm_up_that_cannot_read_the_s3_models_still_serves_other_jobs() -> N
     assert result.stdout == "warm\n"
     assert result.stderr.startswith("job-runner: S3 models not preloaded:"), result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_the_internal_command_is_found_but_not_offered(capsys: pytest.CaptureFixture[str]) -> None:
+    """`faas-supervisor bogus` named the local backend's internal `job-runner` among the
+    commands to choose from (argparse's message; left alone in an earlier note). It names
+    the user's commands only; `job-runner` still parses."""
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith("invalid choice: 'bogus' (choose from 'watchdog', 'run', 'service', "
+                        "'controller', 'manifests')\n"), err
+    assert parser.parse_args(["job-runner", "folder"]).folder == "folder"
