@@ -237,11 +237,14 @@ class Watchdog:
         if self.proxy is not None:
             try:
                 # Once ready, the server's exit requests the stop too.
-                await self.proxy.start(stop.requested)
+                started = await self.proxy.start(stop.requested)
             except BaseException:
                 await self.proxy.close()
                 await runner.cleanup()
                 raise
+            if not started:  # a stop came first: never ready, and not said to be
+                await self.shutdown(runner, stop)
+                return 0
         if not self.settings.suppress_lock:
             try:
                 LOCK_FILE.touch()

@@ -522,6 +522,9 @@ def test_sigterm_while_the_server_starts_stops_cleanly(
     exposed.wd.process.send_signal(signal.SIGTERM)
     assert exposed.wd.process.wait(30) == 0
     assert not is_running(int(pid_file.read_text()))
+    # Never ready, and not said to be: its log said `watchdog ready` as it stopped.
+    assert "watchdog ready" not in exposed.log()
+    assert "shutting down" in exposed.log()
 
 
 def test_server_that_exits_at_start_fails_start_up(watchdog: WatchdogFactory) -> None:
