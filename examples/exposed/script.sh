@@ -25,6 +25,19 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _body(self):
+        # A client may send its body in chunks (`curl -T -`, any stream of unknown
+        # length): the watchdog passes it on as it came.
+        if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        data = b""
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            data += self.rfile.read(size)
+            self.rfile.readline()  # the line end after each chunk
+        while self.rfile.readline().strip():
+            pass  # trailers, up to the empty line
+        return data
+
     def do_GET(self):
         if self.path == "/":
             self._send(200, f"Hello from an exposed service (model {MODEL})\n", "text/plain")
@@ -35,7 +48,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path != "/predict":
             self._send(404, "not found\n", "text/plain")
             return
-        text = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        text = self._body().decode()
         result = {"model": MODEL, "length": len(text), "upper": text.upper()}
         self._send(200, json.dumps(result) + "\n", "application/json")
 

@@ -549,6 +549,11 @@ def test_the_exposed_example_serves(watchdog: WatchdogFactory) -> None:
     answer = requests.post(f"{wd.url}/predict", data="some text", timeout=10)
     assert answer.status_code == 200
     assert answer.json()["upper"] == "SOME TEXT"
+    # In chunks (a body of unknown length): the example read Content-Length only, and
+    # answered as if the body were empty (left alone in an earlier note).
+    chunked = requests.post(f"{wd.url}/predict", data=iter([b"some ", b"text"]), timeout=10)
+    assert chunked.request.headers["Transfer-Encoding"] == "chunked"
+    assert chunked.json()["upper"] == "SOME TEXT"
     assert wd.stop() == 0
 
 
