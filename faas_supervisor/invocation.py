@@ -508,31 +508,15 @@ class Invocation:
     def _held(self, output: OutputFile) -> Iterator[Path | None]:
         """The output as listed, held open while it is uploaded: a path to that open file
         (/proc/self/fd/N), or None (skipped, with a warning) if it is no longer that
-        regular file. A process the script left running (the watchdog stops those only
-        once the answer is sent) may meanwhile put a link or a FIFO in its place, or a
-        link in place of a folder above it: followed by name, the upload would read what
-        the link names, or block on the FIFO for ever. O_NOFOLLOW refuses the first; the
-        inode, compared with the listing's, any other file reached by a folder's link."""
+        regular file (open_output)."""
         try:
-            fd = os.open(output.path, _OUTPUT)
-        except OSError as exc:
-            gone = exc.errno in (errno.ENOENT, errno.ENOTDIR)
-            what = "gone" if gone else "a symbolic link" if exc.errno == errno.ELOOP else \
-                exc.strerror
-            self.log.warning(f"output {output.relative} skipped: {what}")
+            fd = open_output(output)
+        except OutputChanged as exc:
+            self.log.warning(f"output {output.relative} skipped: {exc}")
             yield None
             return
         try:
-            found = os.fstat(fd)
-            if not stat.S_ISREG(found.st_mode):
-                self.log.warning(f"output {output.relative} skipped: a special file")
-                yield None
-                return
-            if output.inode and found.st_ino != output.inode:
-                self.log.warning(f"output {output.relative} skipped: not the file listed")
-                yield None
-                return
-            yield Path(f"/proc/self/fd/{fd}") if _PROC_FD.is_dir() else output.path
+            yield opened_path(fd, output)
         finally:
             os.close(fd)
 
@@ -936,6 +920,42 @@ _FOLDER_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # An output to upload: never through a link, and a FIFO opened without waiting for a writer.
 _OUTPUT = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _PROC_FD = Path("/proc/self/fd")  # where an open file has a path of its own
+
+
+class OutputChanged(Exception):
+    """An output is no longer the regular file listed; the message says what it is."""
+
+
+def open_output(output: OutputFile) -> int:
+    """The output as listed, open for reading (a descriptor the caller closes); else
+    OutputChanged. A process the script left running (the watchdog stops those only once
+    the answer is sent) may meanwhile put a link or a FIFO in its place, or a link in
+    place of a folder above it: followed by name, the upload or the response would read
+    what the link names, or wait on the FIFO for ever. O_NOFOLLOW refuses the first,
+    O_NONBLOCK opens a FIFO without its writer, and the inode, compared with the
+    listing's, refuses any other file reached by a folder's link."""
+    try:
+        fd = os.open(output.path, _OUTPUT)
+    except OSError as exc:
+        gone = exc.errno in (errno.ENOENT, errno.ENOTDIR)
+        raise OutputChanged("gone" if gone else "a symbolic link" if exc.errno == errno.ELOOP
+                            else exc.strerror or type(exc).__name__) from None
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise OutputChanged("a special file")
+        if output.inode and found.st_ino != output.inode:
+            raise OutputChanged("not the file listed")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def opened_path(fd: int, output: OutputFile) -> Path:
+    """A path to the open file `fd` (the output), for what takes a path: /proc/self/fd/N,
+    or without /proc the output's own path."""
+    return Path(f"/proc/self/fd/{fd}") if _PROC_FD.is_dir() else output.path
 
 
 def _described(event: Event) -> dict[str, object]:

@@ -10,24 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 import threading
 import zipfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pybase64
 
 from faas_supervisor.base64_stream import encode_chunks
 from faas_supervisor.errors import FaasError
-from faas_supervisor.invocation import Invocation, OutputFile
+from faas_supervisor.invocation import (
+    Invocation,
+    OutputChanged,
+    OutputFile,
+    open_output,
+    opened_path,
+)
+from faas_supervisor.logs import get_logger
 
 CHUNK = 3 * 64 * 1024  # a multiple of 3, so base64 of each chunk concatenates cleanly
 TEXT = "text/plain; charset=utf-8"
 # Bodies up to this size are read whole at once (most answers are a few lines of logs):
 # one read, no chunk loop, sent in one write.
 SMALL = 64 * 1024
+logger = get_logger(component="responses")
 
 
 @dataclass
@@ -47,38 +53,43 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def _read_small(path: Path, limit: int) -> bytes | None:
-    """The whole file if it holds `limit` bytes or fewer, else None (then it is streamed).
-
-    Read in the loop's thread, so never a link's target (O_NOFOLLOW) and never a FIFO or
-    a device the script put in the file's place: opening a FIFO would wait for a writer
-    and hold every request (O_NONBLOCK opens it at once); anything but a regular file
-    reads as empty, as its size (0) said before this path existed.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+def _read_small(output: OutputFile, limit: int) -> tuple[bytes | None, int]:
+    """(The whole file, its size) if it holds `limit` bytes or fewer, else (None, its
+    size): then it is streamed. Read in the loop's thread, so opened as listed
+    (invocation.open_output: never a link's target, never a FIFO's wait); one that is no
+    longer the file listed reads as empty, skipped with a warning."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return b""
+        fd = open_output(output)
+    except OutputChanged as exc:
+        _skipped(output, exc)
+        return b"", 0
+    try:
         data = os.read(fd, limit + 1)  # a regular file gives all it has, up to the count
+        if len(data) <= limit:
+            return data, len(data)
+        return None, os.fstat(fd).st_size
     finally:
         os.close(fd)
-    return data if len(data) <= limit else None
+
+
+def _skipped(output: OutputFile, reason: OutputChanged) -> None:
+    logger.warning("output skipped from the response", output=output.relative,
+                   reason=str(reason))
 
 
 def success_body(invocation: Invocation, accept: str) -> Body:
     outputs = invocation.outcome.outputs
     if len(outputs) == 1:
-        path = outputs[0].path
+        output = outputs[0]
         raw = _accepts(accept, "application/octet-stream")
-        data = _read_small(path, SMALL if raw else SMALL // 4 * 3)
+        data, size = _read_small(output, SMALL if raw else SMALL // 4 * 3)
         if data is not None:
             if raw:
                 return _small("application/octet-stream", data, "file")
             return _small(TEXT, pybase64.b64encode(data), "file")
-        size = os.stat(path).st_size
         if raw:
-            return Body("application/octet-stream", file_chunks(path), size, "file")
-        return Body(TEXT, encode_chunks(file_chunks(path)), 4 * ((size + 2) // 3), "file")
+            return Body("application/octet-stream", file_chunks(output), size, "file")
+        return Body(TEXT, encode_chunks(file_chunks(output)), 4 * ((size + 2) // 3), "file")
     if len(outputs) > 1:
         if _accepts(accept, "application/zip"):
             return Body("application/zip", zip_chunks(outputs), None, "zip")
@@ -124,9 +135,14 @@ def _accepts(accept: str, media_type: str) -> bool:
     return False
 
 
-async def file_chunks(path: Path, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
-    # O_NOFOLLOW: the file was a regular file when listed; never follow a link now.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+async def file_chunks(output: OutputFile, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+    """The output as listed (open_output); one that is no longer that file gives nothing,
+    and the answer ends short of the length announced (the sender says so, and closes)."""
+    try:
+        fd = open_output(output)
+    except OutputChanged as exc:
+        _skipped(output, exc)
+        return
     with os.fdopen(fd, "rb") as f:
         while chunk := f.read(chunk_size):
             yield chunk
@@ -180,18 +196,24 @@ async def zip_chunks(outputs: Sequence[OutputFile]) -> AsyncIterator[bytes]:
                 writer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1
             ) as zf:
                 for output in outputs:
-                    # Not strict: a file dated before 1980 or after 2107 (`touch -d @0`, files
-                    # from a reproducible build) is dated at the nearest end, not a broken
-                    # answer after its 200.
-                    info = zipfile.ZipInfo.from_file(output.path, output.relative,
-                                                     strict_timestamps=False)
-                    info.compress_type = zipfile.ZIP_DEFLATED
-                    fd = os.open(output.path, os.O_RDONLY | os.O_NOFOLLOW)
-                    with os.fdopen(fd, "rb") as src, zf.open(info, "w") as dest:
-                        while chunk := src.read(CHUNK):
-                            if writer.abandoned.is_set():  # compressible data writes rarely
-                                raise _Abandoned
-                            dest.write(chunk)
+                    try:
+                        fd = open_output(output)  # as listed: see there
+                    except OutputChanged as exc:
+                        _skipped(output, exc)
+                        continue
+                    with os.fdopen(fd, "rb") as src:
+                        # Not strict: a file dated before 1980 or after 2107 (`touch -d
+                        # @0`, files from a reproducible build) is dated at the nearest end,
+                        # not a broken answer after its 200.
+                        info = zipfile.ZipInfo.from_file(opened_path(fd, output),
+                                                         output.relative,
+                                                         strict_timestamps=False)
+                        info.compress_type = zipfile.ZIP_DEFLATED
+                        with zf.open(info, "w") as dest:
+                            while chunk := src.read(CHUNK):
+                                if writer.abandoned.is_set():  # compressible data writes rarely
+                                    raise _Abandoned
+                                dest.write(chunk)
             writer.flush()
         except Exception:
             if not writer.abandoned.is_set():

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import os
+import threading
 import zipfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -187,3 +189,69 @@ def test_a_log_over_the_small_size_is_streamed_whole_and_no_more(invocation: Inv
     assert body.length is not None and body.data is None
     sent = collect(body.stream)
     assert len(sent) == body.length and sent.endswith(data)
+
+
+def _swapped_after_listing(invocation: Invocation, outside: Path) -> None:
+    """Three outputs listed, then changed as a process the script left could change them
+    before the response reads them: the folder `a` a link to `outside` (which holds an
+    `f.txt` of its own), `fifo` a FIFO, `big` (streamed) a link to a file outside."""
+    (outside / "f.txt").write_text("outside\n")
+    _outputs(invocation, {"a/f.txt": b"mine\n", "fifo": b"x", "ok": b"ok\n"})
+    out = invocation.output_dir
+    (out / "a").rename(out / "a-moved")
+    (out / "a").symlink_to(outside, target_is_directory=True)
+    (out / "fifo").unlink()
+    os.mkfifo(out / "fifo")
+
+
+def test_a_zip_reads_each_output_as_listed_never_a_swapped_in_link_or_fifo(
+    invocation: Invocation, tmp_path: Path
+) -> None:
+    """A review found a folder replaced by a link after the listing read a file outside
+    the invocation's folders into the ZIP (O_NOFOLLOW guards the last name only), and a
+    FIFO put in a file's place blocked the ZIP's worker thread for ever (six such held
+    every later ZIP and SIGTERM). Each output is opened as listed (its inode, a regular
+    file, O_NONBLOCK); what changed is left out of the archive, with a warning."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _swapped_after_listing(invocation, outside)
+    # A reader blocked on the FIFO is let go after 10 s (a writer comes and goes), so that
+    # the test fails rather than hangs where the ZIP waits on it.
+    release = threading.Timer(10, _open_and_close, (invocation.output_dir / "fifo",))
+    release.start()
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(collect(
+            success_body(invocation, "application/zip").stream)))
+    finally:
+        release.cancel()
+    assert archive.namelist() == ["ok"]
+    assert archive.read("ok") == b"ok\n"
+
+
+def _open_and_close(fifo: Path) -> None:
+    with contextlib.suppress(OSError):  # no reader waiting: nothing to release
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_one_output_swapped_for_a_link_or_a_fifo_is_not_read(
+    invocation: Invocation, tmp_path: Path
+) -> None:
+    """The same for the one-file answer, small (read whole) and streamed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.txt").write_bytes(b"outside" * 20_000)  # over SMALL: streamed
+    _outputs(invocation, {"a/f.txt": b"mine" * 20_000})
+    out = invocation.output_dir
+    (out / "a").rename(out / "a-moved")
+    (out / "a").symlink_to(outside, target_is_directory=True)
+    body = success_body(invocation, "application/octet-stream")
+    assert b"outside" not in collect(body.stream)
+    _outputs(invocation, {"one": b"x"})  # a fresh listing: `one` alone
+    (out / "a").unlink()
+    (out / "a-moved" / "f.txt").unlink()
+    (out / "a-moved").rmdir()
+    invocation.collect_outputs()
+    (out / "one").unlink()
+    os.mkfifo(out / "one")
+    body = success_body(invocation, "application/octet-stream")
+    assert asyncio.run(asyncio.wait_for(_collect(body.stream), 10)) == b""
