@@ -20,6 +20,7 @@ import dataclasses
 import fcntl
 import os
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -122,7 +123,10 @@ class Controller:
             },
             endpoint,
         )
-        self.store = Store(data_dir / "controller.sqlite3")
+        try:
+            self.store = Store(data_dir / "controller.sqlite3")
+        except sqlite3.Error as exc:  # damaged, locked by another process, a full disk
+            raise ConfigError(f"{named}: controller.sqlite3: {exc}") from None
         self.backend = build_backend(settings.backend, data_dir, self.buckets.provider_settings())
         self.jobs = Jobs(
             self.store, self.backend, data_dir / "jobs", settings.max_jobs, self.store.service,
@@ -321,8 +325,12 @@ def _lock_data_dir(data_dir: Path, named: str) -> int:
             who = f" (pid {holder})" if holder.isdigit() else ""  # it may not have written it yet
             raise ConfigError(f"another controller is using {named}{who}") from None
         raise ConfigError(f"{named}: {path.name}: {exc.strerror or exc}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:  # a full disk
+        os.close(fd)
+        raise ConfigError(f"{named}: {path.name}: {exc.strerror or exc}") from None
     return fd
 
 

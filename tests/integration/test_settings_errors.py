@@ -4,17 +4,19 @@ exit status 2 and one line naming it, never a traceback, never a secret."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.integration.conftest import faas_command
+from tests.integration.conftest import faas_command, mounted_tmpfs
 
 SECRET = "SUPERSECRETKEY"
 
@@ -114,6 +116,55 @@ def test_an_unusable_data_dir_or_too_many_jobs_stop_the_controller(tmp_path: Pat
         assert line == f"faas-supervisor: error: --data-dir {data_dir}: {reason}"
     line = _refused(_controller(tmp_path, "--max-jobs", "10000000"), _env(tmp_path))
     assert line == "faas-supervisor: error: --max-jobs: must be from 1 to 10000"
+
+
+@pytest.mark.timeout(120)
+def test_a_store_that_cannot_be_opened_stops_the_controller(tmp_path: Path) -> None:
+    """A review found a state database cut short, full of garbage, or locked by another
+    process (and a full disk) stopped the controller with a sqlite3 traceback, exit 1.
+    One line naming the file and sqlite's reason, exit 2; the file left as it was."""
+    data = tmp_path / "data"
+    data.mkdir()
+    database = data / "controller.sqlite3"
+    made = sqlite3.connect(database)
+    made.execute("CREATE TABLE t (x)")
+    made.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,)] * 100)
+    made.commit()
+    made.close()
+    cut = database.read_bytes()[:1000]  # a database cut short: its pages gone
+    for content, reason in [(cut, "database disk image is malformed"),
+                            (b"not a database" * 1000, "file is not a database")]:
+        database.write_bytes(content)
+        line = _refused(_controller(tmp_path), _env(tmp_path, FAAS_PASSWORD="pw"))
+        assert line == (f"faas-supervisor: error: --data-dir {data}: controller.sqlite3: "
+                        f"{reason}")
+        assert database.read_bytes() == content
+    database.unlink()
+    # Locked by another process (a copy, a backup tool) for longer than sqlite waits.
+    sqlite3.connect(database).close()
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        line = _refused(_controller(tmp_path), _env(tmp_path, FAAS_PASSWORD="pw"))
+    finally:
+        holder.close()
+    assert line == (f"faas-supervisor: error: --data-dir {data}: controller.sqlite3: "
+                    "database is locked")
+
+
+@pytest.mark.timeout(120)
+def test_a_full_disk_at_the_lock_file_stops_the_controller(tmp_path: Path) -> None:
+    """The lock file's pid could not be written (a full disk): a traceback, exit 1, as a
+    review found. One line, exit 2, as the lock's other errors."""
+    with mounted_tmpfs(tmp_path / "full") as full:
+        with contextlib.suppress(OSError), open(full / "fill", "wb") as fill:
+            while True:
+                fill.write(b"\0" * 65536)
+        data = full / "data"
+        line = _refused(["controller", "--host", "127.0.0.1", "--port", "0", "--s3-port", "0",
+                         "--data-dir", str(data)], _env(tmp_path, FAAS_PASSWORD="pw"))
+    assert line == (f"faas-supervisor: error: --data-dir {data}: controller.lock: "
+                    "No space left on device")
 
 
 @pytest.mark.timeout(120)
