@@ -1295,3 +1295,23 @@ def _cmdlines() -> list[bytes]:
             except OSError:
                 continue
     return found
+
+
+@pytest.mark.timeout(120)
+def test_a_delete_the_store_refuses_leaves_the_service_whole(controller: ControllerProcess) -> None:
+    """A review found a DELETE whose store write failed (the database locked by another
+    process) answered 500 with the service's watchdog already stopped and its folder
+    removed: still listed, its calls answered 503 (`not running`) until a retry or a
+    restart. The service is made whole again: it answers its calls."""
+    controller.create({"name": "kept", "script": 'cat "$INPUT_FILE_PATH"\n'})
+    holder = sqlite3.connect(controller.data_dir / "controller.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")  # for longer than the controller's sqlite waits
+        refused = controller.request("DELETE", "/system/services/kept")
+    finally:
+        holder.close()
+    assert refused.status_code >= 500, refused.text
+    assert controller.request("GET", "/system/services/kept").status_code == 200
+    answer = controller.request("POST", "/run/kept", data=base64.b64encode(b"still here"))
+    assert answer.status_code == 200 and answer.text.endswith("still here"), answer.text
+    assert controller.request("DELETE", "/system/services/kept").status_code == 204

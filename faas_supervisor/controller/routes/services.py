@@ -146,7 +146,19 @@ class ServiceRoutes(Routes):
                 # Its jobs as they are now; with no await in between, the service is gone
                 # from the store, so no other job of it can be accepted.
                 jobs = api.store.jobs(service.name)
-                api.store.remove_service(service.name)
+                try:
+                    api.store.remove_service(service.name)
+                except Exception:
+                    # The store refused (locked by another process, a disk error): the
+                    # service is still stored, so it is made whole again, as a failed
+                    # update makes the old definition again: running, its inputs followed.
+                    try:
+                        await api.backend.deploy(service)
+                    except Exception as exc:
+                        logger.warning("cannot deploy the service again", service=service.name,
+                                       error=str(exc))
+                    await api.intake.attach(service, fallback=True)
+                    raise
             await api.jobs.delete_many(job.name for job in jobs)  # stopped all at once
         logger.info("service deleted", service=service.name)
         return web.Response(status=HTTPStatus.NO_CONTENT)
