@@ -259,6 +259,28 @@ def test_an_updated_service_gets_a_new_runner_and_its_new_script(
     assert new != old
 
 
+def test_a_job_submitted_as_its_service_is_updated_runs_one_whole_definition(
+    controllers: ControllerFactory,
+) -> None:
+    """A review found a job submitted just before an update, while its service's runner
+    was starting, run the new script with the old secrets: its environment was made from
+    the definition it was submitted under, before the wait for the runner, which by then
+    was the new definition's. Each job runs one definition whole, whichever it is."""
+    controller = controllers()
+    script = "echo {v} S=$SEC\n"
+    old = {"name": "racing", "script": script.format(v="v1"),
+           "environment": {"secrets": {"SEC": "s1"}}}
+    new = {**old, "script": script.format(v="v2"), "environment": {"secrets": {"SEC": "s2"}}}
+    token = controller.create(old)["token"]
+    job = post_job(controller, "racing", token)  # the service's first: its runner starts
+    answer = controller.request("PUT", "/system/services", json=new)
+    assert answer.status_code == 204, answer.text
+    assert finished(controller, "racing", job)["status"] == "Succeeded"
+    log = controller.request("GET", f"/system/logs/racing/{job}").text
+    printed = [line for line in log.splitlines() if line.startswith("v")]
+    assert printed in (["v1 S=s1"], ["v2 S=s2"]), log
+
+
 def test_a_deleted_service_and_a_stopped_controller_leave_no_runner(
     controllers: ControllerFactory,
 ) -> None:

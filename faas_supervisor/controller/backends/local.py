@@ -573,21 +573,26 @@ class LocalBackend:
                     wait.cancel()
 
     async def run_job(self, service: Service, job: str, event: Path, log: Path) -> int:
-        env = self._env(service)
-        env["JOB_UUID"] = job
         # A TMPDIR of the job's own, in the service's (so the sweeps at start find it,
         # as its processes are found by it): a `run` killed outright (the OOM killer)
         # leaves its folders, named at random, which only that tells from another job's
         # or a sync call's. Made once the runner is there, gone once the job's processes
         # are (_remove_job_tmp): an rmdir when its `run` removed its folders.
-        env["TMPDIR"] = tmp = f"{env['TMPDIR']}/job-{job}"
+        tmp = f"{self._folder(service.name) / 'tmp'}/job-{job}"
         try:
-            return await self._run_job(service, job, event, log, env)
+            return await self._run_job(service, job, event, log, tmp)
         finally:
             await asyncio.shield(_remove_job_tmp(tmp))
 
     async def _run_job(self, service: Service, job: str, event: Path, log: Path,
-                       env: dict[str, str]) -> int:
+                       tmp: str) -> int:
+        runner = await self._runner(service.name)
+        # The environment of the runner's definition, not of `service`: an update during
+        # the wait for the runner's start sends the job to the new runner, which runs the
+        # new script and config (a review found the new script with the old secrets).
+        env = dict(runner.env)
+        env["JOB_UUID"] = job
+        env["TMPDIR"] = tmp
         # The event, never a secret of that name (`run` would read it instead).
         env.pop("EVENT", None)
         # Read here, not in a thread: jobs.submit has just written it (the page cache
@@ -596,7 +601,6 @@ class LocalBackend:
         if data is not None and b"\0" not in data:
             # As OSCAR passes it; surrogateescape gives the child the exact bytes back.
             env["EVENT"] = data.decode("utf-8", "surrogateescape")
-        runner = await self._runner(service.name)
         with contextlib.suppress(FileExistsError):  # left by a run whose removal failed
             os.mkdir(env["TMPDIR"], 0o700)  # on the loop: tens of microseconds
         with contextlib.ExitStack() as stack:
