@@ -26,14 +26,13 @@ from faas_supervisor.invocation import (
     open_output,
     opened_path,
 )
-from faas_supervisor.logs import get_logger
+from faas_supervisor.logs import InvocationLog
 
 CHUNK = 3 * 64 * 1024  # a multiple of 3, so base64 of each chunk concatenates cleanly
 TEXT = "text/plain; charset=utf-8"
 # Bodies up to this size are read whole at once (most answers are a few lines of logs):
 # one read, no chunk loop, sent in one write.
 SMALL = 64 * 1024
-logger = get_logger(component="responses")
 
 
 @dataclass
@@ -53,7 +52,7 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def _read_small(output: OutputFile, limit: int) -> tuple[bytes | None, int]:
+def _read_small(output: OutputFile, limit: int, log: InvocationLog) -> tuple[bytes | None, int]:
     """(The whole file, its size) if it holds `limit` bytes or fewer, else (None, its
     size): then it is streamed. Read in the loop's thread, so opened as listed
     (invocation.open_output: never a link's target, never a FIFO's wait); one that is no
@@ -61,7 +60,7 @@ def _read_small(output: OutputFile, limit: int) -> tuple[bytes | None, int]:
     try:
         fd = open_output(output)
     except OutputChanged as exc:
-        _skipped(output, exc)
+        _skipped(output, exc, log)
         return b"", 0
     try:
         data = os.read(fd, limit + 1)  # a regular file gives all it has, up to the count
@@ -72,9 +71,8 @@ def _read_small(output: OutputFile, limit: int) -> tuple[bytes | None, int]:
         os.close(fd)
 
 
-def _skipped(output: OutputFile, reason: OutputChanged) -> None:
-    logger.warning("output skipped from the response", output=output.relative,
-                   reason=str(reason))
+def _skipped(output: OutputFile, reason: OutputChanged, log: InvocationLog) -> None:
+    log.warning(f"output {output.relative} skipped from the response: {reason}")
 
 
 def success_body(invocation: Invocation, accept: str) -> Body:
@@ -82,18 +80,19 @@ def success_body(invocation: Invocation, accept: str) -> Body:
     if len(outputs) == 1:
         output = outputs[0]
         raw = _accepts(accept, "application/octet-stream")
-        data, size = _read_small(output, SMALL if raw else SMALL // 4 * 3)
+        log = invocation.log
+        data, size = _read_small(output, SMALL if raw else SMALL // 4 * 3, log)
         if data is not None:
             if raw:
                 return _small("application/octet-stream", data, "file")
             return _small(TEXT, pybase64.b64encode(data), "file")
         if raw:
-            return Body("application/octet-stream", file_chunks(output), size, "file")
-        return Body(TEXT, encode_chunks(file_chunks(output)), 4 * ((size + 2) // 3), "file")
+            return Body("application/octet-stream", file_chunks(output, log), size, "file")
+        return Body(TEXT, encode_chunks(file_chunks(output, log)), 4 * ((size + 2) // 3), "file")
     if len(outputs) > 1:
         if _accepts(accept, "application/zip"):
-            return Body("application/zip", zip_chunks(outputs), None, "zip")
-        return Body(TEXT, encode_chunks(zip_chunks(outputs)), None, "zip")
+            return Body("application/zip", zip_chunks(outputs, invocation.log), None, "zip")
+        return Body(TEXT, encode_chunks(zip_chunks(outputs, invocation.log)), None, "zip")
     return logs_body(invocation, None)
 
 
@@ -135,13 +134,15 @@ def _accepts(accept: str, media_type: str) -> bool:
     return False
 
 
-async def file_chunks(output: OutputFile, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+async def file_chunks(
+    output: OutputFile, log: InvocationLog, chunk_size: int = CHUNK
+) -> AsyncIterator[bytes]:
     """The output as listed (open_output); one that is no longer that file gives nothing,
     and the answer ends short of the length announced (the sender says so, and closes)."""
     try:
         fd = open_output(output)
     except OutputChanged as exc:
-        _skipped(output, exc)
+        _skipped(output, exc, log)
         return
     with os.fdopen(fd, "rb") as f:
         while chunk := f.read(chunk_size):
@@ -183,7 +184,7 @@ class _QueueWriter:
         """zipfile never closes a file it was given; here for the file protocol."""
 
 
-async def zip_chunks(outputs: Sequence[OutputFile]) -> AsyncIterator[bytes]:
+async def zip_chunks(outputs: Sequence[OutputFile], log: InvocationLog) -> AsyncIterator[bytes]:
     """A ZIP of the outputs (paths relative to TMP_OUTPUT_DIR), built as it is sent."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
@@ -199,7 +200,7 @@ async def zip_chunks(outputs: Sequence[OutputFile]) -> AsyncIterator[bytes]:
                     try:
                         fd = open_output(output)  # as listed: see there
                     except OutputChanged as exc:
-                        _skipped(output, exc)
+                        _skipped(output, exc, log)  # (its lines are taken from any thread)
                         continue
                     with os.fdopen(fd, "rb") as src:
                         # Not strict: a file dated before 1980 or after 2107 (`touch -d

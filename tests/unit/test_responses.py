@@ -20,6 +20,7 @@ from faas_supervisor.base64_stream import encode_chunks as base64_chunks
 from faas_supervisor.config import FunctionConfig
 from faas_supervisor.errors import ScriptFailed
 from faas_supervisor.invocation import Invocation, OutputFile, Runtime
+from faas_supervisor.logs import InvocationLog
 from faas_supervisor.responses import (
     CHUNK,
     TEXT,
@@ -27,6 +28,8 @@ from faas_supervisor.responses import (
     success_body,
     zip_chunks,
 )
+
+LOG = InvocationLog("INFO", "test")
 
 
 async def _source(pieces: Sequence[bytes]) -> AsyncIterator[bytes]:
@@ -81,7 +84,7 @@ def test_zip_chunks_is_a_valid_zip_with_relative_paths(tmp_path: Path) -> None:
         "caf\u00e9.txt": "\u00e9t\u00e9".encode(),
     }
     outputs = make_outputs(tmp_path / "output", files)
-    archive = zipfile.ZipFile(io.BytesIO(collect(zip_chunks(outputs))))
+    archive = zipfile.ZipFile(io.BytesIO(collect(zip_chunks(outputs, LOG))))
     assert archive.testzip() is None
     assert sorted(archive.namelist()) == sorted(files)
     for name, data in files.items():
@@ -94,7 +97,7 @@ def test_zip_chunks_is_a_valid_zip_with_relative_paths(tmp_path: Path) -> None:
 
 def test_zip_chunks_in_base64(tmp_path: Path) -> None:
     outputs = make_outputs(tmp_path, {"a.txt": b"A" * 1000, "b/b.txt": b"B"})
-    raw = base64.b64decode(collect(base64_chunks(zip_chunks(outputs))), validate=True)
+    raw = base64.b64decode(collect(base64_chunks(zip_chunks(outputs, LOG))), validate=True)
     archive = zipfile.ZipFile(io.BytesIO(raw))
     assert {n: archive.read(n) for n in archive.namelist()} == {"a.txt": b"A" * 1000,
                                                                "b/b.txt": b"B"}
@@ -112,7 +115,7 @@ def test_zip_stream_abandoned_early_stops_the_worker(tmp_path: Path) -> None:
         outputs.append(OutputFile(path, path.name))
 
     async def leave_after_one_chunk() -> None:
-        stream = zip_chunks(outputs)
+        stream = zip_chunks(outputs, LOG)
         assert await anext(stream)
         await stream.aclose()  # type: ignore[attr-defined]
 
@@ -226,6 +229,9 @@ def test_a_zip_reads_each_output_as_listed_never_a_swapped_in_link_or_fifo(
         release.cancel()
     assert archive.namelist() == ["ok"]
     assert archive.read("ok") == b"ok\n"
+    said = "".join(invocation.log.lines)  # the invocation's own lines: a job's log, say
+    assert "WARNING output a/f.txt skipped from the response: not the file listed" in said
+    assert "WARNING output fifo skipped from the response: a special file" in said
 
 
 def _open_and_close(fifo: Path) -> None:
