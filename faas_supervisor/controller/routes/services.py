@@ -116,12 +116,7 @@ class ServiceRoutes(Routes):
                 # stored, running and attached.
                 api.store.update_service(old)
                 await api.intake.detach(service)
-                try:
-                    await api.backend.deploy(old)
-                except Exception as exc:
-                    logger.warning("cannot deploy the previous definition again",
-                                   service=old.name, error=str(exc))
-                await api.intake.attach(old, fallback=True)
+                await self._restore(old)
                 await self._remove_buckets(made)
                 raise
             # Through: the paths it no longer has are forgotten (not before, so that a
@@ -151,17 +146,22 @@ class ServiceRoutes(Routes):
                 except Exception:
                     # The store refused (locked by another process, a disk error): the
                     # service is still stored, so it is made whole again, as a failed
-                    # update makes the old definition again: running, its inputs followed.
-                    try:
-                        await api.backend.deploy(service)
-                    except Exception as exc:
-                        logger.warning("cannot deploy the service again", service=service.name,
-                                       error=str(exc))
-                    await api.intake.attach(service, fallback=True)
+                    # update makes the old definition again.
+                    await self._restore(service)
                     raise
             await api.jobs.delete_many(job.name for job in jobs)  # stopped all at once
         logger.info("service deleted", service=service.name)
         return web.Response(status=HTTPStatus.NO_CONTENT)
+
+    async def _restore(self, service: Service) -> None:
+        """`service`, the stored definition, running and its inputs followed again after
+        a change that failed part way (an update, a delete)."""
+        try:
+            await self.api.backend.deploy(service)
+        except Exception as exc:
+            logger.warning("cannot deploy the stored definition again", service=service.name,
+                           error=str(exc))
+        await self.api.intake.attach(service, fallback=True)
 
     async def _make_buckets(self, service: Service) -> list[_Made]:
         """The buckets (and folders) of the service's paths on each MinIO server they are
