@@ -41,7 +41,7 @@ from faas_supervisor.controller.jobs import Jobs
 from faas_supervisor.controller.s3.sigv4 import Keys
 from faas_supervisor.controller.servers import default_server, server_view
 from faas_supervisor.controller.settings import ControllerSettings, KubernetesSettings
-from faas_supervisor.controller.store import Store
+from faas_supervisor.controller.store import NoStore, Store
 from faas_supervisor.errors import ConfigError
 from faas_supervisor.http_timeouts import TimedAppRunner
 from faas_supervisor.logs import get_logger
@@ -123,8 +123,17 @@ class Controller:
             },
             endpoint,
         )
+        # Services' folders or jobs' files with no store to own them: the store was
+        # removed or emptied. A new one would orphan the services and delete the jobs.
+        held = _work_files(data_dir)
         try:
-            self.store = Store(data_dir / "controller.sqlite3")
+            self.store = Store(data_dir / "controller.sqlite3", new=not held)
+        except NoStore as exc:
+            raise ConfigError(
+                f"{named}: {exc}, but the folder holds {held[0]}"
+                f"{f' and {len(held) - 1} more' if len(held) > 1 else ''}: "
+                "restore the file, or remove services/ and jobs/ to start anew"
+            ) from None
         except sqlite3.Error as exc:  # damaged, locked by another process, a full disk
             raise ConfigError(f"{named}: controller.sqlite3: {exc}") from None
         self.backend = build_backend(settings.backend, data_dir, self.buckets.provider_settings())
@@ -167,21 +176,19 @@ class Controller:
         # Before jobs are judged: the last controller's leftovers are stopped, so a job
         # found Running is not running any more when it is queued again.
         await self.backend.start()
-        # A backend may bring a stored service back more cheaply than a new deploy (no
-        # checks, no waiting: kubernetes' `restore`).
-        restore = getattr(self.backend, "restore", self.backend.deploy)
         try:
-            if self.store.use_default_server(self.default_server):
-                logger.warning("the default provider's server is another one: its input paths "
-                               "are listed anew, the objects there now taken as old")
-        except Exception as exc:  # a full disk: checked again at the next start
-            logger.warning("cannot record the default provider's server", error=str(exc))
-        for service in self.store.services():
-            await restore(service)
-            # Again at each start: the external URL may have changed, or the server.
-            await self.intake.attach(service, fallback=True)
-        await self.jobs.start()
-        self.intake.start()
+            await self._resume()
+        except BaseException as exc:
+            # Nothing it started is left running (a service's watchdog with no pid file
+            # would wait for the next start to be stopped).
+            for close in (self.intake.close, self.jobs.close, self.backend.close):
+                with contextlib.suppress(Exception):
+                    await close()
+            self.store.close()
+            if isinstance(exc, sqlite3.Error):  # damage quick_check did not see
+                named = f"{self.settings.data_dir_source} {self.settings.data_dir}"
+                raise ConfigError(f"{named}: controller.sqlite3: {exc}") from None
+            raise
         runner = TimedAppRunner(
             self.api.app(),
             access_log=None,
@@ -222,6 +229,24 @@ class Controller:
         finally:
             forcing.cancel()
         return 0
+
+    async def _resume(self) -> None:
+        """The stored services deployed and attached, their jobs queued, the intake on."""
+        # A backend may bring a stored service back more cheaply than a new deploy (no
+        # checks, no waiting: kubernetes' `restore`).
+        restore = getattr(self.backend, "restore", self.backend.deploy)
+        try:
+            if self.store.use_default_server(self.default_server):
+                logger.warning("the default provider's server is another one: its input paths "
+                               "are listed anew, the objects there now taken as old")
+        except Exception as exc:  # a full disk: checked again at the next start
+            logger.warning("cannot record the default provider's server", error=str(exc))
+        for service in self.store.services():
+            await restore(service)
+            # Again at each start: the external URL may have changed, or the server.
+            await self.intake.attach(service, fallback=True)
+        await self.jobs.start()
+        self.intake.start()
 
     def _s3_runner(self) -> TimedAppRunner | None:
         """The S3 endpoint's server, when the folder store is served (s3/)."""
@@ -301,6 +326,16 @@ def _drain_over(runners: Sequence[TimedAppRunner]) -> None:
                    seconds=DRAIN_TIMEOUT)
     for runner in runners:
         runner.stop_waiting()
+
+
+def _work_files(data_dir: Path) -> list[str]:
+    """What the data folder holds of services and jobs (`services/NAME`, `jobs/NAME.event`),
+    as paths in it, sorted."""
+    found = []
+    for folder in ("services", "jobs"):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            found += sorted(f"{folder}/{entry.name}" for entry in os.scandir(data_dir / folder))
+    return found
 
 
 def _lock_data_dir(data_dir: Path, named: str) -> int:
