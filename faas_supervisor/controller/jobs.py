@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
@@ -50,6 +51,7 @@ INTERRUPTED = "the controller stopped while the job was running; it runs again"
 # A backend whose jobs outlive the controller (it has `detach`) follows them again.
 REATTACHED = "the controller stopped while the job was running; it is followed again"
 LOST_END = "it ended, but its end could not be stored, nor its exit status kept"
+STORE_RETRY = 1.0  # seconds before a job the store could not start is taken again
 logger = get_logger(component="jobs")
 
 
@@ -224,14 +226,23 @@ class Jobs:
     async def _work(self) -> None:
         while True:
             name = await self.queue.get()
-            job = self.store.job(name)
-            service = self.services(job.service) if job else None
+            try:
+                job = self.store.job(name)
+                service = self.services(job.service) if job else None
+                started = service is not None and self.store.start_job(name)
+            except sqlite3.Error as exc:
+                # Locked by another process (a backup, a `sqlite3` shell) past SQLite's
+                # wait: the job stays Pending, and this worker lives on to run it later.
+                logger.warning("job not started: the store is busy or failing; it is tried "
+                               "again", job=name, error=str(exc), retry_in=STORE_RETRY)
+                asyncio.get_running_loop().call_later(STORE_RETRY, self.queue.put_nowait, name)
+                continue
             if job is not None and service is None:
                 # Accepted while its service was being deleted: nothing left to run it.
                 logger.info("job dropped: its service is gone", job=name, service=job.service)
                 await self.delete(name)
                 continue
-            if job is None or service is None or not self.store.start_job(name):
+            if job is None or service is None or not started:
                 continue  # deleted while queued, or taken already
             task = asyncio.create_task(
                 self.backend.run_job(service, name, self.event_path(name), self.log_path(name))
@@ -246,8 +257,11 @@ class Jobs:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
                 self.running.pop(name, None)
-                if self.store.requeue_job(name):  # not deleted: the controller is stopping
-                    self._note_interrupted(name)
+                # Not deleted: the controller is stopping. (A store that fails here: the
+                # job is found Running at the next start, and requeued then.)
+                with contextlib.suppress(sqlite3.Error):
+                    if self.store.requeue_job(name):
+                        self._note_interrupted(name)
                 me = asyncio.current_task()
                 if me is not None and me.cancelling():
                     raise
@@ -259,11 +273,19 @@ class Jobs:
                 logger.error("job could not run", job=name, error=str(exc))
                 code, reason = None, f"could not run: {exc}"
             self.running.pop(name, None)
-            if self.store.job(name) is not None:
+            if self._kept(name):
                 if code is None:  # the backend's failure: its reason in the log too
                     self._note_failure(name, reason)
                 await self._finish(name, code, reason)
             logger.info("job finished", job=name, status=code)
+
+    def _kept(self, name: str) -> bool:
+        """Whether the job that ran was not deleted meanwhile; taken as kept when the store
+        cannot say (locked): `_record` then keeps its end aside, nothing is lost."""
+        try:
+            return self.store.job(name) is not None
+        except sqlite3.Error:
+            return True
 
     def _note_interrupted(self, name: str) -> None:
         logger.warning("job interrupted; it runs again", job=name)

@@ -8,6 +8,7 @@ middleware, as Starlette's exception handlers are) answers it.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
@@ -80,6 +81,18 @@ def _too_deep(_request: web.Request, _exc: RecursionError) -> web.Response:
     return text_response("the request is nested too deeply", HTTPStatus.BAD_REQUEST)
 
 
+def _store_failed(request: web.Request, exc: sqlite3.Error) -> web.Response:
+    """The state database locked by another process past SQLite's wait: a 503 saying so,
+    one line in the log; any other failure of it is ours (`_internal`)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return _internal(request, exc)
+    logger.warning("request refused: the store is busy", method=request.method,
+                   path=request.path, error=str(exc))
+    return text_response("the controller's state database is busy (locked by another "
+                         "process); try again later", HTTPStatus.SERVICE_UNAVAILABLE)
+
+
 def _internal(request: web.Request, _exc: Exception) -> web.Response:
     # A fault of ours, not of the request: logged whole, answered in one line.
     logger.exception("request failed", method=request.method, path=request.path)
@@ -97,6 +110,7 @@ ERRORS: Mapping[type[BaseException], ErrorAnswer] = {
     web.RequestPayloadError: _undecodable,
     HttpProcessingError: _undecodable,
     RecursionError: _too_deep,
+    sqlite3.Error: _store_failed,
     Exception: _internal,
 }
 
