@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from faas_supervisor.controller.names import path_problem
 from faas_supervisor.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -591,6 +592,11 @@ def _storage_paths(raw: Any, kind: str) -> list[StoragePath]:
             # Else refused only by the server, after the script has run (SPEC 6.2's
             # paths start with a bucket).
             raise ConfigError(f"{where}.path: {path!r} names no bucket")
+        # As the controller's check: found now, not at the first upload, after the script
+        # has run (a '..' sent to a server as is, or "outside the store" for the local one).
+        problem = path_problem(path.strip("/")) if path.strip("/") else None
+        if problem is not None:
+            raise ConfigError(f"{where}.path: {path!r} {problem}")
         entries.append(
             StoragePath(
                 storage_provider=provider,

@@ -231,3 +231,31 @@ def _ipv6_loopback() -> bool:
     except OSError:
         return False
     return True
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("kind", "path", "problem"), [
+    ("output", "plants/../victim", "must not have an empty, '.' or '..' segment"),
+    ("output", "plants//out", "must not have an empty, '.' or '..' segment"),
+    ("input", "plants/./in", "must not have an empty, '.' or '..' segment"),
+    ("output", "plants/a\\\\b", "must not hold a backslash"),
+])
+def test_a_storage_path_that_climbs_stops_the_start_before_the_script(
+    tmp_path: Path, kind: str, path: str, problem: str
+) -> None:
+    """The controller refuses such a path; a function_config.yaml written elsewhere (an
+    OSCAR manager, by hand) had it found only at the first upload, after the script ran:
+    `..` sent to an S3 server as is, "outside the store" for the local provider."""
+    ran = tmp_path / "ran"
+    script = tmp_path / "script.sh"
+    script.write_text(f"touch {ran}\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f'{kind}: [{{storage_provider: minio, path: "{path}"}}]\n')
+    line = _refused(["run", "--script", str(script), "--config", str(config)],
+                    _env(tmp_path, EVENT=""))
+    shown = path.replace("\\\\", "\\")
+    assert line == f"faas-supervisor: error: {kind}[0].path: {shown!r} {problem}"
+    assert not ran.exists()
+    line = _refused(["watchdog", "--script", str(script), "--config", str(config), "--host",
+                     "127.0.0.1", "--port", "0", "--suppress-lock"], _env(tmp_path))
+    assert line == f"faas-supervisor: error: {kind}[0].path: {shown!r} {problem}"
