@@ -7,7 +7,7 @@ import contextlib
 import errno
 import functools
 import os
-import shutil
+import stat
 import threading
 import uuid
 from pathlib import Path
@@ -30,9 +30,13 @@ class LocalProvider:
         self.root = Path(config.get("path")).resolve()
 
     def _object_path(self, bucket: str, key: str) -> Path:
-        path = (self.root / bucket / key).resolve()
-        if not path.is_relative_to(self.root) or "\x00" in key:
-            raise BadEvent(f"object {bucket}/{printable(key)} is outside the store {self.name}")
+        """Where the object is, links resolved: inside its bucket's folder, itself inside
+        the store (a link in one bucket must not reach another bucket's objects)."""
+        folder = (self.root / bucket).resolve()
+        path = (folder / key).resolve()
+        if "\x00" in key or not (folder.is_relative_to(self.root) and path.is_relative_to(folder)):
+            raise BadEvent(f"object {bucket}/{printable(key)} is outside its bucket in the "
+                           f"store {self.name}")
         return path
 
     def _no_such_bucket(self, bucket: str) -> bool:
@@ -49,7 +53,7 @@ class LocalProvider:
     async def download(self, bucket: str, key: str, dest: Path) -> None:
         src = self._object_path(bucket, key)
         try:
-            await asyncio.to_thread(shutil.copyfile, src, dest)
+            await asyncio.to_thread(_download, src, dest)
         except OSError as exc:
             if exc.errno in NO_SPACE:  # our disk, not the store
                 raise local_write_error(
@@ -86,6 +90,17 @@ class LocalProvider:
             raise StorageError(
                 f"{self.name}: cannot write {bucket}/{printable(key)}: {reason}"
             ) from None
+
+
+def _download(src: Path, dest: Path) -> None:
+    """The object's bytes into `dest`; an OSError saying so when it is not a regular file
+    (a FIFO would block the copy for ever, a device never end it)."""
+    # O_NONBLOCK: a FIFO opens without waiting for a writer (regular files ignore it).
+    with open(os.open(src, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0) as source:
+        if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            raise OSError(0, "not a regular file")
+        with open(dest, "wb", buffering=0) as target:
+            _copy_pieces(source.fileno(), target.fileno(), threading.Event())
 
 
 def _copy(src: Path, partial: Path, dest: Path, folders: tuple[Path, list[str]],

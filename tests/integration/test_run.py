@@ -333,6 +333,42 @@ def test_upload_failure_is_status_3(tmp_path: Path) -> None:
     assert result.stdout == b""
 
 
+def test_a_local_store_reads_only_regular_files_inside_the_events_bucket(
+    tmp_path: Path,
+) -> None:
+    """A link in one bucket's folder (any process with the store's path can make one)
+    had its target read, another bucket's object, handed to the script; a FIFO failed
+    with `cannot read in/fifo: None`."""
+    store = tmp_path / "store"
+    (store / "in").mkdir(parents=True)
+    (store / "private").mkdir()
+    (store / "private" / "s.txt").write_text("SECRET\n")
+    (store / "in" / "link").symlink_to("../private")
+    os.mkfifo(store / "in" / "fifo")
+    (store / "in" / "ok.txt").write_text("fine\n")
+    config = tmp_path / "local.yaml"
+    config.write_text(f"storage_providers:\n  local:\n    x: {{path: {store}}}\n"
+                      "input:\n  - {storage_provider: local.x, path: in}\n")
+
+    def event(key: str) -> str:
+        return json.dumps({"storage_provider": "local.x", "event": {"Records": [{
+            "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put",
+            "s3": {"bucket": {"name": "in"}, "object": {"key": key}}}]}})
+
+    script = '#!/bin/sh\ncat "$INPUT_FILE_PATH"\n'
+    linked = run(tmp_path, script, "--config", str(config), env={"EVENT": event("link/s.txt")})
+    assert linked.returncode == 2, linked.stderr
+    assert linked.stderr.decode().splitlines()[-1] == (
+        "faas-supervisor: error: object in/link/s.txt is outside its bucket in the store local.x")
+    assert b"SECRET" not in linked.stdout + linked.stderr
+    fifo = run(tmp_path, script, "--config", str(config), env={"EVENT": event("fifo")})
+    assert fifo.returncode == 3, fifo.stderr
+    assert fifo.stderr.decode().splitlines()[-1] == (
+        "faas-supervisor: error: local.x: cannot read in/fifo: not a regular file")
+    fine = run(tmp_path, script, "--config", str(config), env={"EVENT": event("ok.txt")})
+    assert fine.returncode == 0 and b"fine" in fine.stdout + fine.stderr, fine.stderr
+
+
 def _gone(pid: int) -> bool:
     try:
         return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
