@@ -51,7 +51,10 @@ INTERRUPTED = "the controller stopped while the job was running; it runs again"
 # A backend whose jobs outlive the controller (it has `detach`) follows them again.
 REATTACHED = "the controller stopped while the job was running; it is followed again"
 LOST_END = "it ended, but its end could not be stored, nor its exit status kept"
-STORE_RETRY = 1.0  # seconds before a job the store could not start is taken again
+# Seconds before a job the store could not start is taken again: doubled at each failure
+# up to the last, back to the first once a job starts. Each failed try held the event loop
+# for SQLite's busy wait (5 s): tried every second, a locked store would freeze the API.
+STORE_RETRY = (1.0, 60.0)
 logger = get_logger(component="jobs")
 
 
@@ -92,6 +95,7 @@ class Jobs:
         # the failures last logged of its recording: tried again with every pruning (as
         # often as every 0.05 s), the same failures are logged once.
         self._unrecorded: dict[str, tuple[str, str]] = {}
+        self._store_retry = STORE_RETRY[0]
 
     def event_path(self, name: str) -> Path:
         return self.folder / f"{name}.event"
@@ -233,10 +237,13 @@ class Jobs:
             except sqlite3.Error as exc:
                 # Locked by another process (a backup, a `sqlite3` shell) past SQLite's
                 # wait: the job stays Pending, and this worker lives on to run it later.
+                delay, self._store_retry = self._store_retry, min(2 * self._store_retry,
+                                                                  STORE_RETRY[1])
                 logger.warning("job not started: the store is busy or failing; it is tried "
-                               "again", job=name, error=str(exc), retry_in=STORE_RETRY)
-                asyncio.get_running_loop().call_later(STORE_RETRY, self.queue.put_nowait, name)
+                               "again", job=name, error=str(exc), retry_in=delay)
+                asyncio.get_running_loop().call_later(delay, self.queue.put_nowait, name)
                 continue
+            self._store_retry = STORE_RETRY[0]
             if job is not None and service is None:
                 # Accepted while its service was being deleted: nothing left to run it.
                 logger.info("job dropped: its service is gone", job=name, service=job.service)

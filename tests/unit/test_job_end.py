@@ -157,3 +157,50 @@ async def test_an_end_not_stored_is_recorded_once_the_store_writes_again(
     finally:
         await jobs.close()
         store.close()
+
+
+class Busy(Store):
+    """A store locked by another process for its first `failures` job starts."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+
+    def start_job(self, name: str) -> bool:
+        if self.failures > 0:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return super().start_job(name)
+
+
+async def test_a_job_the_store_cannot_start_waits_longer_each_time_then_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each failed start held the event loop for SQLite's busy wait: retried at a fixed
+    second, a locked store would have frozen the controller. The worker also died of the
+    first failure before, the job left Pending."""
+    from faas_supervisor.controller import jobs as module
+
+    monkeypatch.setattr(module, "STORE_RETRY", (0.01, 0.04))
+    delays: list[float] = []
+    loop = asyncio.get_running_loop()
+    later = loop.call_later
+
+    def recorded(delay: float, *args: object) -> asyncio.TimerHandle:
+        if args and getattr(args[0], "__name__", "") == "put_nowait":  # a job queued again
+            delays.append(delay)
+        return later(delay, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "call_later", recorded)
+    store, backend = Busy(tmp_path / "store.sqlite3", failures=4), Counting()
+    jobs = jobs_of(store, backend, tmp_path / "jobs")
+    await jobs.start()
+    try:
+        job, _ = await jobs.submit(SERVICE, b"{}")
+        assert (await ended(store, job)).status == "Succeeded"
+        assert backend.runs == [job]
+        assert delays == [0.01, 0.02, 0.04, 0.04]
+        assert jobs._store_retry == 0.01  # back to the first once a job started
+    finally:
+        await jobs.close()
+        store.close()
