@@ -152,6 +152,38 @@ def stalling_store(on_request: Callable[[], None] = lambda: None,
             conn.close()
 
 
+@contextlib.contextmanager
+def gated_store(body: bytes = b"input\n") -> Iterator[tuple[str, threading.Event, threading.Event]]:
+    """An S3 store answering each request with `body`, held after its first byte until
+    `gate` is set: its URL, `asked` (set once a request's answer has begun) and `gate`.
+    A download through it is so held in the middle for as long as a test needs."""
+    server = socket.create_server(("127.0.0.1", 0))
+    asked, gate = threading.Event(), threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n"
+                         b"Content-Type: application/octet-stream\r\nETag: \"x\"\r\n\r\n"
+                         % len(body) + body[:1])
+            asked.set()
+            gate.wait()
+            conn.sendall(body[1:])
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # the server closed at the end
+            while True:
+                conn, _ = server.accept()
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", asked, gate
+    finally:
+        gate.set()
+        server.close()
+
+
 class StallingProxy:
     """Forwards loopback connections to an S3 server until `stall()`; from then on what
     the client sends is read and dropped, so no request gets an answer (on connections

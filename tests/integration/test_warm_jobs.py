@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import re
 import select
@@ -36,6 +37,7 @@ import requests
 from faas_supervisor.controller.backends.local_runner import Runner
 from tests.integration.conftest import RUNTIME_LINE, faas_command
 from tests.integration.controller_fixture import ControllerFactory, ControllerProcess, wait_until
+from tests.integration.servers import gated_store
 from tests.leftovers import kill, processes, running_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -279,6 +281,45 @@ def test_a_job_submitted_as_its_service_is_updated_runs_one_whole_definition(
     log = controller.request("GET", f"/system/logs/racing/{job}").text
     printed = [line for line in log.splitlines() if line.startswith("v")]
     assert printed in (["v1 S=s1"], ["v2 S=s2"]), log
+
+
+def test_a_job_on_the_old_runner_runs_its_own_definitions_script_after_an_update(
+    controllers: ControllerFactory,
+) -> None:
+    """A job already on its runner when its service is updated runs on there, with that
+    definition's environment and config; its script is read only once its input is
+    downloaded, and was the service's one file, which the update had replaced: the new
+    script with the old secrets (`v2 S=s1`). Here the download is held until the update
+    is done."""
+    controller = controllers()
+    with gated_store() as (url, asked, gate):
+        script = 'echo {v} S=$SEC; cat "$INPUT_FILE_PATH"\n'
+        old = {"name": "slowin", "script": script.format(v="v1"),
+               "environment": {"secrets": {"SEC": "s1"}},
+               "input": [{"storage_provider": "minio", "path": "slowin/in"}],
+               "storage_providers": {"minio": {"gate": {
+                   "endpoint": url, "access_key": "AK", "secret_key": "not-a-secret"}}}}
+        new = {**old, "script": script.format(v="v2"),
+               "environment": {"secrets": {"SEC": "s2"}}}
+        token = controller.create(old)["token"]
+        # Another server's replica of an object of its input path: downloaded from there.
+        event = json.dumps({"storage_provider": "minio.gate", "event": {"Records": [{
+            "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put",
+            "s3": {"bucket": {"name": "slowin"}, "object": {"key": "in/f.txt"}}}]}})
+        job = post_job(controller, "slowin", token, event)
+        assert asked.wait(60), controller.log_text()  # the job's run is downloading
+        answer = controller.request("PUT", "/system/services", json=new)
+        assert answer.status_code == 204, answer.text
+        gate.set()
+        assert finished(controller, "slowin", job)["status"] == "Succeeded"
+    log = controller.request("GET", f"/system/logs/slowin/{job}").text
+    assert [line for line in log.splitlines() if line.startswith(("v", "input"))] == [
+        "v1 S=s1", "input"], log
+    # The old runner, idle now, is stopped: its links go, the new runner's stay.
+    folder = controller.data_dir / "services" / "slowin"
+    wait_until(lambda: len(list(folder.glob(".definition-*"))) == 2, 60,
+               "the old runner's definition files to go", controller)
+    assert (folder / "script.sh").read_text().startswith("echo v2")
 
 
 def test_a_deleted_service_and_a_stopped_controller_leave_no_runner(

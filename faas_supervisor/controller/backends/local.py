@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,26 @@ class LocalBackend:
         _replace(folder / CONFIG_FILE, config, 0o600)  # it holds the storage keys
         return folder
 
+    def _link_definition(self, name: str) -> tuple[Path, Path]:
+        """The service's script and config as just written, under names of their own
+        (links: no copy) for its new runner's jobs. A job on a runner being retired still
+        reads its own definition's: `run` opens the script only once its input is
+        downloaded, by when an update may have replaced the service's script.sh (a review
+        found the new script run with the old secrets). Links no runner holds (a
+        controller killed outright left them) are removed first."""
+        folder = self._folder(name)
+        held = {path for runner in (self._runners.get(name), *self._retiring)
+                if runner is not None and runner.name == name for path in runner.files}
+        for stray in folder.glob(".definition-*"):
+            if stray not in held:
+                stray.unlink(missing_ok=True)
+        tag = uuid.uuid4().hex[:12]
+        script = folder / f".definition-{tag}-script.sh"
+        config = folder / f".definition-{tag}-{CONFIG_FILE}"
+        os.link(folder / "script.sh", script)
+        os.link(folder / CONFIG_FILE, config)
+        return script, config
+
     def _files(self, name: str) -> list[str]:
         folder = self._folder(name)
         return [
@@ -408,6 +429,7 @@ class LocalBackend:
         self._runners[service.name] = Runner(
             service.name, [*runtime_command(), "job-runner", str(folder)], self._env(service),
             folder / "runner.log", self.pids.record, self.runner_idle,
+            self._link_definition(service.name),
         )
         self._stopped.discard(service.name)  # a new definition runs
         await self._replace_watchdogs(service)
@@ -609,8 +631,9 @@ class LocalBackend:
             if "EVENT" not in env:  # else /dev/null
                 fds.append(stack.enter_context(open(event, "rb")).fileno())
             # Bounded while it runs by its `run`, as the store keeps it once it ends.
-            warm = runner.submit(job, ["run", *self._files(service.name)], env, fds,
-                                 JobLog(log, LOG_MAX, LOG_MAX - CUT_NOTE_MAX))
+            script, config = runner.files
+            warm = runner.submit(job, ["run", "--script", str(script), "--config", str(config)],
+                                 env, fds, JobLog(log, LOG_MAX, LOG_MAX - CUT_NOTE_MAX))
         pid_file: Path | None = None
         # Should its runner die, its `run` comes to us (a subreaper): no sweep (another
         # job's end, a watchdog's restart) may kill it before its graceful stop below.

@@ -73,10 +73,14 @@ class Runner:
     again after dying), stopped with the service."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path,
-                 record: Callable[[int], Path], idle_stop: float = IDLE_STOP) -> None:
+                 record: Callable[[int], Path], idle_stop: float = IDLE_STOP,
+                 files: Sequence[Path] = ()) -> None:
         self.name = name
         self.command = command
         self.env = env
+        # What its jobs read of its definition (the backend's own links to the script and
+        # config it was made with): removed once it is stopped for good.
+        self.files = tuple(files)
         self.log = log
         self.record = record  # a pid file, so that a later controller finds the runner
         self.jobs: dict[str, WarmJob] = {}
@@ -328,4 +332,6 @@ class Runner:
                 await asyncio.shield(self._process.stop(STOP_TIMEOUT))
             await asyncio.shield(asyncio.gather(
                 *([self._watch] if self._watch is not None else []), *self._ending))
+        for path in self.files:  # no job of it is left to read them
+            path.unlink(missing_ok=True)
 
