@@ -62,7 +62,7 @@ def kill_tree(root: int) -> None:
 
 
 def watchdog_of(controller: ControllerProcess, service: str) -> Proc:
-    script = f"{controller.data_dir / 'services' / service / 'script.sh'}".encode()
+    script = f"{controller.data_dir / 'services' / service / '.definition-'}".encode()
     return wait_until(
         lambda: next((p for p in processes().values()
                       if script in p.cmdline and b"watchdog" in p.cmdline and p.state != "Z"),
@@ -121,9 +121,15 @@ def test_a_restart_after_a_crash_removes_what_its_invocations_left(
     assert sum(name.endswith("-input") for name in left) == 2  # the job's, the request's
     assert sum(name.startswith("faas-runtime-") for name in left) == 2  # watchdog, runner
 
+    folder = first.data_dir / "services" / "leaver"
+    links = {p.name for p in folder.glob(".definition-*")}
+    assert len(links) == 4  # the runner's and the watchdog's script and config
     second = controllers(data_dir=first.data_dir)
     now = held(tmp, "*")  # the watchdog's and the job run again: new ones
     assert left & now == set(), second.log_text()
+    # The dead controller's links are gone: the new runner's and watchdog's alone.
+    now_links = {p.name for p in folder.glob(".definition-*")}
+    assert len(now_links) == 4 and not links & now_links, now_links
     assert [p.name for p in outside.iterdir()] == ["precious"]  # never followed
     assert (outside / "precious").read_text() == "mine"
     # The job the crash cut runs again, in a TMPDIR of its own.

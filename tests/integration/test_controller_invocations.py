@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import socket
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,11 @@ import pytest
 import requests
 
 from tests.integration.controller_fixture import (
+    ControllerFactory,
     ControllerProcess,
     wait_until,
 )
+from tests.leftovers import processes
 
 pytestmark = pytest.mark.integration
 
@@ -295,3 +299,52 @@ def test_a_header_that_is_not_utf8_is_refused_not_altered(
                            headers={**bearer(service), "X-Latin": "café".encode()})
     assert passed.status_code == 200
     assert "Http_X_Latin=café\n" in marks.joinpath("env").read_text()
+
+
+def test_a_call_on_a_replaced_watchdog_runs_the_script_of_its_definition(
+    controllers: ControllerFactory,
+) -> None:
+    """A watchdog being replaced drains: a call whose body was still coming runs once it
+    has come, after the update had written the service's new script.sh, which the old
+    watchdog was given by name: the new script with the old secrets (`v2 S=s1`)."""
+    controller = controllers()
+    script = "echo {v} S=$SEC\n"
+    old = {"name": "draining", "script": script.format(v="v1"),
+           "environment": {"secrets": {"SEC": "s1"}}}
+    new = {**old, "script": script.format(v="v2"), "environment": {"secrets": {"SEC": "s2"}}}
+    controller.create(old)
+    first = controller.request("POST", "/run/draining", data=b"{}")  # its watchdog is up
+    assert first.status_code == 200 and "v1 S=s1" in first.text, first.text
+    folder = str(controller.data_dir / "services" / "draining").encode()
+    watchdog = wait_until(lambda: next(
+        (p for p in processes().values() if b"watchdog" in p.cmdline and folder in p.cmdline
+         and p.state != "Z"), None), 30, "the service's watchdog", controller)
+    args = watchdog.cmdline.split(b"\0")
+    metrics = f"http://127.0.0.1:{int(args[args.index(b'--port') + 1])}/metrics"
+
+    rest = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b'{"a": '
+        rest.wait(60)
+        yield b"1}"
+
+    answers: dict[str, requests.Response] = {}
+    call = threading.Thread(target=lambda: answers.setdefault(
+        "call", controller.request("POST", "/run/draining", data=body())))
+    call.start()
+    wait_until(lambda: "faas_inflight 1.0" in requests.get(metrics, timeout=10).text, 30,
+               "the call to reach the watchdog", controller)
+    update = threading.Thread(target=lambda: answers.setdefault(
+        "update", controller.request("PUT", "/system/services", json=new)))
+    update.start()
+    script_file = controller.data_dir / "services" / "draining" / "script.sh"
+    wait_until(lambda: script_file.read_text().startswith("echo v2"), 30,
+               "the update to write the new script", controller)
+    rest.set()
+    call.join(60)
+    update.join(60)
+    assert answers["update"].status_code == 204, answers["update"].text
+    assert answers["call"].status_code == 200, answers["call"].text
+    printed = [line for line in answers["call"].text.splitlines() if line.startswith("v")]
+    assert printed == ["v1 S=s1"], answers["call"].text

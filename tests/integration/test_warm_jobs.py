@@ -315,9 +315,10 @@ def test_a_job_on_the_old_runner_runs_its_own_definitions_script_after_an_update
     log = controller.request("GET", f"/system/logs/slowin/{job}").text
     assert [line for line in log.splitlines() if line.startswith(("v", "input"))] == [
         "v1 S=s1", "input"], log
-    # The old runner, idle now, is stopped: its links go, the new runner's stay.
+    # The old runner, idle now, is stopped: its links go; the new runner's and its
+    # watchdog's (a script and a config each) stay.
     folder = controller.data_dir / "services" / "slowin"
-    wait_until(lambda: len(list(folder.glob(".definition-*"))) == 2, 60,
+    wait_until(lambda: len(list(folder.glob(".definition-*"))) == 4, 60,
                "the old runner's definition files to go", controller)
     assert (folder / "script.sh").read_text().startswith("echo v2")
 

@@ -167,9 +167,12 @@ class _Watchdog:
 
     def __init__(
         self, name: str, log: _ServiceLog, command: list[str], env: dict[str, str],
-        pids: _Pids, orphans: processes.Orphans,
+        pids: _Pids, orphans: processes.Orphans, files: tuple[Path, Path],
     ) -> None:
+        """`command` without its files; `files`: its own links to its definition's script
+        and config (`LocalBackend._link_definition`), removed once it is stopped."""
         self.name = name
+        self.files = files
         self.pids = pids
         self.orphans = orphans
         self.log = log
@@ -198,9 +201,10 @@ class _Watchdog:
             started = time.monotonic()
             with open(self.log.path, "ab") as log:
                 try:
+                    script, config = self.files
                     self.process = processes.spawn(
-                        [*self.command, *self._upstream_flags(), "--port", str(self.port),
-                         "--host", HOST],
+                        [*self.command, "--script", str(script), "--config", str(config),
+                         *self._upstream_flags(), "--port", str(self.port), "--host", HOST],
                         env=self.env,
                         stdout=log,
                         stderr=subprocess.STDOUT,
@@ -296,6 +300,8 @@ class _Watchdog:
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         await self.orphans.kill_all()
+        for path in self.files:  # its process, and with it every script it ran, is gone
+            path.unlink(missing_ok=True)
 
 
 class LocalBackend:
@@ -380,18 +386,13 @@ class LocalBackend:
         return folder
 
     def _link_definition(self, name: str) -> tuple[Path, Path]:
-        """The service's script and config as just written, under names of their own
-        (links: no copy) for its new runner's jobs. A job on a runner being retired still
-        reads its own definition's: `run` opens the script only once its input is
-        downloaded, by when an update may have replaced the service's script.sh (a review
-        found the new script run with the old secrets). Links no runner holds (a
-        controller killed outright left them) are removed first."""
+        """The service's script and config as they are now, under names of their own
+        (links: no copy), for one runner or one watchdog and what they run. Given the
+        service's script.sh by name, a job on a runner being retired (`run` opens the
+        script once its input is downloaded) or a call on a watchdog being replaced
+        could run the script an update had just written, with the old secrets (a review
+        found `v2 S=s1`). Each removes its links once stopped for good."""
         folder = self._folder(name)
-        held = {path for runner in (self._runners.get(name), *self._retiring)
-                if runner is not None and runner.name == name for path in runner.files}
-        for stray in folder.glob(".definition-*"):
-            if stray not in held:
-                stray.unlink(missing_ok=True)
         tag = uuid.uuid4().hex[:12]
         script = folder / f".definition-{tag}-script.sh"
         config = folder / f".definition-{tag}-{CONFIG_FILE}"
@@ -399,14 +400,15 @@ class LocalBackend:
         os.link(folder / CONFIG_FILE, config)
         return script, config
 
-    def _files(self, name: str) -> list[str]:
-        folder = self._folder(name)
-        return [
-            "--script",
-            str(folder / "script.sh"),
-            "--config",
-            str(folder / CONFIG_FILE),
-        ]
+    def _sweep_definitions(self, name: str) -> None:
+        """Links no live runner or watchdog holds (a controller killed outright left
+        them), removed; at every deploy, so at every start."""
+        runners = [self._runners.get(name), *self._retiring]
+        held = {path for holder in [*runners, *self._watchdogs.get(name, [])]
+                if holder is not None and holder.name == name for path in holder.files}
+        for stray in self._folder(name).glob(".definition-*"):
+            if stray not in held:
+                stray.unlink(missing_ok=True)
 
     async def check(self, service: Service) -> None:
         """Any image is fine: services run on this machine, in no image; and so there is
@@ -426,6 +428,7 @@ class LocalBackend:
         # Replaced, not rewritten: a script still running (a draining watchdog's, a job's
         # on the old runner) reads on from the old file, never half of each.
         folder = self._write(service)
+        self._sweep_definitions(service.name)
         self._runners[service.name] = Runner(
             service.name, [*runtime_command(), "job-runner", str(folder)], self._env(service),
             folder / "runner.log", self.pids.record, self.runner_idle,
@@ -436,7 +439,7 @@ class LocalBackend:
 
     def _start_watchdogs(self, service: Service) -> list[_Watchdog]:
         """The service's new watchdogs in place; those they replace, to be stopped."""
-        command = [*runtime_command(), "watchdog", *self._files(service.name)]
+        command = [*runtime_command(), "watchdog"]
         if service.exposed:
             # Its own free port, not api_port: services of one machine share its ports. The
             # script gets it as $upstream_port.
@@ -449,7 +452,7 @@ class LocalBackend:
         log.watch()
         return self._swap_watchdogs(service.name, [
             _Watchdog(service.name, log, command, self._env(service), self.pids,
-                      self._orphans())
+                      self._orphans(), self._link_definition(service.name))
             for _ in range(instances)
         ])
 
