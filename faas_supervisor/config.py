@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from faas_supervisor.controller.names import path_problem
 from faas_supervisor.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -612,6 +611,19 @@ def _storage_paths(raw: Any, kind: str) -> list[StoragePath]:
             )
         )
     return entries
+
+
+def path_problem(path: str) -> str | None:
+    """Why a `/`-separated path in a bucket is unsafe, or None when it is fine: nothing in
+    it may climb out of the bucket or mean another folder than the one written."""
+    if "\x00" in path:
+        return "must not hold a NUL character"
+    if "\\" in path:
+        return "must not hold a backslash"
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            return "must not have an empty, '.' or '..' segment"
+    return None
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
+# Re-exported: one answer for the controller's paths and the runtime's config alike.
+from faas_supervisor.config import path_problem as path_problem
+
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # Kubernetes' name of one DNS label (RFC 1123): a service's name, a namespace's. Its
 # length bound is each use's own.
@@ -41,18 +44,6 @@ def bucket_problem(name: str) -> str | None:
         return "must not be an IP address"
     if name.startswith(_RESERVED_PREFIXES) or name.endswith(_RESERVED_SUFFIXES):
         return "uses a prefix or suffix that S3 reserves"
-    return None
-
-
-def path_problem(path: str) -> str | None:
-    """Why a `/`-separated path in a bucket is unsafe, or None when it is fine."""
-    if "\x00" in path:
-        return "must not hold a NUL character"
-    if "\\" in path:
-        return "must not hold a backslash"
-    for segment in path.split("/"):
-        if segment in ("", ".", ".."):
-            return "must not have an empty, '.' or '..' segment"
     return None
 
 
