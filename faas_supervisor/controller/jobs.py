@@ -42,7 +42,7 @@ from faas_supervisor.controller.backends import Backend, JobInterrupted, LiveLog
 from faas_supervisor.controller.fdl import Service
 from faas_supervisor.controller.identity import EVENT_MAX, object_id, on_peers, stored_id
 from faas_supervisor.controller.servers import View, input_peers
-from faas_supervisor.controller.store import FINISHED, PENDING, RUNNING, Store
+from faas_supervisor.controller.store import FINISHED, PENDING, RUNNING, Store, is_busy
 from faas_supervisor.errors import NotFound, ServiceUnavailable, writing
 from faas_supervisor.logs import get_logger
 
@@ -55,6 +55,7 @@ LOST_END = "it ended, but its end could not be stored, nor its exit status kept"
 # up to the last, back to the first once a job starts. Each failed try held the event loop
 # for SQLite's busy wait (5 s): tried every second, a locked store would freeze the API.
 STORE_RETRY = (1.0, 60.0)
+ENDS_RETRY = 10.0  # seconds between tries of the ends kept aside (`_keep_end`)
 logger = get_logger(component="jobs")
 
 
@@ -128,22 +129,27 @@ class Jobs:
     async def _prune(self) -> None:
         """Finished jobs older than the retention go, as OSCAR's TTL does to its Jobs:
         looked for a few times per retention period, at most hourly. Ends the store could
-        not record are tried again then."""
+        not record are tried again within ENDS_RETRY seconds (a lock by another process
+        ends in seconds: the job must not show Running for an hour)."""
         interval = max(0.05, min(3600.0, self.retention / 4))
+        next_prune = 0.0
         while True:
-            try:
-                pruned = self.store.prune_jobs(time.time() - self.retention)
-            except Exception as exc:  # a full disk, say: tried again next time
-                logger.warning("cannot forget old jobs", error=str(exc))
-            else:
-                if pruned:
-                    logger.info("old jobs forgotten", jobs=pruned, retention=self.retention)
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + interval
+                try:
+                    pruned = self.store.prune_jobs(time.time() - self.retention)
+                except Exception as exc:  # a full disk, say: tried again next time
+                    logger.warning("cannot forget old jobs", error=str(exc))
+                else:
+                    if pruned:
+                        logger.info("old jobs forgotten", jobs=pruned, retention=self.retention)
             if self._unrecorded:
                 try:
                     await asyncio.to_thread(self._record_ends, list(self._unrecorded))
                 except Exception as exc:  # the store not even read: tried again next time
                     logger.warning("cannot record the kept ends of jobs", error=str(exc))
-            await asyncio.sleep(interval)
+            # Awake every ENDS_RETRY at least: an end may be kept aside meanwhile.
+            await asyncio.sleep(max(0.0, min(next_prune - time.monotonic(), ENDS_RETRY)))
 
     def _remove_strays(self) -> None:
         """Files with no job to own them (a controller stopped between writing a job's
@@ -236,12 +242,15 @@ class Jobs:
                 started = service is not None and self.store.start_job(name)
             except sqlite3.Error as exc:
                 # Locked by another process (a backup, a `sqlite3` shell) past SQLite's
-                # wait: the job stays Pending, and this worker lives on to run it later.
+                # wait: the job stays Pending, queued again, and this worker lives on.
+                # It waits before its next try, whichever job that is: each try held the
+                # event loop for SQLite's wait, and tries back to back froze the API.
                 delay, self._store_retry = self._store_retry, min(2 * self._store_retry,
                                                                   STORE_RETRY[1])
                 logger.warning("job not started: the store is busy or failing; it is tried "
                                "again", job=name, error=str(exc), retry_in=delay)
-                asyncio.get_running_loop().call_later(delay, self.queue.put_nowait, name)
+                self.queue.put_nowait(name)
+                await asyncio.sleep(delay)
                 continue
             self._store_retry = STORE_RETRY[0]
             if job is not None and service is None:
@@ -338,6 +347,12 @@ class Jobs:
             self.store.finish_job(name, code, self.log_path(name), reason)
         except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"
+            if is_busy(exc):
+                # Locked by another process: not the log's fault (a full disk may be).
+                # Kept aside whole, recorded with its log once the lock is gone; else
+                # the try below could store it Failed, its log dropped, moments later.
+                self._keep_end(name, code, reason, (failure, failure))
+                return
             if told is None or told[0] != failure:
                 logger.exception("job's log not stored", job=name)
             why = f"its log could not be stored ({failure})"

@@ -703,6 +703,12 @@ def _fields(obj: ObjectId) -> tuple[str, str, str, str]:
     return (obj.provider, obj.bucket, obj.key, obj.version)
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether SQLite gave up waiting for another process's lock on the store."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _is_full(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 

@@ -177,21 +177,25 @@ async def test_a_job_the_store_cannot_start_waits_longer_each_time_then_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each failed start held the event loop for SQLite's busy wait: retried at a fixed
-    second, a locked store would have frozen the controller. The worker also died of the
-    first failure before, the job left Pending."""
+    second, or by a worker taking the next queued job at once, a locked store froze the
+    controller. The worker also died of the first failure before, the job left Pending."""
     from faas_supervisor.controller import jobs as module
 
     monkeypatch.setattr(module, "STORE_RETRY", (0.01, 0.04))
     delays: list[float] = []
-    loop = asyncio.get_running_loop()
-    later = loop.call_later
 
-    def recorded(delay: float, *args: object) -> asyncio.TimerHandle:
-        if args and getattr(args[0], "__name__", "") == "put_nowait":  # a job queued again
-            delays.append(delay)
-        return later(delay, *args)  # type: ignore[arg-type]
+    class Recording:
+        """The jobs module's asyncio, its sleeps recorded (the worker's waits)."""
 
-    monkeypatch.setattr(loop, "call_later", recorded)
+        def __getattr__(self, name: str) -> object:
+            return getattr(asyncio, name)
+
+        async def sleep(self, delay: float) -> None:
+            if delay < 1:  # not the pruner's
+                delays.append(delay)
+            await asyncio.sleep(delay)
+
+    monkeypatch.setattr(module, "asyncio", Recording())
     store, backend = Busy(tmp_path / "store.sqlite3", failures=4), Counting()
     jobs = jobs_of(store, backend, tmp_path / "jobs")
     await jobs.start()
@@ -201,6 +205,46 @@ async def test_a_job_the_store_cannot_start_waits_longer_each_time_then_runs(
         assert backend.runs == [job]
         assert delays == [0.01, 0.02, 0.04, 0.04]
         assert jobs._store_retry == 0.01  # back to the first once a job started
+    finally:
+        await jobs.close()
+        store.close()
+
+
+class BusyEnd(Store):
+    """A store locked by another process when the first job's end is recorded."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.locked = True
+
+    def finish_job(self, name: str, exit_code: int | None, logs: bytes | Path,
+                   reason: str = "", *, failed: bool = False) -> None:
+        if self.locked:
+            self.locked = False  # the lock is gone for the next try
+            busy = sqlite3.OperationalError("database is locked")
+            busy.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+            raise busy
+        super().finish_job(name, exit_code, logs, reason, failed=failed)
+
+
+async def test_an_end_the_locked_store_refused_is_recorded_soon_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock was taken for a full disk: the end stored at once Failed, its log dropped
+    for a note, when the lock was gone by the second try; kept aside when it was not,
+    then recorded only at the next pruning (hourly)."""
+    from faas_supervisor.controller import jobs as module
+
+    monkeypatch.setattr(module, "ENDS_RETRY", 0.01)
+    store, backend = BusyEnd(tmp_path / "store.sqlite3"), Counting()
+    jobs = jobs_of(store, backend, tmp_path / "jobs")  # a retention of an hour
+    await jobs.start()
+    try:
+        job, _ = await jobs.submit(SERVICE, b"{}")
+        found = await ended(store, job)
+        assert (found.status, found.exit_code) == ("Succeeded", 0)
+        assert stored_log(store, job) == b"uploaded\n"
+        assert backend.runs == [job]
     finally:
         await jobs.close()
         store.close()

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from faas_supervisor.controller.fdl import go_json
+from faas_supervisor.controller.store import is_busy
 from faas_supervisor.errors import FaasError, Unauthorized, UnreadableBody, unreadable_body
 from faas_supervisor.http_timeouts import BodyLate
 from faas_supervisor.logs import get_logger
@@ -84,8 +85,7 @@ def _too_deep(_request: web.Request, _exc: RecursionError) -> web.Response:
 def _store_failed(request: web.Request, exc: sqlite3.Error) -> web.Response:
     """The state database locked by another process past SQLite's wait: a 503 saying so,
     one line in the log; any other failure of it is ours (`_internal`)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None or code & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+    if not is_busy(exc):
         return _internal(request, exc)
     logger.warning("request refused: the store is busy", method=request.method,
                    path=request.path, error=str(exc))
