@@ -42,7 +42,7 @@ from faas_supervisor.controller.s3.sigv4 import Keys
 from faas_supervisor.controller.servers import default_server, server_view
 from faas_supervisor.controller.settings import ControllerSettings, KubernetesSettings
 from faas_supervisor.controller.store import NoStore, Store
-from faas_supervisor.errors import ConfigError
+from faas_supervisor.errors import ConfigError, printable
 from faas_supervisor.http_timeouts import TimedAppRunner
 from faas_supervisor.logs import get_logger
 from faas_supervisor.processes import Stop, captured_signals, exit_now
@@ -130,7 +130,7 @@ class Controller:
             self.store = Store(data_dir / "controller.sqlite3", new=not held)
         except NoStore as exc:
             raise ConfigError(
-                f"{named}: {exc}, but the folder holds {held[0]}"
+                f"{named}: {exc}, but the folder holds {printable(held[0])}"
                 f"{f' and {len(held) - 1} more' if len(held) > 1 else ''}: "
                 "restore the file, or remove services/ and jobs/ to start anew"
             ) from None

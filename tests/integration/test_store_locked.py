@@ -47,14 +47,26 @@ def test_a_locked_store_is_a_503_and_delays_jobs_without_losing_them(
     wait_until(lambda: (marks / "first").exists(), 30, "the first job to start", controller)
     submit()  # queued behind it: the one worker is busy
 
+    moved = {"name": "moved", "script": "echo hi\n",
+             "input": [{"storage_provider": "minio", "path": "moved/a"}]}
+    controller.create(moved)
+
     holder = sqlite3.connect(controller.data_dir / "controller.sqlite3", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # the write lock, as another process takes it
     try:
-        refused = controller.request("POST", "/system/services",
-                                     json={"name": "other", "script": "echo hi\n"})
+        # An input path: its baseline is recorded while the service is made (a 502 naming
+        # the storage server before), and its bucket must not be left behind.
+        refused = controller.request("POST", "/system/services", json={
+            "name": "other", "script": "echo hi\n",
+            "input": [{"storage_provider": "minio", "path": "other/in"}]})
         assert refused.status_code == 503, refused.text
         assert refused.text == ("the controller's state database is busy (locked by another "
                                 "process); try again later"), refused.text
+        # Its new input path's baseline is recorded as it is attached: a 502 naming the
+        # storage server before.
+        update = controller.request("PUT", "/system/services", json={
+            **moved, "input": [{"storage_provider": "minio", "path": "moved/b"}]})
+        assert update.status_code == 503, update.text
         with open(gate, "wb") as release:  # the first job ends: the worker takes the second
             release.write(b"go\n")
         wait_until(lambda: "job not started: the store is busy" in controller.log_text(),
@@ -64,6 +76,11 @@ def test_a_locked_store_is_a_503_and_delays_jobs_without_losing_them(
         holder.close()
 
     submit()  # a worker is there to run it
-    # The second and the third (the first's end, not stored then, is kept aside for later).
-    controller.wait_jobs("gated", 2, done=("Succeeded",))
+    # All three: the first ended while the store was locked; its end, kept aside with its
+    # log, is recorded soon after (it showed Running for an hour before).
+    jobs = controller.wait_jobs("gated", 3, done=("Succeeded",))
+    for name in jobs:  # each with its log
+        log = controller.request("GET", f"/system/logs/gated/{name}")
+        assert "done" in log.text.splitlines(), log.text
     assert controller.request("GET", "/system/services/other").status_code == 404
+    assert not (controller.storage / "other").exists()

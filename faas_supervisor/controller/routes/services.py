@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -76,7 +77,7 @@ class ServiceRoutes(Routes):
                     # server rejects): the answer says why, and no half-made service is
                     # left stored, nor a job accepted while the deploy went on.
                     jobs = api.store.jobs(service.name)
-                    api.store.remove_service(service.name)
+                    _forget(api, service.name)
                     await api.intake.detach(service)
                     with contextlib.suppress(Exception):
                         await api.backend.remove(service.name)
@@ -85,7 +86,7 @@ class ServiceRoutes(Routes):
             except Exception:
                 # And what its intake recorded (paths listed before one failed): else a
                 # later create of the name would take no baseline of them.
-                api.store.remove_service(service.name)
+                _forget(api, service.name)
                 await self._remove_buckets(made)
                 raise
         logger.info("service created", service=service.name)
@@ -240,6 +241,8 @@ class ServiceRoutes(Routes):
                 f"set-up of the input paths of service {service.name}",
                 exc.__cause__ or exc,
             ) from None
+        except sqlite3.Error:
+            raise  # our store (a baseline recorded), not a storage server: answers.py's
         except Exception as exc:  # the rest of the set-up is on the default provider's
             raise storage_failure(
                 DEFAULT_PROVIDER,
@@ -282,3 +285,14 @@ class NameLocks:
                 del self._locks[name]
             else:
                 self._locks[name] = (lock, users - 1)
+
+
+def _forget(api: Api, name: str) -> None:
+    """A service that failed to be made removed from the store; a store locked by another
+    process (the likely cause of the failure too) must not keep the rest of the cleanup
+    (its buckets, its deploy) from being done: a row left is deployed at the next start."""
+    try:
+        api.store.remove_service(name)
+    except sqlite3.Error as exc:
+        logger.warning("cannot remove a service that failed to be made from the store",
+                       service=name, error=str(exc))
