@@ -55,7 +55,9 @@ LOST_END = "it ended, but its end could not be stored, nor its exit status kept"
 # up to the last, back to the first once a job starts. Each failed try held the event loop
 # for SQLite's busy wait (5 s): tried every second, a locked store would freeze the API.
 STORE_RETRY = (1.0, 60.0)
-ENDS_RETRY = 10.0  # seconds between tries of the ends kept aside (`_keep_end`)
+# Seconds between tries of the ends kept aside (`_keep_end`): doubled while tries fail,
+# up to the last.
+ENDS_RETRY = (10.0, 300.0)
 logger = get_logger(component="jobs")
 
 
@@ -130,9 +132,10 @@ class Jobs:
         """Finished jobs older than the retention go, as OSCAR's TTL does to its Jobs:
         looked for a few times per retention period, at most hourly. Ends the store could
         not record are tried again within ENDS_RETRY seconds (a lock by another process
-        ends in seconds: the job must not show Running for an hour)."""
+        ends in seconds: the job must not show Running for an hour), less often while
+        the tries fail."""
         interval = max(0.05, min(3600.0, self.retention / 4))
-        next_prune = 0.0
+        next_prune, ends_wait = 0.0, ENDS_RETRY[0]
         while True:
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + interval
@@ -148,8 +151,12 @@ class Jobs:
                     await asyncio.to_thread(self._record_ends, list(self._unrecorded))
                 except Exception as exc:  # the store not even read: tried again next time
                     logger.warning("cannot record the kept ends of jobs", error=str(exc))
-            # Awake every ENDS_RETRY at least: an end may be kept aside meanwhile.
-            await asyncio.sleep(max(0.0, min(next_prune - time.monotonic(), ENDS_RETRY)))
+            # A try that failed held the store's lock for SQLite's wait (the event loop's
+            # store calls waited too): the next waits longer while ends are left.
+            ends_wait = (min(2 * ends_wait, ENDS_RETRY[1]) if self._unrecorded
+                         else ENDS_RETRY[0])
+            # Awake that often at least: an end may be kept aside meanwhile.
+            await asyncio.sleep(max(0.0, min(next_prune - time.monotonic(), ends_wait)))
 
     def _remove_strays(self) -> None:
         """Files with no job to own them (a controller stopped between writing a job's

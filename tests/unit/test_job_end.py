@@ -182,20 +182,8 @@ async def test_a_job_the_store_cannot_start_waits_longer_each_time_then_runs(
     from faas_supervisor.controller import jobs as module
 
     monkeypatch.setattr(module, "STORE_RETRY", (0.01, 0.04))
-    delays: list[float] = []
-
-    class Recording:
-        """The jobs module's asyncio, its sleeps recorded (the worker's waits)."""
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(asyncio, name)
-
-        async def sleep(self, delay: float) -> None:
-            if delay < 1:  # not the pruner's
-                delays.append(delay)
-            await asyncio.sleep(delay)
-
-    monkeypatch.setattr(module, "asyncio", Recording())
+    sleeps = RecordedSleeps()
+    monkeypatch.setattr(module, "asyncio", sleeps)
     store, backend = Busy(tmp_path / "store.sqlite3", failures=4), Counting()
     jobs = jobs_of(store, backend, tmp_path / "jobs")
     await jobs.start()
@@ -203,7 +191,7 @@ async def test_a_job_the_store_cannot_start_waits_longer_each_time_then_runs(
         job, _ = await jobs.submit(SERVICE, b"{}")
         assert (await ended(store, job)).status == "Succeeded"
         assert backend.runs == [job]
-        assert delays == [0.01, 0.02, 0.04, 0.04]
+        assert sleeps.delays == [0.01, 0.02, 0.04, 0.04]
         assert jobs._store_retry == 0.01  # back to the first once a job started
     finally:
         await jobs.close()
@@ -211,20 +199,36 @@ async def test_a_job_the_store_cannot_start_waits_longer_each_time_then_runs(
 
 
 class BusyEnd(Store):
-    """A store locked by another process when the first job's end is recorded."""
+    """A store locked by another process for the first `failures` records of an end."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, failures: int = 1) -> None:
         super().__init__(path)
-        self.locked = True
+        self.failures = failures
 
     def finish_job(self, name: str, exit_code: int | None, logs: bytes | Path,
                    reason: str = "", *, failed: bool = False) -> None:
-        if self.locked:
-            self.locked = False  # the lock is gone for the next try
+        if self.failures > 0:
+            self.failures -= 1
             busy = sqlite3.OperationalError("database is locked")
             busy.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
             raise busy
         super().finish_job(name, exit_code, logs, reason, failed=failed)
+
+
+class RecordedSleeps:
+    """The jobs module's asyncio, its short sleeps recorded (its workers' and pruner's
+    waits, the bounds scaled down below a second)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float) -> None:
+        if delay < 1:
+            self.delays.append(delay)
+        await asyncio.sleep(delay)
 
 
 async def test_an_end_the_locked_store_refused_is_recorded_soon_with_its_log(
@@ -232,11 +236,14 @@ async def test_an_end_the_locked_store_refused_is_recorded_soon_with_its_log(
 ) -> None:
     """A lock was taken for a full disk: the end stored at once Failed, its log dropped
     for a note, when the lock was gone by the second try; kept aside when it was not,
-    then recorded only at the next pruning (hourly)."""
+    then recorded only at the next pruning (hourly). Tries that fail wait longer each
+    time (each held the store's lock for SQLite's wait), back to the first after."""
     from faas_supervisor.controller import jobs as module
 
-    monkeypatch.setattr(module, "ENDS_RETRY", 0.01)
-    store, backend = BusyEnd(tmp_path / "store.sqlite3"), Counting()
+    monkeypatch.setattr(module, "ENDS_RETRY", (0.01, 0.04))
+    sleeps = RecordedSleeps()
+    monkeypatch.setattr(module, "asyncio", sleeps)
+    store, backend = BusyEnd(tmp_path / "store.sqlite3", failures=4), Counting()
     jobs = jobs_of(store, backend, tmp_path / "jobs")  # a retention of an hour
     await jobs.start()
     try:
@@ -245,6 +252,12 @@ async def test_an_end_the_locked_store_refused_is_recorded_soon_with_its_log(
         assert (found.status, found.exit_code) == ("Succeeded", 0)
         assert stored_log(store, job) == b"uploaded\n"
         assert backend.runs == [job]
+        # The worker's try kept it aside; the pruner's three failed, the fourth recorded.
+        first = sleeps.delays.index(0.02)
+        assert sleeps.delays[first:first + 3] == [0.02, 0.04, 0.04]
+        while len(sleeps.delays) < first + 4:
+            await asyncio.sleep(0.01)
+        assert sleeps.delays[first + 3] == 0.01
     finally:
         await jobs.close()
         store.close()
